@@ -1,0 +1,222 @@
+# -*- test-case-name: tests.test_cli -*-
+"""
+The C{mdpy} administration command.
+
+Every change goes to the same directory database the server reads on each
+lookup, so a running server sees it at once.  Errors are one line on standard
+error and a non-zero exit status, never a traceback.
+"""
+
+import argparse
+import getpass
+import sys
+
+from mdpy.config import Config, ConfigError
+from mdpy.datadir import DataDir
+from mdpy.errors import MailError
+
+EXIT_ERROR = 1
+
+
+class CommandError(Exception):
+    """
+    A failure to report as one line.
+    """
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="mdpy", description="Administer an mdpy mail server."
+    )
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="PATH",
+        help="configuration file (default: the embedded default twistd mdpy uses)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    domain = commands.add_parser("domain", help="local domains").add_subparsers(
+        dest="action", required=True
+    )
+    domain.add_parser("add", help="add a domain").add_argument("name")
+    domain.add_parser("list", help="list domains")
+    domain.add_parser("del", help="delete a domain, its users and aliases").add_argument("name")
+    catchall = domain.add_parser("catchall", help="set or clear a domain's catch-all address")
+    catchall.add_argument("name")
+    catchall.add_argument("target", nargs="?", help="address; omit to turn it off")
+
+    user = commands.add_parser("user", help="mail accounts").add_subparsers(
+        dest="action", required=True
+    )
+    add = user.add_parser("add", help="add an account (password read from stdin if not given)")
+    add.add_argument("address")
+    add.add_argument("--password")
+    user.add_parser("list", help="list accounts").add_argument("domain", nargs="?")
+    user.add_parser("del", help="delete an account and its mail").add_argument("address")
+    user.add_parser("passwd", help="read a new password from stdin").add_argument("address")
+    user.add_parser("disable", help="keep the account, refuse its mail").add_argument("address")
+    user.add_parser("enable", help="take mail for the account again").add_argument("address")
+
+    alias = commands.add_parser("alias", help="aliases").add_subparsers(
+        dest="action", required=True
+    )
+    aliasAdd = alias.add_parser("add", help="map an address to one or more targets")
+    aliasAdd.add_argument("alias")
+    aliasAdd.add_argument("targets", nargs="+")
+    alias.add_parser("list", help="list aliases")
+    alias.add_parser("del", help="delete an alias").add_argument("alias")
+
+    queue = commands.add_parser("queue", help="outbound queue").add_subparsers(
+        dest="action", required=True
+    )
+    queue.add_parser("list", help="list queued messages")
+    queue.add_parser("flush", help="retry everything now")
+    queue.add_parser("del", help="delete a queued message").add_argument("id")
+
+    domainpop = commands.add_parser("domainpop", help="DomainPOP collection").add_subparsers(
+        dest="action", required=True
+    )
+    domainpop.add_parser("run", help="run one collection now").add_argument("name")
+    domainpop.add_parser("probe", help="show what a collection would do").add_argument("name")
+
+    dkim = commands.add_parser("dkim", help="DKIM keys").add_subparsers(
+        dest="action", required=True
+    )
+    dkim.add_parser("generate", help="make a key and print its DNS record").add_argument("domain")
+
+    commands.add_parser("check", help="validate the configuration")
+    return parser
+
+
+def _readPassword(stdin, prompt):
+    if stdin.isatty():
+        return getpass.getpass(prompt)
+    line = stdin.readline()
+    if not line:
+        raise CommandError("no password given on standard input")
+    return line.rstrip("\r\n")
+
+
+def run(argv, stdout, stdin):
+    """
+    Carry out one command.
+
+    @raise CommandError, ConfigError, MailError: reported as one line.
+    """
+    args = _parser().parse_args(argv)
+    config = Config.load(args.config)
+    if args.command == "check":
+        _check(config, stdout)
+        return
+    datadir = DataDir(config["server"]["data_dir"])
+    handler = globals()["_" + args.command]
+    handler(args, config, datadir, stdout, stdin)
+
+
+def _check(config, stdout):
+    for kind, instances in config.templates.items():
+        for name, values in instances.items():
+            if "host" in values and values.get("enabled", True) and not values["host"]:
+                raise CommandError("[%s:%s] needs a host" % (kind, name))
+    stdout.write("configuration ok: %s\n" % (config.path or "<embedded default>",))
+
+
+def _domain(args, config, datadir, stdout, stdin):
+    directory = datadir.openDirectory()
+    if args.action == "add":
+        directory.addDomain(args.name)
+    elif args.action == "list":
+        for name in directory.listDomains():
+            stdout.write(name + "\n")
+    elif args.action == "del":
+        directory.removeDomain(args.name)
+    elif args.action == "catchall":
+        directory.setCatchAll(args.name, args.target)
+
+
+def _user(args, config, datadir, stdout, stdin):
+    directory = datadir.openDirectory()
+    if args.action == "add":
+        password = args.password
+        if password is None:
+            password = _readPassword(stdin, "Password: ")
+        if not password:
+            raise CommandError("empty password")
+        directory.addUser(args.address, password)
+        datadir.openStore().createAccount(directory.getUser(args.address).address)
+    elif args.action == "list":
+        for address in directory.listUsers(args.domain):
+            stdout.write(address + "\n")
+    elif args.action == "del":
+        user = directory.getUser(args.address)
+        directory.removeUser(args.address)
+        store = datadir.openStore()
+        if user is not None and store.accountExists(user.address):
+            store.deleteAccount(user.address)
+    elif args.action == "passwd":
+        if directory.getUser(args.address) is None:
+            raise CommandError("no such user: %s" % (args.address,))
+        password = _readPassword(stdin, "New password: ")
+        if not password:
+            raise CommandError("empty password")
+        directory.setPassword(args.address, password)
+    elif args.action in ("disable", "enable"):
+        directory.setEnabled(args.address, args.action == "enable")
+
+
+def _alias(args, config, datadir, stdout, stdin):
+    directory = datadir.openDirectory()
+    if args.action == "add":
+        directory.addAlias(args.alias, args.targets)
+    elif args.action == "list":
+        for alias, targets in directory.listAliases():
+            stdout.write("%s %s\n" % (alias, " ".join(targets)))
+    elif args.action == "del":
+        directory.removeAlias(args.alias)
+
+
+def _queue(args, config, datadir, stdout, stdin):
+    # Outbound delivery is not built yet: the queue is always empty.
+    if args.action == "del":
+        raise CommandError("no such queued message: %s" % (args.id,))
+
+
+def _domainpop(args, config, datadir, stdout, stdin):
+    if args.name not in config.named("domainpop"):
+        raise CommandError("no [domainpop:%s] section in the configuration" % (args.name,))
+    raise CommandError("DomainPOP collection is not available in this release")
+
+
+def _dkim(args, config, datadir, stdout, stdin):
+    raise CommandError("DKIM signing is not available in this release")
+
+
+def main(argv=None, stdout=None, stdin=None, stderr=None):
+    """
+    The console script.  @return: the exit status.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    stdout = stdout or sys.stdout
+    stdin = stdin or sys.stdin
+    stderr = stderr or sys.stderr
+    try:
+        run(argv, stdout, stdin)
+    except SystemExit as e:  # argparse usage errors: already printed
+        return e.code if isinstance(e.code, int) else EXIT_ERROR
+    except ConfigError as e:
+        stderr.write("mdpy: %s\n" % (e,))
+        return EXIT_ERROR
+    except (CommandError, MailError) as e:
+        stderr.write("mdpy: error: %s\n" % (e,))
+        return EXIT_ERROR
+    except OSError as e:
+        stderr.write("mdpy: error: %s: %s\n" % (e.filename or "", e.strerror))
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

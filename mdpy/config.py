@@ -1,0 +1,367 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The configuration schema and the INI loader.
+
+Each key is declared once below, with its type, default and documentation;
+C{etc/mdpy.ini} is rendered from this schema (L{renderIni}) and a test keeps
+the two equal.  Nothing outside L{mdpy.tap} and L{mdpy.cli} reads a
+configuration: they pass typed values on as arguments.
+"""
+
+import configparser
+import os
+import re
+import socket
+
+# --- value types ------------------------------------------------------------
+
+
+class ConfigError(Exception):
+    """
+    A configuration that cannot be used; the message is one line for the
+    administrator.
+    """
+
+
+_YES = {"yes", "true", "on", "1"}
+_NO = {"no", "false", "off", "0"}
+
+
+def parseBool(text):
+    value = text.strip().lower()
+    if value in _YES:
+        return True
+    if value in _NO:
+        return False
+    raise ValueError("expected yes or no")
+
+
+def parsePort(text):
+    port = int(text)
+    if not 0 < port < 65536:
+        raise ValueError("a port is a number from 1 to 65535")
+    return port
+
+
+def parseInt(text):
+    value = int(text)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+_DURATION = re.compile(r"(\d+)\s*([smhdw]?)\Z")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parseDuration(text):
+    """
+    @return: seconds for C{30s}, C{10m}, C{1h}, C{7d}, C{2w} or a plain number.
+    """
+    match = _DURATION.match(text.strip().lower())
+    if not match:
+        raise ValueError("expected a duration like 30s, 10m, 1h or 7d")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+_SIZE = re.compile(r"(\d+)\s*([kmg]?)b?\Z")
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parseSize(text):
+    """
+    @return: octets for C{10240000}, C{512K}, C{50M} or C{1G}.
+    """
+    match = _SIZE.match(text.strip().lower())
+    if not match:
+        raise ValueError("expected a size like 512K, 50M or 1G")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+def parseList(text):
+    return [item for item in re.split(r"[\s,]+", text.strip()) if item]
+
+
+def parseDurations(text):
+    return [parseDuration(item) for item in parseList(text)]
+
+
+def parseChoice(*choices):
+    def parse(text):
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError("expected one of: " + ", ".join(choices))
+        return value
+
+    return parse
+
+
+def parseStr(text):
+    return text.strip()
+
+
+class Key:
+    """
+    One configuration key.
+
+    @ivar parse: turns the INI text into the typed value, raising
+        L{ValueError} with a short reason.
+    @ivar default: the INI text of the default (parsed like a user's value);
+        C{""} means unset (the value is L{None}).
+    @ivar isPath: relative values are taken from the configuration's folder.
+    """
+
+    def __init__(self, name, parse, default, doc, isPath=False):
+        self.name = name
+        self.parse = parse
+        self.default = default
+        self.doc = doc
+        self.isPath = isPath
+
+
+def _listener(port, enabled="yes", extra=()):
+    return [
+        Key("enabled", parseBool, enabled, "Run this service."),
+        Key("port", parsePort, str(port), "TCP port (plus --port-offset)."),
+        Key("interface", parseStr, "0.0.0.0", "Address to listen on; :: for IPv4 and IPv6."),
+    ] + list(extra)
+
+
+_SMTP_LIMITS = [
+    Key("max_message_size", parseSize, "50M", "Largest message accepted (advertised as SIZE)."),
+    Key("max_recipients", parseInt, "1000", "Recipients per message; more get 452 4.5.3."),
+    Key("max_errors", parseInt, "20", "Errors in one session before it is closed with 421."),
+    Key("timeout", parseDuration, "5m", "Idle time before the session is closed with 421."),
+    Key("max_connections", parseInt, "5000", "Open sessions in all, beyond which new ones get 421."),
+    Key("max_connections_per_ip", parseInt, "1000", "Open sessions from one client address."),
+]
+
+_POP_IMAP = [
+    Key(
+        "allow_plaintext_auth",
+        parseBool,
+        "no",
+        "Allow passwords before STLS/STARTTLS (only on a trusted network).",
+    ),
+]
+
+_TLS_MODE = parseChoice("none", "starttls", "implicit")
+
+SCHEMA = {
+    "server": [
+        Key("hostname", parseStr, "", "Name in greetings and Received headers; default: this host's FQDN."),
+        Key(
+            "data_dir",
+            parseStr,
+            "",
+            "Where mail, the directory and state live; default: $XDG_DATA_HOME/mdpy or ~/.local/share/mdpy.",
+            isPath=True,
+        ),
+        Key("domain", parseStr, "", "The first local domain, made with its postmaster on first start; default: hostname."),
+        Key("log_level", parseChoice("debug", "info", "warn", "error"), "info", "Least severe log level written."),
+    ],
+    "tls": [
+        Key("certificate", parseStr, "", "PEM certificate chain; default: a self-signed one in data_dir/tls.", isPath=True),
+        Key("private_key", parseStr, "", "PEM private key; default: beside the self-signed certificate.", isPath=True),
+    ],
+    "smtp": _listener(25, extra=_SMTP_LIMITS),
+    "submission": _listener(587, extra=_SMTP_LIMITS),
+    "smtps": _listener(465, extra=_SMTP_LIMITS),
+    "pop3": _listener(110, extra=_POP_IMAP),
+    "pop3s": _listener(995),
+    "imap": _listener(143, extra=_POP_IMAP),
+    "imaps": _listener(993),
+    "odmr": _listener(366),
+    "minger": _listener(
+        4069,
+        extra=[
+            Key("secret", parseStr, "", "Shared secret for authenticated queries."),
+            Key("anonymous", parseBool, "no", "Answer queries without a secret."),
+        ],
+    ),
+    "webadmin": _listener(1000, enabled="no"),
+    "dns": [
+        Key("nameservers", parseList, "", "host:port of resolvers for outbound lookups; default: the system resolver."),
+    ],
+    "relay": [
+        Key("smarthost", parseStr, "", "host[:port] to send all outbound mail through."),
+        Key("remote_port", parsePort, "25", "Port of remote MX hosts (change only for testing)."),
+        Key("retry", parseDurations, "5m 15m 30m 1h 2h 4h 8h", "Delays between delivery attempts; the last repeats."),
+        Key("lifetime", parseDuration, "5d", "Give up and bounce after this long."),
+    ],
+}
+
+TEMPLATES = {
+    "domainpop": [
+        Key("enabled", parseBool, "yes", "Collect this mailbox."),
+        Key("host", parseStr, "", "The ISP's POP3 server."),
+        Key("port", parsePort, "110", "Its port (995 for implicit TLS)."),
+        Key("tls", _TLS_MODE, "starttls", "none, starttls or implicit."),
+        Key("verify_certificate", parseBool, "yes", "Check the server certificate and name."),
+        Key("username", parseStr, "", "POP3 login."),
+        Key("password", parseStr, "", "POP3 password."),
+        Key("apop", parseBool, "no", "Log in with APOP."),
+        Key("interval", parseDuration, "10m", "Time between collections."),
+        Key("leave_on_server_days", parseInt, "0", "Days to keep mail at the ISP; 0 deletes after download."),
+        Key("max_size", parseSize, "0", "Largest message to download; 0 for no limit."),
+        Key("size_action", parseChoice("skip", "delete", "postmaster"), "skip", "What to do with a larger one."),
+        Key("archive_dir", parseStr, "", "Keep a copy of every downloaded message here.", isPath=True),
+        Key("parse_headers", parseList, "", "Envelope headers to route by; default: To, Cc and the standard headers."),
+        Key("received_skip", parseInt, "0", "Received headers to skip from the top."),
+        Key("trusted_received_hosts", parseList, "", "Received 'by' hosts whose 'for' clause is trusted."),
+        Key("dedupe_header", parseStr, "Message-ID", "Header whose value suppresses duplicates."),
+        Key("dedupe_ttl", parseDuration, "7d", "How long a seen value is remembered."),
+        Key("unknown_recipient", parseChoice("postmaster", "drop", "bounce"), "postmaster", "Local address with no user."),
+        Key("foreign_recipients", parseChoice("ignore", "forward"), "ignore", "Addresses of other domains."),
+        Key("max_hops", parseInt, "30", "More Received headers than this is held as a loop."),
+    ],
+    "odmr-client": [
+        Key("enabled", parseBool, "yes", "Release mail from this provider."),
+        Key("host", parseStr, "", "Provider's ODMR server."),
+        Key("port", parsePort, "366", "Its port."),
+        Key("tls", _TLS_MODE, "starttls", "none, starttls or implicit."),
+        Key("username", parseStr, "", "ODMR login."),
+        Key("password", parseStr, "", "ODMR password."),
+        Key("domains", parseList, "", "Domains to release with ATRN."),
+        Key("interval", parseDuration, "10m", "Time between releases."),
+    ],
+    "gateway": [
+        Key("auth_password", parseStr, "", "ODMR password of this domain (login is the domain name)."),
+        Key("minger", parseBool, "no", "Verify recipients with Minger before accepting."),
+        Key("minger_host", parseStr, "", "Minger server of the domain's own mail server."),
+        Key("minger_secret", parseStr, "", "Its shared secret."),
+    ],
+}
+
+
+def defaultDataDir(environ=os.environ):
+    """
+    @return: C{$XDG_DATA_HOME/mdpy}, or C{~/.local/share/mdpy}.
+    """
+    base = environ.get("XDG_DATA_HOME") or os.path.join(
+        environ.get("HOME") or os.path.expanduser("~"), ".local", "share"
+    )
+    return os.path.join(base, "mdpy")
+
+
+class Config:
+    """
+    A loaded configuration: every section of L{SCHEMA} with typed values, and
+    the template sections (C{[domainpop:NAME]} ...) by kind and name.
+
+    @ivar path: the file read, or L{None} for the embedded default.
+    """
+
+    def __init__(self, path=None, sections=None, templates=None):
+        self.path = path
+        self.sections = sections or {}
+        self.templates = templates or {}
+
+    def __getitem__(self, section):
+        return self.sections[section]
+
+    def named(self, kind):
+        """
+        @return: C{{NAME: values}} of the sections C{[kind:NAME]}.
+        """
+        return self.templates.get(kind, {})
+
+    @classmethod
+    def load(cls, path=None, environ=os.environ):
+        """
+        Read and check a configuration; with no path, the embedded default.
+
+        @raise ConfigError: a one-line reason naming the file, section and key.
+        """
+        parser = configparser.ConfigParser(interpolation=None, strict=True)
+        label = path or "<embedded default>"
+        if path is not None:
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    parser.read_file(handle)
+            except OSError as e:
+                raise ConfigError("%s: cannot read: %s" % (path, e.strerror))
+            except (configparser.Error, UnicodeDecodeError) as e:
+                raise ConfigError("%s: %s" % (path, str(e).splitlines()[0]))
+            base = os.path.dirname(os.path.abspath(path))
+        else:
+            base = os.getcwd()
+        sections, templates = {}, {}
+        for name in parser.sections():
+            kind, colon, instance = name.partition(":")
+            if colon and kind in TEMPLATES and instance:
+                values = _parseSection(label, name, TEMPLATES[kind], parser[name], base)
+                templates.setdefault(kind, {})[instance] = values
+            elif name not in SCHEMA:
+                raise ConfigError("%s: unknown section [%s]" % (label, name))
+        for name, keys in SCHEMA.items():
+            given = parser[name] if parser.has_section(name) else {}
+            sections[name] = _parseSection(label, name, keys, given, base)
+        config = cls(path, sections, templates)
+        config._fillDefaults(environ)
+        return config
+
+    def _fillDefaults(self, environ):
+        server = self.sections["server"]
+        if not server["hostname"]:
+            server["hostname"] = socket.getfqdn().lower() or "localhost"
+        if not server["domain"]:
+            server["domain"] = server["hostname"]
+        if not server["data_dir"]:
+            server["data_dir"] = defaultDataDir(environ)
+        tls = self.sections["tls"]
+        if bool(tls["certificate"]) != bool(tls["private_key"]):
+            raise ConfigError(
+                "%s: [tls] certificate and private_key go together"
+                % (self.path or "<embedded default>",)
+            )
+
+
+def _parseSection(label, section, keys, given, base):
+    known = {key.name: key for key in keys}
+    for name in given:
+        if name not in known:
+            raise ConfigError("%s: [%s] unknown key %r" % (label, section, name))
+    values = {}
+    for key in keys:
+        text = given.get(key.name, key.default) if given else key.default
+        if text.strip() == "":
+            values[key.name] = None if key.default == "" else key.parse(key.default)
+            continue
+        try:
+            value = key.parse(text)
+        except ValueError as e:
+            raise ConfigError(
+                "%s: [%s] %s = %s: %s" % (label, section, key.name, text.strip(), e)
+            )
+        if key.isPath:
+            value = os.path.join(base, os.path.expanduser(value))
+        values[key.name] = value
+    return values
+
+
+def renderIni():
+    """
+    @return: the text of C{etc/mdpy.ini}: every key, commented out at its
+        default, with its documentation.
+    """
+    lines = [
+        "; mdpy configuration.  Every key is shown commented out at its default.",
+        "; Paths are relative to this file's folder.  Durations: 30s, 10m, 1h, 7d.",
+        "; Sizes: 512K, 50M, 1G.  Run 'mdpy -c FILE check' after editing.",
+    ]
+
+    def section(title, keys, comment=""):
+        lines.append("")
+        lines.append("%s[%s]" % (comment, title))
+        for key in keys:
+            lines.append("; %s" % (key.doc,))
+            lines.append(";%s = %s" % (key.name, key.default))
+
+    for name, keys in SCHEMA.items():
+        section(name, keys)
+    for kind, keys in TEMPLATES.items():
+        lines.append("")
+        lines.append("; One section per %s, e.g. [%s:example]." % (kind, kind))
+        section("%s:example" % (kind,), keys, comment=";")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,78 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The layout of a data directory, shared by the server and the C{mdpy} command
+so that both open the same directory database and mail store.
+
+    data_dir/
+      directory.sqlite      domains, users, aliases, credentials
+      mail/<domain>/<localpart>/   Maildir++ of each account
+      spool/                bodies of large messages being received
+      tls/cert.pem key.pem  the self-signed certificate, when none is set
+      postmaster.password   the generated password of the first account (0600)
+"""
+
+import os
+import secrets
+
+from mdpy.directory.sqlite import SQLiteDirectory
+from mdpy.store.maildir import MaildirStore
+
+
+class DataDir:
+    """
+    @ivar root: the data directory.
+    """
+
+    def __init__(self, root):
+        self.root = root
+        self.directoryPath = os.path.join(root, "directory.sqlite")
+        self.mailRoot = os.path.join(root, "mail")
+        self.spoolDir = os.path.join(root, "spool")
+        self.tlsDir = os.path.join(root, "tls")
+        self.postmasterPasswordPath = os.path.join(root, "postmaster.password")
+
+    def prepare(self):
+        """
+        Create the folders, private to the server's user.
+        """
+        for path in (self.root, self.mailRoot, self.spoolDir):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+
+    def openDirectory(self):
+        """
+        @return: the L{mdpy.interfaces.IDirectory} of this data directory.
+        """
+        self.prepare()
+        return SQLiteDirectory(self.directoryPath)
+
+    def openStore(self, runInThread=None):
+        """
+        @return: the L{mdpy.interfaces.IMailStore} of this data directory.
+        """
+        self.prepare()
+        return MaildirStore(self.mailRoot, runInThread=runInThread)
+
+    def firstStart(self, directory, store, domain):
+        """
+        On a directory with no domain yet, add C{domain} and its postmaster
+        with a generated password, written to L{postmasterPasswordPath}.
+
+        @return: C{(address, password)} when an account was made, else L{None}.
+        """
+        if directory.listDomains():
+            return None
+        directory.addDomain(domain)
+        address = "postmaster@" + domain
+        password = secrets.token_urlsafe(12)
+        directory.addUser(address, password)
+        store.createAccount(address)
+        fd = os.open(
+            self.postmasterPasswordPath,
+            os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+            0o600,
+        )
+        with os.fdopen(fd, "w") as f:
+            f.write("%s %s\n" % (address, password))
+            f.flush()
+            os.fsync(f.fileno())
+        return address, password

@@ -1,0 +1,1004 @@
+# -*- test-case-name: tests.test_smtp_server -*-
+"""
+The ESMTP server of ports 25 (MTA), 587 (submission) and 465 (SMTPS).
+
+Standards: RFC 5321 (SMTP), RFC 1870 (SIZE), RFC 6152 (8BITMIME), RFC 2920
+(PIPELINING), RFC 2034/3463 (ENHANCEDSTATUSCODES), RFC 3207 (STARTTLS),
+RFC 4954 (AUTH), RFC 6531 (SMTPUTF8), RFC 3030 (CHUNKING), RFC 8314 (implicit
+TLS on 465).
+
+Invariants:
+ - One command runs at a time.  While a command waits on a L{Deferred}
+   (sender or recipient checks, a commit, a login), input is buffered, not
+   parsed; past L{SMTPServer.pauseAt} octets the transport is paused.  So
+   pipelined commands always see the results of the commands before them.
+ - Only CR LF "." CR LF ends DATA.  A bare CR or LF inside a line is stored as
+   CR LF (as Postfix's C{smtpd_forbid_bare_newline = normalize} does) and never
+   ends the message, so SMTP smuggling sequences stay inside the one message.
+ - Buffers are bounded: a command line longer than L{SMTPServer.maxLineLength}
+   or a data line longer than L{SMTPServer.maxDataLineLength} is refused with
+   C{500 5.5.2} and discarded as it arrives; a message over the size limit is
+   discarded as it arrives and refused with C{552 5.3.4}.
+ - Plaintext that follows STARTTLS in the same read is discarded (RFC 3207
+   section 4.2, CVE-2011-0411), and the session starts over after the
+   handshake.
+ - A message is acknowledged with 250 only after L{IDelivery.commit} fired,
+   that is after it is on disk.
+"""
+
+import base64
+import binascii
+import os
+import re
+import time
+from email.utils import formatdate
+
+from twisted.cred import credentials, error as credError
+from twisted.internet import defer, interfaces as iinternet
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+
+from mdpy import address as addresslib
+from mdpy.auth import IAccount
+from mdpy.envelope import Envelope
+from mdpy.errors import InvalidInput
+from mdpy.smtp import codes
+
+_MAIL = re.compile(rb"FROM:\s*(<[^>]*>)(.*)\Z", re.I | re.S)
+_RCPT = re.compile(rb"TO:\s*(<[^>]*>)(.*)\Z", re.I | re.S)
+_BDAT = re.compile(rb"(\d{1,15})(?:\s+(LAST))?\s*\Z", re.I)
+_LINE_ENDING = re.compile(rb"\r\n|\r|\n")
+_DATA_END = b"\r\n.\r\n"
+
+MODE_MTA = "mta"
+MODE_SUBMISSION = "submission"
+MODE_SMTPS = "smtps"
+
+
+def _normaliseLineEndings(data):
+    """
+    @return: C{data} with every bare CR and bare LF turned into CR LF.
+    """
+    if data.count(b"\n") == data.count(b"\r") == data.count(b"\r\n"):
+        return data
+    return _LINE_ENDING.sub(b"\r\n", data)
+
+
+class SMTPFactory(ServerFactory):
+    """
+    Builds L{SMTPServer}s for one listener.  Subclass it and set C{protocol}
+    to change the protocol; everything the sessions share lives here.
+
+    @ivar target: the L{mdpy.interfaces.IDeliveryTarget} every message goes to.
+    @ivar portal: a cred portal for AUTH, or L{None} to offer no AUTH.
+    @ivar tlsOptions: an C{IOpenSSLServerConnectionCreator} for STARTTLS, or
+        L{None}.
+    @ivar mode: L{MODE_MTA} (25), L{MODE_SUBMISSION} (587) or L{MODE_SMTPS}
+        (465, the transport is TLS from the start).
+    @ivar loginTracker: a L{mdpy.auth.checkers.FailedLoginTracker} or L{None}.
+    """
+
+    protocol = None  # set below
+    log = Logger()
+
+    def __init__(
+        self,
+        hostname,
+        target,
+        portal=None,
+        tlsOptions=None,
+        mode=MODE_MTA,
+        defaultDomain=None,
+        maxMessageSize=50 * 1024 * 1024,
+        maxRecipients=1000,
+        maxErrors=20,
+        timeout=300,
+        maxConnections=5000,
+        maxConnectionsPerIP=1000,
+        loginTracker=None,
+        clock=None,
+    ):
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.hostname = hostname
+        self.target = target
+        self.portal = portal
+        self.tlsOptions = tlsOptions
+        self.mode = mode
+        self.defaultDomain = defaultDomain or hostname
+        self.maxMessageSize = maxMessageSize
+        self.maxRecipients = maxRecipients
+        self.maxErrors = maxErrors
+        self.timeout = timeout
+        self.maxConnections = maxConnections
+        self.maxConnectionsPerIP = maxConnectionsPerIP
+        self.loginTracker = loginTracker
+        self.clock = clock
+        self.connections = 0
+        self.connectionsByIP = {}
+
+    @property
+    def authRequired(self):
+        """
+        Whether MAIL needs AUTH first (submission ports, RFC 6409).
+        """
+        return self.mode != MODE_MTA
+
+    def connectionOpened(self, ip):
+        """
+        Count a session in.  @return: whether it is within the limits.
+        """
+        self.connections += 1
+        count = self.connectionsByIP.get(ip, 0) + 1
+        self.connectionsByIP[ip] = count
+        return (
+            self.connections <= self.maxConnections
+            and count <= self.maxConnectionsPerIP
+        )
+
+    def connectionClosed(self, ip):
+        self.connections -= 1
+        count = self.connectionsByIP.get(ip, 1) - 1
+        if count:
+            self.connectionsByIP[ip] = count
+        else:
+            self.connectionsByIP.pop(ip, None)
+
+
+class SMTPServer(Protocol, TimeoutMixin):
+    """
+    One ESMTP session.  Commands are C{do_VERB(argument)} methods returning
+    L{None} or a L{Deferred}; override or add them in a subclass.
+
+    @ivar helo: the HELO/EHLO argument, or L{None} before it.
+    @ivar esmtp: whether the client said EHLO.
+    @ivar tls: whether the session is encrypted.
+    @ivar authenticatedAs: the account that logged in, or L{None}.
+    """
+
+    log = Logger()
+    maxLineLength = 12288  # RFC 4954 section 4: AUTH lines up to 12288 octets
+    maxDataLineLength = 65536
+    pauseAt = 256 * 1024
+    mechanisms = (b"PLAIN", b"LOGIN", b"CRAM-MD5")
+
+    def __init__(self):
+        self.helo = None
+        self.esmtp = False
+        self.tls = False
+        self.authenticatedAs = None
+        self.errors = 0
+        self._buffer = b""
+        self._busy = False
+        self._processing = False
+        self._paused = False
+        self._closing = False
+        self._skipLine = False
+        self._lineHandler = None
+        self._resetTransaction()
+
+    # --- connection ------------------------------------------------------------
+
+    @property
+    def clientAddress(self):
+        peer = self.transport.getPeer()
+        return getattr(peer, "host", "127.0.0.1")
+
+    def connectionMade(self):
+        self._ip = self.clientAddress
+        self._counted = True
+        self.callLater = self.factory.clock.callLater
+        self.tls = self.factory.mode == MODE_SMTPS
+        if not self.factory.connectionOpened(self._ip):
+            self.log.warn("smtp: too many connections, refusing {ip}", ip=self._ip)
+            self.reply(codes.C421TooManyConnections)
+            self._close()
+            return
+        self.setTimeout(self.factory.timeout)
+        self.transport.write(
+            b"220 %s ESMTP mdpy\r\n" % (self.factory.hostname.encode("idna"),)
+        )
+
+    def connectionLost(self, reason=None):
+        self.setTimeout(None)
+        self._closing = True
+        if self._counted:
+            self._counted = False
+            self.factory.connectionClosed(self._ip)
+        self._abortTransaction()
+
+    def timeoutConnection(self):
+        self.log.info("smtp: timeout after {state} from {ip}", state=self._state(), ip=self._ip)
+        self.reply(codes.C421Timeout)
+        self._close()
+
+    def _state(self):
+        if self._lineHandler is not None:
+            return "AUTH"
+        if self._dataMode is not None:
+            return "DATA"
+        return "command"
+
+    def _close(self):
+        self._closing = True
+        self._buffer = b""
+        self.transport.loseConnection()
+
+    # --- output ----------------------------------------------------------------
+
+    def reply(self, reply, text=None):
+        """
+        Send a reply tuple from L{codes}; error replies count toward the limit.
+        """
+        code, enhanced, default = reply
+        text = default if text is None else text
+        if enhanced:
+            line = "%d %s %s\r\n" % (code, enhanced, text)
+        else:
+            line = "%d %s\r\n" % (code, text)
+        self.transport.write(line.encode("utf-8"))
+        if code >= 400 and code != 421:
+            self.errors += 1
+            if self.errors >= self.factory.maxErrors and not self._closing:
+                self.log.info("smtp: too many errors from {ip}", ip=self._ip)
+                self.reply(codes.C421TooManyErrors)
+                self._close()
+
+    def sendLines(self, code, lines):
+        """
+        Send a multi-line reply.
+        """
+        out = []
+        for i, line in enumerate(lines):
+            sep = "-" if i < len(lines) - 1 else " "
+            out.append("%d%s%s\r\n" % (code, sep, line))
+        self.transport.write("".join(out).encode("utf-8"))
+
+    # --- input -----------------------------------------------------------------
+
+    def dataReceived(self, data):
+        if self._closing:
+            return
+        self.resetTimeout()
+        self._buffer += data
+        if self._busy:
+            if len(self._buffer) > self.pauseAt and not self._paused:
+                self._paused = True
+                self.transport.pauseProducing()
+            return
+        self._process()
+
+    def _process(self):
+        """
+        Run buffered input until it is used up or a command waits.
+        """
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            while self._buffer and not self._busy and not self._closing:
+                if self._dataMode is not None:
+                    if not self._dataInput():
+                        break
+                    continue
+                index = self._buffer.find(b"\n")
+                if index < 0:
+                    if len(self._buffer) > self.maxLineLength:
+                        self._buffer = b""
+                        self._skipLine = True
+                        self.reply(codes.C500LineTooLong)
+                    break
+                line = self._buffer[:index]
+                self._buffer = self._buffer[index + 1 :]
+                if self._skipLine:
+                    self._skipLine = False
+                    continue
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                if len(line) > self.maxLineLength:
+                    self.reply(codes.C500LineTooLong)
+                    continue
+                self._run(self._lineReceived, line)
+        finally:
+            self._processing = False
+        if self._paused and not self._busy:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    def _run(self, function, *args):
+        """
+        Call a command; a Deferred result holds further input until it fires.
+        Any unexpected exception becomes C{451 4.3.0} and a log entry, never a
+        traceback to the client.
+        """
+        try:
+            result = function(*args)
+        except Exception:
+            self.log.failure("smtp: internal error from {ip}", ip=self._ip)
+            self.reply(codes.C451LocalError)
+            return
+        if isinstance(result, defer.Deferred):
+            self._busy = True
+            result.addErrback(self._ebInternal)
+            result.addBoth(self._cbResume)
+
+    def _ebInternal(self, failure):
+        self.log.failure("smtp: internal error from {ip}", failure, ip=self._ip)
+        if not self._closing:
+            self.reply(codes.C451LocalError)
+
+    def _cbResume(self, ignored):
+        self._busy = False
+        if not self._closing:
+            self._process()
+
+    def _lineReceived(self, line):
+        if self._lineHandler is not None:
+            return self._lineHandler(line)
+        verb, _, argument = line.partition(b" ")
+        try:
+            name = verb.decode("ascii").upper()
+        except UnicodeDecodeError:
+            name = ""
+        method = getattr(self, "do_" + name, None) if name.isalpha() else None
+        if method is None:
+            self.log.debug("smtp: unknown command from {ip}", ip=self._ip)
+            self.reply(codes.C500Unrecognised)
+            return None
+        return method(argument.strip())
+
+    # --- session commands ------------------------------------------------------
+
+    def do_HELO(self, argument):
+        return self._greet(argument, esmtp=False)
+
+    def do_EHLO(self, argument):
+        return self._greet(argument, esmtp=True)
+
+    def _greet(self, argument, esmtp):
+        if not argument or b" " in argument:
+            self.reply(codes.C501HeloSyntax)
+            return
+        self.helo = argument.decode("utf-8", "replace")
+        self.esmtp = esmtp
+        self._abortTransaction()
+        hostname = self.factory.hostname
+        if not esmtp:
+            self.transport.write(b"250 %s\r\n" % (hostname.encode("idna"),))
+            return
+        self.sendLines(250, [hostname] + self.extensions())
+
+    def extensions(self):
+        """
+        @return: the EHLO keywords this session offers now.
+        """
+        factory = self.factory
+        offered = [
+            "PIPELINING",
+            "SIZE %d" % (factory.maxMessageSize,),
+            "8BITMIME",
+            "ENHANCEDSTATUSCODES",
+            "SMTPUTF8",
+            "CHUNKING",
+        ]
+        if factory.tlsOptions is not None and not self.tls:
+            offered.append("STARTTLS")
+        if self._authOffered():
+            offered.append("AUTH " + " ".join(m.decode() for m in self.mechanisms))
+        return offered
+
+    def _authOffered(self):
+        return (
+            self.factory.portal is not None
+            and self.tls
+            and self.authenticatedAs is None
+        )
+
+    def do_NOOP(self, argument):
+        self.reply(codes.C250OK)
+
+    def do_RSET(self, argument):
+        self._abortTransaction()
+        self.reply(codes.C250OK)
+
+    def do_QUIT(self, argument):
+        self.reply(codes.C221Bye)
+        self._close()
+
+    def do_HELP(self, argument):
+        self.reply(codes.C211Help)
+
+    def do_VRFY(self, argument):
+        self.reply(codes.C502VrfyDisabled)
+
+    do_EXPN = do_VRFY
+
+    def do_STARTTLS(self, argument):
+        """
+        RFC 3207: upgrade, drop what was pipelined, forget the session.
+        """
+        if argument:
+            self.reply(codes.C501Syntax)
+            return
+        if self.tls:
+            self.reply(codes.C503AlreadyTLS)
+            return
+        if self.factory.tlsOptions is None or not iinternet.ITLSTransport.providedBy(
+            self.transport
+        ):
+            self.reply(codes.C454TLSUnavailable)
+            return
+        if self._buffer:
+            self.log.warn(
+                "smtp: discarded {n} octets pipelined after STARTTLS from {ip}",
+                n=len(self._buffer),
+                ip=self._ip,
+            )
+            self._buffer = b""
+        self.reply(codes.C220TLSReady)
+        self.transport.startTLS(self.factory.tlsOptions)
+        self.tls = True
+        self.helo = None
+        self.esmtp = False
+        self.authenticatedAs = None
+        self._abortTransaction()
+
+    # --- AUTH (RFC 4954) -------------------------------------------------------
+
+    def do_AUTH(self, argument):
+        if self.helo is None or not self.esmtp:
+            self.reply(codes.C503NeedHelo)
+            return
+        if self.factory.portal is None:
+            self.reply(codes.C502NotImplemented)
+            return
+        if self.authenticatedAs is not None:
+            self.reply(codes.C503AlreadyAuthenticated)
+            return
+        if self._envelope is not None:
+            self.reply(codes.C503AuthInTransaction)
+            return
+        if not self.tls:
+            self.reply(codes.C538EncryptionRequired)
+            return
+        tracker = self.factory.loginTracker
+        if tracker is not None and tracker.isBanned(self._ip):
+            self.log.warn("smtp: authentication refused, banned client {ip}", ip=self._ip)
+            self.reply(codes.C421Banned)
+            self._close()
+            return
+        mechanism, _, initial = argument.partition(b" ")
+        mechanism = mechanism.upper()
+        if mechanism not in self.mechanisms:
+            self.reply(codes.C504UnknownMechanism)
+            return
+        initial = initial.strip() or None
+        if mechanism == b"PLAIN":
+            return self._authPlain(initial)
+        if mechanism == b"LOGIN":
+            return self._authLogin(initial)
+        return self._authCramMD5(initial)
+
+    def _challenge(self, data, handler):
+        """
+        Send a 334 challenge; the next line goes to C{handler(decoded)}.
+        """
+        self.transport.write(b"334 " + base64.b64encode(data) + b"\r\n")
+
+        def receive(line):
+            self._lineHandler = None
+            decoded = self._decodeResponse(line)
+            if decoded is None:
+                return None
+            return handler(decoded)
+
+        self._lineHandler = receive
+
+    def _decodeResponse(self, line):
+        """
+        @return: the decoded SASL response, or L{None} after replying to a
+            cancel or malformed one.
+        """
+        line = line.strip()
+        if line == b"*":
+            self.reply(codes.C501AuthCancelled)
+            return None
+        if line == b"=":
+            return b""
+        try:
+            return base64.b64decode(line, validate=True)
+        except (binascii.Error, ValueError):
+            self.reply(codes.C501BadBase64)
+            return None
+
+    def _authPlain(self, initial):
+        def check(decoded):
+            parts = decoded.split(b"\0")
+            if len(parts) != 3 or not parts[1]:
+                self.reply(codes.C501BadBase64)
+                return None
+            authzid, authcid, password = parts
+            if authzid and authzid != authcid:
+                return self._authFailed(authcid, "authorization identity differs")
+            return self._login(credentials.UsernamePassword(authcid, password), authcid)
+
+        if initial is None:
+            self._challenge(b"", check)
+            return None
+        decoded = self._decodeResponse(initial)
+        return None if decoded is None else check(decoded)
+
+    def _authLogin(self, initial):
+        def gotPassword(username, password):
+            return self._login(credentials.UsernamePassword(username, password), username)
+
+        def gotUsername(username):
+            self._challenge(b"Password:", lambda password: gotPassword(username, password))
+
+        if initial is None:
+            self._challenge(b"Username:", gotUsername)
+            return None
+        decoded = self._decodeResponse(initial)
+        if decoded is not None:
+            gotUsername(decoded)
+        return None
+
+    def _authCramMD5(self, initial):
+        if initial is not None:
+            self.reply(codes.C501Syntax)
+            return None
+        creds = credentials.CramMD5Credentials(self.factory.hostname.encode("idna"))
+        challenge = creds.getChallenge()
+
+        def check(decoded):
+            username, _, digest = decoded.rpartition(b" ")
+            if not username or not digest:
+                self.reply(codes.C501BadBase64)
+                return None
+            creds.setResponse(decoded)
+            return self._login(creds, username)
+
+        self._challenge(challenge, check)
+        return None
+
+    def _login(self, creds, username):
+        d = self.factory.portal.login(creds, None, IAccount)
+        d.addCallbacks(
+            self._cbLoggedIn,
+            self._ebLogin,
+            errbackArgs=(username, creds),
+        )
+        return d
+
+    def _cbLoggedIn(self, result):
+        interface, avatar, logout = result
+        self.authenticatedAs = avatar
+        tracker = self.factory.loginTracker
+        if tracker is not None:
+            tracker.recordSuccess(self._ip)
+        self.log.info("smtp: {user} authenticated from {ip}", user=avatar, ip=self._ip)
+        self.reply(codes.C235AuthOK)
+
+    def _ebLogin(self, failure, username, creds):
+        failure.trap(credError.UnauthorizedLogin, credError.UnhandledCredentials)
+        secret = getattr(creds, "password", None) or getattr(creds, "response", b"")
+        return self._authFailed(username, "bad credentials", secret)
+
+    def _authFailed(self, username, why, secret=b""):
+        name = username.decode("utf-8", "replace")
+        self.log.warn(
+            "smtp: authentication failed for user={user} from {ip}: {why}",
+            user=name,
+            ip=self._ip,
+            why=why,
+        )
+        tracker = self.factory.loginTracker
+        delay = 0
+        if tracker is not None:
+            delay = tracker.delayFor(self._ip)
+            tracker.recordFailure(self._ip, name, secret)
+        if not delay:
+            self.reply(codes.C535AuthFailed)
+            return None
+        d = defer.Deferred()
+        self.factory.clock.callLater(delay, d.callback, None)
+        d.addCallback(lambda _: None if self._closing else self.reply(codes.C535AuthFailed))
+        return d
+
+    # --- the mail transaction ---------------------------------------------------
+
+    def _resetTransaction(self):
+        self._envelope = None
+        self._delivery = None
+        self._recipients = 0
+        self._dataMode = None
+        self._size = 0
+        self._tooBig = False
+        self._lineTooLong = False
+        self._atLineStart = True
+        self._pendingCR = False
+        self._chunked = False
+
+    def _abortTransaction(self):
+        delivery = self._delivery
+        self._resetTransaction()
+        if delivery is not None:
+            try:
+                delivery.abort()
+            except Exception:
+                self.log.failure("smtp: abort failed")
+
+    def _protocolName(self):
+        """
+        @return: the RFC 3848 / RFC 6531 protocol name for Received.
+        """
+        name = "ESMTP" if self.esmtp else "SMTP"
+        if self._envelope is not None and self._envelope.smtputf8:
+            name = "UTF8SMTP" if self.esmtp else name
+        if self.tls:
+            name += "S"
+        if self.authenticatedAs is not None:
+            name += "A"
+        return name
+
+    def do_MAIL(self, argument):
+        if self.helo is None:
+            self.reply(codes.C503NeedHelo)
+            return None
+        if self._envelope is not None:
+            self.reply(codes.C503NestedMail)
+            return None
+        if self.factory.authRequired and self.authenticatedAs is None:
+            self.reply(codes.C530AuthRequired)
+            return None
+        match = _MAIL.match(argument)
+        if match is None:
+            self.reply(codes.C501Syntax)
+            return None
+        params = self._parseParameters(match.group(2))
+        if params is None:
+            return None
+        size, body, smtputf8 = None, None, False
+        for key, value in params:
+            if key == "SIZE" and value is not None and value.isdigit():
+                size = int(value)
+            elif key == "BODY" and value is not None and value.upper() in ("7BIT", "8BITMIME"):
+                body = value.upper()
+            elif key == "SMTPUTF8" and value is None:
+                smtputf8 = True
+            elif key == "AUTH" and value is not None:
+                pass  # RFC 4954 section 5: accepted, not trusted
+            else:
+                self.reply(codes.C555UnknownParameter)
+                return None
+        if size is not None and size > self.factory.maxMessageSize:
+            self.reply(codes.C552TooBig)
+            return None
+        try:
+            path = match.group(1).decode("utf-8" if smtputf8 else "ascii")
+            sender = addresslib.parsePath(path, utf8=smtputf8)
+        except (UnicodeDecodeError, InvalidInput):
+            self.reply(codes.C501BadSender)
+            return None
+        envelope = Envelope(
+            sender,
+            helo=self.helo,
+            clientAddress=self._ip,
+            authenticatedAs=self.authenticatedAs,
+            size=size,
+            body=body,
+            smtputf8=smtputf8,
+        )
+        self._envelope = envelope
+        envelope.protocol = self._protocolName()
+        d = defer.maybeDeferred(self.factory.target.startDelivery, envelope)
+        d.addCallbacks(self._cbStarted, self._ebStarted, errbackArgs=(envelope,))
+        return d
+
+    def _cbStarted(self, delivery):
+        self._delivery = delivery
+        self.reply(codes.C250SenderOK)
+
+    def _ebStarted(self, failure, envelope):
+        self._envelope = None
+        self.log.info(
+            "smtp: sender <{sender}> refused from {ip}: {why}",
+            sender=envelope.sender,
+            ip=self._ip,
+            why=failure.getErrorMessage(),
+        )
+        self.reply(codes.replyForError(failure.value))
+
+    def _parseParameters(self, text):
+        """
+        @return: C{[(KEY, value or None)]} of ESMTP parameters, or L{None}
+            after replying to a malformed list.
+        """
+        params = []
+        for item in text.split():
+            try:
+                item = item.decode("ascii")
+            except UnicodeDecodeError:
+                self.reply(codes.C501Syntax)
+                return None
+            key, eq, value = item.partition("=")
+            params.append((key.upper(), value if eq else None))
+        return params
+
+    def do_RCPT(self, argument):
+        if self._envelope is None or self._delivery is None:
+            self.reply(codes.C503NeedMail)
+            return None
+        if self._recipients >= self.factory.maxRecipients:
+            self.reply(codes.C452TooManyRecipients)
+            return None
+        match = _RCPT.match(argument)
+        if match is None:
+            self.reply(codes.C501Syntax)
+            return None
+        params = self._parseParameters(match.group(2))
+        if params is None:
+            return None
+        if params:
+            self.reply(codes.C555UnknownParameter)
+            return None
+        smtputf8 = self._envelope.smtputf8
+        try:
+            path = match.group(1).decode("utf-8" if smtputf8 else "ascii")
+            if path[1:-1].lower() == "postmaster":
+                # RFC 5321 section 4.5.1: <Postmaster> with no domain.
+                recipient = "postmaster@" + self.factory.defaultDomain
+            else:
+                recipient = addresslib.parsePath(path, utf8=smtputf8)
+        except (UnicodeDecodeError, InvalidInput):
+            self.reply(codes.C501BadRecipient)
+            return None
+        if not recipient:
+            self.reply(codes.C501BadRecipient)
+            return None
+        d = defer.maybeDeferred(self._delivery.addRecipient, recipient)
+        d.addCallbacks(self._cbRecipient, self._ebRecipient, errbackArgs=(recipient,))
+        return d
+
+    def _cbRecipient(self, ignored):
+        self._recipients += 1
+        self.reply(codes.C250RecipientOK)
+
+    def _ebRecipient(self, failure, recipient):
+        self.log.info(
+            "smtp: recipient <{rcpt}> refused for <{sender}> from {ip}: {why}",
+            rcpt=recipient,
+            sender=self._envelope.sender if self._envelope else "",
+            ip=self._ip,
+            why=failure.getErrorMessage(),
+        )
+        self.reply(codes.replyForError(failure.value, recipient=True))
+
+    def _checkReadyForData(self):
+        if self._envelope is None or self._delivery is None:
+            self.reply(codes.C503NeedMail)
+            return False
+        if not self._recipients:
+            self.reply(codes.C554NoValidRecipients)
+            return False
+        return True
+
+    def _receivedHeader(self):
+        envelope = self._envelope
+        lines = "Received: from %s ([%s])\r\n\tby %s (mdpy) with %s id %s" % (
+            envelope.helo,
+            envelope.clientAddress,
+            self.factory.hostname,
+            self._protocolName(),
+            envelope.messageId,
+        )
+        if self.authenticatedAs is not None:
+            lines += "\r\n\t(authenticated sender)"
+        lines += ";\r\n\t%s\r\n" % (formatdate(envelope.receivedAt, localtime=True),)
+        return lines.encode("utf-8")
+
+    def do_DATA(self, argument):
+        if argument:
+            self.reply(codes.C501Syntax)
+            return None
+        if self._chunked:
+            self.reply(codes.C503BadSequence)
+            return None
+        if not self._checkReadyForData():
+            return None
+        if self._buffer:
+            # RFC 2920 section 3.1: DATA ends a pipelined group; content sent
+            # before 354 is a client that does not wait (or smuggles).
+            self.log.warn("smtp: input pipelined after DATA from {ip}", ip=self._ip)
+            self.reply(codes.C554Sync)
+            self._close()
+            return None
+        self._envelope.receivedAt = time.time()
+        self._delivery.write(self._receivedHeader())
+        self._dataMode = "data"
+        self._atLineStart = True
+        self.reply(codes.C354Data)
+        return None
+
+    def _dataInput(self):
+        """
+        Consume message input (DATA or BDAT) from the buffer.
+
+        @return: whether progress was made (else more input is needed).
+        """
+        if self._dataMode == "bdat":
+            return self._dataInputBDAT()
+        return self._dataInputDATA()
+
+    def _dataInputDATA(self):
+        """
+        Consume DATA input from the buffer.
+
+        @return: whether progress was made (else more input is needed).
+        """
+        buf = self._buffer
+        end = -1
+        if self._atLineStart and buf.startswith(b".\r\n"):
+            end = 0
+        else:
+            found = buf.find(_DATA_END)
+            if found >= 0:
+                end = found + 2
+        if end >= 0:
+            self._dataContent(buf[:end])
+            self._buffer = buf[end + 3 :]
+            self._dataMode = None
+            self._run(self._endOfMessage)
+            return True
+        cut = buf.rfind(b"\r\n")
+        if cut < 0:
+            if len(buf) > self.maxDataLineLength:
+                # Keep a final CR: it may start the CR LF of the next read.
+                keep = 1 if buf.endswith(b"\r") else 0
+                self._lineTooLong = True
+                self._buffer = buf[len(buf) - keep :]
+                self._atLineStart = False
+                return True
+            return False
+        # Keep the last CR LF: it may begin CR LF "." CR LF.
+        self._dataContent(buf[:cut])
+        self._buffer = buf[cut:]
+        self._atLineStart = False
+        return cut > 0
+
+    def _dataContent(self, content):
+        """
+        Unstuff and store complete lines of DATA (C{content} starts at a line
+        start unless L{_atLineStart} is false, and holds whole lines).
+        """
+        if not content or self._tooBig or self._lineTooLong:
+            return
+        if self._atLineStart and content.startswith(b"."):
+            content = content[1:]
+        content = content.replace(b"\r\n.", b"\r\n")
+        if len(content) > self.maxDataLineLength and re.search(
+            rb"[^\r\n]{%d}" % (self.maxDataLineLength + 1,), content
+        ):
+            self._lineTooLong = True
+            return
+        self._storeBody(_normaliseLineEndings(content))
+
+    def _storeBody(self, content):
+        self._size += len(content)
+        if self._size > self.factory.maxMessageSize:
+            self._tooBig = True
+            return
+        self._delivery.write(content)
+
+    def _endOfMessage(self):
+        envelope = self._envelope
+        if self._tooBig or self._lineTooLong:
+            reply = codes.C552TooBig if self._tooBig else codes.C500LineTooLong
+            self.log.info(
+                "smtp: message {id} from <{sender}> refused: {why}",
+                id=envelope.messageId,
+                sender=envelope.sender,
+                why="too big" if self._tooBig else "line too long",
+            )
+            self._abortTransaction()
+            self.reply(reply)
+            return None
+        delivery = self._delivery
+        size = self._size
+        d = defer.maybeDeferred(delivery.commit)
+        d.addCallbacks(
+            self._cbCommitted,
+            self._ebCommitted,
+            callbackArgs=(envelope, size),
+            errbackArgs=(envelope,),
+        )
+        return d
+
+    def _cbCommitted(self, ignored, envelope, size):
+        self._delivery = None
+        self._resetTransaction()
+        self.log.info(
+            "smtp: accepted {id} from <{sender}> size={size} client={ip} proto={proto}",
+            id=envelope.messageId,
+            sender=envelope.sender,
+            size=size,
+            ip=self._ip,
+            proto=envelope.protocol,
+        )
+        self.reply(codes.C250OK, "Ok: queued as %s" % (envelope.messageId,))
+
+    def _ebCommitted(self, failure, envelope):
+        self.log.error(
+            "smtp: message {id} from <{sender}> not stored: {why}",
+            id=envelope.messageId,
+            sender=envelope.sender,
+            why=getattr(failure.value, "detail", failure.getErrorMessage()),
+        )
+        self._abortTransaction()
+        self.reply(codes.replyForError(failure.value))
+
+    # --- CHUNKING (RFC 3030) ---------------------------------------------------
+
+    def do_BDAT(self, argument):
+        match = _BDAT.match(argument)
+        if match is None:
+            self.reply(codes.C501Syntax)
+            return None
+        size, last = int(match.group(1)), bool(match.group(2))
+        ready = self._dataMode is None and (
+            self._chunked or self._checkReadyForData()
+        )
+        self._bdatRemaining = size
+        self._bdatLast = last
+        if not ready:
+            # RFC 3030 section 2: the chunk is read and thrown away.
+            self._abortTransaction()
+            self._bdatDiscard = True
+        else:
+            self._bdatDiscard = False
+            if not self._chunked:
+                self._chunked = True
+                self._envelope.receivedAt = time.time()
+                self._delivery.write(self._receivedHeader())
+        self._dataMode = "bdat"
+        if size == 0:
+            return self._bdatChunkDone()
+        return None
+
+    def _dataInputBDAT(self):
+        take = self._buffer[: self._bdatRemaining]
+        self._buffer = self._buffer[len(take) :]
+        self._bdatRemaining -= len(take)
+        if not self._bdatDiscard and not self._tooBig:
+            if self._pendingCR:
+                take = b"\r" + take
+                self._pendingCR = False
+            if take.endswith(b"\r") and (self._bdatRemaining or not self._bdatLast):
+                take = take[:-1]
+                self._pendingCR = True
+            self._storeBody(_normaliseLineEndings(take))
+        if self._bdatRemaining == 0:
+            self._run(self._bdatChunkDone)
+        return True
+
+    def _bdatChunkDone(self):
+        self._dataMode = None
+        if self._bdatDiscard:
+            self._bdatDiscard = False
+            self._resetTransaction()
+            return None
+        if not self._bdatLast:
+            if self._tooBig:
+                self._abortTransaction()
+                self.reply(codes.C552TooBig)
+                return None
+            self.reply(codes.C250OK, "Ok: %d octets received" % (self._size,))
+            return None
+        if self._pendingCR:
+            self._pendingCR = False
+            self._storeBody(b"\r\n")
+        return self._endOfMessage()
+
+
+SMTPFactory.protocol = SMTPServer

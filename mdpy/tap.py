@@ -1,0 +1,215 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+C{twistd mdpy}: the options, and the one place that builds the object graph
+from the configuration.
+"""
+
+import resource
+import sys
+
+from twisted.application import internet, service
+from twisted.internet import endpoints
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+from twisted.python import usage
+
+from mdpy.auth.checkers import FailedLoginTracker, makePortal
+from mdpy.config import Config, ConfigError
+from mdpy.datadir import DataDir
+from mdpy.delivery.pipeline import DeliveryPipeline
+from mdpy.smtp.server import MODE_MTA, MODE_SMTPS, MODE_SUBMISSION, SMTPFactory
+from mdpy.tls import ensureSelfSigned, serverOptions
+
+log = Logger()
+
+SMTP_SERVICES = {"smtp": MODE_MTA, "submission": MODE_SUBMISSION, "smtps": MODE_SMTPS}
+IMPLICIT_TLS = {"smtps"}
+NOT_YET_AVAILABLE = ("pop3", "pop3s", "imap", "imaps", "odmr", "minger", "webadmin")
+LISTEN_BACKLOG = 1024
+THREADS = 32
+
+
+class Options(usage.Options):
+    synopsis = "[--config PATH] [--port-offset N]"
+    longdesc = (
+        "Run every enabled mdpy service.  Without --config, an embedded default "
+        "keeps its data under $XDG_DATA_HOME/mdpy (or ~/.local/share/mdpy)."
+    )
+    optParameters = [
+        ["config", "c", None, "The INI configuration file (see etc/mdpy.ini)."],
+        ["port-offset", None, 0, "Add N to every listening port.", int],
+    ]
+
+    def postOptions(self):
+        if not 0 <= self["port-offset"] < 65535:
+            raise usage.UsageError("--port-offset must be from 0 to 65534")
+
+
+class ListenError(Exception):
+    """
+    A port could not be bound; the message is one line for the administrator.
+    """
+
+
+def _oneLineListenErrors(hook=sys.excepthook):
+    """
+    Print L{ListenError} and L{ConfigError} as one line instead of a traceback
+    when they end C{twistd -n}.
+    """
+
+    def excepthook(kind, value, tb):
+        if issubclass(kind, (ListenError, ConfigError)):
+            sys.stderr.write("twistd mdpy: %s\n" % (value,))
+        else:
+            hook(kind, value, tb)
+
+    return excepthook
+
+
+class MailServer(service.MultiService):
+    """
+    The service tree: one named child per listener.
+    """
+
+    def privilegedStartService(self):
+        try:
+            service.MultiService.privilegedStartService(self)
+        except CannotListenError as e:
+            name = getattr(e, "mdpyService", "?")
+            reason = e.socketError
+            why = getattr(reason, "strerror", None) or str(reason)
+            raise ListenError(
+                "cannot listen on port %s for %s (%s): %s; choose another port in "
+                "the configuration, stop the program using it, or run with "
+                "--port-offset N (e.g. 10000) as an ordinary user"
+                % (e.port, name, e.interface or "*", why)
+            ) from None
+
+
+class _NamedListener(internet.StreamServerEndpointService):
+    """
+    A listener whose bind failure names its service.
+    """
+
+    _raiseSynchronously = True
+
+    def privilegedStartService(self):
+        try:
+            internet.StreamServerEndpointService.privilegedStartService(self)
+        except CannotListenError as e:
+            e.mdpyService = self.name
+            raise
+
+
+def _raiseFileLimit():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def _endpoint(reactor, interface, port, tlsOptions=None):
+    if ":" in interface:
+        endpoint = endpoints.TCP6ServerEndpoint(
+            reactor, port, backlog=LISTEN_BACKLOG, interface=interface
+        )
+    else:
+        endpoint = endpoints.TCP4ServerEndpoint(
+            reactor, port, backlog=LISTEN_BACKLOG, interface=interface
+        )
+    if tlsOptions is not None:
+        endpoint = endpoints.wrapServerTLS(tlsOptions, endpoint)
+    return endpoint
+
+
+def buildService(config, portOffset=0, reactor=None):
+    """
+    Build the whole service tree from a loaded configuration.
+
+    @type config: L{mdpy.config.Config}
+    @return: a L{MailServer}.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    server = config["server"]
+    datadir = DataDir(server["data_dir"])
+    datadir.prepare()
+    directory = datadir.openDirectory()
+    store = datadir.openStore()
+    created = datadir.firstStart(directory, store, server["domain"])
+    if created:
+        log.info(
+            "created domain {domain} and {address} with password {password}"
+            " (also in {path})",
+            domain=server["domain"],
+            address=created[0],
+            password=created[1],
+            path=datadir.postmasterPasswordPath,
+        )
+
+    tls = config["tls"]
+    if tls["certificate"]:
+        certificate, key = tls["certificate"], tls["private_key"]
+    else:
+        certificate, key, made = ensureSelfSigned(datadir.tlsDir, server["hostname"])
+        if made:
+            log.info("made a self-signed certificate {path}", path=certificate)
+    tlsOptions = serverOptions(certificate, key)
+
+    pipeline = DeliveryPipeline(directory, store, spoolDir=datadir.spoolDir)
+    portal = makePortal(directory)
+    loginTracker = FailedLoginTracker(reactor)
+
+    top = MailServer()
+    for name, mode in SMTP_SERVICES.items():
+        section = config[name]
+        if not section["enabled"]:
+            continue
+        factory = SMTPFactory(
+            server["hostname"],
+            pipeline,
+            portal=portal,
+            tlsOptions=tlsOptions,
+            mode=mode,
+            defaultDomain=server["domain"],
+            maxMessageSize=section["max_message_size"],
+            maxRecipients=section["max_recipients"],
+            maxErrors=section["max_errors"],
+            timeout=section["timeout"],
+            maxConnections=section["max_connections"],
+            maxConnectionsPerIP=section["max_connections_per_ip"],
+            loginTracker=loginTracker,
+            clock=reactor,
+        )
+        endpoint = _endpoint(
+            reactor,
+            section["interface"],
+            section["port"] + portOffset,
+            tlsOptions if name in IMPLICIT_TLS else None,
+        )
+        listener = _NamedListener(endpoint, factory)
+        listener.setName(name)
+        listener.setServiceParent(top)
+    for name in NOT_YET_AVAILABLE:
+        if name in config.sections and config[name]["enabled"]:
+            log.info("{name}: not available in this release; not started", name=name)
+    return top
+
+
+def makeService(options, reactor=None):
+    """
+    The C{twistd} entry point.
+    """
+    sys.excepthook = _oneLineListenErrors()
+    try:
+        config = Config.load(options["config"])
+    except ConfigError as e:
+        raise SystemExit("twistd mdpy: %s" % (e,))
+    _raiseFileLimit()
+    if reactor is None:
+        from twisted.internet import reactor
+    reactor.suggestThreadPoolSize(THREADS)
+    return buildService(config, options["port-offset"], reactor)

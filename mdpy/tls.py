@@ -1,0 +1,92 @@
+# -*- test-case-name: tests.test_tls -*-
+"""
+The one builder of TLS contexts, and the self-signed certificate made on
+first start when none is configured.
+"""
+
+import datetime
+import ipaddress
+import os
+
+from twisted.internet import ssl
+
+SELF_SIGNED_DAYS = 365
+
+
+def ensureSelfSigned(directory, hostname):
+    """
+    Make C{directory/cert.pem} and C{key.pem} for C{hostname} (also valid for
+    C{localhost} and C{127.0.0.1}) unless they exist.
+
+    @return: C{(certificatePath, keyPath, created)}.
+    """
+    certPath = os.path.join(directory, "cert.pem")
+    keyPath = os.path.join(directory, "key.pem")
+    if os.path.exists(certPath) and os.path.exists(keyPath):
+        return certPath, keyPath, False
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    names = {hostname, "localhost"}
+    alternatives = [x509.DNSName(n) for n in sorted(names)]
+    alternatives.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=SELF_SIGNED_DAYS))
+        .add_extension(x509.SubjectAlternativeName(alternatives), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    keyBytes = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    _writeNew(keyPath, keyBytes, 0o600)
+    _writeNew(certPath, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+    return certPath, keyPath, True
+
+
+def _writeNew(path, data, mode):
+    temporary = path + ".tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(temporary, path)
+
+
+def serverOptions(certificatePath, keyPath):
+    """
+    @return: server TLS options (TLS 1.2 and later) for a PEM chain and key.
+    """
+    with open(certificatePath, "rb") as f:
+        chainPEM = f.read()
+    with open(keyPath, "rb") as f:
+        keyPEM = f.read()
+    blocks = chainPEM.split(b"-----END CERTIFICATE-----")
+    extra = [
+        ssl.Certificate.loadPEM(block + b"-----END CERTIFICATE-----").original
+        for block in blocks[1:]
+        if b"-----BEGIN CERTIFICATE-----" in block
+    ]
+    private = ssl.PrivateCertificate.loadPEM(keyPEM + b"\n" + chainPEM)
+    return ssl.CertificateOptions(
+        privateKey=private.privateKey.original,
+        certificate=private.original,
+        extraCertChain=extra or None,
+        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+    )
