@@ -286,8 +286,9 @@ class SMTPServer(Protocol, TimeoutMixin):
                 if index < 0:
                     if len(self._buffer) > self.maxLineLength:
                         self._buffer = b""
-                        self._skipLine = True
-                        self.reply(codes.C500LineTooLong)
+                        if not self._skipLine:
+                            self._skipLine = True
+                            self.reply(codes.C500LineTooLong)
                     break
                 line = self._buffer[:index]
                 self._buffer = self._buffer[index + 1 :]

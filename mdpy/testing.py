@@ -1,0 +1,204 @@
+# -*- test-case-name: tests.test_smtp_server -*-
+"""
+Fakes and helpers for testing mdpy and code built on it, shipped for
+subclassers: a recording delivery target with injectable failures, a
+TLS-capable string transport, and a transcript helper for line protocols.
+
+    t = Transcript(protocol)
+    t.expect("220 *")
+    t.send("EHLO client.example")
+    t.expect("250-*", "250 *")
+"""
+
+import fnmatch
+
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer, interfaces as iinternet
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from zope.interface import implementer
+
+from mdpy.auth import IAccount
+from mdpy.interfaces import IDelivery, IDeliveryTarget
+
+
+def synchronousRunner(function, *args, **kwargs):
+    """
+    A C{runInThread} for stores and checkers that runs at once in this thread.
+    """
+    return defer.maybeDeferred(function, *args, **kwargs)
+
+
+@implementer(iinternet.ITLSTransport)
+class TLSStringTransport(StringTransport):
+    """
+    A L{StringTransport} that records L{startTLS}.
+
+    @ivar tlsOptions: the options given to C{startTLS}, or L{None}.
+    """
+
+    tlsOptions = None
+
+    def startTLS(self, options):
+        self.tlsOptions = options
+
+
+class RecordedMessage:
+    """
+    A message a L{RecordingTarget} committed.
+    """
+
+    def __init__(self, envelope, recipients, data):
+        self.envelope = envelope
+        self.recipients = recipients
+        self.data = data
+
+
+@implementer(IDeliveryTarget)
+class RecordingTarget:
+    """
+    A delivery target that keeps committed messages in L{messages}.
+
+    Failures to inject (each an exception instance, or L{None}):
+    @ivar startError: raised by C{startDelivery}.
+    @ivar recipientErrors: C{{address: exception}} raised by C{addRecipient}.
+    @ivar commitError: raised by C{commit}.
+    @ivar hold: when true, C{startDelivery}, C{addRecipient} and C{commit}
+        return Deferreds that fire only when L{release} is called.
+    """
+
+    def __init__(self):
+        self.messages = []
+        self.aborted = 0
+        self.startError = None
+        self.recipientErrors = {}
+        self.commitError = None
+        self.hold = False
+        self._held = []
+
+    def _result(self, value=None, error=None):
+        if error is not None:
+            result = defer.fail(error)
+        else:
+            result = defer.succeed(value)
+        if not self.hold:
+            return result
+        d = defer.Deferred()
+        self._held.append((d, result))
+        return d
+
+    def release(self):
+        """
+        Fire every held Deferred, in order.
+        """
+        while self._held:
+            d, result = self._held.pop(0)
+            result.chainDeferred(d)
+
+    def startDelivery(self, envelope):
+        return self._result(_RecordingDelivery(self, envelope), self.startError)
+
+
+@implementer(IDelivery)
+class _RecordingDelivery:
+    def __init__(self, target, envelope):
+        self.target = target
+        self.envelope = envelope
+        self.recipients = []
+        self.chunks = []
+
+    def addRecipient(self, address):
+        error = self.target.recipientErrors.get(address)
+        if error is None:
+            self.recipients.append(address)
+        return self.target._result(None, error)
+
+    def write(self, data):
+        self.chunks.append(data)
+
+    def commit(self):
+        if self.target.commitError is None:
+            self.target.messages.append(
+                RecordedMessage(self.envelope, list(self.recipients), b"".join(self.chunks))
+            )
+        return self.target._result(None, self.target.commitError)
+
+    def abort(self):
+        self.target.aborted += 1
+
+
+@implementer(IRealm)
+class AddressRealm:
+    """
+    A realm whose avatar is the authenticated name as text.
+    """
+
+    def requestAvatar(self, avatarId, mind, *interfaces):
+        if isinstance(avatarId, bytes):
+            avatarId = avatarId.decode("utf-8")
+        return IAccount, avatarId, lambda: None
+
+
+def memoryPortal(**users):
+    """
+    @return: a portal knowing C{users} (name=password), for PLAIN, LOGIN and
+        CRAM-MD5.
+    """
+    checker = InMemoryUsernamePasswordDatabaseDontUse()
+    for name, password in users.items():
+        checker.addUser(name.encode("utf-8"), password.encode("utf-8"))
+    return Portal(AddressRealm(), [checker])
+
+
+class Transcript:
+    """
+    Drive a line protocol over a L{TLSStringTransport} and check its replies
+    against C{fnmatch} patterns.
+    """
+
+    def __init__(self, protocol, transport=None, peer="192.0.2.1"):
+        if transport is None:
+            transport = TLSStringTransport(peerAddress=IPv4Address("TCP", peer, 50000))
+        self.protocol = protocol
+        self.transport = transport
+        self._pending = b""
+        protocol.makeConnection(transport)
+
+    def send(self, *lines):
+        """
+        Send each line with CR LF, in one write (as a pipelining client).
+        """
+        data = b"".join(
+            (line.encode("utf-8") if isinstance(line, str) else line) + b"\r\n"
+            for line in lines
+        )
+        self.protocol.dataReceived(data)
+
+    def sendRaw(self, data):
+        self.protocol.dataReceived(data)
+
+    def lines(self):
+        """
+        @return: the complete reply lines written since the last call.
+        """
+        self._pending += self.transport.value()
+        self.transport.clear()
+        *complete, self._pending = self._pending.split(b"\r\n")
+        return [line.decode("utf-8") for line in complete]
+
+    def expect(self, *patterns):
+        """
+        Check that the next reply lines match C{patterns}, one each, and that
+        no other line came.  @return: the lines.
+        """
+        got = self.lines()
+        if len(got) != len(patterns) or not all(
+            fnmatch.fnmatchcase(line, pattern) for line, pattern in zip(got, patterns)
+        ):
+            raise AssertionError("expected %r, got %r" % (list(patterns), got))
+        return got
+
+    @property
+    def closed(self):
+        return self.transport.disconnecting

@@ -1,0 +1,636 @@
+"""
+Transcript tests of L{mdpy.smtp.server}: the protocol over an in-memory
+transport, with a recording delivery target.
+"""
+
+import base64
+import hmac
+
+import pytest
+from twisted.internet import task
+
+from mdpy import errors
+from mdpy.smtp.server import MODE_MTA, MODE_SMTPS, MODE_SUBMISSION, SMTPFactory
+from mdpy.testing import RecordingTarget, Transcript, memoryPortal
+
+TLS = object()  # stands for server TLS options: TLSStringTransport only records it
+
+
+class Session:
+    def __init__(self, mode=MODE_MTA, tls=True, portal=True, peer="192.0.2.1", **kwargs):
+        self.clock = task.Clock()
+        self.target = RecordingTarget()
+        self.factory = SMTPFactory(
+            "mx.example.org",
+            self.target,
+            portal=memoryPortal(**{"alice@example.org": "secret"}) if portal else None,
+            tlsOptions=TLS if tls else None,
+            mode=mode,
+            clock=self.clock,
+            **kwargs,
+        )
+        self.t = Transcript(self.factory.buildProtocol(None), peer=peer)
+        self.t.expect("220 mx.example.org ESMTP mdpy")
+
+    def __getattr__(self, name):
+        return getattr(self.t, name)
+
+    def ehlo(self):
+        self.t.send("EHLO client.example")
+        return self.t.lines()
+
+    def starttls(self):
+        self.ehlo()
+        self.t.send("STARTTLS")
+        self.t.expect("220 2.0.0 Ready to start TLS")
+        assert self.t.transport.tlsOptions is TLS
+        return self.ehlo()
+
+    def login(self):
+        self.starttls()
+        self.t.send("AUTH PLAIN " + b64("\0alice@example.org\0secret"))
+        self.t.expect("235 2.7.0 *")
+
+    def transaction(self, body=b"Subject: hi\r\n\r\nHello\r\n", rcpt="bob@example.org"):
+        self.t.send("MAIL FROM:<alice@example.org>", "RCPT TO:<%s>" % rcpt, "DATA")
+        self.t.expect("250 2.1.0 Ok", "250 2.1.5 Ok", "354 *")
+        self.t.sendRaw(body + b".\r\n")
+        return self.t.lines()
+
+
+def b64(text):
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def stored(session, index=-1):
+    """The body as stored, after the Received header the server adds."""
+    data = session.target.messages[index].data
+    assert data.startswith(b"Received: from client.example ([192.0.2.1])\r\n")
+    return data.split(b"\r\n", 3)[3]
+
+
+# --- greeting, EHLO, simple commands ------------------------------------------
+
+
+def test_ehloOffersExtensionsButNoAuthBeforeTLS():
+    s = Session()
+    lines = s.ehlo()
+    assert lines[0] == "250-mx.example.org"
+    keywords = [line[4:] for line in lines[1:]]
+    assert keywords == [
+        "PIPELINING",
+        "SIZE 52428800",
+        "8BITMIME",
+        "ENHANCEDSTATUSCODES",
+        "SMTPUTF8",
+        "CHUNKING",
+        "STARTTLS",
+    ]
+    assert lines[-1].startswith("250 ")
+
+
+def test_authOfferedAfterSTARTTLS():
+    s = Session()
+    lines = s.starttls()
+    assert "250 AUTH PLAIN LOGIN CRAM-MD5" in lines
+    assert not any("STARTTLS" in line for line in lines)
+
+
+def test_implicitTLSOffersAuthAtOnce():
+    s = Session(mode=MODE_SMTPS)
+    lines = s.ehlo()
+    assert "250 AUTH PLAIN LOGIN CRAM-MD5" in lines
+    assert not any("STARTTLS" in line for line in lines)
+
+
+def test_heloNeedsArgument():
+    s = Session()
+    s.send("HELO")
+    s.expect("501 5.5.4 *")
+    s.send("HELO client.example")
+    s.expect("250 mx.example.org")
+
+
+def test_simpleCommands():
+    s = Session()
+    s.send("NOOP", "RSET", "VRFY bob", "EXPN list", "HELP", "FOO bar")
+    s.expect("250 2.0.0 Ok", "250 2.0.0 Ok", "502 5.5.1 *", "502 5.5.1 *", "214 2.0.0 *", "500 5.5.2 *")
+    s.send("QUIT")
+    s.expect("221 2.0.0 Bye")
+    assert s.closed
+
+
+# --- the transaction -----------------------------------------------------------
+
+
+def test_deliveryAndReceivedHeader():
+    s = Session()
+    s.ehlo()
+    assert s.transaction() == ["250 2.0.0 Ok: queued as " + s.target.messages[0].envelope.messageId]
+    message = s.target.messages[0]
+    assert message.recipients == ["bob@example.org"]
+    assert message.envelope.sender == "alice@example.org"
+    assert message.envelope.protocol == "ESMTP"
+    assert stored(s) == b"Subject: hi\r\n\r\nHello\r\n"
+    assert b"by mx.example.org (mdpy) with ESMTP id " in message.data
+
+
+def test_dotUnstuffing():
+    s = Session()
+    s.ehlo()
+    s.transaction(b"..leading\r\n.\r\n...\r\nend\r\n")
+    assert stored(s) == b".leading\r\n"  # "." alone ended the message
+    s = Session()
+    s.ehlo()
+    s.transaction(b"..leading\r\n..\r\n...x\r\nend\r\n")
+    assert stored(s) == b".leading\r\n.\r\n..x\r\nend\r\n"
+
+
+def test_emptyBody():
+    s = Session()
+    s.ehlo()
+    s.transaction(b"")
+    assert stored(s) == b""
+
+
+def test_sequenceErrors():
+    s = Session()
+    s.send("MAIL FROM:<a@example.org>")
+    s.expect("503 5.5.1 *")
+    s.ehlo()
+    s.send("RCPT TO:<b@example.org>", "DATA")
+    s.expect("503 5.5.1 *", "503 5.5.1 *")
+    s.send("MAIL FROM:<a@example.org>", "MAIL FROM:<a@example.org>", "DATA")
+    s.expect("250 2.1.0 Ok", "503 5.5.1 Error: nested MAIL command", "554 5.5.1 *")
+
+
+def test_badAddresses():
+    s = Session()
+    s.ehlo()
+    s.send("MAIL FROM:<a b@example.org>", "MAIL FROM:a@example.org", "MAIL FROM:<jörg@example.org>")
+    s.expect("501 5.1.7 *", "501 5.5.4 *", "501 5.1.7 *")
+    s.send("MAIL FROM:<jörg@example.org> SMTPUTF8", "RCPT TO:<bad@@x>", "RCPT TO:<björn@example.org>")
+    s.expect("250 2.1.0 Ok", "501 5.1.3 *", "250 2.1.5 Ok")
+
+
+def test_nullSenderAndPostmaster():
+    s = Session(defaultDomain="example.org")
+    s.ehlo()
+    s.send("MAIL FROM:<>", "RCPT TO:<Postmaster>", "DATA")
+    s.expect("250 2.1.0 Ok", "250 2.1.5 Ok", "354 *")
+    s.sendRaw(b"x\r\n.\r\n")
+    s.expect("250 2.0.0 *")
+    assert s.target.messages[0].envelope.sender == ""
+    assert s.target.messages[0].recipients == ["postmaster@example.org"]
+
+
+def test_unknownParameters():
+    s = Session()
+    s.ehlo()
+    s.send("MAIL FROM:<a@example.org> FOO=BAR", "MAIL FROM:<a@example.org> BODY=8BITMIME SIZE=100")
+    s.expect("555 5.5.4 *", "250 2.1.0 Ok")
+    s.send("RCPT TO:<b@example.org> NOTIFY=NEVER")
+    s.expect("555 5.5.4 *")
+
+
+def test_sizeDeclaredTooBig():
+    s = Session(maxMessageSize=1000)
+    s.ehlo()
+    s.send("MAIL FROM:<a@example.org> SIZE=1001")
+    s.expect("552 5.3.4 *")
+
+
+def test_messageTooBigIsDiscardedNotStored():
+    s = Session(maxMessageSize=10000)
+    s.ehlo()
+    s.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.org>", "DATA")
+    s.expect("250 *", "250 *", "354 *")
+    for i in range(100):
+        s.sendRaw(b"x" * 500 + b"\r\n")
+    s.sendRaw(b".\r\n")
+    s.expect("552 5.3.4 Message size exceeds fixed limit")
+    assert s.target.messages == []
+    assert s.target.aborted == 1
+    assert len(s.protocol._buffer) == 0
+    s.send("MAIL FROM:<a@example.org>")
+    s.expect("250 2.1.0 Ok")
+
+
+def test_recipientErrorsAreMappedPerRecipient():
+    s = Session()
+    s.ehlo()
+    s.target.recipientErrors = {
+        "nobody@example.org": errors.NotFound("x"),
+        "far@remote.example": errors.RelayDenied("x"),
+        "full@example.org": errors.QuotaExceeded("x"),
+        "off@example.org": errors.Disabled("x"),
+        "later@example.org": errors.TemporaryFailure("x"),
+    }
+    s.send(
+        "MAIL FROM:<a@example.org>",
+        "RCPT TO:<nobody@example.org>",
+        "RCPT TO:<far@remote.example>",
+        "RCPT TO:<full@example.org>",
+        "RCPT TO:<off@example.org>",
+        "RCPT TO:<later@example.org>",
+        "RCPT TO:<bob@example.org>",
+    )
+    s.expect(
+        "250 2.1.0 Ok",
+        "550 5.1.1 *",
+        "550 5.7.1 Relay access denied",
+        "452 4.2.2 *",
+        "550 5.2.1 *",
+        "451 4.3.0 *",
+        "250 2.1.5 Ok",
+    )
+
+
+def test_tooManyRecipients():
+    s = Session(maxRecipients=2)
+    s.ehlo()
+    s.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.org>", "RCPT TO:<c@example.org>", "RCPT TO:<d@example.org>")
+    s.expect("250 *", "250 *", "250 *", "452 4.5.3 Error: too many recipients")
+
+
+def test_storeFailureGives451AndNothingStored():
+    s = Session()
+    s.ehlo()
+    s.target.commitError = errors.TemporaryFailure("disk full")
+    assert s.transaction() == ["451 4.3.0 Error: local error in processing; try again later"]
+    assert s.target.messages == []
+    assert s.target.aborted == 1
+
+
+def test_unexpectedExceptionIsNotATraceback():
+    s = Session()
+    s.ehlo()
+    s.target.commitError = ZeroDivisionError("boom")
+    assert s.transaction() == ["451 4.3.0 Error: local error in processing; try again later"]
+    assert not s.closed
+
+
+def test_senderRefused():
+    s = Session()
+    s.ehlo()
+    s.target.startError = errors.PermanentFailure("no")
+    s.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.org>")
+    s.expect("554 5.0.0 *", "503 5.5.1 *")
+
+
+# --- pipelining --------------------------------------------------------------------
+
+
+def test_pipelinedCommandsWaitForSlowChecks():
+    """
+    Replies come in order even when the target answers later (RFC 2920).
+    """
+    s = Session()
+    s.ehlo()
+    s.target.hold = True
+    s.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.org>", "RCPT TO:<c@example.org>", "DATA")
+    assert s.lines() == []
+    s.target.release()
+    s.expect("250 2.1.0 Ok", "250 2.1.5 Ok", "250 2.1.5 Ok", "354 *")
+    s.sendRaw(b"body\r\n.\r\nMAIL FROM:<x@example.org>\r\n")
+    assert s.lines() == []  # the commit is held; MAIL waits for it
+    s.target.release()
+    s.expect("250 2.0.0 Ok: *", "250 2.1.0 Ok")
+    assert stored(s) == b"body\r\n"
+
+
+def test_contentBefore354IsASyncError():
+    s = Session()
+    s.ehlo()
+    s.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.org>", "DATA", "Subject: early")
+    s.expect("250 *", "250 *", "554 5.5.0 Error: SMTP protocol synchronization")
+    assert s.closed
+    assert s.target.messages == []
+
+
+def test_bufferIsPausedWhileBusy():
+    s = Session()
+    s.ehlo()
+    s.target.hold = True
+    s.send("MAIL FROM:<a@example.org>")
+    s.sendRaw(b"NOOP\r\n" * 60000)
+    assert s.transport.producerState == "paused"
+    s.target.release()
+    assert s.transport.producerState == "producing"
+    assert s.lines().count("250 2.0.0 Ok") >= 1
+
+
+# --- smuggling and line endings -------------------------------------------------------
+
+SMUGGLING = [
+    b"\n.\n",
+    b"\r.\r",
+    b"\r.\n",
+    b"\n.\r",
+    b"\n.\r\n",
+    b"\r.\r\n",
+    b"\r\n.\r",
+    b"\r\n.\n",
+    b"\r\n\x00.\r\n",
+    b"\r\n.\x00\r\n",
+    b"\r\n.\r\r\n",
+    b"\r\r\n.\r\r\n",
+]
+
+
+@pytest.mark.parametrize("marker", SMUGGLING, ids=repr)
+def test_smugglingSequencesDoNotEndData(marker):
+    s = Session()
+    s.ehlo()
+    body = (
+        b"Subject: one\r\n\r\nTesting"
+        + marker
+        + b"MAIL FROM:<smuggled@example.org>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n"
+        + b"Subject: smuggled\r\n\r\nNO SMUGGLING\r\n"
+    )
+    replies = s.transaction(body)
+    assert len(replies) == 1 and replies[0].startswith("250 2.0.0 Ok")
+    assert len(s.target.messages) == 1
+    data = stored(s)
+    assert b"NO SMUGGLING" in data
+    assert b"MAIL FROM:<smuggled@example.org>" in data
+    # Every line ending stored is CR LF.
+    assert data.count(b"\n") == data.count(b"\r\n") == data.count(b"\r")
+
+
+def test_noSmugglingAcrossReads():
+    """The aiosmtpd case, split at every position."""
+    payload = b"Testing\n.\r\nNO SMUGGLING\r\n.\r\n"
+    for cut in range(1, len(payload)):
+        s = Session()
+        s.ehlo()
+        s.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.org>", "DATA")
+        s.lines()
+        s.sendRaw(payload[:cut])
+        s.sendRaw(payload[cut:])
+        assert len(s.target.messages) == 1, cut
+        assert stored(s) == b"Testing\r\n.\r\nNO SMUGGLING\r\n"
+
+
+def test_endOfDataSplitAcrossReads():
+    payload = b"a\r\n..b\r\nc\r\n.\r\n"
+    for cut in range(1, len(payload)):
+        s = Session()
+        s.ehlo()
+        s.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.org>", "DATA")
+        s.lines()
+        s.sendRaw(payload[:cut])
+        s.sendRaw(payload[cut:])
+        assert stored(s) == b"a\r\n.b\r\nc\r\n", cut
+
+
+def test_bareLineFeedsAreNormalised():
+    s = Session()
+    s.ehlo()
+    s.transaction(b"a\nb\rc\r\n")
+    assert stored(s) == b"a\r\nb\r\nc\r\n"
+
+
+# --- line limits ------------------------------------------------------------------------
+
+
+def test_overlongCommandLine():
+    s = Session()
+    s.ehlo()
+    s.send("NOOP " + "x" * 20000)
+    s.expect("500 5.5.2 Error: line too long")
+    s.send("NOOP")
+    s.expect("250 2.0.0 Ok")
+
+
+def test_overlongLineWithoutNewlineIsNotBuffered():
+    s = Session()
+    s.ehlo()
+    for i in range(100):
+        s.sendRaw(b"x" * 65536)
+    assert len(s.protocol._buffer) <= s.protocol.maxLineLength + 65536
+    s.sendRaw(b"\r\nNOOP\r\n")
+    lines = s.lines()
+    assert lines[-1] == "250 2.0.0 Ok"
+    assert set(lines[:-1]) == {"500 5.5.2 Error: line too long"}
+
+
+def test_overlongDataLine():
+    s = Session()
+    s.ehlo()
+    s.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.org>", "DATA")
+    s.lines()
+    for i in range(40):
+        s.sendRaw(b"y" * 8192)
+        assert len(s.protocol._buffer) <= s.protocol.maxDataLineLength + 8192
+    s.sendRaw(b"\r\nmore\r\n.\r\n")
+    s.expect("500 5.5.2 Error: line too long")
+    assert s.target.messages == []
+    s.send("NOOP")
+    s.expect("250 2.0.0 Ok")
+
+
+def test_longDataLineWithinLimitIsKept():
+    s = Session()
+    s.ehlo()
+    line = b"z" * 5000
+    s.transaction(line + b"\r\n")
+    assert stored(s) == line + b"\r\n"
+
+
+# --- errors, timeouts, connection limits --------------------------------------------------
+
+
+def test_tooManyErrorsCloses():
+    s = Session(maxErrors=3)
+    s.send("BAD1", "BAD2", "BAD3", "NOOP")
+    s.expect("500 *", "500 *", "500 *", "421 4.7.0 Error: too many errors")
+    assert s.closed
+
+
+def test_idleTimeout():
+    s = Session(timeout=300)
+    s.ehlo()
+    s.clock.advance(299)
+    assert not s.closed
+    s.send("NOOP")
+    s.lines()
+    s.clock.advance(301)
+    s.expect("421 4.4.2 Error: timeout exceeded")
+    assert s.closed
+
+
+def test_connectionLimitPerAddress():
+    s1 = Session(maxConnectionsPerIP=1)
+    factory = s1.factory
+    t2 = Transcript(factory.buildProtocol(None))
+    t2.expect("421 4.7.0 Error: too many connections")
+    assert t2.closed
+    t2.protocol.connectionLost(None)
+    s1.protocol.connectionLost(None)
+    assert factory.connections == 0 and factory.connectionsByIP == {}
+    t3 = Transcript(factory.buildProtocol(None))
+    t3.expect("220 *")
+
+
+# --- STARTTLS ---------------------------------------------------------------------------------
+
+
+def test_plaintextPipelinedAfterSTARTTLSIsDiscarded():
+    s = Session()
+    s.ehlo()
+    s.send("STARTTLS", "EHLO injected", "MAIL FROM:<evil@example.org>")
+    s.expect("220 2.0.0 Ready to start TLS")
+    assert s.protocol.helo is None
+    s.send("MAIL FROM:<a@example.org>")
+    s.expect("503 5.5.1 Error: send HELO/EHLO first")
+
+
+def test_starttlsResetsTheSession():
+    s = Session()
+    s.ehlo()
+    s.send("MAIL FROM:<a@example.org>")
+    s.expect("250 *")
+    s.send("STARTTLS")
+    s.expect("220 *")
+    assert s.protocol._envelope is None
+    s.send("STARTTLS")
+    s.expect("503 5.5.1 Error: TLS already active")
+
+
+def test_starttlsWithoutCertificate():
+    s = Session(tls=False)
+    lines = s.ehlo()
+    assert not any("STARTTLS" in line for line in lines)
+    s.send("STARTTLS")
+    s.expect("454 4.7.0 TLS not available")
+
+
+# --- AUTH -----------------------------------------------------------------------------------
+
+
+def test_authRequiresTLS():
+    s = Session()
+    s.ehlo()
+    s.send("AUTH PLAIN " + b64("\0alice@example.org\0secret"))
+    s.expect("538 5.7.11 *")
+
+
+def test_submissionRequiresAuthBeforeMail():
+    s = Session(mode=MODE_SUBMISSION)
+    s.starttls()
+    s.send("MAIL FROM:<alice@example.org>")
+    s.expect("530 5.7.0 Authentication required")
+    s.send("AUTH PLAIN " + b64("\0alice@example.org\0secret"))
+    s.expect("235 2.7.0 Authentication successful")
+    s.send("MAIL FROM:<alice@example.org>", "RCPT TO:<x@remote.example>")
+    s.expect("250 2.1.0 Ok", "250 2.1.5 Ok")
+    assert s.protocol._envelope.authenticatedAs == "alice@example.org"
+    assert s.protocol._envelope.protocol == "ESMTPSA"
+
+
+def test_authPlainInTwoSteps():
+    s = Session()
+    s.starttls()
+    s.send("AUTH PLAIN")
+    s.expect("334 ")
+    s.send(b64("\0alice@example.org\0secret"))
+    s.expect("235 2.7.0 *")
+    s.send("AUTH PLAIN")
+    s.expect("503 5.5.1 Error: already authenticated")
+
+
+def test_authPlainMalformed():
+    s = Session()
+    s.starttls()
+    s.send("AUTH PLAIN !!!notbase64", "AUTH PLAIN " + b64("no-nuls-here"), "AUTH PLAIN " + b64("\0\0"))
+    s.expect("501 5.5.2 *", "501 5.5.2 *", "501 5.5.2 *")
+    s.send("AUTH PLAIN")
+    s.expect("334 ")
+    s.send("*")
+    s.expect("501 5.0.0 Authentication cancelled")
+    s.send("AUTH KERBEROS_V4")
+    s.expect("504 5.5.4 *")
+    assert not s.closed
+
+
+def test_authPlainWrongPasswordAndForeignAuthzid():
+    s = Session()
+    s.starttls()
+    s.send("AUTH PLAIN " + b64("\0alice@example.org\0wrong"))
+    s.expect("535 5.7.8 *")
+    s.send("AUTH PLAIN " + b64("bob@example.org\0alice@example.org\0secret"))
+    s.expect("535 5.7.8 *")
+
+
+def test_authLogin():
+    s = Session()
+    s.starttls()
+    s.send("AUTH LOGIN")
+    s.expect("334 VXNlcm5hbWU6")
+    s.send(b64("alice@example.org"))
+    s.expect("334 UGFzc3dvcmQ6")
+    s.send(b64("secret"))
+    s.expect("235 2.7.0 *")
+
+
+def test_authCramMD5():
+    s = Session()
+    s.starttls()
+    s.send("AUTH CRAM-MD5")
+    challenge = base64.b64decode(s.lines()[0][4:])
+    digest = hmac.new(b"secret", challenge, "md5").hexdigest()
+    s.send(b64("alice@example.org " + digest))
+    s.expect("235 2.7.0 *")
+
+
+def test_failedLoginsAreDelayed():
+    from mdpy.auth.checkers import FailedLoginTracker
+
+    s = Session()
+    s.factory.loginTracker = FailedLoginTracker(s.clock)
+    s.starttls()
+    s.send("AUTH PLAIN " + b64("\0alice@example.org\0wrong1"))
+    s.expect("535 5.7.8 *")
+    s.send("AUTH PLAIN " + b64("\0alice@example.org\0wrong2"))
+    assert s.lines() == []
+    s.clock.advance(2)
+    s.expect("535 5.7.8 *")
+
+
+# --- CHUNKING -----------------------------------------------------------------------------
+
+
+def test_bdat():
+    s = Session()
+    s.ehlo()
+    s.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.org>")
+    s.expect("250 *", "250 *")
+    s.sendRaw(b"BDAT 12\r\nSubject: x\r\n")
+    s.expect("250 2.0.0 Ok: 12 octets received")
+    s.sendRaw(b"BDAT 8 LAST\r\n\r\n.body\n")
+    s.expect("250 2.0.0 Ok: queued as *")
+    assert stored(s) == b"Subject: x\r\n\r\n.body\r\n"
+
+
+def test_bdatSplitCarriageReturn():
+    s = Session()
+    s.ehlo()
+    s.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.org>")
+    s.lines()
+    s.sendRaw(b"BDAT 2\r\na\r")
+    s.sendRaw(b"BDAT 3 LAST\r\n\nb\r")
+    s.expect("250 *", "250 2.0.0 Ok: queued as *")
+    assert stored(s) == b"a\r\nb\r\n"
+
+
+def test_bdatWithoutRecipientsIsDiscarded():
+    s = Session()
+    s.ehlo()
+    s.sendRaw(b"BDAT 12 LAST\r\nRSET\r\nQUIT\r\nNOOP\r\n")
+    s.expect("503 5.5.1 *", "250 2.0.0 Ok")
+    assert not s.closed
+    s.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.org>")
+    s.sendRaw(b"BDAT 3\r\nabc")
+    s.send("DATA")
+    s.expect("250 *", "250 *", "250 *", "503 5.5.1 Error: bad sequence of commands")
