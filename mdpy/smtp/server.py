@@ -598,7 +598,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         delay = 0
         if tracker is not None:
             delay = tracker.delayFor(self._ip)
-            tracker.recordFailure(self._ip, name, secret)
+            tracker.recordFailure(self._ip, name, tracker.digestPassword(secret or b""))
         if not delay:
             self.reply(codes.C535AuthFailed)
             return None

@@ -1,0 +1,525 @@
+# -*- test-case-name: tests.test_directory -*-
+"""
+An L{IDirectory} kept in one SQLite file.
+
+The server and the C{mdpy} command open the same file from different
+processes.  Nothing is cached in memory: every call runs its query, so a change
+committed by one process is seen by the next call of any other.  The queries
+all go through primary keys or indexes; L{SQLiteDirectory.resolve} of a plain
+existing user is one indexed lookup (a few microseconds), cheap enough for
+every SMTP C{RCPT}.
+
+Invariants:
+  - a user or an alias address always belongs to a domain in C{domains}
+    (L{SQLiteDirectory.removeDomain} deletes them with it);
+  - no address is both a user and an alias;
+  - writes run in C{BEGIN IMMEDIATE} transactions, so the check-then-insert
+    of one process cannot interleave with another's.
+
+The schema version is kept in C{PRAGMA user_version}; L{_MIGRATIONS} holds the
+statements that bring a file from each version to the next.
+"""
+
+import sqlite3
+import threading
+from contextlib import contextmanager
+
+from zope.interface import implementer
+
+from mdpy.address import checkDomain, normalise, normaliseDomain
+from mdpy.auth.passwords import cramMD5Secret, hashPassword
+from mdpy.directory import Resolution, User
+from mdpy.errors import (
+    Disabled,
+    Exists,
+    InvalidInput,
+    NotFound,
+    PermanentFailure,
+    TemporaryFailure,
+)
+from mdpy.interfaces import IDirectory
+
+BUSY_TIMEOUT_MS = 5000
+MAX_ALIAS_DEPTH = 10
+
+# _MIGRATIONS[n] takes a file from user_version n to n + 1.
+_MIGRATIONS = [
+    [
+        "CREATE TABLE domains ("
+        " name TEXT PRIMARY KEY,"
+        " catchall TEXT"
+        ") WITHOUT ROWID",
+        "CREATE TABLE users ("
+        " address TEXT PRIMARY KEY,"
+        " domain TEXT NOT NULL,"
+        " localpart TEXT NOT NULL,"
+        " password TEXT,"
+        " cram_md5 TEXT,"
+        " enabled INTEGER NOT NULL DEFAULT 1"
+        ") WITHOUT ROWID",
+        "CREATE INDEX users_domain ON users (domain)",
+        "CREATE TABLE aliases ("
+        " alias TEXT NOT NULL,"
+        " position INTEGER NOT NULL,"
+        " target TEXT NOT NULL,"
+        " domain TEXT NOT NULL,"
+        " PRIMARY KEY (alias, position)"
+        ") WITHOUT ROWID",
+        "CREATE INDEX aliases_domain ON aliases (domain)",
+    ],
+]
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+# One round trip answers "what is this address": kind 0 is a user (value:
+# enabled), kind 1 an alias target (in order), kind 2 the local domain (value:
+# its catch-all or NULL).  No row at all: a remote address.
+_LOOKUP = (
+    "SELECT 0, enabled, 0 FROM users WHERE address = ?1"
+    " UNION ALL SELECT 1, target, position FROM aliases WHERE alias = ?1"
+    " UNION ALL SELECT 2, catchall, 0 FROM domains WHERE name = ?2"
+)
+_USER_ENABLED = "SELECT enabled FROM users WHERE address = ?"
+
+
+def _checkAddress(address):
+    """
+    @return: the normal form of C{address}.
+    @raise InvalidInput: it is not a valid address.
+    """
+    if not isinstance(address, str):
+        raise InvalidInput("address must be a string: %r" % (address,))
+    return normalise(address)
+
+
+def _checkDomainName(name):
+    """
+    @return: the normal form of the domain C{name}.
+    @raise InvalidInput: it is not a valid domain.
+    """
+    if not isinstance(name, str):
+        raise InvalidInput("domain must be a string: %r" % (name,))
+    domain = normaliseDomain(name.strip())
+    checkDomain(domain, utf8=True)
+    return domain
+
+
+def _domainOf(address):
+    return address.rpartition("@")[2]
+
+
+def _secretsFor(password):
+    """
+    @return: C{(scrypt hash, CRAM-MD5 secret)} for a new password.
+    @raise InvalidInput: the password is empty or not text.
+    """
+    if not isinstance(password, (str, bytes)):
+        raise InvalidInput("password must be a string")
+    if not password:
+        raise InvalidInput("empty password")
+    return hashPassword(password), cramMD5Secret(password)
+
+
+class _Expansion:
+    """
+    The state of one L{SQLiteDirectory.resolve}: what was found so far.
+    """
+
+    def __init__(self):
+        self.seen = set()
+        self.local = []
+        self.remote = []
+        self.disabled = False
+
+
+@implementer(IDirectory)
+class SQLiteDirectory:
+    """
+    Domains, users and aliases in a SQLite database (WAL mode), shared by the
+    server and the C{mdpy} command.
+
+    @ivar path: the database file.
+    """
+
+    def __init__(self, path):
+        """
+        Open (and on first use create) the database.
+
+        @param path: the file name.
+        @raise mdpy.errors.TemporaryFailure: the file cannot be opened.
+        @raise mdpy.errors.PermanentFailure: the file was made by a newer mdpy.
+        """
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(
+                path,
+                timeout=BUSY_TIMEOUT_MS / 1000.0,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            self._db.execute("PRAGMA busy_timeout = %d" % (BUSY_TIMEOUT_MS,))
+            self._db.execute("PRAGMA journal_mode = WAL").fetchall()
+        except sqlite3.Error as e:
+            raise TemporaryFailure("cannot open %s: %s" % (path, e))
+        self._migrate()
+
+    def __repr__(self):
+        return "<SQLiteDirectory %r>" % (self.path,)
+
+    def close(self):
+        """
+        Close the database connection.
+        """
+        with self._lock:
+            self._db.close()
+
+    # --- plumbing -----------------------------------------------------------
+
+    def _migrate(self):
+        """
+        Bring the schema to L{SCHEMA_VERSION}.
+        """
+        if self._version() == SCHEMA_VERSION:
+            return
+        with self._write() as db:
+            version = db.execute("PRAGMA user_version").fetchall()[0][0]
+            if version > SCHEMA_VERSION:
+                raise PermanentFailure(
+                    "%s has schema version %d; this mdpy knows up to %d"
+                    % (self.path, version, SCHEMA_VERSION)
+                )
+            for statements in _MIGRATIONS[version:]:
+                for statement in statements:
+                    db.execute(statement)
+            db.execute("PRAGMA user_version = %d" % (SCHEMA_VERSION,))
+
+    def _version(self):
+        return self._read("PRAGMA user_version")[0][0]
+
+    def _read(self, sql, params=()):
+        """
+        Run one query in its own (autocommit) read transaction.
+
+        @return: all rows.  (Reading every row resets the statement, so no
+            read snapshot stays open and the next call sees new commits.)
+        """
+        try:
+            with self._lock:
+                return self._db.execute(sql, params).fetchall()
+        except sqlite3.Error as e:
+            raise TemporaryFailure("directory %s: %s" % (self.path, e))
+
+    @contextmanager
+    def _write(self):
+        """
+        A write transaction, taken with C{BEGIN IMMEDIATE}; rolled back if the
+        block raises.
+        """
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise TemporaryFailure("directory %s: %s" % (self.path, e))
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException as e:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if isinstance(e, sqlite3.IntegrityError):
+                    raise Exists("directory %s: %s" % (self.path, e))
+                if isinstance(e, sqlite3.Error):
+                    raise TemporaryFailure("directory %s: %s" % (self.path, e))
+                raise
+
+    @staticmethod
+    def _exists(db, sql, params):
+        return bool(db.execute(sql, params).fetchall())
+
+    def _requireDomain(self, db, domain):
+        if not self._exists(db, "SELECT 1 FROM domains WHERE name = ?", (domain,)):
+            raise NotFound("no such domain: %s" % (domain,))
+
+    def _requireFree(self, db, address):
+        """
+        @raise Exists: C{address} is a user or an alias.
+        """
+        if self._exists(db, "SELECT 1 FROM users WHERE address = ?", (address,)):
+            raise Exists("a user %s exists" % (address,))
+        if self._exists(db, "SELECT 1 FROM aliases WHERE alias = ?", (address,)):
+            raise Exists("an alias %s exists" % (address,))
+
+    # --- domains ------------------------------------------------------------
+
+    def listDomains(self):
+        """
+        See L{IDirectory.listDomains}.
+        """
+        return [row[0] for row in self._read("SELECT name FROM domains ORDER BY name")]
+
+    def addDomain(self, name):
+        """
+        See L{IDirectory.addDomain}.
+        """
+        domain = _checkDomainName(name)
+        with self._write() as db:
+            if self._exists(db, "SELECT 1 FROM domains WHERE name = ?", (domain,)):
+                raise Exists("domain %s exists" % (domain,))
+            db.execute("INSERT INTO domains (name) VALUES (?)", (domain,))
+
+    def removeDomain(self, name):
+        """
+        See L{IDirectory.removeDomain}.
+        """
+        domain = _checkDomainName(name)
+        with self._write() as db:
+            self._requireDomain(db, domain)
+            db.execute("DELETE FROM users WHERE domain = ?", (domain,))
+            db.execute("DELETE FROM aliases WHERE domain = ?", (domain,))
+            db.execute("DELETE FROM domains WHERE name = ?", (domain,))
+
+    def hasDomain(self, name):
+        """
+        See L{IDirectory.hasDomain}.
+        """
+        domain = _checkDomainName(name)
+        return bool(self._read("SELECT 1 FROM domains WHERE name = ?", (domain,)))
+
+    def setCatchAll(self, domain, target):
+        """
+        See L{IDirectory.setCatchAll}.
+        """
+        domain = _checkDomainName(domain)
+        if target is not None:
+            target = _checkAddress(target)
+        with self._write() as db:
+            self._requireDomain(db, domain)
+            db.execute(
+                "UPDATE domains SET catchall = ? WHERE name = ?", (target, domain)
+            )
+
+    def getCatchAll(self, domain):
+        """
+        @return: the catch-all address of C{domain}, or L{None}.
+        @raise NotFound: no such domain.
+        """
+        domain = _checkDomainName(domain)
+        rows = self._read("SELECT catchall FROM domains WHERE name = ?", (domain,))
+        if not rows:
+            raise NotFound("no such domain: %s" % (domain,))
+        return rows[0][0]
+
+    # --- users --------------------------------------------------------------
+
+    def listUsers(self, domain=None):
+        """
+        See L{IDirectory.listUsers}.
+        """
+        if domain is None:
+            rows = self._read("SELECT address FROM users ORDER BY address")
+        else:
+            rows = self._read(
+                "SELECT address FROM users WHERE domain = ? ORDER BY address",
+                (_checkDomainName(domain),),
+            )
+        return [row[0] for row in rows]
+
+    def addUser(self, address, password):
+        """
+        See L{IDirectory.addUser}.  Both the scrypt hash and the CRAM-MD5
+        secret of the password are stored (see L{mdpy.auth.passwords}).
+        """
+        address = _checkAddress(address)
+        localpart, _, domain = address.rpartition("@")
+        passwordHash, cramSecret = _secretsFor(password)
+        with self._write() as db:
+            self._requireDomain(db, domain)
+            self._requireFree(db, address)
+            db.execute(
+                "INSERT INTO users"
+                " (address, domain, localpart, password, cram_md5, enabled)"
+                " VALUES (?, ?, ?, ?, ?, 1)",
+                (address, domain, localpart, passwordHash, cramSecret),
+            )
+
+    def removeUser(self, address):
+        """
+        See L{IDirectory.removeUser}.  Aliases pointing at the user are kept.
+        """
+        address = _checkAddress(address)
+        with self._write() as db:
+            if not db.execute(
+                "DELETE FROM users WHERE address = ?", (address,)
+            ).rowcount:
+                raise NotFound("no such user: %s" % (address,))
+
+    def setPassword(self, address, password):
+        """
+        See L{IDirectory.setPassword}.
+        """
+        address = _checkAddress(address)
+        passwordHash, cramSecret = _secretsFor(password)
+        with self._write() as db:
+            if not db.execute(
+                "UPDATE users SET password = ?, cram_md5 = ? WHERE address = ?",
+                (passwordHash, cramSecret, address),
+            ).rowcount:
+                raise NotFound("no such user: %s" % (address,))
+
+    def setEnabled(self, address, enabled):
+        """
+        See L{IDirectory.setEnabled}.
+
+        @raise NotFound: no such user.
+        """
+        address = _checkAddress(address)
+        with self._write() as db:
+            if not db.execute(
+                "UPDATE users SET enabled = ? WHERE address = ?",
+                (1 if enabled else 0, address),
+            ).rowcount:
+                raise NotFound("no such user: %s" % (address,))
+
+    def getUser(self, address):
+        """
+        See L{IDirectory.getUser}.
+        """
+        rows = self._read(
+            "SELECT address, domain, localpart, enabled FROM users"
+            " WHERE address = ?",
+            (_checkAddress(address),),
+        )
+        if not rows:
+            return None
+        return User(*rows[0])
+
+    def getSecrets(self, address):
+        """
+        See L{IDirectory.getSecrets}.
+        """
+        rows = self._read(
+            "SELECT password, cram_md5 FROM users WHERE address = ? AND enabled",
+            (_checkAddress(address),),
+        )
+        if not rows:
+            return None
+        return {"password": rows[0][0], "cram-md5": rows[0][1]}
+
+    # --- aliases ------------------------------------------------------------
+
+    def listAliases(self):
+        """
+        See L{IDirectory.listAliases}.
+        """
+        result = []
+        for alias, target in self._read(
+            "SELECT alias, target FROM aliases ORDER BY alias, position"
+        ):
+            if not result or result[-1][0] != alias:
+                result.append((alias, []))
+            result[-1][1].append(target)
+        return result
+
+    def addAlias(self, alias, targets):
+        """
+        See L{IDirectory.addAlias}.
+
+        @param targets: an address or a sequence of addresses; duplicates are
+            dropped, the order is kept.
+        @raise InvalidInput: no targets, or the alias is its own target.
+        """
+        alias = _checkAddress(alias)
+        if isinstance(targets, str):
+            targets = [targets]
+        normalised = []
+        for target in targets:
+            target = _checkAddress(target)
+            if target == alias:
+                raise InvalidInput("%s cannot be its own target" % (alias,))
+            if target not in normalised:
+                normalised.append(target)
+        if not normalised:
+            raise InvalidInput("alias %s needs at least one target" % (alias,))
+        domain = _domainOf(alias)
+        with self._write() as db:
+            self._requireDomain(db, domain)
+            self._requireFree(db, alias)
+            db.executemany(
+                "INSERT INTO aliases (alias, position, target, domain)"
+                " VALUES (?, ?, ?, ?)",
+                [(alias, i, t, domain) for i, t in enumerate(normalised)],
+            )
+
+    def removeAlias(self, alias):
+        """
+        See L{IDirectory.removeAlias}.
+        """
+        alias = _checkAddress(alias)
+        with self._write() as db:
+            if not db.execute(
+                "DELETE FROM aliases WHERE alias = ?", (alias,)
+            ).rowcount:
+                raise NotFound("no such alias: %s" % (alias,))
+
+    # --- resolution ---------------------------------------------------------
+
+    def resolve(self, address):
+        """
+        See L{IDirectory.resolve}.
+
+        An address of a local domain is, in this order: a user (taken if
+        enabled), an alias (each target resolved in turn, at most
+        L{MAX_ALIAS_DEPTH} levels deep, an address met twice taken once, which
+        also cuts loops), or, if neither, the domain's catch-all resolved the
+        same way.  Unknown addresses among alias targets are skipped.  An
+        address of another domain stands for itself, as a remote address.
+        The bare C{postmaster} of RFC 5321 section 4.5.1 has no domain and is
+        the caller's business.
+
+        @raise InvalidInput: C{address} is malformed.
+        """
+        address = _checkAddress(address)
+        try:
+            with self._lock:
+                rows = self._db.execute(_USER_ENABLED, (address,)).fetchall()
+                if rows and rows[0][0]:
+                    return Resolution([address])
+                expansion = _Expansion()
+                self._db.execute("BEGIN")
+                try:
+                    self._expand(address, 0, expansion)
+                finally:
+                    self._db.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise TemporaryFailure("directory %s: %s" % (self.path, e))
+        if expansion.local or expansion.remote:
+            return Resolution(expansion.local, expansion.remote)
+        if expansion.disabled:
+            raise Disabled("%s: every target is disabled" % (address,))
+        raise NotFound("no such user: %s" % (address,))
+
+    def _expand(self, address, depth, expansion):
+        """
+        Add what C{address} stands for to C{expansion}.  Called with the lock
+        held, inside a read transaction.
+        """
+        if address in expansion.seen or depth > MAX_ALIAS_DEPTH:
+            return
+        expansion.seen.add(address)
+        rows = self._db.execute(_LOOKUP, (address, _domainOf(address))).fetchall()
+        if not rows:
+            expansion.remote.append(address)
+            return
+        rows.sort(key=lambda row: (row[0], row[2]))
+        kind, value = rows[0][0], rows[0][1]
+        if kind == 0:
+            if value:
+                expansion.local.append(address)
+            else:
+                expansion.disabled = True
+        elif kind == 1:
+            for row in rows:
+                if row[0] == 1:
+                    self._expand(row[1], depth + 1, expansion)
+        elif value is not None:
+            self._expand(value, depth + 1, expansion)

@@ -1,0 +1,415 @@
+"""
+Tests for L{mdpy.auth.checkers}.
+"""
+
+import hmac
+
+import pytest
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import (
+    CramMD5Credentials,
+    IUsernameHashedPassword,
+    IUsernamePassword,
+    UsernamePassword,
+)
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.mail.pop3 import APOPCredentials
+from twisted.python.failure import Failure
+from zope.interface import Interface
+from zope.interface.verify import verifyObject
+
+from mdpy.auth import IAccount, checkers
+from mdpy.auth.checkers import (
+    DirectoryChecker,
+    FailedLoginTracker,
+    Realm,
+    makePortal,
+)
+from mdpy.directory.sqlite import SQLiteDirectory
+from mdpy.errors import TemporaryFailure
+
+
+class SynchronousRunner:
+    """
+    A C{runInThread} that runs at once and records what it ran.
+    """
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, f, *args):
+        self.calls.append((f, args))
+        return defer.succeed(f(*args))
+
+
+@pytest.fixture
+def directory(tmp_path):
+    d = SQLiteDirectory(str(tmp_path / "directory.sqlite"))
+    d.addDomain("example.com")
+    d.addUser("alice@example.com", "wonderland")
+    d.addUser("bob@example.com", "builder")
+    d.setEnabled("bob@example.com", False)
+    yield d
+    d.close()
+
+
+@pytest.fixture
+def runner():
+    return SynchronousRunner()
+
+
+@pytest.fixture
+def checker(directory, runner):
+    return DirectoryChecker(directory, runInThread=runner)
+
+
+def result(d):
+    """
+    @return: the result of an already fired L{Deferred}; a L{Failure} if it
+        failed.
+    """
+    results = []
+    d.addBoth(results.append)
+    assert results, "Deferred did not fire"
+    return results[0]
+
+
+def assertUnauthorized(d):
+    outcome = result(d)
+    assert isinstance(outcome, Failure)
+    assert outcome.check(UnauthorizedLogin)
+    return outcome
+
+
+def cramCredentials(username, password, host=b"mail.example.com"):
+    """
+    Build CRAM-MD5 credentials as C{twisted.mail}'s servers do.
+    """
+    credentials = CramMD5Credentials(host)
+    challenge = credentials.getChallenge()
+    digest = hmac.new(password, challenge, "md5").hexdigest().encode("ascii")
+    credentials.setResponse(username + b" " + digest)
+    return credentials
+
+
+# --- checker ----------------------------------------------------------------
+
+
+def test_interface(checker):
+    assert verifyObject(ICredentialsChecker, checker)
+    assert IUsernamePassword in checker.credentialInterfaces
+    assert IUsernameHashedPassword in checker.credentialInterfaces
+
+
+def test_password(checker, runner):
+    d = checker.requestAvatarId(UsernamePassword(b"alice@example.com", b"wonderland"))
+    assert result(d) == "alice@example.com"
+    assert len(runner.calls) == 1
+
+
+def test_passwordNormalisesUsername(checker):
+    d = checker.requestAvatarId(UsernamePassword("Alice@EXAMPLE.com", "wonderland"))
+    assert result(d) == "alice@example.com"
+
+
+def test_wrongPassword(checker):
+    assertUnauthorized(
+        checker.requestAvatarId(UsernamePassword(b"alice@example.com", b"wrong"))
+    )
+
+
+def test_unknownAndDisabledFailAlike(checker, runner):
+    """
+    An unknown user, a disabled user (with its right password) and a wrong
+    password give the same failure, each after one scrypt verification.
+    """
+    outcomes = [
+        assertUnauthorized(checker.requestAvatarId(UsernamePassword(name, pw)))
+        for name, pw in [
+            (b"nobody@example.com", b"wonderland"),
+            (b"bob@example.com", b"builder"),
+            (b"alice@example.com", b"builder"),
+            (b"not an address", b"x"),
+            (b"\xff\xfe@example.com", b"x"),
+        ]
+    ]
+    assert {(type(o.value), str(o.value)) for o in outcomes} == {
+        (UnauthorizedLogin, "bad login")
+    }
+    assert len(runner.calls) == 5
+    for f, args in runner.calls:
+        assert f is checkers.verifyPassword
+        assert args[1].startswith("$scrypt$ln=14,")
+
+
+def test_unknownUserSpendsScryptTime(checker, runner):
+    assertUnauthorized(
+        checker.requestAvatarId(UsernamePassword(b"nobody@example.com", b"x"))
+    )
+    [(f, (password, stored))] = runner.calls
+    assert stored == checkers._DUMMY_HASH
+    # The dummy hash is a real scrypt hash, so verifying it costs as much.
+    assert checkers.verifyPassword(b"x", stored) is False
+
+
+def test_cramMD5(checker):
+    credentials = cramCredentials(b"alice@example.com", b"wonderland")
+    assert result(checker.requestAvatarId(credentials)) == "alice@example.com"
+
+
+def test_cramMD5DoesNotUseCheckPassword(checker, monkeypatch):
+    """
+    CRAM-MD5 is checked against the stored secret, not through
+    C{checkPassword}, which would need the plaintext.
+    """
+    credentials = cramCredentials(b"alice@example.com", b"wonderland")
+    monkeypatch.setattr(
+        credentials, "checkPassword", lambda password: pytest.fail("called")
+    )
+    assert result(checker.requestAvatarId(credentials)) == "alice@example.com"
+
+
+def test_cramMD5Failures(checker):
+    for credentials in [
+        cramCredentials(b"alice@example.com", b"wrong"),
+        cramCredentials(b"bob@example.com", b"builder"),
+        cramCredentials(b"nobody@example.com", b"wonderland"),
+        cramCredentials(b"nobody", b"wonderland"),
+    ]:
+        failure = assertUnauthorized(checker.requestAvatarId(credentials))
+        assert str(failure.value) == "bad login"
+
+
+def test_cramMD5WithoutStoredSecret(directory, runner):
+    """
+    A user whose record has no CRAM-MD5 secret cannot use CRAM-MD5, even with
+    the all-zero response of the dummy secret.
+    """
+    directory._db.execute("UPDATE users SET cram_md5 = NULL")
+    checker = DirectoryChecker(directory, runInThread=runner)
+    credentials = cramCredentials(b"alice@example.com", b"wonderland")
+    assertUnauthorized(checker.requestAvatarId(credentials))
+
+
+def test_cramMD5AfterPasswordChange(checker, directory):
+    directory.setPassword("alice@example.com", "looking glass")
+    assertUnauthorized(
+        checker.requestAvatarId(cramCredentials(b"alice@example.com", b"wonderland"))
+    )
+    credentials = cramCredentials(b"alice@example.com", b"looking glass")
+    assert result(checker.requestAvatarId(credentials)) == "alice@example.com"
+
+
+def test_apopRefused(checker):
+    """
+    APOP needs the plaintext password, which is not stored.
+    """
+    credentials = APOPCredentials(b"<1.2@example.com>", b"alice@example.com", b"0" * 32)
+    assertUnauthorized(checker.requestAvatarId(credentials))
+
+
+def test_directoryFailurePassedOn(runner):
+    class BrokenDirectory:
+        def getSecrets(self, address):
+            raise TemporaryFailure("database is locked")
+
+    checker = DirectoryChecker(BrokenDirectory(), runInThread=runner)
+    outcome = result(
+        checker.requestAvatarId(UsernamePassword(b"alice@example.com", b"x"))
+    )
+    assert isinstance(outcome, Failure)
+    assert outcome.check(TemporaryFailure)
+
+
+def test_defaultRunnerUsesThreadPool(directory, monkeypatch):
+    """
+    Without C{runInThread}, scrypt runs in the reactor's thread pool.
+    """
+    calls = []
+
+    def fakeDeferToThreadPool(reactor, pool, f, *args):
+        calls.append((reactor, pool, f))
+        return defer.succeed(f(*args))
+
+    monkeypatch.setattr(
+        "twisted.internet.threads.deferToThreadPool", fakeDeferToThreadPool
+    )
+    checker = DirectoryChecker(directory)
+    d = checker.requestAvatarId(UsernamePassword(b"alice@example.com", b"wonderland"))
+    assert result(d) == "alice@example.com"
+    [(reactor, pool, f)] = calls
+    assert f is checkers.verifyPassword
+    from twisted.internet import reactor as globalReactor
+
+    assert reactor is globalReactor
+
+
+# --- realm and portal -------------------------------------------------------
+
+
+def test_realm():
+    realm = Realm()
+    assert verifyObject(IRealm, realm)
+    interface, avatar, logout = realm.requestAvatar("alice@example.com", None, IAccount)
+    assert interface is IAccount
+    assert avatar == "alice@example.com"
+    assert logout() is None
+
+
+def test_realmOtherInterface():
+    class IOther(Interface):
+        pass
+
+    with pytest.raises(NotImplementedError):
+        Realm().requestAvatar("alice@example.com", None, IOther)
+
+
+def test_portal(directory, runner):
+    portal = makePortal(directory, runInThread=runner)
+    d = portal.login(
+        UsernamePassword(b"alice@example.com", b"wonderland"), None, IAccount
+    )
+    interface, avatar, logout = result(d)
+    assert (interface, avatar) == (IAccount, "alice@example.com")
+    credentials = cramCredentials(b"alice@example.com", b"wonderland")
+    d = portal.login(credentials, None, IAccount)
+    assert result(d)[1] == "alice@example.com"
+    assertUnauthorized(
+        portal.login(UsernamePassword(b"alice@example.com", b"no"), None, IAccount)
+    )
+
+
+# --- failed login tracker ---------------------------------------------------
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def tracker(clock):
+    return FailedLoginTracker(clock)
+
+
+def test_noFailuresNoDelay(tracker):
+    assert tracker.delayFor("192.0.2.1") == 0
+    assert not tracker.isBanned("192.0.2.1")
+    assert len(tracker) == 0
+
+
+def test_delayDoubles(tracker):
+    delays = []
+    for i in range(6):
+        tracker.recordFailure("192.0.2.1", "alice", tracker.digestPassword("pw%d" % i))
+        delays.append(tracker.delayFor("192.0.2.1"))
+    assert delays == [2.0, 4.0, 8.0, 15.0, 15.0, 15.0]
+    assert tracker.delayFor("192.0.2.2") == 0
+
+
+def test_repeatedPasswordCountsOnce(tracker):
+    digest = tracker.digestPassword("stale")
+    for _ in range(20):
+        tracker.recordFailure("192.0.2.1", "alice", digest)
+    assert tracker.delayFor("192.0.2.1") == 2.0
+    assert not tracker.isBanned("192.0.2.1")
+    # The same password for another user is another guess.
+    tracker.recordFailure("192.0.2.1", "bob", digest)
+    assert tracker.delayFor("192.0.2.1") == 4.0
+
+
+def test_noDigestAlwaysCounts(tracker):
+    tracker.recordFailure("192.0.2.1", "alice", None)
+    tracker.recordFailure("192.0.2.1", "alice", None)
+    assert tracker.delayFor("192.0.2.1") == 4.0
+
+
+def test_digestPassword(tracker):
+    assert tracker.digestPassword("pw") == tracker.digestPassword(b"pw")
+    assert tracker.digestPassword("pw") != tracker.digestPassword("pw2")
+    assert b"pw" not in tracker.digestPassword("pw")
+    other = FailedLoginTracker(Clock())
+    assert other.digestPassword("pw") != tracker.digestPassword("pw")
+
+
+def test_successClears(tracker):
+    for i in range(3):
+        tracker.recordFailure("192.0.2.1", "alice", tracker.digestPassword(str(i)))
+    tracker.recordSuccess("192.0.2.1")
+    assert tracker.delayFor("192.0.2.1") == 0
+    assert len(tracker) == 0
+    tracker.recordSuccess("192.0.2.99")
+
+
+def test_ban(tracker, clock):
+    for i in range(9):
+        tracker.recordFailure("192.0.2.1", "u%d" % i, tracker.digestPassword("x"))
+        clock.advance(10)
+    assert not tracker.isBanned("192.0.2.1")
+    tracker.recordFailure("192.0.2.1", "u9", tracker.digestPassword("x"))
+    assert tracker.isBanned("192.0.2.1")
+    assert not tracker.isBanned("192.0.2.2")
+    # The oldest failure ages out of the window: no longer banned.
+    clock.advance(600 - 90)
+    assert not tracker.isBanned("192.0.2.1")
+    assert tracker.delayFor("192.0.2.1") == 15.0
+
+
+def test_windowForgets(tracker, clock):
+    tracker.recordFailure("192.0.2.1", "alice", tracker.digestPassword("a"))
+    clock.advance(599)
+    assert tracker.delayFor("192.0.2.1") == 2.0
+    clock.advance(1)
+    assert tracker.delayFor("192.0.2.1") == 0
+    # Another address's failure sweeps the expired entry from the table.
+    tracker.recordFailure("192.0.2.2", "alice", tracker.digestPassword("a"))
+    assert len(tracker) == 1
+
+
+def test_repeatCountsAgainAfterWindow(tracker, clock):
+    digest = tracker.digestPassword("stale")
+    tracker.recordFailure("192.0.2.1", "alice", digest)
+    clock.advance(601)
+    tracker.recordFailure("192.0.2.1", "alice", digest)
+    assert tracker.delayFor("192.0.2.1") == 2.0
+
+
+def test_customSettings(clock):
+    tracker = FailedLoginTracker(
+        clock, baseDelay=1.0, maxDelay=3.0, window=60, banThreshold=2
+    )
+    tracker.recordFailure("h", "a", b"1")
+    assert tracker.delayFor("h") == 1.0
+    assert not tracker.isBanned("h")
+    tracker.recordFailure("h", "a", b"2")
+    assert tracker.delayFor("h") == 2.0
+    assert tracker.isBanned("h")
+    tracker.recordFailure("h", "a", b"3")
+    assert tracker.delayFor("h") == 3.0
+    clock.advance(60)
+    assert tracker.delayFor("h") == 0
+
+
+def test_boundedAddresses(clock):
+    tracker = FailedLoginTracker(clock, maxAddresses=100)
+    for i in range(1000):
+        tracker.recordFailure("10.0.%d.%d" % (i // 256, i % 256), "a", b"x")
+    assert len(tracker) == 100
+    # The most recent addresses are the ones kept.
+    assert tracker.delayFor("10.0.3.231") == 2.0
+    assert tracker.delayFor("10.0.0.0") == 0
+
+
+def test_boundedFailuresPerAddress(tracker):
+    for i in range(10000):
+        tracker.recordFailure("192.0.2.1", "alice", str(i).encode())
+    assert len(tracker._failures["192.0.2.1"]) <= max(tracker.banThreshold, 32)
+    assert tracker.isBanned("192.0.2.1")
+    assert tracker.delayFor("192.0.2.1") == 15.0
+
+
+def test_defaultLimit():
+    assert FailedLoginTracker(Clock()).maxAddresses == 100000

@@ -1,0 +1,533 @@
+"""
+Tests for L{mdpy.directory} and L{mdpy.directory.sqlite}.
+"""
+
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+from zope.interface.verify import verifyObject
+
+from mdpy.auth.passwords import cramMD5Secret, verifyPassword
+from mdpy.directory import Resolution, User
+from mdpy.directory import sqlite as sqlitedirectory
+from mdpy.directory.sqlite import MAX_ALIAS_DEPTH, SCHEMA_VERSION, SQLiteDirectory
+from mdpy.errors import Disabled, Exists, InvalidInput, NotFound, PermanentFailure
+from mdpy.interfaces import IDirectory
+
+
+@pytest.fixture
+def path(tmp_path):
+    return str(tmp_path / "directory.sqlite")
+
+
+@pytest.fixture
+def directory(path):
+    d = SQLiteDirectory(path)
+    yield d
+    d.close()
+
+
+@pytest.fixture
+def populated(directory):
+    """
+    Two local domains with a few users.
+    """
+    directory.addDomain("example.com")
+    directory.addDomain("example.org")
+    for address in ["alice@example.com", "bob@example.com", "carol@example.org"]:
+        directory.addUser(address, "secret")
+    return directory
+
+
+# --- value classes ----------------------------------------------------------
+
+
+def test_userEquality():
+    a = User("a@example.com", "example.com", "a", True)
+    assert a == User("a@example.com", "example.com", "a", 1)
+    assert a != User("a@example.com", "example.com", "a", False)
+    assert a != "a@example.com"
+    assert "a@example.com" in repr(a)
+    assert "disabled" in repr(User("a@x.y", "x.y", "a", False))
+
+
+def test_resolutionEquality():
+    r = Resolution(["a@example.com"], ["b@remote.org"])
+    assert r == Resolution(local=["a@example.com"], remote=["b@remote.org"])
+    assert r != Resolution(local=["a@example.com"])
+    assert r != Resolution(["b@remote.org"], ["a@example.com"])
+    assert Resolution() == Resolution([], [])
+    assert repr(r) == (
+        "Resolution(local=['a@example.com'], remote=['b@remote.org'])"
+    )
+
+
+# --- the file ---------------------------------------------------------------
+
+
+def test_interface(directory):
+    assert verifyObject(IDirectory, directory)
+
+
+def test_schemaAndPragmas(directory, path):
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        tables = {
+            row[0]
+            for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        assert {"domains", "users", "aliases"} <= tables
+    finally:
+        db.close()
+    assert directory._read("PRAGMA busy_timeout")[0][0] == 5000
+
+
+def test_reopenKeepsData(path):
+    first = SQLiteDirectory(path)
+    first.addDomain("example.com")
+    first.close()
+    second = SQLiteDirectory(path)
+    assert second.listDomains() == ["example.com"]
+    second.close()
+
+
+def test_newerSchemaRefused(path):
+    SQLiteDirectory(path).close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = %d" % (SCHEMA_VERSION + 1,))
+    db.commit()
+    db.close()
+    with pytest.raises(PermanentFailure):
+        SQLiteDirectory(path)
+
+
+def test_changesSeenByAnotherInstance(path):
+    """
+    What one instance (the C{mdpy} command) commits, another (the running
+    server) sees on its very next call.
+    """
+    server = SQLiteDirectory(path)
+    cli = SQLiteDirectory(path)
+    try:
+        assert not server.hasDomain("example.com")
+        cli.addDomain("example.com")
+        assert server.hasDomain("example.com")
+        with pytest.raises(NotFound):
+            server.resolve("alice@example.com")
+        cli.addUser("alice@example.com", "pw")
+        assert server.resolve("alice@example.com") == Resolution(["alice@example.com"])
+        assert server.getSecrets("alice@example.com") is not None
+        cli.setEnabled("alice@example.com", False)
+        with pytest.raises(Disabled):
+            server.resolve("alice@example.com")
+        assert server.getSecrets("alice@example.com") is None
+        cli.addAlias("team@example.com", ["x@remote.org"])
+        assert server.resolve("team@example.com") == Resolution([], ["x@remote.org"])
+        cli.removeDomain("example.com")
+        assert server.listDomains() == []
+        assert server.resolve("team@example.com") == Resolution(
+            [], ["team@example.com"]
+        )
+    finally:
+        server.close()
+        cli.close()
+
+
+# --- domains ----------------------------------------------------------------
+
+
+def test_domains(directory):
+    assert directory.listDomains() == []
+    directory.addDomain("Example.ORG.")
+    directory.addDomain("example.com")
+    assert directory.listDomains() == ["example.com", "example.org"]
+    assert directory.hasDomain("EXAMPLE.org")
+    assert not directory.hasDomain("example.net")
+
+
+def test_addDomainExists(directory):
+    directory.addDomain("example.com")
+    with pytest.raises(Exists):
+        directory.addDomain("EXAMPLE.COM")
+
+
+@pytest.mark.parametrize(
+    "name", ["", "a..b", "-bad.example", "under_score.example", "a b", None, b"x.y"]
+)
+def test_addDomainInvalid(directory, name):
+    with pytest.raises(InvalidInput):
+        directory.addDomain(name)
+    assert directory.listDomains() == []
+
+
+def test_hasDomainInvalid(directory):
+    with pytest.raises(InvalidInput):
+        directory.hasDomain("a..b")
+
+
+def test_removeDomain(populated):
+    populated.addAlias("sales@example.com", ["alice@example.com", "carol@example.org"])
+    populated.addAlias("info@example.org", ["alice@example.com"])
+    populated.removeDomain("example.com")
+    assert populated.listDomains() == ["example.org"]
+    assert populated.listUsers() == ["carol@example.org"]
+    assert populated.listAliases() == [("info@example.org", ["alice@example.com"])]
+    assert populated.getUser("alice@example.com") is None
+    # Now a remote domain.
+    assert populated.resolve("alice@example.com") == Resolution(
+        [], ["alice@example.com"]
+    )
+
+
+def test_removeDomainNotFound(directory):
+    with pytest.raises(NotFound):
+        directory.removeDomain("example.com")
+
+
+def test_catchAll(populated):
+    with pytest.raises(NotFound):
+        populated.resolve("nobody@example.com")
+    populated.setCatchAll("example.com", "Alice@Example.com")
+    assert populated.getCatchAll("example.com") == "alice@example.com"
+    assert populated.resolve("nobody@example.com") == Resolution(["alice@example.com"])
+    # Existing users are not caught.
+    assert populated.resolve("bob@example.com") == Resolution(["bob@example.com"])
+    # Other domains are not affected.
+    with pytest.raises(NotFound):
+        populated.resolve("nobody@example.org")
+    populated.setCatchAll("example.com", None)
+    assert populated.getCatchAll("example.com") is None
+    with pytest.raises(NotFound):
+        populated.resolve("nobody@example.com")
+
+
+def test_catchAllRemoteAndAlias(populated):
+    populated.addAlias("all@example.org", ["carol@example.org", "x@remote.org"])
+    populated.setCatchAll("example.com", "all@example.org")
+    assert populated.resolve("whoever@example.com") == Resolution(
+        ["carol@example.org"], ["x@remote.org"]
+    )
+
+
+def test_catchAllToItsOwnDomain(populated):
+    """
+    A catch-all pointing at a missing address of its own domain does not loop.
+    """
+    populated.setCatchAll("example.com", "missing@example.com")
+    with pytest.raises(NotFound):
+        populated.resolve("anyone@example.com")
+
+
+def test_catchAllErrors(populated):
+    with pytest.raises(NotFound):
+        populated.setCatchAll("example.net", "alice@example.com")
+    with pytest.raises(InvalidInput):
+        populated.setCatchAll("example.com", "not an address")
+    with pytest.raises(NotFound):
+        populated.getCatchAll("example.net")
+
+
+# --- users ------------------------------------------------------------------
+
+
+def test_users(populated):
+    assert populated.listUsers() == [
+        "alice@example.com",
+        "bob@example.com",
+        "carol@example.org",
+    ]
+    assert populated.listUsers("example.org") == ["carol@example.org"]
+    assert populated.listUsers("EXAMPLE.COM") == [
+        "alice@example.com",
+        "bob@example.com",
+    ]
+    assert populated.listUsers("example.net") == []
+
+
+def test_addUserNormalises(populated):
+    populated.addUser("Dave@EXAMPLE.com", "pw")
+    assert populated.getUser("dave@example.com") == User(
+        "dave@example.com", "example.com", "dave", True
+    )
+    assert populated.getUser("DAVE@example.COM").address == "dave@example.com"
+    with pytest.raises(Exists):
+        populated.addUser("dave@example.com", "pw")
+
+
+def test_addUserStoresBothSecrets(populated):
+    secrets = populated.getSecrets("alice@example.com")
+    assert set(secrets) == {"password", "cram-md5"}
+    assert secrets["password"].startswith("$scrypt$")
+    assert "secret" not in secrets["password"]
+    assert verifyPassword("secret", secrets["password"])
+    assert secrets["cram-md5"] == cramMD5Secret("secret")
+
+
+def test_addUserUnknownDomain(populated):
+    with pytest.raises(NotFound):
+        populated.addUser("eve@example.net", "pw")
+
+
+@pytest.mark.parametrize(
+    "address", ["", "alice", "@example.com", "a b@example.com", "a@b@", None, b"a@b.c"]
+)
+def test_addUserInvalidAddress(populated, address):
+    with pytest.raises(InvalidInput):
+        populated.addUser(address, "pw")
+
+
+@pytest.mark.parametrize("password", ["", b"", None, 42])
+def test_addUserInvalidPassword(populated, password):
+    with pytest.raises(InvalidInput):
+        populated.addUser("dave@example.com", password)
+    assert populated.getUser("dave@example.com") is None
+
+
+def test_addUserClashesWithAlias(populated):
+    populated.addAlias("sales@example.com", ["alice@example.com"])
+    with pytest.raises(Exists):
+        populated.addUser("Sales@example.com", "pw")
+
+
+def test_removeUser(populated):
+    populated.removeUser("Bob@example.com")
+    assert populated.getUser("bob@example.com") is None
+    assert populated.listUsers("example.com") == ["alice@example.com"]
+    with pytest.raises(NotFound):
+        populated.removeUser("bob@example.com")
+    with pytest.raises(InvalidInput):
+        populated.removeUser("bob")
+
+
+def test_setPassword(populated):
+    before = populated.getSecrets("alice@example.com")
+    populated.setPassword("alice@example.com", "new password")
+    after = populated.getSecrets("alice@example.com")
+    assert verifyPassword("new password", after["password"])
+    assert not verifyPassword("secret", after["password"])
+    assert after["cram-md5"] == cramMD5Secret("new password")
+    assert after["cram-md5"] != before["cram-md5"]
+    with pytest.raises(NotFound):
+        populated.setPassword("nobody@example.com", "pw")
+    with pytest.raises(InvalidInput):
+        populated.setPassword("alice@example.com", "")
+
+
+def test_setEnabled(populated):
+    populated.setEnabled("alice@example.com", False)
+    assert populated.getUser("alice@example.com").enabled is False
+    assert populated.getSecrets("alice@example.com") is None
+    with pytest.raises(Disabled):
+        populated.resolve("alice@example.com")
+    populated.setEnabled("alice@example.com", True)
+    assert populated.getUser("alice@example.com").enabled is True
+    assert populated.getSecrets("alice@example.com") is not None
+    assert populated.resolve("alice@example.com") == Resolution(["alice@example.com"])
+    with pytest.raises(NotFound):
+        populated.setEnabled("nobody@example.com", False)
+
+
+def test_getUserAndSecretsUnknown(populated):
+    assert populated.getUser("nobody@example.com") is None
+    assert populated.getSecrets("nobody@example.com") is None
+    assert populated.getSecrets("alice@remote.org") is None
+    with pytest.raises(InvalidInput):
+        populated.getUser("nobody")
+    with pytest.raises(InvalidInput):
+        populated.getSecrets("nobody")
+
+
+# --- aliases ----------------------------------------------------------------
+
+
+def test_aliases(populated):
+    assert populated.listAliases() == []
+    populated.addAlias(
+        "Sales@example.com",
+        ["bob@example.com", "Alice@example.com", "bob@EXAMPLE.com", "x@Remote.org"],
+    )
+    populated.addAlias("info@example.org", "carol@example.org")
+    assert populated.listAliases() == [
+        ("info@example.org", ["carol@example.org"]),
+        ("sales@example.com", ["bob@example.com", "alice@example.com", "x@remote.org"]),
+    ]
+    populated.removeAlias("SALES@example.com")
+    assert populated.listAliases() == [("info@example.org", ["carol@example.org"])]
+    with pytest.raises(NotFound):
+        populated.removeAlias("sales@example.com")
+
+
+def test_addAliasErrors(populated):
+    populated.addAlias("sales@example.com", ["alice@example.com"])
+    with pytest.raises(Exists):
+        populated.addAlias("sales@example.com", ["bob@example.com"])
+    with pytest.raises(Exists):
+        populated.addAlias("alice@example.com", ["bob@example.com"])
+    with pytest.raises(NotFound):
+        populated.addAlias("sales@example.net", ["bob@example.com"])
+    with pytest.raises(InvalidInput):
+        populated.addAlias("info@example.com", [])
+    with pytest.raises(InvalidInput):
+        populated.addAlias("info@example.com", ["bob@example.com", "not an address"])
+    with pytest.raises(InvalidInput):
+        populated.addAlias("info@example.com", ["Info@example.com"])
+    with pytest.raises(InvalidInput):
+        populated.addAlias("info", ["bob@example.com"])
+    assert populated.listAliases() == [("sales@example.com", ["alice@example.com"])]
+
+
+# --- resolve ----------------------------------------------------------------
+
+
+def test_resolveUser(populated):
+    assert populated.resolve("alice@example.com") == Resolution(["alice@example.com"])
+    assert populated.resolve('"Alice"@EXAMPLE.COM') == Resolution(
+        ["alice@example.com"]
+    )
+
+
+def test_resolveUnknownLocal(populated):
+    with pytest.raises(NotFound):
+        populated.resolve("nobody@example.com")
+
+
+def test_resolveRemote(populated):
+    assert populated.resolve("Someone@Remote.ORG") == Resolution(
+        [], ["someone@remote.org"]
+    )
+
+
+@pytest.mark.parametrize("address", ["", "postmaster", "a@", "a b@example.com", None])
+def test_resolveInvalid(populated, address):
+    with pytest.raises(InvalidInput):
+        populated.resolve(address)
+
+
+def test_resolveAliasOneToMany(populated):
+    populated.addAlias(
+        "team@example.com", ["bob@example.com", "alice@example.com", "x@remote.org"]
+    )
+    assert populated.resolve("Team@example.com") == Resolution(
+        ["bob@example.com", "alice@example.com"], ["x@remote.org"]
+    )
+
+
+def test_resolveNestedAliases(populated):
+    populated.addAlias("all@example.com", ["team@example.com", "carol@example.org"])
+    populated.addAlias("team@example.com", ["bob@example.com", "ops@example.org"])
+    populated.addAlias("ops@example.org", ["alice@example.com", "bob@example.com"])
+    assert populated.resolve("all@example.com") == Resolution(
+        ["bob@example.com", "alice@example.com", "carol@example.org"]
+    )
+
+
+def test_resolveLoop(populated):
+    populated.addAlias("a@example.com", ["b@example.com"])
+    populated.addAlias("b@example.com", ["a@example.com", "alice@example.com"])
+    assert populated.resolve("a@example.com") == Resolution(["alice@example.com"])
+    assert populated.resolve("b@example.com") == Resolution(["alice@example.com"])
+
+
+def test_resolvePureLoop(populated):
+    populated.addAlias("a@example.com", ["b@example.com"])
+    populated.addAlias("b@example.com", ["a@example.com"])
+    with pytest.raises(NotFound):
+        populated.resolve("a@example.com")
+
+
+def test_resolveDepthLimit(populated):
+    """
+    Expansion stops at L{MAX_ALIAS_DEPTH} levels of aliases.
+    """
+    chain = ["l%d@example.com" % i for i in range(MAX_ALIAS_DEPTH + 2)]
+    for alias, target in zip(chain, chain[1:]):
+        populated.addAlias(alias, [target, alias.replace("@", "-r@") + ".remote"])
+    populated.addAlias(chain[-1], ["alice@example.com"])
+    result = populated.resolve(chain[0])
+    assert result.local == []
+    assert len(result.remote) == MAX_ALIAS_DEPTH
+    assert populated.resolve(chain[2]).local == ["alice@example.com"]
+
+
+def test_resolveDisabled(populated):
+    populated.setEnabled("bob@example.com", False)
+    with pytest.raises(Disabled):
+        populated.resolve("bob@example.com")
+    populated.addAlias("team@example.com", ["bob@example.com", "alice@example.com"])
+    assert populated.resolve("team@example.com") == Resolution(["alice@example.com"])
+    populated.addAlias("bobs@example.com", ["bob@example.com"])
+    with pytest.raises(Disabled):
+        populated.resolve("bobs@example.com")
+    # A disabled user is not replaced by the catch-all.
+    populated.setCatchAll("example.com", "alice@example.com")
+    with pytest.raises(Disabled):
+        populated.resolve("bob@example.com")
+
+
+def test_resolveDanglingTarget(populated):
+    """
+    An alias target that no longer exists is skipped; if nothing is left, the
+    alias is not found.
+    """
+    populated.addAlias("team@example.com", ["gone@example.com", "alice@example.com"])
+    populated.addAlias("old@example.com", ["gone@example.com"])
+    assert populated.resolve("team@example.com") == Resolution(["alice@example.com"])
+    with pytest.raises(NotFound):
+        populated.resolve("old@example.com")
+    populated.removeUser("alice@example.com")
+    with pytest.raises(NotFound):
+        populated.resolve("team@example.com")
+
+
+def test_resolveAliasToRemoteOnly(populated):
+    populated.addAlias("fwd@example.com", ["Me@Elsewhere.NET", "me@elsewhere.net"])
+    assert populated.resolve("fwd@example.com") == Resolution([], ["me@elsewhere.net"])
+
+
+def test_noQueryCache(directory, path):
+    """
+    Changes written by plain SQL (another program) are seen at once, too.
+    """
+    directory.addDomain("example.com")
+    db = sqlite3.connect(path)
+    db.execute(
+        "INSERT INTO users (address, domain, localpart, password, cram_md5,"
+        " enabled) VALUES ('z@example.com', 'example.com', 'z', NULL, NULL, 1)"
+    )
+    db.commit()
+    db.close()
+    assert directory.resolve("z@example.com") == Resolution(["z@example.com"])
+    assert directory.listUsers() == ["z@example.com"]
+
+
+def test_schemaVersionConstant():
+    assert SCHEMA_VERSION == len(sqlitedirectory._MIGRATIONS)
+
+
+def test_changeFromAnotherProcess(directory, path):
+    """
+    A change committed by another process (the C{mdpy} command) is seen by an
+    instance that was opened before it.
+    """
+    directory.addDomain("example.com")
+    assert directory.listUsers() == []
+    script = (
+        "import sys\n"
+        "from mdpy.directory.sqlite import SQLiteDirectory\n"
+        "d = SQLiteDirectory(sys.argv[1])\n"
+        "d.addUser('new@example.com', 'pw')\n"
+        "d.addAlias('list@example.com', ['new@example.com', 'x@remote.org'])\n"
+        "d.close()\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root)
+    subprocess.run([sys.executable, "-c", script, path], check=True, env=env)
+    assert directory.listUsers() == ["new@example.com"]
+    assert directory.resolve("list@example.com") == Resolution(
+        ["new@example.com"], ["x@remote.org"]
+    )
