@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mdpy import errors
+from mdpy.address import splitAddress
 from mdpy.interfaces import IDelivery, IDeliveryTarget
 
 SPILL_SIZE = 1024 * 1024
@@ -128,7 +129,9 @@ class PipelineDelivery:
         pipeline = self.pipeline
         resolution = pipeline.directory.resolve(address)
         if resolution.remote:
-            if not pipeline.mayRelay(self.envelope) and not resolution.local:
+            domain = splitAddress(address)[1]
+            relaying = not pipeline.directory.hasDomain(domain)
+            if relaying and not pipeline.mayRelay(self.envelope):
                 raise errors.RelayDenied("relaying to <%s> denied" % (address,))
             raise errors.RemoteUnavailable(
                 "no outbound delivery for %s" % (", ".join(resolution.remote),)

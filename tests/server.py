@@ -1,0 +1,158 @@
+"""
+Run a real C{twistd mdpy} on loopback for end-to-end tests.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+HOST = "127.0.0.1"
+
+
+def freePorts(count):
+    """
+    @return: C{count} TCP ports free on loopback now.
+    """
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind((HOST, 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def twistdCommand():
+    twistd = shutil.which("twistd")
+    return [twistd] if twistd else [sys.executable, "-m", "twisted"]
+
+
+def mdpyCommand():
+    mdpy = shutil.which("mdpy")
+    return [mdpy] if mdpy else [sys.executable, "-m", "mdpy.cli"]
+
+
+def waitForBanner(port, timeout=30.0, process=None):
+    """
+    Wait until C{port} answers with an SMTP/POP3/IMAP greeting.
+
+    @return: the greeting line.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError("server exited with %s" % (process.returncode,))
+        try:
+            with socket.create_connection((HOST, port), timeout=2) as s:
+                return s.recv(1024)
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("port %d did not answer" % (port,))
+
+
+class MdpyServer:
+    """
+    A configuration in a temporary folder, the C{mdpy} command on it, and a
+    C{twistd -n mdpy} process.
+    """
+
+    domain = "example.test"
+
+    def __init__(self, root, extra=""):
+        self.root = str(root)
+        self.smtp, self.submission, self.smtps = freePorts(3)
+        self.dataDir = os.path.join(self.root, "data")
+        self.config = os.path.join(self.root, "mdpy.ini")
+        self.log = os.path.join(self.root, "mdpy.log")
+        with open(self.config, "w") as f:
+            f.write(
+                "[server]\nhostname = mx.%(domain)s\ndomain = %(domain)s\n"
+                "data_dir = data\n"
+                "[smtp]\nport = %(smtp)d\ninterface = 127.0.0.1\n"
+                "[submission]\nport = %(submission)d\ninterface = 127.0.0.1\n"
+                "[smtps]\nport = %(smtps)d\ninterface = 127.0.0.1\n"
+                "[pop3]\nenabled = no\n[pop3s]\nenabled = no\n"
+                "[imap]\nenabled = no\n[imaps]\nenabled = no\n"
+                "[odmr]\nenabled = no\n[minger]\nenabled = no\n"
+                % dict(domain=self.domain, smtp=self.smtp, submission=self.submission, smtps=self.smtps)
+                + extra
+            )
+        self.process = None
+
+    def cli(self, *args, input=None):
+        """
+        Run C{mdpy -c CONFIG args...}.  @return: the completed process.
+        """
+        return subprocess.run(
+            mdpyCommand() + ["-c", self.config] + list(args),
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def start(self):
+        self.process = subprocess.Popen(
+            twistdCommand()
+            + ["-n", "--pidfile=", "--logfile", self.log, "mdpy", "--config", self.config],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            waitForBanner(self.smtp, process=self.process)
+        except RuntimeError:
+            self.stop()
+            raise AssertionError(self.logText()[-3000:])
+        return self
+
+    def logText(self):
+        try:
+            with open(self.log) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def kill(self):
+        """
+        C{kill -9} the server.
+        """
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self.process is not None and self.process.stdout:
+            self.process.stdout.close()
+
+    def maildir(self, address, folder=""):
+        local, domain = address.split("@")
+        return os.path.join(self.dataDir, "mail", domain, local, folder)
+
+    def messages(self, address):
+        """
+        @return: the bytes of each message in the INBOX, oldest first.
+        """
+        base = self.maildir(address)
+        found = []
+        for sub in ("new", "cur"):
+            directory = os.path.join(base, sub)
+            for name in os.listdir(directory):
+                path = os.path.join(directory, name)
+                found.append((os.stat(path).st_mtime_ns, name, path))
+        result = []
+        for _, _, path in sorted(found):
+            with open(path, "rb") as f:
+                result.append(f.read())
+        return result

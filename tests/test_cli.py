@@ -1,0 +1,134 @@
+"""
+Tests of the C{mdpy} command (L{mdpy.cli}).
+"""
+
+import io
+import os
+import subprocess
+
+import pytest
+
+from mdpy.cli import main
+from mdpy.datadir import DataDir
+from tests.server import mdpyCommand
+
+
+class CLI:
+    def __init__(self, tmp_path):
+        self.config = tmp_path / "mdpy.ini"
+        self.config.write_text("[server]\ndata_dir = data\nhostname = mx.example.test\n")
+        self.datadir = DataDir(str(tmp_path / "data"))
+
+    def __call__(self, *args, stdin=""):
+        out, err = io.StringIO(), io.StringIO()
+        status = main(["-c", str(self.config)] + list(args), out, io.StringIO(stdin), err)
+        return status, out.getvalue(), err.getvalue()
+
+    def ok(self, *args, stdin=""):
+        status, out, err = self(*args, stdin=stdin)
+        assert (status, err) == (0, ""), err
+        return out
+
+    def fails(self, *args, stdin=""):
+        status, out, err = self(*args, stdin=stdin)
+        assert status == 1
+        assert err.startswith("mdpy: ") and err.count("\n") == 1, err
+        return err
+
+
+@pytest.fixture
+def cli(tmp_path):
+    return CLI(tmp_path)
+
+
+def test_domains(cli):
+    cli.ok("domain", "add", "Example.TEST")
+    cli.ok("domain", "add", "other.test")
+    assert cli.ok("domain", "list") == "example.test\nother.test\n"
+    assert "exists" in cli.fails("domain", "add", "example.test")
+    assert cli.fails("domain", "add", "not a domain")
+    cli.ok("domain", "del", "other.test")
+    assert cli.ok("domain", "list") == "example.test\n"
+    assert cli.fails("domain", "del", "other.test")
+
+
+def test_users(cli):
+    cli.ok("domain", "add", "example.test")
+    cli.ok("user", "add", "Joe@example.test", "--password", "pw1")
+    cli.ok("user", "add", "ann@example.test", stdin="pw2\n")
+    assert cli.ok("user", "list") == "ann@example.test\njoe@example.test\n"
+    assert os.path.isdir(os.path.join(cli.datadir.mailRoot, "example.test", "joe", "new"))
+    directory = cli.datadir.openDirectory()
+    assert directory.getSecrets("ann@example.test")["password"].startswith("$scrypt$")
+    cli.fails("user", "add", "joe@example.test", "--password", "x")  # duplicate
+    cli.fails("user", "add", "bad address@example.test", "--password", "x")
+    cli.fails("user", "add", "x@unknown.test", "--password", "x")
+    cli.fails("user", "add", "y@example.test", stdin="")  # no password on stdin
+    cli.ok("user", "passwd", "joe@example.test", stdin="newpw\n")
+    from mdpy.auth.passwords import verifyPassword
+
+    assert verifyPassword("newpw", directory.getSecrets("joe@example.test")["password"])
+    cli.ok("user", "disable", "joe@example.test")
+    assert directory.getSecrets("joe@example.test") is None
+    cli.ok("user", "enable", "joe@example.test")
+    assert directory.getSecrets("joe@example.test") is not None
+    cli.ok("user", "del", "joe@example.test")
+    assert cli.ok("user", "list") == "ann@example.test\n"
+    assert not os.path.exists(os.path.join(cli.datadir.mailRoot, "example.test", "joe"))
+    cli.fails("user", "passwd", "joe@example.test", stdin="x\n")
+
+
+def test_aliases(cli):
+    cli.ok("domain", "add", "example.test")
+    cli.ok("user", "add", "a@example.test", "--password", "pw")
+    cli.ok("user", "add", "b@example.test", "--password", "pw")
+    cli.ok("alias", "add", "team@example.test", "a@example.test", "b@example.test", "far@remote.test")
+    assert cli.ok("alias", "list") == "team@example.test a@example.test b@example.test far@remote.test\n"
+    cli.fails("alias", "add", "team@example.test", "a@example.test")
+    cli.fails("alias", "add", "x@nowhere.test", "a@example.test")
+    cli.ok("alias", "del", "team@example.test")
+    assert cli.ok("alias", "list") == ""
+    cli.fails("alias", "del", "team@example.test")
+
+
+def test_catchAll(cli):
+    cli.ok("domain", "add", "example.test")
+    cli.ok("user", "add", "a@example.test", "--password", "pw")
+    cli.ok("domain", "catchall", "example.test", "a@example.test")
+    assert cli.datadir.openDirectory().resolve("anything@example.test").local == ["a@example.test"]
+    cli.ok("domain", "catchall", "example.test")
+    from mdpy.errors import NotFound
+
+    with pytest.raises(NotFound):
+        cli.datadir.openDirectory().resolve("anything@example.test")
+
+
+def test_check(cli, tmp_path):
+    assert cli.ok("check").startswith("configuration ok: ")
+    cli.config.write_text("[smtp]\nport = not-a-port\n")
+    err = cli.fails("check")
+    assert "[smtp] port = not-a-port" in err
+
+
+def test_queueAndUnbuiltServices(cli):
+    assert cli.ok("queue", "list") == ""
+    cli.ok("queue", "flush")
+    cli.fails("queue", "del", "ABC")
+    cli.fails("domainpop", "run", "isp")
+    cli.fails("dkim", "generate", "example.test")
+
+
+def test_usageErrorExits2(cli):
+    status, out, err = cli("user", "frobnicate")
+    assert status == 2
+
+
+def test_consoleScript(tmp_path):
+    """The installed command: one line and status 1 for a bad value."""
+    config = tmp_path / "bad.ini"
+    config.write_text("[smtp]\nport = not-a-port\n")
+    done = subprocess.run(mdpyCommand() + ["-c", str(config), "check"], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert "port = not-a-port" in done.stderr

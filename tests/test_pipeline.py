@@ -1,0 +1,123 @@
+"""
+Tests of L{mdpy.delivery.pipeline}: routing through the directory to the
+store, and the per-copy trace headers.
+"""
+
+import email
+
+import pytest
+from twisted.internet import defer
+from zope.interface.verify import verifyObject
+
+from mdpy import errors
+from mdpy.delivery.pipeline import DeliveryPipeline, stripTraceHeaders
+from mdpy.directory.sqlite import SQLiteDirectory
+from mdpy.envelope import Envelope
+from mdpy.interfaces import IDelivery, IDeliveryTarget
+from mdpy.store.memory import MemoryStore
+
+
+@pytest.fixture
+def pipeline(tmp_path):
+    directory = SQLiteDirectory(str(tmp_path / "directory.sqlite"))
+    directory.addDomain("example.test")
+    directory.addUser("joe@example.test", "pw")
+    directory.addUser("ann@example.test", "pw")
+    directory.addAlias("team@example.test", ["joe@example.test", "ann@example.test"])
+    directory.addAlias("fwd@example.test", ["someone@remote.test"])
+    return DeliveryPipeline(directory, MemoryStore(), spoolDir=str(tmp_path))
+
+
+def inbox(pipeline, address):
+    return [m.open().read() for m in pipeline.store.openMailbox(address).messages()]
+
+
+def deliver(pipeline, recipients, data, sender="a@remote.test", **kwargs):
+    delivery = pipeline.startDelivery(Envelope(sender, **kwargs))
+    for rcpt in recipients:
+        delivery.addRecipient(rcpt)
+    delivery.write(data)
+    return delivery.commit()
+
+
+def test_interfaces(pipeline):
+    verifyObject(IDeliveryTarget, pipeline)
+    verifyObject(IDelivery, pipeline.startDelivery(Envelope("a@b.test")))
+
+
+def test_oneCopyPerAccountWithTraceHeaders(pipeline):
+    d = deliver(pipeline, ["team@example.test", "Joe@Example.TEST"], b"Subject: x\r\n\r\nbody\r\n")
+    assert d.called and d.result is None
+    [joe] = inbox(pipeline, "joe@example.test")
+    [ann] = inbox(pipeline, "ann@example.test")
+    assert joe == (
+        b"Return-Path: <a@remote.test>\r\nX-MDRcpt-To: team@example.test\r\n"
+        b"X-Rcpt-To: team@example.test\r\nSubject: x\r\n\r\nbody\r\n"
+    )
+    assert email.message_from_bytes(ann)["X-Rcpt-To"] == "team@example.test"
+
+
+def test_forgedTraceHeadersAreReplaced(pipeline):
+    data = (
+        b"Received: x\r\nX-MDRcpt-To: evil@example.test\r\nx-rcpt-to: evil@example.test\r\n"
+        b"Return-Path: <evil@remote.test>\r\n (folded)\r\nSubject: y\r\n\r\n"
+        b"X-Rcpt-To: in the body stays\r\n"
+    )
+    deliver(pipeline, ["joe@example.test"], data)
+    [joe] = inbox(pipeline, "joe@example.test")
+    message = email.message_from_bytes(joe)
+    assert message.get_all("X-MDRcpt-To") == ["joe@example.test"]
+    assert message.get_all("X-Rcpt-To") == ["joe@example.test"]
+    assert message.get_all("Return-Path") == ["<a@remote.test>"]
+    assert b"(folded)" not in joe
+    assert joe.endswith(b"\r\n\r\nX-Rcpt-To: in the body stays\r\n")
+
+
+def test_largeMessageIsSpooledAndCopiedWhole(pipeline):
+    body = b"".join(b"line %07d\r\n" % i for i in range(300000))
+    deliver(pipeline, ["team@example.test"], b"X-Rcpt-To: forged\r\nSubject: big\r\n\r\n" + body)
+    for address in ("joe@example.test", "ann@example.test"):
+        [stored] = inbox(pipeline, address)
+        assert stored.endswith(b"Subject: big\r\n\r\n" + body)
+        assert stored.count(b"X-Rcpt-To") == 1
+
+
+def test_recipientErrors(pipeline):
+    delivery = pipeline.startDelivery(Envelope("a@remote.test"))
+    with pytest.raises(errors.NotFound):
+        delivery.addRecipient("nobody@example.test")
+    with pytest.raises(errors.RelayDenied):
+        delivery.addRecipient("x@remote.test")
+    with pytest.raises(errors.RemoteUnavailable):
+        delivery.addRecipient("fwd@example.test")
+    authenticated = pipeline.startDelivery(Envelope("joe@example.test", authenticatedAs="joe@example.test"))
+    with pytest.raises(errors.RemoteUnavailable):
+        authenticated.addRecipient("x@remote.test")
+    pipeline.directory.setEnabled("joe@example.test", False)
+    with pytest.raises(errors.Disabled):
+        delivery.addRecipient("joe@example.test")
+
+
+def test_storeFailureFailsTheCommit(pipeline):
+    pipeline.store.failDeliver = errors.TemporaryFailure("disk full")
+    d = deliver(pipeline, ["joe@example.test"], b"x\r\n")
+    failure = []
+    d.addErrback(failure.append)
+    assert failure[0].check(errors.TemporaryFailure)
+    assert inbox(pipeline, "joe@example.test") == []
+
+
+def test_noRecipientsCannotCommit(pipeline):
+    d = pipeline.startDelivery(Envelope("a@b.test")).commit()
+    failure = []
+    d.addErrback(failure.append)
+    assert failure[0].check(errors.PermanentFailure)
+
+
+def test_stripTraceHeaders():
+    assert stripTraceHeaders(b"A: 1\r\nReturn-Path: <x>\r\nB: 2\r\n\r\nReturn-Path: body\r\n") == (
+        b"A: 1\r\nB: 2\r\n\r\nReturn-Path: body\r\n",
+        True,
+    )
+    assert stripTraceHeaders(b"\r\nX-Rcpt-To: body\r\n") == (b"\r\nX-Rcpt-To: body\r\n", True)
+    assert stripTraceHeaders(b"A: unfinished") == (b"A: unfinished", False)
