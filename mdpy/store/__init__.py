@@ -1,0 +1,3 @@
+"""
+Mailbox storage: the Maildir++ store and an in-memory store for tests.
+"""

@@ -1,0 +1,775 @@
+# -*- test-case-name: tests.test_store_maildir -*-
+"""
+The Maildir++ store: one standard Maildir tree per account, readable by
+Dovecot, mutt and mbsync, with a small rebuildable index beside each folder.
+
+Layout::
+
+    root/<domain>/<localpart>/            INBOX (cur/ new/ tmp/)
+    root/<domain>/<localpart>/.Sent/      folder "Sent" (with a maildirfolder file)
+    root/<domain>/<localpart>/.Lists.Work/  folder "Lists/Work"
+
+Folder levels are stored in modified UTF-7 (RFC 3501 section 5.1.3), as
+Dovecot does.  The domain and local part are lowercased; C{%}, C{/}, NUL and a
+leading C{.} in them are written as C{%XX} so no address can escape the root.
+
+Message files are named C{<seconds>.M<usec>P<pid>Q<n>.<host>,S=<size>}, with
+the Maildir info suffix C{:2,<flags>} once in C{cur/}.  The index beside each
+folder, its file format and its locking are described in
+L{mdpy.store.maildirindex}.
+
+Invariants: a L{MaildirMailbox}'s view (L{MaildirMailbox.messages} and its
+counters) changes only in L{MaildirMailbox.sync} or when a Deferred of its own
+C{append}, C{setFlags} or C{expunge} fires, on the reactor thread; the work
+itself is done under the folder lock in a worker thread.
+"""
+
+import base64
+import itertools
+import os
+import re
+import shutil
+import socket
+import time
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mdpy.address import normaliseDomain, splitAddress
+from mdpy.errors import Exists, InvalidInput, NotFound, TemporaryFailure
+from mdpy.interfaces import IMailbox, IMailStore, IStoredMessage
+from mdpy.store.maildirindex import (
+    FolderIndex,
+    flagsFromInfo,
+    fsyncDirectory,
+    infoForFlags,
+    normaliseFlags,
+    unlinkQuietly,
+    writeAll,
+    writeFileAtomically,
+)
+
+SUBSCRIPTIONS_NAME = "subscriptions"
+SPECIAL_FOLDERS = ("Drafts", "Sent", "Trash", "Junk", "Archive")
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_CHUNK = 65536
+_counter = itertools.count(1)
+_stateSerial = itertools.count(1)
+_log = Logger()
+
+
+def _escapeHost(host):
+    return host.replace("/", "\\057").replace(":", "\\072").replace(",", "\\054")
+
+
+_HOST = _escapeHost(socket.gethostname())
+
+
+def uniqueName(now=None):
+    """
+    A new Maildir base name, C{<seconds>.M<usec>P<pid>Q<counter>.<host>}.
+    The host name has C{/}, C{:} and C{,} escaped as C{\\057}, C{\\072},
+    C{\\054}; the pid is read now, so a forked process makes its own names.
+    """
+    if now is None:
+        now = time.time()
+    seconds = int(now)
+    return "%d.M%dP%dQ%d.%s" % (
+        seconds, int((now - seconds) * 1000000), os.getpid(), next(_counter), _HOST,
+    )
+
+
+def _deferToReactorThreadPool(f, *args):
+    from twisted.internet import reactor
+    from twisted.internet.threads import deferToThreadPool
+
+    return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+
+
+# --- names ------------------------------------------------------------------
+
+
+def _encodeMUTF7(text):
+    out, pending = [], []
+
+    def flush():
+        if pending:
+            raw = "".join(pending).encode("utf-16-be")
+            out.append("&%s-" % base64.b64encode(raw).decode().rstrip("=").replace("/", ","))
+            del pending[:]
+
+    for ch in text:
+        if " " <= ch <= "~":
+            flush()
+            out.append("&-" if ch == "&" else ch)
+        else:
+            pending.append(ch)
+    flush()
+    return "".join(out)
+
+
+def _decodeMUTF7(text):
+    if "&" not in text:
+        return text
+    out, i = [], 0
+    try:
+        while i < len(text):
+            if text[i] != "&":
+                out.append(text[i])
+                i += 1
+                continue
+            end = text.index("-", i)
+            if end == i + 1:
+                out.append("&")
+            else:
+                b64 = text[i + 1:end].replace(",", "/")
+                raw = base64.b64decode(b64 + "=" * (-len(b64) % 4), validate=True)
+                out.append(raw.decode("utf-16-be"))
+            i = end + 1
+    except (ValueError, UnicodeError):
+        return text
+    return "".join(out)
+
+
+def normaliseFolderName(name):
+    """
+    Check a folder name of the store API (C{"/"} separates levels).
+
+    @return: the name, with a first level C{INBOX} in any case written
+        C{INBOX}.
+    @raise InvalidInput: empty, NUL, C{".."}, a leading or trailing C{"/"}, an
+        empty level, or a C{"."} inside a level.
+    """
+    if name == "INBOX":
+        return name
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise InvalidInput("bad folder name: %r" % (name,))
+    levels = name.split("/")
+    for level in levels:
+        if not level or "." in level:
+            raise InvalidInput("bad folder name: %r" % (name,))
+    if levels[0].upper() == "INBOX":
+        levels[0] = "INBOX"
+    return "/".join(levels)
+
+
+def accountKey(address):
+    """
+    @return: the name an account is filed under: C{local@domain}, both
+        lowercased.
+    @raise InvalidInput: not an address.
+    """
+    local, domain = splitAddress(address)
+    domain = normaliseDomain(domain)
+    if not domain:
+        raise InvalidInput("not an address: %r" % (address,))
+    return "%s@%s" % (local.lower(), domain)
+
+
+def _folderDirName(name):
+    """
+    @return: the directory of folder C{name} inside the account, C{""} for
+        INBOX.  C{name} is normalised.
+    """
+    if name == "INBOX":
+        return ""
+    return "." + ".".join(_encodeMUTF7(level) for level in name.split("/"))
+
+
+def _folderNameFromDir(dirName):
+    return "/".join(_decodeMUTF7(level) for level in dirName[1:].split("."))
+
+
+def _escapeComponent(text):
+    text = text.replace("%", "%25").replace("/", "%2F").replace("\0", "%00")
+    if text.startswith("."):
+        text = "%2E" + text[1:]
+    return text
+
+
+# --- disk helpers -----------------------------------------------------------
+
+
+def _writeParts(fd, parts):
+    size = 0
+    for part in parts:
+        if isinstance(part, (bytes, bytearray, memoryview)):
+            size += writeAll(fd, part)
+            continue
+        read = part.read
+        while True:
+            chunk = read(_CHUNK)
+            if not chunk:
+                break
+            size += writeAll(fd, chunk)
+    return size
+
+
+def _makeMaildir(path, folder):
+    os.makedirs(path, 0o700, exist_ok=True)
+    for sub in ("cur", "tmp"):
+        os.makedirs(os.path.join(path, sub), 0o700, exist_ok=True)
+    if folder:
+        os.close(os.open(os.path.join(path, "maildirfolder"), os.O_WRONLY | os.O_CREAT, 0o600))
+    # new/ last: its presence means the folder is complete.
+    os.makedirs(os.path.join(path, "new"), 0o700, exist_ok=True)
+
+
+def _writeCopies(targets):
+    """
+    Write each C{(folderPath, parts)} to its C{tmp/}, fsync, then rename all
+    into C{new/} and fsync each C{new/} once.  Runs in a worker thread.
+
+    @raise NotFound: a folder has no C{new/}.
+    @raise TemporaryFailure: an I/O error; nothing is left behind.
+    """
+    now = time.time()
+    written, renamed, finals = [], [], []
+    step = "deliver"
+    try:
+        for folderPath, parts in targets:
+            while True:
+                base = uniqueName(now)
+                tmpPath = folderPath + "/tmp/" + base
+                step = "create " + tmpPath
+                try:
+                    fd = os.open(tmpPath, _CREATE, 0o600)
+                    break
+                except FileExistsError:
+                    continue
+                except FileNotFoundError:
+                    if not os.path.isdir(folderPath + "/new"):
+                        raise NotFound("no such mailbox: %s" % (folderPath,))
+                    raise
+            written.append(tmpPath)
+            try:
+                step = "write " + tmpPath
+                size = _writeParts(fd, parts)
+                step = "fsync " + tmpPath
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            finals.append("%s/new/%s,S=%d" % (folderPath, base, size))
+        for tmpPath, final in zip(written, finals):
+            step = "rename " + tmpPath
+            os.rename(tmpPath, final)
+            renamed.append(final)
+        for directory in dict.fromkeys(os.path.dirname(final) for final in finals):
+            step = "fsync " + directory
+            fsyncDirectory(directory)
+    except BaseException as e:
+        for path in written + renamed:
+            unlinkQuietly(path)
+        if isinstance(e, OSError):
+            raise TemporaryFailure("%s: %s" % (step, e.strerror or e)) from e
+        raise
+
+
+# --- messages and mailboxes -------------------------------------------------
+
+
+def _locate(folderPath, key):
+    for sub in ("cur", "new"):
+        directory = os.path.join(folderPath, sub)
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            if name == key or name.startswith(key + ":"):
+                return os.path.join(directory, name)
+    raise NotFound("message %s is gone" % (key,))
+
+
+@implementer(IStoredMessage)
+class MaildirMessage:
+    """
+    One message file.  See L{IStoredMessage}.
+    """
+
+    def __init__(self, folderPath, uid, key, filename, flags, modSeq):
+        self.uid = uid
+        self.key = key
+        self.filename = filename
+        self.flags = flags
+        self.modSeq = modSeq
+        self._folderPath = folderPath
+        self._size = None
+        self._internalDate = None
+
+    def _stat(self):
+        path = os.path.join(self._folderPath, "cur", self.filename)
+        try:
+            return os.stat(path)
+        except FileNotFoundError:
+            return os.stat(_locate(self._folderPath, self.key))
+
+    @property
+    def size(self):
+        if self._size is None:
+            start = self.key.find(",S=")
+            digits = re.match(r"[0-9]+", self.key[start + 3:]) if start >= 0 else None
+            self._size = int(digits.group()) if digits else self._stat().st_size
+        return self._size
+
+    @property
+    def internalDate(self):
+        if self._internalDate is None:
+            self._internalDate = self._stat().st_mtime
+        return self._internalDate
+
+    def open(self):
+        """
+        See L{IStoredMessage.open}.  A file renamed by another program since
+        the last sync is found again by its key.
+        """
+        try:
+            return open(os.path.join(self._folderPath, "cur", self.filename), "rb")
+        except FileNotFoundError:
+            return open(_locate(self._folderPath, self.key), "rb")
+
+    def __repr__(self):
+        return "<MaildirMessage uid=%d %s>" % (self.uid, self.filename)
+
+
+class _State:
+    """
+    A consistent view of a folder, as of one locked transaction.
+    """
+
+    def __init__(self, serial, uidValidity, uidNext, highestModSeq, messages, keywords):
+        self.serial = serial
+        self.uidValidity = uidValidity
+        self.uidNext = uidNext
+        self.highestModSeq = highestModSeq
+        self.messages = messages
+        self.byUid = {message.uid: message for message in messages}
+        self.keywords = keywords
+
+
+_EMPTY = _State(0, 0, 1, 0, [], ())
+
+
+@implementer(IMailbox)
+class MaildirMailbox:
+    """
+    One Maildir folder.  See L{IMailbox} and the module docstring for the
+    index and its invariants.
+
+    @ivar path: the folder's directory.
+    """
+
+    def __init__(self, store, account, name, accountPath, path):
+        self.name = name
+        self.path = path
+        self._store = store
+        self._account = account
+        self._accountPath = accountPath
+        self._state = _EMPTY
+        self._index = FolderIndex(path, accountPath, "%s of %s" % (name, account))
+        self._pendingFlags = []
+        self._flagJobRunning = False
+
+    uidValidity = property(lambda self: self._state.uidValidity)
+    uidNext = property(lambda self: self._state.uidNext)
+    highestModSeq = property(lambda self: self._state.highestModSeq)
+
+    def __repr__(self):
+        return "<MaildirMailbox %s %s>" % (self._account, self.name)
+
+    def _transact(self, operation=None):
+        """
+        See L{FolderIndex.transact}; runs in the calling (or a worker) thread.
+
+        @return: C{(state, operation's result)}.
+        """
+        return self._index.transact(operation, self._buildState)
+
+    def _buildState(self, uidList, files, keywords):
+        previous = self._state
+        reuse = previous.byUid if previous.keywords == tuple(keywords.names) else {}
+        flagsByInfo = {}
+        messages = []
+        for key, (uid, modSeq, info) in uidList.entries.items():
+            name = files[key]
+            message = reuse.get(uid)
+            if message is None or message.filename != name or message.modSeq != modSeq:
+                flags = flagsByInfo.get(info)
+                if flags is None:
+                    flags = flagsByInfo[info] = flagsFromInfo(info, keywords)
+                message = MaildirMessage(self.path, uid, key, name, flags, modSeq)
+            messages.append(message)
+        return _State(next(_stateSerial), uidList.uidValidity, uidList.uidNext, uidList.highestModSeq,
+                      messages, tuple(keywords.names))
+
+    def _install(self, outcome):
+        state, result = outcome
+        if state.serial > self._state.serial:
+            self._state = state
+        return result
+
+    def _notify(self, result):
+        self._store._notify(self._account, self.name)
+        return result
+
+    # IMailbox
+
+    def sync(self):
+        """
+        See L{IMailbox.sync}.  Synchronous.
+        """
+        self._install(self._transact())
+
+    def messages(self):
+        """
+        See L{IMailbox.messages}.
+        """
+        return list(self._state.messages)
+
+    def append(self, data, flags=(), internalDate=None):
+        """
+        See L{IMailbox.append}.  The file goes straight into C{cur/}.
+        """
+        d = self._store._runInThread(self._appendInThread, bytes(data), normaliseFlags(flags), internalDate)
+        d.addCallback(self._install)
+        d.addCallback(self._notify)
+        return d
+
+    def _appendInThread(self, data, flags, internalDate):
+        base = uniqueName()
+        tmpPath = os.path.join(self.path, "tmp", base)
+        key = "%s,S=%d" % (base, len(data))
+        placed = []
+
+        def place(uidList, files, keywords):
+            info = infoForFlags(flags, keywords)
+            final = os.path.join(self.path, "cur", key + ":" + info)
+            os.rename(tmpPath, final)
+            placed.append(final)
+            fsyncDirectory(os.path.dirname(final))
+            files[key] = key + ":" + info
+            return uidList.add(key, info)
+
+        try:
+            fd = os.open(tmpPath, _CREATE, 0o600)
+            try:
+                writeAll(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if internalDate is not None:
+                os.utime(tmpPath, (internalDate, internalDate))
+            return self._transact(place)
+        except BaseException as e:
+            for path in [tmpPath] + placed:
+                unlinkQuietly(path)
+            if isinstance(e, FileNotFoundError):
+                raise NotFound("mailbox %s of %s is gone" % (self.name, self._account)) from e
+            if isinstance(e, OSError):
+                raise TemporaryFailure("append to %s: %s" % (self.path, e)) from e
+            raise
+
+    def setFlags(self, uid, flags):
+        """
+        See L{IMailbox.setFlags}.  Calls made while one is being written are
+        committed together (one index write for a whole IMAP C{STORE}).
+        """
+        d = defer.Deferred()
+        self._pendingFlags.append((uid, normaliseFlags(flags), d))
+        if not self._flagJobRunning:
+            self._startFlagJob()
+        return d
+
+    def _startFlagJob(self):
+        batch, self._pendingFlags = self._pendingFlags, []
+        self._flagJobRunning = True
+        d = self._store._runInThread(self._transact, lambda *a: self._applyFlags(batch, *a))
+        d.addBoth(self._flagJobDone, batch)
+
+    def _applyFlags(self, batch, uidList, files, keywords):
+        cur = os.path.join(self.path, "cur")
+        results = []
+        for uid, flags, _ in batch:
+            message = self._state.byUid.get(uid)
+            key = message.key if message is not None else None
+            if key not in uidList.entries or uidList.entries[key][0] != uid:
+                key = next((k for k, e in uidList.entries.items() if e[0] == uid), None)
+            if key is None:
+                results.append(NotFound("no message with UID %d" % (uid,)))
+                continue
+            old = files[key]
+            try:
+                info = infoForFlags(flags, keywords, old.partition(":")[2])
+            except InvalidInput as e:
+                results.append(e)
+                continue
+            new = key + ":" + info
+            if new != old:
+                os.rename(os.path.join(cur, old), os.path.join(cur, new))
+                files[key] = new
+            modSeq = uidList.nextModSeq()
+            uidList.entries[key] = (uid, modSeq, info)
+            results.append(modSeq)
+        return results
+
+    def _flagJobDone(self, outcome, batch):
+        self._flagJobRunning = False
+        if isinstance(outcome, Failure):
+            results = [outcome] * len(batch)
+        else:
+            results = self._install(outcome)
+            if any(not isinstance(r, Exception) for r in results):
+                self._notify(None)
+        for (_, _, d), result in zip(batch, results):
+            if isinstance(result, (Exception, Failure)):
+                d.errback(result)
+            else:
+                d.callback(result)
+        if self._pendingFlags and not self._flagJobRunning:
+            self._startFlagJob()
+
+    def expunge(self, uids):
+        """
+        See L{IMailbox.expunge}.
+        """
+        d = self._store._runInThread(self._transact, self._expungeLocked(frozenset(uids)))
+        d.addCallback(self._install)
+        d.addCallback(self._notify)
+        return d
+
+    def _expungeLocked(self, uids):
+        def remove(uidList, files, keywords):
+            cur = os.path.join(self.path, "cur")
+            removed = []
+            for key, (uid, _, _) in list(uidList.entries.items()):
+                if uid in uids:
+                    try:
+                        os.unlink(os.path.join(cur, files.pop(key)))
+                    except FileNotFoundError:
+                        pass
+                    del uidList.entries[key]
+                    removed.append(uid)
+            if removed:
+                fsyncDirectory(cur)
+                uidList.nextModSeq()
+            return removed
+
+        return remove
+
+
+# --- the store --------------------------------------------------------------
+
+
+@implementer(IMailStore)
+class MaildirStore:
+    """
+    Maildir++ trees under C{root}.  See L{IMailStore} and the module
+    docstring.
+
+    @param runInThread: C{runInThread(f, *args)} returns a L{Deferred} firing
+        with C{f(*args)} run off the reactor thread; by default the global
+        reactor's thread pool.
+    """
+
+    def __init__(self, root, runInThread=None):
+        self.root = os.path.abspath(root)
+        self._runInThread = runInThread or _deferToReactorThreadPool
+        self._listeners = {}
+
+    def __repr__(self):
+        return "<MaildirStore %s>" % (self.root,)
+
+    _accountKey = staticmethod(accountKey)
+
+    def accountPath(self, address):
+        """
+        @return: the directory of C{address}'s INBOX.
+        """
+        local, _, domain = self._accountKey(address).rpartition("@")
+        return os.path.join(self.root, _escapeComponent(domain), _escapeComponent(local))
+
+    def folderPath(self, address, name="INBOX"):
+        """
+        @return: the directory of folder C{name} of C{address}.
+        @raise InvalidInput: a bad folder name.
+        """
+        dirName = _folderDirName(normaliseFolderName(name))
+        path = self.accountPath(address)
+        return os.path.join(path, dirName) if dirName else path
+
+    def _existingAccountPath(self, address):
+        path = self.accountPath(address)
+        if not os.path.isdir(os.path.join(path, "new")):
+            raise NotFound("no mailbox for %s" % (address,))
+        return path
+
+    def _notify(self, account, folder):
+        for listener in list(self._listeners.get(account, ())):
+            try:
+                listener(account, folder)
+            except Exception:
+                _log.failure("mailbox listener {listener} failed", listener=listener)
+
+    # IMailStore
+
+    def createAccount(self, address):
+        """
+        See L{IMailStore.createAccount}.
+        """
+        path = self.accountPath(address)
+        _makeMaildir(path, folder=False)
+        for name in SPECIAL_FOLDERS:
+            _makeMaildir(os.path.join(path, _folderDirName(name)), folder=True)
+        subscriptions = os.path.join(path, SUBSCRIPTIONS_NAME)
+        if not os.path.exists(subscriptions):
+            writeFileAtomically(subscriptions, "".join(n + "\n" for n in SPECIAL_FOLDERS).encode())
+
+    def deleteAccount(self, address):
+        """
+        See L{IMailStore.deleteAccount}.  Nothing happens if there is no tree.
+        """
+        path = self.accountPath(address)
+        if os.path.isdir(path):
+            doomed = "%s.mdpy-deleted.%s" % (path, uniqueName())
+            os.rename(path, doomed)
+            shutil.rmtree(doomed)
+
+    def accountExists(self, address):
+        """
+        See L{IMailStore.accountExists}.
+        """
+        return os.path.isdir(os.path.join(self.accountPath(address), "new"))
+
+    def deliver(self, copies):
+        """
+        See L{IMailStore.deliver}.  One call of C{runInThread} writes every
+        copy; listeners are called once the Deferred has fired.
+        """
+        targets, changed = [], {}
+        try:
+            for account, folder, parts in copies:
+                folder = normaliseFolderName(folder)
+                targets.append((self.folderPath(account, folder), parts))
+                changed[(self._accountKey(account), folder)] = None
+        except Exception:
+            return defer.fail()
+        d = self._runInThread(_writeCopies, targets)
+        d.addCallback(self._cbDelivered, changed)
+        return d
+
+    def _cbDelivered(self, _, changed):
+        for account, folder in changed:
+            self._notify(account, folder)
+
+    def listMailboxes(self, address):
+        """
+        See L{IMailStore.listMailboxes}.
+        """
+        path = self._existingAccountPath(address)
+        names = []
+        for entry in os.scandir(path):
+            if entry.name.startswith(".") and not entry.name.startswith("..") and entry.is_dir():
+                if os.path.isdir(os.path.join(entry.path, "cur")):
+                    names.append(_folderNameFromDir(entry.name))
+        return ["INBOX"] + sorted(names)
+
+    def createMailbox(self, address, name):
+        """
+        See L{IMailStore.createMailbox}.
+        """
+        name = normaliseFolderName(name)
+        accountPath = self._existingAccountPath(address)
+        if name == "INBOX":
+            raise Exists("INBOX exists")
+        path = os.path.join(accountPath, _folderDirName(name))
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            raise Exists("mailbox %s exists" % (name,))
+        _makeMaildir(path, folder=True)
+
+    def deleteMailbox(self, address, name):
+        """
+        See L{IMailStore.deleteMailbox}.  Child folders stay (they are
+        separate directories in Maildir++).
+        """
+        name = normaliseFolderName(name)
+        accountPath = self._existingAccountPath(address)
+        if name == "INBOX":
+            raise InvalidInput("INBOX cannot be deleted")
+        path = os.path.join(accountPath, _folderDirName(name))
+        doomed = os.path.join(accountPath, "..mdpy-deleted." + uniqueName())
+        try:
+            os.rename(path, doomed)
+        except FileNotFoundError:
+            raise NotFound("no mailbox %s" % (name,))
+        shutil.rmtree(doomed)
+
+    def renameMailbox(self, address, old, new):
+        """
+        See L{IMailStore.renameMailbox}.  Renaming INBOX moves its messages
+        into the new folder and leaves INBOX empty (RFC 3501 section 6.3.5).
+        """
+        old, new = normaliseFolderName(old), normaliseFolderName(new)
+        accountPath = self._existingAccountPath(address)
+        if new == "INBOX" or new == old or new.startswith(old + "/"):
+            raise InvalidInput("cannot rename %s to %s" % (old, new))
+        if old == "INBOX":
+            return self._renameInbox(address, accountPath, new)
+        oldDir, newDir = _folderDirName(old), _folderDirName(new)
+        moves = [
+            (entry, newDir + entry[len(oldDir):])
+            for entry in os.listdir(accountPath)
+            if entry == oldDir or entry.startswith(oldDir + ".")
+        ]
+        if oldDir not in [entry for entry, _ in moves]:
+            raise NotFound("no mailbox %s" % (old,))
+        for _, target in moves:
+            if os.path.lexists(os.path.join(accountPath, target)):
+                raise Exists("mailbox %s exists" % (_folderNameFromDir(target),))
+        for source, target in moves:
+            os.rename(os.path.join(accountPath, source), os.path.join(accountPath, target))
+        fsyncDirectory(accountPath)
+
+    def _renameInbox(self, address, accountPath, new):
+        self.createMailbox(address, new)
+        target = os.path.join(accountPath, _folderDirName(new))
+        for sub in ("new", "cur"):
+            source = os.path.join(accountPath, sub)
+            for name in os.listdir(source):
+                if not name.startswith("."):
+                    os.rename(os.path.join(source, name), os.path.join(target, sub, name))
+            fsyncDirectory(os.path.join(target, sub))
+        self.openMailbox(address).sync()
+
+    def openMailbox(self, address, name="INBOX"):
+        """
+        See L{IMailStore.openMailbox}.  Synchronous: the folder is synced
+        before it is returned.
+        """
+        name = normaliseFolderName(name)
+        accountPath = self._existingAccountPath(address)
+        path = self.folderPath(address, name)
+        if not os.path.isdir(os.path.join(path, "new")):
+            raise NotFound("no mailbox %s for %s" % (name, address))
+        mailbox = MaildirMailbox(self, self._accountKey(address), name, accountPath, path)
+        mailbox.sync()
+        return mailbox
+
+    def addListener(self, address, listener):
+        """
+        See L{IMailStore.addListener}.  Only changes made through this
+        process's stores are reported.
+        """
+        self._listeners.setdefault(self._accountKey(address), []).append(listener)
+
+    def removeListener(self, address, listener):
+        """
+        See L{IMailStore.removeListener}.
+        """
+        listeners = self._listeners.get(self._accountKey(address), [])
+        if listener in listeners:
+            listeners.remove(listener)

@@ -1,0 +1,465 @@
+# -*- test-case-name: tests.test_store_maildir -*-
+"""
+The files mdpy keeps beside a Maildir folder, and the flag letters of
+Maildir file names.  Used by L{mdpy.store.maildir}.
+
+Flag letters in the info suffix C{:2,<letters>} (in ASCII order): D=\\Draft
+F=\\Flagged P=$Forwarded R=\\Answered S=\\Seen T=\\Deleted; C{a}-C{z} are
+keywords numbered in the folder's C{dovecot-keywords} file, Dovecot's format
+(C{<index> <name>} per line, index 0 is C{a}).
+
+The index, C{mdpy-uidlist} in each folder directory, keeps what Maildir
+cannot::
+
+    V1 <uidvalidity> <uidnext> <highestmodseq>
+    <uid> <modseq> <info> <basename>
+    ...
+
+one line per message, in UID order, ending with a newline.  C{<info>} is the
+info suffix last seen (C{2,FS}), C{-} when empty, with C{%}, space and C{-}
+written as C{%XX}; C{<basename>} (the rest of the line) is the file name
+before C{:}, also the message's key.  The index is a cache: delivery never
+touches it, L{mdpy.store.maildir.MaildirMailbox.sync} brings it up to date
+(new files get the next UIDs in order of mtime then name; changed info
+suffixes and vanished files raise the modification sequence), and a missing,
+truncated or inconsistent file is rebuilt with a new UIDVALIDITY.  The last
+header written is also kept in C{mdpy-uidlist.lock}, and the last UIDVALIDITY
+given out in the account's C{mdpy-uidvalidity}, so a rebuilt index never
+reuses a UIDVALIDITY or lowers UIDNEXT (UIDs are never reused).
+
+Invariants: the index is read and rewritten only under an exclusive C{flock}
+on C{mdpy-uidlist.lock} (between processes, and between threads of one
+process alike, as each holder opens the file itself), and rewritten
+atomically (temporary file, fsync, rename, directory fsync).  So the server
+and the C{mdpy} command never give two UIDs to one message or one UID to two
+messages.  C{dovecot-keywords} is rewritten the same way under the same lock.
+"""
+
+import fcntl
+import os
+import re
+import time
+
+from twisted.logger import Logger
+
+from mdpy.errors import InvalidInput, NotFound, TemporaryFailure
+
+INDEX_NAME = "mdpy-uidlist"
+LOCK_NAME = "mdpy-uidlist.lock"
+KEYWORDS_NAME = "dovecot-keywords"
+UIDVALIDITY_NAME = "mdpy-uidvalidity"
+
+_LETTER_FLAGS = {
+    "D": "\\Draft",
+    "F": "\\Flagged",
+    "P": "$Forwarded",
+    "R": "\\Answered",
+    "S": "\\Seen",
+    "T": "\\Deleted",
+}
+_FLAG_LETTERS = {flag.lower(): letter for letter, flag in _LETTER_FLAGS.items()}
+_SYSTEM_FLAGS = {flag.lower(): flag for flag in _LETTER_FLAGS.values()}
+_SYSTEM_FLAGS["\\recent"] = "\\Recent"
+_HEADER = re.compile(r"V1 ([0-9]+) ([0-9]+) ([0-9]+)\Z")
+_ESCAPED = re.compile(r"%([0-9A-F]{2})")
+_log = Logger()
+
+
+def _escapeInfo(info):
+    if not info:
+        return "-"
+    return info.replace("%", "%25").replace(" ", "%20").replace("-", "%2D")
+
+
+def _unescapeInfo(token):
+    if token == "-":
+        return ""
+    return _ESCAPED.sub(lambda m: chr(int(m.group(1), 16)), token)
+
+
+
+def normaliseFlags(flags):
+    """
+    @return: a L{frozenset} of C{flags} with system flags (C{\\seen}) in their
+        canonical case; keywords as given.
+    """
+    return frozenset(_SYSTEM_FLAGS.get(flag.lower(), flag) for flag in flags)
+
+
+def storableFlags(flags):
+    """
+    @return: C{flags} as a store keeps them: normalised, without C{\\Recent}
+        or other system flags that have no Maildir letter.
+    """
+    return frozenset(
+        flag for flag in normaliseFlags(flags)
+        if not flag.startswith("\\") or flag.lower() in _FLAG_LETTERS
+    )
+
+
+class Keywords:
+    """
+    The C{dovecot-keywords} file of one folder: keyword names by letter.
+    Read and written under the folder lock.
+    """
+
+    def __init__(self, folderPath):
+        self._path = os.path.join(folderPath, KEYWORDS_NAME)
+        self.names = [None] * 26
+        try:
+            with open(self._path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    index, _, name = line.rstrip("\n").partition(" ")
+                    if index.isdigit() and int(index) < 26 and name:
+                        self.names[int(index)] = name
+        except FileNotFoundError:
+            pass
+
+    def nameFor(self, letter):
+        return self.names[ord(letter) - 97]
+
+    def letterFor(self, name):
+        """
+        @return: the letter of keyword C{name}, adding it (and saving the
+            file) when new.
+        @raise InvalidInput: the folder already has 26 keywords.
+        """
+        lowered = name.lower()
+        for i, known in enumerate(self.names):
+            if known is not None and known.lower() == lowered:
+                return chr(97 + i)
+        if None not in self.names:
+            raise InvalidInput("a Maildir folder holds at most 26 keywords")
+        i = self.names.index(None)
+        self.names[i] = name
+        lines = "".join("%d %s\n" % (n, k) for n, k in enumerate(self.names) if k)
+        writeFileAtomically(self._path, lines.encode("utf-8"))
+        return chr(97 + i)
+
+
+def flagsFromInfo(info, keywords):
+    if not info.startswith("2,"):
+        return frozenset()
+    flags = []
+    for ch in info[2:]:
+        flag = _LETTER_FLAGS.get(ch)
+        if flag is None and "a" <= ch <= "z":
+            flag = keywords.nameFor(ch)
+        if flag is not None:
+            flags.append(flag)
+    return frozenset(flags)
+
+
+def infoForFlags(flags, keywords, oldInfo=""):
+    """
+    @return: the info suffix (C{2,<letters>}, letters in ASCII order) for
+        C{flags}, keeping letters of C{oldInfo} that mdpy does not know.
+    """
+    letters = set()
+    if oldInfo.startswith("2,"):
+        letters.update(
+            ch for ch in oldInfo[2:] if ch.isupper() and ch not in _LETTER_FLAGS
+        )
+    for flag in flags:
+        letter = _FLAG_LETTERS.get(flag.lower())
+        if letter is None:
+            if flag.startswith("\\"):
+                continue  # \Recent and unknown system flags are not stored
+            letter = keywords.letterFor(flag)
+        letters.add(letter)
+    return "2," + "".join(sorted(letters))
+
+
+
+def writeAll(fd, data):
+    total = len(data)
+    written = os.write(fd, data)
+    if written < total:
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view):]
+    return total
+
+
+
+def fsyncDirectory(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def unlinkQuietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def writeFileAtomically(path, data):
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        writeAll(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    fsyncDirectory(os.path.dirname(path))
+
+
+
+def allocateUidValidity(accountPath, atLeast):
+    """
+    @return: a UIDVALIDITY never given out before in this account: the time,
+        or more if C{atLeast} or the last one given out says so.
+    """
+    fd = os.open(os.path.join(accountPath, UIDVALIDITY_NAME),
+                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        last = os.pread(fd, 32, 0).strip()
+        last = int(last) if last.isdigit() else 0
+        value = max(int(time.time()), atLeast, last + 1)
+        data = b"%d\n" % (value,)
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return value
+
+
+class FolderLock:
+    """
+    The exclusive C{flock} on a folder's C{mdpy-uidlist.lock}; the file also
+    keeps the last index header written, for rebuilds.
+    """
+
+    def __init__(self, folderPath):
+        self._path = os.path.join(folderPath, LOCK_NAME)
+
+    def __enter__(self):
+        try:
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            raise NotFound("no such mailbox: %s" % (os.path.dirname(self._path),))
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self._fd)  # releases the lock
+
+    def lastHeader(self):
+        return parseHeader(os.pread(self._fd, 128, 0).decode("ascii", "replace").strip())
+
+    def rememberHeader(self, header):
+        data = header.encode("ascii")
+        os.pwrite(self._fd, data, 0)
+        os.ftruncate(self._fd, len(data))
+
+
+def parseHeader(line):
+    match = _HEADER.match(line)
+    if match is None:
+        return None
+    return tuple(int(n) for n in match.groups())
+
+
+class UidList:
+    """
+    The parsed C{mdpy-uidlist}: C{entries} maps each basename to C{(uid,
+    modSeq, info)} in UID order.
+    """
+
+    def __init__(self, uidValidity, uidNext, highestModSeq, entries):
+        self.uidValidity = uidValidity
+        self.uidNext = uidNext
+        self.highestModSeq = highestModSeq
+        self.entries = entries
+        self.dirty = False
+        self._modSeq = None
+
+    def nextModSeq(self):
+        """
+        @return: the modification sequence of this transaction's changes.
+        """
+        if self._modSeq is None:
+            self.highestModSeq += 1
+            self._modSeq = self.highestModSeq
+        self.dirty = True
+        return self._modSeq
+
+    def add(self, key, info):
+        uid = self.uidNext
+        self.uidNext += 1
+        self.entries[key] = (uid, self.nextModSeq(), info)
+        return uid
+
+    def serialise(self):
+        lines = [self.header()]
+        lines.extend(
+            "%d %d %s %s\n" % (uid, modSeq, _escapeInfo(info), key)
+            for key, (uid, modSeq, info) in self.entries.items()
+        )
+        return "".join(lines).encode("utf-8", "surrogateescape")
+
+    def header(self):
+        return "V1 %d %d %d\n" % (self.uidValidity, self.uidNext, self.highestModSeq)
+
+    @classmethod
+    def parse(cls, text):
+        """
+        @raise ValueError: the text is not a complete, consistent index.
+        """
+        if not text.endswith("\n"):
+            raise ValueError("truncated")
+        lines = text.split("\n")
+        header = parseHeader(lines[0])
+        if header is None or header[0] == 0:
+            raise ValueError("bad header")
+        uidValidity, uidNext, highest = header
+        entries, lastUid = {}, 0
+        for line in lines[1:-1]:
+            uid, modSeq, info, key = line.split(" ", 3)
+            uid, modSeq = int(uid), int(modSeq)
+            if not lastUid < uid < uidNext or modSeq > highest or not key or key in entries:
+                raise ValueError("inconsistent line %r" % (line,))
+            lastUid = uid
+            entries[key] = (uid, modSeq, _unescapeInfo(info))
+        return cls(uidValidity, uidNext, highest, entries)
+
+
+class FolderIndex:
+    """
+    The index of one folder, and the locked transaction that keeps it in step
+    with the folder's files.
+
+    @param label: names the folder in error messages.
+    """
+
+    def __init__(self, folderPath, accountPath, label):
+        self.path = folderPath
+        self._accountPath = accountPath
+        self._label = label
+        self._cache = None
+
+    def transact(self, operation=None, build=None):
+        """
+        Under the folder lock: read the index, take in the disk's changes
+        (move C{new/} to C{cur/}, give UIDs to new files, drop vanished ones),
+        run C{operation(uidList, files, keywords)}, save the index if
+        anything changed, and call C{build(uidList, files, keywords)}.
+
+        C{files} maps each basename in C{cur/} to its file name; an operation
+        that renames or removes files keeps it up to date.
+
+        @return: C{(build's result, operation's result)}.
+        @raise NotFound: the folder is gone.
+        @raise TemporaryFailure: an I/O error; the index is unchanged.
+        """
+        try:
+            with FolderLock(self.path) as lock:
+                uidList = self._read(lock)
+                keywords = Keywords(self.path)
+                files = self._scan()
+                self._reconcile(uidList, files)
+                result = operation(uidList, files, keywords) if operation else None
+                if uidList.dirty:
+                    path = os.path.join(self.path, INDEX_NAME)
+                    writeFileAtomically(path, uidList.serialise())
+                    lock.rememberHeader(uidList.header())
+                    self._remember(os.stat(path), uidList)
+                built = build(uidList, files, keywords) if build else None
+                return built, result
+        except FileNotFoundError as e:
+            raise NotFound("mailbox %s is gone: %s" % (self._label, e)) from e
+        except OSError as e:
+            raise TemporaryFailure("mailbox %s: %s" % (self._label, e)) from e
+
+    def _remember(self, st, uidList):
+        self._cache = (
+            (st.st_ino, st.st_mtime_ns, st.st_size),
+            uidList.uidValidity, uidList.uidNext, uidList.highestModSeq, dict(uidList.entries),
+        )
+
+    def _read(self, lock):
+        path = os.path.join(self.path, INDEX_NAME)
+        old = None
+        try:
+            st = os.stat(path)
+            cached = self._cache
+            if cached is not None and cached[0] == (st.st_ino, st.st_mtime_ns, st.st_size):
+                return UidList(cached[1], cached[2], cached[3], dict(cached[4]))
+            with open(path, "rb") as f:
+                text = f.read().decode("utf-8", "surrogateescape")
+            try:
+                uidList = UidList.parse(text)
+            except ValueError:
+                old = parseHeader(text.partition("\n")[0])
+                _log.warn("rebuilding corrupt index {path}", path=path)
+            else:
+                self._remember(st, uidList)
+                return uidList
+        except FileNotFoundError:
+            pass
+        known = [header for header in (old, lock.lastHeader()) if header]
+        uidList = UidList(
+            allocateUidValidity(self._accountPath, max([h[0] for h in known], default=0) + 1),
+            max([h[1] for h in known], default=1),
+            max([h[2] for h in known], default=0),
+            {},
+        )
+        uidList.dirty = True
+        return uidList
+
+    def _scan(self):
+        """
+        Move C{new/} into C{cur/} and list C{cur/}.
+
+        @return: C{{basename: filename}}.
+        """
+        new = os.path.join(self.path, "new")
+        cur = os.path.join(self.path, "cur")
+        for name in os.listdir(new):
+            if not name.startswith("."):
+                try:
+                    os.rename(os.path.join(new, name),
+                              os.path.join(cur, name if ":" in name else name + ":2,"))
+                except FileNotFoundError:
+                    pass  # another program took it
+        files = {}
+        for name in os.listdir(cur):
+            if name.startswith(".") or "\n" in name or "\r" in name:
+                continue
+            key = name.partition(":")[0]
+            if key not in files or name > files[key]:
+                files[key] = name
+        return files
+
+    def _reconcile(self, uidList, files):
+        entries = uidList.entries
+        for key in [key for key in entries if key not in files]:
+            del entries[key]
+            uidList.nextModSeq()
+        fresh = []
+        for key, name in files.items():
+            entry = entries.get(key)
+            info = name.partition(":")[2]
+            if entry is None:
+                fresh.append(key)
+            elif entry[2] != info:
+                entries[key] = (entry[0], uidList.nextModSeq(), info)
+        if len(fresh) > 1:
+            cur = os.path.join(self.path, "cur")
+
+            def age(key):
+                try:
+                    return (os.stat(os.path.join(cur, files[key])).st_mtime_ns, key)
+                except FileNotFoundError:
+                    return (0, key)
+
+            fresh.sort(key=age)
+        for key in fresh:
+            uidList.add(key, files[key].partition(":")[2])

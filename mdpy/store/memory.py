@@ -1,0 +1,338 @@
+# -*- test-case-name: tests.test_store_memory -*-
+"""
+An L{IMailStore} kept in memory, for protocol tests and for subclassers'
+tests.  It follows the Maildir store's contract: the same folder names and
+checks, UIDs that are never reused, a modification sequence raised by every
+change, and mailbox views that change only in C{sync} or through their own
+writes.  C{deliver}, C{append}, C{setFlags} and C{expunge} return Deferreds
+(already fired) as the Maildir store does; everything else is synchronous.
+
+    store = MemoryStore()
+    store.createAccount("alice@example.com")
+    store.deliver([("alice@example.com", "INBOX", [b"Subject: hi\\r\\n\\r\\nhello\\r\\n"])])
+    store.openMailbox("alice@example.com").messages()[0].open().read()
+"""
+
+import io
+import time
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from mdpy.errors import Exists, InvalidInput, NotFound
+from mdpy.interfaces import IMailbox, IMailStore, IStoredMessage
+from mdpy.store.maildir import SPECIAL_FOLDERS, accountKey, normaliseFolderName, uniqueName
+from mdpy.store.maildirindex import storableFlags
+
+_log = Logger()
+
+
+def _readParts(parts):
+    chunks = []
+    for part in parts:
+        chunks.append(bytes(part) if isinstance(part, (bytes, bytearray, memoryview)) else part.read())
+    return b"".join(chunks)
+
+
+@implementer(IStoredMessage)
+class MemoryMessage:
+    """
+    One message held in memory.  See L{IStoredMessage}.
+
+    @ivar data: the message's bytes.
+    """
+
+    def __init__(self, folder, uid, key, data, flags, internalDate, modSeq):
+        self.uid = uid
+        self.key = key
+        self.data = data
+        self.flags = flags
+        self.size = len(data)
+        self.internalDate = internalDate
+        self.modSeq = modSeq
+        self._folder = folder
+
+    def open(self):
+        """
+        See L{IStoredMessage.open}.
+        """
+        current = self._folder.messages.get(self.uid)
+        if current is None or current.key != self.key:
+            raise NotFound("message %s is gone" % (self.key,))
+        return io.BytesIO(self.data)
+
+    def _withFlags(self, flags, modSeq):
+        return MemoryMessage(self._folder, self.uid, self.key, self.data, flags,
+                             self.internalDate, modSeq)
+
+    def __repr__(self):
+        return "<MemoryMessage uid=%d %s>" % (self.uid, self.key)
+
+
+class _Folder:
+    """
+    The messages of one folder, in UID order, and its counters.
+    """
+
+    def __init__(self, uidValidity):
+        self.uidValidity = uidValidity
+        self.uidNext = 1
+        self.highestModSeq = 0
+        self.messages = {}
+        self.deleted = False
+
+    def add(self, data, flags, internalDate):
+        uid, self.uidNext = self.uidNext, self.uidNext + 1
+        self.highestModSeq += 1
+        key = "%s,S=%d" % (uniqueName(), len(data))
+        self.messages[uid] = MemoryMessage(
+            self, uid, key, data, flags,
+            time.time() if internalDate is None else float(internalDate),
+            self.highestModSeq,
+        )
+        return uid
+
+
+@implementer(IMailbox)
+class MemoryMailbox:
+    """
+    A view of one folder of a L{MemoryStore}.  See L{IMailbox}.
+    """
+
+    def __init__(self, store, account, name, folder):
+        self.name = name
+        self._store = store
+        self._account = account
+        self._folder = folder
+        self.sync()
+
+    def __repr__(self):
+        return "<MemoryMailbox %s %s>" % (self._account, self.name)
+
+    def sync(self):
+        """
+        See L{IMailbox.sync}.
+        """
+        folder = self._folder
+        if folder.deleted:
+            raise NotFound("mailbox %s of %s is gone" % (self.name, self._account))
+        self.uidValidity = folder.uidValidity
+        self.uidNext = folder.uidNext
+        self.highestModSeq = folder.highestModSeq
+        self._messages = list(folder.messages.values())
+
+    def messages(self):
+        """
+        See L{IMailbox.messages}.
+        """
+        return list(self._messages)
+
+    def _changed(self, result):
+        self.sync()
+        self._store._notify(self._account, self.name)
+        return result
+
+    def append(self, data, flags=(), internalDate=None):
+        """
+        See L{IMailbox.append}.
+        """
+        return defer.maybeDeferred(self._append, bytes(data), storableFlags(flags), internalDate)
+
+    def _append(self, data, flags, internalDate):
+        if self._folder.deleted:
+            raise NotFound("mailbox %s of %s is gone" % (self.name, self._account))
+        return self._changed(self._folder.add(data, flags, internalDate))
+
+    def setFlags(self, uid, flags):
+        """
+        See L{IMailbox.setFlags}.
+        """
+        return defer.maybeDeferred(self._setFlags, uid, storableFlags(flags))
+
+    def _setFlags(self, uid, flags):
+        folder = self._folder
+        message = folder.messages.get(uid)
+        if message is None:
+            raise NotFound("no message with UID %d" % (uid,))
+        folder.highestModSeq += 1
+        folder.messages[uid] = message._withFlags(flags, folder.highestModSeq)
+        return self._changed(folder.highestModSeq)
+
+    def expunge(self, uids):
+        """
+        See L{IMailbox.expunge}.
+        """
+        return defer.maybeDeferred(self._expunge, uids)
+
+    def _expunge(self, uids):
+        folder = self._folder
+        removed = sorted(uid for uid in set(uids) if uid in folder.messages)
+        for uid in removed:
+            del folder.messages[uid]
+        if removed:
+            folder.highestModSeq += 1
+        return self._changed(removed)
+
+
+@implementer(IMailStore)
+class MemoryStore:
+    """
+    Every account's folders in memory.  See L{IMailStore}.
+
+    @ivar failDeliver: L{None}, or an exception the next L{deliver} fails
+        with (then it is reset to L{None}).
+    @ivar delivered: C{(account, folder, bytes)} for each copy delivered, in
+        order.
+    """
+
+    failDeliver = None
+
+    def __init__(self):
+        self._accounts = {}
+        self._listeners = {}
+        self._lastUidValidity = 0
+        self.delivered = []
+
+    def _newFolder(self):
+        self._lastUidValidity = max(int(time.time()), self._lastUidValidity + 1)
+        return _Folder(self._lastUidValidity)
+
+    def _account(self, address):
+        folders = self._accounts.get(accountKey(address))
+        if folders is None:
+            raise NotFound("no mailbox for %s" % (address,))
+        return folders
+
+    def _getFolder(self, address, name):
+        folder = self._account(address).get(name)
+        if folder is None:
+            raise NotFound("no mailbox %s for %s" % (name, address))
+        return folder
+
+    def _notify(self, account, folder):
+        for listener in list(self._listeners.get(account, ())):
+            try:
+                listener(account, folder)
+            except Exception:
+                _log.failure("mailbox listener {listener} failed", listener=listener)
+
+    # IMailStore
+
+    def createAccount(self, address):
+        """
+        See L{IMailStore.createAccount}.
+        """
+        folders = self._accounts.setdefault(accountKey(address), {})
+        for name in ("INBOX",) + SPECIAL_FOLDERS:
+            if name not in folders:
+                folders[name] = self._newFolder()
+
+    def deleteAccount(self, address):
+        """
+        See L{IMailStore.deleteAccount}.
+        """
+        for folder in self._accounts.pop(accountKey(address), {}).values():
+            folder.deleted = True
+
+    def accountExists(self, address):
+        """
+        See L{IMailStore.accountExists}.
+        """
+        return accountKey(address) in self._accounts
+
+    def deliver(self, copies):
+        """
+        See L{IMailStore.deliver}.
+        """
+        return defer.maybeDeferred(self._deliver, copies)
+
+    def _deliver(self, copies):
+        if self.failDeliver is not None:
+            failure, self.failDeliver = self.failDeliver, None
+            raise failure
+        resolved = []
+        for account, name, parts in copies:
+            name = normaliseFolderName(name)
+            folder = self._getFolder(account, name)
+            resolved.append((accountKey(account), name, folder, _readParts(parts)))
+        for account, name, folder, data in resolved:
+            folder.add(data, frozenset(), None)
+            self.delivered.append((account, name, data))
+        for account, name in dict.fromkeys((a, n) for a, n, _, _ in resolved):
+            self._notify(account, name)
+
+    def listMailboxes(self, address):
+        """
+        See L{IMailStore.listMailboxes}.
+        """
+        return ["INBOX"] + sorted(name for name in self._account(address) if name != "INBOX")
+
+    def createMailbox(self, address, name):
+        """
+        See L{IMailStore.createMailbox}.
+        """
+        name = normaliseFolderName(name)
+        folders = self._account(address)
+        if name in folders:
+            raise Exists("mailbox %s exists" % (name,))
+        folders[name] = self._newFolder()
+
+    def deleteMailbox(self, address, name):
+        """
+        See L{IMailStore.deleteMailbox}.  Child folders stay.
+        """
+        name = normaliseFolderName(name)
+        if name == "INBOX":
+            raise InvalidInput("INBOX cannot be deleted")
+        folder = self._getFolder(address, name)
+        del self._account(address)[name]
+        folder.deleted = True
+
+    def renameMailbox(self, address, old, new):
+        """
+        See L{IMailStore.renameMailbox}.  Renaming INBOX moves its messages
+        into the new folder and leaves INBOX empty.
+        """
+        old, new = normaliseFolderName(old), normaliseFolderName(new)
+        folders = self._account(address)
+        if new == "INBOX" or new == old or new.startswith(old + "/"):
+            raise InvalidInput("cannot rename %s to %s" % (old, new))
+        if old not in folders:
+            raise NotFound("no mailbox %s" % (old,))
+        if old == "INBOX":
+            self.createMailbox(address, new)
+            inbox, target = folders["INBOX"], folders[new]
+            for message in inbox.messages.values():
+                target.add(message.data, message.flags, message.internalDate)
+            inbox.messages.clear()
+            inbox.highestModSeq += 1
+            return
+        moves = [(name, new + name[len(old):]) for name in folders
+                 if name == old or name.startswith(old + "/")]
+        for _, target in moves:
+            if target in folders:
+                raise Exists("mailbox %s exists" % (target,))
+        for source, target in moves:
+            folders[target] = folders.pop(source)
+
+    def openMailbox(self, address, name="INBOX"):
+        """
+        See L{IMailStore.openMailbox}.
+        """
+        name = normaliseFolderName(name)
+        return MemoryMailbox(self, accountKey(address), name, self._getFolder(address, name))
+
+    def addListener(self, address, listener):
+        """
+        See L{IMailStore.addListener}.
+        """
+        self._listeners.setdefault(accountKey(address), []).append(listener)
+
+    def removeListener(self, address, listener):
+        """
+        See L{IMailStore.removeListener}.
+        """
+        listeners = self._listeners.get(accountKey(address), [])
+        if listener in listeners:
+            listeners.remove(listener)

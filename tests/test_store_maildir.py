@@ -1,0 +1,466 @@
+"""
+Tests for L{mdpy.store.maildir} and L{mdpy.store.maildirindex}.
+"""
+
+import errno
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from twisted.internet import defer
+
+from mdpy.errors import NotFound, TemporaryFailure
+from mdpy.store import maildir, maildirindex
+from mdpy.store.maildir import MaildirStore
+from tests.test_store_memory import ALICE, BOB, MESSAGE, StoreContract, resultOf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAME = re.compile(r"[0-9]+\.M[0-9]+P[0-9]+Q[0-9]+\.[^/:,]+,S=[0-9]+\Z")
+
+
+def runNow(f, *args):
+    return defer.maybeDeferred(f, *args)
+
+
+class QueuedRunner:
+    """
+    A C{runInThread} that runs nothing until told, as a busy thread pool.
+    """
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, f, *args):
+        d = defer.Deferred()
+        self.calls.append((f, args, d))
+        return d
+
+    def runOne(self):
+        f, args, d = self.calls.pop(0)
+        defer.maybeDeferred(f, *args).chainDeferred(d)
+
+    def runAll(self):
+        while self.calls:
+            self.runOne()
+
+
+def listing(path):
+    return sorted(os.listdir(path))
+
+
+class TestMaildirContract(StoreContract):
+    """
+    The Maildir store keeps the store contract.
+    """
+
+    def makeStore(self, tmp_path):
+        return MaildirStore(str(tmp_path / "mail"), runInThread=runNow)
+
+
+class TestMaildirStore:
+    @pytest.fixture
+    def store(self, tmp_path):
+        store = MaildirStore(str(tmp_path / "mail"), runInThread=runNow)
+        store.createAccount(ALICE)
+        return store
+
+    @pytest.fixture
+    def inbox(self, store):
+        return os.path.join(store.root, "example.com", "alice")
+
+    def test_layout(self, store, inbox):
+        assert store.accountPath("Alice@Example.COM") == inbox
+        for sub in ("cur", "new", "tmp"):
+            assert os.path.isdir(os.path.join(inbox, sub))
+        for name in maildir.SPECIAL_FOLDERS:
+            folder = os.path.join(inbox, "." + name)
+            assert listing(folder) == ["cur", "maildirfolder", "new", "tmp"]
+        with open(os.path.join(inbox, "subscriptions")) as f:
+            assert f.read() == "Drafts\nSent\nTrash\nJunk\nArchive\n"
+        store.createMailbox(ALICE, "Lists/Work")
+        assert os.path.isfile(os.path.join(inbox, ".Lists.Work", "maildirfolder"))
+        store.createMailbox(ALICE, "Entwürfe & Co")
+        assert os.path.isdir(os.path.join(inbox, ".Entw&APw-rfe &- Co"))
+
+    def test_escapedAccountPaths(self, store):
+        path = store.accountPath('"../x/y"@example.com')
+        assert os.path.dirname(path) == os.path.join(store.root, "example.com")
+        assert os.path.basename(path) == '"..%2Fx%2Fy"'
+        assert os.path.basename(store.accountPath(".x@example.com")) == "%2Ex"
+
+    def test_deliverWritesNew(self, store, inbox):
+        resultOf(store.deliver([(ALICE, "INBOX", [b"Subject: x\r\n", b"\r\nbody\r\n"])]))
+        [name] = listing(os.path.join(inbox, "new"))
+        assert NAME.match(name), name
+        assert name.endswith(",S=%d" % len(b"Subject: x\r\n\r\nbody\r\n"))
+        with open(os.path.join(inbox, "new", name), "rb") as f:
+            assert f.read() == b"Subject: x\r\n\r\nbody\r\n"
+        assert listing(os.path.join(inbox, "tmp")) == []
+        assert os.stat(os.path.join(inbox, "new", name)).st_mode & 0o777 == 0o600
+        assert not os.path.exists(os.path.join(inbox, "mdpy-uidlist"))
+
+    def test_deliverLargeFile(self, store, inbox, tmp_path):
+        data = os.urandom(300000)
+        with open(tmp_path / "spool", "wb+") as spool:
+            spool.write(b"junk" + data)
+            spool.seek(4)
+            resultOf(store.deliver([(ALICE, "INBOX", [b"X: 1\r\n", spool])]))
+        [message] = store.openMailbox(ALICE).messages()
+        assert message.open().read() == b"X: 1\r\n" + data
+        assert message.size == len(data) + 6
+
+    def test_uniqueName(self, monkeypatch):
+        monkeypatch.setattr(maildir, "_HOST", maildir._escapeHost("a/b:c,d"))
+        monkeypatch.setattr(maildir.os, "getpid", lambda: 4242)
+        name = maildir.uniqueName(1700000000.25)
+        assert re.match(r"1700000000\.M250000P4242Q[0-9]+\.a\\057b\\072c\\054d\Z", name), name
+        assert maildir.uniqueName(1.0) != maildir.uniqueName(1.0)
+
+    def test_fsyncFailure(self, store, inbox, monkeypatch):
+        def failingFsync(fd):
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr(maildir.os, "fsync", failingFsync)
+        with pytest.raises(TemporaryFailure) as caught:
+            resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE]), (ALICE, "Sent", [MESSAGE])]))
+        assert "fsync" in caught.value.detail
+        for folder in (inbox, os.path.join(inbox, ".Sent")):
+            assert listing(os.path.join(folder, "new")) == []
+            assert listing(os.path.join(folder, "tmp")) == []
+
+    def test_directoryFsyncFailure(self, store, inbox, monkeypatch):
+        realFsync = os.fsync
+
+        def fsync(fd):
+            if os.path.isdir("/proc/self/fd/%d" % fd):
+                raise OSError(errno.EIO, "Input/output error")
+            realFsync(fd)
+
+        monkeypatch.setattr(maildir.os, "fsync", fsync)
+        with pytest.raises(TemporaryFailure):
+            resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE])]))
+        assert listing(os.path.join(inbox, "new")) == []
+        assert listing(os.path.join(inbox, "tmp")) == []
+
+    def test_readFailure(self, store, inbox):
+        class BrokenFile:
+            calls = 0
+
+            def read(self, n):
+                self.calls += 1
+                if self.calls > 1:
+                    raise OSError(errno.EIO, "spool unreadable")
+                return b"partial"
+
+        with pytest.raises(TemporaryFailure) as caught:
+            resultOf(store.deliver([
+                (ALICE, "INBOX", [MESSAGE]),
+                (ALICE, "INBOX", [b"head", BrokenFile()]),
+            ]))
+        assert "write" in caught.value.detail
+        assert listing(os.path.join(inbox, "new")) == []
+        assert listing(os.path.join(inbox, "tmp")) == []
+
+    def test_missingAccountCleansUp(self, store, inbox):
+        with pytest.raises(NotFound):
+            resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE]), (BOB, "INBOX", [MESSAGE])]))
+        assert listing(os.path.join(inbox, "tmp")) == []
+        assert listing(os.path.join(inbox, "new")) == []
+
+    def test_listenersAfterDeferredFires(self, tmp_path):
+        runner = QueuedRunner()
+        store = MaildirStore(str(tmp_path), runInThread=runner)
+        store.createAccount(ALICE)
+        calls = []
+        store.addListener(ALICE, lambda *args: calls.append(args))
+        d = store.deliver([(ALICE, "INBOX", [MESSAGE])])
+        assert len(runner.calls) == 1
+        assert calls == []
+        runner.runAll()
+        assert resultOf(d) is None
+        assert calls == [(ALICE, "INBOX")]
+
+    def test_syncMovesToCur(self, store, inbox):
+        resultOf(store.deliver([(ALICE, "INBOX", [b"1"]), (ALICE, "INBOX", [b"2"])]))
+        names = listing(os.path.join(inbox, "new"))
+        mailbox = store.openMailbox(ALICE)
+        assert listing(os.path.join(inbox, "new")) == []
+        assert listing(os.path.join(inbox, "cur")) == [n + ":2," for n in names]
+        assert [m.key for m in mailbox.messages()] == names
+        assert [m.uid for m in mailbox.messages()] == [1, 2]
+
+    def test_uidsSurviveRestart(self, store, inbox):
+        resultOf(store.deliver([(ALICE, "INBOX", [b"1"]), (ALICE, "INBOX", [b"2"])]))
+        first = store.openMailbox(ALICE)
+        restarted = MaildirStore(store.root, runInThread=runNow)
+        resultOf(restarted.deliver([(ALICE, "INBOX", [b"3"])]))
+        second = restarted.openMailbox(ALICE)
+        assert second.uidValidity == first.uidValidity
+        assert [(m.uid, m.key) for m in second.messages()[:2]] == [
+            (m.uid, m.key) for m in first.messages()
+        ]
+        assert second.messages()[2].uid == 3
+        with open(os.path.join(inbox, "mdpy-uidlist")) as f:
+            lines = f.read().splitlines()
+        assert lines[0] == "V1 %d 4 %d" % (second.uidValidity, second.highestModSeq)
+        assert [line.split(" ")[0] for line in lines[1:]] == ["1", "2", "3"]
+        assert lines[1].split(" ", 3)[2:] == ["2,", first.messages()[0].key]
+
+    def test_foreignFilePickedUp(self, store, inbox):
+        foreign = "1600000000.12345.oldserver"
+        with open(os.path.join(inbox, "new", foreign), "wb") as f:
+            f.write(b"Subject: migrated\n\nhi\n")
+        with open(os.path.join(inbox, "cur", "1500000000.1.old:2,S"), "wb") as f:
+            f.write(b"Subject: read\n\nhi\n")
+        with open(os.path.join(inbox, "new", ".hidden"), "wb") as f:
+            f.write(b"ignored")
+        mailbox = store.openMailbox(ALICE)
+        keys = [m.key for m in mailbox.messages()]
+        assert sorted(keys) == ["1500000000.1.old", foreign]
+        byKey = {m.key: m for m in mailbox.messages()}
+        assert byKey[foreign].size == len(b"Subject: migrated\n\nhi\n")
+        assert byKey[foreign].open().read() == b"Subject: migrated\n\nhi\n"
+        assert byKey["1500000000.1.old"].flags == {"\\Seen"}
+        assert os.path.exists(os.path.join(inbox, "cur", foreign + ":2,"))
+
+    def test_newFilesOrderedByMtime(self, store, inbox):
+        for name, mtime in [("b", 300), ("a", 200), ("c", 100)]:
+            path = os.path.join(inbox, "new", name)
+            with open(path, "wb") as f:
+                f.write(name.encode())
+            os.utime(path, (mtime, mtime))
+        mailbox = store.openMailbox(ALICE)
+        assert [(m.uid, m.key) for m in mailbox.messages()] == [(1, "c"), (2, "a"), (3, "b")]
+        assert mailbox.messages()[0].internalDate == 100
+
+    def test_rebuildAfterIndexLoss(self, store, inbox):
+        resultOf(store.deliver([(ALICE, "INBOX", [b"1"]), (ALICE, "INBOX", [b"2"])]))
+        old = store.openMailbox(ALICE)
+        resultOf(old.expunge([1]))
+        os.unlink(os.path.join(inbox, "mdpy-uidlist"))
+        rebuilt = store.openMailbox(ALICE)
+        assert rebuilt.uidValidity != old.uidValidity
+        assert rebuilt.uidValidity > old.uidValidity
+        assert rebuilt.uidNext >= old.uidNext
+        assert [m.uid for m in rebuilt.messages()] == [old.uidNext]
+        assert rebuilt.highestModSeq >= old.highestModSeq
+
+    @pytest.mark.parametrize("garbage", [b"", b"garbage\n", b"V1 1 5 3\n9 1 - x\n", b"V1 1 5 3\n1 1 - x"])
+    def test_rebuildCorruptIndex(self, store, inbox, garbage):
+        resultOf(store.deliver([(ALICE, "INBOX", [b"1"])]))
+        old = store.openMailbox(ALICE)
+        with open(os.path.join(inbox, "mdpy-uidlist"), "wb") as f:
+            f.write(garbage)
+        rebuilt = MaildirStore(store.root, runInThread=runNow).openMailbox(ALICE)
+        assert rebuilt.uidValidity > old.uidValidity
+        assert rebuilt.uidNext >= old.uidNext
+        assert len(rebuilt.messages()) == 1
+
+    def test_recreatedFolderGetsNewUidValidity(self, store):
+        first = store.openMailbox(ALICE, "Trash").uidValidity
+        store.deleteMailbox(ALICE, "Trash")
+        store.createMailbox(ALICE, "Trash")
+        assert store.openMailbox(ALICE, "Trash").uidValidity > first
+
+    def test_concurrentSyncAcrossProcesses(self, store, inbox, tmp_path):
+        script = (
+            "import json, os, sys\n"
+            "from twisted.internet import defer\n"
+            "from mdpy.store.maildir import MaildirStore\n"
+            "store = MaildirStore(sys.argv[1], runInThread=lambda f, *a: defer.maybeDeferred(f, *a))\n"
+            "seen = {}\n"
+            "for i in range(25):\n"
+            "    store.deliver([('alice@example.com', 'INBOX', [b'from %d' % os.getpid()])])\n"
+            "    mailbox = store.openMailbox('alice@example.com')\n"
+            "    for m in mailbox.messages():\n"
+            "        seen.setdefault(m.key, set()).add((mailbox.uidValidity, m.uid))\n"
+            "print(json.dumps({k: sorted(v) for k, v in seen.items()}))\n"
+        )
+        for i in range(40):
+            with open(os.path.join(inbox, "new", "pre%02d" % i), "wb") as f:
+                f.write(b"x")
+        workers = [
+            subprocess.Popen([sys.executable, "-c", script, store.root], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for _ in range(4)
+        ]
+        results = []
+        for worker in workers:
+            out, err = worker.communicate(timeout=120)
+            assert worker.returncode == 0, err.decode()
+            results.append(json.loads(out))
+        final = store.openMailbox(ALICE)
+        assert len(final.messages()) == 40 + 4 * 25
+        finalUid = {m.key: m.uid for m in final.messages()}
+        assert len(set(finalUid.values())) == len(finalUid)
+        for result in results:
+            for key, pairs in result.items():
+                assert pairs == [[final.uidValidity, finalUid[key]]], key
+
+    def test_flagsInFileName(self, store, inbox):
+        resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE])]))
+        mailbox = store.openMailbox(ALICE)
+        key = mailbox.messages()[0].key
+        resultOf(mailbox.setFlags(1, ["\\Seen", "\\Flagged"]))
+        assert listing(os.path.join(inbox, "cur")) == [key + ":2,FS"]
+        resultOf(mailbox.setFlags(1, ["\\Seen", "\\Flagged", "\\Draft", "\\Answered", "\\Deleted", "$Forwarded"]))
+        assert listing(os.path.join(inbox, "cur")) == [key + ":2,DFPRST"]
+        assert mailbox.messages()[0].open().read() == MESSAGE
+
+    def test_flagsChangedByAnotherProgram(self, store, inbox):
+        resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE])]))
+        mailbox = store.openMailbox(ALICE)
+        message = mailbox.messages()[0]
+        before = mailbox.highestModSeq
+        cur = os.path.join(inbox, "cur")
+        os.rename(os.path.join(cur, message.key + ":2,"), os.path.join(cur, message.key + ":2,RSX"))
+        assert message.open().read() == MESSAGE
+        mailbox.sync()
+        [changed] = mailbox.messages()
+        assert changed.flags == {"\\Answered", "\\Seen"}
+        assert changed.modSeq > before
+        resultOf(mailbox.setFlags(1, ["\\Flagged"]))
+        assert listing(cur) == [message.key + ":2,FX"]
+
+    def test_keywordsFile(self, store, inbox):
+        with open(os.path.join(inbox, "dovecot-keywords"), "w") as f:
+            f.write("0 $Junk\n1 Work\n")
+        with open(os.path.join(inbox, "cur", "1.foreign:2,Sb"), "wb") as f:
+            f.write(b"x")
+        mailbox = store.openMailbox(ALICE)
+        assert mailbox.messages()[0].flags == {"\\Seen", "Work"}
+        resultOf(mailbox.setFlags(1, ["$junk", "Personal", "\\Seen"]))
+        assert listing(os.path.join(inbox, "cur")) == ["1.foreign:2,Sac"]
+        with open(os.path.join(inbox, "dovecot-keywords")) as f:
+            assert f.read() == "0 $Junk\n1 Work\n2 Personal\n"
+        assert store.openMailbox(ALICE).messages()[0].flags == {"$Junk", "Personal", "\\Seen"}
+
+    def test_setFlagsBatched(self, tmp_path):
+        runner = QueuedRunner()
+        store = MaildirStore(str(tmp_path), runInThread=runner)
+        store.createAccount(ALICE)
+        d = store.deliver([(ALICE, "INBOX", [b"%d" % i]) for i in range(3)])
+        runner.runAll()
+        resultOf(d)
+        mailbox = store.openMailbox(ALICE)
+        ds = [mailbox.setFlags(uid, ["\\Seen"]) for uid in (1, 2, 3, 7)]
+        assert len(runner.calls) == 1
+        runner.runOne()
+        assert len(runner.calls) == 1  # the three queued meanwhile, in one job
+        runner.runOne()
+        assert not runner.calls
+        modSeqs = [resultOf(d) for d in ds[:3]]
+        assert modSeqs[1] == modSeqs[2] > modSeqs[0]
+        with pytest.raises(NotFound):
+            resultOf(ds[3])
+        assert all(m.flags == {"\\Seen"} for m in mailbox.messages())
+
+    def test_expungeRemovesFiles(self, store, inbox):
+        resultOf(store.deliver([(ALICE, "INBOX", [b"1"]), (ALICE, "INBOX", [b"2"])]))
+        mailbox = store.openMailbox(ALICE)
+        keep = mailbox.messages()[1].key
+        assert resultOf(mailbox.expunge([1])) == [1]
+        assert listing(os.path.join(inbox, "cur")) == [keep + ":2,"]
+        restarted = MaildirStore(store.root, runInThread=runNow)
+        resultOf(restarted.deliver([(ALICE, "INBOX", [b"3"])]))
+        assert [m.uid for m in restarted.openMailbox(ALICE).messages()] == [2, 3]
+
+    def test_fileRemovedByAnotherProgram(self, store, inbox):
+        resultOf(store.deliver([(ALICE, "INBOX", [b"1"])]))
+        mailbox = store.openMailbox(ALICE)
+        message = mailbox.messages()[0]
+        os.unlink(os.path.join(inbox, "cur", message.filename))
+        with pytest.raises(NotFound):
+            message.open()
+        mailbox.sync()
+        assert mailbox.messages() == []
+
+    def test_appendIntoCur(self, store, inbox):
+        mailbox = store.openMailbox(ALICE, "Sent")
+        uid = resultOf(mailbox.append(MESSAGE, ["\\Seen"], 1234567890))
+        [name] = listing(os.path.join(inbox, ".Sent", "cur"))
+        assert name.endswith(",S=%d:2,S" % len(MESSAGE))
+        path = os.path.join(inbox, ".Sent", "cur", name)
+        assert os.stat(path).st_mtime == 1234567890
+        assert listing(os.path.join(inbox, ".Sent", "tmp")) == []
+        assert listing(os.path.join(inbox, ".Sent", "new")) == []
+        assert [m.uid for m in store.openMailbox(ALICE, "Sent").messages()] == [uid]
+
+    def test_appendFailure(self, store, inbox, monkeypatch):
+        def failingFsync(fd):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        mailbox = store.openMailbox(ALICE)
+        monkeypatch.setattr(maildir.os, "fsync", failingFsync)
+        with pytest.raises(TemporaryFailure):
+            resultOf(mailbox.append(MESSAGE))
+        monkeypatch.undo()
+        for sub in ("tmp", "new", "cur"):
+            assert listing(os.path.join(inbox, sub)) == []
+
+    def test_syncOfDeletedFolder(self, store):
+        mailbox = store.openMailbox(ALICE, "Junk")
+        store.deleteMailbox(ALICE, "Junk")
+        with pytest.raises(NotFound):
+            mailbox.sync()
+        with pytest.raises(NotFound):
+            resultOf(mailbox.append(MESSAGE))
+
+    def test_renameMovesDirectories(self, store, inbox):
+        store.createMailbox(ALICE, "Lists")
+        store.createMailbox(ALICE, "Lists/Work")
+        store.createMailbox(ALICE, "Listserv")
+        store.renameMailbox(ALICE, "Lists", "Archive/Lists")
+        entries = listing(inbox)
+        assert ".Archive.Lists" in entries and ".Archive.Lists.Work" in entries
+        assert ".Listserv" in entries
+        assert ".Lists" not in entries and ".Lists.Work" not in entries
+
+    def test_listIgnoresOtherDirectories(self, store, inbox):
+        os.mkdir(os.path.join(inbox, ".notAFolder"))
+        os.mkdir(os.path.join(inbox, "..mdpy-deleted.x"))
+        assert store.listMailboxes(ALICE) == ["INBOX", "Archive", "Drafts", "Junk", "Sent", "Trash"]
+
+    def test_deleteAccountRemovesTree(self, store, inbox):
+        store.deleteAccount(ALICE)
+        assert not os.path.exists(inbox)
+        assert os.listdir(os.path.dirname(inbox)) == []
+
+
+class TestIndexFormat:
+    def test_roundTrip(self):
+        uidList = maildirindex.UidList(7, 1, 0, {})
+        uidList.add("a b", "2,S")
+        uidList.add("c", "")
+        uidList.add("d", "2,a-b %")
+        text = uidList.serialise().decode()
+        assert text.splitlines() == [
+            "V1 7 4 1", "1 1 2,S a b", "2 1 - c", "3 1 2,a%2Db%20%25 d",
+        ]
+        parsed = maildirindex.UidList.parse(text)
+        assert parsed.entries == uidList.entries
+        assert (parsed.uidValidity, parsed.uidNext, parsed.highestModSeq) == (7, 4, 1)
+
+    @pytest.mark.parametrize("text", [
+        "V1 7 4 1\n2 1 - a\n1 1 - b\n",   # UIDs out of order
+        "V1 7 2 1\n2 1 - a\n",            # UID not below uidnext
+        "V1 7 4 1\n1 2 - a\n",            # modseq above the highest
+        "V1 7 4 1\n1 1 - a\n2 1 - a\n",   # one name twice
+        "V1 0 1 0\n",                     # no uidvalidity
+        "V2 7 4 1\n",
+        "V1 7 4 1\n1 1 -\n",
+    ])
+    def test_inconsistent(self, text):
+        with pytest.raises(ValueError):
+            maildirindex.UidList.parse(text)
+
+    def test_folderNames(self):
+        assert maildir.normaliseFolderName("inbox") == "INBOX"
+        assert maildir.normaliseFolderName("Inbox/Sub") == "INBOX/Sub"
+        assert maildir._folderDirName("Lists/Work") == ".Lists.Work"
+        for name in ["Entwürfe", "a&b", "日本語/x", "~peter/mail/台北"]:
+            assert maildir._folderNameFromDir(maildir._folderDirName(name)) == name
+        assert maildir._encodeMUTF7("~peter/mail/台北/日本語") == "~peter/mail/&U,BTFw-/&ZeVnLIqe-"

@@ -1,0 +1,328 @@
+"""
+Tests for L{mdpy.store.memory}, and the contract every L{IMailStore} keeps
+(L{StoreContract}, also run against the Maildir store).
+"""
+
+import io
+
+import pytest
+from twisted.internet import defer
+from twisted.python.failure import Failure
+from zope.interface.verify import verifyObject
+
+from mdpy.errors import Exists, InvalidInput, NotFound, TemporaryFailure
+from mdpy.interfaces import IMailbox, IMailStore, IStoredMessage
+from mdpy.store.memory import MemoryStore
+
+ALICE = "alice@example.com"
+BOB = "bob@example.org"
+MESSAGE = b"From: a@b\r\nSubject: hi\r\n\r\nhello\r\n"
+
+
+def resultOf(d):
+    """
+    @return: the result of a Deferred that has fired (or a plain value).
+    @raise: its failure's exception.
+    """
+    if not isinstance(d, defer.Deferred):
+        return d
+    box = []
+    d.addBoth(box.append)
+    assert box, "the Deferred has not fired"
+    if isinstance(box[0], Failure):
+        box[0].raiseException()
+    return box[0]
+
+
+class StoreContract:
+    """
+    Tests of L{IMailStore} that any store passes.  A subclass defines
+    C{makeStore(tmp_path)}.
+    """
+
+    def makeStore(self, tmp_path):
+        raise NotImplementedError()
+
+    @pytest.fixture
+    def store(self, tmp_path):
+        store = self.makeStore(tmp_path)
+        store.createAccount(ALICE)
+        return store
+
+    def deliver(self, store, *messages, account=ALICE, folder="INBOX"):
+        resultOf(store.deliver([(account, folder, [m]) for m in messages]))
+
+    def test_interfaces(self, store):
+        self.deliver(store, MESSAGE)
+        mailbox = store.openMailbox(ALICE)
+        assert verifyObject(IMailStore, store)
+        assert verifyObject(IMailbox, mailbox)
+        assert verifyObject(IStoredMessage, mailbox.messages()[0])
+
+    def test_createAccount(self, store):
+        assert store.accountExists(ALICE)
+        assert not store.accountExists(BOB)
+        store.createAccount(ALICE)
+        expected = ["INBOX", "Archive", "Drafts", "Junk", "Sent", "Trash"]
+        assert store.listMailboxes(ALICE) == expected
+        assert store.accountExists("Alice@EXAMPLE.com")
+
+    def test_deliverAndRead(self, store):
+        body = io.BytesIO(b"XXXXbody\r\n")
+        body.read(4)
+        resultOf(store.deliver([(ALICE, "INBOX", [b"Subject: x\r\n\r\n", body])]))
+        [message] = store.openMailbox(ALICE).messages()
+        with message.open() as f:
+            assert f.read() == b"Subject: x\r\n\r\nbody\r\n"
+        assert message.size == len(b"Subject: x\r\n\r\nbody\r\n")
+        assert message.flags == frozenset()
+        assert message.uid == 1
+        assert isinstance(message.internalDate, float)
+
+    def test_deliverToSeveral(self, store):
+        store.createAccount(BOB)
+        resultOf(store.deliver([
+            (ALICE, "INBOX", [MESSAGE]),
+            (BOB, "Junk", [MESSAGE + b"2"]),
+            ("ALICE@example.com", "INBOX", [MESSAGE + b"3"]),
+        ]))
+        inbox = store.openMailbox(ALICE).messages()
+        assert [m.open().read() for m in inbox] == [MESSAGE, MESSAGE + b"3"]
+        assert inbox[0].key != inbox[1].key
+        [junk] = store.openMailbox(BOB, "Junk").messages()
+        assert junk.open().read() == MESSAGE + b"2"
+        assert store.openMailbox(BOB).messages() == []
+
+    def test_deliverMissingAccount(self, store):
+        with pytest.raises(NotFound):
+            resultOf(store.deliver([(BOB, "INBOX", [MESSAGE])]))
+
+    def test_deliverMissingFolder(self, store):
+        with pytest.raises(NotFound):
+            resultOf(store.deliver([(ALICE, "Nope", [MESSAGE])]))
+        assert store.openMailbox(ALICE).messages() == []
+
+    def test_deliverAllOrNothing(self, store):
+        with pytest.raises(NotFound):
+            resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE]), (BOB, "INBOX", [MESSAGE])]))
+        assert store.openMailbox(ALICE).messages() == []
+
+    def test_deliverBadFolderName(self, store):
+        with pytest.raises(InvalidInput):
+            resultOf(store.deliver([(ALICE, "a..b", [MESSAGE])]))
+
+    def test_viewChangesOnlyOnSync(self, store):
+        mailbox = store.openMailbox(ALICE)
+        uidNext = mailbox.uidNext
+        self.deliver(store, MESSAGE)
+        assert mailbox.messages() == []
+        assert mailbox.uidNext == uidNext
+        mailbox.sync()
+        assert len(mailbox.messages()) == 1
+        assert mailbox.uidNext == uidNext + 1
+
+    def test_uidsIncrease(self, store):
+        self.deliver(store, b"1", b"2")
+        self.deliver(store, b"3")
+        mailbox = store.openMailbox(ALICE)
+        assert [m.uid for m in mailbox.messages()] == [1, 2, 3]
+        assert [m.open().read() for m in mailbox.messages()] == [b"1", b"2", b"3"]
+        assert mailbox.uidNext == 4
+        assert mailbox.uidValidity > 0
+        again = store.openMailbox(ALICE)
+        assert again.uidValidity == mailbox.uidValidity
+        assert [m.key for m in again.messages()] == [m.key for m in mailbox.messages()]
+
+    def test_append(self, store):
+        mailbox = store.openMailbox(ALICE, "Sent")
+        uid = resultOf(mailbox.append(MESSAGE, ["\\Seen", "\\flagged", "\\Recent"], 1000000000))
+        [message] = mailbox.messages()
+        assert message.uid == uid
+        assert message.flags == {"\\Seen", "\\Flagged"}
+        assert message.internalDate == 1000000000
+        assert message.open().read() == MESSAGE
+        assert message.modSeq <= mailbox.highestModSeq
+        assert mailbox.uidNext == uid + 1
+
+    def test_appendDefaultDate(self, store):
+        import time
+
+        before = time.time()
+        mailbox = store.openMailbox(ALICE)
+        resultOf(mailbox.append(MESSAGE))
+        assert mailbox.messages()[0].internalDate >= before - 1
+
+    def test_setFlags(self, store):
+        self.deliver(store, b"1", b"2")
+        mailbox = store.openMailbox(ALICE)
+        before = mailbox.highestModSeq
+        modSeq = resultOf(mailbox.setFlags(2, ["\\Seen", "\\Answered"]))
+        assert modSeq > before
+        assert mailbox.highestModSeq == modSeq
+        first, second = mailbox.messages()
+        assert second.flags == {"\\Seen", "\\Answered"}
+        assert second.modSeq == modSeq
+        assert first.flags == frozenset()
+        assert first.modSeq < modSeq
+        again = resultOf(mailbox.setFlags(2, []))
+        assert again > modSeq
+        assert mailbox.messages()[1].flags == frozenset()
+        assert store.openMailbox(ALICE).messages()[1].flags == frozenset()
+
+    def test_setFlagsUnknownUid(self, store):
+        mailbox = store.openMailbox(ALICE)
+        with pytest.raises(NotFound):
+            resultOf(mailbox.setFlags(42, ["\\Seen"]))
+
+    def test_keywords(self, store):
+        self.deliver(store, MESSAGE)
+        mailbox = store.openMailbox(ALICE)
+        resultOf(mailbox.setFlags(1, ["$Junk", "work", "\\Seen", "$Forwarded"]))
+        fresh = store.openMailbox(ALICE)
+        assert fresh.messages()[0].flags == {"$Junk", "work", "\\Seen", "$Forwarded"}
+
+    def test_expunge(self, store):
+        self.deliver(store, b"1", b"2", b"3")
+        mailbox = store.openMailbox(ALICE)
+        first = mailbox.messages()[0]
+        before = mailbox.highestModSeq
+        assert resultOf(mailbox.expunge([3, 1, 99])) == [1, 3]
+        assert [m.uid for m in mailbox.messages()] == [2]
+        assert mailbox.highestModSeq > before
+        with pytest.raises(NotFound):
+            first.open()
+        self.deliver(store, b"4")
+        mailbox.sync()
+        assert [m.uid for m in mailbox.messages()] == [2, 4]
+        assert resultOf(mailbox.expunge([2, 4])) == [2, 4]
+        self.deliver(store, b"5")
+        assert [m.uid for m in store.openMailbox(ALICE).messages()] == [5]
+
+    def test_folders(self, store):
+        store.createMailbox(ALICE, "Lists")
+        store.createMailbox(ALICE, "Lists/Work")
+        assert "Lists/Work" in store.listMailboxes(ALICE)
+        with pytest.raises(Exists):
+            store.createMailbox(ALICE, "Lists/Work")
+        with pytest.raises(Exists):
+            store.createMailbox(ALICE, "inbox")
+        self.deliver(store, MESSAGE, folder="Lists/Work")
+        store.renameMailbox(ALICE, "Lists", "Groups")
+        names = store.listMailboxes(ALICE)
+        assert "Groups" in names and "Groups/Work" in names
+        assert "Lists" not in names and "Lists/Work" not in names
+        [message] = store.openMailbox(ALICE, "Groups/Work").messages()
+        assert message.open().read() == MESSAGE
+        store.deleteMailbox(ALICE, "Groups")
+        names = store.listMailboxes(ALICE)
+        assert "Groups" not in names and "Groups/Work" in names
+        with pytest.raises(NotFound):
+            store.openMailbox(ALICE, "Groups")
+
+    def test_folderErrors(self, store):
+        with pytest.raises(NotFound):
+            store.deleteMailbox(ALICE, "Nope")
+        with pytest.raises(NotFound):
+            store.renameMailbox(ALICE, "Nope", "Other")
+        with pytest.raises(Exists):
+            store.renameMailbox(ALICE, "Sent", "Trash")
+        with pytest.raises(InvalidInput):
+            store.deleteMailbox(ALICE, "INBOX")
+        with pytest.raises(InvalidInput):
+            store.renameMailbox(ALICE, "Sent", "Sent/Old")
+        with pytest.raises(NotFound):
+            store.openMailbox(ALICE, "Nope")
+        with pytest.raises(NotFound):
+            store.openMailbox(BOB)
+        with pytest.raises(NotFound):
+            store.createMailbox(BOB, "Folder")
+        with pytest.raises(NotFound):
+            store.listMailboxes(BOB)
+
+    @pytest.mark.parametrize(
+        "name", ["", "/a", "a/", "a//b", "..", "a..b", "a/../b", "a.b", ".hidden", "a\0b"]
+    )
+    def test_invalidNames(self, store, name):
+        with pytest.raises(InvalidInput):
+            store.createMailbox(ALICE, name)
+        with pytest.raises(InvalidInput):
+            store.openMailbox(ALICE, name)
+        with pytest.raises(InvalidInput):
+            store.renameMailbox(ALICE, "Sent", name)
+
+    def test_unicodeFolderName(self, store):
+        store.createMailbox(ALICE, "Entwürfe & Co/日本")
+        assert "Entwürfe & Co/日本" in store.listMailboxes(ALICE)
+        self.deliver(store, MESSAGE, folder="Entwürfe & Co/日本")
+        assert len(store.openMailbox(ALICE, "Entwürfe & Co/日本").messages()) == 1
+
+    def test_renameInbox(self, store):
+        self.deliver(store, b"1", b"2")
+        inbox = store.openMailbox(ALICE)
+        store.renameMailbox(ALICE, "INBOX", "Old")
+        moved = store.openMailbox(ALICE, "Old").messages()
+        assert sorted(m.open().read() for m in moved) == [b"1", b"2"]
+        inbox.sync()
+        assert inbox.messages() == []
+        self.deliver(store, b"3")
+        inbox.sync()
+        assert [m.uid for m in inbox.messages()] == [3]
+
+    def test_listeners(self, store):
+        calls = []
+        listener = lambda *args: calls.append(args)
+        store.addListener("Alice@Example.com", listener)
+        self.deliver(store, MESSAGE)
+        assert calls == [(ALICE, "INBOX")]
+        mailbox = store.openMailbox(ALICE, "Sent")
+        resultOf(mailbox.append(MESSAGE))
+        resultOf(mailbox.setFlags(1, ["\\Seen"]))
+        resultOf(mailbox.expunge([1]))
+        assert calls == [(ALICE, "INBOX")] + [(ALICE, "Sent")] * 3
+        store.removeListener(ALICE, listener)
+        store.removeListener(ALICE, listener)
+        self.deliver(store, MESSAGE)
+        assert len(calls) == 4
+
+    def test_failingListener(self, store):
+        def broken(*args):
+            raise RuntimeError("boom")
+
+        store.addListener(ALICE, broken)
+        self.deliver(store, MESSAGE)
+        assert len(store.openMailbox(ALICE).messages()) == 1
+
+    def test_deleteAccount(self, store):
+        self.deliver(store, MESSAGE)
+        store.deleteAccount(ALICE)
+        assert not store.accountExists(ALICE)
+        with pytest.raises(NotFound):
+            store.openMailbox(ALICE)
+        store.deleteAccount(ALICE)
+        store.createAccount(ALICE)
+        assert store.openMailbox(ALICE).messages() == []
+
+
+class TestMemoryStore(StoreContract):
+    """
+    The memory store keeps the contract, and fails on request.
+    """
+
+    def makeStore(self, tmp_path):
+        return MemoryStore()
+
+    def test_failDeliver(self, store):
+        store.failDeliver = TemporaryFailure("disk full")
+        with pytest.raises(TemporaryFailure):
+            resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE])]))
+        assert store.failDeliver is None
+        assert store.openMailbox(ALICE).messages() == []
+        self.deliver(store, MESSAGE)
+        assert store.delivered == [(ALICE, "INBOX", MESSAGE)]
+
+    def test_returnsDeferreds(self, store):
+        mailbox = store.openMailbox(ALICE)
+        assert isinstance(store.deliver([(ALICE, "INBOX", [MESSAGE])]), defer.Deferred)
+        assert isinstance(mailbox.append(MESSAGE), defer.Deferred)
+        assert isinstance(mailbox.setFlags(1, []), defer.Deferred)
+        assert isinstance(mailbox.expunge([1]), defer.Deferred)
