@@ -176,18 +176,8 @@ class PipelineDelivery:
                 parts.append(_Region(spool, HEAD_SIZE))
             copies.append((account, "INBOX", parts))
         d = defer.maybeDeferred(self.pipeline.store.deliver, copies)
-        d.addCallback(self._cbDelivered)
         d.addBoth(self._cbClose)
         return d
-
-    def _cbDelivered(self, ignored):
-        for account, address in self.copies:
-            self.log.info(
-                "deliver: {id} to {account} (rcpt {rcpt})",
-                id=self.envelope.messageId,
-                account=account,
-                rcpt=address,
-            )
 
     def _cbClose(self, result):
         self._spool.close()

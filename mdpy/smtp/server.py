@@ -612,7 +612,7 @@ class SMTPServer(Protocol, TimeoutMixin):
     def _resetTransaction(self):
         self._envelope = None
         self._delivery = None
-        self._recipients = 0
+        self._acceptedRecipients = []
         self._dataMode = None
         self._size = 0
         self._tooBig = False
@@ -731,7 +731,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         if self._envelope is None or self._delivery is None:
             self.reply(codes.C503NeedMail)
             return None
-        if self._recipients >= self.factory.maxRecipients:
+        if len(self._acceptedRecipients) >= self.factory.maxRecipients:
             self.reply(codes.C452TooManyRecipients)
             return None
         match = _RCPT.match(argument)
@@ -759,11 +759,16 @@ class SMTPServer(Protocol, TimeoutMixin):
             self.reply(codes.C501BadRecipient)
             return None
         d = defer.maybeDeferred(self._delivery.addRecipient, recipient)
-        d.addCallbacks(self._cbRecipient, self._ebRecipient, errbackArgs=(recipient,))
+        d.addCallbacks(
+            self._cbRecipient,
+            self._ebRecipient,
+            callbackArgs=(recipient,),
+            errbackArgs=(recipient,),
+        )
         return d
 
-    def _cbRecipient(self, ignored):
-        self._recipients += 1
+    def _cbRecipient(self, ignored, recipient):
+        self._acceptedRecipients.append(recipient)
         self.reply(codes.C250RecipientOK)
 
     def _ebRecipient(self, failure, recipient):
@@ -780,7 +785,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         if self._envelope is None or self._delivery is None:
             self.reply(codes.C503NeedMail)
             return False
-        if not self._recipients:
+        if not self._acceptedRecipients:
             self.reply(codes.C554NoValidRecipients)
             return False
         return True
@@ -917,12 +922,14 @@ class SMTPServer(Protocol, TimeoutMixin):
         return d
 
     def _cbCommitted(self, ignored, envelope, size):
+        recipients = self._acceptedRecipients
         self._delivery = None
         self._resetTransaction()
         self.log.info(
-            "smtp: accepted {id} from <{sender}> size={size} client={ip} proto={proto}",
+            "smtp: accepted {id} from <{sender}> to {rcpts} size={size} client={ip} proto={proto}",
             id=envelope.messageId,
             sender=envelope.sender,
+            rcpts=",".join("<%s>" % (r,) for r in recipients),
             size=size,
             ip=self._ip,
             proto=envelope.protocol,
