@@ -3,17 +3,23 @@
 The facts about one message that travel with it but are not in it.
 """
 
+import base64
+import itertools
 import os
 import time
-import base64
+
+_counter = itertools.count(int.from_bytes(os.urandom(3), "big"))
 
 
 def newMessageId():
     """
-    @return: a short, unique, sortable identifier for logs and queue files.
+    @return: a short, unique, roughly sortable identifier for logs and queue
+        files: milliseconds since the epoch, then a counter that starts at a
+        random value in each process.
     """
     stamp = int(time.time() * 1000).to_bytes(6, "big")
-    return base64.b32encode(stamp + os.urandom(4)).decode("ascii").rstrip("=")
+    serial = (next(_counter) & 0xFFFFFFFF).to_bytes(4, "big")
+    return base64.b32encode(stamp + serial).decode("ascii").rstrip("=")
 
 
 class Envelope:

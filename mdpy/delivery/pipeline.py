@@ -84,8 +84,10 @@ class DeliveryPipeline:
     """
 
     log = Logger()
+    MAX_KNOWN_ACCOUNTS = 100000
 
     def __init__(self, directory, store, queue=None, spoolDir=None):
+        self._knownAccounts = set()
         self.directory = directory
         self.store = store
         self.queue = queue
@@ -96,6 +98,20 @@ class DeliveryPipeline:
         See L{IDeliveryTarget.startDelivery}.
         """
         return PipelineDelivery(self, envelope)
+
+    def ensureAccount(self, account):
+        """
+        Make the mailbox tree of a directory user that has none yet (a user
+        added by another tool).  Accounts seen to exist are remembered, so the
+        check costs nothing on the next message.
+        """
+        if account in self._knownAccounts:
+            return
+        if not self.store.accountExists(account):
+            self.store.createAccount(account)
+        if len(self._knownAccounts) >= self.MAX_KNOWN_ACCOUNTS:
+            self._knownAccounts.clear()
+        self._knownAccounts.add(account)
 
     def mayRelay(self, envelope):
         """
@@ -136,12 +152,10 @@ class PipelineDelivery:
             raise errors.RemoteUnavailable(
                 "no outbound delivery for %s" % (", ".join(resolution.remote),)
             )
-        store = pipeline.store
         for account in resolution.local:
             if account in self._accounts:
                 continue
-            if not store.accountExists(account):
-                store.createAccount(account)
+            pipeline.ensureAccount(account)
             self._accounts.add(account)
             self.copies.append((account, address))
 

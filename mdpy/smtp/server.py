@@ -34,7 +34,7 @@ import time
 from email.utils import formatdate
 
 from twisted.cred import credentials, error as credError
-from twisted.internet import defer, interfaces as iinternet
+from twisted.internet import defer, interfaces as iinternet, tcp
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -63,6 +63,38 @@ def _normaliseLineEndings(data):
     if data.count(b"\n") == data.count(b"\r") == data.count(b"\r\n"):
         return data
     return _LINE_ENDING.sub(b"\r\n", data)
+
+
+def writeThrough(transport, data):
+    """
+    Write C{data} to C{transport}, straight to the socket when nothing is
+    waiting in the transport's buffer.
+
+    A reply is usually the only thing to send, and the socket can take it at
+    once; going through Twisted's buffer would cost two C{epoll_ctl} calls
+    and a reactor iteration per reply.  This relies on the attributes of
+    L{twisted.internet.tcp.Connection}; any other transport (TLS, tests) is
+    written to as usual.
+    """
+    if (
+        not isinstance(transport, tcp.Connection)
+        or transport.TLS
+        or transport.dataBuffer
+        or transport._tempDataBuffer
+        or transport.disconnecting
+        or not transport.connected
+    ):
+        transport.write(data)
+        return
+    try:
+        sent = transport.socket.send(data)
+    except BlockingIOError:
+        sent = 0
+    except OSError:
+        transport.write(data)  # let the transport notice and report it
+        return
+    if sent < len(data):
+        transport.write(data[sent:])
 
 
 class SMTPFactory(ServerFactory):
@@ -196,9 +228,7 @@ class SMTPServer(Protocol, TimeoutMixin):
             self._close()
             return
         self.setTimeout(self.factory.timeout)
-        self.transport.write(
-            b"220 %s ESMTP mdpy\r\n" % (self.factory.hostname.encode("idna"),)
-        )
+        self.send(b"220 %s ESMTP mdpy\r\n" % (self.factory.hostname.encode("idna"),))
 
     def connectionLost(self, reason=None):
         self.setTimeout(None)
@@ -227,6 +257,12 @@ class SMTPServer(Protocol, TimeoutMixin):
 
     # --- output ----------------------------------------------------------------
 
+    def send(self, data):
+        """
+        Write C{data}; see L{writeThrough}.
+        """
+        writeThrough(self.transport, data)
+
     def reply(self, reply, text=None):
         """
         Send a reply tuple from L{codes}; error replies count toward the limit.
@@ -237,7 +273,7 @@ class SMTPServer(Protocol, TimeoutMixin):
             line = "%d %s %s\r\n" % (code, enhanced, text)
         else:
             line = "%d %s\r\n" % (code, text)
-        self.transport.write(line.encode("utf-8"))
+        self.send(line.encode("utf-8"))
         if code >= 400 and code != 421:
             self.errors += 1
             if self.errors >= self.factory.maxErrors and not self._closing:
@@ -253,7 +289,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         for i, line in enumerate(lines):
             sep = "-" if i < len(lines) - 1 else " "
             out.append("%d%s%s\r\n" % (code, sep, line))
-        self.transport.write("".join(out).encode("utf-8"))
+        self.send("".join(out).encode("utf-8"))
 
     # --- input -----------------------------------------------------------------
 
@@ -366,7 +402,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._abortTransaction()
         hostname = self.factory.hostname
         if not esmtp:
-            self.transport.write(b"250 %s\r\n" % (hostname.encode("idna"),))
+            self.send(b"250 %s\r\n" % (hostname.encode("idna"),))
             return
         self.sendLines(250, [hostname] + self.extensions())
 
@@ -485,7 +521,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         """
         Send a 334 challenge; the next line goes to C{handler(decoded)}.
         """
-        self.transport.write(b"334 " + base64.b64encode(data) + b"\r\n")
+        self.send(b"334 " + base64.b64encode(data) + b"\r\n")
 
         def receive(line):
             self._lineHandler = None

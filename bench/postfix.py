@@ -1,0 +1,471 @@
+"""Run a private, throw-away Postfix instance for benchmarks.
+
+The instance lives entirely in a temporary directory: its own
+config_directory (main.cf and master.cf written here), queue_directory,
+data_directory, virtual Maildir base and log file.  It listens only on
+127.0.0.1:<port> and delivers ``user@bench.test`` (and any other users
+given) to ``<tmp>/vmail/bench.test/<user>/`` as a Maildir through the
+virtual(8) delivery agent.  The system Postfix (/etc/postfix,
+/var/spool/postfix) is neither read for configuration nor modified, and it
+does not need to be running.
+
+Must run as root (Postfix's master(8) is started by root and drops
+privileges to ``mail_owner``); needs the ``postfix`` user that the
+distribution package creates, and a non-privileged user (default
+``nobody``) to own the delivered mail.
+
+Used by ``bench/smtp_bench.py``; can also be run on its own to get a
+private Postfix to poke at::
+
+    python bench/postfix.py [--port N] [--keep]
+
+which starts the instance, prints its port and Maildir, and stops and
+removes it on Ctrl-C.
+"""
+
+import argparse
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+
+__all__ = ["PostfixError", "PrivatePostfix", "free_port", "wait_for_greeting"]
+
+SBIN_PATH = os.pathsep.join(
+    [os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/local/sbin"])
+
+# master.cf: every service unchrooted (the chroot would have to be populated),
+# smtpd only on the private loopback address and port.
+MASTER_CF = """\
+# service type  private unpriv  chroot  wakeup  maxproc command + args
+{listen} inet n       -       n       -       -       smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+virtual   unix  -       n       n       -       -       virtual
+lmtp      unix  -       -       n       -       -       lmtp
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
+MAIN_CF = """\
+# Private benchmark instance written by bench/postfix.py -- not /etc/postfix.
+compatibility_level = 3.6
+queue_directory = {queue}
+data_directory = {data}
+mail_owner = {mail_owner}
+syslog_name = postfix-bench
+maillog_file = {maillog}
+maillog_file_prefixes = {base}
+
+myhostname = {myhostname}
+mydestination =
+local_recipient_maps =
+alias_maps =
+alias_database =
+relayhost =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_recipient_restrictions = permit_mynetworks, reject
+smtpd_client_connection_count_limit = 0
+smtpd_client_connection_rate_limit = 0
+default_process_limit = {process_limit}
+biff = no
+
+virtual_mailbox_domains = {domain}
+virtual_mailbox_base = {vmail}
+virtual_mailbox_maps = texthash:{vmailbox}
+virtual_uid_maps = static:{uid}
+virtual_gid_maps = static:{gid}
+# fsync and queue behaviour: Postfix defaults (the queue file is fsynced
+# before the 250 reply to DATA).
+"""
+
+
+class PostfixError(Exception):
+    """A one-line, user-facing failure of the private Postfix instance."""
+
+
+def free_port(host="127.0.0.1"):
+    """Return a TCP port on host that is free right now."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
+def read_reply(sock, deadline):
+    """Read one (possibly multi-line) SMTP reply; return (code, text)."""
+    buf = b""
+    while True:
+        lines = buf.split(b"\r\n")
+        for line in lines[:-1]:
+            if len(line) < 3 or not line[:3].isdigit():
+                raise PostfixError("malformed SMTP reply line %r" % line[:80])
+            if len(line) == 3 or line[3:4] == b" ":
+                return int(line[:3]), buf.decode("latin-1").strip()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("timed out waiting for an SMTP reply")
+        sock.settimeout(remaining)
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("connection closed before a full SMTP reply")
+        buf += chunk
+        if len(buf) > 65536:
+            raise PostfixError("SMTP reply longer than 64 KiB")
+
+
+def wait_for_greeting(host, port, timeout, alive=None, what="server"):
+    """Poll host:port until it answers 220, then QUIT.
+
+    alive, if given, is a callable returning a string (why it died) or None;
+    it is checked between attempts so a crashed server fails fast.  Raises
+    TimeoutError with the last error after timeout seconds.
+    """
+    deadline = time.monotonic() + timeout
+    last = "no attempt made"
+    while time.monotonic() < deadline:
+        if alive is not None:
+            dead = alive()
+            if dead:
+                raise PostfixError("%s exited before answering on port %d: %s"
+                                   % (what, port, dead))
+        try:
+            with socket.create_connection((host, port), timeout=2) as s:
+                code, text = read_reply(s, min(deadline, time.monotonic() + 5))
+                if code == 220:
+                    try:
+                        s.sendall(b"QUIT\r\n")
+                        read_reply(s, time.monotonic() + 2)
+                    except (OSError, PostfixError):
+                        pass
+                    return text
+                last = "greeting was %r" % text[:80]
+        except (OSError, PostfixError) as e:
+            last = "%s: %s" % (type(e).__name__, e)
+        time.sleep(0.1)
+    raise TimeoutError("%s on %s:%d did not answer 220 within %ds (%s)"
+                       % (what, host, port, timeout, last))
+
+
+def _which(name):
+    path = shutil.which(name, path=SBIN_PATH)
+    if not path:
+        raise PostfixError("%s not found (install the postfix package)" % name)
+    return path
+
+
+def _run(argv, timeout=60, check=True):
+    try:
+        p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise PostfixError("%s timed out after %ds" % (" ".join(argv), timeout))
+    out = p.stdout.decode("utf-8", "replace").strip()
+    if check and p.returncode != 0:
+        last = out.splitlines()[-1] if out else "(no output)"
+        raise PostfixError("%s exited %d: %s" % (" ".join(argv), p.returncode, last))
+    return out
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); treat it as gone.
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _pids_with_mail_config(config_dir):
+    """PIDs of processes whose environment has MAIL_CONFIG=config_dir.
+
+    master(8) exports MAIL_CONFIG to every daemon it spawns, so this finds
+    exactly the processes belonging to this instance.
+    """
+    needle = b"MAIL_CONFIG=" + os.fsencode(config_dir)
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/environ" % entry, "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if needle in env:
+            pids.append(int(entry))
+    return [p for p in pids if p != os.getpid()]
+
+
+class PrivatePostfix:
+    """A private Postfix in a temporary directory; use as a context manager.
+
+    >>> with PrivatePostfix() as pf:
+    ...     pf.port, pf.maildir("user")
+    """
+
+    def __init__(self, port=None, domain="bench.test", users=("user",),
+                 vmail_user="nobody", base_dir=None, keep=False,
+                 process_limit=100, start_timeout=30):
+        if os.geteuid() != 0:
+            raise PostfixError("a private Postfix must be started as root")
+        self.postfix = _which("postfix")
+        self.postconf = _which("postconf")
+        self.domain = domain
+        self.users = tuple(users)
+        self.port = port or free_port()
+        self.keep = keep
+        self.process_limit = process_limit
+        self.start_timeout = start_timeout
+        self.started = False
+        try:
+            pw = pwd.getpwnam("postfix")
+        except KeyError:
+            raise PostfixError("system user 'postfix' is missing (install postfix)")
+        self.mail_owner = pw.pw_name
+        self.postfix_uid = pw.pw_uid
+        try:
+            vpw = pwd.getpwnam(vmail_user)
+        except KeyError:
+            raise PostfixError("mail owner user %r does not exist" % vmail_user)
+        self.vmail_uid, self.vmail_gid = vpw.pw_uid, vpw.pw_gid
+        self._check_version()
+
+        self.base = os.path.realpath(
+            base_dir or tempfile.mkdtemp(prefix="mdpy-bench-postfix-"))
+        self.config_dir = os.path.join(self.base, "etc")
+        self.queue_dir = os.path.join(self.base, "queue")
+        self.data_dir = os.path.join(self.base, "data")
+        self.vmail = os.path.join(self.base, "vmail")
+        self.maillog = os.path.join(self.base, "maillog")
+        try:
+            # Unix sockets live in queue/private; sun_path is 108 bytes.
+            if len(os.path.join(self.queue_dir, "private", "proxywrite")) > 100:
+                raise PostfixError("temporary directory path too long for "
+                                   "Postfix sockets: %s (set TMPDIR shorter)"
+                                   % self.base)
+            self._check_traversable(self.base)
+        except BaseException:
+            if base_dir is None:
+                shutil.rmtree(self.base, ignore_errors=True)
+            raise
+
+    # ----------------------------------------------------------------- setup
+
+    def _check_version(self):
+        version = _run([self.postconf, "-dh", "mail_version"]).strip()
+        try:
+            major, minor = (int(x) for x in version.split(".")[:2])
+        except ValueError:
+            raise PostfixError("cannot parse Postfix version %r" % version)
+        if (major, minor) < (3, 4):
+            raise PostfixError("Postfix %s is too old: maillog_file needs 3.4+"
+                               % version)
+        self.version = version
+
+    def _check_traversable(self, path):
+        # The virtual(8) agent runs as vmail_user and must reach vmail/.
+        parent = os.path.dirname(path)
+        while parent and parent != "/":
+            mode = os.stat(parent).st_mode
+            if not mode & stat.S_IXOTH:
+                raise PostfixError("%s is not world-searchable, so Postfix "
+                                   "cannot deliver below it (set TMPDIR=/tmp)"
+                                   % parent)
+            parent = os.path.dirname(parent)
+
+    def _write(self, path, text, mode=0o644):
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, mode)
+
+    def _write_config(self):
+        os.chmod(self.base, 0o755)
+        for d in (self.config_dir, self.queue_dir, self.data_dir, self.vmail):
+            os.makedirs(d, exist_ok=True)
+            os.chmod(d, 0o755)
+        os.chown(self.data_dir, self.postfix_uid, -1)
+        os.chown(self.vmail, self.vmail_uid, self.vmail_gid)
+        vmailbox = os.path.join(self.config_dir, "vmailbox")
+        self._write(vmailbox, "".join(
+            "%s@%s %s/%s/\n" % (u, self.domain, self.domain, u)
+            for u in self.users))
+        self._write(os.path.join(self.config_dir, "main.cf"), MAIN_CF.format(
+            queue=self.queue_dir, data=self.data_dir, mail_owner=self.mail_owner,
+            maillog=self.maillog, base=self.base,
+            myhostname="postfix." + self.domain, domain=self.domain,
+            vmail=self.vmail, vmailbox=vmailbox, uid=self.vmail_uid,
+            gid=self.vmail_gid, process_limit=self.process_limit))
+        self._write(os.path.join(self.config_dir, "master.cf"), MASTER_CF.format(
+            listen="127.0.0.1:%d" % self.port))
+        open(self.maillog, "a").close()
+
+    # ------------------------------------------------------------- lifecycle
+
+    def start(self):
+        """Write the configuration, create the queue and start master(8)."""
+        self._write_config()
+        # 'check' creates the queue directories with the right owners (via
+        # post-install create-missing) and validates main.cf/master.cf.
+        _run([self.postfix, "-c", self.config_dir, "check"])
+        self.started = True      # from here on, stop() must run
+        try:
+            _run([self.postfix, "-c", self.config_dir, "start"])
+        except PostfixError as e:
+            raise PostfixError("%s; maillog: %s" % (e, self.log_tail(3)))
+        try:
+            wait_for_greeting("127.0.0.1", self.port, self.start_timeout,
+                              alive=self._master_dead, what="Postfix")
+        except (TimeoutError, PostfixError) as e:
+            raise PostfixError("%s; maillog: %s" % (e, self.log_tail(3)))
+        return self
+
+    def master_pid(self):
+        try:
+            with open(os.path.join(self.queue_dir, "pid", "master.pid")) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _master_dead(self):
+        pid = self.master_pid()
+        if pid is not None and not _pid_alive(pid):
+            return "master pid %d is gone" % pid
+        return None
+
+    def stop(self, timeout=30):
+        """Stop master(8) and every daemon of this instance; never raises."""
+        if not self.started:
+            return
+        self.started = False
+        errors = []
+        if self.master_pid() is not None and _pid_alive(self.master_pid()):
+            try:
+                _run([self.postfix, "-c", self.config_dir, "stop"], timeout=timeout)
+            except PostfixError as e:
+                errors.append(str(e))
+        # master(8) exits first; its children follow when they notice.  Wait
+        # for all of them, then kill what is left (only this instance's pids).
+        deadline = time.monotonic() + timeout
+        pids = _pids_with_mail_config(self.config_dir)
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.1)
+            pids = [p for p in _pids_with_mail_config(self.config_dir)
+                    if _pid_alive(p)]
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            pids = [p for p in _pids_with_mail_config(self.config_dir)
+                    if _pid_alive(p)]
+            for p in pids:
+                try:
+                    os.kill(p, sig)
+                except ProcessLookupError:
+                    pass
+            if pids:
+                time.sleep(1)
+        if errors:
+            print("warning: " + "; ".join(errors), file=sys.stderr)
+
+    def cleanup(self):
+        self.stop()
+        if not self.keep:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def __exit__(self, *exc):
+        self.cleanup()
+        return False
+
+    # --------------------------------------------------------------- queries
+
+    def maildir(self, user="user"):
+        return os.path.join(self.vmail, self.domain, user)
+
+    def reset_maildir(self, user="user"):
+        """Remove user's Maildir; virtual(8) recreates it on next delivery."""
+        shutil.rmtree(self.maildir(user), ignore_errors=True)
+
+    def queue_count(self):
+        """Messages still in the queue (incoming, active, deferred, hold)."""
+        n = 0
+        for sub in ("incoming", "active", "deferred", "hold", "maildrop"):
+            for _root, _dirs, files in os.walk(os.path.join(self.queue_dir, sub)):
+                n += len(files)
+        return n
+
+    def log_tail(self, n=20):
+        try:
+            with open(self.maillog, errors="replace") as f:
+                lines = f.read().splitlines()[-n:]
+        except OSError:
+            return "(no maillog)"
+        return " | ".join(lines) if n <= 5 else "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Run a private Postfix on 127.0.0.1 "
+                                 "until interrupted.")
+    ap.add_argument("--port", type=int, default=None)
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the temporary directory afterwards")
+    args = ap.parse_args(argv)
+    try:
+        with PrivatePostfix(port=args.port, keep=args.keep) as pf:
+            print("Postfix %s on 127.0.0.1:%d" % (pf.version, pf.port))
+            print("  config:  %s" % pf.config_dir)
+            print("  maildir: %s" % pf.maildir("user"))
+            print("  maillog: %s" % pf.maillog)
+            print("Ctrl-C to stop.")
+            try:
+                while not pf._master_dead():
+                    time.sleep(1)
+                print("master exited", file=sys.stderr)
+                return 1
+            except KeyboardInterrupt:
+                print()
+                return 0
+    except PostfixError as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
