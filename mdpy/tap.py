@@ -10,13 +10,14 @@ import sys
 from twisted.application import internet, service
 from twisted.internet import endpoints
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger
+from mdpy.logs import Logger
 from twisted.python import usage
 
 from mdpy.auth.checkers import FailedLoginTracker, makePortal
 from mdpy.config import Config, ConfigError
 from mdpy.datadir import DataDir
 from mdpy.delivery.pipeline import DeliveryPipeline
+from mdpy.logs import setLevel
 from mdpy.smtp.server import MODE_MTA, MODE_SMTPS, MODE_SUBMISSION, SMTPFactory
 from mdpy.tls import ensureSelfSigned, serverOptions
 
@@ -135,6 +136,7 @@ def buildService(config, portOffset=0, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     server = config["server"]
+    setLevel(server["log_level"])
     datadir = DataDir(server["data_dir"])
     datadir.prepare()
     directory = datadir.openDirectory()

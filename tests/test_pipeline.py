@@ -121,3 +121,69 @@ def test_stripTraceHeaders():
     )
     assert stripTraceHeaders(b"\r\nX-Rcpt-To: body\r\n") == (b"\r\nX-Rcpt-To: body\r\n", True)
     assert stripTraceHeaders(b"A: unfinished") == (b"A: unfinished", False)
+
+
+# --- SMTP over the real Maildir store -------------------------------------------------
+
+
+@pytest.fixture
+def maildirSession(tmp_path):
+    from twisted.internet import task
+
+    from mdpy.smtp.server import SMTPFactory
+    from mdpy.store.maildir import MaildirStore
+    from mdpy.testing import Transcript, synchronousRunner
+
+    directory = SQLiteDirectory(str(tmp_path / "directory.sqlite"))
+    directory.addDomain("example.test")
+    directory.addUser("joe@example.test", "pw")
+    store = MaildirStore(str(tmp_path / "mail"), runInThread=synchronousRunner)
+    store.createAccount("joe@example.test")
+    pipeline = DeliveryPipeline(directory, store, spoolDir=str(tmp_path))
+    factory = SMTPFactory("mx.example.test", pipeline, clock=task.Clock())
+    t = Transcript(factory.buildProtocol(None))
+    t.expect("220 *")
+    t.send("EHLO client.test")
+    t.lines()
+    t.maildir = tmp_path / "mail" / "example.test" / "joe"
+    return t
+
+
+def sendOne(t):
+    t.send("MAIL FROM:<a@remote.test>", "RCPT TO:<joe@example.test>", "DATA")
+    t.expect("250 *", "250 *", "354 *")
+    t.sendRaw(b"Subject: x\r\n\r\n" + b"body line\r\n" * 1000 + b".\r\n")
+    return t.lines()
+
+
+def test_maildirDeliveryOverSMTP(maildirSession):
+    t = maildirSession
+    assert sendOne(t)[0].startswith("250 2.0.0 Ok: queued as")
+    [name] = [n for n in (t.maildir / "new").iterdir()]
+    assert name.read_bytes().startswith(b"Return-Path: <a@remote.test>\r\nX-MDRcpt-To: joe@example.test\r\n")
+    assert list((t.maildir / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("failing", ["fsync", "write", "rename"])
+def test_storeFailureAnswers451AndLeavesNothing(maildirSession, monkeypatch, failing):
+    import errno
+    import os
+
+    def fail(*args, **kwargs):
+        raise OSError(errno.ENOSPC if failing == "write" else errno.EIO, "injected")
+
+    monkeypatch.setattr(os, failing, fail)
+    t = maildirSession
+    assert sendOne(t) == ["451 4.3.0 Error: local error in processing; try again later"]
+    monkeypatch.undo()
+    assert list((t.maildir / "new").iterdir()) == []
+    assert list((t.maildir / "tmp").iterdir()) == []
+    assert sendOne(t)[0].startswith("250 2.0.0 Ok")
+
+
+def test_shippedFakesProvideTheirInterfaces():
+    from mdpy.testing import RecordingTarget
+
+    target = RecordingTarget()
+    verifyObject(IDeliveryTarget, target)
+    verifyObject(IDelivery, target.startDelivery(Envelope("a@b.test")).result)

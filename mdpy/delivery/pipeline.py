@@ -16,7 +16,7 @@ import re
 import tempfile
 
 from twisted.internet import defer
-from twisted.logger import Logger
+from mdpy.logs import Logger
 from zope.interface import implementer
 
 from mdpy import errors

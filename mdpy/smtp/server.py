@@ -36,7 +36,7 @@ from email.utils import formatdate
 from twisted.cred import credentials, error as credError
 from twisted.internet import defer, interfaces as iinternet, tcp
 from twisted.internet.protocol import Protocol, ServerFactory
-from twisted.logger import Logger
+from mdpy.logs import Logger
 from twisted.protocols.policies import TimeoutMixin
 
 from mdpy import address as addresslib

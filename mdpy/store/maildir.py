@@ -33,7 +33,7 @@ import socket
 import time
 
 from twisted.internet import defer
-from twisted.logger import Logger
+from mdpy.logs import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 

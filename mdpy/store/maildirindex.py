@@ -40,7 +40,7 @@ import os
 import re
 import time
 
-from twisted.logger import Logger
+from mdpy.logs import Logger
 
 from mdpy.errors import InvalidInput, NotFound, TemporaryFailure
 

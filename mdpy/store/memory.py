@@ -17,7 +17,7 @@ import io
 import time
 
 from twisted.internet import defer
-from twisted.logger import Logger
+from mdpy.logs import Logger
 from zope.interface import implementer
 
 from mdpy.errors import Exists, InvalidInput, NotFound

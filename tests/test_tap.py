@@ -1,0 +1,82 @@
+"""
+Tests of L{mdpy.tap}: the service tree built from a configuration.
+"""
+
+import os
+import stat
+
+import pytest
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+
+from mdpy import logs
+from mdpy.config import Config
+from mdpy.smtp.server import MODE_MTA, MODE_SMTPS, MODE_SUBMISSION
+from mdpy.tap import Options, buildService
+
+
+def load(tmp_path, text=""):
+    path = tmp_path / "mdpy.ini"
+    path.write_text("[server]\ndata_dir = data\nhostname = mx.example.test\ndomain = example.test\n" + text)
+    return Config.load(str(path))
+
+
+def listeners(service):
+    return {child.name: child for child in service}
+
+
+def test_oneNamedChildPerListener(tmp_path):
+    reactor = MemoryReactorClock()
+    top = buildService(load(tmp_path), portOffset=10000, reactor=reactor)
+    children = listeners(top)
+    assert sorted(children) == ["smtp", "smtps", "submission"]
+    assert children["smtp"].factory.mode == MODE_MTA
+    assert children["submission"].factory.mode == MODE_SUBMISSION
+    assert children["smtps"].factory.mode == MODE_SMTPS
+    top.privilegedStartService()
+    ports = sorted(port for port, *rest in reactor.tcpServers)
+    assert ports == [10025, 10465, 10587]
+    factories = {port: factory for port, factory, *rest in reactor.tcpServers}
+    # 465 is wrapped in TLS; 25 and 587 start in plaintext.
+    assert type(factories[10465]).__name__ == "TLSMemoryBIOFactory"
+    assert factories[10025] is children["smtp"].factory
+
+
+def test_disabledServicesAreNotBuilt(tmp_path):
+    top = buildService(load(tmp_path, "[smtps]\nenabled = no\n[submission]\nenabled = no\n"), reactor=MemoryReactorClock())
+    assert list(listeners(top)) == ["smtp"]
+
+
+def test_firstStartMakesDomainPostmasterAndCertificate(tmp_path):
+    config = load(tmp_path)
+    buildService(config, reactor=MemoryReactorClock())
+    data = tmp_path / "data"
+    password = data / "postmaster.password"
+    assert stat.S_IMODE(os.stat(password).st_mode) == 0o600
+    address, secret = password.read_text().split()
+    assert address == "postmaster@example.test"
+    assert (data / "tls" / "cert.pem").exists() and (data / "tls" / "key.pem").exists()
+    assert os.path.isdir(data / "mail" / "example.test" / "postmaster" / "new")
+    # A second start changes nothing.
+    buildService(config, reactor=MemoryReactorClock())
+    assert password.read_text().split() == [address, secret]
+
+
+def test_logLevel(tmp_path):
+    try:
+        buildService(load(tmp_path), reactor=MemoryReactorClock())
+        assert logs.Logger.minimum.name == "info"
+        buildService(load(tmp_path, "log_level = warn\n"), reactor=MemoryReactorClock())
+        assert logs.Logger.minimum.name == "warn"
+    finally:
+        logs.setLevel("info")
+
+
+def test_options():
+    options = Options()
+    options.parseOptions(["--config", "x.ini", "--port-offset", "10000"])
+    assert options["config"] == "x.ini" and options["port-offset"] == 10000
+    with pytest.raises(usage.UsageError):
+        Options().parseOptions(["--port-offset", "70000"])
+    with pytest.raises(usage.UsageError):
+        Options().parseOptions(["--port-offset", "many"])
