@@ -43,6 +43,9 @@ class DataDir:
         @return: the L{mdpy.interfaces.IDirectory} of this data directory.
         """
         self.prepare()
+        # It holds password hashes: private to the server's user, and SQLite
+        # gives its -wal and -shm files the same mode.
+        os.close(os.open(self.directoryPath, os.O_WRONLY | os.O_CREAT, 0o600))
         return SQLiteDirectory(self.directoryPath)
 
     def openStore(self, runInThread=None):

@@ -57,6 +57,8 @@ def test_firstStartMakesDomainPostmasterAndCertificate(tmp_path):
     assert address == "postmaster@example.test"
     assert (data / "tls" / "cert.pem").exists() and (data / "tls" / "key.pem").exists()
     assert os.path.isdir(data / "mail" / "example.test" / "postmaster" / "new")
+    assert stat.S_IMODE(os.stat(data / "directory.sqlite").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
     # A second start changes nothing.
     buildService(config, reactor=MemoryReactorClock())
     assert password.read_text().split() == [address, secret]
