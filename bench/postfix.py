@@ -230,7 +230,33 @@ def _pids_with_mail_config(config_dir):
     return [p for p in pids if p != os.getpid()]
 
 
-class PrivatePostfix:
+class TemporaryServer:
+    """A server living in the temporary directory C{self.base}; subclasses
+    give C{start} (returning self) and C{stop} (returning a warning or None).
+    Use as a context manager: the directory goes away unless C{keep}."""
+
+    keep = False
+
+    def cleanup(self):
+        warning = self.stop()
+        if warning:
+            print("  warning: " + warning, file=sys.stderr)
+        if not self.keep:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def __exit__(self, *exc):
+        self.cleanup()
+        return False
+
+
+class PrivatePostfix(TemporaryServer):
     """A private Postfix in a temporary directory; use as a context manager.
 
     >>> with PrivatePostfix() as pf:
@@ -398,21 +424,6 @@ class PrivatePostfix:
         if errors:
             print("warning: " + "; ".join(errors), file=sys.stderr)
 
-    def cleanup(self):
-        self.stop()
-        if not self.keep:
-            shutil.rmtree(self.base, ignore_errors=True)
-
-    def __enter__(self):
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(self, *exc):
-        self.cleanup()
-        return False
 
     # --------------------------------------------------------------- queries
 

@@ -43,7 +43,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from postfix import (PostfixError, PrivatePostfix, free_port,  # noqa: E402
+from postfix import (PostfixError, PrivatePostfix, TemporaryServer, free_port,  # noqa: E402
                      read_reply, wait_for_greeting)
 
 DOMAIN = "bench.test"
@@ -196,7 +196,7 @@ def mb(kb):
 
 # ------------------------------------------------------------------ mdpy
 
-class MdpyServer:
+class MdpyServer(TemporaryServer):
     """A fresh mdpy (data dir, config, one domain and user) under twistd."""
 
     def __init__(self, keep=False, start_timeout=30):
@@ -297,23 +297,6 @@ class MdpyServer:
             self.proc.wait(5)
         return warning
 
-    def cleanup(self):
-        warning = self.stop()
-        if warning:
-            print("  warning: " + warning, file=sys.stderr)
-        if not self.keep:
-            shutil.rmtree(self.base, ignore_errors=True)
-
-    def __enter__(self):
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(self, *exc):
-        self.cleanup()
-        return False
 
 
 # ------------------------------------------------------------ smtp-source

@@ -689,13 +689,10 @@ class SMTPServer(Protocol, TimeoutMixin):
         if self.factory.authRequired and self.authenticatedAs is None:
             self.reply(codes.C530AuthRequired)
             return None
-        match = _MAIL.match(argument)
-        if match is None:
-            self.reply(codes.C501Syntax)
+        parsed = self._parsePathAndParameters(_MAIL, argument)
+        if parsed is None:
             return None
-        params = self._parseParameters(match.group(2))
-        if params is None:
-            return None
+        rawPath, params = parsed
         size, body, smtputf8 = None, None, False
         for key, value in params:
             if key == "SIZE" and value is not None and value.isdigit():
@@ -713,7 +710,7 @@ class SMTPServer(Protocol, TimeoutMixin):
             self.reply(codes.C552TooBig)
             return None
         try:
-            path = match.group(1).decode("utf-8" if smtputf8 else "ascii")
+            path = rawPath.decode("utf-8" if smtputf8 else "ascii")
             sender = addresslib.parsePath(path, utf8=smtputf8)
         except (UnicodeDecodeError, InvalidInput):
             self.reply(codes.C501BadSender)
@@ -747,13 +744,19 @@ class SMTPServer(Protocol, TimeoutMixin):
         )
         self.reply(codes.replyForError(failure.value))
 
-    def _parseParameters(self, text):
+    def _parsePathAndParameters(self, pattern, argument):
         """
-        @return: C{[(KEY, value or None)]} of ESMTP parameters, or L{None}
-            after replying to a malformed list.
+        Split the argument of MAIL or RCPT.
+
+        @return: C{(path, [(KEY, value or None)])} with the path still in its
+            angle brackets, or L{None} after replying to malformed input.
         """
+        match = pattern.match(argument)
+        if match is None:
+            self.reply(codes.C501Syntax)
+            return None
         params = []
-        for item in text.split():
+        for item in match.group(2).split():
             try:
                 item = item.decode("ascii")
             except UnicodeDecodeError:
@@ -761,7 +764,7 @@ class SMTPServer(Protocol, TimeoutMixin):
                 return None
             key, eq, value = item.partition("=")
             params.append((key.upper(), value if eq else None))
-        return params
+        return match.group(1), params
 
     def do_RCPT(self, argument):
         if self._envelope is None or self._delivery is None:
@@ -770,19 +773,16 @@ class SMTPServer(Protocol, TimeoutMixin):
         if len(self._acceptedRecipients) >= self.factory.maxRecipients:
             self.reply(codes.C452TooManyRecipients)
             return None
-        match = _RCPT.match(argument)
-        if match is None:
-            self.reply(codes.C501Syntax)
+        parsed = self._parsePathAndParameters(_RCPT, argument)
+        if parsed is None:
             return None
-        params = self._parseParameters(match.group(2))
-        if params is None:
-            return None
+        rawPath, params = parsed
         if params:
             self.reply(codes.C555UnknownParameter)
             return None
         smtputf8 = self._envelope.smtputf8
         try:
-            path = match.group(1).decode("utf-8" if smtputf8 else "ascii")
+            path = rawPath.decode("utf-8" if smtputf8 else "ascii")
             if path[1:-1].lower() == "postmaster":
                 # RFC 5321 section 4.5.1: <Postmaster> with no domain.
                 recipient = "postmaster@" + self.factory.defaultDomain

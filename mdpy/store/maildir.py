@@ -33,7 +33,7 @@ import socket
 import time
 
 from twisted.internet import defer
-from mdpy.logs import Logger
+from mdpy.store import Listeners
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -58,7 +58,6 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 65536
 _counter = itertools.count(1)
 _stateSerial = itertools.count(1)
-_log = Logger()
 
 
 def _escapeHost(host):
@@ -577,7 +576,7 @@ class MaildirStore:
     def __init__(self, root, runInThread=None):
         self.root = os.path.abspath(root)
         self._runInThread = runInThread or _deferToReactorThreadPool
-        self._listeners = {}
+        self._listeners = Listeners()
 
     def __repr__(self):
         return "<MaildirStore %s>" % (self.root,)
@@ -607,11 +606,7 @@ class MaildirStore:
         return path
 
     def _notify(self, account, folder):
-        for listener in list(self._listeners.get(account, ())):
-            try:
-                listener(account, folder)
-            except Exception:
-                _log.failure("mailbox listener {listener} failed", listener=listener)
+        self._listeners.notify(account, folder)
 
     # IMailStore
 
@@ -764,12 +759,10 @@ class MaildirStore:
         See L{IMailStore.addListener}.  Only changes made through this
         process's stores are reported.
         """
-        self._listeners.setdefault(self._accountKey(address), []).append(listener)
+        self._listeners.add(self._accountKey(address), listener)
 
     def removeListener(self, address, listener):
         """
         See L{IMailStore.removeListener}.
         """
-        listeners = self._listeners.get(self._accountKey(address), [])
-        if listener in listeners:
-            listeners.remove(listener)
+        self._listeners.remove(self._accountKey(address), listener)

@@ -17,7 +17,7 @@ import io
 import time
 
 from twisted.internet import defer
-from mdpy.logs import Logger
+from mdpy.store import Listeners
 from zope.interface import implementer
 
 from mdpy.errors import Exists, InvalidInput, NotFound
@@ -25,7 +25,6 @@ from mdpy.interfaces import IMailbox, IMailStore, IStoredMessage
 from mdpy.store.maildir import SPECIAL_FOLDERS, accountKey, normaliseFolderName, uniqueName
 from mdpy.store.maildirindex import storableFlags
 
-_log = Logger()
 
 
 def _readParts(parts):
@@ -190,7 +189,7 @@ class MemoryStore:
 
     def __init__(self):
         self._accounts = {}
-        self._listeners = {}
+        self._listeners = Listeners()
         self._lastUidValidity = 0
         self.delivered = []
 
@@ -211,11 +210,7 @@ class MemoryStore:
         return folder
 
     def _notify(self, account, folder):
-        for listener in list(self._listeners.get(account, ())):
-            try:
-                listener(account, folder)
-            except Exception:
-                _log.failure("mailbox listener {listener} failed", listener=listener)
+        self._listeners.notify(account, folder)
 
     # IMailStore
 
@@ -327,12 +322,10 @@ class MemoryStore:
         """
         See L{IMailStore.addListener}.
         """
-        self._listeners.setdefault(accountKey(address), []).append(listener)
+        self._listeners.add(accountKey(address), listener)
 
     def removeListener(self, address, listener):
         """
         See L{IMailStore.removeListener}.
         """
-        listeners = self._listeners.get(accountKey(address), [])
-        if listener in listeners:
-            listeners.remove(listener)
+        self._listeners.remove(accountKey(address), listener)
