@@ -635,3 +635,16 @@ def test_bdatWithoutRecipientsIsDiscarded():
     s.sendRaw(b"BDAT 3\r\nabc")
     s.send("DATA")
     s.expect("250 *", "250 *", "250 *", "503 5.5.1 Error: bad sequence of commands")
+
+
+def test_connectionLostDuringCommitDoesNotAbortIt():
+    s = Session()
+    s.ehlo()
+    s.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.org>", "DATA")
+    s.lines()
+    s.target.hold = True
+    s.sendRaw(b"x\r\n.\r\n")
+    s.protocol.connectionLost(None)
+    assert s.target.aborted == 0
+    s.target.release()
+    assert len(s.target.messages) == 1

@@ -946,21 +946,22 @@ class SMTPServer(Protocol, TimeoutMixin):
             self._abortTransaction()
             self.reply(reply)
             return None
+        # The commit owns the delivery now: a connection lost meanwhile must
+        # not abort it under the store's feet.
         delivery = self._delivery
+        recipients = self._acceptedRecipients
         size = self._size
+        self._resetTransaction()
         d = defer.maybeDeferred(delivery.commit)
         d.addCallbacks(
             self._cbCommitted,
             self._ebCommitted,
-            callbackArgs=(envelope, size),
-            errbackArgs=(envelope,),
+            callbackArgs=(envelope, recipients, size),
+            errbackArgs=(envelope, delivery),
         )
         return d
 
-    def _cbCommitted(self, ignored, envelope, size):
-        recipients = self._acceptedRecipients
-        self._delivery = None
-        self._resetTransaction()
+    def _cbCommitted(self, ignored, envelope, recipients, size):
         self.log.info(
             "smtp: accepted {id} from <{sender}> to {rcpts} size={size} client={ip} proto={proto}",
             id=envelope.messageId,
@@ -972,14 +973,14 @@ class SMTPServer(Protocol, TimeoutMixin):
         )
         self.reply(codes.C250OK, "Ok: queued as %s" % (envelope.messageId,))
 
-    def _ebCommitted(self, failure, envelope):
+    def _ebCommitted(self, failure, envelope, delivery):
         self.log.error(
             "smtp: message {id} from <{sender}> not stored: {why}",
             id=envelope.messageId,
             sender=envelope.sender,
             why=getattr(failure.value, "detail", failure.getErrorMessage()),
         )
-        self._abortTransaction()
+        delivery.abort()
         self.reply(codes.replyForError(failure.value))
 
     # --- CHUNKING (RFC 3030) ---------------------------------------------------
