@@ -326,3 +326,17 @@ def test_badConfigIsOneLine(tmp_path):
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
     assert "[smtp] port = not-a-port" in done.stderr
+
+
+def test_largeEightBitMessageIsStoredByteExact(server):
+    """20 MB with dot-leading lines and 8-bit bytes: spooled, stored exactly."""
+    import base64
+
+    body = base64.encodebytes(os.urandom(15 * 1024 * 1024)).replace(b"\n", b"\r\n")
+    message = b"Subject: big\r\n\r\n.leading dot\r\n..two dots\r\n" + body + b"caf\xc3\xa9 \xff\r\n"
+    before = len(server.messages(USER))
+    with smtplib.SMTP(HOST, server.smtp, timeout=60) as client:
+        client.ehlo("client.test")
+        client.sendmail("a@remote.test", [USER], message, mail_options=["BODY=8BITMIME"])
+    [raw] = newMessages(server, USER, before)
+    assert raw.endswith(b"\r\n" + message)
