@@ -15,6 +15,7 @@ import os
 import secrets
 
 from mdpy.directory.sqlite import SQLiteDirectory
+from mdpy.durable import writeFileAtomically
 from mdpy.store.maildir import MaildirStore
 
 
@@ -69,13 +70,7 @@ class DataDir:
         password = secrets.token_urlsafe(12)
         directory.addUser(address, password)
         store.createAccount(address)
-        fd = os.open(
-            self.postmasterPasswordPath,
-            os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-            0o600,
+        writeFileAtomically(
+            self.postmasterPasswordPath, ("%s %s\n" % (address, password)).encode(), 0o600
         )
-        with os.fdopen(fd, "w") as f:
-            f.write("%s %s\n" % (address, password))
-            f.flush()
-            os.fsync(f.fileno())
         return address, password

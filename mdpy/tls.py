@@ -10,6 +10,8 @@ import os
 
 from twisted.internet import ssl
 
+from mdpy.durable import writeFileAtomically
+
 SELF_SIGNED_DAYS = 365
 
 
@@ -53,20 +55,9 @@ def ensureSelfSigned(directory, hostname):
         serialization.PrivateFormat.TraditionalOpenSSL,
         serialization.NoEncryption(),
     )
-    _writeNew(keyPath, keyBytes, 0o600)
-    _writeNew(certPath, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+    writeFileAtomically(keyPath, keyBytes, 0o600)
+    writeFileAtomically(certPath, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
     return certPath, keyPath, True
-
-
-def _writeNew(path, data, mode):
-    temporary = path + ".tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(temporary, path)
 
 
 def serverOptions(certificatePath, keyPath):

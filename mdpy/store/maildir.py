@@ -33,23 +33,15 @@ import socket
 import time
 
 from twisted.internet import defer
-from mdpy.store import Listeners
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mdpy.address import normaliseDomain, splitAddress
+from mdpy.durable import fsyncDirectory, unlinkQuietly, writeAll, writeFileAtomically
 from mdpy.errors import Exists, InvalidInput, NotFound, TemporaryFailure
 from mdpy.interfaces import IMailbox, IMailStore, IStoredMessage
-from mdpy.store.maildirindex import (
-    FolderIndex,
-    flagsFromInfo,
-    fsyncDirectory,
-    infoForFlags,
-    normaliseFlags,
-    unlinkQuietly,
-    writeAll,
-    writeFileAtomically,
-)
+from mdpy.store import Listeners
+from mdpy.store.maildirindex import FolderIndex, flagsFromInfo, infoForFlags, normaliseFlags
 
 SUBSCRIPTIONS_NAME = "subscriptions"
 SPECIAL_FOLDERS = ("Drafts", "Sent", "Trash", "Junk", "Archive")

@@ -40,9 +40,9 @@ import os
 import re
 import time
 
-from mdpy.logs import Logger
-
+from mdpy.durable import writeFileAtomically
 from mdpy.errors import InvalidInput, NotFound, TemporaryFailure
+from mdpy.logs import Logger
 
 INDEX_NAME = "mdpy-uidlist"
 LOCK_NAME = "mdpy-uidlist.lock"
@@ -168,45 +168,6 @@ def infoForFlags(flags, keywords, oldInfo=""):
             letter = keywords.letterFor(flag)
         letters.add(letter)
     return "2," + "".join(sorted(letters))
-
-
-
-def writeAll(fd, data):
-    total = len(data)
-    written = os.write(fd, data)
-    if written < total:
-        view = memoryview(data)[written:]
-        while view:
-            view = view[os.write(fd, view):]
-    return total
-
-
-
-def fsyncDirectory(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def unlinkQuietly(path):
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def writeFileAtomically(path, data):
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        writeAll(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-    fsyncDirectory(os.path.dirname(path))
 
 
 

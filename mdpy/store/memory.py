@@ -17,11 +17,11 @@ import io
 import time
 
 from twisted.internet import defer
-from mdpy.store import Listeners
 from zope.interface import implementer
 
 from mdpy.errors import Exists, InvalidInput, NotFound
 from mdpy.interfaces import IMailbox, IMailStore, IStoredMessage
+from mdpy.store import Listeners
 from mdpy.store.maildir import SPECIAL_FOLDERS, accountKey, normaliseFolderName, uniqueName
 from mdpy.store.maildirindex import storableFlags
 
