@@ -41,6 +41,7 @@ from mdpy.durable import fsyncDirectory, unlinkQuietly, writeAll, writeFileAtomi
 from mdpy.errors import Exists, InvalidInput, NotFound, TemporaryFailure
 from mdpy.interfaces import IMailbox, IMailStore, IStoredMessage
 from mdpy.store import Listeners
+from mdpy.store.committer import Committer
 from mdpy.store.maildirindex import FolderIndex, flagsFromInfo, infoForFlags, normaliseFlags
 
 SUBSCRIPTIONS_NAME = "subscriptions"
@@ -209,16 +210,17 @@ def _makeMaildir(path, folder):
     os.makedirs(os.path.join(path, "new"), 0o700, exist_ok=True)
 
 
-def _writeCopies(targets):
+def _prepareCopies(targets):
     """
-    Write each C{(folderPath, parts)} to its C{tmp/}, fsync, then rename all
-    into C{new/} and fsync each C{new/} once.  Runs in a worker thread.
+    Write each C{(folderPath, parts)} to its C{tmp/} and fsync it.  Runs in a
+    worker thread.
 
+    @return: C{[(tmpPath, finalPath)]}, the final paths in C{new/}.
     @raise NotFound: a folder has no C{new/}.
     @raise TemporaryFailure: an I/O error; nothing is left behind.
     """
     now = time.time()
-    written, renamed, finals = [], [], []
+    written, finals = [], []
     step = "deliver"
     try:
         for folderPath, parts in targets:
@@ -244,19 +246,37 @@ def _writeCopies(targets):
             finally:
                 os.close(fd)
             finals.append("%s/new/%s,S=%d" % (folderPath, base, size))
-        for tmpPath, final in zip(written, finals):
-            step = "rename " + tmpPath
-            os.rename(tmpPath, final)
-            renamed.append(final)
-        for directory in dict.fromkeys(os.path.dirname(final) for final in finals):
-            step = "fsync " + directory
-            fsyncDirectory(directory)
     except BaseException as e:
-        for path in written + renamed:
+        for path in written:
             unlinkQuietly(path)
         if isinstance(e, OSError):
             raise TemporaryFailure("%s: %s" % (step, e.strerror or e)) from e
         raise
+    return list(zip(written, finals))
+
+
+def _writeCopies(targets):
+    """
+    L{_prepareCopies}, then rename every file into C{new/} and fsync each
+    C{new/} once: one delivery, all or nothing, in the calling thread.
+    """
+    files = _prepareCopies(targets)
+    renamed = []
+    step = "deliver"
+    try:
+        for tmpPath, final in files:
+            step = "rename " + tmpPath
+            os.rename(tmpPath, final)
+            renamed.append(final)
+        for directory in dict.fromkeys(os.path.dirname(final) for _, final in files):
+            step = "fsync " + directory
+            fsyncDirectory(directory)
+    except OSError as e:
+        for tmpPath, final in files:
+            unlinkQuietly(tmpPath)
+        for path in renamed:
+            unlinkQuietly(path)
+        raise TemporaryFailure("%s: %s" % (step, e.strerror or e)) from e
 
 
 # --- messages and mailboxes -------------------------------------------------
@@ -565,10 +585,22 @@ class MaildirStore:
         reactor's thread pool.
     """
 
-    def __init__(self, root, runInThread=None):
+    def __init__(self, root, runInThread=None, reactor=None, committerThreads=4):
+        """
+        @param runInThread: C{runInThread(f, *args)} returning a Deferred, for
+            blocking work; by default the reactor's thread pool, and new
+            messages go through a L{Committer} (group commit).  Given (tests
+            pass a synchronous one), it does all the work.
+        """
         self.root = os.path.abspath(root)
-        self._runInThread = runInThread or _deferToReactorThreadPool
         self._listeners = Listeners()
+        self._committer = None
+        if runInThread is None:
+            runInThread = _deferToReactorThreadPool
+            if reactor is None:
+                from twisted.internet import reactor
+            self._committer = Committer(reactor, _prepareCopies, committerThreads)
+        self._runInThread = runInThread
 
     def __repr__(self):
         return "<MaildirStore %s>" % (self.root,)
@@ -643,7 +675,11 @@ class MaildirStore:
                 changed[(self._accountKey(account), folder)] = None
         except Exception:
             return defer.fail()
-        d = self._runInThread(_writeCopies, targets)
+        if self._committer is not None:
+            d = defer.Deferred()
+            self._committer.commit(targets, d)
+        else:
+            d = self._runInThread(_writeCopies, targets)
         d.addCallback(self._cbDelivered, changed)
         return d
 

@@ -1,0 +1,143 @@
+"""
+Tests of L{mdpy.store.committer}: group commit of new message files.
+"""
+
+import errno
+import os
+import queue
+
+import pytest
+from twisted.internet import defer
+
+from mdpy import errors
+from mdpy.store import committer as committerModule
+from mdpy.store.committer import Committer
+from mdpy.store.maildir import MaildirStore, _prepareCopies
+
+
+class ThreadReactor:
+    """Collects what writer threads hand back; the test runs it."""
+
+    def __init__(self):
+        self.calls = queue.SimpleQueue()
+        self.triggers = []
+
+    def callFromThread(self, f, *args):
+        self.calls.put((f, args))
+
+    def addSystemEventTrigger(self, *args):
+        self.triggers.append(args)
+
+    def runOne(self, timeout=30):
+        f, args = self.calls.get(timeout=timeout)
+        f(*args)
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = MaildirStore(str(tmp_path), runInThread=lambda f, *a: defer.maybeDeferred(f, *a))
+    for name in ("a@example.test", "b@example.test"):
+        store.createAccount(name)
+    return store
+
+
+def targets(store, account, data=b"Subject: x\r\n\r\nbody\r\n"):
+    return [(store.folderPath(account), [data])]
+
+
+def results(batchResults):
+    out = []
+    for deferred, failure in batchResults:
+        out.append(None if failure is None else failure.value)
+    return out
+
+
+def files(store, account, sub):
+    return os.listdir(os.path.join(store.folderPath(account), sub))
+
+
+def test_batchWritesAllWithOneDirectoryFsyncEach(store, monkeypatch):
+    synced = []
+    real = committerModule.fsyncDirectory
+    monkeypatch.setattr(committerModule, "fsyncDirectory", lambda path: (synced.append(path), real(path)))
+    committer = Committer(ThreadReactor(), _prepareCopies)
+    batch = [(targets(store, "a@example.test"), defer.Deferred()) for i in range(5)]
+    batch.append((targets(store, "b@example.test"), defer.Deferred()))
+    assert results(committer._commitBatch(batch)) == [None] * 6
+    assert len(files(store, "a@example.test", "new")) == 5
+    assert len(files(store, "b@example.test", "new")) == 1
+    assert files(store, "a@example.test", "tmp") == []
+    assert sorted(synced) == sorted({store.folderPath(a) + "/new" for a in ("a@example.test", "b@example.test")})
+
+
+def test_oneFailedDeliveryDoesNotFailTheOthers(store):
+    committer = Committer(ThreadReactor(), _prepareCopies)
+    missing = [(store.folderPath("a@example.test", "Nowhere"), [b"x"])]
+    batch = [
+        (targets(store, "a@example.test"), defer.Deferred()),
+        (missing, defer.Deferred()),
+        (targets(store, "a@example.test"), defer.Deferred()),
+    ]
+    outcome = results(committer._commitBatch(batch))
+    assert outcome[0] is None and outcome[2] is None
+    assert isinstance(outcome[1], errors.NotFound)
+    assert len(files(store, "a@example.test", "new")) == 2
+
+
+def test_directoryFsyncFailureFailsItsDeliveriesAndLeavesNothing(store, monkeypatch):
+    def fail(path):
+        if path.startswith(store.folderPath("a@example.test")):
+            raise OSError(errno.EIO, "injected")
+
+    monkeypatch.setattr(committerModule, "fsyncDirectory", fail)
+    committer = Committer(ThreadReactor(), _prepareCopies)
+    batch = [
+        (targets(store, "a@example.test"), defer.Deferred()),
+        (targets(store, "b@example.test"), defer.Deferred()),
+    ]
+    outcome = results(committer._commitBatch(batch))
+    assert isinstance(outcome[0], errors.TemporaryFailure)
+    assert outcome[1] is None  # b's directory was fine
+    assert files(store, "a@example.test", "new") == []
+    assert files(store, "a@example.test", "tmp") == []
+    assert len(files(store, "b@example.test", "new")) == 1
+
+
+def test_renameFailure(store, monkeypatch):
+    def fail(source, destination):
+        raise OSError(errno.ENOSPC, "injected")
+
+    monkeypatch.setattr(os, "rename", fail)
+    committer = Committer(ThreadReactor(), _prepareCopies)
+    [outcome] = results(committer._commitBatch([(targets(store, "a@example.test"), defer.Deferred())]))
+    monkeypatch.undo()
+    assert isinstance(outcome, errors.TemporaryFailure)
+    assert files(store, "a@example.test", "new") == []
+    assert files(store, "a@example.test", "tmp") == []
+
+
+def test_writerThreadsFireOnTheReactor(store):
+    reactor = ThreadReactor()
+    committer = Committer(reactor, _prepareCopies, threads=2)
+    fired = []
+    for i in range(20):
+        d = defer.Deferred()
+        d.addBoth(fired.append)
+        committer.commit(targets(store, "a@example.test", b"message %d\r\n" % i), d)
+    while len(fired) < 20:
+        reactor.runOne()
+    assert fired == [None] * 20
+    assert len(files(store, "a@example.test", "new")) == 20
+    assert reactor.triggers == [("during", "shutdown", committer.stop)]
+    committer.stop()
+
+
+def test_storeUsesTheCommitterByDefault(tmp_path):
+    reactor = ThreadReactor()
+    store = MaildirStore(str(tmp_path), reactor=reactor)
+    store.createAccount("a@example.test")
+    fired = []
+    store.deliver([("a@example.test", "INBOX", [b"x\r\n"])]).addBoth(fired.append)
+    reactor.runOne()
+    assert fired == [None]
+    assert len(files(store, "a@example.test", "new")) == 1
