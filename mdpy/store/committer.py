@@ -97,50 +97,54 @@ class Committer:
         """
         @return: C{[(deferred, None or Failure)]}, in the order of C{batch}.
         """
-        results = self._commitFiles(batch)
-        outcome = {id(deferred): failure for deferred, failure in results}
-        return [(deferred, outcome[id(deferred)]) for targets, deferred in batch]
+        failures = commitBatch(self._prepare, [targets for targets, deferred in batch])
+        return [(deferred, failure) for (targets, deferred), failure in zip(batch, failures)]
 
-    def _commitFiles(self, batch):
-        results, prepared = [], []
-        for targets, deferred in batch:
-            try:
-                prepared.append((deferred, self._prepare(targets)))
-            except BaseException:
-                results.append((deferred, Failure()))
-        renamed, directories = [], {}
-        for deferred, files in prepared:
-            done = []
-            try:
-                for tmpPath, finalPath in files:
-                    os.rename(tmpPath, finalPath)
-                    done.append(finalPath)
-            except OSError as e:
-                for tmpPath, finalPath in files:
-                    unlinkQuietly(tmpPath)
-                for path in done:
-                    unlinkQuietly(path)
-                results.append((deferred, Failure(TemporaryFailure("rename: %s" % (e.strerror,)))))
-                continue
-            renamed.append((deferred, done))
+
+def commitBatch(prepare, deliveries):
+    """
+    Commit several deliveries: prepare (write and fsync) each one's files,
+    rename them into place, and fsync each directory once.
+
+    @param prepare: see L{Committer.__init__}.
+    @param deliveries: a list of what C{prepare} takes.
+    @return: for each delivery, in order, L{None} or the L{Failure} that
+        undid it.
+    """
+    failures = [None] * len(deliveries)
+    renamed, directories = [], {}
+    for index, targets in enumerate(deliveries):
+        try:
+            files = prepare(targets)
+        except BaseException:
+            failures[index] = Failure()
+            continue
+        done = []
+        try:
+            for tmpPath, finalPath in files:
+                os.rename(tmpPath, finalPath)
+                done.append(finalPath)
+        except OSError as e:
+            for path in [tmpPath for tmpPath, finalPath in files] + done:
+                unlinkQuietly(path)
+            failures[index] = Failure(TemporaryFailure("rename: %s" % (e.strerror,)))
+            continue
+        renamed.append((index, done))
+        for path in done:
+            directories.setdefault(path.rpartition("/")[0], set()).add(index)
+    for directory, indices in directories.items():
+        try:
+            fsyncDirectory(directory)
+        except OSError as e:
+            for index in indices:
+                failures[index] = Failure(
+                    TemporaryFailure("fsync %s: %s" % (directory, e.strerror))
+                )
+    for index, done in renamed:
+        if failures[index] is not None:
             for path in done:
-                directories.setdefault(path.rpartition("/")[0], []).append(deferred)
-        failed = {}
-        for directory, deferreds in directories.items():
-            try:
-                fsyncDirectory(directory)
-            except OSError as e:
-                for deferred in deferreds:
-                    failed[id(deferred)] = "fsync %s: %s" % (directory, e.strerror)
-        for deferred, done in renamed:
-            why = failed.get(id(deferred))
-            if why is None:
-                results.append((deferred, None))
-            else:
-                for path in done:
-                    unlinkQuietly(path)
-                results.append((deferred, Failure(TemporaryFailure(why))))
-        return results
+                unlinkQuietly(path)
+    return failures
 
 
 def _fire(results):

@@ -41,7 +41,7 @@ from mdpy.durable import fsyncDirectory, unlinkQuietly, writeAll, writeFileAtomi
 from mdpy.errors import Exists, InvalidInput, NotFound, TemporaryFailure
 from mdpy.interfaces import IMailbox, IMailStore, IStoredMessage
 from mdpy.store import Listeners
-from mdpy.store.committer import Committer
+from mdpy.store.committer import Committer, commitBatch
 from mdpy.store.maildirindex import FolderIndex, flagsFromInfo, infoForFlags, normaliseFlags
 
 SUBSCRIPTIONS_NAME = "subscriptions"
@@ -257,26 +257,12 @@ def _prepareCopies(targets):
 
 def _writeCopies(targets):
     """
-    L{_prepareCopies}, then rename every file into C{new/} and fsync each
-    C{new/} once: one delivery, all or nothing, in the calling thread.
+    Commit one delivery in the calling thread: L{_prepareCopies}, rename into
+    C{new/}, fsync each C{new/}; all or nothing.
     """
-    files = _prepareCopies(targets)
-    renamed = []
-    step = "deliver"
-    try:
-        for tmpPath, final in files:
-            step = "rename " + tmpPath
-            os.rename(tmpPath, final)
-            renamed.append(final)
-        for directory in dict.fromkeys(os.path.dirname(final) for _, final in files):
-            step = "fsync " + directory
-            fsyncDirectory(directory)
-    except OSError as e:
-        for tmpPath, final in files:
-            unlinkQuietly(tmpPath)
-        for path in renamed:
-            unlinkQuietly(path)
-        raise TemporaryFailure("%s: %s" % (step, e.strerror or e)) from e
+    [failure] = commitBatch(_prepareCopies, [targets])
+    if failure is not None:
+        failure.raiseException()
 
 
 # --- messages and mailboxes -------------------------------------------------
