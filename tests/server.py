@@ -65,9 +65,14 @@ class MdpyServer:
 
     domain = "example.test"
 
-    def __init__(self, root, extra=""):
+    def __init__(self, root, extra="", pop3Extra=""):
+        """
+        @param extra: sections appended to the configuration.
+        @param pop3Extra: lines added to its C{[pop3]} section, e.g.
+            C{"allow_plaintext_auth = yes\\n"}.
+        """
         self.root = str(root)
-        self.smtp, self.submission, self.smtps = freePorts(3)
+        self.smtp, self.submission, self.smtps, self.pop3, self.pop3s = freePorts(5)
         self.dataDir = os.path.join(self.root, "data")
         self.config = os.path.join(self.root, "mdpy.ini")
         self.log = os.path.join(self.root, "mdpy.log")
@@ -78,10 +83,19 @@ class MdpyServer:
                 "[smtp]\nport = %(smtp)d\ninterface = 127.0.0.1\n"
                 "[submission]\nport = %(submission)d\ninterface = 127.0.0.1\n"
                 "[smtps]\nport = %(smtps)d\ninterface = 127.0.0.1\n"
-                "[pop3]\nenabled = no\n[pop3s]\nenabled = no\n"
+                "[pop3]\nport = %(pop3)d\ninterface = 127.0.0.1\n%(pop3Extra)s"
+                "[pop3s]\nport = %(pop3s)d\ninterface = 127.0.0.1\n"
                 "[imap]\nenabled = no\n[imaps]\nenabled = no\n"
                 "[odmr]\nenabled = no\n[minger]\nenabled = no\n"
-                % dict(domain=self.domain, smtp=self.smtp, submission=self.submission, smtps=self.smtps)
+                % dict(
+                    domain=self.domain,
+                    smtp=self.smtp,
+                    submission=self.submission,
+                    smtps=self.smtps,
+                    pop3=self.pop3,
+                    pop3s=self.pop3s,
+                    pop3Extra=pop3Extra,
+                )
                 + extra
             )
         self.process = None
