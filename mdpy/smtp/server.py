@@ -7,42 +7,32 @@ Standards: RFC 5321 (SMTP), RFC 1870 (SIZE), RFC 6152 (8BITMIME), RFC 2920
 RFC 4954 (AUTH), RFC 6531 (SMTPUTF8), RFC 3030 (CHUNKING), RFC 8314 (implicit
 TLS on 465).
 
-Invariants:
- - One command runs at a time.  While a command waits on a L{Deferred}
-   (sender or recipient checks, a commit, a login), input is buffered, not
-   parsed; past L{SMTPServer.pauseAt} octets the transport is paused.  So
-   pipelined commands always see the results of the commands before them.
+Invariants (besides those of L{mdpy.session}: one command at a time,
+bounded lines, STARTTLS discarding pipelined plaintext):
  - Only CR LF "." CR LF ends DATA.  A bare CR or LF inside a line is stored as
    CR LF (as Postfix's C{smtpd_forbid_bare_newline = normalize} does) and never
    ends the message, so SMTP smuggling sequences stay inside the one message.
- - Buffers are bounded: a command line longer than L{SMTPServer.maxLineLength}
-   or a data line longer than L{SMTPServer.maxDataLineLength} is refused with
-   C{500 5.5.2} and discarded as it arrives; a message over the size limit is
-   discarded as it arrives and refused with C{552 5.3.4}.
- - Plaintext that follows STARTTLS in the same read is discarded (RFC 3207
-   section 4.2, CVE-2011-0411), and the session starts over after the
-   handshake.
+ - A data line longer than L{SMTPServer.maxDataLineLength} is refused with
+   C{500 5.5.2} and a message over the size limit with C{552 5.3.4}; both are
+   discarded as they arrive.
+ - After STARTTLS the session starts over (RFC 3207 section 4.2).
  - A message is acknowledged with 250 only after L{IDelivery.commit} fired,
    that is after it is on disk.
 """
 
 import base64
-import binascii
-import os
 import re
 import time
 from email.utils import formatdate
 
-from twisted.cred import credentials, error as credError
-from twisted.internet import defer, interfaces as iinternet, tcp
-from twisted.internet.protocol import Protocol, ServerFactory
-from mdpy.logs import Logger
-from twisted.protocols.policies import TimeoutMixin
+from twisted.cred import error as credError
+from twisted.internet import defer, interfaces as iinternet
 
 from mdpy import address as addresslib
-from mdpy.auth import IAccount
+from mdpy.auth import sasl
 from mdpy.envelope import Envelope
 from mdpy.errors import InvalidInput
+from mdpy.session import CommandSession, SessionFactory
 from mdpy.smtp import codes
 
 _MAIL = re.compile(rb"FROM:\s*(<[^>]*>)(.*)\Z", re.I | re.S)
@@ -65,90 +55,35 @@ def _normaliseLineEndings(data):
     return _LINE_ENDING.sub(b"\r\n", data)
 
 
-def writeThrough(transport, data):
-    """
-    Write C{data} to C{transport}, straight to the socket when nothing is
-    waiting in the transport's buffer.
-
-    A reply is usually the only thing to send, and the socket can take it at
-    once; going through Twisted's buffer would cost two C{epoll_ctl} calls
-    and a reactor iteration per reply.  This relies on the attributes of
-    L{twisted.internet.tcp.Connection}; any other transport (TLS, tests) is
-    written to as usual.
-    """
-    if (
-        not isinstance(transport, tcp.Connection)
-        or transport.TLS
-        or transport.dataBuffer
-        or transport._tempDataBuffer
-        or transport.disconnecting
-        or not transport.connected
-    ):
-        transport.write(data)
-        return
-    try:
-        sent = transport.socket.send(data)
-    except BlockingIOError:
-        sent = 0
-    except OSError:
-        transport.write(data)  # let the transport notice and report it
-        return
-    if sent < len(data):
-        transport.write(data[sent:])
-
-
-class SMTPFactory(ServerFactory):
+class SMTPFactory(SessionFactory):
     """
     Builds L{SMTPServer}s for one listener.  Subclass it and set C{protocol}
     to change the protocol; everything the sessions share lives here.
 
     @ivar target: the L{mdpy.interfaces.IDeliveryTarget} every message goes to.
-    @ivar portal: a cred portal for AUTH, or L{None} to offer no AUTH.
-    @ivar tlsOptions: an C{IOpenSSLServerConnectionCreator} for STARTTLS, or
-        L{None}.
     @ivar mode: L{MODE_MTA} (25), L{MODE_SUBMISSION} (587) or L{MODE_SMTPS}
         (465, the transport is TLS from the start).
-    @ivar loginTracker: a L{mdpy.auth.checkers.FailedLoginTracker} or L{None}.
-    """
+    @ivar defaultDomain: the domain of a bare C{<Postmaster>}.
 
-    protocol = None  # set below
-    log = Logger()
+    See L{SessionFactory} for the rest.
+    """
 
     def __init__(
         self,
         hostname,
         target,
-        portal=None,
-        tlsOptions=None,
         mode=MODE_MTA,
         defaultDomain=None,
         maxMessageSize=50 * 1024 * 1024,
         maxRecipients=1000,
-        maxErrors=20,
-        timeout=300,
-        maxConnections=5000,
-        maxConnectionsPerIP=1000,
-        loginTracker=None,
-        clock=None,
+        **kwargs,
     ):
-        if clock is None:
-            from twisted.internet import reactor as clock
-        self.hostname = hostname
+        SessionFactory.__init__(self, hostname, implicitTLS=mode == MODE_SMTPS, **kwargs)
         self.target = target
-        self.portal = portal
-        self.tlsOptions = tlsOptions
         self.mode = mode
         self.defaultDomain = defaultDomain or hostname
         self.maxMessageSize = maxMessageSize
         self.maxRecipients = maxRecipients
-        self.maxErrors = maxErrors
-        self.timeout = timeout
-        self.maxConnections = maxConnections
-        self.maxConnectionsPerIP = maxConnectionsPerIP
-        self.loginTracker = loginTracker
-        self.clock = clock
-        self.connections = 0
-        self.connectionsByIP = {}
 
     @property
     def authRequired(self):
@@ -157,111 +92,61 @@ class SMTPFactory(ServerFactory):
         """
         return self.mode != MODE_MTA
 
-    def connectionOpened(self, ip):
-        """
-        Count a session in.  @return: whether it is within the limits.
-        """
-        self.connections += 1
-        count = self.connectionsByIP.get(ip, 0) + 1
-        self.connectionsByIP[ip] = count
-        return (
-            self.connections <= self.maxConnections
-            and count <= self.maxConnectionsPerIP
-        )
 
-    def connectionClosed(self, ip):
-        self.connections -= 1
-        count = self.connectionsByIP.get(ip, 1) - 1
-        if count:
-            self.connectionsByIP[ip] = count
-        else:
-            self.connectionsByIP.pop(ip, None)
-
-
-class SMTPServer(Protocol, TimeoutMixin):
+class SMTPServer(CommandSession):
     """
     One ESMTP session.  Commands are C{do_VERB(argument)} methods returning
     L{None} or a L{Deferred}; override or add them in a subclass.
 
     @ivar helo: the HELO/EHLO argument, or L{None} before it.
     @ivar esmtp: whether the client said EHLO.
-    @ivar tls: whether the session is encrypted.
     @ivar authenticatedAs: the account that logged in, or L{None}.
     """
 
-    log = Logger()
+    service = "smtp"
     maxLineLength = 12288  # RFC 4954 section 4: AUTH lines up to 12288 octets
     maxDataLineLength = 65536
-    pauseAt = 256 * 1024
-    mechanisms = (b"PLAIN", b"LOGIN", b"CRAM-MD5")
+    mechanisms = sasl.MECHANISMS
 
     def __init__(self):
+        CommandSession.__init__(self)
         self.helo = None
         self.esmtp = False
-        self.tls = False
         self.authenticatedAs = None
-        self.errors = 0
-        self._buffer = b""
-        self._busy = False
-        self._processing = False
-        self._paused = False
-        self._closing = False
-        self._skipLine = False
-        self._lineHandler = None
         self._resetTransaction()
 
-    # --- connection ------------------------------------------------------------
+    # --- CommandSession --------------------------------------------------------
 
-    @property
-    def clientAddress(self):
-        peer = self.transport.getPeer()
-        return getattr(peer, "host", "127.0.0.1")
-
-    def connectionMade(self):
-        self._ip = self.clientAddress
-        self._counted = True
-        self.callLater = self.factory.clock.callLater
-        self.tls = self.factory.mode == MODE_SMTPS
-        if not self.factory.connectionOpened(self._ip):
-            self.log.warn("smtp: too many connections, refusing {ip}", ip=self._ip)
-            self.reply(codes.C421TooManyConnections)
-            self._close()
-            return
-        self.setTimeout(self.factory.timeout)
+    def greet(self):
         self.send(b"220 %s ESMTP mdpy\r\n" % (self.factory.hostname.encode("idna"),))
 
+    def refuse(self):
+        self.reply(codes.C421TooManyConnections)
+
+    def lineTooLong(self):
+        self.reply(codes.C500LineTooLong)
+
+    def internalError(self):
+        self.reply(codes.C451LocalError)
+
+    @property
+    def rawMode(self):
+        return self._dataMode is not None
+
+    def rawInput(self):
+        return self._dataInput()
+
     def connectionLost(self, reason=None):
-        self.setTimeout(None)
-        self._closing = True
-        if self._counted:
-            self._counted = False
-            self.factory.connectionClosed(self._ip)
+        CommandSession.connectionLost(self, reason)
         self._abortTransaction()
 
     def timeoutConnection(self):
-        self.log.info("smtp: timeout after {state} from {ip}", state=self._state(), ip=self._ip)
+        state = "DATA" if self._dataMode is not None else "command"
+        self.log.info("smtp: timeout in {state} from {ip}", state=state, ip=self._ip)
         self.reply(codes.C421Timeout)
-        self._close()
-
-    def _state(self):
-        if self._lineHandler is not None:
-            return "AUTH"
-        if self._dataMode is not None:
-            return "DATA"
-        return "command"
-
-    def _close(self):
-        self._closing = True
-        self._buffer = b""
-        self.transport.loseConnection()
+        self.close()
 
     # --- output ----------------------------------------------------------------
-
-    def send(self, data):
-        """
-        Write C{data}; see L{writeThrough}.
-        """
-        writeThrough(self.transport, data)
 
     def reply(self, reply, text=None):
         """
@@ -274,12 +159,10 @@ class SMTPServer(Protocol, TimeoutMixin):
         else:
             line = "%d %s\r\n" % (code, text)
         self.send(line.encode("utf-8"))
-        if code >= 400 and code != 421:
-            self.errors += 1
-            if self.errors >= self.factory.maxErrors and not self._closing:
-                self.log.info("smtp: too many errors from {ip}", ip=self._ip)
-                self.reply(codes.C421TooManyErrors)
-                self._close()
+        if code >= 400 and code != 421 and self.countError():
+            self.log.info("smtp: too many errors from {ip}", ip=self._ip)
+            self.reply(codes.C421TooManyErrors)
+            self.close()
 
     def sendLines(self, code, lines):
         """
@@ -291,88 +174,7 @@ class SMTPServer(Protocol, TimeoutMixin):
             out.append("%d%s%s\r\n" % (code, sep, line))
         self.send("".join(out).encode("utf-8"))
 
-    # --- input -----------------------------------------------------------------
-
-    def dataReceived(self, data):
-        if self._closing:
-            return
-        self.resetTimeout()
-        self._buffer += data
-        if self._busy:
-            if len(self._buffer) > self.pauseAt and not self._paused:
-                self._paused = True
-                self.transport.pauseProducing()
-            return
-        self._process()
-
-    def _process(self):
-        """
-        Run buffered input until it is used up or a command waits.
-        """
-        if self._processing:
-            return
-        self._processing = True
-        try:
-            while self._buffer and not self._busy and not self._closing:
-                if self._dataMode is not None:
-                    if not self._dataInput():
-                        break
-                    continue
-                index = self._buffer.find(b"\n")
-                if index < 0:
-                    if len(self._buffer) > self.maxLineLength:
-                        self._buffer = b""
-                        if not self._skipLine:
-                            self._skipLine = True
-                            self.reply(codes.C500LineTooLong)
-                    break
-                line = self._buffer[:index]
-                self._buffer = self._buffer[index + 1 :]
-                if self._skipLine:
-                    self._skipLine = False
-                    continue
-                if line.endswith(b"\r"):
-                    line = line[:-1]
-                if len(line) > self.maxLineLength:
-                    self.reply(codes.C500LineTooLong)
-                    continue
-                self._run(self._lineReceived, line)
-        finally:
-            self._processing = False
-        if self._paused and not self._busy:
-            self._paused = False
-            self.transport.resumeProducing()
-
-    def _run(self, function, *args):
-        """
-        Call a command; a Deferred result holds further input until it fires.
-        Any unexpected exception becomes C{451 4.3.0} and a log entry, never a
-        traceback to the client.
-        """
-        try:
-            result = function(*args)
-        except Exception:
-            self.log.failure("smtp: internal error from {ip}", ip=self._ip)
-            self.reply(codes.C451LocalError)
-            return
-        if isinstance(result, defer.Deferred):
-            self._busy = True
-            result.addErrback(self._ebInternal)
-            result.addBoth(self._cbResume)
-
-    def _ebInternal(self, failure):
-        self.log.failure("smtp: internal error from {ip}", failure, ip=self._ip)
-        if not self._closing:
-            self.reply(codes.C451LocalError)
-
-    def _cbResume(self, ignored):
-        self._busy = False
-        if not self._closing:
-            self._process()
-
-    def _lineReceived(self, line):
-        if self._lineHandler is not None:
-            return self._lineHandler(line)
+    def lineReceived(self, line):
         verb, _, argument = line.partition(b" ")
         try:
             name = verb.decode("ascii").upper()
@@ -441,7 +243,7 @@ class SMTPServer(Protocol, TimeoutMixin):
 
     def do_QUIT(self, argument):
         self.reply(codes.C221Bye)
-        self._close()
+        self.close()
 
     def do_HELP(self, argument):
         self.reply(codes.C211Help)
@@ -466,16 +268,8 @@ class SMTPServer(Protocol, TimeoutMixin):
         ):
             self.reply(codes.C454TLSUnavailable)
             return
-        if self._buffer:
-            self.log.warn(
-                "smtp: discarded {n} octets pipelined after STARTTLS from {ip}",
-                n=len(self._buffer),
-                ip=self._ip,
-            )
-            self._buffer = b""
         self.reply(codes.C220TLSReady)
-        self.transport.startTLS(self.factory.tlsOptions)
-        self.tls = True
+        self.startTLS()
         self.helo = None
         self.esmtp = False
         self.authenticatedAs = None
@@ -486,162 +280,55 @@ class SMTPServer(Protocol, TimeoutMixin):
     def do_AUTH(self, argument):
         if self.helo is None or not self.esmtp:
             self.reply(codes.C503NeedHelo)
-            return
+            return None
         if self.factory.portal is None:
             self.reply(codes.C502NotImplemented)
-            return
+            return None
         if self.authenticatedAs is not None:
             self.reply(codes.C503AlreadyAuthenticated)
-            return
+            return None
         if self._envelope is not None:
             self.reply(codes.C503AuthInTransaction)
-            return
+            return None
         if not self.tls:
             self.reply(codes.C538EncryptionRequired)
-            return
+            return None
         tracker = self.factory.loginTracker
         if tracker is not None and tracker.isBanned(self._ip):
             self.log.warn("smtp: authentication refused, banned client {ip}", ip=self._ip)
             self.reply(codes.C421Banned)
-            self._close()
-            return
+            self.close()
+            return None
         mechanism, _, initial = argument.partition(b" ")
         mechanism = mechanism.upper()
         if mechanism not in self.mechanisms:
             self.reply(codes.C504UnknownMechanism)
-            return
-        initial = initial.strip() or None
-        if mechanism == b"PLAIN":
-            return self._authPlain(initial)
-        if mechanism == b"LOGIN":
-            return self._authLogin(initial)
-        return self._authCramMD5(initial)
-
-    def _challenge(self, data, handler):
-        """
-        Send a 334 challenge; the next line goes to C{handler(decoded)}.
-        """
-        self.send(b"334 " + base64.b64encode(data) + b"\r\n")
-
-        def receive(line):
-            self._lineHandler = None
-            decoded = self._decodeResponse(line)
-            if decoded is None:
-                return None
-            return handler(decoded)
-
-        self._lineHandler = receive
-
-    def _decodeResponse(self, line):
-        """
-        @return: the decoded SASL response, or L{None} after replying to a
-            cancel or malformed one.
-        """
-        line = line.strip()
-        if line == b"*":
-            self.reply(codes.C501AuthCancelled)
             return None
-        if line == b"=":
-            return b""
-        try:
-            return base64.b64decode(line, validate=True)
-        except (binascii.Error, ValueError):
-            self.reply(codes.C501BadBase64)
-            return None
-
-    def _authPlain(self, initial):
-        def check(decoded):
-            parts = decoded.split(b"\0")
-            if len(parts) != 3 or not parts[1]:
-                self.reply(codes.C501BadBase64)
-                return None
-            authzid, authcid, password = parts
-            if authzid and authzid != authcid:
-                return self._authFailed(authcid, "authorization identity differs")
-            return self._login(credentials.UsernamePassword(authcid, password), authcid)
-
-        if initial is None:
-            self._challenge(b"", check)
-            return None
-        decoded = self._decodeResponse(initial)
-        return None if decoded is None else check(decoded)
-
-    def _authLogin(self, initial):
-        def gotPassword(username, password):
-            return self._login(credentials.UsernamePassword(username, password), username)
-
-        def gotUsername(username):
-            self._challenge(b"Password:", lambda password: gotPassword(username, password))
-
-        if initial is None:
-            self._challenge(b"Username:", gotUsername)
-            return None
-        decoded = self._decodeResponse(initial)
-        if decoded is not None:
-            gotUsername(decoded)
-        return None
-
-    def _authCramMD5(self, initial):
-        if initial is not None:
-            self.reply(codes.C501Syntax)
-            return None
-        creds = credentials.CramMD5Credentials(self.factory.hostname.encode("idna"))
-        challenge = creds.getChallenge()
-
-        def check(decoded):
-            username, _, digest = decoded.rpartition(b" ")
-            if not username or not digest:
-                self.reply(codes.C501BadBase64)
-                return None
-            creds.setResponse(decoded)
-            return self._login(creds, username)
-
-        self._challenge(challenge, check)
-        return None
-
-    def _login(self, creds, username):
-        d = self.factory.portal.login(creds, None, IAccount)
-        d.addCallbacks(
-            self._cbLoggedIn,
-            self._ebLogin,
-            errbackArgs=(username, creds),
+        return self.authenticate(
+            mechanism, initial.strip() or None, self._sendChallenge, self._authDone
         )
+
+    def _sendChallenge(self, challenge):
+        self.send(b"334 " + base64.b64encode(challenge) + b"\r\n")
+
+    def _authDone(self, d):
+        d.addCallbacks(self._cbAuthenticated, self._ebAuthenticated)
         return d
 
-    def _cbLoggedIn(self, result):
-        interface, avatar, logout = result
+    def _cbAuthenticated(self, avatar):
         self.authenticatedAs = avatar
-        tracker = self.factory.loginTracker
-        if tracker is not None:
-            tracker.recordSuccess(self._ip)
-        self.log.info("smtp: {user} authenticated from {ip}", user=avatar, ip=self._ip)
         self.reply(codes.C235AuthOK)
 
-    def _ebLogin(self, failure, username, creds):
-        failure.trap(credError.UnauthorizedLogin, credError.UnhandledCredentials)
-        secret = getattr(creds, "password", None) or getattr(creds, "response", b"")
-        return self._authFailed(username, "bad credentials", secret)
-
-    def _authFailed(self, username, why, secret=b""):
-        name = username.decode("utf-8", "replace")
-        self.log.warn(
-            "smtp: authentication failed for user={user} from {ip}: {why}",
-            user=name,
-            ip=self._ip,
-            why=why,
-        )
-        tracker = self.factory.loginTracker
-        delay = 0
-        if tracker is not None:
-            delay = tracker.delayFor(self._ip)
-            tracker.recordFailure(self._ip, name, tracker.digestPassword(secret or b""))
-        if not delay:
+    def _ebAuthenticated(self, failure):
+        if self.closing:
+            return
+        if failure.check(sasl.Cancelled):
+            self.reply(codes.C501AuthCancelled)
+        elif failure.check(sasl.Malformed):
+            self.reply(codes.C501BadBase64)
+        else:
+            failure.trap(credError.UnauthorizedLogin)
             self.reply(codes.C535AuthFailed)
-            return None
-        d = defer.Deferred()
-        self.factory.clock.callLater(delay, d.callback, None)
-        d.addCallback(lambda _: None if self._closing else self.reply(codes.C535AuthFailed))
-        return d
 
     # --- the mail transaction ---------------------------------------------------
 
@@ -854,7 +541,7 @@ class SMTPServer(Protocol, TimeoutMixin):
             # before 354 is a client that does not wait (or smuggles).
             self.log.warn("smtp: input pipelined after DATA from {ip}", ip=self._ip)
             self.reply(codes.C554Sync)
-            self._close()
+            self.close()
             return None
         self._envelope.receivedAt = time.time()
         self._delivery.write(self._receivedHeader())
@@ -891,7 +578,7 @@ class SMTPServer(Protocol, TimeoutMixin):
             self._dataContent(buf[:end])
             self._buffer = buf[end + 3 :]
             self._dataMode = None
-            self._run(self._endOfMessage)
+            self.run(self._endOfMessage)
             return True
         cut = buf.rfind(b"\r\n")
         if cut < 0:
@@ -1024,7 +711,7 @@ class SMTPServer(Protocol, TimeoutMixin):
                 self._pendingCR = True
             self._storeBody(_normaliseLineEndings(take))
         if self._bdatRemaining == 0:
-            self._run(self._bdatChunkDone)
+            self.run(self._bdatChunkDone)
         return True
 
     def _bdatChunkDone(self):

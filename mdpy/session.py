@@ -1,0 +1,443 @@
+# -*- test-case-name: tests.test_smtp_server,tests.test_pop3_server -*-
+"""
+What every command/response server of mdpy (SMTP, POP3, later IMAP) shares:
+bounded line input, one command at a time, connection limits, idle timeout,
+STARTTLS buffer discarding, SASL exchanges and the failed-login policy.
+
+Invariants:
+ - One command runs at a time.  While a command waits on a L{Deferred}
+   (a login, a store operation, a commit), input is buffered, not parsed;
+   past L{CommandSession.pauseAt} octets the transport is paused.  So
+   pipelined commands always see the results of the commands before them.
+ - A line longer than L{CommandSession.maxLineLength} is answered once (by
+   L{CommandSession.lineTooLong}) and discarded as it arrives.
+ - L{CommandSession.startTLS} discards whatever plaintext was pipelined after
+   the command that started TLS (CVE-2011-0411).
+"""
+
+from twisted.cred import error as credError
+from twisted.internet import defer, tcp
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.protocols.policies import TimeoutMixin
+
+from mdpy.auth import IAccount
+from mdpy.auth import sasl
+from mdpy.logs import Logger
+
+
+def writeThrough(transport, data):
+    """
+    Write C{data} to C{transport}, straight to the socket when nothing is
+    waiting in the transport's buffer.
+
+    A reply is usually the only thing to send, and the socket can take it at
+    once; going through Twisted's buffer would cost two C{epoll_ctl} calls
+    and a reactor iteration per reply.  This relies on the attributes of
+    L{twisted.internet.tcp.Connection}; any other transport (TLS, tests) is
+    written to as usual.
+    """
+    if (
+        not isinstance(transport, tcp.Connection)
+        or transport.TLS
+        or transport.dataBuffer
+        or transport._tempDataBuffer
+        or transport.disconnecting
+        or not transport.connected
+        or transport.producer is not None
+    ):
+        transport.write(data)
+        return
+    try:
+        sent = transport.socket.send(data)
+    except BlockingIOError:
+        sent = 0
+    except OSError:
+        transport.write(data)  # let the transport notice and report it
+        return
+    if sent < len(data):
+        transport.write(data[sent:])
+
+
+class SessionFactory(ServerFactory):
+    """
+    What the sessions of one listener share.
+
+    @ivar hostname: the name in greetings.
+    @ivar portal: a cred portal for logins, or L{None} to offer none.
+    @ivar tlsOptions: server TLS options for STARTTLS/STLS, or L{None}.
+    @ivar implicitTLS: whether the transport is TLS from the start.
+    @ivar loginTracker: a L{mdpy.auth.checkers.FailedLoginTracker} or L{None}.
+    @ivar clock: the reactor (for timeouts and login delays).
+    """
+
+    protocol = None
+
+    def __init__(
+        self,
+        hostname,
+        portal=None,
+        tlsOptions=None,
+        implicitTLS=False,
+        maxErrors=20,
+        timeout=300,
+        maxConnections=5000,
+        maxConnectionsPerIP=1000,
+        loginTracker=None,
+        clock=None,
+    ):
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.hostname = hostname
+        self.portal = portal
+        self.tlsOptions = tlsOptions
+        self.implicitTLS = implicitTLS
+        self.maxErrors = maxErrors
+        self.timeout = timeout
+        self.maxConnections = maxConnections
+        self.maxConnectionsPerIP = maxConnectionsPerIP
+        self.loginTracker = loginTracker
+        self.clock = clock
+        self.connections = 0
+        self.connectionsByIP = {}
+
+    def connectionOpened(self, ip):
+        """
+        Count a session in.  @return: whether it is within the limits.
+        """
+        self.connections += 1
+        count = self.connectionsByIP.get(ip, 0) + 1
+        self.connectionsByIP[ip] = count
+        return (
+            self.connections <= self.maxConnections
+            and count <= self.maxConnectionsPerIP
+        )
+
+    def connectionClosed(self, ip):
+        self.connections -= 1
+        count = self.connectionsByIP.get(ip, 1) - 1
+        if count:
+            self.connectionsByIP[ip] = count
+        else:
+            self.connectionsByIP.pop(ip, None)
+
+
+class CommandSession(Protocol, TimeoutMixin):
+    """
+    A line-oriented command session.  Subclasses implement L{greet},
+    L{refuse}, L{lineReceived}, L{lineTooLong}, L{internalError} and
+    L{timeoutConnection}; a subclass with a raw mode (SMTP DATA) sets
+    L{rawMode} and implements L{rawInput}.
+
+    @ivar tls: whether the session is encrypted.
+    @ivar rawMode: whether input goes to L{rawInput} instead of lines.
+    """
+
+    log = Logger()
+    service = "session"
+    maxLineLength = 8192
+    pauseAt = 256 * 1024
+    rawMode = False
+
+    def __init__(self):
+        self.tls = False
+        self.errors = 0
+        self._buffer = b""
+        self._busy = False
+        self._processing = False
+        self._paused = False
+        self._closing = False
+        self._skipLine = False
+        self._counted = False
+        self._ip = None
+        self._lineHandler = None
+
+    # --- connection ------------------------------------------------------------
+
+    def connectionMade(self):
+        peer = self.transport.getPeer()
+        self._ip = getattr(peer, "host", "127.0.0.1")
+        self.callLater = self.factory.clock.callLater
+        self.tls = self.factory.implicitTLS
+        self._counted = True
+        if not self.factory.connectionOpened(self._ip):
+            self.log.warn(
+                "{service}: too many connections, refusing {ip}", service=self.service, ip=self._ip
+            )
+            self.refuse()
+            self.close()
+            return
+        self.setTimeout(self.factory.timeout)
+        self.greet()
+
+    def connectionLost(self, reason=None):
+        self.setTimeout(None)
+        self._closing = True
+        if self._counted:
+            self._counted = False
+            self.factory.connectionClosed(self._ip)
+
+    @property
+    def clientAddress(self):
+        """
+        The client's IP address, as text.
+        """
+        return self._ip
+
+    def close(self):
+        """
+        Send what is queued and close; ignore further input.
+        """
+        self._closing = True
+        self._buffer = b""
+        self.transport.loseConnection()
+
+    @property
+    def closing(self):
+        return self._closing
+
+    def send(self, data):
+        """
+        Write C{data}; see L{writeThrough}.
+        """
+        writeThrough(self.transport, data)
+
+    def countError(self):
+        """
+        Count an error reply.  @return: whether the session is over the limit
+        (the caller then says goodbye and L{close}s).
+        """
+        self.errors += 1
+        return self.errors >= self.factory.maxErrors and not self._closing
+
+    # --- input -----------------------------------------------------------------
+
+    def dataReceived(self, data):
+        if self._closing:
+            return
+        self.resetTimeout()
+        self._buffer += data
+        if self._busy:
+            if len(self._buffer) > self.pauseAt and not self._paused:
+                self._paused = True
+                self.transport.pauseProducing()
+            return
+        self._process()
+
+    def _process(self):
+        """
+        Run buffered input until it is used up or a command waits.
+        """
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            while self._buffer and not self._busy and not self._closing:
+                if self.rawMode:
+                    if not self.rawInput():
+                        break
+                    continue
+                index = self._buffer.find(b"\n")
+                if index < 0:
+                    if len(self._buffer) > self.maxLineLength:
+                        self._buffer = b""
+                        if not self._skipLine:
+                            self._skipLine = True
+                            self.lineTooLong()
+                    break
+                line = self._buffer[:index]
+                self._buffer = self._buffer[index + 1 :]
+                if self._skipLine:
+                    self._skipLine = False
+                    continue
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                if len(line) > self.maxLineLength:
+                    self.lineTooLong()
+                    continue
+                self.run(self._dispatchLine, line)
+        finally:
+            self._processing = False
+        if self._paused and not self._busy:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    def takeBuffered(self):
+        """
+        @return: the unparsed input, removing it (for L{rawInput}).
+        """
+        data, self._buffer = self._buffer, b""
+        return data
+
+    def peekBuffered(self):
+        return self._buffer
+
+    def setBuffered(self, data):
+        self._buffer = data
+
+    def run(self, function, *args):
+        """
+        Call a command; a Deferred result holds further input until it fires.
+        Any unexpected exception becomes L{internalError} and a log entry,
+        never a traceback to the client.
+        """
+        try:
+            result = function(*args)
+        except Exception:
+            self.log.failure("{service}: internal error from {ip}", service=self.service, ip=self._ip)
+            self.internalError()
+            return
+        if isinstance(result, defer.Deferred):
+            self._busy = True
+            result.addErrback(self._ebInternal)
+            result.addBoth(self._cbResume)
+
+    def _ebInternal(self, failure):
+        self.log.failure(
+            "{service}: internal error from {ip}", failure, service=self.service, ip=self._ip
+        )
+        if not self._closing:
+            self.internalError()
+
+    def _cbResume(self, ignored):
+        self._busy = False
+        if not self._closing:
+            self._process()
+
+    # --- TLS ------------------------------------------------------------------------
+
+    def startTLS(self):
+        """
+        Switch to TLS after the reply that allows it was sent, discarding any
+        plaintext pipelined after the command (RFC 3207 section 4.2, RFC 2595
+        section 3.1).
+        """
+        if self._buffer:
+            self.log.warn(
+                "{service}: discarded {n} octets pipelined after STARTTLS from {ip}",
+                service=self.service,
+                n=len(self._buffer),
+                ip=self._ip,
+            )
+            self._buffer = b""
+        self.transport.startTLS(self.factory.tlsOptions)
+        self.tls = True
+
+    # --- SASL and logins ------------------------------------------------------
+
+    def expectLine(self, handler):
+        """
+        Pass the next input line to C{handler} instead of L{lineReceived}
+        (a SASL response, say); its return value is treated like a
+        command's.
+        """
+        self._lineHandler = handler
+
+    def _dispatchLine(self, line):
+        handler = self._lineHandler
+        if handler is not None:
+            self._lineHandler = None
+            return handler(line)
+        return self.lineReceived(line)
+
+    def authenticate(self, mechanism, initial, sendChallenge, done):
+        """
+        Run a SASL exchange and log in.
+
+        @param initial: the raw initial response (still base64), or L{None}.
+        @param sendChallenge: C{sendChallenge(rawBytes)} frames and sends one
+            challenge.
+        @param done: C{done(deferred)} adds the protocol's replies to the
+            outcome: the Deferred fires with the avatar, or fails with a
+            L{sasl.SASLError} (nothing was checked) or
+            L{credError.UnauthorizedLogin} (after the failed-login delay).
+            Its return value is returned.
+        @return: L{None} while challenges are outstanding (the exchange goes
+            on with the next lines), else what C{done} returned.
+        """
+        exchange = sasl.Exchange(mechanism, self.factory.hostname)
+
+        def step(challenge):
+            if challenge is None:
+                return done(self.login(exchange.credentials, exchange.username))
+            sendChallenge(challenge)
+            self.expectLine(receive)
+            return None
+
+        def receive(line):
+            return guarded(lambda: step(exchange.respond(sasl.decodeResponse(line))))
+
+        def guarded(function):
+            try:
+                return function()
+            except sasl.ForeignAuthorization:
+                return done(
+                    self.loginFailed(exchange.username, "authorization identity differs", b"")
+                )
+            except sasl.SASLError as e:
+                return done(defer.fail(e))
+
+        return guarded(
+            lambda: step(
+                exchange.begin(None if initial is None else sasl.decodeResponse(initial))
+            )
+        )
+
+    def login(self, creds, username):
+        """
+        Log in with cred credentials.
+
+        @return: a Deferred firing with the avatar (the account address), or
+            failing with L{credError.UnauthorizedLogin} after the failed-login
+            delay.
+        """
+        tracker = self.factory.loginTracker
+        if tracker is not None and tracker.isBanned(self._ip):
+            self.log.warn(
+                "{service}: login refused, banned client {ip}", service=self.service, ip=self._ip
+            )
+            return defer.fail(credError.UnauthorizedLogin("banned"))
+        d = self.factory.portal.login(creds, None, IAccount)
+        d.addCallbacks(self._cbLoggedIn, self._ebLogin, errbackArgs=(username, creds))
+        return d
+
+    def _cbLoggedIn(self, result):
+        interface, avatar, logout = result
+        tracker = self.factory.loginTracker
+        if tracker is not None:
+            tracker.recordSuccess(self._ip)
+        self.log.info(
+            "{service}: {user} logged in from {ip}", service=self.service, user=avatar, ip=self._ip
+        )
+        return avatar
+
+    def _ebLogin(self, failure, username, creds):
+        failure.trap(credError.UnauthorizedLogin, credError.UnhandledCredentials)
+        return self.loginFailed(username, "bad credentials", sasl.secretOf(creds))
+
+    def loginFailed(self, username, why, secret):
+        """
+        Log a failed login (a line fail2ban can match), count it, and fail
+        after the delay this client has earned.
+
+        @return: a Deferred failing with L{credError.UnauthorizedLogin}.
+        """
+        if isinstance(username, bytes):
+            username = username.decode("utf-8", "replace")
+        self.log.warn(
+            "{service}: authentication failed for user={user} from {ip}: {why}",
+            service=self.service,
+            user=username,
+            ip=self._ip,
+            why=why,
+        )
+        tracker = self.factory.loginTracker
+        delay = 0
+        if tracker is not None:
+            delay = tracker.delayFor(self._ip)
+            tracker.recordFailure(self._ip, username, tracker.digestPassword(secret))
+        failure = credError.UnauthorizedLogin(why)
+        if not delay:
+            return defer.fail(failure)
+        d = defer.Deferred()
+        self.factory.clock.callLater(delay, d.errback, failure)
+        return d
