@@ -136,6 +136,13 @@ _SMTP_LIMITS = [
     Key("max_connections_per_ip", parseInt, "1000", "Open sessions from one client address."),
 ]
 
+_READER_LIMITS = [
+    Key("max_errors", parseInt, "10", "Bad commands in one session before it is closed."),
+    Key("timeout", parseDuration, "10m", "Idle time before the session is closed (RFC 1939: at least 10m)."),
+    Key("max_connections", parseInt, "5000", "Open sessions in all, beyond which new ones are refused."),
+    Key("max_connections_per_ip", parseInt, "1000", "Open sessions from one client address."),
+]
+
 _POP_IMAP = [
     Key(
         "allow_plaintext_auth",
@@ -143,7 +150,7 @@ _POP_IMAP = [
         "no",
         "Allow passwords before STLS/STARTTLS (only on a trusted network).",
     ),
-]
+] + _READER_LIMITS
 
 _TLS_MODE = parseChoice("none", "starttls", "implicit")
 
@@ -168,7 +175,7 @@ SCHEMA = {
     "submission": _listener(587, extra=_SMTP_LIMITS),
     "smtps": _listener(465, extra=_SMTP_LIMITS),
     "pop3": _listener(110, extra=_POP_IMAP),
-    "pop3s": _listener(995),
+    "pop3s": _listener(995, extra=_READER_LIMITS),
     "imap": _listener(143, extra=_POP_IMAP),
     "imaps": _listener(993),
     "odmr": _listener(366),

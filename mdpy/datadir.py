@@ -49,12 +49,12 @@ class DataDir:
         os.close(os.open(self.directoryPath, os.O_WRONLY | os.O_CREAT, 0o600))
         return SQLiteDirectory(self.directoryPath)
 
-    def openStore(self, runInThread=None):
+    def openStore(self, runInThread=None, reactor=None):
         """
         @return: the L{mdpy.interfaces.IMailStore} of this data directory.
         """
         self.prepare()
-        return MaildirStore(self.mailRoot, runInThread=runInThread)
+        return MaildirStore(self.mailRoot, runInThread=runInThread, reactor=reactor)
 
     def firstStart(self, directory, store, domain):
         """

@@ -397,10 +397,10 @@ class CommandSession(Protocol, TimeoutMixin):
             )
             return defer.fail(credError.UnauthorizedLogin("banned"))
         d = self.factory.portal.login(creds, None, IAccount)
-        d.addCallbacks(self._cbLoggedIn, self._ebLogin, errbackArgs=(username, creds))
+        d.addCallbacks(self._cbPortalLogin, self._ebPortalLogin, errbackArgs=(username, creds))
         return d
 
-    def _cbLoggedIn(self, result):
+    def _cbPortalLogin(self, result):
         interface, avatar, logout = result
         tracker = self.factory.loginTracker
         if tracker is not None:
@@ -410,7 +410,7 @@ class CommandSession(Protocol, TimeoutMixin):
         )
         return avatar
 
-    def _ebLogin(self, failure, username, creds):
+    def _ebPortalLogin(self, failure, username, creds):
         failure.trap(credError.UnauthorizedLogin, credError.UnhandledCredentials)
         return self.loginFailed(username, "bad credentials", sasl.secretOf(creds))
 

@@ -18,14 +18,17 @@ from mdpy.config import Config, ConfigError
 from mdpy.datadir import DataDir
 from mdpy.delivery.pipeline import DeliveryPipeline
 from mdpy.logs import setLevel
+from mdpy.pop3.maildrop import MaildropLocks
+from mdpy.pop3.server import POP3Factory
 from mdpy.smtp.server import MODE_MTA, MODE_SMTPS, MODE_SUBMISSION, SMTPFactory
 from mdpy.tls import ensureSelfSigned, serverOptions
 
 log = Logger()
 
 SMTP_SERVICES = {"smtp": MODE_MTA, "submission": MODE_SUBMISSION, "smtps": MODE_SMTPS}
-IMPLICIT_TLS = {"smtps"}
-NOT_YET_AVAILABLE = ("pop3", "pop3s", "imap", "imaps", "odmr", "minger", "webadmin")
+LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s")
+IMPLICIT_TLS = {"smtps", "pop3s"}
+NOT_YET_AVAILABLE = ("imap", "imaps", "odmr", "minger", "webadmin")
 LISTEN_BACKLOG = 1024
 THREADS = 32
 
@@ -140,7 +143,7 @@ def buildService(config, portOffset=0, reactor=None):
     datadir = DataDir(server["data_dir"])
     datadir.prepare()
     directory = datadir.openDirectory()
-    store = datadir.openStore()
+    store = datadir.openStore(reactor=reactor)
     created = datadir.firstStart(directory, store, server["domain"])
     if created:
         log.info(
@@ -165,27 +168,45 @@ def buildService(config, portOffset=0, reactor=None):
     portal = makePortal(directory)
     loginTracker = FailedLoginTracker(reactor)
 
+    shared = dict(
+        portal=portal,
+        tlsOptions=tlsOptions,
+        loginTracker=loginTracker,
+        clock=reactor,
+    )
+    locks = MaildropLocks()
     top = MailServer()
-    for name, mode in SMTP_SERVICES.items():
+    for name in LISTENERS:
         section = config[name]
         if not section["enabled"]:
             continue
-        factory = SMTPFactory(
-            server["hostname"],
-            pipeline,
-            portal=portal,
-            tlsOptions=tlsOptions,
-            mode=mode,
-            defaultDomain=server["domain"],
-            maxMessageSize=section["max_message_size"],
-            maxRecipients=section["max_recipients"],
+        limits = dict(
             maxErrors=section["max_errors"],
             timeout=section["timeout"],
             maxConnections=section["max_connections"],
             maxConnectionsPerIP=section["max_connections_per_ip"],
-            loginTracker=loginTracker,
-            clock=reactor,
         )
+        if name in SMTP_SERVICES:
+            factory = SMTPFactory(
+                server["hostname"],
+                pipeline,
+                mode=SMTP_SERVICES[name],
+                defaultDomain=server["domain"],
+                maxMessageSize=section["max_message_size"],
+                maxRecipients=section["max_recipients"],
+                **limits,
+                **shared,
+            )
+        else:
+            factory = POP3Factory(
+                server["hostname"],
+                store,
+                locks=locks,
+                allowPlaintext=section.get("allow_plaintext_auth", False),
+                implicitTLS=name in IMPLICIT_TLS,
+                **limits,
+                **shared,
+            )
         endpoint = _endpoint(
             reactor,
             section["interface"],

@@ -190,11 +190,15 @@ class Transcript:
     def expect(self, *patterns):
         """
         Check that the next reply lines match C{patterns}, one each, and that
-        no other line came.  @return: the lines.
+        no other line came.  In a pattern C{*} and C{?} are wildcards;
+        everything else, brackets included, stands for itself.
+
+        @return: the lines.
         """
         got = self.lines()
         if len(got) != len(patterns) or not all(
-            fnmatch.fnmatchcase(line, pattern) for line, pattern in zip(got, patterns)
+            fnmatch.fnmatchcase(line, pattern.replace("[", "[[]"))
+            for line, pattern in zip(got, patterns)
         ):
             raise AssertionError("expected %r, got %r" % (list(patterns), got))
         return got

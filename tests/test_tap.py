@@ -29,22 +29,30 @@ def test_oneNamedChildPerListener(tmp_path):
     reactor = MemoryReactorClock()
     top = buildService(load(tmp_path), portOffset=10000, reactor=reactor)
     children = listeners(top)
-    assert sorted(children) == ["smtp", "smtps", "submission"]
+    assert sorted(children) == ["pop3", "pop3s", "smtp", "smtps", "submission"]
     assert children["smtp"].factory.mode == MODE_MTA
     assert children["submission"].factory.mode == MODE_SUBMISSION
     assert children["smtps"].factory.mode == MODE_SMTPS
+    assert children["pop3"].factory.locks is children["pop3s"].factory.locks
+    assert children["pop3s"].factory.implicitTLS and not children["pop3"].factory.implicitTLS
+    assert children["pop3"].factory.timeout == 600
     top.privilegedStartService()
     ports = sorted(port for port, *rest in reactor.tcpServers)
-    assert ports == [10025, 10465, 10587]
+    assert ports == [10025, 10110, 10465, 10587, 10995]
     factories = {port: factory for port, factory, *rest in reactor.tcpServers}
-    # 465 is wrapped in TLS; 25 and 587 start in plaintext.
+    # 465 and 995 are wrapped in TLS; 25, 587 and 110 start in plaintext.
     assert type(factories[10465]).__name__ == "TLSMemoryBIOFactory"
+    assert type(factories[10995]).__name__ == "TLSMemoryBIOFactory"
     assert factories[10025] is children["smtp"].factory
+    assert factories[10110] is children["pop3"].factory
 
 
 def test_disabledServicesAreNotBuilt(tmp_path):
-    top = buildService(load(tmp_path, "[smtps]\nenabled = no\n[submission]\nenabled = no\n"), reactor=MemoryReactorClock())
-    assert list(listeners(top)) == ["smtp"]
+    top = buildService(
+        load(tmp_path, "[smtps]\nenabled = no\n[submission]\nenabled = no\n[pop3s]\nenabled = no\n"),
+        reactor=MemoryReactorClock(),
+    )
+    assert list(listeners(top)) == ["smtp", "pop3"]
 
 
 def test_firstStartMakesDomainPostmasterAndCertificate(tmp_path):

@@ -30,6 +30,7 @@ from twisted.internet import defer, interfaces as iinternet
 
 from mdpy import address as addresslib
 from mdpy.auth import sasl
+from mdpy.dotstuffing import normaliseLineEndings
 from mdpy.envelope import Envelope
 from mdpy.errors import InvalidInput
 from mdpy.session import CommandSession, SessionFactory
@@ -38,21 +39,11 @@ from mdpy.smtp import codes
 _MAIL = re.compile(rb"FROM:\s*(<[^>]*>)(.*)\Z", re.I | re.S)
 _RCPT = re.compile(rb"TO:\s*(<[^>]*>)(.*)\Z", re.I | re.S)
 _BDAT = re.compile(rb"(\d{1,15})(?:\s+(LAST))?\s*\Z", re.I)
-_LINE_ENDING = re.compile(rb"\r\n|\r|\n")
 _DATA_END = b"\r\n.\r\n"
 
 MODE_MTA = "mta"
 MODE_SUBMISSION = "submission"
 MODE_SMTPS = "smtps"
-
-
-def _normaliseLineEndings(data):
-    """
-    @return: C{data} with every bare CR and bare LF turned into CR LF.
-    """
-    if data.count(b"\n") == data.count(b"\r") == data.count(b"\r\n"):
-        return data
-    return _LINE_ENDING.sub(b"\r\n", data)
 
 
 class SMTPFactory(SessionFactory):
@@ -611,7 +602,7 @@ class SMTPServer(CommandSession):
         ):
             self._lineTooLong = True
             return
-        self._storeBody(_normaliseLineEndings(content))
+        self._storeBody(normaliseLineEndings(content))
 
     def _storeBody(self, content):
         self._size += len(content)
@@ -709,7 +700,7 @@ class SMTPServer(CommandSession):
             if take.endswith(b"\r") and (self._bdatRemaining or not self._bdatLast):
                 take = take[:-1]
                 self._pendingCR = True
-            self._storeBody(_normaliseLineEndings(take))
+            self._storeBody(normaliseLineEndings(take))
         if self._bdatRemaining == 0:
             self.run(self._bdatChunkDone)
         return True

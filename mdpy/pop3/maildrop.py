@@ -1,0 +1,120 @@
+# -*- test-case-name: tests.test_pop3_server -*-
+"""
+The POP3 view of a mailbox: a numbered snapshot taken at login, deletion
+marks kept in memory until QUIT, and UIDLs derived from the store's stable
+message keys.  The store knows nothing of POP3; this adapter is all of it.
+"""
+
+import hashlib
+import re
+
+from mdpy.errors import InvalidInput
+
+_UIDL_OK = re.compile(rb"[\x21-\x7e]{1,70}\Z")
+
+
+def uidlFor(message):
+    """
+    The RFC 1939 unique-id of a message: its store key (the Maildir base
+    name), which never changes for the message and is never given to another
+    one; a key that is too long or has characters a UIDL may not carry is
+    replaced by its SHA-1, which is as stable.
+
+    @type message: L{mdpy.interfaces.IStoredMessage}
+    @return: L{bytes}, 1 to 70 printable characters.
+    """
+    key = message.key.encode("utf-8", "surrogateescape")
+    if _UIDL_OK.match(key):
+        return key
+    return hashlib.sha1(key).hexdigest().encode("ascii")
+
+
+class MaildropLocks:
+    """
+    Which maildrops have a POP3 session in TRANSACTION state (RFC 1939
+    section 8: exclusive access).  One instance is shared by every POP3
+    listener of the process.
+    """
+
+    def __init__(self):
+        self._holders = {}
+
+    def acquire(self, account, holder):
+        """
+        @return: whether C{holder} now holds C{account}'s maildrop.
+        """
+        if self._holders.setdefault(account, holder) is not holder:
+            return False
+        return True
+
+    def release(self, account, holder):
+        if self._holders.get(account) is holder:
+            del self._holders[account]
+
+    def __contains__(self, account):
+        return account in self._holders
+
+
+class Maildrop:
+    """
+    A snapshot of a mailbox for one POP3 session.  Mail that arrives later is
+    not in it, so message numbers never shift inside a session.
+
+    @ivar messages: the L{mdpy.interfaces.IStoredMessage}s, message number
+        C{n} at index C{n - 1}.
+    """
+
+    def __init__(self, mailbox):
+        self.mailbox = mailbox
+        self.messages = list(mailbox.messages())
+        self.deleted = set()
+
+    def get(self, number):
+        """
+        @param number: the message number as the client sent it.
+        @return: the message.
+        @raise InvalidInput: not a number, out of range or marked deleted;
+            the message says which, for the client.
+        """
+        try:
+            index = int(number) - 1
+        except ValueError:
+            raise InvalidInput("Invalid message number")
+        if not number.isdigit() or not 0 <= index < len(self.messages):
+            raise InvalidInput("There's no message %s." % (number,))
+        if index in self.deleted:
+            raise InvalidInput("Message is deleted.")
+        return self.messages[index]
+
+    def listing(self):
+        """
+        @return: C{(number, message)} of each message not marked deleted.
+        """
+        return [
+            (index + 1, message)
+            for index, message in enumerate(self.messages)
+            if index not in self.deleted
+        ]
+
+    def stat(self):
+        """
+        @return: C{(count, octets)} of the messages not marked deleted.
+        """
+        live = self.listing()
+        return len(live), sum(message.size for _, message in live)
+
+    def delete(self, number):
+        self.get(number)
+        self.deleted.add(int(number) - 1)
+
+    def reset(self):
+        self.deleted.clear()
+
+    def commit(self):
+        """
+        Remove the messages marked deleted, durably (RFC 1939 UPDATE state).
+
+        @return: a Deferred firing once they are gone.
+        """
+        uids = [self.messages[index].uid for index in sorted(self.deleted)]
+        return self.mailbox.expunge(uids)

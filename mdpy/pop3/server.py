@@ -1,0 +1,495 @@
+# -*- test-case-name: tests.test_pop3_server -*-
+"""
+The POP3 server of ports 110 (STLS) and 995 (implicit TLS).
+
+Standards: RFC 1939 (POP3), RFC 2449 (CAPA, RESP-CODES, PIPELINING, EXPIRE,
+LOGIN-DELAY, IMPLEMENTATION), RFC 2595 (STLS), RFC 5034 (SASL), RFC 3206
+(the AUTH and SYS response codes), RFC 8314 (implicit TLS on 995).
+
+Invariants (besides those of L{mdpy.session}):
+ - Passwords are taken only over TLS unless the listener allows plaintext.
+ - A maildrop has at most one session in TRANSACTION state in this process;
+   the lock goes with the connection.
+ - Messages marked deleted are removed only at QUIT, and C{+OK} is sent only
+   once the removal is durable; a connection that drops deletes nothing.
+ - The message list is a snapshot taken at login.
+"""
+
+import base64
+
+from twisted.cred import error as credError
+from twisted.cred.credentials import UsernamePassword
+from twisted.internet import defer, interfaces as iinternet
+from zope.interface import implementer
+
+from mdpy import errors
+from mdpy.auth import sasl
+from mdpy.dotstuffing import DotStuffer, stuff
+from mdpy.pop3.maildrop import Maildrop, MaildropLocks, uidlFor
+from mdpy.session import CommandSession, SessionFactory
+
+AUTHORIZATION = "AUTHORIZATION"
+TRANSACTION = "TRANSACTION"
+
+CHUNK = 65536
+
+_COMMANDS = {
+    AUTHORIZATION: {"CAPA", "USER", "PASS", "AUTH", "STLS", "QUIT", "APOP"},
+    TRANSACTION: {
+        "CAPA", "STAT", "LIST", "RETR", "TOP", "DELE", "RSET", "NOOP", "UIDL", "QUIT",
+    },
+}
+
+
+class POP3Factory(SessionFactory):
+    """
+    Builds L{POP3Server}s for one listener.
+
+    @ivar store: the L{mdpy.interfaces.IMailStore} whose INBOXes are served.
+    @ivar locks: the L{MaildropLocks} shared by every POP3 listener.
+    @ivar allowPlaintext: whether USER/PASS and AUTH work before STLS.
+    @ivar runInThread: C{runInThread(f, *args)} for opening a mailbox (a
+        directory scan) off the reactor thread.
+    """
+
+    def __init__(
+        self,
+        hostname,
+        store,
+        locks=None,
+        allowPlaintext=False,
+        runInThread=None,
+        maxErrors=10,
+        timeout=600,
+        **kwargs,
+    ):
+        SessionFactory.__init__(self, hostname, maxErrors=maxErrors, timeout=timeout, **kwargs)
+        if runInThread is None:
+            from twisted.internet import reactor
+            from twisted.internet.threads import deferToThreadPool
+
+            def runInThread(f, *args):
+                return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+
+        self.store = store
+        self.locks = MaildropLocks() if locks is None else locks
+        self.allowPlaintext = allowPlaintext
+        self.runInThread = runInThread
+
+
+@implementer(iinternet.IPullProducer)
+class _MessageStreamer:
+    """
+    Send a large message from its file as the reader takes it.
+    """
+
+    def __init__(self, transport, file, stuffer):
+        self.transport = transport
+        self.file = file
+        self.stuffer = stuffer
+        self.done = defer.Deferred()
+
+    def start(self):
+        self.transport.registerProducer(self, False)
+        return self.done
+
+    def resumeProducing(self):
+        chunk = self.file.read(CHUNK)
+        if chunk:
+            self.transport.write(self.stuffer.feed(chunk))
+            return
+        self.transport.write(self.stuffer.finish())
+        self._end()
+
+    def stopProducing(self):
+        self._end()
+
+    def _end(self):
+        if not self.done.called:
+            self.file.close()
+            self.transport.unregisterProducer()
+            self.done.callback(None)
+
+
+class POP3Server(CommandSession):
+    """
+    One POP3 session.  Commands are C{do_VERB(argument)} methods returning
+    L{None} or a L{Deferred}; which verbs each state accepts is in
+    L{_COMMANDS}.
+
+    @ivar state: L{AUTHORIZATION} or L{TRANSACTION}.
+    @ivar account: the account logged in, or L{None}.
+    @ivar maildrop: the L{Maildrop} of the session, or L{None}.
+    """
+
+    service = "pop3"
+    maxLineLength = 8192
+    commands = _COMMANDS
+    mechanisms = sasl.MECHANISMS
+
+    def __init__(self):
+        CommandSession.__init__(self)
+        self.state = AUTHORIZATION
+        self.account = None
+        self.maildrop = None
+        self._user = None
+        self._retrieved = 0
+
+    # --- CommandSession -----------------------------------------------------
+
+    def greet(self):
+        self.send(b"+OK mdpy ready.\r\n")
+
+    def refuse(self):
+        self.error("[SYS/TEMP] Too many connections.")
+
+    def lineTooLong(self):
+        self.error("Line too long.")
+
+    def internalError(self):
+        self.error("[SYS/TEMP] Internal error occurred. Refer to server log for more information.")
+
+    def timeoutConnection(self):
+        self.log.info("pop3: timeout in {state} from {ip}", state=self.state, ip=self._ip)
+        self.send(b"-ERR Disconnected for inactivity.\r\n")
+        self.close()
+
+    def connectionLost(self, reason=None):
+        CommandSession.connectionLost(self, reason)
+        self._release()
+
+    def _release(self):
+        if self.account is not None:
+            self.factory.locks.release(self.account, self)
+
+    # --- output -------------------------------------------------------------
+
+    def ok(self, text=""):
+        self.send(b"+OK " + text.encode("utf-8") + b"\r\n" if text else b"+OK\r\n")
+
+    def error(self, text):
+        """
+        Send C{-ERR text}; too many errors end the session.
+        """
+        self.send(b"-ERR " + text.encode("utf-8") + b"\r\n")
+        if self.countError():
+            self.log.info("pop3: too many errors from {ip}", ip=self._ip)
+            self.send(b"-ERR Too many bad commands.\r\n")
+            self.close()
+
+    def lineReceived(self, line):
+        verb, _, argument = line.partition(b" ")
+        try:
+            name = verb.decode("ascii").upper()
+            argument = argument.strip().decode("utf-8", "surrogateescape")
+        except UnicodeDecodeError:
+            self.error("Unknown command.")
+            return None
+        if name not in self.commands[self.state]:
+            known = any(name in verbs for verbs in self.commands.values())
+            self.error("Command not valid in this state." if known else "Unknown command.")
+            return None
+        return getattr(self, "do_" + name)(argument)
+
+    # --- AUTHORIZATION --------------------------------------------------------
+
+    def _loginAllowed(self):
+        return self.factory.portal is not None and (self.tls or self.factory.allowPlaintext)
+
+    def capabilities(self):
+        """
+        @return: the CAPA lines for this session now (RFC 2449).
+        """
+        lines = [
+            "TOP",
+            "UIDL",
+            "RESP-CODES",
+            "AUTH-RESP-CODE",
+            "PIPELINING",
+            "EXPIRE NEVER",
+            "LOGIN-DELAY 0",
+            "IMPLEMENTATION mdpy",
+        ]
+        if self.state == AUTHORIZATION:
+            if self._loginAllowed():
+                lines.append("USER")
+                lines.append("SASL " + " ".join(m.decode() for m in self.mechanisms))
+            if not self.tls and self.factory.tlsOptions is not None:
+                lines.append("STLS")
+        return lines
+
+    def do_CAPA(self, argument):
+        self.send(
+            ("+OK Capability list follows\r\n" + "".join(line + "\r\n" for line in self.capabilities()) + ".\r\n").encode()
+        )
+
+    def do_QUIT(self, argument):
+        if self.state == TRANSACTION:
+            return self._update()
+        self.ok("Logging out.")
+        self.close()
+        return None
+
+    def do_STLS(self, argument):
+        if self.tls:
+            self.error("TLS is already active.")
+            return
+        if self.factory.tlsOptions is None or not iinternet.ITLSTransport.providedBy(self.transport):
+            self.error("[SYS/PERM] STLS is not available.")
+            return
+        self.ok("Begin TLS negotiation now.")
+        self.startTLS()
+        self._user = None
+
+    def _refusePlaintext(self):
+        if self._loginAllowed():
+            return False
+        if self.factory.portal is None:
+            self.error("[SYS/PERM] Logins are not available.")
+        else:
+            self.error("[AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections.")
+        return True
+
+    def do_APOP(self, argument):
+        # APOP needs the plaintext password, which mdpy does not keep.
+        self.error("[AUTH] APOP is not available; use USER/PASS or AUTH over TLS.")
+
+    def do_USER(self, argument):
+        if self._refusePlaintext():
+            return
+        if not argument:
+            self.error("No username given.")
+            return
+        self._user = _raw(argument)
+        self.ok()
+
+    def do_PASS(self, argument):
+        if self._refusePlaintext():
+            return None
+        if self._user is None:
+            self.error("No username given.")
+            return None
+        user, self._user = self._user, None
+        d = self.login(UsernamePassword(user, _raw(argument)), user)
+        return self._loginDone(d)
+
+    def do_AUTH(self, argument):
+        if not argument:
+            # RFC 1734 clients ask for the list this way.
+            self.send(b"+OK\r\n" + b"".join(m + b"\r\n" for m in self.mechanisms) + b".\r\n")
+            return None
+        if self._refusePlaintext():
+            return None
+        mechanism, _, initial = _raw(argument).partition(b" ")
+        mechanism = mechanism.upper()
+        if mechanism not in self.mechanisms:
+            self.error("Unsupported authentication mechanism.")
+            return None
+        return self.authenticate(mechanism, initial.strip() or None, self._sendChallenge, self._loginDone)
+
+    def _sendChallenge(self, challenge):
+        self.send(b"+ " + base64.b64encode(challenge) + b"\r\n")
+
+    def _loginDone(self, d):
+        d.addCallbacks(self._cbLoggedIn, self._ebLoggedIn)
+        return d
+
+    def _ebLoggedIn(self, failure):
+        if self.closing:
+            return None
+        if failure.check(sasl.Cancelled):
+            self.error("Authentication cancelled.")
+        elif failure.check(sasl.Malformed):
+            self.error("Invalid base64 data in continued response.")
+        else:
+            failure.trap(credError.UnauthorizedLogin)
+            self.error("[AUTH] Authentication failed.")
+        return None
+
+    def _cbLoggedIn(self, account):
+        if self.closing:
+            return None
+        if not self.factory.locks.acquire(account, self):
+            self.log.info("pop3: {user} in use, refused from {ip}", user=account, ip=self._ip)
+            self.error("[IN-USE] Mailbox is locked by another POP3 session.")
+            return None
+        self.account = account
+        d = self.factory.runInThread(self._openMailbox, account)
+        d.addCallbacks(self._cbOpened, self._ebOpened)
+        return d
+
+    def _openMailbox(self, account):
+        store = self.factory.store
+        if not store.accountExists(account):
+            store.createAccount(account)
+        return store.openMailbox(account)
+
+    def _cbOpened(self, mailbox):
+        self.maildrop = Maildrop(mailbox)
+        if self.closing:
+            return
+        self.state = TRANSACTION
+        self.ok("Logged in.")
+
+    def _ebOpened(self, failure):
+        self.log.failure("pop3: cannot open the mailbox of {user}", failure, user=self.account)
+        self._release()
+        self.account = None
+        if not self.closing:
+            self.error("[SYS/TEMP] Mailbox cannot be opened; try again later.")
+
+    # --- TRANSACTION ----------------------------------------------------------
+
+    def _message(self, number):
+        """
+        @return: the message, or L{None} after answering a bad number.
+        """
+        try:
+            return self.maildrop.get(number)
+        except errors.InvalidInput as e:
+            self.error(str(e))
+            return None
+
+    def do_STAT(self, argument):
+        count, size = self.maildrop.stat()
+        self.ok("%d %d" % (count, size))
+
+    def _scan(self, argument, value):
+        if argument:
+            message = self._message(argument)
+            if message is not None:
+                self.send(b"+OK %s %s\r\n" % (argument.encode(), value(message)))
+            return
+        lines = [b"%d %s\r\n" % (number, value(message)) for number, message in self.maildrop.listing()]
+        self.send(b"+OK\r\n" + b"".join(lines) + b".\r\n")
+
+    def do_LIST(self, argument):
+        self._scan(argument, lambda message: b"%d" % (message.size,))
+
+    def do_UIDL(self, argument):
+        self._scan(argument, uidlFor)
+
+    def do_RETR(self, argument):
+        message = self._message(argument)
+        if message is None:
+            return None
+        try:
+            file = message.open()
+        except errors.MailError:
+            self.error("[SYS/TEMP] Message is gone.")
+            return None
+        self._retrieved += 1
+        if message.size <= CHUNK:
+            with file:
+                data = file.read()
+            self.send(b"+OK %d octets\r\n%s" % (message.size, stuff(data)))
+            return None
+        self.send(b"+OK %d octets\r\n" % (message.size,))
+        return _MessageStreamer(self.transport, file, DotStuffer()).start()
+
+    def do_TOP(self, argument):
+        number, _, lines = argument.partition(" ")
+        if not lines.strip().isdigit():
+            self.error("Invalid number of lines.")
+            return None
+        message = self._message(number)
+        if message is None:
+            return None
+        try:
+            with message.open() as file:
+                data = _top(file, int(lines))
+        except errors.MailError:
+            self.error("[SYS/TEMP] Message is gone.")
+            return None
+        self.send(b"+OK\r\n" + stuff(data))
+        return None
+
+    def do_DELE(self, argument):
+        if self._message(argument) is not None:
+            self.maildrop.delete(argument)
+            self.ok("Marked to be deleted.")
+
+    def do_RSET(self, argument):
+        self.maildrop.reset()
+        self.ok()
+
+    def do_NOOP(self, argument):
+        self.ok()
+
+    def _update(self):
+        """
+        RFC 1939 section 6: remove what was marked, then say goodbye.
+        """
+        deleted = len(self.maildrop.deleted)
+        d = defer.maybeDeferred(self.maildrop.commit)
+
+        def cbDone(ignored):
+            self.log.info(
+                "pop3: {user} logged out from {ip}: retrieved={retrieved} deleted={deleted}",
+                user=self.account,
+                ip=self._ip,
+                retrieved=self._retrieved,
+                deleted=deleted,
+            )
+            self.ok("Logging out, messages deleted." if deleted else "Logging out.")
+
+        def ebDone(failure):
+            self.log.failure("pop3: deleting for {user} failed", failure, user=self.account)
+            self.send(b"-ERR [SYS/TEMP] Messages could not be deleted; try again later.\r\n")
+
+        d.addCallbacks(cbDone, ebDone)
+        d.addBoth(lambda ignored: (self._release(), self.close()))
+        return d
+
+
+def _raw(argument):
+    """
+    @return: the bytes the client sent for C{argument}.
+    """
+    return argument.encode("utf-8", "surrogateescape")
+
+
+def _top(file, lines):
+    """
+    @return: the header of the message in C{file}, the blank line, and the
+        first C{lines} lines of the body (RFC 1939 TOP), reading no more of
+        the file than that takes.
+    """
+    data = b""
+    while True:
+        chunk = file.read(CHUNK)
+        data += chunk
+        end = _headerEnd(data)
+        if end is not None:
+            body = data[end:]
+            cut = 0
+            for _ in range(lines):
+                newline = body.find(b"\n", cut)
+                if newline < 0:
+                    break
+                cut = newline + 1
+            else:
+                return data[: end + cut]
+            if not chunk:
+                return data
+        elif not chunk:
+            return data
+
+
+def _headerEnd(data):
+    """
+    @return: the offset just past the blank line ending the header, or
+        L{None} if it is not in C{data} yet.
+    """
+    if data.startswith(b"\r\n"):
+        return 2
+    if data.startswith(b"\n"):
+        return 1
+    found = [i for i in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if i >= 0]
+    if not found:
+        return None
+    first = min(found)
+    return first + (4 if data.startswith(b"\r\n\r\n", first) else 2)
+
+
+POP3Factory.protocol = POP3Server
