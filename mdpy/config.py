@@ -137,7 +137,7 @@ _SMTP_LIMITS = [
 ]
 
 _READER_LIMITS = [
-    Key("max_errors", parseInt, "10", "Bad commands in one session before it is closed."),
+    Key("max_errors", parseInt, "20", "Bad commands in one session before it is closed."),
     Key("timeout", parseDuration, "10m", "Idle time before the session is closed (RFC 1939: at least 10m)."),
     Key("max_connections", parseInt, "5000", "Open sessions in all, beyond which new ones are refused."),
     Key("max_connections_per_ip", parseInt, "1000", "Open sessions from one client address."),

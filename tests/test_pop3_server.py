@@ -211,7 +211,7 @@ def test_commandsInTheWrongState():
 
 def test_tooManyErrorsClose():
     s = Session()
-    s.send(*["FROB"] * 10)
+    s.send(*["FROB"] * 20)
     lines = s.lines()
     assert lines[-1] == "-ERR Too many bad commands."
     assert s.closed

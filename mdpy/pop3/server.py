@@ -59,7 +59,7 @@ class POP3Factory(SessionFactory):
         locks=None,
         allowPlaintext=False,
         runInThread=None,
-        maxErrors=10,
+        maxErrors=20,
         timeout=600,
         **kwargs,
     ):
