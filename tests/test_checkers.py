@@ -413,3 +413,29 @@ def test_boundedFailuresPerAddress(tracker):
 
 def test_defaultLimit():
     assert FailedLoginTracker(Clock()).maxAddresses == 100000
+
+
+def test_successfulVerificationIsCached(checker, runner, directory):
+    """A second login with the same password costs no scrypt run."""
+    good = UsernamePassword(b"alice@example.com", b"wonderland")
+    assert result(checker.requestAvatarId(good)) == "alice@example.com"
+    assert result(checker.requestAvatarId(good)) == "alice@example.com"
+    assert len(runner.calls) == 1
+    # A wrong password is never answered from the cache.
+    assertUnauthorized(checker.requestAvatarId(UsernamePassword(b"alice@example.com", b"nope")))
+    assert len(runner.calls) == 2
+    # A changed password invalidates what was cached.
+    directory.setPassword("alice@example.com", "looking-glass")
+    assertUnauthorized(checker.requestAvatarId(good))
+    assert result(checker.requestAvatarId(UsernamePassword(b"alice@example.com", b"looking-glass"))) == "alice@example.com"
+    # A disabled account is refused whatever the cache holds.
+    directory.setEnabled("alice@example.com", False)
+    assertUnauthorized(checker.requestAvatarId(UsernamePassword(b"alice@example.com", b"looking-glass")))
+
+
+def test_cacheIsBounded(checker, directory):
+    checker.cacheSize = 3
+    for i in range(6):
+        directory.addUser("u%d@example.com" % i, "pw%d" % i)
+        assert result(checker.requestAvatarId(UsernamePassword(b"u%d@example.com" % i, b"pw%d" % i)))
+    assert len(checker._verified) == 3

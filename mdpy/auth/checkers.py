@@ -77,6 +77,8 @@ class DirectoryChecker:
 
     credentialInterfaces = (IUsernamePassword, IUsernameHashedPassword)
 
+    cacheSize = 10000
+
     def __init__(self, directory, runInThread=None):
         """
         @param directory: an L{IDirectory}.
@@ -87,6 +89,14 @@ class DirectoryChecker:
         """
         self.directory = directory
         self._runInThread = runInThread or _deferToThread
+        # Successful verifications, as Dovecot's auth cache keeps them: a
+        # keyed digest of user and password maps to the stored hash it was
+        # verified against.  A phone polling every few minutes then costs one
+        # scrypt run, not one per login; a changed password (another stored
+        # hash) misses the cache.  Nothing here helps a guesser: a key is
+        # only found with the right password.
+        self._cacheKey = os.urandom(32)
+        self._verified = OrderedDict()
 
     def requestAvatarId(self, credentials):
         """
@@ -113,9 +123,20 @@ class DirectoryChecker:
 
     def _checkPassword(self, address, secrets, password):
         stored = secrets and secrets.get("password")
+        if isinstance(password, str):
+            password = password.encode("utf-8")
+        key = hmac.new(
+            self._cacheKey, (address or "").encode("utf-8") + b"\0" + password, hashlib.sha256
+        ).digest()
+        if stored and self._verified.get(key) == stored:
+            self._verified.move_to_end(key)
+            return defer.succeed(address)
 
         def _cbVerified(matches):
             if matches and stored:
+                self._verified[key] = stored
+                if len(self._verified) > self.cacheSize:
+                    self._verified.popitem(last=False)
                 return address
             raise UnauthorizedLogin("bad login")
 
