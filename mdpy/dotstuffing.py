@@ -71,6 +71,32 @@ class DotStuffer:
         return tail + b".\r\n"
 
 
+def normalisedSize(data):
+    """
+    @return: the size of C{data} once its line endings are CR LF, as
+        L{normaliseLineEndings} makes them (what RFC 1939 section 11 calls
+        the size of the message as sent).
+    """
+    crlf = data.count(b"\r\n")
+    return len(data) + (data.count(b"\n") - crlf) + (data.count(b"\r") - crlf)
+
+
+def normalisedFileSize(file, chunkSize=1 << 20):
+    """
+    @return: L{normalisedSize} of what is left in a binary C{file}, read in
+        chunks.
+    """
+    total, carry = 0, b""
+    while True:
+        chunk = file.read(chunkSize)
+        if not chunk:
+            return total + normalisedSize(carry)
+        chunk = carry + chunk
+        # Keep a final CR back: it may be the first half of a CR LF.
+        carry = chunk[-1:] if chunk.endswith(b"\r") else b""
+        total += normalisedSize(chunk[: len(chunk) - len(carry)])
+
+
 def stuff(data):
     """
     @return: the whole wire form of C{data}, closing line included.

@@ -50,3 +50,14 @@ def test_roundTrip():
 def test_normalise():
     assert normaliseLineEndings(b"a\r\nb") == b"a\r\nb"
     assert normaliseLineEndings(b"a\nb\rc\r\n") == b"a\r\nb\r\nc\r\n"
+
+
+def test_normalisedSize():
+    import io
+
+    from mdpy.dotstuffing import normalisedFileSize, normalisedSize
+
+    for data in (b"", b"a\r\nb", b"a\nb\n", b"a\rb\r", b"a\r\n\n\r\r\n", b"x" * 10 + b"\r"):
+        assert normalisedSize(data) == len(normaliseLineEndings(data))
+        for chunk in (1, 2, 3, 1 << 20):
+            assert normalisedFileSize(io.BytesIO(data), chunk) == len(normaliseLineEndings(data))

@@ -18,7 +18,7 @@ from mdpy.store.maildir import MaildirStore
 from tests.test_store_memory import ALICE, BOB, MESSAGE, StoreContract, resultOf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NAME = re.compile(r"[0-9]+\.M[0-9]+P[0-9]+Q[0-9]+\.[^/:,]+,S=[0-9]+\Z")
+NAME = re.compile(r"[0-9]+\.M[0-9]+P[0-9]+Q[0-9]+\.[^/:,]+,S=([0-9]+),W=\1\Z")
 
 
 def runNow(f, *args):
@@ -95,7 +95,8 @@ class TestMaildirStore:
         resultOf(store.deliver([(ALICE, "INBOX", [b"Subject: x\r\n", b"\r\nbody\r\n"])]))
         [name] = listing(os.path.join(inbox, "new"))
         assert NAME.match(name), name
-        assert name.endswith(",S=%d" % len(b"Subject: x\r\n\r\nbody\r\n"))
+        size = len(b"Subject: x\r\n\r\nbody\r\n")
+        assert name.endswith(",S=%d,W=%d" % (size, size))
         with open(os.path.join(inbox, "new", name), "rb") as f:
             assert f.read() == b"Subject: x\r\n\r\nbody\r\n"
         assert listing(os.path.join(inbox, "tmp")) == []
@@ -221,7 +222,8 @@ class TestMaildirStore:
         keys = [m.key for m in mailbox.messages()]
         assert sorted(keys) == ["1500000000.1.old", foreign]
         byKey = {m.key: m for m in mailbox.messages()}
-        assert byKey[foreign].size == len(b"Subject: migrated\n\nhi\n")
+        # The size is counted with CR LF line endings, as POP3 sends it.
+        assert byKey[foreign].size == len(b"Subject: migrated\r\n\r\nhi\r\n")
         assert byKey[foreign].open().read() == b"Subject: migrated\n\nhi\n"
         assert byKey["1500000000.1.old"].flags == {"\\Seen"}
         assert os.path.exists(os.path.join(inbox, "cur", foreign + ":2,"))
@@ -382,7 +384,7 @@ class TestMaildirStore:
         mailbox = store.openMailbox(ALICE, "Sent")
         uid = resultOf(mailbox.append(MESSAGE, ["\\Seen"], 1234567890))
         [name] = listing(os.path.join(inbox, ".Sent", "cur"))
-        assert name.endswith(",S=%d:2,S" % len(MESSAGE))
+        assert name.endswith(",S=%d,W=%d:2,S" % (len(MESSAGE), len(MESSAGE)))
         path = os.path.join(inbox, ".Sent", "cur", name)
         assert os.stat(path).st_mtime == 1234567890
         assert listing(os.path.join(inbox, ".Sent", "tmp")) == []

@@ -13,7 +13,8 @@ Folder levels are stored in modified UTF-7 (RFC 3501 section 5.1.3), as
 Dovecot does.  The domain and local part are lowercased; C{%}, C{/}, NUL and a
 leading C{.} in them are written as C{%XX} so no address can escape the root.
 
-Message files are named C{<seconds>.M<usec>P<pid>Q<n>.<host>,S=<size>}, with
+Message files are named C{<seconds>.M<usec>P<pid>Q<n>.<host>,S=<size>,W=<size
+with CR LF line endings>} (Dovecot's fields), with
 the Maildir info suffix C{:2,<flags>} once in C{cur/}.  The index beside each
 folder, its file format and its locking are described in
 L{mdpy.store.maildirindex}.
@@ -37,6 +38,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mdpy.address import normaliseDomain, splitAddress
+from mdpy.dotstuffing import normalisedFileSize, normalisedSize
 from mdpy.durable import fsyncDirectory, unlinkQuietly, writeAll, writeFileAtomically
 from mdpy.errors import Exists, InvalidInput, NotFound, TemporaryFailure
 from mdpy.interfaces import IMailbox, IMailStore, IStoredMessage
@@ -210,6 +212,17 @@ def _makeMaildir(path, folder):
     os.makedirs(os.path.join(path, "new"), 0o700, exist_ok=True)
 
 
+_WIRE_SIZE = re.compile(r",W=([0-9]+)")
+
+
+def wireSizeFromName(key):
+    """
+    @return: the C{,W=} size in a Maildir base name, or L{None}.
+    """
+    match = _WIRE_SIZE.search(key)
+    return int(match.group(1)) if match else None
+
+
 def _prepareCopies(targets):
     """
     Write each C{(folderPath, parts)} to its C{tmp/} and fsync it.  Runs in a
@@ -245,7 +258,8 @@ def _prepareCopies(targets):
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            finals.append("%s/new/%s,S=%d" % (folderPath, base, size))
+            # Deliveries are CR LF already: the wire size is the file size.
+            finals.append("%s/new/%s,S=%d,W=%d" % (folderPath, base, size, size))
     except BaseException as e:
         for path in written:
             unlinkQuietly(path)
@@ -306,10 +320,18 @@ class MaildirMessage:
 
     @property
     def size(self):
+        """
+        The size with CR LF line endings: the C{,W=} field of the name (as
+        mdpy and Dovecot write it), else counted from the file once per
+        message object, since mail from other programs (Postfix, an rsync of
+        an old server) may have bare LF line endings.  Their names are never
+        changed: a later rsync pass would copy them again.
+        """
         if self._size is None:
-            start = self.key.find(",S=")
-            digits = re.match(r"[0-9]+", self.key[start + 3:]) if start >= 0 else None
-            self._size = int(digits.group()) if digits else self._stat().st_size
+            self._size = wireSizeFromName(self.key)
+            if self._size is None:
+                with self.open() as file:
+                    self._size = normalisedFileSize(file)
         return self._size
 
     @property
@@ -438,7 +460,7 @@ class MaildirMailbox:
     def _appendInThread(self, data, flags, internalDate):
         base = uniqueName()
         tmpPath = os.path.join(self.path, "tmp", base)
-        key = "%s,S=%d" % (base, len(data))
+        key = "%s,S=%d,W=%d" % (base, len(data), normalisedSize(data))
         placed = []
 
         def place(uidList, files, keywords):
