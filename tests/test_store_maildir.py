@@ -206,9 +206,10 @@ class TestMaildirStore:
         assert second.messages()[2].uid == 3
         with open(os.path.join(inbox, "mdpy-uidlist")) as f:
             lines = f.read().splitlines()
-        assert lines[0] == "V1 %d 4 %d" % (second.uidValidity, second.highestModSeq)
+        assert lines[0] == "V2 %d 4 %d" % (second.uidValidity, second.highestModSeq)
         assert [line.split(" ")[0] for line in lines[1:]] == ["1", "2", "3"]
-        assert lines[1].split(" ", 3)[2:] == ["2,", first.messages()[0].key]
+        key = first.messages()[0].key
+        assert lines[1].split(" ", 4)[2:] == ["2,", key.rpartition(",W=")[2], key]
 
     def test_foreignFilePickedUp(self, store, inbox):
         foreign = "1600000000.12345.oldserver"
@@ -227,6 +228,9 @@ class TestMaildirStore:
         assert byKey[foreign].open().read() == b"Subject: migrated\n\nhi\n"
         assert byKey["1500000000.1.old"].flags == {"\\Seen"}
         assert os.path.exists(os.path.join(inbox, "cur", foreign + ":2,"))
+        # Counted once: the index keeps it for the next session.
+        with open(os.path.join(inbox, "mdpy-uidlist")) as f:
+            assert "1 1 2, 25 %s\n" % (foreign,) in f.read()
 
     def test_newFilesOrderedByMtime(self, store, inbox):
         for name, mtime in [("b", 300), ("a", 200), ("c", 100)]:
@@ -435,12 +439,12 @@ class TestMaildirStore:
 class TestIndexFormat:
     def test_roundTrip(self):
         uidList = maildirindex.UidList(7, 1, 0, {})
-        uidList.add("a b", "2,S")
+        uidList.add("a b", "2,S", 120)
         uidList.add("c", "")
-        uidList.add("d", "2,a-b %")
+        uidList.add("d", "2,a-b %", 7)
         text = uidList.serialise().decode()
         assert text.splitlines() == [
-            "V1 7 4 1", "1 1 2,S a b", "2 1 - c", "3 1 2,a%2Db%20%25 d",
+            "V2 7 4 1", "1 1 2,S 120 a b", "2 1 - - c", "3 1 2,a%2Db%20%25 7 d",
         ]
         parsed = maildirindex.UidList.parse(text)
         assert parsed.entries == uidList.entries
@@ -452,12 +456,18 @@ class TestIndexFormat:
         "V1 7 4 1\n1 2 - a\n",            # modseq above the highest
         "V1 7 4 1\n1 1 - a\n2 1 - a\n",   # one name twice
         "V1 0 1 0\n",                     # no uidvalidity
-        "V2 7 4 1\n",
+        "V3 7 4 1\n",
         "V1 7 4 1\n1 1 -\n",
+        "V2 7 4 1\n1 1 - x a\n",           # size not a number
     ])
     def test_inconsistent(self, text):
         with pytest.raises(ValueError):
             maildirindex.UidList.parse(text)
+
+    def test_version1IndexIsRead(self):
+        """An index written before sizes were kept still loads."""
+        parsed = maildirindex.UidList.parse("V1 7 3 1\n1 1 2,S a b\n2 1 - c\n")
+        assert parsed.entries == {"a b": (1, 1, "2,S", None), "c": (2, 1, "", None)}
 
     def test_folderNames(self):
         assert maildir.normaliseFolderName("inbox") == "INBOX"

@@ -301,14 +301,14 @@ class MaildirMessage:
     One message file.  See L{IStoredMessage}.
     """
 
-    def __init__(self, folderPath, uid, key, filename, flags, modSeq):
+    def __init__(self, folderPath, uid, key, filename, flags, modSeq, size=None):
         self.uid = uid
         self.key = key
         self.filename = filename
         self.flags = flags
         self.modSeq = modSeq
         self._folderPath = folderPath
-        self._size = None
+        self._size = size
         self._internalDate = None
 
     def _stat(self):
@@ -412,14 +412,14 @@ class MaildirMailbox:
         reuse = previous.byUid if previous.keywords == tuple(keywords.names) else {}
         flagsByInfo = {}
         messages = []
-        for key, (uid, modSeq, info) in uidList.entries.items():
+        for key, (uid, modSeq, info, size) in uidList.entries.items():
             name = files[key]
             message = reuse.get(uid)
             if message is None or message.filename != name or message.modSeq != modSeq:
                 flags = flagsByInfo.get(info)
                 if flags is None:
                     flags = flagsByInfo[info] = flagsFromInfo(info, keywords)
-                message = MaildirMessage(self.path, uid, key, name, flags, modSeq)
+                message = MaildirMessage(self.path, uid, key, name, flags, modSeq, size)
             messages.append(message)
         return _State(next(_stateSerial), uidList.uidValidity, uidList.uidNext, uidList.highestModSeq,
                       messages, tuple(keywords.names))
@@ -470,7 +470,7 @@ class MaildirMailbox:
             placed.append(final)
             fsyncDirectory(os.path.dirname(final))
             files[key] = key + ":" + info
-            return uidList.add(key, info)
+            return uidList.add(key, info, wireSizeFromName(key))
 
         try:
             fd = os.open(tmpPath, _CREATE, 0o600)
@@ -530,7 +530,7 @@ class MaildirMailbox:
                 os.rename(os.path.join(cur, old), os.path.join(cur, new))
                 files[key] = new
             modSeq = uidList.nextModSeq()
-            uidList.entries[key] = (uid, modSeq, info)
+            uidList.entries[key] = (uid, modSeq, info, uidList.entries[key][3])
             results.append(modSeq)
         return results
 
@@ -563,7 +563,7 @@ class MaildirMailbox:
         def remove(uidList, files, keywords):
             cur = os.path.join(self.path, "cur")
             removed = []
-            for key, (uid, _, _) in list(uidList.entries.items()):
+            for key, (uid, *_) in list(uidList.entries.items()):
                 if uid in uids:
                     try:
                         os.unlink(os.path.join(cur, files.pop(key)))

@@ -11,7 +11,7 @@ keywords numbered in the folder's C{dovecot-keywords} file, Dovecot's format
 The index, C{mdpy-uidlist} in each folder directory, keeps what Maildir
 cannot::
 
-    V1 <uidvalidity> <uidnext> <highestmodseq>
+    V2 <uidvalidity> <uidnext> <highestmodseq>
     <uid> <modseq> <info> <basename>
     ...
 
@@ -40,6 +40,7 @@ import os
 import re
 import time
 
+from mdpy.dotstuffing import normalisedFileSize
 from mdpy.durable import writeFileAtomically
 from mdpy.errors import InvalidInput, NotFound, TemporaryFailure
 from mdpy.logs import Logger
@@ -60,7 +61,8 @@ _LETTER_FLAGS = {
 _FLAG_LETTERS = {flag.lower(): letter for letter, flag in _LETTER_FLAGS.items()}
 _SYSTEM_FLAGS = {flag.lower(): flag for flag in _LETTER_FLAGS.values()}
 _SYSTEM_FLAGS["\\recent"] = "\\Recent"
-_HEADER = re.compile(r"V1 ([0-9]+) ([0-9]+) ([0-9]+)\Z")
+_WIRE_SIZE = re.compile(r",W=([0-9]+)")
+_HEADER = re.compile(r"V([12]) ([0-9]+) ([0-9]+) ([0-9]+)\Z")
 _ESCAPED = re.compile(r"%([0-9A-F]{2})")
 _log = Logger()
 
@@ -222,10 +224,13 @@ class FolderLock:
 
 
 def parseHeader(line):
+    """
+    @return: C{(uidvalidity, uidnext, highestmodseq)}, or L{None}.
+    """
     match = _HEADER.match(line)
     if match is None:
         return None
-    return tuple(int(n) for n in match.groups())
+    return tuple(int(n) for n in match.groups()[1:])
 
 
 class UidList:
@@ -252,22 +257,22 @@ class UidList:
         self.dirty = True
         return self._modSeq
 
-    def add(self, key, info):
+    def add(self, key, info, size=None):
         uid = self.uidNext
         self.uidNext += 1
-        self.entries[key] = (uid, self.nextModSeq(), info)
+        self.entries[key] = (uid, self.nextModSeq(), info, size)
         return uid
 
     def serialise(self):
         lines = [self.header()]
         lines.extend(
-            "%d %d %s %s\n" % (uid, modSeq, _escapeInfo(info), key)
-            for key, (uid, modSeq, info) in self.entries.items()
+            "%d %d %s %s %s\n" % (uid, modSeq, _escapeInfo(info), "-" if size is None else size, key)
+            for key, (uid, modSeq, info, size) in self.entries.items()
         )
         return "".join(lines).encode("utf-8", "surrogateescape")
 
     def header(self):
-        return "V1 %d %d %d\n" % (self.uidValidity, self.uidNext, self.highestModSeq)
+        return "V2 %d %d %d\n" % (self.uidValidity, self.uidNext, self.highestModSeq)
 
     @classmethod
     def parse(cls, text):
@@ -281,14 +286,20 @@ class UidList:
         if header is None or header[0] == 0:
             raise ValueError("bad header")
         uidValidity, uidNext, highest = header
+        version = 1 if lines[0].startswith("V1 ") else 2
         entries, lastUid = {}, 0
         for line in lines[1:-1]:
-            uid, modSeq, info, key = line.split(" ", 3)
+            if version == 1:
+                uid, modSeq, info, key = line.split(" ", 3)
+                size = None
+            else:
+                uid, modSeq, info, size, key = line.split(" ", 4)
+                size = None if size == "-" else int(size)
             uid, modSeq = int(uid), int(modSeq)
             if not lastUid < uid < uidNext or modSeq > highest or not key or key in entries:
                 raise ValueError("inconsistent line %r" % (line,))
             lastUid = uid
-            entries[key] = (uid, modSeq, _unescapeInfo(info))
+            entries[key] = (uid, modSeq, _unescapeInfo(info), size)
         return cls(uidValidity, uidNext, highest, entries)
 
 
@@ -399,6 +410,21 @@ class FolderIndex:
                 files[key] = name
         return files
 
+    def _wireSize(self, key, name):
+        """
+        @return: the size with CR LF line endings of a file first seen now:
+            from its C{,W=} field, else counted once here and kept in the
+            index (files of other programs may have bare LF line endings).
+        """
+        match = _WIRE_SIZE.search(key)
+        if match:
+            return int(match.group(1))
+        try:
+            with open(os.path.join(self.path, "cur", name), "rb") as file:
+                return normalisedFileSize(file)
+        except OSError:
+            return None
+
     def _reconcile(self, uidList, files):
         entries = uidList.entries
         for key in [key for key in entries if key not in files]:
@@ -411,7 +437,7 @@ class FolderIndex:
             if entry is None:
                 fresh.append(key)
             elif entry[2] != info:
-                entries[key] = (entry[0], uidList.nextModSeq(), info)
+                entries[key] = (entry[0], uidList.nextModSeq(), info, entry[3])
         if len(fresh) > 1:
             cur = os.path.join(self.path, "cur")
 
@@ -423,4 +449,4 @@ class FolderIndex:
 
             fresh.sort(key=age)
         for key in fresh:
-            uidList.add(key, files[key].partition(":")[2])
+            uidList.add(key, files[key].partition(":")[2], self._wireSize(key, files[key]))
