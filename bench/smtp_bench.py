@@ -239,12 +239,17 @@ class MdpyServer(TemporaryServer):
             return "exit status %s" % self.proc.returncode
         return None
 
-    def start(self):
+    def configure(self):
+        """Write mdpy.ini and create the domain and user, before twistd
+        starts (subclasses, e.g. in pop3_bench.py, provide their own)."""
         with open(self.ini, "w") as f:
             f.write(MDPY_INI.format(domain=DOMAIN, data_dir=self.data_dir,
                                     port=self.port))
         self._admin("domain", "add", DOMAIN)
         self._admin("user", "add", RCPT, "--password", PASSWORD)
+
+    def start(self):
+        self.configure()
         argv = self.twistd + ["-n", "--pidfile=", "--logfile=" + self.log,
                               "mdpy", "--config", self.ini]
         with open(self.out, "wb") as out:

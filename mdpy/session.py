@@ -154,6 +154,14 @@ class CommandSession(Protocol, TimeoutMixin):
     # --- connection ------------------------------------------------------------
 
     def connectionMade(self):
+        # Replies are small and each one is awaited: Nagle's algorithm would
+        # only hold the last segment of a response back for a delayed ACK.
+        setTcpNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if setTcpNoDelay is not None:
+            try:
+                setTcpNoDelay(True)
+            except OSError:
+                pass
         peer = self.transport.getPeer()
         self._ip = getattr(peer, "host", "127.0.0.1")
         self.callLater = self.factory.clock.callLater

@@ -95,10 +95,12 @@ class _MessageStreamer:
 
     def resumeProducing(self):
         chunk = self.file.read(CHUNK)
-        if chunk:
-            self.transport.write(self.stuffer.feed(chunk))
+        data = self.stuffer.feed(chunk)
+        if len(chunk) == CHUNK:
+            self.transport.write(data)
             return
-        self.transport.write(self.stuffer.finish())
+        # The end: the last data and the closing line go out together.
+        self.transport.write(data + self.stuffer.finish())
         self._end()
 
     def stopProducing(self):
