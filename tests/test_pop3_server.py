@@ -404,3 +404,26 @@ def test_uidlOfLongKeysIsAHash():
     assert len(uidl) == 40 and uidl == uidlFor(Message())
     Message.key = "1732459.M1P2Q3.host"
     assert uidlFor(Message()) == b"1732459.M1P2Q3.host"
+
+
+def test_retrievedMessagesAreMarkedSeenAtQuit():
+    store = filledStore()
+    s = Session(store=store)
+    s.login()
+    s.send("RETR 1", "TOP 2 0", "RETR 3", "DELE 3")
+    s.lines()
+    assert [m.flags for m in store.openMailbox(USER).messages()] == [frozenset()] * 3
+    s.send("QUIT")
+    s.lines()
+    flags = [sorted(m.flags) for m in store.openMailbox(USER).messages()]
+    assert flags == [["\\Seen"], []]
+
+
+def test_droppedConnectionMarksNothingSeen():
+    store = filledStore()
+    s = Session(store=store)
+    s.login()
+    s.send("RETR 1")
+    s.lines()
+    s.protocol.connectionLost(None)
+    assert [m.flags for m in store.openMailbox(USER).messages()] == [frozenset()] * 3

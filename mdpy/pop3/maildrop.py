@@ -8,8 +8,11 @@ message keys.  The store knows nothing of POP3; this adapter is all of it.
 import hashlib
 import re
 
+from twisted.internet import defer
+
 from mdpy.errors import InvalidInput
 
+SEEN = "\\Seen"
 _UIDL_OK = re.compile(rb"[\x21-\x7e]{1,70}\Z")
 
 
@@ -110,11 +113,19 @@ class Maildrop:
     def reset(self):
         self.deleted.clear()
 
-    def commit(self):
+    def commit(self, retrieved=()):
         """
-        Remove the messages marked deleted, durably (RFC 1939 UPDATE state).
+        Remove the messages marked deleted, durably (RFC 1939 UPDATE state),
+        and flag the C{retrieved} ones that stay C{\\Seen}.
 
         @return: a Deferred firing once they are gone.
         """
-        uids = [self.messages[index].uid for index in sorted(self.deleted)]
-        return self.mailbox.expunge(uids)
+        deleted = {self.messages[index].uid for index in self.deleted}
+        marks = [
+            defer.maybeDeferred(self.mailbox.setFlags, message.uid, message.flags | {SEEN})
+            for message in retrieved
+            if message.uid not in deleted and SEEN not in message.flags
+        ]
+        d = defer.gatherResults(marks, consumeErrors=True) if marks else defer.succeed(None)
+        d.addCallback(lambda ignored: self.mailbox.expunge(sorted(deleted)))
+        return d

@@ -135,7 +135,7 @@ class POP3Server(CommandSession):
         self.account = None
         self.maildrop = None
         self._user = None
-        self._retrieved = 0
+        self._retrieved = set()
 
     # --- CommandSession -----------------------------------------------------
 
@@ -380,7 +380,7 @@ class POP3Server(CommandSession):
         except errors.MailError:
             self.error("[SYS/TEMP] Message is gone.")
             return None
-        self._retrieved += 1
+        self._retrieved.add(message)
         if message.size <= CHUNK:
             with file:
                 data = file.read()
@@ -420,17 +420,18 @@ class POP3Server(CommandSession):
 
     def _update(self):
         """
-        RFC 1939 section 6: remove what was marked, then say goodbye.
+        RFC 1939 section 6: remove what was marked, mark what was retrieved
+        as seen (so IMAP shows it read, as Dovecot does), then say goodbye.
         """
         deleted = len(self.maildrop.deleted)
-        d = defer.maybeDeferred(self.maildrop.commit)
+        d = defer.maybeDeferred(self.maildrop.commit, self._retrieved)
 
         def cbDone(ignored):
             self.log.info(
                 "pop3: {user} logged out from {ip}: retrieved={retrieved} deleted={deleted}",
                 user=self.account,
                 ip=self._ip,
-                retrieved=self._retrieved,
+                retrieved=len(self._retrieved),
                 deleted=deleted,
             )
             self.ok("Logging out, messages deleted." if deleted else "Logging out.")
