@@ -33,11 +33,9 @@ failed.  Missing the target only prints "target MISSED".  See
 bench/README.rst.
 """
 
-import argparse
 import multiprocessing
 import multiprocessing.connection
 import os
-import platform
 import random
 import resource
 import shutil
@@ -51,57 +49,19 @@ import zlib
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from dovecot import (DovecotError, PrivateDovecot, dovecot_version,  # noqa: E402
-                     interrupt_on_sigterm, wait_for_pop3_greeting)
-from postfix import free_port  # noqa: E402
-from smtp_bench import (BenchError, MdpyServer, filesystem_of, positive,  # noqa: E402
-                        raise_nofile, tail)
+from common import (DOMAIN, PASSWORD, BenchError, MdpyServer,  # noqa: E402
+                    exit_status, fmt, interrupt_on_sigterm, median, median_note,
+                    parse_bench_args, positive, print_banner, print_table_head,
+                    print_target, proc_pids, proc_stat, raise_nofile,
+                    repeat_suffix, tail)
+from dovecot import PrivateDovecot, dovecot_version  # noqa: E402
 
-DOMAIN = "bench.test"
-PASSWORD = "benchpw"
 TARGET_RATIO = 0.8          # mdpy / Dovecot msg/s, every row
-
-MDPY_INI = """\
-[server]
-hostname = {domain}
-data_dir = {data_dir}
-[smtp]
-port = {smtp_port}
-interface = 127.0.0.1
-[submission]
-enabled = no
-[smtps]
-enabled = no
-[pop3]
-port = {pop3_port}
-interface = 127.0.0.1
-allow_plaintext_auth = yes
-[pop3s]
-enabled = no
-[imap]
-enabled = no
-[imaps]
-enabled = no
-[odmr]
-enabled = no
-[minger]
-enabled = no
-[webadmin]
-enabled = no
-"""
 
 
 def user_names(clients):
     width = max(2, len(str(clients - 1)))
     return ["u%0*d" % (width, i) for i in range(clients)]
-
-
-def median(values):
-    values = sorted(v for v in values if v is not None)
-    if not values:
-        return None
-    mid = len(values) // 2
-    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
 # -------------------------------------------------------------- messages
@@ -197,25 +157,13 @@ class MdpyPop3(MdpyServer):
     messages) without starting anything; MdpyPop3(template=t) is a server
     over a fresh copy of it."""
 
+    disabled = ("submission", "smtps", "pop3s", "imap", "imaps", "odmr",
+                "minger", "webadmin")
+
     def __init__(self, template=None, keep=False, start_timeout=30):
-        MdpyServer.__init__(self, keep=keep, start_timeout=start_timeout)
+        MdpyServer.__init__(self, keep=keep, start_timeout=start_timeout,
+                            pop3=True)
         self.template_dir = template.data_dir if template is not None else None
-        self.pop3_port = free_port()
-        while self.pop3_port == self.port:
-            self.pop3_port = free_port()
-
-    @property
-    def mail_root(self):
-        return os.path.join(self.data_dir, "mail")
-
-    def maildir(self, user):
-        return os.path.join(self.mail_root, DOMAIN, user)
-
-    def write_ini(self):
-        with open(self.ini, "w") as f:
-            f.write(MDPY_INI.format(domain=DOMAIN, data_dir=self.data_dir,
-                                    smtp_port=self.port,
-                                    pop3_port=self.pop3_port))
 
     @classmethod
     def template(cls, users, messages, size, keep=False):
@@ -223,10 +171,7 @@ class MdpyPop3(MdpyServer):
         returns (server object, never started, Expected)."""
         t = cls(keep=keep)
         try:
-            t.write_ini()
-            t._admin("domain", "add", DOMAIN)
-            for u in users:
-                t._admin("user", "add", "%s@%s" % (u, DOMAIN), "--password", PASSWORD)
+            t.provision(users)
             expected = fill_maildirs(t, users, messages, size)
         except BaseException:
             t.cleanup()
@@ -236,16 +181,6 @@ class MdpyPop3(MdpyServer):
     def configure(self):
         shutil.copytree(self.template_dir, self.data_dir, symlinks=True)
         self.write_ini()
-
-    def start(self):
-        MdpyServer.start(self)          # configure, twistd, SMTP answers 220
-        try:
-            self.greeting = wait_for_pop3_greeting(
-                "127.0.0.1", self.pop3_port, self.start_timeout,
-                alive=self._dead, what="mdpy POP3")
-        except (TimeoutError, DovecotError) as e:
-            raise BenchError("%s\n  %s:\n%s" % (e, self.log, tail(self.log)))
-        return self
 
 
 def fill_maildirs(server, users, messages, size):
@@ -305,16 +240,10 @@ def group_cpu(pgid):
     """CPU seconds (user+system, own and reaped children) of every process
     in process group pgid: the server and, for Dovecot, its helpers."""
     total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % entry) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
+    for pid in proc_pids():
+        fields = proc_stat(pid)
         # fields[0] is field 3 (state): pgrp is 5, utime..cstime 14..17.
-        if int(fields[2]) == pgid:
+        if fields is not None and int(fields[2]) == pgid:
             total += sum(int(x) for x in fields[11:15])
     return total / _TICK
 
@@ -587,7 +516,7 @@ def bench_server(name, make, expected, users, rows, args, suffix):
                 print("  dovecot log: %s" % srv.log_tail(3))
             if name == "mdpy" and any(not r.ok for r in out.values()):
                 print("  mdpy log (%s):\n%s" % (srv.log, tail(srv.log, 8)))
-    except (BenchError, DovecotError) as e:
+    except BenchError as e:
         for key, label, _ in rows:
             if out[key].error is None and out[key].seconds is None:
                 out[key].error = str(e)
@@ -598,21 +527,16 @@ def bench_server(name, make, expected, users, rows, args, suffix):
     return out
 
 
-def fmt(x, spec="%9.1f", width=9):
-    return spec % x if x is not None else "-".rjust(width)
-
-
 def report(rows, results, expected, args):
     print()
     print("%d clients, %d messages x %d bytes (%.1f MB), USER/PASS STAT LIST "
           "RETR... QUIT, no pipelining%s"
           % (args.clients, expected.messages, args.size, expected.bytes / 1e6,
-             "; median of %d runs" % args.repeat if args.repeat > 1 else ""))
+             median_note(args.repeat)))
     head = ("%-32s | %9s %9s %7s | %-13s | %-22s %s"
             % ("msg/s", "mdpy", "dovecot", "ratio", "CPU s m / d",
                "downloaded mdpy", "downloaded dovecot"))
-    print(head)
-    print("-" * len(head))
+    print_table_head(head)
     ratios = {}
     for key, label, _ in rows:
         cells = []
@@ -643,46 +567,46 @@ def report(rows, results, expected, args):
     if "mdpy" in results and "dovecot" in results:
         for key, label, _ in rows:
             r = ratios[key]
-            met = r is not None and r >= TARGET_RATIO
-            print("%-15s mdpy/Dovecot >= %.1f (%s): %s" % (
-                "target met:" if met else "target MISSED:", TARGET_RATIO, label,
-                "%.3f" % r if r is not None else "no result"))
+            print_target(r is not None and r >= TARGET_RATIO,
+                         "mdpy/Dovecot >= %.1f (%s): %s" % (
+                             TARGET_RATIO, label,
+                             "%.3f" % r if r is not None else "no result"))
+
+
+OPTIONS = (
+    ("--messages", dict(help="messages in the Maildir, over all users "
+                             "(default %(default)s)")),
+    ("--clients", dict(type=positive, default=20,
+                       help="parallel clients, one user each "
+                            "(default %(default)s)")),
+    ("--size", dict(help="bytes per message, headers included "
+                         "(default %(default)s)")),
+    ("--sessions", dict(type=positive, default=4,
+                        help="sessions per client in the last row; 1 skips "
+                             "the row (default %(default)s)")),
+    ("--repeat", dict(help="instances per server, interleaved; the table shows "
+                           "medians (default %(default)s)")),
+    ("--only", dict(choices=("mdpy", "dovecot"))),
+    ("--dovecot-scheme", dict(default="SHA512-CRYPT",
+                              help="password scheme of Dovecot's passwd-file, "
+                                   "SCHEME[:ROUNDS], e.g. PLAIN, "
+                                   "SHA512-CRYPT:100000, BLF-CRYPT:10, "
+                                   "ARGON2ID (default SHA512-CRYPT; mdpy "
+                                   "always uses scrypt)")),
+    ("--dovecot-auth-cache", dict(default="10M", metavar="SIZE",
+                                  help="Dovecot's auth_cache_size (default "
+                                       "10M, as mdpy caches verified "
+                                       "passwords; 0 is Dovecot's default, no "
+                                       "cache)")),
+    ("--timeout", dict(help="seconds allowed for one pass (default: "
+                            "max(60, messages/20))")),
+    ("--keep", {}),
+)
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(
-        description="POP3 download: mdpy side by side with a private Dovecot.")
-    ap.add_argument("--messages", type=positive, default=2000,
-                    help="messages in the Maildir, over all users (default 2000)")
-    ap.add_argument("--clients", type=positive, default=20,
-                    help="parallel clients, one user each (default 20)")
-    ap.add_argument("--size", type=positive, default=4096,
-                    help="bytes per message, headers included (default 4096)")
-    ap.add_argument("--sessions", type=positive, default=4,
-                    help="sessions per client in the last row; 1 skips the "
-                         "row (default 4)")
-    ap.add_argument("--repeat", type=positive, default=1,
-                    help="instances per server, interleaved; the table shows "
-                         "medians (default 1)")
-    ap.add_argument("--only", choices=("mdpy", "dovecot"),
-                    help="benchmark one server only")
-    ap.add_argument("--dovecot-scheme", default="SHA512-CRYPT",
-                    help="password scheme of Dovecot's passwd-file, "
-                         "SCHEME[:ROUNDS], e.g. PLAIN, SHA512-CRYPT:100000, "
-                         "BLF-CRYPT:10, ARGON2ID (default SHA512-CRYPT; mdpy "
-                         "always uses scrypt)")
-    ap.add_argument("--dovecot-auth-cache", default="10M", metavar="SIZE",
-                    help="Dovecot's auth_cache_size (default 10M, as mdpy "
-                         "caches verified passwords; 0 is Dovecot's default, "
-                         "no cache)")
-    ap.add_argument("--timeout", type=positive, default=None,
-                    help="seconds allowed for one pass (default: "
-                         "max(60, messages/20))")
-    ap.add_argument("--keep", action="store_true",
-                    help="keep the temporary directories for inspection")
-    args = ap.parse_args(argv)
-    if args.timeout is None:
-        args.timeout = max(60, args.messages // 20)
+    ap, args = parse_bench_args(
+        argv, "POP3 download: mdpy side by side with a private Dovecot.", OPTIONS)
     if args.messages < args.clients:
         ap.error("--messages must be at least --clients")
     args.scheme, _, rounds = args.dovecot_scheme.partition(":")
@@ -702,16 +626,12 @@ def main(argv=None):
         return 1
     raise_nofile(4096)
     users = user_names(args.clients)
-    tmp = tempfile.gettempdir()
     try:
         dv = dovecot_version() if args.only != "mdpy" else None
-    except DovecotError as e:
+    except BenchError as e:
         print("error: %s" % e, file=sys.stderr)
         return 1
-    print("mdpy POP3 benchmark: Python %s, %s, %d CPUs; temp dirs in %s (%s)%s"
-          % (platform.python_version(), platform.machine(), os.cpu_count() or 0,
-             tmp, filesystem_of(tmp),
-             "; Dovecot %s" % dv if dv else ""))
+    print_banner("POP3", "; Dovecot %s" % dv if dv else "")
     if dv:
         print("Dovecot: passwords %s, auth_cache_size = %s; mdpy: scrypt "
               "N=2^14, verified passwords cached"
@@ -745,7 +665,7 @@ def main(argv=None):
             servers.append(("dovecot",
                             lambda: new_dovecot(template, users, args)))
         for i in range(args.repeat):
-            suffix = " #%d" % (i + 1) if args.repeat > 1 else ""
+            suffix = repeat_suffix(i, args.repeat)
             for name, make in servers:
                 out = bench_server(name, make, expected, users, rows, args, suffix)
                 for key, run in out.items():
@@ -759,10 +679,7 @@ def main(argv=None):
             template.cleanup()
 
     report(rows, results, expected, args)
-    if failed:
-        print("\nRESULT: at least one run FAILED (see errors above)")
-        return 1
-    return 0
+    return exit_status(failed)
 
 
 if __name__ == "__main__":

@@ -25,20 +25,22 @@ removes it on Ctrl-C.
 
 import argparse
 import os
-import pwd
 import shutil
 import signal
-import socket
-import stat
-import subprocess
 import sys
 import tempfile
 import time
 
-__all__ = ["PostfixError", "PrivatePostfix", "free_port", "wait_for_greeting"]
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
 
-SBIN_PATH = os.pathsep.join(
-    [os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/local/sbin"])
+from common import (DOMAIN, BenchError, TemporaryServer, free_port,  # noqa: E402
+                    log_tail, proc_pids, proc_stat, run_command,
+                    serve_until_interrupted, system_user, unsearchable_dir,
+                    wait_for_greeting, which, write_file)
+
+__all__ = ["PostfixError", "PrivatePostfix"]
 
 # master.cf: every service unchrooted (the chroot would have to be populated),
 # smtpd only on the private loopback address and port.
@@ -105,93 +107,16 @@ virtual_gid_maps = static:{gid}
 """
 
 
-class PostfixError(Exception):
+class PostfixError(BenchError):
     """A one-line, user-facing failure of the private Postfix instance."""
 
 
-def free_port(host="127.0.0.1"):
-    """Return a TCP port on host that is free right now."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
-
-
-def read_reply(sock, deadline):
-    """Read one (possibly multi-line) SMTP reply; return (code, text)."""
-    buf = b""
-    while True:
-        lines = buf.split(b"\r\n")
-        for line in lines[:-1]:
-            if len(line) < 3 or not line[:3].isdigit():
-                raise PostfixError("malformed SMTP reply line %r" % line[:80])
-            if len(line) == 3 or line[3:4] == b" ":
-                return int(line[:3]), buf.decode("latin-1").strip()
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise socket.timeout("timed out waiting for an SMTP reply")
-        sock.settimeout(remaining)
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError("connection closed before a full SMTP reply")
-        buf += chunk
-        if len(buf) > 65536:
-            raise PostfixError("SMTP reply longer than 64 KiB")
-
-
-def wait_for_greeting(host, port, timeout, alive=None, what="server"):
-    """Poll host:port until it answers 220, then QUIT.
-
-    alive, if given, is a callable returning a string (why it died) or None;
-    it is checked between attempts so a crashed server fails fast.  Raises
-    TimeoutError with the last error after timeout seconds.
-    """
-    deadline = time.monotonic() + timeout
-    last = "no attempt made"
-    while time.monotonic() < deadline:
-        if alive is not None:
-            dead = alive()
-            if dead:
-                raise PostfixError("%s exited before answering on port %d: %s"
-                                   % (what, port, dead))
-        try:
-            with socket.create_connection((host, port), timeout=2) as s:
-                code, text = read_reply(s, min(deadline, time.monotonic() + 5))
-                if code == 220:
-                    try:
-                        s.sendall(b"QUIT\r\n")
-                        read_reply(s, time.monotonic() + 2)
-                    except (OSError, PostfixError):
-                        pass
-                    return text
-                last = "greeting was %r" % text[:80]
-        except (OSError, PostfixError) as e:
-            last = "%s: %s" % (type(e).__name__, e)
-        time.sleep(0.1)
-    raise TimeoutError("%s on %s:%d did not answer 220 within %ds (%s)"
-                       % (what, host, port, timeout, last))
-
-
 def _which(name):
-    path = shutil.which(name, path=SBIN_PATH)
-    if not path:
-        raise PostfixError("%s not found (install the postfix package)" % name)
-    return path
+    return which(name, "install the postfix package", PostfixError)
 
 
 def _run(argv, timeout=60, check=True):
-    try:
-        p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise PostfixError("%s timed out after %ds" % (" ".join(argv), timeout))
-    out = p.stdout.decode("utf-8", "replace").strip()
-    if check and p.returncode != 0:
-        last = out.splitlines()[-1] if out else "(no output)"
-        raise PostfixError("%s exited %d: %s" % (" ".join(argv), p.returncode, last))
-    return out
+    return run_command(argv, PostfixError, timeout=timeout, check=check)
 
 
 def _pid_alive(pid):
@@ -202,11 +127,8 @@ def _pid_alive(pid):
     except PermissionError:
         return True
     # A zombie still answers kill(0); treat it as gone.
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def _pids_with_mail_config(config_dir):
@@ -217,43 +139,15 @@ def _pids_with_mail_config(config_dir):
     """
     needle = b"MAIL_CONFIG=" + os.fsencode(config_dir)
     pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid in proc_pids():
         try:
-            with open("/proc/%s/environ" % entry, "rb") as f:
+            with open("/proc/%d/environ" % pid, "rb") as f:
                 env = f.read().split(b"\0")
         except OSError:
             continue
         if needle in env:
-            pids.append(int(entry))
+            pids.append(pid)
     return [p for p in pids if p != os.getpid()]
-
-
-class TemporaryServer:
-    """A server living in the temporary directory C{self.base}; subclasses
-    give C{start} (returning self) and C{stop} (returning a warning or None).
-    Use as a context manager: the directory goes away unless C{keep}."""
-
-    keep = False
-
-    def cleanup(self):
-        warning = self.stop()
-        if warning:
-            print("  warning: " + warning, file=sys.stderr)
-        if not self.keep:
-            shutil.rmtree(self.base, ignore_errors=True)
-
-    def __enter__(self):
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(self, *exc):
-        self.cleanup()
-        return False
 
 
 class PrivatePostfix(TemporaryServer):
@@ -263,7 +157,7 @@ class PrivatePostfix(TemporaryServer):
     ...     pf.port, pf.maildir("user")
     """
 
-    def __init__(self, port=None, domain="bench.test", users=("user",),
+    def __init__(self, port=None, domain=DOMAIN, users=("user",),
                  vmail_user="nobody", base_dir=None, keep=False,
                  process_limit=100, start_timeout=30):
         if os.geteuid() != 0:
@@ -277,16 +171,12 @@ class PrivatePostfix(TemporaryServer):
         self.process_limit = process_limit
         self.start_timeout = start_timeout
         self.started = False
-        try:
-            pw = pwd.getpwnam("postfix")
-        except KeyError:
-            raise PostfixError("system user 'postfix' is missing (install postfix)")
+        pw = system_user("postfix", PostfixError,
+                         "system user %r is missing (install postfix)")
         self.mail_owner = pw.pw_name
         self.postfix_uid = pw.pw_uid
-        try:
-            vpw = pwd.getpwnam(vmail_user)
-        except KeyError:
-            raise PostfixError("mail owner user %r does not exist" % vmail_user)
+        vpw = system_user(vmail_user, PostfixError,
+                          "mail owner user %r does not exist")
         self.vmail_uid, self.vmail_gid = vpw.pw_uid, vpw.pw_gid
         self._check_version()
 
@@ -297,17 +187,11 @@ class PrivatePostfix(TemporaryServer):
         self.data_dir = os.path.join(self.base, "data")
         self.vmail = os.path.join(self.base, "vmail")
         self.maillog = os.path.join(self.base, "maillog")
-        try:
-            # Unix sockets live in queue/private; sun_path is 108 bytes.
-            if len(os.path.join(self.queue_dir, "private", "proxywrite")) > 100:
-                raise PostfixError("temporary directory path too long for "
-                                   "Postfix sockets: %s (set TMPDIR shorter)"
-                                   % self.base)
-            self._check_traversable(self.base)
-        except BaseException:
-            if base_dir is None:
-                shutil.rmtree(self.base, ignore_errors=True)
-            raise
+        # Unix sockets live in queue/private.
+        self._check_base(base_dir,
+                         os.path.join(self.queue_dir, "private", "proxywrite"),
+                         "Postfix", PostfixError,
+                         lambda: self._check_traversable(self.base))
 
     # ----------------------------------------------------------------- setup
 
@@ -324,19 +208,11 @@ class PrivatePostfix(TemporaryServer):
 
     def _check_traversable(self, path):
         # The virtual(8) agent runs as vmail_user and must reach vmail/.
-        parent = os.path.dirname(path)
-        while parent and parent != "/":
-            mode = os.stat(parent).st_mode
-            if not mode & stat.S_IXOTH:
-                raise PostfixError("%s is not world-searchable, so Postfix "
-                                   "cannot deliver below it (set TMPDIR=/tmp)"
-                                   % parent)
-            parent = os.path.dirname(parent)
-
-    def _write(self, path, text, mode=0o644):
-        with open(path, "w") as f:
-            f.write(text)
-        os.chmod(path, mode)
+        parent = unsearchable_dir(os.path.dirname(path))
+        if parent:
+            raise PostfixError("%s is not world-searchable, so Postfix "
+                               "cannot deliver below it (set TMPDIR=/tmp)"
+                               % parent)
 
     def _write_config(self):
         os.chmod(self.base, 0o755)
@@ -346,16 +222,16 @@ class PrivatePostfix(TemporaryServer):
         os.chown(self.data_dir, self.postfix_uid, -1)
         os.chown(self.vmail, self.vmail_uid, self.vmail_gid)
         vmailbox = os.path.join(self.config_dir, "vmailbox")
-        self._write(vmailbox, "".join(
+        write_file(vmailbox, "".join(
             "%s@%s %s/%s/\n" % (u, self.domain, self.domain, u)
             for u in self.users))
-        self._write(os.path.join(self.config_dir, "main.cf"), MAIN_CF.format(
+        write_file(os.path.join(self.config_dir, "main.cf"), MAIN_CF.format(
             queue=self.queue_dir, data=self.data_dir, mail_owner=self.mail_owner,
             maillog=self.maillog, base=self.base,
             myhostname="postfix." + self.domain, domain=self.domain,
             vmail=self.vmail, vmailbox=vmailbox, uid=self.vmail_uid,
             gid=self.vmail_gid, process_limit=self.process_limit))
-        self._write(os.path.join(self.config_dir, "master.cf"), MASTER_CF.format(
+        write_file(os.path.join(self.config_dir, "master.cf"), MASTER_CF.format(
             listen="127.0.0.1:%d" % self.port))
         open(self.maillog, "a").close()
 
@@ -374,8 +250,8 @@ class PrivatePostfix(TemporaryServer):
             raise PostfixError("%s; maillog: %s" % (e, self.log_tail(3)))
         try:
             wait_for_greeting("127.0.0.1", self.port, self.start_timeout,
-                              alive=self._master_dead, what="Postfix")
-        except (TimeoutError, PostfixError) as e:
+                              alive=self._dead, what="Postfix", error=PostfixError)
+        except (TimeoutError, BenchError) as e:
             raise PostfixError("%s; maillog: %s" % (e, self.log_tail(3)))
         return self
 
@@ -386,7 +262,7 @@ class PrivatePostfix(TemporaryServer):
         except (OSError, ValueError):
             return None
 
-    def _master_dead(self):
+    def _dead(self):
         pid = self.master_pid()
         if pid is not None and not _pid_alive(pid):
             return "master pid %d is gone" % pid
@@ -409,11 +285,9 @@ class PrivatePostfix(TemporaryServer):
         pids = _pids_with_mail_config(self.config_dir)
         while pids and time.monotonic() < deadline:
             time.sleep(0.1)
-            pids = [p for p in _pids_with_mail_config(self.config_dir)
-                    if _pid_alive(p)]
+            pids = self._daemons()
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            pids = [p for p in _pids_with_mail_config(self.config_dir)
-                    if _pid_alive(p)]
+            pids = self._daemons()
             for p in pids:
                 try:
                     os.kill(p, sig)
@@ -424,6 +298,9 @@ class PrivatePostfix(TemporaryServer):
         if errors:
             print("warning: " + "; ".join(errors), file=sys.stderr)
 
+    def _daemons(self):
+        return [p for p in _pids_with_mail_config(self.config_dir)
+                if _pid_alive(p)]
 
     # --------------------------------------------------------------- queries
 
@@ -443,12 +320,7 @@ class PrivatePostfix(TemporaryServer):
         return n
 
     def log_tail(self, n=20):
-        try:
-            with open(self.maillog, errors="replace") as f:
-                lines = f.read().splitlines()[-n:]
-        except OSError:
-            return "(no maillog)"
-        return " | ".join(lines) if n <= 5 else "\n".join(lines)
+        return log_tail(self.maillog, n, "(no maillog)")
 
 
 def main(argv=None):
@@ -458,24 +330,13 @@ def main(argv=None):
     ap.add_argument("--keep", action="store_true",
                     help="keep the temporary directory afterwards")
     args = ap.parse_args(argv)
-    try:
-        with PrivatePostfix(port=args.port, keep=args.keep) as pf:
-            print("Postfix %s on 127.0.0.1:%d" % (pf.version, pf.port))
-            print("  config:  %s" % pf.config_dir)
-            print("  maildir: %s" % pf.maildir("user"))
-            print("  maillog: %s" % pf.maillog)
-            print("Ctrl-C to stop.")
-            try:
-                while not pf._master_dead():
-                    time.sleep(1)
-                print("master exited", file=sys.stderr)
-                return 1
-            except KeyboardInterrupt:
-                print()
-                return 0
-    except PostfixError as e:
-        print("error: %s" % e, file=sys.stderr)
-        return 1
+    return serve_until_interrupted(
+        lambda: PrivatePostfix(port=args.port, keep=args.keep),
+        lambda pf: ["Postfix %s on 127.0.0.1:%d" % (pf.version, pf.port),
+                    "  config:  %s" % pf.config_dir,
+                    "  maildir: %s" % pf.maildir("user"),
+                    "  maillog: %s" % pf.maillog],
+        lambda pf: "master exited", PostfixError)
 
 
 if __name__ == "__main__":

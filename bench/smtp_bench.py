@@ -24,14 +24,9 @@ run failed.  Missing a performance target only prints "target MISSED".
 See bench/README.rst.
 """
 
-import argparse
 import os
-import platform
 import re
-import resource
 import select
-import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -40,99 +35,26 @@ import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from postfix import (PostfixError, PrivatePostfix, TemporaryServer, free_port,  # noqa: E402
-                     read_reply, wait_for_greeting)
+from common import (DOMAIN, BenchError, MdpyServer, exit_status, fmt,  # noqa: E402
+                    last_line, median, median_note, parse_bench_args,
+                    positive, print_banner, print_table_head, print_target,
+                    raise_nofile, read_reply, repeat_suffix, run_command, tail,
+                    which)
+from postfix import PrivatePostfix  # noqa: E402
 
-DOMAIN = "bench.test"
 USER = "user"
 RCPT = "%s@%s" % (USER, DOMAIN)
 SENDER = "sender@" + DOMAIN
 HELO_NAME = "client." + DOMAIN
-PASSWORD = "benchpw"
 
 TARGET_RATE = 1200.0        # mdpy accepted msg/s, one message per connection
 TARGET_RATIO = 1.0          # mdpy / Postfix, accepted msg/s, same row
 TARGET_IDLE_MB = 100.0      # mdpy VmRSS with --idle connections open
 
-MDPY_INI = """\
-[server]
-hostname = {domain}
-data_dir = {data_dir}
-[smtp]
-port = {port}
-interface = 127.0.0.1
-[submission]
-enabled = no
-[smtps]
-enabled = no
-[pop3]
-enabled = no
-[pop3s]
-enabled = no
-[imap]
-enabled = no
-[imaps]
-enabled = no
-"""
-
-
-class BenchError(Exception):
-    """A one-line reason why one run failed."""
-
 
 # --------------------------------------------------------------- utilities
-
-def find_command(name, fallback):
-    """name on PATH (the running interpreter's bin/ first), else fallback."""
-    path = os.pathsep.join([os.path.dirname(sys.executable),
-                            os.environ.get("PATH", "")])
-    found = shutil.which(name, path=path)
-    return [found] if found else list(fallback)
-
-
-def child_env():
-    """Environment for mdpy commands: the checkout importable even when
-    mdpy is not installed (and preferred over an installed copy)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (REPO, env.get("PYTHONPATH")) if p)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
-
-
-def tail(path, n=15):
-    try:
-        with open(path, errors="replace") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return "    (missing)"
-    return "\n".join("    " + line for line in lines[-n:]) or "    (empty)"
-
-
-def filesystem_of(path):
-    """'FSTYPE on MOUNTPOINT' for the mount holding path (/proc/mounts)."""
-    path = os.path.realpath(path)
-    best = ("", "?")
-    try:
-        with open("/proc/mounts") as f:
-            for line in f:
-                _dev, mnt, fstype = line.split()[:3]
-                mnt = mnt.replace("\\040", " ")
-                inside = path == mnt or path.startswith(mnt.rstrip("/") + "/")
-                if inside and len(mnt) >= len(best[0]):
-                    best = (mnt, "%s on %s" % (fstype, mnt))
-    except OSError:
-        pass
-    return best[1]
-
-
-def last_line(text):
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "(no output)"
-
 
 def count_files(maildir):
     """Messages in a Maildir: entries of new/ plus cur/ (absent = 0)."""
@@ -145,184 +67,23 @@ def count_files(maildir):
     return n
 
 
-def proc_status(pid):
-    """{'VmRSS': kB, 'VmHWM': kB, ...} from /proc/PID/status."""
-    out = {}
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.startswith("Vm"):
-                    out[key] = int(value.split()[0])
-    except (OSError, ValueError, IndexError):
-        pass
-    return out
-
-
-def descendants(pid):
-    """pid and all its descendants, parents first (via /proc children)."""
-    result, todo = [], [pid]
-    while todo:
-        p = todo.pop(0)
-        result.append(p)
-        try:
-            for task in os.listdir("/proc/%d/task" % p):
-                with open("/proc/%d/task/%s/children" % (p, task)) as f:
-                    todo.extend(int(c) for c in f.read().split())
-        except (OSError, ValueError):
-            pass
-    return result
-
-
-def cmdline(pid):
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            return f.read().replace(b"\0", b" ").decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def raise_nofile(wanted):
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
 def mb(kb):
     return kb / 1024.0
-
-
-# ------------------------------------------------------------------ mdpy
-
-class MdpyServer(TemporaryServer):
-    """A fresh mdpy (data dir, config, one domain and user) under twistd."""
-
-    def __init__(self, keep=False, start_timeout=30):
-        self.keep = keep
-        self.start_timeout = start_timeout
-        self.base = os.path.realpath(tempfile.mkdtemp(prefix="mdpy-bench-mdpy-"))
-        self.port = free_port()
-        self.ini = os.path.join(self.base, "mdpy.ini")
-        self.data_dir = os.path.join(self.base, "data")
-        self.log = os.path.join(self.base, "mdpy.log")
-        self.out = os.path.join(self.base, "twistd.out")
-        self.env = child_env()
-        self.mdpy = find_command("mdpy", [sys.executable, "-m", "mdpy.cli"])
-        self.twistd = find_command("twistd", [sys.executable, "-m", "twisted"])
-        self.proc = None
-        self.pid = None
-
-    @property
-    def maildir(self):
-        return os.path.join(self.data_dir, "mail", DOMAIN, USER)
-
-    def _admin(self, *args):
-        argv = self.mdpy + ["-c", self.ini] + list(args)
-        shown = "mdpy " + " ".join(args)
-        try:
-            p = subprocess.run(argv, cwd=self.base, env=self.env,
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, timeout=60)
-        except subprocess.TimeoutExpired:
-            raise BenchError("%s timed out after 60s" % shown)
-        except OSError as e:
-            raise BenchError("cannot run %s: %s" % (argv[0], e))
-        if p.returncode != 0:
-            raise BenchError("%s exited %d: %s" % (
-                shown, p.returncode,
-                last_line(p.stdout.decode("utf-8", "replace"))))
-
-    def _dead(self):
-        if self.proc is not None and self.proc.poll() is not None:
-            return "exit status %s" % self.proc.returncode
-        return None
-
-    def configure(self):
-        """Write mdpy.ini and create the domain and user, before twistd
-        starts (subclasses, e.g. in pop3_bench.py, provide their own)."""
-        with open(self.ini, "w") as f:
-            f.write(MDPY_INI.format(domain=DOMAIN, data_dir=self.data_dir,
-                                    port=self.port))
-        self._admin("domain", "add", DOMAIN)
-        self._admin("user", "add", RCPT, "--password", PASSWORD)
-
-    def start(self):
-        self.configure()
-        argv = self.twistd + ["-n", "--pidfile=", "--logfile=" + self.log,
-                              "mdpy", "--config", self.ini]
-        with open(self.out, "wb") as out:
-            try:
-                self.proc = subprocess.Popen(
-                    argv, cwd=self.base, env=self.env, stdin=subprocess.DEVNULL,
-                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-            except OSError as e:
-                raise BenchError("cannot run %s: %s" % (argv[0], e))
-        try:
-            wait_for_greeting("127.0.0.1", self.port, self.start_timeout,
-                              alive=self._dead, what="mdpy")
-        except (TimeoutError, PostfixError) as e:
-            raise BenchError("%s\n  %s:\n%s\n  %s:\n%s" % (
-                e, self.log, tail(self.log), self.out, tail(self.out, 5)))
-        self.pid = self._server_pid()
-        return self
-
-    def _server_pid(self):
-        # Normally the Popen pid is twistd itself (console scripts and pyenv
-        # shims exec); if a wrapper stayed, take the deepest twistd process.
-        pids = descendants(self.proc.pid)
-        for pid in reversed(pids):
-            if re.search(r"twist|mdpy", cmdline(pid)):
-                return pid
-        return self.proc.pid
-
-    def status(self):
-        return proc_status(self.pid) if self.pid else {}
-
-    def stop(self, timeout=15):
-        """SIGTERM, then SIGKILL the process group after timeout.  Returns
-        a warning string or None."""
-        if self.proc is None or self.proc.poll() is not None:
-            return None
-        warning = None
-        for pid in {self.proc.pid, self.pid or self.proc.pid}:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            warning = "mdpy ignored SIGTERM for %ds; killed" % timeout
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(5)
-        return warning
-
 
 
 # ------------------------------------------------------------ smtp-source
 
 def smtp_source_path():
-    path = shutil.which("smtp-source", path=os.pathsep.join(
-        [os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"]))
-    if not path:
-        raise BenchError("smtp-source not found (it comes with the postfix package)")
-    return path
+    return which("smtp-source", "it comes with the postfix package")
 
 
 def smtp_source_flags(path):
     """The boolean flags smtp-source's usage message lists ('cdLNov')."""
     try:
-        p = subprocess.run([path, "-Z"], stdin=subprocess.DEVNULL,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
+        out = run_command([path, "-Z"], timeout=10, check=False)
+    except BenchError:
         return None
-    m = re.search(r"usage: \S*smtp-source -([A-Za-z]+)", p.stdout.decode("latin-1"))
+    m = re.search(r"usage: \S*smtp-source -([A-Za-z]+)", out)
     return m.group(1) if m else None
 
 
@@ -354,12 +115,7 @@ class Series(list):
         return bool(self) and all(r.ok for r in self)
 
     def _median(self, attr):
-        rates = sorted(r.rate(getattr(r, attr)) for r in self
-                       if getattr(r, attr))
-        if not rates:
-            return None
-        mid = len(rates) // 2
-        return rates[mid] if len(rates) % 2 else (rates[mid - 1] + rates[mid]) / 2
+        return median(r.rate(getattr(r, attr)) for r in self if getattr(r, attr))
 
     @property
     def accept_rate(self):
@@ -465,9 +221,9 @@ def run_smtp_source(run, smtp_source, port, maildir, args, reuse,
 
 
 def bench_mdpy(run, smtp_source, args):
-    with MdpyServer(keep=args.keep) as srv:
+    with MdpyServer(users=(USER,), keep=args.keep) as srv:
         run.kept = srv.base if args.keep else None
-        run_smtp_source(run, smtp_source, srv.port, srv.maildir, args,
+        run_smtp_source(run, smtp_source, srv.port, srv.maildir(USER), args,
                         run.mode == "reuse")
         run.rss_after_kb = srv.status().get("VmRSS")
         if srv.proc.poll() is not None:
@@ -488,7 +244,7 @@ def attempt(label, func, run, *a):
     print("%-44s" % (label + " ..."), end="", flush=True)
     try:
         func(run, *a)
-    except (BenchError, PostfixError) as e:
+    except BenchError as e:
         run.error = run.error or str(e)
     if run.ok:
         print(" %s msg/s accepted, %s msg/s in Maildir" % (
@@ -505,7 +261,7 @@ def attempt(label, func, run, *a):
 
 def bench_memory(args):
     """Return (rest_kb, idle_kb, hwm_kb, still_open) for a fresh mdpy."""
-    with MdpyServer(keep=args.keep) as srv:
+    with MdpyServer(users=(USER,), keep=args.keep) as srv:
         time.sleep(1.0)
         rest = srv.status().get("VmRSS")
         if rest is None:
@@ -526,7 +282,7 @@ def bench_memory(args):
                 socks.append(s)
                 try:
                     code, text = read_reply(s, time.monotonic() + 10)
-                except (OSError, PostfixError) as e:
+                except (OSError, BenchError) as e:
                     raise BenchError("no greeting on connection %d of %d: %s"
                                      % (i + 1, args.idle, e))
                 if code != 220:
@@ -551,10 +307,6 @@ def bench_memory(args):
 
 # ---------------------------------------------------------------- report
 
-def fmt(x, spec="%9.1f", width=9):
-    return spec % x if x is not None else "-".rjust(width)
-
-
 def ratio(a, b):
     return a / b if a and b else None
 
@@ -564,14 +316,13 @@ def report(rows, memory, args):
     print("smtp-source: %d messages x %d bytes, %d parallel sessions, HELO "
           "(smtp-source has no EHLO/PIPELINING)%s"
           % (args.messages, args.size, args.sessions,
-             "; median of %d runs" % args.repeat if args.repeat > 1 else ""))
+             median_note(args.repeat)))
     print("%-22s | %-27s | %-27s |" % ("", "accepted (all 250s)",
                                        "in Maildir (all files)"))
     head = ("%-22s | %9s %9s %7s | %9s %9s %7s | %-16s %s"
             % ("msg/s", "mdpy", "postfix", "ratio", "mdpy", "postfix", "ratio",
                "landed mdpy", "landed postfix"))
-    print(head)
-    print("-" * len(head))
+    print_table_head(head)
     empty = Series()
     for label, m, p in rows:
         # Rates are shown whenever they were measured; ratios and targets
@@ -619,48 +370,37 @@ def report(rows, memory, args):
                         % (args.idle, TARGET_IDLE_MB,
                            "%.1f MB" % mb(idle) if idle else "no result")))
     for met, text in results:
-        print("%-15s %s" % ("target met:" if met else "target MISSED:", text))
+        print_target(met, text)
 
 
 # ------------------------------------------------------------------ main
 
-def positive(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return value
+OPTIONS = (
+    ("--messages", dict(help="messages per run (default %(default)s)")),
+    ("--sessions", dict(type=positive, default=20,
+                        help="parallel SMTP sessions (default %(default)s)")),
+    ("--size", dict(help="message body bytes (default %(default)s)")),
+    ("--repeat", dict(help="runs per server and mode, interleaved; the table "
+                           "shows medians (default %(default)s)")),
+    ("--idle", dict(type=int, default=1000,
+                    help="idle connections for the memory test; 0 skips it "
+                         "(default %(default)s)")),
+    ("--only", dict(choices=("mdpy", "postfix"))),
+    ("--no-reuse", dict(action="store_true",
+                        help="skip the second (smtp-source -d) pair of runs")),
+    ("--timeout", dict(help="seconds allowed for one smtp-source run "
+                            "(default: max(60, messages/20))")),
+    ("--delivery-timeout", dict(type=positive, default=60,
+                                help="seconds to wait, after smtp-source "
+                                     "exits, for the last files to reach the "
+                                     "Maildir (default %(default)s)")),
+    ("--keep", {}),
+)
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(
-        description="Inbound SMTP: mdpy side by side with a private Postfix.")
-    ap.add_argument("--messages", type=positive, default=2000,
-                    help="messages per run (default 2000)")
-    ap.add_argument("--sessions", type=positive, default=20,
-                    help="parallel SMTP sessions (default 20)")
-    ap.add_argument("--size", type=positive, default=4096,
-                    help="message body bytes (default 4096)")
-    ap.add_argument("--repeat", type=positive, default=1,
-                    help="runs per server and mode, interleaved; the table "
-                         "shows medians (default 1)")
-    ap.add_argument("--idle", type=int, default=1000,
-                    help="idle connections for the memory test; 0 skips it "
-                         "(default 1000)")
-    ap.add_argument("--only", choices=("mdpy", "postfix"),
-                    help="benchmark one server only")
-    ap.add_argument("--no-reuse", action="store_true",
-                    help="skip the second (smtp-source -d) pair of runs")
-    ap.add_argument("--timeout", type=positive, default=None,
-                    help="seconds allowed for one smtp-source run "
-                         "(default: max(60, messages/20))")
-    ap.add_argument("--delivery-timeout", type=positive, default=60,
-                    help="seconds to wait, after smtp-source exits, for the "
-                         "last files to reach the Maildir (default 60)")
-    ap.add_argument("--keep", action="store_true",
-                    help="keep the temporary directories for inspection")
-    args = ap.parse_args(argv)
-    if args.timeout is None:
-        args.timeout = max(60, args.messages // 20)
+    ap, args = parse_bench_args(
+        argv, "Inbound SMTP: mdpy side by side with a private Postfix.", OPTIONS)
     if args.idle < 0:
         ap.error("--idle must be >= 0")
     return args
@@ -680,10 +420,7 @@ def main(argv=None):
               % (nofile, args.idle), file=sys.stderr)
         return 1
 
-    tmp = tempfile.gettempdir()
-    print("mdpy SMTP benchmark: Python %s, %s, %d CPUs; temp dirs in %s (%s)"
-          % (platform.python_version(), platform.machine(), os.cpu_count() or 0,
-             tmp, filesystem_of(tmp)))
+    print_banner("SMTP")
     modes = [("1 msg/connection", "single")]
     flags = smtp_source_flags(smtp_source)
     if not args.no_reuse:
@@ -701,7 +438,7 @@ def main(argv=None):
             p = Series() if args.only != "mdpy" else None
             rows.append((label, m, p))
             for i in range(args.repeat):
-                suffix = " #%d" % (i + 1) if args.repeat > 1 else ""
+                suffix = repeat_suffix(i, args.repeat)
                 if m is not None:
                     m.append(Run("mdpy", mode))
                     attempt("mdpy    %s%s" % (label, suffix), bench_mdpy, m[-1],
@@ -718,7 +455,7 @@ def main(argv=None):
                 memory = bench_memory(args)
                 print(" %.1f MB at rest, %.1f MB idle-loaded"
                       % (mb(memory[0]), mb(memory[1])))
-            except (BenchError, PostfixError) as e:
+            except BenchError as e:
                 failed = True
                 print(" FAILED")
                 print("  error: %s" % e)
@@ -727,10 +464,7 @@ def main(argv=None):
         return 130
 
     report(rows, memory, args)
-    if failed:
-        print("\nRESULT: at least one run FAILED (see errors above)")
-        return 1
-    return 0
+    return exit_status(failed)
 
 
 if __name__ == "__main__":
