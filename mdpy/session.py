@@ -441,8 +441,10 @@ class CommandSession(Protocol, TimeoutMixin):
         tracker = self.factory.loginTracker
         delay = 0
         if tracker is not None:
-            delay = tracker.delayFor(self._ip)
+            # Counted first, so that even the first failure waits (2 s, as
+            # Dovecot's auth_failure_delay), growing with each new one.
             tracker.recordFailure(self._ip, username, tracker.digestPassword(secret))
+            delay = tracker.delayFor(self._ip)
         failure = credError.UnauthorizedLogin(why)
         if not delay:
             return defer.fail(failure)

@@ -146,10 +146,14 @@ def test_failedLoginsAreDelayed():
     s = Session(tracker=True)
     s.stls()
     s.send("USER " + USER, "PASS wrong1")
-    s.expect("+OK", "-ERR [AUTH] Authentication failed.")
-    s.send("USER " + USER, "PASS wrong2", "NOOP")
     s.expect("+OK")
     s.clock.advance(2)
+    s.expect("-ERR [AUTH] Authentication failed.")
+    s.send("USER " + USER, "PASS wrong2", "NOOP")
+    s.expect("+OK")
+    s.clock.advance(3.9)
+    assert s.lines() == []
+    s.clock.advance(0.1)
     s.expect("-ERR [AUTH] Authentication failed.", "-ERR Command not valid in this state.")
 
 

@@ -592,10 +592,17 @@ def test_failedLoginsAreDelayed():
     s.factory.loginTracker = FailedLoginTracker(s.clock)
     s.starttls()
     s.send("AUTH PLAIN " + b64("\0alice@example.org\0wrong1"))
-    s.expect("535 5.7.8 *")
-    s.send("AUTH PLAIN " + b64("\0alice@example.org\0wrong2"))
     assert s.lines() == []
     s.clock.advance(2)
+    s.expect("535 5.7.8 *")
+    s.send("AUTH PLAIN " + b64("\0alice@example.org\0wrong2"))
+    s.clock.advance(3.9)
+    assert s.lines() == []
+    s.clock.advance(0.1)
+    s.expect("535 5.7.8 *")
+    # The same wrong password again is not a new guess: still 4 s, not 8.
+    s.send("AUTH PLAIN " + b64("\0alice@example.org\0wrong2"))
+    s.clock.advance(4)
     s.expect("535 5.7.8 *")
 
 
