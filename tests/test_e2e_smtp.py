@@ -11,12 +11,11 @@ import socket
 import ssl
 import stat
 import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.server import HOST, MdpyServer, freePorts, twistdCommand, waitForBanner
+from tests.server import HOST, MdpyServer, twistdCommand, waitForBanner
 
 SWAKS = shutil.which("swaks")
 USER = "joe@example.test"

@@ -6,7 +6,6 @@ store, and the per-copy trace headers.
 import email
 
 import pytest
-from twisted.internet import defer
 from zope.interface.verify import verifyObject
 
 from mdpy import errors

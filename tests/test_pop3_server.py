@@ -6,7 +6,6 @@ in-memory store.
 import base64
 import hmac
 
-import pytest
 from twisted.internet import task
 
 from mdpy import errors

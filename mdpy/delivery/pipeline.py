@@ -16,7 +16,6 @@ import re
 import tempfile
 
 from twisted.internet import defer
-from mdpy.logs import Logger
 from zope.interface import implementer
 
 from mdpy import errors
@@ -83,7 +82,6 @@ class DeliveryPipeline:
     @ivar spoolDir: where bodies larger than L{SPILL_SIZE} are spooled.
     """
 
-    log = Logger()
     MAX_KNOWN_ACCOUNTS = 100000
 
     def __init__(self, directory, store, queue=None, spoolDir=None):
@@ -126,8 +124,6 @@ class PipelineDelivery:
     """
     One transaction of L{DeliveryPipeline}.
     """
-
-    log = Logger()
 
     def __init__(self, pipeline, envelope):
         self.pipeline = pipeline
