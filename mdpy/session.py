@@ -15,6 +15,8 @@ Invariants:
    the command that started TLS (CVE-2011-0411).
 """
 
+import base64
+
 from twisted.cred import error as credError
 from twisted.internet import defer, tcp
 from twisted.internet.protocol import Protocol, ServerFactory
@@ -347,22 +349,27 @@ class CommandSession(Protocol, TimeoutMixin):
             return handler(line)
         return self.lineReceived(line)
 
-    def authenticate(self, mechanism, initial, sendChallenge, done):
+    def authenticate(self, mechanism, initial, challengePrefix, succeeded, refused):
         """
         Run a SASL exchange and log in.
 
         @param initial: the raw initial response (still base64), or L{None}.
-        @param sendChallenge: C{sendChallenge(rawBytes)} frames and sends one
-            challenge.
-        @param done: C{done(deferred)} adds the protocol's replies to the
-            outcome: the Deferred fires with the avatar, or fails with a
-            L{sasl.SASLError} (nothing was checked) or
-            L{credError.UnauthorizedLogin} (after the failed-login delay).
-            Its return value is returned.
+        @param challengePrefix: what precedes a base64 challenge on its line
+            (SMTP C{b"334 "}, POP3 and IMAP C{b"+ "}).
+        @param succeeded: called with the avatar.
+        @param refused: called with a L{Failure} of L{sasl.SASLError} (nothing
+            was checked) or L{credError.UnauthorizedLogin} (after the
+            failed-login delay).
         @return: L{None} while challenges are outstanding (the exchange goes
-            on with the next lines), else what C{done} returned.
+            on with the next lines), else a Deferred firing once answered.
         """
         exchange = sasl.Exchange(mechanism, self.factory.hostname)
+
+        def done(d):
+            return d.addCallbacks(succeeded, refused)
+
+        def sendChallenge(challenge):
+            self.send(challengePrefix + base64.b64encode(challenge) + b"\r\n")
 
         def step(challenge):
             if challenge is None:

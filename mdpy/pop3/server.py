@@ -15,8 +15,6 @@ Invariants (besides those of L{mdpy.session}):
  - The message list is a snapshot taken at login.
 """
 
-import base64
-
 from twisted.cred import error as credError
 from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer, interfaces as iinternet
@@ -273,7 +271,7 @@ class POP3Server(CommandSession):
             return None
         user, self._user = self._user, None
         d = self.login(UsernamePassword(user, _raw(argument)), user)
-        return self._loginDone(d)
+        return d.addCallbacks(self._cbLoggedIn, self._ebLoggedIn)
 
     def do_AUTH(self, argument):
         if not argument:
@@ -287,14 +285,9 @@ class POP3Server(CommandSession):
         if mechanism not in self.mechanisms:
             self.error("Unsupported authentication mechanism.")
             return None
-        return self.authenticate(mechanism, initial.strip() or None, self._sendChallenge, self._loginDone)
-
-    def _sendChallenge(self, challenge):
-        self.send(b"+ " + base64.b64encode(challenge) + b"\r\n")
-
-    def _loginDone(self, d):
-        d.addCallbacks(self._cbLoggedIn, self._ebLoggedIn)
-        return d
+        return self.authenticate(
+            mechanism, initial.strip() or None, b"+ ", self._cbLoggedIn, self._ebLoggedIn
+        )
 
     def _ebLoggedIn(self, failure):
         if self.closing:

@@ -20,7 +20,6 @@ bounded lines, STARTTLS discarding pipelined plaintext):
    that is after it is on disk.
 """
 
-import base64
 import re
 import time
 from email.utils import formatdate
@@ -296,15 +295,12 @@ class SMTPServer(CommandSession):
             self.reply(codes.C504UnknownMechanism)
             return None
         return self.authenticate(
-            mechanism, initial.strip() or None, self._sendChallenge, self._authDone
+            mechanism,
+            initial.strip() or None,
+            b"334 ",
+            self._cbAuthenticated,
+            self._ebAuthenticated,
         )
-
-    def _sendChallenge(self, challenge):
-        self.send(b"334 " + base64.b64encode(challenge) + b"\r\n")
-
-    def _authDone(self, d):
-        d.addCallbacks(self._cbAuthenticated, self._ebAuthenticated)
-        return d
 
     def _cbAuthenticated(self, avatar):
         self.authenticatedAs = avatar
