@@ -1,0 +1,5 @@
+"""
+mdpy: an all-in-one mail server framework on Twisted.
+"""
+
+__version__ = "0.1.0"

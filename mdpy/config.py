@@ -152,6 +152,14 @@ _POP_IMAP = [
     ),
 ] + _READER_LIMITS
 
+_IMAP_LIMITS = [
+    Key("max_message_size", parseSize, "50M", "Largest APPEND (advertised as APPENDLIMIT)."),
+    Key("max_errors", parseInt, "20", "Bad commands in one session before it is closed."),
+    Key("timeout", parseDuration, "30m", "Idle time before the session is closed (RFC 3501: at least 30m)."),
+    Key("max_connections", parseInt, "10000", "Open sessions in all, beyond which new ones are refused."),
+    Key("max_connections_per_ip", parseInt, "1000", "Open sessions from one client address."),
+]
+
 _TLS_MODE = parseChoice("none", "starttls", "implicit")
 
 SCHEMA = {
@@ -176,8 +184,8 @@ SCHEMA = {
     "smtps": _listener(465, extra=_SMTP_LIMITS),
     "pop3": _listener(110, extra=_POP_IMAP),
     "pop3s": _listener(995, extra=_READER_LIMITS),
-    "imap": _listener(143, extra=_POP_IMAP),
-    "imaps": _listener(993),
+    "imap": _listener(143, extra=_POP_IMAP[:1] + _IMAP_LIMITS),
+    "imaps": _listener(993, extra=_IMAP_LIMITS),
     "odmr": _listener(366),
     "minger": _listener(
         4069,

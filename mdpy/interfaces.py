@@ -141,6 +141,18 @@ class IMailStore(Interface):
         Rename a folder (and its children).
         """
 
+    def listSubscriptions(address):
+        """
+        @return: the folder names the account subscribed to (IMAP LSUB),
+            sorted; they need not exist.  Synchronous.
+        """
+
+    def setSubscribed(address, name, subscribed):
+        """
+        Add or remove a folder name from the account's subscriptions.
+        Synchronous.
+        """
+
     def openMailbox(address, name="INBOX"):
         """
         @return: an L{IMailbox}, synchronised with what is on disk.

@@ -18,6 +18,9 @@ from mdpy.config import Config, ConfigError
 from mdpy.datadir import DataDir
 from mdpy.delivery.pipeline import DeliveryPipeline
 from mdpy.logs import setLevel
+from mdpy.imap.fetch import StructureCache
+from mdpy.imap.selected import RecentTracker
+from mdpy.imap.server import IMAP4Factory
 from mdpy.pop3.maildrop import MaildropLocks
 from mdpy.pop3.server import POP3Factory
 from mdpy.smtp.server import MODE_MTA, MODE_SMTPS, MODE_SUBMISSION, SMTPFactory
@@ -26,9 +29,10 @@ from mdpy.tls import ensureSelfSigned, serverOptions
 log = Logger()
 
 SMTP_SERVICES = {"smtp": MODE_MTA, "submission": MODE_SUBMISSION, "smtps": MODE_SMTPS}
-LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s")
-IMPLICIT_TLS = {"smtps", "pop3s"}
-NOT_YET_AVAILABLE = ("imap", "imaps", "odmr", "minger", "webadmin")
+LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps")
+IMPLICIT_TLS = {"smtps", "pop3s", "imaps"}
+IMAP_SERVICES = {"imap", "imaps"}
+NOT_YET_AVAILABLE = ("odmr", "minger", "webadmin")
 LISTEN_BACKLOG = 1024
 THREADS = 32
 
@@ -175,6 +179,7 @@ def buildService(config, portOffset=0, reactor=None):
         clock=reactor,
     )
     locks = MaildropLocks()
+    imapShared = dict(structures=StructureCache(), recent=RecentTracker())
     top = MailServer()
     for name in LISTENERS:
         section = config[name]
@@ -194,6 +199,17 @@ def buildService(config, portOffset=0, reactor=None):
                 defaultDomain=server["domain"],
                 maxMessageSize=section["max_message_size"],
                 maxRecipients=section["max_recipients"],
+                **limits,
+                **shared,
+            )
+        elif name in IMAP_SERVICES:
+            factory = IMAP4Factory(
+                server["hostname"],
+                store,
+                allowPlaintext=section.get("allow_plaintext_auth", False),
+                implicitTLS=name in IMPLICIT_TLS,
+                maxMessageSize=section["max_message_size"],
+                **imapShared,
                 **limits,
                 **shared,
             )

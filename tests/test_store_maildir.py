@@ -12,6 +12,7 @@ import sys
 import pytest
 from twisted.internet import defer
 
+from mdpy import mutf7
 from mdpy.errors import NotFound, TemporaryFailure
 from mdpy.store import maildir, maildirindex
 from mdpy.store.maildir import MaildirStore
@@ -475,4 +476,4 @@ class TestIndexFormat:
         assert maildir._folderDirName("Lists/Work") == ".Lists.Work"
         for name in ["Entwürfe", "a&b", "日本語/x", "~peter/mail/台北"]:
             assert maildir._folderNameFromDir(maildir._folderDirName(name)) == name
-        assert maildir._encodeMUTF7("~peter/mail/台北/日本語") == "~peter/mail/&U,BTFw-/&ZeVnLIqe-"
+        assert mutf7.encode("~peter/mail/台北/日本語") == "~peter/mail/&U,BTFw-/&ZeVnLIqe-"

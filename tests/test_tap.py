@@ -29,7 +29,7 @@ def test_oneNamedChildPerListener(tmp_path):
     reactor = MemoryReactorClock()
     top = buildService(load(tmp_path), portOffset=10000, reactor=reactor)
     children = listeners(top)
-    assert sorted(children) == ["pop3", "pop3s", "smtp", "smtps", "submission"]
+    assert sorted(children) == ["imap", "imaps", "pop3", "pop3s", "smtp", "smtps", "submission"]
     assert children["smtp"].factory.mode == MODE_MTA
     assert children["submission"].factory.mode == MODE_SUBMISSION
     assert children["smtps"].factory.mode == MODE_SMTPS
@@ -38,8 +38,14 @@ def test_oneNamedChildPerListener(tmp_path):
     assert children["pop3"].factory.timeout == 600
     top.privilegedStartService()
     ports = sorted(port for port, *rest in reactor.tcpServers)
-    assert ports == [10025, 10110, 10465, 10587, 10995]
+    assert ports == [10025, 10110, 10143, 10465, 10587, 10993, 10995]
+    assert children["imap"].factory.structures is children["imaps"].factory.structures
+    assert children["imap"].factory.recent is children["imaps"].factory.recent
+    assert children["imap"].factory.timeout == 1800
+    assert children["imaps"].factory.implicitTLS and not children["imap"].factory.implicitTLS
     factories = {port: factory for port, factory, *rest in reactor.tcpServers}
+    assert type(factories[10993]).__name__ == "TLSMemoryBIOFactory"
+    assert factories[10143] is children["imap"].factory
     # 465 and 995 are wrapped in TLS; 25, 587 and 110 start in plaintext.
     assert type(factories[10465]).__name__ == "TLSMemoryBIOFactory"
     assert type(factories[10995]).__name__ == "TLSMemoryBIOFactory"
@@ -52,7 +58,7 @@ def test_disabledServicesAreNotBuilt(tmp_path):
         load(tmp_path, "[smtps]\nenabled = no\n[submission]\nenabled = no\n[pop3s]\nenabled = no\n"),
         reactor=MemoryReactorClock(),
     )
-    assert list(listeners(top)) == ["smtp", "pop3"]
+    assert list(listeners(top)) == ["smtp", "pop3", "imap", "imaps"]
 
 
 def test_firstStartMakesDomainPostmasterAndCertificate(tmp_path):

@@ -25,7 +25,6 @@ C{append}, C{setFlags} or C{expunge} fires, on the reactor thread; the work
 itself is done under the folder lock in a worker thread.
 """
 
-import base64
 import itertools
 import os
 import re
@@ -37,6 +36,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mdpy import mutf7
 from mdpy.address import normaliseDomain, splitAddress
 from mdpy.dotstuffing import normalisedFileSize, normalisedSize
 from mdpy.durable import fsyncDirectory, unlinkQuietly, writeAll, writeFileAtomically
@@ -86,48 +86,6 @@ def _deferToReactorThreadPool(f, *args):
 # --- names ------------------------------------------------------------------
 
 
-def _encodeMUTF7(text):
-    out, pending = [], []
-
-    def flush():
-        if pending:
-            raw = "".join(pending).encode("utf-16-be")
-            out.append("&%s-" % base64.b64encode(raw).decode().rstrip("=").replace("/", ","))
-            del pending[:]
-
-    for ch in text:
-        if " " <= ch <= "~":
-            flush()
-            out.append("&-" if ch == "&" else ch)
-        else:
-            pending.append(ch)
-    flush()
-    return "".join(out)
-
-
-def _decodeMUTF7(text):
-    if "&" not in text:
-        return text
-    out, i = [], 0
-    try:
-        while i < len(text):
-            if text[i] != "&":
-                out.append(text[i])
-                i += 1
-                continue
-            end = text.index("-", i)
-            if end == i + 1:
-                out.append("&")
-            else:
-                b64 = text[i + 1:end].replace(",", "/")
-                raw = base64.b64decode(b64 + "=" * (-len(b64) % 4), validate=True)
-                out.append(raw.decode("utf-16-be"))
-            i = end + 1
-    except (ValueError, UnicodeError):
-        return text
-    return "".join(out)
-
-
 def normaliseFolderName(name):
     """
     Check a folder name of the store API (C{"/"} separates levels).
@@ -170,11 +128,11 @@ def _folderDirName(name):
     """
     if name == "INBOX":
         return ""
-    return "." + ".".join(_encodeMUTF7(level) for level in name.split("/"))
+    return "." + ".".join(mutf7.encode(level) for level in name.split("/"))
 
 
 def _folderNameFromDir(dirName):
-    return "/".join(_decodeMUTF7(level) for level in dirName[1:].split("."))
+    return "/".join(mutf7.decode(level) for level in dirName[1:].split("."))
 
 
 def _escapeComponent(text):
@@ -775,6 +733,38 @@ class MaildirStore:
                     os.rename(os.path.join(source, name), os.path.join(target, sub, name))
             fsyncDirectory(os.path.join(target, sub))
         self.openMailbox(address).sync()
+
+    def listSubscriptions(self, address):
+        """
+        See L{IMailStore.listSubscriptions}.  They are kept one name per line
+        in the account's C{subscriptions} file, Dovecot's older format.
+        """
+        path = os.path.join(self._existingAccountPath(address), SUBSCRIPTIONS_NAME)
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return []
+        if lines and lines[0].startswith("V\t"):
+            # Dovecot 2.3's format: a version line, an empty line, then names
+            # with TAB between levels.
+            lines = [line.replace("\t", "/") for line in lines[2:]]
+        return sorted({line for line in lines if line})
+
+    def setSubscribed(self, address, name, subscribed):
+        """
+        See L{IMailStore.setSubscribed}.
+        """
+        name = normaliseFolderName(name)
+        names = set(self.listSubscriptions(address))
+        if (name in names) == subscribed:
+            return
+        if subscribed:
+            names.add(name)
+        else:
+            names.discard(name)
+        path = os.path.join(self._existingAccountPath(address), SUBSCRIPTIONS_NAME)
+        writeFileAtomically(path, "".join(n + "\n" for n in sorted(names)).encode("utf-8"))
 
     def openMailbox(self, address, name="INBOX"):
         """

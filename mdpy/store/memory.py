@@ -189,6 +189,7 @@ class MemoryStore:
 
     def __init__(self):
         self._accounts = {}
+        self._subscriptions = {}
         self._listeners = Listeners()
         self._lastUidValidity = 0
         self.delivered = []
@@ -219,6 +220,7 @@ class MemoryStore:
         See L{IMailStore.createAccount}.
         """
         folders = self._accounts.setdefault(accountKey(address), {})
+        self._subscriptions.setdefault(accountKey(address), set(SPECIAL_FOLDERS))
         for name in ("INBOX",) + SPECIAL_FOLDERS:
             if name not in folders:
                 folders[name] = self._newFolder()
@@ -310,6 +312,24 @@ class MemoryStore:
                 raise Exists("mailbox %s exists" % (target,))
         for source, target in moves:
             folders[target] = folders.pop(source)
+
+    def listSubscriptions(self, address):
+        """
+        See L{IMailStore.listSubscriptions}.
+        """
+        self._account(address)
+        return sorted(self._subscriptions.get(accountKey(address), ()))
+
+    def setSubscribed(self, address, name, subscribed):
+        """
+        See L{IMailStore.setSubscribed}.
+        """
+        self._account(address)
+        names = self._subscriptions.setdefault(accountKey(address), set())
+        if subscribed:
+            names.add(normaliseFolderName(name))
+        else:
+            names.discard(normaliseFolderName(name))
 
     def openMailbox(self, address, name="INBOX"):
         """

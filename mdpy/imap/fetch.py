@@ -1,0 +1,366 @@
+# -*- test-case-name: tests.test_imap_server -*-
+"""
+FETCH (RFC 3501 section 6.4.5 and 7.4.2): which data items a client asked
+for, and the octets of each item for one message.
+
+Body sections are served from byte ranges of the message found by its
+MIME structure (L{mdpy.imap.mime}), which is computed once per message and
+cached (L{StructureCache}), never per FETCH.
+
+Messages with bare LF line endings (copied in by another program) are
+served with CR LF, so every section's size agrees with C{RFC822.SIZE}.
+"""
+
+from collections import OrderedDict
+
+from mdpy.dotstuffing import normaliseLineEndings
+from mdpy.imap import mime
+from mdpy.imap.headers import MAX_HEADER, headerEnd
+from mdpy.imap.parser import Atom, ParseError, astring, formatDateTime, tokenize
+
+_MACROS = {
+    "ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
+    "FAST": ("FLAGS", "INTERNALDATE", "RFC822.SIZE"),
+    "FULL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"),
+}
+_SIMPLE = frozenset(
+    ["FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY", "BODYSTRUCTURE",
+     "RFC822", "RFC822.HEADER", "RFC822.TEXT", "MODSEQ"]
+)
+_NEED_STRUCTURE = frozenset(["ENVELOPE", "BODY", "BODYSTRUCTURE"])
+
+
+class Section:
+    """
+    One C{BODY[...]<...>} item.
+
+    @ivar path: the part numbers (C{[1, 2]} for C{1.2}).
+    @ivar text: C{""}, C{"HEADER"}, C{"HEADER.FIELDS"}, C{"HEADER.FIELDS.NOT"},
+        C{"TEXT"} or C{"MIME"}.
+    @ivar fields: the header field names of C{HEADER.FIELDS[.NOT]}.
+    @ivar partial: C{(origin, count)} or L{None}.
+    @ivar peek: whether C{\\Seen} is left alone.
+    @ivar label: the item's name in the response, without C{<...>}.
+    """
+
+    def __init__(self, path, text, fields, partial, peek, label):
+        self.path = path
+        self.text = text
+        self.fields = fields
+        self.partial = partial
+        self.peek = peek
+        self.label = label
+
+
+class FetchRequest:
+    """
+    The data items of one FETCH.
+
+    @ivar items: the simple item names, in order (C{FLAGS}, C{UID}, ...).
+    @ivar sections: the L{Section}s.
+    @ivar setsSeen: whether serving it sets C{\\Seen} (a non-PEEK body
+        section, C{RFC822} or C{RFC822.TEXT}).
+    @ivar needsContent: whether the message's octets are read.
+    @ivar needsStructure: whether its MIME structure is needed.
+    """
+
+    def __init__(self, items, sections):
+        self.items = items
+        self.sections = sections
+        self.setsSeen = any(not s.peek for s in sections) or bool(
+            {"RFC822", "RFC822.TEXT"} & set(items)
+        )
+        self.needsContent = bool(sections) or bool(
+            {"RFC822", "RFC822.HEADER", "RFC822.TEXT"} & set(items)
+        )
+        self.needsStructure = bool(_NEED_STRUCTURE & set(items)) or any(
+            s.path or s.text not in ("", "HEADER") for s in sections
+        )
+
+    def ensure(self, name):
+        """
+        Add a simple item if missing (C{UID} for UID FETCH, C{FLAGS} after
+        \\Seen was set, C{MODSEQ} with CONDSTORE).
+        """
+        if name not in self.items:
+            self.items.append(name)
+
+
+def parseFetchItems(token):
+    """
+    @param token: a macro atom, one item atom, or a list of item atoms.
+    @return: a L{FetchRequest}.
+    @raise ParseError: an unknown or malformed item.
+    """
+    if isinstance(token, Atom) and token.upper() in _MACROS:
+        return FetchRequest(list(_MACROS[token.upper()]), [])
+    tokens = token if isinstance(token, list) else [token]
+    if not tokens:
+        raise ParseError("Empty FETCH item list")
+    items, sections = [], []
+    for item in tokens:
+        if not isinstance(item, Atom):
+            raise ParseError("Invalid FETCH item")
+        upper = item.upper()
+        if "[" in item:
+            sections.append(_parseSection(item))
+        elif upper in _SIMPLE:
+            if upper not in items:
+                items.append(upper)
+        else:
+            raise ParseError("Unknown FETCH item %s" % (item[:40],))
+    return FetchRequest(items, sections)
+
+
+def _parseSection(item):
+    head, _, rest = item.partition("[")
+    head = head.upper()
+    if head not in ("BODY", "BODY.PEEK"):
+        raise ParseError("Invalid FETCH item")
+    close = rest.rfind("]")
+    if close < 0:
+        raise ParseError("Missing ']'")
+    spec, tail = rest[:close], rest[close + 1 :]
+    partial = None
+    if tail:
+        if not (tail.startswith("<") and tail.endswith(">")):
+            raise ParseError("Invalid partial")
+        origin, dot, count = tail[1:-1].partition(".")
+        if not dot or not origin.isdigit() or not count.isdigit() or not origin.isascii() or not count.isascii():
+            raise ParseError("Invalid partial")
+        partial = (int(origin), int(count))
+        if partial[1] == 0:
+            raise ParseError("Invalid partial")
+    path, text, fields = _parseSectionSpec(spec)
+    label = "BODY[%s]" % (spec,)
+    if text.startswith("HEADER.FIELDS"):
+        prefix = ".".join(str(n) for n in path)
+        label = "BODY[%s%s (%s)]" % (
+            prefix + "." if prefix else "",
+            text,
+            " ".join(f.decode("utf-8", "replace") for f in fields),
+        )
+    return Section(path, text, fields, partial, head == "BODY.PEEK", label)
+
+
+def _parseSectionSpec(spec):
+    """
+    @return: C{(path, text, fields)} of an RFC 3501 C{section-spec}.
+    """
+    if not spec:
+        return [], "", ()
+    head, space, listText = spec.partition(" ")
+    path = []
+    levels = head.split(".")
+    while levels and levels[0].isdigit() and levels[0].isascii():
+        value = int(levels.pop(0))
+        if value == 0 or len(path) >= 100:
+            raise ParseError("Invalid section")
+        path.append(value)
+    text = ".".join(levels).upper()
+    if text not in ("", "HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT", "MIME"):
+        raise ParseError("Invalid section")
+    if text == "MIME" and not path:
+        raise ParseError("MIME needs a part number")
+    fields = ()
+    if text.startswith("HEADER.FIELDS"):
+        if not space:
+            raise ParseError("Missing header field list")
+        tokens = tokenize([listText.encode("utf-8")], maxDepth=1)
+        if len(tokens) != 1 or not isinstance(tokens[0], list) or not tokens[0]:
+            raise ParseError("Invalid header field list")
+        fields = tuple(astring(t) for t in tokens[0])
+    elif space:
+        raise ParseError("Invalid section")
+    return path, text, fields
+
+
+# --- structure cache --------------------------------------------------------
+
+
+class Structure:
+    """
+    What FETCH needs of a message's MIME structure, computed once.
+    """
+
+    __slots__ = ("root", "bodyStructure", "body", "envelope")
+
+    def __init__(self, root, bodyStructure, body, envelope):
+        self.root = root
+        self.bodyStructure = bodyStructure
+        self.body = body
+        self.envelope = envelope
+
+    @classmethod
+    def compute(cls, data):
+        root = mime.parseMessage(data)
+        return cls(
+            root,
+            mime.bodyStructure(root, True),
+            mime.bodyStructure(root, False),
+            mime.envelope(root, data),
+        )
+
+
+class StructureCache:
+    """
+    Structures by message key (keys are unique in the whole store), least
+    recently used dropped past C{size} entries.
+    """
+
+    def __init__(self, size=20000):
+        self._size = size
+        self._entries = OrderedDict()
+
+    def get(self, key, data):
+        """
+        @return: the L{Structure} of the message C{key} whose (normalised)
+            octets are C{data}.
+        """
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+            return entry
+        entry = Structure.compute(data)
+        self._entries[key] = entry
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+        return entry
+
+
+def readMessage(message):
+    """
+    @return: the octets of C{message} with CR LF line endings.
+    @raise mdpy.errors.NotFound: it was removed meanwhile.
+    """
+    with message.open() as file:
+        data = file.read()
+    if len(data) != message.size:
+        data = normaliseLineEndings(data)
+    return data
+
+
+# --- rendering ----------------------------------------------------------------
+
+
+def _literal(data):
+    return b"{%d}\r\n%s" % (len(data), data)
+
+
+def _headerLines(block):
+    """
+    @return: C{(name, octets)} of each field of a header block, folding kept.
+    """
+    out = []
+    for line in block.splitlines(keepends=True):
+        if line in (b"\r\n", b"\n"):
+            break
+        if line[:1] in (b" ", b"\t") and out:
+            out[-1][1].append(line)
+            continue
+        name = line.partition(b":")[0].strip().lower()
+        out.append((name, [line]))
+    return [(name, b"".join(lines)) for name, lines in out]
+
+
+def _filterHeader(block, fields, negate):
+    wanted = {f.lower() for f in fields}
+    kept = [octets for name, octets in _headerLines(block[:MAX_HEADER]) if (name in wanted) != negate]
+    return b"".join(kept) + b"\r\n"
+
+
+def sectionData(section, data, structure):
+    """
+    @return: the octets of C{section} of a message (before C{<partial>}),
+        or L{None} when the part does not exist (RFC 3501: an empty string
+        is sent).
+    """
+    if not section.path:
+        entity = structure.root if structure is not None else None
+        if section.text == "":
+            return data
+        if entity is None:
+            bodyStart, start, end = headerEnd(data), 0, len(data)
+        else:
+            bodyStart, start, end = entity.bodyStart, entity.start, entity.end
+    else:
+        part = mime.findSection(structure.root, section.path)
+        if part is None:
+            return None
+        if section.text == "":
+            return data[part.bodyStart : part.end]
+        if section.text == "MIME":
+            return data[part.start : part.bodyStart]
+        entity = mime.encapsulated(part)
+        if entity is None:
+            return None
+        bodyStart, start, end = entity.bodyStart, entity.start, entity.end
+    if section.text == "TEXT":
+        return data[bodyStart:end]
+    block = data[start:bodyStart]
+    if section.text == "HEADER":
+        return block
+    return _filterHeader(block, section.fields, section.text == "HEADER.FIELDS.NOT")
+
+
+def renderSection(section, data, structure):
+    """
+    @return: C{label<origin> literal} for one section.
+    """
+    octets = sectionData(section, data, structure)
+    label = section.label.encode("utf-8")
+    if octets is None:
+        # RFC 3501 section 6.4.5: a part that does not exist is empty.
+        return label + (b"<%d>" % (section.partial[0],) if section.partial else b"") + b' ""'
+    if section.partial is not None:
+        origin, count = section.partial
+        octets = octets[origin : origin + count]
+        label += b"<%d>" % (origin,)
+    return label + b" " + _literal(octets)
+
+
+def formatFlags(flags, recent=False):
+    """
+    @return: C{(\\Seen kw)} for a flag set (C{\\Recent} added if asked).
+    """
+    names = sorted(flags)
+    if recent:
+        names.append("\\Recent")
+    return b"(" + " ".join(names).encode("utf-8") + b")"
+
+
+def renderItems(request, message, flags, recent, data, structure):
+    """
+    @return: the parenthesised items of one C{* n FETCH} response, without
+        the C{* n FETCH } prefix and the CR LF.
+    """
+    out = []
+    for name in request.items:
+        if name == "UID":
+            out.append(b"UID %d" % (message.uid,))
+        elif name == "FLAGS":
+            out.append(b"FLAGS " + formatFlags(flags, recent))
+        elif name == "INTERNALDATE":
+            out.append(b"INTERNALDATE " + formatDateTime(message.internalDate))
+        elif name == "RFC822.SIZE":
+            out.append(b"RFC822.SIZE %d" % (message.size,))
+        elif name == "MODSEQ":
+            out.append(b"MODSEQ (%d)" % (message.modSeq,))
+        elif name == "ENVELOPE":
+            out.append(b"ENVELOPE " + structure.envelope)
+        elif name == "BODYSTRUCTURE":
+            out.append(b"BODYSTRUCTURE " + structure.bodyStructure)
+        elif name == "BODY":
+            out.append(b"BODY " + structure.body)
+        elif name == "RFC822":
+            out.append(b"RFC822 " + _literal(data))
+        elif name == "RFC822.HEADER":
+            end = structure.root.bodyStart if structure is not None else headerEnd(data)
+            out.append(b"RFC822.HEADER " + _literal(data[:end]))
+        elif name == "RFC822.TEXT":
+            start = structure.root.bodyStart if structure is not None else headerEnd(data)
+            out.append(b"RFC822.TEXT " + _literal(data[start:]))
+    for section in request.sections:
+        out.append(renderSection(section, data, structure))
+    return b"(" + b" ".join(out) + b")"
+

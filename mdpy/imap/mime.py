@@ -1,0 +1,1032 @@
+# -*- test-case-name: tests.test_imap_mime -*-
+"""
+The MIME structure of a message as IMAP4rev1 shows it: BODYSTRUCTURE, BODY
+and ENVELOPE (RFC 3501 sections 7.4.2 and 9), and the byte offsets of every
+part so that C{BODY[section]} (RFC 3501 section 6.4.5) is served by reading a
+range of the stored file.
+
+Bytes in, never an exception out: broken messages are read the way Dovecot
+reads them where that is sane (its output was compared part by part).  Sizes
+and line counts are of the octets as stored, bare LF or CR LF.
+
+Limits (hardening): entities nest at most L{MAX_DEPTH} deep and a message
+has at most L{MAX_PARTS} parts, past which multiparts and messages are
+leaves of type application/octet-stream, as in Dovecot; parsing is linear in
+the size of the message.
+
+Invariants: a L{Part} only holds offsets and header values, so it can be
+cached (L{toCache}) and the message file read again for its octets.
+"""
+
+import json
+import re
+from urllib.parse import quote_from_bytes, unquote_to_bytes
+
+from mdpy.imap.headers import MAX_HEADER, headerEnd, parseFields
+
+MAX_DEPTH = 100
+MAX_PARTS = 10000
+
+# Placeholders where an address lacks a part; a NIL host would mean a group
+# (RFC 3501 section 7.4.2), so Dovecot's names are used instead.
+MISSING_MAILBOX = "MISSING_MAILBOX"
+MISSING_DOMAIN = "MISSING_DOMAIN"
+
+_TEXT_PLAIN = ("text", "plain")
+_MESSAGE_RFC822 = ("message", "rfc822")
+_OCTET_STREAM = ("application", "octet-stream")
+_CACHE_VERSION = 1
+
+
+# --- IMAP strings ----------------------------------------------------------------
+
+_NEEDS_LITERAL = re.compile(rb"[\x00\r\n\x80-\xff]")
+
+
+def _octets(value):
+    if isinstance(value, bytes):
+        return value
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "replace")
+
+
+def quoteString(value):
+    """
+    Render an IMAP string (RFC 3501 section 9: C{string}).
+
+    @param value: L{bytes}, or L{str} (encoded as UTF-8; lone surrogates from
+        C{surrogateescape} decoding give back the original octets).
+    @return: a quoted string with C{"} and C{\\} escaped, or a literal
+        C{{n}\\r\\n...} when the value holds CR, LF, NUL or 8-bit octets.  NUL
+        is allowed in neither (C{CHAR8} excludes it), so it is replaced by
+        U+FFFD, as Dovecot does.
+    """
+    value = _octets(value)
+    if _NEEDS_LITERAL.search(value) is not None:
+        value = value.replace(b"\x00", b"\xef\xbf\xbd")
+        return b"{%d}\r\n%s" % (len(value), value)
+    if b"\\" in value or b'"' in value:
+        value = value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+    return b'"' + value + b'"'
+
+
+def nstring(value):
+    """
+    @return: C{NIL} for L{None}, else L{quoteString} of C{value}
+        (RFC 3501 section 9: C{nstring}).
+    """
+    return b"NIL" if value is None else quoteString(value)
+
+
+# --- the part tree -----------------------------------------------------------------
+
+
+class Part:
+    """
+    One MIME entity (RFC 2045 section 2.4) of a message.
+
+    @ivar start: offset of the first octet of its header (0 at the top).
+    @ivar bodyStart: offset of the first octet of its body.
+    @ivar end: offset just past its body; for a child of a multipart, the
+        CR LF before the next delimiter is not included (RFC 2046 5.1.1).
+    @ivar contentType: C{(type, subtype)} lowercased; C{("text", "plain")}
+        when missing or unparsable, C{("message", "rfc822")} by default in a
+        multipart/digest, C{("application", "octet-stream")} for a container
+        past the limits.
+    @ivar mediaType: C{(type, subtype)} as written, for BODYSTRUCTURE.
+    @ivar rawParams: C{[(name, value)]} of the Content-Type with names as
+        written (see L{params}).
+    @ivar encoding: Content-Transfer-Encoding token as written, or L{None}.
+    @ivar id: Content-ID (RFC 2045 7), or L{None}; likewise C{description}
+        (RFC 2045 8), C{md5} (RFC 1864) and C{location} (RFC 2557 4.1).
+    @ivar disposition: C{(type, [(name, value)])} (RFC 2183) or L{None}.
+    @ivar language: list of language tags (RFC 3282) or L{None}.
+    @ivar lines: number of lines of the body for text/* and message/rfc822,
+        else L{None}.
+    @ivar children: the parts of a multipart, or the one encapsulated message
+        of a message/rfc822 part (a L{Part} starting at its header).
+    @ivar renderedEnvelope: the ENVELOPE of an encapsulated message, or
+        L{None}.
+    """
+
+    __slots__ = (
+        "start", "bodyStart", "end", "contentType", "mediaType", "rawParams",
+        "encoding", "id", "description", "md5", "disposition", "language",
+        "location", "lines", "children", "renderedEnvelope",
+    )
+
+    def __init__(self, start=0, bodyStart=0, end=0, contentType=_TEXT_PLAIN,
+                 mediaType=None, rawParams=(), encoding=None, id=None,
+                 description=None, md5=None, disposition=None, language=None,
+                 location=None, lines=None, children=(), renderedEnvelope=None):
+        self.start = start
+        self.bodyStart = bodyStart
+        self.end = end
+        self.contentType = contentType
+        self.mediaType = contentType if mediaType is None else mediaType
+        self.rawParams = list(rawParams)
+        self.encoding = encoding
+        self.id = id
+        self.description = description
+        self.md5 = md5
+        self.disposition = disposition
+        self.language = language
+        self.location = location
+        self.lines = lines
+        self.children = list(children)
+        self.renderedEnvelope = renderedEnvelope
+
+    @property
+    def params(self):
+        """
+        Content-Type parameters: C{[(name, value)]}, names lowercased, values
+        as written (unquoted, RFC 2231 continuations joined and decoded).
+        """
+        return [(name.lower(), value) for name, value in self.rawParams]
+
+    def __eq__(self, other):
+        if not isinstance(other, Part):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    __hash__ = None
+
+    def __repr__(self):
+        return "<Part %s/%s %d:%d:%d %d children>" % (
+            self.contentType + (self.start, self.bodyStart, self.end, len(self.children)))
+
+
+# --- structured header fields (RFC 2045, 2183, 2231, 3282) --------------------------
+
+_CFWS = re.compile(r"(?:[ \t\r\n]|\((?:[^()\\]|\\.|\((?:[^()\\]|\\.)*\))*\))*", re.S)
+_TOKEN = re.compile(r'[^\x00-\x20\x7f()<>@,;:\\"/\[\]?=]+')
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"?', re.S)
+_BARE = re.compile(r'[^\x00-\x20\x7f;"(]+')
+_JUNK = re.compile(r'(?:"(?:[^"\\]|\\.)*"?|\((?:[^()\\]|\\.)*\)?|[^;"(])*', re.S)
+_ESCAPE = re.compile(r"\\(.)", re.S)
+_SECTION = re.compile(r"(\d{1,3})(\*?)\Z")
+
+
+def _text(raw):
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _params(text, pos):
+    """
+    Parameters after C{pos} (RFC 2045 section 5.1, leniently): a parameter
+    without C{=} or with an unparsable name is dropped, an unquoted value
+    runs to white space or C{;}, junk up to the next C{;} is skipped.
+
+    @return: C{[(name, value)]} with RFC 2231 parameters joined.
+    """
+    out = []
+    n = len(text)
+    while True:
+        pos = _CFWS.match(text, pos).end()
+        if pos >= n:
+            break
+        if text[pos] != ";":
+            pos = max(_JUNK.match(text, pos).end(), pos + 1)
+            continue
+        pos = _CFWS.match(text, pos + 1).end()
+        name = _TOKEN.match(text, pos)
+        if name is None:
+            continue
+        pos = _CFWS.match(text, name.end()).end()
+        if not text.startswith("=", pos):
+            continue
+        pos = _CFWS.match(text, pos + 1).end()
+        if text.startswith('"', pos):
+            value = _QUOTED.match(text, pos)
+            out.append((name.group(), _ESCAPE.sub(r"\1", value.group(1))))
+        else:
+            value = _BARE.match(text, pos)
+            out.append((name.group(), value.group() if value else ""))
+        pos = value.end() if value else pos
+    if any("*" in name for name, _ in out):
+        out = _joinContinuations(out)
+    return out
+
+
+def _decodeExtended(segments):
+    """
+    Join RFC 2231 segments C{[(value, extended)]} in order.
+
+    @return: the decoded value, or L{None} when its charset is unknown or
+        the octets are not in it.
+    """
+    charset = ""
+    octets = []
+    for i, (value, extended) in enumerate(segments):
+        if extended:
+            if i == 0 and value.count("'") >= 2:
+                charset, _, value = value.partition("'")
+                value = value.partition("'")[2]
+            octets.append(unquote_to_bytes(_octets(value)))
+        else:
+            octets.append(_octets(value))
+    try:
+        return b"".join(octets).decode(charset or "utf-8")
+    except (LookupError, UnicodeError, ValueError):
+        return None
+
+
+def _joinContinuations(raw):
+    """
+    Apply RFC 2231 sections 3 and 4: C{name*0}, C{name*1*}... are joined,
+    C{name*} values decoded from their charset.  A parameter so built
+    replaces a plain one of the same name; one that cannot be decoded stays
+    as C{name*} with its joined raw value (as Dovecot sends it).
+    """
+    out = []
+    groups = {}
+    for name, value in raw:
+        base, star, rest = name.partition("*")
+        match = _SECTION.match(rest) if rest else None
+        if not star or (rest and match is None):
+            out.append((name, value))
+            continue
+        number, extended = (int(match.group(1)), bool(match.group(2))) if match else (0, True)
+        key = base.lower()
+        if key not in groups:
+            groups[key] = (base, {})
+            out.append((key, None))
+        groups[key][1].setdefault(number, (value, extended))
+    joined = []
+    for name, value in out:
+        if value is not None:
+            if name.lower() not in groups:
+                joined.append((name, value))
+            continue
+        base, segments = groups[name]
+        ordered = [segments[k] for k in sorted(segments)]
+        if any(extended for _, extended in ordered):
+            decoded = _decodeExtended(ordered)
+            if decoded is None:
+                joined.append((base + "*", "".join(v for v, _ in ordered)))
+                joined.extend((n, v) for n, v in raw if n.lower() == name)
+                continue
+            joined.append((base, decoded))
+        else:
+            joined.append((base, "".join(v for v, _ in ordered)))
+    return joined
+
+
+def _contentType(raw):
+    """
+    Parse a Content-Type value (RFC 2045 section 5.1).
+
+    @return: C{(mediaType, params)}: C{mediaType} is C{(type, subtype)} as
+        written or L{None} when unparsable; parameters are read either way.
+    """
+    text = _text(raw)
+    pos = _CFWS.match(text).end()
+    mediaType = None
+    major = _TOKEN.match(text, pos)
+    if major is not None:
+        slash = _CFWS.match(text, major.end()).end()
+        if text.startswith("/", slash):
+            minor = _TOKEN.match(text, _CFWS.match(text, slash + 1).end())
+            if minor is not None:
+                mediaType = (major.group(), minor.group())
+                pos = minor.end()
+    return mediaType, _params(text, pos)
+
+
+def _singleToken(raw):
+    """
+    @return: the one token of a field such as Content-Transfer-Encoding
+        (RFC 2045 section 6.1) with comments around it, or L{None} when the
+        field holds anything else (Dovecot then says 7bit).
+    """
+    text = _text(raw)
+    token = _TOKEN.match(text, _CFWS.match(text).end())
+    if token is None or _CFWS.match(text, token.end()).end() != len(text):
+        return None
+    return token.group()
+
+
+def _disposition(raw):
+    """
+    @return: C{(type, params)} of a Content-Disposition (RFC 2183 section 2),
+        or L{None} when it has no type.
+    """
+    text = _text(raw)
+    token = _TOKEN.match(text, _CFWS.match(text).end())
+    if token is None:
+        return None
+    return token.group(), _params(text, token.end())
+
+
+def _languages(raw):
+    """
+    @return: the language tags of a Content-Language (RFC 3282 section 2),
+        or L{None} when there are none; quoted strings and junk are skipped.
+    """
+    text = _text(raw).replace(",", ";")
+    tags = []
+    pos = 0
+    while pos < len(text):
+        tag = _TOKEN.match(text, _CFWS.match(text, pos).end())
+        if tag is not None:
+            tags.append(tag.group())
+            pos = tag.end()
+        pos = _JUNK.match(text, pos).end() + 1
+    return tags or None
+
+
+# --- the parser ----------------------------------------------------------------------
+
+_HEADER_STOP = re.compile(rb"\n(?:\r?\n|--)")
+
+
+class _Parser:
+    """
+    One pass over a message: entities are parsed in order, the boundaries of
+    the enclosing multiparts kept on a stack.  A line starting with C{--} and
+    an active boundary is a delimiter (RFC 2046 section 5.1.1: no other line
+    may start so); the innermost multipart is matched first, as in Dovecot.
+
+    Invariants: every octet is scanned for delimiters once, by the innermost
+    open entity; offsets only move forward.
+    """
+
+    def __init__(self, data):
+        self.data = data
+        self.stack = []      # [(boundary, shadowed level)]
+        self.levels = {}     # boundary -> innermost level using it
+        self.lengths = ()
+        self.count = 0
+        self.exhausted = False
+
+    def _push(self, boundary):
+        self.stack.append((boundary, self.levels.get(boundary)))
+        self.levels[boundary] = len(self.stack) - 1
+        self.lengths = sorted({len(b) for b, _ in self.stack})
+
+    def _pop(self):
+        boundary, shadowed = self.stack.pop()
+        if shadowed is None:
+            del self.levels[boundary]
+        else:
+            self.levels[boundary] = shadowed
+        self.lengths = sorted({len(b) for b, _ in self.stack})
+
+    def _match(self, line):
+        """
+        @return: C{(lineStart, level, close, afterLine)} if the line at
+            C{line} is a delimiter, else L{None}.
+        """
+        data = self.data
+        best = -1
+        for length in self.lengths:
+            level = self.levels.get(data[line + 2 : line + 2 + length])
+            if level is not None and level > best:
+                best, size = level, length
+        if best < 0:
+            return None
+        close = data.startswith(b"--", line + 2 + size)
+        newline = data.find(b"\n", line + 2 + size)
+        return line, best, close, len(data) if newline < 0 else newline + 1
+
+    def _next(self, pos):
+        """
+        @return: the next delimiter at or after C{pos} (see L{_match}), or
+            L{None} for the end of the message.
+        """
+        if not self.stack or self.exhausted:
+            return None
+        data = self.data
+        if data.startswith(b"--", pos) and (pos == 0 or data[pos - 1] == 10):
+            event = self._match(pos)
+            if event is not None:
+                return event
+        while True:
+            found = data.find(b"\n--", pos)
+            if found < 0:
+                return None
+            event = self._match(found + 1)
+            if event is not None:
+                return event
+            pos = found + 1
+
+    def _before(self, event, floor):
+        """
+        @return: where an entity ends that is followed by C{event}: before
+            the line break preceding the delimiter, at least C{floor}.
+        """
+        if event is None:
+            return len(self.data)
+        end = event[0]
+        if end > 0 and self.data[end - 1] == 10:
+            end -= 1
+            if end > 0 and self.data[end - 1] == 13:
+                end -= 1
+        return max(end, floor)
+
+    def _headerEnd(self, start):
+        """
+        @return: where the body of the entity at C{start} begins: after the
+            empty line, or where a delimiter cuts the header short.
+        """
+        if not self.stack or self.exhausted:
+            return headerEnd(self.data, start)
+        data = self.data
+        if data.startswith(b"\n", start) or data.startswith(b"\r\n", start):
+            return headerEnd(data, start)
+        if data.startswith(b"--", start) and self._match(start) is not None:
+            return start
+        limit = min(len(data), start + MAX_HEADER)
+        pos = start
+        while True:
+            stop = _HEADER_STOP.search(data, pos, limit)
+            if stop is None:
+                return limit
+            if stop.end() - stop.start() == 3 and data[stop.end() - 1] == 45:
+                event = self._match(stop.start() + 1)
+                if event is not None:
+                    return self._before(event, start)
+                pos = stop.start() + 1
+                continue
+            return stop.end()
+
+    def entity(self, start, depth, default, message):
+        """
+        Parse the entity at C{start} and whatever it contains.
+
+        @param default: its type when it has no Content-Type (RFC 2046
+            section 5.1.5 for multipart/digest).
+        @param message: whether it is an encapsulated message (its ENVELOPE
+            is rendered).
+        @return: C{(part, event)}, C{event} being the delimiter that ended
+            it (L{None} at the end of the message).
+        """
+        self.count += 1
+        data = self.data
+        bodyStart = self._headerEnd(start)
+        fields = parseFields(data[start:bodyStart]) if bodyStart > start else []
+        part = Part(start, bodyStart, bodyStart, default)
+        boundary = _describe(part, fields)
+        if message:
+            part.renderedEnvelope = _renderEnvelope(fields)
+        major = part.contentType[0]
+        if major == "multipart" or part.contentType == _MESSAGE_RFC822:
+            if depth + 1 >= MAX_DEPTH or self.count >= MAX_PARTS:
+                part.contentType = part.mediaType = _OCTET_STREAM
+            elif major == "multipart":
+                return part, self._multipart(part, boundary, depth)
+            else:
+                child, event = self.entity(bodyStart, depth + 1, _TEXT_PLAIN, True)
+                part.children = [child]
+                part.end = child.end
+                part.lines = data.count(b"\n", bodyStart, part.end)
+                return part, event
+        event = self._next(bodyStart)
+        part.end = self._before(event, bodyStart)
+        if part.contentType[0] == "text":
+            part.lines = data.count(b"\n", bodyStart, part.end)
+        return part, event
+
+    def _multipart(self, part, boundary, depth):
+        """
+        Parse the body of a multipart (RFC 2046 section 5.1.1): preamble,
+        parts, close delimiter, epilogue.  One without a boundary or without
+        any part gets a single headerless text/plain part of its whole body,
+        so nothing is hidden (Dovecot shows an empty one).
+
+        @return: the event that ended it.
+        """
+        children = []
+        if boundary is None:
+            event = self._next(part.bodyStart)
+        else:
+            self._push(boundary)
+            level = len(self.stack) - 1
+            default = _MESSAGE_RFC822 if part.contentType[1] == "digest" else _TEXT_PLAIN
+            event = self._next(part.bodyStart)
+            while event is not None and event[1] == level and not event[2]:
+                if self.count >= MAX_PARTS:
+                    self.exhausted = True
+                    event = None
+                    break
+                child, event = self.entity(event[3], depth + 1, default, False)
+                children.append(child)
+            self._pop()
+            if event is not None and event[1] == level:
+                event = self._next(event[3])
+        part.end = self._before(event, part.bodyStart)
+        if not children:
+            self.count += 1
+            lines = self.data.count(b"\n", part.bodyStart, part.end)
+            children.append(Part(part.bodyStart, part.bodyStart, part.end, lines=lines))
+        part.children = children
+        return event
+
+
+def _describe(part, fields):
+    """
+    Set the Content-* values of C{part} from its header fields (the first
+    of each name counts).
+
+    @return: the multipart boundary as L{bytes}, or L{None}.
+    """
+    seen = {}
+    for name, raw in fields:
+        key = name.lower()
+        if key.startswith("content-") and key not in seen:
+            seen[key] = raw
+    raw = seen.get("content-type")
+    if raw is not None:
+        mediaType, part.rawParams = _contentType(raw)
+        if mediaType is None:
+            part.contentType = part.mediaType = _TEXT_PLAIN
+        else:
+            part.mediaType = mediaType
+            part.contentType = (mediaType[0].lower(), mediaType[1].lower())
+    raw = seen.get("content-transfer-encoding")
+    if raw is not None:
+        part.encoding = _singleToken(raw)
+    for key, attribute in _VERBATIM:
+        raw = seen.get(key)
+        if raw is not None:
+            setattr(part, attribute, _text(raw))
+    raw = seen.get("content-disposition")
+    if raw is not None:
+        part.disposition = _disposition(raw)
+    raw = seen.get("content-language")
+    if raw is not None:
+        part.language = _languages(raw)
+    if part.contentType[0] != "multipart":
+        return None
+    for name, value in part.rawParams:
+        if name.lower() == "boundary" and value:
+            return _octets(value)
+    return None
+
+
+_VERBATIM = (
+    ("content-id", "id"),
+    ("content-description", "description"),
+    ("content-md5", "md5"),
+    ("content-location", "location"),
+)
+
+
+def parseMessage(data):
+    """
+    Parse the MIME structure of a message (RFC 2045, RFC 2046).
+
+    Never raises: whatever cannot be parsed is read as text/plain.
+
+    @type data: L{bytes}
+    @rtype: L{Part}
+    """
+    data = bytes(data)
+    try:
+        return _Parser(data).entity(0, 0, _TEXT_PLAIN, False)[0]
+    except Exception:
+        bodyStart = headerEnd(data)
+        return Part(0, bodyStart, len(data), lines=data.count(b"\n", bodyStart))
+
+
+# --- BODYSTRUCTURE and BODY (RFC 3501 section 7.4.2) ------------------------------------
+
+
+def _renderParams(params, defaultCharset=False):
+    """
+    Render C{body-fld-param}.  A value that is not ASCII but was decoded
+    (RFC 2231) is sent encoded again as C{name*} C{utf-8''...}, keeping the
+    response 7-bit; raw 8-bit octets as written go in a literal.
+    """
+    items = []
+    for name, value in params:
+        if not value.isascii() and not _hasSurrogates(value):
+            name += "*"
+            value = "utf-8''" + quote_from_bytes(value.encode("utf-8"), safe="")
+        items.append(quoteString(name) + b" " + quoteString(value))
+    if defaultCharset:
+        items.append(b'"charset" "us-ascii"')
+    if not items:
+        return b"NIL"
+    return b"(" + b" ".join(items) + b")"
+
+
+def _hasSurrogates(value):
+    return any("\udc80" <= c <= "\udcff" for c in value)
+
+
+def _extension(part, multipart):
+    """
+    Render the extension data after a part (RFC 3501 section 9:
+    C{body-ext-1part}, C{body-ext-mpart}).
+    """
+    if multipart:
+        first = _renderParams(part.rawParams)
+    else:
+        first = nstring(part.md5)
+    if part.disposition is None:
+        disposition = b"NIL"
+    else:
+        kind, params = part.disposition
+        disposition = b"(" + quoteString(kind) + b" " + _renderParams(params) + b")"
+    if part.language is None:
+        language = b"NIL"
+    else:
+        language = b"(" + b" ".join(quoteString(tag) for tag in part.language) + b")"
+    return b" ".join((first, disposition, language, nstring(part.location)))
+
+
+def _renderBody(part, extended, out):
+    if part.contentType[0] == "multipart" and part.children:
+        out.append(b"(")
+        for child in part.children:
+            _renderBody(child, extended, out)
+        out.append(b" " + quoteString(part.mediaType[1]))
+        if extended:
+            out.append(b" " + _extension(part, True))
+        out.append(b")")
+        return
+    text = part.contentType[0] == "text"
+    defaultCharset = text and not any(n.lower() == "charset" for n, _ in part.rawParams)
+    out.append(b"(%s %s %s %s %s %s %d" % (
+        quoteString(part.mediaType[0]),
+        quoteString(part.mediaType[1]),
+        _renderParams(part.rawParams, defaultCharset),
+        nstring(part.id),
+        nstring(part.description),
+        quoteString(part.encoding or "7bit"),
+        part.end - part.bodyStart,
+    ))
+    if part.contentType == _MESSAGE_RFC822 and part.children:
+        child = part.children[0]
+        out.append(b" " + (child.renderedEnvelope or _EMPTY_ENVELOPE) + b" ")
+        _renderBody(child, extended, out)
+        out.append(b" %d" % (part.lines or 0,))
+    elif text:
+        out.append(b" %d" % (part.lines or 0,))
+    if extended:
+        out.append(b" " + _extension(part, False))
+    out.append(b")")
+
+
+def bodyStructure(part, extended=True):
+    """
+    Render the BODYSTRUCTURE of C{part} (RFC 3501 section 7.4.2), or with
+    C{extended=False} the BODY form without extension data.
+
+    Types, subtypes, parameter names and encodings are sent as written,
+    defaults in lower case (C{"text" "plain"}, C{"7bit"}), and a text part
+    without a charset gets C{("charset" "us-ascii")} (RFC 2046 section 4.1.2),
+    as Dovecot sends them.
+
+    @rtype: L{bytes}
+    """
+    out = []
+    _renderBody(part, extended, out)
+    return b"".join(out)
+
+
+# --- ENVELOPE (RFC 3501 section 7.4.2, RFC 5322 section 3.4) ---------------------------
+
+_EMPTY_ENVELOPE = b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
+_ADDRESS_TOKEN = re.compile(
+    r"""(?P<ws>[ \t\r\n]+)
+      | "(?P<quoted>(?:[^"\\]|\\.)*)"?
+      | \[(?P<literal>(?:[^\[\]\\]|\\.)*)\]?
+      | (?P<atom>[^ \t\r\n"()\[\]<>@,;:\\.]+)
+      | (?P<special>.)""",
+    re.S | re.X,
+)
+_DOT_ATOM = re.compile(r"[^\x00-\x20\x7f()<>\[\]:;@\\,.\"]+(?:\.[^\x00-\x20\x7f()<>\[\]:;@\\,.\"]+)*\Z")
+
+
+def _addressTokens(text):
+    """
+    @return: C{[(kind, value, spaced)]}: kind C{atom}, C{quoted}, C{literal},
+        C{comment} or C{special}; C{spaced} tells if white space came before.
+    """
+    tokens = []
+    pos, size, spaced = 0, len(text), False
+    while pos < size:
+        if text[pos] == "(":
+            depth, end = 0, pos
+            while end < size:
+                char = text[end]
+                if char == "\\":
+                    end += 1
+                elif char == "(":
+                    depth += 1
+                elif char == ")":
+                    depth -= 1
+                    if not depth:
+                        break
+                end += 1
+            tokens.append(("comment", _ESCAPE.sub(r"\1", text[pos + 1 : end]), spaced))
+            pos, spaced = end + 1, True
+            continue
+        match = _ADDRESS_TOKEN.match(text, pos)
+        kind = match.lastgroup
+        if kind == "ws":
+            spaced = True
+        else:
+            value = match.group(kind)
+            if kind == "quoted":
+                value = _ESCAPE.sub(r"\1", value)
+            tokens.append((kind, value, spaced))
+            spaced = False
+        pos = match.end()
+    return tokens
+
+
+def _phrase(words):
+    """
+    @return: a display name: its words with one space where there was white
+        space, quoted strings unquoted, encoded words left as written; or
+        L{None} when empty.
+    """
+    text = "".join((" " if spaced and i else "") + value for i, (_, value, spaced) in enumerate(words))
+    return text.strip() or None
+
+
+def _addrSpec(words):
+    """
+    @return: C{(mailbox, host)} of C{local@domain} tokens, white space and
+        comments dropped; a local part that is no dot-atom is quoted again.
+    """
+    at = max((i for i, w in enumerate(words) if w[0] == "special" and w[1] == "@"), default=-1)
+    local = words[:at] if at >= 0 else words
+    domain = words[at + 1 :] if at >= 0 else []
+    mailbox = "".join(value for _, value, _ in local)
+    if mailbox and any(kind == "quoted" for kind, _, _ in local) and not _DOT_ATOM.match(mailbox):
+        mailbox = '"' + mailbox.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    host = "".join("[%s]" % (value,) if kind == "literal" else value for kind, value, _ in domain)
+    return mailbox or MISSING_MAILBOX, host or MISSING_DOMAIN
+
+
+def _mailbox(segment):
+    """
+    @return: C{(name, adl, mailbox, host)} of one mailbox (RFC 5322 section
+        3.4), read leniently, or L{None} for an empty one.
+    """
+    words = [t for t in segment if t[0] != "comment"]
+    if not words:
+        return None
+    comments = [t[1].strip() for t in segment if t[0] == "comment" and t[1].strip()]
+    comment = comments[0] if comments else None
+    opening = next((i for i, w in enumerate(words) if w[:2] == ("special", "<")), None)
+    if opening is not None:
+        name = _phrase(words[:opening])
+        inner = words[opening + 1 :]
+        closing = next((i for i, w in enumerate(inner) if w[:2] == ("special", ">")), len(inner))
+        inner = inner[:closing]
+        adl = None
+        if inner and inner[0][:2] == ("special", "@"):
+            colon = next((i for i, w in enumerate(inner) if w[:2] == ("special", ":")), None)
+            if colon is not None:
+                adl = "".join(value for _, value, _ in inner[:colon])
+                inner = inner[colon + 1 :]
+        return (name, adl) + _addrSpec(inner)
+    if any(w[:2] == ("special", "@") for w in words):
+        return (comment, None) + _addrSpec(words)
+    if not any(spaced for _, _, spaced in words[1:]):
+        return (comment, None, "".join(value for _, value, _ in words), MISSING_DOMAIN)
+    return (_phrase(words), None, MISSING_MAILBOX, MISSING_DOMAIN)
+
+
+def _addresses(raw):
+    """
+    Parse an address list with groups (RFC 5322 section 3.4): a syntax
+    error costs only the mailbox where it is.
+
+    @return: C{[(name, adl, mailbox, host)]} with group markers as RFC 3501
+        section 7.4.2 writes them: C{(None, None, groupName, None)} ...
+        C{(None, None, None, None)}.
+    """
+    out = []
+    segment = []
+    inGroup = angle = False
+    for token in _addressTokens(_text(raw)) + [None]:
+        if token is not None and token[0] == "special":
+            char = token[1]
+            if char == "<":
+                angle = True
+            elif char == ">":
+                angle = False
+            elif not angle and char in ",;":
+                address = _mailbox(segment)
+                if address is not None:
+                    out.append(address)
+                segment = []
+                if char == ";" and inGroup:
+                    out.append((None, None, None, None))
+                    inGroup = False
+                continue
+            elif not angle and char == ":" and not inGroup:
+                name = _phrase([t for t in segment if t[0] != "comment"])
+                if name is not None and not any(t[0] == "special" for t in segment):
+                    out.append((None, None, name, None))
+                    segment = []
+                    inGroup = True
+                    continue
+        if token is None:
+            address = _mailbox(segment)
+            if address is not None:
+                out.append(address)
+            if inGroup:
+                out.append((None, None, None, None))
+            return out
+        segment.append(token)
+
+
+def _renderAddresses(values):
+    addresses = []
+    for raw in values:
+        addresses.extend(_addresses(raw))
+    if not addresses:
+        return b"NIL"
+    return b"(" + b"".join(
+        b"(" + b" ".join(nstring(field) for field in address) + b")" for address in addresses
+    ) + b")"
+
+
+_ENVELOPE_TEXT = ("date", "subject", "in-reply-to", "message-id")
+_ENVELOPE_ADDRESSES = ("from", "sender", "reply-to", "to", "cc", "bcc")
+
+
+def _renderEnvelope(fields):
+    """
+    Render an ENVELOPE from header fields (RFC 3501 section 7.4.2).  Text
+    fields are sent as written (encoded words too) from the first field of
+    that name, present but empty as C{""}; address fields of every field of
+    that name are joined (as Dovecot does); an empty or missing Sender or
+    Reply-To is the From.
+    """
+    text = {}
+    addresses = {name: [] for name in _ENVELOPE_ADDRESSES}
+    for name, raw in fields:
+        key = name.lower()
+        if key in addresses:
+            addresses[key].append(raw)
+        elif key in _ENVELOPE_TEXT and key not in text:
+            text[key] = raw
+    rendered = {name: _renderAddresses(values) for name, values in addresses.items()}
+    for name in ("sender", "reply-to"):
+        if rendered[name] == b"NIL":
+            rendered[name] = rendered["from"]
+    return b"(" + b" ".join((
+        nstring(text.get("date")),
+        nstring(text.get("subject")),
+        rendered["from"],
+        rendered["sender"],
+        rendered["reply-to"],
+        rendered["to"],
+        rendered["cc"],
+        rendered["bcc"],
+        nstring(text.get("in-reply-to")),
+        nstring(text.get("message-id")),
+    )) + b")"
+
+
+def envelope(part, data):
+    """
+    Render the ENVELOPE (RFC 3501 section 7.4.2) of the message whose header
+    is C{part}: the top of L{parseMessage} or an encapsulated message.
+
+    @param data: the octets of the whole message.
+    @rtype: L{bytes}
+    """
+    if part.renderedEnvelope is not None:
+        return part.renderedEnvelope
+    return _renderEnvelope(parseFields(data[part.start : part.bodyStart]))
+
+
+# --- sections (RFC 3501 section 6.4.5) --------------------------------------------------
+
+
+def findSection(part, path):
+    """
+    Find the part numbered C{path} (RFC 3501 section 6.4.5) in the message
+    C{part}.  Part 1 of a message that is not multipart is its body (the
+    message's own L{Part}); the numbers after a message/rfc822 part number
+    the parts of the message it encapsulates.
+
+    @param path: part numbers, e.g. C{[2, 1]} for C{2.1}.
+    @return: the L{Part} whose body is C{BODY[path]} and whose header is
+        C{BODY[path.MIME]}, or L{None} if there is no such part.
+    """
+    node = part
+    message = True
+    for number in path:
+        if not message:
+            if node.contentType == _MESSAGE_RFC822 and node.children:
+                node = node.children[0]
+            elif node.contentType[0] != "multipart" or not node.children:
+                return None
+        if node.contentType[0] == "multipart" and node.children:
+            if not 1 <= number <= len(node.children):
+                return None
+            node = node.children[number - 1]
+        elif number != 1:
+            return None
+        message = False
+    return node
+
+
+def encapsulated(part):
+    """
+    @return: the message that C{part} encapsulates, whose header and body
+        are C{BODY[path.HEADER]} and C{BODY[path.TEXT]}, or L{None} when
+        C{part} is not message/rfc822.
+    """
+    if part.contentType == _MESSAGE_RFC822 and part.children:
+        return part.children[0]
+    return None
+
+
+# --- the cache -----------------------------------------------------------------------------
+
+
+def _dump(part):
+    return [
+        part.start, part.bodyStart, part.end, list(part.contentType),
+        list(part.mediaType), [list(p) for p in part.rawParams], part.encoding,
+        part.id, part.description, part.md5,
+        None if part.disposition is None else [part.disposition[0], [list(p) for p in part.disposition[1]]],
+        part.language, part.location, part.lines,
+        None if part.renderedEnvelope is None else part.renderedEnvelope.decode("latin-1"),
+        [_dump(child) for child in part.children],
+    ]
+
+
+def toCache(part):
+    """
+    @return: C{part} and all it contains as compact bytes (JSON) for
+        L{fromCache}.
+    """
+    return json.dumps([_CACHE_VERSION, _dump(part)], separators=(",", ":")).encode("ascii")
+
+
+def _check(condition):
+    if not condition:
+        raise ValueError("corrupt MIME structure cache entry")
+
+
+def _strings(value, size=None):
+    _check(isinstance(value, list) and (size is None or len(value) == size))
+    _check(all(isinstance(v, str) for v in value))
+    return tuple(value)
+
+
+def _optional(value):
+    _check(value is None or isinstance(value, str))
+    return value
+
+
+def _pairs(value):
+    _check(isinstance(value, list))
+    return [_strings(pair, 2) for pair in value]
+
+
+def _load(item, depth, count):
+    _check(isinstance(item, list) and len(item) == 16 and depth <= MAX_DEPTH)
+    count[0] += 1
+    _check(count[0] <= MAX_PARTS + 1)
+    (start, bodyStart, end, contentType, mediaType, params, encoding, id_,
+     description, md5, disposition, language, location, lines, rendered, children) = item
+    for offset in (start, bodyStart, end):
+        _check(type(offset) is int and offset >= 0)
+    _check(start <= bodyStart <= end)
+    _check(lines is None or (type(lines) is int and lines >= 0))
+    if disposition is not None:
+        _check(isinstance(disposition, list) and len(disposition) == 2 and isinstance(disposition[0], str))
+        disposition = (disposition[0], _pairs(disposition[1]))
+    if language is not None:
+        language = list(_strings(language))
+    if rendered is not None:
+        _check(isinstance(rendered, str))
+        rendered = rendered.encode("latin-1")
+    _check(isinstance(children, list))
+    return Part(
+        start, bodyStart, end, _strings(contentType, 2), _strings(mediaType, 2),
+        _pairs(params), _optional(encoding), _optional(id_), _optional(description),
+        _optional(md5), disposition, language, _optional(location), lines,
+        [_load(child, depth + 1, count) for child in children], rendered,
+    )
+
+
+def fromCache(blob):
+    """
+    @return: the L{Part} that L{toCache} gave C{blob} for.
+    @raise ValueError: C{blob} is not such an entry (corrupted or of
+        another version).
+    """
+    try:
+        version, tree = json.loads(blob)
+        _check(version == _CACHE_VERSION)
+        return _load(tree, 0, [0])
+    except ValueError:
+        raise
+    except (TypeError, RecursionError, UnicodeError) as e:
+        raise ValueError("corrupt MIME structure cache entry: %s" % (e,)) from e

@@ -1,0 +1,827 @@
+# -*- test-case-name: tests.test_imap_search -*-
+"""
+IMAP SEARCH (RFC 3501 section 6.4.4, search-key grammar in section 9) with
+the CONDSTORE C{MODSEQ} key (RFC 7162 section 3.1.5), the WITHIN keys
+C{YOUNGER} and C{OLDER} (RFC 5032) and the ESEARCH return options MIN, MAX,
+ALL and COUNT (RFC 4731).
+
+This module does no I/O: L{parseSearchCommand} reads the tokens of a
+command into a L{SearchCommand}, the session tests each message of its view
+with L{Criteria.match}, and L{formatSearchResponse} writes the untagged
+reply.
+
+Invariants: parsing never recurses, so no input raises anything but
+L{ParseError} or L{BadCharset}.  Keys are read with an explicit stack;
+C{NOT NOT k} is folded to C{k} and nested ANDs and ORs are flattened as
+they are built, so long C{NOT} and C{OR} chains and deep parentheses add no
+depth; a criteria tree still deeper than L{MAX_DEPTH} after that is a
+L{ParseError}.  Matching recurses over that tree, so never deeper than
+L{MAX_DEPTH}.
+"""
+
+import base64
+import binascii
+import codecs
+import email.utils
+import quopri
+import re
+import time
+from bisect import bisect_right
+
+from mdpy.imap.headers import decodeText, fieldValue, headerEnd, parseFields
+from mdpy.imap.parser import (
+    Atom,
+    ParseError,
+    SequenceSet,
+    astring,
+    formatSequence,
+    isAtom,
+    number,
+    number64,
+    parseDate,
+)
+
+try:
+    from mdpy.imap.mime import parseMessage
+except ImportError:  # pragma: no cover - mdpy.imap.mime not there yet
+    parseMessage = None
+
+MAX_DEPTH = 100
+SUPPORTED_CHARSETS = ("US-ASCII", "UTF-8")
+RETURN_OPTIONS = ("MIN", "MAX", "ALL", "COUNT")
+
+# The cost of a key: what a message must be read for to test it.
+_CHEAP, _HEADER, _BODY = 0, 1, 2
+
+# What a flag-keyword, an atom, may not hold (RFC 3501 section 9:
+# atom-specials, CTLs), nor may it hold 8-bit characters.
+_NOT_KEYWORD = re.compile(r'[(){ %*"\\\]\x00-\x1f\x7f]|[^\x00-\x7f]')
+
+
+class BadCharset(Exception):
+    """
+    The client named a charset this server does not search in; the server
+    answers C{NO [BADCHARSET (US-ASCII UTF-8)]} (RFC 3501 section 6.4.4,
+    L{SUPPORTED_CHARSETS}).
+    """
+
+
+class SearchCommand:
+    """
+    A parsed SEARCH or UID SEARCH command.
+
+    @ivar returnOptions: L{None} without C{RETURN} (a plain C{* SEARCH}
+        reply), else the options asked for, upper case (C{[]} for
+        C{RETURN ()}, which means ALL; RFC 4731 section 3.1).
+    @ivar charset: C{"US-ASCII"} or C{"UTF-8"}.
+    @ivar criteria: a L{Criteria}.
+    """
+
+    def __init__(self, returnOptions, charset, criteria):
+        self.returnOptions = returnOptions
+        self.charset = charset
+        self.criteria = criteria
+
+    def __repr__(self):
+        return "SearchCommand(%r, %r, %r)" % (self.returnOptions, self.charset, self.criteria)
+
+
+class Criteria:
+    """
+    The search keys of a command, ANDed (RFC 3501 section 6.4.4).
+
+    @ivar needsContent: whether L{match} calls C{ctx.content} (header, body,
+        text and sent-date keys); keys that need no content are tested first,
+        so a message already ruled out by them is not read.
+    @ivar usesModSeq: whether a C{MODSEQ} key is present, so a reply with
+        matches carries their highest mod-sequence (RFC 7162 section 3.1.6;
+        RFC 4731 section 3.2).
+    """
+
+    def __init__(self, root, usesModSeq):
+        _sortByCost(root)
+        self._root = root
+        self.needsContent = root.cost > _CHEAP
+        self.usesModSeq = usesModSeq
+
+    def match(self, message, ctx):
+        """
+        @param message: has C{.uid}, C{.flags} (a frozenset of L{str}),
+            C{.size}, C{.internalDate} (seconds since the epoch) and
+            C{.modSeq}.
+        @param ctx: the session's view: C{sequence(message)}, C{count},
+            C{largestUid}, C{isRecent(message)}, C{content(message)} (the
+            raw message; may raise L{mdpy.errors.NotFound}, which is let
+            through) and C{now}.
+        @return: whether C{message} matches.
+        """
+        return self._root.test(_Candidate(message, ctx))
+
+    def __repr__(self):
+        return "Criteria(%r)" % (self._root,)
+
+
+# --- commands ----------------------------------------------------------------
+
+
+def parseSearchCommand(tokens):
+    """
+    Read the arguments of SEARCH or UID SEARCH:
+    C{[RETURN (options)] [CHARSET name] key...} (RFC 3501 section 6.4.4,
+    RFC 4466 section 2.6, RFC 4731 section 3.1).
+
+    @param tokens: the tokens after C{SEARCH}.
+    @rtype: L{SearchCommand}
+    @raise ParseError: not well formed, or a return option other than MIN,
+        MAX, ALL and COUNT.
+    @raise BadCharset: a charset other than US-ASCII and UTF-8.
+    """
+    pos = 0
+    returnOptions = None
+    if tokens and isAtom(tokens[0], "RETURN"):
+        if len(tokens) < 2 or not isinstance(tokens[1], list):
+            raise ParseError("RETURN needs a list of options")
+        returnOptions = []
+        for option in tokens[1]:
+            if not isAtom(option, *RETURN_OPTIONS):
+                raise ParseError("Unsupported RETURN option")
+            if option.upper() not in returnOptions:
+                returnOptions.append(option.upper())
+        pos = 2
+    charset, explicit = "US-ASCII", False
+    if pos < len(tokens) and isAtom(tokens[pos], "CHARSET"):
+        if pos + 1 >= len(tokens):
+            raise ParseError("CHARSET needs a name")
+        charset, explicit = _charset(tokens[pos + 1]), True
+        pos += 2
+    criteria = parseCriteria(tokens[pos:], charset if explicit else None)
+    return SearchCommand(returnOptions, charset, criteria)
+
+
+def _charset(token):
+    name = astring(token).decode("ascii", "replace").upper()
+    if name not in SUPPORTED_CHARSETS:
+        raise BadCharset(name)
+    return name
+
+
+def parseCriteria(tokens, charset=None):
+    """
+    Read search keys (RFC 3501 section 9, C{search-key}), ANDed.
+
+    @param tokens: the keys.
+    @param charset: C{"US-ASCII"} or C{"UTF-8"} as the client named it, or
+        L{None} if it named none: strings are then read as UTF-8 (as
+        Dovecot does; US-ASCII is a subset of it).
+    @rtype: L{Criteria}
+    @raise ParseError: not well formed, empty, or nested deeper than
+        L{MAX_DEPTH} once simplified.
+    """
+    reader = _KeyReader(tokens, "ascii" if charset == "US-ASCII" else "utf-8")
+    return reader.read()
+
+
+_OPEN = object()
+_CLOSE = object()
+_END = object()
+
+
+def _events(tokens):
+    """
+    Walk nested token lists without recursion.
+
+    @return: an iterator of tokens, with L{_OPEN} and L{_CLOSE} around the
+        content of each list.
+    """
+    stack = [iter(tokens)]
+    while stack:
+        for token in stack[-1]:
+            if isinstance(token, list):
+                yield _OPEN
+                stack.append(iter(token))
+                break
+            yield token
+        else:
+            stack.pop()
+            if stack:
+                yield _CLOSE
+
+
+class _Pending:
+    """
+    An operator still waiting for its operands.
+
+    @ivar kind: C{"NOT"} (one operand), C{"OR"} (two), C{"("} (up to the
+        closing parenthesis) or C{""} (up to the end).
+    """
+
+    __slots__ = ("kind", "operands")
+
+    def __init__(self, kind):
+        self.kind = kind
+        self.operands = []
+
+
+class _KeyReader:
+    """
+    A prefix-notation reader of search keys with an explicit stack of
+    pending operators.
+    """
+
+    def __init__(self, tokens, encoding):
+        self._events = _events(tokens)
+        self._encoding = encoding
+        self.usesModSeq = False
+
+    def read(self):
+        stack = [_Pending("")]
+        for event in self._events:
+            if event is _OPEN:
+                stack.append(_Pending("("))
+                continue
+            if event is _CLOSE:
+                pending = stack.pop()
+                if pending.kind != "(":
+                    raise ParseError("Missing search key")
+                if not pending.operands:
+                    raise ParseError("Empty search key list")
+                node = _And.make(pending.operands)
+            elif isAtom(event, "NOT", "OR"):
+                stack.append(_Pending(event.upper()))
+                continue
+            else:
+                node = self._key(event)
+            while True:
+                pending = stack[-1]
+                pending.operands.append(node)
+                if pending.kind == "NOT":
+                    node = _Not.make(node)
+                elif pending.kind == "OR" and len(pending.operands) == 2:
+                    node = _Or.make(pending.operands)
+                else:
+                    break
+                stack.pop()
+        if len(stack) != 1:
+            raise ParseError("Missing search key")
+        if not stack[0].operands:
+            raise ParseError("No search key")
+        return Criteria(_And.make(stack[0].operands), self.usesModSeq)
+
+    def _argument(self):
+        token = next(self._events, _END)
+        if token is _END or token is _OPEN or token is _CLOSE:
+            raise ParseError("Missing search key argument")
+        return token
+
+    def _string(self):
+        """
+        @return: a string argument as L{str} in the command's charset,
+            case folded.
+        """
+        try:
+            return astring(self._argument()).decode(self._encoding).casefold()
+        except UnicodeDecodeError:
+            raise ParseError("String not in the given charset")
+
+    def _key(self, token):
+        if not isinstance(token, Atom):
+            raise ParseError("Expected a search key")
+        name = token.upper()
+        if name in _FLAG_KEYS:
+            flag, present = _FLAG_KEYS[name]
+            return _Leaf(name, _hasFlag(flag, present))
+        if name in _STATE_KEYS:
+            return _Leaf(name, _STATE_KEYS[name])
+        if name in _HEADER_KEYS:
+            return _headerKey(name, _HEADER_KEYS[name], self._string())
+        if name in _DATE_KEYS:
+            day = parseDate(self._argument())
+            return _dateKey(name, _DATE_KEYS[name], day)
+        if name == "HEADER":
+            field = astring(self._argument()).decode("latin-1").lower()
+            if not field:
+                raise ParseError("Empty header field name")
+            return _headerKey(name, field, self._string())
+        if name == "BODY":
+            text = self._string()
+            return _Leaf(name, lambda c: text in c.bodyText(), _BODY)
+        if name == "TEXT":
+            text = self._string()
+            return _Leaf(name, lambda c: text in c.headerText() or text in c.bodyText(), _BODY)
+        if name in ("KEYWORD", "UNKEYWORD"):
+            return _Leaf(name, _hasKeyword(_keyword(self._argument()), name == "KEYWORD"))
+        if name in ("LARGER", "SMALLER"):
+            size = number(self._argument())
+            if name == "LARGER":
+                return _Leaf(name, lambda c: c.message.size > size)
+            return _Leaf(name, lambda c: c.message.size < size)
+        if name in ("YOUNGER", "OLDER"):
+            return _intervalKey(name, number(self._argument(), nonZero=True))
+        if name == "UID":
+            return _SetKey(SequenceSet.parse(self._argument()), uid=True)
+        if name == "MODSEQ":
+            return self._modSeq()
+        if name[:1].isdigit() or name[:1] == "*":
+            return _SetKey(SequenceSet.parse(token), uid=False)
+        raise ParseError("Unknown search key")
+
+    def _modSeq(self):
+        """
+        C{MODSEQ [entry-name entry-type-req] mod-sequence-valzer} (RFC 7162
+        section 3.1.5).  This server keeps one mod-sequence per message, so
+        the entry is checked and then ignored, as section 3.1.5 requires of
+        such servers.
+        """
+        token = self._argument()
+        if isinstance(token, bytes):
+            if not token.lower().startswith(b"/flags/") or len(token) == 7:
+                raise ParseError("Invalid MODSEQ entry name")
+            if not isAtom(self._argument(), "PRIV", "SHARED", "ALL"):
+                raise ParseError("Invalid MODSEQ entry type")
+            token = self._argument()
+        value = number64(token)
+        self.usesModSeq = True
+        return _Leaf("MODSEQ", lambda c: c.message.modSeq >= value)
+
+
+def _keyword(token):
+    """
+    @return: a C{flag-keyword} (RFC 3501 section 9: an atom), case folded.
+    @raise ParseError: not an atom, or a system flag (C{\\Seen}): Dovecot
+        would skip it as an invalid keyword; this server says BAD.
+    """
+    keyword = astring(token).decode("utf-8", "replace")
+    if not keyword or _NOT_KEYWORD.search(keyword):
+        raise ParseError("Invalid keyword")
+    return keyword.casefold()
+
+
+# --- criteria trees ------------------------------------------------------------
+
+
+class _Leaf:
+    """
+    One search key.
+
+    @ivar cost: L{_CHEAP}, L{_HEADER} or L{_BODY}.
+    """
+
+    __slots__ = ("name", "test", "cost")
+    depth = 1
+
+    def __init__(self, name, test, cost=_CHEAP):
+        self.name = name
+        self.test = test
+        self.cost = cost
+
+    def __repr__(self):
+        return self.name
+
+
+class _Not:
+    __slots__ = ("child", "cost", "depth")
+
+    @classmethod
+    def make(cls, child):
+        if isinstance(child, _Not):
+            return child.child
+        self = cls()
+        self.child = child
+        self.cost = child.cost
+        self.depth = _depth(child.depth + 1)
+        return self
+
+    def test(self, candidate):
+        return not self.child.test(candidate)
+
+    def __repr__(self):
+        return "NOT %r" % (self.child,)
+
+
+class _And:
+    """
+    All children match; the cheap ones are tried first (see L{_sortByCost}).
+    """
+
+    __slots__ = ("children", "cost", "depth")
+
+    @classmethod
+    def make(cls, operands):
+        """
+        @return: a node of this kind over C{operands}, with those of the
+            same kind merged into it.  The largest of them is extended in
+            place (nodes being built have one owner), so a chain of N costs
+            O(N).
+        """
+        same = [operand for operand in operands if type(operand) is cls]
+        if same:
+            self = max(same, key=lambda operand: len(operand.children))
+        elif len(operands) == 1:
+            return operands[0]
+        else:
+            self = cls()
+            self.children, self.cost, self.depth = [], _CHEAP, 1
+        for operand in operands:
+            if operand is self:
+                continue
+            if type(operand) is cls:
+                self.children.extend(operand.children)
+                depth = operand.depth
+            else:
+                self.children.append(operand)
+                depth = operand.depth + 1
+            self.cost = max(self.cost, operand.cost)
+            self.depth = _depth(max(self.depth, depth))
+        return self
+
+    def test(self, candidate):
+        for child in self.children:
+            if not child.test(candidate):
+                return False
+        return True
+
+    def __repr__(self):
+        return "(%s)" % " ".join(map(repr, self.children))
+
+
+class _Or(_And):
+    """
+    Any child matches; the cheap ones are tried first.
+    """
+
+    __slots__ = ()
+
+    def test(self, candidate):
+        for child in self.children:
+            if child.test(candidate):
+                return True
+        return False
+
+    def __repr__(self):
+        return "OR(%s)" % " ".join(map(repr, self.children))
+
+
+def _sortByCost(root):
+    """
+    Order the children of every AND and OR cheapest first, so a message is
+    read only when the keys that need no content leave it in question.
+    """
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, _And):
+            node.children.sort(key=lambda child: child.cost)
+            stack.extend(node.children)
+        elif isinstance(node, _Not):
+            stack.append(node.child)
+
+
+def _depth(depth):
+    if depth > MAX_DEPTH:
+        raise ParseError("Search keys nested too deeply")
+    return depth
+
+
+class _SetKey:
+    """
+    A sequence set of message numbers or of UIDs (RFC 3501 section 6.4.4):
+    C{*} is the largest in the view.  The ranges are merged once per
+    largest value, then looked up by bisection.
+    """
+
+    __slots__ = ("sequenceSet", "uid", "_largest", "_lows", "_highs")
+    cost = _CHEAP
+    depth = 1
+
+    def __init__(self, sequenceSet, uid):
+        self.sequenceSet = sequenceSet
+        self.uid = uid
+        self._largest = None
+
+    def test(self, candidate):
+        ctx = candidate.ctx
+        if self.uid:
+            value, largest = candidate.message.uid, ctx.largestUid
+        else:
+            value, largest = ctx.sequence(candidate.message), ctx.count
+        if largest != self._largest:
+            self._merge(largest)
+        index = bisect_right(self._lows, value) - 1
+        return index >= 0 and value <= self._highs[index]
+
+    def _merge(self, largest):
+        lows, highs = [], []
+        for low, high in sorted(self.sequenceSet.bounds(largest or 0)):
+            if highs and low <= highs[-1] + 1:
+                highs[-1] = max(highs[-1], high)
+            else:
+                lows.append(low)
+                highs.append(high)
+        self._lows, self._highs, self._largest = lows, highs, largest
+
+    def __repr__(self):
+        return "UID %r" % (self.sequenceSet,) if self.uid else repr(self.sequenceSet)
+
+
+_FLAG_KEYS = {
+    "ANSWERED": ("\\Answered", True),
+    "DELETED": ("\\Deleted", True),
+    "DRAFT": ("\\Draft", True),
+    "FLAGGED": ("\\Flagged", True),
+    "SEEN": ("\\Seen", True),
+    "UNANSWERED": ("\\Answered", False),
+    "UNDELETED": ("\\Deleted", False),
+    "UNDRAFT": ("\\Draft", False),
+    "UNFLAGGED": ("\\Flagged", False),
+    "UNSEEN": ("\\Seen", False),
+}
+
+_STATE_KEYS = {
+    "ALL": lambda c: True,
+    "RECENT": lambda c: c.ctx.isRecent(c.message),
+    # NEW is RECENT UNSEEN, OLD is NOT RECENT (RFC 3501 section 6.4.4).
+    "NEW": lambda c: "\\Seen" not in c.message.flags and c.ctx.isRecent(c.message),
+    "OLD": lambda c: not c.ctx.isRecent(c.message),
+}
+
+_HEADER_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject", "TO": "to"}
+
+# Each is (which date, how it compares with the key's day).
+_DATE_KEYS = {
+    "BEFORE": ("internal", "<"),
+    "ON": ("internal", "="),
+    "SINCE": ("internal", ">="),
+    "SENTBEFORE": ("sent", "<"),
+    "SENTON": ("sent", "="),
+    "SENTSINCE": ("sent", ">="),
+}
+
+
+def _hasFlag(flag, present):
+    return lambda c: (flag in c.message.flags) == present
+
+
+def _hasKeyword(keyword, present):
+    def test(c):
+        found = any(flag.casefold() == keyword for flag in c.message.flags if not flag.startswith("\\"))
+        return found == present
+
+    return test
+
+
+def _headerKey(name, field, text):
+    """
+    A substring of the decoded value of any field called C{field} (RFC 3501
+    section 6.4.4: an empty C{text} matches every message having the field).
+    """
+    return _Leaf(name, lambda c: any(text in value for value in c.headerValues(field)), _HEADER)
+
+
+def _dateKey(name, kind, day):
+    """
+    Compare a message's calendar date with C{day}, disregarding time and
+    time zone (RFC 3501 section 6.4.4): the internal date in the server's
+    time zone, or the C{Date:} field's date in its own zone.
+    """
+    source, comparison = kind
+    if source == "internal":
+        dayOf, cost = _Candidate.internalDay, _CHEAP
+    else:
+        dayOf, cost = _Candidate.sentDay, _HEADER
+    if comparison == "<":
+        return _Leaf(name, lambda c: dayOf(c) < day, cost)
+    if comparison == "=":
+        return _Leaf(name, lambda c: dayOf(c) == day, cost)
+    return _Leaf(name, lambda c: dayOf(c) >= day, cost)
+
+
+def _intervalKey(name, seconds):
+    """
+    RFC 5032 section 3: OLDER matches an internal date at least C{seconds}
+    before now, YOUNGER one at most C{seconds} before now (both inclusive,
+    as in Dovecot).
+    """
+    if name == "OLDER":
+        return _Leaf(name, lambda c: c.message.internalDate <= c.ctx.now - seconds)
+    return _Leaf(name, lambda c: c.message.internalDate >= c.ctx.now - seconds)
+
+
+# --- messages --------------------------------------------------------------------
+
+
+class _Candidate:
+    """
+    One message being tested, its content read and decoded only when a key
+    asks, and at most once.
+    """
+
+    __slots__ = ("message", "ctx", "_content", "_fields", "_values", "_headerText", "_bodyText")
+
+    def __init__(self, message, ctx):
+        self.message = message
+        self.ctx = ctx
+        self._content = None
+        self._fields = None
+        self._values = {}
+        self._headerText = None
+        self._bodyText = None
+
+    def content(self):
+        if self._content is None:
+            self._content = self.ctx.content(self.message)
+        return self._content
+
+    def fields(self):
+        if self._fields is None:
+            data = self.content()
+            self._fields = parseFields(data[: headerEnd(data)])
+        return self._fields
+
+    def headerValues(self, name):
+        """
+        @param name: a field name, lower case.
+        @return: the decoded, case folded values of the fields called
+            C{name}.
+        """
+        values = self._values.get(name)
+        if values is None:
+            values = self._values[name] = [
+                decodeText(raw).casefold() for field, raw in self.fields() if field.lower() == name
+            ]
+        return values
+
+    def headerText(self):
+        if self._headerText is None:
+            self._headerText = _fieldsText(self.fields()).casefold()
+        return self._headerText
+
+    def bodyText(self):
+        if self._bodyText is None:
+            self._bodyText = textOf(self.content()).casefold()
+        return self._bodyText
+
+    def internalDay(self):
+        return time.localtime(self.message.internalDate)[:3]
+
+    def sentDay(self):
+        """
+        @return: the date of the C{Date:} field in its own zone, or without
+            one that can be read, the internal date's (as Dovecot does).
+        """
+        raw = fieldValue(self.fields(), "Date")
+        if raw is not None:
+            try:
+                parsed = email.utils.parsedate_tz(raw.decode("latin-1"))
+            except (ValueError, IndexError, TypeError, OverflowError):
+                parsed = None
+            if parsed is not None and 1 <= parsed[1] <= 12 and 1 <= parsed[2] <= 31:
+                return tuple(parsed[:3])
+        return self.internalDay()
+
+
+def _fieldsText(fields):
+    return "\n".join("%s: %s" % (name, decodeText(raw)) for name, raw in fields)
+
+
+def textOf(data):
+    """
+    The searchable text of a message's body (RFC 3501 section 6.4.4, BODY):
+    each text part with its content transfer encoding (RFC 2045 section 6)
+    and charset decoded, plus the header fields of attached messages
+    (C{message/rfc822}, at most L{MAX_DEPTH} of them read apart); other
+    parts are left out.
+
+    @param data: the whole message.
+    @rtype: L{str}
+    """
+    if parseMessage is None:
+        return _singlePartText(data)
+    texts = []
+    reparsed = 0
+    stack = [(data, parseMessage(data), False)]
+    while stack:
+        data, part, withHeader = stack.pop()
+        if withHeader:
+            texts.append(_fieldsText(parseFields(data[part.start : part.bodyStart])))
+        attached = tuple(part.contentType) == ("message", "rfc822")
+        if part.children:
+            stack.extend((data, child, attached) for child in reversed(part.children))
+        elif attached and reparsed < MAX_DEPTH:
+            # The attached message is not among the children: read it apart.
+            reparsed += 1
+            inner = data[part.bodyStart : part.end]
+            stack.append((inner, parseMessage(inner), True))
+        elif part.contentType[0] == "text":
+            encoding = getattr(part, "encoding", None)
+            if encoding is None:
+                raw = fieldValue(parseFields(data[part.start : part.bodyStart]), "Content-Transfer-Encoding")
+                encoding = raw.decode("latin-1") if raw else ""
+            charset = next((value for name, value in part.params if name.lower() == "charset"), None)
+            texts.append(_decodeBody(data[part.bodyStart : part.end], encoding, charset))
+    return "\n".join(texts)
+
+
+_CONTENT_TYPE = re.compile(r"\s*([^/\s;]+)")
+_CHARSET = re.compile(r';\s*charset\s*=\s*"?([^";\s]+)', re.IGNORECASE)
+
+
+def _singlePartText(data):
+    """
+    L{textOf} without L{mdpy.imap.mime}: the body as one part.
+    """
+    start = headerEnd(data)
+    fields = parseFields(data[:start])
+    contentType = (fieldValue(fields, "Content-Type") or b"text/plain").decode("latin-1")
+    encoding = (fieldValue(fields, "Content-Transfer-Encoding") or b"").decode("latin-1")
+    maintype = _CONTENT_TYPE.match(contentType)
+    charset = _CHARSET.search(contentType)
+    if maintype is not None and maintype.group(1).lower() not in ("text", "multipart"):
+        return ""
+    return _decodeBody(data[start:], encoding, charset.group(1) if charset else None)
+
+
+def _decodeBody(body, encoding, charset):
+    """
+    @return: C{body} decoded from its content transfer encoding and
+        C{charset} (UTF-8, or Latin-1 where it is not UTF-8, when the charset
+        is missing or unknown).
+    """
+    encoding = encoding.strip().lower()
+    if encoding == "base64":
+        compact = re.sub(rb"[^A-Za-z0-9+/]", b"", body)
+        if len(compact) % 4 == 1:
+            compact = compact[:-1]
+        try:
+            body = base64.b64decode(compact + b"=" * (-len(compact) % 4))
+        except (ValueError, binascii.Error):
+            pass
+    elif encoding == "quoted-printable":
+        body = quopri.decodestring(body)
+    if charset:
+        try:
+            codecs.lookup(charset)
+        except LookupError:
+            charset = None
+    if charset:
+        return body.decode(charset, "replace")
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return body.decode("latin-1")
+
+
+# --- responses ---------------------------------------------------------------------
+
+
+def formatSearchResponse(tag, uid, command, matches):
+    """
+    The untagged reply to a search.
+
+    Without C{RETURN}, C{* SEARCH 2 5 7} (RFC 3501 section 7.2.5) followed
+    by C{(MODSEQ n)} when the criteria had a MODSEQ key and something
+    matched (RFC 7162 section 3.1.6).  With C{RETURN}, C{* ESEARCH (TAG
+    "a1") UID MIN 2 MAX 7 COUNT 3 ALL 2,5,7} (RFC 4731 section 3.1: MIN, MAX
+    and ALL only when something matched) followed by C{MODSEQ n} on the same
+    terms (RFC 4731 section 3.2).
+
+    @param tag: the command's tag.
+    @param uid: whether it was UID SEARCH, so numbers are UIDs.
+    @param command: the L{SearchCommand}.
+    @param matches: C{(sequenceNumber, uid, modSeq)} of each matching
+        message, in mailbox order.
+    @return: the reply line(s) with CRLF.
+    """
+    numbers = [match[1] if uid else match[0] for match in matches]
+    withModSeq = command.criteria.usesModSeq and bool(matches)
+    if command.returnOptions is None:
+        line = b"* SEARCH" + b"".join(b" %d" % n for n in numbers)
+        if withModSeq:
+            line += b" (MODSEQ %d)" % max(match[2] for match in matches)
+        return line + b"\r\n"
+    options = set(command.returnOptions) or {"ALL"}
+    quotedTag = tag.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+    words = [b'* ESEARCH (TAG "%s")' % quotedTag]
+    if uid:
+        words.append(b"UID")
+    if numbers:
+        lowest = min(range(len(numbers)), key=numbers.__getitem__)
+        highest = max(range(len(numbers)), key=numbers.__getitem__)
+        if "MIN" in options:
+            words.append(b"MIN %d" % numbers[lowest])
+        if "MAX" in options:
+            words.append(b"MAX %d" % numbers[highest])
+    if "COUNT" in options:
+        words.append(b"COUNT %d" % len(numbers))
+    if numbers and "ALL" in options:
+        words.append(b"ALL " + formatSequence(sorted(set(numbers))))
+    if withModSeq:
+        # RFC 4731 section 3.2: MIN and/or MAX alone report the
+        # mod-sequence of the messages they name, anything else that of all
+        # matches.
+        if options <= {"MIN", "MAX"}:
+            named = {lowest} if options == {"MIN"} else {highest} if options == {"MAX"} else {lowest, highest}
+            modSeq = max(matches[index][2] for index in named)
+        else:
+            modSeq = max(match[2] for match in matches)
+        words.append(b"MODSEQ %d" % modSeq)
+    return b" ".join(words) + b"\r\n"

@@ -1,0 +1,199 @@
+# -*- test-case-name: tests.test_imap_server -*-
+"""
+A session's view of its selected mailbox: the message sequence numbers it
+has told the client about, the flags it last reported, and the changes it
+still owes (RFC 3501 sections 2.3.1.2, 5.2, 5.5 and 7.4.1).
+
+Invariants:
+ - Sequence numbers change only when this view reports an C{EXPUNGE} or an
+   C{EXISTS}; a message expunged by another session stays in the view (its
+   data may be gone) until an expunge may be reported: never while a
+   FETCH, STORE or SEARCH is answered (RFC 3501 section 7.4.1).
+ - C{* n EXISTS} is never lower than the previous one unless EXPUNGEs
+   were sent between.
+"""
+
+from bisect import bisect_left
+
+from mdpy.imap.fetch import formatFlags
+from mdpy.imap.parser import formatSequence
+
+
+class UidValidityChanged(Exception):
+    """
+    The mailbox's UIDs were renumbered under the session; it must end.
+    """
+
+
+class RecentTracker:
+    """
+    Which messages are C{\\Recent}: those that arrived since the last
+    session that selected the mailbox read-write in this process
+    (RFC 3501 section 2.3.2).  Kept in memory: after a restart nothing is
+    recent until new mail arrives.
+    """
+
+    def __init__(self):
+        self._claimed = {}
+
+    def claim(self, account, name, uidValidity, uids):
+        """
+        @return: the UIDs of C{uids} not claimed before, now claimed by the
+            caller.
+        """
+        key = (account, name)
+        validity, highest = self._claimed.get(key, (uidValidity, None))
+        if validity != uidValidity:
+            highest = None
+        if highest is None:
+            # First sight of this mailbox in this process: what is there now
+            # is old.
+            highest = uids[-1] if uids else 0
+            self._claimed[key] = (uidValidity, highest)
+            return []
+        fresh = [uid for uid in uids if uid > highest]
+        if fresh:
+            self._claimed[key] = (uidValidity, fresh[-1])
+        return fresh
+
+
+class SelectedMailbox:
+    """
+    The selected mailbox of one session.
+
+    @ivar mailbox: the L{mdpy.interfaces.IMailbox} (this session's own
+        object).
+    @ivar readOnly: EXAMINE, or a mailbox that cannot be written.
+    @ivar uids: the UIDs in sequence order (index + 1 is the sequence
+        number).
+    @ivar dirty: whether something may have changed since the last sync.
+    """
+
+    def __init__(self, mailbox, readOnly, recent=()):
+        self.mailbox = mailbox
+        self.readOnly = readOnly
+        self.uidValidity = mailbox.uidValidity
+        messages = mailbox.messages()
+        self.uids = [m.uid for m in messages]
+        self.messages = {m.uid: m for m in messages}
+        self.flags = {m.uid: m.flags for m in messages}
+        self.recent = set(recent)
+        self.gone = set()
+        self.dirty = False
+        self.reportedModSeq = mailbox.highestModSeq
+
+    @property
+    def count(self):
+        return len(self.uids)
+
+    @property
+    def largestUid(self):
+        return self.uids[-1] if self.uids else 0
+
+    def sequence(self, message):
+        """
+        @return: the sequence number of C{message} (in this view).
+        """
+        return bisect_left(self.uids, message.uid) + 1
+
+    def isRecent(self, message):
+        return message.uid in self.recent
+
+    def firstUnseen(self):
+        """
+        @return: the sequence number of the first message without
+            C{\\Seen}, or L{None}.
+        """
+        for index, uid in enumerate(self.uids):
+            if "\\Seen" not in self.flags[uid]:
+                return index + 1
+        return None
+
+    def messagesAt(self, indexes):
+        """
+        @return: the messages at these 0-based indexes.
+        """
+        uids, messages = self.uids, self.messages
+        return [messages[uids[i]] for i in indexes]
+
+    def noteFlags(self, message):
+        """
+        Remember flags this session has just reported for C{message}.
+        """
+        self.messages[message.uid] = message
+        self.flags[message.uid] = message.flags
+
+    def updates(self, allowExpunge, claimRecent, uidMode=False, modSeqs=False, vanished=False):
+        """
+        Compare the view with the mailbox's current state (synced by the
+        caller) and bring the view up to date.
+
+        @param allowExpunge: whether expunges may be reported now.
+        @param claimRecent: C{claimRecent(uids)} returning the new UIDs that
+            are recent for this session.
+        @param vanished: report expunges as C{VANISHED} (QRESYNC).
+        @return: the untagged responses (L{bytes}) to send, in order.
+        @raise UidValidityChanged: the mailbox was renumbered.
+        """
+        mailbox = self.mailbox
+        if mailbox.uidValidity != self.uidValidity:
+            raise UidValidityChanged()
+        out = []
+        current = mailbox.messages()
+        byUid = {m.uid: m for m in current}
+        if len(byUid) != len(self.uids) or self.gone:
+            self.gone.update(uid for uid in self.uids if uid not in byUid)
+        if self.gone and allowExpunge:
+            out.extend(self._reportExpunges(vanished))
+        largest = self.largestUid
+        fresh = [m for m in current if m.uid > largest]
+        for message in current:
+            uid = message.uid
+            if uid > largest:
+                break
+            if message is self.messages.get(uid):
+                continue
+            self.messages[uid] = message
+            if message.flags != self.flags.get(uid, message.flags):
+                self.flags[uid] = message.flags
+                items = [b"FLAGS " + formatFlags(message.flags, uid in self.recent)]
+                if uidMode or vanished:
+                    items.insert(0, b"UID %d" % (uid,))
+                if modSeqs:
+                    items.append(b"MODSEQ (%d)" % (message.modSeq,))
+                out.append(b"* %d FETCH (%s)\r\n" % (self.sequence(message), b" ".join(items)))
+        if fresh:
+            for message in fresh:
+                self.uids.append(message.uid)
+                self.messages[message.uid] = message
+                self.flags[message.uid] = message.flags
+            self.recent.update(claimRecent([m.uid for m in fresh]))
+            out.append(b"* %d EXISTS\r\n" % (len(self.uids),))
+            out.append(b"* %d RECENT\r\n" % (len(self.recent),))
+        self.reportedModSeq = mailbox.highestModSeq
+        self.dirty = False
+        return out
+
+    def _reportExpunges(self, vanished):
+        gone = sorted(self.gone)
+        self.gone = set()
+        out = []
+        if vanished:
+            out.append(b"* VANISHED " + formatSequence(gone) + b"\r\n")
+        for uid in reversed(gone):
+            index = bisect_left(self.uids, uid)
+            if index < len(self.uids) and self.uids[index] == uid:
+                if not vanished:
+                    out.append(b"* %d EXPUNGE\r\n" % (index + 1,))
+                del self.uids[index]
+                self.messages.pop(uid, None)
+                self.flags.pop(uid, None)
+                self.recent.discard(uid)
+        return out
+
+    def forget(self, uids):
+        """
+        Note that this session expunged C{uids} itself; they are reported by
+        the next L{updates} that may report expunges.
+        """
+        self.gone.update(uid for uid in uids if uid in self.messages)

@@ -1,0 +1,760 @@
+"""
+Transcript tests of L{mdpy.imap.server} over an in-memory transport and the
+in-memory store.
+"""
+
+import base64
+
+from twisted.internet import task
+
+from mdpy.auth.checkers import FailedLoginTracker
+from mdpy.imap.server import IMAP4Factory
+from mdpy.store.memory import MemoryStore
+from mdpy.testing import Transcript, memoryPortal, synchronousRunner
+
+TLS = object()
+USER = "joe@example.test"
+
+MESSAGES = [
+    b"From: Ann <ann@example.test>\r\nTo: joe@example.test\r\nSubject: one\r\n"
+    b"Date: Mon, 7 Feb 1994 21:52:25 -0800\r\nMessage-ID: <1@example.test>\r\n\r\nfirst\r\n",
+    b"From: bob@example.test\r\nTo: joe@example.test\r\nSubject: two\r\n\r\nsecond body\r\n",
+    b"From: carl@example.test\r\nSubject: three\r\nContent-Type: multipart/mixed; boundary=XX\r\n\r\n"
+    b"--XX\r\nContent-Type: text/plain\r\n\r\npart one\r\n--XX\r\nContent-Type: text/html\r\n\r\n"
+    b"<p>two</p>\r\n--XX--\r\n",
+]
+
+
+def filledStore(messages=MESSAGES):
+    store = MemoryStore()
+    store.createAccount(USER)
+    store.createAccount("ann@example.test")
+    for data in messages:
+        store.deliver([(USER, "INBOX", [data])])
+    return store
+
+
+class Session:
+    def __init__(self, store=None, tls=True, plaintext=False, implicit=False, tracker=False,
+                 factory=None, maxMessageSize=1000000):
+        self.clock = task.Clock()
+        self.store = store if store is not None else filledStore()
+        self.factory = factory or IMAP4Factory(
+            "mx.example.test",
+            self.store,
+            allowPlaintext=plaintext,
+            runInThread=synchronousRunner,
+            portal=memoryPortal(**{USER: "secret", "ann@example.test": "pw"}),
+            tlsOptions=TLS if tls else None,
+            implicitTLS=implicit,
+            loginTracker=FailedLoginTracker(self.clock) if tracker else None,
+            clock=self.clock,
+            maxMessageSize=maxMessageSize,
+        )
+        self.t = Transcript(self.factory.buildProtocol(None))
+        self.greeting = self.t.lines()
+
+    def __getattr__(self, name):
+        return getattr(self.t, name)
+
+    def raw(self):
+        data = self.t.transport.value()
+        self.t.transport.clear()
+        return data
+
+    def login(self, user=USER, password="secret"):
+        self.send("s STARTTLS")
+        self.expect("s OK Begin TLS negotiation now.")
+        self.send("l LOGIN %s %s" % (user, password))
+        self.expect("l OK [CAPABILITY *] Logged in.")
+
+    def select(self, name="INBOX"):
+        self.login()
+        self.send("x SELECT " + name)
+        return self.lines()
+
+
+# --- greeting, capabilities, login --------------------------------------------
+
+
+def test_greeting_before_tls_disables_login():
+    s = Session()
+    [line] = s.greeting
+    assert line.startswith("* OK [CAPABILITY IMAP4rev1 ")
+    assert "STARTTLS" in line and "LOGINDISABLED" in line and "AUTH=" not in line
+    s.send("a LOGIN joe@example.test secret")
+    s.expect("a NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure connections.")
+
+
+def test_capabilities_after_tls_and_login():
+    s = Session()
+    s.send("a STARTTLS")
+    s.expect("a OK Begin TLS negotiation now.")
+    s.send("b CAPABILITY")
+    [caps, ok] = s.lines()
+    assert "AUTH=PLAIN" in caps and "STARTTLS" not in caps and "LOGINDISABLED" not in caps
+    assert ok == "b OK Capability completed."
+    s.send("c LOGIN joe@example.test secret")
+    [line] = s.lines()
+    for extension in ("IDLE", "UIDPLUS", "MOVE", "NAMESPACE", "ID", "ENABLE", "UNSELECT", "CHILDREN",
+                      "LIST-EXTENDED", "SPECIAL-USE", "LITERAL+", "SASL-IR", "ESEARCH", "CONDSTORE"):
+        assert " " + extension + " " in line or line.endswith(extension + "] Logged in.")
+
+
+def test_starttls_discards_pipelined_commands():
+    s = Session()
+    s.sendRaw(b"a STARTTLS\r\nb LOGIN joe@example.test secret\r\n")
+    s.expect("a OK Begin TLS negotiation now.")
+    s.send("c NOOP")
+    s.expect("c OK NOOP completed.")
+
+
+def test_starttls_twice_is_refused():
+    s = Session(implicit=True)
+    s.send("a STARTTLS")
+    s.expect("a BAD TLS is already active.")
+
+
+def test_plaintext_allowed_when_configured():
+    s = Session(tls=False, plaintext=True)
+    assert "AUTH=PLAIN" in s.greeting[0] and "STARTTLS" not in s.greeting[0]
+    s.send("a LOGIN joe@example.test secret")
+    s.expect("a OK [CAPABILITY *] Logged in.")
+
+
+def test_login_failure():
+    s = Session()
+    s.send("s STARTTLS")
+    s.lines()
+    s.send('a LOGIN "joe@example.test" "wrong"')
+    s.expect("a NO [AUTHENTICATIONFAILED] Authentication failed.")
+
+
+def test_failed_login_is_delayed():
+    s = Session(tracker=True)
+    s.send("s STARTTLS")
+    s.lines()
+    s.send("a LOGIN joe@example.test wrong", "b NOOP")
+    s.expect()
+    s.clock.advance(2)
+    s.expect("a NO [AUTHENTICATIONFAILED] Authentication failed.", "b OK NOOP completed.")
+
+
+def test_authenticate_plain_with_initial_response():
+    s = Session(implicit=True)
+    token = base64.b64encode(b"\0joe@example.test\0secret").decode()
+    s.send("a AUTHENTICATE PLAIN " + token)
+    s.expect("a OK [CAPABILITY *] Logged in.")
+
+
+def test_authenticate_plain_with_continuation_and_cancel():
+    s = Session(implicit=True)
+    s.send("a AUTHENTICATE PLAIN")
+    s.expect("+ ")
+    s.send("*")
+    s.expect("a BAD Authentication aborted by client.")
+    s.send("b AUTHENTICATE LOGIN")
+    s.expect("+ VXNlcm5hbWU6")
+    s.send(base64.b64encode(b"joe@example.test").decode())
+    s.expect("+ UGFzc3dvcmQ6")
+    s.send(base64.b64encode(b"secret").decode())
+    s.expect("b OK [CAPABILITY *] Logged in.")
+
+
+def test_login_with_literals():
+    s = Session(implicit=True)
+    s.send("a LOGIN {16}")
+    s.expect("+ OK")
+    s.sendRaw(b"joe@example.test {6+}\r\nsecret\r\n")
+    s.expect("a OK [CAPABILITY *] Logged in.")
+
+
+def test_commands_in_wrong_state():
+    s = Session(implicit=True)
+    s.send("a SELECT INBOX", "b FETCH 1 FLAGS", "c FOO")
+    s.expect("a BAD Command not valid in this state.", "b BAD Command not valid in this state.",
+             "c BAD Unknown command.")
+    s.login_ = None
+
+
+def test_logout():
+    s = Session()
+    s.send("a LOGOUT")
+    s.expect("* BYE Logging out.", "a OK Logout completed.")
+    assert s.closed
+
+
+def test_id_and_namespace():
+    s = Session()
+    s.login()
+    s.send('a ID ("name" "test" "version" "1")', "b NAMESPACE", "c ID NIL")
+    s.expect('* ID ("name" "mdpy" "version" "*")', "a OK ID completed.",
+             '* NAMESPACE (("" "/")) NIL NIL', "b OK Namespace completed.",
+             '* ID ("name" "mdpy" "version" "*")', "c OK ID completed.")
+
+
+# --- bad input ------------------------------------------------------------------
+
+
+def test_malformed_commands_get_bad():
+    s = Session()
+    s.login()
+    s.send("", "a", 'b LOGIN "unterminated', "c SELECT (((", "d )")
+    got = s.lines()
+    assert got[0].startswith("* BAD")
+    assert got[1].startswith("a BAD")
+    assert got[2].startswith("b BAD") and got[3].startswith("c BAD") and got[4].startswith("d BAD")
+    assert not s.closed
+
+
+def test_deep_nesting_is_bad():
+    s = Session()
+    s.login()
+    s.send("a LIST " + "(" * 1000 + ")" * 1000 + ' ""')
+    [line] = s.lines()
+    assert line.startswith("a BAD ") and "nested" in line
+
+
+def test_preauth_nesting_is_limited():
+    s = Session()
+    s.send('a ID (((("a" "b"))))')
+    [line] = s.lines()
+    assert line.startswith("a BAD")
+
+
+def test_malformed_literal_markers():
+    s = Session()
+    s.login()
+    for marker in ("{-1}", "{1_0}", "{ 5}", "{+5}"):
+        s.send("a APPEND INBOX " + marker)
+        [line] = s.lines()
+        assert line.startswith("a BAD"), (marker, line)
+
+
+def test_literal_too_large_refused_before_continuation():
+    s = Session(maxMessageSize=1000)
+    s.login()
+    s.send("a APPEND INBOX {1001}")
+    s.expect("a NO [TOOBIG] Message too large (APPENDLIMIT=1000).")
+    s.send("b APPEND INBOX {99999999999999}")
+    s.expect("b NO [TOOBIG] Message too large (APPENDLIMIT=1000).")
+    s.send("c NOOP")
+    s.expect("c OK NOOP completed.")
+
+
+def test_nonsynchronising_literal_too_large_is_discarded():
+    s = Session(maxMessageSize=1000)
+    s.login()
+    s.sendRaw(b"a APPEND INBOX {2000+}\r\n" + b"x" * 1500)
+    s.expect("a NO [TOOBIG] Message too large (APPENDLIMIT=1000).")
+    s.sendRaw(b"y" * 500 + b"b NOOP\r\n")
+    s.expect("b OK NOOP completed.")
+    assert not s.store.openMailbox(USER).messages()[3:]
+
+
+def test_other_literal_limit():
+    s = Session()
+    s.login()
+    s.send("a SELECT {70000}")
+    s.expect("a NO [TOOBIG] Literal too large.")
+
+
+def test_preauth_literal_limit():
+    s = Session()
+    s.send("a LOGIN {9000}")
+    s.expect("a NO [TOOBIG] Literal too large before authentication.")
+
+
+def test_line_too_long():
+    s = Session()
+    s.login()
+    s.sendRaw(b"a NOOP " + b"x" * 70000 + b"\r\nb NOOP\r\n")
+    s.expect("* BAD [TOOBIG] Command line too long.", "b OK NOOP completed.")
+
+
+def test_huge_sequence_set_is_clamped():
+    s = Session()
+    s.select()
+    s.send("a UID FETCH 1:4294967295 (UID)")
+    s.expect("* 1 FETCH (UID 1)", "* 2 FETCH (UID 2)", "* 3 FETCH (UID 3)", "a OK Fetch completed.")
+    s.send("b FETCH 1:4294967295 (UID)")
+    s.expect("b BAD Error in IMAP command FETCH: Invalid messageset.")
+    s.send("c FETCH 0 (UID)", "d FETCH 1,x (UID)")
+    s.expect("c BAD *", "d BAD *")
+
+
+def test_too_many_errors_closes():
+    s = Session()
+    s.login()
+    s.send(*["a FOO"] * 20)
+    got = s.lines()
+    assert got[-1] == "* BYE Too many invalid commands."
+    assert s.closed
+
+
+# --- SELECT and mailboxes -------------------------------------------------------
+
+
+def test_select_responses():
+    s = Session()
+    got = s.select()
+    assert got[0].startswith("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded")
+    assert got[1].startswith("* OK [PERMANENTFLAGS (\\Answered") and got[1].endswith("\\*)] Flags permitted.")
+    uidValidity = s.store.openMailbox(USER).uidValidity
+    assert got[2:] == [
+        "* 3 EXISTS",
+        "* 0 RECENT",
+        "* OK [UNSEEN 1] First unseen.",
+        "* OK [UIDVALIDITY %d] UIDs valid." % uidValidity,
+        "* OK [UIDNEXT 4] Predicted next UID.",
+        "* OK [HIGHESTMODSEQ %d] Highest." % s.store.openMailbox(USER).highestModSeq,
+        "x OK [READ-WRITE] Select completed.",
+    ]
+
+
+def test_examine_is_read_only():
+    s = Session()
+    s.login()
+    s.send("a EXAMINE INBOX")
+    got = s.lines()
+    assert got[-1] == "a OK [READ-ONLY] Examine completed."
+    s.send("b STORE 1 +FLAGS (\\Seen)", "c EXPUNGE")
+    s.expect("b NO [READ-ONLY] Mailbox is read-only.", "c NO [READ-ONLY] Mailbox is read-only.")
+    s.send("d FETCH 1 BODY[TEXT]")
+    s.expect("* 1 FETCH (BODY[TEXT] {7}", "first", ")", "d OK Fetch completed.")
+    assert "\\Seen" not in s.store.openMailbox(USER).messages()[0].flags
+
+
+def test_select_missing_mailbox():
+    s = Session()
+    s.login()
+    s.send("a SELECT Nope")
+    s.expect("a NO [NONEXISTENT] Mailbox doesn't exist.")
+
+
+def test_recent_for_new_mail_while_selected():
+    s = Session()
+    s.select()
+    s.store.deliver([(USER, "INBOX", [b"Subject: new\r\n\r\nnew\r\n"])])
+    s.send("a NOOP")
+    s.expect("* 4 EXISTS", "* 1 RECENT", "a OK NOOP completed.")
+    s.send("b FETCH 4 FLAGS")
+    s.expect("* 4 FETCH (FLAGS (\\Recent))", "b OK Fetch completed.")
+
+
+def test_list_special_use_and_children():
+    s = Session()
+    s.login()
+    s.send('a CREATE "Lists/Work"', 'b LIST "" "*"')
+    got = s.lines()
+    assert got == [
+        "a OK Create completed.",
+        '* LIST (\\HasNoChildren) "/" "INBOX"',
+        '* LIST (\\HasNoChildren \\Archive) "/" "Archive"',
+        '* LIST (\\HasNoChildren \\Drafts) "/" "Drafts"',
+        '* LIST (\\HasNoChildren \\Junk) "/" "Junk"',
+        '* LIST (\\HasChildren) "/" "Lists"',
+        '* LIST (\\HasNoChildren) "/" "Lists/Work"',
+        '* LIST (\\HasNoChildren \\Sent) "/" "Sent"',
+        '* LIST (\\HasNoChildren \\Trash) "/" "Trash"',
+        "b OK List completed.",
+    ]
+    s.send('c LIST "" "%"', 'd LIST "" ""', 'e LIST "Lists/" "%"')
+    got = s.lines()
+    assert '* LIST (\\HasNoChildren) "/" "Lists/Work"' not in got[:8]
+    assert '* LIST (\\Noselect) "/" ""' in got
+    assert got[-2:] == ['* LIST (\\HasNoChildren) "/" "Lists/Work"', "e OK List completed."]
+
+
+def test_list_extended():
+    s = Session()
+    s.login()
+    s.send('a LIST (SPECIAL-USE) "" "*" RETURN (SUBSCRIBED STATUS (MESSAGES UNSEEN))')
+    got = s.lines()
+    assert '* LIST (\\HasNoChildren \\Sent \\Subscribed) "/" "Sent"' in got
+    assert '* STATUS "Sent" (MESSAGES 0 UNSEEN 0)' in got
+    assert not any('"INBOX"' in line and "LIST" in line for line in got)
+    s.send('b LIST (SUBSCRIBED) "" ("INBOX" "Tr*")')
+    s.expect('* LIST (\\HasNoChildren \\Trash \\Subscribed) "/" "Trash"', "b OK List completed.")
+    s.send('c LIST "" "*" RETURN (BOGUS)')
+    [line] = s.lines()
+    assert line.startswith("c BAD")
+
+
+def test_mailbox_names_in_modified_utf7():
+    s = Session()
+    s.login()
+    s.send('a CREATE "Entw&APw-rfe"', 'b LIST "" "Entw*"', 'c CREATE "bad&-name&Jjo!"')
+    got = s.lines()
+    assert got[:3] == ["a OK Create completed.", '* LIST (\\HasNoChildren) "/" "Entw&APw-rfe"', "b OK List completed."]
+    assert got[3].startswith("c BAD")
+    assert "Entwürfe" in s.store.listMailboxes(USER)
+
+
+def test_create_delete_rename_subscribe():
+    s = Session()
+    s.login()
+    s.send("a CREATE Foo", "b CREATE Foo", "c RENAME Foo Bar", "d SUBSCRIBE Bar", 'e LSUB "" "B*"',
+           "f DELETE Bar", "g DELETE INBOX", "h UNSUBSCRIBE Bar", 'i LSUB "" "B*"', "j CREATE INBOX")
+    s.expect(
+        "a OK Create completed.",
+        "b NO [ALREADYEXISTS] Mailbox already exists.",
+        "c OK Rename completed.",
+        "d OK Subscribe completed.",
+        '* LSUB () "/" "Bar"',
+        "e OK List completed.",
+        "f OK Delete completed.",
+        "g NO [CANNOT] INBOX can't be deleted.",
+        "h OK Unsubscribe completed.",
+        "i OK List completed.",
+        "j NO [ALREADYEXISTS] Mailbox already exists.",
+    )
+
+
+def test_status():
+    s = Session()
+    s.login()
+    s.send("a STATUS INBOX (MESSAGES UIDNEXT UNSEEN RECENT)", "b STATUS Nope (MESSAGES)", "c STATUS INBOX (BOGUS)")
+    got = s.lines()
+    assert got[0] == '* STATUS "INBOX" (MESSAGES 3 UIDNEXT 4 UNSEEN 3 RECENT 0)'
+    assert got[1:3] == ["a OK Status completed.", "b NO [NONEXISTENT] Mailbox doesn't exist."]
+    assert got[3].startswith("c BAD")
+
+
+# --- APPEND -------------------------------------------------------------------------
+
+
+def test_append_with_flags_and_date():
+    s = Session()
+    s.login()
+    message = b"Subject: appended\r\n\r\nhello\r\n"
+    s.send('a APPEND Drafts (\\Draft $Label) "17-Jul-1996 02:44:25 -0700" {%d}' % len(message))
+    s.expect("+ OK")
+    s.sendRaw(message + b"\r\n")
+    validity = s.store.openMailbox(USER, "Drafts").uidValidity
+    s.expect("a OK [APPENDUID %d 1] Append completed." % validity)
+    [stored] = s.store.openMailbox(USER, "Drafts").messages()
+    assert stored.open().read() == message
+    assert stored.flags == {"\\Draft", "$Label"}
+    assert stored.internalDate == 837596665
+
+
+def test_append_to_missing_mailbox_and_selected_mailbox():
+    s = Session()
+    s.select()
+    s.sendRaw(b"a APPEND Nope {3+}\r\nabc\r\nb APPEND INBOX {3+}\r\nabc\r\n")
+    got = s.lines()
+    assert got[0] == "a NO [TRYCREATE] Mailbox doesn't exist."
+    assert got[1:3] == ["* 4 EXISTS", "* 1 RECENT"] and got[3].startswith("b OK [APPENDUID ")
+
+
+def test_append_bad_flag():
+    s = Session()
+    s.login()
+    s.sendRaw(b"a APPEND INBOX (\\Bogus) {3+}\r\nabc\r\n")
+    [line] = s.lines()
+    assert line.startswith("a BAD")
+
+
+# --- FETCH ------------------------------------------------------------------------
+
+
+def test_fetch_flags_size_uid():
+    s = Session()
+    s.select()
+    s.send("a FETCH 1:* (FLAGS RFC822.SIZE UID)")
+    s.expect(
+        "* 1 FETCH (FLAGS () RFC822.SIZE %d UID 1)" % len(MESSAGES[0]),
+        "* 2 FETCH (FLAGS () RFC822.SIZE %d UID 2)" % len(MESSAGES[1]),
+        "* 3 FETCH (FLAGS () RFC822.SIZE %d UID 3)" % len(MESSAGES[2]),
+        "a OK Fetch completed.",
+    )
+
+
+def test_fetch_body_sets_seen_peek_does_not():
+    s = Session()
+    s.select()
+    s.send("a FETCH 2 BODY.PEEK[TEXT]")
+    s.expect("* 2 FETCH (BODY[TEXT] {13}", "second body", ")", "a OK Fetch completed.")
+    s.send("b UID FETCH 2 BODY[TEXT]<0.6>")
+    s.expect("* 2 FETCH (UID 2 FLAGS (\\Seen) BODY[TEXT]<0> {6}", "second)", "b OK Fetch completed.")
+    assert "\\Seen" in s.store.openMailbox(USER).messages()[1].flags
+
+
+def test_fetch_header_fields():
+    s = Session()
+    s.select()
+    s.send("a FETCH 1 (BODY.PEEK[HEADER.FIELDS (Subject FROM)])")
+    s.expect(
+        "* 1 FETCH (BODY[HEADER.FIELDS (Subject FROM)] {46}",
+        "From: Ann <ann@example.test>",
+        "Subject: one",
+        "",
+        ")",
+        "a OK Fetch completed.",
+    )
+    s.send("b FETCH 2 (BODY.PEEK[HEADER.FIELDS.NOT (Subject From)])")
+    s.expect("* 2 FETCH (BODY[HEADER.FIELDS.NOT (Subject From)] {24}", "To: joe@example.test", "", ")",
+             "b OK Fetch completed.")
+
+
+def test_fetch_mime_parts():
+    s = Session()
+    s.select()
+    s.send("a FETCH 3 (BODY.PEEK[1] BODY.PEEK[2.MIME] BODY.PEEK[9])")
+    s.expect(
+        "* 3 FETCH (BODY[1] {8}",
+        "part one BODY[2.MIME] {27}",
+        "Content-Type: text/html",
+        "",
+        ' BODY[9] "")',
+        "a OK Fetch completed.",
+    )
+
+
+def test_fetch_whole_message_and_rfc822_items():
+    s = Session()
+    s.select()
+    s.send("a FETCH 2 (RFC822.HEADER)")
+    raw = s.raw()
+    header = MESSAGES[1][: MESSAGES[1].index(b"\r\n\r\n") + 4]
+    assert raw == b"* 2 FETCH (RFC822.HEADER {%d}\r\n%s)\r\na OK Fetch completed.\r\n" % (len(header), header)
+    s.send("b FETCH 2 BODY.PEEK[]")
+    assert s.raw() == b"* 2 FETCH (BODY[] {%d}\r\n%s)\r\nb OK Fetch completed.\r\n" % (len(MESSAGES[1]), MESSAGES[1])
+
+
+def test_fetch_envelope_and_bodystructure():
+    s = Session()
+    s.select()
+    s.send("a FETCH 1 (ENVELOPE)", "b FETCH 3 (BODYSTRUCTURE)", "c FETCH 3 BODY")
+    got = s.lines()
+    assert got[0].startswith('* 1 FETCH (ENVELOPE ("Mon, 7 Feb 1994 21:52:25 -0800" "one" (("Ann" NIL "ann" "example.test"))')
+    assert got[0].endswith('"<1@example.test>"))')
+    assert got[2].startswith('* 3 FETCH (BODYSTRUCTURE (("TEXT" "PLAIN"') or got[2].startswith('* 3 FETCH (BODYSTRUCTURE (("text" "plain"')
+    assert "MIXED" in got[2].upper() and "BOUNDARY" in got[2].upper()
+    assert got[4].startswith("* 3 FETCH (BODY ((")
+    assert "BOUNDARY" not in got[4].upper()
+
+
+def test_fetch_macros_and_bad_items():
+    s = Session()
+    s.select()
+    s.send("a FETCH 1 FAST", "b FETCH 1 (BOGUS)", "c FETCH 1 BODY[FOO]", "d FETCH 1 BODY[]<1.x>")
+    got = s.lines()
+    assert got[0].startswith("* 1 FETCH (FLAGS () INTERNALDATE \"") and got[0].endswith("RFC822.SIZE %d)" % len(MESSAGES[0]))
+    assert got[1] == "a OK Fetch completed."
+    assert all(line.startswith(tag + " BAD") for line, tag in zip(got[2:], "bcd"))
+
+
+def test_fetch_malformed_mime_is_served():
+    store = filledStore([
+        b"Content-Type: text/plain;\r\n\r\nx\r\n",
+        b'Content-Type: multipart/mixed; boundary="a;b"; x\r\n\r\n--a;b\r\n\r\nnever closed\r\n',
+        b"Content-Type: multipart/mixed\r\n\r\nno boundary at all\r\n",
+    ])
+    s = Session(store=store)
+    s.select()
+    s.send("a FETCH 1:3 (BODYSTRUCTURE ENVELOPE BODY.PEEK[1])")
+    got = s.lines()
+    assert got[-1] == "a OK Fetch completed."
+    assert sum(1 for line in got if line.startswith("* ")) == 3
+    assert not s.closed
+
+
+def test_fetch_changedsince():
+    s = Session()
+    s.select()
+    s.send("a STORE 2 +FLAGS.SILENT (\\Flagged)")
+    s.lines()
+    modSeq = s.store.openMailbox(USER).messages()[1].modSeq
+    s.send("b FETCH 1:* (FLAGS) (CHANGEDSINCE %d)" % (modSeq - 1))
+    s.expect("* 2 FETCH (FLAGS (\\Flagged) MODSEQ (%d))" % modSeq, "b OK Fetch completed.")
+
+
+# --- STORE, EXPUNGE, COPY, MOVE -------------------------------------------------
+
+
+def test_store_variants():
+    s = Session()
+    s.select()
+    s.send("a STORE 1 +FLAGS (\\Seen \\Flagged)", "b STORE 1 -FLAGS (\\Flagged)", "c STORE 1:2 FLAGS.SILENT ($Work)",
+           "d UID STORE 2 +FLAGS \\Answered")
+    s.expect(
+        "* 1 FETCH (FLAGS (\\Flagged \\Seen))",
+        "a OK Store completed.",
+        "* 1 FETCH (FLAGS (\\Seen))",
+        "b OK Store completed.",
+        "c OK Store completed.",
+        "* 2 FETCH (UID 2 FLAGS ($Work \\Answered))",
+        "d OK Store completed.",
+    )
+    flags = [m.flags for m in s.store.openMailbox(USER).messages()]
+    assert flags[:2] == [{"$Work"}, {"$Work", "\\Answered"}]
+
+
+def test_store_condstore_unchangedsince():
+    s = Session()
+    s.select()
+    s.send("e ENABLE CONDSTORE")
+    s.expect("* ENABLED CONDSTORE", "e OK Enabled.")
+    modSeq = s.store.openMailbox(USER).messages()[0].modSeq
+    s.send("a STORE 1 (UNCHANGEDSINCE %d) +FLAGS (\\Seen)" % modSeq)
+    got = s.lines()
+    newModSeq = s.store.openMailbox(USER).messages()[0].modSeq
+    assert got == ["* 1 FETCH (FLAGS (\\Seen) MODSEQ (%d))" % newModSeq, "a OK Store completed."]
+    s.send("b STORE 1 (UNCHANGEDSINCE %d) +FLAGS (\\Flagged)" % modSeq)
+    s.expect("b OK [MODIFIED 1] Conditional store failed.")
+
+
+def test_expunge_and_sequence_numbers():
+    s = Session()
+    s.select()
+    s.send("a STORE 1:2 +FLAGS.SILENT (\\Deleted)", "b EXPUNGE", "c FETCH 1 UID")
+    s.expect("a OK Store completed.", "* 2 EXPUNGE", "* 1 EXPUNGE", "b OK Expunge completed.",
+             "* 1 FETCH (UID 3)", "c OK Fetch completed.")
+
+
+def test_uid_expunge_only_named():
+    s = Session()
+    s.select()
+    s.send("a STORE 1:3 +FLAGS.SILENT (\\Deleted)", "b UID EXPUNGE 2", "c FETCH 1:* UID")
+    s.expect("a OK Store completed.", "* 2 EXPUNGE", "b OK Expunge completed.",
+             "* 1 FETCH (UID 1)", "* 2 FETCH (UID 3)", "c OK Fetch completed.")
+
+
+def test_expunge_by_other_session_is_deferred_during_fetch():
+    store = filledStore()
+    one, two = Session(store=store), Session(store=store)
+    one.select()
+    two.select()
+    two.send("a STORE 1 +FLAGS.SILENT (\\Deleted)", "b EXPUNGE")
+    two.lines()
+    one.send("c FETCH 1:3 UID")
+    got = one.lines()
+    assert "* 1 EXPUNGE" not in got and got[-1].startswith("c ")
+    one.send("d NOOP")
+    one.expect("* 1 EXPUNGE", "d OK NOOP completed.")
+    one.send("e FETCH 1:* UID")
+    one.expect("* 1 FETCH (UID 2)", "* 2 FETCH (UID 3)", "e OK Fetch completed.")
+
+
+def test_flag_changes_of_other_session_are_reported():
+    store = filledStore()
+    one, two = Session(store=store), Session(store=store)
+    one.select()
+    two.select()
+    two.send("a STORE 2 +FLAGS.SILENT (\\Flagged)")
+    two.lines()
+    one.send("b NOOP")
+    one.expect("* 2 FETCH (FLAGS (\\Flagged))", "b OK NOOP completed.")
+
+
+def test_copy_and_move_with_uidplus():
+    s = Session()
+    s.select()
+    s.send("a COPY 1:2 Archive", "b UID MOVE 3 Trash", "c COPY 1 Nope")
+    archive = s.store.openMailbox(USER, "Archive")
+    trash = s.store.openMailbox(USER, "Trash")
+    s.expect(
+        "a OK [COPYUID %d 1:2 1:2] Copy completed." % archive.uidValidity,
+        "* OK [COPYUID %d 3 1] Moved UIDs." % trash.uidValidity,
+        "* 3 EXPUNGE",
+        "b OK Move completed.",
+        "c NO [TRYCREATE] Mailbox doesn't exist.",
+    )
+    assert [m.open().read() for m in archive.messages()] == MESSAGES[:2]
+    assert [m.open().read() for m in trash.messages()] == MESSAGES[2:]
+
+
+def test_close_expunges_silently_and_unselect_does_not():
+    s = Session()
+    s.select()
+    s.send("a STORE 1 +FLAGS.SILENT (\\Deleted)", "b UNSELECT", "c SELECT INBOX")
+    got = s.lines()
+    assert "* 3 EXISTS" in got
+    s.send("d CLOSE", "e FETCH 1 UID")
+    s.expect("d OK Close completed.", "e BAD Command not valid in this state.")
+    assert len(s.store.openMailbox(USER).messages()) == 2
+
+
+# --- SEARCH ---------------------------------------------------------------------
+
+
+def test_search_and_esearch():
+    s = Session()
+    s.select()
+    s.send("a SEARCH FROM ann", "b UID SEARCH SUBJECT t", "c SEARCH RETURN (MIN COUNT) ALL", "d SEARCH CHARSET KOI8 ALL")
+    s.expect(
+        "* SEARCH 1",
+        "a OK Search completed.",
+        "* SEARCH 2 3",
+        "b OK Search completed.",
+        '* ESEARCH (TAG "c") MIN 1 COUNT 3',
+        "c OK Search completed.",
+        "d NO [BADCHARSET (US-ASCII UTF-8)] Unsupported charset.",
+    )
+
+
+def test_search_body_and_not_chain():
+    s = Session()
+    s.select()
+    s.send("a SEARCH BODY second", "b SEARCH " + "NOT " * 5000 + "SUBJECT two",
+           "c SEARCH " + "NOT OR " * 500 + "ALL ALL")
+    got = s.lines()
+    assert got[:4] == ["* SEARCH 2", "a OK Search completed.", "* SEARCH 2", "b OK Search completed."]
+    assert got[4].startswith("c BAD")
+
+
+# --- IDLE ---------------------------------------------------------------------------
+
+
+def test_idle_pushes_new_mail_and_ends_on_done():
+    s = Session()
+    s.select()
+    s.send("a IDLE")
+    s.expect("+ idling")
+    s.store.deliver([(USER, "INBOX", [b"Subject: new\r\n\r\nnew\r\n"])])
+    s.expect("* 4 EXISTS", "* 1 RECENT")
+    s.send("DONE")
+    s.expect("a OK Idle completed.")
+
+
+def test_idle_ends_only_on_done():
+    s = Session()
+    s.select()
+    s.send("a IDLE")
+    s.expect("+ idling")
+    s.send("b NOOP")
+    s.expect("a BAD Expected DONE.")
+
+
+def test_idle_keepalive_and_poll():
+    s = Session()
+    s.select()
+    s.send("a IDLE")
+    s.expect("+ idling")
+    s.clock.advance(120)
+    s.expect("* OK Still here")
+    s.send("DONE")
+    s.expect("a OK Idle completed.")
+    assert len(s.clock.getDelayedCalls()) == 1  # the session's own timeout
+
+
+def test_idle_reports_expunge_by_other_session():
+    store = filledStore()
+    one, two = Session(store=store), Session(store=store)
+    one.select()
+    two.select()
+    one.send("a IDLE")
+    one.expect("+ idling")
+    two.send("b STORE 3 +FLAGS.SILENT (\\Deleted)", "c EXPUNGE")
+    two.lines()
+    got = one.lines()
+    assert got == ["* 3 FETCH (FLAGS (\\Deleted))", "* 3 EXPUNGE"] or got == ["* 3 EXPUNGE"]
+
+
+def test_timeout():
+    s = Session()
+    s.clock.advance(1800)
+    s.expect("* BYE Disconnected for inactivity.")
+    assert s.closed
