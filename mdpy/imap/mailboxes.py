@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_imap_server -*-
 """
-Mailbox names on the wire and the LIST family: modified UTF-7 names
+Mailbox names on the wire and the commands that manage mailboxes: modified UTF-7 names
 (RFC 3501 section 5.1.3) with C{/} as the hierarchy separator, LIST
 patterns (section 6.3.8), and the attributes of CHILDREN (RFC 3348),
 SPECIAL-USE (RFC 6154) and LIST-EXTENDED (RFC 5258).
@@ -8,11 +8,12 @@ SPECIAL-USE (RFC 6154) and LIST-EXTENDED (RFC 5258).
 
 import re
 
-from mdpy import mutf7
+from mdpy import errors, mutf7
 from mdpy.imap.mime import quoteString
-from mdpy.imap.parser import ParseError, astring
+from mdpy.imap.parser import Atom, ParseError, astring, isAtom
 
 SEPARATOR = "/"
+_STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE")
 SPECIAL_USE = {
     "Drafts": "\\Drafts",
     "Sent": "\\Sent",
@@ -129,3 +130,229 @@ def listLine(verb, attributes, name, extra=b""):
     return b"* %s (%s) \"/\" %s%s\r\n" % (
         verb, " ".join(attributes).encode("ascii"), encodeName(name), extra,
     )
+
+
+class MailboxCommands:
+    """
+    The commands of L{mdpy.imap.server.IMAP4Server} that manage mailboxes:
+    CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB and STATUS.
+    """
+
+    def do_CREATE(self, tag, args):
+        if len(args) != 1:
+            raise ParseError("Expected a mailbox name")
+        name = decodeName(args[0])
+        if name == "INBOX":
+            return self.no(tag, b"Mailbox already exists.", b"ALREADYEXISTS")
+        return self._simpleMailboxCommand(tag, self.factory.runInThread(self._create, name), b"Create completed.")
+
+    def _create(self, name):
+        store = self.factory.store
+        levels = name.split(SEPARATOR)
+        existing = set(store.listMailboxes(self.account))
+        if name in existing:
+            raise errors.Exists(name)
+        for depth in range(1, len(levels)):
+            parent = SEPARATOR.join(levels[:depth])
+            if parent not in existing:
+                store.createMailbox(self.account, parent)
+        store.createMailbox(self.account, name)
+
+    def do_DELETE(self, tag, args):
+        if len(args) != 1:
+            raise ParseError("Expected a mailbox name")
+        name = decodeName(args[0])
+        if name == "INBOX":
+            return self.no(tag, b"INBOX can't be deleted.", b"CANNOT")
+        if self.selected is not None and self.selected.mailbox.name == name:
+            self._deselect()
+        return self._simpleMailboxCommand(
+            tag, self._storeCall(self.factory.store.deleteMailbox, name), b"Delete completed."
+        )
+
+    def do_RENAME(self, tag, args):
+        if len(args) != 2:
+            raise ParseError("Expected two mailbox names")
+        old, new = decodeName(args[0]), decodeName(args[1])
+        return self._simpleMailboxCommand(
+            tag, self._storeCall(self.factory.store.renameMailbox, old, new), b"Rename completed."
+        )
+
+    def do_SUBSCRIBE(self, tag, args, subscribed=True):
+        if len(args) != 1:
+            raise ParseError("Expected a mailbox name")
+        name = decodeName(args[0])
+        return self._simpleMailboxCommand(
+            tag,
+            self._storeCall(self.factory.store.setSubscribed, name, subscribed),
+            b"Subscribe completed." if subscribed else b"Unsubscribe completed.",
+        )
+
+    def do_UNSUBSCRIBE(self, tag, args):
+        return self.do_SUBSCRIBE(tag, args, subscribed=False)
+
+    # LIST, LSUB
+
+    def do_LIST(self, tag, args, verb=b"LIST"):
+        args = list(args)
+        selection = []
+        if verb == b"LIST" and args and isinstance(args[0], list):
+            selection = [self._optionName(o) for o in args.pop(0)]
+        if len(args) < 2:
+            raise ParseError("Expected reference and mailbox name")
+        reference = self._pattern(args[0])
+        patterns = args[1] if isinstance(args[1], list) and verb == b"LIST" else [args[1]]
+        patterns = [self._pattern(p) for p in patterns]
+        returns, statusItems = [], None
+        rest = args[2:]
+        if rest:
+            if verb != b"LIST" or not isAtom(rest[0], "RETURN") or len(rest) != 2 or not isinstance(rest[1], list):
+                raise ParseError("Invalid LIST arguments")
+            options = rest[1]
+            index = 0
+            while index < len(options):
+                option = self._optionName(options[index])
+                if option == "STATUS":
+                    index += 1
+                    if index >= len(options) or not isinstance(options[index], list):
+                        raise ParseError("STATUS needs a list")
+                    statusItems = self._statusItems(options[index])
+                elif option not in ("SUBSCRIBED", "CHILDREN", "SPECIAL-USE"):
+                    raise ParseError("Unknown LIST return option")
+                returns.append(option)
+                index += 1
+        for option in selection:
+            if option not in ("SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"):
+                raise ParseError("Unknown LIST selection option")
+        if "RECURSIVEMATCH" in selection and len(set(selection) - {"REMOTE", "RECURSIVEMATCH"}) == 0:
+            raise ParseError("RECURSIVEMATCH needs another selection option")
+        if patterns == [""] and verb == b"LIST" and not selection:
+            self.send(b'* LIST (\\Noselect) "/" ""\r\n')
+            return self.complete(tag, b"OK", b"List completed.")
+        d = self.factory.runInThread(self._listing)
+        d.addCallback(self._cbList, tag, verb, reference, patterns, selection, returns, statusItems)
+        d.addErrback(self._noFromFailure, tag)
+        return d
+
+    def do_LSUB(self, tag, args):
+        return self.do_LIST(tag, args, verb=b"LSUB")
+
+    @staticmethod
+    def _optionName(token):
+        if not isinstance(token, Atom):
+            raise ParseError("Expected an option name")
+        return token.upper()
+
+    @staticmethod
+    def _pattern(token):
+        """
+        @return: a LIST reference or pattern, decoded but otherwise as given.
+        """
+        raw = astring(token)
+        try:
+            return mutf7.decode(raw.decode("ascii"))
+        except UnicodeDecodeError:
+            return raw.decode("utf-8", "replace")
+
+    def _listing(self):
+        store = self.factory.store
+        return Listing(store.listMailboxes(self.account), store.listSubscriptions(self.account))
+
+    def _cbList(self, listing, tag, verb, reference, patterns, selection, returns, statusItems):
+        matchers = [patternMatcher(reference, p) for p in patterns]
+
+        def matches(name):
+            return any(m(name) for m in matchers)
+
+        lines = []
+        statusNames = []
+        subscribedOnly = verb == b"LSUB" or "SUBSCRIBED" in selection
+        specialOnly = "SPECIAL-USE" in selection
+        showSubscribed = "SUBSCRIBED" in returns or "SUBSCRIBED" in selection
+        candidates = sorted(
+            set(listing.names) | set(listing.implied) | (listing.subscribed if subscribedOnly else set()),
+            key=lambda n: (n != "INBOX", n),
+        )
+        for name in candidates:
+            extra = b""
+            if subscribedOnly:
+                if name not in listing.subscribed:
+                    if "RECURSIVEMATCH" in selection and matches(name) and any(
+                        s.startswith(name + SEPARATOR) for s in listing.subscribed
+                    ):
+                        attrs = listing.attributes(name, subscribedFlag=showSubscribed)
+                        lines.append(listLine(b"LIST", attrs, name, b' ("CHILDINFO" ("SUBSCRIBED"))'))
+                    continue
+            if not matches(name):
+                continue
+            attrs = listing.attributes(name, subscribedFlag=showSubscribed and verb == b"LIST")
+            if specialOnly and not any(a in ("\\Drafts", "\\Sent", "\\Trash", "\\Junk", "\\Archive") for a in attrs):
+                continue
+            if verb == b"LSUB":
+                attrs = [a for a in attrs if a == "\\Noselect" or a == "\\NonExistent"]
+                attrs = ["\\Noselect"] if attrs else []
+            lines.append(listLine(verb, attrs, name, extra))
+            if statusItems is not None and name in listing.existing:
+                statusNames.append(name)
+        self.send(b"".join(lines))
+        if statusItems and statusNames:
+            d = self.factory.runInThread(self._statusMany, statusNames, statusItems)
+            d.addCallback(lambda replies: self.send(b"".join(replies)))
+            d.addCallback(lambda _: self.complete(tag, b"OK", b"List completed."))
+            return d
+        return self.complete(tag, b"OK", b"List completed.")
+
+    # STATUS
+
+    def _statusItems(self, token):
+        if not isinstance(token, list) or not token:
+            raise ParseError("Expected status items")
+        items = []
+        for item in token:
+            name = self._optionName(item)
+            if name not in _STATUS_ITEMS:
+                raise ParseError("Unknown status item")
+            items.append(name)
+        return items
+
+    def do_STATUS(self, tag, args):
+        if len(args) != 2:
+            raise ParseError("Expected mailbox name and status items")
+        name = decodeName(args[0])
+        items = self._statusItems(args[1])
+        d = self.factory.runInThread(self._statusMany, [name], items)
+        d.addCallback(lambda replies: self.send(b"".join(replies)))
+        d.addCallbacks(lambda _: self.complete(tag, b"OK", b"Status completed."),
+                       self._noFromFailure, errbackArgs=(tag,))
+        return d
+
+    def _statusMany(self, names, items):
+        """
+        @return: C{* STATUS} lines.  Runs in a thread.
+        """
+        out = []
+        for name in names:
+            mailbox = self.factory.store.openMailbox(self.account, name)
+            messages = mailbox.messages()
+            values = []
+            for item in items:
+                if item == "MESSAGES":
+                    value = len(messages)
+                elif item == "RECENT":
+                    value = 0
+                    if self.selected is not None and self.selected.mailbox.name == name:
+                        value = len(self.selected.recent)
+                elif item == "UIDNEXT":
+                    value = mailbox.uidNext
+                elif item == "UIDVALIDITY":
+                    value = mailbox.uidValidity
+                elif item == "UNSEEN":
+                    value = sum(1 for m in messages if "\\Seen" not in m.flags)
+                elif item == "HIGHESTMODSEQ":
+                    value = mailbox.highestModSeq
+                else:
+                    value = sum(m.size for m in messages)
+                values.append(b"%s %d" % (item.encode("ascii"), value))
+            out.append(b"* STATUS %s (%s)\r\n" % (encodeName(name), b" ".join(values)))
+        return out
+

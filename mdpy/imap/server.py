@@ -26,26 +26,18 @@ Invariants (besides those of L{mdpy.session}):
 
 from twisted.cred import error as credError
 from twisted.cred.credentials import UsernamePassword
-from twisted.internet import defer, interfaces as iinternet
-from twisted.python.failure import Failure
-from zope.interface import implementer
+from twisted.internet import defer
 
 from mdpy import __version__ as VERSION
-from mdpy import errors, mutf7
+from mdpy import errors
 from mdpy.auth import sasl
 from mdpy.imap import fetch as fetching
-from mdpy.imap import search as searching
-from mdpy.imap.mailboxes import (
-    SEPARATOR, Listing, decodeName, encodeName, listLine, patternMatcher,
-)
+from mdpy.imap.mailboxes import MailboxCommands, decodeName
+from mdpy.imap.messages import MessageCommands
 from mdpy.imap.mime import quoteString
-from mdpy.imap.parser import (
-    LITERAL_MARKER, Atom, ParseError, SequenceSet, astring, isAtom, formatSequence,
-    number64, parseDateTime, tokenize,
-)
+from mdpy.imap.parser import LITERAL_MARKER, Atom, ParseError, astring, isAtom, parseDateTime, tokenize
 from mdpy.imap.selected import RecentTracker, SelectedMailbox, UidValidityChanged
 from mdpy.session import CommandSession, SessionFactory
-from mdpy.store.maildirindex import storableFlags
 
 NOT_AUTHENTICATED = "not authenticated"
 AUTHENTICATED = "authenticated"
@@ -56,7 +48,6 @@ MAX_LITERAL = 64 * 1024
 MAX_LITERALS = 1000
 MAX_LITERAL_TOTAL = 1024 * 1024
 MAX_PREAUTH_LITERAL = 8192
-CHUNK = 64 * 1024
 
 _SYSTEM_FLAGS_LOWER = {flag.lower() for flag in SYSTEM_FLAGS}
 
@@ -72,8 +63,6 @@ _COMMANDS = {
         "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UID",
     },
 }
-_UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE"}
-_STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE")
 
 
 class _TryCreate(errors.PermanentFailure):
@@ -154,60 +143,7 @@ class IMAP4Factory(SessionFactory):
         self.idlePoll = idlePoll
 
 
-@implementer(iinternet.IPushProducer)
-class _Output:
-    """
-    Flow control for a long response: the transport says when its buffer is
-    full, and L{wait} holds the response until it has drained.
-    """
-
-    def __init__(self, transport):
-        self.transport = transport
-        self.paused = False
-        self._waiting = None
-        transport.registerProducer(self, True)
-
-    def pauseProducing(self):
-        self.paused = True
-
-    def resumeProducing(self):
-        self.paused = False
-        waiting, self._waiting = self._waiting, None
-        if waiting is not None:
-            waiting.callback(None)
-
-    stopProducing = resumeProducing
-
-    def wait(self):
-        self._waiting = defer.Deferred()
-        return self._waiting
-
-    def finish(self):
-        self.transport.unregisterProducer()
-
-
-class _SearchContext:
-    """
-    What a SEARCH criterion may ask of the session (L{mdpy.imap.search}).
-    """
-
-    def __init__(self, selected, now):
-        self.selected = selected
-        self.count = selected.count
-        self.largestUid = selected.largestUid
-        self.now = now
-
-    def sequence(self, message):
-        return self.selected.sequence(message)
-
-    def isRecent(self, message):
-        return self.selected.isRecent(message)
-
-    def content(self, message):
-        return fetching.readMessage(message)
-
-
-class IMAP4Server(CommandSession):
+class IMAP4Server(MailboxCommands, MessageCommands, CommandSession):
     """
     One IMAP session.
 
@@ -600,7 +536,7 @@ class IMAP4Server(CommandSession):
         self._reply(self._authTag, b"OK", b"Logged in.", b"CAPABILITY " + self.capabilities())
         return None
 
-    # --- authenticated: mailboxes ----------------------------------------------
+    # --- authenticated -------------------------------------------------------
 
     def _storeCall(self, f, *args):
         """
@@ -623,59 +559,6 @@ class IMAP4Server(CommandSession):
         d.addCallbacks(lambda _: self.complete(tag, b"OK", okText), self._noFromFailure, errbackArgs=(tag,))
         return d
 
-    def do_CREATE(self, tag, args):
-        if len(args) != 1:
-            raise ParseError("Expected a mailbox name")
-        name = decodeName(args[0])
-        if name == "INBOX":
-            return self.no(tag, b"Mailbox already exists.", b"ALREADYEXISTS")
-        return self._simpleMailboxCommand(tag, self.factory.runInThread(self._create, name), b"Create completed.")
-
-    def _create(self, name):
-        store = self.factory.store
-        levels = name.split(SEPARATOR)
-        existing = set(store.listMailboxes(self.account))
-        if name in existing:
-            raise errors.Exists(name)
-        for depth in range(1, len(levels)):
-            parent = SEPARATOR.join(levels[:depth])
-            if parent not in existing:
-                store.createMailbox(self.account, parent)
-        store.createMailbox(self.account, name)
-
-    def do_DELETE(self, tag, args):
-        if len(args) != 1:
-            raise ParseError("Expected a mailbox name")
-        name = decodeName(args[0])
-        if name == "INBOX":
-            return self.no(tag, b"INBOX can't be deleted.", b"CANNOT")
-        if self.selected is not None and self.selected.mailbox.name == name:
-            self._deselect()
-        return self._simpleMailboxCommand(
-            tag, self._storeCall(self.factory.store.deleteMailbox, name), b"Delete completed."
-        )
-
-    def do_RENAME(self, tag, args):
-        if len(args) != 2:
-            raise ParseError("Expected two mailbox names")
-        old, new = decodeName(args[0]), decodeName(args[1])
-        return self._simpleMailboxCommand(
-            tag, self._storeCall(self.factory.store.renameMailbox, old, new), b"Rename completed."
-        )
-
-    def do_SUBSCRIBE(self, tag, args, subscribed=True):
-        if len(args) != 1:
-            raise ParseError("Expected a mailbox name")
-        name = decodeName(args[0])
-        return self._simpleMailboxCommand(
-            tag,
-            self._storeCall(self.factory.store.setSubscribed, name, subscribed),
-            b"Subscribe completed." if subscribed else b"Unsubscribe completed.",
-        )
-
-    def do_UNSUBSCRIBE(self, tag, args):
-        return self.do_SUBSCRIBE(tag, args, subscribed=False)
-
     def do_NAMESPACE(self, tag, args):
         self.untagged(b'NAMESPACE (("" "/")) NIL NIL')
         return self.complete(tag, b"OK", b"Namespace completed.")
@@ -691,171 +574,6 @@ class IMAP4Server(CommandSession):
                 enabled.append(upper)
         self.untagged(b"ENABLED" + b"".join(b" " + n.encode("ascii") for n in enabled))
         return self.complete(tag, b"OK", b"Enabled.")
-
-    # LIST, LSUB
-
-    def do_LIST(self, tag, args, verb=b"LIST"):
-        args = list(args)
-        selection = []
-        if verb == b"LIST" and args and isinstance(args[0], list):
-            selection = [self._optionName(o) for o in args.pop(0)]
-        if len(args) < 2:
-            raise ParseError("Expected reference and mailbox name")
-        reference = self._pattern(args[0])
-        patterns = args[1] if isinstance(args[1], list) and verb == b"LIST" else [args[1]]
-        patterns = [self._pattern(p) for p in patterns]
-        returns, statusItems = [], None
-        rest = args[2:]
-        if rest:
-            if verb != b"LIST" or not isAtom(rest[0], "RETURN") or len(rest) != 2 or not isinstance(rest[1], list):
-                raise ParseError("Invalid LIST arguments")
-            options = rest[1]
-            index = 0
-            while index < len(options):
-                option = self._optionName(options[index])
-                if option == "STATUS":
-                    index += 1
-                    if index >= len(options) or not isinstance(options[index], list):
-                        raise ParseError("STATUS needs a list")
-                    statusItems = self._statusItems(options[index])
-                elif option not in ("SUBSCRIBED", "CHILDREN", "SPECIAL-USE"):
-                    raise ParseError("Unknown LIST return option")
-                returns.append(option)
-                index += 1
-        for option in selection:
-            if option not in ("SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"):
-                raise ParseError("Unknown LIST selection option")
-        if "RECURSIVEMATCH" in selection and len(set(selection) - {"REMOTE", "RECURSIVEMATCH"}) == 0:
-            raise ParseError("RECURSIVEMATCH needs another selection option")
-        if patterns == [""] and verb == b"LIST" and not selection:
-            self.send(b'* LIST (\\Noselect) "/" ""\r\n')
-            return self.complete(tag, b"OK", b"List completed.")
-        d = self.factory.runInThread(self._listing)
-        d.addCallback(self._cbList, tag, verb, reference, patterns, selection, returns, statusItems)
-        d.addErrback(self._noFromFailure, tag)
-        return d
-
-    def do_LSUB(self, tag, args):
-        return self.do_LIST(tag, args, verb=b"LSUB")
-
-    @staticmethod
-    def _optionName(token):
-        if not isinstance(token, Atom):
-            raise ParseError("Expected an option name")
-        return token.upper()
-
-    @staticmethod
-    def _pattern(token):
-        """
-        @return: a LIST reference or pattern, decoded but otherwise as given.
-        """
-        raw = astring(token)
-        try:
-            return mutf7.decode(raw.decode("ascii"))
-        except UnicodeDecodeError:
-            return raw.decode("utf-8", "replace")
-
-    def _listing(self):
-        store = self.factory.store
-        return Listing(store.listMailboxes(self.account), store.listSubscriptions(self.account))
-
-    def _cbList(self, listing, tag, verb, reference, patterns, selection, returns, statusItems):
-        matchers = [patternMatcher(reference, p) for p in patterns]
-
-        def matches(name):
-            return any(m(name) for m in matchers)
-
-        lines = []
-        statusNames = []
-        subscribedOnly = verb == b"LSUB" or "SUBSCRIBED" in selection
-        specialOnly = "SPECIAL-USE" in selection
-        showSubscribed = "SUBSCRIBED" in returns or "SUBSCRIBED" in selection
-        candidates = sorted(
-            set(listing.names) | set(listing.implied) | (listing.subscribed if subscribedOnly else set()),
-            key=lambda n: (n != "INBOX", n),
-        )
-        for name in candidates:
-            extra = b""
-            if subscribedOnly:
-                if name not in listing.subscribed:
-                    if "RECURSIVEMATCH" in selection and matches(name) and any(
-                        s.startswith(name + SEPARATOR) for s in listing.subscribed
-                    ):
-                        attrs = listing.attributes(name, subscribedFlag=showSubscribed)
-                        lines.append(listLine(b"LIST", attrs, name, b' ("CHILDINFO" ("SUBSCRIBED"))'))
-                    continue
-            if not matches(name):
-                continue
-            attrs = listing.attributes(name, subscribedFlag=showSubscribed and verb == b"LIST")
-            if specialOnly and not any(a in ("\\Drafts", "\\Sent", "\\Trash", "\\Junk", "\\Archive") for a in attrs):
-                continue
-            if verb == b"LSUB":
-                attrs = [a for a in attrs if a == "\\Noselect" or a == "\\NonExistent"]
-                attrs = ["\\Noselect"] if attrs else []
-            lines.append(listLine(verb, attrs, name, extra))
-            if statusItems is not None and name in listing.existing:
-                statusNames.append(name)
-        self.send(b"".join(lines))
-        if statusItems and statusNames:
-            d = self.factory.runInThread(self._statusMany, statusNames, statusItems)
-            d.addCallback(lambda replies: self.send(b"".join(replies)))
-            d.addCallback(lambda _: self.complete(tag, b"OK", b"List completed."))
-            return d
-        return self.complete(tag, b"OK", b"List completed.")
-
-    # STATUS
-
-    def _statusItems(self, token):
-        if not isinstance(token, list) or not token:
-            raise ParseError("Expected status items")
-        items = []
-        for item in token:
-            name = self._optionName(item)
-            if name not in _STATUS_ITEMS:
-                raise ParseError("Unknown status item")
-            items.append(name)
-        return items
-
-    def do_STATUS(self, tag, args):
-        if len(args) != 2:
-            raise ParseError("Expected mailbox name and status items")
-        name = decodeName(args[0])
-        items = self._statusItems(args[1])
-        d = self.factory.runInThread(self._statusMany, [name], items)
-        d.addCallback(lambda replies: self.send(b"".join(replies)))
-        d.addCallbacks(lambda _: self.complete(tag, b"OK", b"Status completed."),
-                       self._noFromFailure, errbackArgs=(tag,))
-        return d
-
-    def _statusMany(self, names, items):
-        """
-        @return: C{* STATUS} lines.  Runs in a thread.
-        """
-        out = []
-        for name in names:
-            mailbox = self.factory.store.openMailbox(self.account, name)
-            messages = mailbox.messages()
-            values = []
-            for item in items:
-                if item == "MESSAGES":
-                    value = len(messages)
-                elif item == "RECENT":
-                    value = 0
-                    if self.selected is not None and self.selected.mailbox.name == name:
-                        value = len(self.selected.recent)
-                elif item == "UIDNEXT":
-                    value = mailbox.uidNext
-                elif item == "UIDVALIDITY":
-                    value = mailbox.uidValidity
-                elif item == "UNSEEN":
-                    value = sum(1 for m in messages if "\\Seen" not in m.flags)
-                elif item == "HIGHESTMODSEQ":
-                    value = mailbox.highestModSeq
-                else:
-                    value = sum(m.size for m in messages)
-                values.append(b"%s %d" % (item.encode("ascii"), value))
-            out.append(b"* STATUS %s (%s)\r\n" % (encodeName(name), b" ".join(values)))
-        return out
 
     # SELECT, EXAMINE, CLOSE, UNSELECT
 
@@ -1054,314 +772,6 @@ class IMAP4Server(CommandSession):
                 self._pushUpdates()
 
         d.addCallback(push)
-
-    # --- selected: message sets -------------------------------------------------
-
-    def _resolve(self, token, uid):
-        """
-        @return: the messages of the view a sequence set names.
-        """
-        sequence = SequenceSet.parse(token)
-        selected = self.selected
-        if uid:
-            indexes = sequence.selectSorted(selected.uids)
-        else:
-            # RFC 3501 section 9: a number past the last message (or "*" in
-            # an empty mailbox) is an error.
-            for low, high in sequence.ranges:
-                if max(low or 0, high or 0) > selected.count or (selected.count == 0):
-                    raise ParseError("Invalid messageset")
-            indexes = sequence.indexes(selected.count)
-        return selected.messagesAt(indexes)
-
-    def do_UID(self, tag, args):
-        if not args or not isinstance(args[0], Atom) or args[0].upper() not in _UID_COMMANDS:
-            raise ParseError("Unknown UID command")
-        verb = args[0].upper()
-        return getattr(self, "do_" + verb)(tag, args[1:], uid=True)
-
-    # FETCH
-
-    def do_FETCH(self, tag, args, uid=False):
-        if len(args) not in (2, 3):
-            raise ParseError("Expected a message set and data items")
-        messages = self._resolve(args[0], uid)
-        request = fetching.parseFetchItems(args[1])
-        changedSince = None
-        if len(args) == 3:
-            modifiers = args[2]
-            if not isinstance(modifiers, list) or len(modifiers) != 2 or not isAtom(modifiers[0], "CHANGEDSINCE"):
-                raise ParseError("Unknown FETCH modifier")
-            changedSince = number64(modifiers[1])
-            self.enabled.add("CONDSTORE")
-        if uid and "UID" not in request.items:
-            request.items.insert(0, "UID")
-        if changedSince is not None:
-            request.ensure("MODSEQ")
-            messages = [m for m in messages if m.modSeq > changedSince]
-        return defer.ensureDeferred(self._fetch(tag, messages, request, uid))
-
-    async def _fetch(self, tag, messages, request, uid):
-        selected = self.selected
-        gone = False
-        seenNow = set()
-        if request.setsSeen and not selected.readOnly:
-            unseen = [m for m in messages if "\\Seen" not in m.flags and m.uid not in selected.gone]
-            if unseen:
-                results = await defer.DeferredList(
-                    [defer.maybeDeferred(selected.mailbox.setFlags, m.uid, m.flags | {"\\Seen"}) for m in unseen],
-                    consumeErrors=True,
-                )
-                current = {m.uid: m for m in selected.mailbox.messages()}
-                for message, (ok, _) in zip(unseen, results):
-                    if ok:
-                        seenNow.add(message.uid)
-                messages = [current.get(m.uid, m) if m.uid in seenNow else m for m in messages]
-        output = _Output(self.transport) if len(messages) > 64 or request.needsContent else None
-        structures = self.factory.structures
-        withFlags = None
-        try:
-            pending = []
-            size = 0
-            for message in messages:
-                if self.closing:
-                    return None
-                data = structure = None
-                try:
-                    if request.needsContent or request.needsStructure:
-                        data = fetching.readMessage(message)
-                        if request.needsStructure:
-                            structure = structures.get(message.key, data)
-                except (errors.NotFound, OSError):
-                    gone = True
-                    continue
-                items = request
-                if message.uid in seenNow and "FLAGS" not in request.items:
-                    if withFlags is None:
-                        withFlags = fetching.FetchRequest(request.items + ["FLAGS"], request.sections)
-                    items = withFlags
-                if "FLAGS" in items.items:
-                    selected.noteFlags(message)
-                body = fetching.renderItems(items, message, message.flags, selected.isRecent(message), data, structure)
-                pending.append(b"* %d FETCH %s\r\n" % (selected.sequence(message), body))
-                size += len(body)
-                if size >= CHUNK:
-                    self.transport.write(b"".join(pending))
-                    pending, size = [], 0
-                    if output is not None and output.paused:
-                        await output.wait()
-            if pending:
-                self.transport.write(b"".join(pending))
-        finally:
-            if output is not None:
-                output.finish()
-        if gone:
-            return self.complete(tag, b"NO", b"Some messages were expunged meanwhile.", b"EXPUNGEISSUED", expunge=uid)
-        return self.complete(tag, b"OK", b"Fetch completed.", expunge=uid)
-
-    # STORE
-
-    def do_STORE(self, tag, args, uid=False):
-        if len(args) < 3:
-            raise ParseError("Expected message set, item and flags")
-        messages = self._resolve(args[0], uid)
-        rest = list(args[1:])
-        unchangedSince = None
-        if isinstance(rest[0], list):
-            modifier = rest.pop(0)
-            if len(modifier) != 2 or not isAtom(modifier[0], "UNCHANGEDSINCE"):
-                raise ParseError("Unknown STORE modifier")
-            unchangedSince = number64(modifier[1])
-            self.enabled.add("CONDSTORE")
-        if len(rest) < 2 or not isinstance(rest[0], Atom):
-            raise ParseError("Expected item and flags")
-        item = rest[0].upper()
-        silent = item.endswith(".SILENT")
-        if silent:
-            item = item[: -len(".SILENT")]
-        if item not in ("FLAGS", "+FLAGS", "-FLAGS"):
-            raise ParseError("Invalid STORE item")
-        flagTokens = rest[1] if len(rest) == 2 and isinstance(rest[1], list) else rest[1:]
-        flags = storableFlags(self._flagList(flagTokens))
-        if self.selected.readOnly:
-            return self.no(tag, b"Mailbox is read-only.", b"READ-ONLY")
-        return defer.ensureDeferred(self._store(tag, messages, item, flags, silent, unchangedSince, uid))
-
-    async def _store(self, tag, messages, item, flags, silent, unchangedSince, uid):
-        selected = self.selected
-        mailbox = selected.mailbox
-        modified, changes, unchanged = [], [], []
-        for message in messages:
-            if message.uid in selected.gone:
-                continue
-            if unchangedSince is not None and message.modSeq > unchangedSince:
-                modified.append(message.uid)
-                continue
-            if item == "FLAGS":
-                new = flags
-            elif item == "+FLAGS":
-                new = message.flags | flags
-            else:
-                new = message.flags - flags
-            if new != message.flags or unchangedSince is not None:
-                changes.append((message, new))
-            else:
-                unchanged.append(message)
-        failed = False
-        if changes:
-            results = await defer.DeferredList(
-                [defer.maybeDeferred(mailbox.setFlags, m.uid, new) for m, new in changes], consumeErrors=True
-            )
-            for (ok, result) in results:
-                if not ok:
-                    failed = True
-                    self.log.warn("imap: STORE failed for {user}: {error}", user=self.account,
-                                  error=result.getErrorMessage())
-        if self.closing:
-            return None
-        current = {m.uid: m for m in mailbox.messages()}
-        condstore = "CONDSTORE" in self.enabled
-        lines = []
-        reported = [m for m, _ in changes] + ([] if silent else unchanged)
-        reported.sort(key=lambda m: m.uid)
-        for old in reported:
-            message = current.get(old.uid)
-            if message is None:
-                continue
-            selected.noteFlags(message)
-            if silent and not condstore:
-                continue
-            items = []
-            if uid:
-                items.append(b"UID %d" % (message.uid,))
-            if not silent:
-                items.append(b"FLAGS " + fetching.formatFlags(message.flags, selected.isRecent(message)))
-            if condstore:
-                items.append(b"MODSEQ (%d)" % (message.modSeq,))
-            lines.append(b"* %d FETCH (%s)\r\n" % (selected.sequence(message), b" ".join(items)))
-        if lines:
-            self.send(b"".join(lines))
-        if failed:
-            return self.no(tag, b"Some flags could not be stored.", b"LIMIT")
-        if modified:
-            numbers = modified if uid else [selected.sequence(current.get(u) or selected.messages[u]) for u in modified]
-            return self.complete(tag, b"OK", b"Conditional store failed.",
-                                 b"MODIFIED " + formatSequence(sorted(numbers)), expunge=uid)
-        return self.complete(tag, b"OK", b"Store completed.", expunge=uid)
-
-    # SEARCH
-
-    def do_SEARCH(self, tag, args, uid=False):
-        try:
-            command = searching.parseSearchCommand(args)
-        except searching.BadCharset:
-            return self.no(tag, b"Unsupported charset.", b"BADCHARSET (US-ASCII UTF-8)")
-        selected = self.selected
-        if command.criteria.usesModSeq:
-            self.enabled.add("CONDSTORE")
-        messages = selected.messagesAt(range(selected.count))
-        context = _SearchContext(selected, self.factory.clock.seconds())
-
-        def run():
-            matches = []
-            for message in messages:
-                try:
-                    if command.criteria.match(message, context):
-                        matches.append((context.sequence(message), message.uid, message.modSeq))
-                except errors.NotFound:
-                    continue
-            return matches
-
-        d = self.factory.runInThread(run) if command.criteria.needsContent else defer.succeed(run())
-        d.addCallback(self._cbSearched, tag, uid, command)
-        return d
-
-    def _cbSearched(self, matches, tag, uid, command):
-        if self.closing:
-            return None
-        self.send(searching.formatSearchResponse(tag, uid, command, matches))
-        return self.complete(tag, b"OK", b"Search completed.", expunge=uid)
-
-    # EXPUNGE
-
-    def do_EXPUNGE(self, tag, args, uid=False):
-        selected = self.selected
-        restrict = None
-        if uid:
-            if len(args) != 1:
-                raise ParseError("Expected a UID set")
-            restrict = {m.uid for m in self._resolve(args[0], True)}
-        elif args:
-            raise ParseError("EXPUNGE takes no arguments")
-        if selected.readOnly:
-            return self.no(tag, b"Mailbox is read-only.", b"READ-ONLY")
-        doomed = [
-            m.uid for m in selected.mailbox.messages()
-            if "\\Deleted" in m.flags and (restrict is None or m.uid in restrict)
-        ]
-        if not doomed:
-            return self.complete(tag, b"OK", b"Expunge completed.")
-        d = defer.maybeDeferred(selected.mailbox.expunge, doomed)
-        d.addCallbacks(lambda _: self.complete(tag, b"OK", b"Expunge completed."),
-                       self._noFromFailure, errbackArgs=(tag,))
-        return d
-
-    # COPY, MOVE
-
-    def do_COPY(self, tag, args, uid=False, move=False):
-        if len(args) != 2:
-            raise ParseError("Expected message set and mailbox name")
-        messages = self._resolve(args[0], uid)
-        name = decodeName(args[1])
-        if move and self.selected.readOnly:
-            return self.no(tag, b"Mailbox is read-only.", b"READ-ONLY")
-        return defer.ensureDeferred(self._copy(tag, messages, name, uid, move))
-
-    def do_MOVE(self, tag, args, uid=False):
-        return self.do_COPY(tag, args, uid, move=True)
-
-    async def _copy(self, tag, messages, name, uid, move):
-        selected = self.selected
-        try:
-            target = await self._storeCall(self.factory.store.openMailbox, name)
-        except errors.NotFound:
-            return self.no(tag, b"Mailbox doesn't exist.", b"TRYCREATE")
-        except Exception:
-            return self._noFromFailure(Failure(), tag)
-        pairs = []
-        try:
-            for message in messages:
-                if message.uid in selected.gone:
-                    continue
-                data = await self.factory.runInThread(fetching.readMessage, message)
-                newUid = await defer.maybeDeferred(
-                    target.append, data, message.flags, message.internalDate
-                )
-                pairs.append((message.uid, newUid))
-        except Exception:
-            return self._noFromFailure(Failure(), tag)
-        if self.closing:
-            return None
-        if target.name == selected.mailbox.name:
-            selected.dirty = True
-        if not pairs:
-            return self.complete(tag, b"OK", b"No messages found.", expunge=uid or move)
-        # Messages are copied in UID order and get ascending UIDs, so both
-        # sets list them in the same order (RFC 4315 section 3).
-        code = b"COPYUID %d %s %s" % (
-            target.uidValidity,
-            formatSequence([p[0] for p in pairs]),
-            formatSequence([p[1] for p in pairs]),
-        )
-        if not move:
-            return self.complete(tag, b"OK", b"Copy completed.", code, expunge=uid)
-        self.send(b"* OK [" + code + b"] Moved UIDs.\r\n")
-        try:
-            await defer.maybeDeferred(selected.mailbox.expunge, [p[0] for p in pairs])
-        except Exception:
-            return self._noFromFailure(Failure(), tag)
-        return self.complete(tag, b"OK", b"Move completed.")
-
 
 
 IMAP4Factory.protocol = IMAP4Server

@@ -1,0 +1,391 @@
+# -*- test-case-name: tests.test_imap_server -*-
+"""
+The commands on the messages of the selected mailbox (RFC 3501 sections
+6.4.3 to 6.4.8, RFC 4315 UID EXPUNGE and COPYUID, RFC 6851 MOVE, RFC 7162
+CHANGEDSINCE and UNCHANGEDSINCE), a mixin of L{mdpy.imap.server.IMAP4Server}.
+
+Invariants: sequence numbers are those of the session's view
+(L{mdpy.imap.selected}); FETCH, STORE and SEARCH by sequence number end with
+C{expunge=False}, so no EXPUNGE response renumbers messages under them.
+"""
+
+from twisted.internet import defer, interfaces as iinternet
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mdpy import errors
+from mdpy.imap import fetch as fetching
+from mdpy.imap import search as searching
+from mdpy.imap.mailboxes import decodeName
+from mdpy.imap.parser import Atom, ParseError, SequenceSet, formatSequence, isAtom, number64
+from mdpy.store.maildirindex import storableFlags
+
+CHUNK = 64 * 1024
+_UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE"}
+
+
+@implementer(iinternet.IPushProducer)
+class _Output:
+    """
+    Flow control for a long response: the transport says when its buffer is
+    full, and L{wait} holds the response until it has drained.
+    """
+
+    def __init__(self, transport):
+        self.transport = transport
+        self.paused = False
+        self._waiting = None
+        transport.registerProducer(self, True)
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.callback(None)
+
+    stopProducing = resumeProducing
+
+    def wait(self):
+        self._waiting = defer.Deferred()
+        return self._waiting
+
+    def finish(self):
+        self.transport.unregisterProducer()
+
+
+class _SearchContext:
+    """
+    What a SEARCH criterion may ask of the session (L{mdpy.imap.search}).
+    """
+
+    def __init__(self, selected, now):
+        self.selected = selected
+        self.count = selected.count
+        self.largestUid = selected.largestUid
+        self.now = now
+
+    def sequence(self, message):
+        return self.selected.sequence(message)
+
+    def isRecent(self, message):
+        return self.selected.isRecent(message)
+
+    def content(self, message):
+        return fetching.readMessage(message)
+
+
+
+
+class MessageCommands:
+    """
+    The commands of L{mdpy.imap.server.IMAP4Server} on the messages of the
+    selected mailbox: FETCH, STORE, SEARCH, EXPUNGE, COPY, MOVE and their UID
+    forms.
+    """
+    def _resolve(self, token, uid):
+        """
+        @return: the messages of the view a sequence set names.
+        """
+        sequence = SequenceSet.parse(token)
+        selected = self.selected
+        if uid:
+            indexes = sequence.selectSorted(selected.uids)
+        else:
+            # RFC 3501 section 9: a number past the last message (or "*" in
+            # an empty mailbox) is an error.
+            for low, high in sequence.ranges:
+                if max(low or 0, high or 0) > selected.count or (selected.count == 0):
+                    raise ParseError("Invalid messageset")
+            indexes = sequence.indexes(selected.count)
+        return selected.messagesAt(indexes)
+
+    def do_UID(self, tag, args):
+        if not args or not isinstance(args[0], Atom) or args[0].upper() not in _UID_COMMANDS:
+            raise ParseError("Unknown UID command")
+        verb = args[0].upper()
+        return getattr(self, "do_" + verb)(tag, args[1:], uid=True)
+
+    # FETCH
+
+    def do_FETCH(self, tag, args, uid=False):
+        if len(args) not in (2, 3):
+            raise ParseError("Expected a message set and data items")
+        messages = self._resolve(args[0], uid)
+        request = fetching.parseFetchItems(args[1])
+        changedSince = None
+        if len(args) == 3:
+            modifiers = args[2]
+            if not isinstance(modifiers, list) or len(modifiers) != 2 or not isAtom(modifiers[0], "CHANGEDSINCE"):
+                raise ParseError("Unknown FETCH modifier")
+            changedSince = number64(modifiers[1])
+            self.enabled.add("CONDSTORE")
+        if uid and "UID" not in request.items:
+            request.items.insert(0, "UID")
+        if changedSince is not None:
+            request.ensure("MODSEQ")
+            messages = [m for m in messages if m.modSeq > changedSince]
+        return defer.ensureDeferred(self._fetch(tag, messages, request, uid))
+
+    async def _fetch(self, tag, messages, request, uid):
+        selected = self.selected
+        gone = False
+        seenNow = set()
+        if request.setsSeen and not selected.readOnly:
+            unseen = [m for m in messages if "\\Seen" not in m.flags and m.uid not in selected.gone]
+            if unseen:
+                results = await defer.DeferredList(
+                    [defer.maybeDeferred(selected.mailbox.setFlags, m.uid, m.flags | {"\\Seen"}) for m in unseen],
+                    consumeErrors=True,
+                )
+                current = {m.uid: m for m in selected.mailbox.messages()}
+                for message, (ok, _) in zip(unseen, results):
+                    if ok:
+                        seenNow.add(message.uid)
+                messages = [current.get(m.uid, m) if m.uid in seenNow else m for m in messages]
+        output = _Output(self.transport) if len(messages) > 64 or request.needsContent else None
+        structures = self.factory.structures
+        withFlags = None
+        try:
+            pending = []
+            size = 0
+            for message in messages:
+                if self.closing:
+                    return None
+                data = structure = None
+                try:
+                    if request.needsContent or request.needsStructure:
+                        data = fetching.readMessage(message)
+                        if request.needsStructure:
+                            structure = structures.get(message.key, data)
+                except (errors.NotFound, OSError):
+                    gone = True
+                    continue
+                items = request
+                if message.uid in seenNow and "FLAGS" not in request.items:
+                    if withFlags is None:
+                        withFlags = fetching.FetchRequest(request.items + ["FLAGS"], request.sections)
+                    items = withFlags
+                if "FLAGS" in items.items:
+                    selected.noteFlags(message)
+                body = fetching.renderItems(items, message, message.flags, selected.isRecent(message), data, structure)
+                pending.append(b"* %d FETCH %s\r\n" % (selected.sequence(message), body))
+                size += len(body)
+                if size >= CHUNK:
+                    self.transport.write(b"".join(pending))
+                    pending, size = [], 0
+                    if output is not None and output.paused:
+                        await output.wait()
+            if pending:
+                self.transport.write(b"".join(pending))
+        finally:
+            if output is not None:
+                output.finish()
+        if gone:
+            return self.complete(tag, b"NO", b"Some messages were expunged meanwhile.", b"EXPUNGEISSUED", expunge=uid)
+        return self.complete(tag, b"OK", b"Fetch completed.", expunge=uid)
+
+    # STORE
+
+    def do_STORE(self, tag, args, uid=False):
+        if len(args) < 3:
+            raise ParseError("Expected message set, item and flags")
+        messages = self._resolve(args[0], uid)
+        rest = list(args[1:])
+        unchangedSince = None
+        if isinstance(rest[0], list):
+            modifier = rest.pop(0)
+            if len(modifier) != 2 or not isAtom(modifier[0], "UNCHANGEDSINCE"):
+                raise ParseError("Unknown STORE modifier")
+            unchangedSince = number64(modifier[1])
+            self.enabled.add("CONDSTORE")
+        if len(rest) < 2 or not isinstance(rest[0], Atom):
+            raise ParseError("Expected item and flags")
+        item = rest[0].upper()
+        silent = item.endswith(".SILENT")
+        if silent:
+            item = item[: -len(".SILENT")]
+        if item not in ("FLAGS", "+FLAGS", "-FLAGS"):
+            raise ParseError("Invalid STORE item")
+        flagTokens = rest[1] if len(rest) == 2 and isinstance(rest[1], list) else rest[1:]
+        flags = storableFlags(self._flagList(flagTokens))
+        if self.selected.readOnly:
+            return self.no(tag, b"Mailbox is read-only.", b"READ-ONLY")
+        return defer.ensureDeferred(self._store(tag, messages, item, flags, silent, unchangedSince, uid))
+
+    async def _store(self, tag, messages, item, flags, silent, unchangedSince, uid):
+        selected = self.selected
+        mailbox = selected.mailbox
+        modified, changes, unchanged = [], [], []
+        for message in messages:
+            if message.uid in selected.gone:
+                continue
+            if unchangedSince is not None and message.modSeq > unchangedSince:
+                modified.append(message.uid)
+                continue
+            if item == "FLAGS":
+                new = flags
+            elif item == "+FLAGS":
+                new = message.flags | flags
+            else:
+                new = message.flags - flags
+            if new != message.flags or unchangedSince is not None:
+                changes.append((message, new))
+            else:
+                unchanged.append(message)
+        failed = False
+        if changes:
+            results = await defer.DeferredList(
+                [defer.maybeDeferred(mailbox.setFlags, m.uid, new) for m, new in changes], consumeErrors=True
+            )
+            for (ok, result) in results:
+                if not ok:
+                    failed = True
+                    self.log.warn("imap: STORE failed for {user}: {error}", user=self.account,
+                                  error=result.getErrorMessage())
+        if self.closing:
+            return None
+        current = {m.uid: m for m in mailbox.messages()}
+        condstore = "CONDSTORE" in self.enabled
+        lines = []
+        reported = [m for m, _ in changes] + ([] if silent else unchanged)
+        reported.sort(key=lambda m: m.uid)
+        for old in reported:
+            message = current.get(old.uid)
+            if message is None:
+                continue
+            selected.noteFlags(message)
+            if silent and not condstore:
+                continue
+            items = []
+            if uid:
+                items.append(b"UID %d" % (message.uid,))
+            if not silent:
+                items.append(b"FLAGS " + fetching.formatFlags(message.flags, selected.isRecent(message)))
+            if condstore:
+                items.append(b"MODSEQ (%d)" % (message.modSeq,))
+            lines.append(b"* %d FETCH (%s)\r\n" % (selected.sequence(message), b" ".join(items)))
+        if lines:
+            self.send(b"".join(lines))
+        if failed:
+            return self.no(tag, b"Some flags could not be stored.", b"LIMIT")
+        if modified:
+            numbers = modified if uid else [selected.sequence(current.get(u) or selected.messages[u]) for u in modified]
+            return self.complete(tag, b"OK", b"Conditional store failed.",
+                                 b"MODIFIED " + formatSequence(sorted(numbers)), expunge=uid)
+        return self.complete(tag, b"OK", b"Store completed.", expunge=uid)
+
+    # SEARCH
+
+    def do_SEARCH(self, tag, args, uid=False):
+        try:
+            command = searching.parseSearchCommand(args)
+        except searching.BadCharset:
+            return self.no(tag, b"Unsupported charset.", b"BADCHARSET (US-ASCII UTF-8)")
+        selected = self.selected
+        if command.criteria.usesModSeq:
+            self.enabled.add("CONDSTORE")
+        messages = selected.messagesAt(range(selected.count))
+        context = _SearchContext(selected, self.factory.clock.seconds())
+
+        def run():
+            matches = []
+            for message in messages:
+                try:
+                    if command.criteria.match(message, context):
+                        matches.append((context.sequence(message), message.uid, message.modSeq))
+                except errors.NotFound:
+                    continue
+            return matches
+
+        d = self.factory.runInThread(run) if command.criteria.needsContent else defer.succeed(run())
+        d.addCallback(self._cbSearched, tag, uid, command)
+        return d
+
+    def _cbSearched(self, matches, tag, uid, command):
+        if self.closing:
+            return None
+        self.send(searching.formatSearchResponse(tag, uid, command, matches))
+        return self.complete(tag, b"OK", b"Search completed.", expunge=uid)
+
+    # EXPUNGE
+
+    def do_EXPUNGE(self, tag, args, uid=False):
+        selected = self.selected
+        restrict = None
+        if uid:
+            if len(args) != 1:
+                raise ParseError("Expected a UID set")
+            restrict = {m.uid for m in self._resolve(args[0], True)}
+        elif args:
+            raise ParseError("EXPUNGE takes no arguments")
+        if selected.readOnly:
+            return self.no(tag, b"Mailbox is read-only.", b"READ-ONLY")
+        doomed = [
+            m.uid for m in selected.mailbox.messages()
+            if "\\Deleted" in m.flags and (restrict is None or m.uid in restrict)
+        ]
+        if not doomed:
+            return self.complete(tag, b"OK", b"Expunge completed.")
+        d = defer.maybeDeferred(selected.mailbox.expunge, doomed)
+        d.addCallbacks(lambda _: self.complete(tag, b"OK", b"Expunge completed."),
+                       self._noFromFailure, errbackArgs=(tag,))
+        return d
+
+    # COPY, MOVE
+
+    def do_COPY(self, tag, args, uid=False, move=False):
+        if len(args) != 2:
+            raise ParseError("Expected message set and mailbox name")
+        messages = self._resolve(args[0], uid)
+        name = decodeName(args[1])
+        if move and self.selected.readOnly:
+            return self.no(tag, b"Mailbox is read-only.", b"READ-ONLY")
+        return defer.ensureDeferred(self._copy(tag, messages, name, uid, move))
+
+    def do_MOVE(self, tag, args, uid=False):
+        return self.do_COPY(tag, args, uid, move=True)
+
+    async def _copy(self, tag, messages, name, uid, move):
+        selected = self.selected
+        try:
+            target = await self._storeCall(self.factory.store.openMailbox, name)
+        except errors.NotFound:
+            return self.no(tag, b"Mailbox doesn't exist.", b"TRYCREATE")
+        except Exception:
+            return self._noFromFailure(Failure(), tag)
+        pairs = []
+        try:
+            for message in messages:
+                if message.uid in selected.gone:
+                    continue
+                data = await self.factory.runInThread(fetching.readMessage, message)
+                newUid = await defer.maybeDeferred(
+                    target.append, data, message.flags, message.internalDate
+                )
+                pairs.append((message.uid, newUid))
+        except Exception:
+            return self._noFromFailure(Failure(), tag)
+        if self.closing:
+            return None
+        if target.name == selected.mailbox.name:
+            selected.dirty = True
+        if not pairs:
+            return self.complete(tag, b"OK", b"No messages found.", expunge=uid or move)
+        # Messages are copied in UID order and get ascending UIDs, so both
+        # sets list them in the same order (RFC 4315 section 3).
+        code = b"COPYUID %d %s %s" % (
+            target.uidValidity,
+            formatSequence([p[0] for p in pairs]),
+            formatSequence([p[1] for p in pairs]),
+        )
+        if not move:
+            return self.complete(tag, b"OK", b"Copy completed.", code, expunge=uid)
+        self.send(b"* OK [" + code + b"] Moved UIDs.\r\n")
+        try:
+            await defer.maybeDeferred(selected.mailbox.expunge, [p[0] for p in pairs])
+        except Exception:
+            return self._noFromFailure(Failure(), tag)
+        return self.complete(tag, b"OK", b"Move completed.")
