@@ -223,6 +223,27 @@ class IMailbox(Interface):
         """
 
 
+class IMessageCache(Interface):
+    """
+    Derived data about the messages of a mailbox (the parsed MIME structure
+    IMAP serves), kept beside the mailbox so it is computed once per message
+    and not again after a restart.  A mailbox may provide it.  Entries are
+    a cache: losing them costs only time.  Synchronous; used on the reactor
+    thread.
+    """
+
+    def cachedData(key):
+        """
+        @param key: an L{IStoredMessage.key}.
+        @return: the L{bytes} last stored for C{key}, or L{None}.
+        """
+
+    def cacheData(key, data):
+        """
+        Store C{data} for C{key}; failures are logged, never raised.
+        """
+
+
 class IStoredMessage(Interface):
     """
     One message in an L{IMailbox}.

@@ -758,3 +758,32 @@ def test_timeout():
     s.clock.advance(1800)
     s.expect("* BYE Disconnected for inactivity.")
     assert s.closed
+
+
+def test_structure_is_cached_beside_the_maildir(tmp_path, monkeypatch):
+    from mdpy.imap import mime
+    from mdpy.store.maildir import MaildirStore
+
+    store = MaildirStore(str(tmp_path), runInThread=synchronousRunner)
+    store.createAccount(USER)
+    store.deliver([(USER, "INBOX", [MESSAGES[2]])])
+    s = Session(store=store)
+    s.select()
+    s.send("a FETCH 1 BODYSTRUCTURE")
+    first = s.lines()
+    assert first[-1] == "a OK Fetch completed."
+    mailbox = store.openMailbox(USER)
+    [message] = mailbox.messages()
+    assert mime.fromCache(mailbox.cachedData(message.key)).contentType == ("multipart", "mixed")
+
+    def parseAgain(data):
+        raise AssertionError("parsed again")
+
+    monkeypatch.setattr(mime, "parseMessage", parseAgain)
+    again = Session(store=store)  # a new factory: an empty memory cache
+    again.select()
+    again.send("b FETCH 1 BODYSTRUCTURE")
+    assert again.lines() == [first[0], "b OK Fetch completed."]
+    again.send("c STORE 1 +FLAGS.SILENT (\\Deleted)", "d EXPUNGE")
+    again.lines()
+    assert mailbox.cachedData(message.key) is None

@@ -14,6 +14,7 @@ served with CR LF, so every section's size agrees with C{RFC822.SIZE}.
 from collections import OrderedDict
 
 from mdpy.dotstuffing import normaliseLineEndings
+from mdpy.interfaces import IMessageCache
 from mdpy.imap import mime
 from mdpy.imap.headers import MAX_HEADER, headerEnd
 from mdpy.imap.parser import Atom, ParseError, astring, formatDateTime, tokenize
@@ -185,44 +186,49 @@ class Structure:
 
     __slots__ = ("root", "bodyStructure", "body", "envelope")
 
-    def __init__(self, root, bodyStructure, body, envelope):
+    def __init__(self, root, data):
         self.root = root
-        self.bodyStructure = bodyStructure
-        self.body = body
-        self.envelope = envelope
-
-    @classmethod
-    def compute(cls, data):
-        root = mime.parseMessage(data)
-        return cls(
-            root,
-            mime.bodyStructure(root, True),
-            mime.bodyStructure(root, False),
-            mime.envelope(root, data),
-        )
+        self.bodyStructure = mime.bodyStructure(root, True)
+        self.body = mime.bodyStructure(root, False)
+        self.envelope = mime.envelope(root, data)
 
 
 class StructureCache:
     """
-    Structures by message key (keys are unique in the whole store), least
-    recently used dropped past C{size} entries.
+    Structures by message key (keys are unique in the whole store): the
+    most recently used in memory (past C{size} entries the oldest are
+    dropped), and every one in the mailbox's own cache when it provides
+    L{IMessageCache}, so a restart does not parse every message again.
     """
 
     def __init__(self, size=20000):
         self._size = size
         self._entries = OrderedDict()
 
-    def get(self, key, data):
+    def get(self, message, data, mailbox=None):
         """
-        @return: the L{Structure} of the message C{key} whose (normalised)
-            octets are C{data}.
+        @return: the L{Structure} of C{message}, whose (normalised) octets are
+            C{data}, in C{mailbox}.
         """
+        key = message.key
         entry = self._entries.get(key)
         if entry is not None:
             self._entries.move_to_end(key)
             return entry
-        entry = Structure.compute(data)
-        self._entries[key] = entry
+        root = None
+        persistent = IMessageCache(mailbox, None)
+        if persistent is not None:
+            blob = persistent.cachedData(key)
+            if blob is not None:
+                try:
+                    root = mime.fromCache(blob)
+                except ValueError:
+                    root = None
+        if root is None:
+            root = mime.parseMessage(data)
+            if persistent is not None:
+                persistent.cacheData(key, mime.toCache(root))
+        entry = self._entries[key] = Structure(root, data)
         if len(self._entries) > self._size:
             self._entries.popitem(last=False)
         return entry

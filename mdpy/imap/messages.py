@@ -159,7 +159,7 @@ class MessageCommands:
                     if request.needsContent or request.needsStructure:
                         data = fetching.readMessage(message)
                         if request.needsStructure:
-                            structure = structures.get(message.key, data)
+                            structure = structures.get(message, data, selected.mailbox)
                 except (errors.NotFound, OSError):
                     gone = True
                     continue

@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
 import time
 
 from twisted.internet import defer
@@ -41,18 +42,21 @@ from mdpy.address import normaliseDomain, splitAddress
 from mdpy.dotstuffing import normalisedFileSize, normalisedSize
 from mdpy.durable import fsyncDirectory, unlinkQuietly, writeAll, writeFileAtomically
 from mdpy.errors import Exists, InvalidInput, NotFound, TemporaryFailure
-from mdpy.interfaces import IMailbox, IMailStore, IStoredMessage
+from mdpy.logs import Logger
+from mdpy.interfaces import IMailbox, IMailStore, IMessageCache, IStoredMessage
 from mdpy.store import Listeners
 from mdpy.store.committer import Committer, commitBatch
 from mdpy.store.maildirindex import FolderIndex, flagsFromInfo, infoForFlags, normaliseFlags
 
 SUBSCRIPTIONS_NAME = "subscriptions"
+CACHE_NAME = "mdpy-cache.sqlite"
 SPECIAL_FOLDERS = ("Drafts", "Sent", "Trash", "Junk", "Archive")
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 65536
 _counter = itertools.count(1)
 _stateSerial = itertools.count(1)
+_log = Logger()
 
 
 def _escapeHost(host):
@@ -330,7 +334,7 @@ class _State:
 _EMPTY = _State(0, 0, 1, 0, [], ())
 
 
-@implementer(IMailbox)
+@implementer(IMailbox, IMessageCache)
 class MaildirMailbox:
     """
     One Maildir folder.  See L{IMailbox} and the module docstring for the
@@ -349,6 +353,7 @@ class MaildirMailbox:
         self._index = FolderIndex(path, accountPath, "%s of %s" % (name, account))
         self._pendingFlags = []
         self._flagJobRunning = False
+        self._cache = None
 
     uidValidity = property(lambda self: self._state.uidValidity)
     uidNext = property(lambda self: self._state.uidNext)
@@ -391,6 +396,62 @@ class MaildirMailbox:
     def _notify(self, result):
         self._store._notify(self._account, self.name)
         return result
+
+    # IMessageCache
+
+    def _cacheConnection(self):
+        if self._cache is None:
+            path = os.path.join(self.path, CACHE_NAME)
+            try:
+                connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+                connection.execute("PRAGMA synchronous=OFF")
+                connection.execute("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, data BLOB)")
+            except sqlite3.Error as e:
+                # A damaged cache is thrown away and made again.
+                _log.warn("cache {path} unusable ({error}); rebuilding it", path=path, error=e)
+                unlinkQuietly(path)
+                connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+                connection.execute("PRAGMA synchronous=OFF")
+                connection.execute("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, data BLOB)")
+            self._cache = connection
+        return self._cache
+
+    def cachedData(self, key):
+        """
+        See L{IMessageCache.cachedData}.  Entries live in C{mdpy-cache.sqlite}
+        in the folder directory.
+        """
+        try:
+            row = self._cacheConnection().execute(
+                "SELECT data FROM cache WHERE key = ?", (key,)
+            ).fetchone()
+        except sqlite3.Error as e:
+            _log.warn("cache of {mailbox}: {error}", mailbox=self, error=e)
+            return None
+        return None if row is None else bytes(row[0])
+
+    def cacheData(self, key, data):
+        """
+        See L{IMessageCache.cacheData}.
+        """
+        try:
+            self._cacheConnection().execute(
+                "INSERT OR REPLACE INTO cache (key, data) VALUES (?, ?)", (key, data)
+            )
+        except sqlite3.Error as e:
+            _log.warn("cache of {mailbox}: {error}", mailbox=self, error=e)
+
+    def _forgetCached(self, keys):
+        if not keys or not os.path.exists(os.path.join(self.path, CACHE_NAME)):
+            return
+        try:
+            connection = sqlite3.connect(os.path.join(self.path, CACHE_NAME), isolation_level=None)
+            try:
+                connection.executemany("DELETE FROM cache WHERE key = ?", [(k,) for k in keys])
+            finally:
+                connection.close()
+        except sqlite3.Error:
+            pass
 
     # IMailbox
 
@@ -521,6 +582,7 @@ class MaildirMailbox:
         def remove(uidList, files, keywords):
             cur = os.path.join(self.path, "cur")
             removed = []
+            removedKeys = []
             for key, (uid, *_) in list(uidList.entries.items()):
                 if uid in uids:
                     try:
@@ -529,9 +591,11 @@ class MaildirMailbox:
                         pass
                     del uidList.entries[key]
                     removed.append(uid)
+                    removedKeys.append(key)
             if removed:
                 fsyncDirectory(cur)
                 uidList.nextModSeq()
+                self._forgetCached(removedKeys)
             return removed
 
         return remove
