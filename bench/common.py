@@ -2,16 +2,17 @@
 
 * running commands and finding them (``which``, ``run_command``), small
   file and ``/proc`` helpers;
-* reading SMTP and POP3 replies and waiting for a server's greeting;
+* reading SMTP, POP3 and IMAP replies and waiting for a server's greeting;
 * ``TemporaryServer`` (a server living in a temporary directory, used as a
   context manager) and ``ProcessServer`` (one that is a child process in a
   session of its own), with ``serve_until_interrupted`` for the
   stand-alone mode of ``postfix.py`` and ``dovecot.py``;
-* ``MdpyServer``: a fresh mdpy under twistd, as both benchmarks start it;
+* ``MdpyServer``: a fresh mdpy under twistd, as every benchmark starts it;
 * the benchmarks' shared options, progress and report helpers.
 
-Used by ``smtp_bench.py``, ``pop3_bench.py``, ``postfix.py`` and
-``dovecot.py``; not a benchmark of its own.
+Used by ``smtp_bench.py``, ``pop3_bench.py``, ``imap_bench.py``,
+``imap_idle_bench.py``, ``postfix.py`` and ``dovecot.py``; not a benchmark
+of its own.
 """
 
 import argparse
@@ -213,6 +214,35 @@ def proc_status(pid):
     return out
 
 
+def proc_pss(pid):
+    """Proportional set size of pid in kB (/proc/PID/smaps_rollup): its
+    private pages plus its share of the pages it shares; None if unknown."""
+    try:
+        with open("/proc/%d/smaps_rollup" % pid) as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def group_memory(pgid):
+    """(processes, sum of VmRSS kB, sum of Pss kB) over process group pgid:
+    a forking server's real footprint is the Pss sum, the RSS sum counts
+    shared pages once per process."""
+    count = rss = pss = 0
+    for pid in proc_pids():
+        fields = proc_stat(pid)
+        # fields[0] is field 3 (state): pgrp is field 5.
+        if fields is None or int(fields[2]) != pgid:
+            continue
+        count += 1
+        rss += proc_status(pid).get("VmRSS", 0)
+        pss += proc_pss(pid) or 0
+    return count, rss, pss
+
+
 def descendants(pid):
     """pid and all its descendants, parents first (via /proc children)."""
     result, todo = [], [pid]
@@ -292,24 +322,45 @@ def read_pop3_line(sock, deadline):
         "POP3 reply", "a", 4096)
 
 
-def _greeting(sock, deadline, pop3):
+def read_imap_line(sock, deadline):
+    """Read one IMAP response line (up to CRLF; no literals); return it as
+    text."""
+    return _read_until(
+        sock, deadline,
+        lambda buf: (buf.split(b"\r\n", 1)[0].decode("latin-1")
+                     if b"\r\n" in buf else None),
+        "IMAP response", "an", 65536)
+
+
+# What each protocol greets with and how a poll says goodbye.
+_GREETINGS = {"smtp": ("220", b"QUIT\r\n"),
+              "pop3": ("+OK", b"QUIT\r\n"),
+              "imap": ("* OK", b"Z LOGOUT\r\n")}
+
+
+def _greeting(sock, deadline, protocol):
     """(whether it is a greeting to go on with, its text)."""
-    if pop3:
+    if protocol == "pop3":
         line = read_pop3_line(sock, deadline)
         return line.startswith("+OK"), line
+    if protocol == "imap":
+        line = read_imap_line(sock, deadline)
+        return line.startswith("* OK"), line
     code, text = read_reply(sock, deadline)
     return code == 220, text
 
 
 def wait_for_greeting(host, port, timeout, alive=None, what="server",
-                      pop3=False, error=BenchError):
-    """Poll host:port until it greets (SMTP 220, or POP3 +OK if pop3), then
-    QUIT; return the greeting.
+                      pop3=False, error=BenchError, imap=False):
+    """Poll host:port until it greets (SMTP 220, POP3 +OK if pop3, IMAP
+    "* OK" if imap), then QUIT (LOGOUT); return the greeting.
 
     alive, if given, is a callable returning a string (why the server died)
     or None, checked between attempts so a crashed server fails fast (with
     error).  Raises TimeoutError with the last error after timeout seconds.
     """
+    protocol = "imap" if imap else "pop3" if pop3 else "smtp"
+    expected, goodbye = _GREETINGS[protocol]
     deadline = time.monotonic() + timeout
     last = "no attempt made"
     while time.monotonic() < deadline:
@@ -320,11 +371,12 @@ def wait_for_greeting(host, port, timeout, alive=None, what="server",
                             % (what, port, dead))
         try:
             with socket.create_connection((host, port), timeout=2) as s:
-                ok, text = _greeting(s, min(deadline, time.monotonic() + 5), pop3)
+                ok, text = _greeting(s, min(deadline, time.monotonic() + 5),
+                                     protocol)
                 if ok:
                     try:
-                        s.sendall(b"QUIT\r\n")
-                        _greeting(s, time.monotonic() + 2, pop3)
+                        s.sendall(goodbye)
+                        _greeting(s, time.monotonic() + 2, protocol)
                     except (OSError, BenchError):
                         pass
                     return text
@@ -333,8 +385,7 @@ def wait_for_greeting(host, port, timeout, alive=None, what="server",
             last = "%s: %s" % (type(e).__name__, e)
         time.sleep(0.1)
     raise TimeoutError("%s on %s:%d did not answer %s within %ds (%s)"
-                       % (what, host, port, "+OK" if pop3 else "220", timeout,
-                          last))
+                       % (what, host, port, expected, timeout, last))
 
 
 # --------------------------------------------------------------- servers
@@ -467,40 +518,53 @@ MDPY_SERVICES = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps"
                  "odmr", "minger", "webadmin")
 
 
-def mdpy_ini(data_dir, smtp_port, pop3_port=None, disabled=()):
-    """mdpy.ini: SMTP on 127.0.0.1:smtp_port, POP3 with plaintext USER/PASS
-    on 127.0.0.1:pop3_port if given, the services in disabled off."""
+def mdpy_ini(data_dir, smtp_port, pop3_port=None, disabled=(), imap_port=None,
+             settings=None):
+    """mdpy.ini: SMTP on 127.0.0.1:smtp_port, POP3 (IMAP) with plaintext
+    USER/PASS (LOGIN) on 127.0.0.1:pop3_port (imap_port) if given, the
+    services in disabled off; settings, {section: {key: value}}, adds or
+    overrides keys of those sections."""
+    settings = settings or {}
     lines = ["[server]", "hostname = " + DOMAIN, "data_dir = " + data_dir]
     for section in MDPY_SERVICES:
+        keys = {}
         if section == "smtp":
-            lines += ["[smtp]", "port = %d" % smtp_port, "interface = 127.0.0.1"]
-        elif section == "pop3" and pop3_port:
-            lines += ["[pop3]", "port = %d" % pop3_port, "interface = 127.0.0.1",
-                      "allow_plaintext_auth = yes"]
+            keys = {"port": smtp_port, "interface": "127.0.0.1"}
+        elif section in ("pop3", "imap") and (pop3_port, imap_port)[
+                section == "imap"]:
+            keys = {"port": (pop3_port, imap_port)[section == "imap"],
+                    "interface": "127.0.0.1", "allow_plaintext_auth": "yes"}
         elif section in disabled:
-            lines += ["[%s]" % section, "enabled = no"]
+            keys = {"enabled": "no"}
+        keys.update(settings.get(section, {}))
+        if keys:
+            lines.append("[%s]" % section)
+            lines += ["%s = %s" % item for item in keys.items()]
     return "\n".join(lines) + "\n"
 
 
 class MdpyServer(ProcessServer):
     """A fresh mdpy (data dir, config, the domain and users) under twistd.
 
-    SMTP, and with pop3 POP3, on free ports of 127.0.0.1; the services in
-    C{disabled} are turned off in mdpy.ini (here the SMTP benchmark's set,
-    which leaves odmr, minger and webadmin at their defaults)."""
+    SMTP, with pop3 POP3 and with imap IMAP, on free ports of 127.0.0.1;
+    the services in C{disabled} are turned off in mdpy.ini (here the SMTP
+    benchmark's set, which leaves odmr, minger and webadmin at their
+    defaults), and C{settings} ({section: {key: value}}) is added to it."""
 
     name = "mdpy"
     disabled = ("submission", "smtps", "pop3", "pop3s", "imap", "imaps")
 
-    def __init__(self, users=("user",), keep=False, start_timeout=30, pop3=False):
+    def __init__(self, users=("user",), keep=False, start_timeout=30, pop3=False,
+                 imap=False, settings=None):
         self.users = tuple(users)
         self.keep = keep
         self.start_timeout = start_timeout
+        self.settings = settings or {}
         self.base = os.path.realpath(tempfile.mkdtemp(prefix="mdpy-bench-mdpy-"))
         self.port = free_port()
-        self.pop3_port = None
-        while pop3 and self.pop3_port in (None, self.port):
-            self.pop3_port = free_port()
+        taken = {self.port}
+        self.pop3_port = self._another_port(taken) if pop3 else None
+        self.imap_port = self._another_port(taken) if imap else None
         self.ini = os.path.join(self.base, "mdpy.ini")
         self.data_dir = os.path.join(self.base, "data")
         self.log = os.path.join(self.base, "mdpy.log")
@@ -509,6 +573,14 @@ class MdpyServer(ProcessServer):
         self.mdpy = find_command("mdpy", [sys.executable, "-m", "mdpy.cli"])
         self.twistd = find_command("twistd", [sys.executable, "-m", "twisted"])
         self.pid = None
+
+    @staticmethod
+    def _another_port(taken):
+        port = free_port()
+        while port in taken:
+            port = free_port()
+        taken.add(port)
+        return port
 
     @property
     def mail_root(self):
@@ -524,7 +596,7 @@ class MdpyServer(ProcessServer):
     def write_ini(self):
         with open(self.ini, "w") as f:
             f.write(mdpy_ini(self.data_dir, self.port, self.pop3_port,
-                             self.disabled))
+                             self.disabled, self.imap_port, self.settings))
 
     def provision(self, users):
         """Write mdpy.ini and make the domain and users (password PASSWORD)."""
@@ -533,6 +605,25 @@ class MdpyServer(ProcessServer):
         for user in users:
             self._admin("user", "add", "%s@%s" % (user, DOMAIN),
                         "--password", PASSWORD)
+
+    def provision_batch(self, users, timeout=600):
+        """What provision does, with the same ``mdpy`` commands run by
+        mdpy.cli.main in one Python process: no interpreter start-up per
+        user (each still pays for its scrypt hash)."""
+        self.write_ini()
+        commands = [["domain", "add", DOMAIN]] + [
+            ["user", "add", "%s@%s" % (user, DOMAIN), "--password", PASSWORD]
+            for user in users]
+        script = (
+            "import sys\n"
+            "from mdpy.cli import main\n"
+            "for argv in %r:\n"
+            "    if main(['-c', %r] + argv) != 0:\n"
+            "        sys.exit('mdpy %%s failed' %% ' '.join(argv))\n"
+            % (commands, self.ini))
+        run_command([sys.executable, "-c", script], timeout=timeout,
+                    shown="mdpy user add (%d users, in one process)" % len(users),
+                    cwd=self.base, env=self.env)
 
     def configure(self):
         """Prepare the data directory before twistd starts (subclasses, e.g.
@@ -544,13 +635,15 @@ class MdpyServer(ProcessServer):
         self._spawn(self.twistd + ["-n", "--pidfile=", "--logfile=" + self.log,
                                    "mdpy", "--config", self.ini],
                     self.out, BenchError, cwd=self.base, env=self.env)
-        listeners = [(self.port, False, "mdpy")]
+        listeners = [(self.port, {}, "mdpy")]
         if self.pop3_port:
-            listeners.append((self.pop3_port, True, "mdpy POP3"))
+            listeners.append((self.pop3_port, {"pop3": True}, "mdpy POP3"))
+        if self.imap_port:
+            listeners.append((self.imap_port, {"imap": True}, "mdpy IMAP"))
         try:
-            for port, pop3, what in listeners:
+            for port, protocol, what in listeners:
                 wait_for_greeting("127.0.0.1", port, self.start_timeout,
-                                  alive=self._dead, what=what, pop3=pop3)
+                                  alive=self._dead, what=what, **protocol)
         except (TimeoutError, BenchError) as e:
             raise BenchError("%s\n  %s:\n%s\n  %s:\n%s" % (
                 e, self.log, tail(self.log), self.out, tail(self.out, 5)))

@@ -1,10 +1,11 @@
-"""Run a private, throw-away Dovecot POP3 server for benchmarks.
+"""Run a private, throw-away Dovecot POP3 or IMAP server for benchmarks.
 
 The instance lives in a temporary directory: its own configuration file
 (written here, nothing from /etc/dovecot is read), base_dir (sockets, pid
 file, login chroot), state_dir, password file and log file.  It speaks only
-POP3, without TLS, on 127.0.0.1:<port>, accepts USER/PASS and AUTH
-PLAIN/LOGIN in the clear, and serves each ``USER@DOMAIN`` the Maildir
+POP3 (or only IMAP, with ``protocol="imap"``), without TLS, on
+127.0.0.1:<port>, accepts USER/PASS (LOGIN) and AUTH PLAIN/LOGIN in the
+clear, and serves each ``USER@DOMAIN`` the Maildir
 ``<mail_root>/DOMAIN/USER/`` -- the layout of mdpy's ``data_dir/mail``, so
 it can serve mdpy's own Maildirs.  Dovecot adds its index files
 (``dovecot.index*``, ``dovecot-uidlist``) beside the messages and, as usual,
@@ -14,27 +15,36 @@ read nor modified, and does not need to be running (a running one does not
 conflict unless it uses the same port).
 
 Everything else is Dovecot's built-in default, as shipped: one
-``pop3-login`` and one ``pop3`` process per connection
-(``service_count = 1``), ``mail_fsync = optimized``, no authentication
-cache, ``pop3_uidl_format = %08Xu%08Xv``.  Mail is accessed as
-``nobody`` (or another user given): Dovecot's pop3 refuses to run as root
-("userdb returned 0 as uid"), so the Maildirs must belong to that user --
-``own_mail=True`` chowns the whole mail root to it at start, which is what
-the benchmark does with its private copy.
+``pop3-login`` (``imap-login``) and one ``pop3`` (``imap``) process per
+connection (``service_count = 1``), ``mail_fsync = optimized``, no
+authentication cache, ``pop3_uidl_format = %08Xu%08Xv``.  Mail is accessed
+as ``nobody`` (or another user given): Dovecot's pop3 and imap refuse to run
+as root ("userdb returned 0 as uid"), so the Maildirs must belong to that
+user -- ``own_mail=True`` chowns the whole mail root to it at start, which
+is what the benchmarks do with their private copies.  ``user_uids`` gives
+users a uid of their own instead (a passwd-file userdb; ``own_mail`` then
+chowns each user's Maildir to its uid), and ``extra_config`` appends
+settings, e.g. the process and connection limits of many idle clients.
+``deliver()`` hands a message to ``dovecot-lda``, Dovecot's own delivery
+agent, as an MTA would.
 
-Needs the ``dovecot-pop3d`` package (``/usr/sbin/dovecot``, ``doveadm``) and
-root.  Used by ``bench/pop3_bench.py``; can also be run on its own::
+Needs the ``dovecot-pop3d`` package for POP3 and ``dovecot-imapd`` for IMAP
+(both bring ``dovecot-core``: ``/usr/sbin/dovecot``, ``doveadm``,
+``dovecot-lda``) and root.  Used by ``bench/pop3_bench.py``,
+``bench/imap_bench.py`` and ``bench/imap_idle_bench.py``; can also be run
+on its own::
 
-    python bench/dovecot.py [--port N] [--mail-root DIR] [--users u1,u2]
-                            [--password PW] [--keep]
+    python bench/dovecot.py [--imap] [--port N] [--mail-root DIR]
+                            [--users u1,u2] [--password PW] [--keep]
 
-which starts the instance (by default over an empty Maildir for
+which starts the instance (by default POP3, over an empty Maildir for
 ``user@bench.test``), prints its port and paths, and stops it on Ctrl-C.
 """
 
 import argparse
 import os
 import pwd
+import subprocess
 import sys
 import tempfile
 
@@ -54,7 +64,7 @@ DOVECOT_CONF = """\
 base_dir = {run}
 state_dir = {state}
 instance_name = {instance}
-protocols = pop3
+protocols = {protocol}
 listen = 127.0.0.1
 ssl = no
 disable_plaintext_auth = no
@@ -71,31 +81,60 @@ passdb {{
   driver = passwd-file
   args = {passwd}
 }}
-userdb {{
-  driver = static
-  args = uid={uid} gid={gid} home={mail_root}/%d/%n
-}}
-
-service pop3-login {{
-  inet_listener pop3 {{
+{userdb}
+service {protocol}-login {{
+  inet_listener {protocol} {{
     address = 127.0.0.1
     port = {port}
   }}
-  inet_listener pop3s {{
+  inet_listener {protocol}s {{
     port = 0
   }}
 }}
 # Everything else (process model, fsync, indexes, UIDL format): Dovecot's
 # built-in defaults.
+{extra}"""
+
+STATIC_USERDB = """\
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={mail_root}/%d/%n
+}}
 """
+
+# Each passwd-file line carries the user's uid, gid and home.
+PASSWD_USERDB = """\
+userdb {{
+  driver = passwd-file
+  args = {passwd}
+}}
+"""
+
+# Where Debian (and a source build) put Dovecot's service binaries.
+LIBEXEC_DIRS = ("/usr/lib/dovecot", "/usr/libexec/dovecot",
+                "/usr/local/libexec/dovecot")
+
+PACKAGES = {"pop3": "dovecot-pop3d", "imap": "dovecot-imapd"}
 
 
 class DovecotError(BenchError):
     """A one-line, user-facing failure of the private Dovecot instance."""
 
 
-def _which(name):
-    return which(name, "apt-get install dovecot-pop3d", DovecotError)
+def _which(name, package="dovecot-pop3d"):
+    return which(name, "apt-get install %s" % package, DovecotError)
+
+
+def libexec_dir(protocol="pop3"):
+    """Dovecot's directory of service binaries holding PROTOCOL-login, or
+    DovecotError naming the package to install."""
+    for path in LIBEXEC_DIRS:
+        if os.path.exists(os.path.join(path, protocol + "-login")):
+            return path
+    raise DovecotError("Dovecot's %s server (%s-login in %s) not found "
+                       "(apt-get install %s)" % (
+                           protocol.upper(), protocol, " or ".join(LIBEXEC_DIRS),
+                           PACKAGES[protocol]))
 
 
 def _run(argv):
@@ -107,7 +146,7 @@ def dovecot_version():
 
 
 class PrivateDovecot(ProcessServer):
-    """A private Dovecot POP3 server; use as a context manager.
+    """A private Dovecot POP3 (or IMAP) server; use as a context manager.
 
     >>> with PrivateDovecot("/tmp/x/data/mail", ["u00", "u01"], "pw") as dc:
     ...     dc.port      # u00@bench.test / pw reads /tmp/x/data/mail/bench.test/u00
@@ -122,12 +161,22 @@ class PrivateDovecot(ProcessServer):
     def __init__(self, mail_root, users, password, domain=DOMAIN,
                  port=None, scheme="PLAIN", rounds=None, auth_cache_size="0",
                  mail_user="nobody", own_mail=False, base_dir=None, keep=False,
-                 start_timeout=30):
+                 start_timeout=30, protocol="pop3", user_uids=None,
+                 extra_config=""):
+        if protocol not in PACKAGES:
+            raise ValueError("protocol must be pop3 or imap, not %r" % protocol)
         if os.geteuid() != 0:
             raise DovecotError("a private Dovecot must be started as root")
-        self.dovecot = _which("dovecot")
-        self.doveadm = _which("doveadm")
-        self.doveconf = _which("doveconf")
+        self.protocol = protocol
+        package = PACKAGES[protocol]
+        self.dovecot = _which("dovecot", package)
+        self.doveadm = _which("doveadm", package)
+        self.doveconf = _which("doveconf", package)
+        # Checked here for IMAP (the package most likely missing); POP3
+        # leaves it to Dovecot, as before.
+        self.libexec = libexec_dir(protocol) if protocol == "imap" else None
+        self.user_uids = dict(user_uids or {})
+        self.extra_config = extra_config
         self.mail_root = os.path.realpath(mail_root)
         self.users = tuple(users)
         self.password = password
@@ -142,9 +191,9 @@ class PrivateDovecot(ProcessServer):
         self.proc = None
         pw = system_user(mail_user, DovecotError, "mail user %r does not exist")
         self.mail_uid, self.mail_gid = pw.pw_uid, pw.pw_gid
-        if self.mail_uid == 0:
-            raise DovecotError("Dovecot's pop3 will not access mail as root; "
-                               "give another mail user")
+        if self.mail_uid == 0 or 0 in self.user_uids.values():
+            raise DovecotError("Dovecot's %s will not access mail as root; "
+                               "give another mail user" % protocol)
         for internal in ("dovecot", "dovenull"):
             system_user(internal, DovecotError,
                         "system user %r is missing (reinstall dovecot-core)")
@@ -182,17 +231,22 @@ class PrivateDovecot(ProcessServer):
             os.makedirs(d, exist_ok=True)
             os.chmod(d, 0o755)
         open(self.log, "a").close()
+        uids = [self.mail_uid] + list(self.user_uids.values())
+        userdb = PASSWD_USERDB if self.user_uids else STATIC_USERDB
         write_file(self.conf, DOVECOT_CONF.format(
             run=self.run_dir, state=self.state_dir,
             instance="dovecot-bench-%d" % self.port, log=self.log,
-            first_valid_uid="first_valid_uid = %d" % min(self.mail_uid, 500),
+            first_valid_uid="first_valid_uid = %d" % min(min(uids), 500),
             auth_cache_size=self.auth_cache_size,
             uid=self.mail_uid, gid=self.mail_gid, mail_root=self.mail_root,
-            passwd=self.passwd, port=self.port))
+            passwd=self.passwd, port=self.port, protocol=self.protocol,
+            userdb=userdb.format(uid=self.mail_uid, gid=self.mail_gid,
+                                 mail_root=self.mail_root, passwd=self.passwd),
+            extra=self.extra_config))
         write_file(self.passwd, "")       # doveadm pw wants a valid config
         secret = self._hash()
         write_file(self.passwd, "".join(
-            "%s@%s:%s\n" % (u, self.domain, secret) for u in self.users), 0o640)
+            self._passwd_line(u, secret) for u in self.users), 0o640)
         os.chown(self.passwd, -1, pwd.getpwnam("dovecot").pw_gid)
         # Validate before starting, for a one-line error.
         _run([self.doveconf, "-c", self.conf, "-n"])
@@ -200,15 +254,38 @@ class PrivateDovecot(ProcessServer):
             self._chown_mail()
         self._check_access()
 
+    def _passwd_line(self, user, secret):
+        """user@domain:secret, and with user_uids the userdb fields
+        (uid:gid:gecos:home)."""
+        line = "%s@%s:%s" % (user, self.domain, secret)
+        if self.user_uids:
+            line += ":%d:%d::%s" % (self.user_uids.get(user, self.mail_uid),
+                                    self.mail_gid, self.maildir(user))
+        return line + "\n"
+
     def _chown_mail(self):
         uid, gid = self.mail_uid, self.mail_gid
         os.chown(self.mail_root, uid, gid)
         for root, dirs, files in os.walk(self.mail_root):
             for name in dirs + files:
                 os.lchown(os.path.join(root, name), uid, gid)
+        if self.user_uids:
+            # Users of their own uids must all pass through to their homes.
+            for path in (self.mail_root, os.path.join(self.mail_root, self.domain)):
+                if os.path.isdir(path):
+                    os.chmod(path, 0o711)
+        for user, user_uid in self.user_uids.items():
+            top = self.maildir(user)
+            if not os.path.isdir(top):
+                continue
+            os.chown(top, user_uid, gid)
+            for root, dirs, files in os.walk(top):
+                for name in dirs + files:
+                    os.lchown(os.path.join(root, name), user_uid, gid)
 
     def _check_access(self):
-        # The pop3 processes run as the mail user and must reach mail_root.
+        # The pop3/imap processes run as the mail user and must reach
+        # mail_root.
         path = unsearchable_dir(self.mail_root, self.mail_uid)
         if path:
             raise DovecotError("%s is not searchable by uid %d, so Dovecot "
@@ -219,13 +296,14 @@ class PrivateDovecot(ProcessServer):
 
     def start(self):
         """Write the configuration and start ``dovecot -F`` in the
-        background; return once the port answers +OK."""
+        background; return once the port answers +OK (IMAP: * OK)."""
         self._write_config()
         self._spawn([self.dovecot, "-F", "-c", self.conf], self.log, DovecotError)
+        imap = self.protocol == "imap"
         try:
             self.greeting = wait_for_greeting(
                 "127.0.0.1", self.port, self.start_timeout, alive=self._dead,
-                what="Dovecot", pop3=True, error=DovecotError)
+                what="Dovecot", pop3=not imap, imap=imap, error=DovecotError)
         except (TimeoutError, BenchError) as e:
             raise DovecotError("%s; log: %s" % (e, self.log_tail(3)))
         return self
@@ -235,14 +313,34 @@ class PrivateDovecot(ProcessServer):
     def maildir(self, user):
         return os.path.join(self.mail_root, self.domain, user)
 
+    def deliver(self, user, message, sender="sender@example.org", timeout=30):
+        """Deliver message (bytes) to user's INBOX with ``dovecot-lda``, as
+        an MTA hands mail to Dovecot; returns once it has exited 0."""
+        libexec = self.libexec or libexec_dir(self.protocol)
+        argv = [os.path.join(libexec, "dovecot-lda"), "-c", self.conf,
+                "-d", "%s@%s" % (user, self.domain), "-f", sender]
+        try:
+            p = subprocess.run(argv, input=message, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise DovecotError("dovecot-lda timed out after %ds" % timeout)
+        except OSError as e:
+            raise DovecotError("cannot run dovecot-lda: %s" % e)
+        if p.returncode != 0:
+            raise DovecotError("dovecot-lda -d %s@%s exited %d: %s" % (
+                user, self.domain, p.returncode,
+                p.stdout.decode("utf-8", "replace").strip()[-200:]))
+
     def log_tail(self, n=20):
         return log_tail(self.log, n)
 
 
 def main(argv=None):
     interrupt_on_sigterm()
-    ap = argparse.ArgumentParser(description="Run a private Dovecot POP3 server "
-                                 "on 127.0.0.1 until interrupted.")
+    ap = argparse.ArgumentParser(description="Run a private Dovecot POP3 (or "
+                                 "IMAP) server on 127.0.0.1 until interrupted.")
+    ap.add_argument("--imap", action="store_true",
+                    help="IMAP instead of POP3 (needs dovecot-imapd)")
     ap.add_argument("--port", type=int, default=None)
     ap.add_argument("--mail-root", default=None,
                     help="directory holding DOMAIN/USER/ Maildirs (default: an "
@@ -271,9 +369,10 @@ def main(argv=None):
                                domain=args.domain, port=args.port,
                                scheme=args.scheme, mail_user=args.mail_user,
                                own_mail=args.mail_root is None, base_dir=base,
-                               keep=args.keep),
-        lambda dc: ["Dovecot %s POP3 on 127.0.0.1:%d (%s)"
-                    % (dc.version, dc.port, dc.greeting),
+                               keep=args.keep,
+                               protocol="imap" if args.imap else "pop3"),
+        lambda dc: ["Dovecot %s %s on 127.0.0.1:%d (%s)"
+                    % (dc.version, dc.protocol.upper(), dc.port, dc.greeting),
                     "  users:   %s (password %r)" % (", ".join(
                         "%s@%s" % (u, args.domain) for u in users), args.password),
                     "  config:  %s" % dc.conf,

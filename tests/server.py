@@ -2,6 +2,7 @@
 Run a real C{twistd mdpy} on loopback for end-to-end tests.
 """
 
+import itertools
 import os
 import shutil
 import signal
@@ -65,17 +66,30 @@ class MdpyServer:
 
     domain = "example.test"
 
-    def __init__(self, root, extra="", pop3Extra=""):
+    def __init__(self, root, extra="", pop3Extra="", imapExtra="", imapsExtra=""):
         """
         @param extra: sections appended to the configuration.
         @param pop3Extra: lines added to its C{[pop3]} section, e.g.
             C{"allow_plaintext_auth = yes\\n"}.
+        @param imapExtra: lines added to its C{[imap]} section, e.g.
+            C{"max_message_size = 1M\\n"}.
+        @param imapsExtra: lines added to its C{[imaps]} section.
         """
         self.root = str(root)
-        self.smtp, self.submission, self.smtps, self.pop3, self.pop3s = freePorts(5)
         self.dataDir = os.path.join(self.root, "data")
         self.config = os.path.join(self.root, "mdpy.ini")
         self.log = os.path.join(self.root, "mdpy.log")
+        self._extra = dict(extra=extra, pop3Extra=pop3Extra, imapExtra=imapExtra, imapsExtra=imapsExtra)
+        self._choosePorts()
+        self.process = None
+
+    def _choosePorts(self):
+        """
+        Take free ports for every listener and write the configuration.
+        """
+        (
+            self.smtp, self.submission, self.smtps, self.pop3, self.pop3s, self.imap, self.imaps,
+        ) = freePorts(7)
         with open(self.config, "w") as f:
             f.write(
                 "[server]\nhostname = mx.%(domain)s\ndomain = %(domain)s\n"
@@ -85,20 +99,22 @@ class MdpyServer:
                 "[smtps]\nport = %(smtps)d\ninterface = 127.0.0.1\n"
                 "[pop3]\nport = %(pop3)d\ninterface = 127.0.0.1\n%(pop3Extra)s"
                 "[pop3s]\nport = %(pop3s)d\ninterface = 127.0.0.1\n"
-                "[imap]\nenabled = no\n[imaps]\nenabled = no\n"
+                "[imap]\nport = %(imap)d\ninterface = 127.0.0.1\n%(imapExtra)s"
+                "[imaps]\nport = %(imaps)d\ninterface = 127.0.0.1\n%(imapsExtra)s"
                 "[odmr]\nenabled = no\n[minger]\nenabled = no\n"
                 % dict(
+                    self._extra,
                     domain=self.domain,
                     smtp=self.smtp,
                     submission=self.submission,
                     smtps=self.smtps,
                     pop3=self.pop3,
                     pop3s=self.pop3s,
-                    pop3Extra=pop3Extra,
+                    imap=self.imap,
+                    imaps=self.imaps,
                 )
-                + extra
+                + self._extra["extra"]
             )
-        self.process = None
 
     def cli(self, *args, input=None):
         """
@@ -112,19 +128,29 @@ class MdpyServer:
             timeout=60,
         )
 
-    def start(self):
-        self.process = subprocess.Popen(
-            twistdCommand()
-            + ["-n", "--pidfile=", "--logfile", self.log, "mdpy", "--config", self.config],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            waitForBanner(self.smtp, process=self.process)
-        except RuntimeError:
-            self.stop()
-            raise AssertionError(self.logText()[-3000:])
-        return self
+    def start(self, attempts=3):
+        """
+        Start C{twistd} and wait for its SMTP greeting.  Should another
+        program take one of the ports between L{freePorts} and the bind,
+        try again on fresh ports.
+        """
+        for attempt in range(attempts):
+            logged = len(self.logText())
+            self.process = subprocess.Popen(
+                twistdCommand()
+                + ["-n", "--pidfile=", "--logfile", self.log, "mdpy", "--config", self.config],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                waitForBanner(self.smtp, process=self.process)
+                return self
+            except RuntimeError:
+                self.stop()
+                log = self.logText()[logged:]
+                if "cannot listen on port" not in log or attempt == attempts - 1:
+                    raise AssertionError(log[-3000:])
+                self._choosePorts()
 
     def logText(self):
         try:
@@ -157,7 +183,18 @@ class MdpyServer:
     def messages(self, address):
         """
         @return: the bytes of each message in the INBOX, oldest first.
+            A message the server moves from C{new/} to C{cur/} (or renames
+            for a flag change) while it is read is looked for again.
         """
+        for attempt in itertools.count(1):
+            try:
+                return self._readMessages(address)
+            except FileNotFoundError:
+                if attempt >= 20:
+                    raise
+                time.sleep(0.05)
+
+    def _readMessages(self, address):
         base = self.maildir(address)
         found = []
         for sub in ("new", "cur"):

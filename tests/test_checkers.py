@@ -439,3 +439,35 @@ def test_cacheIsBounded(checker, directory):
         directory.addUser("u%d@example.com" % i, "pw%d" % i)
         assert result(checker.requestAvatarId(UsernamePassword(b"u%d@example.com" % i, b"pw%d" % i)))
     assert len(checker._verified) == 3
+
+
+def test_identical_logins_together_verify_once():
+    from twisted.cred.credentials import UsernamePassword
+    from twisted.internet import defer as _defer
+
+    from mdpy.auth.checkers import DirectoryChecker
+    from mdpy.auth.passwords import hashPassword
+
+    calls = []
+    pending = []
+
+    def runInThread(f, *args):
+        calls.append(args)
+        d = _defer.Deferred()
+        pending.append((d, f, args))
+        return d
+
+    stored = hashPassword("pw")
+
+    class Directory:
+        def getSecrets(self, address):
+            return {"password": stored, "cram-md5": None}
+
+    checker = DirectoryChecker(Directory(), runInThread=runInThread)
+    results = []
+    for _ in range(5):
+        checker.requestAvatarId(UsernamePassword(b"a@b.test", b"pw")).addBoth(results.append)
+    assert len(calls) == 1 and results == []
+    d, f, args = pending.pop()
+    d.callback(f(*args))
+    assert results == ["a@b.test"] * 5

@@ -247,7 +247,7 @@ def test_nonsynchronising_literal_too_large_is_discarded():
     s.login()
     s.sendRaw(b"a APPEND INBOX {2000+}\r\n" + b"x" * 1500)
     s.expect("a NO [TOOBIG] Message too large (APPENDLIMIT=1000).")
-    s.sendRaw(b"y" * 500 + b"b NOOP\r\n")
+    s.sendRaw(b"y" * 500 + b"\r\nb NOOP\r\n")
     s.expect("b OK NOOP completed.")
     assert not s.store.openMailbox(USER).messages()[3:]
 

@@ -89,6 +89,12 @@ class DirectoryChecker:
         """
         self.directory = directory
         self._runInThread = runInThread or _deferToThread
+        # scrypt takes 16 MiB and a core for ~50 ms: at most one run per
+        # core at a time (a burst of logins must not fill the thread pool
+        # and the heap), and one run for identical logins that arrive
+        # together (a client opening ten connections at once).
+        self._hashing = defer.DeferredSemaphore(os.cpu_count() or 2)
+        self._inFlight = {}
         # Successful verifications, as Dovecot's auth cache keeps them: a
         # keyed digest of user and password maps to the stored hash it was
         # verified against.  A phone polling every few minutes then costs one
@@ -140,10 +146,25 @@ class DirectoryChecker:
                 return address
             raise UnauthorizedLogin("bad login")
 
-        d = defer.maybeDeferred(
-            self._runInThread, verifyPassword, password, stored or _DUMMY_HASH
+        pending = self._inFlight.get(key)
+        if pending is not None and pending[0] == stored:
+            waiter = defer.Deferred()
+            pending[1].append(waiter)
+            return waiter.addCallback(_cbVerified)
+        waiters = []
+        self._inFlight[key] = (stored, waiters)
+
+        def share(result):
+            if self._inFlight.get(key, (None, None))[1] is waiters:
+                del self._inFlight[key]
+            for waiter in waiters:
+                waiter.callback(result)
+            return result
+
+        d = self._hashing.run(
+            lambda: defer.maybeDeferred(self._runInThread, verifyPassword, password, stored or _DUMMY_HASH)
         )
-        return d.addCallback(_cbVerified)
+        return d.addCallback(share).addCallback(_cbVerified)
 
     def _checkCramMD5(self, address, secrets, challenge, response):
         secret = secrets and secrets.get("cram-md5")

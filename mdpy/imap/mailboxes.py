@@ -349,7 +349,7 @@ class MailboxCommands:
                 elif item == "UNSEEN":
                     value = sum(1 for m in messages if "\\Seen" not in m.flags)
                 elif item == "HIGHESTMODSEQ":
-                    value = mailbox.highestModSeq
+                    value = max(1, mailbox.highestModSeq)
                 else:
                     value = sum(m.size for m in messages)
                 values.append(b"%s %d" % (item.encode("ascii"), value))

@@ -11,8 +11,10 @@ and line counts are of the octets as stored, bare LF or CR LF.
 
 Limits (hardening): entities nest at most L{MAX_DEPTH} deep and a message
 has at most L{MAX_PARTS} parts, past which multiparts and messages are
-leaves of type application/octet-stream, as in Dovecot; parsing is linear in
-the size of the message.
+leaves of type application/octet-stream, as in Dovecot; only the first
+L{MAX_FIELD} octets of a Content-* field and L{MAX_ADDRESS_TEXT} octets of
+the address fields of an ENVELOPE are read.  Parsing is linear in the size
+of the message.
 
 Invariants: a L{Part} only holds offsets and header values, so it can be
 cached (L{toCache}) and the message file read again for its octets.
@@ -26,6 +28,8 @@ from mdpy.imap.headers import MAX_HEADER, headerEnd, parseFields
 
 MAX_DEPTH = 100
 MAX_PARTS = 10000
+MAX_FIELD = 64 * 1024
+MAX_ADDRESS_TEXT = 256 * 1024
 
 # Placeholders where an address lacks a part; a NIL host would mean a group
 # (RFC 3501 section 7.4.2), so Dovecot's names are used instead.
@@ -160,7 +164,9 @@ class Part:
 
 # --- structured header fields (RFC 2045, 2183, 2231, 3282) --------------------------
 
-_CFWS = re.compile(r"(?:[ \t\r\n]|\((?:[^()\\]|\\.|\((?:[^()\\]|\\.)*\))*\))*", re.S)
+_COMMENT = r"\((?:[^()\\]|\\.|\((?:[^()\\]|\\.)*\))*\)"
+_CFWS = re.compile(r"(?:[ \t\r\n]|%s)*" % (_COMMENT,), re.S)
+_SEPARATORS = re.compile(r"(?:[ \t\r\n;]|%s)*" % (_COMMENT,), re.S)
 _TOKEN = re.compile(r'[^\x00-\x20\x7f()<>@,;:\\"/\[\]?=]+')
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"?', re.S)
 _BARE = re.compile(r'[^\x00-\x20\x7f;"(]+')
@@ -170,7 +176,7 @@ _SECTION = re.compile(r"(\d{1,3})(\*?)\Z")
 
 
 def _text(raw):
-    return raw.decode("utf-8", "surrogateescape")
+    return raw[:MAX_FIELD].decode("utf-8", "surrogateescape")
 
 
 def _params(text, pos):
@@ -190,7 +196,7 @@ def _params(text, pos):
         if text[pos] != ";":
             pos = max(_JUNK.match(text, pos).end(), pos + 1)
             continue
-        pos = _CFWS.match(text, pos + 1).end()
+        pos = _SEPARATORS.match(text, pos + 1).end()
         name = _TOKEN.match(text, pos)
         if name is None:
             continue
@@ -428,29 +434,30 @@ class _Parser:
 
     def _headerEnd(self, start):
         """
-        @return: where the body of the entity at C{start} begins: after the
-            empty line, or where a delimiter cuts the header short.
+        @return: C{(bodyStart, cut)}: where the body of the entity at
+            C{start} begins, after the empty line, and whether a delimiter
+            cut the header short instead (the body is then empty).
         """
         if not self.stack or self.exhausted:
-            return headerEnd(self.data, start)
+            return headerEnd(self.data, start), False
         data = self.data
         if data.startswith(b"\n", start) or data.startswith(b"\r\n", start):
-            return headerEnd(data, start)
+            return headerEnd(data, start), False
         if data.startswith(b"--", start) and self._match(start) is not None:
-            return start
+            return start, True
         limit = min(len(data), start + MAX_HEADER)
         pos = start
         while True:
             stop = _HEADER_STOP.search(data, pos, limit)
             if stop is None:
-                return limit
+                return limit, False
             if stop.end() - stop.start() == 3 and data[stop.end() - 1] == 45:
                 event = self._match(stop.start() + 1)
                 if event is not None:
-                    return self._before(event, start)
+                    return self._before(event, start), True
                 pos = stop.start() + 1
                 continue
-            return stop.end()
+            return stop.end(), False
 
     def entity(self, start, depth, default, message):
         """
@@ -465,7 +472,7 @@ class _Parser:
         """
         self.count += 1
         data = self.data
-        bodyStart = self._headerEnd(start)
+        bodyStart, cut = self._headerEnd(start)
         fields = parseFields(data[start:bodyStart]) if bodyStart > start else []
         part = Part(start, bodyStart, bodyStart, default)
         boundary = _describe(part, fields)
@@ -477,6 +484,11 @@ class _Parser:
                 part.contentType = part.mediaType = _OCTET_STREAM
             elif major == "multipart":
                 return part, self._multipart(part, boundary, depth)
+            elif cut:
+                self.count += 1
+                part.children = [Part(bodyStart, bodyStart, bodyStart, lines=0, renderedEnvelope=_EMPTY_ENVELOPE)]
+                part.lines = 0
+                return part, self._next(bodyStart)
             else:
                 child, event = self.entity(bodyStart, depth + 1, _TEXT_PLAIN, True)
                 part.children = [child]
@@ -602,7 +614,7 @@ def _renderParams(params, defaultCharset=False):
     """
     items = []
     for name, value in params:
-        if not value.isascii() and not _hasSurrogates(value):
+        if not value.isascii() and not name.endswith("*") and not _hasSurrogates(value):
             name += "*"
             value = "utf-8''" + quote_from_bytes(value.encode("utf-8"), safe="")
         items.append(quoteString(name) + b" " + quoteString(value))
@@ -790,7 +802,7 @@ def _mailbox(segment):
         return (name, adl) + _addrSpec(inner)
     if any(w[:2] == ("special", "@") for w in words):
         return (comment, None) + _addrSpec(words)
-    if not any(spaced for _, _, spaced in words[1:]):
+    if words[0][0] != "quoted" and not any(spaced for _, _, spaced in words[1:]):
         return (comment, None, "".join(value for _, value, _ in words), MISSING_DOMAIN)
     return (_phrase(words), None, MISSING_MAILBOX, MISSING_DOMAIN)
 
@@ -807,7 +819,7 @@ def _addresses(raw):
     out = []
     segment = []
     inGroup = angle = False
-    for token in _addressTokens(_text(raw)) + [None]:
+    for token in _addressTokens(raw.decode("utf-8", "surrogateescape")) + [None]:
         if token is not None and token[0] == "special":
             char = token[1]
             if char == "<":
@@ -865,10 +877,12 @@ def _renderEnvelope(fields):
     """
     text = {}
     addresses = {name: [] for name in _ENVELOPE_ADDRESSES}
+    budget = MAX_ADDRESS_TEXT
     for name, raw in fields:
         key = name.lower()
         if key in addresses:
-            addresses[key].append(raw)
+            addresses[key].append(raw[:budget])
+            budget -= len(addresses[key][-1])
         elif key in _ENVELOPE_TEXT and key not in text:
             text[key] = raw
     rendered = {name: _renderAddresses(values) for name, values in addresses.items()}

@@ -170,6 +170,7 @@ class IMAP4Server(MailboxCommands, MessageCommands, CommandSession):
         self._literalWanted = 0
         self._literalParts = []
         self._discarding = 0
+        self._skipRest = False
         self._tag = b"*"
         self._idleTag = None
         self._idleCalls = []
@@ -331,6 +332,13 @@ class IMAP4Server(MailboxCommands, MessageCommands, CommandSession):
         self._literalTotal = 0
 
     def lineReceived(self, line):
+        if self._skipRest:
+            self._skipRest = False
+            match = LITERAL_MARKER.search(line)
+            if match is not None and match.group(2):
+                self._discarding = int(match.group(1))
+                self.rawMode = True
+            return None
         self._segments.append(line)
         match = LITERAL_MARKER.search(line)
         if match is None:
@@ -389,6 +397,8 @@ class IMAP4Server(MailboxCommands, MessageCommands, CommandSession):
             self._discarding -= used
             if not self._discarding:
                 self.rawMode = False
+                # The rest of the refused command's line follows the literal.
+                self._skipRest = True
             self.setBuffered(data[used:])
             return True
         wanted = self._literalWanted
@@ -625,7 +635,8 @@ class IMAP4Server(MailboxCommands, MessageCommands, CommandSession):
             lines.append(b"* OK [UNSEEN %d] First unseen.\r\n" % (unseen,))
         lines.append(b"* OK [UIDVALIDITY %d] UIDs valid.\r\n" % (mailbox.uidValidity,))
         lines.append(b"* OK [UIDNEXT %d] Predicted next UID.\r\n" % (mailbox.uidNext,))
-        lines.append(b"* OK [HIGHESTMODSEQ %d] Highest.\r\n" % (mailbox.highestModSeq,))
+        # RFC 7162 section 7: at least 1, also for a mailbox never changed.
+        lines.append(b"* OK [HIGHESTMODSEQ %d] Highest.\r\n" % (max(1, mailbox.highestModSeq),))
         self.send(b"".join(lines))
         self.selected = selected
         self.state = SELECTED

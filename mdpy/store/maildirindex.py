@@ -62,6 +62,7 @@ _FLAG_LETTERS = {flag.lower(): letter for letter, flag in _LETTER_FLAGS.items()}
 _SYSTEM_FLAGS = {flag.lower(): flag for flag in _LETTER_FLAGS.values()}
 _SYSTEM_FLAGS["\\recent"] = "\\Recent"
 _WIRE_SIZE = re.compile(r",W=([0-9]+)")
+_NAME_ORDER = re.compile(r"([0-9]+)\.M([0-9]+)P[0-9]+Q([0-9]+)")
 _HEADER = re.compile(r"V([12]) ([0-9]+) ([0-9]+) ([0-9]+)\Z")
 _ESCAPED = re.compile(r"%([0-9A-F]{2})")
 _log = Logger()
@@ -442,10 +443,16 @@ class FolderIndex:
             cur = os.path.join(self.path, "cur")
 
             def age(key):
+                # The file time first; files written within one tick of the
+                # kernel's coarse clock are ordered by the time and counter
+                # in their names (<seconds>.M<usec>P<pid>Q<n>), numerically.
                 try:
-                    return (os.stat(os.path.join(cur, files[key])).st_mtime_ns, key)
+                    mtime = os.stat(os.path.join(cur, files[key])).st_mtime_ns
                 except FileNotFoundError:
-                    return (0, key)
+                    mtime = 0
+                match = _NAME_ORDER.match(key)
+                numbers = tuple(int(n) for n in match.groups()) if match else ()
+                return (mtime, numbers, key)
 
             fresh.sort(key=age)
         for key in fresh:
