@@ -16,6 +16,8 @@ of its own.
 """
 
 import argparse
+import multiprocessing
+import multiprocessing.connection
 import os
 import platform
 import pwd
@@ -743,3 +745,52 @@ def exit_status(failed):
         print("\nRESULT: at least one run FAILED (see errors above)")
         return 1
     return 0
+
+
+def run_clients(target, client_args, cpu, limit, settle=0.2):
+    """Run one process per client: each calls target(conn, go, *args) for
+    its args in client_args, sends "ready" on conn, waits for go, works and
+    sends one result dict with a "user" key.  Server CPU (cpu() gives
+    the server's CPU seconds so far) is counted from go until the last
+    result, plus settle seconds for the server to finish its own work.
+
+    @return: (results by user, server CPU seconds)."""
+    ctx = multiprocessing.get_context("fork")
+    go = ctx.Event()
+    procs, conns = [], []
+    try:
+        for args in client_args:
+            mine, theirs = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=target, daemon=True, args=(theirs, go) + tuple(args))
+            p.start()
+            theirs.close()
+            procs.append(p)
+            conns.append(mine)
+        for c in conns:
+            if not c.poll(30) or c.recv() != "ready":
+                raise BenchError("a client process did not start")
+        cpu0 = cpu()
+        go.set()
+        results = {}
+        deadline = time.monotonic() + limit
+        pending = list(conns)
+        while pending:
+            left = deadline - time.monotonic()
+            ready = multiprocessing.connection.wait(pending, max(0, left))
+            if not ready:
+                raise BenchError("%d of %d clients did not finish within %ds"
+                                 % (len(pending), len(conns), limit))
+            for c in ready:
+                try:
+                    r = c.recv()
+                except EOFError:
+                    raise BenchError("a client process died")
+                results[r["user"]] = r
+                pending.remove(c)
+        time.sleep(settle)
+        return results, cpu() - cpu0
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+            p.join(5)

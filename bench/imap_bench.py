@@ -39,8 +39,6 @@ Missing the target only prints "target MISSED".  See bench/README.rst.
 """
 
 import array
-import multiprocessing
-import multiprocessing.connection
 import os
 import random
 import re
@@ -55,7 +53,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import (DOMAIN, PASSWORD, BenchError, MdpyServer,  # noqa: E402
+from common import (DOMAIN, PASSWORD, BenchError, MdpyServer, run_clients,  # noqa: E402
                     exit_status, fmt, interrupt_on_sigterm, median, median_note,
                     parse_bench_args, positive, print_banner, print_table_head,
                     print_target, raise_nofile, repeat_suffix, run_command,
@@ -429,59 +427,25 @@ class Run:
 def run_load(run, port, pgid, users, messages, uidplus, seconds, rounds, args):
     """Run the clients against 127.0.0.1:port: rounds sessions each, or
     sessions until seconds have passed."""
-    ctx = multiprocessing.get_context("fork")
-    go = ctx.Event()
-    procs, conns = [], []
     rng = random.Random(3501)
-    try:
-        for i, user in enumerate(users):
-            address = "%s@%s" % (user, DOMAIN)
-            cfg = {
-                "user": user, "count": messages, "size": args.size,
-                "headers": args.headers, "bodies": args.bodies,
-                "uidplus": uidplus,
-                "login": b'LOGIN "%s" "%s"' % (address.encode(),
-                                              PASSWORD.encode()),
-                "message": make_message(rng, address, messages + 1, messages,
-                                        args.size, time.time()),
-            }
-            mine, theirs = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=_client_main, daemon=True, args=(
-                theirs, go, port, cfg, "%s-%d" % (run.row, i), seconds, rounds,
-                args.timeout))
-            p.start()
-            theirs.close()
-            procs.append(p)
-            conns.append(mine)
-        for c in conns:
-            if not c.poll(30) or c.recv() != "ready":
-                raise BenchError("a client process did not start")
-        cpu0 = group_cpu(pgid)
-        go.set()
-        results = {}
-        limit = (seconds or 0) + args.timeout
-        deadline = time.monotonic() + limit
-        pending = list(conns)
-        while pending:
-            left = deadline - time.monotonic()
-            ready = multiprocessing.connection.wait(pending, max(0, left))
-            if not ready:
-                raise BenchError("%d of %d clients did not finish within %ds"
-                                 % (len(pending), len(conns), limit))
-            for c in ready:
-                try:
-                    r = c.recv()
-                except EOFError:
-                    raise BenchError("a client process died")
-                results[r["user"]] = r
-                pending.remove(c)
-        time.sleep(0.2)                 # let Dovecot reap its imap processes
-        run.server_cpu = group_cpu(pgid) - cpu0
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-            p.join(5)
+    clients = []
+    for i, user in enumerate(users):
+        address = "%s@%s" % (user, DOMAIN)
+        cfg = {
+            "user": user, "count": messages, "size": args.size,
+            "headers": args.headers, "bodies": args.bodies,
+            "uidplus": uidplus,
+            "login": b'LOGIN "%s" "%s"' % (address.encode(),
+                                          PASSWORD.encode()),
+            "message": make_message(rng, address, messages + 1, messages,
+                                    args.size, time.time()),
+        }
+        clients.append((port, cfg, "%s-%d" % (run.row, i), seconds, rounds,
+                        args.timeout))
+    # settle: let Dovecot reap its imap processes
+    results, run.server_cpu = run_clients(
+        _client_main, clients, lambda: group_cpu(pgid),
+        (seconds or 0) + args.timeout)
 
     rs = list(results.values())
     errors = [r["error"] for r in rs if r["error"]]

@@ -33,8 +33,6 @@ failed.  Missing the target only prints "target MISSED".  See
 bench/README.rst.
 """
 
-import multiprocessing
-import multiprocessing.connection
 import os
 import random
 import resource
@@ -49,7 +47,7 @@ import zlib
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import (DOMAIN, PASSWORD, BenchError, MdpyServer,  # noqa: E402
+from common import (DOMAIN, PASSWORD, BenchError, MdpyServer, run_clients,  # noqa: E402
                     exit_status, fmt, interrupt_on_sigterm, median, median_note,
                     parse_bench_args, positive, print_banner, print_table_head,
                     print_target, proc_pids, proc_stat, raise_nofile,
@@ -407,48 +405,12 @@ class Run:
 
 def run_load(run, port, pgid, expected, users, sessions, args):
     """Run the clients against 127.0.0.1:port and check what they got."""
-    ctx = multiprocessing.get_context("fork")
-    go = ctx.Event()
-    procs, conns = [], []
     run.expected = expected
-    try:
-        for user in users:
-            mine, theirs = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=_client_main, daemon=True, args=(
-                theirs, go, port, user, expected.per_user[user], sessions,
-                args.size, args.timeout))
-            p.start()
-            theirs.close()
-            procs.append(p)
-            conns.append(mine)
-        for c in conns:
-            if not c.poll(30) or c.recv() != "ready":
-                raise BenchError("a client process did not start")
-        cpu0 = group_cpu(pgid)
-        go.set()
-        results = {}
-        deadline = time.monotonic() + args.timeout
-        pending = list(conns)
-        while pending:
-            left = deadline - time.monotonic()
-            ready = multiprocessing.connection.wait(pending, max(0, left))
-            if not ready:
-                raise BenchError("%d of %d clients did not finish within %ds"
-                                 % (len(pending), len(conns), args.timeout))
-            for c in ready:
-                try:
-                    r = c.recv()
-                except EOFError:
-                    raise BenchError("a client process died")
-                results[r["user"]] = r
-                pending.remove(c)
-        time.sleep(0.2)                 # let Dovecot reap its pop3 processes
-        run.server_cpu = group_cpu(pgid) - cpu0
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-            p.join(5)
+    clients = [(port, user, expected.per_user[user], sessions, args.size, args.timeout)
+               for user in users]
+    # settle: let Dovecot reap its pop3 processes
+    results, run.server_cpu = run_clients(
+        _client_main, clients, lambda: group_cpu(pgid), args.timeout)
 
     rs = list(results.values())
     errors = [r["error"] for r in rs if r["error"]]

@@ -136,29 +136,29 @@ _SMTP_LIMITS = [
     Key("max_connections_per_ip", parseInt, "1000", "Open sessions from one client address."),
 ]
 
-_READER_LIMITS = [
-    Key("max_errors", parseInt, "20", "Bad commands in one session before it is closed."),
-    Key("timeout", parseDuration, "10m", "Idle time before the session is closed (RFC 1939: at least 10m)."),
-    Key("max_connections", parseInt, "5000", "Open sessions in all, beyond which new ones are refused."),
-    Key("max_connections_per_ip", parseInt, "1000", "Open sessions from one client address."),
-]
+def _readerLimits(timeout, why, maxConnections):
+    """
+    The limits of a POP3 or IMAP listener; C{why} says where the least
+    timeout comes from.
+    """
+    return [
+        Key("max_errors", parseInt, "20", "Bad commands in one session before it is closed."),
+        Key("timeout", parseDuration, timeout, "Idle time before the session is closed (%s)." % (why,)),
+        Key("max_connections", parseInt, maxConnections, "Open sessions in all, beyond which new ones are refused."),
+        Key("max_connections_per_ip", parseInt, "1000", "Open sessions from one client address."),
+    ]
 
-_POP_IMAP = [
-    Key(
-        "allow_plaintext_auth",
-        parseBool,
-        "no",
-        "Allow passwords before STLS/STARTTLS (only on a trusted network).",
-    ),
-] + _READER_LIMITS
 
+_PLAINTEXT_AUTH = Key(
+    "allow_plaintext_auth",
+    parseBool,
+    "no",
+    "Allow passwords before STLS/STARTTLS (only on a trusted network).",
+)
+_POP3_LIMITS = _readerLimits("10m", "RFC 1939: at least 10m", "5000")
 _IMAP_LIMITS = [
     Key("max_message_size", parseSize, "50M", "Largest APPEND (advertised as APPENDLIMIT)."),
-    Key("max_errors", parseInt, "20", "Bad commands in one session before it is closed."),
-    Key("timeout", parseDuration, "30m", "Idle time before the session is closed (RFC 3501: at least 30m)."),
-    Key("max_connections", parseInt, "10000", "Open sessions in all, beyond which new ones are refused."),
-    Key("max_connections_per_ip", parseInt, "1000", "Open sessions from one client address."),
-]
+] + _readerLimits("30m", "RFC 3501: at least 30m", "10000")
 
 _TLS_MODE = parseChoice("none", "starttls", "implicit")
 
@@ -182,9 +182,9 @@ SCHEMA = {
     "smtp": _listener(25, extra=_SMTP_LIMITS),
     "submission": _listener(587, extra=_SMTP_LIMITS),
     "smtps": _listener(465, extra=_SMTP_LIMITS),
-    "pop3": _listener(110, extra=_POP_IMAP),
-    "pop3s": _listener(995, extra=_READER_LIMITS),
-    "imap": _listener(143, extra=_POP_IMAP[:1] + _IMAP_LIMITS),
+    "pop3": _listener(110, extra=[_PLAINTEXT_AUTH] + _POP3_LIMITS),
+    "pop3s": _listener(995, extra=_POP3_LIMITS),
+    "imap": _listener(143, extra=[_PLAINTEXT_AUTH] + _IMAP_LIMITS),
     "imaps": _listener(993, extra=_IMAP_LIMITS),
     "odmr": _listener(366),
     "minger": _listener(

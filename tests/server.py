@@ -4,6 +4,7 @@ Run a real C{twistd mdpy} on loopback for end-to-end tests.
 
 import itertools
 import os
+import re
 import shutil
 import signal
 import socket
@@ -28,6 +29,44 @@ def freePorts(count):
     finally:
         for s in sockets:
             s.close()
+
+
+_accounts = itertools.count(1)
+_messages = itertools.count(1)
+
+
+def newAccount(server, name="user"):
+    """
+    Add a fresh account to the running C{server} with the C{mdpy} command.
+
+    @return: C{(address, password)}.
+    """
+    address = "%s%d@example.test" % (re.sub(r"[^a-z0-9]", "", name.lower())[:30], next(_accounts))
+    password = "pw-%s-secret" % (address.split("@")[0],)
+    done = server.cli("user", "add", address, "--password", password)
+    assert done.returncode == 0, done.stderr
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(server.maildir(address, sub), exist_ok=True)
+    return address, password
+
+
+def makeMessage(subject, body=b"hello\r\n", headers=b"", date=False):
+    """
+    @param date: whether the message has a C{Date} header.
+    @return: a message with CRLF line ends and a unique Message-ID.
+    """
+    if isinstance(subject, str):
+        subject = subject.encode()
+    return (
+        b"From: Sender <sender@remote.test>\r\n"
+        b"To: someone@example.test\r\n"
+        b"Subject: " + subject + b"\r\n"
+        + (b"Date: Tue, 02 Jan 2024 03:04:05 +0000\r\n" if date else b"")
+        + b"Message-ID: <%d.%d@remote.test>\r\n" % (os.getpid(), next(_messages))
+        + headers
+        + b"\r\n"
+        + body
+    )
 
 
 def twistdCommand():

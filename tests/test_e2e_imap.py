@@ -33,7 +33,9 @@ from imapclient import IMAPClient
 from twisted.internet import defer
 
 from mdpy.store.maildir import MaildirStore
-from tests.server import HOST, MdpyServer, waitForBanner
+from tests.server import HOST, MdpyServer, newAccount, makeMessage, waitForBanner
+
+_messages = itertools.count(1)
 
 CURL = shutil.which("curl") or "curl"
 MBSYNC = shutil.which("mbsync") or "mbsync"
@@ -50,8 +52,6 @@ SPECIAL_USE = {
     "Archive": b"\\Archive",
 }
 
-_accounts = itertools.count(1)
-_messages = itertools.count(1)
 
 
 # --- servers and accounts -----------------------------------------------------
@@ -74,36 +74,8 @@ def server(tmp_path_factory):
     assert "Traceback" not in log, log[-5000:]
 
 
-def newAccount(server, name="user"):
-    """
-    Add a fresh account (INBOX and the special folders) to the running
-    server.
-
-    @return: C{(address, password)}.
-    """
-    address = "%s%d@example.test" % (re.sub(r"[^a-z0-9]", "", name.lower())[:30], next(_accounts))
-    password = "pw-%s-secret" % (address.split("@")[0],)
-    done = server.cli("user", "add", address, "--password", password)
-    assert done.returncode == 0, done.stderr
-    return address, password
-
-
 def message(subject, body=b"hello\r\n", headers=b""):
-    """
-    @return: a message with CRLF line ends and a unique Message-ID.
-    """
-    if isinstance(subject, str):
-        subject = subject.encode()
-    return (
-        b"From: Sender <sender@remote.test>\r\n"
-        b"To: someone@example.test\r\n"
-        b"Subject: " + subject + b"\r\n"
-        b"Date: Tue, 02 Jan 2024 03:04:05 +0000\r\n"
-        b"Message-ID: <%d.%d@remote.test>\r\n" % (os.getpid(), next(_messages))
-        + headers
-        + b"\r\n"
-        + body
-    )
+    return makeMessage(subject, body, headers, date=True)
 
 
 MULTIPART = (

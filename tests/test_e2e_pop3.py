@@ -23,15 +23,15 @@ import time
 
 import pytest
 
-from tests.server import HOST, MdpyServer
+from tests.server import HOST, MdpyServer, newAccount, makeMessage as message
+
+_drops = itertools.count(1)
 
 CURL = shutil.which("curl") or "curl"
 FETCHMAIL = shutil.which("fetchmail") or "fetchmail"
 CRLF = b"\r\n"
 UIDL_SYNTAX = re.compile(rb"^[\x21-\x7e]{1,70}$")
 
-_accounts = itertools.count(1)
-_drops = itertools.count(1)
 
 
 # --- servers and accounts -----------------------------------------------------
@@ -69,38 +69,6 @@ def plainServer(tmp_path_factory):
     server = _startServer(tmp_path_factory.mktemp("mdpy-pop3-plain"), "allow_plaintext_auth = yes\n")
     yield server
     _stopServer(server)
-
-
-def newAccount(server, name="user"):
-    """
-    Add a fresh account to the running server.
-
-    @return: C{(address, password)}.
-    """
-    address = "%s%d@example.test" % (re.sub(r"[^a-z0-9]", "", name.lower())[:30], next(_accounts))
-    password = "pw-%s-secret" % (address.split("@")[0],)
-    done = server.cli("user", "add", address, "--password", password)
-    assert done.returncode == 0, done.stderr
-    for sub in ("tmp", "new", "cur"):
-        os.makedirs(server.maildir(address, sub), exist_ok=True)
-    return address, password
-
-
-def message(subject, body=b"hello\r\n", headers=b""):
-    """
-    @return: a message with CRLF line ends and a unique Message-ID.
-    """
-    if isinstance(subject, str):
-        subject = subject.encode()
-    return (
-        b"From: Sender <sender@remote.test>\r\n"
-        b"To: someone@example.test\r\n"
-        b"Subject: " + subject + b"\r\n"
-        b"Message-ID: <%d.%d@remote.test>\r\n" % (os.getpid(), next(_drops))
-        + headers
-        + b"\r\n"
-        + body
-    )
 
 
 DOTS_BODY = (

@@ -21,6 +21,7 @@ from mdpy.address import normalise
 from mdpy.auth import IAccount
 from mdpy.auth.passwords import verifyCramMD5, verifyPassword
 from mdpy.errors import InvalidInput
+from mdpy.threads import deferToReactorThreadPool
 
 # Verified when the user is unknown (or has no password), so that a failed
 # login costs the same scrypt time whether or not the account exists.
@@ -29,18 +30,6 @@ _DUMMY_HASH = (
     "$X3Ujo6TQeMOrQ+L8W4aCO9ka84zdbdXCNympdXb4B7A"
 )
 _DUMMY_CRAM_MD5 = "00" * 32
-
-
-def _deferToThread(f, *args, **kwargs):
-    """
-    Run C{f} in the global reactor's thread pool.
-
-    @return: a L{Deferred} firing with its result.
-    """
-    from twisted.internet import reactor
-    from twisted.internet.threads import deferToThreadPool
-
-    return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args, **kwargs)
 
 
 def _username(username):
@@ -88,7 +77,7 @@ class DirectoryChecker:
             pool.
         """
         self.directory = directory
-        self._runInThread = runInThread or _deferToThread
+        self._runInThread = runInThread or deferToReactorThreadPool
         # scrypt takes 16 MiB and a core for ~50 ms: at most one run per
         # core at a time (a burst of logins must not fill the thread pool
         # and the heap), and one run for identical logins that arrive

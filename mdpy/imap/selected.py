@@ -16,7 +16,6 @@ Invariants:
 from bisect import bisect_left
 
 from mdpy.imap.fetch import formatFlags
-from mdpy.imap.parser import formatSequence
 
 
 class UidValidityChanged(Exception):
@@ -123,7 +122,7 @@ class SelectedMailbox:
         self.messages[message.uid] = message
         self.flags[message.uid] = message.flags
 
-    def updates(self, allowExpunge, claimRecent, uidMode=False, modSeqs=False, vanished=False):
+    def updates(self, allowExpunge, claimRecent, modSeqs=False):
         """
         Compare the view with the mailbox's current state (synced by the
         caller) and bring the view up to date.
@@ -131,7 +130,8 @@ class SelectedMailbox:
         @param allowExpunge: whether expunges may be reported now.
         @param claimRecent: C{claimRecent(uids)} returning the new UIDs that
             are recent for this session.
-        @param vanished: report expunges as C{VANISHED} (QRESYNC).
+        @param modSeqs: whether flag changes carry their C{MODSEQ}
+            (CONDSTORE enabled).
         @return: the untagged responses (L{bytes}) to send, in order.
         @raise UidValidityChanged: the mailbox was renumbered.
         """
@@ -144,7 +144,7 @@ class SelectedMailbox:
         if len(byUid) != len(self.uids) or self.gone:
             self.gone.update(uid for uid in self.uids if uid not in byUid)
         if self.gone and allowExpunge:
-            out.extend(self._reportExpunges(vanished))
+            out.extend(self._reportExpunges())
         largest = self.largestUid
         fresh = [m for m in current if m.uid > largest]
         for message in current:
@@ -157,8 +157,6 @@ class SelectedMailbox:
             if message.flags != self.flags.get(uid, message.flags):
                 self.flags[uid] = message.flags
                 items = [b"FLAGS " + formatFlags(message.flags, uid in self.recent)]
-                if uidMode or vanished:
-                    items.insert(0, b"UID %d" % (uid,))
                 if modSeqs:
                     items.append(b"MODSEQ (%d)" % (message.modSeq,))
                 out.append(b"* %d FETCH (%s)\r\n" % (self.sequence(message), b" ".join(items)))
@@ -174,26 +172,16 @@ class SelectedMailbox:
         self.dirty = False
         return out
 
-    def _reportExpunges(self, vanished):
+    def _reportExpunges(self):
         gone = sorted(self.gone)
         self.gone = set()
         out = []
-        if vanished:
-            out.append(b"* VANISHED " + formatSequence(gone) + b"\r\n")
         for uid in reversed(gone):
             index = bisect_left(self.uids, uid)
             if index < len(self.uids) and self.uids[index] == uid:
-                if not vanished:
-                    out.append(b"* %d EXPUNGE\r\n" % (index + 1,))
+                out.append(b"* %d EXPUNGE\r\n" % (index + 1,))
                 del self.uids[index]
                 self.messages.pop(uid, None)
                 self.flags.pop(uid, None)
                 self.recent.discard(uid)
         return out
-
-    def forget(self, uids):
-        """
-        Note that this session expunged C{uids} itself; they are reported by
-        the next L{updates} that may report expunges.
-        """
-        self.gone.update(uid for uid in uids if uid in self.messages)

@@ -38,6 +38,7 @@ from mdpy.imap.mime import quoteString
 from mdpy.imap.parser import LITERAL_MARKER, Atom, ParseError, astring, isAtom, parseDateTime, tokenize
 from mdpy.imap.selected import RecentTracker, SelectedMailbox, UidValidityChanged
 from mdpy.session import CommandSession, SessionFactory
+from mdpy.threads import deferToReactorThreadPool
 
 NOT_AUTHENTICATED = "not authenticated"
 AUTHENTICATED = "authenticated"
@@ -127,12 +128,7 @@ class IMAP4Factory(SessionFactory):
     ):
         SessionFactory.__init__(self, hostname, maxErrors=maxErrors, timeout=timeout, **kwargs)
         if runInThread is None:
-            from twisted.internet import reactor
-            from twisted.internet.threads import deferToThreadPool
-
-            def runInThread(f, *args):
-                return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
-
+            runInThread = deferToReactorThreadPool
         self.store = store
         self.allowPlaintext = allowPlaintext
         self.runInThread = runInThread

@@ -25,6 +25,7 @@ from mdpy.auth import sasl
 from mdpy.dotstuffing import DotStuffer, stuff
 from mdpy.pop3.maildrop import Maildrop, MaildropLocks, uidlFor
 from mdpy.session import CommandSession, SessionFactory
+from mdpy.threads import deferToReactorThreadPool
 
 AUTHORIZATION = "AUTHORIZATION"
 TRANSACTION = "TRANSACTION"
@@ -63,12 +64,7 @@ class POP3Factory(SessionFactory):
     ):
         SessionFactory.__init__(self, hostname, maxErrors=maxErrors, timeout=timeout, **kwargs)
         if runInThread is None:
-            from twisted.internet import reactor
-            from twisted.internet.threads import deferToThreadPool
-
-            def runInThread(f, *args):
-                return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
-
+            runInThread = deferToReactorThreadPool
         self.store = store
         self.locks = MaildropLocks() if locks is None else locks
         self.allowPlaintext = allowPlaintext

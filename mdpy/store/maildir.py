@@ -47,6 +47,7 @@ from mdpy.interfaces import IMailbox, IMailStore, IMessageCache, IStoredMessage
 from mdpy.store import Listeners
 from mdpy.store.committer import Committer, commitBatch
 from mdpy.store.maildirindex import FolderIndex, flagsFromInfo, infoForFlags, normaliseFlags
+from mdpy.threads import deferToReactorThreadPool
 
 SUBSCRIPTIONS_NAME = "subscriptions"
 CACHE_NAME = "mdpy-cache.sqlite"
@@ -78,13 +79,6 @@ def uniqueName(now=None):
     return "%d.M%dP%dQ%d.%s" % (
         seconds, int((now - seconds) * 1000000), os.getpid(), next(_counter), _HOST,
     )
-
-
-def _deferToReactorThreadPool(f, *args):
-    from twisted.internet import reactor
-    from twisted.internet.threads import deferToThreadPool
-
-    return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
 
 
 # --- names ------------------------------------------------------------------
@@ -239,6 +233,13 @@ def _writeCopies(targets):
     [failure] = commitBatch(_prepareCopies, [targets])
     if failure is not None:
         failure.raiseException()
+
+
+def _openCache(path):
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA synchronous=OFF")
+    connection.execute("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, data BLOB)")
+    return connection
 
 
 # --- messages and mailboxes -------------------------------------------------
@@ -403,17 +404,12 @@ class MaildirMailbox:
         if self._cache is None:
             path = os.path.join(self.path, CACHE_NAME)
             try:
-                connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-                connection.execute("PRAGMA synchronous=OFF")
-                connection.execute("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, data BLOB)")
+                self._cache = _openCache(path)
             except sqlite3.Error as e:
                 # A damaged cache is thrown away and made again.
                 _log.warn("cache {path} unusable ({error}); rebuilding it", path=path, error=e)
                 unlinkQuietly(path)
-                connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-                connection.execute("PRAGMA synchronous=OFF")
-                connection.execute("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, data BLOB)")
-            self._cache = connection
+                self._cache = _openCache(path)
         return self._cache
 
     def cachedData(self, key):
@@ -626,7 +622,7 @@ class MaildirStore:
         self._listeners = Listeners()
         self._committer = None
         if runInThread is None:
-            runInThread = _deferToReactorThreadPool
+            runInThread = deferToReactorThreadPool
             if reactor is None:
                 from twisted.internet import reactor
             self._committer = Committer(reactor, _prepareCopies, committerThreads)
