@@ -10,9 +10,9 @@
 * ``MdpyServer``: a fresh mdpy under twistd, as every benchmark starts it;
 * the benchmarks' shared options, progress and report helpers.
 
-Used by ``smtp_bench.py``, ``pop3_bench.py``, ``imap_bench.py``,
-``imap_idle_bench.py``, ``postfix.py`` and ``dovecot.py``; not a benchmark
-of its own.
+Used by ``smtp_bench.py``, ``relay_bench.py``, ``pop3_bench.py``,
+``imap_bench.py``, ``imap_idle_bench.py``, ``postfix.py`` and
+``dovecot.py``; not a benchmark of its own.
 """
 
 import argparse
@@ -525,9 +525,12 @@ def mdpy_ini(data_dir, smtp_port, pop3_port=None, disabled=(), imap_port=None,
     """mdpy.ini: SMTP on 127.0.0.1:smtp_port, POP3 (IMAP) with plaintext
     USER/PASS (LOGIN) on 127.0.0.1:pop3_port (imap_port) if given, the
     services in disabled off; settings, {section: {key: value}}, adds or
-    overrides keys of those sections."""
+    overrides keys of those sections ([server] first, then the services,
+    then any other section, e.g. relay)."""
     settings = settings or {}
-    lines = ["[server]", "hostname = " + DOMAIN, "data_dir = " + data_dir]
+    server = {"hostname": DOMAIN, "data_dir": data_dir}
+    server.update(settings.get("server", {}))
+    lines = ["[server]"] + ["%s = %s" % item for item in server.items()]
     for section in MDPY_SERVICES:
         keys = {}
         if section == "smtp":
@@ -540,6 +543,10 @@ def mdpy_ini(data_dir, smtp_port, pop3_port=None, disabled=(), imap_port=None,
             keys = {"enabled": "no"}
         keys.update(settings.get(section, {}))
         if keys:
+            lines.append("[%s]" % section)
+            lines += ["%s = %s" % item for item in keys.items()]
+    for section, keys in settings.items():
+        if section not in MDPY_SERVICES and section != "server":
             lines.append("[%s]" % section)
             lines += ["%s = %s" % item for item in keys.items()]
     return "\n".join(lines) + "\n"

@@ -5,7 +5,9 @@ config_directory (main.cf and master.cf written here), queue_directory,
 data_directory, virtual Maildir base and log file.  It listens only on
 127.0.0.1:<port> and delivers ``user@bench.test`` (and any other users
 given) to ``<tmp>/vmail/bench.test/<user>/`` as a Maildir through the
-virtual(8) delivery agent.  The system Postfix (/etc/postfix,
+virtual(8) delivery agent; ``aliases`` adds virtual aliases (to relay
+mail on, e.g. through a ``relayhost`` given in ``settings``, which adds
+or overrides main.cf parameters).  The system Postfix (/etc/postfix,
 /var/spool/postfix) is neither read for configuration nor modified, and it
 does not need to be running.
 
@@ -14,8 +16,8 @@ privileges to ``mail_owner``); needs the ``postfix`` user that the
 distribution package creates, and a non-privileged user (default
 ``nobody``) to own the delivered mail.
 
-Used by ``bench/smtp_bench.py``; can also be run on its own to get a
-private Postfix to poke at::
+Used by ``bench/smtp_bench.py`` and ``bench/relay_bench.py``; can also be
+run on its own to get a private Postfix to poke at::
 
     python bench/postfix.py [--port N] [--keep]
 
@@ -25,6 +27,7 @@ removes it on Ctrl-C.
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import sys
@@ -107,6 +110,18 @@ virtual_gid_maps = static:{gid}
 """
 
 
+def _override(main_cf, settings):
+    """main_cf with each parameter of settings ({name: value}) set: its
+    line replaced where main_cf has one, else added at the end."""
+    for name, value in settings.items():
+        line = "%s = %s" % (name, value)
+        main_cf, found = re.subn(r"(?m)^%s[ \t]*=.*$" % re.escape(name),
+                                 lambda m: line, main_cf)
+        if not found:
+            main_cf += line + "\n"
+    return main_cf
+
+
 class PostfixError(BenchError):
     """A one-line, user-facing failure of the private Postfix instance."""
 
@@ -159,7 +174,8 @@ class PrivatePostfix(TemporaryServer):
 
     def __init__(self, port=None, domain=DOMAIN, users=("user",),
                  vmail_user="nobody", base_dir=None, keep=False,
-                 process_limit=100, start_timeout=30):
+                 process_limit=100, start_timeout=30, aliases=None,
+                 settings=None):
         if os.geteuid() != 0:
             raise PostfixError("a private Postfix must be started as root")
         self.postfix = _which("postfix")
@@ -169,6 +185,8 @@ class PrivatePostfix(TemporaryServer):
         self.port = port or free_port()
         self.keep = keep
         self.process_limit = process_limit
+        self.aliases = dict(aliases or {})
+        self.settings = dict(settings or {})
         self.start_timeout = start_timeout
         self.started = False
         pw = system_user("postfix", PostfixError,
@@ -225,12 +243,20 @@ class PrivatePostfix(TemporaryServer):
         write_file(vmailbox, "".join(
             "%s@%s %s/%s/\n" % (u, self.domain, self.domain, u)
             for u in self.users))
-        write_file(os.path.join(self.config_dir, "main.cf"), MAIN_CF.format(
+        main_cf = MAIN_CF.format(
             queue=self.queue_dir, data=self.data_dir, mail_owner=self.mail_owner,
             maillog=self.maillog, base=self.base,
             myhostname="postfix." + self.domain, domain=self.domain,
             vmail=self.vmail, vmailbox=vmailbox, uid=self.vmail_uid,
-            gid=self.vmail_gid, process_limit=self.process_limit))
+            gid=self.vmail_gid, process_limit=self.process_limit)
+        settings = dict(self.settings)
+        if self.aliases:
+            virtual = os.path.join(self.config_dir, "virtual")
+            write_file(virtual, "".join(
+                "%s %s\n" % item for item in self.aliases.items()))
+            settings.setdefault("virtual_alias_maps", "texthash:" + virtual)
+        write_file(os.path.join(self.config_dir, "main.cf"),
+                   _override(main_cf, settings))
         write_file(os.path.join(self.config_dir, "master.cf"), MASTER_CF.format(
             listen="127.0.0.1:%d" % self.port))
         open(self.maillog, "a").close()
@@ -318,6 +344,12 @@ class PrivatePostfix(TemporaryServer):
             for _root, _dirs, files in os.walk(os.path.join(self.queue_dir, sub)):
                 n += len(files)
         return n
+
+    def queue_listing(self):
+        """What ``postqueue -p`` says of this instance's queue ("Mail queue
+        is empty" when it is)."""
+        return _run([_which("postqueue"), "-c", self.config_dir, "-p"],
+                    timeout=30, check=False)
 
     def log_tail(self, n=20):
         return log_tail(self.maillog, n, "(no maillog)")

@@ -11,9 +11,12 @@ import re
 
 from mdpy.errors import InvalidInput
 
-MAX_LOCALPART = 64
+# RFC 5321 section 4.5.3.1.1 sets 64 octets for a local part, and section
+# 4.5.3.1 asks servers to accept more where they can: SRS addresses
+# (SRS0=hash=time=domain=local@forwarder) are often longer.
+MAX_LOCALPART = 255
 MAX_DOMAIN = 255
-MAX_PATH = 256
+MAX_PATH = 512
 
 # RFC 5321 atext; with SMTPUTF8 any non-ASCII character is allowed too.
 _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"

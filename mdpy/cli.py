@@ -9,7 +9,11 @@ error and a non-zero exit status, never a traceback.
 
 import argparse
 import getpass
+import os
+import re
+import socket
 import sys
+import time
 
 from mdpy.config import Config, ConfigError
 from mdpy.datadir import DataDir
@@ -83,7 +87,12 @@ def _parser():
     dkim = commands.add_parser("dkim", help="DKIM keys").add_subparsers(
         dest="action", required=True
     )
-    dkim.add_parser("generate", help="make a key and print its DNS record").add_argument("domain")
+    generate = dkim.add_parser(
+        "generate", help="make a key, sign the domain's mail with it, print its DNS record"
+    )
+    generate.add_argument("domain")
+    generate.add_argument("--selector", default="mdpy", help="key selector (default: mdpy)")
+    generate.add_argument("--bits", type=int, default=2048, help="RSA key size (default: 2048)")
 
     commands.add_parser("check", help="validate the configuration")
     return parser
@@ -115,6 +124,9 @@ def run(argv, stdout, stdin):
 
 
 def _check(config, stdout):
+    from mdpy.tap import relaySettings
+
+    relaySettings(config["relay"])
     for kind, instances in config.templates.items():
         for name, values in instances.items():
             if "host" in values and values.get("enabled", True) and not values["host"]:
@@ -177,9 +189,85 @@ def _alias(args, config, datadir, stdout, stdin):
 
 
 def _queue(args, config, datadir, stdout, stdin):
-    # Outbound delivery is not built yet: the queue is always empty.
-    if args.action == "del":
+    from mdpy.delivery.queue import readQueue
+
+    if args.action == "list":
+        entries, unreadable = readQueue(datadir.queueDir)
+        for entry in entries:
+            stdout.write(formatEntry(entry))
+        for name in unreadable:
+            stdout.write("%s (unreadable; it will be moved to corrupt/)\n" % (name,))
+        return
+    if args.action == "flush":
+        answer = _control(datadir, "FLUSH")
+        if answer is None:
+            stdout.write("no server is running; queued mail is retried when it starts\n")
+        return
+    if not re.match(r"[A-Za-z0-9_-]{1,64}\Z", args.id):
         raise CommandError("no such queued message: %s" % (args.id,))
+    answer = _control(datadir, "DELETE " + args.id)
+    if answer is None:
+        removed = False
+        for sub in ("env", "msg"):
+            path = os.path.join(datadir.queueDir, sub, args.id)
+            if os.path.exists(path):
+                os.unlink(path)
+                removed = True
+        if not removed:
+            raise CommandError("no such queued message: %s" % (args.id,))
+    elif answer != "OK":
+        raise CommandError("no such queued message: %s" % (args.id,))
+
+
+def formatEntry(entry):
+    """
+    @return: the lines of C{queue list} for one queue entry: the message,
+        then one indented line per recipient.
+    """
+    lines = [
+        "%s %8d %s <%s>\n"
+        % (entry.id, entry.size, _time(entry.created), entry.sender)
+    ]
+    for r in entry.recipients:
+        line = "    <%s> %s attempts=%d" % (r.address, r.state, r.attempts)
+        if r.state == "pending":
+            line += " next=%s" % (_time(r.due),)
+        last = r.diagnostic or r.reason
+        if last:
+            line += " last: %s" % (last,)
+        lines.append(line + "\n")
+    return "".join(lines)
+
+
+def _time(seconds):
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+def _control(datadir, command):
+    """
+    Send one command to the running server's queue control socket.
+
+    @return: its answer, or L{None} when no server listens.
+    """
+    from mdpy.delivery.queue import controlSocketPath
+
+    path = controlSocketPath(datadir.queueDir)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(30)
+    try:
+        client.connect(path)
+    except OSError:
+        client.close()
+        return None
+    with client:
+        client.sendall(command.encode("ascii") + b"\n")
+        answer = b""
+        while not answer.endswith(b"\n"):
+            chunk = client.recv(1024)
+            if not chunk:
+                break
+            answer += chunk
+    return answer.decode("ascii", "replace").strip()
 
 
 def _domainpop(args, config, datadir, stdout, stdin):
@@ -189,7 +277,14 @@ def _domainpop(args, config, datadir, stdout, stdin):
 
 
 def _dkim(args, config, datadir, stdout, stdin):
-    raise CommandError("DKIM signing is not available in this release")
+    # The record goes out as one zone-file line, ready to paste into a BIND
+    # zone: 'mdpy._domainkey.example.com. IN TXT ( "v=DKIM1; k=rsa; p=..." "..." )'.
+    from mdpy.delivery.dkim import DKIMKeys, zoneLine
+
+    datadir.prepare()
+    keys = DKIMKeys(datadir.dkimDir)
+    record = keys.generate(args.domain, selector=args.selector, bits=args.bits)
+    stdout.write(zoneLine(keys.recordName(args.domain), record) + "\n")
 
 
 def main(argv=None, stdout=None, stdin=None, stderr=None):

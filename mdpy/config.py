@@ -179,7 +179,18 @@ SCHEMA = {
         Key("certificate", parseStr, "", "PEM certificate chain; default: a self-signed one in data_dir/tls.", isPath=True),
         Key("private_key", parseStr, "", "PEM private key; default: beside the self-signed certificate.", isPath=True),
     ],
-    "smtp": _listener(25, extra=_SMTP_LIMITS),
+    "smtp": _listener(
+        25,
+        extra=_SMTP_LIMITS
+        + [
+            Key(
+                "authentication_results",
+                parseBool,
+                "yes",
+                "Check SPF and DKIM of mail from unauthenticated clients and record the results in an Authentication-Results header (no rejection).",
+            ),
+        ],
+    ),
     "submission": _listener(587, extra=_SMTP_LIMITS),
     "smtps": _listener(465, extra=_SMTP_LIMITS),
     "pop3": _listener(110, extra=[_PLAINTEXT_AUTH] + _POP3_LIMITS),
@@ -199,10 +210,22 @@ SCHEMA = {
         Key("nameservers", parseList, "", "host:port of resolvers for outbound lookups; default: the system resolver."),
     ],
     "relay": [
-        Key("smarthost", parseStr, "", "host[:port] to send all outbound mail through."),
+        Key("smarthost", parseStr, "", "host[:port] to send all outbound mail through, instead of the MX hosts."),
+        Key("smarthost_tls", _TLS_MODE, "starttls", "none, starttls or implicit; starttls and implicit verify the certificate."),
+        Key("smarthost_ca_file", parseStr, "", "PEM file of trusted CAs for the smarthost; default: the system's.", isPath=True),
+        Key("smarthost_username", parseStr, "", "AUTH login at the smarthost (sent only over TLS)."),
+        Key("smarthost_password", parseStr, "", "Its password."),
         Key("remote_port", parsePort, "25", "Port of remote MX hosts (change only for testing)."),
+        Key("mx_tls", parseChoice("may", "none"), "may", "STARTTLS to MX hosts when offered (may), or never (none)."),
         Key("retry", parseDurations, "5m 15m 30m 1h 2h 4h 8h", "Delays between delivery attempts; the last repeats."),
         Key("lifetime", parseDuration, "5d", "Give up and bounce after this long."),
+        Key("delay_warning", parseDuration, "4h", "Tell the sender when mail is still undelivered after this long; 0 for never."),
+        Key("max_connections", parseInt, "100", "Outbound connections in all."),
+        Key("max_per_destination", parseInt, "20", "Outbound connections to one domain (or the smarthost)."),
+        Key("max_messages_per_connection", parseInt, "100", "Messages sent over one connection before it is closed."),
+        Key("connect_timeout", parseDuration, "30s", "Time to wait for a connection to an MX host."),
+        Key("command_timeout", parseDuration, "5m", "Time to wait for any reply of a remote server."),
+        Key("srs", parseBool, "yes", "Rewrite the sender of mail forwarded to other domains (SRS), so it passes SPF there."),
     ],
 }
 

@@ -7,6 +7,9 @@ so that both open the same directory database and mail store.
       directory.sqlite      domains, users, aliases, credentials
       mail/<domain>/<localpart>/   Maildir++ of each account
       spool/                bodies of large messages being received
+      queue/                the outbound queue (see L{mdpy.delivery.queue})
+      dkim/                 DKIM signing keys (see L{mdpy.delivery.dkim})
+      srs.secret            the key of SRS addresses (0600)
       tls/cert.pem key.pem  the self-signed certificate, when none is set
       postmaster.password   the generated password of the first account (0600)
 """
@@ -30,6 +33,9 @@ class DataDir:
         self.mailRoot = os.path.join(root, "mail")
         self.spoolDir = os.path.join(root, "spool")
         self.tlsDir = os.path.join(root, "tls")
+        self.queueDir = os.path.join(root, "queue")
+        self.srsSecretPath = os.path.join(root, "srs.secret")
+        self.dkimDir = os.path.join(root, "dkim")
         self.postmasterPasswordPath = os.path.join(root, "postmaster.password")
 
     def prepare(self):

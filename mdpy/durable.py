@@ -23,6 +23,27 @@ def writeAll(fd, data):
     return total
 
 
+def writeParts(fd, parts, chunkSize=65536):
+    """
+    Write C{parts} to C{fd}: each part is bytes or a file-like object read
+    to its end in chunks.
+
+    @return: the number of octets written.
+    """
+    size = 0
+    for part in parts:
+        if isinstance(part, (bytes, bytearray, memoryview)):
+            size += writeAll(fd, part)
+            continue
+        read = part.read
+        while True:
+            chunk = read(chunkSize)
+            if not chunk:
+                break
+            size += writeAll(fd, chunk)
+    return size
+
+
 def fsyncDirectory(path):
     """
     Make the names in directory C{path} durable.

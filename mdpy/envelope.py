@@ -35,6 +35,9 @@ class Envelope:
     @ivar smtputf8: whether the message uses RFC 6531 UTF-8.
     @ivar messageId: the identifier used in logs and Received headers.
     @ivar receivedAt: seconds since the epoch.
+    @ivar trusted: whether the server itself made the message (a delivery
+        status notification), so it may go to remote recipients without an
+        authenticated sender.
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class Envelope:
         smtputf8=False,
         messageId=None,
         receivedAt=None,
+        trusted=False,
     ):
         self.sender = sender
         self.helo = helo
@@ -62,6 +66,7 @@ class Envelope:
         self.smtputf8 = smtputf8
         self.messageId = messageId or newMessageId()
         self.receivedAt = time.time() if receivedAt is None else receivedAt
+        self.trusted = trusted
 
     def __repr__(self):
         return "<Envelope %s from %r>" % (self.messageId, self.sender)

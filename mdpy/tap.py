@@ -16,7 +16,13 @@ from twisted.python import usage
 from mdpy.auth.checkers import FailedLoginTracker, makePortal
 from mdpy.config import Config, ConfigError
 from mdpy.datadir import DataDir
+from mdpy.delivery.authresults import InboundChecker
+from mdpy.delivery.dkim import DKIMKeys
+from mdpy.delivery.mx import MXResolver, makeResolver
 from mdpy.delivery.pipeline import DeliveryPipeline
+from mdpy.delivery.queue import SpoolQueue, controlSocketPath
+from mdpy.delivery.relay import Relay, RelayControlFactory, RelaySettings, parseHostPort
+from mdpy.delivery.srs import SRS, loadSecret
 from mdpy.logs import setLevel
 from mdpy.imap.fetch import StructureCache
 from mdpy.imap.selected import RecentTracker
@@ -168,7 +174,30 @@ def buildService(config, portOffset=0, reactor=None):
             log.info("made a self-signed certificate {path}", path=certificate)
     tlsOptions = serverOptions(certificate, key)
 
-    pipeline = DeliveryPipeline(directory, store, spoolDir=datadir.spoolDir)
+    resolver = MXResolver(makeResolver(reactor, config["dns"]["nameservers"]), clock=reactor)
+    queue = SpoolQueue(
+        datadir.queueDir, reactor=reactor, signerFor=DKIMKeys(datadir.dkimDir).signerFor
+    )
+    loaded = queue.load()
+    if loaded or queue.quarantined:
+        log.info(
+            "queue: {n} messages waiting, {bad} moved to {dir}",
+            n=loaded,
+            bad=len(queue.quarantined),
+            dir=queue.path + "/corrupt",
+        )
+    relayConfig = config["relay"]
+    srs = SRS(loadSecret(datadir.srsSecretPath)) if relayConfig["srs"] else None
+    checker = None
+    if config["smtp"]["authentication_results"]:
+        checker = InboundChecker(
+            server["hostname"],
+            resolver.lookupTXT,
+            reactor=reactor,
+        )
+    pipeline = DeliveryPipeline(
+        directory, store, queue=queue, spoolDir=datadir.spoolDir, srs=srs, checker=checker
+    )
     portal = makePortal(directory)
     loginTracker = FailedLoginTracker(reactor)
 
@@ -232,10 +261,53 @@ def buildService(config, portOffset=0, reactor=None):
         listener = _NamedListener(endpoint, factory)
         listener.setName(name)
         listener.setServiceParent(top)
+    relay = Relay(queue, resolver, pipeline, server["hostname"], relaySettings(relayConfig), reactor)
+    relay.setName("relay")
+    relay.setServiceParent(top)
+    control = internet.StreamServerEndpointService(
+        endpoints.UNIXServerEndpoint(reactor, controlSocketPath(queue.path), mode=0o600, wantPID=True),
+        RelayControlFactory(queue),
+    )
+    control.setName("queue-control")
+    control.setServiceParent(top)
     for name in NOT_YET_AVAILABLE:
         if name in config.sections and config[name]["enabled"]:
             log.info("{name}: not available in this release; not started", name=name)
     return top
+
+
+def relaySettings(section):
+    """
+    @return: the L{RelaySettings} of a C{[relay]} section.
+    @raise ConfigError: a malformed smarthost.
+    """
+    smarthost = None
+    if section["smarthost"]:
+        try:
+            smarthost = parseHostPort(
+                section["smarthost"], 465 if section["smarthost_tls"] == "implicit" else 25
+            )
+        except ValueError as e:
+            raise ConfigError("[relay] smarthost = %s: %s" % (section["smarthost"], e))
+    credentials = None
+    if section["smarthost_username"]:
+        credentials = (section["smarthost_username"], section["smarthost_password"] or "")
+    return RelaySettings(
+        smarthost=smarthost,
+        smarthostTLS=section["smarthost_tls"],
+        smarthostTrust=section["smarthost_ca_file"],
+        smarthostCredentials=credentials,
+        remotePort=section["remote_port"],
+        mxTLS=section["mx_tls"] == "may",
+        retry=section["retry"],
+        lifetime=section["lifetime"],
+        delayWarning=section["delay_warning"],
+        maxConnections=section["max_connections"],
+        maxPerDestination=section["max_per_destination"],
+        maxMessagesPerConnection=section["max_messages_per_connection"],
+        connectTimeout=section["connect_timeout"],
+        commandTimeout=section["command_timeout"],
+    )
 
 
 def makeService(options, reactor=None):

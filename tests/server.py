@@ -79,7 +79,7 @@ def mdpyCommand():
     return [mdpy] if mdpy else [sys.executable, "-m", "mdpy.cli"]
 
 
-def waitForBanner(port, timeout=30.0, process=None):
+def waitForBanner(port, timeout=30.0, process=None, host=HOST):
     """
     Wait until C{port} answers with an SMTP/POP3/IMAP greeting.
 
@@ -90,7 +90,7 @@ def waitForBanner(port, timeout=30.0, process=None):
         if process is not None and process.poll() is not None:
             raise RuntimeError("server exited with %s" % (process.returncode,))
         try:
-            with socket.create_connection((HOST, port), timeout=2) as s:
+            with socket.create_connection((host, port), timeout=2) as s:
                 return s.recv(1024)
         except OSError:
             time.sleep(0.05)
@@ -105,9 +105,19 @@ class MdpyServer:
 
     domain = "example.test"
 
-    def __init__(self, root, extra="", pop3Extra="", imapExtra="", imapsExtra=""):
+    def __init__(self, root, extra="", pop3Extra="", imapExtra="", imapsExtra="",
+                 smtpExtra="authentication_results = no\n", interface=HOST, smtpPort=None,
+                 relayExtra="smarthost = 127.0.0.1:9\nsmarthost_tls = none\n"):
         """
         @param extra: sections appended to the configuration.
+        @param smtpExtra: lines of its C{[smtp]} section; by default the
+            inbound SPF/DKIM checks are off, so no test waits for DNS.
+        @param interface: the loopback address it listens on.
+        @param smtpPort: the port of its C{[smtp]} listener; default: a
+            free one.
+        @param relayExtra: lines of its C{[relay]} section; by default mail
+            for other domains goes to a smarthost that refuses connections,
+            so it stays queued and no test depends on outside DNS.
         @param pop3Extra: lines added to its C{[pop3]} section, e.g.
             C{"allow_plaintext_auth = yes\\n"}.
         @param imapExtra: lines added to its C{[imap]} section, e.g.
@@ -118,7 +128,17 @@ class MdpyServer:
         self.dataDir = os.path.join(self.root, "data")
         self.config = os.path.join(self.root, "mdpy.ini")
         self.log = os.path.join(self.root, "mdpy.log")
-        self._extra = dict(extra=extra, pop3Extra=pop3Extra, imapExtra=imapExtra, imapsExtra=imapsExtra)
+        self._extra = dict(
+            extra=extra,
+            pop3Extra=pop3Extra,
+            imapExtra=imapExtra,
+            imapsExtra=imapsExtra,
+            smtpExtra=smtpExtra,
+            relayExtra=relayExtra,
+            interface=interface,
+        )
+        self.host = interface
+        self._smtpPort = smtpPort
         self._choosePorts()
         self.process = None
 
@@ -129,18 +149,21 @@ class MdpyServer:
         (
             self.smtp, self.submission, self.smtps, self.pop3, self.pop3s, self.imap, self.imaps,
         ) = freePorts(7)
+        if self._smtpPort is not None:
+            self.smtp = self._smtpPort
         with open(self.config, "w") as f:
             f.write(
                 "[server]\nhostname = mx.%(domain)s\ndomain = %(domain)s\n"
                 "data_dir = data\n"
-                "[smtp]\nport = %(smtp)d\ninterface = 127.0.0.1\n"
-                "[submission]\nport = %(submission)d\ninterface = 127.0.0.1\n"
-                "[smtps]\nport = %(smtps)d\ninterface = 127.0.0.1\n"
-                "[pop3]\nport = %(pop3)d\ninterface = 127.0.0.1\n%(pop3Extra)s"
-                "[pop3s]\nport = %(pop3s)d\ninterface = 127.0.0.1\n"
-                "[imap]\nport = %(imap)d\ninterface = 127.0.0.1\n%(imapExtra)s"
-                "[imaps]\nport = %(imaps)d\ninterface = 127.0.0.1\n%(imapsExtra)s"
+                "[smtp]\nport = %(smtp)d\ninterface = %(interface)s\n%(smtpExtra)s"
+                "[submission]\nport = %(submission)d\ninterface = %(interface)s\n"
+                "[smtps]\nport = %(smtps)d\ninterface = %(interface)s\n"
+                "[pop3]\nport = %(pop3)d\ninterface = %(interface)s\n%(pop3Extra)s"
+                "[pop3s]\nport = %(pop3s)d\ninterface = %(interface)s\n"
+                "[imap]\nport = %(imap)d\ninterface = %(interface)s\n%(imapExtra)s"
+                "[imaps]\nport = %(imaps)d\ninterface = %(interface)s\n%(imapsExtra)s"
                 "[odmr]\nenabled = no\n[minger]\nenabled = no\n"
+                "[relay]\n%(relayExtra)s"
                 % dict(
                     self._extra,
                     domain=self.domain,
@@ -182,7 +205,7 @@ class MdpyServer:
                 stderr=subprocess.STDOUT,
             )
             try:
-                waitForBanner(self.smtp, process=self.process)
+                waitForBanner(self.smtp, process=self.process, host=self.host)
                 return self
             except RuntimeError:
                 self.stop()

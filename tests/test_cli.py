@@ -115,7 +115,6 @@ def test_queueAndUnbuiltServices(cli):
     cli.ok("queue", "flush")
     cli.fails("queue", "del", "ABC")
     cli.fails("domainpop", "run", "isp")
-    cli.fails("dkim", "generate", "example.test")
 
 
 def test_usageErrorExits2(cli):

@@ -186,3 +186,97 @@ def test_shippedFakesProvideTheirInterfaces():
     target = RecordingTarget()
     verifyObject(IDeliveryTarget, target)
     verifyObject(IDelivery, target.startDelivery(Envelope("a@b.test")).result)
+
+
+# --- remote recipients: the outbound queue, forwarding with SRS, checks ----------------
+
+
+@pytest.fixture
+def relaying(pipeline, tmp_path):
+    from twisted.internet import task
+
+    from mdpy.delivery.queue import SpoolQueue
+    from mdpy.delivery.srs import SRS
+    from mdpy.testing import synchronousRunner
+
+    pipeline.queue = SpoolQueue(str(tmp_path / "queue"), runInThread=synchronousRunner, clock=task.Clock())
+    pipeline.srs = SRS(b"secret-key")
+    return pipeline
+
+
+def queued(pipeline):
+    return [
+        (entry.sender, [r.address for r in entry.recipients], entry.openBody().read())
+        for entry in pipeline.queue.list()
+    ]
+
+
+def fired(d):
+    results = []
+    d.addBoth(results.append)
+    assert results and not hasattr(results[0], "raiseException"), results
+    return results[0]
+
+
+def test_authenticatedSenderIsQueuedAsReceived(relaying):
+    data = b"X-Rcpt-To: kept\r\nSubject: out\r\n\r\nbody\r\n"
+    fired(deliver(relaying, ["x@remote.test", "y@other.test", "joe@example.test"], data,
+                  sender="joe@example.test", authenticatedAs="joe@example.test"))
+    assert queued(relaying) == [("joe@example.test", ["x@remote.test", "y@other.test"], data)]
+    [local] = inbox(relaying, "joe@example.test")
+    assert local.count(b"X-Rcpt-To") == 1 and local.endswith(b"Subject: out\r\n\r\nbody\r\n")
+
+
+def test_unauthenticatedRelayStillDenied(relaying):
+    delivery = relaying.startDelivery(Envelope("a@remote.test"))
+    with pytest.raises(errors.RelayDenied):
+        delivery.addRecipient("x@remote.test")
+
+
+def test_forwardedThroughAnAliasUsesSRS(relaying):
+    fired(deliver(relaying, ["fwd@example.test", "joe@example.test"], b"Subject: f\r\n\r\nb\r\n",
+                  sender="alice@sender.test"))
+    [(sender, recipients, data)] = queued(relaying)
+    assert recipients == ["someone@remote.test"]
+    assert sender.startswith("SRS0=") and sender.endswith("=sender.test=alice@example.test")
+    assert data == b"Subject: f\r\n\r\nb\r\n"
+    assert len(inbox(relaying, "joe@example.test")) == 1
+    # A bounce to the SRS address goes back to the original sender.
+    fired(deliver(relaying, [sender], b"Subject: bounce\r\n\r\n", sender=""))
+    assert ("", ["alice@sender.test"]) in [q[:2] for q in queued(relaying)]
+    # A forged SRS address is unknown.
+    delivery = relaying.startDelivery(Envelope(""))
+    with pytest.raises(errors.NotFound):
+        delivery.addRecipient("SRS0=AAAA=ZZ=sender.test=alice@example.test")
+
+
+def test_forwardedNullSenderKeepsIt(relaying):
+    fired(deliver(relaying, ["fwd@example.test"], b"x\r\n", sender=""))
+    assert queued(relaying)[0][0] == ""
+
+
+def test_noQueueMeansRemoteUnavailable(pipeline):
+    delivery = pipeline.startDelivery(Envelope("joe@example.test", authenticatedAs="joe"))
+    with pytest.raises(errors.RemoteUnavailable):
+        delivery.addRecipient("x@remote.test")
+
+
+def test_checkerResultGoesIntoLocalCopiesOfUnauthenticatedMail(relaying):
+    from twisted.internet import defer
+
+    calls = []
+
+    class Checker:
+        def check(self, ip, helo, sender, message):
+            calls.append((ip, helo, sender, message))
+            return defer.succeed(b"Authentication-Results: mx.example.test; spf=pass\r\n")
+
+    relaying.checker = Checker()
+    data = b"Subject: in\r\n\r\nbody\r\n"
+    fired(deliver(relaying, ["joe@example.test"], data, clientAddress="192.0.2.7", helo="client.test"))
+    assert calls == [("192.0.2.7", "client.test", "a@remote.test", data)]
+    [stored] = inbox(relaying, "joe@example.test")
+    assert b"\r\nAuthentication-Results: mx.example.test; spf=pass\r\nSubject: in\r\n" in stored
+    fired(deliver(relaying, ["joe@example.test"], data, sender="joe@example.test",
+                  authenticatedAs="joe@example.test", clientAddress="192.0.2.7"))
+    assert len(calls) == 1

@@ -10,9 +10,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
 from mdpy import logs
-from mdpy.config import Config
+from mdpy.config import Config, ConfigError
 from mdpy.smtp.server import MODE_MTA, MODE_SMTPS, MODE_SUBMISSION
-from mdpy.tap import Options, buildService
+from mdpy.tap import Options, buildService, relaySettings
 
 
 def load(tmp_path, text=""):
@@ -29,7 +29,9 @@ def test_oneNamedChildPerListener(tmp_path):
     reactor = MemoryReactorClock()
     top = buildService(load(tmp_path), portOffset=10000, reactor=reactor)
     children = listeners(top)
-    assert sorted(children) == ["imap", "imaps", "pop3", "pop3s", "smtp", "smtps", "submission"]
+    assert sorted(children) == [
+        "imap", "imaps", "pop3", "pop3s", "queue-control", "relay", "smtp", "smtps", "submission",
+    ]
     assert children["smtp"].factory.mode == MODE_MTA
     assert children["submission"].factory.mode == MODE_SUBMISSION
     assert children["smtps"].factory.mode == MODE_SMTPS
@@ -58,7 +60,7 @@ def test_disabledServicesAreNotBuilt(tmp_path):
         load(tmp_path, "[smtps]\nenabled = no\n[submission]\nenabled = no\n[pop3s]\nenabled = no\n"),
         reactor=MemoryReactorClock(),
     )
-    assert list(listeners(top)) == ["smtp", "pop3", "imap", "imaps"]
+    assert list(listeners(top)) == ["smtp", "pop3", "imap", "imaps", "relay", "queue-control"]
 
 
 def test_firstStartMakesDomainPostmasterAndCertificate(tmp_path):
@@ -96,3 +98,21 @@ def test_options():
         Options().parseOptions(["--port-offset", "70000"])
     with pytest.raises(usage.UsageError):
         Options().parseOptions(["--port-offset", "many"])
+
+
+def test_relaySettingsFromTheConfiguration(tmp_path):
+    config = load(
+        tmp_path,
+        "[relay]\nsmarthost = [127.0.0.1]:2525\nsmarthost_tls = none\nretry = 1m 2m\n"
+        "smarthost_username = relay\nsmarthost_password = pw\nmx_tls = none\n",
+    )
+    settings = relaySettings(config["relay"])
+    assert settings.smarthost == ("127.0.0.1", 2525)
+    assert settings.smarthostTLS == "none"
+    assert settings.smarthostCredentials == ("relay", "pw")
+    assert settings.retry == [60, 120] and settings.mxTLS is False
+    implicit = relaySettings(load(tmp_path, "[relay]\nsmarthost = mail.example\nsmarthost_tls = implicit\n")["relay"])
+    assert implicit.smarthost == ("mail.example", 465)
+    with pytest.raises(ConfigError) as info:
+        relaySettings(load(tmp_path, "[relay]\nsmarthost = host:port\n")["relay"])
+    assert str(info.value).startswith("[relay] smarthost = host:port: ")

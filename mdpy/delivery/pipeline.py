@@ -10,6 +10,17 @@ C{Return-Path}, and MDaemon's C{X-MDRcpt-To} and C{X-Rcpt-To} holding the
 address the copy was sent to, so that a downstream DomainPOP can route it.
 Copies of those three headers that arrived in the message are removed, so each
 stored copy carries exactly one of each.
+
+Remote recipients go to the outbound queue: those a sender names directly
+only when the sender may relay (authenticated, or the server itself), those
+reached through a local alias or forward always.  A forwarded copy is queued
+with its envelope sender rewritten by SRS (when configured), so that it
+passes SPF at the destination and its bounces come back here, where
+L{SRS.reverse} routes them to the original sender.
+
+The queued message is the message as received; local copies get their trace
+headers and, for mail from unauthenticated clients when a checker is given,
+an C{Authentication-Results} header (RFC 8601) from the SPF and DKIM checks.
 """
 
 import re
@@ -20,10 +31,16 @@ from zope.interface import implementer
 
 from mdpy import errors
 from mdpy.address import splitAddress
+from mdpy.envelope import Envelope, newMessageId
 from mdpy.interfaces import IDelivery, IDeliveryTarget
+from mdpy.logs import Logger
 
 SPILL_SIZE = 1024 * 1024
 HEAD_SIZE = 256 * 1024
+CHECK_SIZE = 10 * 1024 * 1024
+_SRS_PREFIXES = ("srs0=", "srs1=")
+
+log = Logger()
 
 _TRACE_HEADERS = (b"return-path", b"x-mdrcpt-to", b"x-rcpt-to")
 _TRACE_LINE = re.compile(
@@ -76,20 +93,26 @@ class DeliveryPipeline:
 
     @ivar directory: an L{mdpy.interfaces.IDirectory}.
     @ivar store: an L{mdpy.interfaces.IMailStore}.
-    @ivar queue: an L{mdpy.interfaces.IOutboundQueue}, or L{None} while remote
-        delivery is not available (remote recipients of senders allowed to
-        relay then get a temporary refusal).
+    @ivar queue: an L{mdpy.interfaces.IOutboundQueue} with C{enqueue}, or
+        L{None} when there is no outbound delivery (remote recipients then
+        get a temporary refusal).
     @ivar spoolDir: where bodies larger than L{SPILL_SIZE} are spooled.
+    @ivar srs: an L{mdpy.delivery.srs.SRS} for forwarded mail, or L{None} to
+        keep the original sender.
+    @ivar checker: an L{mdpy.delivery.authresults.InboundChecker} for mail
+        from unauthenticated clients, or L{None}.
     """
 
     MAX_KNOWN_ACCOUNTS = 100000
 
-    def __init__(self, directory, store, queue=None, spoolDir=None):
+    def __init__(self, directory, store, queue=None, spoolDir=None, srs=None, checker=None):
         self._knownAccounts = set()
         self.directory = directory
         self.store = store
         self.queue = queue
         self.spoolDir = spoolDir
+        self.srs = srs
+        self.checker = checker
 
     def startDelivery(self, envelope):
         """
@@ -114,9 +137,25 @@ class DeliveryPipeline:
     def mayRelay(self, envelope):
         """
         @return: whether the sender of C{envelope} may send to remote
-            recipients: authenticated clients only.  Never an open relay.
+            recipients: authenticated clients and the server itself only.
+            Never an open relay.
         """
-        return envelope.authenticatedAs is not None
+        return envelope.authenticatedAs is not None or envelope.trusted
+
+    def reverseSRS(self, address):
+        """
+        @return: the original sender an SRS address of a local domain stands
+            for, or L{None} when C{address} is not one.
+        @raise errors.NotFound: an SRS address that does not verify.
+        """
+        if self.srs is None or not address[:5].lower().startswith(_SRS_PREFIXES):
+            return None
+        if not self.directory.hasDomain(splitAddress(address)[1]):
+            return None
+        original = self.srs.reverse(address)
+        if not original:
+            raise errors.NotFound("bad SRS address <%s>" % (address,))
+        return original
 
 
 @implementer(IDelivery)
@@ -129,6 +168,9 @@ class PipelineDelivery:
         self.pipeline = pipeline
         self.envelope = envelope
         self.copies = []  # (account, address as given), one per account
+        self.relayed = []  # remote addresses the sender named
+        self.forwarded = []  # remote addresses reached through local ones
+        self._forwarder = None  # the local domain of the first of those
         self._accounts = set()
         self._spool = tempfile.SpooledTemporaryFile(
             max_size=SPILL_SIZE, dir=pipeline.spoolDir
@@ -139,21 +181,35 @@ class PipelineDelivery:
         See L{IDelivery.addRecipient}.
         """
         pipeline = self.pipeline
+        original = pipeline.reverseSRS(address)
+        if original is not None:
+            self._addRemote([original], self.relayed)
+            return
         resolution = pipeline.directory.resolve(address)
         if resolution.remote:
             domain = splitAddress(address)[1]
-            relaying = not pipeline.directory.hasDomain(domain)
-            if relaying and not pipeline.mayRelay(self.envelope):
+            if pipeline.directory.hasDomain(domain):
+                self._addRemote(resolution.remote, self.forwarded)
+                self._forwarder = self._forwarder or domain
+            elif not pipeline.mayRelay(self.envelope):
                 raise errors.RelayDenied("relaying to <%s> denied" % (address,))
-            raise errors.RemoteUnavailable(
-                "no outbound delivery for %s" % (", ".join(resolution.remote),)
-            )
+            else:
+                self._addRemote(resolution.remote, self.relayed)
         for account in resolution.local:
             if account in self._accounts:
                 continue
             pipeline.ensureAccount(account)
             self._accounts.add(account)
             self.copies.append((account, address))
+
+    def _addRemote(self, addresses, into):
+        if self.pipeline.queue is None:
+            raise errors.RemoteUnavailable(
+                "no outbound delivery for %s" % (", ".join(addresses),)
+            )
+        for address in addresses:
+            if address not in into:
+                into.append(address)
 
     def write(self, data):
         """
@@ -170,10 +226,43 @@ class PipelineDelivery:
 
     def commit(self):
         """
-        See L{IDelivery.commit}.
+        See L{IDelivery.commit}: local copies first, then the queued ones,
+        one after the other since they read the same spool.
         """
-        if not self.copies:
+        if not (self.copies or self.relayed or self.forwarded):
             return defer.fail(errors.PermanentFailure("no recipients"))
+        d = self._check()
+        d.addCallback(self._commitLocal)
+        if self.relayed:
+            d.addCallback(self._enqueue, self.envelope, self.relayed, b"")
+        if self.forwarded:
+            d.addCallback(self._enqueueForwarded)
+        d.addCallback(lambda _: None)
+        d.addBoth(self._cbClose)
+        return d
+
+    def _check(self):
+        """
+        @return: a L{Deferred} firing with the C{Authentication-Results}
+            header for this message, or C{b""}.
+        """
+        envelope, checker = self.envelope, self.pipeline.checker
+        if (
+            checker is None
+            or envelope.authenticatedAs is not None
+            or envelope.trusted
+            or envelope.clientAddress is None
+            or not (self.copies or self.forwarded)
+        ):
+            return defer.succeed(b"")
+        spool = self._spool
+        spool.seek(0)
+        message = spool.read(CHECK_SIZE + 1)
+        return checker.check(envelope.clientAddress, envelope.helo, envelope.sender, message)
+
+    def _commitLocal(self, results):
+        if not self.copies:
+            return results
         spool = self._spool
         spool.seek(0)
         head = spool.read(HEAD_SIZE)
@@ -181,13 +270,42 @@ class PipelineDelivery:
         head, _ = stripTraceHeaders(head)
         copies = []
         for account, address in self.copies:
-            parts = [self._traceHeaders(address), head]
+            parts = [self._traceHeaders(address), results, head]
             if not complete:
                 parts.append(_Region(spool, HEAD_SIZE))
             copies.append((account, "INBOX", parts))
         d = defer.maybeDeferred(self.pipeline.store.deliver, copies)
-        d.addBoth(self._cbClose)
+        d.addCallback(lambda _: results)
         return d
+
+    def _enqueue(self, results, envelope, recipients, extra):
+        d = self.pipeline.queue.enqueue(envelope, recipients, [extra, _Region(self._spool, 0)])
+        d.addCallback(lambda _: results)
+        return d
+
+    def _enqueueForwarded(self, results):
+        """
+        Queue the forwarded copies under their own id, with the sender
+        rewritten by SRS when it is configured.
+        """
+        envelope, srs = self.envelope, self.pipeline.srs
+        sender = envelope.sender
+        if srs is not None and sender:
+            sender = srs.forward(sender, self._forwarder)
+        forwarded = Envelope(
+            sender,
+            helo=envelope.helo,
+            clientAddress=envelope.clientAddress,
+            authenticatedAs=envelope.authenticatedAs,
+            protocol=envelope.protocol,
+            size=envelope.size,
+            body=envelope.body,
+            smtputf8=envelope.smtputf8,
+            messageId=envelope.messageId if not self.relayed else newMessageId(),
+            receivedAt=envelope.receivedAt,
+            trusted=envelope.trusted,
+        )
+        return self._enqueue(results, forwarded, self.forwarded, results)
 
     def _cbClose(self, result):
         self._spool.close()

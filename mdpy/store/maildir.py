@@ -40,7 +40,7 @@ from zope.interface import implementer
 from mdpy import mutf7
 from mdpy.address import normaliseDomain, splitAddress
 from mdpy.dotstuffing import normalisedFileSize, normalisedSize
-from mdpy.durable import fsyncDirectory, unlinkQuietly, writeAll, writeFileAtomically
+from mdpy.durable import fsyncDirectory, unlinkQuietly, writeAll, writeFileAtomically, writeParts
 from mdpy.errors import Exists, InvalidInput, NotFound, TemporaryFailure
 from mdpy.logs import Logger
 from mdpy.interfaces import IMailbox, IMailStore, IMessageCache, IStoredMessage
@@ -143,21 +143,6 @@ def _escapeComponent(text):
 # --- disk helpers -----------------------------------------------------------
 
 
-def _writeParts(fd, parts):
-    size = 0
-    for part in parts:
-        if isinstance(part, (bytes, bytearray, memoryview)):
-            size += writeAll(fd, part)
-            continue
-        read = part.read
-        while True:
-            chunk = read(_CHUNK)
-            if not chunk:
-                break
-            size += writeAll(fd, chunk)
-    return size
-
-
 def _makeMaildir(path, folder):
     os.makedirs(path, 0o700, exist_ok=True)
     for sub in ("cur", "tmp"):
@@ -209,7 +194,7 @@ def _prepareCopies(targets):
             written.append(tmpPath)
             try:
                 step = "write " + tmpPath
-                size = _writeParts(fd, parts)
+                size = writeParts(fd, parts, _CHUNK)
                 step = "fsync " + tmpPath
                 os.fsync(fd)
             finally:

@@ -1,0 +1,724 @@
+# -*- test-case-name: tests.test_relay -*-
+"""
+The relay: delivers the outbound queue to MX hosts or a smarthost, retries
+what failed temporarily, and tells senders what failed for good.
+
+Per destination (a recipient domain, or the smarthost for everything) up to
+L{RelaySettings.maxPerDestination} connections run, and up to
+L{RelaySettings.maxConnections} in all.  Each connection carries messages
+from its destination's ready list until the list is empty or
+L{RelaySettings.maxMessagesPerConnection} were sent; all recipients of one
+message in one domain go in one transaction.
+
+Routes are tried in order (MX preference, then each host's addresses, as
+L{mdpy.delivery.mx.MXResolver} gives them); a route that cannot be reached or
+refuses the session passes the destination on to the next one.  With
+C{mx_tls = may}, STARTTLS is used when offered, without verifying the
+certificate (RFC 7435 opportunistic security); when its handshake fails the
+same host is tried again at once in plain text, never on the same
+connection.  A smarthost's certificate is verified (service_identity), and
+its password is only ever sent over TLS.
+
+Results (RFC 5321 section 4.5.4): a recipient accepted with 2xx is done; a
+5xx fails it for good; a 4xx, a lost connection or a DNS timeout defers it
+to the next slot of C{[relay] retry}, until C{[relay] lifetime} has passed
+since it was queued, when it fails too.  Every failure is reported to the
+envelope sender in one RFC 3464 DSN per message and attempt, sent with the
+null sender; mail from the null sender is never bounced.  A delay warning
+goes out once when a message has waited C{[relay] delay_warning}.
+
+Invariants:
+ - A recipient is in at most one transaction at a time
+   (L{QueuedRecipient.active}); a held domain's recipients are never started.
+ - A recipient's new state is saved (L{SpoolQueue.save}) as soon as its
+   result is known, before the connection goes on to the next message.
+ - A recipient marked failed is kept (state C{failed}) until its DSN is
+   committed, so a crash in between sends the DSN after the restart.
+"""
+
+import collections
+import heapq
+import itertools
+
+from twisted.application import service
+from twisted.internet import defer, endpoints, protocol, ssl
+from twisted.protocols.basic import LineOnlyReceiver
+
+from mdpy import errors
+from mdpy.delivery import dsn
+from mdpy.delivery.queue import BOUNCED, FAILED, PENDING, SENT
+from mdpy.envelope import Envelope
+from mdpy.logs import Logger
+from mdpy.smtp.client import OutboundMessage, SessionResult, deliverOver
+
+log = Logger()
+
+
+class RelaySettings:
+    """
+    The tunables of L{Relay}, with the defaults of C{[relay]}.
+
+    @ivar smarthost: C{(host, port)} or L{None} for MX delivery.
+    @ivar smarthostTLS: C{"none"}, C{"starttls"} or C{"implicit"}.
+    @ivar smarthostTrust: a PEM file of CA certificates, or L{None} for the
+        platform's trust store.
+    @ivar smarthostCredentials: C{(username, password)} or L{None}.
+    """
+
+    def __init__(
+        self,
+        smarthost=None,
+        smarthostTLS="starttls",
+        smarthostTrust=None,
+        smarthostCredentials=None,
+        remotePort=25,
+        mxTLS=True,
+        retry=(300, 900, 1800, 3600, 7200, 14400, 28800),
+        lifetime=5 * 86400,
+        delayWarning=4 * 3600,
+        maxConnections=100,
+        maxPerDestination=20,
+        maxMessagesPerConnection=100,
+        connectTimeout=30,
+        commandTimeout=300,
+    ):
+        self.smarthost = smarthost
+        self.smarthostTLS = smarthostTLS
+        self.smarthostTrust = smarthostTrust
+        self.smarthostCredentials = smarthostCredentials
+        self.remotePort = remotePort
+        self.mxTLS = mxTLS
+        self.retry = list(retry) or [300]
+        self.lifetime = lifetime
+        self.delayWarning = delayWarning
+        self.maxConnections = max(1, maxConnections)
+        self.maxPerDestination = max(1, maxPerDestination)
+        self.maxMessagesPerConnection = max(1, maxMessagesPerConnection)
+        self.connectTimeout = connectTimeout
+        self.commandTimeout = commandTimeout
+
+
+def parseHostPort(text, defaultPort):
+    """
+    @return: C{(host, port)} from C{host}, C{host:port}, C{[host]:port} or
+        C{[v6]:port}.
+    @raise ValueError: a malformed value.
+    """
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+        if rest and not rest.startswith(":"):
+            raise ValueError("expected [host]:port")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, ""
+    if not host:
+        raise ValueError("no host")
+    port = int(port) if port else defaultPort
+    if not 0 < port < 65536:
+        raise ValueError("bad port")
+    return host, port
+
+
+class Route:
+    """
+    One place to try: C{hostname} (for logs, TLS and Remote-MTA) at
+    C{address} (an IP address, or a name for a smarthost) and C{port}.
+    """
+
+    def __init__(self, hostname, address, port):
+        self.hostname = hostname
+        self.address = address
+        self.port = port
+
+    def __repr__(self):
+        return "%s[%s]:%d" % (self.hostname, self.address, self.port)
+
+
+class _Destination:
+    """
+    The ready messages of one domain (or of the smarthost), and its
+    connections.
+    """
+
+    def __init__(self, key):
+        self.key = key
+        self.ready = collections.deque()
+        self.sessions = 0
+
+
+class Relay(service.Service):
+    """
+    Delivers a L{mdpy.delivery.queue.SpoolQueue}.
+
+    @ivar queue: the queue.
+    @ivar resolver: an L{mdpy.delivery.mx.MXResolver} (unused with a
+        smarthost).
+    @ivar bounceTarget: the L{IDeliveryTarget} DSNs go to (the pipeline).
+    @ivar clock: the L{IReactorTime} of retries and timeouts (the reactor
+        unless a test gives a L{twisted.internet.task.Clock}).
+    """
+
+    def __init__(self, queue, resolver, bounceTarget, hostname, settings=None,
+                 reactor=None, clock=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.clock = clock or reactor
+        self.queue = queue
+        self.resolver = resolver
+        self.bounceTarget = bounceTarget
+        self.hostname = hostname
+        self.settings = settings or RelaySettings()
+        self.reactor = reactor
+        self._destinations = {}
+        self._sessions = 0
+        self._waiting = []  # heap of (due, serial, entry, recipient)
+        self._serial = itertools.count()
+        self._timer = None
+        self._smarthostTLSOptions = None
+        queue.listeners.append(self._queued)
+
+    # --- service ---------------------------------------------------------------
+
+    def startService(self):
+        service.Service.startService(self)
+        for entry in self.queue.list():
+            if entry.inState(FAILED):
+                self._report(entry)
+        self._scheduleAll()
+
+    def stopService(self):
+        service.Service.stopService(self)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    # --- scheduling ------------------------------------------------------------
+
+    def _now(self):
+        return self.clock.seconds()
+
+    def _destinationKey(self, recipient):
+        if self.settings.smarthost is not None:
+            return ""
+        return recipient.domain
+
+    def _queued(self, entry):
+        """
+        A queue listener: a new entry (or, with L{None}, a flush or release).
+        """
+        if not self.running:
+            return
+        if entry is None:
+            self._scheduleAll()
+        else:
+            self._schedule([(entry, r) for r in entry.inState(PENDING)])
+
+    def _scheduleAll(self):
+        now = self._now()
+        self._waiting = []
+        due = []
+        for entry in self.queue.list():
+            for recipient in entry.recipients:
+                if recipient.state != PENDING or recipient.active:
+                    continue
+                if recipient.due <= now:
+                    due.append((entry, recipient))
+                else:
+                    self._wait(entry, recipient)
+        self._schedule(due)
+        self._armTimer()
+
+    def _schedule(self, pairs):
+        """
+        Put due recipients on their destinations' ready lists, one item per
+        message and destination, and start connections.
+        """
+        groups = {}
+        for entry, recipient in pairs:
+            if entry.removed or recipient.state != PENDING or recipient.active:
+                continue
+            if self.queue.isHeld(recipient.domain):
+                continue
+            key = self._destinationKey(recipient)
+            groups.setdefault((entry.id, key), (entry, key, []))[2].append(recipient)
+        touched = {}
+        for entry, key, recipients in groups.values():
+            for recipient in recipients:
+                recipient.active = True
+            destination = self._destinations.get(key)
+            if destination is None:
+                destination = self._destinations[key] = _Destination(key)
+            destination.ready.append((entry, recipients))
+            touched[key] = destination
+        for destination in touched.values():
+            self._startSessions(destination)
+
+    def _startSessions(self, destination):
+        settings = self.settings
+        while (
+            destination.ready
+            and destination.sessions < settings.maxPerDestination
+            and self._sessions < settings.maxConnections
+            and destination.sessions < len(destination.ready)
+        ):
+            destination.sessions += 1
+            self._sessions += 1
+            d = self._runDestination(destination)
+            d.addErrback(self._ebSession, destination)
+            d.addBoth(self._sessionEnded, destination)
+
+    def _ebSession(self, failure, destination):
+        log.failure("relay: delivery to {key} failed", failure, key=destination.key or "smarthost")
+        self._deferReady(destination, errors.TemporaryFailure("internal error"), None)
+
+    def _sessionEnded(self, ignored, destination):
+        destination.sessions -= 1
+        self._sessions -= 1
+        if not destination.ready and not destination.sessions:
+            self._destinations.pop(destination.key, None)
+        if self.running:
+            for other in list(self._destinations.values()):
+                if other.ready:
+                    self._startSessions(other)
+
+    def _wait(self, entry, recipient):
+        heapq.heappush(self._waiting, (recipient.due, next(self._serial), entry, recipient))
+
+    def _armTimer(self):
+        if not self.running or not self._waiting:
+            return
+        due = self._waiting[0][0]
+        if self._timer is not None and self._timer.active():
+            if self._timer.getTime() <= due:
+                return
+            self._timer.cancel()
+        self._timer = self.clock.callLater(max(0, due - self._now()), self._timerFired)
+
+    def _timerFired(self):
+        self._timer = None
+        now = self._now()
+        due = []
+        while self._waiting and self._waiting[0][0] <= now:
+            when, _, entry, recipient = heapq.heappop(self._waiting)
+            if recipient.due == when:
+                due.append((entry, recipient))
+        self._schedule(due)
+        self._armTimer()
+
+    # --- one connection --------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _runDestination(self, destination):
+        """
+        Deliver what C{destination} has ready over one connection at a time,
+        trying its routes in order.
+        """
+        try:
+            routes = yield self._routes(destination)
+        except errors.MailError as e:
+            if e.temporary:
+                self._deferReady(destination, e, None)
+            else:
+                self._failReady(destination, e)
+            return
+        lastError = errors.TemporaryFailure("no route")
+        index = 0
+        while destination.ready and index < len(routes):
+            route = routes[index]
+            useTLS = self._tlsWanted()
+            result = yield self._session(route, destination, useTLS)
+            if result.tlsFailed and useTLS and not self._tlsRequired():
+                log.info("relay: TLS handshake with {route} failed; trying it again without TLS", route=route)
+                result = yield self._session(route, destination, False)
+            if result.error is None:
+                continue  # connection reuse limit: the same route again
+            lastError = result.error
+            index += 1
+        if destination.ready:
+            self._deferReady(destination, lastError, routes[-1].hostname if routes else None)
+
+    def _routes(self, destination):
+        settings = self.settings
+        if settings.smarthost is not None:
+            host, port = settings.smarthost
+            return defer.succeed([Route(host, host, port)])
+        d = self.resolver.resolve(destination.key)
+        d.addCallback(
+            lambda found: [Route(r.hostname, r.address, settings.remotePort) for r in found]
+        )
+        return d
+
+    def _tlsWanted(self):
+        settings = self.settings
+        if settings.smarthost is not None:
+            return settings.smarthostTLS == "starttls"
+        return settings.mxTLS
+
+    def _tlsRequired(self):
+        return self.settings.smarthost is not None and self.settings.smarthostTLS != "none"
+
+    def _clientTLSOptions(self, route):
+        settings = self.settings
+        if settings.smarthost is None:
+            return ssl.CertificateOptions(verify=False)
+        if self._smarthostTLSOptions is None:
+            trust = ssl.platformTrust()
+            if settings.smarthostTrust:
+                with open(settings.smarthostTrust, "rb") as f:
+                    pem = f.read()
+                certificates = [
+                    ssl.Certificate.loadPEM(block + b"-----END CERTIFICATE-----")
+                    for block in pem.split(b"-----END CERTIFICATE-----")
+                    if b"-----BEGIN CERTIFICATE-----" in block
+                ]
+                trust = ssl.trustRootFromCertificates(certificates)
+            self._smarthostTLSOptions = ssl.optionsForClientTLS(route.hostname, trustRoot=trust)
+        return self._smarthostTLSOptions
+
+    def _endpoint(self, route):
+        settings = self.settings
+        timeout = settings.connectTimeout
+        if settings.smarthost is not None:
+            endpoint = endpoints.HostnameEndpoint(
+                self.reactor, route.address, route.port, timeout=timeout
+            )
+            if settings.smarthostTLS == "implicit":
+                endpoint = endpoints.wrapClientTLS(self._clientTLSOptions(route), endpoint)
+            return endpoint
+        if ":" in route.address:
+            return endpoints.TCP6ClientEndpoint(self.reactor, route.address, route.port, timeout=timeout)
+        return endpoints.TCP4ClientEndpoint(self.reactor, route.address, route.port, timeout=timeout)
+
+    def _session(self, route, destination, useTLS):
+        """
+        One connection to C{route}, carrying messages of C{destination}.
+
+        @return: a L{Deferred} firing with the L{SessionResult}.
+        """
+        settings = self.settings
+        sent = [0]
+
+        def nextMessage():
+            while destination.ready and sent[0] < settings.maxMessagesPerConnection:
+                entry, recipients = destination.ready.popleft()
+                message = self._outboundMessage(entry, recipients)
+                if message is not None:
+                    sent[0] += 1
+                    return message
+            return None
+
+        def messageDone(message, results):
+            message.closeUnused()
+            self._recordResults(message.entry, message.queued, results, route)
+
+        credentials = settings.smarthostCredentials if settings.smarthost is not None else None
+        try:
+            endpoint = self._endpoint(route)
+            tlsOptions = self._clientTLSOptions(route) if useTLS else None
+        except Exception as e:
+            log.error("relay: cannot connect to {route}: {why}", route=route, why=e)
+            return defer.succeed(SessionResult(error=errors.TemporaryFailure(str(e))))
+        return deliverOver(
+            self.clock,
+            endpoint,
+            self.hostname,
+            nextMessage,
+            messageDone,
+            tlsOptions=tlsOptions,
+            tlsRequired=useTLS and self._tlsRequired(),
+            credentials=credentials,
+            timeout=settings.commandTimeout,
+        )
+
+    def _outboundMessage(self, entry, recipients):
+        """
+        @return: the L{OutboundMessage} of C{entry} for C{recipients}, or
+            L{None} (after taking it out of the queue) when its file cannot
+            be read.
+        """
+        if entry.removed:
+            for recipient in recipients:
+                recipient.active = False
+            return None
+        try:
+            body = entry.openBody()
+        except OSError as e:
+            for recipient in recipients:
+                recipient.active = False
+            self.queue.quarantine(entry, "cannot open its message file: %s" % (e.strerror,))
+            return None
+        opened = [body]
+
+        def openBody():
+            if opened:
+                return opened.pop()
+            return entry.openBody()
+
+        message = OutboundMessage(
+            entry.id,
+            entry.sender,
+            [r.address for r in recipients],
+            entry.size,
+            openBody,
+            eightBit=entry.eightBit,
+            smtputf8=entry.smtputf8,
+        )
+        message.entry = entry
+        message.queued = recipients
+        message.closeUnused = lambda: [f.close() for f in opened]
+        return message
+
+    # --- results ---------------------------------------------------------------
+
+    def _recordResults(self, entry, recipients, results, route):
+        now = self._now()
+        for recipient, result in zip(recipients, results):
+            recipient.active = False
+            recipient.attempts += 1
+            recipient.lastAttempt = now
+            recipient.status = result.status()
+            recipient.diagnostic = result.diagnostic()
+            recipient.remoteMTA = route.hostname if result.remote else None
+            recipient.reason = None if result.remote else result.text
+            if result.delivered:
+                recipient.state = SENT
+                outcome = "sent"
+            elif result.permanent:
+                recipient.state = FAILED
+                outcome = "bounced"
+            else:
+                outcome = self._deferRecipient(entry, recipient, now)
+            log.info(
+                "relay: {id} to <{rcpt}> via {route}: {outcome} ({code} {text})",
+                id=entry.id,
+                rcpt=recipient.address,
+                route=route,
+                outcome=outcome,
+                code=result.code,
+                text=result.text,
+            )
+        self._afterAttempt(entry)
+
+    def _deferRecipient(self, entry, recipient, now):
+        """
+        Schedule the next attempt of C{recipient}, or fail it when its
+        lifetime is over.
+
+        @return: C{"deferred"} or C{"expired"}.
+        """
+        settings = self.settings
+        if now - entry.created >= settings.lifetime:
+            recipient.state = FAILED
+            if not recipient.status or not recipient.status.startswith("4."):
+                recipient.status = "4.4.7"
+            recipient.reason = "delivery time expired" + (
+                "; last error: %s" % (recipient.reason,) if recipient.reason else ""
+            )
+            return "expired"
+        delay = settings.retry[min(recipient.attempts, len(settings.retry)) - 1]
+        recipient.due = now + delay
+        self._wait(entry, recipient)
+        self._armTimer()
+        return "deferred"
+
+    def _deferReady(self, destination, error, hostname):
+        """
+        Defer (or fail, past their lifetime) everything C{destination} has
+        ready, after C{error} ended every attempt to reach it.
+        """
+        now = self._now()
+        status = getattr(error, "status", None) or "4.4.1"
+        while destination.ready:
+            entry, recipients = destination.ready.popleft()
+            for recipient in recipients:
+                recipient.active = False
+                recipient.attempts += 1
+                recipient.lastAttempt = now
+                recipient.status = status
+                recipient.diagnostic = None
+                recipient.remoteMTA = None
+                recipient.reason = error.detail
+                outcome = self._deferRecipient(entry, recipient, now)
+                log.info(
+                    "relay: {id} to <{rcpt}>: {outcome} ({why})",
+                    id=entry.id,
+                    rcpt=recipient.address,
+                    outcome=outcome,
+                    why=error.detail,
+                )
+            self._afterAttempt(entry)
+
+    def _failReady(self, destination, error):
+        now = self._now()
+        status = getattr(error, "status", None) or "5.4.4"
+        while destination.ready:
+            entry, recipients = destination.ready.popleft()
+            for recipient in recipients:
+                recipient.active = False
+                recipient.attempts += 1
+                recipient.lastAttempt = now
+                recipient.state = FAILED
+                recipient.status = status
+                recipient.diagnostic = None
+                recipient.reason = error.detail
+                log.info(
+                    "relay: {id} to <{rcpt}>: bounced ({why})",
+                    id=entry.id,
+                    rcpt=recipient.address,
+                    why=error.detail,
+                )
+            self._afterAttempt(entry)
+
+    def _afterAttempt(self, entry):
+        d = self.queue.save(entry)
+        d.addErrback(self._ebSave, entry)
+        if entry.inState(FAILED):
+            self._report(entry)
+        elif self._delayWarningDue(entry):
+            self._warn(entry)
+
+    def _ebSave(self, failure, entry):
+        log.failure("relay: cannot save the state of {id}", failure, id=entry.id)
+
+    # --- DSNs -----------------------------------------------------------------
+
+    def _delayWarningDue(self, entry):
+        settings = self.settings
+        return (
+            settings.delayWarning
+            and not entry.warned
+            and entry.sender
+            and self._now() - entry.created >= settings.delayWarning
+            and any(r.state == PENDING for r in entry.recipients)
+        )
+
+    def _statusFor(self, recipient, action):
+        return dsn.RecipientStatus(
+            recipient.address,
+            action,
+            recipient.status or ("5.0.0" if action == "failed" else "4.0.0"),
+            diagnostic=recipient.diagnostic
+            or ("x-mdpy; %s" % (recipient.reason,) if recipient.reason else None),
+            remoteMTA=recipient.remoteMTA,
+            lastAttempt=recipient.lastAttempt,
+        )
+
+    def _report(self, entry):
+        """
+        Send the DSN for the failed recipients of C{entry}, then mark them
+        bounced.
+        """
+        failed = entry.inState(FAILED)
+        if not entry.sender:
+            log.info("relay: {id} from the null sender: no DSN for {n} failed", id=entry.id, n=len(failed))
+            return self._markBounced(entry, failed)
+        statuses = [self._statusFor(r, "failed") for r in failed]
+        d = self._sendDSN(entry, statuses)
+        d.addCallback(lambda _: self._markBounced(entry, failed))
+        d.addErrback(self._ebDSN, entry)
+        return d
+
+    def _markBounced(self, entry, recipients):
+        for recipient in recipients:
+            if recipient.state == FAILED:
+                recipient.state = BOUNCED
+        d = self.queue.save(entry)
+        d.addErrback(self._ebSave, entry)
+        return d
+
+    def _warn(self, entry):
+        entry.warned = True
+        until = entry.created + self.settings.lifetime
+        statuses = []
+        for recipient in entry.inState(PENDING):
+            status = self._statusFor(recipient, "delayed")
+            status.willRetryUntil = until
+            statuses.append(status)
+        d = self._sendDSN(entry, statuses)
+        d.addCallback(lambda _: self.queue.save(entry))
+        d.addErrback(self._ebDSN, entry)
+        return d
+
+    def _ebDSN(self, failure, entry):
+        log.error(
+            "relay: cannot send the DSN of {id} to <{sender}>: {why}",
+            id=entry.id,
+            sender=entry.sender,
+            why=getattr(failure.value, "detail", failure.getErrorMessage()),
+        )
+
+    @defer.inlineCallbacks
+    def _sendDSN(self, entry, statuses):
+        """
+        Build the DSN for C{statuses} and hand it to the bounce target with
+        the null sender.
+        """
+        with entry.openBody() as original:
+            report = dsn.buildDSN(
+                self.hostname,
+                entry.sender,
+                entry.id,
+                entry.created,
+                statuses,
+                original,
+                now=self._now(),
+            )
+        envelope = Envelope("", helo=self.hostname, protocol="local", trusted=True)
+        delivery = yield defer.maybeDeferred(self.bounceTarget.startDelivery, envelope)
+        try:
+            yield defer.maybeDeferred(delivery.addRecipient, entry.sender)
+            delivery.write(report)
+            yield defer.maybeDeferred(delivery.commit)
+        except BaseException:
+            delivery.abort()
+            raise
+        log.info(
+            "relay: {id}: {kind} DSN {dsnId} to <{sender}> for {rcpts}",
+            id=entry.id,
+            kind=statuses[0].action,
+            dsnId=envelope.messageId,
+            sender=entry.sender,
+            rcpts=",".join("<%s>" % (s.address,) for s in statuses),
+        )
+
+
+class RelayControl(LineOnlyReceiver):
+    """
+    The relay's control socket (C{queue/control.sock}), used by
+    C{mdpy queue flush|del}: one command per line, C{FLUSH} or
+    C{DELETE id}; the answer is C{OK} or C{ERR reason}.
+    """
+
+    delimiter = b"\n"
+    MAX_LENGTH = 1024
+
+    def lineReceived(self, line):
+        queue = self.factory.queue
+        verb, _, argument = line.strip().partition(b" ")
+        verb = verb.upper()
+        if verb == b"FLUSH":
+            queue.flush()
+            self.sendLine(b"OK")
+        elif verb == b"DELETE":
+            try:
+                d = queue.remove(argument.decode("ascii", "replace").strip())
+            except errors.NotFound:
+                self.sendLine(b"ERR no such queued message")
+            else:
+                d.addCallback(lambda _: self.sendLine(b"OK"))
+                d.addErrback(lambda f: self.sendLine(b"ERR " + f.getErrorMessage().encode()))
+        else:
+            self.sendLine(b"ERR unknown command")
+
+    def lineLengthExceeded(self, line):
+        self.transport.loseConnection()
+
+
+class RelayControlFactory(protocol.ServerFactory):
+    protocol = RelayControl
+
+    def __init__(self, queue):
+        self.queue = queue
