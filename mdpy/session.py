@@ -60,6 +60,21 @@ def writeThrough(transport, data):
         transport.write(data[sent:])
 
 
+def disableNagle(transport):
+    """
+    Send small writes at once on C{transport} (TCP_NODELAY).  Both ends of a
+    mail protocol wait for each other's short replies, so Nagle's algorithm
+    would only hold the last segment of each back for a delayed ACK (about
+    40 ms on Linux).
+    """
+    setTcpNoDelay = getattr(transport, "setTcpNoDelay", None)
+    if setTcpNoDelay is not None:
+        try:
+            setTcpNoDelay(True)
+        except OSError:
+            pass
+
+
 class SessionFactory(ServerFactory):
     """
     What the sessions of one listener share.
@@ -156,14 +171,7 @@ class CommandSession(Protocol, TimeoutMixin):
     # --- connection ------------------------------------------------------------
 
     def connectionMade(self):
-        # Replies are small and each one is awaited: Nagle's algorithm would
-        # only hold the last segment of a response back for a delayed ACK.
-        setTcpNoDelay = getattr(self.transport, "setTcpNoDelay", None)
-        if setTcpNoDelay is not None:
-            try:
-                setTcpNoDelay(True)
-            except OSError:
-                pass
+        disableNagle(self.transport)
         peer = self.transport.getPeer()
         self._ip = getattr(peer, "host", "127.0.0.1")
         self.callLater = self.factory.clock.callLater

@@ -193,6 +193,9 @@ def buildService(config, portOffset=0, reactor=None):
         checker = InboundChecker(
             server["hostname"],
             resolver.lookupTXT,
+            lookupAddresses=resolver.lookupAddresses,
+            lookupMX=resolver.lookupMX,
+            lookupPointer=resolver.lookupPointer,
             reactor=reactor,
         )
     pipeline = DeliveryPipeline(

@@ -11,12 +11,15 @@ TLS-capable string transport, and a transcript helper for line protocols.
 """
 
 import fnmatch
+import shutil
+import tempfile
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, interfaces as iinternet
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+from twisted.trial import unittest
 from zope.interface import implementer
 
 from mdpy.auth import IAccount
@@ -206,3 +209,19 @@ class Transcript:
     @property
     def closed(self):
         return self.transport.disconnecting
+
+
+class TempDirTestCase(unittest.TestCase):
+    """
+    A trial test case whose L{tempDir} makes directories outside the
+    working directory (trial's C{mktemp} writes under it).
+    """
+
+    def tempDir(self):
+        """
+        @return: a new directory, removed after the test.
+        """
+        path = tempfile.mkdtemp(prefix="mdpy-test-")
+        self.addCleanup(shutil.rmtree, path, True)
+        return path
+

@@ -1,18 +1,22 @@
 """
 Tests of the inbound checks (L{mdpy.delivery.authresults}): SPF and DKIM
 results recorded as an C{Authentication-Results:} field, with in-process
-fake lookups.
+fake lookups and over real DNS (L{MXResolver} asking a L{TestDNSServer});
+and the removal of forged fields.
 """
 
 import re
 
 import pytest
-from twisted.internet import defer, task
+from twisted.internet import defer, reactor, task
 from twisted.logger import globalLogPublisher
 
-from mdpy.delivery.authresults import InboundChecker
+from mdpy.delivery.authresults import InboundChecker, stripForgedResults
 from mdpy.delivery.dkim import DKIMKeys
-from mdpy.errors import PermanentFailure, TemporaryFailure
+from mdpy.delivery.mx import MXResolver, makeResolver
+from mdpy.testing import TempDirTestCase
+from tests.dnsserver import TestDNSServer
+from tests.test_spf import FakeDNS
 
 MESSAGE = (
     b"From: Alice <alice@example.com>\r\n"
@@ -23,43 +27,6 @@ MESSAGE = (
     b"\r\n"
     b"See you at noon.\r\n"
 )
-
-
-class FakeDNS:
-    """
-    Answers from dictionaries; names in C{broken} fail with
-    L{TemporaryFailure}, names in C{missing} with L{PermanentFailure}, and
-    names in C{hanging} never answer.
-    """
-
-    def __init__(self):
-        self.txt = {}
-        self.addresses = {}
-        self.mx = {}
-        self.broken = set()
-        self.missing = set()
-        self.hanging = set()
-        self.queries = []
-
-    def _answer(self, table, name):
-        name = name.lower().rstrip(".")
-        self.queries.append(name)
-        if name in self.broken:
-            return defer.fail(TemporaryFailure("SERVFAIL for " + name))
-        if name in self.missing:
-            return defer.fail(PermanentFailure("NXDOMAIN for " + name))
-        if name in self.hanging:
-            return defer.Deferred()
-        return defer.succeed(list(table.get(name, [])))
-
-    def lookupTXT(self, name):
-        return self._answer(self.txt, name)
-
-    def lookupAddresses(self, name):
-        return self._answer(self.addresses, name)
-
-    def lookupMX(self, name):
-        return self._answer(self.mx, name)
 
 
 def runInThisThread(f, *args, **kwargs):
@@ -174,159 +141,31 @@ def spf(checker, **kwargs):
     return found
 
 
-# -- SPF ---------------------------------------------------------------------
+# -- SPF (the evaluator has its tests in test_spf) ----------------------------
 
 
-def test_spfPass(checker, dns):
-    dns.txt["example.com"] = [b"google-site-verification=x", b"v=spf1 ip4:192.0.2.0/24 -all"]
-    assert spf(checker) == ("spf", "pass", {"smtp.mailfrom": "alice@example.com"})
-
-
-def test_spfFail(checker, dns):
+def test_spfIdentity(checker, dns):
+    """
+    The identity checked is C{smtp.mailfrom}, C{smtp.helo} for the null
+    sender (RFC 8601 section 2.7.2).
+    """
     dns.txt["example.com"] = [b"v=spf1 ip4:192.0.2.0/24 -all"]
-    assert spf(checker, client="198.51.100.1")[1] == "fail"
-
-
-def test_spfSoftfailAndNeutral(checker, dns):
-    dns.txt["example.com"] = [b"v=spf1 ip4:192.0.2.0/24 ~all"]
-    assert spf(checker, client="198.51.100.1")[1] == "softfail"
-    dns.txt["example.com"] = [b"v=spf1 ip4:192.0.2.0/24 ?all"]
-    assert spf(checker, client="198.51.100.1")[1] == "neutral"
-    dns.txt["example.com"] = [b"v=spf1 ip4:192.0.2.0/24"]
-    assert spf(checker, client="198.51.100.1")[1] == "neutral"
-
-
-def test_spfNone(checker, dns):
-    dns.txt["example.com"] = [b"v=spf10 -all", b"some other text"]
-    assert spf(checker)[1] == "none"
-    dns.missing.add("example.com")
-    assert spf(checker)[1] == "none"
-
-
-def test_spfIncludeChain(checker, dns):
-    dns.txt["example.com"] = [b"v=spf1 include:_spf.provider.test -all"]
-    dns.txt["_spf.provider.test"] = [b"v=spf1 include:_netblocks.provider.test ~all"]
-    dns.txt["_netblocks.provider.test"] = [b"v=spf1 ip4:203.0.113.0/24 ip6:2001:db8::/32 -all"]
-    assert spf(checker, client="203.0.113.5")[1] == "pass"
-    assert spf(checker, client="2001:db8::25")[1] == "pass"
-    # The included domain's ~all is no match: the outer -all decides.
-    assert spf(checker, client="192.0.2.10")[1] == "fail"
-
-
-def test_spfIncludeWithoutRecord(checker, dns):
-    dns.txt["example.com"] = [b"v=spf1 include:nothing.example.org -all"]
-    result = spf(checker)
-    assert result[1] == "permerror"
-
-
-def test_spfAAndMX(checker, dns):
-    dns.txt["example.com"] = [b"v=spf1 a mx/24 -all"]
-    dns.addresses["example.com"] = ["198.51.100.7", "2001:db8::7"]
-    dns.mx["example.com"] = ["mx1.example.com.", "mx2.example.com"]
-    dns.addresses["mx1.example.com"] = ["203.0.113.1"]
-    dns.addresses["mx2.example.com"] = ["192.0.2.1"]
-    assert spf(checker, client="198.51.100.7")[1] == "pass"
-    assert spf(checker, client="2001:db8::7")[1] == "pass"
-    assert spf(checker, client="::ffff:198.51.100.7")[1] == "pass"
-    assert spf(checker, client="192.0.2.200")[1] == "pass"  # mx2 within /24
-    assert spf(checker, client="198.51.100.8")[1] == "fail"
-
-
-def test_spfRedirectAndMacros(checker, dns):
-    dns.txt["example.com"] = [b"v=spf1 redirect=_spf.%{d}"]
-    dns.txt["_spf.example.com"] = [b"v=spf1 exists:%{ir}.%{l1r-}.allow.%{d2} -all"]
-    dns.addresses["10.2.0.192.alice.allow.example.com"] = ["127.0.0.2"]
-    assert spf(checker, client="192.0.2.10")[1] == "pass"
-    assert spf(checker, client="192.0.2.11")[1] == "fail"
-    assert "11.2.0.192.alice.allow.example.com" in dns.queries
-
-
-def test_spfUppercaseMacroIsEscaped(checker, dns):
-    """
-    An uppercase macro is URL-escaped (RFC 7208 section 7.3).
-    """
-    dns.txt["example.com"] = [b"v=spf1 exists:%{L}.%{l}.users.example.com -all"]
-    dns.addresses["a%2bb.a+b.users.example.com"] = ["127.0.0.2"]
-    assert spf(checker, sender="a+b@example.com")[1] == "pass"
-
-
-def test_spfNullSenderUsesHelo(checker, dns):
     dns.txt["mail.example.com"] = [b"v=spf1 ip4:192.0.2.10 -all"]
+    assert spf(checker) == ("spf", "pass", {"smtp.mailfrom": "alice@example.com"})
+    assert spf(checker, sender="@example.com") == ("spf", "pass", {"smtp.mailfrom": "example.com"})
     assert spf(checker, sender="") == ("spf", "pass", {"smtp.helo": "mail.example.com"})
-    assert spf(checker, sender="", helo="[192.0.2.10]")[1] == "none"
 
 
-def test_spfNoLocalPart(checker, dns):
-    dns.txt["example.com"] = [b"v=spf1 exists:%{l}.users.example.com -all"]
-    dns.addresses["postmaster.users.example.com"] = ["127.0.0.2"]
-    assert spf(checker, sender="@example.com")[1] == "pass"
+def test_spfInvalidSender(checker, dns):
+    assert spf(checker, sender="alice@[192.0.2.1]") == (
+        "spf", "none", {"smtp.mailfrom": '"alice@[192.0.2.1]"'})
+    assert spf(checker, client="not an address")[1] == "none"
 
 
-def test_spfTemperror(checker, dns):
-    dns.txt["example.com"] = [b"v=spf1 include:_spf.provider.test -all"]
-    dns.broken.add("_spf.provider.test")
-    assert spf(checker)[1] == "temperror"
-    dns.broken.add("example.com")
-    assert spf(checker)[1] == "temperror"
-
-
-def test_spfTemperrorInMechanism(checker, dns):
-    dns.txt["example.com"] = [b"v=spf1 a:mail.example.com -all"]
-    dns.broken.add("mail.example.com")
-    assert spf(checker)[1] == "temperror"
-
-
-def test_spfTooManyLookups(checker, dns):
-    dns.txt["example.com"] = [b"v=spf1 " + b" ".join(b"a:h%d.example.com" % i for i in range(11))
-                              + b" ip4:192.0.2.10 -all"]
-    for i in range(11):
-        dns.addresses["h%d.example.com" % i] = ["203.0.113.%d" % i]
-    assert spf(checker)[1] == "permerror"
-    # Ten are allowed.
-    dns.txt["example.com"] = [b"v=spf1 " + b" ".join(b"a:h%d.example.com" % i for i in range(10))
-                              + b" ip4:192.0.2.10 -all"]
-    assert spf(checker)[1] == "pass"
-
-
-def test_spfIncludeLoop(checker, dns):
-    dns.txt["example.com"] = [b"v=spf1 include:example.org -all"]
-    dns.txt["example.org"] = [b"v=spf1 include:example.com -all"]
-    assert spf(checker)[1] == "permerror"
-
-
-def test_spfVoidLookups(checker, dns):
-    dns.txt["example.com"] = [b"v=spf1 a:nx1.example.com a:nx2.example.com ip4:192.0.2.10 -all"]
-    assert spf(checker)[1] == "pass"
-    dns.txt["example.com"] = [
-        b"v=spf1 a:nx1.example.com a:nx2.example.com a:nx3.example.com ip4:192.0.2.10 -all"
-    ]
-    assert spf(checker)[1] == "permerror"
-
-
-@pytest.mark.parametrize(
-    "record",
-    [
-        b"v=spf1 ip4:192.0.2.10 -all moo",
-        b"v=spf1 ip4:192.0.2.300 -all",
-        b"v=spf1 ip4:192.0.2.10/33 -all",
-        b"v=spf1 a:example -all",
-        b"v=spf1 exists:%{x}.example.com -all",
-        b"v=spf1 redirect=a.example.org redirect=b.example.org",
-        b"v=spf1 ip4:192.0.2.10 \xef\xbb\xbfall",
-    ],
-)
-def test_spfSyntaxErrors(checker, dns, record):
-    """
-    A syntax error anywhere is a permerror, even after a match (RFC 7208
-    section 4.6).
-    """
-    dns.txt["example.com"] = [record]
-    assert spf(checker)[1] == "permerror"
-
-
-def test_spfTwoRecords(checker, dns):
-    dns.txt["example.com"] = [b"v=spf1 -all", b"V=SPF1 +all"]
-    assert spf(checker)[1] == "permerror"
+def test_spfErrorReason(checker, dns):
+    dns.txt["example.com"] = [b"v=spf1 -all", b"v=spf1 +all"]
+    field = fired(checker.check("192.0.2.10", "mail.example.com", "alice@example.com", MESSAGE))
+    assert b"spf=permerror (2 SPF records for example.com) smtp.mailfrom=" in field
 
 
 def test_spfWithoutAddressLookup(dns, clock):
@@ -335,37 +174,6 @@ def test_spfWithoutAddressLookup(dns, clock):
     dns.txt["example.com"] = [b"v=spf1 ip4:192.0.2.10 a -all"]
     assert spf(checker)[1] == "pass"
     assert spf(checker, client="192.0.2.11")[1] == "temperror"
-
-
-def test_spfPointer(dns, clock):
-    """
-    C{ptr} matches a validated name of the client (RFC 7208 section 5.5)
-    when a PTR lookup is given, and never without one.
-    """
-    pointers = {"192.0.2.10": ["mail.example.com.", "forged.example.com"]}
-
-    def lookupPointer(name):
-        return defer.succeed(pointers.get(name, []))
-
-    dns.txt["example.com"] = [b"v=spf1 ptr -all"]
-    dns.addresses["mail.example.com"] = ["192.0.2.10"]
-    dns.addresses["forged.example.com"] = ["203.0.113.1"]
-    checker = InboundChecker("mx.example.net", dns.lookupTXT, dns.lookupAddresses,
-                             dns.lookupMX, reactor=clock, runInThread=runInThisThread,
-                             lookupPointer=lookupPointer)
-    assert spf(checker)[1] == "pass"
-    pointers["192.0.2.10"] = ["forged.example.com"]
-    assert spf(checker)[1] == "fail"
-    checker = InboundChecker("mx.example.net", dns.lookupTXT, dns.lookupAddresses,
-                             dns.lookupMX, reactor=clock, runInThread=runInThisThread)
-    pointers["192.0.2.10"] = ["mail.example.com"]
-    assert spf(checker)[1] == "fail"
-
-
-def test_spfInvalidSender(checker, dns):
-    assert spf(checker, sender="alice@[192.0.2.1]") == (
-        "spf", "none", {"smtp.mailfrom": '"alice@[192.0.2.1]"'})
-    assert spf(checker, client="not an address")[1] == "none"
 
 
 # -- DKIM --------------------------------------------------------------------
@@ -546,3 +354,195 @@ def test_internalErrorIsLogged(dns, clock, signed):
     ]
     failures = [e["log_failure"].value for e in events if "log_failure" in e]
     assert {type(f) for f in failures} == {ValueError, ZeroDivisionError}
+
+
+# -- Forged fields (RFC 8601 section 5) ----------------------------------------
+
+
+FORGED_HEAD = (
+    b"Authentication-Results: mx.example.net;\r\n"
+    b"\tspf=pass smtp.mailfrom=alice@example.com;\r\n"
+    b"\tdkim=pass header.d=example.com\r\n"
+    b"Received: from mail.example.com\r\n"
+    b"Authentication-Results: mx.example.org; spf=fail\r\n"
+    b"authentication-results : (forged) MX.Example.NET. 1; spf=pass\r\n"
+    b'Authentication-Results:\r\n "mx.example.net" (quoted);\r\n spf=pass\r\n'
+    b"X-Authentication-Results: mx.example.net; spf=pass\r\n"
+)
+KEPT_HEAD = (
+    b"Received: from mail.example.com\r\n"
+    b"Authentication-Results: mx.example.org; spf=fail\r\n"
+    b"X-Authentication-Results: mx.example.net; spf=pass\r\n"
+)
+FORGED_BODY = b"\r\nAuthentication-Results: mx.example.net; spf=pass\r\n"
+
+
+def test_stripForgedResults():
+    """
+    Every field claiming this server's authserv-id goes, with its
+    continuation lines, however its name and authserv-id are written; other
+    fields and the body stay.
+    """
+    stripped = stripForgedResults(FORGED_HEAD + MESSAGE + FORGED_BODY, "mx.example.net")
+    assert stripped == KEPT_HEAD + MESSAGE + FORGED_BODY
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        b"Authentication-Results: mx.example.net.evil; spf=pass\r\n",
+        b"Authentication-Results: mx.example.network; spf=pass\r\n",
+        b"Authentication-Results: other.example; dkim=pass header.d=mx.example.net\r\n",
+        b"Authentication-Results: (mx.example.net) other.example; spf=pass\r\n",
+        b"Authentication-Results: (unclosed mx.example.net; spf=pass\r\n",
+        b"Authentication-Results: \xff mx.example.net; spf=pass\r\n",
+        b"Authentication-Results-Foo: mx.example.net; spf=pass\r\n",
+    ],
+)
+def test_stripForgedResultsKeepsOthers(field):
+    head = field + MESSAGE
+    assert stripForgedResults(head, "mx.example.net") is head
+
+
+def test_stripForgedResultsLineFeeds():
+    head = FORGED_HEAD.replace(b"\r\n", b"\n") + b"\nbody\n"
+    assert stripForgedResults(head, "mx.example.net") == KEPT_HEAD.replace(b"\r\n", b"\n") + (
+        b"\nbody\n"
+    )
+
+
+def test_stripForgedResultsNoHeaderSection():
+    head = FORGED_BODY
+    assert stripForgedResults(head, "mx.example.net") is head
+
+
+def test_stripForgedResultsHeadCut():
+    """
+    When the header section goes on past C{head}, the fields that end
+    within it are looked at, and the last one, which may go on, is kept.
+    """
+    ours = b"Authentication-Results: mx.example.net;\r\n\tspf=pass\r\n"
+    assert stripForgedResults(ours + ours, "mx.example.net") == ours
+    assert stripForgedResults(ours + ours[:-9], "mx.example.net") == ours[:-9]
+    assert stripForgedResults(ours + ours[:30], "mx.example.net") == ours[:30]
+    assert stripForgedResults(ours + KEPT_HEAD, "mx.example.net") == KEPT_HEAD
+
+
+# -- Over real DNS ---------------------------------------------------------------
+
+
+class LiveDNSTests(TempDirTestCase):
+    """
+    L{InboundChecker} with the lookups of an L{MXResolver} asking a
+    L{TestDNSServer} over loopback UDP.
+    """
+
+    def setUp(self):
+        self.server = TestDNSServer(reactor)
+        self.server.start()
+        self.addCleanup(self.server.stop)
+
+    def makeChecker(self, resolverTimeout=(2,)):
+        resolver = MXResolver(
+            makeResolver(reactor, [self.server.nameserver], timeout=resolverTimeout),
+            clock=reactor,
+        )
+        return InboundChecker(
+            "mx.example.net",
+            resolver.lookupTXT,
+            resolver.lookupAddresses,
+            resolver.lookupMX,
+            reactor=reactor,
+            lookupPointer=resolver.lookupPointer,
+        )
+
+    async def check(self, client, sender="alice@example.com", message=MESSAGE, checker=None):
+        """
+        @return: the C{(method, result, properties)} of the field.
+        """
+        checker = checker or self.makeChecker()
+        field = await checker.check(client, "mail.example.com", sender, message)
+        authservID, results = parseField(field)
+        self.assertEqual(authservID, "mx.example.net")
+        return results
+
+    async def spf(self, client, **kwargs):
+        (result,) = [r for r in await self.check(client, **kwargs) if r[0] == "spf"]
+        return result[1]
+
+    async def test_spfPassByAMXAndInclude(self):
+        self.server.setTXT(
+            "example.com", ["v=spf1 a mx/24 include:_spf.provider.test -all", "other text"]
+        )
+        self.server.setA("example.com", ["192.0.2.1"])
+        self.server.setMX("example.com", [(20, "mx2.example.com"), (10, "mx1.example.com")])
+        self.server.setA("mx1.example.com", ["198.51.100.25"])
+        self.server.setAAAA("mx2.example.com", ["2001:db8::25"])
+        self.server.setTXT("_spf.provider.test", ["v=spf1 a:out.provider.test ~all"])
+        self.server.setA("out.provider.test", ["203.0.113.7"])
+        self.assertEqual(await self.spf("192.0.2.1"), "pass")
+        self.assertEqual(await self.spf("198.51.100.99"), "pass")
+        self.assertEqual(await self.spf("2001:db8::25"), "pass")
+        self.assertEqual(await self.spf("203.0.113.7"), "pass")
+        self.assertIn(("_spf.provider.test", "TXT"), self.server.queries)
+
+    async def test_spfPassByPointer(self):
+        self.server.setTXT("example.com", ["v=spf1 ptr -all"])
+        self.server.setPTR("192.0.2.10", ["mail.example.com"])
+        self.server.setA("mail.example.com", ["192.0.2.10"])
+        self.assertEqual(await self.spf("192.0.2.10"), "pass")
+
+    async def test_spfFail(self):
+        self.server.setTXT("example.com", ["v=spf1 ip4:192.0.2.0/24 mx -all"])
+        self.server.setNullMX("example.com")
+        self.assertEqual(await self.spf("198.51.100.1"), "fail")
+        self.assertEqual(await self.spf("192.0.2.200"), "pass")
+
+    async def test_spfNone(self):
+        self.server.setA("example.com", ["192.0.2.1"])
+        self.assertEqual(await self.spf("192.0.2.1"), "none")
+        self.assertEqual(await self.spf("192.0.2.1", sender="alice@missing.test"), "none")
+
+    async def test_dkimPass(self):
+        """
+        A signature verifies with a 2048-bit key, whose record DNS serves as
+        two strings.
+        """
+        keys = DKIMKeys(self.tempDir())
+        record = keys.generate("example.com")
+        self.assertGreater(len(record), 255)
+        self.server.setTXT("mdpy._domainkey.example.com", [record])
+        self.server.setTXT("example.com", ["v=spf1 ip4:192.0.2.10 -all"])
+        message = keys.signerFor("example.com").sign(MESSAGE) + MESSAGE
+        results = await self.check("192.0.2.10", message=message)
+        self.assertEqual(
+            results,
+            [
+                ("spf", "pass", {"smtp.mailfrom": "alice@example.com"}),
+                ("dkim", "pass", {"header.d": "example.com", "header.s": "mdpy",
+                                  "header.i": "@example.com"}),
+            ],
+        )
+        results = await self.check("192.0.2.10", message=message.replace(b"noon", b"one"))
+        self.assertEqual([r[:2] for r in results], [("spf", "pass"), ("dkim", "fail")])
+
+    async def test_temperrorWhenDNSTimesOut(self):
+        keys = DKIMKeys(self.tempDir())
+        keys.generate("example.com", bits=1024)
+        message = keys.signerFor("example.com").sign(MESSAGE) + MESSAGE
+        self.server.failWith("example.com", "timeout")
+        self.server.failWith("mdpy._domainkey.example.com", "timeout")
+        checker = self.makeChecker(resolverTimeout=(0.2,))
+        field = await checker.check("192.0.2.10", "mail.example.com", "alice@example.com",
+                                    message)
+        self.assertEqual(
+            [r[:2] for r in parseField(field)[1]], [("spf", "temperror"), ("dkim", "temperror")]
+        )
+        self.assertIn(b"spf=temperror (DNS error for example.com:", field)
+
+    async def test_spfTemperrorWhenMechanismTimesOut(self):
+        self.server.setTXT("example.com", ["v=spf1 ip4:198.51.100.0/24 a:slow.example.com -all"])
+        self.server.failWith("slow.example.com", "timeout")
+        checker = self.makeChecker(resolverTimeout=(0.2,))
+        self.assertEqual(await self.spf("198.51.100.1", checker=checker), "pass")
+        self.assertEqual(await self.spf("192.0.2.10", checker=checker), "temperror")

@@ -267,16 +267,22 @@ def test_checkerResultGoesIntoLocalCopiesOfUnauthenticatedMail(relaying):
     calls = []
 
     class Checker:
+        hostname = "mx.example.test"
+
         def check(self, ip, helo, sender, message):
             calls.append((ip, helo, sender, message))
             return defer.succeed(b"Authentication-Results: mx.example.test; spf=pass\r\n")
 
     relaying.checker = Checker()
-    data = b"Subject: in\r\n\r\nbody\r\n"
+    data = (
+        b"Authentication-Results: MX.example.test; dkim=pass (forged)\r\n"
+        b"Authentication-Results: other.test; spf=fail\r\nSubject: in\r\n\r\nbody\r\n"
+    )
     fired(deliver(relaying, ["joe@example.test"], data, clientAddress="192.0.2.7", helo="client.test"))
     assert calls == [("192.0.2.7", "client.test", "a@remote.test", data)]
     [stored] = inbox(relaying, "joe@example.test")
-    assert b"\r\nAuthentication-Results: mx.example.test; spf=pass\r\nSubject: in\r\n" in stored
+    assert b"\r\nAuthentication-Results: mx.example.test; spf=pass\r\n" in stored
+    assert b"forged" not in stored and b"other.test; spf=fail\r\nSubject: in\r\n" in stored
     fired(deliver(relaying, ["joe@example.test"], data, sender="joe@example.test",
                   authenticatedAs="joe@example.test", clientAddress="192.0.2.7"))
     assert len(calls) == 1

@@ -7,13 +7,10 @@ server (L{tests.dnsserver}) for MX lookups and a L{Clock} for retries.
 import email
 import email.policy
 import os
-import shutil
 import socket
-import tempfile
 
 from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.testing import StringTransport
-from twisted.trial import unittest
 
 from mdpy import errors
 from mdpy.delivery.mx import MXResolver, makeResolver
@@ -22,7 +19,7 @@ from mdpy.delivery.relay import Relay, RelayControlFactory, RelaySettings
 from mdpy.envelope import Envelope
 from mdpy.smtp import codes
 from mdpy.smtp.server import MODE_SUBMISSION, SMTPFactory, SMTPServer
-from mdpy.testing import RecordingTarget, memoryPortal
+from mdpy.testing import RecordingTarget, TempDirTestCase, memoryPortal
 from mdpy.tls import ensureSelfSigned, serverOptions
 from tests.dnsserver import TestDNSServer
 
@@ -89,16 +86,6 @@ class MisbehavingFactory(protocol.ServerFactory):
         self.script = script
 
 
-class TempDirTestCase(unittest.TestCase):
-    def tempDir(self):
-        """
-        @return: a new directory, removed after the test.
-        """
-        path = tempfile.mkdtemp(prefix="mdpy-relay-")
-        self.addCleanup(shutil.rmtree, path, True)
-        return path
-
-
 class RelayTestCase(TempDirTestCase):
     """
     A queue, a relay with a L{Clock}, a DNS server, and receivers on
@@ -115,7 +102,9 @@ class RelayTestCase(TempDirTestCase):
         self.bounces = RecordingTarget()
         self.queueDir = self.tempDir()
         self.queue = SpoolQueue(self.queueDir, reactor=reactor, clock=self.clock)
-        self.settings = RelaySettings(remotePort=self.port, retry=[60, 120], lifetime=600, delayWarning=0)
+        self.settings = RelaySettings(
+            remotePort=self.port, retry=[60, 120], lifetime=600, delayWarning=0, connectionIdle=0
+        )
         self.relay = None
         self.dns.setMX("dest.test", [(10, "mx1.dest.test"), (20, "mx2.dest.test")])
         self.dns.setA("mx1.dest.test", ["127.0.0.2"])
@@ -469,3 +458,19 @@ class ControlTests(TempDirTestCase):
             transport.value(), b"OK\nERR no such queued message\nERR unknown command\n"
         )
         self.assertEqual(flushed, [None])
+
+
+class ConnectionReuseTests(RelayTestCase):
+    async def test_idleConnectionTakesMailThatArrivesLater(self):
+        receiver = self.receiver()
+        self.startRelay(connectionIdle=30)
+        first = await self.enqueue(["a@dest.test"])
+        await self.until(lambda: first.removed, "the first message")
+        second = await self.enqueue(["b@dest.test"])
+        await self.until(lambda: second.removed, "the second message")
+        self.assertEqual(receiver.built, 1)
+        self.assertEqual(self.relay._sessions, 1)
+        # Stopping the relay lets the waiting connection quit.
+        self.relay.stopService()
+        await self.until(lambda: not self.relay._sessions, "the connection to quit")
+        self.assertEqual(len(receiver.target.messages), 2)

@@ -422,21 +422,17 @@ class InboundChecker:
         """
         @param hostname: the C{authserv-id} (RFC 8601 section 2.5): this
             server's name.
-        @param lookupTXT: C{name -> Deferred[list[bytes]]}, one item per TXT
-            record, its strings joined (RFC 7208 section 3.3).
-        @param lookupAddresses: C{name -> Deferred[list[str]]}, the A and
-            AAAA records.  Without it, SPF terms that need addresses give
-            C{temperror}.
-        @param lookupMX: C{name -> Deferred[list[str]]}, the exchange names.
-            Without it, an SPF C{mx} gives C{temperror}.
-        @param lookupPointer: C{address -> Deferred[list[str]]}, the PTR
-            records of the client's IP address (given as text), for the SPF
-            C{ptr} mechanism and C{%{p}} macro; optional.
+        @param lookupTXT: C{name -> Deferred[list[bytes]]}, for SPF records
+            and DKIM keys.
+        @param lookupAddresses: C{name -> Deferred[list[str]]}.  Without it,
+            SPF terms that need addresses give C{temperror}.
+        @param lookupMX: C{name -> Deferred[list[str]]}.  Without it, an
+            SPF C{mx} gives C{temperror}.
+        @param lookupPointer: C{address -> Deferred[list[str]]}; optional.
 
-        Every lookup may fail with L{TemporaryFailure} (DNS trouble: the
-        result is C{temperror}) or L{PermanentFailure} (taken as no
-        records).  The methods of the same names of
-        L{mdpy.delivery.mx.MXResolver} are such lookups.
+        The lookups are those of L{mdpy.delivery.spf.checkSPF}, which says
+        what they answer and how they fail; the methods of the same names
+        of L{mdpy.delivery.mx.MXResolver} are such lookups.
 
         @param reactor: an L{IReactorTime}; the global reactor by default.
         @param runInThread: C{f, *args -> Deferred}, for the DKIM hashing;

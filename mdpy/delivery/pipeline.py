@@ -31,6 +31,7 @@ from zope.interface import implementer
 
 from mdpy import errors
 from mdpy.address import splitAddress
+from mdpy.delivery.authresults import stripForgedResults
 from mdpy.envelope import Envelope, newMessageId
 from mdpy.interfaces import IDelivery, IDeliveryTarget
 from mdpy.logs import Logger
@@ -268,6 +269,10 @@ class PipelineDelivery:
         head = spool.read(HEAD_SIZE)
         complete = len(head) < HEAD_SIZE
         head, _ = stripTraceHeaders(head)
+        if results:
+            # RFC 8601 section 5: results claiming to be ours that came
+            # with the message are forged.
+            head = stripForgedResults(head, self.pipeline.checker.hostname)
         copies = []
         for account, address in self.copies:
             parts = [self._traceHeaders(address), results, head]

@@ -456,7 +456,8 @@ class SpoolQueue:
 
     def _cbQueued(self, ignored, entry):
         self.entries[entry.id] = entry
-        log.info(
+        # Debug: the receiving side (SMTP, a DSN) logged the message already.
+        log.debug(
             "queue: {id} from <{sender}> to {rcpts} size={size}",
             id=entry.id,
             sender=entry.sender,

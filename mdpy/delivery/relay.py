@@ -42,6 +42,7 @@ import itertools
 
 from twisted.application import service
 from twisted.internet import defer, endpoints, protocol, ssl
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.protocols.basic import LineOnlyReceiver
 
 from mdpy import errors
@@ -63,6 +64,9 @@ class RelaySettings:
     @ivar smarthostTrust: a PEM file of CA certificates, or L{None} for the
         platform's trust store.
     @ivar smarthostCredentials: C{(username, password)} or L{None}.
+    @ivar connectionIdle: seconds a connection whose destination has nothing
+        ready waits for new mail before it quits (as Postfix's connection
+        cache does); 0 quits at once.
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class RelaySettings:
         maxMessagesPerConnection=100,
         connectTimeout=30,
         commandTimeout=300,
+        connectionIdle=2,
     ):
         self.smarthost = smarthost
         self.smarthostTLS = smarthostTLS
@@ -96,6 +101,7 @@ class RelaySettings:
         self.maxMessagesPerConnection = max(1, maxMessagesPerConnection)
         self.connectTimeout = connectTimeout
         self.commandTimeout = commandTimeout
+        self.connectionIdle = connectionIdle
 
 
 def parseHostPort(text, defaultPort):
@@ -147,6 +153,15 @@ class _Destination:
         self.key = key
         self.ready = collections.deque()
         self.sessions = 0
+        self.idle = []  # Deferreds of connections waiting for mail
+
+    def wakeIdle(self, more):
+        """
+        Fire waiting connections: with C{True} while there is ready mail for
+        them, or all with C{False} (quit).
+        """
+        while self.idle and (self.ready or not more):
+            self.idle.pop(0).callback(more)
 
 
 class Relay(service.Service):
@@ -194,6 +209,8 @@ class Relay(service.Service):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        for destination in list(self._destinations.values()):
+            destination.wakeIdle(False)
 
     # --- scheduling ------------------------------------------------------------
 
@@ -254,6 +271,7 @@ class Relay(service.Service):
             destination.ready.append((entry, recipients))
             touched[key] = destination
         for destination in touched.values():
+            destination.wakeIdle(True)
             self._startSessions(destination)
 
     def _startSessions(self, destination):
@@ -382,9 +400,18 @@ class Relay(service.Service):
         settings = self.settings
         timeout = settings.connectTimeout
         if settings.smarthost is not None:
-            endpoint = endpoints.HostnameEndpoint(
-                self.reactor, route.address, route.port, timeout=timeout
-            )
+            if isIPAddress(route.address):
+                endpoint = endpoints.TCP4ClientEndpoint(
+                    self.reactor, route.address, route.port, timeout=timeout
+                )
+            elif isIPv6Address(route.address):
+                endpoint = endpoints.TCP6ClientEndpoint(
+                    self.reactor, route.address, route.port, timeout=timeout
+                )
+            else:
+                endpoint = endpoints.HostnameEndpoint(
+                    self.reactor, route.address, route.port, timeout=timeout
+                )
             if settings.smarthostTLS == "implicit":
                 endpoint = endpoints.wrapClientTLS(self._clientTLSOptions(route), endpoint)
             return endpoint
@@ -401,7 +428,7 @@ class Relay(service.Service):
         settings = self.settings
         sent = [0]
 
-        def nextMessage():
+        def take():
             while destination.ready and sent[0] < settings.maxMessagesPerConnection:
                 entry, recipients = destination.ready.popleft()
                 message = self._outboundMessage(entry, recipients)
@@ -409,6 +436,22 @@ class Relay(service.Service):
                     sent[0] += 1
                     return message
             return None
+
+        def nextMessage():
+            message = take()
+            if (
+                message is not None
+                or not settings.connectionIdle
+                or not self.running
+                or sent[0] >= settings.maxMessagesPerConnection
+            ):
+                return message
+            # Keep the connection a moment for mail still arriving.
+            waiting = defer.Deferred()
+            destination.idle.append(waiting)
+            timer = self.reactor.callLater(settings.connectionIdle, self._idleOver, destination, waiting)
+            waiting.addCallback(lambda more: (timer.active() and timer.cancel(), take() if more else None)[1])
+            return waiting
 
         def messageDone(message, results):
             message.closeUnused()
@@ -432,6 +475,11 @@ class Relay(service.Service):
             credentials=credentials,
             timeout=settings.commandTimeout,
         )
+
+    def _idleOver(self, destination, waiting):
+        if waiting in destination.idle:
+            destination.idle.remove(waiting)
+            waiting.callback(False)
 
     def _outboundMessage(self, entry, recipients):
         """
@@ -491,7 +539,10 @@ class Relay(service.Service):
                 outcome = "bounced"
             else:
                 outcome = self._deferRecipient(entry, recipient, now)
-            log.info(
+            # The client logged every reply; what is new here is a retry or
+            # a bounce.
+            emit = log.debug if outcome == "sent" else log.info
+            emit(
                 "relay: {id} to <{rcpt}> via {route}: {outcome} ({code} {text})",
                 id=entry.id,
                 rcpt=recipient.address,

@@ -258,10 +258,9 @@ class SPFCheck:
     section 4) with the processing limits of section 4.6.4 shared by every
     C{include} and C{redirect} it follows.
 
-    The lookups are those of L{checkSPF}.  L{TemporaryFailure} from a
-    lookup makes the result C{temperror}, L{PermanentFailure} counts as an
-    empty answer.  Without C{lookupPointer}, C{ptr} (whose use section 5.5
-    discourages) never matches and C{%{p}} expands to C{unknown}.
+    The lookups are those of L{checkSPF}.  Without C{lookupPointer}, C{ptr}
+    (whose use section 5.5 discourages) never matches and C{%{p}} expands
+    to C{unknown}.
     """
 
     def __init__(self, ip, sender, helo, lookupTXT, lookupAddresses, lookupMX, lookupPointer=None):
@@ -494,7 +493,12 @@ async def checkSPF(ip, helo, mailFrom, lookupTXT, lookupAddresses, lookupMX, loo
         records.
     @param lookupMX: C{name -> Deferred[list[str]]}, the exchange names.
     @param lookupPointer: C{address -> Deferred[list[str]]}, the PTR
-        records of an IP address given as text; optional (see L{SPFCheck}).
+        records of an IP address given as text, for the C{ptr} mechanism
+        and the C{%{p}} macro; optional (see L{SPFCheck}).
+
+    Every lookup may fail with L{TemporaryFailure} (DNS trouble: the result
+    is C{temperror}) or L{PermanentFailure} (taken as no records).
+
     @return: C{(result, reason)}: one of the results of section 2.6 and,
         for C{temperror} and C{permerror}, what caused it (else L{None}).
     """

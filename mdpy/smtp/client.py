@@ -47,6 +47,7 @@ from zope.interface import implementer
 from mdpy.dotstuffing import DotStuffer
 from mdpy.errors import PermanentFailure, TemporaryFailure
 from mdpy.logs import Logger
+from mdpy.session import disableNagle
 
 # Results this client makes up (remote=False); RFC 3463 section 3 codes.
 C451ConnectionProblem = (451, "4.4.2", "connection problem")
@@ -340,13 +341,14 @@ class ESMTPClient(Protocol):
 
     def connectionMade(self):
         self._connected = True
+        disableNagle(self.transport)
         peer = self.transport.getPeer()
         host = getattr(peer, "host", None)
         self._peer = "%s:%s" % (host, getattr(peer, "port", "")) if host else str(peer)
         if INegotiated.providedBy(self.transport) or ISSLTransport.providedBy(self.transport):
             self._result.tls = True  # implicit TLS (RFC 8314)
         tls = " with TLS" if self._result.tls else ""
-        self.log.info("smtp-client: connected to {peer}{tls}", peer=self._peer, tls=tls)
+        self.log.debug("smtp-client: connected to {peer}{tls}", peer=self._peer, tls=tls)
         self._waiting.append(("greeting", self._gotGreeting))
         self._resetTimeout()
 
@@ -369,8 +371,11 @@ class ESMTPClient(Protocol):
         result = self._result
         tls = "failed" if result.tlsFailed else ("yes" if result.tls else "no")
         error = "" if result.error is None else " error: %s" % (result.error,)
-        self.log.info("smtp-client: session with {peer} over: messages={n} tls={tls}{error}",
-                      peer=self._peer, n=result.messagesAttempted, tls=tls, error=error)
+        # The messages were logged one by one; a session is news only when
+        # it failed.
+        emit = self.log.debug if result.error is None else self.log.info
+        emit("smtp-client: session with {peer} over: messages={n} tls={tls}{error}",
+             peer=self._peer, n=result.messagesAttempted, tls=tls, error=error)
         self.finished.callback(result)
 
     def _setError(self, error, reply=None):
