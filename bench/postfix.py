@@ -3,9 +3,10 @@
 The instance lives entirely in a temporary directory: its own
 config_directory (main.cf and master.cf written here), queue_directory,
 data_directory, virtual Maildir base and log file.  It listens only on
-127.0.0.1:<port> and delivers ``user@bench.test`` (and any other users
-given) to ``<tmp>/vmail/bench.test/<user>/`` as a Maildir through the
-virtual(8) delivery agent; ``aliases`` adds virtual aliases (to relay
+127.0.0.1:<port> (or on the loopback address ``interface``) and
+delivers ``user@bench.test`` (and any other users given) to
+``<tmp>/vmail/bench.test/<user>/`` as a Maildir through the virtual(8)
+delivery agent; ``aliases`` adds virtual aliases (to relay
 mail on, e.g. through a ``relayhost`` given in ``settings``, which adds
 or overrides main.cf parameters).  The system Postfix (/etc/postfix,
 /var/spool/postfix) is neither read for configuration nor modified, and it
@@ -175,14 +176,15 @@ class PrivatePostfix(TemporaryServer):
     def __init__(self, port=None, domain=DOMAIN, users=("user",),
                  vmail_user="nobody", base_dir=None, keep=False,
                  process_limit=100, start_timeout=30, aliases=None,
-                 settings=None):
+                 settings=None, interface="127.0.0.1"):
         if os.geteuid() != 0:
             raise PostfixError("a private Postfix must be started as root")
         self.postfix = _which("postfix")
         self.postconf = _which("postconf")
         self.domain = domain
         self.users = tuple(users)
-        self.port = port or free_port()
+        self.interface = interface
+        self.port = port or free_port(interface)
         self.keep = keep
         self.process_limit = process_limit
         self.aliases = dict(aliases or {})
@@ -257,8 +259,11 @@ class PrivatePostfix(TemporaryServer):
             settings.setdefault("virtual_alias_maps", "texthash:" + virtual)
         write_file(os.path.join(self.config_dir, "main.cf"),
                    _override(main_cf, settings))
+        # Only master.cf names interface: main.cf's inet_interfaces stays
+        # 127.0.0.1, since "postfix check" refuses an address such as
+        # 127.0.0.4 that no network interface carries.
         write_file(os.path.join(self.config_dir, "master.cf"), MASTER_CF.format(
-            listen="127.0.0.1:%d" % self.port))
+            listen="%s:%d" % (self.interface, self.port)))
         open(self.maillog, "a").close()
 
     # ------------------------------------------------------------- lifecycle
@@ -275,7 +280,7 @@ class PrivatePostfix(TemporaryServer):
         except PostfixError as e:
             raise PostfixError("%s; maillog: %s" % (e, self.log_tail(3)))
         try:
-            wait_for_greeting("127.0.0.1", self.port, self.start_timeout,
+            wait_for_greeting(self.interface, self.port, self.start_timeout,
                               alive=self._dead, what="Postfix", error=PostfixError)
         except (TimeoutError, BenchError) as e:
             raise PostfixError("%s; maillog: %s" % (e, self.log_tail(3)))

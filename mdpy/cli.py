@@ -230,6 +230,8 @@ def formatEntry(entry):
     ]
     for r in entry.recipients:
         line = "    <%s> %s attempts=%d" % (r.address, r.state, r.attempts)
+        if r.status:
+            line += " status=%s" % (r.status,)
         if r.state == "pending":
             line += " next=%s" % (_time(r.due),)
         last = r.diagnostic or r.reason

@@ -506,13 +506,14 @@ class MXResolver:
             if type(e) is error.DomainError:
                 raise _NoSuchName(text) from e
             raise TemporaryDNSFailure(
-                "%s %s lookup failed: %s" % (text, dns.QUERY_TYPES[recordType], e)
+                "%s %s lookup failed: %s" % (text, dns.QUERY_TYPES[recordType], _rcodeName(e))
             ) from e
         except defer.CancelledError:
             raise
         except Exception as e:
+            why = "timeout" if isinstance(e, error.DNSQueryTimeoutError) else repr(e)
             raise TemporaryDNSFailure(
-                "%s %s lookup failed: %r" % (text, dns.QUERY_TYPES[recordType], e)
+                "%s %s lookup failed: %s" % (text, dns.QUERY_TYPES[recordType], why)
             ) from e
         return answers
 
@@ -585,3 +586,25 @@ def _exchangeHosts(records):
         if host and (host not in best or record.preference < best[host]):
             best[host] = record.preference
     return sorted(((preference, host) for host, preference in best.items()))
+
+
+_RCODE_NAMES = {
+    dns.EFORMAT: "FORMERR",
+    dns.ESERVER: "SERVFAIL",
+    dns.ENAME: "NXDOMAIN",
+    dns.ENOTIMP: "NOTIMP",
+    dns.EREFUSED: "REFUSED",
+}
+
+
+def _rcodeName(e):
+    """
+    @return: the RCODE of a L{twisted.names.error.DomainError} for a log line
+        or a DSN (C{"SERVFAIL"}), not the message object it carries.
+    """
+    message = e.args[0] if e.args else None
+    rCode = getattr(message, "rCode", None)
+    if rCode is None:
+        return type(e).__name__
+    return _RCODE_NAMES.get(rCode, "RCODE %d" % (rCode,))
+

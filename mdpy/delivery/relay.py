@@ -344,7 +344,8 @@ class Relay(service.Service):
             return
         lastError = errors.TemporaryFailure("no route")
         index = 0
-        while destination.ready and index < len(routes):
+        retried = False
+        while destination.ready and index < len(routes) and self.running:
             route = routes[index]
             useTLS = self._tlsWanted()
             result = yield self._session(route, destination, useTLS)
@@ -354,9 +355,20 @@ class Relay(service.Service):
             if result.error is None:
                 continue  # connection reuse limit: the same route again
             lastError = result.error
+            if result.messagesAttempted and not retried:
+                # It worked for a while: one new connection to the same host.
+                retried = True
+                continue
+            log.info("relay: {route}: {why}", route=route, why=result.error.detail)
             index += 1
-        if destination.ready:
-            self._deferReady(destination, lastError, routes[-1].hostname if routes else None)
+        if not destination.ready:
+            return
+        if destination.sessions > 1:
+            # Other connections to this destination are still at work:
+            # what is ready is theirs, not deferred because this one failed.
+            destination.wakeIdle(True)
+            return
+        self._deferReady(destination, lastError, routes[-1].hostname if routes else None)
 
     def _routes(self, destination):
         settings = self.settings
@@ -582,6 +594,12 @@ class Relay(service.Service):
         """
         now = self._now()
         status = getattr(error, "status", None) or "4.4.1"
+        if not self.running:
+            # Stopping: nothing was tried; the next start takes them up.
+            while destination.ready:
+                for recipient in destination.ready.popleft()[1]:
+                    recipient.active = False
+            return
         while destination.ready:
             entry, recipients = destination.ready.popleft()
             for recipient in recipients:

@@ -830,7 +830,7 @@ def deliverOver(reactor, endpoint, heloName, nextMessage, messageDone, **kwargs)
 
     def notConnected(failure):
         why = failure.getErrorMessage()
-        ESMTPClient.log.info("smtp-client: cannot connect with {endpoint}: {why}",
+        ESMTPClient.log.debug("smtp-client: cannot connect with {endpoint}: {why}",
                              endpoint=endpoint, why=why)
         return SessionResult(error=TemporaryFailure("cannot connect: %s" % (why,)))
 
