@@ -801,3 +801,22 @@ def run_clients(target, client_args, cpu, limit, settle=0.2):
             if p.is_alive():
                 p.kill()
             p.join(5)
+
+
+class MessageRun:
+    """One load run of C{expected} messages; subclasses say when it is ok."""
+
+    expected = None
+
+    def rate(self, seconds):
+        """Messages per second over C{seconds}, or None."""
+        return self.expected / seconds if seconds and self.expected else None
+
+
+class RunSeries(list):
+    """The repeated runs of one server; ok when every run is."""
+
+    @property
+    def ok(self):
+        return bool(self) and all(r.ok for r in self)
+

@@ -37,7 +37,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import (DOMAIN, BenchError, MdpyServer, ProcessServer,  # noqa: E402
+from common import (DOMAIN, BenchError, MdpyServer, MessageRun, RunSeries, ProcessServer,  # noqa: E402
                     exit_status, fmt, free_port, last_line, median,
                     median_note, parse_bench_args, positive, print_banner,
                     print_table_head, print_target, repeat_suffix, run_command,
@@ -186,7 +186,7 @@ def postfix_cpu(pf):
 
 # ------------------------------------------------------------------ runs
 
-class Run:
+class Run(MessageRun):
     """One smtp-source run against one server relaying to its sink."""
 
     def __init__(self, server):
@@ -206,16 +206,9 @@ class Run:
         return (self.error is None and self.received == self.expected
                 and self.queue is None)
 
-    def rate(self, seconds):
-        return self.expected / seconds if seconds and self.expected else None
 
-
-class Series(list):
+class Series(RunSeries):
     """The repeated runs of one server; reports medians."""
-
-    @property
-    def ok(self):
-        return bool(self) and all(r.ok for r in self)
 
     def rate(self, attr):
         return median(r.rate(getattr(r, attr)) for r in self)

@@ -37,7 +37,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import (DOMAIN, BenchError, MdpyServer, exit_status, fmt,  # noqa: E402
+from common import (DOMAIN, BenchError, MdpyServer, MessageRun, RunSeries, exit_status, fmt,  # noqa: E402
                     last_line, median, median_note, parse_bench_args,
                     positive, print_banner, print_table_head, print_target,
                     raise_nofile, read_reply, repeat_suffix, run_command, tail,
@@ -87,7 +87,7 @@ def smtp_source_flags(path):
     return m.group(1) if m else None
 
 
-class Run:
+class Run(MessageRun):
     """One smtp-source run against one server."""
 
     def __init__(self, server, mode):
@@ -103,16 +103,9 @@ class Run:
     def ok(self):
         return self.error is None and self.landed == self.expected
 
-    def rate(self, seconds):
-        return self.expected / seconds if seconds and self.expected else None
 
-
-class Series(list):
+class Series(RunSeries):
     """The repeated runs of one server in one mode; reports medians."""
-
-    @property
-    def ok(self):
-        return bool(self) and all(r.ok for r in self)
 
     def _median(self, attr):
         return median(r.rate(getattr(r, attr)) for r in self if getattr(r, attr))

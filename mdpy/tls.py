@@ -60,6 +60,19 @@ def ensureSelfSigned(directory, hostname):
     return certPath, keyPath, True
 
 
+def loadCertificates(pem):
+    """
+    @return: every certificate in the PEM text C{pem}, in order, as
+        L{twisted.internet.ssl.Certificate}s.
+    """
+    end = b"-----END CERTIFICATE-----"
+    return [
+        ssl.Certificate.loadPEM(block + end)
+        for block in pem.split(end)
+        if b"-----BEGIN CERTIFICATE-----" in block
+    ]
+
+
 def serverOptions(certificatePath, keyPath):
     """
     @return: server TLS options (TLS 1.2 and later) for a PEM chain and key.
@@ -68,12 +81,7 @@ def serverOptions(certificatePath, keyPath):
         chainPEM = f.read()
     with open(keyPath, "rb") as f:
         keyPEM = f.read()
-    blocks = chainPEM.split(b"-----END CERTIFICATE-----")
-    extra = [
-        ssl.Certificate.loadPEM(block + b"-----END CERTIFICATE-----").original
-        for block in blocks[1:]
-        if b"-----BEGIN CERTIFICATE-----" in block
-    ]
+    extra = [certificate.original for certificate in loadCertificates(chainPEM)[1:]]
     private = ssl.PrivateCertificate.loadPEM(keyPEM + b"\n" + chainPEM)
     return ssl.CertificateOptions(
         privateKey=private.privateKey.original,

@@ -51,6 +51,7 @@ from mdpy.delivery.queue import BOUNCED, FAILED, PENDING, SENT
 from mdpy.envelope import Envelope
 from mdpy.logs import Logger
 from mdpy.smtp.client import OutboundMessage, SessionResult, deliverOver
+from mdpy.tls import loadCertificates
 
 log = Logger()
 
@@ -192,7 +193,7 @@ class Relay(service.Service):
         self._waiting = []  # heap of (due, serial, entry, recipient)
         self._serial = itertools.count()
         self._timer = None
-        self._smarthostTLSOptions = None
+        self._tlsOptions = None
         queue.listeners.append(self._queued)
 
     # --- service ---------------------------------------------------------------
@@ -290,7 +291,7 @@ class Relay(service.Service):
 
     def _ebSession(self, failure, destination):
         log.failure("relay: delivery to {key} failed", failure, key=destination.key or "smarthost")
-        self._deferReady(destination, errors.TemporaryFailure("internal error"), None)
+        self._deferReady(destination, errors.TemporaryFailure("internal error"))
 
     def _sessionEnded(self, ignored, destination):
         destination.sessions -= 1
@@ -338,7 +339,7 @@ class Relay(service.Service):
             routes = yield self._routes(destination)
         except errors.MailError as e:
             if e.temporary:
-                self._deferReady(destination, e, None)
+                self._deferReady(destination, e)
             else:
                 self._failReady(destination, e)
             return
@@ -368,7 +369,7 @@ class Relay(service.Service):
             # what is ready is theirs, not deferred because this one failed.
             destination.wakeIdle(True)
             return
-        self._deferReady(destination, lastError, routes[-1].hostname if routes else None)
+        self._deferReady(destination, lastError)
 
     def _routes(self, destination):
         settings = self.settings
@@ -391,45 +392,39 @@ class Relay(service.Service):
         return self.settings.smarthost is not None and self.settings.smarthostTLS != "none"
 
     def _clientTLSOptions(self, route):
-        settings = self.settings
-        if settings.smarthost is None:
-            return ssl.CertificateOptions(verify=False)
-        if self._smarthostTLSOptions is None:
-            trust = ssl.platformTrust()
-            if settings.smarthostTrust:
-                with open(settings.smarthostTrust, "rb") as f:
-                    pem = f.read()
-                certificates = [
-                    ssl.Certificate.loadPEM(block + b"-----END CERTIFICATE-----")
-                    for block in pem.split(b"-----END CERTIFICATE-----")
-                    if b"-----BEGIN CERTIFICATE-----" in block
-                ]
-                trust = ssl.trustRootFromCertificates(certificates)
-            self._smarthostTLSOptions = ssl.optionsForClientTLS(route.hostname, trustRoot=trust)
-        return self._smarthostTLSOptions
+        """
+        @return: the TLS options for C{route}: the smarthost's, verifying its
+            name, or one shared set that verifies nothing, for MX hosts.
+        """
+        if self._tlsOptions is None:
+            settings = self.settings
+            if settings.smarthost is None:
+                self._tlsOptions = ssl.CertificateOptions(verify=False)
+            else:
+                trust = ssl.platformTrust()
+                if settings.smarthostTrust:
+                    with open(settings.smarthostTrust, "rb") as f:
+                        trust = ssl.trustRootFromCertificates(loadCertificates(f.read()))
+                self._tlsOptions = ssl.optionsForClientTLS(route.hostname, trustRoot=trust)
+        return self._tlsOptions
 
     def _endpoint(self, route):
+        """
+        @return: the endpoint of C{route}: an IP address straight away, a
+            smarthost name through name resolution, in TLS for an
+            implicit-TLS smarthost.
+        """
         settings = self.settings
-        timeout = settings.connectTimeout
-        if settings.smarthost is not None:
-            if isIPAddress(route.address):
-                endpoint = endpoints.TCP4ClientEndpoint(
-                    self.reactor, route.address, route.port, timeout=timeout
-                )
-            elif isIPv6Address(route.address):
-                endpoint = endpoints.TCP6ClientEndpoint(
-                    self.reactor, route.address, route.port, timeout=timeout
-                )
-            else:
-                endpoint = endpoints.HostnameEndpoint(
-                    self.reactor, route.address, route.port, timeout=timeout
-                )
-            if settings.smarthostTLS == "implicit":
-                endpoint = endpoints.wrapClientTLS(self._clientTLSOptions(route), endpoint)
-            return endpoint
-        if ":" in route.address:
-            return endpoints.TCP6ClientEndpoint(self.reactor, route.address, route.port, timeout=timeout)
-        return endpoints.TCP4ClientEndpoint(self.reactor, route.address, route.port, timeout=timeout)
+        args = (self.reactor, route.address, route.port)
+        if isIPAddress(route.address):
+            endpoint = endpoints.TCP4ClientEndpoint(*args, timeout=settings.connectTimeout)
+        elif isIPv6Address(route.address):
+            endpoint = endpoints.TCP6ClientEndpoint(*args, timeout=settings.connectTimeout)
+        else:
+            endpoint = endpoints.HostnameEndpoint(*args, timeout=settings.connectTimeout)
+        if settings.smarthost is not None and settings.smarthostTLS == "implicit":
+            endpoint = endpoints.wrapClientTLS(self._clientTLSOptions(route), endpoint)
+        return endpoint
 
     def _session(self, route, destination, useTLS):
         """
@@ -587,30 +582,41 @@ class Relay(service.Service):
         self._armTimer()
         return "deferred"
 
-    def _deferReady(self, destination, error, hostname):
+    def _deferReady(self, destination, error):
         """
         Defer (or fail, past their lifetime) everything C{destination} has
         ready, after C{error} ended every attempt to reach it.
         """
+        self._settleReady(destination, error, permanent=False)
+
+    def _failReady(self, destination, error):
+        """
+        Fail everything C{destination} has ready: C{error} says it can never
+        be reached (no such domain, a null MX).
+        """
+        self._settleReady(destination, error, permanent=True)
+
+    def _settleReady(self, destination, error, permanent):
         now = self._now()
-        status = getattr(error, "status", None) or "4.4.1"
-        if not self.running:
-            # Stopping: nothing was tried; the next start takes them up.
-            while destination.ready:
-                for recipient in destination.ready.popleft()[1]:
-                    recipient.active = False
-            return
+        status = getattr(error, "status", None) or ("5.4.4" if permanent else "4.4.1")
+        stopping = not self.running and not permanent
         while destination.ready:
             entry, recipients = destination.ready.popleft()
             for recipient in recipients:
                 recipient.active = False
+                if stopping:
+                    continue  # nothing was tried; the next start takes it up
                 recipient.attempts += 1
                 recipient.lastAttempt = now
                 recipient.status = status
                 recipient.diagnostic = None
                 recipient.remoteMTA = None
                 recipient.reason = error.detail
-                outcome = self._deferRecipient(entry, recipient, now)
+                if permanent:
+                    recipient.state = FAILED
+                    outcome = "bounced"
+                else:
+                    outcome = self._deferRecipient(entry, recipient, now)
                 log.info(
                     "relay: {id} to <{rcpt}>: {outcome} ({why})",
                     id=entry.id,
@@ -618,28 +624,8 @@ class Relay(service.Service):
                     outcome=outcome,
                     why=error.detail,
                 )
-            self._afterAttempt(entry)
-
-    def _failReady(self, destination, error):
-        now = self._now()
-        status = getattr(error, "status", None) or "5.4.4"
-        while destination.ready:
-            entry, recipients = destination.ready.popleft()
-            for recipient in recipients:
-                recipient.active = False
-                recipient.attempts += 1
-                recipient.lastAttempt = now
-                recipient.state = FAILED
-                recipient.status = status
-                recipient.diagnostic = None
-                recipient.reason = error.detail
-                log.info(
-                    "relay: {id} to <{rcpt}>: bounced ({why})",
-                    id=entry.id,
-                    rcpt=recipient.address,
-                    why=error.detail,
-                )
-            self._afterAttempt(entry)
+            if not stopping:
+                self._afterAttempt(entry)
 
     def _afterAttempt(self, entry):
         d = self.queue.save(entry)
