@@ -474,3 +474,58 @@ class ConnectionReuseTests(RelayTestCase):
         self.relay.stopService()
         await self.until(lambda: not self.relay._sessions, "the connection to quit")
         self.assertEqual(len(receiver.target.messages), 2)
+
+
+class SuspensionTests(RelayTestCase):
+    async def test_unreachableDestinationIsNotTriedPerMessage(self):
+        """
+        When every MX of a destination refused, mail for it arriving before
+        the first retry is deferred without a connection of its own; the
+        retry, or a flush, tries the destination again.
+        """
+        first = self.receiver("127.0.0.2", factory=MisbehavingFactory(b"421 busy\r\n"))
+        second = self.receiver("127.0.0.3", factory=MisbehavingFactory(b"421 busy\r\n"))
+        self.startRelay()
+        entry = await self.enqueue()
+        await self.until(self.idle)
+        self.assertEqual((first.built, second.built), (1, 1))
+        later = [await self.enqueue(["b@dest.test"]) for _ in range(5)]
+        await self.until(self.idle)
+        self.assertEqual((first.built, second.built), (1, 1))
+        for queued in later:
+            [recipient] = queued.recipients
+            self.assertEqual((recipient.state, recipient.attempts), (PENDING, 1))
+            self.assertTrue(recipient.reason.startswith("delivery temporarily suspended: "))
+            self.assertEqual(recipient.due, self.clock.seconds() + 60)
+        # Other destinations are not affected.
+        self.dns.setMX("other.test", [(10, "mx2.dest.test")])
+        await self.enqueue(["c@other.test"])
+        await self.until(lambda: second.built == 2, "a connection for another domain")
+        await self.until(self.idle)
+        # The retry: at most one connection per message and MX host (and
+        # one for other.test), then all are deferred again.
+        self.clock.advance(60)
+        await self.until(lambda: second.built >= 3, "the retry")
+        await self.until(self.idle)
+        self.assertLessEqual(first.built, 1 + 6)
+        self.assertLessEqual(second.built, 2 + 6 + 1)
+        self.assertEqual(entry.recipients[0].attempts, 2)
+        self.assertTrue(all(q.recipients[0].attempts == 2 for q in later))
+        built = first.built
+        self.queue.flush()
+        await self.until(lambda: first.built > built, "the flush")
+        await self.until(self.idle)
+
+    async def test_failingConnectionsDoNotMultiply(self):
+        """
+        Several connections to a destination that fails: each ends, none is
+        replaced by a new one while the others still run, and the mail is
+        deferred when the last has ended.
+        """
+        refusing = self.receiver("127.0.0.2", factory=MisbehavingFactory(b"421 busy\r\n"))
+        self.dns.setMX("dest.test", [(10, "mx1.dest.test")])
+        queued = [await self.enqueue() for _ in range(8)]
+        self.startRelay(maxPerDestination=4)
+        await self.until(self.idle)
+        self.assertLessEqual(refusing.built, 4)
+        self.assertTrue(all(q.recipients[0].attempts == 1 for q in queued))

@@ -22,7 +22,11 @@ its password is only ever sent over TLS.
 Results (RFC 5321 section 4.5.4): a recipient accepted with 2xx is done; a
 5xx fails it for good; a 4xx, a lost connection or a DNS timeout defers it
 to the next slot of C{[relay] retry}, until C{[relay] lifetime} has passed
-since it was queued, when it fails too.  Every failure is reported to the
+since it was queued, when it fails too.  Once no route of a destination
+could be reached, its mail arriving before the first retry slot is deferred
+without a connection of its own ("delivery temporarily suspended"; a flush
+lifts that), and no new connection replaces one that failed while others to
+the destination still run.  Every failure is reported to the
 envelope sender in one RFC 3464 DSN per message and attempt, sent with the
 null sender; mail from the null sender is never bounced.  A delay warning
 goes out once when a message has waited C{[relay] delay_warning}.
@@ -54,6 +58,8 @@ from mdpy.smtp.client import OutboundMessage, SessionResult, deliverOver
 from mdpy.tls import loadCertificates
 
 log = Logger()
+
+_SUSPENDED = "delivery temporarily suspended: "
 
 
 class RelaySettings:
@@ -155,6 +161,7 @@ class _Destination:
         self.ready = collections.deque()
         self.sessions = 0
         self.idle = []  # Deferreds of connections waiting for mail
+        self.failure = None  # why a connection found no route that works
 
     def wakeIdle(self, more):
         """
@@ -194,6 +201,7 @@ class Relay(service.Service):
         self._serial = itertools.count()
         self._timer = None
         self._tlsOptions = None
+        self._suspended = {}  # destination key: (until, error)
         queue.listeners.append(self._queued)
 
     # --- service ---------------------------------------------------------------
@@ -236,6 +244,7 @@ class Relay(service.Service):
 
     def _scheduleAll(self):
         now = self._now()
+        self._suspended.clear()
         self._waiting = []
         due = []
         for entry in self.queue.list():
@@ -272,13 +281,42 @@ class Relay(service.Service):
             destination.ready.append((entry, recipients))
             touched[key] = destination
         for destination in touched.values():
+            suspended = self._suspension(destination.key)
+            if suspended is not None and not destination.sessions:
+                self._deferReady(destination, suspended)
+                continue
             destination.wakeIdle(True)
             self._startSessions(destination)
+
+    def _suspension(self, key):
+        """
+        @return: the error that suspended delivery to C{key}, or L{None}
+            when it may be tried.
+        """
+        until, error = self._suspended.get(key, (0, None))
+        if error is not None and self._now() >= until:
+            del self._suspended[key]
+            return None
+        return error
+
+    def _suspend(self, destination, error):
+        """
+        No route of C{destination} could be reached: its mail arriving
+        before the first retry is deferred at once, without a connection
+        attempt per message (Postfix's "delivery temporarily suspended").
+        """
+        detail = error.detail
+        if not detail.startswith(_SUSPENDED):
+            detail = _SUSPENDED + detail
+        suspended = errors.TemporaryFailure(detail)
+        suspended.status = getattr(error, "status", None)
+        self._suspended[destination.key] = (self._now() + self.settings.retry[0], suspended)
 
     def _startSessions(self, destination):
         settings = self.settings
         while (
-            destination.ready
+            destination.failure is None
+            and destination.ready
             and destination.sessions < settings.maxPerDestination
             and self._sessions < settings.maxConnections
             and destination.sessions < len(destination.ready)
@@ -296,6 +334,13 @@ class Relay(service.Service):
     def _sessionEnded(self, ignored, destination):
         destination.sessions -= 1
         self._sessions -= 1
+        if destination.ready and not destination.sessions:
+            # The last connection failed (or the relay stops): what it
+            # left is deferred, and so is what arrives before the retry.
+            failure = destination.failure or errors.TemporaryFailure("not delivered")
+            if self.running:
+                self._suspend(destination, failure)
+            self._deferReady(destination, failure)
         if not destination.ready and not destination.sessions:
             self._destinations.pop(destination.key, None)
         if self.running:
@@ -339,7 +384,7 @@ class Relay(service.Service):
             routes = yield self._routes(destination)
         except errors.MailError as e:
             if e.temporary:
-                self._deferReady(destination, e)
+                destination.failure = e
             else:
                 self._failReady(destination, e)
             return
@@ -354,6 +399,7 @@ class Relay(service.Service):
                 log.info("relay: TLS handshake with {route} failed; trying it again without TLS", route=route)
                 result = yield self._session(route, destination, False)
             if result.error is None:
+                destination.failure = None
                 continue  # connection reuse limit: the same route again
             lastError = result.error
             if result.messagesAttempted and not retried:
@@ -362,14 +408,12 @@ class Relay(service.Service):
                 continue
             log.info("relay: {route}: {why}", route=route, why=result.error.detail)
             index += 1
-        if not destination.ready:
-            return
-        if destination.sessions > 1:
-            # Other connections to this destination are still at work:
-            # what is ready is theirs, not deferred because this one failed.
+        if destination.ready:
+            # No new connection is started for the destination; those still
+            # at work (or waiting idle) take what is ready, and what the last
+            # one leaves is deferred (L{_sessionEnded}).
+            destination.failure = lastError
             destination.wakeIdle(True)
-            return
-        self._deferReady(destination, lastError)
 
     def _routes(self, destination):
         settings = self.settings
