@@ -54,6 +54,8 @@ class Envelope:
         messageId=None,
         receivedAt=None,
         trusted=False,
+        deliveryKey=None,
+        again=False,
     ):
         self.sender = sender
         self.helo = helo
@@ -67,6 +69,8 @@ class Envelope:
         self.messageId = messageId or newMessageId()
         self.receivedAt = time.time() if receivedAt is None else receivedAt
         self.trusted = trusted
+        self.deliveryKey = deliveryKey
+        self.again = again
 
     def __repr__(self):
         return "<Envelope %s from %r>" % (self.messageId, self.sender)

@@ -95,7 +95,7 @@ class IMailStore(Interface):
         missing.  Synchronous-safe to call again.
         """
 
-    def deliver(copies):
+    def deliver(copies, key=None, again=False):
         """
         Store new messages durably, all or nothing.  This is the one write
         path of local delivery (the pipeline's local target calls it).
@@ -103,6 +103,11 @@ class IMailStore(Interface):
         @param copies: a sequence of C{(account, folder, parts)}; C{parts} is a
             sequence of L{bytes} and binary files (read from their current
             position to the end) whose concatenation is the message.
+        @param key: L{None}, or C{(seconds, text)} naming this delivery for
+            good (a collected message: when it was first seen, and where
+            from).  With C{again} (the delivery may have been committed
+            before a crash), a copy of the same key, account and folder that
+            is in its folder already, read or not, is not stored twice.
         @return: L{None} once every copy is in its folder's C{new/}, each file
             and directory fsynced.  On failure nothing is visible and nothing
             is left in C{tmp/}.

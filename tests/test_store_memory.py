@@ -152,6 +152,24 @@ class StoreContract:
         resultOf(mailbox.append(MESSAGE))
         assert mailbox.messages()[0].internalDate >= before - 1
 
+    def test_keyedDeliveryIsNotRepeated(self, store):
+        """
+        A keyed delivery made again (after a crash) skips the copies it
+        stored before, even once they are read; other keys, accounts and
+        folders are delivered.
+        """
+        store.createAccount(BOB)
+        key = (1700000000, "domainpop/isp/uid-1")
+        copies = [(ALICE, "INBOX", [b"one\r\n"]), (ALICE, "Sent", [b"one\r\n"])]
+        resultOf(store.deliver(copies, key))
+        mailbox = store.openMailbox(ALICE)
+        resultOf(mailbox.setFlags(mailbox.messages()[0].uid, ["\\Seen"]))
+        resultOf(store.deliver(copies + [(BOB, "INBOX", [b"one\r\n"])], key, again=True))
+        resultOf(store.deliver([(ALICE, "INBOX", [b"two\r\n"])], (1700000000, "domainpop/isp/uid-2"), again=True))
+        assert len(store.openMailbox(ALICE).messages()) == 2
+        assert len(store.openMailbox(ALICE, "Sent").messages()) == 1
+        assert len(store.openMailbox(BOB).messages()) == 1
+
     def test_setFlags(self, store):
         self.deliver(store, b"1", b"2")
         mailbox = store.openMailbox(ALICE)

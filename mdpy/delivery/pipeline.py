@@ -279,7 +279,12 @@ class PipelineDelivery:
             if not complete:
                 parts.append(_Region(spool, HEAD_SIZE))
             copies.append((account, "INBOX", parts))
-        d = defer.maybeDeferred(self.pipeline.store.deliver, copies)
+        envelope = self.envelope
+        if envelope.deliveryKey is None:
+            d = defer.maybeDeferred(self.pipeline.store.deliver, copies)
+        else:
+            key = (envelope.receivedAt, envelope.deliveryKey)
+            d = defer.maybeDeferred(self.pipeline.store.deliver, copies, key, envelope.again)
         d.addCallback(lambda _: results)
         return d
 

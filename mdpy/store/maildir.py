@@ -26,6 +26,7 @@ itself is done under the folder lock in a worker thread.
 """
 
 import itertools
+import hashlib
 import os
 import re
 import shutil
@@ -164,9 +165,34 @@ def wireSizeFromName(key):
     return int(match.group(1)) if match else None
 
 
+def keyedName(key, account, folder):
+    """
+    The Maildir base name of a copy of a keyed delivery (L{IMailStore.deliver}
+    with C{key}): the same for the same key, account and folder, so a repeated
+    delivery can find the copy it made before.
+    """
+    seconds, text = key
+    digest = hashlib.sha256(("%s\0%s\0%s" % (text, account, folder)).encode("utf-8")).hexdigest()
+    return "%d.K%s.%s" % (int(seconds), digest[:32], _HOST)
+
+
+def _alreadyStored(folderPath, base):
+    for sub in ("new", "cur"):
+        try:
+            names = os.listdir(folderPath + "/" + sub)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            if name.startswith(base) and name[len(base):len(base) + 1] in (",", ":", ""):
+                return True
+    return False
+
+
 def _prepareCopies(targets):
     """
-    Write each C{(folderPath, parts)} to its C{tmp/} and fsync it.  Runs in a
+    Write each C{(folderPath, parts[, base, again])} to its C{tmp/} and fsync
+    it, named C{base} when one is given (a keyed delivery); with C{again},
+    a copy whose C{base} is in the folder already is skipped.  Runs in a
     worker thread.
 
     @return: C{[(tmpPath, finalPath)]}, the final paths in C{new/}.
@@ -177,15 +203,21 @@ def _prepareCopies(targets):
     written, finals = [], []
     step = "deliver"
     try:
-        for folderPath, parts in targets:
+        for target in targets:
+            folderPath, parts = target[:2]
+            keyed = target[2] if len(target) > 2 else None
+            if keyed is not None and target[3] and _alreadyStored(folderPath, keyed):
+                continue
             while True:
-                base = uniqueName(now)
+                base = keyed or uniqueName(now)
                 tmpPath = folderPath + "/tmp/" + base
                 step = "create " + tmpPath
                 try:
                     fd = os.open(tmpPath, _CREATE, 0o600)
                     break
                 except FileExistsError:
+                    if keyed is not None:
+                        unlinkQuietly(tmpPath)  # left by a crash
                     continue
                 except FileNotFoundError:
                     if not os.path.isdir(folderPath + "/new"):
@@ -673,16 +705,21 @@ class MaildirStore:
         """
         return os.path.isdir(os.path.join(self.accountPath(address), "new"))
 
-    def deliver(self, copies):
+    def deliver(self, copies, key=None, again=False):
         """
         See L{IMailStore.deliver}.  One call of C{runInThread} writes every
-        copy; listeners are called once the Deferred has fired.
+        copy; listeners are called once the Deferred has fired.  A keyed copy
+        is named by L{keyedName}.
         """
         targets, changed = [], {}
         try:
             for account, folder, parts in copies:
                 folder = normaliseFolderName(folder)
-                targets.append((self.folderPath(account, folder), parts))
+                path = self.folderPath(account, folder)
+                if key is None:
+                    targets.append((path, parts))
+                else:
+                    targets.append((path, parts, keyedName(key, self._accountKey(account), folder), again))
                 changed[(self._accountKey(account), folder)] = None
         except Exception:
             return defer.fail()

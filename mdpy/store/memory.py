@@ -193,6 +193,7 @@ class MemoryStore:
         self._listeners = Listeners()
         self._lastUidValidity = 0
         self.delivered = []
+        self._keys = set()  # (key, account, folder) of keyed deliveries
 
     def _newFolder(self):
         self._lastUidValidity = max(int(time.time()), self._lastUidValidity + 1)
@@ -238,13 +239,13 @@ class MemoryStore:
         """
         return accountKey(address) in self._accounts
 
-    def deliver(self, copies):
+    def deliver(self, copies, key=None, again=False):
         """
         See L{IMailStore.deliver}.
         """
-        return defer.maybeDeferred(self._deliver, copies)
+        return defer.maybeDeferred(self._deliver, copies, key, again)
 
-    def _deliver(self, copies):
+    def _deliver(self, copies, key=None, again=False):
         if self.failDeliver is not None:
             failure, self.failDeliver = self.failDeliver, None
             raise failure
@@ -252,7 +253,12 @@ class MemoryStore:
         for account, name, parts in copies:
             name = normaliseFolderName(name)
             folder = self._getFolder(account, name)
+            keyed = None if key is None else (tuple(key), accountKey(account), name)
+            if keyed is not None and again and keyed in self._keys:
+                continue
             resolved.append((accountKey(account), name, folder, _readParts(parts)))
+            if keyed is not None:
+                self._keys.add(keyed)
         for account, name, folder, data in resolved:
             folder.add(data, frozenset(), None)
             self.delivered.append((account, name, data))
