@@ -82,7 +82,27 @@ def _parser():
         dest="action", required=True
     )
     domainpop.add_parser("run", help="run one collection now").add_argument("name")
-    domainpop.add_parser("probe", help="show what a collection would do").add_argument("name")
+    probe = domainpop.add_parser(
+        "probe", help="find the header that holds the envelope recipient, from archived mail"
+    )
+    probe.add_argument("name")
+    probe.add_argument("--address", required=True, help="an address that was only BCC'd")
+    probe.add_argument("--archive", help="archive directory (default: the section's archive_dir)")
+
+    multipop = commands.add_parser("multipop", help="users' remote POP3 accounts").add_subparsers(
+        dest="action", required=True
+    )
+    mpAdd = multipop.add_parser("add", help="collect a remote POP3 account into USER's INBOX")
+    mpAdd.add_argument("user")
+    mpAdd.add_argument("--host", required=True)
+    mpAdd.add_argument("--port", type=int, default=None, help="default: 110, or 995 with --tls implicit")
+    mpAdd.add_argument("--tls", choices=("starttls", "implicit", "none"), default="starttls")
+    mpAdd.add_argument("--username", required=True)
+    mpAdd.add_argument("--password", help="read from standard input if not given")
+    mpAdd.add_argument("--leave-on-server-days", type=int, default=0, dest="leave")
+    multipop.add_parser("list", help="list the accounts (without passwords)").add_argument("user", nargs="?")
+    multipop.add_parser("del", help="stop collecting an account").add_argument("id")
+    multipop.add_parser("run", help="collect every account now")
 
     dkim = commands.add_parser("dkim", help="DKIM keys").add_subparsers(
         dest="action", required=True
@@ -273,9 +293,128 @@ def _control(datadir, command):
 
 
 def _domainpop(args, config, datadir, stdout, stdin):
-    if args.name not in config.named("domainpop"):
+    section = config.named("domainpop").get(args.name)
+    if section is None:
         raise CommandError("no [domainpop:%s] section in the configuration" % (args.name,))
-    raise CommandError("DomainPOP collection is not available in this release")
+    if args.action == "probe":
+        from mdpy.domainpop.probe import probe, readArchive
+
+        archive = args.archive or section["archive_dir"]
+        if not archive:
+            raise CommandError("no archive: give --archive DIR or set archive_dir in [domainpop:%s]" % (args.name,))
+        if not os.path.isdir(archive):
+            raise CommandError("%s: no such directory" % (archive,))
+        for line in probe(readArchive(archive), args.address).lines():
+            stdout.write(line + "\n")
+        return
+    if not section["host"]:
+        raise CommandError("[domainpop:%s] needs a host" % (args.name,))
+    _collect(config, datadir, "domainpop/" + args.name, stdout)
+
+
+def _multipop(args, config, datadir, stdout, stdin):
+    from mdpy.tap import multipopAccounts
+
+    accounts = multipopAccounts(datadir)
+    if args.action == "add":
+        password = args.password
+        if password is None:
+            password = _readPassword(stdin, "Password of %s at %s: " % (args.username, args.host))
+        port = args.port or (995 if args.tls == "implicit" else 110)
+        directory = datadir.openDirectory()
+        if directory.getUser(args.user.lower()) is None:
+            raise CommandError("no such user: %s" % (args.user,))
+        stdout.write(
+            accounts.add(args.user, args.host, port, args.tls, args.username, password, args.leave) + "\n"
+        )
+    elif args.action == "list":
+        for a in accounts.list():
+            if args.user and a["user"] != args.user.lower():
+                continue
+            stdout.write("%s %s %s@%s:%d tls=%s leave_on_server_days=%d\n" % (
+                a["id"], a["user"], a["username"], a["host"], a["port"], a["tls"], a["leave_on_server_days"]))
+    elif args.action == "del":
+        accounts.remove(args.id)
+    else:
+        if not config["multipop"]["enabled"]:
+            raise CommandError("[multipop] is not enabled")
+        _collect(config, datadir, "multipop", stdout)
+
+
+def _collect(config, datadir, name, stdout):
+    """
+    Run collection C{name} (C{domainpop/NAME} or C{multipop}) once: in the
+    running server when there is one (so the two never overlap), else here.
+    """
+    lines = _controlLines(datadir, "COLLECT " + name)
+    if lines is not None:
+        for line in lines[:-1]:
+            stdout.write(line[2:] + "\n")
+        if lines and lines[-1] == "OK":
+            return
+        raise CommandError(lines[-1][4:] if lines and lines[-1].startswith("ERR ") else "no answer from the server")
+    from twisted.internet import defer, task
+
+    from mdpy.tap import buildCollectors, buildPipeline
+
+    outcome = []
+
+    async def main(reactor):
+        datadir.prepare()
+        directory = datadir.openDirectory()
+        store = datadir.openStore(reactor=reactor)
+        pipeline, queue, resolver = buildPipeline(config, datadir, directory, store, reactor)
+        collectors = buildCollectors(config, datadir, pipeline, directory, reactor)
+        collector = collectors[name]
+        try:
+            reports = await defer.maybeDeferred(collector.runNow)
+        finally:
+            collector.stopService() if collector.running else None
+            close = getattr(collector, "collector", None)
+            close.close() if close is not None else None
+        outcome.extend(reports if isinstance(reports, list) else [reports])
+
+    try:
+        task.react(main)
+    except SystemExit as e:
+        if e.code:
+            raise CommandError("the collection failed; see the messages above")
+    failed = False
+    for report in outcome:
+        for line in report.lines + [report.summary()]:
+            stdout.write(line + "\n")
+        failed = failed or report.error is not None
+    if failed:
+        raise CommandError("the collection stopped early")
+
+
+def _controlLines(datadir, command):
+    """
+    Send a command whose answer is C{| line}s ending with C{OK} or C{ERR}.
+
+    @return: the lines, or L{None} when no server listens.
+    """
+    from mdpy.delivery.queue import controlSocketPath
+
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        client.connect(controlSocketPath(datadir.queueDir))
+    except OSError:
+        client.close()
+        return None
+    lines, buffer = [], b""
+    with client:
+        client.sendall(command.encode("utf-8") + b"\n")
+        while True:
+            chunk = client.recv(65536)
+            if not chunk:
+                break
+            buffer += chunk
+            *complete, buffer = buffer.split(b"\n")
+            lines += [line.decode("utf-8", "replace") for line in complete]
+            if lines and not lines[-1].startswith("| "):
+                break
+    return lines
 
 
 def _dkim(args, config, datadir, stdout, stdin):

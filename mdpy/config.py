@@ -206,6 +206,12 @@ SCHEMA = {
         ],
     ),
     "webadmin": _listener(1000, enabled="no"),
+    "multipop": [
+        Key("enabled", parseBool, "yes", "Collect the users' remote POP3 accounts ('mdpy multipop add')."),
+        Key("interval", parseDuration, "10m", "Time between collections."),
+        Key("timeout", parseDuration, "1m", "Time to wait for each reply of a POP3 server."),
+        Key("ca_file", parseStr, "", "PEM file of the CAs to trust; default: the system's.", isPath=True),
+    ],
     "dns": [
         Key("nameservers", parseList, "", "host:port of resolvers for outbound lookups; default: the system resolver."),
     ],
@@ -236,6 +242,7 @@ TEMPLATES = {
         Key("port", parsePort, "110", "Its port (995 for implicit TLS)."),
         Key("tls", _TLS_MODE, "starttls", "none, starttls or implicit."),
         Key("verify_certificate", parseBool, "yes", "Check the server certificate and name."),
+        Key("ca_file", parseStr, "", "PEM file of the CAs to trust for it; default: the system's.", isPath=True),
         Key("username", parseStr, "", "POP3 login."),
         Key("password", parseStr, "", "POP3 password."),
         Key("apop", parseBool, "no", "Log in with APOP."),
@@ -247,11 +254,16 @@ TEMPLATES = {
         Key("parse_headers", parseList, "", "Envelope headers to route by; default: To, Cc and the standard headers."),
         Key("received_skip", parseInt, "0", "Received headers to skip from the top."),
         Key("trusted_received_hosts", parseList, "", "Received 'by' hosts whose 'for' clause is trusted."),
-        Key("dedupe_header", parseStr, "Message-ID", "Header whose value suppresses duplicates."),
+        Key("dedupe_header", parseStr, "Message-ID",
+            "Header whose value, per recipient, suppresses duplicates; 'fingerprint' for the content "
+            "digest, 'none' for no dedupe.  Date is offered but risky: two messages sent to one person "
+            "in the same second are taken for one."),
+        Key("dedupe_fingerprint", parseBool, "yes", "Dedupe mail without that header by its content fingerprint."),
         Key("dedupe_ttl", parseDuration, "7d", "How long a seen value is remembered."),
         Key("unknown_recipient", parseChoice("postmaster", "drop", "bounce"), "postmaster", "Local address with no user."),
         Key("foreign_recipients", parseChoice("ignore", "forward"), "ignore", "Addresses of other domains."),
         Key("max_hops", parseInt, "30", "More Received headers than this is held as a loop."),
+        Key("timeout", parseDuration, "1m", "Time to wait for each reply of the POP3 server."),
     ],
     "odmr-client": [
         Key("enabled", parseBool, "yes", "Release mail from this provider."),

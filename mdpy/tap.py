@@ -4,6 +4,7 @@ C{twistd mdpy}: the options, and the one place that builds the object graph
 from the configuration.
 """
 
+import os
 import resource
 import sys
 
@@ -23,7 +24,12 @@ from mdpy.delivery.pipeline import DeliveryPipeline
 from mdpy.delivery.queue import SpoolQueue, controlSocketPath
 from mdpy.delivery.relay import Relay, RelayControlFactory, RelaySettings, parseHostPort
 from mdpy.delivery.srs import SRS, loadSecret
+from mdpy.domainpop.recipients import RoutingRules
+from mdpy.domainpop.service import Collector, CollectorService, CollectorSettings
+from mdpy.domainpop.state import DEDUPE_FINGERPRINT
 from mdpy.logs import setLevel
+from mdpy.multipop.service import MultiPOPAccounts, MultiPOPService
+from mdpy.pop3.fetch import POP3Account
 from mdpy.imap.fetch import StructureCache
 from mdpy.imap.selected import RecentTracker
 from mdpy.imap.server import IMAP4Factory
@@ -174,33 +180,7 @@ def buildService(config, portOffset=0, reactor=None):
             log.info("made a self-signed certificate {path}", path=certificate)
     tlsOptions = serverOptions(certificate, key)
 
-    resolver = MXResolver(makeResolver(reactor, config["dns"]["nameservers"]), clock=reactor)
-    queue = SpoolQueue(
-        datadir.queueDir, reactor=reactor, signerFor=DKIMKeys(datadir.dkimDir).signerFor
-    )
-    loaded = queue.load()
-    if loaded or queue.quarantined:
-        log.info(
-            "queue: {n} messages waiting, {bad} moved to {dir}",
-            n=loaded,
-            bad=len(queue.quarantined),
-            dir=queue.path + "/corrupt",
-        )
-    relayConfig = config["relay"]
-    srs = SRS(loadSecret(datadir.srsSecretPath)) if relayConfig["srs"] else None
-    checker = None
-    if config["smtp"]["authentication_results"]:
-        checker = InboundChecker(
-            server["hostname"],
-            resolver.lookupTXT,
-            lookupAddresses=resolver.lookupAddresses,
-            lookupMX=resolver.lookupMX,
-            lookupPointer=resolver.lookupPointer,
-            reactor=reactor,
-        )
-    pipeline = DeliveryPipeline(
-        directory, store, queue=queue, spoolDir=datadir.spoolDir, srs=srs, checker=checker
-    )
+    pipeline, queue, resolver = buildPipeline(config, datadir, directory, store, reactor)
     portal = makePortal(directory)
     loginTracker = FailedLoginTracker(reactor)
 
@@ -264,12 +244,16 @@ def buildService(config, portOffset=0, reactor=None):
         listener = _NamedListener(endpoint, factory)
         listener.setName(name)
         listener.setServiceParent(top)
-    relay = Relay(queue, resolver, pipeline, server["hostname"], relaySettings(relayConfig), reactor)
+    relay = Relay(queue, resolver, pipeline, server["hostname"], relaySettings(config["relay"]), reactor)
     relay.setName("relay")
     relay.setServiceParent(top)
+    collectors = buildCollectors(config, datadir, pipeline, directory, reactor)
+    for name, collector in collectors.items():
+        collector.setName(name)
+        collector.setServiceParent(top)
     control = internet.StreamServerEndpointService(
         endpoints.UNIXServerEndpoint(reactor, controlSocketPath(queue.path), mode=0o600, wantPID=True),
-        RelayControlFactory(queue),
+        RelayControlFactory(queue, collectors),
     )
     control.setName("queue-control")
     control.setServiceParent(top)
@@ -277,6 +261,140 @@ def buildService(config, portOffset=0, reactor=None):
         if name in config.sections and config[name]["enabled"]:
             log.info("{name}: not available in this release; not started", name=name)
     return top
+
+
+def buildPipeline(config, datadir, directory, store, reactor):
+    """
+    @return: C{(pipeline, queue, resolver)}: the delivery pipeline every
+        message enters, the outbound queue (loaded) and the DNS resolver.
+    """
+    server = config["server"]
+    resolver = MXResolver(makeResolver(reactor, config["dns"]["nameservers"]), clock=reactor)
+    queue = SpoolQueue(
+        datadir.queueDir, reactor=reactor, signerFor=DKIMKeys(datadir.dkimDir).signerFor
+    )
+    loaded = queue.load()
+    if loaded or queue.quarantined:
+        log.info(
+            "queue: {n} messages waiting, {bad} moved to {dir}",
+            n=loaded,
+            bad=len(queue.quarantined),
+            dir=queue.path + "/corrupt",
+        )
+    relayConfig = config["relay"]
+    srs = SRS(loadSecret(datadir.srsSecretPath)) if relayConfig["srs"] else None
+    checker = None
+    if config["smtp"]["authentication_results"]:
+        checker = InboundChecker(
+            server["hostname"],
+            resolver.lookupTXT,
+            lookupAddresses=resolver.lookupAddresses,
+            lookupMX=resolver.lookupMX,
+            lookupPointer=resolver.lookupPointer,
+            reactor=reactor,
+        )
+    pipeline = DeliveryPipeline(
+        directory, store, queue=queue, spoolDir=datadir.spoolDir, srs=srs, checker=checker
+    )
+    return pipeline, queue, resolver
+
+
+def collectorFor(config, datadir, name, section, pipeline, directory, reactor):
+    """
+    @return: the L{Collector} of the C{[domainpop:NAME]} C{section}.
+    """
+    account = POP3Account(
+        section["host"] or "",
+        port=section["port"],
+        tls=section["tls"],
+        verify=section["verify_certificate"],
+        caFile=section["ca_file"],
+        username=section["username"] or "",
+        password=section["password"] or "",
+        apop=section["apop"],
+        timeout=section["timeout"],
+    )
+    dedupe = section["dedupe_header"]
+    if dedupe is not None and dedupe.lower() == "none":
+        dedupe = None
+    elif dedupe is not None and dedupe.lower() == DEDUPE_FINGERPRINT:
+        dedupe = DEDUPE_FINGERPRINT
+    settings = CollectorSettings(
+        rules=RoutingRules(
+            parseHeaders=section["parse_headers"] or (),
+            receivedSkip=section["received_skip"],
+            trustedReceivedHosts=section["trusted_received_hosts"] or (),
+            maxHops=section["max_hops"],
+        ),
+        leaveOnServerDays=section["leave_on_server_days"],
+        maxSize=section["max_size"],
+        sizeAction=section["size_action"],
+        archiveDir=section["archive_dir"],
+        dedupeHeader=dedupe,
+        fingerprintFallback=section["dedupe_fingerprint"],
+        dedupeTTL=section["dedupe_ttl"],
+        unknownRecipient=section["unknown_recipient"],
+        foreignRecipients=section["foreign_recipients"],
+        maxMessageSize=config["smtp"]["max_message_size"],
+    )
+    server = config["server"]
+    stateDir = os.path.join(datadir.root, "domainpop", name)
+    os.makedirs(stateDir, mode=0o700, exist_ok=True)
+    return Collector(
+        "domainpop/" + name, account, settings, pipeline, directory, stateDir,
+        server["hostname"], "postmaster@" + server["domain"], reactor=reactor,
+    )
+
+
+def multipopCollectorFor(config, datadir, account, pipeline, directory, reactor):
+    """
+    @return: the L{Collector} of one MultiPOP account (a dict of
+        L{MultiPOPAccounts}).
+    """
+    section = config["multipop"]
+    server = config["server"]
+    stateDir = os.path.join(datadir.root, "multipop", account["id"])
+    os.makedirs(stateDir, mode=0o700, exist_ok=True)
+    pop3 = POP3Account(
+        account["host"], port=account["port"], tls=account["tls"], caFile=section["ca_file"],
+        username=account["username"], password=account["password"], timeout=section["timeout"],
+    )
+    settings = CollectorSettings(
+        recipient=account["user"],
+        leaveOnServerDays=account["leave_on_server_days"],
+        dedupeHeader=None,
+        maxMessageSize=config["smtp"]["max_message_size"],
+    )
+    return Collector(
+        "multipop/%s/%s" % (account["user"], account["id"]), pop3, settings, pipeline, directory,
+        stateDir, server["hostname"], "postmaster@" + server["domain"], reactor=reactor,
+    )
+
+
+def multipopAccounts(datadir):
+    return MultiPOPAccounts(os.path.join(datadir.root, "multipop", "accounts.json"))
+
+
+def buildCollectors(config, datadir, pipeline, directory, reactor):
+    """
+    @return: C{{name: service}}: a L{CollectorService} per enabled
+        C{[domainpop:NAME]} (named C{domainpop/NAME}), and the
+        L{MultiPOPService} (named C{multipop}) when enabled.
+    """
+    services = {}
+    for name, section in sorted(config.named("domainpop").items()):
+        if not section["enabled"]:
+            continue
+        collector = collectorFor(config, datadir, name, section, pipeline, directory, reactor)
+        services["domainpop/" + name] = CollectorService(collector, section["interval"], clock=reactor)
+    if config["multipop"]["enabled"]:
+        services["multipop"] = MultiPOPService(
+            multipopAccounts(datadir),
+            lambda account: multipopCollectorFor(config, datadir, account, pipeline, directory, reactor),
+            config["multipop"]["interval"],
+            clock=reactor,
+        )
+    return services
 
 
 def relaySettings(section):

@@ -25,12 +25,40 @@ def listeners(service):
     return {child.name: child for child in service}
 
 
+def test_domainpopSectionsBecomeCollectors(tmp_path):
+    """
+    Each enabled [domainpop:NAME] is a collector service with its settings;
+    the control socket can run it; a disabled one is not built.
+    """
+    from mdpy.domainpop.state import DEDUPE_FINGERPRINT
+
+    config = load(tmp_path, "[domainpop:isp]\nhost = pop.isp.test\nport = 995\ntls = implicit\n"
+                  "username = box\npassword = pw\ninterval = 15m\nleave_on_server_days = 3\n"
+                  "parse_headers = X-Rcpt-To, Received\ntrusted_received_hosts = mx.isp.test\n"
+                  "dedupe_header = fingerprint\narchive_dir = archive\n"
+                  "[domainpop:off]\nenabled = no\nhost = x.test\n[multipop]\nenabled = no\n")
+    top = buildService(config, reactor=MemoryReactorClock())
+    children = listeners(top)
+    assert "domainpop/off" not in children and "multipop" not in children
+    service = children["domainpop/isp"]
+    collector = service.collector
+    assert service.interval == 900
+    assert (collector.account.host, collector.account.port, collector.account.tls) == ("pop.isp.test", 995, "implicit")
+    assert collector.settings.leaveOnServerDays == 3
+    assert [h.lower() for h in collector.settings.rules.parseHeaders] == ["x-rcpt-to", "received"]
+    assert collector.settings.dedupeHeader == DEDUPE_FINGERPRINT
+    assert collector.settings.archiveDir == str(tmp_path / "archive")
+    assert collector.postmaster == "postmaster@example.test"
+    assert children["queue-control"].factory.collectors["domainpop/isp"] is service
+
+
 def test_oneNamedChildPerListener(tmp_path):
     reactor = MemoryReactorClock()
     top = buildService(load(tmp_path), portOffset=10000, reactor=reactor)
     children = listeners(top)
     assert sorted(children) == [
-        "imap", "imaps", "pop3", "pop3s", "queue-control", "relay", "smtp", "smtps", "submission",
+        "imap", "imaps", "multipop", "pop3", "pop3s", "queue-control", "relay", "smtp", "smtps",
+        "submission",
     ]
     assert children["smtp"].factory.mode == MODE_MTA
     assert children["submission"].factory.mode == MODE_SUBMISSION
@@ -60,7 +88,7 @@ def test_disabledServicesAreNotBuilt(tmp_path):
         load(tmp_path, "[smtps]\nenabled = no\n[submission]\nenabled = no\n[pop3s]\nenabled = no\n"),
         reactor=MemoryReactorClock(),
     )
-    assert list(listeners(top)) == ["smtp", "pop3", "imap", "imaps", "relay", "queue-control"]
+    assert list(listeners(top)) == ["smtp", "pop3", "imap", "imaps", "relay", "multipop", "queue-control"]
 
 
 def test_firstStartMakesDomainPostmasterAndCertificate(tmp_path):

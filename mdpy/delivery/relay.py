@@ -786,9 +786,10 @@ class Relay(service.Service):
 
 class RelayControl(LineOnlyReceiver):
     """
-    The relay's control socket (C{queue/control.sock}), used by
-    C{mdpy queue flush|del}: one command per line, C{FLUSH} or
-    C{DELETE id}; the answer is C{OK} or C{ERR reason}.
+    The server's control socket (C{queue/control.sock}), used by
+    C{mdpy queue flush|del} and C{mdpy domainpop run}: one command per line,
+    C{FLUSH}, C{DELETE id} or C{COLLECT name}; the answer is C{OK} or
+    C{ERR reason}, after C{| line}s of a collection's report.
     """
 
     delimiter = b"\n"
@@ -809,15 +810,41 @@ class RelayControl(LineOnlyReceiver):
             else:
                 d.addCallback(lambda _: self.sendLine(b"OK"))
                 d.addErrback(lambda f: self.sendLine(b"ERR " + f.getErrorMessage().encode()))
+        elif verb == b"COLLECT":
+            collector = self.factory.collectors.get(argument.decode("utf-8", "replace").strip())
+            if collector is None:
+                self.sendLine(b"ERR no such collection")
+                return
+            d = collector.runNow()
+            d.addCallbacks(self._collected, self._notCollected)
         else:
             self.sendLine(b"ERR unknown command")
+
+    def _collected(self, reports):
+        if not isinstance(reports, list):
+            reports = [reports]
+        failed = False
+        for report in reports:
+            for line in report.lines + [report.summary()]:
+                self.sendLine(b"| " + line.encode("utf-8", "replace"))
+            failed = failed or report.error is not None
+        self.sendLine(b"ERR the collection stopped early" if failed else b"OK")
+
+    def _notCollected(self, failure):
+        self.sendLine(b"ERR " + failure.getErrorMessage().encode("utf-8", "replace"))
 
     def lineLengthExceeded(self, line):
         self.transport.loseConnection()
 
 
 class RelayControlFactory(protocol.ServerFactory):
+    """
+    @ivar collectors: C{{name: service}} of the collections C{COLLECT} runs
+        (each with C{runNow()}).
+    """
+
     protocol = RelayControl
 
-    def __init__(self, queue):
+    def __init__(self, queue, collectors=None):
         self.queue = queue
+        self.collectors = collectors or {}

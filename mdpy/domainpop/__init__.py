@@ -1,0 +1,1 @@
+"""DomainPOP and MultiPOP: collecting mail from POP3 mailboxes at an ISP."""

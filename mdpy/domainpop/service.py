@@ -1,0 +1,603 @@
+# -*- test-case-name: tests.test_domainpop_service -*-
+"""
+DomainPOP and MultiPOP collection: download a remote POP3 mailbox and hand
+each message to the delivery pipeline, as SMTP would.
+
+A DomainPOP source is a domain's catch-all mailbox at an ISP: the SMTP
+envelope is gone, so the local recipients of each message are found in its
+headers (L{mdpy.domainpop.recipients}).  A MultiPOP source is one user's own
+remote mailbox: everything goes to that user's INBOX.
+
+One cycle (L{Collector.collect}):
+ 1. connect (TLS as configured, certificate verified), log in, LIST + UIDL;
+ 2. for each message: skip it if its UIDL was delivered before (deleting it
+    at the server when it is due), else RETR it to a spool file, keep the raw
+    bytes in C{archive_dir}, record the UIDL as I{pending}, find the
+    recipients, drop those that had this message already (the dedupe cache),
+    deliver, and record the UIDL as I{delivered} with its dedupe entries in
+    one transaction; then DELE it unless it is to stay on the server;
+ 3. QUIT, which makes the deletions happen (RFC 1939 section 6).
+
+Invariants (never lose, never duplicate):
+ - A message is deleted at the server only after every local copy was
+   committed and its UIDL recorded as delivered: a crash at any point leaves
+   it on the server, and the next cycle downloads it again (or, once
+   delivered, only deletes it).
+ - A message recorded as I{pending} may have been delivered before the crash:
+   it is delivered again with L{Envelope.again}, and its keyed copies
+   (L{mdpy.interfaces.IMailStore.deliver}) already stored are not stored
+   twice.  (A copy forwarded to another domain may be queued twice then.)
+ - Cycles of one source never overlap: the server and C{mdpy domainpop run}
+   take the same lock file.
+ - Any failure of the POP3 session stops the cycle without QUIT, so no
+   deletion is committed.
+"""
+
+import fcntl
+import hashlib
+import os
+import tempfile
+import time
+
+from twisted.application import service
+from twisted.internet import defer
+
+from mdpy import errors
+from mdpy.address import splitAddress
+from mdpy.domainpop.recipients import MAX_HEAD, RoutingRules, discover, parseHead
+from mdpy.domainpop.state import DEDUPE_FINGERPRINT, CollectorState, dedupeKey, fingerprint
+from mdpy.durable import fsyncDirectory, writeFileAtomically
+from mdpy.envelope import Envelope
+from mdpy.logs import Logger
+from mdpy.pop3.fetch import FetchError, connect
+from mdpy.threads import deferToReactorThreadPool
+
+log = Logger()
+
+_CHUNK = 65536
+_SLACK = 65536  # octets a message may exceed its LIST size by
+
+
+class CollectorSettings:
+    """
+    What a source does with what it downloads; the defaults are those of
+    C{[domainpop:NAME]}.
+
+    @ivar recipient: L{None} for DomainPOP (route by headers), or the local
+        address every message goes to (MultiPOP).
+    @ivar dedupeHeader: the header whose value (per recipient) suppresses
+        duplicates, L{DEDUPE_FINGERPRINT}, or L{None}.
+    @ivar fingerprintFallback: mail without C{dedupeHeader} is deduplicated
+        by its content fingerprint.
+    @ivar maxMessageSize: the hard limit of one download, whatever LIST says.
+    """
+
+    def __init__(
+        self,
+        recipient=None,
+        rules=None,
+        leaveOnServerDays=0,
+        maxSize=0,
+        sizeAction="skip",
+        archiveDir=None,
+        dedupeHeader="Message-ID",
+        fingerprintFallback=True,
+        dedupeTTL=7 * 86400,
+        unknownRecipient="postmaster",
+        foreignRecipients="ignore",
+        maxMessageSize=50 * 1024 * 1024,
+    ):
+        self.recipient = recipient
+        self.rules = rules or RoutingRules()
+        self.leaveOnServerDays = leaveOnServerDays
+        self.maxSize = maxSize
+        self.sizeAction = sizeAction
+        self.archiveDir = archiveDir
+        self.dedupeHeader = dedupeHeader
+        self.fingerprintFallback = fingerprintFallback
+        self.dedupeTTL = dedupeTTL
+        self.unknownRecipient = unknownRecipient
+        self.foreignRecipients = foreignRecipients
+        self.maxMessageSize = maxMessageSize
+
+
+class CycleReport:
+    """
+    What one cycle did.
+
+    @ivar lines: one line per message handled, for C{mdpy domainpop run}.
+    @ivar error: why the cycle stopped early, or L{None}.
+    """
+
+    def __init__(self, name):
+        self.name = name
+        self.listed = 0
+        self.downloaded = 0
+        self.copies = 0
+        self.duplicates = 0
+        self.held = 0
+        self.dropped = 0
+        self.skipped = 0
+        self.deleted = 0
+        self.lines = []
+        self.error = None
+
+    def summary(self):
+        text = (
+            "%s: %d on the server, %d downloaded, %d copies delivered, %d duplicates dropped, "
+            "%d held, %d dropped, %d left (too big), %d deleted at the server"
+            % (self.name, self.listed, self.downloaded, self.copies, self.duplicates,
+               self.held, self.dropped, self.skipped, self.deleted)
+        )
+        if self.error is not None:
+            text += "; stopped: %s" % (self.error,)
+        return text
+
+
+class CycleBusy(Exception):
+    """
+    Another process (or cycle) is collecting this source now.
+    """
+
+
+class _Lock:
+    def __init__(self, path):
+        self.path = path
+        self._fd = None
+
+    def acquire(self):
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise CycleBusy("a collection is under way in another process")
+        self._fd = fd
+
+    def release(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class Collector:
+    """
+    One DomainPOP or MultiPOP source.
+
+    @ivar name: C{domainpop/NAME} or C{multipop/USER/ID}, in logs and keys.
+    @ivar account: the L{mdpy.pop3.fetch.POP3Account} to collect.
+    @ivar pipeline: the L{mdpy.interfaces.IDeliveryTarget} mail goes to.
+    @ivar directory: the directory (C{hasDomain}) deciding what is local.
+    @ivar stateDir: where the UIDL state, the lock, the spool and held
+        loops live.
+    """
+
+    def __init__(self, name, account, settings, pipeline, directory, stateDir, hostname,
+                 postmaster, reactor=None, runInThread=None, clock=time.time):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.name = name
+        self.account = account
+        self.settings = settings
+        self.pipeline = pipeline
+        self.directory = directory
+        self.stateDir = stateDir
+        self.hostname = hostname
+        self.postmaster = postmaster
+        self.reactor = reactor
+        self._runInThread = runInThread or deferToReactorThreadPool
+        self._clock = clock
+        os.makedirs(self.heldDir, mode=0o700, exist_ok=True)
+        self._lock = _Lock(os.path.join(stateDir, "lock"))
+        self._state = None
+        self.running = False
+
+    @property
+    def heldDir(self):
+        return os.path.join(self.stateDir, "held")
+
+    def _openState(self):
+        if self._state is None:
+            self._state = CollectorState(os.path.join(self.stateDir, "state.sqlite"), clock=self._clock)
+        return self._state
+
+    def close(self):
+        if self._state is not None:
+            self._state.close()
+            self._state = None
+
+    # --- one cycle -----------------------------------------------------------
+
+    def collect(self):
+        """
+        Run one cycle.
+
+        @return: a L{Deferred} firing with a L{CycleReport} (with C{error} set
+            when the cycle stopped early), or failing with L{CycleBusy}.
+        """
+        if self.running:
+            return defer.fail(CycleBusy("a collection is under way"))
+        try:
+            self._lock.acquire()
+        except CycleBusy:
+            return defer.fail()
+        self.running = True
+        report = CycleReport(self.name)
+        d = defer.ensureDeferred(self._cycle(report))
+        d.addErrback(self._ebCycle, report)
+
+        def finish(result):
+            self.running = False
+            self._lock.release()
+            log.info("{name}: {summary}", name=self.name, summary=report.summary())
+            return result
+
+        d.addBoth(finish)
+        return d
+
+    def _ebCycle(self, failure, report):
+        if failure.check(FetchError, errors.MailError):
+            report.error = getattr(failure.value, "detail", None) or str(failure.value)
+        else:
+            log.failure("{name}: collection failed", failure, name=self.name)
+            report.error = "internal error: %s" % (failure.getErrorMessage(),)
+        return report
+
+    async def _cycle(self, report):
+        state = await self._inThread(self._openState)
+        await self._inThread(state.expire, self.settings.dedupeTTL)
+        session = await connect(self.account, self.reactor)
+        try:
+            listing = await session.listing()
+            report.listed = len(listing)
+            self.checkpoint("listed")
+            if listing and all(m.uid is not None for m in listing):
+                await self._inThread(state.forget, {m.uid for m in listing})
+            for message in listing:
+                await self._one(session, state, message, report)
+            self.checkpoint("quit")
+            await session.quit()
+        except BaseException:
+            session.abort()
+            raise
+        return report
+
+    async def _one(self, session, state, message, report):
+        settings = self.settings
+        known = await self._inThread(state.get, message.uid) if message.uid else None
+        if known is not None and known[0] == "delivered":
+            await self._maybeDelete(session, message, known[1], report)
+            return
+        if settings.maxSize and message.size > settings.maxSize and settings.sizeAction != "postmaster":
+            if settings.sizeAction == "skip":
+                report.skipped += 1
+                report.lines.append("#%d %s: %d octets, larger than max_size: left on the server"
+                                    % (message.number, message.uid or "", message.size))
+                return
+            await session.delete(message.number)
+            report.deleted += 1
+            report.lines.append("#%d %s: %d octets, larger than max_size: deleted at the server"
+                                % (message.number, message.uid or "", message.size))
+            await self._notice(
+                "Subject: DomainPOP %s deleted a message larger than max_size\r\n\r\n"
+                "Message #%d (UIDL %s, %d octets) was deleted at %s without download.\r\n"
+                % (self.name, message.number, message.uid, message.size, self.account.host)
+            )
+            return
+        limit = min(settings.maxMessageSize, 2 * message.size + _SLACK)
+        spool = tempfile.TemporaryFile(dir=self.stateDir)
+        try:
+            size = await session.retrieve(message.number, spool, maxSize=limit)
+            report.downloaded += 1
+            self.checkpoint("retrieved")
+            uid = message.uid
+            if uid is None:
+                uid = "sha256:" + await self._inThread(_digest, spool)
+                known = await self._inThread(state.get, uid)
+                if known is not None and known[0] == "delivered":
+                    await self._maybeDelete(session, message, known[1], report)
+                    return
+            firstSeen = known[1] if known is not None else self._clock()
+            spool.seek(0)
+            head = parseHead(spool.read(MAX_HEAD))
+            if settings.archiveDir:
+                await self._inThread(self._archive, spool, uid, firstSeen)
+            await self._inThread(state.markPending, uid, firstSeen)
+            self.checkpoint("pending")
+            pairs = await self._route(spool, size, head, uid, firstSeen, known is not None, state, message, report)
+            self.checkpoint("delivered")
+            await self._inThread(state.markDelivered, uid, pairs)
+            self.checkpoint("recorded")
+        finally:
+            spool.close()
+        await self._maybeDelete(session, message, firstSeen, report)
+
+    async def _maybeDelete(self, session, message, firstSeen, report):
+        days = self.settings.leaveOnServerDays
+        if days and self._clock() - firstSeen < days * 86400:
+            return
+        await session.delete(message.number)
+        report.deleted += 1
+        self.checkpoint("deleted")
+
+    def checkpoint(self, step):
+        """
+        Called after each step of a cycle (C{listed}, C{retrieved},
+        C{pending}, C{delivered}, C{recorded}, C{deleted}, C{quit}); tests
+        override it to stop the cycle there, as a crash would.
+        """
+
+    # --- routing -------------------------------------------------------------
+
+    async def _route(self, spool, size, head, uid, firstSeen, again, state, message, report):
+        """
+        Deliver one downloaded message.
+
+        @return: the C{(dedupeKey, recipient)} pairs to record.
+        """
+        settings = self.settings
+        label = "#%d %s" % (message.number, uid)
+        if settings.recipient is not None:
+            addresses, foreign = [settings.recipient], []
+        else:
+            found = discover(head, settings.rules)
+            if found.loop:
+                await self._inThread(self._hold, spool, uid)
+                report.held += 1
+                report.lines.append("%s: %d Received headers (max_hops %d): held as a loop in %s"
+                                    % (label, found.hops, settings.rules.maxHops, self.heldDir))
+                return []
+            addresses, foreign = [], []
+            for address in found.addresses:
+                local = self.directory.hasDomain(splitAddress(address)[1])
+                (addresses if local else foreign).append(address)
+            if settings.foreignRecipients == "forward":
+                addresses += foreign
+                foreign = []
+        key = None
+        if settings.dedupeHeader and settings.recipient is None:
+            if settings.dedupeHeader != DEDUPE_FINGERPRINT:
+                key = dedupeKey(head, settings.dedupeHeader)
+            if key is None and (settings.fingerprintFallback or settings.dedupeHeader == DEDUPE_FINGERPRINT):
+                key = await self._inThread(_fingerprint, head, spool)
+        fresh, duplicates = [], []
+        for address in addresses:
+            if key is not None and await self._inThread(state.isDuplicate, key, address):
+                duplicates.append(address)
+            else:
+                fresh.append(address)
+        if duplicates:
+            report.duplicates += len(duplicates)
+            await self._inThread(state.countDuplicates, len(duplicates))
+            report.lines.append("%s: duplicate for %s: dropped" % (label, ", ".join(duplicates)))
+        if foreign:
+            report.lines.append("%s: foreign %s: ignored" % (label, ", ".join(foreign)))
+        if not fresh and duplicates:
+            return []
+        delivered, unknown = await self._deliver(spool, head, uid, firstSeen, again, fresh, message)
+        if unknown or not delivered:
+            await self._unknown(spool, head, uid, firstSeen, again, unknown, label, message, report)
+        if delivered:
+            report.copies += len(delivered)
+            report.lines.append("%s: delivered to %s" % (label, ", ".join(delivered)))
+        return [(key, address) for address in delivered] if key is not None else []
+
+    async def _deliver(self, spool, head, uid, firstSeen, again, addresses, message, suffix=""):
+        """
+        Hand the message to the pipeline for C{addresses}.
+
+        @return: C{(accepted, unknown)} addresses.
+        """
+        if not addresses:
+            return [], []
+        sender = _returnPath(head)
+        envelope = Envelope(
+            sender,
+            helo=self.account.host,
+            protocol="POP3",
+            receivedAt=firstSeen,
+            trusted=self.settings.foreignRecipients == "forward",
+            deliveryKey="%s/%s%s" % (self.name, uid, suffix),
+            again=again,
+        )
+        delivery = await defer.maybeDeferred(self.pipeline.startDelivery, envelope)
+        accepted, unknown = [], []
+        try:
+            for address in addresses:
+                try:
+                    await defer.maybeDeferred(delivery.addRecipient, address)
+                except (errors.NotFound, errors.Disabled, errors.RelayDenied):
+                    unknown.append(address)
+                else:
+                    accepted.append(address)
+            if not accepted:
+                delivery.abort()
+                return accepted, unknown
+            delivery.write(self._received(envelope, accepted))
+            spool.seek(0)
+            for chunk in iter(lambda: spool.read(_CHUNK), b""):
+                delivery.write(chunk)
+        except BaseException:
+            delivery.abort()
+            raise
+        await defer.maybeDeferred(delivery.commit)
+        return accepted, unknown
+
+    async def _unknown(self, spool, head, uid, firstSeen, again, unknown, label, message, report):
+        why = "unknown " + ", ".join(unknown) if unknown else "no recipient found"
+        policy = self.settings.unknownRecipient
+        if policy == "postmaster":
+            delivered, _ = await self._deliver(spool, head, uid, firstSeen, again, [self.postmaster],
+                                               message, suffix="/postmaster")
+            if delivered:
+                report.copies += 1
+                report.lines.append("%s: %s: to the postmaster" % (label, why))
+                return
+        elif policy == "bounce":
+            sender = _returnPath(head)
+            if sender:
+                await self._bounce(spool, uid, firstSeen, again, sender, unknown)
+                report.lines.append("%s: %s: bounced to %s" % (label, why, sender))
+                report.dropped += 1
+                return
+        report.dropped += 1
+        report.lines.append("%s: %s: dropped" % (label, why))
+
+    async def _bounce(self, spool, uid, firstSeen, again, sender, unknown):
+        from mdpy.delivery import dsn
+
+        spool.seek(0)
+        original = spool.read(100 * 1024)
+        data = dsn.buildDSN(
+            self.hostname,
+            sender,
+            uid,
+            firstSeen,
+            [dsn.RecipientStatus(a, "failed", "5.1.1", diagnostic="unknown local user")
+             for a in unknown or ["postmaster@" + self.hostname]],
+            original,
+        )
+        envelope = Envelope("", protocol="POP3", trusted=True, receivedAt=firstSeen,
+                            deliveryKey="%s/%s/bounce" % (self.name, uid), again=again)
+        delivery = await defer.maybeDeferred(self.pipeline.startDelivery, envelope)
+        try:
+            await defer.maybeDeferred(delivery.addRecipient, sender)
+            delivery.write(data)
+        except BaseException:
+            delivery.abort()
+            raise
+        await defer.maybeDeferred(delivery.commit)
+
+    async def _notice(self, text):
+        envelope = Envelope("", protocol="POP3", trusted=True)
+        delivery = await defer.maybeDeferred(self.pipeline.startDelivery, envelope)
+        try:
+            await defer.maybeDeferred(delivery.addRecipient, self.postmaster)
+            delivery.write(
+                ("From: MAILER-DAEMON@%s\r\nTo: %s\r\n" % (self.hostname, self.postmaster)).encode()
+                + text.encode("utf-8")
+            )
+        except BaseException:
+            delivery.abort()
+            raise
+        await defer.maybeDeferred(delivery.commit)
+
+    def _received(self, envelope, recipients):
+        forClause = " for <%s>" % (recipients[0],) if len(recipients) == 1 else ""
+        stamp = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(self._clock()))
+        return (
+            "Received: from %s by %s with POP3 id %s%s\r\n\t(%s); %s\r\n"
+            % (self.account.host, self.hostname, envelope.messageId, forClause, self.name, stamp)
+        ).encode("utf-8")
+
+    # --- files ---------------------------------------------------------------
+
+    def _archive(self, spool, uid, firstSeen):
+        """
+        Keep the raw bytes as downloaded, before any parsing (worker thread).
+        """
+        name = "%s.%s.%s.eml" % (
+            time.strftime("%Y%m%d-%H%M%S", time.gmtime(firstSeen)),
+            self.name.replace("/", "_"),
+            hashlib.sha256(uid.encode("utf-8")).hexdigest()[:16],
+        )
+        os.makedirs(self.settings.archiveDir, mode=0o700, exist_ok=True)
+        _copyDurably(spool, os.path.join(self.settings.archiveDir, name))
+
+    def _hold(self, spool, uid):
+        name = hashlib.sha256(("%s/%s" % (self.name, uid)).encode("utf-8")).hexdigest()[:24] + ".eml"
+        _copyDurably(spool, os.path.join(self.heldDir, name))
+
+    def _inThread(self, f, *args):
+        return self._runInThread(f, *args)
+
+
+def _copyDurably(spool, path):
+    spool.seek(0)
+    writeFileAtomically(path, spool.read())
+    fsyncDirectory(os.path.dirname(path))
+
+
+def _digest(spool):
+    spool.seek(0)
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: spool.read(_CHUNK), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fingerprint(head, spool):
+    spool.seek(head.size)
+    return fingerprint(head, iter(lambda: spool.read(_CHUNK), b""))
+
+
+def _returnPath(head):
+    from mdpy.address import normalise
+
+    for value in head.values("return-path")[:1]:
+        value = value.strip().strip("<>").strip()
+        if not value:
+            return ""
+        try:
+            return normalise(value)
+        except errors.MailError:
+            return ""
+        except ValueError:
+            return ""
+    return ""
+
+
+class CollectorService(service.Service):
+    """
+    Runs a L{Collector} every C{interval} seconds, the first time shortly
+    after the start.
+    """
+
+    def __init__(self, collector, interval, clock=None, firstDelay=5):
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.collector = collector
+        self.interval = interval
+        self.clock = clock
+        self.firstDelay = firstDelay
+        self._call = None
+        self._current = None
+
+    def startService(self):
+        service.Service.startService(self)
+        self._schedule(self.firstDelay)
+
+    def _schedule(self, delay):
+        self._call = self.clock.callLater(delay, self._run)
+
+    def _run(self):
+        self._call = None
+        d = self.collector.collect()
+        d.addErrback(lambda f: f.trap(CycleBusy))
+        d.addErrback(lambda f: log.failure("{name}: cycle failed", f, name=self.collector.name))
+        self._current = d
+
+        def again(_):
+            self._current = None
+            if self.running:
+                self._schedule(self.interval)
+
+        d.addBoth(again)
+
+    def runNow(self):
+        """
+        Run a cycle now (C{mdpy domainpop run} while the server runs).
+
+        @return: a L{Deferred} firing with the L{CycleReport}.
+        """
+        return self.collector.collect()
+
+    def stopService(self):
+        service.Service.stopService(self)
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        current, self._current = self._current, None
+        self.collector.close() if current is None else current.addBoth(lambda r: self.collector.close())
+        return current
+

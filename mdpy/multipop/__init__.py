@@ -1,0 +1,3 @@
+"""
+MultiPOP: each user's own remote POP3 accounts, collected into their INBOX.
+"""
