@@ -306,6 +306,19 @@ class FetchTestCase(TempDirTestCase):
         factory = ScriptedFactory(greeting, **replies)
         return factory, self.listen(factory)
 
+    def track(self, d):
+        """
+        @return: a list that gets C{d}'s result (a value or a L{Failure}).
+        """
+        results = []
+
+        def done(result):
+            results.append(result)
+            return result
+
+        d.addBoth(done)
+        return results
+
     async def fails(self, d, *fragments):
         """
         Check that C{d} fails with a L{FetchError} whose text has every one of
@@ -619,9 +632,11 @@ class TimeoutTests(FetchTestCase):
     async def test_silentServer(self):
         factory, port = self.scripted(greeting=None)
         d = connect(self.account(port), self.reactor)
+        done = self.track(d)
         await self.until(lambda: factory.built)
+        await task.deferLater(reactor, 0.05, lambda: None)
         self.clock.advance(29)
-        self.assertFalse(d.called)
+        self.assertEqual(done, [])
         self.clock.advance(1)
         await self.fails(d, "no reply to greeting within 30 seconds")
 
@@ -629,10 +644,12 @@ class TimeoutTests(FetchTestCase):
         # fetchmail CVE-2011-1947: +OK to STLS, then nothing.
         factory, port = self.scripted(CAPA=b"+OK\r\nSTLS\r\n.\r\n", STLS=b"+OK go ahead\r\n")
         d = connect(self.account(port, tls="starttls"), self.reactor)
+        done = self.track(d)
         await self.until(lambda: b"STLS" in factory.verbs())
         await task.deferLater(reactor, 0.05, lambda: None)
-        self.assertFalse(d.called)
-        self.clock.advance(30)
+        self.clock.advance(29)
+        self.assertEqual(done, [])
+        self.clock.advance(1)
         await self.fails(d, "no reply to CAPA within 30 seconds")
         self.assertNotIn(b"USER", factory.verbs())
 
@@ -643,10 +660,11 @@ class TimeoutTests(FetchTestCase):
         self.clock.advance(3600)
         self.assertEqual(len(await session.listing()), 2)
         d = session.retrieve(1, WriteOnly())
+        done = self.track(d)
         await self.until(lambda: b"RETR" in factory.verbs())
         await task.deferLater(reactor, 0.05, lambda: None)
         self.clock.advance(29)
-        self.assertFalse(d.called)
+        self.assertEqual(done, [])
         self.clock.advance(1)
         await self.fails(d, "no reply to RETR within 30 seconds")
 

@@ -1,0 +1,168 @@
+"""
+End-to-end DomainPOP: Dovecot's POP3 server on loopback plays the ISP
+holding a domain's catch-all mailbox; mdpy collects it with C{twistd mdpy}
+running (C{mdpy domainpop run} asks the server) and without (the command
+collects itself), and is killed with SIGKILL in the middle of a cycle.
+"""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from tests.server import MdpyServer, mdpyCommand
+from tests.test_domainpop_service import CORPUS, EXPECTED
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "bench"))
+
+USERS = ("alice", "bob", "carol", "postmaster")
+
+
+@pytest.fixture
+def isp(tmp_path):
+    """
+    A private Dovecot serving box@isp.test; C{isp.fill(messages)} puts mail
+    in its Maildir before it starts.
+    """
+    from dovecot import PrivateDovecot
+
+    base = tempfile.mkdtemp(prefix="mdpy-isp-")  # searchable by Dovecot's mail user
+    os.chmod(base, 0o755)
+
+    class ISP:
+        root = os.path.join(base, "mail")
+        maildir = os.path.join(root, "isp.test", "box")
+        server = None
+
+        def fill(self, messages):
+            for sub in ("new", "cur", "tmp"):
+                os.makedirs(os.path.join(self.maildir, sub), exist_ok=True)
+            for i, data in enumerate(messages):
+                with open(os.path.join(self.maildir, "new", "%d.M%dP1.isp" % (1700000000 + i, i)), "wb") as f:
+                    f.write(data)
+            self.server = PrivateDovecot(self.root, ["box"], "secret", domain="isp.test", own_mail=True)
+            self.server.start()
+            self.port = self.server.port
+
+        def remaining(self):
+            return sum(
+                1 for sub in ("new", "cur") for name in os.listdir(os.path.join(self.maildir, sub))
+                if not name.startswith("dovecot")
+            )
+
+    made = ISP()
+    yield made
+    if made.server is not None:
+        made.server.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def mdpy(tmp_path, isp, extra=""):
+    section = (
+        "[domainpop:isp]\nhost = 127.0.0.1\nport = %d\ntls = none\nusername = box@isp.test\n"
+        "password = secret\ninterval = 1h\narchive_dir = archive\n%s" % (isp.port, extra)
+    )
+    os.makedirs(tmp_path / "mdpy", exist_ok=True)
+    server = MdpyServer(tmp_path / "mdpy", extra=section + "[multipop]\nenabled = no\n")
+    assert server.cli("domain", "add", "example.test").returncode == 0
+    for name in USERS:
+        assert server.cli("user", "add", "%s@example.test" % name, "--password", "pw").returncode == 0
+    server.cli("alias", "add", "team@example.test", "alice@example.test", "bob@example.test")
+    return server
+
+
+def subjects(server, name):
+    found = []
+    for data in server.messages("%s@example.test" % name):
+        match = re.search(rb"^Subject: (.*)\r?$", data, re.M)
+        found.append(match.group(1).decode().strip())
+    return sorted(found)
+
+
+def test_collectThroughTheRunningServer(tmp_path, isp):
+    isp.fill(CORPUS)
+    server = mdpy(tmp_path, isp)
+    server.start()
+    try:
+        done = server.cli("domainpop", "run", "isp")
+        assert done.returncode == 0, done.stderr
+        assert "domainpop/isp: 11 on the server, 11 downloaded" in done.stdout
+        assert re.search(r"held as a loop", done.stdout)
+        assert {name: subjects(server, name) for name in USERS} == EXPECTED
+        assert isp.remaining() == 0
+        # A second run finds nothing and changes nothing.
+        again = server.cli("domainpop", "run", "isp")
+        assert again.returncode == 0, again.stderr
+        assert "0 on the server" in again.stdout
+        assert {name: subjects(server, name) for name in USERS} == EXPECTED
+        assert "domainpop/isp:" in server.logText()
+    finally:
+        server.stop()
+    archive = os.path.join(server.root, "archive")
+    assert len(os.listdir(archive)) == len(CORPUS)
+
+
+def test_probeFindsTheEnvelopeHeader(tmp_path, isp):
+    isp.fill([CORPUS[0]])
+    server = mdpy(tmp_path, isp)
+    archive = os.path.join(server.root, "probe-archive")
+    os.makedirs(archive)
+    for i, name in enumerate(["alice", "bob", "carol"]):
+        with open(os.path.join(archive, "%d.eml" % i), "wb") as f:
+            f.write(b"X-Rcpt-To: %s@example.test\r\nTo: x@far.test\r\nSubject: t\r\n\r\nx\r\n" % name.encode())
+    done = server.cli("domainpop", "probe", "isp", "--address", "carol@example.test", "--archive", archive)
+    assert done.returncode == 0, done.stderr
+    assert "parse_headers = X-Rcpt-To" in done.stdout
+    missing = server.cli("domainpop", "probe", "nosuch", "--address", "carol@example.test")
+    assert missing.returncode != 0 and "no [domainpop:nosuch]" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_killedInTheMiddleOfACycle(tmp_path, isp):
+    """
+    SIGKILL of C{mdpy domainpop run} while it collects 300 messages; the
+    next run ends with each message delivered exactly once.
+    """
+    count = 300
+    messages = [
+        b"To: %s@example.test\r\nFrom: x@far.test\r\nMessage-ID: <k%d@far.test>\r\nSubject: k%d\r\n\r\nbody\r\n"
+        % (USERS[i % 3].encode(), i, i)
+        for i in range(count)
+    ]
+    isp.fill(messages)
+    server = mdpy(tmp_path, isp)
+    process = subprocess.Popen(
+        mdpyCommand() + ["-c", server.config, "domainpop", "run", "isp"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+    def delivered():
+        total = 0
+        for name in USERS[:3]:
+            for sub in ("new", "cur"):
+                try:
+                    total += len(os.listdir(os.path.join(server.maildir("%s@example.test" % name), sub)))
+                except FileNotFoundError:
+                    pass
+        return total
+
+    deadline = time.time() + 60
+    while delivered() < 100 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert 0 < delivered() < count
+    assert isp.remaining() == count  # no QUIT: nothing deleted at the ISP
+    done = server.cli("domainpop", "run", "isp")
+    assert done.returncode == 0, done.stderr
+    for i, name in enumerate(USERS[:3]):
+        got = subjects(server, name)
+        assert got == sorted("k%d" % j for j in range(i, count, 3))
+    assert isp.remaining() == 0
