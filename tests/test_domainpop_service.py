@@ -255,10 +255,11 @@ class CrashTests(CollectorTestCase):
     exactly once and the ISP mailbox empty.
     """
 
-    async def crashAt(self, step, after=2):
+    async def crashAt(self, step, after=2, batchSize=1):
         isp = ISP(self, CORPUS)
         crashing = self.collector(isp, cls=CrashingCollector)
         crashing.crashAt, crashing.crashAfter = step, after
+        crashing.batchSize = batchSize
         report = await crashing.collect()
         self.assertIn(step, report.error)
         self.assertFalse(crashing.running)
@@ -283,6 +284,12 @@ class CrashTests(CollectorTestCase):
 
     def test_crashAfterDele(self):
         return defer.ensureDeferred(self.crashAt("deleted"))
+
+    def test_crashAfterABatchWasDelivered(self):
+        return defer.ensureDeferred(self.crashAt("delivered", after=0, batchSize=50))
+
+    def test_crashWhileABatchIsPending(self):
+        return defer.ensureDeferred(self.crashAt("pending", after=0, batchSize=4))
 
     def test_crashBeforeQuit(self):
         return defer.ensureDeferred(self.crashAt("quit", after=0))

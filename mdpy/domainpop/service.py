@@ -56,6 +56,29 @@ log = Logger()
 
 _CHUNK = 65536
 _SLACK = 65536  # octets a message may exceed its LIST size by
+BATCH = 50  # messages downloaded before they are delivered together
+BATCH_OCTETS = 32 * 1024 * 1024
+
+
+class _Downloaded:
+    """
+    A message downloaded to a spool file, waiting for its batch.
+
+    @ivar again: it was (or may have been) delivered before a crash.
+    @ivar copy: the same bytes came earlier in the batch (no UIDL).
+    @ivar key: its dedupe key, or L{None}.
+    """
+
+    def __init__(self, message, uid, firstSeen, again, spool, head, size):
+        self.message = message
+        self.uid = uid
+        self.firstSeen = firstSeen
+        self.again = again
+        self.spool = spool
+        self.head = head
+        self.size = size
+        self.copy = False
+        self.key = None
 
 
 class CollectorSettings:
@@ -191,6 +214,7 @@ class Collector:
         self._lock = _Lock(os.path.join(stateDir, "lock"))
         self._state = None
         self.running = False
+        self.batchSize = BATCH
 
     @property
     def heldDir(self):
@@ -247,6 +271,7 @@ class Collector:
         state = await self._inThread(self._openState)
         await self._inThread(state.expire, self.settings.dedupeTTL)
         session = await connect(self.account, self.reactor)
+        batch = []
         try:
             listing = await session.listing()
             report.listed = len(listing)
@@ -254,36 +279,49 @@ class Collector:
             if listing and all(m.uid is not None for m in listing):
                 await self._inThread(state.forget, {m.uid for m in listing})
             for message in listing:
-                await self._one(session, state, message, report)
+                item = await self._download(session, state, message, batch, report)
+                if item is not None:
+                    batch.append(item)
+                if len(batch) >= self.batchSize or sum(i.size for i in batch) >= BATCH_OCTETS:
+                    await self._flush(session, state, batch, report)
+                    batch = []
+            if batch:
+                await self._flush(session, state, batch, report)
+                batch = []
             self.checkpoint("quit")
             await session.quit()
+        except FetchError:
+            session.abort()
+            if batch:
+                # What was downloaded before the session broke is delivered
+                # now (and deleted at the server by the next cycle).
+                await self._flush(None, state, batch, report)
+                batch = []
+            raise
         except BaseException:
             session.abort()
             raise
+        finally:
+            for item in batch:
+                item.spool.close()
         return report
 
-    async def _one(self, session, state, message, report):
+    async def _download(self, session, state, message, batch, report):
+        """
+        Download C{message} unless it was delivered before (then only
+        delete it when due) or is too big.
+
+        @return: a L{_Downloaded}, or L{None} when there is nothing to
+            deliver.
+        """
         settings = self.settings
-        known = await self._inThread(state.get, message.uid) if message.uid else None
+        known = state.get(message.uid) if message.uid else None
         if known is not None and known[0] == "delivered":
             await self._maybeDelete(session, message, known[1], report)
-            return
+            return None
         if settings.maxSize and message.size > settings.maxSize and settings.sizeAction != "postmaster":
-            if settings.sizeAction == "skip":
-                report.skipped += 1
-                report.lines.append("#%d %s: %d octets, larger than max_size: left on the server"
-                                    % (message.number, message.uid or "", message.size))
-                return
-            await session.delete(message.number)
-            report.deleted += 1
-            report.lines.append("#%d %s: %d octets, larger than max_size: deleted at the server"
-                                % (message.number, message.uid or "", message.size))
-            await self._notice(
-                "Subject: DomainPOP %s deleted a message larger than max_size\r\n\r\n"
-                "Message #%d (UIDL %s, %d octets) was deleted at %s without download.\r\n"
-                % (self.name, message.number, message.uid, message.size, self.account.host)
-            )
-            return
+            await self._tooBig(session, message, report)
+            return None
         limit = min(settings.maxMessageSize, 2 * message.size + _SLACK)
         spool = tempfile.TemporaryFile(dir=self.stateDir)
         try:
@@ -293,24 +331,75 @@ class Collector:
             uid = message.uid
             if uid is None:
                 uid = "sha256:" + await self._inThread(_digest, spool)
-                known = await self._inThread(state.get, uid)
+                if any(item.uid == uid for item in batch):
+                    known = ("copy", None)  # the same bytes twice in one batch
+                else:
+                    known = state.get(uid)
                 if known is not None and known[0] == "delivered":
+                    spool.close()
                     await self._maybeDelete(session, message, known[1], report)
-                    return
-            firstSeen = known[1] if known is not None else self._clock()
+                    return None
+            firstSeen = known[1] if known is not None and known[1] is not None else self._clock()
             spool.seek(0)
             head = parseHead(spool.read(MAX_HEAD))
             if settings.archiveDir:
                 await self._inThread(self._archive, spool, uid, firstSeen)
-            await self._inThread(state.markPending, uid, firstSeen)
-            self.checkpoint("pending")
-            pairs = await self._route(spool, size, head, uid, firstSeen, known is not None, state, message, report)
-            self.checkpoint("delivered")
-            await self._inThread(state.markDelivered, uid, pairs)
-            self.checkpoint("recorded")
-        finally:
+            item = _Downloaded(message, uid, firstSeen, known is not None, spool, head, size)
+            if known is not None and known[0] == "copy":
+                item.copy = True
+            elif settings.dedupeHeader and settings.recipient is None:
+                if settings.dedupeHeader != DEDUPE_FINGERPRINT:
+                    item.key = dedupeKey(head, settings.dedupeHeader)
+                if item.key is None and (settings.fingerprintFallback or settings.dedupeHeader == DEDUPE_FINGERPRINT):
+                    item.key = await self._inThread(_fingerprint, head, spool)
+            return item
+        except BaseException:
             spool.close()
-        await self._maybeDelete(session, message, firstSeen, report)
+            raise
+
+    async def _flush(self, session, state, batch, report):
+        """
+        Deliver a batch of downloaded messages: record them as pending,
+        deliver them all at once (their copies are committed together),
+        record them as delivered, then delete them at the server when due.
+        """
+        await self._inThread(state.markPendingMany, [(i.uid, i.firstSeen) for i in batch if not i.copy])
+        self.checkpoint("pending")
+        seen = set()  # (key, recipient) delivered by this batch
+        try:
+            results = await defer.gatherResults(
+                [defer.ensureDeferred(self._route(item, state, seen, report)) for item in batch],
+                consumeErrors=True,
+            )
+        except defer.FirstError as e:
+            e.subFailure.raiseException()
+        self.checkpoint("delivered")
+        await self._inThread(
+            state.markDeliveredMany, [(i.uid, pairs) for i, pairs in zip(batch, results) if not i.copy]
+        )
+        self.checkpoint("recorded")
+        for item in batch:
+            item.spool.close()
+        if session is None:
+            return
+        for item in batch:
+            await self._maybeDelete(session, item.message, item.firstSeen, report)
+
+    async def _tooBig(self, session, message, report):
+        if self.settings.sizeAction == "skip":
+            report.skipped += 1
+            report.lines.append("#%d %s: %d octets, larger than max_size: left on the server"
+                                % (message.number, message.uid or "", message.size))
+            return
+        await session.delete(message.number)
+        report.deleted += 1
+        report.lines.append("#%d %s: %d octets, larger than max_size: deleted at the server"
+                            % (message.number, message.uid or "", message.size))
+        await self._notice(
+            "Subject: DomainPOP %s deleted a message larger than max_size\r\n\r\n"
+            "Message #%d (UIDL %s, %d octets) was deleted at %s without download.\r\n"
+            % (self.name, message.number, message.uid, message.size, self.account.host)
+        )
 
     async def _maybeDelete(self, session, message, firstSeen, report):
         days = self.settings.leaveOnServerDays
@@ -329,23 +418,31 @@ class Collector:
 
     # --- routing -------------------------------------------------------------
 
-    async def _route(self, spool, size, head, uid, firstSeen, again, state, message, report):
+    async def _route(self, item, state, seen, report):
         """
-        Deliver one downloaded message.
+        Deliver one downloaded message.  Everything up to the first C{await}
+        runs in batch order, so that a copy later in the batch sees the
+        recipients an earlier one took (C{seen}).
 
         @return: the C{(dedupeKey, recipient)} pairs to record.
         """
         settings = self.settings
+        spool, head, uid, firstSeen, again = item.spool, item.head, item.uid, item.firstSeen, item.again
+        message, key = item.message, item.key
         label = "#%d %s" % (message.number, uid)
+        if item.copy:
+            report.duplicates += 1
+            report.lines.append("%s: the same message twice at the server: dropped" % (label,))
+            return []
         if settings.recipient is not None:
             addresses, foreign = [settings.recipient], []
         else:
             found = discover(head, settings.rules)
             if found.loop:
-                await self._inThread(self._hold, spool, uid)
                 report.held += 1
                 report.lines.append("%s: %d Received headers (max_hops %d): held as a loop in %s"
                                     % (label, found.hops, settings.rules.maxHops, self.heldDir))
+                await self._inThread(self._hold, spool, uid)
                 return []
             addresses, foreign = [], []
             for address in found.addresses:
@@ -354,24 +451,21 @@ class Collector:
             if settings.foreignRecipients == "forward":
                 addresses += foreign
                 foreign = []
-        key = None
-        if settings.dedupeHeader and settings.recipient is None:
-            if settings.dedupeHeader != DEDUPE_FINGERPRINT:
-                key = dedupeKey(head, settings.dedupeHeader)
-            if key is None and (settings.fingerprintFallback or settings.dedupeHeader == DEDUPE_FINGERPRINT):
-                key = await self._inThread(_fingerprint, head, spool)
         fresh, duplicates = [], []
         for address in addresses:
-            if key is not None and await self._inThread(state.isDuplicate, key, address):
+            if key is not None and ((key, address) in seen or state.isDuplicate(key, address)):
                 duplicates.append(address)
             else:
                 fresh.append(address)
+                if key is not None:
+                    seen.add((key, address))
         if duplicates:
             report.duplicates += len(duplicates)
-            await self._inThread(state.countDuplicates, len(duplicates))
             report.lines.append("%s: duplicate for %s: dropped" % (label, ", ".join(duplicates)))
         if foreign:
             report.lines.append("%s: foreign %s: ignored" % (label, ", ".join(foreign)))
+        if duplicates:
+            await self._inThread(state.countDuplicates, len(duplicates))
         if not fresh and duplicates:
             return []
         delivered, unknown = await self._deliver(spool, head, uid, firstSeen, again, fresh, message)

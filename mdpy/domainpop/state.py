@@ -232,10 +232,17 @@ class CollectorState:
         time seen, and a delivered one stays delivered (delivering it again
         would give a duplicate).
         """
+        self.markPendingMany([(uid, firstSeen)])
+
+    def markPendingMany(self, items):
+        """
+        L{markPending} of each C{(uid, firstSeen)} of C{items}, in one
+        transaction.
+        """
         with self._write() as db:
-            db.execute(
+            db.executemany(
                 "INSERT INTO uids (uid, state, first_seen) VALUES (?, ?, ?) ON CONFLICT (uid) DO NOTHING",
-                (uid, PENDING, firstSeen),
+                [(uid, PENDING, firstSeen) for uid, firstSeen in items],
             )
 
     def markDelivered(self, uid, pairs=()):
@@ -244,17 +251,24 @@ class CollectorState:
         C{(dedupeKey, recipient)} of C{pairs} in the dedupe cache as seen
         now.  A C{uid} not known yet is first seen now.
         """
+        self.markDeliveredMany([(uid, pairs)])
+
+    def markDeliveredMany(self, records):
+        """
+        L{markDelivered} of each C{(uid, pairs)} of C{records}, all in one
+        transaction.
+        """
         now = self._clock()
         with self._write() as db:
-            db.execute(
+            db.executemany(
                 "INSERT INTO uids (uid, state, first_seen) VALUES (?, ?, ?)"
                 " ON CONFLICT (uid) DO UPDATE SET state = excluded.state",
-                (uid, DELIVERED, now),
+                [(uid, DELIVERED, now) for uid, pairs in records],
             )
             db.executemany(
                 "INSERT INTO dedupe (key, recipient, seen) VALUES (?, ?, ?)"
                 " ON CONFLICT (key, recipient) DO UPDATE SET seen = excluded.seen",
-                [(key, recipient, now) for key, recipient in pairs],
+                [(key, recipient, now) for uid, pairs in records for key, recipient in pairs],
             )
 
     def forget(self, keep):

