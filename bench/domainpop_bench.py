@@ -16,10 +16,12 @@ TLS, over a fresh copy of that Maildir for every run.  Collected by:
   its X-Original-To header, delivers it (fsynced) into
   data_dir/mail/bench.test/userK/ and deletes it at the ISP;
 * fetchmail -- in multidrop mode (``envelope X-Original-To``,
-  ``localdomains bench.test``, ``is * here``), handing every message over
-  SMTP to a private Postfix (bench/postfix.py) that delivers it with
-  virtual(8) into Maildirs vmail/bench.test/userK/, the usual deployment of
-  fetchmail.
+  ``localdomains bench.test``, ``is * here``), handing every message to a
+  private Postfix (bench/postfix.py) that delivers it with virtual(8) into
+  Maildirs vmail/bench.test/userK/, the usual deployment of fetchmail; two
+  rows: over SMTP to Postfix's smtpd (``smtphost``, fetchmail's default
+  way), and through Postfix's sendmail command (``mda "sendmail -i -f %F
+  -- %T"``).
 
 Measured from the start of the collecting process until it has exited
 *and* all --messages are files in the ten Maildirs: messages/second, and
@@ -29,8 +31,8 @@ Checked after every run: each message in its user's Maildir exactly once
 mailbox empty (and Postfix's queue).
 
 Exit status: 0 if every run completed and passed its checks, 1 if any run
-failed.  Missing the target (mdpy faster than fetchmail + Postfix) only
-prints "target MISSED".  See bench/README.rst.
+failed.  Missing the target (mdpy faster than fetchmail + Postfix, judged
+for each fetchmail row) only prints "target MISSED".  See bench/README.rst.
 """
 
 import os
@@ -593,7 +595,9 @@ OPTIONS = (
                           "(default %(default)s)")),
     ("--repeat", dict(help="runs per collector, interleaved; the table shows "
                            "medians (default %(default)s)")),
-    ("--only", dict(choices=("mdpy", "fetchmail"))),
+    ("--only", dict(choices=("mdpy", "fetchmail"),
+                    help="benchmark one collector only (both fetchmail rows "
+                         "with fetchmail)")),
     ("--fetchmail", dict(choices=("smtp", "mda", "both"), default="both",
                          help="how fetchmail hands mail to Postfix: SMTP to "
                               "its smtpd, its sendmail command as MDA, or both "

@@ -657,6 +657,8 @@ class TimeoutTests(FetchTestCase):
         factory, port = self.scripted(RETR=b"+OK\r\nSubject: stuck\r\n")
         session = await connect(self.account(port), self.reactor)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+        await task.deferLater(reactor, 0.01, lambda: None)  # out of the login's call stack
+        self.assertEqual(self.clock.getDelayedCalls(), [])
         self.clock.advance(3600)
         self.assertEqual(len(await session.listing()), 2)
         d = session.retrieve(1, WriteOnly())

@@ -451,9 +451,11 @@ class _FetchProtocol(AdvancedPOP3Client):
         if useCache and self._capCache is not None:
             return defer.succeed(self._capCache)
         found = {}
+        seen = [0]
 
         def consume(line):
-            if len(found) >= MAX_CAPABILITIES:
+            seen[0] += 1
+            if seen[0] > MAX_CAPABILITIES:
                 self.fail("more than %d CAPA lines" % (MAX_CAPABILITIES,))
                 return
             words = line.split()
@@ -651,7 +653,7 @@ class FetchSession:
                     note("UIDL gives message %d, which LIST does not" % (number,))
                 elif number in uids:
                     note("UIDL gives message %d twice" % (number,))
-                elif False:
+                elif uid in byUid:
                     note("UIDL gives messages %d and %d the same unique-id %s" % (byUid[uid], number, uid))
                 else:
                     uids[number] = uid
