@@ -114,7 +114,47 @@ def test_queueAndUnbuiltServices(cli):
     assert cli.ok("queue", "list") == ""
     cli.ok("queue", "flush")
     cli.fails("queue", "del", "ABC")
-    cli.fails("domainpop", "run", "isp")
+
+
+def test_multipopAccounts(cli):
+    cli.ok("domain", "add", "example.test")
+    cli.ok("user", "add", "joe@example.test", "--password", "pw")
+    accountId = cli.ok("multipop", "add", "joe@example.test", "--host", "pop.far.test", "--username", "joe",
+                       "--leave-on-server-days", "7", stdin="remote secret\n").strip()
+    assert len(accountId) == 8
+    listed = cli.ok("multipop", "list")
+    assert listed == "%s joe@example.test joe@pop.far.test:110 tls=starttls leave_on_server_days=7\n" % accountId
+    assert "remote secret" not in listed
+    path = os.path.join(cli.datadir.root, "multipop", "accounts.json")
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    with open(path) as f:
+        assert "remote secret" in f.read()
+    assert "no such user" in cli.fails("multipop", "add", "nobody@example.test", "--host", "h",
+                                       "--username", "u", "--password", "p")
+    assert "bad host" in cli.fails("multipop", "add", "joe@example.test", "--host", "a b",
+                                   "--username", "u", "--password", "p")
+    cli.fails("multipop", "del", "nosuch")
+    cli.ok("multipop", "del", accountId)
+    assert cli.ok("multipop", "list") == ""
+
+
+def test_domainpopErrors(cli, tmp_path):
+    assert "no [domainpop:isp]" in cli.fails("domainpop", "run", "isp")
+    cli.config.write_text(
+        "[server]\ndata_dir = data\nhostname = mx.example.test\n"
+        "[domainpop:isp]\nhost = 127.0.0.1\nport = 9\ntls = none\nusername = u\npassword = p\n"
+    )
+    # The command runs a reactor of its own: in a process of its own here.
+    done = subprocess.run(mdpyCommand() + ["-c", str(cli.config), "domainpop", "run", "isp"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "Connection refused" in done.stdout and "stopped early" in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "no archive" in cli.fails("domainpop", "probe", "isp", "--address", "a@example.test")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = cli.ok("domainpop", "probe", "isp", "--address", "a@example.test", "--archive", str(empty))
+    assert out.strip()
 
 
 def test_usageErrorExits2(cli):
