@@ -524,7 +524,7 @@ LABELS = {"mdpy": "mdpy",
 
 
 def attempt(label, func, run, *a):
-    print("%-38s" % (label.rstrip() + " ..."), end="", flush=True)
+    print("%-38s" % (label + " ..."), end="", flush=True)
     try:
         func(run, *a)
     except BenchError as e:
@@ -554,7 +554,7 @@ def report(series, mailbox, args):
           "Dovecot on 127.0.0.1, delivered into Maildirs%s"
           % (args.messages, args.size, ISP_ADDRESS, mailbox.users[0],
              mailbox.users[-1], DOMAIN, HEADER, median_note(args.repeat)))
-    print("%-18s | %-9s | %-17s | %-31s |" % (
+    print("%-18s | %-9s | %-17s | %-30s |" % (
         "", "msg/s", "seconds", "CPU seconds"))
     head = ("%-18s | %9s | %8s %8s | %9s %6s %6s %6s | %7s | %s"
             % ("collector", "delivered", "exit", "all in", "collector", "MTA",
@@ -660,7 +660,7 @@ def main(argv=None):
             for name in names:
                 run = Run(name, args.messages)
                 series[name].append(run)
-                label = "%-18s %s" % (LABELS[name], repeat_suffix(i, args.repeat))
+                label = LABELS[name] + repeat_suffix(i, args.repeat)
                 if name == "mdpy":
                     attempt(label, bench_mdpy, run, mailbox, args)
                 else:
