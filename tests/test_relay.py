@@ -151,9 +151,12 @@ class RelayTestCase(TempDirTestCase):
         self.fail("gave up waiting for " + what)
 
     def idle(self):
-        return not any(
-            r.active for entry in self.queue.entries.values() for r in entry.recipients
-        ) and not self.relay._sessions
+        entries = list(self.queue.entries.values())
+        return (
+            not any(r.active for entry in entries for r in entry.recipients)
+            and not self.relay._sessions
+            and not any(entry.lock.locked for entry in entries)  # a state file being saved
+        )
 
     def dsn(self, index=0):
         message = self.bounces.messages[index]
