@@ -218,6 +218,34 @@ class RoutingTests(CollectorTestCase):
         self.assertEqual(report.dropped, 2)
         self.assertEqual(isp.remaining(), 0)
 
+    async def test_bounceToTheSenderOrElseThePostmaster(self):
+        """
+        unknown_recipient = bounce: a DSN to the Return-Path; when there is
+        none, or it cannot be delivered (no outbound queue here), the
+        message goes to the postmaster instead of being lost.
+        """
+        local = b"Return-Path: <carol@example.test>\r\n" + UNKNOWN
+        remote = b"Return-Path: <x@far.test>\r\n" + UNKNOWN.replace(b"m7@", b"m8@")
+        isp = ISP(self, [local, remote, BCC_BARE])
+        report = await self.collector(isp, unknownRecipient="bounce").collect()
+        self.assertIsNone(report.error)
+        [dsn] = [m.open().read() for m in self.store.openMailbox("carol@example.test").messages()]
+        self.assertIn(b"multipart/report", dsn)
+        self.assertIn(b"Final-Recipient: rfc822; nobody@example.test", dsn)
+        self.assertIn(b"Status: 5.1.1", dsn)
+        self.assertEqual(self.subjects("postmaster"), ["bcc", "unknown"])
+        self.assertEqual(isp.remaining(), 0)
+
+    async def test_tooBigSkippedOrDeletedWithANotice(self):
+        isp = ISP(self, [LIST, TEAM + b"x" * 5000])
+        report = await self.collector(isp, maxSize=2000).collect()
+        self.assertEqual((report.skipped, isp.remaining()), (1, 1))
+        self.assertEqual(self.subjects("alice"), ["list"])
+        report = await self.collector(isp, maxSize=2000, sizeAction="delete").collect()
+        self.assertEqual(isp.remaining(), 0)
+        self.assertEqual(self.subjects("postmaster"), ["DomainPOP domainpop/isp deleted a message larger than max_size"])
+        self.assertEqual(self.subjects("bob"), [])
+
     async def test_dedupeSurvivesRestartsAndCycles(self):
         """
         The second copy of a To+Cc message arriving in a later cycle, with a

@@ -520,19 +520,23 @@ class Collector:
     async def _unknown(self, spool, head, uid, firstSeen, again, unknown, label, message, report):
         why = "unknown " + ", ".join(unknown) if unknown else "no recipient found"
         policy = self.settings.unknownRecipient
+        if policy == "bounce":
+            sender = _returnPath(head)
+            try:
+                if sender:
+                    await self._bounce(spool, uid, firstSeen, again, sender, unknown)
+                    report.lines.append("%s: %s: bounced to %s" % (label, why, sender))
+                    report.dropped += 1
+                    return
+            except errors.MailError as e:
+                why += " (no bounce to %s: %s)" % (sender, e.detail)
+            policy = "postmaster"  # nobody to bounce to
         if policy == "postmaster":
             delivered, _ = await self._deliver(spool, head, uid, firstSeen, again, [self.postmaster],
                                                message, suffix="/postmaster")
             if delivered:
                 report.copies += 1
                 report.lines.append("%s: %s: to the postmaster" % (label, why))
-                return
-        elif policy == "bounce":
-            sender = _returnPath(head)
-            if sender:
-                await self._bounce(spool, uid, firstSeen, again, sender, unknown)
-                report.lines.append("%s: %s: bounced to %s" % (label, why, sender))
-                report.dropped += 1
                 return
         report.dropped += 1
         report.lines.append("%s: %s: dropped" % (label, why))
@@ -553,24 +557,24 @@ class Collector:
         )
         envelope = Envelope("", protocol="POP3", trusted=True, receivedAt=firstSeen,
                             deliveryKey="%s/%s/bounce" % (self.name, uid), again=again)
-        delivery = await defer.maybeDeferred(self.pipeline.startDelivery, envelope)
-        try:
-            await defer.maybeDeferred(delivery.addRecipient, sender)
-            delivery.write(data)
-        except BaseException:
-            delivery.abort()
-            raise
-        await defer.maybeDeferred(delivery.commit)
+        await self._send(envelope, sender, data)
 
     async def _notice(self, text):
-        envelope = Envelope("", protocol="POP3", trusted=True)
+        await self._send(
+            Envelope("", protocol="POP3", trusted=True),
+            self.postmaster,
+            ("From: MAILER-DAEMON@%s\r\nTo: %s\r\n" % (self.hostname, self.postmaster)).encode()
+            + text.encode("utf-8"),
+        )
+
+    async def _send(self, envelope, recipient, data):
+        """
+        Deliver a message of our own (a DSN, a notice) to C{recipient}.
+        """
         delivery = await defer.maybeDeferred(self.pipeline.startDelivery, envelope)
         try:
-            await defer.maybeDeferred(delivery.addRecipient, self.postmaster)
-            delivery.write(
-                ("From: MAILER-DAEMON@%s\r\nTo: %s\r\n" % (self.hostname, self.postmaster)).encode()
-                + text.encode("utf-8")
-            )
+            await defer.maybeDeferred(delivery.addRecipient, recipient)
+            delivery.write(data)
         except BaseException:
             delivery.abort()
             raise
