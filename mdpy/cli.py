@@ -369,9 +369,7 @@ def _collect(config, datadir, name, stdout):
         try:
             reports = await defer.maybeDeferred(collector.runNow)
         finally:
-            collector.stopService() if collector.running else None
-            close = getattr(collector, "collector", None)
-            close.close() if close is not None else None
+            collector.close()
         outcome.extend(reports if isinstance(reports, list) else [reports])
 
     try:

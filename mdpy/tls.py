@@ -8,7 +8,8 @@ import datetime
 import ipaddress
 import os
 
-from twisted.internet import ssl
+from twisted.internet import endpoints, ssl
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 
 from mdpy.durable import writeFileAtomically
 
@@ -89,3 +90,38 @@ def serverOptions(certificatePath, keyPath):
         extraCertChain=extra or None,
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
     )
+
+
+def verifyingClientOptions(hostname, caFile=None):
+    """
+    @return: client TLS options that verify the server's certificate and
+        C{hostname} (service_identity) against the CA certificates in the PEM
+        file C{caFile}, or the platform's trust store.
+    @raise OSError: C{caFile} cannot be read.
+    @raise ValueError: C{caFile} holds no certificate.
+    """
+    if not caFile:
+        return ssl.optionsForClientTLS(hostname, trustRoot=ssl.platformTrust())
+    with open(caFile, "rb") as f:
+        certificates = loadCertificates(f.read())
+    if not certificates:
+        raise ValueError("no certificate in %s" % (caFile,))
+    return ssl.optionsForClientTLS(hostname, trustRoot=ssl.trustRootFromCertificates(certificates))
+
+
+def clientEndpoint(reactor, host, port, timeout, tlsOptions=None):
+    """
+    @return: a client endpoint to C{host}: an IP address straight away, a
+        name through name resolution; in TLS from the start when
+        C{tlsOptions} is given.
+    """
+    args = (reactor, host, port)
+    if isIPAddress(host):
+        endpoint = endpoints.TCP4ClientEndpoint(*args, timeout=timeout)
+    elif isIPv6Address(host):
+        endpoint = endpoints.TCP6ClientEndpoint(*args, timeout=timeout)
+    else:
+        endpoint = endpoints.HostnameEndpoint(*args, timeout=timeout)
+    if tlsOptions is not None:
+        endpoint = endpoints.wrapClientTLS(tlsOptions, endpoint)
+    return endpoint

@@ -45,8 +45,7 @@ import heapq
 import itertools
 
 from twisted.application import service
-from twisted.internet import defer, endpoints, protocol, ssl
-from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet import defer, protocol, ssl
 from twisted.protocols.basic import LineOnlyReceiver
 
 from mdpy import errors
@@ -55,11 +54,9 @@ from mdpy.delivery.queue import BOUNCED, FAILED, PENDING, SENT
 from mdpy.envelope import Envelope
 from mdpy.logs import Logger
 from mdpy.smtp.client import OutboundMessage, SessionResult, deliverOver
-from mdpy.tls import loadCertificates
+from mdpy.tls import clientEndpoint, verifyingClientOptions
 
 log = Logger()
-
-_SUSPENDED = "delivery temporarily suspended: "
 
 
 class RelaySettings:
@@ -305,10 +302,7 @@ class Relay(service.Service):
         before the first retry is deferred at once, without a connection
         attempt per message (Postfix's "delivery temporarily suspended").
         """
-        detail = error.detail
-        if not detail.startswith(_SUSPENDED):
-            detail = _SUSPENDED + detail
-        suspended = errors.TemporaryFailure(detail)
+        suspended = errors.TemporaryFailure("delivery temporarily suspended: " + error.detail)
         suspended.status = getattr(error, "status", None)
         self._suspended[destination.key] = (self._now() + self.settings.retry[0], suspended)
 
@@ -445,11 +439,7 @@ class Relay(service.Service):
             if settings.smarthost is None:
                 self._tlsOptions = ssl.CertificateOptions(verify=False)
             else:
-                trust = ssl.platformTrust()
-                if settings.smarthostTrust:
-                    with open(settings.smarthostTrust, "rb") as f:
-                        trust = ssl.trustRootFromCertificates(loadCertificates(f.read()))
-                self._tlsOptions = ssl.optionsForClientTLS(route.hostname, trustRoot=trust)
+                self._tlsOptions = verifyingClientOptions(route.hostname, settings.smarthostTrust)
         return self._tlsOptions
 
     def _endpoint(self, route):
@@ -459,16 +449,10 @@ class Relay(service.Service):
             implicit-TLS smarthost.
         """
         settings = self.settings
-        args = (self.reactor, route.address, route.port)
-        if isIPAddress(route.address):
-            endpoint = endpoints.TCP4ClientEndpoint(*args, timeout=settings.connectTimeout)
-        elif isIPv6Address(route.address):
-            endpoint = endpoints.TCP6ClientEndpoint(*args, timeout=settings.connectTimeout)
-        else:
-            endpoint = endpoints.HostnameEndpoint(*args, timeout=settings.connectTimeout)
+        tlsOptions = None
         if settings.smarthost is not None and settings.smarthostTLS == "implicit":
-            endpoint = endpoints.wrapClientTLS(self._clientTLSOptions(route), endpoint)
-        return endpoint
+            tlsOptions = self._clientTLSOptions(route)
+        return clientEndpoint(self.reactor, route.address, route.port, settings.connectTimeout, tlsOptions)
 
     def _session(self, route, destination, useTLS):
         """

@@ -43,10 +43,11 @@ from twisted.application import service
 from twisted.internet import defer
 
 from mdpy import errors
-from mdpy.address import splitAddress
+from mdpy.address import normalise, splitAddress
 from mdpy.domainpop.recipients import MAX_HEAD, RoutingRules, discover, parseHead
 from mdpy.domainpop.state import DEDUPE_FINGERPRINT, CollectorState, dedupeKey, fingerprint
-from mdpy.durable import fsyncDirectory, writeFileAtomically
+from mdpy.delivery import dsn
+from mdpy.durable import writeFileAtomically
 from mdpy.envelope import Envelope
 from mdpy.logs import Logger
 from mdpy.pop3.fetch import FetchError, connect
@@ -328,26 +329,24 @@ class Collector:
             size = await session.retrieve(message.number, spool, maxSize=limit)
             report.downloaded += 1
             self.checkpoint("retrieved")
-            uid = message.uid
+            uid, copy = message.uid, False
             if uid is None:
                 uid = "sha256:" + await self._inThread(_digest, spool)
-                if any(item.uid == uid for item in batch):
-                    known = ("copy", None)  # the same bytes twice in one batch
-                else:
-                    known = state.get(uid)
+                # The same bytes twice in one batch: the first copy stands.
+                copy = any(item.uid == uid for item in batch)
+                known = None if copy else state.get(uid)
                 if known is not None and known[0] == "delivered":
                     spool.close()
                     await self._maybeDelete(session, message, known[1], report)
                     return None
-            firstSeen = known[1] if known is not None and known[1] is not None else self._clock()
+            firstSeen = known[1] if known is not None else self._clock()
             spool.seek(0)
             head = parseHead(spool.read(MAX_HEAD))
             if settings.archiveDir:
                 await self._inThread(self._archive, spool, uid, firstSeen)
             item = _Downloaded(message, uid, firstSeen, known is not None, spool, head, size)
-            if known is not None and known[0] == "copy":
-                item.copy = True
-            elif settings.dedupeHeader and settings.recipient is None:
+            item.copy = copy
+            if not copy and settings.dedupeHeader and settings.recipient is None:
                 if settings.dedupeHeader != DEDUPE_FINGERPRINT:
                     item.key = dedupeKey(head, settings.dedupeHeader)
                 if item.key is None and (settings.fingerprintFallback or settings.dedupeHeader == DEDUPE_FINGERPRINT):
@@ -427,9 +426,8 @@ class Collector:
         @return: the C{(dedupeKey, recipient)} pairs to record.
         """
         settings = self.settings
-        spool, head, uid, firstSeen, again = item.spool, item.head, item.uid, item.firstSeen, item.again
-        message, key = item.message, item.key
-        label = "#%d %s" % (message.number, uid)
+        key = item.key
+        label = "#%d %s" % (item.message.number, item.uid)
         if item.copy:
             report.duplicates += 1
             report.lines.append("%s: the same message twice at the server: dropped" % (label,))
@@ -437,12 +435,12 @@ class Collector:
         if settings.recipient is not None:
             addresses, foreign = [settings.recipient], []
         else:
-            found = discover(head, settings.rules)
+            found = discover(item.head, settings.rules)
             if found.loop:
                 report.held += 1
                 report.lines.append("%s: %d Received headers (max_hops %d): held as a loop in %s"
                                     % (label, found.hops, settings.rules.maxHops, self.heldDir))
-                await self._inThread(self._hold, spool, uid)
+                await self._inThread(self._hold, item.spool, item.uid)
                 return []
             addresses, foreign = [], []
             for address in found.addresses:
@@ -468,31 +466,30 @@ class Collector:
             await self._inThread(state.countDuplicates, len(duplicates))
         if not fresh and duplicates:
             return []
-        delivered, unknown = await self._deliver(spool, head, uid, firstSeen, again, fresh, message)
+        delivered, unknown = await self._deliver(item, fresh)
         if unknown or not delivered:
-            await self._unknown(spool, head, uid, firstSeen, again, unknown, label, message, report)
+            await self._unknown(item, unknown, label, report)
         if delivered:
             report.copies += len(delivered)
             report.lines.append("%s: delivered to %s" % (label, ", ".join(delivered)))
         return [(key, address) for address in delivered] if key is not None else []
 
-    async def _deliver(self, spool, head, uid, firstSeen, again, addresses, message, suffix=""):
+    async def _deliver(self, item, addresses, suffix=""):
         """
-        Hand the message to the pipeline for C{addresses}.
+        Hand the downloaded C{item} to the pipeline for C{addresses}.
 
         @return: C{(accepted, unknown)} addresses.
         """
         if not addresses:
             return [], []
-        sender = _returnPath(head)
         envelope = Envelope(
-            sender,
+            _returnPath(item.head),
             helo=self.account.host,
             protocol="POP3",
-            receivedAt=firstSeen,
+            receivedAt=item.firstSeen,
             trusted=self.settings.foreignRecipients == "forward",
-            deliveryKey="%s/%s%s" % (self.name, uid, suffix),
-            again=again,
+            deliveryKey="%s/%s%s" % (self.name, item.uid, suffix),
+            again=item.again,
         )
         delivery = await defer.maybeDeferred(self.pipeline.startDelivery, envelope)
         accepted, unknown = [], []
@@ -508,6 +505,7 @@ class Collector:
                 delivery.abort()
                 return accepted, unknown
             delivery.write(self._received(envelope, accepted))
+            spool = item.spool
             spool.seek(0)
             for chunk in iter(lambda: spool.read(_CHUNK), b""):
                 delivery.write(chunk)
@@ -517,14 +515,14 @@ class Collector:
         await defer.maybeDeferred(delivery.commit)
         return accepted, unknown
 
-    async def _unknown(self, spool, head, uid, firstSeen, again, unknown, label, message, report):
+    async def _unknown(self, item, unknown, label, report):
         why = "unknown " + ", ".join(unknown) if unknown else "no recipient found"
         policy = self.settings.unknownRecipient
         if policy == "bounce":
-            sender = _returnPath(head)
+            sender = _returnPath(item.head)
             try:
                 if sender:
-                    await self._bounce(spool, uid, firstSeen, again, sender, unknown)
+                    await self._bounce(item, sender, unknown)
                     report.lines.append("%s: %s: bounced to %s" % (label, why, sender))
                     report.dropped += 1
                     return
@@ -532,8 +530,7 @@ class Collector:
                 why += " (no bounce to %s: %s)" % (sender, e.detail)
             policy = "postmaster"  # nobody to bounce to
         if policy == "postmaster":
-            delivered, _ = await self._deliver(spool, head, uid, firstSeen, again, [self.postmaster],
-                                               message, suffix="/postmaster")
+            delivered, _ = await self._deliver(item, [self.postmaster], suffix="/postmaster")
             if delivered:
                 report.copies += 1
                 report.lines.append("%s: %s: to the postmaster" % (label, why))
@@ -541,22 +538,20 @@ class Collector:
         report.dropped += 1
         report.lines.append("%s: %s: dropped" % (label, why))
 
-    async def _bounce(self, spool, uid, firstSeen, again, sender, unknown):
-        from mdpy.delivery import dsn
-
-        spool.seek(0)
-        original = spool.read(100 * 1024)
+    async def _bounce(self, item, sender, unknown):
+        item.spool.seek(0)
+        original = item.spool.read(100 * 1024)
         data = dsn.buildDSN(
             self.hostname,
             sender,
-            uid,
-            firstSeen,
+            item.uid,
+            item.firstSeen,
             [dsn.RecipientStatus(a, "failed", "5.1.1", diagnostic="unknown local user")
              for a in unknown or ["postmaster@" + self.hostname]],
             original,
         )
-        envelope = Envelope("", protocol="POP3", trusted=True, receivedAt=firstSeen,
-                            deliveryKey="%s/%s/bounce" % (self.name, uid), again=again)
+        envelope = Envelope("", protocol="POP3", trusted=True, receivedAt=item.firstSeen,
+                            deliveryKey="%s/%s/bounce" % (self.name, item.uid), again=item.again)
         await self._send(envelope, sender, data)
 
     async def _notice(self, text):
@@ -613,7 +608,6 @@ class Collector:
 def _copyDurably(spool, path):
     spool.seek(0)
     writeFileAtomically(path, spool.read())
-    fsyncDirectory(os.path.dirname(path))
 
 
 def _digest(spool):
@@ -630,65 +624,64 @@ def _fingerprint(head, spool):
 
 
 def _returnPath(head):
-    from mdpy.address import normalise
-
+    """
+    @return: the first Return-Path of C{head}, normalised, or C{""} when
+        there is none or it is not a valid address.
+    """
     for value in head.values("return-path")[:1]:
         value = value.strip().strip("<>").strip()
-        if not value:
-            return ""
         try:
-            return normalise(value)
-        except errors.MailError:
-            return ""
-        except ValueError:
+            return normalise(value) if value else ""
+        except errors.InvalidInput:
             return ""
     return ""
 
 
-class CollectorService(service.Service):
+class PeriodicCollection(service.Service):
     """
-    Runs a L{Collector} every C{interval} seconds, the first time shortly
-    after the start.
+    Runs C{runNow()} every C{interval} seconds, the first time shortly after
+    the start, and C{close()} once stopped.  Subclasses say what one run
+    is.
     """
 
-    def __init__(self, collector, interval, clock=None, firstDelay=5):
+    def __init__(self, interval, clock=None, firstDelay=5):
         if clock is None:
             from twisted.internet import reactor as clock
-        self.collector = collector
         self.interval = interval
         self.clock = clock
         self.firstDelay = firstDelay
         self._call = None
         self._current = None
 
+    def runNow(self):
+        """
+        Run once now (also C{mdpy domainpop run} while the server runs).
+
+        @return: a L{Deferred} firing with what the run reports.
+        """
+        raise NotImplementedError()
+
+    def close(self):
+        """
+        Release what the runs hold open.
+        """
+
     def startService(self):
         service.Service.startService(self)
-        self._schedule(self.firstDelay)
-
-    def _schedule(self, delay):
-        self._call = self.clock.callLater(delay, self._run)
+        self._call = self.clock.callLater(self.firstDelay, self._run)
 
     def _run(self):
         self._call = None
-        d = self.collector.collect()
+        d = self._current = self.runNow()
         d.addErrback(lambda f: f.trap(CycleBusy))
-        d.addErrback(lambda f: log.failure("{name}: cycle failed", f, name=self.collector.name))
-        self._current = d
+        d.addErrback(lambda f: log.failure("{name}: run failed", f, name=self.name or "collection"))
 
         def again(_):
             self._current = None
             if self.running:
-                self._schedule(self.interval)
+                self._call = self.clock.callLater(self.interval, self._run)
 
         d.addBoth(again)
-
-    def runNow(self):
-        """
-        Run a cycle now (C{mdpy domainpop run} while the server runs).
-
-        @return: a L{Deferred} firing with the L{CycleReport}.
-        """
-        return self.collector.collect()
 
     def stopService(self):
         service.Service.stopService(self)
@@ -696,6 +689,27 @@ class CollectorService(service.Service):
             self._call.cancel()
         self._call = None
         current, self._current = self._current, None
-        self.collector.close() if current is None else current.addBoth(lambda r: self.collector.close())
-        return current
+        if current is None:
+            self.close()
+            return None
+        return current.addBoth(lambda _: self.close())
 
+
+class CollectorService(PeriodicCollection):
+    """
+    Runs one L{Collector} periodically.
+    """
+
+    def __init__(self, collector, interval, clock=None, firstDelay=5):
+        PeriodicCollection.__init__(self, interval, clock, firstDelay)
+        self.collector = collector
+
+    def runNow(self):
+        """
+        See L{PeriodicCollection.runNow}: one cycle, firing with its
+        L{CycleReport}.
+        """
+        return self.collector.collect()
+
+    def close(self):
+        self.collector.close()

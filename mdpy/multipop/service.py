@@ -14,11 +14,11 @@ import json
 import os
 import secrets
 
-from twisted.application import service
 from twisted.internet import defer
 
 from mdpy import errors
 from mdpy.address import normalise
+from mdpy.domainpop.service import PeriodicCollection
 from mdpy.durable import writeFileAtomically
 from mdpy.logs import Logger
 
@@ -82,46 +82,34 @@ class MultiPOPAccounts:
         writeFileAtomically(self.path, json.dumps(accounts, indent=1).encode("utf-8"), mode=0o600)
 
 
-class MultiPOPService(service.Service):
+class MultiPOPService(PeriodicCollection):
     """
-    Collects every account of a L{MultiPOPAccounts} each C{interval}
-    seconds, one after the other.
+    Collects every account of a L{MultiPOPAccounts} periodically, one after
+    the other.
 
     @ivar makeCollector: C{makeCollector(account)} returning the
         L{mdpy.domainpop.service.Collector} of one account dict.
     """
 
     def __init__(self, accounts, makeCollector, interval, clock=None, firstDelay=5):
-        if clock is None:
-            from twisted.internet import reactor as clock
+        PeriodicCollection.__init__(self, interval, clock, firstDelay)
         self.accounts = accounts
         self.makeCollector = makeCollector
-        self.interval = interval
-        self.clock = clock
-        self.firstDelay = firstDelay
-        self._collectors = {}
-        self._call = None
-        self._current = None
-
-    def startService(self):
-        service.Service.startService(self)
-        self._call = self.clock.callLater(self.firstDelay, self._run)
+        self._collectors = {}  # account id: (its settings as JSON, collector)
 
     def _collectorFor(self, account):
-        key = json.dumps(account, sort_keys=True)
-        collector = self._collectors.get(account["id"])
-        if collector is None or collector.accountKey != key:
-            collector = self.makeCollector(account)
-            collector.accountKey = key
-            self._collectors[account["id"]] = collector
-        return collector
+        settings = json.dumps(account, sort_keys=True)
+        known = self._collectors.get(account["id"])
+        if known is None or known[0] != settings:
+            if known is not None:
+                known[1].close()
+            known = self._collectors[account["id"]] = (settings, self.makeCollector(account))
+        return known[1]
 
     def runNow(self):
         """
-        Collect every account now.
-
-        @return: a L{Deferred} firing with the list of
-            L{mdpy.domainpop.service.CycleReport}.
+        See L{PeriodicCollection.runNow}: every account, firing with the
+        list of their L{mdpy.domainpop.service.CycleReport}s.
         """
         return defer.ensureDeferred(self._all())
 
@@ -140,29 +128,6 @@ class MultiPOPService(service.Service):
                 log.info("{name}: not collected: {why}", name=collector.name, why=e)
         return reports
 
-    def _run(self):
-        self._call = None
-        d = self._current = self.runNow()
-
-        def again(_):
-            self._current = None
-            if self.running:
-                self._call = self.clock.callLater(self.interval, self._run)
-
-        d.addBoth(again)
-
-    def stopService(self):
-        service.Service.stopService(self)
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-        current = self._current
-
-        def close(_=None):
-            for collector in self._collectors.values():
-                collector.close()
-
-        if current is None:
-            close()
-            return None
-        return current.addBoth(close)
+    def close(self):
+        for settings, collector in self._collectors.values():
+            collector.close()

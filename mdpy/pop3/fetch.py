@@ -50,14 +50,13 @@ Invariants:
 
 import re
 
-from twisted.internet import defer, endpoints, ssl
-from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet import defer, ssl
 from twisted.internet.protocol import Factory
 from twisted.mail.pop3 import AdvancedPOP3Client, ServerErrorResponse
 from twisted.python.failure import Failure
 
 from mdpy.logs import Logger
-from mdpy.tls import loadCertificates
+from mdpy.tls import clientEndpoint, verifyingClientOptions
 
 log = Logger()
 
@@ -217,18 +216,12 @@ def clientTLSOptions(account):
     if not account.verify:
         log.warn("pop3 fetch: {label}: the server certificate is not verified", label=account.label)
         return ssl.CertificateOptions(verify=False)
-    if account.caFile:
-        try:
-            with open(account.caFile, "rb") as f:
-                certificates = loadCertificates(f.read())
-        except (OSError, ValueError) as e:
-            raise FetchError("%s: cannot read ca_file %s: %s" % (account.label, account.caFile, e))
-        if not certificates:
-            raise FetchError("%s: no certificate in ca_file %s" % (account.label, account.caFile))
-        trust = ssl.trustRootFromCertificates(certificates)
-    else:
-        trust = ssl.platformTrust()
-    return ssl.optionsForClientTLS(account.host, trustRoot=trust)
+    try:
+        return verifyingClientOptions(account.host, account.caFile)
+    except OSError as e:
+        raise FetchError("%s: cannot read ca_file %s: %s" % (account.label, account.caFile, e.strerror or e))
+    except ValueError as e:
+        raise FetchError("%s: %s" % (account.label, e))
 
 
 class _MessageWriter:
@@ -746,24 +739,6 @@ def _number(number):
     return number
 
 
-def _endpoint(reactor, account, tlsOptions):
-    """
-    @return: the client endpoint of C{account}, in TLS from the start if
-        C{tlsOptions} is given.
-    """
-    args = (reactor, account.host, account.port)
-    timeout = account.timeout
-    if isIPAddress(account.host):
-        endpoint = endpoints.TCP4ClientEndpoint(*args, timeout=timeout)
-    elif isIPv6Address(account.host):
-        endpoint = endpoints.TCP6ClientEndpoint(*args, timeout=timeout)
-    else:
-        endpoint = endpoints.HostnameEndpoint(*args, timeout=timeout)
-    if tlsOptions is not None:
-        endpoint = endpoints.wrapClientTLS(tlsOptions, endpoint)
-    return endpoint
-
-
 def connect(account, reactor=None):
     """
     Connect to C{account}'s server, start TLS as configured and log in.
@@ -787,7 +762,9 @@ def connect(account, reactor=None):
         return defer.fail(e)
     implicit = account.tls == "implicit"
     factory = _FetchFactory(account, reactor, implicit)
-    d = _endpoint(reactor, account, tlsOptions if implicit else None).connect(factory)
+    endpoint = clientEndpoint(reactor, account.host, account.port, account.timeout,
+                              tlsOptions if implicit else None)
+    d = endpoint.connect(factory)
 
     def ebConnect(failure):
         raise FetchError("%s: cannot connect: %s" % (account.label, failure.getErrorMessage()))
