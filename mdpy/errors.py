@@ -64,6 +64,13 @@ class RemoteUnavailable(TemporaryFailure):
     """
 
 
+class Unavailable(TemporaryFailure):
+    """
+    The mailbox exists but cannot take mail now (a gateway's verification
+    said so).
+    """
+
+
 class QuotaExceeded(TemporaryFailure):
     """
     The mailbox is over its quota.

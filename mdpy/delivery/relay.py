@@ -366,6 +366,42 @@ class Relay(service.Service):
         self._schedule(due)
         self._armTimer()
 
+    # --- ATRN: held mail over a connection the customer opened ---------------------
+
+    def hasHeld(self, domains):
+        """
+        @return: whether mail waits for any of C{domains}, not under way.
+        """
+        domains = {d.lower() for d in domains}
+        return any(
+            r.state == PENDING and not r.active and r.domain in domains
+            for entry in self.queue.entries.values()
+            for r in entry.recipients
+        )
+
+    def release(self, domains, route):
+        """
+        Take the held mail of C{domains} for one ODMR turnaround (RFC 2645),
+        whatever its retry schedule says.
+
+        @param route: the L{Route} naming the customer, for logs and DSNs.
+        @return: a L{HeldRelease} whose C{nextMessage} and C{messageDone}
+            drive an L{mdpy.smtp.client.ESMTPClient}; call its C{close} when
+            the connection is over.
+        """
+        domains = {d.lower() for d in domains}
+        pairs = []
+        for entry in self.queue.list():
+            recipients = [
+                r for r in entry.recipients
+                if r.state == PENDING and not r.active and r.domain in domains
+            ]
+            for recipient in recipients:
+                recipient.active = True
+            if recipients:
+                pairs.append((entry, recipients))
+        return HeldRelease(self, pairs, route)
+
     # --- one connection --------------------------------------------------------
 
     @defer.inlineCallbacks
@@ -766,6 +802,39 @@ class Relay(service.Service):
             sender=entry.sender,
             rcpts=",".join("<%s>" % (s.address,) for s in statuses),
         )
+
+
+class HeldRelease:
+    """
+    The held mail one ATRN releases: each message handed out gets its
+    results recorded as the relay records its own (a 250 marks a recipient
+    sent, a 4xx or a lost connection leaves it held for the next ATRN, a
+    5xx bounces it); what was never handed out stays held.
+    """
+
+    def __init__(self, relay, pairs, route):
+        self.relay = relay
+        self.route = route
+        self.ready = collections.deque(pairs)
+        self.messages = 0
+
+    def nextMessage(self):
+        while self.ready:
+            entry, recipients = self.ready.popleft()
+            message = self.relay._outboundMessage(entry, recipients)
+            if message is not None:
+                self.messages += 1
+                return message
+        return None
+
+    def messageDone(self, message, results):
+        message.closeUnused()
+        self.relay._recordResults(message.entry, message.queued, results, self.route)
+
+    def close(self):
+        while self.ready:
+            for recipient in self.ready.popleft()[1]:
+                recipient.active = False
 
 
 class RelayControl(LineOnlyReceiver):

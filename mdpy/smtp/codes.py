@@ -23,6 +23,7 @@ C421TooManyErrors = (421, "4.7.0", "Error: too many errors")
 C421TooManyConnections = (421, "4.7.0", "Error: too many connections")
 C421Banned = (421, "4.7.0", "Error: too many failed logins; try later")
 C421Shutdown = (421, "4.3.2", "Service shutting down")
+C450Unavailable = (450, "4.2.1", "Recipient address rejected: mailbox unavailable; try again later")
 C451LocalError = (451, "4.3.0", "Error: local error in processing; try again later")
 C451RemoteUnavailable = (451, "4.4.0", "Relay to remote domains is not available now; try later")
 C452QuotaExceeded = (452, "4.2.2", "Mailbox full; try again later")
@@ -67,6 +68,7 @@ _RECIPIENT_ERRORS = [
     (errors.RelayDenied, C550RelayDenied),
     (errors.RemoteUnavailable, C451RemoteUnavailable),
     (errors.QuotaExceeded, C452QuotaExceeded),
+    (errors.Unavailable, C450Unavailable),
     (errors.InvalidInput, C501BadRecipient),
     (errors.TooBig, C552TooBig),
     (errors.TemporaryFailure, C451LocalError),
