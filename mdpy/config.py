@@ -50,6 +50,13 @@ def parseInt(text):
     return value
 
 
+def parsePositiveFloat(text):
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive number")
+    return value
+
+
 _DURATION = re.compile(r"(\d+)\s*([smhdw]?)\Z")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -197,12 +204,24 @@ SCHEMA = {
     "pop3s": _listener(995, extra=_POP3_LIMITS),
     "imap": _listener(143, extra=[_PLAINTEXT_AUTH] + _IMAP_LIMITS),
     "imaps": _listener(993, extra=_IMAP_LIMITS),
-    "odmr": _listener(366),
+    "odmr": _listener(
+        366,
+        extra=[
+            Key("max_domains", parseInt, "100", "Domains one ATRN may name."),
+            Key("max_errors", parseInt, "20", "Errors in one session before it is closed with 421."),
+            Key("timeout", parseDuration, "5m", "Idle time before the session is closed; after ATRN, time to wait for each reply of the customer."),
+            Key("max_connections", parseInt, "100", "Simultaneous sessions in all."),
+            Key("max_connections_per_ip", parseInt, "10", "Simultaneous sessions from one address."),
+        ],
+    ),
     "minger": _listener(
         4069,
         extra=[
-            Key("secret", parseStr, "", "Shared secret for authenticated queries."),
+            Key("secret", parseStr, "", "Shared secret for authenticated queries (at least 16 characters)."),
             Key("anonymous", parseBool, "no", "Answer queries without a secret."),
+            Key("allow", parseList, "", "Addresses or networks that may ask (e.g. 192.0.2.0/24); default: any."),
+            Key("rate", parsePositiveFloat, "20", "Queries per second answered for one source address; more are dropped."),
+            Key("burst", parseInt, "40", "Queries one source may send at once before the rate applies."),
         ],
     ),
     "webadmin": _listener(1000, enabled="no"),
@@ -272,14 +291,24 @@ TEMPLATES = {
         Key("tls", _TLS_MODE, "starttls", "none, starttls or implicit."),
         Key("username", parseStr, "", "ODMR login."),
         Key("password", parseStr, "", "ODMR password."),
-        Key("domains", parseList, "", "Domains to release with ATRN."),
+        Key("domains", parseList, "", "Domains to release with ATRN; default: those the provider has for the login."),
         Key("interval", parseDuration, "10m", "Time between releases."),
+        Key("verify_certificate", parseBool, "yes", "Check the provider's certificate and name."),
+        Key("ca_file", parseStr, "", "PEM file of the CAs to trust for it; default: the system's.", isPath=True),
+        Key("timeout", parseDuration, "1m", "Time to wait for each reply of the provider."),
+        Key("atrn_timeout", parseDuration, "10m", "Time to wait for the reply to ATRN (RFC 2645: long)."),
     ],
     "gateway": [
         Key("auth_password", parseStr, "", "ODMR password of this domain (login is the domain name)."),
-        Key("minger", parseBool, "no", "Verify recipients with Minger before accepting."),
+        Key("atrn_users", parseList, "", "Directory users who may also release this domain with ATRN."),
+        Key("verify", parseChoice("none", "minger"), "none", "Check recipients before accepting them: none, or minger."),
         Key("minger_host", parseStr, "", "Minger server of the domain's own mail server."),
-        Key("minger_secret", parseStr, "", "Its shared secret."),
+        Key("minger_port", parsePort, "4069", "Its UDP port."),
+        Key("minger_secret", parseStr, "", "Its shared secret; empty for anonymous queries."),
+        Key("minger_timeout", parseDuration, "5s", "Time to wait for its answer (two tries)."),
+        Key("minger_cache", parseDuration, "10m", "How long an answer is remembered."),
+        Key("minger_fallback", parseChoice("accept", "tempfail"), "accept",
+            "What to do when it cannot answer (timeout, status 0-2): accept (and hold), or tempfail (450)."),
     ],
 }
 

@@ -97,6 +97,9 @@ class SMTPServer(CommandSession):
     maxLineLength = 12288  # RFC 4954 section 4: AUTH lines up to 12288 octets
     maxDataLineLength = 65536
     mechanisms = sasl.MECHANISMS
+    # Mechanisms allowed without TLS: none, as no password may travel in
+    # plaintext (the ODMR port allows CRAM-MD5, which RFC 2645 requires).
+    plaintextMechanisms = ()
 
     def __init__(self):
         CommandSession.__init__(self)
@@ -280,17 +283,17 @@ class SMTPServer(CommandSession):
         if self._envelope is not None:
             self.reply(codes.C503AuthInTransaction)
             return None
-        if not self.tls:
+        mechanism, _, initial = argument.partition(b" ")
+        mechanism = mechanism.upper()
+        if not self.tls and mechanism not in self.plaintextMechanisms:
             self.reply(codes.C538EncryptionRequired)
             return None
         tracker = self.factory.loginTracker
         if tracker is not None and tracker.isBanned(self._ip):
-            self.log.warn("smtp: authentication refused, banned client {ip}", ip=self._ip)
+            self.log.warn("{service}: authentication refused, banned client {ip}", service=self.service, ip=self._ip)
             self.reply(codes.C421Banned)
             self.close()
             return None
-        mechanism, _, initial = argument.partition(b" ")
-        mechanism = mechanism.upper()
         if mechanism not in self.mechanisms:
             self.reply(codes.C504UnknownMechanism)
             return None
