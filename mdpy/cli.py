@@ -89,6 +89,11 @@ def _parser():
     probe.add_argument("--address", required=True, help="an address that was only BCC'd")
     probe.add_argument("--archive", help="archive directory (default: the section's archive_dir)")
 
+    odmr = commands.add_parser("odmr", help="ODMR: release mail held by a provider").add_subparsers(
+        dest="action", required=True
+    )
+    odmr.add_parser("release", help="connect to an [odmr-client:NAME] provider and take its mail now").add_argument("name")
+
     multipop = commands.add_parser("multipop", help="users' remote POP3 accounts").add_subparsers(
         dest="action", required=True
     )
@@ -144,9 +149,12 @@ def run(argv, stdout, stdin):
 
 
 def _check(config, stdout):
-    from mdpy.tap import relaySettings
+    from twisted.internet import reactor
+
+    from mdpy.tap import buildGateways, relaySettings
 
     relaySettings(config["relay"])
+    buildGateways(config, reactor)
     for kind, instances in config.templates.items():
         for name, values in instances.items():
             if "host" in values and values.get("enabled", True) and not values["host"]:
@@ -312,6 +320,17 @@ def _domainpop(args, config, datadir, stdout, stdin):
     _collect(config, datadir, "domainpop/" + args.name, stdout)
 
 
+def _odmr(args, config, datadir, stdout, stdin):
+    section = config.named("odmr-client").get(args.name)
+    if section is None:
+        raise CommandError("no [odmr-client:%s] section in the configuration" % (args.name,))
+    if not section["enabled"]:
+        raise CommandError("[odmr-client:%s] is not enabled" % (args.name,))
+    if not section["host"]:
+        raise CommandError("[odmr-client:%s] needs a host" % (args.name,))
+    _collect(config, datadir, "odmr/" + args.name, stdout)
+
+
 def _multipop(args, config, datadir, stdout, stdin):
     from mdpy.tap import multipopAccounts
 
@@ -343,8 +362,9 @@ def _multipop(args, config, datadir, stdout, stdin):
 
 def _collect(config, datadir, name, stdout):
     """
-    Run collection C{name} (C{domainpop/NAME} or C{multipop}) once: in the
-    running server when there is one (so the two never overlap), else here.
+    Run collection C{name} (C{domainpop/NAME}, C{odmr/NAME} or C{multipop})
+    once: in the running server when there is one (so the two never
+    overlap), else here.
     """
     lines = _controlLines(datadir, "COLLECT " + name)
     if lines is not None:

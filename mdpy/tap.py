@@ -14,8 +14,12 @@ from twisted.internet.error import CannotListenError
 from mdpy.logs import Logger
 from twisted.python import usage
 
-from mdpy.auth.checkers import FailedLoginTracker, makePortal
+from twisted.cred.portal import Portal
+
+from mdpy.address import checkDomain
+from mdpy.auth.checkers import DirectoryChecker, FailedLoginTracker, Realm, makePortal
 from mdpy.config import Config, ConfigError
+from mdpy.errors import InvalidInput
 from mdpy.datadir import DataDir
 from mdpy.delivery.authresults import InboundChecker
 from mdpy.delivery.dkim import DKIMKeys
@@ -28,7 +32,12 @@ from mdpy.domainpop.recipients import RoutingRules
 from mdpy.domainpop.service import Collector, CollectorService, CollectorSettings
 from mdpy.domainpop.state import DEDUPE_FINGERPRINT
 from mdpy.logs import setLevel
+from mdpy.minger.client import MingerClient, MingerVerifier
+from mdpy.minger.server import MingerServer
 from mdpy.multipop.service import MultiPOPAccounts, MultiPOPService
+from mdpy.odmr.customer import ODMRAccount, ODMRClientService
+from mdpy.odmr.gateway import GatewayChecker, GatewayDomain, Gateways, normaliseLogin
+from mdpy.odmr.provider import ODMRFactory
 from mdpy.pop3.fetch import POP3Account
 from mdpy.imap.fetch import StructureCache
 from mdpy.imap.selected import RecentTracker
@@ -44,7 +53,7 @@ SMTP_SERVICES = {"smtp": MODE_MTA, "submission": MODE_SUBMISSION, "smtps": MODE_
 LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps")
 IMPLICIT_TLS = {"smtps", "pop3s", "imaps"}
 IMAP_SERVICES = {"imap", "imaps"}
-NOT_YET_AVAILABLE = ("odmr", "minger", "webadmin")
+NOT_YET_AVAILABLE = ("webadmin",)
 LISTEN_BACKLOG = 1024
 THREADS = 32
 
@@ -121,6 +130,19 @@ class _NamedListener(internet.StreamServerEndpointService):
             raise
 
 
+class _NamedUDPListener(internet.UDPServer):
+    """
+    A UDP listener whose bind failure names its service.
+    """
+
+    def privilegedStartService(self):
+        try:
+            internet.UDPServer.privilegedStartService(self)
+        except CannotListenError as e:
+            e.mdpyService = self.name
+            raise
+
+
 def _raiseFileLimit():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = hard if hard != resource.RLIM_INFINITY else 65536
@@ -181,6 +203,10 @@ def buildService(config, portOffset=0, reactor=None):
     tlsOptions = serverOptions(certificate, key)
 
     pipeline, queue, resolver = buildPipeline(config, datadir, directory, store, reactor)
+    for domain in pipeline.gateways.domains():
+        if directory.hasDomain(domain):
+            log.warn("gateway:{domain} is also a local domain; its mail is held for ATRN, "
+                     "not delivered to its users", domain=domain)
     portal = makePortal(directory)
     loginTracker = FailedLoginTracker(reactor)
 
@@ -247,6 +273,42 @@ def buildService(config, portOffset=0, reactor=None):
     relay = Relay(queue, resolver, pipeline, server["hostname"], relaySettings(config["relay"]), reactor)
     relay.setName("relay")
     relay.setServiceParent(top)
+    if config["odmr"]["enabled"]:
+        section = config["odmr"]
+        factory = ODMRFactory(
+            server["hostname"],
+            pipeline.gateways,
+            relay,
+            maxDomains=section["max_domains"],
+            clientTimeout=section["timeout"],
+            defaultDomain=server["domain"],
+            maxErrors=section["max_errors"],
+            timeout=section["timeout"],
+            maxConnections=section["max_connections"],
+            maxConnectionsPerIP=section["max_connections_per_ip"],
+            **dict(shared, portal=odmrPortal(pipeline.gateways, directory)),
+        )
+        listener = _NamedListener(
+            _endpoint(reactor, section["interface"], section["port"] + portOffset), factory
+        )
+        listener.setName("odmr")
+        listener.setServiceParent(top)
+    if config["minger"]["enabled"]:
+        section = config["minger"]
+        minger = MingerServer(
+            directory,
+            secret=section["secret"] or "",
+            anonymous=section["anonymous"],
+            allow=section["allow"] or (),
+            rate=section["rate"],
+            burst=section["burst"],
+            clock=reactor,
+        )
+        listener = _NamedUDPListener(
+            section["port"] + portOffset, minger, interface=section["interface"], reactor=reactor
+        )
+        listener.setName("minger")
+        listener.setServiceParent(top)
     collectors = buildCollectors(config, datadir, pipeline, directory, reactor)
     for name, collector in collectors.items():
         collector.setName(name)
@@ -293,10 +355,66 @@ def buildPipeline(config, datadir, directory, store, reactor):
             lookupPointer=resolver.lookupPointer,
             reactor=reactor,
         )
+    gateways = buildGateways(config, reactor)
+    holdGateways(queue, gateways)
     pipeline = DeliveryPipeline(
-        directory, store, queue=queue, spoolDir=datadir.spoolDir, srs=srs, checker=checker
+        directory, store, queue=queue, spoolDir=datadir.spoolDir, srs=srs, checker=checker,
+        gateways=gateways,
     )
     return pipeline, queue, resolver
+
+
+def buildGateways(config, reactor):
+    """
+    @return: the L{Gateways} of the C{[gateway:DOMAIN]} sections.
+    @raise ConfigError: a bad domain, user or Minger setting.
+    """
+    label = config.path or "<embedded default>"
+    gateways = []
+    for name, section in sorted(config.named("gateway").items()):
+        where = "%s: [gateway:%s]" % (label, name)
+        try:
+            checkDomain(name.lower())
+            users = [normaliseLogin(user) for user in section["atrn_users"] or ()]
+        except InvalidInput as e:
+            raise ConfigError("%s: %s" % (where, e))
+        verifier = None
+        if section["verify"] == "minger":
+            if not section["minger_host"]:
+                raise ConfigError("%s: verify = minger needs minger_host" % (where,))
+            client = MingerClient(
+                reactor,
+                section["minger_host"],
+                port=section["minger_port"],
+                secret=section["minger_secret"] or "",
+                timeout=section["minger_timeout"],
+                cacheTTL=section["minger_cache"],
+                negativeTTL=section["minger_cache"],
+            )
+            verifier = MingerVerifier(client, fallback=section["minger_fallback"])
+        gateways.append(GatewayDomain(name, section["auth_password"] or "", users, verifier))
+    return Gateways(gateways)
+
+
+def holdGateways(queue, gateways):
+    """
+    Hold the mail of exactly the gateway domains: a domain that is no longer
+    one has its mail delivered as any other.
+    """
+    wanted = set(gateways.domains())
+    for domain in sorted(set(queue.held) - wanted):
+        queue.release(domain)
+        log.info("queue: {domain} is no longer a gateway domain; its mail is delivered", domain=domain)
+    for domain in sorted(wanted):
+        queue.hold(domain)
+
+
+def odmrPortal(gateways, directory):
+    """
+    @return: the portal of the ODMR port: gateway domains with their
+        passwords, then directory users.
+    """
+    return Portal(Realm(), [GatewayChecker(gateways, DirectoryChecker(directory))])
 
 
 def collectorFor(config, datadir, name, section, pipeline, directory, reactor):
@@ -387,6 +505,10 @@ def buildCollectors(config, datadir, pipeline, directory, reactor):
             continue
         collector = collectorFor(config, datadir, name, section, pipeline, directory, reactor)
         services["domainpop/" + name] = CollectorService(collector, section["interval"], clock=reactor)
+    for name, section in sorted(config.named("odmr-client").items()):
+        if not section["enabled"]:
+            continue
+        services["odmr/" + name] = odmrClientFor(config, name, section, pipeline, reactor)
     if config["multipop"]["enabled"]:
         services["multipop"] = MultiPOPService(
             multipopAccounts(datadir),
@@ -395,6 +517,51 @@ def buildCollectors(config, datadir, pipeline, directory, reactor):
             clock=reactor,
         )
     return services
+
+
+def _odmrAccount(name, section):
+    """
+    @return: the L{ODMRAccount} of an C{[odmr-client:NAME]} section.
+    @raise ValueError: a bad value.
+    """
+    return ODMRAccount(
+        name,
+        section["host"] or "",
+        port=section["port"],
+        tls=section["tls"],
+        username=section["username"] or "",
+        password=section["password"] or "",
+        domains=section["domains"] or (),
+        verify=section["verify_certificate"],
+        caFile=section["ca_file"],
+        timeout=section["timeout"],
+        atrnTimeout=section["atrn_timeout"],
+    )
+
+
+def odmrClientFor(config, name, section, pipeline, reactor):
+    """
+    @return: the L{ODMRClientService} of an C{[odmr-client:NAME]} section:
+        the mail it releases enters the pipeline as inbound SMTP on port 25.
+    """
+    server, smtp = config["server"], config["smtp"]
+    try:
+        account = _odmrAccount(name, section)
+    except ValueError as e:
+        raise ConfigError("%s: [odmr-client:%s] %s" % (config.path or "<embedded default>", name, e))
+    reversed = SMTPFactory(
+        server["hostname"],
+        pipeline,
+        mode=MODE_MTA,
+        defaultDomain=server["domain"],
+        maxMessageSize=smtp["max_message_size"],
+        maxRecipients=smtp["max_recipients"],
+        maxErrors=smtp["max_errors"],
+        timeout=smtp["timeout"],
+        clock=reactor,
+    )
+    return ODMRClientService(account, reversed, server["hostname"], section["interval"],
+                             reactor=reactor, clock=reactor)
 
 
 def relaySettings(section):

@@ -15,6 +15,25 @@ from mdpy.smtp.server import MODE_MTA, MODE_SMTPS, MODE_SUBMISSION
 from mdpy.tap import Options, buildService, relaySettings
 
 
+class MemoryReactor(MemoryReactorClock):
+    """
+    A memory reactor that also records UDP listeners.
+    """
+
+    def __init__(self):
+        MemoryReactorClock.__init__(self)
+        self.udpServers = []
+
+    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+        self.udpServers.append((port, protocol, interface))
+        return _UDPPort()
+
+
+class _UDPPort:
+    def stopListening(self):
+        return None
+
+
 def load(tmp_path, text=""):
     path = tmp_path / "mdpy.ini"
     path.write_text("[server]\ndata_dir = data\nhostname = mx.example.test\ndomain = example.test\n" + text)
@@ -37,7 +56,7 @@ def test_domainpopSectionsBecomeCollectors(tmp_path):
                   "parse_headers = X-Rcpt-To, Received\ntrusted_received_hosts = mx.isp.test\n"
                   "dedupe_header = fingerprint\narchive_dir = archive\n"
                   "[domainpop:off]\nenabled = no\nhost = x.test\n[multipop]\nenabled = no\n")
-    top = buildService(config, reactor=MemoryReactorClock())
+    top = buildService(config, reactor=MemoryReactor())
     children = listeners(top)
     assert "domainpop/off" not in children and "multipop" not in children
     service = children["domainpop/isp"]
@@ -53,12 +72,12 @@ def test_domainpopSectionsBecomeCollectors(tmp_path):
 
 
 def test_oneNamedChildPerListener(tmp_path):
-    reactor = MemoryReactorClock()
+    reactor = MemoryReactor()
     top = buildService(load(tmp_path), portOffset=10000, reactor=reactor)
     children = listeners(top)
     assert sorted(children) == [
-        "imap", "imaps", "multipop", "pop3", "pop3s", "queue-control", "relay", "smtp", "smtps",
-        "submission",
+        "imap", "imaps", "minger", "multipop", "odmr", "pop3", "pop3s", "queue-control", "relay",
+        "smtp", "smtps", "submission",
     ]
     assert children["smtp"].factory.mode == MODE_MTA
     assert children["submission"].factory.mode == MODE_SUBMISSION
@@ -68,7 +87,8 @@ def test_oneNamedChildPerListener(tmp_path):
     assert children["pop3"].factory.timeout == 600
     top.privilegedStartService()
     ports = sorted(port for port, *rest in reactor.tcpServers)
-    assert ports == [10025, 10110, 10143, 10465, 10587, 10993, 10995]
+    assert ports == [10025, 10110, 10143, 10366, 10465, 10587, 10993, 10995]
+    assert [port for port, *rest in reactor.udpServers] == [14069]
     assert children["imap"].factory.structures is children["imaps"].factory.structures
     assert children["imap"].factory.recent is children["imaps"].factory.recent
     assert children["imap"].factory.timeout == 1800
@@ -83,17 +103,76 @@ def test_oneNamedChildPerListener(tmp_path):
     assert factories[10110] is children["pop3"].factory
 
 
+def test_gatewaysODMRAndMinger(tmp_path):
+    """
+    [gateway:DOMAIN] sections are held in the queue and routed by the
+    pipeline; the ODMR factory releases them; [minger] and
+    [odmr-client:NAME] are built from their keys.
+    """
+    config = load(tmp_path, "[gateway:Customer.TEST]\nauth_password = pw\natrn_users = joe@example.test\n"
+                  "verify = minger\nminger_host = 192.0.2.7\nminger_port = 4070\nminger_secret = s3cret\n"
+                  "minger_fallback = tempfail\n"
+                  "[gateway:plain.test]\nauth_password = other\n"
+                  "[minger]\nsecret = minger-secret\nanonymous = yes\nallow = 127.0.0.1, 10.0.0.0/8\n"
+                  "rate = 5\nburst = 7\n"
+                  "[odmr-client:provider]\nhost = odmr.provider.test\nusername = example.test\n"
+                  "password = pw\ndomains = example.test\ninterval = 2m\n")
+    top = buildService(config, reactor=MemoryReactor())
+    children = listeners(top)
+    odmr = children["odmr"].factory
+    gateways = odmr.gateways
+    assert gateways.domains() == ["customer.test", "plain.test"]
+    assert odmr.relay is children["relay"]
+    assert odmr.relay.queue.held == {"customer.test", "plain.test"}
+    customer = gateways.get("customer.test")
+    assert customer.releasableBy("customer.test") and customer.releasableBy("joe@example.test")
+    verifier = customer.verifier
+    assert (verifier.client.host, verifier.client.port, verifier.fallback) == ("192.0.2.7", 4070, "tempfail")
+    assert gateways.get("plain.test").verifier is None
+    assert children["smtp"].factory.target.gateways is gateways
+    minger = children["minger"].args[1]
+    assert (minger.secret, minger.anonymous) == (b"minger-secret", True)
+    client = children["odmr/provider"]
+    assert client.interval == 120
+    assert (client.account.host, client.account.port, client.account.username) == ("odmr.provider.test", 366, "example.test")
+    assert children["queue-control"].factory.collectors["odmr/provider"] is client
+
+
+def test_gatewayNoLongerConfiguredIsReleased(tmp_path):
+    config = load(tmp_path, "[gateway:customer.test]\nauth_password = pw\n")
+    queue = listeners(buildService(config, reactor=MemoryReactor()))["relay"].queue
+    assert queue.held == {"customer.test"}
+    queue = listeners(buildService(load(tmp_path), reactor=MemoryReactor()))["relay"].queue
+    assert queue.held == set()
+
+
+@pytest.mark.parametrize("text, error", [
+    ("[gateway:bad_domain]\n", "bad domain"),
+    ("[gateway:ok.test]\natrn_users = not an address@\n", "[gateway:ok.test]"),
+    ("[gateway:ok.test]\nverify = minger\n", "needs minger_host"),
+    ("[gateway:ok.test]\nverify = ldap\n", "expected one of: none, minger"),
+    ("[odmr-client:p]\nhost = p.test\ntls = maybe\n", "expected one of"),
+    ("[odmr-client:p]\nhost = p.test\ndomains = not_a_domain\n", "[odmr-client:p]"),
+    ("[minger]\nrate = 0\n", "positive"),
+])
+def test_badGatewayODMRAndMingerSettings(tmp_path, text, error):
+    with pytest.raises(ConfigError) as raised:
+        buildService(load(tmp_path, text), reactor=MemoryReactor())
+    assert error in str(raised.value)
+
+
 def test_disabledServicesAreNotBuilt(tmp_path):
     top = buildService(
         load(tmp_path, "[smtps]\nenabled = no\n[submission]\nenabled = no\n[pop3s]\nenabled = no\n"),
-        reactor=MemoryReactorClock(),
+        reactor=MemoryReactor(),
     )
-    assert list(listeners(top)) == ["smtp", "pop3", "imap", "imaps", "relay", "multipop", "queue-control"]
+    assert list(listeners(top)) == [
+        "smtp", "pop3", "imap", "imaps", "relay", "odmr", "minger", "multipop", "queue-control"]
 
 
 def test_firstStartMakesDomainPostmasterAndCertificate(tmp_path):
     config = load(tmp_path)
-    buildService(config, reactor=MemoryReactorClock())
+    buildService(config, reactor=MemoryReactor())
     data = tmp_path / "data"
     password = data / "postmaster.password"
     assert stat.S_IMODE(os.stat(password).st_mode) == 0o600
@@ -104,15 +183,15 @@ def test_firstStartMakesDomainPostmasterAndCertificate(tmp_path):
     assert stat.S_IMODE(os.stat(data / "directory.sqlite").st_mode) == 0o600
     assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
     # A second start changes nothing.
-    buildService(config, reactor=MemoryReactorClock())
+    buildService(config, reactor=MemoryReactor())
     assert password.read_text().split() == [address, secret]
 
 
 def test_logLevel(tmp_path):
     try:
-        buildService(load(tmp_path), reactor=MemoryReactorClock())
+        buildService(load(tmp_path), reactor=MemoryReactor())
         assert logs.Logger.minimum.name == "info"
-        buildService(load(tmp_path, "log_level = warn\n"), reactor=MemoryReactorClock())
+        buildService(load(tmp_path, "log_level = warn\n"), reactor=MemoryReactor())
         assert logs.Logger.minimum.name == "warn"
     finally:
         logs.setLevel("info")

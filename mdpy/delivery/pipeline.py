@@ -102,12 +102,17 @@ class DeliveryPipeline:
         keep the original sender.
     @ivar checker: an L{mdpy.delivery.authresults.InboundChecker} for mail
         from unauthenticated clients, or L{None}.
+    @ivar gateways: the L{mdpy.odmr.gateway.Gateways} whose mail is queued
+        from any sender (the queue holds it until ATRN), each recipient
+        verified first when the gateway says so; or L{None}.
     """
 
     MAX_KNOWN_ACCOUNTS = 100000
 
-    def __init__(self, directory, store, queue=None, spoolDir=None, srs=None, checker=None):
+    def __init__(self, directory, store, queue=None, spoolDir=None, srs=None, checker=None,
+                 gateways=None):
         self._knownAccounts = set()
+        self.gateways = gateways
         self.directory = directory
         self.store = store
         self.queue = queue
@@ -182,6 +187,9 @@ class PipelineDelivery:
         See L{IDelivery.addRecipient}.
         """
         pipeline = self.pipeline
+        gateway = pipeline.gateways.forAddress(address) if pipeline.gateways else None
+        if gateway is not None:
+            return self._addHeld(gateway, address)
         original = pipeline.reverseSRS(address)
         if original is not None:
             self._addRemote([original], self.relayed)
@@ -202,6 +210,17 @@ class PipelineDelivery:
             pipeline.ensureAccount(account)
             self._accounts.add(account)
             self.copies.append((account, address))
+
+    def _addHeld(self, gateway, address):
+        """
+        Queue C{address} of a gateway domain, once its check (if any)
+        accepted it; the queue holds the domain's mail.
+        """
+        d = gateway.verify(address)
+        if d is None:
+            self._addRemote([address], self.relayed)
+            return None
+        return d.addCallback(lambda _: self._addRemote([address], self.relayed))
 
     def _addRemote(self, addresses, into):
         if self.pipeline.queue is None:
