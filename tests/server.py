@@ -107,7 +107,8 @@ class MdpyServer:
 
     def __init__(self, root, extra="", pop3Extra="", imapExtra="", imapsExtra="",
                  smtpExtra="authentication_results = no\n", interface=HOST, smtpPort=None,
-                 relayExtra="smarthost = 127.0.0.1:9\nsmarthost_tls = none\n"):
+                 relayExtra="smarthost = 127.0.0.1:9\nsmarthost_tls = none\n",
+                 domain=None, odmrExtra=None, mingerExtra=None):
         """
         @param extra: sections appended to the configuration.
         @param smtpExtra: lines of its C{[smtp]} section; by default the
@@ -123,7 +124,13 @@ class MdpyServer:
         @param imapExtra: lines added to its C{[imap]} section, e.g.
             C{"max_message_size = 1M\\n"}.
         @param imapsExtra: lines added to its C{[imaps]} section.
+        @param domain: its C{[server] domain} (default L{domain}).
+        @param odmrExtra: lines of its C{[odmr]} section, which is enabled on
+            a free port only when given.
+        @param mingerExtra: lines of its C{[minger]} section, likewise.
         """
+        if domain is not None:
+            self.domain = domain
         self.root = str(root)
         self.dataDir = os.path.join(self.root, "data")
         self.config = os.path.join(self.root, "mdpy.ini")
@@ -136,6 +143,8 @@ class MdpyServer:
             smtpExtra=smtpExtra,
             relayExtra=relayExtra,
             interface=interface,
+            odmrExtra=odmrExtra,
+            mingerExtra=mingerExtra,
         )
         self.host = interface
         self._smtpPort = smtpPort
@@ -148,7 +157,8 @@ class MdpyServer:
         """
         (
             self.smtp, self.submission, self.smtps, self.pop3, self.pop3s, self.imap, self.imaps,
-        ) = freePorts(7)
+            self.odmr, self.minger,
+        ) = freePorts(9)
         if self._smtpPort is not None:
             self.smtp = self._smtpPort
         with open(self.config, "w") as f:
@@ -162,7 +172,8 @@ class MdpyServer:
                 "[pop3s]\nport = %(pop3s)d\ninterface = %(interface)s\n"
                 "[imap]\nport = %(imap)d\ninterface = %(interface)s\n%(imapExtra)s"
                 "[imaps]\nport = %(imaps)d\ninterface = %(interface)s\n%(imapsExtra)s"
-                "[odmr]\nenabled = no\n[minger]\nenabled = no\n"
+                "[odmr]\n%(odmrSection)s"
+                "[minger]\n%(mingerSection)s"
                 "[relay]\n%(relayExtra)s"
                 % dict(
                     self._extra,
@@ -174,9 +185,17 @@ class MdpyServer:
                     pop3s=self.pop3s,
                     imap=self.imap,
                     imaps=self.imaps,
+                    odmrSection=self._optional("odmr", self.odmr),
+                    mingerSection=self._optional("minger", self.minger),
                 )
                 + self._extra["extra"]
             )
+
+    def _optional(self, name, port):
+        extra = self._extra[name + "Extra"]
+        if extra is None:
+            return "enabled = no\n"
+        return "port = %d\ninterface = %s\n%s" % (port, self._extra["interface"], extra)
 
     def cli(self, *args, input=None):
         """

@@ -181,7 +181,7 @@ class ODMRServer(SMTPServer):
         release.close()
         error = "" if result.error is None else "; " + result.error.detail
         self.log.info(
-            "odmr: {user} from {ip}: {n} messages of {domains} handed over{error}",
+            "odmr: {user} from {ip}: {domains} released, messages={n}{error}",
             user=identity,
             ip=self._ip,
             n=release.messages,
