@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Minger (UDP 4069): queries per second answered by mdpy's MingerServer.
+"""Minger (UDP 4069): queries per second answered by mdpy's MingerServer,
+and the RCPT latency a Minger check adds to SMTP.
 
     python bench/minger_bench.py [--queries 200000] [--sockets 4] [--window 32]
-                                 [--users 10000] [--missing 20]
+                                 [--users 10000] [--missing 20] [--rcpts 2000]
 
 A SQLite directory is made with mdpy.directory.sqlite in a temporary
 directory: the domain bench.test and --users users user0..userN-1@bench.test.
@@ -30,7 +31,16 @@ latency, lost and wrong answers, and the server's CPU seconds.  There is no
 open-source Minger server packaged for Debian to run beside it, so these
 are mdpy's figures alone.
 
-Exit status: 0 if every query was answered correctly, 1 otherwise.
+Part 2, the RCPT latency a Minger check adds: a second child process (this
+file run with --serve-smtp) runs mdpy's SMTP server and delivery pipeline
+with two gateway domains, bench.test checked with the Minger server above
+(answers not cached, so every RCPT asks it over loopback UDP) and
+nocheck.test not checked.  One smtplib session sends --rcpts RCPT TO for
+each domain; printed are the median and 99th percentile of the RCPT round
+trip for both, and the difference.
+
+Exit status: 0 if every query was answered correctly and every RCPT got
+the expected reply (250, or 550 for a missing user), 1 otherwise.
 """
 
 import array
@@ -345,12 +355,148 @@ def bench_queries(srv, args):
     return run
 
 
+NOCHECK = "nocheck.test"
+
+
+def serve_smtp(base, minger_port):
+    """The gateway process of part 2: mdpy's SMTP server and pipeline on a
+    free TCP port of 127.0.0.1, with two gateway domains: bench.test, whose
+    recipients are checked with the Minger server at minger_port (answers
+    not cached, so every RCPT asks), and nocheck.test, not checked.  Prints
+    "listening on PORT"."""
+    from twisted.internet import reactor
+
+    from mdpy.delivery.pipeline import DeliveryPipeline
+    from mdpy.delivery.queue import SpoolQueue
+    from mdpy.directory.sqlite import SQLiteDirectory
+    from mdpy.minger.client import MingerClient, MingerVerifier
+    from mdpy.odmr.gateway import GatewayDomain, Gateways
+    from mdpy.smtp.server import SMTPFactory
+    from mdpy.store.memory import MemoryStore
+
+    client = MingerClient(reactor, "127.0.0.1", port=minger_port, secret=SECRET,
+                          cacheTTL=0, negativeTTL=0)
+    gateways = Gateways([
+        GatewayDomain(DOMAIN, verifier=MingerVerifier(client, fallback="tempfail")),
+        GatewayDomain(NOCHECK),
+    ])
+    pipeline = DeliveryPipeline(
+        SQLiteDirectory(os.path.join(base, "gateway.sqlite")), MemoryStore(),
+        queue=SpoolQueue(os.path.join(base, "queue"), reactor=reactor),
+        spoolDir=base, gateways=gateways)
+    factory = SMTPFactory("gateway.bench.test", pipeline, maxRecipients=10 ** 6,
+                          maxErrors=10 ** 6, clock=reactor)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    print("listening on %d" % port.getHost().port, flush=True)
+    reactor.run()
+    return 0
+
+
+class GatewayProcess(ProcessServer):
+    """This file run with --serve-smtp."""
+
+    name = "gateway"
+
+    def __init__(self, base, minger_port, start_timeout=30):
+        self.base = base
+        self.minger_port = minger_port
+        self.start_timeout = start_timeout
+        self.log = os.path.join(base, "gateway.log")
+        self.port = None
+
+    def start(self):
+        self._spawn([sys.executable, os.path.abspath(__file__), "--serve-smtp",
+                     self.base, str(self.minger_port)], self.log, BenchError,
+                    env=child_env())
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            try:
+                with open(self.log, errors="replace") as f:
+                    for line in f.read().splitlines():
+                        if line.startswith("listening on "):
+                            self.port = int(line.split()[-1])
+                            return self
+            except OSError:
+                pass
+            dead = self._dead()
+            if dead:
+                raise BenchError("the gateway exited (%s) before listening:\n%s"
+                                 % (dead, tail(self.log)))
+            time.sleep(0.05)
+        raise BenchError("the gateway did not listen within %ds" % self.start_timeout)
+
+
+class RcptResult:
+    error = None
+    checked = unchecked = None       # (median ms, p99 ms, count)
+
+
+def rcpt_latencies(port, domain, count, users, missing):
+    """RCPT TO latencies (seconds) of count recipients of domain over one
+    SMTP session, and how many got each reply code."""
+    import smtplib
+
+    client = smtplib.SMTP("127.0.0.1", port, timeout=30)
+    latencies, codes = [], collections.Counter()
+    try:
+        client.ehlo("bench.client")
+        client.mail("sender@remote.example")
+        for i in range(count):
+            if i * missing % 100 < missing:
+                address = "nobody%d@%s" % (i, domain)
+            else:
+                address = "user%d@%s" % (i % users, domain)
+            start = time.monotonic()
+            code, _ = client.rcpt(address)
+            latencies.append(time.monotonic() - start)
+            codes[code] += 1
+        client.rset()
+        client.quit()
+    finally:
+        client.close()
+    return sorted(latencies), codes
+
+
 def bench_rcpt_latency(srv, args):
-    """Part 2, to come: the RCPT latency a Minger check adds to an SMTP
-    session (mdpy's SMTP server verifying recipients against srv with
-    mdpy.minger.client.MingerVerifier, compared with no check).  Returns
-    None until it is written."""
-    return None
+    """Part 2: the RCPT latency a Minger check adds: one SMTP session to
+    mdpy's SMTP server sending --rcpts recipients of a gateway domain
+    checked with Minger (srv, over loopback UDP, uncached), and as many of
+    a gateway domain not checked."""
+    result = RcptResult()
+    gateway = GatewayProcess(srv.base, srv.port)
+    try:
+        with gateway:
+            for domain, attribute in ((NOCHECK, "unchecked"), (DOMAIN, "checked")):
+                latencies, codes = rcpt_latencies(gateway.port, domain, args.rcpts,
+                                                  args.users, args.missing)
+                expected = {250: args.rcpts} if domain == NOCHECK else None
+                if expected is not None and dict(codes) != expected:
+                    raise BenchError("unexpected replies for %s: %s" % (domain, dict(codes)))
+                if domain == DOMAIN and set(codes) - {250, 550}:
+                    raise BenchError("unexpected replies for %s: %s" % (domain, dict(codes)))
+                setattr(result, attribute, (percentile(latencies, 50) * 1000,
+                                            percentile(latencies, 99) * 1000,
+                                            len(latencies), dict(codes)))
+    except (BenchError, OSError) as e:
+        result.error = str(e)
+    return result
+
+
+def report_rcpt(rcpt, args):
+    print()
+    print("RCPT latency: one SMTP session to mdpy's SMTP server (a gateway), %d RCPT TO"
+          " each,\n        %d%% for missing users; checked = Minger query to the server"
+          " above for every RCPT (no cache)" % (args.rcpts, args.missing))
+    if rcpt.error:
+        print("error: %s" % rcpt.error)
+        return
+    head = "%-22s | %9s %9s | %s" % ("recipients", "median ms", "p99 ms", "replies")
+    print_table_head(head)
+    for label, row in (("not checked", rcpt.unchecked), ("checked with Minger", rcpt.checked)):
+        print("%-22s | %9.3f %9.3f | %s" % (label, row[0], row[1],
+                                              " ".join("%d: %d" % item for item in sorted(row[3].items()))))
+    print("a Minger check adds %.3f ms to the median RCPT (%.3f ms at p99)"
+          % (rcpt.checked[0] - rcpt.unchecked[0], rcpt.checked[1] - rcpt.unchecked[1]))
 
 
 def report(run, srv, args):
@@ -402,6 +548,8 @@ OPTIONS = (
     ("--timeout", dict(type=positive, default=120,
                        help="seconds allowed for the whole load "
                             "(default %(default)s)")),
+    ("--rcpts", dict(type=positive, default=2000,
+                     help="RCPT TO per domain in part 2 (default %(default)s)")),
     ("--keep", {}),
 )
 
@@ -410,6 +558,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--serve"] and len(argv) == 2:
         return serve(argv[1])
+    if argv[:1] == ["--serve-smtp"] and len(argv) == 3:
+        return serve_smtp(argv[1], int(argv[2]))
     _, args = parse_bench_args(
         argv, "Minger: queries/s answered by mdpy's MingerServer.", OPTIONS)
     interrupt_on_sigterm()
@@ -421,10 +571,10 @@ def main(argv=None):
         with srv:
             try:
                 run = bench_queries(srv, args)
+                rcpt = bench_rcpt_latency(srv, args)
             finally:
                 srv.stop()
                 run.counters = srv.counters()
-            rcpt = bench_rcpt_latency(srv, args)
     except BenchError as e:
         run.error = str(e)
     except KeyboardInterrupt:
@@ -437,9 +587,9 @@ def main(argv=None):
     if args.keep:
         print("  kept: %s" % srv.base)
     report(run, srv, args)
-    if rcpt is None:
-        print("\npart 2 (RCPT latency added by a Minger check): not written yet")
-    return exit_status(not run.ok)
+    if rcpt is not None:
+        report_rcpt(rcpt, args)
+    return exit_status(not run.ok or rcpt is None or rcpt.error is not None)
 
 
 if __name__ == "__main__":
