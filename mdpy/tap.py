@@ -153,6 +153,19 @@ def _raiseFileLimit():
             pass
 
 
+def _sessionLimits(section):
+    """
+    @return: the L{mdpy.session.SessionFactory} limits of a listener's
+        section.
+    """
+    return dict(
+        maxErrors=section["max_errors"],
+        timeout=section["timeout"],
+        maxConnections=section["max_connections"],
+        maxConnectionsPerIP=section["max_connections_per_ip"],
+    )
+
+
 def _endpoint(reactor, interface, port, tlsOptions=None):
     if ":" in interface:
         endpoint = endpoints.TCP6ServerEndpoint(
@@ -223,12 +236,7 @@ def buildService(config, portOffset=0, reactor=None):
         section = config[name]
         if not section["enabled"]:
             continue
-        limits = dict(
-            maxErrors=section["max_errors"],
-            timeout=section["timeout"],
-            maxConnections=section["max_connections"],
-            maxConnectionsPerIP=section["max_connections_per_ip"],
-        )
+        limits = _sessionLimits(section)
         if name in SMTP_SERVICES:
             factory = SMTPFactory(
                 server["hostname"],
@@ -282,10 +290,7 @@ def buildService(config, portOffset=0, reactor=None):
             maxDomains=section["max_domains"],
             clientTimeout=section["timeout"],
             defaultDomain=server["domain"],
-            maxErrors=section["max_errors"],
-            timeout=section["timeout"],
-            maxConnections=section["max_connections"],
-            maxConnectionsPerIP=section["max_connections_per_ip"],
+            **_sessionLimits(section),
             **dict(shared, portal=odmrPortal(pipeline.gateways, directory)),
         )
         listener = _NamedListener(

@@ -12,6 +12,9 @@ from twisted.internet import endpoints, ssl
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 
 from mdpy.durable import writeFileAtomically
+from mdpy.logs import Logger
+
+log = Logger()
 
 SELF_SIGNED_DAYS = 365
 
@@ -107,6 +110,24 @@ def verifyingClientOptions(hostname, caFile=None):
     if not certificates:
         raise ValueError("no certificate in %s" % (caFile,))
     return ssl.optionsForClientTLS(hostname, trustRoot=ssl.trustRootFromCertificates(certificates))
+
+
+def accountClientOptions(label, host, verify, caFile=None):
+    """
+    @return: the client TLS options of a configured account (a POP3 or ODMR
+        server): verifying its certificate and C{host} against C{caFile} or
+        the platform's trust store, or, with C{verify} off, checking nothing
+        (and saying so in the log).
+    @raise ValueError: C{caFile} cannot be read or holds no certificate;
+        the message is one line for the administrator.
+    """
+    if not verify:
+        log.warn("{label}: the server certificate is not verified", label=label)
+        return ssl.CertificateOptions(verify=False)
+    try:
+        return verifyingClientOptions(host, caFile)
+    except OSError as e:
+        raise ValueError("cannot read ca_file %s: %s" % (caFile, e.strerror or e))
 
 
 def clientEndpoint(reactor, host, port, timeout, tlsOptions=None):

@@ -53,7 +53,7 @@ import hmac
 import re
 from functools import partial
 
-from twisted.internet import defer, ssl
+from twisted.internet import defer
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 
@@ -62,7 +62,7 @@ from mdpy.logs import Logger
 from mdpy.session import disableNagle
 from mdpy.smtp.client import _REPLY_LINE, _Reply
 from mdpy.smtp.server import SMTPServer
-from mdpy.tls import clientEndpoint, verifyingClientOptions
+from mdpy.tls import accountClientOptions, clientEndpoint
 
 log = Logger()
 
@@ -223,18 +223,12 @@ def credentials(account):
 
 def clientTLSOptions(account):
     """
-    @return: the client TLS options for C{account}: verifying the
-        certificate and C{account.host} (L{verifyingClientOptions}) or, with
-        C{verify} off, checking nothing.
+    @return: the client TLS options for C{account} (see
+        L{accountClientOptions}).
     @raise ODMRError: C{caFile} cannot be read or holds no certificate.
     """
-    if not account.verify:
-        log.warn("odmr-client: {label}: the server certificate is not verified", label=account.label)
-        return ssl.CertificateOptions(verify=False)
     try:
-        return verifyingClientOptions(account.host, account.caFile)
-    except OSError as e:
-        raise ODMRError("cannot read ca_file %s: %s" % (account.caFile, e.strerror or e))
+        return accountClientOptions("odmr-client: " + account.label, account.host, account.verify, account.caFile)
     except ValueError as e:
         raise ODMRError(str(e))
 

@@ -50,13 +50,13 @@ Invariants:
 
 import re
 
-from twisted.internet import defer, ssl
+from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.mail.pop3 import AdvancedPOP3Client, ServerErrorResponse
 from twisted.python.failure import Failure
 
 from mdpy.logs import Logger
-from mdpy.tls import clientEndpoint, verifyingClientOptions
+from mdpy.tls import accountClientOptions, clientEndpoint
 
 log = Logger()
 
@@ -208,18 +208,12 @@ def _dotUnstuff(line):
 
 def clientTLSOptions(account):
     """
-    @return: the client TLS options for C{account}: verifying the
-        certificate and C{account.host} against C{account.caFile} or the
-        platform's trust store, or, with C{verify} off, checking nothing.
+    @return: the client TLS options for C{account} (see
+        L{accountClientOptions}).
     @raise FetchError: C{caFile} cannot be read or holds no certificate.
     """
-    if not account.verify:
-        log.warn("pop3 fetch: {label}: the server certificate is not verified", label=account.label)
-        return ssl.CertificateOptions(verify=False)
     try:
-        return verifyingClientOptions(account.host, account.caFile)
-    except OSError as e:
-        raise FetchError("%s: cannot read ca_file %s: %s" % (account.label, account.caFile, e.strerror or e))
+        return accountClientOptions("pop3 fetch: " + account.label, account.host, account.verify, account.caFile)
     except ValueError as e:
         raise FetchError("%s: %s" % (account.label, e))
 
