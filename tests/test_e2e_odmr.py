@@ -88,9 +88,11 @@ def test_fetchmailReleasesHeldMail(tmp_path):
     fetchmail's C{proto ODMR} logs in with CRAM-MD5, sends ATRN and relays
     the reversed session to the customer site's SMTP port.
     """
-    prov = provider(tmp_path).start()
-    site = customer(tmp_path).start()
+    prov = provider(tmp_path)
+    site = customer(tmp_path)
     try:
+        prov.start()
+        site.start()
         send(prov, ["ann@%s" % CUSTOMER, "bob@%s" % CUSTOMER], "first")
         send(prov, ["ann@%s" % CUSTOMER], "second")
         assert queued(prov).count("@%s" % CUSTOMER) == 3
@@ -137,6 +139,13 @@ def test_mdpyCustomerAgainstMdpyProvider(tmp_path):
     the running server, then with the command alone.
     """
     prov = provider(tmp_path).start()
+    try:
+        mdpyCustomerAgainst(tmp_path, prov)
+    finally:
+        prov.stop()
+
+
+def mdpyCustomerAgainst(tmp_path, prov):
     certificate = os.path.join(prov.dataDir, "tls", "cert.pem")
     section = (
         "[odmr-client:prov]\nhost = %s\nport = %d\ntls = starttls\nca_file = %s\n"
@@ -165,17 +174,14 @@ def test_mdpyCustomerAgainstMdpyProvider(tmp_path):
         assert "odmr/prov: no mail waiting" in done.stdout
     finally:
         site.stop()
-    try:
-        send(prov, ["bob@%s" % CUSTOMER], "server stopped")
-        done = site.cli("odmr", "release", "prov")
-        assert done.returncode == 0, done.stderr
-        assert "released, 1 message received" in done.stdout
-        assert subjects(site, "bob@" + CUSTOMER) == ["by command", "server stopped"]
-        wrong = site.cli("odmr", "release", "nosuch")
-        assert wrong.returncode != 0
-        assert wrong.stderr.strip().count("\n") == 0 and "Traceback" not in wrong.stderr
-    finally:
-        prov.stop()
+    send(prov, ["bob@%s" % CUSTOMER], "server stopped")
+    done = site.cli("odmr", "release", "prov")
+    assert done.returncode == 0, done.stderr
+    assert "released, 1 message received" in done.stdout
+    assert subjects(site, "bob@" + CUSTOMER) == ["by command", "server stopped"]
+    wrong = site.cli("odmr", "release", "nosuch")
+    assert wrong.returncode != 0
+    assert wrong.stderr.strip().count("\n") == 0 and "Traceback" not in wrong.stderr
 
 
 def digest(secret, mailbox):
@@ -198,10 +204,11 @@ def test_mingerAnswersAndGatewayRefusesUnknownRecipients(tmp_path):
     assert site.cli("user", "add", "gone@" + CUSTOMER, "--password", "pw").returncode == 0
     assert site.cli("user", "disable", "gone@" + CUSTOMER).returncode == 0
     assert site.cli("alias", "add", "team@" + CUSTOMER, "ann@" + CUSTOMER).returncode == 0
-    site.start()
     prov = provider(tmp_path, extra="verify = minger\nminger_host = %s\nminger_port = %d\nminger_secret = %s\n"
-                    % (HOST, site.minger, MINGER_SECRET)).start()
+                    % (HOST, site.minger, MINGER_SECRET))
     try:
+        site.start()
+        prov.start()
         # The worked example of the reference notes, computed the same way.
         assert digest("0123456789abcdef", "arvel@example.com") == "A7E/WJtlUbO5NWDjZba+bw=="
         for mailbox, status in (("ann", 5), ("team", 5), ("nobody", 3), ("gone", 4)):
@@ -239,8 +246,9 @@ def test_mingerWithTheServerDownFallsBack(tmp_path):
         silent.bind((HOST, 0))
         port = silent.getsockname()[1]
         prov = provider(tmp_path, extra="verify = minger\nminger_host = %s\nminger_port = %d\nminger_timeout = 1s\n"
-                        % (HOST, port)).start()
+                        % (HOST, port))
         try:
+            prov.start()
             with smtplib.SMTP(HOST, prov.smtp, timeout=30) as client:
                 client.ehlo("sender.test")
                 client.mail("sender@remote.test")
@@ -252,8 +260,9 @@ def test_mingerWithTheServerDownFallsBack(tmp_path):
 
 @pytest.mark.parametrize("garbage", [b"", b"\x00\xff" * 100, b"x" * 65000])
 def test_mingerSurvivesGarbage(tmp_path, garbage):
-    site = customer(tmp_path, mingerExtra="secret = %s\n" % (MINGER_SECRET,)).start()
+    site = customer(tmp_path, mingerExtra="secret = %s\n" % (MINGER_SECRET,))
     try:
+        site.start()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(1)
             s.sendto(garbage, (HOST, site.minger))
