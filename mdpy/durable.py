@@ -5,6 +5,7 @@ something.  A file is complete and fsynced before it gets its final name, and
 the directory holding the name is fsynced after.
 """
 
+import ctypes
 import os
 
 
@@ -42,6 +43,33 @@ def writeParts(fd, parts, chunkSize=65536):
                 break
             size += writeAll(fd, chunk)
     return size
+
+
+def _syncFileRange():
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    function.restype = ctypes.c_int
+    return function
+
+
+_sync_file_range = _syncFileRange()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def startWriteback(fd):
+    """
+    Start writing the data of C{fd} to disk, without waiting for it (Linux
+    C{sync_file_range(SYNC_FILE_RANGE_WRITE)}; nothing elsewhere).  A hint,
+    not a guarantee: nothing is durable before C{fsync}, which still follows
+    for every file.  Started for each file of a batch before the first
+    C{fsync}, the writes go to the disk together instead of one C{fsync}
+    after the other.
+    """
+    if _sync_file_range is not None:
+        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 def fsyncDirectory(path):

@@ -27,6 +27,23 @@ from mdpy.auth import sasl
 from mdpy.logs import Logger
 
 
+def writesThrough(transport):
+    """
+    @return: whether L{writeThrough} would try the socket itself now: a
+        plain TCP connection (L{twisted.internet.tcp.Connection}), connected,
+        with nothing buffered and no producer.
+    """
+    return (
+        isinstance(transport, tcp.Connection)
+        and not transport.TLS
+        and not transport.dataBuffer
+        and not transport._tempDataBuffer
+        and not transport.disconnecting
+        and transport.connected
+        and transport.producer is None
+    )
+
+
 def writeThrough(transport, data):
     """
     Write C{data} to C{transport}, straight to the socket when nothing is
@@ -38,15 +55,7 @@ def writeThrough(transport, data):
     L{twisted.internet.tcp.Connection}; any other transport (TLS, tests) is
     written to as usual.
     """
-    if (
-        not isinstance(transport, tcp.Connection)
-        or transport.TLS
-        or transport.dataBuffer
-        or transport._tempDataBuffer
-        or transport.disconnecting
-        or not transport.connected
-        or transport.producer is not None
-    ):
+    if not writesThrough(transport):
         transport.write(data)
         return
     try:

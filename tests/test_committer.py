@@ -141,3 +141,75 @@ def test_storeUsesTheCommitterByDefault(tmp_path):
     reactor.runOne()
     assert fired == [None]
     assert len(files(store, "a@example.test", "new")) == 1
+
+
+def unsyncedPrepare(directory):
+    """A prepare leaving its file unsynced, its descriptor open (as the queue's)."""
+
+    def prepare(name):
+        tmpPath = os.path.join(directory, name + ".tmp")
+        fd = os.open(tmpPath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, name.encode())
+        return [(tmpPath, os.path.join(directory, name), fd)]
+
+    return prepare
+
+
+def test_unsyncedFilesAreFsyncedClosedAndRenamed(tmp_path, monkeypatch):
+    synced, closed = [], []
+    realFsync, realClose = os.fsync, os.close
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), realFsync(fd)))
+    monkeypatch.setattr(os, "close", lambda fd: (closed.append(fd), realClose(fd)))
+    prepare = unsyncedPrepare(str(tmp_path))
+    assert committerModule.commitBatch(prepare, ["a", "b"]) == [None, None]
+    assert sorted(os.listdir(tmp_path)) == ["a", "b"]
+    assert len(synced) == 3  # both files, then the directory once
+    assert set(synced[:2]) <= set(closed)
+
+
+def test_unsyncedFileFsyncFailureFailsOnlyItsDelivery(tmp_path, monkeypatch):
+    realFsync = os.fsync
+    prepare = unsyncedPrepare(str(tmp_path))
+    failing = []
+
+    def fsync(fd):
+        if fd in failing:
+            raise OSError(errno.EIO, "injected")
+        realFsync(fd)
+
+    def prepareFailing(name):
+        files = prepare(name)
+        if name == "bad":
+            failing.append(files[0][2])
+        return files
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    outcome = committerModule.commitBatch(prepareFailing, ["good", "bad"])
+    assert outcome[0] is None
+    assert isinstance(outcome[1].value, errors.TemporaryFailure)
+    assert os.listdir(tmp_path) == ["good"]
+
+
+def test_deliveriesQueuedWhileWritingJoinTheBatch(store):
+    reactor = ThreadReactor()
+    committer = Committer(reactor, None, threads=1)
+    second = defer.Deferred()
+
+    def prepare(targets):
+        if targets == "first":
+            committer.commit("second", second)  # arrives while "first" is written
+        return _prepareCopies(targets_(targets))
+
+    def targets_(name):
+        return targets(store, "a@example.test", name.encode() + b"\r\n")
+
+    committer._prepare = prepare
+    fired = []
+    first = defer.Deferred()
+    first.addBoth(fired.append)
+    second.addBoth(fired.append)
+    committer.commit("first", first)
+    reactor.runOne()  # one hand-back for both
+    assert fired == [None, None]
+    assert len(files(store, "a@example.test", "new")) == 2
+    committer.stop()

@@ -40,10 +40,10 @@ from zope.interface import implementer
 from mdpy import errors
 from mdpy.address import splitAddress
 from mdpy.durable import (
+    startWriteback,
     unlinkQuietly,
     writeAll,
     writeFileAtomically,
-    writeParts,
 )
 from mdpy.interfaces import IDelivery, IOutboundQueue
 from mdpy.logs import Logger
@@ -221,15 +221,17 @@ class _Spooling:
 
 def _prepareEntry(spooling):
     """
-    Write and fsync C{msg/} and C{env/} files of one message under temporary
-    names (worker thread).  DKIM signing happens here, off the reactor.
+    Write the C{msg/} and C{env/} files of one message under temporary names
+    (worker thread), and start writing them out; L{commitBatch} fsyncs them
+    with those of the other messages of its batch.  DKIM signing happens
+    here, off the reactor.
 
-    @return: C{[(tmpPath, finalPath)]}, the message first.
+    @return: C{[(tmpPath, finalPath, fd)]}, the message first.
     """
     queue, entry = spooling.queue, spooling.entry
     msgTmp = queue.bodyPath(entry.id) + ".tmp"
     envTmp = queue.envPath(entry.id) + ".tmp"
-    written = []
+    written, fds = [], []
     try:
         parts = spooling.parts
         if spooling.signer is not None:
@@ -239,25 +241,26 @@ def _prepareEntry(spooling):
             parts = [spooling.signer.sign(data), data]
         fd = os.open(msgTmp, _CREATE, 0o600)
         written.append(msgTmp)
-        try:
-            entry.size, entry.eightBit = _writeAndInspect(fd, parts)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fds.append(fd)
+        entry.size, entry.eightBit = _writeAndInspect(fd, parts)
+        startWriteback(fd)
         fd = os.open(envTmp, _CREATE, 0o600)
         written.append(envTmp)
-        try:
-            writeAll(fd, entry.toJSON())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fds.append(fd)
+        writeAll(fd, entry.toJSON())
+        startWriteback(fd)
     except BaseException as e:
+        for fd in fds:
+            os.close(fd)
         for path in written:
             unlinkQuietly(path)
         if isinstance(e, OSError):
             raise errors.TemporaryFailure("queue %s: %s" % (entry.id, e.strerror or e)) from e
         raise
-    return [(msgTmp, queue.bodyPath(entry.id)), (envTmp, queue.envPath(entry.id))]
+    return [
+        (msgTmp, queue.bodyPath(entry.id), fds[0]),
+        (envTmp, queue.envPath(entry.id), fds[1]),
+    ]
 
 
 def _writeAndInspect(fd, parts):
@@ -271,9 +274,11 @@ def _writeAndInspect(fd, parts):
         else:
             chunks = iter(lambda: part.read(65536), b"")
         for chunk in chunks:
+            if not chunk:
+                continue
             if not eightBit and _EIGHT_BIT.search(chunk):
                 eightBit = True
-            size += writeParts(fd, [chunk])
+            size += writeAll(fd, chunk)
     return size, eightBit
 
 
@@ -299,7 +304,7 @@ class SpoolQueue:
     """
 
     def __init__(self, path, reactor=None, runInThread=None, signerFor=None,
-                 clock=None, committerThreads=2):
+                 clock=None, committerThreads=1):
         self.path = path
         self.entries = {}
         self.held = set()

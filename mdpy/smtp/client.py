@@ -47,7 +47,7 @@ from zope.interface import implementer
 from mdpy.dotstuffing import DotStuffer
 from mdpy.errors import PermanentFailure, TemporaryFailure
 from mdpy.logs import Logger
-from mdpy.session import disableNagle
+from mdpy.session import disableNagle, writesThrough, writeThrough
 
 # Results this client makes up (remote=False); RFC 3463 section 3 codes.
 C451ConnectionProblem = (451, "4.4.2", "connection problem")
@@ -213,7 +213,13 @@ def _localResult(reply, text=None):
 class _BodyProducer:
     """
     Write a message to the transport as fast as it takes it: C{chunkSize}
-    octets read at a time, dot-stuffed, then the closing line.
+    octets read at a time, dot-stuffed, the last chunk with the closing line.
+
+    Over plain TCP, L{start} writes the first chunk straight to the socket
+    (see L{writeThrough}): a message of one chunk, the usual case, goes out
+    in one write, without a round through the reactor.  The rest, or all of
+    it over any other transport, is pulled by the transport as it drains (a
+    registered L{IPullProducer}).
     """
 
     def __init__(self, client, body, chunkSize):
@@ -222,23 +228,41 @@ class _BodyProducer:
         self._chunkSize = chunkSize
         self._stuffer = DotStuffer()
         self._stopped = False
+        self._next = None  # a chunk read ahead, to know the last one
+        self.registered = False
+
+    def start(self):
+        """
+        Write the first chunk if it can go straight out; register with the
+        transport for the rest.
+        """
+        transport = self._client.transport
+        if writesThrough(transport):
+            self.resumeProducing()
+            if self._stopped:
+                return
+        self.registered = True
+        transport.registerProducer(self, False)
 
     def resumeProducing(self):
         if self._stopped:
             return
         client = self._client
+        body = self._body
         try:
-            chunk = self._body.read(self._chunkSize)
+            chunk = self._next if self._next is not None else body.read(self._chunkSize)
+            self._next = body.read(self._chunkSize) if chunk else b""
         except Exception as e:
             self._stopped = True
             client._bodyUnreadable(e)
             return
-        if chunk:
-            client.transport.write(self._stuffer.feed(chunk))
+        stuffer = self._stuffer
+        if self._next:
+            writeThrough(client.transport, stuffer.feed(chunk))
             client._resetTimeout()
         else:
             self._stopped = True
-            client.transport.write(self._stuffer.finish())
+            writeThrough(client.transport, stuffer.feed(chunk) + stuffer.finish())
             client._bodySent()
 
     def stopProducing(self):
@@ -493,7 +517,7 @@ class ESMTPClient(Protocol):
     def _send(self, *commands):
         # Send commands, (line, name, callback) each, in one write, and give
         # each reply, in order, to the callback of its command.
-        self.transport.write(b"".join(line + b"\r\n" for line, _, _ in commands))
+        writeThrough(self.transport, b"".join(line + b"\r\n" for line, _, _ in commands))
         self._waiting.extend((name, callback) for _, name, callback in commands)
         self._resetTimeout()
 
@@ -730,7 +754,7 @@ class ESMTPClient(Protocol):
         txn = self._txn
         if reply.code == 354 and txn.accepted and not txn.mailRefused:
             self._producer = _BodyProducer(self, txn.body, self.bodyChunkSize)
-            self.transport.registerProducer(self._producer, False)
+            self._producer.start()
             self._resetTimeout()
         elif reply.code == 354:
             # RFC 2920 section 3.1: 354 with no recipient accepted; end the
@@ -747,10 +771,11 @@ class ESMTPClient(Protocol):
         producer, self._producer = self._producer, None
         if producer is not None:
             producer.stopProducing()
-            try:
-                self.transport.unregisterProducer()
-            except RuntimeError:
-                pass  # the transport dropped it already
+            if producer.registered:
+                try:
+                    self.transport.unregisterProducer()
+                except RuntimeError:
+                    pass  # the transport dropped it already
 
     def _bodySent(self):
         self._stopBody()

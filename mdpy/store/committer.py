@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store_maildir -*-
+# -*- test-case-name: tests.test_store_maildir,tests.test_committer -*-
 """
 Group commit of new message files.
 
@@ -8,7 +8,13 @@ into C{new/}, fsyncs each directory once for the whole batch, and hands all
 the results back to the reactor in one call.  Under load this replaces one
 thread hand-off, one reactor wake-up and one directory fsync per message by
 one per batch, which is where a Python server spends its time when every
-message must be on disk before its 250.
+message must be on disk before its 250.  Deliveries queued while a batch is
+being written join it, rather than wait for its fsyncs and then their own.
+
+A delivery may leave its files written but not yet fsynced (see
+L{Committer.__init__}; with L{mdpy.durable.startWriteback}): they are
+fsynced once every delivery of the batch was written, so that their writes
+go to the disk together and each fsync finds little left to wait for.
 
 Invariants: each delivery stays all-or-nothing on its own (a failure of one
 delivery does not fail the others of its batch, unless it is the directory
@@ -38,7 +44,10 @@ class Committer:
         """
         @param prepare: C{prepare(targets)} writes and fsyncs the files of one
             delivery in C{tmp/} and returns C{[(tmpPath, finalPath)]}; it
-            raises (having removed what it wrote) if it cannot.
+            raises (having removed what it wrote) if it cannot.  An item may
+            instead be C{(tmpPath, finalPath, fd)}: the file is written but
+            not fsynced, and C{fd} is left open for the batch to fsync and
+            close before the rename.
         """
         self._reactor = reactor
         self._prepare = prepare
@@ -76,21 +85,29 @@ class Committer:
         self._queue.put((targets, deferred))
 
     def _work(self):
+        jobs = self._queue
         while True:
-            job = self._queue.get()
+            job = jobs.get()
             if job is None:
                 return
-            batch = [job]
-            while len(batch) < MAX_BATCH:
+            batch = []
+            prepared = []
+            # Deliveries that come while the batch is written join it: they
+            # would otherwise wait for its fsyncs, then for their own.
+            while True:
+                batch.append(job)
+                prepared.append(_prepareOne(self._prepare, job[0]))
+                if len(batch) >= MAX_BATCH:
+                    break
                 try:
-                    job = self._queue.get_nowait()
+                    job = jobs.get_nowait()
                 except queue.Empty:
                     break
                 if job is None:
-                    self._queue.put(None)
+                    jobs.put(None)
                     break
-                batch.append(job)
-            results = self._commitBatch(batch)
+            failures = finishBatch(prepared)
+            results = [(deferred, failure) for (targets, deferred), failure in zip(batch, failures)]
             self._reactor.callFromThread(_fire, results)
 
     def _commitBatch(self, batch):
@@ -103,21 +120,48 @@ class Committer:
 
 def commitBatch(prepare, deliveries):
     """
-    Commit several deliveries: prepare (write and fsync) each one's files,
-    rename them into place, and fsync each directory once.
+    Commit several deliveries: prepare (write) each one's files, fsync those
+    C{prepare} left unsynced, rename them all into place, and fsync each
+    directory once.
 
     @param prepare: see L{Committer.__init__}.
     @param deliveries: a list of what C{prepare} takes.
     @return: for each delivery, in order, L{None} or the L{Failure} that
         undid it.
     """
-    failures = [None] * len(deliveries)
+    return finishBatch([_prepareOne(prepare, targets) for targets in deliveries])
+
+
+def _prepareOne(prepare, targets):
+    """
+    @return: C{(files, None)} from C{prepare}, or C{(None, failure)}.
+    """
+    try:
+        return prepare(targets), None
+    except BaseException:
+        return None, Failure()
+
+
+def finishBatch(prepared):
+    """
+    Fsync the files C{prepare} left unsynced, rename every file into place,
+    and fsync each directory once.
+
+    @param prepared: C{[(files, failure)]} of L{_prepareOne}, a delivery
+        each.
+    @return: for each delivery, in order, L{None} or the L{Failure} that
+        undid it.
+    """
+    failures = [failure for files, failure in prepared]
+    synced = [
+        (index, _syncPrepared(files))
+        for index, (files, failure) in enumerate(prepared)
+        if failure is None
+    ]
     renamed, directories = [], {}
-    for index, targets in enumerate(deliveries):
-        try:
-            files = prepare(targets)
-        except BaseException:
-            failures[index] = Failure()
+    for index, (files, error) in synced:
+        if error is not None:
+            failures[index] = Failure(error)
             continue
         done = []
         try:
@@ -145,6 +189,31 @@ def commitBatch(prepare, deliveries):
             for path in done:
                 unlinkQuietly(path)
     return failures
+
+
+def _syncPrepared(files):
+    """
+    Fsync and close the descriptors C{prepare} left open in C{files}.
+
+    @return: C{([(tmpPath, finalPath)], error)}: C{error} is L{None}, or a
+        L{TemporaryFailure} after which the temporary files were removed.
+    """
+    error = None
+    for item in files:
+        if len(item) == 3:
+            fd = item[2]
+            try:
+                if error is None:
+                    os.fsync(fd)
+            except OSError as e:
+                error = TemporaryFailure("fsync %s: %s" % (item[0], e.strerror))
+            finally:
+                os.close(fd)
+    paths = [item[:2] for item in files]
+    if error is not None:
+        for tmpPath, finalPath in paths:
+            unlinkQuietly(tmpPath)
+    return paths, error
 
 
 def _fire(results):
