@@ -192,7 +192,7 @@ def test_unsyncedFileFsyncFailureFailsOnlyItsDelivery(tmp_path, monkeypatch):
 
 def test_deliveriesQueuedWhileWritingJoinTheBatch(store):
     reactor = ThreadReactor()
-    committer = Committer(reactor, None, threads=1)
+    committer = Committer(reactor, None, threads=1, joinWhileWriting=True)
     second = defer.Deferred()
 
     def prepare(targets):

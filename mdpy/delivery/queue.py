@@ -319,7 +319,7 @@ class SpoolQueue:
             runInThread = deferToReactorThreadPool
             if reactor is None:
                 from twisted.internet import reactor
-            self._committer = Committer(reactor, _prepareEntry, committerThreads)
+            self._committer = Committer(reactor, _prepareEntry, committerThreads, joinWhileWriting=True)
         self._runInThread = runInThread
         for sub in ("msg", "env", "corrupt"):
             os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)

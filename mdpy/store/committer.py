@@ -40,7 +40,7 @@ class Committer:
         the others).
     """
 
-    def __init__(self, reactor, prepare, threads=4):
+    def __init__(self, reactor, prepare, threads=4, joinWhileWriting=False):
         """
         @param prepare: C{prepare(targets)} writes and fsyncs the files of one
             delivery in C{tmp/} and returns C{[(tmpPath, finalPath)]}; it
@@ -48,9 +48,14 @@ class Committer:
             instead be C{(tmpPath, finalPath, fd)}: the file is written but
             not fsynced, and C{fd} is left open for the batch to fsync and
             close before the rename.
+        @param joinWhileWriting: whether deliveries arriving while a batch is
+            prepared join it; worth it when C{prepare} leaves the fsyncs to
+            the batch (it is then quick), not when it fsyncs itself (each
+            newcomer would hold the whole batch back).
         """
         self._reactor = reactor
         self._prepare = prepare
+        self._joinWhileWriting = joinWhileWriting
         self._queue = queue.SimpleQueue()
         self._threads = []
         self._count = threads
@@ -90,25 +95,36 @@ class Committer:
             job = jobs.get()
             if job is None:
                 return
-            batch = []
+            batch = [job]
+            if not self._joinWhileWriting:
+                batch += self._available(MAX_BATCH - 1)
             prepared = []
-            # Deliveries that come while the batch is written join it: they
-            # would otherwise wait for its fsyncs, then for their own.
-            while True:
-                batch.append(job)
-                prepared.append(_prepareOne(self._prepare, job[0]))
-                if len(batch) >= MAX_BATCH:
-                    break
-                try:
-                    job = jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    jobs.put(None)
-                    break
+            while len(prepared) < len(batch):
+                prepared.append(_prepareOne(self._prepare, batch[len(prepared)][0]))
+                if self._joinWhileWriting and len(prepared) == len(batch) < MAX_BATCH:
+                    # Deliveries that came while the batch was written join
+                    # it: they would otherwise wait for its fsyncs, then for
+                    # their own.
+                    batch += self._available(1)
             failures = finishBatch(prepared)
             results = [(deferred, failure) for (targets, deferred), failure in zip(batch, failures)]
             self._reactor.callFromThread(_fire, results)
+
+    def _available(self, limit):
+        """
+        @return: up to C{limit} deliveries waiting now.
+        """
+        taken = []
+        while len(taken) < limit:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self._queue.put(None)
+                break
+            taken.append(job)
+        return taken
 
     def _commitBatch(self, batch):
         """
