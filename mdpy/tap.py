@@ -115,32 +115,25 @@ class MailServer(service.MultiService):
             ) from None
 
 
-class _NamedListener(internet.StreamServerEndpointService):
+class _Named:
     """
     A listener whose bind failure names its service.
     """
 
+    def privilegedStartService(self):
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            e.mdpyService = self.name
+            raise
+
+
+class _NamedListener(_Named, internet.StreamServerEndpointService):
     _raiseSynchronously = True
 
-    def privilegedStartService(self):
-        try:
-            internet.StreamServerEndpointService.privilegedStartService(self)
-        except CannotListenError as e:
-            e.mdpyService = self.name
-            raise
 
-
-class _NamedUDPListener(internet.UDPServer):
-    """
-    A UDP listener whose bind failure names its service.
-    """
-
-    def privilegedStartService(self):
-        try:
-            internet.UDPServer.privilegedStartService(self)
-        except CannotListenError as e:
-            e.mdpyService = self.name
-            raise
+class _NamedUDPListener(_Named, internet.UDPServer):
+    pass
 
 
 def _raiseFileLimit():

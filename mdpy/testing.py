@@ -225,3 +225,40 @@ class TempDirTestCase(unittest.TestCase):
         self.addCleanup(shutil.rmtree, path, True)
         return path
 
+
+
+class LoopbackTestCase(TempDirTestCase):
+    """
+    A test case running servers on 127.0.0.1 with the global reactor.
+    """
+
+    async def until(self, condition, what="condition"):
+        """
+        Wait (up to 10 s) until C{condition()} is true.
+        """
+        from twisted.internet import reactor, task
+
+        for _ in range(2000):
+            if condition():
+                return
+            await task.deferLater(reactor, 0.005, lambda: None)
+        self.fail("gave up waiting for " + what)
+
+    def listen(self, factory, tlsOptions=None, openConnections=None):
+        """
+        @param openConnections: returns how many connections of C{factory}
+            are open; after the test, cleanup waits until none is.
+        @return: the port C{factory} listens on at 127.0.0.1 (in TLS if
+            C{tlsOptions} is given), closed after the test.
+        """
+        from twisted.internet import reactor
+
+        if tlsOptions is None:
+            port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        else:
+            port = reactor.listenSSL(0, factory, tlsOptions, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        if openConnections is not None:
+            self.addCleanup(lambda: defer.ensureDeferred(
+                self.until(lambda: not openConnections(), "server connections to close")))
+        return port.getHost().port

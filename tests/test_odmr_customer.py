@@ -29,7 +29,7 @@ from mdpy.odmr.customer import (
 )
 from mdpy.smtp.server import SMTPFactory
 from mdpy.store.memory import MemoryStore
-from mdpy.testing import RecordingTarget, TempDirTestCase, TLSStringTransport, Transcript
+from mdpy.testing import LoopbackTestCase, RecordingTarget, TempDirTestCase, TLSStringTransport, Transcript
 from mdpy.tls import ensureSelfSigned, serverOptions
 from tests.test_pop3_fetch import LoopbackReactor
 
@@ -535,7 +535,7 @@ def deliveryScript(*messages):
     return script
 
 
-class LoopbackTests(TempDirTestCase):
+class LoopbackTests(LoopbackTestCase):
     def setUp(self):
         self.reactor = LoopbackReactor()
         self.pipeline = makePipeline(self.tempDir())
@@ -543,21 +543,8 @@ class LoopbackTests(TempDirTestCase):
         self.addCleanup(lambda: defer.ensureDeferred(self.until(
             lambda: all(c.state == "disconnected" for c in self.reactor.connectors), "connections to close")))
 
-    async def until(self, condition, what="condition"):
-        for _ in range(2000):
-            if condition():
-                return
-            await task.deferLater(reactor, 0.005, lambda: None)
-        self.fail("gave up waiting for " + what)
-
     def listen(self, factory, tlsOptions=None):
-        if tlsOptions is None:
-            port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        else:
-            port = reactor.listenSSL(0, factory, tlsOptions, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.addCleanup(lambda: defer.ensureDeferred(self.until(lambda: not factory.open, "provider to close")))
-        return port.getHost().port
+        return LoopbackTestCase.listen(self, factory, tlsOptions, lambda: factory.open)
 
     def certificate(self, hostname="odmr.test"):
         """@return: (serverOptions, caFile) of a new self-signed certificate."""

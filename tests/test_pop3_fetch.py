@@ -22,7 +22,7 @@ from mdpy.pop3.fetch import FetchError, POP3Account, RemoteMessage, connect
 from mdpy.pop3.maildrop import uidlFor
 from mdpy.pop3.server import POP3Factory, POP3Server
 from mdpy.store.memory import MemoryStore
-from mdpy.testing import TempDirTestCase, memoryPortal, synchronousRunner
+from mdpy.testing import LoopbackTestCase, TempDirTestCase, memoryPortal, synchronousRunner
 from mdpy.tls import serverOptions
 
 USER = "joe@example.test"
@@ -264,7 +264,7 @@ class WriteOnly:
         return b"".join(self.chunks)
 
 
-class FetchTestCase(TempDirTestCase):
+class FetchTestCase(LoopbackTestCase):
     def setUp(self):
         self.reactor = LoopbackReactor()
         self.addCleanup(
@@ -276,26 +276,9 @@ class FetchTestCase(TempDirTestCase):
             )
         )
 
-    async def until(self, condition, what="condition"):
-        for _ in range(2000):
-            if condition():
-                return
-            await task.deferLater(reactor, 0.005, lambda: None)
-        self.fail("gave up waiting for " + what)
-
     def listen(self, factory, tlsOptions=None):
-        """
-        @return: the port C{factory} listens on at 127.0.0.1 (in TLS if
-            C{tlsOptions} is given), closed after the test.
-        """
-        if tlsOptions is None:
-            port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        else:
-            port = reactor.listenSSL(0, factory, tlsOptions, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
         count = (lambda: factory.connections) if isinstance(factory, POP3Factory) else (lambda: factory.open)
-        self.addCleanup(lambda: defer.ensureDeferred(self.until(lambda: not count(), "server connections to close")))
-        return port.getHost().port
+        return LoopbackTestCase.listen(self, factory, tlsOptions, count)
 
     def account(self, port, host="127.0.0.1", **kwargs):
         settings = dict(tls="none", username=USER, password=PASSWORD, timeout=30)

@@ -223,3 +223,26 @@ def test_relaySettingsFromTheConfiguration(tmp_path):
     with pytest.raises(ConfigError) as info:
         relaySettings(load(tmp_path, "[relay]\nsmarthost = host:port\n")["relay"])
     assert str(info.value).startswith("[relay] smarthost = host:port: ")
+
+
+def test_busyUDPPortIsNamed(tmp_path):
+    """
+    A Minger port already taken stops the start with one line naming it.
+    """
+    import socket
+
+    from twisted.internet import reactor
+
+    from mdpy.tap import ListenError
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        disabled = "".join("[%s]\nenabled = no\n" % (name,) for name in (
+            "smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "odmr", "multipop"))
+        config = load(tmp_path, disabled + "[minger]\ninterface = 127.0.0.1\nport = %d\n" % (port,))
+        top = buildService(config, reactor=reactor)
+        top.services = [child for child in top if child.name == "minger"]
+        with pytest.raises(ListenError) as raised:
+            top.privilegedStartService()
+    assert "cannot listen on port %d for minger (127.0.0.1)" % (port,) in str(raised.value)
