@@ -217,12 +217,16 @@ def _alias(args, config, datadir, stdout, stdin):
 
 
 def _queue(args, config, datadir, stdout, stdin):
-    from mdpy.delivery.queue import readQueue
+    from mdpy.delivery.queue import readHeld, readQueue
 
     if args.action == "list":
         entries, unreadable = readQueue(datadir.queueDir)
+        try:
+            held = readHeld(datadir.queueDir)
+        except (OSError, ValueError, TypeError):
+            held = set()
         for entry in entries:
-            stdout.write(formatEntry(entry))
+            stdout.write(formatEntry(entry, held))
         for name in unreadable:
             stdout.write("%s (unreadable; it will be moved to corrupt/)\n" % (name,))
         return
@@ -247,8 +251,9 @@ def _queue(args, config, datadir, stdout, stdin):
         raise CommandError("no such queued message: %s" % (args.id,))
 
 
-def formatEntry(entry):
+def formatEntry(entry, held=()):
     """
+    @param held: the domains held for ATRN.
     @return: the lines of C{queue list} for one queue entry: the message,
         then one indented line per recipient.
     """
@@ -260,7 +265,9 @@ def formatEntry(entry):
         line = "    <%s> %s attempts=%d" % (r.address, r.state, r.attempts)
         if r.status:
             line += " status=%s" % (r.status,)
-        if r.state == "pending":
+        if r.state == "pending" and r.domain in held:
+            line += " held for ATRN"
+        elif r.state == "pending":
             line += " next=%s" % (_time(r.due),)
         last = r.diagnostic or r.reason
         if last:

@@ -435,6 +435,49 @@ class TurnaroundTests(ProviderTestCase):
         self.assertIn("550 5.1.1", str(report))
 
 
+class HeldExpiryTests(ProviderTestCase):
+    """
+    Held mail nobody releases fails after the relay's lifetime, with a DSN.
+    """
+
+    @defer.inlineCallbacks
+    def test_expiresWithADSN(self):
+        entry = yield self.hold(["a@example.org"])
+        self.clock.advance(86400 - 3601)
+        yield self.settle()
+        self.assertEqual(entry.recipients[0].state, PENDING)
+        self.assertEqual(self.bounces.messages, [])
+        self.clock.advance(3601)
+        yield self.settle()
+        self.assertEqual(entry.recipients[0].state, BOUNCED)
+        [dsn] = self.bounces.messages
+        self.assertEqual(dsn.recipients, ["Lester.Tester@dot.foo.bar"])
+        report = email.message_from_bytes(dsn.data)
+        status = [part for part in report.walk() if part.get_content_type() == "message/delivery-status"]
+        text = status[0].as_string()
+        self.assertIn("Status: 4.4.7", text)
+        self.assertIn("Action: failed", text)
+        self.assertEqual(self.resolver.asked, [])
+        self.assertNotIn(entry.id, self.queue.entries)
+
+    @defer.inlineCallbacks
+    def test_queueListSaysHeld(self):
+        from io import StringIO
+
+        from mdpy.cli import formatEntry
+        from mdpy.delivery.queue import readHeld
+
+        yield self.hold(["a@example.org", "b@remote.test"])
+        [entry] = self.queue.list()
+        held = readHeld(self.queue.path)
+        self.assertEqual(held, {"example.org", "example.com", "elsewhere.test"})
+        out = StringIO()
+        out.write(formatEntry(entry, held))
+        lines = out.getvalue().splitlines()
+        self.assertTrue(lines[1].startswith("    <a@example.org> pending attempts=0 held for ATRN"), lines)
+        self.assertIn(" next=", lines[2])
+
+
 class GatewayPipelineTests(ProviderTestCase):
     """
     Mail for a gateway domain enters through SMTP on port 25 from anyone

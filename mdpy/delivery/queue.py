@@ -350,10 +350,7 @@ class SpoolQueue:
         @return: the number of entries loaded.
         """
         try:
-            with open(self.heldPath, "rb") as f:
-                self.held = set(json.loads(f.read().decode("utf-8")))
-        except FileNotFoundError:
-            pass
+            self.held = readHeld(self.path)
         except (OSError, ValueError, TypeError) as e:
             log.error("queue: cannot read {path}: {why}; no domain held", path=self.heldPath, why=e)
         envDir = os.path.join(self.path, "env")
@@ -602,6 +599,18 @@ def controlSocketPath(queueDir):
         L{mdpy.delivery.relay.RelayControl}).
     """
     return os.path.join(queueDir, "control.sock")
+
+
+def readHeld(path):
+    """
+    @return: the set of domains held in the queue directory C{path}.
+    @raise OSError, ValueError, TypeError: the file cannot be read.
+    """
+    try:
+        with open(os.path.join(path, "held"), "rb") as f:
+            return {str(domain) for domain in json.loads(f.read().decode("utf-8"))}
+    except FileNotFoundError:
+        return set()
 
 
 def readQueue(path):

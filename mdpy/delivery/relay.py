@@ -26,7 +26,9 @@ since it was queued, when it fails too.  Once no route of a destination
 could be reached, its mail arriving before the first retry slot is deferred
 without a connection of its own ("delivery temporarily suspended"; a flush
 lifts that), and no new connection replaces one that failed while others to
-the destination still run.  Every failure is reported to the
+the destination still run.  Mail of a domain on hold (a gateway domain,
+released by ODMR's ATRN) is never tried; it fails when it has waited
+C{[relay] lifetime}.  Every failure is reported to the
 envelope sender in one RFC 3464 DSN per message and attempt, sent with the
 null sender; mail from the null sender is never bounced.  A delay warning
 goes out once when a message has waited C{[relay] delay_warning}.
@@ -199,6 +201,7 @@ class Relay(service.Service):
         self._timer = None
         self._tlsOptions = None
         self._suspended = {}  # destination key: (until, error)
+        self._heldTimer = None
         queue.listeners.append(self._queued)
 
     # --- service ---------------------------------------------------------------
@@ -209,12 +212,14 @@ class Relay(service.Service):
             if entry.inState(FAILED):
                 self._report(entry)
         self._scheduleAll()
+        self._expireHeld()
 
     def stopService(self):
         service.Service.stopService(self)
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        for timer in (self._timer, self._heldTimer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._heldTimer = None
         for destination in list(self._destinations.values()):
             destination.wakeIdle(False)
 
@@ -378,6 +383,33 @@ class Relay(service.Service):
             for entry in self.queue.entries.values()
             for r in entry.recipients
         )
+
+    def _expireHeld(self):
+        """
+        Fail held mail that waited longer than the lifetime without an ATRN
+        taking it, so that its senders are told; then look again in an
+        hour (or a lifetime, if shorter).
+        """
+        self._heldTimer = None
+        now = self._now()
+        lifetime = self.settings.lifetime
+        for entry in self.queue.list():
+            expired = [
+                r for r in entry.recipients
+                if r.state == PENDING and not r.active and self.queue.isHeld(r.domain)
+                and now - entry.created >= lifetime
+            ]
+            for recipient in expired:
+                recipient.state = FAILED
+                recipient.status = "4.4.7"
+                recipient.lastAttempt = now
+                recipient.diagnostic = None
+                recipient.reason = "held for its domain's ODMR customer, which did not release it in time"
+                log.info("relay: {id} to <{rcpt}>: expired while held for ATRN", id=entry.id, rcpt=recipient.address)
+            if expired:
+                self._afterAttempt(entry)
+        if self.running:
+            self._heldTimer = self.clock.callLater(min(3600, lifetime), self._expireHeld)
 
     def release(self, domains, route):
         """
