@@ -151,10 +151,11 @@ def run(argv, stdout, stdin):
 def _check(config, stdout):
     from twisted.internet import reactor
 
-    from mdpy.tap import buildGateways, relaySettings
+    from mdpy.tap import buildGateways, checkMingerSecret, relaySettings
 
     relaySettings(config["relay"])
     buildGateways(config, reactor)
+    checkMingerSecret(config, "[minger] secret", config["minger"]["secret"])
     for kind, instances in config.templates.items():
         for name, values in instances.items():
             if "host" in values and values.get("enabled", True) and not values["host"]:

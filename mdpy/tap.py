@@ -5,6 +5,7 @@ from the configuration.
 """
 
 import os
+import re
 import resource
 import sys
 
@@ -293,6 +294,7 @@ def buildService(config, portOffset=0, reactor=None):
         listener.setServiceParent(top)
     if config["minger"]["enabled"]:
         section = config["minger"]
+        checkMingerSecret(config, "[minger] secret", section["secret"])
         minger = MingerServer(
             directory,
             secret=section["secret"] or "",
@@ -380,6 +382,7 @@ def buildGateways(config, reactor):
         if section["verify"] == "minger":
             if not section["minger_host"]:
                 raise ConfigError("%s: verify = minger needs minger_host" % (where,))
+            checkMingerSecret(config, "[gateway:%s] minger_secret" % (name,), section["minger_secret"])
             client = MingerClient(
                 reactor,
                 section["minger_host"],
@@ -392,6 +395,27 @@ def buildGateways(config, reactor):
             verifier = MingerVerifier(client, fallback=section["minger_fallback"])
         gateways.append(GatewayDomain(name, section["auth_password"] or "", users, verifier))
     return Gateways(gateways)
+
+
+_VCHARS = re.compile(r"[\x21-\x7e]{1,50}\Z")
+
+
+def checkMingerSecret(config, where, secret):
+    """
+    A Minger secret is 1 to 50 visible ASCII characters
+    (draft-hathcock-minger-06 section 2.2); fewer than 16 is allowed with a
+    warning, as the draft asks for 128 bits.
+
+    @raise ConfigError: it is not.
+    """
+    if not secret:
+        return
+    if not _VCHARS.match(secret):
+        raise ConfigError("%s: %s must be 1 to 50 visible ASCII characters (no spaces)"
+                          % (config.path or "<embedded default>", where))
+    if len(secret) < 16:
+        log.warn("{where} is shorter than 16 characters; a guessable secret lets anyone probe addresses",
+                 where=where)
 
 
 def holdGateways(queue, gateways):

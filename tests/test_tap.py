@@ -154,6 +154,10 @@ def test_gatewayNoLongerConfiguredIsReleased(tmp_path):
     ("[odmr-client:p]\nhost = p.test\ntls = maybe\n", "expected one of"),
     ("[odmr-client:p]\nhost = p.test\ndomains = not_a_domain\n", "[odmr-client:p]"),
     ("[minger]\nrate = 0\n", "positive"),
+    ("[minger]\nsecret = has a space\n", "visible ASCII"),
+    ("[minger]\nsecret = %s\n" % ("x" * 51,), "1 to 50"),
+    ("[gateway:ok.test]\nverify = minger\nminger_host = h.test\nminger_secret = caf\u00e9-secret-0123456\n",
+     "[gateway:ok.test] minger_secret must be"),
 ])
 def test_badGatewayODMRAndMingerSettings(tmp_path, text, error):
     with pytest.raises(ConfigError) as raised:
