@@ -60,7 +60,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from mdpy.domainpop.service import CycleBusy, PeriodicCollection
 from mdpy.logs import Logger
 from mdpy.session import disableNagle
-from mdpy.smtp.client import _REPLY_LINE, _Reply
+from mdpy.smtp.client import REPLY_LINE, Reply
 from mdpy.smtp.server import SMTPServer
 from mdpy.tls import accountClientOptions, clientEndpoint
 
@@ -471,7 +471,7 @@ class ODMRCustomer(Protocol):
                 self.session.dataReceived(rest)
 
     def _replyLineReceived(self, line):
-        match = _REPLY_LINE.match(line)
+        match = REPLY_LINE.match(line)
         if match is None:
             shown = line[:60].decode("ascii", "backslashreplace")
             self._abort("protocol error: malformed reply %r" % (shown,))
@@ -488,7 +488,7 @@ class ODMRCustomer(Protocol):
         self._replyLines.append("".join(c if c.isprintable() else " " for c in text))
         if match.group(2) != b"-":
             lines, self._replyLines = self._replyLines, []
-            self._replyReceived(_Reply(code, lines))
+            self._replyReceived(Reply(code, lines))
 
     def _replyReceived(self, reply):
         self._cancelTimeout()

@@ -57,7 +57,7 @@ C553NeedsSMTPUTF8 = (553, "5.6.7", "the server does not support SMTPUTF8")
 C553BadSender = (553, "5.1.7", "sender address cannot be sent in SMTP")
 C553BadRecipient = (553, "5.1.3", "recipient address cannot be sent in SMTP")
 
-_REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])(?:([ -])(.*))?\Z", re.S)
+REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])(?:([ -])(.*))?\Z", re.S)
 _ENHANCED = re.compile(r"([245])\.[0-9]{1,3}\.[0-9]{1,3}(?= |\Z)")
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 _INTERMEDIATE_OK = ("DATA", "AUTH")  # the only commands a 3xx may answer
@@ -161,7 +161,7 @@ class SessionResult:
             self.messagesAttempted, self.tls, self.tlsFailed, self.error)
 
 
-class _Reply:
+class Reply:
     """
     A complete reply: C{lines} as they came (for EHLO), C{text} the lines
     joined without their enhanced code (RFC 2034 section 4: each has it).
@@ -469,7 +469,7 @@ class ESMTPClient(Protocol):
             self._replyLineReceived(line[:-1] if line.endswith(b"\r") else line)
 
     def _replyLineReceived(self, line):
-        match = _REPLY_LINE.match(line)
+        match = REPLY_LINE.match(line)
         if match is None:
             self._abort("protocol error: malformed reply %r" % (line[:60],))
             return
@@ -484,7 +484,7 @@ class ESMTPClient(Protocol):
         self._replyLines.append(_CONTROL.sub(" ", (match.group(3) or b"").decode("utf-8", "replace")))
         if match.group(2) != b"-":
             lines, self._replyLines = self._replyLines, []
-            self._replyReceived(_Reply(code, lines))
+            self._replyReceived(Reply(code, lines))
 
     def _replyReceived(self, reply):
         self.log.debug("smtp-client: {peer} said: {reply}", peer=self._peer, reply=reply)
