@@ -433,6 +433,7 @@ class TurnaroundTests(ProviderTestCase):
         report = email.message_from_bytes(dsn.data)
         self.assertIn("gone@example.org", str(report))
         self.assertIn("550 5.1.1", str(report))
+        self.assertIn("Remote-MTA: dns; 192.0.2.1", str(report))
 
 
 class HeldExpiryTests(ProviderTestCase):

@@ -162,7 +162,9 @@ class ODMRServer(SMTPServer):
         self.setTimeout(None)
         pipelined = self.takeBuffered()
         release = self._release = self.factory.relay.release(
-            domains, Route("ODMR customer " + identity, self._ip, self.transport.getPeer().port)
+            # The customer's address names it in logs and as the Remote-MTA
+            # of DSNs (RFC 3464 wants a host name there, not a login).
+            domains, Route(self._ip, self._ip, self.transport.getPeer().port)
         )
         client = self.client = ESMTPClient(
             self.factory.hostname,
