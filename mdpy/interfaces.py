@@ -379,15 +379,46 @@ class IOutboundQueue(IDeliveryTarget):
 
 class IDedupeCache(Interface):
     """
-    Remembers keys (Message-ID digests, UIDLs) for a time, durably, so a
-    collector never delivers the same message twice.
+    Remembers, durably and for a time, which (key, recipient) pairs a
+    collector delivered (C{key} a Message-ID or a content fingerprint), so
+    that one message is never delivered twice to one person.  Pairs are
+    added together with the UIDLs they came from (C{markDelivered}), in one
+    transaction.
     """
 
-    def seen(key):
-        """@return: whether C{key} was added and has not expired."""
+    def isDuplicate(key, recipient, ttl=None):
+        """
+        @param ttl: when given, only a pair added less than this many seconds
+            ago counts.
+        @return: whether C{(key, recipient)} was added and not expired.
+        """
 
-    def add(key, ttl):
-        """Remember C{key} for C{ttl} seconds; durable once returned."""
+    def markDelivered(uid, pairs=()):
+        """
+        Record the message C{uid} as delivered, and its C{(key, recipient)}
+        C{pairs}; durable once returned.
+        """
 
-    def purge(now=None):
-        """Forget expired keys. @return: how many were forgotten."""
+    def expire(ttl):
+        """
+        Forget the pairs added C{ttl} seconds ago or earlier.
+
+        @return: how many were forgotten.
+        """
+
+
+class IRecipientVerifier(Interface):
+    """
+    Says whether a recipient of a gateway domain exists before SMTP accepts
+    it (L{mdpy.minger.client.MingerVerifier} asks the domain's own server
+    over Minger; a subclass or another implementation may ask LDAP or read
+    a file).
+    """
+
+    def verify(address):
+        """
+        @return: a L{Deferred} firing with L{None} to accept C{address}, or
+            failing with a L{mdpy.errors.MailError} to refuse it
+            (L{mdpy.errors.NotFound}: 550 5.1.1; L{mdpy.errors.Unavailable}:
+            450 4.2.1; L{mdpy.errors.TemporaryFailure}: 451).
+        """

@@ -366,3 +366,15 @@ def test_fingerprintDiffers():
     assert base != fingerprint(head(*COMMON, "Message-ID: <1@x>"), [b"body\r\n"])
     # A field's name and value cannot trade octets with the body.
     assert fingerprint(head("Subject: x"), [b"y"]) != fingerprint(head("Subject: xy"), [])
+
+
+def test_providesIDedupeCache(tmp_path):
+    from zope.interface.verify import verifyObject
+
+    from mdpy.interfaces import IDedupeCache
+
+    state = CollectorState(str(tmp_path / "state.sqlite"))
+    try:
+        assert verifyObject(IDedupeCache, state)
+    finally:
+        state.close()

@@ -844,6 +844,13 @@ class VerifierTests(TempDirTestCase):
         log = Logger(observer=events.append)
         return MingerVerifier(FixedClient(status), fallback, log=log), events
 
+    def test_interface(self):
+        from zope.interface.verify import verifyObject
+
+        from mdpy.interfaces import IRecipientVerifier
+
+        self.assertTrue(verifyObject(IRecipientVerifier, self.verifier(5)[0]))
+
     def test_active(self):
         verifier, events = self.verifier(5)
         self.assertIsNone(self.successResultOf(verifier.verify("a@example.com")))

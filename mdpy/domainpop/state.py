@@ -43,7 +43,10 @@ import threading
 import time
 from contextlib import contextmanager
 
+from zope.interface import implementer
+
 from mdpy.errors import PermanentFailure, TemporaryFailure
+from mdpy.interfaces import IDedupeCache
 
 BUSY_TIMEOUT_MS = 10000
 
@@ -111,6 +114,7 @@ _MIGRATIONS = [
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
+@implementer(IDedupeCache)
 class CollectorState:
     """
     The persistent state of one DomainPOP or MultiPOP source, in one SQLite

@@ -18,8 +18,10 @@ from twisted.internet import defer
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
+from zope.interface import implementer
 
 from mdpy.errors import InvalidInput, NotFound, TemporaryFailure, Unavailable
+from mdpy.interfaces import IRecipientVerifier
 from mdpy.logs import Logger
 from mdpy.minger.protocol import (
     DEFAULT_PORT,
@@ -317,6 +319,7 @@ class MingerClient:
                 d.callback(status)
 
 
+@implementer(IRecipientVerifier)
 class MingerVerifier:
     """
     Checks SMTP recipients with a L{MingerClient}.

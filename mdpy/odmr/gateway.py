@@ -44,10 +44,8 @@ class GatewayDomain:
         no such login.
     @ivar users: logins that may release it too: directory addresses, or
         other gateway domains (one customer owning several domains).
-    @ivar verifier: an object whose C{verify(address)} returns a L{Deferred}
-        firing when a recipient may be accepted (or failing with the
-        L{mdpy.errors.MailError} to refuse it), or L{None} to accept every
-        recipient.
+    @ivar verifier: an L{mdpy.interfaces.IRecipientVerifier}, or L{None} to
+        accept every recipient.
     """
 
     def __init__(self, domain, password="", users=(), verifier=None):
