@@ -103,6 +103,8 @@ class ProviderTestCase(TempDirTestCase):
         )
         self.relay.startService()
         self.addCleanup(self.relay.stopService)
+        # Runs first: state files still being written before the directory goes.
+        self.addCleanup(self.settle)
         self.directory = SQLiteDirectory(self.tempDir() + "/directory.sqlite")
         self.directory.addDomain("local.test")
         self.directory.addUser("joe@local.test", "joepw")
