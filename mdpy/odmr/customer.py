@@ -271,8 +271,7 @@ class ReleasedSession(SMTPServer):
                 d.callback(None)
         return result
 
-    def _cbCommitted(self, ignored, envelope, recipients, size):
-        SMTPServer._cbCommitted(self, ignored, envelope, recipients, size)
+    def messageAccepted(self, envelope, recipients, size):
         self.committed(envelope, recipients)
 
     def connectionLost(self, reason=None):

@@ -649,6 +649,16 @@ class SMTPServer(CommandSession):
             proto=envelope.protocol,
         )
         self.reply(codes.C250OK, "Ok: queued as %s" % (envelope.messageId,))
+        self.messageAccepted(envelope, recipients, size)
+
+    def messageAccepted(self, envelope, recipients, size):
+        """
+        A message was stored and answered with 250; a subclass may act on it
+        (the ODMR customer counts what it released).
+
+        @param recipients: the accepted recipients.
+        @param size: its size in octets, as received.
+        """
 
     def _ebCommitted(self, failure, envelope, delivery):
         self.log.error(
