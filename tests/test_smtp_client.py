@@ -613,10 +613,10 @@ def test_hugeReplyLineAbortsWithBoundedBuffer():
     chunk = b"250 " + b"x" * 65532
     s.t.sendRaw(chunk)
     assert s.transport.disconnected
-    assert len(s.client._buffer) == 0
+    assert len(s.client._replies.buffer) == 0
     for i in range(9):  # 600 KB in all, never a line end
         s.t.sendRaw(b"x" * 65536)
-        assert len(s.client._buffer) == 0
+        assert len(s.client._replies.buffer) == 0
     assert s.resultsOf() == [("a@remote.example", 451, "4.4.2", False), ("b@remote.example", 451, "4.4.2", False)]
     s.lose()
     assert "longer than 4096" in str(s.result.error)

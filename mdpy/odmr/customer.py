@@ -25,14 +25,14 @@ Invariants:
    L{ReleaseReport} it fires with, once the connection is closed and every
    message the reversed session was storing is settled.
  - Before the turnaround replies are read as the SMTP client reads them
-   (L{mdpy.smtp.client}), one command at a time, no pipelining.  Input that
+   (L{mdpy.smtp.client.ReplyReader}), one command at a time, no pipelining.  Input that
    came before the command it would answer, a malformed line, a line over
    L{MAX_REPLY_LINE} octets, a reply over L{MAX_REPLY_LINES} lines or a reply
    nobody asked for aborts the connection; at most one partial line stays
    buffered.  Each reply must come within C{timeout} seconds, the one to
    ATRN within C{atrnTimeout} (Exim and RFC 2645 ask for a long one while
    the provider scans its queue).
- - A password never crosses the wire: CRAM-MD5 (RFC 2195) sends a digest;
+ - A password never crosses the wire in plaintext: CRAM-MD5 (RFC 2195) sends a digest;
    PLAIN is used only over TLS.  With C{tls = starttls} nothing is
    authenticated before the server said C{220} to STARTTLS, the handshake
    verified its certificate (unless C{verify} is off) and EHLO was answered
@@ -60,7 +60,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from mdpy.domainpop.service import CycleBusy, PeriodicCollection
 from mdpy.logs import Logger
 from mdpy.session import disableNagle
-from mdpy.smtp.client import REPLY_LINE, Reply
+from mdpy.smtp.client import ReplyError, ReplyReader
 from mdpy.smtp.server import SMTPServer
 from mdpy.tls import accountClientOptions, clientEndpoint
 
@@ -323,9 +323,7 @@ class ODMRCustomer(Protocol):
         self.session = None
         self.tls = False
         self._label = account.label
-        self._buffer = b""
-        self._replyLines = []
-        self._replyCode = None
+        self._replies = ReplyReader(MAX_REPLY_LINE, MAX_REPLY_LINES)
         self._waiting = None  # (what, callback) of the one reply awaited
         self._timeoutCall = None
         self._connected = False
@@ -349,7 +347,7 @@ class ODMRCustomer(Protocol):
             return
         if self._ignoreInput:
             return
-        self._buffer += data
+        self._replies.feed(data)
         self._guarded(self._readReplies)
 
     def connectionLost(self, reason=connectionDone):
@@ -404,8 +402,7 @@ class ODMRCustomer(Protocol):
         if why is not None and not self._quitting:
             self._setError(why)
         self._ignoreInput = True
-        self._buffer = b""
-        self._replyLines = []
+        self._replies.clear()
         self._waiting = None
         self._cancelTimeout()
         if self._connected:
@@ -426,7 +423,7 @@ class ODMRCustomer(Protocol):
         Send one command line and wait for its reply; C{show} is what the
         debug log says instead of a line that must not be logged.
         """
-        if self._buffer:
+        if self._replies.buffer:
             # Sent before the command, so it answers nothing: no pipelining here.
             self._abort("protocol error: input before %s was sent" % (what,))
             return
@@ -455,39 +452,20 @@ class ODMRCustomer(Protocol):
 
     def _readReplies(self):
         while not self._ignoreInput and self.session is None:
-            end = self._buffer.find(b"\n")
-            if end < 0 and len(self._buffer) <= MAX_REPLY_LINE:
+            try:
+                reply = self._replies.next()
+            except ReplyError as e:
+                self._abort("protocol error: %s" % (e,))
                 return
-            if end < 0 or end > MAX_REPLY_LINE + 1:
-                self._abort("protocol error: reply line longer than %d octets" % (MAX_REPLY_LINE,))
+            if reply is None:
                 return
-            line, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
-            self._replyLineReceived(line[:-1] if line.endswith(b"\r") else line)
+            self._replyReceived(reply)
         if self.session is not None:
             # Pipelined behind the 250 to ATRN: the provider's SMTP input.
-            rest, self._buffer = self._buffer, b""
+            rest = self._replies.buffer
+            self._replies.clear()
             if rest:
                 self.session.dataReceived(rest)
-
-    def _replyLineReceived(self, line):
-        match = REPLY_LINE.match(line)
-        if match is None:
-            shown = line[:60].decode("ascii", "backslashreplace")
-            self._abort("protocol error: malformed reply %r" % (shown,))
-            return
-        code = int(match.group(1))
-        if self._replyLines and code != self._replyCode:
-            self._abort("protocol error: codes %d and %d in one reply" % (self._replyCode, code))
-            return
-        if len(self._replyLines) >= MAX_REPLY_LINES:
-            self._abort("protocol error: reply longer than %d lines" % (MAX_REPLY_LINES,))
-            return
-        self._replyCode = code
-        text = (match.group(3) or b"").decode("utf-8", "replace")
-        self._replyLines.append("".join(c if c.isprintable() else " " for c in text))
-        if match.group(2) != b"-":
-            lines, self._replyLines = self._replyLines, []
-            self._replyReceived(Reply(code, lines))
 
     def _replyReceived(self, reply):
         self._cancelTimeout()
@@ -539,10 +517,10 @@ class ODMRCustomer(Protocol):
         if reply.code != 220:
             self._fail("STARTTLS refused: %s; not authenticating" % (reply,))
             return
-        if self._buffer:  # plaintext that came with the 220 must not pass for TLS replies
+        if self._replies.buffer:  # plaintext that came with the 220 must not pass for TLS replies
             log.warn("odmr-client: {label}: discarded {n} octets sent with the 220 to STARTTLS",
-                     label=self._label, n=len(self._buffer))
-            self._buffer = b""
+                     label=self._label, n=len(self._replies.buffer))
+            self._replies.clear()
         self.extensions = {}
         self.tls = self._tlsPending = True
         self.transport.startTLS(self.tlsOptions)

@@ -57,7 +57,7 @@ C553NeedsSMTPUTF8 = (553, "5.6.7", "the server does not support SMTPUTF8")
 C553BadSender = (553, "5.1.7", "sender address cannot be sent in SMTP")
 C553BadRecipient = (553, "5.1.3", "recipient address cannot be sent in SMTP")
 
-REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])(?:([ -])(.*))?\Z", re.S)
+_REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])(?:([ -])(.*))?\Z", re.S)
 _ENHANCED = re.compile(r"([245])\.[0-9]{1,3}\.[0-9]{1,3}(?= |\Z)")
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 _INTERMEDIATE_OK = ("DATA", "AUTH")  # the only commands a 3xx may answer
@@ -186,6 +186,73 @@ class Reply:
 
     def __str__(self):
         return _formatReply(self.code, self.enhanced, self.text)
+
+
+class ReplyError(Exception):
+    """
+    The server's output is not a well-formed reply within the limits.
+    """
+
+
+class ReplyReader:
+    """
+    Cuts a server's output into replies (RFC 5321 section 4.2), within
+    limits: a line over C{maxLine} octets, a reply over C{maxLines} lines, a
+    malformed line or two codes in one reply raise L{ReplyError}; at most
+    C{maxLine} octets of a partial line stay buffered.
+
+    @ivar buffer: what was fed and not parsed yet.
+    """
+
+    def __init__(self, maxLine=4096, maxLines=100):
+        self.maxLine = maxLine
+        self.maxLines = maxLines
+        self.buffer = b""
+        self._lines = []
+        self._code = None
+
+    def feed(self, data):
+        self.buffer += data
+
+    def clear(self):
+        """
+        Forget everything fed so far.
+        """
+        self.buffer = b""
+        self._lines = []
+
+    def next(self):
+        """
+        @return: the next complete L{Reply}, or L{None} when more input is
+            needed.
+        @raise ReplyError: see the class.
+        """
+        while True:
+            end = self.buffer.find(b"\n")
+            if end < 0 and len(self.buffer) <= self.maxLine:
+                return None
+            if end < 0 or end > self.maxLine + 1:
+                raise ReplyError("reply line longer than %d octets" % (self.maxLine,))
+            line, self.buffer = self.buffer[:end], self.buffer[end + 1:]
+            reply = self._line(line[:-1] if line.endswith(b"\r") else line)
+            if reply is not None:
+                return reply
+
+    def _line(self, line):
+        match = _REPLY_LINE.match(line)
+        if match is None:
+            raise ReplyError("malformed reply %r" % (line[:60].decode("ascii", "backslashreplace"),))
+        code = int(match.group(1))
+        if self._lines and code != self._code:
+            raise ReplyError("codes %d and %d in one reply" % (self._code, code))
+        if len(self._lines) >= self.maxLines:
+            raise ReplyError("reply longer than %d lines" % (self.maxLines,))
+        self._code = code
+        self._lines.append(_CONTROL.sub(" ", (match.group(3) or b"").decode("utf-8", "replace")))
+        if match.group(2) == b"-":
+            return None
+        lines, self._lines = self._lines, []
+        return Reply(code, lines)
 
 
 def _formatReply(code, enhanced, text):
@@ -345,9 +412,7 @@ class ESMTPClient(Protocol):
         self.finished = defer.Deferred()
         self.extensions = {}
         self._result = SessionResult()
-        self._buffer = b""
-        self._replyLines = []
-        self._replyCode = None
+        self._replies = ReplyReader(maxReplyLine, maxReplyLines)
         self._waiting = deque()  # (command name, callback), a reply each
         self._txn = None
         self._producer = None
@@ -432,8 +497,7 @@ class ESMTPClient(Protocol):
         if not (self._quitting and self._txn is None):
             self._setError(TemporaryFailure("%s: %s" % (self._peer, why)))
         self._ending = self._ignoreInput = True
-        self._buffer = b""
-        self._replyLines = []
+        self._replies.clear()
         self._waiting.clear()
         self._resetTimeout()
         self._closeTransaction(_localResult(C451ConnectionProblem, why))
@@ -453,38 +517,20 @@ class ESMTPClient(Protocol):
     def dataReceived(self, data):
         if self._ignoreInput:
             return
-        self._buffer += data
+        self._replies.feed(data)
         self._guarded(self._readReplies)
         self._resetTimeout()
 
     def _readReplies(self):
         while not self._ignoreInput:
-            end = self._buffer.find(b"\n")
-            if end < 0 and len(self._buffer) <= self.maxReplyLine:
+            try:
+                reply = self._replies.next()
+            except ReplyError as e:
+                self._abort("protocol error: %s" % (e,))
                 return
-            if end < 0 or end > self.maxReplyLine + 1:
-                self._abort("protocol error: reply line longer than %d octets" % (self.maxReplyLine,))
+            if reply is None:
                 return
-            line, self._buffer = self._buffer[:end], self._buffer[end + 1:]
-            self._replyLineReceived(line[:-1] if line.endswith(b"\r") else line)
-
-    def _replyLineReceived(self, line):
-        match = REPLY_LINE.match(line)
-        if match is None:
-            self._abort("protocol error: malformed reply %r" % (line[:60],))
-            return
-        code = int(match.group(1))
-        if self._replyLines and code != self._replyCode:
-            self._abort("protocol error: codes %d and %d in one reply" % (self._replyCode, code))
-            return
-        if len(self._replyLines) >= self.maxReplyLines:
-            self._abort("protocol error: reply longer than %d lines" % (self.maxReplyLines,))
-            return
-        self._replyCode = code
-        self._replyLines.append(_CONTROL.sub(" ", (match.group(3) or b"").decode("utf-8", "replace")))
-        if match.group(2) != b"-":
-            lines, self._replyLines = self._replyLines, []
-            self._replyReceived(Reply(code, lines))
+            self._replyReceived(reply)
 
     def _replyReceived(self, reply):
         self.log.debug("smtp-client: {peer} said: {reply}", peer=self._peer, reply=reply)
@@ -588,10 +634,10 @@ class ESMTPClient(Protocol):
             self._startTLSRefused = True
             self._afterHello()
             return
-        if self._buffer:  # plaintext that came with the 220 must not pass for TLS replies
+        if self._replies.buffer:  # plaintext that came with the 220 must not pass for TLS replies
             self.log.warn("smtp-client: {peer} sent {n} octets with its 220 to STARTTLS; discarded",
-                          peer=self._peer, n=len(self._buffer))
-            self._buffer = b""
+                          peer=self._peer, n=len(self._replies.buffer))
+            self._replies.clear()
         self.extensions = {}
         self._tlsPending = True
         self.transport.startTLS(self.tlsOptions)
