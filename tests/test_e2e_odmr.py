@@ -188,11 +188,17 @@ def digest(secret, mailbox):
     return base64.b64encode(hashlib.md5(("%s:%s" % (secret, mailbox)).encode()).digest()).decode()
 
 
-def minger(port, query):
+def minger(port, query, timeout=5):
+    """
+    @return: the reply to C{query}, or L{None} when none came.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(5)
+        s.settimeout(timeout)
         s.sendto(query.encode() if isinstance(query, str) else query, (HOST, port))
-        return s.recvfrom(2048)[0].decode()
+        try:
+            return s.recvfrom(2048)[0].decode()
+        except socket.timeout:
+            return None
 
 
 def test_mingerAnswersAndGatewayRefusesUnknownRecipients(tmp_path):
@@ -215,9 +221,13 @@ def test_mingerAnswersAndGatewayRefusesUnknownRecipients(tmp_path):
             address = "%s@%s" % (mailbox, CUSTOMER)
             assert minger(site.minger, "%s d=%s" % (address, digest(MINGER_SECRET, address))) == "%s %d" % (address, status)
             assert minger(site.minger, "%s d=%s" % (address, digest("wrong-secret-0000", address))) == address + " 2"
-            assert minger(site.minger, address) == address + " 2"
-        assert minger(site.minger, "ann@%s d=%s" % (CUSTOMER, digest(MINGER_SECRET, "ann@" + CUSTOMER)[:10])) \
-            == "ann@%s 0" % (CUSTOMER,)
+            # No digest: refused (2) when the query leaves room for the
+            # reply, else not answered at all (never a larger reply).
+            assert minger(site.minger, address + "\r\n") == address + " 2"
+            assert minger(site.minger, address, timeout=0.5) is None
+        # A truncated digest is malformed: dropped without a reply.
+        assert minger(site.minger, "ann@%s d=%s" % (CUSTOMER, digest(MINGER_SECRET, "ann@" + CUSTOMER)[:10]),
+                      timeout=0.5) is None
         with smtplib.SMTP(HOST, prov.smtp, timeout=30) as client:
             client.ehlo("sender.test")
             client.mail("sender@remote.test")
@@ -270,7 +280,7 @@ def test_mingerSurvivesGarbage(tmp_path, garbage):
                 reply = s.recvfrom(70000)[0]
             except socket.timeout:
                 reply = b""
-            assert len(reply) <= len(garbage) + 2
+            assert reply == b""
         address = "ann@" + CUSTOMER
         assert minger(site.minger, "%s d=%s" % (address, digest(MINGER_SECRET, address))) == address + " 5"
         assert "Traceback" not in site.logText()

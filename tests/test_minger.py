@@ -338,9 +338,10 @@ class ServerTests(TempDirTestCase):
         before = len(server.transport.written)
         server.datagramReceived(datagram, (source, port))
         replies = server.transport.written[before:]
+        slack = 2 if server.anonymous and b" d=" not in datagram else 0
         for data, addr in replies:
             self.assertEqual(addr, (source, port))
-            self.assertLessEqual(len(data), len(datagram) + 2)
+            self.assertLessEqual(len(data), len(datagram) + slack)
         return [data for data, addr in replies]
 
     def test_authenticated(self):
@@ -361,15 +362,18 @@ class ServerTests(TempDirTestCase):
         """
         A wrong digest, a digest made for another spelling of the mailbox, a
         digest to a server without a secret and a missing digest all get 2,
-        whatever the address; a truncated digest is malformed (0).
+        whatever the address, if the reply is no longer than the query (a
+        bare query must be padded, with CR LF say); a truncated digest is
+        malformed and gets nothing.
         """
-        server = self.makeServer(secret=SECRET)
+        server = self.makeServer(secret=SECRET, rate=1e9, burst=10**9)
         for address in EXPECTED:
             wrong = "%s d=%s" % (address, digest("another secret", address))
             self.assertEqual(self.ask(server, wrong.encode()), [("%s 2" % address).encode()])
-            self.assertEqual(self.ask(server, address.encode()), [("%s 2" % address).encode()])
+            self.assertEqual(self.ask(server, address.encode() + b"\r\n"), [("%s 2" % address).encode()])
+            self.assertEqual(self.ask(server, address.encode()), [])
             truncated = "%s d=%s" % (address, digest(SECRET, address)[:-1])
-            self.assertEqual(self.ask(server, truncated.encode()), [("%s 0" % address).encode()])
+            self.assertEqual(self.ask(server, truncated.encode()), [])
         otherCase = "Alice@example.com d=" + digest(SECRET, "alice@example.com")
         self.assertEqual(self.ask(server, otherCase.encode()), [b"Alice@example.com 2"])
         noSecret = self.makeServer()
@@ -384,7 +388,9 @@ class ServerTests(TempDirTestCase):
         still carry the right one.
         """
         refused = self.makeServer(secret=SECRET)
-        self.assertEqual(self.ask(refused, b"alice@example.com"), [b"alice@example.com 2"])
+        self.assertEqual(self.ask(refused, b"alice@example.com\r\n"), [b"alice@example.com 2"])
+        self.assertEqual(self.ask(refused, b"alice@example.com"), [])
+        self.assertEqual(refused.dropped, 1)
         allowed = self.makeServer(secret=SECRET, anonymous=True)
         for address, status in EXPECTED.items():
             self.assertEqual(self.ask(allowed, address.encode()), [("%s %d" % (address, status)).encode()])
@@ -405,8 +411,9 @@ class ServerTests(TempDirTestCase):
             self.assertEqual(self.ask(server, query, source), [b"alice@example.com 5"], source)
         for source in ["192.0.2.1", "11.0.0.1", "::2", "::ffff:192.0.2.1"]:
             self.assertEqual(self.ask(server, query, source), [b"alice@example.com 1"], source)
-        self.assertEqual(self.ask(server, b"alice@example.com", "192.0.2.1"), [b"alice@example.com 1"])
-        self.assertEqual(self.ask(server, b"alice@ d=x", "192.0.2.1"), [b"alice@ 0"])
+        self.assertEqual(self.ask(server, b"alice@example.com  ", "192.0.2.1"), [b"alice@example.com 1"])
+        self.assertEqual(self.ask(server, b"alice@example.com", "192.0.2.1"), [])
+        self.assertEqual(self.ask(server, b"alice@ d=x", "192.0.2.1"), [])
 
     def test_badAllowList(self):
         self.assertRaises(ValueError, MingerServer, self.directory, allow=["10.0.0.0/33"], clock=self.clock)
@@ -465,21 +472,20 @@ class ServerTests(TempDirTestCase):
 
     def test_garbage(self):
         """
-        Oversized, empty, binary and random datagrams raise nothing; a reply
-        (status 0) comes only when the first token may be echoed, and is
-        never longer than the datagram plus two octets.
+        Oversized, empty, binary and random datagrams raise nothing and get
+        no reply (malformed queries are dropped silently).
         """
         server = self.makeServer(secret=SECRET, anonymous=True, rate=1e9, burst=10**9,
                                  globalRate=1e9)
-        self.assertEqual(self.ask(server, b"a@example.com " + b"x" * 65536), [b"a@example.com 0"])
+        self.assertEqual(self.ask(server, b"a@example.com " + b"x" * 65536), [])
         self.assertEqual(self.ask(server, b"x" * 65536), [])
         self.assertEqual(self.ask(server, b""), [])
         self.assertEqual(self.ask(server, b"\r\n"), [])
         self.assertEqual(self.ask(server, b"\x00" * 100), [])
         self.assertEqual(self.ask(server, b"\xff\xfe\xfd"), [])
         self.assertEqual(self.ask(server, b"alice@example.com\x00"), [])
-        self.assertEqual(self.ask(server, b"alice@example.com d=\xff"), [b"alice@example.com 0"])
-        self.assertEqual(self.ask(server, b"nonsense"), [b"nonsense 0"])
+        self.assertEqual(self.ask(server, b"alice@example.com d=\xff"), [])
+        self.assertEqual(self.ask(server, b"nonsense"), [])
         self.assertEqual(self.ask(server, b"alice@example.com\r\n"), [b"alice@example.com 5"])
         rng = random.Random(4069)
         alphabet = b"ab@. d=\r\n\x00\xff\xc3\xa9xyz0123456789+/"
@@ -504,7 +510,7 @@ class ServerTests(TempDirTestCase):
         self.assertEqual(server.failed, 20)
         self.assertEqual(len(self.flushLoggedErrors(TemporaryFailure)), 1)
         # The checks before the directory still answer.
-        self.assertEqual(self.ask(server, b"alice@example.com"), [b"alice@example.com 2"])
+        self.assertEqual(self.ask(server, b"alice@example.com\r\n"), [b"alice@example.com 2"])
 
     def test_unexpectedError(self):
         """
@@ -644,12 +650,15 @@ class ClientTests(TempDirTestCase):
     def test_badCredentials(self):
         wrong = self.makeClient(secret="another secret")
         self.assertEqual((yield wrong.query("alice@example.com")), 2)
-        anonymous = self.makeClient(secret="")
-        self.assertEqual((yield anonymous.query("alice@example.com")), 2)
-        self.assertEqual(self.server.received[-1][0], b"alice@example.com")
         # 2 is not cached: asking again sends again.
-        self.assertEqual((yield anonymous.query("alice@example.com")), 2)
-        self.assertEqual(self.server.answered, 3)
+        self.assertEqual((yield wrong.query("alice@example.com")), 2)
+        self.assertEqual(self.server.answered, 2)
+        # A bare anonymous query to a server refusing them gets no answer
+        # (the refusal would be longer than the query): no status at all.
+        anonymous = self.makeClient(secret="", timeout=0.4)
+        self.assertIsNone((yield anonymous.query("alice@example.com")))
+        self.assertEqual(self.server.received[-1][0], b"alice@example.com")
+        self.assertEqual(self.server.answered, 2)
 
     @defer.inlineCallbacks
     def test_cache(self):
@@ -790,18 +799,20 @@ class ClientTests(TempDirTestCase):
     @defer.inlineCallbacks
     def test_bigDatagramOverLoopback(self):
         """
-        A 64 KB datagram over a real socket gets a status-0 reply echoing
-        its first token, and nothing else; an empty one gets nothing.
+        A 64 KB datagram and an empty one over a real socket get nothing;
+        the query that follows them is answered.
         """
         silent, port = self.listenSilent()
         heard = silent.nextQuery()
         target = ("127.0.0.1", self.port)
         silent.transport.write(b"", target)
         silent.transport.write(b"alice@example.com " + b"x" * 65000, target)
+        silent.transport.write(formatQuery("alice@example.com", SECRET), target)
         yield heard
         yield pause(0.1)
-        self.assertEqual([data for data, addr in silent.received], [b"alice@example.com 0"])
-        self.assertEqual([len(data) for data, addr in self.server.received][0], 0)
+        self.assertEqual([data for data, addr in silent.received], [b"alice@example.com 5"])
+        # The reactor reads at most 8 KB of a datagram: still malformed.
+        self.assertEqual([len(data) > 1024 for data, addr in self.server.received][:2], [False, True])
         self.assertEqual(self.server.malformed, 2)
 
     @defer.inlineCallbacks

@@ -4,9 +4,14 @@ A Minger server (draft-hathcock-minger-06) answering from an
 L{mdpy.interfaces.IDirectory}.
 
 UDP answers whoever the source address claims to be, so the server is built
-not to help a reflection attack: a reply echoes the mailbox exactly as the
-query sent it, and is never more than two octets (C{" 5"}) longer than the
-query; over the rate limits a datagram gets no reply at all.
+not to help a reflection attack:
+ - a reply is never longer than its query.  It echoes the mailbox as the
+   query sent it, plus C{" 5"}: a query with a digest is always longer; a
+   bare query (no C{d=}) is answered only when it was padded (a client
+   ending it with CR LF) or, when anonymous queries are allowed, with those
+   two octets more (the administrator chose to answer them);
+ - a malformed datagram gets no reply at all (status 0 is never sent), nor
+   does a datagram over the rate limits.
 """
 
 import hmac
@@ -23,7 +28,6 @@ from mdpy.minger.protocol import (
     STATUS_ACCESS_DENIED,
     STATUS_ACTIVE,
     STATUS_BAD_CREDENTIALS,
-    STATUS_BAD_REQUEST,
     STATUS_NOT_ACTIVE,
     STATUS_NOT_FOUND,
     MalformedQuery,
@@ -133,8 +137,8 @@ class MingerServer(DatagramProtocol):
          of one second's worth).  Over either, the datagram is dropped
          without a reply: a reply would only help a flood with forged
          sources;
-      2. parsing (L{parseQuery}): a malformed query gets status 0 when its
-         first token can be echoed, else no reply;
+      2. parsing (L{parseQuery}): a malformed query gets no reply (counted
+         and logged at debug level);
       3. the C{allow} list: another source gets status 1;
       4. credentials (draft section 2.2): a query with C{d=} gets status 2
          unless a C{secret} is set and the digest matches; one without gets
@@ -143,20 +147,21 @@ class MingerServer(DatagramProtocol):
          (the client will retry or time out): there is no status for "try
          later".
 
-    Invariants: a reply is the mailbox as the query sent it (or, for status
-    0, the query's first token), one space and one digit; so an anonymous
-    query gets a reply two octets longer than itself, any other a shorter
-    one.  A reply longer than the query plus two octets is never sent.
-    Nothing raised while answering leaves L{datagramReceived}.
+    Invariants: a reply is the mailbox as the query sent it, one space and
+    one digit, and never longer than the query, except by those two octets
+    for an anonymous query when C{anonymous} allows them; a reply that
+    would be longer is not sent (a bare query refused with 2 or 1 gets
+    nothing unless padded).  Nothing raised while answering leaves
+    L{datagramReceived}.
 
     Logs: every answer at debug level; warnings, each kind throttled by a
     L{LogThrottle}, for dropped datagrams, bad digests and directory
     failures.  Never one line per datagram above debug level.
 
     @ivar answered: replies sent.
-    @ivar dropped: datagrams dropped over the rate limits.
-    @ivar malformed: datagrams that were not queries (answered with status 0
-        or not at all).
+    @ivar dropped: datagrams dropped over the rate limits, or whose reply
+        would have been longer than they were.
+    @ivar malformed: datagrams that were not queries (never answered).
     @ivar failed: queries left unanswered because the directory (or the
         server) failed.
     """
@@ -241,8 +246,6 @@ class MingerServer(DatagramProtocol):
                 source=source,
                 reason=e.reason,
             )
-            if e.mailbox is not None:
-                self._reply(datagram, addr, e.mailbox, STATUS_BAD_REQUEST)
             return
         if not self._allowed(source):
             status = STATUS_ACCESS_DENIED
@@ -262,7 +265,10 @@ class MingerServer(DatagramProtocol):
                         suppressed=suppressed,
                     )
                 return
-        self._reply(datagram, addr, query.mailbox, status)
+        # Answering an allowed anonymous query takes the two octets of the
+        # status; nothing else may be longer than what asked for it.
+        slack = 2 if self.anonymous and query.digest is None else 0
+        self._reply(datagram, addr, query.mailbox, status, slack)
 
     def _admit(self, source, now):
         """
@@ -334,12 +340,13 @@ class MingerServer(DatagramProtocol):
             )
         return False
 
-    def _reply(self, datagram, addr, mailbox, status):
+    def _reply(self, datagram, addr, mailbox, status, slack=0):
         reply = formatReply(mailbox, status)
-        if len(reply) > len(datagram) + 2:
-            # Cannot happen with the parser's mailbox; never amplify.
+        if len(reply) > len(datagram) + slack:
+            # Never amplify: a bare query asking to be refused gets nothing.
             self.dropped += 1
-            log.debug("minger: a reply larger than its query held back")
+            log.debug("minger: {source}: no reply {status}, longer than the query",
+                      source=addr[0], status=status)
             return
         try:
             self.transport.write(reply, addr)
