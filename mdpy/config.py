@@ -136,6 +136,7 @@ def _listener(port, enabled="yes", extra=()):
 
 _SMTP_LIMITS = [
     Key("max_message_size", parseSize, "50M", "Largest message accepted (advertised as SIZE)."),
+    Key("max_header_size", parseSize, "1M", "Largest header section accepted (a defence against header bombs)."),
     Key("max_recipients", parseInt, "1000", "Recipients per message; more get 452 4.5.3."),
     Key("max_errors", parseInt, "20", "Errors in one session before it is closed with 421."),
     Key("timeout", parseDuration, "5m", "Idle time before the session is closed with 421."),

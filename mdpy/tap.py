@@ -239,6 +239,7 @@ def buildService(config, portOffset=0, reactor=None):
                 defaultDomain=server["domain"],
                 maxMessageSize=section["max_message_size"],
                 maxRecipients=section["max_recipients"],
+                maxHeaderSize=section["max_header_size"],
                 **limits,
                 **shared,
             )
@@ -578,6 +579,7 @@ def odmrClientFor(config, name, section, pipeline, reactor):
         defaultDomain=server["domain"],
         maxMessageSize=smtp["max_message_size"],
         maxRecipients=smtp["max_recipients"],
+        maxHeaderSize=smtp["max_header_size"],
         maxErrors=smtp["max_errors"],
         timeout=smtp["timeout"],
         clock=reactor,

@@ -216,6 +216,47 @@ def test_messageTooBigIsDiscardedNotStored():
     s.expect("250 2.1.0 Ok")
 
 
+def test_headerBombIsRefused():
+    """
+    A header section over maxHeaderSize is refused with 552 5.3.4 and not
+    stored, however it is cut into reads; the body does not count, and a
+    header just under the limit is accepted.
+    """
+    s = Session(maxHeaderSize=2000)
+    s.ehlo()
+    s.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.org>", "DATA")
+    s.expect("250 *", "250 *", "354 *")
+    for i in range(100):
+        s.sendRaw(b"To: user%d@example.org\r\n" % (i,))
+    s.sendRaw(b"\r\nbody\r\n.\r\n")
+    s.expect("552 5.3.4 Message header size exceeds limit")
+    assert s.target.messages == []
+    header = b"".join(b"X-H%d: v\r\n" % (i,) for i in range(190))
+    assert 1900 < len(header) <= 2000
+    # The end of the header split between reads, and a large body.
+    s.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.org>", "DATA")
+    s.expect("250 *", "250 *", "354 *")
+    s.sendRaw(header + b"\r")
+    s.sendRaw(b"\n" + b"y" * 60000 + b"\r\n.\r\n")
+    s.expect("250 2.0.0 Ok: queued as *")
+    assert stored(s).startswith(header + b"\r\nyyy")
+    # A message with no header section at all.
+    s.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.org>", "DATA")
+    s.expect("250 *", "250 *", "354 *")
+    s.sendRaw(b"\r\n" + b"z: " * 1000 + b"\r\n.\r\n")
+    s.expect("250 2.0.0 Ok: queued as *")
+
+
+def test_headerBombOverBDAT():
+    s = Session(maxHeaderSize=100)
+    s.ehlo()
+    s.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.org>")
+    s.expect("250 *", "250 *")
+    s.sendRaw(b"BDAT 200\r\n" + b"X: " + b"a" * 195 + b"\r\n")
+    s.expect("552 5.3.4 Message header size exceeds limit")
+    assert s.target.messages == []
+
+
 def test_recipientErrorsAreMappedPerRecipient():
     s = Session()
     s.ehlo()

@@ -66,6 +66,7 @@ class SMTPFactory(SessionFactory):
         defaultDomain=None,
         maxMessageSize=50 * 1024 * 1024,
         maxRecipients=1000,
+        maxHeaderSize=1024 * 1024,
         **kwargs,
     ):
         SessionFactory.__init__(self, hostname, implicitTLS=mode == MODE_SMTPS, **kwargs)
@@ -73,6 +74,7 @@ class SMTPFactory(SessionFactory):
         self.mode = mode
         self.defaultDomain = defaultDomain or hostname
         self.maxMessageSize = maxMessageSize
+        self.maxHeaderSize = maxHeaderSize
         self.maxRecipients = maxRecipients
 
     @property
@@ -329,6 +331,10 @@ class SMTPServer(CommandSession):
         self._dataMode = None
         self._size = 0
         self._tooBig = False
+        self._headerTooBig = False
+        self._inHeader = True
+        self._headerSize = 0
+        self._headerTail = b""
         self._lineTooLong = False
         self._atLineStart = True
         self._pendingCR = False
@@ -608,17 +614,49 @@ class SMTPServer(CommandSession):
         if self._size > self.factory.maxMessageSize:
             self._tooBig = True
             return
+        if self._inHeader:
+            self._scanHeader(content)
+            if self._tooBig:
+                return
         self._delivery.write(content)
+
+    def _scanHeader(self, content):
+        """
+        Follow the header section (up to the first empty line) through the
+        body's chunks, and refuse the message when it exceeds
+        C{factory.maxHeaderSize}: a parser later reading a 50 MB header, or
+        500,000 To lines, is a known attack on mail servers.
+        """
+        tail = self._headerTail
+        probe = tail + content
+        if self._headerSize == 0 and probe.startswith(b"\r\n"):
+            end = 0
+        else:
+            end = probe.find(b"\r\n\r\n")
+        if end >= 0:
+            self._inHeader = False
+            self._headerSize += end - len(tail)
+        else:
+            self._headerSize += len(content)
+            self._headerTail = probe[-3:]
+        if self._headerSize > self.factory.maxHeaderSize:
+            self._tooBig = self._headerTooBig = True
+
+    def _tooBigReply(self):
+        return codes.C552HeaderTooBig if self._headerTooBig else codes.C552TooBig
 
     def _endOfMessage(self):
         envelope = self._envelope
         if self._tooBig or self._lineTooLong:
-            reply = codes.C552TooBig if self._tooBig else codes.C500LineTooLong
+            reply = self._tooBigReply() if self._tooBig else codes.C500LineTooLong
+            why = "line too long"
+            if self._tooBig:
+                why = "header section too big" if self._headerTooBig else "too big"
             self.log.info(
                 "smtp: message {id} from <{sender}> refused: {why}",
                 id=envelope.messageId,
                 sender=envelope.sender,
-                why="too big" if self._tooBig else "line too long",
+                why=why,
             )
             self._abortTransaction()
             self.reply(reply)
@@ -722,8 +760,9 @@ class SMTPServer(CommandSession):
             return None
         if not self._bdatLast:
             if self._tooBig:
+                reply = self._tooBigReply()
                 self._abortTransaction()
-                self.reply(codes.C552TooBig)
+                self.reply(reply)
                 return None
             self.reply(codes.C250OK, "Ok: %d octets received" % (self._size,))
             return None
