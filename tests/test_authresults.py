@@ -226,6 +226,25 @@ def test_dkimTemperror(checker, signed, dns):
     assert [r[:2] for r in results] == [("spf", "pass"), ("dkim", "temperror")]
 
 
+def test_dkimEd25519(checker, dns):
+    """
+    Ed25519 signatures (RFC 8463) verify, with PyNaCl.
+    """
+    import base64
+
+    import dkim
+    import nacl.signing
+
+    key = nacl.signing.SigningKey(b"k" * 32)
+    dns.txt["ed._domainkey.example.com"] = [
+        b"v=DKIM1; k=ed25519; p=" + base64.b64encode(bytes(key.verify_key))]
+    signature = dkim.sign(MESSAGE, b"ed", b"example.com", base64.b64encode(bytes(key)),
+                          signature_algorithm=b"ed25519-sha256")
+    assert [r[:2] for r in dkimResults(checker, signature + MESSAGE)] == [("dkim", "pass")]
+    tampered = signature + MESSAGE.replace(b"\r\n\r\n", b"\r\n\r\nchanged ", 1)
+    assert [r[:2] for r in dkimResults(checker, tampered)] == [("dkim", "fail")]
+
+
 def test_dkimNoKey(checker, signed, dns):
     del dns.txt["mdpy._domainkey.example.com"]
     message = signed.sign(MESSAGE) + MESSAGE
