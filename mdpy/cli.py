@@ -118,6 +118,9 @@ def _parser():
     generate.add_argument("domain")
     generate.add_argument("--selector", default="mdpy", help="key selector (default: mdpy)")
     generate.add_argument("--bits", type=int, default=2048, help="RSA key size (default: 2048)")
+    dkim.add_parser("list", help="the domains signed for, with their record names")
+    dkim.add_parser("show", help="print a domain's DNS record again").add_argument("domain")
+    dkim.add_parser("disable", help="stop signing a domain's mail (its key is kept as .disabled)").add_argument("domain")
 
     commands.add_parser("check", help="validate the configuration")
     return parser
@@ -448,8 +451,23 @@ def _dkim(args, config, datadir, stdout, stdin):
     # zone: 'mdpy._domainkey.example.com. IN TXT ( "v=DKIM1; k=rsa; p=..." "..." )'.
     from mdpy.delivery.dkim import DKIMKeys, zoneLine
 
-    datadir.prepare()
     keys = DKIMKeys(datadir.dkimDir)
+    try:
+        if args.action == "list":
+            for domain in keys.domains():
+                stdout.write("%s %s\n" % (domain, keys.recordName(domain)))
+            return
+        if args.action == "show":
+            stdout.write(zoneLine(keys.recordName(args.domain), keys.record(args.domain)) + "\n")
+            return
+        if args.action == "disable":
+            name = keys.recordName(args.domain)
+            keys.disable(args.domain)
+            stdout.write("%s is no longer signed; remove %s from DNS in a few days\n" % (args.domain, name))
+            return
+    except LookupError as e:
+        raise CommandError(str(e))
+    datadir.prepare()
     record = keys.generate(args.domain, selector=args.selector, bits=args.bits)
     stdout.write(zoneLine(keys.recordName(args.domain), record) + "\n")
 

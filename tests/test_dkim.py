@@ -290,3 +290,31 @@ def test_cliErrors(tmp_path, args):
     assert (status, out) == (1, "")
     assert err.startswith("mdpy: error: ") and err.count("\n") == 1, err
     assert DKIMKeys(cli.datadir.dkimDir).signerFor("example.com") is None
+
+
+def test_cliListShowDisable(tmp_path):
+    """
+    C{dkim list} names the signed domains and their records, C{dkim show}
+    prints a record again, C{dkim disable} stops signing (a running
+    server's next message goes unsigned) and keeps the key aside.
+    """
+    cli = CLI(tmp_path)
+    status, generated, err = cli("dkim", "generate", "example.com", "--bits", "1024")
+    assert status == 0, err
+    cli("dkim", "generate", "example.org", "--selector", "s2", "--bits", "1024")
+    assert cli("dkim", "list")[1] == (
+        "example.com mdpy._domainkey.example.com\nexample.org s2._domainkey.example.org\n")
+    status, shown, err = cli("dkim", "show", "Example.COM")
+    assert (status, shown, err) == (0, generated, "")
+    keys = DKIMKeys(cli.datadir.dkimDir)
+    assert keys.signerFor("example.com") is not None
+    status, out, err = cli("dkim", "disable", "example.com")
+    assert (status, err) == (0, "")
+    assert "remove mdpy._domainkey.example.com from DNS" in out
+    assert keys.signerFor("example.com") is None
+    assert os.path.exists(os.path.join(cli.datadir.dkimDir, "example.com.key.disabled"))
+    assert cli("dkim", "list")[1] == "example.org s2._domainkey.example.org\n"
+    for action in ("show", "disable"):
+        status, out, err = cli("dkim", action, "example.com")
+        assert (status, out) == (1, "")
+        assert err == "mdpy: error: no DKIM key for example.com\n"

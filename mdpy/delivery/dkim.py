@@ -10,8 +10,9 @@ domain in lowercase IDNA (A-label) form::
       example.com.selector   the selector the key is published under, one line
 
 A domain whose C{.key} file exists is signed for: L{DKIMKeys.generate}
-(C{mdpy dkim generate DOMAIN}) enables signing, and removing the two files
-disables it.  The public half is published as a TXT record at
+(C{mdpy dkim generate DOMAIN}) enables signing, and L{DKIMKeys.disable}
+(C{mdpy dkim disable DOMAIN}) renames the key to C{.key.disabled}, which
+stops it.  The public half is published as a TXT record at
 C{<selector>._domainkey.<domain>} (RFC 6376 section 3.6.2.1).
 
 Invariants: L{DKIMKeys.generate} writes the selector file before the key
@@ -28,7 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mdpy.address import checkDomain
-from mdpy.durable import writeFileAtomically
+from mdpy.durable import fsyncDirectory, writeFileAtomically
 from mdpy.errors import InvalidInput
 
 DEFAULT_SELECTOR = "mdpy"
@@ -201,6 +202,45 @@ class DKIMKeys:
         writeFileAtomically(self._selectorPath(domain), (selector + "\n").encode("ascii"), 0o644)
         writeFileAtomically(self._keyPath(domain), pem, 0o600)
         return txtRecord(key.public_key())
+
+    def domains(self):
+        """
+        @return: the domains signed for, sorted.
+        """
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        return sorted(name[: -len(".key")] for name in names if name.endswith(".key"))
+
+    def record(self, domain):
+        """
+        @return: the TXT record text of C{domain}'s key, to publish (again).
+        @raise LookupError: the domain has no key.
+        """
+        signer = self.signerFor(domain)
+        if signer is None:
+            raise LookupError("no DKIM key for %s" % (domain,))
+        with open(self._keyPath(signer.domain), "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), password=None)
+        return txtRecord(key.public_key())
+
+    def disable(self, domain):
+        """
+        Stop signing C{domain}'s mail: its key is renamed to C{.key.disabled}
+        (a running server stops at its next message).  Keep the DNS record
+        a few days, for mail signed before.
+
+        @raise LookupError: the domain has no key.
+        """
+        domain = normaliseSigningDomain(domain)
+        path = self._keyPath(domain)
+        try:
+            os.replace(path, path + ".disabled")
+        except FileNotFoundError:
+            raise LookupError("no DKIM key for %s" % (domain,))
+        fsyncDirectory(self.directory)
+        self._cache.pop(domain, None)
 
     def recordName(self, domain):
         """
