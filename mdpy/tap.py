@@ -208,6 +208,7 @@ def buildService(config, portOffset=0, reactor=None):
         if made:
             log.info("made a self-signed certificate {path}", path=certificate)
     tlsOptions = serverOptions(certificate, key)
+    mtaTLSOptions = serverOptions(certificate, key, opportunistic=True)
 
     pipeline, queue, resolver = buildPipeline(config, datadir, directory, store, reactor)
     for domain in pipeline.gateways.domains():
@@ -241,7 +242,7 @@ def buildService(config, portOffset=0, reactor=None):
                 maxRecipients=section["max_recipients"],
                 maxHeaderSize=section["max_header_size"],
                 **limits,
-                **shared,
+                **dict(shared, tlsOptions=mtaTLSOptions if name == "smtp" else tlsOptions),
             )
         elif name in IMAP_SERVICES:
             factory = IMAP4Factory(

@@ -77,8 +77,23 @@ def loadCertificates(pem):
     ]
 
 
-def serverOptions(certificatePath, keyPath):
+# TLS 1.2 suites with forward secrecy and AEAD only (Mozilla's
+# "intermediate" list, which Dovecot's documentation points to); TLS 1.3
+# suites are all AEAD.
+AEAD_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
+)
+
+
+def serverOptions(certificatePath, keyPath, opportunistic=False):
     """
+    @param opportunistic: for port 25, where a sender whose handshake fails
+        goes on in plaintext (RFC 7435): Twisted's broader default cipher
+        list, better than none.  Otherwise TLS 1.2 offers only
+        L{AEAD_CIPHERS}.
     @return: server TLS options (TLS 1.2 and later) for a PEM chain and key.
     """
     with open(certificatePath, "rb") as f:
@@ -92,6 +107,7 @@ def serverOptions(certificatePath, keyPath):
         certificate=private.original,
         extraCertChain=extra or None,
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        **({} if opportunistic else {"acceptableCiphers": ssl.AcceptableCiphers.fromOpenSSLCipherString(AEAD_CIPHERS)}),
     )
 
 

@@ -233,20 +233,21 @@ def test_busyUDPPortIsNamed(tmp_path):
     """
     A Minger port already taken stops the start with one line naming it.
     """
-    import socket
+    import errno
 
-    from twisted.internet import reactor
+    from twisted.internet.error import CannotListenError
 
     from mdpy.tap import ListenError
 
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
-        taken.bind(("127.0.0.1", 0))
-        port = taken.getsockname()[1]
-        disabled = "".join("[%s]\nenabled = no\n" % (name,) for name in (
-            "smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "odmr", "multipop"))
-        config = load(tmp_path, disabled + "[minger]\ninterface = 127.0.0.1\nport = %d\n" % (port,))
-        top = buildService(config, reactor=reactor)
-        top.services = [child for child in top if child.name == "minger"]
-        with pytest.raises(ListenError) as raised:
-            top.privilegedStartService()
-    assert "cannot listen on port %d for minger (127.0.0.1)" % (port,) in str(raised.value)
+    class BusyReactor(MemoryReactor):
+        def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+            raise CannotListenError(interface, port, OSError(errno.EADDRINUSE, "Address already in use"))
+
+    disabled = "".join("[%s]\nenabled = no\n" % (name,) for name in (
+        "smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "odmr", "multipop"))
+    config = load(tmp_path, disabled + "[minger]\ninterface = 127.0.0.1\nport = 4069\n")
+    top = buildService(config, portOffset=100, reactor=BusyReactor())
+    with pytest.raises(ListenError) as raised:
+        top.privilegedStartService()
+    assert str(raised.value).startswith(
+        "cannot listen on port 4169 for minger (127.0.0.1): Address already in use")
