@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from tests.server import HOST, MdpyServer
+from tests.server import HOST, MdpyServer, mdpyCommand
 
 SECRET = "gateway-release-secret"
 MINGER_SECRET = "minger-secret-0123456789"
@@ -286,3 +286,45 @@ def test_mingerSurvivesGarbage(tmp_path, garbage):
         assert "Traceback" not in site.logText()
     finally:
         site.stop()
+
+
+def test_providerKilledDuringRelease(tmp_path):
+    """
+    The provider is killed with SIGKILL while it hands 200 messages over;
+    after a restart the next release brings the rest: every message
+    arrives, and only those in flight at the kill may arrive twice.
+    """
+    prov = provider(tmp_path)
+    total = 200
+    try:
+        prov.start()
+        site = customer(tmp_path, extra=(
+            "[odmr-client:prov]\nhost = %s\nport = %d\ntls = none\nusername = %s\npassword = %s\n"
+            "domains = %s\ninterval = 1h\n" % (HOST, prov.odmr, CUSTOMER, SECRET, CUSTOMER)))
+        with smtplib.SMTP(HOST, prov.smtp, timeout=30) as client:
+            for i in range(total):
+                client.sendmail("sender@remote.test", ["ann@" + CUSTOMER],
+                                "Subject: m%03d\r\nMessage-ID: <m%03d@remote.test>\r\n\r\nbody\r\n" % (i, i))
+        releasing = subprocess.Popen(
+            mdpyCommand() + ["-c", site.config, "odmr", "release", "prov"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            waitUntil(lambda: len(subjects(site, "ann@" + CUSTOMER)) >= 40, what="the release to be under way")
+            prov.kill()
+            output = releasing.communicate(timeout=60)[0]
+        finally:
+            if releasing.poll() is None:
+                releasing.kill()
+        assert "Traceback" not in output
+        received = subjects(site, "ann@" + CUSTOMER)
+        assert 40 <= len(received) < total, output
+        prov.start()
+        done = site.cli("odmr", "release", "prov")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "released" in done.stdout
+        received = subjects(site, "ann@" + CUSTOMER)
+        assert sorted(set(received)) == ["m%03d" % (i,) for i in range(total)]
+        assert len(received) - total <= 2, len(received) - total
+        waitUntil(lambda: "@%s" % CUSTOMER not in queued(prov), what="the provider's queue to empty")
+    finally:
+        prov.stop()
