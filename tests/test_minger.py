@@ -660,6 +660,22 @@ class ClientTests(TempDirTestCase):
         self.assertEqual(self.server.received[-1][0], b"alice@example.com")
         self.assertEqual(self.server.answered, 2)
 
+    def test_pendingQueriesAreBounded(self):
+        """
+        Past C{maxPending} queries under way, a new one is answered L{None}
+        at once instead of growing the table.
+        """
+        silent, port = self.listenSilent()
+        clock = task.Clock()
+        client = self.makeClient(port=port, clock=clock, maxPending=3)
+        waiting = [client.query("u%d@example.com" % (i,)) for i in range(3)]
+        self.assertEqual([d.called for d in waiting], [False] * 3)
+        self.assertIsNone(self.successResultOf(client.query("u3@example.com")))
+        # The same address as one under way still shares it.
+        self.assertNoResult(client.query("u0@example.com"))
+        clock.pump([1] * 10)
+        self.assertEqual([self.successResultOf(d) for d in waiting], [None] * 3)
+
     @defer.inlineCallbacks
     def test_cache(self):
         """

@@ -109,6 +109,7 @@ class MingerClient:
         cacheTTL=600,
         negativeTTL=600,
         clock=None,
+        maxPending=1000,
     ):
         """
         @param reactor: provides C{listenUDP} and C{resolve}.
@@ -123,6 +124,9 @@ class MingerClient:
         @param negativeTTL: seconds a not found (3) or not active (4) answer
             is kept.
         @param clock: an C{IReactorTime}; C{reactor} by default.
+        @param maxPending: the most queries under way at once; past it a
+            query is answered L{None} at once (a flood of RCPTs for random
+            addresses must not grow the table of queries without end).
         """
         self.reactor = reactor
         self.clock = reactor if clock is None else clock
@@ -133,6 +137,7 @@ class MingerClient:
         self.attempts = max(1, attempts)
         self.cacheTTL = cacheTTL
         self.negativeTTL = negativeTTL
+        self.maxPending = maxPending
         self.sent = 0
         self._literal = isIPAddress(host) or isIPv6Address(host)
         self._address = None
@@ -176,6 +181,8 @@ class MingerClient:
         if pending is not None:
             pending.waiting.append(d)
             return d
+        if len(self._pending) >= self.maxPending:
+            return defer.succeed(None)
         pending = self._pending[key] = _Query(key, datagram, [d])
         sending = self._serverAddress()
         sending.addCallback(self._cbSend, pending)
