@@ -302,6 +302,7 @@ TEMPLATES = {
     "gateway": [
         Key("auth_password", parseStr, "", "ODMR password of this domain (login is the domain name)."),
         Key("atrn_users", parseList, "", "Directory users who may also release this domain with ATRN."),
+        Key("atrn_hosts", parseList, "", "Networks ATRN for this domain may come from (e.g. 192.0.2.0/24); default: any."),
         Key("verify", parseChoice("none", "minger"), "none", "Check recipients before accepting them: none, or minger."),
         Key("minger_host", parseStr, "", "Minger server of the domain's own mail server."),
         Key("minger_port", parsePort, "4069", "Its UDP port."),

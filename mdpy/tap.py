@@ -395,7 +395,12 @@ def buildGateways(config, reactor):
                 negativeTTL=section["minger_cache"],
             )
             verifier = MingerVerifier(client, fallback=section["minger_fallback"])
-        gateways.append(GatewayDomain(name, section["auth_password"] or "", users, verifier))
+        try:
+            gateway = GatewayDomain(name, section["auth_password"] or "", users, verifier,
+                                    hosts=section["atrn_hosts"] or ())
+        except ValueError as e:
+            raise ConfigError("%s: atrn_hosts: %s" % (where, e))
+        gateways.append(gateway)
     return Gateways(gateways)
 
 

@@ -272,6 +272,29 @@ class CommandTests(ProviderTestCase):
         t.send("QUIT")
         t.expect("221 2.0.0 Bye")
 
+    def test_atrnOnlyFromListedHosts(self):
+        """
+        A gateway with C{hosts} is released only to customers connecting
+        from them (Transcript's peer is 192.0.2.1).
+        """
+        self.gateways = Gateways([
+            GatewayDomain("example.org", "secret", hosts=["198.51.100.0/24"]),
+            GatewayDomain("example.com", "other", users=["example.org"], hosts=["192.0.2.0/24", "::1"]),
+        ])
+        self.portal = Portal(Realm(), [GatewayChecker(self.gateways)])
+        t = self.session()
+        self.login(t)
+        t.send("ATRN example.org")
+        t.expect("450 ATRN request refused")
+        t.send("ATRN example.com")
+        t.expect("453 You have no mail")
+        gateway = self.gateways.get("example.org")
+        self.assertTrue(gateway.releasableBy("example.org", "198.51.100.7"))
+        self.assertTrue(gateway.releasableBy("example.org", "::ffff:198.51.100.7"))
+        self.assertFalse(gateway.releasableBy("example.org", "not an address"))
+        self.assertEqual(self.gateways.releasableBy("example.org", "192.0.2.1"), ["example.com"])
+        self.assertRaises(ValueError, GatewayDomain, "x.test", "pw", hosts=["10.0.0.0/33"])
+
     def test_directoryUserLogin(self):
         t = self.session()
         self.login(t, "joe@local.test", "joepw")

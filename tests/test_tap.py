@@ -150,6 +150,7 @@ def test_gatewayNoLongerConfiguredIsReleased(tmp_path):
     ("[gateway:bad_domain]\n", "bad domain"),
     ("[gateway:ok.test]\natrn_users = not an address@\n", "[gateway:ok.test]"),
     ("[gateway:ok.test]\nverify = minger\n", "needs minger_host"),
+    ("[gateway:ok.test]\natrn_hosts = 10.0.0.0/33\n", "[gateway:ok.test]: atrn_hosts"),
     ("[gateway:ok.test]\nverify = ldap\n", "expected one of: none, minger"),
     ("[odmr-client:p]\nhost = p.test\ntls = maybe\n", "expected one of"),
     ("[odmr-client:p]\nhost = p.test\ndomains = not_a_domain\n", "[odmr-client:p]"),

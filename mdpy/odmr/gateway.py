@@ -14,6 +14,7 @@ refused instead of held and bounced later.
 
 import hashlib
 import hmac
+import ipaddress
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
@@ -46,13 +47,19 @@ class GatewayDomain:
         other gateway domains (one customer owning several domains).
     @ivar verifier: an L{mdpy.interfaces.IRecipientVerifier}, or L{None} to
         accept every recipient.
+    @ivar hosts: the networks ATRN for it may come from (MDaemon's "only
+        from these IPs"); empty for any.
     """
 
-    def __init__(self, domain, password="", users=(), verifier=None):
+    def __init__(self, domain, password="", users=(), verifier=None, hosts=()):
+        """
+        @raise ValueError: a malformed network in C{hosts}.
+        """
         self.domain = domain.lower()
         self.password = password or ""
         self.users = frozenset(normaliseLogin(user) for user in users)
         self.verifier = verifier
+        self.hosts = [ipaddress.ip_network(host, strict=False) for host in hosts]
 
     def __repr__(self):
         return "<GatewayDomain %s>" % (self.domain,)
@@ -66,13 +73,25 @@ class GatewayDomain:
             return None
         return self.verifier.verify(address)
 
-    def releasableBy(self, identity):
+    def releasableBy(self, identity, clientAddress=None):
         """
+        @param clientAddress: the customer's IP address, checked against
+            L{hosts} when given.
         @return: whether the login C{identity} (a domain or an address) may
-            release this domain's mail.
+            release this domain's mail (from C{clientAddress}).
         """
         identity = identity.lower()
-        return (identity == self.domain and bool(self.password)) or identity in self.users
+        if not ((identity == self.domain and bool(self.password)) or identity in self.users):
+            return False
+        if self.hosts and clientAddress is not None:
+            try:
+                address = ipaddress.ip_address(clientAddress)
+            except ValueError:
+                return False
+            if address.version == 6 and address.ipv4_mapped is not None:
+                address = address.ipv4_mapped
+            return any(address in network for network in self.hosts)
+        return True
 
 
 class Gateways:
@@ -106,12 +125,12 @@ class Gateways:
     def domains(self):
         return sorted(self._byDomain)
 
-    def releasableBy(self, identity):
+    def releasableBy(self, identity, clientAddress=None):
         """
-        @return: the domains C{identity} may release, sorted: what a bare
-            C{ATRN} asks for.
+        @return: the domains C{identity} may release (from C{clientAddress}),
+            sorted: what a bare C{ATRN} asks for.
         """
-        return [g.domain for g in self if g.releasableBy(identity)]
+        return [g.domain for g in self if g.releasableBy(identity, clientAddress)]
 
 
 @implementer(ICredentialsChecker)

@@ -126,8 +126,11 @@ class ODMRServer(SMTPServer):
                 self.reply(C501BadDomains)
                 return
         else:
-            domains = gateways.releasableBy(identity)
-        refused = [d for d in domains if gateways.get(d) is None or not gateways.get(d).releasableBy(identity)]
+            domains = gateways.releasableBy(identity, self._ip)
+        refused = [
+            d for d in domains
+            if gateways.get(d) is None or not gateways.get(d).releasableBy(identity, self._ip)
+        ]
         if refused or not domains:
             self.log.warn(
                 "odmr: ATRN of {domains} refused for {user} from {ip}",
