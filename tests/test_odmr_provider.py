@@ -487,6 +487,31 @@ class HeldExpiryTests(ProviderTestCase):
         self.assertNotIn(entry.id, self.queue.entries)
 
     @defer.inlineCallbacks
+    def test_delayWarningForHeldMail(self):
+        """
+        With C{delay_warning} set, the sender of held mail hears once that
+        it waits, before it expires.
+        """
+        self.relay.settings.delayWarning = 4 * 3600
+        entry = yield self.hold(["a@example.org"])
+        self.clock.pump([3600] * 3)
+        yield self.settle()
+        self.assertEqual(self.bounces.messages, [])
+        self.clock.pump([3600] * 3)
+        yield self.settle()
+        [warning] = self.bounces.messages
+        report = email.message_from_bytes(warning.data)
+        status = [part for part in report.walk() if part.get_content_type() == "message/delivery-status"]
+        text = status[0].as_string()
+        self.assertIn("Action: delayed", text)
+        self.assertIn("held until its domain's ODMR customer collects it", text)
+        self.assertTrue(entry.warned)
+        self.assertEqual(entry.recipients[0].state, PENDING)
+        self.clock.pump([3600] * 6)
+        yield self.settle()
+        self.assertEqual(len(self.bounces.messages), 1)
+
+    @defer.inlineCallbacks
     def test_queueListSaysHeld(self):
         from io import StringIO
 

@@ -386,19 +386,24 @@ class Relay(service.Service):
 
     def _expireHeld(self):
         """
-        Fail held mail that waited longer than the lifetime without an ATRN
-        taking it, so that its senders are told; then look again in an
-        hour (or a lifetime, if shorter).
+        Tell the senders of held mail that waited C{delay_warning} (once),
+        and fail what waited longer than the lifetime without an ATRN
+        taking it; then look again in an hour (or a lifetime, if shorter).
         """
         self._heldTimer = None
         now = self._now()
         lifetime = self.settings.lifetime
         for entry in self.queue.list():
-            expired = [
+            held = [
                 r for r in entry.recipients
                 if r.state == PENDING and not r.active and self.queue.isHeld(r.domain)
-                and now - entry.created >= lifetime
             ]
+            expired = [r for r in held if now - entry.created >= lifetime]
+            if held and not expired and self._delayWarningDue(entry):
+                for recipient in held:
+                    recipient.status = recipient.status or "4.4.1"
+                    recipient.reason = recipient.reason or "held until its domain's ODMR customer collects it"
+                self._warn(entry)
             for recipient in expired:
                 recipient.state = FAILED
                 recipient.status = "4.4.7"
