@@ -21,6 +21,7 @@ import re
 from urllib.parse import quote
 
 from mdpy.errors import PermanentFailure, TemporaryFailure
+from mdpy.networks import clientAddress
 
 # RFC 7208 section 4.6.4.
 MAX_DNS_TERMS = 10
@@ -270,9 +271,7 @@ class SPFCheck:
         @param sender: C{local@domain}, the local part C{postmaster} when
             there was none (section 4.3).
         """
-        if ip.version == 6 and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        self.ip = ip
+        self.ip = clientAddress(ip)
         self.sender = sender
         self.helo = helo
         self._lookupTXT = lookupTXT

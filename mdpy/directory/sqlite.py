@@ -21,8 +21,6 @@ statements that bring a file from each version to the next.
 """
 
 import sqlite3
-import threading
-from contextlib import contextmanager
 
 from zope.interface import implementer
 
@@ -34,10 +32,10 @@ from mdpy.errors import (
     Exists,
     InvalidInput,
     NotFound,
-    PermanentFailure,
     TemporaryFailure,
 )
 from mdpy.interfaces import IDirectory
+from mdpy.sqlitefile import SQLiteFile
 
 BUSY_TIMEOUT_MS = 5000
 MAX_ALIAS_DEPTH = 10
@@ -132,7 +130,7 @@ class _Expansion:
 
 
 @implementer(IDirectory)
-class SQLiteDirectory:
+class SQLiteDirectory(SQLiteFile):
     """
     Domains, users and aliases in a SQLite database (WAL mode), shared by the
     server and the C{mdpy} command.
@@ -140,97 +138,17 @@ class SQLiteDirectory:
     @ivar path: the database file.
     """
 
-    def __init__(self, path):
-        """
-        Open (and on first use create) the database.
-
-        @param path: the file name.
-        @raise mdpy.errors.TemporaryFailure: the file cannot be opened.
-        @raise mdpy.errors.PermanentFailure: the file was made by a newer mdpy.
-        """
-        self.path = path
-        self._lock = threading.Lock()
-        try:
-            self._db = sqlite3.connect(
-                path,
-                timeout=BUSY_TIMEOUT_MS / 1000.0,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            self._db.execute("PRAGMA busy_timeout = %d" % (BUSY_TIMEOUT_MS,))
-            self._db.execute("PRAGMA journal_mode = WAL").fetchall()
-        except sqlite3.Error as e:
-            raise TemporaryFailure("cannot open %s: %s" % (path, e))
-        self._migrate()
+    migrations = _MIGRATIONS
+    busyTimeoutMS = BUSY_TIMEOUT_MS
+    errorPrefix = "directory "
 
     def __repr__(self):
         return "<SQLiteDirectory %r>" % (self.path,)
 
-    def close(self):
-        """
-        Close the database connection.
-        """
-        with self._lock:
-            self._db.close()
-
-    # --- plumbing -----------------------------------------------------------
-
-    def _migrate(self):
-        """
-        Bring the schema to L{SCHEMA_VERSION}.
-        """
-        if self._version() == SCHEMA_VERSION:
-            return
-        with self._write() as db:
-            version = db.execute("PRAGMA user_version").fetchall()[0][0]
-            if version > SCHEMA_VERSION:
-                raise PermanentFailure(
-                    "%s has schema version %d; this mdpy knows up to %d"
-                    % (self.path, version, SCHEMA_VERSION)
-                )
-            for statements in _MIGRATIONS[version:]:
-                for statement in statements:
-                    db.execute(statement)
-            db.execute("PRAGMA user_version = %d" % (SCHEMA_VERSION,))
-
-    def _version(self):
-        return self._read("PRAGMA user_version")[0][0]
-
-    def _read(self, sql, params=()):
-        """
-        Run one query in its own (autocommit) read transaction.
-
-        @return: all rows.  (Reading every row resets the statement, so no
-            read snapshot stays open and the next call sees new commits.)
-        """
-        try:
-            with self._lock:
-                return self._db.execute(sql, params).fetchall()
-        except sqlite3.Error as e:
-            raise TemporaryFailure("directory %s: %s" % (self.path, e))
-
-    @contextmanager
-    def _write(self):
-        """
-        A write transaction, taken with C{BEGIN IMMEDIATE}; rolled back if the
-        block raises.
-        """
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as e:
-                raise TemporaryFailure("directory %s: %s" % (self.path, e))
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException as e:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                if isinstance(e, sqlite3.IntegrityError):
-                    raise Exists("directory %s: %s" % (self.path, e))
-                if isinstance(e, sqlite3.Error):
-                    raise TemporaryFailure("directory %s: %s" % (self.path, e))
-                raise
+    def _error(self, error):
+        if isinstance(error, sqlite3.IntegrityError):
+            return Exists("directory %s: %s" % (self.path, error))
+        return SQLiteFile._error(self, error)
 
     @staticmethod
     def _exists(db, sql, params):

@@ -38,15 +38,12 @@ Invariants:
 
 import hashlib
 import re
-import sqlite3
-import threading
 import time
-from contextlib import contextmanager
 
 from zope.interface import implementer
 
-from mdpy.errors import PermanentFailure, TemporaryFailure
 from mdpy.interfaces import IDedupeCache
+from mdpy.sqlitefile import SQLiteFile
 
 BUSY_TIMEOUT_MS = 10000
 
@@ -115,7 +112,7 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 
 
 @implementer(IDedupeCache)
-class CollectorState:
+class CollectorState(SQLiteFile):
     """
     The persistent state of one DomainPOP or MultiPOP source, in one SQLite
     file (WAL journal, C{synchronous=FULL}: a committed transaction is
@@ -129,6 +126,10 @@ class CollectorState:
     @ivar path: the database file.
     """
 
+    migrations = _MIGRATIONS
+    synchronous = "FULL"
+    busyTimeoutMS = BUSY_TIMEOUT_MS
+
     def __init__(self, path, clock=time.time):
         """
         Open (and on first use create) the file.
@@ -137,88 +138,11 @@ class CollectorState:
         @raise mdpy.errors.TemporaryFailure: the file cannot be opened.
         @raise mdpy.errors.PermanentFailure: it was made by a newer mdpy.
         """
-        self.path = path
         self._clock = clock
-        self._lock = threading.Lock()
-        try:
-            self._db = sqlite3.connect(
-                path,
-                timeout=BUSY_TIMEOUT_MS / 1000.0,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-        except sqlite3.Error as e:
-            raise TemporaryFailure("cannot open %s: %s" % (path, e))
-        try:
-            self._db.execute("PRAGMA busy_timeout = %d" % (BUSY_TIMEOUT_MS,))
-            self._db.execute("PRAGMA journal_mode = WAL").fetchall()
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._migrate()
-        except sqlite3.Error as e:
-            self._db.close()
-            raise TemporaryFailure("cannot open %s: %s" % (path, e))
-        except BaseException:
-            self._db.close()
-            raise
+        SQLiteFile.__init__(self, path)
 
     def __repr__(self):
         return "<CollectorState %r>" % (self.path,)
-
-    def close(self):
-        """
-        Close the database.
-        """
-        with self._lock:
-            self._db.close()
-
-    # --- plumbing -----------------------------------------------------------
-
-    def _migrate(self):
-        with self._write() as db:
-            version = db.execute("PRAGMA user_version").fetchall()[0][0]
-            if version > SCHEMA_VERSION:
-                raise PermanentFailure(
-                    "%s has schema version %d; this mdpy knows up to %d" % (self.path, version, SCHEMA_VERSION)
-                )
-            for statements in _MIGRATIONS[version:]:
-                for statement in statements:
-                    db.execute(statement)
-            if version != SCHEMA_VERSION:
-                db.execute("PRAGMA user_version = %d" % (SCHEMA_VERSION,))
-
-    @contextmanager
-    def _write(self):
-        """
-        Run the block in one C{BEGIN IMMEDIATE} transaction, committed when
-        it ends and rolled back if it raises.
-
-        @raise mdpy.errors.TemporaryFailure: SQLite failed (file locked past
-            the busy timeout, disk full, I/O error).
-        """
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except sqlite3.Error as e:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise TemporaryFailure("%s: %s" % (self.path, e))
-
-    def _read(self, sql, params=()):
-        """
-        @return: all rows of one query.
-        @raise mdpy.errors.TemporaryFailure: SQLite failed.
-        """
-        with self._lock:
-            try:
-                return self._db.execute(sql, params).fetchall()
-            except sqlite3.Error as e:
-                raise TemporaryFailure("%s: %s" % (self.path, e))
 
     # --- UIDL state ---------------------------------------------------------
 

@@ -15,7 +15,6 @@ not to help a reflection attack:
 """
 
 import hmac
-import ipaddress
 from collections import OrderedDict
 
 from twisted.application import internet
@@ -24,6 +23,7 @@ from twisted.internet.protocol import DatagramProtocol
 from mdpy.address import normaliseDomain, splitAddress
 from mdpy.errors import Disabled, InvalidInput, NotFound
 from mdpy.logs import Logger
+from mdpy.networks import NetworkList
 from mdpy.minger.protocol import (
     STATUS_ACCESS_DENIED,
     STATUS_ACTIVE,
@@ -198,7 +198,7 @@ class MingerServer(DatagramProtocol):
         self.directory = directory
         self.secret = secret.encode("utf-8") if isinstance(secret, str) else secret
         self.anonymous = anonymous
-        self.allow = [ipaddress.ip_network(net, strict=False) for net in allow]
+        self.allow = NetworkList(allow)
         self.rate = rate
         self.burst = burst
         self.globalRate = globalRate
@@ -308,15 +308,7 @@ class MingerServer(DatagramProtocol):
         return False
 
     def _allowed(self, source):
-        if not self.allow:
-            return True
-        try:
-            address = ipaddress.ip_address(source)
-        except ValueError:
-            return False
-        if address.version == 6 and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.allow)
+        return not self.allow or source in self.allow
 
     def _authentic(self, query, source, now):
         """

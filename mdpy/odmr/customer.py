@@ -58,7 +58,9 @@ from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 
 from mdpy.domainpop.service import CycleBusy, PeriodicCollection
+from mdpy.errors import InvalidInput
 from mdpy.logs import Logger
+from mdpy.odmr.gateway import checkATRNDomain
 from mdpy.session import disableNagle
 from mdpy.smtp.client import ReplyError, ReplyReader
 from mdpy.smtp.server import SMTPServer
@@ -71,9 +73,6 @@ ODMR_PORT = 366
 MAX_REPLY_LINE = 4096
 MAX_REPLY_LINES = 100
 
-# RFC 2645 section 5.2.1: domain = sub-domain 1*("." sub-domain).
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_DOMAIN = re.compile(r"%s(?:\.%s)+\Z" % (_LABEL, _LABEL))
 _UNSAFE = re.compile(rb"[\r\n\0]")  # in a credential
 
 # What RFC 2645 section 7 says a reply to ATRN means.
@@ -93,12 +92,9 @@ def _atrnDomain(domain):
     @raise ValueError: not a domain name RFC 2645 allows.
     """
     try:
-        text = domain.strip().rstrip(".").lower().encode("idna").decode("ascii")
-    except UnicodeError:
-        text = ""
-    if not _DOMAIN.match(text):
+        return checkATRNDomain(domain.strip().encode("idna").decode("ascii"))
+    except (UnicodeError, InvalidInput):
         raise ValueError("not a domain name for ATRN: %r" % (domain,))
-    return text
 
 
 class ODMRAccount:

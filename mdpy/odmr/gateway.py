@@ -14,7 +14,6 @@ refused instead of held and bounced later.
 
 import hashlib
 import hmac
-import ipaddress
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
@@ -24,6 +23,7 @@ from zope.interface import implementer
 
 from mdpy.address import checkDomain, normalise, splitAddress
 from mdpy.errors import InvalidInput
+from mdpy.networks import NetworkList
 
 
 def normaliseLogin(login):
@@ -59,7 +59,7 @@ class GatewayDomain:
         self.password = password or ""
         self.users = frozenset(normaliseLogin(user) for user in users)
         self.verifier = verifier
-        self.hosts = [ipaddress.ip_network(host, strict=False) for host in hosts]
+        self.hosts = NetworkList(hosts)
 
     def __repr__(self):
         return "<GatewayDomain %s>" % (self.domain,)
@@ -83,15 +83,7 @@ class GatewayDomain:
         identity = identity.lower()
         if not ((identity == self.domain and bool(self.password)) or identity in self.users):
             return False
-        if self.hosts and clientAddress is not None:
-            try:
-                address = ipaddress.ip_address(clientAddress)
-            except ValueError:
-                return False
-            if address.version == 6 and address.ipv4_mapped is not None:
-                address = address.ipv4_mapped
-            return any(address in network for network in self.hosts)
-        return True
+        return not self.hosts or clientAddress is None or clientAddress in self.hosts
 
 
 class Gateways:
@@ -192,10 +184,19 @@ def parseDomainList(argument, maxDomains):
         raise InvalidInput("at most %d domains" % (maxDomains,))
     domains = []
     for name in names:
-        name = name.strip().lower().rstrip(".")
-        if not name or name.startswith("[") or "." not in name:
-            raise InvalidInput("bad domain name %r" % (name,))
-        checkDomain(name)
+        name = checkATRNDomain(name)
         if name not in domains:
             domains.append(name)
     return domains
+
+
+def checkATRNDomain(name):
+    """
+    @return: C{name} as ATRN carries it: lower case, without a final dot.
+    @raise InvalidInput: not a domain RFC 2645 allows (C{sub-domain
+        1*("." sub-domain)}: no address literal, at least two labels).
+    """
+    name = name.strip().lower().rstrip(".")
+    if not name or name.startswith("[") or "." not in name:
+        raise InvalidInput("bad domain name %r" % (name,))
+    return checkDomain(name)

@@ -117,7 +117,8 @@ class ODMRServer(SMTPServer):
             self.reply(C530AuthRequired)
             return
         identity = self.authenticatedAs
-        gateways = self.factory.gateways
+        releasable = self.factory.gateways.releasableBy(identity, self._ip)
+        domains = releasable
         if argument:
             try:
                 domains = parseDomainList(argument, self.factory.maxDomains)
@@ -125,12 +126,7 @@ class ODMRServer(SMTPServer):
                 self.log.info("odmr: bad ATRN from {user} at {ip}: {why}", user=identity, ip=self._ip, why=e)
                 self.reply(C501BadDomains)
                 return
-        else:
-            domains = gateways.releasableBy(identity, self._ip)
-        refused = [
-            d for d in domains
-            if gateways.get(d) is None or not gateways.get(d).releasableBy(identity, self._ip)
-        ]
+        refused = [d for d in domains if d not in releasable]
         if refused or not domains:
             self.log.warn(
                 "odmr: ATRN of {domains} refused for {user} from {ip}",
