@@ -56,6 +56,48 @@ def test_oneCopyPerAccountWithTraceHeaders(pipeline):
     assert email.message_from_bytes(ann)["X-Rcpt-To"] == "team@example.test"
 
 
+def test_catchAllKeepsACopyPerRecipient(pipeline):
+    """
+    Recipients that reach one account through the catch-all get a copy each,
+    naming its own recipient once; those that name the account share one.
+    """
+    pipeline.directory.addUser("box@example.test", "pw")
+    pipeline.directory.addAlias("sales@example.test", ["box@example.test"])
+    pipeline.directory.setCatchAll("example.test", "box@example.test")
+    recipients = ["alice@example.test", "bob@example.test", "Alice@Example.TEST", "box@example.test",
+                  "sales@example.test", "team@example.test", "joe@example.test"]
+    d = deliver(pipeline, recipients, b"Subject: x\r\n\r\nbody\r\n")
+    assert d.called and d.result is None
+    copies = [email.message_from_bytes(m) for m in inbox(pipeline, "box@example.test")]
+    assert [(c.get_all("X-MDRcpt-To"), c.get_all("X-Rcpt-To")) for c in copies] == [
+        ([address], [address]) for address in ("alice@example.test", "bob@example.test", "box@example.test")
+    ]
+    # team is an alias of joe and ann: one copy each, as before.
+    assert len(inbox(pipeline, "joe@example.test")) == len(inbox(pipeline, "ann@example.test")) == 1
+
+
+def test_keyedCatchAllCopiesAreEachStoredOnce(tmp_path):
+    """
+    Keyed deliveries (a collected message, delivered again after a crash)
+    tell the catch-all copies of one account apart, and store each once.
+    """
+    from mdpy.store.maildir import MaildirStore
+    from mdpy.testing import synchronousRunner
+
+    directory = SQLiteDirectory(str(tmp_path / "directory.sqlite"))
+    directory.addDomain("example.test")
+    directory.addUser("box@example.test", "pw")
+    directory.setCatchAll("example.test", "box@example.test")
+    store = MaildirStore(str(tmp_path / "mail"), runInThread=synchronousRunner)
+    pipeline = DeliveryPipeline(directory, store, spoolDir=str(tmp_path))
+    for again in (False, True):
+        d = deliver(pipeline, ["alice@example.test", "bob@example.test"], b"Subject: k\r\n\r\nb\r\n",
+                    receivedAt=1700000000, deliveryKey="isp/1", again=again)
+        assert d.called and d.result is None
+    stored = sorted(email.message_from_bytes(m)["X-Rcpt-To"] for m in inbox(pipeline, "box@example.test"))
+    assert stored == ["alice@example.test", "bob@example.test"]
+
+
 def test_forgedTraceHeadersAreReplaced(pipeline):
     data = (
         b"Received: x\r\nX-MDRcpt-To: evil@example.test\r\nx-rcpt-to: evil@example.test\r\n"

@@ -11,6 +11,13 @@ address the copy was sent to, so that a downstream DomainPOP can route it.
 Copies of those three headers that arrived in the message are removed, so each
 stored copy carries exactly one of each.
 
+An account reached through a catch-all gets one copy per recipient that
+reached it so, not one in all: a catch-all mailbox is typically collected by a
+downstream DomainPOP routing by C{X-Rcpt-To}, which would otherwise lose every
+recipient but the first (Postfix keeps a copy per original recipient for the
+same reason).  Recipients that name an account (itself, or an alias of it)
+share its one copy.
+
 Remote recipients go to the outbound queue: those a sender names directly
 only when the sender may relay (authenticated, or the server itself), those
 reached through a local alias or forward always.  A forwarded copy is queued
@@ -30,7 +37,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from mdpy import errors
-from mdpy.address import splitAddress
+from mdpy.address import normalise, splitAddress
 from mdpy.delivery.authresults import stripForgedResults
 from mdpy.envelope import Envelope, newMessageId
 from mdpy.interfaces import IDelivery, IDeliveryTarget
@@ -173,7 +180,7 @@ class PipelineDelivery:
     def __init__(self, pipeline, envelope):
         self.pipeline = pipeline
         self.envelope = envelope
-        self.copies = []  # (account, address as given), one per account
+        self.copies = []  # (account, address as given, caught), see addRecipient
         self.relayed = []  # remote addresses the sender named
         self.forwarded = []  # remote addresses reached through local ones
         self._forwarder = None  # the local domain of the first of those
@@ -205,11 +212,15 @@ class PipelineDelivery:
             else:
                 self._addRemote(resolution.remote, self.relayed)
         for account in resolution.local:
-            if account in self._accounts:
+            caught = account in resolution.caught
+            # One copy per account, but one per recipient for an account
+            # reached through a catch-all (see the module docstring).
+            key = (account, normalise(address)) if caught else account
+            if key in self._accounts:
                 continue
             pipeline.ensureAccount(account)
-            self._accounts.add(account)
-            self.copies.append((account, address))
+            self._accounts.add(key)
+            self.copies.append((account, address, caught))
 
     def _addHeld(self, gateway, address):
         """
@@ -293,11 +304,13 @@ class PipelineDelivery:
             # with the message are forged.
             head = stripForgedResults(head, self.pipeline.checker.hostname)
         copies = []
-        for account, address in self.copies:
+        for account, address, caught in self.copies:
             parts = [self._traceHeaders(address), results, head]
             if not complete:
                 parts.append(_Region(spool, HEAD_SIZE))
-            copies.append((account, "INBOX", parts))
+            # A catch-all copy is told apart from the account's others by
+            # its recipient (in the name of a keyed copy).
+            copies.append((account, "INBOX", parts, address) if caught else (account, "INBOX", parts))
         envelope = self.envelope
         if envelope.deliveryKey is None:
             d = defer.maybeDeferred(self.pipeline.store.deliver, copies)
