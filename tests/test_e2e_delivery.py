@@ -77,3 +77,95 @@ def test_catchAllCopiesReachEachRecipientDownstream(tmp_path):
         isp.stop()
         if site is not None:
             site.stop()
+
+
+@pytest.fixture
+def mixed(tmp_path):
+    """
+    A running server with joe (local) and fwd (forwarded to a remote
+    address, which stays queued: the smarthost refuses connections).
+    """
+    server = MdpyServer(tmp_path)
+    run(server, "domain", "add", "example.test")
+    run(server, "user", "add", "joe@example.test", "--password", "joe-secret")
+    run(server, "alias", "add", "fwd@example.test", "someone@remote.test")
+    server.start()
+    yield server
+    server.stop()
+
+
+def sendMixed(server, subject):
+    """
+    @return: the SMTP reply to the message for joe and fwd.
+    """
+    with smtplib.SMTP(HOST, server.smtp, timeout=30) as client:
+        try:
+            client.sendmail("a@remote.test", ["joe@example.test", "fwd@example.test"],
+                            b"Subject: " + subject + b"\r\n\r\nbody\r\n")
+        except smtplib.SMTPDataError as e:
+            return e.smtp_code, e.smtp_error.decode()
+    return 250, "Ok"
+
+
+def queuedFor(server, address):
+    done = run(server, "queue", "list")
+    return done.stdout.count(address)
+
+
+def replaceByAFile(path):
+    """
+    Replace the directory C{path} by a file, which fails every write in it,
+    root's included.  @return: a function that puts the directory back.
+    """
+    aside = path + ".aside"
+    os.rename(path, aside)
+    with open(path, "wb"):
+        pass
+
+    def restore():
+        os.unlink(path)
+        os.rename(aside, path)
+
+    return restore
+
+
+def test_queueFailureLeavesNoLocalCopy(mixed):
+    """
+    The queue fails on commit: 451, no local copy; the retry stores and
+    queues each copy once.
+    """
+    server = mixed
+    restore = replaceByAFile(os.path.join(server.dataDir, "queue", "msg"))
+    try:
+        code, text = sendMixed(server, b"first")
+        assert code == 451, text
+        assert server.messages("joe@example.test") == []
+        assert os.listdir(server.maildir("joe@example.test", "tmp")) == []
+    finally:
+        restore()
+    assert queuedFor(server, "someone@remote.test") == 0
+    assert sendMixed(server, b"first")[0] == 250
+    [copy] = server.messages("joe@example.test")
+    assert b"Subject: first\r\n" in copy
+    assert queuedFor(server, "someone@remote.test") == 1
+
+
+def test_storeFailureLeavesNothingQueued(mixed):
+    """
+    The store fails after the queued copy was staged: 451, nothing queued;
+    the retry stores and queues each copy once.
+    """
+    server = mixed
+    with smtplib.SMTP(HOST, server.smtp, timeout=30) as client:
+        client.sendmail("a@remote.test", ["joe@example.test"], b"Subject: warm-up\r\n\r\nx\r\n")
+    restore = replaceByAFile(server.maildir("joe@example.test", "tmp"))
+    try:
+        code, text = sendMixed(server, b"second")
+        assert code == 451, text
+    finally:
+        restore()
+    assert queuedFor(server, "someone@remote.test") == 0
+    assert os.listdir(os.path.join(server.dataDir, "queue", "env")) == []
+    assert sendMixed(server, b"second")[0] == 250
+    assert [b"Subject: second\r\n" in m for m in server.messages("joe@example.test")] == [False, True]
+    assert queuedFor(server, "someone@remote.test") == 1

@@ -28,6 +28,23 @@ L{SRS.reverse} routes them to the original sender.
 The queued message is the message as received; local copies get their trace
 headers and, for mail from unauthenticated clients when a checker is given,
 an C{Authentication-Results} header (RFC 8601) from the SPF and DKIM checks.
+
+Invariants: a commit is all or nothing across the store and the queue.  The
+queued copies are staged first (L{mdpy.delivery.queue.SpoolQueue.stage}: on
+disk, fsynced, but not handed to delivery), then the local copies are
+committed (all or nothing, L{mdpy.interfaces.IMailStore.deliver}), and only
+then are the staged copies admitted to delivery.  If staging or the local
+commit fails, whatever was staged is withdrawn (removed from the disk) and
+the commit fails: no local copy was ever visible and nothing was sent, so the
+client's retry stores and queues each copy once.  The local copies come last
+because they alone are visible at once (to POP3 and IMAP) and cannot be taken
+back; a staged entry can, until it is admitted.  A crash between staging and
+the local commit leaves the staged entry on disk, and the next start loads it
+as queued: its remote recipients may then get the message twice, once more
+from the client's retry (the duplicate RFC 5321 section 6.1 accepts for a
+reply lost in a crash), and its local ones once; nothing is lost.  A
+withdrawal that fails is logged: the entry would be delivered after the next
+start, again a duplicate and never a loss.
 """
 
 import re
@@ -101,7 +118,8 @@ class DeliveryPipeline:
 
     @ivar directory: an L{mdpy.interfaces.IDirectory}.
     @ivar store: an L{mdpy.interfaces.IMailStore}.
-    @ivar queue: an L{mdpy.interfaces.IOutboundQueue} with C{enqueue}, or
+    @ivar queue: an L{mdpy.interfaces.IOutboundQueue} with C{stage},
+        C{admit} and C{withdraw} (as L{mdpy.delivery.queue.SpoolQueue}), or
         L{None} when there is no outbound delivery (remote recipients then
         get a temporary refusal).
     @ivar spoolDir: where bodies larger than L{SPILL_SIZE} are spooled.
@@ -185,6 +203,7 @@ class PipelineDelivery:
         self.forwarded = []  # remote addresses reached through local ones
         self._forwarder = None  # the local domain of the first of those
         self._accounts = set()
+        self._staged = []  # queue entries staged by commit
         self._spool = tempfile.SpooledTemporaryFile(
             max_size=SPILL_SIZE, dir=pipeline.spoolDir
         )
@@ -257,18 +276,19 @@ class PipelineDelivery:
 
     def commit(self):
         """
-        See L{IDelivery.commit}: local copies first, then the queued ones,
+        See L{IDelivery.commit}: the queued copies staged, the local ones
+        committed, the queued ones admitted (see the module's invariants);
         one after the other since they read the same spool.
         """
         if not (self.copies or self.relayed or self.forwarded):
             return defer.fail(errors.PermanentFailure("no recipients"))
         d = self._check()
-        d.addCallback(self._commitLocal)
         if self.relayed:
-            d.addCallback(self._enqueue, self.envelope, self.relayed, b"")
+            d.addCallback(self._stage, self.envelope, self.relayed, b"")
         if self.forwarded:
-            d.addCallback(self._enqueueForwarded)
-        d.addCallback(lambda _: None)
+            d.addCallback(self._stageForwarded)
+        d.addCallback(self._commitLocal)
+        d.addCallbacks(self._admitStaged, self._withdrawStaged)
         d.addBoth(self._cbClose)
         return d
 
@@ -320,12 +340,40 @@ class PipelineDelivery:
         d.addCallback(lambda _: results)
         return d
 
-    def _enqueue(self, results, envelope, recipients, extra):
-        d = self.pipeline.queue.enqueue(envelope, recipients, [extra, _Region(self._spool, 0)])
+    def _stage(self, results, envelope, recipients, extra):
+        d = self.pipeline.queue.stage(envelope, recipients, [extra, _Region(self._spool, 0)])
+        d.addCallback(self._staged.append)
         d.addCallback(lambda _: results)
         return d
 
-    def _enqueueForwarded(self, results):
+    def _admitStaged(self, ignored):
+        for entry in self._staged:
+            self.pipeline.queue.admit(entry)
+
+    def _withdrawStaged(self, failure):
+        """
+        Take back what was staged, since the commit failed.
+
+        @return: a L{Deferred} failing with C{failure} once that is done.
+        """
+        withdrawals = [self._withdraw(entry) for entry in self._staged]
+        d = defer.DeferredList(withdrawals)
+        d.addCallback(lambda _: failure)
+        return d
+
+    def _withdraw(self, entry):
+        d = defer.maybeDeferred(self.pipeline.queue.withdraw, entry)
+        d.addErrback(
+            lambda f: log.error(
+                "queue: {id} could not be withdrawn after a failed delivery ({why});"
+                " it will be sent after the next start",
+                id=entry.id,
+                why=f.getErrorMessage(),
+            )
+        )
+        return d
+
+    def _stageForwarded(self, results):
         """
         Queue the forwarded copies under their own id, with the sender
         rewritten by SRS when it is configured.
@@ -347,7 +395,7 @@ class PipelineDelivery:
             receivedAt=envelope.receivedAt,
             trusted=envelope.trusted,
         )
-        return self._enqueue(results, forwarded, self.forwarded, results)
+        return self._stage(results, forwarded, self.forwarded, results)
 
     def _cbClose(self, result):
         self._spool.close()
