@@ -380,6 +380,37 @@ class IOutboundQueue(IDeliveryTarget):
     def release(domain):
         """@return: the ids now due for C{domain}."""
 
+    def stage(envelope, recipients, parts):
+        """
+        Put one message in the queue durably, but keep it from delivery until
+        L{admit}; L{withdraw} takes it back instead.  A delivery that also
+        stores local copies stages its queued ones first, so that a failure
+        of either leaves nothing delivered (see L{mdpy.delivery.pipeline}).
+        A staged message left by a crash is queued at the next start.
+
+        @param envelope: an L{mdpy.envelope.Envelope}; its message id names
+            the queued message.
+        @param recipients: remote addresses.
+        @param parts: the message, as bytes and readable files (read in
+            order, possibly in a worker thread).
+        @return: a L{Deferred} firing with the staged entry once it is on
+            disk.
+        """
+
+    def admit(entry):
+        """
+        Hand a L{stage}d entry to delivery.  Synchronous.
+
+        @return: C{entry}.
+        """
+
+    def withdraw(entry):
+        """
+        Remove a L{stage}d entry durably: it is never delivered.
+
+        @return: a L{Deferred} firing once it is gone.
+        """
+
 
 class IDedupeCache(Interface):
     """

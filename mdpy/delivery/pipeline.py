@@ -30,7 +30,7 @@ headers and, for mail from unauthenticated clients when a checker is given,
 an C{Authentication-Results} header (RFC 8601) from the SPF and DKIM checks.
 
 Invariants: a commit is all or nothing across the store and the queue.  The
-queued copies are staged first (L{mdpy.delivery.queue.SpoolQueue.stage}: on
+queued copies are staged first (L{mdpy.interfaces.IOutboundQueue.stage}: on
 disk, fsynced, but not handed to delivery), then the local copies are
 committed (all or nothing, L{mdpy.interfaces.IMailStore.deliver}), and only
 then are the staged copies admitted to delivery.  If staging or the local
@@ -118,9 +118,7 @@ class DeliveryPipeline:
 
     @ivar directory: an L{mdpy.interfaces.IDirectory}.
     @ivar store: an L{mdpy.interfaces.IMailStore}.
-    @ivar queue: an L{mdpy.interfaces.IOutboundQueue} with C{stage},
-        C{admit} and C{withdraw} (as L{mdpy.delivery.queue.SpoolQueue}), or
-        L{None} when there is no outbound delivery (remote recipients then
+    @ivar queue: an L{mdpy.interfaces.IOutboundQueue}, or L{None} when there is no outbound delivery (remote recipients then
         get a temporary refusal).
     @ivar spoolDir: where bodies larger than L{SPILL_SIZE} are spooled.
     @ivar srs: an L{mdpy.delivery.srs.SRS} for forwarded mail, or L{None} to

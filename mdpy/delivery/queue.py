@@ -424,13 +424,9 @@ class SpoolQueue:
 
     def enqueue(self, envelope, recipients, parts):
         """
-        Queue one message: L{stage} it, then L{admit} it.
+        Queue one message: L{stage} it (the arguments are those of
+        L{IOutboundQueue.stage}), then L{admit} it.
 
-        @param envelope: an L{mdpy.envelope.Envelope}; its message id becomes
-            the queue id.
-        @param recipients: remote addresses.
-        @param parts: the message, as bytes and readable files (read in
-            order, in a worker thread).
         @return: a L{Deferred} firing with the L{QueueEntry} once it is on
             disk.
         """
@@ -440,18 +436,8 @@ class SpoolQueue:
 
     def stage(self, envelope, recipients, parts):
         """
-        Put one message in the queue on disk, durably, but keep it from
-        delivery until L{admit}; L{withdraw} takes it back instead.  A
-        delivery that also stores local copies stages its queued ones first,
-        so that a failure of either leaves nothing delivered (see
-        L{mdpy.delivery.pipeline}).  A staged entry left by a crash is
-        loaded at the next start as any other.
-
-        @param envelope: see L{enqueue}.
-        @param recipients: see L{enqueue}.
-        @param parts: see L{enqueue}.
-        @return: a L{Deferred} firing with the staged L{QueueEntry} once it
-            is on disk.
+        See L{IOutboundQueue.stage}: the envelope's message id becomes the
+        queue id.
         """
         if not recipients:
             return defer.fail(errors.PermanentFailure("no recipients"))
@@ -487,9 +473,7 @@ class SpoolQueue:
 
     def admit(self, entry):
         """
-        Hand a L{stage}d entry to delivery.
-
-        @return: C{entry}.
+        See L{IOutboundQueue.admit}.
         """
         del self._staged[entry.id]
         self.entries[entry.id] = entry
@@ -506,10 +490,8 @@ class SpoolQueue:
 
     def withdraw(self, entry):
         """
-        Remove a L{stage}d entry from the disk, durably: it is never
-        delivered.
-
-        @return: a L{Deferred} firing once it is gone.
+        See L{IOutboundQueue.withdraw}: its files go, C{env/} first, and
+        C{env/} is fsynced.
         """
         del self._staged[entry.id]
         entry.removed = True
