@@ -102,12 +102,16 @@ class IMailStore(Interface):
 
         @param copies: a sequence of C{(account, folder, parts)}; C{parts} is a
             sequence of L{bytes} and binary files (read from their current
-            position to the end) whose concatenation is the message.
+            position to the end) whose concatenation is the message.  A copy
+            may have a fourth item, a text telling it apart from other copies
+            of this delivery in the same folder (the recipient a catch-all
+            copy was sent to); it is part of the copy's key.
         @param key: L{None}, or C{(seconds, text)} naming this delivery for
             good (a collected message: when it was first seen, and where
             from).  With C{again} (the delivery may have been committed
-            before a crash), a copy of the same key, account and folder that
-            is in its folder already, read or not, is not stored twice.
+            before a crash), a copy of the same key, account, folder (and
+            fourth item) that is in its folder already, read or not, is not
+            stored twice.
         @return: L{None} once every copy is in its folder's C{new/}, each file
             and directory fsynced.  On failure nothing is visible and nothing
             is left in C{tmp/}.
@@ -375,6 +379,37 @@ class IOutboundQueue(IDeliveryTarget):
 
     def release(domain):
         """@return: the ids now due for C{domain}."""
+
+    def stage(envelope, recipients, parts):
+        """
+        Put one message in the queue durably, but keep it from delivery until
+        L{admit}; L{withdraw} takes it back instead.  A delivery that also
+        stores local copies stages its queued ones first, so that a failure
+        of either leaves nothing delivered (see L{mdpy.delivery.pipeline}).
+        A staged message left by a crash is queued at the next start.
+
+        @param envelope: an L{mdpy.envelope.Envelope}; its message id names
+            the queued message.
+        @param recipients: remote addresses.
+        @param parts: the message, as bytes and readable files (read in
+            order, possibly in a worker thread).
+        @return: a L{Deferred} firing with the staged entry once it is on
+            disk.
+        """
+
+    def admit(entry):
+        """
+        Hand a L{stage}d entry to delivery.  Synchronous.
+
+        @return: C{entry}.
+        """
+
+    def withdraw(entry):
+        """
+        Remove a L{stage}d entry durably: it is never delivered.
+
+        @return: a L{Deferred} firing once it is gone.
+        """
 
 
 class IDedupeCache(Interface):

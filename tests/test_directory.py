@@ -60,6 +60,10 @@ def test_resolutionEquality():
     assert r != Resolution(local=["a@example.com"])
     assert r != Resolution(["b@remote.org"], ["a@example.com"])
     assert Resolution() == Resolution([], [])
+    assert Resolution(["a@example.com"], caught=["a@example.com"]) != Resolution(["a@example.com"])
+    assert repr(Resolution(["a@example.com"], caught=["a@example.com"])) == (
+        "Resolution(local=['a@example.com'], remote=[], caught=['a@example.com'])"
+    )
     assert repr(r) == (
         "Resolution(local=['a@example.com'], remote=['b@remote.org'])"
     )
@@ -194,7 +198,9 @@ def test_catchAll(populated):
         populated.resolve("nobody@example.com")
     populated.setCatchAll("example.com", "Alice@Example.com")
     assert populated.getCatchAll("example.com") == "alice@example.com"
-    assert populated.resolve("nobody@example.com") == Resolution(["alice@example.com"])
+    assert populated.resolve("nobody@example.com") == Resolution(
+        ["alice@example.com"], caught=["alice@example.com"]
+    )
     # Existing users are not caught.
     assert populated.resolve("bob@example.com") == Resolution(["bob@example.com"])
     # Other domains are not affected.
@@ -210,8 +216,11 @@ def test_catchAllRemoteAndAlias(populated):
     populated.addAlias("all@example.org", ["carol@example.org", "x@remote.org"])
     populated.setCatchAll("example.com", "all@example.org")
     assert populated.resolve("whoever@example.com") == Resolution(
-        ["carol@example.org"], ["x@remote.org"]
+        ["carol@example.org"], ["x@remote.org"], caught=["carol@example.org"]
     )
+    # An alias naming the account is not a catch-all.
+    populated.addAlias("sales@example.com", ["carol@example.org"])
+    assert populated.resolve("sales@example.com") == Resolution(["carol@example.org"])
 
 
 def test_catchAllToItsOwnDomain(populated):

@@ -3,9 +3,12 @@ Tests of L{mdpy.delivery.pipeline}: routing through the directory to the
 store, and the per-copy trace headers.
 """
 
+import contextlib
 import email
+import os
 
 import pytest
+from twisted.internet import defer
 from zope.interface.verify import verifyObject
 
 from mdpy import errors
@@ -54,6 +57,48 @@ def test_oneCopyPerAccountWithTraceHeaders(pipeline):
         b"X-Rcpt-To: team@example.test\r\nSubject: x\r\n\r\nbody\r\n"
     )
     assert email.message_from_bytes(ann)["X-Rcpt-To"] == "team@example.test"
+
+
+def test_catchAllKeepsACopyPerRecipient(pipeline):
+    """
+    Recipients that reach one account through the catch-all get a copy each,
+    naming its own recipient once; those that name the account share one.
+    """
+    pipeline.directory.addUser("box@example.test", "pw")
+    pipeline.directory.addAlias("sales@example.test", ["box@example.test"])
+    pipeline.directory.setCatchAll("example.test", "box@example.test")
+    recipients = ["alice@example.test", "bob@example.test", "Alice@Example.TEST", "box@example.test",
+                  "sales@example.test", "team@example.test", "joe@example.test"]
+    d = deliver(pipeline, recipients, b"Subject: x\r\n\r\nbody\r\n")
+    assert d.called and d.result is None
+    copies = [email.message_from_bytes(m) for m in inbox(pipeline, "box@example.test")]
+    assert [(c.get_all("X-MDRcpt-To"), c.get_all("X-Rcpt-To")) for c in copies] == [
+        ([address], [address]) for address in ("alice@example.test", "bob@example.test", "box@example.test")
+    ]
+    # team is an alias of joe and ann: one copy each, as before.
+    assert len(inbox(pipeline, "joe@example.test")) == len(inbox(pipeline, "ann@example.test")) == 1
+
+
+def test_keyedCatchAllCopiesAreEachStoredOnce(tmp_path):
+    """
+    Keyed deliveries (a collected message, delivered again after a crash)
+    tell the catch-all copies of one account apart, and store each once.
+    """
+    from mdpy.store.maildir import MaildirStore
+    from mdpy.testing import synchronousRunner
+
+    directory = SQLiteDirectory(str(tmp_path / "directory.sqlite"))
+    directory.addDomain("example.test")
+    directory.addUser("box@example.test", "pw")
+    directory.setCatchAll("example.test", "box@example.test")
+    store = MaildirStore(str(tmp_path / "mail"), runInThread=synchronousRunner)
+    pipeline = DeliveryPipeline(directory, store, spoolDir=str(tmp_path))
+    for again in (False, True):
+        d = deliver(pipeline, ["alice@example.test", "bob@example.test"], b"Subject: k\r\n\r\nb\r\n",
+                    receivedAt=1700000000, deliveryKey="isp/1", again=again)
+        assert d.called and d.result is None
+    stored = sorted(email.message_from_bytes(m)["X-Rcpt-To"] for m in inbox(pipeline, "box@example.test"))
+    assert stored == ["alice@example.test", "bob@example.test"]
 
 
 def test_forgedTraceHeadersAreReplaced(pipeline):
@@ -125,8 +170,11 @@ def test_stripTraceHeaders():
 # --- SMTP over the real Maildir store -------------------------------------------------
 
 
-@pytest.fixture
-def maildirSession(tmp_path):
+def maildirTranscript(tmp_path, queue=None):
+    """
+    @return: a L{Transcript} of an SMTP session after EHLO, over a pipeline
+        with a real Maildir store (and C{queue}) that has joe@example.test.
+    """
     from twisted.internet import task
 
     from mdpy.smtp.server import SMTPFactory
@@ -136,9 +184,10 @@ def maildirSession(tmp_path):
     directory = SQLiteDirectory(str(tmp_path / "directory.sqlite"))
     directory.addDomain("example.test")
     directory.addUser("joe@example.test", "pw")
+    directory.addAlias("fwd@example.test", ["someone@remote.test"])
     store = MaildirStore(str(tmp_path / "mail"), runInThread=synchronousRunner)
     store.createAccount("joe@example.test")
-    pipeline = DeliveryPipeline(directory, store, spoolDir=str(tmp_path))
+    pipeline = DeliveryPipeline(directory, store, queue=queue, spoolDir=str(tmp_path))
     factory = SMTPFactory("mx.example.test", pipeline, clock=task.Clock())
     t = Transcript(factory.buildProtocol(None))
     t.expect("220 *")
@@ -146,6 +195,11 @@ def maildirSession(tmp_path):
     t.lines()
     t.maildir = tmp_path / "mail" / "example.test" / "joe"
     return t
+
+
+@pytest.fixture
+def maildirSession(tmp_path):
+    return maildirTranscript(tmp_path)
 
 
 def sendOne(t):
@@ -286,3 +340,136 @@ def test_checkerResultGoesIntoLocalCopiesOfUnauthenticatedMail(relaying):
     fired(deliver(relaying, ["joe@example.test"], data, sender="joe@example.test",
                   authenticatedAs="joe@example.test", clientAddress="192.0.2.7"))
     assert len(calls) == 1
+
+
+# --- all or nothing across the store and the queue ----------------------------------
+
+
+@pytest.fixture
+def mixed(tmp_path):
+    """
+    SMTP over a pipeline with a real Maildir store and a real queue, taking
+    mail for joe (local) and fwd (forwarded to a remote address).
+    """
+    from twisted.internet import task
+
+    from mdpy.delivery.queue import SpoolQueue
+    from mdpy.testing import synchronousRunner
+
+    queue = SpoolQueue(str(tmp_path / "queue"), runInThread=synchronousRunner, clock=task.Clock())
+    t = maildirTranscript(tmp_path, queue)
+    t.queue = queue
+    t.queueDir = tmp_path / "queue"
+    return t
+
+
+def sendMixed(t, subject):
+    t.send("MAIL FROM:<a@remote.test>", "RCPT TO:<joe@example.test>", "RCPT TO:<fwd@example.test>", "DATA")
+    t.expect("250 *", "250 *", "250 *", "354 *")
+    t.sendRaw(b"Subject: " + subject + b"\r\n\r\nbody\r\n.\r\n")
+    return t.lines()
+
+
+def stored(t):
+    return sorted(p.read_bytes().split(b"Subject: ")[1] for p in (t.maildir / "new").iterdir())
+
+
+def queuedFiles(t):
+    return sorted(os.listdir(t.queueDir / "env")), sorted(os.listdir(t.queueDir / "msg"))
+
+
+@contextlib.contextmanager
+def replacedByAFile(directory):
+    """
+    Replace C{directory} by a file for a while: whoever writes in it fails,
+    root included.
+    """
+    aside = directory.with_name(directory.name + ".aside")
+    directory.rename(aside)
+    directory.write_bytes(b"")
+    try:
+        yield
+    finally:
+        directory.unlink()
+        aside.rename(directory)
+
+
+def test_queueFailureStoresNoLocalCopy(mixed):
+    """
+    The queue fails on commit: the client gets 451 and no local copy is
+    visible; its retry stores and queues each copy once.
+    """
+    t = mixed
+    with replacedByAFile(t.queueDir / "msg"):
+        assert sendMixed(t, b"one") == ["451 4.3.0 Error: local error in processing; try again later"]
+        assert stored(t) == [] and os.listdir(t.maildir / "tmp") == []
+        assert t.queue.list() == []
+    assert queuedFiles(t) == ([], [])
+    assert sendMixed(t, b"one")[0].startswith("250 2.0.0 Ok")
+    assert stored(t) == [b"one\r\n\r\nbody\r\n"]
+    [entry] = t.queue.list()
+    assert [r.address for r in entry.recipients] == ["someone@remote.test"]
+    assert queuedFiles(t) == ([entry.id], [entry.id])
+
+
+def test_localFailureWithdrawsTheQueuedCopy(mixed):
+    """
+    The store fails after the queued copy was staged: it is withdrawn, so
+    the retry queues it once.
+    """
+    t = mixed
+    staged = []
+    t.queue.listeners.append(staged.append)
+    with replacedByAFile(t.maildir / "tmp"):
+        assert sendMixed(t, b"two") == ["451 4.3.0 Error: local error in processing; try again later"]
+    assert staged == [] and t.queue.list() == [] and queuedFiles(t) == ([], [])
+    assert stored(t) == []
+    assert sendMixed(t, b"two")[0].startswith("250 2.0.0 Ok")
+    assert stored(t) == [b"two\r\n\r\nbody\r\n"]
+    [entry] = t.queue.list()
+    assert staged == [entry]
+
+
+def test_secondStagingFailureWithdrawsTheFirst(relaying, monkeypatch):
+    """
+    Relayed and forwarded copies are queued as two entries; when the second
+    cannot be staged, the first is withdrawn too.
+    """
+    queue = relaying.queue
+    stage = queue.stage
+
+    def failSecond(envelope, recipients, parts):
+        if recipients == ["someone@remote.test"]:
+            return defer.fail(errors.TemporaryFailure("disk full"))
+        return stage(envelope, recipients, parts)
+
+    monkeypatch.setattr(queue, "stage", failSecond)
+    d = deliver(relaying, ["x@remote.test", "fwd@example.test", "joe@example.test"], b"x\r\n",
+                sender="joe@example.test", authenticatedAs="joe@example.test")
+    failures = []
+    d.addErrback(failures.append)
+    assert failures[0].check(errors.TemporaryFailure)
+    assert queue.list() == [] and os.listdir(os.path.join(queue.path, "env")) == []
+    assert inbox(relaying, "joe@example.test") == []
+
+
+def test_failedWithdrawalIsLogged(relaying, monkeypatch):
+    """
+    A staged copy that cannot be withdrawn is logged; the commit fails with
+    the error that undid it.
+    """
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        relaying.store.failDeliver = errors.TemporaryFailure("disk full")
+        monkeypatch.setattr(relaying.queue, "_removeStaged", lambda id: 1 / 0)
+        d = deliver(relaying, ["fwd@example.test", "joe@example.test"], b"x\r\n")
+        failures = []
+        d.addErrback(failures.append)
+        assert failures[0].check(errors.TemporaryFailure)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    [event] = [e for e in events if "could not be withdrawn" in e.get("log_format", "")]
+    assert event["why"] == "division by zero"

@@ -98,6 +98,41 @@ def test_reloadGivesTheSameQueue(tmp_path):
         assert f.read() == MESSAGE
 
 
+def test_stagedEntryWaitsForAdmitOrWithdraw(tmp_path):
+    """
+    A staged entry is on disk but not delivered (not listed, no listener
+    told) until it is admitted; a withdrawn one leaves no file.  Its id is
+    taken meanwhile; a staged entry left by a crash loads as queued.
+    """
+    seen = []
+    queue = makeQueue(tmp_path)
+    queue.listeners.append(seen.append)
+    envelope = Envelope("joe@example.test", authenticatedAs="joe")
+    staged = result(queue.stage(envelope, ["a@remote.test"], [MESSAGE]))
+    assert os.listdir(tmp_path / "env") == os.listdir(tmp_path / "msg") == [staged.id]
+    assert queue.list() == [] and queue.due(now=1e12) == [] and seen == []
+    with pytest.raises(errors.TemporaryFailure):
+        result(queue.stage(envelope, ["b@remote.test"], [MESSAGE]))
+    restarted = makeQueue(tmp_path)
+    assert restarted.load() == 1 and [e.id for e in restarted.list()] == [staged.id]
+    assert queue.admit(staged) is staged
+    assert queue.list() == [staged] and seen == [staged]
+
+    other = result(queue.stage(Envelope("joe@example.test"), ["c@remote.test"], [MESSAGE]))
+    result(queue.withdraw(other))
+    assert other.removed and queue.list() == [staged] and seen == [staged]
+    assert os.listdir(tmp_path / "env") == os.listdir(tmp_path / "msg") == [staged.id]
+    # A failed staging frees its id.
+    os.rename(tmp_path / "msg", tmp_path / "aside")
+    (tmp_path / "msg").write_bytes(b"")
+    failing = Envelope("joe@example.test")
+    with pytest.raises(errors.TemporaryFailure):
+        result(queue.stage(failing, ["d@remote.test"], [MESSAGE]))
+    os.unlink(tmp_path / "msg")
+    os.rename(tmp_path / "aside", tmp_path / "msg")
+    assert result(queue.enqueue(failing, ["d@remote.test"], [MESSAGE])).id == failing.messageId
+
+
 def test_finishedEntryLeavesNoFile(tmp_path):
     queue = makeQueue(tmp_path)
     entry = enqueue(queue)

@@ -11,6 +11,13 @@ address the copy was sent to, so that a downstream DomainPOP can route it.
 Copies of those three headers that arrived in the message are removed, so each
 stored copy carries exactly one of each.
 
+An account reached through a catch-all gets one copy per recipient that
+reached it so, not one in all: a catch-all mailbox is typically collected by a
+downstream DomainPOP routing by C{X-Rcpt-To}, which would otherwise lose every
+recipient but the first (Postfix keeps a copy per original recipient for the
+same reason).  Recipients that name an account (itself, or an alias of it)
+share its one copy.
+
 Remote recipients go to the outbound queue: those a sender names directly
 only when the sender may relay (authenticated, or the server itself), those
 reached through a local alias or forward always.  A forwarded copy is queued
@@ -21,6 +28,23 @@ L{SRS.reverse} routes them to the original sender.
 The queued message is the message as received; local copies get their trace
 headers and, for mail from unauthenticated clients when a checker is given,
 an C{Authentication-Results} header (RFC 8601) from the SPF and DKIM checks.
+
+Invariants: a commit is all or nothing across the store and the queue.  The
+queued copies are staged first (L{mdpy.interfaces.IOutboundQueue.stage}: on
+disk, fsynced, but not handed to delivery), then the local copies are
+committed (all or nothing, L{mdpy.interfaces.IMailStore.deliver}), and only
+then are the staged copies admitted to delivery.  If staging or the local
+commit fails, whatever was staged is withdrawn (removed from the disk) and
+the commit fails: no local copy was ever visible and nothing was sent, so the
+client's retry stores and queues each copy once.  The local copies come last
+because they alone are visible at once (to POP3 and IMAP) and cannot be taken
+back; a staged entry can, until it is admitted.  A crash between staging and
+the local commit leaves the staged entry on disk, and the next start loads it
+as queued: its remote recipients may then get the message twice, once more
+from the client's retry (the duplicate RFC 5321 section 6.1 accepts for a
+reply lost in a crash), and its local ones once; nothing is lost.  A
+withdrawal that fails is logged: the entry would be delivered after the next
+start, again a duplicate and never a loss.
 """
 
 import re
@@ -30,7 +54,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from mdpy import errors
-from mdpy.address import splitAddress
+from mdpy.address import normalise, splitAddress
 from mdpy.delivery.authresults import stripForgedResults
 from mdpy.envelope import Envelope, newMessageId
 from mdpy.interfaces import IDelivery, IDeliveryTarget
@@ -94,8 +118,7 @@ class DeliveryPipeline:
 
     @ivar directory: an L{mdpy.interfaces.IDirectory}.
     @ivar store: an L{mdpy.interfaces.IMailStore}.
-    @ivar queue: an L{mdpy.interfaces.IOutboundQueue} with C{enqueue}, or
-        L{None} when there is no outbound delivery (remote recipients then
+    @ivar queue: an L{mdpy.interfaces.IOutboundQueue}, or L{None} when there is no outbound delivery (remote recipients then
         get a temporary refusal).
     @ivar spoolDir: where bodies larger than L{SPILL_SIZE} are spooled.
     @ivar srs: an L{mdpy.delivery.srs.SRS} for forwarded mail, or L{None} to
@@ -173,11 +196,12 @@ class PipelineDelivery:
     def __init__(self, pipeline, envelope):
         self.pipeline = pipeline
         self.envelope = envelope
-        self.copies = []  # (account, address as given), one per account
+        self.copies = []  # (account, address as given, caught), see addRecipient
         self.relayed = []  # remote addresses the sender named
         self.forwarded = []  # remote addresses reached through local ones
         self._forwarder = None  # the local domain of the first of those
         self._accounts = set()
+        self._staged = []  # queue entries staged by commit
         self._spool = tempfile.SpooledTemporaryFile(
             max_size=SPILL_SIZE, dir=pipeline.spoolDir
         )
@@ -205,11 +229,15 @@ class PipelineDelivery:
             else:
                 self._addRemote(resolution.remote, self.relayed)
         for account in resolution.local:
-            if account in self._accounts:
+            caught = account in resolution.caught
+            # One copy per account, but one per recipient for an account
+            # reached through a catch-all (see the module docstring).
+            key = (account, normalise(address)) if caught else account
+            if key in self._accounts:
                 continue
             pipeline.ensureAccount(account)
-            self._accounts.add(account)
-            self.copies.append((account, address))
+            self._accounts.add(key)
+            self.copies.append((account, address, caught))
 
     def _addHeld(self, gateway, address):
         """
@@ -246,18 +274,19 @@ class PipelineDelivery:
 
     def commit(self):
         """
-        See L{IDelivery.commit}: local copies first, then the queued ones,
+        See L{IDelivery.commit}: the queued copies staged, the local ones
+        committed, the queued ones admitted (see the module's invariants);
         one after the other since they read the same spool.
         """
         if not (self.copies or self.relayed or self.forwarded):
             return defer.fail(errors.PermanentFailure("no recipients"))
         d = self._check()
-        d.addCallback(self._commitLocal)
         if self.relayed:
-            d.addCallback(self._enqueue, self.envelope, self.relayed, b"")
+            d.addCallback(self._stage, self.envelope, self.relayed, b"")
         if self.forwarded:
-            d.addCallback(self._enqueueForwarded)
-        d.addCallback(lambda _: None)
+            d.addCallback(self._stageForwarded)
+        d.addCallback(self._commitLocal)
+        d.addCallbacks(self._admitStaged, self._withdrawStaged)
         d.addBoth(self._cbClose)
         return d
 
@@ -293,11 +322,13 @@ class PipelineDelivery:
             # with the message are forged.
             head = stripForgedResults(head, self.pipeline.checker.hostname)
         copies = []
-        for account, address in self.copies:
+        for account, address, caught in self.copies:
             parts = [self._traceHeaders(address), results, head]
             if not complete:
                 parts.append(_Region(spool, HEAD_SIZE))
-            copies.append((account, "INBOX", parts))
+            # A catch-all copy is told apart from the account's others by
+            # its recipient (in the name of a keyed copy).
+            copies.append((account, "INBOX", parts, address) if caught else (account, "INBOX", parts))
         envelope = self.envelope
         if envelope.deliveryKey is None:
             d = defer.maybeDeferred(self.pipeline.store.deliver, copies)
@@ -307,12 +338,40 @@ class PipelineDelivery:
         d.addCallback(lambda _: results)
         return d
 
-    def _enqueue(self, results, envelope, recipients, extra):
-        d = self.pipeline.queue.enqueue(envelope, recipients, [extra, _Region(self._spool, 0)])
+    def _stage(self, results, envelope, recipients, extra):
+        d = self.pipeline.queue.stage(envelope, recipients, [extra, _Region(self._spool, 0)])
+        d.addCallback(self._staged.append)
         d.addCallback(lambda _: results)
         return d
 
-    def _enqueueForwarded(self, results):
+    def _admitStaged(self, ignored):
+        for entry in self._staged:
+            self.pipeline.queue.admit(entry)
+
+    def _withdrawStaged(self, failure):
+        """
+        Take back what was staged, since the commit failed.
+
+        @return: a L{Deferred} failing with C{failure} once that is done.
+        """
+        withdrawals = [self._withdraw(entry) for entry in self._staged]
+        d = defer.DeferredList(withdrawals)
+        d.addCallback(lambda _: failure)
+        return d
+
+    def _withdraw(self, entry):
+        d = defer.maybeDeferred(self.pipeline.queue.withdraw, entry)
+        d.addErrback(
+            lambda f: log.error(
+                "queue: {id} could not be withdrawn after a failed delivery ({why});"
+                " it will be sent after the next start",
+                id=entry.id,
+                why=f.getErrorMessage(),
+            )
+        )
+        return d
+
+    def _stageForwarded(self, results):
         """
         Queue the forwarded copies under their own id, with the sender
         rewritten by SRS when it is configured.
@@ -334,7 +393,7 @@ class PipelineDelivery:
             receivedAt=envelope.receivedAt,
             trusted=envelope.trusted,
         )
-        return self._enqueue(results, forwarded, self.forwarded, results)
+        return self._stage(results, forwarded, self.forwarded, results)
 
     def _cbClose(self, result):
         self._spool.close()

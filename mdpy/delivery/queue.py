@@ -26,6 +26,9 @@ Invariants:
    report.  A state written is never older than one written before it.
  - A file that cannot be read on load is moved to C{corrupt/} with its
    partner and reported; the rest of the queue keeps flowing.
+ - A L{SpoolQueue.stage}d entry is on disk but not handed to delivery until
+   L{SpoolQueue.admit}; L{SpoolQueue.withdraw} removes it, C{env/} first,
+   and fsyncs C{env/} before it reports success.
 """
 
 import json
@@ -40,6 +43,7 @@ from zope.interface import implementer
 from mdpy import errors
 from mdpy.address import splitAddress
 from mdpy.durable import (
+    fsyncDirectory,
     startWriteback,
     unlinkQuietly,
     writeAll,
@@ -307,6 +311,7 @@ class SpoolQueue:
                  clock=None, committerThreads=1):
         self.path = path
         self.entries = {}
+        self._staged = {}
         self.held = set()
         self.quarantined = []
         self.listeners = []
@@ -419,20 +424,25 @@ class SpoolQueue:
 
     def enqueue(self, envelope, recipients, parts):
         """
-        Queue one message.
+        Queue one message: L{stage} it (the arguments are those of
+        L{IOutboundQueue.stage}), then L{admit} it.
 
-        @param envelope: an L{mdpy.envelope.Envelope}; its message id becomes
-            the queue id.
-        @param recipients: remote addresses.
-        @param parts: the message, as bytes and readable files (read in
-            order, in a worker thread).
         @return: a L{Deferred} firing with the L{QueueEntry} once it is on
             disk.
+        """
+        d = self.stage(envelope, recipients, parts)
+        d.addCallback(self.admit)
+        return d
+
+    def stage(self, envelope, recipients, parts):
+        """
+        See L{IOutboundQueue.stage}: the envelope's message id becomes the
+        queue id.
         """
         if not recipients:
             return defer.fail(errors.PermanentFailure("no recipients"))
         id = envelope.messageId
-        if id in self.entries or not _ID.match(id):
+        if id in self.entries or id in self._staged or not _ID.match(id):
             return defer.fail(errors.TemporaryFailure("queue id %r in use or malformed" % (id,)))
         now = self._now()
         entry = QueueEntry(
@@ -448,15 +458,24 @@ class SpoolQueue:
         if self.signerFor is not None and envelope.sender:
             signer = self.signerFor(splitAddress(envelope.sender)[1])
         spooling = _Spooling(self, entry, parts, signer)
+        self._staged[id] = entry
         if self._committer is not None:
             d = defer.Deferred()
             self._committer.commit(spooling, d)
         else:
             d = self._runInThread(_commitOne, spooling)
-        d.addCallback(self._cbQueued, entry)
+        d.addCallbacks(lambda _: entry, self._ebStage, errbackArgs=(id,))
         return d
 
-    def _cbQueued(self, ignored, entry):
+    def _ebStage(self, failure, id):
+        del self._staged[id]
+        return failure
+
+    def admit(self, entry):
+        """
+        See L{IOutboundQueue.admit}.
+        """
+        del self._staged[entry.id]
         self.entries[entry.id] = entry
         # Debug: the receiving side (SMTP, a DSN) logged the message already.
         log.debug(
@@ -468,6 +487,22 @@ class SpoolQueue:
         )
         self._notify(entry)
         return entry
+
+    def withdraw(self, entry):
+        """
+        See L{IOutboundQueue.withdraw}: its files go, C{env/} first, and
+        C{env/} is fsynced.
+        """
+        del self._staged[entry.id]
+        entry.removed = True
+        return self._runInThread(self._removeStaged, entry.id)
+
+    def _removeStaged(self, id):
+        # env/ first: it is the commit point, and a msg/ file alone is
+        # removed on load.
+        os.unlink(self.envPath(id))
+        fsyncDirectory(os.path.join(self.path, "env"))
+        unlinkQuietly(self.bodyPath(id))
 
     def _notify(self, entry):
         for listener in list(self.listeners):

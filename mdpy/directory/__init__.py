@@ -47,18 +47,23 @@ class Resolution:
     @type local: L{list} of L{str}
     @ivar remote: addresses of other domains, likewise.
     @type remote: L{list} of L{str}
+    @ivar caught: those of C{local} reached through a domain's catch-all
+        rather than by name (as a user or an alias target).
+    @type caught: L{frozenset} of L{str}
     """
 
-    def __init__(self, local=(), remote=()):
+    def __init__(self, local=(), remote=(), caught=()):
         self.local = list(local)
         self.remote = list(remote)
+        self.caught = frozenset(caught)
 
     def __eq__(self, other):
         if not isinstance(other, Resolution):
             return NotImplemented
-        return self.local == other.local and self.remote == other.remote
+        return (self.local, self.remote, self.caught) == (other.local, other.remote, other.caught)
 
     __hash__ = None
 
     def __repr__(self):
-        return "Resolution(local=%r, remote=%r)" % (self.local, self.remote)
+        caught = ", caught=%r" % (sorted(self.caught),) if self.caught else ""
+        return "Resolution(local=%r, remote=%r%s)" % (self.local, self.remote, caught)

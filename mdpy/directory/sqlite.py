@@ -126,6 +126,7 @@ class _Expansion:
         self.seen = set()
         self.local = []
         self.remote = []
+        self.caught = []
         self.disabled = False
 
 
@@ -411,15 +412,18 @@ class SQLiteDirectory(SQLiteFile):
         except sqlite3.Error as e:
             raise TemporaryFailure("directory %s: %s" % (self.path, e))
         if expansion.local or expansion.remote:
-            return Resolution(expansion.local, expansion.remote)
+            return Resolution(expansion.local, expansion.remote, expansion.caught)
         if expansion.disabled:
             raise Disabled("%s: every target is disabled" % (address,))
         raise NotFound("no such user: %s" % (address,))
 
-    def _expand(self, address, depth, expansion):
+    def _expand(self, address, depth, expansion, caught=False):
         """
         Add what C{address} stands for to C{expansion}.  Called with the lock
         held, inside a read transaction.
+
+        @param caught: whether C{address} stands in for another through a
+            catch-all.
         """
         if address in expansion.seen or depth > MAX_ALIAS_DEPTH:
             return
@@ -433,11 +437,13 @@ class SQLiteDirectory(SQLiteFile):
         if kind == 0:
             if value:
                 expansion.local.append(address)
+                if caught:
+                    expansion.caught.append(address)
             else:
                 expansion.disabled = True
         elif kind == 1:
             for row in rows:
                 if row[0] == 1:
-                    self._expand(row[1], depth + 1, expansion)
+                    self._expand(row[1], depth + 1, expansion, caught)
         elif value is not None:
-            self._expand(value, depth + 1, expansion)
+            self._expand(value, depth + 1, expansion, True)

@@ -165,14 +165,16 @@ def wireSizeFromName(key):
     return int(match.group(1)) if match else None
 
 
-def keyedName(key, account, folder):
+def keyedName(key, account, folder, tag=None):
     """
     The Maildir base name of a copy of a keyed delivery (L{IMailStore.deliver}
-    with C{key}): the same for the same key, account and folder, so a repeated
+    with C{key}): the same for the same key, account, folder and C{tag} (what
+    tells apart several copies of one delivery in one folder), so a repeated
     delivery can find the copy it made before.
     """
     seconds, text = key
-    digest = hashlib.sha256(("%s\0%s\0%s" % (text, account, folder)).encode("utf-8")).hexdigest()
+    fields = (text, account, folder) if tag is None else (text, account, folder, tag)
+    digest = hashlib.sha256("\0".join(fields).encode("utf-8")).hexdigest()
     return "%d.K%s.%s" % (int(seconds), digest[:32], _HOST)
 
 
@@ -713,13 +715,14 @@ class MaildirStore:
         """
         targets, changed = [], {}
         try:
-            for account, folder, parts in copies:
+            for account, folder, parts, *tag in copies:
                 folder = normaliseFolderName(folder)
                 path = self.folderPath(account, folder)
                 if key is None:
                     targets.append((path, parts))
                 else:
-                    targets.append((path, parts, keyedName(key, self._accountKey(account), folder), again))
+                    name = keyedName(key, self._accountKey(account), folder, *tag)
+                    targets.append((path, parts, name, again))
                 changed[(self._accountKey(account), folder)] = None
         except Exception:
             return defer.fail()

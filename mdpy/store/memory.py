@@ -193,7 +193,7 @@ class MemoryStore:
         self._listeners = Listeners()
         self._lastUidValidity = 0
         self.delivered = []
-        self._keys = set()  # (key, account, folder) of keyed deliveries
+        self._keys = set()  # (key, account, folder[, tag]) of keyed deliveries
 
     def _newFolder(self):
         self._lastUidValidity = max(int(time.time()), self._lastUidValidity + 1)
@@ -250,10 +250,10 @@ class MemoryStore:
             failure, self.failDeliver = self.failDeliver, None
             raise failure
         resolved = []
-        for account, name, parts in copies:
+        for account, name, parts, *tag in copies:
             name = normaliseFolderName(name)
             folder = self._getFolder(account, name)
-            keyed = None if key is None else (tuple(key), accountKey(account), name)
+            keyed = None if key is None else (tuple(key), accountKey(account), name, *tag)
             if keyed is not None and again and keyed in self._keys:
                 continue
             resolved.append((accountKey(account), name, folder, _readParts(parts)))
