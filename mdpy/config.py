@@ -219,7 +219,7 @@ SCHEMA = {
         4069,
         extra=[
             Key("secret", parseStr, "", "Shared secret for authenticated queries (at least 16 characters)."),
-            Key("anonymous", parseBool, "no", "Answer queries without a secret."),
+            Key("anonymous", parseBool, "no", "Give the status to queries without a digest; no: answer them 2."),
             Key("allow", parseList, "", "Addresses or networks that may ask (e.g. 192.0.2.0/24); default: any."),
             Key("rate", parsePositiveFloat, "20", "Queries per second answered for one source address; more are dropped."),
             Key("burst", parseInt, "40", "Queries one source may send at once before the rate applies."),
