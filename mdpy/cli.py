@@ -82,6 +82,7 @@ def _parser():
         dest="action", required=True
     )
     domainpop.add_parser("run", help="run one collection now").add_argument("name")
+    domainpop.add_parser("held", help="list the messages kept for the administrator").add_argument("name")
     probe = domainpop.add_parser(
         "probe", help="find the header that holds the envelope recipient, from archived mail"
     )
@@ -108,6 +109,7 @@ def _parser():
     multipop.add_parser("list", help="list the accounts (without passwords)").add_argument("user", nargs="?")
     multipop.add_parser("del", help="stop collecting an account").add_argument("id")
     multipop.add_parser("run", help="collect every account now")
+    multipop.add_parser("held", help="list the messages kept for the administrator").add_argument("id", nargs="?")
 
     dkim = commands.add_parser("dkim", help="DKIM keys").add_subparsers(
         dest="action", required=True
@@ -326,9 +328,29 @@ def _domainpop(args, config, datadir, stdout, stdin):
         for line in probe(readArchive(archive), args.address).lines():
             stdout.write(line + "\n")
         return
+    if args.action == "held":
+        from mdpy.tap import collectorStateDir
+
+        _held(collectorStateDir(datadir, "domainpop", args.name), "domainpop/" + args.name, stdout)
+        return
     if not section["host"]:
         raise CommandError("[domainpop:%s] needs a host" % (args.name,))
     _collect(config, datadir, "domainpop/" + args.name, stdout)
+
+
+def _held(stateDir, name, stdout):
+    """
+    List the held messages of a source: one line each, when, why, sender,
+    subject, size and file.
+    """
+    from mdpy.domainpop.service import heldMessages
+
+    held = heldMessages(stateDir)
+    if not held:
+        stdout.write("%s: no message held\n" % (name,))
+    for message in held:
+        stdout.write("%s | %s | <%s> | %s | %d octets | %s\n" % (
+            _time(message.heldAt), message.reason, message.sender, message.subject, message.size, message.path))
 
 
 def _odmr(args, config, datadir, stdout, stdin):
@@ -343,7 +365,7 @@ def _odmr(args, config, datadir, stdout, stdin):
 
 
 def _multipop(args, config, datadir, stdout, stdin):
-    from mdpy.tap import multipopAccounts
+    from mdpy.tap import collectorStateDir, multipopAccounts
 
     accounts = multipopAccounts(datadir)
     if args.action == "add":
@@ -365,6 +387,12 @@ def _multipop(args, config, datadir, stdout, stdin):
                 a["id"], a["user"], a["username"], a["host"], a["port"], a["tls"], a["leave_on_server_days"]))
     elif args.action == "del":
         accounts.remove(args.id)
+    elif args.action == "held":
+        chosen = [a for a in accounts.list() if args.id in (None, a["id"])]
+        if args.id is not None and not chosen:
+            raise CommandError("no such MultiPOP account: %s" % (args.id,))
+        for a in chosen:
+            _held(collectorStateDir(datadir, "multipop", a["id"]), "multipop/%s/%s" % (a["user"], a["id"]), stdout)
     else:
         if not config["multipop"]["enabled"]:
             raise CommandError("[multipop] is not enabled")

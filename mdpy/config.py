@@ -219,7 +219,7 @@ SCHEMA = {
         4069,
         extra=[
             Key("secret", parseStr, "", "Shared secret for authenticated queries (at least 16 characters)."),
-            Key("anonymous", parseBool, "no", "Answer queries without a secret."),
+            Key("anonymous", parseBool, "no", "Give the status to queries without a digest; no: answer them 2."),
             Key("allow", parseList, "", "Addresses or networks that may ask (e.g. 192.0.2.0/24); default: any."),
             Key("rate", parsePositiveFloat, "20", "Queries per second answered for one source address; more are dropped."),
             Key("burst", parseInt, "40", "Queries one source may send at once before the rate applies."),
@@ -280,7 +280,7 @@ TEMPLATES = {
             "in the same second are taken for one."),
         Key("dedupe_fingerprint", parseBool, "yes", "Dedupe mail without that header by its content fingerprint."),
         Key("dedupe_ttl", parseDuration, "7d", "How long a seen value is remembered."),
-        Key("unknown_recipient", parseChoice("postmaster", "drop", "bounce"), "postmaster", "Local address with no user."),
+        Key("unknown_recipient", parseChoice("postmaster", "drop", "bounce"), "postmaster", "Local address with no user: postmaster, bounce (else the postmaster) or drop; what neither takes is held."),
         Key("foreign_recipients", parseChoice("ignore", "forward"), "ignore", "Addresses of other domains."),
         Key("max_hops", parseInt, "30", "More Received headers than this is held as a loop."),
         Key("timeout", parseDuration, "1m", "Time to wait for each reply of the POP3 server."),

@@ -485,12 +485,23 @@ def collectorFor(config, datadir, name, section, pipeline, directory, reactor):
         maxMessageSize=config["smtp"]["max_message_size"],
     )
     server = config["server"]
-    stateDir = os.path.join(datadir.root, "domainpop", name)
+    stateDir = collectorStateDir(datadir, "domainpop", name)
     os.makedirs(stateDir, mode=0o700, exist_ok=True)
     return Collector(
         "domainpop/" + name, account, settings, pipeline, directory, stateDir,
         server["hostname"], "postmaster@" + server["domain"], reactor=reactor,
     )
+
+
+def collectorStateDir(datadir, kind, name):
+    """
+    @param kind: C{domainpop} or C{multipop}.
+    @param name: the C{NAME} of C{[domainpop:NAME]}, or a MultiPOP
+        account's id.
+    @return: where that source keeps its state, lock, spool and held
+        folder.
+    """
+    return os.path.join(datadir.root, kind, name)
 
 
 def multipopCollectorFor(config, datadir, account, pipeline, directory, reactor):
@@ -500,7 +511,7 @@ def multipopCollectorFor(config, datadir, account, pipeline, directory, reactor)
     """
     section = config["multipop"]
     server = config["server"]
-    stateDir = os.path.join(datadir.root, "multipop", account["id"])
+    stateDir = collectorStateDir(datadir, "multipop", account["id"])
     os.makedirs(stateDir, mode=0o700, exist_ok=True)
     pop3 = POP3Account(
         account["host"], port=account["port"], tls=account["tls"], caFile=section["ca_file"],

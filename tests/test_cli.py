@@ -138,6 +138,25 @@ def test_multipopAccounts(cli):
     assert cli.ok("multipop", "list") == ""
 
 
+def test_multipopHeld(cli):
+    """
+    C{multipop held} lists what each account (or the one named) keeps for
+    the administrator, one line per message, and says when there is none.
+    """
+    cli.ok("domain", "add", "example.test")
+    cli.ok("user", "add", "joe@example.test", "--password", "pw")
+    accountId = cli.ok("multipop", "add", "joe@example.test", "--host", "h", "--username", "u",
+                       "--password", "p").strip()
+    assert cli.ok("multipop", "held") == "multipop/joe@example.test/%s: no message held\n" % accountId
+    held = os.path.join(cli.datadir.root, "multipop", accountId, "held")
+    os.makedirs(held)
+    with open(os.path.join(held, "a.eml"), "wb") as f:
+        f.write(b"Return-Path: <x@far.test>\r\nSubject: kept\r\n\r\nbody\r\n")
+    [line] = cli.ok("multipop", "held", accountId).splitlines()
+    assert line.endswith(" | no reason recorded | <x@far.test> | kept | 50 octets | %s" % os.path.join(held, "a.eml"))
+    assert "no such MultiPOP account" in cli.fails("multipop", "held", "nosuch")
+
+
 def test_domainpopErrors(cli, tmp_path):
     assert "no [domainpop:isp]" in cli.fails("domainpop", "run", "isp")
     cli.config.write_text(

@@ -7,6 +7,7 @@ ISP, delivering through the real pipeline into a Maildir store.
 import os
 
 from twisted.internet import defer, reactor
+from twisted.logger import LogLevel, formatEvent
 from twisted.protocols import portforward
 
 from mdpy import errors
@@ -14,13 +15,15 @@ from mdpy import errors
 from mdpy.directory.sqlite import SQLiteDirectory
 from mdpy.delivery.pipeline import DeliveryPipeline
 from mdpy.domainpop.recipients import RoutingRules
-from mdpy.domainpop.service import Collector, CollectorSettings
+from mdpy.domainpop.service import Collector, CollectorSettings, heldMessages
+from mdpy.domainpop.state import CollectorState
 from mdpy.multipop.service import MultiPOPAccounts, MultiPOPService
 from mdpy.pop3.fetch import POP3Account
 from mdpy.pop3.server import POP3Factory
 from mdpy.store.maildir import MaildirStore
 from mdpy.store.memory import MemoryStore
-from mdpy.testing import TempDirTestCase, memoryPortal, synchronousRunner
+from mdpy.testing import RecordingTarget, TempDirTestCase, memoryPortal, synchronousRunner
+from tests.test_minger import captureLogs
 
 BOX = "box@isp.test"
 LOCAL = ["alice", "bob", "carol", "postmaster"]
@@ -212,11 +215,23 @@ class RoutingTests(CollectorTestCase):
         self.assertEqual(self.subjects("alice"), [])
 
     async def test_foreignAndUnknownPolicies(self):
+        """
+        unknown_recipient = drop drops, and says so in the log at info, one
+        line per message naming it and why.
+        """
+        events = captureLogs(self)
         isp = ISP(self, [UNKNOWN, BCC_BARE])
         report = await self.collector(isp, unknownRecipient="drop").collect()
         self.assertEqual(self.everything(), {name: [] for name in LOCAL})
-        self.assertEqual(report.dropped, 2)
+        self.assertEqual((report.dropped, report.held), (2, 0))
         self.assertEqual(isp.remaining(), 0)
+        dropped = logged(events, LogLevel.info, "domainpop/isp: dropped")
+        self.assertEqual(len(dropped), 2)
+        self.assertIn("domainpop/isp: dropped <m7@far.test> (UIDL ", dropped[0])
+        self.assertIn(": unknown nobody@example.test (unknown_recipient = drop)", dropped[0])
+        self.assertIn("<m2@far.test>", dropped[1])
+        self.assertIn("no recipient found", dropped[1])
+        self.assertEqual(heldMessages(self.stateDir), [])
 
     async def test_bounceToTheSenderOrElseThePostmaster(self):
         """
@@ -260,6 +275,179 @@ class RoutingTests(CollectorTestCase):
         self.assertEqual(self.subjects("bob"), ["to+cc"])
 
 
+def logged(events, level, text):
+    """
+    @return: the formatted events of C{level} among C{events} that contain
+        C{text}.
+    """
+    return [formatEvent(e) for e in events if e.get("log_level") == level and text in formatEvent(e)]
+
+
+class HeldTests(CollectorTestCase):
+    """
+    A message whose policy's target cannot take it is kept in the held
+    folder, the administrator told, and only then deleted at the ISP.
+    """
+
+    def setUp(self):
+        CollectorTestCase.setUp(self)
+        self.directory.removeUser("postmaster@example.test")
+        self.events = captureLogs(self)
+
+    def assertHeld(self, isp, expected):
+        """
+        The ISP is empty; the held folder has the messages C{expected}
+        (C{[(data, reason)]}), listed with why, sender, subject and size,
+        each logged at warn.
+        """
+        self.assertEqual(isp.remaining(), 0)
+        held = {}
+        for message in heldMessages(self.stateDir):
+            with open(message.path, "rb") as f:
+                held[f.read()] = message
+        self.assertEqual(sorted(held), sorted(data for data, reason in expected))
+        warned = logged(self.events, LogLevel.warn, "domainpop/isp: held ")
+        self.assertEqual(len(warned), len(expected))
+        for data, reason in expected:
+            message = held[data]
+            self.assertEqual(os.path.dirname(message.path), os.path.join(self.stateDir, "held"))
+            self.assertEqual(message.reason, reason)
+            self.assertEqual(message.size, len(data))
+            self.assertEqual(message.heldAt, self.now[0])
+            [line] = [line for line in warned if message.path in line]
+            self.assertTrue(line.endswith(": " + reason), line)
+        return [held[data] for data, reason in expected]
+
+    async def test_unknownWithoutPostmaster(self):
+        """
+        unknown_recipient = postmaster with no postmaster account: held,
+        not dropped; a second cycle finds nothing to do.
+        """
+        isp = ISP(self, [UNKNOWN, BCC_BARE])
+        report = await self.collector(isp).collect()
+        self.assertIsNone(report.error)
+        self.assertEqual((report.held, report.dropped, report.deleted), (2, 0, 2))
+        held = self.assertHeld(isp, [
+            (UNKNOWN, "unknown nobody@example.test; the postmaster postmaster@example.test cannot take it:"
+                      " no such user: postmaster@example.test"),
+            (BCC_BARE, "no recipient found; the postmaster postmaster@example.test cannot take it:"
+                       " no such user: postmaster@example.test"),
+        ])
+        self.assertEqual([(m.sender, m.subject) for m in held], [("x@far.test", "unknown"), ("x@far.test", "bcc")])
+        self.assertEqual(len([line for line in logged(self.events, LogLevel.warn, "held <m7@far.test> (UIDL ")
+                              if "unknown nobody@example.test" in line]), 1)
+        self.assertEqual(self.everything(), {name: [] for name in LOCAL})
+        report = await self.collector(isp).collect()
+        self.assertEqual((report.listed, report.held), (0, 0))
+        self.assertEqual(len(heldMessages(self.stateDir)), 2)
+
+    async def test_unknownAmongKnown(self):
+        """
+        Known recipients get their copy; the unknown one's is held.
+        """
+        mixed = message(b"From: x@far.test\nTo: alice@example.test, nobody@example.test\n"
+                        b"Message-ID: <mixed@far.test>\nSubject: mixed\n")
+        isp = ISP(self, [mixed])
+        report = await self.collector(isp).collect()
+        self.assertEqual((report.copies, report.held), (1, 1))
+        self.assertEqual(self.subjects("alice"), ["mixed"])
+        [held] = heldMessages(self.stateDir)
+        self.assertTrue(held.reason.startswith("unknown nobody@example.test; the postmaster"), held.reason)
+        self.assertEqual(isp.remaining(), 0)
+
+    async def test_bounceImpossibleWithoutPostmaster(self):
+        """
+        unknown_recipient = bounce: without a Return-Path, with a null one,
+        or when the bounce cannot be sent (to an unknown local sender), and
+        no postmaster to fall back on: held, saying why.
+        """
+        nullSender = b"Return-Path: <>\r\n" + UNKNOWN.replace(b"m7@", b"n1@")
+        unknownSender = b"Return-Path: <ghost@example.test>\r\n" + UNKNOWN.replace(b"m7@", b"n2@")
+        isp = ISP(self, [UNKNOWN, nullSender, unknownSender])
+        report = await self.collector(isp, unknownRecipient="bounce").collect()
+        self.assertIsNone(report.error)
+        postmaster = ("; the postmaster postmaster@example.test cannot take it:"
+                      " no such user: postmaster@example.test")
+        held = self.assertHeld(isp, [
+            (UNKNOWN, "unknown nobody@example.test; no Return-Path to bounce to" + postmaster),
+            (nullSender, "unknown nobody@example.test; no Return-Path to bounce to" + postmaster),
+            (unknownSender, "unknown nobody@example.test; no bounce to ghost@example.test:"
+                            " no such user: ghost@example.test" + postmaster),
+        ])
+        self.assertEqual([m.sender for m in held], ["x@far.test", "x@far.test", "ghost@example.test"])
+
+    async def test_permanentFailureOfThePostmaster(self):
+        """
+        Any permanent failure of the postmaster's delivery holds the
+        message; a temporary one leaves it at the ISP for the next cycle.
+        """
+        isp = ISP(self, [UNKNOWN])
+        target = RecordingTarget()
+        collector = self.collector(isp)
+        collector.pipeline = target
+        target.recipientErrors["nobody@example.test"] = errors.NotFound("no such address")
+        target.recipientErrors["postmaster@example.test"] = errors.TemporaryFailure("disk full")
+        report = await collector.collect()
+        self.assertIn("disk full", report.error)
+        self.assertEqual((isp.remaining(), heldMessages(self.stateDir)), (1, []))
+        target.recipientErrors["postmaster@example.test"] = errors.TooBig("larger than 1 octet")
+        report = await collector.collect()
+        self.assertIsNone(report.error)
+        self.assertHeld(isp, [(UNKNOWN, "unknown nobody@example.test; the postmaster postmaster@example.test"
+                                        " cannot take it: larger than 1 octet")])
+        self.assertEqual(target.messages, [])
+
+    async def test_permanentFailureOfTheRecipients(self):
+        """
+        A delivery that fails permanently as a whole is held, not retried
+        at every cycle in front of the rest of the mailbox.
+        """
+        isp = ISP(self, [LIST, TEAM])
+        target = RecordingTarget()
+        collector = self.collector(isp)
+        collector.pipeline = target
+        target.recipientErrors["alice@example.test"] = errors.TooBig("larger than the quota allows")
+        report = await collector.collect()
+        self.assertIsNone(report.error)
+        self.assertHeld(isp, [(LIST, "delivery to alice@example.test failed: larger than the quota allows")])
+        [delivered] = target.messages
+        self.assertEqual(delivered.recipients, ["team@example.test"])
+
+    async def test_loopHeld(self):
+        isp = ISP(self, [LOOP])
+        report = await self.collector(isp).collect()
+        self.assertEqual(report.held, 1)
+        self.assertHeld(isp, [(LOOP, "a loop: 40 Received headers, more than max_hops 30")])
+
+    def test_listing(self):
+        """
+        The listing is oldest first; a file held before reasons were
+        recorded is listed with its time and no reason; a file the
+        administrator removed is gone; an empty or missing folder lists
+        nothing; sender and subject are made printable.
+        """
+        self.assertEqual(heldMessages(os.path.join(self.root, "nowhere")), [])
+        held = os.path.join(self.stateDir, "held")
+        os.makedirs(held)
+        self.assertEqual(heldMessages(self.stateDir), [])
+        old = os.path.join(held, "old.eml")
+        with open(old, "wb") as f:
+            f.write(b"From: Someone <a@far.test>\r\nSubject: =?utf-8?q?caf=C3=A9?= \x1b[2J\r\n\r\nx\r\n")
+        os.utime(old, (1600000000, 1600000000))
+        state = CollectorState(os.path.join(self.stateDir, "state.sqlite"), clock=lambda: self.now[0])
+        self.addCleanup(state.close)
+        with open(os.path.join(held, "new.eml"), "wb") as f:
+            f.write(BCC_BARE)
+        state.recordHeld("new.eml", "uid-1", "why\nnot")
+        state.recordHeld("gone.eml", "uid-2", "removed since")
+        listed = heldMessages(self.stateDir)
+        self.assertEqual(
+            [(m.heldAt, m.reason, m.sender, m.subject, os.path.basename(m.path)) for m in listed],
+            [(1600000000, "no reason recorded", "a@far.test", "caf\u00e9 \\x1b[2J", "old.eml"),
+             (self.now[0], "why\\nnot", "x@far.test", "bcc", "new.eml")],
+        )
+
+
 class LeaveOnServerTests(CollectorTestCase):
     async def test_leftMailIsNotDeliveredTwiceAndDeletedWhenDue(self):
         isp = ISP(self, [LIST, TEAM])
@@ -297,6 +485,8 @@ class CrashTests(CollectorTestCase):
         self.assertIsNone(report.error)
         self.assertEqual(self.everything(), EXPECTED)
         self.assertEqual(isp.remaining(), 0)
+        # The loop held before the crash and again after it: one file.
+        self.assertEqual(len(heldMessages(self.stateDir)), 1)
 
     def test_crashAfterRetrieve(self):
         return defer.ensureDeferred(self.crashAt("retrieved"))
@@ -394,10 +584,13 @@ class DroppingProxyFactory(portforward.ProxyFactory):
 
 
 class MultiPOPTests(CollectorTestCase):
-    async def test_accountsCollectedIntoTheUsersInbox(self):
-        isp = ISP(self, [BCC_BARE, UNKNOWN])
+    def service(self, isp, user):
+        """
+        @return: a L{MultiPOPService} collecting the ISP mailbox into
+            C{user}'s INBOX, and the account's id.
+        """
         accounts = MultiPOPAccounts(os.path.join(self.root, "multipop", "accounts.json"))
-        accountId = accounts.add("carol@example.test", "127.0.0.1", isp.port.getHost().port, "none", BOX, "secret")
+        accountId = accounts.add(user, "127.0.0.1", isp.port.getHost().port, "none", BOX, "secret")
         self.assertEqual(os.stat(accounts.path).st_mode & 0o777, 0o600)
 
         def make(account):
@@ -413,10 +606,36 @@ class MultiPOPTests(CollectorTestCase):
             self.addCleanup(collector.close)
             return collector
 
-        service = MultiPOPService(accounts, make, 600)
+        return MultiPOPService(accounts, make, 600), accountId
+
+    async def test_accountsCollectedIntoTheUsersInbox(self):
+        isp = ISP(self, [BCC_BARE, UNKNOWN])
+        service, accountId = self.service(isp, "carol@example.test")
         [report] = await service.runNow()
         self.assertIsNone(report.error)
         self.assertEqual(self.subjects("carol"), ["bcc", "unknown"])
         self.assertEqual(isp.remaining(), 0)
-        accounts.remove(accountId)
+        service.accounts.remove(accountId)
         self.assertEqual(await service.runNow(), [])
+
+    async def test_userGoneAndNoPostmaster(self):
+        """
+        The user of an account was deleted and there is no postmaster:
+        the mail is held in the account's held folder, not dropped.
+        """
+        events = captureLogs(self)
+        self.directory.removeUser("carol@example.test")
+        self.directory.removeUser("postmaster@example.test")
+        isp = ISP(self, [BCC_BARE])
+        service, accountId = self.service(isp, "carol@example.test")
+        [report] = await service.runNow()
+        self.assertIsNone(report.error)
+        self.assertEqual((report.held, report.dropped), (1, 0))
+        self.assertEqual(isp.remaining(), 0)
+        [held] = heldMessages(os.path.join(self.root, "multipop", accountId))
+        self.assertEqual(held.reason, "unknown carol@example.test; the postmaster postmaster@example.test"
+                                      " cannot take it: no such user: postmaster@example.test")
+        with open(held.path, "rb") as f:
+            self.assertEqual(f.read(), BCC_BARE)
+        [line] = logged(events, LogLevel.warn, "held")
+        self.assertTrue(line.startswith("multipop/carol/%s: held <m2@far.test>" % (accountId,)), line)

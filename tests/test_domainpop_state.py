@@ -110,6 +110,33 @@ def test_reopen(path, clock):
         s.close()
 
 
+def test_heldReasons(state, clock, path):
+    """
+    A message held again (after a crash) keeps when it was first held and
+    takes the latest reason; a file made before the held table existed
+    gets it on opening.
+    """
+    assert state.heldReasons() == {}
+    state.recordHeld("a.eml", "u1", "a loop")
+    clock.now += 60
+    state.recordHeld("b.eml", "u2", "no postmaster")
+    state.recordHeld("a.eml", "u1", "a loop, again")
+    assert state.heldReasons() == {"a.eml": (1000000.0, "a loop, again"), "b.eml": (1000060.0, "no postmaster")}
+    old = path + ".v1"
+    db = sqlite3.connect(old)
+    for statement in statemodule._MIGRATIONS[0]:
+        db.execute(statement)
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    upgraded = CollectorState(old, clock=clock)
+    try:
+        upgraded.recordHeld("c.eml", "u3", "why")
+        assert upgraded.heldReasons() == {"c.eml": (clock.now, "why")}
+    finally:
+        upgraded.close()
+
+
 def test_walAndSynchronousFull(state, path):
     assert state._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert state._db.execute("PRAGMA synchronous").fetchone()[0] == 2

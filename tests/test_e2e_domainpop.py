@@ -17,7 +17,7 @@ import time
 import pytest
 
 from tests.server import MdpyServer, mdpyCommand
-from tests.test_domainpop_service import CORPUS, EXPECTED
+from tests.test_domainpop_service import CORPUS, EXPECTED, UNKNOWN
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "bench"))
@@ -64,7 +64,7 @@ def isp(tmp_path):
     shutil.rmtree(base, ignore_errors=True)
 
 
-def mdpy(tmp_path, isp, extra=""):
+def mdpy(tmp_path, isp, extra="", users=USERS):
     section = (
         "[domainpop:isp]\nhost = 127.0.0.1\nport = %d\ntls = none\nusername = box@isp.test\n"
         "password = secret\ninterval = 1h\narchive_dir = archive\n%s" % (isp.port, extra)
@@ -72,7 +72,7 @@ def mdpy(tmp_path, isp, extra=""):
     os.makedirs(tmp_path / "mdpy", exist_ok=True)
     server = MdpyServer(tmp_path / "mdpy", extra=section + "[multipop]\nenabled = no\n")
     assert server.cli("domain", "add", "example.test").returncode == 0
-    for name in USERS:
+    for name in users:
         assert server.cli("user", "add", "%s@example.test" % name, "--password", "pw").returncode == 0
     server.cli("alias", "add", "team@example.test", "alice@example.test", "bob@example.test")
     return server
@@ -94,7 +94,7 @@ def test_collectThroughTheRunningServer(tmp_path, isp):
         done = server.cli("domainpop", "run", "isp")
         assert done.returncode == 0, done.stderr
         assert "domainpop/isp: 11 on the server, 11 downloaded" in done.stdout
-        assert re.search(r"held as a loop", done.stdout)
+        assert re.search(r"a loop: 40 Received headers, more than max_hops 30: held in ", done.stdout)
         assert {name: subjects(server, name) for name in USERS} == EXPECTED
         assert isp.remaining() == 0
         # A second run finds nothing and changes nothing.
@@ -107,6 +107,45 @@ def test_collectThroughTheRunningServer(tmp_path, isp):
         server.stop()
     archive = os.path.join(server.root, "archive")
     assert len(os.listdir(archive)) == len(CORPUS)
+
+
+def test_unknownRecipientWithoutPostmasterIsHeld(tmp_path, isp):
+    """
+    C{unknown_recipient = postmaster} and no postmaster account: the
+    message for an unknown recipient leaves the ISP only once it is in the
+    held folder, is listed by C{mdpy domainpop held} and logged at warn.
+    """
+    isp.fill([UNKNOWN])
+    server = mdpy(tmp_path, isp, extra="unknown_recipient = postmaster\n", users=("alice",))
+    server.start()
+    try:
+        # Whatever else made it, there is no postmaster@ to take the mail.
+        if "postmaster@example.test" in server.cli("alias", "list").stdout:
+            assert server.cli("alias", "del", "postmaster@example.test").returncode == 0
+        if "postmaster@example.test" in server.cli("user", "list").stdout:
+            assert server.cli("user", "del", "postmaster@example.test").returncode == 0
+        empty = server.cli("domainpop", "held", "isp")
+        assert (empty.returncode, empty.stdout) == (0, "domainpop/isp: no message held\n"), empty.stderr
+        done = server.cli("domainpop", "run", "isp")
+        assert done.returncode == 0, done.stderr
+        assert "1 held, 0 dropped" in done.stdout
+        assert isp.remaining() == 0
+        held = server.cli("domainpop", "held", "isp")
+        assert held.returncode == 0, held.stderr
+        [line] = held.stdout.splitlines()
+        when, why, sender, subject, size, path = line.split(" | ")
+        assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\Z", when)
+        assert why.startswith("unknown nobody@example.test; the postmaster postmaster@example.test cannot take it")
+        assert (sender, subject, size) == ("<x@far.test>", "unknown", "%d octets" % len(UNKNOWN))
+        assert os.path.dirname(path) == os.path.join(server.dataDir, "domainpop", "isp", "held")
+        with open(path, "rb") as f:
+            assert f.read() == UNKNOWN
+        [warning] = [text for text in server.logText().splitlines() if "#warn]" in text and "held" in text]
+        assert "domainpop/isp: held <m7@far.test> (UIDL " in warning
+        assert warning.endswith(": " + why)
+        assert "Traceback" not in server.logText()
+    finally:
+        server.stop()
 
 
 def test_probeFindsTheEnvelopeHeader(tmp_path, isp):

@@ -338,7 +338,7 @@ class ServerTests(TempDirTestCase):
         before = len(server.transport.written)
         server.datagramReceived(datagram, (source, port))
         replies = server.transport.written[before:]
-        slack = 2 if server.anonymous and b" d=" not in datagram else 0
+        slack = 2 if b" d=" not in datagram else 0
         for data, addr in replies:
             self.assertEqual(addr, (source, port))
             self.assertLessEqual(len(data), len(datagram) + slack)
@@ -362,16 +362,15 @@ class ServerTests(TempDirTestCase):
         """
         A wrong digest, a digest made for another spelling of the mailbox, a
         digest to a server without a secret and a missing digest all get 2,
-        whatever the address, if the reply is no longer than the query (a
-        bare query must be padded, with CR LF say); a truncated digest is
-        malformed and gets nothing.
+        whatever the address (a bare query, padded or not: draft section
+        4); a truncated digest is malformed and gets nothing.
         """
         server = self.makeServer(secret=SECRET, rate=1e9, burst=10**9)
         for address in EXPECTED:
             wrong = "%s d=%s" % (address, digest("another secret", address))
             self.assertEqual(self.ask(server, wrong.encode()), [("%s 2" % address).encode()])
             self.assertEqual(self.ask(server, address.encode() + b"\r\n"), [("%s 2" % address).encode()])
-            self.assertEqual(self.ask(server, address.encode()), [])
+            self.assertEqual(self.ask(server, address.encode()), [("%s 2" % address).encode()])
             truncated = "%s d=%s" % (address, digest(SECRET, address)[:-1])
             self.assertEqual(self.ask(server, truncated.encode()), [])
         otherCase = "Alice@example.com d=" + digest(SECRET, "alice@example.com")
@@ -384,13 +383,15 @@ class ServerTests(TempDirTestCase):
 
     def test_anonymous(self):
         """
-        Anonymous queries get 2 unless allowed; a query with a digest must
-        still carry the right one.
+        Anonymous queries get 2 unless allowed, even when the reply is two
+        octets longer than the query; a query with a digest must still
+        carry the right one.
         """
         refused = self.makeServer(secret=SECRET)
         self.assertEqual(self.ask(refused, b"alice@example.com\r\n"), [b"alice@example.com 2"])
-        self.assertEqual(self.ask(refused, b"alice@example.com"), [])
-        self.assertEqual(refused.dropped, 1)
+        self.assertEqual(self.ask(refused, b"alice@example.com"), [b"alice@example.com 2"])
+        self.assertEqual(self.ask(refused, b"nobody@example.com"), [b"nobody@example.com 2"])
+        self.assertEqual((refused.answered, refused.dropped), (3, 0))
         allowed = self.makeServer(secret=SECRET, anonymous=True)
         for address, status in EXPECTED.items():
             self.assertEqual(self.ask(allowed, address.encode()), [("%s %d" % (address, status)).encode()])
@@ -399,6 +400,22 @@ class ServerTests(TempDirTestCase):
         self.assertEqual(self.ask(allowed, wrong.encode()), [b"alice@example.com 2"])
         anonymousOnly = self.makeServer(anonymous=True)
         self.assertEqual(self.ask(anonymousOnly, b"bob@example.com"), [b"bob@example.com 4"])
+
+    def test_bareRefusalsRateLimited(self):
+        """
+        Refusals of bare queries, two octets longer than what asked for
+        them, come under the per-source rate limit like every reply: a
+        source forging a flood of them gets C{burst} answers, then nothing
+        until its bucket refills.
+        """
+        server = self.makeServer(secret=SECRET, rate=2.0, burst=5)
+        answers = [self.ask(server, b"alice@example.com") for i in range(50)]
+        self.assertEqual(answers, [[b"alice@example.com 2"]] * 5 + [[]] * 45)
+        self.assertEqual((server.answered, server.dropped), (5, 45))
+        self.assertEqual(self.ask(server, b"alice@example.com", "192.0.2.2"), [b"alice@example.com 2"])
+        self.clock.advance(0.5)
+        self.assertEqual(self.ask(server, b"alice@example.com"), [b"alice@example.com 2"])
+        self.assertEqual(self.ask(server, b"alice@example.com"), [])
 
     def test_allowList(self):
         """
@@ -412,7 +429,7 @@ class ServerTests(TempDirTestCase):
         for source in ["192.0.2.1", "11.0.0.1", "::2", "::ffff:192.0.2.1"]:
             self.assertEqual(self.ask(server, query, source), [b"alice@example.com 1"], source)
         self.assertEqual(self.ask(server, b"alice@example.com  ", "192.0.2.1"), [b"alice@example.com 1"])
-        self.assertEqual(self.ask(server, b"alice@example.com", "192.0.2.1"), [])
+        self.assertEqual(self.ask(server, b"alice@example.com", "192.0.2.1"), [b"alice@example.com 1"])
         self.assertEqual(self.ask(server, b"alice@ d=x", "192.0.2.1"), [])
 
     def test_badAllowList(self):
@@ -653,12 +670,12 @@ class ClientTests(TempDirTestCase):
         # 2 is not cached: asking again sends again.
         self.assertEqual((yield wrong.query("alice@example.com")), 2)
         self.assertEqual(self.server.answered, 2)
-        # A bare anonymous query to a server refusing them gets no answer
-        # (the refusal would be longer than the query): no status at all.
-        anonymous = self.makeClient(secret="", timeout=0.4)
-        self.assertIsNone((yield anonymous.query("alice@example.com")))
+        # A bare anonymous query over a real socket to a server refusing
+        # them gets 2 (draft section 4), two octets longer than the query.
+        anonymous = self.makeClient(secret="")
+        self.assertEqual((yield anonymous.query("alice@example.com")), 2)
         self.assertEqual(self.server.received[-1][0], b"alice@example.com")
-        self.assertEqual(self.server.answered, 2)
+        self.assertEqual(self.server.answered, 3)
 
     def test_pendingQueriesAreBounded(self):
         """
@@ -830,6 +847,20 @@ class ClientTests(TempDirTestCase):
         # The reactor reads at most 8 KB of a datagram: still malformed.
         self.assertEqual([len(data) > 1024 for data, addr in self.server.received][:2], [False, True])
         self.assertEqual(self.server.malformed, 2)
+
+    @defer.inlineCallbacks
+    def test_bareQueryOverLoopback(self):
+        """
+        A bare query from a real socket to a server refusing anonymous
+        queries is answered 2, the reply two octets longer than the query.
+        """
+        silent, port = self.listenSilent()
+        heard = silent.nextQuery()
+        silent.transport.write(b"alice@example.com", ("127.0.0.1", self.port))
+        yield heard
+        [(reply, addr)] = silent.received
+        self.assertEqual(reply, b"alice@example.com 2")
+        self.assertEqual(addr, ("127.0.0.1", self.port))
 
     @defer.inlineCallbacks
     def test_ipv6(self):

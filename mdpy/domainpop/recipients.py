@@ -335,7 +335,7 @@ def receivedAddresses(head, rules):
     return found
 
 
-def _printable(text):
+def printable(text):
     """
     @return: C{text} cut to a length fit for a log line, control characters
         escaped.
@@ -391,7 +391,7 @@ def mailboxesIn(text):
         printable.
     """
     if _UNSAFE_VALUE.search(text):
-        return [], [_printable(text)]
+        return [], [printable(text)]
     addresses, rejected = [], []
     for name, address in getaddresses([text]):
         if "@" not in address:
@@ -399,7 +399,7 @@ def mailboxesIn(text):
         try:
             addresses.append(checkAddress(address))
         except InvalidInput:
-            rejected.append(_printable(address))
+            rejected.append(printable(address))
     return addresses, rejected
 
 
@@ -457,7 +457,7 @@ def discover(head, rules):
                 try:
                     address = checkAddress(candidate)
                 except InvalidInput:
-                    found.rejected.append(_printable(candidate))
+                    found.rejected.append(printable(candidate))
                 else:
                     found._add(address, "received")
             continue

@@ -18,6 +18,15 @@ One cycle (L{Collector.collect}):
     one transaction; then DELE it unless it is to stay on the server;
  3. QUIT, which makes the deletions happen (RFC 1939 section 6).
 
+What no recipient can take is kept, never dropped unless the configuration
+says so (C{unknown_recipient = drop}, logged): a message for unknown local
+addresses goes to the postmaster, or bounces to its Return-Path with the
+postmaster as the fallback; a loop, a message neither can take and one
+that fails permanently for its recipients are I{held} (L{Collector._hold}):
+kept in the source's held folder, with when and why in its state file, for
+the administrator (C{mdpy domainpop held NAME}, L{heldMessages}), and
+logged at warn.
+
 Invariants (never lose, never duplicate):
  - A message is deleted at the server only after every local copy was
    committed and its UIDL recorded as delivered: a crash at any point leaves
@@ -44,7 +53,7 @@ from twisted.internet import defer
 
 from mdpy import errors
 from mdpy.address import normalise, splitAddress
-from mdpy.domainpop.recipients import MAX_HEAD, RoutingRules, discover, parseHead
+from mdpy.domainpop.recipients import MAX_HEAD, RoutingRules, discover, mailboxesIn, parseHead, printable
 from mdpy.domainpop.state import DEDUPE_FINGERPRINT, CollectorState, dedupeKey, fingerprint
 from mdpy.delivery import dsn
 from mdpy.durable import writeFileAtomically
@@ -59,6 +68,8 @@ _CHUNK = 65536
 _SLACK = 65536  # octets a message may exceed its LIST size by
 BATCH = 50  # messages downloaded before they are delivered together
 BATCH_OCTETS = 32 * 1024 * 1024
+STATE_FILE = "state.sqlite"
+HELD_FOLDER = "held"
 
 
 class _Downloaded:
@@ -219,11 +230,11 @@ class Collector:
 
     @property
     def heldDir(self):
-        return os.path.join(self.stateDir, "held")
+        return os.path.join(self.stateDir, HELD_FOLDER)
 
     def _openState(self):
         if self._state is None:
-            self._state = CollectorState(os.path.join(self.stateDir, "state.sqlite"), clock=self._clock)
+            self._state = CollectorState(os.path.join(self.stateDir, STATE_FILE), clock=self._clock)
         return self._state
 
     def close(self):
@@ -437,10 +448,8 @@ class Collector:
         else:
             found = discover(item.head, settings.rules)
             if found.loop:
-                report.held += 1
-                report.lines.append("%s: %d Received headers (max_hops %d): held as a loop in %s"
-                                    % (label, found.hops, settings.rules.maxHops, self.heldDir))
-                await self._inThread(self._hold, item.spool, item.uid)
+                await self._hold(item, state, label, report, "a loop: %d Received headers, more than max_hops %d"
+                                % (found.hops, settings.rules.maxHops))
                 return []
             addresses, foreign = [], []
             for address in found.addresses:
@@ -466,9 +475,13 @@ class Collector:
             await self._inThread(state.countDuplicates, len(duplicates))
         if not fresh and duplicates:
             return []
-        delivered, unknown = await self._deliver(item, fresh)
-        if unknown or not delivered:
-            await self._unknown(item, unknown, label, report)
+        try:
+            delivered, refused = await self._deliver(item, fresh)
+        except errors.PermanentFailure as e:
+            await self._hold(item, state, label, report, "delivery to %s failed: %s" % (", ".join(fresh), e.detail))
+            return []
+        if refused or not delivered:
+            await self._unknown(item, state, list(refused), label, report)
         if delivered:
             report.copies += len(delivered)
             report.lines.append("%s: delivered to %s" % (label, ", ".join(delivered)))
@@ -478,10 +491,12 @@ class Collector:
         """
         Hand the downloaded C{item} to the pipeline for C{addresses}.
 
-        @return: C{(accepted, unknown)} addresses.
+        @return: C{(accepted, refused)}: the addresses that took it, and a
+            L{dict} of those that do not exist or take no mail to why.
+        @raise errors.MailError: the delivery failed as a whole.
         """
         if not addresses:
-            return [], []
+            return [], {}
         envelope = Envelope(
             _returnPath(item.head),
             helo=self.account.host,
@@ -492,18 +507,18 @@ class Collector:
             again=item.again,
         )
         delivery = await defer.maybeDeferred(self.pipeline.startDelivery, envelope)
-        accepted, unknown = [], []
+        accepted, refused = [], {}
         try:
             for address in addresses:
                 try:
                     await defer.maybeDeferred(delivery.addRecipient, address)
-                except (errors.NotFound, errors.Disabled, errors.RelayDenied):
-                    unknown.append(address)
+                except (errors.NotFound, errors.Disabled, errors.RelayDenied) as e:
+                    refused[address] = e.detail
                 else:
                     accepted.append(address)
             if not accepted:
                 delivery.abort()
-                return accepted, unknown
+                return accepted, refused
             delivery.write(self._received(envelope, accepted))
             spool = item.spool
             spool.seek(0)
@@ -513,30 +528,51 @@ class Collector:
             delivery.abort()
             raise
         await defer.maybeDeferred(delivery.commit)
-        return accepted, unknown
+        return accepted, refused
 
-    async def _unknown(self, item, unknown, label, report):
+    async def _unknown(self, item, state, unknown, label, report):
+        """
+        Apply C{unknown_recipient} to a message with C{unknown} local
+        recipients, or with none found: C{drop} drops it, saying so in the
+        log; C{bounce} sends a DSN (RFC 3464) to its Return-Path, or when
+        there is none or the DSN cannot be sent, goes on as C{postmaster};
+        C{postmaster} delivers it to the postmaster.  When the postmaster
+        cannot take it either, it is held (L{_hold}), never dropped.
+
+        @raise errors.TemporaryFailure: the postmaster's delivery failed for
+            now; the message stays at the server for the next cycle.
+        """
         why = "unknown " + ", ".join(unknown) if unknown else "no recipient found"
         policy = self.settings.unknownRecipient
+        if policy == "drop":
+            report.dropped += 1
+            report.lines.append("%s: %s: dropped" % (label, why))
+            log.info("{name}: dropped {item}: {why} (unknown_recipient = drop)",
+                     name=self.name, item=_describe(item), why=why)
+            return
         if policy == "bounce":
             sender = _returnPath(item.head)
-            try:
-                if sender:
+            if not sender:
+                why += "; no Return-Path to bounce to"
+            else:
+                try:
                     await self._bounce(item, sender, unknown)
+                except errors.MailError as e:
+                    why += "; no bounce to %s: %s" % (sender, e.detail)
+                else:
                     report.lines.append("%s: %s: bounced to %s" % (label, why, sender))
                     report.dropped += 1
                     return
-            except errors.MailError as e:
-                why += " (no bounce to %s: %s)" % (sender, e.detail)
-            policy = "postmaster"  # nobody to bounce to
-        if policy == "postmaster":
-            delivered, _ = await self._deliver(item, [self.postmaster], suffix="/postmaster")
-            if delivered:
-                report.copies += 1
-                report.lines.append("%s: %s: to the postmaster" % (label, why))
-                return
-        report.dropped += 1
-        report.lines.append("%s: %s: dropped" % (label, why))
+        try:
+            delivered, refused = await self._deliver(item, [self.postmaster], suffix="/postmaster")
+        except errors.PermanentFailure as e:
+            delivered, refused = [], {self.postmaster: e.detail}
+        if delivered:
+            report.copies += 1
+            report.lines.append("%s: %s: to the postmaster" % (label, why))
+            return
+        await self._hold(item, state, label, report, "%s; the postmaster %s cannot take it: %s"
+                        % (why, self.postmaster, refused[self.postmaster]))
 
     async def _bounce(self, item, sender, unknown):
         item.spool.seek(0)
@@ -597,9 +633,33 @@ class Collector:
         os.makedirs(self.settings.archiveDir, mode=0o700, exist_ok=True)
         _copyDurably(spool, os.path.join(self.settings.archiveDir, name))
 
-    def _hold(self, spool, uid):
-        name = hashlib.sha256(("%s/%s" % (self.name, uid)).encode("utf-8")).hexdigest()[:24] + ".eml"
-        _copyDurably(spool, os.path.join(self.heldDir, name))
+    async def _hold(self, item, state, label, report, why):
+        """
+        Keep the downloaded C{item} for the administrator instead of
+        delivering it: its bytes in L{heldDir}, when and C{why} in the
+        state file, both durably, before it may be deleted at the server;
+        logged at warn.
+        """
+        fileName = await self._inThread(self._keep, item, state, why)
+        report.held += 1
+        report.lines.append("%s: %s: held in %s" % (label, why, self.heldDir))
+        log.warn("{name}: held {item} in {path}: {why}",
+                 name=self.name, item=_describe(item), path=os.path.join(self.heldDir, fileName), why=why)
+
+    def _keep(self, item, state, why):
+        """
+        The work of L{_hold}, in a worker thread.  The file is named after
+        the source, the UIDL and when it was first seen: the same message
+        held again after a crash takes the same file, another that came
+        later with a reused UIDL (RFC 1939 section 7) does not.
+
+        @return: the name of the held file.
+        """
+        key = "%s/%s/%r" % (self.name, item.uid, item.firstSeen)
+        fileName = hashlib.sha256(key.encode("utf-8")).hexdigest()[:24] + ".eml"
+        _copyDurably(item.spool, os.path.join(self.heldDir, fileName))
+        state.recordHeld(fileName, item.uid, why)
+        return fileName
 
     def _inThread(self, f, *args):
         return self._runInThread(f, *args)
@@ -623,6 +683,16 @@ def _fingerprint(head, spool):
     return fingerprint(head, iter(lambda: spool.read(_CHUNK), b""))
 
 
+def _describe(item):
+    """
+    @return: how the log names the downloaded C{item}: its Message-ID and
+        its UIDL.
+    """
+    messageId = item.head.values("message-id")[:1]
+    return "%s (UIDL %s)" % (printable(messageId[0].strip()) if messageId else "without Message-ID",
+                             printable(item.uid))
+
+
 def _returnPath(head):
     """
     @return: the first Return-Path of C{head}, normalised, or C{""} when
@@ -635,6 +705,79 @@ def _returnPath(head):
         except errors.InvalidInput:
             return ""
     return ""
+
+
+def _author(head):
+    """
+    @return: the first address of the first From field of C{head}, or
+        C{""}.
+    """
+    for raw in head.raw("from")[:1]:
+        addresses, rejected = mailboxesIn(raw.decode("utf-8", "replace"))
+        return addresses[0] if addresses else ""
+    return ""
+
+
+class HeldMessage:
+    """
+    A message a source keeps in its held folder (L{Collector._hold}).
+
+    @ivar path: its file.
+    @ivar heldAt: when it was held, in seconds since the epoch.
+    @ivar reason: why.
+    @ivar sender: its Return-Path, else its From, or C{""}.
+    @ivar subject: its Subject, or C{""}.
+    @ivar size: its size in octets.
+    """
+
+    def __init__(self, path, heldAt, reason, sender, subject, size):
+        self.path = path
+        self.heldAt = heldAt
+        self.reason = reason
+        self.sender = sender
+        self.subject = subject
+        self.size = size
+
+
+def heldMessages(stateDir):
+    """
+    Read the held folder of the source whose state is in C{stateDir}.
+    A file the state does not explain (held by an older mdpy) counts as
+    held when it was written, for a reason not recorded; a file the
+    administrator removed is no longer listed.
+
+    @return: a L{list} of L{HeldMessage}, oldest first; sender, subject
+        and reason made printable.
+    """
+    folder = os.path.join(stateDir, HELD_FOLDER)
+    try:
+        names = sorted(name for name in os.listdir(folder) if name.endswith(".eml"))
+    except FileNotFoundError:
+        return []
+    reasons = {}
+    statePath = os.path.join(stateDir, STATE_FILE)
+    if names and os.path.exists(statePath):
+        state = CollectorState(statePath)
+        try:
+            reasons = state.heldReasons()
+        finally:
+            state.close()
+    held = []
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            with open(path, "rb") as f:
+                head = parseHead(f.read(MAX_HEAD))
+                status = os.fstat(f.fileno())
+        except FileNotFoundError:
+            continue
+        heldAt, reason = reasons.get(name, (status.st_mtime, "no reason recorded"))
+        sender = _returnPath(head) or _author(head)
+        subject = " ".join(head.values("subject")[:1]).strip()
+        held.append(HeldMessage(path, heldAt, printable(reason), printable(sender), printable(subject),
+                                status.st_size))
+    held.sort(key=lambda message: message.heldAt)
+    return held
 
 
 class PeriodicCollection(service.Service):

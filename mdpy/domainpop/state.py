@@ -107,6 +107,14 @@ _MIGRATIONS = [
         " value INTEGER NOT NULL"
         ") WITHOUT ROWID",
     ],
+    [
+        "CREATE TABLE held ("
+        " file TEXT PRIMARY KEY,"
+        " uid TEXT NOT NULL,"
+        " held_at REAL NOT NULL,"
+        " reason TEXT NOT NULL"
+        ") WITHOUT ROWID",
+    ],
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -218,6 +226,29 @@ class CollectorState(SQLiteFile):
         """
         rows = self._read("SELECT uid, state, first_seen FROM uids")
         return {uid: (state, firstSeen) for uid, state, firstSeen in rows}
+
+    # --- held messages ------------------------------------------------------
+
+    def recordHeld(self, fileName, uid, reason):
+        """
+        Record, durably, why and when the message of C{uid} was kept in the
+        held folder as C{fileName}; a message held again keeps its first
+        time and takes the new reason.
+        """
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO held (file, uid, held_at, reason) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (file) DO UPDATE SET reason = excluded.reason",
+                (fileName, uid, self._clock(), reason),
+            )
+
+    def heldReasons(self):
+        """
+        @return: a L{dict} of the file name of every message recorded by
+            L{recordHeld} to its C{(heldAt, reason)}.
+        """
+        rows = self._read("SELECT file, held_at, reason FROM held")
+        return {fileName: (heldAt, reason) for fileName, heldAt, reason in rows}
 
     # --- dedupe cache -------------------------------------------------------
 

@@ -5,11 +5,13 @@ L{mdpy.interfaces.IDirectory}.
 
 UDP answers whoever the source address claims to be, so the server is built
 not to help a reflection attack:
- - a reply is never longer than its query.  It echoes the mailbox as the
-   query sent it, plus C{" 5"}: a query with a digest is always longer; a
-   bare query (no C{d=}) is answered only when it was padded (a client
-   ending it with CR LF) or, when anonymous queries are allowed, with those
-   two octets more (the administrator chose to answer them);
+ - a reply is never longer than its query, but for a bare query (no
+   C{d=}) by the two octets of the status.  It echoes the mailbox as the
+   query sent it, plus C{" 5"}: a query with a digest is always longer.  A
+   bare query is answered whatever the settings (2 when C{anonymous} is
+   off: a server refusing anonymous queries must answer them 2, draft
+   section 4): two octets more is no amplification worth a forged
+   source, and the rate limits below still apply to it;
  - a malformed datagram gets no reply at all (status 0 is never sent), nor
    does a datagram over the rate limits.
 """
@@ -149,9 +151,9 @@ class MingerServer(DatagramProtocol):
 
     Invariants: a reply is the mailbox as the query sent it, one space and
     one digit, and never longer than the query, except by those two octets
-    for an anonymous query when C{anonymous} allows them; a reply that
-    would be longer is not sent (a bare query refused with 2 or 1 gets
-    nothing unless padded).  Nothing raised while answering leaves
+    for a bare query, whatever its status (2 when C{anonymous} is off); a
+    reply that would be longer is not sent.  Every reply has
+    passed the rate limits.  Nothing raised while answering leaves
     L{datagramReceived}.
 
     Logs: every answer at debug level; warnings, each kind throttled by a
@@ -265,9 +267,10 @@ class MingerServer(DatagramProtocol):
                         suppressed=suppressed,
                     )
                 return
-        # Answering an allowed anonymous query takes the two octets of the
-        # status; nothing else may be longer than what asked for it.
-        slack = 2 if self.anonymous and query.digest is None else 0
+        # Answering a bare query takes the two octets of the status, whether
+        # it is allowed or refused (draft section 4); nothing else may be
+        # longer than what asked for it.
+        slack = 2 if query.digest is None else 0
         self._reply(datagram, addr, query.mailbox, status, slack)
 
     def _admit(self, source, now):
@@ -335,7 +338,8 @@ class MingerServer(DatagramProtocol):
     def _reply(self, datagram, addr, mailbox, status, slack=0):
         reply = formatReply(mailbox, status)
         if len(reply) > len(datagram) + slack:
-            # Never amplify: a bare query asking to be refused gets nothing.
+            # Never amplify (a reply to a query with a digest is always
+            # shorter than it: this is a guard).
             self.dropped += 1
             log.debug("minger: {source}: no reply {status}, longer than the query",
                       source=addr[0], status=status)
