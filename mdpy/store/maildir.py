@@ -21,7 +21,7 @@ L{mdpy.store.maildirindex}.
 
 Invariants: a L{MaildirMailbox}'s view (L{MaildirMailbox.messages} and its
 counters) changes only in L{MaildirMailbox.sync} or when a Deferred of its own
-C{append}, C{setFlags} or C{expunge} fires, on the reactor thread; the work
+C{append}, C{changeFlags} or C{expunge} fires, on the reactor thread; the work
 itself is done under the folder lock in a worker thread.
 """
 
@@ -45,9 +45,11 @@ from mdpy.durable import fsyncDirectory, unlinkQuietly, writeAll, writeFileAtomi
 from mdpy.errors import Exists, InvalidInput, NotFound, TemporaryFailure
 from mdpy.logs import Logger
 from mdpy.interfaces import IMailbox, IMailStore, IMessageCache, IStoredMessage
-from mdpy.store import Listeners
+from mdpy.store import REMOVE, REPLACE, FlagShorthand, Listeners, StoredFlags, changedFlags
 from mdpy.store.committer import Committer, commitBatch
-from mdpy.store.maildirindex import FolderIndex, flagsFromInfo, infoForFlags, normaliseFlags
+from mdpy.store.maildirindex import (
+    DELETED, FolderIndex, flagsFromInfo, infoForFlags, normaliseFlags, storableFlags,
+)
 from mdpy.threads import deferToReactorThreadPool
 
 SUBSCRIPTIONS_NAME = "subscriptions"
@@ -353,7 +355,7 @@ _EMPTY = _State(0, 0, 1, 0, [], ())
 
 
 @implementer(IMailbox, IMessageCache)
-class MaildirMailbox:
+class MaildirMailbox(FlagShorthand):
     """
     One Maildir folder.  See L{IMailbox} and the module docstring for the
     index and its invariants.
@@ -523,13 +525,18 @@ class MaildirMailbox:
                 raise TemporaryFailure("append to %s: %s" % (self.path, e)) from e
             raise
 
-    def setFlags(self, uid, flags):
+    def changeFlags(self, uids, flags, mode=REPLACE, unchangedSince=None):
         """
-        See L{IMailbox.setFlags}.  Calls made while one is being written are
-        committed together (one index write for a whole IMAP C{STORE}).
+        See L{IMailbox.changeFlags}.  Under the folder lock, each message's
+        current flags are read from its file name (a rename by another
+        session or program since the last sync is seen), changed, and the
+        file renamed.  Calls made while one is being written are committed
+        together in one locked transaction and one index write, in the
+        order they were made.
         """
+        changedFlags(frozenset(), (), mode)  # an unknown mode fails here
         d = defer.Deferred()
-        self._pendingFlags.append((uid, normaliseFlags(flags), d))
+        self._pendingFlags.append((tuple(uids), normaliseFlags(flags), mode, unchangedSince, d))
         if not self._flagJobRunning:
             self._startFlagJob()
         return d
@@ -541,29 +548,45 @@ class MaildirMailbox:
         d.addBoth(self._flagJobDone, batch)
 
     def _applyFlags(self, batch, uidList, files, keywords):
-        cur = os.path.join(self.path, "cur")
-        results = []
-        for uid, flags, _ in batch:
-            message = self._state.byUid.get(uid)
-            key = message.key if message is not None else None
-            if key not in uidList.entries or uidList.entries[key][0] != uid:
-                key = next((k for k, e in uidList.entries.items() if e[0] == uid), None)
-            if key is None:
-                results.append(NotFound("no message with UID %d" % (uid,)))
-                continue
-            old = files[key]
+        """
+        Apply each change of C{batch} in turn; runs under the folder lock.
+
+        @return: for each change, its L{IMailbox.changeFlags} result or the
+            exception it failed with.
+        """
+        keyOf = {entry[0]: key for key, entry in uidList.entries.items()}
+        return [
+            self._applyOneChange(change, keyOf, uidList, files, keywords)
+            for change in batch
+        ]
+
+    def _applyOneChange(self, change, keyOf, uidList, files, keywords):
+        uids, flags, mode, unchangedSince, _ = change
+        if mode != REMOVE:
             try:
-                info = infoForFlags(flags, keywords, old.partition(":")[2])
+                keywords.reserve([flag for flag in storableFlags(flags) if not flag.startswith("\\")])
             except InvalidInput as e:
-                results.append(e)
+                return e
+        cur = os.path.join(self.path, "cur")
+        results = {}
+        for uid in uids:
+            key = keyOf.get(uid)
+            if key is None:
                 continue
-            new = key + ":" + info
-            if new != old:
-                os.rename(os.path.join(cur, old), os.path.join(cur, new))
-                files[key] = new
+            _, modSeq, info, size = uidList.entries[key]
+            current = flagsFromInfo(info, keywords)
+            refused = unchangedSince is not None and modSeq > unchangedSince
+            new = info if refused else infoForFlags(changedFlags(current, flags, mode), keywords, info)
+            if refused or (new == info and unchangedSince is None):
+                results[uid] = StoredFlags(current, modSeq, False)
+                continue
+            if new != info:
+                old = files[key]
+                os.rename(os.path.join(cur, old), os.path.join(cur, key + ":" + new))
+                files[key] = key + ":" + new
             modSeq = uidList.nextModSeq()
-            uidList.entries[key] = (uid, modSeq, info, uidList.entries[key][3])
-            results.append(modSeq)
+            uidList.entries[key] = (uid, modSeq, new, size)
+            results[uid] = StoredFlags(flagsFromInfo(new, keywords), modSeq, True)
         return results
 
     def _flagJobDone(self, outcome, batch):
@@ -572,9 +595,10 @@ class MaildirMailbox:
             results = [outcome] * len(batch)
         else:
             results = self._install(outcome)
-            if any(not isinstance(r, Exception) for r in results):
+            if any(not isinstance(r, Exception) and any(f.changed for f in r.values()) for r in results):
                 self._notify(None)
-        for (_, _, d), result in zip(batch, results):
+        for change, result in zip(batch, results):
+            d = change[-1]
             if isinstance(result, (Exception, Failure)):
                 d.errback(result)
             else:
@@ -582,22 +606,23 @@ class MaildirMailbox:
         if self._pendingFlags and not self._flagJobRunning:
             self._startFlagJob()
 
-    def expunge(self, uids):
+    def expunge(self, uids, deletedOnly=False):
         """
-        See L{IMailbox.expunge}.
+        See L{IMailbox.expunge}.  With C{deletedOnly}, the flags are read
+        from the file names under the folder lock.
         """
-        d = self._store._runInThread(self._transact, self._expungeLocked(frozenset(uids)))
+        d = self._store._runInThread(self._transact, self._expungeLocked(frozenset(uids), deletedOnly))
         d.addCallback(self._install)
         d.addCallback(self._notify)
         return d
 
-    def _expungeLocked(self, uids):
+    def _expungeLocked(self, uids, deletedOnly):
         def remove(uidList, files, keywords):
             cur = os.path.join(self.path, "cur")
             removed = []
             removedKeys = []
-            for key, (uid, *_) in list(uidList.entries.items()):
-                if uid in uids:
+            for key, (uid, _, info, _) in list(uidList.entries.items()):
+                if uid in uids and (not deletedOnly or DELETED in flagsFromInfo(info, keywords)):
                     try:
                         os.unlink(os.path.join(cur, files.pop(key)))
                     except FileNotFoundError:

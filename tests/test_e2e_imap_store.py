@@ -1,0 +1,89 @@
+"""
+End-to-end tests of what IMAP clients change in the store, against a real
+C{twistd mdpy} on loopback with Python's imaplib over IMAPS: concurrent flag
+changes of several sessions on one message (each must hold, on disk and as
+another session sees it).
+"""
+
+import os
+import re
+
+import pytest
+
+from tests.server import MdpyServer, newAccount, waitForBanner
+from tests.test_e2e_imap import flagsIn, imaps, message, ok, storeDeliver
+
+# The Maildir info letters of the flags these tests use.
+LETTERS = {b"\\Answered": "R", b"\\Deleted": "T", b"\\Draft": "D", b"\\Flagged": "F", b"\\Seen": "S",
+           b"$Forwarded": "P"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = MdpyServer(tmp_path_factory.mktemp("mdpy-imap-store"))
+    done = server.cli("domain", "add", "example.test")
+    assert done.returncode == 0, done.stderr
+    server.start()
+    waitForBanner(server.imap, process=server.process)
+    yield server
+    server.stop()
+    log = server.logText()
+    assert "Traceback" not in log, log[-5000:]
+
+
+def diskFlags(server, address):
+    """
+    @return: the flags in the file name of the INBOX's only message, as
+        Maildir info letters.
+    """
+    [name] = os.listdir(server.maildir(address, "cur"))
+    return name.partition(":2,")[2]
+
+
+def reported(data, number=1):
+    """
+    @return: the flags of message C{number} in the last untagged FETCH of an
+        imaplib reply (a STORE's own response, or a later update).
+    """
+    lines = [line for line in data if line and re.match(rb"%d \(" % (number,), line)]
+    assert lines, data
+    return flagsIn(lines[-1]) - {b"\\Recent"}
+
+
+def test_interleavedStoresOfTwoSessionsAllHold(server):
+    """
+    Two sessions with INBOX selected change the flags of one message in
+    turn, each from a view that has not seen the other's change: every
+    change holds in the Maildir file name and as a third session sees it.
+    """
+    address, password = newAccount(server, "flags")
+    storeDeliver(server, address, [message("one message")])
+    one, two, third = (imaps(server, address, password) for _ in range(3))
+    for client in (one, two):
+        ok(client.select("INBOX"))
+    steps = [
+        (one, "+FLAGS", r"(\Seen)", {b"\\Seen"}),
+        (one, "+FLAGS", r"(\Answered)", {b"\\Seen", b"\\Answered"}),
+        (two, "-FLAGS", r"(\Seen)", {b"\\Answered"}),
+        (two, "+FLAGS", r"(\Flagged)", {b"\\Answered", b"\\Flagged"}),
+        (one, "-FLAGS", r"(\Answered)", {b"\\Flagged"}),
+        (one, "+FLAGS.SILENT", r"($Forwarded \Seen)", {b"\\Flagged", b"$Forwarded", b"\\Seen"}),
+        (two, "-FLAGS", r"(\Flagged)", {b"$Forwarded", b"\\Seen"}),
+        (one, "FLAGS", r"(\Draft)", {b"\\Draft"}),
+        (two, "+FLAGS", r"(\Deleted)", {b"\\Draft", b"\\Deleted"}),
+        (one, "-FLAGS", r"(\Draft)", {b"\\Deleted"}),
+    ]
+    try:
+        for number, (client, item, flags, expected) in enumerate(steps):
+            data = ok(client.store("1", item, flags))
+            if not item.endswith(".SILENT"):
+                assert reported(data) == expected, (number, data)
+            assert diskFlags(server, address) == "".join(sorted(LETTERS[f] for f in expected)), number
+            ok(third.select("INBOX", readonly=True))
+            assert reported(ok(third.fetch("1", "(FLAGS)"))) == expected, number
+        # Each session is told the flags as they are now.
+        for client in (one, two):
+            assert reported(ok(client.fetch("1", "(FLAGS)"))) == {b"\\Deleted"}
+    finally:
+        for client in (one, two, third):
+            client.logout()
