@@ -2,7 +2,7 @@
 End-to-end tests of what IMAP clients change in the store, against a real
 C{twistd mdpy} on loopback with Python's imaplib over IMAPS: concurrent flag
 changes of several sessions on one message (each must hold, on disk and as
-another session sees it).
+another session sees it), and mailbox names longer than the store can hold.
 """
 
 import os
@@ -87,3 +87,30 @@ def test_interleavedStoresOfTwoSessionsAllHold(server):
     finally:
         for client in (one, two, third):
             client.logout()
+
+
+def test_overlongMailboxNamesAreRefusedWithLimit(server):
+    """
+    CREATE, RENAME and DELETE of a 300-character name get NO [LIMIT]
+    before anything touches the disk, and the server logs no traceback.
+    """
+    address, password = newAccount(server, "names")
+    client = imaps(server, address, password)
+    account = server.maildir(address)
+
+    def folders():
+        return sorted(entry for entry in os.listdir(account) if entry.startswith("."))
+
+    before = folders()
+    name = '"%s"' % ("x" * 300,)
+    try:
+        for typ, data in [client.create(name), client.create('"Lists/%s"' % ("y" * 300,)),
+                          client.rename("Sent", name), client.delete(name)]:
+            assert typ == "NO" and data[0].startswith(b"[LIMIT] "), (typ, data)
+        assert ok(client.create('"Lists/Work"'))
+        ok(client.select('"Lists/Work"'))
+    finally:
+        client.logout()
+    assert folders() == sorted(before + [".Lists", ".Lists.Work"])
+    log = server.logText()
+    assert "Traceback" not in log and "File name too long" not in log, log[-5000:]

@@ -4,6 +4,7 @@ in-memory store.
 """
 
 import base64
+import os
 
 from twisted.internet import task
 
@@ -420,6 +421,37 @@ def test_create_delete_rename_subscribe():
         "i OK List completed.",
         "j NO [ALREADYEXISTS] Mailbox already exists.",
     )
+
+
+def test_names_past_the_store_limits_are_refused(tmp_path):
+    """
+    CREATE, RENAME and DELETE of a name longer or deeper than the Maildir
+    store can hold answer NO [LIMIT] (RFC 5530), a name it cannot represent
+    NO [CANNOT]; nothing reaches the disk and nothing is logged as a
+    failure.
+    """
+    from twisted.logger import globalLogPublisher
+    from mdpy.store.maildir import MaildirStore
+
+    store = MaildirStore(str(tmp_path), runInThread=synchronousRunner)
+    store.createAccount(USER)
+    before = sorted(os.listdir(store.accountPath(USER)))
+    s = Session(store=store)
+    s.login()
+    long, deep = "x" * 300, "/".join(["a"] * 40)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        s.send("a CREATE " + long, "b CREATE " + deep, "c CREATE n/" + long, "d RENAME Sent " + long,
+               "e DELETE " + long, 'f CREATE "a.b"', "g SELECT " + long, "h CREATE " + "y" * 254)
+        s.expect(*["%s NO [LIMIT] Beyond a limit of this server." % tag for tag in "abcde"]
+                 + ["f NO [CANNOT] Invalid mailbox name or operation.",
+                    "g NO [LIMIT] Beyond a limit of this server.",
+                    "h OK Create completed."])
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert not [e for e in events if e.get("log_failure") is not None or e.get("log_level").name == "critical"]
+    assert sorted(os.listdir(store.accountPath(USER))) == sorted(before + ["." + "y" * 254])
 
 
 def test_status():

@@ -13,7 +13,7 @@ import pytest
 from twisted.internet import defer
 
 from mdpy import mutf7
-from mdpy.errors import InvalidInput, NotFound, TemporaryFailure
+from mdpy.errors import InvalidInput, LimitExceeded, NotFound, TemporaryFailure
 from mdpy.store import ADD, REMOVE, REPLACE, maildir, maildirindex
 from mdpy.store.maildir import MaildirStore
 from tests.test_store_memory import ALICE, BOB, MESSAGE, StoreContract, resultOf
@@ -120,6 +120,32 @@ class TestMaildirStore:
         name = maildir.uniqueName(1700000000.25)
         assert re.match(r"1700000000\.M250000P4242Q[0-9]+\.a\\057b\\072c\\054d\Z", name), name
         assert maildir.uniqueName(1.0) != maildir.uniqueName(1.0)
+
+    def test_folderOperationErrorsAreStoreErrors(self, store, inbox, monkeypatch):
+        """
+        A file system with a shorter name limit than 255 octets (ENAMETOOLONG)
+        makes a folder operation fail with L{LimitExceeded}, another I/O
+        error with L{TemporaryFailure}: never a bare L{OSError}.
+        """
+        failures = iter([OSError(errno.ENAMETOOLONG, "File name too long"), OSError(errno.EIO, "I/O error")])
+
+        def failingMkdir(path, mode=0o777):
+            raise next(failures)
+
+        monkeypatch.setattr(maildir.os, "mkdir", failingMkdir)
+        with pytest.raises(LimitExceeded):
+            store.createMailbox(ALICE, "x" * 200)
+        with pytest.raises(TemporaryFailure):
+            store.createMailbox(ALICE, "Other")
+        monkeypatch.undo()
+        monkeypatch.setattr(maildir.os, "rename", failingMkdir)
+        failures = iter([OSError(errno.ENAMETOOLONG, "File name too long"), OSError(errno.EACCES, "denied")])
+        with pytest.raises(LimitExceeded):
+            store.renameMailbox(ALICE, "Sent", "y" * 200)
+        with pytest.raises(TemporaryFailure):
+            store.deleteMailbox(ALICE, "Sent")
+        monkeypatch.undo()
+        assert store.listMailboxes(ALICE) == ["INBOX"] + sorted(maildir.SPECIAL_FOLDERS)
 
     def test_fsyncFailure(self, store, inbox, monkeypatch):
         def failingFsync(fd):

@@ -10,7 +10,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from mdpy.errors import Exists, InvalidInput, NotFound, TemporaryFailure
+from mdpy.errors import Exists, InvalidInput, LimitExceeded, NotFound, TemporaryFailure
 from mdpy.interfaces import IMailbox, IMailStore, IStoredMessage
 from mdpy.store import ADD, REMOVE, REPLACE
 from mdpy.store.memory import MemoryStore
@@ -336,6 +336,34 @@ class StoreContract:
             store.openMailbox(ALICE, name)
         with pytest.raises(InvalidInput):
             store.renameMailbox(ALICE, "Sent", name)
+
+    def test_folderNameLimits(self, store):
+        """
+        A folder name whose Maildir++ directory (C{.A.B} in modified UTF-7)
+        would pass 255 octets, or deeper than 32 levels, is refused before
+        anything changes, by every operation that takes a name.
+        """
+        before = store.listMailboxes(ALICE)
+        for name in ["x" * 255, "x" * 300, "\u00e4" * 100, "/".join(["a"] * 33), "a/" + "b" * 253]:
+            for call in (store.createMailbox, store.deleteMailbox, store.openMailbox):
+                with pytest.raises(LimitExceeded):
+                    call(ALICE, name)
+            with pytest.raises(LimitExceeded):
+                store.renameMailbox(ALICE, "Sent", name)
+        assert store.listMailboxes(ALICE) == before
+        longest, deepest = "x" * 254, "/".join(["a"] * 32)
+        store.createMailbox(ALICE, longest)
+        store.createMailbox(ALICE, deepest)
+        assert {longest, deepest} <= set(store.listMailboxes(ALICE))
+
+    def test_renameRefusedWhenAChildWouldBeTooLong(self, store):
+        child = "P/" + "c" * 240
+        store.createMailbox(ALICE, "P")
+        store.createMailbox(ALICE, child)
+        with pytest.raises(LimitExceeded):
+            store.renameMailbox(ALICE, "P", "Q" * 20)
+        assert {"P", child} <= set(store.listMailboxes(ALICE))
+        assert not [name for name in store.listMailboxes(ALICE) if name.startswith("Q")]
 
     def test_unicodeFolderName(self, store):
         store.createMailbox(ALICE, "Entwürfe & Co/日本")

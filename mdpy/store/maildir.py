@@ -25,6 +25,7 @@ C{append}, C{changeFlags} or C{expunge} fires, on the reactor thread; the work
 itself is done under the folder lock in a worker thread.
 """
 
+import errno
 import itertools
 import hashlib
 import os
@@ -33,6 +34,7 @@ import shutil
 import socket
 import sqlite3
 import time
+from contextlib import contextmanager
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -42,7 +44,7 @@ from mdpy import mutf7
 from mdpy.address import normaliseDomain, splitAddress
 from mdpy.dotstuffing import normalisedFileSize, normalisedSize
 from mdpy.durable import fsyncDirectory, unlinkQuietly, writeAll, writeFileAtomically, writeParts
-from mdpy.errors import Exists, InvalidInput, NotFound, TemporaryFailure
+from mdpy.errors import Exists, InvalidInput, LimitExceeded, NotFound, TemporaryFailure
 from mdpy.logs import Logger
 from mdpy.interfaces import IMailbox, IMailStore, IMessageCache, IStoredMessage
 from mdpy.store import REMOVE, REPLACE, FlagShorthand, Listeners, StoredFlags, changedFlags
@@ -55,6 +57,10 @@ from mdpy.threads import deferToReactorThreadPool
 SUBSCRIPTIONS_NAME = "subscriptions"
 CACHE_NAME = "mdpy-cache.sqlite"
 SPECIAL_FOLDERS = ("Drafts", "Sent", "Trash", "Junk", "Archive")
+# A Maildir++ folder is one directory, ".A.B" in modified UTF-7, and a
+# directory name has at most 255 octets on the usual file systems (NAME_MAX).
+MAX_FOLDER_DIR_BYTES = 255
+MAX_FOLDER_DEPTH = 32
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 65536
@@ -89,24 +95,38 @@ def uniqueName(now=None):
 
 def normaliseFolderName(name):
     """
-    Check a folder name of the store API (C{"/"} separates levels).
+    Check a folder name of the store API (C{"/"} separates levels), before
+    anything touches the disk.
 
     @return: the name, with a first level C{INBOX} in any case written
         C{INBOX}.
     @raise InvalidInput: empty, NUL, C{".."}, a leading or trailing C{"/"}, an
         empty level, or a C{"."} inside a level.
+    @raise LimitExceeded: deeper than L{MAX_FOLDER_DEPTH} levels, or its
+        Maildir++ directory (C{.A.B}, modified UTF-7) longer than
+        L{MAX_FOLDER_DIR_BYTES}.
     """
     if name == "INBOX":
         return name
     if not isinstance(name, str) or not name or "\0" in name:
         raise InvalidInput("bad folder name: %r" % (name,))
+    if len(name) >= MAX_FOLDER_DIR_BYTES:
+        # Every character takes at least one byte, and the directory a dot.
+        raise LimitExceeded("folder name of %d characters is too long" % (len(name),))
     levels = name.split("/")
     for level in levels:
         if not level or "." in level:
             raise InvalidInput("bad folder name: %r" % (name,))
+    if len(levels) > MAX_FOLDER_DEPTH:
+        raise LimitExceeded("folder name of %d levels is too deep (at most %d)" % (len(levels), MAX_FOLDER_DEPTH))
     if levels[0].upper() == "INBOX":
         levels[0] = "INBOX"
-    return "/".join(levels)
+    name = "/".join(levels)
+    size = len(_folderDirName(name))
+    if size > MAX_FOLDER_DIR_BYTES:
+        raise LimitExceeded("folder %r... is %d octets in Maildir++ (at most %d)"
+                            % (name[:40], size, MAX_FOLDER_DIR_BYTES))
+    return name
 
 
 def accountKey(address):
@@ -144,6 +164,21 @@ def _escapeComponent(text):
 
 
 # --- disk helpers -----------------------------------------------------------
+
+
+@contextmanager
+def _folderErrors(what):
+    """
+    Report an I/O error of a folder operation as a store error: a path the
+    file system finds too long as L{LimitExceeded}, any other as
+    L{TemporaryFailure}.
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise LimitExceeded("%s: %s" % (what, e.strerror)) from e
+        raise TemporaryFailure("%s: %s" % (what, e.strerror or e)) from e
 
 
 def _makeMaildir(path, folder):
@@ -781,11 +816,12 @@ class MaildirStore:
         if name == "INBOX":
             raise Exists("INBOX exists")
         path = os.path.join(accountPath, _folderDirName(name))
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            raise Exists("mailbox %s exists" % (name,))
-        _makeMaildir(path, folder=True)
+        with _folderErrors("create mailbox %s" % (path,)):
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                raise Exists("mailbox %s exists" % (name,))
+            _makeMaildir(path, folder=True)
 
     def deleteMailbox(self, address, name):
         """
@@ -798,11 +834,12 @@ class MaildirStore:
             raise InvalidInput("INBOX cannot be deleted")
         path = os.path.join(accountPath, _folderDirName(name))
         doomed = os.path.join(accountPath, "..mdpy-deleted." + uniqueName())
-        try:
-            os.rename(path, doomed)
-        except FileNotFoundError:
-            raise NotFound("no mailbox %s" % (name,))
-        shutil.rmtree(doomed)
+        with _folderErrors("delete mailbox %s" % (path,)):
+            try:
+                os.rename(path, doomed)
+            except FileNotFoundError:
+                raise NotFound("no mailbox %s" % (name,))
+            shutil.rmtree(doomed)
 
     def renameMailbox(self, address, old, new):
         """
@@ -810,6 +847,10 @@ class MaildirStore:
         into the new folder and leaves INBOX empty (RFC 3501 section 6.3.5).
         """
         old, new = normaliseFolderName(old), normaliseFolderName(new)
+        with _folderErrors("rename mailbox %s of %s to %s" % (old, address, new)):
+            return self._renameMailbox(address, old, new)
+
+    def _renameMailbox(self, address, old, new):
         accountPath = self._existingAccountPath(address)
         if new == "INBOX" or new == old or new.startswith(old + "/"):
             raise InvalidInput("cannot rename %s to %s" % (old, new))
@@ -823,6 +864,8 @@ class MaildirStore:
         ]
         if oldDir not in [entry for entry, _ in moves]:
             raise NotFound("no mailbox %s" % (old,))
+        for _, target in moves:
+            normaliseFolderName(_folderNameFromDir(target))  # a child may grow past the limits
         for _, target in moves:
             if os.path.lexists(os.path.join(accountPath, target)):
                 raise Exists("mailbox %s exists" % (_folderNameFromDir(target),))

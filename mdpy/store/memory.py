@@ -334,6 +334,7 @@ class MemoryStore:
         moves = [(name, new + name[len(old):]) for name in folders
                  if name == old or name.startswith(old + "/")]
         for _, target in moves:
+            normaliseFolderName(target)  # a child may grow past the limits
             if target in folders:
                 raise Exists("mailbox %s exists" % (target,))
         for source, target in moves:
