@@ -133,17 +133,24 @@ class IMailStore(Interface):
 
     def createMailbox(address, name):
         """
-        Create a folder.  @raise mdpy.errors.Exists: it exists.
+        Create a folder.  Folder names are checked before anything changes.
+
+        @raise mdpy.errors.Exists: it exists.
+        @raise mdpy.errors.LimitExceeded: the name is longer or deeper than
+            the store can hold.
+        @raise mdpy.errors.InvalidInput: a name the store cannot represent.
         """
 
     def deleteMailbox(address, name):
         """
-        Delete a folder and its messages.
+        Delete a folder and its messages.  Names are checked as by
+        L{createMailbox}.
         """
 
     def renameMailbox(address, old, new):
         """
-        Rename a folder (and its children).
+        Rename a folder (and its children); nothing changes when a new name,
+        of the folder or of a child, is refused as by L{createMailbox}.
         """
 
     def listSubscriptions(address):

@@ -280,6 +280,9 @@ class TestMaildirStore:
         assert rebuilt.uidNext >= old.uidNext
         assert [m.uid for m in rebuilt.messages()] == [old.uidNext]
         assert rebuilt.highestModSeq >= old.highestModSeq
+        # A view from before the rebuild changes nothing by its old UIDs.
+        assert resultOf(old.changeFlags([2, old.uidNext], ["\\Seen"], ADD)) == {}
+        assert store.openMailbox(ALICE).messages()[0].flags == frozenset()
 
     @pytest.mark.parametrize("garbage", [b"", b"garbage\n", b"V1 1 5 3\n9 1 - x\n", b"V1 1 5 3\n1 1 - x"])
     def test_rebuildCorruptIndex(self, store, inbox, garbage):

@@ -589,7 +589,11 @@ class MaildirMailbox(FlagShorthand):
         @return: for each change, its L{IMailbox.changeFlags} result or the
             exception it failed with.
         """
-        keyOf = {entry[0]: key for key, entry in uidList.entries.items()}
+        if self._state.uidValidity not in (0, uidList.uidValidity):
+            # The index was rebuilt: the UIDs asked for name other messages now.
+            keyOf = {}
+        else:
+            keyOf = {entry[0]: key for key, entry in uidList.entries.items()}
         return [
             self._applyOneChange(change, keyOf, uidList, files, keywords)
             for change in batch
