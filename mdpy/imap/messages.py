@@ -146,7 +146,7 @@ class MessageCommands:
                     self.log.failure("imap: cannot set \\Seen for {user}", user=self.account)
                     stored = {}
                 current = {m.uid: m for m in selected.mailbox.messages()}
-                seenNow = {u: result.flags for u, result in stored.items() if result.changed}
+                seenNow = {u: result.flags for u, result in stored.items()}
                 messages = [current.get(m.uid, m) if m.uid in seenNow else m for m in messages]
         output = _Output(self.transport) if len(messages) > 64 or request.needsContent else None
         structures = self.factory.structures
