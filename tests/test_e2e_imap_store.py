@@ -7,6 +7,7 @@ another session sees it), and mailbox names longer than the store can hold.
 
 import os
 import re
+import threading
 
 import pytest
 
@@ -88,6 +89,40 @@ def test_interleavedStoresOfTwoSessionsAllHold(server):
         for client in (one, two, third):
             client.logout()
 
+
+def test_parallelTogglesOfTwoSessions(server):
+    """
+    Two sessions at the same time each turn their own flag on and off
+    twenty times on one message: every STORE response shows the session's
+    own flag as it just set it, and in the end both flags are on.
+    """
+    address, password = newAccount(server, "toggles")
+    storeDeliver(server, address, [message("toggled")])
+    clients = [imaps(server, address, password) for _ in range(2)]
+    errors = []
+
+    def toggle(client, flag):
+        try:
+            ok(client.select("INBOX"))
+            for _ in range(20):
+                for item, present in (("-FLAGS", False), ("+FLAGS", True)):
+                    flags = reported(ok(client.store("1", item, "(%s)" % (flag.decode(),))))
+                    assert (flag in flags) == present, (item, flag, flags)
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=toggle, args=pair)
+               for pair in zip(clients, [b"\\Answered", b"\\Flagged"])]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not errors, errors
+        assert diskFlags(server, address) == "FR"
+    finally:
+        for client in clients:
+            client.logout()
 
 def test_overlongMailboxNamesAreRefusedWithLimit(server):
     """
