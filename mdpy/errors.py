@@ -95,6 +95,14 @@ class InvalidInput(PermanentFailure):
     """
 
 
+class LimitExceeded(InvalidInput):
+    """
+    A name, a value or a count is beyond what the backend can hold (a
+    mailbox name longer or deeper than its storage allows, one keyword too
+    many for a folder).
+    """
+
+
 class Exists(PermanentFailure):
     """
     The object to create is there already.

@@ -137,17 +137,24 @@ class IMailStore(Interface):
 
     def createMailbox(address, name):
         """
-        Create a folder.  @raise mdpy.errors.Exists: it exists.
+        Create a folder.  Folder names are checked before anything changes.
+
+        @raise mdpy.errors.Exists: it exists.
+        @raise mdpy.errors.LimitExceeded: the name is longer or deeper than
+            the store can hold.
+        @raise mdpy.errors.InvalidInput: a name the store cannot represent.
         """
 
     def deleteMailbox(address, name):
         """
-        Delete a folder and its messages.
+        Delete a folder and its messages.  Names are checked as by
+        L{createMailbox}.
         """
 
     def renameMailbox(address, old, new):
         """
-        Rename a folder (and its children).
+        Rename a folder (and its children); nothing changes when a new name,
+        of the folder or of a child, is refused as by L{createMailbox}.
         """
 
     def listSubscriptions(address):
@@ -216,18 +223,53 @@ class IMailbox(Interface):
         @return: the new message's UID.
         """
 
+    def changeFlags(uids, flags, mode="replace", unchangedSince=None):
+        """
+        Change the flags of messages where they are stored, not in this
+        view: under the folder's lock, each message's current flags are
+        read (as another session or program may have changed them since
+        the last L{sync}), changed and written back, so no change made
+        meanwhile is lost (IMAP C{STORE}, RFC 3501 section 6.4.6).  The
+        view takes in the result before the Deferred fires.
+
+        @param uids: the UIDs of the messages.
+        @param flags: IMAP-style flags and keywords; C{\\Recent} and system
+            flags the store cannot keep are ignored.  Keywords compare
+            without regard to case.
+        @param mode: C{"add"} (C{+FLAGS}) adds C{flags} to the current ones,
+            C{"remove"} (C{-FLAGS}) takes them away, C{"replace"}
+            (C{FLAGS}) makes them the flags (L{mdpy.store.ADD},
+            L{mdpy.store.REMOVE}, L{mdpy.store.REPLACE}).
+        @param unchangedSince: L{None}, or a modification sequence: a
+            message whose modification sequence is higher is left as it is
+            (RFC 7162 section 3.1.3), and the others get a new one even
+            when their flags stay the same.
+        @return: a L{dict} mapping each UID of C{uids} still in the folder
+            to a L{mdpy.store.StoredFlags}: the message's flags and
+            modification sequence as now stored, and whether this call
+            changed them.  A message whose flags stay the same keeps its
+            modification sequence; UIDs not in the folder are left out.
+        @raise mdpy.errors.LimitExceeded: a keyword cannot be stored (the
+            folder holds as many as it can); no message was changed.
+        """
+
     def setFlags(uid, flags):
         """
-        Replace the flags of a message; raises the modification sequence.
+        Replace the flags of one message: C{changeFlags([uid], flags,
+        "replace")}.
 
-        @return: the message's new modification sequence.
+        @return: the message's modification sequence afterwards.
         @raise mdpy.errors.NotFound: no such UID.
         """
 
-    def expunge(uids):
+    def expunge(uids, deletedOnly=False):
         """
         Remove the messages with these UIDs, durably.
 
+        @param deletedOnly: remove only those that have the flag
+            C{\\Deleted} where they are stored, under the folder's lock
+            (IMAP C{EXPUNGE}: a flag another session took away meanwhile
+            is respected).
         @return: the UIDs that were removed.
         """
 

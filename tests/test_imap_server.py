@@ -4,6 +4,7 @@ in-memory store.
 """
 
 import base64
+import os
 
 from twisted.internet import task
 
@@ -72,6 +73,17 @@ class Session:
         self.login()
         self.send("x SELECT " + name)
         return self.lines()
+
+
+def twoSessions():
+    """
+    @return: a filled store and two sessions with its INBOX selected.
+    """
+    store = filledStore()
+    one, two = Session(store=store), Session(store=store)
+    one.select()
+    two.select()
+    return store, one, two
 
 
 # --- greeting, capabilities, login --------------------------------------------
@@ -411,6 +423,37 @@ def test_create_delete_rename_subscribe():
     )
 
 
+def test_names_past_the_store_limits_are_refused(tmp_path):
+    """
+    CREATE, RENAME and DELETE of a name longer or deeper than the Maildir
+    store can hold answer NO [LIMIT] (RFC 5530), a name it cannot represent
+    NO [CANNOT]; nothing reaches the disk and nothing is logged as a
+    failure.
+    """
+    from twisted.logger import globalLogPublisher
+    from mdpy.store.maildir import MaildirStore
+
+    store = MaildirStore(str(tmp_path), runInThread=synchronousRunner)
+    store.createAccount(USER)
+    before = sorted(os.listdir(store.accountPath(USER)))
+    s = Session(store=store)
+    s.login()
+    long, deep = "x" * 300, "/".join(["a"] * 40)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        s.send("a CREATE " + long, "b CREATE " + deep, "c CREATE n/" + long, "d RENAME Sent " + long,
+               "e DELETE " + long, 'f CREATE "a.b"', "g SELECT " + long, "h CREATE " + "y" * 254)
+        s.expect(*["%s NO [LIMIT] Beyond a limit of this server." % tag for tag in "abcde"]
+                 + ["f NO [CANNOT] Invalid mailbox name or operation.",
+                    "g NO [LIMIT] Beyond a limit of this server.",
+                    "h OK Create completed."])
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert not [e for e in events if e.get("log_failure") is not None or e.get("log_level").name == "critical"]
+    assert sorted(os.listdir(store.accountPath(USER))) == sorted(before + ["." + "y" * 254])
+
+
 def test_status():
     s = Session()
     s.login()
@@ -592,6 +635,68 @@ def test_store_variants():
     assert flags[:2] == [{"$Work"}, {"$Work", "\\Answered"}]
 
 
+def test_store_of_two_sessions_keeps_both_changes():
+    """
+    A STORE changes the flags as stored, not the session's copy: one
+    session's +FLAGS survives another's -FLAGS on the same message, and
+    each FETCH reports the flags now stored.
+    """
+    store, one, two = twoSessions()
+    one.send("a STORE 1 +FLAGS (\\Seen)")
+    one.expect("* 1 FETCH (FLAGS (\\Seen))", "a OK Store completed.")
+    one.send("b STORE 1 +FLAGS (\\Answered)")
+    one.expect("* 1 FETCH (FLAGS (\\Answered \\Seen))", "b OK Store completed.")
+    two.send("c STORE 1 -FLAGS (\\Seen)")
+    two.expect("* 1 FETCH (FLAGS (\\Answered))", "c OK Store completed.")
+    assert store.openMailbox(USER).messages()[0].flags == {"\\Answered"}
+    two.send("d STORE 1:2 +FLAGS (\\Flagged)")
+    one.send("e STORE 1 -FLAGS (\\Answered)")
+    one.expect("* 1 FETCH (FLAGS (\\Flagged))", "* 2 FETCH (FLAGS (\\Flagged))", "e OK Store completed.")
+    two.send("f UID STORE 2 FLAGS ($Work)")
+    two.expect("* 1 FETCH (FLAGS (\\Answered \\Flagged))", "* 2 FETCH (FLAGS (\\Flagged))",
+               "d OK Store completed.", "* 2 FETCH (UID 2 FLAGS ($Work))", "* 1 FETCH (FLAGS (\\Flagged))",
+               "f OK Store completed.")
+    assert [m.flags for m in store.openMailbox(USER).messages()[:2]] == [{"\\Flagged"}, {"$Work"}]
+
+
+def test_silent_store_reports_what_another_session_changed():
+    """
+    After STORE .SILENT the client knows the flags it asked for; a flag
+    another session set meanwhile is still reported.
+    """
+    store, one, two = twoSessions()
+    one.send("a STORE 1 +FLAGS.SILENT (\\Answered)")
+    one.expect("a OK Store completed.")
+    two.send("b STORE 1 +FLAGS.SILENT (\\Seen)")
+    two.expect("* 1 FETCH (FLAGS (\\Answered \\Seen))", "b OK Store completed.")
+    two.send("c STORE 1 -FLAGS.SILENT (\\Answered)", "d NOOP")
+    two.expect("c OK Store completed.", "d OK NOOP completed.")
+    assert store.openMailbox(USER).messages()[0].flags == {"\\Seen"}
+
+
+def test_fetch_body_adds_seen_to_stored_flags():
+    store, one, two = twoSessions()
+    one.send("a STORE 2 +FLAGS.SILENT (\\Flagged)")
+    one.expect("a OK Store completed.")
+    two.send("b FETCH 2 (BODY[HEADER.FIELDS (SUBJECT)])")
+    two.expect("* 2 FETCH (FLAGS (\\Flagged \\Seen) BODY[HEADER.FIELDS (SUBJECT)] {16}", "Subject: two", "", ")",
+               "b OK Fetch completed.")
+    assert store.openMailbox(USER).messages()[1].flags == {"\\Flagged", "\\Seen"}
+
+
+def test_expunge_spares_what_another_session_undeleted():
+    store, one, two = twoSessions()
+    one.send("a STORE 1:2 +FLAGS.SILENT (\\Deleted)")
+    one.expect("a OK Store completed.")
+    two.send("b NOOP")
+    two.expect("* 1 FETCH (FLAGS (\\Deleted))", "* 2 FETCH (FLAGS (\\Deleted))", "b OK NOOP completed.")
+    one.send("c STORE 1 -FLAGS.SILENT (\\Deleted)")
+    one.expect("c OK Store completed.")
+    two.send("d EXPUNGE")
+    two.expect("* 2 EXPUNGE", "* 1 FETCH (FLAGS ())", "d OK Expunge completed.")
+    assert [m.uid for m in store.openMailbox(USER).messages()] == [1, 3]
+
+
 def test_store_condstore_unchangedsince():
     s = Session()
     s.select()
@@ -623,10 +728,7 @@ def test_uid_expunge_only_named():
 
 
 def test_expunge_by_other_session_is_deferred_during_fetch():
-    store = filledStore()
-    one, two = Session(store=store), Session(store=store)
-    one.select()
-    two.select()
+    _, one, two = twoSessions()
     two.send("a STORE 1 +FLAGS.SILENT (\\Deleted)", "b EXPUNGE")
     two.lines()
     one.send("c FETCH 1:3 UID")
@@ -639,10 +741,7 @@ def test_expunge_by_other_session_is_deferred_during_fetch():
 
 
 def test_flag_changes_of_other_session_are_reported():
-    store = filledStore()
-    one, two = Session(store=store), Session(store=store)
-    one.select()
-    two.select()
+    _, one, two = twoSessions()
     two.send("a STORE 2 +FLAGS.SILENT (\\Flagged)")
     two.lines()
     one.send("b NOOP")
@@ -741,10 +840,7 @@ def test_idle_keepalive_and_poll():
 
 
 def test_idle_reports_expunge_by_other_session():
-    store = filledStore()
-    one, two = Session(store=store), Session(store=store)
-    one.select()
-    two.select()
+    _, one, two = twoSessions()
     one.send("a IDLE")
     one.expect("+ idling")
     two.send("b STORE 3 +FLAGS.SILENT (\\Deleted)", "c EXPUNGE")

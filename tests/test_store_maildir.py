@@ -13,8 +13,8 @@ import pytest
 from twisted.internet import defer
 
 from mdpy import mutf7
-from mdpy.errors import NotFound, TemporaryFailure
-from mdpy.store import maildir, maildirindex
+from mdpy.errors import InvalidInput, LimitExceeded, NotFound, TemporaryFailure
+from mdpy.store import ADD, REMOVE, REPLACE, maildir, maildirindex
 from mdpy.store.maildir import MaildirStore
 from tests.test_store_memory import ALICE, BOB, MESSAGE, StoreContract, resultOf
 
@@ -120,6 +120,32 @@ class TestMaildirStore:
         name = maildir.uniqueName(1700000000.25)
         assert re.match(r"1700000000\.M250000P4242Q[0-9]+\.a\\057b\\072c\\054d\Z", name), name
         assert maildir.uniqueName(1.0) != maildir.uniqueName(1.0)
+
+    def test_folderOperationErrorsAreStoreErrors(self, store, inbox, monkeypatch):
+        """
+        A file system with a shorter name limit than 255 octets (ENAMETOOLONG)
+        makes a folder operation fail with L{LimitExceeded}, another I/O
+        error with L{TemporaryFailure}: never a bare L{OSError}.
+        """
+        failures = iter([OSError(errno.ENAMETOOLONG, "File name too long"), OSError(errno.EIO, "I/O error")])
+
+        def failingMkdir(path, mode=0o777):
+            raise next(failures)
+
+        monkeypatch.setattr(maildir.os, "mkdir", failingMkdir)
+        with pytest.raises(LimitExceeded):
+            store.createMailbox(ALICE, "x" * 200)
+        with pytest.raises(TemporaryFailure):
+            store.createMailbox(ALICE, "Other")
+        monkeypatch.undo()
+        monkeypatch.setattr(maildir.os, "rename", failingMkdir)
+        failures = iter([OSError(errno.ENAMETOOLONG, "File name too long"), OSError(errno.EACCES, "denied")])
+        with pytest.raises(LimitExceeded):
+            store.renameMailbox(ALICE, "Sent", "y" * 200)
+        with pytest.raises(TemporaryFailure):
+            store.deleteMailbox(ALICE, "Sent")
+        monkeypatch.undo()
+        assert store.listMailboxes(ALICE) == ["INBOX"] + sorted(maildir.SPECIAL_FOLDERS)
 
     def test_fsyncFailure(self, store, inbox, monkeypatch):
         def failingFsync(fd):
@@ -254,6 +280,9 @@ class TestMaildirStore:
         assert rebuilt.uidNext >= old.uidNext
         assert [m.uid for m in rebuilt.messages()] == [old.uidNext]
         assert rebuilt.highestModSeq >= old.highestModSeq
+        # A view from before the rebuild changes nothing by its old UIDs.
+        assert resultOf(old.changeFlags([2, old.uidNext], ["\\Seen"], ADD)) == {}
+        assert store.openMailbox(ALICE).messages()[0].flags == frozenset()
 
     @pytest.mark.parametrize("garbage", [b"", b"garbage\n", b"V1 1 5 3\n9 1 - x\n", b"V1 1 5 3\n1 1 - x"])
     def test_rebuildCorruptIndex(self, store, inbox, garbage):
@@ -364,6 +393,66 @@ class TestMaildirStore:
         with pytest.raises(NotFound):
             resultOf(ds[3])
         assert all(m.flags == {"\\Seen"} for m in mailbox.messages())
+
+    def test_changeFlagsReadsFileNameUnderLock(self, store, inbox):
+        """
+        A flag another program put in the file name since the view's last
+        sync is kept by a change through the view; the file name says what
+        is stored.
+        """
+        resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE])]))
+        mailbox = store.openMailbox(ALICE)
+        key = mailbox.messages()[0].key
+        cur = os.path.join(inbox, "cur")
+        os.rename(os.path.join(cur, key + ":2,"), os.path.join(cur, key + ":2,RS"))
+        assert mailbox.messages()[0].flags == frozenset()
+        results = resultOf(mailbox.changeFlags([1], ["\\Seen"], REMOVE))
+        assert results[1].flags == {"\\Answered"}
+        assert listing(cur) == [key + ":2,R"]
+        resultOf(mailbox.changeFlags([1], ["\\Flagged"], ADD))
+        assert listing(cur) == [key + ":2,FR"]
+
+    def test_changeFlagsBatchedInOrder(self, tmp_path):
+        """
+        Changes queued while a job runs are applied one after the other in
+        one transaction, each to what the one before left.
+        """
+        runner = QueuedRunner()
+        store = MaildirStore(str(tmp_path), runInThread=runner)
+        store.createAccount(ALICE)
+        d = store.deliver([(ALICE, "INBOX", [MESSAGE])])
+        runner.runAll()
+        resultOf(d)
+        one, two = store.openMailbox(ALICE), store.openMailbox(ALICE)
+        first = one.changeFlags([1], ["\\Seen"], ADD)
+        runner.runAll()
+        resultOf(first)
+        added = one.changeFlags([1], ["\\Answered"], ADD)
+        removed = one.changeFlags([1], ["\\Seen"], REMOVE)  # queued behind it
+        other = two.changeFlags([1], ["\\Flagged"], ADD)  # another view's own job
+        assert len(runner.calls) == 2
+        runner.runAll()
+        assert resultOf(added)[1].flags == {"\\Seen", "\\Answered"}
+        assert resultOf(other)[1].flags == {"\\Seen", "\\Answered", "\\Flagged"}
+        assert resultOf(removed)[1].flags == {"\\Answered", "\\Flagged"}
+        assert store.openMailbox(ALICE).messages()[0].flags == {"\\Answered", "\\Flagged"}
+
+    def test_keywordLimitChangesNothing(self, store, inbox):
+        """
+        A change that needs a 27th keyword is refused before any file is
+        renamed; a keyword letter missing from C{dovecot-keywords} is kept.
+        """
+        with open(os.path.join(inbox, "dovecot-keywords"), "w") as f:
+            f.write("".join("%d k%d\n" % (i, i) for i in range(25)))
+        with open(os.path.join(inbox, "cur", "1.foreign:2,az"), "wb") as f:
+            f.write(b"x")
+        mailbox = store.openMailbox(ALICE)
+        assert mailbox.messages()[0].flags == {"k0"}
+        with pytest.raises(InvalidInput):
+            resultOf(mailbox.changeFlags([1], ["\\Seen", "new1", "new2"], ADD))
+        assert listing(os.path.join(inbox, "cur")) == ["1.foreign:2,az"]
+        resultOf(mailbox.changeFlags([1], ["\\Seen"], REPLACE))
+        assert listing(os.path.join(inbox, "cur")) == ["1.foreign:2,Sz"]
 
     def test_expungeRemovesFiles(self, store, inbox):
         resultOf(store.deliver([(ALICE, "INBOX", [b"1"]), (ALICE, "INBOX", [b"2"])]))

@@ -10,8 +10,9 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from mdpy.errors import Exists, InvalidInput, NotFound, TemporaryFailure
+from mdpy.errors import Exists, InvalidInput, LimitExceeded, NotFound, TemporaryFailure
 from mdpy.interfaces import IMailbox, IMailStore, IStoredMessage
+from mdpy.store import ADD, REMOVE, REPLACE
 from mdpy.store.memory import MemoryStore
 
 ALICE = "alice@example.com"
@@ -192,6 +193,74 @@ class StoreContract:
         with pytest.raises(NotFound):
             resultOf(mailbox.setFlags(42, ["\\Seen"]))
 
+    def test_changeFlagsStaleViewDoesNotClobber(self, store):
+        """
+        Two views of one folder, neither synced after the other's change:
+        C{+FLAGS} through one and C{-FLAGS} through the other both hold.
+        """
+        self.deliver(store, MESSAGE)
+        resultOf(store.openMailbox(ALICE).changeFlags([1], ["\\Seen"], ADD))
+        one, two = store.openMailbox(ALICE), store.openMailbox(ALICE)
+        assert one.messages()[0].flags == two.messages()[0].flags == {"\\Seen"}
+        added = resultOf(one.changeFlags([1], ["\\Answered"], ADD))
+        assert added[1].flags == {"\\Seen", "\\Answered"} and added[1].changed
+        removed = resultOf(two.changeFlags([1], ["\\Seen"], REMOVE))
+        assert removed[1].flags == {"\\Answered"}
+        assert removed[1].modSeq > added[1].modSeq
+        assert two.messages()[0].flags == {"\\Answered"}
+        resultOf(one.changeFlags([1], ["$Junk"], ADD))
+        resultOf(two.changeFlags([1], ["\\Flagged"], ADD))
+        assert store.openMailbox(ALICE).messages()[0].flags == {"\\Answered", "$Junk", "\\Flagged"}
+
+    def test_changeFlagsModes(self, store):
+        self.deliver(store, b"1", b"2")
+        mailbox = store.openMailbox(ALICE)
+        results = resultOf(mailbox.changeFlags([1, 2, 99], ["\\seen", "$Junk", "\\Recent"], REPLACE))
+        assert sorted(results) == [1, 2]
+        assert results[1].flags == results[2].flags == {"\\Seen", "$Junk"}
+        modSeq = results[1].modSeq
+        assert mailbox.highestModSeq == modSeq
+        same = resultOf(mailbox.changeFlags([1], ["$junk", "\\SEEN"], ADD))
+        assert same == {1: (frozenset({"\\Seen", "$Junk"}), modSeq, False)}
+        assert mailbox.highestModSeq == modSeq
+        removed = resultOf(mailbox.changeFlags([2], ["$JUNK"], REMOVE))
+        assert removed[2].flags == {"\\Seen"} and removed[2].changed and removed[2].modSeq > modSeq
+        assert [m.flags for m in store.openMailbox(ALICE).messages()] == [{"\\Seen", "$Junk"}, {"\\Seen"}]
+        assert resultOf(mailbox.changeFlags([], ["\\Seen"], ADD)) == {}
+        with pytest.raises(ValueError):
+            resultOf(mailbox.changeFlags([1], ["\\Seen"], "toggle"))
+
+    def test_changeFlagsUnchangedSince(self, store):
+        """
+        RFC 7162 section 3.1.3: a message changed after the given
+        modification sequence is left alone, by whichever view changed it.
+        """
+        self.deliver(store, b"1", b"2")
+        one, two = store.openMailbox(ALICE), store.openMailbox(ALICE)
+        known = two.highestModSeq
+        resultOf(one.changeFlags([1], ["\\Flagged"], ADD))
+        results = resultOf(two.changeFlags([1, 2], ["\\Seen"], ADD, unchangedSince=known))
+        assert not results[1].changed and results[1].flags == {"\\Flagged"}
+        assert results[1].modSeq > known
+        assert results[2].changed and results[2].flags == {"\\Seen"}
+        again = resultOf(two.changeFlags([2], ["\\Seen"], ADD, unchangedSince=results[2].modSeq))
+        assert again[2].changed and again[2].modSeq > results[2].modSeq
+
+    def test_expungeDeletedOnly(self, store):
+        """
+        An expunge of what a stale view believes is C{\\Deleted} spares a
+        message another view took the flag from meanwhile.
+        """
+        self.deliver(store, b"1", b"2")
+        one, two = store.openMailbox(ALICE), store.openMailbox(ALICE)
+        resultOf(one.changeFlags([1, 2], ["\\Deleted"], ADD))
+        two.sync()
+        resultOf(one.changeFlags([1], ["\\Deleted"], REMOVE))
+        doomed = [m.uid for m in two.messages() if "\\Deleted" in m.flags]
+        assert doomed == [1, 2]
+        assert resultOf(two.expunge(doomed, deletedOnly=True)) == [2]
+        assert [m.uid for m in store.openMailbox(ALICE).messages()] == [1]
+
     def test_keywords(self, store):
         self.deliver(store, MESSAGE)
         mailbox = store.openMailbox(ALICE)
@@ -267,6 +336,34 @@ class StoreContract:
             store.openMailbox(ALICE, name)
         with pytest.raises(InvalidInput):
             store.renameMailbox(ALICE, "Sent", name)
+
+    def test_folderNameLimits(self, store):
+        """
+        A folder name whose Maildir++ directory (C{.A.B} in modified UTF-7)
+        would pass 255 octets, or deeper than 32 levels, is refused before
+        anything changes, by every operation that takes a name.
+        """
+        before = store.listMailboxes(ALICE)
+        for name in ["x" * 255, "x" * 300, "\u00e4" * 100, "/".join(["a"] * 33), "a/" + "b" * 253]:
+            for call in (store.createMailbox, store.deleteMailbox, store.openMailbox):
+                with pytest.raises(LimitExceeded):
+                    call(ALICE, name)
+            with pytest.raises(LimitExceeded):
+                store.renameMailbox(ALICE, "Sent", name)
+        assert store.listMailboxes(ALICE) == before
+        longest, deepest = "x" * 254, "/".join(["a"] * 32)
+        store.createMailbox(ALICE, longest)
+        store.createMailbox(ALICE, deepest)
+        assert {longest, deepest} <= set(store.listMailboxes(ALICE))
+
+    def test_renameRefusedWhenAChildWouldBeTooLong(self, store):
+        child = "P/" + "c" * 240
+        store.createMailbox(ALICE, "P")
+        store.createMailbox(ALICE, child)
+        with pytest.raises(LimitExceeded):
+            store.renameMailbox(ALICE, "P", "Q" * 20)
+        assert {"P", child} <= set(store.listMailboxes(ALICE))
+        assert not [name for name in store.listMailboxes(ALICE) if name.startswith("Q")]
 
     def test_unicodeFolderName(self, store):
         store.createMailbox(ALICE, "Entwürfe & Co/日本")

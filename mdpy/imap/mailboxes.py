@@ -147,16 +147,24 @@ class MailboxCommands:
         return self._simpleMailboxCommand(tag, self.factory.runInThread(self._create, name), b"Create completed.")
 
     def _create(self, name):
+        """
+        Create C{name}, then the parents it implies that are missing (RFC
+        3501 section 6.3.3).  The name itself comes first, so one the store
+        refuses (too long, too deep) leaves nothing behind.
+        """
         store = self.factory.store
         levels = name.split(SEPARATOR)
         existing = set(store.listMailboxes(self.account))
         if name in existing:
             raise errors.Exists(name)
+        store.createMailbox(self.account, name)
         for depth in range(1, len(levels)):
             parent = SEPARATOR.join(levels[:depth])
             if parent not in existing:
-                store.createMailbox(self.account, parent)
-        store.createMailbox(self.account, name)
+                try:
+                    store.createMailbox(self.account, parent)
+                except errors.Exists:
+                    pass  # made meanwhile by another session
 
     def do_DELETE(self, tag, args):
         if len(args) != 1:

@@ -18,10 +18,12 @@ from mdpy.imap import fetch as fetching
 from mdpy.imap import search as searching
 from mdpy.imap.mailboxes import decodeName
 from mdpy.imap.parser import Atom, ParseError, SequenceSet, formatSequence, isAtom, number64
-from mdpy.store.maildirindex import storableFlags
+from mdpy.store import ADD, REMOVE, REPLACE, changedFlags
+from mdpy.store.maildirindex import DELETED, SEEN, storableFlags
 
 CHUNK = 64 * 1024
 _UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE"}
+_STORE_MODES = {"FLAGS": REPLACE, "+FLAGS": ADD, "-FLAGS": REMOVE}
 
 
 @implementer(iinternet.IPushProducer)
@@ -132,18 +134,19 @@ class MessageCommands:
     async def _fetch(self, tag, messages, request, uid):
         selected = self.selected
         gone = False
-        seenNow = set()
+        seenNow = {}
         if request.setsSeen and not selected.readOnly:
-            unseen = [m for m in messages if "\\Seen" not in m.flags and m.uid not in selected.gone]
+            unseen = [m.uid for m in messages if SEEN not in m.flags and m.uid not in selected.gone]
             if unseen:
-                results = await defer.DeferredList(
-                    [defer.maybeDeferred(selected.mailbox.setFlags, m.uid, m.flags | {"\\Seen"}) for m in unseen],
-                    consumeErrors=True,
-                )
+                # RFC 3501 section 6.4.5: BODY[] sets \Seen, added to the
+                # flags as stored now.
+                try:
+                    stored = await defer.maybeDeferred(selected.mailbox.changeFlags, unseen, [SEEN], ADD)
+                except Exception:
+                    self.log.failure("imap: cannot set \\Seen for {user}", user=self.account)
+                    stored = {}
                 current = {m.uid: m for m in selected.mailbox.messages()}
-                for message, (ok, _) in zip(unseen, results):
-                    if ok:
-                        seenNow.add(message.uid)
+                seenNow = {u: result.flags for u, result in stored.items()}
                 messages = [current.get(m.uid, m) if m.uid in seenNow else m for m in messages]
         output = _Output(self.transport) if len(messages) > 64 or request.needsContent else None
         structures = self.factory.structures
@@ -168,9 +171,10 @@ class MessageCommands:
                     if withFlags is None:
                         withFlags = fetching.FetchRequest(request.items + ["FLAGS"], request.sections)
                     items = withFlags
+                flags = seenNow.get(message.uid, message.flags)
                 if "FLAGS" in items.items:
-                    selected.noteFlags(message)
-                body = fetching.renderItems(items, message, message.flags, selected.isRecent(message), data, structure)
+                    selected.noteFlags(message, flags)
+                body = fetching.renderItems(items, message, flags, selected.isRecent(message), data, structure)
                 pending.append(b"* %d FETCH %s\r\n" % (selected.sequence(message), body))
                 size += len(body)
                 if size >= CHUNK:
@@ -216,63 +220,61 @@ class MessageCommands:
         return defer.ensureDeferred(self._store(tag, messages, item, flags, silent, unchangedSince, uid))
 
     async def _store(self, tag, messages, item, flags, silent, unchangedSince, uid):
+        """
+        Apply the change where the flags are stored (L{IMailbox.changeFlags}),
+        never by writing back this session's copy, so a change another
+        session made meanwhile is kept; the FETCH responses report the flags
+        the store now holds (RFC 3501 section 6.4.6).
+        """
         selected = self.selected
         mailbox = selected.mailbox
-        modified, changes, unchanged = [], [], []
-        for message in messages:
-            if message.uid in selected.gone:
-                continue
-            if unchangedSince is not None and message.modSeq > unchangedSince:
-                modified.append(message.uid)
-                continue
-            if item == "FLAGS":
-                new = flags
-            elif item == "+FLAGS":
-                new = message.flags | flags
-            else:
-                new = message.flags - flags
-            if new != message.flags or unchangedSince is not None:
-                changes.append((message, new))
-            else:
-                unchanged.append(message)
-        failed = False
-        if changes:
-            results = await defer.DeferredList(
-                [defer.maybeDeferred(mailbox.setFlags, m.uid, new) for m, new in changes], consumeErrors=True
-            )
-            for (ok, result) in results:
-                if not ok:
-                    failed = True
-                    self.log.warn("imap: STORE failed for {user}: {error}", user=self.account,
-                                  error=result.getErrorMessage())
+        uids = [m.uid for m in messages if m.uid not in selected.gone]
+        results, failure = {}, None
+        if uids:
+            try:
+                results = await defer.maybeDeferred(
+                    mailbox.changeFlags, uids, flags, _STORE_MODES[item], unchangedSince
+                )
+            except Exception:
+                failure = Failure()
         if self.closing:
             return None
         current = {m.uid: m for m in mailbox.messages()}
         condstore = "CONDSTORE" in self.enabled
-        lines = []
-        reported = [m for m, _ in changes] + ([] if silent else unchanged)
-        reported.sort(key=lambda m: m.uid)
-        for old in reported:
-            message = current.get(old.uid)
+        modified, lines = [], []
+        for messageUid in sorted(results):
+            stored = results[messageUid]
+            if unchangedSince is not None and not stored.changed:
+                modified.append(messageUid)
+                continue
+            message = current.get(messageUid)
             if message is None:
                 continue
-            selected.noteFlags(message)
-            if silent and not condstore:
-                continue
+            if silent:
+                # The client knows the flags it asked for; any others
+                # (another session's change) are reported as updates.
+                believed = changedFlags(selected.flags.get(messageUid, frozenset()), flags, _STORE_MODES[item])
+                selected.noteFlags(message, believed)
+                if not (condstore and stored.changed):
+                    continue
+            else:
+                selected.noteFlags(message, stored.flags)
             items = []
             if uid:
-                items.append(b"UID %d" % (message.uid,))
+                items.append(b"UID %d" % (messageUid,))
             if not silent:
-                items.append(b"FLAGS " + fetching.formatFlags(message.flags, selected.isRecent(message)))
+                items.append(b"FLAGS " + fetching.formatFlags(stored.flags, selected.isRecent(message)))
             if condstore:
-                items.append(b"MODSEQ (%d)" % (message.modSeq,))
+                items.append(b"MODSEQ (%d)" % (stored.modSeq,))
             lines.append(b"* %d FETCH (%s)\r\n" % (selected.sequence(message), b" ".join(items)))
         if lines:
             self.send(b"".join(lines))
-        if failed:
-            return self.no(tag, b"Some flags could not be stored.", b"LIMIT")
+        if failure is not None:
+            return self._noFromFailure(failure, tag)
         if modified:
-            numbers = modified if uid else [selected.sequence(current.get(u) or selected.messages[u]) for u in modified]
+            numbers = modified if uid else [
+                selected.sequence(current.get(u) or selected.messages[u]) for u in modified
+            ]
             return self.complete(tag, b"OK", b"Conditional store failed.",
                                  b"MODIFIED " + formatSequence(sorted(numbers)), expunge=uid)
         return self.complete(tag, b"OK", b"Store completed.", expunge=uid)
@@ -325,11 +327,11 @@ class MessageCommands:
             return self.no(tag, b"Mailbox is read-only.", b"READ-ONLY")
         doomed = [
             m.uid for m in selected.mailbox.messages()
-            if "\\Deleted" in m.flags and (restrict is None or m.uid in restrict)
+            if DELETED in m.flags and (restrict is None or m.uid in restrict)
         ]
         if not doomed:
             return self.complete(tag, b"OK", b"Expunge completed.")
-        d = defer.maybeDeferred(selected.mailbox.expunge, doomed)
+        d = defer.maybeDeferred(selected.mailbox.expunge, doomed, deletedOnly=True)
         d.addCallbacks(lambda _: self.complete(tag, b"OK", b"Expunge completed."),
                        self._noFromFailure, errbackArgs=(tag,))
         return d

@@ -115,12 +115,16 @@ class SelectedMailbox:
         uids, messages = self.uids, self.messages
         return [messages[uids[i]] for i in indexes]
 
-    def noteFlags(self, message):
+    def noteFlags(self, message, flags=None):
         """
         Remember flags this session has just reported for C{message}.
+
+        @param flags: the flags reported, when they may not be
+            C{message.flags} (what a store change returned); if they
+            differ, the next L{updates} reports the message's flags.
         """
         self.messages[message.uid] = message
-        self.flags[message.uid] = message.flags
+        self.flags[message.uid] = message.flags if flags is None or flags == message.flags else flags
 
     def updates(self, allowExpunge, claimRecent, modSeqs=False):
         """
@@ -151,11 +155,12 @@ class SelectedMailbox:
             uid = message.uid
             if uid > largest:
                 break
-            if message is self.messages.get(uid):
+            known = self.flags.get(uid)
+            if message is self.messages.get(uid) and message.flags is known:
                 continue
             self.messages[uid] = message
-            if message.flags != self.flags.get(uid, message.flags):
-                self.flags[uid] = message.flags
+            self.flags[uid] = message.flags
+            if known is not None and message.flags != known:
                 items = [b"FLAGS " + formatFlags(message.flags, uid in self.recent)]
                 if modSeqs:
                     items.append(b"MODSEQ (%d)" % (message.modSeq,))

@@ -38,6 +38,7 @@ from mdpy.imap.mime import quoteString
 from mdpy.imap.parser import LITERAL_MARKER, Atom, ParseError, astring, isAtom, parseDateTime, tokenize
 from mdpy.imap.selected import RecentTracker, SelectedMailbox, UidValidityChanged
 from mdpy.session import CommandSession, SessionFactory
+from mdpy.store.maildirindex import DELETED
 from mdpy.threads import deferToReactorThreadPool
 
 NOT_AUTHENTICATED = "not authenticated"
@@ -87,6 +88,8 @@ def _codeFor(failure):
         return b"OVERQUOTA", b"Quota exceeded."
     if failure.check(errors.TooBig):
         return b"TOOBIG", b"Message too large."
+    if failure.check(errors.LimitExceeded):
+        return b"LIMIT", b"Beyond a limit of this server."
     if failure.check(errors.InvalidInput):
         return b"CANNOT", b"Invalid mailbox name or operation."
     if failure.check(errors.InUse):
@@ -645,10 +648,10 @@ class IMAP4Server(MailboxCommands, MessageCommands, CommandSession):
         self._deselect()
         if selected.readOnly:
             return self.complete(tag, b"OK", b"Close completed.")
-        doomed = [m.uid for m in selected.mailbox.messages() if "\\Deleted" in m.flags]
+        doomed = [m.uid for m in selected.mailbox.messages() if DELETED in m.flags]
         if not doomed:
             return self.complete(tag, b"OK", b"Close completed.")
-        d = defer.maybeDeferred(selected.mailbox.expunge, doomed)
+        d = defer.maybeDeferred(selected.mailbox.expunge, doomed, deletedOnly=True)
         d.addCallbacks(lambda _: self.complete(tag, b"OK", b"Close completed."),
                        self._noFromFailure, errbackArgs=(tag,))
         return d

@@ -11,8 +11,9 @@ import re
 from twisted.internet import defer
 
 from mdpy.errors import InvalidInput
+from mdpy.store import ADD
+from mdpy.store.maildirindex import SEEN
 
-SEEN = "\\Seen"
 _UIDL_OK = re.compile(rb"[\x21-\x7e]{1,70}\Z")
 
 
@@ -121,11 +122,12 @@ class Maildrop:
         @return: a Deferred firing once they are gone.
         """
         deleted = {self.messages[index].uid for index in self.deleted}
-        marks = [
-            defer.maybeDeferred(self.mailbox.setFlags, message.uid, message.flags | {SEEN})
-            for message in retrieved
+        seen = [
+            message.uid for message in retrieved
             if message.uid not in deleted and SEEN not in message.flags
         ]
-        d = defer.gatherResults(marks, consumeErrors=True) if marks else defer.succeed(None)
+        # Added to the flags as stored now: an IMAP session may have changed
+        # them since the snapshot.
+        d = defer.maybeDeferred(self.mailbox.changeFlags, seen, [SEEN], ADD) if seen else defer.succeed(None)
         d.addCallback(lambda ignored: self.mailbox.expunge(sorted(deleted)))
         return d

@@ -21,10 +21,11 @@ L{mdpy.store.maildirindex}.
 
 Invariants: a L{MaildirMailbox}'s view (L{MaildirMailbox.messages} and its
 counters) changes only in L{MaildirMailbox.sync} or when a Deferred of its own
-C{append}, C{setFlags} or C{expunge} fires, on the reactor thread; the work
+C{append}, C{changeFlags} or C{expunge} fires, on the reactor thread; the work
 itself is done under the folder lock in a worker thread.
 """
 
+import errno
 import itertools
 import hashlib
 import os
@@ -33,6 +34,7 @@ import shutil
 import socket
 import sqlite3
 import time
+from contextlib import contextmanager
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -42,17 +44,23 @@ from mdpy import mutf7
 from mdpy.address import normaliseDomain, splitAddress
 from mdpy.dotstuffing import normalisedFileSize, normalisedSize
 from mdpy.durable import fsyncDirectory, unlinkQuietly, writeAll, writeFileAtomically, writeParts
-from mdpy.errors import Exists, InvalidInput, NotFound, TemporaryFailure
+from mdpy.errors import Exists, InvalidInput, LimitExceeded, NotFound, TemporaryFailure
 from mdpy.logs import Logger
 from mdpy.interfaces import IMailbox, IMailStore, IMessageCache, IStoredMessage
-from mdpy.store import Listeners
+from mdpy.store import REMOVE, REPLACE, FlagShorthand, Listeners, StoredFlags, changedFlags
 from mdpy.store.committer import Committer, commitBatch
-from mdpy.store.maildirindex import FolderIndex, flagsFromInfo, infoForFlags, normaliseFlags
+from mdpy.store.maildirindex import (
+    DELETED, FolderIndex, flagsFromInfo, infoForFlags, normaliseFlags, storableFlags,
+)
 from mdpy.threads import deferToReactorThreadPool
 
 SUBSCRIPTIONS_NAME = "subscriptions"
 CACHE_NAME = "mdpy-cache.sqlite"
 SPECIAL_FOLDERS = ("Drafts", "Sent", "Trash", "Junk", "Archive")
+# A Maildir++ folder is one directory, ".A.B" in modified UTF-7, and a
+# directory name has at most 255 octets on the usual file systems (NAME_MAX).
+MAX_FOLDER_DIR_BYTES = 255
+MAX_FOLDER_DEPTH = 32
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 65536
@@ -87,24 +95,38 @@ def uniqueName(now=None):
 
 def normaliseFolderName(name):
     """
-    Check a folder name of the store API (C{"/"} separates levels).
+    Check a folder name of the store API (C{"/"} separates levels), before
+    anything touches the disk.
 
     @return: the name, with a first level C{INBOX} in any case written
         C{INBOX}.
     @raise InvalidInput: empty, NUL, C{".."}, a leading or trailing C{"/"}, an
         empty level, or a C{"."} inside a level.
+    @raise LimitExceeded: deeper than L{MAX_FOLDER_DEPTH} levels, or its
+        Maildir++ directory (C{.A.B}, modified UTF-7) longer than
+        L{MAX_FOLDER_DIR_BYTES}.
     """
     if name == "INBOX":
         return name
     if not isinstance(name, str) or not name or "\0" in name:
         raise InvalidInput("bad folder name: %r" % (name,))
+    if len(name) >= MAX_FOLDER_DIR_BYTES:
+        # Every character takes at least one byte, and the directory a dot.
+        raise LimitExceeded("folder name of %d characters is too long" % (len(name),))
     levels = name.split("/")
     for level in levels:
         if not level or "." in level:
             raise InvalidInput("bad folder name: %r" % (name,))
+    if len(levels) > MAX_FOLDER_DEPTH:
+        raise LimitExceeded("folder name of %d levels is too deep (at most %d)" % (len(levels), MAX_FOLDER_DEPTH))
     if levels[0].upper() == "INBOX":
         levels[0] = "INBOX"
-    return "/".join(levels)
+    name = "/".join(levels)
+    size = len(_folderDirName(name))
+    if size > MAX_FOLDER_DIR_BYTES:
+        raise LimitExceeded("folder %r... is %d octets in Maildir++ (at most %d)"
+                            % (name[:40], size, MAX_FOLDER_DIR_BYTES))
+    return name
 
 
 def accountKey(address):
@@ -142,6 +164,21 @@ def _escapeComponent(text):
 
 
 # --- disk helpers -----------------------------------------------------------
+
+
+@contextmanager
+def _folderErrors(what):
+    """
+    Report an I/O error of a folder operation as a store error: a path the
+    file system finds too long as L{LimitExceeded}, any other as
+    L{TemporaryFailure}.
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise LimitExceeded("%s: %s" % (what, e.strerror)) from e
+        raise TemporaryFailure("%s: %s" % (what, e.strerror or e)) from e
 
 
 def _makeMaildir(path, folder):
@@ -355,7 +392,7 @@ _EMPTY = _State(0, 0, 1, 0, [], ())
 
 
 @implementer(IMailbox, IMessageCache)
-class MaildirMailbox:
+class MaildirMailbox(FlagShorthand):
     """
     One Maildir folder.  See L{IMailbox} and the module docstring for the
     index and its invariants.
@@ -525,13 +562,18 @@ class MaildirMailbox:
                 raise TemporaryFailure("append to %s: %s" % (self.path, e)) from e
             raise
 
-    def setFlags(self, uid, flags):
+    def changeFlags(self, uids, flags, mode=REPLACE, unchangedSince=None):
         """
-        See L{IMailbox.setFlags}.  Calls made while one is being written are
-        committed together (one index write for a whole IMAP C{STORE}).
+        See L{IMailbox.changeFlags}.  Under the folder lock, each message's
+        current flags are read from its file name (a rename by another
+        session or program since the last sync is seen), changed, and the
+        file renamed.  Calls made while one is being written are committed
+        together in one locked transaction and one index write, in the
+        order they were made.
         """
+        changedFlags(frozenset(), (), mode)  # an unknown mode fails here
         d = defer.Deferred()
-        self._pendingFlags.append((uid, normaliseFlags(flags), d))
+        self._pendingFlags.append((tuple(uids), normaliseFlags(flags), mode, unchangedSince, d))
         if not self._flagJobRunning:
             self._startFlagJob()
         return d
@@ -543,29 +585,49 @@ class MaildirMailbox:
         d.addBoth(self._flagJobDone, batch)
 
     def _applyFlags(self, batch, uidList, files, keywords):
-        cur = os.path.join(self.path, "cur")
-        results = []
-        for uid, flags, _ in batch:
-            message = self._state.byUid.get(uid)
-            key = message.key if message is not None else None
-            if key not in uidList.entries or uidList.entries[key][0] != uid:
-                key = next((k for k, e in uidList.entries.items() if e[0] == uid), None)
-            if key is None:
-                results.append(NotFound("no message with UID %d" % (uid,)))
-                continue
-            old = files[key]
+        """
+        Apply each change of C{batch} in turn; runs under the folder lock.
+
+        @return: for each change, its L{IMailbox.changeFlags} result or the
+            exception it failed with.
+        """
+        if self._state.uidValidity not in (0, uidList.uidValidity):
+            # The index was rebuilt: the UIDs asked for name other messages now.
+            keyOf = {}
+        else:
+            keyOf = {entry[0]: key for key, entry in uidList.entries.items()}
+        return [
+            self._applyOneChange(change, keyOf, uidList, files, keywords)
+            for change in batch
+        ]
+
+    def _applyOneChange(self, change, keyOf, uidList, files, keywords):
+        uids, flags, mode, unchangedSince, _ = change
+        if mode != REMOVE:
             try:
-                info = infoForFlags(flags, keywords, old.partition(":")[2])
+                keywords.reserve([flag for flag in storableFlags(flags) if not flag.startswith("\\")])
             except InvalidInput as e:
-                results.append(e)
+                return e
+        cur = os.path.join(self.path, "cur")
+        results = {}
+        for uid in uids:
+            key = keyOf.get(uid)
+            if key is None:
                 continue
-            new = key + ":" + info
-            if new != old:
-                os.rename(os.path.join(cur, old), os.path.join(cur, new))
-                files[key] = new
+            _, modSeq, info, size = uidList.entries[key]
+            current = flagsFromInfo(info, keywords)
+            refused = unchangedSince is not None and modSeq > unchangedSince
+            new = info if refused else infoForFlags(changedFlags(current, flags, mode), keywords, info)
+            if refused or (new == info and unchangedSince is None):
+                results[uid] = StoredFlags(current, modSeq, False)
+                continue
+            if new != info:
+                old = files[key]
+                os.rename(os.path.join(cur, old), os.path.join(cur, key + ":" + new))
+                files[key] = key + ":" + new
             modSeq = uidList.nextModSeq()
-            uidList.entries[key] = (uid, modSeq, info, uidList.entries[key][3])
-            results.append(modSeq)
+            uidList.entries[key] = (uid, modSeq, new, size)
+            results[uid] = StoredFlags(flagsFromInfo(new, keywords), modSeq, True)
         return results
 
     def _flagJobDone(self, outcome, batch):
@@ -574,9 +636,10 @@ class MaildirMailbox:
             results = [outcome] * len(batch)
         else:
             results = self._install(outcome)
-            if any(not isinstance(r, Exception) for r in results):
+            if any(not isinstance(r, Exception) and any(f.changed for f in r.values()) for r in results):
                 self._notify(None)
-        for (_, _, d), result in zip(batch, results):
+        for change, result in zip(batch, results):
+            d = change[-1]
             if isinstance(result, (Exception, Failure)):
                 d.errback(result)
             else:
@@ -584,22 +647,23 @@ class MaildirMailbox:
         if self._pendingFlags and not self._flagJobRunning:
             self._startFlagJob()
 
-    def expunge(self, uids):
+    def expunge(self, uids, deletedOnly=False):
         """
-        See L{IMailbox.expunge}.
+        See L{IMailbox.expunge}.  With C{deletedOnly}, the flags are read
+        from the file names under the folder lock.
         """
-        d = self._store._runInThread(self._transact, self._expungeLocked(frozenset(uids)))
+        d = self._store._runInThread(self._transact, self._expungeLocked(frozenset(uids), deletedOnly))
         d.addCallback(self._install)
         d.addCallback(self._notify)
         return d
 
-    def _expungeLocked(self, uids):
+    def _expungeLocked(self, uids, deletedOnly):
         def remove(uidList, files, keywords):
             cur = os.path.join(self.path, "cur")
             removed = []
             removedKeys = []
-            for key, (uid, *_) in list(uidList.entries.items()):
-                if uid in uids:
+            for key, (uid, _, info, _) in list(uidList.entries.items()):
+                if uid in uids and (not deletedOnly or DELETED in flagsFromInfo(info, keywords)):
                     try:
                         os.unlink(os.path.join(cur, files.pop(key)))
                     except FileNotFoundError:
@@ -759,11 +823,12 @@ class MaildirStore:
         if name == "INBOX":
             raise Exists("INBOX exists")
         path = os.path.join(accountPath, _folderDirName(name))
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            raise Exists("mailbox %s exists" % (name,))
-        _makeMaildir(path, folder=True)
+        with _folderErrors("create mailbox %s" % (path,)):
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                raise Exists("mailbox %s exists" % (name,))
+            _makeMaildir(path, folder=True)
 
     def deleteMailbox(self, address, name):
         """
@@ -776,11 +841,12 @@ class MaildirStore:
             raise InvalidInput("INBOX cannot be deleted")
         path = os.path.join(accountPath, _folderDirName(name))
         doomed = os.path.join(accountPath, "..mdpy-deleted." + uniqueName())
-        try:
-            os.rename(path, doomed)
-        except FileNotFoundError:
-            raise NotFound("no mailbox %s" % (name,))
-        shutil.rmtree(doomed)
+        with _folderErrors("delete mailbox %s" % (path,)):
+            try:
+                os.rename(path, doomed)
+            except FileNotFoundError:
+                raise NotFound("no mailbox %s" % (name,))
+            shutil.rmtree(doomed)
 
     def renameMailbox(self, address, old, new):
         """
@@ -788,6 +854,10 @@ class MaildirStore:
         into the new folder and leaves INBOX empty (RFC 3501 section 6.3.5).
         """
         old, new = normaliseFolderName(old), normaliseFolderName(new)
+        with _folderErrors("rename mailbox %s of %s to %s" % (old, address, new)):
+            return self._renameMailbox(address, old, new)
+
+    def _renameMailbox(self, address, old, new):
         accountPath = self._existingAccountPath(address)
         if new == "INBOX" or new == old or new.startswith(old + "/"):
             raise InvalidInput("cannot rename %s to %s" % (old, new))
@@ -801,6 +871,8 @@ class MaildirStore:
         ]
         if oldDir not in [entry for entry, _ in moves]:
             raise NotFound("no mailbox %s" % (old,))
+        for _, target in moves:
+            normaliseFolderName(_folderNameFromDir(target))  # a child may grow past the limits
         for _, target in moves:
             if os.path.lexists(os.path.join(accountPath, target)):
                 raise Exists("mailbox %s exists" % (_folderNameFromDir(target),))

@@ -42,7 +42,7 @@ import time
 
 from mdpy.dotstuffing import normalisedFileSize
 from mdpy.durable import writeFileAtomically
-from mdpy.errors import InvalidInput, NotFound, TemporaryFailure
+from mdpy.errors import LimitExceeded, NotFound, TemporaryFailure
 from mdpy.logs import Logger
 
 INDEX_NAME = "mdpy-uidlist"
@@ -58,6 +58,8 @@ _LETTER_FLAGS = {
     "S": "\\Seen",
     "T": "\\Deleted",
 }
+DELETED = "\\Deleted"
+SEEN = "\\Seen"
 _FLAG_LETTERS = {flag.lower(): letter for letter, flag in _LETTER_FLAGS.items()}
 _SYSTEM_FLAGS = {flag.lower(): flag for flag in _LETTER_FLAGS.values()}
 _SYSTEM_FLAGS["\\recent"] = "\\Recent"
@@ -121,23 +123,43 @@ class Keywords:
     def nameFor(self, letter):
         return self.names[ord(letter) - 97]
 
+    def _find(self, name):
+        lowered = name.lower()
+        for i, known in enumerate(self.names):
+            if known is not None and known.lower() == lowered:
+                return i
+        return None
+
     def letterFor(self, name):
         """
         @return: the letter of keyword C{name}, adding it (and saving the
             file) when new.
-        @raise InvalidInput: the folder already has 26 keywords.
+        @raise LimitExceeded: the folder already has 26 keywords.
         """
-        lowered = name.lower()
-        for i, known in enumerate(self.names):
-            if known is not None and known.lower() == lowered:
-                return chr(97 + i)
-        if None not in self.names:
-            raise InvalidInput("a Maildir folder holds at most 26 keywords")
-        i = self.names.index(None)
-        self.names[i] = name
+        self.reserve([name])
+        return chr(97 + self._find(name))
+
+    def reserve(self, names):
+        """
+        Give a letter to each keyword of C{names} that has none, saving the
+        file once: all of them or, when there are not enough free letters,
+        none.
+
+        @raise LimitExceeded: the folder would hold more than 26 keywords.
+        """
+        new = []
+        for name in names:
+            if self._find(name) is None and name.lower() not in {n.lower() for n in new}:
+                new.append(name)
+        if not new:
+            return
+        free = [i for i, known in enumerate(self.names) if known is None]
+        if len(new) > len(free):
+            raise LimitExceeded("a Maildir folder holds at most 26 keywords")
+        for i, name in zip(free, new):
+            self.names[i] = name
         lines = "".join("%d %s\n" % (n, k) for n, k in enumerate(self.names) if k)
         writeFileAtomically(self._path, lines.encode("utf-8"))
-        return chr(97 + i)
 
 
 def flagsFromInfo(info, keywords):
@@ -156,12 +178,15 @@ def flagsFromInfo(info, keywords):
 def infoForFlags(flags, keywords, oldInfo=""):
     """
     @return: the info suffix (C{2,<letters>}, letters in ASCII order) for
-        C{flags}, keeping letters of C{oldInfo} that mdpy does not know.
+        C{flags}, keeping letters of C{oldInfo} that mdpy does not know
+        (other programs' flags, keyword letters missing from
+        C{dovecot-keywords}).
     """
     letters = set()
     if oldInfo.startswith("2,"):
         letters.update(
-            ch for ch in oldInfo[2:] if ch.isupper() and ch not in _LETTER_FLAGS
+            ch for ch in oldInfo[2:]
+            if (ch.isupper() and ch not in _LETTER_FLAGS) or ("a" <= ch <= "z" and keywords.nameFor(ch) is None)
         )
     for flag in flags:
         letter = _FLAG_LETTERS.get(flag.lower())

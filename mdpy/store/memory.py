@@ -4,7 +4,7 @@ An L{IMailStore} kept in memory, for protocol tests and for subclassers'
 tests.  It follows the Maildir store's contract: the same folder names and
 checks, UIDs that are never reused, a modification sequence raised by every
 change, and mailbox views that change only in C{sync} or through their own
-writes.  C{deliver}, C{append}, C{setFlags} and C{expunge} return Deferreds
+writes.  C{deliver}, C{append}, C{changeFlags} and C{expunge} return Deferreds
 (already fired) as the Maildir store does; everything else is synchronous.
 
     store = MemoryStore()
@@ -21,9 +21,9 @@ from zope.interface import implementer
 
 from mdpy.errors import Exists, InvalidInput, NotFound
 from mdpy.interfaces import IMailbox, IMailStore, IStoredMessage
-from mdpy.store import Listeners
+from mdpy.store import REPLACE, FlagShorthand, Listeners, StoredFlags, changedFlags
 from mdpy.store.maildir import SPECIAL_FOLDERS, accountKey, normaliseFolderName, uniqueName
-from mdpy.store.maildirindex import storableFlags
+from mdpy.store.maildirindex import DELETED, storableFlags
 
 
 
@@ -94,7 +94,7 @@ class _Folder:
 
 
 @implementer(IMailbox)
-class MemoryMailbox:
+class MemoryMailbox(FlagShorthand):
     """
     A view of one folder of a L{MemoryStore}.  See L{IMailbox}.
     """
@@ -143,30 +143,50 @@ class MemoryMailbox:
             raise NotFound("mailbox %s of %s is gone" % (self.name, self._account))
         return self._changed(self._folder.add(data, flags, internalDate))
 
-    def setFlags(self, uid, flags):
+    def changeFlags(self, uids, flags, mode=REPLACE, unchangedSince=None):
         """
-        See L{IMailbox.setFlags}.
+        See L{IMailbox.changeFlags}.  The folder's messages are the current
+        state, so the change is applied to them, never to this view's copy.
         """
-        return defer.maybeDeferred(self._setFlags, uid, storableFlags(flags))
+        return defer.maybeDeferred(self._changeFlags, uids, storableFlags(flags), mode, unchangedSince)
 
-    def _setFlags(self, uid, flags):
+    def _changeFlags(self, uids, flags, mode, unchangedSince):
         folder = self._folder
-        message = folder.messages.get(uid)
-        if message is None:
-            raise NotFound("no message with UID %d" % (uid,))
-        folder.highestModSeq += 1
-        folder.messages[uid] = message._withFlags(flags, folder.highestModSeq)
-        return self._changed(folder.highestModSeq)
+        if folder.deleted:
+            raise NotFound("mailbox %s of %s is gone" % (self.name, self._account))
+        changedFlags(frozenset(), flags, mode)  # an unknown mode fails before any change
+        results, modSeq = {}, None
+        for uid in uids:
+            message = folder.messages.get(uid)
+            if message is None:
+                continue
+            new = changedFlags(message.flags, flags, mode)
+            refused = unchangedSince is not None and message.modSeq > unchangedSince
+            if refused or (new == message.flags and unchangedSince is None):
+                results[uid] = StoredFlags(message.flags, message.modSeq, False)
+                continue
+            if modSeq is None:
+                folder.highestModSeq += 1
+                modSeq = folder.highestModSeq
+            folder.messages[uid] = message._withFlags(new, modSeq)
+            results[uid] = StoredFlags(new, modSeq, True)
+        if modSeq is None:
+            self.sync()
+            return results
+        return self._changed(results)
 
-    def expunge(self, uids):
+    def expunge(self, uids, deletedOnly=False):
         """
         See L{IMailbox.expunge}.
         """
-        return defer.maybeDeferred(self._expunge, uids)
+        return defer.maybeDeferred(self._expunge, uids, deletedOnly)
 
-    def _expunge(self, uids):
+    def _expunge(self, uids, deletedOnly):
         folder = self._folder
-        removed = sorted(uid for uid in set(uids) if uid in folder.messages)
+        removed = sorted(
+            uid for uid in set(uids)
+            if uid in folder.messages and (not deletedOnly or DELETED in folder.messages[uid].flags)
+        )
         for uid in removed:
             del folder.messages[uid]
         if removed:
@@ -314,6 +334,7 @@ class MemoryStore:
         moves = [(name, new + name[len(old):]) for name in folders
                  if name == old or name.startswith(old + "/")]
         for _, target in moves:
+            normaliseFolderName(target)  # a child may grow past the limits
             if target in folders:
                 raise Exists("mailbox %s exists" % (target,))
         for source, target in moves:
