@@ -9,6 +9,7 @@ on a pseudo-terminal where it asks for confirmation.
 
 import imaplib
 import os
+import poplib
 import pty
 import re
 import select
@@ -141,6 +142,31 @@ def test_userDelMovesMailAndTheNewAccountStartsEmpty(server):
     send(server, [address], "three")
     assert len(server.messages(address)) == 1
     new.logout()
+
+
+def test_userDelDuringPOP3Session(server):
+    """
+    A POP3 session of a user deleted meanwhile fails cleanly: a message
+    read then is gone, QUIT says the mailbox no longer exists, and no tree
+    is made again.
+    """
+    address = "popper@example.test"
+    cli(server, "user", "add", address, "--password", PASSWORD)
+    send(server, [address], "one")
+    send(server, [address], "two")
+    client = poplib.POP3(HOST, server.pop3, timeout=30)
+    client.stls(ssl.create_default_context(cafile=os.path.join(server.dataDir, "tls", "cert.pem")))
+    client.user(address)
+    client.pass_(PASSWORD)
+    assert client.stat()[0] == 2
+    client.retr(1)
+    cli(server, "user", "del", address, "--yes")
+    with pytest.raises(poplib.error_proto, match="Message is gone"):
+        client.retr(2)
+    with pytest.raises(poplib.error_proto, match=r"\[SYS/PERM\] Mailbox no longer exists"):
+        client.quit()
+    client.close()
+    assert not os.path.exists(server.maildir(address))
 
 
 def test_userDelPurge(server):
