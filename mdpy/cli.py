@@ -179,6 +179,20 @@ def _reportRemoved(removed, stdout):
         stdout.write("moved %s to %s\n" % (where, keptAt))
 
 
+def _removeMultipop(datadir, users, stdout):
+    """
+    Stop collecting the remote POP3 accounts of deleted C{users} (their
+    passwords go with them), one line each.
+    """
+    from mdpy.tap import multipopAccounts
+
+    accounts = multipopAccounts(datadir)
+    for account in accounts.list():
+        if account["user"] in users:
+            accounts.remove(account["id"])
+            stdout.write("removed MultiPOP account %s %s@%s\n" % (account["id"], account["username"], account["host"]))
+
+
 def _readPassword(stdin, prompt):
     if stdin.isatty():
         return getpass.getpass(prompt)
@@ -250,6 +264,7 @@ def _domain(args, config, datadir, stdout, stdin):
         # writing into it (see MaildirStore._removeTree).
         directory.removeDomain(domain)
         stdout.write("deleted domain %s and its %d users\n" % (domain, len(users)))
+        _removeMultipop(datadir, set(users), stdout)
         _reportRemoved(datadir.openStore().deleteDomain(domain, archive=not args.purge), stdout)
     elif args.action == "catchall":
         directory.setCatchAll(args.name, args.target)
@@ -279,6 +294,7 @@ def _user(args, config, datadir, stdout, stdin):
         # then the mail tree, in one rename (see domain del).
         directory.removeUser(user.address)
         stdout.write("deleted user %s\n" % (user.address,))
+        _removeMultipop(datadir, {user.address}, stdout)
         _reportRemoved(datadir.openStore().deleteAccount(user.address, archive=not args.purge), stdout)
     elif args.action == "passwd":
         if directory.getUser(args.address) is None:

@@ -291,6 +291,27 @@ def test_userDelMovesMail(populated):
     assert "no such user: carl@example.test" in cli.fails("user", "del", "carl@example.test")
 
 
+def test_deletionStopsMultipopCollection(populated):
+    """
+    The remote POP3 accounts of a deleted user (and of a deleted domain's
+    users) are removed with their passwords; other users' stay.
+    """
+    cli = populated
+    cli.ok("domain", "add", "other.test")
+    cli.ok("user", "add", "eve@other.test", "--password", "pw")
+    ids = {}
+    for user in ("bob@example.test", "ann@example.test", "eve@other.test"):
+        ids[user] = cli.ok("multipop", "add", user, "--host", "pop.remote.test", "--username", user.split("@")[0],
+                           "--password", "remote").strip()
+    out = cli.ok("user", "del", "bob@example.test")
+    assert "removed MultiPOP account %s bob@pop.remote.test\n" % (ids["bob@example.test"],) in out
+    listed = cli.ok("multipop", "list")
+    assert ids["bob@example.test"] not in listed and ids["ann@example.test"] in listed
+    out = cli.ok("domain", "del", "example.test")
+    assert "removed MultiPOP account %s ann@pop.remote.test\n" % (ids["ann@example.test"],) in out
+    assert cli.ok("multipop", "list").split()[:2] == [ids["eve@other.test"], "eve@other.test"]
+
+
 def test_userDelPurge(populated):
     cli = populated
     out = cli.ok("user", "del", "bob@example.test", "--purge")

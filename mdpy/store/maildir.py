@@ -9,6 +9,10 @@ Layout::
     root/<domain>/<localpart>/.Sent/      folder "Sent" (with a maildirfolder file)
     root/<domain>/<localpart>/.Lists.Work/  folder "Lists/Work"
 
+The root also holds C{.mdpy-uidvalidity} (see L{mdpy.store.maildirindex}),
+and, for a moment, C{.deleting.<unique>}: a tree being deleted (see
+L{MaildirStore._removeTree}); a leading dot is no domain's name.
+
 Folder levels are stored in modified UTF-7 (RFC 3501 section 5.1.3), as
 Dovecot does.  The domain and local part are lowercased; C{%}, C{/}, NUL and a
 leading C{.} in them are written as C{%XX} so no address can escape the root.
@@ -751,6 +755,7 @@ class MaildirStore:
         except FileNotFoundError:
             return None  # removed meanwhile by another process
         fsyncDirectory(os.path.dirname(path))
+        fsyncDirectory(self.root)
         if not archive:
             shutil.rmtree(doomed)
             return path, None
