@@ -457,6 +457,21 @@ class TestMaildirStore:
         again = store.deleteAccount(ALICE, archive=True)[1]
         assert again != keptAt and os.path.isdir(again)
 
+    def test_archiveOnAnotherFileSystemIsCopied(self, store, inbox, monkeypatch):
+        resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE])]))
+        rename = os.rename
+
+        def crossDevice(source, target):
+            if target.startswith(store.archiveRoot):
+                raise OSError(errno.EXDEV, "Invalid cross-device link")
+            rename(source, target)
+
+        monkeypatch.setattr(os, "rename", crossDevice)
+        keptAt = store.deleteAccount(ALICE, archive=True)[1]
+        assert len(os.listdir(os.path.join(keptAt, "new"))) == 1
+        assert sorted(os.listdir(store.root)) == [".mdpy-uidvalidity", "example.com"]
+        assert os.listdir(os.path.join(store.root, "example.com")) == []
+
     def test_deleteDomainArchivesTree(self, store, inbox):
         store.createAccount("bob@example.com")
         where, keptAt = store.deleteDomain("example.com", archive=True)

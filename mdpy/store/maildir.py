@@ -29,6 +29,7 @@ C{append}, C{setFlags} or C{expunge} fires, on the reactor thread; the work
 itself is done under the folder lock in a worker thread.
 """
 
+import errno
 import itertools
 import hashlib
 import os
@@ -761,8 +762,14 @@ class MaildirStore:
             return path, None
         kept = self._archivePath(names)
         os.makedirs(os.path.dirname(kept), 0o700, exist_ok=True)
-        # shutil.move renames, or copies when archiveRoot is on another file system.
-        shutil.move(doomed, kept)
+        try:
+            os.rename(doomed, kept)
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            # archiveRoot is on another file system: copy, then remove.
+            shutil.copytree(doomed, kept, symlinks=True)
+            shutil.rmtree(doomed)
         fsyncDirectory(os.path.dirname(kept))
         return path, kept
 

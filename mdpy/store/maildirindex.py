@@ -232,8 +232,7 @@ def allocateUidValidity(accountPath, atLeast, storeRoot=None):
     """
     value = _raiseCounter(os.path.join(accountPath, UIDVALIDITY_NAME), max(int(time.time()), atLeast))
     if storeRoot is not None:
-        # The account's lock is held no more; taking the store's after it
-        # keeps one lock order (account, then store) for every caller.
+        # Each counter is locked on its own, never both at once.
         value = _raiseCounter(os.path.join(storeRoot, STORE_UIDVALIDITY_NAME), value)
         if value > lastUidValidity(accountPath):
             _raiseCounter(os.path.join(accountPath, UIDVALIDITY_NAME), value)
