@@ -15,6 +15,7 @@ import socket
 import sys
 import time
 
+from mdpy.address import normaliseDomain
 from mdpy.config import Config, ConfigError
 from mdpy.datadir import DataDir
 from mdpy.errors import MailError
@@ -43,9 +44,13 @@ def _parser():
     domain = commands.add_parser("domain", help="local domains").add_subparsers(
         dest="action", required=True
     )
-    domain.add_parser("add", help="add a domain").add_argument("name")
+    domain.add_parser(
+        "add", help="add a domain, with postmaster@ and abuse@ aliases of the server's postmaster"
+    ).add_argument("name")
     domain.add_parser("list", help="list domains")
-    domain.add_parser("del", help="delete a domain, its users and aliases").add_argument("name")
+    _deletion(domain.add_parser(
+        "del", help="delete a domain, its users and aliases; its mail goes to data_dir/deleted/"
+    )).add_argument("name")
     catchall = domain.add_parser("catchall", help="set or clear a domain's catch-all address")
     catchall.add_argument("name")
     catchall.add_argument("target", nargs="?", help="address; omit to turn it off")
@@ -57,7 +62,9 @@ def _parser():
     add.add_argument("address")
     add.add_argument("--password")
     user.add_parser("list", help="list accounts").add_argument("domain", nargs="?")
-    user.add_parser("del", help="delete an account and its mail").add_argument("address")
+    _deletion(user.add_parser(
+        "del", help="delete an account; its mail goes to data_dir/deleted/"
+    )).add_argument("address")
     user.add_parser("passwd", help="read a new password from stdin").add_argument("address")
     user.add_parser("disable", help="keep the account, refuse its mail").add_argument("address")
     user.add_parser("enable", help="take mail for the account again").add_argument("address")
@@ -128,6 +135,66 @@ def _parser():
     return parser
 
 
+def _deletion(parser):
+    """
+    Give a deleting command C{--purge} and C{--yes}.
+    """
+    parser.add_argument("--purge", action="store_true", help="remove the mail for good")
+    parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    return parser
+
+
+def confirm(question, args, stdout, stdin):
+    """
+    Ask C{question} on a terminal, unless C{--yes} was given or standard
+    input is not a terminal (a script).
+
+    @raise CommandError: the answer was not yes.
+    """
+    if args.yes or not stdin.isatty():
+        return
+    stdout.write(question + " [y/N] ")
+    stdout.flush()
+    if stdin.readline().strip().lower() not in ("y", "yes"):
+        raise CommandError("not confirmed; nothing was deleted")
+
+
+def _mailFate(args, datadir):
+    if args.purge:
+        return "remove its mail for good"
+    return "move its mail to %s/" % (datadir.deletedDir,)
+
+
+def _reportRemoved(removed, stdout):
+    """
+    Say where the mail of a deleted user or domain went, one line per tree.
+
+    @param removed: what L{mdpy.interfaces.IMailStore.deleteAccount}
+        returned.
+    """
+    if removed is None:
+        return
+    where, keptAt = removed
+    if keptAt is None:
+        stdout.write("removed %s\n" % (where,))
+    else:
+        stdout.write("moved %s to %s\n" % (where, keptAt))
+
+
+def _removeMultipop(datadir, users, stdout):
+    """
+    Stop collecting the remote POP3 accounts of deleted C{users} (their
+    passwords go with them), one line each.
+    """
+    from mdpy.tap import multipopAccounts
+
+    accounts = multipopAccounts(datadir)
+    for account in accounts.list():
+        if account["user"] in users:
+            accounts.remove(account["id"])
+            stdout.write("removed MultiPOP account %s %s@%s\n" % (account["id"], account["username"], account["host"]))
+
+
 def _readPassword(stdin, prompt):
     if stdin.isatty():
         return getpass.getpass(prompt)
@@ -171,12 +238,36 @@ def _check(config, stdout):
 def _domain(args, config, datadir, stdout, stdin):
     directory = datadir.openDirectory()
     if args.action == "add":
+        from mdpy.directory import addRoleAliases
+
         directory.addDomain(args.name)
+        stdout.write("added domain %s\n" % (normaliseDomain(args.name),))
+        # The server's postmaster account (made at its first start) until
+        # the directory knows a domain's own administrators.
+        postmaster = "postmaster@" + config["server"]["domain"]
+        for alias, target in addRoleAliases(directory, args.name, postmaster):
+            stdout.write("added alias %s %s\n" % (alias, target))
     elif args.action == "list":
         for name in directory.listDomains():
             stdout.write(name + "\n")
     elif args.action == "del":
-        directory.removeDomain(args.name)
+        domain = normaliseDomain(args.name)
+        if not directory.hasDomain(domain):
+            raise CommandError("no such domain: %s" % (domain,))
+        users = directory.listUsers(domain)
+        confirm(
+            "Delete domain %s with its %d users and its aliases, and %s?"
+            % (domain, len(users), _mailFate(args, datadir)),
+            args, stdout, stdin,
+        )
+        # First the directory: from then on new mail for the domain is
+        # refused at RCPT and its users cannot log in; then the tree leaves
+        # in one rename, so a delivery still in flight fails rather than
+        # writing into it (see MaildirStore._removeTree).
+        directory.removeDomain(domain)
+        stdout.write("deleted domain %s and its %d users\n" % (domain, len(users)))
+        _removeMultipop(datadir, set(users), stdout)
+        _reportRemoved(datadir.openStore().deleteDomain(domain, archive=not args.purge), stdout)
     elif args.action == "catchall":
         directory.setCatchAll(args.name, args.target)
 
@@ -196,10 +287,17 @@ def _user(args, config, datadir, stdout, stdin):
             stdout.write(address + "\n")
     elif args.action == "del":
         user = directory.getUser(args.address)
-        directory.removeUser(args.address)
-        store = datadir.openStore()
-        if user is not None and store.accountExists(user.address):
-            store.deleteAccount(user.address)
+        if user is None:
+            raise CommandError("no such user: %s" % (args.address,))
+        confirm(
+            "Delete user %s and %s?" % (user.address, _mailFate(args, datadir)), args, stdout, stdin
+        )
+        # First the directory (new mail is refused at RCPT, logins fail),
+        # then the mail tree, in one rename (see domain del).
+        directory.removeUser(user.address)
+        stdout.write("deleted user %s\n" % (user.address,))
+        _removeMultipop(datadir, {user.address}, stdout)
+        _reportRemoved(datadir.openStore().deleteAccount(user.address, archive=not args.purge), stdout)
     elif args.action == "passwd":
         if directory.getUser(args.address) is None:
             raise CommandError("no such user: %s" % (args.address,))

@@ -6,6 +6,7 @@ so that both open the same directory database and mail store.
     data_dir/
       directory.sqlite      domains, users, aliases, credentials
       mail/<domain>/<localpart>/   Maildir++ of each account
+      deleted/<UTC time>/<domain>/[<localpart>/]   mail of deleted accounts and domains
       spool/                bodies of large messages being received
       queue/                the outbound queue (see L{mdpy.delivery.queue})
       dkim/                 DKIM signing keys (see L{mdpy.delivery.dkim})
@@ -17,7 +18,10 @@ so that both open the same directory database and mail store.
 import os
 import secrets
 
+from mdpy.address import normalise
+from mdpy.directory import addRoleAliases
 from mdpy.directory.sqlite import SQLiteDirectory
+from mdpy.errors import Exists
 from mdpy.durable import writeFileAtomically
 from mdpy.store.maildir import MaildirStore
 
@@ -37,6 +41,7 @@ class DataDir:
         self.srsSecretPath = os.path.join(root, "srs.secret")
         self.dkimDir = os.path.join(root, "dkim")
         self.postmasterPasswordPath = os.path.join(root, "postmaster.password")
+        self.deletedDir = os.path.join(root, "deleted")
 
     def prepare(self):
         """
@@ -60,23 +65,37 @@ class DataDir:
         @return: the L{mdpy.interfaces.IMailStore} of this data directory.
         """
         self.prepare()
-        return MaildirStore(self.mailRoot, runInThread=runInThread, reactor=reactor)
+        return MaildirStore(
+            self.mailRoot, runInThread=runInThread, reactor=reactor, archiveRoot=self.deletedDir
+        )
 
     def firstStart(self, directory, store, domain):
         """
-        On a directory with no domain yet, add C{domain} and its postmaster
-        with a generated password, written to L{postmasterPasswordPath}.
+        Until the postmaster password file exists: make sure the server's
+        C{domain} exists, with its postmaster account (a generated password,
+        written to L{postmasterPasswordPath}) and its other role addresses as
+        aliases of it (L{addRoleAliases}).  Domains added with C{mdpy domain
+        add} before this start do not stop it; a user or an alias
+        C{postmaster@domain} made by the administrator is kept.
 
-        @return: C{(address, password)} when an account was made, else L{None}.
+        @return: C{(address, password, aliases)}: the account made (its
+            address and password L{None} when none was), and the aliases
+            made, C{(alias, target)} each.
         """
-        if directory.listDomains():
-            return None
-        directory.addDomain(domain)
-        address = "postmaster@" + domain
+        address = normalise("postmaster@" + domain)
+        if os.path.exists(self.postmasterPasswordPath):
+            return None, None, []
+        if not directory.hasDomain(domain):
+            directory.addDomain(domain)
         password = secrets.token_urlsafe(12)
-        directory.addUser(address, password)
-        store.createAccount(address)
-        writeFileAtomically(
-            self.postmasterPasswordPath, ("%s %s\n" % (address, password)).encode(), 0o600
-        )
-        return address, password
+        try:
+            directory.addUser(address, password)
+        except Exists:
+            password = None  # the administrator's own postmaster
+        else:
+            store.createAccount(address)
+            writeFileAtomically(
+                self.postmasterPasswordPath, ("%s %s\n" % (address, password)).encode(), 0o600
+            )
+        aliases = addRoleAliases(directory, domain, address)
+        return (address if password else None), password, aliases

@@ -119,9 +119,28 @@ class IMailStore(Interface):
         @raise mdpy.errors.TemporaryFailure: an I/O error (disk full, fsync).
         """
 
-    def deleteAccount(address):
+    def deleteAccount(address, archive=False):
         """
-        Remove the account's mail.
+        Take the account's mail out of the store, at once and as a whole:
+        from the moment this returns, a delivery to the account fails with
+        L{mdpy.errors.NotFound} (it never makes a partial tree again), and an
+        account made again under the address starts empty, each of its
+        mailboxes with a UIDVALIDITY above any the old one had (RFC 3501
+        section 2.3.1.1).  Synchronous.
+
+        @param archive: keep the mail aside for the administrator instead of
+            removing it.
+        @return: L{None} when the account had no mail; else C{(where,
+            keptAt)}, texts for people naming where the mail was and where
+            it is kept now (L{None} once removed).
+        """
+
+    def deleteDomain(domain, archive=False):
+        """
+        Take the mail of every account of C{domain} out of the store, as
+        L{deleteAccount} does for one.
+
+        @return: See L{deleteAccount}.
         """
 
     def accountExists(address):

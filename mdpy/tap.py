@@ -189,16 +189,18 @@ def buildService(config, portOffset=0, reactor=None):
     datadir.prepare()
     directory = datadir.openDirectory()
     store = datadir.openStore(reactor=reactor)
-    created = datadir.firstStart(directory, store, server["domain"])
-    if created:
+    address, password, aliases = datadir.firstStart(directory, store, server["domain"])
+    if address:
         log.info(
-            "created domain {domain} and {address} with password {password}"
+            "created the postmaster account {address} of {domain} with password {password}"
             " (also in {path})",
             domain=server["domain"],
-            address=created[0],
-            password=created[1],
+            address=address,
+            password=password,
             path=datadir.postmasterPasswordPath,
         )
+    for alias, target in aliases:
+        log.info("created alias {alias} of {target}", alias=alias, target=target)
 
     tls = config["tls"]
     if tls["certificate"]:

@@ -4,6 +4,7 @@ Tests of the C{mdpy} command (L{mdpy.cli}).
 
 import io
 import os
+import re
 import subprocess
 
 import pytest
@@ -78,16 +79,22 @@ def test_users(cli):
     cli.fails("user", "passwd", "joe@example.test", stdin="x\n")
 
 
+ROLE_ALIASES = (
+    "abuse@example.test postmaster@mx.example.test\n"
+    "postmaster@example.test postmaster@mx.example.test\n"
+)
+
+
 def test_aliases(cli):
     cli.ok("domain", "add", "example.test")
     cli.ok("user", "add", "a@example.test", "--password", "pw")
     cli.ok("user", "add", "b@example.test", "--password", "pw")
     cli.ok("alias", "add", "team@example.test", "a@example.test", "b@example.test", "far@remote.test")
-    assert cli.ok("alias", "list") == "team@example.test a@example.test b@example.test far@remote.test\n"
+    assert cli.ok("alias", "list") == ROLE_ALIASES + "team@example.test a@example.test b@example.test far@remote.test\n"
     cli.fails("alias", "add", "team@example.test", "a@example.test")
     cli.fails("alias", "add", "x@nowhere.test", "a@example.test")
     cli.ok("alias", "del", "team@example.test")
-    assert cli.ok("alias", "list") == ""
+    assert cli.ok("alias", "list") == ROLE_ALIASES
     cli.fails("alias", "del", "team@example.test")
 
 
@@ -190,3 +197,212 @@ def test_consoleScript(tmp_path):
     assert done.stdout == ""
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert "port = not-a-port" in done.stderr
+
+
+# --- role addresses (RFC 5321 section 4.5.1, RFC 2142) -----------------------
+
+
+def test_domainAddMakesRoleAliases(cli):
+    """
+    C{domain add} makes postmaster@ and abuse@ of the new domain aliases of
+    the server's postmaster account and says so; the server's own domain
+    gets abuse@ only (its postmaster is the account the first start makes).
+    """
+    assert cli.ok("domain", "add", "Other.TEST") == (
+        "added domain other.test\n"
+        "added alias postmaster@other.test postmaster@mx.example.test\n"
+        "added alias abuse@other.test postmaster@mx.example.test\n"
+    )
+    assert cli.ok("domain", "add", "mx.example.test") == (
+        "added domain mx.example.test\nadded alias abuse@mx.example.test postmaster@mx.example.test\n"
+    )
+    assert cli.ok("alias", "list") == (
+        "abuse@mx.example.test postmaster@mx.example.test\n"
+        "abuse@other.test postmaster@mx.example.test\n"
+        "postmaster@other.test postmaster@mx.example.test\n"
+    )
+    cli.ok("user", "add", "postmaster@mx.example.test", "--password", "pw")
+    directory = cli.datadir.openDirectory()
+    for role in ("postmaster@other.test", "abuse@other.test", "abuse@mx.example.test"):
+        assert directory.resolve(role).local == ["postmaster@mx.example.test"]
+
+
+def test_domainAddKeepsExplicitRoleAddresses(cli):
+    """
+    A role address that is already a user or an alias, made by the
+    administrator, is left alone.
+    """
+    cli.ok("domain", "add", "other.test")
+    cli.ok("alias", "del", "postmaster@other.test")
+    cli.ok("user", "add", "postmaster@other.test", "--password", "pw")
+    cli.ok("alias", "del", "abuse@other.test")
+    cli.ok("alias", "add", "abuse@other.test", "postmaster@other.test")
+    directory = cli.datadir.openDirectory()
+    from mdpy.directory import addRoleAliases
+
+    assert addRoleAliases(directory, "other.test", "postmaster@mx.example.test") == []
+    assert directory.getUser("postmaster@other.test") is not None
+    assert directory.listAliases() == [("abuse@other.test", ["postmaster@other.test"])]
+
+
+# --- deleting users and domains ----------------------------------------------
+
+
+class Terminal(io.StringIO):
+    """
+    Standard input that says it is a terminal.
+    """
+
+    def isatty(self):
+        return True
+
+
+def deliverTo(cli, address, count=1):
+    from twisted.internet import defer
+
+    store = cli.datadir.openStore(runInThread=lambda f, *a: defer.maybeDeferred(f, *a))
+    for n in range(count):
+        store.deliver([(address, "INBOX", [b"Subject: %d\r\n\r\nold mail\r\n" % (n,)])])
+    return store
+
+
+def mailOf(cli, address):
+    local, domain = address.split("@")
+    path = os.path.join(cli.datadir.mailRoot, domain, local)
+    return os.listdir(os.path.join(path, "new")) if os.path.isdir(path) else None
+
+
+def deletedTrees(cli):
+    """
+    @return: the paths under C{deleted/<time>/}, relative to C{deleted/}.
+    """
+    found = []
+    root = cli.datadir.deletedDir
+    for stamp in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        for domain in sorted(os.listdir(os.path.join(root, stamp))):
+            found.append(os.path.join(stamp, domain))
+    return found
+
+
+@pytest.fixture
+def populated(cli):
+    cli.ok("domain", "add", "example.test")
+    for name in ("bob", "ann"):
+        cli.ok("user", "add", name + "@example.test", "--password", "pw")
+    cli.ok("alias", "add", "team@example.test", "bob@example.test", "ann@example.test")
+    deliverTo(cli, "bob@example.test", 2)
+    return cli
+
+
+def test_userDelMovesMail(populated):
+    cli = populated
+    out = cli.ok("user", "del", "Bob@example.test")
+    [tree] = deletedTrees(cli)
+    kept = os.path.join(cli.datadir.deletedDir, tree, "bob")
+    assert out == "deleted user bob@example.test\nmoved %s to %s\n" % (
+        os.path.join(cli.datadir.mailRoot, "example.test", "bob"), kept)
+    assert re.fullmatch(r"[0-9]{8}T[0-9]{6}Z/example\.test", tree)
+    assert len(os.listdir(os.path.join(kept, "new"))) == 2
+    assert mailOf(cli, "bob@example.test") is None
+    assert cli.datadir.openDirectory().getUser("bob@example.test") is None
+    cli.ok("user", "add", "bob@example.test", "--password", "new")
+    assert mailOf(cli, "bob@example.test") == []
+    assert "no such user: carl@example.test" in cli.fails("user", "del", "carl@example.test")
+
+
+def test_deletionStopsMultipopCollection(populated):
+    """
+    The remote POP3 accounts of a deleted user (and of a deleted domain's
+    users) are removed with their passwords; other users' stay.
+    """
+    cli = populated
+    cli.ok("domain", "add", "other.test")
+    cli.ok("user", "add", "eve@other.test", "--password", "pw")
+    ids = {}
+    for user in ("bob@example.test", "ann@example.test", "eve@other.test"):
+        ids[user] = cli.ok("multipop", "add", user, "--host", "pop.remote.test", "--username", user.split("@")[0],
+                           "--password", "remote").strip()
+    out = cli.ok("user", "del", "bob@example.test")
+    assert "removed MultiPOP account %s bob@pop.remote.test\n" % (ids["bob@example.test"],) in out
+    listed = cli.ok("multipop", "list")
+    assert ids["bob@example.test"] not in listed and ids["ann@example.test"] in listed
+    out = cli.ok("domain", "del", "example.test")
+    assert "removed MultiPOP account %s ann@pop.remote.test\n" % (ids["ann@example.test"],) in out
+    assert cli.ok("multipop", "list").split()[:2] == [ids["eve@other.test"], "eve@other.test"]
+
+
+def test_userDelPurge(populated):
+    cli = populated
+    out = cli.ok("user", "del", "bob@example.test", "--purge")
+    assert out == "deleted user bob@example.test\nremoved %s\n" % (
+        os.path.join(cli.datadir.mailRoot, "example.test", "bob"),)
+    assert deletedTrees(cli) == []
+    assert mailOf(cli, "bob@example.test") is None
+
+
+def test_domainDelMovesMailUsersAndAliases(populated):
+    cli = populated
+    cli.ok("domain", "add", "other.test")
+    cli.ok("user", "add", "eve@other.test", "--password", "pw")
+    out = cli.ok("domain", "del", "Example.TEST")
+    [tree] = deletedTrees(cli)
+    kept = os.path.join(cli.datadir.deletedDir, tree)
+    assert out == "deleted domain example.test and its 2 users\nmoved %s to %s\n" % (
+        os.path.join(cli.datadir.mailRoot, "example.test"), kept)
+    assert sorted(os.listdir(kept)) == ["ann", "bob"]
+    assert len(os.listdir(os.path.join(kept, "bob", "new"))) == 2
+    directory = cli.datadir.openDirectory()
+    assert directory.listDomains() == ["other.test"]
+    assert directory.listUsers() == ["eve@other.test"]
+    assert [alias for alias, _ in directory.listAliases()] == ["abuse@other.test", "postmaster@other.test"]
+    assert mailOf(cli, "eve@other.test") == []
+    cli.ok("domain", "add", "example.test")
+    cli.ok("user", "add", "bob@example.test", "--password", "pw")
+    assert mailOf(cli, "bob@example.test") == []
+    assert "no such domain: example.org" in cli.fails("domain", "del", "example.org")
+
+
+def test_domainDelPurge(populated):
+    cli = populated
+    out = cli.ok("domain", "del", "example.test", "--purge", "--yes")
+    assert out.endswith("removed %s\n" % (os.path.join(cli.datadir.mailRoot, "example.test"),))
+    assert deletedTrees(cli) == []
+    assert os.listdir(cli.datadir.mailRoot) == [".mdpy-uidvalidity"]
+
+
+@pytest.mark.parametrize("command", [
+    ("user", "del", "bob@example.test"),
+    ("domain", "del", "example.test"),
+    ("domain", "del", "example.test", "--purge"),
+])
+def test_deletionAsksOnATerminal(populated, command):
+    """
+    On a terminal the command asks first; anything but yes deletes
+    nothing and exits 1.  C{--yes} does not ask.
+    """
+    cli = populated
+    out, err = io.StringIO(), io.StringIO()
+    status = main(["-c", str(cli.config)] + list(command), out, Terminal("n\n"), err)
+    assert status == 1
+    fate = ("remove its mail for good" if "--purge" in command
+            else "move its mail to %s/" % (cli.datadir.deletedDir,))
+    if command[0] == "user":
+        question = "Delete user bob@example.test and %s? [y/N] " % (fate,)
+    else:
+        question = "Delete domain example.test with its 2 users and its aliases, and %s? [y/N] " % (fate,)
+    assert out.getvalue() == question
+    assert err.getvalue() == "mdpy: error: not confirmed; nothing was deleted\n"
+    assert mailOf(cli, "bob@example.test") is not None
+    assert cli.datadir.openDirectory().getUser("bob@example.test") is not None
+
+    out = io.StringIO()
+    assert main(["-c", str(cli.config)] + list(command), out, Terminal("y\n"), io.StringIO()) == 0
+    assert out.getvalue().startswith(question + "deleted ")
+    assert mailOf(cli, "bob@example.test") is None
+
+    if command[0] == "domain":
+        cli.ok("domain", "add", "example.test")
+    cli.ok("user", "add", "bob@example.test", "--password", "pw")
+    out = io.StringIO()
+    assert main(["-c", str(cli.config)] + list(command) + ["--yes"], out, Terminal(""), io.StringIO()) == 0
+    assert out.getvalue().startswith("deleted ")

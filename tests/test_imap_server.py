@@ -883,3 +883,26 @@ def test_structure_is_cached_beside_the_maildir(tmp_path, monkeypatch):
     again.send("c STORE 1 +FLAGS.SILENT (\\Deleted)", "d EXPUNGE")
     again.lines()
     assert mailbox.cachedData(message.key) is None
+
+
+def test_selected_mailbox_deleted_ends_session():
+    """
+    When the selected mailbox disappears (the administrator deleted the
+    account, or another session the folder), the next command that syncs
+    it gets a BYE and the connection closes, without an error in the log.
+    """
+    s = Session()
+    s.select()
+    s.store.deleteAccount(USER, archive=True)
+    s.send("n NOOP")
+    s.expect("* BYE Selected mailbox no longer exists.")
+    assert s.closed
+
+    s = Session()
+    s.login()
+    s.send("c CREATE Work", "x SELECT Work")
+    s.lines()
+    s.store.deleteMailbox(USER, "Work")
+    s.send("f CHECK")
+    s.expect("* BYE Selected mailbox no longer exists.")
+    assert s.closed

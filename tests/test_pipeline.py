@@ -194,6 +194,7 @@ def maildirTranscript(tmp_path, queue=None):
     t.send("EHLO client.test")
     t.lines()
     t.maildir = tmp_path / "mail" / "example.test" / "joe"
+    t.pipeline = pipeline
     return t
 
 
@@ -215,6 +216,24 @@ def test_maildirDeliveryOverSMTP(maildirSession):
     [name] = [n for n in (t.maildir / "new").iterdir()]
     assert name.read_bytes().startswith(b"Return-Path: <a@remote.test>\r\nX-MDRcpt-To: joe@example.test\r\n")
     assert list((t.maildir / "tmp").iterdir()) == []
+
+
+def test_accountDeletedDuringDeliveryAnswers451(maildirSession):
+    """
+    A user deleted between RCPT and the end of DATA (the directory entry
+    first, then the mail tree): the message gets 451, so the client tries
+    again and is refused at RCPT, and no tree is made again at the old path.
+    """
+    t = maildirSession
+    t.send("MAIL FROM:<a@remote.test>", "RCPT TO:<joe@example.test>", "DATA")
+    t.expect("250 *", "250 *", "354 *")
+    t.pipeline.directory.removeUser("joe@example.test")
+    t.pipeline.store.deleteAccount("joe@example.test", archive=True)
+    t.sendRaw(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+    t.expect("451 4.3.0 *")
+    t.send("MAIL FROM:<a@remote.test>", "RCPT TO:<joe@example.test>")
+    t.expect("250 *", "550 5.1.1 *")
+    assert not t.maildir.exists()
 
 
 @pytest.mark.parametrize("failing", ["fsync", "write", "rename"])

@@ -390,6 +390,24 @@ def test_failedDeletionAtQuit():
     assert len(inbox(store)) == 3
 
 
+def test_accountDeletedDuringSession():
+    """
+    The account deleted by the administrator while a session is open: QUIT
+    says the mailbox no longer exists, with no error logged and nothing
+    made again.
+    """
+    store = filledStore()
+    s = Session(store=store)
+    s.login()
+    s.send("RETR 1", "DELE 3")
+    s.lines()
+    store.deleteAccount(USER, archive=True)
+    s.send("QUIT")
+    s.expect("-ERR [SYS/PERM] Mailbox no longer exists.")
+    assert s.closed
+    assert not store.accountExists(USER)
+
+
 def test_timeout():
     s = Session()
     s.clock.advance(599)

@@ -521,9 +521,78 @@ class TestMaildirStore:
         assert store.listMailboxes(ALICE) == ["INBOX", "Archive", "Drafts", "Junk", "Sent", "Trash"]
 
     def test_deleteAccountRemovesTree(self, store, inbox):
-        store.deleteAccount(ALICE)
+        assert store.deleteAccount(ALICE) == (inbox, None)
         assert not os.path.exists(inbox)
         assert os.listdir(os.path.dirname(inbox)) == []
+        assert [name for name in os.listdir(store.root) if name.startswith(".deleting")] == []
+        assert not os.path.exists(store.archiveRoot)
+
+    def test_deleteAccountArchivesTree(self, store, inbox, tmp_path):
+        """
+        The archived tree is the whole Maildir++ tree, moved to
+        C{deleted/<UTC time>/<domain>/<localpart>} beside the store's root;
+        a second one within the same second gets its own time folder.
+        """
+        resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE])]))
+        where, keptAt = store.deleteAccount(ALICE, archive=True)
+        assert where == inbox
+        assert re.fullmatch(
+            re.escape(str(tmp_path / "deleted")) + r"/[0-9]{8}T[0-9]{6}Z/example\.com/alice", keptAt
+        ), keptAt
+        assert len(os.listdir(os.path.join(keptAt, "new"))) == 1
+        assert os.path.isdir(os.path.join(keptAt, ".Sent", "cur"))
+        assert not os.path.exists(inbox)
+        store.createAccount(ALICE)
+        again = store.deleteAccount(ALICE, archive=True)[1]
+        assert again != keptAt and os.path.isdir(again)
+
+    def test_archiveOnAnotherFileSystemIsCopied(self, store, inbox, monkeypatch):
+        resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE])]))
+        rename = os.rename
+
+        def crossDevice(source, target):
+            if target.startswith(store.archiveRoot):
+                raise OSError(errno.EXDEV, "Invalid cross-device link")
+            rename(source, target)
+
+        monkeypatch.setattr(os, "rename", crossDevice)
+        keptAt = store.deleteAccount(ALICE, archive=True)[1]
+        assert len(os.listdir(os.path.join(keptAt, "new"))) == 1
+        assert sorted(os.listdir(store.root)) == [".mdpy-uidvalidity", "example.com"]
+        assert os.listdir(os.path.join(store.root, "example.com")) == []
+
+    def test_deleteDomainArchivesTree(self, store, inbox):
+        store.createAccount("bob@example.com")
+        where, keptAt = store.deleteDomain("example.com", archive=True)
+        assert where == os.path.dirname(inbox)
+        assert sorted(os.listdir(keptAt)) == ["alice", "bob"]
+        assert not os.path.exists(where)
+        assert store.deleteDomain("example.com") is None
+        with pytest.raises(InvalidInput):
+            store.deleteDomain("..")
+
+    def test_deliveryAfterDeleteFails(self, store, inbox):
+        """
+        A delivery that took its path before the tree left fails with
+        L{NotFound} and makes no new tree at the old path.
+        """
+        store.deleteAccount(ALICE, archive=True)
+        with pytest.raises(NotFound):
+            resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE])]))
+        assert not os.path.exists(inbox)
+
+    def test_uidValidityAboveDeletedAccount(self, store, inbox):
+        """
+        UIDVALIDITYs of an old tree that were ahead of the clock (many
+        mailboxes made at once), or an old tree brought from elsewhere, are
+        never given out again to its successor.
+        """
+        with open(os.path.join(inbox, maildirindex.UIDVALIDITY_NAME), "w") as f:
+            f.write("%d\n" % (2 ** 31,))
+        store.deleteAccount(ALICE)
+        store.createAccount(ALICE)
+        assert store.openMailbox(ALICE).uidValidity == 2 ** 31 + 1
+        assert store.openMailbox(ALICE, "Sent").uidValidity == 2 ** 31 + 2
 
 
 class TestIndexFormat:

@@ -409,13 +409,49 @@ class StoreContract:
 
     def test_deleteAccount(self, store):
         self.deliver(store, MESSAGE)
-        store.deleteAccount(ALICE)
+        where, keptAt = store.deleteAccount(ALICE)
+        assert keptAt is None
         assert not store.accountExists(ALICE)
         with pytest.raises(NotFound):
             store.openMailbox(ALICE)
-        store.deleteAccount(ALICE)
+        assert store.deleteAccount(ALICE) is None
         store.createAccount(ALICE)
         assert store.openMailbox(ALICE).messages() == []
+
+    def test_deleteAccountArchives(self, store):
+        """
+        An archived account is gone from the store as a removed one is, and
+        an account made again under its address starts empty, with a new
+        UIDVALIDITY for every mailbox, even within the same second.
+        """
+        self.deliver(store, MESSAGE)
+        store.createMailbox(ALICE, "Lists/Work")
+        old = {name: store.openMailbox(ALICE, name).uidValidity for name in store.listMailboxes(ALICE)}
+        where, keptAt = store.deleteAccount(ALICE, archive=True)
+        assert keptAt and keptAt != where
+        assert not store.accountExists(ALICE)
+        with pytest.raises(NotFound):
+            resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE])]))
+        store.createAccount(ALICE)
+        inbox = store.openMailbox(ALICE)
+        assert inbox.messages() == []
+        assert store.listMailboxes(ALICE) == ["INBOX", "Archive", "Drafts", "Junk", "Sent", "Trash"]
+        assert inbox.uidValidity > max(old.values())
+
+    def test_deleteDomain(self, store):
+        store.createAccount(BOB)
+        store.createAccount("carol@example.com")
+        self.deliver(store, MESSAGE)
+        self.deliver(store, MESSAGE, account=BOB)
+        where, keptAt = store.deleteDomain("Example.COM", archive=True)
+        assert keptAt
+        assert not store.accountExists(ALICE) and not store.accountExists("carol@example.com")
+        assert len(store.openMailbox(BOB).messages()) == 1
+        assert store.deleteDomain("example.com") is None
+        store.createAccount(ALICE)
+        assert store.openMailbox(ALICE).messages() == []
+        assert store.deleteDomain("example.org")[1] is None
+        assert not store.accountExists(BOB)
 
 
 class TestMemoryStore(StoreContract):

@@ -11,6 +11,8 @@ from twisted.python import usage
 
 from mdpy import logs
 from mdpy.config import Config, ConfigError
+from mdpy.datadir import DataDir
+from mdpy.directory import addRoleAliases
 from mdpy.smtp.server import MODE_MTA, MODE_SMTPS, MODE_SUBMISSION
 from mdpy.tap import Options, buildService, relaySettings
 
@@ -187,9 +189,46 @@ def test_firstStartMakesDomainPostmasterAndCertificate(tmp_path):
     assert os.path.isdir(data / "mail" / "example.test" / "postmaster" / "new")
     assert stat.S_IMODE(os.stat(data / "directory.sqlite").st_mode) == 0o600
     assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
-    # A second start changes nothing.
+    directory = DataDir(str(data)).openDirectory()
+    assert directory.listAliases() == [("abuse@example.test", ["postmaster@example.test"])]
+    # A second start changes nothing, even with the postmaster deleted.
+    directory.removeUser(address)
     buildService(config, reactor=MemoryReactor())
     assert password.read_text().split() == [address, secret]
+    assert directory.getUser(address) is None
+
+
+def test_firstStartAfterDomainsAddedByTheCommand(tmp_path):
+    """
+    Domains added with C{mdpy domain add} before the first start (the
+    server's own among them) do not keep it from making the postmaster
+    account, which their role aliases name.
+    """
+    config = load(tmp_path)
+    datadir = DataDir(str(tmp_path / "data"))
+    directory = datadir.openDirectory()
+    directory.addDomain("x.test")
+    addRoleAliases(directory, "x.test", "postmaster@example.test")
+    directory.addDomain("example.test")
+    buildService(config, reactor=MemoryReactor())
+    address, secret = (tmp_path / "data" / "postmaster.password").read_text().split()
+    assert address == "postmaster@example.test"
+    assert directory.getSecrets(address) is not None
+    assert directory.resolve("abuse@x.test").local == [address]
+    assert directory.resolve("abuse@example.test").local == [address]
+
+
+def test_firstStartKeepsTheAdministratorsPostmaster(tmp_path):
+    datadir = DataDir(str(tmp_path / "data"))
+    directory = datadir.openDirectory()
+    directory.addDomain("example.test")
+    directory.addDomain("other.test")
+    directory.addUser("boss@other.test", "pw")
+    directory.addAlias("postmaster@example.test", ["boss@other.test"])
+    buildService(load(tmp_path), reactor=MemoryReactor())
+    assert not (tmp_path / "data" / "postmaster.password").exists()
+    assert directory.listUsers() == ["boss@other.test"]
+    assert directory.resolve("abuse@example.test").local == ["boss@other.test"]
 
 
 def test_logLevel(tmp_path):

@@ -335,8 +335,19 @@ class PipelineDelivery:
         else:
             key = (envelope.receivedAt, envelope.deliveryKey)
             d = defer.maybeDeferred(self.pipeline.store.deliver, copies, key, envelope.again)
-        d.addCallback(lambda _: results)
+        d.addCallbacks(lambda _: results, self._ebAccountGone)
         return d
+
+    def _ebAccountGone(self, failure):
+        """
+        An account accepted at RCPT lost its mailbox before the commit (the
+        administrator deleted it meanwhile: see L{IMailStore.deleteAccount}).
+        That is a temporary failure, so that the client tries again and then
+        learns at RCPT that the address is gone, while the other recipients
+        still get their copies.
+        """
+        failure.trap(errors.NotFound)
+        raise errors.TemporaryFailure("a mailbox was deleted during the delivery: %s" % (failure.value,))
 
     def _stage(self, results, envelope, recipients, extra):
         d = self.pipeline.queue.stage(envelope, recipients, [extra, _Region(self._spool, 0)])

@@ -4,6 +4,38 @@ Domains, users and aliases: the values an L{mdpy.interfaces.IDirectory}
 returns.  The SQLite implementation is L{mdpy.directory.sqlite}.
 """
 
+from mdpy.address import normalise
+from mdpy.errors import Exists
+
+# RFC 5321 section 4.5.1 (postmaster) and RFC 2142 section 2 (abuse): the
+# role addresses every local domain answers.
+ROLE_LOCALPARTS = ("postmaster", "abuse")
+
+
+def addRoleAliases(directory, domain, target):
+    """
+    Make the role addresses of C{domain} (L{ROLE_LOCALPARTS}) aliases of
+    C{target}.  One that is a user or an alias already is kept as it is, and
+    none is made an alias of itself.
+
+    @param directory: an L{mdpy.interfaces.IDirectory} that has C{domain}.
+    @param target: the address the role mail goes to, e.g. the server's
+        postmaster account.
+    @return: the aliases made, C{(alias, target)} each.
+    """
+    target = normalise(target)
+    made = []
+    for localpart in ROLE_LOCALPARTS:
+        alias = normalise("%s@%s" % (localpart, domain))
+        if alias == target:
+            continue
+        try:
+            directory.addAlias(alias, [target])
+        except Exists:
+            continue
+        made.append((alias, target))
+    return made
+
 
 class User:
     """

@@ -279,8 +279,19 @@ class IMAP4Server(MailboxCommands, MessageCommands, CommandSession):
         return None
 
     def _ebSync(self, failure):
+        mailbox = getattr(self.selected, "mailbox", None)
+        if failure.check(errors.NotFound):
+            # The selected folder was deleted under the session, or the
+            # whole account by the administrator: end the session (RFC
+            # 3501 section 7.1.5) rather than serve a view of nothing.
+            self.log.info("imap: {mailbox} of {user} is gone; session closed",
+                          mailbox=mailbox, user=self.account)
+            if not self.closing:
+                self.send(b"* BYE Selected mailbox no longer exists.\r\n")
+                self.close()
+            return
         self.log.failure("imap: cannot sync {mailbox} of {user}", failure,
-                         mailbox=getattr(self.selected, "mailbox", None), user=self.account)
+                         mailbox=mailbox, user=self.account)
 
     def _finish(self, tag, status, text, code, expunge):
         if self.closing:

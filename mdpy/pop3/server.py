@@ -426,6 +426,13 @@ class POP3Server(CommandSession):
             self.ok("Logging out, messages deleted." if deleted else "Logging out.")
 
         def ebDone(failure):
+            if failure.check(defer.FirstError):
+                failure = failure.value.subFailure
+            if failure.check(errors.NotFound):
+                # The account was deleted during the session.
+                self.log.info("pop3: the mailbox of {user} is gone; nothing updated", user=self.account)
+                self.send(b"-ERR [SYS/PERM] Mailbox no longer exists.\r\n")
+                return
             self.log.failure("pop3: deleting for {user} failed", failure, user=self.account)
             self.send(b"-ERR [SYS/TEMP] Messages could not be deleted; try again later.\r\n")
 

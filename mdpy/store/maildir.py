@@ -9,6 +9,10 @@ Layout::
     root/<domain>/<localpart>/.Sent/      folder "Sent" (with a maildirfolder file)
     root/<domain>/<localpart>/.Lists.Work/  folder "Lists/Work"
 
+The root also holds C{.mdpy-uidvalidity} (see L{mdpy.store.maildirindex}),
+and, for a moment, C{.deleting.<unique>}: a tree being deleted (see
+L{MaildirStore._removeTree}); a leading dot is no domain's name.
+
 Folder levels are stored in modified UTF-7 (RFC 3501 section 5.1.3), as
 Dovecot does.  The domain and local part are lowercased; C{%}, C{/}, NUL and a
 leading C{.} in them are written as C{%XX} so no address can escape the root.
@@ -50,7 +54,14 @@ from mdpy.interfaces import IMailbox, IMailStore, IMessageCache, IStoredMessage
 from mdpy.store import REMOVE, REPLACE, FlagShorthand, Listeners, StoredFlags, changedFlags
 from mdpy.store.committer import Committer, commitBatch
 from mdpy.store.maildirindex import (
-    DELETED, FolderIndex, flagsFromInfo, infoForFlags, normaliseFlags, storableFlags,
+    DELETED,
+    FolderIndex,
+    flagsFromInfo,
+    infoForFlags,
+    lastUidValidity,
+    normaliseFlags,
+    raiseUidValidity,
+    storableFlags,
 )
 from mdpy.threads import deferToReactorThreadPool
 
@@ -407,7 +418,7 @@ class MaildirMailbox(FlagShorthand):
         self._account = account
         self._accountPath = accountPath
         self._state = _EMPTY
-        self._index = FolderIndex(path, accountPath, "%s of %s" % (name, account))
+        self._index = FolderIndex(path, accountPath, "%s of %s" % (name, account), store.root)
         self._pendingFlags = []
         self._flagJobRunning = False
         self._cache = None
@@ -694,14 +705,20 @@ class MaildirStore:
         reactor's thread pool.
     """
 
-    def __init__(self, root, runInThread=None, reactor=None, committerThreads=4):
+    def __init__(self, root, runInThread=None, reactor=None, committerThreads=4, archiveRoot=None):
         """
+        @param archiveRoot: where L{deleteAccount} and L{deleteDomain} keep
+            the mail they take out of the store; by default C{deleted}
+            beside C{root}.
         @param runInThread: C{runInThread(f, *args)} returning a Deferred, for
             blocking work; by default the reactor's thread pool, and new
             messages go through a L{Committer} (group commit).  Given (tests
             pass a synchronous one), it does all the work.
         """
         self.root = os.path.abspath(root)
+        if archiveRoot is None:
+            archiveRoot = os.path.join(os.path.dirname(self.root), "deleted")
+        self.archiveRoot = os.path.abspath(archiveRoot)
         self._listeners = Listeners()
         self._committer = None
         if runInThread is None:
@@ -755,15 +772,82 @@ class MaildirStore:
         if not os.path.exists(subscriptions):
             writeFileAtomically(subscriptions, "".join(n + "\n" for n in SPECIAL_FOLDERS).encode())
 
-    def deleteAccount(self, address):
+    def deleteAccount(self, address, archive=False):
         """
-        See L{IMailStore.deleteAccount}.  Nothing happens if there is no tree.
+        See L{IMailStore.deleteAccount}.  With C{archive}, the tree goes to
+        C{archiveRoot/<UTC time>/<domain>/<localpart>/}; see L{_removeTree}.
         """
-        path = self.accountPath(address)
-        if os.path.isdir(path):
-            doomed = "%s.mdpy-deleted.%s" % (path, uniqueName())
+        local, _, domain = self._accountKey(address).rpartition("@")
+        return self._removeTree(
+            self.accountPath(address), (_escapeComponent(domain), _escapeComponent(local)), archive
+        )
+
+    def deleteDomain(self, domain, archive=False):
+        """
+        See L{IMailStore.deleteDomain}.  With C{archive}, the tree goes to
+        C{archiveRoot/<UTC time>/<domain>/}; see L{_removeTree}.
+        """
+        name = _escapeComponent(normaliseDomain(domain))
+        if not name or name in (".", ".."):
+            raise InvalidInput("not a domain: %r" % (domain,))
+        return self._removeTree(os.path.join(self.root, name), (name,), archive)
+
+    def _removeTree(self, path, names, archive):
+        """
+        Take the tree at C{path} out of the store, then remove it or move it
+        to C{archiveRoot/<UTC time>/<names...>}.
+
+        Invariants: the tree first leaves its path in one rename, to
+        C{root/.deleting.<unique>} (a leading dot is no domain's name), so a
+        delivery or session still holding the old path fails with
+        L{NotFound} instead of writing into a half-moved tree, and nothing
+        is ever half in place; a crash after that rename leaves the whole
+        tree under that name.  The last UIDVALIDITY of the tree is kept in
+        the store's counter first, so a tree made again at C{path} starts
+        above it.
+
+        @param names: the path components of the tree under C{archiveRoot/<UTC time>/}.
+        @return: See L{IMailStore.deleteAccount}.
+        """
+        if not os.path.isdir(path):
+            return None
+        raiseUidValidity(self.root, max(
+            [lastUidValidity(entry.path) for entry in os.scandir(path) if entry.is_dir()]
+            + [lastUidValidity(path)]
+        ))
+        doomed = os.path.join(self.root, ".deleting." + uniqueName())
+        try:
             os.rename(path, doomed)
+        except FileNotFoundError:
+            return None  # removed meanwhile by another process
+        fsyncDirectory(os.path.dirname(path))
+        fsyncDirectory(self.root)
+        if not archive:
             shutil.rmtree(doomed)
+            return path, None
+        kept = self._archivePath(names)
+        os.makedirs(os.path.dirname(kept), 0o700, exist_ok=True)
+        try:
+            os.rename(doomed, kept)
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            # archiveRoot is on another file system: copy, then remove.
+            shutil.copytree(doomed, kept, symlinks=True)
+            shutil.rmtree(doomed)
+        fsyncDirectory(os.path.dirname(kept))
+        return path, kept
+
+    def _archivePath(self, names):
+        """
+        @return: a free path C{archiveRoot/<UTC time>/<names...>}; a second
+            deletion of the same tree within a second gets C{<UTC time>-2}.
+        """
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        for n in itertools.count(1):
+            kept = os.path.join(self.archiveRoot, stamp if n == 1 else "%s-%d" % (stamp, n), *names)
+            if not os.path.lexists(kept):
+                return kept
 
     def accountExists(self, address):
         """

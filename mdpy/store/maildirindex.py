@@ -24,8 +24,10 @@ touches it, L{mdpy.store.maildir.MaildirMailbox.sync} brings it up to date
 suffixes and vanished files raise the modification sequence), and a missing,
 truncated or inconsistent file is rebuilt with a new UIDVALIDITY.  The last
 header written is also kept in C{mdpy-uidlist.lock}, and the last UIDVALIDITY
-given out in the account's C{mdpy-uidvalidity}, so a rebuilt index never
-reuses a UIDVALIDITY or lowers UIDNEXT (UIDs are never reused).
+given out in the account's C{mdpy-uidvalidity} and in the store root's
+C{.mdpy-uidvalidity}, so a rebuilt index never reuses a UIDVALIDITY or lowers
+UIDNEXT (UIDs are never reused), and an account made again after its deletion
+starts above every UIDVALIDITY of the old one.
 
 Invariants: the index is read and rewritten only under an exclusive C{flock}
 on C{mdpy-uidlist.lock} (between processes, and between threads of one
@@ -49,6 +51,8 @@ INDEX_NAME = "mdpy-uidlist"
 LOCK_NAME = "mdpy-uidlist.lock"
 KEYWORDS_NAME = "dovecot-keywords"
 UIDVALIDITY_NAME = "mdpy-uidvalidity"
+# In the store's root, where a leading dot is no domain's name.
+STORE_UIDVALIDITY_NAME = ".mdpy-uidvalidity"
 
 _LETTER_FLAGS = {
     "D": "\\Draft",
@@ -199,24 +203,64 @@ def infoForFlags(flags, keywords, oldInfo=""):
 
 
 
-def allocateUidValidity(accountPath, atLeast):
+def _raiseCounter(path, atLeast):
     """
-    @return: a UIDVALIDITY never given out before in this account: the time,
-        or more if C{atLeast} or the last one given out says so.
+    Under an exclusive C{flock} on the counter file C{path} (made if
+    missing), store C{max(atLeast, stored + 1)}.
+
+    @return: the value stored.
     """
-    fd = os.open(os.path.join(accountPath, UIDVALIDITY_NAME),
-                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         last = os.pread(fd, 32, 0).strip()
-        last = int(last) if last.isdigit() else 0
-        value = max(int(time.time()), atLeast, last + 1)
+        value = max(atLeast, (int(last) if last.isdigit() else 0) + 1)
         data = b"%d\n" % (value,)
         os.pwrite(fd, data, 0)
         os.ftruncate(fd, len(data))
         os.fsync(fd)
     finally:
         os.close(fd)
+    return value
+
+
+def lastUidValidity(directory):
+    """
+    @return: the last UIDVALIDITY given out in the account at C{directory},
+        0 if none.
+    """
+    try:
+        with open(os.path.join(directory, UIDVALIDITY_NAME), "rb") as f:
+            last = f.read(32).strip()
+    except FileNotFoundError:
+        return 0
+    return int(last) if last.isdigit() else 0
+
+
+def raiseUidValidity(storeRoot, atLeast):
+    """
+    Make sure the store never gives out a UIDVALIDITY below C{atLeast} again
+    (called with an account's last one before its tree leaves the store).
+    """
+    _raiseCounter(os.path.join(storeRoot, STORE_UIDVALIDITY_NAME), atLeast)
+
+
+def allocateUidValidity(accountPath, atLeast, storeRoot=None):
+    """
+    @param storeRoot: the store's root, whose C{.mdpy-uidvalidity} keeps the
+        last UIDVALIDITY given out in any account: an account deleted and
+        made again under the same address (RFC 3501 section 2.3.1.1) never
+        sees one of its predecessor's, even within the same second.
+    @return: a UIDVALIDITY never given out before in this account (nor in
+        the store, with C{storeRoot}): the time, or more if C{atLeast} or
+        the last one given out says so.
+    """
+    value = _raiseCounter(os.path.join(accountPath, UIDVALIDITY_NAME), max(int(time.time()), atLeast))
+    if storeRoot is not None:
+        # Each counter is locked on its own, never both at once.
+        value = _raiseCounter(os.path.join(storeRoot, STORE_UIDVALIDITY_NAME), value)
+        if value > lastUidValidity(accountPath):
+            _raiseCounter(os.path.join(accountPath, UIDVALIDITY_NAME), value)
     return value
 
 
@@ -337,9 +381,10 @@ class FolderIndex:
     @param label: names the folder in error messages.
     """
 
-    def __init__(self, folderPath, accountPath, label):
+    def __init__(self, folderPath, accountPath, label, storeRoot=None):
         self.path = folderPath
         self._accountPath = accountPath
+        self._storeRoot = storeRoot
         self._label = label
         self._cache = None
 
@@ -404,7 +449,9 @@ class FolderIndex:
             pass
         known = [header for header in (old, lock.lastHeader()) if header]
         uidList = UidList(
-            allocateUidValidity(self._accountPath, max([h[0] for h in known], default=0) + 1),
+            allocateUidValidity(
+                self._accountPath, max([h[0] for h in known], default=0) + 1, self._storeRoot
+            ),
             max([h[1] for h in known], default=1),
             max([h[2] for h in known], default=0),
             {},

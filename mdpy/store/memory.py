@@ -19,6 +19,7 @@ import time
 from twisted.internet import defer
 from zope.interface import implementer
 
+from mdpy.address import normaliseDomain
 from mdpy.errors import Exists, InvalidInput, NotFound
 from mdpy.interfaces import IMailbox, IMailStore, IStoredMessage
 from mdpy.store import REPLACE, FlagShorthand, Listeners, StoredFlags, changedFlags
@@ -203,6 +204,8 @@ class MemoryStore:
         with (then it is reset to L{None}).
     @ivar delivered: C{(account, folder, bytes)} for each copy delivered, in
         order.
+    @ivar archived: C{(account, folders)} of each account L{deleteAccount}
+        kept aside, in order.
     """
 
     failDeliver = None
@@ -214,6 +217,7 @@ class MemoryStore:
         self._lastUidValidity = 0
         self.delivered = []
         self._keys = set()  # (key, account, folder[, tag]) of keyed deliveries
+        self.archived = []  # (account, folders) kept by deleteAccount
 
     def _newFolder(self):
         self._lastUidValidity = max(int(time.time()), self._lastUidValidity + 1)
@@ -246,12 +250,32 @@ class MemoryStore:
             if name not in folders:
                 folders[name] = self._newFolder()
 
-    def deleteAccount(self, address):
+    def deleteAccount(self, address, archive=False):
         """
-        See L{IMailStore.deleteAccount}.
+        See L{IMailStore.deleteAccount}.  Archived accounts are kept in
+        L{archived}; C{keptAt} names the entry, C{"archived[N]"}.
         """
-        for folder in self._accounts.pop(accountKey(address), {}).values():
+        key = accountKey(address)
+        folders = self._accounts.pop(key, None)
+        self._subscriptions.pop(key, None)
+        if folders is None:
+            return None
+        for folder in folders.values():
             folder.deleted = True
+        if not archive:
+            return key, None
+        self.archived.append((key, folders))
+        return key, "archived[%d]" % (len(self.archived) - 1,)
+
+    def deleteDomain(self, domain, archive=False):
+        """
+        See L{IMailStore.deleteDomain}: each account is archived on its own.
+        """
+        suffix = "@" + normaliseDomain(domain)
+        removed = [self.deleteAccount(key, archive) for key in list(self._accounts) if key.endswith(suffix)]
+        if not removed:
+            return None
+        return suffix[1:], ", ".join(kept for _, kept in removed) if archive else None
 
     def accountExists(self, address):
         """
