@@ -433,6 +433,77 @@ def test_bareLineFeedsAreNormalised():
     assert stored(s) == b"a\r\nb\r\nc\r\n"
 
 
+def sendInReads(s, data, size=8192):
+    for i in range(0, len(data), size):
+        s.sendRaw(data[i : i + size])
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r"], ids=repr)
+def test_longBodyOfBareLineEndsIsStoredWithCRLF(ending):
+    """
+    A body whose lines end in bare LF (or bare CR), far longer in all than a
+    line may be, is no one long line: it is stored with CR LF.
+    """
+    line = b"a line of text ending in a bare line end" + ending
+    body = b"Subject: bare" + ending + ending + line * 5000
+    assert len(body) > 200 * 1024
+    s = Session()
+    s.ehlo()
+    s.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.org>", "DATA")
+    s.lines()
+    sendInReads(s, body + b"\r\n.\r\n")
+    s.expect("250 2.0.0 Ok: queued as *")
+    want = body.replace(ending, b"\r\n") + b"\r\n"
+    assert stored(s) == want
+    assert len(s.protocol._buffer) == 0
+
+
+def test_longBareLineFeedRunAfterCRLFIsStored():
+    """
+    Bare LF lines after a CR LF (the last CR LF kept back as the possible
+    start of the end of data) are stored too, and do not pile up unread.
+    """
+    body = b"Subject: mixed\r\n\r\nfirst\r\n" + (b"w" * 100 + b"\n") * 2000
+    s = Session()
+    s.ehlo()
+    s.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.org>", "DATA")
+    s.lines()
+    for i in range(0, len(body), 8192):
+        s.sendRaw(body[i : i + 8192])
+        assert len(s.protocol._buffer) <= s.protocol.maxDataLineLength + 8192
+    s.sendRaw(b"\r\n.\r\n")
+    s.expect("250 2.0.0 Ok: queued as *")
+    assert stored(s) == b"Subject: mixed\r\n\r\nfirst\r\n" + (b"w" * 100 + b"\r\n") * 2000 + b"\r\n"
+
+
+def test_overlongLineAfterCRLFIsRefusedNotBuffered():
+    s = Session()
+    s.ehlo()
+    s.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.org>", "DATA")
+    s.lines()
+    s.sendRaw(b"Subject: long\r\n\r\n")
+    for i in range(40):
+        s.sendRaw(b"y" * 8192)
+        assert len(s.protocol._buffer) <= s.protocol.maxDataLineLength + 8192
+    s.sendRaw(b"\r\n.\r\n")
+    s.expect("500 5.5.2 Error: line too long")
+    assert s.target.messages == []
+
+
+def test_bareLineEndsStillSplitAnOverlongLine():
+    """
+    A line of more than maxDataLineLength octets among bare-LF lines is
+    still refused.
+    """
+    s = Session()
+    s.ehlo()
+    s.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.org>", "DATA")
+    s.lines()
+    sendInReads(s, b"short\n" * 1000 + b"L" * 70000 + b"\nshort\n\r\n.\r\n")
+    s.expect("500 5.5.2 Error: line too long")
+    assert s.target.messages == []
+
+
 # --- line limits ------------------------------------------------------------------------
 
 

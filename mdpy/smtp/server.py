@@ -14,7 +14,9 @@ bounded lines, STARTTLS discarding pipelined plaintext):
    ends the message, so SMTP smuggling sequences stay inside the one message.
  - A data line longer than L{SMTPServer.maxDataLineLength} is refused with
    C{500 5.5.2} and a message over the size limit with C{552 5.3.4}; both are
-   discarded as they arrive.
+   discarded as they arrive.  A bare CR or LF ends a line for this limit, so
+   a body of bare-LF lines of any length is stored (with CR LF), and the
+   input kept back unread is never more than about one line.
  - After STARTTLS the session starts over (RFC 3207 section 4.2).
  - A message is acknowledged with 250 only after L{IDelivery.commit} fired,
    that is after it is on disk.
@@ -577,20 +579,30 @@ class SMTPServer(CommandSession):
             self.run(self._endOfMessage)
             return True
         cut = buf.rfind(b"\r\n")
-        if cut < 0:
-            if len(buf) > self.maxDataLineLength:
-                # Keep a final CR: it may start the CR LF of the next read.
-                keep = 1 if buf.endswith(b"\r") else 0
-                self._lineTooLong = True
-                self._buffer = buf[len(buf) - keep :]
-                self._atLineStart = False
-                return True
+        if cut > 0:
+            # Keep the last CR LF: it may begin CR LF "." CR LF.
+            self._dataContent(buf[:cut])
+            self._buffer = buf[cut:]
+            self._atLineStart = False
+            return True
+        # What follows the last CR LF (if any) has no CR LF: bare line ends
+        # at most, or one line still arriving.
+        if len(buf) <= self.maxDataLineLength:
             return False
-        # Keep the last CR LF: it may begin CR LF "." CR LF.
-        self._dataContent(buf[:cut])
-        self._buffer = buf[cut:]
+        # Keep a final CR: it may start the CR LF of the next read.
+        keep = 1 if buf.endswith(b"\r") else 0
+        start = 2 if cut == 0 else 0
+        bare = max(buf.rfind(b"\n", start), buf.rfind(b"\r", start, len(buf) - keep))
+        if bare < 0:
+            self._lineTooLong = True
+            self._buffer = buf[len(buf) - keep :]
+        else:
+            # Lines ended by a bare CR or LF: stored (as CR LF) up to the
+            # last of them, so a run of them is not taken for one long line.
+            self._dataContent(buf[: bare + 1])
+            self._buffer = buf[bare + 1 :]
         self._atLineStart = False
-        return cut > 0
+        return True
 
     def _dataContent(self, content):
         """
