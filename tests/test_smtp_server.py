@@ -4,14 +4,20 @@ transport, with a recording delivery target.
 """
 
 import base64
+import errno
 import hmac
+import os
 
 import pytest
 from twisted.internet import task
 
 from mdpy import errors
+from mdpy.delivery.pipeline import DeliveryPipeline
+from mdpy.delivery.queue import SpoolQueue
+from mdpy.directory.sqlite import SQLiteDirectory
 from mdpy.smtp.server import MODE_MTA, MODE_SMTPS, MODE_SUBMISSION, SMTPFactory
-from mdpy.testing import RecordingTarget, Transcript, memoryPortal
+from mdpy.store.maildir import MaildirStore
+from mdpy.testing import RecordingTarget, Transcript, memoryPortal, synchronousRunner
 
 TLS = object()  # stands for server TLS options: TLSStringTransport only records it
 
@@ -767,3 +773,48 @@ def test_connectionLostDuringCommitDoesNotAbortIt():
     assert s.target.aborted == 0
     s.target.release()
     assert len(s.target.messages) == 1
+
+
+# --- a full disk ----------------------------------------------------------------------------
+
+
+def fullDisk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.fixture
+def realPipeline(tmp_path):
+    """
+    The delivery pipeline over a Maildir store and a spool queue, both
+    writing in this thread.
+    """
+    directory = SQLiteDirectory(str(tmp_path / "directory.sqlite"))
+    directory.addDomain("example.org")
+    directory.addUser("bob@example.org", "pw")
+    store = MaildirStore(str(tmp_path / "mail"), runInThread=synchronousRunner)
+    store.createAccount("bob@example.org")
+    queue = SpoolQueue(str(tmp_path / "queue"), runInThread=synchronousRunner)
+    yield DeliveryPipeline(directory, store, queue=queue, spoolDir=str(tmp_path))
+    directory.close()
+
+
+@pytest.mark.parametrize(
+    "where, recipient",
+    [("mdpy.store.maildir.writeParts", "bob@example.org"), ("mdpy.delivery.queue.writeAll", "x@remote.example")],
+    ids=["store", "queue"],
+)
+def test_fullDiskGives452InsufficientStorage(realPipeline, monkeypatch, where, recipient):
+    """
+    A store or queue that runs out of disk space answers 452 4.3.1 (RFC 3463:
+    mail system full), not the 451 of other local errors; nothing is kept.
+    """
+    s = Session(mode=MODE_SUBMISSION)
+    s.factory.target = realPipeline
+    s.login()
+    monkeypatch.setattr(where, fullDisk)
+    replies = s.transaction(rcpt=recipient)
+    assert replies == ["452 4.3.1 Insufficient system storage"]
+    assert realPipeline.queue.entries == {}
+    assert list(realPipeline.store.openMailbox("bob@example.org").messages()) == []
+    monkeypatch.undo()
+    assert s.transaction(rcpt=recipient)[0].startswith("250 2.0.0 Ok: queued as ")

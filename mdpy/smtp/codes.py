@@ -27,6 +27,7 @@ C450Unavailable = (450, "4.2.1", "Recipient address rejected: mailbox unavailabl
 C451LocalError = (451, "4.3.0", "Error: local error in processing; try again later")
 C451RemoteUnavailable = (451, "4.4.0", "Relay to remote domains is not available now; try later")
 C452QuotaExceeded = (452, "4.2.2", "Mailbox full; try again later")
+C452InsufficientStorage = (452, "4.3.1", "Insufficient system storage")
 C452TooManyRecipients = (452, "4.5.3", "Error: too many recipients")
 C454TLSUnavailable = (454, "4.7.0", "TLS not available")
 
@@ -70,6 +71,7 @@ _RECIPIENT_ERRORS = [
     (errors.RemoteUnavailable, C451RemoteUnavailable),
     (errors.QuotaExceeded, C452QuotaExceeded),
     (errors.Unavailable, C450Unavailable),
+    (errors.InsufficientStorage, C452InsufficientStorage),
     (errors.InvalidInput, C501BadRecipient),
     (errors.TooBig, C552TooBig),
     (errors.TemporaryFailure, C451LocalError),
@@ -79,6 +81,7 @@ _RECIPIENT_ERRORS = [
 _MESSAGE_ERRORS = [
     (errors.TooBig, C552TooBig),
     (errors.QuotaExceeded, C452QuotaExceeded),
+    (errors.InsufficientStorage, C452InsufficientStorage),
     (errors.TemporaryFailure, C451LocalError),
     (errors.PermanentFailure, C554Failed),
 ]

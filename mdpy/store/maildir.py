@@ -42,7 +42,7 @@ from mdpy import mutf7
 from mdpy.address import normaliseDomain, splitAddress
 from mdpy.dotstuffing import normalisedFileSize, normalisedSize
 from mdpy.durable import fsyncDirectory, unlinkQuietly, writeAll, writeFileAtomically, writeParts
-from mdpy.errors import Exists, InvalidInput, NotFound, TemporaryFailure
+from mdpy.errors import Exists, InvalidInput, NotFound, storageFailure
 from mdpy.logs import Logger
 from mdpy.interfaces import IMailbox, IMailStore, IMessageCache, IStoredMessage
 from mdpy.store import Listeners
@@ -237,7 +237,7 @@ def _prepareCopies(targets):
         for path in written:
             unlinkQuietly(path)
         if isinstance(e, OSError):
-            raise TemporaryFailure("%s: %s" % (step, e.strerror or e)) from e
+            raise storageFailure(step, e) from e
         raise
     return list(zip(written, finals))
 
@@ -520,7 +520,7 @@ class MaildirMailbox:
             if isinstance(e, FileNotFoundError):
                 raise NotFound("mailbox %s of %s is gone" % (self.name, self._account)) from e
             if isinstance(e, OSError):
-                raise TemporaryFailure("append to %s: %s" % (self.path, e)) from e
+                raise storageFailure("append to " + self.path, e) from e
             raise
 
     def setFlags(self, uid, flags):
