@@ -111,6 +111,12 @@ class InUse(TemporaryFailure):
     """
 
 
+class SenderNotOwned(PermanentFailure):
+    """
+    An authenticated client named a sender address that is not its own.
+    """
+
+
 class InvalidInput(PermanentFailure):
     """
     A name, address or value is malformed.

@@ -58,6 +58,9 @@ C550Disabled = (550, "5.2.1", "Recipient address rejected: mailbox disabled")
 C550RelayDenied = (550, "5.7.1", "Relay access denied")
 C552TooBig = (552, "5.3.4", "Message size exceeds fixed limit")
 C552HeaderTooBig = (552, "5.3.4", "Message header size exceeds limit")
+# Postfix's reject_sender_login_mismatch; also the answer to DATA when a
+# From address is not the login's.
+C553SenderNotOwned = (553, "5.7.1", "Sender address not owned by authenticated user")
 C554NoValidRecipients = (554, "5.5.1", "Error: no valid recipients")
 C554Failed = (554, "5.0.0", "Error: transaction failed")
 C554Sync = (554, "5.5.0", "Error: SMTP protocol synchronization")
@@ -83,6 +86,7 @@ _MESSAGE_ERRORS = [
     (errors.QuotaExceeded, C452QuotaExceeded),
     (errors.InsufficientStorage, C452InsufficientStorage),
     (errors.TemporaryFailure, C451LocalError),
+    (errors.SenderNotOwned, C553SenderNotOwned),
     (errors.PermanentFailure, C554Failed),
 ]
 
