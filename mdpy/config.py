@@ -144,6 +144,16 @@ _SMTP_LIMITS = [
     Key("max_connections_per_ip", parseInt, "1000", "Open sessions from one client address."),
 ]
 
+_SENDER_POLICY = Key(
+    "sender_policy",
+    parseChoice("login", "domain", "any"),
+    "login",
+    "Senders an authenticated client may use, in MAIL FROM and in the From field: "
+    "login (its own address, its aliases and their +subaddresses), domain (also any address of its "
+    "domain) or any (also <>).  Others get 553 5.7.1.",
+)
+
+
 def _readerLimits(timeout, why, maxConnections):
     """
     The limits of a POP3 or IMAP listener; C{why} says where the least
@@ -191,6 +201,14 @@ SCHEMA = {
         25,
         extra=_SMTP_LIMITS
         + [
+            _SENDER_POLICY,
+            Key(
+                "received_auth",
+                parseBool,
+                "no",
+                "Name the login of an authenticated client in the Received field, on every SMTP "
+                "listener (no: it says only 'authenticated sender').",
+            ),
             Key(
                 "authentication_results",
                 parseBool,
@@ -199,8 +217,8 @@ SCHEMA = {
             ),
         ],
     ),
-    "submission": _listener(587, extra=_SMTP_LIMITS),
-    "smtps": _listener(465, extra=_SMTP_LIMITS),
+    "submission": _listener(587, extra=_SMTP_LIMITS + [_SENDER_POLICY]),
+    "smtps": _listener(465, extra=_SMTP_LIMITS + [_SENDER_POLICY]),
     "pop3": _listener(110, extra=[_PLAINTEXT_AUTH] + _POP3_LIMITS),
     "pop3s": _listener(995, extra=_POP3_LIMITS),
     "imap": _listener(143, extra=[_PLAINTEXT_AUTH] + _IMAP_LIMITS),

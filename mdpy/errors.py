@@ -7,6 +7,8 @@ Backends raise these; each protocol maps them to its own replies in one table
 for the log; the text a client sees is chosen by the protocol and stays generic.
 """
 
+import errno
+
 
 class MailError(Exception):
     """
@@ -31,6 +33,26 @@ class TemporaryFailure(MailError):
     """
 
     temporary = True
+
+
+class InsufficientStorage(TemporaryFailure):
+    """
+    The disk (or the server's share of it) is full: try again later
+    (RFC 3463 X.3.1, "mail system full").
+    """
+
+
+def storageFailure(what, error):
+    """
+    @param what: what was being written, for the log.
+    @param error: the L{OSError} that stopped it.
+    @return: the failure to raise for it: L{InsufficientStorage} when the
+        disk or a disk quota is full, else L{TemporaryFailure}.
+    """
+    kind = TemporaryFailure
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        kind = InsufficientStorage
+    return kind("%s: %s" % (what, error.strerror or error))
 
 
 class PermanentFailure(MailError):
@@ -86,6 +108,12 @@ class TooBig(PermanentFailure):
 class InUse(TemporaryFailure):
     """
     The resource is locked by another session.
+    """
+
+
+class SenderNotOwned(PermanentFailure):
+    """
+    An authenticated client named a sender address that is not its own.
     """
 
 

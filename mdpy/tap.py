@@ -19,6 +19,7 @@ from twisted.cred.portal import Portal
 
 from mdpy.address import checkDomain
 from mdpy.auth.checkers import DirectoryChecker, FailedLoginTracker, Realm, makePortal
+from mdpy.auth.senders import SenderPolicy
 from mdpy.config import Config, ConfigError
 from mdpy.errors import InvalidInput
 from mdpy.datadir import DataDir
@@ -243,6 +244,8 @@ def buildService(config, portOffset=0, reactor=None):
                 maxMessageSize=section["max_message_size"],
                 maxRecipients=section["max_recipients"],
                 maxHeaderSize=section["max_header_size"],
+                senderPolicy=SenderPolicy(directory, section["sender_policy"]),
+                receivedAuth=config["smtp"]["received_auth"],
                 **limits,
                 **dict(shared, tlsOptions=mtaTLSOptions if name == "smtp" else tlsOptions),
             )

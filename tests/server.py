@@ -50,15 +50,17 @@ def newAccount(server, name="user"):
     return address, password
 
 
-def makeMessage(subject, body=b"hello\r\n", headers=b"", date=False):
+def makeMessage(subject, body=b"hello\r\n", headers=b"", date=False, sender="sender@remote.test"):
     """
     @param date: whether the message has a C{Date} header.
+    @param sender: the address of its C{From} field (an account's own, for
+        mail submitted with its login).
     @return: a message with CRLF line ends and a unique Message-ID.
     """
     if isinstance(subject, str):
         subject = subject.encode()
     return (
-        b"From: Sender <sender@remote.test>\r\n"
+        b"From: Sender <" + sender.encode() + b">\r\n"
         b"To: someone@example.test\r\n"
         b"Subject: " + subject + b"\r\n"
         + (b"Date: Tue, 02 Jan 2024 03:04:05 +0000\r\n" if date else b"")

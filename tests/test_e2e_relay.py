@@ -465,8 +465,8 @@ def test_mxFallbackToMdpyAndDeliveryToPostfix(sender, dest, postfix, port):
     arrives once, with the sender's Received header below the receiver's.
     """
     account = newAccount(sender, "mxuser")
-    toDest = makeMessage("to dest")
-    toPostfix = makeMessage("to postfix")
+    toDest = makeMessage("to dest", sender=account[0])
+    toPostfix = makeMessage("to postfix", sender=account[0])
     submit(sender, account, [X], [toDest])
     with smtplib.SMTP(sender.host, sender.smtp, timeout=30) as client:
         client.ehlo("client.test")
@@ -519,7 +519,7 @@ def test_retryThenDelivery(sender, dest, dns):
     flush} delivers it, once.
     """
     account = newAccount(sender, "late")
-    message = makeMessage("late")
+    message = makeMessage("late", sender=account[0])
     submit(sender, account, [Z], [message])
 
     def failedOnce():
@@ -561,7 +561,7 @@ def test_expiryBouncesToTheLocalSender(newSender):
     """
     server = newSender(lifetime="3s")
     account = newAccount(server, "expiry")
-    message = makeMessage("never delivered")
+    message = makeMessage("never delivered", sender=account[0])
     submit(server, account, ["z@never.test"], [message])
     box = server.maildir(account[0])
     until(lambda: maildirMessages(box), "the DSN", server=server)
@@ -603,7 +603,7 @@ def test_unknownRecipientBouncesWithTheRemoteReply(sender, dest):
     DSN naming the remote MTA and its reply, with the original attached.
     """
     account = newAccount(sender, "unknown")
-    message = makeMessage("to nobody")
+    message = makeMessage("to nobody", sender=account[0])
     submit(sender, account, ["nobody@dest.test"], [message])
     box = sender.maildir(account[0])
     until(lambda: maildirMessages(box), "the DSN", server=sender)
@@ -640,8 +640,8 @@ def test_nullMXBouncesAtOnceAndServfailStaysQueued(sender):
     5.1.10; one whose lookup gets SERVFAIL stays queued with 4.4.3.
     """
     account = newAccount(sender, "nullmx")
-    toNull = makeMessage("to a null MX")
-    toBroken = makeMessage("to a broken domain")
+    toNull = makeMessage("to a null MX", sender=account[0])
+    toBroken = makeMessage("to a broken domain", sender=account[0])
     submit(sender, account, ["a@nomail.test"], [toNull])
     submit(sender, account, ["b@broken.test"], [toBroken])
     box = sender.maildir(account[0])
@@ -696,7 +696,7 @@ def interruptedQueueRun(newSender, address, domain, count, answered, interrupt):
     try:
         server = newSender()
         account = newAccount(server, domain.split(".")[0])
-        messages = [makeMessage("%s %d" % (domain, i)) for i in range(count)]
+        messages = [makeMessage("%s %d" % (domain, i), sender=account[0]) for i in range(count)]
         submit(server, account, ["rcpt@" + domain], messages)
         until(
             lambda: receiver.held and len(queued(server)) == count - answered,

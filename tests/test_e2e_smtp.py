@@ -5,6 +5,7 @@ Python's smtplib.
 
 import email
 import os
+import re
 import shutil
 import smtplib
 import socket
@@ -199,8 +200,12 @@ def test_runningServerSeesDirectoryChanges(server):
         assert client.rcpt("<%s>" % address)[0] == 550
 
 
-def test_smugglingOverTheWire(server):
-    before = len(server.messages(USER))
+def rawTransaction(server, data):
+    """
+    Send C{data} as it is after DATA on port 25, for L{USER}, then QUIT.
+
+    @return: the two replies that follow.
+    """
     with socket.create_connection((HOST, server.smtp), timeout=30) as s:
         f = s.makefile("rb")
         f.readline()
@@ -209,12 +214,19 @@ def test_smugglingOverTheWire(server):
             pass
         s.sendall(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<%s>\r\nDATA\r\n" % USER.encode())
         assert [f.readline()[:3] for _ in range(3)] == [b"250", b"250", b"354"]
-        s.sendall(
-            b"Subject: one\r\n\r\nTesting\n.\nMAIL FROM:<smuggled@remote.test>\r\n"
-            b"RCPT TO:<%s>\r\nDATA\r\nSubject: smuggled\r\n\r\nNO SMUGGLING\r\n.\r\nQUIT\r\n" % USER.encode()
-        )
-        assert f.readline().startswith(b"250 2.0.0 Ok: queued as")
-        assert f.readline().startswith(b"221")
+        s.sendall(data + b"QUIT\r\n")
+        return f.readline(), f.readline()
+
+
+def test_smugglingOverTheWire(server):
+    before = len(server.messages(USER))
+    stored, bye = rawTransaction(
+        server,
+        b"Subject: one\r\n\r\nTesting\n.\nMAIL FROM:<smuggled@remote.test>\r\n"
+        b"RCPT TO:<%s>\r\nDATA\r\nSubject: smuggled\r\n\r\nNO SMUGGLING\r\n.\r\n" % USER.encode(),
+    )
+    assert stored.startswith(b"250 2.0.0 Ok: queued as")
+    assert bye.startswith(b"221")
     [raw] = newMessages(server, USER, before)
     assert b"NO SMUGGLING" in raw and b"Subject: one" in raw
 
@@ -340,3 +352,76 @@ def test_largeEightBitMessageIsStoredByteExact(server):
         client.sendmail("a@remote.test", [USER], message, mail_options=["BODY=8BITMIME"])
     [raw] = newMessages(server, USER, before)
     assert raw.endswith(b"\r\n" + message)
+
+
+def test_longBareLineFeedBodyIsStoredWithCRLF(server):
+    """
+    200 KiB of lines ended by bare LF is not one long line: it is stored,
+    every line ending CR LF; only CR LF . CR LF ended it.
+    """
+    lines = [b"bare line %06d ending in LF only" % i for i in range(6000)]
+    body = b"Subject: bare LF\n\n" + b"\n".join(lines) + b"\n.\nnot the end\n"
+    assert len(body) > 200 * 1024
+    before = len(server.messages(USER))
+    stored, bye = rawTransaction(server, body + b"\r\n.\r\n")
+    assert stored.startswith(b"250 2.0.0 Ok: queued as")
+    assert bye.startswith(b"221")
+    [raw] = newMessages(server, USER, before)
+    assert raw.endswith(b"\r\n" + body.replace(b"\n", b"\r\n") + b"\r\n")
+    assert raw.count(b"\n") == raw.count(b"\r\n") == raw.count(b"\r")
+
+
+def test_senderBoundToTheLogin(server):
+    """
+    An authenticated user cannot send as ceo@ (a real account) or as anyone
+    else, in the envelope or in From; its own address, an alias of it and a
+    subaddress work, and the log names the login of what was accepted.
+    """
+    assert server.cli("user", "add", "ceo@example.test", "--password", "ceo-secret").returncode == 0
+    refused = (553, b"5.7.1 Sender address not owned by authenticated user")
+    before = len(server.messages("ann@example.test"))
+    with smtplib.SMTP(HOST, server.submission, timeout=30) as client:
+        client.starttls(context=clientContext())
+        client.login(USER, PASSWORD)
+        for forged in ("ceo@example.test", "CEO@example.test", "ceo+x@example.test", "boss@remote.test", ""):
+            assert client.mail(forged) == refused, forged
+            client.rset()
+        with pytest.raises(smtplib.SMTPSenderRefused) as info:
+            client.sendmail("ceo@example.test", ["ann@example.test"], b"Subject: forged\r\n\r\nx\r\n")
+        assert (info.value.smtp_code, info.value.smtp_error) == refused
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            client.sendmail(
+                USER, ["ann@example.test"],
+                b"From: The CEO <ceo@example.test>\r\nSubject: forged From\r\n\r\nx\r\n",
+            )
+        assert (info.value.smtp_code, info.value.smtp_error) == refused
+        for own in (USER, "joe+lists@example.test", "team@example.test"):
+            client.sendmail(own, ["ann@example.test"], b"From: <%s>\r\nSubject: %s\r\n\r\nx\r\n" % (own.encode(), own.encode()))
+    subjects = [headers(m)["Subject"] for m in newMessages(server, "ann@example.test", before)]
+    assert subjects == [USER, "joe+lists@example.test", "team@example.test"]
+    log = server.logText()
+    for own in (USER, "joe+lists@example.test", "team@example.test"):
+        assert re.search(
+            r"smtp: accepted \S+ from <%s> to <ann@example\.test> .* proto=ESMTPSA sasl_username=%s\n"
+            % (re.escape(own), re.escape(USER)), log
+        ), own
+    assert "smtp: sender <ceo@example.test> refused from 127.0.0.1 sasl_username=%s" % (USER,) in log
+    assert "is not owned by %s" % (USER,) in log
+
+
+def test_swaksForgedSenderOnSMTPS(server):
+    done = swaks(
+        "--server", "%s:%d" % (HOST, server.smtps), "--tlsc",
+        "--auth", "PLAIN", "--auth-user", "ann@example.test", "--auth-password", "ann-secret",
+        "--from", USER, "--to", "ann@example.test",
+    )
+    assert done.returncode != 0
+    assert "<~* 553 5.7.1 Sender address not owned by authenticated user" in done.stdout
+    done = swaks(
+        "--server", "%s:%d" % (HOST, server.smtps), "--tlsc",
+        "--auth", "PLAIN", "--auth-user", "ann@example.test", "--auth-password", "ann-secret",
+        "--from", "ann@example.test", "--to", USER, "--header", "From: joe@example.test",
+    )
+    assert done.returncode != 0
+    assert "<~  354 " in done.stdout  # refused after DATA, for the From field
+    assert "<~* 553 5.7.1 Sender address not owned by authenticated user" in done.stdout

@@ -246,7 +246,10 @@ def test_storeFailureAnswers451AndLeavesNothing(maildirSession, monkeypatch, fai
 
     monkeypatch.setattr(os, failing, fail)
     t = maildirSession
-    assert sendOne(t) == ["451 4.3.0 Error: local error in processing; try again later"]
+    if failing == "write":  # a full disk: RFC 3463 X.3.1
+        assert sendOne(t) == ["452 4.3.1 Insufficient system storage"]
+    else:
+        assert sendOne(t) == ["451 4.3.0 Error: local error in processing; try again later"]
     monkeypatch.undo()
     assert list((t.maildir / "new").iterdir()) == []
     assert list((t.maildir / "tmp").iterdir()) == []

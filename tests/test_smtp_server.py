@@ -4,14 +4,22 @@ transport, with a recording delivery target.
 """
 
 import base64
+import errno
 import hmac
+import os
 
 import pytest
 from twisted.internet import task
+from twisted.logger import formatEvent, globalLogPublisher
 
 from mdpy import errors
+from mdpy.auth.senders import SenderPolicy
+from mdpy.delivery.pipeline import DeliveryPipeline
+from mdpy.delivery.queue import SpoolQueue
+from mdpy.directory.sqlite import SQLiteDirectory
 from mdpy.smtp.server import MODE_MTA, MODE_SMTPS, MODE_SUBMISSION, SMTPFactory
-from mdpy.testing import RecordingTarget, Transcript, memoryPortal
+from mdpy.store.maildir import MaildirStore
+from mdpy.testing import RecordingTarget, Transcript, memoryPortal, synchronousRunner
 
 TLS = object()  # stands for server TLS options: TLSStringTransport only records it
 
@@ -433,6 +441,63 @@ def test_bareLineFeedsAreNormalised():
     assert stored(s) == b"a\r\nb\r\nc\r\n"
 
 
+def sendInReads(s, data, size=8192):
+    for i in range(0, len(data), size):
+        s.sendRaw(data[i : i + size])
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r"], ids=repr)
+def test_longBodyOfBareLineEndsIsStoredWithCRLF(ending):
+    """
+    A body whose lines end in bare LF (or bare CR), far longer in all than a
+    line may be, is no one long line: it is stored with CR LF.
+    """
+    line = b"a line of text ending in a bare line end" + ending
+    body = b"Subject: bare" + ending + ending + line * 5000
+    assert len(body) > 200 * 1024
+    s = Session()
+    s.ehlo()
+    s.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.org>", "DATA")
+    s.lines()
+    sendInReads(s, body + b"\r\n.\r\n")
+    s.expect("250 2.0.0 Ok: queued as *")
+    want = body.replace(ending, b"\r\n") + b"\r\n"
+    assert stored(s) == want
+    assert len(s.protocol._buffer) == 0
+
+
+def test_longBareLineFeedRunAfterCRLFIsStored():
+    """
+    Bare LF lines after a CR LF (the last CR LF kept back as the possible
+    start of the end of data) are stored too, and do not pile up unread.
+    """
+    body = b"Subject: mixed\r\n\r\nfirst\r\n" + (b"w" * 100 + b"\n") * 2000
+    s = Session()
+    s.ehlo()
+    s.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.org>", "DATA")
+    s.lines()
+    for i in range(0, len(body), 8192):
+        s.sendRaw(body[i : i + 8192])
+        assert len(s.protocol._buffer) <= s.protocol.maxDataLineLength + 8192
+    s.sendRaw(b"\r\n.\r\n")
+    s.expect("250 2.0.0 Ok: queued as *")
+    assert stored(s) == b"Subject: mixed\r\n\r\nfirst\r\n" + (b"w" * 100 + b"\r\n") * 2000 + b"\r\n"
+
+
+def test_bareLineEndsStillSplitAnOverlongLine():
+    """
+    A line of more than maxDataLineLength octets among bare-LF lines is
+    still refused.
+    """
+    s = Session()
+    s.ehlo()
+    s.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.org>", "DATA")
+    s.lines()
+    sendInReads(s, b"short\n" * 1000 + b"L" * 70000 + b"\nshort\n\r\n.\r\n")
+    s.expect("500 5.5.2 Error: line too long")
+    assert s.target.messages == []
+
+
 # --- line limits ------------------------------------------------------------------------
 
 
@@ -457,11 +522,18 @@ def test_overlongLineWithoutNewlineIsNotBuffered():
     assert set(lines[:-1]) == {"500 5.5.2 Error: line too long"}
 
 
-def test_overlongDataLine():
+@pytest.mark.parametrize("before", [b"", b"Subject: long\r\n\r\n"], ids=["first", "after CR LF"])
+def test_overlongDataLine(before):
+    """
+    An overlong line is refused, and not kept unread meanwhile: neither the
+    first line nor one after a CR LF (kept back as the possible start of the
+    end of data).
+    """
     s = Session()
     s.ehlo()
     s.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.org>", "DATA")
     s.lines()
+    s.sendRaw(before)
     for i in range(40):
         s.sendRaw(b"y" * 8192)
         assert len(s.protocol._buffer) <= s.protocol.maxDataLineLength + 8192
@@ -696,3 +768,273 @@ def test_connectionLostDuringCommitDoesNotAbortIt():
     assert s.target.aborted == 0
     s.target.release()
     assert len(s.target.messages) == 1
+
+
+# --- a full disk ----------------------------------------------------------------------------
+
+
+def fullDisk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.fixture
+def realPipeline(tmp_path):
+    """
+    The delivery pipeline over a Maildir store and a spool queue, both
+    writing in this thread.
+    """
+    directory = SQLiteDirectory(str(tmp_path / "directory.sqlite"))
+    directory.addDomain("example.org")
+    directory.addUser("bob@example.org", "pw")
+    store = MaildirStore(str(tmp_path / "mail"), runInThread=synchronousRunner)
+    store.createAccount("bob@example.org")
+    queue = SpoolQueue(str(tmp_path / "queue"), runInThread=synchronousRunner)
+    yield DeliveryPipeline(directory, store, queue=queue, spoolDir=str(tmp_path))
+    directory.close()
+
+
+@pytest.mark.parametrize(
+    "where, recipient",
+    [("mdpy.store.maildir.writeParts", "bob@example.org"), ("mdpy.delivery.queue.writeAll", "x@remote.example")],
+    ids=["store", "queue"],
+)
+def test_fullDiskGives452InsufficientStorage(realPipeline, monkeypatch, where, recipient):
+    """
+    A store or queue that runs out of disk space answers 452 4.3.1 (RFC 3463:
+    mail system full), not the 451 of other local errors; nothing is kept.
+    """
+    s = Session(mode=MODE_SUBMISSION)
+    s.factory.target = realPipeline
+    s.login()
+    monkeypatch.setattr(where, fullDisk)
+    replies = s.transaction(rcpt=recipient)
+    assert replies == ["452 4.3.1 Insufficient system storage"]
+    assert realPipeline.queue.entries == {}
+    assert list(realPipeline.store.openMailbox("bob@example.org").messages()) == []
+    monkeypatch.undo()
+    assert s.transaction(rcpt=recipient)[0].startswith("250 2.0.0 Ok: queued as ")
+
+
+# --- the sender bound to the login ---------------------------------------------------------
+
+
+@pytest.fixture
+def owners(tmp_path):
+    """
+    A directory: alice with the aliases sales (to her) and team (to her and
+    bob), ceo and bob of example.org, carol of other.org.
+    """
+    directory = SQLiteDirectory(str(tmp_path / "owners.sqlite"))
+    directory.addDomain("example.org")
+    directory.addDomain("other.org")
+    for address in ("alice@example.org", "bob@example.org", "ceo@example.org", "carol@other.org"):
+        directory.addUser(address, "pw")
+    directory.addAlias("sales@example.org", ["alice@example.org"])
+    directory.addAlias("team@example.org", ["alice@example.org", "bob@example.org"])
+    directory.addAlias("alice@other.org", ["alice@example.org"])
+    yield directory
+    directory.close()
+
+
+def loggedIn(owners, policy="login", mode=MODE_SUBMISSION, **kwargs):
+    s = Session(mode=mode, senderPolicy=SenderPolicy(owners, policy), **kwargs)
+    s.login()
+    return s
+
+
+def mailFrom(s, *senders):
+    """
+    @return: the reply to MAIL FROM of each sender, each in its own
+        transaction.
+    """
+    replies = []
+    for sender in senders:
+        s.send("MAIL FROM:<%s>" % (sender,), "RSET")
+        reply, reset = s.lines()
+        assert reset == "250 2.0.0 Ok"
+        replies.append(reply)
+    return replies
+
+
+REFUSED = "553 5.7.1 Sender address not owned by authenticated user"
+OK = "250 2.1.0 Ok"
+
+
+def test_loginPolicyTakesTheLoginItsAliasesAndSubaddresses(owners):
+    s = loggedIn(owners)
+    assert mailFrom(
+        s,
+        "alice@example.org",
+        "Alice@Example.ORG",
+        "sales@example.org",
+        "team@example.org",
+        "alice@other.org",
+        "alice+tag@example.org",
+        "sales+lists@example.org",
+    ) == [OK] * 7
+
+
+def test_loginPolicyRefusesOthers(owners):
+    s = loggedIn(owners)
+    assert mailFrom(
+        s,
+        "ceo@example.org",
+        "ceo+alice@example.org",
+        "bob@example.org",
+        "nobody@example.org",
+        "carol@other.org",
+        "alice@remote.example",
+        "+alice@example.org",
+        "",
+    ) == [REFUSED] * 8
+    assert s.target.messages == [] and not s.closed
+
+
+def test_catchAllOwnsOnlyAddressesOfNoOne(owners):
+    owners.setCatchAll("example.org", "alice@example.org")
+    s = loggedIn(owners)
+    assert mailFrom(s, "nobody@example.org", "ceo@example.org", "ceo+x@example.org") == [OK, REFUSED, REFUSED]
+
+
+def test_domainPolicyTakesAnyAddressOfTheLoginsDomain(owners):
+    s = loggedIn(owners, "domain")
+    assert mailFrom(s, "ceo@example.org", "nobody@example.org", "alice@other.org") == [OK] * 3
+    assert mailFrom(s, "carol@other.org", "x@remote.example", "") == [REFUSED] * 3
+
+
+def test_anyPolicyTakesAnySenderAndFrom(owners):
+    s = loggedIn(owners, "any")
+    assert mailFrom(s, "", "ceo@example.org", "x@remote.example") == [OK] * 3
+    s.send("MAIL FROM:<>", "RCPT TO:<bob@example.org>", "DATA")
+    s.expect(OK, "250 2.1.5 Ok", "354 *")
+    s.sendRaw(b"From: ceo@example.org\r\n\r\nhi\r\n.\r\n")
+    s.expect("250 2.0.0 Ok: queued as *")
+
+
+def test_smtpsAndAuthenticatedPort25AreBound(owners):
+    for mode in (MODE_SMTPS, MODE_MTA):
+        s = Session(mode=mode, senderPolicy=SenderPolicy(owners, "login"))
+        s.starttls() if mode == MODE_MTA else s.ehlo()
+        s.send("AUTH PLAIN " + b64("\0alice@example.org\0secret"))
+        s.expect("235 2.7.0 *")
+        assert mailFrom(s, "ceo@example.org", "alice@example.org") == [REFUSED, OK]
+
+
+def test_unauthenticatedPort25IsNotBound(owners):
+    s = Session(senderPolicy=SenderPolicy(owners, "login"))
+    s.ehlo()
+    s.send("MAIL FROM:<ceo@example.org>", "RCPT TO:<bob@example.org>", "DATA")
+    s.expect(OK, "250 2.1.5 Ok", "354 *")
+    s.sendRaw(b"From: The CEO <ceo@example.org>\r\n\r\nhi\r\n.\r\n")
+    s.expect("250 2.0.0 Ok: queued as *")
+
+
+def submit(s, header, sender="alice@example.org", split=None):
+    s.send("MAIL FROM:<%s>" % (sender,), "RCPT TO:<bob@example.org>", "DATA")
+    s.expect(OK, "250 2.1.5 Ok", "354 *")
+    data = header + b"\r\n" + b"body\r\n" * 100 + b".\r\n"
+    if split is None:
+        s.sendRaw(data)
+    else:
+        sendInReads(s, data, split)
+    [reply] = s.lines()
+    return reply
+
+
+FOREIGN_FROM = [
+    b"From: The CEO <ceo@example.org>\r\n",
+    b"From: alice@example.org, ceo@example.org\r\nSender: alice@example.org\r\n",
+    b"From: alice@example.org\r\nFROM : ceo@example.org\r\n",
+    b"Subject: folded\r\nfrom:\r\n =?utf-8?q?Alice?=\r\n <ceo@example.org>\r\n",
+    b"From: \"alice@example.org\" <ceo@example.org>\r\n",
+    b"From: carol@other.org\r\n",
+    b"X-Padding: " + b"p" * 5000 + b"\r\nFrom: ceo@example.org\r\n",
+]
+
+
+@pytest.mark.parametrize("header", FOREIGN_FROM, ids=lambda h: repr(h[-40:]))
+def test_foreignFromIsRefusedAfterData(owners, header):
+    s = loggedIn(owners)
+    assert submit(s, header) == REFUSED
+    assert s.target.messages == []
+    assert s.target.aborted == 1
+    # The session goes on.
+    assert submit(s, b"From: Alice <alice@example.org>\r\n").startswith("250 2.0.0 Ok: queued as ")
+
+
+def test_foreignFromSplitAcrossReads(owners):
+    s = loggedIn(owners)
+    header = b"Subject: x\r\n" * 50 + b"From: Someone\r\n <ceo@example.org>\r\n"
+    for size in (1, 7, 64):
+        assert submit(s, header, split=size) == REFUSED
+    assert s.target.messages == []
+
+
+OWN_FROM = [
+    b"From: Alice <alice@example.org>\r\n",
+    b"From: \"ceo@example.org\" <alice@example.org>\r\n",
+    b"From: sales@example.org, Alice <alice+news@example.org>\r\n",
+    b"Subject: no From field\r\n",
+    b"",
+]
+
+
+@pytest.mark.parametrize("header", OWN_FROM, ids=repr)
+def test_ownFromIsAccepted(owners, header):
+    s = loggedIn(owners)
+    assert submit(s, header).startswith("250 2.0.0 Ok: queued as ")
+    assert len(s.target.messages) == 1
+
+
+def test_fromBodyLineIsNotAField(owners):
+    s = loggedIn(owners)
+    assert submit(s, b"From: alice@example.org\r\n\r\nFrom: ceo@example.org\r\n").startswith("250 ")
+
+
+def test_domainPolicyChecksFromToo(owners):
+    s = loggedIn(owners, "domain")
+    assert submit(s, b"From: ceo@example.org\r\n").startswith("250 ")
+    assert submit(s, b"From: carol@other.org\r\n") == REFUSED
+
+
+def test_foreignFromOverBDAT(owners):
+    s = loggedIn(owners)
+    s.send("MAIL FROM:<alice@example.org>", "RCPT TO:<bob@example.org>")
+    s.expect(OK, "250 2.1.5 Ok")
+    first = b"Subject: chunked\r\nFrom: Ali"
+    last = b"ce <ceo@example.org>\r\n\r\nbody\r\n"
+    s.sendRaw(b"BDAT %d\r\n" % len(first) + first)
+    s.expect("250 2.0.0 Ok: *")
+    s.sendRaw(b"BDAT %d LAST\r\n" % len(last) + last)
+    s.expect(REFUSED)
+    assert s.target.messages == []
+
+
+def test_acceptedLogLineNamesTheLogin(owners):
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        s = loggedIn(owners)
+        submit(s, b"From: alice@example.org\r\n")
+        submit(s, b"From: ceo@example.org\r\n")
+        mailFrom(s, "ceo@example.org")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events if e.get("log_namespace", "").startswith("mdpy.smtp")]
+    [accepted] = [line for line in lines if "accepted" in line]
+    assert accepted.endswith(" proto=ESMTPSA sasl_username=alice@example.org")
+    [notStored] = [line for line in lines if "not stored" in line]
+    assert "sasl_username=alice@example.org: From <ceo@example.org> is not owned by alice@example.org" in notStored
+    [refused] = [line for line in lines if "sender <ceo@example.org> refused" in line]
+    assert "sasl_username=alice@example.org" in refused
+
+
+def test_receivedNamesTheLoginOnlyWhenAsked(owners):
+    s = loggedIn(owners)
+    submit(s, b"From: alice@example.org\r\n")
+    data = s.target.messages[0].data
+    assert b"(authenticated sender);" in data
+    assert b"alice" not in data.split(b"\r\n\r\n")[0].split(b"From:")[0]
+    s = loggedIn(owners, receivedAuth=True)
+    submit(s, b"From: alice@example.org\r\n")
+    assert b"\r\n\t(authenticated as alice@example.org);\r\n" in s.target.messages[0].data

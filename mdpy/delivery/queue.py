@@ -259,7 +259,7 @@ def _prepareEntry(spooling):
         for path in written:
             unlinkQuietly(path)
         if isinstance(e, OSError):
-            raise errors.TemporaryFailure("queue %s: %s" % (entry.id, e.strerror or e)) from e
+            raise errors.storageFailure("queue " + entry.id, e) from e
         raise
     return [
         (msgTmp, queue.bodyPath(entry.id), fds[0]),

@@ -27,6 +27,7 @@ C450Unavailable = (450, "4.2.1", "Recipient address rejected: mailbox unavailabl
 C451LocalError = (451, "4.3.0", "Error: local error in processing; try again later")
 C451RemoteUnavailable = (451, "4.4.0", "Relay to remote domains is not available now; try later")
 C452QuotaExceeded = (452, "4.2.2", "Mailbox full; try again later")
+C452InsufficientStorage = (452, "4.3.1", "Insufficient system storage")
 C452TooManyRecipients = (452, "4.5.3", "Error: too many recipients")
 C454TLSUnavailable = (454, "4.7.0", "TLS not available")
 
@@ -57,6 +58,9 @@ C550Disabled = (550, "5.2.1", "Recipient address rejected: mailbox disabled")
 C550RelayDenied = (550, "5.7.1", "Relay access denied")
 C552TooBig = (552, "5.3.4", "Message size exceeds fixed limit")
 C552HeaderTooBig = (552, "5.3.4", "Message header size exceeds limit")
+# Postfix's reject_sender_login_mismatch; also the answer to DATA when a
+# From address is not the login's.
+C553SenderNotOwned = (553, "5.7.1", "Sender address not owned by authenticated user")
 C554NoValidRecipients = (554, "5.5.1", "Error: no valid recipients")
 C554Failed = (554, "5.0.0", "Error: transaction failed")
 C554Sync = (554, "5.5.0", "Error: SMTP protocol synchronization")
@@ -70,6 +74,7 @@ _RECIPIENT_ERRORS = [
     (errors.RemoteUnavailable, C451RemoteUnavailable),
     (errors.QuotaExceeded, C452QuotaExceeded),
     (errors.Unavailable, C450Unavailable),
+    (errors.InsufficientStorage, C452InsufficientStorage),
     (errors.InvalidInput, C501BadRecipient),
     (errors.TooBig, C552TooBig),
     (errors.TemporaryFailure, C451LocalError),
@@ -79,7 +84,9 @@ _RECIPIENT_ERRORS = [
 _MESSAGE_ERRORS = [
     (errors.TooBig, C552TooBig),
     (errors.QuotaExceeded, C452QuotaExceeded),
+    (errors.InsufficientStorage, C452InsufficientStorage),
     (errors.TemporaryFailure, C451LocalError),
+    (errors.SenderNotOwned, C553SenderNotOwned),
     (errors.PermanentFailure, C554Failed),
 ]
 

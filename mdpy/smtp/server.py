@@ -14,7 +14,9 @@ bounded lines, STARTTLS discarding pipelined plaintext):
    ends the message, so SMTP smuggling sequences stay inside the one message.
  - A data line longer than L{SMTPServer.maxDataLineLength} is refused with
    C{500 5.5.2} and a message over the size limit with C{552 5.3.4}; both are
-   discarded as they arrive.
+   discarded as they arrive.  A bare CR or LF ends a line for this limit, so
+   a body of bare-LF lines of any length is stored (with CR LF), and the
+   input kept back unread is never more than about one line.
  - After STARTTLS the session starts over (RFC 3207 section 4.2).
  - A message is acknowledged with 250 only after L{IDelivery.commit} fired,
    that is after it is on disk.
@@ -27,7 +29,7 @@ from email.utils import formatdate
 from twisted.cred import error as credError
 from twisted.internet import defer, interfaces as iinternet
 
-from mdpy import address as addresslib
+from mdpy import address as addresslib, errors
 from mdpy.auth import sasl
 from mdpy.dotstuffing import normaliseLineEndings
 from mdpy.envelope import Envelope
@@ -54,6 +56,12 @@ class SMTPFactory(SessionFactory):
     @ivar mode: L{MODE_MTA} (25), L{MODE_SUBMISSION} (587) or L{MODE_SMTPS}
         (465, the transport is TLS from the start).
     @ivar defaultDomain: the domain of a bare C{<Postmaster>}.
+    @ivar senderPolicy: the L{mdpy.auth.senders.SenderPolicy} that says
+        which envelope senders and C{From} addresses an authenticated client
+        may use, or L{None} for any.  Unauthenticated clients (port 25) are
+        not subject to it.
+    @ivar receivedAuth: whether the C{Received} field names the login of an
+        authenticated client (else it says only that it authenticated).
 
     See L{SessionFactory} for the rest.
     """
@@ -67,11 +75,15 @@ class SMTPFactory(SessionFactory):
         maxMessageSize=50 * 1024 * 1024,
         maxRecipients=1000,
         maxHeaderSize=1024 * 1024,
+        senderPolicy=None,
+        receivedAuth=False,
         **kwargs,
     ):
         SessionFactory.__init__(self, hostname, implicitTLS=mode == MODE_SMTPS, **kwargs)
         self.target = target
         self.mode = mode
+        self.senderPolicy = senderPolicy
+        self.receivedAuth = receivedAuth
         self.defaultDomain = defaultDomain or hostname
         self.maxMessageSize = maxMessageSize
         self.maxHeaderSize = maxHeaderSize
@@ -339,6 +351,9 @@ class SMTPServer(CommandSession):
         self._atLineStart = True
         self._pendingCR = False
         self._chunked = False
+        # The header section as received, kept when its From field is to
+        # be checked (bounded by factory.maxHeaderSize).
+        self._header = None
 
     def _abortTransaction(self):
         delivery = self._delivery
@@ -409,20 +424,38 @@ class SMTPServer(CommandSession):
         )
         self._envelope = envelope
         envelope.protocol = self._protocolName()
-        d = defer.maybeDeferred(self.factory.target.startDelivery, envelope)
+        policy = self._senderPolicy()
+        if policy is None:
+            d = defer.maybeDeferred(self.factory.target.startDelivery, envelope)
+        else:
+            d = defer.maybeDeferred(policy.check, self.authenticatedAs, sender)
+            d.addCallback(lambda _: self.factory.target.startDelivery(envelope))
         d.addCallbacks(self._cbStarted, self._ebStarted, errbackArgs=(envelope,))
         return d
 
+    def _senderPolicy(self):
+        """
+        @return: the L{mdpy.auth.senders.SenderPolicy} this session's
+            senders are held to, or L{None} (not authenticated, or no policy).
+        """
+        if self.authenticatedAs is None:
+            return None
+        return self.factory.senderPolicy
+
     def _cbStarted(self, delivery):
         self._delivery = delivery
+        policy = self._senderPolicy()
+        if policy is not None and policy.checksHeader:
+            self._header = []
         self.reply(codes.C250SenderOK)
 
     def _ebStarted(self, failure, envelope):
         self._envelope = None
         self.log.info(
-            "smtp: sender <{sender}> refused from {ip}: {why}",
+            "smtp: sender <{sender}> refused from {ip}{login}: {why}",
             sender=envelope.sender,
             ip=self._ip,
+            login=_saslUsername(envelope),
             why=failure.getErrorMessage(),
         )
         self.reply(codes.replyForError(failure.value))
@@ -519,7 +552,11 @@ class SMTPServer(CommandSession):
             envelope.messageId,
         )
         if self.authenticatedAs is not None:
-            lines += "\r\n\t(authenticated sender)"
+            if self.factory.receivedAuth:
+                login = re.sub(r"([()\\])", r"\\\1", self.authenticatedAs)
+                lines += "\r\n\t(authenticated as %s)" % (login,)
+            else:
+                lines += "\r\n\t(authenticated sender)"
         lines += ";\r\n\t%s\r\n" % (formatdate(envelope.receivedAt, localtime=True),)
         return lines.encode("utf-8")
 
@@ -577,20 +614,30 @@ class SMTPServer(CommandSession):
             self.run(self._endOfMessage)
             return True
         cut = buf.rfind(b"\r\n")
-        if cut < 0:
-            if len(buf) > self.maxDataLineLength:
-                # Keep a final CR: it may start the CR LF of the next read.
-                keep = 1 if buf.endswith(b"\r") else 0
-                self._lineTooLong = True
-                self._buffer = buf[len(buf) - keep :]
-                self._atLineStart = False
-                return True
+        if cut > 0:
+            # Keep the last CR LF: it may begin CR LF "." CR LF.
+            self._dataContent(buf[:cut])
+            self._buffer = buf[cut:]
+            self._atLineStart = False
+            return True
+        # What follows the last CR LF (if any) has no CR LF: bare line ends
+        # at most, or one line still arriving.
+        if len(buf) <= self.maxDataLineLength:
             return False
-        # Keep the last CR LF: it may begin CR LF "." CR LF.
-        self._dataContent(buf[:cut])
-        self._buffer = buf[cut:]
+        # Keep a final CR: it may start the CR LF of the next read.
+        keep = 1 if buf.endswith(b"\r") else 0
+        start = 2 if cut == 0 else 0
+        bare = max(buf.rfind(b"\n", start), buf.rfind(b"\r", start, len(buf) - keep))
+        if bare < 0:
+            self._lineTooLong = True
+            self._buffer = buf[len(buf) - keep :]
+        else:
+            # Lines ended by a bare CR or LF: stored (as CR LF) up to the
+            # last of them, so a run of them is not taken for one long line.
+            self._dataContent(buf[: bare + 1])
+            self._buffer = buf[bare + 1 :]
         self._atLineStart = False
-        return cut > 0
+        return True
 
     def _dataContent(self, content):
         """
@@ -641,6 +688,8 @@ class SMTPServer(CommandSession):
             self._headerTail = probe[-3:]
         if self._headerSize > self.factory.maxHeaderSize:
             self._tooBig = self._headerTooBig = True
+        elif self._header is not None:
+            self._header.append(content if end < 0 else content[: max(0, end + 2 - len(tail))])
 
     def _tooBigReply(self):
         return codes.C552HeaderTooBig if self._headerTooBig else codes.C552TooBig
@@ -666,8 +715,17 @@ class SMTPServer(CommandSession):
         delivery = self._delivery
         recipients = self._acceptedRecipients
         size = self._size
+        header = self._header
         self._resetTransaction()
-        d = defer.maybeDeferred(delivery.commit)
+        if header is None:
+            d = defer.maybeDeferred(delivery.commit)
+        else:
+            # RFC 5322 section 3.6.2: the From field names the author; the
+            # login must own it as it owns the envelope sender.
+            d = defer.maybeDeferred(
+                self.factory.senderPolicy.checkHeader, envelope.authenticatedAs, b"".join(header)
+            )
+            d.addCallback(lambda _: delivery.commit())
         d.addCallbacks(
             self._cbCommitted,
             self._ebCommitted,
@@ -678,13 +736,14 @@ class SMTPServer(CommandSession):
 
     def _cbCommitted(self, ignored, envelope, recipients, size):
         self.log.info(
-            "smtp: accepted {id} from <{sender}> to {rcpts} size={size} client={ip} proto={proto}",
+            "smtp: accepted {id} from <{sender}> to {rcpts} size={size} client={ip} proto={proto}{login}",
             id=envelope.messageId,
             sender=envelope.sender,
             rcpts=",".join("<%s>" % (r,) for r in recipients),
             size=size,
             ip=self._ip,
             proto=envelope.protocol,
+            login=_saslUsername(envelope),
         )
         self.reply(codes.C250OK, "Ok: queued as %s" % (envelope.messageId,))
         self.messageAccepted(envelope, recipients, size)
@@ -699,10 +758,12 @@ class SMTPServer(CommandSession):
         """
 
     def _ebCommitted(self, failure, envelope, delivery):
-        self.log.error(
-            "smtp: message {id} from <{sender}> not stored: {why}",
+        log = self.log.info if failure.check(errors.SenderNotOwned) else self.log.error
+        log(
+            "smtp: message {id} from <{sender}> not stored{login}: {why}",
             id=envelope.messageId,
             sender=envelope.sender,
+            login=_saslUsername(envelope),
             why=getattr(failure.value, "detail", failure.getErrorMessage()),
         )
         delivery.abort()
@@ -770,6 +831,16 @@ class SMTPServer(CommandSession):
             self._pendingCR = False
             self._storeBody(b"\r\n")
         return self._endOfMessage()
+
+
+def _saslUsername(envelope):
+    """
+    @return: the log suffix naming the login of an authenticated client
+        (Postfix's C{sasl_username=}), or C{""}.
+    """
+    if envelope.authenticatedAs is None:
+        return ""
+    return " sasl_username=%s" % (envelope.authenticatedAs,)
 
 
 SMTPFactory.protocol = SMTPServer

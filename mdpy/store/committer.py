@@ -29,7 +29,7 @@ import threading
 from twisted.python.failure import Failure
 
 from mdpy.durable import fsyncDirectory, unlinkQuietly
-from mdpy.errors import TemporaryFailure
+from mdpy.errors import storageFailure
 
 MAX_BATCH = 64
 
@@ -187,7 +187,7 @@ def finishBatch(prepared):
         except OSError as e:
             for path in [tmpPath for tmpPath, finalPath in files] + done:
                 unlinkQuietly(path)
-            failures[index] = Failure(TemporaryFailure("rename: %s" % (e.strerror,)))
+            failures[index] = Failure(storageFailure("rename", e))
             continue
         renamed.append((index, done))
         for path in done:
@@ -197,9 +197,7 @@ def finishBatch(prepared):
             fsyncDirectory(directory)
         except OSError as e:
             for index in indices:
-                failures[index] = Failure(
-                    TemporaryFailure("fsync %s: %s" % (directory, e.strerror))
-                )
+                failures[index] = Failure(storageFailure("fsync " + directory, e))
     for index, done in renamed:
         if failures[index] is not None:
             for path in done:
@@ -222,7 +220,7 @@ def _syncPrepared(files):
                 if error is None:
                     os.fsync(fd)
             except OSError as e:
-                error = TemporaryFailure("fsync %s: %s" % (item[0], e.strerror))
+                error = storageFailure("fsync " + item[0], e)
             finally:
                 os.close(fd)
     paths = [item[:2] for item in files]

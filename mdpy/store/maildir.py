@@ -48,7 +48,7 @@ from mdpy import mutf7
 from mdpy.address import normaliseDomain, splitAddress
 from mdpy.dotstuffing import normalisedFileSize, normalisedSize
 from mdpy.durable import fsyncDirectory, unlinkQuietly, writeAll, writeFileAtomically, writeParts
-from mdpy.errors import Exists, InvalidInput, LimitExceeded, NotFound, TemporaryFailure
+from mdpy.errors import Exists, InvalidInput, LimitExceeded, NotFound, storageFailure
 from mdpy.logs import Logger
 from mdpy.interfaces import IMailbox, IMailStore, IMessageCache, IStoredMessage
 from mdpy.store import REMOVE, REPLACE, FlagShorthand, Listeners, StoredFlags, changedFlags
@@ -182,14 +182,14 @@ def _folderErrors(what):
     """
     Report an I/O error of a folder operation as a store error: a path the
     file system finds too long as L{LimitExceeded}, any other as
-    L{TemporaryFailure}.
+    L{storageFailure} says.
     """
     try:
         yield
     except OSError as e:
         if e.errno == errno.ENAMETOOLONG:
             raise LimitExceeded("%s: %s" % (what, e.strerror)) from e
-        raise TemporaryFailure("%s: %s" % (what, e.strerror or e)) from e
+        raise storageFailure(what, e) from e
 
 
 def _makeMaildir(path, folder):
@@ -287,7 +287,7 @@ def _prepareCopies(targets):
         for path in written:
             unlinkQuietly(path)
         if isinstance(e, OSError):
-            raise TemporaryFailure("%s: %s" % (step, e.strerror or e)) from e
+            raise storageFailure(step, e) from e
         raise
     return list(zip(written, finals))
 
@@ -570,7 +570,7 @@ class MaildirMailbox(FlagShorthand):
             if isinstance(e, FileNotFoundError):
                 raise NotFound("mailbox %s of %s is gone" % (self.name, self._account)) from e
             if isinstance(e, OSError):
-                raise TemporaryFailure("append to %s: %s" % (self.path, e)) from e
+                raise storageFailure("append to " + self.path, e) from e
             raise
 
     def changeFlags(self, uids, flags, mode=REPLACE, unchangedSince=None):

@@ -1,0 +1,49 @@
+"""
+Tests of L{mdpy.auth.senders}: the addresses of From fields, and who owns
+a sender address.  The SMTP server's use of them is in
+L{tests.test_smtp_server}.
+"""
+
+import pytest
+
+from mdpy import errors
+from mdpy.auth.senders import SenderPolicy, fromMailboxes
+from mdpy.directory.sqlite import SQLiteDirectory
+
+
+@pytest.mark.parametrize(
+    "header, addresses, malformed",
+    [
+        (b"Subject: x\r\n", [], False),
+        (b"From: A <A@Example.ORG>\r\n", ["a@example.org"], False),
+        (b"from :a@example.org,\r\n\tb@example.org\r\n", ["a@example.org", "b@example.org"], False),
+        (b"From: a@example.org\r\nX-From: c@example.org\r\nFrom: b@example.org\r\n",
+         ["a@example.org", "b@example.org"], False),
+        (b"From: Team: a@example.org;\r\n", ["a@example.org"], False),
+        (b"From: undisclosed-recipients:;\r\n", [], False),
+        (b"From: =?utf-8?q?b=40example.org?= <a@example.org>\r\n", ["a@example.org"], False),
+        (b"From: a@exa mple.org@x\r\n", [], True),
+        (b"From: a@example.org\x00\r\n", [], True),
+    ],
+    ids=repr,
+)
+def test_fromMailboxes(header, addresses, malformed):
+    assert fromMailboxes(header) == (addresses, malformed)
+
+
+def test_unknownPolicy(tmp_path):
+    with pytest.raises(ValueError):
+        SenderPolicy(SQLiteDirectory(str(tmp_path / "d.sqlite")), "open")
+
+
+def test_malformedFromIsRefused(tmp_path):
+    directory = SQLiteDirectory(str(tmp_path / "d.sqlite"))
+    directory.addDomain("example.org")
+    directory.addUser("a@example.org", "pw")
+    policy = SenderPolicy(directory)
+    policy.checkHeader("a@example.org", b"From: a@example.org\r\n")
+    with pytest.raises(errors.SenderNotOwned):
+        policy.checkHeader("a@example.org", b"From: a@example.org\x00\r\n")
+    with pytest.raises(errors.SenderNotOwned):
+        policy.check("a@example.org", "not an address")
+    SenderPolicy(directory, "any").checkHeader("a@example.org", b"From: x@exa mple@\r\n")
