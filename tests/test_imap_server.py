@@ -523,6 +523,38 @@ def test_fetch_whole_message_and_rfc822_items():
     assert s.raw() == b"* 2 FETCH (BODY[] {%d}\r\n%s)\r\nb OK Fetch completed.\r\n" % (len(MESSAGES[1]), MESSAGES[1])
 
 
+def test_fetch_serves_nul_as_0x80_and_keeps_the_stored_octets():
+    """
+    RFC 3501 section 9 allows no NUL in a literal: every message octet
+    served in a FETCH literal has NUL replaced by 0x80 (as Dovecot does),
+    sizes unchanged; the stored message keeps its NULs.
+    """
+    message = (
+        b"From: ann@example.test\r\nSubject: nul\x00here\r\n"
+        b"Content-Type: multipart/mixed; boundary=B\r\n\r\n"
+        b"--B\r\nContent-Type: text/plain\r\n\r\nab\x00\x00cd\r\n--B--\r\n"
+    )
+    served = message.replace(b"\x00", b"\x80")
+    store = filledStore([message])
+    s = Session(store=store)
+    s.select()
+    s.send("a FETCH 1 (RFC822.SIZE BODY.PEEK[])")
+    assert s.raw() == b"* 1 FETCH (RFC822.SIZE %d BODY[] {%d}\r\n%s)\r\na OK Fetch completed.\r\n" % (
+        len(message), len(message), served)
+    header = served[: served.index(b"\r\n\r\n") + 4]
+    body = served[len(header):]
+    s.send("b FETCH 1 (RFC822.HEADER BODY.PEEK[TEXT] BODY.PEEK[1] BODY.PEEK[TEXT]<2.3>)")
+    assert s.raw() == (
+        b"* 1 FETCH (RFC822.HEADER {%d}\r\n%s BODY[TEXT] {%d}\r\n%s"
+        b" BODY[1] {6}\r\nab\x80\x80cd BODY[TEXT]<2> {3}\r\nB\r\n)\r\n"
+        b"b OK Fetch completed.\r\n" % (len(header), header, len(body), body)
+    )
+    s.send("c FETCH 1 RFC822")
+    assert s.raw().startswith(b"* 1 FETCH (RFC822 {%d}\r\n%s " % (len(message), served))
+    [stored] = store.openMailbox(USER).messages()
+    assert stored.open().read() == message
+
+
 def test_fetch_envelope_and_bodystructure():
     s = Session()
     s.select()
