@@ -33,7 +33,7 @@ from imapclient import IMAPClient
 from twisted.internet import defer
 
 from mdpy.store.maildir import MaildirStore
-from tests.server import HOST, MdpyServer, newAccount, makeMessage, waitForBanner
+from tests.server import HOST, newAccount, makeMessage, runningServer
 
 _messages = itertools.count(1)
 
@@ -63,15 +63,7 @@ def server(tmp_path_factory):
     One server for the module: no plaintext login before STARTTLS on 143,
     whose APPEND limit is lowered to 1 MiB.
     """
-    server = MdpyServer(tmp_path_factory.mktemp("mdpy-imap"), imapExtra="max_message_size = 1M\n")
-    done = server.cli("domain", "add", "example.test")
-    assert done.returncode == 0, done.stderr
-    server.start()
-    waitForBanner(server.imap, process=server.process)
-    yield server
-    server.stop()
-    log = server.logText()
-    assert "Traceback" not in log, log[-5000:]
+    yield from runningServer(tmp_path_factory.mktemp("mdpy-imap"), imapExtra="max_message_size = 1M\n")
 
 
 def message(subject, body=b"hello\r\n", headers=b""):
