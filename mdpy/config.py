@@ -170,7 +170,7 @@ _IMAP_LIMITS = [
         "max_pending_literal_size",
         parseSize,
         "256M",
-        "Octets of APPEND messages (literals) one account may have under way at once, over all its connections; past it a message gets NO [LIMIT] before its +. Messages over 256K are spooled to data_dir/spool/imap as they arrive.",
+        "Octets of APPEND messages (literals) one account may have under way at once, over all its connections; past it another message gets NO [LIMIT] before its + (one alone is always taken, up to max_message_size). Messages over 256K are spooled to data_dir/spool/imap as they arrive.",
     ),
 ] + _readerLimits("30m", "RFC 3501: at least 30m", "10000")
 

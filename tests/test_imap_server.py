@@ -563,6 +563,16 @@ def test_pending_literals_of_an_account_are_bounded_over_its_connections(tmp_pat
     a.sendRaw(second + b"\r\n")
     a.expect("a2 OK [APPENDUID *] Append completed.")
     assert [m.open().read() for m in a.store.openMailbox(USER).messages()[-2:]] == [first, second]
+    # A message alone is taken even past the bound (APPENDLIMIT is its limit).
+    a.factory.maxPendingLiterals = 100000
+    a.send("a3 APPEND INBOX {%d}" % len(first))
+    a.expect("+ OK")
+    b = Session(store=a.store, factory=a.factory)
+    b.login()
+    b.send("b5 APPEND INBOX {10}")
+    b.expect("b5 NO [LIMIT] *")
+    a.sendRaw(first + b"\r\n")
+    a.expect("a3 OK [APPENDUID *] Append completed.")
 
 
 def test_spool_write_failure_answers_no_and_stores_nothing(tmp_path, monkeypatch):

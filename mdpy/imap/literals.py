@@ -161,12 +161,13 @@ class PendingLiterals:
     def reserve(self, account, size, limit):
         """
         Count C{size} more octets for C{account}, unless that would take it
-        past C{limit}.
+        past C{limit} while it has others under way (a literal alone is
+        always counted: its own limit, APPENDLIMIT, was checked before).
 
         @return: whether they were counted.
         """
         pending = self._pending.get(account, 0)
-        if pending + size > limit:
+        if pending and pending + size > limit:
             return False
         self._pending[account] = pending + size
         return True
