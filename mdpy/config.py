@@ -176,6 +176,12 @@ _PLAINTEXT_AUTH = Key(
 _POP3_LIMITS = _readerLimits("10m", "RFC 1939: at least 10m", "5000")
 _IMAP_LIMITS = [
     Key("max_message_size", parseSize, "50M", "Largest APPEND (advertised as APPENDLIMIT)."),
+    Key(
+        "max_pending_literal_size",
+        parseSize,
+        "256M",
+        "Octets of APPEND messages (literals) one account may have under way at once, over all its connections; past it another message gets NO [LIMIT] before its + (one alone is always taken, up to max_message_size). Messages over 256K are spooled to data_dir/spool/imap as they arrive.",
+    ),
 ] + _readerLimits("30m", "RFC 3501: at least 30m", "10000")
 
 _TLS_MODE = parseChoice("none", "starttls", "implicit")

@@ -8,6 +8,7 @@ so that both open the same directory database and mail store.
       mail/<domain>/<localpart>/   Maildir++ of each account
       deleted/<UTC time>/<domain>/[<localpart>/]   mail of deleted accounts and domains
       spool/                bodies of large messages being received
+      spool/imap/           IMAP APPEND messages being received (unnamed files)
       queue/                the outbound queue (see L{mdpy.delivery.queue})
       dkim/                 DKIM signing keys (see L{mdpy.delivery.dkim})
       srs.secret            the key of SRS addresses (0600)
@@ -36,6 +37,7 @@ class DataDir:
         self.directoryPath = os.path.join(root, "directory.sqlite")
         self.mailRoot = os.path.join(root, "mail")
         self.spoolDir = os.path.join(root, "spool")
+        self.literalSpoolDir = os.path.join(self.spoolDir, "imap")
         self.tlsDir = os.path.join(root, "tls")
         self.queueDir = os.path.join(root, "queue")
         self.srsSecretPath = os.path.join(root, "srs.secret")
@@ -47,7 +49,7 @@ class DataDir:
         """
         Create the folders, private to the server's user.
         """
-        for path in (self.root, self.mailRoot, self.spoolDir):
+        for path in (self.root, self.mailRoot, self.spoolDir, self.literalSpoolDir):
             os.makedirs(path, mode=0o700, exist_ok=True)
 
     def openDirectory(self):

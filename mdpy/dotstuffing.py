@@ -81,20 +81,45 @@ def normalisedSize(data):
     return len(data) + (data.count(b"\n") - crlf) + (data.count(b"\r") - crlf)
 
 
+class NormalisedSizeCounter:
+    """
+    L{normalisedSize} of data given in pieces.
+
+    @ivar total: the size of the pieces before a final CR held back.
+    """
+
+    def __init__(self):
+        self.total = 0
+        self._carry = b""
+
+    def feed(self, chunk):
+        """
+        Count C{chunk}, the next piece.
+        """
+        if self._carry:
+            chunk = self._carry + chunk
+        # Keep a final CR back: it may be the first half of a CR LF.
+        self._carry = chunk[-1:] if chunk.endswith(b"\r") else b""
+        self.total += normalisedSize(chunk[: len(chunk) - len(self._carry)] if self._carry else chunk)
+
+    def finish(self):
+        """
+        @return: L{normalisedSize} of all the pieces.
+        """
+        return self.total + normalisedSize(self._carry)
+
+
 def normalisedFileSize(file, chunkSize=1 << 20):
     """
     @return: L{normalisedSize} of what is left in a binary C{file}, read in
         chunks.
     """
-    total, carry = 0, b""
+    counter = NormalisedSizeCounter()
     while True:
         chunk = file.read(chunkSize)
         if not chunk:
-            return total + normalisedSize(carry)
-        chunk = carry + chunk
-        # Keep a final CR back: it may be the first half of a CR LF.
-        carry = chunk[-1:] if chunk.endswith(b"\r") else b""
-        total += normalisedSize(chunk[: len(chunk) - len(carry)])
+            return counter.finish()
+        counter.feed(chunk)
 
 
 def stuff(data):

@@ -24,16 +24,19 @@ def writeAll(fd, data):
     return total
 
 
-def writeParts(fd, parts, chunkSize=65536):
+def writeParts(fd, parts, chunkSize=65536, observe=None):
     """
     Write C{parts} to C{fd}: each part is bytes or a file-like object read
     to its end in chunks.
 
+    @param observe: L{None}, or called with each piece before it is written.
     @return: the number of octets written.
     """
     size = 0
     for part in parts:
         if isinstance(part, (bytes, bytearray, memoryview)):
+            if observe is not None:
+                observe(part)
             size += writeAll(fd, part)
             continue
         read = part.read
@@ -41,6 +44,8 @@ def writeParts(fd, parts, chunkSize=65536):
             chunk = read(chunkSize)
             if not chunk:
                 break
+            if observe is not None:
+                observe(chunk)
             size += writeAll(fd, chunk)
     return size
 

@@ -236,7 +236,10 @@ class IMailbox(Interface):
         """
         Store a message durably in this folder.
 
-        @type data: L{bytes}
+        @param data: the message: L{bytes}, or a binary file read from its
+            current position to its end (a large message spooled to disk is
+            copied in chunks, never read into memory whole).  The caller
+            keeps the file open until the result fires, and closes it.
         @param flags: IMAP-style flags and keywords (C{"\\\\Seen"}, C{"$Junk"}).
         @param internalDate: seconds since the epoch, or L{None} for now.
         @return: the new message's UID.

@@ -42,6 +42,7 @@ from mdpy.odmr.gateway import GatewayChecker, GatewayDomain, Gateways, normalise
 from mdpy.odmr.provider import ODMRFactory
 from mdpy.pop3.fetch import POP3Account
 from mdpy.imap.fetch import StructureCache
+from mdpy.imap.literals import PendingLiterals
 from mdpy.imap.selected import RecentTracker
 from mdpy.imap.server import IMAP4Factory
 from mdpy.pop3.maildrop import MaildropLocks
@@ -228,7 +229,12 @@ def buildService(config, portOffset=0, reactor=None):
         clock=reactor,
     )
     locks = MaildropLocks()
-    imapShared = dict(structures=StructureCache(), recent=RecentTracker())
+    imapShared = dict(
+        structures=StructureCache(),
+        recent=RecentTracker(),
+        pendingLiterals=PendingLiterals(),
+        spoolDir=datadir.literalSpoolDir,
+    )
     top = MailServer()
     for name in LISTENERS:
         section = config[name]
@@ -256,6 +262,7 @@ def buildService(config, portOffset=0, reactor=None):
                 allowPlaintext=section.get("allow_plaintext_auth", False),
                 implicitTLS=name in IMPLICIT_TLS,
                 maxMessageSize=section["max_message_size"],
+                maxPendingLiterals=section["max_pending_literal_size"],
                 **imapShared,
                 **limits,
                 **shared,

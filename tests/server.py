@@ -81,6 +81,20 @@ def mdpyCommand():
     return [mdpy] if mdpy else [sys.executable, "-m", "mdpy.cli"]
 
 
+def waitUntil(condition, timeout=30.0, what="condition"):
+    """
+    Poll C{condition} until it holds.
+
+    @raise AssertionError: it did not within C{timeout} seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for " + what)
+
+
 def waitForBanner(port, timeout=30.0, process=None, host=HOST):
     """
     Wait until C{port} answers with an SMTP/POP3/IMAP greeting.
@@ -97,6 +111,25 @@ def waitForBanner(port, timeout=30.0, process=None, host=HOST):
         except OSError:
             time.sleep(0.05)
     raise RuntimeError("port %d did not answer" % (port,))
+
+
+def runningServer(root, **options):
+    """
+    Run an L{MdpyServer} with the domain C{example.test} for a module
+    fixture (C{yield from runningServer(...)}): it is yielded once its IMAP
+    port answers, then stopped, and its log must hold no traceback.
+
+    @param options: keyword arguments of L{MdpyServer}.
+    """
+    server = MdpyServer(root, **options)
+    done = server.cli("domain", "add", "example.test")
+    assert done.returncode == 0, done.stderr
+    server.start()
+    waitForBanner(server.imap, process=server.process)
+    yield server
+    server.stop()
+    log = server.logText()
+    assert "Traceback" not in log, log[-5000:]
 
 
 class MdpyServer:

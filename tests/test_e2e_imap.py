@@ -33,7 +33,7 @@ from imapclient import IMAPClient
 from twisted.internet import defer
 
 from mdpy.store.maildir import MaildirStore
-from tests.server import HOST, MdpyServer, newAccount, makeMessage, waitForBanner
+from tests.server import HOST, newAccount, makeMessage, runningServer
 
 _messages = itertools.count(1)
 
@@ -63,15 +63,7 @@ def server(tmp_path_factory):
     One server for the module: no plaintext login before STARTTLS on 143,
     whose APPEND limit is lowered to 1 MiB.
     """
-    server = MdpyServer(tmp_path_factory.mktemp("mdpy-imap"), imapExtra="max_message_size = 1M\n")
-    done = server.cli("domain", "add", "example.test")
-    assert done.returncode == 0, done.stderr
-    server.start()
-    waitForBanner(server.imap, process=server.process)
-    yield server
-    server.stop()
-    log = server.logText()
-    assert "Traceback" not in log, log[-5000:]
+    yield from runningServer(tmp_path_factory.mktemp("mdpy-imap"), imapExtra="max_message_size = 1M\n")
 
 
 def message(subject, body=b"hello\r\n", headers=b""):
@@ -1196,3 +1188,26 @@ def test_appendOverTheLimitIsRefusedBeforeTheLiteral(server):
     finally:
         client.logout()
     assert sorted(map(len, server.messages(address))) == [len(fits), len(big)]
+
+
+def test_nulOctetsFromSMTPAreServedAs0x80(server):
+    """
+    A message with NUL octets taken by SMTP is stored as it came; FETCH
+    serves each NUL as 0x80 (RFC 3501 section 9 allows no NUL in a literal,
+    Dovecot sends 0x80), so the sizes still agree.
+    """
+    address, password = newAccount(server, "nul")
+    body = b"before\x00after\r\n\x00\x00 two more\r\n"
+    [stored] = smtpDeliver(server, address, [message("nul octets", body)])
+    assert stored.count(b"\x00") == 3
+    client = imaps(server, address, password)
+    try:
+        assert ok(client.select("INBOX", readonly=True)) == [b"1"]
+        text, [served] = fetchResults(ok(client.fetch("1", "(RFC822.SIZE BODY.PEEK[])")))[1]
+        assert b"RFC822.SIZE %d " % (len(stored),) in text, text
+        assert served == stored.replace(b"\x00", b"\x80")
+        _, [text] = fetchResults(ok(client.fetch("1", "(BODY.PEEK[TEXT])")))[1]
+        assert text.endswith(b"before\x80after\r\n\x80\x80 two more\r\n"), text
+    finally:
+        client.logout()
+    assert server.messages(address) == [stored]

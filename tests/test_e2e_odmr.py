@@ -21,21 +21,12 @@ import time
 
 import pytest
 
-from tests.server import HOST, MdpyServer, mdpyCommand
+from tests.server import HOST, MdpyServer, mdpyCommand, waitUntil
 
 SECRET = "gateway-release-secret"
 MINGER_SECRET = "minger-secret-0123456789"
 CUSTOMER = "customer.test"
 USERS = ("ann", "bob")
-
-
-def waitUntil(condition, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def provider(tmp_path, extra=""):

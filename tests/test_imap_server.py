@@ -37,7 +37,7 @@ def filledStore(messages=MESSAGES):
 
 class Session:
     def __init__(self, store=None, tls=True, plaintext=False, implicit=False, tracker=False,
-                 factory=None, maxMessageSize=1000000):
+                 factory=None, maxMessageSize=1000000, **options):
         self.clock = task.Clock()
         self.store = store if store is not None else filledStore()
         self.factory = factory or IMAP4Factory(
@@ -51,6 +51,7 @@ class Session:
             loginTracker=FailedLoginTracker(self.clock) if tracker else None,
             clock=self.clock,
             maxMessageSize=maxMessageSize,
+            **options,
         )
         self.t = Transcript(self.factory.buildProtocol(None))
         self.greeting = self.t.lines()
@@ -499,6 +500,153 @@ def test_append_bad_flag():
     assert line.startswith("a BAD")
 
 
+def openFilesIn(directory):
+    """
+    @return: how many files this process has open in C{directory} (a spool
+        file has no name, but its descriptor still points there).
+    """
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink("/proc/self/fd/" + fd)
+        except OSError:
+            continue
+        count += target.startswith(directory + "/")
+    return count
+
+
+def bigMessage(size, subject=b"big"):
+    """
+    @return: a message of C{size} octets, lines of 100 ending in CR LF.
+    """
+    head = b"Subject: " + subject + b"\r\n\r\n"
+    line = b"x" * 98 + b"\r\n"
+    body = line * ((size - len(head)) // len(line) + 1)
+    return (head + body)[: size - 2] + b"\r\n"
+
+
+def test_large_append_is_spooled_to_a_file_and_stored_intact(tmp_path):
+    """
+    A literal past 256 KiB goes to an unnamed file in the spool folder as
+    it arrives; the message is stored from it intact, and the file is gone
+    once the command ends.
+    """
+    spool = str(tmp_path)
+    s = Session(spoolDir=spool, maxMessageSize=2000000)
+    s.login()
+    message = bigMessage(1000000)
+    s.send("a APPEND INBOX (\\Seen) {%d}" % len(message))
+    s.expect("+ OK")
+    assert openFilesIn(spool) == 1
+    assert s.factory.pendingLiterals.pending(USER) == len(message)
+    s.sendRaw(message[:400000])
+    s.sendRaw(message[400000:])
+    s.expect()
+    s.sendRaw(b"\r\n")
+    s.expect("a OK [APPENDUID * 4] Append completed.")
+    assert openFilesIn(spool) == 0
+    assert s.factory.pendingLiterals.pending(USER) == 0
+    stored = s.store.openMailbox(USER).messages()[-1]
+    assert stored.open().read() == message and stored.flags == {"\\Seen"}
+    # A small one is not spooled.
+    s.send("b APPEND INBOX {100}")
+    s.expect("+ OK")
+    assert openFilesIn(spool) == 0
+    s.sendRaw(bigMessage(100) + b"\r\n")
+    s.expect("b OK [APPENDUID * 5] Append completed.")
+
+
+def test_spool_file_is_removed_when_the_connection_drops(tmp_path):
+    spool = str(tmp_path)
+    s = Session(spoolDir=spool)
+    s.login()
+    s.sendRaw(b"a APPEND INBOX {600000+}\r\n" + b"x" * 300000)
+    assert openFilesIn(spool) == 1
+    s.protocol.connectionLost(None)
+    assert openFilesIn(spool) == 0
+    assert s.factory.pendingLiterals.pending(USER) == 0
+    assert len(s.store.openMailbox(USER).messages()) == len(MESSAGES)
+
+
+def test_pending_literals_of_an_account_are_bounded_over_its_connections(tmp_path):
+    """
+    Every connection of an account counts against one bound of literal
+    octets under way; past it a literal gets C{NO [LIMIT]} before its
+    C{+} (or is read and thrown away for C{{n+}}), and the octets come back
+    when the command ends or its connection is lost.
+    """
+    a = Session(spoolDir=str(tmp_path), maxPendingLiterals=1000000)
+    a.login()
+    b = Session(store=a.store, factory=a.factory)
+    b.login()
+    other = Session(store=a.store, factory=a.factory)
+    other.login("ann@example.test", "pw")
+    first = bigMessage(600000, b"first")
+    a.send("a1 APPEND INBOX {%d}" % len(first))
+    a.expect("+ OK")
+    a.sendRaw(first[:1000])
+    b.send("b1 APPEND INBOX {500000}")
+    b.expect("b1 NO [LIMIT] Too many messages being appended at once; try again later.")
+    b.sendRaw(b"b2 APPEND INBOX {500000+}\r\n" + b"y" * 500000 + b"\r\nb3 NOOP\r\n")
+    b.expect("b2 NO [LIMIT] *", "b3 OK NOOP completed.")
+    # Another account has its own bound.
+    other.send("c1 APPEND INBOX {500000}")
+    other.expect("+ OK")
+    # Within the bound: taken.
+    b.send("b4 APPEND INBOX {300000}")
+    b.expect("+ OK")
+    a.sendRaw(first[1000:] + b"\r\n")
+    a.expect("a1 OK [APPENDUID *] Append completed.")
+    b.protocol.connectionLost(None)
+    assert a.factory.pendingLiterals.pending(USER) == 0
+    second = bigMessage(900000, b"second")
+    a.send("a2 APPEND INBOX {%d}" % len(second))
+    a.expect("+ OK")
+    a.sendRaw(second + b"\r\n")
+    a.expect("a2 OK [APPENDUID *] Append completed.")
+    assert [m.open().read() for m in a.store.openMailbox(USER).messages()[-2:]] == [first, second]
+    # A message alone is taken even past the bound (APPENDLIMIT is its limit).
+    a.factory.maxPendingLiterals = 100000
+    a.send("a3 APPEND INBOX {%d}" % len(first))
+    a.expect("+ OK")
+    b = Session(store=a.store, factory=a.factory)
+    b.login()
+    b.send("b5 APPEND INBOX {10}")
+    b.expect("b5 NO [LIMIT] *")
+    a.sendRaw(first + b"\r\n")
+    a.expect("a3 OK [APPENDUID *] Append completed.")
+
+
+def test_spool_write_failure_answers_no_and_stores_nothing(tmp_path, monkeypatch):
+    spool = str(tmp_path)
+    s = Session(spoolDir=spool)
+    s.login()
+    s.send("a APPEND INBOX {300000}")
+    s.expect("+ OK")
+    literal = s.protocol._literal
+
+    def full(data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(literal._file, "write", full)
+    s.sendRaw(b"z" * 300000 + b"\r\nb NOOP\r\n")
+    s.expect("a NO [UNAVAILABLE] Temporary failure; try again later.", "b OK NOOP completed.")
+    assert openFilesIn(spool) == 0
+    assert len(s.store.openMailbox(USER).messages()) == len(MESSAGES)
+
+
+def test_spool_folder_missing_refuses_before_continuation(tmp_path):
+    s = Session(spoolDir=str(tmp_path / "missing"))
+    s.login()
+    s.send("a APPEND INBOX {300000}")
+    s.expect("a NO [UNAVAILABLE] Temporary failure; try again later.")
+    s.send("b APPEND INBOX {3}")
+    s.expect("+ OK")
+    s.sendRaw(b"abc\r\n")
+    s.expect("b OK [APPENDUID *] Append completed.")
+    assert s.factory.pendingLiterals.pending(USER) == 0
+
+
 # --- FETCH ------------------------------------------------------------------------
 
 
@@ -564,6 +712,38 @@ def test_fetch_whole_message_and_rfc822_items():
     assert raw == b"* 2 FETCH (RFC822.HEADER {%d}\r\n%s)\r\na OK Fetch completed.\r\n" % (len(header), header)
     s.send("b FETCH 2 BODY.PEEK[]")
     assert s.raw() == b"* 2 FETCH (BODY[] {%d}\r\n%s)\r\nb OK Fetch completed.\r\n" % (len(MESSAGES[1]), MESSAGES[1])
+
+
+def test_fetch_serves_nul_as_0x80_and_keeps_the_stored_octets():
+    """
+    RFC 3501 section 9 allows no NUL in a literal: every message octet
+    served in a FETCH literal has NUL replaced by 0x80 (as Dovecot does),
+    sizes unchanged; the stored message keeps its NULs.
+    """
+    message = (
+        b"From: ann@example.test\r\nSubject: nul\x00here\r\n"
+        b"Content-Type: multipart/mixed; boundary=B\r\n\r\n"
+        b"--B\r\nContent-Type: text/plain\r\n\r\nab\x00\x00cd\r\n--B--\r\n"
+    )
+    served = message.replace(b"\x00", b"\x80")
+    store = filledStore([message])
+    s = Session(store=store)
+    s.select()
+    s.send("a FETCH 1 (RFC822.SIZE BODY.PEEK[])")
+    assert s.raw() == b"* 1 FETCH (RFC822.SIZE %d BODY[] {%d}\r\n%s)\r\na OK Fetch completed.\r\n" % (
+        len(message), len(message), served)
+    header = served[: served.index(b"\r\n\r\n") + 4]
+    body = served[len(header):]
+    s.send("b FETCH 1 (RFC822.HEADER BODY.PEEK[TEXT] BODY.PEEK[1] BODY.PEEK[TEXT]<2.3>)")
+    assert s.raw() == (
+        b"* 1 FETCH (RFC822.HEADER {%d}\r\n%s BODY[TEXT] {%d}\r\n%s"
+        b" BODY[1] {6}\r\nab\x80\x80cd BODY[TEXT]<2> {3}\r\nB\r\n)\r\n"
+        b"b OK Fetch completed.\r\n" % (len(header), header, len(body), body)
+    )
+    s.send("c FETCH 1 RFC822")
+    assert s.raw().startswith(b"* 1 FETCH (RFC822 {%d}\r\n%s " % (len(message), served))
+    [stored] = store.openMailbox(USER).messages()
+    assert stored.open().read() == message
 
 
 def test_fetch_envelope_and_bodystructure():

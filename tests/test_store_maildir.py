@@ -3,6 +3,7 @@ Tests for L{mdpy.store.maildir} and L{mdpy.store.maildirindex}.
 """
 
 import errno
+import io
 import json
 import os
 import re
@@ -484,6 +485,21 @@ class TestMaildirStore:
         assert listing(os.path.join(inbox, ".Sent", "tmp")) == []
         assert listing(os.path.join(inbox, ".Sent", "new")) == []
         assert [m.uid for m in store.openMailbox(ALICE, "Sent").messages()] == [uid]
+
+    def test_appendFromFileIsCopiedInChunks(self, store, inbox):
+        """
+        A file is copied as it is, in chunks; the name's W= counts its line
+        ends as CR LF even when a CR LF is split between two chunks.
+        """
+        data = MESSAGE + b"y" * (maildir._CHUNK - len(MESSAGE) - 1) + b"\r\nbare\nend\r"
+        assert data[maildir._CHUNK - 1 : maildir._CHUNK + 1] == b"\r\n"
+        mailbox = store.openMailbox(ALICE)
+        resultOf(mailbox.append(io.BytesIO(data)))
+        [name] = listing(os.path.join(inbox, "cur"))
+        assert ",S=%d,W=%d:2," % (len(data), len(data) + 2) in name
+        with open(os.path.join(inbox, "cur", name), "rb") as f:
+            assert f.read() == data
+        assert listing(os.path.join(inbox, "tmp")) == []
 
     def test_appendFailure(self, store, inbox, monkeypatch):
         def failingFsync(fd):

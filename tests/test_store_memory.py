@@ -145,6 +145,21 @@ class StoreContract:
         assert message.modSeq <= mailbox.highestModSeq
         assert mailbox.uidNext == uid + 1
 
+    def test_appendFromFile(self, store):
+        """
+        A message may be given as a binary file, read from its current
+        position to its end (a large IMAP APPEND spooled to disk).
+        """
+        body = b"".join(b"line %d\r\n" % n for n in range(20000))
+        source = io.BytesIO(b"skipped" + MESSAGE + body)
+        source.seek(len(b"skipped"))
+        mailbox = store.openMailbox(ALICE, "Sent")
+        uid = resultOf(mailbox.append(source, ["\\Seen"]))
+        [message] = mailbox.messages()
+        assert message.uid == uid and message.flags == {"\\Seen"}
+        assert message.size == len(MESSAGE + body)
+        assert message.open().read() == MESSAGE + body
+
     def test_appendDefaultDate(self, store):
         import time
 

@@ -9,6 +9,9 @@ cached (L{StructureCache}), never per FETCH.
 
 Messages with bare LF line endings (copied in by another program) are
 served with CR LF, so every section's size agrees with C{RFC822.SIZE}.
+NUL octets, which may have come in by SMTP, are served as 0x80, as Dovecot
+does: RFC 3501 section 9 allows no NUL in a literal (C{CHAR8}), and the
+octet count stays the same.  The stored message is left as it is.
 """
 
 from collections import OrderedDict
@@ -250,6 +253,12 @@ def readMessage(message):
 
 
 def _literal(data):
+    """
+    @return: C{data} as an IMAP literal, each NUL sent as 0x80 (RFC 3501
+        section 9: C{literal} is made of C{CHAR8}, which excludes NUL).
+    """
+    if b"\x00" in data:
+        data = data.replace(b"\x00", b"\x80")
     return b"{%d}\r\n%s" % (len(data), data)
 
 

@@ -9,11 +9,14 @@ Tokens are:
    a fetch attribute with its brackets (C{BODY.PEEK[HEADER.FIELDS (TO)]<0.9>}
    is one atom; L{mdpy.imap.fetch} reads inside it);
  - L{bytes}: a quoted string or a literal;
+ - a L{mdpy.imap.literals.SpooledLiteral}: a literal too large to hold in
+   memory (an APPEND message), in a temporary file;
  - L{list}: a parenthesised list of tokens.
 
 A command is given as its I{segments}: C{[line, literal, line, ...,
 line]}, each line but the last ending with the literal marker C{{n}} or
-C{{n+}} that announced the literal after it (L{LITERAL_MARKER}).  The session
+C{{n+}} that announced the literal after it (L{LITERAL_MARKER}); a literal
+segment is its token as it is.  The session
 collects them, checking each literal's size against its limits before it
 answers C{+} (hardening-vectors section 3).
 
@@ -94,7 +97,7 @@ def tokenize(segments, maxDepth=32):
         elif byte == 0x7B:  # {
             if LITERAL_MARKER.match(line, pos) is None or lineIndex + 2 >= len(segments):
                 raise ParseError("Bad literal")
-            current.append(bytes(segments[lineIndex + 1]))
+            current.append(segments[lineIndex + 1])
             lineIndex += 2
             line = segments[lineIndex]
             pos = 0

@@ -17,9 +17,13 @@ the selected mailbox's view owes the client (L{mdpy.imap.selected}).
 Invariants (besides those of L{mdpy.session}):
  - Passwords are taken only over TLS unless the listener allows plaintext
    (C{LOGINDISABLED} is advertised before).
- - A literal's size is checked against its limit before the C{+}
+ - A literal's size is checked against its limits before the C{+}
    continuation is sent; a literal too large for a non-synchronising
    marker is read and thrown away as it arrives, never buffered.
+ - A literal past L{mdpy.imap.literals.SPOOL_THRESHOLD} goes to a spool
+   file as it arrives and is stored from there, never held in memory
+   whole; the literal octets an account has under way are bounded over
+   all its connections (L{mdpy.imap.literals.PendingLiterals}).
  - A tagged C{OK} to APPEND, COPY, MOVE, STORE and EXPUNGE is sent only
    once the store has made the change durable.
 """
@@ -32,10 +36,11 @@ from mdpy import __version__ as VERSION
 from mdpy import errors
 from mdpy.auth import sasl
 from mdpy.imap import fetch as fetching
+from mdpy.imap.literals import CommandInput, PendingLiterals, SpooledLiteral
 from mdpy.imap.mailboxes import MailboxCommands, decodeName
 from mdpy.imap.messages import MessageCommands
 from mdpy.imap.mime import quoteString
-from mdpy.imap.parser import LITERAL_MARKER, Atom, ParseError, astring, isAtom, parseDateTime, tokenize
+from mdpy.imap.parser import Atom, ParseError, astring, isAtom, parseDateTime, tokenize
 from mdpy.imap.selected import RecentTracker, SelectedMailbox, UidValidityChanged
 from mdpy.session import CommandSession, SessionFactory
 from mdpy.store.maildirindex import DELETED
@@ -46,10 +51,6 @@ AUTHENTICATED = "authenticated"
 SELECTED = "selected"
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
-MAX_LITERAL = 64 * 1024
-MAX_LITERALS = 1000
-MAX_LITERAL_TOTAL = 1024 * 1024
-MAX_PREAUTH_LITERAL = 8192
 
 _SYSTEM_FLAGS_LOWER = {flag.lower() for flag in SYSTEM_FLAGS}
 
@@ -105,6 +106,11 @@ class IMAP4Factory(SessionFactory):
     @ivar store: the L{mdpy.interfaces.IMailStore} whose mailboxes are served.
     @ivar allowPlaintext: whether LOGIN and AUTHENTICATE work before STARTTLS.
     @ivar maxMessageSize: the largest APPEND (advertised as APPENDLIMIT).
+    @ivar maxPendingLiterals: the literal octets one account may have
+        under way at once, over all its connections.
+    @ivar pendingLiterals: the L{PendingLiterals} (shared by listeners).
+    @ivar spoolDir: where large literals are spooled; L{None}: the system's
+        temporary folder.
     @ivar runInThread: C{runInThread(f, *args)} for directory scans and
         file reads off the reactor thread.
     @ivar structures: the L{fetching.StructureCache} (shared by listeners).
@@ -121,6 +127,9 @@ class IMAP4Factory(SessionFactory):
         allowPlaintext=False,
         runInThread=None,
         maxMessageSize=50 * 1024 * 1024,
+        maxPendingLiterals=256 * 1024 * 1024,
+        pendingLiterals=None,
+        spoolDir=None,
         structures=None,
         recent=None,
         idleKeepAlive=120,
@@ -136,13 +145,16 @@ class IMAP4Factory(SessionFactory):
         self.allowPlaintext = allowPlaintext
         self.runInThread = runInThread
         self.maxMessageSize = maxMessageSize
+        self.maxPendingLiterals = maxPendingLiterals
+        self.pendingLiterals = PendingLiterals() if pendingLiterals is None else pendingLiterals
+        self.spoolDir = spoolDir
         self.structures = fetching.StructureCache() if structures is None else structures
         self.recent = RecentTracker() if recent is None else recent
         self.idleKeepAlive = idleKeepAlive
         self.idlePoll = idlePoll
 
 
-class IMAP4Server(MailboxCommands, MessageCommands, CommandSession):
+class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession):
     """
     One IMAP session.
 
@@ -159,17 +171,11 @@ class IMAP4Server(MailboxCommands, MessageCommands, CommandSession):
 
     def __init__(self):
         CommandSession.__init__(self)
+        CommandInput.__init__(self)
         self.state = NOT_AUTHENTICATED
         self.account = None
         self.selected = None
         self.enabled = set()
-        self._segments = []
-        self._literalCount = 0
-        self._literalTotal = 0
-        self._literalWanted = 0
-        self._literalParts = []
-        self._discarding = 0
-        self._skipRest = False
         self._tag = b"*"
         self._idleTag = None
         self._idleCalls = []
@@ -185,7 +191,7 @@ class IMAP4Server(MailboxCommands, MessageCommands, CommandSession):
         self.send(b"* BYE [UNAVAILABLE] Too many connections.\r\n")
 
     def lineTooLong(self):
-        self._resetCommand()
+        self._dropCommand()
         self.send(b"* BAD [TOOBIG] Command line too long.\r\n")
         self._countError()
 
@@ -200,6 +206,7 @@ class IMAP4Server(MailboxCommands, MessageCommands, CommandSession):
     def connectionLost(self, reason=None):
         CommandSession.connectionLost(self, reason)
         self._stopIdleTimers()
+        self.dropInput()
         if self._listening:
             self._listening = False
             self.factory.store.removeListener(self.account, self._mailboxChanged)
@@ -333,101 +340,6 @@ class IMAP4Server(MailboxCommands, MessageCommands, CommandSession):
         if selected.readOnly:
             return []
         return self.factory.recent.claim(self.account, selected.mailbox.name, selected.uidValidity, uids)
-
-    # --- input: lines and literals ---------------------------------------------
-
-    def _resetCommand(self):
-        self._segments = []
-        self._literalCount = 0
-        self._literalTotal = 0
-
-    def lineReceived(self, line):
-        if self._skipRest:
-            self._skipRest = False
-            match = LITERAL_MARKER.search(line)
-            if match is not None and match.group(2):
-                self._discarding = int(match.group(1))
-                self.rawMode = True
-            return None
-        self._segments.append(line)
-        match = LITERAL_MARKER.search(line)
-        if match is None:
-            segments = self._segments
-            self._resetCommand()
-            return self._command(segments)
-        size = int(match.group(1))
-        nonSynchronising = bool(match.group(2))
-        refusal = self._checkLiteral(size)
-        if refusal is not None:
-            tag = self._guessTag(self._segments[0])
-            self._resetCommand()
-            if nonSynchronising:
-                self._discarding = size
-                self.rawMode = True
-            code, text = refusal
-            self._reply(tag, b"NO" if code == b"TOOBIG" else b"BAD", text, code)
-            self._countError()
-            return None
-        self._literalCount += 1
-        self._literalTotal += size
-        self._literalWanted = size
-        self._literalParts = []
-        self.rawMode = True
-        if not nonSynchronising:
-            self.send(b"+ OK\r\n")
-        return None
-
-    def _checkLiteral(self, size):
-        """
-        @return: L{None} if a literal of C{size} octets may come now, else
-            C{(code, text)} of the refusal.
-        """
-        first = self._segments[0].split(b" ", 2)
-        verb = first[1].upper() if len(first) > 1 else b""
-        if self.state == NOT_AUTHENTICATED:
-            if size > MAX_PREAUTH_LITERAL or self._literalCount >= 4:
-                return b"TOOBIG", b"Literal too large before authentication."
-            return None
-        if self._literalCount >= MAX_LITERALS:
-            return b"TOOBIG", b"Too many literals."
-        if verb == b"APPEND":
-            if size > self.factory.maxMessageSize:
-                return b"TOOBIG", b"Message too large (APPENDLIMIT=%d)." % (self.factory.maxMessageSize,)
-            if self._literalTotal + size > self.factory.maxMessageSize + MAX_LITERAL_TOTAL:
-                return b"TOOBIG", b"Too much literal data."
-            return None
-        if size > MAX_LITERAL or self._literalTotal + size > MAX_LITERAL_TOTAL:
-            return b"TOOBIG", b"Literal too large."
-        return None
-
-    def rawInput(self):
-        data = self.takeBuffered()
-        if self._discarding:
-            used = min(len(data), self._discarding)
-            self._discarding -= used
-            if not self._discarding:
-                self.rawMode = False
-                # The rest of the refused command's line follows the literal.
-                self._skipRest = True
-            self.setBuffered(data[used:])
-            return True
-        wanted = self._literalWanted
-        piece = data[:wanted]
-        self._literalParts.append(piece)
-        self._literalWanted -= len(piece)
-        self.setBuffered(data[len(piece):])
-        if not self._literalWanted:
-            self._segments.append(b"".join(self._literalParts))
-            self._literalParts = []
-            self.rawMode = False
-        return True
-
-    @staticmethod
-    def _guessTag(line):
-        tag = line.split(b" ", 1)[0]
-        if not tag or len(tag) > 64 or not all(33 <= c < 127 and c not in b'(){%*"\\+' for c in tag):
-            return b"*"
-        return tag
 
     def _command(self, segments):
         tag = self._guessTag(segments[0])
@@ -684,7 +596,7 @@ class IMAP4Server(MailboxCommands, MessageCommands, CommandSession):
             flags = self._flagList(rest.pop(0))
         if len(rest) == 2:
             internalDate = parseDateTime(rest.pop(0))
-        if len(rest) != 1 or not isinstance(rest[0], bytes):
+        if len(rest) != 1 or not isinstance(rest[0], (bytes, SpooledLiteral)):
             raise ParseError("Expected a message literal")
         data = rest[0]
         if len(data) > self.factory.maxMessageSize:
@@ -700,6 +612,8 @@ class IMAP4Server(MailboxCommands, MessageCommands, CommandSession):
         raise _TryCreate()
 
     def _cbAppendTo(self, mailbox, data, flags, internalDate):
+        if isinstance(data, SpooledLiteral):
+            data = data.open()
         d = defer.maybeDeferred(mailbox.append, data, flags, internalDate)
         d.addCallback(lambda uid: (mailbox.uidValidity, uid))
         return d

@@ -46,8 +46,8 @@ from zope.interface import implementer
 
 from mdpy import mutf7
 from mdpy.address import normaliseDomain, splitAddress
-from mdpy.dotstuffing import normalisedFileSize, normalisedSize
-from mdpy.durable import fsyncDirectory, unlinkQuietly, writeAll, writeFileAtomically, writeParts
+from mdpy.dotstuffing import NormalisedSizeCounter, normalisedFileSize
+from mdpy.durable import fsyncDirectory, unlinkQuietly, writeFileAtomically, writeParts
 from mdpy.errors import Exists, InvalidInput, LimitExceeded, NotFound, storageFailure
 from mdpy.logs import Logger
 from mdpy.interfaces import IMailbox, IMailStore, IMessageCache, IStoredMessage
@@ -532,9 +532,12 @@ class MaildirMailbox(FlagShorthand):
 
     def append(self, data, flags=(), internalDate=None):
         """
-        See L{IMailbox.append}.  The file goes straight into C{cur/}.
+        See L{IMailbox.append}.  The file goes straight into C{cur/}; a
+        file given is copied in chunks in a worker thread.
         """
-        d = self._store._runInThread(self._appendInThread, bytes(data), normaliseFlags(flags), internalDate)
+        if not hasattr(data, "read"):
+            data = bytes(data)
+        d = self._store._runInThread(self._appendInThread, data, normaliseFlags(flags), internalDate)
         d.addCallback(self._install)
         d.addCallback(self._notify)
         return d
@@ -542,10 +545,11 @@ class MaildirMailbox(FlagShorthand):
     def _appendInThread(self, data, flags, internalDate):
         base = uniqueName()
         tmpPath = os.path.join(self.path, "tmp", base)
-        key = "%s,S=%d,W=%d" % (base, len(data), normalisedSize(data))
+        wireSize = NormalisedSizeCounter()
         placed = []
 
         def place(uidList, files, keywords):
+            key = "%s,S=%d,W=%d" % (base, size, wireSize.finish())
             info = infoForFlags(flags, keywords)
             final = os.path.join(self.path, "cur", key + ":" + info)
             os.rename(tmpPath, final)
@@ -557,7 +561,7 @@ class MaildirMailbox(FlagShorthand):
         try:
             fd = os.open(tmpPath, _CREATE, 0o600)
             try:
-                writeAll(fd, data)
+                size = writeParts(fd, [data], _CHUNK, observe=wireSize.feed)
                 os.fsync(fd)
             finally:
                 os.close(fd)

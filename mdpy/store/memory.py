@@ -137,7 +137,7 @@ class MemoryMailbox(FlagShorthand):
         """
         See L{IMailbox.append}.
         """
-        return defer.maybeDeferred(self._append, bytes(data), storableFlags(flags), internalDate)
+        return defer.maybeDeferred(self._append, _readParts([data]), storableFlags(flags), internalDate)
 
     def _append(self, data, flags, internalDate):
         if self._folder.deleted:
