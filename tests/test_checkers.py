@@ -337,11 +337,31 @@ def test_digestPassword(tracker):
 
 def test_successClears(tracker):
     for i in range(3):
-        tracker.recordFailure("192.0.2.1", "alice", tracker.digestPassword(str(i)))
-    tracker.recordSuccess("192.0.2.1")
+        tracker.recordFailure("192.0.2.1", "alice@example.com", tracker.digestPassword(str(i)))
+    tracker.recordSuccess("192.0.2.1", "Alice@Example.COM")
     assert tracker.delayFor("192.0.2.1") == 0
     assert len(tracker) == 0
-    tracker.recordSuccess("192.0.2.99")
+    tracker.recordSuccess("192.0.2.99", "alice@example.com")
+
+
+def test_successClearsOnlyThatAccount(tracker):
+    """
+    A guesser who owns one account cannot wipe its failures on others by
+    logging in to it.
+    """
+    for i in range(9):
+        tracker.recordFailure("192.0.2.1", "victim@example.com", tracker.digestPassword(str(i)))
+    tracker.recordFailure("192.0.2.1", "own@example.com", tracker.digestPassword("typo"))
+    tracker.recordSuccess("192.0.2.1", "own@example.com")
+    assert tracker.delayFor("192.0.2.1") == 15.0
+    assert not tracker.isBanned("192.0.2.1")
+    tracker.recordFailure("192.0.2.1", "victim@example.com", tracker.digestPassword("9"))
+    assert tracker.isBanned("192.0.2.1")
+    # The victim's failures from other addresses stay, too.
+    tracker.recordFailure("192.0.2.2", "victim@example.com", tracker.digestPassword("x"))
+    tracker.recordSuccess("192.0.2.1", "victim@example.com")
+    assert not tracker.isBanned("192.0.2.1")
+    assert tracker.delayFor("192.0.2.2") == 2.0
 
 
 def test_ban(tracker, clock):
@@ -406,7 +426,9 @@ def test_boundedAddresses(clock):
 def test_boundedFailuresPerAddress(tracker):
     for i in range(10000):
         tracker.recordFailure("192.0.2.1", "alice", str(i).encode())
-    assert len(tracker._failures["192.0.2.1"]) <= max(tracker.banThreshold, 32)
+    now = tracker.clock.seconds()
+    assert len(tracker._byAddress.recent("192.0.2.1", now)) <= max(tracker.banThreshold, 32)
+    assert len(tracker._byAccount.recent("alice", now)) <= max(tracker.accountThreshold, 32)
     assert tracker.isBanned("192.0.2.1")
     assert tracker.delayFor("192.0.2.1") == 15.0
 
@@ -471,3 +493,213 @@ def test_identical_logins_together_verify_once():
     d, f, args = pending.pop()
     d.callback(f(*args))
     assert results == ["a@b.test"] * 5
+
+
+# --- limits that parallel logins cannot beat --------------------------------
+
+
+def _start(tracker, address, user, password):
+    """
+    @return: the L{checkers.LoginAttempt}, or the L{checkers.LoginRefused}.
+    """
+    try:
+        return tracker.start(address, user, tracker.digestPassword(password))
+    except checkers.LoginRefused as refused:
+        return refused
+
+
+def test_checkUnderWayCountsAsFailure(tracker):
+    """
+    100 logins at once from one address: only C{banThreshold} are admitted
+    to be checked, so the right password as the 90th is refused unchecked.
+    """
+    results = [
+        _start(tracker, "192.0.2.1", "alice@example.com", "right" if i == 89 else "guess%d" % i)
+        for i in range(100)
+    ]
+    admitted = [r for r in results if isinstance(r, checkers.LoginAttempt)]
+    assert len(admitted) == tracker.banThreshold == 10
+    assert isinstance(results[89], checkers.LoginRefused)
+    assert results[89].why == checkers.BANNED_ADDRESS
+    assert tracker.isBanned("192.0.2.1")
+    assert not tracker.isBanned("192.0.2.2")
+    # No failure is recorded yet: no delay until one is.
+    assert tracker.delayFor("192.0.2.1") == 0
+    for attempt in admitted:
+        attempt.failed()
+    assert tracker.isBanned("192.0.2.1")
+    assert tracker.delayFor("192.0.2.1") == 15.0
+    assert isinstance(_start(tracker, "192.0.2.1", "alice@example.com", "right"), checkers.LoginRefused)
+
+
+def test_successReleasesItsReservation(tracker):
+    attempts = [_start(tracker, "192.0.2.1", "u%d@example.com" % i, "pw") for i in range(10)]
+    assert tracker.isBanned("192.0.2.1")
+    for attempt in attempts:
+        attempt.succeeded()
+    assert not tracker.isBanned("192.0.2.1")
+    assert tracker.delayFor("192.0.2.1") == 0
+
+
+def test_abandonedCountsNothing(tracker):
+    attempt = _start(tracker, "192.0.2.1", "alice@example.com", "pw")
+    attempt.abandoned()
+    attempt.failed()
+    assert tracker.delayFor("192.0.2.1") == 0
+    assert tracker._pendingByAddress == {} and tracker._pendingByAccount == {}
+
+
+def test_attemptEndsOnce(tracker):
+    attempt = _start(tracker, "192.0.2.1", "alice@example.com", "pw")
+    attempt.failed()
+    attempt.failed()
+    attempt.succeeded()
+    assert tracker.delayFor("192.0.2.1") == 2.0
+    assert ("alice@example.com", "192.0.2.1") not in tracker._loggedIn
+
+
+def test_identicalLoginsUnderWayCountOnce(tracker):
+    """
+    A client opening many connections at once with one password (or a
+    load test) is one guess, not many.
+    """
+    attempts = [_start(tracker, "192.0.2.1", "alice@example.com", "pw") for _ in range(1000)]
+    assert all(isinstance(a, checkers.LoginAttempt) for a in attempts)
+    assert not tracker.isBanned("192.0.2.1")
+    for attempt in attempts:
+        attempt.failed()
+    assert tracker.delayFor("192.0.2.1") == 2.0
+    assert tracker._pendingByAddress == {} and tracker._pendingByAccount == {}
+
+
+def test_checksUnderWayWithoutDigestEachCount(tracker):
+    for i in range(10):
+        tracker.start("192.0.2.1", "alice@example.com")
+    with pytest.raises(checkers.LoginRefused):
+        tracker.start("192.0.2.1", "alice@example.com")
+
+
+def _failFrom(tracker, address, user, password):
+    attempt = tracker.start(address, user, tracker.digestPassword(password))
+    attempt.failed()
+
+
+def test_accountLimit(clock):
+    """
+    20 guesses for one account from 20 addresses limit it for the window:
+    a new address is refused even with the right password, an address the
+    account logged in from before is not.  One warning is logged.
+    """
+    tracker = FailedLoginTracker(clock)
+    known = tracker.start("198.51.100.1", "bob@example.com", tracker.digestPassword("right"))
+    known.succeeded()
+    with capturedWarnings() as warnings:
+        for i in range(20):
+            _failFrom(tracker, "203.0.113.%d" % i, "Bob@example.com", "guess%d" % i)
+            clock.advance(1)
+        refused = _start(tracker, "203.0.113.200", "bob@example.com", "right")
+        assert isinstance(refused, checkers.LoginRefused)
+        assert refused.why == checkers.LIMITED_ACCOUNT
+        _start(tracker, "203.0.113.201", "bob@example.com", "right")
+    assert len(warnings) == 1
+    assert "bob@example.com" in warnings[0] and "20 failed logins from 20 addresses" in warnings[0]
+    assert tracker.isLimited("bob@example.com", "203.0.113.200")
+    assert not tracker.isLimited("bob@example.com", "198.51.100.1")
+    assert not tracker.isLimited("carol@example.com", "203.0.113.200")
+    attempt = _start(tracker, "198.51.100.1", "bob@example.com", "right")
+    assert isinstance(attempt, checkers.LoginAttempt)
+    attempt.succeeded()
+    # A trusted address's success does not lift the limit for others.
+    assert tracker.isLimited("bob@example.com", "203.0.113.200")
+    # The limit lasts the window from the 20th failure (a second ago), then
+    # it is gone.
+    clock.advance(600 - 2)
+    assert tracker.isLimited("bob@example.com", "203.0.113.200")
+    clock.advance(1)
+    assert not tracker.isLimited("bob@example.com", "203.0.113.200")
+    assert isinstance(_start(tracker, "203.0.113.200", "bob@example.com", "right"), checkers.LoginAttempt)
+
+
+def test_accountLimitCountsChecksUnderWay(clock):
+    """
+    200 addresses guessing one account at once: no more than
+    C{accountThreshold} guesses are checked.
+    """
+    tracker = FailedLoginTracker(clock)
+    results = [
+        _start(tracker, "203.0.113.%d" % (i % 200), "bob@example.com", "guess%d" % i) for i in range(600)
+    ]
+    admitted = [r for r in results if isinstance(r, checkers.LoginAttempt)]
+    assert len(admitted) == tracker.accountThreshold == 20
+    assert {r.why for r in results if isinstance(r, checkers.LoginRefused)} == {checkers.LIMITED_ACCOUNT}
+
+
+def test_accountLimitIgnoresRepeatedPassword(clock):
+    """
+    A phone with a stale password, roaming between addresses, does not
+    lock its owner out.
+    """
+    tracker = FailedLoginTracker(clock)
+    for i in range(50):
+        _failFrom(tracker, "203.0.113.%d" % i, "bob@example.com", "stale")
+    assert not tracker.isLimited("bob@example.com", "203.0.113.99")
+
+
+def test_successForgetsAccountFailuresFromThatAddress(clock):
+    tracker = FailedLoginTracker(clock, accountThreshold=3)
+    _failFrom(tracker, "192.0.2.1", "bob@example.com", "a")
+    _failFrom(tracker, "192.0.2.1", "bob@example.com", "b")
+    tracker.start("192.0.2.1", "bob@example.com", tracker.digestPassword("right")).succeeded()
+    _failFrom(tracker, "192.0.2.2", "bob@example.com", "c")
+    _failFrom(tracker, "192.0.2.2", "bob@example.com", "d")
+    assert not tracker.isLimited("bob@example.com", "192.0.2.3")
+    _failFrom(tracker, "192.0.2.3", "bob@example.com", "e")
+    assert tracker.isLimited("bob@example.com", "192.0.2.3")
+
+
+def test_limitsOff(clock):
+    tracker = FailedLoginTracker(clock, banThreshold=0, accountThreshold=0)
+    for i in range(100):
+        _failFrom(tracker, "192.0.2.1", "bob@example.com", "guess%d" % i)
+    assert not tracker.isBanned("192.0.2.1")
+    assert not tracker.isLimited("bob@example.com", "192.0.2.1")
+    assert tracker.delayFor("192.0.2.1") == 15.0
+
+
+def test_boundedLoggedInPairs(clock):
+    tracker = FailedLoginTracker(clock, maxAddresses=10)
+    for i in range(100):
+        tracker.recordSuccess("192.0.2.%d" % i, "bob@example.com")
+    assert len(tracker._loggedIn) == 10
+    assert ("bob@example.com", "192.0.2.99") in tracker._loggedIn
+
+
+def test_accountName():
+    assert checkers.accountName(b"Alice@Example.COM") == "alice@example.com"
+    assert checkers.accountName("Example.ORG") == "example.org"
+    assert checkers.accountName(b"\xff") == "\ufffd"
+    assert checkers.accountName(None) == ""
+
+
+class capturedWarnings:
+    """
+    Collect the text of the warnings L{FailedLoginTracker} logs.
+    """
+
+    def __enter__(self):
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        self.texts = []
+
+        def observer(event):
+            if event.get("log_namespace", "").startswith("mdpy.auth.checkers"):
+                self.texts.append(formatEvent(event))
+
+        self._observer = observer
+        globalLogPublisher.addObserver(observer)
+        return self.texts
+
+    def __exit__(self, *exc):
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.removeObserver(self._observer)

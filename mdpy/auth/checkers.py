@@ -21,6 +21,7 @@ from mdpy.address import normalise
 from mdpy.auth import IAccount
 from mdpy.auth.passwords import verifyCramMD5, verifyPassword
 from mdpy.errors import InvalidInput
+from mdpy.logs import Logger
 from mdpy.threads import deferToReactorThreadPool
 
 # Verified when the user is unknown (or has no password), so that a failed
@@ -187,22 +188,198 @@ def makePortal(directory, runInThread=None):
     return Portal(Realm(), [DirectoryChecker(directory, runInThread)])
 
 
+def accountName(username):
+    """
+    @param username: a login name as the client gave it (L{bytes} in UTF-8
+        or L{str}).
+    @return: the name its failed logins are counted under: the normalised
+        address, or the name lowercased when it is no address (an ODMR
+        gateway domain).
+    """
+    address = _username(username)
+    if address is not None:
+        return address
+    if isinstance(username, bytes):
+        username = username.decode("utf-8", "replace")
+    return (username or "").strip().lower()
+
+
+class LoginRefused(UnauthorizedLogin):
+    """
+    L{FailedLoginTracker.start} refused a login without checking it.
+
+    @ivar why: for the log: L{BANNED_ADDRESS} or L{LIMITED_ACCOUNT}.
+    """
+
+    def __init__(self, why):
+        UnauthorizedLogin.__init__(self, why)
+        self.why = why
+
+
+BANNED_ADDRESS = "too many failed logins from this address"
+LIMITED_ACCOUNT = "too many failed logins for this account"
+
+
+class _FailureTable:
+    """
+    Failures per key (a client address, an account) within a sliding
+    window, in bounded memory: a key keeps at most C{maxEvents} failures,
+    the table at most C{maxKeys} keys (the longest quiet go first), and a
+    failure older than C{window} seconds is forgotten.
+
+    A failure is C{(time, source, tag)}: C{source} is what L{forget}
+    removes by, C{tag} what makes a repeat count once (L{None}: never a
+    repeat).
+    """
+
+    def __init__(self, window, maxKeys, maxEvents):
+        self.window = window
+        self.maxKeys = maxKeys
+        self.maxEvents = maxEvents
+        # key -> deque of (time, source, tag); ordered by the time of the
+        # last failure recorded, oldest first.
+        self._events = OrderedDict()
+
+    def __len__(self):
+        return len(self._events)
+
+    def _expire(self, now):
+        horizon = now - self.window
+        while self._events:
+            key, events = next(iter(self._events.items()))
+            if events and events[-1][0] > horizon:
+                break
+            del self._events[key]
+
+    def recent(self, key, now):
+        """
+        @return: the failures of C{key} within the window, as a sequence of
+            C{(time, source, tag)}.
+        """
+        events = self._events.get(key)
+        if not events:
+            return ()
+        horizon = now - self.window
+        while events and events[0][0] <= horizon:
+            events.popleft()
+        return events
+
+    def record(self, key, source, tag, now):
+        """
+        Count a failure of C{key}, unless C{tag} is one of its recent ones.
+
+        @return: whether it was counted.
+        """
+        self._expire(now)
+        events = self.recent(key, now)
+        if tag is not None and any(t == tag for _, _, t in events):
+            return False
+        if not events:
+            events = self._events[key] = deque(maxlen=self.maxEvents)
+            while len(self._events) > self.maxKeys:
+                self._events.popitem(last=False)
+        events.append((now, source, tag))
+        self._events.move_to_end(key)
+        return True
+
+    def forget(self, key, source):
+        """
+        Forget the failures of C{key} that came from C{source}.
+        """
+        events = self._events.get(key)
+        if events is None:
+            return
+        kept = [event for event in events if event[1] != source]
+        if kept:
+            self._events[key] = deque(kept, maxlen=self.maxEvents)
+        else:
+            del self._events[key]
+
+
+class LoginAttempt:
+    """
+    A login whose credentials are being checked.  Its L{FailedLoginTracker}
+    counts it as a failure, of its client address and of its account, until
+    it ends with L{succeeded}, L{failed} or L{abandoned} (only the first of
+    them counts).
+
+    @ivar clientAddress: the client's IP address.
+    @ivar account: the L{accountName} tried.
+    """
+
+    def __init__(self, tracker, clientAddress, account, passwordDigest):
+        self.tracker = tracker
+        self.clientAddress = clientAddress
+        self.account = account
+        self.passwordDigest = passwordDigest
+        # What makes a concurrent login the same guess: the same account
+        # and password from one address, the same password for one account.
+        # Without a digest every attempt is a guess of its own.
+        unique = passwordDigest is None
+        self.addressTag = self if unique else (account, passwordDigest)
+        self.accountTag = self if unique else passwordDigest
+        self._ended = False
+
+    def succeeded(self):
+        """
+        The credentials were right: see L{FailedLoginTracker.recordSuccess}.
+        """
+        if self._end():
+            self.tracker.recordSuccess(self.clientAddress, self.account)
+
+    def failed(self):
+        """
+        The credentials were wrong: see L{FailedLoginTracker.recordFailure}.
+        """
+        if self._end():
+            self.tracker.recordFailure(self.clientAddress, self.account, self.passwordDigest)
+
+    def abandoned(self):
+        """
+        The credentials could not be checked (the directory failed): count
+        nothing.
+        """
+        self._end()
+
+    def _end(self):
+        if self._ended:
+            return False
+        self._ended = True
+        self.tracker._release(self)
+        return True
+
+
 class FailedLoginTracker:
     """
-    Failed logins per client address, shared by SMTP, POP3 and IMAP, to slow
-    down and then refuse password guessing.
+    Failed logins per client address and per account, shared by every
+    protocol (SMTP AUTH, POP3, IMAP, ODMR), to slow down and then refuse
+    password guessing however many connections the guesser opens.
 
-    A protocol calls L{recordFailure} when a login fails and answers after
-    L{delayFor} seconds; L{recordSuccess} on success; and refuses to even try
-    a login while L{isBanned}.  As Dovecot does, the same username and
-    password tried again (a client retrying a stale password) counts once.
+    A protocol calls L{start} before checking credentials: it refuses the
+    login (L{LoginRefused}) or returns a L{LoginAttempt}, which counts as a
+    failure while the check runs, so parallel logins cannot get past the
+    limits; the protocol ends it with L{LoginAttempt.succeeded} or
+    L{LoginAttempt.failed} and answers a failure after L{delayFor} seconds.
 
-    Memory is bounded: failures older than C{window} are forgotten, each
-    address keeps at most C{max(banThreshold, 32)} of them, and at most
-    C{maxAddresses} addresses are kept (the longest quiet ones go first).
+    Limits, all over the last C{window} seconds:
+     - an address with C{banThreshold} distinct failures (or checks under
+       way) is banned;
+     - an account with C{accountThreshold} distinct failures from any
+       addresses is limited for C{window} seconds: its logins are refused,
+       except from addresses it has logged in from before (Dovecot's
+       C{auth_penalty}, MDaemon's Dynamic Screening), so its owner keeps
+       working while a password sprayer is shut out.
+    As Dovecot does, a password tried again (a client retrying a stale
+    password) counts once.  A success forgets the failures of that account
+    from that address only.
+
+    Memory is bounded: see L{_FailureTable}; at most C{maxAddresses}
+    addresses, accounts, and account-address pairs that logged in are kept.
 
     @ivar clock: an C{IReactorTime}.
     """
+
+    log = Logger()
 
     def __init__(
         self,
@@ -211,6 +388,7 @@ class FailedLoginTracker:
         maxDelay=15.0,
         window=600,
         banThreshold=10,
+        accountThreshold=20,
         maxAddresses=100000,
     ):
         """
@@ -218,28 +396,39 @@ class FailedLoginTracker:
         @param baseDelay: seconds of delay after one failure; it doubles with
             each further failure.
         @param maxDelay: the delay never exceeds this.
-        @param window: seconds after which a failure is forgotten.
-        @param banThreshold: this many distinct failures within C{window} ban
-            the address until they age out.
-        @param maxAddresses: how many client addresses are tracked at most.
+        @param window: seconds after which a failure is forgotten, and for
+            which an account is limited.
+        @param banThreshold: this many distinct failures of one address
+            within C{window} ban it until they age out; 0 for no ban.
+        @param accountThreshold: this many distinct failures of one account
+            within C{window} limit it; 0 for no limit.
+        @param maxAddresses: how many client addresses (and accounts, and
+            accounts' known addresses) are tracked at most.
         """
         self.clock = clock
         self.baseDelay = baseDelay
         self.maxDelay = maxDelay
         self.window = window
         self.banThreshold = banThreshold
+        self.accountThreshold = accountThreshold
         self.maxAddresses = maxAddresses
-        self._maxEvents = max(banThreshold, 32)
         self._key = os.urandom(32)
-        # clientAddress -> deque of (time, (username, digest)); ordered by the
-        # time of the last recorded failure, oldest first.
-        self._failures = OrderedDict()
+        self._byAddress = _FailureTable(window, maxAddresses, max(banThreshold, 32))
+        self._byAccount = _FailureTable(window, maxAddresses, max(accountThreshold, 32))
+        # Checks under way: address -> {addressTag: count}, account ->
+        # {accountTag: count}.
+        self._pendingByAddress = {}
+        self._pendingByAccount = {}
+        # account -> end of its limit, in the order they began.
+        self._limitedUntil = OrderedDict()
+        # (account, address) pairs that logged in, least recent first.
+        self._loggedIn = OrderedDict()
 
     def __len__(self):
         """
         @return: how many client addresses are tracked.
         """
-        return len(self._failures)
+        return len(self._byAddress)
 
     def digestPassword(self, password):
         """
@@ -252,25 +441,54 @@ class FailedLoginTracker:
             password = password.encode("utf-8")
         return hmac.new(self._key, password, hashlib.sha256).digest()
 
-    def _expire(self, now):
-        horizon = now - self.window
-        while self._failures:
-            address, events = next(iter(self._failures.items()))
-            if events and events[-1][0] > horizon:
-                break
-            del self._failures[address]
+    @staticmethod
+    def _load(table, pending, key, now):
+        """
+        @return: the failures of C{key} in C{table} plus its checks under way
+            that would be new failures.
+        """
+        events = table.recent(key, now)
+        recorded = {tag for _, _, tag in events}
+        waiting = pending.get(key, ())
+        return len(events) + sum(1 for tag in waiting if tag not in recorded)
 
-    def _recent(self, clientAddress):
+    def _over(self, threshold, table, pending, key, tag, now):
         """
-        @return: the number of failures of C{clientAddress} within the window.
+        @return: whether one more check of C{key} (with C{tag}) would pass
+            C{threshold}: a check the same as one under way adds nothing.
         """
-        events = self._failures.get(clientAddress)
-        if not events:
-            return 0
-        horizon = self.clock.seconds() - self.window
-        while events and events[0][0] <= horizon:
-            events.popleft()
-        return len(events)
+        if not threshold:
+            return False
+        if len(table.recent(key, now)) >= threshold:
+            return True
+        return tag not in pending.get(key, ()) and self._load(table, pending, key, now) >= threshold
+
+    def start(self, clientAddress, username, passwordDigest=None):
+        """
+        Admit a login to be checked.
+
+        @param clientAddress: the client's IP address (any hashable value).
+        @param username: the login name tried (L{bytes} or L{str}).
+        @param passwordDigest: L{digestPassword} of the secret tried, or
+            L{None} (then it is never taken for a repeat).
+        @return: the L{LoginAttempt}, to be ended when the check is done.
+        @raise LoginRefused: the address is banned, or the account limited
+            and the address is not one it has logged in from.
+        """
+        now = self.clock.seconds()
+        attempt = LoginAttempt(self, clientAddress, accountName(username), passwordDigest)
+        if self._over(self.banThreshold, self._byAddress, self._pendingByAddress,
+                      clientAddress, attempt.addressTag, now):
+            raise LoginRefused(BANNED_ADDRESS)
+        if self.isLimited(attempt.account, clientAddress, attempt.accountTag):
+            raise LoginRefused(LIMITED_ACCOUNT)
+        _increment(self._pendingByAddress, clientAddress, attempt.addressTag)
+        _increment(self._pendingByAccount, attempt.account, attempt.accountTag)
+        return attempt
+
+    def _release(self, attempt):
+        _decrement(self._pendingByAddress, attempt.clientAddress, attempt.addressTag)
+        _decrement(self._pendingByAccount, attempt.account, attempt.accountTag)
 
     def recordFailure(self, clientAddress, username, passwordDigest=None):
         """
@@ -282,25 +500,50 @@ class FailedLoginTracker:
             L{None} (then every call counts).
         """
         now = self.clock.seconds()
-        self._expire(now)
-        self._recent(clientAddress)
-        events = self._failures.get(clientAddress)
-        if events is None:
-            events = deque(maxlen=self._maxEvents)
-            self._failures[clientAddress] = events
-            while len(self._failures) > self.maxAddresses:
-                self._failures.popitem(last=False)
-        key = (username, passwordDigest)
-        if passwordDigest is not None and any(k == key for _, k in events):
-            return
-        events.append((now, key))
-        self._failures.move_to_end(clientAddress)
+        account = accountName(username)
+        tag = None if passwordDigest is None else (account, passwordDigest)
+        self._byAddress.record(clientAddress, account, tag, now)
+        self._byAccount.record(account, clientAddress, passwordDigest, now)
+        self._expireLimits(now)
+        if (
+            self.accountThreshold
+            and account not in self._limitedUntil
+            and len(self._byAccount.recent(account, now)) >= self.accountThreshold
+        ):
+            self._limitedUntil[account] = now + self.window
+            while len(self._limitedUntil) > self.maxAddresses:
+                self._limitedUntil.popitem(last=False)
+            failures = self._byAccount.recent(account, now)
+            self.log.warn(
+                "auth: logins for {account} refused for {window}s except from addresses"
+                " it logged in from before: {count} failed logins from {addresses} addresses",
+                account=account,
+                window=self.window,
+                count=len(failures),
+                addresses=len({source for _, source, _ in failures}),
+            )
 
-    def recordSuccess(self, clientAddress):
+    def _expireLimits(self, now):
+        while self._limitedUntil:
+            account, until = next(iter(self._limitedUntil.items()))
+            if until > now:
+                break
+            del self._limitedUntil[account]
+
+    def recordSuccess(self, clientAddress, username):
         """
-        Forget the failures of C{clientAddress}.
+        Forget the failures of account C{username} from C{clientAddress}
+        (not those of other accounts, nor from other addresses), and
+        remember that it logged in from there.
         """
-        self._failures.pop(clientAddress, None)
+        account = accountName(username)
+        self._byAddress.forget(clientAddress, account)
+        self._byAccount.forget(account, clientAddress)
+        pair = (account, clientAddress)
+        self._loggedIn[pair] = True
+        self._loggedIn.move_to_end(pair)
+        while len(self._loggedIn) > self.maxAddresses:
+            self._loggedIn.popitem(last=False)
 
     def delayFor(self, clientAddress):
         """
@@ -310,7 +553,7 @@ class FailedLoginTracker:
             most C{maxDelay}.
         @rtype: L{float}
         """
-        count = self._recent(clientAddress)
+        count = len(self._byAddress.recent(clientAddress, self.clock.seconds()))
         if not count:
             return 0
         return min(self.baseDelay * 2 ** min(count - 1, 64), self.maxDelay)
@@ -318,6 +561,45 @@ class FailedLoginTracker:
     def isBanned(self, clientAddress):
         """
         @return: whether C{clientAddress} failed C{banThreshold} distinct
-            times within the window.
+            times within the window, counting its checks under way.
         """
-        return self._recent(clientAddress) >= self.banThreshold
+        return bool(self.banThreshold) and self._load(
+            self._byAddress, self._pendingByAddress, clientAddress, self.clock.seconds()
+        ) >= self.banThreshold
+
+    def isLimited(self, username, clientAddress=None, tag=None):
+        """
+        @param username: a login name.
+        @param clientAddress: the address a login comes from, or L{None}.
+        @param tag: the L{LoginAttempt.accountTag} of a login about to be
+            checked, or L{None}.
+        @return: whether a login of C{username} from C{clientAddress} is
+            refused by the account limit: the account is limited and has not
+            logged in from C{clientAddress} before.
+        """
+        account = accountName(username)
+        if (account, clientAddress) in self._loggedIn:
+            return False
+        now = self.clock.seconds()
+        self._expireLimits(now)
+        if account in self._limitedUntil:
+            return True
+        return self._over(
+            self.accountThreshold, self._byAccount, self._pendingByAccount, account, tag, now
+        )
+
+
+def _increment(counts, key, tag):
+    tags = counts.setdefault(key, {})
+    tags[tag] = tags.get(tag, 0) + 1
+
+
+def _decrement(counts, key, tag):
+    tags = counts.get(key)
+    if tags is None or tag not in tags:
+        return
+    tags[tag] -= 1
+    if not tags[tag]:
+        del tags[tag]
+        if not tags:
+            del counts[key]
