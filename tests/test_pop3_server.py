@@ -134,6 +134,36 @@ def test_stlsTwiceAndWithoutCertificate():
     s.expect("-ERR [SYS/PERM] STLS is not available.")
 
 
+def test_stlsWithArgumentIsRefused():
+    """
+    RFC 2595 section 4: STLS takes no argument; with one it is an error and
+    the session stays in plaintext.
+    """
+    s = Session()
+    s.send("STLS x", "STLS ")
+    s.expect("-ERR STLS takes no argument.", "+OK Begin TLS negotiation now.")
+    assert s.t.protocol.tls
+
+
+def test_authListBeforeSTLSNamesOnlyUsableMechanisms():
+    """
+    AUTH without a mechanism lists what could be used now: nothing before
+    STLS, as CAPA has no SASL line then; every mechanism after it, or
+    before it when plaintext logins are allowed.
+    """
+    s = Session()
+    s.send("AUTH")
+    s.expect("+OK", ".")
+    s.send("AUTH PLAIN " + b64("\0%s\0secret" % USER))
+    s.expect("-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections.")
+    s.stls()
+    s.send("AUTH")
+    s.expect("+OK", "PLAIN", "LOGIN", "CRAM-MD5", ".")
+    s = Session(plaintext=True)
+    s.send("AUTH")
+    s.expect("+OK", "PLAIN", "LOGIN", "CRAM-MD5", ".")
+
+
 def test_wrongPassword():
     s = Session()
     s.stls()
