@@ -426,19 +426,29 @@ class CommandSession(Protocol, TimeoutMixin):
             delay.
         """
         tracker = self.factory.loginTracker
-        attempt = None
-        if tracker is not None:
-            try:
-                attempt = tracker.start(self._ip, username, tracker.digestPassword(sasl.secretOf(creds)))
-            except LoginRefused as refused:
-                self.log.warn(
-                    "{service}: login refused for user={user} from {ip}: {why}",
-                    service=self.service,
-                    user=_printable(username),
-                    ip=self._ip,
-                    why=refused.why,
-                )
-                return self._failLater(refused)
+        if tracker is None:
+            return self._checkCredentials(None, creds, username)
+        d = tracker.start(self._ip, username, tracker.digestPassword(sasl.secretOf(creds)))
+        d.addCallbacks(
+            self._checkCredentials,
+            self._ebRefused,
+            callbackArgs=(creds, username),
+            errbackArgs=(username,),
+        )
+        return d
+
+    def _ebRefused(self, failure, username):
+        failure.trap(LoginRefused)
+        self.log.warn(
+            "{service}: login refused for user={user} from {ip}: {why}",
+            service=self.service,
+            user=_printable(username),
+            ip=self._ip,
+            why=failure.value.why,
+        )
+        return self._failLater(failure.value)
+
+    def _checkCredentials(self, attempt, creds, username):
         d = self.factory.portal.login(creds, None, IAccount)
         d.addCallbacks(
             self._cbPortalLogin,

@@ -498,51 +498,95 @@ def test_identical_logins_together_verify_once():
 # --- limits that parallel logins cannot beat --------------------------------
 
 
+class Started:
+    """
+    What L{FailedLoginTracker.start} gave: L{result} is the
+    L{checkers.LoginAttempt}, the L{checkers.LoginRefused}, or L{None} while
+    the login waits.
+    """
+
+    def __init__(self, d):
+        self.result = None
+        d.addBoth(self._done)
+
+    def _done(self, result):
+        if isinstance(result, Failure):
+            result.trap(checkers.LoginRefused)
+            result = result.value
+        self.result = result
+
+    @property
+    def admitted(self):
+        return isinstance(self.result, checkers.LoginAttempt)
+
+    @property
+    def refused(self):
+        return isinstance(self.result, checkers.LoginRefused)
+
+    @property
+    def waiting(self):
+        return self.result is None
+
+
 def _start(tracker, address, user, password):
-    """
-    @return: the L{checkers.LoginAttempt}, or the L{checkers.LoginRefused}.
-    """
-    try:
-        return tracker.start(address, user, tracker.digestPassword(password))
-    except checkers.LoginRefused as refused:
-        return refused
+    return Started(tracker.start(address, user, tracker.digestPassword(password)))
 
 
 def test_checkUnderWayCountsAsFailure(tracker):
     """
-    100 logins at once from one address: only C{banThreshold} are admitted
-    to be checked, so the right password as the 90th is refused unchecked.
+    100 logins at once from one address: only C{banThreshold} are checked
+    at a time; once they fail, the rest (the right password as the 90th
+    among them) are refused unchecked.
     """
-    results = [
+    started = [
         _start(tracker, "192.0.2.1", "alice@example.com", "right" if i == 89 else "guess%d" % i)
         for i in range(100)
     ]
-    admitted = [r for r in results if isinstance(r, checkers.LoginAttempt)]
+    admitted = [s for s in started if s.admitted]
     assert len(admitted) == tracker.banThreshold == 10
-    assert isinstance(results[89], checkers.LoginRefused)
-    assert results[89].why == checkers.BANNED_ADDRESS
-    assert tracker.isBanned("192.0.2.1")
-    assert not tracker.isBanned("192.0.2.2")
-    # No failure is recorded yet: no delay until one is.
-    assert tracker.delayFor("192.0.2.1") == 0
-    for attempt in admitted:
-        attempt.failed()
+    assert all(s.waiting for s in started[10:])
+    assert not tracker.isBanned("192.0.2.1")
+    # Another address is not held up.
+    assert _start(tracker, "192.0.2.2", "alice@example.com", "pw").admitted
+    for s in admitted:
+        s.result.failed()
+    assert all(s.refused for s in started[10:])
+    assert started[89].result.why == checkers.BANNED_ADDRESS
     assert tracker.isBanned("192.0.2.1")
     assert tracker.delayFor("192.0.2.1") == 15.0
-    assert isinstance(_start(tracker, "192.0.2.1", "alice@example.com", "right"), checkers.LoginRefused)
+    assert _start(tracker, "192.0.2.1", "alice@example.com", "right").refused
+    assert tracker._waiting == []
 
 
-def test_successReleasesItsReservation(tracker):
-    attempts = [_start(tracker, "192.0.2.1", "u%d@example.com" % i, "pw") for i in range(10)]
-    assert tracker.isBanned("192.0.2.1")
-    for attempt in attempts:
-        attempt.succeeded()
-    assert not tracker.isBanned("192.0.2.1")
+def test_parallelGoodLoginsWaitTheirTurn(tracker):
+    """
+    50 users logging in at once from one address (a load test): each is
+    checked in turn, none refused.
+    """
+    started = [_start(tracker, "192.0.2.1", "u%d@example.com" % i, "pw") for i in range(50)]
+    assert sum(s.admitted for s in started) == 10
+    done = set()
+    while len(done) < 50:
+        ready = [s for s in started if s.admitted and id(s) not in done]
+        assert ready
+        for s in ready:
+            done.add(id(s))
+            s.result.succeeded()
+    assert tracker._waiting == [] and tracker._pendingByAddress == {}
     assert tracker.delayFor("192.0.2.1") == 0
+
+
+def test_waitingLoginAdmittedWhenAFailureLeavesRoom(tracker):
+    started = [_start(tracker, "192.0.2.1", "alice@example.com", "guess%d" % i) for i in range(11)]
+    assert started[10].waiting
+    started[0].result.failed()
+    assert started[10].waiting
+    started[1].result.succeeded()
+    assert started[10].admitted
 
 
 def test_abandonedCountsNothing(tracker):
-    attempt = _start(tracker, "192.0.2.1", "alice@example.com", "pw")
+    attempt = _start(tracker, "192.0.2.1", "alice@example.com", "pw").result
     attempt.abandoned()
     attempt.failed()
     assert tracker.delayFor("192.0.2.1") == 0
@@ -550,7 +594,7 @@ def test_abandonedCountsNothing(tracker):
 
 
 def test_attemptEndsOnce(tracker):
-    attempt = _start(tracker, "192.0.2.1", "alice@example.com", "pw")
+    attempt = _start(tracker, "192.0.2.1", "alice@example.com", "pw").result
     attempt.failed()
     attempt.failed()
     attempt.succeeded()
@@ -560,28 +604,25 @@ def test_attemptEndsOnce(tracker):
 
 def test_identicalLoginsUnderWayCountOnce(tracker):
     """
-    A client opening many connections at once with one password (or a
-    load test) is one guess, not many.
+    A client opening many connections at once with one password is one
+    guess, not many: none waits.
     """
-    attempts = [_start(tracker, "192.0.2.1", "alice@example.com", "pw") for _ in range(1000)]
-    assert all(isinstance(a, checkers.LoginAttempt) for a in attempts)
-    assert not tracker.isBanned("192.0.2.1")
-    for attempt in attempts:
-        attempt.failed()
+    started = [_start(tracker, "192.0.2.1", "alice@example.com", "pw") for _ in range(1000)]
+    assert all(s.admitted for s in started)
+    for s in started:
+        s.result.failed()
     assert tracker.delayFor("192.0.2.1") == 2.0
     assert tracker._pendingByAddress == {} and tracker._pendingByAccount == {}
 
 
 def test_checksUnderWayWithoutDigestEachCount(tracker):
-    for i in range(10):
-        tracker.start("192.0.2.1", "alice@example.com")
-    with pytest.raises(checkers.LoginRefused):
-        tracker.start("192.0.2.1", "alice@example.com")
+    started = [Started(tracker.start("192.0.2.1", "alice@example.com")) for _ in range(11)]
+    assert [s.admitted for s in started] == [True] * 10 + [False]
 
 
 def _failFrom(tracker, address, user, password):
-    attempt = tracker.start(address, user, tracker.digestPassword(password))
-    attempt.failed()
+    started = _start(tracker, address, user, password)
+    started.result.failed()
 
 
 def test_accountLimit(clock):
@@ -591,25 +632,23 @@ def test_accountLimit(clock):
     account logged in from before is not.  One warning is logged.
     """
     tracker = FailedLoginTracker(clock)
-    known = tracker.start("198.51.100.1", "bob@example.com", tracker.digestPassword("right"))
-    known.succeeded()
+    _start(tracker, "198.51.100.1", "bob@example.com", "right").result.succeeded()
     with capturedWarnings() as warnings:
         for i in range(20):
             _failFrom(tracker, "203.0.113.%d" % i, "Bob@example.com", "guess%d" % i)
             clock.advance(1)
         refused = _start(tracker, "203.0.113.200", "bob@example.com", "right")
-        assert isinstance(refused, checkers.LoginRefused)
-        assert refused.why == checkers.LIMITED_ACCOUNT
-        _start(tracker, "203.0.113.201", "bob@example.com", "right")
+        assert refused.refused and refused.result.why == checkers.LIMITED_ACCOUNT
+        assert _start(tracker, "203.0.113.201", "bob@example.com", "right").refused
     assert len(warnings) == 1
     assert "bob@example.com" in warnings[0] and "20 failed logins from 20 addresses" in warnings[0]
     assert tracker.isLimited("bob@example.com", "203.0.113.200")
     assert not tracker.isLimited("bob@example.com", "198.51.100.1")
     assert not tracker.isLimited("carol@example.com", "203.0.113.200")
-    attempt = _start(tracker, "198.51.100.1", "bob@example.com", "right")
-    assert isinstance(attempt, checkers.LoginAttempt)
-    attempt.succeeded()
-    # A trusted address's success does not lift the limit for others.
+    known = _start(tracker, "198.51.100.1", "bob@example.com", "right")
+    assert known.admitted
+    known.result.succeeded()
+    # A known address's success does not lift the limit for others.
     assert tracker.isLimited("bob@example.com", "203.0.113.200")
     # The limit lasts the window from the 20th failure (a second ago), then
     # it is gone.
@@ -617,21 +656,29 @@ def test_accountLimit(clock):
     assert tracker.isLimited("bob@example.com", "203.0.113.200")
     clock.advance(1)
     assert not tracker.isLimited("bob@example.com", "203.0.113.200")
-    assert isinstance(_start(tracker, "203.0.113.200", "bob@example.com", "right"), checkers.LoginAttempt)
+    assert _start(tracker, "203.0.113.200", "bob@example.com", "right").admitted
 
 
 def test_accountLimitCountsChecksUnderWay(clock):
     """
     200 addresses guessing one account at once: no more than
-    C{accountThreshold} guesses are checked.
+    C{accountThreshold} guesses are checked; the owner's known address is
+    not held up.
     """
     tracker = FailedLoginTracker(clock)
-    results = [
+    _start(tracker, "198.51.100.1", "bob@example.com", "right").result.succeeded()
+    started = [
         _start(tracker, "203.0.113.%d" % (i % 200), "bob@example.com", "guess%d" % i) for i in range(600)
     ]
-    admitted = [r for r in results if isinstance(r, checkers.LoginAttempt)]
+    admitted = [s for s in started if s.admitted]
     assert len(admitted) == tracker.accountThreshold == 20
-    assert {r.why for r in results if isinstance(r, checkers.LoginRefused)} == {checkers.LIMITED_ACCOUNT}
+    known = _start(tracker, "198.51.100.1", "bob@example.com", "right")
+    assert known.admitted
+    known.result.succeeded()
+    for s in admitted:
+        s.result.failed()
+    assert all(s.refused for s in started[20:])
+    assert {s.result.why for s in started[20:]} == {checkers.LIMITED_ACCOUNT}
 
 
 def test_accountLimitIgnoresRepeatedPassword(clock):
@@ -649,7 +696,7 @@ def test_successForgetsAccountFailuresFromThatAddress(clock):
     tracker = FailedLoginTracker(clock, accountThreshold=3)
     _failFrom(tracker, "192.0.2.1", "bob@example.com", "a")
     _failFrom(tracker, "192.0.2.1", "bob@example.com", "b")
-    tracker.start("192.0.2.1", "bob@example.com", tracker.digestPassword("right")).succeeded()
+    _start(tracker, "192.0.2.1", "bob@example.com", "right").result.succeeded()
     _failFrom(tracker, "192.0.2.2", "bob@example.com", "c")
     _failFrom(tracker, "192.0.2.2", "bob@example.com", "d")
     assert not tracker.isLimited("bob@example.com", "192.0.2.3")
@@ -659,8 +706,10 @@ def test_successForgetsAccountFailuresFromThatAddress(clock):
 
 def test_limitsOff(clock):
     tracker = FailedLoginTracker(clock, banThreshold=0, accountThreshold=0)
-    for i in range(100):
-        _failFrom(tracker, "192.0.2.1", "bob@example.com", "guess%d" % i)
+    started = [_start(tracker, "192.0.2.1", "bob@example.com", "guess%d" % i) for i in range(100)]
+    assert all(s.admitted for s in started)
+    for s in started:
+        s.result.failed()
     assert not tracker.isBanned("192.0.2.1")
     assert not tracker.isLimited("bob@example.com", "192.0.2.1")
     assert tracker.delayFor("192.0.2.1") == 15.0

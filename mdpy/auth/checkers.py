@@ -324,29 +324,29 @@ class LoginAttempt:
         """
         The credentials were right: see L{FailedLoginTracker.recordSuccess}.
         """
-        if self._end():
-            self.tracker.recordSuccess(self.clientAddress, self.account)
+        self._end(self.tracker.recordSuccess, self.clientAddress, self.account)
 
     def failed(self):
         """
         The credentials were wrong: see L{FailedLoginTracker.recordFailure}.
         """
-        if self._end():
-            self.tracker.recordFailure(self.clientAddress, self.account, self.passwordDigest)
+        self._end(self.tracker.recordFailure, self.clientAddress, self.account, self.passwordDigest)
 
     def abandoned(self):
         """
         The credentials could not be checked (the directory failed): count
         nothing.
         """
-        self._end()
+        self._end(None)
 
-    def _end(self):
+    def _end(self, record, *args):
         if self._ended:
-            return False
+            return
         self._ended = True
         self.tracker._release(self)
-        return True
+        if record is not None:
+            record(*args)
+        self.tracker._admitWaiting(self.clientAddress, self.account)
 
 
 class FailedLoginTracker:
@@ -356,10 +356,11 @@ class FailedLoginTracker:
     password guessing however many connections the guesser opens.
 
     A protocol calls L{start} before checking credentials: it refuses the
-    login (L{LoginRefused}) or returns a L{LoginAttempt}, which counts as a
+    login (L{LoginRefused}) or gives a L{LoginAttempt}, which counts as a
     failure while the check runs, so parallel logins cannot get past the
-    limits; the protocol ends it with L{LoginAttempt.succeeded} or
-    L{LoginAttempt.failed} and answers a failure after L{delayFor} seconds.
+    limits (those that could wait their turn); the protocol ends it with
+    L{LoginAttempt.succeeded} or L{LoginAttempt.failed} and answers a
+    failure after L{delayFor} seconds.
 
     Limits, all over the last C{window} seconds:
      - an address with C{banThreshold} distinct failures (or checks under
@@ -423,6 +424,9 @@ class FailedLoginTracker:
         self._limitedUntil = OrderedDict()
         # (account, address) pairs that logged in, least recent first.
         self._loggedIn = OrderedDict()
+        # (LoginAttempt, Deferred) of the logins waiting for checks under
+        # way to end, in order of arrival.
+        self._waiting = []
 
     def __len__(self):
         """
@@ -452,39 +456,96 @@ class FailedLoginTracker:
         waiting = pending.get(key, ())
         return len(events) + sum(1 for tag in waiting if tag not in recorded)
 
-    def _over(self, threshold, table, pending, key, tag, now):
+    @classmethod
+    def _full(cls, threshold, table, pending, key, tag, now):
         """
         @return: whether one more check of C{key} (with C{tag}) would pass
-            C{threshold}: a check the same as one under way adds nothing.
+            C{threshold} if every check under way failed; one the same as a
+            check under way adds nothing.
         """
-        if not threshold:
-            return False
-        if len(table.recent(key, now)) >= threshold:
-            return True
-        return tag not in pending.get(key, ()) and self._load(table, pending, key, now) >= threshold
+        return (
+            bool(threshold)
+            and tag not in pending.get(key, ())
+            and cls._load(table, pending, key, now) >= threshold
+        )
+
+    def _verdict(self, attempt, now):
+        """
+        @return: the L{LoginRefused} for C{attempt}, L{_WAIT} while it would
+            pass a limit if the checks under way all failed, or L{None} when
+            it may be checked now.
+        """
+        address, account = attempt.clientAddress, attempt.account
+        if self.isBanned(address):
+            return LoginRefused(BANNED_ADDRESS)
+        trusted = (account, address) in self._loggedIn
+        if not trusted and self._isLimitedNow(account, now):
+            return LoginRefused(LIMITED_ACCOUNT)
+        if self._full(self.banThreshold, self._byAddress, self._pendingByAddress,
+                      address, attempt.addressTag, now):
+            return _WAIT
+        if not trusted and self._full(self.accountThreshold, self._byAccount,
+                                      self._pendingByAccount, account, attempt.accountTag, now):
+            return _WAIT
+        return None
 
     def start(self, clientAddress, username, passwordDigest=None):
         """
         Admit a login to be checked.
 
+        A login that would pass a limit if the checks under way (of its
+        address, or of its account) all failed waits for them to end: then
+        it is refused or admitted.  So many logins at once are checked a few
+        at a time, and never more guesses than the limits allow.
+
         @param clientAddress: the client's IP address (any hashable value).
         @param username: the login name tried (L{bytes} or L{str}).
         @param passwordDigest: L{digestPassword} of the secret tried, or
             L{None} (then it is never taken for a repeat).
-        @return: the L{LoginAttempt}, to be ended when the check is done.
-        @raise LoginRefused: the address is banned, or the account limited
-            and the address is not one it has logged in from.
+        @return: a L{Deferred} firing with the L{LoginAttempt}, to be ended
+            when the check is done; or failing with L{LoginRefused}: the
+            address is banned, or the account limited and the address not
+            one it has logged in from.
+        """
+        attempt = LoginAttempt(self, clientAddress, accountName(username), passwordDigest)
+        verdict = self._verdict(attempt, self.clock.seconds())
+        if verdict is _WAIT:
+            d = defer.Deferred()
+            self._waiting.append((attempt, d))
+            return d
+        if verdict is not None:
+            return defer.fail(verdict)
+        self._reserve(attempt)
+        return defer.succeed(attempt)
+
+    def _reserve(self, attempt):
+        _increment(self._pendingByAddress, attempt.clientAddress, attempt.addressTag)
+        _increment(self._pendingByAccount, attempt.account, attempt.accountTag)
+
+    def _admitWaiting(self, clientAddress, account):
+        """
+        Decide again, in order of arrival, the waiting logins of
+        C{clientAddress} or C{account}, now that a check of theirs ended.
         """
         now = self.clock.seconds()
-        attempt = LoginAttempt(self, clientAddress, accountName(username), passwordDigest)
-        if self._over(self.banThreshold, self._byAddress, self._pendingByAddress,
-                      clientAddress, attempt.addressTag, now):
-            raise LoginRefused(BANNED_ADDRESS)
-        if self.isLimited(attempt.account, clientAddress, attempt.accountTag):
-            raise LoginRefused(LIMITED_ACCOUNT)
-        _increment(self._pendingByAddress, clientAddress, attempt.addressTag)
-        _increment(self._pendingByAccount, attempt.account, attempt.accountTag)
-        return attempt
+        decided, waiting = [], []
+        for attempt, d in self._waiting:
+            verdict = _WAIT
+            if attempt.clientAddress == clientAddress or attempt.account == account:
+                verdict = self._verdict(attempt, now)
+            if verdict is _WAIT:
+                waiting.append((attempt, d))
+                continue
+            if verdict is None:
+                self._reserve(attempt)
+            decided.append((d, verdict or attempt))
+        self._waiting = waiting
+        # Fired last: a callback may start or end another login.
+        for d, result in decided:
+            if isinstance(result, LoginRefused):
+                d.errback(result)
+            else:
+                d.callback(result)
 
     def _release(self, attempt):
         _decrement(self._pendingByAddress, attempt.clientAddress, attempt.addressTag)
@@ -561,18 +622,15 @@ class FailedLoginTracker:
     def isBanned(self, clientAddress):
         """
         @return: whether C{clientAddress} failed C{banThreshold} distinct
-            times within the window, counting its checks under way.
+            times within the window.
         """
-        return bool(self.banThreshold) and self._load(
-            self._byAddress, self._pendingByAddress, clientAddress, self.clock.seconds()
-        ) >= self.banThreshold
+        count = len(self._byAddress.recent(clientAddress, self.clock.seconds()))
+        return bool(self.banThreshold) and count >= self.banThreshold
 
-    def isLimited(self, username, clientAddress=None, tag=None):
+    def isLimited(self, username, clientAddress=None):
         """
         @param username: a login name.
         @param clientAddress: the address a login comes from, or L{None}.
-        @param tag: the L{LoginAttempt.accountTag} of a login about to be
-            checked, or L{None}.
         @return: whether a login of C{username} from C{clientAddress} is
             refused by the account limit: the account is limited and has not
             logged in from C{clientAddress} before.
@@ -580,13 +638,14 @@ class FailedLoginTracker:
         account = accountName(username)
         if (account, clientAddress) in self._loggedIn:
             return False
-        now = self.clock.seconds()
+        return self._isLimitedNow(account, self.clock.seconds())
+
+    def _isLimitedNow(self, account, now):
         self._expireLimits(now)
-        if account in self._limitedUntil:
-            return True
-        return self._over(
-            self.accountThreshold, self._byAccount, self._pendingByAccount, account, tag, now
-        )
+        return account in self._limitedUntil
+
+
+_WAIT = object()
 
 
 def _increment(counts, key, tag):
