@@ -24,7 +24,7 @@ from twisted.protocols.policies import TimeoutMixin
 
 from mdpy.auth import IAccount
 from mdpy.auth import sasl
-from mdpy.auth.checkers import LoginRefused
+from mdpy.auth.checkers import BANNED_ADDRESS, LoginRefused
 from mdpy.logs import Logger
 
 
@@ -439,7 +439,10 @@ class CommandSession(Protocol, TimeoutMixin):
 
     def _ebRefused(self, failure, username):
         failure.trap(LoginRefused)
-        self.log.warn(
+        # A banned address is news for fail2ban; a limited account was
+        # announced once by the tracker, and its refusals may be many.
+        emit = self.log.warn if failure.value.why == BANNED_ADDRESS else self.log.info
+        emit(
             "{service}: login refused for user={user} from {ip}: {why}",
             service=self.service,
             user=_printable(username),

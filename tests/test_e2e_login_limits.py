@@ -57,22 +57,25 @@ def connect(port, source):
     return socket.create_connection((HOST, port), timeout=30, source_address=(source, 0))
 
 
-class _IMAP(imaplib.IMAP4):
+class _FromSource:
+    """
+    A C{imaplib} or C{poplib} client connecting from a given source address.
+    """
+
     def __init__(self, port, source):
         self._source = source
-        imaplib.IMAP4.__init__(self, HOST, port, timeout=30)
+        super().__init__(HOST, port, timeout=30)
 
     def _create_socket(self, timeout):
         return connect(self.port, self._source)
 
 
-class _POP3(poplib.POP3):
-    def __init__(self, port, source):
-        self._source = source
-        poplib.POP3.__init__(self, HOST, port, timeout=30)
+class _IMAP(_FromSource, imaplib.IMAP4):
+    pass
 
-    def _create_socket(self, timeout):
-        return connect(self.port, self._source)
+
+class _POP3(_FromSource, poplib.POP3):
+    pass
 
 
 def imapLogin(server, source, address, password):

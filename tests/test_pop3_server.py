@@ -6,14 +6,17 @@ in-memory store.
 import base64
 import hmac
 
-from twisted.internet import task
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import Portal
+from twisted.internet import defer, task
 
 from mdpy import errors
 from mdpy.auth.checkers import FailedLoginTracker
 from mdpy.pop3.maildrop import MaildropLocks, uidlFor
 from mdpy.pop3.server import POP3Factory
 from mdpy.store.memory import MemoryStore
-from mdpy.testing import Transcript, memoryPortal, synchronousRunner
+from mdpy.testing import AddressRealm, Transcript, memoryPortal, synchronousRunner
 
 TLS = object()
 USER = "joe@example.test"
@@ -184,6 +187,56 @@ def test_failedLoginsAreDelayed():
     assert s.lines() == []
     s.clock.advance(0.1)
     s.expect("-ERR [AUTH] Authentication failed.", "-ERR Command not valid in this state.")
+
+
+class HeldChecker:
+    """
+    A checker whose answers the test gives: L{checks} holds a
+    C{(username, password, Deferred)} per check asked for.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self):
+        self.checks = []
+
+    def requestAvatarId(self, credentials):
+        d = defer.Deferred()
+        self.checks.append((credentials.username, credentials.password, d))
+        return d
+
+
+def test_loginsAtOnceAreCheckedWithinTheLimit():
+    """
+    Three sessions from one address send PASS at once with an address
+    limit of 2: two passwords are checked; the third, the right one, waits,
+    and once the two have failed it is refused without being checked.
+    """
+    clock = task.Clock()
+    checker = HeldChecker()
+    factory = POP3Factory(
+        "mx.example.test",
+        filledStore(),
+        allowPlaintext=True,
+        runInThread=synchronousRunner,
+        portal=Portal(AddressRealm(), [checker]),
+        loginTracker=FailedLoginTracker(clock, baseDelay=1, banThreshold=2),
+        clock=clock,
+    )
+    sessions = []
+    for password in ("guess1", "guess2", "secret"):
+        t = Transcript(factory.buildProtocol(None))
+        t.expect("+OK mdpy ready.")
+        t.send("USER " + USER, "PASS " + password)
+        t.expect("+OK")
+        sessions.append(t)
+    assert [password for _, password, _ in checker.checks] == [b"guess1", b"guess2"]
+    for _, _, d in checker.checks:
+        d.errback(UnauthorizedLogin())
+    clock.advance(2)
+    for t in sessions:
+        t.expect("-ERR [AUTH] Authentication failed.")
+    assert len(checker.checks) == 2
 
 
 def test_saslPlainLoginAndCramMD5():
