@@ -449,7 +449,10 @@ class CommandSession(Protocol, TimeoutMixin):
             ip=self._ip,
             why=failure.value.why,
         )
-        return self._failLater(failure.value)
+        # Never sooner than a first failure, so a refused client cannot
+        # repeat its refused logins at full speed.
+        tracker = self.factory.loginTracker
+        return self._failLater(failure.value, max(tracker.baseDelay, tracker.delayFor(self._ip)))
 
     def _checkCredentials(self, attempt, creds, username):
         d = self.factory.portal.login(creds, None, IAccount)
@@ -501,15 +504,13 @@ class CommandSession(Protocol, TimeoutMixin):
             attempt.failed()
         elif tracker is not None:
             tracker.recordFailure(self._ip, username, tracker.digestPassword(secret))
-        return self._failLater(credError.UnauthorizedLogin(why))
-
-    def _failLater(self, failure):
-        """
-        @return: a Deferred failing with C{failure} after the delay this
-            client has earned.
-        """
-        tracker = self.factory.loginTracker
         delay = 0 if tracker is None else tracker.delayFor(self._ip)
+        return self._failLater(credError.UnauthorizedLogin(why), delay)
+
+    def _failLater(self, failure, delay):
+        """
+        @return: a Deferred failing with C{failure} after C{delay} seconds.
+        """
         if not delay:
             return defer.fail(failure)
         d = defer.Deferred()

@@ -3,6 +3,7 @@ Tests for L{mdpy.auth.checkers}.
 """
 
 import hmac
+import sys
 
 import pytest
 from twisted.cred.checkers import ICredentialsChecker
@@ -545,6 +546,7 @@ def test_checkUnderWayCountsAsFailure(tracker):
     admitted = [s for s in started if s.admitted]
     assert len(admitted) == tracker.banThreshold == 10
     assert all(s.waiting for s in started[10:])
+    assert tracker.waitingLogins() == 90
     assert not tracker.isBanned("192.0.2.1")
     # Another address is not held up.
     assert _start(tracker, "192.0.2.2", "alice@example.com", "pw").admitted
@@ -555,7 +557,7 @@ def test_checkUnderWayCountsAsFailure(tracker):
     assert tracker.isBanned("192.0.2.1")
     assert tracker.delayFor("192.0.2.1") == 15.0
     assert _start(tracker, "192.0.2.1", "alice@example.com", "right").refused
-    assert tracker._waiting == []
+    assert tracker.waitingLogins() == 0
 
 
 def test_parallelGoodLoginsWaitTheirTurn(tracker):
@@ -572,7 +574,7 @@ def test_parallelGoodLoginsWaitTheirTurn(tracker):
         for s in ready:
             done.add(id(s))
             s.result.succeeded()
-    assert tracker._waiting == [] and tracker._pendingByAddress == {}
+    assert tracker.waitingLogins() == 0 and tracker._pendingByAddress == {}
     assert tracker.delayFor("192.0.2.1") == 0
 
 
@@ -752,3 +754,49 @@ class capturedWarnings:
         from twisted.logger import globalLogPublisher
 
         globalLogPublisher.removeObserver(self._observer)
+
+
+def test_manyWaitingLoginsCheckedAtOnceDoNotRecurse(tracker):
+    """
+    1000 logins wait behind 10 checks under way; each, once admitted, ends
+    at once (a cached password): they are all admitted, one after the
+    other, without the stack growing with the queue.
+    """
+    held = [_start(tracker, "192.0.2.1", "slow%d@example.com" % i, "pw") for i in range(10)]
+    depths = []
+
+    def succeedAtOnce(attempt):
+        frame, depth = sys._getframe(), 0
+        while frame is not None:
+            frame, depth = frame.f_back, depth + 1
+        depths.append(depth)
+        attempt.succeeded()
+
+    for i in range(1000):
+        tracker.start("192.0.2.1", "u%d@example.com" % i, tracker.digestPassword("pw")).addCallback(succeedAtOnce)
+    assert depths == []
+    held[0].result.succeeded()
+    assert len(depths) == 1000
+    assert max(depths) - min(depths) < 10 < sys.getrecursionlimit()
+    assert tracker.waitingLogins() == 0
+
+
+def test_waitingLoginWaitsForAddressThenAccount(clock):
+    """
+    A login held up by its address's checks, then by its account's, is
+    decided when they end.
+    """
+    tracker = FailedLoginTracker(clock, banThreshold=2, accountThreshold=2)
+    first = _start(tracker, "192.0.2.1", "bob@example.com", "g1")
+    second = _start(tracker, "192.0.2.2", "bob@example.com", "g2")
+    other = _start(tracker, "192.0.2.1", "alice@example.com", "right")
+    assert first.admitted and second.admitted and other.admitted
+    waiting = _start(tracker, "192.0.2.1", "bob@example.com", "g4")
+    assert waiting.waiting
+    other.result.succeeded()
+    assert waiting.waiting and tracker.waitingLogins() == 1
+    second.result.failed()
+    assert waiting.waiting
+    first.result.failed()
+    assert waiting.refused and waiting.result.why == checkers.LIMITED_ACCOUNT
+    assert tracker.waitingLogins() == 0

@@ -424,15 +424,28 @@ class FailedLoginTracker:
         self._limitedUntil = OrderedDict()
         # (account, address) pairs that logged in, least recent first.
         self._loggedIn = OrderedDict()
-        # (LoginAttempt, Deferred) of the logins waiting for checks under
-        # way to end, in order of arrival.
-        self._waiting = []
+        # (LoginAttempt, Deferred) of the logins waiting for the checks
+        # under way of their address or account to end, in order of arrival:
+        # reason -> ({address or account: deque}, what the key is).
+        self._waiting = {
+            _WAIT_FOR_ADDRESS: ({}, lambda attempt: attempt.clientAddress),
+            _WAIT_FOR_ACCOUNT: ({}, lambda attempt: attempt.account),
+        }
+        # (address, account) of the checks ended while deciding.
+        self._ended = deque()
+        self._deciding = False
 
     def __len__(self):
         """
         @return: how many client addresses are tracked.
         """
         return len(self._byAddress)
+
+    def waitingLogins(self):
+        """
+        @return: how many logins wait for checks under way to end.
+        """
+        return sum(len(queue) for queues, _ in self._waiting.values() for queue in queues.values())
 
     def digestPassword(self, password):
         """
@@ -471,8 +484,9 @@ class FailedLoginTracker:
 
     def _verdict(self, attempt, now):
         """
-        @return: the L{LoginRefused} for C{attempt}, L{_WAIT} while it would
-            pass a limit if the checks under way all failed, or L{None} when
+        @return: the L{LoginRefused} for C{attempt}; L{_WAIT_FOR_ADDRESS} or
+            L{_WAIT_FOR_ACCOUNT} while it would pass the limit of its address
+            or account if the checks under way all failed; or L{None} when
             it may be checked now.
         """
         address, account = attempt.clientAddress, attempt.account
@@ -483,10 +497,10 @@ class FailedLoginTracker:
             return LoginRefused(LIMITED_ACCOUNT)
         if self._full(self.banThreshold, self._byAddress, self._pendingByAddress,
                       address, attempt.addressTag, now):
-            return _WAIT
+            return _WAIT_FOR_ADDRESS
         if not trusted and self._full(self.accountThreshold, self._byAccount,
                                       self._pendingByAccount, account, attempt.accountTag, now):
-            return _WAIT
+            return _WAIT_FOR_ACCOUNT
         return None
 
     def start(self, clientAddress, username, passwordDigest=None):
@@ -509,9 +523,9 @@ class FailedLoginTracker:
         """
         attempt = LoginAttempt(self, clientAddress, accountName(username), passwordDigest)
         verdict = self._verdict(attempt, self.clock.seconds())
-        if verdict is _WAIT:
+        if verdict in _WAITS:
             d = defer.Deferred()
-            self._waiting.append((attempt, d))
+            self._wait(verdict, attempt, d)
             return d
         if verdict is not None:
             return defer.fail(verdict)
@@ -526,26 +540,68 @@ class FailedLoginTracker:
         """
         Decide again, in order of arrival, the waiting logins of
         C{clientAddress} or C{account}, now that a check of theirs ended.
+
+        A login admitted here may be checked and ended at once (a cached
+        password), which calls this again: that call only queues its
+        addresses, for the loop already running, so a long queue of waiting
+        logins never recurses.
         """
+        self._ended.append((clientAddress, account))
+        if self._deciding:
+            return
+        self._deciding = True
+        try:
+            while self._ended:
+                clientAddress, account = self._ended.popleft()
+                self._decideWaiting(clientAddress, account)
+        finally:
+            self._deciding = False
+
+    def _wait(self, reason, attempt, d):
+        """
+        Queue C{attempt} behind the checks of its address or account.
+        """
+        queues, key = self._waiting[reason]
+        queues.setdefault(key(attempt), deque()).append((attempt, d))
+
+    def _decideWaiting(self, clientAddress, account):
         now = self.clock.seconds()
-        decided, waiting = [], []
-        for attempt, d in self._waiting:
-            verdict = _WAIT
-            if attempt.clientAddress == clientAddress or attempt.account == account:
-                verdict = self._verdict(attempt, now)
-            if verdict is _WAIT:
-                waiting.append((attempt, d))
-                continue
-            if verdict is None:
-                self._reserve(attempt)
-            decided.append((d, verdict or attempt))
-        self._waiting = waiting
+        decided = []
+        self._decideQueue(_WAIT_FOR_ADDRESS, clientAddress, now, decided)
+        self._decideQueue(_WAIT_FOR_ACCOUNT, account, now, decided)
         # Fired last: a callback may start or end another login.
         for d, result in decided:
             if isinstance(result, LoginRefused):
                 d.errback(result)
             else:
                 d.callback(result)
+
+    def _decideQueue(self, reason, key, now, decided):
+        """
+        Decide the logins waiting behind the checks of C{key} (an address or
+        an account, as C{reason} says), in order, up to the first that still
+        has to wait for the same reason (so are all after it that would be
+        new guesses).  One that now waits for the other reason moves to that
+        queue.
+        """
+        queues = self._waiting[reason][0]
+        queue = queues.get(key)
+        if queue is None:
+            return
+        while queue:
+            attempt, d = queue.popleft()
+            verdict = self._verdict(attempt, now)
+            if verdict is reason:
+                queue.appendleft((attempt, d))
+                break
+            if verdict in _WAITS:
+                self._wait(verdict, attempt, d)
+                continue
+            if verdict is None:
+                self._reserve(attempt)
+            decided.append((d, verdict or attempt))
+        if not queue:
+            del queues[key]
 
     def _release(self, attempt):
         _decrement(self._pendingByAddress, attempt.clientAddress, attempt.addressTag)
@@ -641,11 +697,16 @@ class FailedLoginTracker:
         return self._isLimitedNow(account, self.clock.seconds())
 
     def _isLimitedNow(self, account, now):
+        """
+        @return: whether C{account} is limited now, from any address.
+        """
         self._expireLimits(now)
         return account in self._limitedUntil
 
 
-_WAIT = object()
+_WAIT_FOR_ADDRESS = "wait for the address"
+_WAIT_FOR_ACCOUNT = "wait for the account"
+_WAITS = (_WAIT_FOR_ADDRESS, _WAIT_FOR_ACCOUNT)
 
 
 def _increment(counts, key, tag):
