@@ -13,6 +13,9 @@ Invariants:
    L{CommandSession.lineTooLong}) and discarded as it arrives.
  - L{CommandSession.startTLS} discards whatever plaintext was pipelined after
    the command that started TLS (CVE-2011-0411).
+ - Credentials are checked only once the factory's login tracker admits
+   them, and every admitted check is ended (succeeded, failed or abandoned),
+   so the checks under way always count against the limits.
 """
 
 import base64
@@ -455,6 +458,10 @@ class CommandSession(Protocol, TimeoutMixin):
         return self._failLater(failure.value, max(tracker.baseDelay, tracker.delayFor(self._ip)))
 
     def _checkCredentials(self, attempt, creds, username):
+        if self._closing and attempt is not None:
+            # The client left while its login waited: nothing to check.
+            attempt.abandoned()
+            return defer.fail(credError.UnauthorizedLogin("connection closed"))
         d = self.factory.portal.login(creds, None, IAccount)
         d.addCallbacks(
             self._cbPortalLogin,

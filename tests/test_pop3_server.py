@@ -239,6 +239,30 @@ def test_loginsAtOnceAreCheckedWithinTheLimit():
     assert len(checker.checks) == 2
 
 
+def test_waitingLoginOfAClosedSessionIsNotChecked():
+    clock = task.Clock()
+    checker = HeldChecker()
+    factory = POP3Factory(
+        "mx.example.test",
+        filledStore(),
+        allowPlaintext=True,
+        runInThread=synchronousRunner,
+        portal=Portal(AddressRealm(), [checker]),
+        loginTracker=FailedLoginTracker(clock, banThreshold=1),
+        clock=clock,
+    )
+    sessions = []
+    for password in ("guess1", "secret"):
+        t = Transcript(factory.buildProtocol(None))
+        t.send("USER " + USER, "PASS " + password)
+        sessions.append(t)
+    sessions[1].protocol.connectionLost(None)
+    checker.checks[0][2].callback(USER)
+    assert len(checker.checks) == 1
+    assert factory.loginTracker.waitingLogins() == 0
+    assert factory.loginTracker._pendingByAddress == {}
+
+
 def test_saslPlainLoginAndCramMD5():
     s = Session()
     s.stls()
