@@ -71,6 +71,20 @@ def parseDuration(text):
     return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
+_SECONDS = re.compile(r"(\d+(?:\.\d+)?)\s*([smh]?)\Z")
+
+
+def parseSeconds(text):
+    """
+    @return: seconds, as a L{float}, for C{2s}, C{0.5s}, C{1m} or a plain
+        number: a duration that may be a fraction of a second.
+    """
+    match = _SECONDS.match(text.strip().lower())
+    if not match:
+        raise ValueError("expected a duration like 2s, 0.5s or 1m")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
 _SIZE = re.compile(r"(\d+)\s*([kmg]?)b?\Z")
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
@@ -202,6 +216,19 @@ SCHEMA = {
     "tls": [
         Key("certificate", parseStr, "", "PEM certificate chain; default: a self-signed one in data_dir/tls.", isPath=True),
         Key("private_key", parseStr, "", "PEM private key; default: beside the self-signed certificate.", isPath=True),
+    ],
+    "auth": [
+        Key("failure_window", parseDuration, "10m",
+            "Failed logins are counted over this time; an account limit lasts this long."),
+        Key("failure_delay", parseSeconds, "2s",
+            "Wait before answering a failed login; it doubles with each further failure from the address."),
+        Key("max_failure_delay", parseSeconds, "15s", "The longest that wait grows to."),
+        Key("address_failures", parseInt, "10",
+            "Failed logins (and logins being checked) from one address within failure_window that "
+            "refuse its further logins until they age out; the same password again counts once; 0 for no limit."),
+        Key("account_failures", parseInt, "20",
+            "Failed logins for one account, from any addresses, within failure_window that refuse its "
+            "logins for failure_window, except from addresses it logged in from before; 0 for no limit."),
     ],
     "smtp": _listener(
         25,

@@ -13,6 +13,9 @@ Invariants:
    L{CommandSession.lineTooLong}) and discarded as it arrives.
  - L{CommandSession.startTLS} discards whatever plaintext was pipelined after
    the command that started TLS (CVE-2011-0411).
+ - Credentials are checked only once the factory's login tracker admits
+   them, and every admitted check is ended (succeeded, failed or abandoned),
+   so the checks under way always count against the limits.
 """
 
 import base64
@@ -24,6 +27,7 @@ from twisted.protocols.policies import TimeoutMixin
 
 from mdpy.auth import IAccount
 from mdpy.auth import sasl
+from mdpy.auth.checkers import BANNED_ADDRESS, LoginRefused
 from mdpy.logs import Logger
 
 
@@ -416,62 +420,115 @@ class CommandSession(Protocol, TimeoutMixin):
 
     def login(self, creds, username):
         """
-        Log in with cred credentials.
+        Log in with cred credentials, within the limits of the factory's
+        L{mdpy.auth.checkers.FailedLoginTracker}: a login it refuses is not
+        checked, one it admits counts as a failure until the check is done.
 
         @return: a Deferred firing with the avatar (the account address), or
             failing with L{credError.UnauthorizedLogin} after the failed-login
             delay.
         """
         tracker = self.factory.loginTracker
-        if tracker is not None and tracker.isBanned(self._ip):
-            self.log.warn(
-                "{service}: login refused, banned client {ip}", service=self.service, ip=self._ip
-            )
-            return defer.fail(credError.UnauthorizedLogin("banned"))
-        d = self.factory.portal.login(creds, None, IAccount)
-        d.addCallbacks(self._cbPortalLogin, self._ebPortalLogin, errbackArgs=(username, creds))
+        if tracker is None:
+            return self._checkCredentials(None, creds, username)
+        d = tracker.start(self._ip, username, tracker.digestPassword(sasl.secretOf(creds)))
+        d.addCallbacks(
+            self._checkCredentials,
+            self._ebRefused,
+            callbackArgs=(creds, username),
+            errbackArgs=(username,),
+        )
         return d
 
-    def _cbPortalLogin(self, result):
-        interface, avatar, logout = result
+    def _ebRefused(self, failure, username):
+        failure.trap(LoginRefused)
+        # A banned address is news for fail2ban; a limited account was
+        # announced once by the tracker, and its refusals may be many.
+        emit = self.log.warn if failure.value.why == BANNED_ADDRESS else self.log.info
+        emit(
+            "{service}: login refused for user={user} from {ip}: {why}",
+            service=self.service,
+            user=_printable(username),
+            ip=self._ip,
+            why=failure.value.why,
+        )
+        # Never sooner than a first failure, so a refused client cannot
+        # repeat its refused logins at full speed.
         tracker = self.factory.loginTracker
-        if tracker is not None:
-            tracker.recordSuccess(self._ip)
+        return self._failLater(failure.value, max(tracker.baseDelay, tracker.delayFor(self._ip)))
+
+    def _checkCredentials(self, attempt, creds, username):
+        if self._closing and attempt is not None:
+            # The client left while its login waited: nothing to check.
+            attempt.abandoned()
+            return defer.fail(credError.UnauthorizedLogin("connection closed"))
+        d = self.factory.portal.login(creds, None, IAccount)
+        d.addCallbacks(
+            self._cbPortalLogin,
+            self._ebPortalLogin,
+            callbackArgs=(attempt,),
+            errbackArgs=(username, attempt),
+        )
+        return d
+
+    def _cbPortalLogin(self, result, attempt):
+        interface, avatar, logout = result
+        if attempt is not None:
+            attempt.succeeded()
         self.log.info(
             "{service}: {user} logged in from {ip}", service=self.service, user=avatar, ip=self._ip
         )
         return avatar
 
-    def _ebPortalLogin(self, failure, username, creds):
-        failure.trap(credError.UnauthorizedLogin, credError.UnhandledCredentials)
-        return self.loginFailed(username, "bad credentials", sasl.secretOf(creds))
+    def _ebPortalLogin(self, failure, username, attempt):
+        if not failure.check(credError.UnauthorizedLogin, credError.UnhandledCredentials):
+            if attempt is not None:
+                attempt.abandoned()
+            return failure
+        return self.loginFailed(username, "bad credentials", attempt=attempt)
 
-    def loginFailed(self, username, why, secret):
+    def loginFailed(self, username, why, secret=b"", attempt=None):
         """
         Log a failed login (a line fail2ban can match), count it, and fail
         after the delay this client has earned.
 
+        @param secret: what was offered as the password, when no C{attempt}.
+        @param attempt: the L{mdpy.auth.checkers.LoginAttempt} that failed,
+            or L{None} if nothing was checked.
         @return: a Deferred failing with L{credError.UnauthorizedLogin}.
         """
-        if isinstance(username, bytes):
-            username = username.decode("utf-8", "replace")
         self.log.warn(
             "{service}: authentication failed for user={user} from {ip}: {why}",
             service=self.service,
-            user=username,
+            user=_printable(username),
             ip=self._ip,
             why=why,
         )
         tracker = self.factory.loginTracker
-        delay = 0
-        if tracker is not None:
-            # Counted first, so that even the first failure waits (2 s, as
-            # Dovecot's auth_failure_delay), growing with each new one.
+        # Counted first, so that even the first failure waits (2 s, as
+        # Dovecot's auth_failure_delay), growing with each new one.
+        if attempt is not None:
+            attempt.failed()
+        elif tracker is not None:
             tracker.recordFailure(self._ip, username, tracker.digestPassword(secret))
-            delay = tracker.delayFor(self._ip)
-        failure = credError.UnauthorizedLogin(why)
+        delay = 0 if tracker is None else tracker.delayFor(self._ip)
+        return self._failLater(credError.UnauthorizedLogin(why), delay)
+
+    def _failLater(self, failure, delay):
+        """
+        @return: a Deferred failing with C{failure} after C{delay} seconds.
+        """
         if not delay:
             return defer.fail(failure)
         d = defer.Deferred()
         self.factory.clock.callLater(delay, d.errback, failure)
         return d
+
+
+def _printable(username):
+    """
+    @return: C{username} as text for a log line.
+    """
+    if isinstance(username, bytes):
+        return username.decode("utf-8", "replace")
+    return username

@@ -220,7 +220,7 @@ def buildService(config, portOffset=0, reactor=None):
             log.warn("gateway:{domain} is also a local domain; its mail is held for ATRN, "
                      "not delivered to its users", domain=domain)
     portal = makePortal(directory)
-    loginTracker = FailedLoginTracker(reactor)
+    loginTracker = loginTrackerFor(config["auth"], reactor)
 
     shared = dict(
         portal=portal,
@@ -615,6 +615,21 @@ def odmrClientFor(config, name, section, pipeline, reactor):
     )
     return ODMRClientService(account, reversed, server["hostname"], section["interval"],
                              reactor=reactor, clock=reactor)
+
+
+def loginTrackerFor(section, reactor):
+    """
+    @return: the L{FailedLoginTracker} of an C{[auth]} section, which every
+        listener with logins shares.
+    """
+    return FailedLoginTracker(
+        reactor,
+        baseDelay=section["failure_delay"],
+        maxDelay=max(section["max_failure_delay"], section["failure_delay"]),
+        window=section["failure_window"],
+        banThreshold=section["address_failures"],
+        accountThreshold=section["account_failures"],
+    )
 
 
 def relaySettings(section):

@@ -3,6 +3,7 @@ Tests for L{mdpy.auth.checkers}.
 """
 
 import hmac
+import sys
 
 import pytest
 from twisted.cred.checkers import ICredentialsChecker
@@ -337,11 +338,31 @@ def test_digestPassword(tracker):
 
 def test_successClears(tracker):
     for i in range(3):
-        tracker.recordFailure("192.0.2.1", "alice", tracker.digestPassword(str(i)))
-    tracker.recordSuccess("192.0.2.1")
+        tracker.recordFailure("192.0.2.1", "alice@example.com", tracker.digestPassword(str(i)))
+    tracker.recordSuccess("192.0.2.1", "Alice@Example.COM")
     assert tracker.delayFor("192.0.2.1") == 0
     assert len(tracker) == 0
-    tracker.recordSuccess("192.0.2.99")
+    tracker.recordSuccess("192.0.2.99", "alice@example.com")
+
+
+def test_successClearsOnlyThatAccount(tracker):
+    """
+    A guesser who owns one account cannot wipe its failures on others by
+    logging in to it.
+    """
+    for i in range(9):
+        tracker.recordFailure("192.0.2.1", "victim@example.com", tracker.digestPassword(str(i)))
+    tracker.recordFailure("192.0.2.1", "own@example.com", tracker.digestPassword("typo"))
+    tracker.recordSuccess("192.0.2.1", "own@example.com")
+    assert tracker.delayFor("192.0.2.1") == 15.0
+    assert not tracker.isBanned("192.0.2.1")
+    tracker.recordFailure("192.0.2.1", "victim@example.com", tracker.digestPassword("9"))
+    assert tracker.isBanned("192.0.2.1")
+    # The victim's failures from other addresses stay, too.
+    tracker.recordFailure("192.0.2.2", "victim@example.com", tracker.digestPassword("x"))
+    tracker.recordSuccess("192.0.2.1", "victim@example.com")
+    assert not tracker.isBanned("192.0.2.1")
+    assert tracker.delayFor("192.0.2.2") == 2.0
 
 
 def test_ban(tracker, clock):
@@ -406,7 +427,9 @@ def test_boundedAddresses(clock):
 def test_boundedFailuresPerAddress(tracker):
     for i in range(10000):
         tracker.recordFailure("192.0.2.1", "alice", str(i).encode())
-    assert len(tracker._failures["192.0.2.1"]) <= max(tracker.banThreshold, 32)
+    now = tracker.clock.seconds()
+    assert len(tracker._byAddress.recent("192.0.2.1", now)) <= max(tracker.banThreshold, 32)
+    assert len(tracker._byAccount.recent("alice", now)) <= max(tracker.accountThreshold, 32)
     assert tracker.isBanned("192.0.2.1")
     assert tracker.delayFor("192.0.2.1") == 15.0
 
@@ -471,3 +494,309 @@ def test_identical_logins_together_verify_once():
     d, f, args = pending.pop()
     d.callback(f(*args))
     assert results == ["a@b.test"] * 5
+
+
+# --- limits that parallel logins cannot beat --------------------------------
+
+
+class Started:
+    """
+    What L{FailedLoginTracker.start} gave: L{result} is the
+    L{checkers.LoginAttempt}, the L{checkers.LoginRefused}, or L{None} while
+    the login waits.
+    """
+
+    def __init__(self, d):
+        self.result = None
+        d.addBoth(self._done)
+
+    def _done(self, result):
+        if isinstance(result, Failure):
+            result.trap(checkers.LoginRefused)
+            result = result.value
+        self.result = result
+
+    @property
+    def admitted(self):
+        return isinstance(self.result, checkers.LoginAttempt)
+
+    @property
+    def refused(self):
+        return isinstance(self.result, checkers.LoginRefused)
+
+    @property
+    def waiting(self):
+        return self.result is None
+
+
+def _start(tracker, address, user, password):
+    return Started(tracker.start(address, user, tracker.digestPassword(password)))
+
+
+def test_checkUnderWayCountsAsFailure(tracker):
+    """
+    100 logins at once from one address: only C{banThreshold} are checked
+    at a time; once they fail, the rest (the right password as the 90th
+    among them) are refused unchecked.
+    """
+    started = [
+        _start(tracker, "192.0.2.1", "alice@example.com", "right" if i == 89 else "guess%d" % i)
+        for i in range(100)
+    ]
+    admitted = [s for s in started if s.admitted]
+    assert len(admitted) == tracker.banThreshold == 10
+    assert all(s.waiting for s in started[10:])
+    assert tracker.waitingLogins() == 90
+    assert not tracker.isBanned("192.0.2.1")
+    # Another address is not held up.
+    assert _start(tracker, "192.0.2.2", "alice@example.com", "pw").admitted
+    for s in admitted:
+        s.result.failed()
+    assert all(s.refused for s in started[10:])
+    assert started[89].result.why == checkers.BANNED_ADDRESS
+    assert tracker.isBanned("192.0.2.1")
+    assert tracker.delayFor("192.0.2.1") == 15.0
+    assert _start(tracker, "192.0.2.1", "alice@example.com", "right").refused
+    assert tracker.waitingLogins() == 0
+
+
+def test_parallelGoodLoginsWaitTheirTurn(tracker):
+    """
+    50 users logging in at once from one address (a load test): each is
+    checked in turn, none refused.
+    """
+    started = [_start(tracker, "192.0.2.1", "u%d@example.com" % i, "pw") for i in range(50)]
+    assert sum(s.admitted for s in started) == 10
+    done = set()
+    while len(done) < 50:
+        ready = [s for s in started if s.admitted and id(s) not in done]
+        assert ready
+        for s in ready:
+            done.add(id(s))
+            s.result.succeeded()
+    assert tracker.waitingLogins() == 0 and tracker._pendingByAddress == {}
+    assert tracker.delayFor("192.0.2.1") == 0
+
+
+def test_waitingLoginAdmittedWhenAFailureLeavesRoom(tracker):
+    started = [_start(tracker, "192.0.2.1", "alice@example.com", "guess%d" % i) for i in range(11)]
+    assert started[10].waiting
+    started[0].result.failed()
+    assert started[10].waiting
+    started[1].result.succeeded()
+    assert started[10].admitted
+
+
+def test_abandonedCountsNothing(tracker):
+    attempt = _start(tracker, "192.0.2.1", "alice@example.com", "pw").result
+    attempt.abandoned()
+    attempt.failed()
+    assert tracker.delayFor("192.0.2.1") == 0
+    assert tracker._pendingByAddress == {} and tracker._pendingByAccount == {}
+
+
+def test_attemptEndsOnce(tracker):
+    attempt = _start(tracker, "192.0.2.1", "alice@example.com", "pw").result
+    attempt.failed()
+    attempt.failed()
+    attempt.succeeded()
+    assert tracker.delayFor("192.0.2.1") == 2.0
+    assert ("alice@example.com", "192.0.2.1") not in tracker._loggedIn
+
+
+def test_identicalLoginsUnderWayCountOnce(tracker):
+    """
+    A client opening many connections at once with one password is one
+    guess, not many: none waits.
+    """
+    started = [_start(tracker, "192.0.2.1", "alice@example.com", "pw") for _ in range(1000)]
+    assert all(s.admitted for s in started)
+    for s in started:
+        s.result.failed()
+    assert tracker.delayFor("192.0.2.1") == 2.0
+    assert tracker._pendingByAddress == {} and tracker._pendingByAccount == {}
+
+
+def test_checksUnderWayWithoutDigestEachCount(tracker):
+    started = [Started(tracker.start("192.0.2.1", "alice@example.com")) for _ in range(11)]
+    assert [s.admitted for s in started] == [True] * 10 + [False]
+
+
+def _failFrom(tracker, address, user, password):
+    started = _start(tracker, address, user, password)
+    started.result.failed()
+
+
+def test_accountLimit(clock):
+    """
+    20 guesses for one account from 20 addresses limit it for the window:
+    a new address is refused even with the right password, an address the
+    account logged in from before is not.  One warning is logged.
+    """
+    tracker = FailedLoginTracker(clock)
+    _start(tracker, "198.51.100.1", "bob@example.com", "right").result.succeeded()
+    with capturedWarnings() as warnings:
+        for i in range(20):
+            _failFrom(tracker, "203.0.113.%d" % i, "Bob@example.com", "guess%d" % i)
+            clock.advance(1)
+        refused = _start(tracker, "203.0.113.200", "bob@example.com", "right")
+        assert refused.refused and refused.result.why == checkers.LIMITED_ACCOUNT
+        assert _start(tracker, "203.0.113.201", "bob@example.com", "right").refused
+    assert len(warnings) == 1
+    assert "bob@example.com" in warnings[0] and "20 failed logins from 20 addresses" in warnings[0]
+    assert tracker.isLimited("bob@example.com", "203.0.113.200")
+    assert not tracker.isLimited("bob@example.com", "198.51.100.1")
+    assert not tracker.isLimited("carol@example.com", "203.0.113.200")
+    known = _start(tracker, "198.51.100.1", "bob@example.com", "right")
+    assert known.admitted
+    known.result.succeeded()
+    # A known address's success does not lift the limit for others.
+    assert tracker.isLimited("bob@example.com", "203.0.113.200")
+    # The limit lasts the window from the 20th failure (a second ago), then
+    # it is gone.
+    clock.advance(600 - 2)
+    assert tracker.isLimited("bob@example.com", "203.0.113.200")
+    clock.advance(1)
+    assert not tracker.isLimited("bob@example.com", "203.0.113.200")
+    assert _start(tracker, "203.0.113.200", "bob@example.com", "right").admitted
+
+
+def test_accountLimitCountsChecksUnderWay(clock):
+    """
+    200 addresses guessing one account at once: no more than
+    C{accountThreshold} guesses are checked; the owner's known address is
+    not held up.
+    """
+    tracker = FailedLoginTracker(clock)
+    _start(tracker, "198.51.100.1", "bob@example.com", "right").result.succeeded()
+    started = [
+        _start(tracker, "203.0.113.%d" % (i % 200), "bob@example.com", "guess%d" % i) for i in range(600)
+    ]
+    admitted = [s for s in started if s.admitted]
+    assert len(admitted) == tracker.accountThreshold == 20
+    known = _start(tracker, "198.51.100.1", "bob@example.com", "right")
+    assert known.admitted
+    known.result.succeeded()
+    for s in admitted:
+        s.result.failed()
+    assert all(s.refused for s in started[20:])
+    assert {s.result.why for s in started[20:]} == {checkers.LIMITED_ACCOUNT}
+
+
+def test_accountLimitIgnoresRepeatedPassword(clock):
+    """
+    A phone with a stale password, roaming between addresses, does not
+    lock its owner out.
+    """
+    tracker = FailedLoginTracker(clock)
+    for i in range(50):
+        _failFrom(tracker, "203.0.113.%d" % i, "bob@example.com", "stale")
+    assert not tracker.isLimited("bob@example.com", "203.0.113.99")
+
+
+def test_successForgetsAccountFailuresFromThatAddress(clock):
+    tracker = FailedLoginTracker(clock, accountThreshold=3)
+    _failFrom(tracker, "192.0.2.1", "bob@example.com", "a")
+    _failFrom(tracker, "192.0.2.1", "bob@example.com", "b")
+    _start(tracker, "192.0.2.1", "bob@example.com", "right").result.succeeded()
+    _failFrom(tracker, "192.0.2.2", "bob@example.com", "c")
+    _failFrom(tracker, "192.0.2.2", "bob@example.com", "d")
+    assert not tracker.isLimited("bob@example.com", "192.0.2.3")
+    _failFrom(tracker, "192.0.2.3", "bob@example.com", "e")
+    assert tracker.isLimited("bob@example.com", "192.0.2.3")
+
+
+def test_limitsOff(clock):
+    tracker = FailedLoginTracker(clock, banThreshold=0, accountThreshold=0)
+    started = [_start(tracker, "192.0.2.1", "bob@example.com", "guess%d" % i) for i in range(100)]
+    assert all(s.admitted for s in started)
+    for s in started:
+        s.result.failed()
+    assert not tracker.isBanned("192.0.2.1")
+    assert not tracker.isLimited("bob@example.com", "192.0.2.1")
+    assert tracker.delayFor("192.0.2.1") == 15.0
+
+
+def test_boundedLoggedInPairs(clock):
+    tracker = FailedLoginTracker(clock, maxAddresses=10)
+    for i in range(100):
+        tracker.recordSuccess("192.0.2.%d" % i, "bob@example.com")
+    assert len(tracker._loggedIn) == 10
+    assert ("bob@example.com", "192.0.2.99") in tracker._loggedIn
+
+
+def test_accountName():
+    assert checkers.accountName(b"Alice@Example.COM") == "alice@example.com"
+    assert checkers.accountName("Example.ORG") == "example.org"
+    assert checkers.accountName(b"\xff") == "\ufffd"
+    assert checkers.accountName(None) == ""
+
+
+class capturedWarnings:
+    """
+    Collect the text of the warnings L{FailedLoginTracker} logs.
+    """
+
+    def __enter__(self):
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        self.texts = []
+
+        def observer(event):
+            if event.get("log_namespace", "").startswith("mdpy.auth.checkers"):
+                self.texts.append(formatEvent(event))
+
+        self._observer = observer
+        globalLogPublisher.addObserver(observer)
+        return self.texts
+
+    def __exit__(self, *exc):
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.removeObserver(self._observer)
+
+
+def test_manyWaitingLoginsCheckedAtOnceDoNotRecurse(tracker):
+    """
+    1000 logins wait behind 10 checks under way; each, once admitted, ends
+    at once (a cached password): they are all admitted, one after the
+    other, without the stack growing with the queue.
+    """
+    held = [_start(tracker, "192.0.2.1", "slow%d@example.com" % i, "pw") for i in range(10)]
+    depths = []
+
+    def succeedAtOnce(attempt):
+        frame, depth = sys._getframe(), 0
+        while frame is not None:
+            frame, depth = frame.f_back, depth + 1
+        depths.append(depth)
+        attempt.succeeded()
+
+    for i in range(1000):
+        tracker.start("192.0.2.1", "u%d@example.com" % i, tracker.digestPassword("pw")).addCallback(succeedAtOnce)
+    assert depths == []
+    held[0].result.succeeded()
+    assert len(depths) == 1000
+    assert max(depths) - min(depths) < 10 < sys.getrecursionlimit()
+    assert tracker.waitingLogins() == 0
+
+
+def test_waitingLoginWaitsForAddressThenAccount(clock):
+    """
+    A login held up by its address's checks, then by its account's, is
+    decided when they end.
+    """
+    tracker = FailedLoginTracker(clock, banThreshold=2, accountThreshold=2)
+    first = _start(tracker, "192.0.2.1", "bob@example.com", "g1")
+    second = _start(tracker, "192.0.2.2", "bob@example.com", "g2")
+    other = _start(tracker, "192.0.2.1", "alice@example.com", "right")
+    assert first.admitted and second.admitted and other.admitted
+    waiting = _start(tracker, "192.0.2.1", "bob@example.com", "g4")
+    assert waiting.waiting
+    other.result.succeeded()
+    assert waiting.waiting and tracker.waitingLogins() == 1
+    second.result.failed()
+    assert waiting.waiting
+    first.result.failed()
+    assert waiting.refused and waiting.result.why == checkers.LIMITED_ACCOUNT
+    assert tracker.waitingLogins() == 0

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from mdpy.config import SCHEMA, Config, ConfigError, parseDuration, parseSize, renderIni
+from mdpy.config import SCHEMA, Config, ConfigError, parseDuration, parseSeconds, parseSize, renderIni
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,6 +81,8 @@ def test_pathsAreRelativeToTheFile(tmp_path):
         ("[smtp]\nprot = 25\n", "[smtp] unknown key 'prot'"),
         ("[smpt]\n", "unknown section [smpt]"),
         ("[relay]\nlifetime = forever\n", "[relay] lifetime = forever: expected a duration"),
+        ("[auth]\nfailure_delay = soon\n", "[auth] failure_delay = soon: expected a duration like 2s"),
+        ("[auth]\naddress_failures = -1\n", "[auth] address_failures = -1: must not be negative"),
         ("[domainpop:isp]\ntls = ssl\n", "[domainpop:isp] tls = ssl: expected one of: none, starttls, implicit"),
         ("[tls]\ncertificate = c.pem\n", "certificate and private_key go together"),
         ("not an ini", "File contains no section headers."),
@@ -108,3 +110,7 @@ def test_units():
     assert parseSize("512K") == 524288 and parseSize("50M") == 52428800 and parseSize("10240000") == 10240000
     with pytest.raises(ValueError):
         parseSize("lots")
+    assert parseSeconds("2s") == 2.0 and parseSeconds("0.05s") == 0.05 and parseSeconds("1m") == 60.0
+    assert parseSeconds("0") == 0.0
+    with pytest.raises(ValueError):
+        parseSeconds("-1s")

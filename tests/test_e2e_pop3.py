@@ -606,6 +606,36 @@ def test_plainPortRefusesLoginBeforeSTLS(server):
         raw.close()
 
 
+def test_stlsArgumentAndAuthListBeforeSTLS(server):
+    """
+    C{STLS x} is an error and the session stays in plaintext; C{AUTH}
+    without a mechanism lists nothing before STLS (nothing could be used),
+    and every mechanism after it.
+    """
+    raw = Raw(server.pop3)
+    try:
+        reply = raw.command("STLS x")
+        assert reply == b"-ERR STLS takes no argument.\r\n", reply
+        assert raw.command("NOOP").startswith(b"-ERR"), "still talking plaintext"
+        assert raw.command("AUTH") == b"+OK\r\n"
+        assert raw.multiline() == []
+        raw.starttls(verifyingContext(server))
+        assert raw.command("AUTH") == b"+OK\r\n"
+        assert raw.multiline() == [b"PLAIN\r\n", b"LOGIN\r\n", b"CRAM-MD5\r\n"]
+        assert raw.command("QUIT").startswith(b"+OK")
+    finally:
+        raw.close()
+
+
+def test_authListWhenPlaintextAllowed(plainServer):
+    raw = Raw(plainServer.pop3)
+    try:
+        assert raw.command("AUTH") == b"+OK\r\n"
+        assert raw.multiline() == [b"PLAIN\r\n", b"LOGIN\r\n", b"CRAM-MD5\r\n"]
+    finally:
+        raw.close()
+
+
 def test_plaintextAuthWhenAllowed(plainServer):
     address, password = newAccount(plainServer, "plain")
     expected = message("plain login", DOTS_BODY)

@@ -6,14 +6,17 @@ in-memory store.
 import base64
 import hmac
 
-from twisted.internet import task
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import Portal
+from twisted.internet import defer, task
 
 from mdpy import errors
 from mdpy.auth.checkers import FailedLoginTracker
 from mdpy.pop3.maildrop import MaildropLocks, uidlFor
 from mdpy.pop3.server import POP3Factory
 from mdpy.store.memory import MemoryStore
-from mdpy.testing import Transcript, memoryPortal, synchronousRunner
+from mdpy.testing import AddressRealm, Transcript, memoryPortal, synchronousRunner
 
 TLS = object()
 USER = "joe@example.test"
@@ -134,6 +137,36 @@ def test_stlsTwiceAndWithoutCertificate():
     s.expect("-ERR [SYS/PERM] STLS is not available.")
 
 
+def test_stlsWithArgumentIsRefused():
+    """
+    RFC 2595 section 4: STLS takes no argument; with one it is an error and
+    the session stays in plaintext.
+    """
+    s = Session()
+    s.send("STLS x", "STLS ")
+    s.expect("-ERR STLS takes no argument.", "+OK Begin TLS negotiation now.")
+    assert s.t.protocol.tls
+
+
+def test_authListBeforeSTLSNamesOnlyUsableMechanisms():
+    """
+    AUTH without a mechanism lists what could be used now: nothing before
+    STLS, as CAPA has no SASL line then; every mechanism after it, or
+    before it when plaintext logins are allowed.
+    """
+    s = Session()
+    s.send("AUTH")
+    s.expect("+OK", ".")
+    s.send("AUTH PLAIN " + b64("\0%s\0secret" % USER))
+    s.expect("-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections.")
+    s.stls()
+    s.send("AUTH")
+    s.expect("+OK", "PLAIN", "LOGIN", "CRAM-MD5", ".")
+    s = Session(plaintext=True)
+    s.send("AUTH")
+    s.expect("+OK", "PLAIN", "LOGIN", "CRAM-MD5", ".")
+
+
 def test_wrongPassword():
     s = Session()
     s.stls()
@@ -154,6 +187,80 @@ def test_failedLoginsAreDelayed():
     assert s.lines() == []
     s.clock.advance(0.1)
     s.expect("-ERR [AUTH] Authentication failed.", "-ERR Command not valid in this state.")
+
+
+class HeldChecker:
+    """
+    A checker whose answers the test gives: L{checks} holds a
+    C{(username, password, Deferred)} per check asked for.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self):
+        self.checks = []
+
+    def requestAvatarId(self, credentials):
+        d = defer.Deferred()
+        self.checks.append((credentials.username, credentials.password, d))
+        return d
+
+
+def test_loginsAtOnceAreCheckedWithinTheLimit():
+    """
+    Three sessions from one address send PASS at once with an address
+    limit of 2: two passwords are checked; the third, the right one, waits,
+    and once the two have failed it is refused without being checked.
+    """
+    clock = task.Clock()
+    checker = HeldChecker()
+    factory = POP3Factory(
+        "mx.example.test",
+        filledStore(),
+        allowPlaintext=True,
+        runInThread=synchronousRunner,
+        portal=Portal(AddressRealm(), [checker]),
+        loginTracker=FailedLoginTracker(clock, baseDelay=1, banThreshold=2),
+        clock=clock,
+    )
+    sessions = []
+    for password in ("guess1", "guess2", "secret"):
+        t = Transcript(factory.buildProtocol(None))
+        t.expect("+OK mdpy ready.")
+        t.send("USER " + USER, "PASS " + password)
+        t.expect("+OK")
+        sessions.append(t)
+    assert [password for _, password, _ in checker.checks] == [b"guess1", b"guess2"]
+    for _, _, d in checker.checks:
+        d.errback(UnauthorizedLogin())
+    clock.advance(2)
+    for t in sessions:
+        t.expect("-ERR [AUTH] Authentication failed.")
+    assert len(checker.checks) == 2
+
+
+def test_waitingLoginOfAClosedSessionIsNotChecked():
+    clock = task.Clock()
+    checker = HeldChecker()
+    factory = POP3Factory(
+        "mx.example.test",
+        filledStore(),
+        allowPlaintext=True,
+        runInThread=synchronousRunner,
+        portal=Portal(AddressRealm(), [checker]),
+        loginTracker=FailedLoginTracker(clock, banThreshold=1),
+        clock=clock,
+    )
+    sessions = []
+    for password in ("guess1", "secret"):
+        t = Transcript(factory.buildProtocol(None))
+        t.send("USER " + USER, "PASS " + password)
+        sessions.append(t)
+    sessions[1].protocol.connectionLost(None)
+    checker.checks[0][2].callback(USER)
+    assert len(checker.checks) == 1
+    assert factory.loginTracker.waitingLogins() == 0
+    assert factory.loginTracker._pendingByAddress == {}
 
 
 def test_saslPlainLoginAndCramMD5():

@@ -291,3 +291,22 @@ def test_busyUDPPortIsNamed(tmp_path):
         top.privilegedStartService()
     assert str(raised.value).startswith(
         "cannot listen on port 4169 for minger (127.0.0.1): Address already in use")
+
+
+def test_oneLoginTrackerFromTheAuthSection(tmp_path):
+    """
+    Every listener with logins shares one tracker, built from [auth].
+    """
+    config = load(tmp_path, "[auth]\nfailure_window = 2m\nfailure_delay = 0.05s\nmax_failure_delay = 1s\n"
+                  "address_failures = 4\naccount_failures = 0\n[odmr]\nenabled = yes\n")
+    children = listeners(buildService(config, reactor=MemoryReactor()))
+    trackers = {children[name].factory.loginTracker
+                for name in ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "odmr")}
+    assert len(trackers) == 1
+    [tracker] = trackers
+    assert (tracker.window, tracker.baseDelay, tracker.maxDelay) == (120, 0.05, 1.0)
+    assert (tracker.banThreshold, tracker.accountThreshold) == (4, 0)
+    defaults = listeners(buildService(load(tmp_path), reactor=MemoryReactor()))
+    tracker = defaults["imap"].factory.loginTracker
+    assert (tracker.window, tracker.baseDelay, tracker.maxDelay) == (600, 2.0, 15.0)
+    assert (tracker.banThreshold, tracker.accountThreshold) == (10, 20)

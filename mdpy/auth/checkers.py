@@ -21,6 +21,7 @@ from mdpy.address import normalise
 from mdpy.auth import IAccount
 from mdpy.auth.passwords import verifyCramMD5, verifyPassword
 from mdpy.errors import InvalidInput
+from mdpy.logs import Logger
 from mdpy.threads import deferToReactorThreadPool
 
 # Verified when the user is unknown (or has no password), so that a failed
@@ -187,22 +188,199 @@ def makePortal(directory, runInThread=None):
     return Portal(Realm(), [DirectoryChecker(directory, runInThread)])
 
 
+def accountName(username):
+    """
+    @param username: a login name as the client gave it (L{bytes} in UTF-8
+        or L{str}).
+    @return: the name its failed logins are counted under: the normalised
+        address, or the name lowercased when it is no address (an ODMR
+        gateway domain).
+    """
+    address = _username(username)
+    if address is not None:
+        return address
+    if isinstance(username, bytes):
+        username = username.decode("utf-8", "replace")
+    return (username or "").strip().lower()
+
+
+class LoginRefused(UnauthorizedLogin):
+    """
+    L{FailedLoginTracker.start} refused a login without checking it.
+
+    @ivar why: for the log: L{BANNED_ADDRESS} or L{LIMITED_ACCOUNT}.
+    """
+
+    def __init__(self, why):
+        UnauthorizedLogin.__init__(self, why)
+        self.why = why
+
+
+BANNED_ADDRESS = "too many failed logins from this address"
+LIMITED_ACCOUNT = "too many failed logins for this account"
+
+
+class _FailureTable:
+    """
+    Failures per key (a client address, an account) within a sliding
+    window, in bounded memory: a key keeps at most C{maxEvents} failures,
+    the table at most C{maxKeys} keys (the longest quiet go first), and a
+    failure older than C{window} seconds is forgotten.
+
+    A failure is C{(time, source, tag)}: C{source} is what L{forget}
+    removes by, C{tag} what makes a repeat count once (L{None}: never a
+    repeat).
+    """
+
+    def __init__(self, window, maxKeys, maxEvents):
+        self.window = window
+        self.maxKeys = maxKeys
+        self.maxEvents = maxEvents
+        # key -> deque of (time, source, tag); ordered by the time of the
+        # last failure recorded, oldest first.
+        self._events = OrderedDict()
+
+    def __len__(self):
+        return len(self._events)
+
+    def _expire(self, now):
+        horizon = now - self.window
+        while self._events:
+            key, events = next(iter(self._events.items()))
+            if events and events[-1][0] > horizon:
+                break
+            del self._events[key]
+
+    def recent(self, key, now):
+        """
+        @return: the failures of C{key} within the window, as a sequence of
+            C{(time, source, tag)}.
+        """
+        events = self._events.get(key)
+        if not events:
+            return ()
+        horizon = now - self.window
+        while events and events[0][0] <= horizon:
+            events.popleft()
+        return events
+
+    def record(self, key, source, tag, now):
+        """
+        Count a failure of C{key}, unless C{tag} is one of its recent ones.
+
+        @return: whether it was counted.
+        """
+        self._expire(now)
+        events = self.recent(key, now)
+        if tag is not None and any(t == tag for _, _, t in events):
+            return False
+        if not events:
+            events = self._events[key] = deque(maxlen=self.maxEvents)
+            while len(self._events) > self.maxKeys:
+                self._events.popitem(last=False)
+        events.append((now, source, tag))
+        self._events.move_to_end(key)
+        return True
+
+    def forget(self, key, source):
+        """
+        Forget the failures of C{key} that came from C{source}.
+        """
+        events = self._events.get(key)
+        if events is None:
+            return
+        kept = [event for event in events if event[1] != source]
+        if kept:
+            self._events[key] = deque(kept, maxlen=self.maxEvents)
+        else:
+            del self._events[key]
+
+
+class LoginAttempt:
+    """
+    A login whose credentials are being checked.  Its L{FailedLoginTracker}
+    counts it as a failure, of its client address and of its account, until
+    it ends with L{succeeded}, L{failed} or L{abandoned} (only the first of
+    them counts).
+
+    @ivar clientAddress: the client's IP address.
+    @ivar account: the L{accountName} tried.
+    """
+
+    def __init__(self, tracker, clientAddress, account, passwordDigest):
+        self.tracker = tracker
+        self.clientAddress = clientAddress
+        self.account = account
+        self.passwordDigest = passwordDigest
+        # What makes a concurrent login the same guess: the same account
+        # and password from one address, the same password for one account.
+        # Without a digest every attempt is a guess of its own.
+        unique = passwordDigest is None
+        self.addressTag = self if unique else (account, passwordDigest)
+        self.accountTag = self if unique else passwordDigest
+        self._ended = False
+
+    def succeeded(self):
+        """
+        The credentials were right: see L{FailedLoginTracker.recordSuccess}.
+        """
+        self._end(self.tracker.recordSuccess, self.clientAddress, self.account)
+
+    def failed(self):
+        """
+        The credentials were wrong: see L{FailedLoginTracker.recordFailure}.
+        """
+        self._end(self.tracker.recordFailure, self.clientAddress, self.account, self.passwordDigest)
+
+    def abandoned(self):
+        """
+        The credentials could not be checked (the directory failed): count
+        nothing.
+        """
+        self._end(None)
+
+    def _end(self, record, *args):
+        if self._ended:
+            return
+        self._ended = True
+        self.tracker._release(self)
+        if record is not None:
+            record(*args)
+        self.tracker._admitWaiting(self.clientAddress, self.account)
+
+
 class FailedLoginTracker:
     """
-    Failed logins per client address, shared by SMTP, POP3 and IMAP, to slow
-    down and then refuse password guessing.
+    Failed logins per client address and per account, shared by every
+    protocol (SMTP AUTH, POP3, IMAP, ODMR), to slow down and then refuse
+    password guessing however many connections the guesser opens.
 
-    A protocol calls L{recordFailure} when a login fails and answers after
-    L{delayFor} seconds; L{recordSuccess} on success; and refuses to even try
-    a login while L{isBanned}.  As Dovecot does, the same username and
-    password tried again (a client retrying a stale password) counts once.
+    A protocol calls L{start} before checking credentials: it refuses the
+    login (L{LoginRefused}) or gives a L{LoginAttempt}, which counts as a
+    failure while the check runs, so parallel logins cannot get past the
+    limits (those that could wait their turn); the protocol ends it with
+    L{LoginAttempt.succeeded} or L{LoginAttempt.failed} and answers a
+    failure after L{delayFor} seconds.
 
-    Memory is bounded: failures older than C{window} are forgotten, each
-    address keeps at most C{max(banThreshold, 32)} of them, and at most
-    C{maxAddresses} addresses are kept (the longest quiet ones go first).
+    Limits, all over the last C{window} seconds:
+     - an address with C{banThreshold} distinct failures (or checks under
+       way) is banned;
+     - an account with C{accountThreshold} distinct failures from any
+       addresses is limited for C{window} seconds: its logins are refused,
+       except from addresses it has logged in from before (Dovecot's
+       C{auth_penalty}, MDaemon's Dynamic Screening), so its owner keeps
+       working while a password sprayer is shut out.
+    As Dovecot does, a password tried again (a client retrying a stale
+    password) counts once.  A success forgets the failures of that account
+    from that address only.
+
+    Memory is bounded: see L{_FailureTable}; at most C{maxAddresses}
+    addresses, accounts, and account-address pairs that logged in are kept.
 
     @ivar clock: an C{IReactorTime}.
     """
+
+    log = Logger()
 
     def __init__(
         self,
@@ -211,6 +389,7 @@ class FailedLoginTracker:
         maxDelay=15.0,
         window=600,
         banThreshold=10,
+        accountThreshold=20,
         maxAddresses=100000,
     ):
         """
@@ -218,28 +397,55 @@ class FailedLoginTracker:
         @param baseDelay: seconds of delay after one failure; it doubles with
             each further failure.
         @param maxDelay: the delay never exceeds this.
-        @param window: seconds after which a failure is forgotten.
-        @param banThreshold: this many distinct failures within C{window} ban
-            the address until they age out.
-        @param maxAddresses: how many client addresses are tracked at most.
+        @param window: seconds after which a failure is forgotten, and for
+            which an account is limited.
+        @param banThreshold: this many distinct failures of one address
+            within C{window} ban it until they age out; 0 for no ban.
+        @param accountThreshold: this many distinct failures of one account
+            within C{window} limit it; 0 for no limit.
+        @param maxAddresses: how many client addresses (and accounts, and
+            accounts' known addresses) are tracked at most.
         """
         self.clock = clock
         self.baseDelay = baseDelay
         self.maxDelay = maxDelay
         self.window = window
         self.banThreshold = banThreshold
+        self.accountThreshold = accountThreshold
         self.maxAddresses = maxAddresses
-        self._maxEvents = max(banThreshold, 32)
         self._key = os.urandom(32)
-        # clientAddress -> deque of (time, (username, digest)); ordered by the
-        # time of the last recorded failure, oldest first.
-        self._failures = OrderedDict()
+        self._byAddress = _FailureTable(window, maxAddresses, max(banThreshold, 32))
+        self._byAccount = _FailureTable(window, maxAddresses, max(accountThreshold, 32))
+        # Checks under way: address -> {addressTag: count}, account ->
+        # {accountTag: count}.
+        self._pendingByAddress = {}
+        self._pendingByAccount = {}
+        # account -> end of its limit, in the order they began.
+        self._limitedUntil = OrderedDict()
+        # (account, address) pairs that logged in, least recent first.
+        self._loggedIn = OrderedDict()
+        # (LoginAttempt, Deferred) of the logins waiting for the checks
+        # under way of their address or account to end, in order of arrival:
+        # reason -> ({address or account: deque}, what the key is).
+        self._waiting = {
+            _WAIT_FOR_ADDRESS: ({}, lambda attempt: attempt.clientAddress),
+            _WAIT_FOR_ACCOUNT: ({}, lambda attempt: attempt.account),
+        }
+        # (address, account) of the checks ended while deciding.
+        self._ended = deque()
+        self._deciding = False
 
     def __len__(self):
         """
         @return: how many client addresses are tracked.
         """
-        return len(self._failures)
+        return len(self._byAddress)
+
+    def waitingLogins(self):
+        """
+        @return: how many logins wait for checks under way to end.
+        """
+        return sum(len(queue) for queues, _ in self._waiting.values() for queue in queues.values())
 
     def digestPassword(self, password):
         """
@@ -252,25 +458,154 @@ class FailedLoginTracker:
             password = password.encode("utf-8")
         return hmac.new(self._key, password, hashlib.sha256).digest()
 
-    def _expire(self, now):
-        horizon = now - self.window
-        while self._failures:
-            address, events = next(iter(self._failures.items()))
-            if events and events[-1][0] > horizon:
-                break
-            del self._failures[address]
+    @staticmethod
+    def _load(table, pending, key, now):
+        """
+        @return: the failures of C{key} in C{table} plus its checks under way
+            that would be new failures.
+        """
+        events = table.recent(key, now)
+        recorded = {tag for _, _, tag in events}
+        waiting = pending.get(key, ())
+        return len(events) + sum(1 for tag in waiting if tag not in recorded)
 
-    def _recent(self, clientAddress):
+    @classmethod
+    def _full(cls, threshold, table, pending, key, tag, now):
         """
-        @return: the number of failures of C{clientAddress} within the window.
+        @return: whether one more check of C{key} (with C{tag}) would pass
+            C{threshold} if every check under way failed; one the same as a
+            check under way adds nothing.
         """
-        events = self._failures.get(clientAddress)
-        if not events:
-            return 0
-        horizon = self.clock.seconds() - self.window
-        while events and events[0][0] <= horizon:
-            events.popleft()
-        return len(events)
+        return (
+            bool(threshold)
+            and tag not in pending.get(key, ())
+            and cls._load(table, pending, key, now) >= threshold
+        )
+
+    def _verdict(self, attempt, now):
+        """
+        @return: the L{LoginRefused} for C{attempt}; L{_WAIT_FOR_ADDRESS} or
+            L{_WAIT_FOR_ACCOUNT} while it would pass the limit of its address
+            or account if the checks under way all failed; or L{None} when
+            it may be checked now.
+        """
+        address, account = attempt.clientAddress, attempt.account
+        if self.isBanned(address):
+            return LoginRefused(BANNED_ADDRESS)
+        trusted = (account, address) in self._loggedIn
+        if not trusted and self._isLimitedNow(account, now):
+            return LoginRefused(LIMITED_ACCOUNT)
+        if self._full(self.banThreshold, self._byAddress, self._pendingByAddress,
+                      address, attempt.addressTag, now):
+            return _WAIT_FOR_ADDRESS
+        if not trusted and self._full(self.accountThreshold, self._byAccount,
+                                      self._pendingByAccount, account, attempt.accountTag, now):
+            return _WAIT_FOR_ACCOUNT
+        return None
+
+    def start(self, clientAddress, username, passwordDigest=None):
+        """
+        Admit a login to be checked.
+
+        A login that would pass a limit if the checks under way (of its
+        address, or of its account) all failed waits for them to end: then
+        it is refused or admitted.  So many logins at once are checked a few
+        at a time, and never more guesses than the limits allow.
+
+        @param clientAddress: the client's IP address (any hashable value).
+        @param username: the login name tried (L{bytes} or L{str}).
+        @param passwordDigest: L{digestPassword} of the secret tried, or
+            L{None} (then it is never taken for a repeat).
+        @return: a L{Deferred} firing with the L{LoginAttempt}, to be ended
+            when the check is done; or failing with L{LoginRefused}: the
+            address is banned, or the account limited and the address not
+            one it has logged in from.
+        """
+        attempt = LoginAttempt(self, clientAddress, accountName(username), passwordDigest)
+        verdict = self._verdict(attempt, self.clock.seconds())
+        if verdict in _WAITS:
+            d = defer.Deferred()
+            self._wait(verdict, attempt, d)
+            return d
+        if verdict is not None:
+            return defer.fail(verdict)
+        self._reserve(attempt)
+        return defer.succeed(attempt)
+
+    def _reserve(self, attempt):
+        _increment(self._pendingByAddress, attempt.clientAddress, attempt.addressTag)
+        _increment(self._pendingByAccount, attempt.account, attempt.accountTag)
+
+    def _admitWaiting(self, clientAddress, account):
+        """
+        Decide again, in order of arrival, the waiting logins of
+        C{clientAddress} or C{account}, now that a check of theirs ended.
+
+        A login admitted here may be checked and ended at once (a cached
+        password), which calls this again: that call only queues its
+        addresses, for the loop already running, so a long queue of waiting
+        logins never recurses.
+        """
+        self._ended.append((clientAddress, account))
+        if self._deciding:
+            return
+        self._deciding = True
+        try:
+            while self._ended:
+                clientAddress, account = self._ended.popleft()
+                self._decideWaiting(clientAddress, account)
+        finally:
+            self._deciding = False
+
+    def _wait(self, reason, attempt, d):
+        """
+        Queue C{attempt} behind the checks of its address or account.
+        """
+        queues, key = self._waiting[reason]
+        queues.setdefault(key(attempt), deque()).append((attempt, d))
+
+    def _decideWaiting(self, clientAddress, account):
+        now = self.clock.seconds()
+        decided = []
+        self._decideQueue(_WAIT_FOR_ADDRESS, clientAddress, now, decided)
+        self._decideQueue(_WAIT_FOR_ACCOUNT, account, now, decided)
+        # Fired last: a callback may start or end another login.
+        for d, result in decided:
+            if isinstance(result, LoginRefused):
+                d.errback(result)
+            else:
+                d.callback(result)
+
+    def _decideQueue(self, reason, key, now, decided):
+        """
+        Decide the logins waiting behind the checks of C{key} (an address or
+        an account, as C{reason} says), in order, up to the first that still
+        has to wait for the same reason (so are all after it that would be
+        new guesses).  One that now waits for the other reason moves to that
+        queue.
+        """
+        queues = self._waiting[reason][0]
+        queue = queues.get(key)
+        if queue is None:
+            return
+        while queue:
+            attempt, d = queue.popleft()
+            verdict = self._verdict(attempt, now)
+            if verdict is reason:
+                queue.appendleft((attempt, d))
+                break
+            if verdict in _WAITS:
+                self._wait(verdict, attempt, d)
+                continue
+            if verdict is None:
+                self._reserve(attempt)
+            decided.append((d, verdict or attempt))
+        if not queue:
+            del queues[key]
+
+    def _release(self, attempt):
+        _decrement(self._pendingByAddress, attempt.clientAddress, attempt.addressTag)
+        _decrement(self._pendingByAccount, attempt.account, attempt.accountTag)
 
     def recordFailure(self, clientAddress, username, passwordDigest=None):
         """
@@ -282,25 +617,50 @@ class FailedLoginTracker:
             L{None} (then every call counts).
         """
         now = self.clock.seconds()
-        self._expire(now)
-        self._recent(clientAddress)
-        events = self._failures.get(clientAddress)
-        if events is None:
-            events = deque(maxlen=self._maxEvents)
-            self._failures[clientAddress] = events
-            while len(self._failures) > self.maxAddresses:
-                self._failures.popitem(last=False)
-        key = (username, passwordDigest)
-        if passwordDigest is not None and any(k == key for _, k in events):
-            return
-        events.append((now, key))
-        self._failures.move_to_end(clientAddress)
+        account = accountName(username)
+        tag = None if passwordDigest is None else (account, passwordDigest)
+        self._byAddress.record(clientAddress, account, tag, now)
+        self._byAccount.record(account, clientAddress, passwordDigest, now)
+        self._expireLimits(now)
+        if (
+            self.accountThreshold
+            and account not in self._limitedUntil
+            and len(self._byAccount.recent(account, now)) >= self.accountThreshold
+        ):
+            self._limitedUntil[account] = now + self.window
+            while len(self._limitedUntil) > self.maxAddresses:
+                self._limitedUntil.popitem(last=False)
+            failures = self._byAccount.recent(account, now)
+            self.log.warn(
+                "auth: logins for {account} refused for {window}s except from addresses"
+                " it logged in from before: {count} failed logins from {addresses} addresses",
+                account=account,
+                window=self.window,
+                count=len(failures),
+                addresses=len({source for _, source, _ in failures}),
+            )
 
-    def recordSuccess(self, clientAddress):
+    def _expireLimits(self, now):
+        while self._limitedUntil:
+            account, until = next(iter(self._limitedUntil.items()))
+            if until > now:
+                break
+            del self._limitedUntil[account]
+
+    def recordSuccess(self, clientAddress, username):
         """
-        Forget the failures of C{clientAddress}.
+        Forget the failures of account C{username} from C{clientAddress}
+        (not those of other accounts, nor from other addresses), and
+        remember that it logged in from there.
         """
-        self._failures.pop(clientAddress, None)
+        account = accountName(username)
+        self._byAddress.forget(clientAddress, account)
+        self._byAccount.forget(account, clientAddress)
+        pair = (account, clientAddress)
+        self._loggedIn[pair] = True
+        self._loggedIn.move_to_end(pair)
+        while len(self._loggedIn) > self.maxAddresses:
+            self._loggedIn.popitem(last=False)
 
     def delayFor(self, clientAddress):
         """
@@ -310,7 +670,7 @@ class FailedLoginTracker:
             most C{maxDelay}.
         @rtype: L{float}
         """
-        count = self._recent(clientAddress)
+        count = len(self._byAddress.recent(clientAddress, self.clock.seconds()))
         if not count:
             return 0
         return min(self.baseDelay * 2 ** min(count - 1, 64), self.maxDelay)
@@ -320,4 +680,46 @@ class FailedLoginTracker:
         @return: whether C{clientAddress} failed C{banThreshold} distinct
             times within the window.
         """
-        return self._recent(clientAddress) >= self.banThreshold
+        count = len(self._byAddress.recent(clientAddress, self.clock.seconds()))
+        return bool(self.banThreshold) and count >= self.banThreshold
+
+    def isLimited(self, username, clientAddress=None):
+        """
+        @param username: a login name.
+        @param clientAddress: the address a login comes from, or L{None}.
+        @return: whether a login of C{username} from C{clientAddress} is
+            refused by the account limit: the account is limited and has not
+            logged in from C{clientAddress} before.
+        """
+        account = accountName(username)
+        if (account, clientAddress) in self._loggedIn:
+            return False
+        return self._isLimitedNow(account, self.clock.seconds())
+
+    def _isLimitedNow(self, account, now):
+        """
+        @return: whether C{account} is limited now, from any address.
+        """
+        self._expireLimits(now)
+        return account in self._limitedUntil
+
+
+_WAIT_FOR_ADDRESS = "wait for the address"
+_WAIT_FOR_ACCOUNT = "wait for the account"
+_WAITS = (_WAIT_FOR_ADDRESS, _WAIT_FOR_ACCOUNT)
+
+
+def _increment(counts, key, tag):
+    tags = counts.setdefault(key, {})
+    tags[tag] = tags.get(tag, 0) + 1
+
+
+def _decrement(counts, key, tag):
+    tags = counts.get(key)
+    if tags is None or tag not in tags:
+        return
+    tags[tag] -= 1
+    if not tags[tag]:
+        del tags[tag]
+        if not tags:
+            del counts[key]

@@ -227,6 +227,12 @@ class POP3Server(CommandSession):
         return None
 
     def do_STLS(self, argument):
+        """
+        RFC 2595 section 4: C{STLS} takes no argument.
+        """
+        if argument:
+            self.error("STLS takes no argument.")
+            return
         if self.tls:
             self.error("TLS is already active.")
             return
@@ -271,8 +277,11 @@ class POP3Server(CommandSession):
 
     def do_AUTH(self, argument):
         if not argument:
-            # RFC 1734 clients ask for the list this way.
-            self.send(b"+OK\r\n" + b"".join(m + b"\r\n" for m in self.mechanisms) + b".\r\n")
+            # RFC 1734 clients ask for the list this way; it names what can
+            # be used now, as the SASL capability does (none before STLS
+            # unless plaintext logins are allowed).
+            usable = self.mechanisms if self._loginAllowed() else ()
+            self.send(b"+OK\r\n" + b"".join(m + b"\r\n" for m in usable) + b".\r\n")
             return None
         if self._refusePlaintext():
             return None
