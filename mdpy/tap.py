@@ -625,6 +625,7 @@ def relaySettings(section):
         maxMessagesPerConnection=section["max_messages_per_connection"],
         connectTimeout=section["connect_timeout"],
         commandTimeout=section["command_timeout"],
+        connectionIdle=section["connection_idle"],
     )
 
 

@@ -44,6 +44,32 @@ class CountingSMTPFactory(SMTPFactory):
         return SMTPFactory.buildProtocol(self, addr)
 
 
+class ServerSessions(SMTPServer):
+    """
+    mdpy's SMTP server, remembering its sessions in C{factory.sessions};
+    the first C{factory.dropAtMail} sessions drop the connection, with no
+    reply, when MAIL arrives (as a server that went away meanwhile).
+    """
+
+    def connectionMade(self):
+        self.factory.sessions.append(self)
+        SMTPServer.connectionMade(self)
+
+    dropped = False
+
+    def lineReceived(self, line):
+        if not self.dropped:
+            return SMTPServer.lineReceived(self, line)
+
+    def do_MAIL(self, argument):
+        if self.factory.dropAtMail:
+            self.factory.dropAtMail -= 1
+            self.dropped = True  # the pipelined RCPT and DATA get no reply
+            self.transport.abortConnection()
+            return None
+        return SMTPServer.do_MAIL(self, argument)
+
+
 class BrokenTLSServer(SMTPServer):
     """
     Offers STARTTLS, answers 220, then sends no TLS at all.
@@ -477,6 +503,63 @@ class ConnectionReuseTests(RelayTestCase):
         self.relay.stopService()
         await self.until(lambda: not self.relay._sessions, "the connection to quit")
         self.assertEqual(len(receiver.target.messages), 2)
+
+
+    def sessionsReceiver(self, dropAtMail=0):
+        receiver = self.receiver()
+        receiver.protocol = ServerSessions
+        receiver.sessions = []
+        receiver.dropAtMail = dropAtMail
+        return receiver
+
+    async def test_idleConnectionClosedByTheServerLeavesTheCache(self):
+        """
+        The server closes a connection waiting idle for mail (it timed out,
+        it restarts): the connection is gone at once, and the next message
+        goes over a new one, not into the dead one to wait for a retry.
+        """
+        receiver = self.sessionsReceiver()
+        self.startRelay(connectionIdle=30)
+        first = await self.enqueue(["a@dest.test"])
+        await self.until(lambda: first.removed, "the first message")
+        self.assertEqual(self.relay._sessions, 1)
+        receiver.sessions[0].transport.loseConnection()
+        await self.until(lambda: not self.relay._sessions, "the idle connection to leave")
+        self.assertEqual(self.relay._destinations, {})
+        second = await self.enqueue(["b@dest.test"])
+        await self.until(lambda: second.removed, "the second message")
+        self.assertEqual(receiver.built, 2)
+        self.assertEqual([m.recipients for m in receiver.target.messages], [["a@dest.test"], ["b@dest.test"]])
+        self.relay.stopService()  # lets the new idle connection quit
+
+    async def test_messageLostUnsentGoesAtOnceOverANewConnection(self):
+        """
+        The connection dies under a message before any of its data went out:
+        it goes at once over a new connection, and that is its first attempt.
+        """
+        receiver = self.sessionsReceiver(dropAtMail=1)
+        self.startRelay()
+        entry = await self.enqueue(["a@dest.test"])
+        await self.until(lambda: entry.removed, "the message")
+        self.assertEqual(receiver.built, 2)
+        self.assertEqual(entry.recipients[0].attempts, 1)
+        self.assertEqual([m.recipients for m in receiver.target.messages], [["a@dest.test"]])
+
+    async def test_unsentMessageOfADeadHostIsDeferredOnce(self):
+        """
+        A host that drops every connection at MAIL: the message is sent again
+        once on a new connection, then deferred as one attempt; nothing loops.
+        """
+        self.dns.setMX("dest.test", [(10, "mx2.dest.test")])
+        receiver = self.sessionsReceiver(dropAtMail=1000)
+        self.startRelay()
+        entry = await self.enqueue(["a@dest.test"])
+        await self.until(lambda: entry.recipients[0].attempts, "the attempt")
+        await self.until(self.idle)
+        [recipient] = entry.recipients
+        self.assertEqual((recipient.state, recipient.attempts), (PENDING, 1))
+        self.assertEqual(recipient.due, self.clock.seconds() + 60)
+        self.assertEqual(receiver.built, 2)
 
 
 class SuspensionTests(RelayTestCase):

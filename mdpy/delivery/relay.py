@@ -554,8 +554,10 @@ class Relay(service.Service):
                 or sent[0] >= settings.maxMessagesPerConnection
             ):
                 return message
-            # Keep the connection a moment for mail still arriving.
-            waiting = defer.Deferred()
+            # Keep the connection a moment for mail still arriving.  Should
+            # the server close it meanwhile, the client cancels the wait and
+            # the connection leaves the cache at once.
+            waiting = defer.Deferred(lambda waiting: self._idleOver(destination, waiting, timer))
             destination.idle.append(waiting)
             timer = self.reactor.callLater(settings.connectionIdle, self._idleOver, destination, waiting)
             waiting.addCallback(lambda more: (timer.active() and timer.cancel(), take() if more else None)[1])
@@ -563,7 +565,20 @@ class Relay(service.Service):
 
         def messageDone(message, results):
             message.closeUnused()
-            self._recordResults(message.entry, message.queued, results, route)
+            tried = [(r, result) for r, result in zip(message.queued, results) if not result.unsent]
+            unsent = [r for r, result in zip(message.queued, results) if result.unsent]
+            if unsent:
+                # Lost with the connection before any of it went out: not an
+                # attempt; the next connection (or one waiting idle) takes it.
+                log.info(
+                    "relay: {id} not sent before the connection to {route} was lost; trying again",
+                    id=message.entry.id,
+                    route=route,
+                )
+                destination.ready.appendleft((message.entry, unsent))
+                destination.wakeIdle(True)
+            if tried:
+                self._recordResults(message.entry, *zip(*tried), route)
 
         credentials = settings.smarthostCredentials if settings.smarthost is not None else None
         try:
@@ -584,10 +599,17 @@ class Relay(service.Service):
             timeout=settings.commandTimeout,
         )
 
-    def _idleOver(self, destination, waiting):
+    def _idleOver(self, destination, waiting, timer=None):
+        """
+        End the wait of an idle connection: its time is over, or (with
+        C{timer}, cancelled) the connection was lost.
+        """
         if waiting in destination.idle:
             destination.idle.remove(waiting)
-            waiting.callback(False)
+            if timer is None:
+                waiting.callback(False)
+            elif timer.active():
+                timer.cancel()
 
     def _outboundMessage(self, entry, recipients):
         """
