@@ -234,6 +234,7 @@ SCHEMA = {
     ],
     "dns": [
         Key("nameservers", parseList, "", "host:port of resolvers for outbound lookups; default: the system resolver."),
+        Key("timeout", parseDuration, "5s", "Time the SPF and DKIM checks of an inbound message may wait for DNS in all; past it they record temperror."),
     ],
     "relay": [
         Key("smarthost", parseStr, "", "host[:port] to send all outbound mail through, instead of the MX hosts."),

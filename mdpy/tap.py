@@ -356,6 +356,7 @@ def buildPipeline(config, datadir, directory, store, reactor):
             lookupMX=resolver.lookupMX,
             lookupPointer=resolver.lookupPointer,
             reactor=reactor,
+            timeout=config["dns"]["timeout"],
         )
     gateways = buildGateways(config, reactor)
     holdGateways(queue, gateways)
