@@ -29,6 +29,7 @@ from mdpy.delivery.pipeline import DeliveryPipeline
 from mdpy.delivery.queue import SpoolQueue, controlSocketPath
 from mdpy.delivery.relay import Relay, RelayControlFactory, RelaySettings, parseHostPort
 from mdpy.delivery.srs import SRS, loadSecret
+from mdpy.durable import unlinkQuietly
 from mdpy.domainpop.recipients import RoutingRules
 from mdpy.domainpop.service import Collector, CollectorService, CollectorSettings
 from mdpy.domainpop.state import DEDUPE_FINGERPRINT
@@ -45,6 +46,7 @@ from mdpy.imap.selected import RecentTracker
 from mdpy.imap.server import IMAP4Factory
 from mdpy.pop3.maildrop import MaildropLocks
 from mdpy.pop3.server import POP3Factory
+from mdpy.serverlock import AlreadyRunning, ServerLock
 from mdpy.smtp.server import MODE_MTA, MODE_SMTPS, MODE_SUBMISSION, SMTPFactory
 from mdpy.tls import ensureSelfSigned, serverOptions
 
@@ -316,7 +318,7 @@ def buildService(config, portOffset=0, reactor=None):
         collector.setName(name)
         collector.setServiceParent(top)
     control = internet.StreamServerEndpointService(
-        endpoints.UNIXServerEndpoint(reactor, controlSocketPath(queue.path), mode=0o600, wantPID=True),
+        endpoints.UNIXServerEndpoint(reactor, controlSocketPath(queue.path), mode=0o600),
         RelayControlFactory(queue, collectors),
     )
     control.setName("queue-control")
@@ -639,8 +641,31 @@ def makeService(options, reactor=None):
         config = Config.load(options["config"])
     except ConfigError as e:
         raise SystemExit("twistd mdpy: %s" % (e,))
+    try:
+        lock = lockDataDir(DataDir(config["server"]["data_dir"]))
+    except (AlreadyRunning, OSError) as e:
+        raise SystemExit("twistd mdpy: %s" % (e,))
     _raiseFileLimit()
     if reactor is None:
         from twisted.internet import reactor
     reactor.suggestThreadPoolSize(THREADS)
-    return buildService(config, options["port-offset"], reactor)
+    top = buildService(config, options["port-offset"], reactor)
+    top.serverLock = lock  # held until the process ends
+    return top
+
+
+def lockDataDir(datadir):
+    """
+    Take the data directory's L{ServerLock} before anything in it is
+    touched, and remove the control socket a dead server left.
+
+    @return: the L{ServerLock}, held.
+    @raise AlreadyRunning: another server runs on C{datadir}.
+    """
+    datadir.prepare()
+    os.makedirs(datadir.queueDir, mode=0o700, exist_ok=True)
+    socketPath = controlSocketPath(datadir.queueDir)
+    lock = ServerLock(socketPath + ".lock")
+    lock.acquire()
+    unlinkQuietly(socketPath)  # nobody listens there: the lock is ours
+    return lock
