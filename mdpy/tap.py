@@ -276,7 +276,10 @@ def buildService(config, portOffset=0, reactor=None):
         listener = _NamedListener(endpoint, factory)
         listener.setName(name)
         listener.setServiceParent(top)
-    relay = Relay(queue, resolver, pipeline, server["hostname"], relaySettings(config["relay"]), reactor)
+    relay = Relay(
+        queue, resolver, pipeline, server["hostname"], relaySettings(config["relay"]), reactor,
+        postmaster="postmaster@" + server["domain"],
+    )
     relay.setName("relay")
     relay.setServiceParent(top)
     if config["odmr"]["enabled"]:

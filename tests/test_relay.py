@@ -11,10 +11,11 @@ import socket
 
 from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 
 from mdpy import errors
 from mdpy.delivery.mx import MXResolver, makeResolver
-from mdpy.delivery.queue import BOUNCED, PENDING, SpoolQueue
+from mdpy.delivery.queue import BOUNCED, FAILED, PENDING, SpoolQueue
 from mdpy.delivery.relay import Relay, RelayControlFactory, RelaySettings
 from mdpy.envelope import Envelope
 from mdpy.smtp import codes
@@ -276,6 +277,79 @@ class DeliveryTests(RelayTestCase):
         self.assertEqual(recipient["Status"], "4.3.0")
         self.assertIn("451", recipient["Diagnostic-Code"])
         self.assertEqual(parsed["Subject"], "Undelivered Mail Returned to Sender")
+
+    async def test_refusedDSNGoesToThePostmaster(self):
+        """
+        A DSN its sender cannot take (an unknown local address) goes to the
+        postmaster as a double bounce, once; the message leaves the queue.
+        """
+        receiver = self.receiver()
+        receiver.target.recipientErrors["bad@dest.test"] = errors.NotFound("no")
+        self.bounces.recipientErrors["ghost@example.test"] = errors.NotFound("no such user")
+        self.startRelay()
+        entry = await self.enqueue(["bad@dest.test"], sender="ghost@example.test")
+        await self.until(lambda: entry.removed, "the double bounce")
+        [message] = self.bounces.messages
+        self.assertEqual(message.recipients, ["postmaster@relay.example.test"])
+        self.assertEqual(message.envelope.sender, "")
+        parsed = email.message_from_bytes(message.data, policy=email.policy.default)
+        self.assertEqual(parsed["To"], "postmaster@relay.example.test")
+        self.assertEqual(parsed["Subject"], "Postmaster Copy: Undelivered Mail Returned to Sender")
+        text = " ".join(parsed.get_payload()[0].get_content().split())
+        self.assertIn("This report could not be delivered to the sender, ghost@example.test: no such user."
+                      " It is sent to you, the postmaster, instead.", text)
+        blocks = [dict(block.items()) for block in parsed.get_payload()[1].get_payload()]
+        self.assertEqual(blocks[1]["Final-Recipient"], "rfc822; bad@dest.test")
+        self.assertEqual(entry.recipients[0].state, BOUNCED)
+
+    async def test_doubleBounceRefusedTooIsDropped(self):
+        receiver = self.receiver()
+        receiver.target.recipientErrors["bad@dest.test"] = errors.NotFound("no")
+        self.bounces.recipientErrors["ghost@example.test"] = errors.NotFound("no such user")
+        self.bounces.recipientErrors["postmaster@relay.example.test"] = errors.NotFound("no such user")
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.startRelay()
+        entry = await self.enqueue(["bad@dest.test"], sender="ghost@example.test")
+        await self.until(lambda: entry.removed, "the DSN to be dropped")
+        self.assertEqual(self.bounces.messages, [])
+        self.assertEqual(self.relay._reporting, {})
+        lines = [formatEvent(e) for e in events if "double bounce" in formatEvent(e)]
+        self.assertEqual(lines[-1], "relay: %s: the double bounce was refused by <postmaster@relay.example.test>"
+                         " too (no such user); the DSN is dropped" % (entry.id,))
+
+    async def test_undeliverableDSNIsRetriedThenDroppedAfterTheLifetime(self):
+        """
+        A DSN that cannot be delivered for now is tried again after the
+        first retry delay, not only at the next start, and dropped with a
+        log line once it has waited the lifetime.
+        """
+        receiver = self.receiver()
+        receiver.target.recipientErrors["bad@dest.test"] = errors.NotFound("no")
+        self.bounces.commitError = errors.TemporaryFailure("disk full")
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.startRelay(retry=[60], lifetime=200)
+        entry = await self.enqueue(["bad@dest.test"])
+        await self.until(lambda: entry.id in self.relay._reporting and self.relay._reporting[entry.id], "a retry")
+        self.assertEqual(entry.recipients[0].state, FAILED)
+        self.bounces.commitError = None
+        self.clock.advance(60)
+        await self.until(lambda: entry.removed, "the DSN")
+        self.assertEqual(len(self.bounces.messages), 1)
+        # Now one whose DSN never goes out.
+        self.bounces.commitError = errors.TemporaryFailure("disk full")
+        other = await self.enqueue(["bad@dest.test"])
+        for _ in range(4):
+            await self.until(lambda: self.relay._reporting.get(other.id), "a retry")
+            self.clock.advance(60)
+        await self.until(lambda: other.removed, "the DSN to be dropped")
+        self.assertEqual(len(self.bounces.messages), 1)
+        texts = [formatEvent(e) for e in events]
+        self.assertIn("relay: %s: the DSN to <joe@example.test> could not be delivered within the lifetime;"
+                      " dropped (disk full)" % (other.id,), texts)
 
     async def test_nullSenderIsNeverBounced(self):
         receiver = self.receiver()
