@@ -47,6 +47,7 @@ from mdpy.imap.server import IMAP4Factory
 from mdpy.pop3.maildrop import MaildropLocks
 from mdpy.pop3.server import POP3Factory
 from mdpy.serverlock import AlreadyRunning, ServerLock
+from mdpy.store.maildir import removeStaleTmpFiles
 from mdpy.smtp.server import MODE_MTA, MODE_SMTPS, MODE_SUBMISSION, SMTPFactory
 from mdpy.tls import ensureSelfSigned, serverOptions
 
@@ -191,6 +192,9 @@ def buildService(config, portOffset=0, reactor=None):
     datadir.prepare()
     directory = datadir.openDirectory()
     store = datadir.openStore(reactor=reactor)
+    stale = removeStaleTmpFiles(datadir.mailRoot)
+    if stale:
+        log.info("maildir: removed {n} files left in tmp/ folders for over 36 hours", n=len(stale))
     created = datadir.firstStart(directory, store, server["domain"])
     if created:
         log.info(
