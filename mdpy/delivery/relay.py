@@ -827,7 +827,7 @@ class Relay(service.Service):
 
         @return: L{False} when the failed recipients stay failed for now.
         """
-        why = getattr(failure.value, "detail", None) or failure.getErrorMessage()
+        why = _failureText(failure)
         if not getattr(failure.value, "temporary", True):
             log.warn(
                 "relay: {id}: DSN refused for <{sender}> ({why}); sent to <{postmaster}> as a double bounce",
@@ -839,7 +839,11 @@ class Relay(service.Service):
         return self._retryReport(entry, why)
 
     def _ebDoubleBounce(self, failure, entry):
-        why = getattr(failure.value, "detail", None) or failure.getErrorMessage()
+        """
+        The postmaster did not take the double bounce of C{entry} either:
+        dropped when refused, tried again later on a temporary failure.
+        """
+        why = _failureText(failure)
         if not getattr(failure.value, "temporary", True):
             log.error(
                 "relay: {id}: the double bounce was refused by <{postmaster}> too ({why}); the DSN is dropped",
@@ -855,12 +859,11 @@ class Relay(service.Service):
 
         @return: L{False} while it is kept, L{None} when dropped.
         """
-        now = self._now()
+        if not self.running:
+            self._reporting.pop(entry.id, None)
+            return False  # the next start tries it again
         failedAt = max(r.lastAttempt or entry.created for r in entry.inState(FAILED))
-        if now - failedAt >= self.settings.lifetime or not self.running:
-            if not self.running:
-                self._reporting.pop(entry.id, None)
-                return False  # the next start tries it again
+        if self._now() - failedAt >= self.settings.lifetime:
             log.error(
                 "relay: {id}: the DSN to <{sender}> could not be delivered within the lifetime; dropped ({why})",
                 id=entry.id, sender=entry.sender, why=why,
@@ -905,7 +908,7 @@ class Relay(service.Service):
             "relay: cannot send the DSN of {id} to <{sender}>: {why}",
             id=entry.id,
             sender=entry.sender,
-            why=getattr(failure.value, "detail", failure.getErrorMessage()),
+            why=_failureText(failure),
         )
 
     @defer.inlineCallbacks
@@ -947,6 +950,14 @@ class Relay(service.Service):
             sender=recipient,
             rcpts=",".join("<%s>" % (s.address,) for s in statuses),
         )
+
+
+def _failureText(failure):
+    """
+    @return: what went wrong, for a log line: a L{errors.MailError}'s
+        detail, else the exception's message.
+    """
+    return getattr(failure.value, "detail", None) or failure.getErrorMessage()
 
 
 class HeldRelease:
