@@ -285,6 +285,7 @@ SCHEMA = {
     ],
     "dns": [
         Key("nameservers", parseList, "", "host:port of resolvers for outbound lookups; default: the system resolver."),
+        Key("timeout", parseDuration, "5s", "Time the SPF and DKIM checks of an inbound message may wait for DNS in all; past it they record temperror."),
     ],
     "relay": [
         Key("smarthost", parseStr, "", "host[:port] to send all outbound mail through, instead of the MX hosts."),
@@ -302,6 +303,7 @@ SCHEMA = {
         Key("max_messages_per_connection", parseInt, "100", "Messages sent over one connection before it is closed."),
         Key("connect_timeout", parseDuration, "30s", "Time to wait for a connection to an MX host."),
         Key("command_timeout", parseDuration, "5m", "Time to wait for any reply of a remote server."),
+        Key("connection_idle", parseDuration, "2s", "Time a connection with nothing to send waits for more mail before it quits; 0 quits at once."),
         Key("srs", parseBool, "yes", "Rewrite the sender of mail forwarded to other domains (SRS), so it passes SPF there."),
     ],
 }

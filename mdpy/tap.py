@@ -30,6 +30,7 @@ from mdpy.delivery.pipeline import DeliveryPipeline
 from mdpy.delivery.queue import SpoolQueue, controlSocketPath
 from mdpy.delivery.relay import Relay, RelayControlFactory, RelaySettings, parseHostPort
 from mdpy.delivery.srs import SRS, loadSecret
+from mdpy.durable import unlinkQuietly
 from mdpy.domainpop.recipients import RoutingRules
 from mdpy.domainpop.service import Collector, CollectorService, CollectorSettings
 from mdpy.domainpop.state import DEDUPE_FINGERPRINT
@@ -47,6 +48,8 @@ from mdpy.imap.selected import RecentTracker
 from mdpy.imap.server import IMAP4Factory
 from mdpy.pop3.maildrop import MaildropLocks
 from mdpy.pop3.server import POP3Factory
+from mdpy.serverlock import AlreadyRunning, ServerLock
+from mdpy.store.maildir import removeStaleTmpFiles
 from mdpy.smtp.server import MODE_MTA, MODE_SMTPS, MODE_SUBMISSION, SMTPFactory
 from mdpy.tls import ensureSelfSigned, serverOptions
 
@@ -191,6 +194,9 @@ def buildService(config, portOffset=0, reactor=None):
     datadir.prepare()
     directory = datadir.openDirectory()
     store = datadir.openStore(reactor=reactor)
+    stale = removeStaleTmpFiles(datadir.mailRoot)
+    if stale:
+        log.info("maildir: removed {n} files left in tmp/ folders for over 36 hours", n=len(stale))
     address, password, aliases = datadir.firstStart(directory, store, server["domain"])
     if address:
         log.info(
@@ -286,7 +292,10 @@ def buildService(config, portOffset=0, reactor=None):
         listener = _NamedListener(endpoint, factory)
         listener.setName(name)
         listener.setServiceParent(top)
-    relay = Relay(queue, resolver, pipeline, server["hostname"], relaySettings(config["relay"]), reactor)
+    relay = Relay(
+        queue, resolver, pipeline, server["hostname"], relaySettings(config["relay"]), reactor,
+        postmaster="postmaster@" + server["domain"],
+    )
     relay.setName("relay")
     relay.setServiceParent(top)
     if config["odmr"]["enabled"]:
@@ -328,7 +337,7 @@ def buildService(config, portOffset=0, reactor=None):
         collector.setName(name)
         collector.setServiceParent(top)
     control = internet.StreamServerEndpointService(
-        endpoints.UNIXServerEndpoint(reactor, controlSocketPath(queue.path), mode=0o600, wantPID=True),
+        endpoints.UNIXServerEndpoint(reactor, controlSocketPath(queue.path), mode=0o600),
         RelayControlFactory(queue, collectors),
     )
     control.setName("queue-control")
@@ -368,6 +377,7 @@ def buildPipeline(config, datadir, directory, store, reactor):
             lookupMX=resolver.lookupMX,
             lookupPointer=resolver.lookupPointer,
             reactor=reactor,
+            timeout=config["dns"]["timeout"],
         )
     gateways = buildGateways(config, reactor)
     holdGateways(queue, gateways)
@@ -663,6 +673,7 @@ def relaySettings(section):
         maxMessagesPerConnection=section["max_messages_per_connection"],
         connectTimeout=section["connect_timeout"],
         commandTimeout=section["command_timeout"],
+        connectionIdle=section["connection_idle"],
     )
 
 
@@ -675,8 +686,31 @@ def makeService(options, reactor=None):
         config = Config.load(options["config"])
     except ConfigError as e:
         raise SystemExit("twistd mdpy: %s" % (e,))
+    try:
+        lock = lockDataDir(DataDir(config["server"]["data_dir"]))
+    except (AlreadyRunning, OSError) as e:
+        raise SystemExit("twistd mdpy: %s" % (e,))
     _raiseFileLimit()
     if reactor is None:
         from twisted.internet import reactor
     reactor.suggestThreadPoolSize(THREADS)
-    return buildService(config, options["port-offset"], reactor)
+    top = buildService(config, options["port-offset"], reactor)
+    top.serverLock = lock  # held until the process ends
+    return top
+
+
+def lockDataDir(datadir):
+    """
+    Take the data directory's L{ServerLock} before anything in it is
+    touched, and remove the control socket a dead server left.
+
+    @return: the L{ServerLock}, held.
+    @raise AlreadyRunning: another server runs on C{datadir}.
+    """
+    datadir.prepare()
+    os.makedirs(datadir.queueDir, mode=0o700, exist_ok=True)
+    socketPath = controlSocketPath(datadir.queueDir)
+    lock = ServerLock(socketPath + ".lock")
+    lock.acquire()
+    unlinkQuietly(socketPath)  # nobody listens there: the lock is ours
+    return lock

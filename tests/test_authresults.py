@@ -9,7 +9,7 @@ import re
 
 import pytest
 from twisted.internet import defer, reactor, task
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 
 from mdpy.delivery.authresults import InboundChecker, stripForgedResults
 from mdpy.delivery.dkim import DKIMKeys
@@ -326,13 +326,23 @@ def test_timeout(dns, clock):
     d.addBoth(results.append)
     clock.advance(9.9)
     assert results == []
-    clock.advance(0.2)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        clock.advance(0.2)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
     authservID, parsed = parseField(results[0])
     assert parsed == [
         ("spf", "temperror", {"smtp.mailfrom": "alice@example.com"}),
         ("dkim", "none", {}),
     ]
+    assert b"spf=temperror (DNS lookup of A/AAAA slow.example.com timed out after 10s)" in results[0]
     assert clock.getDelayedCalls() == []
+    assert [(e["log_level"].name, formatEvent(e)) for e in events] == [
+        ("warn", "inbound check of mail from <alice@example.com> (client 192.0.2.10): DNS lookup"
+                 " of A/AAAA slow.example.com timed out after 10s; SPF result temperror"),
+    ]
 
 
 def test_dkimTimeout(checker, signed, dns, clock):
@@ -342,9 +352,10 @@ def test_dkimTimeout(checker, signed, dns, clock):
                       signed.sign(MESSAGE) + MESSAGE)
     results = []
     d.addBoth(results.append)
-    clock.advance(10)
+    clock.advance(5)
     authservID, parsed = parseField(results[0])
     assert [r[:2] for r in parsed] == [("spf", "pass"), ("dkim", "temperror")]
+    assert b"(DNS lookup of TXT mdpy._domainkey.example.com timed out after 5s)" in results[0]
 
 
 def test_internalErrorIsLogged(dns, clock, signed):

@@ -13,6 +13,7 @@ Layout of the zone::
     pf.test     MX 10 mx.pf.test 127.0.0.4 (Postfix)
     stop.test   MX 10 mx.stop.test 127.0.0.5 (HoldingReceiver)
     kill.test   MX 10 mx.kill.test 127.0.0.8 (HoldingReceiver)
+    restart.test MX 10 mx.restart.test 127.0.0.9 (an mdpy restarted by a test)
     nomail.test null MX (RFC 7505)
     broken.test SERVFAIL
 """
@@ -49,7 +50,8 @@ STOP = "127.0.0.5"
 LATE = "127.0.0.6"
 NEVER = "127.0.0.7"
 KILL = "127.0.0.8"
-ADDRESSES = ("127.0.0.1", MX1, DEST, POSTFIX, STOP, LATE, NEVER, KILL)
+RESTART = "127.0.0.9"
+ADDRESSES = ("127.0.0.1", MX1, DEST, POSTFIX, STOP, LATE, NEVER, KILL, RESTART)
 
 X = "x@dest.test"
 Z = "z@late.test"
@@ -351,17 +353,19 @@ class DestServer(MdpyServer):
     domain = "dest.test"
 
 
-def senderServer(root, dns, port, lifetime="1h"):
+def senderServer(root, dns, port, lifetime="1h", retry="1s", relayExtra=""):
     """
+    @param relayExtra: more lines of its C{[relay]} section.
     @return: a sending mdpy (not started) that finds MX hosts through C{dns}
-        and reaches them at C{port}, retrying every second.
+        and reaches them at C{port}, retrying every C{retry}.
     """
     return MdpyServer(
         root,
         extra="[dns]\nnameservers = %s\n" % (dns.nameserver,),
         relayExtra=(
-            "remote_port = %d\nmx_tls = may\nretry = 1s\nlifetime = %s\n"
-            "delay_warning = 0\nconnect_timeout = 5s\ncommand_timeout = 30s\n" % (port, lifetime)
+            "remote_port = %d\nmx_tls = may\nretry = %s\nlifetime = %s\n"
+            "delay_warning = 0\nconnect_timeout = 5s\ncommand_timeout = 30s\n" % (port, retry, lifetime)
+            + relayExtra
         ),
     )
 
@@ -385,7 +389,7 @@ def dns(tmp_path_factory):
     }
     for domain, address in (
         ("late.test", LATE), ("never.test", NEVER), ("pf.test", POSTFIX),
-        ("stop.test", STOP), ("kill.test", KILL),
+        ("stop.test", STOP), ("kill.test", KILL), ("restart.test", RESTART),
     ):
         zone[domain], zone["mx." + domain] = mx("mx." + domain, address)
     server = DNSProcess(tmp_path_factory.mktemp("dns"), zone)
@@ -766,3 +770,43 @@ def test_killDuringDeliveryLosesAndDuplicatesNothing(newSender):
     assert os.listdir(os.path.join(queueDir, "corrupt")) == []
     assert listingEmpty(server)
 
+
+
+# --- connection reuse ----------------------------------------------------------
+
+
+def test_remoteRestartedBetweenTwoMessages(tmp_path, dns, port):
+    """
+    The remote MX restarts while the sender keeps an idle connection to it
+    (C{[relay] connection_idle}): the dead connection leaves the cache, and
+    the second message arrives over a new one within seconds, not after the
+    retry interval (5 minutes here).
+    """
+    recipient = "r@restart.test"
+    (tmp_path / "receiver").mkdir()
+    receiver = MdpyServer(tmp_path / "receiver", domain="restart.test", interface=RESTART, smtpPort=port)
+    for args in (("domain", "add", "restart.test"), ("user", "add", recipient, "--password", "r-secret")):
+        done = receiver.cli(*args)
+        assert done.returncode == 0, done.stderr
+    (tmp_path / "sender").mkdir()
+    sender = senderServer(tmp_path / "sender", dns, port, retry="5m", relayExtra="connection_idle = 1h\n")
+    try:
+        receiver.start()
+        sender.start()
+        account = newAccount(sender, "restarter")
+        submit(sender, account, [recipient], [makeMessage("before the restart")])
+        until(lambda: len(maildirMessages(receiver.maildir(recipient))) == 1, "the first message", server=sender)
+        until(lambda: queueEmpty(sender), "the sender's queue to empty", server=sender)
+        receiver.stop()
+        receiver.start()
+        submit(sender, account, [recipient], [makeMessage("after the restart")])
+        until(lambda: len(maildirMessages(receiver.maildir(recipient))) == 2, "the second message", server=sender)
+        subjects = sorted(parse(raw)["Subject"] for raw in maildirMessages(receiver.maildir(recipient)))
+        assert subjects == ["after the restart", "before the restart"]
+        log = sender.logText()
+        assert "closed the idle connection" in log
+        assert "connection closed before sending" not in log
+        assert "deferred" not in log
+    finally:
+        sender.stop()
+        receiver.stop()

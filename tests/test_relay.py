@@ -11,10 +11,11 @@ import socket
 
 from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 
 from mdpy import errors
 from mdpy.delivery.mx import MXResolver, makeResolver
-from mdpy.delivery.queue import BOUNCED, PENDING, SpoolQueue
+from mdpy.delivery.queue import BOUNCED, FAILED, PENDING, SpoolQueue
 from mdpy.delivery.relay import Relay, RelayControlFactory, RelaySettings
 from mdpy.envelope import Envelope
 from mdpy.smtp import codes
@@ -42,6 +43,32 @@ class CountingSMTPFactory(SMTPFactory):
     def buildProtocol(self, addr):
         self.built += 1
         return SMTPFactory.buildProtocol(self, addr)
+
+
+class ServerSessions(SMTPServer):
+    """
+    mdpy's SMTP server, remembering its sessions in C{factory.sessions};
+    the first C{factory.dropAtMail} sessions drop the connection, with no
+    reply, when MAIL arrives (as a server that went away meanwhile).
+    """
+
+    def connectionMade(self):
+        self.factory.sessions.append(self)
+        SMTPServer.connectionMade(self)
+
+    dropped = False
+
+    def lineReceived(self, line):
+        if not self.dropped:
+            return SMTPServer.lineReceived(self, line)
+
+    def do_MAIL(self, argument):
+        if self.factory.dropAtMail:
+            self.factory.dropAtMail -= 1
+            self.dropped = True  # the pipelined RCPT and DATA get no reply
+            self.transport.abortConnection()
+            return None
+        return SMTPServer.do_MAIL(self, argument)
 
 
 class BrokenTLSServer(SMTPServer):
@@ -250,6 +277,79 @@ class DeliveryTests(RelayTestCase):
         self.assertEqual(recipient["Status"], "4.3.0")
         self.assertIn("451", recipient["Diagnostic-Code"])
         self.assertEqual(parsed["Subject"], "Undelivered Mail Returned to Sender")
+
+    async def test_refusedDSNGoesToThePostmaster(self):
+        """
+        A DSN its sender cannot take (an unknown local address) goes to the
+        postmaster as a double bounce, once; the message leaves the queue.
+        """
+        receiver = self.receiver()
+        receiver.target.recipientErrors["bad@dest.test"] = errors.NotFound("no")
+        self.bounces.recipientErrors["ghost@example.test"] = errors.NotFound("no such user")
+        self.startRelay()
+        entry = await self.enqueue(["bad@dest.test"], sender="ghost@example.test")
+        await self.until(lambda: entry.removed, "the double bounce")
+        [message] = self.bounces.messages
+        self.assertEqual(message.recipients, ["postmaster@relay.example.test"])
+        self.assertEqual(message.envelope.sender, "")
+        parsed = email.message_from_bytes(message.data, policy=email.policy.default)
+        self.assertEqual(parsed["To"], "postmaster@relay.example.test")
+        self.assertEqual(parsed["Subject"], "Postmaster Copy: Undelivered Mail Returned to Sender")
+        text = " ".join(parsed.get_payload()[0].get_content().split())
+        self.assertIn("This report could not be delivered to the sender, ghost@example.test: no such user."
+                      " It is sent to you, the postmaster, instead.", text)
+        blocks = [dict(block.items()) for block in parsed.get_payload()[1].get_payload()]
+        self.assertEqual(blocks[1]["Final-Recipient"], "rfc822; bad@dest.test")
+        self.assertEqual(entry.recipients[0].state, BOUNCED)
+
+    async def test_doubleBounceRefusedTooIsDropped(self):
+        receiver = self.receiver()
+        receiver.target.recipientErrors["bad@dest.test"] = errors.NotFound("no")
+        self.bounces.recipientErrors["ghost@example.test"] = errors.NotFound("no such user")
+        self.bounces.recipientErrors["postmaster@relay.example.test"] = errors.NotFound("no such user")
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.startRelay()
+        entry = await self.enqueue(["bad@dest.test"], sender="ghost@example.test")
+        await self.until(lambda: entry.removed, "the DSN to be dropped")
+        self.assertEqual(self.bounces.messages, [])
+        self.assertEqual(self.relay._reporting, {})
+        lines = [formatEvent(e) for e in events if "double bounce" in formatEvent(e)]
+        self.assertEqual(lines[-1], "relay: %s: the double bounce was refused by <postmaster@relay.example.test>"
+                         " too (no such user); the DSN is dropped" % (entry.id,))
+
+    async def test_undeliverableDSNIsRetriedThenDroppedAfterTheLifetime(self):
+        """
+        A DSN that cannot be delivered for now is tried again after the
+        first retry delay, not only at the next start, and dropped with a
+        log line once it has waited the lifetime.
+        """
+        receiver = self.receiver()
+        receiver.target.recipientErrors["bad@dest.test"] = errors.NotFound("no")
+        self.bounces.commitError = errors.TemporaryFailure("disk full")
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.startRelay(retry=[60], lifetime=200)
+        entry = await self.enqueue(["bad@dest.test"])
+        await self.until(lambda: entry.id in self.relay._reporting and self.relay._reporting[entry.id], "a retry")
+        self.assertEqual(entry.recipients[0].state, FAILED)
+        self.bounces.commitError = None
+        self.clock.advance(60)
+        await self.until(lambda: entry.removed, "the DSN")
+        self.assertEqual(len(self.bounces.messages), 1)
+        # Now one whose DSN never goes out.
+        self.bounces.commitError = errors.TemporaryFailure("disk full")
+        other = await self.enqueue(["bad@dest.test"])
+        for _ in range(4):
+            await self.until(lambda: self.relay._reporting.get(other.id), "a retry")
+            self.clock.advance(60)
+        await self.until(lambda: other.removed, "the DSN to be dropped")
+        self.assertEqual(len(self.bounces.messages), 1)
+        texts = [formatEvent(e) for e in events]
+        self.assertIn("relay: %s: the DSN to <joe@example.test> could not be delivered within the lifetime;"
+                      " dropped (disk full)" % (other.id,), texts)
 
     async def test_nullSenderIsNeverBounced(self):
         receiver = self.receiver()
@@ -477,6 +577,63 @@ class ConnectionReuseTests(RelayTestCase):
         self.relay.stopService()
         await self.until(lambda: not self.relay._sessions, "the connection to quit")
         self.assertEqual(len(receiver.target.messages), 2)
+
+
+    def sessionsReceiver(self, dropAtMail=0):
+        receiver = self.receiver()
+        receiver.protocol = ServerSessions
+        receiver.sessions = []
+        receiver.dropAtMail = dropAtMail
+        return receiver
+
+    async def test_idleConnectionClosedByTheServerLeavesTheCache(self):
+        """
+        The server closes a connection waiting idle for mail (it timed out,
+        it restarts): the connection is gone at once, and the next message
+        goes over a new one, not into the dead one to wait for a retry.
+        """
+        receiver = self.sessionsReceiver()
+        self.startRelay(connectionIdle=30)
+        first = await self.enqueue(["a@dest.test"])
+        await self.until(lambda: first.removed, "the first message")
+        self.assertEqual(self.relay._sessions, 1)
+        receiver.sessions[0].transport.loseConnection()
+        await self.until(lambda: not self.relay._sessions, "the idle connection to leave")
+        self.assertEqual(self.relay._destinations, {})
+        second = await self.enqueue(["b@dest.test"])
+        await self.until(lambda: second.removed, "the second message")
+        self.assertEqual(receiver.built, 2)
+        self.assertEqual([m.recipients for m in receiver.target.messages], [["a@dest.test"], ["b@dest.test"]])
+        self.relay.stopService()  # lets the new idle connection quit
+
+    async def test_messageLostUnsentGoesAtOnceOverANewConnection(self):
+        """
+        The connection dies under a message before any of its data went out:
+        it goes at once over a new connection, and that is its first attempt.
+        """
+        receiver = self.sessionsReceiver(dropAtMail=1)
+        self.startRelay()
+        entry = await self.enqueue(["a@dest.test"])
+        await self.until(lambda: entry.removed, "the message")
+        self.assertEqual(receiver.built, 2)
+        self.assertEqual(entry.recipients[0].attempts, 1)
+        self.assertEqual([m.recipients for m in receiver.target.messages], [["a@dest.test"]])
+
+    async def test_unsentMessageOfADeadHostIsDeferredOnce(self):
+        """
+        A host that drops every connection at MAIL: the message is sent again
+        once on a new connection, then deferred as one attempt; nothing loops.
+        """
+        self.dns.setMX("dest.test", [(10, "mx2.dest.test")])
+        receiver = self.sessionsReceiver(dropAtMail=1000)
+        self.startRelay()
+        entry = await self.enqueue(["a@dest.test"])
+        await self.until(lambda: entry.recipients[0].attempts, "the attempt")
+        await self.until(self.idle)
+        [recipient] = entry.recipients
+        self.assertEqual((recipient.state, recipient.attempts), (PENDING, 1))
+        self.assertEqual(recipient.due, self.clock.seconds() + 60)
+        self.assertEqual(receiver.built, 2)
 
 
 class SuspensionTests(RelayTestCase):

@@ -736,16 +736,81 @@ def test_unreadableBodyAbortsRatherThanEndData():
 
 
 def test_lostWhileWaitingForNextMessage():
-    d = defer.Deferred()
+    """
+    The server closes a connection that waits for mail: the wait is
+    cancelled and the session ends at once, without an error.
+    """
+    cancelled = []
+    d = defer.Deferred(cancelled.append)
+    s = Session()
+    s.client.nextMessage = lambda: d
+    s.greet()
+    s.lose(ierror.ConnectionDone())
+    assert cancelled == [d]
+    assert s.done == []
+    assert s.result.messagesAttempted == 0 and s.result.error is None
+
+
+def test_421WhileWaitingForNextMessage():
+    cancelled = []
+    s = Session(message())
+    s.greet()
+    s.t.lines()
+    s.send("250 Ok", "250 Ok", "354 Go")
+    s.pumpBody()
+    s.t.lines()
+    d = defer.Deferred(cancelled.append)
+    s.client.nextMessage = lambda: d
+    s.send("250 2.0.0 Ok: queued")
+    s.send("421 4.4.2 Error: timeout exceeded")
+    assert s.transport.disconnecting
+    s.lose()
+    assert cancelled == [d]
+    assert s.resultsOf() == [("a@remote.example", 250, "2.0.0", True)]
+    assert s.result.messagesAttempted == 1 and s.result.error is None
+
+
+def test_messageHandedOutAfterTheConnectionWentIsUnsent():
+    """
+    A wait that hands out a message all the same (its canceller did): the
+    message is reported unsent, to go over another connection.
+    """
+    m = message()
+    d = defer.Deferred(lambda d: d.callback(m))
     s = Session()
     s.client.nextMessage = lambda: d
     s.greet()
     s.lose(ierror.ConnectionLost())
-    assert s.results == []  # not before the message handed out is reported
-    m = message()
-    d.callback(m)
     assert s.resultsOf() == [("a@remote.example", 451, "4.4.2", False)]
-    assert s.result.messagesAttempted == 1 and isinstance(s.result.error, errors.TemporaryFailure)
+    assert s.done[0][1][0].unsent
+    assert s.result.messagesAttempted == 1
+
+
+@pytest.mark.parametrize("replies", [[], ["250 Ok"], ["250 Ok", "250 Ok"]])
+def test_lostBeforeDataIsUnsent(replies):
+    """
+    The server went away before it said 354: the message never left, so
+    its results say it is unsent.
+    """
+    s = Session(message("M1", ["a@remote.example", "b@remote.example"]))
+    s.greet()
+    s.expect("MAIL FROM:<alice@example.org> SIZE=*", "RCPT TO:<a@remote.example>",
+             "RCPT TO:<b@remote.example>", "DATA")
+    s.send(*replies)
+    s.lose(ierror.ConnectionLost("Connection reset by peer"))
+    results = s.done[0][1]
+    assert [(r.code, r.remote, r.unsent) for r in results] == [(451, False, True)] * 2
+    assert isinstance(s.result.error, errors.TemporaryFailure)
+
+
+def test_lostAfter354IsNotUnsent():
+    s = Session(message())
+    s.greet()
+    s.t.lines()
+    s.send("250 Ok", "250 Ok", "354 Go")
+    s.pumpBody()
+    s.lose(ierror.ConnectionLost())
+    assert [(r.code, r.unsent) for r in s.done[0][1]] == [(451, False)]
 
 
 def test_failingCallbacksAreContained():

@@ -25,8 +25,10 @@ Results, per RFC 8601 section 2.7:
     C{dkim=none}, and so does a message larger than L{MAX_DKIM_SIZE}, with
     the comment C{(message too large to verify)}.
 
-Whatever has not finished within the checker's C{timeout} becomes
-C{temperror}, and so does an internal error (which is logged).
+Whatever has not finished within the checker's C{timeout} (C{[dns]
+timeout}) becomes C{temperror}, its comment naming the DNS lookups still
+unanswered, and so does an internal error (which is logged).  A message
+with a C{temperror} result gets one warning line in the log, saying why.
 
 L{stripForgedResults} removes the fields a message brings that claim to be
 this server's (RFC 8601 section 5), before it gets the one written here.
@@ -63,6 +65,9 @@ MAX_COMMENT = 160
 # message are (RFC 6376 section 6.1: verifiers MAY limit them).
 MAX_DKIM_SIZE = 10 * 1024 * 1024
 MAX_SIGNATURES = 10
+
+# Seconds the checks of one message may take in all (C{[dns] timeout}).
+DEFAULT_TIMEOUT = 5
 
 
 # -- Authentication-Results syntax (RFC 8601 section 2.2) -------------------
@@ -398,6 +403,45 @@ def _unavailable(name):
     raise TemporaryFailure("no lookup configured for %s" % (name,))
 
 
+class _LookupWatch:
+    """
+    The DNS lookups of one check, watched so that a check cut off by its
+    deadline can say which lookups were left unanswered.
+
+    @ivar unanswered: C{"TXT example.org"} for each lookup cancelled while
+        under way.
+    """
+
+    def __init__(self):
+        self.unanswered = []
+
+    def watch(self, recordType, lookup):
+        """
+        @return: C{lookup}, remembering in L{unanswered} what it was asking
+            when it is cancelled.
+        """
+        def watched(name):
+            d = defer.maybeDeferred(lookup, name)
+
+            def ebCancelled(failure):
+                if failure.check(defer.CancelledError):
+                    self.unanswered.append("%s %s" % (recordType, name))
+                return failure
+
+            return d.addErrback(ebCancelled)
+
+        return watched
+
+    def timedOut(self, seconds):
+        """
+        @return: why the check timed out after C{seconds}, for a comment.
+        """
+        if not self.unanswered:
+            return "check timed out after %ss" % (seconds,)
+        return "DNS lookup%s of %s timed out after %ss" % (
+            "s" if len(self.unanswered) > 1 else "", ", ".join(self.unanswered), seconds)
+
+
 class InboundChecker:
     """
     Runs SPF and DKIM checks of inbound mail and writes their results as
@@ -416,7 +460,7 @@ class InboundChecker:
         lookupMX=None,
         reactor=None,
         runInThread=None,
-        timeout=10,
+        timeout=DEFAULT_TIMEOUT,
         lookupPointer=None,
     ):
         """
@@ -465,27 +509,48 @@ class InboundChecker:
             C{Authentication-Results:} field, ending in CRLF, to prepend.
         """
         identity = spfIdentity(helo, mailFrom)
+        spfWatch, dkimWatch = _LookupWatch(), _LookupWatch()
+        pointer = self._lookupPointer
         spf = self._bounded(
             spfResult(
                 clientAddress,
                 helo,
                 mailFrom,
-                self._lookupTXT,
-                self._lookupAddresses,
-                self._lookupMX,
-                self._lookupPointer,
+                spfWatch.watch("TXT", self._lookupTXT),
+                spfWatch.watch("A/AAAA", self._lookupAddresses),
+                spfWatch.watch("MX", self._lookupMX),
+                None if pointer is None else spfWatch.watch("PTR", pointer),
             ),
-            lambda: MethodResult("spf", TEMPERROR, "check timed out", [identity]),
+            lambda: MethodResult("spf", TEMPERROR, spfWatch.timedOut(self.timeout), [identity]),
             lambda: MethodResult("spf", TEMPERROR, "internal error", [identity]),
         )
         dkimResults = self._bounded(
-            checkDKIM(message, self._lookupTXT, self._runInThread, self.maxDKIMSize),
-            lambda: [MethodResult("dkim", TEMPERROR, "check timed out")],
+            checkDKIM(message, dkimWatch.watch("TXT", self._lookupTXT), self._runInThread, self.maxDKIMSize),
+            lambda: [MethodResult("dkim", TEMPERROR, dkimWatch.timedOut(self.timeout))],
             lambda: [MethodResult("dkim", TEMPERROR, "internal error")],
         )
         both = defer.gatherResults([spf, dkimResults])
-        both.addCallback(lambda results: formatHeader(self.hostname, [results[0]] + results[1]))
+        both.addCallback(lambda results: [results[0]] + results[1])
+        both.addCallback(self._logTemporaryErrors, clientAddress, mailFrom)
+        both.addCallback(lambda results: formatHeader(self.hostname, results))
         return both
+
+    def _logTemporaryErrors(self, results, clientAddress, mailFrom):
+        """
+        Say in one warning line why a message got C{temperror} results
+        (DNS did not answer, most likely): the administrator sees a resolver
+        in trouble without a line per lookup.
+        """
+        failed = [r for r in results if r.result == TEMPERROR]
+        if failed:
+            _log.warn(
+                "inbound check of mail from <{sender}> (client {client}): {reasons}; {outcome}",
+                sender=mailFrom,
+                client=clientAddress,
+                reasons="; ".join(dict.fromkeys(r.reason for r in failed)),
+                outcome=", ".join(dict.fromkeys("%s result temperror" % (r.method.upper(),) for r in failed)),
+            )
+        return results
 
     def _bounded(self, coroutine, onTimeout, onError):
         """

@@ -249,12 +249,14 @@ def _recipientLine(recipient, mainAction):
     return _wrap("%s: %s" % (who, detail), "    ")
 
 
-def _explanation(kind, reportingMTA, queueId, arrivalDate, recipients, now, postmaster, headersOnly):
+def _explanation(kind, reportingMTA, queueId, arrivalDate, recipients, now, postmaster, headersOnly, note=None):
     """
     @return: the text of the human-readable first part (RFC 6522 section
         3), with CRLF line ends.
     """
     paragraphs = ["This is the mail system at host %s." % (_oneLine(reportingMTA),)]
+    if note:
+        paragraphs.append(note)
     if kind == "failed":
         attached = "Its header section is attached below." if headersOnly else "It is attached below."
         paragraphs.append(
@@ -409,6 +411,7 @@ def buildDSN(
     postmaster=None,
     envelopeId=None,
     returnHeaders=False,
+    doubleBounce=None,
 ):
     """
     Write the delivery status notification for one message.
@@ -444,6 +447,10 @@ def buildDSN(
         or L{None} (RFC 3464 section 2.2.1).
     @param returnHeaders: return only the header section (RFC 3461
         C{RET=HDRS}).
+    @param doubleBounce: C{(postmaster, why)} when the report could not be
+        delivered to C{sender} (C{why}) and goes to C{postmaster} instead,
+        as Postfix's "double bounce": addressed to the postmaster, with a
+        C{Postmaster Copy:} subject and a first paragraph that says so.
     @return: the message, with CRLF line ends.
     """
     if not recipients:
@@ -464,7 +471,13 @@ def buildDSN(
 
     status = _deliveryStatus(reportingMTA, queueId, arrivalDate, recipients, envelopeId)
     international = not status.isascii()
-    text = _explanation(kind, reportingMTA, queueId, arrivalDate, recipients, now, postmaster, not complete)
+    to, note = sender, None
+    if doubleBounce is not None:
+        to, why = doubleBounce
+        subject = "Postmaster Copy: " + subject
+        note = "This report could not be delivered to the sender, %s: %s. It is sent to you, the postmaster, instead." % (
+            _oneLine(sender), _oneLine(why))
+    text = _explanation(kind, reportingMTA, queueId, arrivalDate, recipients, now, postmaster, not complete, note)
     textBytes = text.encode("utf-8")
     statusBytes = status.encode("utf-8")
 
@@ -504,7 +517,7 @@ def buildDSN(
 
     fields = [
         ("From", "Mail Delivery System <MAILER-DAEMON@%s>" % (_oneLine(reportingMTA),)),
-        ("To", _oneLine(sender)),
+        ("To", _oneLine(to)),
         ("Subject", subject),
         ("Date", _date(now)),
         ("Message-ID", make_msgid(re.sub(r"[^A-Za-z0-9]", "", queueId) or None, _oneLine(reportingMTA))),

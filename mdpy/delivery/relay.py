@@ -30,8 +30,12 @@ the destination still run.  Mail of a domain on hold (a gateway domain,
 released by ODMR's ATRN) is never tried; it fails when it has waited
 C{[relay] lifetime}.  Every failure is reported to the
 envelope sender in one RFC 3464 DSN per message and attempt, sent with the
-null sender; mail from the null sender is never bounced.  A delay warning
-goes out once when a message has waited C{[relay] delay_warning}.
+null sender; mail from the null sender is never bounced.  A DSN its sender
+cannot take (an unknown local address) goes to the postmaster instead, as
+Postfix's "double bounce"; one that cannot be delivered for now is tried
+again after the first retry delay, and dropped, with a log line, when it
+has waited C{[relay] lifetime} or even the postmaster refuses it.  A delay
+warning goes out once when a message has waited C{[relay] delay_warning}.
 
 Invariants:
  - A recipient is in at most one transaction at a time
@@ -181,10 +185,11 @@ class Relay(service.Service):
     @ivar bounceTarget: the L{IDeliveryTarget} DSNs go to (the pipeline).
     @ivar clock: the L{IReactorTime} of retries and timeouts (the reactor
         unless a test gives a L{twisted.internet.task.Clock}).
+    @ivar postmaster: where a DSN goes that its sender cannot take.
     """
 
     def __init__(self, queue, resolver, bounceTarget, hostname, settings=None,
-                 reactor=None, clock=None):
+                 reactor=None, clock=None, postmaster=None):
         if reactor is None:
             from twisted.internet import reactor
         self.clock = clock or reactor
@@ -192,6 +197,8 @@ class Relay(service.Service):
         self.resolver = resolver
         self.bounceTarget = bounceTarget
         self.hostname = hostname
+        self.postmaster = postmaster or "postmaster@" + hostname
+        self._reporting = {}  # entry id: None while its DSN goes out, or the timer of its next try
         self.settings = settings or RelaySettings()
         self.reactor = reactor
         self._destinations = {}
@@ -216,10 +223,11 @@ class Relay(service.Service):
 
     def stopService(self):
         service.Service.stopService(self)
-        for timer in (self._timer, self._heldTimer):
+        for timer in [self._timer, self._heldTimer] + list(self._reporting.values()):
             if timer is not None and timer.active():
                 timer.cancel()
         self._timer = self._heldTimer = None
+        self._reporting = {}
         for destination in list(self._destinations.values()):
             destination.wakeIdle(False)
 
@@ -554,8 +562,10 @@ class Relay(service.Service):
                 or sent[0] >= settings.maxMessagesPerConnection
             ):
                 return message
-            # Keep the connection a moment for mail still arriving.
-            waiting = defer.Deferred()
+            # Keep the connection a moment for mail still arriving.  Should
+            # the server close it meanwhile, the client cancels the wait and
+            # the connection leaves the cache at once.
+            waiting = defer.Deferred(lambda waiting: self._idleOver(destination, waiting, timer))
             destination.idle.append(waiting)
             timer = self.reactor.callLater(settings.connectionIdle, self._idleOver, destination, waiting)
             waiting.addCallback(lambda more: (timer.active() and timer.cancel(), take() if more else None)[1])
@@ -563,7 +573,20 @@ class Relay(service.Service):
 
         def messageDone(message, results):
             message.closeUnused()
-            self._recordResults(message.entry, message.queued, results, route)
+            tried = [(r, result) for r, result in zip(message.queued, results) if not result.unsent]
+            unsent = [r for r, result in zip(message.queued, results) if result.unsent]
+            if unsent:
+                # Lost with the connection before any of it went out: not an
+                # attempt; the next connection (or one waiting idle) takes it.
+                log.info(
+                    "relay: {id} not sent before the connection to {route} was lost; trying again",
+                    id=message.entry.id,
+                    route=route,
+                )
+                destination.ready.appendleft((message.entry, unsent))
+                destination.wakeIdle(True)
+            if tried:
+                self._recordResults(message.entry, *zip(*tried), route)
 
         credentials = settings.smarthostCredentials if settings.smarthost is not None else None
         try:
@@ -584,10 +607,17 @@ class Relay(service.Service):
             timeout=settings.commandTimeout,
         )
 
-    def _idleOver(self, destination, waiting):
+    def _idleOver(self, destination, waiting, timer=None):
+        """
+        End the wait of an idle connection: its time is over, or (with
+        C{timer}, cancelled) the connection was lost.
+        """
         if waiting in destination.idle:
             destination.idle.remove(waiting)
-            waiting.callback(False)
+            if timer is None:
+                waiting.callback(False)
+            elif timer.active():
+                timer.cancel()
 
     def _outboundMessage(self, entry, recipients):
         """
@@ -764,18 +794,93 @@ class Relay(service.Service):
 
     def _report(self, entry):
         """
-        Send the DSN for the failed recipients of C{entry}, then mark them
-        bounced.
+        Send the DSN for the failed recipients of C{entry} (to the
+        postmaster when the sender cannot take it), then mark them bounced.
         """
+        if entry.id in self._reporting:
+            return None  # under way, or waiting for its next try
         failed = entry.inState(FAILED)
         if not entry.sender:
             log.info("relay: {id} from the null sender: no DSN for {n} failed", id=entry.id, n=len(failed))
             return self._markBounced(entry, failed)
+        if not failed:
+            return None
+        self._reporting[entry.id] = None
         statuses = [self._statusFor(r, "failed") for r in failed]
         d = self._sendDSN(entry, statuses)
-        d.addCallback(lambda _: self._markBounced(entry, failed))
-        d.addErrback(self._ebDSN, entry)
+        d.addErrback(self._ebReport, entry, statuses)
+
+        def reported(done):
+            if self._reporting.get(entry.id) is None:
+                self._reporting.pop(entry.id, None)
+            if done is not False:
+                return self._markBounced(entry, failed)
+
+        d.addCallback(reported)
         return d
+
+    def _ebReport(self, failure, entry, statuses):
+        """
+        The DSN of C{entry} was not delivered: a sender that cannot take it
+        gets it sent to the postmaster (a double bounce); a temporary
+        failure is tried again later.
+
+        @return: L{False} when the failed recipients stay failed for now.
+        """
+        why = _failureText(failure)
+        if not getattr(failure.value, "temporary", True):
+            log.warn(
+                "relay: {id}: DSN refused for <{sender}> ({why}); sent to <{postmaster}> as a double bounce",
+                id=entry.id, sender=entry.sender, why=why, postmaster=self.postmaster,
+            )
+            d = self._sendDSN(entry, statuses, doubleBounce=(self.postmaster, why))
+            d.addErrback(self._ebDoubleBounce, entry)
+            return d
+        return self._retryReport(entry, why)
+
+    def _ebDoubleBounce(self, failure, entry):
+        """
+        The postmaster did not take the double bounce of C{entry} either:
+        dropped when refused, tried again later on a temporary failure.
+        """
+        why = _failureText(failure)
+        if not getattr(failure.value, "temporary", True):
+            log.error(
+                "relay: {id}: the double bounce was refused by <{postmaster}> too ({why}); the DSN is dropped",
+                id=entry.id, postmaster=self.postmaster, why=why,
+            )
+            return None
+        return self._retryReport(entry, why)
+
+    def _retryReport(self, entry, why):
+        """
+        Try the DSN of C{entry} again after the first retry delay, or drop
+        it once it has waited the lifetime since its recipients failed.
+
+        @return: L{False} while it is kept, L{None} when dropped.
+        """
+        if not self.running:
+            self._reporting.pop(entry.id, None)
+            return False  # the next start tries it again
+        failedAt = max(r.lastAttempt or entry.created for r in entry.inState(FAILED))
+        if self._now() - failedAt >= self.settings.lifetime:
+            log.error(
+                "relay: {id}: the DSN to <{sender}> could not be delivered within the lifetime; dropped ({why})",
+                id=entry.id, sender=entry.sender, why=why,
+            )
+            return None
+        delay = self.settings.retry[0]
+        log.warn(
+            "relay: {id}: cannot deliver the DSN to <{sender}> now ({why}); trying again in {delay} s",
+            id=entry.id, sender=entry.sender, why=why, delay=delay,
+        )
+        self._reporting[entry.id] = self.clock.callLater(delay, self._reportAgain, entry)
+        return False
+
+    def _reportAgain(self, entry):
+        self._reporting.pop(entry.id, None)
+        if not entry.removed:
+            self._report(entry)
 
     def _markBounced(self, entry, recipients):
         for recipient in recipients:
@@ -803,14 +908,18 @@ class Relay(service.Service):
             "relay: cannot send the DSN of {id} to <{sender}>: {why}",
             id=entry.id,
             sender=entry.sender,
-            why=getattr(failure.value, "detail", failure.getErrorMessage()),
+            why=_failureText(failure),
         )
 
     @defer.inlineCallbacks
-    def _sendDSN(self, entry, statuses):
+    def _sendDSN(self, entry, statuses, doubleBounce=None):
         """
         Build the DSN for C{statuses} and hand it to the bounce target with
         the null sender.
+
+        @param doubleBounce: C{(postmaster, why)} to send it to the
+            postmaster, the sender having refused it (see
+            L{dsn.buildDSN}).
         """
         with entry.openBody() as original:
             report = dsn.buildDSN(
@@ -821,11 +930,13 @@ class Relay(service.Service):
                 statuses,
                 original,
                 now=self._now(),
+                doubleBounce=doubleBounce,
             )
+        recipient = entry.sender if doubleBounce is None else doubleBounce[0]
         envelope = Envelope("", helo=self.hostname, protocol="local", trusted=True)
         delivery = yield defer.maybeDeferred(self.bounceTarget.startDelivery, envelope)
         try:
-            yield defer.maybeDeferred(delivery.addRecipient, entry.sender)
+            yield defer.maybeDeferred(delivery.addRecipient, recipient)
             delivery.write(report)
             yield defer.maybeDeferred(delivery.commit)
         except BaseException:
@@ -836,9 +947,17 @@ class Relay(service.Service):
             id=entry.id,
             kind=statuses[0].action,
             dsnId=envelope.messageId,
-            sender=entry.sender,
+            sender=recipient,
             rcpts=",".join("<%s>" % (s.address,) for s in statuses),
         )
+
+
+def _failureText(failure):
+    """
+    @return: what went wrong, for a log line: a L{errors.MailError}'s
+        detail, else the exception's message.
+    """
+    return getattr(failure.value, "detail", None) or failure.getErrorMessage()
 
 
 class HeldRelease:

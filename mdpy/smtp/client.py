@@ -32,6 +32,12 @@ Invariants:
    again (RFC 3207 section 4.2), and a failed handshake ends the connection
    with C{tlsFailed}, never a fallback to plaintext on the same connection.
  - Credentials are only ever sent over TLS.
+ - A connection the server closes while the client waits for
+   C{nextMessage} (an idle connection kept for mail still to come) cancels
+   the Deferred C{nextMessage} gave, and ends without an error.  A message
+   whose connection was lost before any of its data went out gets results
+   marked L{RecipientResult.unsent}: the server cannot have it, so it may go
+   at once over another connection.
 """
 
 import base64
@@ -94,14 +100,19 @@ class RecipientResult:
     @ivar enhanced: the enhanced status code (RFC 3463), or L{None}.
     @ivar remote: whether the server said so; else this client made the
         result up (for a lost connection, say).
+    @ivar unsent: whether the connection was lost before any of the
+        message's data went out (no C{354} to DATA): the server cannot have
+        it, and trying it again at once on a new connection is no attempt
+        of its own.
     """
 
-    def __init__(self, address, code, enhanced, text, remote=True):
+    def __init__(self, address, code, enhanced, text, remote=True, unsent=False):
         self.address = address
         self.code = code
         self.enhanced = enhanced
         self.text = text
         self.remote = remote
+        self.unsent = unsent
 
     @property
     def delivered(self):
@@ -271,9 +282,9 @@ def _remoteResult(reply):
     return lambda address: RecipientResult(address, reply.code, reply.enhanced, reply.text, True)
 
 
-def _localResult(reply, text=None):
+def _localResult(reply, text=None, unsent=False):
     code, enhanced, default = reply
-    return lambda address: RecipientResult(address, code, enhanced, text or default, False)
+    return lambda address: RecipientResult(address, code, enhanced, text or default, False, unsent)
 
 
 @implementer(IPullProducer)
@@ -354,6 +365,7 @@ class _Transaction:
         self.queue = []
         self.body = None
         self.mailRefused = False
+        self.dataStarted = False  # the server said 354: the body may be on its way
 
     def decide(self, makeResult, indexes=None):
         # Give the undecided recipients among indexes (default all) a result.
@@ -425,6 +437,7 @@ class ESMTPClient(Protocol):
         self._tlsPending = False  # from startTLS to the first reply over TLS
         self._startTLSRefused = False
         self._awaitingMessage = False
+        self._pendingMessage = None  # the Deferred of nextMessage while it waits
 
     # --- the connection ---------------------------------------------------------------
 
@@ -442,6 +455,7 @@ class ESMTPClient(Protocol):
         self._resetTimeout()
 
     def connectionLost(self, reason=connectionDone):
+        idle = self._idle()
         self._connected = False
         self._ending = self._ignoreInput = True
         self._waiting.clear()
@@ -450,11 +464,22 @@ class ESMTPClient(Protocol):
             self._result.tlsFailed = True
         why = "TLS handshake failed: " if self._tlsPending else "connection lost: "
         why += reason.getErrorMessage()
-        if not self._quitting:
+        if idle:
+            # The server closed a connection kept for mail still to come
+            # (its idle timeout, a restart): no message suffers from that.
+            self.log.info("smtp-client: {peer} closed the idle connection", peer=self._peer)
+        elif not self._quitting:
             self._setError(TemporaryFailure("%s: %s" % (self._peer, why)))
-        self._closeTransaction(_localResult(C451ConnectionProblem, why))
-        if not self._awaitingMessage:
+        unsent = self._txn is not None and not self._txn.dataStarted
+        self._closeTransaction(_localResult(C451ConnectionProblem, why, unsent))
+        if self._pendingMessage is not None:
+            self._pendingMessage.cancel()  # its outcome ends the session
+        elif not self._awaitingMessage:
             self._finish()
+
+    def _idle(self):
+        # Whether the session waits for nextMessage, with nothing on the wire.
+        return self._awaitingMessage and self._txn is None and not self._ending
 
     def _finish(self):
         result = self._result
@@ -552,6 +577,9 @@ class ESMTPClient(Protocol):
     def _serverClosing(self, reply):
         # A 421 (RFC 5321 section 3.8): the server is going away.  The
         # undecided recipients of the message on the wire get its reply.
+        if self._idle():
+            self.log.info("smtp-client: {peer} closed the idle connection: {reply}", peer=self._peer, reply=reply)
+            self._quitting = True  # nothing was under way: no error
         self._ending = self._ignoreInput = True
         self._waiting.clear()
         if not (self._quitting and self._txn is None):
@@ -688,11 +716,18 @@ class ESMTPClient(Protocol):
         self._awaitingMessage = True
         self._resetTimeout()
         d = defer.maybeDeferred(self.nextMessage)
-        d.addErrback(lambda f: self.log.failure("smtp-client: nextMessage failed", f))
+        if not d.called:
+            self._pendingMessage = d  # cancelled should the connection go
+        d.addErrback(self._ebNextMessage)
         d.addCallback(lambda message: self._guarded(self._cbNextMessage, message))
+
+    def _ebNextMessage(self, failure):
+        if not failure.check(defer.CancelledError):
+            self.log.failure("smtp-client: nextMessage failed", failure)
 
     def _cbNextMessage(self, message):
         self._awaitingMessage = False
+        self._pendingMessage = None
         if message is not None:
             self._result.messagesAttempted += 1
         if not self._ending:
@@ -702,7 +737,7 @@ class ESMTPClient(Protocol):
                 self._startTransaction(message)
             return
         if message is not None:
-            makeResult = _localResult(C451ConnectionProblem, "connection closed before sending")
+            makeResult = _localResult(C451ConnectionProblem, "connection closed before sending", unsent=True)
             self._reportMessage(message, [makeResult(address) for address in message.recipients])
         if not self._connected:
             self._finish()
@@ -799,6 +834,7 @@ class ESMTPClient(Protocol):
     def _gotData(self, reply):
         txn = self._txn
         if reply.code == 354 and txn.accepted and not txn.mailRefused:
+            txn.dataStarted = True
             self._producer = _BodyProducer(self, txn.body, self.bodyChunkSize)
             self._producer.start()
             self._resetTimeout()

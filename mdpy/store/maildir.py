@@ -202,6 +202,59 @@ def _makeMaildir(path, folder):
     os.makedirs(os.path.join(path, "new"), 0o700, exist_ok=True)
 
 
+# The Maildir specification: a file in tmp/ untouched for 36 hours is left
+# over from a crash.
+STALE_TMP_AGE = 36 * 3600
+
+
+def _scanDirs(path):
+    try:
+        with os.scandir(path) as entries:
+            return [entry.path for entry in entries if entry.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def removeStaleTmpFiles(root, maxAge=STALE_TMP_AGE, now=None):
+    """
+    Remove what a crash left in the C{tmp/} folders of every Maildir under
+    C{root} (C{root/<domain>/<localpart>/} and its C{.Folder}s): the files
+    neither read nor changed for C{maxAge} seconds.
+
+    Not every file of C{tmp/} can go, even at the server's start: another
+    process may be writing a message there at this moment (C{mdpy domainpop
+    run} beside the server, a migration tool) and nothing but age tells its
+    file from a dead server's.  Such a file lives for a fraction of a
+    second, so the Maildir specification's 36 hours keep it safe.
+
+    @return: the paths removed.
+    """
+    if now is None:
+        now = time.time()
+    removed = []
+    for domain in _scanDirs(root):
+        for account in _scanDirs(domain):
+            folders = [account] + [p for p in _scanDirs(account) if os.path.basename(p).startswith(".")]
+            for folder in folders:
+                tmp = os.path.join(folder, "tmp")
+                try:
+                    entries = list(os.scandir(tmp))
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                for entry in entries:
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                        if entry.is_dir(follow_symlinks=False):
+                            continue
+                        if now - max(info.st_mtime, info.st_atime) < maxAge:
+                            continue
+                        os.unlink(entry.path)
+                    except FileNotFoundError:
+                        continue
+                    removed.append(entry.path)
+    return removed
+
+
 _WIRE_SIZE = re.compile(r",W=([0-9]+)")
 
 
