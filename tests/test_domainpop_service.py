@@ -239,6 +239,7 @@ class RoutingTests(CollectorTestCase):
         none, or it cannot be delivered (no outbound queue here), the
         message goes to the postmaster instead of being lost.
         """
+        events = captureLogs(self)
         local = b"Return-Path: <carol@example.test>\r\n" + UNKNOWN
         remote = b"Return-Path: <x@far.test>\r\n" + UNKNOWN.replace(b"m7@", b"m8@")
         isp = ISP(self, [local, remote, BCC_BARE])
@@ -246,6 +247,9 @@ class RoutingTests(CollectorTestCase):
         self.assertIsNone(report.error)
         self.assertEqual((report.bounced, report.dropped, report.held), (1, 0, 0))
         self.assertIn("1 bounced", report.summary())
+        [bounced] = logged(events, LogLevel.info, "domainpop/isp: bounced <m7@far.test> (UIDL ")
+        self.assertTrue(bounced.endswith(" to carol@example.test: unknown nobody@example.test"
+                                         " (unknown_recipient = bounce)"), bounced)
         [dsn] = [m.open().read() for m in self.store.openMailbox("carol@example.test").messages()]
         self.assertIn(b"multipart/report", dsn)
         self.assertIn(b"Final-Recipient: rfc822; nobody@example.test", dsn)

@@ -606,6 +606,8 @@ class Collector:
                 else:
                     report.lines.append("%s: %s: bounced to %s" % (label, why, sender))
                     report.bounced += 1
+                    log.info("{name}: bounced {item} to {sender}: {why} (unknown_recipient = bounce)",
+                             name=self.name, item=_describe(item), sender=sender, why=why)
                     return
         await self._toPostmaster(item, state, label, report, why)
 
