@@ -322,7 +322,10 @@ TEMPLATES = {
         Key("interval", parseDuration, "10m", "Time between collections."),
         Key("leave_on_server_days", parseInt, "0", "Days to keep mail at the ISP; 0 deletes after download."),
         Key("max_size", parseSize, "0", "Largest message to download; 0 for no limit."),
-        Key("size_action", parseChoice("skip", "delete", "postmaster"), "skip", "What to do with a larger one."),
+        Key("size_action", parseChoice("skip", "delete", "postmaster"), "skip",
+            "What to do with a larger one: skip (leave it at the ISP), delete (there, without download, telling "
+            "the postmaster) or postmaster (download it for the postmaster instead of its recipients; held when "
+            "the postmaster cannot take it).  Larger than [smtp] max_message_size: always left at the ISP."),
         Key("archive_dir", parseStr, "", "Keep a copy of every downloaded message here.", isPath=True),
         Key("parse_headers", parseList, "", "Envelope headers to route by; default: To, Cc and the standard headers."),
         Key("received_skip", parseInt, "0", "Received headers to skip from the top."),

@@ -239,11 +239,17 @@ class RoutingTests(CollectorTestCase):
         none, or it cannot be delivered (no outbound queue here), the
         message goes to the postmaster instead of being lost.
         """
+        events = captureLogs(self)
         local = b"Return-Path: <carol@example.test>\r\n" + UNKNOWN
         remote = b"Return-Path: <x@far.test>\r\n" + UNKNOWN.replace(b"m7@", b"m8@")
         isp = ISP(self, [local, remote, BCC_BARE])
         report = await self.collector(isp, unknownRecipient="bounce").collect()
         self.assertIsNone(report.error)
+        self.assertEqual((report.bounced, report.dropped, report.held), (1, 0, 0))
+        self.assertIn("1 bounced", report.summary())
+        [bounced] = logged(events, LogLevel.info, "domainpop/isp: bounced <m7@far.test> (UIDL ")
+        self.assertTrue(bounced.endswith(" to carol@example.test: unknown nobody@example.test"
+                                         " (unknown_recipient = bounce)"), bounced)
         [dsn] = [m.open().read() for m in self.store.openMailbox("carol@example.test").messages()]
         self.assertIn(b"multipart/report", dsn)
         self.assertIn(b"Final-Recipient: rfc822; nobody@example.test", dsn)
@@ -260,6 +266,86 @@ class RoutingTests(CollectorTestCase):
         self.assertEqual(isp.remaining(), 0)
         self.assertEqual(self.subjects("postmaster"), ["DomainPOP domainpop/isp deleted a message larger than max_size"])
         self.assertEqual(self.subjects("bob"), [])
+
+    async def test_tooBigDeleteTellsThePostmasterAndTheLog(self):
+        """
+        size_action = delete: the message larger than max_size is deleted
+        at the ISP without download, the postmaster gets a notice naming
+        it, and the log says so at info.
+        """
+        events = captureLogs(self)
+        isp = ISP(self, [TEAM + b"x" * 5000, LIST])
+        report = await self.collector(isp, maxSize=2000, sizeAction="delete").collect()
+        self.assertEqual((report.error, report.deleted, report.downloaded), (None, 2, 1))
+        self.assertEqual(isp.remaining(), 0)
+        [notice] = [m.open().read() for m in self.store.openMailbox("postmaster@example.test").messages()]
+        self.assertIn(b"Message #1 (UIDL ", notice)
+        self.assertIn(b", %d octets) was deleted at 127.0.0.1 without download." % (len(TEAM) + 5000,), notice)
+        [line] = logged(events, LogLevel.info, "domainpop/isp: deleted message #1 (UIDL ")
+        self.assertIn(" at 127.0.0.1 without download, larger than max_size 2000 (size_action = delete);"
+                      " the postmaster postmaster@example.test was told", line)
+        self.assertEqual((self.subjects("alice"), self.subjects("bob")), (["list"], []))
+
+    async def test_tooBigDeleteNoticeFailingForNow(self):
+        """
+        size_action = delete and the notice to the postmaster fails for
+        now: the cycle stops before QUIT, so nothing is deleted, and the
+        next cycle deletes it once the notice is sent.
+        """
+        isp = ISP(self, [TEAM + b"x" * 5000, LIST])
+        target = RecordingTarget()
+        target.recipientErrors["postmaster@example.test"] = errors.TemporaryFailure("disk full")
+        collector = self.collector(isp, maxSize=2000, sizeAction="delete")
+        collector.pipeline = target
+        report = await collector.collect()
+        self.assertIn("disk full", report.error)
+        self.assertEqual((isp.remaining(), target.messages), (2, []))
+        del target.recipientErrors["postmaster@example.test"]
+        report = await collector.collect()
+        self.assertIsNone(report.error)
+        self.assertEqual(isp.remaining(), 0)
+        self.assertEqual([m.recipients for m in target.messages],
+                         [["postmaster@example.test"], ["alice@example.test"]])
+
+    async def test_tooBigToThePostmaster(self):
+        """
+        size_action = postmaster: the message larger than max_size is
+        downloaded and delivered to the postmaster alone, not to its
+        recipients; its second copy at the ISP (To+Cc) is a duplicate; the
+        smaller ones are delivered as usual.
+        """
+        big = TO_CC_A.replace(b"Hello.", b"x" * 5000)
+        isp = ISP(self, [big, LIST, big])
+        report = await self.collector(isp, maxSize=2000, sizeAction="postmaster").collect()
+        self.assertIsNone(report.error)
+        self.assertEqual((report.downloaded, report.copies, report.duplicates, report.held), (3, 2, 1, 0))
+        self.assertEqual(self.everything(), {"alice": ["list"], "bob": [], "carol": [], "postmaster": ["to+cc"]})
+        self.assertEqual(isp.remaining(), 0)
+        self.assertEqual(len([line for line in report.lines if line.startswith("#1 ") and line.endswith(
+            ": %d octets, larger than max_size 2000: to the postmaster" % (len(big),))]), 1)
+        # Neither a restart nor the same message again brings a second copy.
+        isp.store.deliver([(BOX, "INBOX", [big])])
+        report = await self.collector(isp, maxSize=2000, sizeAction="postmaster").collect()
+        self.assertEqual((report.duplicates, report.copies), (1, 0))
+        self.assertEqual(self.subjects("postmaster"), ["to+cc"])
+
+    async def test_largerThanMaxMessageSizeLeftAtTheISP(self):
+        """
+        A message larger than the largest mdpy takes would be abandoned
+        mid-download at every cycle; it is left at the ISP, logged at warn,
+        and the messages after it are collected.
+        """
+        events = captureLogs(self)
+        isp = ISP(self, [TEAM + b"x" * 5000, LIST])
+        for cycle in range(2):
+            report = await self.collector(isp, maxMessageSize=3000).collect()
+            self.assertEqual((report.error, report.skipped), (None, 1))
+            self.assertEqual(isp.remaining(), 1)
+        self.assertEqual((self.subjects("alice"), self.subjects("bob")), (["list"], []))
+        warned = logged(events, LogLevel.warn, "domainpop/isp: left message #1 (UIDL ")
+        self.assertEqual(len(warned), 2)
+        self.assertIn(", %d octets) at 127.0.0.1: larger than [smtp] max_message_size 3000, it cannot be"
+                      " collected" % (len(TEAM) + 5000,), warned[0])
 
     async def test_dedupeSurvivesRestartsAndCycles(self):
         """
@@ -412,6 +498,38 @@ class HeldTests(CollectorTestCase):
         self.assertHeld(isp, [(LIST, "delivery to alice@example.test failed: larger than the quota allows")])
         [delivered] = target.messages
         self.assertEqual(delivered.recipients, ["team@example.test"])
+
+    async def test_tooBigDeletedWithoutPostmaster(self):
+        """
+        size_action = delete with no postmaster to tell: the message is
+        deleted all the same, as configured, the log says so at warn, and
+        the next message is collected in the same cycle, not held up
+        behind it.
+        """
+        big = TEAM + b"x" * 5000
+        isp = ISP(self, [big, LIST])
+        report = await self.collector(isp, maxSize=2000, sizeAction="delete").collect()
+        self.assertIsNone(report.error)
+        self.assertEqual((report.deleted, report.held, isp.remaining()), (2, 0, 0))
+        self.assertEqual(self.subjects("alice"), ["list"])
+        [line] = logged(self.events, LogLevel.warn, "domainpop/isp: deleted message #1 (UIDL ")
+        self.assertIn(", %d octets) at 127.0.0.1 without download, larger than max_size 2000"
+                      " (size_action = delete); the postmaster postmaster@example.test cannot be told:"
+                      " no such user: postmaster@example.test" % (len(big),), line)
+        self.assertEqual(heldMessages(self.stateDir), [])
+
+    async def test_tooBigForAbsentPostmasterHeld(self):
+        """
+        size_action = postmaster with no postmaster: the message larger
+        than max_size is held, not given to its recipients nor dropped.
+        """
+        big = TEAM + b"x" * 5000 + b"\r\n"
+        isp = ISP(self, [big, LIST])
+        report = await self.collector(isp, maxSize=2000, sizeAction="postmaster").collect()
+        self.assertIsNone(report.error)
+        self.assertHeld(isp, [(big, "%d octets, larger than max_size 2000; the postmaster postmaster@example.test"
+                                    " cannot take it: no such user: postmaster@example.test" % (len(big),))])
+        self.assertEqual((self.subjects("alice"), self.subjects("bob")), (["list"], []))
 
     async def test_loopHeld(self):
         isp = ISP(self, [LOOP])

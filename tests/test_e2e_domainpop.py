@@ -17,7 +17,7 @@ import time
 import pytest
 
 from tests.server import MdpyServer, mdpyCommand
-from tests.test_domainpop_service import CORPUS, EXPECTED, UNKNOWN
+from tests.test_domainpop_service import CORPUS, EXPECTED, UNKNOWN, message
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "bench"))
@@ -120,10 +120,7 @@ def test_unknownRecipientWithoutPostmasterIsHeld(tmp_path, isp):
     server.start()
     try:
         # Whatever else made it, there is no postmaster@ to take the mail.
-        if "postmaster@example.test" in server.cli("alias", "list").stdout:
-            assert server.cli("alias", "del", "postmaster@example.test").returncode == 0
-        if "postmaster@example.test" in server.cli("user", "list").stdout:
-            assert server.cli("user", "del", "postmaster@example.test").returncode == 0
+        withoutPostmaster(server)
         empty = server.cli("domainpop", "held", "isp")
         assert (empty.returncode, empty.stdout) == (0, "domainpop/isp: no message held\n"), empty.stderr
         done = server.cli("domainpop", "run", "isp")
@@ -144,6 +141,73 @@ def test_unknownRecipientWithoutPostmasterIsHeld(tmp_path, isp):
         assert "domainpop/isp: held <m7@far.test> (UIDL " in warning
         assert warning.endswith(": " + why)
         assert "Traceback" not in server.logText()
+    finally:
+        server.stop()
+
+
+def withoutPostmaster(server):
+    """
+    Remove whatever made postmaster@example.test, so nothing takes its mail.
+    """
+    for alias in server.cli("alias", "list").stdout.splitlines():
+        if alias.split()[0] in ("postmaster@example.test", "abuse@example.test"):
+            assert server.cli("alias", "del", alias.split()[0]).returncode == 0
+    if "postmaster@example.test" in server.cli("user", "list").stdout.split():
+        assert server.cli("user", "del", "--yes", "postmaster@example.test").returncode == 0
+    assert "postmaster@example.test" not in server.cli("alias", "list").stdout + server.cli("user", "list").stdout
+
+
+def test_oversizeDeletedWithoutPostmasterBlocksNothing(tmp_path, isp):
+    """
+    C{size_action = delete} and no postmaster to tell: the message larger
+    than C{max_size} is deleted at the ISP, as configured, with a warning
+    in the log, and the normal message after it is collected in the same
+    run instead of waiting behind it for ever.
+    """
+    big = message(b"From: x@far.test\nTo: alice@example.test\nMessage-ID: <big@far.test>\nSubject: big\n",
+                  body=(b"x" * 998 + b"\r\n") * 20)
+    normal = message(b"From: x@far.test\nTo: alice@example.test\nMessage-ID: <n@far.test>\nSubject: normal\n")
+    isp.fill([big, normal])
+    server = mdpy(tmp_path, isp, extra="max_size = 10K\nsize_action = delete\n", users=("alice",))
+    server.start()
+    try:
+        withoutPostmaster(server)
+        done = server.cli("domainpop", "run", "isp")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert re.search(r"^#1 .*: \d+ octets, larger than max_size: deleted at the server; the postmaster"
+                         r" postmaster@example.test cannot be told: no such user: postmaster@example.test$",
+                         done.stdout, re.M), done.stdout
+        assert "2 on the server, 1 downloaded, 1 copies delivered" in done.stdout
+        assert "2 deleted at the server" in done.stdout
+        assert subjects(server, "alice") == ["normal"]
+        assert isp.remaining() == 0
+        [warning] = [text for text in server.logText().splitlines() if "#warn]" in text]
+        assert "domainpop/isp: deleted message #1 (UIDL " in warning
+        assert warning.endswith(" without download, larger than max_size 10240 (size_action = delete);"
+                                " the postmaster postmaster@example.test cannot be told:"
+                                " no such user: postmaster@example.test")
+        assert server.cli("domainpop", "held", "isp").stdout == "domainpop/isp: no message held\n"
+        assert "Traceback" not in server.logText()
+    finally:
+        server.stop()
+
+
+def test_oversizeToThePostmaster(tmp_path, isp):
+    """
+    C{size_action = postmaster}: the message larger than C{max_size} goes
+    to the postmaster alone, not to its recipient.
+    """
+    big = message(b"From: x@far.test\nTo: alice@example.test\nMessage-ID: <big@far.test>\nSubject: big\n",
+                  body=(b"x" * 998 + b"\r\n") * 20)
+    isp.fill([big, UNKNOWN.replace(b"nobody@", b"alice@")])
+    server = mdpy(tmp_path, isp, extra="max_size = 10K\nsize_action = postmaster\n")
+    server.start()
+    try:
+        done = server.cli("domainpop", "run", "isp")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert re.search(r"^#1 .*: \d+ octets, larger than max_size 10240: to the postmaster$", done.stdout, re.M)
+        assert (subjects(server, "alice"), subjects(server, "postmaster")) == (["unknown"], ["big"])
+        assert isp.remaining() == 0
     finally:
         server.stop()
 

@@ -27,6 +27,14 @@ kept in the source's held folder, with when and why in its state file, for
 the administrator (C{mdpy domainpop held NAME}, L{heldMessages}), and
 logged at warn.
 
+A message larger than C{max_size} follows C{size_action}: C{skip} leaves it
+at the server; C{delete} deletes it there without download and tells the
+postmaster (or, when there is none, the log at warn); C{postmaster}
+downloads it for the postmaster alone, held when the postmaster cannot take
+it.  One larger than C{[smtp] max_message_size} cannot be downloaded and is
+left at the server, logged at warn.  So no single message stops every
+cycle; only a temporary failure stops one, to be tried again.
+
 Invariants (never lose, never duplicate):
  - A message is deleted at the server only after every local copy was
    committed and its UIDL recorded as delivered: a crash at any point leaves
@@ -50,6 +58,7 @@ import time
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.logger import LogLevel
 
 from mdpy import errors
 from mdpy.address import normalise, splitAddress
@@ -79,6 +88,8 @@ class _Downloaded:
     @ivar again: it was (or may have been) delivered before a crash.
     @ivar copy: the same bytes came earlier in the batch (no UIDL).
     @ivar key: its dedupe key, or L{None}.
+    @ivar oversize: it is larger than C{max_size} and goes to the
+        postmaster (C{size_action = postmaster}).
     """
 
     def __init__(self, message, uid, firstSeen, again, spool, head, size):
@@ -91,6 +102,7 @@ class _Downloaded:
         self.size = size
         self.copy = False
         self.key = None
+        self.oversize = False
 
 
 class CollectorSettings:
@@ -152,6 +164,7 @@ class CycleReport:
         self.duplicates = 0
         self.held = 0
         self.dropped = 0
+        self.bounced = 0
         self.skipped = 0
         self.deleted = 0
         self.lines = []
@@ -160,9 +173,9 @@ class CycleReport:
     def summary(self):
         text = (
             "%s: %d on the server, %d downloaded, %d copies delivered, %d duplicates dropped, "
-            "%d held, %d dropped, %d left (too big), %d deleted at the server"
+            "%d held, %d dropped, %d bounced, %d left (too big), %d deleted at the server"
             % (self.name, self.listed, self.downloaded, self.copies, self.duplicates,
-               self.held, self.dropped, self.skipped, self.deleted)
+               self.held, self.dropped, self.bounced, self.skipped, self.deleted)
         )
         if self.error is not None:
             text += "; stopped: %s" % (self.error,)
@@ -331,8 +344,12 @@ class Collector:
         if known is not None and known[0] == "delivered":
             await self._maybeDelete(session, message, known[1], report)
             return None
-        if settings.maxSize and message.size > settings.maxSize and settings.sizeAction != "postmaster":
+        oversize = bool(settings.maxSize) and message.size > settings.maxSize
+        if oversize and settings.sizeAction != "postmaster":
             await self._tooBig(session, message, report)
+            return None
+        if message.size > settings.maxMessageSize:
+            self._cannotDownload(message, report)
             return None
         limit = min(settings.maxMessageSize, 2 * message.size + _SLACK)
         spool = tempfile.TemporaryFile(dir=self.stateDir)
@@ -357,6 +374,7 @@ class Collector:
                 await self._inThread(self._archive, spool, uid, firstSeen)
             item = _Downloaded(message, uid, firstSeen, known is not None, spool, head, size)
             item.copy = copy
+            item.oversize = oversize
             if not copy and settings.dedupeHeader and settings.recipient is None:
                 if settings.dedupeHeader != DEDUPE_FINGERPRINT:
                     item.key = dedupeKey(head, settings.dedupeHeader)
@@ -396,20 +414,56 @@ class Collector:
             await self._maybeDelete(session, item.message, item.firstSeen, report)
 
     async def _tooBig(self, session, message, report):
+        """
+        Apply C{size_action} to C{message}, larger than C{max_size}, without
+        downloading it: C{skip} leaves it at the server; C{delete} deletes
+        it there and tells the postmaster.  When the notice fails
+        permanently (no postmaster account), the deletion goes ahead, as
+        configured, and the log says so at warn instead: the mailbox at the
+        server must not fill up with mail that will never be collected, and
+        the next messages must not wait behind it.
+
+        @raise errors.TemporaryFailure: the notice failed for now; the cycle
+            stops before QUIT, so the message stays at the server until the
+            notice can be sent.
+        """
+        what = "#%d %s: %d octets, larger than max_size" % (message.number, message.uid or "", message.size)
         if self.settings.sizeAction == "skip":
             report.skipped += 1
-            report.lines.append("#%d %s: %d octets, larger than max_size: left on the server"
-                                % (message.number, message.uid or "", message.size))
+            report.lines.append("%s: left on the server" % (what,))
             return
         await session.delete(message.number)
         report.deleted += 1
-        report.lines.append("#%d %s: %d octets, larger than max_size: deleted at the server"
+        try:
+            await self._notice(
+                "Subject: DomainPOP %s deleted a message larger than max_size\r\n\r\n"
+                "Message #%d (UIDL %s, %d octets) was deleted at %s without download.\r\n"
+                % (self.name, message.number, message.uid, message.size, self.account.host)
+            )
+        except errors.PermanentFailure as e:
+            level, told = LogLevel.warn, "the postmaster %s cannot be told: %s" % (self.postmaster, e.detail)
+        else:
+            level, told = LogLevel.info, "the postmaster %s was told" % (self.postmaster,)
+        report.lines.append("%s: deleted at the server; %s" % (what, told))
+        log.emit(level, "{name}: deleted message #{number} (UIDL {uid}, {size} octets) at {host} without"
+                 " download, larger than max_size {limit} (size_action = delete); {told}",
+                 name=self.name, number=message.number, uid=printable(message.uid or "none"),
+                 size=message.size, host=self.account.host, limit=self.settings.maxSize, told=told)
+
+    def _cannotDownload(self, message, report):
+        """
+        Leave C{message} at the server: it is larger than the largest
+        message mdpy takes (C{[smtp] max_message_size}), so downloading it
+        would be abandoned each time and stop every cycle there.  Logged at
+        warn at each cycle, while it is there.
+        """
+        report.skipped += 1
+        report.lines.append("#%d %s: %d octets, larger than max_message_size: left on the server"
                             % (message.number, message.uid or "", message.size))
-        await self._notice(
-            "Subject: DomainPOP %s deleted a message larger than max_size\r\n\r\n"
-            "Message #%d (UIDL %s, %d octets) was deleted at %s without download.\r\n"
-            % (self.name, message.number, message.uid, message.size, self.account.host)
-        )
+        log.warn("{name}: left message #{number} (UIDL {uid}, {size} octets) at {host}: larger than"
+                 " [smtp] max_message_size {limit}, it cannot be collected",
+                 name=self.name, number=message.number, uid=printable(message.uid or "none"),
+                 size=message.size, host=self.account.host, limit=self.settings.maxMessageSize)
 
     async def _maybeDelete(self, session, message, firstSeen, report):
         days = self.settings.leaveOnServerDays
@@ -443,6 +497,8 @@ class Collector:
             report.duplicates += 1
             report.lines.append("%s: the same message twice at the server: dropped" % (label,))
             return []
+        if item.oversize:
+            return await self._oversize(item, state, seen, label, report)
         if settings.recipient is not None:
             addresses, foreign = [settings.recipient], []
         else:
@@ -458,21 +514,9 @@ class Collector:
             if settings.foreignRecipients == "forward":
                 addresses += foreign
                 foreign = []
-        fresh, duplicates = [], []
-        for address in addresses:
-            if key is not None and ((key, address) in seen or state.isDuplicate(key, address)):
-                duplicates.append(address)
-            else:
-                fresh.append(address)
-                if key is not None:
-                    seen.add((key, address))
-        if duplicates:
-            report.duplicates += len(duplicates)
-            report.lines.append("%s: duplicate for %s: dropped" % (label, ", ".join(duplicates)))
         if foreign:
             report.lines.append("%s: foreign %s: ignored" % (label, ", ".join(foreign)))
-        if duplicates:
-            await self._inThread(state.countDuplicates, len(duplicates))
+        fresh, duplicates = await self._dedupe(item, addresses, state, seen, label, report)
         if not fresh and duplicates:
             return []
         try:
@@ -561,8 +605,61 @@ class Collector:
                     why += "; no bounce to %s: %s" % (sender, e.detail)
                 else:
                     report.lines.append("%s: %s: bounced to %s" % (label, why, sender))
-                    report.dropped += 1
+                    report.bounced += 1
+                    log.info("{name}: bounced {item} to {sender}: {why} (unknown_recipient = bounce)",
+                             name=self.name, item=_describe(item), sender=sender, why=why)
                     return
+        await self._toPostmaster(item, state, label, report, why)
+
+    async def _oversize(self, item, state, seen, label, report):
+        """
+        Deliver C{item}, larger than C{max_size}, to the postmaster instead
+        of its recipients (C{size_action = postmaster}); a second copy of it
+        (the same dedupe key) is dropped as a duplicate.
+
+        @return: the C{(dedupeKey, postmaster)} pair to record, if any.
+        """
+        fresh, duplicates = await self._dedupe(item, [self.postmaster], state, seen, label, report)
+        if duplicates:
+            return []
+        why = "%d octets, larger than max_size %d" % (item.message.size, self.settings.maxSize)
+        if await self._toPostmaster(item, state, label, report, why) and item.key is not None:
+            return [(item.key, self.postmaster)]
+        return []
+
+    async def _dedupe(self, item, addresses, state, seen, label, report):
+        """
+        Split C{addresses} into those that get C{item} and those that had
+        it already (in this batch, C{seen}, or in an earlier cycle); the
+        first are added to C{seen} before anything waits, so that a copy
+        later in the batch sees them.
+
+        @return: C{(fresh, duplicates)}.
+        """
+        key = item.key
+        fresh, duplicates = [], []
+        for address in addresses:
+            if key is not None and ((key, address) in seen or state.isDuplicate(key, address)):
+                duplicates.append(address)
+            else:
+                fresh.append(address)
+                if key is not None:
+                    seen.add((key, address))
+        if duplicates:
+            report.duplicates += len(duplicates)
+            report.lines.append("%s: duplicate for %s: dropped" % (label, ", ".join(duplicates)))
+            await self._inThread(state.countDuplicates, len(duplicates))
+        return fresh, duplicates
+
+    async def _toPostmaster(self, item, state, label, report, why):
+        """
+        Deliver C{item} to the postmaster, for the reason C{why}; when the
+        postmaster cannot take it, hold it (L{_hold}), never drop it.
+
+        @return: whether the postmaster took it.
+        @raise errors.TemporaryFailure: the postmaster's delivery failed for
+            now; the message stays at the server for the next cycle.
+        """
         try:
             delivered, refused = await self._deliver(item, [self.postmaster], suffix="/postmaster")
         except errors.PermanentFailure as e:
@@ -570,9 +667,10 @@ class Collector:
         if delivered:
             report.copies += 1
             report.lines.append("%s: %s: to the postmaster" % (label, why))
-            return
+            return True
         await self._hold(item, state, label, report, "%s; the postmaster %s cannot take it: %s"
                         % (why, self.postmaster, refused[self.postmaster]))
+        return False
 
     async def _bounce(self, item, sender, unknown):
         item.spool.seek(0)
