@@ -289,7 +289,9 @@ class IMailbox(Interface):
             C{\\Deleted} where they are stored, under the folder's lock
             (IMAP C{EXPUNGE}: a flag another session took away meanwhile
             is respected).
-        @return: the UIDs that were removed.
+        @return: the UIDs that were removed: none when the UIDVALIDITY
+            changed since this view last took in the folder (the UIDs may
+            name other messages now).
         """
 
 
