@@ -74,7 +74,10 @@ def logged():
     @return: the formatted log events of the test.
     """
     events = []
-    observer = lambda event: events.append(formatEvent(event))  # noqa: E731
+
+    def observer(event):
+        events.append(formatEvent(event))
+
     globalLogPublisher.addObserver(observer)
     yield events
     globalLogPublisher.removeObserver(observer)
