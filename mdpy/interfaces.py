@@ -292,7 +292,9 @@ class IMailbox(Interface):
             C{\\Deleted} where they are stored, under the folder's lock
             (IMAP C{EXPUNGE}: a flag another session took away meanwhile
             is respected).
-        @return: the UIDs that were removed.
+        @return: the UIDs that were removed: none when the UIDVALIDITY
+            changed since this view last took in the folder (the UIDs may
+            name other messages now).
         """
 
 
@@ -349,6 +351,15 @@ class IDirectory(Interface):
     L{mdpy.address.normalise}.  Changes made through one instance (say, by the
     C{mdpy} command) are seen by every other instance without a restart.
     All methods are synchronous.
+
+    Every user has an account id, a text that is the identity of the account
+    rather than of its address: given by L{addUser}, kept for the account's
+    life (L{setPassword} and L{setEnabled} keep it), and never given to
+    another account, also not to one added again under the address of a
+    deleted one (or of a user of a deleted domain).  A login carries the id
+    it was verified against (L{mdpy.auth.accounts.Account}), so that a session
+    compares it with the user's id now and never reaches an account made
+    after it logged in (L{mdpy.auth.accounts.AccountCheck}).
     """
 
     def listDomains():
@@ -386,7 +397,7 @@ class IDirectory(Interface):
 
     def getUser(address):
         """
-        @return: an L{mdpy.directory.User} or L{None}.
+        @return: an L{mdpy.directory.User} (with its account id) or L{None}.
         """
 
     def listAliases():
@@ -415,7 +426,8 @@ class IDirectory(Interface):
         """
         @return: the stored credential record of an enabled user as a L{dict}
             (C{"password"}: the hash string, C{"cram-md5"}: HMAC-MD5 contexts
-            or L{None}), or L{None} when there is no such enabled user.
+            or L{None}, C{"account-id"}: the account id, read with them), or
+            L{None} when there is no such enabled user.
         """
 
 

@@ -25,6 +25,7 @@ from twisted.internet import defer, tcp
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.protocols.policies import TimeoutMixin
 
+from mdpy import errors
 from mdpy.auth import IAccount
 from mdpy.auth import sasl
 from mdpy.auth.checkers import BANNED_ADDRESS, LoginRefused
@@ -97,6 +98,9 @@ class SessionFactory(ServerFactory):
     @ivar tlsOptions: server TLS options for STARTTLS/STLS, or L{None}.
     @ivar implicitTLS: whether the transport is TLS from the start.
     @ivar loginTracker: a L{mdpy.auth.checkers.FailedLoginTracker} or L{None}.
+    @ivar accountCheck: an L{mdpy.auth.accounts.AccountCheck} telling
+        sessions whether their account is still there, or L{None} (not
+        checked).
     @ivar clock: the reactor (for timeouts and login delays).
     """
 
@@ -113,6 +117,7 @@ class SessionFactory(ServerFactory):
         maxConnections=5000,
         maxConnectionsPerIP=1000,
         loginTracker=None,
+        accountCheck=None,
         clock=None,
     ):
         if clock is None:
@@ -126,6 +131,7 @@ class SessionFactory(ServerFactory):
         self.maxConnections = maxConnections
         self.maxConnectionsPerIP = maxConnectionsPerIP
         self.loginTracker = loginTracker
+        self.accountCheck = accountCheck
         self.clock = clock
         self.connections = 0
         self.connectionsByIP = {}
@@ -180,6 +186,7 @@ class CommandSession(Protocol, TimeoutMixin):
         self._counted = False
         self._ip = None
         self._lineHandler = None
+        self._accountCheckedAt = None
 
     # --- connection ------------------------------------------------------------
 
@@ -475,6 +482,8 @@ class CommandSession(Protocol, TimeoutMixin):
         interface, avatar, logout = result
         if attempt is not None:
             attempt.succeeded()
+        # The login read the account as it is now.
+        self._accountCheckedAt = self.factory.clock.seconds()
         self.log.info(
             "{service}: {user} logged in from {ip}", service=self.service, user=avatar, ip=self._ip
         )
@@ -523,6 +532,60 @@ class CommandSession(Protocol, TimeoutMixin):
         d = defer.Deferred()
         self.factory.clock.callLater(delay, d.errback, failure)
         return d
+
+    def accountRemains(self, account, fresh=False):
+        """
+        Tell whether the account this session logged in to is still there,
+        as L{SessionFactory.accountCheck} says: not deleted, not made again
+        (another account under the same address), not disabled.  A protocol
+        asks before the commands that reach the account's mail; when the
+        account is gone, the session is ended: L{accountLost} says goodbye,
+        the reason is logged, and the connection closes.
+
+        @param account: the avatar of the session's login.
+        @param fresh: ask the directory now (before a command that opens a
+            mailbox by name or writes); otherwise an answer given less than
+            L{mdpy.auth.accounts.AccountCheck.maxAge} seconds ago (or the
+            login itself) is taken again.
+        @return: whether the session goes on; it does also when the
+            directory cannot answer (that is logged, and a later command
+            asks again).
+        """
+        check = self.factory.accountCheck
+        if check is None or account is None:
+            return True
+        now = self.factory.clock.seconds()
+        checkedAt = self._accountCheckedAt
+        if not fresh and checkedAt is not None and 0 <= now - checkedAt < check.maxAge:
+            return True
+        try:
+            check.check(account)
+        except (errors.NotFound, errors.Disabled) as e:
+            self.log.info(
+                "{service}: {why}; session of {user} from {ip} closed",
+                service=self.service, why=e, user=account, ip=self._ip,
+            )
+            self.accountLost(e)
+            self.close()
+            return False
+        except errors.TemporaryFailure as e:
+            self.log.warn(
+                "{service}: cannot check the account of {user}: {error}",
+                service=self.service, user=account, error=e,
+            )
+            return True
+        self._accountCheckedAt = now
+        return True
+
+    def accountLost(self, reason):
+        """
+        Say goodbye to a client whose account is gone (see
+        L{accountRemains}); the connection is closed after.
+
+        @param reason: L{errors.NotFound} (deleted, or made again) or
+            L{errors.Disabled}.
+        """
+        raise NotImplementedError()
 
 
 def _printable(username):

@@ -18,6 +18,7 @@ from twisted.python import usage
 from twisted.cred.portal import Portal
 
 from mdpy.address import checkDomain
+from mdpy.auth.accounts import AccountCheck
 from mdpy.auth.checkers import DirectoryChecker, FailedLoginTracker, Realm, makePortal
 from mdpy.auth.senders import SenderPolicy
 from mdpy.config import Config, ConfigError
@@ -232,6 +233,7 @@ def buildService(config, portOffset=0, reactor=None):
         portal=portal,
         tlsOptions=tlsOptions,
         loginTracker=loginTracker,
+        accountCheck=AccountCheck(directory),
         clock=reactor,
     )
     locks = MaildropLocks()

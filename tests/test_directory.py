@@ -49,6 +49,7 @@ def test_userEquality():
     a = User("a@example.com", "example.com", "a", True)
     assert a == User("a@example.com", "example.com", "a", 1)
     assert a != User("a@example.com", "example.com", "a", False)
+    assert a != User("a@example.com", "example.com", "a", True, "0123")
     assert a != "a@example.com"
     assert "a@example.com" in repr(a)
     assert "disabled" in repr(User("a@x.y", "x.y", "a", False))
@@ -260,17 +261,68 @@ def test_users(populated):
 
 def test_addUserNormalises(populated):
     populated.addUser("Dave@EXAMPLE.com", "pw")
-    assert populated.getUser("dave@example.com") == User(
-        "dave@example.com", "example.com", "dave", True
-    )
+    user = populated.getUser("dave@example.com")
+    assert user == User("dave@example.com", "example.com", "dave", True, user.accountId)
     assert populated.getUser("DAVE@example.COM").address == "dave@example.com"
     with pytest.raises(Exists):
         populated.addUser("dave@example.com", "pw")
 
 
+def test_accountIdIsTheAccountNotTheAddress(populated):
+    """
+    A user gets an account id of its own when added; a password change and
+    disabling keep it; the same address deleted and added again (also with
+    its domain) is another account, with another id.
+    """
+    first = populated.getUser("alice@example.com").accountId
+    assert len(first) == 32 and int(first, 16) >= 0
+    assert first != populated.getUser("bob@example.com").accountId
+    populated.setPassword("alice@example.com", "new")
+    populated.setEnabled("alice@example.com", False)
+    populated.setEnabled("alice@example.com", True)
+    assert populated.getUser("alice@example.com").accountId == first
+    populated.removeUser("alice@example.com")
+    populated.addUser("alice@example.com", "secret")
+    second = populated.getUser("alice@example.com").accountId
+    assert second not in (None, first)
+    populated.removeDomain("example.com")
+    populated.addDomain("example.com")
+    populated.addUser("alice@example.com", "secret")
+    assert populated.getUser("alice@example.com").accountId not in (None, first, second)
+
+
+def test_accountIdsGivenToUsersOfAnOlderFile(path):
+    """
+    Opening a file of schema version 1 (no account ids) gives each of its
+    users an id of its own, and logins still work.
+    """
+    db = sqlite3.connect(path)
+    for statement in sqlitedirectory._MIGRATIONS[0]:
+        db.execute(statement)
+    db.execute("INSERT INTO domains (name) VALUES ('example.com')")
+    for name in ("a", "b"):
+        db.execute(
+            "INSERT INTO users (address, domain, localpart, password, cram_md5, enabled)"
+            " VALUES (?, 'example.com', ?, 'hash', NULL, 1)", (name + "@example.com", name),
+        )
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    directory = SQLiteDirectory(path)
+    try:
+        ids = {directory.getUser(a).accountId for a in ("a@example.com", "b@example.com")}
+        assert len(ids) == 2 and all(len(i) == 32 for i in ids)
+        assert directory.getSecrets("a@example.com") == {
+            "password": "hash", "cram-md5": None, "account-id": directory.getUser("a@example.com").accountId,
+        }
+    finally:
+        directory.close()
+
+
 def test_addUserStoresBothSecrets(populated):
     secrets = populated.getSecrets("alice@example.com")
-    assert set(secrets) == {"password", "cram-md5"}
+    assert set(secrets) == {"password", "cram-md5", "account-id"}
+    assert secrets["account-id"] == populated.getUser("alice@example.com").accountId
     assert secrets["password"].startswith("$scrypt$")
     assert "secret" not in secrets["password"]
     assert verifyPassword("secret", secrets["password"])

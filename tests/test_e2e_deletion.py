@@ -129,9 +129,9 @@ def test_userDelMovesMailAndTheNewAccountStartsEmpty(server):
     assert refusedRecipient(server, address)[0] == 550
     # The deleted user's open session ends with a BYE (no traceback in the
     # log, checked when the server stops) and makes no new tree.
-    with pytest.raises(imaplib.IMAP4.abort, match="Selected mailbox no longer exists"):
+    with pytest.raises(imaplib.IMAP4.abort, match="Account no longer exists"):
         old.noop()
-    assert "imap: <MaildirMailbox %s INBOX> of %s is gone; session closed" % (address, address) in server.logText()
+    assert "imap: account %s was deleted; session of %s from 127.0.0.1 closed" % (address, address) in server.logText()
     assert not os.path.exists(server.maildir(address))
 
     cli(server, "user", "add", address, "--password", PASSWORD)
@@ -146,9 +146,9 @@ def test_userDelMovesMailAndTheNewAccountStartsEmpty(server):
 
 def test_userDelDuringPOP3Session(server):
     """
-    A POP3 session of a user deleted meanwhile fails cleanly: a message
-    read then is gone, QUIT says the mailbox no longer exists, and no tree
-    is made again.
+    A POP3 session of a user deleted meanwhile ends cleanly at its next
+    command, saying the account no longer exists, and no tree is made
+    again.
     """
     address = "popper@example.test"
     cli(server, "user", "add", address, "--password", PASSWORD)
@@ -161,12 +161,89 @@ def test_userDelDuringPOP3Session(server):
     assert client.stat()[0] == 2
     client.retr(1)
     cli(server, "user", "del", address, "--yes")
-    with pytest.raises(poplib.error_proto, match="Message is gone"):
+    with pytest.raises(poplib.error_proto, match=r"\[SYS/PERM\] Account no longer exists"):
         client.retr(2)
-    with pytest.raises(poplib.error_proto, match=r"\[SYS/PERM\] Mailbox no longer exists"):
-        client.quit()
     client.close()
     assert not os.path.exists(server.maildir(address))
+
+
+def test_sessionsOfAnAccountMadeAgainNeverReachIt(server):
+    """
+    IMAP sessions (logged in, nothing selected), a POP3 session and an
+    SMTP submission session of bob, opened before C{user del} and C{user
+    add} made bob again (the command runs as another process), do not
+    reach the new bob's mail: the IMAP sessions end with BYE at SELECT,
+    STATUS, LIST or APPEND, the POP3 session with -ERR at LIST (its
+    earlier DELE removes nothing), the submission session with 421 at
+    MAIL; new logins see the new mail.
+    """
+    address = "rebob@example.test"
+    cli(server, "user", "add", address, "--password", PASSWORD)
+    send(server, [address], "for the old rebob")
+    olds = [imap(server, address) for _ in range(4)]
+    context = ssl.create_default_context(cafile=os.path.join(server.dataDir, "tls", "cert.pem"))
+    pop = poplib.POP3(HOST, server.pop3, timeout=30)
+    pop.stls(context)
+    pop.user(address)
+    pop.pass_(PASSWORD)
+    assert pop.stat()[0] == 1
+    pop.dele(1)
+    submission = smtplib.SMTP(HOST, server.submission, timeout=30)
+    submission.starttls(context=context)
+    submission.login(address, PASSWORD)
+
+    cli(server, "user", "del", "--yes", address)
+    newPassword = "pw-the-new-rebob"
+    cli(server, "user", "add", address, "--password", newPassword)
+    send(server, [address], "private to the new rebob")
+
+    select, status, listing, append = olds
+    with pytest.raises(imaplib.IMAP4.abort, match="Account no longer exists"):
+        select.select("INBOX")
+    with pytest.raises(imaplib.IMAP4.abort, match="Account no longer exists"):
+        status.status("INBOX", "(MESSAGES)")
+    with pytest.raises(imaplib.IMAP4.abort, match="Account no longer exists"):
+        listing.list()
+    with pytest.raises(imaplib.IMAP4.abort, match="Account no longer exists"):
+        append.append("INBOX", None, None, makeMessage("planted by the old rebob"))
+    with pytest.raises(poplib.error_proto, match=r"\[SYS/PERM\] Account no longer exists"):
+        pop.list()
+    pop.close()
+    assert submission.mail(address) == (421, b"4.7.0 Error: account no longer exists")
+    submission.close()
+
+    [stored] = server.messages(address)
+    assert b"Subject: private to the new rebob" in stored
+    client = imaplib.IMAP4(HOST, server.imap, timeout=30)
+    client.starttls(ssl_context=context)
+    client.login(address, newPassword)
+    assert selectInbox(client)[0] == 1
+    client.logout()
+    with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+        imap(server, address)
+    log = server.logText()
+    for service in ("imap", "pop3", "smtp"):
+        assert "%s: account %s was deleted and made again; session of %s" % (service, address, address) in log
+
+
+def test_userDisableEndsSessions(server):
+    """
+    C{user disable} ends the account's sessions at their next command that
+    reaches its mail, as Dovecot's C{doveadm kick} would, and refuses new
+    logins; C{user enable} lets it log in again.
+    """
+    address = "kicked@example.test"
+    cli(server, "user", "add", address, "--password", PASSWORD)
+    session = imap(server, address)
+    cli(server, "user", "disable", address)
+    with pytest.raises(imaplib.IMAP4.abort, match="Account disabled"):
+        session.select("INBOX")
+    with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+        imap(server, address)
+    cli(server, "user", "enable", address)
+    session = imap(server, address)
+    assert selectInbox(session)[0] == 0
+    session.logout()
 
 
 def test_userDelPurge(server):

@@ -453,6 +453,26 @@ class StoreContract:
         assert store.listMailboxes(ALICE) == ["INBOX", "Archive", "Drafts", "Junk", "Sent", "Trash"]
         assert inbox.uidValidity > max(old.values())
 
+    def test_viewOfADeletedAccountChangesNothingOfItsSuccessor(self, store):
+        """
+        A mailbox view opened before its account was deleted and made again
+        (an old POP3 or IMAP session) expunges and flags no message of the
+        new account by its old UIDs, which the new one gives out again.
+        """
+        self.deliver(store, MESSAGE)
+        old = store.openMailbox(ALICE)
+        [uid] = [m.uid for m in old.messages()]
+        store.deleteAccount(ALICE)
+        store.createAccount(ALICE)
+        self.deliver(store, MESSAGE)
+        assert [m.uid for m in store.openMailbox(ALICE).messages()] == [uid]
+        for change in (lambda: old.changeFlags([uid], ["\\Deleted"], ADD), lambda: old.expunge([uid])):
+            d = defer.maybeDeferred(change)
+            d.addErrback(lambda failure: failure.trap(NotFound))
+            resultOf(d)
+        [message] = store.openMailbox(ALICE).messages()
+        assert message.uid == uid and message.flags == frozenset()
+
     def test_deleteDomain(self, store):
         store.createAccount(BOB)
         store.createAccount("carol@example.com")

@@ -11,6 +11,8 @@ from zope.interface import Interface
 class IAccount(Interface):
     """
     Marker for the avatar of a logged-in mail account.  The avatar is the
-    account's normalised address (a L{str}); each protocol adapts it to what it
-    serves (a POP3 maildrop, an IMAP account, an SMTP sender identity).
+    account's normalised address (a L{str}; for a directory account an
+    L{mdpy.auth.accounts.Account}, which also names the account it logged in
+    to); each protocol adapts it to what it serves (a POP3 maildrop, an IMAP
+    account, an SMTP sender identity).
     """

@@ -19,6 +19,7 @@ from zope.interface import implementer
 
 from mdpy.address import normalise
 from mdpy.auth import IAccount
+from mdpy.auth.accounts import Account
 from mdpy.auth.passwords import verifyCramMD5, verifyPassword
 from mdpy.errors import InvalidInput
 from mdpy.logs import Logger
@@ -99,7 +100,9 @@ class DirectoryChecker:
         See L{ICredentialsChecker.requestAvatarId}.
 
         @return: a L{Deferred} firing with the normalised address of the
-            account, or failing with L{UnauthorizedLogin}; a directory failure
+            account (an L{Account}, with the id of the account the
+            credentials belong to), or failing with L{UnauthorizedLogin}; a
+            directory failure
             (L{mdpy.errors.TemporaryFailure}) is passed on as it is.
         """
         try:
@@ -107,6 +110,8 @@ class DirectoryChecker:
             secrets = None
             if address is not None:
                 secrets = self.directory.getSecrets(address)
+            if secrets is not None:
+                address = Account(address, secrets.get("account-id"))
             if IUsernamePassword.providedBy(credentials):
                 return self._checkPassword(address, secrets, credentials.password)
             challenge = getattr(credentials, "challenge", None)
@@ -167,7 +172,8 @@ class DirectoryChecker:
 @implementer(IRealm)
 class Realm:
     """
-    The avatar of a login is its account address, for L{IAccount}.
+    The avatar of a login is its account address (an L{Account}), for
+    L{IAccount}.
     """
 
     def requestAvatar(self, avatarId, mind, *interfaces):

@@ -47,16 +47,21 @@ class User:
     @ivar localpart: the local part of C{address}.
     @ivar enabled: whether the account takes mail and may log in.
     @type enabled: L{bool}
+    @ivar accountId: what tells this account from any other ever made under
+        the same address (see L{mdpy.interfaces.IDirectory}), or L{None}
+        for an account the directory gave none.
+    @type accountId: L{str} or L{None}
     """
 
-    def __init__(self, address, domain, localpart, enabled=True):
+    def __init__(self, address, domain, localpart, enabled=True, accountId=None):
         self.address = address
         self.domain = domain
         self.localpart = localpart
         self.enabled = bool(enabled)
+        self.accountId = accountId
 
     def _key(self):
-        return (self.address, self.domain, self.localpart, self.enabled)
+        return (self.address, self.domain, self.localpart, self.enabled, self.accountId)
 
     def __eq__(self, other):
         if not isinstance(other, User):

@@ -18,8 +18,14 @@ Invariants:
 
 The schema version is kept in C{PRAGMA user_version}; L{_MIGRATIONS} holds the
 statements that bring a file from each version to the next.
+
+Each user row has an account id (L{User.accountId}): 32 random hexadecimal
+digits given by L{SQLiteDirectory.addUser}, so a user deleted and added again
+under the same address is another account (a session that logged in to the
+first one can tell; see L{mdpy.auth.accounts}).
 """
 
+import os
 import sqlite3
 
 from zope.interface import implementer
@@ -65,6 +71,10 @@ _MIGRATIONS = [
         ") WITHOUT ROWID",
         "CREATE INDEX aliases_domain ON aliases (domain)",
     ],
+    [
+        "ALTER TABLE users ADD COLUMN account_id TEXT",
+        "UPDATE users SET account_id = lower(hex(randomblob(16)))",
+    ],
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -103,6 +113,14 @@ def _checkDomainName(name):
 
 def _domainOf(address):
     return address.rpartition("@")[2]
+
+
+def _newAccountId():
+    """
+    @return: the id of an account being made: 128 random bits as text, never
+        the id of another account.
+    """
+    return os.urandom(16).hex()
 
 
 def _secretsFor(password):
@@ -246,7 +264,8 @@ class SQLiteDirectory(SQLiteFile):
     def addUser(self, address, password):
         """
         See L{IDirectory.addUser}.  Both the scrypt hash and the CRAM-MD5
-        secret of the password are stored (see L{mdpy.auth.passwords}).
+        secret of the password are stored (see L{mdpy.auth.passwords}), with
+        a new account id.
         """
         address = _checkAddress(address)
         localpart, _, domain = address.rpartition("@")
@@ -256,9 +275,9 @@ class SQLiteDirectory(SQLiteFile):
             self._requireFree(db, address)
             db.execute(
                 "INSERT INTO users"
-                " (address, domain, localpart, password, cram_md5, enabled)"
-                " VALUES (?, ?, ?, ?, ?, 1)",
-                (address, domain, localpart, passwordHash, cramSecret),
+                " (address, domain, localpart, password, cram_md5, enabled, account_id)"
+                " VALUES (?, ?, ?, ?, ?, 1, ?)",
+                (address, domain, localpart, passwordHash, cramSecret, _newAccountId()),
             )
 
     def removeUser(self, address):
@@ -304,7 +323,7 @@ class SQLiteDirectory(SQLiteFile):
         See L{IDirectory.getUser}.
         """
         rows = self._read(
-            "SELECT address, domain, localpart, enabled FROM users"
+            "SELECT address, domain, localpart, enabled, account_id FROM users"
             " WHERE address = ?",
             (_checkAddress(address),),
         )
@@ -317,12 +336,12 @@ class SQLiteDirectory(SQLiteFile):
         See L{IDirectory.getSecrets}.
         """
         rows = self._read(
-            "SELECT password, cram_md5 FROM users WHERE address = ? AND enabled",
+            "SELECT password, cram_md5, account_id FROM users WHERE address = ? AND enabled",
             (_checkAddress(address),),
         )
         if not rows:
             return None
-        return {"password": rows[0][0], "cram-md5": rows[0][1]}
+        return {"password": rows[0][0], "cram-md5": rows[0][1], "account-id": rows[0][2]}
 
     # --- aliases ------------------------------------------------------------
 

@@ -26,6 +26,9 @@ Invariants (besides those of L{mdpy.session}):
    all its connections (L{mdpy.imap.literals.PendingLiterals}).
  - A tagged C{OK} to APPEND, COPY, MOVE, STORE and EXPUNGE is sent only
    once the store has made the change durable.
+ - A logged-in session runs a command only while its account is the one it
+   logged in to, enabled (L{CommandSession.accountRemains}); else it ends
+   with C{BYE} and never reaches an account made again under the address.
 """
 
 from twisted.cred import error as credError
@@ -58,6 +61,14 @@ _ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
 _AUTH = _ANY | {
     "SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE",
     "LIST", "LSUB", "STATUS", "APPEND", "NAMESPACE", "ENABLE", "IDLE",
+}
+# Commands that open, make or change a mailbox by name, and polls: the
+# account is asked for afresh (see CommandSession.accountRemains); the others
+# may go on from an answer up to a second old, as they touch only the mailbox
+# selected already.
+_FRESH_CHECK = {
+    "SELECT", "EXAMINE", "STATUS", "APPEND", "LIST", "LSUB", "CREATE", "DELETE", "RENAME",
+    "SUBSCRIBE", "UNSUBSCRIBE", "COPY", "MOVE", "NOOP", "CHECK", "IDLE",
 }
 _COMMANDS = {
     NOT_AUTHENTICATED: _ANY | {"STARTTLS", "AUTHENTICATE", "LOGIN"},
@@ -285,6 +296,15 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
         self._finish(tag, status, text, code, expunge)
         return None
 
+    def accountLost(self, reason):
+        """
+        See L{CommandSession.accountLost}: C{BYE} (RFC 3501 section 7.1.5).
+        """
+        if isinstance(reason, errors.Disabled):
+            self.send(b"* BYE Account disabled.\r\n")
+        else:
+            self.send(b"* BYE Account no longer exists.\r\n")
+
     def _ebSync(self, failure):
         mailbox = getattr(self.selected, "mailbox", None)
         if failure.check(errors.NotFound):
@@ -358,6 +378,13 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
         if verb not in self.commands[self.state]:
             known = any(verb in verbs for verbs in self.commands.values())
             return self.bad(tag, "Command not valid in this state." if known else "Unknown command.")
+        if self.state != NOT_AUTHENTICATED and verb != "LOGOUT":
+            fresh = verb in _FRESH_CHECK or (
+                verb == "UID" and len(tokens) > 2 and isinstance(tokens[2], Atom)
+                and tokens[2].upper() in _FRESH_CHECK
+            )
+            if not self.accountRemains(self.account, fresh):
+                return None
         try:
             return getattr(self, "do_" + verb)(tag, tokens[2:])
         except ParseError as e:
@@ -671,7 +698,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
         self._idleCalls[0] = self.factory.clock.callLater(self.factory.idleKeepAlive, self._idleKeepAlive)
 
     def _idlePoll(self):
-        if self._idleTag is None or self.closing:
+        if self._idleTag is None or self.closing or not self.accountRemains(self.account, fresh=True):
             return
         if self.selected is not None:
             self.selected.dirty = True
@@ -683,7 +710,9 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
         if selected is None or folder != selected.mailbox.name:
             return
         selected.dirty = True
-        if self._idleTag is not None:
+        # A change of a new account made under the same address is reported
+        # to the listeners of that address too.
+        if self._idleTag is not None and self.accountRemains(self.account, fresh=True):
             self._pushUpdates()
 
     def _pushUpdates(self):

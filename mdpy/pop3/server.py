@@ -185,7 +185,22 @@ class POP3Server(CommandSession):
             known = any(name in verbs for verbs in self.commands.values())
             self.error("Command not valid in this state." if known else "Unknown command.")
             return None
+        # Every command of the TRANSACTION state asks afresh: they are few,
+        # and one lookup is cheap next to any of them.
+        if self.state == TRANSACTION and not self.accountRemains(self.account, fresh=True):
+            return None
         return getattr(self, "do_" + name)(argument)
+
+    def accountLost(self, reason):
+        """
+        See L{CommandSession.accountLost}.  Nothing is updated: the
+        deletion marks die with the session.
+        """
+        if isinstance(reason, errors.Disabled):
+            self.send(b"-ERR [SYS/PERM] Account disabled.\r\n")
+        else:
+            self.send(b"-ERR [SYS/PERM] Account no longer exists.\r\n")
+        self._release()
 
     # --- AUTHORIZATION --------------------------------------------------------
 
@@ -314,6 +329,9 @@ class POP3Server(CommandSession):
             self.error("[IN-USE] Mailbox is locked by another POP3 session.")
             return None
         self.account = account
+        if not self.accountRemains(account, fresh=True):
+            # Deleted while its password was checked: make no tree for it.
+            return None
         d = self.factory.runInThread(self._openMailbox, account)
         d.addCallbacks(self._cbOpened, self._ebOpened)
         return d

@@ -147,6 +147,12 @@ class SMTPServer(CommandSession):
         CommandSession.connectionLost(self, reason)
         self._abortTransaction()
 
+    def accountLost(self, reason):
+        """
+        See L{CommandSession.accountLost}: the login sends nothing more.
+        """
+        self.reply(codes.C421AccountDisabled if isinstance(reason, errors.Disabled) else codes.C421AccountGone)
+
     def timeoutConnection(self):
         state = "DATA" if self._dataMode is not None else "command"
         self.log.info("smtp: timeout in {state} from {ip}", state=state, ip=self._ip)
@@ -386,6 +392,8 @@ class SMTPServer(CommandSession):
             return None
         if self.factory.authRequired and self.authenticatedAs is None:
             self.reply(codes.C530AuthRequired)
+            return None
+        if not self.accountRemains(self.authenticatedAs, fresh=True):
             return None
         parsed = self._parsePathAndParameters(_MAIL, argument)
         if parsed is None:

@@ -508,9 +508,19 @@ class MaildirMailbox(FlagShorthand):
         return _State(next(_stateSerial), uidList.uidValidity, uidList.uidNext, uidList.highestModSeq,
                       messages, tuple(keywords.names))
 
-    def _install(self, outcome):
+    def _install(self, outcome, sync=False):
+        """
+        Take in the state a transaction built, if newer than the view's.
+        Only L{sync} takes in another UIDVALIDITY (an index rebuilt, the
+        account made again): until then, the view's UIDs stay those it
+        gave out, and changes by them find nothing (see L{_applyFlags}).
+
+        @return: the transaction's result.
+        """
         state, result = outcome
-        if state.serial > self._state.serial:
+        if state.serial > self._state.serial and (
+            sync or self._state.uidValidity in (0, state.uidValidity)
+        ):
             self._state = state
         return result
 
@@ -575,7 +585,7 @@ class MaildirMailbox(FlagShorthand):
         """
         See L{IMailbox.sync}.  Synchronous.
         """
-        self._install(self._transact())
+        self._install(self._transact(), sync=True)
 
     def messages(self):
         """
@@ -727,6 +737,10 @@ class MaildirMailbox(FlagShorthand):
 
     def _expungeLocked(self, uids, deletedOnly):
         def remove(uidList, files, keywords):
+            if self._state.uidValidity not in (0, uidList.uidValidity):
+                # The index was rebuilt, or the account made again: the UIDs
+                # asked for name other messages now.
+                return []
             cur = os.path.join(self.path, "cur")
             removed = []
             removedKeys = []
