@@ -5,6 +5,7 @@ Run a real C{twistd mdpy} on loopback for end-to-end tests.
 import itertools
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -111,6 +112,32 @@ def waitForBanner(port, timeout=30.0, process=None, host=HOST):
         except OSError:
             time.sleep(0.05)
     raise RuntimeError("port %d did not answer" % (port,))
+
+
+def readTerminal(master, deadline, prompt=None, answer=None):
+    """
+    Read what a program prints on the pseudo-terminal C{master} until it
+    closes its end or C{deadline} (a C{time.monotonic()} value) passes.
+
+    @param prompt: bytes after which C{answer} (bytes) is typed, once.
+    @return: everything read.
+    """
+    output = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 1)
+        if not ready:
+            continue
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the other end is closed
+            break
+        if not data:
+            break
+        output += data
+        if prompt is not None and prompt in output:
+            os.write(master, answer + b"\n")
+            prompt = None
+    return output
 
 
 def runningServer(root, **options):

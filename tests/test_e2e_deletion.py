@@ -12,7 +12,6 @@ import os
 import poplib
 import pty
 import re
-import select
 import smtplib
 import ssl
 import subprocess
@@ -20,7 +19,7 @@ import time
 
 import pytest
 
-from tests.server import HOST, MdpyServer, makeMessage, mdpyCommand
+from tests.server import HOST, MdpyServer, makeMessage, mdpyCommand, readTerminal
 
 PASSWORD = "pw-deletion-secret"
 
@@ -314,24 +313,9 @@ def runOnTerminal(server, answer, *args):
         stdin=slave, stdout=slave, stderr=slave,
     )
     os.close(slave)
-    output = b""
-    answered = False
     deadline = time.monotonic() + 60
     try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 1)
-            if not ready:
-                continue
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: the other end is closed
-                break
-            if not data:
-                break
-            output += data
-            if not answered and b"[y/N]" in output:
-                os.write(master, answer + b"\n")
-                answered = True
+        output = readTerminal(master, deadline, b"[y/N]", answer)
         status = process.wait(timeout=max(1, deadline - time.monotonic()))
     finally:
         os.close(master)

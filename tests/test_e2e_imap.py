@@ -19,7 +19,6 @@ import itertools
 import os
 import pty
 import re
-import select
 import shutil
 import smtplib
 import socket
@@ -33,7 +32,7 @@ from imapclient import IMAPClient
 from twisted.internet import defer
 
 from mdpy.store.maildir import MaildirStore
-from tests.server import HOST, newAccount, makeMessage, runningServer
+from tests.server import HOST, newAccount, makeMessage, readTerminal, runningServer
 
 _messages = itertools.count(1)
 
@@ -310,20 +309,9 @@ def mbsync(rc, home):
         env=dict(os.environ, HOME=home),
     )
     os.close(slave)
-    output = b""
     deadline = time.monotonic() + 120
     try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 1)
-            if not ready:
-                continue
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: the other end is closed
-                break
-            if not data:
-                break
-            output += data
+        output = readTerminal(master, deadline)
         errors = process.communicate(timeout=max(1, deadline - time.monotonic()))[1]
     finally:
         os.close(master)

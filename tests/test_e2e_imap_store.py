@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from tests.server import MdpyServer, newAccount, waitForBanner
+from tests.server import newAccount, runningServer
 from tests.test_e2e_imap import flagsIn, imaps, message, ok, storeDeliver
 
 # The Maildir info letters of the flags these tests use.
@@ -21,15 +21,7 @@ LETTERS = {b"\\Answered": "R", b"\\Deleted": "T", b"\\Draft": "D", b"\\Flagged":
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    server = MdpyServer(tmp_path_factory.mktemp("mdpy-imap-store"))
-    done = server.cli("domain", "add", "example.test")
-    assert done.returncode == 0, done.stderr
-    server.start()
-    waitForBanner(server.imap, process=server.process)
-    yield server
-    server.stop()
-    log = server.logText()
-    assert "Traceback" not in log, log[-5000:]
+    yield from runningServer(tmp_path_factory.mktemp("mdpy-imap-store"))
 
 
 def diskFlags(server, address):
