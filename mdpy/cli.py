@@ -131,6 +131,12 @@ def _parser():
     dkim.add_parser("show", help="print a domain's DNS record again").add_argument("domain")
     dkim.add_parser("disable", help="stop signing a domain's mail (its key is kept as .disabled)").add_argument("domain")
 
+    dns = commands.add_parser("dns", help="the DNS records a local domain needs, in zone-file syntax")
+    dns.add_argument("domain")
+    dns.add_argument(
+        "--check", action="store_true", help="look each record up (through [dns] nameservers) and say which are missing or differ"
+    )
+
     commands.add_parser("check", help="validate the configuration")
     return parser
 
@@ -596,6 +602,61 @@ def _dkim(args, config, datadir, stdout, stdin):
     datadir.prepare()
     record = keys.generate(args.domain, selector=args.selector, bits=args.bits)
     stdout.write(zoneLine(keys.recordName(args.domain), record) + "\n")
+
+
+def _dns(args, config, datadir, stdout, stdin):
+    """
+    Print the records a local domain needs (L{mdpy.dnsrecords}); with
+    C{--check}, one line per record saying what DNS publishes of it.
+    """
+    from mdpy.delivery.dkim import DKIMKeys
+    from mdpy.dnsrecords import SRV_SERVICES, checkRecords, formatRecords, recordsToPublish
+
+    domain = normaliseDomain(args.domain)
+    # The server's own domain is local before its first start makes it.
+    if domain != normaliseDomain(config["server"]["domain"]) and not datadir.openDirectory().hasDomain(domain):
+        raise CommandError("%s is not a local domain (see mdpy domain list)" % (domain,))
+    keys = DKIMKeys(datadir.dkimDir)
+    try:
+        dkim = keys.recordName(domain), keys.record(domain)
+    except LookupError:
+        dkim = None
+    ports = {}
+    for _, listener in SRV_SERVICES:
+        section = config[listener]
+        ports[listener] = section["port"] if section["enabled"] else None
+    groups = recordsToPublish(
+        domain, config["server"]["hostname"], ports, dkim, config["relay"]["smarthost"]
+    )
+    if not args.check:
+        stdout.write(formatRecords(groups))
+        return
+    from twisted.internet import task
+
+    from mdpy.tap import buildResolver
+
+    records = [record for group in groups for record in group.records]
+    verdicts = []
+
+    async def main(reactor):
+        verdicts.extend(await checkRecords(buildResolver(config, reactor), records))
+
+    try:
+        task.react(main)
+    except SystemExit as e:
+        if e.code:
+            raise CommandError("the DNS lookups stopped early; see the messages above")
+    for verdict in verdicts:
+        stdout.write(verdict.line() + "\n")
+    wrong = sum(verdict.state in ("missing", "differs") for verdict in verdicts)
+    unknown = sum(verdict.state == "unknown" for verdict in verdicts)
+    problems = []
+    if wrong:
+        problems.append("%d of %d records of %s are missing or differ" % (wrong, len(verdicts), domain))
+    if unknown:
+        problems.append("%d of %d records of %s could not be looked up" % (unknown, len(verdicts), domain))
+    if problems:
+        raise CommandError("; ".join(problems))
 
 
 def main(argv=None, stdout=None, stdin=None, stderr=None):

@@ -350,13 +350,21 @@ def buildService(config, portOffset=0, reactor=None):
     return top
 
 
+def buildResolver(config, reactor):
+    """
+    @return: the L{MXResolver} every DNS lookup goes through, asking
+        C{[dns] nameservers} (or the system's).
+    """
+    return MXResolver(makeResolver(reactor, config["dns"]["nameservers"]), clock=reactor)
+
+
 def buildPipeline(config, datadir, directory, store, reactor):
     """
     @return: C{(pipeline, queue, resolver)}: the delivery pipeline every
         message enters, the outbound queue (loaded) and the DNS resolver.
     """
     server = config["server"]
-    resolver = MXResolver(makeResolver(reactor, config["dns"]["nameservers"]), clock=reactor)
+    resolver = buildResolver(config, reactor)
     queue = SpoolQueue(
         datadir.queueDir, reactor=reactor, signerFor=DKIMKeys(datadir.dkimDir).signerFor
     )

@@ -24,6 +24,7 @@ The zone maps a lowercase name in A-labels to its entry::
     {"example.test": {"MX": [[10, "mx1.example.test"]], "ttl": 300},
      "mx1.example.test": {"A": ["127.0.0.2"], "AAAA": ["::2"]},
      "alias.test": {"CNAME": "mx1.example.test"},
+     "_imaps._tcp.example.test": {"SRV": [[0, 1, 993, "mx1.example.test"]]},
      "txt.test": {"TXT": ["v=spf1 -all", ["two ", "strings"]]},
      "2.0.0.127.in-addr.arpa": {"PTR": ["mx1.example.test"]},
      "nomail.test": {"MX": [[0, "."]]},
@@ -39,6 +40,7 @@ import argparse
 import ipaddress
 import json
 import os
+import subprocess
 import sys
 
 from twisted.internet import defer
@@ -58,6 +60,7 @@ _TYPES = {
     "TXT": dns.TXT,
     "PTR": dns.PTR,
     "CNAME": dns.CNAME,
+    "SRV": dns.SRV,
 }
 
 
@@ -114,6 +117,11 @@ def _payloads(entry, typeName, ttl):
         return [dns.Record_TXT(*_txtStrings(value), ttl=ttl) for value in values]
     if typeName == "PTR":
         return [dns.Record_PTR(zoneKey(host), ttl) for host in values]
+    if typeName == "SRV":
+        return [
+            dns.Record_SRV(priority, weight, port, zoneKey(host) if host != "." else b"", ttl)
+            for priority, weight, port, host in values
+        ]
     return [dns.Record_CNAME(zoneKey(values), ttl)]
 
 
@@ -287,6 +295,13 @@ class TestDNSServer:
         """
         self._entry(name, ttl)["TXT"] = list(texts)
 
+    def setSRV(self, name, services, ttl=None):
+        """
+        @param services: C{(priority, weight, port, target)} tuples; target
+            C{"."} is the root (RFC 2782: the service is not available).
+        """
+        self._entry(name, ttl)["SRV"] = [list(service) for service in services]
+
     def setPTR(self, address, names, ttl=None):
         """
         Publish the PTR records of an IP address, under C{in-addr.arpa} or
@@ -356,6 +371,47 @@ class TestDNSServer:
             for protocol in list(self._factory.connections):
                 protocol.transport.loseConnection()
         return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
+
+
+class DNSProcess:
+    """
+    This module run as a process of its own, serving a JSON zone file
+    that L{set} replaces whole; for end-to-end tests, whose servers and
+    commands are processes too.
+
+    @ivar nameserver: C{"127.0.0.1:PORT"}, for C{[dns] nameservers}.
+    """
+
+    def __init__(self, root, zone):
+        self.path = os.path.join(str(root), "zone.json")
+        self.zone = dict(zone)
+        self._write()
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--port", "0", "--zone", self.path],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        line = self.process.stdout.readline().decode()
+        if not line.startswith("ready "):
+            self.stop()
+            raise RuntimeError("dnsserver.py: %r %s" % (line, self.process.stderr.read().decode()))
+        self.nameserver = "127.0.0.1:%d" % (int(line.split()[1]),)
+
+    def _write(self):
+        new = self.path + ".new"
+        with open(new, "w") as f:
+            json.dump(self.zone, f)
+        os.replace(new, self.path)
+
+    def set(self, name, entry):
+        self.zone[name] = entry
+        self._write()
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        self.process.stdout.close()
+        self.process.stderr.close()
 
 
 def main(argv=None):

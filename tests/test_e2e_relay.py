@@ -28,7 +28,6 @@ import signal
 import smtplib
 import socket
 import ssl
-import subprocess
 import sys
 import threading
 import time
@@ -36,6 +35,7 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
+from tests.dnsserver import DNSProcess
 from tests.server import MdpyServer, freePorts, makeMessage, newAccount
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -306,43 +306,6 @@ class HoldingReceiver:
 
 
 # --- the servers ----------------------------------------------------------------
-
-
-class DNSProcess:
-    """
-    C{tests/dnsserver.py} serving a JSON zone file that L{set} replaces whole.
-    """
-
-    def __init__(self, root, zone):
-        self.path = os.path.join(str(root), "zone.json")
-        self.zone = dict(zone)
-        self._write()
-        self.process = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "dnsserver.py"), "--port", "0", "--zone", self.path],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        line = self.process.stdout.readline().decode()
-        if not line.startswith("ready "):
-            self.stop()
-            raise RuntimeError("dnsserver.py: %r %s" % (line, self.process.stderr.read().decode()))
-        self.nameserver = "127.0.0.1:%d" % (int(line.split()[1]),)
-
-    def _write(self):
-        new = self.path + ".new"
-        with open(new, "w") as f:
-            json.dump(self.zone, f)
-        os.replace(new, self.path)
-
-    def set(self, name, entry):
-        self.zone[name] = entry
-        self._write()
-
-    def stop(self):
-        self.process.terminate()
-        self.process.wait(timeout=30)
-        self.process.stdout.close()
-        self.process.stderr.close()
 
 
 class DestServer(MdpyServer):

@@ -52,6 +52,8 @@ _LOOKUP_METHODS = {
     dns.AAAA: "lookupIPV6Address",
     dns.TXT: "lookupText",
     dns.PTR: "lookupPointer",
+    dns.SRV: "lookupService",
+    dns.CNAME: "lookupCanonicalName",
 }
 
 
@@ -350,6 +352,21 @@ class MXResolver:
         records = await self._records(name, dns.PTR)
         return [record.name.name.decode("ascii", "replace") for record in records]
 
+    def lookupRecords(self, name, recordType):
+        """
+        Look up the records of one type of C{name} as they are published,
+        for C{mdpy dns --check}.  CNAMEs are followed unless C{recordType}
+        is C{dns.CNAME}.  Not cached.
+
+        @param recordType: C{dns.MX}, C{dns.TXT}, C{dns.SRV}, C{dns.CNAME},
+            C{dns.A}, C{dns.AAAA} or C{dns.PTR}.
+        @return: a L{defer.Deferred} firing with the record payloads
+            (C{twisted.names.dns.Record_MX} ...); an empty list when the
+            name does not exist or has no such record.  Failures are those of
+            L{lookupTXT}.
+        """
+        return defer.ensureDeferred(self._records(name, recordType))
+
     async def _lookupTXT(self, name):
         records = await self._records(name, dns.TXT)
         return [b"".join(record.data) for record in records]
@@ -511,7 +528,9 @@ class MXResolver:
         except defer.CancelledError:
             raise
         except Exception as e:
-            why = "timeout" if isinstance(e, error.DNSQueryTimeoutError) else repr(e)
+            # The client gives up with a bare defer.TimeoutError after its
+            # last try, the DNSQueryTimeoutError is that of a single try.
+            why = "timeout" if isinstance(e, defer.TimeoutError) else repr(e)
             raise TemporaryDNSFailure(
                 "%s %s lookup failed: %s" % (text, dns.QUERY_TYPES[recordType], why)
             ) from e
