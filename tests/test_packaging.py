@@ -1,6 +1,7 @@
 """
 The installed package must hold every subpackage: setup.cfg lists them by
-hand (the plugin folder twisted/plugins must not become a package).
+hand (the plugin folder twisted/plugins must not become a package).  CI runs
+the README's test command, and the README stands on its own.
 """
 
 import configparser
@@ -23,3 +24,28 @@ def test_everySubpackageIsListed():
 def test_noInitInThePluginFolder():
     assert not os.path.exists(os.path.join(ROOT, "twisted", "__init__.py"))
     assert not os.path.exists(os.path.join(ROOT, "twisted", "plugins", "__init__.py"))
+
+
+def readText(*path):
+    with open(os.path.join(ROOT, *path)) as f:
+        return f.read()
+
+
+def test_ciRunsTheReadmeTestCommand():
+    """
+    C{.ci/run} runs exactly the test command README.rst gives: the one
+    indented line that runs pytest after installing the packages.
+    """
+    [readme] = [
+        line.strip() for line in readText("README.rst").splitlines()
+        if line.startswith("    apt-get update") and "pytest" in line
+    ]
+    [ci] = [line for line in readText(".ci", "run").splitlines() if line.startswith("apt-get update")]
+    assert ci == readme
+
+
+def test_readmeStandsAlone():
+    """
+    README.rst names no file outside the repository.
+    """
+    assert "../" not in readText("README.rst")
