@@ -20,7 +20,8 @@ from twisted.cred.portal import Portal
 from mdpy.address import checkDomain
 from mdpy.auth.checkers import DirectoryChecker, FailedLoginTracker, Realm, makePortal
 from mdpy.auth.senders import SenderPolicy
-from mdpy.config import Config, ConfigError
+from mdpy.config import Config, ConfigError, configPath
+from mdpy.configcheck import checkConfig
 from mdpy.errors import InvalidInput
 from mdpy.datadir import DataDir
 from mdpy.delivery.authresults import InboundChecker
@@ -67,17 +68,20 @@ THREADS = 32
 class Options(usage.Options):
     synopsis = "[--config PATH] [--port-offset N]"
     longdesc = (
-        "Run every enabled mdpy service.  Without --config, an embedded default "
-        "keeps its data under $XDG_DATA_HOME/mdpy (or ~/.local/share/mdpy)."
+        "Run every enabled mdpy service.  Without --config: $MDPY_CONFIG, "
+        "/etc/mdpy/mdpy.ini or $XDG_CONFIG_HOME/mdpy/mdpy.ini, as the mdpy "
+        "command finds it; without any, an embedded default keeps its data "
+        "under $XDG_DATA_HOME/mdpy (or ~/.local/share/mdpy)."
     )
     optParameters = [
-        ["config", "c", None, "The INI configuration file (see etc/mdpy.ini)."],
+        ["config", "c", None, "The INI configuration file (see 'mdpy init --reference')."],
         ["port-offset", None, 0, "Add N to every listening port.", int],
     ]
 
     def postOptions(self):
         if not 0 <= self["port-offset"] < 65535:
             raise usage.UsageError("--port-offset must be from 0 to 65534")
+        self["config"] = configPath(self["config"])
 
 
 class ListenError(Exception):
@@ -682,17 +686,19 @@ def makeService(options, reactor=None):
     The C{twistd} entry point.
     """
     sys.excepthook = _oneLineListenErrors()
+    if reactor is None:
+        from twisted.internet import reactor
     try:
         config = Config.load(options["config"])
+        checkConfig(config, options["port-offset"], reactor)
     except ConfigError as e:
         raise SystemExit("twistd mdpy: %s" % (e,))
+    log.info("configuration: {summary}", summary=config.summary())
     try:
         lock = lockDataDir(DataDir(config["server"]["data_dir"]))
     except (AlreadyRunning, OSError) as e:
         raise SystemExit("twistd mdpy: %s" % (e,))
     _raiseFileLimit()
-    if reactor is None:
-        from twisted.internet import reactor
     reactor.suggestThreadPoolSize(THREADS)
     top = buildService(config, options["port-offset"], reactor)
     top.serverLock = lock  # held until the process ends

@@ -4,6 +4,7 @@ Tests of L{mdpy.tap}: the service tree built from a configuration.
 
 import os
 import stat
+import sys
 
 import pytest
 from twisted.internet.testing import MemoryReactorClock
@@ -14,7 +15,7 @@ from mdpy.config import Config, ConfigError
 from mdpy.datadir import DataDir
 from mdpy.directory import addRoleAliases
 from mdpy.smtp.server import MODE_MTA, MODE_SMTPS, MODE_SUBMISSION
-from mdpy.tap import Options, buildService, relaySettings
+from mdpy.tap import Options, buildService, makeService, relaySettings
 
 
 class MemoryReactor(MemoryReactorClock):
@@ -249,6 +250,53 @@ def test_options():
         Options().parseOptions(["--port-offset", "70000"])
     with pytest.raises(usage.UsageError):
         Options().parseOptions(["--port-offset", "many"])
+
+
+def test_optionsFindTheConfigurationAsTheCommandDoes(tmp_path, monkeypatch):
+    """
+    Without C{--config}, C{twistd mdpy} takes C{$MDPY_CONFIG}, then
+    C{/etc/mdpy/mdpy.ini}, then C{$XDG_CONFIG_HOME/mdpy/mdpy.ini}
+    (L{mdpy.config.configPath}), else the embedded default.
+    """
+    monkeypatch.delenv("MDPY_CONFIG", raising=False)
+    monkeypatch.setenv("MDPY_SYSCONFDIR", str(tmp_path / "etc"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+
+    def resolved(*argv):
+        options = Options()
+        options.parseOptions(list(argv))
+        return options["config"]
+
+    assert resolved() is None
+    user = tmp_path / "xdg" / "mdpy" / "mdpy.ini"
+    user.parent.mkdir(parents=True)
+    user.write_text("")
+    assert resolved() == str(user)
+    system = tmp_path / "etc" / "mdpy" / "mdpy.ini"
+    system.parent.mkdir(parents=True)
+    system.write_text("")
+    assert resolved() == str(system)
+    monkeypatch.setenv("MDPY_CONFIG", str(tmp_path / "env.ini"))
+    assert resolved() == str(tmp_path / "env.ini")
+    assert resolved("-c", "given.ini") == "given.ini"
+
+
+def test_startRefusesWhatCheckRefuses(tmp_path, monkeypatch):
+    """
+    A configuration L{mdpy.configcheck.checkConfig} refuses stops the start
+    with its one line before anything is made on disk.
+    """
+    monkeypatch.setattr("sys.excepthook", sys.excepthook)
+    path = tmp_path / "mdpy.ini"
+    path.write_text("[server]\ndata_dir = data\n[smtp]\nport = 2525\n[imap]\nport = 2525\n")
+    options = Options()
+    options.parseOptions(["--config", str(path)])
+    with pytest.raises(SystemExit) as raised:
+        makeService(options, reactor=MemoryReactor())
+    assert raised.value.code == (
+        "twistd mdpy: %s: [imap] port = 2525: [smtp] listens there too (0.0.0.0); give each service a port"
+        " of its own" % (path,))
+    assert os.listdir(tmp_path) == ["mdpy.ini"]
 
 
 def test_relaySettingsFromTheConfiguration(tmp_path):
