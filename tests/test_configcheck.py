@@ -33,13 +33,13 @@ def _missingCertificate(root):
 
 
 def _unreadableKey(root):
-    certificate, key, otherKey = certificates(root)
+    certificate = certificates(root)[0]
     return ("data_dir = data\n[tls]\ncertificate = %s\nprivate_key = %s\n" % (certificate, root),
             "[tls] private_key = %s: cannot read: Is a directory" % (root,))
 
 
 def _keyOfAnotherCertificate(root):
-    certificate, key, otherKey = certificates(root)
+    certificate, _, otherKey = certificates(root)
     return ("data_dir = data\n[tls]\ncertificate = %s\nprivate_key = %s\n" % (certificate, otherKey),
             "[tls] private_key = %s does not match certificate = %s; give the key of that certificate"
             % (otherKey, certificate))
