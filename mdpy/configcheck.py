@@ -53,8 +53,9 @@ def checkConfig(config, portOffset=0, reactor=None):
             except ValueError as e:
                 raise ConfigError("%s: [odmr-client:%s] %s" % (config.label, name, e))
     relaySettings(config["relay"])
-    buildGateways(config, reactor)
-    checkMingerSecret(config, "[minger] secret", config["minger"]["secret"])
+    # The start logs their warnings as it builds.
+    buildGateways(config, reactor, warn=False)
+    checkMingerSecret(config, "[minger] secret", config["minger"]["secret"], warn=False)
 
 
 def checkReadable(config, section, key, path):

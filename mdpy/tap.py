@@ -392,8 +392,9 @@ def buildPipeline(config, datadir, directory, store, reactor):
     return pipeline, queue, resolver
 
 
-def buildGateways(config, reactor):
+def buildGateways(config, reactor, warn=True):
     """
+    @param warn: log the warnings of L{checkMingerSecret}.
     @return: the L{Gateways} of the C{[gateway:DOMAIN]} sections.
     @raise ConfigError: a bad domain, user or Minger setting.
     """
@@ -410,7 +411,7 @@ def buildGateways(config, reactor):
         if section["verify"] == "minger":
             if not section["minger_host"]:
                 raise ConfigError("%s: verify = minger needs minger_host" % (where,))
-            checkMingerSecret(config, "[gateway:%s] minger_secret" % (name,), section["minger_secret"])
+            checkMingerSecret(config, "[gateway:%s] minger_secret" % (name,), section["minger_secret"], warn)
             client = MingerClient(
                 reactor,
                 section["minger_host"],
@@ -433,12 +434,13 @@ def buildGateways(config, reactor):
 _VCHARS = re.compile(r"[\x21-\x7e]{1,50}\Z")
 
 
-def checkMingerSecret(config, where, secret):
+def checkMingerSecret(config, where, secret, warn=True):
     """
     A Minger secret is 1 to 50 visible ASCII characters
     (draft-hathcock-minger-06 section 2.2); fewer than 16 is allowed with a
     warning, as the draft asks for 128 bits.
 
+    @param warn: log that warning.
     @raise ConfigError: it is not.
     """
     if not secret:
@@ -446,7 +448,7 @@ def checkMingerSecret(config, where, secret):
     if not _VCHARS.match(secret):
         raise ConfigError("%s: %s must be 1 to 50 visible ASCII characters (no spaces)"
                           % (config.path or "<embedded default>", where))
-    if len(secret) < 16:
+    if warn and len(secret) < 16:
         log.warn("{where} is shorter than 16 characters; a guessable secret lets anyone probe addresses",
                  where=where)
 

@@ -31,6 +31,9 @@ class MemoryReactor(MemoryReactorClock):
         self.udpServers.append((port, protocol, interface))
         return _UDPPort()
 
+    def suggestThreadPoolSize(self, size):
+        self.threadPoolSize = size
+
 
 class _UDPPort:
     def stopListening(self):
@@ -297,6 +300,31 @@ def test_startRefusesWhatCheckRefuses(tmp_path, monkeypatch):
         "twistd mdpy: %s: [imap] port = 2525: [smtp] listens there too (0.0.0.0); give each service a port"
         " of its own" % (path,))
     assert os.listdir(tmp_path) == ["mdpy.ini"]
+
+
+def test_startLogsTheConfigurationAndEachWarningOnce(tmp_path, monkeypatch):
+    """
+    The start logs the file and data directory it uses, and the warning
+    about a short Minger secret once, though the secret is checked before
+    the service is built.
+    """
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    monkeypatch.setattr("sys.excepthook", sys.excepthook)
+    path = tmp_path / "mdpy.ini"
+    path.write_text("[server]\ndata_dir = data\nhostname = mx.example.test\n[minger]\nsecret = short\n")
+    options = Options()
+    options.parseOptions(["--config", str(path)])
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        top = makeService(options, reactor=MemoryReactor())
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    top.serverLock.release()
+    lines = [formatEvent(event) for event in events]
+    assert "configuration: %s, data_dir %s" % (path, tmp_path / "data") in lines
+    assert len([line for line in lines if "[minger] secret is shorter than 16" in line]) == 1
 
 
 def test_relaySettingsFromTheConfiguration(tmp_path):
