@@ -16,7 +16,9 @@ import sys
 import time
 
 from mdpy.address import normaliseDomain
-from mdpy.config import Config, ConfigError, configPath, defaultDataDir, referenceIni, starterIni
+from mdpy.config import (
+    SYSTEM_DATA_DIR, Config, ConfigError, configPath, defaultDataDir, defaultHostname, referenceIni, starterIni,
+)
 from mdpy.datadir import DataDir
 from mdpy.errors import MailError
 
@@ -242,9 +244,6 @@ def _check(config, stdout):
     stdout.write("configuration ok: %s\n" % (config.summary(),))
 
 
-SYSTEM_DATA_DIR = "/var/lib/mdpy"
-
-
 def _init(args, stdout):
     """
     Write a starter configuration, never over an existing file, or print
@@ -255,7 +254,7 @@ def _init(args, stdout):
         return
     root = os.geteuid() == 0
     path = os.path.abspath(args.path or configPath(args.config, creating=True, root=root))
-    hostname = args.hostname or socket.getfqdn().lower() or "localhost"
+    hostname = args.hostname or defaultHostname()
     dataDir = os.path.abspath(args.dataDir) if args.dataDir else (SYSTEM_DATA_DIR if root else defaultDataDir())
     text = starterIni(hostname, args.domain or hostname, dataDir)
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)

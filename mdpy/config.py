@@ -408,6 +408,16 @@ def configPath(given=None, environ=os.environ, creating=False, root=None):
     return system if root else user
 
 
+SYSTEM_DATA_DIR = "/var/lib/mdpy"
+
+
+def defaultHostname():
+    """
+    @return: this host's fully qualified name, in lower case.
+    """
+    return socket.getfqdn().lower() or "localhost"
+
+
 def defaultDataDir(environ=os.environ):
     """
     @return: C{$XDG_DATA_HOME/mdpy}, or C{~/.local/share/mdpy}.
@@ -493,7 +503,7 @@ class Config:
     def _fillDefaults(self, environ):
         server = self.sections["server"]
         if not server["hostname"]:
-            server["hostname"] = socket.getfqdn().lower() or "localhost"
+            server["hostname"] = defaultHostname()
         if not server["domain"]:
             server["domain"] = server["hostname"]
         if not server["data_dir"]:
