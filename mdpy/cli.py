@@ -16,7 +16,9 @@ import sys
 import time
 
 from mdpy.address import normaliseDomain
-from mdpy.config import Config, ConfigError
+from mdpy.config import (
+    SYSTEM_DATA_DIR, Config, ConfigError, configPath, defaultDataDir, defaultHostname, referenceIni, starterIni,
+)
 from mdpy.datadir import DataDir
 from mdpy.errors import MailError
 
@@ -37,7 +39,8 @@ def _parser():
         "-c",
         "--config",
         metavar="PATH",
-        help="configuration file (default: the embedded default twistd mdpy uses)",
+        help="configuration file (default: $MDPY_CONFIG, /etc/mdpy/mdpy.ini or"
+        " $XDG_CONFIG_HOME/mdpy/mdpy.ini, else the embedded default, as twistd mdpy finds it)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -138,6 +141,17 @@ def _parser():
     )
 
     commands.add_parser("check", help="validate the configuration")
+
+    init = commands.add_parser(
+        "init", help="write a starter configuration (to PATH, or where every command looks for it)"
+    )
+    init.add_argument("path", nargs="?", metavar="PATH")
+    init.add_argument("--domain", help="the first local domain (default: the host name)")
+    init.add_argument("--hostname", help="name in greetings (default: this host's FQDN)")
+    init.add_argument("--data-dir", dest="dataDir", metavar="DIR",
+                      help="where mail and state live (default: /var/lib/mdpy as root, else $XDG_DATA_HOME/mdpy)")
+    init.add_argument("--reference", action="store_true",
+                      help="print the reference configuration, every key at its default, instead")
     return parser
 
 
@@ -217,7 +231,10 @@ def run(argv, stdout, stdin):
     @raise CommandError, ConfigError, MailError: reported as one line.
     """
     args = _parser().parse_args(argv)
-    config = Config.load(args.config)
+    if args.command == "init":
+        _init(args, stdout)
+        return
+    config = Config.load(configPath(args.config))
     if args.command == "check":
         _check(config, stdout)
         return
@@ -227,18 +244,34 @@ def run(argv, stdout, stdin):
 
 
 def _check(config, stdout):
-    from twisted.internet import reactor
+    from mdpy.configcheck import checkConfig
 
-    from mdpy.tap import buildGateways, checkMingerSecret, relaySettings
+    checkConfig(config)
+    stdout.write("configuration ok: %s\n" % (config.summary(),))
 
-    relaySettings(config["relay"])
-    buildGateways(config, reactor)
-    checkMingerSecret(config, "[minger] secret", config["minger"]["secret"])
-    for kind, instances in config.templates.items():
-        for name, values in instances.items():
-            if "host" in values and values.get("enabled", True) and not values["host"]:
-                raise CommandError("[%s:%s] needs a host" % (kind, name))
-    stdout.write("configuration ok: %s\n" % (config.path or "<embedded default>",))
+
+def _init(args, stdout):
+    """
+    Write a starter configuration, never over an existing file, or print
+    the reference.
+    """
+    if args.reference:
+        stdout.write(referenceIni())
+        return
+    root = os.geteuid() == 0
+    path = os.path.abspath(args.path or configPath(args.config, creating=True, root=root))
+    hostname = args.hostname or defaultHostname()
+    dataDir = os.path.abspath(args.dataDir) if args.dataDir else (SYSTEM_DATA_DIR if root else defaultDataDir())
+    text = starterIni(hostname, args.domain or hostname, dataDir)
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    except FileExistsError:
+        raise CommandError("%s exists; not overwritten (edit it, or give another PATH)" % (path,)) from None
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.fchmod(fd, 0o640)
+        f.write(text)
+    stdout.write("wrote %s (data_dir %s); check it with: mdpy -c %s check\n" % (path, dataDir, path))
 
 
 def _domain(args, config, datadir, stdout, stdin):

@@ -12,6 +12,7 @@ import configparser
 import os
 import re
 import socket
+from importlib import resources
 
 # --- value types ------------------------------------------------------------
 
@@ -371,6 +372,52 @@ TEMPLATES = {
 }
 
 
+CONFIG_NAME = os.path.join("mdpy", "mdpy.ini")
+EMBEDDED_DEFAULT = "<embedded default>"
+
+
+def configPath(given=None, environ=os.environ, creating=False, root=None):
+    """
+    Find the configuration file, the same way for C{twistd mdpy} and every
+    C{mdpy} command: C{given} (C{-c/--config}), else C{$MDPY_CONFIG}, else
+    C{/etc/mdpy/mdpy.ini} when it exists, else
+    C{$XDG_CONFIG_HOME/mdpy/mdpy.ini} (default C{~/.config}) when it exists.
+    C{$MDPY_SYSCONFDIR} stands for C{/etc} when set.
+
+    @param creating: where a new configuration goes (C{mdpy init}) when
+        none exists: C{/etc/mdpy/mdpy.ini} as root, else the one under
+        C{$XDG_CONFIG_HOME}.
+    @param root: whether this runs as root; default: the effective user
+        id is 0.
+    @return: the path, or L{None} for the embedded default (only when not
+        C{creating}).
+    """
+    chosen = given or environ.get("MDPY_CONFIG")
+    if chosen:
+        return chosen
+    system = os.path.join(environ.get("MDPY_SYSCONFDIR") or "/etc", CONFIG_NAME)
+    home = environ.get("HOME") or os.path.expanduser("~")
+    user = os.path.join(environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config"), CONFIG_NAME)
+    for path in (system, user):
+        if os.path.exists(path):
+            return path
+    if not creating:
+        return None
+    if root is None:
+        root = os.geteuid() == 0
+    return system if root else user
+
+
+SYSTEM_DATA_DIR = "/var/lib/mdpy"
+
+
+def defaultHostname():
+    """
+    @return: this host's fully qualified name, in lower case.
+    """
+    return socket.getfqdn().lower() or "localhost"
+
+
 def defaultDataDir(environ=os.environ):
     """
     @return: C{$XDG_DATA_HOME/mdpy}, or C{~/.local/share/mdpy}.
@@ -397,6 +444,21 @@ class Config:
     def __getitem__(self, section):
         return self.sections[section]
 
+    @property
+    def label(self):
+        """
+        The file read, or L{EMBEDDED_DEFAULT}: how messages name this
+        configuration.
+        """
+        return self.path or EMBEDDED_DEFAULT
+
+    def summary(self):
+        """
+        @return: which file and data directory are in use, for C{mdpy
+            check} and the start's log.
+        """
+        return "%s, data_dir %s" % (self.label, self["server"]["data_dir"])
+
     def named(self, kind):
         """
         @return: C{{NAME: values}} of the sections C{[kind:NAME]}.
@@ -411,7 +473,7 @@ class Config:
         @raise ConfigError: a one-line reason naming the file, section and key.
         """
         parser = configparser.ConfigParser(interpolation=None, strict=True)
-        label = path or "<embedded default>"
+        label = path or EMBEDDED_DEFAULT
         if path is not None:
             try:
                 with open(path, encoding="utf-8") as handle:
@@ -441,7 +503,7 @@ class Config:
     def _fillDefaults(self, environ):
         server = self.sections["server"]
         if not server["hostname"]:
-            server["hostname"] = socket.getfqdn().lower() or "localhost"
+            server["hostname"] = defaultHostname()
         if not server["domain"]:
             server["domain"] = server["hostname"]
         if not server["data_dir"]:
@@ -449,8 +511,7 @@ class Config:
         tls = self.sections["tls"]
         if bool(tls["certificate"]) != bool(tls["private_key"]):
             raise ConfigError(
-                "%s: [tls] certificate and private_key go together"
-                % (self.path or "<embedded default>",)
+                "%s: [tls] certificate and private_key go together" % (self.label,)
             )
 
 
@@ -477,13 +538,25 @@ def _parseSection(label, section, keys, given, base):
     return values
 
 
-def renderIni():
+REFERENCE_HEADING = (
+    "; mdpy configuration.  Every key is shown commented out at its default.",
+)
+STARTER_HEADING = (
+    "; mdpy configuration, written by 'mdpy init'.  Every other key is shown",
+    "; commented out at its default.",
+)
+
+
+def renderIni(values=None, heading=REFERENCE_HEADING):
     """
-    @return: the text of C{etc/mdpy.ini}: every key, commented out at its
-        default, with its documentation.
+    @param values: C{{(section, key): text}} of the keys set, uncommented,
+        instead of shown at their defaults.
+    @param heading: the first comment lines.
+    @return: the text of C{etc/mdpy.ini} (with no C{values}): every key,
+        commented out at its default, with its documentation.
     """
-    lines = [
-        "; mdpy configuration.  Every key is shown commented out at its default.",
+    values = values or {}
+    lines = list(heading) + [
         "; Paths are relative to this file's folder.  Durations: 30s, 10m, 1h, 7d.",
         "; Sizes: 512K, 50M, 1G.  Run 'mdpy -c FILE check' after editing.",
     ]
@@ -493,7 +566,10 @@ def renderIni():
         lines.append("%s[%s]" % (comment, title))
         for key in keys:
             lines.append("; %s" % (key.doc,))
-            lines.append(";%s = %s" % (key.name, key.default))
+            if (title, key.name) in values:
+                lines.append("%s = %s" % (key.name, values[title, key.name]))
+            else:
+                lines.append(";%s = %s" % (key.name, key.default))
 
     for name, keys in SCHEMA.items():
         section(name, keys)
@@ -502,3 +578,22 @@ def renderIni():
         lines.append("; One section per %s, e.g. [%s:example]." % (kind, kind))
         section("%s:example" % (kind,), keys, comment=";")
     return "\n".join(lines) + "\n"
+
+
+def starterIni(hostname, domain, dataDir):
+    """
+    @return: the text C{mdpy init} writes: the reference (L{renderIni})
+        with the server's host name, domain and data directory set.
+    """
+    return renderIni(
+        {("server", "hostname"): hostname, ("server", "domain"): domain, ("server", "data_dir"): dataDir},
+        STARTER_HEADING,
+    )
+
+
+def referenceIni():
+    """
+    @return: the installed reference configuration C{mdpy/reference.ini},
+        the same text as C{etc/mdpy.ini}.
+    """
+    return resources.files("mdpy").joinpath("reference.ini").read_text(encoding="utf-8")

@@ -21,7 +21,8 @@ from mdpy.address import checkDomain
 from mdpy.auth.accounts import AccountCheck
 from mdpy.auth.checkers import DirectoryChecker, FailedLoginTracker, Realm, makePortal
 from mdpy.auth.senders import SenderPolicy
-from mdpy.config import Config, ConfigError
+from mdpy.config import Config, ConfigError, configPath
+from mdpy.configcheck import checkConfig
 from mdpy.errors import InvalidInput
 from mdpy.datadir import DataDir
 from mdpy.delivery.authresults import InboundChecker
@@ -68,17 +69,20 @@ THREADS = 32
 class Options(usage.Options):
     synopsis = "[--config PATH] [--port-offset N]"
     longdesc = (
-        "Run every enabled mdpy service.  Without --config, an embedded default "
-        "keeps its data under $XDG_DATA_HOME/mdpy (or ~/.local/share/mdpy)."
+        "Run every enabled mdpy service.  Without --config: $MDPY_CONFIG, "
+        "/etc/mdpy/mdpy.ini or $XDG_CONFIG_HOME/mdpy/mdpy.ini, as the mdpy "
+        "command finds it; without any, an embedded default keeps its data "
+        "under $XDG_DATA_HOME/mdpy (or ~/.local/share/mdpy)."
     )
     optParameters = [
-        ["config", "c", None, "The INI configuration file (see etc/mdpy.ini)."],
+        ["config", "c", None, "The INI configuration file (see 'mdpy init --reference')."],
         ["port-offset", None, 0, "Add N to every listening port.", int],
     ]
 
     def postOptions(self):
         if not 0 <= self["port-offset"] < 65535:
             raise usage.UsageError("--port-offset must be from 0 to 65534")
+        self["config"] = configPath(self["config"])
 
 
 class ListenError(Exception):
@@ -398,8 +402,9 @@ def buildPipeline(config, datadir, directory, store, reactor):
     return pipeline, queue, resolver
 
 
-def buildGateways(config, reactor):
+def buildGateways(config, reactor, warn=True):
     """
+    @param warn: log the warnings of L{checkMingerSecret}.
     @return: the L{Gateways} of the C{[gateway:DOMAIN]} sections.
     @raise ConfigError: a bad domain, user or Minger setting.
     """
@@ -416,7 +421,7 @@ def buildGateways(config, reactor):
         if section["verify"] == "minger":
             if not section["minger_host"]:
                 raise ConfigError("%s: verify = minger needs minger_host" % (where,))
-            checkMingerSecret(config, "[gateway:%s] minger_secret" % (name,), section["minger_secret"])
+            checkMingerSecret(config, "[gateway:%s] minger_secret" % (name,), section["minger_secret"], warn)
             client = MingerClient(
                 reactor,
                 section["minger_host"],
@@ -439,12 +444,13 @@ def buildGateways(config, reactor):
 _VCHARS = re.compile(r"[\x21-\x7e]{1,50}\Z")
 
 
-def checkMingerSecret(config, where, secret):
+def checkMingerSecret(config, where, secret, warn=True):
     """
     A Minger secret is 1 to 50 visible ASCII characters
     (draft-hathcock-minger-06 section 2.2); fewer than 16 is allowed with a
     warning, as the draft asks for 128 bits.
 
+    @param warn: log that warning.
     @raise ConfigError: it is not.
     """
     if not secret:
@@ -452,7 +458,7 @@ def checkMingerSecret(config, where, secret):
     if not _VCHARS.match(secret):
         raise ConfigError("%s: %s must be 1 to 50 visible ASCII characters (no spaces)"
                           % (config.path or "<embedded default>", where))
-    if len(secret) < 16:
+    if warn and len(secret) < 16:
         log.warn("{where} is shorter than 16 characters; a guessable secret lets anyone probe addresses",
                  where=where)
 
@@ -692,17 +698,19 @@ def makeService(options, reactor=None):
     The C{twistd} entry point.
     """
     sys.excepthook = _oneLineListenErrors()
+    if reactor is None:
+        from twisted.internet import reactor
     try:
         config = Config.load(options["config"])
+        checkConfig(config, options["port-offset"], reactor)
     except ConfigError as e:
         raise SystemExit("twistd mdpy: %s" % (e,))
+    log.info("configuration: {summary}", summary=config.summary())
     try:
         lock = lockDataDir(DataDir(config["server"]["data_dir"]))
     except (AlreadyRunning, OSError) as e:
         raise SystemExit("twistd mdpy: %s" % (e,))
     _raiseFileLimit()
-    if reactor is None:
-        from twisted.internet import reactor
     reactor.suggestThreadPoolSize(THREADS)
     top = buildService(config, options["port-offset"], reactor)
     top.serverLock = lock  # held until the process ends

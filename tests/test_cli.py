@@ -117,6 +117,92 @@ def test_check(cli, tmp_path):
     assert "[smtp] port = not-a-port" in err
 
 
+def test_checkNamesTheFileAndDataDir(cli, tmp_path):
+    assert cli.ok("check") == "configuration ok: %s, data_dir %s\n" % (cli.config, tmp_path / "data")
+    cli.config.write_text("[server]\ndata_dir = data\n[domainpop:isp]\nusername = u\npassword = p\n")
+    assert cli.fails("check") == "mdpy: %s: [domainpop:isp] host is not set; set it, or enabled = no\n" % (
+        cli.config,)
+
+
+@pytest.fixture
+def configHome(tmp_path, monkeypatch):
+    """
+    An environment where the configuration is looked for under
+    C{tmp_path}: C{etc/} stands for C{/etc}, C{xdg/} is
+    C{$XDG_CONFIG_HOME}.
+    """
+    monkeypatch.delenv("MDPY_CONFIG", raising=False)
+    monkeypatch.setenv("MDPY_SYSCONFDIR", str(tmp_path / "etc"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "share"))
+    return tmp_path
+
+
+def run(*args):
+    out, err = io.StringIO(), io.StringIO()
+    status = main(list(args), out, io.StringIO(), err)
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_initWritesAStarterThatChecks(configHome):
+    """
+    C{init PATH} writes the chosen values into a commented starter
+    configuration (0640, its folder made), which C{check} passes; it never
+    overwrites a file.
+    """
+    path = configHome / "conf" / "mdpy.ini"
+    data = configHome / "maildata"
+    status, out, err = run("init", "--domain", "example.test", "--hostname", "mx.example.test",
+                           "--data-dir", str(data), str(path))
+    assert (status, err) == (0, "")
+    assert out == "wrote %s (data_dir %s); check it with: mdpy -c %s check\n" % (path, data, path)
+    assert os.stat(path).st_mode & 0o777 == 0o640
+    text = path.read_text()
+    assert "\nhostname = mx.example.test\n" in text and "\ndomain = example.test\n" in text
+    assert ";max_recipients = 1000\n" in text
+    assert run("-c", str(path), "check") == (0, "configuration ok: %s, data_dir %s\n" % (path, data), "")
+    assert not data.exists()
+    status, out, err = run("init", "--domain", "other.test", str(path))
+    assert (status, out) == (1, "")
+    assert err == "mdpy: error: %s exists; not overwritten (edit it, or give another PATH)\n" % (path,)
+    assert path.read_text() == text
+
+
+def test_initAsRootWritesWhereEveryCommandLooks(configHome, monkeypatch):
+    """
+    Without PATH, as root, C{init} writes C{/etc/mdpy/mdpy.ini} (here under
+    C{etc/}), which C{check} then finds without C{-c}.
+    """
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert run("check")[1].startswith("configuration ok: <embedded default>, data_dir ")
+    status, out, err = run("init", "--data-dir", str(configHome / "data"))
+    path = configHome / "etc" / "mdpy" / "mdpy.ini"
+    assert (status, err) == (0, "") and out.startswith("wrote %s " % (path,))
+    assert run("check") == (0, "configuration ok: %s, data_dir %s\n" % (path, configHome / "data"), "")
+
+
+def test_initAsAUserWritesUnderXDGConfigHome(configHome, monkeypatch):
+    """
+    As another user, C{init} writes under C{$XDG_CONFIG_HOME}, with the
+    data under C{$XDG_DATA_HOME}.
+    """
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    status, out, err = run("init")
+    path = configHome / "xdg" / "mdpy" / "mdpy.ini"
+    data = configHome / "share" / "mdpy"
+    assert (status, err) == (0, "")
+    assert out.startswith("wrote %s (data_dir %s)" % (path, data))
+    assert run("check") == (0, "configuration ok: %s, data_dir %s\n" % (path, data), "")
+
+
+def test_initReference(configHome):
+    status, out, err = run("init", "--reference")
+    assert (status, err) == (0, "")
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc", "mdpy.ini")) as f:
+        assert out == f.read()
+    assert not (configHome / "etc").exists() and not (configHome / "xdg").exists()
+
+
 def test_queueAndUnbuiltServices(cli):
     assert cli.ok("queue", "list") == ""
     cli.ok("queue", "flush")

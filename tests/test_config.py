@@ -6,7 +6,10 @@ import os
 
 import pytest
 
-from mdpy.config import SCHEMA, Config, ConfigError, parseDuration, parseSeconds, parseSize, renderIni
+from mdpy.config import (
+    SCHEMA, Config, ConfigError, configPath, parseDuration, parseSeconds, parseSize, referenceIni, renderIni,
+    starterIni,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,6 +23,61 @@ def write(tmp_path, text):
 def test_shippedIniIsRenderedFromTheSchema():
     with open(os.path.join(ROOT, "etc", "mdpy.ini")) as f:
         assert f.read() == renderIni()
+
+
+def test_installedReferenceIsTheShippedIni():
+    """
+    C{mdpy/reference.ini}, installed with the package for C{mdpy init
+    --reference}, is C{etc/mdpy.ini}.
+    """
+    with open(os.path.join(ROOT, "mdpy", "reference.ini")) as f:
+        assert f.read() == renderIni()
+    assert referenceIni() == renderIni()
+
+
+def test_starterIniSetsTheChosenValues(tmp_path):
+    """
+    The starter configuration is the reference with the server's names and
+    data directory set, every other key documented at its default.
+    """
+    text = starterIni("mx.example.test", "example.test", str(tmp_path / "data"))
+    assert "\nhostname = mx.example.test\n" in text and "\ndomain = example.test\n" in text
+    assert "\ndata_dir = %s\n" % (tmp_path / "data",) in text
+    assert ";max_recipients = 1000\n" in text and ";[domainpop:example]\n" in text
+    config = Config.load(write(tmp_path, text))
+    assert config["server"]["hostname"] == "mx.example.test"
+    assert config["server"]["domain"] == "example.test"
+    assert config["server"]["data_dir"] == str(tmp_path / "data")
+    assert config["smtp"]["port"] == 25
+
+
+def test_configPathOrder(tmp_path):
+    """
+    C{-c}, then C{$MDPY_CONFIG}, then C{/etc/mdpy/mdpy.ini} when it exists,
+    then C{$XDG_CONFIG_HOME/mdpy/mdpy.ini} (C{~/.config}) when it exists,
+    else the embedded default; a new one goes to C{/etc} as root, else
+    under C{$XDG_CONFIG_HOME}.
+    """
+    system = tmp_path / "etc" / "mdpy" / "mdpy.ini"
+    user = tmp_path / "xdg" / "mdpy" / "mdpy.ini"
+    home = tmp_path / "home" / ".config" / "mdpy" / "mdpy.ini"
+    environ = {"MDPY_SYSCONFDIR": str(tmp_path / "etc"), "HOME": str(tmp_path / "home")}
+    assert configPath(None, environ) is None
+    assert configPath(None, environ, creating=True, root=False) == str(home)
+    assert configPath(None, environ, creating=True, root=True) == str(system)
+    environ["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
+    assert configPath(None, environ, creating=True, root=False) == str(user)
+    user.parent.mkdir(parents=True)
+    user.write_text("")
+    assert configPath(None, environ) == str(user)
+    assert configPath(None, environ, creating=True, root=True) == str(user)
+    system.parent.mkdir(parents=True)
+    system.write_text("")
+    assert configPath(None, environ) == str(system)
+    assert configPath(None, environ, creating=True, root=False) == str(system)
+    environ["MDPY_CONFIG"] = "env.ini"
+    assert configPath(None, environ) == "env.ini"
+    assert configPath("given.ini", environ) == "given.ini"
 
 
 def test_shippedIniLoadsAndDocumentsEveryKey():

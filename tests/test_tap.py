@@ -4,6 +4,7 @@ Tests of L{mdpy.tap}: the service tree built from a configuration.
 
 import os
 import stat
+import sys
 
 import pytest
 from twisted.internet.testing import MemoryReactorClock
@@ -14,7 +15,7 @@ from mdpy.config import Config, ConfigError
 from mdpy.datadir import DataDir
 from mdpy.directory import addRoleAliases
 from mdpy.smtp.server import MODE_MTA, MODE_SMTPS, MODE_SUBMISSION
-from mdpy.tap import Options, buildService, relaySettings
+from mdpy.tap import Options, buildService, makeService, relaySettings
 
 
 class MemoryReactor(MemoryReactorClock):
@@ -29,6 +30,9 @@ class MemoryReactor(MemoryReactorClock):
     def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
         self.udpServers.append((port, protocol, interface))
         return _UDPPort()
+
+    def suggestThreadPoolSize(self, size):
+        self.threadPoolSize = size
 
 
 class _UDPPort:
@@ -249,6 +253,78 @@ def test_options():
         Options().parseOptions(["--port-offset", "70000"])
     with pytest.raises(usage.UsageError):
         Options().parseOptions(["--port-offset", "many"])
+
+
+def test_optionsFindTheConfigurationAsTheCommandDoes(tmp_path, monkeypatch):
+    """
+    Without C{--config}, C{twistd mdpy} takes C{$MDPY_CONFIG}, then
+    C{/etc/mdpy/mdpy.ini}, then C{$XDG_CONFIG_HOME/mdpy/mdpy.ini}
+    (L{mdpy.config.configPath}), else the embedded default.
+    """
+    monkeypatch.delenv("MDPY_CONFIG", raising=False)
+    monkeypatch.setenv("MDPY_SYSCONFDIR", str(tmp_path / "etc"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+
+    def resolved(*argv):
+        options = Options()
+        options.parseOptions(list(argv))
+        return options["config"]
+
+    assert resolved() is None
+    user = tmp_path / "xdg" / "mdpy" / "mdpy.ini"
+    user.parent.mkdir(parents=True)
+    user.write_text("")
+    assert resolved() == str(user)
+    system = tmp_path / "etc" / "mdpy" / "mdpy.ini"
+    system.parent.mkdir(parents=True)
+    system.write_text("")
+    assert resolved() == str(system)
+    monkeypatch.setenv("MDPY_CONFIG", str(tmp_path / "env.ini"))
+    assert resolved() == str(tmp_path / "env.ini")
+    assert resolved("-c", "given.ini") == "given.ini"
+
+
+def test_startRefusesWhatCheckRefuses(tmp_path, monkeypatch):
+    """
+    A configuration L{mdpy.configcheck.checkConfig} refuses stops the start
+    with its one line before anything is made on disk.
+    """
+    monkeypatch.setattr("sys.excepthook", sys.excepthook)
+    path = tmp_path / "mdpy.ini"
+    path.write_text("[server]\ndata_dir = data\n[smtp]\nport = 2525\n[imap]\nport = 2525\n")
+    options = Options()
+    options.parseOptions(["--config", str(path)])
+    with pytest.raises(SystemExit) as raised:
+        makeService(options, reactor=MemoryReactor())
+    assert raised.value.code == (
+        "twistd mdpy: %s: [imap] port = 2525: [smtp] listens there too (0.0.0.0); give each service a port"
+        " of its own" % (path,))
+    assert os.listdir(tmp_path) == ["mdpy.ini"]
+
+
+def test_startLogsTheConfigurationAndEachWarningOnce(tmp_path, monkeypatch):
+    """
+    The start logs the file and data directory it uses, and the warning
+    about a short Minger secret once, though the secret is checked before
+    the service is built.
+    """
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    monkeypatch.setattr("sys.excepthook", sys.excepthook)
+    path = tmp_path / "mdpy.ini"
+    path.write_text("[server]\ndata_dir = data\nhostname = mx.example.test\n[minger]\nsecret = short\n")
+    options = Options()
+    options.parseOptions(["--config", str(path)])
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        top = makeService(options, reactor=MemoryReactor())
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    top.serverLock.release()
+    lines = [formatEvent(event) for event in events]
+    assert "configuration: %s, data_dir %s" % (path, tmp_path / "data") in lines
+    assert len([line for line in lines if "[minger] secret is shorter than 16" in line]) == 1
 
 
 def test_relaySettingsFromTheConfiguration(tmp_path):
