@@ -15,6 +15,7 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 
 from mdpy import logs
 from mdpy.config import ConfigError
@@ -49,7 +50,7 @@ class Running:
         outcome = []
         self.top.reload().addBoth(outcome.append)
         [result] = outcome
-        if isinstance(result, Exception) or hasattr(result, "raiseException"):
+        if isinstance(result, Failure):
             result.raiseException()
         return result
 
