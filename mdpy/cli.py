@@ -152,6 +152,9 @@ def _parser():
                       help="where mail and state live (default: /var/lib/mdpy as root, else $XDG_DATA_HOME/mdpy)")
     init.add_argument("--reference", action="store_true",
                       help="print the reference configuration, every key at its default, instead")
+    commands.add_parser(
+        "reload", help="make the running server read its configuration again, keeping its connections"
+    )
     return parser
 
 
@@ -542,13 +545,8 @@ def _collect(config, datadir, name, stdout):
     once: in the running server when there is one (so the two never
     overlap), else here.
     """
-    lines = _controlLines(datadir, "COLLECT " + name)
-    if lines is not None:
-        for line in lines[:-1]:
-            stdout.write(line[2:] + "\n")
-        if lines and lines[-1] == "OK":
-            return
-        raise CommandError(lines[-1][4:] if lines and lines[-1].startswith("ERR ") else "no answer from the server")
+    if _inServer(datadir, "COLLECT " + name, stdout):
+        return
     from twisted.internet import defer, task
 
     from mdpy.tap import buildCollectors, buildPipeline
@@ -580,6 +578,30 @@ def _collect(config, datadir, name, stdout):
         failed = failed or report.error is not None
     if failed:
         raise CommandError("the collection stopped early")
+
+
+def _reload(args, config, datadir, stdout, stdin):
+    if not _inServer(datadir, "RELOAD", stdout):
+        raise CommandError("no server is running on %s; it reads %s when it starts"
+                           % (datadir.root, config.path or "the embedded default"))
+
+
+def _inServer(datadir, command, stdout):
+    """
+    Have the running server carry out C{command}, printing the lines of its
+    answer.
+
+    @return: whether a server ran it (L{False}: none is running).
+    @raise CommandError: it answered C{ERR}.
+    """
+    lines = _controlLines(datadir, command)
+    if lines is None:
+        return False
+    for line in lines[:-1]:
+        stdout.write(line[2:] + "\n")
+    if lines and lines[-1] == "OK":
+        return True
+    raise CommandError(lines[-1][4:] if lines and lines[-1].startswith("ERR ") else "no answer from the server")
 
 
 def _controlLines(datadir, command):

@@ -156,6 +156,22 @@ class SessionFactory(ServerFactory):
         else:
             self.connectionsByIP.pop(ip, None)
 
+    def reconfigure(self, **settings):
+        """
+        Take new limits and settings (a reload of the configuration): they
+        apply to the sessions opened from now on, and to what the sessions
+        under way check from now on; no session is closed.
+
+        @param settings: attributes of this factory and their new values,
+            e.g. C{maxConnections=100}.
+        @raise AttributeError: one is not an attribute of this factory.
+        """
+        for name in settings:
+            if not hasattr(self, name):
+                raise AttributeError("%s has no setting %s" % (type(self).__name__, name))
+        for name, value in settings.items():
+            setattr(self, name, value)
+
 
 class CommandSession(Protocol, TimeoutMixin):
     """

@@ -9,8 +9,9 @@ import re
 import resource
 import sys
 
+from OpenSSL import SSL
 from twisted.application import internet, service
-from twisted.internet import endpoints
+from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
 from mdpy.logs import Logger
 from twisted.python import usage
@@ -50,10 +51,11 @@ from mdpy.imap.selected import RecentTracker
 from mdpy.imap.server import IMAP4Factory
 from mdpy.pop3.maildrop import MaildropLocks
 from mdpy.pop3.server import POP3Factory
+from mdpy.reload import LiveParts, installReloadSignal
 from mdpy.serverlock import AlreadyRunning, ServerLock
 from mdpy.store.maildir import removeStaleTmpFiles
 from mdpy.smtp.server import MODE_MTA, MODE_SMTPS, MODE_SUBMISSION, SMTPFactory
-from mdpy.tls import ensureSelfSigned, serverOptions
+from mdpy.tls import ReplaceableServerOptions, ensureSelfSigned, serverOptions
 
 log = Logger()
 
@@ -108,8 +110,39 @@ def _oneLineListenErrors(hook=sys.excepthook):
 
 class MailServer(service.MultiService):
     """
-    The service tree: one named child per listener.
+    The service tree: one named child per listener and per collection.
+
+    @ivar live: the L{LiveParts} a reload changes.
     """
+
+    live = None
+
+    def reload(self):
+        """
+        Read the configuration file again and apply it without closing a
+        connection: collections (C{[domainpop:NAME]}, C{[odmr-client:NAME]},
+        C{[multipop]}) added, changed or removed are started, built again or
+        stopped; gateway domains, listener limits, C{[auth]} limits, the log
+        level and the TLS certificate files (read again even when their
+        paths are the same) apply to what starts from now on.  Settings
+        that take effect only at the next start are named in one log line.
+        A configuration that cannot be used changes nothing and is named in
+        one error line.  One reload runs at a time.
+
+        @return: a L{Deferred} firing with the lines that say what changed,
+            or failing with L{ConfigError}.
+        """
+        return self.live.lock.run(self._reload)
+
+    def _reload(self):
+        live = self.live
+        try:
+            config = Config.load(live.config.path)
+            plan = live.prepare(config)
+        except ConfigError as e:
+            log.error("reload: {problem}; the running configuration is kept", problem=e)
+            return defer.fail(e)
+        return plan.apply(self)
 
     def privilegedStartService(self):
         try:
@@ -157,17 +190,56 @@ def _raiseFileLimit():
             pass
 
 
-def _sessionLimits(section):
+_SESSION_SETTINGS = {
+    "max_errors": "maxErrors",
+    "timeout": "timeout",
+    "max_connections": "maxConnections",
+    "max_connections_per_ip": "maxConnectionsPerIP",
+}
+# The keys of each kind of listener section that its factory takes (and a
+# reload changes), with the factory attribute each sets.
+LISTENER_SETTINGS = {
+    "smtp": dict(
+        _SESSION_SETTINGS,
+        max_message_size="maxMessageSize",
+        max_header_size="maxHeaderSize",
+        max_recipients="maxRecipients",
+        sender_policy="senderPolicy",
+        received_auth="receivedAuth",
+    ),
+    "imap": dict(
+        _SESSION_SETTINGS,
+        allow_plaintext_auth="allowPlaintext",
+        max_message_size="maxMessageSize",
+        max_pending_literal_size="maxPendingLiterals",
+    ),
+    "pop3": dict(_SESSION_SETTINGS, allow_plaintext_auth="allowPlaintext"),
+    "odmr": dict(_SESSION_SETTINGS, max_domains="maxDomains"),
+}
+
+
+LISTENER_KINDS = dict(
+    {name: "smtp" for name in SMTP_SERVICES}, imap="imap", imaps="imap", pop3="pop3", pop3s="pop3", odmr="odmr"
+)
+
+
+def listenerSettings(config, name, directory):
     """
-    @return: the L{mdpy.session.SessionFactory} limits of a listener's
-        section.
+    @return: the keyword arguments (and attributes) of the factory of
+        listener C{name} that its section sets: its limits and policies.
     """
-    return dict(
-        maxErrors=section["max_errors"],
-        timeout=section["timeout"],
-        maxConnections=section["max_connections"],
-        maxConnectionsPerIP=section["max_connections_per_ip"],
-    )
+    section = config[name]
+    settings = {
+        attribute: section[key]
+        for key, attribute in LISTENER_SETTINGS[LISTENER_KINDS[name]].items()
+        if key in section
+    }
+    if name in SMTP_SERVICES:
+        settings["senderPolicy"] = SenderPolicy(directory, section["sender_policy"])
+        settings["receivedAuth"] = config["smtp"]["received_auth"]  # every SMTP listener
+    if name == "odmr":
+        settings["clientTimeout"] = section["timeout"]
+    return settings
 
 
 def _endpoint(reactor, interface, port, tlsOptions=None):
@@ -182,6 +254,33 @@ def _endpoint(reactor, interface, port, tlsOptions=None):
     if tlsOptions is not None:
         endpoint = endpoints.wrapServerTLS(tlsOptions, endpoint)
     return endpoint
+
+
+def loadServerTLS(config, datadir):
+    """
+    Read the certificate and key files of C{[tls]}, or of the self-signed
+    certificate (made when missing).
+
+    @return: C{(options, mtaOptions)}: the server TLS options of every
+        listener, and the opportunistic ones of port 25.
+    @raise ConfigError: a file cannot be read or used.
+    """
+    tls = config["tls"]
+    if tls["certificate"]:
+        certificate, key = tls["certificate"], tls["private_key"]
+    else:
+        certificate, key, made = ensureSelfSigned(datadir.tlsDir, config["server"]["hostname"])
+        if made:
+            log.info("made a self-signed certificate {path}", path=certificate)
+    try:
+        return serverOptions(certificate, key), serverOptions(certificate, key, opportunistic=True)
+    except OSError as e:
+        raise ConfigError("[tls] cannot read %s: %s" % (e.filename, e.strerror or e))
+    except (SSL.Error, ValueError):
+        raise ConfigError(
+            "[tls] certificate %s and private_key %s are not a PEM certificate and its key"
+            % (certificate, key)
+        ) from None
 
 
 def buildService(config, portOffset=0, reactor=None):
@@ -215,15 +314,7 @@ def buildService(config, portOffset=0, reactor=None):
     for alias, target in aliases:
         log.info("created alias {alias} of {target}", alias=alias, target=target)
 
-    tls = config["tls"]
-    if tls["certificate"]:
-        certificate, key = tls["certificate"], tls["private_key"]
-    else:
-        certificate, key, made = ensureSelfSigned(datadir.tlsDir, server["hostname"])
-        if made:
-            log.info("made a self-signed certificate {path}", path=certificate)
-    tlsOptions = serverOptions(certificate, key)
-    mtaTLSOptions = serverOptions(certificate, key, opportunistic=True)
+    tlsOptions, mtaTLSOptions = map(ReplaceableServerOptions, loadServerTLS(config, datadir))
 
     pipeline, queue, resolver = buildPipeline(config, datadir, directory, store, reactor)
     for domain in pipeline.gateways.domains():
@@ -252,31 +343,23 @@ def buildService(config, portOffset=0, reactor=None):
         section = config[name]
         if not section["enabled"]:
             continue
-        limits = _sessionLimits(section)
+        settings = listenerSettings(config, name, directory)
         if name in SMTP_SERVICES:
             factory = SMTPFactory(
                 server["hostname"],
                 pipeline,
                 mode=SMTP_SERVICES[name],
                 defaultDomain=server["domain"],
-                maxMessageSize=section["max_message_size"],
-                maxRecipients=section["max_recipients"],
-                maxHeaderSize=section["max_header_size"],
-                senderPolicy=SenderPolicy(directory, section["sender_policy"]),
-                receivedAuth=config["smtp"]["received_auth"],
-                **limits,
+                **settings,
                 **dict(shared, tlsOptions=mtaTLSOptions if name == "smtp" else tlsOptions),
             )
         elif name in IMAP_SERVICES:
             factory = IMAP4Factory(
                 server["hostname"],
                 store,
-                allowPlaintext=section.get("allow_plaintext_auth", False),
                 implicitTLS=name in IMPLICIT_TLS,
-                maxMessageSize=section["max_message_size"],
-                maxPendingLiterals=section["max_pending_literal_size"],
                 **imapShared,
-                **limits,
+                **settings,
                 **shared,
             )
         else:
@@ -284,9 +367,8 @@ def buildService(config, portOffset=0, reactor=None):
                 server["hostname"],
                 store,
                 locks=locks,
-                allowPlaintext=section.get("allow_plaintext_auth", False),
                 implicitTLS=name in IMPLICIT_TLS,
-                **limits,
+                **settings,
                 **shared,
             )
         endpoint = _endpoint(
@@ -310,10 +392,8 @@ def buildService(config, portOffset=0, reactor=None):
             server["hostname"],
             pipeline.gateways,
             relay,
-            maxDomains=section["max_domains"],
-            clientTimeout=section["timeout"],
             defaultDomain=server["domain"],
-            **_sessionLimits(section),
+            **listenerSettings(config, "odmr", directory),
             **dict(shared, portal=odmrPortal(pipeline.gateways, directory)),
         )
         listener = _NamedListener(
@@ -342,9 +422,11 @@ def buildService(config, portOffset=0, reactor=None):
     for name, collector in collectors.items():
         collector.setName(name)
         collector.setServiceParent(top)
+    top.live = LiveParts(config, datadir, directory, pipeline, reactor, tlsOptions, mtaTLSOptions,
+                         loginTracker, collectors)
     control = internet.StreamServerEndpointService(
         endpoints.UNIXServerEndpoint(reactor, controlSocketPath(queue.path), mode=0o600),
-        RelayControlFactory(queue, collectors),
+        RelayControlFactory(queue, collectors, reload=top.reload),
     )
     control.setName("queue-control")
     control.setServiceParent(top)
@@ -571,30 +653,60 @@ def multipopAccounts(datadir):
     return MultiPOPAccounts(os.path.join(datadir.root, "multipop", "accounts.json"))
 
 
+def collectionInputs(config):
+    """
+    @return: C{{name: what its service is built from}} of every enabled
+        collection, in the order they start: C{domainpop/NAME} for each
+        C{[domainpop:NAME]}, C{odmr/NAME} for each C{[odmr-client:NAME]},
+        and C{multipop}.  A reload builds a collection again when this
+        changes.
+    """
+    smtp = config["smtp"]
+    inputs = {}
+    for name, section in sorted(config.named("domainpop").items()):
+        if section["enabled"]:
+            inputs["domainpop/" + name] = (section, smtp["max_message_size"])
+    reversedSMTP = {key: smtp[key] for key in ("max_message_size", "max_recipients", "max_header_size",
+                                               "max_errors", "timeout")}
+    for name, section in sorted(config.named("odmr-client").items()):
+        if section["enabled"]:
+            inputs["odmr/" + name] = (section, reversedSMTP)
+    if config["multipop"]["enabled"]:
+        inputs["multipop"] = (config["multipop"], smtp["max_message_size"])
+    return inputs
+
+
+def buildCollection(config, datadir, name, pipeline, directory, reactor):
+    """
+    @param name: a name of L{collectionInputs}.
+    @return: the service of collection C{name}: a L{CollectorService}, an
+        L{ODMRClientService} or the L{MultiPOPService}.
+    @raise ConfigError: a bad value in its section.
+    """
+    kind, _, instance = name.partition("/")
+    if kind == "domainpop":
+        section = config.named("domainpop")[instance]
+        collector = collectorFor(config, datadir, instance, section, pipeline, directory, reactor)
+        return CollectorService(collector, section["interval"], clock=reactor)
+    if kind == "odmr":
+        return odmrClientFor(config, instance, config.named("odmr-client")[instance], pipeline, reactor)
+    return MultiPOPService(
+        multipopAccounts(datadir),
+        lambda account: multipopCollectorFor(config, datadir, account, pipeline, directory, reactor),
+        config["multipop"]["interval"],
+        clock=reactor,
+    )
+
+
 def buildCollectors(config, datadir, pipeline, directory, reactor):
     """
-    @return: C{{name: service}}: a L{CollectorService} per enabled
-        C{[domainpop:NAME]} (named C{domainpop/NAME}), and the
-        L{MultiPOPService} (named C{multipop}) when enabled.
+    @return: C{{name: service}} of every enabled collection (see
+        L{collectionInputs} and L{buildCollection}).
     """
-    services = {}
-    for name, section in sorted(config.named("domainpop").items()):
-        if not section["enabled"]:
-            continue
-        collector = collectorFor(config, datadir, name, section, pipeline, directory, reactor)
-        services["domainpop/" + name] = CollectorService(collector, section["interval"], clock=reactor)
-    for name, section in sorted(config.named("odmr-client").items()):
-        if not section["enabled"]:
-            continue
-        services["odmr/" + name] = odmrClientFor(config, name, section, pipeline, reactor)
-    if config["multipop"]["enabled"]:
-        services["multipop"] = MultiPOPService(
-            multipopAccounts(datadir),
-            lambda account: multipopCollectorFor(config, datadir, account, pipeline, directory, reactor),
-            config["multipop"]["interval"],
-            clock=reactor,
-        )
-    return services
+    return {
+        name: buildCollection(config, datadir, name, pipeline, directory, reactor)
+        for name in collectionInputs(config)
+    }
 
 
 def _odmrAccount(name, section):
@@ -648,8 +760,15 @@ def loginTrackerFor(section, reactor):
     @return: the L{FailedLoginTracker} of an C{[auth]} section, which every
         listener with logins shares.
     """
-    return FailedLoginTracker(
-        reactor,
+    return FailedLoginTracker(reactor, **loginLimits(section))
+
+
+def loginLimits(section):
+    """
+    @return: the limits of an C{[auth]} section, as keyword arguments of
+        L{FailedLoginTracker} and its C{reconfigure}.
+    """
+    return dict(
         baseDelay=section["failure_delay"],
         maxDelay=max(section["max_failure_delay"], section["failure_delay"]),
         window=section["failure_window"],
@@ -714,6 +833,7 @@ def makeService(options, reactor=None):
     reactor.suggestThreadPoolSize(THREADS)
     top = buildService(config, options["port-offset"], reactor)
     top.serverLock = lock  # held until the process ends
+    installReloadSignal(top, reactor)
     return top
 
 

@@ -10,6 +10,8 @@ import os
 
 from twisted.internet import endpoints, ssl
 from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from zope.interface import implementer
 
 from mdpy.durable import writeFileAtomically
 from mdpy.logs import Logger
@@ -109,6 +111,34 @@ def serverOptions(certificatePath, keyPath, opportunistic=False):
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         **({} if opportunistic else {"acceptableCiphers": ssl.AcceptableCiphers.fromOpenSSLCipherString(AEAD_CIPHERS)}),
     )
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ReplaceableServerOptions:
+    """
+    Server TLS options whose certificate can be replaced while the server
+    runs (a reload after the certificate files were renewed): each TLS
+    session, implicit or by STARTTLS/STLS, starts with the options in force
+    when its handshake begins; sessions under way keep theirs.
+
+    @ivar options: the current options, from L{serverOptions}.
+    """
+
+    def __init__(self, options):
+        self.options = options
+
+    def serverConnectionForTLS(self, tlsProtocol):
+        """
+        See L{IOpenSSLServerConnectionCreator.serverConnectionForTLS}.
+        """
+        return self.options.serverConnectionForTLS(tlsProtocol)
+
+    def getContext(self):
+        """
+        @return: the C{SSL.Context} of the current options, for callers of
+            the older context-factory interface.
+        """
+        return self.options.getContext()
 
 
 def verifyingClientOptions(hostname, caFile=None):

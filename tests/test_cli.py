@@ -203,6 +203,16 @@ def test_initReference(configHome):
     assert not (configHome / "etc").exists() and not (configHome / "xdg").exists()
 
 
+def test_reloadWithoutAServer(cli, tmp_path):
+    """
+    C{mdpy reload} with no server running says so and fails; the end-to-end
+    tests show it with one (L{tests.test_e2e_reload}).
+    """
+    err = cli.fails("reload")
+    assert err == "mdpy: error: no server is running on %s; it reads %s when it starts\n" % (
+        tmp_path / "data", cli.config)
+
+
 def test_queueAndUnbuiltServices(cli):
     assert cli.ok("queue", "list") == ""
     cli.ok("queue", "flush")

@@ -441,6 +441,21 @@ class FailedLoginTracker:
         self._ended = deque()
         self._deciding = False
 
+    def reconfigure(self, baseDelay, maxDelay, window, banThreshold, accountThreshold):
+        """
+        Take new limits (a reload of the configuration), keeping the
+        failures counted so far: a reload never lifts a ban.  See
+        L{__init__} for the parameters.
+        """
+        self.baseDelay = baseDelay
+        self.maxDelay = maxDelay
+        self.window = window
+        self.banThreshold = banThreshold
+        self.accountThreshold = accountThreshold
+        self._byAddress.window = self._byAccount.window = window
+        self._byAddress.maxEvents = max(banThreshold, 32)
+        self._byAccount.maxEvents = max(accountThreshold, 32)
+
     def __len__(self):
         """
         @return: how many client addresses are tracked.

@@ -996,9 +996,10 @@ class HeldRelease:
 class RelayControl(LineOnlyReceiver):
     """
     The server's control socket (C{queue/control.sock}), used by
-    C{mdpy queue flush|del} and C{mdpy domainpop run}: one command per line,
-    C{FLUSH}, C{DELETE id} or C{COLLECT name}; the answer is C{OK} or
-    C{ERR reason}, after C{| line}s of a collection's report.
+    C{mdpy queue flush|del}, C{mdpy domainpop run} and C{mdpy reload}: one
+    command per line, C{FLUSH}, C{DELETE id}, C{COLLECT name} or C{RELOAD};
+    the answer is C{OK} or C{ERR reason}, after C{| line}s of a
+    collection's report or of what a reload changed.
     """
 
     delimiter = b"\n"
@@ -1025,7 +1026,9 @@ class RelayControl(LineOnlyReceiver):
                 self.sendLine(b"ERR no such collection")
                 return
             d = collector.runNow()
-            d.addCallbacks(self._collected, self._notCollected)
+            d.addCallbacks(self._collected, self._failed)
+        elif verb == b"RELOAD" and self.factory.reload is not None:
+            self.factory.reload().addCallbacks(self._reloaded, self._failed)
         else:
             self.sendLine(b"ERR unknown command")
 
@@ -1039,7 +1042,12 @@ class RelayControl(LineOnlyReceiver):
             failed = failed or report.error is not None
         self.sendLine(b"ERR the collection stopped early" if failed else b"OK")
 
-    def _notCollected(self, failure):
+    def _reloaded(self, lines):
+        for line in lines:
+            self.sendLine(b"| " + line.encode("utf-8", "replace"))
+        self.sendLine(b"OK")
+
+    def _failed(self, failure):
         self.sendLine(b"ERR " + failure.getErrorMessage().encode("utf-8", "replace"))
 
     def lineLengthExceeded(self, line):
@@ -1050,10 +1058,14 @@ class RelayControlFactory(protocol.ServerFactory):
     """
     @ivar collectors: C{{name: service}} of the collections C{COLLECT} runs
         (each with C{runNow()}).
+    @ivar reload: what C{RELOAD} calls: a callable returning a L{Deferred}
+        that fires with the lines saying what changed, or fails with the
+        reason nothing did; L{None} refuses C{RELOAD}.
     """
 
     protocol = RelayControl
 
-    def __init__(self, queue, collectors=None):
+    def __init__(self, queue, collectors=None, reload=None):
         self.queue = queue
-        self.collectors = collectors or {}
+        self.collectors = {} if collectors is None else collectors
+        self.reload = reload

@@ -97,6 +97,18 @@ class Gateways:
     def __bool__(self):
         return bool(self._byDomain)
 
+    def replace(self, other):
+        """
+        Take the gateway domains of C{other} (a reload of the
+        configuration), so that every holder of this object sees them.
+
+        @type other: L{Gateways}
+        @return: the L{GatewayDomain}s replaced.
+        """
+        replaced = list(self)
+        self._byDomain = dict(other._byDomain)
+        return replaced
+
     def __iter__(self):
         return iter(sorted(self._byDomain.values(), key=lambda g: g.domain))
 
