@@ -719,6 +719,26 @@ def test_failedLoginsAreDelayed():
     s.expect("535 5.7.8 *")
 
 
+def test_ipv4MappedClientIsItsIPv4Address():
+    """
+    An IPv4 client of a dual-stack listener, reported as
+    C{::ffff:192.0.2.1}, is C{192.0.2.1} in the Received field, the
+    envelope (which SPF checks) and the failed-login counts.
+    """
+    from mdpy.auth.checkers import FailedLoginTracker
+
+    s = Session(peer="::ffff:192.0.2.1")
+    tracker = s.factory.loginTracker = FailedLoginTracker(s.clock)
+    s.starttls()
+    s.send("AUTH PLAIN " + b64("\0alice@example.org\0wrong"))
+    s.clock.advance(2)
+    s.expect("535 5.7.8 *")
+    assert tracker.delayFor("192.0.2.1") > 0
+    s.transaction()
+    stored(s)
+    assert s.target.messages[-1].envelope.clientAddress == "192.0.2.1"
+
+
 # --- CHUNKING -----------------------------------------------------------------------------
 
 
