@@ -739,6 +739,17 @@ def test_ipv4MappedClientIsItsIPv4Address():
     assert s.target.messages[-1].envelope.clientAddress == "192.0.2.1"
 
 
+def test_ipv6ClientInReceived():
+    """
+    An IPv6 client is named in the Received field by an RFC 5321 IPv6
+    address literal.
+    """
+    s = Session(peer="2001:db8::7")
+    s.ehlo()
+    s.transaction()
+    assert s.target.messages[-1].data.startswith(b"Received: from client.example ([IPv6:2001:db8::7])\r\n")
+
+
 # --- CHUNKING -----------------------------------------------------------------------------
 
 
