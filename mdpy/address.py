@@ -129,3 +129,24 @@ def normalise(address):
         if _DOT_STRING_UTF8.match(unquoted):
             local = unquoted
     return "%s@%s" % (local.lower(), normaliseDomain(domain))
+
+
+def splitSubaddress(address, delimiters):
+    """
+    Split a subaddress, C{user+detail@domain}, into the address of its user
+    and its detail (RFC 5233 section 1 names the parts).
+
+    @param address: a normalised address.
+    @param delimiters: the characters that end the user part, each one a
+        delimiter (C{"+"}; C{"+-"} for either); C{""} for no subaddressing.
+    @return: C{(user address, detail)}; C{(address, None)} when C{address}
+        is no subaddress: no delimiter, or one that starts the local part or
+        a quoted local part.
+    """
+    local, domain = splitAddress(address)
+    if local.startswith('"'):
+        return address, None
+    cut = min((index for index in map(local.find, delimiters) if index >= 0), default=-1)
+    if cut <= 0:
+        return address, None
+    return "%s@%s" % (local[:cut], domain), local[cut + 1:]

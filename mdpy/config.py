@@ -131,21 +131,24 @@ class Key:
     @ivar default: the INI text of the default (parsed like a user's value);
         C{""} means unset (the value is L{None}).
     @ivar isPath: relative values are taken from the configuration's folder.
+    @ivar emptyTurnsOff: a value given empty is C{""} (the feature off),
+        not the default.
     """
 
-    def __init__(self, name, parse, default, doc, isPath=False):
+    def __init__(self, name, parse, default, doc, isPath=False, emptyTurnsOff=False):
         self.name = name
         self.parse = parse
         self.default = default
         self.doc = doc
         self.isPath = isPath
+        self.emptyTurnsOff = emptyTurnsOff
 
 
 def _listener(port, enabled="yes", extra=()):
     return [
         Key("enabled", parseBool, enabled, "Run this service."),
         Key("port", parsePort, str(port), "TCP port (plus --port-offset)."),
-        Key("interface", parseStr, "0.0.0.0", "Address to listen on; :: for IPv4 and IPv6."),
+        Key("interface", parseStr, "", "Address to listen on; default: [server] interface."),
     ] + list(extra)
 
 
@@ -213,6 +216,13 @@ SCHEMA = {
         ),
         Key("domain", parseStr, "", "The first local domain, made with its postmaster on first start; default: hostname."),
         Key("log_level", parseChoice("debug", "info", "warn", "error"), "info", "Least severe log level written."),
+        Key("interface", parseStr, "::",
+            "Address every service listens on unless its own section names one: :: is every IPv6 and "
+            "IPv4 address (or every IPv4 one, 0.0.0.0, where IPv6 is off); 0.0.0.0 every IPv4 one."),
+        Key("recipient_delimiter", parseStr, "+",
+            "Subaddressing: mail to user+detail@domain goes to user@domain when no user or alias has the "
+            "whole address (RFC 5233); several characters are each a delimiter; empty turns it off.",
+            emptyTurnsOff=True),
     ],
     "tls": [
         Key("certificate", parseStr, "", "PEM certificate chain; default: a self-signed one in data_dir/tls.", isPath=True),
@@ -508,6 +518,9 @@ class Config:
             server["domain"] = server["hostname"]
         if not server["data_dir"]:
             server["data_dir"] = defaultDataDir(environ)
+        for name, section in self.sections.items():
+            if name != "server" and "interface" in section and section["interface"] is None:
+                section["interface"] = server["interface"]
         tls = self.sections["tls"]
         if bool(tls["certificate"]) != bool(tls["private_key"]):
             raise ConfigError(
@@ -524,7 +537,10 @@ def _parseSection(label, section, keys, given, base):
     for key in keys:
         text = given.get(key.name, key.default) if given else key.default
         if text.strip() == "":
-            values[key.name] = None if key.default == "" else key.parse(key.default)
+            if key.emptyTurnsOff and given and key.name in given:
+                values[key.name] = ""
+            else:
+                values[key.name] = None if key.default == "" else key.parse(key.default)
             continue
         try:
             value = key.parse(text)

@@ -52,15 +52,17 @@ class DataDir:
         for path in (self.root, self.mailRoot, self.spoolDir, self.literalSpoolDir):
             os.makedirs(path, mode=0o700, exist_ok=True)
 
-    def openDirectory(self):
+    def openDirectory(self, recipientDelimiter="+"):
         """
+        @param recipientDelimiter: see
+            L{mdpy.directory.sqlite.SQLiteDirectory.recipientDelimiter}.
         @return: the L{mdpy.interfaces.IDirectory} of this data directory.
         """
         self.prepare()
         # It holds password hashes: private to the server's user, and SQLite
         # gives its -wal and -shm files the same mode.
         os.close(os.open(self.directoryPath, os.O_WRONLY | os.O_CREAT, 0o600))
-        return SQLiteDirectory(self.directoryPath)
+        return SQLiteDirectory(self.directoryPath, recipientDelimiter)
 
     def openStore(self, runInThread=None, reactor=None):
         """

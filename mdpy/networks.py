@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_networks -*-
 """
-Lists of IP networks that client addresses are checked against (the Minger
-server's C{allow}, a gateway domain's C{atrn_hosts}).
+Client addresses, and lists of IP networks they are checked against (the
+Minger server's C{allow}, a gateway domain's C{atrn_hosts}).
 """
 
 import ipaddress
@@ -16,6 +16,20 @@ def clientAddress(address):
     if address.version == 6 and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+def clientHost(host):
+    """
+    @param host: a client's IP address as text, as a socket reports it.
+    @return: C{host}, or the IPv4 address, as text, of an IPv4-mapped IPv6
+        address (C{::ffff:192.0.2.1} is C{192.0.2.1}).
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    unmapped = clientAddress(address)
+    return host if unmapped is address else str(unmapped)
 
 
 class NetworkList:

@@ -30,6 +30,7 @@ from mdpy.auth import IAccount
 from mdpy.auth import sasl
 from mdpy.auth.checkers import BANNED_ADDRESS, LoginRefused
 from mdpy.logs import Logger
+from mdpy.networks import clientHost
 
 
 def writesThrough(transport):
@@ -209,7 +210,7 @@ class CommandSession(Protocol, TimeoutMixin):
     def connectionMade(self):
         disableNagle(self.transport)
         peer = self.transport.getPeer()
-        self._ip = getattr(peer, "host", "127.0.0.1")
+        self._ip = clientHost(getattr(peer, "host", "127.0.0.1"))
         self.callLater = self.factory.clock.callLater
         self.tls = self.factory.implicitTLS
         self._counted = True

@@ -33,6 +33,7 @@ from mdpy.delivery.pipeline import DeliveryPipeline
 from mdpy.delivery.queue import SpoolQueue, controlSocketPath
 from mdpy.delivery.relay import Relay, RelayControlFactory, RelaySettings, parseHostPort
 from mdpy.delivery.srs import SRS, loadSecret
+from mdpy.dualstack import EVERY_ADDRESS, EveryAddressEndpoint, listenEverywhere
 from mdpy.durable import unlinkQuietly
 from mdpy.domainpop.recipients import RoutingRules
 from mdpy.domainpop.service import Collector, CollectorService, CollectorSettings
@@ -177,7 +178,13 @@ class _NamedListener(_Named, internet.StreamServerEndpointService):
 
 
 class _NamedUDPListener(_Named, internet.UDPServer):
-    pass
+    def _getPort(self):
+        port, protocol = self.args
+        if self.kwargs["interface"] != EVERY_ADDRESS:
+            return internet.UDPServer._getPort(self)
+        return listenEverywhere(
+            lambda interface: self.reactor.listenUDP(port, protocol, interface=interface), port
+        )
 
 
 def _raiseFileLimit():
@@ -243,7 +250,9 @@ def listenerSettings(config, name, directory):
 
 
 def _endpoint(reactor, interface, port, tlsOptions=None):
-    if ":" in interface:
+    if interface == EVERY_ADDRESS:
+        endpoint = EveryAddressEndpoint(reactor, port, backlog=LISTEN_BACKLOG)
+    elif ":" in interface:
         endpoint = endpoints.TCP6ServerEndpoint(
             reactor, port, backlog=LISTEN_BACKLOG, interface=interface
         )
@@ -296,7 +305,7 @@ def buildService(config, portOffset=0, reactor=None):
     setLevel(server["log_level"])
     datadir = DataDir(server["data_dir"])
     datadir.prepare()
-    directory = datadir.openDirectory()
+    directory = datadir.openDirectory(server["recipient_delimiter"])
     store = datadir.openStore(reactor=reactor)
     stale = removeStaleTmpFiles(datadir.mailRoot)
     if stale:

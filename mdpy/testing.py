@@ -17,7 +17,7 @@ import tempfile
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, interfaces as iinternet
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 from zope.interface import implementer
@@ -161,8 +161,13 @@ class Transcript:
     """
 
     def __init__(self, protocol, transport=None, peer="192.0.2.1"):
+        """
+        @param peer: the client's IP address, IPv4 or IPv6, when no
+            C{transport} is given.
+        """
         if transport is None:
-            transport = TLSStringTransport(peerAddress=IPv4Address("TCP", peer, 50000))
+            address = IPv6Address if ":" in peer else IPv4Address
+            transport = TLSStringTransport(peerAddress=address("TCP", peer, 50000))
         self.protocol = protocol
         self.transport = transport
         self._pending = b""

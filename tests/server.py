@@ -170,12 +170,16 @@ class MdpyServer:
     def __init__(self, root, extra="", pop3Extra="", imapExtra="", imapsExtra="",
                  smtpExtra="authentication_results = no\n", interface=HOST, smtpPort=None,
                  relayExtra="smarthost = 127.0.0.1:9\nsmarthost_tls = none\n",
-                 domain=None, odmrExtra=None, mingerExtra=None):
+                 domain=None, odmrExtra=None, mingerExtra=None, serverExtra=""):
         """
         @param extra: sections appended to the configuration.
+        @param serverExtra: lines added to its C{[server]} section.
         @param smtpExtra: lines of its C{[smtp]} section; by default the
             inbound SPF/DKIM checks are off, so no test waits for DNS.
-        @param interface: the loopback address it listens on.
+        @param interface: the loopback address it listens on; L{None}
+            writes no C{interface} key, so that every listener takes the
+            default (every address: C{::} with IPv4 mapped), reached at
+            L{HOST}.
         @param smtpPort: the port of its C{[smtp]} listener; default: a
             free one.
         @param relayExtra: lines of its C{[relay]} section; by default mail
@@ -207,8 +211,9 @@ class MdpyServer:
             interface=interface,
             odmrExtra=odmrExtra,
             mingerExtra=mingerExtra,
+            serverExtra=serverExtra,
         )
-        self.host = interface
+        self.host = HOST if interface is None else interface
         self._smtpPort = smtpPort
         self._choosePorts()
         self.process = None
@@ -226,19 +231,20 @@ class MdpyServer:
         with open(self.config, "w") as f:
             f.write(
                 "[server]\nhostname = mx.%(domain)s\ndomain = %(domain)s\n"
-                "data_dir = data\n"
-                "[smtp]\nport = %(smtp)d\ninterface = %(interface)s\n%(smtpExtra)s"
-                "[submission]\nport = %(submission)d\ninterface = %(interface)s\n"
-                "[smtps]\nport = %(smtps)d\ninterface = %(interface)s\n"
-                "[pop3]\nport = %(pop3)d\ninterface = %(interface)s\n%(pop3Extra)s"
-                "[pop3s]\nport = %(pop3s)d\ninterface = %(interface)s\n"
-                "[imap]\nport = %(imap)d\ninterface = %(interface)s\n%(imapExtra)s"
-                "[imaps]\nport = %(imaps)d\ninterface = %(interface)s\n%(imapsExtra)s"
+                "data_dir = data\n%(serverExtra)s"
+                "[smtp]\nport = %(smtp)d\n%(interface)s%(smtpExtra)s"
+                "[submission]\nport = %(submission)d\n%(interface)s"
+                "[smtps]\nport = %(smtps)d\n%(interface)s"
+                "[pop3]\nport = %(pop3)d\n%(interface)s%(pop3Extra)s"
+                "[pop3s]\nport = %(pop3s)d\n%(interface)s"
+                "[imap]\nport = %(imap)d\n%(interface)s%(imapExtra)s"
+                "[imaps]\nport = %(imaps)d\n%(interface)s%(imapsExtra)s"
                 "[odmr]\n%(odmrSection)s"
                 "[minger]\n%(mingerSection)s"
                 "[relay]\n%(relayExtra)s"
                 % dict(
                     self._extra,
+                    interface=self._interfaceLine(),
                     domain=self.domain,
                     smtp=self.smtp,
                     submission=self.submission,
@@ -253,11 +259,15 @@ class MdpyServer:
                 + self._extra["extra"]
             )
 
+    def _interfaceLine(self):
+        interface = self._extra["interface"]
+        return "" if interface is None else "interface = %s\n" % (interface,)
+
     def _optional(self, name, port):
         extra = self._extra[name + "Extra"]
         if extra is None:
             return "enabled = no\n"
-        return "port = %d\ninterface = %s\n%s" % (port, self._extra["interface"], extra)
+        return "port = %d\n%s%s" % (port, self._interfaceLine(), extra)
 
     def cli(self, *args, input=None):
         """

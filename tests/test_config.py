@@ -172,3 +172,28 @@ def test_units():
     assert parseSeconds("0") == 0.0
     with pytest.raises(ValueError):
         parseSeconds("-1s")
+
+
+def test_interfaceDefaultsToServerInterface(tmp_path):
+    """
+    Every service listens on C{[server] interface} (by default C{::}, every
+    address) unless its own section names another.
+    """
+    config = Config.load(None, environ={"HOME": str(tmp_path)})
+    assert config["server"]["interface"] == "::"
+    assert {config[name]["interface"] for name in ("smtp", "imap", "pop3s", "odmr", "minger")} == {"::"}
+    config = Config.load(write(tmp_path, "[server]\ninterface = 0.0.0.0\n[imap]\ninterface = 127.0.0.1\n"
+                                         "[pop3]\ninterface =\n"))
+    assert config["smtp"]["interface"] == config["pop3"]["interface"] == config["minger"]["interface"] == "0.0.0.0"
+    assert config["imap"]["interface"] == "127.0.0.1"
+
+
+def test_recipientDelimiter(tmp_path):
+    """
+    C{+} unless set; set empty, subaddressing is off (not the default).
+    """
+    assert Config.load(None, environ={"HOME": str(tmp_path)})["server"]["recipient_delimiter"] == "+"
+    config = Config.load(write(tmp_path, "[server]\nrecipient_delimiter = -\n"))
+    assert config["server"]["recipient_delimiter"] == "-"
+    config = Config.load(write(tmp_path, "[server]\nrecipient_delimiter =\n"))
+    assert config["server"]["recipient_delimiter"] == ""

@@ -68,6 +68,9 @@ def test_resolutionEquality():
     assert repr(r) == (
         "Resolution(local=['a@example.com'], remote=['b@remote.org'])"
     )
+    tagged = Resolution(["a@example.com"], detail="lists")
+    assert tagged != Resolution(["a@example.com"])
+    assert repr(tagged) == "Resolution(local=['a@example.com'], remote=[], detail='lists')"
 
 
 # --- the file ---------------------------------------------------------------
@@ -592,3 +595,89 @@ def test_changeFromAnotherProcess(directory, path):
     assert directory.resolve("list@example.com") == Resolution(
         ["new@example.com"], ["x@remote.org"]
     )
+
+
+# --- subaddresses (RFC 5233) ------------------------------------------------
+
+
+def test_resolveSubaddressAsItsUser(populated):
+    """
+    C{bob+tag@} of a user C{bob} is C{bob}, the detail kept with it; so is
+    a subaddress of an alias, delivered to its targets.
+    """
+    assert populated.resolve("Bob+Lists@Example.COM") == Resolution(["bob@example.com"], detail="lists")
+    assert populated.resolve("bob+@example.com") == Resolution(["bob@example.com"], detail="")
+    assert populated.resolve("bob+a+b@example.com").detail == "a+b"
+    populated.addAlias("team@example.com", ["alice@example.com", "bob@example.com"])
+    assert populated.resolve("team+x@example.com") == Resolution(
+        ["alice@example.com", "bob@example.com"], detail="x"
+    )
+    assert populated.resolve("bob@example.com").detail is None
+
+
+def test_resolveWholeAddressFirst(populated):
+    """
+    A user or an alias with the whole address takes precedence over the
+    subaddress of another.
+    """
+    populated.addUser("bob+work@example.com", "secret")
+    populated.addAlias("bob+home@example.com", ["alice@example.com"])
+    assert populated.resolve("bob+work@example.com") == Resolution(["bob+work@example.com"])
+    assert populated.resolve("bob+home@example.com") == Resolution(["alice@example.com"])
+    assert populated.resolve("bob+work+x@example.com") == Resolution(["bob@example.com"], detail="work+x")
+
+
+def test_resolveSubaddressBeforeCatchAll(populated):
+    """
+    The catch-all takes a subaddress only when its user part is no one's
+    either.
+    """
+    populated.setCatchAll("example.com", "alice@example.com")
+    assert populated.resolve("bob+x@example.com") == Resolution(["bob@example.com"], detail="x")
+    caught = populated.resolve("nobody+x@example.com")
+    assert (caught.local, caught.caught, caught.detail) == (
+        ["alice@example.com"], {"alice@example.com"}, None)
+
+
+def test_resolveSubaddressNotSplit(populated):
+    """
+    A delimiter that starts the local part makes no subaddress, nor does one
+    of a remote domain or of a missing user.
+    """
+    with pytest.raises(NotFound):
+        populated.resolve("+bob@example.com")
+    with pytest.raises(NotFound):
+        populated.resolve("nobody+x@example.com")
+    assert populated.resolve("bob+x@remote.org") == Resolution([], ["bob+x@remote.org"])
+
+
+def test_resolveSubaddressOfDisabledUser(populated):
+    populated.setEnabled("bob@example.com", False)
+    with pytest.raises(Disabled):
+        populated.resolve("bob+x@example.com")
+
+
+def test_resolveSubaddressTargetsOnce(populated):
+    """
+    Alias targets that are subaddresses of one account give it one copy,
+    and a subaddress of the alias itself cuts the loop.
+    """
+    populated.addAlias("team@example.com", ["bob@example.com", "bob+team@example.com", "team+x@example.com"])
+    assert populated.resolve("team@example.com") == Resolution(["bob@example.com"])
+
+
+def test_recipientDelimiter(path):
+    """
+    The delimiter is set per directory: several characters are each one;
+    empty turns subaddressing off.
+    """
+    directory = SQLiteDirectory(path, recipientDelimiter="-+")
+    directory.addDomain("example.com")
+    directory.addUser("bob@example.com", "secret")
+    assert directory.resolve("bob-x@example.com").detail == "x"
+    assert directory.resolve("bob+x-y@example.com").detail == "x-y"
+    off = SQLiteDirectory(path, recipientDelimiter="")
+    with pytest.raises(NotFound):
+        off.resolve("bob+x@example.com")
+    directory.close()
+    off.close()

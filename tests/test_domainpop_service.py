@@ -197,6 +197,21 @@ class RoutingTests(CollectorTestCase):
         self.assertEqual(self.everything(), {"alice": ["to+cc"], "bob": ["to+cc"], "carol": ["bcc"],
                                              "postmaster": []})
 
+    async def test_subaddressRoutedToItsUser(self):
+        """
+        A subaddress in the envelope header goes to its user, the copy
+        naming the whole address; one of no user goes to the postmaster.
+        """
+        copies = [
+            message(b"X-Rcpt-To: carol+lists@example.test\nMessage-ID: <s1@far.test>\nSubject: tagged\n"),
+            message(b"X-Rcpt-To: nobody+x@example.test\nMessage-ID: <s2@far.test>\nSubject: unknown\n"),
+        ]
+        isp = ISP(self, copies)
+        await self.collector(isp, rules=RoutingRules(parseHeaders=["X-Rcpt-To"])).collect()
+        self.assertEqual(self.everything(), {"alice": [], "bob": [], "carol": ["tagged"], "postmaster": ["unknown"]})
+        [copy] = [m.open().read() for m in self.store.openMailbox("carol@example.test").messages()]
+        self.assertIn(b"X-Rcpt-To: carol+lists@example.test\r\n", copy)
+
     async def test_receivedForTrustsOnlyTheISP(self):
         """
         Received-for routing takes only lines whose by-host is the ISP's; a

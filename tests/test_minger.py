@@ -50,6 +50,10 @@ EXPECTED = {
     "anyone@catch.example": 5,  # the catch-all of catch.example
     "alice@elsewhere.example": 3,  # a domain not ours
     "a@[192.0.2.7]": 3,  # an address literal
+    "alice+news@example.com": 5,  # a subaddress of alice
+    "bob+news@example.com": 4,  # a subaddress of bob
+    "info+x@example.com": 5,  # a subaddress of an alias of alice
+    "nobody+x@example.com": 3,  # a subaddress of no one
 }
 
 
@@ -431,6 +435,21 @@ class ServerTests(TempDirTestCase):
         self.assertEqual(self.ask(server, b"alice@example.com  ", "192.0.2.1"), [b"alice@example.com 1"])
         self.assertEqual(self.ask(server, b"alice@example.com", "192.0.2.1"), [b"alice@example.com 1"])
         self.assertEqual(self.ask(server, b"alice@ d=x", "192.0.2.1"), [])
+
+    def test_ipv4MappedSourceIsItsIPv4Address(self):
+        """
+        A dual-stack socket reports an IPv4 source as C{::ffff:a.b.c.d}: it
+        is answered at that address, but limited and logged as C{a.b.c.d},
+        sharing one bucket with it.
+        """
+        events = captureLogs(self)
+        server = self.makeServer(secret=SECRET, rate=1.0, burst=2)
+        query = formatQuery("alice@example.com", SECRET)
+        self.assertEqual(self.ask(server, query, "::ffff:192.0.2.1"), [b"alice@example.com 5"])
+        self.assertEqual(self.ask(server, query, "192.0.2.1"), [b"alice@example.com 5"])
+        self.assertEqual(self.ask(server, query, "::ffff:192.0.2.1"), [])
+        self.assertEqual(len(warnings(events, "192.0.2.1 is over the rate limit")), 1)
+        self.assertEqual(warnings(events, "::ffff:"), [])
 
     def test_badAllowList(self):
         self.assertRaises(ValueError, MingerServer, self.directory, allow=["10.0.0.0/33"], clock=self.clock)

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from mdpy.networks import NetworkList, clientAddress
+from mdpy.networks import NetworkList, clientAddress, clientHost
 
 
 def test_membership():
@@ -27,3 +27,23 @@ def test_badNetwork():
 def test_clientAddress():
     assert clientAddress(ipaddress.ip_address("::ffff:192.0.2.1")) == ipaddress.ip_address("192.0.2.1")
     assert clientAddress(ipaddress.ip_address("2001:db8::1")) == ipaddress.ip_address("2001:db8::1")
+
+
+@pytest.mark.parametrize(
+    "host, expected",
+    [
+        ("::ffff:192.0.2.1", "192.0.2.1"),
+        ("::FFFF:127.0.0.1", "127.0.0.1"),
+        ("192.0.2.1", "192.0.2.1"),
+        ("::1", "::1"),
+        ("2001:DB8::1", "2001:DB8::1"),
+        ("fe80::1%eth0", "fe80::1%eth0"),
+        ("not an address", "not an address"),
+    ],
+)
+def test_clientHost(host, expected):
+    """
+    The text of an IPv4-mapped address becomes its IPv4 address; any other
+    text is kept as it is.
+    """
+    assert clientHost(host) == expected

@@ -59,6 +59,25 @@ def test_oneCopyPerAccountWithTraceHeaders(pipeline):
     assert email.message_from_bytes(ann)["X-Rcpt-To"] == "team@example.test"
 
 
+def test_subaddressDeliveredToItsUser(pipeline):
+    """
+    C{joe+lists@} is delivered to joe, the copy naming the whole address;
+    with C{joe@} in the same message, joe gets one copy, as for an alias.
+    An unknown user's subaddress is refused.
+    """
+    d = deliver(pipeline, ["joe+lists@example.test"], b"Subject: x\r\n\r\nbody\r\n")
+    assert d.called and d.result is None
+    [copy] = [email.message_from_bytes(m) for m in inbox(pipeline, "joe@example.test")]
+    assert (copy.get_all("X-MDRcpt-To"), copy.get_all("X-Rcpt-To")) == (
+        ["joe+lists@example.test"], ["joe+lists@example.test"])
+    deliver(pipeline, ["joe+a@example.test", "joe@example.test", "team+b@example.test"], b"\r\nagain\r\n")
+    assert len(inbox(pipeline, "joe@example.test")) == 2
+    assert len(inbox(pipeline, "ann@example.test")) == 1
+    delivery = pipeline.startDelivery(Envelope("a@remote.test"))
+    with pytest.raises(errors.NotFound):
+        delivery.addRecipient("nobody+lists@example.test")
+
+
 def test_catchAllKeepsACopyPerRecipient(pipeline):
     """
     Recipients that reach one account through the catch-all get a copy each,

@@ -719,6 +719,37 @@ def test_failedLoginsAreDelayed():
     s.expect("535 5.7.8 *")
 
 
+def test_ipv4MappedClientIsItsIPv4Address():
+    """
+    An IPv4 client of a dual-stack listener, reported as
+    C{::ffff:192.0.2.1}, is C{192.0.2.1} in the Received field, the
+    envelope (which SPF checks) and the failed-login counts.
+    """
+    from mdpy.auth.checkers import FailedLoginTracker
+
+    s = Session(peer="::ffff:192.0.2.1")
+    tracker = s.factory.loginTracker = FailedLoginTracker(s.clock)
+    s.starttls()
+    s.send("AUTH PLAIN " + b64("\0alice@example.org\0wrong"))
+    s.clock.advance(2)
+    s.expect("535 5.7.8 *")
+    assert tracker.delayFor("192.0.2.1") > 0
+    s.transaction()
+    stored(s)
+    assert s.target.messages[-1].envelope.clientAddress == "192.0.2.1"
+
+
+def test_ipv6ClientInReceived():
+    """
+    An IPv6 client is named in the Received field by an RFC 5321 IPv6
+    address literal.
+    """
+    s = Session(peer="2001:db8::7")
+    s.ehlo()
+    s.transaction()
+    assert s.target.messages[-1].data.startswith(b"Received: from client.example ([IPv6:2001:db8::7])\r\n")
+
+
 # --- CHUNKING -----------------------------------------------------------------------------
 
 

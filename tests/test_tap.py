@@ -386,3 +386,62 @@ def test_oneLoginTrackerFromTheAuthSection(tmp_path):
     tracker = defaults["imap"].factory.loginTracker
     assert (tracker.window, tracker.baseDelay, tracker.maxDelay) == (600, 2.0, 15.0)
     assert (tracker.banThreshold, tracker.accountThreshold) == (10, 20)
+
+
+def test_listenersDefaultToEveryAddress(tmp_path):
+    """
+    With no interface set, TCP and UDP listeners are on C{::} (every
+    address); C{[server] interface} and a service's own one change that.
+    """
+    reactor = MemoryReactor()
+    buildService(load(tmp_path), reactor=reactor).privilegedStartService()
+    assert {interface for port, factory, backlog, interface in reactor.tcpServers} == {"::"}
+    assert [interface for port, protocol, interface in reactor.udpServers] == ["::"]
+    reactor = MemoryReactor()
+    config = load(tmp_path, "interface = 127.0.0.1\n[imap]\ninterface = ::1\n[minger]\ninterface = ::\n")
+    buildService(config, reactor=reactor).privilegedStartService()
+    interfaces = {port: interface for port, factory, backlog, interface in reactor.tcpServers}
+    assert interfaces.pop(143) == "::1"
+    assert set(interfaces.values()) == {"127.0.0.1"}
+    assert [interface for port, protocol, interface in reactor.udpServers] == ["::"]
+
+
+def test_listenersFallBackToIPv4(tmp_path):
+    """
+    Where binding C{::} fails for want of IPv6, every listener takes
+    C{0.0.0.0} instead.
+    """
+    import errno
+
+    from twisted.internet.error import CannotListenError
+
+    class IPv4OnlyReactor(MemoryReactor):
+        def listenTCP(self, port, factory, backlog=50, interface=""):
+            if interface == "::":
+                raise CannotListenError(interface, port, OSError(errno.EAFNOSUPPORT, "no IPv6"))
+            return MemoryReactor.listenTCP(self, port, factory, backlog, interface)
+
+        def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+            if interface == "::":
+                raise CannotListenError(interface, port, OSError(errno.EADDRNOTAVAIL, "no IPv6"))
+            return MemoryReactor.listenUDP(self, port, protocol, interface, maxPacketSize)
+
+    reactor = IPv4OnlyReactor()
+    buildService(load(tmp_path), reactor=reactor).privilegedStartService()
+    assert len(reactor.tcpServers) == 8
+    assert {interface for port, factory, backlog, interface in reactor.tcpServers} == {"0.0.0.0"}
+    assert [interface for port, protocol, interface in reactor.udpServers] == ["0.0.0.0"]
+
+
+def test_recipientDelimiter(tmp_path):
+    """
+    C{[server] recipient_delimiter} is the subaddress delimiter of the
+    directory every service resolves addresses with.
+    """
+    children = listeners(buildService(load(tmp_path), reactor=MemoryReactor()))
+    pipeline = children["smtp"].factory.target
+    assert pipeline.directory.recipientDelimiter == "+"
+    assert children["minger"].args[1].directory is pipeline.directory
+    assert children["submission"].factory.senderPolicy.directory is pipeline.directory
+    children = listeners(buildService(load(tmp_path, "recipient_delimiter =\n"), reactor=MemoryReactor()))
+    assert children["smtp"].factory.target.directory.recipientDelimiter == ""

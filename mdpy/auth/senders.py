@@ -5,10 +5,10 @@ Which sender addresses an authenticated login may use, in the envelope
 of what it submits: Postfix's C{reject_sender_login_mismatch}, with the
 owners taken from the directory.
 
-A login owns its own address, every address the directory resolves to it
-(an alias naming it, or its domain's catch-all for an address that is no
-one's), and the subaddresses of those (C{bob+tag@}, RFC 5233).  The address
-of another account, or a subaddress of one, is never the login's.
+A login owns its own address and every address the directory resolves to
+it: an alias naming it, a subaddress of either (C{bob+tag@}, RFC 5233), or
+its domain's catch-all for an address that is no one's.  The address of
+another account, or a subaddress of one, is never the login's.
 """
 
 import re
@@ -56,15 +56,13 @@ class SenderPolicy:
     @ivar policy: L{POLICY_LOGIN} (the addresses the login owns),
         L{POLICY_DOMAIN} (those and any address of the login's domain) or
         L{POLICY_ANY} (any address, the null sender and any C{From}).
-    @ivar delimiter: the subaddress delimiter.
     """
 
-    def __init__(self, directory, policy=POLICY_LOGIN, delimiter="+"):
+    def __init__(self, directory, policy=POLICY_LOGIN):
         if policy not in POLICIES:
             raise ValueError("sender policy %r is not one of %s" % (policy, ", ".join(POLICIES)))
         self.directory = directory
         self.policy = policy
-        self.delimiter = delimiter
 
     def __repr__(self):
         return "<SenderPolicy %s>" % (self.policy,)
@@ -121,25 +119,15 @@ class SenderPolicy:
 
     def _owns(self, login, address):
         """
-        @return: whether C{address} is C{login}, reaches it through the
-            directory, or is a subaddress of one of those; the address of
-            another account is never the login's.
+        @return: whether C{address} is C{login} or reaches it through the
+            directory (L{mdpy.interfaces.IDirectory.resolve}: subaddresses
+            included, before the catch-all); the address of another account
+            is never the login's.
         """
         if address == login:
             return True
         if self.directory.getUser(address) is not None:
             return False
-        local, domain = splitAddress(address)
-        base = local.partition(self.delimiter)[0]
-        if base and base != local:
-            # A subaddress is judged by its base alone: were it resolved
-            # whole, the catch-all would own C{ceo+x@} of a user C{ceo}.
-            address = "%s@%s" % (base, domain)
-            if address == login:
-                return True
-        return self._resolvesTo(address, login)
-
-    def _resolvesTo(self, address, login):
         try:
             resolution = self.directory.resolve(address)
         except (NotFound, Disabled, InvalidInput):

@@ -87,20 +87,29 @@ class Resolution:
     @ivar caught: those of C{local} reached through a domain's catch-all
         rather than by name (as a user or an alias target).
     @type caught: L{frozenset} of L{str}
+    @ivar detail: the detail of a subaddress resolved as its user
+        (C{"tag"} of C{bob+tag@example.org} delivered to C{bob}, RFC 5233),
+        by which its copies may be filed; L{None} for any other address.
+    @type detail: L{str} or L{None}
     """
 
-    def __init__(self, local=(), remote=(), caught=()):
+    def __init__(self, local=(), remote=(), caught=(), detail=None):
         self.local = list(local)
         self.remote = list(remote)
         self.caught = frozenset(caught)
+        self.detail = detail
+
+    def _key(self):
+        return (self.local, self.remote, self.caught, self.detail)
 
     def __eq__(self, other):
         if not isinstance(other, Resolution):
             return NotImplemented
-        return (self.local, self.remote, self.caught) == (other.local, other.remote, other.caught)
+        return self._key() == other._key()
 
     __hash__ = None
 
     def __repr__(self):
         caught = ", caught=%r" % (sorted(self.caught),) if self.caught else ""
-        return "Resolution(local=%r, remote=%r%s)" % (self.local, self.remote, caught)
+        detail = ", detail=%r" % (self.detail,) if self.detail is not None else ""
+        return "Resolution(local=%r, remote=%r%s%s)" % (self.local, self.remote, caught, detail)

@@ -30,7 +30,7 @@ import sqlite3
 
 from zope.interface import implementer
 
-from mdpy.address import checkDomain, normalise, normaliseDomain
+from mdpy.address import checkDomain, normalise, normaliseDomain, splitSubaddress
 from mdpy.auth.passwords import cramMD5Secret, hashPassword
 from mdpy.directory import Resolution, User
 from mdpy.errors import (
@@ -146,6 +146,7 @@ class _Expansion:
         self.remote = []
         self.caught = []
         self.disabled = False
+        self.detail = None
 
 
 @implementer(IDirectory)
@@ -155,11 +156,21 @@ class SQLiteDirectory(SQLiteFile):
     server and the C{mdpy} command.
 
     @ivar path: the database file.
+    @ivar recipientDelimiter: the characters that end the user part of a
+        subaddress (see L{resolve}); C{""} for no subaddressing.
     """
 
     migrations = _MIGRATIONS
     busyTimeoutMS = BUSY_TIMEOUT_MS
     errorPrefix = "directory "
+
+    def __init__(self, path, recipientDelimiter="+"):
+        """
+        @param path: the database file, made on first use.
+        @param recipientDelimiter: see L{recipientDelimiter}.
+        """
+        SQLiteFile.__init__(self, path)
+        self.recipientDelimiter = recipientDelimiter or ""
 
     def __repr__(self):
         return "<SQLiteDirectory %r>" % (self.path,)
@@ -408,11 +419,14 @@ class SQLiteDirectory(SQLiteFile):
         An address of a local domain is, in this order: a user (taken if
         enabled), an alias (each target resolved in turn, at most
         L{MAX_ALIAS_DEPTH} levels deep, an address met twice taken once, which
-        also cuts loops), or, if neither, the domain's catch-all resolved the
-        same way.  Unknown addresses among alias targets are skipped.  An
-        address of another domain stands for itself, as a remote address.
-        The bare C{postmaster} of RFC 5321 section 4.5.1 has no domain and is
-        the caller's business.
+        also cuts loops), a subaddress C{user+detail@} of a user or an alias
+        (RFC 5233: resolved as C{user@}, its detail in
+        L{Resolution.detail}; C{+} is L{recipientDelimiter}), or, if none of
+        these, the domain's catch-all resolved the same way.  Unknown
+        addresses among alias targets are skipped.  An address of another
+        domain stands for itself, as a remote address.  The bare
+        C{postmaster} of RFC 5321 section 4.5.1 has no domain and is the
+        caller's business.
 
         @raise InvalidInput: C{address} is malformed.
         """
@@ -431,7 +445,7 @@ class SQLiteDirectory(SQLiteFile):
         except sqlite3.Error as e:
             raise TemporaryFailure("directory %s: %s" % (self.path, e))
         if expansion.local or expansion.remote:
-            return Resolution(expansion.local, expansion.remote, expansion.caught)
+            return Resolution(expansion.local, expansion.remote, expansion.caught, expansion.detail)
         if expansion.disabled:
             raise Disabled("%s: every target is disabled" % (address,))
         raise NotFound("no such user: %s" % (address,))
@@ -447,11 +461,21 @@ class SQLiteDirectory(SQLiteFile):
         if address in expansion.seen or depth > MAX_ALIAS_DEPTH:
             return
         expansion.seen.add(address)
-        rows = self._db.execute(_LOOKUP, (address, _domainOf(address))).fetchall()
+        rows = self._lookup(address)
         if not rows:
             expansion.remote.append(address)
             return
-        rows.sort(key=lambda row: (row[0], row[2]))
+        if rows[0][0] == 2:
+            # Neither a user nor an alias: a subaddress of one?
+            user, detail = splitSubaddress(address, self.recipientDelimiter)
+            userRows = self._lookup(user) if detail is not None else rows
+            if userRows[0][0] != 2:
+                if user in expansion.seen:
+                    return
+                expansion.seen.add(user)
+                if depth == 0:
+                    expansion.detail = detail
+                address, rows = user, userRows
         kind, value = rows[0][0], rows[0][1]
         if kind == 0:
             if value:
@@ -466,3 +490,12 @@ class SQLiteDirectory(SQLiteFile):
                     self._expand(row[1], depth + 1, expansion, caught)
         elif value is not None:
             self._expand(value, depth + 1, expansion, True)
+
+    def _lookup(self, address):
+        """
+        @return: the L{_LOOKUP} rows of C{address}, users first, then alias
+            targets in order, then the domain.
+        """
+        rows = self._db.execute(_LOOKUP, (address, _domainOf(address))).fetchall()
+        rows.sort(key=lambda row: (row[0], row[2]))
+        return rows

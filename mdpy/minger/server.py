@@ -25,7 +25,7 @@ from twisted.internet.protocol import DatagramProtocol
 from mdpy.address import normaliseDomain, splitAddress
 from mdpy.errors import Disabled, InvalidInput, NotFound
 from mdpy.logs import Logger
-from mdpy.networks import NetworkList
+from mdpy.networks import NetworkList, clientHost
 from mdpy.minger.protocol import (
     STATUS_ACCESS_DENIED,
     STATUS_ACTIVE,
@@ -222,8 +222,11 @@ class MingerServer(DatagramProtocol):
         Answer one query; see the class docstring.
         """
         now = self.clock.seconds()
+        # A dual-stack socket reports an IPv4 source as ::ffff:a.b.c.d; it
+        # is limited, allowed and logged as a.b.c.d, and answered at addr.
+        source = clientHost(addr[0])
         try:
-            self._answer(datagram, addr, now)
+            self._answer(datagram, addr, source, now)
         except Exception:
             self.failed += 1
             suppressed = self._failures.allow("internal", now)
@@ -231,12 +234,11 @@ class MingerServer(DatagramProtocol):
                 log.failure(
                     "minger: internal error answering {source}"
                     " ({suppressed} similar suppressed)",
-                    source=addr[0],
+                    source=source,
                     suppressed=suppressed,
                 )
 
-    def _answer(self, datagram, addr, now):
-        source = addr[0]
+    def _answer(self, datagram, addr, source, now):
         if not self._admit(source, now):
             return
         try:
@@ -271,7 +273,7 @@ class MingerServer(DatagramProtocol):
         # it is allowed or refused (draft section 4); nothing else may be
         # longer than what asked for it.
         slack = 2 if query.digest is None else 0
-        self._reply(datagram, addr, query.mailbox, status, slack)
+        self._reply(datagram, addr, source, query.mailbox, status, slack)
 
     def _admit(self, source, now):
         """
@@ -335,24 +337,24 @@ class MingerServer(DatagramProtocol):
             )
         return False
 
-    def _reply(self, datagram, addr, mailbox, status, slack=0):
+    def _reply(self, datagram, addr, source, mailbox, status, slack=0):
         reply = formatReply(mailbox, status)
         if len(reply) > len(datagram) + slack:
             # Never amplify (a reply to a query with a digest is always
             # shorter than it: this is a guard).
             self.dropped += 1
             log.debug("minger: {source}: no reply {status}, longer than the query",
-                      source=addr[0], status=status)
+                      source=source, status=status)
             return
         try:
             self.transport.write(reply, addr)
         except OSError as e:
-            log.debug("minger: cannot answer {source}: {error}", source=addr[0], error=e)
+            log.debug("minger: cannot answer {source}: {error}", source=source, error=e)
             return
         self.answered += 1
         log.debug(
             "minger: {source} asked for {mailbox}: {status}",
-            source=addr[0],
+            source=source,
             mailbox=mailbox,
             status=status,
         )

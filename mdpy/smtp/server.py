@@ -552,9 +552,13 @@ class SMTPServer(CommandSession):
 
     def _receivedHeader(self):
         envelope = self._envelope
-        lines = "Received: from %s ([%s])\r\n\tby %s (mdpy) with %s id %s" % (
+        # RFC 5321 section 4.4: the client's address as an address literal
+        # (section 4.1.3), [192.0.2.1] or [IPv6:2001:db8::1].
+        address = envelope.clientAddress
+        lines = "Received: from %s ([%s%s])\r\n\tby %s (mdpy) with %s id %s" % (
             envelope.helo,
-            envelope.clientAddress,
+            "IPv6:" if ":" in address else "",
+            address,
             self.factory.hostname,
             self._protocolName(),
             envelope.messageId,

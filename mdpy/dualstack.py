@@ -1,0 +1,121 @@
+# -*- test-case-name: tests.test_dualstack -*-
+"""
+Listening on every address of the host: C{::}, which on a dual-stack host
+(Linux, by default) takes IPv4 clients too, as IPv4-mapped IPv6 addresses
+(C{::ffff:192.0.2.1}, RFC 4291 section 2.5.5.2, which
+L{mdpy.networks.clientHost} turns back into IPv4); C{0.0.0.0} where IPv6 is
+off.
+"""
+
+import errno
+import socket
+
+from twisted.internet import defer
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from zope.interface import implementer
+
+from mdpy.logs import Logger
+
+log = Logger()
+
+EVERY_ADDRESS = "::"
+EVERY_IPV4_ADDRESS = "0.0.0.0"
+
+# What binding :: fails with where IPv6 is off: no IPv6 in the kernel
+# (EAFNOSUPPORT), or IPv6 disabled on every interface (EADDRNOTAVAIL).
+_NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)
+
+
+def listenEverywhere(listen, port, hasIPv6=socket.has_ipv6):
+    """
+    Listen on every address: on C{::}, also on C{0.0.0.0} when that socket
+    takes no IPv4 (C{IPV6_V6ONLY}: C{net.ipv6.bindv6only = 1}, the BSDs),
+    or on C{0.0.0.0} alone where IPv6 is off.
+
+    @param listen: called with an interface, returns its
+        L{IListeningPort} or raises L{CannotListenError}: say
+        C{lambda interface: reactor.listenTCP(port, factory, interface=interface)}.
+    @param port: the port number, for the log.
+    @param hasIPv6: whether Python was built with IPv6 (L{socket.has_ipv6}).
+    @return: an L{IListeningPort}.
+    @raise CannotListenError: the port cannot be bound.
+    """
+    if hasIPv6:
+        try:
+            listening = listen(EVERY_ADDRESS)
+        except CannotListenError as e:
+            if getattr(e.socketError, "errno", None) not in _NO_IPV6:
+                raise
+            log.info(
+                "IPv6 is off on this host ({why}): port {port} listens on every IPv4 address only",
+                why=getattr(e.socketError, "strerror", None) or e.socketError,
+                port=port,
+            )
+        else:
+            if _takesIPv4(listening):
+                return listening
+            try:
+                return BothPorts(listening, listen(EVERY_IPV4_ADDRESS))
+            except BaseException:
+                listening.stopListening()
+                raise
+    return listen(EVERY_IPV4_ADDRESS)
+
+
+def _takesIPv4(listening):
+    """
+    @return: whether a port listening on C{::} also takes IPv4 clients (the
+        socket is not C{IPV6_V6ONLY}); L{True} for a port without a socket
+        (a test reactor's).
+    """
+    sock = getattr(listening, "socket", None)
+    if sock is None:
+        return True
+    return not sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+
+
+@implementer(IListeningPort)
+class BothPorts:
+    """
+    One port number listened on by two sockets, IPv6 and IPv4.
+    """
+
+    def __init__(self, ipv6, ipv4):
+        self.ports = (ipv6, ipv4)
+
+    def startListening(self):
+        for port in self.ports:
+            port.startListening()
+
+    def stopListening(self):
+        return defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in self.ports])
+
+    def getHost(self):
+        return self.ports[0].getHost()
+
+
+@implementer(IStreamServerEndpoint)
+class EveryAddressEndpoint:
+    """
+    A TCP server endpoint on every address (see L{listenEverywhere}).
+    """
+
+    def __init__(self, reactor, port, backlog=50, hasIPv6=socket.has_ipv6):
+        self.reactor = reactor
+        self.port = port
+        self.backlog = backlog
+        self.hasIPv6 = hasIPv6
+
+    def listen(self, protocolFactory):
+        """
+        See L{IStreamServerEndpoint.listen}.
+        """
+        return defer.execute(
+            listenEverywhere,
+            lambda interface: self.reactor.listenTCP(
+                self.port, protocolFactory, backlog=self.backlog, interface=interface
+            ),
+            self.port,
+            self.hasIPv6,
+        )
