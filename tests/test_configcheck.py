@@ -54,7 +54,7 @@ def _notPEM(root):
 
 def _twoServicesOnOnePort(root):
     return ("data_dir = data\n[smtp]\nport = 2525\n[submission]\nport = 2525\n",
-            "[submission] port = 2525: [smtp] listens there too (0.0.0.0); give each service a port of its own")
+            "[submission] port = 2525: [smtp] listens there too (::); give each service a port of its own")
 
 
 def _aWildcardAndAnAddress(root):

@@ -297,7 +297,7 @@ def test_startRefusesWhatCheckRefuses(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as raised:
         makeService(options, reactor=MemoryReactor())
     assert raised.value.code == (
-        "twistd mdpy: %s: [imap] port = 2525: [smtp] listens there too (0.0.0.0); give each service a port"
+        "twistd mdpy: %s: [imap] port = 2525: [smtp] listens there too (::); give each service a port"
         " of its own" % (path,))
     assert os.listdir(tmp_path) == ["mdpy.ini"]
 
