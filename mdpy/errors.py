@@ -64,7 +64,7 @@ def describe(error):
         where = error.filename
         return "%s: %s" % (where, error.strerror) if where else error.strerror
     text = str(error).strip()
-    if text and not _REPR.search(text):
+    if text and not _REPR_WHOLE.match(text):
         return text
     return _className(type(error).__name__)
 
@@ -89,6 +89,8 @@ def _queriedNames(error):
     return names
 
 
+# The message of an exception whose argument is no text: "[Query(...)]".
+_REPR_WHOLE = re.compile(r"[\[({<].*[\])}>]\Z|[A-Za-z_][\w.]*\(.*\)\Z", re.S)
 # A repr in text: "TimeoutError([Query(b'example.org', 15, 1)])".
 _REPR = re.compile(r"\b([A-Z][A-Za-z0-9_]*)\((.*)\)")
 _QUOTED = re.compile(r"""b?(["'])(.*)\1\Z""", re.S)

@@ -55,28 +55,30 @@ def test_domains(cli):
 
 def test_users(cli):
     cli.ok("domain", "add", "example.test")
-    cli.ok("user", "add", "Joe@example.test", "--password", "pw1")
-    cli.ok("user", "add", "ann@example.test", stdin="pw2\n")
+    assert cli.ok("user", "add", "Joe@example.test", "--password", "pw1-secret") == "added user joe@example.test\n"
+    cli.ok("user", "add", "ann@example.test", stdin="pw2-secret\n")
     assert cli.ok("user", "list") == "ann@example.test\njoe@example.test\n"
     assert os.path.isdir(os.path.join(cli.datadir.mailRoot, "example.test", "joe", "new"))
     directory = cli.datadir.openDirectory()
     assert directory.getSecrets("ann@example.test")["password"].startswith("$scrypt$")
-    cli.fails("user", "add", "joe@example.test", "--password", "x")  # duplicate
-    cli.fails("user", "add", "bad address@example.test", "--password", "x")
-    cli.fails("user", "add", "x@unknown.test", "--password", "x")
+    assert "exists" in cli.fails("user", "add", "joe@example.test", "--password", "x-long-enough")  # duplicate
+    cli.fails("user", "add", "bad address@example.test", "--password", "x-long-enough")
+    assert "no such domain" in cli.fails("user", "add", "x@unknown.test", "--password", "x-long-enough")
     cli.fails("user", "add", "y@example.test", stdin="")  # no password on stdin
-    cli.ok("user", "passwd", "joe@example.test", stdin="newpw\n")
+    assert cli.ok("user", "passwd", "joe@example.test", stdin="new-password\n") == (
+        "changed the password of joe@example.test\n"
+    )
     from mdpy.auth.passwords import verifyPassword
 
-    assert verifyPassword("newpw", directory.getSecrets("joe@example.test")["password"])
-    cli.ok("user", "disable", "joe@example.test")
+    assert verifyPassword("new-password", directory.getSecrets("joe@example.test")["password"])
+    assert cli.ok("user", "disable", "joe@example.test").startswith("disabled user joe@example.test: ")
     assert directory.getSecrets("joe@example.test") is None
-    cli.ok("user", "enable", "joe@example.test")
+    assert cli.ok("user", "enable", "joe@example.test").startswith("enabled user joe@example.test: ")
     assert directory.getSecrets("joe@example.test") is not None
     cli.ok("user", "del", "joe@example.test")
     assert cli.ok("user", "list") == "ann@example.test\n"
     assert not os.path.exists(os.path.join(cli.datadir.mailRoot, "example.test", "joe"))
-    cli.fails("user", "passwd", "joe@example.test", stdin="x\n")
+    cli.fails("user", "passwd", "joe@example.test", stdin="x-long-enough\n")
 
 
 ROLE_ALIASES = (
@@ -87,27 +89,80 @@ ROLE_ALIASES = (
 
 def test_aliases(cli):
     cli.ok("domain", "add", "example.test")
-    cli.ok("user", "add", "a@example.test", "--password", "pw")
-    cli.ok("user", "add", "b@example.test", "--password", "pw")
-    cli.ok("alias", "add", "team@example.test", "a@example.test", "b@example.test", "far@remote.test")
+    cli.ok("user", "add", "a@example.test", "--password", "pw-secret-1")
+    cli.ok("user", "add", "b@example.test", "--password", "pw-secret-1")
+    assert cli.ok("alias", "add", "Team@example.test", "a@example.test", "b@example.test", "far@remote.test") == (
+        "added alias team@example.test a@example.test b@example.test far@remote.test\n"
+    )
     assert cli.ok("alias", "list") == ROLE_ALIASES + "team@example.test a@example.test b@example.test far@remote.test\n"
     cli.fails("alias", "add", "team@example.test", "a@example.test")
     cli.fails("alias", "add", "x@nowhere.test", "a@example.test")
-    cli.ok("alias", "del", "team@example.test")
+    assert cli.ok("alias", "del", "team@example.test") == "deleted alias team@example.test\n"
     assert cli.ok("alias", "list") == ROLE_ALIASES
     cli.fails("alias", "del", "team@example.test")
 
 
-def test_catchAll(cli):
+def test_aliasToMissingLocalUserRefused(cli):
+    """
+    An alias whose target is in a local domain but is neither a user nor an
+    alias would lose mail: it is refused with one line, and nothing is made.
+    A target in another domain is remote and taken; so is an alias.
+    """
     cli.ok("domain", "add", "example.test")
-    cli.ok("user", "add", "a@example.test", "--password", "pw")
-    cli.ok("domain", "catchall", "example.test", "a@example.test")
+    cli.ok("user", "add", "a@example.test", "--password", "pw-secret-1")
+    err = cli.fails("alias", "add", "team@example.test", "a@example.test", "Ghost@example.test")
+    assert err == "mdpy: error: ghost@example.test is neither a user nor an alias of the local domain example.test\n"
+    assert cli.ok("alias", "list") == ROLE_ALIASES
+    cli.ok("alias", "add", "team@example.test", "a@example.test", "anyone@remote.test")
+    cli.ok("alias", "add", "all@example.test", "team@example.test")
+    assert cli.datadir.openDirectory().resolve("all@example.test").local == ["a@example.test"]
+
+
+def test_aliasLoopRefused(cli):
+    """
+    An alias that would lead back to itself through other aliases is
+    refused with one line naming the loop.
+    """
+    cli.ok("domain", "add", "example.test")
+    cli.ok("user", "add", "a@example.test", "--password", "pw-secret-1")
+    cli.ok("alias", "add", "one@example.test", "a@example.test")
+    cli.ok("alias", "add", "two@example.test", "one@example.test")
+    cli.ok("alias", "add", "three@example.test", "two@example.test", "far@remote.test")
+    cli.ok("alias", "del", "one@example.test")
+    err = cli.fails("alias", "add", "one@example.test", "a@example.test", "three@example.test")
+    assert err == (
+        "mdpy: error: one@example.test would loop: "
+        "one@example.test -> three@example.test -> two@example.test -> one@example.test\n"
+    )
+    assert "one@example.test" not in dict(cli.datadir.openDirectory().listAliases())
+    assert "would loop" in cli.fails("alias", "add", "self@example.test", "self@example.test")
+
+
+def test_catchAll(cli):
+    """
+    C{domain catchall D} shows the catch-all, with a target sets it (a
+    missing local target is refused, as for an alias), with C{--clear}
+    clears it; each says what it did.
+    """
+    cli.ok("domain", "add", "example.test")
+    cli.ok("user", "add", "a@example.test", "--password", "pw-secret-1")
+    assert cli.ok("domain", "catchall", "example.test") == "example.test has no catch-all\n"
+    assert "neither a user nor an alias" in cli.fails("domain", "catchall", "example.test", "nobody@example.test")
+    assert cli.ok("domain", "catchall", "Example.TEST", "A@example.test") == (
+        "mail for unknown addresses of example.test now goes to a@example.test\n"
+    )
     assert cli.datadir.openDirectory().resolve("anything@example.test").local == ["a@example.test"]
-    cli.ok("domain", "catchall", "example.test")
+    assert cli.ok("domain", "catchall", "example.test") == "a@example.test\n"
+    assert cli.fails("domain", "catchall", "example.test", "a@example.test", "--clear")
+    assert cli.ok("domain", "catchall", "example.test", "--clear") == (
+        "cleared the catch-all of example.test (was a@example.test)\n"
+    )
+    assert cli.ok("domain", "catchall", "example.test") == "example.test has no catch-all\n"
     from mdpy.errors import NotFound
 
     with pytest.raises(NotFound):
         cli.datadir.openDirectory().resolve("anything@example.test")
+    assert cli.fails("domain", "catchall", "nowhere.test") == "mdpy: error: no such domain: nowhere.test\n"
 
 
 def test_check(cli, tmp_path):
@@ -125,7 +180,7 @@ def test_queueAndUnbuiltServices(cli):
 
 def test_multipopAccounts(cli):
     cli.ok("domain", "add", "example.test")
-    cli.ok("user", "add", "joe@example.test", "--password", "pw")
+    cli.ok("user", "add", "joe@example.test", "--password", "pw-secret-1")
     accountId = cli.ok("multipop", "add", "joe@example.test", "--host", "pop.far.test", "--username", "joe",
                        "--leave-on-server-days", "7", stdin="remote secret\n").strip()
     assert len(accountId) == 8
@@ -151,7 +206,7 @@ def test_multipopHeld(cli):
     the administrator, one line per message, and says when there is none.
     """
     cli.ok("domain", "add", "example.test")
-    cli.ok("user", "add", "joe@example.test", "--password", "pw")
+    cli.ok("user", "add", "joe@example.test", "--password", "pw-secret-1")
     accountId = cli.ok("multipop", "add", "joe@example.test", "--host", "h", "--username", "u",
                        "--password", "p").strip()
     assert cli.ok("multipop", "held") == "multipop/joe@example.test/%s: no message held\n" % accountId
@@ -221,7 +276,7 @@ def test_domainAddMakesRoleAliases(cli):
         "abuse@other.test postmaster@mx.example.test\n"
         "postmaster@other.test postmaster@mx.example.test\n"
     )
-    cli.ok("user", "add", "postmaster@mx.example.test", "--password", "pw")
+    cli.ok("user", "add", "postmaster@mx.example.test", "--password", "pw-secret-1")
     directory = cli.datadir.openDirectory()
     for role in ("postmaster@other.test", "abuse@other.test", "abuse@mx.example.test"):
         assert directory.resolve(role).local == ["postmaster@mx.example.test"]
@@ -234,7 +289,7 @@ def test_domainAddKeepsExplicitRoleAddresses(cli):
     """
     cli.ok("domain", "add", "other.test")
     cli.ok("alias", "del", "postmaster@other.test")
-    cli.ok("user", "add", "postmaster@other.test", "--password", "pw")
+    cli.ok("user", "add", "postmaster@other.test", "--password", "pw-secret-1")
     cli.ok("alias", "del", "abuse@other.test")
     cli.ok("alias", "add", "abuse@other.test", "postmaster@other.test")
     directory = cli.datadir.openDirectory()
@@ -288,7 +343,7 @@ def deletedTrees(cli):
 def populated(cli):
     cli.ok("domain", "add", "example.test")
     for name in ("bob", "ann"):
-        cli.ok("user", "add", name + "@example.test", "--password", "pw")
+        cli.ok("user", "add", name + "@example.test", "--password", "pw-secret-1")
     cli.ok("alias", "add", "team@example.test", "bob@example.test", "ann@example.test")
     deliverTo(cli, "bob@example.test", 2)
     return cli
@@ -305,7 +360,7 @@ def test_userDelMovesMail(populated):
     assert len(os.listdir(os.path.join(kept, "new"))) == 2
     assert mailOf(cli, "bob@example.test") is None
     assert cli.datadir.openDirectory().getUser("bob@example.test") is None
-    cli.ok("user", "add", "bob@example.test", "--password", "new")
+    cli.ok("user", "add", "bob@example.test", "--password", "new-secret-1")
     assert mailOf(cli, "bob@example.test") == []
     assert "no such user: carl@example.test" in cli.fails("user", "del", "carl@example.test")
 
@@ -317,7 +372,7 @@ def test_deletionStopsMultipopCollection(populated):
     """
     cli = populated
     cli.ok("domain", "add", "other.test")
-    cli.ok("user", "add", "eve@other.test", "--password", "pw")
+    cli.ok("user", "add", "eve@other.test", "--password", "pw-secret-1")
     ids = {}
     for user in ("bob@example.test", "ann@example.test", "eve@other.test"):
         ids[user] = cli.ok("multipop", "add", user, "--host", "pop.remote.test", "--username", user.split("@")[0],
@@ -343,7 +398,7 @@ def test_userDelPurge(populated):
 def test_domainDelMovesMailUsersAndAliases(populated):
     cli = populated
     cli.ok("domain", "add", "other.test")
-    cli.ok("user", "add", "eve@other.test", "--password", "pw")
+    cli.ok("user", "add", "eve@other.test", "--password", "pw-secret-1")
     out = cli.ok("domain", "del", "Example.TEST")
     [tree] = deletedTrees(cli)
     kept = os.path.join(cli.datadir.deletedDir, tree)
@@ -357,7 +412,7 @@ def test_domainDelMovesMailUsersAndAliases(populated):
     assert [alias for alias, _ in directory.listAliases()] == ["abuse@other.test", "postmaster@other.test"]
     assert mailOf(cli, "eve@other.test") == []
     cli.ok("domain", "add", "example.test")
-    cli.ok("user", "add", "bob@example.test", "--password", "pw")
+    cli.ok("user", "add", "bob@example.test", "--password", "pw-secret-1")
     assert mailOf(cli, "bob@example.test") == []
     assert "no such domain: example.org" in cli.fails("domain", "del", "example.org")
 
@@ -402,7 +457,7 @@ def test_deletionAsksOnATerminal(populated, command):
 
     if command[0] == "domain":
         cli.ok("domain", "add", "example.test")
-    cli.ok("user", "add", "bob@example.test", "--password", "pw")
+    cli.ok("user", "add", "bob@example.test", "--password", "pw-secret-1")
     out = io.StringIO()
     assert main(["-c", str(cli.config)] + list(command) + ["--yes"], out, Terminal(""), io.StringIO()) == 0
     assert out.getvalue().startswith("deleted ")

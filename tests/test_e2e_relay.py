@@ -408,8 +408,8 @@ def dest(tmp_path_factory, dns, port):
     for args in (
         ("domain", "add", "dest.test"),
         ("domain", "add", "late.test"),
-        ("user", "add", X, "--password", "x-secret"),
-        ("user", "add", Z, "--password", "z-secret"),
+        ("user", "add", X, "--password", "x-secret-password"),
+        ("user", "add", Z, "--password", "z-secret-password"),
     ):
         done = server.cli(*args)
         assert done.returncode == 0, done.stderr
@@ -785,7 +785,7 @@ def test_remoteRestartedBetweenTwoMessages(tmp_path, dns, port):
     recipient = "r@restart.test"
     (tmp_path / "receiver").mkdir()
     receiver = MdpyServer(tmp_path / "receiver", domain="restart.test", interface=RESTART, smtpPort=port)
-    for args in (("domain", "add", "restart.test"), ("user", "add", recipient, "--password", "r-secret")):
+    for args in (("domain", "add", "restart.test"), ("user", "add", recipient, "--password", "r-secret-password")):
         done = receiver.cli(*args)
         assert done.returncode == 0, done.stderr
     (tmp_path / "sender").mkdir()
