@@ -693,6 +693,11 @@ def main(argv=None, stdout=None, stdin=None, stderr=None):
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_ERROR
+    except Exception as e:
+        # A bug, not the administrator's doing: still one line, with what
+        # a report needs.
+        stderr.write("mdpy: error: unexpected %s: %s\n" % (type(e).__name__, describe(e)))
+        return EXIT_ERROR
     return 0
 
 

@@ -3,6 +3,7 @@ Tests of the C{mdpy} command (L{mdpy.cli}).
 """
 
 import io
+import json
 import os
 import re
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 
 from mdpy.cli import main
 from mdpy.datadir import DataDir
+from tests import test_relay
 from tests.server import mdpyCommand
 
 
@@ -461,3 +463,221 @@ def test_deletionAsksOnATerminal(populated, command):
     out = io.StringIO()
     assert main(["-c", str(cli.config)] + list(command) + ["--yes"], out, Terminal(""), io.StringIO()) == 0
     assert out.getvalue().startswith("deleted ")
+
+
+# --- text for people ------------------------------------------------------------
+
+
+def test_version(tmp_path):
+    """
+    C{mdpy --version} prints the package's version, as other servers' tools
+    do, with no configuration needed.
+    """
+    from mdpy import __version__
+
+    done = subprocess.run(mdpyCommand() + ["--version"], capture_output=True, text=True, cwd=str(tmp_path))
+    assert (done.returncode, done.stdout, done.stderr) == (0, "mdpy %s\n" % (__version__,), "")
+    assert re.match(r"\d+\.\d+\.\d+\Z", __version__)
+
+
+def test_userListMarksDisabled(cli):
+    """
+    C{user list} keeps one address per line and marks a disabled account
+    after a space, so the first field is still the address.
+    """
+    cli.ok("domain", "add", "example.test")
+    for name in ("ann", "bob", "eve"):
+        cli.ok("user", "add", name + "@example.test", "--password", "pw-secret-1")
+    cli.ok("user", "disable", "bob@example.test")
+    listing = cli.ok("user", "list")
+    assert listing == "ann@example.test\nbob@example.test (disabled)\neve@example.test\n"
+    assert [line.split(" ")[0] for line in listing.splitlines()] == cli.datadir.openDirectory().listUsers()
+    assert cli.ok("user", "list", "example.test") == listing
+    cli.ok("user", "enable", "bob@example.test")
+    assert "(disabled)" not in cli.ok("user", "list")
+
+
+def test_shortPasswordRefused(cli):
+    """
+    C{user add} and C{user passwd} refuse a password shorter than C{[auth]
+    min_password_length} (10 by default) with one line and status 1, and
+    change nothing; the key sets the length.
+    """
+    cli.ok("domain", "add", "example.test")
+    err = cli.fails("user", "add", "bob@example.test", "--password", "123456789")
+    assert err == "mdpy: error: the password is too short: at least 10 characters ([auth] min_password_length)\n"
+    err2 = cli.fails("user", "add", "bob@example.test", stdin="short\n")
+    assert err2 == err
+    assert cli.datadir.openDirectory().getUser("bob@example.test") is None
+    assert cli.ok("user", "add", "bob@example.test", "--password", "1234567890") == "added user bob@example.test\n"
+    assert cli.fails("user", "passwd", "bob@example.test", stdin="tiny\n") == err
+    from mdpy.auth.passwords import verifyPassword
+
+    secrets = cli.datadir.openDirectory().getSecrets("bob@example.test")
+    assert verifyPassword("1234567890", secrets["password"])
+    cli.config.write_text(cli.config.read_text() + "[auth]\nmin_password_length = 4\n")
+    cli.ok("user", "passwd", "bob@example.test", stdin="tiny\n")
+    assert "at least 4 characters" in cli.fails("user", "add", "eve@example.test", "--password", "abc")
+
+
+def test_changesSayWhatTheyDid(cli, tmp_path):
+    """
+    Every command that changes something prints what it did.
+    """
+    assert cli.ok("domain", "add", "example.test").startswith("added domain example.test\n")
+    cli.ok("user", "add", "joe@example.test", "--password", "pw-secret-1")
+    accountId = cli.ok("multipop", "add", "joe@example.test", "--host", "h", "--username", "u",
+                       "--password", "p").strip()
+    assert cli.ok("multipop", "del", accountId) == "removed MultiPOP account %s\n" % (accountId,)
+    queueDir = cli.datadir.queueDir
+    for sub in ("env", "msg"):
+        os.makedirs(os.path.join(queueDir, sub))
+        with open(os.path.join(queueDir, sub, "Q1"), "w") as f:
+            f.write("{}")
+    assert cli.ok("queue", "del", "Q1") == "deleted queued message Q1\n"
+    assert cli.ok("user", "del", "joe@example.test", "--purge").startswith("deleted user joe@example.test\n")
+    assert cli.ok("domain", "del", "example.test").startswith("deleted domain example.test ")
+
+
+@pytest.mark.parametrize("args, stdin, message", [
+    (["domain", "add", "not a domain"], "", "bad domain"),
+    (["domain", "del", "nowhere.test", "--yes"], "", "no such domain: nowhere.test"),
+    (["domain", "catchall", "nowhere.test", "a@nowhere.test"], "", "no such domain"),
+    (["user", "add", "no-at-sign", "--password", "pw-secret-1"], "", "not an address"),
+    (["user", "add", "a@nowhere.test", "--password", "pw-secret-1"], "", "no such domain: nowhere.test"),
+    (["user", "list", "not a domain"], "", "bad domain"),
+    (["user", "del", "ghost@example.test", "--yes"], "", "no such user: ghost@example.test"),
+    (["user", "passwd", "ghost@example.test"], "pw-secret-1\n", "no such user: ghost@example.test"),
+    (["user", "disable", "ghost@example.test"], "", "no such user: ghost@example.test"),
+    (["user", "enable", "@example.test"], "", "not an address"),
+    (["alias", "add", "x@nowhere.test", "a@remote.test"], "", "no such domain: nowhere.test"),
+    (["alias", "del", "ghost@example.test"], "", "no such alias: ghost@example.test"),
+    (["queue", "del", "../etc"], "", "no such queued message"),
+    (["domainpop", "run", "isp"], "", "no [domainpop:isp] section"),
+    (["odmr", "release", "isp"], "", "no [odmr-client:isp] section"),
+    (["multipop", "add", "ghost@example.test", "--host", "h", "--username", "u", "--password", "p"], "",
+     "no such user"),
+    (["multipop", "del", "nosuch"], "", "no such MultiPOP account: nosuch"),
+    (["dkim", "show", "example.test"], "", "no DKIM key for example.test"),
+    (["dkim", "generate", "example.test", "--bits", "12"], "", "key size"),
+])
+def test_errorsAreOneLine(cli, args, stdin, message):
+    """
+    Bad input to any command is one C{mdpy: error:} line and status 1, never
+    a traceback.
+    """
+    cli.ok("domain", "add", "example.test")
+    err = cli.fails(*args, stdin=stdin)
+    assert err.startswith("mdpy: error: ") and message in err, err
+    assert "Traceback" not in err and "Error(" not in err
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "cannot read"),
+    ("not an ini file", "no section headers"),
+    ("[smtp]\nport = 99999999999999999999x\n", "[smtp] port"),
+    ("[auth]\nmin_password_length = -1\n", "[auth] min_password_length = -1"),
+])
+def test_configErrorsAreOneLine(tmp_path, content, message):
+    """
+    A configuration that cannot be read or parsed stops every command with
+    one C{mdpy: error:} line, from the installed command too.
+    """
+    config = tmp_path / "mdpy.ini"
+    if content is not None:
+        config.write_text(content)
+    done = subprocess.run(mdpyCommand() + ["-c", str(config), "user", "list"], capture_output=True, text=True)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("mdpy: error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert message in done.stderr
+
+
+def test_unexpectedFailureIsOneLine(cli, monkeypatch):
+    """
+    Even a failure that is a bug is one line, naming what went wrong.
+    """
+    from mdpy.directory.sqlite import SQLiteDirectory
+
+    def broken(self, domain=None):
+        raise KeyError("users")
+
+    monkeypatch.setattr(SQLiteDirectory, "listUsers", broken)
+    assert cli.fails("user", "list") == "mdpy: error: unexpected KeyError: 'users'\n"
+
+
+class QueueListAfterDNSTimeoutTests(test_relay.RelayTestCase):
+    """
+    C{queue list} after a relay attempt whose MX lookup timed out against a
+    loopback DNS server that never answers.
+    """
+
+    async def test_noReprForDNSTimeout(self):
+        from twisted.internet import reactor
+
+        from mdpy.delivery.mx import MXResolver, makeResolver
+        from mdpy.delivery.queue import SpoolQueue
+        from mdpy.delivery.relay import Relay
+
+        root = self.tempDir()
+        self.queue = SpoolQueue(DataDir(os.path.join(root, "data")).queueDir, reactor=reactor, clock=self.clock)
+        self.dns.failWith("dest.test", "timeout")
+        resolver = MXResolver(makeResolver(reactor, [self.dns.nameserver], timeout=(0.2,)), clock=self.clock)
+        relay = Relay(self.queue, resolver, self.bounces, "relay.example.test", self.settings, reactor, self.clock)
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        self.relay = relay
+        entry = await self.enqueue(["a@dest.test"])
+        recipient = entry.recipients[0]
+        await self.until(lambda: recipient.attempts == 1 and self.idle(), "the failed attempt")
+        await self.until(lambda: not entry.lock.locked, "the state saved")
+
+        config = os.path.join(root, "mdpy.ini")
+        with open(config, "w") as f:
+            f.write("[server]\ndata_dir = data\nhostname = mx.example.test\n")
+        out, err = io.StringIO(), io.StringIO()
+        self.assertEqual(main(["-c", config, "queue", "list"], out, io.StringIO(), err), 0, err.getvalue())
+        header, line = out.getvalue().splitlines()
+        self.assertTrue(header.startswith(entry.id + " "), header)
+        self.assertRegex(
+            line,
+            r"\A    <a@dest\.test> pending attempts=1 status=4\.4\.3 next=\S+ \S+ \(due now\) "
+            r"last: DNS lookup of dest\.test timed out\Z",
+        )
+        self.assertNotRegex(out.getvalue(), r"Query|Error\(|\[")
+        # Recorded as text, not turned into text on the way out.
+        with open(self.queue.envPath(entry.id)) as f:
+            [stored] = json.load(f)["recipients"]
+        self.assertEqual(stored["reason"], "DNS lookup of dest.test timed out")
+
+
+def test_queueListReadsOldReprs(tmp_path):
+    """
+    A queue state file written by an earlier version, holding the repr of
+    a resolver's timeout or of another exception, is listed as text.
+    """
+    from mdpy.delivery.queue import readQueue
+
+    cli = CLI(tmp_path)
+    queueDir = cli.datadir.queueDir
+    for sub in ("env", "msg"):
+        os.makedirs(os.path.join(queueDir, sub))
+    with open(os.path.join(queueDir, "msg", "OLD1"), "wb") as f:
+        f.write(b"Subject: old\r\n\r\nbody\r\n")
+    state = {
+        "version": 1, "id": "OLD1", "sender": "joe@example.test", "created": 1700000000, "size": 24,
+        "recipients": [
+            {"address": "a@example.org", "state": "pending", "attempts": 3, "due": 1700003600,
+             "status": "4.4.3",
+             "reason": "example.org MX lookup failed: TimeoutError([Query(b'example.org', 15, 1)])"},
+            {"address": "b@example.net", "state": "pending", "attempts": 1, "due": 1700003600,
+             "reason": "cannot connect: SSLError([('SSL routines', '', 'wrong version number')])"},
+        ],
+    }
+    with open(os.path.join(queueDir, "env", "OLD1"), "w") as f:
+        json.dump(state, f)
+    entries, unreadable = readQueue(queueDir)
+    assert unreadable == [], "the crafted state file is not one the queue reads"
+    listing = cli.ok("queue", "list")
+    assert "last: DNS lookup of example.org timed out\n" in listing
+    assert "last: cannot connect: SSL error\n" in listing
+    assert "Query" not in listing and "Error(" not in listing
