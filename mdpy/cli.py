@@ -454,7 +454,7 @@ def _untilText(when, now):
     """
     from mdpy.delivery.dsn import formatDuration
 
-    return "in " + formatDuration(when - now) if when > now else "due now"
+    return "in " + formatDuration(when - now) if when - now >= 1 else "due now"
 
 
 def _time(seconds):
