@@ -681,3 +681,24 @@ def test_queueListReadsOldReprs(tmp_path):
     assert "last: DNS lookup of example.org timed out\n" in listing
     assert "last: cannot connect: SSL error\n" in listing
     assert "Query" not in listing and "Error(" not in listing
+
+
+@pytest.mark.parametrize("args", [
+    ["domain", "add", "example.test"],
+    ["user", "list"],
+    ["alias", "list"],
+    ["queue", "list"],
+    ["multipop", "list"],
+    ["dkim", "generate", "example.test"],
+])
+def test_unusableDataDirIsOneLine(tmp_path, args):
+    """
+    A data directory that cannot be made (its parent is a file) stops each
+    command with one line naming the path and the system's reason.
+    """
+    (tmp_path / "afile").write_text("")
+    cli = CLI(tmp_path)
+    cli.config.write_text("[server]\ndata_dir = afile/data\n")
+    err = cli.fails(*args)
+    assert err.startswith("mdpy: error: %s" % (tmp_path / "afile" / "data",)), err
+    assert err.endswith(": Not a directory\n") and "Errno" not in err, err
