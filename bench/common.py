@@ -36,7 +36,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
 DOMAIN = "bench.test"
-PASSWORD = "benchpw"
+PASSWORD = "bench-secret"
 
 SBIN_PATH = os.pathsep.join(
     [os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/local/sbin"])

@@ -15,7 +15,7 @@ same starting state.
 Each client (one process per client, blocking sockets, one command at a
 time like a mail client, no pipelining) repeats this session::
 
-    LOGIN "uNN@bench.test" "benchpw"
+    LOGIN "uNN@bench.test" "bench-secret"
     SELECT INBOX
     FETCH 1:* (FLAGS UID RFC822.SIZE)
     UID FETCH <--headers UIDs> (BODY.PEEK[HEADER.FIELDS (From To Subject Date)])

@@ -15,12 +15,13 @@ import socket
 import sys
 import time
 
-from mdpy.address import normaliseDomain
+from mdpy import __version__
+from mdpy.address import normalise, normaliseDomain
 from mdpy.config import (
     SYSTEM_DATA_DIR, Config, ConfigError, configPath, defaultDataDir, defaultHostname, referenceIni, starterIni,
 )
 from mdpy.datadir import DataDir
-from mdpy.errors import MailError
+from mdpy.errors import MailError, describe
 
 EXIT_ERROR = 1
 
@@ -35,6 +36,7 @@ def _parser():
     parser = argparse.ArgumentParser(
         prog="mdpy", description="Administer an mdpy mail server."
     )
+    parser.add_argument("--version", action="version", version="mdpy " + __version__)
     parser.add_argument(
         "-c",
         "--config",
@@ -54,9 +56,10 @@ def _parser():
     _deletion(domain.add_parser(
         "del", help="delete a domain, its users and aliases; its mail goes to data_dir/deleted/"
     )).add_argument("name")
-    catchall = domain.add_parser("catchall", help="set or clear a domain's catch-all address")
+    catchall = domain.add_parser("catchall", help="show, set or clear a domain's catch-all address")
     catchall.add_argument("name")
-    catchall.add_argument("target", nargs="?", help="address; omit to turn it off")
+    catchall.add_argument("target", nargs="?", help="address; omit to show the current one")
+    catchall.add_argument("--clear", action="store_true", help="turn the catch-all off")
 
     user = commands.add_parser("user", help="mail accounts").add_subparsers(
         dest="action", required=True
@@ -64,7 +67,7 @@ def _parser():
     add = user.add_parser("add", help="add an account (password read from stdin if not given)")
     add.add_argument("address")
     add.add_argument("--password")
-    user.add_parser("list", help="list accounts").add_argument("domain", nargs="?")
+    user.add_parser("list", help="list accounts, disabled ones marked (disabled)").add_argument("domain", nargs="?")
     _deletion(user.add_parser(
         "del", help="delete an account; its mail goes to data_dir/deleted/"
     )).add_argument("address")
@@ -311,7 +314,32 @@ def _domain(args, config, datadir, stdout, stdin):
         _removeMultipop(datadir, set(users), stdout)
         _reportRemoved(datadir.openStore().deleteDomain(domain, archive=not args.purge), stdout)
     elif args.action == "catchall":
-        directory.setCatchAll(args.name, args.target)
+        _catchAll(args, directory, stdout)
+
+
+def _catchAll(args, directory, stdout):
+    """
+    Show, set or clear (C{--clear}) the catch-all of a domain.
+    """
+    domain = normaliseDomain(args.name)
+    current = directory.getCatchAll(domain)
+    if args.clear:
+        if args.target is not None:
+            raise CommandError("give a target or --clear, not both")
+        directory.setCatchAll(domain, None)
+        if current is None:
+            stdout.write("%s had no catch-all\n" % (domain,))
+        else:
+            stdout.write("cleared the catch-all of %s (was %s)\n" % (domain, current))
+    elif args.target is None:
+        stdout.write("%s\n" % (current,) if current else "%s has no catch-all\n" % (domain,))
+    else:
+        from mdpy.directory import checkAliasTargets
+
+        target = normalise(args.target)
+        checkAliasTargets(directory, [target])
+        directory.setCatchAll(domain, target)
+        stdout.write("mail for unknown addresses of %s now goes to %s\n" % (domain, target))
 
 
 def _user(args, config, datadir, stdout, stdin):
@@ -320,13 +348,16 @@ def _user(args, config, datadir, stdout, stdin):
         password = args.password
         if password is None:
             password = _readPassword(stdin, "Password: ")
-        if not password:
-            raise CommandError("empty password")
+        _checkPassword(config, password)
         directory.addUser(args.address, password)
-        datadir.openStore().createAccount(directory.getUser(args.address).address)
+        address = directory.getUser(args.address).address
+        datadir.openStore().createAccount(address)
+        stdout.write("added user %s\n" % (address,))
     elif args.action == "list":
         for address in directory.listUsers(args.domain):
-            stdout.write(address + "\n")
+            user = directory.getUser(address)
+            disabled = user is not None and not user.enabled
+            stdout.write(address + (" (disabled)" if disabled else "") + "\n")
     elif args.action == "del":
         user = directory.getUser(args.address)
         if user is None:
@@ -341,25 +372,54 @@ def _user(args, config, datadir, stdout, stdin):
         _removeMultipop(datadir, {user.address}, stdout)
         _reportRemoved(datadir.openStore().deleteAccount(user.address, archive=not args.purge), stdout)
     elif args.action == "passwd":
-        if directory.getUser(args.address) is None:
+        user = directory.getUser(args.address)
+        if user is None:
             raise CommandError("no such user: %s" % (args.address,))
         password = _readPassword(stdin, "New password: ")
-        if not password:
-            raise CommandError("empty password")
-        directory.setPassword(args.address, password)
+        _checkPassword(config, password)
+        directory.setPassword(user.address, password)
+        stdout.write("changed the password of %s\n" % (user.address,))
     elif args.action in ("disable", "enable"):
-        directory.setEnabled(args.address, args.action == "enable")
+        enable = args.action == "enable"
+        directory.setEnabled(args.address, enable)
+        address = directory.getUser(args.address).address
+        if enable:
+            stdout.write("enabled user %s: its mail is taken and it may log in\n" % (address,))
+        else:
+            stdout.write("disabled user %s: its mail is refused and it may not log in "
+                         "(its mailbox is kept)\n" % (address,))
+
+
+def _checkPassword(config, password):
+    """
+    @raise CommandError: C{password} is shorter than C{[auth]
+        min_password_length}.
+    """
+    shortest = config["auth"]["min_password_length"]
+    if not password:
+        raise CommandError("empty password")
+    if len(password) < shortest:
+        raise CommandError(
+            "the password is too short: at least %d characters ([auth] min_password_length)" % (shortest,)
+        )
 
 
 def _alias(args, config, datadir, stdout, stdin):
     directory = datadir.openDirectory()
     if args.action == "add":
-        directory.addAlias(args.alias, args.targets)
+        from mdpy.directory import checkAliasTargets
+
+        alias = normalise(args.alias)
+        checkAliasTargets(directory, args.targets, alias)
+        directory.addAlias(alias, args.targets)
+        stdout.write("added alias %s %s\n" % (alias, " ".join(dict(directory.listAliases())[alias])))
     elif args.action == "list":
         for alias, targets in directory.listAliases():
             stdout.write("%s %s\n" % (alias, " ".join(targets)))
     elif args.action == "del":
-        directory.removeAlias(args.alias)
+        alias = normalise(args.alias)
+        directory.removeAlias(alias)
+        stdout.write("deleted alias %s\n" % (alias,))
 
 
 def _queue(args, config, datadir, stdout, stdin):
@@ -380,6 +440,10 @@ def _queue(args, config, datadir, stdout, stdin):
         answer = _control(datadir, "FLUSH")
         if answer is None:
             stdout.write("no server is running; queued mail is retried when it starts\n")
+        elif answer == "OK":
+            stdout.write("the server is retrying every queued message now\n")
+        else:
+            raise CommandError(answer[4:] if answer.startswith("ERR ") else "no answer from the server")
         return
     if not re.match(r"[A-Za-z0-9_-]{1,64}\Z", args.id):
         raise CommandError("no such queued message: %s" % (args.id,))
@@ -395,14 +459,17 @@ def _queue(args, config, datadir, stdout, stdin):
             raise CommandError("no such queued message: %s" % (args.id,))
     elif answer != "OK":
         raise CommandError("no such queued message: %s" % (args.id,))
+    stdout.write("deleted queued message %s\n" % (args.id,))
 
 
-def formatEntry(entry, held=()):
+def formatEntry(entry, held=(), now=None):
     """
     @param held: the domains held for ATRN.
+    @param now: the time the listing is for (default: now).
     @return: the lines of C{queue list} for one queue entry: the message,
         then one indented line per recipient.
     """
+    now = time.time() if now is None else now
     lines = [
         "%s %8d %s <%s>\n"
         % (entry.id, entry.size, _time(entry.created), entry.sender)
@@ -414,12 +481,22 @@ def formatEntry(entry, held=()):
         if r.state == "pending" and r.domain in held:
             line += " held for ATRN"
         elif r.state == "pending":
-            line += " next=%s" % (_time(r.due),)
+            line += " next=%s (%s)" % (_time(r.due), _untilText(r.due, now))
         last = r.diagnostic or r.reason
         if last:
             line += " last: %s" % (last,)
         lines.append(line + "\n")
     return "".join(lines)
+
+
+def _untilText(when, now):
+    """
+    @return: how long until C{when}, as people say it: C{"in 30 minutes"},
+        or C{"due now"} once it has come.
+    """
+    from mdpy.delivery.dsn import formatDuration
+
+    return "in " + formatDuration(when - now) if when - now >= 1 else "due now"
 
 
 def _time(seconds):
@@ -527,6 +604,7 @@ def _multipop(args, config, datadir, stdout, stdin):
                 a["id"], a["user"], a["username"], a["host"], a["port"], a["tls"], a["leave_on_server_days"]))
     elif args.action == "del":
         accounts.remove(args.id)
+        stdout.write("removed MultiPOP account %s\n" % (args.id,))
     elif args.action == "held":
         chosen = [a for a in accounts.list() if args.id in (None, a["id"])]
         if args.id is not None and not chosen:
@@ -726,16 +804,15 @@ def main(argv=None, stdout=None, stdin=None, stderr=None):
         run(argv, stdout, stdin)
     except SystemExit as e:  # argparse usage errors: already printed
         return e.code if isinstance(e.code, int) else EXIT_ERROR
-    except ConfigError as e:
-        stderr.write("mdpy: %s\n" % (e,))
-        return EXIT_ERROR
-    except (CommandError, MailError) as e:
-        stderr.write("mdpy: error: %s\n" % (e,))
-        return EXIT_ERROR
-    except OSError as e:
-        stderr.write("mdpy: error: %s: %s\n" % (e.filename or "", e.strerror))
+    except (ConfigError, CommandError, MailError, OSError) as e:
+        stderr.write("mdpy: error: %s\n" % (describe(e),))
         return EXIT_ERROR
     except KeyboardInterrupt:
+        return EXIT_ERROR
+    except Exception as e:
+        # A bug, not the administrator's doing: still one line, with what
+        # a report needs.
+        stderr.write("mdpy: error: unexpected %s: %s\n" % (type(e).__name__, describe(e)))
         return EXIT_ERROR
     return 0
 

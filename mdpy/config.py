@@ -240,6 +240,8 @@ SCHEMA = {
         Key("account_failures", parseInt, "20",
             "Failed logins for one account, from any addresses, within failure_window that refuse its "
             "logins for failure_window, except from addresses it logged in from before; 0 for no limit."),
+        Key("min_password_length", parseInt, "10",
+            "Shortest password 'mdpy user add' and 'mdpy user passwd' accept, in characters."),
     ],
     "smtp": _listener(
         25,

@@ -8,6 +8,7 @@ for the log; the text a client sees is chosen by the protocol and stays generic.
 """
 
 import errno
+import re
 
 
 class MailError(Exception):
@@ -40,6 +41,97 @@ class InsufficientStorage(TemporaryFailure):
     The disk (or the server's share of it) is full: try again later
     (RFC 3463 X.3.1, "mail system full").
     """
+
+
+def describe(error):
+    """
+    Say what went wrong, for people: a queue listing, a DSN, a log line, a
+    command's error.  Never a Python repr.
+
+    @param error: an exception, or a L{twisted.python.failure.Failure}.
+    @return: a L{MailError}'s detail, "DNS lookup of example.org timed out"
+        for a resolver that gave up, an L{OSError}'s own text, else the
+        exception's message, or its class name in words when it has none
+        that people can read.
+    """
+    error = getattr(error, "value", error)
+    if isinstance(error, MailError):
+        return error.detail
+    names = _queriedNames(error)
+    if names:
+        return "DNS lookup of %s timed out" % (", ".join(names),)
+    if isinstance(error, OSError) and error.strerror:
+        where = error.filename
+        return "%s: %s" % (where, error.strerror) if where else error.strerror
+    text = str(error).strip()
+    if text and not _REPR_WHOLE.match(text):
+        return text
+    return _className(type(error).__name__)
+
+
+def _queriedNames(error):
+    """
+    @return: the names a DNS timeout from L{twisted.names} was about (its
+        argument is the list of queries), or C{[]} for any other error.
+    """
+    from twisted.internet.defer import TimeoutError
+
+    if not isinstance(error, TimeoutError) or not error.args:
+        return []
+    queries = error.args[0] if isinstance(error.args[0], (list, tuple)) else error.args
+    names = []
+    for query in queries:
+        name = getattr(getattr(query, "name", None), "name", None)
+        if isinstance(name, bytes):
+            name = name.decode("ascii", "replace")
+        if isinstance(name, str) and name not in names:
+            names.append(name)
+    return names
+
+
+# The message of an exception whose argument is no text: "[Query(...)]".
+_REPR_WHOLE = re.compile(r"[\[({<].*[\])}>]\Z|[A-Za-z_][\w.]*\(.*\)\Z", re.S)
+# A repr in text: "TimeoutError([Query(b'example.org', 15, 1)])".
+_REPR = re.compile(r"\b([A-Z][A-Za-z0-9_]*)\((.*)\)")
+_QUOTED = re.compile(r"""b?(["'])(.*)\1\Z""", re.S)
+_OLD_DNS_TIMEOUT = re.compile(
+    r"(?P<name>\S+) [A-Z]+ lookup failed: (?:timeout|TimeoutError\(.*\)|DNSQueryTimeoutError\(.*\))\Z"
+)
+
+
+def _className(name):
+    """
+    @return: an exception class name in words: C{"connection refused"} for
+        C{ConnectionRefusedError}.
+    """
+    words = re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z0-9]+", name)
+    if len(words) > 2 and words[-1] in ("Error", "Exception", "Failure"):
+        words.pop()
+    return " ".join(word if word.isupper() else word.lower() for word in words) or name
+
+
+def withoutReprs(text):
+    """
+    Read text written by earlier versions, which kept the repr of some
+    exceptions in the queue's state files: each repr becomes words, the
+    resolver's timeout the sentence L{describe} gives for it.
+
+    @param text: a stored reason, or L{None}.
+    @return: C{text} as people read it (L{None} stays L{None}).
+    """
+    if not text:
+        return text
+    oldTimeout = _OLD_DNS_TIMEOUT.search(text)
+    if oldTimeout:
+        return text[:oldTimeout.start()] + "DNS lookup of %s timed out" % (oldTimeout.group("name"),)
+
+    def words(match):
+        quoted = _QUOTED.match(match.group(2).strip())
+        if quoted and quoted.group(2):
+            return quoted.group(2)
+        return _className(match.group(1))
+
+    return _REPR.sub(words, text)
 
 
 def storageFailure(what, error):

@@ -3,6 +3,7 @@ Tests of the C{mdpy} command (L{mdpy.cli}).
 """
 
 import io
+import json
 import os
 import re
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 
 from mdpy.cli import main
 from mdpy.datadir import DataDir
+from tests import test_relay
 from tests.server import mdpyCommand
 
 
@@ -55,28 +57,30 @@ def test_domains(cli):
 
 def test_users(cli):
     cli.ok("domain", "add", "example.test")
-    cli.ok("user", "add", "Joe@example.test", "--password", "pw1")
-    cli.ok("user", "add", "ann@example.test", stdin="pw2\n")
+    assert cli.ok("user", "add", "Joe@example.test", "--password", "pw1-secret") == "added user joe@example.test\n"
+    cli.ok("user", "add", "ann@example.test", stdin="pw2-secret\n")
     assert cli.ok("user", "list") == "ann@example.test\njoe@example.test\n"
     assert os.path.isdir(os.path.join(cli.datadir.mailRoot, "example.test", "joe", "new"))
     directory = cli.datadir.openDirectory()
     assert directory.getSecrets("ann@example.test")["password"].startswith("$scrypt$")
-    cli.fails("user", "add", "joe@example.test", "--password", "x")  # duplicate
-    cli.fails("user", "add", "bad address@example.test", "--password", "x")
-    cli.fails("user", "add", "x@unknown.test", "--password", "x")
+    assert "exists" in cli.fails("user", "add", "joe@example.test", "--password", "x-long-enough")  # duplicate
+    cli.fails("user", "add", "bad address@example.test", "--password", "x-long-enough")
+    assert "no such domain" in cli.fails("user", "add", "x@unknown.test", "--password", "x-long-enough")
     cli.fails("user", "add", "y@example.test", stdin="")  # no password on stdin
-    cli.ok("user", "passwd", "joe@example.test", stdin="newpw\n")
+    assert cli.ok("user", "passwd", "joe@example.test", stdin="new-password\n") == (
+        "changed the password of joe@example.test\n"
+    )
     from mdpy.auth.passwords import verifyPassword
 
-    assert verifyPassword("newpw", directory.getSecrets("joe@example.test")["password"])
-    cli.ok("user", "disable", "joe@example.test")
+    assert verifyPassword("new-password", directory.getSecrets("joe@example.test")["password"])
+    assert cli.ok("user", "disable", "joe@example.test").startswith("disabled user joe@example.test: ")
     assert directory.getSecrets("joe@example.test") is None
-    cli.ok("user", "enable", "joe@example.test")
+    assert cli.ok("user", "enable", "joe@example.test").startswith("enabled user joe@example.test: ")
     assert directory.getSecrets("joe@example.test") is not None
     cli.ok("user", "del", "joe@example.test")
     assert cli.ok("user", "list") == "ann@example.test\n"
     assert not os.path.exists(os.path.join(cli.datadir.mailRoot, "example.test", "joe"))
-    cli.fails("user", "passwd", "joe@example.test", stdin="x\n")
+    cli.fails("user", "passwd", "joe@example.test", stdin="x-long-enough\n")
 
 
 ROLE_ALIASES = (
@@ -87,27 +91,80 @@ ROLE_ALIASES = (
 
 def test_aliases(cli):
     cli.ok("domain", "add", "example.test")
-    cli.ok("user", "add", "a@example.test", "--password", "pw")
-    cli.ok("user", "add", "b@example.test", "--password", "pw")
-    cli.ok("alias", "add", "team@example.test", "a@example.test", "b@example.test", "far@remote.test")
+    cli.ok("user", "add", "a@example.test", "--password", "pw-secret-1")
+    cli.ok("user", "add", "b@example.test", "--password", "pw-secret-1")
+    assert cli.ok("alias", "add", "Team@example.test", "a@example.test", "b@example.test", "far@remote.test") == (
+        "added alias team@example.test a@example.test b@example.test far@remote.test\n"
+    )
     assert cli.ok("alias", "list") == ROLE_ALIASES + "team@example.test a@example.test b@example.test far@remote.test\n"
     cli.fails("alias", "add", "team@example.test", "a@example.test")
     cli.fails("alias", "add", "x@nowhere.test", "a@example.test")
-    cli.ok("alias", "del", "team@example.test")
+    assert cli.ok("alias", "del", "team@example.test") == "deleted alias team@example.test\n"
     assert cli.ok("alias", "list") == ROLE_ALIASES
     cli.fails("alias", "del", "team@example.test")
 
 
-def test_catchAll(cli):
+def test_aliasToMissingLocalUserRefused(cli):
+    """
+    An alias whose target is in a local domain but is neither a user nor an
+    alias would lose mail: it is refused with one line, and nothing is made.
+    A target in another domain is remote and taken; so is an alias.
+    """
     cli.ok("domain", "add", "example.test")
-    cli.ok("user", "add", "a@example.test", "--password", "pw")
-    cli.ok("domain", "catchall", "example.test", "a@example.test")
+    cli.ok("user", "add", "a@example.test", "--password", "pw-secret-1")
+    err = cli.fails("alias", "add", "team@example.test", "a@example.test", "Ghost@example.test")
+    assert err == "mdpy: error: ghost@example.test is neither a user nor an alias of the local domain example.test\n"
+    assert cli.ok("alias", "list") == ROLE_ALIASES
+    cli.ok("alias", "add", "team@example.test", "a@example.test", "anyone@remote.test")
+    cli.ok("alias", "add", "all@example.test", "team@example.test")
+    assert cli.datadir.openDirectory().resolve("all@example.test").local == ["a@example.test"]
+
+
+def test_aliasLoopRefused(cli):
+    """
+    An alias that would lead back to itself through other aliases is
+    refused with one line naming the loop.
+    """
+    cli.ok("domain", "add", "example.test")
+    cli.ok("user", "add", "a@example.test", "--password", "pw-secret-1")
+    cli.ok("alias", "add", "one@example.test", "a@example.test")
+    cli.ok("alias", "add", "two@example.test", "one@example.test")
+    cli.ok("alias", "add", "three@example.test", "two@example.test", "far@remote.test")
+    cli.ok("alias", "del", "one@example.test")
+    err = cli.fails("alias", "add", "one@example.test", "a@example.test", "three@example.test")
+    assert err == (
+        "mdpy: error: one@example.test would loop: "
+        "one@example.test -> three@example.test -> two@example.test -> one@example.test\n"
+    )
+    assert "one@example.test" not in dict(cli.datadir.openDirectory().listAliases())
+    assert "would loop" in cli.fails("alias", "add", "self@example.test", "self@example.test")
+
+
+def test_catchAll(cli):
+    """
+    C{domain catchall D} shows the catch-all, with a target sets it (a
+    missing local target is refused, as for an alias), with C{--clear}
+    clears it; each says what it did.
+    """
+    cli.ok("domain", "add", "example.test")
+    cli.ok("user", "add", "a@example.test", "--password", "pw-secret-1")
+    assert cli.ok("domain", "catchall", "example.test") == "example.test has no catch-all\n"
+    assert "neither a user nor an alias" in cli.fails("domain", "catchall", "example.test", "nobody@example.test")
+    assert cli.ok("domain", "catchall", "Example.TEST", "A@example.test") == (
+        "mail for unknown addresses of example.test now goes to a@example.test\n"
+    )
     assert cli.datadir.openDirectory().resolve("anything@example.test").local == ["a@example.test"]
-    cli.ok("domain", "catchall", "example.test")
+    assert cli.ok("domain", "catchall", "example.test") == "a@example.test\n"
+    assert cli.fails("domain", "catchall", "example.test", "a@example.test", "--clear")
+    assert cli.ok("domain", "catchall", "example.test", "--clear") == (
+        "cleared the catch-all of example.test (was a@example.test)\n"
+    )
+    assert cli.ok("domain", "catchall", "example.test") == "example.test has no catch-all\n"
     from mdpy.errors import NotFound
 
     with pytest.raises(NotFound):
         cli.datadir.openDirectory().resolve("anything@example.test")
+    assert cli.fails("domain", "catchall", "nowhere.test") == "mdpy: error: no such domain: nowhere.test\n"
 
 
 def test_check(cli, tmp_path):
@@ -120,7 +177,7 @@ def test_check(cli, tmp_path):
 def test_checkNamesTheFileAndDataDir(cli, tmp_path):
     assert cli.ok("check") == "configuration ok: %s, data_dir %s\n" % (cli.config, tmp_path / "data")
     cli.config.write_text("[server]\ndata_dir = data\n[domainpop:isp]\nusername = u\npassword = p\n")
-    assert cli.fails("check") == "mdpy: %s: [domainpop:isp] host is not set; set it, or enabled = no\n" % (
+    assert cli.fails("check") == "mdpy: error: %s: [domainpop:isp] host is not set; set it, or enabled = no\n" % (
         cli.config,)
 
 
@@ -221,7 +278,7 @@ def test_queueAndUnbuiltServices(cli):
 
 def test_multipopAccounts(cli):
     cli.ok("domain", "add", "example.test")
-    cli.ok("user", "add", "joe@example.test", "--password", "pw")
+    cli.ok("user", "add", "joe@example.test", "--password", "pw-secret-1")
     accountId = cli.ok("multipop", "add", "joe@example.test", "--host", "pop.far.test", "--username", "joe",
                        "--leave-on-server-days", "7", stdin="remote secret\n").strip()
     assert len(accountId) == 8
@@ -247,7 +304,7 @@ def test_multipopHeld(cli):
     the administrator, one line per message, and says when there is none.
     """
     cli.ok("domain", "add", "example.test")
-    cli.ok("user", "add", "joe@example.test", "--password", "pw")
+    cli.ok("user", "add", "joe@example.test", "--password", "pw-secret-1")
     accountId = cli.ok("multipop", "add", "joe@example.test", "--host", "h", "--username", "u",
                        "--password", "p").strip()
     assert cli.ok("multipop", "held") == "multipop/joe@example.test/%s: no message held\n" % accountId
@@ -317,7 +374,7 @@ def test_domainAddMakesRoleAliases(cli):
         "abuse@other.test postmaster@mx.example.test\n"
         "postmaster@other.test postmaster@mx.example.test\n"
     )
-    cli.ok("user", "add", "postmaster@mx.example.test", "--password", "pw")
+    cli.ok("user", "add", "postmaster@mx.example.test", "--password", "pw-secret-1")
     directory = cli.datadir.openDirectory()
     for role in ("postmaster@other.test", "abuse@other.test", "abuse@mx.example.test"):
         assert directory.resolve(role).local == ["postmaster@mx.example.test"]
@@ -330,7 +387,7 @@ def test_domainAddKeepsExplicitRoleAddresses(cli):
     """
     cli.ok("domain", "add", "other.test")
     cli.ok("alias", "del", "postmaster@other.test")
-    cli.ok("user", "add", "postmaster@other.test", "--password", "pw")
+    cli.ok("user", "add", "postmaster@other.test", "--password", "pw-secret-1")
     cli.ok("alias", "del", "abuse@other.test")
     cli.ok("alias", "add", "abuse@other.test", "postmaster@other.test")
     directory = cli.datadir.openDirectory()
@@ -384,7 +441,7 @@ def deletedTrees(cli):
 def populated(cli):
     cli.ok("domain", "add", "example.test")
     for name in ("bob", "ann"):
-        cli.ok("user", "add", name + "@example.test", "--password", "pw")
+        cli.ok("user", "add", name + "@example.test", "--password", "pw-secret-1")
     cli.ok("alias", "add", "team@example.test", "bob@example.test", "ann@example.test")
     deliverTo(cli, "bob@example.test", 2)
     return cli
@@ -401,7 +458,7 @@ def test_userDelMovesMail(populated):
     assert len(os.listdir(os.path.join(kept, "new"))) == 2
     assert mailOf(cli, "bob@example.test") is None
     assert cli.datadir.openDirectory().getUser("bob@example.test") is None
-    cli.ok("user", "add", "bob@example.test", "--password", "new")
+    cli.ok("user", "add", "bob@example.test", "--password", "new-secret-1")
     assert mailOf(cli, "bob@example.test") == []
     assert "no such user: carl@example.test" in cli.fails("user", "del", "carl@example.test")
 
@@ -413,7 +470,7 @@ def test_deletionStopsMultipopCollection(populated):
     """
     cli = populated
     cli.ok("domain", "add", "other.test")
-    cli.ok("user", "add", "eve@other.test", "--password", "pw")
+    cli.ok("user", "add", "eve@other.test", "--password", "pw-secret-1")
     ids = {}
     for user in ("bob@example.test", "ann@example.test", "eve@other.test"):
         ids[user] = cli.ok("multipop", "add", user, "--host", "pop.remote.test", "--username", user.split("@")[0],
@@ -439,7 +496,7 @@ def test_userDelPurge(populated):
 def test_domainDelMovesMailUsersAndAliases(populated):
     cli = populated
     cli.ok("domain", "add", "other.test")
-    cli.ok("user", "add", "eve@other.test", "--password", "pw")
+    cli.ok("user", "add", "eve@other.test", "--password", "pw-secret-1")
     out = cli.ok("domain", "del", "Example.TEST")
     [tree] = deletedTrees(cli)
     kept = os.path.join(cli.datadir.deletedDir, tree)
@@ -453,7 +510,7 @@ def test_domainDelMovesMailUsersAndAliases(populated):
     assert [alias for alias, _ in directory.listAliases()] == ["abuse@other.test", "postmaster@other.test"]
     assert mailOf(cli, "eve@other.test") == []
     cli.ok("domain", "add", "example.test")
-    cli.ok("user", "add", "bob@example.test", "--password", "pw")
+    cli.ok("user", "add", "bob@example.test", "--password", "pw-secret-1")
     assert mailOf(cli, "bob@example.test") == []
     assert "no such domain: example.org" in cli.fails("domain", "del", "example.org")
 
@@ -498,7 +555,246 @@ def test_deletionAsksOnATerminal(populated, command):
 
     if command[0] == "domain":
         cli.ok("domain", "add", "example.test")
-    cli.ok("user", "add", "bob@example.test", "--password", "pw")
+    cli.ok("user", "add", "bob@example.test", "--password", "pw-secret-1")
     out = io.StringIO()
     assert main(["-c", str(cli.config)] + list(command) + ["--yes"], out, Terminal(""), io.StringIO()) == 0
     assert out.getvalue().startswith("deleted ")
+
+
+# --- text for people ------------------------------------------------------------
+
+
+def test_version(tmp_path):
+    """
+    C{mdpy --version} prints the package's version, as other servers' tools
+    do, with no configuration needed.
+    """
+    from mdpy import __version__
+
+    done = subprocess.run(mdpyCommand() + ["--version"], capture_output=True, text=True, cwd=str(tmp_path))
+    assert (done.returncode, done.stdout, done.stderr) == (0, "mdpy %s\n" % (__version__,), "")
+    assert re.match(r"\d+\.\d+\.\d+\Z", __version__)
+
+
+def test_userListMarksDisabled(cli):
+    """
+    C{user list} keeps one address per line and marks a disabled account
+    after a space, so the first field is still the address.
+    """
+    cli.ok("domain", "add", "example.test")
+    for name in ("ann", "bob", "eve"):
+        cli.ok("user", "add", name + "@example.test", "--password", "pw-secret-1")
+    cli.ok("user", "disable", "bob@example.test")
+    listing = cli.ok("user", "list")
+    assert listing == "ann@example.test\nbob@example.test (disabled)\neve@example.test\n"
+    assert [line.split(" ")[0] for line in listing.splitlines()] == cli.datadir.openDirectory().listUsers()
+    assert cli.ok("user", "list", "example.test") == listing
+    cli.ok("user", "enable", "bob@example.test")
+    assert "(disabled)" not in cli.ok("user", "list")
+
+
+def test_shortPasswordRefused(cli):
+    """
+    C{user add} and C{user passwd} refuse a password shorter than C{[auth]
+    min_password_length} (10 by default) with one line and status 1, and
+    change nothing; the key sets the length.
+    """
+    cli.ok("domain", "add", "example.test")
+    err = cli.fails("user", "add", "bob@example.test", "--password", "123456789")
+    assert err == "mdpy: error: the password is too short: at least 10 characters ([auth] min_password_length)\n"
+    err2 = cli.fails("user", "add", "bob@example.test", stdin="short\n")
+    assert err2 == err
+    assert cli.datadir.openDirectory().getUser("bob@example.test") is None
+    assert cli.ok("user", "add", "bob@example.test", "--password", "1234567890") == "added user bob@example.test\n"
+    assert cli.fails("user", "passwd", "bob@example.test", stdin="tiny\n") == err
+    from mdpy.auth.passwords import verifyPassword
+
+    secrets = cli.datadir.openDirectory().getSecrets("bob@example.test")
+    assert verifyPassword("1234567890", secrets["password"])
+    cli.config.write_text(cli.config.read_text() + "[auth]\nmin_password_length = 4\n")
+    cli.ok("user", "passwd", "bob@example.test", stdin="tiny\n")
+    assert "at least 4 characters" in cli.fails("user", "add", "eve@example.test", "--password", "abc")
+
+
+def test_changesSayWhatTheyDid(cli, tmp_path):
+    """
+    Every command that changes something prints what it did.
+    """
+    assert cli.ok("domain", "add", "example.test").startswith("added domain example.test\n")
+    cli.ok("user", "add", "joe@example.test", "--password", "pw-secret-1")
+    accountId = cli.ok("multipop", "add", "joe@example.test", "--host", "h", "--username", "u",
+                       "--password", "p").strip()
+    assert cli.ok("multipop", "del", accountId) == "removed MultiPOP account %s\n" % (accountId,)
+    queueDir = cli.datadir.queueDir
+    for sub in ("env", "msg"):
+        os.makedirs(os.path.join(queueDir, sub))
+        with open(os.path.join(queueDir, sub, "Q1"), "w") as f:
+            f.write("{}")
+    assert cli.ok("queue", "del", "Q1") == "deleted queued message Q1\n"
+    assert cli.ok("user", "del", "joe@example.test", "--purge").startswith("deleted user joe@example.test\n")
+    assert cli.ok("domain", "del", "example.test").startswith("deleted domain example.test ")
+
+
+@pytest.mark.parametrize("args, stdin, message", [
+    (["domain", "add", "not a domain"], "", "bad domain"),
+    (["domain", "del", "nowhere.test", "--yes"], "", "no such domain: nowhere.test"),
+    (["domain", "catchall", "nowhere.test", "a@nowhere.test"], "", "no such domain"),
+    (["user", "add", "no-at-sign", "--password", "pw-secret-1"], "", "not an address"),
+    (["user", "add", "a@nowhere.test", "--password", "pw-secret-1"], "", "no such domain: nowhere.test"),
+    (["user", "list", "not a domain"], "", "bad domain"),
+    (["user", "del", "ghost@example.test", "--yes"], "", "no such user: ghost@example.test"),
+    (["user", "passwd", "ghost@example.test"], "pw-secret-1\n", "no such user: ghost@example.test"),
+    (["user", "disable", "ghost@example.test"], "", "no such user: ghost@example.test"),
+    (["user", "enable", "@example.test"], "", "not an address"),
+    (["alias", "add", "x@nowhere.test", "a@remote.test"], "", "no such domain: nowhere.test"),
+    (["alias", "del", "ghost@example.test"], "", "no such alias: ghost@example.test"),
+    (["queue", "del", "../etc"], "", "no such queued message"),
+    (["domainpop", "run", "isp"], "", "no [domainpop:isp] section"),
+    (["odmr", "release", "isp"], "", "no [odmr-client:isp] section"),
+    (["multipop", "add", "ghost@example.test", "--host", "h", "--username", "u", "--password", "p"], "",
+     "no such user"),
+    (["multipop", "del", "nosuch"], "", "no such MultiPOP account: nosuch"),
+    (["dkim", "show", "example.test"], "", "no DKIM key for example.test"),
+    (["dkim", "generate", "example.test", "--bits", "12"], "", "key size"),
+])
+def test_errorsAreOneLine(cli, args, stdin, message):
+    """
+    Bad input to any command is one C{mdpy: error:} line and status 1, never
+    a traceback.
+    """
+    cli.ok("domain", "add", "example.test")
+    err = cli.fails(*args, stdin=stdin)
+    assert err.startswith("mdpy: error: ") and message in err, err
+    assert "Traceback" not in err and "Error(" not in err
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "cannot read"),
+    ("not an ini file", "no section headers"),
+    ("[smtp]\nport = 99999999999999999999x\n", "[smtp] port"),
+    ("[auth]\nmin_password_length = -1\n", "[auth] min_password_length = -1"),
+])
+def test_configErrorsAreOneLine(tmp_path, content, message):
+    """
+    A configuration that cannot be read or parsed stops every command with
+    one C{mdpy: error:} line, from the installed command too.
+    """
+    config = tmp_path / "mdpy.ini"
+    if content is not None:
+        config.write_text(content)
+    done = subprocess.run(mdpyCommand() + ["-c", str(config), "user", "list"], capture_output=True, text=True)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("mdpy: error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert message in done.stderr
+
+
+def test_unexpectedFailureIsOneLine(cli, monkeypatch):
+    """
+    Even a failure that is a bug is one line, naming what went wrong.
+    """
+    from mdpy.directory.sqlite import SQLiteDirectory
+
+    def broken(self, domain=None):
+        raise KeyError("users")
+
+    monkeypatch.setattr(SQLiteDirectory, "listUsers", broken)
+    assert cli.fails("user", "list") == "mdpy: error: unexpected KeyError: 'users'\n"
+
+
+class QueueListAfterDNSTimeoutTests(test_relay.RelayTestCase):
+    """
+    C{queue list} after a relay attempt whose MX lookup timed out against a
+    loopback DNS server that never answers.
+    """
+
+    async def test_noReprForDNSTimeout(self):
+        from twisted.internet import reactor
+
+        from mdpy.delivery.mx import MXResolver, makeResolver
+        from mdpy.delivery.queue import SpoolQueue
+        from mdpy.delivery.relay import Relay
+
+        root = self.tempDir()
+        self.queue = SpoolQueue(DataDir(os.path.join(root, "data")).queueDir, reactor=reactor, clock=self.clock)
+        self.dns.failWith("dest.test", "timeout")
+        resolver = MXResolver(makeResolver(reactor, [self.dns.nameserver], timeout=(0.2,)), clock=self.clock)
+        relay = Relay(self.queue, resolver, self.bounces, "relay.example.test", self.settings, reactor, self.clock)
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        self.relay = relay
+        entry = await self.enqueue(["a@dest.test"])
+        recipient = entry.recipients[0]
+        await self.until(lambda: recipient.attempts == 1 and self.idle(), "the failed attempt")
+        await self.until(lambda: not entry.lock.locked, "the state saved")
+
+        config = os.path.join(root, "mdpy.ini")
+        with open(config, "w") as f:
+            f.write("[server]\ndata_dir = data\nhostname = mx.example.test\n")
+        out, err = io.StringIO(), io.StringIO()
+        self.assertEqual(main(["-c", config, "queue", "list"], out, io.StringIO(), err), 0, err.getvalue())
+        header, line = out.getvalue().splitlines()
+        self.assertTrue(header.startswith(entry.id + " "), header)
+        self.assertRegex(
+            line,
+            r"\A    <a@dest\.test> pending attempts=1 status=4\.4\.3 next=\S+ \S+ \(due now\) "
+            r"last: DNS lookup of dest\.test timed out\Z",
+        )
+        self.assertNotRegex(out.getvalue(), r"Query|Error\(|\[")
+        # Recorded as text, not turned into text on the way out.
+        with open(self.queue.envPath(entry.id)) as f:
+            [stored] = json.load(f)["recipients"]
+        self.assertEqual(stored["reason"], "DNS lookup of dest.test timed out")
+
+
+def test_queueListReadsOldReprs(tmp_path):
+    """
+    A queue state file written by an earlier version, holding the repr of
+    a resolver's timeout or of another exception, is listed as text.
+    """
+    from mdpy.delivery.queue import readQueue
+
+    cli = CLI(tmp_path)
+    queueDir = cli.datadir.queueDir
+    for sub in ("env", "msg"):
+        os.makedirs(os.path.join(queueDir, sub))
+    with open(os.path.join(queueDir, "msg", "OLD1"), "wb") as f:
+        f.write(b"Subject: old\r\n\r\nbody\r\n")
+    state = {
+        "version": 1, "id": "OLD1", "sender": "joe@example.test", "created": 1700000000, "size": 24,
+        "recipients": [
+            {"address": "a@example.org", "state": "pending", "attempts": 3, "due": 1700003600,
+             "status": "4.4.3",
+             "reason": "example.org MX lookup failed: TimeoutError([Query(b'example.org', 15, 1)])"},
+            {"address": "b@example.net", "state": "pending", "attempts": 1, "due": 1700003600,
+             "reason": "cannot connect: SSLError([('SSL routines', '', 'wrong version number')])"},
+        ],
+    }
+    with open(os.path.join(queueDir, "env", "OLD1"), "w") as f:
+        json.dump(state, f)
+    entries, unreadable = readQueue(queueDir)
+    assert unreadable == [], "the crafted state file is not one the queue reads"
+    listing = cli.ok("queue", "list")
+    assert "last: DNS lookup of example.org timed out\n" in listing
+    assert "last: cannot connect: SSL error\n" in listing
+    assert "Query" not in listing and "Error(" not in listing
+
+
+@pytest.mark.parametrize("args", [
+    ["domain", "add", "example.test"],
+    ["user", "list"],
+    ["alias", "list"],
+    ["queue", "list"],
+    ["multipop", "list"],
+    ["dkim", "generate", "example.test"],
+])
+def test_unusableDataDirIsOneLine(tmp_path, args):
+    """
+    A data directory that cannot be made (its parent is a file) stops each
+    command with one line naming the path and the system's reason.
+    """
+    (tmp_path / "afile").write_text("")
+    cli = CLI(tmp_path)
+    cli.config.write_text("[server]\ndata_dir = afile/data\n")
+    err = cli.fails(*args)
+    assert err.startswith("mdpy: error: %s" % (tmp_path / "afile" / "data",)), err
+    assert err.endswith(": Not a directory\n") and "Errno" not in err, err

@@ -433,7 +433,43 @@ def test_delayWarning():
     assert all(field(b, "Will-Retry-Until") for b in blocks[1:])
     text = message.get_payload()[0].get_content()
     assert "WARNING" in text
-    assert "3 hour(s)" in text
+    assert "could not be delivered for 3 hours to the" in " ".join(text.split())
+    assert "hour(s)" not in text
+
+
+@pytest.mark.parametrize("waited, text", [
+    (0, "0 seconds"),
+    (1, "1 second"),
+    (45, "45 seconds"),
+    (60, "1 minute"),
+    (90, "1 minute 30 seconds"),
+    (30 * 60, "30 minutes"),
+    (30 * 60 + 59, "30 minutes 59 seconds"),
+    (3600, "1 hour"),
+    (4 * 3600 + 12, "4 hours"),
+    (4 * 3600 + 30 * 60 + 12, "4 hours 30 minutes"),
+    (86400, "1 day"),
+    (86400 + 59 * 60, "1 day"),
+    (2 * 86400 + 5 * 3600, "2 days 5 hours"),
+    (-10, "0 seconds"),
+])
+def test_formatDuration(waited, text):
+    """
+    Durations read as people write them: the largest unit, the next one when
+    it is not zero, singular for one.
+    """
+    assert dsn.formatDuration(waited) == text
+
+
+@pytest.mark.parametrize("waited, text", [(30 * 60, "30 minutes"), (4 * 3600 + 5, "4 hours"), (86400, "1 day")])
+def test_delayWarningSaysHowLong(waited, text):
+    """
+    A delay warning says how long the message has waited as people say it,
+    never "0 hour(s)".
+    """
+    raw = buildDSN(HOST, "alice@example.org", "Q1234", NOW - waited, [delayed()], ORIGINAL, now=NOW)
+    body = " ".join(parse(raw).get_payload()[0].get_content().split())
+    assert "could not be delivered for %s to the recipients below" % (text,) in body
 
 
 def test_delayWarningHeadersEvenWhenSmall():

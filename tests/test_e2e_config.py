@@ -119,8 +119,8 @@ def test_checkAndStartRefuseWithOneLine(tmp_path, name):
     environ = environment(str(tmp_path))
     done = mdpy(environ, "-c", path, "check")
     assert (done.returncode, done.stdout) == (1, "")
-    assert done.stderr.startswith("mdpy: " + expected) and done.stderr.count("\n") == 1, done.stderr
-    line = done.stderr[len("mdpy: "):]
+    assert done.stderr.startswith("mdpy: error: " + expected) and done.stderr.count("\n") == 1, done.stderr
+    line = done.stderr[len("mdpy: error: "):]
     before = tree(str(tmp_path))
     logs = tmp_path / "logs"
     logs.mkdir()

@@ -64,7 +64,7 @@ def test_catchAllCopiesReachEachRecipientDownstream(tmp_path):
         )
         run(site, "domain", "add", "example.test")
         for name in DOWNSTREAM_USERS:
-            run(site, "user", "add", "%s@example.test" % (name,), "--password", "pw-" + name)
+            run(site, "user", "add", "%s@example.test" % (name,), "--password", "pw-secret-" + name)
         site.start()
         done = run(site, "domainpop", "run", "isp")
         assert "3 on the server, 3 downloaded" in done.stdout, done.stdout

@@ -78,7 +78,7 @@ def mdpy(tmp_path, isp, extra="", users=USERS):
     server = MdpyServer(tmp_path / "mdpy", extra=section + "[multipop]\nenabled = no\n")
     assert server.cli("domain", "add", "example.test").returncode == 0
     for name in users:
-        assert server.cli("user", "add", "%s@example.test" % name, "--password", "pw").returncode == 0
+        assert server.cli("user", "add", "%s@example.test" % name, "--password", "pw-secret-1").returncode == 0
     server.cli("alias", "add", "team@example.test", "alice@example.test", "bob@example.test")
     return server
 

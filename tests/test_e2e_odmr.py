@@ -44,7 +44,7 @@ def customer(tmp_path, extra="", mingerExtra=None):
                         extra=extra + "[multipop]\nenabled = no\n")
     assert server.cli("domain", "add", CUSTOMER).returncode == 0
     for name in USERS:
-        done = server.cli("user", "add", "%s@%s" % (name, CUSTOMER), "--password", "pw")
+        done = server.cli("user", "add", "%s@%s" % (name, CUSTOMER), "--password", "pw-secret-1")
         assert done.returncode == 0, done.stderr
     return server
 
@@ -198,7 +198,7 @@ def test_mingerAnswersAndGatewayRefusesUnknownRecipients(tmp_path):
     provider asks it at RCPT for the gateway domain.
     """
     site = customer(tmp_path, mingerExtra="secret = %s\n" % (MINGER_SECRET,))
-    assert site.cli("user", "add", "gone@" + CUSTOMER, "--password", "pw").returncode == 0
+    assert site.cli("user", "add", "gone@" + CUSTOMER, "--password", "pw-secret-1").returncode == 0
     assert site.cli("user", "disable", "gone@" + CUSTOMER).returncode == 0
     assert site.cli("alias", "add", "team@" + CUSTOMER, "ann@" + CUSTOMER).returncode == 0
     prov = provider(tmp_path, extra="verify = minger\nminger_host = %s\nminger_port = %d\nminger_secret = %s\n"

@@ -194,7 +194,7 @@ def test_runningServerSeesDirectoryChanges(server):
         assert client.rcpt("<%s>" % address)[0] == 503  # no MAIL yet
         client.mail("a@remote.test")
         assert client.rcpt("<%s>" % address)[0] == 550
-        assert server.cli("user", "add", address, "--password", "pw").returncode == 0
+        assert server.cli("user", "add", address, "--password", "pw-secret-1").returncode == 0
         assert client.rcpt("<%s>" % address)[0] == 250
         assert server.cli("user", "disable", address).returncode == 0
         assert client.rcpt("<%s>" % address)[0] == 550

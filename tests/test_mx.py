@@ -193,6 +193,7 @@ class ResolveTests(DNSTestCase):
         resolver = self.makeMXResolver(timeout=QUICK_TIMEOUT)
         e = await self.failure(resolver.resolve("example.test"), TemporaryDNSFailure)
         self.assertEqual(e.status, "4.4.3")
+        self.assertEqual(e.detail, "DNS lookup of example.test timed out")
         self.assertEqual(self.server.queries, [("example.test", "MX")])
 
     async def test_mxHostWithoutAddressSkipped(self):

@@ -233,6 +233,32 @@ def _wrap(text, indent=""):
     return "".join(line + "\r\n" for line in lines)
 
 
+_DURATION_UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
+
+
+def formatDuration(seconds):
+    """
+    Say how long something took as people write it: C{"30 minutes"},
+    C{"4 hours"}, C{"1 day 2 hours"}: the largest unit that fits, and the
+    next smaller one when it is not zero; the rest is dropped.
+
+    @param seconds: a duration; a negative one counts as none.
+    @return: the text, C{"0 seconds"} for none.
+    """
+    seconds = max(0, int(seconds))
+    for index, (name, size) in enumerate(_DURATION_UNITS):
+        if seconds >= size or size == 1:
+            parts = [(seconds // size, name)]
+            if index + 1 < len(_DURATION_UNITS):
+                smallerName, smallerSize = _DURATION_UNITS[index + 1]
+                parts.append(((seconds % size) // smallerSize, smallerName))
+            return " ".join(
+                "%d %s%s" % (count, unit, "" if count == 1 else "s")
+                for i, (count, unit) in enumerate(parts)
+                if count or i == 0
+            )
+
+
 def _recipientLine(recipient, mainAction):
     """
     @return: one paragraph of the human-readable part saying what happened
@@ -269,10 +295,9 @@ def _explanation(kind, reportingMTA, queueId, arrivalDate, recipients, now, post
         )
     elif kind == "delayed":
         paragraphs.append("THIS IS A WARNING ONLY. YOU DO NOT NEED TO RESEND YOUR MESSAGE.")
-        hours = max(0, int((now - arrivalDate) // 3600))
         paragraphs.append(
-            "Your message could not be delivered for %d hour(s) to the "
-            "recipients below. Delivery will be retried." % (hours,)
+            "Your message could not be delivered for %s to the "
+            "recipients below. Delivery will be retried." % (formatDuration(now - arrivalDate),)
         )
         until = [r.willRetryUntil for r in recipients if r.willRetryUntil is not None]
         if until:

@@ -32,7 +32,7 @@ import idna
 from twisted.internet import defer
 from twisted.names import client, dns, error
 
-from mdpy.errors import PermanentFailure, TemporaryFailure
+from mdpy.errors import PermanentFailure, TemporaryFailure, describe
 
 # RFC 3463 enhanced status codes; 5.1.10 is RFC 7505 section 4.2.
 STATUS_DNS_TEMPORARY = "4.4.3"
@@ -527,12 +527,13 @@ class MXResolver:
             ) from e
         except defer.CancelledError:
             raise
+        except defer.TimeoutError as e:
+            # Every server, every try (twisted.names gives the queries as
+            # its argument, which is no text for people).
+            raise TemporaryDNSFailure("DNS lookup of %s timed out" % (text,)) from e
         except Exception as e:
-            # The client gives up with a bare defer.TimeoutError after its
-            # last try, the DNSQueryTimeoutError is that of a single try.
-            why = "timeout" if isinstance(e, defer.TimeoutError) else repr(e)
             raise TemporaryDNSFailure(
-                "%s %s lookup failed: %s" % (text, dns.QUERY_TYPES[recordType], why)
+                "%s %s lookup failed: %s" % (text, dns.QUERY_TYPES[recordType], describe(e))
             ) from e
         return answers
 

@@ -112,6 +112,8 @@ class QueuedRecipient:
             raise ValueError("bad recipient")
         values["attempts"] = int(values["attempts"] or 0)
         values["due"] = float(values["due"] or 0)
+        # Earlier versions stored the repr of some exceptions.
+        values["reason"] = errors.withoutReprs(values["reason"])
         return cls(**values)
 
 

@@ -594,7 +594,7 @@ class Relay(service.Service):
             tlsOptions = self._clientTLSOptions(route) if useTLS else None
         except Exception as e:
             log.error("relay: cannot connect to {route}: {why}", route=route, why=e)
-            return defer.succeed(SessionResult(error=errors.TemporaryFailure(str(e))))
+            return defer.succeed(SessionResult(error=errors.TemporaryFailure(errors.describe(e))))
         return deliverOver(
             self.clock,
             endpoint,
@@ -742,7 +742,7 @@ class Relay(service.Service):
                 recipient.status = status
                 recipient.diagnostic = None
                 recipient.remoteMTA = None
-                recipient.reason = error.detail
+                recipient.reason = errors.describe(error)
                 if permanent:
                     recipient.state = FAILED
                     outcome = "bounced"
@@ -827,7 +827,7 @@ class Relay(service.Service):
 
         @return: L{False} when the failed recipients stay failed for now.
         """
-        why = _failureText(failure)
+        why = errors.describe(failure)
         if not getattr(failure.value, "temporary", True):
             log.warn(
                 "relay: {id}: DSN refused for <{sender}> ({why}); sent to <{postmaster}> as a double bounce",
@@ -843,7 +843,7 @@ class Relay(service.Service):
         The postmaster did not take the double bounce of C{entry} either:
         dropped when refused, tried again later on a temporary failure.
         """
-        why = _failureText(failure)
+        why = errors.describe(failure)
         if not getattr(failure.value, "temporary", True):
             log.error(
                 "relay: {id}: the double bounce was refused by <{postmaster}> too ({why}); the DSN is dropped",
@@ -908,7 +908,7 @@ class Relay(service.Service):
             "relay: cannot send the DSN of {id} to <{sender}>: {why}",
             id=entry.id,
             sender=entry.sender,
-            why=_failureText(failure),
+            why=errors.describe(failure),
         )
 
     @defer.inlineCallbacks
@@ -950,14 +950,6 @@ class Relay(service.Service):
             sender=recipient,
             rcpts=",".join("<%s>" % (s.address,) for s in statuses),
         )
-
-
-def _failureText(failure):
-    """
-    @return: what went wrong, for a log line: a L{errors.MailError}'s
-        detail, else the exception's message.
-    """
-    return getattr(failure.value, "detail", None) or failure.getErrorMessage()
 
 
 class HeldRelease:
@@ -1019,7 +1011,7 @@ class RelayControl(LineOnlyReceiver):
                 self.sendLine(b"ERR no such queued message")
             else:
                 d.addCallback(lambda _: self.sendLine(b"OK"))
-                d.addErrback(lambda f: self.sendLine(b"ERR " + f.getErrorMessage().encode()))
+                d.addErrback(lambda f: self.sendLine(b"ERR " + errors.describe(f).encode("utf-8", "replace")))
         elif verb == b"COLLECT":
             collector = self.factory.collectors.get(argument.decode("utf-8", "replace").strip())
             if collector is None:
@@ -1048,7 +1040,7 @@ class RelayControl(LineOnlyReceiver):
         self.sendLine(b"OK")
 
     def _failed(self, failure):
-        self.sendLine(b"ERR " + failure.getErrorMessage().encode("utf-8", "replace"))
+        self.sendLine(b"ERR " + errors.describe(failure).encode("utf-8", "replace"))
 
     def lineLengthExceeded(self, line):
         self.transport.loseConnection()

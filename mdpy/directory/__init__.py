@@ -5,7 +5,7 @@ returns.  The SQLite implementation is L{mdpy.directory.sqlite}.
 """
 
 from mdpy.address import normalise
-from mdpy.errors import Exists
+from mdpy.errors import Exists, InvalidInput, NotFound
 
 # RFC 5321 section 4.5.1 (postmaster) and RFC 2142 section 2 (abuse): the
 # role addresses every local domain answers.
@@ -35,6 +35,54 @@ def addRoleAliases(directory, domain, target):
             continue
         made.append((alias, target))
     return made
+
+
+def checkAliasTargets(directory, targets, alias=None):
+    """
+    Refuse an alias or a catch-all that would lose mail or loop, before it
+    is made: each target in a local domain must be a user or an alias, and
+    no target may lead back to C{alias} through other aliases.  Targets in
+    other domains are remote and not checked.
+
+    @param directory: an L{mdpy.interfaces.IDirectory}.
+    @param targets: the addresses the mail is to go to.
+    @param alias: the address to be made an alias of C{targets}, or
+        L{None} for a catch-all.
+    @raise NotFound: a target in a local domain is neither a user nor an
+        alias.
+    @raise InvalidInput: a target leads back to C{alias}.
+    """
+    targets = [normalise(target) for target in targets]
+    alias = None if alias is None else normalise(alias)
+    aliases = dict(directory.listAliases())
+    for target in targets:
+        if target == alias or target in aliases:
+            continue
+        domain = target.rpartition("@")[2]
+        if directory.hasDomain(domain) and directory.getUser(target) is None:
+            raise NotFound(
+                "%s is neither a user nor an alias of the local domain %s" % (target, domain)
+            )
+    loop = _pathTo(alias, targets, aliases, set()) if alias is not None else []
+    if loop:
+        raise InvalidInput("%s would loop: %s" % (alias, " -> ".join([alias] + loop)))
+
+
+def _pathTo(alias, targets, aliases, visited):
+    """
+    @return: the chain of addresses from one of C{targets} through
+        C{aliases} to C{alias}, or C{[]} when there is none.
+    """
+    for target in targets:
+        if target == alias:
+            return [target]
+        if target in visited or target not in aliases:
+            continue
+        visited.add(target)
+        rest = _pathTo(alias, aliases[target], aliases, visited)
+        if rest:
+            return [target] + rest
+    return []
 
 
 class User:

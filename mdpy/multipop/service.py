@@ -44,7 +44,7 @@ class MultiPOPAccounts:
         except FileNotFoundError:
             return []
         except (OSError, ValueError) as e:
-            raise errors.TemporaryFailure("%s: unreadable: %s" % (self.path, e))
+            raise errors.TemporaryFailure("%s: unreadable: %s" % (self.path, getattr(e, "strerror", None) or e))
         return [a for a in accounts if isinstance(a, dict) and "id" in a]
 
     def add(self, user, host, port=110, tls="starttls", username="", password="", leaveOnServerDays=0):
