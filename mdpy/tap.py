@@ -199,12 +199,12 @@ def buildService(config, portOffset=0, reactor=None):
         log.info("maildir: removed {n} files left in tmp/ folders for over 36 hours", n=len(stale))
     address, password, aliases = datadir.firstStart(directory, store, server["domain"])
     if address:
+        # The password itself never goes to a log: logs are read more
+        # widely and kept longer than a 0600 file.
         log.info(
-            "created the postmaster account {address} of {domain} with password {password}"
-            " (also in {path})",
+            "created the postmaster account {address} of {domain}; its password is in {path}",
             domain=server["domain"],
             address=address,
-            password=password,
             path=datadir.postmasterPasswordPath,
         )
     for alias, target in aliases:
