@@ -34,7 +34,7 @@ from mdpy.durable import unlinkQuietly
 from mdpy.domainpop.recipients import RoutingRules
 from mdpy.domainpop.service import Collector, CollectorService, CollectorSettings
 from mdpy.domainpop.state import DEDUPE_FINGERPRINT
-from mdpy.logs import setLevel
+from mdpy.logs import logThroughFilter, setLevel
 from mdpy.minger.client import MingerClient, MingerVerifier
 from mdpy.minger.server import MingerServer
 from mdpy.multipop.service import MultiPOPAccounts, MultiPOPService
@@ -104,7 +104,17 @@ def _oneLineListenErrors(hook=sys.excepthook):
 class MailServer(service.MultiService):
     """
     The service tree: one named child per listener.
+
+    @ivar twistdOptions: the options of the C{twistd} running it, whose log
+        it filters (L{mdpy.logs.logThroughFilter}), or L{None}.
     """
+
+    twistdOptions = None
+
+    def setServiceParent(self, parent):
+        service.MultiService.setServiceParent(self, parent)
+        if self.twistdOptions is not None:
+            logThroughFilter(parent, self.twistdOptions)
 
     def privilegedStartService(self):
         try:
@@ -696,6 +706,7 @@ def makeService(options, reactor=None):
     reactor.suggestThreadPoolSize(THREADS)
     top = buildService(config, options["port-offset"], reactor)
     top.serverLock = lock  # held until the process ends
+    top.twistdOptions = getattr(options, "parent", None)
     return top
 
 

@@ -1065,6 +1065,7 @@ class RelayControlFactory(protocol.ServerFactory):
     """
 
     protocol = RelayControl
+    noisy = False
 
     def __init__(self, queue, collectors=None):
         self.queue = queue

@@ -940,6 +940,7 @@ def deliverOver(reactor, endpoint, heloName, nextMessage, messageDone, **kwargs)
     """
     kwargs.setdefault("clock", reactor)
     factory = Factory.forProtocol(partial(ESMTPClient, heloName, nextMessage, messageDone, **kwargs))
+    factory.noisy = False  # the relay logs what each connection did
 
     def notConnected(failure):
         why = failure.getErrorMessage()
