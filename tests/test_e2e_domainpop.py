@@ -138,7 +138,7 @@ def test_unknownRecipientWithoutPostmasterIsHeld(tmp_path, isp):
         with open(path, "rb") as f:
             assert f.read() == UNKNOWN
         [warning] = [text for text in server.logText().splitlines() if "#warn]" in text and "held" in text]
-        assert "domainpop/isp: held <m7@far.test> (UIDL " in warning
+        assert "domainpop/isp: <m7@far.test> (UIDL " in warning and ": held in %s: " % (path,) in warning
         assert warning.endswith(": " + why)
         assert "Traceback" not in server.logText()
     finally:
