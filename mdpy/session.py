@@ -106,6 +106,7 @@ class SessionFactory(ServerFactory):
     """
 
     protocol = None
+    noisy = False  # no "Starting factory <repr>" lines: the listener is logged
 
     def __init__(
         self,

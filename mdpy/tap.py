@@ -38,7 +38,7 @@ from mdpy.durable import unlinkQuietly
 from mdpy.domainpop.recipients import RoutingRules
 from mdpy.domainpop.service import Collector, CollectorService, CollectorSettings
 from mdpy.domainpop.state import DEDUPE_FINGERPRINT
-from mdpy.logs import setLevel
+from mdpy.logs import logThroughFilter, setLevel
 from mdpy.minger.client import MingerClient, MingerVerifier
 from mdpy.minger.server import MingerServer
 from mdpy.multipop.service import MultiPOPAccounts, MultiPOPService
@@ -114,9 +114,17 @@ class MailServer(service.MultiService):
     The service tree: one named child per listener and per collection.
 
     @ivar live: the L{LiveParts} a reload changes.
+    @ivar twistdOptions: the options of the C{twistd} running it, whose log
+        it filters (L{mdpy.logs.logThroughFilter}), or L{None}.
     """
 
     live = None
+    twistdOptions = None
+
+    def setServiceParent(self, parent):
+        service.MultiService.setServiceParent(self, parent)
+        if self.twistdOptions is not None:
+            logThroughFilter(parent, self.twistdOptions)
 
     def reload(self):
         """
@@ -312,12 +320,12 @@ def buildService(config, portOffset=0, reactor=None):
         log.info("maildir: removed {n} files left in tmp/ folders for over 36 hours", n=len(stale))
     address, password, aliases = datadir.firstStart(directory, store, server["domain"])
     if address:
+        # The password itself never goes to a log: logs are read more
+        # widely and kept longer than a 0600 file.
         log.info(
-            "created the postmaster account {address} of {domain} with password {password}"
-            " (also in {path})",
+            "created the postmaster account {address} of {domain}; its password is in {path}",
             domain=server["domain"],
             address=address,
-            password=password,
             path=datadir.postmasterPasswordPath,
         )
     for alias, target in aliases:
@@ -843,6 +851,7 @@ def makeService(options, reactor=None):
     top = buildService(config, options["port-offset"], reactor)
     top.serverLock = lock  # held until the process ends
     installReloadSignal(top, reactor)
+    top.twistdOptions = getattr(options, "parent", None)
     return top
 
 

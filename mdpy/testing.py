@@ -10,6 +10,7 @@ TLS-capable string transport, and a transcript helper for line protocols.
     t.expect("250-*", "250 *")
 """
 
+import contextlib
 import fnmatch
 import shutil
 import tempfile
@@ -19,6 +20,7 @@ from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, interfaces as iinternet
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from zope.interface import implementer
 
@@ -31,6 +33,41 @@ def synchronousRunner(function, *args, **kwargs):
     A C{runInThread} for stores and checkers that runs at once in this thread.
     """
     return defer.maybeDeferred(function, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def capturedLogs():
+    """
+    Collect every log event published while the block runs::
+
+        with capturedLogs() as events:
+            ...
+        assert loggedLines(events, "deliver: ") == [...]
+
+    @return: a context manager giving the L{list} of events.
+    """
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+
+
+def loggedLines(events, text="", level=None):
+    """
+    @param level: a L{twisted.logger.LogLevel}, or L{None} for every level.
+    @return: the formatted events among C{events} of C{level} that contain
+        C{text}, as a log file shows them (without the time and system).
+    """
+    lines = []
+    for event in events:
+        if level is not None and event.get("log_level") != level:
+            continue
+        line = formatEvent(event)
+        if text in line:
+            lines.append(line)
+    return lines
 
 
 @implementer(iinternet.ITLSTransport)

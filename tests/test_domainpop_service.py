@@ -5,6 +5,7 @@ ISP, delivering through the real pipeline into a Maildir store.
 """
 
 import os
+import re
 
 from twisted.internet import defer, reactor
 from twisted.logger import LogLevel, formatEvent
@@ -229,6 +230,34 @@ class RoutingTests(CollectorTestCase):
         self.assertEqual(self.subjects("bob"), ["received"])
         self.assertEqual(self.subjects("alice"), [])
 
+    async def test_eachMessageGetsOneLineSayingWhereItWent(self):
+        """
+        One info line per downloaded message: its Message-ID and UIDL, the
+        ISP mailbox, the local recipients with the id of the delivery that
+        the pipeline's lines show, and what else became of it.
+        """
+        events = captureLogs(self)
+        isp = ISP(self, [TO_CC_A, TO_CC_B, UNKNOWN])
+        await self.collector(isp).collect()
+        lines = logged(events, LogLevel.info, "domainpop/isp: <m")
+        self.assertEqual(len(lines), 3, lines)
+        pattern = (r"domainpop/isp: <%s> \(UIDL (\S+)\) from box@isp\.test at 127\.0\.0\.1: %s\Z")
+        first = re.match(pattern % (r"m1@far\.test", r"delivered to <alice@example\.test>, <bob@example\.test>"
+                                                    r" as (\S+)"), lines[0])
+        self.assertTrue(first, lines[0])
+        self.assertRegex(lines[1], pattern % (r"m1@far\.test", r"duplicate for <alice@example\.test>,"
+                                                               r" <bob@example\.test>: dropped"))
+        unknown = re.match(pattern % (r"m7@far\.test", r"to the postmaster <postmaster@example\.test> as (\S+):"
+                                                      r" unknown nobody@example\.test"), lines[2])
+        self.assertTrue(unknown, lines[2])
+        # The ids are those of the pipeline's lines.
+        deliveries = logged(events, LogLevel.info, "deliver: ")
+        self.assertEqual(deliveries, [
+            "deliver: %s to=<alice@example.test> folder=INBOX status=stored" % (first.group(2),),
+            "deliver: %s to=<bob@example.test> folder=INBOX status=stored" % (first.group(2),),
+            "deliver: %s to=<postmaster@example.test> folder=INBOX status=stored" % (unknown.group(2),),
+        ])
+
     async def test_foreignAndUnknownPolicies(self):
         """
         unknown_recipient = drop drops, and says so in the log at info, one
@@ -240,12 +269,12 @@ class RoutingTests(CollectorTestCase):
         self.assertEqual(self.everything(), {name: [] for name in LOCAL})
         self.assertEqual((report.dropped, report.held), (2, 0))
         self.assertEqual(isp.remaining(), 0)
-        dropped = logged(events, LogLevel.info, "domainpop/isp: dropped")
+        dropped = logged(events, LogLevel.info, "dropped: ")
         self.assertEqual(len(dropped), 2)
-        self.assertIn("domainpop/isp: dropped <m7@far.test> (UIDL ", dropped[0])
-        self.assertIn(": unknown nobody@example.test (unknown_recipient = drop)", dropped[0])
+        self.assertRegex(dropped[0], r"^domainpop/isp: <m7@far\.test> \(UIDL \S+\) from box@isp\.test at 127\.0\.0\.1:"
+                                     r" dropped: unknown nobody@example\.test \(unknown_recipient = drop\)$")
         self.assertIn("<m2@far.test>", dropped[1])
-        self.assertIn("no recipient found", dropped[1])
+        self.assertIn("dropped: no recipient found", dropped[1])
         self.assertEqual(heldMessages(self.stateDir), [])
 
     async def test_bounceToTheSenderOrElseThePostmaster(self):
@@ -262,8 +291,8 @@ class RoutingTests(CollectorTestCase):
         self.assertIsNone(report.error)
         self.assertEqual((report.bounced, report.dropped, report.held), (1, 0, 0))
         self.assertIn("1 bounced", report.summary())
-        [bounced] = logged(events, LogLevel.info, "domainpop/isp: bounced <m7@far.test> (UIDL ")
-        self.assertTrue(bounced.endswith(" to carol@example.test: unknown nobody@example.test"
+        [bounced] = logged(events, LogLevel.info, "domainpop/isp: <m7@far.test> (UIDL ")
+        self.assertTrue(bounced.endswith(": bounced to <carol@example.test>: unknown nobody@example.test"
                                          " (unknown_recipient = bounce)"), bounced)
         [dsn] = [m.open().read() for m in self.store.openMailbox("carol@example.test").messages()]
         self.assertIn(b"multipart/report", dsn)
@@ -407,7 +436,7 @@ class HeldTests(CollectorTestCase):
             with open(message.path, "rb") as f:
                 held[f.read()] = message
         self.assertEqual(sorted(held), sorted(data for data, reason in expected))
-        warned = logged(self.events, LogLevel.warn, "domainpop/isp: held ")
+        warned = logged(self.events, LogLevel.warn, "held in ")
         self.assertEqual(len(warned), len(expected))
         for data, reason in expected:
             message = held[data]
@@ -435,8 +464,8 @@ class HeldTests(CollectorTestCase):
                        " no such user: postmaster@example.test"),
         ])
         self.assertEqual([(m.sender, m.subject) for m in held], [("x@far.test", "unknown"), ("x@far.test", "bcc")])
-        self.assertEqual(len([line for line in logged(self.events, LogLevel.warn, "held <m7@far.test> (UIDL ")
-                              if "unknown nobody@example.test" in line]), 1)
+        self.assertEqual(len([line for line in logged(self.events, LogLevel.warn, "domainpop/isp: <m7@far.test> (UIDL ")
+                              if "held in " in line and "unknown nobody@example.test" in line]), 1)
         self.assertEqual(self.everything(), {name: [] for name in LOCAL})
         report = await self.collector(isp).collect()
         self.assertEqual((report.listed, report.held), (0, 0))
@@ -771,4 +800,5 @@ class MultiPOPTests(CollectorTestCase):
         with open(held.path, "rb") as f:
             self.assertEqual(f.read(), BCC_BARE)
         [line] = logged(events, LogLevel.warn, "held")
-        self.assertTrue(line.startswith("multipop/carol/%s: held <m2@far.test>" % (accountId,)), line)
+        self.assertTrue(line.startswith("multipop/carol/%s: <m2@far.test> (UIDL " % (accountId,)), line)
+        self.assertIn(" from box@isp.test at 127.0.0.1: held in %s: unknown carol@example.test;" % (held.path,), line)

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from tests.server import MdpyServer, mdpyCommand, waitUntil
-from tests.test_domainpop_service import CORPUS, EXPECTED, UNKNOWN, message
+from tests.test_domainpop_service import CORPUS, EXPECTED, TO_CC_A, UNKNOWN, message
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "bench"))
@@ -114,6 +114,32 @@ def test_collectThroughTheRunningServer(tmp_path, isp):
     assert len(os.listdir(archive)) == len(CORPUS)
 
 
+def test_logSaysWhereEachMessageWent(tmp_path, isp):
+    """
+    The server's log has one line per collected message: its Message-ID
+    and UIDL, the ISP mailbox, and the local recipients with the id that
+    their deliver lines show (or the postmaster, and why).
+    """
+    isp.fill([TO_CC_A, UNKNOWN])
+    server = mdpy(tmp_path, isp)
+    server.start()
+    try:
+        # Sooner than the server's own first cycle, which may take it instead.
+        server.cli("domainpop", "run", "isp")
+        waitUntil(lambda: isp.remaining() == 0 and "<m7@far.test>" in server.logText(), what="the collection")
+        log = server.logText()
+        source = r"domainpop/isp: <%s> \(UIDL \S+\) from box@isp\.test at 127\.0\.0\.1: "
+        [both] = re.findall(source % (r"m1@far\.test",) + r"delivered to <alice@example\.test>,"
+                            r" <bob@example\.test> as (\S+)$", log, re.M)
+        [unknown] = re.findall(source % (r"m7@far\.test",) + r"to the postmaster <postmaster@example\.test>"
+                               r" as (\S+): unknown nobody@example\.test$", log, re.M)
+        for address, id in (("alice", both), ("bob", both), ("postmaster", unknown)):
+            assert re.search(r"deliver: %s to=<%s@example\.test> folder=INBOX status=stored$" % (id, address),
+                             log, re.M), (address, log[-3000:])
+    finally:
+        server.stop()
+
+
 def test_unknownRecipientWithoutPostmasterIsHeld(tmp_path, isp):
     """
     C{unknown_recipient = postmaster} and no postmaster account: the
@@ -139,7 +165,7 @@ def test_unknownRecipientWithoutPostmasterIsHeld(tmp_path, isp):
         with open(path, "rb") as f:
             assert f.read() == UNKNOWN
         [warning] = [text for text in server.logText().splitlines() if "#warn]" in text and "held" in text]
-        assert "domainpop/isp: held <m7@far.test> (UIDL " in warning
+        assert "domainpop/isp: <m7@far.test> (UIDL " in warning and ": held in %s: " % (path,) in warning
         assert warning.endswith(": " + why)
         assert "Traceback" not in server.logText()
     finally:

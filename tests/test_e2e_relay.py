@@ -471,10 +471,13 @@ def test_mxFallbackToMdpyAndDeliveryToPostfix(sender, dest, postfix, port):
     refused = log.index("relay: mx1.dest.test[127.0.0.2]:%d: cannot connect: " % port)
     assert "Connection was refused" in log[refused:].splitlines()[0]
     sent = re.search(
-        r"smtp-client: \S+ via 127\.0\.0\.3:%d: <x@dest\.test> sent \(250 2\.0\.0 Ok" % port, log
+        r"relay: \S+ to=<x@dest\.test> relay=\S+\[127\.0\.0\.3\]:%d delay=[0-9.]+ dsn=2\.0\.0"
+        r" status=sent \(250 2\.0\.0 Ok" % port,
+        log,
     )
     assert sent and sent.start() > refused
-    assert re.search(r"smtp-client: \S+ via 127\.0\.0\.4:%d: <y@pf\.test> sent \(250 2\.0\.0 Ok" % port, log)
+    assert re.search(r"relay: \S+ to=<y@pf\.test> relay=\S+\[127\.0\.0\.4\]:%d delay=[0-9.]+ dsn=2\.0\.0"
+                     r" status=sent \(250 2\.0\.0 Ok" % port, log)
     assert len(maildirMessages(inbox)) == 1 and len(maildirMessages(pfInbox)) == 1
     assert "Traceback" not in log
 
@@ -517,8 +520,10 @@ def test_retryThenDelivery(sender, dest, dns):
     assert messageId(received) == messageId(message)
     assert sender.cli("queue", "list").stdout == ""
     log = sender.logText()
-    assert "relay: %s to <z@late.test>: deferred (cannot connect: Connection was refused" % (queueId,) in log
-    assert re.search(r"smtp-client: %s via 127\.0\.0\.3:\d+: <z@late\.test> sent \(250 " % (queueId,), log)
+    assert re.search(r"relay: %s to=<z@late\.test> relay=none delay=[0-9.]+ dsn=4\.4\.1 status=deferred"
+                     r" \(cannot connect: Connection was refused" % (queueId,), log)
+    assert re.search(r"relay: %s to=<z@late\.test> relay=\S+\[127\.0\.0\.3\]:\d+ delay=[0-9.]+ dsn=2\.0\.0"
+                     r" status=sent \(250 " % (queueId,), log)
 
 
 def test_expiryBouncesToTheLocalSender(newSender):
@@ -536,8 +541,9 @@ def test_expiryBouncesToTheLocalSender(newSender):
     until(lambda: queueEmpty(server), "an empty queue", server=server)
     [raw] = maildirMessages(box)
     log = server.logText()
-    [queueId] = re.findall(r"relay: (\S+) to <z@never\.test>: expired \(", log)
-    assert log.count("relay: %s to <z@never.test>: deferred (cannot connect: " % (queueId,)) >= 2
+    [queueId] = re.findall(r"relay: (\S+) to=<z@never\.test> relay=none delay=\S+ dsn=\S+ status=expired \(", log)
+    assert len(re.findall(r"relay: %s to=<z@never\.test> relay=none delay=\S+ dsn=4\.4\.1 status=deferred"
+                          r" \(cannot connect: " % (queueId,), log)) >= 2
     assert log.count("relay: %s: failed DSN " % (queueId,)) == 1
 
     dsn, perMessage, perRecipient, returned = deliveryStatus(raw)
@@ -579,7 +585,8 @@ def test_unknownRecipientBouncesWithTheRemoteReply(sender, dest):
     [raw] = maildirMessages(box)
     log = sender.logText()
     [queueId] = re.findall(
-        r"relay: (\S+) to <nobody@dest\.test> via mx2\.dest\.test\[127\.0\.0\.3\]:\d+: bounced \(550 ", log
+        r"relay: (\S+) to=<nobody@dest\.test> relay=mx2\.dest\.test\[127\.0\.0\.3\]:\d+ delay=[0-9.]+"
+        r" dsn=5\.1\.1 status=bounced \(550 5\.1\.1 Recipient address rejected: user unknown\)", log
     )
     assert log.count("relay: %s: failed DSN " % (queueId,)) == 1
 

@@ -9,7 +9,7 @@ from twisted.application import internet
 from twisted.internet import defer, reactor, task
 from twisted.internet.error import CannotListenError, DNSLookupError
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent
 from twisted.trial import unittest
 
 from mdpy.directory.sqlite import SQLiteDirectory
@@ -33,7 +33,7 @@ from mdpy.minger.protocol import (
     parseReply,
 )
 from mdpy.minger.server import MingerServer, mailboxStatus, makeMingerService
-from mdpy.testing import TempDirTestCase
+from mdpy.testing import TempDirTestCase, capturedLogs
 
 SECRET = "0123456789abcdef"
 GOOD_DIGEST = "A7E/WJtlUbO5NWDjZba+bw=="
@@ -80,10 +80,7 @@ def captureLogs(testCase):
     """
     @return: a list receiving every log event until the test ends.
     """
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    testCase.addCleanup(globalLogPublisher.removeObserver, events.append)
-    return events
+    return testCase.enterContext(capturedLogs())
 
 
 def warnings(events, text):

@@ -514,3 +514,73 @@ def test_failedWithdrawalIsLogged(relaying, monkeypatch):
         globalLogPublisher.removeObserver(events.append)
     [event] = [e for e in events if "could not be withdrawn" in e.get("log_format", "")]
     assert event["why"] == "division by zero"
+
+
+def test_eachStoredCopyIsLogged(pipeline):
+    """
+    One C{deliver:} line per stored copy, under the message's id (the one
+    the SMTP accepted line shows), naming the address the client gave when
+    an alias or the catch-all led elsewhere.
+    """
+    from mdpy.testing import capturedLogs, loggedLines
+
+    pipeline.directory.addUser("box@example.test", "pw")
+    pipeline.directory.setCatchAll("example.test", "box@example.test")
+    envelope = Envelope("a@remote.test")
+    with capturedLogs() as events:
+        delivery = pipeline.startDelivery(envelope)
+        for rcpt in ("team@example.test", "Joe@Example.TEST", "nobody@example.test"):
+            delivery.addRecipient(rcpt)
+        delivery.write(b"Subject: x\r\n\r\nbody\r\n")
+        assert fired(delivery.commit()) is None
+    id = envelope.messageId
+    assert loggedLines(events, "deliver: ") == [
+        "deliver: %s to=<joe@example.test> orig_to=<team@example.test> folder=INBOX status=stored" % (id,),
+        "deliver: %s to=<ann@example.test> orig_to=<team@example.test> folder=INBOX status=stored" % (id,),
+        "deliver: %s to=<box@example.test> orig_to=<nobody@example.test> folder=INBOX status=stored" % (id,),
+    ]
+
+
+def test_directCopyHasNoOriginalRecipient(pipeline):
+    from mdpy.testing import capturedLogs, loggedLines
+
+    envelope = Envelope("a@remote.test")
+    with capturedLogs() as events:
+        delivery = pipeline.startDelivery(envelope)
+        delivery.addRecipient("JOE@example.test")
+        delivery.write(b"x\r\n")
+        fired(delivery.commit())
+    assert loggedLines(events, "deliver: ") == [
+        "deliver: %s to=<joe@example.test> folder=INBOX status=stored" % (envelope.messageId,)
+    ]
+
+
+def test_forwardedCopyIsLoggedWithItsQueueId(relaying):
+    """
+    A copy forwarded through an alias is logged with the alias and the id
+    it is queued under, which the relay's lines show.
+    """
+    from mdpy.testing import capturedLogs, loggedLines
+
+    envelope = Envelope("joe@example.test", authenticatedAs="joe@example.test")
+    with capturedLogs() as events:
+        delivery = relaying.startDelivery(envelope)
+        delivery.addRecipient("x@remote.test")
+        delivery.addRecipient("fwd@example.test")
+        delivery.write(b"x\r\n")
+        fired(delivery.commit())
+    [forwarded] = [e for e in relaying.queue.list() if e.id != envelope.messageId]
+    assert loggedLines(events, "deliver: ") == [
+        "deliver: %s to=<someone@remote.test> orig_to=<fwd@example.test> status=forwarded (queued as %s)"
+        % (envelope.messageId, forwarded.id)
+    ]
+
+
+def test_failedCommitLogsNoCopy(pipeline):
+    from mdpy.testing import capturedLogs, loggedLines
+
+    pipeline.store.failDeliver = errors.TemporaryFailure("disk full")
+    with capturedLogs() as events:
+        d = deliver(pipeline, ["joe@example.test"], b"x\r\n")
+        d.addErrback(lambda f: f.trap(errors.TemporaryFailure))
+    assert loggedLines(events, "deliver: ") == []

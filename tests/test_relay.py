@@ -7,6 +7,7 @@ server (L{tests.dnsserver}) for MX lookups and a L{Clock} for retries.
 import email
 import email.policy
 import os
+import re
 import socket
 
 from twisted.internet import defer, protocol, reactor, task
@@ -20,7 +21,7 @@ from mdpy.delivery.relay import Relay, RelayControlFactory, RelaySettings
 from mdpy.envelope import Envelope
 from mdpy.smtp import codes
 from mdpy.smtp.server import MODE_SUBMISSION, SMTPFactory, SMTPServer
-from mdpy.testing import RecordingTarget, TempDirTestCase, memoryPortal
+from mdpy.testing import RecordingTarget, TempDirTestCase, capturedLogs, loggedLines, memoryPortal
 from mdpy.tls import ensureSelfSigned, serverOptions
 from tests.dnsserver import TestDNSServer
 
@@ -239,6 +240,41 @@ class DeliveryTests(RelayTestCase):
         self.assertEqual(receiver.target.messages[1].recipients, ["a@dest.test"])
         await self.until(lambda: entry.removed)
         self.assertEqual(self.bounces.messages, [])
+
+    async def test_eachRecipientIsLoggedAsPostfixDoes(self):
+        """
+        One line per recipient and attempt: the queue id, the host tried,
+        the time since it was queued, the status code, the outcome and the
+        reply; C{relay=none} when DNS gave no host to try.
+        """
+        receiver = self.receiver()
+        receiver.target.recipientErrors["a@dest.test"] = errors.TemporaryFailure("busy")
+        receiver.target.recipientErrors["bad@dest.test"] = errors.NotFound("no")
+        self.dns.failWith("other.test", "servfail")
+        events = self.enterContext(capturedLogs())
+        self.startRelay()
+        entry = await self.enqueue(["a@dest.test", "b@dest.test", "bad@dest.test"])
+        other = await self.enqueue(["c@other.test"])
+        await self.until(self.idle, "the first attempts")
+        del receiver.target.recipientErrors["a@dest.test"]
+        self.clock.advance(60)
+        await self.until(lambda: entry.removed and self.idle(), "the retry")
+        lines = sorted(loggedLines(events, "relay: %s to=" % (entry.id,)))
+        mx2 = "relay=mx2.dest.test[127.0.0.3]:%d" % (self.port,)
+        self.assertEqual(len(lines), 4, lines)
+        self.assertRegex(lines[0], r"relay: %s to=<a@dest\.test> %s delay=0\.00 dsn=4\.3\.0 status=deferred"
+                         r" \(451 4\.3\.0 Error: local error in processing" % (entry.id, re.escape(mx2)))
+        self.assertRegex(lines[1], r"relay: %s to=<a@dest\.test> %s delay=60 dsn=2\.0\.0 status=sent \(250 "
+                         % (entry.id, re.escape(mx2)))
+        self.assertRegex(lines[2], r"relay: %s to=<b@dest\.test> %s delay=0\.00 dsn=2\.0\.0 status=sent \(250 "
+                         % (entry.id, re.escape(mx2)))
+        self.assertRegex(lines[3], r"relay: %s to=<bad@dest\.test> %s delay=0\.00 dsn=5\.1\.1 status=bounced"
+                         r" \(550 5\.1\.1 " % (entry.id, re.escape(mx2)))
+        self.assertEqual(
+            loggedLines(events, "relay: %s to=" % (other.id,))[:1],
+            ["relay: %s to=<c@other.test> relay=none delay=0.00 dsn=4.4.3 status=deferred"
+             " (other.test MX lookup failed: SERVFAIL)" % (other.id,)],
+        )
 
     async def test_permanentFailureBouncesWithAValidDSN(self):
         receiver = self.receiver()

@@ -16,6 +16,7 @@ from mdpy.datadir import DataDir
 from mdpy.directory import addRoleAliases
 from mdpy.smtp.server import MODE_MTA, MODE_SMTPS, MODE_SUBMISSION
 from mdpy.tap import Options, buildService, makeService, relaySettings
+from mdpy.testing import capturedLogs, loggedLines
 
 
 class MemoryReactor(MemoryReactorClock):
@@ -183,12 +184,19 @@ def test_disabledServicesAreNotBuilt(tmp_path):
 
 def test_firstStartMakesDomainPostmasterAndCertificate(tmp_path):
     config = load(tmp_path)
-    buildService(config, reactor=MemoryReactor())
+    with capturedLogs() as events:
+        buildService(config, reactor=MemoryReactor())
     data = tmp_path / "data"
     password = data / "postmaster.password"
     assert stat.S_IMODE(os.stat(password).st_mode) == 0o600
     address, secret = password.read_text().split()
     assert address == "postmaster@example.test"
+    # The log names the file, never the password.
+    assert loggedLines(events, "postmaster account") == [
+        "created the postmaster account postmaster@example.test of example.test; its password is in %s"
+        % (password,)
+    ]
+    assert not [line for line in loggedLines(events) if secret in line]
     assert (data / "tls" / "cert.pem").exists() and (data / "tls" / "key.pem").exists()
     assert os.path.isdir(data / "mail" / "example.test" / "postmaster" / "new")
     assert stat.S_IMODE(os.stat(data / "directory.sqlite").st_mode) == 0o600

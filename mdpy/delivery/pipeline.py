@@ -111,6 +111,17 @@ class _Region:
         return data
 
 
+def _originalRecipient(recipient, original):
+    """
+    @return: the C{orig_to=} part of a delivery log line: the address
+        C{original} the client gave, when it is not C{recipient} itself, or
+        C{""}.
+    """
+    if original.lower() == recipient.lower():
+        return ""
+    return " orig_to=<%s>" % (original,)
+
+
 @implementer(IDeliveryTarget)
 class DeliveryPipeline:
     """
@@ -199,7 +210,9 @@ class PipelineDelivery:
         self.copies = []  # (account, address as given, caught), see addRecipient
         self.relayed = []  # remote addresses the sender named
         self.forwarded = []  # remote addresses reached through local ones
+        self._forwardedFrom = {}  # each of those: the local address that reached it
         self._forwarder = None  # the local domain of the first of those
+        self._forwardedId = None  # the queue id of the forwarded copies
         self._accounts = set()
         self._staged = []  # queue entries staged by commit
         self._spool = tempfile.SpooledTemporaryFile(
@@ -223,6 +236,8 @@ class PipelineDelivery:
             domain = splitAddress(address)[1]
             if pipeline.directory.hasDomain(domain):
                 self._addRemote(resolution.remote, self.forwarded)
+                for remote in resolution.remote:
+                    self._forwardedFrom.setdefault(remote, address)
                 self._forwarder = self._forwarder or domain
             elif not pipeline.mayRelay(self.envelope):
                 raise errors.RelayDenied("relaying to <%s> denied" % (address,))
@@ -287,8 +302,32 @@ class PipelineDelivery:
             d.addCallback(self._stageForwarded)
         d.addCallback(self._commitLocal)
         d.addCallbacks(self._admitStaged, self._withdrawStaged)
+        d.addCallback(self._logCopies)
         d.addBoth(self._cbClose)
         return d
+
+    def _logCopies(self, ignored):
+        """
+        Log one line per stored or forwarded copy, as Postfix's local
+        delivery agent does: C{orig_to} is the address the client gave when
+        an alias or a catch-all led to another.
+        """
+        messageId = self.envelope.messageId
+        for account, address, caught in self.copies:
+            log.info(
+                "deliver: {id} to=<{to}>{orig} folder=INBOX status=stored",
+                id=messageId,
+                to=account,
+                orig=_originalRecipient(account, address),
+            )
+        for address in self.forwarded:
+            log.info(
+                "deliver: {id} to=<{to}>{orig} status=forwarded (queued as {queueId})",
+                id=messageId,
+                to=address,
+                orig=_originalRecipient(address, self._forwardedFrom[address]),
+                queueId=self._forwardedId,
+            )
 
     def _check(self):
         """
@@ -404,6 +443,7 @@ class PipelineDelivery:
             receivedAt=envelope.receivedAt,
             trusted=envelope.trusted,
         )
+        self._forwardedId = forwarded.messageId
         return self._stage(results, forwarded, self.forwarded, results)
 
     def _cbClose(self, result):

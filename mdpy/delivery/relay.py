@@ -677,19 +677,28 @@ class Relay(service.Service):
                 outcome = "bounced"
             else:
                 outcome = self._deferRecipient(entry, recipient, now)
-            # The client logged every reply; what is new here is a retry or
-            # a bounce.
-            emit = log.debug if outcome == "sent" else log.info
-            emit(
-                "relay: {id} to <{rcpt}> via {route}: {outcome} ({code} {text})",
-                id=entry.id,
-                rcpt=recipient.address,
-                route=route,
-                outcome=outcome,
-                code=result.code,
-                text=result.text,
-            )
+            self._logRecipient(entry, recipient, outcome, route, result.reply() if result.remote else result.text)
         self._afterAttempt(entry)
+
+    def _logRecipient(self, entry, recipient, outcome, route, why):
+        """
+        Log what became of one recipient of one attempt, as Postfix's
+        C{smtp} does: C{relay: ID to=<rcpt> relay=host[address]:port
+        delay=seconds since queued dsn=X.Y.Z status=sent|deferred|bounced|expired
+        (the reply, or why no server gave one)}.
+
+        @param route: the L{Route} tried, or L{None} when none was reached.
+        """
+        log.info(
+            "relay: {id} to=<{rcpt}> relay={route} delay={delay} dsn={status} status={outcome} ({why})",
+            id=entry.id,
+            rcpt=recipient.address,
+            route=route if route is not None else "none",
+            delay=_seconds(self._now() - entry.created),
+            status=recipient.status,
+            outcome=outcome,
+            why=why,
+        )
 
     def _deferRecipient(self, entry, recipient, now):
         """
@@ -748,13 +757,7 @@ class Relay(service.Service):
                     outcome = "bounced"
                 else:
                     outcome = self._deferRecipient(entry, recipient, now)
-                log.info(
-                    "relay: {id} to <{rcpt}>: {outcome} ({why})",
-                    id=entry.id,
-                    rcpt=recipient.address,
-                    outcome=outcome,
-                    why=error.detail,
-                )
+                self._logRecipient(entry, recipient, outcome, None, error.detail)
             if not stopping:
                 self._afterAttempt(entry)
 
@@ -952,6 +955,15 @@ class Relay(service.Service):
         )
 
 
+def _seconds(delay):
+    """
+    @return: C{delay} for the C{delay=} of a log line: hundredths below
+        10 seconds (C{"0.52"}), whole seconds above.
+    """
+    delay = max(delay, 0)
+    return "%.2f" % (delay,) if delay < 10 else "%d" % (delay,)
+
+
 class HeldRelease:
     """
     The held mail one ATRN releases: each message handed out gets its
@@ -1056,6 +1068,7 @@ class RelayControlFactory(protocol.ServerFactory):
     """
 
     protocol = RelayControl
+    noisy = False
 
     def __init__(self, queue, collectors=None, reload=None):
         self.queue = queue

@@ -18,6 +18,11 @@ One cycle (L{Collector.collect}):
     one transaction; then DELE it unless it is to stay on the server;
  3. QUIT, which makes the deletions happen (RFC 1939 section 6).
 
+Each downloaded message gets one log line saying where it went: its
+Message-ID and UIDL, the mailbox it came from, and the local recipients
+with the id of the delivery (as the pipeline's C{deliver:} lines show it),
+or why it was dropped, bounced, given to the postmaster or held.
+
 What no recipient can take is kept, never dropped unless the configuration
 says so (C{unknown_recipient = drop}, logged): a message for unknown local
 addresses goes to the postmaster, or bounces to its Return-Path with the
@@ -90,6 +95,8 @@ class _Downloaded:
     @ivar key: its dedupe key, or L{None}.
     @ivar oversize: it is larger than C{max_size} and goes to the
         postmaster (C{size_action = postmaster}).
+    @ivar outcomes: what became of it, for its log line (L{Collector._route}).
+    @ivar held: it was held (L{Collector._hold}).
     """
 
     def __init__(self, message, uid, firstSeen, again, spool, head, size):
@@ -103,6 +110,8 @@ class _Downloaded:
         self.copy = False
         self.key = None
         self.oversize = False
+        self.outcomes = []
+        self.held = False
 
 
 class CollectorSettings:
@@ -278,7 +287,7 @@ class Collector:
         def finish(result):
             self.running = False
             self._lock.release()
-            log.info("{name}: {summary}", name=self.name, summary=report.summary())
+            log.info("{summary}", summary=report.summary())
             return result
 
         d.addBoth(finish)
@@ -484,18 +493,43 @@ class Collector:
 
     async def _route(self, item, state, seen, report):
         """
-        Deliver one downloaded message.  Everything up to the first C{await}
-        runs in batch order, so that a copy later in the batch sees the
-        recipients an earlier one took (C{seen}).
+        Deliver one downloaded message (L{_routeItem}) and log where it
+        went, in one line: at info, or at warn when it was held.
 
         @return: the C{(dedupeKey, recipient)} pairs to record.
+        """
+        pairs = await self._routeItem(item, state, seen, report)
+        log.emit(
+            LogLevel.warn if item.held else LogLevel.info,
+            "{name}: {item} from {username} at {host}: {outcomes}",
+            name=self.name,
+            item=_describe(item),
+            username=printable(self.account.username),
+            host=self.account.host,
+            outcomes="; ".join(item.outcomes),
+        )
+        return pairs
+
+    def _record(self, item, report, label, line, logged=None):
+        """
+        Say what became of C{item}: C{line} in the report (after its
+        C{label}), C{logged} (or C{line}) in its log line.
+        """
+        report.lines.append("%s: %s" % (label, line))
+        item.outcomes.append(logged or line)
+
+    async def _routeItem(self, item, state, seen, report):
+        """
+        The work of L{_route}.  Everything up to the first C{await} runs in
+        batch order, so that a copy later in the batch sees the recipients
+        an earlier one took (C{seen}).
         """
         settings = self.settings
         key = item.key
         label = "#%d %s" % (item.message.number, item.uid)
         if item.copy:
             report.duplicates += 1
-            report.lines.append("%s: the same message twice at the server: dropped" % (label,))
+            self._record(item, report, label, "the same message twice at the server: dropped")
             return []
         if item.oversize:
             return await self._oversize(item, state, seen, label, report)
@@ -515,32 +549,34 @@ class Collector:
                 addresses += foreign
                 foreign = []
         if foreign:
-            report.lines.append("%s: foreign %s: ignored" % (label, ", ".join(foreign)))
+            self._record(item, report, label, "foreign %s: ignored" % (", ".join(foreign),))
         fresh, duplicates = await self._dedupe(item, addresses, state, seen, label, report)
         if not fresh and duplicates:
             return []
         try:
-            delivered, refused = await self._deliver(item, fresh)
+            delivered, refused, messageId = await self._deliver(item, fresh)
         except errors.PermanentFailure as e:
             await self._hold(item, state, label, report, "delivery to %s failed: %s" % (", ".join(fresh), e.detail))
             return []
-        if refused or not delivered:
-            await self._unknown(item, state, list(refused), label, report)
         if delivered:
             report.copies += len(delivered)
-            report.lines.append("%s: delivered to %s" % (label, ", ".join(delivered)))
+            self._record(item, report, label, "delivered to %s" % (", ".join(delivered),),
+                         "delivered to %s as %s" % (_addresses(delivered), messageId))
+        if refused or not delivered:
+            await self._unknown(item, state, list(refused), label, report)
         return [(key, address) for address in delivered] if key is not None else []
 
     async def _deliver(self, item, addresses, suffix=""):
         """
         Hand the downloaded C{item} to the pipeline for C{addresses}.
 
-        @return: C{(accepted, refused)}: the addresses that took it, and a
-            L{dict} of those that do not exist or take no mail to why.
+        @return: C{(accepted, refused, messageId)}: the addresses that took
+            it, a L{dict} of those that do not exist or take no mail to why,
+            and the id of the delivery (as the pipeline logs it).
         @raise errors.MailError: the delivery failed as a whole.
         """
         if not addresses:
-            return [], {}
+            return [], {}, None
         envelope = Envelope(
             _returnPath(item.head),
             helo=self.account.host,
@@ -562,7 +598,7 @@ class Collector:
                     accepted.append(address)
             if not accepted:
                 delivery.abort()
-                return accepted, refused
+                return accepted, refused, None
             delivery.write(self._received(envelope, accepted))
             spool = item.spool
             spool.seek(0)
@@ -572,7 +608,7 @@ class Collector:
             delivery.abort()
             raise
         await defer.maybeDeferred(delivery.commit)
-        return accepted, refused
+        return accepted, refused, envelope.messageId
 
     async def _unknown(self, item, state, unknown, label, report):
         """
@@ -590,9 +626,8 @@ class Collector:
         policy = self.settings.unknownRecipient
         if policy == "drop":
             report.dropped += 1
-            report.lines.append("%s: %s: dropped" % (label, why))
-            log.info("{name}: dropped {item}: {why} (unknown_recipient = drop)",
-                     name=self.name, item=_describe(item), why=why)
+            self._record(item, report, label, "%s: dropped" % (why,),
+                         "dropped: %s (unknown_recipient = drop)" % (why,))
             return
         if policy == "bounce":
             sender = _returnPath(item.head)
@@ -604,10 +639,9 @@ class Collector:
                 except errors.MailError as e:
                     why += "; no bounce to %s: %s" % (sender, e.detail)
                 else:
-                    report.lines.append("%s: %s: bounced to %s" % (label, why, sender))
                     report.bounced += 1
-                    log.info("{name}: bounced {item} to {sender}: {why} (unknown_recipient = bounce)",
-                             name=self.name, item=_describe(item), sender=sender, why=why)
+                    self._record(item, report, label, "%s: bounced to %s" % (why, sender),
+                                 "bounced to <%s>: %s (unknown_recipient = bounce)" % (sender, why))
                     return
         await self._toPostmaster(item, state, label, report, why)
 
@@ -647,7 +681,8 @@ class Collector:
                     seen.add((key, address))
         if duplicates:
             report.duplicates += len(duplicates)
-            report.lines.append("%s: duplicate for %s: dropped" % (label, ", ".join(duplicates)))
+            self._record(item, report, label, "duplicate for %s: dropped" % (", ".join(duplicates),),
+                         "duplicate for %s: dropped" % (_addresses(duplicates),))
             await self._inThread(state.countDuplicates, len(duplicates))
         return fresh, duplicates
 
@@ -661,12 +696,13 @@ class Collector:
             now; the message stays at the server for the next cycle.
         """
         try:
-            delivered, refused = await self._deliver(item, [self.postmaster], suffix="/postmaster")
+            delivered, refused, messageId = await self._deliver(item, [self.postmaster], suffix="/postmaster")
         except errors.PermanentFailure as e:
             delivered, refused = [], {self.postmaster: e.detail}
         if delivered:
             report.copies += 1
-            report.lines.append("%s: %s: to the postmaster" % (label, why))
+            self._record(item, report, label, "%s: to the postmaster" % (why,),
+                         "to the postmaster <%s> as %s: %s" % (self.postmaster, messageId, why))
             return True
         await self._hold(item, state, label, report, "%s; the postmaster %s cannot take it: %s"
                         % (why, self.postmaster, refused[self.postmaster]))
@@ -740,9 +776,9 @@ class Collector:
         """
         fileName = await self._inThread(self._keep, item, state, why)
         report.held += 1
-        report.lines.append("%s: %s: held in %s" % (label, why, self.heldDir))
-        log.warn("{name}: held {item} in {path}: {why}",
-                 name=self.name, item=_describe(item), path=os.path.join(self.heldDir, fileName), why=why)
+        item.held = True
+        self._record(item, report, label, "%s: held in %s" % (why, self.heldDir),
+                     "held in %s: %s" % (os.path.join(self.heldDir, fileName), why))
 
     def _keep(self, item, state, why):
         """
@@ -789,6 +825,13 @@ def _describe(item):
     messageId = item.head.values("message-id")[:1]
     return "%s (UIDL %s)" % (printable(messageId[0].strip()) if messageId else "without Message-ID",
                              printable(item.uid))
+
+
+def _addresses(addresses):
+    """
+    @return: C{addresses} as a log line names them, C{<a@b>, <c@d>}.
+    """
+    return ", ".join("<%s>" % (address,) for address in addresses)
 
 
 def _returnPath(head):

@@ -74,6 +74,8 @@ class _Query:
 
 
 class _ReplyReceiver(DatagramProtocol):
+    noisy = False
+
     def __init__(self, client):
         self.client = client
 

@@ -168,6 +168,8 @@ class MingerServer(DatagramProtocol):
         server) failed.
     """
 
+    noisy = False
+
     def __init__(
         self,
         directory,

@@ -132,7 +132,13 @@ class RecipientResult:
             C{"smtp; 550 5.1.1 text"}, or L{None} when the server did not
             say it.
         """
-        return "smtp; " + _formatReply(self.code, self.enhanced, self.text) if self.remote else None
+        return "smtp; " + self.reply() if self.remote else None
+
+    def reply(self):
+        """
+        @return: the reply as logs show it, C{"550 5.1.1 text"}.
+        """
+        return _formatReply(self.code, self.enhanced, self.text)
 
     def status(self):
         """
@@ -142,8 +148,7 @@ class RecipientResult:
         return self.enhanced or "%d.0.0" % (self.code // 100,)
 
     def __repr__(self):
-        reply = _formatReply(self.code, self.enhanced, self.text)
-        return "<RecipientResult %s %s%s>" % (self.address, reply, "" if self.remote else " (local)")
+        return "<RecipientResult %s %s%s>" % (self.address, self.reply(), "" if self.remote else " (local)")
 
 
 class SessionResult:
@@ -909,12 +914,13 @@ class ESMTPClient(Protocol):
                 r.address,
                 "sent" if r.delivered else "deferred" if r.temporary else "bounced",
                 "" if r.remote else "local: ",
-                _formatReply(r.code, r.enhanced, r.text),
+                r.reply(),
             )
             for r in results
         )
-        self.log.info("smtp-client: {id} via {peer}: {outcomes}", id=message.messageId, peer=self._peer,
-                      outcomes=outcomes)
+        # Debug: the caller logs each recipient (the relay's lines).
+        self.log.debug("smtp-client: {id} via {peer}: {outcomes}", id=message.messageId, peer=self._peer,
+                       outcomes=outcomes)
         try:
             self.messageDone(message, results)
         except Exception:
@@ -934,6 +940,7 @@ def deliverOver(reactor, endpoint, heloName, nextMessage, messageDone, **kwargs)
     """
     kwargs.setdefault("clock", reactor)
     factory = Factory.forProtocol(partial(ESMTPClient, heloName, nextMessage, messageDone, **kwargs))
+    factory.noisy = False  # the relay logs what each connection did
 
     def notConnected(failure):
         why = failure.getErrorMessage()
