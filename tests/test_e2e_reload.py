@@ -96,7 +96,8 @@ def test_domainpopSectionAddedWhileIMAPStaysConnected(tmp_path, isp, how):  # no
             ]
         waitUntil(lambda: len(server.messages("alice@example.test")) == 1, what="the collected message")
         assert b"Subject: collected after the reload" in server.messages("alice@example.test")[0]
-        assert isp.remaining() == 0
+        # The copy is stored before the message is deleted at the ISP.
+        waitUntil(lambda: isp.remaining() == 0, what="the deletion at the ISP")
         # The session opened before the reload goes on and sees the message.
         assert imap.noop()[0] == "OK"
         status, data = imap.search(None, "ALL")
