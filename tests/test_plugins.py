@@ -6,6 +6,10 @@ ODMR provider and customer too, and the checks of incoming mail
 in a real server.
 """
 
+import inspect
+import sys
+import textwrap
+
 import pytest
 from twisted.internet import defer, task
 from zope.interface import implementer
@@ -17,11 +21,12 @@ from mdpy.config import Config
 from mdpy.delivery.authresults import InboundChecker
 from mdpy.delivery.pipeline import DeliveryPipeline
 from mdpy.directory.sqlite import SQLiteDirectory
-from mdpy.imap.server import IMAP4Factory
+from mdpy.imap.server import IMAP4Factory, IMAP4Server
 from mdpy.interfaces import ICheck
 from mdpy.odmr.provider import ODMRFactory, ODMRServer
 from mdpy.plugins import loadObject
-from mdpy.smtp.server import SMTPFactory
+from mdpy.pop3.server import POP3Server
+from mdpy.smtp.server import SMTPFactory, SMTPServer
 from mdpy.store.memory import MemoryStore
 from mdpy.tap import buildChecks, factoryClass, odmrClientFor
 from mdpy.testing import Transcript, synchronousRunner
@@ -266,3 +271,53 @@ def test_oneOfTheBuiltInChecks(methods, expected):
                              reactor=task.Clock(), runInThread=synchronousRunner, methods=methods)
     d = checker.check("192.0.2.1", "client.test", "a@remote.test", b"Subject: x\r\n\r\nbody\r\n")
     assert d.result.endswith(b"\r\n") and b" ".join(d.result.split()) == expected
+
+
+# --- the subclassing examples of the docstrings ----------------------------------------------
+
+
+def docstringExample(cls):
+    """
+    @return: the namespace after running the example (the block after
+        C{::}) of C{cls}'s docstring in the namespace of its module.
+    """
+    doc = inspect.getdoc(cls)
+    block = doc.split("::\n", 1)[1].split("\n")
+    lines = []
+    for line in block:
+        if line.strip() and not line.startswith(" "):
+            break
+        lines.append(line)
+    namespace = dict(vars(sys.modules[cls.__module__]))
+    exec(textwrap.dedent("\n".join(lines)), namespace)
+    return namespace
+
+
+def test_smtpExample():
+    factory = docstringExample(SMTPServer)["GreeterFactory"](HOST, None, clock=task.Clock())
+    t = Transcript(factory.buildProtocol(None))
+    t.send("EHLO client.test")
+    assert t.lines()[-1] == "250 XHELLO"
+    t.send("XHELLO")
+    t.expect("250 2.0.0 hello")
+
+
+def test_imapExample():
+    factory = docstringExample(IMAP4Server)["GreeterFactory"](HOST, MemoryStore(), clock=task.Clock())
+    t = Transcript(factory.buildProtocol(None))
+    [greeting] = t.lines()
+    assert greeting.startswith("* OK [CAPABILITY IMAP4rev1 ") and " XHELLO] " in greeting
+    t.send("a XHELLO", "b CAPABILITY")
+    lines = t.lines()
+    assert lines[:2] == ["* XHELLO hello", "a OK XHELLO completed."]
+    assert lines[2].startswith("* CAPABILITY ") and lines[2].endswith(" XHELLO")
+
+
+def test_pop3Example():
+    factory = docstringExample(POP3Server)["GreeterFactory"](HOST, MemoryStore(), clock=task.Clock())
+    t = Transcript(factory.buildProtocol(None))
+    t.lines()
+    t.send("CAPA")
+    assert t.lines()[-2:] == ["XHELLO", "."]
+    t.send("XHELLO")
+    t.expect("+OK hello")
