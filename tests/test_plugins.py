@@ -321,3 +321,20 @@ def test_pop3Example():
     assert t.lines()[-2:] == ["XHELLO", "."]
     t.send("XHELLO")
     t.expect("+OK hello")
+
+
+def test_pipelineKeepsItsChecksInOrder(tmp_path):
+    """
+    The checks given stay, in order; the older C{checker} argument (and
+    attribute) is the built-in SPF/DKIM check, after them.
+    """
+    directory = SQLiteDirectory(str(tmp_path / "directory.sqlite"))
+    builtIn, custom = AuthenticationResultsCheck(object()), RejectSubjectCheck()
+    pipeline = DeliveryPipeline(directory, MemoryStore(), checks=[builtIn, custom])
+    assert pipeline.checks == [builtIn, custom] and pipeline.checker is builtIn.checker
+    checker = object()
+    older = DeliveryPipeline(directory, MemoryStore(), checker=checker, checks=[custom])
+    assert [type(check) for check in older.checks] == [RejectSubjectCheck, AuthenticationResultsCheck]
+    assert older.checker is checker
+    older.checker = None
+    assert older.checks == [custom]

@@ -163,7 +163,8 @@ class DeliveryPipeline:
         self.spoolDir = spoolDir
         self.srs = srs
         self.checks = list(checks)
-        self.checker = checker
+        if checker is not None:
+            self.checks.append(AuthenticationResultsCheck(checker))
 
     @property
     def checker(self):
