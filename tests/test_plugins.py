@@ -338,3 +338,61 @@ def test_pipelineKeepsItsChecksInOrder(tmp_path):
     assert older.checker is checker
     older.checker = None
     assert older.checks == [custom]
+
+
+def test_recipientChecksHeadersOnlyForRoutedRecipients(checked):
+    """
+    The headers a check adds for a recipient are kept only when the
+    recipient is taken.
+    """
+    @implementer(ICheck)
+    class Mark:
+        name = "mark"
+        stage = RCPT
+
+        def check(self, envelope, recipient=None, message=None):
+            return defer.succeed(Verdict.addHeaders(b"X-Recipient: %s\r\n" % (recipient.encode(),)))
+
+    t = checked
+    t.pipeline.checks = [Mark()]
+    t.send("MAIL FROM:<a@remote.test>", "RCPT TO:<nobody@example.test>", "RCPT TO:<joe@example.test>", "DATA")
+    t.expect("250 *", "550 5.1.1 *", "250 *", "354 *")
+    t.sendRaw(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+    t.expect("250 *")
+    [message] = stored(t.pipeline)
+    assert b"X-Recipient: joe@example.test\r\n" in message and b"nobody" not in message
+
+
+def test_builtInChecksSkipMailWithNoLocalCopy(tmp_path):
+    """
+    Mail held for a gateway domain has no local copy to carry the results
+    of SPF and DKIM: they are not looked up; a check of one's own still
+    runs.
+    """
+    from mdpy.delivery.queue import SpoolQueue
+    from mdpy.odmr.gateway import GatewayDomain, Gateways
+
+    calls = []
+
+    class Checker:
+        hostname = "mx.example.test"
+
+        def check(self, *args):
+            calls.append(args)
+            return defer.succeed(b"")
+
+    directory = SQLiteDirectory(str(tmp_path / "directory.sqlite"))
+    queue = SpoolQueue(str(tmp_path / "queue"), runInThread=synchronousRunner, clock=task.Clock())
+    pipeline = DeliveryPipeline(directory, MemoryStore(), queue=queue, spoolDir=str(tmp_path),
+                                checker=Checker(), checks=[RejectSubjectCheck()],
+                                gateways=Gateways([GatewayDomain("gw.test", "pw", [], None)]))
+    t = Transcript(SMTPFactory(HOST, pipeline, clock=task.Clock()).buildProtocol(None))
+    t.send("EHLO client.test", "MAIL FROM:<a@remote.test>", "RCPT TO:<x@gw.test>", "DATA")
+    assert t.lines()[-3:] == ["250 2.1.0 Ok", "250 2.1.5 Ok", "354 End data with <CR><LF>.<CR><LF>"]
+    t.sendRaw(b"Subject: reject me\r\n\r\nbody\r\n.\r\n")
+    t.expect("550 5.7.1 Refused by the subject check: the subject says so")
+    t.send("MAIL FROM:<a@remote.test>", "RCPT TO:<x@gw.test>", "DATA")
+    t.expect("250 *", "250 *", "354 *")
+    t.sendRaw(b"Subject: held\r\n\r\nbody\r\n.\r\n")
+    t.expect("250 2.0.0 Ok: queued as *")
+    assert calls == [] and len(queue.list()) == 1

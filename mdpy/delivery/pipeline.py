@@ -275,9 +275,16 @@ class PipelineDelivery:
         if not self.pipeline._runs(RCPT):
             return self._route(address)
         d = runChecks(self.pipeline.checks, RCPT, self.envelope, recipient=address)
-        d.addCallback(self._checked)
-        d.addCallback(lambda _: self._route(address))
+        d.addCallback(self._routeChecked, address)
         return d
+
+    def _routeChecked(self, verdict, address):
+        """
+        Route C{address}, which the checks accepted; their headers are kept
+        once it is.
+        """
+        d = defer.maybeDeferred(self._route, address)
+        return d.addCallback(lambda _: self._checked(verdict))
 
     def _route(self, address):
         pipeline = self.pipeline
@@ -393,11 +400,16 @@ class PipelineDelivery:
         @return: a L{Deferred} firing with the header fields the checks
             add, or C{b""}; or failing with the error of one that refused.
         """
-        if self.pipeline._runs(DATA):
+        checks = self.pipeline.checks
+        if not (self.copies or self.forwarded):
+            # Only local and forwarded copies get the results of SPF and
+            # DKIM: the checks' lookups would be for nothing.
+            checks = [check for check in checks if not isinstance(check, AuthenticationResultsCheck)]
+        if any(check.stage == DATA for check in checks):
             spool = self._spool
             spool.seek(0)
             message = spool.read(CHECK_SIZE + 1)
-            d = runChecks(self.pipeline.checks, DATA, self.envelope, message=message)
+            d = runChecks(checks, DATA, self.envelope, message=message)
             d.addCallback(self._checked)
         else:
             d = defer.succeed(None)
