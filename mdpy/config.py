@@ -144,12 +144,28 @@ class Key:
         self.emptyTurnsOff = emptyTurnsOff
 
 
-def _listener(port, enabled="yes", extra=()):
-    return [
+def _listener(port, enabled="yes", extra=(), factory=None):
+    """
+    @param factory: the built-in factory class of the listener's sessions,
+        C{package.module:Class}, which its C{factory} key may replace; or
+        L{None} for a listener that has no such key.
+    """
+    keys = [
         Key("enabled", parseBool, enabled, "Run this service."),
         Key("port", parsePort, str(port), "TCP port (plus --port-offset)."),
         Key("interface", parseStr, "", "Address to listen on; default: [server] interface."),
-    ] + list(extra)
+    ]
+    if factory is not None:
+        keys.append(Key(
+            "factory", parseStr, "",
+            "package.module:Class, a subclass of %s building this listener's sessions (to add or "
+            "change commands); default: that class." % (factory,)))
+    return keys + list(extra)
+
+
+_SMTP_FACTORY = "mdpy.smtp.server:SMTPFactory"
+_POP3_FACTORY = "mdpy.pop3.server:POP3Factory"
+_IMAP_FACTORY = "mdpy.imap.server:IMAP4Factory"
 
 
 _SMTP_LIMITS = [
@@ -259,18 +275,30 @@ SCHEMA = {
                 "authentication_results",
                 parseBool,
                 "yes",
-                "Check SPF and DKIM of mail from unauthenticated clients and record the results in an Authentication-Results header (no rejection).",
+                "Run the checks; no runs none of them (the older way to turn SPF and DKIM off).",
+            ),
+            Key(
+                "checks",
+                parseList,
+                "spf, dkim",
+                "Checks every incoming message goes through, in order, whichever protocol brought it: "
+                "spf and dkim record their results in one Authentication-Results header of mail from "
+                "unauthenticated clients (no rejection); package.module:Class names a class providing "
+                "mdpy.interfaces.ICheck, made with no arguments.  Empty: none.",
+                emptyTurnsOff=True,
             ),
         ],
+        factory=_SMTP_FACTORY,
     ),
-    "submission": _listener(587, extra=_SMTP_LIMITS + [_SENDER_POLICY]),
-    "smtps": _listener(465, extra=_SMTP_LIMITS + [_SENDER_POLICY]),
-    "pop3": _listener(110, extra=[_PLAINTEXT_AUTH] + _POP3_LIMITS),
-    "pop3s": _listener(995, extra=_POP3_LIMITS),
-    "imap": _listener(143, extra=[_PLAINTEXT_AUTH] + _IMAP_LIMITS),
-    "imaps": _listener(993, extra=_IMAP_LIMITS),
+    "submission": _listener(587, extra=_SMTP_LIMITS + [_SENDER_POLICY], factory=_SMTP_FACTORY),
+    "smtps": _listener(465, extra=_SMTP_LIMITS + [_SENDER_POLICY], factory=_SMTP_FACTORY),
+    "pop3": _listener(110, extra=[_PLAINTEXT_AUTH] + _POP3_LIMITS, factory=_POP3_FACTORY),
+    "pop3s": _listener(995, extra=_POP3_LIMITS, factory=_POP3_FACTORY),
+    "imap": _listener(143, extra=[_PLAINTEXT_AUTH] + _IMAP_LIMITS, factory=_IMAP_FACTORY),
+    "imaps": _listener(993, extra=_IMAP_LIMITS, factory=_IMAP_FACTORY),
     "odmr": _listener(
         366,
+        factory="mdpy.odmr.provider:ODMRFactory",
         extra=[
             Key("max_domains", parseInt, "100", "Domains one ATRN may name."),
             Key("max_errors", parseInt, "20", "Errors in one session before it is closed with 421."),

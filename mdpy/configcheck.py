@@ -29,14 +29,18 @@ def checkConfig(config, portOffset=0, reactor=None):
     """
     Find the first problem the start would meet in C{config}, reading only:
     the data directory, the TLS and CA files, the listeners' addresses and
-    ports (after C{portOffset}), the collecting sections and what the
-    builders of L{mdpy.tap} refuse.
+    ports (after C{portOffset}), the collecting sections, the classes the
+    C{factory} keys and C{[smtp] checks} name, and what the builders of
+    L{mdpy.tap} refuse.
 
     @type config: L{mdpy.config.Config}
     @raise ConfigError: one line naming the file, the key and the fix.
     """
     # mdpy.tap calls this before it builds anything: import it late.
-    from mdpy.tap import _odmrAccount, buildGateways, checkMingerSecret, relaySettings
+    from mdpy.tap import (
+        LISTENER_KINDS, _odmrAccount, buildGateways, checkClasses, checkMingerSecret, factoryClass,
+        relaySettings,
+    )
 
     if reactor is None:
         from twisted.internet import reactor
@@ -45,6 +49,9 @@ def checkConfig(config, portOffset=0, reactor=None):
     for section, key in CA_FILES:
         checkReadable(config, section, key, config[section][key])
     _checkListeners(config, portOffset)
+    for name in LISTENER_KINDS:
+        factoryClass(config, name)
+    checkClasses(config)
     _checkSources(config)
     for name, section in sorted(config.named("odmr-client").items()):
         if section["enabled"]:

@@ -227,3 +227,40 @@ class Exists(PermanentFailure):
     """
     The object to create is there already.
     """
+
+
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def clientText(text, limit=200):
+    """
+    @return: C{text} as one line a client may be shown: control characters
+        (CR, LF among them) become spaces, and it is cut at C{limit}
+        characters.
+    """
+    return " ".join(_CONTROLS.sub(" ", str(text)).split())[:limit]
+
+
+class CheckRefused(PermanentFailure):
+    """
+    A check (L{mdpy.interfaces.ICheck}) refused a sender, a recipient or a
+    message for good.  Unlike other errors, its text is meant for the
+    client: each protocol sends it with its refusal.
+
+    @ivar text: that text, one line (L{clientText}).
+    """
+
+    def __init__(self, text):
+        self.text = clientText(text) or "Message refused"
+        PermanentFailure.__init__(self, self.text)
+
+
+class CheckRefusedForNow(TemporaryFailure):
+    """
+    A check refused for now (greylisting, a scanner not reachable): the
+    client may try again later.  See L{CheckRefused}.
+    """
+
+    def __init__(self, text):
+        self.text = clientText(text) or "Try again later"
+        TemporaryFailure.__init__(self, self.text)

@@ -36,6 +36,40 @@ class IDeliveryTarget(Interface):
         """
 
 
+class ICheck(Interface):
+    """
+    A check of incoming mail (SPF, DKIM, spam or virus scanning, a site's
+    own rule), which the delivery pipeline runs, in the order configured
+    (C{[smtp] checks}), on every message it is given, whichever protocol
+    brought it.  A check runs at one stage: when the sender is given
+    (C{"mail"}), at each recipient (C{"rcpt"}) or at the end of the message
+    (C{"data"}).  The first refusal stops the transaction (or, at C{"rcpt"},
+    that recipient); the headers of every verdict are prepended to the
+    stored copies.  A check decides itself which mail it looks at: the
+    envelope says whether the client logged in (C{authenticatedAs}) or is
+    the server itself (C{trusted}).
+    """
+
+    name = Attribute("The check's name, for logs.")
+    stage = Attribute(
+        "When it runs: L{mdpy.checks.MAIL}, L{mdpy.checks.RCPT} or L{mdpy.checks.DATA}.")
+
+    def check(envelope, recipient=None, message=None):
+        """
+        Check one message at this check's stage.
+
+        @param envelope: the sender and session facts.
+        @type envelope: L{mdpy.envelope.Envelope}
+        @param recipient: at C{"rcpt"}, the recipient as given; else L{None}.
+        @param message: at C{"data"}, the message as received (its first
+            L{mdpy.delivery.pipeline.CHECK_SIZE} octets, plus one when it is longer);
+            else L{None}.
+        @return: a L{Deferred} firing with a L{mdpy.checks.Verdict}: accept,
+            refuse with a protocol-neutral error, or add header fields.  A
+            failure refuses the message for now, as an internal error.
+        """
+
+
 class IDelivery(Interface):
     """
     One transaction: recipients are added, the body is written, then it is

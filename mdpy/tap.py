@@ -22,6 +22,7 @@ from mdpy.address import checkDomain
 from mdpy.auth.accounts import AccountCheck
 from mdpy.auth.checkers import DirectoryChecker, FailedLoginTracker, Realm, makePortal
 from mdpy.auth.senders import SenderPolicy
+from mdpy.checks import BUILT_IN, AuthenticationResultsCheck
 from mdpy.config import Config, ConfigError, configPath
 from mdpy.configcheck import checkConfig
 from mdpy.errors import InvalidInput
@@ -52,6 +53,8 @@ from mdpy.imap.selected import RecentTracker
 from mdpy.imap.server import IMAP4Factory
 from mdpy.pop3.maildrop import MaildropLocks
 from mdpy.pop3.server import POP3Factory
+from mdpy.plugins import loadObject
+from mdpy.interfaces import ICheck
 from mdpy.reload import LiveParts, installReloadSignal
 from mdpy.serverlock import AlreadyRunning, ServerLock
 from mdpy.store.maildir import removeStaleTmpFiles
@@ -238,6 +241,89 @@ LISTENER_KINDS = dict(
 )
 
 
+# The built-in factory of each kind of listener; C{factory} names a subclass.
+LISTENER_FACTORIES = {"smtp": SMTPFactory, "imap": IMAP4Factory, "pop3": POP3Factory, "odmr": ODMRFactory}
+
+
+def factoryClass(config, name):
+    """
+    @param name: a listener: C{smtp}, C{imaps}, C{odmr}...
+    @return: the factory class of its sessions: the built-in one, or the
+        subclass of it its C{factory} key names.
+    @raise ConfigError: that key names nothing importable, or not such a
+        subclass.
+    """
+    builtIn = LISTENER_FACTORIES[LISTENER_KINDS[name]]
+    spec = config[name]["factory"]
+    if not spec:
+        return builtIn
+    where = "%s: [%s] factory = %s" % (config.label, name, spec)
+    try:
+        found = loadObject(spec)
+    except ValueError as e:
+        raise ConfigError("%s: %s" % (where, e))
+    if not (isinstance(found, type) and issubclass(found, builtIn)):
+        raise ConfigError("%s: not a subclass of %s.%s" % (where, builtIn.__module__, builtIn.__name__))
+    return found
+
+
+def checkClasses(config):
+    """
+    @return: C{[(name, class or object)]} of C{[smtp] checks}, in order:
+        C{(name, None)} for a built-in one, else what C{package.module:Class}
+        names; none when C{authentication_results = no}.
+    @raise ConfigError: a name that is neither built in nor importable, or
+        names no L{ICheck}.
+    """
+    smtp = config["smtp"]
+    if not smtp["authentication_results"]:
+        return []
+    found = []
+    for name in smtp["checks"] or ():
+        where = "%s: [smtp] checks: %s" % (config.label, name)
+        if name.lower() in BUILT_IN:
+            found.append((name.lower(), None))
+            continue
+        if ":" not in name:
+            raise ConfigError("%s: not a check; the built-in ones are %s, others are package.module:Class"
+                              % (where, ", ".join(BUILT_IN)))
+        try:
+            check = loadObject(name)
+        except ValueError as e:
+            raise ConfigError("%s: %s" % (where, e))
+        if not (ICheck.providedBy(check) or (isinstance(check, type) and ICheck.implementedBy(check))):
+            raise ConfigError("%s: provides no mdpy.interfaces.ICheck" % (where,))
+        found.append((name, check))
+    return found
+
+
+def buildChecks(config, resolver, reactor):
+    """
+    @return: the L{ICheck}s of C{[smtp] checks}, in order: C{spf} and
+        C{dkim} are one L{AuthenticationResultsCheck} (one
+        C{Authentication-Results} field), where the first of them is named.
+    """
+    classes = checkClasses(config)
+    methods = [name for name, check in classes if check is None]
+    checks = []
+    for name, check in classes:
+        if check is None:
+            if name == methods[0]:
+                checks.append(AuthenticationResultsCheck(InboundChecker(
+                    config["server"]["hostname"],
+                    resolver.lookupTXT,
+                    lookupAddresses=resolver.lookupAddresses,
+                    lookupMX=resolver.lookupMX,
+                    lookupPointer=resolver.lookupPointer,
+                    reactor=reactor,
+                    timeout=config["dns"]["timeout"],
+                    methods=methods,
+                )))
+        else:
+            checks.append(check if ICheck.providedBy(check) else check())
+    return checks
+
+
 def listenerSettings(config, name, directory):
     """
     @return: the keyword arguments (and attributes) of the factory of
@@ -361,8 +447,9 @@ def buildService(config, portOffset=0, reactor=None):
         if not section["enabled"]:
             continue
         settings = listenerSettings(config, name, directory)
+        factoryType = factoryClass(config, name)
         if name in SMTP_SERVICES:
-            factory = SMTPFactory(
+            factory = factoryType(
                 server["hostname"],
                 pipeline,
                 mode=SMTP_SERVICES[name],
@@ -371,7 +458,7 @@ def buildService(config, portOffset=0, reactor=None):
                 **dict(shared, tlsOptions=mtaTLSOptions if name == "smtp" else tlsOptions),
             )
         elif name in IMAP_SERVICES:
-            factory = IMAP4Factory(
+            factory = factoryType(
                 server["hostname"],
                 store,
                 implicitTLS=name in IMPLICIT_TLS,
@@ -380,7 +467,7 @@ def buildService(config, portOffset=0, reactor=None):
                 **shared,
             )
         else:
-            factory = POP3Factory(
+            factory = factoryType(
                 server["hostname"],
                 store,
                 locks=locks,
@@ -405,7 +492,7 @@ def buildService(config, portOffset=0, reactor=None):
     relay.setServiceParent(top)
     if config["odmr"]["enabled"]:
         section = config["odmr"]
-        factory = ODMRFactory(
+        factory = factoryClass(config, "odmr")(
             server["hostname"],
             pipeline.gateways,
             relay,
@@ -466,7 +553,6 @@ def buildPipeline(config, datadir, directory, store, reactor):
     @return: C{(pipeline, queue, resolver)}: the delivery pipeline every
         message enters, the outbound queue (loaded) and the DNS resolver.
     """
-    server = config["server"]
     resolver = buildResolver(config, reactor)
     queue = SpoolQueue(
         datadir.queueDir, reactor=reactor, signerFor=DKIMKeys(datadir.dkimDir).signerFor
@@ -481,22 +567,11 @@ def buildPipeline(config, datadir, directory, store, reactor):
         )
     relayConfig = config["relay"]
     srs = SRS(loadSecret(datadir.srsSecretPath)) if relayConfig["srs"] else None
-    checker = None
-    if config["smtp"]["authentication_results"]:
-        checker = InboundChecker(
-            server["hostname"],
-            resolver.lookupTXT,
-            lookupAddresses=resolver.lookupAddresses,
-            lookupMX=resolver.lookupMX,
-            lookupPointer=resolver.lookupPointer,
-            reactor=reactor,
-            timeout=config["dns"]["timeout"],
-        )
     gateways = buildGateways(config, reactor)
     holdGateways(queue, gateways)
     pipeline = DeliveryPipeline(
-        directory, store, queue=queue, spoolDir=datadir.spoolDir, srs=srs, checker=checker,
-        gateways=gateways,
+        directory, store, queue=queue, spoolDir=datadir.spoolDir, srs=srs,
+        gateways=gateways, checks=buildChecks(config, resolver, reactor),
     )
     return pipeline, queue, resolver
 
@@ -756,7 +831,7 @@ def odmrClientFor(config, name, section, pipeline, reactor):
         account = _odmrAccount(name, section)
     except ValueError as e:
         raise ConfigError("%s: [odmr-client:%s] %s" % (config.path or "<embedded default>", name, e))
-    reversed = SMTPFactory(
+    reversed = factoryClass(config, "smtp")(
         server["hostname"],
         pipeline,
         mode=MODE_MTA,

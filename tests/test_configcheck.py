@@ -100,7 +100,31 @@ def _dataDirUnderAFile(root):
             " choose a folder this user can write" % (root, root))
 
 
+def _factoryNotImportable(root):
+    return ("[smtp]\nfactory = no.such:Thing\n",
+            "[smtp] factory = no.such:Thing: cannot import no.such: No module named 'no'")
+
+
+def _factoryOfAnotherKind(root):
+    return ("[imaps]\nfactory = tests.plugins:XSMTPServerFactory\n",
+            "[imaps] factory = tests.plugins:XSMTPServerFactory: not a subclass of mdpy.imap.server.IMAP4Factory")
+
+
+def _unknownCheck(root):
+    return ("[smtp]\nchecks = spf, dmarc\n",
+            "[smtp] checks: dmarc: not a check; the built-in ones are spf, dkim, others are package.module:Class")
+
+
+def _checkNotACheck(root):
+    return ("[smtp]\nchecks = tests.plugins:NotAFactory\n",
+            "[smtp] checks: tests.plugins:NotAFactory: provides no mdpy.interfaces.ICheck")
+
+
 BAD_CONFIGURATIONS = {
+    "factory not importable": _factoryNotImportable,
+    "factory of another kind": _factoryOfAnotherKind,
+    "unknown check": _unknownCheck,
+    "check not an ICheck": _checkNotACheck,
     "missing certificate": _missingCertificate,
     "unreadable key": _unreadableKey,
     "key of another certificate": _keyOfAnotherCertificate,

@@ -462,6 +462,7 @@ class InboundChecker:
         runInThread=None,
         timeout=DEFAULT_TIMEOUT,
         lookupPointer=None,
+        methods=("spf", "dkim"),
     ):
         """
         @param hostname: the C{authserv-id} (RFC 8601 section 2.5): this
@@ -482,6 +483,7 @@ class InboundChecker:
         @param runInThread: C{f, *args -> Deferred}, for the DKIM hashing;
             L{mdpy.threads.deferToReactorThreadPool} by default.
         @param timeout: seconds the whole check may take.
+        @param methods: the checks run: C{spf}, C{dkim} or both.
         """
         if reactor is None:
             from twisted.internet import reactor
@@ -495,6 +497,7 @@ class InboundChecker:
         self._reactor = reactor
         self._runInThread = runInThread
         self.timeout = timeout
+        self.methods = tuple(methods)
 
     def check(self, clientAddress, helo, mailFrom, message):
         """
@@ -511,7 +514,7 @@ class InboundChecker:
         identity = spfIdentity(helo, mailFrom)
         spfWatch, dkimWatch = _LookupWatch(), _LookupWatch()
         pointer = self._lookupPointer
-        spf = self._bounded(
+        spf = defer.succeed(None) if "spf" not in self.methods else self._bounded(
             spfResult(
                 clientAddress,
                 helo,
@@ -524,13 +527,13 @@ class InboundChecker:
             lambda: MethodResult("spf", TEMPERROR, spfWatch.timedOut(self.timeout), [identity]),
             lambda: MethodResult("spf", TEMPERROR, "internal error", [identity]),
         )
-        dkimResults = self._bounded(
+        dkimResults = defer.succeed([]) if "dkim" not in self.methods else self._bounded(
             checkDKIM(message, dkimWatch.watch("TXT", self._lookupTXT), self._runInThread, self.maxDKIMSize),
             lambda: [MethodResult("dkim", TEMPERROR, dkimWatch.timedOut(self.timeout))],
             lambda: [MethodResult("dkim", TEMPERROR, "internal error")],
         )
         both = defer.gatherResults([spf, dkimResults])
-        both.addCallback(lambda results: [results[0]] + results[1])
+        both.addCallback(lambda results: [r for r in results[:1] if r is not None] + results[1])
         both.addCallback(self._logTemporaryErrors, clientAddress, mailFrom)
         both.addCallback(lambda results: formatHeader(self.hostname, results))
         return both

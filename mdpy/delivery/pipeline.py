@@ -26,8 +26,12 @@ passes SPF at the destination and its bounces come back here, where
 L{SRS.reverse} routes them to the original sender.
 
 The queued message is the message as received; local copies get their trace
-headers and, for mail from unauthenticated clients when a checker is given,
-an C{Authentication-Results} header (RFC 8601) from the SPF and DKIM checks.
+headers and the header fields of the checks (L{mdpy.interfaces.ICheck}, run
+in order when the sender is given, at each recipient or at the end of the
+message, as each says; by default SPF and DKIM, which write an
+C{Authentication-Results} field, RFC 8601, for mail from unauthenticated
+clients).  A check's refusal refuses the sender, the recipient or the
+message.
 
 Invariants: a commit is all or nothing across the store and the queue.  The
 queued copies are staged first (L{mdpy.interfaces.IOutboundQueue.stage}: on
@@ -56,6 +60,7 @@ from zope.interface import implementer
 from mdpy import errors
 from mdpy.address import normalise, splitAddress
 from mdpy.delivery.authresults import stripForgedResults
+from mdpy.checks import DATA, MAIL, RCPT, AuthenticationResultsCheck, runChecks
 from mdpy.envelope import Envelope, newMessageId
 from mdpy.interfaces import IDelivery, IDeliveryTarget
 from mdpy.logs import Logger
@@ -134,8 +139,8 @@ class DeliveryPipeline:
     @ivar spoolDir: where bodies larger than L{SPILL_SIZE} are spooled.
     @ivar srs: an L{mdpy.delivery.srs.SRS} for forwarded mail, or L{None} to
         keep the original sender.
-    @ivar checker: an L{mdpy.delivery.authresults.InboundChecker} for mail
-        from unauthenticated clients, or L{None}.
+    @ivar checks: the L{mdpy.interfaces.ICheck}s every message goes
+        through, in order.
     @ivar gateways: the L{mdpy.odmr.gateway.Gateways} whose mail is queued
         from any sender (the queue holds it until ATRN), each recipient
         verified first when the gateway says so; or L{None}.
@@ -144,7 +149,12 @@ class DeliveryPipeline:
     MAX_KNOWN_ACCOUNTS = 100000
 
     def __init__(self, directory, store, queue=None, spoolDir=None, srs=None, checker=None,
-                 gateways=None):
+                 gateways=None, checks=()):
+        """
+        @param checker: an L{mdpy.delivery.authresults.InboundChecker},
+            run after C{checks} (as an L{AuthenticationResultsCheck}); or
+            L{None}.
+        """
         self._knownAccounts = set()
         self.gateways = gateways
         self.directory = directory
@@ -152,13 +162,43 @@ class DeliveryPipeline:
         self.queue = queue
         self.spoolDir = spoolDir
         self.srs = srs
-        self.checker = checker
+        self.checks = list(checks)
+        if checker is not None:
+            self.checks.append(AuthenticationResultsCheck(checker))
+
+    @property
+    def checker(self):
+        """
+        The L{mdpy.delivery.authresults.InboundChecker} of the built-in
+        C{spf} and C{dkim} checks, or L{None}; setting it replaces them.
+        """
+        for check in self.checks:
+            if isinstance(check, AuthenticationResultsCheck):
+                return check.checker
+        return None
+
+    @checker.setter
+    def checker(self, checker):
+        checks = [check for check in self.checks if not isinstance(check, AuthenticationResultsCheck)]
+        if checker is not None:
+            checks.append(AuthenticationResultsCheck(checker))
+        self.checks = checks
+
+    def _runs(self, stage):
+        return any(check.stage == stage for check in self.checks)
 
     def startDelivery(self, envelope):
         """
-        See L{IDeliveryTarget.startDelivery}.
+        See L{IDeliveryTarget.startDelivery}: after the checks of the sender
+        (L{mdpy.checks.MAIL}) accepted it.
         """
-        return PipelineDelivery(self, envelope)
+        delivery = PipelineDelivery(self, envelope)
+        if not self._runs(MAIL):
+            return delivery
+        d = runChecks(self.checks, MAIL, envelope)
+        d.addCallback(delivery._checked)
+        d.addCallbacks(lambda _: delivery, delivery._ebRefused)
+        return d
 
     def ensureAccount(self, account):
         """
@@ -215,14 +255,38 @@ class PipelineDelivery:
         self._forwardedId = None  # the queue id of the forwarded copies
         self._accounts = set()
         self._staged = []  # queue entries staged by commit
+        self._verdicts = []  # of the checks: their headers go into the local copies
         self._spool = tempfile.SpooledTemporaryFile(
             max_size=SPILL_SIZE, dir=pipeline.spoolDir
         )
 
+    def _checked(self, verdict):
+        self._verdicts.append(verdict)
+
+    def _ebRefused(self, failure):
+        self.abort()
+        return failure
+
     def addRecipient(self, address):
         """
-        See L{IDelivery.addRecipient}.
+        See L{IDelivery.addRecipient}: after the checks of the recipient
+        (L{mdpy.checks.RCPT}) accepted it.
         """
+        if not self.pipeline._runs(RCPT):
+            return self._route(address)
+        d = runChecks(self.pipeline.checks, RCPT, self.envelope, recipient=address)
+        d.addCallback(self._routeChecked, address)
+        return d
+
+    def _routeChecked(self, verdict, address):
+        """
+        Route C{address}, which the checks accepted; their headers are kept
+        once it is.
+        """
+        d = defer.maybeDeferred(self._route, address)
+        return d.addCallback(lambda _: self._checked(verdict))
+
+    def _route(self, address):
         pipeline = self.pipeline
         gateway = pipeline.gateways.forAddress(address) if pipeline.gateways else None
         if gateway is not None:
@@ -331,22 +395,25 @@ class PipelineDelivery:
 
     def _check(self):
         """
-        @return: a L{Deferred} firing with the C{Authentication-Results}
-            header for this message, or C{b""}.
+        Run the checks of the message (L{mdpy.checks.DATA}).
+
+        @return: a L{Deferred} firing with the header fields the checks
+            add, or C{b""}; or failing with the error of one that refused.
         """
-        envelope, checker = self.envelope, self.pipeline.checker
-        if (
-            checker is None
-            or envelope.authenticatedAs is not None
-            or envelope.trusted
-            or envelope.clientAddress is None
-            or not (self.copies or self.forwarded)
-        ):
-            return defer.succeed(b"")
-        spool = self._spool
-        spool.seek(0)
-        message = spool.read(CHECK_SIZE + 1)
-        return checker.check(envelope.clientAddress, envelope.helo, envelope.sender, message)
+        checks = self.pipeline.checks
+        if not (self.copies or self.forwarded):
+            # Only local and forwarded copies get the results of SPF and
+            # DKIM: the checks' lookups would be for nothing.
+            checks = [check for check in checks if not isinstance(check, AuthenticationResultsCheck)]
+        if any(check.stage == DATA for check in checks):
+            spool = self._spool
+            spool.seek(0)
+            message = spool.read(CHECK_SIZE + 1)
+            d = runChecks(checks, DATA, self.envelope, message=message)
+            d.addCallback(self._checked)
+        else:
+            d = defer.succeed(None)
+        return d.addCallback(lambda _: b"".join(verdict.headers for verdict in self._verdicts))
 
     def _commitLocal(self, results):
         if not self.copies:
@@ -356,10 +423,11 @@ class PipelineDelivery:
         head = spool.read(HEAD_SIZE)
         complete = len(head) < HEAD_SIZE
         head, _ = stripTraceHeaders(head)
-        if results:
-            # RFC 8601 section 5: results claiming to be ours that came
-            # with the message are forged.
-            head = stripForgedResults(head, self.pipeline.checker.hostname)
+        for verdict in self._verdicts:
+            for authservId in verdict.authservIds:
+                # RFC 8601 section 5: results claiming to be ours that came
+                # with the message are forged.
+                head = stripForgedResults(head, authservId)
         copies = []
         for account, address, caught in self.copies:
             parts = [self._traceHeaders(address), results, head]

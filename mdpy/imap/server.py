@@ -169,6 +169,35 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
     """
     One IMAP session.
 
+    Hooks for a subclass (stable names; set it as the C{protocol} of an
+    L{IMAP4Factory} subclass and name that in C{[imap] factory =
+    package.module:Class}, or C{[imaps]}):
+
+     - C{commands}: the command table, C{{state: set of verbs}}, for the
+       states L{NOT_AUTHENTICATED}, L{AUTHENTICATED} and L{SELECTED}; a
+       verb not in the set of the current state gets C{BAD}.
+     - C{do_VERB(self, tag, args)}: the command C{VERB}, its arguments
+       parsed (atoms, strings, literals, lists).  Answer with
+       C{self.untagged(data)} and C{self.complete(tag, b"OK", text)} (or
+       C{self.no(tag, text)}, C{self.bad(tag, text)}); return L{None} or a
+       L{Deferred}.
+     - C{capabilities(self)}: the CAPABILITY list now, as L{bytes}.
+
+    A command needs all three; for example C{XHELLO} in every state::
+
+        class Greeter(IMAP4Server):
+            commands = {state: verbs | {"XHELLO"} for state, verbs in IMAP4Server.commands.items()}
+
+            def capabilities(self):
+                return IMAP4Server.capabilities(self) + b" XHELLO"
+
+            def do_XHELLO(self, tag, args):
+                self.untagged(b"XHELLO hello")
+                return self.complete(tag, b"OK", b"XHELLO completed.")
+
+        class GreeterFactory(IMAP4Factory):
+            protocol = Greeter
+
     @ivar state: L{NOT_AUTHENTICATED}, L{AUTHENTICATED} or L{SELECTED}.
     @ivar account: the account logged in, or L{None}.
     @ivar selected: the L{SelectedMailbox}, or L{None}.

@@ -14,7 +14,8 @@ implicit}), read the C{220} greeting, EHLO (then STARTTLS and EHLO again
 with C{tls = starttls}), AUTH (CRAM-MD5, or PLAIN over TLS), then
 C{ATRN dom1,dom2} (RFC 2645 section 5.2.1).  A C{250} reverses the roles on
 the same connection, TLS kept (section 5.3): from then on an
-L{mdpy.smtp.server.SMTPServer}, the one mdpy runs on port 25, sends its
+L{mdpy.smtp.server.SMTPServer}, the one mdpy runs on port 25 (the
+C{protocol} of C{[smtp] factory}), sends its
 C{220} greeting, takes the provider's EHLO, MAIL, RCPT and DATA, hands every
 message to the delivery pipeline like any inbound unauthenticated session
 does, and answers C{221} to the provider's QUIT.  A C{453} means no mail is
@@ -229,11 +230,11 @@ def clientTLSOptions(account):
         raise ODMRError(str(e))
 
 
-class ReleasedSession(SMTPServer):
+class _Released:
     """
-    The reversed session: mdpy's SMTP server as on port 25, which also tells
-    C{committed(envelope, recipients)} of each message it stored and
-    answered C{250} to.
+    What makes an SMTP server session (L{SMTPServer} or a subclass) the
+    reversed session: it also tells C{committed(envelope, recipients)} of
+    each message it stored and answered C{250} to.
 
     @ivar quitReceived: whether the provider said QUIT.
     @ivar interrupted: whether the connection ended inside a mail
@@ -241,7 +242,7 @@ class ReleasedSession(SMTPServer):
     """
 
     def __init__(self, committed):
-        SMTPServer.__init__(self)
+        super().__init__()
         self.committed = committed
         self.quitReceived = False
         self.interrupted = False
@@ -250,10 +251,10 @@ class ReleasedSession(SMTPServer):
 
     def do_QUIT(self, argument):
         self.quitReceived = True
-        SMTPServer.do_QUIT(self, argument)
+        return super().do_QUIT(argument)
 
     def _endOfMessage(self):
-        result = SMTPServer._endOfMessage(self)
+        result = super()._endOfMessage()
         if isinstance(result, defer.Deferred) and not result.called:
             self._storing += 1
             result.addBoth(self._stored)
@@ -268,11 +269,12 @@ class ReleasedSession(SMTPServer):
         return result
 
     def messageAccepted(self, envelope, recipients, size):
+        super().messageAccepted(envelope, recipients, size)
         self.committed(envelope, recipients)
 
     def connectionLost(self, reason=None):
         self.interrupted = self._envelope is not None
-        SMTPServer.connectionLost(self, reason)
+        super().connectionLost(reason)
 
     def whenSettled(self):
         """
@@ -284,6 +286,27 @@ class ReleasedSession(SMTPServer):
         d = defer.Deferred()
         self._settledWaiters.append(d)
         return d
+
+
+_releasedClasses = {}
+
+
+def releasedSessionClass(protocol):
+    """
+    @param protocol: L{SMTPServer} or a subclass: the C{protocol} of the
+        SMTP factory of port 25 (C{[smtp] factory}), so that mail released
+        by ATRN meets the same server as mail sent to port 25.
+    @return: C{protocol} made the reversed session (L{_Released}), taking
+        C{committed} as its one argument.
+    """
+    released = _releasedClasses.get(protocol)
+    if released is None:
+        released = _releasedClasses[protocol] = type(
+            "Released" + protocol.__name__, (_Released, protocol), {"__module__": __name__})
+    return released
+
+
+ReleasedSession = releasedSessionClass(SMTPServer)
 
 
 class ODMRCustomer(Protocol):
@@ -301,8 +324,8 @@ class ODMRCustomer(Protocol):
     def __init__(self, account, serverFactory, hostname, clock, report=None, tlsOptions=None):
         """
         @param serverFactory: the L{mdpy.smtp.server.SMTPFactory} of the
-            reversed session; it is built as C{buildProtocol} would, but is
-            always a L{ReleasedSession}.
+            reversed session; it is built as C{buildProtocol} would, of the
+            factory's C{protocol} (L{releasedSessionClass}).
         @param hostname: this host's name, for EHLO.
         @param clock: the L{IReactorTime} for the reply timeouts.
         @param tlsOptions: the client TLS options for STARTTLS (C{tls =
@@ -594,7 +617,7 @@ class ODMRCustomer(Protocol):
         self.report.outcome = "released"
         log.debug("odmr-client: {label}: the provider turns the connection around: {reply}",
                   label=self._label, reply=reply)
-        session = ReleasedSession(self._committed)
+        session = releasedSessionClass(self.serverFactory.protocol)(self._committed)
         session.factory = self.serverFactory
         self.session = session
         session.makeConnection(self.transport)

@@ -48,14 +48,20 @@ _COMMANDS = frozenset(["EHLO", "AUTH", "STARTTLS", "ATRN", "QUIT"])
 
 class ODMRFactory(SMTPFactory):
     """
-    Builds L{ODMRServer}s.
+    Builds L{ODMRServer}s (its C{protocol}); a subclass named by C{[odmr]
+    factory} may set another L{ODMRServer} subclass, and C{clientProtocol}
+    to change the SMTP client of the reversed connection.
 
     @ivar gateways: the L{mdpy.odmr.gateway.Gateways}.
     @ivar relay: the L{mdpy.delivery.relay.Relay} holding their mail.
     @ivar maxDomains: the most domains one ATRN may name.
     @ivar clientTimeout: seconds to wait for each reply of the customer once
         the connection is reversed.
+    @ivar clientProtocol: the class of that client: L{ESMTPClient}, or a
+        subclass taking the same arguments.
     """
+
+    clientProtocol = ESMTPClient
 
     def __init__(self, hostname, gateways, relay, maxDomains=100, clientTimeout=300, **kwargs):
         SMTPFactory.__init__(self, hostname, None, **kwargs)
@@ -64,11 +70,6 @@ class ODMRFactory(SMTPFactory):
         self.maxDomains = maxDomains
         self.clientTimeout = clientTimeout
 
-    def buildProtocol(self, addr):
-        protocol = ODMRServer()
-        protocol.factory = self
-        return protocol
-
 
 class ODMRServer(SMTPServer):
     """
@@ -76,9 +77,12 @@ class ODMRServer(SMTPServer):
     L{ESMTPClient} on the same transport.
 
     @ivar client: the L{ESMTPClient} after the turnaround, else L{None}.
+    @cvar commands: the verbs accepted before the turnaround (RFC 2645
+        section 5.4); a subclass adding a command adds its verb here.
     """
 
     service = "odmr"
+    commands = _COMMANDS
     plaintextMechanisms = (b"CRAM-MD5",)
 
     def __init__(self):
@@ -103,7 +107,7 @@ class ODMRServer(SMTPServer):
 
     def lineReceived(self, line):
         verb = line.partition(b" ")[0]
-        if verb.decode("ascii", "replace").upper() not in _COMMANDS:
+        if verb.decode("ascii", "replace").upper() not in self.commands:
             self.log.debug("odmr: refused command from {ip}", ip=self._ip)
             self.reply(C502OnlyODMR)
             return None
@@ -165,7 +169,7 @@ class ODMRServer(SMTPServer):
             # of DSNs (RFC 3464 wants a host name there, not a login).
             domains, Route(self._ip, self._ip, self.transport.getPeer().port)
         )
-        client = self.client = ESMTPClient(
+        client = self.client = self.factory.clientProtocol(
             self.factory.hostname,
             release.nextMessage,
             release.messageDone,
@@ -201,3 +205,6 @@ class ODMRServer(SMTPServer):
         SMTPServer.connectionLost(self, reason)
         if self.client is not None:
             self.client.connectionLost(reason or connectionDone)
+
+
+ODMRFactory.protocol = ODMRServer

@@ -109,9 +109,32 @@ class _MessageStreamer:
 
 class POP3Server(CommandSession):
     """
-    One POP3 session.  Commands are C{do_VERB(argument)} methods returning
-    L{None} or a L{Deferred}; which verbs each state accepts is in
-    L{_COMMANDS}.
+    One POP3 session.
+
+    Hooks for a subclass (stable names; set it as the C{protocol} of a
+    L{POP3Factory} subclass and name that in C{[pop3] factory =
+    package.module:Class}, or C{[pop3s]}):
+
+     - C{commands}: the command table, C{{state: set of verbs}}, for
+       L{AUTHORIZATION} and L{TRANSACTION}; other verbs get C{-ERR}.
+     - C{do_VERB(self, argument)}: the command C{VERB}, its argument the
+       rest of the line as text.  Answer with C{self.ok(text)} or
+       C{self.error(text)}; return L{None} or a L{Deferred}.
+     - C{capabilities(self)}: the CAPA lines now (RFC 2449).
+
+    For example C{XHELLO} in both states::
+
+        class Greeter(POP3Server):
+            commands = {state: verbs | {"XHELLO"} for state, verbs in POP3Server.commands.items()}
+
+            def capabilities(self):
+                return POP3Server.capabilities(self) + ["XHELLO"]
+
+            def do_XHELLO(self, argument):
+                self.ok("hello")
+
+        class GreeterFactory(POP3Factory):
+            protocol = Greeter
 
     @ivar state: L{AUTHORIZATION} or L{TRANSACTION}.
     @ivar account: the account logged in, or L{None}.

@@ -68,6 +68,10 @@ C554Failed = (554, "5.0.0", "Error: transaction failed")
 C554Sync = (554, "5.5.0", "Error: SMTP protocol synchronization")
 C555UnknownParameter = (555, "5.5.4", "Error: unsupported parameter")
 C550Rejected = (550, "5.0.0", "Error: rejected")
+# A check's refusal (RFC 3463 X.7.1: delivery not authorized, message
+# refused); the check's own text replaces the one here.
+C550CheckRefused = (550, "5.7.1", "Message refused")
+C451CheckRefusedForNow = (451, "4.7.1", "Try again later")
 
 _RECIPIENT_ERRORS = [
     (errors.NotFound, C550UnknownUser),
@@ -98,10 +102,14 @@ def replyForError(error, recipient=False):
     Map a failure to its reply.
 
     @param error: any exception; what is not a L{errors.MailError} is an
-        internal error and gets C{451 4.3.0}.
+        internal error and gets C{451 4.3.0}.  A check's refusal
+        (L{errors.CheckRefused}) is answered with the check's text.
     @param recipient: whether the error answers RCPT (else MAIL or the end of
         the message).
     """
+    if isinstance(error, (errors.CheckRefused, errors.CheckRefusedForNow)):
+        code, enhanced, _ = C451CheckRefusedForNow if error.temporary else C550CheckRefused
+        return (code, enhanced, error.text)
     for kind, reply in _RECIPIENT_ERRORS if recipient else _MESSAGE_ERRORS:
         if isinstance(error, kind):
             return reply

@@ -99,8 +99,36 @@ class SMTPFactory(SessionFactory):
 
 class SMTPServer(CommandSession):
     """
-    One ESMTP session.  Commands are C{do_VERB(argument)} methods returning
-    L{None} or a L{Deferred}; override or add them in a subclass.
+    One ESMTP session.
+
+    Hooks for a subclass (stable names; set it as the C{protocol} of an
+    L{SMTPFactory} subclass and name that in C{[smtp] factory =
+    package.module:Class}, and the ODMR customer's released sessions use it
+    too):
+
+     - C{do_VERB(self, argument)}: the command C{VERB} (letters only, any
+       case), its argument the rest of the line as L{bytes}, stripped.
+       Return L{None} or a L{Deferred}; no other command is read until it
+       fires.  Answer with C{self.reply((code, enhanced, text))} (tuples in
+       L{mdpy.smtp.codes}) or C{self.sendLines(code, lines)}.  Override one
+       to change it, add one to add a command.
+     - C{extensions(self)}: the EHLO keywords offered now; a subclass
+       adding a command appends its keyword to the base list.
+     - C{messageAccepted(self, envelope, recipients, size)}: a message was
+       stored and answered C{250}.
+     - C{greet(self)}: the C{220} greeting.
+
+    Example, a command C{XHELLO} advertised in EHLO::
+
+        class Greeter(SMTPServer):
+            def extensions(self):
+                return SMTPServer.extensions(self) + ["XHELLO"]
+
+            def do_XHELLO(self, argument):
+                self.reply((250, "2.0.0", "hello"))
+
+        class GreeterFactory(SMTPFactory):
+            protocol = Greeter
 
     @ivar helo: the HELO/EHLO argument, or L{None} before it.
     @ivar esmtp: whether the client said EHLO.
@@ -770,7 +798,8 @@ class SMTPServer(CommandSession):
         """
 
     def _ebCommitted(self, failure, envelope, delivery):
-        log = self.log.info if failure.check(errors.SenderNotOwned) else self.log.error
+        refused = failure.check(errors.SenderNotOwned, errors.CheckRefused, errors.CheckRefusedForNow)
+        log = self.log.info if refused else self.log.error
         log(
             "smtp: message {id} from <{sender}> not stored{login}: {why}",
             id=envelope.messageId,
