@@ -26,9 +26,10 @@ from mdpy.config import Config, ConfigError, configPath
 from mdpy.configcheck import checkConfig
 from mdpy.errors import InvalidInput
 from mdpy.datadir import DataDir
+from mdpy.dns import DNSCache, makeResolver
 from mdpy.delivery.authresults import InboundChecker
 from mdpy.delivery.dkim import DKIMKeys
-from mdpy.delivery.mx import MXResolver, makeResolver
+from mdpy.delivery.mx import MXResolver
 from mdpy.delivery.pipeline import DeliveryPipeline
 from mdpy.delivery.queue import SpoolQueue, controlSocketPath
 from mdpy.delivery.relay import Relay, RelayControlFactory, RelaySettings, parseHostPort
@@ -456,9 +457,10 @@ def buildService(config, portOffset=0, reactor=None):
 def buildResolver(config, reactor):
     """
     @return: the L{MXResolver} every DNS lookup goes through, asking
-        C{[dns] nameservers} (or the system's).
+        C{[dns] nameservers} (or the system's) through one L{DNSCache}.
     """
-    return MXResolver(makeResolver(reactor, config["dns"]["nameservers"]), clock=reactor)
+    servers = makeResolver(reactor, config["dns"]["nameservers"])
+    return MXResolver(DNSCache(servers, clock=reactor), clock=reactor)
 
 
 def buildPipeline(config, datadir, directory, store, reactor):
