@@ -15,7 +15,8 @@ sender domain cost one SPF lookup, not 2,000.
 L{Resolver} gives the lookups SPF (RFC 7208 section 5) and DKIM (RFC 6376
 section 3.6.2.2) need, L{Resolver.lookupTXT}, L{Resolver.lookupAddresses},
 L{Resolver.lookupMX} and L{Resolver.lookupPointer}, and the raw
-L{Resolver.lookupRecords}.  They answer an empty list for a name that does
+L{Resolver.lookupRecords}, and L{Resolver.lookupHost} for the servers the
+configuration names (a gateway's Minger server).  They answer an empty list for a name that does
 not exist or has no such records, and fail with L{TemporaryDNSFailure} when
 DNS cannot answer.  L{mdpy.delivery.mx.MXResolver} builds mail routes on it.
 """
@@ -26,7 +27,8 @@ import socket
 
 import idna
 from twisted.internet import defer
-from twisted.names import client, common, dns, error
+from twisted.names import client, common, dns, error, hosts
+from twisted.python.filepath import FilePath
 
 from mdpy.errors import PermanentFailure, TemporaryFailure, describe
 
@@ -36,6 +38,7 @@ STATUS_NO_DOMAIN = "5.1.2"
 
 DEFAULT_TIMEOUT = (1, 3, 11)
 RESOLV_CONF = "/etc/resolv.conf"
+HOSTS_FILE = "/etc/hosts"
 MAX_CNAME_CHAIN = 8
 MAX_NAME = 253
 MAX_LABEL = 63
@@ -429,6 +432,32 @@ class Resolver:
             raise PermanentDNSFailure("bad address %r" % (address,)) from e
         records = await self._records(name, dns.PTR)
         return [record.name.name.decode("ascii", "replace") for record in records]
+
+    def lookupHost(self, name):
+        """
+        The address of a server the configuration names by its host name (a
+        gateway's Minger server): from the hosts file when it lists the
+        name, as the system's resolver does, else from DNS.
+
+        @param name: a host name, or an IP address (given back as it is).
+        @return: a L{defer.Deferred} firing with one address as text, an
+            IPv4 one if there is any.  It fails with L{PermanentDNSFailure}
+            when the name has no address, else as L{lookupAddresses} does.
+        """
+        return defer.ensureDeferred(self._lookupHost(name))
+
+    async def _lookupHost(self, name):
+        try:
+            return str(ipaddress.ip_address(name))
+        except ValueError:
+            pass
+        listed = hosts.searchFileForAll(FilePath(HOSTS_FILE), name.encode("idna"))
+        addresses = sorted(listed, key=lambda address: ":" in address)
+        if not addresses:
+            addresses = await self._lookupAddresses(name)
+        if not addresses:
+            raise PermanentDNSFailure("%s has no address" % (name,))
+        return addresses[0]
 
     def lookupRecords(self, name, recordType):
         """

@@ -441,7 +441,7 @@ def buildService(config, portOffset=0, reactor=None):
         collector.setName(name)
         collector.setServiceParent(top)
     top.live = LiveParts(config, datadir, directory, pipeline, reactor, tlsOptions, mtaTLSOptions,
-                         loginTracker, collectors)
+                         loginTracker, collectors, resolver=resolver)
     control = internet.StreamServerEndpointService(
         endpoints.UNIXServerEndpoint(reactor, controlSocketPath(queue.path), mode=0o600),
         RelayControlFactory(queue, collectors, reload=top.reload),
@@ -494,7 +494,7 @@ def buildPipeline(config, datadir, directory, store, reactor):
             reactor=reactor,
             timeout=config["dns"]["timeout"],
         )
-    gateways = buildGateways(config, reactor)
+    gateways = buildGateways(config, reactor, resolver=resolver)
     holdGateways(queue, gateways)
     pipeline = DeliveryPipeline(
         directory, store, queue=queue, spoolDir=datadir.spoolDir, srs=srs, checker=checker,
@@ -503,9 +503,11 @@ def buildPipeline(config, datadir, directory, store, reactor):
     return pipeline, queue, resolver
 
 
-def buildGateways(config, reactor, warn=True):
+def buildGateways(config, reactor, warn=True, resolver=None):
     """
     @param warn: log the warnings of L{checkMingerSecret}.
+    @param resolver: the L{MXResolver} the Minger clients find their
+        server's address with; L{None}: the reactor's resolver.
     @return: the L{Gateways} of the C{[gateway:DOMAIN]} sections.
     @raise ConfigError: a bad domain, user or Minger setting.
     """
@@ -531,6 +533,7 @@ def buildGateways(config, reactor, warn=True):
                 timeout=section["minger_timeout"],
                 cacheTTL=section["minger_cache"],
                 negativeTTL=section["minger_cache"],
+                resolve=None if resolver is None else resolver.lookupHost,
             )
             verifier = MingerVerifier(client, fallback=section["minger_fallback"])
         try:

@@ -10,7 +10,15 @@ from twisted.names import dns, error
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
-from mdpy.dns import DNSCache, Resolver, TemporaryDNSFailure, makeResolver, negativeTTL
+import mdpy.dns
+from mdpy.dns import (
+    DNSCache,
+    PermanentDNSFailure,
+    Resolver,
+    TemporaryDNSFailure,
+    makeResolver,
+    negativeTTL,
+)
 from tests.dnsserver import TestDNSServer
 
 
@@ -266,3 +274,43 @@ class LoopbackCacheTests(unittest.TestCase):
             with self.assertRaises(TemporaryDNSFailure):
                 await self.resolver.lookupTXT("broken.test")
         self.assertEqual(self.server.queries, [("broken.test", "TXT")] * 2)
+
+
+class LookupHostTests(unittest.TestCase):
+    """
+    L{Resolver.lookupHost}: the hosts file, then DNS.
+    """
+
+    def setUp(self):
+        self.server = TestDNSServer(reactor)
+        self.server.start()
+        self.addCleanup(self.server.stop)
+        self.resolver = Resolver(makeResolver(reactor, [self.server.nameserver], timeout=(2,)))
+        hostsFile = self.mktemp()
+        with open(hostsFile, "w") as f:
+            f.write("# comment\n::7 listed.test\n127.0.0.7 listed.test Other.Test\n")
+        self.patch(mdpy.dns, "HOSTS_FILE", hostsFile)
+
+    async def test_hostsFileFirst(self):
+        self.server.setA("listed.test", ["127.0.0.9"])
+        self.assertEqual(await self.resolver.lookupHost("listed.test"), "127.0.0.7")
+        self.assertEqual(await self.resolver.lookupHost("other.test"), "127.0.0.7")
+        self.assertEqual(self.server.queries, [])
+
+    async def test_dns(self):
+        self.server.setAAAA("mx.test", ["::2"])
+        self.assertEqual(await self.resolver.lookupHost("mx.test"), "::2")
+        self.server.setA("mx.test", ["127.0.0.2"])
+        self.assertEqual(await self.resolver.lookupHost("MX.test"), "127.0.0.2")
+
+    async def test_address(self):
+        self.assertEqual(await self.resolver.lookupHost("::0:1"), "::1")
+        self.assertEqual(self.server.queries, [])
+
+    async def test_noAddress(self):
+        with self.assertRaises(PermanentDNSFailure) as caught:
+            await self.resolver.lookupHost("missing.test")
+        self.assertEqual(str(caught.exception), "missing.test has no address")
+        self.server.failWith("broken.test", "servfail")
+        with self.assertRaises(TemporaryDNSFailure):
+            await self.resolver.lookupHost("broken.test")
