@@ -3,6 +3,8 @@ Tests for L{mdpy.dns}: the cache in front of the name servers, in memory
 with a L{Clock}, and over loopback UDP to a L{TestDNSServer}.
 """
 
+import os
+
 from twisted.internet import defer, reactor
 from twisted.internet.interfaces import IResolver
 from twisted.internet.task import Clock
@@ -19,6 +21,7 @@ from mdpy.dns import (
     makeResolver,
     negativeTTL,
 )
+from mdpy.testing import TempDirTestCase
 from tests.dnsserver import TestDNSServer
 
 
@@ -276,7 +279,7 @@ class LoopbackCacheTests(unittest.TestCase):
         self.assertEqual(self.server.queries, [("broken.test", "TXT")] * 2)
 
 
-class LookupHostTests(unittest.TestCase):
+class LookupHostTests(TempDirTestCase):
     """
     L{Resolver.lookupHost}: the hosts file, then DNS.
     """
@@ -286,7 +289,7 @@ class LookupHostTests(unittest.TestCase):
         self.server.start()
         self.addCleanup(self.server.stop)
         self.resolver = Resolver(makeResolver(reactor, [self.server.nameserver], timeout=(2,)))
-        hostsFile = self.mktemp()
+        hostsFile = os.path.join(self.tempDir(), "hosts")
         with open(hostsFile, "w") as f:
             f.write("# comment\n::7 listed.test\n127.0.0.7 listed.test Other.Test\n")
         self.patch(mdpy.dns, "HOSTS_FILE", hostsFile)
