@@ -7,7 +7,8 @@
   context manager) and ``ProcessServer`` (one that is a child process in a
   session of its own), with ``serve_until_interrupted`` for the
   stand-alone mode of ``postfix.py`` and ``dovecot.py``;
-* ``MdpyServer``: a fresh mdpy under twistd, as every benchmark starts it;
+* ``MdpyServer``: a fresh mdpy under twistd, as every benchmark starts it,
+  with ``LoopbackDNS`` as its only name server;
 * the benchmarks' shared options, progress and report helpers.
 
 Used by ``smtp_bench.py``, ``relay_bench.py``, ``pop3_bench.py``,
@@ -16,6 +17,7 @@ Used by ``smtp_bench.py``, ``relay_bench.py``, ``pop3_bench.py``,
 """
 
 import argparse
+import json
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -23,6 +25,7 @@ import platform
 import pwd
 import re
 import resource
+import select
 import shutil
 import signal
 import socket
@@ -515,6 +518,48 @@ def serve_until_interrupted(make, describe, gone, error):
 
 # ------------------------------------------------------------------ mdpy
 
+# The zone the benchmarks' DNS server holds: the SPF record of the domain
+# the load comes from (127.0.0.1), and an SOA so that its negative answers
+# (the HELO name, ...) may be cached (RFC 2308 section 5).
+BENCH_ZONE = {DOMAIN: {"TXT": ["v=spf1 ip4:127.0.0.0/8 -all"], "SOA": 3600}}
+
+
+class LoopbackDNS:
+    """tests/dnsserver.py as a process of its own, on a free port of
+    127.0.0.1, serving C{zone} (L{BENCH_ZONE}): what C{[dns] nameservers}
+    of every benchmarked mdpy points at, so that no figure depends on the
+    system's resolver and no query leaves the machine."""
+
+    def __init__(self, base, zone=BENCH_ZONE, timeout=30):
+        path = os.path.join(base, "zone.json")
+        with open(path, "w") as f:
+            json.dump(zone, f)
+        argv = [sys.executable, os.path.join(REPO, "tests", "dnsserver.py"),
+                "--port", "0", "--zone", path]
+        try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        except OSError as e:
+            raise BenchError("cannot run %s: %s" % (argv[1], e))
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline().decode("utf-8", "replace") if ready else ""
+        if not line.startswith("ready "):
+            self.stop()
+            raise BenchError("tests/dnsserver.py did not start: %r" % (line,))
+        self.nameserver = "127.0.0.1:%d" % int(line.split()[1])
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+
+
 # Listening services of mdpy.ini, in the order they are written.
 MDPY_SERVICES = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps",
                  "odmr", "minger", "webadmin")
@@ -558,7 +603,9 @@ class MdpyServer(ProcessServer):
     SMTP, with pop3 POP3 and with imap IMAP, on free ports of 127.0.0.1;
     the services in C{disabled} are turned off in mdpy.ini (here the SMTP
     benchmark's set, which leaves odmr, minger and webadmin at their
-    defaults), and C{settings} ({section: {key: value}}) is added to it."""
+    defaults), and C{settings} ({section: {key: value}}) is added to it.
+    Its C{[dns] nameservers} is a L{LoopbackDNS} started with the mdpy.ini
+    and stopped with the server."""
 
     name = "mdpy"
     disabled = ("submission", "smtps", "pop3", "pop3s", "imap", "imaps")
@@ -582,6 +629,7 @@ class MdpyServer(ProcessServer):
         self.mdpy = find_command("mdpy", [sys.executable, "-m", "mdpy.cli"])
         self.twistd = find_command("twistd", [sys.executable, "-m", "twisted"])
         self.pid = None
+        self.dns = None
 
     @staticmethod
     def _another_port(taken):
@@ -603,9 +651,20 @@ class MdpyServer(ProcessServer):
                     shown="mdpy " + " ".join(args), cwd=self.base, env=self.env)
 
     def write_ini(self):
+        if self.dns is None:
+            self.dns = LoopbackDNS(self.base)
+        settings = dict(self.settings)
+        settings["dns"] = dict(settings.get("dns", {}), nameservers=self.dns.nameserver)
         with open(self.ini, "w") as f:
             f.write(mdpy_ini(self.data_dir, self.port, self.pop3_port,
-                             self.disabled, self.imap_port, self.settings))
+                             self.disabled, self.imap_port, settings))
+
+    def stop(self, timeout=15):
+        warning = super().stop(timeout)
+        dns, self.dns = self.dns, None
+        if dns is not None:
+            dns.stop()
+        return warning
 
     def provision(self, users):
         """Write mdpy.ini and make the domain and users (password PASSWORD)."""

@@ -325,7 +325,7 @@ SCHEMA = {
         Key("ca_file", parseStr, "", "PEM file of the CAs to trust; default: the system's.", isPath=True),
     ],
     "dns": [
-        Key("nameservers", parseList, "", "host:port of resolvers for outbound lookups; default: the system resolver."),
+        Key("nameservers", parseList, "", "host:port of the name servers every DNS lookup asks (delivery, SPF, DKIM, Minger hosts); answers are cached for their TTL. Default: the system's."),
         Key("timeout", parseDuration, "5s", "Time the SPF and DKIM checks of an inbound message may wait for DNS in all; past it they record temperror."),
     ],
     "relay": [

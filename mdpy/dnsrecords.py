@@ -17,7 +17,7 @@ from twisted.internet import defer
 from twisted.names import dns
 
 from mdpy.delivery.dkim import zoneLine
-from mdpy.delivery.mx import _queryName
+from mdpy.dns import _queryName
 from mdpy.errors import MailError
 
 MX_PREFERENCE = 10

@@ -72,10 +72,12 @@ class LiveParts:
     @ivar collectors: C{{name: service}} of the running collections, shared
         with the control socket.
     @ivar lock: a L{defer.DeferredLock}: one reload at a time.
+    @ivar resolver: the server's L{mdpy.delivery.mx.MXResolver}, for the
+        gateways' Minger clients, or L{None}.
     """
 
     def __init__(self, config, datadir, directory, pipeline, reactor, tlsOptions, mtaTLSOptions,
-                 loginTracker, collectors):
+                 loginTracker, collectors, resolver=None):
         self.config = self.started = config
         self.datadir = datadir
         self.directory = directory
@@ -85,6 +87,7 @@ class LiveParts:
         self.mtaTLSOptions = mtaTLSOptions
         self.loginTracker = loginTracker
         self.collectors = collectors
+        self.resolver = resolver
         self.lock = defer.DeferredLock()
 
     def prepare(self, config):
@@ -99,7 +102,7 @@ class LiveParts:
         plan = ReloadPlan(self, config)
         plan.tls = loadServerTLS(config, self.datadir)
         if config.named("gateway") != self.config.named("gateway"):
-            plan.gateways = buildGateways(config, self.reactor)
+            plan.gateways = buildGateways(config, self.reactor, resolver=self.resolver)
         before, after = collectionInputs(self.config), collectionInputs(config)
         plan.stopped = [name for name in before if before[name] != after.get(name)]
         try:

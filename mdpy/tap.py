@@ -27,9 +27,10 @@ from mdpy.config import Config, ConfigError, configPath
 from mdpy.configcheck import checkConfig
 from mdpy.errors import InvalidInput
 from mdpy.datadir import DataDir
+from mdpy.dns import DNSCache, makeResolver
 from mdpy.delivery.authresults import InboundChecker
 from mdpy.delivery.dkim import DKIMKeys
-from mdpy.delivery.mx import MXResolver, makeResolver
+from mdpy.delivery.mx import MXResolver
 from mdpy.delivery.pipeline import DeliveryPipeline
 from mdpy.delivery.queue import SpoolQueue, controlSocketPath
 from mdpy.delivery.relay import Relay, RelayControlFactory, RelaySettings, parseHostPort
@@ -527,7 +528,7 @@ def buildService(config, portOffset=0, reactor=None):
         collector.setName(name)
         collector.setServiceParent(top)
     top.live = LiveParts(config, datadir, directory, pipeline, reactor, tlsOptions, mtaTLSOptions,
-                         loginTracker, collectors)
+                         loginTracker, collectors, resolver=resolver)
     control = internet.StreamServerEndpointService(
         endpoints.UNIXServerEndpoint(reactor, controlSocketPath(queue.path), mode=0o600),
         RelayControlFactory(queue, collectors, reload=top.reload),
@@ -543,9 +544,10 @@ def buildService(config, portOffset=0, reactor=None):
 def buildResolver(config, reactor):
     """
     @return: the L{MXResolver} every DNS lookup goes through, asking
-        C{[dns] nameservers} (or the system's).
+        C{[dns] nameservers} (or the system's) through one L{DNSCache}.
     """
-    return MXResolver(makeResolver(reactor, config["dns"]["nameservers"]), clock=reactor)
+    servers = makeResolver(reactor, config["dns"]["nameservers"])
+    return MXResolver(DNSCache(servers, clock=reactor), clock=reactor)
 
 
 def buildPipeline(config, datadir, directory, store, reactor):
@@ -567,7 +569,7 @@ def buildPipeline(config, datadir, directory, store, reactor):
         )
     relayConfig = config["relay"]
     srs = SRS(loadSecret(datadir.srsSecretPath)) if relayConfig["srs"] else None
-    gateways = buildGateways(config, reactor)
+    gateways = buildGateways(config, reactor, resolver=resolver)
     holdGateways(queue, gateways)
     pipeline = DeliveryPipeline(
         directory, store, queue=queue, spoolDir=datadir.spoolDir, srs=srs,
@@ -576,9 +578,11 @@ def buildPipeline(config, datadir, directory, store, reactor):
     return pipeline, queue, resolver
 
 
-def buildGateways(config, reactor, warn=True):
+def buildGateways(config, reactor, warn=True, resolver=None):
     """
     @param warn: log the warnings of L{checkMingerSecret}.
+    @param resolver: the L{MXResolver} the Minger clients find their
+        server's address with; L{None}: the reactor's resolver.
     @return: the L{Gateways} of the C{[gateway:DOMAIN]} sections.
     @raise ConfigError: a bad domain, user or Minger setting.
     """
@@ -604,6 +608,7 @@ def buildGateways(config, reactor, warn=True):
                 timeout=section["minger_timeout"],
                 cacheTTL=section["minger_cache"],
                 negativeTTL=section["minger_cache"],
+                resolve=None if resolver is None else resolver.lookupHost,
             )
             verifier = MingerVerifier(client, fallback=section["minger_fallback"])
         try:

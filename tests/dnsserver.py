@@ -28,10 +28,13 @@ The zone maps a lowercase name in A-labels to its entry::
      "txt.test": {"TXT": ["v=spf1 -all", ["two ", "strings"]]},
      "2.0.0.127.in-addr.arpa": {"PTR": ["mx1.example.test"]},
      "nomail.test": {"MX": [[0, "."]]},
-     "broken.test": {"fail": "servfail"}}
+     "broken.test": {"fail": "servfail"},
+     "neg.test": {"SOA": 300, "ttl": 600}}
 
 A name missing from the zone, with no name below it, is NXDOMAIN (RCODE 3);
-a name present without records of the asked type is NODATA.  C{"fail"} makes
+a name present without records of the asked type is NODATA.  Both carry in
+their authority section the SOA record of the nearest enclosing name that
+has C{"SOA"} (its MINIMUM field), if any, as RFC 2308 section 3 asks.  C{"fail"} makes
 every query of that name get SERVFAIL (2), REFUSED (5) or, for
 C{"timeout"}, no answer at all.
 """
@@ -125,6 +128,34 @@ def _payloads(entry, typeName, ttl):
     return [dns.Record_CNAME(zoneKey(values), ttl)]
 
 
+class NoSuchName(dns.AuthoritativeDomainError):
+    """
+    NXDOMAIN, with the authority section to answer it with.
+    """
+
+    def __init__(self, name, authority):
+        dns.AuthoritativeDomainError.__init__(self, name)
+        self.authority = authority
+
+
+def soaAuthority(zone, key):
+    """
+    The authority section of a negative answer for C{key}: the SOA record of
+    the nearest enclosing name with C{"SOA"} (RFC 2308 section 3), or none.
+    """
+    labels = key.split(".")
+    for i in range(len(labels)):
+        owner = ".".join(labels[i:])
+        entry = zone.get(owner, {})
+        if "SOA" in entry:
+            ttl = entry.get("ttl", DEFAULT_TTL)
+            soa = dns.Record_SOA(
+                mname="ns." + owner, rname="hostmaster." + owner, minimum=entry["SOA"], ttl=ttl
+            )
+            return [dns.RRHeader(owner, dns.SOA, dns.IN, ttl, soa, auth=True)]
+    return []
+
+
 def answer(zone, name, recordType, chaseCNAME=True):
     """
     Answer a query from C{zone} as an authoritative server.
@@ -133,11 +164,11 @@ def answer(zone, name, recordType, chaseCNAME=True):
         are in the zone (RFC 1034 section 4.3.2 step 3.a), as most servers
         do; else the answer holds the CNAME only.
     @return: C{(answers, authority, additional)}.
-    @raise dns.AuthoritativeDomainError: the name does not exist.
+    @raise NoSuchName: the name does not exist.
     """
     key = zoneKey(name)
     if key not in zone and not any(other.endswith("." + key) for other in zone):
-        raise dns.AuthoritativeDomainError(key)
+        raise NoSuchName(key, soaAuthority(zone, key))
     answers = []
     for _ in range(MAX_CNAME_CHAIN):
         entry = zone.get(key)
@@ -166,6 +197,8 @@ def answer(zone, name, recordType, chaseCNAME=True):
             )
         )
         key = target
+    if not answers:
+        return [], soaAuthority(zone, zoneKey(name)), []
     return answers, [], []
 
 
@@ -198,7 +231,7 @@ class _FailingDNSServerFactory(server.DNSServerFactory):
     def handleQuery(self, message, protocol, address):
         query = message.queries[0]
         key = zoneKey(query.name.name)
-        self._dnsServer.queries.append((key, _typeName(query.type)))
+        self._dnsServer.recordQuery(key, _typeName(query.type))
         failure = self._dnsServer.currentZone().get(key, {}).get("fail")
         if failure is None:
             return server.DNSServerFactory.handleQuery(self, message, protocol, address)
@@ -206,6 +239,13 @@ class _FailingDNSServerFactory(server.DNSServerFactory):
         if rCode is not None:
             response = self._responseFromMessage(message=message, rCode=rCode)
             self.sendReply(protocol, response, address)
+
+    def gotResolverError(self, failure, protocol, message, address):
+        authority = getattr(failure.value, "authority", None)
+        if not authority:
+            return server.DNSServerFactory.gotResolverError(self, failure, protocol, message, address)
+        response = self._responseFromMessage(message=message, rCode=dns.ENAME, authority=authority)
+        self.sendReply(protocol, response, address)
 
 
 class TestDNSServer:
@@ -219,16 +259,19 @@ class TestDNSServer:
         instance C{("example.test", "MX")}.
     @ivar chaseCNAME: whether answers add the records an alias leads to.
     @ivar zoneFile: the JSON file the zone is read from, or L{None}.
+    @ivar queryLog: an open file each query is written to as a line
+        C{NAME TYPE}, or L{None}.
     """
 
     __test__ = False
 
-    def __init__(self, reactor=None, zoneFile=None):
+    def __init__(self, reactor=None, zoneFile=None, queryLog=None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.zone = {}
         self.queries = []
+        self.queryLog = queryLog
         self.chaseCNAME = True
         self.zoneFile = zoneFile
         self._zoneVersion = None
@@ -263,6 +306,12 @@ class TestDNSServer:
                 self._zoneVersion = version
         return self.zone
 
+    def recordQuery(self, name, typeName):
+        self.queries.append((name, typeName))
+        if self.queryLog is not None:
+            self.queryLog.write("%s %s\n" % (name, typeName))
+            self.queryLog.flush()
+
     def _entry(self, name, ttl):
         entry = self.zone.setdefault(zoneKey(name), {})
         if ttl is not None:
@@ -294,6 +343,14 @@ class TestDNSServer:
             bytes) or a list of L{str}, the record's strings.
         """
         self._entry(name, ttl)["TXT"] = list(texts)
+
+    def setSOA(self, name, minimum, ttl=None):
+        """
+        Make C{name} a zone apex: negative answers for it and the names below
+        it carry its SOA record, with C{minimum} as its MINIMUM field (RFC
+        2308 section 4).
+        """
+        self._entry(name, ttl)["SOA"] = minimum
 
     def setSRV(self, name, services, ttl=None):
         """
@@ -384,10 +441,12 @@ class DNSProcess:
 
     def __init__(self, root, zone):
         self.path = os.path.join(str(root), "zone.json")
+        self.queryLog = os.path.join(str(root), "queries.log")
         self.zone = dict(zone)
         self._write()
         self.process = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--port", "0", "--zone", self.path],
+            [sys.executable, os.path.abspath(__file__), "--port", "0", "--zone", self.path,
+             "--query-log", self.queryLog],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
@@ -407,6 +466,13 @@ class DNSProcess:
         self.zone[name] = entry
         self._write()
 
+    def queries(self):
+        """
+        @return: C{(name, type)} of every query received so far, in order.
+        """
+        with open(self.queryLog, encoding="utf-8") as f:
+            return [tuple(line.split()) for line in f]
+
     def stop(self):
         self.process.terminate()
         self.process.wait(timeout=30)
@@ -422,11 +488,13 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=0, help="0 for a free port")
     parser.add_argument("--host", default=HOST)
     parser.add_argument("--zone", required=True, help="JSON zone file")
+    parser.add_argument("--query-log", help="file to write each query to, as NAME TYPE")
     args = parser.parse_args(argv)
 
     from twisted.internet import reactor
 
-    dnsServer = TestDNSServer(reactor, zoneFile=args.zone)
+    queryLog = None if args.query_log is None else open(args.query_log, "a", encoding="utf-8")
+    dnsServer = TestDNSServer(reactor, zoneFile=args.zone, queryLog=queryLog)
     dnsServer.currentZone()
     host, port = dnsServer.start(args.port, args.host)
     print("ready %d" % (port,), flush=True)

@@ -1,6 +1,6 @@
 """
 End-to-end tests of the inbound checks (SPF, DKIM) of a real C{twistd mdpy}
-on loopback when DNS is in trouble.
+on loopback when DNS is in trouble, and of the cache of its DNS answers.
 """
 
 import email
@@ -8,7 +8,9 @@ import email.policy
 import smtplib
 import socket
 import time
+from collections import Counter
 
+from tests.dnsserver import DNSProcess
 from tests.server import HOST, MdpyServer, makeMessage
 
 USER = "joe@example.test"
@@ -67,3 +69,48 @@ def test_unreachableDNSGivesTemperrorWithinTheDeadline(tmp_path):
     finally:
         server.stop()
         silent.close()
+
+
+def test_oneQueryPerNameForManyMessages(tmp_path):
+    """
+    200 port-25 messages from one sender domain, with the checks on, cost
+    the name server one query per name: the sender domain's SPF record, and
+    the NXDOMAIN of the HELO name the null sender's messages are checked by,
+    kept for the SOA minimum of its zone (RFC 2308 section 5).
+    """
+    dnsServer = DNSProcess(
+        tmp_path, {"remote.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"], "SOA": 300}}
+    )
+    server = MdpyServer(
+        tmp_path,
+        smtpExtra="authentication_results = yes\n",
+        extra="[dns]\nnameservers = %s\n" % (dnsServer.nameserver,),
+    )
+    try:
+        for args in (("domain", "add", "example.test"), ("user", "add", USER, "--password", "joe-secret")):
+            done = server.cli(*args)
+            assert done.returncode == 0, done.stderr
+        server.start()
+        with smtplib.SMTP(server.host, server.smtp, timeout=60) as client:
+            client.ehlo("client.remote.test")
+            for i in range(200):
+                sender = "" if i % 20 == 0 else "alice@remote.test"
+                refused = client.sendmail(sender, [USER], makeMessage("message %d" % (i,)))
+                assert refused == {}
+        messages = server.messages(USER)
+        assert len(messages) == 200
+        results = Counter()
+        for raw in messages:
+            message = email.message_from_bytes(raw, policy=email.policy.compat32)
+            results[" ".join(message["Authentication-Results"].split())] += 1
+        assert results == {
+            "mx.example.test; spf=pass smtp.mailfrom=alice@remote.test; dkim=none": 190,
+            "mx.example.test; spf=none smtp.helo=client.remote.test; dkim=none": 10,
+        }
+        assert Counter(dnsServer.queries()) == {
+            ("remote.test", "TXT"): 1,
+            ("client.remote.test", "TXT"): 1,
+        }
+    finally:
+        server.stop()
+        dnsServer.stop()

@@ -13,6 +13,7 @@ from twisted.logger import LogLevel, formatEvent
 from twisted.trial import unittest
 
 from mdpy.directory.sqlite import SQLiteDirectory
+from mdpy.dns import PermanentDNSFailure
 from mdpy.errors import (
     InvalidInput,
     NotFound,
@@ -827,6 +828,32 @@ class ClientTests(TempDirTestCase):
         lost = self.makeClient(host="gone.example", reactor=fake)
         self.assertIsNone((yield lost.query("alice@example.com")))
         self.assertEqual(len(warnings(events, "cannot resolve gone.example")), 1)
+
+    @defer.inlineCallbacks
+    def test_resolvesWithTheResolverGiven(self):
+        """
+        Given C{resolve} (the server's L{mdpy.dns.Resolver.lookupHost}), the
+        client finds its server's address with it, not with the reactor.
+        """
+        events = captureLogs(self)
+        asked = []
+
+        def resolve(name):
+            asked.append(name)
+            if name == "minger.example":
+                return defer.succeed("127.0.0.1")
+            return defer.fail(PermanentDNSFailure("%s has no address" % (name,)))
+
+        fake = ResolvingReactor({})
+        client = self.makeClient(host="minger.example", reactor=fake, resolve=resolve)
+        self.assertEqual((yield client.query("alice@example.com")), 5)
+        self.assertEqual(asked, ["minger.example"])
+        lost = self.makeClient(host="gone.example", reactor=fake, resolve=resolve)
+        self.assertIsNone((yield lost.query("alice@example.com")))
+        self.assertEqual(fake.resolved, [])
+        self.assertEqual(
+            len(warnings(events, "cannot resolve gone.example: gone.example has no address")), 1
+        )
 
     def test_invalidAddress(self):
         client = self.makeClient()

@@ -112,11 +112,13 @@ class MingerClient:
         negativeTTL=600,
         clock=None,
         maxPending=1000,
+        resolve=None,
     ):
         """
-        @param reactor: provides C{listenUDP} and C{resolve}.
-        @param host: the server: an IP address, or a name resolved (IPv4)
-            with C{reactor.resolve} and kept L{RESOLVE_TTL} seconds.
+        @param reactor: provides C{listenUDP}, and C{resolve} unless
+            C{resolve} is given.
+        @param host: the server: an IP address, or a name resolved with
+            C{resolve} and kept L{RESOLVE_TTL} seconds.
         @param secret: the shared secret; empty: anonymous queries.
         @param timeout: seconds to wait for an answer in all (resolving the
             name, when it is one, may take as long again).
@@ -129,8 +131,12 @@ class MingerClient:
         @param maxPending: the most queries under way at once; past it a
             query is answered L{None} at once (a flood of RCPTs for random
             addresses must not grow the table of queries without end).
+        @param resolve: C{name -> Deferred[str]}, the address of a host name,
+            usually L{mdpy.dns.Resolver.lookupHost}; by default
+            C{reactor.resolve} (IPv4).
         """
         self.reactor = reactor
+        self._resolve = resolve
         self.clock = reactor if clock is None else clock
         self.host = host
         self.port = port
@@ -218,7 +224,10 @@ class MingerClient:
         d = defer.Deferred()
         if self._resolving is None:
             self._resolving = [d]
-            resolving = self.reactor.resolve(self.host, timeout=(self.timeout,))
+            if self._resolve is None:
+                resolving = self.reactor.resolve(self.host, timeout=(self.timeout,))
+            else:
+                resolving = defer.maybeDeferred(self._resolve, self.host)
             resolving.addBoth(self._resolved)
         else:
             self._resolving.append(d)
