@@ -714,7 +714,7 @@ def _controlLines(datadir, command):
 def _dkim(args, config, datadir, stdout, stdin):
     # The record goes out as one zone-file line, ready to paste into a BIND
     # zone: 'mdpy._domainkey.example.com. IN TXT ( "v=DKIM1; k=rsa; p=..." "..." )'.
-    from mdpy.delivery.dkim import DKIMKeys, zoneLine
+    from mdpy.mailauth.dkim import DKIMKeys, zoneLine
 
     keys = DKIMKeys(datadir.dkimDir)
     try:
@@ -742,7 +742,7 @@ def _dns(args, config, datadir, stdout, stdin):
     Print the records a local domain needs (L{mdpy.dnsrecords}); with
     C{--check}, one line per record saying what DNS publishes of it.
     """
-    from mdpy.delivery.dkim import DKIMKeys
+    from mdpy.mailauth.dkim import DKIMKeys
     from mdpy.dnsrecords import SRV_SERVICES, checkRecords, formatRecords, recordsToPublish
 
     domain = normaliseDomain(args.domain)

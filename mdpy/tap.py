@@ -26,13 +26,13 @@ from mdpy.config import Config, ConfigError, configPath
 from mdpy.configcheck import checkConfig
 from mdpy.errors import InvalidInput
 from mdpy.datadir import DataDir
-from mdpy.delivery.authresults import InboundChecker
-from mdpy.delivery.dkim import DKIMKeys
+from mdpy.mailauth.authresults import InboundChecker
+from mdpy.mailauth.dkim import DKIMKeys
 from mdpy.delivery.mx import MXResolver, makeResolver
 from mdpy.delivery.pipeline import DeliveryPipeline
 from mdpy.delivery.queue import SpoolQueue, controlSocketPath
 from mdpy.delivery.relay import Relay, RelayControlFactory, RelaySettings, parseHostPort
-from mdpy.delivery.srs import SRS, loadSecret
+from mdpy.mailauth.srs import SRS, loadSecret
 from mdpy.dualstack import EVERY_ADDRESS, EveryAddressEndpoint, listenEverywhere
 from mdpy.durable import unlinkQuietly
 from mdpy.domainpop.recipients import RoutingRules

@@ -55,7 +55,7 @@ from zope.interface import implementer
 
 from mdpy import errors
 from mdpy.address import normalise, splitAddress
-from mdpy.delivery.authresults import stripForgedResults
+from mdpy.mailauth.authresults import stripForgedResults
 from mdpy.envelope import Envelope, newMessageId
 from mdpy.interfaces import IDelivery, IDeliveryTarget
 from mdpy.logs import Logger
@@ -132,9 +132,9 @@ class DeliveryPipeline:
     @ivar queue: an L{mdpy.interfaces.IOutboundQueue}, or L{None} when there is no outbound delivery (remote recipients then
         get a temporary refusal).
     @ivar spoolDir: where bodies larger than L{SPILL_SIZE} are spooled.
-    @ivar srs: an L{mdpy.delivery.srs.SRS} for forwarded mail, or L{None} to
+    @ivar srs: an L{mdpy.mailauth.srs.SRS} for forwarded mail, or L{None} to
         keep the original sender.
-    @ivar checker: an L{mdpy.delivery.authresults.InboundChecker} for mail
+    @ivar checker: an L{mdpy.mailauth.authresults.InboundChecker} for mail
         from unauthenticated clients, or L{None}.
     @ivar gateways: the L{mdpy.odmr.gateway.Gateways} whose mail is queued
         from any sender (the queue holds it until ATRN), each recipient
