@@ -67,12 +67,13 @@ from twisted.logger import LogLevel
 
 from mdpy import errors
 from mdpy.address import normalise, splitAddress
-from mdpy.domainpop.recipients import MAX_HEAD, RoutingRules, discover, mailboxesIn, parseHead, printable
+from mdpy.domainpop.recipients import MAX_HEAD, RoutingRules, discover, parseHead
 from mdpy.domainpop.state import DEDUPE_FINGERPRINT, CollectorState, dedupeKey, fingerprint
 from mdpy.delivery import dsn
 from mdpy.durable import writeFileAtomically
 from mdpy.envelope import Envelope
 from mdpy.logs import Logger
+from mdpy.mail.addresslist import mailboxesIn, printable
 from mdpy.pop3.fetch import FetchError, connect
 from mdpy.threads import deferToReactorThreadPool
 

@@ -4,7 +4,7 @@ FETCH (RFC 3501 section 6.4.5 and 7.4.2): which data items a client asked
 for, and the octets of each item for one message.
 
 Body sections are served from byte ranges of the message found by its
-MIME structure (L{mdpy.imap.mime}), which is computed once per message and
+MIME structure (L{mdpy.mail.mime}), which is computed once per message and
 cached (L{StructureCache}), never per FETCH.
 
 Messages with bare LF line endings (copied in by another program) are
@@ -18,8 +18,9 @@ from collections import OrderedDict
 
 from mdpy.dotstuffing import normaliseLineEndings
 from mdpy.interfaces import IMessageCache
-from mdpy.imap import mime
-from mdpy.imap.headers import MAX_HEADER, headerEnd
+from mdpy.imap.structure import bodyStructure, encapsulated, envelope, findSection, parseStructure
+from mdpy.mail import mime
+from mdpy.mail.headers import MAX_HEADER, headerEnd
 from mdpy.imap.parser import Atom, ParseError, astring, formatDateTime, tokenize
 
 _MACROS = {
@@ -191,9 +192,9 @@ class Structure:
 
     def __init__(self, root, data):
         self.root = root
-        self.bodyStructure = mime.bodyStructure(root, True)
-        self.body = mime.bodyStructure(root, False)
-        self.envelope = mime.envelope(root, data)
+        self.bodyStructure = bodyStructure(root, True)
+        self.body = bodyStructure(root, False)
+        self.envelope = envelope(root, data)
 
 
 class StructureCache:
@@ -228,7 +229,7 @@ class StructureCache:
                 except ValueError:
                     root = None
         if root is None:
-            root = mime.parseMessage(data)
+            root = parseStructure(data)
             if persistent is not None:
                 persistent.cacheData(key, mime.toCache(root))
         entry = self._entries[key] = Structure(root, data)
@@ -299,14 +300,14 @@ def sectionData(section, data, structure):
         else:
             bodyStart, start, end = entity.bodyStart, entity.start, entity.end
     else:
-        part = mime.findSection(structure.root, section.path)
+        part = findSection(structure.root, section.path)
         if part is None:
             return None
         if section.text == "":
             return data[part.bodyStart : part.end]
         if section.text == "MIME":
             return data[part.start : part.bodyStart]
-        entity = mime.encapsulated(part)
+        entity = encapsulated(part)
         if entity is None:
             return None
         bodyStart, start, end = entity.bodyStart, entity.start, entity.end

@@ -28,7 +28,7 @@ import re
 import time
 from bisect import bisect_right
 
-from mdpy.imap.headers import decodeText, fieldValue, headerEnd, parseFields
+from mdpy.mail.headers import decodeText, fieldValue, headerEnd, parseFields
 from mdpy.imap.parser import (
     Atom,
     ParseError,
@@ -42,8 +42,8 @@ from mdpy.imap.parser import (
 )
 
 try:
-    from mdpy.imap.mime import parseMessage
-except ImportError:  # pragma: no cover - mdpy.imap.mime not there yet
+    from mdpy.mail.mime import parseMessage
+except ImportError:  # pragma: no cover - mdpy.mail.mime not there yet
     parseMessage = None
 
 MAX_DEPTH = 100
@@ -727,7 +727,7 @@ _CHARSET = re.compile(r';\s*charset\s*=\s*"?([^";\s]+)', re.IGNORECASE)
 
 def _singlePartText(data):
     """
-    L{textOf} without L{mdpy.imap.mime}: the body as one part.
+    L{textOf} without L{mdpy.mail.mime}: the body as one part.
     """
     start = headerEnd(data)
     fields = parseFields(data[:start])
