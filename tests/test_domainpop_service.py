@@ -181,6 +181,12 @@ class RoutingTests(CollectorTestCase):
         self.assertIn(b"X-Rcpt-To: carol@example.test\r\n", copy)
         self.assertEqual(copy.count(b"X-Rcpt-To:"), 1)
         self.assertIn(b"with POP3", copy)
+        # The same Received layout as mail accepted over SMTP.
+        self.assertRegex(
+            copy,
+            rb"Received: from \S+\r\n\tby \S+ \(mdpy\) with POP3 id \S+\r\n\t"
+            rb"for <carol@example\.test>\r\n\t\([^()]+\);\r\n\t[^\r\n]+ [+-]\d{4}\r\n",
+        )
 
     async def test_envelopeHeaderOnly(self):
         """

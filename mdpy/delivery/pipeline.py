@@ -59,6 +59,7 @@ from mdpy.mailauth.authresults import stripForgedResults
 from mdpy.envelope import Envelope, newMessageId
 from mdpy.interfaces import IDelivery, IDeliveryTarget
 from mdpy.logs import Logger
+from mdpy.mail.headers import findHeaderEnd
 
 SPILL_SIZE = 1024 * 1024
 HEAD_SIZE = 256 * 1024
@@ -82,16 +83,14 @@ def stripTraceHeaders(head):
     @return: C{(newHead, found)}: C{found} is false when the header section
         does not end inside C{head} (nothing was changed then).
     """
-    if head.startswith(b"\r\n"):
-        return head, True
-    end = head.find(b"\r\n\r\n")
-    if end < 0:
+    found = findHeaderEnd(head)
+    if found is None:
         return head, False
-    section = head[: end + 2]
+    section = head[: found[0]]
     lowered = b"\n" + section.lower()
     if not any(b"\n" + name in lowered for name in _TRACE_HEADERS):
         return head, True
-    return _TRACE_LINE.sub(b"", section) + head[end + 2 :], True
+    return _TRACE_LINE.sub(b"", section) + head[found[0] :], True
 
 
 class _Region:

@@ -29,7 +29,7 @@ import re
 from mdpy.address import normaliseDomain
 from mdpy.errors import InvalidInput
 from mdpy.mail.addresslist import checkAddress, mailboxesIn, printable
-from mdpy.mail.headers import decodeText, parseFields
+from mdpy.mail.headers import decodeText, findHeaderEnd, parseFields
 
 DEFAULT_HEADERS = (
     "to",
@@ -63,7 +63,6 @@ ENVELOPE_HEADERS = (
 MAX_HEAD = 256 * 1024
 MAX_ADDRESSES = 1000
 
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
 
 
 class Head:
@@ -137,14 +136,10 @@ def parseHead(data):
         at least L{MAX_HEAD} octets of it.
     @rtype: L{Head}
     """
-    if data.startswith(b"\r\n"):
-        return Head([], False, 2)
-    if data.startswith(b"\n"):
-        return Head([], False, 1)
     window = data[:MAX_HEAD]
-    end = _HEAD_END.search(window)
+    end = findHeaderEnd(window)
     if end is not None:
-        block, size, truncated = window[: end.start()], end.end(), False
+        block, size, truncated = window[: end[0]], end[1], False
     elif len(data) > MAX_HEAD:
         # The last line may be cut short: read only whole lines.
         block, size, truncated = window[: window.rfind(b"\n") + 1], MAX_HEAD, True

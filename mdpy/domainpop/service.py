@@ -74,6 +74,7 @@ from mdpy.durable import writeFileAtomically
 from mdpy.envelope import Envelope
 from mdpy.logs import Logger
 from mdpy.mail.addresslist import mailboxesIn, printable
+from mdpy.mail.received import receivedField
 from mdpy.pop3.fetch import FetchError, connect
 from mdpy.threads import deferToReactorThreadPool
 
@@ -747,12 +748,15 @@ class Collector:
         await defer.maybeDeferred(delivery.commit)
 
     def _received(self, envelope, recipients):
-        forClause = " for <%s>" % (recipients[0],) if len(recipients) == 1 else ""
-        stamp = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(self._clock()))
-        return (
-            "Received: from %s by %s with POP3 id %s%s\r\n\t(%s); %s\r\n"
-            % (self.account.host, self.hostname, envelope.messageId, forClause, self.name, stamp)
-        ).encode("utf-8")
+        return receivedField(
+            self.account.host,
+            self.hostname,
+            "POP3",
+            envelope.messageId,
+            self._clock(),
+            recipient=recipients[0] if len(recipients) == 1 else None,
+            comment=self.name,
+        )
 
     # --- files ---------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from mdpy.dotstuffing import normaliseLineEndings
 from mdpy.interfaces import IMessageCache
 from mdpy.imap.structure import bodyStructure, encapsulated, envelope, findSection, parseStructure
 from mdpy.mail import mime
-from mdpy.mail.headers import MAX_HEADER, headerEnd
+from mdpy.mail.headers import MAX_HEADER, headerEnd, splitFields
 from mdpy.imap.parser import Atom, ParseError, astring, formatDateTime, tokenize
 
 _MACROS = {
@@ -263,25 +263,19 @@ def _literal(data):
     return b"{%d}\r\n%s" % (len(data), data)
 
 
-def _headerLines(block):
-    """
-    @return: C{(name, octets)} of each field of a header block, folding kept.
-    """
-    out = []
-    for line in block.splitlines(keepends=True):
-        if line in (b"\r\n", b"\n"):
-            break
-        if line[:1] in (b" ", b"\t") and out:
-            out[-1][1].append(line)
-            continue
-        name = line.partition(b":")[0].strip().lower()
-        out.append((name, [line]))
-    return [(name, b"".join(lines)) for name, lines in out]
-
-
 def _filterHeader(block, fields, negate):
+    """
+    @return: the fields of a header block named in C{fields} (or, with
+        C{negate}, those not named), as written, and the empty line
+        (RFC 3501 section 6.4.5: C{HEADER.FIELDS}, C{HEADER.FIELDS.NOT}).
+    """
     wanted = {f.lower() for f in fields}
-    kept = [octets for name, octets in _headerLines(block[:MAX_HEADER]) if (name in wanted) != negate]
+    block = block[:MAX_HEADER]
+    kept = [
+        block[start:end]
+        for name, start, end in splitFields(block)
+        if (name is not None and name.strip().lower() in wanted) != negate
+    ]
     return b"".join(kept) + b"\r\n"
 
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_imap_headers -*-
+# -*- test-case-name: tests.test_mail_headers -*-
 """
 Message header blocks as IMAP needs them: split from the body, unfolded into
 fields, RFC 2047 encoded words decoded for SEARCH.  Bytes in, never an
@@ -17,7 +17,30 @@ import re
 MAX_FIELDS = 10000
 MAX_HEADER = 8 * 1024 * 1024
 
-_END = re.compile(rb"\r?\n\r?\n")
+_BLANK_LINE = re.compile(rb"\n(\r?\n)")
+
+
+def findHeaderEnd(data, start=0, limit=None):
+    """
+    Find the empty line that ends the header section of the entity starting
+    at C{start} (RFC 5322 section 2.1; RFC 2045 section 2.4 for a MIME
+    part).  Lines may end in CR LF or in a bare LF.
+
+    @param limit: look no further than this offset (by default, the end of
+        C{data}).
+    @return: C{(fieldsEnd, bodyStart)}: the offset just past the last field
+        (its line end included) and the offset just past the empty line; both
+        are C{start} and the end of that line when the first line is empty.
+        L{None} when no empty line ends before C{limit}.
+    """
+    if data.startswith(b"\r\n", start):
+        return start, start + 2
+    if data.startswith(b"\n", start):
+        return start, start + 1
+    match = _BLANK_LINE.search(data, start, len(data) if limit is None else min(limit, len(data)))
+    if match is None:
+        return None
+    return match.start() + 1, match.end()
 
 
 def headerEnd(data, start=0):
@@ -25,16 +48,48 @@ def headerEnd(data, start=0):
     @return: the offset where the body of the entity starting at C{start}
         begins (just after the empty line), or C{len(data)} if there is no
         empty line.  A block of no header at all (an empty first line) gives
-        C{start} plus that line.
+        C{start} plus that line.  A header section is at most L{MAX_HEADER}
+        octets: the body of one without an empty line by then starts there.
     """
-    if data.startswith(b"\r\n", start):
-        return start + 2
-    if data.startswith(b"\n", start):
-        return start + 1
-    match = _END.search(data, start, min(len(data), start + MAX_HEADER))
-    if match is None:
-        return min(len(data), start + MAX_HEADER) if len(data) - start > MAX_HEADER else len(data)
-    return match.end()
+    found = findHeaderEnd(data, start, start + MAX_HEADER)
+    if found is None:
+        return min(len(data), start + MAX_HEADER)
+    return found[1]
+
+
+def splitFields(block):
+    """
+    Split a header block into its fields as written.
+
+    @param block: the header octets (up to and perhaps including the empty
+        line, where reading stops).
+    @return: a list of C{(name, start, end)}, one per field, at most
+        L{MAX_FIELDS}: C{block[start:end]} is the field as written, line
+        ends and folding (RFC 5322 section 2.2.3) included, and C{name} the
+        octets before its colon as written, or L{None} for a line that is no
+        field (no colon, or starting with white space).  A line starting
+        with white space continues the entry above it.
+    """
+    fields = []
+    pos, size = 0, len(block)
+    while pos < size:
+        newline = block.find(b"\n", pos)
+        end = size if newline < 0 else newline + 1
+        first = block[pos : pos + 1]
+        if first in (b" ", b"\t"):
+            if fields:
+                fields[-1][2] = end
+                pos = end
+                continue
+        elif first in (b"\r", b"\n") and block[pos:end].rstrip(b"\r\n") == b"":
+            break
+        if len(fields) >= MAX_FIELDS:
+            break
+        colon = block.find(b":", pos, end)
+        name = block[pos:colon] if colon > pos and first not in (b" ", b"\t") else None
+        fields.append([name, pos, end])
+        pos = end
+    return [tuple(field) for field in fields]
 
 
 def parseFields(block):
@@ -49,29 +104,11 @@ def parseFields(block):
         (no colon) are skipped.
     """
     fields = []
-    name = None
-    value = []
-    for line in block.split(b"\n"):
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if not line:
+    for name, start, end in splitFields(block):
+        if name is None:
             continue
-        if line[:1] in (b" ", b"\t"):
-            if name is not None:
-                value.append(line)
-            continue
-        if name is not None:
-            fields.append((name, b" ".join(v.strip() for v in value).strip()))
-            if len(fields) >= MAX_FIELDS:
-                return fields
-        colon = line.find(b":")
-        if colon <= 0:
-            name = None
-            continue
-        name = line[:colon].strip().decode("latin-1")
-        value = [line[colon + 1 :]]
-    if name is not None and len(fields) < MAX_FIELDS:
-        fields.append((name, b" ".join(v.strip() for v in value).strip()))
+        value = block[start + len(name) + 1 : end]
+        fields.append((name.strip().decode("latin-1"), b" ".join(line.strip() for line in value.split(b"\n")).strip()))
     return fields
 
 

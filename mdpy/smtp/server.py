@@ -24,7 +24,6 @@ bounded lines, STARTTLS discarding pipelined plaintext):
 
 import re
 import time
-from email.utils import formatdate
 
 from twisted.cred import error as credError
 from twisted.internet import defer, interfaces as iinternet
@@ -34,6 +33,7 @@ from mdpy.auth import sasl
 from mdpy.dotstuffing import normaliseLineEndings
 from mdpy.envelope import Envelope
 from mdpy.errors import InvalidInput
+from mdpy.mail.received import receivedField
 from mdpy.session import CommandSession, SessionFactory
 from mdpy.smtp import codes
 
@@ -555,22 +555,20 @@ class SMTPServer(CommandSession):
         # RFC 5321 section 4.4: the client's address as an address literal
         # (section 4.1.3), [192.0.2.1] or [IPv6:2001:db8::1].
         address = envelope.clientAddress
-        lines = "Received: from %s ([%s%s])\r\n\tby %s (mdpy) with %s id %s" % (
-            envelope.helo,
-            "IPv6:" if ":" in address else "",
-            address,
+        comment = None
+        if self.authenticatedAs is not None:
+            if self.factory.receivedAuth:
+                comment = "authenticated as %s" % (self.authenticatedAs,)
+            else:
+                comment = "authenticated sender"
+        return receivedField(
+            "%s ([%s%s])" % (envelope.helo, "IPv6:" if ":" in address else "", address),
             self.factory.hostname,
             self._protocolName(),
             envelope.messageId,
+            envelope.receivedAt,
+            comment=comment,
         )
-        if self.authenticatedAs is not None:
-            if self.factory.receivedAuth:
-                login = re.sub(r"([()\\])", r"\\\1", self.authenticatedAs)
-                lines += "\r\n\t(authenticated as %s)" % (login,)
-            else:
-                lines += "\r\n\t(authenticated sender)"
-        lines += ";\r\n\t%s\r\n" % (formatdate(envelope.receivedAt, localtime=True),)
-        return lines.encode("utf-8")
 
     def do_DATA(self, argument):
         if argument:
