@@ -560,7 +560,7 @@ def _held(stateDir, name, stdout):
     List the held messages of a source: one line each, when, why, sender,
     subject, size and file.
     """
-    from mdpy.domainpop.service import heldMessages
+    from mdpy.collect.held import heldMessages
 
     held = heldMessages(stateDir)
     if not held:

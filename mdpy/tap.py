@@ -36,7 +36,7 @@ from mdpy.mailauth.srs import SRS, loadSecret
 from mdpy.dualstack import EVERY_ADDRESS, EveryAddressEndpoint, listenEverywhere
 from mdpy.durable import unlinkQuietly
 from mdpy.domainpop.recipients import RoutingRules
-from mdpy.domainpop.service import Collector, CollectorService, CollectorSettings
+from mdpy.collect.collector import Collector, CollectorService, CollectorSettings
 from mdpy.domainpop.state import DEDUPE_FINGERPRINT
 from mdpy.logs import logThroughFilter, setLevel
 from mdpy.minger.client import MingerClient, MingerVerifier
@@ -45,7 +45,7 @@ from mdpy.multipop.service import MultiPOPAccounts, MultiPOPService
 from mdpy.odmr.customer import ODMRAccount, ODMRClientService
 from mdpy.odmr.gateway import GatewayChecker, GatewayDomain, Gateways, normaliseLogin
 from mdpy.odmr.provider import ODMRFactory
-from mdpy.pop3.fetch import POP3Account
+from mdpy.pop3.client import POP3Account
 from mdpy.imap.fetch import StructureCache
 from mdpy.imap.literals import PendingLiterals
 from mdpy.imap.selected import RecentTracker

@@ -57,7 +57,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 
-from mdpy.domainpop.service import CycleBusy, PeriodicCollection
+from mdpy.collect.periodic import CycleBusy, PeriodicCollection
 from mdpy.errors import InvalidInput
 from mdpy.logs import Logger
 from mdpy.odmr.gateway import checkATRNDomain

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_pop3_fetch -*-
+# -*- test-case-name: tests.test_pop3_client -*-
 """
 The one POP3 client, which DomainPOP and MultiPOP collect mail with: connect,
 TLS, log in, list, retrieve into a file, delete, quit.
