@@ -31,7 +31,8 @@ from mdpy.mailauth.dkim import DKIMKeys
 from mdpy.delivery.mx import MXResolver, makeResolver
 from mdpy.delivery.pipeline import DeliveryPipeline
 from mdpy.delivery.queue import SpoolQueue, controlSocketPath
-from mdpy.delivery.relay import Relay, RelayControlFactory, RelaySettings, parseHostPort
+from mdpy.control import ControlFactory
+from mdpy.delivery.relay import Relay, RelaySettings, parseHostPort
 from mdpy.mailauth.srs import SRS, loadSecret
 from mdpy.dualstack import EVERY_ADDRESS, EveryAddressEndpoint, listenEverywhere
 from mdpy.durable import unlinkQuietly
@@ -443,7 +444,7 @@ def buildService(config, portOffset=0, reactor=None):
                          loginTracker, collectors)
     control = internet.StreamServerEndpointService(
         endpoints.UNIXServerEndpoint(reactor, controlSocketPath(queue.path), mode=0o600),
-        RelayControlFactory(queue, collectors, reload=top.reload),
+        ControlFactory(queue, collectors, reload=top.reload),
     )
     control.setName("queue-control")
     control.setServiceParent(top)
