@@ -21,10 +21,9 @@ from mdpy.address import normalise
 from mdpy.collect.periodic import PeriodicCollection
 from mdpy.durable import writeFileAtomically
 from mdpy.logs import Logger
+from mdpy.tls import TLS_MODES
 
 log = Logger()
-
-TLS_MODES = ("starttls", "implicit", "none")
 
 
 class MultiPOPAccounts:

@@ -64,11 +64,10 @@ from mdpy.odmr.gateway import checkATRNDomain
 from mdpy.session import disableNagle
 from mdpy.smtp.client import ReplyError, ReplyReader
 from mdpy.smtp.server import SMTPServer
-from mdpy.tls import accountClientOptions, clientEndpoint
+from mdpy.tls import TLS_MODES, accountClientOptions, clientEndpoint
 
 log = Logger()
 
-TLS_MODES = ("none", "starttls", "implicit")
 ODMR_PORT = 366
 MAX_REPLY_LINE = 4096
 MAX_REPLY_LINES = 100

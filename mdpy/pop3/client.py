@@ -56,11 +56,10 @@ from twisted.mail.pop3 import AdvancedPOP3Client, ServerErrorResponse
 from twisted.python.failure import Failure
 
 from mdpy.logs import Logger
-from mdpy.tls import accountClientOptions, clientEndpoint
+from mdpy.tls import TLS_MODES, accountClientOptions, clientEndpoint
 
 log = Logger()
 
-TLS_MODES = ("none", "starttls", "implicit")
 
 STATUS_LINE = 4096
 MESSAGE_LINE = 65536
