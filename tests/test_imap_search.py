@@ -240,7 +240,6 @@ def test_bodyBrokenInput():
     assert found('BODY "no body"', messages) == []
 
 
-@pytest.mark.skipif(search.parseMessage is None, reason="mdpy.mail.mime not there yet")
 def test_bodyMultipart():
     data = mail(
         "Content-Type: multipart/mixed; boundary=XX",
