@@ -3,6 +3,9 @@
 The relay: delivers the outbound queue to MX hosts or a smarthost, retries
 what failed temporarily, and tells senders what failed for good.
 
+This module is past ~800 lines on purpose: L{Relay} is one scheduler, and
+its limits and retry rules, below, hold across all of its methods.
+
 Per destination (a recipient domain, or the smarthost for everything) up to
 L{RelaySettings.maxPerDestination} connections run, and up to
 L{RelaySettings.maxConnections} in all.  Each connection carries messages

@@ -3,6 +3,9 @@
 The one POP3 client, which DomainPOP and MultiPOP collect mail with: connect,
 TLS, log in, list, retrieve into a file, delete, quit.
 
+This module is a little past ~800 lines on purpose: the protocol and the
+session it serves keep the invariants below together.
+
 Standards: RFC 1939 (POP3), RFC 2449 (CAPA), RFC 2595 section 4 (STLS),
 RFC 8314 (implicit TLS on 995), RFC 6125 via service_identity (the server's
 name in its certificate).

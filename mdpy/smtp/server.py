@@ -2,6 +2,9 @@
 """
 The ESMTP server of ports 25 (MTA), 587 (submission) and 465 (SMTPS).
 
+This module is a little past ~800 lines on purpose: L{SMTPServer} is one
+state machine, and the invariants below hold across all of its commands.
+
 Standards: RFC 5321 (SMTP), RFC 1870 (SIZE), RFC 6152 (8BITMIME), RFC 2920
 (PIPELINING), RFC 2034/3463 (ENHANCEDSTATUSCODES), RFC 3207 (STARTTLS),
 RFC 4954 (AUTH), RFC 6531 (SMTPUTF8), RFC 3030 (CHUNKING), RFC 8314 (implicit
