@@ -3,7 +3,10 @@
 Address lists of header fields (RFC 5322 section 3.4): C{From}, C{To},
 C{Cc} and the like.  L{parseAddressList} reads every part of them
 leniently, a syntax error costing only the mailbox where it is (for IMAP's
-ENVELOPE); L{mailboxesIn} gives only the addresses mail may be sent to.
+ENVELOPE); L{mailboxesIn} gives the addresses mail may be sent to and that
+the sender policy checks, and is the stricter of the two: an address written
+as a display name counts too (a mail reader may show it as the sender), and
+an address-like string it cannot read is refused rather than skipped.
 
 Header injection: a field value holding a bare CR, a NUL or another control
 character is refused whole by L{mailboxesIn}, and an address is taken only
