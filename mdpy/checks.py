@@ -108,7 +108,7 @@ async def _runChecks(checks, stage, envelope, recipient, message):
 class AuthenticationResultsCheck:
     """
     The built-in checks C{spf} and C{dkim}: an
-    L{mdpy.delivery.authresults.InboundChecker} run at the end of each
+    L{mdpy.mailauth.authresults.InboundChecker} run at the end of each
     message from an unauthenticated client, writing one
     C{Authentication-Results} field.  Nothing is refused.
     """
@@ -117,7 +117,7 @@ class AuthenticationResultsCheck:
 
     def __init__(self, checker):
         """
-        @param checker: an L{mdpy.delivery.authresults.InboundChecker} (or
+        @param checker: an L{mdpy.mailauth.authresults.InboundChecker} (or
             anything with its C{hostname} and C{check}).
         """
         self.checker = checker

@@ -11,7 +11,6 @@ import argparse
 import getpass
 import os
 import re
-import socket
 import sys
 import time
 
@@ -505,29 +504,17 @@ def _time(seconds):
 
 def _control(datadir, command):
     """
-    Send one command to the running server's queue control socket.
+    Send one command with a one-line answer to the running server's control
+    socket.
 
     @return: its answer, or L{None} when no server listens.
     """
-    from mdpy.delivery.queue import controlSocketPath
+    from mdpy.control import sendCommand
 
-    path = controlSocketPath(datadir.queueDir)
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    client.settimeout(30)
-    try:
-        client.connect(path)
-    except OSError:
-        client.close()
+    lines = sendCommand(datadir.queueDir, command, timeout=30)
+    if lines is None:
         return None
-    with client:
-        client.sendall(command.encode("ascii") + b"\n")
-        answer = b""
-        while not answer.endswith(b"\n"):
-            chunk = client.recv(1024)
-            if not chunk:
-                break
-            answer += chunk
-    return answer.decode("ascii", "replace").strip()
+    return lines[-1].strip() if lines else ""
 
 
 def _domainpop(args, config, datadir, stdout, stdin):
@@ -560,7 +547,7 @@ def _held(stateDir, name, stdout):
     List the held messages of a source: one line each, when, why, sender,
     subject, size and file.
     """
-    from mdpy.domainpop.service import heldMessages
+    from mdpy.collect.held import heldMessages
 
     held = heldMessages(stateDir)
     if not held:
@@ -672,7 +659,9 @@ def _inServer(datadir, command, stdout):
     @return: whether a server ran it (L{False}: none is running).
     @raise CommandError: it answered C{ERR}.
     """
-    lines = _controlLines(datadir, command)
+    from mdpy.control import sendCommand
+
+    lines = sendCommand(datadir.queueDir, command)
     if lines is None:
         return False
     for line in lines[:-1]:
@@ -682,39 +671,10 @@ def _inServer(datadir, command, stdout):
     raise CommandError(lines[-1][4:] if lines and lines[-1].startswith("ERR ") else "no answer from the server")
 
 
-def _controlLines(datadir, command):
-    """
-    Send a command whose answer is C{| line}s ending with C{OK} or C{ERR}.
-
-    @return: the lines, or L{None} when no server listens.
-    """
-    from mdpy.delivery.queue import controlSocketPath
-
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        client.connect(controlSocketPath(datadir.queueDir))
-    except OSError:
-        client.close()
-        return None
-    lines, buffer = [], b""
-    with client:
-        client.sendall(command.encode("utf-8") + b"\n")
-        while True:
-            chunk = client.recv(65536)
-            if not chunk:
-                break
-            buffer += chunk
-            *complete, buffer = buffer.split(b"\n")
-            lines += [line.decode("utf-8", "replace") for line in complete]
-            if lines and not lines[-1].startswith("| "):
-                break
-    return lines
-
-
 def _dkim(args, config, datadir, stdout, stdin):
     # The record goes out as one zone-file line, ready to paste into a BIND
     # zone: 'mdpy._domainkey.example.com. IN TXT ( "v=DKIM1; k=rsa; p=..." "..." )'.
-    from mdpy.delivery.dkim import DKIMKeys, zoneLine
+    from mdpy.mailauth.dkim import DKIMKeys, zoneLine
 
     keys = DKIMKeys(datadir.dkimDir)
     try:
@@ -742,7 +702,7 @@ def _dns(args, config, datadir, stdout, stdin):
     Print the records a local domain needs (L{mdpy.dnsrecords}); with
     C{--check}, one line per record saying what DNS publishes of it.
     """
-    from mdpy.delivery.dkim import DKIMKeys
+    from mdpy.mailauth.dkim import DKIMKeys
     from mdpy.dnsrecords import SRV_SERVICES, checkRecords, formatRecords, recordsToPublish
 
     domain = normaliseDomain(args.domain)

@@ -14,6 +14,8 @@ import re
 import socket
 from importlib import resources
 
+from mdpy.tls import TLS_MODES
+
 # --- value types ------------------------------------------------------------
 
 
@@ -218,7 +220,7 @@ _IMAP_LIMITS = [
     ),
 ] + _readerLimits("30m", "RFC 3501: at least 30m", "10000")
 
-_TLS_MODE = parseChoice("none", "starttls", "implicit")
+_TLS_MODE = parseChoice(*TLS_MODES)
 
 SCHEMA = {
     "server": [

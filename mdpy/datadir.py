@@ -10,7 +10,7 @@ so that both open the same directory database and mail store.
       spool/                bodies of large messages being received
       spool/imap/           IMAP APPEND messages being received (unnamed files)
       queue/                the outbound queue (see L{mdpy.delivery.queue})
-      dkim/                 DKIM signing keys (see L{mdpy.delivery.dkim})
+      dkim/                 DKIM signing keys (see L{mdpy.mailauth.dkim})
       srs.secret            the key of SRS addresses (0600)
       tls/cert.pem key.pem  the self-signed certificate, when none is set
       postmaster.password   the generated password of the first account (0600)

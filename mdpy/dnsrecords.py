@@ -16,7 +16,7 @@ import re
 from twisted.internet import defer
 from twisted.names import dns
 
-from mdpy.delivery.dkim import zoneLine
+from mdpy.mailauth.dkim import zoneLine
 from mdpy.dns import _queryName
 from mdpy.errors import MailError
 

@@ -28,17 +28,18 @@ from mdpy.configcheck import checkConfig
 from mdpy.errors import InvalidInput
 from mdpy.datadir import DataDir
 from mdpy.dns import DNSCache, makeResolver
-from mdpy.delivery.authresults import InboundChecker
-from mdpy.delivery.dkim import DKIMKeys
+from mdpy.mailauth.authresults import InboundChecker
+from mdpy.mailauth.dkim import DKIMKeys
 from mdpy.delivery.mx import MXResolver
 from mdpy.delivery.pipeline import DeliveryPipeline
 from mdpy.delivery.queue import SpoolQueue, controlSocketPath
-from mdpy.delivery.relay import Relay, RelayControlFactory, RelaySettings, parseHostPort
-from mdpy.delivery.srs import SRS, loadSecret
+from mdpy.control import ControlFactory
+from mdpy.delivery.relay import Relay, RelaySettings, parseHostPort
+from mdpy.mailauth.srs import SRS, loadSecret
 from mdpy.dualstack import EVERY_ADDRESS, EveryAddressEndpoint, listenEverywhere
 from mdpy.durable import unlinkQuietly
 from mdpy.domainpop.recipients import RoutingRules
-from mdpy.domainpop.service import Collector, CollectorService, CollectorSettings
+from mdpy.collect.collector import Collector, CollectorService, CollectorSettings
 from mdpy.domainpop.state import DEDUPE_FINGERPRINT
 from mdpy.logs import logThroughFilter, setLevel
 from mdpy.minger.client import MingerClient, MingerVerifier
@@ -47,7 +48,7 @@ from mdpy.multipop.service import MultiPOPAccounts, MultiPOPService
 from mdpy.odmr.customer import ODMRAccount, ODMRClientService
 from mdpy.odmr.gateway import GatewayChecker, GatewayDomain, Gateways, normaliseLogin
 from mdpy.odmr.provider import ODMRFactory
-from mdpy.pop3.fetch import POP3Account
+from mdpy.pop3.client import POP3Account
 from mdpy.imap.fetch import StructureCache
 from mdpy.imap.literals import PendingLiterals
 from mdpy.imap.selected import RecentTracker
@@ -531,7 +532,7 @@ def buildService(config, portOffset=0, reactor=None):
                          loginTracker, collectors, resolver=resolver)
     control = internet.StreamServerEndpointService(
         endpoints.UNIXServerEndpoint(reactor, controlSocketPath(queue.path), mode=0o600),
-        RelayControlFactory(queue, collectors, reload=top.reload),
+        ControlFactory(queue, collectors, reload=top.reload),
     )
     control.setName("queue-control")
     control.setServiceParent(top)

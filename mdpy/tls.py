@@ -20,6 +20,11 @@ log = Logger()
 
 SELF_SIGNED_DAYS = 365
 
+# How a client connection to another server gets TLS (the C{tls} keys of
+# smarthosts, DomainPOP, MultiPOP and ODMR): not at all, by STARTTLS or STLS
+# after the greeting (RFC 3207, RFC 2595), or from the first octet (RFC 8314).
+TLS_MODES = ("none", "starttls", "implicit")
+
 
 def ensureSelfSigned(directory, hostname):
     """

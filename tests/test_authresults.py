@@ -1,5 +1,5 @@
 """
-Tests of the inbound checks (L{mdpy.delivery.authresults}): SPF and DKIM
+Tests of the inbound checks (L{mdpy.mailauth.authresults}): SPF and DKIM
 results recorded as an C{Authentication-Results:} field, with in-process
 fake lookups and over real DNS (L{MXResolver} asking a L{TestDNSServer});
 and the removal of forged fields.
@@ -11,8 +11,8 @@ import pytest
 from twisted.internet import defer, reactor, task
 from twisted.logger import formatEvent, globalLogPublisher
 
-from mdpy.delivery.authresults import InboundChecker, stripForgedResults
-from mdpy.delivery.dkim import DKIMKeys
+from mdpy.mailauth.authresults import InboundChecker, stripForgedResults
+from mdpy.mailauth.dkim import DKIMKeys
 from mdpy.delivery.mx import MXResolver, makeResolver
 from mdpy.testing import TempDirTestCase
 from tests.dnsserver import TestDNSServer

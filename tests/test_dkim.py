@@ -1,5 +1,5 @@
 """
-Tests of DKIM signing (L{mdpy.delivery.dkim}) and C{mdpy dkim generate}.
+Tests of DKIM signing (L{mdpy.mailauth.dkim}) and C{mdpy dkim generate}.
 """
 
 import io
@@ -12,7 +12,7 @@ import pytest
 
 from mdpy.cli import main
 from mdpy.datadir import DataDir
-from mdpy.delivery.dkim import DKIMKeys, zoneLine
+from mdpy.mailauth.dkim import DKIMKeys, zoneLine
 from mdpy.errors import InvalidInput
 
 MESSAGE = (

@@ -13,7 +13,7 @@ from twisted.trial import unittest
 
 from mdpy.cli import main
 from mdpy.datadir import DataDir
-from mdpy.delivery.dkim import DKIMKeys, zoneLine
+from mdpy.mailauth.dkim import DKIMKeys, zoneLine
 from mdpy.delivery.mx import MXResolver, makeResolver
 from mdpy.dnsrecords import Record, checkRecords, recordsToPublish
 from tests.dnsserver import DNSProcess, TestDNSServer

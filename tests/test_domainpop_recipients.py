@@ -11,10 +11,10 @@ from mdpy.domainpop.recipients import (
     Discovery,
     RoutingRules,
     discover,
-    mailboxesIn,
     parseHead,
     receivedFor,
 )
+from mdpy.mail.addresslist import mailboxesIn
 
 
 def message(*lines, body=b"body\r\n"):

@@ -1,5 +1,5 @@
 """
-Tests of L{mdpy.domainpop.service} and L{mdpy.multipop.service}: whole
+Tests of L{mdpy.collect} and L{mdpy.multipop.service}: whole
 collection cycles against mdpy's own POP3 server on loopback playing the
 ISP, delivering through the real pipeline into a Maildir store.
 """
@@ -16,10 +16,11 @@ from mdpy import errors
 from mdpy.directory.sqlite import SQLiteDirectory
 from mdpy.delivery.pipeline import DeliveryPipeline
 from mdpy.domainpop.recipients import RoutingRules
-from mdpy.domainpop.service import Collector, CollectorSettings, heldMessages
+from mdpy.collect.collector import Collector, CollectorSettings
+from mdpy.collect.held import heldMessages
 from mdpy.domainpop.state import CollectorState
 from mdpy.multipop.service import MultiPOPAccounts, MultiPOPService
-from mdpy.pop3.fetch import POP3Account
+from mdpy.pop3.client import POP3Account
 from mdpy.pop3.server import POP3Factory
 from mdpy.store.maildir import MaildirStore
 from mdpy.store.memory import MemoryStore
@@ -181,6 +182,12 @@ class RoutingTests(CollectorTestCase):
         self.assertIn(b"X-Rcpt-To: carol@example.test\r\n", copy)
         self.assertEqual(copy.count(b"X-Rcpt-To:"), 1)
         self.assertIn(b"with POP3", copy)
+        # The same Received layout as mail accepted over SMTP.
+        self.assertRegex(
+            copy,
+            rb"Received: from \S+\r\n\tby \S+ \(mdpy\) with POP3 id \S+\r\n\t"
+            rb"for <carol@example\.test>\r\n\t\([^()]+\);\r\n\t[^\r\n]+ [+-]\d{4}\r\n",
+        )
 
     async def test_envelopeHeaderOnly(self):
         """

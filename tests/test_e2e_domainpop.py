@@ -102,6 +102,11 @@ def test_collectThroughTheRunningServer(tmp_path, isp):
         assert re.search(r"a loop: 40 Received headers, more than max_hops 30: held in ", done.stdout)
         assert {name: subjects(server, name) for name in USERS} == EXPECTED
         assert isp.remaining() == 0
+        # Each copy carries the Received field that SMTP writes too, naming
+        # the ISP's server and this collection.
+        for data in server.messages("alice@example.test"):
+            assert re.search(rb"^Received: from 127\.0\.0\.1\r\n\tby \S+ \(mdpy\) with POP3 id \S+\r\n"
+                             rb"(?:\tfor <[^<>]+>\r\n)?\t\(domainpop/isp\);\r\n\t", data, re.M), data[:400]
         # A second run finds nothing and changes nothing.
         again = server.cli("domainpop", "run", "isp")
         assert again.returncode == 0, again.stderr

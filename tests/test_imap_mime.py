@@ -1,6 +1,6 @@
 """
-Tests for L{mdpy.imap.mime}: BODYSTRUCTURE, BODY and ENVELOPE (RFC 3501
-section 7.4.2), part offsets for BODY[section] (RFC 3501 section 6.4.5), the
+Tests for L{mdpy.mail.mime} and L{mdpy.imap.structure}: BODYSTRUCTURE,
+BODY and ENVELOPE (RFC 3501 section 7.4.2), part offsets for BODY[section] (RFC 3501 section 6.4.5), the
 cache form, and a corpus of malformed messages.
 
 Expected outputs were checked against Dovecot 2.3 where the two agree; where
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from mdpy.imap import mime
+from mdpy.imap import structure as imapStructure
+from mdpy.mail import mime
 
 CORPUS = Path(__file__).parent / "corpus" / "imap"
 
@@ -195,16 +196,16 @@ def renderAndCheck(data):
 
     @return: C{(root, bodystructure, body, envelope)}.
     """
-    root = mime.parseMessage(data)
-    structure = mime.bodyStructure(root)
-    body = mime.bodyStructure(root, extended=False)
-    env = mime.envelope(root, data)
+    root = imapStructure.parseStructure(data)
+    structure = imapStructure.bodyStructure(root)
+    body = imapStructure.bodyStructure(root, extended=False)
+    env = imapStructure.envelope(root, data)
     checkBody(parseImap(structure), True)
     checkBody(parseImap(body), False)
     checkEnvelope(parseImap(env))
     again = mime.fromCache(mime.toCache(root))
     assert again == root
-    assert mime.bodyStructure(again) == structure
+    assert imapStructure.bodyStructure(again) == structure
     _checkOffsets(root, len(data))
     return root, structure, body, env
 
@@ -250,28 +251,28 @@ def test_checkerAccepts():
 
 
 def test_quoteStringPlain():
-    assert mime.quoteString(b"us-ascii") == b'"us-ascii"'
-    assert mime.quoteString("") == b'""'
+    assert imapStructure.quoteString(b"us-ascii") == b'"us-ascii"'
+    assert imapStructure.quoteString("") == b'""'
 
 
 def test_quoteStringEscapes():
-    assert mime.quoteString(b'a "b" \\c') == b'"a \\"b\\" \\\\c"'
+    assert imapStructure.quoteString(b'a "b" \\c') == b'"a \\"b\\" \\\\c"'
 
 
 def test_quoteStringLiteral():
     """
     CR, LF and 8-bit octets cannot be in a quoted string: a literal is used.
     """
-    assert mime.quoteString("caf\u00e9") == b"{5}\r\ncaf\xc3\xa9"
-    assert mime.quoteString(b"a\r\nb") == b"{4}\r\na\r\nb"
-    assert mime.quoteString(b"\xff") == b"{1}\r\n\xff"
+    assert imapStructure.quoteString("caf\u00e9") == b"{5}\r\ncaf\xc3\xa9"
+    assert imapStructure.quoteString(b"a\r\nb") == b"{4}\r\na\r\nb"
+    assert imapStructure.quoteString(b"\xff") == b"{1}\r\n\xff"
 
 
 def test_quoteStringSurrogates():
     """
     A L{str} decoded with C{surrogateescape} gives back its original octets.
     """
-    assert mime.quoteString(b"caf\xe9".decode("utf-8", "surrogateescape")) == b"{4}\r\ncaf\xe9"
+    assert imapStructure.quoteString(b"caf\xe9".decode("utf-8", "surrogateescape")) == b"{4}\r\ncaf\xe9"
 
 
 def test_quoteStringNul():
@@ -279,12 +280,12 @@ def test_quoteStringNul():
     NUL is allowed in neither a quoted string nor a literal (RFC 3501
     C{CHAR8}): it becomes U+FFFD.
     """
-    assert mime.quoteString(b"a\x00b") == b"{5}\r\na\xef\xbf\xbdb"
+    assert imapStructure.quoteString(b"a\x00b") == b"{5}\r\na\xef\xbf\xbdb"
 
 
 def test_nstring():
-    assert mime.nstring(None) == b"NIL"
-    assert mime.nstring("x") == b'"x"'
+    assert imapStructure.nstring(None) == b"NIL"
+    assert imapStructure.nstring("x") == b'"x"'
 
 
 # --- well-formed messages ------------------------------------------------------------------
@@ -399,7 +400,7 @@ def test_multipartOffsets():
     A part ends before the line break that precedes the next delimiter
     (RFC 2046 section 5.1.1); its header block includes the empty line.
     """
-    root = mime.parseMessage(ALTERNATIVE)
+    root = imapStructure.parseStructure(ALTERNATIVE)
     first, second = root.children
     assert ALTERNATIVE[first.start : first.bodyStart] == b"Content-Type: text/plain; charset=us-ascii\r\n\r\n"
     assert ALTERNATIVE[first.bodyStart : first.end] == b"plain text"
@@ -553,8 +554,8 @@ def test_messageRfc822():
         b'(("text" "plain" ("charset" "utf-8") NIL NIL "7bit" 5 0)'
         b'("text" "html" ("charset" "utf-8") NIL NIL "7bit" 11 0) "alternative") 17) "mixed")'
     )
-    inner = mime.encapsulated(root.children[1])
-    assert mime.envelope(inner, FORWARD) == INNER_ENVELOPE
+    inner = imapStructure.encapsulated(root.children[1])
+    assert imapStructure.envelope(inner, FORWARD) == INNER_ENVELOPE
 
 
 def test_multipartDigest():
@@ -641,25 +642,25 @@ def test_findSectionNonMultipart():
     """
     Part 1 of a message that is not multipart is its body.
     """
-    root = mime.parseMessage(SIMPLE)
-    assert mime.findSection(root, [1]) is root
-    assert mime.findSection(root, [2]) is None
-    assert mime.findSection(root, [1, 1]) is None
-    assert mime.encapsulated(root) is None
+    root = imapStructure.parseStructure(SIMPLE)
+    assert imapStructure.findSection(root, [1]) is root
+    assert imapStructure.findSection(root, [2]) is None
+    assert imapStructure.findSection(root, [1, 1]) is None
+    assert imapStructure.encapsulated(root) is None
 
 
 def test_findSectionMultipart():
-    root = mime.parseMessage(NESTED)
-    one = mime.findSection(root, [1])
+    root = imapStructure.parseStructure(NESTED)
+    one = imapStructure.findSection(root, [1])
     assert one.contentType == ("multipart", "alternative")
-    html = mime.findSection(root, [1, 2])
+    html = imapStructure.findSection(root, [1, 2])
     assert NESTED[html.bodyStart : html.end] == b"<b>html</b>"
     assert NESTED[html.start : html.bodyStart] == b"Content-Type: text/html\r\n\r\n"
-    assert mime.findSection(root, [2]).contentType == ("image", "png")
-    assert mime.findSection(root, [3]) is None
-    assert mime.findSection(root, [0]) is None
-    assert mime.findSection(root, [1, 3]) is None
-    assert mime.findSection(root, [2, 1]) is None
+    assert imapStructure.findSection(root, [2]).contentType == ("image", "png")
+    assert imapStructure.findSection(root, [3]) is None
+    assert imapStructure.findSection(root, [0]) is None
+    assert imapStructure.findSection(root, [1, 3]) is None
+    assert imapStructure.findSection(root, [2, 1]) is None
 
 
 def test_findSectionInsideMessage():
@@ -668,20 +669,20 @@ def test_findSectionInsideMessage():
     message it encapsulates; its HEADER and TEXT are the encapsulated
     message's.
     """
-    root = mime.parseMessage(FORWARD)
-    attached = mime.findSection(root, [2])
+    root = imapStructure.parseStructure(FORWARD)
+    attached = imapStructure.findSection(root, [2])
     assert attached.contentType == ("message", "rfc822")
-    inner = mime.encapsulated(attached)
+    inner = imapStructure.encapsulated(attached)
     assert FORWARD[inner.start : inner.bodyStart].startswith(b'From: "Carol, C."')
     assert FORWARD[inner.start : inner.bodyStart].endswith(b"boundary=b2\r\n\r\n")
     assert FORWARD[inner.bodyStart : inner.end].startswith(b"--b2\r\n")
     assert FORWARD[inner.bodyStart : inner.end].endswith(b"--b2--")
-    plain = mime.findSection(root, [2, 1])
+    plain = imapStructure.findSection(root, [2, 1])
     assert FORWARD[plain.bodyStart : plain.end] == b"plain"
-    html = mime.findSection(root, [2, 2])
+    html = imapStructure.findSection(root, [2, 2])
     assert FORWARD[html.bodyStart : html.end] == b"<p>html</p>"
-    assert mime.findSection(root, [2, 3]) is None
-    assert mime.encapsulated(mime.findSection(root, [1])) is None
+    assert imapStructure.findSection(root, [2, 3]) is None
+    assert imapStructure.encapsulated(imapStructure.findSection(root, [1])) is None
 
 
 def test_findSectionEncapsulatedNotMultipart():
@@ -702,8 +703,8 @@ Content-Type: text/html
 --b--
 """
     )
-    root = mime.parseMessage(data)
-    part = mime.findSection(root, [1, 1])
+    root = imapStructure.parseStructure(data)
+    part = imapStructure.findSection(root, [1, 1])
     assert data[part.bodyStart : part.end] == b"<p>"
     assert data[part.start : part.bodyStart] == b"Subject: inner\r\nContent-Type: text/html\r\n\r\n"
 
@@ -731,13 +732,13 @@ p2
 """
     )
     root, structure, _, _ = renderAndCheck(data)
-    one = mime.findSection(root, [1])
+    one = imapStructure.findSection(root, [1])
     assert one is root
     assert data[one.bodyStart : one.end].startswith(b"Subject: inner")
-    assert data[mime.encapsulated(one).start : mime.encapsulated(one).bodyStart].endswith(b"boundary=q\r\n\r\n")
-    first = mime.findSection(root, [1, 1])
+    assert data[imapStructure.encapsulated(one).start : imapStructure.encapsulated(one).bodyStart].endswith(b"boundary=q\r\n\r\n")
+    first = imapStructure.findSection(root, [1, 1])
     assert data[first.bodyStart : first.end] == b"p1"
-    second = mime.findSection(root, [1, 2])
+    second = imapStructure.findSection(root, [1, 2])
     assert data[second.start : second.bodyStart] == b"Content-Type: text/html\r\n\r\n"
 
 
@@ -794,13 +795,13 @@ x
 
 def test_cacheRoundTrip():
     for data in (SIMPLE, ALTERNATIVE, MIXED, NESTED, FORWARD, b""):
-        root = mime.parseMessage(data)
+        root = imapStructure.parseStructure(data)
         blob = mime.toCache(root)
         assert isinstance(blob, bytes)
         again = mime.fromCache(blob)
         assert again == root
-        assert mime.bodyStructure(again) == mime.bodyStructure(root)
-        assert mime.bodyStructure(again, False) == mime.bodyStructure(root, False)
+        assert imapStructure.bodyStructure(again) == imapStructure.bodyStructure(root)
+        assert imapStructure.bodyStructure(again, False) == imapStructure.bodyStructure(root, False)
 
 
 def test_cacheKeepsOctets():
@@ -808,8 +809,8 @@ def test_cacheKeepsOctets():
     Raw 8-bit values come back as they were.
     """
     data = (CORPUS / "raw-8bit-headers.eml").read_bytes()
-    root = mime.parseMessage(data)
-    assert mime.bodyStructure(mime.fromCache(mime.toCache(root))) == mime.bodyStructure(root)
+    root = imapStructure.parseStructure(data)
+    assert imapStructure.bodyStructure(mime.fromCache(mime.toCache(root))) == imapStructure.bodyStructure(root)
 
 
 @pytest.mark.parametrize(
@@ -837,7 +838,7 @@ def test_cacheCorrupt(blob):
 
 
 def test_cacheTruncated():
-    blob = mime.toCache(mime.parseMessage(FORWARD))
+    blob = mime.toCache(imapStructure.parseStructure(FORWARD))
     for size in range(0, len(blob), 7):
         with pytest.raises(ValueError):
             mime.fromCache(blob[:size])
@@ -847,7 +848,7 @@ def test_cacheIsJson():
     """
     The cache form is ASCII JSON with a version number first.
     """
-    blob = mime.toCache(mime.parseMessage(SIMPLE))
+    blob = mime.toCache(imapStructure.parseStructure(SIMPLE))
     assert json.loads(blob)[0] == 1
 
 
@@ -989,7 +990,7 @@ def test_corpusAddressGroups():
     empty Sender (the From is used).
     """
     data = (CORPUS / "address-groups.eml").read_bytes()
-    env = mime.envelope(mime.parseMessage(data), data)
+    env = imapStructure.envelope(imapStructure.parseStructure(data), data)
     assert env == (
         b'("Mon, 1 Jan 2024 00:00:00 +0000" "groups" (("Joe \\"Q\\" Public" NIL "joe" "example.com"))'
         b' ((NIL NIL "MISSING_MAILBOX" "MISSING_DOMAIN"))'
@@ -1009,7 +1010,7 @@ def test_corpusEightBitEnvelope():
     8-bit header octets go in literals, as written.
     """
     data = (CORPUS / "raw-8bit-headers.eml").read_bytes()
-    env = mime.envelope(mime.parseMessage(data), data)
+    env = imapStructure.envelope(imapStructure.parseStructure(data), data)
     assert env.startswith(b"(NIL {11}\r\ncaf\xc3\xa9 cr\xe8me (({12}\r\nJ\xc3\xb6rg M\xfcller NIL")
     assert b'((NIL NIL {5}\r\ncaf\xc3\xa9 "example.fr"))' in env
 
@@ -1019,14 +1020,14 @@ def test_corpusEncodedWords():
     Encoded words are sent as written (RFC 3501 leaves decoding to clients).
     """
     data = (CORPUS / "encoded-words.eml").read_bytes()
-    env = mime.envelope(mime.parseMessage(data), data)
+    env = imapStructure.envelope(imapStructure.parseStructure(data), data)
     assert env.startswith(b'(NIL "=?UTF-8?B?w6lsw6h2ZQ==?= and =?utf-8?q?more?="')
     assert b'("=?ISO-8859-1?Q?Andr=E9?=" NIL "andre" "example.fr")' in env
 
 
 def test_corpusNulEnvelope():
     data = (CORPUS / "nul-in-header.eml").read_bytes()
-    env = mime.envelope(mime.parseMessage(data), data)
+    env = imapStructure.envelope(imapStructure.parseStructure(data), data)
     assert b"\x00" not in env
     assert env.startswith(b"(NIL {14}\r\nnul \xef\xbf\xbd inside")
 
@@ -1036,8 +1037,8 @@ def test_corpusMissingBoundarySection():
     A multipart without a usable boundary has one part: its whole body.
     """
     data = (CORPUS / "missing-boundary-param.eml").read_bytes()
-    root = mime.parseMessage(data)
-    part = mime.findSection(root, [1])
+    root = imapStructure.parseStructure(data)
+    part = imapStructure.findSection(root, [1])
     assert data[part.bodyStart : part.end] == data[root.bodyStart :]
     assert part.start == part.bodyStart
 
@@ -1048,7 +1049,7 @@ def test_corpusEpilogueIgnored():
     epilogue.
     """
     data = (CORPUS / "transport-padding.eml").read_bytes()
-    root = mime.parseMessage(data)
+    root = imapStructure.parseStructure(data)
     assert len(root.children) == 2
     assert root.end == len(data)
 
@@ -1133,8 +1134,8 @@ def test_fuzzedCorpus():
                 data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 5)))
         root, _, _, _ = renderAndCheck(bytes(data))
         for part in _walk(root):
-            mime.findSection(root, [1, 2, 1])
-            mime.encapsulated(part)
+            imapStructure.findSection(root, [1, 2, 1])
+            imapStructure.encapsulated(part)
 
 
 def _walk(part):
@@ -1147,5 +1148,33 @@ def test_nonBytesInput():
     """
     A C{bytearray} or C{memoryview} is taken too.
     """
-    assert mime.parseMessage(bytearray(SIMPLE)) == mime.parseMessage(SIMPLE)
-    assert mime.parseMessage(memoryview(SIMPLE)) == mime.parseMessage(SIMPLE)
+    assert imapStructure.parseStructure(bytearray(SIMPLE)) == imapStructure.parseStructure(SIMPLE)
+    assert imapStructure.parseStructure(memoryview(SIMPLE)) == imapStructure.parseStructure(SIMPLE)
+
+
+def test_genericParseDescribesEncapsulatedMessagesOnlyWhenAsked():
+    """
+    L{mdpy.mail.mime.parseMessage} knows nothing of IMAP: an encapsulated
+    message is described only by the C{describeMessage} it is given, with
+    that message's header fields.
+    """
+    data = crlf(
+        "Content-Type: message/rfc822\n"
+        "\n"
+        "Subject: inner\n"
+        "From: a@example.com\n"
+        "\n"
+        "body\n"
+    )
+    plain = mime.parseMessage(data)
+    assert plain.children[0].renderedEnvelope is None
+    seen = []
+
+    def describe(fields):
+        seen.append(fields)
+        return b"described"
+
+    described = mime.parseMessage(data, describe)
+    assert described.children[0].renderedEnvelope == b"described"
+    assert seen == [[("Subject", b"inner"), ("From", b"a@example.com")]]
+    assert imapStructure.envelope(described.children[0], data) == b"described"

@@ -240,7 +240,6 @@ def test_bodyBrokenInput():
     assert found('BODY "no body"', messages) == []
 
 
-@pytest.mark.skipif(search.parseMessage is None, reason="mdpy.imap.mime not there yet")
 def test_bodyMultipart():
     data = mail(
         "Content-Type: multipart/mixed; boundary=XX",
@@ -260,7 +259,7 @@ def test_bodyMultipart():
 
 
 class FakePart:
-    """What L{textOf} reads of an L{mdpy.imap.mime} part."""
+    """What L{textOf} reads of an L{mdpy.mail.mime} part."""
 
     def __init__(self, data, header, contentType, params=(), children=()):
         self.start = data.index(header)
@@ -286,7 +285,7 @@ MULTIPART = (
 
 def fakeParseMessage(attachedAsChild):
     """
-    A stand-in for L{mdpy.imap.mime.parseMessage} knowing two messages: the
+    A stand-in for L{mdpy.mail.mime.parseMessage} knowing two messages: the
     attached message is a child of its part, or left to be read apart.
     """
 
@@ -311,7 +310,7 @@ def fakeParseMessage(attachedAsChild):
 @pytest.mark.parametrize("attachedAsChild", [True, False])
 def test_textOfParts(monkeypatch, attachedAsChild):
     """
-    With L{mdpy.imap.mime}, text parts are decoded, other parts left out,
+    With L{mdpy.mail.mime}, text parts are decoded, other parts left out,
     and attached messages searched with their header.
     """
     monkeypatch.setattr(search, "parseMessage", fakeParseMessage(attachedAsChild))

@@ -1037,7 +1037,8 @@ def test_timeout():
 
 
 def test_structure_is_cached_beside_the_maildir(tmp_path, monkeypatch):
-    from mdpy.imap import mime
+    from mdpy.imap import fetch
+    from mdpy.mail import mime
     from mdpy.store.maildir import MaildirStore
 
     store = MaildirStore(str(tmp_path), runInThread=synchronousRunner)
@@ -1055,7 +1056,7 @@ def test_structure_is_cached_beside_the_maildir(tmp_path, monkeypatch):
     def parseAgain(data):
         raise AssertionError("parsed again")
 
-    monkeypatch.setattr(mime, "parseMessage", parseAgain)
+    monkeypatch.setattr(fetch, "parseStructure", parseAgain)
     again = Session(store=store)  # a new factory: an empty memory cache
     again.select()
     again.send("b FETCH 1 BODYSTRUCTURE")

@@ -17,7 +17,7 @@ from twisted.trial import unittest
 
 from mdpy.delivery.pipeline import DeliveryPipeline
 from mdpy.directory.sqlite import SQLiteDirectory
-from mdpy.domainpop.service import CycleBusy
+from mdpy.collect.periodic import CycleBusy
 from mdpy.logs import Logger
 from mdpy.odmr.customer import (
     ODMRAccount,
@@ -31,7 +31,7 @@ from mdpy.smtp.server import SMTPFactory
 from mdpy.store.memory import MemoryStore
 from mdpy.testing import LoopbackTestCase, RecordingTarget, TempDirTestCase, TLSStringTransport, Transcript
 from mdpy.tls import ensureSelfSigned, serverOptions
-from tests.test_pop3_fetch import LoopbackReactor
+from tests.test_pop3_client import LoopbackReactor
 
 HOST = "customer.example.org"
 USER = "example.org"

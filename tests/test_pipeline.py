@@ -291,7 +291,7 @@ def relaying(pipeline, tmp_path):
     from twisted.internet import task
 
     from mdpy.delivery.queue import SpoolQueue
-    from mdpy.delivery.srs import SRS
+    from mdpy.mailauth.srs import SRS
     from mdpy.testing import synchronousRunner
 
     pipeline.queue = SpoolQueue(str(tmp_path / "queue"), runInThread=synchronousRunner, clock=task.Clock())

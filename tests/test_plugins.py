@@ -18,7 +18,7 @@ from zope.interface.verify import verifyObject
 from mdpy import errors
 from mdpy.checks import DATA, RCPT, AuthenticationResultsCheck, Verdict
 from mdpy.config import Config
-from mdpy.delivery.authresults import InboundChecker
+from mdpy.mailauth.authresults import InboundChecker
 from mdpy.delivery.pipeline import DeliveryPipeline
 from mdpy.directory.sqlite import SQLiteDirectory
 from mdpy.imap.server import IMAP4Factory, IMAP4Server

@@ -11,13 +11,12 @@ import re
 import socket
 
 from twisted.internet import defer, protocol, reactor, task
-from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 
 from mdpy import errors
 from mdpy.delivery.mx import MXResolver, makeResolver
 from mdpy.delivery.queue import BOUNCED, FAILED, PENDING, SpoolQueue
-from mdpy.delivery.relay import Relay, RelayControlFactory, RelaySettings
+from mdpy.delivery.relay import Relay, RelaySettings
 from mdpy.envelope import Envelope
 from mdpy.smtp import codes
 from mdpy.smtp.server import MODE_SUBMISSION, SMTPFactory, SMTPServer
@@ -581,22 +580,6 @@ class SmarthostTests(RelayTestCase):
         self.assertEqual(factory.target.messages, [])
         self.assertEqual(factory.built, 1)
         self.assertEqual(entry.recipients[0].state, PENDING)
-
-
-class ControlTests(TempDirTestCase):
-    def test_flushAndDelete(self):
-        clock = task.Clock()
-        queue = SpoolQueue(self.tempDir(), reactor=reactor, clock=clock)
-        flushed = []
-        queue.listeners.append(flushed.append)
-        control = RelayControlFactory(queue).buildProtocol(None)
-        transport = StringTransport()
-        control.makeConnection(transport)
-        control.dataReceived(b"FLUSH\nDELETE NOPE\nBOGUS\n")
-        self.assertEqual(
-            transport.value(), b"OK\nERR no such queued message\nERR unknown command\n"
-        )
-        self.assertEqual(flushed, [None])
 
 
 class ConnectionReuseTests(RelayTestCase):

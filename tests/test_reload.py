@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 
 from mdpy import logs
 from mdpy.config import ConfigError
-from mdpy.delivery.relay import RelayControlFactory
+from mdpy.control import ControlFactory
 from mdpy.reload import installReloadSignal
 from mdpy.tap import buildService
 from mdpy.tls import ensureSelfSigned
@@ -302,7 +302,7 @@ def test_oneReloadAtATime(tmp_path):
 
 
 def control(reload):
-    factory = RelayControlFactory(queue=None, reload=reload)
+    factory = ControlFactory(queue=None, reload=reload)
     protocol = factory.buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)

@@ -24,6 +24,17 @@ from mdpy.directory.sqlite import SQLiteDirectory
         (b"From: =?utf-8?q?b=40example.org?= <a@example.org>\r\n", ["a@example.org"], False),
         (b"From: a@exa mple.org@x\r\n", [], True),
         (b"From: a@example.org\x00\r\n", [], True),
+        # The words the IMAP ENVELOPE writes for a missing part are
+        # addresses like any other here.
+        (b"From: MISSING_MAILBOX@example.org\r\n", ["missing_mailbox@example.org"], False),
+        (b"From: Someone <MISSING_MAILBOX@MISSING_DOMAIN>\r\n", [], True),
+        (b"From: \"a@victim.test\"@example.org (comment)\r\n", ['"a@victim.test"@example.org'], False),
+        (b"From: <@route.test:a@example.org>\r\n", ["a@example.org"], False),
+        (b"From: a@example.org b@example.org\r\n", [], True),
+        # A display name that is an address is checked as one (a mail
+        # reader may show it as the sender).
+        (b"From: ceo@example.org <a@example.net>\r\n", ["ceo@example.org", "a@example.net"], False),
+        (b"From: <a@example.net> x <ceo@example.org>\r\n", ["a@example.net", "ceo@example.org"], False),
     ],
     ids=repr,
 )

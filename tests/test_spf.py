@@ -1,13 +1,13 @@
 """
-Tests of the SPF evaluator (L{mdpy.delivery.spf}, RFC 7208) with in-process
-fake lookups.  The tests of L{mdpy.delivery.authresults} run it over real
+Tests of the SPF evaluator (L{mdpy.mailauth.spf}, RFC 7208) with in-process
+fake lookups.  The tests of L{mdpy.mailauth.authresults} run it over real
 DNS.
 """
 
 import pytest
 from twisted.internet import defer
 
-from mdpy.delivery.spf import checkSPF
+from mdpy.mailauth.spf import checkSPF
 from mdpy.errors import PermanentFailure, TemporaryFailure
 
 

@@ -1,5 +1,5 @@
 """
-Tests of L{mdpy.delivery.srs}: the Sender Rewriting Scheme in the format of
+Tests of L{mdpy.mailauth.srs}: the Sender Rewriting Scheme in the format of
 libsrs2 and postsrsd.
 
 The vectors marked postsrsd are from postsrsd's C{run_postsrsd_tests.bats}
@@ -16,8 +16,8 @@ import stat
 import pytest
 
 from mdpy import errors
-from mdpy.delivery import srs as srsModule
-from mdpy.delivery.srs import SRS, loadSecret
+from mdpy.mailauth import srs as srsModule
+from mdpy.mailauth.srs import SRS, loadSecret
 
 SECRET = b"tops3cr3t"
 NOW = 1577836860  # 2020-01-01 00:01:00 UTC, day 18262, stamp "2W"

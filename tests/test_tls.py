@@ -6,10 +6,11 @@ own TLS client over loopback.
 import socket
 import ssl
 
+import pytest
 from twisted.internet import defer, protocol, reactor, threads
 
 from mdpy.testing import TempDirTestCase
-from mdpy.tls import ensureSelfSigned, serverOptions
+from mdpy.tls import TLS_MODES, ensureSelfSigned, serverOptions
 
 
 class Greeter(protocol.Protocol):
@@ -73,3 +74,36 @@ class CipherTests(TempDirTestCase):
         version, cipher = yield threads.deferToThread(
             handshake, port, "ECDHE-RSA-AES128-SHA", ssl.TLSVersion.TLSv1_2)
         self.assertEqual((version, cipher), ("TLSv1.2", "ECDHE-RSA-AES128-SHA"))
+
+
+@pytest.mark.parametrize("mode", TLS_MODES + ("ssl",))
+def test_oneListOfClientTLSModes(mode, tmp_path):
+    """
+    The configuration, the POP3 client, the ODMR customer and the MultiPOP
+    accounts accept the same TLS modes, L{TLS_MODES}, and refuse others.
+    """
+    from mdpy.config import Config, ConfigError
+    from mdpy.errors import InvalidInput
+    from mdpy.multipop.service import MultiPOPAccounts
+    from mdpy.odmr.customer import ODMRAccount
+    from mdpy.pop3.client import POP3Account
+
+    path = tmp_path / "mdpy.ini"
+    path.write_text("[relay]\nsmarthost_tls = %s\n[domainpop:isp]\ntls = %s\n" % (mode, mode))
+    accounts = MultiPOPAccounts(str(tmp_path / "accounts.json"))
+    if mode in TLS_MODES:
+        config = Config.load(str(path))
+        assert config["relay"]["smarthost_tls"] == config.named("domainpop")["isp"]["tls"] == mode
+        assert POP3Account("pop.isp.test", tls=mode).tls == mode
+        assert ODMRAccount("isp", "odmr.isp.test", tls=mode).tls == mode
+        accounts.add("bob@example.test", "pop.isp.test", tls=mode)
+        assert [account["tls"] for account in accounts.list()] == [mode]
+    else:
+        with pytest.raises(ConfigError):
+            Config.load(str(path))
+        with pytest.raises(ValueError):
+            POP3Account("pop.isp.test", tls=mode)
+        with pytest.raises(ValueError):
+            ODMRAccount("isp", "odmr.isp.test", tls=mode)
+        with pytest.raises(InvalidInput, match="none, starttls, implicit"):
+            accounts.add("bob@example.test", "pop.isp.test", tls=mode)

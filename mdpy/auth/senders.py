@@ -14,8 +14,8 @@ another account, or a subaddress of one, is never the login's.
 import re
 
 from mdpy.address import normalise, splitAddress
-from mdpy.domainpop.recipients import mailboxesIn
 from mdpy.errors import Disabled, InvalidInput, NotFound, SenderNotOwned
+from mdpy.mail.addresslist import mailboxesIn
 
 POLICY_LOGIN = "login"
 POLICY_DOMAIN = "domain"

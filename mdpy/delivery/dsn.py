@@ -22,6 +22,8 @@ import textwrap
 import time
 from email.utils import formatdate, make_msgid
 
+from mdpy.mail.headers import findHeaderEnd
+
 ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")
 
 # RFC 3464 section 2.3.4; RFC 3463 section 2 gives the syntax of a status.
@@ -349,11 +351,9 @@ def _headerSection(read, data):
     """
     while True:
         normal = _normaliseLineEnds(data)
-        if normal.startswith(b"\r\n"):
-            return b""
-        end = normal.find(b"\r\n\r\n", 0, HEADER_LIMIT + 2)
-        if end >= 0:
-            return normal[: end + 2]
+        found = findHeaderEnd(normal, 0, HEADER_LIMIT + 2)
+        if found is not None:
+            return normal[: found[0]]
         if len(data) >= HEADER_LIMIT:
             cut = normal.rfind(b"\r\n", 0, HEADER_LIMIT)
             if cut < 0:

@@ -59,11 +59,12 @@ from zope.interface import implementer
 
 from mdpy import errors
 from mdpy.address import normalise, splitAddress
-from mdpy.delivery.authresults import stripForgedResults
+from mdpy.mailauth.authresults import stripForgedResults
 from mdpy.checks import DATA, MAIL, RCPT, AuthenticationResultsCheck, runChecks
 from mdpy.envelope import Envelope, newMessageId
 from mdpy.interfaces import IDelivery, IDeliveryTarget
 from mdpy.logs import Logger
+from mdpy.mail.headers import findHeaderEnd
 
 SPILL_SIZE = 1024 * 1024
 HEAD_SIZE = 256 * 1024
@@ -87,16 +88,14 @@ def stripTraceHeaders(head):
     @return: C{(newHead, found)}: C{found} is false when the header section
         does not end inside C{head} (nothing was changed then).
     """
-    if head.startswith(b"\r\n"):
-        return head, True
-    end = head.find(b"\r\n\r\n")
-    if end < 0:
+    found = findHeaderEnd(head)
+    if found is None:
         return head, False
-    section = head[: end + 2]
+    section = head[: found[0]]
     lowered = b"\n" + section.lower()
     if not any(b"\n" + name in lowered for name in _TRACE_HEADERS):
         return head, True
-    return _TRACE_LINE.sub(b"", section) + head[end + 2 :], True
+    return _TRACE_LINE.sub(b"", section) + head[found[0] :], True
 
 
 class _Region:
@@ -137,7 +136,7 @@ class DeliveryPipeline:
     @ivar queue: an L{mdpy.interfaces.IOutboundQueue}, or L{None} when there is no outbound delivery (remote recipients then
         get a temporary refusal).
     @ivar spoolDir: where bodies larger than L{SPILL_SIZE} are spooled.
-    @ivar srs: an L{mdpy.delivery.srs.SRS} for forwarded mail, or L{None} to
+    @ivar srs: an L{mdpy.mailauth.srs.SRS} for forwarded mail, or L{None} to
         keep the original sender.
     @ivar checks: the L{mdpy.interfaces.ICheck}s every message goes
         through, in order.
@@ -151,7 +150,7 @@ class DeliveryPipeline:
     def __init__(self, directory, store, queue=None, spoolDir=None, srs=None, checker=None,
                  gateways=None, checks=()):
         """
-        @param checker: an L{mdpy.delivery.authresults.InboundChecker},
+        @param checker: an L{mdpy.mailauth.authresults.InboundChecker},
             run after C{checks} (as an L{AuthenticationResultsCheck}); or
             L{None}.
         """
@@ -169,7 +168,7 @@ class DeliveryPipeline:
     @property
     def checker(self):
         """
-        The L{mdpy.delivery.authresults.InboundChecker} of the built-in
+        The L{mdpy.mailauth.authresults.InboundChecker} of the built-in
         C{spf} and C{dkim} checks, or L{None}; setting it replaces them.
         """
         for check in self.checks:

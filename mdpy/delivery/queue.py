@@ -632,8 +632,8 @@ class SpoolQueue:
 
 def controlSocketPath(queueDir):
     """
-    @return: the path of the running relay's control socket (see
-        L{mdpy.delivery.relay.RelayControl}).
+    @return: the path of the running server's control socket (see
+        L{mdpy.control}).
     """
     return os.path.join(queueDir, "control.sock")
 

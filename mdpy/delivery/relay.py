@@ -3,6 +3,9 @@
 The relay: delivers the outbound queue to MX hosts or a smarthost, retries
 what failed temporarily, and tells senders what failed for good.
 
+This module is past ~800 lines on purpose: L{Relay} is one scheduler, and
+its limits and retry rules, below, hold across all of its methods.
+
 Per destination (a recipient domain, or the smarthost for everything) up to
 L{RelaySettings.maxPerDestination} connections run, and up to
 L{RelaySettings.maxConnections} in all.  Each connection carries messages
@@ -51,8 +54,7 @@ import heapq
 import itertools
 
 from twisted.application import service
-from twisted.internet import defer, protocol, ssl
-from twisted.protocols.basic import LineOnlyReceiver
+from twisted.internet import defer, ssl
 
 from mdpy import errors
 from mdpy.delivery import dsn
@@ -995,82 +997,3 @@ class HeldRelease:
         while self.ready:
             for recipient in self.ready.popleft()[1]:
                 recipient.active = False
-
-
-class RelayControl(LineOnlyReceiver):
-    """
-    The server's control socket (C{queue/control.sock}), used by
-    C{mdpy queue flush|del}, C{mdpy domainpop run} and C{mdpy reload}: one
-    command per line, C{FLUSH}, C{DELETE id}, C{COLLECT name} or C{RELOAD};
-    the answer is C{OK} or C{ERR reason}, after C{| line}s of a
-    collection's report or of what a reload changed.
-    """
-
-    delimiter = b"\n"
-    MAX_LENGTH = 1024
-
-    def lineReceived(self, line):
-        queue = self.factory.queue
-        verb, _, argument = line.strip().partition(b" ")
-        verb = verb.upper()
-        if verb == b"FLUSH":
-            queue.flush()
-            self.sendLine(b"OK")
-        elif verb == b"DELETE":
-            try:
-                d = queue.remove(argument.decode("ascii", "replace").strip())
-            except errors.NotFound:
-                self.sendLine(b"ERR no such queued message")
-            else:
-                d.addCallback(lambda _: self.sendLine(b"OK"))
-                d.addErrback(lambda f: self.sendLine(b"ERR " + errors.describe(f).encode("utf-8", "replace")))
-        elif verb == b"COLLECT":
-            collector = self.factory.collectors.get(argument.decode("utf-8", "replace").strip())
-            if collector is None:
-                self.sendLine(b"ERR no such collection")
-                return
-            d = collector.runNow()
-            d.addCallbacks(self._collected, self._failed)
-        elif verb == b"RELOAD" and self.factory.reload is not None:
-            self.factory.reload().addCallbacks(self._reloaded, self._failed)
-        else:
-            self.sendLine(b"ERR unknown command")
-
-    def _collected(self, reports):
-        if not isinstance(reports, list):
-            reports = [reports]
-        failed = False
-        for report in reports:
-            for line in report.lines + [report.summary()]:
-                self.sendLine(b"| " + line.encode("utf-8", "replace"))
-            failed = failed or report.error is not None
-        self.sendLine(b"ERR the collection stopped early" if failed else b"OK")
-
-    def _reloaded(self, lines):
-        for line in lines:
-            self.sendLine(b"| " + line.encode("utf-8", "replace"))
-        self.sendLine(b"OK")
-
-    def _failed(self, failure):
-        self.sendLine(b"ERR " + errors.describe(failure).encode("utf-8", "replace"))
-
-    def lineLengthExceeded(self, line):
-        self.transport.loseConnection()
-
-
-class RelayControlFactory(protocol.ServerFactory):
-    """
-    @ivar collectors: C{{name: service}} of the collections C{COLLECT} runs
-        (each with C{runNow()}).
-    @ivar reload: what C{RELOAD} calls: a callable returning a L{Deferred}
-        that fires with the lines saying what changed, or fails with the
-        reason nothing did; L{None} refuses C{RELOAD}.
-    """
-
-    protocol = RelayControl
-    noisy = False
-
-    def __init__(self, queue, collectors=None, reload=None):
-        self.queue = queue
-        self.collectors = {} if collectors is None else collectors
-        self.reload = reload

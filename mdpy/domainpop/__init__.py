@@ -1,1 +1,1 @@
-"""DomainPOP and MultiPOP: collecting mail from POP3 mailboxes at an ISP."""
+"""DomainPOP: collecting the mail of a whole domain from one POP3 mailbox at an ISP."""

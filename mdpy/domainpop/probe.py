@@ -40,13 +40,12 @@ from mdpy.domainpop.recipients import (
     MAX_HEAD,
     Head,
     RoutingRules,
-    checkAddress,
-    mailboxesIn,
     parseHead,
     receivedAddresses,
     receivedFor,
 )
 from mdpy.errors import InvalidInput
+from mdpy.mail.addresslist import checkAddress, mailboxesIn
 
 CANDIDATES = ENVELOPE_HEADERS + ("received",)
 

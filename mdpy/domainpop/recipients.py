@@ -25,12 +25,11 @@ here can break a header line or an SMTP command that later quotes it.
 """
 
 import re
-import unicodedata
-from email.utils import getaddresses
 
-from mdpy.address import normalise, normaliseDomain
+from mdpy.address import normaliseDomain
 from mdpy.errors import InvalidInput
-from mdpy.imap.headers import decodeText, parseFields
+from mdpy.mail.addresslist import checkAddress, mailboxesIn, printable
+from mdpy.mail.headers import decodeText, findHeaderEnd, parseFields
 
 DEFAULT_HEADERS = (
     "to",
@@ -64,11 +63,6 @@ ENVELOPE_HEADERS = (
 MAX_HEAD = 256 * 1024
 MAX_ADDRESSES = 1000
 
-# How much of a refused string is kept in Discovery.rejected.
-_REJECTED_LENGTH = 200
-
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
-_UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class Head:
@@ -142,14 +136,10 @@ def parseHead(data):
         at least L{MAX_HEAD} octets of it.
     @rtype: L{Head}
     """
-    if data.startswith(b"\r\n"):
-        return Head([], False, 2)
-    if data.startswith(b"\n"):
-        return Head([], False, 1)
     window = data[:MAX_HEAD]
-    end = _HEAD_END.search(window)
+    end = findHeaderEnd(window)
     if end is not None:
-        block, size, truncated = window[: end.start()], end.end(), False
+        block, size, truncated = window[: end[0]], end[1], False
     elif len(data) > MAX_HEAD:
         # The last line may be cut short: read only whole lines.
         block, size, truncated = window[: window.rfind(b"\n") + 1], MAX_HEAD, True
@@ -333,74 +323,6 @@ def receivedAddresses(head, rules):
         if forAddress is not None:
             found.append((byHost, forAddress))
     return found
-
-
-def printable(text):
-    """
-    @return: C{text} cut to a length fit for a log line, control characters
-        escaped.
-    """
-    out = []
-    for ch in text[:_REJECTED_LENGTH]:
-        if ch != " " and unicodedata.category(ch)[0] in "CZ":
-            ch = ascii(ch)[1:-1]
-        out.append(ch)
-    return "".join(out)
-
-
-def _safe(address):
-    """
-    @return: whether C{address} holds nothing that could break a header line
-        or a protocol command quoting it: no control, format, surrogate,
-        unassigned or separator character other than the ASCII space (which
-        L{normalise} allows only inside a quoted local part), and no U+FFFD
-        standing for octets that were not UTF-8.
-    """
-    for ch in address:
-        if ch == " ":
-            continue
-        if ch == "\ufffd" or unicodedata.category(ch)[0] in "CZ":
-            return False
-    return True
-
-
-def checkAddress(candidate):
-    """
-    @param candidate: an address as found in a message.
-    @return: its normal form.
-    @raise InvalidInput: it is malformed or unsafe.
-    """
-    if not _safe(candidate):
-        raise InvalidInput("unsafe characters in address")
-    return normalise(candidate)
-
-
-def mailboxesIn(text):
-    """
-    The mailboxes of an address-list field value (RFC 5322 section 3.4):
-    C{name <addr>}, bare C{addr}, groups (C{undisclosed-recipients:;} gives
-    nothing).
-
-    The value is parsed before RFC 2047 encoded words are decoded (section
-    5 of RFC 2047 forbids them in an addr-spec), so a display name cannot
-    make up or split an address.
-
-    @param text: the value as L{str}, encoded words not decoded.
-    @return: C{(addresses, rejected)}: the normal forms of the valid ones in
-        order (with repeats), and the address-like strings refused, made
-        printable.
-    """
-    if _UNSAFE_VALUE.search(text):
-        return [], [printable(text)]
-    addresses, rejected = [], []
-    for name, address in getaddresses([text]):
-        if "@" not in address:
-            continue
-        try:
-            addresses.append(checkAddress(address))
-        except InvalidInput:
-            rejected.append(printable(address))
-    return addresses, rejected
 
 
 class Discovery:

@@ -4,7 +4,7 @@ FETCH (RFC 3501 section 6.4.5 and 7.4.2): which data items a client asked
 for, and the octets of each item for one message.
 
 Body sections are served from byte ranges of the message found by its
-MIME structure (L{mdpy.imap.mime}), which is computed once per message and
+MIME structure (L{mdpy.mail.mime}), which is computed once per message and
 cached (L{StructureCache}), never per FETCH.
 
 Messages with bare LF line endings (copied in by another program) are
@@ -18,8 +18,9 @@ from collections import OrderedDict
 
 from mdpy.dotstuffing import normaliseLineEndings
 from mdpy.interfaces import IMessageCache
-from mdpy.imap import mime
-from mdpy.imap.headers import MAX_HEADER, headerEnd
+from mdpy.imap.structure import bodyStructure, encapsulated, envelope, findSection, parseStructure
+from mdpy.mail import mime
+from mdpy.mail.headers import MAX_HEADER, headerEnd, splitFields
 from mdpy.imap.parser import Atom, ParseError, astring, formatDateTime, tokenize
 
 _MACROS = {
@@ -191,9 +192,9 @@ class Structure:
 
     def __init__(self, root, data):
         self.root = root
-        self.bodyStructure = mime.bodyStructure(root, True)
-        self.body = mime.bodyStructure(root, False)
-        self.envelope = mime.envelope(root, data)
+        self.bodyStructure = bodyStructure(root, True)
+        self.body = bodyStructure(root, False)
+        self.envelope = envelope(root, data)
 
 
 class StructureCache:
@@ -228,7 +229,7 @@ class StructureCache:
                 except ValueError:
                     root = None
         if root is None:
-            root = mime.parseMessage(data)
+            root = parseStructure(data)
             if persistent is not None:
                 persistent.cacheData(key, mime.toCache(root))
         entry = self._entries[key] = Structure(root, data)
@@ -262,25 +263,19 @@ def _literal(data):
     return b"{%d}\r\n%s" % (len(data), data)
 
 
-def _headerLines(block):
-    """
-    @return: C{(name, octets)} of each field of a header block, folding kept.
-    """
-    out = []
-    for line in block.splitlines(keepends=True):
-        if line in (b"\r\n", b"\n"):
-            break
-        if line[:1] in (b" ", b"\t") and out:
-            out[-1][1].append(line)
-            continue
-        name = line.partition(b":")[0].strip().lower()
-        out.append((name, [line]))
-    return [(name, b"".join(lines)) for name, lines in out]
-
-
 def _filterHeader(block, fields, negate):
+    """
+    @return: the fields of a header block named in C{fields} (or, with
+        C{negate}, those not named), as written, and the empty line
+        (RFC 3501 section 6.4.5: C{HEADER.FIELDS}, C{HEADER.FIELDS.NOT}).
+    """
     wanted = {f.lower() for f in fields}
-    kept = [octets for name, octets in _headerLines(block[:MAX_HEADER]) if (name in wanted) != negate]
+    block = block[:MAX_HEADER]
+    kept = [
+        block[start:end]
+        for name, start, end in splitFields(block)
+        if (name is not None and name.strip().lower() in wanted) != negate
+    ]
     return b"".join(kept) + b"\r\n"
 
 
@@ -299,14 +294,14 @@ def sectionData(section, data, structure):
         else:
             bodyStart, start, end = entity.bodyStart, entity.start, entity.end
     else:
-        part = mime.findSection(structure.root, section.path)
+        part = findSection(structure.root, section.path)
         if part is None:
             return None
         if section.text == "":
             return data[part.bodyStart : part.end]
         if section.text == "MIME":
             return data[part.start : part.bodyStart]
-        entity = mime.encapsulated(part)
+        entity = encapsulated(part)
         if entity is None:
             return None
         bodyStart, start, end = entity.bodyStart, entity.start, entity.end

@@ -9,7 +9,7 @@ SPECIAL-USE (RFC 6154) and LIST-EXTENDED (RFC 5258).
 import re
 
 from mdpy import errors, mutf7
-from mdpy.imap.mime import quoteString
+from mdpy.imap.structure import quoteString
 from mdpy.imap.parser import Atom, ParseError, astring, isAtom
 
 SEPARATOR = "/"

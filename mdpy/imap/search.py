@@ -28,7 +28,6 @@ import re
 import time
 from bisect import bisect_right
 
-from mdpy.imap.headers import decodeText, fieldValue, headerEnd, parseFields
 from mdpy.imap.parser import (
     Atom,
     ParseError,
@@ -40,11 +39,8 @@ from mdpy.imap.parser import (
     number64,
     parseDate,
 )
-
-try:
-    from mdpy.imap.mime import parseMessage
-except ImportError:  # pragma: no cover - mdpy.imap.mime not there yet
-    parseMessage = None
+from mdpy.mail.headers import decodeText, fieldValue, headerEnd, parseFields
+from mdpy.mail.mime import parseMessage
 
 MAX_DEPTH = 100
 SUPPORTED_CHARSETS = ("US-ASCII", "UTF-8")
@@ -694,8 +690,6 @@ def textOf(data):
     @param data: the whole message.
     @rtype: L{str}
     """
-    if parseMessage is None:
-        return _singlePartText(data)
     texts = []
     reparsed = 0
     stack = [(data, parseMessage(data), False)]
@@ -719,25 +713,6 @@ def textOf(data):
             charset = next((value for name, value in part.params if name.lower() == "charset"), None)
             texts.append(_decodeBody(data[part.bodyStart : part.end], encoding, charset))
     return "\n".join(texts)
-
-
-_CONTENT_TYPE = re.compile(r"\s*([^/\s;]+)")
-_CHARSET = re.compile(r';\s*charset\s*=\s*"?([^";\s]+)', re.IGNORECASE)
-
-
-def _singlePartText(data):
-    """
-    L{textOf} without L{mdpy.imap.mime}: the body as one part.
-    """
-    start = headerEnd(data)
-    fields = parseFields(data[:start])
-    contentType = (fieldValue(fields, "Content-Type") or b"text/plain").decode("latin-1")
-    encoding = (fieldValue(fields, "Content-Transfer-Encoding") or b"").decode("latin-1")
-    maintype = _CONTENT_TYPE.match(contentType)
-    charset = _CHARSET.search(contentType)
-    if maintype is not None and maintype.group(1).lower() not in ("text", "multipart"):
-        return ""
-    return _decodeBody(data[start:], encoding, charset.group(1) if charset else None)
 
 
 def _decodeBody(body, encoding, charset):

@@ -42,7 +42,7 @@ from mdpy.imap import fetch as fetching
 from mdpy.imap.literals import CommandInput, PendingLiterals, SpooledLiteral
 from mdpy.imap.mailboxes import MailboxCommands, decodeName
 from mdpy.imap.messages import MessageCommands
-from mdpy.imap.mime import quoteString
+from mdpy.imap.structure import quoteString
 from mdpy.imap.parser import Atom, ParseError, astring, isAtom, parseDateTime, tokenize
 from mdpy.imap.selected import RecentTracker, SelectedMailbox, UidValidityChanged
 from mdpy.session import CommandSession, SessionFactory

@@ -2,7 +2,7 @@
 """
 MultiPOP: the remote POP3 accounts users have (C{mdpy multipop add}),
 collected on an interval into each user's INBOX with the same POP3 client,
-UIDL state and never-lose rules as DomainPOP (L{mdpy.domainpop.service}).
+UIDL state and never-lose rules as DomainPOP (L{mdpy.collect.collector}).
 
 The accounts live in C{data_dir/multipop/accounts.json} (mode 0600: the
 remote passwords must be sent as they are, so they cannot be hashed).  The
@@ -18,13 +18,12 @@ from twisted.internet import defer
 
 from mdpy import errors
 from mdpy.address import normalise
-from mdpy.domainpop.service import PeriodicCollection
+from mdpy.collect.periodic import PeriodicCollection
 from mdpy.durable import writeFileAtomically
 from mdpy.logs import Logger
+from mdpy.tls import TLS_MODES
 
 log = Logger()
-
-TLS_MODES = ("starttls", "implicit", "none")
 
 
 class MultiPOPAccounts:
@@ -88,7 +87,7 @@ class MultiPOPService(PeriodicCollection):
     the other.
 
     @ivar makeCollector: C{makeCollector(account)} returning the
-        L{mdpy.domainpop.service.Collector} of one account dict.
+        L{mdpy.collect.collector.Collector} of one account dict.
     """
 
     def __init__(self, accounts, makeCollector, interval, clock=None, firstDelay=5):
@@ -109,7 +108,7 @@ class MultiPOPService(PeriodicCollection):
     def runNow(self):
         """
         See L{PeriodicCollection.runNow}: every account, firing with the
-        list of their L{mdpy.domainpop.service.CycleReport}s.
+        list of their L{mdpy.collect.collector.CycleReport}s.
         """
         return defer.ensureDeferred(self._all())
 

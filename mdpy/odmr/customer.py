@@ -26,7 +26,7 @@ Invariants:
    L{ReleaseReport} it fires with, once the connection is closed and every
    message the reversed session was storing is settled.
  - Before the turnaround replies are read as the SMTP client reads them
-   (L{mdpy.smtp.client.ReplyReader}), one command at a time, no pipelining.  Input that
+   (L{mdpy.smtp.replies.ReplyReader}), one command at a time, no pipelining.  Input that
    came before the command it would answer, a malformed line, a line over
    L{MAX_REPLY_LINE} octets, a reply over L{MAX_REPLY_LINES} lines or a reply
    nobody asked for aborts the connection; at most one partial line stays
@@ -58,18 +58,17 @@ from twisted.internet import defer
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 
-from mdpy.domainpop.service import CycleBusy, PeriodicCollection
+from mdpy.collect.periodic import CycleBusy, PeriodicCollection
 from mdpy.errors import InvalidInput
 from mdpy.logs import Logger
 from mdpy.odmr.gateway import checkATRNDomain
 from mdpy.session import disableNagle
-from mdpy.smtp.client import ReplyError, ReplyReader
+from mdpy.smtp.replies import ReplyError, ReplyReader
 from mdpy.smtp.server import SMTPServer
-from mdpy.tls import accountClientOptions, clientEndpoint
+from mdpy.tls import TLS_MODES, accountClientOptions, clientEndpoint
 
 log = Logger()
 
-TLS_MODES = ("none", "starttls", "implicit")
 ODMR_PORT = 366
 MAX_REPLY_LINE = 4096
 MAX_REPLY_LINES = 100

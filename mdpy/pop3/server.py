@@ -23,6 +23,7 @@ from zope.interface import implementer
 from mdpy import errors
 from mdpy.auth import sasl
 from mdpy.dotstuffing import DotStuffer, stuff
+from mdpy.mail.headers import findHeaderEnd
 from mdpy.pop3.maildrop import Maildrop, MaildropLocks, uidlFor
 from mdpy.session import CommandSession, SessionFactory
 from mdpy.threads import deferToReactorThreadPool
@@ -508,8 +509,9 @@ def _top(file, lines):
     while True:
         chunk = file.read(CHUNK)
         data += chunk
-        end = _headerEnd(data)
-        if end is not None:
+        found = findHeaderEnd(data)
+        if found is not None:
+            end = found[1]
             body = data[end:]
             cut = 0
             for _ in range(lines):
@@ -523,22 +525,6 @@ def _top(file, lines):
                 return data
         elif not chunk:
             return data
-
-
-def _headerEnd(data):
-    """
-    @return: the offset just past the blank line ending the header, or
-        L{None} if it is not in C{data} yet.
-    """
-    if data.startswith(b"\r\n"):
-        return 2
-    if data.startswith(b"\n"):
-        return 1
-    found = [i for i in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if i >= 0]
-    if not found:
-        return None
-    first = min(found)
-    return first + (4 if data.startswith(b"\r\n\r\n", first) else 2)
 
 
 POP3Factory.protocol = POP3Server

@@ -2,6 +2,9 @@
 """
 The ESMTP server of ports 25 (MTA), 587 (submission) and 465 (SMTPS).
 
+This module is a little past ~800 lines on purpose: L{SMTPServer} is one
+state machine, and the invariants below hold across all of its commands.
+
 Standards: RFC 5321 (SMTP), RFC 1870 (SIZE), RFC 6152 (8BITMIME), RFC 2920
 (PIPELINING), RFC 2034/3463 (ENHANCEDSTATUSCODES), RFC 3207 (STARTTLS),
 RFC 4954 (AUTH), RFC 6531 (SMTPUTF8), RFC 3030 (CHUNKING), RFC 8314 (implicit
@@ -24,7 +27,6 @@ bounded lines, STARTTLS discarding pipelined plaintext):
 
 import re
 import time
-from email.utils import formatdate
 
 from twisted.cred import error as credError
 from twisted.internet import defer, interfaces as iinternet
@@ -34,6 +36,7 @@ from mdpy.auth import sasl
 from mdpy.dotstuffing import normaliseLineEndings
 from mdpy.envelope import Envelope
 from mdpy.errors import InvalidInput
+from mdpy.mail.received import receivedField
 from mdpy.session import CommandSession, SessionFactory
 from mdpy.smtp import codes
 
@@ -583,22 +586,20 @@ class SMTPServer(CommandSession):
         # RFC 5321 section 4.4: the client's address as an address literal
         # (section 4.1.3), [192.0.2.1] or [IPv6:2001:db8::1].
         address = envelope.clientAddress
-        lines = "Received: from %s ([%s%s])\r\n\tby %s (mdpy) with %s id %s" % (
-            envelope.helo,
-            "IPv6:" if ":" in address else "",
-            address,
+        comment = None
+        if self.authenticatedAs is not None:
+            if self.factory.receivedAuth:
+                comment = "authenticated as %s" % (self.authenticatedAs,)
+            else:
+                comment = "authenticated sender"
+        return receivedField(
+            "%s ([%s%s])" % (envelope.helo, "IPv6:" if ":" in address else "", address),
             self.factory.hostname,
             self._protocolName(),
             envelope.messageId,
+            envelope.receivedAt,
+            comment=comment,
         )
-        if self.authenticatedAs is not None:
-            if self.factory.receivedAuth:
-                login = re.sub(r"([()\\])", r"\\\1", self.authenticatedAs)
-                lines += "\r\n\t(authenticated as %s)" % (login,)
-            else:
-                lines += "\r\n\t(authenticated sender)"
-        lines += ";\r\n\t%s\r\n" % (formatdate(envelope.receivedAt, localtime=True),)
-        return lines.encode("utf-8")
 
     def do_DATA(self, argument):
         if argument:

@@ -1,7 +1,10 @@
-# -*- test-case-name: tests.test_pop3_fetch -*-
+# -*- test-case-name: tests.test_pop3_client -*-
 """
 The one POP3 client, which DomainPOP and MultiPOP collect mail with: connect,
 TLS, log in, list, retrieve into a file, delete, quit.
+
+This module is a little past ~800 lines on purpose: the protocol and the
+session it serves keep the invariants below together.
 
 Standards: RFC 1939 (POP3), RFC 2449 (CAPA), RFC 2595 section 4 (STLS),
 RFC 8314 (implicit TLS on 995), RFC 6125 via service_identity (the server's
@@ -56,11 +59,10 @@ from twisted.mail.pop3 import AdvancedPOP3Client, ServerErrorResponse
 from twisted.python.failure import Failure
 
 from mdpy.logs import Logger
-from mdpy.tls import accountClientOptions, clientEndpoint
+from mdpy.tls import TLS_MODES, accountClientOptions, clientEndpoint
 
 log = Logger()
 
-TLS_MODES = ("none", "starttls", "implicit")
 
 STATUS_LINE = 4096
 MESSAGE_LINE = 65536

@@ -1,5 +1,5 @@
 """
-Tests of L{mdpy.pop3.fetch}: the client against mdpy's own POP3 server over
+Tests of L{mdpy.pop3.client}: the client against mdpy's own POP3 server over
 loopback (plaintext, STLS with a verified certificate, implicit TLS), and
 against scripted servers that misbehave.  Every host name resolves to
 127.0.0.1 (L{LoopbackReactor}), so certificates can name C{pop.test}.
@@ -17,8 +17,8 @@ from twisted.internet.interfaces import IReactorPluggableNameResolver, IReactorT
 from twisted.internet.testing import SynchronousResolver
 from zope.interface import implementer
 
-from mdpy.pop3 import fetch
-from mdpy.pop3.fetch import FetchError, POP3Account, RemoteMessage, connect
+from mdpy.pop3 import client
+from mdpy.pop3.client import FetchError, POP3Account, RemoteMessage, connect
 from mdpy.pop3.maildrop import uidlFor
 from mdpy.pop3.server import POP3Factory, POP3Server
 from mdpy.store.memory import MemoryStore
@@ -376,9 +376,9 @@ class OwnServerTests(FetchTestCase):
             octets = await session.retrieve(number, out, maxSize=len(data))
             self.assertEqual(out.value(), data)
             self.assertEqual(octets, len(data))
-        # BIG (about 400 KB) arrived in chunks of at most fetch.CHUNK (plus a line).
+        # BIG (about 400 KB) arrived in chunks of at most client.CHUNK (plus a line).
         self.assertGreater(len(out.chunks), 3)
-        self.assertLessEqual(max(map(len, out.chunks)), fetch.CHUNK + 200)
+        self.assertLessEqual(max(map(len, out.chunks)), client.CHUNK + 200)
         await session.quit()
         await session.whenClosed()
         self.assertEqual(inbox(factory), MESSAGES)

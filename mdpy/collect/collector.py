@@ -1,7 +1,12 @@
 # -*- test-case-name: tests.test_domainpop_service -*-
 """
-DomainPOP and MultiPOP collection: download a remote POP3 mailbox and hand
-each message to the delivery pipeline, as SMTP would.
+Collection from a POP3 mailbox for DomainPOP and MultiPOP: download a
+remote mailbox and hand each message to the delivery pipeline, as SMTP
+would.
+
+This module is past ~800 lines on purpose: one cycle and the never-lose
+invariants below are kept together, in one class, so that they can be read
+and checked at once.
 
 A DomainPOP source is a domain's catch-all mailbox at an ISP: the SMTP
 envelope is gone, so the local recipients of each message are found in its
@@ -61,19 +66,22 @@ import os
 import tempfile
 import time
 
-from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import LogLevel
 
 from mdpy import errors
-from mdpy.address import normalise, splitAddress
-from mdpy.domainpop.recipients import MAX_HEAD, RoutingRules, discover, mailboxesIn, parseHead, printable
+from mdpy.address import splitAddress
+from mdpy.collect.held import HELD_FOLDER, STATE_FILE, returnPath
+from mdpy.collect.periodic import CycleBusy, PeriodicCollection
+from mdpy.domainpop.recipients import MAX_HEAD, RoutingRules, discover, parseHead
 from mdpy.domainpop.state import DEDUPE_FINGERPRINT, CollectorState, dedupeKey, fingerprint
 from mdpy.delivery import dsn
 from mdpy.durable import writeFileAtomically
 from mdpy.envelope import Envelope
 from mdpy.logs import Logger
-from mdpy.pop3.fetch import FetchError, connect
+from mdpy.mail.addresslist import printable
+from mdpy.mail.received import receivedField
+from mdpy.pop3.client import FetchError, connect
 from mdpy.threads import deferToReactorThreadPool
 
 log = Logger()
@@ -82,8 +90,6 @@ _CHUNK = 65536
 _SLACK = 65536  # octets a message may exceed its LIST size by
 BATCH = 50  # messages downloaded before they are delivered together
 BATCH_OCTETS = 32 * 1024 * 1024
-STATE_FILE = "state.sqlite"
-HELD_FOLDER = "held"
 
 
 class _Downloaded:
@@ -191,12 +197,6 @@ class CycleReport:
         return text
 
 
-class CycleBusy(Exception):
-    """
-    Another process (or cycle) is collecting this source now.
-    """
-
-
 class _Lock:
     def __init__(self, path):
         self.path = path
@@ -222,7 +222,7 @@ class Collector:
     One DomainPOP or MultiPOP source.
 
     @ivar name: C{domainpop/NAME} or C{multipop/USER/ID}, in logs and keys.
-    @ivar account: the L{mdpy.pop3.fetch.POP3Account} to collect.
+    @ivar account: the L{mdpy.pop3.client.POP3Account} to collect.
     @ivar pipeline: the L{mdpy.interfaces.IDeliveryTarget} mail goes to.
     @ivar directory: the directory (C{hasDomain}) deciding what is local.
     @ivar stateDir: where the UIDL state, the lock, the spool and held
@@ -578,7 +578,7 @@ class Collector:
         if not addresses:
             return [], {}, None
         envelope = Envelope(
-            _returnPath(item.head),
+            returnPath(item.head),
             helo=self.account.host,
             protocol="POP3",
             receivedAt=item.firstSeen,
@@ -630,7 +630,7 @@ class Collector:
                          "dropped: %s (unknown_recipient = drop)" % (why,))
             return
         if policy == "bounce":
-            sender = _returnPath(item.head)
+            sender = returnPath(item.head)
             if not sender:
                 why += "; no Return-Path to bounce to"
             else:
@@ -746,12 +746,15 @@ class Collector:
         await defer.maybeDeferred(delivery.commit)
 
     def _received(self, envelope, recipients):
-        forClause = " for <%s>" % (recipients[0],) if len(recipients) == 1 else ""
-        stamp = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(self._clock()))
-        return (
-            "Received: from %s by %s with POP3 id %s%s\r\n\t(%s); %s\r\n"
-            % (self.account.host, self.hostname, envelope.messageId, forClause, self.name, stamp)
-        ).encode("utf-8")
+        return receivedField(
+            self.account.host,
+            self.hostname,
+            "POP3",
+            envelope.messageId,
+            self._clock(),
+            recipient=recipients[0] if len(recipients) == 1 else None,
+            comment=self.name,
+        )
 
     # --- files ---------------------------------------------------------------
 
@@ -832,151 +835,6 @@ def _addresses(addresses):
     @return: C{addresses} as a log line names them, C{<a@b>, <c@d>}.
     """
     return ", ".join("<%s>" % (address,) for address in addresses)
-
-
-def _returnPath(head):
-    """
-    @return: the first Return-Path of C{head}, normalised, or C{""} when
-        there is none or it is not a valid address.
-    """
-    for value in head.values("return-path")[:1]:
-        value = value.strip().strip("<>").strip()
-        try:
-            return normalise(value) if value else ""
-        except errors.InvalidInput:
-            return ""
-    return ""
-
-
-def _author(head):
-    """
-    @return: the first address of the first From field of C{head}, or
-        C{""}.
-    """
-    for raw in head.raw("from")[:1]:
-        addresses, rejected = mailboxesIn(raw.decode("utf-8", "replace"))
-        return addresses[0] if addresses else ""
-    return ""
-
-
-class HeldMessage:
-    """
-    A message a source keeps in its held folder (L{Collector._hold}).
-
-    @ivar path: its file.
-    @ivar heldAt: when it was held, in seconds since the epoch.
-    @ivar reason: why.
-    @ivar sender: its Return-Path, else its From, or C{""}.
-    @ivar subject: its Subject, or C{""}.
-    @ivar size: its size in octets.
-    """
-
-    def __init__(self, path, heldAt, reason, sender, subject, size):
-        self.path = path
-        self.heldAt = heldAt
-        self.reason = reason
-        self.sender = sender
-        self.subject = subject
-        self.size = size
-
-
-def heldMessages(stateDir):
-    """
-    Read the held folder of the source whose state is in C{stateDir}.
-    A file the state does not explain (held by an older mdpy) counts as
-    held when it was written, for a reason not recorded; a file the
-    administrator removed is no longer listed.
-
-    @return: a L{list} of L{HeldMessage}, oldest first; sender, subject
-        and reason made printable.
-    """
-    folder = os.path.join(stateDir, HELD_FOLDER)
-    try:
-        names = sorted(name for name in os.listdir(folder) if name.endswith(".eml"))
-    except FileNotFoundError:
-        return []
-    reasons = {}
-    statePath = os.path.join(stateDir, STATE_FILE)
-    if names and os.path.exists(statePath):
-        state = CollectorState(statePath)
-        try:
-            reasons = state.heldReasons()
-        finally:
-            state.close()
-    held = []
-    for name in names:
-        path = os.path.join(folder, name)
-        try:
-            with open(path, "rb") as f:
-                head = parseHead(f.read(MAX_HEAD))
-                status = os.fstat(f.fileno())
-        except FileNotFoundError:
-            continue
-        heldAt, reason = reasons.get(name, (status.st_mtime, "no reason recorded"))
-        sender = _returnPath(head) or _author(head)
-        subject = " ".join(head.values("subject")[:1]).strip()
-        held.append(HeldMessage(path, heldAt, printable(reason), printable(sender), printable(subject),
-                                status.st_size))
-    held.sort(key=lambda message: message.heldAt)
-    return held
-
-
-class PeriodicCollection(service.Service):
-    """
-    Runs C{runNow()} every C{interval} seconds, the first time shortly after
-    the start, and C{close()} once stopped.  Subclasses say what one run
-    is.
-    """
-
-    def __init__(self, interval, clock=None, firstDelay=5):
-        if clock is None:
-            from twisted.internet import reactor as clock
-        self.interval = interval
-        self.clock = clock
-        self.firstDelay = firstDelay
-        self._call = None
-        self._current = None
-
-    def runNow(self):
-        """
-        Run once now (also C{mdpy domainpop run} while the server runs).
-
-        @return: a L{Deferred} firing with what the run reports.
-        """
-        raise NotImplementedError()
-
-    def close(self):
-        """
-        Release what the runs hold open.
-        """
-
-    def startService(self):
-        service.Service.startService(self)
-        self._call = self.clock.callLater(self.firstDelay, self._run)
-
-    def _run(self):
-        self._call = None
-        d = self._current = self.runNow()
-        d.addErrback(lambda f: f.trap(CycleBusy))
-        d.addErrback(lambda f: log.failure("{name}: run failed", f, name=self.name or "collection"))
-
-        def again(_):
-            self._current = None
-            if self.running:
-                self._call = self.clock.callLater(self.interval, self._run)
-
-        d.addBoth(again)
-
-    def stopService(self):
-        service.Service.stopService(self)
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-        current, self._current = self._current, None
-        if current is None:
-            self.close()
-            return None
-        return current.addBoth(lambda _: self.close())
 
 
 class CollectorService(PeriodicCollection):

@@ -1,9 +1,9 @@
 # -*- test-case-name: tests.test_imap_mime -*-
 """
-The MIME structure of a message as IMAP4rev1 shows it: BODYSTRUCTURE, BODY
-and ENVELOPE (RFC 3501 sections 7.4.2 and 9), and the byte offsets of every
-part so that C{BODY[section]} (RFC 3501 section 6.4.5) is served by reading a
-range of the stored file.
+The MIME structure of a message (RFC 2045, RFC 2046): the tree of its
+entities, their Content-* fields, and the byte offsets of every part, so
+that a part is served by reading a range of the stored file.  IMAP renders
+it as BODYSTRUCTURE and ENVELOPE in L{mdpy.imap.structure}.
 
 Bytes in, never an exception out: broken messages are read the way Dovecot
 reads them where that is sane (its output was compared part by part).  Sizes
@@ -12,9 +12,8 @@ and line counts are of the octets as stored, bare LF or CR LF.
 Limits (hardening): entities nest at most L{MAX_DEPTH} deep and a message
 has at most L{MAX_PARTS} parts, past which multiparts and messages are
 leaves of type application/octet-stream, as in Dovecot; only the first
-L{MAX_FIELD} octets of a Content-* field and L{MAX_ADDRESS_TEXT} octets of
-the address fields of an ENVELOPE are read.  Parsing is linear in the size
-of the message.
+L{MAX_FIELD} octets of a Content-* field are read.  Parsing is linear in the
+size of the message.
 
 Invariants: a L{Part} only holds offsets and header values, so it can be
 cached (L{toCache}) and the message file read again for its octets.
@@ -22,66 +21,32 @@ cached (L{toCache}) and the message file read again for its octets.
 
 import json
 import re
-from urllib.parse import quote_from_bytes, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
 
-from mdpy.imap.headers import MAX_HEADER, headerEnd, parseFields
+from mdpy.mail.headers import MAX_HEADER, headerEnd, parseFields
 
 MAX_DEPTH = 100
 MAX_PARTS = 10000
 MAX_FIELD = 64 * 1024
-MAX_ADDRESS_TEXT = 256 * 1024
 
-# Placeholders where an address lacks a part; a NIL host would mean a group
-# (RFC 3501 section 7.4.2), so Dovecot's names are used instead.
-MISSING_MAILBOX = "MISSING_MAILBOX"
-MISSING_DOMAIN = "MISSING_DOMAIN"
-
-_TEXT_PLAIN = ("text", "plain")
-_MESSAGE_RFC822 = ("message", "rfc822")
-_OCTET_STREAM = ("application", "octet-stream")
+TEXT_PLAIN = ("text", "plain")
+MESSAGE_RFC822 = ("message", "rfc822")
+OCTET_STREAM = ("application", "octet-stream")
 _CACHE_VERSION = 1
 
 
-# --- IMAP strings ----------------------------------------------------------------
-
-_NEEDS_LITERAL = re.compile(rb"[\x00\r\n\x80-\xff]")
-
-
-def _octets(value):
+def encodeText(value):
+    """
+    @return: C{value} if it is L{bytes}, else C{value} encoded as UTF-8
+        (lone surrogates from C{surrogateescape} decoding give back the
+        original octets).
+    """
     if isinstance(value, bytes):
         return value
     try:
         return value.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         return value.encode("utf-8", "replace")
-
-
-def quoteString(value):
-    """
-    Render an IMAP string (RFC 3501 section 9: C{string}).
-
-    @param value: L{bytes}, or L{str} (encoded as UTF-8; lone surrogates from
-        C{surrogateescape} decoding give back the original octets).
-    @return: a quoted string with C{"} and C{\\} escaped, or a literal
-        C{{n}\\r\\n...} when the value holds CR, LF, NUL or 8-bit octets.  NUL
-        is allowed in neither (C{CHAR8} excludes it), so it is replaced by
-        U+FFFD, as Dovecot does.
-    """
-    value = _octets(value)
-    if _NEEDS_LITERAL.search(value) is not None:
-        value = value.replace(b"\x00", b"\xef\xbf\xbd")
-        return b"{%d}\r\n%s" % (len(value), value)
-    if b"\\" in value or b'"' in value:
-        value = value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
-    return b'"' + value + b'"'
-
-
-def nstring(value):
-    """
-    @return: C{NIL} for L{None}, else L{quoteString} of C{value}
-        (RFC 3501 section 9: C{nstring}).
-    """
-    return b"NIL" if value is None else quoteString(value)
 
 
 # --- the part tree -----------------------------------------------------------------
@@ -111,8 +76,9 @@ class Part:
         else L{None}.
     @ivar children: the parts of a multipart, or the one encapsulated message
         of a message/rfc822 part (a L{Part} starting at its header).
-    @ivar renderedEnvelope: the ENVELOPE of an encapsulated message, or
-        L{None}.
+    @ivar renderedEnvelope: what the C{describeMessage} of L{parseMessage}
+        made of the header fields of an encapsulated message (IMAP: its
+        ENVELOPE), or L{None}.
     """
 
     __slots__ = (
@@ -121,7 +87,7 @@ class Part:
         "location", "lines", "children", "renderedEnvelope",
     )
 
-    def __init__(self, start=0, bodyStart=0, end=0, contentType=_TEXT_PLAIN,
+    def __init__(self, start=0, bodyStart=0, end=0, contentType=TEXT_PLAIN,
                  mediaType=None, rawParams=(), encoding=None, id=None,
                  description=None, md5=None, disposition=None, language=None,
                  location=None, lines=None, children=(), renderedEnvelope=None):
@@ -230,9 +196,9 @@ def _decodeExtended(segments):
             if i == 0 and value.count("'") >= 2:
                 charset, _, value = value.partition("'")
                 value = value.partition("'")[2]
-            octets.append(unquote_to_bytes(_octets(value)))
+            octets.append(unquote_to_bytes(encodeText(value)))
         else:
-            octets.append(_octets(value))
+            octets.append(encodeText(value))
     try:
         return b"".join(octets).decode(charset or "utf-8")
     except (LookupError, UnicodeError, ValueError):
@@ -359,8 +325,9 @@ class _Parser:
     open entity; offsets only move forward.
     """
 
-    def __init__(self, data):
+    def __init__(self, data, describeMessage=None):
         self.data = data
+        self.describeMessage = describeMessage
         self.stack = []      # [(boundary, shadowed level)]
         self.levels = {}     # boundary -> innermost level using it
         self.lengths = ()
@@ -465,8 +432,8 @@ class _Parser:
 
         @param default: its type when it has no Content-Type (RFC 2046
             section 5.1.5 for multipart/digest).
-        @param message: whether it is an encapsulated message (its ENVELOPE
-            is rendered).
+        @param message: whether it is an encapsulated message (given to
+            C{describeMessage}).
         @return: C{(part, event)}, C{event} being the delimiter that ended
             it (L{None} at the end of the message).
         """
@@ -476,21 +443,24 @@ class _Parser:
         fields = parseFields(data[start:bodyStart]) if bodyStart > start else []
         part = Part(start, bodyStart, bodyStart, default)
         boundary = _describe(part, fields)
-        if message:
-            part.renderedEnvelope = _renderEnvelope(fields)
+        if message and self.describeMessage is not None:
+            part.renderedEnvelope = self.describeMessage(fields)
         major = part.contentType[0]
-        if major == "multipart" or part.contentType == _MESSAGE_RFC822:
+        if major == "multipart" or part.contentType == MESSAGE_RFC822:
             if depth + 1 >= MAX_DEPTH or self.count >= MAX_PARTS:
-                part.contentType = part.mediaType = _OCTET_STREAM
+                part.contentType = part.mediaType = OCTET_STREAM
             elif major == "multipart":
                 return part, self._multipart(part, boundary, depth)
             elif cut:
                 self.count += 1
-                part.children = [Part(bodyStart, bodyStart, bodyStart, lines=0, renderedEnvelope=_EMPTY_ENVELOPE)]
+                empty = Part(bodyStart, bodyStart, bodyStart, lines=0)
+                if self.describeMessage is not None:
+                    empty.renderedEnvelope = self.describeMessage([])
+                part.children = [empty]
                 part.lines = 0
                 return part, self._next(bodyStart)
             else:
-                child, event = self.entity(bodyStart, depth + 1, _TEXT_PLAIN, True)
+                child, event = self.entity(bodyStart, depth + 1, TEXT_PLAIN, True)
                 part.children = [child]
                 part.end = child.end
                 part.lines = data.count(b"\n", bodyStart, part.end)
@@ -516,7 +486,7 @@ class _Parser:
         else:
             self._push(boundary)
             level = len(self.stack) - 1
-            default = _MESSAGE_RFC822 if part.contentType[1] == "digest" else _TEXT_PLAIN
+            default = MESSAGE_RFC822 if part.contentType[1] == "digest" else TEXT_PLAIN
             event = self._next(part.bodyStart)
             while event is not None and event[1] == level and not event[2]:
                 if self.count >= MAX_PARTS:
@@ -553,7 +523,7 @@ def _describe(part, fields):
     if raw is not None:
         mediaType, part.rawParams = _contentType(raw)
         if mediaType is None:
-            part.contentType = part.mediaType = _TEXT_PLAIN
+            part.contentType = part.mediaType = TEXT_PLAIN
         else:
             part.mediaType = mediaType
             part.contentType = (mediaType[0].lower(), mediaType[1].lower())
@@ -574,7 +544,7 @@ def _describe(part, fields):
         return None
     for name, value in part.rawParams:
         if name.lower() == "boundary" and value:
-            return _octets(value)
+            return encodeText(value)
     return None
 
 
@@ -586,378 +556,25 @@ _VERBATIM = (
 )
 
 
-def parseMessage(data):
+def parseMessage(data, describeMessage=None):
     """
     Parse the MIME structure of a message (RFC 2045, RFC 2046).
 
     Never raises: whatever cannot be parsed is read as text/plain.
 
     @type data: L{bytes}
+    @param describeMessage: L{None}, or a callable given the header fields
+        (as L{mdpy.mail.headers.parseFields} gives them) of every
+        encapsulated message; what it returns is kept as the
+        L{Part.renderedEnvelope} of that message.
     @rtype: L{Part}
     """
     data = bytes(data)
     try:
-        return _Parser(data).entity(0, 0, _TEXT_PLAIN, False)[0]
+        return _Parser(data, describeMessage).entity(0, 0, TEXT_PLAIN, False)[0]
     except Exception:
         bodyStart = headerEnd(data)
         return Part(0, bodyStart, len(data), lines=data.count(b"\n", bodyStart))
-
-
-# --- BODYSTRUCTURE and BODY (RFC 3501 section 7.4.2) ------------------------------------
-
-
-def _renderParams(params, defaultCharset=False):
-    """
-    Render C{body-fld-param}.  A value that is not ASCII but was decoded
-    (RFC 2231) is sent encoded again as C{name*} C{utf-8''...}, keeping the
-    response 7-bit; raw 8-bit octets as written go in a literal.
-    """
-    items = []
-    for name, value in params:
-        if not value.isascii() and not name.endswith("*") and not _hasSurrogates(value):
-            name += "*"
-            value = "utf-8''" + quote_from_bytes(value.encode("utf-8"), safe="")
-        items.append(quoteString(name) + b" " + quoteString(value))
-    if defaultCharset:
-        items.append(b'"charset" "us-ascii"')
-    if not items:
-        return b"NIL"
-    return b"(" + b" ".join(items) + b")"
-
-
-def _hasSurrogates(value):
-    return any("\udc80" <= c <= "\udcff" for c in value)
-
-
-def _extension(part, multipart):
-    """
-    Render the extension data after a part (RFC 3501 section 9:
-    C{body-ext-1part}, C{body-ext-mpart}).
-    """
-    if multipart:
-        first = _renderParams(part.rawParams)
-    else:
-        first = nstring(part.md5)
-    if part.disposition is None:
-        disposition = b"NIL"
-    else:
-        kind, params = part.disposition
-        disposition = b"(" + quoteString(kind) + b" " + _renderParams(params) + b")"
-    if part.language is None:
-        language = b"NIL"
-    else:
-        language = b"(" + b" ".join(quoteString(tag) for tag in part.language) + b")"
-    return b" ".join((first, disposition, language, nstring(part.location)))
-
-
-def _renderBody(part, extended, out):
-    if part.contentType[0] == "multipart" and part.children:
-        out.append(b"(")
-        for child in part.children:
-            _renderBody(child, extended, out)
-        out.append(b" " + quoteString(part.mediaType[1]))
-        if extended:
-            out.append(b" " + _extension(part, True))
-        out.append(b")")
-        return
-    text = part.contentType[0] == "text"
-    defaultCharset = text and not any(n.lower() == "charset" for n, _ in part.rawParams)
-    out.append(b"(%s %s %s %s %s %s %d" % (
-        quoteString(part.mediaType[0]),
-        quoteString(part.mediaType[1]),
-        _renderParams(part.rawParams, defaultCharset),
-        nstring(part.id),
-        nstring(part.description),
-        quoteString(part.encoding or "7bit"),
-        part.end - part.bodyStart,
-    ))
-    if part.contentType == _MESSAGE_RFC822 and part.children:
-        child = part.children[0]
-        out.append(b" " + (child.renderedEnvelope or _EMPTY_ENVELOPE) + b" ")
-        _renderBody(child, extended, out)
-        out.append(b" %d" % (part.lines or 0,))
-    elif text:
-        out.append(b" %d" % (part.lines or 0,))
-    if extended:
-        out.append(b" " + _extension(part, False))
-    out.append(b")")
-
-
-def bodyStructure(part, extended=True):
-    """
-    Render the BODYSTRUCTURE of C{part} (RFC 3501 section 7.4.2), or with
-    C{extended=False} the BODY form without extension data.
-
-    Types, subtypes, parameter names and encodings are sent as written,
-    defaults in lower case (C{"text" "plain"}, C{"7bit"}), and a text part
-    without a charset gets C{("charset" "us-ascii")} (RFC 2046 section 4.1.2),
-    as Dovecot sends them.
-
-    @rtype: L{bytes}
-    """
-    out = []
-    _renderBody(part, extended, out)
-    return b"".join(out)
-
-
-# --- ENVELOPE (RFC 3501 section 7.4.2, RFC 5322 section 3.4) ---------------------------
-
-_EMPTY_ENVELOPE = b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
-_ADDRESS_TOKEN = re.compile(
-    r"""(?P<ws>[ \t\r\n]+)
-      | "(?P<quoted>(?:[^"\\]|\\.)*)"?
-      | \[(?P<literal>(?:[^\[\]\\]|\\.)*)\]?
-      | (?P<atom>[^ \t\r\n"()\[\]<>@,;:\\.]+)
-      | (?P<special>.)""",
-    re.S | re.X,
-)
-_DOT_ATOM = re.compile(r"[^\x00-\x20\x7f()<>\[\]:;@\\,.\"]+(?:\.[^\x00-\x20\x7f()<>\[\]:;@\\,.\"]+)*\Z")
-
-
-def _addressTokens(text):
-    """
-    @return: C{[(kind, value, spaced)]}: kind C{atom}, C{quoted}, C{literal},
-        C{comment} or C{special}; C{spaced} tells if white space came before.
-    """
-    tokens = []
-    pos, size, spaced = 0, len(text), False
-    while pos < size:
-        if text[pos] == "(":
-            depth, end = 0, pos
-            while end < size:
-                char = text[end]
-                if char == "\\":
-                    end += 1
-                elif char == "(":
-                    depth += 1
-                elif char == ")":
-                    depth -= 1
-                    if not depth:
-                        break
-                end += 1
-            tokens.append(("comment", _ESCAPE.sub(r"\1", text[pos + 1 : end]), spaced))
-            pos, spaced = end + 1, True
-            continue
-        match = _ADDRESS_TOKEN.match(text, pos)
-        kind = match.lastgroup
-        if kind == "ws":
-            spaced = True
-        else:
-            value = match.group(kind)
-            if kind == "quoted":
-                value = _ESCAPE.sub(r"\1", value)
-            tokens.append((kind, value, spaced))
-            spaced = False
-        pos = match.end()
-    return tokens
-
-
-def _phrase(words):
-    """
-    @return: a display name: its words with one space where there was white
-        space, quoted strings unquoted, encoded words left as written; or
-        L{None} when empty.
-    """
-    text = "".join((" " if spaced and i else "") + value for i, (_, value, spaced) in enumerate(words))
-    return text.strip() or None
-
-
-def _addrSpec(words):
-    """
-    @return: C{(mailbox, host)} of C{local@domain} tokens, white space and
-        comments dropped; a local part that is no dot-atom is quoted again.
-    """
-    at = max((i for i, w in enumerate(words) if w[0] == "special" and w[1] == "@"), default=-1)
-    local = words[:at] if at >= 0 else words
-    domain = words[at + 1 :] if at >= 0 else []
-    mailbox = "".join(value for _, value, _ in local)
-    if mailbox and any(kind == "quoted" for kind, _, _ in local) and not _DOT_ATOM.match(mailbox):
-        mailbox = '"' + mailbox.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    host = "".join("[%s]" % (value,) if kind == "literal" else value for kind, value, _ in domain)
-    return mailbox or MISSING_MAILBOX, host or MISSING_DOMAIN
-
-
-def _mailbox(segment):
-    """
-    @return: C{(name, adl, mailbox, host)} of one mailbox (RFC 5322 section
-        3.4), read leniently, or L{None} for an empty one.
-    """
-    words = [t for t in segment if t[0] != "comment"]
-    if not words:
-        return None
-    comments = [t[1].strip() for t in segment if t[0] == "comment" and t[1].strip()]
-    comment = comments[0] if comments else None
-    opening = next((i for i, w in enumerate(words) if w[:2] == ("special", "<")), None)
-    if opening is not None:
-        name = _phrase(words[:opening])
-        inner = words[opening + 1 :]
-        closing = next((i for i, w in enumerate(inner) if w[:2] == ("special", ">")), len(inner))
-        inner = inner[:closing]
-        adl = None
-        if inner and inner[0][:2] == ("special", "@"):
-            colon = next((i for i, w in enumerate(inner) if w[:2] == ("special", ":")), None)
-            if colon is not None:
-                adl = "".join(value for _, value, _ in inner[:colon])
-                inner = inner[colon + 1 :]
-        return (name, adl) + _addrSpec(inner)
-    if any(w[:2] == ("special", "@") for w in words):
-        return (comment, None) + _addrSpec(words)
-    if words[0][0] != "quoted" and not any(spaced for _, _, spaced in words[1:]):
-        return (comment, None, "".join(value for _, value, _ in words), MISSING_DOMAIN)
-    return (_phrase(words), None, MISSING_MAILBOX, MISSING_DOMAIN)
-
-
-def _addresses(raw):
-    """
-    Parse an address list with groups (RFC 5322 section 3.4): a syntax
-    error costs only the mailbox where it is.
-
-    @return: C{[(name, adl, mailbox, host)]} with group markers as RFC 3501
-        section 7.4.2 writes them: C{(None, None, groupName, None)} ...
-        C{(None, None, None, None)}.
-    """
-    out = []
-    segment = []
-    inGroup = angle = False
-    for token in _addressTokens(raw.decode("utf-8", "surrogateescape")) + [None]:
-        if token is not None and token[0] == "special":
-            char = token[1]
-            if char == "<":
-                angle = True
-            elif char == ">":
-                angle = False
-            elif not angle and char in ",;":
-                address = _mailbox(segment)
-                if address is not None:
-                    out.append(address)
-                segment = []
-                if char == ";" and inGroup:
-                    out.append((None, None, None, None))
-                    inGroup = False
-                continue
-            elif not angle and char == ":" and not inGroup:
-                name = _phrase([t for t in segment if t[0] != "comment"])
-                if name is not None and not any(t[0] == "special" for t in segment):
-                    out.append((None, None, name, None))
-                    segment = []
-                    inGroup = True
-                    continue
-        if token is None:
-            address = _mailbox(segment)
-            if address is not None:
-                out.append(address)
-            if inGroup:
-                out.append((None, None, None, None))
-            return out
-        segment.append(token)
-
-
-def _renderAddresses(values):
-    addresses = []
-    for raw in values:
-        addresses.extend(_addresses(raw))
-    if not addresses:
-        return b"NIL"
-    return b"(" + b"".join(
-        b"(" + b" ".join(nstring(field) for field in address) + b")" for address in addresses
-    ) + b")"
-
-
-_ENVELOPE_TEXT = ("date", "subject", "in-reply-to", "message-id")
-_ENVELOPE_ADDRESSES = ("from", "sender", "reply-to", "to", "cc", "bcc")
-
-
-def _renderEnvelope(fields):
-    """
-    Render an ENVELOPE from header fields (RFC 3501 section 7.4.2).  Text
-    fields are sent as written (encoded words too) from the first field of
-    that name, present but empty as C{""}; address fields of every field of
-    that name are joined (as Dovecot does); an empty or missing Sender or
-    Reply-To is the From.
-    """
-    text = {}
-    addresses = {name: [] for name in _ENVELOPE_ADDRESSES}
-    budget = MAX_ADDRESS_TEXT
-    for name, raw in fields:
-        key = name.lower()
-        if key in addresses:
-            addresses[key].append(raw[:budget])
-            budget -= len(addresses[key][-1])
-        elif key in _ENVELOPE_TEXT and key not in text:
-            text[key] = raw
-    rendered = {name: _renderAddresses(values) for name, values in addresses.items()}
-    for name in ("sender", "reply-to"):
-        if rendered[name] == b"NIL":
-            rendered[name] = rendered["from"]
-    return b"(" + b" ".join((
-        nstring(text.get("date")),
-        nstring(text.get("subject")),
-        rendered["from"],
-        rendered["sender"],
-        rendered["reply-to"],
-        rendered["to"],
-        rendered["cc"],
-        rendered["bcc"],
-        nstring(text.get("in-reply-to")),
-        nstring(text.get("message-id")),
-    )) + b")"
-
-
-def envelope(part, data):
-    """
-    Render the ENVELOPE (RFC 3501 section 7.4.2) of the message whose header
-    is C{part}: the top of L{parseMessage} or an encapsulated message.
-
-    @param data: the octets of the whole message.
-    @rtype: L{bytes}
-    """
-    if part.renderedEnvelope is not None:
-        return part.renderedEnvelope
-    return _renderEnvelope(parseFields(data[part.start : part.bodyStart]))
-
-
-# --- sections (RFC 3501 section 6.4.5) --------------------------------------------------
-
-
-def findSection(part, path):
-    """
-    Find the part numbered C{path} (RFC 3501 section 6.4.5) in the message
-    C{part}.  Part 1 of a message that is not multipart is its body (the
-    message's own L{Part}); the numbers after a message/rfc822 part number
-    the parts of the message it encapsulates.
-
-    @param path: part numbers, e.g. C{[2, 1]} for C{2.1}.
-    @return: the L{Part} whose body is C{BODY[path]} and whose header is
-        C{BODY[path.MIME]}, or L{None} if there is no such part.
-    """
-    node = part
-    message = True
-    for number in path:
-        if not message:
-            if node.contentType == _MESSAGE_RFC822 and node.children:
-                node = node.children[0]
-            elif node.contentType[0] != "multipart" or not node.children:
-                return None
-        if node.contentType[0] == "multipart" and node.children:
-            if not 1 <= number <= len(node.children):
-                return None
-            node = node.children[number - 1]
-        elif number != 1:
-            return None
-        message = False
-    return node
-
-
-def encapsulated(part):
-    """
-    @return: the message that C{part} encapsulates, whose header and body
-        are C{BODY[path.HEADER]} and C{BODY[path.TEXT]}, or L{None} when
-        C{part} is not message/rfc822.
-    """
-    if part.contentType == _MESSAGE_RFC822 and part.children:
-        return part.children[0]
-    return None
-
 
 # --- the cache -----------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ out.
 
 The results are the names of RFC 7208 section 2.6, which are also the
 C{spf} results of an C{Authentication-Results:} field (RFC 8601 section
-2.7.2); L{mdpy.delivery.authresults} writes them there.
+2.7.2); L{mdpy.mailauth.authresults} writes them there.
 """
 
 import ipaddress

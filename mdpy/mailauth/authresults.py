@@ -3,7 +3,7 @@
 Checks of inbound mail, recorded as an C{Authentication-Results:} header
 field (RFC 8601).  The checks only record: nothing here rejects a message.
 
-SPF (RFC 7208) is evaluated by L{mdpy.delivery.spf}, on the reactor thread,
+SPF (RFC 7208) is evaluated by L{mdpy.mailauth.spf}, on the reactor thread,
 with the lookup functions the caller passes (usually those of
 L{mdpy.delivery.mx.MXResolver}, with the configured name servers).
 
@@ -41,7 +41,7 @@ import dkim.util
 from twisted.internet import defer
 from twisted.logger import LogLevel
 
-from mdpy.delivery.spf import (
+from mdpy.mailauth.spf import (
     FAIL,
     NEUTRAL,
     NONE,
@@ -241,7 +241,7 @@ def _authservID(field):
     return text.rstrip(".").lower()
 
 
-# -- SPF (RFC 7208, evaluated by mdpy.delivery.spf) ---------------------------
+# -- SPF (RFC 7208, evaluated by mdpy.mailauth.spf) ---------------------------
 
 
 def spfIdentity(helo, mailFrom):
@@ -475,7 +475,7 @@ class InboundChecker:
             SPF C{mx} gives C{temperror}.
         @param lookupPointer: C{address -> Deferred[list[str]]}; optional.
 
-        The lookups are those of L{mdpy.delivery.spf.checkSPF}, which says
+        The lookups are those of L{mdpy.mailauth.spf.checkSPF}, which says
         what they answer and how they fail; the methods of the same names
         of L{mdpy.delivery.mx.MXResolver} are such lookups.
 
