@@ -202,12 +202,18 @@ class MaildirChangeFeed(ChangeFeed):
         self._poller = None
 
     def startWatching(self, account, folder):
+        """
+        See L{ChangeFeed.startWatching}.
+        """
         key = (account, folder)
         if not self._watch(key):
             self.polled[key] = self._look(key)
             self._startPolling()
 
     def stopWatching(self, account, folder):
+        """
+        See L{ChangeFeed.stopWatching}.
+        """
         key = (account, folder)
         for path in self._watched.pop(key, ()):
             try:
@@ -237,7 +243,7 @@ class MaildirChangeFeed(ChangeFeed):
             folder = self._folderPath(*key)
             for sub in _SUBDIRS:
                 path = FilePath(os.path.join(folder, sub))
-                self._inotify.watch(path, _EVENTS, callbacks=[lambda _, __, mask: self.changed(*key)])
+                self._inotify.watch(path, _EVENTS, callbacks=[lambda watch, path, mask: self.changed(*key)])
                 watched.append(path)
         except Exception:
             # No such folder (yet), no inotify here, or the user's limit
