@@ -39,10 +39,10 @@ sys.path.insert(0, HERE)
 from common import (DOMAIN, PASSWORD, BenchError, child_env,  # noqa: E402
                     exit_status, fmt, interrupt_on_sigterm, median,
                     print_banner, print_table_head, print_target)
-from dovecot import DovecotError, dovecot_version  # noqa: E402
+from dovecot import DovecotError  # noqa: E402
 from imap_bench import MdpyImap, percentile  # noqa: E402
-from imap_idle_bench import (dovecot_available, lda_delivery,  # noqa: E402
-                             new_dovecot)
+from imap_idle_bench import (lda_delivery, new_dovecot,  # noqa: E402
+                             servers_to_run)
 
 TARGET_MS = 100.0
 USER = "u00"
@@ -238,18 +238,11 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     interrupt_on_sigterm()
-    servers = [] if args.only == "dovecot" else ["mdpy"]
-    dv = None
-    if args.only != "mdpy":
-        why = dovecot_available(args)
-        if why is None:
-            dv = dovecot_version()
-            servers.append("dovecot")
-        elif args.only == "dovecot":
-            print("error: %s" % why, file=sys.stderr)
-            return 1
-        else:
-            print("note: Dovecot skipped (%s)" % why)
+    try:
+        servers, dv = servers_to_run(args)
+    except BenchError as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 1
     print_banner("change feed", ("; Dovecot %s" % dv if dv else "")
                  + "; load average %.1f" % os.getloadavg()[0])
     runs = {}
