@@ -575,6 +575,24 @@ def dovecot_available(args):
     return None
 
 
+def servers_to_run(args):
+    """(the servers --only leaves, of "mdpy" and "dovecot"; Dovecot's
+    version or None).  Dovecot is left out, with a note, when it cannot be
+    run; BenchError if it was the only one asked for."""
+    servers = [] if args.only == "dovecot" else ["mdpy"]
+    dv = None
+    if args.only != "mdpy":
+        why = dovecot_available(args)
+        if why is None:
+            dv = dovecot_version()
+            servers.append("dovecot")
+        elif args.only == "dovecot":
+            raise BenchError(why)
+        else:
+            print("note: Dovecot skipped (%s)" % why)
+    return servers, dv
+
+
 def main(argv=None):
     args = parse_args(argv)
     interrupt_on_sigterm()
@@ -584,20 +602,11 @@ def main(argv=None):
         print("error: RLIMIT_NOFILE is %d, too low for %d connections"
               % (nofile, args.connections), file=sys.stderr)
         return 1
-    servers = []
-    dv = None
-    if args.only != "dovecot":
-        servers.append("mdpy")
-    if args.only != "mdpy":
-        why = dovecot_available(args)
-        if why is None:
-            dv = dovecot_version()
-            servers.append("dovecot")
-        elif args.only == "dovecot":
-            print("error: %s" % why, file=sys.stderr)
-            return 1
-        else:
-            print("note: Dovecot skipped (%s)" % why)
+    try:
+        servers, dv = servers_to_run(args)
+    except BenchError as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 1
     print_banner("IMAP IDLE", ("; Dovecot %s" % dv if dv else "")
                  + "; load average %.1f" % os.getloadavg()[0])
     users = user_names(args.users)

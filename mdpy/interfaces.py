@@ -241,6 +241,32 @@ class IMailStore(Interface):
         """
 
 
+class IChangeFeed(Interface):
+    """
+    A mailbox changed (new mail, flags, expunge), made by any process that
+    shares the store: this is how an idling IMAP client hears of mail
+    another process delivered.  Accounts are named as by L{IMailStore}.
+    Subscribers are called on the reactor thread.
+    """
+
+    def subscribe(account, folder, callback):
+        """
+        Call C{callback(account, folder)} after a folder of C{account}
+        changed.  Changes made in the same reactor turn may be reported
+        once.  Synchronous.
+
+        @param folder: the folder name (e.g. C{INBOX}), or L{None} for every
+            folder of the account.
+        @return: a subscription whose C{unsubscribe()} ends the calls.
+        """
+
+    def notify(account, folder):
+        """
+        Tell the subscribers of C{folder} of C{account} (and those of the
+        whole account) that it changed.  Synchronous.
+        """
+
+
 class IMailbox(Interface):
     """
     One folder.  Messages are numbered by UIDs that never change for a message

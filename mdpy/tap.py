@@ -59,7 +59,8 @@ from mdpy.plugins import loadObject
 from mdpy.interfaces import ICheck
 from mdpy.reload import LiveParts, installReloadSignal
 from mdpy.serverlock import AlreadyRunning, ServerLock
-from mdpy.store.maildir import removeStaleTmpFiles
+from mdpy.store.changefeed import MaildirChangeFeed
+from mdpy.store.maildir import accountKey, removeStaleTmpFiles
 from mdpy.smtp.server import MODE_MTA, MODE_SMTPS, MODE_SUBMISSION, SMTPFactory
 from mdpy.tls import ReplaceableServerOptions, ensureSelfSigned, serverOptions
 
@@ -403,6 +404,8 @@ def buildService(config, portOffset=0, reactor=None):
     datadir.prepare()
     directory = datadir.openDirectory(server["recipient_delimiter"])
     store = datadir.openStore(reactor=reactor)
+    # Mail other processes deliver reaches idling IMAP clients at once.
+    store.changeFeed = MaildirChangeFeed(store.folderPath, reactor, accountKey)
     stale = removeStaleTmpFiles(datadir.mailRoot)
     if stale:
         log.info("maildir: removed {n} files left in tmp/ folders for over 36 hours", n=len(stale))
@@ -442,6 +445,7 @@ def buildService(config, portOffset=0, reactor=None):
         recent=RecentTracker(),
         pendingLiterals=PendingLiterals(),
         spoolDir=datadir.literalSpoolDir,
+        changeFeed=store.changeFeed,
     )
     top = MailServer()
     for name in LISTENERS:

@@ -129,6 +129,9 @@ class IMAP4Factory(SessionFactory):
     @ivar idleKeepAlive: seconds between C{* OK Still here} while idling.
     @ivar idlePoll: seconds between checks for changes made by other
         programs while idling.
+    @ivar changeFeed: the L{mdpy.interfaces.IChangeFeed} a session
+        subscribes its selected folder to; L{None}: the session listens to
+        the store (L{mdpy.interfaces.IMailStore.addListener}).
     """
 
     def __init__(
@@ -145,6 +148,7 @@ class IMAP4Factory(SessionFactory):
         recent=None,
         idleKeepAlive=120,
         idlePoll=30,
+        changeFeed=None,
         maxErrors=20,
         timeout=1800,
         **kwargs,
@@ -163,6 +167,7 @@ class IMAP4Factory(SessionFactory):
         self.recent = RecentTracker() if recent is None else recent
         self.idleKeepAlive = idleKeepAlive
         self.idlePoll = idlePoll
+        self.changeFeed = changeFeed
 
 
 class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession):
@@ -221,6 +226,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
         self._idleCalls = []
         self._pushing = False
         self._listening = False
+        self._subscription = None
 
     # --- CommandSession -----------------------------------------------------
 
@@ -247,6 +253,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
         CommandSession.connectionLost(self, reason)
         self._stopIdleTimers()
         self.dropInput()
+        self._unsubscribe()
         if self._listening:
             self._listening = False
             self.factory.store.removeListener(self.account, self._mailboxChanged)
@@ -519,8 +526,9 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
             return None
         self.account = account
         self.state = AUTHENTICATED
-        self.factory.store.addListener(account, self._mailboxChanged)
-        self._listening = True
+        if self.factory.changeFeed is None:
+            self.factory.store.addListener(account, self._mailboxChanged)
+            self._listening = True
         self._reply(self._authTag, b"OK", b"Logged in.", b"CAPABILITY " + self.capabilities())
         return None
 
@@ -566,8 +574,14 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
     # SELECT, EXAMINE, CLOSE, UNSELECT
 
     def _deselect(self):
+        self._unsubscribe()
         self.selected = None
         self.state = AUTHENTICATED
+
+    def _unsubscribe(self):
+        if self._subscription is not None:
+            self._subscription.unsubscribe()
+            self._subscription = None
 
     def do_SELECT(self, tag, args, readOnly=False):
         if not args or len(args) > 2:
@@ -618,6 +632,10 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
         self.send(b"".join(lines))
         self.selected = selected
         self.state = SELECTED
+        if self.factory.changeFeed is not None:
+            self._subscription = self.factory.changeFeed.subscribe(
+                self.account, mailbox.name, self._mailboxChanged
+            )
         code = b"READ-ONLY" if readOnly else b"READ-WRITE"
         self._reply(tag, b"OK", b"Select completed." if not readOnly else b"Examine completed.", code)
         return None

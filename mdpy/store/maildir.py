@@ -51,7 +51,8 @@ from mdpy.durable import fsyncDirectory, unlinkQuietly, writeFileAtomically, wri
 from mdpy.errors import Exists, InvalidInput, LimitExceeded, NotFound, storageFailure
 from mdpy.logs import Logger
 from mdpy.interfaces import IMailbox, IMailStore, IMessageCache, IStoredMessage
-from mdpy.store import REMOVE, REPLACE, FlagShorthand, Listeners, StoredFlags, changedFlags
+from mdpy.store import REMOVE, REPLACE, FlagShorthand, StoredFlags, changedFlags
+from mdpy.store.changefeed import ChangeFeed
 from mdpy.store.committer import Committer, commitBatch
 from mdpy.store.maildirindex import (
     DELETED,
@@ -774,6 +775,9 @@ class MaildirStore:
     @param runInThread: C{runInThread(f, *args)} returns a L{Deferred} firing
         with C{f(*args)} run off the reactor thread; by default the global
         reactor's thread pool.
+    @ivar changeFeed: the L{IChangeFeed} told of every change made through
+        this store, which calls its listeners; by default one that hears
+        this process only (replace it before adding listeners).
     """
 
     def __init__(self, root, runInThread=None, reactor=None, committerThreads=4, archiveRoot=None):
@@ -790,7 +794,8 @@ class MaildirStore:
         if archiveRoot is None:
             archiveRoot = os.path.join(os.path.dirname(self.root), "deleted")
         self.archiveRoot = os.path.abspath(archiveRoot)
-        self._listeners = Listeners()
+        self.changeFeed = ChangeFeed(reactor, accountKey)
+        self._listenerSubscriptions = {}
         self._committer = None
         if runInThread is None:
             runInThread = deferToReactorThreadPool
@@ -827,7 +832,7 @@ class MaildirStore:
         return path
 
     def _notify(self, account, folder):
-        self._listeners.notify(account, folder)
+        self.changeFeed.notify(account, folder)
 
     # IMailStore
 
@@ -1094,13 +1099,21 @@ class MaildirStore:
 
     def addListener(self, address, listener):
         """
-        See L{IMailStore.addListener}.  Only changes made through this
-        process's stores are reported.
+        See L{IMailStore.addListener}: a subscription of the whole account
+        to L{changeFeed}, so which other processes' changes are reported
+        depends on the feed.
         """
-        self._listeners.add(self._accountKey(address), listener)
+        key = (self._accountKey(address), listener)
+        subscription = self.changeFeed.subscribe(key[0], None, listener)
+        self._listenerSubscriptions.setdefault(key, []).append(subscription)
 
     def removeListener(self, address, listener):
         """
         See L{IMailStore.removeListener}.
         """
-        self._listeners.remove(self._accountKey(address), listener)
+        key = (self._accountKey(address), listener)
+        subscriptions = self._listenerSubscriptions.get(key)
+        if subscriptions:
+            subscriptions.pop().unsubscribe()
+            if not subscriptions:
+                del self._listenerSubscriptions[key]

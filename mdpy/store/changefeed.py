@@ -1,0 +1,299 @@
+# -*- test-case-name: tests.test_changefeed -*-
+"""
+Change feeds: who hears that a mailbox changed.
+
+L{ChangeFeed} carries the changes one process makes to its subscribers.
+L{MaildirChangeFeed} also hears the changes other processes make in the
+Maildir folders someone subscribed to (another mdpy process, a program
+that drops a file into C{new/}): through inotify on Linux, by looking at
+the folders' directories every second elsewhere, or past L{MAX_WATCHES}.
+
+Invariants: subscribers are called on the reactor thread; the changes a
+folder sees during one reactor turn make one call to each of its
+subscribers.
+"""
+
+import os
+
+from twisted.internet import task
+from twisted.python.filepath import FilePath
+from zope.interface import implementer
+
+from mdpy.errors import MailError
+from mdpy.interfaces import IChangeFeed
+from mdpy.store import Listeners
+
+try:
+    from twisted.internet import inotify
+except ImportError:  # not Linux
+    inotify = None
+
+# Two inotify watches (new/ and cur/) per folder: 256 watched folders by
+# default, far below the usual per-user limit (fs.inotify.max_user_watches,
+# 8192 and up), which the other programs of the user share.
+MAX_WATCHES = 512
+POLL_INTERVAL = 1.0
+# What a change in new/ or cur/ looks like: a file renamed in (delivered,
+# or its flags changed), renamed out, removed, or written in place by a
+# program that does not go through tmp/.
+_EVENTS = (
+    inotify.IN_MOVED_TO | inotify.IN_MOVED_FROM | inotify.IN_DELETE | inotify.IN_CLOSE_WRITE
+    if inotify is not None else 0
+)
+_SUBDIRS = ("new", "cur")
+
+
+class _Subscription:
+    """
+    One subscriber; see L{IChangeFeed.subscribe}.
+    """
+
+    def __init__(self, feed, account, folder, callback):
+        self._feed = feed
+        self.account = account
+        self.folder = folder
+        self.callback = callback
+
+    def __repr__(self):
+        return "<subscription of %r to %s %s>" % (self.callback, self.account, self.folder or "(all folders)")
+
+    def __call__(self, account, folder):
+        if self.folder in (None, folder):
+            self.callback(account, folder)
+
+    def unsubscribe(self):
+        """
+        See L{IChangeFeed.subscribe}.  Calling it again does nothing.
+        """
+        feed, self._feed = self._feed, None
+        if feed is not None:
+            feed._unsubscribe(self)
+
+
+@implementer(IChangeFeed)
+class ChangeFeed:
+    """
+    The changes made in this process.  See L{IChangeFeed}.
+    """
+
+    def __init__(self, reactor=None, accountKey=str):
+        """
+        @param accountKey: C{accountKey(address)} returns the name the store
+            files an account under (L{mdpy.store.maildir.accountKey}), so
+            that every spelling of an address names the same account.
+        """
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        self._accountKey = accountKey
+        self._listeners = Listeners()
+        self._folderSubscribers = {}  # (account, folder): count
+        self._pending = {}  # (account, folder) heard since the last flush
+        self._flush = None
+
+    def subscribe(self, account, folder, callback):
+        """
+        See L{IChangeFeed.subscribe}.
+        """
+        account = self._accountKey(account)
+        subscription = _Subscription(self, account, folder, callback)
+        self._listeners.add(account, subscription)
+        if folder is not None:
+            key = (account, folder)
+            self._folderSubscribers[key] = self._folderSubscribers.get(key, 0) + 1
+            if self._folderSubscribers[key] == 1:
+                self.startWatching(account, folder)
+        return subscription
+
+    def _unsubscribe(self, subscription):
+        self._listeners.remove(subscription.account, subscription)
+        if subscription.folder is not None:
+            key = (subscription.account, subscription.folder)
+            self._folderSubscribers[key] -= 1
+            if not self._folderSubscribers[key]:
+                del self._folderSubscribers[key]
+                self.stopWatching(*key)
+
+    def notify(self, account, folder):
+        """
+        See L{IChangeFeed.notify}.  The subscribers are called now; a change
+        heard from outside for the same folder and not yet reported is
+        reported by this call.
+        """
+        account = self._accountKey(account)
+        self._pending.pop((account, folder), None)
+        self._listeners.notify(account, folder)
+
+    def changed(self, account, folder):
+        """
+        Report a change heard from outside at the end of this reactor turn,
+        once however often it is heard until then.
+        """
+        self._pending[(account, folder)] = None
+        if self._flush is None:
+            self._flush = self._reactor.callLater(0, self._flushChanges)
+
+    def _flushChanges(self):
+        self._flush = None
+        while self._pending:
+            self.notify(*next(iter(self._pending)))
+
+    def watchedFolders(self):
+        """
+        @return: the C{(account, folder)} pairs that have subscribers.
+        """
+        return list(self._folderSubscribers)
+
+    def startWatching(self, account, folder):
+        """
+        Called when a folder gets its first subscriber: a feed that hears
+        other processes starts listening to it here.
+        """
+
+    def stopWatching(self, account, folder):
+        """
+        Called when the last subscriber of a folder went away.
+        """
+
+
+class _INotify(inotify.INotify if inotify is not None else object):
+    """
+    Twisted's inotify reader, telling its owner when it closed: it does
+    when a watched directory is deleted.
+    """
+
+    def __init__(self, reactor, lost):
+        inotify.INotify.__init__(self, reactor)
+        self._lost = lost
+
+    def connectionLost(self, reason):
+        inotify.INotify.connectionLost(self, reason)
+        self._lost(self)
+
+
+class MaildirChangeFeed(ChangeFeed):
+    """
+    The changes made by any process in the Maildir folders that have
+    subscribers: their C{new/} and C{cur/} directories are watched by
+    inotify, or looked at every C{pollInterval} seconds where inotify is
+    not available or past C{maxWatches}.  A subscriber of a whole account
+    (folder L{None}) hears this process's changes and those other processes
+    make in folders someone subscribed to.
+
+    @ivar polled: the C{(account, folder)} pairs looked at by polling.
+    """
+
+    def __init__(self, folderPath, reactor=None, accountKey=str, maxWatches=MAX_WATCHES,
+                 pollInterval=POLL_INTERVAL, useINotify=True):
+        """
+        @param folderPath: C{folderPath(account, folder)} returns the
+            directory of a folder (L{mdpy.store.maildir.MaildirStore.folderPath}).
+        @param maxWatches: the most inotify watches held (two a folder).
+        @param useINotify: L{False} polls every folder.
+        """
+        ChangeFeed.__init__(self, reactor, accountKey)
+        self._folderPath = folderPath
+        self._maxWatches = maxWatches
+        self._pollInterval = pollInterval
+        self._useINotify = useINotify and inotify is not None
+        self._inotify = None
+        self._watched = {}  # (account, folder): watched paths
+        self.polled = {}  # (account, folder): what the directories looked like
+        self._poller = None
+
+    def startWatching(self, account, folder):
+        """
+        See L{ChangeFeed.startWatching}.
+        """
+        key = (account, folder)
+        if not self._watch(key):
+            self.polled[key] = self._look(key)
+            self._startPolling()
+
+    def stopWatching(self, account, folder):
+        """
+        See L{ChangeFeed.stopWatching}.
+        """
+        key = (account, folder)
+        for path in self._watched.pop(key, ()):
+            try:
+                self._inotify.ignore(path)
+            except KeyError:
+                pass  # gone with its directory
+        self.polled.pop(key, None)
+        if not self.polled and self._poller is not None:
+            self._poller.stop()
+            self._poller = None
+
+    # inotify
+
+    def _watch(self, key):
+        """
+        Watch a folder's directories with inotify.
+
+        @return: whether it is watched.
+        """
+        if not self._useINotify or 2 * (len(self._watched) + 1) > self._maxWatches:
+            return False
+        watched = []
+        try:
+            if self._inotify is None:
+                self._inotify = _INotify(self._reactor, self._inotifyLost)
+                self._inotify.startReading()
+            folder = self._folderPath(*key)
+            for sub in _SUBDIRS:
+                path = FilePath(os.path.join(folder, sub))
+                self._inotify.watch(path, _EVENTS, callbacks=[lambda watch, path, mask: self.changed(*key)])
+                watched.append(path)
+        except Exception:
+            # No such folder (yet), no inotify here, or the user's limit
+            # reached: polled instead.
+            for path in watched:
+                self._inotify.ignore(path)
+            return False
+        self._watched[key] = watched
+        return True
+
+    def _inotifyLost(self, lost):
+        """
+        A watched directory was deleted and the inotify reader closed: the
+        folders it watched are watched again by a new one (or polled), and
+        reported changed in case something was missed meanwhile.
+        """
+        if lost is not self._inotify:
+            return
+        self._inotify = None
+        keys, self._watched = list(self._watched), {}
+        for key in keys:
+            self.startWatching(*key)
+            self.changed(*key)
+
+    # polling
+
+    def _look(self, key):
+        """
+        @return: what the folder's directories look like now (their
+            modification times); L{False} if they cannot be read.
+        """
+        look = []
+        try:
+            path = self._folderPath(*key)
+            for sub in _SUBDIRS:
+                st = os.stat(os.path.join(path, sub))
+                look.append((st.st_ino, st.st_mtime_ns))
+        except (OSError, MailError):
+            return False
+        return tuple(look)
+
+    def _startPolling(self):
+        if self._poller is None:
+            self._poller = task.LoopingCall(self._poll)
+            self._poller.clock = self._reactor
+            self._poller.start(self._pollInterval, now=False)
+
+    def _poll(self):
+        for key, before in list(self.polled.items()):
+            now = self._look(key)
+            if now != before:
+                self.polled[key] = now
+                self.changed(*key)

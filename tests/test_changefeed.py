@@ -1,0 +1,341 @@
+"""
+Tests of L{mdpy.store.changefeed}: subscriptions, coalescing, the inotify
+watches and their limit, polling, and IMAP IDLE hearing a change made
+outside the process.  The inotify reader is driven by hand on a
+L{MemoryReactorClock}; the end-to-end tests are in
+C{tests/test_e2e_changefeed.py}.
+"""
+
+import os
+import shutil
+
+from twisted.internet import task
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel
+from zope.interface.verify import verifyObject
+
+from mdpy.interfaces import IChangeFeed
+from mdpy.store.changefeed import ChangeFeed, MaildirChangeFeed
+from mdpy.store.maildir import MaildirStore, accountKey
+from mdpy.testing import capturedLogs, loggedLines, synchronousRunner
+from tests.test_imap_server import USER, Session
+
+ALICE = "alice@example.test"
+MESSAGE = b"Subject: hi\r\n\r\nhello\r\n"
+_dropped = iter(range(1, 1000000))
+
+
+def recorder():
+    calls = []
+    return calls, lambda account, folder: calls.append((account, folder))
+
+
+def maildirStore(tmp_path, *accounts):
+    store = MaildirStore(str(tmp_path), runInThread=synchronousRunner)
+    for account in accounts or (ALICE,):
+        store.createAccount(account)
+    return store
+
+
+def drop(store, account=ALICE, folder="INBOX", count=1):
+    """
+    Put C{count} files into a folder's C{new/} the way another program
+    would: written in C{tmp/}, renamed into C{new/}.
+    """
+    path = store.folderPath(account, folder)
+    for _ in range(count):
+        name = "1700000000.M%dP1.elsewhere" % (next(_dropped),)
+        with open(os.path.join(path, "tmp", name), "wb") as f:
+            f.write(MESSAGE)
+        os.rename(os.path.join(path, "tmp", name), os.path.join(path, "new", name))
+
+
+def watchingFeed(tmp_path, **options):
+    """
+    @return: a L{MemoryReactorClock}, a Maildir store with the account
+        L{ALICE}, and a L{MaildirChangeFeed} of that store on that reactor.
+    """
+    reactor = MemoryReactorClock()
+    store = maildirStore(tmp_path)
+    return reactor, store, MaildirChangeFeed(store.folderPath, reactor, accountKey, **options)
+
+
+def readINotify(reactor):
+    """
+    Let the feed's inotify reader read what the kernel has for it, as the
+    reactor would when its descriptor is readable.
+    """
+    for reader in reactor.getReaders():
+        reader.doRead()
+
+
+def settle(reactor):
+    """
+    L{readINotify}, then end the reactor turn.
+    """
+    readINotify(reactor)
+    reactor.advance(0)
+
+
+def poll(clock):
+    """
+    Let one polling interval pass, and end the turn.
+    """
+    clock.advance(1.0)
+    clock.advance(0)
+
+
+def test_interface(tmp_path):
+    assert verifyObject(IChangeFeed, ChangeFeed(task.Clock()))
+    assert verifyObject(IChangeFeed, MaildirChangeFeed(maildirStore(tmp_path).folderPath, task.Clock()))
+    assert isinstance(maildirStore(tmp_path).changeFeed, ChangeFeed)
+
+
+# --- in process ------------------------------------------------------------------
+
+
+def test_notifyReachesTheFolderAndTheAccount():
+    feed = ChangeFeed(task.Clock(), accountKey)
+    inbox, onInbox = recorder()
+    everything, onEverything = recorder()
+    feed.subscribe("Alice@Example.TEST", "INBOX", onInbox)
+    feed.subscribe(ALICE, None, onEverything)
+    feed.notify(ALICE, "INBOX")
+    feed.notify("ALICE@example.test", "Sent")
+    feed.notify("bob@example.test", "INBOX")
+    assert inbox == [(ALICE, "INBOX")]
+    assert everything == [(ALICE, "INBOX"), (ALICE, "Sent")]
+
+
+def test_unsubscribe():
+    feed = ChangeFeed(task.Clock())
+    calls, callback = recorder()
+    one = feed.subscribe(ALICE, "INBOX", callback)
+    two = feed.subscribe(ALICE, "INBOX", callback)
+    one.unsubscribe()
+    one.unsubscribe()
+    feed.notify(ALICE, "INBOX")
+    assert calls == [(ALICE, "INBOX")]
+    assert feed.watchedFolders() == [(ALICE, "INBOX")]
+    two.unsubscribe()
+    feed.notify(ALICE, "INBOX")
+    assert len(calls) == 1
+    assert feed.watchedFolders() == []
+
+
+def test_failingSubscriberIsLogged():
+    feed = ChangeFeed(task.Clock())
+    calls, callback = recorder()
+
+    def broken(account, folder):
+        raise RuntimeError("boom")
+
+    feed.subscribe(ALICE, "INBOX", broken)
+    feed.subscribe(ALICE, "INBOX", callback)
+    with capturedLogs() as events:
+        feed.notify(ALICE, "INBOX")
+    assert calls == [(ALICE, "INBOX")]
+    [line] = loggedLines(events, "mailbox listener", LogLevel.critical)
+    assert "broken" in line and ALICE in line
+
+
+def test_changesOfOneTurnMakeOneNotificationPerFolder():
+    clock = task.Clock()
+    feed = ChangeFeed(clock)
+    calls, callback = recorder()
+    feed.subscribe(ALICE, None, callback)
+    for _ in range(50):
+        feed.changed(ALICE, "INBOX")
+    feed.changed(ALICE, "Sent")
+    assert calls == []
+    clock.advance(0)
+    assert sorted(calls) == [(ALICE, "INBOX"), (ALICE, "Sent")]
+    clock.advance(0)
+    assert len(calls) == 2
+    feed.changed(ALICE, "INBOX")
+    clock.advance(0)
+    assert calls[2:] == [(ALICE, "INBOX")]
+
+
+def test_notifyCoversAChangeNotYetReported():
+    clock = task.Clock()
+    feed = ChangeFeed(clock)
+    calls, callback = recorder()
+    feed.subscribe(ALICE, "INBOX", callback)
+    feed.changed(ALICE, "INBOX")
+    feed.notify(ALICE, "INBOX")
+    clock.advance(0)
+    assert calls == [(ALICE, "INBOX")]
+
+
+def test_storeListenersAreFeedSubscribers(tmp_path):
+    store = maildirStore(tmp_path)
+    calls, listener = recorder()
+    store.addListener("Alice@Example.test", listener)
+    store.deliver([(ALICE, "INBOX", [MESSAGE])])
+    assert calls == [(ALICE, "INBOX")]
+    store.changeFeed.notify(ALICE, "Sent")
+    assert calls[1:] == [(ALICE, "Sent")]
+    store.removeListener(ALICE, listener)
+    store.removeListener(ALICE, listener)
+    store.deliver([(ALICE, "INBOX", [MESSAGE])])
+    assert len(calls) == 2
+
+
+# --- other processes: inotify --------------------------------------------------------
+
+
+def test_burstOfDeliveriesMakesOneNotification(tmp_path):
+    reactor, store, feed = watchingFeed(tmp_path)
+    calls, callback = recorder()
+    feed.subscribe(ALICE, "INBOX", callback)
+    assert feed.polled == {}
+    drop(store, count=20)
+    readINotify(reactor)
+    assert calls == []
+    reactor.advance(0)
+    assert calls == [(ALICE, "INBOX")]
+    # A flag change in cur/ by another program is a change too.
+    mailbox = store.openMailbox(ALICE)
+    reactor.advance(0)
+    settle(reactor)
+    del calls[:]
+    name = os.listdir(os.path.join(mailbox.path, "cur"))[0]
+    os.rename(os.path.join(mailbox.path, "cur", name), os.path.join(mailbox.path, "cur", name + "S"))
+    settle(reactor)
+    assert calls == [(ALICE, "INBOX")]
+
+
+def test_onlySubscribedFoldersAreWatched(tmp_path):
+    reactor, store, feed = watchingFeed(tmp_path)
+    calls, callback = recorder()
+    feed.subscribe(ALICE, None, callback)
+    feed.subscribe(ALICE, "Sent", recorder()[1])
+    drop(store, folder="INBOX")
+    drop(store, folder="Drafts")
+    settle(reactor)
+    assert calls == []
+    drop(store, folder="Sent")
+    settle(reactor)
+    assert calls == [(ALICE, "Sent")]
+
+
+def test_watchRemovedWithTheLastSubscriber(tmp_path):
+    reactor, store, feed = watchingFeed(tmp_path)
+    calls, callback = recorder()
+    one = feed.subscribe(ALICE, "INBOX", callback)
+    everything = feed.subscribe(ALICE, None, callback)
+    two = feed.subscribe(ALICE, "INBOX", recorder()[1])
+    one.unsubscribe()
+    drop(store)
+    settle(reactor)
+    assert calls == [(ALICE, "INBOX")]
+    two.unsubscribe()
+    drop(store)
+    settle(reactor)
+    assert calls == [(ALICE, "INBOX")]
+    everything.unsubscribe()
+
+
+def test_pastTheWatchLimitFoldersArePolled(tmp_path):
+    reactor, store, feed = watchingFeed(tmp_path, maxWatches=2, pollInterval=1.0)
+    calls, callback = recorder()
+    inbox = feed.subscribe(ALICE, "INBOX", callback)
+    sent = feed.subscribe(ALICE, "Sent", callback)
+    assert list(feed.polled) == [(ALICE, "Sent")]
+    drop(store, folder="Sent")
+    settle(reactor)
+    assert calls == []
+    poll(reactor)
+    assert calls == [(ALICE, "Sent")]
+    poll(reactor)
+    assert len(calls) == 1
+    drop(store, folder="INBOX")
+    settle(reactor)
+    assert calls[1:] == [(ALICE, "INBOX")]
+    # The watch freed, the next folder gets it.
+    inbox.unsubscribe()
+    feed.subscribe(ALICE, "Drafts", callback)
+    assert list(feed.polled) == [(ALICE, "Sent")]
+    sent.unsubscribe()
+    assert feed.polled == {}
+    assert reactor.getDelayedCalls() == []
+
+
+def test_deletedFolderIsPolledOthersStillWatched(tmp_path):
+    """
+    Deleting a watched directory closes Twisted's inotify reader: the
+    folders it watched are watched by a new one, the deleted one polled
+    until it is back, and every one reported changed.
+    """
+    reactor, store, feed = watchingFeed(tmp_path)
+    calls, callback = recorder()
+    feed.subscribe(ALICE, "INBOX", callback)
+    feed.subscribe(ALICE, "Trash", callback)
+    shutil.rmtree(store.folderPath(ALICE, "Trash"))
+    settle(reactor)
+    assert sorted(set(calls)) == [(ALICE, "INBOX"), (ALICE, "Trash")]
+    assert list(feed.polled) == [(ALICE, "Trash")]
+    del calls[:]
+    drop(store)
+    settle(reactor)
+    assert calls == [(ALICE, "INBOX")]
+    store.createMailbox(ALICE, "Trash")
+    poll(reactor)
+    assert calls[1:] == [(ALICE, "Trash")]
+
+
+# --- other platforms: polling ---------------------------------------------------------
+
+
+def test_polling(tmp_path):
+    clock = task.Clock()
+    store = maildirStore(tmp_path)
+    feed = MaildirChangeFeed(store.folderPath, clock, accountKey, pollInterval=1.0, useINotify=False)
+    calls, callback = recorder()
+    subscription = feed.subscribe(ALICE, "INBOX", callback)
+    poll(clock)
+    assert calls == []
+    drop(store, count=3)
+    poll(clock)
+    assert calls == [(ALICE, "INBOX")]
+    poll(clock)
+    assert len(calls) == 1
+    subscription.unsubscribe()
+    assert clock.getDelayedCalls() == []
+
+
+# --- IMAP --------------------------------------------------------------------------------
+
+
+def test_idleHearsAChangeMadeOutside(tmp_path):
+    """
+    A session subscribes the folder it selects: a file dropped into its
+    C{new/} by another program is pushed while idling; the subscription
+    ends with the selection and with the connection.
+    """
+    store = maildirStore(tmp_path, USER)
+    s = Session(store=store)
+    feed = MaildirChangeFeed(store.folderPath, s.clock, accountKey, useINotify=False)
+    store.changeFeed = feed
+    s.factory.changeFeed = feed
+    s.select()
+    assert feed.watchedFolders() == [(USER, "INBOX")]
+    s.send("a IDLE")
+    s.expect("+ idling")
+    drop(store, USER)
+    s.clock.advance(1.0)
+    s.clock.advance(0)
+    s.expect("* 1 EXISTS", "* 1 RECENT")
+    s.send("DONE")
+    s.expect("a OK Idle completed.")
+    s.send("b SELECT Sent")
+    s.lines()
+    assert feed.watchedFolders() == [(USER, "Sent")]
+    s.send("c CLOSE")
+    s.expect("c OK Close completed.")
+    assert feed.watchedFolders() == []
+    s.send("d EXAMINE INBOX")
+    s.lines()
+    s.t.protocol.connectionLost(None)
+    assert feed.watchedFolders() == []
