@@ -16,6 +16,9 @@ from tests.test_configcheck import BAD_CONFIGURATIONS, writeBad
 OTHER_SERVICES = ("submission", "smtps", "pop3", "pop3s", "imap", "imaps", "odmr", "minger", "multipop")
 
 
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def environment(root):
     """
     @return: an environment where the configuration is looked for under
@@ -27,6 +30,8 @@ def environment(root):
                if key not in ("MDPY_CONFIG", "XDG_CONFIG_HOME", "XDG_DATA_HOME")}
     environ.update(HOME=os.path.join(root, "home"), MDPY_SYSCONFDIR=os.path.join(root, "etc"),
                    XDG_DATA_HOME=os.path.join(root, "share"))
+    # The classes some configurations name are in this checkout's tests.
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [CHECKOUT, os.environ.get("PYTHONPATH")]))
     return environ
 
 
