@@ -260,14 +260,14 @@ class IMailbox(Interface):
             without regard to case.
         @param mode: C{"add"} (C{+FLAGS}) adds C{flags} to the current ones,
             C{"remove"} (C{-FLAGS}) takes them away, C{"replace"}
-            (C{FLAGS}) makes them the flags (L{mdpy.store.ADD},
-            L{mdpy.store.REMOVE}, L{mdpy.store.REPLACE}).
+            (C{FLAGS}) makes them the flags (L{mdpy.mailbox.ADD},
+            L{mdpy.mailbox.REMOVE}, L{mdpy.mailbox.REPLACE}).
         @param unchangedSince: L{None}, or a modification sequence: a
             message whose modification sequence is higher is left as it is
             (RFC 7162 section 3.1.3), and the others get a new one even
             when their flags stay the same.
         @return: a L{dict} mapping each UID of C{uids} still in the folder
-            to a L{mdpy.store.StoredFlags}: the message's flags and
+            to a L{mdpy.mailbox.StoredFlags}: the message's flags and
             modification sequence as now stored, and whether this call
             changed them.  A message whose flags stay the same keeps its
             modification sequence; UIDs not in the folder are left out.

@@ -15,7 +15,9 @@ from twisted.internet import defer
 
 from mdpy import mutf7
 from mdpy.errors import InvalidInput, LimitExceeded, NotFound, TemporaryFailure
-from mdpy.store import ADD, REMOVE, REPLACE, maildir, maildirindex
+from mdpy import mailbox
+from mdpy.mailbox import ADD, REMOVE, REPLACE
+from mdpy.store import maildir, maildirindex
 from mdpy.store.maildir import MaildirStore
 from tests.test_store_memory import ALICE, BOB, MESSAGE, StoreContract, resultOf
 
@@ -77,7 +79,7 @@ class TestMaildirStore:
         assert store.accountPath("Alice@Example.COM") == inbox
         for sub in ("cur", "new", "tmp"):
             assert os.path.isdir(os.path.join(inbox, sub))
-        for name in maildir.SPECIAL_FOLDERS:
+        for name in mailbox.SPECIAL_FOLDERS:
             folder = os.path.join(inbox, "." + name)
             assert listing(folder) == ["cur", "maildirfolder", "new", "tmp"]
         with open(os.path.join(inbox, "subscriptions")) as f:
@@ -146,7 +148,7 @@ class TestMaildirStore:
         with pytest.raises(TemporaryFailure):
             store.deleteMailbox(ALICE, "Sent")
         monkeypatch.undo()
-        assert store.listMailboxes(ALICE) == ["INBOX"] + sorted(maildir.SPECIAL_FOLDERS)
+        assert store.listMailboxes(ALICE) == ["INBOX"] + sorted(mailbox.SPECIAL_FOLDERS)
 
     def test_fsyncFailure(self, store, inbox, monkeypatch):
         def failingFsync(fd):
@@ -645,8 +647,8 @@ class TestIndexFormat:
         assert parsed.entries == {"a b": (1, 1, "2,S", None), "c": (2, 1, "", None)}
 
     def test_folderNames(self):
-        assert maildir.normaliseFolderName("inbox") == "INBOX"
-        assert maildir.normaliseFolderName("Inbox/Sub") == "INBOX/Sub"
+        assert mailbox.normaliseFolderName("inbox") == "INBOX"
+        assert mailbox.normaliseFolderName("Inbox/Sub") == "INBOX/Sub"
         assert maildir._folderDirName("Lists/Work") == ".Lists.Work"
         for name in ["Entwürfe", "a&b", "日本語/x", "~peter/mail/台北"]:
             assert maildir._folderNameFromDir(maildir._folderDirName(name)) == name

@@ -12,7 +12,7 @@ from zope.interface.verify import verifyObject
 
 from mdpy.errors import Exists, InvalidInput, LimitExceeded, NotFound, TemporaryFailure
 from mdpy.interfaces import IMailbox, IMailStore, IStoredMessage
-from mdpy.store import ADD, REMOVE, REPLACE
+from mdpy.mailbox import ADD, REMOVE, REPLACE
 from mdpy.store.memory import MemoryStore
 
 ALICE = "alice@example.com"

@@ -18,8 +18,7 @@ from mdpy.imap import fetch as fetching
 from mdpy.imap import search as searching
 from mdpy.imap.mailboxes import decodeName
 from mdpy.imap.parser import Atom, ParseError, SequenceSet, formatSequence, isAtom, number64
-from mdpy.store import ADD, REMOVE, REPLACE, changedFlags
-from mdpy.store.maildirindex import DELETED, SEEN, storableFlags
+from mdpy.mailbox import ADD, DELETED, REMOVE, REPLACE, SEEN, changedFlags, storableFlags
 
 CHUNK = 64 * 1024
 _UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE"}

@@ -46,7 +46,7 @@ from mdpy.imap.mime import quoteString
 from mdpy.imap.parser import Atom, ParseError, astring, isAtom, parseDateTime, tokenize
 from mdpy.imap.selected import RecentTracker, SelectedMailbox, UidValidityChanged
 from mdpy.session import CommandSession, SessionFactory
-from mdpy.store.maildirindex import DELETED
+from mdpy.mailbox import DELETED
 from mdpy.threads import deferToReactorThreadPool
 
 NOT_AUTHENTICATED = "not authenticated"

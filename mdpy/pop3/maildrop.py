@@ -11,8 +11,7 @@ import re
 from twisted.internet import defer
 
 from mdpy.errors import InvalidInput
-from mdpy.store import ADD
-from mdpy.store.maildirindex import SEEN
+from mdpy.mailbox import ADD, SEEN
 
 _UIDL_OK = re.compile(rb"[\x21-\x7e]{1,70}\Z")
 

@@ -45,33 +45,39 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mdpy import mutf7
-from mdpy.address import normaliseDomain, splitAddress
+from mdpy.address import normaliseDomain
 from mdpy.dotstuffing import NormalisedSizeCounter, normalisedFileSize
 from mdpy.durable import fsyncDirectory, unlinkQuietly, writeFileAtomically, writeParts
 from mdpy.errors import Exists, InvalidInput, LimitExceeded, NotFound, storageFailure
 from mdpy.logs import Logger
 from mdpy.interfaces import IMailbox, IMailStore, IMessageCache, IStoredMessage
-from mdpy.store import REMOVE, REPLACE, FlagShorthand, Listeners, StoredFlags, changedFlags
+from mdpy.mailbox import (
+    DELETED,
+    REMOVE,
+    REPLACE,
+    SPECIAL_FOLDERS,
+    FlagShorthand,
+    StoredFlags,
+    accountKey,
+    changedFlags,
+    encodedFolderName,
+    normaliseFlags,
+    normaliseFolderName,
+    storableFlags,
+)
+from mdpy.store import Listeners
 from mdpy.store.committer import Committer, commitBatch
 from mdpy.store.maildirindex import (
-    DELETED,
     FolderIndex,
     flagsFromInfo,
     infoForFlags,
     lastUidValidity,
-    normaliseFlags,
     raiseUidValidity,
-    storableFlags,
 )
 from mdpy.threads import deferToReactorThreadPool
 
 SUBSCRIPTIONS_NAME = "subscriptions"
 CACHE_NAME = "mdpy-cache.sqlite"
-SPECIAL_FOLDERS = ("Drafts", "Sent", "Trash", "Junk", "Archive")
-# A Maildir++ folder is one directory, ".A.B" in modified UTF-7, and a
-# directory name has at most 255 octets on the usual file systems (NAME_MAX).
-MAX_FOLDER_DIR_BYTES = 255
-MAX_FOLDER_DEPTH = 32
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 65536
@@ -104,55 +110,6 @@ def uniqueName(now=None):
 # --- names ------------------------------------------------------------------
 
 
-def normaliseFolderName(name):
-    """
-    Check a folder name of the store API (C{"/"} separates levels), before
-    anything touches the disk.
-
-    @return: the name, with a first level C{INBOX} in any case written
-        C{INBOX}.
-    @raise InvalidInput: empty, NUL, C{".."}, a leading or trailing C{"/"}, an
-        empty level, or a C{"."} inside a level.
-    @raise LimitExceeded: deeper than L{MAX_FOLDER_DEPTH} levels, or its
-        Maildir++ directory (C{.A.B}, modified UTF-7) longer than
-        L{MAX_FOLDER_DIR_BYTES}.
-    """
-    if name == "INBOX":
-        return name
-    if not isinstance(name, str) or not name or "\0" in name:
-        raise InvalidInput("bad folder name: %r" % (name,))
-    if len(name) >= MAX_FOLDER_DIR_BYTES:
-        # Every character takes at least one byte, and the directory a dot.
-        raise LimitExceeded("folder name of %d characters is too long" % (len(name),))
-    levels = name.split("/")
-    for level in levels:
-        if not level or "." in level:
-            raise InvalidInput("bad folder name: %r" % (name,))
-    if len(levels) > MAX_FOLDER_DEPTH:
-        raise LimitExceeded("folder name of %d levels is too deep (at most %d)" % (len(levels), MAX_FOLDER_DEPTH))
-    if levels[0].upper() == "INBOX":
-        levels[0] = "INBOX"
-    name = "/".join(levels)
-    size = len(_folderDirName(name))
-    if size > MAX_FOLDER_DIR_BYTES:
-        raise LimitExceeded("folder %r... is %d octets in Maildir++ (at most %d)"
-                            % (name[:40], size, MAX_FOLDER_DIR_BYTES))
-    return name
-
-
-def accountKey(address):
-    """
-    @return: the name an account is filed under: C{local@domain}, both
-        lowercased.
-    @raise InvalidInput: not an address.
-    """
-    local, domain = splitAddress(address)
-    domain = normaliseDomain(domain)
-    if not domain:
-        raise InvalidInput("not an address: %r" % (address,))
-    return "%s@%s" % (local.lower(), domain)
-
-
 def _folderDirName(name):
     """
     @return: the directory of folder C{name} inside the account, C{""} for
@@ -160,7 +117,7 @@ def _folderDirName(name):
     """
     if name == "INBOX":
         return ""
-    return "." + ".".join(mutf7.encode(level) for level in name.split("/"))
+    return encodedFolderName(name)
 
 
 def _folderNameFromDir(dirName):

@@ -62,11 +62,7 @@ _LETTER_FLAGS = {
     "S": "\\Seen",
     "T": "\\Deleted",
 }
-DELETED = "\\Deleted"
-SEEN = "\\Seen"
 _FLAG_LETTERS = {flag.lower(): letter for letter, flag in _LETTER_FLAGS.items()}
-_SYSTEM_FLAGS = {flag.lower(): flag for flag in _LETTER_FLAGS.values()}
-_SYSTEM_FLAGS["\\recent"] = "\\Recent"
 _WIRE_SIZE = re.compile(r",W=([0-9]+)")
 _NAME_ORDER = re.compile(r"([0-9]+)\.M([0-9]+)P[0-9]+Q([0-9]+)")
 _HEADER = re.compile(r"V([12]) ([0-9]+) ([0-9]+) ([0-9]+)\Z")
@@ -85,25 +81,6 @@ def _unescapeInfo(token):
         return ""
     return _ESCAPED.sub(lambda m: chr(int(m.group(1), 16)), token)
 
-
-
-def normaliseFlags(flags):
-    """
-    @return: a L{frozenset} of C{flags} with system flags (C{\\seen}) in their
-        canonical case; keywords as given.
-    """
-    return frozenset(_SYSTEM_FLAGS.get(flag.lower(), flag) for flag in flags)
-
-
-def storableFlags(flags):
-    """
-    @return: C{flags} as a store keeps them: normalised, without C{\\Recent}
-        or other system flags that have no Maildir letter.
-    """
-    return frozenset(
-        flag for flag in normaliseFlags(flags)
-        if not flag.startswith("\\") or flag.lower() in _FLAG_LETTERS
-    )
 
 
 class Keywords:

@@ -1,9 +1,9 @@
 # -*- test-case-name: tests.test_store_memory -*-
 """
 An L{IMailStore} kept in memory, for protocol tests and for subclassers'
-tests.  It follows the Maildir store's contract: the same folder names and
-checks, UIDs that are never reused, a modification sequence raised by every
-change, and mailbox views that change only in C{sync} or through their own
+tests.  It keeps the store contract and the rules of L{mdpy.mailbox}: the
+same folder names and checks, UIDs that are never reused, a modification
+sequence raised by every change, and mailbox views that change only in C{sync} or through their own
 writes.  C{deliver}, C{append}, C{changeFlags} and C{expunge} return Deferreds
 (already fired) as the Maildir store does; everything else is synchronous.
 
@@ -15,6 +15,7 @@ writes.  C{deliver}, C{append}, C{changeFlags} and C{expunge} return Deferreds
 
 import io
 import time
+import uuid
 
 from twisted.internet import defer
 from zope.interface import implementer
@@ -22,9 +23,18 @@ from zope.interface import implementer
 from mdpy.address import normaliseDomain
 from mdpy.errors import Exists, InvalidInput, NotFound
 from mdpy.interfaces import IMailbox, IMailStore, IStoredMessage
-from mdpy.store import REPLACE, FlagShorthand, Listeners, StoredFlags, changedFlags
-from mdpy.store.maildir import SPECIAL_FOLDERS, accountKey, normaliseFolderName, uniqueName
-from mdpy.store.maildirindex import DELETED, storableFlags
+from mdpy.mailbox import (
+    DELETED,
+    REPLACE,
+    SPECIAL_FOLDERS,
+    FlagShorthand,
+    StoredFlags,
+    accountKey,
+    changedFlags,
+    normaliseFolderName,
+    storableFlags,
+)
+from mdpy.store import Listeners
 
 
 
@@ -85,7 +95,7 @@ class _Folder:
     def add(self, data, flags, internalDate):
         uid, self.uidNext = self.uidNext, self.uidNext + 1
         self.highestModSeq += 1
-        key = "%s,S=%d" % (uniqueName(), len(data))
+        key = "%s,S=%d" % (uuid.uuid4().hex, len(data))
         self.messages[uid] = MemoryMessage(
             self, uid, key, data, flags,
             time.time() if internalDate is None else float(internalDate),
