@@ -10,6 +10,31 @@ interfaces knows of SMTP, POP3 or IMAP: protocols adapt them.
 Any method documented as returning a value may instead return a L{Deferred}
 firing with that value, unless it says "synchronous".  Failures are the
 protocol-neutral exceptions of L{mdpy.errors}.
+
+Threading
+=========
+
+Everything the protocols, the delivery pipeline, the relay and the
+collectors do runs on the reactor thread, and so does every call they make
+through these interfaces.  A call may block only for as long as reading
+memory takes: whatever touches a disk, a database or the network happens in
+the backend (L{IBackend}), which returns a L{Deferred} and does the work
+where it likes.  The files backend (L{mdpy.backends.files}) runs its
+blocking work in one thread pool that the server hands it
+(L{mdpy.backends.files.blocking}); the memory backend returns values or
+fired Deferreds.  So callers wrap each call in C{defer.maybeDeferred} (or
+C{await} it) and never start a thread themselves, and nothing outside
+C{mdpy.backends} uses a thread pool.  A Deferred fires on the reactor
+thread; a view (an L{IMailbox}) changes only there, when one of its own
+Deferreds fires.
+
+Methods marked "synchronous" return plain values and are quick: counters
+and views already in memory (L{IMailbox.messages}), listener registration.
+Two seams are synchronous although a backend may read a file for them:
+L{IDirectory}, whose lookups are short indexed reads that the SMTP and
+authentication paths make for every recipient and login, and
+L{IMessageCache}, a cache of derived data.  A backend that cannot answer
+those in about the time of a local index read keeps them in memory.
 """
 
 from zope.interface import Attribute, Interface
@@ -41,8 +66,8 @@ class IDelivery(Interface):
     One transaction: recipients are added, the body is written, then it is
     committed or aborted.
 
-    Invariants: C{commit} fires only after every copy is durably on disk (file
-    and directory fsynced); if it fails, no copy is visible to readers.  After
+    Invariants: C{commit} fires only after every copy is durably stored
+    (survives a crash and a power cut); if it fails, no copy is visible to readers.  After
     C{abort}, nothing of the transaction remains.
     """
 
@@ -112,9 +137,10 @@ class IMailStore(Interface):
             before a crash), a copy of the same key, account, folder (and
             fourth item) that is in its folder already, read or not, is not
             stored twice.
-        @return: L{None} once every copy is in its folder's C{new/}, each file
-            and directory fsynced.  On failure nothing is visible and nothing
-            is left in C{tmp/}.
+        @return: L{None} once every copy is durably stored (what the
+            backend keeps survives a crash and a power cut) and visible to
+            readers.  On failure no copy is
+            visible and nothing half-written remains.
         @raise mdpy.errors.NotFound: an account or folder does not exist.
         @raise mdpy.errors.TemporaryFailure: an I/O error (disk full, fsync).
         """
@@ -190,7 +216,7 @@ class IMailStore(Interface):
 
     def openMailbox(address, name="INBOX"):
         """
-        @return: an L{IMailbox}, synchronised with what is on disk.
+        @return: an L{IMailbox}, synchronised with what is stored.
         @raise mdpy.errors.NotFound: no such account or folder.
         """
 
@@ -220,8 +246,9 @@ class IMailbox(Interface):
 
     def sync():
         """
-        Take in what changed on disk since the last call (new files from any
-        source, flags changed or files removed by another program).
+        Take in what changed where the folder is stored since the last call
+        (new messages from any source, flags changed or messages removed by
+        another session, process or program).
 
         @return: L{None}.
         """
@@ -327,7 +354,7 @@ class IStoredMessage(Interface):
     uid = Attribute("L{int}")
     key = Attribute(
         "L{str}: a name unique in the whole store and stable for the message's"
-        " life (the Maildir base name); POP3 UIDLs come from it."
+        " life; POP3 UIDLs come from it."
     )
     flags = Attribute("L{frozenset} of L{str}")
     size = Attribute("L{int}: octets of the stored message (CRLF line endings).")
@@ -336,8 +363,21 @@ class IStoredMessage(Interface):
 
     def open():
         """
-        @return: a binary file positioned at the start of the message.
-            Synchronous.
+        Open the message for reading, for a reader that streams it in
+        chunks (POP3 C{RETR} of a large message).
+
+        @return: a L{Deferred} firing with a binary file positioned at the
+            start of the message, which the caller closes.
+        @raise mdpy.errors.NotFound: the message was removed meanwhile.
+        """
+
+    def read():
+        """
+        Read the whole message (IMAP C{FETCH} and C{COPY}, POP3 C{RETR} of a
+        small message).
+
+        @return: a L{Deferred} firing with the message's octets with CR LF
+            line endings (C{size} of them).
         @raise mdpy.errors.NotFound: the message was removed meanwhile.
         """
 
@@ -437,7 +477,7 @@ class IDirectory(Interface):
 class IOutboundQueue(IDeliveryTarget):
     """
     Durable spool for mail to remote recipients.  As a delivery target, its
-    C{commit} means every queued copy is on disk.  A domain on hold keeps its
+    C{commit} means every queued copy is durably stored.  A domain on hold keeps its
     mail until released (ODMR's ATRN).
     """
 

@@ -21,11 +21,27 @@ from twisted.internet import defer, interfaces as iinternet
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 from zope.interface import implementer
 
 from mdpy.auth import IAccount
 from mdpy.interfaces import IDelivery, IDeliveryTarget
+
+
+def resultOf(d):
+    """
+    @return: the result of a Deferred that has fired (or a plain value).
+    @raise: its failure's exception.
+    """
+    if not isinstance(d, defer.Deferred):
+        return d
+    box = []
+    d.addBoth(box.append)
+    assert box, "the Deferred has not fired"
+    if isinstance(box[0], Failure):
+        box[0].raiseException()
+    return box[0]
 
 
 def synchronousRunner(function, *args, **kwargs):

@@ -23,7 +23,7 @@ from mdpy.imap.server import IMAP4Factory
 from mdpy.pop3.server import POP3Factory
 from mdpy.smtp.server import MODE_SUBMISSION, SMTPFactory
 from mdpy.store.memory import MemoryStore
-from mdpy.testing import RecordingTarget, Transcript, synchronousRunner
+from mdpy.testing import RecordingTarget, Transcript, synchronousRunner, resultOf
 
 TLS = object()
 BOB = "bob@example.test"
@@ -96,7 +96,7 @@ def remakeBob(admin, store):
 
 
 def newBobInbox(store):
-    return [m.open().read() for m in store.openMailbox(BOB).messages()]
+    return [resultOf(m.read()) for m in store.openMailbox(BOB).messages()]
 
 
 def factoryArguments(directory, clock):

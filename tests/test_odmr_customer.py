@@ -29,7 +29,7 @@ from mdpy.odmr.customer import (
 )
 from mdpy.smtp.server import SMTPFactory
 from mdpy.store.memory import MemoryStore
-from mdpy.testing import LoopbackTestCase, RecordingTarget, TempDirTestCase, TLSStringTransport, Transcript
+from mdpy.testing import LoopbackTestCase, RecordingTarget, TempDirTestCase, TLSStringTransport, Transcript, resultOf
 from mdpy.tls import ensureSelfSigned, serverOptions
 from tests.test_pop3_fetch import LoopbackReactor
 
@@ -59,7 +59,7 @@ def makePipeline(directory):
 
 
 def inbox(pipeline, address):
-    return [m.open().read() for m in pipeline.store.openMailbox(address).messages()]
+    return [resultOf(m.read()) for m in pipeline.store.openMailbox(address).messages()]
 
 
 def account(host="odmr.isp.test", **kwargs):

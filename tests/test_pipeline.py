@@ -17,6 +17,7 @@ from mdpy.directory.sqlite import SQLiteDirectory
 from mdpy.envelope import Envelope
 from mdpy.interfaces import IDelivery, IDeliveryTarget
 from mdpy.store.memory import MemoryStore
+from mdpy.testing import resultOf
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def pipeline(tmp_path):
 
 
 def inbox(pipeline, address):
-    return [m.open().read() for m in pipeline.store.openMailbox(address).messages()]
+    return [resultOf(m.read()) for m in pipeline.store.openMailbox(address).messages()]
 
 
 def deliver(pipeline, recipients, data, sender="a@remote.test", **kwargs):

@@ -22,7 +22,7 @@ from mdpy.pop3.fetch import FetchError, POP3Account, RemoteMessage, connect
 from mdpy.pop3.maildrop import uidlFor
 from mdpy.pop3.server import POP3Factory, POP3Server
 from mdpy.store.memory import MemoryStore
-from mdpy.testing import LoopbackTestCase, TempDirTestCase, memoryPortal, synchronousRunner
+from mdpy.testing import LoopbackTestCase, TempDirTestCase, memoryPortal, synchronousRunner, resultOf
 from mdpy.tls import serverOptions
 
 USER = "joe@example.test"
@@ -355,7 +355,7 @@ class FetchTestCase(LoopbackTestCase):
 
 
 def inbox(factory):
-    return [m.open().read() for m in factory.store.openMailbox(USER).messages()]
+    return [resultOf(m.read()) for m in factory.store.openMailbox(USER).messages()]
 
 
 # --- against mdpy's own server ------------------------------------------------------

@@ -16,7 +16,7 @@ from mdpy.auth.checkers import FailedLoginTracker
 from mdpy.pop3.maildrop import MaildropLocks, uidlFor
 from mdpy.pop3.server import POP3Factory
 from mdpy.store.memory import MemoryStore
-from mdpy.testing import AddressRealm, Transcript, memoryPortal, synchronousRunner
+from mdpy.testing import AddressRealm, Transcript, memoryPortal, synchronousRunner, resultOf
 
 TLS = object()
 USER = "joe@example.test"
@@ -75,7 +75,7 @@ def filledStore(messages=MESSAGES):
 
 
 def inbox(store, account=USER):
-    return [m.open().read() for m in store.openMailbox(account).messages()]
+    return [resultOf(m.read()) for m in store.openMailbox(account).messages()]
 
 
 def b64(text):

@@ -114,7 +114,7 @@ class TestMaildirStore:
             spool.seek(4)
             resultOf(store.deliver([(ALICE, "INBOX", [b"X: 1\r\n", spool])]))
         [message] = store.openMailbox(ALICE).messages()
-        assert message.open().read() == b"X: 1\r\n" + data
+        assert resultOf(message.read()) == b"X: 1\r\n" + data
         assert message.size == len(data) + 6
 
     def test_uniqueName(self, monkeypatch):
@@ -255,7 +255,7 @@ class TestMaildirStore:
         byKey = {m.key: m for m in mailbox.messages()}
         # The size is counted with CR LF line endings, as POP3 sends it.
         assert byKey[foreign].size == len(b"Subject: migrated\r\n\r\nhi\r\n")
-        assert byKey[foreign].open().read() == b"Subject: migrated\n\nhi\n"
+        assert resultOf(byKey[foreign].read()) == b"Subject: migrated\r\n\r\nhi\r\n"
         assert byKey["1500000000.1.old"].flags == {"\\Seen"}
         assert os.path.exists(os.path.join(inbox, "cur", foreign + ":2,"))
         # Counted once: the index keeps it for the next session.
@@ -347,7 +347,7 @@ class TestMaildirStore:
         assert listing(os.path.join(inbox, "cur")) == [key + ":2,FS"]
         resultOf(mailbox.setFlags(1, ["\\Seen", "\\Flagged", "\\Draft", "\\Answered", "\\Deleted", "$Forwarded"]))
         assert listing(os.path.join(inbox, "cur")) == [key + ":2,DFPRST"]
-        assert mailbox.messages()[0].open().read() == MESSAGE
+        assert resultOf(mailbox.messages()[0].read()) == MESSAGE
 
     def test_flagsChangedByAnotherProgram(self, store, inbox):
         resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE])]))
@@ -356,7 +356,7 @@ class TestMaildirStore:
         before = mailbox.highestModSeq
         cur = os.path.join(inbox, "cur")
         os.rename(os.path.join(cur, message.key + ":2,"), os.path.join(cur, message.key + ":2,RSX"))
-        assert message.open().read() == MESSAGE
+        assert resultOf(message.read()) == MESSAGE
         mailbox.sync()
         [changed] = mailbox.messages()
         assert changed.flags == {"\\Answered", "\\Seen"}
@@ -473,7 +473,7 @@ class TestMaildirStore:
         message = mailbox.messages()[0]
         os.unlink(os.path.join(inbox, "cur", message.filename))
         with pytest.raises(NotFound):
-            message.open()
+            resultOf(message.open())
         mailbox.sync()
         assert mailbox.messages() == []
 

@@ -7,32 +7,17 @@ import io
 
 import pytest
 from twisted.internet import defer
-from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from mdpy.errors import Exists, InvalidInput, LimitExceeded, NotFound, TemporaryFailure
 from mdpy.interfaces import IMailbox, IMailStore, IStoredMessage
 from mdpy.mailbox import ADD, REMOVE, REPLACE
 from mdpy.store.memory import MemoryStore
+from mdpy.testing import resultOf
 
 ALICE = "alice@example.com"
 BOB = "bob@example.org"
 MESSAGE = b"From: a@b\r\nSubject: hi\r\n\r\nhello\r\n"
-
-
-def resultOf(d):
-    """
-    @return: the result of a Deferred that has fired (or a plain value).
-    @raise: its failure's exception.
-    """
-    if not isinstance(d, defer.Deferred):
-        return d
-    box = []
-    d.addBoth(box.append)
-    assert box, "the Deferred has not fired"
-    if isinstance(box[0], Failure):
-        box[0].raiseException()
-    return box[0]
 
 
 class StoreContract:
@@ -73,7 +58,7 @@ class StoreContract:
         body.read(4)
         resultOf(store.deliver([(ALICE, "INBOX", [b"Subject: x\r\n\r\n", body])]))
         [message] = store.openMailbox(ALICE).messages()
-        with message.open() as f:
+        with resultOf(message.open()) as f:
             assert f.read() == b"Subject: x\r\n\r\nbody\r\n"
         assert message.size == len(b"Subject: x\r\n\r\nbody\r\n")
         assert message.flags == frozenset()
@@ -88,10 +73,10 @@ class StoreContract:
             ("ALICE@example.com", "INBOX", [MESSAGE + b"3"]),
         ]))
         inbox = store.openMailbox(ALICE).messages()
-        assert [m.open().read() for m in inbox] == [MESSAGE, MESSAGE + b"3"]
+        assert [resultOf(m.read()) for m in inbox] == [MESSAGE, MESSAGE + b"3"]
         assert inbox[0].key != inbox[1].key
         [junk] = store.openMailbox(BOB, "Junk").messages()
-        assert junk.open().read() == MESSAGE + b"2"
+        assert resultOf(junk.read()) == MESSAGE + b"2"
         assert store.openMailbox(BOB).messages() == []
 
     def test_deliverMissingAccount(self, store):
@@ -127,7 +112,7 @@ class StoreContract:
         self.deliver(store, b"3")
         mailbox = store.openMailbox(ALICE)
         assert [m.uid for m in mailbox.messages()] == [1, 2, 3]
-        assert [m.open().read() for m in mailbox.messages()] == [b"1", b"2", b"3"]
+        assert [resultOf(m.read()) for m in mailbox.messages()] == [b"1", b"2", b"3"]
         assert mailbox.uidNext == 4
         assert mailbox.uidValidity > 0
         again = store.openMailbox(ALICE)
@@ -141,7 +126,7 @@ class StoreContract:
         assert message.uid == uid
         assert message.flags == {"\\Seen", "\\Flagged"}
         assert message.internalDate == 1000000000
-        assert message.open().read() == MESSAGE
+        assert resultOf(message.read()) == MESSAGE
         assert message.modSeq <= mailbox.highestModSeq
         assert mailbox.uidNext == uid + 1
 
@@ -158,7 +143,7 @@ class StoreContract:
         [message] = mailbox.messages()
         assert message.uid == uid and message.flags == {"\\Seen"}
         assert message.size == len(MESSAGE + body)
-        assert message.open().read() == MESSAGE + body
+        assert resultOf(message.read()) == MESSAGE + body
 
     def test_appendDefaultDate(self, store):
         import time
@@ -292,7 +277,7 @@ class StoreContract:
         assert [m.uid for m in mailbox.messages()] == [2]
         assert mailbox.highestModSeq > before
         with pytest.raises(NotFound):
-            first.open()
+            resultOf(first.open())
         self.deliver(store, b"4")
         mailbox.sync()
         assert [m.uid for m in mailbox.messages()] == [2, 4]
@@ -314,7 +299,7 @@ class StoreContract:
         assert "Groups" in names and "Groups/Work" in names
         assert "Lists" not in names and "Lists/Work" not in names
         [message] = store.openMailbox(ALICE, "Groups/Work").messages()
-        assert message.open().read() == MESSAGE
+        assert resultOf(message.read()) == MESSAGE
         store.deleteMailbox(ALICE, "Groups")
         names = store.listMailboxes(ALICE)
         assert "Groups" not in names and "Groups/Work" in names
@@ -391,7 +376,7 @@ class StoreContract:
         inbox = store.openMailbox(ALICE)
         store.renameMailbox(ALICE, "INBOX", "Old")
         moved = store.openMailbox(ALICE, "Old").messages()
-        assert sorted(m.open().read() for m in moved) == [b"1", b"2"]
+        assert sorted(resultOf(m.read()) for m in moved) == [b"1", b"2"]
         inbox.sync()
         assert inbox.messages() == []
         self.deliver(store, b"3")

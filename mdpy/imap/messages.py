@@ -67,6 +67,7 @@ class _SearchContext:
         self.count = selected.count
         self.largestUid = selected.largestUid
         self.now = now
+        self.read = (None, None)
 
     def sequence(self, message):
         return self.selected.sequence(message)
@@ -75,7 +76,14 @@ class _SearchContext:
         return self.selected.isRecent(message)
 
     def content(self, message):
-        return fetching.readMessage(message)
+        """
+        @return: the octets of C{message}, read beforehand (L{read} is
+            C{(message, octets)}).
+        """
+        loaded, data = self.read
+        if loaded is not message:
+            raise errors.NotFound("message %s was not read" % (message.key,))
+        return data
 
 
 
@@ -158,10 +166,12 @@ class MessageCommands:
                     return None
                 data = structure = None
                 try:
-                    if request.needsContent or request.needsStructure:
-                        data = fetching.readMessage(message)
-                        if request.needsStructure:
-                            structure = structures.get(message, data, selected.mailbox)
+                    if request.needsStructure:
+                        structure = structures.cached(message)
+                    if request.needsContent or (request.needsStructure and structure is None):
+                        data = await message.read()
+                    if request.needsStructure and structure is None:
+                        structure = structures.get(message, data, selected.mailbox)
                 except (errors.NotFound, OSError):
                     gone = True
                     continue
@@ -290,20 +300,29 @@ class MessageCommands:
             self.enabled.add("CONDSTORE")
         messages = selected.messagesAt(range(selected.count))
         context = _SearchContext(selected, self.factory.clock.seconds())
-
-        def run():
-            matches = []
-            for message in messages:
-                try:
-                    if command.criteria.match(message, context):
-                        matches.append((context.sequence(message), message.uid, message.modSeq))
-                except errors.NotFound:
-                    continue
-            return matches
-
-        d = self.factory.runInThread(run) if command.criteria.needsContent else defer.succeed(run())
+        d = defer.ensureDeferred(self._search(messages, command.criteria, context))
         d.addCallback(self._cbSearched, tag, uid, command)
         return d
+
+    async def _search(self, messages, criteria, context):
+        """
+        @return: C{(sequence number, UID, modification sequence)} of each of
+            C{messages} that C{criteria} matches; a message is read (by the
+            store, off the reactor thread) only when a criterion looks at
+            its content.
+        """
+        matches = []
+        for message in messages:
+            if self.closing:
+                break
+            try:
+                if criteria.needsContent:
+                    context.read = (message, await message.read())
+                if criteria.match(message, context):
+                    matches.append((context.sequence(message), message.uid, message.modSeq))
+            except (errors.NotFound, OSError):
+                continue
+        return matches
 
     def _cbSearched(self, matches, tag, uid, command):
         if self.closing:
@@ -362,7 +381,7 @@ class MessageCommands:
             for message in messages:
                 if message.uid in selected.gone:
                     continue
-                data = await self.factory.runInThread(fetching.readMessage, message)
+                data = await message.read()
                 newUid = await defer.maybeDeferred(
                     target.append, data, message.flags, message.internalDate
                 )

@@ -391,19 +391,27 @@ class POP3Server(CommandSession):
         message = self._message(argument)
         if message is None:
             return None
+        return defer.ensureDeferred(self._retrieve(message))
+
+    async def _retrieve(self, message):
+        """
+        Send C{message}: read whole by the store when small, else streamed
+        from the file the store opened.
+        """
         try:
-            file = message.open()
+            if message.size <= CHUNK:
+                data = await message.read()
+            else:
+                file = await message.open()
         except errors.MailError:
             self.error("[SYS/TEMP] Message is gone.")
             return None
         self._retrieved.add(message)
         if message.size <= CHUNK:
-            with file:
-                data = file.read()
             self.send(b"+OK %d octets\r\n%s" % (message.size, stuff(data)))
             return None
         self.send(b"+OK %d octets\r\n" % (message.size,))
-        return _MessageStreamer(self.transport, file, DotStuffer()).start()
+        return await _MessageStreamer(self.transport, file, DotStuffer()).start()
 
     def do_TOP(self, argument):
         number, _, lines = argument.partition(" ")
@@ -413,14 +421,17 @@ class POP3Server(CommandSession):
         message = self._message(number)
         if message is None:
             return None
-        try:
-            with message.open() as file:
-                data = _top(file, int(lines))
-        except errors.MailError:
+        d = message.open()
+
+        def cbOpened(file):
+            with file:
+                self.send(b"+OK\r\n" + stuff(_top(file, int(lines))))
+
+        def ebGone(failure):
+            failure.trap(errors.MailError)
             self.error("[SYS/TEMP] Message is gone.")
-            return None
-        self.send(b"+OK\r\n" + stuff(data))
-        return None
+
+        return d.addCallbacks(cbOpened, ebGone)
 
     def do_DELE(self, argument):
         if self._message(argument) is not None:

@@ -46,7 +46,7 @@ from zope.interface import implementer
 
 from mdpy import mutf7
 from mdpy.address import normaliseDomain
-from mdpy.dotstuffing import NormalisedSizeCounter, normalisedFileSize
+from mdpy.dotstuffing import NormalisedSizeCounter, normaliseLineEndings, normalisedFileSize
 from mdpy.durable import fsyncDirectory, unlinkQuietly, writeFileAtomically, writeParts
 from mdpy.errors import Exists, InvalidInput, LimitExceeded, NotFound, storageFailure
 from mdpy.logs import Logger
@@ -341,7 +341,7 @@ class MaildirMessage:
     One message file.  See L{IStoredMessage}.
     """
 
-    def __init__(self, folderPath, uid, key, filename, flags, modSeq, size=None):
+    def __init__(self, folderPath, uid, key, filename, flags, modSeq, size=None, runInThread=None):
         self.uid = uid
         self.key = key
         self.filename = filename
@@ -350,6 +350,7 @@ class MaildirMessage:
         self._folderPath = folderPath
         self._size = size
         self._internalDate = None
+        self._runInThread = runInThread
 
     def _stat(self):
         path = os.path.join(self._folderPath, "cur", self.filename)
@@ -370,7 +371,7 @@ class MaildirMessage:
         if self._size is None:
             self._size = wireSizeFromName(self.key)
             if self._size is None:
-                with self.open() as file:
+                with self.openFile() as file:
                     self._size = normalisedFileSize(file)
         return self._size
 
@@ -382,8 +383,34 @@ class MaildirMessage:
 
     def open(self):
         """
-        See L{IStoredMessage.open}.  A file renamed by another program since
-        the last sync is found again by its key.
+        See L{IStoredMessage.open}: L{openFile} in the store's thread pool.
+        """
+        return self._runInThread(self.openFile)
+
+    def read(self):
+        """
+        See L{IStoredMessage.read}: L{readFile} in the store's thread pool.
+        """
+        return self._runInThread(self.readFile)
+
+    def readFile(self):
+        """
+        @return: the octets of the message with CR LF line endings, in the
+            calling thread; a file other programs wrote with bare LF line
+            endings is normalised.
+        @raise mdpy.errors.NotFound: it was removed meanwhile.
+        """
+        with self.openFile() as file:
+            data = file.read()
+        if len(data) != self.size:
+            data = normaliseLineEndings(data)
+        return data
+
+    def openFile(self):
+        """
+        @return: the message file, opened for reading in the calling thread.
+            A file renamed by another program since the last sync is found
+            again by its key.
         """
         try:
             return open(os.path.join(self._folderPath, "cur", self.filename), "rb")
@@ -460,7 +487,9 @@ class MaildirMailbox(FlagShorthand):
                 flags = flagsByInfo.get(info)
                 if flags is None:
                     flags = flagsByInfo[info] = flagsFromInfo(info, keywords)
-                message = MaildirMessage(self.path, uid, key, name, flags, modSeq, size)
+                message = MaildirMessage(
+                    self.path, uid, key, name, flags, modSeq, size, self._store._runInThread
+                )
             messages.append(message)
         return _State(next(_stateSerial), uidList.uidValidity, uidList.uidNext, uidList.highestModSeq,
                       messages, tuple(keywords.names))

@@ -10,7 +10,7 @@ writes.  C{deliver}, C{append}, C{changeFlags} and C{expunge} return Deferreds
     store = MemoryStore()
     store.createAccount("alice@example.com")
     store.deliver([("alice@example.com", "INBOX", [b"Subject: hi\\r\\n\\r\\nhello\\r\\n"])])
-    store.openMailbox("alice@example.com").messages()[0].open().read()
+    store.openMailbox("alice@example.com").messages()[0].read()  # a Deferred
 """
 
 import io
@@ -67,10 +67,23 @@ class MemoryMessage:
         """
         See L{IStoredMessage.open}.
         """
+        return defer.maybeDeferred(lambda: io.BytesIO(self._present()))
+
+    def read(self):
+        """
+        See L{IStoredMessage.read}.
+        """
+        return defer.maybeDeferred(self._present)
+
+    def _present(self):
+        """
+        @return: L{data}.
+        @raise NotFound: the message was expunged meanwhile.
+        """
         current = self._folder.messages.get(self.uid)
         if current is None or current.key != self.key:
             raise NotFound("message %s is gone" % (self.key,))
-        return io.BytesIO(self.data)
+        return self.data
 
     def _withFlags(self, flags, modSeq):
         return MemoryMessage(self._folder, self.uid, self.key, self.data, flags,
