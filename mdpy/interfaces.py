@@ -224,7 +224,8 @@ class IMailStore(Interface):
         """
         Call C{listener(address, mailboxName)} after anything changes in a
         folder of that account (new mail, flags, expunge), whichever protocol
-        or process made the change.  Synchronous.
+        or process made the change: a subscription to the store's
+        L{IChangeFeed}.  Synchronous.
         """
 
     def removeListener(address, listener):
@@ -382,6 +383,52 @@ class IStoredMessage(Interface):
         """
 
 
+class IChangeFeed(Interface):
+    """
+    News that a mailbox changed (new mail, flags, expunge), for the IMAP
+    sessions that have it selected or idle on it.  A feed tells every
+    subscriber of this process; a feed that also reaches other processes
+    (another server, C{mdpy domainpop run}) is what lets a backend be
+    shared by them.  Listeners are called on the reactor thread.
+    Synchronous.
+    """
+
+    def subscribe(account, listener):
+        """
+        Call C{listener(account, folder)} after a folder of C{account} (a
+        normalised address) changed.
+        """
+
+    def unsubscribe(account, listener):
+        """
+        Undo L{subscribe}; a listener not subscribed is ignored.
+        """
+
+    def publish(account, folder):
+        """
+        Tell the subscribers of C{account} that C{folder} changed.
+        """
+
+
+class IMaildropLocks(Interface):
+    """
+    Exclusive access to a POP3 maildrop while a session is in TRANSACTION
+    state (RFC 1939 section 8), for every POP3 listener sharing the
+    backend.  Synchronous.
+    """
+
+    def acquire(account, holder):
+        """
+        @return: whether C{holder} (a session) now holds C{account}'s
+            maildrop: L{False} when another holder has it.
+        """
+
+    def release(account, holder):
+        """
+        Give C{account}'s maildrop up, if C{holder} holds it.
+        """
+
+
 # --- directory --------------------------------------------------------------
 
 
@@ -471,7 +518,7 @@ class IDirectory(Interface):
         """
 
 
-# --- later services ---------------------------------------------------------
+# --- outbound queue, collectors ---------------------------------------------
 
 
 class IOutboundQueue(IDeliveryTarget):
@@ -489,6 +536,26 @@ class IOutboundQueue(IDeliveryTarget):
 
     def remove(messageId):
         """@raise mdpy.errors.NotFound"""
+
+    def inspect():
+        """
+        Read what is queued as it is stored, without taking part in
+        delivery (C{mdpy queue list} while a server may be running).
+        Synchronous.
+
+        @return: C{(entries, held, unreadable)}: the entries oldest first,
+            the domains on hold, and the names of stored entries that
+            could not be read.
+        """
+
+    def discard(messageId):
+        """
+        Remove a stored message at once, without reporting to its sender:
+        for C{mdpy queue del} when no server is delivering the queue.
+        Synchronous.
+
+        @raise mdpy.errors.NotFound: no such message.
+        """
 
     def hold(domain):
         """Keep mail for C{domain} until L{release}."""
@@ -572,4 +639,47 @@ class IRecipientVerifier(Interface):
             failing with a L{mdpy.errors.MailError} to refuse it
             (L{mdpy.errors.NotFound}: 550 5.1.1; L{mdpy.errors.Unavailable}:
             450 4.2.1; L{mdpy.errors.TemporaryFailure}: 451).
+        """
+
+
+# --- backends ---------------------------------------------------------------
+
+
+class IBackend(Interface):
+    """
+    Everything persistent, or shared between the processes that serve one
+    installation: the protocols and the delivery pipeline reach storage
+    only through these, so one backend can be replaced by another (the
+    files of one machine, memory for tests, a database shared by several
+    machines) without touching them.  Chosen by C{[server] backend} and
+    built by L{mdpy.backends.load}.  See "Threading" above for what runs
+    where.
+    """
+
+    store = Attribute("The L{IMailStore}.")
+    directory = Attribute("The L{IDirectory}.")
+    queue = Attribute("The L{IOutboundQueue}.")
+    changeFeed = Attribute("The L{IChangeFeed} of C{store}.")
+    maildropLocks = Attribute("The L{IMaildropLocks} of every POP3 listener.")
+
+    def start():
+        """
+        Called once by the server before it serves: tidy what a crash left.
+        """
+
+    def runBlocking(f, *args, **kwargs):
+        """
+        Run blocking or CPU-heavy work that is not storage (password
+        hashing, DKIM body hashes, a collector's state file) where the
+        backend runs its own: the files backend's thread pool; at once in
+        the memory backend.
+
+        @return: a L{Deferred} firing with C{f(*args, **kwargs)}.
+        """
+
+    def close():
+        """
+        Release what the backend holds (thread pool, open files).
+
+        @return: a L{Deferred} firing when done, or L{None}.
         """

@@ -75,8 +75,13 @@ class LiveParts:
     """
 
     def __init__(self, config, datadir, directory, pipeline, reactor, tlsOptions, mtaTLSOptions,
-                 loginTracker, collectors):
+                 loginTracker, collectors, runInThread=None):
+        """
+        @param runInThread: the backend's C{runBlocking}, for the state of
+            collectors started on reload.
+        """
         self.config = self.started = config
+        self.runInThread = runInThread
         self.datadir = datadir
         self.directory = directory
         self.pipeline = pipeline
@@ -106,7 +111,8 @@ class LiveParts:
             for name in after:
                 if after[name] != before.get(name):
                     plan.started[name] = buildCollection(
-                        config, self.datadir, name, self.pipeline, self.directory, self.reactor
+                        config, self.datadir, name, self.pipeline, self.directory, self.reactor,
+                        self.runInThread,
                     )
         except ConfigError:
             for collection in plan.started.values():

@@ -15,6 +15,7 @@ from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
 from mdpy.logs import Logger
 from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
 
 from twisted.cred.portal import Portal
 
@@ -30,7 +31,7 @@ from mdpy.delivery.authresults import InboundChecker
 from mdpy.delivery.dkim import DKIMKeys
 from mdpy.delivery.mx import MXResolver, makeResolver
 from mdpy.delivery.pipeline import DeliveryPipeline
-from mdpy.delivery.queue import SpoolQueue, controlSocketPath
+from mdpy import backends
 from mdpy.delivery.relay import Relay, RelayControlFactory, RelaySettings, parseHostPort
 from mdpy.delivery.srs import SRS, loadSecret
 from mdpy.dualstack import EVERY_ADDRESS, EveryAddressEndpoint, listenEverywhere
@@ -50,11 +51,9 @@ from mdpy.imap.fetch import StructureCache
 from mdpy.imap.literals import PendingLiterals
 from mdpy.imap.selected import RecentTracker
 from mdpy.imap.server import IMAP4Factory
-from mdpy.pop3.maildrop import MaildropLocks
 from mdpy.pop3.server import POP3Factory
 from mdpy.reload import LiveParts, installReloadSignal
 from mdpy.serverlock import AlreadyRunning, ServerLock
-from mdpy.store.maildir import removeStaleTmpFiles
 from mdpy.smtp.server import MODE_MTA, MODE_SMTPS, MODE_SUBMISSION, SMTPFactory
 from mdpy.tls import ReplaceableServerOptions, ensureSelfSigned, serverOptions
 
@@ -313,11 +312,9 @@ def buildService(config, portOffset=0, reactor=None):
     setLevel(server["log_level"])
     datadir = DataDir(server["data_dir"])
     datadir.prepare()
-    directory = datadir.openDirectory(server["recipient_delimiter"])
-    store = datadir.openStore(reactor=reactor)
-    stale = removeStaleTmpFiles(datadir.mailRoot)
-    if stale:
-        log.info("maildir: removed {n} files left in tmp/ folders for over 36 hours", n=len(stale))
+    backend = buildBackend(config, reactor)
+    backend.start()
+    directory, store = backend.directory, backend.store
     address, password, aliases = datadir.firstStart(directory, store, server["domain"])
     if address:
         # The password itself never goes to a log: logs are read more
@@ -333,12 +330,12 @@ def buildService(config, portOffset=0, reactor=None):
 
     tlsOptions, mtaTLSOptions = map(ReplaceableServerOptions, loadServerTLS(config, datadir))
 
-    pipeline, queue, resolver = buildPipeline(config, datadir, directory, store, reactor)
+    pipeline, queue, resolver = buildPipeline(config, datadir, backend, reactor)
     for domain in pipeline.gateways.domains():
         if directory.hasDomain(domain):
             log.warn("gateway:{domain} is also a local domain; its mail is held for ATRN, "
                      "not delivered to its users", domain=domain)
-    portal = makePortal(directory)
+    portal = makePortal(directory, runInThread=backend.runBlocking)
     loginTracker = loginTrackerFor(config["auth"], reactor)
 
     shared = dict(
@@ -348,7 +345,6 @@ def buildService(config, portOffset=0, reactor=None):
         accountCheck=AccountCheck(directory),
         clock=reactor,
     )
-    locks = MaildropLocks()
     imapShared = dict(
         structures=StructureCache(),
         recent=RecentTracker(),
@@ -383,7 +379,7 @@ def buildService(config, portOffset=0, reactor=None):
             factory = POP3Factory(
                 server["hostname"],
                 store,
-                locks=locks,
+                locks=backend.maildropLocks,
                 implicitTLS=name in IMPLICIT_TLS,
                 **settings,
                 **shared,
@@ -411,7 +407,7 @@ def buildService(config, portOffset=0, reactor=None):
             relay,
             defaultDomain=server["domain"],
             **listenerSettings(config, "odmr", directory),
-            **dict(shared, portal=odmrPortal(pipeline.gateways, directory)),
+            **dict(shared, portal=odmrPortal(pipeline.gateways, directory, backend.runBlocking)),
         )
         listener = _NamedListener(
             _endpoint(reactor, section["interface"], section["port"] + portOffset), factory
@@ -435,14 +431,15 @@ def buildService(config, portOffset=0, reactor=None):
         )
         listener.setName("minger")
         listener.setServiceParent(top)
-    collectors = buildCollectors(config, datadir, pipeline, directory, reactor)
+    collectors = buildCollectors(config, datadir, pipeline, directory, reactor, backend.runBlocking)
     for name, collector in collectors.items():
         collector.setName(name)
         collector.setServiceParent(top)
     top.live = LiveParts(config, datadir, directory, pipeline, reactor, tlsOptions, mtaTLSOptions,
-                         loginTracker, collectors)
+                         loginTracker, collectors, runInThread=backend.runBlocking)
+    top.backend = backend
     control = internet.StreamServerEndpointService(
-        endpoints.UNIXServerEndpoint(reactor, controlSocketPath(queue.path), mode=0o600),
+        endpoints.UNIXServerEndpoint(reactor, datadir.controlSocketPath, mode=0o600),
         RelayControlFactory(queue, collectors, reload=top.reload),
     )
     control.setName("queue-control")
@@ -461,16 +458,34 @@ def buildResolver(config, reactor):
     return MXResolver(makeResolver(reactor, config["dns"]["nameservers"]), clock=reactor)
 
 
-def buildPipeline(config, datadir, directory, store, reactor):
+def buildBackend(config, reactor):
+    """
+    Build the backend C{[server] backend} names, with the thread pool its
+    blocking work runs in: started when the reactor runs, stopped when it
+    stops.
+
+    @return: an L{mdpy.interfaces.IBackend}.
+    @raise ConfigError: no such backend.
+    """
+    threadPool = ThreadPool(maxthreads=THREADS, name="mdpy-backend")
+    reactor.callWhenRunning(threadPool.start)
+    reactor.addSystemEventTrigger("during", "shutdown", threadPool.stop)
+    try:
+        return backends.load(config["server"]["backend"], config, reactor, threadPool)
+    except InvalidInput as e:
+        raise ConfigError("%s: [server] backend: %s" % (config.label, e)) from None
+
+
+def buildPipeline(config, datadir, backend, reactor):
     """
     @return: C{(pipeline, queue, resolver)}: the delivery pipeline every
-        message enters, the outbound queue (loaded) and the DNS resolver.
+        message enters, the backend's outbound queue (loaded) and the DNS
+        resolver.
     """
     server = config["server"]
     resolver = buildResolver(config, reactor)
-    queue = SpoolQueue(
-        datadir.queueDir, reactor=reactor, signerFor=DKIMKeys(datadir.dkimDir).signerFor
-    )
+    directory, store, queue = backend.directory, backend.store, backend.queue
+    queue.signerFor = DKIMKeys(datadir.dkimDir).signerFor
     loaded = queue.load()
     if loaded or queue.quarantined:
         log.info(
@@ -490,6 +505,7 @@ def buildPipeline(config, datadir, directory, store, reactor):
             lookupMX=resolver.lookupMX,
             lookupPointer=resolver.lookupPointer,
             reactor=reactor,
+            runInThread=backend.runBlocking,
             timeout=config["dns"]["timeout"],
         )
     gateways = buildGateways(config, reactor)
@@ -575,15 +591,15 @@ def holdGateways(queue, gateways):
         queue.hold(domain)
 
 
-def odmrPortal(gateways, directory):
+def odmrPortal(gateways, directory, runInThread=None):
     """
     @return: the portal of the ODMR port: gateway domains with their
         passwords, then directory users.
     """
-    return Portal(Realm(), [GatewayChecker(gateways, DirectoryChecker(directory))])
+    return Portal(Realm(), [GatewayChecker(gateways, DirectoryChecker(directory, runInThread))])
 
 
-def collectorFor(config, datadir, name, section, pipeline, directory, reactor):
+def collectorFor(config, datadir, name, section, pipeline, directory, reactor, runInThread=None):
     """
     @return: the L{Collector} of the C{[domainpop:NAME]} C{section}.
     """
@@ -627,6 +643,7 @@ def collectorFor(config, datadir, name, section, pipeline, directory, reactor):
     return Collector(
         "domainpop/" + name, account, settings, pipeline, directory, stateDir,
         server["hostname"], "postmaster@" + server["domain"], reactor=reactor,
+        runInThread=runInThread,
     )
 
 
@@ -641,7 +658,7 @@ def collectorStateDir(datadir, kind, name):
     return os.path.join(datadir.root, kind, name)
 
 
-def multipopCollectorFor(config, datadir, account, pipeline, directory, reactor):
+def multipopCollectorFor(config, datadir, account, pipeline, directory, reactor, runInThread=None):
     """
     @return: the L{Collector} of one MultiPOP account (a dict of
         L{MultiPOPAccounts}).
@@ -663,6 +680,7 @@ def multipopCollectorFor(config, datadir, account, pipeline, directory, reactor)
     return Collector(
         "multipop/%s/%s" % (account["user"], account["id"]), pop3, settings, pipeline, directory,
         stateDir, server["hostname"], "postmaster@" + server["domain"], reactor=reactor,
+        runInThread=runInThread,
     )
 
 
@@ -693,7 +711,7 @@ def collectionInputs(config):
     return inputs
 
 
-def buildCollection(config, datadir, name, pipeline, directory, reactor):
+def buildCollection(config, datadir, name, pipeline, directory, reactor, runInThread=None):
     """
     @param name: a name of L{collectionInputs}.
     @return: the service of collection C{name}: a L{CollectorService}, an
@@ -703,25 +721,29 @@ def buildCollection(config, datadir, name, pipeline, directory, reactor):
     kind, _, instance = name.partition("/")
     if kind == "domainpop":
         section = config.named("domainpop")[instance]
-        collector = collectorFor(config, datadir, instance, section, pipeline, directory, reactor)
+        collector = collectorFor(
+            config, datadir, instance, section, pipeline, directory, reactor, runInThread
+        )
         return CollectorService(collector, section["interval"], clock=reactor)
     if kind == "odmr":
         return odmrClientFor(config, instance, config.named("odmr-client")[instance], pipeline, reactor)
     return MultiPOPService(
         multipopAccounts(datadir),
-        lambda account: multipopCollectorFor(config, datadir, account, pipeline, directory, reactor),
+        lambda account: multipopCollectorFor(
+            config, datadir, account, pipeline, directory, reactor, runInThread
+        ),
         config["multipop"]["interval"],
         clock=reactor,
     )
 
 
-def buildCollectors(config, datadir, pipeline, directory, reactor):
+def buildCollectors(config, datadir, pipeline, directory, reactor, runInThread=None):
     """
     @return: C{{name: service}} of every enabled collection (see
         L{collectionInputs} and L{buildCollection}).
     """
     return {
-        name: buildCollection(config, datadir, name, pipeline, directory, reactor)
+        name: buildCollection(config, datadir, name, pipeline, directory, reactor, runInThread)
         for name in collectionInputs(config)
     }
 
@@ -865,7 +887,7 @@ def lockDataDir(datadir):
     """
     datadir.prepare()
     os.makedirs(datadir.queueDir, mode=0o700, exist_ok=True)
-    socketPath = controlSocketPath(datadir.queueDir)
+    socketPath = datadir.controlSocketPath
     lock = ServerLock(socketPath + ".lock")
     lock.acquire()
     unlinkQuietly(socketPath)  # nobody listens there: the lock is ours

@@ -13,7 +13,7 @@ from twisted.protocols import portforward
 
 from mdpy import errors
 
-from mdpy.directory.sqlite import SQLiteDirectory
+from mdpy.backends.files.directory import SQLiteDirectory
 from mdpy.delivery.pipeline import DeliveryPipeline
 from mdpy.domainpop.recipients import RoutingRules
 from mdpy.domainpop.service import Collector, CollectorSettings, heldMessages
@@ -21,8 +21,8 @@ from mdpy.domainpop.state import CollectorState
 from mdpy.multipop.service import MultiPOPAccounts, MultiPOPService
 from mdpy.pop3.fetch import POP3Account
 from mdpy.pop3.server import POP3Factory
-from mdpy.store.maildir import MaildirStore
-from mdpy.store.memory import MemoryStore
+from mdpy.backends.files.maildir import MaildirStore
+from mdpy.backends.memory import MemoryStore
 from mdpy.testing import RecordingTarget, TempDirTestCase, memoryPortal, synchronousRunner, resultOf
 from tests.test_minger import captureLogs
 
@@ -94,7 +94,7 @@ class ISP:
         for data in messages:
             self.store.deliver([(BOX, "INBOX", [data])])
         factory = POP3Factory(
-            "pop.isp.test", self.store, allowPlaintext=True, runInThread=synchronousRunner,
+            "pop.isp.test", self.store, allowPlaintext=True,
             portal=memoryPortal(**{BOX: "secret"}),
         )
         self.factory = factory

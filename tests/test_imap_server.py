@@ -11,7 +11,7 @@ from twisted.internet import task
 
 from mdpy.auth.checkers import FailedLoginTracker
 from mdpy.imap.server import IMAP4Factory
-from mdpy.store.memory import MemoryMessage, MemoryStore
+from mdpy.backends.memory import MemoryMessage, MemoryStore
 from mdpy.testing import Transcript, memoryPortal, resultOf, synchronousRunner
 
 TLS = object()
@@ -45,7 +45,6 @@ class Session:
             "mx.example.test",
             self.store,
             allowPlaintext=plaintext,
-            runInThread=synchronousRunner,
             portal=memoryPortal(**{USER: "secret", "ann@example.test": "pw"}),
             tlsOptions=TLS if tls else None,
             implicitTLS=implicit,
@@ -433,7 +432,7 @@ def test_names_past_the_store_limits_are_refused(tmp_path):
     failure.
     """
     from twisted.logger import globalLogPublisher
-    from mdpy.store.maildir import MaildirStore
+    from mdpy.backends.files.maildir import MaildirStore
 
     store = MaildirStore(str(tmp_path), runInThread=synchronousRunner)
     store.createAccount(USER)
@@ -1068,7 +1067,7 @@ def test_timeout():
 
 def test_structure_is_cached_beside_the_maildir(tmp_path, monkeypatch):
     from mdpy.imap import mime
-    from mdpy.store.maildir import MaildirStore
+    from mdpy.backends.files.maildir import MaildirStore
 
     store = MaildirStore(str(tmp_path), runInThread=synchronousRunner)
     store.createAccount(USER)

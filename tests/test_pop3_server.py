@@ -13,10 +13,11 @@ from twisted.internet import defer, task
 
 from mdpy import errors
 from mdpy.auth.checkers import FailedLoginTracker
-from mdpy.pop3.maildrop import MaildropLocks, uidlFor
+from mdpy.backends.local import MaildropLocks
+from mdpy.pop3.maildrop import uidlFor
 from mdpy.pop3.server import POP3Factory
-from mdpy.store.memory import MemoryStore
-from mdpy.testing import AddressRealm, Transcript, memoryPortal, synchronousRunner, resultOf
+from mdpy.backends.memory import MemoryStore
+from mdpy.testing import AddressRealm, Transcript, memoryPortal, resultOf
 
 TLS = object()
 USER = "joe@example.test"
@@ -37,7 +38,6 @@ class Session:
             self.store,
             locks=locks,
             allowPlaintext=plaintext,
-            runInThread=synchronousRunner,
             portal=memoryPortal(**{USER: "secret", "ann@example.test": "pw"}),
             tlsOptions=TLS if tls else None,
             implicitTLS=implicit,
@@ -218,7 +218,6 @@ def test_loginsAtOnceAreCheckedWithinTheLimit():
         "mx.example.test",
         filledStore(),
         allowPlaintext=True,
-        runInThread=synchronousRunner,
         portal=Portal(AddressRealm(), [checker]),
         loginTracker=FailedLoginTracker(clock, baseDelay=1, banThreshold=2),
         clock=clock,
@@ -246,7 +245,6 @@ def test_waitingLoginOfAClosedSessionIsNotChecked():
         "mx.example.test",
         filledStore(),
         allowPlaintext=True,
-        runInThread=synchronousRunner,
         portal=Portal(AddressRealm(), [checker]),
         loginTracker=FailedLoginTracker(clock, banThreshold=1),
         clock=clock,

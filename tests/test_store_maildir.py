@@ -1,5 +1,5 @@
 """
-Tests for L{mdpy.store.maildir} and L{mdpy.store.maildirindex}.
+Tests for L{mdpy.backends.files.maildir} and L{mdpy.backends.files.maildirindex}.
 """
 
 import errno
@@ -17,8 +17,8 @@ from mdpy import mutf7
 from mdpy.errors import InvalidInput, LimitExceeded, NotFound, TemporaryFailure
 from mdpy import mailbox
 from mdpy.mailbox import ADD, REMOVE, REPLACE
-from mdpy.store import maildir, maildirindex
-from mdpy.store.maildir import MaildirStore
+from mdpy.backends.files import maildir, maildirindex
+from mdpy.backends.files.maildir import MaildirStore
 from tests.test_store_memory import ALICE, BOB, MESSAGE, StoreContract, resultOf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -308,7 +308,7 @@ class TestMaildirStore:
         script = (
             "import json, os, sys\n"
             "from twisted.internet import defer\n"
-            "from mdpy.store.maildir import MaildirStore\n"
+            "from mdpy.backends.files.maildir import MaildirStore\n"
             "store = MaildirStore(sys.argv[1], runInThread=lambda f, *a: defer.maybeDeferred(f, *a))\n"
             "seen = {}\n"
             "for i in range(25):\n"

@@ -1,5 +1,5 @@
 """
-Tests for L{mdpy.store.memory}, and the contract every L{IMailStore} keeps
+Tests for L{mdpy.backends.memory}, and the contract every L{IMailStore} keeps
 (L{StoreContract}, also run against the Maildir store).
 """
 
@@ -12,7 +12,7 @@ from zope.interface.verify import verifyObject
 from mdpy.errors import Exists, InvalidInput, LimitExceeded, NotFound, TemporaryFailure
 from mdpy.interfaces import IMailbox, IMailStore, IStoredMessage
 from mdpy.mailbox import ADD, REMOVE, REPLACE
-from mdpy.store.memory import MemoryStore
+from mdpy.backends.memory import MemoryStore
 from mdpy.testing import resultOf
 
 ALICE = "alice@example.com"

@@ -56,7 +56,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 
 from mdpy import errors
 from mdpy.delivery import dsn
-from mdpy.delivery.queue import BOUNCED, FAILED, PENDING, SENT
+from mdpy.backends.files.queue import BOUNCED, FAILED, PENDING, SENT
 from mdpy.envelope import Envelope
 from mdpy.logs import Logger
 from mdpy.smtp.client import OutboundMessage, SessionResult, deliverOver
@@ -177,7 +177,7 @@ class _Destination:
 
 class Relay(service.Service):
     """
-    Delivers a L{mdpy.delivery.queue.SpoolQueue}.
+    Delivers a L{mdpy.backends.files.queue.SpoolQueue}.
 
     @ivar queue: the queue.
     @ivar resolver: an L{mdpy.delivery.mx.MXResolver} (unused with a

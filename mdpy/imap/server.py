@@ -47,7 +47,6 @@ from mdpy.imap.parser import Atom, ParseError, astring, isAtom, parseDateTime, t
 from mdpy.imap.selected import RecentTracker, SelectedMailbox, UidValidityChanged
 from mdpy.session import CommandSession, SessionFactory
 from mdpy.mailbox import DELETED
-from mdpy.threads import deferToReactorThreadPool
 
 NOT_AUTHENTICATED = "not authenticated"
 AUTHENTICATED = "authenticated"
@@ -122,8 +121,6 @@ class IMAP4Factory(SessionFactory):
     @ivar pendingLiterals: the L{PendingLiterals} (shared by listeners).
     @ivar spoolDir: where large literals are spooled; L{None}: the system's
         temporary folder.
-    @ivar runInThread: C{runInThread(f, *args)} for directory scans and
-        file reads off the reactor thread.
     @ivar structures: the L{fetching.StructureCache} (shared by listeners).
     @ivar recent: the L{RecentTracker} (shared by listeners).
     @ivar idleKeepAlive: seconds between C{* OK Still here} while idling.
@@ -136,7 +133,6 @@ class IMAP4Factory(SessionFactory):
         hostname,
         store,
         allowPlaintext=False,
-        runInThread=None,
         maxMessageSize=50 * 1024 * 1024,
         maxPendingLiterals=256 * 1024 * 1024,
         pendingLiterals=None,
@@ -150,11 +146,8 @@ class IMAP4Factory(SessionFactory):
         **kwargs,
     ):
         SessionFactory.__init__(self, hostname, maxErrors=maxErrors, timeout=timeout, **kwargs)
-        if runInThread is None:
-            runInThread = deferToReactorThreadPool
         self.store = store
         self.allowPlaintext = allowPlaintext
-        self.runInThread = runInThread
         self.maxMessageSize = maxMessageSize
         self.maxPendingLiterals = maxPendingLiterals
         self.pendingLiterals = PendingLiterals() if pendingLiterals is None else pendingLiterals
@@ -289,7 +282,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
             self._reply(tag, status, text, code)
             return None
         if selected.dirty:
-            d = self.factory.runInThread(selected.mailbox.sync)
+            d = defer.maybeDeferred(selected.mailbox.sync)
             d.addErrback(self._ebSync)
             d.addCallback(lambda _: self._finish(tag, status, text, code, expunge))
             return d
@@ -499,9 +492,11 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
 
     def _storeCall(self, f, *args):
         """
-        Call a store method in a thread.
+        Call a store method for the logged-in account.
+
+        @return: a L{Deferred} of its result.
         """
-        return self.factory.runInThread(f, self.account, *args)
+        return defer.maybeDeferred(f, self.account, *args)
 
     def _noFromFailure(self, failure, tag):
         if self.closing:
@@ -724,7 +719,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
             return
         self._pushing = True
         selected = self.selected
-        d = self.factory.runInThread(selected.mailbox.sync)
+        d = defer.maybeDeferred(selected.mailbox.sync)
         d.addErrback(self._ebSync)
 
         def push(_):

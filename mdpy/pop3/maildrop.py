@@ -32,32 +32,6 @@ def uidlFor(message):
     return hashlib.sha1(key).hexdigest().encode("ascii")
 
 
-class MaildropLocks:
-    """
-    Which maildrops have a POP3 session in TRANSACTION state (RFC 1939
-    section 8: exclusive access).  One instance is shared by every POP3
-    listener of the process.
-    """
-
-    def __init__(self):
-        self._holders = {}
-
-    def acquire(self, account, holder):
-        """
-        @return: whether C{holder} now holds C{account}'s maildrop.
-        """
-        if self._holders.setdefault(account, holder) is not holder:
-            return False
-        return True
-
-    def release(self, account, holder):
-        if self._holders.get(account) is holder:
-            del self._holders[account]
-
-    def __contains__(self, account):
-        return account in self._holders
-
-
 class Maildrop:
     """
     A snapshot of a mailbox for one POP3 session.  Mail that arrives later is

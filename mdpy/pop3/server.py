@@ -23,9 +23,9 @@ from zope.interface import implementer
 from mdpy import errors
 from mdpy.auth import sasl
 from mdpy.dotstuffing import DotStuffer, stuff
-from mdpy.pop3.maildrop import Maildrop, MaildropLocks, uidlFor
+from mdpy.backends.local import MaildropLocks
+from mdpy.pop3.maildrop import Maildrop, uidlFor
 from mdpy.session import CommandSession, SessionFactory
-from mdpy.threads import deferToReactorThreadPool
 
 AUTHORIZATION = "AUTHORIZATION"
 TRANSACTION = "TRANSACTION"
@@ -45,10 +45,9 @@ class POP3Factory(SessionFactory):
     Builds L{POP3Server}s for one listener.
 
     @ivar store: the L{mdpy.interfaces.IMailStore} whose INBOXes are served.
-    @ivar locks: the L{MaildropLocks} shared by every POP3 listener.
+    @ivar locks: the L{mdpy.interfaces.IMaildropLocks} shared by every
+        POP3 listener (the backend's).
     @ivar allowPlaintext: whether USER/PASS and AUTH work before STLS.
-    @ivar runInThread: C{runInThread(f, *args)} for opening a mailbox (a
-        directory scan) off the reactor thread.
     """
 
     def __init__(
@@ -57,18 +56,14 @@ class POP3Factory(SessionFactory):
         store,
         locks=None,
         allowPlaintext=False,
-        runInThread=None,
         maxErrors=20,
         timeout=600,
         **kwargs,
     ):
         SessionFactory.__init__(self, hostname, maxErrors=maxErrors, timeout=timeout, **kwargs)
-        if runInThread is None:
-            runInThread = deferToReactorThreadPool
         self.store = store
         self.locks = MaildropLocks() if locks is None else locks
         self.allowPlaintext = allowPlaintext
-        self.runInThread = runInThread
 
 
 @implementer(iinternet.IPullProducer)
@@ -332,15 +327,15 @@ class POP3Server(CommandSession):
         if not self.accountRemains(account, fresh=True):
             # Deleted while its password was checked: make no tree for it.
             return None
-        d = self.factory.runInThread(self._openMailbox, account)
+        d = defer.ensureDeferred(self._openMailbox(account))
         d.addCallbacks(self._cbOpened, self._ebOpened)
         return d
 
-    def _openMailbox(self, account):
+    async def _openMailbox(self, account):
         store = self.factory.store
-        if not store.accountExists(account):
-            store.createAccount(account)
-        return store.openMailbox(account)
+        if not await defer.maybeDeferred(store.accountExists, account):
+            await defer.maybeDeferred(store.createAccount, account)
+        return await defer.maybeDeferred(store.openMailbox, account)
 
     def _cbOpened(self, mailbox):
         self.maildrop = Maildrop(mailbox)

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_store_maildir -*-
 """
 The files mdpy keeps beside a Maildir folder, and the flag letters of
-Maildir file names.  Used by L{mdpy.store.maildir}.
+Maildir file names.  Used by L{mdpy.backends.files.maildir}.
 
 Flag letters in the info suffix C{:2,<letters>} (in ASCII order): D=\\Draft
 F=\\Flagged P=$Forwarded R=\\Answered S=\\Seen T=\\Deleted; C{a}-C{z} are
@@ -19,7 +19,7 @@ one line per message, in UID order, ending with a newline.  C{<info>} is the
 info suffix last seen (C{2,FS}), C{-} when empty, with C{%}, space and C{-}
 written as C{%XX}; C{<basename>} (the rest of the line) is the file name
 before C{:}, also the message's key.  The index is a cache: delivery never
-touches it, L{mdpy.store.maildir.MaildirMailbox.sync} brings it up to date
+touches it, L{mdpy.backends.files.maildir.MaildirMailbox.sync} brings it up to date
 (new files get the next UIDs in order of mtime then name; changed info
 suffixes and vanished files raise the modification sequence), and a missing,
 truncated or inconsistent file is rebuilt with a new UIDVALIDITY.  The last

@@ -1,7 +1,10 @@
 # -*- test-case-name: tests.test_store_memory -*-
 """
-An L{IMailStore} kept in memory, for protocol tests and for subclassers'
-tests.  It keeps the store contract and the rules of L{mdpy.mailbox}: the
+The memory backend (L{MemoryBackend}), for tests and for subclassers: a
+server whose mail lives as long as its process.
+
+Its store, L{MemoryStore}, is an L{IMailStore} kept in memory, also used on
+its own by protocol tests.  It keeps the store contract and the rules of L{mdpy.mailbox}: the
 same folder names and checks, UIDs that are never reused, a modification
 sequence raised by every change, and mailbox views that change only in C{sync} or through their own
 writes.  C{deliver}, C{append}, C{changeFlags} and C{expunge} return Deferreds
@@ -14,6 +17,8 @@ writes.  C{deliver}, C{append}, C{changeFlags} and C{expunge} return Deferreds
 """
 
 import io
+import shutil
+import tempfile
 import time
 import uuid
 
@@ -22,7 +27,7 @@ from zope.interface import implementer
 
 from mdpy.address import normaliseDomain
 from mdpy.errors import Exists, InvalidInput, NotFound
-from mdpy.interfaces import IMailbox, IMailStore, IStoredMessage
+from mdpy.interfaces import IBackend, IMailbox, IMailStore, IStoredMessage
 from mdpy.mailbox import (
     DELETED,
     REPLACE,
@@ -34,7 +39,7 @@ from mdpy.mailbox import (
     normaliseFolderName,
     storableFlags,
 )
-from mdpy.store import Listeners
+from mdpy.backends.local import LocalChangeFeed, MaildropLocks
 
 
 
@@ -233,10 +238,14 @@ class MemoryStore:
 
     failDeliver = None
 
-    def __init__(self):
+    def __init__(self, changeFeed=None):
+        """
+        @param changeFeed: the L{mdpy.interfaces.IChangeFeed} told of every
+            change; by default one of its own.
+        """
         self._accounts = {}
         self._subscriptions = {}
-        self._listeners = Listeners()
+        self.changeFeed = LocalChangeFeed() if changeFeed is None else changeFeed
         self._lastUidValidity = 0
         self.delivered = []
         self._keys = set()  # (key, account, folder[, tag]) of keyed deliveries
@@ -259,7 +268,7 @@ class MemoryStore:
         return folder
 
     def _notify(self, account, folder):
-        self._listeners.notify(account, folder)
+        self.changeFeed.publish(account, folder)
 
     # IMailStore
 
@@ -416,10 +425,60 @@ class MemoryStore:
         """
         See L{IMailStore.addListener}.
         """
-        self._listeners.add(accountKey(address), listener)
+        self.changeFeed.subscribe(accountKey(address), listener)
 
     def removeListener(self, address, listener):
         """
         See L{IMailStore.removeListener}.
         """
-        self._listeners.remove(accountKey(address), listener)
+        self.changeFeed.unsubscribe(accountKey(address), listener)
+
+
+@implementer(IBackend)
+class MemoryBackend:
+    """
+    See L{IBackend}: the mail in a L{MemoryStore}, the directory an SQLite
+    database in memory, and the outbound queue the files backend's spool
+    in a private temporary folder that L{close} removes.  Everything runs
+    at once on the calling thread, so every Deferred it returns has fired.
+
+    Subclass it to make a backend for tests: C{[server] backend =
+    package.module:Class} loads it (L{mdpy.backends.load}).
+    """
+
+    def __init__(self, reactor=None, recipientDelimiter="+"):
+        from mdpy.backends.files.directory import SQLiteDirectory
+        from mdpy.backends.files.queue import SpoolQueue
+
+        self.changeFeed = LocalChangeFeed()
+        self.maildropLocks = MaildropLocks()
+        self.store = MemoryStore(changeFeed=self.changeFeed)
+        self.directory = SQLiteDirectory(":memory:", recipientDelimiter)
+        self._queueDir = tempfile.mkdtemp(prefix="mdpy-queue-")
+        self.queue = SpoolQueue(self._queueDir, reactor=reactor, runInThread=self.runBlocking,
+                                groupCommit=False)
+
+    @classmethod
+    def fromConfig(cls, config, reactor=None, threadPool=None):
+        """
+        @return: a new, empty backend; C{threadPool} is not used.
+        """
+        return cls(reactor, config["server"]["recipient_delimiter"])
+
+    def start(self):
+        """
+        See L{IBackend.start}: nothing is left from an earlier run.
+        """
+
+    def runBlocking(self, f, *args, **kwargs):
+        """
+        See L{IBackend.runBlocking}: at once.
+        """
+        return defer.maybeDeferred(f, *args, **kwargs)
+
+    def close(self):
+        """
+        See L{IBackend.close}.
+        """
+        self.directory.close()
+        shutil.rmtree(self._queueDir, ignore_errors=True)

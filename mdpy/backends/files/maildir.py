@@ -9,7 +9,7 @@ Layout::
     root/<domain>/<localpart>/.Sent/      folder "Sent" (with a maildirfolder file)
     root/<domain>/<localpart>/.Lists.Work/  folder "Lists/Work"
 
-The root also holds C{.mdpy-uidvalidity} (see L{mdpy.store.maildirindex}),
+The root also holds C{.mdpy-uidvalidity} (see L{mdpy.backends.files.maildirindex}),
 and, for a moment, C{.deleting.<unique>}: a tree being deleted (see
 L{MaildirStore._removeTree}); a leading dot is no domain's name.
 
@@ -21,7 +21,7 @@ Message files are named C{<seconds>.M<usec>P<pid>Q<n>.<host>,S=<size>,W=<size
 with CR LF line endings>} (Dovecot's fields), with
 the Maildir info suffix C{:2,<flags>} once in C{cur/}.  The index beside each
 folder, its file format and its locking are described in
-L{mdpy.store.maildirindex}.
+L{mdpy.backends.files.maildirindex}.
 
 Invariants: a L{MaildirMailbox}'s view (L{MaildirMailbox.messages} and its
 counters) changes only in L{MaildirMailbox.sync} or when a Deferred of its own
@@ -65,16 +65,16 @@ from mdpy.mailbox import (
     normaliseFolderName,
     storableFlags,
 )
-from mdpy.store import Listeners
-from mdpy.store.committer import Committer, commitBatch
-from mdpy.store.maildirindex import (
+from mdpy.backends.local import LocalChangeFeed
+from mdpy.backends.files.committer import Committer, commitBatch
+from mdpy.backends.files.maildirindex import (
     FolderIndex,
     flagsFromInfo,
     infoForFlags,
     lastUidValidity,
     raiseUidValidity,
 )
-from mdpy.threads import deferToReactorThreadPool
+from mdpy.backends.files.blocking import deferToReactorThreadPool
 
 SUBSCRIPTIONS_NAME = "subscriptions"
 CACHE_NAME = "mdpy-cache.sqlite"
@@ -762,24 +762,32 @@ class MaildirStore:
         reactor's thread pool.
     """
 
-    def __init__(self, root, runInThread=None, reactor=None, committerThreads=4, archiveRoot=None):
+    def __init__(self, root, runInThread=None, reactor=None, committerThreads=4, archiveRoot=None,
+                 groupCommit=None, changeFeed=None):
         """
         @param archiveRoot: where L{deleteAccount} and L{deleteDomain} keep
             the mail they take out of the store; by default C{deleted}
             beside C{root}.
         @param runInThread: C{runInThread(f, *args)} returning a Deferred, for
-            blocking work; by default the reactor's thread pool, and new
-            messages go through a L{Committer} (group commit).  Given (tests
-            pass a synchronous one), it does all the work.
+            blocking work; by default the reactor's thread pool.
+        @param groupCommit: whether new messages go through a L{Committer}
+            (group commit) rather than C{runInThread}; by default when
+            C{runInThread} is not given (tests pass a synchronous one that
+            does all the work).
+        @param changeFeed: the L{mdpy.interfaces.IChangeFeed} told of every
+            change; by default one of this process only.
         """
         self.root = os.path.abspath(root)
         if archiveRoot is None:
             archiveRoot = os.path.join(os.path.dirname(self.root), "deleted")
         self.archiveRoot = os.path.abspath(archiveRoot)
-        self._listeners = Listeners()
+        self.changeFeed = LocalChangeFeed() if changeFeed is None else changeFeed
         self._committer = None
+        if groupCommit is None:
+            groupCommit = runInThread is None
         if runInThread is None:
             runInThread = deferToReactorThreadPool
+        if groupCommit:
             if reactor is None:
                 from twisted.internet import reactor
             self._committer = Committer(reactor, _prepareCopies, committerThreads)
@@ -813,7 +821,7 @@ class MaildirStore:
         return path
 
     def _notify(self, account, folder):
-        self._listeners.notify(account, folder)
+        self.changeFeed.publish(account, folder)
 
     # IMailStore
 
@@ -1083,10 +1091,10 @@ class MaildirStore:
         See L{IMailStore.addListener}.  Only changes made through this
         process's stores are reported.
         """
-        self._listeners.add(self._accountKey(address), listener)
+        self.changeFeed.subscribe(self._accountKey(address), listener)
 
     def removeListener(self, address, listener):
         """
         See L{IMailStore.removeListener}.
         """
-        self._listeners.remove(self._accountKey(address), listener)
+        self.changeFeed.unsubscribe(self._accountKey(address), listener)
