@@ -19,7 +19,8 @@ from mdpy import mailbox
 from mdpy.mailbox import ADD, REMOVE, REPLACE
 from mdpy.backends.files import maildir, maildirindex
 from mdpy.backends.files.maildir import MaildirStore
-from tests.test_store_memory import ALICE, BOB, MESSAGE, StoreContract, resultOf
+from mdpy.testing import resultOf
+from mdpy.testing.contracts import ALICE, BOB, MESSAGE, StoreContract
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = re.compile(r"[0-9]+\.M[0-9]+P[0-9]+Q[0-9]+\.[^/:,]+,S=([0-9]+),W=\1\Z")

@@ -53,12 +53,16 @@ class FilesBackend:
         thread-safe); L{store} is what the protocols get.
     """
 
-    def __init__(self, dataDir, reactor=None, threadPool=None, recipientDelimiter="+"):
+    def __init__(self, dataDir, reactor=None, threadPool=None, recipientDelimiter="+",
+                 groupCommit=True):
         """
         @param dataDir: the data directory.
         @param threadPool: the thread pool blocking work runs in, started
             and stopped by the caller; L{None} for a synchronous backend
             (the C{mdpy} command).
+        @param groupCommit: whether new messages and queue entries are
+            written by group commit (L{mdpy.backends.files.committer}, its
+            own writer threads) rather than in C{threadPool}.
         """
         self.datadir = DataDir(dataDir)
         self.datadir.prepare()
@@ -73,11 +77,11 @@ class FilesBackend:
             runInThread = self._blocking.run
         self.mailStore = MaildirStore(
             self.datadir.mailRoot, runInThread=runInThread, reactor=reactor,
-            archiveRoot=self.datadir.deletedDir, groupCommit=True, changeFeed=self.changeFeed,
+            archiveRoot=self.datadir.deletedDir, groupCommit=groupCommit, changeFeed=self.changeFeed,
         )
         self.store = self.mailStore if runInThread is None else DeferredStore(self.mailStore, runInThread)
         self.queue = SpoolQueue(self.datadir.queueDir, reactor=reactor, runInThread=runInThread,
-                                groupCommit=True)
+                                groupCommit=groupCommit)
 
     @classmethod
     def fromConfig(cls, config, reactor=None, threadPool=None):

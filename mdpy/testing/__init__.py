@@ -320,3 +320,15 @@ class LoopbackTestCase(TempDirTestCase):
             self.addCleanup(lambda: defer.ensureDeferred(
                 self.until(lambda: not openConnections(), "server connections to close")))
         return port.getHost().port
+
+
+def __getattr__(name):
+    """
+    The contract suites (L{mdpy.testing.contracts}) are importable from
+    here too; they need pytest, so they are loaded on first use.
+    """
+    import importlib
+
+    if name.endswith("Contract"):
+        return getattr(importlib.import_module("mdpy.testing.contracts"), name)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
