@@ -55,9 +55,10 @@ class DataDir:
 
     def prepare(self):
         """
-        Create the folders, private to the server's user.
+        Create the server's folders, private to its user (the files
+        backend makes its own).
         """
-        for path in (self.root, self.mailRoot, self.spoolDir, self.literalSpoolDir):
+        for path in (self.root, self.spoolDir, self.literalSpoolDir):
             os.makedirs(path, mode=0o700, exist_ok=True)
 
     def firstStart(self, directory, store, domain):

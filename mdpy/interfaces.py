@@ -521,6 +521,15 @@ class IDirectory(Interface):
 # --- outbound queue, collectors ---------------------------------------------
 
 
+# The states of a recipient of a queued message (the C{state} of each of
+# C{entry.recipients} of L{IOutboundQueue.list}): still to be delivered,
+# delivered, failed (the sender is still to be told), and bounced (told).
+PENDING = "pending"
+SENT = "sent"
+FAILED = "failed"
+BOUNCED = "bounced"
+
+
 class IOutboundQueue(IDeliveryTarget):
     """
     Durable spool for mail to remote recipients.  As a delivery target, its

@@ -56,8 +56,8 @@ from twisted.protocols.basic import LineOnlyReceiver
 
 from mdpy import errors
 from mdpy.delivery import dsn
-from mdpy.backends.files.queue import BOUNCED, FAILED, PENDING, SENT
 from mdpy.envelope import Envelope
+from mdpy.interfaces import BOUNCED, FAILED, PENDING, SENT
 from mdpy.logs import Logger
 from mdpy.smtp.client import OutboundMessage, SessionResult, deliverOver
 from mdpy.tls import clientEndpoint, verifyingClientOptions

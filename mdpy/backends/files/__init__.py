@@ -66,6 +66,7 @@ class FilesBackend:
         """
         self.datadir = DataDir(dataDir)
         self.datadir.prepare()
+        os.makedirs(self.datadir.mailRoot, mode=0o700, exist_ok=True)
         self.changeFeed = LocalChangeFeed()
         self.maildropLocks = MaildropLocks()
         self.directory = openDirectory(self.datadir, recipientDelimiter)

@@ -51,13 +51,9 @@ from mdpy.durable import (
     writeAll,
     writeFileAtomically,
 )
-from mdpy.interfaces import IDelivery, IOutboundQueue
+from mdpy.interfaces import BOUNCED, FAILED, PENDING, SENT, IDelivery, IOutboundQueue
 from mdpy.logs import Logger
 
-PENDING = "pending"
-SENT = "sent"
-FAILED = "failed"
-BOUNCED = "bounced"
 STATES = (PENDING, SENT, FAILED, BOUNCED)
 
 FORMAT_VERSION = 1
