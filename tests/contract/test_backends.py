@@ -61,6 +61,9 @@ def test_serverHandsTheBackendToEveryProtocol(tmp_path):
     assert listeners["relay"].queue is backend.queue
     pipeline = listeners["smtp"].factory.target
     assert pipeline.store is backend.store and pipeline.directory is backend.directory
+    # Password hashes are checked where the backend runs blocking work.
+    checkers = set(listeners["imap"].factory.portal.checkers.values())
+    assert [checker._runInThread for checker in checkers] == [backend.runBlocking]
     # The first start made the postmaster in the backend, not on disk.
     assert resultOf(backend.store.accountExists("postmaster@example.com"))
     assert not (tmp_path / "data" / "mail").exists()
