@@ -788,6 +788,33 @@ def test_fetch_reads_messages_through_the_store_only_when_it_must(monkeypatch):
     assert reads == [3, 2]
 
 
+def test_fetch_reads_ahead_and_answers_in_order(monkeypatch):
+    """
+    FETCH asks the store for the next messages before the first read
+    finishes, so the store's round trips overlap; the answers still come
+    in order, and a message gone meanwhile gets NO with EXPUNGEISSUED.
+    """
+    from twisted.internet import defer
+
+    from mdpy.errors import NotFound
+
+    pending = {}
+    monkeypatch.setattr(MemoryMessage, "read", lambda message: pending.setdefault(message.uid, defer.Deferred()))
+    s = Session()
+    s.select()
+    s.send("a FETCH 1:3 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert sorted(pending) == [1, 2, 3]
+    pending[3].callback(MESSAGES[2])
+    pending[2].errback(NotFound("gone"))
+    assert s.lines() == []
+    pending[1].callback(MESSAGES[0])
+    assert s.lines() == [
+        "* 1 FETCH (BODY[HEADER.FIELDS (SUBJECT)] {16}", "Subject: one", "", ")",
+        "* 3 FETCH (BODY[HEADER.FIELDS (SUBJECT)] {18}", "Subject: three", "", ")",
+        "a NO [EXPUNGEISSUED] Some messages were expunged meanwhile.",
+    ]
+
+
 def test_fetch_macros_and_bad_items():
     s = Session()
     s.select()

@@ -21,6 +21,9 @@ from mdpy.imap.parser import Atom, ParseError, SequenceSet, formatSequence, isAt
 from mdpy.mailbox import ADD, DELETED, REMOVE, REPLACE, SEEN, changedFlags, storableFlags
 
 CHUNK = 64 * 1024
+# Messages read ahead of the one being answered (FETCH, SEARCH), so the
+# store's round trips to its thread pool overlap.
+READ_AHEAD = 16
 _UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE"}
 _STORE_MODES = {"FLAGS": REPLACE, "+FLAGS": ADD, "-FLAGS": REMOVE}
 
@@ -86,6 +89,51 @@ class _SearchContext:
         return data
 
 
+
+
+class _ReadFailed:
+    """
+    A read that failed, kept as a value so a read left unused is no
+    unhandled error.
+    """
+
+    def __init__(self, failure):
+        self.failure = failure
+
+
+class _ReadAhead:
+    """
+    The octets of the messages a command goes through in order, read by
+    the store up to L{READ_AHEAD} messages ahead.
+
+    @ivar wanted: C{wanted(message)}: whether a message must be read.
+    """
+
+    def __init__(self, messages, wanted):
+        self._messages = messages
+        self.wanted = wanted
+        self._reads = {}
+        self._next = 0
+
+    async def read(self, index):
+        """
+        @return: the octets of message C{index}, or L{None} when it is not
+            wanted.
+        @raise mdpy.errors.NotFound: it was removed meanwhile.
+        """
+        end = min(index + 1 + READ_AHEAD, len(self._messages))
+        while self._next < end:
+            message = self._messages[self._next]
+            if self.wanted(message):
+                self._reads[self._next] = message.read().addErrback(_ReadFailed)
+            self._next += 1
+        d = self._reads.pop(index, None)
+        if d is None:
+            return None
+        result = await d
+        if isinstance(result, _ReadFailed):
+            result.failure.raiseException()
+        return result
 
 
 class MessageCommands:
@@ -157,20 +205,23 @@ class MessageCommands:
                 messages = [current.get(m.uid, m) if m.uid in seenNow else m for m in messages]
         output = _Output(self.transport) if len(messages) > 64 or request.needsContent else None
         structures = self.factory.structures
+        reads = _ReadAhead(messages, lambda message: request.needsContent or (
+            request.needsStructure and structures.cached(message) is None))
         withFlags = None
         try:
             pending = []
             size = 0
-            for message in messages:
+            for index, message in enumerate(messages):
                 if self.closing:
                     return None
                 data = structure = None
                 try:
+                    data = await reads.read(index)
                     if request.needsStructure:
                         structure = structures.cached(message)
-                    if request.needsContent or (request.needsStructure and structure is None):
-                        data = await message.read()
                     if request.needsStructure and structure is None:
+                        if data is None:  # dropped from the cache meanwhile
+                            data = await message.read()
                         structure = structures.get(message, data, selected.mailbox)
                 except (errors.NotFound, OSError):
                     gone = True
@@ -312,12 +363,13 @@ class MessageCommands:
             its content.
         """
         matches = []
-        for message in messages:
+        reads = _ReadAhead(messages, lambda message: criteria.needsContent)
+        for index, message in enumerate(messages):
             if self.closing:
                 break
             try:
                 if criteria.needsContent:
-                    context.read = (message, await message.read())
+                    context.read = (message, await reads.read(index))
                 if criteria.match(message, context):
                     matches.append((context.sequence(message), message.uid, message.modSeq))
             except (errors.NotFound, OSError):
