@@ -21,8 +21,9 @@ memory takes: whatever touches a disk, a database or the network happens in
 the backend (L{IBackend}), which returns a L{Deferred} and does the work
 where it likes.  The files backend (L{mdpy.backends.files}) runs its
 blocking work in one thread pool that the server hands it
-(L{mdpy.backends.files.blocking}); the memory backend returns values or
-fired Deferreds.  So callers wrap each call in C{defer.maybeDeferred} (or
+(L{mdpy.backends.files.blocking}), except a message read that the kernel
+can serve from the page cache without waiting (C{RWF_NOWAIT}); the memory
+backend returns values or fired Deferreds.  So callers wrap each call in C{defer.maybeDeferred} (or
 C{await} it) and never start a thread themselves, and nothing outside
 C{mdpy.backends} uses a thread pool.  A Deferred fires on the reactor
 thread; a view (an L{IMailbox}) changes only there, when one of its own

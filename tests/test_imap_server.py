@@ -11,7 +11,7 @@ from twisted.internet import task
 
 from mdpy.auth.checkers import FailedLoginTracker
 from mdpy.imap.server import IMAP4Factory
-from mdpy.backends.memory import MemoryMessage, MemoryStore
+from mdpy.backends.memory import MemoryMessage, MemoryStore, recordReads
 from mdpy.testing import Transcript, memoryPortal, resultOf, synchronousRunner
 
 TLS = object()
@@ -765,14 +765,7 @@ def test_fetch_reads_messages_through_the_store_only_when_it_must(monkeypatch):
     by opening it on the reactor; a structure already parsed is served
     without reading the message again.
     """
-    reads = []
-    original = MemoryMessage.read
-
-    def countingRead(message):
-        reads.append(message.uid)
-        return original(message)
-
-    monkeypatch.setattr(MemoryMessage, "read", countingRead)
+    reads = recordReads(monkeypatch)
     monkeypatch.setattr(MemoryMessage, "open", lambda message: pytest.fail("opened on the reactor"))
     s = Session()
     s.select()

@@ -16,7 +16,7 @@ from mdpy.auth.checkers import FailedLoginTracker
 from mdpy.backends.local import MaildropLocks
 from mdpy.pop3.maildrop import uidlFor
 from mdpy.pop3.server import POP3Factory
-from mdpy.backends.memory import MemoryStore
+from mdpy.backends.memory import MemoryStore, recordReads
 from mdpy.testing import AddressRealm, Transcript, memoryPortal, resultOf
 
 TLS = object()
@@ -553,3 +553,22 @@ def test_droppedConnectionMarksNothingSeen():
     s.lines()
     s.protocol.connectionLost(None)
     assert [m.flags for m in store.openMailbox(USER).messages()] == [frozenset()] * 3
+
+
+def test_retr_reads_the_next_message_ahead(monkeypatch):
+    """
+    After RETR n, the store is already reading message n + 1 (clients
+    that download everything ask for it next); RETR n + 1 uses that read,
+    and a deleted message is not read ahead.
+    """
+    reads = recordReads(monkeypatch)
+    s = Session()
+    s.login()
+    s.send("DELE 3")
+    s.lines()
+    s.send("RETR 1")
+    s.lines()
+    assert reads == [1, 2]
+    s.send("RETR 2")
+    assert s.lines()[0].startswith("+OK")
+    assert reads == [1, 2]

@@ -654,3 +654,31 @@ class TestIndexFormat:
         for name in ["Entwürfe", "a&b", "日本語/x", "~peter/mail/台北"]:
             assert maildir._folderNameFromDir(maildir._folderDirName(name)) == name
         assert mutf7.encode("~peter/mail/台北/日本語") == "~peter/mail/&U,BTFw-/&ZeVnLIqe-"
+
+
+def test_readFromThePageCacheAtOnceElseInThePool(tmp_path, monkeypatch):
+    """
+    A message the kernel can read without waiting for the disk is read at
+    once; one it cannot (C{RWF_NOWAIT} fails) is read in the store's
+    thread pool.  Both give the octets with CR LF line endings.
+    """
+    pooled = []
+
+    def recordingRunner(f, *args):
+        pooled.append(f)
+        return defer.maybeDeferred(f, *args)
+
+    store = MaildirStore(str(tmp_path / "mail"), runInThread=recordingRunner)
+    store.createAccount(ALICE)
+    resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE])]))
+    [message] = store.openMailbox(ALICE).messages()
+    pooled.clear()
+    assert resultOf(message.read()) == MESSAGE
+    assert pooled == []
+
+    def wouldBlock(*args):
+        raise BlockingIOError(errno.EAGAIN, "would block")
+
+    monkeypatch.setattr(maildir.os, "preadv", wouldBlock)
+    assert resultOf(message.read()) == MESSAGE
+    assert pooled == [message.readFile]

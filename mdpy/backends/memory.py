@@ -434,6 +434,25 @@ class MemoryStore:
         self.changeFeed.unsubscribe(accountKey(address), listener)
 
 
+def recordReads(monkeypatch):
+    """
+    For tests: note the UID of every message of a L{MemoryStore} read from
+    now on.
+
+    @param monkeypatch: pytest's C{monkeypatch} fixture, which undoes it.
+    @return: the L{list} the UIDs are added to, in order.
+    """
+    reads = []
+    original = MemoryMessage.read
+
+    def recordingRead(message):
+        reads.append(message.uid)
+        return original(message)
+
+    monkeypatch.setattr(MemoryMessage, "read", recordingRead)
+    return reads
+
+
 @implementer(IBackend)
 class MemoryBackend:
     """

@@ -66,6 +66,22 @@ class POP3Factory(SessionFactory):
         self.allowPlaintext = allowPlaintext
 
 
+class _Unread:
+    """
+    A read ahead that failed, kept as a value: an error only if the message
+    is asked for.
+    """
+
+    def __init__(self, failure):
+        self.failure = failure
+
+    @staticmethod
+    def result(value):
+        if isinstance(value, _Unread):
+            value.failure.raiseException()
+        return value
+
+
 @implementer(iinternet.IPullProducer)
 class _MessageStreamer:
     """
@@ -125,6 +141,7 @@ class POP3Server(CommandSession):
         self.maildrop = None
         self._user = None
         self._retrieved = set()
+        self._nextRead = None  # (message, Deferred of its octets) read ahead
 
     # --- CommandSession -----------------------------------------------------
 
@@ -386,16 +403,16 @@ class POP3Server(CommandSession):
         message = self._message(argument)
         if message is None:
             return None
-        return defer.ensureDeferred(self._retrieve(message))
+        return defer.ensureDeferred(self._retrieve(message, int(argument)))
 
-    async def _retrieve(self, message):
+    async def _retrieve(self, message, number):
         """
         Send C{message}: read whole by the store when small, else streamed
         from the file the store opened.
         """
         try:
             if message.size <= CHUNK:
-                data = await message.read()
+                data = await self._read(message)
             else:
                 file = await message.open()
         except errors.MailError:
@@ -404,9 +421,31 @@ class POP3Server(CommandSession):
         self._retrieved.add(message)
         if message.size <= CHUNK:
             self.send(b"+OK %d octets\r\n%s" % (message.size, stuff(data)))
+            self._readAhead(number)
             return None
         self.send(b"+OK %d octets\r\n" % (message.size,))
         return await _MessageStreamer(self.transport, file, DotStuffer()).start()
+
+    def _read(self, message):
+        """
+        @return: a Deferred of the octets of C{message}, read ahead by
+            L{_readAhead} when it is the one expected.
+        """
+        ahead, self._nextRead = self._nextRead, None
+        if ahead is not None and ahead[0] is message:
+            return ahead[1].addCallback(_Unread.result)
+        return message.read()
+
+    def _readAhead(self, number):
+        """
+        Start reading the message after message C{number} if it is small:
+        clients that download everything ask for it next, so the store's
+        round trip overlaps the client's.
+        """
+        messages = self.maildrop.messages
+        if number < len(messages) and number not in self.maildrop.deleted and messages[number].size <= CHUNK:
+            following = messages[number]
+            self._nextRead = (following, following.read().addErrback(_Unread))
 
     def do_TOP(self, argument):
         number, _, lines = argument.partition(" ")

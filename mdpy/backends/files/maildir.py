@@ -81,6 +81,8 @@ CACHE_NAME = "mdpy-cache.sqlite"
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 65536
+# Linux: a read that fails instead of waiting for the disk (preadv2(2)).
+_NOWAIT = getattr(os, "RWF_NOWAIT", None)
 _counter = itertools.count(1)
 _stateSerial = itertools.count(1)
 _log = Logger()
@@ -389,9 +391,38 @@ class MaildirMessage:
 
     def read(self):
         """
-        See L{IStoredMessage.read}: L{readFile} in the store's thread pool.
+        See L{IStoredMessage.read}: from the page cache at once when the
+        kernel can read the whole file without waiting for the disk
+        (C{RWF_NOWAIT}), else L{readFile} in the store's thread pool.
         """
+        try:
+            data = self._readCached()
+        except OSError:
+            data = None
+        if data is not None:
+            return defer.succeed(data)
         return self._runInThread(self.readFile)
+
+    def _readCached(self):
+        """
+        @return: the octets of the message (as L{readFile} gives them) if
+            all of them are in the page cache, else L{None}.
+        """
+        if _NOWAIT is None:
+            return None
+        with self.openFile() as file:
+            size = os.fstat(file.fileno()).st_size
+            buffer = bytearray(size + 1)
+            try:
+                read = os.preadv(file.fileno(), [buffer], 0, _NOWAIT)
+            except BlockingIOError:
+                return None
+        if read != size:
+            return None
+        data = bytes(buffer[:size])
+        if len(data) != self.size:
+            data = normaliseLineEndings(data)
+        return data
 
     def readFile(self):
         """
