@@ -54,7 +54,7 @@ EXISTS = re.compile(rb"^\* (\d+) EXISTS\r?$")
 DELIVERER = """
 import sys, time
 from twisted.internet import defer
-from mdpy.store.maildir import MaildirStore
+from mdpy.backends.files.maildir import MaildirStore
 
 store = MaildirStore(sys.argv[1], runInThread=lambda f, *a: defer.maybeDeferred(f, *a))
 for line in sys.stdin:

@@ -5,7 +5,7 @@ and the RCPT latency a Minger check adds to SMTP.
     python bench/minger_bench.py [--queries 200000] [--sockets 4] [--window 32]
                                  [--users 10000] [--missing 20] [--rcpts 2000]
 
-A SQLite directory is made with mdpy.directory.sqlite in a temporary
+A SQLite directory is made with mdpy.backends.files.directory in a temporary
 directory: the domain bench.test and --users users user0..userN-1@bench.test.
 (addUser hashes each password with scrypt, about 50 ms a user; the users are
 inserted straight into the users table instead, without a password: Minger
@@ -86,7 +86,7 @@ def build_directory(path, users):
     """The domain bench.test with users user0..user{users-1}, inserted
     straight into the table (no password: nothing logs in)."""
     sys.path.insert(0, os.path.dirname(HERE))
-    from mdpy.directory.sqlite import SQLiteDirectory
+    from mdpy.backends.files.directory import SQLiteDirectory
     directory = SQLiteDirectory(path)
     try:
         directory.addDomain(DOMAIN)
@@ -113,7 +113,7 @@ def serve(path):
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    from mdpy.directory.sqlite import SQLiteDirectory
+    from mdpy.backends.files.directory import SQLiteDirectory
     from mdpy.minger.server import MingerServer
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)],
@@ -367,12 +367,12 @@ def serve_smtp(base, minger_port):
     from twisted.internet import reactor
 
     from mdpy.delivery.pipeline import DeliveryPipeline
-    from mdpy.delivery.queue import SpoolQueue
-    from mdpy.directory.sqlite import SQLiteDirectory
+    from mdpy.backends.files.queue import SpoolQueue
+    from mdpy.backends.files.directory import SQLiteDirectory
     from mdpy.minger.client import MingerClient, MingerVerifier
     from mdpy.odmr.gateway import GatewayDomain, Gateways
     from mdpy.smtp.server import SMTPFactory
-    from mdpy.store.memory import MemoryStore
+    from mdpy.backends.memory import MemoryStore
 
     client = MingerClient(reactor, "127.0.0.1", port=minger_port, secret=SECRET,
                           cacheTTL=0, negativeTTL=0)

@@ -248,6 +248,20 @@ def run(argv, stdout, stdin):
     handler(args, config, datadir, stdout, stdin)
 
 
+def _backend(config, reactor=None):
+    """
+    @return: the L{mdpy.interfaces.IBackend} of C{config}, built for the
+        command line: without a thread pool, so its store and directory
+        answer at once.
+    """
+    from mdpy import backends
+
+    try:
+        return backends.load(config["server"]["backend"], config, reactor)
+    except MailError as e:
+        raise CommandError("[server] backend: %s" % (e,)) from None
+
+
 def _check(config, stdout):
     from mdpy.configcheck import checkConfig
 
@@ -280,7 +294,8 @@ def _init(args, stdout):
 
 
 def _domain(args, config, datadir, stdout, stdin):
-    directory = datadir.openDirectory()
+    backend = _backend(config)
+    directory = backend.directory
     if args.action == "add":
         from mdpy.directory import addRoleAliases
 
@@ -311,7 +326,7 @@ def _domain(args, config, datadir, stdout, stdin):
         directory.removeDomain(domain)
         stdout.write("deleted domain %s and its %d users\n" % (domain, len(users)))
         _removeMultipop(datadir, set(users), stdout)
-        _reportRemoved(datadir.openStore().deleteDomain(domain, archive=not args.purge), stdout)
+        _reportRemoved(backend.store.deleteDomain(domain, archive=not args.purge), stdout)
     elif args.action == "catchall":
         _catchAll(args, directory, stdout)
 
@@ -342,7 +357,8 @@ def _catchAll(args, directory, stdout):
 
 
 def _user(args, config, datadir, stdout, stdin):
-    directory = datadir.openDirectory()
+    backend = _backend(config)
+    directory = backend.directory
     if args.action == "add":
         password = args.password
         if password is None:
@@ -350,7 +366,7 @@ def _user(args, config, datadir, stdout, stdin):
         _checkPassword(config, password)
         directory.addUser(args.address, password)
         address = directory.getUser(args.address).address
-        datadir.openStore().createAccount(address)
+        backend.store.createAccount(address)
         stdout.write("added user %s\n" % (address,))
     elif args.action == "list":
         for address in directory.listUsers(args.domain):
@@ -369,7 +385,7 @@ def _user(args, config, datadir, stdout, stdin):
         directory.removeUser(user.address)
         stdout.write("deleted user %s\n" % (user.address,))
         _removeMultipop(datadir, {user.address}, stdout)
-        _reportRemoved(datadir.openStore().deleteAccount(user.address, archive=not args.purge), stdout)
+        _reportRemoved(backend.store.deleteAccount(user.address, archive=not args.purge), stdout)
     elif args.action == "passwd":
         user = directory.getUser(args.address)
         if user is None:
@@ -404,7 +420,8 @@ def _checkPassword(config, password):
 
 
 def _alias(args, config, datadir, stdout, stdin):
-    directory = datadir.openDirectory()
+    backend = _backend(config)
+    directory = backend.directory
     if args.action == "add":
         from mdpy.directory import checkAliasTargets
 
@@ -422,14 +439,9 @@ def _alias(args, config, datadir, stdout, stdin):
 
 
 def _queue(args, config, datadir, stdout, stdin):
-    from mdpy.delivery.queue import readHeld, readQueue
-
+    queue = _backend(config).queue
     if args.action == "list":
-        entries, unreadable = readQueue(datadir.queueDir)
-        try:
-            held = readHeld(datadir.queueDir)
-        except (OSError, ValueError, TypeError):
-            held = set()
+        entries, held, unreadable = queue.inspect()
         for entry in entries:
             stdout.write(formatEntry(entry, held))
         for name in unreadable:
@@ -448,14 +460,10 @@ def _queue(args, config, datadir, stdout, stdin):
         raise CommandError("no such queued message: %s" % (args.id,))
     answer = _control(datadir, "DELETE " + args.id)
     if answer is None:
-        removed = False
-        for sub in ("env", "msg"):
-            path = os.path.join(datadir.queueDir, sub, args.id)
-            if os.path.exists(path):
-                os.unlink(path)
-                removed = True
-        if not removed:
-            raise CommandError("no such queued message: %s" % (args.id,))
+        try:
+            queue.discard(args.id)
+        except MailError:
+            raise CommandError("no such queued message: %s" % (args.id,)) from None
     elif answer != "OK":
         raise CommandError("no such queued message: %s" % (args.id,))
     stdout.write("deleted queued message %s\n" % (args.id,))
@@ -511,7 +519,7 @@ def _control(datadir, command):
     """
     from mdpy.control import sendCommand
 
-    lines = sendCommand(datadir.queueDir, command, timeout=30)
+    lines = sendCommand(datadir.controlSocketPath, command, timeout=30)
     if lines is None:
         return None
     return lines[-1].strip() if lines else ""
@@ -577,7 +585,7 @@ def _multipop(args, config, datadir, stdout, stdin):
         if password is None:
             password = _readPassword(stdin, "Password of %s at %s: " % (args.username, args.host))
         port = args.port or (995 if args.tls == "implicit" else 110)
-        directory = datadir.openDirectory()
+        directory = _backend(config).directory
         if directory.getUser(args.user.lower()) is None:
             raise CommandError("no such user: %s" % (args.user,))
         stdout.write(
@@ -620,10 +628,11 @@ def _collect(config, datadir, name, stdout):
 
     async def main(reactor):
         datadir.prepare()
-        directory = datadir.openDirectory()
-        store = datadir.openStore(reactor=reactor)
-        pipeline, queue, resolver = buildPipeline(config, datadir, directory, store, reactor)
-        collectors = buildCollectors(config, datadir, pipeline, directory, reactor)
+        backend = _backend(config, reactor)
+        pipeline, queue, resolver = buildPipeline(config, datadir, backend, reactor)
+        collectors = buildCollectors(
+            config, datadir, pipeline, backend.directory, reactor, backend.runBlocking
+        )
         collector = collectors[name]
         try:
             reports = await defer.maybeDeferred(collector.runNow)
@@ -661,7 +670,7 @@ def _inServer(datadir, command, stdout):
     """
     from mdpy.control import sendCommand
 
-    lines = sendCommand(datadir.queueDir, command)
+    lines = sendCommand(datadir.controlSocketPath, command)
     if lines is None:
         return False
     for line in lines[:-1]:
@@ -707,7 +716,7 @@ def _dns(args, config, datadir, stdout, stdin):
 
     domain = normaliseDomain(args.domain)
     # The server's own domain is local before its first start makes it.
-    if domain != normaliseDomain(config["server"]["domain"]) and not datadir.openDirectory().hasDomain(domain):
+    if domain != normaliseDomain(config["server"]["domain"]) and not _backend(config).directory.hasDomain(domain):
         raise CommandError("%s is not a local domain (see mdpy domain list)" % (domain,))
     keys = DKIMKeys(datadir.dkimDir)
     try:

@@ -241,6 +241,10 @@ SCHEMA = {
             "Subaddressing: mail to user+detail@domain goes to user@domain when no user or alias has the "
             "whole address (RFC 5233); several characters are each a delimiter; empty turns it off.",
             emptyTurnsOff=True),
+        Key("backend", parseStr, "files",
+            "Where mail, the directory and the queue are kept: files (data_dir on this machine), memory "
+            "(lost when the server stops; for tests) or package.module:Class, a class whose "
+            "fromConfig(config, reactor, threadPool) returns an mdpy.interfaces.IBackend."),
     ],
     "tls": [
         Key("certificate", parseStr, "", "PEM certificate chain; default: a self-signed one in data_dir/tls.", isPath=True),

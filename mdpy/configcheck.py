@@ -14,7 +14,7 @@ from twisted.internet.error import VerifyError
 
 from mdpy.config import ConfigError
 from mdpy.datadir import DataDir
-from mdpy.errors import MailError
+from mdpy.errors import InvalidInput, MailError
 from mdpy.tls import serverOptions
 
 # The keys a collecting section cannot work without.
@@ -45,6 +45,7 @@ def checkConfig(config, portOffset=0, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     checkFolder(config, "server", "data_dir", config["server"]["data_dir"])
+    _checkBackend(config)
     _checkTLS(config)
     for section, key in CA_FILES:
         checkReadable(config, section, key, config[section][key])
@@ -80,6 +81,19 @@ def checkReadable(config, section, key, path):
             "%s: [%s] %s = %s: cannot read: %s; give a readable file"
             % (config.label, section, key, path, e.strerror)
         )
+
+
+def _checkBackend(config):
+    """
+    @raise ConfigError: C{[server] backend} names no backend that can be
+        imported.
+    """
+    from mdpy.backends import backendClass
+
+    try:
+        backendClass(config["server"]["backend"])
+    except InvalidInput as e:
+        raise ConfigError("%s: [server] backend: %s" % (config.label, e)) from None
 
 
 def checkFolder(config, section, key, path):

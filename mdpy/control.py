@@ -16,7 +16,6 @@ from twisted.internet import protocol
 from twisted.protocols.basic import LineOnlyReceiver
 
 from mdpy import errors
-from mdpy.delivery.queue import controlSocketPath
 
 
 class ControlProtocol(LineOnlyReceiver):
@@ -78,7 +77,7 @@ class ControlProtocol(LineOnlyReceiver):
 
 class ControlFactory(protocol.ServerFactory):
     """
-    @ivar queue: the L{mdpy.delivery.queue.SpoolQueue} C{FLUSH} and
+    @ivar queue: the L{mdpy.backends.files.queue.SpoolQueue} C{FLUSH} and
         C{DELETE} act on.
     @ivar collectors: C{{name: service}} of the collections C{COLLECT} runs
         (each with C{runNow()}).
@@ -97,13 +96,14 @@ class ControlFactory(protocol.ServerFactory):
 
 
 
-def sendCommand(queueDir, command, timeout=None):
+def sendCommand(socketPath, command, timeout=None):
     """
     Send one command to the running server's control socket and read its
     answer: the C{| line}s, if any, and the last line (C{OK} or C{ERR
     reason}).
 
-    @param queueDir: the queue directory, where the socket is.
+    @param socketPath: the path of the socket
+        (L{mdpy.datadir.DataDir.controlSocketPath}).
     @param timeout: seconds to wait for the server at most, or L{None} to
         wait as long as it works (a collection).
     @return: the lines of the answer without their line ends, or L{None}
@@ -112,7 +112,7 @@ def sendCommand(queueDir, command, timeout=None):
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     client.settimeout(timeout)
     try:
-        client.connect(controlSocketPath(queueDir))
+        client.connect(socketPath)
     except OSError:
         client.close()
         return None

@@ -1,7 +1,9 @@
 # -*- test-case-name: tests.test_tap -*-
 """
 The layout of a data directory, shared by the server and the C{mdpy} command
-so that both open the same directory database and mail store.
+so that both find the same files.  The mail, the directory database and the
+queue are the files backend's (L{mdpy.backends.files}); the other files are
+the server's own.
 
     data_dir/
       directory.sqlite      domains, users, aliases, credentials
@@ -9,7 +11,7 @@ so that both open the same directory database and mail store.
       deleted/<UTC time>/<domain>/[<localpart>/]   mail of deleted accounts and domains
       spool/                bodies of large messages being received
       spool/imap/           IMAP APPEND messages being received (unnamed files)
-      queue/                the outbound queue (see L{mdpy.delivery.queue})
+      queue/                the outbound queue (see L{mdpy.backends.files.queue})
       dkim/                 DKIM signing keys (see L{mdpy.mailauth.dkim})
       srs.secret            the key of SRS addresses (0600)
       tls/cert.pem key.pem  the self-signed certificate, when none is set
@@ -19,12 +21,15 @@ so that both open the same directory database and mail store.
 import os
 import secrets
 
+from twisted.internet import defer
+
 from mdpy.address import normalise
 from mdpy.directory import addRoleAliases
-from mdpy.directory.sqlite import SQLiteDirectory
 from mdpy.errors import Exists
 from mdpy.durable import writeFileAtomically
-from mdpy.store.maildir import MaildirStore
+from mdpy.logs import Logger
+
+_log = Logger()
 
 
 class DataDir:
@@ -44,34 +49,17 @@ class DataDir:
         self.dkimDir = os.path.join(root, "dkim")
         self.postmasterPasswordPath = os.path.join(root, "postmaster.password")
         self.deletedDir = os.path.join(root, "deleted")
+        # The running server's control socket (see
+        # mdpy.control), beside the queue it controls.
+        self.controlSocketPath = os.path.join(self.queueDir, "control.sock")
 
     def prepare(self):
         """
-        Create the folders, private to the server's user.
+        Create the server's folders, private to its user (the files
+        backend makes its own).
         """
-        for path in (self.root, self.mailRoot, self.spoolDir, self.literalSpoolDir):
+        for path in (self.root, self.spoolDir, self.literalSpoolDir):
             os.makedirs(path, mode=0o700, exist_ok=True)
-
-    def openDirectory(self, recipientDelimiter="+"):
-        """
-        @param recipientDelimiter: see
-            L{mdpy.directory.sqlite.SQLiteDirectory.recipientDelimiter}.
-        @return: the L{mdpy.interfaces.IDirectory} of this data directory.
-        """
-        self.prepare()
-        # It holds password hashes: private to the server's user, and SQLite
-        # gives its -wal and -shm files the same mode.
-        os.close(os.open(self.directoryPath, os.O_WRONLY | os.O_CREAT, 0o600))
-        return SQLiteDirectory(self.directoryPath, recipientDelimiter)
-
-    def openStore(self, runInThread=None, reactor=None):
-        """
-        @return: the L{mdpy.interfaces.IMailStore} of this data directory.
-        """
-        self.prepare()
-        return MaildirStore(
-            self.mailRoot, runInThread=runInThread, reactor=reactor, archiveRoot=self.deletedDir
-        )
 
     def firstStart(self, directory, store, domain):
         """
@@ -97,7 +85,10 @@ class DataDir:
         except Exists:
             password = None  # the administrator's own postmaster
         else:
-            store.createAccount(address)
+            # The server is not serving yet: a backend does this at once.
+            defer.maybeDeferred(store.createAccount, address).addErrback(
+                lambda failure: _log.failure("cannot make the mailbox of {address}", failure, address=address)
+            )
             writeFileAtomically(
                 self.postmasterPasswordPath, ("%s %s\n" % (address, password)).encode(), 0o600
             )

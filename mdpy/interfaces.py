@@ -10,6 +10,32 @@ interfaces knows of SMTP, POP3 or IMAP: protocols adapt them.
 Any method documented as returning a value may instead return a L{Deferred}
 firing with that value, unless it says "synchronous".  Failures are the
 protocol-neutral exceptions of L{mdpy.errors}.
+
+Threading
+=========
+
+Everything the protocols, the delivery pipeline, the relay and the
+collectors do runs on the reactor thread, and so does every call they make
+through these interfaces.  A call may block only for as long as reading
+memory takes: whatever touches a disk, a database or the network happens in
+the backend (L{IBackend}), which returns a L{Deferred} and does the work
+where it likes.  The files backend (L{mdpy.backends.files}) runs its
+blocking work in one thread pool that the server hands it
+(L{mdpy.backends.files.blocking}), except a message read that the kernel
+can serve from the page cache without waiting (C{RWF_NOWAIT}); the memory
+backend returns values or fired Deferreds.  So callers wrap each call in C{defer.maybeDeferred} (or
+C{await} it) and never start a thread themselves, and nothing outside
+C{mdpy.backends} uses a thread pool.  A Deferred fires on the reactor
+thread; a view (an L{IMailbox}) changes only there, when one of its own
+Deferreds fires.
+
+Methods marked "synchronous" return plain values and are quick: counters
+and views already in memory (L{IMailbox.messages}), listener registration.
+Two seams are synchronous although a backend may read a file for them:
+L{IDirectory}, whose lookups are short indexed reads that the SMTP and
+authentication paths make for every recipient and login, and
+L{IMessageCache}, a cache of derived data.  A backend that cannot answer
+those in about the time of a local index read keeps them in memory.
 """
 
 from zope.interface import Attribute, Interface
@@ -75,8 +101,8 @@ class IDelivery(Interface):
     One transaction: recipients are added, the body is written, then it is
     committed or aborted.
 
-    Invariants: C{commit} fires only after every copy is durably on disk (file
-    and directory fsynced); if it fails, no copy is visible to readers.  After
+    Invariants: C{commit} fires only after every copy is durably stored
+    (survives a crash and a power cut); if it fails, no copy is visible to readers.  After
     C{abort}, nothing of the transaction remains.
     """
 
@@ -146,9 +172,10 @@ class IMailStore(Interface):
             before a crash), a copy of the same key, account, folder (and
             fourth item) that is in its folder already, read or not, is not
             stored twice.
-        @return: L{None} once every copy is in its folder's C{new/}, each file
-            and directory fsynced.  On failure nothing is visible and nothing
-            is left in C{tmp/}.
+        @return: L{None} once every copy is durably stored (what the
+            backend keeps survives a crash and a power cut) and visible to
+            readers.  On failure no copy is
+            visible and nothing half-written remains.
         @raise mdpy.errors.NotFound: an account or folder does not exist.
         @raise mdpy.errors.TemporaryFailure: an I/O error (disk full, fsync).
         """
@@ -224,7 +251,7 @@ class IMailStore(Interface):
 
     def openMailbox(address, name="INBOX"):
         """
-        @return: an L{IMailbox}, synchronised with what is on disk.
+        @return: an L{IMailbox}, synchronised with what is stored.
         @raise mdpy.errors.NotFound: no such account or folder.
         """
 
@@ -232,7 +259,8 @@ class IMailStore(Interface):
         """
         Call C{listener(address, mailboxName)} after anything changes in a
         folder of that account (new mail, flags, expunge), whichever protocol
-        or process made the change.  Synchronous.
+        or process made the change: a subscription to the store's
+        L{IChangeFeed}.  Synchronous.
         """
 
     def removeListener(address, listener):
@@ -245,8 +273,9 @@ class IChangeFeed(Interface):
     """
     A mailbox changed (new mail, flags, expunge), made by any process that
     shares the store: this is how an idling IMAP client hears of mail
-    another process delivered.  Accounts are named as by L{IMailStore}.
-    Subscribers are called on the reactor thread.
+    another process delivered, and what lets a backend be shared by several
+    processes (another server, C{mdpy domainpop run}).  Accounts are named
+    as by L{IMailStore}.  Subscribers are called on the reactor thread.
     """
 
     def subscribe(account, folder, callback):
@@ -280,8 +309,9 @@ class IMailbox(Interface):
 
     def sync():
         """
-        Take in what changed on disk since the last call (new files from any
-        source, flags changed or files removed by another program).
+        Take in what changed where the folder is stored since the last call
+        (new messages from any source, flags changed or messages removed by
+        another session, process or program).
 
         @return: L{None}.
         """
@@ -320,14 +350,14 @@ class IMailbox(Interface):
             without regard to case.
         @param mode: C{"add"} (C{+FLAGS}) adds C{flags} to the current ones,
             C{"remove"} (C{-FLAGS}) takes them away, C{"replace"}
-            (C{FLAGS}) makes them the flags (L{mdpy.store.ADD},
-            L{mdpy.store.REMOVE}, L{mdpy.store.REPLACE}).
+            (C{FLAGS}) makes them the flags (L{mdpy.mailbox.ADD},
+            L{mdpy.mailbox.REMOVE}, L{mdpy.mailbox.REPLACE}).
         @param unchangedSince: L{None}, or a modification sequence: a
             message whose modification sequence is higher is left as it is
             (RFC 7162 section 3.1.3), and the others get a new one even
             when their flags stay the same.
         @return: a L{dict} mapping each UID of C{uids} still in the folder
-            to a L{mdpy.store.StoredFlags}: the message's flags and
+            to a L{mdpy.mailbox.StoredFlags}: the message's flags and
             modification sequence as now stored, and whether this call
             changed them.  A message whose flags stay the same keeps its
             modification sequence; UIDs not in the folder are left out.
@@ -387,7 +417,7 @@ class IStoredMessage(Interface):
     uid = Attribute("L{int}")
     key = Attribute(
         "L{str}: a name unique in the whole store and stable for the message's"
-        " life (the Maildir base name); POP3 UIDLs come from it."
+        " life; POP3 UIDLs come from it."
     )
     flags = Attribute("L{frozenset} of L{str}")
     size = Attribute("L{int}: octets of the stored message (CRLF line endings).")
@@ -396,9 +426,41 @@ class IStoredMessage(Interface):
 
     def open():
         """
-        @return: a binary file positioned at the start of the message.
-            Synchronous.
+        Open the message for reading, for a reader that streams it in
+        chunks (POP3 C{RETR} of a large message).
+
+        @return: a L{Deferred} firing with a binary file positioned at the
+            start of the message, which the caller closes.
         @raise mdpy.errors.NotFound: the message was removed meanwhile.
+        """
+
+    def read():
+        """
+        Read the whole message (IMAP C{FETCH} and C{COPY}, POP3 C{RETR} of a
+        small message).
+
+        @return: a L{Deferred} firing with the message's octets with CR LF
+            line endings (C{size} of them).
+        @raise mdpy.errors.NotFound: the message was removed meanwhile.
+        """
+
+
+class IMaildropLocks(Interface):
+    """
+    Exclusive access to a POP3 maildrop while a session is in TRANSACTION
+    state (RFC 1939 section 8), for every POP3 listener sharing the
+    backend.  Synchronous.
+    """
+
+    def acquire(account, holder):
+        """
+        @return: whether C{holder} (a session) now holds C{account}'s
+            maildrop: L{False} when another holder has it.
+        """
+
+    def release(account, holder):
+        """
+        Give C{account}'s maildrop up, if C{holder} holds it.
         """
 
 
@@ -491,13 +553,22 @@ class IDirectory(Interface):
         """
 
 
-# --- later services ---------------------------------------------------------
+# --- outbound queue, collectors ---------------------------------------------
+
+
+# The states of a recipient of a queued message (the C{state} of each of
+# C{entry.recipients} of L{IOutboundQueue.list}): still to be delivered,
+# delivered, failed (the sender is still to be told), and bounced (told).
+PENDING = "pending"
+SENT = "sent"
+FAILED = "failed"
+BOUNCED = "bounced"
 
 
 class IOutboundQueue(IDeliveryTarget):
     """
     Durable spool for mail to remote recipients.  As a delivery target, its
-    C{commit} means every queued copy is on disk.  A domain on hold keeps its
+    C{commit} means every queued copy is durably stored.  A domain on hold keeps its
     mail until released (ODMR's ATRN).
     """
 
@@ -509,6 +580,26 @@ class IOutboundQueue(IDeliveryTarget):
 
     def remove(messageId):
         """@raise mdpy.errors.NotFound"""
+
+    def inspect():
+        """
+        Read what is queued as it is stored, without taking part in
+        delivery (C{mdpy queue list} while a server may be running).
+        Synchronous.
+
+        @return: C{(entries, held, unreadable)}: the entries oldest first,
+            the domains on hold, and the names of stored entries that
+            could not be read.
+        """
+
+    def discard(messageId):
+        """
+        Remove a stored message at once, without reporting to its sender:
+        for C{mdpy queue del} when no server is delivering the queue.
+        Synchronous.
+
+        @raise mdpy.errors.NotFound: no such message.
+        """
 
     def hold(domain):
         """Keep mail for C{domain} until L{release}."""
@@ -592,4 +683,47 @@ class IRecipientVerifier(Interface):
             failing with a L{mdpy.errors.MailError} to refuse it
             (L{mdpy.errors.NotFound}: 550 5.1.1; L{mdpy.errors.Unavailable}:
             450 4.2.1; L{mdpy.errors.TemporaryFailure}: 451).
+        """
+
+
+# --- backends ---------------------------------------------------------------
+
+
+class IBackend(Interface):
+    """
+    Everything persistent, or shared between the processes that serve one
+    installation: the protocols and the delivery pipeline reach storage
+    only through these, so one backend can be replaced by another (the
+    files of one machine, memory for tests, a database shared by several
+    machines) without touching them.  Chosen by C{[server] backend} and
+    built by L{mdpy.backends.load}.  See "Threading" above for what runs
+    where.
+    """
+
+    store = Attribute("The L{IMailStore}.")
+    directory = Attribute("The L{IDirectory}.")
+    queue = Attribute("The L{IOutboundQueue}.")
+    changeFeed = Attribute("The L{IChangeFeed} of C{store}.")
+    maildropLocks = Attribute("The L{IMaildropLocks} of every POP3 listener.")
+
+    def start():
+        """
+        Called once by the server before it serves: tidy what a crash left.
+        """
+
+    def runBlocking(f, *args, **kwargs):
+        """
+        Run blocking or CPU-heavy work that is not storage (password
+        hashing, DKIM body hashes, a collector's state file) where the
+        backend runs its own: the files backend's thread pool; at once in
+        the memory backend.
+
+        @return: a L{Deferred} firing with C{f(*args, **kwargs)}.
+        """
+
+    def close():
+        """
+        Release what the backend holds (thread pool, open files).
+
+        @return: a L{Deferred} firing when done, or L{None}.
         """

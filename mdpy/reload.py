@@ -77,8 +77,13 @@ class LiveParts:
     """
 
     def __init__(self, config, datadir, directory, pipeline, reactor, tlsOptions, mtaTLSOptions,
-                 loginTracker, collectors, resolver=None):
+                 loginTracker, collectors, resolver=None, runInThread=None):
+        """
+        @param runInThread: the backend's C{runBlocking}, for the state of
+            collectors started on reload.
+        """
         self.config = self.started = config
+        self.runInThread = runInThread
         self.datadir = datadir
         self.directory = directory
         self.pipeline = pipeline
@@ -109,7 +114,8 @@ class LiveParts:
             for name in after:
                 if after[name] != before.get(name):
                     plan.started[name] = buildCollection(
-                        config, self.datadir, name, self.pipeline, self.directory, self.reactor
+                        config, self.datadir, name, self.pipeline, self.directory, self.reactor,
+                        self.runInThread,
                     )
         except ConfigError:
             for collection in plan.started.values():

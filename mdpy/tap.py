@@ -15,6 +15,7 @@ from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
 from mdpy.logs import Logger
 from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
 
 from twisted.cred.portal import Portal
 
@@ -32,7 +33,7 @@ from mdpy.mailauth.authresults import InboundChecker
 from mdpy.mailauth.dkim import DKIMKeys
 from mdpy.delivery.mx import MXResolver
 from mdpy.delivery.pipeline import DeliveryPipeline
-from mdpy.delivery.queue import SpoolQueue, controlSocketPath
+from mdpy import backends
 from mdpy.control import ControlFactory
 from mdpy.delivery.relay import Relay, RelaySettings, parseHostPort
 from mdpy.mailauth.srs import SRS, loadSecret
@@ -53,14 +54,11 @@ from mdpy.imap.fetch import StructureCache
 from mdpy.imap.literals import PendingLiterals
 from mdpy.imap.selected import RecentTracker
 from mdpy.imap.server import IMAP4Factory
-from mdpy.pop3.maildrop import MaildropLocks
 from mdpy.pop3.server import POP3Factory
 from mdpy.plugins import loadObject
 from mdpy.interfaces import ICheck
 from mdpy.reload import LiveParts, installReloadSignal
 from mdpy.serverlock import AlreadyRunning, ServerLock
-from mdpy.store.changefeed import MaildirChangeFeed
-from mdpy.store.maildir import accountKey, removeStaleTmpFiles
 from mdpy.smtp.server import MODE_MTA, MODE_SMTPS, MODE_SUBMISSION, SMTPFactory
 from mdpy.tls import ReplaceableServerOptions, ensureSelfSigned, serverOptions
 
@@ -300,8 +298,9 @@ def checkClasses(config):
     return found
 
 
-def buildChecks(config, resolver, reactor):
+def buildChecks(config, resolver, reactor, runInThread=None):
     """
+    @param runInThread: the backend's C{runBlocking}, for the DKIM hashing.
     @return: the L{ICheck}s of C{[smtp] checks}, in order: C{spf} and
         C{dkim} are one L{AuthenticationResultsCheck} (one
         C{Authentication-Results} field), where the first of them is named.
@@ -319,6 +318,7 @@ def buildChecks(config, resolver, reactor):
                     lookupMX=resolver.lookupMX,
                     lookupPointer=resolver.lookupPointer,
                     reactor=reactor,
+                    runInThread=runInThread,
                     timeout=config["dns"]["timeout"],
                     methods=methods,
                 )))
@@ -402,13 +402,9 @@ def buildService(config, portOffset=0, reactor=None):
     setLevel(server["log_level"])
     datadir = DataDir(server["data_dir"])
     datadir.prepare()
-    directory = datadir.openDirectory(server["recipient_delimiter"])
-    store = datadir.openStore(reactor=reactor)
-    # Mail other processes deliver reaches idling IMAP clients at once.
-    store.changeFeed = MaildirChangeFeed(store.folderPath, reactor, accountKey)
-    stale = removeStaleTmpFiles(datadir.mailRoot)
-    if stale:
-        log.info("maildir: removed {n} files left in tmp/ folders for over 36 hours", n=len(stale))
+    backend = buildBackend(config, reactor)
+    backend.start()
+    directory, store = backend.directory, backend.store
     address, password, aliases = datadir.firstStart(directory, store, server["domain"])
     if address:
         # The password itself never goes to a log: logs are read more
@@ -424,12 +420,12 @@ def buildService(config, portOffset=0, reactor=None):
 
     tlsOptions, mtaTLSOptions = map(ReplaceableServerOptions, loadServerTLS(config, datadir))
 
-    pipeline, queue, resolver = buildPipeline(config, datadir, directory, store, reactor)
+    pipeline, queue, resolver = buildPipeline(config, datadir, backend, reactor)
     for domain in pipeline.gateways.domains():
         if directory.hasDomain(domain):
             log.warn("gateway:{domain} is also a local domain; its mail is held for ATRN, "
                      "not delivered to its users", domain=domain)
-    portal = makePortal(directory)
+    portal = makePortal(directory, runInThread=backend.runBlocking)
     loginTracker = loginTrackerFor(config["auth"], reactor)
 
     shared = dict(
@@ -439,13 +435,12 @@ def buildService(config, portOffset=0, reactor=None):
         accountCheck=AccountCheck(directory),
         clock=reactor,
     )
-    locks = MaildropLocks()
     imapShared = dict(
         structures=StructureCache(),
         recent=RecentTracker(),
         pendingLiterals=PendingLiterals(),
         spoolDir=datadir.literalSpoolDir,
-        changeFeed=store.changeFeed,
+        changeFeed=backend.changeFeed,
     )
     top = MailServer()
     for name in LISTENERS:
@@ -476,7 +471,7 @@ def buildService(config, portOffset=0, reactor=None):
             factory = factoryType(
                 server["hostname"],
                 store,
-                locks=locks,
+                locks=backend.maildropLocks,
                 implicitTLS=name in IMPLICIT_TLS,
                 **settings,
                 **shared,
@@ -504,7 +499,7 @@ def buildService(config, portOffset=0, reactor=None):
             relay,
             defaultDomain=server["domain"],
             **listenerSettings(config, "odmr", directory),
-            **dict(shared, portal=odmrPortal(pipeline.gateways, directory)),
+            **dict(shared, portal=odmrPortal(pipeline.gateways, directory, backend.runBlocking)),
         )
         listener = _NamedListener(
             _endpoint(reactor, section["interface"], section["port"] + portOffset), factory
@@ -528,14 +523,15 @@ def buildService(config, portOffset=0, reactor=None):
         )
         listener.setName("minger")
         listener.setServiceParent(top)
-    collectors = buildCollectors(config, datadir, pipeline, directory, reactor)
+    collectors = buildCollectors(config, datadir, pipeline, directory, reactor, backend.runBlocking)
     for name, collector in collectors.items():
         collector.setName(name)
         collector.setServiceParent(top)
     top.live = LiveParts(config, datadir, directory, pipeline, reactor, tlsOptions, mtaTLSOptions,
-                         loginTracker, collectors, resolver=resolver)
+                         loginTracker, collectors, resolver=resolver, runInThread=backend.runBlocking)
+    top.backend = backend
     control = internet.StreamServerEndpointService(
-        endpoints.UNIXServerEndpoint(reactor, controlSocketPath(queue.path), mode=0o600),
+        endpoints.UNIXServerEndpoint(reactor, datadir.controlSocketPath, mode=0o600),
         ControlFactory(queue, collectors, reload=top.reload),
     )
     control.setName("queue-control")
@@ -555,15 +551,33 @@ def buildResolver(config, reactor):
     return MXResolver(DNSCache(servers, clock=reactor), clock=reactor)
 
 
-def buildPipeline(config, datadir, directory, store, reactor):
+def buildBackend(config, reactor):
+    """
+    Build the backend C{[server] backend} names, with the thread pool its
+    blocking work runs in: started when the reactor runs, stopped when it
+    stops.
+
+    @return: an L{mdpy.interfaces.IBackend}.
+    @raise ConfigError: no such backend.
+    """
+    threadPool = ThreadPool(maxthreads=THREADS, name="mdpy-backend")
+    reactor.callWhenRunning(threadPool.start)
+    reactor.addSystemEventTrigger("during", "shutdown", threadPool.stop)
+    try:
+        return backends.load(config["server"]["backend"], config, reactor, threadPool)
+    except InvalidInput as e:
+        raise ConfigError("%s: [server] backend: %s" % (config.label, e)) from None
+
+
+def buildPipeline(config, datadir, backend, reactor):
     """
     @return: C{(pipeline, queue, resolver)}: the delivery pipeline every
-        message enters, the outbound queue (loaded) and the DNS resolver.
+        message enters, the backend's outbound queue (loaded) and the DNS
+        resolver.
     """
     resolver = buildResolver(config, reactor)
-    queue = SpoolQueue(
-        datadir.queueDir, reactor=reactor, signerFor=DKIMKeys(datadir.dkimDir).signerFor
-    )
+    directory, store, queue = backend.directory, backend.store, backend.queue
+    queue.signerFor = DKIMKeys(datadir.dkimDir).signerFor
     loaded = queue.load()
     if loaded or queue.quarantined:
         log.info(
@@ -578,7 +592,7 @@ def buildPipeline(config, datadir, directory, store, reactor):
     holdGateways(queue, gateways)
     pipeline = DeliveryPipeline(
         directory, store, queue=queue, spoolDir=datadir.spoolDir, srs=srs,
-        gateways=gateways, checks=buildChecks(config, resolver, reactor),
+        gateways=gateways, checks=buildChecks(config, resolver, reactor, backend.runBlocking),
     )
     return pipeline, queue, resolver
 
@@ -660,15 +674,15 @@ def holdGateways(queue, gateways):
         queue.hold(domain)
 
 
-def odmrPortal(gateways, directory):
+def odmrPortal(gateways, directory, runInThread=None):
     """
     @return: the portal of the ODMR port: gateway domains with their
         passwords, then directory users.
     """
-    return Portal(Realm(), [GatewayChecker(gateways, DirectoryChecker(directory))])
+    return Portal(Realm(), [GatewayChecker(gateways, DirectoryChecker(directory, runInThread))])
 
 
-def collectorFor(config, datadir, name, section, pipeline, directory, reactor):
+def collectorFor(config, datadir, name, section, pipeline, directory, reactor, runInThread=None):
     """
     @return: the L{Collector} of the C{[domainpop:NAME]} C{section}.
     """
@@ -712,6 +726,7 @@ def collectorFor(config, datadir, name, section, pipeline, directory, reactor):
     return Collector(
         "domainpop/" + name, account, settings, pipeline, directory, stateDir,
         server["hostname"], "postmaster@" + server["domain"], reactor=reactor,
+        runInThread=runInThread,
     )
 
 
@@ -726,7 +741,7 @@ def collectorStateDir(datadir, kind, name):
     return os.path.join(datadir.root, kind, name)
 
 
-def multipopCollectorFor(config, datadir, account, pipeline, directory, reactor):
+def multipopCollectorFor(config, datadir, account, pipeline, directory, reactor, runInThread=None):
     """
     @return: the L{Collector} of one MultiPOP account (a dict of
         L{MultiPOPAccounts}).
@@ -748,6 +763,7 @@ def multipopCollectorFor(config, datadir, account, pipeline, directory, reactor)
     return Collector(
         "multipop/%s/%s" % (account["user"], account["id"]), pop3, settings, pipeline, directory,
         stateDir, server["hostname"], "postmaster@" + server["domain"], reactor=reactor,
+        runInThread=runInThread,
     )
 
 
@@ -778,7 +794,7 @@ def collectionInputs(config):
     return inputs
 
 
-def buildCollection(config, datadir, name, pipeline, directory, reactor):
+def buildCollection(config, datadir, name, pipeline, directory, reactor, runInThread=None):
     """
     @param name: a name of L{collectionInputs}.
     @return: the service of collection C{name}: a L{CollectorService}, an
@@ -788,25 +804,29 @@ def buildCollection(config, datadir, name, pipeline, directory, reactor):
     kind, _, instance = name.partition("/")
     if kind == "domainpop":
         section = config.named("domainpop")[instance]
-        collector = collectorFor(config, datadir, instance, section, pipeline, directory, reactor)
+        collector = collectorFor(
+            config, datadir, instance, section, pipeline, directory, reactor, runInThread
+        )
         return CollectorService(collector, section["interval"], clock=reactor)
     if kind == "odmr":
         return odmrClientFor(config, instance, config.named("odmr-client")[instance], pipeline, reactor)
     return MultiPOPService(
         multipopAccounts(datadir),
-        lambda account: multipopCollectorFor(config, datadir, account, pipeline, directory, reactor),
+        lambda account: multipopCollectorFor(
+            config, datadir, account, pipeline, directory, reactor, runInThread
+        ),
         config["multipop"]["interval"],
         clock=reactor,
     )
 
 
-def buildCollectors(config, datadir, pipeline, directory, reactor):
+def buildCollectors(config, datadir, pipeline, directory, reactor, runInThread=None):
     """
     @return: C{{name: service}} of every enabled collection (see
         L{collectionInputs} and L{buildCollection}).
     """
     return {
-        name: buildCollection(config, datadir, name, pipeline, directory, reactor)
+        name: buildCollection(config, datadir, name, pipeline, directory, reactor, runInThread)
         for name in collectionInputs(config)
     }
 
@@ -950,7 +970,7 @@ def lockDataDir(datadir):
     """
     datadir.prepare()
     os.makedirs(datadir.queueDir, mode=0o700, exist_ok=True)
-    socketPath = controlSocketPath(datadir.queueDir)
+    socketPath = datadir.controlSocketPath
     lock = ServerLock(socketPath + ".lock")
     lock.acquire()
     unlinkQuietly(socketPath)  # nobody listens there: the lock is ours

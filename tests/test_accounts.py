@@ -18,12 +18,12 @@ from twisted.logger import formatEvent, globalLogPublisher
 from mdpy import errors
 from mdpy.auth.accounts import Account, AccountCheck
 from mdpy.auth.checkers import DirectoryChecker, makePortal
-from mdpy.directory.sqlite import SQLiteDirectory
+from mdpy.backends.files.directory import SQLiteDirectory
 from mdpy.imap.server import IMAP4Factory
 from mdpy.pop3.server import POP3Factory
 from mdpy.smtp.server import MODE_SUBMISSION, SMTPFactory
-from mdpy.store.memory import MemoryStore
-from mdpy.testing import RecordingTarget, Transcript, synchronousRunner
+from mdpy.backends.memory import MemoryStore
+from mdpy.testing import RecordingTarget, Transcript, synchronousRunner, resultOf
 
 TLS = object()
 BOB = "bob@example.test"
@@ -96,12 +96,11 @@ def remakeBob(admin, store):
 
 
 def newBobInbox(store):
-    return [m.open().read() for m in store.openMailbox(BOB).messages()]
+    return [resultOf(m.read()) for m in store.openMailbox(BOB).messages()]
 
 
 def factoryArguments(directory, clock):
     return dict(
-        runInThread=synchronousRunner,
         portal=makePortal(directory, runInThread=synchronousRunner),
         tlsOptions=TLS,
         accountCheck=AccountCheck(directory),
@@ -457,7 +456,6 @@ class SubmissionSession:
         self.clock = task.Clock()
         self.target = RecordingTarget()
         arguments = factoryArguments(directory, self.clock)
-        del arguments["runInThread"]
         self.factory = SMTPFactory("mx.example.test", self.target, mode=MODE_SUBMISSION, **arguments)
         self.t = Transcript(self.factory.buildProtocol(None))
         self.t.expect("220 mx.example.test ESMTP mdpy")

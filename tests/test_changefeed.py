@@ -1,5 +1,5 @@
 """
-Tests of L{mdpy.store.changefeed}: subscriptions, coalescing, the inotify
+Tests of L{mdpy.backends.local.ChangeFeed} and L{mdpy.backends.files.changefeed}: subscriptions, coalescing, the inotify
 watches and their limit, polling, and IMAP IDLE hearing a change made
 outside the process.  The inotify reader is driven by hand on a
 L{MemoryReactorClock}; the end-to-end tests are in
@@ -15,8 +15,10 @@ from twisted.logger import LogLevel
 from zope.interface.verify import verifyObject
 
 from mdpy.interfaces import IChangeFeed
-from mdpy.store.changefeed import ChangeFeed, MaildirChangeFeed
-from mdpy.store.maildir import MaildirStore, accountKey
+from mdpy.backends.files.changefeed import MaildirChangeFeed
+from mdpy.backends.local import ChangeFeed
+from mdpy.backends.files.maildir import MaildirStore
+from mdpy.mailbox import accountKey
 from mdpy.testing import capturedLogs, loggedLines, synchronousRunner
 from tests.test_imap_server import USER, Session
 

@@ -29,7 +29,7 @@ from mdpy.auth.checkers import (
     Realm,
     makePortal,
 )
-from mdpy.directory.sqlite import SQLiteDirectory
+from mdpy.backends.files.directory import SQLiteDirectory
 from mdpy.errors import TemporaryFailure
 
 
@@ -225,9 +225,10 @@ def test_directoryFailurePassedOn(runner):
     assert outcome.check(TemporaryFailure)
 
 
-def test_defaultRunnerUsesThreadPool(directory, monkeypatch):
+def test_defaultRunnerRunsAtOnceWithoutAThreadPool(directory, monkeypatch):
     """
-    Without C{runInThread}, scrypt runs in the reactor's thread pool.
+    Without C{runInThread}, scrypt runs at once: no thread pool is used
+    outside the backend (the server passes the backend's C{runBlocking}).
     """
     calls = []
 
@@ -241,11 +242,7 @@ def test_defaultRunnerUsesThreadPool(directory, monkeypatch):
     checker = DirectoryChecker(directory)
     d = checker.requestAvatarId(UsernamePassword(b"alice@example.com", b"wonderland"))
     assert result(d) == "alice@example.com"
-    [(reactor, pool, f)] = calls
-    assert f is checkers.verifyPassword
-    from twisted.internet import reactor as globalReactor
-
-    assert reactor is globalReactor
+    assert calls == []
 
 
 # --- realm and portal -------------------------------------------------------

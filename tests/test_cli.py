@@ -11,6 +11,8 @@ import subprocess
 import pytest
 
 from mdpy.cli import main
+from mdpy.backends.files import openDirectory
+from mdpy.backends.files.maildir import MaildirStore
 from mdpy.datadir import DataDir
 from tests import test_relay
 from tests.server import mdpyCommand
@@ -61,7 +63,7 @@ def test_users(cli):
     cli.ok("user", "add", "ann@example.test", stdin="pw2-secret\n")
     assert cli.ok("user", "list") == "ann@example.test\njoe@example.test\n"
     assert os.path.isdir(os.path.join(cli.datadir.mailRoot, "example.test", "joe", "new"))
-    directory = cli.datadir.openDirectory()
+    directory = openDirectory(cli.datadir)
     assert directory.getSecrets("ann@example.test")["password"].startswith("$scrypt$")
     assert "exists" in cli.fails("user", "add", "joe@example.test", "--password", "x-long-enough")  # duplicate
     cli.fails("user", "add", "bad address@example.test", "--password", "x-long-enough")
@@ -117,7 +119,7 @@ def test_aliasToMissingLocalUserRefused(cli):
     assert cli.ok("alias", "list") == ROLE_ALIASES
     cli.ok("alias", "add", "team@example.test", "a@example.test", "anyone@remote.test")
     cli.ok("alias", "add", "all@example.test", "team@example.test")
-    assert cli.datadir.openDirectory().resolve("all@example.test").local == ["a@example.test"]
+    assert openDirectory(cli.datadir).resolve("all@example.test").local == ["a@example.test"]
 
 
 def test_aliasLoopRefused(cli):
@@ -136,7 +138,7 @@ def test_aliasLoopRefused(cli):
         "mdpy: error: one@example.test would loop: "
         "one@example.test -> three@example.test -> two@example.test -> one@example.test\n"
     )
-    assert "one@example.test" not in dict(cli.datadir.openDirectory().listAliases())
+    assert "one@example.test" not in dict(openDirectory(cli.datadir).listAliases())
     assert "would loop" in cli.fails("alias", "add", "self@example.test", "self@example.test")
 
 
@@ -153,7 +155,7 @@ def test_catchAll(cli):
     assert cli.ok("domain", "catchall", "Example.TEST", "A@example.test") == (
         "mail for unknown addresses of example.test now goes to a@example.test\n"
     )
-    assert cli.datadir.openDirectory().resolve("anything@example.test").local == ["a@example.test"]
+    assert openDirectory(cli.datadir).resolve("anything@example.test").local == ["a@example.test"]
     assert cli.ok("domain", "catchall", "example.test") == "a@example.test\n"
     assert cli.fails("domain", "catchall", "example.test", "a@example.test", "--clear")
     assert cli.ok("domain", "catchall", "example.test", "--clear") == (
@@ -163,7 +165,7 @@ def test_catchAll(cli):
     from mdpy.errors import NotFound
 
     with pytest.raises(NotFound):
-        cli.datadir.openDirectory().resolve("anything@example.test")
+        openDirectory(cli.datadir).resolve("anything@example.test")
     assert cli.fails("domain", "catchall", "nowhere.test") == "mdpy: error: no such domain: nowhere.test\n"
 
 
@@ -375,7 +377,7 @@ def test_domainAddMakesRoleAliases(cli):
         "postmaster@other.test postmaster@mx.example.test\n"
     )
     cli.ok("user", "add", "postmaster@mx.example.test", "--password", "pw-secret-1")
-    directory = cli.datadir.openDirectory()
+    directory = openDirectory(cli.datadir)
     for role in ("postmaster@other.test", "abuse@other.test", "abuse@mx.example.test"):
         assert directory.resolve(role).local == ["postmaster@mx.example.test"]
 
@@ -390,7 +392,7 @@ def test_domainAddKeepsExplicitRoleAddresses(cli):
     cli.ok("user", "add", "postmaster@other.test", "--password", "pw-secret-1")
     cli.ok("alias", "del", "abuse@other.test")
     cli.ok("alias", "add", "abuse@other.test", "postmaster@other.test")
-    directory = cli.datadir.openDirectory()
+    directory = openDirectory(cli.datadir)
     from mdpy.directory import addRoleAliases
 
     assert addRoleAliases(directory, "other.test", "postmaster@mx.example.test") == []
@@ -413,7 +415,10 @@ class Terminal(io.StringIO):
 def deliverTo(cli, address, count=1):
     from twisted.internet import defer
 
-    store = cli.datadir.openStore(runInThread=lambda f, *a: defer.maybeDeferred(f, *a))
+    store = MaildirStore(
+        cli.datadir.mailRoot, runInThread=lambda f, *a: defer.maybeDeferred(f, *a),
+        archiveRoot=cli.datadir.deletedDir,
+    )
     for n in range(count):
         store.deliver([(address, "INBOX", [b"Subject: %d\r\n\r\nold mail\r\n" % (n,)])])
     return store
@@ -457,7 +462,7 @@ def test_userDelMovesMail(populated):
     assert re.fullmatch(r"[0-9]{8}T[0-9]{6}Z/example\.test", tree)
     assert len(os.listdir(os.path.join(kept, "new"))) == 2
     assert mailOf(cli, "bob@example.test") is None
-    assert cli.datadir.openDirectory().getUser("bob@example.test") is None
+    assert openDirectory(cli.datadir).getUser("bob@example.test") is None
     cli.ok("user", "add", "bob@example.test", "--password", "new-secret-1")
     assert mailOf(cli, "bob@example.test") == []
     assert "no such user: carl@example.test" in cli.fails("user", "del", "carl@example.test")
@@ -504,7 +509,7 @@ def test_domainDelMovesMailUsersAndAliases(populated):
         os.path.join(cli.datadir.mailRoot, "example.test"), kept)
     assert sorted(os.listdir(kept)) == ["ann", "bob"]
     assert len(os.listdir(os.path.join(kept, "bob", "new"))) == 2
-    directory = cli.datadir.openDirectory()
+    directory = openDirectory(cli.datadir)
     assert directory.listDomains() == ["other.test"]
     assert directory.listUsers() == ["eve@other.test"]
     assert [alias for alias, _ in directory.listAliases()] == ["abuse@other.test", "postmaster@other.test"]
@@ -546,7 +551,7 @@ def test_deletionAsksOnATerminal(populated, command):
     assert out.getvalue() == question
     assert err.getvalue() == "mdpy: error: not confirmed; nothing was deleted\n"
     assert mailOf(cli, "bob@example.test") is not None
-    assert cli.datadir.openDirectory().getUser("bob@example.test") is not None
+    assert openDirectory(cli.datadir).getUser("bob@example.test") is not None
 
     out = io.StringIO()
     assert main(["-c", str(cli.config)] + list(command), out, Terminal("y\n"), io.StringIO()) == 0
@@ -587,7 +592,7 @@ def test_userListMarksDisabled(cli):
     cli.ok("user", "disable", "bob@example.test")
     listing = cli.ok("user", "list")
     assert listing == "ann@example.test\nbob@example.test (disabled)\neve@example.test\n"
-    assert [line.split(" ")[0] for line in listing.splitlines()] == cli.datadir.openDirectory().listUsers()
+    assert [line.split(" ")[0] for line in listing.splitlines()] == openDirectory(cli.datadir).listUsers()
     assert cli.ok("user", "list", "example.test") == listing
     cli.ok("user", "enable", "bob@example.test")
     assert "(disabled)" not in cli.ok("user", "list")
@@ -604,12 +609,12 @@ def test_shortPasswordRefused(cli):
     assert err == "mdpy: error: the password is too short: at least 10 characters ([auth] min_password_length)\n"
     err2 = cli.fails("user", "add", "bob@example.test", stdin="short\n")
     assert err2 == err
-    assert cli.datadir.openDirectory().getUser("bob@example.test") is None
+    assert openDirectory(cli.datadir).getUser("bob@example.test") is None
     assert cli.ok("user", "add", "bob@example.test", "--password", "1234567890") == "added user bob@example.test\n"
     assert cli.fails("user", "passwd", "bob@example.test", stdin="tiny\n") == err
     from mdpy.auth.passwords import verifyPassword
 
-    secrets = cli.datadir.openDirectory().getSecrets("bob@example.test")
+    secrets = openDirectory(cli.datadir).getSecrets("bob@example.test")
     assert verifyPassword("1234567890", secrets["password"])
     cli.config.write_text(cli.config.read_text() + "[auth]\nmin_password_length = 4\n")
     cli.ok("user", "passwd", "bob@example.test", stdin="tiny\n")
@@ -627,7 +632,7 @@ def test_changesSayWhatTheyDid(cli, tmp_path):
     assert cli.ok("multipop", "del", accountId) == "removed MultiPOP account %s\n" % (accountId,)
     queueDir = cli.datadir.queueDir
     for sub in ("env", "msg"):
-        os.makedirs(os.path.join(queueDir, sub))
+        os.makedirs(os.path.join(queueDir, sub), exist_ok=True)
         with open(os.path.join(queueDir, sub, "Q1"), "w") as f:
             f.write("{}")
     assert cli.ok("queue", "del", "Q1") == "deleted queued message Q1\n"
@@ -692,7 +697,7 @@ def test_unexpectedFailureIsOneLine(cli, monkeypatch):
     """
     Even a failure that is a bug is one line, naming what went wrong.
     """
-    from mdpy.directory.sqlite import SQLiteDirectory
+    from mdpy.backends.files.directory import SQLiteDirectory
 
     def broken(self, domain=None):
         raise KeyError("users")
@@ -711,7 +716,7 @@ class QueueListAfterDNSTimeoutTests(test_relay.RelayTestCase):
         from twisted.internet import reactor
 
         from mdpy.delivery.mx import MXResolver, makeResolver
-        from mdpy.delivery.queue import SpoolQueue
+        from mdpy.backends.files.queue import SpoolQueue
         from mdpy.delivery.relay import Relay
 
         root = self.tempDir()
@@ -751,7 +756,7 @@ def test_queueListReadsOldReprs(tmp_path):
     A queue state file written by an earlier version, holding the repr of
     a resolver's timeout or of another exception, is listed as text.
     """
-    from mdpy.delivery.queue import readQueue
+    from mdpy.backends.files.queue import readQueue
 
     cli = CLI(tmp_path)
     queueDir = cli.datadir.queueDir

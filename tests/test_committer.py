@@ -1,5 +1,5 @@
 """
-Tests of L{mdpy.store.committer}: group commit of new message files.
+Tests of L{mdpy.backends.files.committer}: group commit of new message files.
 """
 
 import errno
@@ -10,9 +10,9 @@ import pytest
 from twisted.internet import defer
 
 from mdpy import errors
-from mdpy.store import committer as committerModule
-from mdpy.store.committer import Committer
-from mdpy.store.maildir import MaildirStore, _prepareCopies
+from mdpy.backends.files import committer as committerModule
+from mdpy.backends.files.committer import Committer
+from mdpy.backends.files.maildir import MaildirStore, _prepareCopies
 
 
 class ThreadReactor:

@@ -3,12 +3,13 @@ Tests of L{mdpy.control}: the control socket's commands in memory, and the
 CLI's client against the server side over a real UNIX socket.
 """
 
+import os
 from twisted.internet import defer, reactor, task
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 
 from mdpy.control import ControlFactory, sendCommand
-from mdpy.delivery.queue import SpoolQueue, controlSocketPath
+from mdpy.backends.files.queue import SpoolQueue
 from mdpy.testing import TempDirTestCase
 
 
@@ -47,7 +48,7 @@ class ControlTests(TempDirTestCase):
         """
         With no server listening, L{sendCommand} says so with L{None}.
         """
-        self.assertIsNone(sendCommand(self.tempDir(), "FLUSH", timeout=5))
+        self.assertIsNone(sendCommand(os.path.join(self.tempDir(), "control.sock"), "FLUSH", timeout=5))
 
     async def test_clientReadsTheReportLinesAndTheAnswer(self):
         """
@@ -58,14 +59,15 @@ class ControlTests(TempDirTestCase):
         queueDir = self.tempDir()
         queue = SpoolQueue(queueDir, reactor=reactor, clock=task.Clock())
         factory = ControlFactory(queue, {"domainpop/test": CollectionDouble()})
-        port = reactor.listenUNIX(controlSocketPath(queueDir), factory, mode=0o600)
+        socketPath = os.path.join(queueDir, "control.sock")
+        port = reactor.listenUNIX(socketPath, factory, mode=0o600)
         self.addCleanup(port.stopListening)
-        lines = await deferToThread(sendCommand, queueDir, "COLLECT domainpop/test", 10)
+        lines = await deferToThread(sendCommand, socketPath, "COLLECT domainpop/test", 10)
         self.assertEqual(lines, [
             "| first message: delivered",
             "| second message: held",
             "| test: 2 downloaded",
             "OK",
         ])
-        lines = await deferToThread(sendCommand, queueDir, "COLLECT nothing", 10)
+        lines = await deferToThread(sendCommand, socketPath, "COLLECT nothing", 10)
         self.assertEqual(lines, ["ERR no such collection"])

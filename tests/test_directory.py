@@ -1,5 +1,5 @@
 """
-Tests for L{mdpy.directory} and L{mdpy.directory.sqlite}.
+Tests for L{mdpy.directory} and L{mdpy.backends.files.directory}.
 """
 
 import os
@@ -12,8 +12,8 @@ from zope.interface.verify import verifyObject
 
 from mdpy.auth.passwords import cramMD5Secret, verifyPassword
 from mdpy.directory import Resolution, User
-from mdpy.directory import sqlite as sqlitedirectory
-from mdpy.directory.sqlite import MAX_ALIAS_DEPTH, SCHEMA_VERSION, SQLiteDirectory
+from mdpy.backends.files import directory as sqlitedirectory
+from mdpy.backends.files.directory import MAX_ALIAS_DEPTH, SCHEMA_VERSION, SQLiteDirectory
 from mdpy.errors import Disabled, Exists, InvalidInput, NotFound, PermanentFailure
 from mdpy.interfaces import IDirectory
 
@@ -582,7 +582,7 @@ def test_changeFromAnotherProcess(directory, path):
     assert directory.listUsers() == []
     script = (
         "import sys\n"
-        "from mdpy.directory.sqlite import SQLiteDirectory\n"
+        "from mdpy.backends.files.directory import SQLiteDirectory\n"
         "d = SQLiteDirectory(sys.argv[1])\n"
         "d.addUser('new@example.com', 'pw')\n"
         "d.addAlias('list@example.com', ['new@example.com', 'x@remote.org'])\n"

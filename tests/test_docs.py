@@ -17,11 +17,11 @@ from mdpy.checks import Verdict
 from mdpy.envelope import Envelope
 from mdpy.interfaces import ICheck, IDelivery, IDeliveryTarget, IMailStore
 from mdpy.smtp.server import SMTPFactory
-from mdpy.store.memory import MemoryStore
+from mdpy.backends.memory import MemoryStore
 from mdpy.testing import RecordingTarget, Transcript
 from docs import conf
 from docs.examples import backend, check, command, flow, target
-from tests.test_store_memory import ALICE, StoreContract, resultOf
+from mdpy.testing.contracts import ALICE, StoreContract, resultOf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs")
@@ -77,7 +77,7 @@ def test_flow(tmp_path):
                                           ["sales@example.test", "joe@example.test"],
                                           b"Subject: hi\r\n\r\nbody\r\n"))
     assert resultOf(d) is None
-    [stored] = flow.inbox(pipeline, "joe@example.test")
+    [stored] = resultOf(defer.ensureDeferred(flow.inbox(pipeline, "joe@example.test")))
     assert stored.startswith(b"Return-Path: <ann@remote.example>\r\n")
     assert email.message_from_bytes(stored)["X-Rcpt-To"] == "sales@example.test"
     with pytest.raises(errors.NotFound):
@@ -88,7 +88,7 @@ def test_check(tmp_path):
     verifyObject(ICheck, check.RequireSubject())
     t = check.smtpSession(str(tmp_path))
     check.sendTwo(t)
-    [stored] = [m.open().read() for m in t.store.openMailbox("joe@example.test").messages()]
+    [stored] = [resultOf(m.read()) for m in t.store.openMailbox("joe@example.test").messages()]
     message = email.message_from_bytes(stored)
     assert (message["X-Subject-Check"], message["Subject"]) == ("pass", "hello")
     verdict = resultOf(check.RequireSubject().check(Envelope("a@b.example"), message=b"From: a\r\n\r\nx"))

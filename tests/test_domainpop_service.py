@@ -13,7 +13,7 @@ from twisted.protocols import portforward
 
 from mdpy import errors
 
-from mdpy.directory.sqlite import SQLiteDirectory
+from mdpy.backends.files.directory import SQLiteDirectory
 from mdpy.delivery.pipeline import DeliveryPipeline
 from mdpy.domainpop.recipients import RoutingRules
 from mdpy.collect.collector import Collector, CollectorSettings
@@ -22,9 +22,9 @@ from mdpy.domainpop.state import CollectorState
 from mdpy.multipop.service import MultiPOPAccounts, MultiPOPService
 from mdpy.pop3.client import POP3Account
 from mdpy.pop3.server import POP3Factory
-from mdpy.store.maildir import MaildirStore
-from mdpy.store.memory import MemoryStore
-from mdpy.testing import RecordingTarget, TempDirTestCase, memoryPortal, synchronousRunner
+from mdpy.backends.files.maildir import MaildirStore
+from mdpy.backends.memory import MemoryStore
+from mdpy.testing import RecordingTarget, TempDirTestCase, memoryPortal, synchronousRunner, resultOf
 from tests.test_minger import captureLogs
 
 BOX = "box@isp.test"
@@ -95,7 +95,7 @@ class ISP:
         for data in messages:
             self.store.deliver([(BOX, "INBOX", [data])])
         factory = POP3Factory(
-            "pop.isp.test", self.store, allowPlaintext=True, runInThread=synchronousRunner,
+            "pop.isp.test", self.store, allowPlaintext=True,
             portal=memoryPortal(**{BOX: "secret"}),
         )
         self.factory = factory
@@ -139,7 +139,7 @@ class CollectorTestCase(TempDirTestCase):
         found = []
         mailbox = self.store.openMailbox(name + "@example.test")
         for m in mailbox.messages():
-            data = m.open().read()
+            data = resultOf(m.read())
             for line in data.split(b"\r\n"):
                 if line.startswith(b"Subject: "):
                     found.append(line[9:].decode())
@@ -177,8 +177,8 @@ class RoutingTests(CollectorTestCase):
                 archived.append(f.read())
         self.assertEqual(sorted(archived), sorted(CORPUS))
         # Each copy carries its own recipient and our Received line.
-        [copy] = [m.open().read() for m in self.store.openMailbox("carol@example.test").messages()
-                  if b"bcc with header" in m.open().read()]
+        [copy] = [resultOf(m.read()) for m in self.store.openMailbox("carol@example.test").messages()
+                  if b"bcc with header" in resultOf(m.read())]
         self.assertIn(b"X-Rcpt-To: carol@example.test\r\n", copy)
         self.assertEqual(copy.count(b"X-Rcpt-To:"), 1)
         self.assertIn(b"with POP3", copy)
@@ -217,7 +217,7 @@ class RoutingTests(CollectorTestCase):
         isp = ISP(self, copies)
         await self.collector(isp, rules=RoutingRules(parseHeaders=["X-Rcpt-To"])).collect()
         self.assertEqual(self.everything(), {"alice": [], "bob": [], "carol": ["tagged"], "postmaster": ["unknown"]})
-        [copy] = [m.open().read() for m in self.store.openMailbox("carol@example.test").messages()]
+        [copy] = [resultOf(m.read()) for m in self.store.openMailbox("carol@example.test").messages()]
         self.assertIn(b"X-Rcpt-To: carol+lists@example.test\r\n", copy)
 
     async def test_receivedForTrustsOnlyTheISP(self):
@@ -301,7 +301,7 @@ class RoutingTests(CollectorTestCase):
         [bounced] = logged(events, LogLevel.info, "domainpop/isp: <m7@far.test> (UIDL ")
         self.assertTrue(bounced.endswith(": bounced to <carol@example.test>: unknown nobody@example.test"
                                          " (unknown_recipient = bounce)"), bounced)
-        [dsn] = [m.open().read() for m in self.store.openMailbox("carol@example.test").messages()]
+        [dsn] = [resultOf(m.read()) for m in self.store.openMailbox("carol@example.test").messages()]
         self.assertIn(b"multipart/report", dsn)
         self.assertIn(b"Final-Recipient: rfc822; nobody@example.test", dsn)
         self.assertIn(b"Status: 5.1.1", dsn)
@@ -329,7 +329,7 @@ class RoutingTests(CollectorTestCase):
         report = await self.collector(isp, maxSize=2000, sizeAction="delete").collect()
         self.assertEqual((report.error, report.deleted, report.downloaded), (None, 2, 1))
         self.assertEqual(isp.remaining(), 0)
-        [notice] = [m.open().read() for m in self.store.openMailbox("postmaster@example.test").messages()]
+        [notice] = [resultOf(m.read()) for m in self.store.openMailbox("postmaster@example.test").messages()]
         self.assertIn(b"Message #1 (UIDL ", notice)
         self.assertIn(b", %d octets) was deleted at 127.0.0.1 without download." % (len(TEAM) + 5000,), notice)
         [line] = logged(events, LogLevel.info, "domainpop/isp: deleted message #1 (UIDL ")

@@ -27,7 +27,7 @@ BOUND = 1.0
 DELIVER = """
 import sys, time
 from twisted.internet import defer
-from mdpy.store.maildir import MaildirStore
+from mdpy.backends.files.maildir import MaildirStore
 
 root, address, folder, data = sys.argv[1:5]
 store = MaildirStore(root, runInThread=lambda f, *args: defer.maybeDeferred(f, *args))

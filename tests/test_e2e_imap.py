@@ -7,7 +7,7 @@ C{.ci/run}, IMAPClient by the C{test} extra).
 Mail arrives by SMTP on port 25, the real path (1,000 messages over one
 connection take a few seconds); the malformed MIME corpus, which SMTP might
 refuse or repair, is handed to the store the way another local program
-would, through L{mdpy.store.maildir.MaildirStore.deliver} on the server's
+would, through L{mdpy.backends.files.maildir.MaildirStore.deliver} on the server's
 data directory.
 """
 
@@ -31,7 +31,7 @@ import pytest
 from imapclient import IMAPClient
 from twisted.internet import defer
 
-from mdpy.store.maildir import MaildirStore
+from mdpy.backends.files.maildir import MaildirStore
 from tests.server import HOST, newAccount, makeMessage, readTerminal, runningServer
 
 _messages = itertools.count(1)

@@ -6,12 +6,13 @@ in-memory store.
 import base64
 import os
 
+import pytest
 from twisted.internet import task
 
 from mdpy.auth.checkers import FailedLoginTracker
 from mdpy.imap.server import IMAP4Factory
-from mdpy.store.memory import MemoryStore
-from mdpy.testing import Transcript, memoryPortal, synchronousRunner
+from mdpy.backends.memory import MemoryMessage, MemoryStore, recordReads
+from mdpy.testing import Transcript, memoryPortal, resultOf, synchronousRunner
 
 TLS = object()
 USER = "joe@example.test"
@@ -44,7 +45,6 @@ class Session:
             "mx.example.test",
             self.store,
             allowPlaintext=plaintext,
-            runInThread=synchronousRunner,
             portal=memoryPortal(**{USER: "secret", "ann@example.test": "pw"}),
             tlsOptions=TLS if tls else None,
             implicitTLS=implicit,
@@ -432,7 +432,7 @@ def test_names_past_the_store_limits_are_refused(tmp_path):
     failure.
     """
     from twisted.logger import globalLogPublisher
-    from mdpy.store.maildir import MaildirStore
+    from mdpy.backends.files.maildir import MaildirStore
 
     store = MaildirStore(str(tmp_path), runInThread=synchronousRunner)
     store.createAccount(USER)
@@ -478,7 +478,7 @@ def test_append_with_flags_and_date():
     validity = s.store.openMailbox(USER, "Drafts").uidValidity
     s.expect("a OK [APPENDUID %d 1] Append completed." % validity)
     [stored] = s.store.openMailbox(USER, "Drafts").messages()
-    assert stored.open().read() == message
+    assert resultOf(stored.read()) == message
     assert stored.flags == {"\\Draft", "$Label"}
     assert stored.internalDate == 837596665
 
@@ -547,7 +547,7 @@ def test_large_append_is_spooled_to_a_file_and_stored_intact(tmp_path):
     assert openFilesIn(spool) == 0
     assert s.factory.pendingLiterals.pending(USER) == 0
     stored = s.store.openMailbox(USER).messages()[-1]
-    assert stored.open().read() == message and stored.flags == {"\\Seen"}
+    assert resultOf(stored.read()) == message and stored.flags == {"\\Seen"}
     # A small one is not spooled.
     s.send("b APPEND INBOX {100}")
     s.expect("+ OK")
@@ -604,7 +604,7 @@ def test_pending_literals_of_an_account_are_bounded_over_its_connections(tmp_pat
     a.expect("+ OK")
     a.sendRaw(second + b"\r\n")
     a.expect("a2 OK [APPENDUID *] Append completed.")
-    assert [m.open().read() for m in a.store.openMailbox(USER).messages()[-2:]] == [first, second]
+    assert [resultOf(m.read()) for m in a.store.openMailbox(USER).messages()[-2:]] == [first, second]
     # A message alone is taken even past the bound (APPENDLIMIT is its limit).
     a.factory.maxPendingLiterals = 100000
     a.send("a3 APPEND INBOX {%d}" % len(first))
@@ -743,7 +743,7 @@ def test_fetch_serves_nul_as_0x80_and_keeps_the_stored_octets():
     s.send("c FETCH 1 RFC822")
     assert s.raw().startswith(b"* 1 FETCH (RFC822 {%d}\r\n%s " % (len(message), served))
     [stored] = store.openMailbox(USER).messages()
-    assert stored.open().read() == message
+    assert resultOf(stored.read()) == message
 
 
 def test_fetch_envelope_and_bodystructure():
@@ -757,6 +757,55 @@ def test_fetch_envelope_and_bodystructure():
     assert "MIXED" in got[2].upper() and "BOUNDARY" in got[2].upper()
     assert got[4].startswith("* 3 FETCH (BODY ((")
     assert "BOUNDARY" not in got[4].upper()
+
+
+def test_fetch_reads_messages_through_the_store_only_when_it_must(monkeypatch):
+    """
+    FETCH takes a message's octets from the store's Deferred C{read}, never
+    by opening it on the reactor; a structure already parsed is served
+    without reading the message again.
+    """
+    reads = recordReads(monkeypatch)
+    monkeypatch.setattr(MemoryMessage, "open", lambda message: pytest.fail("opened on the reactor"))
+    s = Session()
+    s.select()
+    s.send("a FETCH 3 (BODYSTRUCTURE)")
+    assert s.lines()[-1] == "a OK Fetch completed."
+    assert reads == [3]
+    s.send("b FETCH 3 (BODY)", "c FETCH 1:2 (UID FLAGS)")
+    assert [line for line in s.lines() if line.startswith(("b ", "c "))] == [
+        "b OK Fetch completed.", "c OK Fetch completed."]
+    assert reads == [3]
+    s.send("d FETCH 2 (BODY.PEEK[TEXT])")
+    assert s.lines() == ["* 2 FETCH (BODY[TEXT] {13}", "second body", ")", "d OK Fetch completed."]
+    assert reads == [3, 2]
+
+
+def test_fetch_reads_ahead_and_answers_in_order(monkeypatch):
+    """
+    FETCH asks the store for the next messages before the first read
+    finishes, so the store's round trips overlap; the answers still come
+    in order, and a message gone meanwhile gets NO with EXPUNGEISSUED.
+    """
+    from twisted.internet import defer
+
+    from mdpy.errors import NotFound
+
+    pending = {}
+    monkeypatch.setattr(MemoryMessage, "read", lambda message: pending.setdefault(message.uid, defer.Deferred()))
+    s = Session()
+    s.select()
+    s.send("a FETCH 1:3 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert sorted(pending) == [1, 2, 3]
+    pending[3].callback(MESSAGES[2])
+    pending[2].errback(NotFound("gone"))
+    assert s.lines() == []
+    pending[1].callback(MESSAGES[0])
+    assert s.lines() == [
+        "* 1 FETCH (BODY[HEADER.FIELDS (SUBJECT)] {16}", "Subject: one", "", ")",
+        "* 3 FETCH (BODY[HEADER.FIELDS (SUBJECT)] {18}", "Subject: three", "", ")",
+        "a NO [EXPUNGEISSUED] Some messages were expunged meanwhile.",
+    ]
 
 
 def test_fetch_macros_and_bad_items():
@@ -941,8 +990,8 @@ def test_copy_and_move_with_uidplus():
         "b OK Move completed.",
         "c NO [TRYCREATE] Mailbox doesn't exist.",
     )
-    assert [m.open().read() for m in archive.messages()] == MESSAGES[:2]
-    assert [m.open().read() for m in trash.messages()] == MESSAGES[2:]
+    assert [resultOf(m.read()) for m in archive.messages()] == MESSAGES[:2]
+    assert [resultOf(m.read()) for m in trash.messages()] == MESSAGES[2:]
 
 
 def test_close_expunges_silently_and_unselect_does_not():
@@ -1037,9 +1086,9 @@ def test_timeout():
 
 
 def test_structure_is_cached_beside_the_maildir(tmp_path, monkeypatch):
+    from mdpy.backends.files.maildir import MaildirStore
     from mdpy.imap import fetch
     from mdpy.mail import mime
-    from mdpy.store.maildir import MaildirStore
 
     store = MaildirStore(str(tmp_path), runInThread=synchronousRunner)
     store.createAccount(USER)

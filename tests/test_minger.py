@@ -12,7 +12,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import LogLevel, formatEvent
 from twisted.trial import unittest
 
-from mdpy.directory.sqlite import SQLiteDirectory
+from mdpy.backends.files.directory import SQLiteDirectory
 from mdpy.dns import PermanentDNSFailure
 from mdpy.errors import (
     InvalidInput,

@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from mdpy.delivery.pipeline import DeliveryPipeline
-from mdpy.directory.sqlite import SQLiteDirectory
+from mdpy.backends.files.directory import SQLiteDirectory
 from mdpy.collect.periodic import CycleBusy
 from mdpy.logs import Logger
 from mdpy.odmr.customer import (
@@ -28,8 +28,8 @@ from mdpy.odmr.customer import (
     release,
 )
 from mdpy.smtp.server import SMTPFactory
-from mdpy.store.memory import MemoryStore
-from mdpy.testing import LoopbackTestCase, RecordingTarget, TempDirTestCase, TLSStringTransport, Transcript
+from mdpy.backends.memory import MemoryStore
+from mdpy.testing import LoopbackTestCase, RecordingTarget, TempDirTestCase, TLSStringTransport, Transcript, resultOf
 from mdpy.tls import ensureSelfSigned, serverOptions
 from tests.test_pop3_client import LoopbackReactor
 
@@ -59,7 +59,7 @@ def makePipeline(directory):
 
 
 def inbox(pipeline, address):
-    return [m.open().read() for m in pipeline.store.openMailbox(address).messages()]
+    return [resultOf(m.read()) for m in pipeline.store.openMailbox(address).messages()]
 
 
 def account(host="odmr.isp.test", **kwargs):

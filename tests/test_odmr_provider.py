@@ -20,16 +20,16 @@ from zope.interface import implementer
 from mdpy import errors
 from mdpy.auth.checkers import DirectoryChecker, FailedLoginTracker, Realm
 from mdpy.delivery.pipeline import DeliveryPipeline
-from mdpy.delivery.queue import BOUNCED, PENDING, SENT, SpoolQueue
+from mdpy.backends.files.queue import BOUNCED, PENDING, SENT, SpoolQueue
 from mdpy.delivery.relay import Relay, RelaySettings
-from mdpy.directory.sqlite import SQLiteDirectory
+from mdpy.backends.files.directory import SQLiteDirectory
 from mdpy.envelope import Envelope
 from mdpy.minger.client import MingerClient, MingerVerifier
 from mdpy.minger.server import MingerServer
 from mdpy.odmr.gateway import GatewayChecker, GatewayDomain, Gateways, parseDomainList
 from mdpy.odmr.provider import ODMRFactory
 from mdpy.smtp.server import SMTPFactory
-from mdpy.store.memory import MemoryStore
+from mdpy.backends.memory import MemoryStore
 from mdpy.testing import RecordingTarget, TempDirTestCase, Transcript, synchronousRunner
 
 MESSAGE = b"From: Lester.Tester@dot.foo.bar\r\nSubject: held\r\n\r\n.dot line\r\nbody\r\n"
@@ -516,7 +516,7 @@ class HeldExpiryTests(ProviderTestCase):
         from io import StringIO
 
         from mdpy.cli import formatEntry
-        from mdpy.delivery.queue import readHeld
+        from mdpy.backends.files.queue import readHeld
 
         yield self.hold(["a@example.org", "b@remote.test"])
         [entry] = self.queue.list()

@@ -13,10 +13,11 @@ from zope.interface.verify import verifyObject
 
 from mdpy import errors
 from mdpy.delivery.pipeline import DeliveryPipeline, stripTraceHeaders
-from mdpy.directory.sqlite import SQLiteDirectory
+from mdpy.backends.files.directory import SQLiteDirectory
 from mdpy.envelope import Envelope
 from mdpy.interfaces import IDelivery, IDeliveryTarget
-from mdpy.store.memory import MemoryStore
+from mdpy.backends.memory import MemoryStore
+from mdpy.testing import resultOf
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def pipeline(tmp_path):
 
 
 def inbox(pipeline, address):
-    return [m.open().read() for m in pipeline.store.openMailbox(address).messages()]
+    return [resultOf(m.read()) for m in pipeline.store.openMailbox(address).messages()]
 
 
 def deliver(pipeline, recipients, data, sender="a@remote.test", **kwargs):
@@ -103,7 +104,7 @@ def test_keyedCatchAllCopiesAreEachStoredOnce(tmp_path):
     Keyed deliveries (a collected message, delivered again after a crash)
     tell the catch-all copies of one account apart, and store each once.
     """
-    from mdpy.store.maildir import MaildirStore
+    from mdpy.backends.files.maildir import MaildirStore
     from mdpy.testing import synchronousRunner
 
     directory = SQLiteDirectory(str(tmp_path / "directory.sqlite"))
@@ -197,7 +198,7 @@ def maildirTranscript(tmp_path, queue=None):
     from twisted.internet import task
 
     from mdpy.smtp.server import SMTPFactory
-    from mdpy.store.maildir import MaildirStore
+    from mdpy.backends.files.maildir import MaildirStore
     from mdpy.testing import Transcript, synchronousRunner
 
     directory = SQLiteDirectory(str(tmp_path / "directory.sqlite"))
@@ -290,7 +291,7 @@ def test_shippedFakesProvideTheirInterfaces():
 def relaying(pipeline, tmp_path):
     from twisted.internet import task
 
-    from mdpy.delivery.queue import SpoolQueue
+    from mdpy.backends.files.queue import SpoolQueue
     from mdpy.mailauth.srs import SRS
     from mdpy.testing import synchronousRunner
 
@@ -394,7 +395,7 @@ def mixed(tmp_path):
     """
     from twisted.internet import task
 
-    from mdpy.delivery.queue import SpoolQueue
+    from mdpy.backends.files.queue import SpoolQueue
     from mdpy.testing import synchronousRunner
 
     queue = SpoolQueue(str(tmp_path / "queue"), runInThread=synchronousRunner, clock=task.Clock())

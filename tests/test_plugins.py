@@ -20,16 +20,16 @@ from mdpy.checks import DATA, RCPT, AuthenticationResultsCheck, Verdict
 from mdpy.config import Config
 from mdpy.mailauth.authresults import InboundChecker
 from mdpy.delivery.pipeline import DeliveryPipeline
-from mdpy.directory.sqlite import SQLiteDirectory
+from mdpy.backends.files.directory import SQLiteDirectory
 from mdpy.imap.server import IMAP4Factory, IMAP4Server
 from mdpy.interfaces import ICheck
 from mdpy.odmr.provider import ODMRFactory, ODMRServer
 from mdpy.plugins import loadObject
 from mdpy.pop3.server import POP3Server
 from mdpy.smtp.server import SMTPFactory, SMTPServer
-from mdpy.store.memory import MemoryStore
+from mdpy.backends.memory import MemoryStore
 from mdpy.tap import buildChecks, factoryClass, odmrClientFor
-from mdpy.testing import Transcript, synchronousRunner
+from mdpy.testing import Transcript, resultOf, synchronousRunner
 from tests.plugins import RejectSenderCheck, RejectSubjectCheck, XSMTPServer, XSMTPServerFactory
 from tests.test_odmr_customer import HOST, Customer
 
@@ -168,7 +168,7 @@ def checked(tmp_path):
 
 
 def stored(pipeline):
-    return [m.open().read() for m in pipeline.store.openMailbox(USER).messages()]
+    return [resultOf(m.read()) for m in pipeline.store.openMailbox(USER).messages()]
 
 
 def test_checksAreChecks():
@@ -369,7 +369,7 @@ def test_builtInChecksSkipMailWithNoLocalCopy(tmp_path):
     of SPF and DKIM: they are not looked up; a check of one's own still
     runs.
     """
-    from mdpy.delivery.queue import SpoolQueue
+    from mdpy.backends.files.queue import SpoolQueue
     from mdpy.odmr.gateway import GatewayDomain, Gateways
 
     calls = []

@@ -21,8 +21,8 @@ from mdpy.pop3 import client
 from mdpy.pop3.client import FetchError, POP3Account, RemoteMessage, connect
 from mdpy.pop3.maildrop import uidlFor
 from mdpy.pop3.server import POP3Factory, POP3Server
-from mdpy.store.memory import MemoryStore
-from mdpy.testing import LoopbackTestCase, TempDirTestCase, memoryPortal, synchronousRunner
+from mdpy.backends.memory import MemoryStore
+from mdpy.testing import LoopbackTestCase, TempDirTestCase, memoryPortal, resultOf
 from mdpy.tls import serverOptions
 
 USER = "joe@example.test"
@@ -344,7 +344,6 @@ class FetchTestCase(LoopbackTestCase):
             "pop.test",
             store,
             allowPlaintext=plaintext,
-            runInThread=synchronousRunner,
             portal=memoryPortal(**{USER: PASSWORD}),
             tlsOptions=options,
             implicitTLS=implicit,
@@ -355,7 +354,7 @@ class FetchTestCase(LoopbackTestCase):
 
 
 def inbox(factory):
-    return [m.open().read() for m in factory.store.openMailbox(USER).messages()]
+    return [resultOf(m.read()) for m in factory.store.openMailbox(USER).messages()]
 
 
 # --- against mdpy's own server ------------------------------------------------------

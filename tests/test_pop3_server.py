@@ -13,10 +13,11 @@ from twisted.internet import defer, task
 
 from mdpy import errors
 from mdpy.auth.checkers import FailedLoginTracker
-from mdpy.pop3.maildrop import MaildropLocks, uidlFor
+from mdpy.backends.local import MaildropLocks
+from mdpy.pop3.maildrop import uidlFor
 from mdpy.pop3.server import POP3Factory
-from mdpy.store.memory import MemoryStore
-from mdpy.testing import AddressRealm, Transcript, memoryPortal, synchronousRunner
+from mdpy.backends.memory import MemoryStore, recordReads
+from mdpy.testing import AddressRealm, Transcript, memoryPortal, resultOf
 
 TLS = object()
 USER = "joe@example.test"
@@ -37,7 +38,6 @@ class Session:
             self.store,
             locks=locks,
             allowPlaintext=plaintext,
-            runInThread=synchronousRunner,
             portal=memoryPortal(**{USER: "secret", "ann@example.test": "pw"}),
             tlsOptions=TLS if tls else None,
             implicitTLS=implicit,
@@ -75,7 +75,7 @@ def filledStore(messages=MESSAGES):
 
 
 def inbox(store, account=USER):
-    return [m.open().read() for m in store.openMailbox(account).messages()]
+    return [resultOf(m.read()) for m in store.openMailbox(account).messages()]
 
 
 def b64(text):
@@ -218,7 +218,6 @@ def test_loginsAtOnceAreCheckedWithinTheLimit():
         "mx.example.test",
         filledStore(),
         allowPlaintext=True,
-        runInThread=synchronousRunner,
         portal=Portal(AddressRealm(), [checker]),
         loginTracker=FailedLoginTracker(clock, baseDelay=1, banThreshold=2),
         clock=clock,
@@ -246,7 +245,6 @@ def test_waitingLoginOfAClosedSessionIsNotChecked():
         "mx.example.test",
         filledStore(),
         allowPlaintext=True,
-        runInThread=synchronousRunner,
         portal=Portal(AddressRealm(), [checker]),
         loginTracker=FailedLoginTracker(clock, banThreshold=1),
         clock=clock,
@@ -555,3 +553,22 @@ def test_droppedConnectionMarksNothingSeen():
     s.lines()
     s.protocol.connectionLost(None)
     assert [m.flags for m in store.openMailbox(USER).messages()] == [frozenset()] * 3
+
+
+def test_retr_reads_the_next_message_ahead(monkeypatch):
+    """
+    After RETR n, the store is already reading message n + 1 (clients
+    that download everything ask for it next); RETR n + 1 uses that read,
+    and a deleted message is not read ahead.
+    """
+    reads = recordReads(monkeypatch)
+    s = Session()
+    s.login()
+    s.send("DELE 3")
+    s.lines()
+    s.send("RETR 1")
+    s.lines()
+    assert reads == [1, 2]
+    s.send("RETR 2")
+    assert s.lines()[0].startswith("+OK")
+    assert reads == [1, 2]

@@ -1,5 +1,5 @@
 """
-Tests of the outbound queue on disk (L{mdpy.delivery.queue}).
+Tests of the outbound queue on disk (L{mdpy.backends.files.queue}).
 """
 
 import io
@@ -12,7 +12,7 @@ from zope.interface.verify import verifyObject
 
 from mdpy import errors
 from mdpy.cli import formatEntry, main
-from mdpy.delivery.queue import (
+from mdpy.backends.files.queue import (
     BOUNCED,
     FAILED,
     PENDING,

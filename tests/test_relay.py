@@ -15,7 +15,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 
 from mdpy import errors
 from mdpy.delivery.mx import MXResolver, makeResolver
-from mdpy.delivery.queue import BOUNCED, FAILED, PENDING, SpoolQueue
+from mdpy.backends.files.queue import BOUNCED, FAILED, PENDING, SpoolQueue
 from mdpy.delivery.relay import Relay, RelaySettings
 from mdpy.envelope import Envelope
 from mdpy.smtp import codes

@@ -8,7 +8,7 @@ import pytest
 
 from mdpy import errors
 from mdpy.auth.senders import SenderPolicy, fromMailboxes
-from mdpy.directory.sqlite import SQLiteDirectory
+from mdpy.backends.files.directory import SQLiteDirectory
 
 
 @pytest.mark.parametrize(

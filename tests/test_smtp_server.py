@@ -15,10 +15,10 @@ from twisted.logger import formatEvent, globalLogPublisher
 from mdpy import errors
 from mdpy.auth.senders import SenderPolicy
 from mdpy.delivery.pipeline import DeliveryPipeline
-from mdpy.delivery.queue import SpoolQueue
-from mdpy.directory.sqlite import SQLiteDirectory
+from mdpy.backends.files.queue import SpoolQueue
+from mdpy.backends.files.directory import SQLiteDirectory
 from mdpy.smtp.server import MODE_MTA, MODE_SMTPS, MODE_SUBMISSION, SMTPFactory
-from mdpy.store.maildir import MaildirStore
+from mdpy.backends.files.maildir import MaildirStore
 from mdpy.testing import RecordingTarget, Transcript, memoryPortal, synchronousRunner
 
 TLS = object()  # stands for server TLS options: TLSStringTransport only records it
@@ -826,7 +826,7 @@ def realPipeline(tmp_path):
 
 @pytest.mark.parametrize(
     "where, recipient",
-    [("mdpy.store.maildir.writeParts", "bob@example.org"), ("mdpy.delivery.queue.writeAll", "x@remote.example")],
+    [("mdpy.backends.files.maildir.writeParts", "bob@example.org"), ("mdpy.backends.files.queue.writeAll", "x@remote.example")],
     ids=["store", "queue"],
 )
 def test_fullDiskGives452InsufficientStorage(realPipeline, monkeypatch, where, recipient):

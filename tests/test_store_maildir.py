@@ -1,5 +1,5 @@
 """
-Tests for L{mdpy.store.maildir} and L{mdpy.store.maildirindex}.
+Tests for L{mdpy.backends.files.maildir} and L{mdpy.backends.files.maildirindex}.
 """
 
 import errno
@@ -15,9 +15,12 @@ from twisted.internet import defer
 
 from mdpy import mutf7
 from mdpy.errors import InvalidInput, LimitExceeded, NotFound, TemporaryFailure
-from mdpy.store import ADD, REMOVE, REPLACE, maildir, maildirindex
-from mdpy.store.maildir import MaildirStore
-from tests.test_store_memory import ALICE, BOB, MESSAGE, StoreContract, resultOf
+from mdpy import mailbox
+from mdpy.mailbox import ADD, REMOVE, REPLACE
+from mdpy.backends.files import maildir, maildirindex
+from mdpy.backends.files.maildir import MaildirStore
+from mdpy.testing import resultOf
+from mdpy.testing.contracts import ALICE, BOB, MESSAGE, StoreContract
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = re.compile(r"[0-9]+\.M[0-9]+P[0-9]+Q[0-9]+\.[^/:,]+,S=([0-9]+),W=\1\Z")
@@ -77,7 +80,7 @@ class TestMaildirStore:
         assert store.accountPath("Alice@Example.COM") == inbox
         for sub in ("cur", "new", "tmp"):
             assert os.path.isdir(os.path.join(inbox, sub))
-        for name in maildir.SPECIAL_FOLDERS:
+        for name in mailbox.SPECIAL_FOLDERS:
             folder = os.path.join(inbox, "." + name)
             assert listing(folder) == ["cur", "maildirfolder", "new", "tmp"]
         with open(os.path.join(inbox, "subscriptions")) as f:
@@ -112,7 +115,7 @@ class TestMaildirStore:
             spool.seek(4)
             resultOf(store.deliver([(ALICE, "INBOX", [b"X: 1\r\n", spool])]))
         [message] = store.openMailbox(ALICE).messages()
-        assert message.open().read() == b"X: 1\r\n" + data
+        assert resultOf(message.read()) == b"X: 1\r\n" + data
         assert message.size == len(data) + 6
 
     def test_uniqueName(self, monkeypatch):
@@ -146,7 +149,7 @@ class TestMaildirStore:
         with pytest.raises(TemporaryFailure):
             store.deleteMailbox(ALICE, "Sent")
         monkeypatch.undo()
-        assert store.listMailboxes(ALICE) == ["INBOX"] + sorted(maildir.SPECIAL_FOLDERS)
+        assert store.listMailboxes(ALICE) == ["INBOX"] + sorted(mailbox.SPECIAL_FOLDERS)
 
     def test_fsyncFailure(self, store, inbox, monkeypatch):
         def failingFsync(fd):
@@ -253,7 +256,7 @@ class TestMaildirStore:
         byKey = {m.key: m for m in mailbox.messages()}
         # The size is counted with CR LF line endings, as POP3 sends it.
         assert byKey[foreign].size == len(b"Subject: migrated\r\n\r\nhi\r\n")
-        assert byKey[foreign].open().read() == b"Subject: migrated\n\nhi\n"
+        assert resultOf(byKey[foreign].read()) == b"Subject: migrated\r\n\r\nhi\r\n"
         assert byKey["1500000000.1.old"].flags == {"\\Seen"}
         assert os.path.exists(os.path.join(inbox, "cur", foreign + ":2,"))
         # Counted once: the index keeps it for the next session.
@@ -306,7 +309,7 @@ class TestMaildirStore:
         script = (
             "import json, os, sys\n"
             "from twisted.internet import defer\n"
-            "from mdpy.store.maildir import MaildirStore\n"
+            "from mdpy.backends.files.maildir import MaildirStore\n"
             "store = MaildirStore(sys.argv[1], runInThread=lambda f, *a: defer.maybeDeferred(f, *a))\n"
             "seen = {}\n"
             "for i in range(25):\n"
@@ -345,7 +348,7 @@ class TestMaildirStore:
         assert listing(os.path.join(inbox, "cur")) == [key + ":2,FS"]
         resultOf(mailbox.setFlags(1, ["\\Seen", "\\Flagged", "\\Draft", "\\Answered", "\\Deleted", "$Forwarded"]))
         assert listing(os.path.join(inbox, "cur")) == [key + ":2,DFPRST"]
-        assert mailbox.messages()[0].open().read() == MESSAGE
+        assert resultOf(mailbox.messages()[0].read()) == MESSAGE
 
     def test_flagsChangedByAnotherProgram(self, store, inbox):
         resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE])]))
@@ -354,7 +357,7 @@ class TestMaildirStore:
         before = mailbox.highestModSeq
         cur = os.path.join(inbox, "cur")
         os.rename(os.path.join(cur, message.key + ":2,"), os.path.join(cur, message.key + ":2,RSX"))
-        assert message.open().read() == MESSAGE
+        assert resultOf(message.read()) == MESSAGE
         mailbox.sync()
         [changed] = mailbox.messages()
         assert changed.flags == {"\\Answered", "\\Seen"}
@@ -471,7 +474,7 @@ class TestMaildirStore:
         message = mailbox.messages()[0]
         os.unlink(os.path.join(inbox, "cur", message.filename))
         with pytest.raises(NotFound):
-            message.open()
+            resultOf(message.open())
         mailbox.sync()
         assert mailbox.messages() == []
 
@@ -645,9 +648,37 @@ class TestIndexFormat:
         assert parsed.entries == {"a b": (1, 1, "2,S", None), "c": (2, 1, "", None)}
 
     def test_folderNames(self):
-        assert maildir.normaliseFolderName("inbox") == "INBOX"
-        assert maildir.normaliseFolderName("Inbox/Sub") == "INBOX/Sub"
+        assert mailbox.normaliseFolderName("inbox") == "INBOX"
+        assert mailbox.normaliseFolderName("Inbox/Sub") == "INBOX/Sub"
         assert maildir._folderDirName("Lists/Work") == ".Lists.Work"
         for name in ["Entwürfe", "a&b", "日本語/x", "~peter/mail/台北"]:
             assert maildir._folderNameFromDir(maildir._folderDirName(name)) == name
         assert mutf7.encode("~peter/mail/台北/日本語") == "~peter/mail/&U,BTFw-/&ZeVnLIqe-"
+
+
+def test_readFromThePageCacheAtOnceElseInThePool(tmp_path, monkeypatch):
+    """
+    A message the kernel can read without waiting for the disk is read at
+    once; one it cannot (C{RWF_NOWAIT} fails) is read in the store's
+    thread pool.  Both give the octets with CR LF line endings.
+    """
+    pooled = []
+
+    def recordingRunner(f, *args):
+        pooled.append(f)
+        return defer.maybeDeferred(f, *args)
+
+    store = MaildirStore(str(tmp_path / "mail"), runInThread=recordingRunner)
+    store.createAccount(ALICE)
+    resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE])]))
+    [message] = store.openMailbox(ALICE).messages()
+    pooled.clear()
+    assert resultOf(message.read()) == MESSAGE
+    assert pooled == []
+
+    def wouldBlock(*args):
+        raise BlockingIOError(errno.EAGAIN, "would block")
+
+    monkeypatch.setattr(maildir.os, "preadv", wouldBlock)
+    assert resultOf(message.read()) == MESSAGE
+    assert pooled == [message.readFile]

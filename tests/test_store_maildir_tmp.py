@@ -1,5 +1,5 @@
 """
-Tests of L{mdpy.store.maildir.removeStaleTmpFiles}: what a crash left in
+Tests of L{mdpy.backends.files.maildir.removeStaleTmpFiles}: what a crash left in
 the C{tmp/} folders goes at the server's start, what another process may be
 writing now stays.
 """
@@ -10,7 +10,7 @@ import time
 from twisted.internet.testing import MemoryReactorClock
 
 from mdpy.config import Config
-from mdpy.store.maildir import STALE_TMP_AGE, MaildirStore, removeStaleTmpFiles
+from mdpy.backends.files.maildir import STALE_TMP_AGE, MaildirStore, removeStaleTmpFiles
 from mdpy.tap import buildService
 
 NOW = 2_000_000_000

@@ -12,6 +12,7 @@ from twisted.python import usage
 
 from mdpy import logs
 from mdpy.config import Config, ConfigError
+from mdpy.backends.files import openDirectory
 from mdpy.datadir import DataDir
 from mdpy.directory import addRoleAliases
 from mdpy.smtp.server import MODE_MTA, MODE_SMTPS, MODE_SUBMISSION
@@ -201,7 +202,7 @@ def test_firstStartMakesDomainPostmasterAndCertificate(tmp_path):
     assert os.path.isdir(data / "mail" / "example.test" / "postmaster" / "new")
     assert stat.S_IMODE(os.stat(data / "directory.sqlite").st_mode) == 0o600
     assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
-    directory = DataDir(str(data)).openDirectory()
+    directory = openDirectory(DataDir(str(data)))
     assert directory.listAliases() == [("abuse@example.test", ["postmaster@example.test"])]
     # A second start changes nothing, even with the postmaster deleted.
     directory.removeUser(address)
@@ -218,7 +219,7 @@ def test_firstStartAfterDomainsAddedByTheCommand(tmp_path):
     """
     config = load(tmp_path)
     datadir = DataDir(str(tmp_path / "data"))
-    directory = datadir.openDirectory()
+    directory = openDirectory(datadir)
     directory.addDomain("x.test")
     addRoleAliases(directory, "x.test", "postmaster@example.test")
     directory.addDomain("example.test")
@@ -232,7 +233,7 @@ def test_firstStartAfterDomainsAddedByTheCommand(tmp_path):
 
 def test_firstStartKeepsTheAdministratorsPostmaster(tmp_path):
     datadir = DataDir(str(tmp_path / "data"))
-    directory = datadir.openDirectory()
+    directory = openDirectory(datadir)
     directory.addDomain("example.test")
     directory.addDomain("other.test")
     directory.addUser("boss@other.test", "pw")

@@ -13,10 +13,10 @@ from zope.interface import implementer
 
 from mdpy.checks import DATA, Verdict
 from mdpy.delivery.pipeline import DeliveryPipeline
-from mdpy.directory.sqlite import SQLiteDirectory
+from mdpy.backends.files.directory import SQLiteDirectory
 from mdpy.interfaces import ICheck
 from mdpy.smtp.server import SMTPFactory
-from mdpy.store.memory import MemoryStore
+from mdpy.backends.memory import MemoryStore
 from mdpy.testing import Transcript
 
 

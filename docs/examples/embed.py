@@ -13,9 +13,9 @@ import tempfile
 from twisted.internet import defer, endpoints, task, threads
 
 from mdpy.delivery.pipeline import DeliveryPipeline
-from mdpy.directory.sqlite import SQLiteDirectory
+from mdpy.backends.files.directory import SQLiteDirectory
 from mdpy.smtp.server import SMTPFactory
-from mdpy.store.memory import MemoryStore
+from mdpy.backends.memory import MemoryStore
 
 
 def mailFactory(reactor, dataDir):
@@ -47,7 +47,7 @@ async def main(reactor):
         finally:
             await listening.stopListening()
         [message] = store.openMailbox("joe@example.test").messages()
-        sys.stdout.write(message.open().read().decode("utf-8"))
+        sys.stdout.write((await message.read()).decode("utf-8"))
 
 
 if __name__ == "__main__":

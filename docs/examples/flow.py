@@ -9,9 +9,9 @@ import os
 from twisted.internet import defer
 
 from mdpy.delivery.pipeline import DeliveryPipeline
-from mdpy.directory.sqlite import SQLiteDirectory
+from mdpy.backends.files.directory import SQLiteDirectory
 from mdpy.envelope import Envelope
-from mdpy.store.memory import MemoryStore
+from mdpy.backends.memory import MemoryStore
 
 
 def buildPipeline(dataDir):
@@ -37,9 +37,9 @@ async def deliver(pipeline, sender, recipients, message):
     await defer.maybeDeferred(delivery.commit)  # once every copy is durable
 
 
-def inbox(pipeline, account):
+async def inbox(pipeline, account):
     """
     @return: the messages in C{account}'s INBOX.
     """
-    mailbox = pipeline.store.openMailbox(account)
-    return [stored.open().read() for stored in mailbox.messages()]
+    mailbox = await defer.maybeDeferred(pipeline.store.openMailbox, account)
+    return [await stored.read() for stored in mailbox.messages()]

@@ -23,7 +23,6 @@ from mdpy.auth.accounts import Account
 from mdpy.auth.passwords import verifyCramMD5, verifyPassword
 from mdpy.errors import InvalidInput
 from mdpy.logs import Logger
-from mdpy.threads import deferToReactorThreadPool
 
 # Verified when the user is unknown (or has no password), so that a failed
 # login costs the same scrypt time whether or not the account exists.
@@ -75,11 +74,12 @@ class DirectoryChecker:
         @param directory: an L{IDirectory}.
         @param runInThread: C{runInThread(f, *args)} runs the scrypt
             verification away from the reactor thread and returns a
-            L{Deferred} (or the value).  Default: the global reactor's thread
-            pool.
+            L{Deferred} (or the value): the server passes its backend's
+            L{mdpy.interfaces.IBackend.runBlocking}.  Default: at once, on
+            the calling thread.
         """
         self.directory = directory
-        self._runInThread = runInThread or deferToReactorThreadPool
+        self._runInThread = runInThread or defer.maybeDeferred
         # scrypt takes 16 MiB and a core for ~50 ms: at most one run per
         # core at a time (a burst of logins must not fill the thread pool
         # and the heap), and one run for identical logins that arrive

@@ -82,7 +82,6 @@ from mdpy.logs import Logger
 from mdpy.mail.addresslist import printable
 from mdpy.mail.received import receivedField
 from mdpy.pop3.client import FetchError, connect
-from mdpy.threads import deferToReactorThreadPool
 
 log = Logger()
 
@@ -242,7 +241,7 @@ class Collector:
         self.hostname = hostname
         self.postmaster = postmaster
         self.reactor = reactor
-        self._runInThread = runInThread or deferToReactorThreadPool
+        self._runInThread = runInThread or defer.maybeDeferred
         self._clock = clock
         os.makedirs(self.heldDir, mode=0o700, exist_ok=True)
         self._lock = _Lock(os.path.join(stateDir, "lock"))

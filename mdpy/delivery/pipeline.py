@@ -204,14 +204,24 @@ class DeliveryPipeline:
         Make the mailbox tree of a directory user that has none yet (a user
         added by another tool).  Accounts seen to exist are remembered, so the
         check costs nothing on the next message.
+
+        @return: L{None} for an account known to exist, else a L{Deferred}
+            firing once it does.
         """
         if account in self._knownAccounts:
-            return
-        if not self.store.accountExists(account):
-            self.store.createAccount(account)
-        if len(self._knownAccounts) >= self.MAX_KNOWN_ACCOUNTS:
-            self._knownAccounts.clear()
-        self._knownAccounts.add(account)
+            return None
+        d = defer.maybeDeferred(self.store.accountExists, account)
+
+        def cbExists(exists):
+            if not exists:
+                return self.store.createAccount(account)
+
+        def cbKnown(_):
+            if len(self._knownAccounts) >= self.MAX_KNOWN_ACCOUNTS:
+                self._knownAccounts.clear()
+            self._knownAccounts.add(account)
+
+        return d.addCallback(cbExists).addCallback(cbKnown)
 
     def mayRelay(self, envelope):
         """
@@ -306,6 +316,7 @@ class PipelineDelivery:
                 raise errors.RelayDenied("relaying to <%s> denied" % (address,))
             else:
                 self._addRemote(resolution.remote, self.relayed)
+        added, made = [], []
         for account in resolution.local:
             caught = account in resolution.caught
             # One copy per account, but one per recipient for an account
@@ -313,9 +324,25 @@ class PipelineDelivery:
             key = (account, normalise(address)) if caught else account
             if key in self._accounts:
                 continue
-            pipeline.ensureAccount(account)
+            copy = (account, address, caught)
             self._accounts.add(key)
-            self.copies.append((account, address, caught))
+            self.copies.append(copy)
+            added.append((key, copy))
+            made.append(pipeline.ensureAccount(account))
+        made = [d for d in made if d is not None]
+        if not made:
+            return None
+
+        def ebRefused(failure):
+            # A mailbox that cannot be made refuses the recipient: none of
+            # its copies stays.
+            for key, copy in added:
+                self._accounts.discard(key)
+                self.copies.remove(copy)
+            return failure.value.subFailure
+
+        d = defer.gatherResults(made, consumeErrors=True)
+        return d.addCallbacks(lambda _: None, ebRefused)
 
     def _addHeld(self, gateway, address):
         """

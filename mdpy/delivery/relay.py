@@ -58,8 +58,8 @@ from twisted.internet import defer, ssl
 
 from mdpy import errors
 from mdpy.delivery import dsn
-from mdpy.delivery.queue import BOUNCED, FAILED, PENDING, SENT
 from mdpy.envelope import Envelope
+from mdpy.interfaces import BOUNCED, FAILED, PENDING, SENT
 from mdpy.logs import Logger
 from mdpy.smtp.client import OutboundMessage, SessionResult, deliverOver
 from mdpy.tls import clientEndpoint, verifyingClientOptions
@@ -179,7 +179,7 @@ class _Destination:
 
 class Relay(service.Service):
     """
-    Delivers a L{mdpy.delivery.queue.SpoolQueue}.
+    Delivers a L{mdpy.backends.files.queue.SpoolQueue}.
 
     @ivar queue: the queue.
     @ivar resolver: an L{mdpy.delivery.mx.MXResolver} (unused with a

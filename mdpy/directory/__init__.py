@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_directory -*-
 """
 Domains, users and aliases: the values an L{mdpy.interfaces.IDirectory}
-returns.  The SQLite implementation is L{mdpy.directory.sqlite}.
+returns.  The SQLite implementation is L{mdpy.backends.files.directory}.
 """
 
 from mdpy.address import normalise

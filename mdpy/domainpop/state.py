@@ -43,7 +43,7 @@ import time
 from zope.interface import implementer
 
 from mdpy.interfaces import IDedupeCache
-from mdpy.sqlitefile import SQLiteFile
+from mdpy.backends.files.sqlitefile import SQLiteFile
 
 BUSY_TIMEOUT_MS = 10000
 

@@ -16,7 +16,6 @@ octet count stays the same.  The stored message is left as it is.
 
 from collections import OrderedDict
 
-from mdpy.dotstuffing import normaliseLineEndings
 from mdpy.interfaces import IMessageCache
 from mdpy.imap.structure import bodyStructure, encapsulated, envelope, findSection, parseStructure
 from mdpy.mail import mime
@@ -209,16 +208,25 @@ class StructureCache:
         self._size = size
         self._entries = OrderedDict()
 
+    def cached(self, message):
+        """
+        @return: the L{Structure} of C{message} if it is in memory, so its
+            octets need not be read; else L{None}.
+        """
+        entry = self._entries.get(message.key)
+        if entry is not None:
+            self._entries.move_to_end(message.key)
+        return entry
+
     def get(self, message, data, mailbox=None):
         """
         @return: the L{Structure} of C{message}, whose (normalised) octets are
             C{data}, in C{mailbox}.
         """
-        key = message.key
-        entry = self._entries.get(key)
+        entry = self.cached(message)
         if entry is not None:
-            self._entries.move_to_end(key)
             return entry
+        key = message.key
         root = None
         persistent = IMessageCache(mailbox, None)
         if persistent is not None:
@@ -236,18 +244,6 @@ class StructureCache:
         if len(self._entries) > self._size:
             self._entries.popitem(last=False)
         return entry
-
-
-def readMessage(message):
-    """
-    @return: the octets of C{message} with CR LF line endings.
-    @raise mdpy.errors.NotFound: it was removed meanwhile.
-    """
-    with message.open() as file:
-        data = file.read()
-    if len(data) != message.size:
-        data = normaliseLineEndings(data)
-    return data
 
 
 # --- rendering ----------------------------------------------------------------

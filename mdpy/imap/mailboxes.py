@@ -8,6 +8,8 @@ SPECIAL-USE (RFC 6154) and LIST-EXTENDED (RFC 5258).
 
 import re
 
+from twisted.internet import defer
+
 from mdpy import errors, mutf7
 from mdpy.imap.structure import quoteString
 from mdpy.imap.parser import Atom, ParseError, astring, isAtom
@@ -144,9 +146,9 @@ class MailboxCommands:
         name = decodeName(args[0])
         if name == "INBOX":
             return self.no(tag, b"Mailbox already exists.", b"ALREADYEXISTS")
-        return self._simpleMailboxCommand(tag, self.factory.runInThread(self._create, name), b"Create completed.")
+        return self._simpleMailboxCommand(tag, defer.ensureDeferred(self._create(name)), b"Create completed.")
 
-    def _create(self, name):
+    async def _create(self, name):
         """
         Create C{name}, then the parents it implies that are missing (RFC
         3501 section 6.3.3).  The name itself comes first, so one the store
@@ -154,15 +156,15 @@ class MailboxCommands:
         """
         store = self.factory.store
         levels = name.split(SEPARATOR)
-        existing = set(store.listMailboxes(self.account))
+        existing = set(await self._storeCall(store.listMailboxes))
         if name in existing:
             raise errors.Exists(name)
-        store.createMailbox(self.account, name)
+        await self._storeCall(store.createMailbox, name)
         for depth in range(1, len(levels)):
             parent = SEPARATOR.join(levels[:depth])
             if parent not in existing:
                 try:
-                    store.createMailbox(self.account, parent)
+                    await self._storeCall(store.createMailbox, parent)
                 except errors.Exists:
                     pass  # made meanwhile by another session
 
@@ -237,7 +239,7 @@ class MailboxCommands:
         if patterns == [""] and verb == b"LIST" and not selection:
             self.send(b'* LIST (\\Noselect) "/" ""\r\n')
             return self.complete(tag, b"OK", b"List completed.")
-        d = self.factory.runInThread(self._listing)
+        d = defer.ensureDeferred(self._listing())
         d.addCallback(self._cbList, tag, verb, reference, patterns, selection, returns, statusItems)
         d.addErrback(self._noFromFailure, tag)
         return d
@@ -262,9 +264,10 @@ class MailboxCommands:
         except UnicodeDecodeError:
             return raw.decode("utf-8", "replace")
 
-    def _listing(self):
+    async def _listing(self):
         store = self.factory.store
-        return Listing(store.listMailboxes(self.account), store.listSubscriptions(self.account))
+        names = await self._storeCall(store.listMailboxes)
+        return Listing(names, await self._storeCall(store.listSubscriptions))
 
     def _cbList(self, listing, tag, verb, reference, patterns, selection, returns, statusItems):
         matchers = [patternMatcher(reference, p) for p in patterns]
@@ -304,7 +307,7 @@ class MailboxCommands:
                 statusNames.append(name)
         self.send(b"".join(lines))
         if statusItems and statusNames:
-            d = self.factory.runInThread(self._statusMany, statusNames, statusItems)
+            d = defer.ensureDeferred(self._statusMany(statusNames, statusItems))
             d.addCallback(lambda replies: self.send(b"".join(replies)))
             d.addCallback(lambda _: self.complete(tag, b"OK", b"List completed."))
             return d
@@ -328,19 +331,19 @@ class MailboxCommands:
             raise ParseError("Expected mailbox name and status items")
         name = decodeName(args[0])
         items = self._statusItems(args[1])
-        d = self.factory.runInThread(self._statusMany, [name], items)
+        d = defer.ensureDeferred(self._statusMany([name], items))
         d.addCallback(lambda replies: self.send(b"".join(replies)))
         d.addCallbacks(lambda _: self.complete(tag, b"OK", b"Status completed."),
                        self._noFromFailure, errbackArgs=(tag,))
         return d
 
-    def _statusMany(self, names, items):
+    async def _statusMany(self, names, items):
         """
-        @return: C{* STATUS} lines.  Runs in a thread.
+        @return: C{* STATUS} lines.
         """
         out = []
         for name in names:
-            mailbox = self.factory.store.openMailbox(self.account, name)
+            mailbox = await self._storeCall(self.factory.store.openMailbox, name)
             messages = mailbox.messages()
             values = []
             for item in items:

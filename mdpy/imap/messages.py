@@ -18,10 +18,12 @@ from mdpy.imap import fetch as fetching
 from mdpy.imap import search as searching
 from mdpy.imap.mailboxes import decodeName
 from mdpy.imap.parser import Atom, ParseError, SequenceSet, formatSequence, isAtom, number64
-from mdpy.store import ADD, REMOVE, REPLACE, changedFlags
-from mdpy.store.maildirindex import DELETED, SEEN, storableFlags
+from mdpy.mailbox import ADD, DELETED, REMOVE, REPLACE, SEEN, changedFlags, storableFlags
 
 CHUNK = 64 * 1024
+# Messages read ahead of the one being answered (FETCH, SEARCH), so the
+# store's round trips to its thread pool overlap.
+READ_AHEAD = 16
 _UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE"}
 _STORE_MODES = {"FLAGS": REPLACE, "+FLAGS": ADD, "-FLAGS": REMOVE}
 
@@ -68,6 +70,7 @@ class _SearchContext:
         self.count = selected.count
         self.largestUid = selected.largestUid
         self.now = now
+        self.read = (None, None)
 
     def sequence(self, message):
         return self.selected.sequence(message)
@@ -76,9 +79,61 @@ class _SearchContext:
         return self.selected.isRecent(message)
 
     def content(self, message):
-        return fetching.readMessage(message)
+        """
+        @return: the octets of C{message}, read beforehand (L{read} is
+            C{(message, octets)}).
+        """
+        loaded, data = self.read
+        if loaded is not message:
+            raise errors.NotFound("message %s was not read" % (message.key,))
+        return data
 
 
+
+
+class _ReadFailed:
+    """
+    A read that failed, kept as a value so a read left unused is no
+    unhandled error.
+    """
+
+    def __init__(self, failure):
+        self.failure = failure
+
+
+class _ReadAhead:
+    """
+    The octets of the messages a command goes through in order, read by
+    the store up to L{READ_AHEAD} messages ahead.
+
+    @ivar wanted: C{wanted(message)}: whether a message must be read.
+    """
+
+    def __init__(self, messages, wanted):
+        self._messages = messages
+        self.wanted = wanted
+        self._reads = {}
+        self._next = 0
+
+    async def read(self, index):
+        """
+        @return: the octets of message C{index}, or L{None} when it is not
+            wanted.
+        @raise mdpy.errors.NotFound: it was removed meanwhile.
+        """
+        end = min(index + 1 + READ_AHEAD, len(self._messages))
+        while self._next < end:
+            message = self._messages[self._next]
+            if self.wanted(message):
+                self._reads[self._next] = message.read().addErrback(_ReadFailed)
+            self._next += 1
+        d = self._reads.pop(index, None)
+        if d is None:
+            return None
+        result = await d
+        if isinstance(result, _ReadFailed):
+            result.failure.raiseException()
+        return result
 
 
 class MessageCommands:
@@ -150,19 +205,24 @@ class MessageCommands:
                 messages = [current.get(m.uid, m) if m.uid in seenNow else m for m in messages]
         output = _Output(self.transport) if len(messages) > 64 or request.needsContent else None
         structures = self.factory.structures
+        reads = _ReadAhead(messages, lambda message: request.needsContent or (
+            request.needsStructure and structures.cached(message) is None))
         withFlags = None
         try:
             pending = []
             size = 0
-            for message in messages:
+            for index, message in enumerate(messages):
                 if self.closing:
                     return None
                 data = structure = None
                 try:
-                    if request.needsContent or request.needsStructure:
-                        data = fetching.readMessage(message)
-                        if request.needsStructure:
-                            structure = structures.get(message, data, selected.mailbox)
+                    data = await reads.read(index)
+                    if request.needsStructure:
+                        structure = structures.cached(message)
+                    if request.needsStructure and structure is None:
+                        if data is None:  # dropped from the cache meanwhile
+                            data = await message.read()
+                        structure = structures.get(message, data, selected.mailbox)
                 except (errors.NotFound, OSError):
                     gone = True
                     continue
@@ -291,20 +351,30 @@ class MessageCommands:
             self.enabled.add("CONDSTORE")
         messages = selected.messagesAt(range(selected.count))
         context = _SearchContext(selected, self.factory.clock.seconds())
-
-        def run():
-            matches = []
-            for message in messages:
-                try:
-                    if command.criteria.match(message, context):
-                        matches.append((context.sequence(message), message.uid, message.modSeq))
-                except errors.NotFound:
-                    continue
-            return matches
-
-        d = self.factory.runInThread(run) if command.criteria.needsContent else defer.succeed(run())
+        d = defer.ensureDeferred(self._search(messages, command.criteria, context))
         d.addCallback(self._cbSearched, tag, uid, command)
         return d
+
+    async def _search(self, messages, criteria, context):
+        """
+        @return: C{(sequence number, UID, modification sequence)} of each of
+            C{messages} that C{criteria} matches; a message is read (by the
+            store, off the reactor thread) only when a criterion looks at
+            its content.
+        """
+        matches = []
+        reads = _ReadAhead(messages, lambda message: criteria.needsContent)
+        for index, message in enumerate(messages):
+            if self.closing:
+                break
+            try:
+                if criteria.needsContent:
+                    context.read = (message, await reads.read(index))
+                if criteria.match(message, context):
+                    matches.append((context.sequence(message), message.uid, message.modSeq))
+            except (errors.NotFound, OSError):
+                continue
+        return matches
 
     def _cbSearched(self, matches, tag, uid, command):
         if self.closing:
@@ -363,7 +433,7 @@ class MessageCommands:
             for message in messages:
                 if message.uid in selected.gone:
                     continue
-                data = await self.factory.runInThread(fetching.readMessage, message)
+                data = await message.read()
                 newUid = await defer.maybeDeferred(
                     target.append, data, message.flags, message.internalDate
                 )

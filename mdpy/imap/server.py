@@ -46,8 +46,7 @@ from mdpy.imap.structure import quoteString
 from mdpy.imap.parser import Atom, ParseError, astring, isAtom, parseDateTime, tokenize
 from mdpy.imap.selected import RecentTracker, SelectedMailbox, UidValidityChanged
 from mdpy.session import CommandSession, SessionFactory
-from mdpy.store.maildirindex import DELETED
-from mdpy.threads import deferToReactorThreadPool
+from mdpy.mailbox import DELETED
 
 NOT_AUTHENTICATED = "not authenticated"
 AUTHENTICATED = "authenticated"
@@ -122,8 +121,6 @@ class IMAP4Factory(SessionFactory):
     @ivar pendingLiterals: the L{PendingLiterals} (shared by listeners).
     @ivar spoolDir: where large literals are spooled; L{None}: the system's
         temporary folder.
-    @ivar runInThread: C{runInThread(f, *args)} for directory scans and
-        file reads off the reactor thread.
     @ivar structures: the L{fetching.StructureCache} (shared by listeners).
     @ivar recent: the L{RecentTracker} (shared by listeners).
     @ivar idleKeepAlive: seconds between C{* OK Still here} while idling.
@@ -139,7 +136,6 @@ class IMAP4Factory(SessionFactory):
         hostname,
         store,
         allowPlaintext=False,
-        runInThread=None,
         maxMessageSize=50 * 1024 * 1024,
         maxPendingLiterals=256 * 1024 * 1024,
         pendingLiterals=None,
@@ -154,11 +150,8 @@ class IMAP4Factory(SessionFactory):
         **kwargs,
     ):
         SessionFactory.__init__(self, hostname, maxErrors=maxErrors, timeout=timeout, **kwargs)
-        if runInThread is None:
-            runInThread = deferToReactorThreadPool
         self.store = store
         self.allowPlaintext = allowPlaintext
-        self.runInThread = runInThread
         self.maxMessageSize = maxMessageSize
         self.maxPendingLiterals = maxPendingLiterals
         self.pendingLiterals = PendingLiterals() if pendingLiterals is None else pendingLiterals
@@ -325,7 +318,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
             self._reply(tag, status, text, code)
             return None
         if selected.dirty:
-            d = self.factory.runInThread(selected.mailbox.sync)
+            d = defer.maybeDeferred(selected.mailbox.sync)
             d.addErrback(self._ebSync)
             d.addCallback(lambda _: self._finish(tag, status, text, code, expunge))
             return d
@@ -536,9 +529,11 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
 
     def _storeCall(self, f, *args):
         """
-        Call a store method in a thread.
+        Call a store method for the logged-in account.
+
+        @return: a L{Deferred} of its result.
         """
-        return self.factory.runInThread(f, self.account, *args)
+        return defer.maybeDeferred(f, self.account, *args)
 
     def _noFromFailure(self, failure, tag):
         if self.closing:
@@ -771,7 +766,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
             return
         self._pushing = True
         selected = self.selected
-        d = self.factory.runInThread(selected.mailbox.sync)
+        d = defer.maybeDeferred(selected.mailbox.sync)
         d.addErrback(self._ebSync)
 
         def push(_):

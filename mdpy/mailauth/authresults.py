@@ -481,14 +481,15 @@ class InboundChecker:
 
         @param reactor: an L{IReactorTime}; the global reactor by default.
         @param runInThread: C{f, *args -> Deferred}, for the DKIM hashing;
-            L{mdpy.threads.deferToReactorThreadPool} by default.
+            the server passes its backend's
+            L{mdpy.interfaces.IBackend.runBlocking}; at once by default.
         @param timeout: seconds the whole check may take.
         @param methods: the checks run: C{spf}, C{dkim} or both.
         """
         if reactor is None:
             from twisted.internet import reactor
         if runInThread is None:
-            from mdpy.threads import deferToReactorThreadPool as runInThread
+            runInThread = defer.maybeDeferred
         self.hostname = hostname
         self._lookupTXT = lookupTXT
         self._lookupAddresses = lookupAddresses or (lambda name: _unavailable("addresses"))

@@ -11,8 +11,7 @@ import re
 from twisted.internet import defer
 
 from mdpy.errors import InvalidInput
-from mdpy.store import ADD
-from mdpy.store.maildirindex import SEEN
+from mdpy.mailbox import ADD, SEEN
 
 _UIDL_OK = re.compile(rb"[\x21-\x7e]{1,70}\Z")
 
@@ -31,32 +30,6 @@ def uidlFor(message):
     if _UIDL_OK.match(key):
         return key
     return hashlib.sha1(key).hexdigest().encode("ascii")
-
-
-class MaildropLocks:
-    """
-    Which maildrops have a POP3 session in TRANSACTION state (RFC 1939
-    section 8: exclusive access).  One instance is shared by every POP3
-    listener of the process.
-    """
-
-    def __init__(self):
-        self._holders = {}
-
-    def acquire(self, account, holder):
-        """
-        @return: whether C{holder} now holds C{account}'s maildrop.
-        """
-        if self._holders.setdefault(account, holder) is not holder:
-            return False
-        return True
-
-    def release(self, account, holder):
-        if self._holders.get(account) is holder:
-            del self._holders[account]
-
-    def __contains__(self, account):
-        return account in self._holders
 
 
 class Maildrop:

@@ -23,10 +23,10 @@ from zope.interface import implementer
 from mdpy import errors
 from mdpy.auth import sasl
 from mdpy.dotstuffing import DotStuffer, stuff
+from mdpy.backends.local import MaildropLocks
 from mdpy.mail.headers import findHeaderEnd
-from mdpy.pop3.maildrop import Maildrop, MaildropLocks, uidlFor
+from mdpy.pop3.maildrop import Maildrop, uidlFor
 from mdpy.session import CommandSession, SessionFactory
-from mdpy.threads import deferToReactorThreadPool
 
 AUTHORIZATION = "AUTHORIZATION"
 TRANSACTION = "TRANSACTION"
@@ -46,10 +46,9 @@ class POP3Factory(SessionFactory):
     Builds L{POP3Server}s for one listener.
 
     @ivar store: the L{mdpy.interfaces.IMailStore} whose INBOXes are served.
-    @ivar locks: the L{MaildropLocks} shared by every POP3 listener.
+    @ivar locks: the L{mdpy.interfaces.IMaildropLocks} shared by every
+        POP3 listener (the backend's).
     @ivar allowPlaintext: whether USER/PASS and AUTH work before STLS.
-    @ivar runInThread: C{runInThread(f, *args)} for opening a mailbox (a
-        directory scan) off the reactor thread.
     """
 
     def __init__(
@@ -58,18 +57,30 @@ class POP3Factory(SessionFactory):
         store,
         locks=None,
         allowPlaintext=False,
-        runInThread=None,
         maxErrors=20,
         timeout=600,
         **kwargs,
     ):
         SessionFactory.__init__(self, hostname, maxErrors=maxErrors, timeout=timeout, **kwargs)
-        if runInThread is None:
-            runInThread = deferToReactorThreadPool
         self.store = store
         self.locks = MaildropLocks() if locks is None else locks
         self.allowPlaintext = allowPlaintext
-        self.runInThread = runInThread
+
+
+class _Unread:
+    """
+    A read ahead that failed, kept as a value: an error only if the message
+    is asked for.
+    """
+
+    def __init__(self, failure):
+        self.failure = failure
+
+    @staticmethod
+    def result(value):
+        if isinstance(value, _Unread):
+            value.failure.raiseException()
+        return value
 
 
 @implementer(iinternet.IPullProducer)
@@ -154,6 +165,7 @@ class POP3Server(CommandSession):
         self.maildrop = None
         self._user = None
         self._retrieved = set()
+        self._nextRead = None  # (message, Deferred of its octets) read ahead
 
     # --- CommandSession -----------------------------------------------------
 
@@ -356,15 +368,15 @@ class POP3Server(CommandSession):
         if not self.accountRemains(account, fresh=True):
             # Deleted while its password was checked: make no tree for it.
             return None
-        d = self.factory.runInThread(self._openMailbox, account)
+        d = defer.ensureDeferred(self._openMailbox(account))
         d.addCallbacks(self._cbOpened, self._ebOpened)
         return d
 
-    def _openMailbox(self, account):
+    async def _openMailbox(self, account):
         store = self.factory.store
-        if not store.accountExists(account):
-            store.createAccount(account)
-        return store.openMailbox(account)
+        if not await defer.maybeDeferred(store.accountExists, account):
+            await defer.maybeDeferred(store.createAccount, account)
+        return await defer.maybeDeferred(store.openMailbox, account)
 
     def _cbOpened(self, mailbox):
         self.maildrop = Maildrop(mailbox)
@@ -415,19 +427,49 @@ class POP3Server(CommandSession):
         message = self._message(argument)
         if message is None:
             return None
+        return defer.ensureDeferred(self._retrieve(message, int(argument)))
+
+    async def _retrieve(self, message, number):
+        """
+        Send C{message}: read whole by the store when small, else streamed
+        from the file the store opened.
+        """
         try:
-            file = message.open()
+            if message.size <= CHUNK:
+                data = await self._read(message)
+            else:
+                file = await message.open()
         except errors.MailError:
             self.error("[SYS/TEMP] Message is gone.")
             return None
         self._retrieved.add(message)
         if message.size <= CHUNK:
-            with file:
-                data = file.read()
             self.send(b"+OK %d octets\r\n%s" % (message.size, stuff(data)))
+            self._readAhead(number)
             return None
         self.send(b"+OK %d octets\r\n" % (message.size,))
-        return _MessageStreamer(self.transport, file, DotStuffer()).start()
+        return await _MessageStreamer(self.transport, file, DotStuffer()).start()
+
+    def _read(self, message):
+        """
+        @return: a Deferred of the octets of C{message}, read ahead by
+            L{_readAhead} when it is the one expected.
+        """
+        ahead, self._nextRead = self._nextRead, None
+        if ahead is not None and ahead[0] is message:
+            return ahead[1].addCallback(_Unread.result)
+        return message.read()
+
+    def _readAhead(self, number):
+        """
+        Start reading the message after message C{number} if it is small:
+        clients that download everything ask for it next, so the store's
+        round trip overlaps the client's.
+        """
+        messages = self.maildrop.messages
+        if number < len(messages) and number not in self.maildrop.deleted and messages[number].size <= CHUNK:
+            following = messages[number]
+            self._nextRead = (following, following.read().addErrback(_Unread))
 
     def do_TOP(self, argument):
         number, _, lines = argument.partition(" ")
@@ -437,14 +479,17 @@ class POP3Server(CommandSession):
         message = self._message(number)
         if message is None:
             return None
-        try:
-            with message.open() as file:
-                data = _top(file, int(lines))
-        except errors.MailError:
+        d = message.open()
+
+        def cbOpened(file):
+            with file:
+                self.send(b"+OK\r\n" + stuff(_top(file, int(lines))))
+
+        def ebGone(failure):
+            failure.trap(errors.MailError)
             self.error("[SYS/TEMP] Message is gone.")
-            return None
-        self.send(b"+OK\r\n" + stuff(data))
-        return None
+
+        return d.addCallbacks(cbOpened, ebGone)
 
     def do_DELE(self, argument):
         if self._message(argument) is not None:

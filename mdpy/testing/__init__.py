@@ -21,11 +21,27 @@ from twisted.internet import defer, interfaces as iinternet
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 from zope.interface import implementer
 
 from mdpy.auth import IAccount
 from mdpy.interfaces import IDelivery, IDeliveryTarget
+
+
+def resultOf(d):
+    """
+    @return: the result of a Deferred that has fired (or a plain value).
+    @raise: its failure's exception.
+    """
+    if not isinstance(d, defer.Deferred):
+        return d
+    box = []
+    d.addBoth(box.append)
+    assert box, "the Deferred has not fired"
+    if isinstance(box[0], Failure):
+        box[0].raiseException()
+    return box[0]
 
 
 def synchronousRunner(function, *args, **kwargs):
@@ -304,3 +320,15 @@ class LoopbackTestCase(TempDirTestCase):
             self.addCleanup(lambda: defer.ensureDeferred(
                 self.until(lambda: not openConnections(), "server connections to close")))
         return port.getHost().port
+
+
+def __getattr__(name):
+    """
+    The contract suites (L{mdpy.testing.contracts}) are importable from
+    here too; they need pytest, so they are loaded on first use.
+    """
+    import importlib
+
+    if name.endswith("Contract"):
+        return getattr(importlib.import_module("mdpy.testing.contracts"), name)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))

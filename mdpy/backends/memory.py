@@ -1,30 +1,45 @@
 # -*- test-case-name: tests.test_store_memory -*-
 """
-An L{IMailStore} kept in memory, for protocol tests and for subclassers'
-tests.  It follows the Maildir store's contract: the same folder names and
-checks, UIDs that are never reused, a modification sequence raised by every
-change, and mailbox views that change only in C{sync} or through their own
+The memory backend (L{MemoryBackend}), for tests and for subclassers: a
+server whose mail lives as long as its process.
+
+Its store, L{MemoryStore}, is an L{IMailStore} kept in memory, also used on
+its own by protocol tests.  It keeps the store contract and the rules of L{mdpy.mailbox}: the
+same folder names and checks, UIDs that are never reused, a modification
+sequence raised by every change, and mailbox views that change only in C{sync} or through their own
 writes.  C{deliver}, C{append}, C{changeFlags} and C{expunge} return Deferreds
 (already fired) as the Maildir store does; everything else is synchronous.
 
     store = MemoryStore()
     store.createAccount("alice@example.com")
     store.deliver([("alice@example.com", "INBOX", [b"Subject: hi\\r\\n\\r\\nhello\\r\\n"])])
-    store.openMailbox("alice@example.com").messages()[0].open().read()
+    store.openMailbox("alice@example.com").messages()[0].read()  # a Deferred
 """
 
 import io
+import shutil
+import tempfile
 import time
+import uuid
 
 from twisted.internet import defer
 from zope.interface import implementer
 
 from mdpy.address import normaliseDomain
 from mdpy.errors import Exists, InvalidInput, NotFound
-from mdpy.interfaces import IMailbox, IMailStore, IStoredMessage
-from mdpy.store import REPLACE, FlagShorthand, Listeners, StoredFlags, changedFlags
-from mdpy.store.maildir import SPECIAL_FOLDERS, accountKey, normaliseFolderName, uniqueName
-from mdpy.store.maildirindex import DELETED, storableFlags
+from mdpy.interfaces import IBackend, IMailbox, IMailStore, IStoredMessage
+from mdpy.mailbox import (
+    DELETED,
+    REPLACE,
+    SPECIAL_FOLDERS,
+    FlagShorthand,
+    StoredFlags,
+    accountKey,
+    changedFlags,
+    normaliseFolderName,
+    storableFlags,
+)
+from mdpy.backends.local import ChangeFeed, MaildropLocks, StoreListeners
 
 
 
@@ -57,10 +72,23 @@ class MemoryMessage:
         """
         See L{IStoredMessage.open}.
         """
+        return defer.maybeDeferred(lambda: io.BytesIO(self._present()))
+
+    def read(self):
+        """
+        See L{IStoredMessage.read}.
+        """
+        return defer.maybeDeferred(self._present)
+
+    def _present(self):
+        """
+        @return: L{data}.
+        @raise NotFound: the message was expunged meanwhile.
+        """
         current = self._folder.messages.get(self.uid)
         if current is None or current.key != self.key:
             raise NotFound("message %s is gone" % (self.key,))
-        return io.BytesIO(self.data)
+        return self.data
 
     def _withFlags(self, flags, modSeq):
         return MemoryMessage(self._folder, self.uid, self.key, self.data, flags,
@@ -85,7 +113,7 @@ class _Folder:
     def add(self, data, flags, internalDate):
         uid, self.uidNext = self.uidNext, self.uidNext + 1
         self.highestModSeq += 1
-        key = "%s,S=%d" % (uniqueName(), len(data))
+        key = "%s,S=%d" % (uuid.uuid4().hex, len(data))
         self.messages[uid] = MemoryMessage(
             self, uid, key, data, flags,
             time.time() if internalDate is None else float(internalDate),
@@ -210,10 +238,15 @@ class MemoryStore:
 
     failDeliver = None
 
-    def __init__(self):
+    def __init__(self, changeFeed=None):
+        """
+        @param changeFeed: the L{mdpy.interfaces.IChangeFeed} told of every
+            change; by default one of its own.
+        """
         self._accounts = {}
         self._subscriptions = {}
-        self._listeners = Listeners()
+        self.changeFeed = ChangeFeed(accountKey=accountKey) if changeFeed is None else changeFeed
+        self._listeners = StoreListeners()
         self._lastUidValidity = 0
         self.delivered = []
         self._keys = set()  # (key, account, folder[, tag]) of keyed deliveries
@@ -236,7 +269,7 @@ class MemoryStore:
         return folder
 
     def _notify(self, account, folder):
-        self._listeners.notify(account, folder)
+        self.changeFeed.notify(account, folder)
 
     # IMailStore
 
@@ -393,10 +426,79 @@ class MemoryStore:
         """
         See L{IMailStore.addListener}.
         """
-        self._listeners.add(accountKey(address), listener)
+        self._listeners.add(self.changeFeed, accountKey(address), listener)
 
     def removeListener(self, address, listener):
         """
         See L{IMailStore.removeListener}.
         """
         self._listeners.remove(accountKey(address), listener)
+
+
+def recordReads(monkeypatch):
+    """
+    For tests: note the UID of every message of a L{MemoryStore} read from
+    now on.
+
+    @param monkeypatch: pytest's C{monkeypatch} fixture, which undoes it.
+    @return: the L{list} the UIDs are added to, in order.
+    """
+    reads = []
+    original = MemoryMessage.read
+
+    def recordingRead(message):
+        reads.append(message.uid)
+        return original(message)
+
+    monkeypatch.setattr(MemoryMessage, "read", recordingRead)
+    return reads
+
+
+@implementer(IBackend)
+class MemoryBackend:
+    """
+    See L{IBackend}: the mail in a L{MemoryStore}, the directory an SQLite
+    database in memory, and the outbound queue the files backend's spool
+    in a private temporary folder that L{close} removes.  Everything runs
+    at once on the calling thread, so every Deferred it returns has fired.
+
+    Subclass it to make a backend for tests: C{[server] backend =
+    package.module:Class} loads it (L{mdpy.backends.load}).
+    """
+
+    def __init__(self, reactor=None, recipientDelimiter="+"):
+        from mdpy.backends.files.directory import SQLiteDirectory
+        from mdpy.backends.files.queue import SpoolQueue
+
+        self.changeFeed = ChangeFeed(reactor, accountKey)
+        self.maildropLocks = MaildropLocks()
+        self.store = MemoryStore(changeFeed=self.changeFeed)
+        self.directory = SQLiteDirectory(":memory:", recipientDelimiter)
+        self._queueDir = tempfile.mkdtemp(prefix="mdpy-queue-")
+        self.queue = SpoolQueue(self._queueDir, reactor=reactor, runInThread=self.runBlocking,
+                                groupCommit=False)
+
+    @classmethod
+    def fromConfig(cls, config, reactor=None, threadPool=None):
+        """
+        @return: a new, empty backend; C{threadPool} is not used.
+        """
+        return cls(reactor, config["server"]["recipient_delimiter"])
+
+    def start(self):
+        """
+        See L{IBackend.start}: nothing is left from an earlier run.
+        """
+
+    def runBlocking(self, f, *args, **kwargs):
+        """
+        See L{IBackend.runBlocking}: at once.
+        """
+        return defer.maybeDeferred(f, *args, **kwargs)
+
+    def close(self):
+        """
+        See L{IBackend.close}.
+        """
+        self.directory.close()
+        shutil.rmtree(self._queueDir, ignore_errors=True)

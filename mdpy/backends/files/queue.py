@@ -42,6 +42,8 @@ from zope.interface import implementer
 
 from mdpy import errors
 from mdpy.address import splitAddress
+from mdpy.backends.files.blocking import deferToReactorThreadPool
+from mdpy.backends.files.committer import Committer, commitBatch
 from mdpy.durable import (
     fsyncDirectory,
     startWriteback,
@@ -49,14 +51,9 @@ from mdpy.durable import (
     writeAll,
     writeFileAtomically,
 )
-from mdpy.interfaces import IDelivery, IOutboundQueue
+from mdpy.interfaces import BOUNCED, FAILED, PENDING, SENT, IDelivery, IOutboundQueue
 from mdpy.logs import Logger
-from mdpy.store.committer import Committer, commitBatch
 
-PENDING = "pending"
-SENT = "sent"
-FAILED = "failed"
-BOUNCED = "bounced"
 STATES = (PENDING, SENT, FAILED, BOUNCED)
 
 FORMAT_VERSION = 1
@@ -310,7 +307,7 @@ class SpoolQueue:
     """
 
     def __init__(self, path, reactor=None, runInThread=None, signerFor=None,
-                 clock=None, committerThreads=1):
+                 clock=None, committerThreads=1, groupCommit=None):
         self.path = path
         self.entries = {}
         self._staged = {}
@@ -320,10 +317,11 @@ class SpoolQueue:
         self.signerFor = signerFor
         self._clock = clock
         self._committer = None
+        if groupCommit is None:
+            groupCommit = runInThread is None
         if runInThread is None:
-            from mdpy.threads import deferToReactorThreadPool
-
             runInThread = deferToReactorThreadPool
+        if groupCommit:
             if reactor is None:
                 from twisted.internet import reactor
             self._committer = Committer(reactor, _prepareEntry, committerThreads, joinWhileWriting=True)
@@ -568,6 +566,33 @@ class SpoolQueue:
         log.info("queue: {id} deleted by the administrator", id=messageId)
         return self.save(entry)
 
+    def inspect(self):
+        """
+        See L{IOutboundQueue.inspect}: the files as they are, read without
+        taking part in the queue, so a running server is not disturbed.
+        """
+        entries, unreadable = readQueue(self.path)
+        try:
+            held = readHeld(self.path)
+        except (OSError, ValueError, TypeError):
+            held = set()
+        return entries, held, unreadable
+
+    def discard(self, messageId):
+        """
+        See L{IOutboundQueue.discard}: its envelope file goes first, so a
+        crash between the two leaves a body that the next load removes.
+        """
+        if not _ID.match(messageId):
+            raise errors.NotFound("no such queued message: %s" % (messageId,))
+        removed = False
+        for path in (self.envPath(messageId), self.bodyPath(messageId)):
+            if os.path.exists(path):
+                os.unlink(path)
+                removed = True
+        if not removed:
+            raise errors.NotFound("no such queued message: %s" % (messageId,))
+
     def hold(self, domain):
         """
         See L{IOutboundQueue.hold}.
@@ -628,14 +653,6 @@ class SpoolQueue:
             if r.state == PENDING and not r.active and r.domain not in self.held
         ]
         return min(times) if times else None
-
-
-def controlSocketPath(queueDir):
-    """
-    @return: the path of the running server's control socket (see
-        L{mdpy.control}).
-    """
-    return os.path.join(queueDir, "control.sock")
 
 
 def readHeld(path):

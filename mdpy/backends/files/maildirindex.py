@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_store_maildir -*-
 """
 The files mdpy keeps beside a Maildir folder, and the flag letters of
-Maildir file names.  Used by L{mdpy.store.maildir}.
+Maildir file names.  Used by L{mdpy.backends.files.maildir}.
 
 Flag letters in the info suffix C{:2,<letters>} (in ASCII order): D=\\Draft
 F=\\Flagged P=$Forwarded R=\\Answered S=\\Seen T=\\Deleted; C{a}-C{z} are
@@ -19,7 +19,7 @@ one line per message, in UID order, ending with a newline.  C{<info>} is the
 info suffix last seen (C{2,FS}), C{-} when empty, with C{%}, space and C{-}
 written as C{%XX}; C{<basename>} (the rest of the line) is the file name
 before C{:}, also the message's key.  The index is a cache: delivery never
-touches it, L{mdpy.store.maildir.MaildirMailbox.sync} brings it up to date
+touches it, L{mdpy.backends.files.maildir.MaildirMailbox.sync} brings it up to date
 (new files get the next UIDs in order of mtime then name; changed info
 suffixes and vanished files raise the modification sequence), and a missing,
 truncated or inconsistent file is rebuilt with a new UIDVALIDITY.  The last
@@ -62,11 +62,7 @@ _LETTER_FLAGS = {
     "S": "\\Seen",
     "T": "\\Deleted",
 }
-DELETED = "\\Deleted"
-SEEN = "\\Seen"
 _FLAG_LETTERS = {flag.lower(): letter for letter, flag in _LETTER_FLAGS.items()}
-_SYSTEM_FLAGS = {flag.lower(): flag for flag in _LETTER_FLAGS.values()}
-_SYSTEM_FLAGS["\\recent"] = "\\Recent"
 _WIRE_SIZE = re.compile(r",W=([0-9]+)")
 _NAME_ORDER = re.compile(r"([0-9]+)\.M([0-9]+)P[0-9]+Q([0-9]+)")
 _HEADER = re.compile(r"V([12]) ([0-9]+) ([0-9]+) ([0-9]+)\Z")
@@ -85,25 +81,6 @@ def _unescapeInfo(token):
         return ""
     return _ESCAPED.sub(lambda m: chr(int(m.group(1), 16)), token)
 
-
-
-def normaliseFlags(flags):
-    """
-    @return: a L{frozenset} of C{flags} with system flags (C{\\seen}) in their
-        canonical case; keywords as given.
-    """
-    return frozenset(_SYSTEM_FLAGS.get(flag.lower(), flag) for flag in flags)
-
-
-def storableFlags(flags):
-    """
-    @return: C{flags} as a store keeps them: normalised, without C{\\Recent}
-        or other system flags that have no Maildir letter.
-    """
-    return frozenset(
-        flag for flag in normaliseFlags(flags)
-        if not flag.startswith("\\") or flag.lower() in _FLAG_LETTERS
-    )
 
 
 class Keywords:

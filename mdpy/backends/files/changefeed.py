@@ -2,9 +2,9 @@
 """
 Change feeds: who hears that a mailbox changed.
 
-L{ChangeFeed} carries the changes one process makes to its subscribers.
-L{MaildirChangeFeed} also hears the changes other processes make in the
-Maildir folders someone subscribed to (another mdpy process, a program
+L{MaildirChangeFeed} carries the changes one process makes to its
+subscribers, as L{mdpy.backends.local.ChangeFeed} does, and also hears
+the changes other processes make in the Maildir folders someone subscribed to (another mdpy process, a program
 that drops a file into C{new/}): through inotify on Linux, by looking at
 the folders' directories every second elsewhere, or past L{MAX_WATCHES}.
 
@@ -16,12 +16,12 @@ subscribers.
 import os
 
 from twisted.internet import task
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
-from zope.interface import implementer
 
+from mdpy.backends.local import ChangeFeed
 from mdpy.errors import MailError
-from mdpy.interfaces import IChangeFeed
-from mdpy.store import Listeners
 
 try:
     from twisted.internet import inotify
@@ -41,119 +41,6 @@ _EVENTS = (
     if inotify is not None else 0
 )
 _SUBDIRS = ("new", "cur")
-
-
-class _Subscription:
-    """
-    One subscriber; see L{IChangeFeed.subscribe}.
-    """
-
-    def __init__(self, feed, account, folder, callback):
-        self._feed = feed
-        self.account = account
-        self.folder = folder
-        self.callback = callback
-
-    def __repr__(self):
-        return "<subscription of %r to %s %s>" % (self.callback, self.account, self.folder or "(all folders)")
-
-    def __call__(self, account, folder):
-        if self.folder in (None, folder):
-            self.callback(account, folder)
-
-    def unsubscribe(self):
-        """
-        See L{IChangeFeed.subscribe}.  Calling it again does nothing.
-        """
-        feed, self._feed = self._feed, None
-        if feed is not None:
-            feed._unsubscribe(self)
-
-
-@implementer(IChangeFeed)
-class ChangeFeed:
-    """
-    The changes made in this process.  See L{IChangeFeed}.
-    """
-
-    def __init__(self, reactor=None, accountKey=str):
-        """
-        @param accountKey: C{accountKey(address)} returns the name the store
-            files an account under (L{mdpy.store.maildir.accountKey}), so
-            that every spelling of an address names the same account.
-        """
-        if reactor is None:
-            from twisted.internet import reactor
-        self._reactor = reactor
-        self._accountKey = accountKey
-        self._listeners = Listeners()
-        self._folderSubscribers = {}  # (account, folder): count
-        self._pending = {}  # (account, folder) heard since the last flush
-        self._flush = None
-
-    def subscribe(self, account, folder, callback):
-        """
-        See L{IChangeFeed.subscribe}.
-        """
-        account = self._accountKey(account)
-        subscription = _Subscription(self, account, folder, callback)
-        self._listeners.add(account, subscription)
-        if folder is not None:
-            key = (account, folder)
-            self._folderSubscribers[key] = self._folderSubscribers.get(key, 0) + 1
-            if self._folderSubscribers[key] == 1:
-                self.startWatching(account, folder)
-        return subscription
-
-    def _unsubscribe(self, subscription):
-        self._listeners.remove(subscription.account, subscription)
-        if subscription.folder is not None:
-            key = (subscription.account, subscription.folder)
-            self._folderSubscribers[key] -= 1
-            if not self._folderSubscribers[key]:
-                del self._folderSubscribers[key]
-                self.stopWatching(*key)
-
-    def notify(self, account, folder):
-        """
-        See L{IChangeFeed.notify}.  The subscribers are called now; a change
-        heard from outside for the same folder and not yet reported is
-        reported by this call.
-        """
-        account = self._accountKey(account)
-        self._pending.pop((account, folder), None)
-        self._listeners.notify(account, folder)
-
-    def changed(self, account, folder):
-        """
-        Report a change heard from outside at the end of this reactor turn,
-        once however often it is heard until then.
-        """
-        self._pending[(account, folder)] = None
-        if self._flush is None:
-            self._flush = self._reactor.callLater(0, self._flushChanges)
-
-    def _flushChanges(self):
-        self._flush = None
-        while self._pending:
-            self.notify(*next(iter(self._pending)))
-
-    def watchedFolders(self):
-        """
-        @return: the C{(account, folder)} pairs that have subscribers.
-        """
-        return list(self._folderSubscribers)
-
-    def startWatching(self, account, folder):
-        """
-        Called when a folder gets its first subscriber: a feed that hears
-        other processes starts listening to it here.
-        """
-
-    def stopWatching(self, account, folder):
-        """
-        Called when the last subscriber of a folder went away.
-        """
 
 
 class _INotify(inotify.INotify if inotify is not None else object):
@@ -187,7 +74,7 @@ class MaildirChangeFeed(ChangeFeed):
                  pollInterval=POLL_INTERVAL, useINotify=True):
         """
         @param folderPath: C{folderPath(account, folder)} returns the
-            directory of a folder (L{mdpy.store.maildir.MaildirStore.folderPath}).
+            directory of a folder (L{mdpy.backends.files.maildir.MaildirStore.folderPath}).
         @param maxWatches: the most inotify watches held (two a folder).
         @param useINotify: L{False} polls every folder.
         """
@@ -224,6 +111,16 @@ class MaildirChangeFeed(ChangeFeed):
         if not self.polled and self._poller is not None:
             self._poller.stop()
             self._poller = None
+        self._closeIdleReader()
+
+    def _closeIdleReader(self):
+        """
+        Close the inotify reader when it watches nothing, so that a feed
+        nobody subscribes to holds no file descriptor.
+        """
+        if self._inotify is not None and not self._watched:
+            reader, self._inotify = self._inotify, None
+            reader.connectionLost(Failure(ConnectionDone()))
 
     # inotify
 
@@ -250,6 +147,7 @@ class MaildirChangeFeed(ChangeFeed):
             # reached: polled instead.
             for path in watched:
                 self._inotify.ignore(path)
+            self._closeIdleReader()
             return False
         self._watched[key] = watched
         return True

@@ -9,7 +9,7 @@ Layout::
     root/<domain>/<localpart>/.Sent/      folder "Sent" (with a maildirfolder file)
     root/<domain>/<localpart>/.Lists.Work/  folder "Lists/Work"
 
-The root also holds C{.mdpy-uidvalidity} (see L{mdpy.store.maildirindex}),
+The root also holds C{.mdpy-uidvalidity} (see L{mdpy.backends.files.maildirindex}),
 and, for a moment, C{.deleting.<unique>}: a tree being deleted (see
 L{MaildirStore._removeTree}); a leading dot is no domain's name.
 
@@ -21,7 +21,7 @@ Message files are named C{<seconds>.M<usec>P<pid>Q<n>.<host>,S=<size>,W=<size
 with CR LF line endings>} (Dovecot's fields), with
 the Maildir info suffix C{:2,<flags>} once in C{cur/}.  The index beside each
 folder, its file format and its locking are described in
-L{mdpy.store.maildirindex}.
+L{mdpy.backends.files.maildirindex}.
 
 Invariants: a L{MaildirMailbox}'s view (L{MaildirMailbox.messages} and its
 counters) changes only in L{MaildirMailbox.sync} or when a Deferred of its own
@@ -45,37 +45,44 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mdpy import mutf7
-from mdpy.address import normaliseDomain, splitAddress
-from mdpy.dotstuffing import NormalisedSizeCounter, normalisedFileSize
+from mdpy.address import normaliseDomain
+from mdpy.dotstuffing import NormalisedSizeCounter, normaliseLineEndings, normalisedFileSize
 from mdpy.durable import fsyncDirectory, unlinkQuietly, writeFileAtomically, writeParts
 from mdpy.errors import Exists, InvalidInput, LimitExceeded, NotFound, storageFailure
 from mdpy.logs import Logger
 from mdpy.interfaces import IMailbox, IMailStore, IMessageCache, IStoredMessage
-from mdpy.store import REMOVE, REPLACE, FlagShorthand, StoredFlags, changedFlags
-from mdpy.store.changefeed import ChangeFeed
-from mdpy.store.committer import Committer, commitBatch
-from mdpy.store.maildirindex import (
+from mdpy.mailbox import (
     DELETED,
+    REMOVE,
+    REPLACE,
+    SPECIAL_FOLDERS,
+    FlagShorthand,
+    StoredFlags,
+    accountKey,
+    changedFlags,
+    encodedFolderName,
+    normaliseFlags,
+    normaliseFolderName,
+    storableFlags,
+)
+from mdpy.backends.local import ChangeFeed, StoreListeners
+from mdpy.backends.files.committer import Committer, commitBatch
+from mdpy.backends.files.maildirindex import (
     FolderIndex,
     flagsFromInfo,
     infoForFlags,
     lastUidValidity,
-    normaliseFlags,
     raiseUidValidity,
-    storableFlags,
 )
-from mdpy.threads import deferToReactorThreadPool
+from mdpy.backends.files.blocking import deferToReactorThreadPool
 
 SUBSCRIPTIONS_NAME = "subscriptions"
 CACHE_NAME = "mdpy-cache.sqlite"
-SPECIAL_FOLDERS = ("Drafts", "Sent", "Trash", "Junk", "Archive")
-# A Maildir++ folder is one directory, ".A.B" in modified UTF-7, and a
-# directory name has at most 255 octets on the usual file systems (NAME_MAX).
-MAX_FOLDER_DIR_BYTES = 255
-MAX_FOLDER_DEPTH = 32
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 65536
+# Linux: a read that fails instead of waiting for the disk (preadv2(2)).
+_NOWAIT = getattr(os, "RWF_NOWAIT", None)
 _counter = itertools.count(1)
 _stateSerial = itertools.count(1)
 _log = Logger()
@@ -105,55 +112,6 @@ def uniqueName(now=None):
 # --- names ------------------------------------------------------------------
 
 
-def normaliseFolderName(name):
-    """
-    Check a folder name of the store API (C{"/"} separates levels), before
-    anything touches the disk.
-
-    @return: the name, with a first level C{INBOX} in any case written
-        C{INBOX}.
-    @raise InvalidInput: empty, NUL, C{".."}, a leading or trailing C{"/"}, an
-        empty level, or a C{"."} inside a level.
-    @raise LimitExceeded: deeper than L{MAX_FOLDER_DEPTH} levels, or its
-        Maildir++ directory (C{.A.B}, modified UTF-7) longer than
-        L{MAX_FOLDER_DIR_BYTES}.
-    """
-    if name == "INBOX":
-        return name
-    if not isinstance(name, str) or not name or "\0" in name:
-        raise InvalidInput("bad folder name: %r" % (name,))
-    if len(name) >= MAX_FOLDER_DIR_BYTES:
-        # Every character takes at least one byte, and the directory a dot.
-        raise LimitExceeded("folder name of %d characters is too long" % (len(name),))
-    levels = name.split("/")
-    for level in levels:
-        if not level or "." in level:
-            raise InvalidInput("bad folder name: %r" % (name,))
-    if len(levels) > MAX_FOLDER_DEPTH:
-        raise LimitExceeded("folder name of %d levels is too deep (at most %d)" % (len(levels), MAX_FOLDER_DEPTH))
-    if levels[0].upper() == "INBOX":
-        levels[0] = "INBOX"
-    name = "/".join(levels)
-    size = len(_folderDirName(name))
-    if size > MAX_FOLDER_DIR_BYTES:
-        raise LimitExceeded("folder %r... is %d octets in Maildir++ (at most %d)"
-                            % (name[:40], size, MAX_FOLDER_DIR_BYTES))
-    return name
-
-
-def accountKey(address):
-    """
-    @return: the name an account is filed under: C{local@domain}, both
-        lowercased.
-    @raise InvalidInput: not an address.
-    """
-    local, domain = splitAddress(address)
-    domain = normaliseDomain(domain)
-    if not domain:
-        raise InvalidInput("not an address: %r" % (address,))
-    return "%s@%s" % (local.lower(), domain)
-
-
 def _folderDirName(name):
     """
     @return: the directory of folder C{name} inside the account, C{""} for
@@ -161,7 +119,7 @@ def _folderDirName(name):
     """
     if name == "INBOX":
         return ""
-    return "." + ".".join(mutf7.encode(level) for level in name.split("/"))
+    return encodedFolderName(name)
 
 
 def _folderNameFromDir(dirName):
@@ -385,7 +343,7 @@ class MaildirMessage:
     One message file.  See L{IStoredMessage}.
     """
 
-    def __init__(self, folderPath, uid, key, filename, flags, modSeq, size=None):
+    def __init__(self, folderPath, uid, key, filename, flags, modSeq, size=None, runInThread=None):
         self.uid = uid
         self.key = key
         self.filename = filename
@@ -394,6 +352,7 @@ class MaildirMessage:
         self._folderPath = folderPath
         self._size = size
         self._internalDate = None
+        self._runInThread = runInThread
 
     def _stat(self):
         path = os.path.join(self._folderPath, "cur", self.filename)
@@ -414,7 +373,7 @@ class MaildirMessage:
         if self._size is None:
             self._size = wireSizeFromName(self.key)
             if self._size is None:
-                with self.open() as file:
+                with self.openFile() as file:
                     self._size = normalisedFileSize(file)
         return self._size
 
@@ -426,8 +385,63 @@ class MaildirMessage:
 
     def open(self):
         """
-        See L{IStoredMessage.open}.  A file renamed by another program since
-        the last sync is found again by its key.
+        See L{IStoredMessage.open}: L{openFile} in the store's thread pool.
+        """
+        return self._runInThread(self.openFile)
+
+    def read(self):
+        """
+        See L{IStoredMessage.read}: from the page cache at once when the
+        kernel can read the whole file without waiting for the disk
+        (C{RWF_NOWAIT}), else L{readFile} in the store's thread pool.
+        """
+        try:
+            data = self._readCached()
+        except OSError:
+            data = None
+        if data is not None:
+            return defer.succeed(data)
+        return self._runInThread(self.readFile)
+
+    def _readCached(self):
+        """
+        @return: the octets of the message (as L{readFile} gives them) if
+            all of them are in the page cache, else L{None}.
+        """
+        if _NOWAIT is None:
+            return None
+        with self.openFile() as file:
+            size = os.fstat(file.fileno()).st_size
+            buffer = bytearray(size + 1)
+            try:
+                read = os.preadv(file.fileno(), [buffer], 0, _NOWAIT)
+            except BlockingIOError:
+                return None
+        if read != size:
+            return None
+        data = bytes(buffer[:size])
+        if len(data) != self.size:
+            data = normaliseLineEndings(data)
+        return data
+
+    def readFile(self):
+        """
+        @return: the octets of the message with CR LF line endings, in the
+            calling thread; a file other programs wrote with bare LF line
+            endings is normalised.
+        @raise mdpy.errors.NotFound: it was removed meanwhile.
+        """
+        with self.openFile() as file:
+            data = file.read()
+        if len(data) != self.size:
+            data = normaliseLineEndings(data)
+        return data
+
+    def openFile(self):
+        """
+        @return: the message file, opened for reading in the calling thread.
+            A file renamed by another program since the last sync is found
+            again by its key.
         """
         try:
             return open(os.path.join(self._folderPath, "cur", self.filename), "rb")
@@ -504,7 +518,9 @@ class MaildirMailbox(FlagShorthand):
                 flags = flagsByInfo.get(info)
                 if flags is None:
                     flags = flagsByInfo[info] = flagsFromInfo(info, keywords)
-                message = MaildirMessage(self.path, uid, key, name, flags, modSeq, size)
+                message = MaildirMessage(
+                    self.path, uid, key, name, flags, modSeq, size, self._store._runInThread
+                )
             messages.append(message)
         return _State(next(_stateSerial), uidList.uidValidity, uidList.uidNext, uidList.highestModSeq,
                       messages, tuple(keywords.names))
@@ -780,25 +796,33 @@ class MaildirStore:
         this process only (replace it before adding listeners).
     """
 
-    def __init__(self, root, runInThread=None, reactor=None, committerThreads=4, archiveRoot=None):
+    def __init__(self, root, runInThread=None, reactor=None, committerThreads=4, archiveRoot=None,
+                 groupCommit=None, changeFeed=None):
         """
         @param archiveRoot: where L{deleteAccount} and L{deleteDomain} keep
             the mail they take out of the store; by default C{deleted}
             beside C{root}.
         @param runInThread: C{runInThread(f, *args)} returning a Deferred, for
-            blocking work; by default the reactor's thread pool, and new
-            messages go through a L{Committer} (group commit).  Given (tests
-            pass a synchronous one), it does all the work.
+            blocking work; by default the reactor's thread pool.
+        @param groupCommit: whether new messages go through a L{Committer}
+            (group commit) rather than C{runInThread}; by default when
+            C{runInThread} is not given (tests pass a synchronous one that
+            does all the work).
+        @param changeFeed: the L{mdpy.interfaces.IChangeFeed} told of every
+            change; by default one of this process only.
         """
         self.root = os.path.abspath(root)
         if archiveRoot is None:
             archiveRoot = os.path.join(os.path.dirname(self.root), "deleted")
         self.archiveRoot = os.path.abspath(archiveRoot)
-        self.changeFeed = ChangeFeed(reactor, accountKey)
-        self._listenerSubscriptions = {}
+        self.changeFeed = ChangeFeed(reactor, accountKey) if changeFeed is None else changeFeed
+        self._listeners = StoreListeners()
         self._committer = None
+        if groupCommit is None:
+            groupCommit = runInThread is None
         if runInThread is None:
             runInThread = deferToReactorThreadPool
+        if groupCommit:
             if reactor is None:
                 from twisted.internet import reactor
             self._committer = Committer(reactor, _prepareCopies, committerThreads)
@@ -1103,17 +1127,10 @@ class MaildirStore:
         to L{changeFeed}, so which other processes' changes are reported
         depends on the feed.
         """
-        key = (self._accountKey(address), listener)
-        subscription = self.changeFeed.subscribe(key[0], None, listener)
-        self._listenerSubscriptions.setdefault(key, []).append(subscription)
+        self._listeners.add(self.changeFeed, self._accountKey(address), listener)
 
     def removeListener(self, address, listener):
         """
         See L{IMailStore.removeListener}.
         """
-        key = (self._accountKey(address), listener)
-        subscriptions = self._listenerSubscriptions.get(key)
-        if subscriptions:
-            subscriptions.pop().unsubscribe()
-            if not subscriptions:
-                del self._listenerSubscriptions[key]
+        self._listeners.remove(self._accountKey(address), listener)

@@ -41,7 +41,7 @@ from mdpy.errors import (
     TemporaryFailure,
 )
 from mdpy.interfaces import IDirectory
-from mdpy.sqlitefile import SQLiteFile
+from mdpy.backends.files.sqlitefile import SQLiteFile
 
 BUSY_TIMEOUT_MS = 5000
 MAX_ALIAS_DEPTH = 10

@@ -1,0 +1,145 @@
+# -*- test-case-name: tests.contract.test_store -*-
+"""
+The one place the files backend turns blocking work into Deferreds.
+
+The Maildir store, the SQLite files and the queue spool block on the disk.
+They run in one thread pool that the server hands the backend
+(L{mdpy.backends.files.FilesBackend}), and what the protocols see of them
+returns Deferreds fired on the reactor thread (see "Threading" in
+L{mdpy.interfaces}).  Nothing outside C{mdpy.backends} starts a thread.
+"""
+
+import functools
+
+from twisted.internet import defer, threads
+from zope.interface import implementer, directlyProvides, providedBy
+
+from mdpy.interfaces import IMailStore
+
+
+def deferToReactorThreadPool(f, *args, **kwargs):
+    """
+    Run C{f(*args, **kwargs)} in the global reactor's thread pool: the
+    default of the files backend's parts when they are used on their own
+    (the C{mdpy} command, tests).
+
+    @return: a L{Deferred} firing with its result.
+    """
+    from twisted.internet import reactor
+
+    return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args, **kwargs)
+
+
+class Blocking:
+    """
+    Blocking calls, run in one thread pool.
+
+    @ivar reactor: the reactor the results are delivered on.
+    @ivar threadPool: a started L{twisted.python.threadpool.ThreadPool}.
+    """
+
+    def __init__(self, reactor, threadPool):
+        self.reactor = reactor
+        self.threadPool = threadPool
+
+    def run(self, f, *args, **kwargs):
+        """
+        Run C{f(*args, **kwargs)} in the pool; before the pool starts (the
+        server is being built and serves nobody yet: the first start, the
+        queue's load), at once on the calling thread.
+
+        @return: a L{Deferred} firing, on the reactor thread, with its
+            result.
+        """
+        if not self.threadPool.started:
+            return defer.maybeDeferred(f, *args, **kwargs)
+        return threads.deferToThreadPool(self.reactor, self.threadPool, f, *args, **kwargs)
+
+
+# IMailStore methods that touch the disk: run in the pool.  The others
+# (deliver, addListener, removeListener) return Deferreds or are in memory.
+_BLOCKING_STORE_METHODS = (
+    "createAccount",
+    "deleteAccount",
+    "deleteDomain",
+    "accountExists",
+    "listMailboxes",
+    "createMailbox",
+    "deleteMailbox",
+    "renameMailbox",
+    "listSubscriptions",
+    "setSubscribed",
+)
+
+
+@implementer(IMailStore)
+class DeferredStore:
+    """
+    A synchronous, thread-safe L{IMailStore} (the Maildir store) as the
+    protocols see it: each method that touches the disk runs in the pool
+    and returns a Deferred, and so does L{openMailbox}, whose mailbox
+    takes in changes (L{DeferredMailbox.sync}) in the pool too.
+
+    @ivar synchronous: the store itself, for the C{mdpy} command and the
+        first start, which may block.
+    """
+
+    def __init__(self, store, runInThread):
+        self.synchronous = store
+        self._runInThread = runInThread
+        for name in _BLOCKING_STORE_METHODS:
+            setattr(self, name, functools.partial(runInThread, getattr(store, name)))
+
+    def __repr__(self):
+        return "<DeferredStore %r>" % (self.synchronous,)
+
+    def deliver(self, copies, key=None, again=False):
+        """
+        See L{IMailStore.deliver}.
+        """
+        return self.synchronous.deliver(copies, key, again)
+
+    def openMailbox(self, address, name="INBOX"):
+        """
+        See L{IMailStore.openMailbox}.
+
+        @return: a L{Deferred} firing with a L{DeferredMailbox}.
+        """
+        d = self._runInThread(self.synchronous.openMailbox, address, name)
+        return d.addCallback(DeferredMailbox, self._runInThread)
+
+    def addListener(self, address, listener):
+        """
+        See L{IMailStore.addListener}.
+        """
+        self.synchronous.addListener(address, listener)
+
+    def removeListener(self, address, listener):
+        """
+        See L{IMailStore.removeListener}.
+        """
+        self.synchronous.removeListener(address, listener)
+
+
+class DeferredMailbox:
+    """
+    A mailbox of a L{DeferredStore}: everything as the store's own mailbox,
+    which it provides the interfaces of, except L{sync}, run in the pool.
+    """
+
+    def __init__(self, mailbox, runInThread):
+        self._mailbox = mailbox
+        self._runInThread = runInThread
+        directlyProvides(self, providedBy(mailbox))
+
+    def __getattr__(self, name):
+        return getattr(self._mailbox, name)
+
+    def __repr__(self):
+        return "<DeferredMailbox %r>" % (self._mailbox,)
+
+    def sync(self):
+        """
+        See L{mdpy.interfaces.IMailbox.sync}.
+        """
+        return self._runInThread(self._mailbox.sync)
