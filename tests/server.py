@@ -72,6 +72,20 @@ def makeMessage(subject, body=b"hello\r\n", headers=b"", date=False, sender="sen
     )
 
 
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def checkoutFirst(path=None):
+    """
+    @param path: a C{PYTHONPATH} value, or L{None}.
+    @return: C{path} with this checkout in front, so that the subprocesses
+        of a test (C{twistd}, C{mdpy}) can import classes of the tests that
+        a configuration names (C{tests.plugins:...}), also when mdpy itself
+        is installed.
+    """
+    return os.pathsep.join(filter(None, [CHECKOUT, path]))
+
+
 def twistdCommand():
     twistd = shutil.which("twistd")
     return [twistd] if twistd else [sys.executable, "-m", "twisted"]

@@ -10,13 +10,11 @@ import subprocess
 
 import pytest
 
-from tests.server import freePorts, makeMessage, mdpyCommand, twistdCommand, waitForBanner
+from tests.server import checkoutFirst, freePorts, makeMessage, mdpyCommand, twistdCommand, waitForBanner
 from tests.test_configcheck import BAD_CONFIGURATIONS, writeBad
 
 OTHER_SERVICES = ("submission", "smtps", "pop3", "pop3s", "imap", "imaps", "odmr", "minger", "multipop")
 
-
-CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def environment(root):
@@ -31,7 +29,7 @@ def environment(root):
     environ.update(HOME=os.path.join(root, "home"), MDPY_SYSCONFDIR=os.path.join(root, "etc"),
                    XDG_DATA_HOME=os.path.join(root, "share"))
     # The classes some configurations name are in this checkout's tests.
-    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [CHECKOUT, os.environ.get("PYTHONPATH")]))
+    environ["PYTHONPATH"] = checkoutFirst(os.environ.get("PYTHONPATH"))
     return environ
 
 

@@ -11,7 +11,7 @@ import smtplib
 
 import pytest
 
-from tests.server import MdpyServer, makeMessage
+from tests.server import MdpyServer, checkoutFirst, makeMessage
 
 USER = "joe@example.test"
 
@@ -24,8 +24,7 @@ def test_configuredFactoryAndCheckOnPort25(tmp_path, monkeypatch):
     end of the message what the check refuses, with the check's reply, and
     stores the rest with the check's header.
     """
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PYTHONPATH", checkoutFirst(os.environ.get("PYTHONPATH")))
     server = MdpyServer(tmp_path, smtpExtra=(
         "factory = tests.plugins:XSMTPServerFactory\nchecks = tests.plugins:RejectSubjectCheck\n"))
     for args in (("domain", "add", "example.test"), ("user", "add", USER, "--password", "joe-secret")):

@@ -6,6 +6,7 @@ temporary failure and nothing of that message is stored.
 """
 
 import imaplib
+import os
 import smtplib
 import ssl
 
@@ -22,7 +23,7 @@ from mdpy.tap import buildService
 from mdpy.testing import resultOf
 from tests.contract.conftest import configFor
 from tests.contract.flaky import FlakyBackend
-from tests.server import HOST, MdpyServer, makeMessage
+from tests.server import HOST, MdpyServer, checkoutFirst, makeMessage
 from tests.test_tap import MemoryReactor
 
 FLAKY = "tests.contract.flaky:FlakyBackend"
@@ -69,12 +70,13 @@ def test_serverHandsTheBackendToEveryProtocol(tmp_path):
     assert not (tmp_path / "data" / "mail").exists()
 
 
-def test_failingCommitsOverSMTP(tmp_path):
+def test_failingCommitsOverSMTP(tmp_path, monkeypatch):
     """
     Through a real server on the failing backend: of eight messages, the
     fourth and the eighth get 451 and are not stored; the others are, and
     an IMAP client sees exactly those.
     """
+    monkeypatch.setenv("PYTHONPATH", checkoutFirst(os.environ.get("PYTHONPATH")))
     server = MdpyServer(tmp_path, serverExtra="backend = %s\n" % (FLAKY,))
     server.start()
     try:
