@@ -28,6 +28,7 @@ import threading
 
 from twisted.python.failure import Failure
 
+from mdpy.backends.files.blocking import deferToReactorThreadPool
 from mdpy.durable import fsyncDirectory, unlinkQuietly
 from mdpy.errors import storageFailure
 
@@ -236,3 +237,28 @@ def _fire(results):
             deferred.callback(None)
         else:
             deferred.errback(failure)
+
+
+def writerFor(reactor, prepare, threads, runInThread=None, groupCommit=None, **options):
+    """
+    How a part of the files backend (the Maildir store, the queue) writes
+    new files: through a L{Committer} of its own, or one at a time in the
+    thread pool it is given.
+
+    @param runInThread: the backend's runner of blocking calls; L{None}:
+        the global reactor's thread pool.
+    @param groupCommit: whether a L{Committer} writes; L{None}: when no
+        runner is given.
+    @param options: further arguments of L{Committer}.
+    @return: C{(committer or None, runInThread)}.
+    """
+    if groupCommit is None:
+        groupCommit = runInThread is None
+    if runInThread is None:
+        runInThread = deferToReactorThreadPool
+    committer = None
+    if groupCommit:
+        if reactor is None:
+            from twisted.internet import reactor
+        committer = Committer(reactor, prepare, threads, **options)
+    return committer, runInThread

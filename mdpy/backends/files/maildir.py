@@ -66,7 +66,7 @@ from mdpy.mailbox import (
     storableFlags,
 )
 from mdpy.backends.local import ChangeFeed, StoreListeners
-from mdpy.backends.files.committer import Committer, commitBatch
+from mdpy.backends.files.committer import commitBatch, writerFor
 from mdpy.backends.files.maildirindex import (
     FolderIndex,
     flagsFromInfo,
@@ -74,7 +74,6 @@ from mdpy.backends.files.maildirindex import (
     lastUidValidity,
     raiseUidValidity,
 )
-from mdpy.backends.files.blocking import deferToReactorThreadPool
 
 SUBSCRIPTIONS_NAME = "subscriptions"
 CACHE_NAME = "mdpy-cache.sqlite"
@@ -817,16 +816,8 @@ class MaildirStore:
         self.archiveRoot = os.path.abspath(archiveRoot)
         self.changeFeed = ChangeFeed(reactor, accountKey) if changeFeed is None else changeFeed
         self._listeners = StoreListeners()
-        self._committer = None
-        if groupCommit is None:
-            groupCommit = runInThread is None
-        if runInThread is None:
-            runInThread = deferToReactorThreadPool
-        if groupCommit:
-            if reactor is None:
-                from twisted.internet import reactor
-            self._committer = Committer(reactor, _prepareCopies, committerThreads)
-        self._runInThread = runInThread
+        self._committer, self._runInThread = writerFor(
+            reactor, _prepareCopies, committerThreads, runInThread, groupCommit)
 
     def __repr__(self):
         return "<MaildirStore %s>" % (self.root,)

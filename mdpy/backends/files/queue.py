@@ -42,8 +42,7 @@ from zope.interface import implementer
 
 from mdpy import errors
 from mdpy.address import splitAddress
-from mdpy.backends.files.blocking import deferToReactorThreadPool
-from mdpy.backends.files.committer import Committer, commitBatch
+from mdpy.backends.files.committer import commitBatch, writerFor
 from mdpy.durable import (
     fsyncDirectory,
     startWriteback,
@@ -316,16 +315,8 @@ class SpoolQueue:
         self.listeners = []
         self.signerFor = signerFor
         self._clock = clock
-        self._committer = None
-        if groupCommit is None:
-            groupCommit = runInThread is None
-        if runInThread is None:
-            runInThread = deferToReactorThreadPool
-        if groupCommit:
-            if reactor is None:
-                from twisted.internet import reactor
-            self._committer = Committer(reactor, _prepareEntry, committerThreads, joinWhileWriting=True)
-        self._runInThread = runInThread
+        self._committer, self._runInThread = writerFor(
+            reactor, _prepareEntry, committerThreads, runInThread, groupCommit, joinWhileWriting=True)
         for sub in ("msg", "env", "corrupt"):
             os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
 
