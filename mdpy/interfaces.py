@@ -47,8 +47,10 @@ from zope.interface import Attribute, Interface
 class IDeliveryTarget(Interface):
     """
     Something mail can be handed to: the pipeline, the local store, the
-    outbound queue.  Targets nest: the pipeline routes each recipient to
-    another target.
+    outbound queue, the hold of a gateway domain.  Targets nest: the
+    pipeline (L{mdpy.delivery.pipeline.DeliveryPipeline}) routes each
+    recipient to another target, and commits over all of them at once (see
+    L{ITwoPhaseDelivery}).
     """
 
     def startDelivery(envelope):
@@ -137,6 +139,58 @@ class IDelivery(Interface):
         """
         Throw the transaction away.  Synchronous; safe to call more than once
         and after a failed commit.
+        """
+
+
+class ITwoPhaseDelivery(IDelivery):
+    """
+    A transaction that can take part in one commit over several targets: it
+    is first prepared (made durable but invisible), then committed (made
+    visible) or aborted (taken back).  The outbound queue's transactions
+    are (C{prepare} is L{IOutboundQueue.stage}, C{commit} L{IOutboundQueue.admit},
+    C{abort} L{IOutboundQueue.withdraw}).
+
+    The protocol, as the pipeline runs it over the transactions of one
+    message (a two-phase commit with one "last resource"):
+
+      1. C{prepare} every two-phase transaction, one after the other;
+      2. C{commit} the one plain L{IDelivery} among them, if any (the local
+         store, whose copies are visible to readers at once and cannot be
+         taken back): the point of no return;
+      3. C{commit} every prepared transaction.
+
+    If a C{prepare} or the plain C{commit} fails, every prepared
+    transaction is aborted and the whole commit fails: nothing was visible,
+    so a client's retry delivers each copy once.  A message holds at most
+    one plain transaction; a recipient that would need a second one is
+    refused for now.
+
+    Invariants: after C{prepare} fired, the message survives a crash and a
+    power cut, and nothing of it is visible to readers (a crash leaves it
+    prepared; the implementation decides, when it starts again, whether
+    it becomes visible, as the queue does, or goes); C{commit} of a
+    prepared transaction only makes it visible and does not fail for want
+    of resources.  Without C{prepare}, C{commit} does both steps, so a
+    two-phase transaction used alone keeps the contract of L{IDelivery}.
+    """
+
+    def prepare():
+        """
+        Make the message durable for every accepted recipient, invisible to
+        readers until L{commit}.
+
+        @return: L{None} once durable.
+        @raise mdpy.errors.MailError: nothing was kept.
+        """
+
+    def abort():
+        """
+        Throw the transaction away, taking back what L{prepare} kept.  Safe
+        to call more than once and after a failed commit.
+
+        @return: L{None}, or after L{prepare} a L{Deferred} firing once
+            the prepared message is gone (a failure to take it back is
+            logged, never raised).
         """
 
 

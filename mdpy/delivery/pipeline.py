@@ -1,169 +1,214 @@
 # -*- test-case-name: tests.test_pipeline -*-
 """
 The delivery pipeline: the one entry of every message, whichever protocol
-brought it.
+brought it, and the router of its recipients to the delivery targets of
+L{mdpy.delivery.targets}.
 
-It resolves each recipient through the directory (aliases, catch-all), keeps
-local accounts for the store and remote addresses for the outbound queue, and
-on commit writes one copy per local account with its own trace headers:
-C{Return-Path}, and MDaemon's C{X-MDRcpt-To} and C{X-Rcpt-To} holding the
-address the copy was sent to, so that a downstream DomainPOP can route it.
-Copies of those three headers that arrived in the message are removed, so each
-stored copy carries exactly one of each.
+It runs the checks (L{mdpy.interfaces.ICheck}, in order: when the sender is
+given, at each recipient or at the end of the message, as each says; by
+default SPF and DKIM, which write an C{Authentication-Results} field, RFC
+8601, for mail from unauthenticated clients); a check's refusal refuses the
+sender, the recipient or the message.  It resolves each recipient through
+the directory (aliases, catch-all) and hands it to a target
+(L{DeliveryPipeline.route}): local accounts to the local store
+(L{LocalStoreTarget}: one copy per account with its own trace headers),
+remote addresses the sender names to the outbound queue (L{QueueTarget}),
+addresses of an ODMR gateway domain to the gateway's hold
+(L{GatewayHoldTarget}), and remote addresses a local alias reaches to
+forwarding (L{ForwardTarget}: a copy queued under its own id, its sender
+rewritten by SRS).  Each target involved gets one transaction of its own.
 
-An account reached through a catch-all gets one copy per recipient that
-reached it so, not one in all: a catch-all mailbox is typically collected by a
-downstream DomainPOP routing by C{X-Rcpt-To}, which would otherwise lose every
-recipient but the first (Postfix keeps a copy per original recipient for the
-same reason).  Recipients that name an account (itself, or an alias of it)
-share its one copy.
+Remote recipients a sender names are taken only when the sender may relay
+(authenticated, or the server itself); those reached through a local alias
+or forward always, and those of a gateway domain from any sender.
 
-Remote recipients go to the outbound queue: those a sender names directly
-only when the sender may relay (authenticated, or the server itself), those
-reached through a local alias or forward always.  A forwarded copy is queued
-with its envelope sender rewritten by SRS (when configured), so that it
-passes SPF at the destination and its bounces come back here, where
-L{SRS.reverse} routes them to the original sender.
+The queued message is the message as received; the local and forwarded
+copies (the targets whose C{checkResults} is true) get the header fields of
+the checks in front of it.
 
-The queued message is the message as received; local copies get their trace
-headers and the header fields of the checks (L{mdpy.interfaces.ICheck}, run
-in order when the sender is given, at each recipient or at the end of the
-message, as each says; by default SPF and DKIM, which write an
-C{Authentication-Results} field, RFC 8601, for mail from unauthenticated
-clients).  A check's refusal refuses the sender, the recipient or the
-message.
-
-Invariants: a commit is all or nothing across the store and the queue.  The
-queued copies are staged first (L{mdpy.interfaces.IOutboundQueue.stage}: on
-disk, fsynced, but not handed to delivery), then the local copies are
-committed (all or nothing, L{mdpy.interfaces.IMailStore.deliver}), and only
-then are the staged copies admitted to delivery.  If staging or the local
-commit fails, whatever was staged is withdrawn (removed from the disk) and
-the commit fails: no local copy was ever visible and nothing was sent, so the
-client's retry stores and queues each copy once.  The local copies come last
-because they alone are visible at once (to POP3 and IMAP) and cannot be taken
-back; a staged entry can, until it is admitted.  A crash between staging and
-the local commit leaves the staged entry on disk, and the next start loads it
-as queued: its remote recipients may then get the message twice, once more
-from the client's retry (the duplicate RFC 5321 section 6.1 accepts for a
-reply lost in a crash), and its local ones once; nothing is lost.  A
-withdrawal that fails is logged: the entry would be delivered after the next
-start, again a duplicate and never a loss.
+Invariants: a commit is all or nothing across the targets, by the two-phase
+protocol of L{mdpy.interfaces.ITwoPhaseDelivery}.  The queued copies are
+prepared first (L{mdpy.interfaces.IOutboundQueue.stage}: on disk, fsynced,
+but not handed to delivery), then the local copies are committed (all or
+nothing, L{mdpy.interfaces.IMailStore.deliver}), and only then are the
+prepared copies committed (admitted to delivery).  If a preparation or the
+local commit fails, whatever was prepared is aborted (withdrawn: removed
+from the disk) and the commit fails: no local copy was ever visible and
+nothing was sent, so the client's retry stores and queues each copy once.
+The local copies come last because they alone are visible at once (to POP3
+and IMAP) and cannot be taken back; a staged entry can, until it is
+admitted.  A crash between staging and the local commit leaves the staged
+entry on disk, and the next start loads it as queued: its remote recipients
+may then get the message twice, once more from the client's retry (the
+duplicate RFC 5321 section 6.1 accepts for a reply lost in a crash), and
+its local ones once; nothing is lost.  A withdrawal that fails is logged:
+the entry would be delivered after the next start, again a duplicate and
+never a loss.
 """
-
-import re
-import tempfile
 
 from twisted.internet import defer
 from zope.interface import implementer
 
 from mdpy import errors
-from mdpy.address import normalise, splitAddress
-from mdpy.mailauth.authresults import stripForgedResults
+from mdpy.address import splitAddress
 from mdpy.checks import DATA, MAIL, RCPT, AuthenticationResultsCheck, runChecks
-from mdpy.envelope import Envelope, newMessageId
-from mdpy.interfaces import IDelivery, IDeliveryTarget
+from mdpy.delivery.targets import (  # noqa: F401 (public names of this module)
+    HEAD_SIZE,
+    SPILL_SIZE,
+    ForwardTarget,
+    GatewayHoldTarget,
+    LocalStoreTarget,
+    QueueTarget,
+    Region,
+    spoolIn,
+    stripTraceHeaders,
+)
+from mdpy.interfaces import IDelivery, IDeliveryTarget, ITwoPhaseDelivery
 from mdpy.logs import Logger
-from mdpy.mail.headers import findHeaderEnd
+from mdpy.mailauth.authresults import stripForgedResults
 
-SPILL_SIZE = 1024 * 1024
-HEAD_SIZE = 256 * 1024
 CHECK_SIZE = 10 * 1024 * 1024
 _SRS_PREFIXES = ("srs0=", "srs1=")
+_CHUNK = 64 * 1024
 
 log = Logger()
 
-_TRACE_HEADERS = (b"return-path", b"x-mdrcpt-to", b"x-rcpt-to")
-_TRACE_LINE = re.compile(
-    rb"^(?:return-path|x-mdrcpt-to|x-rcpt-to)[ \t]*:.*\r\n(?:[ \t].*\r\n)*",
-    re.I | re.M,
-)
 
-
-def stripTraceHeaders(head):
+class Route:
     """
-    Remove C{Return-Path}, C{X-MDRcpt-To} and C{X-Rcpt-To} fields from the
-    header section at the start of C{head}.
+    Where one recipient goes: a target, the address to add to its
+    transaction, and keyword arguments for that transaction's
+    C{addRecipient}.
 
-    @return: C{(newHead, found)}: C{found} is false when the header section
-        does not end inside C{head} (nothing was changed then).
-    """
-    found = findHeaderEnd(head)
-    if found is None:
-        return head, False
-    section = head[: found[0]]
-    lowered = b"\n" + section.lower()
-    if not any(b"\n" + name in lowered for name in _TRACE_HEADERS):
-        return head, True
-    return _TRACE_LINE.sub(b"", section) + head[found[0] :], True
-
-
-class _Region:
-    """
-    A reader of C{file} from C{offset} to its end that keeps its own position,
-    so that several copies can read one spooled body in turn.
+    @ivar target: an L{IDeliveryTarget}.
+    @ivar address: the address given to C{addRecipient}.
+    @ivar keywords: a L{dict} of further arguments to C{addRecipient}.
     """
 
-    def __init__(self, file, offset):
-        self._file = file
-        self._position = offset
+    def __init__(self, target, address, **keywords):
+        self.target = target
+        self.address = address
+        self.keywords = keywords
 
-    def read(self, size=-1):
-        self._file.seek(self._position)
-        data = self._file.read(size)
-        self._position += len(data)
-        return data
-
-
-def _originalRecipient(recipient, original):
-    """
-    @return: the C{orig_to=} part of a delivery log line: the address
-        C{original} the client gave, when it is not C{recipient} itself, or
-        C{""}.
-    """
-    if original.lower() == recipient.lower():
-        return ""
-    return " orig_to=<%s>" % (original,)
+    def __repr__(self):
+        return "<Route %s to %r>" % (self.address, self.target)
 
 
 @implementer(IDeliveryTarget)
 class DeliveryPipeline:
     """
-    Route recipients to the local store or the outbound queue.
+    Route recipients to the local store, the outbound queue, a gateway's
+    hold or forwarding, and commit over all of them at once.
+
+    The targets are attributes that may be replaced (by one wrapping the
+    original, say); setting C{store}, C{queue}, C{srs} or C{gateways}
+    builds the targets again from them.  A subclass sends recipients to a
+    target of its own by overriding L{route}.
 
     @ivar directory: an L{mdpy.interfaces.IDirectory}.
-    @ivar store: an L{mdpy.interfaces.IMailStore}.
-    @ivar queue: an L{mdpy.interfaces.IOutboundQueue}, or L{None} when there is no outbound delivery (remote recipients then
-        get a temporary refusal).
     @ivar spoolDir: where bodies larger than L{SPILL_SIZE} are spooled.
-    @ivar srs: an L{mdpy.mailauth.srs.SRS} for forwarded mail, or L{None} to
-        keep the original sender.
     @ivar checks: the L{mdpy.interfaces.ICheck}s every message goes
         through, in order.
-    @ivar gateways: the L{mdpy.odmr.gateway.Gateways} whose mail is queued
-        from any sender (the queue holds it until ATRN), each recipient
-        verified first when the gateway says so; or L{None}.
+    @ivar localTarget: the L{LocalStoreTarget} of C{store}.
+    @ivar queueTarget: the L{QueueTarget} of C{queue}, or L{None}.
+    @ivar gatewayTarget: the L{GatewayHoldTarget} of C{gateways}, or L{None}
+        when there is no queue.
+    @ivar forwardTarget: the L{ForwardTarget} of C{queue} and C{srs}, or
+        L{None} when there is no queue.
     """
 
-    MAX_KNOWN_ACCOUNTS = 100000
+    MAX_KNOWN_ACCOUNTS = LocalStoreTarget.MAX_KNOWN_ACCOUNTS
 
     def __init__(self, directory, store, queue=None, spoolDir=None, srs=None, checker=None,
                  gateways=None, checks=()):
         """
+        @param store: an L{mdpy.interfaces.IMailStore}.
+        @param queue: an L{mdpy.interfaces.IOutboundQueue}, or L{None} when
+            there is no outbound delivery (remote recipients then get a
+            temporary refusal).
+        @param srs: an L{mdpy.mailauth.srs.SRS} for forwarded mail, or
+            L{None} to keep the original sender.
         @param checker: an L{mdpy.mailauth.authresults.InboundChecker},
             run after C{checks} (as an L{AuthenticationResultsCheck}); or
             L{None}.
+        @param gateways: the L{mdpy.odmr.gateway.Gateways} whose mail is
+            queued from any sender (the queue holds it until ATRN), each
+            recipient verified first when the gateway says so; or L{None}.
         """
-        self._knownAccounts = set()
-        self.gateways = gateways
         self.directory = directory
-        self.store = store
-        self.queue = queue
         self.spoolDir = spoolDir
-        self.srs = srs
+        self._store, self._queue, self._srs, self._gateways = store, queue, srs, gateways
+        self.localTarget = LocalStoreTarget(store, spoolDir)
+        self._buildQueueTargets()
         self.checks = list(checks)
         if checker is not None:
             self.checks.append(AuthenticationResultsCheck(checker))
+
+    def _buildQueueTargets(self):
+        if self._queue is None:
+            self.queueTarget = self.gatewayTarget = self.forwardTarget = None
+            return
+        self.queueTarget = QueueTarget(self._queue, self.spoolDir)
+        self.gatewayTarget = GatewayHoldTarget(self._gateways, self.queueTarget)
+        self.forwardTarget = ForwardTarget(self.queueTarget, self._srs)
+
+    @property
+    def store(self):
+        """
+        The L{mdpy.interfaces.IMailStore} of C{localTarget}.
+        """
+        return self._store
+
+    @store.setter
+    def store(self, store):
+        self._store = store
+        self.localTarget = LocalStoreTarget(store, self.spoolDir)
+
+    @property
+    def queue(self):
+        """
+        The L{mdpy.interfaces.IOutboundQueue}, or L{None}.
+        """
+        return self._queue
+
+    @queue.setter
+    def queue(self, queue):
+        self._queue = queue
+        self._buildQueueTargets()
+
+    @property
+    def srs(self):
+        """
+        The L{mdpy.mailauth.srs.SRS} of forwarded copies, or L{None}.
+        """
+        return self._srs
+
+    @srs.setter
+    def srs(self, srs):
+        self._srs = srs
+        self._buildQueueTargets()
+
+    @property
+    def gateways(self):
+        """
+        The L{mdpy.odmr.gateway.Gateways}, or L{None}.
+        """
+        return self._gateways
+
+    @gateways.setter
+    def gateways(self, gateways):
+        self._gateways = gateways
+        self._buildQueueTargets()
+
+    @property
+    def targets(self):
+        """
+        The pipeline's own targets, in the order their transactions are
+        prepared and committed: the queue first, so that the copy relayed
+        for the sender is queued under the message's id.
+        """
+        return [t for t in (self.queueTarget, self.gatewayTarget, self.forwardTarget, self.localTarget)
+                if t is not None]
 
     @property
     def checker(self):
@@ -199,29 +244,54 @@ class DeliveryPipeline:
         d.addCallbacks(lambda _: delivery, delivery._ebRefused)
         return d
 
+    def route(self, address, envelope):
+        """
+        Say where a recipient goes.  Synchronous.  A subclass overrides
+        this to send some recipients to a target of its own, and calls it
+        for the others; any target will do, but a message may hold only
+        one transaction that is not an L{ITwoPhaseDelivery} (the local
+        store's), so that its commit stays all or nothing.
+
+        @param address: the recipient as given.
+        @param envelope: the L{mdpy.envelope.Envelope} of the message.
+        @return: a sequence of L{Route}s: the targets and the addresses
+            their transactions are given.
+        @raise mdpy.errors.MailError: the recipient is refused.
+        """
+        gateways = self.gateways
+        if gateways and gateways.forAddress(address) is not None:
+            return [Route(self._remoteTarget(self.gatewayTarget, [address]), address)]
+        original = self.reverseSRS(address)
+        if original is not None:
+            return [Route(self._remoteTarget(self.queueTarget, [original]), original)]
+        resolution = self.directory.resolve(address)
+        routes = []
+        if resolution.remote:
+            if self.directory.hasDomain(splitAddress(address)[1]):
+                target = self._remoteTarget(self.forwardTarget, resolution.remote)
+                routes.extend(Route(target, remote, forwardedFrom=address) for remote in resolution.remote)
+            elif not self.mayRelay(envelope):
+                raise errors.RelayDenied("relaying to <%s> denied" % (address,))
+            else:
+                target = self._remoteTarget(self.queueTarget, resolution.remote)
+                routes.extend(Route(target, remote) for remote in resolution.remote)
+        if resolution.local:
+            # One copy per account, but one per recipient for an account
+            # reached through a catch-all (see L{LocalDelivery}).
+            accounts = [(account, account in resolution.caught) for account in resolution.local]
+            routes.append(Route(self.localTarget, address, accounts=accounts))
+        return routes
+
+    def _remoteTarget(self, target, addresses):
+        if target is None:
+            raise errors.RemoteUnavailable("no outbound delivery for %s" % (", ".join(addresses),))
+        return target
+
     def ensureAccount(self, account):
         """
-        Make the mailbox tree of a directory user that has none yet (a user
-        added by another tool).  Accounts seen to exist are remembered, so the
-        check costs nothing on the next message.
-
-        @return: L{None} for an account known to exist, else a L{Deferred}
-            firing once it does.
+        See L{LocalStoreTarget.ensureAccount}.
         """
-        if account in self._knownAccounts:
-            return None
-        d = defer.maybeDeferred(self.store.accountExists, account)
-
-        def cbExists(exists):
-            if not exists:
-                return self.store.createAccount(account)
-
-        def cbKnown(_):
-            if len(self._knownAccounts) >= self.MAX_KNOWN_ACCOUNTS:
-                self._knownAccounts.clear()
-            self._knownAccounts.add(account)
-
-        return d.addCallback(cbExists).addCallback(cbKnown)
+        return self.localTarget.ensureAccount(account)
 
     def mayRelay(self, envelope):
         """
@@ -247,27 +317,32 @@ class DeliveryPipeline:
         return original
 
 
+def _then(result, f, *args):
+    """
+    Call C{f(result, *args)} now, or once C{result} fires if it is a
+    L{Deferred}.
+    """
+    if isinstance(result, defer.Deferred):
+        return result.addCallback(f, *args)
+    return f(result, *args)
+
+
 @implementer(IDelivery)
 class PipelineDelivery:
     """
-    One transaction of L{DeliveryPipeline}.
+    One transaction of L{DeliveryPipeline}: the router of one message.  It
+    spools the message, starts one transaction per target its recipients
+    go to, and at commit writes the message to each of them and commits
+    over all of them (see the module's invariants).
     """
 
     def __init__(self, pipeline, envelope):
         self.pipeline = pipeline
         self.envelope = envelope
-        self.copies = []  # (account, address as given, caught), see addRecipient
-        self.relayed = []  # remote addresses the sender named
-        self.forwarded = []  # remote addresses reached through local ones
-        self._forwardedFrom = {}  # each of those: the local address that reached it
-        self._forwarder = None  # the local domain of the first of those
-        self._forwardedId = None  # the queue id of the forwarded copies
-        self._accounts = set()
-        self._staged = []  # queue entries staged by commit
-        self._verdicts = []  # of the checks: their headers go into the local copies
-        self._spool = tempfile.SpooledTemporaryFile(
-            max_size=SPILL_SIZE, dir=pipeline.spoolDir
-        )
+        self._deliveries = {}  # target: its transaction, in the order started
+        self._accepted = set()  # the targets that accepted a recipient
+        self._verdicts = []  # of the checks: their headers go into the copies
+        self._spool = spoolIn(pipeline.spoolDir)
 
     def _checked(self, verdict):
         self._verdicts.append(verdict)
@@ -279,7 +354,8 @@ class PipelineDelivery:
     def addRecipient(self, address):
         """
         See L{IDelivery.addRecipient}: after the checks of the recipient
-        (L{mdpy.checks.RCPT}) accepted it.
+        (L{mdpy.checks.RCPT}) accepted it, added to the transaction of each
+        target L{DeliveryPipeline.route} names.
         """
         if not self.pipeline._runs(RCPT):
             return self._route(address)
@@ -296,73 +372,48 @@ class PipelineDelivery:
         return d.addCallback(lambda _: self._checked(verdict))
 
     def _route(self, address):
-        pipeline = self.pipeline
-        gateway = pipeline.gateways.forAddress(address) if pipeline.gateways else None
-        if gateway is not None:
-            return self._addHeld(gateway, address)
-        original = pipeline.reverseSRS(address)
-        if original is not None:
-            self._addRemote([original], self.relayed)
-            return
-        resolution = pipeline.directory.resolve(address)
-        if resolution.remote:
-            domain = splitAddress(address)[1]
-            if pipeline.directory.hasDomain(domain):
-                self._addRemote(resolution.remote, self.forwarded)
-                for remote in resolution.remote:
-                    self._forwardedFrom.setdefault(remote, address)
-                self._forwarder = self._forwarder or domain
-            elif not pipeline.mayRelay(self.envelope):
-                raise errors.RelayDenied("relaying to <%s> denied" % (address,))
-            else:
-                self._addRemote(resolution.remote, self.relayed)
-        added, made = [], []
-        for account in resolution.local:
-            caught = account in resolution.caught
-            # One copy per account, but one per recipient for an account
-            # reached through a catch-all (see the module docstring).
-            key = (account, normalise(address)) if caught else account
-            if key in self._accounts:
-                continue
-            copy = (account, address, caught)
-            self._accounts.add(key)
-            self.copies.append(copy)
-            added.append((key, copy))
-            made.append(pipeline.ensureAccount(account))
-        made = [d for d in made if d is not None]
-        if not made:
-            return None
+        return self._addRoutes(list(self.pipeline.route(address, self.envelope)))
 
-        def ebRefused(failure):
-            # A mailbox that cannot be made refuses the recipient: none of
-            # its copies stays.
-            for key, copy in added:
-                self._accounts.discard(key)
-                self.copies.remove(copy)
-            return failure.value.subFailure
-
-        d = defer.gatherResults(made, consumeErrors=True)
-        return d.addCallbacks(lambda _: None, ebRefused)
-
-    def _addHeld(self, gateway, address):
+    def _addRoutes(self, routes):
         """
-        Queue C{address} of a gateway domain, once its check (if any)
-        accepted it; the queue holds the domain's mail.
+        Add each of C{routes} in turn, at once while no step waits.
         """
-        d = gateway.verify(address)
-        if d is None:
-            self._addRemote([address], self.relayed)
-            return None
-        return d.addCallback(lambda _: self._addRemote([address], self.relayed))
+        while routes:
+            route = routes.pop(0)
+            result = _then(self._deliveryFor(route.target), self._addRoute, route)
+            if isinstance(result, defer.Deferred):
+                return result.addCallback(lambda _: self._addRoutes(routes))
+        return None
 
-    def _addRemote(self, addresses, into):
-        if self.pipeline.queue is None:
-            raise errors.RemoteUnavailable(
-                "no outbound delivery for %s" % (", ".join(addresses),)
-            )
-        for address in addresses:
-            if address not in into:
-                into.append(address)
+    def _deliveryFor(self, target):
+        """
+        @return: the transaction of C{target}, started now if need be (or a
+            L{Deferred} of it).
+        @raise errors.TemporaryFailure: C{target} is a second one whose
+            transactions are not two-phase.
+        """
+        delivery = self._deliveries.get(target)
+        if delivery is not None:
+            return delivery
+        return _then(target.startDelivery(self.envelope), self._started, target)
+
+    def _hasPlain(self):
+        return any(not ITwoPhaseDelivery.providedBy(d) for d in self._deliveries.values())
+
+    def _started(self, delivery, target):
+        if not ITwoPhaseDelivery.providedBy(delivery) and self._hasPlain():
+            delivery.abort()
+            raise errors.TemporaryFailure(
+                "one message can go to one target of %r's kind only; %r has the other" % (target, self))
+        self._deliveries[target] = delivery
+        return delivery
+
+    def _addRoute(self, delivery, route):
+        d = delivery.addRecipient(route.address, **route.keywords)
+        return _then(d, self._cbAdded, route.target)
+
+    def _cbAdded(self, ignored, target):
+        self._accepted.add(target)
 
     def write(self, data):
         """
@@ -370,56 +421,37 @@ class PipelineDelivery:
         """
         self._spool.write(data)
 
-    def _traceHeaders(self, address):
-        sender = self.envelope.sender
-        return (
-            "Return-Path: <%s>\r\nX-MDRcpt-To: %s\r\nX-Rcpt-To: %s\r\n"
-            % (sender, address, address)
-        ).encode("utf-8")
-
     def commit(self):
         """
-        See L{IDelivery.commit}: the queued copies staged, the local ones
-        committed, the queued ones admitted (see the module's invariants);
-        one after the other since they read the same spool.
+        See L{IDelivery.commit}: the checks of the message, then the
+        message is written to each target's transaction, the two-phase ones
+        are prepared, the plain one (the local store's) committed, and the
+        prepared ones committed (see the module's invariants); one after
+        the other, since they read the same spool.
         """
-        if not (self.copies or self.relayed or self.forwarded):
+        deliveries = self._ordered()
+        if not deliveries:
+            self.abort()
             return defer.fail(errors.PermanentFailure("no recipients"))
-        d = self._check()
-        if self.relayed:
-            d.addCallback(self._stage, self.envelope, self.relayed, b"")
-        if self.forwarded:
-            d.addCallback(self._stageForwarded)
-        d.addCallback(self._commitLocal)
-        d.addCallbacks(self._admitStaged, self._withdrawStaged)
-        d.addCallback(self._logCopies)
+        d = self._check(deliveries)
+        d.addCallback(self._write, deliveries)
+        d.addCallback(lambda _: self._commitAll(deliveries))
         d.addBoth(self._cbClose)
         return d
 
-    def _logCopies(self, ignored):
+    def _ordered(self):
         """
-        Log one line per stored or forwarded copy, as Postfix's local
-        delivery agent does: C{orig_to} is the address the client gave when
-        an alias or a catch-all led to another.
+        @return: the transactions that accepted a recipient: those of the
+            pipeline's own targets in the order of
+            L{DeliveryPipeline.targets}, then the others in the order they
+            were started.
         """
-        messageId = self.envelope.messageId
-        for account, address, caught in self.copies:
-            log.info(
-                "deliver: {id} to=<{to}>{orig} folder=INBOX status=stored",
-                id=messageId,
-                to=account,
-                orig=_originalRecipient(account, address),
-            )
-        for address in self.forwarded:
-            log.info(
-                "deliver: {id} to=<{to}>{orig} status=forwarded (queued as {queueId})",
-                id=messageId,
-                to=address,
-                orig=_originalRecipient(address, self._forwardedFrom[address]),
-                queueId=self._forwardedId,
-            )
+        own = self.pipeline.targets
+        accepted = [t for t in self._deliveries if t in self._accepted]
+        accepted.sort(key=lambda t: own.index(t) if t in own else len(own))
+        return [(t, self._deliveries[t]) for t in accepted]
 
-    def _check(self):
+    def _check(self, deliveries):
         """
         Run the checks of the message (L{mdpy.checks.DATA}).
 
@@ -427,9 +459,9 @@ class PipelineDelivery:
             add, or C{b""}; or failing with the error of one that refused.
         """
         checks = self.pipeline.checks
-        if not (self.copies or self.forwarded):
-            # Only local and forwarded copies get the results of SPF and
-            # DKIM: the checks' lookups would be for nothing.
+        if not any(getattr(target, "checkResults", False) for target, _ in deliveries):
+            # Only the copies that get the results of SPF and DKIM need
+            # them: the checks' lookups would be for nothing.
             checks = [check for check in checks if not isinstance(check, AuthenticationResultsCheck)]
         if any(check.stage == DATA for check in checks):
             spool = self._spool
@@ -441,112 +473,85 @@ class PipelineDelivery:
             d = defer.succeed(None)
         return d.addCallback(lambda _: b"".join(verdict.headers for verdict in self._verdicts))
 
-    def _commitLocal(self, results):
-        if not self.copies:
-            return results
+    def _write(self, results, deliveries):
+        """
+        Write the message to each transaction: with C{results} in front of
+        it for the targets that take the checks' results, as received for
+        the others.
+        """
         spool = self._spool
         spool.seek(0)
         head = spool.read(HEAD_SIZE)
-        complete = len(head) < HEAD_SIZE
-        head, _ = stripTraceHeaders(head)
+        checked = head
         for verdict in self._verdicts:
             for authservId in verdict.authservIds:
                 # RFC 8601 section 5: results claiming to be ours that came
                 # with the message are forged.
-                head = stripForgedResults(head, authservId)
-        copies = []
-        for account, address, caught in self.copies:
-            parts = [self._traceHeaders(address), results, head]
-            if not complete:
-                parts.append(_Region(spool, HEAD_SIZE))
-            # A catch-all copy is told apart from the account's others by
-            # its recipient (in the name of a keyed copy).
-            copies.append((account, "INBOX", parts, address) if caught else (account, "INBOX", parts))
-        envelope = self.envelope
-        if envelope.deliveryKey is None:
-            d = defer.maybeDeferred(self.pipeline.store.deliver, copies)
-        else:
-            key = (envelope.receivedAt, envelope.deliveryKey)
-            d = defer.maybeDeferred(self.pipeline.store.deliver, copies, key, envelope.again)
-        d.addCallbacks(lambda _: results, self._ebAccountGone)
+                checked = stripForgedResults(checked, authservId)
+        for target, delivery in deliveries:
+            if getattr(target, "checkResults", False):
+                delivery.write(results)
+                delivery.write(checked)
+            else:
+                delivery.write(head)
+            rest = Region(spool, len(head))
+            for chunk in iter(lambda: rest.read(_CHUNK), b""):
+                delivery.write(chunk)
+
+    def _commitAll(self, deliveries):
+        """
+        The two-phase commit of L{ITwoPhaseDelivery} over C{deliveries}.
+        """
+        prepared = [d for _, d in deliveries if ITwoPhaseDelivery.providedBy(d)]
+        plain = [d for _, d in deliveries if not ITwoPhaseDelivery.providedBy(d)]
+        done = []
+
+        def prepare(_, delivery):
+            return defer.maybeDeferred(delivery.prepare).addCallback(lambda _: done.append(delivery))
+
+        d = defer.succeed(None)
+        for delivery in prepared:
+            d.addCallback(prepare, delivery)
+        for delivery in plain:
+            d.addCallback(lambda _, delivery=delivery: delivery.commit())
+        d.addCallbacks(self._commitPrepared, self._abortPrepared, callbackArgs=(prepared,),
+                       errbackArgs=(prepared,))
         return d
 
-    def _ebAccountGone(self, failure):
+    def _commitPrepared(self, ignored, prepared):
         """
-        An account accepted at RCPT lost its mailbox before the commit (the
-        administrator deleted it meanwhile: see L{IMailStore.deleteAccount}).
-        That is a temporary failure, so that the client tries again and then
-        learns at RCPT that the address is gone, while the other recipients
-        still get their copies.
+        Make the prepared transactions visible, past the point of no return.
+        A transaction that fails to is logged: it stays prepared.
         """
-        failure.trap(errors.NotFound)
-        raise errors.TemporaryFailure("a mailbox was deleted during the delivery: %s" % (failure.value,))
-
-    def _stage(self, results, envelope, recipients, extra):
-        d = self.pipeline.queue.stage(envelope, recipients, [extra, _Region(self._spool, 0)])
-        d.addCallback(self._staged.append)
-        d.addCallback(lambda _: results)
+        d = defer.succeed(None)
+        for delivery in prepared:
+            d.addCallback(lambda _, delivery=delivery: delivery.commit())
+            d.addErrback(
+                lambda f, delivery=delivery: log.failure(
+                    "deliver: {id} a prepared copy could not be committed ({delivery!r})",
+                    f, id=self.envelope.messageId, delivery=delivery))
         return d
 
-    def _admitStaged(self, ignored):
-        for entry in self._staged:
-            self.pipeline.queue.admit(entry)
-
-    def _withdrawStaged(self, failure):
+    def _abortPrepared(self, failure, prepared):
         """
-        Take back what was staged, since the commit failed.
+        Take back what was prepared, since the commit failed.
 
         @return: a L{Deferred} failing with C{failure} once that is done.
         """
-        withdrawals = [self._withdraw(entry) for entry in self._staged]
-        d = defer.DeferredList(withdrawals)
+        aborts = [defer.maybeDeferred(delivery.abort) for delivery in prepared]
+        d = defer.DeferredList(aborts)
         d.addCallback(lambda _: failure)
         return d
 
-    def _withdraw(self, entry):
-        d = defer.maybeDeferred(self.pipeline.queue.withdraw, entry)
-        d.addErrback(
-            lambda f: log.error(
-                "queue: {id} could not be withdrawn after a failed delivery ({why});"
-                " it will be sent after the next start",
-                id=entry.id,
-                why=f.getErrorMessage(),
-            )
-        )
-        return d
-
-    def _stageForwarded(self, results):
-        """
-        Queue the forwarded copies under their own id, with the sender
-        rewritten by SRS when it is configured.
-        """
-        envelope, srs = self.envelope, self.pipeline.srs
-        sender = envelope.sender
-        if srs is not None and sender:
-            sender = srs.forward(sender, self._forwarder)
-        forwarded = Envelope(
-            sender,
-            helo=envelope.helo,
-            clientAddress=envelope.clientAddress,
-            authenticatedAs=envelope.authenticatedAs,
-            protocol=envelope.protocol,
-            size=envelope.size,
-            body=envelope.body,
-            smtputf8=envelope.smtputf8,
-            messageId=envelope.messageId if not self.relayed else newMessageId(),
-            receivedAt=envelope.receivedAt,
-            trusted=envelope.trusted,
-        )
-        self._forwardedId = forwarded.messageId
-        return self._stage(results, forwarded, self.forwarded, results)
-
     def _cbClose(self, result):
-        self._spool.close()
+        self.abort()
         return result
 
     def abort(self):
         """
-        See L{IDelivery.abort}.
+        See L{IDelivery.abort}: every target's transaction is aborted.
         """
         self._spool.close()
-
+        deliveries, self._deliveries = self._deliveries, {}
+        for delivery in deliveries.values():
+            delivery.abort()
