@@ -20,7 +20,7 @@ from mdpy.smtp.server import SMTPFactory
 from mdpy.backends.memory import MemoryStore
 from mdpy.testing import RecordingTarget, Transcript
 from docs import conf
-from docs.examples import backend, check, command, flow, target
+from docs.examples import backend, check, command, flow, routing, target
 from mdpy.testing.contracts import ALICE, StoreContract, resultOf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,6 +112,31 @@ def test_target(tmp_path):
     assert sorted(os.listdir(tmp_path)) == [messageId + ".eml"]
     with open(tmp_path / (messageId + ".eml"), "rb") as f:
         assert f.read().endswith(b"Subject: kept\r\n\r\nbody\r\n")
+
+
+def test_routing(tmp_path):
+    """
+    A subclass of the pipeline routes one domain to its own two-phase
+    target beside the local store: both keep the message, or, when the
+    store fails, neither does.
+    """
+    (tmp_path / "archive").mkdir()
+    archive = routing.ArchiveTarget(str(tmp_path / "archive"))
+    base = flow.buildPipeline(str(tmp_path))
+    pipeline = routing.ArchivingPipeline(archive, base.directory, base.store, spoolDir=str(tmp_path))
+    deliver = lambda subject: defer.ensureDeferred(flow.deliver(
+        pipeline, "ann@remote.example", ["joe@example.test", "ann@archive.test"],
+        b"Subject: " + subject + b"\r\n\r\nbody\r\n"))
+    assert resultOf(deliver(b"kept")) is None
+    [stored] = resultOf(defer.ensureDeferred(flow.inbox(pipeline, "joe@example.test")))
+    [name] = archive.archived()
+    with open(tmp_path / "archive" / name, "rb") as f:
+        assert f.read() == b"Subject: kept\r\n\r\nbody\r\n"
+    pipeline.store.failDeliver = errors.TemporaryFailure("disk full")
+    with pytest.raises(errors.TemporaryFailure):
+        resultOf(deliver(b"lost"))
+    assert os.listdir(tmp_path / "archive") == [name]
+    assert len(resultOf(defer.ensureDeferred(flow.inbox(pipeline, "joe@example.test")))) == 1
 
 
 def test_smtpCommand():

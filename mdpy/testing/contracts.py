@@ -2,7 +2,8 @@
 """
 The contract suites of the backend seams: what every implementation of
 L{IMailStore}, L{IOutboundQueue}, L{IDirectory}, L{IDedupeCache},
-L{IMaildropLocks} and L{IChangeFeed} keeps, as pytest test classes.  A
+L{IMaildropLocks}, L{IChangeFeed} and L{IDeliveryTarget} keeps, as pytest
+test classes.  A
 backend author subclasses each and says how to make the object under test;
 mdpy runs them against its own backends in C{tests/contract/}.
 
@@ -19,16 +20,19 @@ from twisted.internet import defer
 from zope.interface.verify import verifyObject
 
 from mdpy.envelope import Envelope
-from mdpy.errors import Exists, InvalidInput, LimitExceeded, NotFound
+from mdpy.errors import Exists, InvalidInput, LimitExceeded, MailError, NotFound
 from mdpy.interfaces import (
     IChangeFeed,
     IDedupeCache,
+    IDelivery,
+    IDeliveryTarget,
     IDirectory,
     IMailbox,
     IMaildropLocks,
     IMailStore,
     IOutboundQueue,
     IStoredMessage,
+    ITwoPhaseDelivery,
 )
 from mdpy.mailbox import ADD, REMOVE, REPLACE
 from mdpy.testing import resultOf
@@ -726,3 +730,126 @@ class ChangeFeedContract:
         feed.subscribe(ALICE, None, lambda *args: heard.append(args))
         feed.notify(ALICE, "Sent")
         assert heard == [(ALICE, "Sent")]
+
+
+class DeliveryTargetContract:
+    """
+    Tests of L{IDeliveryTarget} that any delivery target passes: what
+    C{commit} says is durable, what fails or is aborted leaves nothing
+    visible.  A subclass overrides the C{target} fixture and defines:
+
+      - C{recipients}: addresses the target accepts;
+      - C{visible(target)}: what readers see now (the messages delivered
+        or handed on, as a L{list} of L{bytes} that contain each);
+      - C{stored(target)}: what survives a restart, read from where the
+        target keeps it (by default C{visible});
+      - C{failCommits(target, monkeypatch)}: make the commits that follow
+        fail as the storage would (an I/O error).
+    """
+
+    recipients = ()
+
+    @pytest.fixture
+    def target(self):
+        raise NotImplementedError()
+
+    def visible(self, target):
+        raise NotImplementedError()
+
+    def stored(self, target):
+        return self.visible(target)
+
+    def failCommits(self, target, monkeypatch):
+        raise NotImplementedError()
+
+    def start(self, target, body=MESSAGE):
+        delivery = resultOf(defer.maybeDeferred(target.startDelivery, Envelope("sender@remote.example")))
+        for address in self.recipients:
+            resultOf(defer.maybeDeferred(delivery.addRecipient, address))
+        delivery.write(body[:10])
+        delivery.write(body[10:])
+        return delivery
+
+    def test_interfaces(self, target):
+        assert verifyObject(IDeliveryTarget, target)
+        delivery = resultOf(defer.maybeDeferred(target.startDelivery, Envelope("sender@remote.example")))
+        assert verifyObject(IDelivery, delivery)
+        delivery.abort()
+
+    def test_commitFiresOnceDurable(self, target):
+        """
+        When C{commit} fires, the message is where a restart finds it, and
+        visible.
+        """
+        seen = []
+        d = defer.maybeDeferred(self.start(target).commit)
+        d.addCallback(lambda _: seen.append(self.stored(target)))
+        assert resultOf(d) is None
+        [stored] = seen
+        assert stored and all(MESSAGE in message for message in stored)
+        visible = self.visible(target)
+        assert visible and all(MESSAGE in message for message in visible)
+
+    def test_abortLeavesNothing(self, target):
+        delivery = self.start(target)
+        resultOf(defer.maybeDeferred(delivery.abort))
+        resultOf(defer.maybeDeferred(delivery.abort))
+        assert self.visible(target) == [] and self.stored(target) == []
+
+    def test_failedCommitLeavesNothing(self, target, monkeypatch):
+        delivery = self.start(target)
+        self.failCommits(target, monkeypatch)
+        with pytest.raises(MailError):
+            resultOf(defer.maybeDeferred(delivery.commit))
+        resultOf(defer.maybeDeferred(delivery.abort))
+        monkeypatch.undo()
+        assert self.visible(target) == [] and self.stored(target) == []
+
+    def test_noRecipientsCannotCommit(self, target):
+        delivery = resultOf(defer.maybeDeferred(target.startDelivery, Envelope("sender@remote.example")))
+        delivery.write(MESSAGE)
+        with pytest.raises(MailError):
+            resultOf(defer.maybeDeferred(delivery.commit))
+        assert self.visible(target) == [] and self.stored(target) == []
+
+
+
+class TwoPhaseTargetContract(DeliveryTargetContract):
+    """
+    L{DeliveryTargetContract} for a target whose transactions are
+    L{ITwoPhaseDelivery}: prepared is durable but invisible, and an abort
+    takes it back.
+    """
+
+    def twoPhase(self, target):
+        delivery = self.start(target)
+        assert verifyObject(ITwoPhaseDelivery, delivery)
+        return delivery
+
+    def test_preparedIsDurableButInvisible(self, target):
+        """
+        After C{prepare} the message survives a restart but nobody sees
+        it; C{commit} makes it visible.
+        """
+        delivery = self.twoPhase(target)
+        assert resultOf(defer.maybeDeferred(delivery.prepare)) is None
+        assert self.visible(target) == []
+        assert len(self.stored(target)) == 1
+        assert resultOf(defer.maybeDeferred(delivery.commit)) is None
+        assert len(self.visible(target)) == 1
+
+    def test_abortAfterPrepareLeavesNothing(self, target):
+        delivery = self.twoPhase(target)
+        resultOf(defer.maybeDeferred(delivery.prepare))
+        resultOf(defer.maybeDeferred(delivery.abort))
+        resultOf(defer.maybeDeferred(delivery.abort))
+        assert self.visible(target) == [] and self.stored(target) == []
+
+    def test_failedPrepareLeavesNothing(self, target, monkeypatch):
+        delivery = self.twoPhase(target)
+        self.failCommits(target, monkeypatch)
+        with pytest.raises(MailError):
+            resultOf(defer.maybeDeferred(delivery.prepare))
+        resultOf(defer.maybeDeferred(delivery.abort))
+        monkeypatch.undo()
+        assert self.visible(target) == [] and self.stored(target) == []

@@ -6,14 +6,19 @@ way: subclass each suite and give it the object under test.
 
 import pytest
 
+from mdpy.backends.memory import MemoryBackend
+from mdpy.delivery.targets import LocalStoreTarget, QueueTarget
 from mdpy.domainpop.state import CollectorState
+from mdpy.errors import TemporaryFailure
 from mdpy.testing import (
     ChangeFeedContract,
     DedupeContract,
+    DeliveryTargetContract,
     DirectoryContract,
     LocksContract,
     QueueContract,
     StoreContract,
+    TwoPhaseTargetContract,
     resultOf,
 )
 from mdpy.testing.contracts import ALICE
@@ -72,3 +77,79 @@ class TestDedupe(DedupeContract):
         state = CollectorState(path, clock=lambda: clock[0])
         yield state
         state.close()
+
+
+def failingFsync(monkeypatch):
+    """
+    Make every fsync fail, as a failing disk does.
+    """
+    import errno
+    import os
+
+    def fail(*args):
+        raise OSError(errno.EIO, "injected")
+
+    monkeypatch.setattr(os, "fsync", fail)
+
+
+class TestLocalStoreTarget(DeliveryTargetContract):
+    """
+    The pipeline's target of local accounts, over each backend's store.
+    """
+
+    recipients = [ALICE]
+
+    @pytest.fixture
+    def target(self, backend, tmp_path):
+        resultOf(backend.store.createAccount(ALICE))
+        target = LocalStoreTarget(backend.store, spoolDir=str(tmp_path))
+        target.backend = backend
+        return target
+
+    def visible(self, target):
+        mailbox = resultOf(target.store.openMailbox(ALICE))
+        return [resultOf(message.read()) for message in mailbox.messages()]
+
+    def failCommits(self, target, monkeypatch):
+        if isinstance(target.backend, MemoryBackend):
+            target.store.failDeliver = TemporaryFailure("injected")
+        else:
+            failingFsync(monkeypatch)
+
+    def test_copiesCarryTheirRecipient(self, target):
+        """
+        Each copy starts with its own trace headers.
+        """
+        resultOf(self.start(target).commit())
+        [stored] = self.visible(target)
+        assert stored.startswith(b"Return-Path: <sender@remote.example>\r\nX-MDRcpt-To: %s\r\n"
+                                 % (ALICE.encode(),))
+
+
+class TestQueueTarget(TwoPhaseTargetContract):
+    """
+    The pipeline's target of remote recipients, over each backend's queue.
+    """
+
+    recipients = ["bob@remote.example"]
+
+    @pytest.fixture
+    def target(self, backend, tmp_path):
+        return QueueTarget(backend.queue, spoolDir=str(tmp_path))
+
+    def visible(self, target):
+        bodies = []
+        for entry in target.queue.list():
+            with entry.openBody() as f:
+                bodies.append(f.read())
+        return bodies
+
+    def stored(self, target):
+        bodies = []
+        for entry in target.queue.inspect()[0]:
+            with open(target.queue.bodyPath(entry.id), "rb") as f:
+                bodies.append(f.read())
+        return bodies
+
+    def failCommits(self, target, monkeypatch):
+        failingFsync(monkeypatch)
