@@ -47,7 +47,8 @@ def test_build(tmp_path):
         api = f.read()
     for name in ("interfaces.IDeliveryTarget.startDelivery", "interfaces.ICheck.stage",
                  "interfaces.IMailStore.deliver", "checks.Verdict", "plugins.loadObject",
-                 "testing.Transcript.expect", "errors.CheckRefused"):
+                 "testing.Transcript.expect", "errors.CheckRefused", "interfaces.ITwoPhaseDelivery.prepare",
+                 "delivery.pipeline.DeliveryPipeline.route", "delivery.targets.LocalStoreTarget"):
         assert 'id="mdpy.%s"' % (name,) in api, name
     assert "L{" not in api and "@param" not in api
     with open(tmp_path / "checks.html", encoding="utf-8") as f:
