@@ -193,6 +193,7 @@ def test_aSubclassRoutesToItsOwnTarget(routing):
     d, _ = deliver(routing, ["a@own.test", "joe@example.test", "b@own.test"])
     assert resultOf(d) is None
     assert routing.own.committed == [(["a@own.test", "b@own.test"], b"Subject: x\r\n\r\nbody\r\n")]
+    assert routing.own.aborted == []  # a committed transaction is not aborted
     assert len(inbox(routing)) == 1
 
 
@@ -206,7 +207,8 @@ def test_failedPrepareStoresNothing(routing):
     assert failureOf(d).check(errors.TemporaryFailure)
     assert inbox(routing) == []
     assert routing.queue.list() == [] and queueFiles(routing) == [[], []]
-    assert routing.own.committed == []
+    [failed] = routing.own.aborted
+    assert routing.own.prepared == [] and routing.own.committed == []
 
 
 def test_aSecondPlainTargetIsRefusedForNow(routing):

@@ -341,6 +341,7 @@ class PipelineDelivery:
         self.envelope = envelope
         self._deliveries = {}  # target: its transaction, in the order started
         self._accepted = set()  # the targets that accepted a recipient
+        self._finished = []  # the transactions committed or aborted
         self._verdicts = []  # of the checks: their headers go into the copies
         self._spool = spoolIn(pipeline.spoolDir)
 
@@ -434,10 +435,13 @@ class PipelineDelivery:
             self.abort()
             return defer.fail(errors.PermanentFailure("no recipients"))
         d = self._check(deliveries)
-        d.addCallback(self._write, deliveries)
-        d.addCallback(lambda _: self._commitAll(deliveries))
+        d.addCallback(self._writeAndCommit, deliveries)
         d.addBoth(self._cbClose)
         return d
+
+    def _writeAndCommit(self, results, deliveries):
+        self._write(results, deliveries)
+        return self._commitAll(deliveries)
 
     def _ordered(self):
         """
@@ -504,16 +508,17 @@ class PipelineDelivery:
         """
         prepared = [d for _, d in deliveries if ITwoPhaseDelivery.providedBy(d)]
         plain = [d for _, d in deliveries if not ITwoPhaseDelivery.providedBy(d)]
-        done = []
-
-        def prepare(_, delivery):
-            return defer.maybeDeferred(delivery.prepare).addCallback(lambda _: done.append(delivery))
-
+        if not prepared:
+            # The one plain transaction alone (the local store's, mostly).
+            [delivery] = plain
+            d = defer.maybeDeferred(delivery.commit)
+            return d.addCallback(lambda _: self._finished.append(delivery))
         d = defer.succeed(None)
         for delivery in prepared:
-            d.addCallback(prepare, delivery)
+            d.addCallback(lambda _, delivery=delivery: delivery.prepare())
         for delivery in plain:
             d.addCallback(lambda _, delivery=delivery: delivery.commit())
+            d.addCallback(lambda _, delivery=delivery: self._finished.append(delivery))
         d.addCallbacks(self._commitPrepared, self._abortPrepared, callbackArgs=(prepared,),
                        errbackArgs=(prepared,))
         return d
@@ -525,6 +530,7 @@ class PipelineDelivery:
         """
         d = defer.succeed(None)
         for delivery in prepared:
+            self._finished.append(delivery)
             d.addCallback(lambda _, delivery=delivery: delivery.commit())
             d.addErrback(
                 lambda f, delivery=delivery: log.failure(
@@ -538,6 +544,7 @@ class PipelineDelivery:
 
         @return: a L{Deferred} failing with C{failure} once that is done.
         """
+        self._finished.extend(prepared)
         aborts = [defer.maybeDeferred(delivery.abort) for delivery in prepared]
         d = defer.DeferredList(aborts)
         d.addCallback(lambda _: failure)
@@ -549,9 +556,11 @@ class PipelineDelivery:
 
     def abort(self):
         """
-        See L{IDelivery.abort}: every target's transaction is aborted.
+        See L{IDelivery.abort}: every target's transaction that was neither
+        committed nor aborted yet is aborted.
         """
         self._spool.close()
         deliveries, self._deliveries = self._deliveries, {}
         for delivery in deliveries.values():
-            delivery.abort()
+            if not any(delivery is finished for finished in self._finished):
+                delivery.abort()
