@@ -405,7 +405,8 @@ class PipelineDelivery:
         if not ITwoPhaseDelivery.providedBy(delivery) and self._hasPlain():
             delivery.abort()
             raise errors.TemporaryFailure(
-                "one message can go to one target of %r's kind only; %r has the other" % (target, self))
+                "the message goes to another target whose commit cannot be taken back already;"
+                " this recipient needs a transaction of its own")
         self._deliveries[target] = delivery
         return delivery
 

@@ -562,14 +562,10 @@ class ForwardedDelivery(_QueueingDelivery):
     def __init__(self, target, envelope):
         self.target = target
         self.envelope = envelope
-        self.queued = target.queueTarget.startDelivery(self._forwardedEnvelope(envelope))
+        # Its own envelope, whose sender prepare rewrites.
+        self.queued = target.queueTarget.startDelivery(copy.copy(envelope))
         self._forwardedFrom = {}  # each remote address: the local one that reached it
         self._forwarder = None  # the local domain of the first of those
-
-    def _forwardedEnvelope(self, envelope):
-        forwarded = copy.copy(envelope)
-        forwarded.deliveryKey, forwarded.again = None, False
-        return forwarded
 
     def addRecipient(self, address, forwardedFrom=None):
         """
