@@ -25,12 +25,20 @@ SPECIAL_USE = {
 }
 
 
+class InvalidName(ParseError):
+    """
+    A mailbox name that is neither valid modified UTF-7 nor UTF-8: no
+    mailbox can have it.
+    """
+
+
 def decodeName(token):
     """
     @return: the store name of a mailbox name argument: C{INBOX} in any case
         is C{INBOX}, a trailing separator is dropped, and modified UTF-7 is
         decoded (raw UTF-8 is taken as it is).
-    @raise ParseError: not a string, or invalid modified UTF-7.
+    @raise ParseError: not a string.
+    @raise InvalidName: not UTF-8, or invalid modified UTF-7.
     """
     raw = astring(token)
     try:
@@ -41,12 +49,12 @@ def decodeName(token):
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise ParseError("Mailbox name is not UTF-8")
+            raise InvalidName("Mailbox name is not UTF-8")
     if ascii:
         try:
             text = mutf7.decode(text, strict=True)
         except ValueError:
-            raise ParseError("Mailbox name is not valid modified UTF-7")
+            raise InvalidName("Mailbox name is not valid modified UTF-7")
     if len(text) > 1 and text.endswith(SEPARATOR):
         text = text.rstrip(SEPARATOR)
     first, sep, rest = text.partition(SEPARATOR)

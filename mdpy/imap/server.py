@@ -40,7 +40,7 @@ from mdpy import errors
 from mdpy.auth import sasl
 from mdpy.imap import fetch as fetching
 from mdpy.imap.literals import CommandInput, PendingLiterals, SpooledLiteral
-from mdpy.imap.mailboxes import MailboxCommands, decodeName
+from mdpy.imap.mailboxes import InvalidName, MailboxCommands, decodeName
 from mdpy.imap.messages import MessageCommands
 from mdpy.imap.structure import quoteString
 from mdpy.imap.parser import Atom, ParseError, astring, isAtom, parseDateTime, tokenize
@@ -581,7 +581,13 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
     def do_SELECT(self, tag, args, readOnly=False):
         if not args or len(args) > 2:
             raise ParseError("Expected a mailbox name")
-        name = decodeName(args[0])
+        try:
+            name = decodeName(args[0])
+        except InvalidName:
+            # A mailbox with that name cannot exist (answered as Dovecot
+            # does, rather than as a syntax error).
+            self._deselect()
+            return self.no(tag, b"Mailbox doesn't exist.", b"NONEXISTENT")
         condstore = False
         if len(args) == 2:
             if not isinstance(args[1], list) or not all(isAtom(o, "CONDSTORE") for o in args[1]):
