@@ -24,3 +24,46 @@ def test_atoms_with_open_bracket_and_close_brace():
     assert got[:2] == ['* LIST (\\HasNoChildren) "/" "foo[bar"', "d OK List completed."]
     assert got[-1] == "e OK [READ-WRITE] Select completed."
     assert "foo[bar" in s.store.listMailboxes(USER)
+
+
+def test_lsub_percent_returns_unsubscribed_parents_as_noselect():
+    """
+    RFC 3501 section 6.3.9: with C{%}, a parent that is not subscribed but
+    has a subscribed child the pattern does not reach is returned flagged
+    C{\\Noselect}, and only while that child stays subscribed.
+    """
+    s = Session()
+    s.login()
+    s.send("a CREATE box/test", "b CREATE box/test2/test", "c CREATE box/test3/test3",
+           "d SUBSCRIBE box/test", "e SUBSCRIBE box/test2/test", "f SUBSCRIBE box/test3/test3")
+    s.lines()
+    s.send('g LSUB "" box/%')
+    s.expect('* LSUB () "/" "box/test"', '* LSUB (\\Noselect) "/" "box/test2"',
+             '* LSUB (\\Noselect) "/" "box/test3"', "g OK List completed.")
+    s.send('h LSUB "" *test')
+    s.expect('* LSUB () "/" "box/test"', '* LSUB () "/" "box/test2/test"', "h OK List completed.")
+    s.send("i UNSUBSCRIBE box/test3/test3", 'j LSUB "" box/%')
+    s.expect("i OK Unsubscribe completed.", '* LSUB () "/" "box/test"', '* LSUB (\\Noselect) "/" "box/test2"',
+             "j OK List completed.")
+
+
+def test_list_recursivematch_childinfo_only_for_children_not_listed():
+    """
+    RFC 5258 section 3.5: a parent that does not meet the selection but
+    has a subscribed descendant gets CHILDINFO when the pattern does not
+    match that descendant, and is left out when the descendant is listed
+    itself.
+    """
+    s = Session()
+    s.login()
+    s.send("a CREATE box/test2/test1", "b SUBSCRIBE box/test2/test1", "c CREATE box/test8/test8",
+           "d CREATE box/test8/test9", "e SUBSCRIBE box/test8/test8", "f SUBSCRIBE box/test8/test9")
+    s.lines()
+    s.send('g LIST (SUBSCRIBED RECURSIVEMATCH) "" "box/%"')
+    s.expect('* LIST (\\HasChildren) "/" "box/test2" ("CHILDINFO" ("SUBSCRIBED"))',
+             '* LIST (\\HasChildren) "/" "box/test8" ("CHILDINFO" ("SUBSCRIBED"))', "g OK List completed.")
+    s.send('h LIST (SUBSCRIBED RECURSIVEMATCH) "" (box/test2 box/test2/test1)')
+    s.expect('* LIST (\\HasNoChildren \\Subscribed) "/" "box/test2/test1"', "h OK List completed.")
+    s.send('i LIST (SUBSCRIBED RECURSIVEMATCH) "" box*test8')
+    s.expect('* LIST (\\HasChildren) "/" "box/test8" ("CHILDINFO" ("SUBSCRIBED"))',
+             '* LIST (\\HasNoChildren \\Subscribed) "/" "box/test8/test8"', "i OK List completed.")

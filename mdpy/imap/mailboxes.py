@@ -118,6 +118,16 @@ class Listing:
         prefix = name + SEPARATOR
         return any(other.startswith(prefix) for other in self.existing)
 
+    def subscribedOutside(self, name, matches):
+        """
+        @param matches: whether a name matches the patterns listed.
+        @return: whether a subscribed mailbox below C{name} does not match,
+            so C{name} must stand for it (C{\\Noselect} in LSUB, RFC 3501
+            section 6.3.9; CHILDINFO, RFC 5258 section 3.5).
+        """
+        prefix = name + SEPARATOR
+        return any(other.startswith(prefix) and not matches(other) for other in self.subscribed)
+
     def attributes(self, name, specialUse=True, subscribedFlag=False):
         """
         @return: the LIST attributes of C{name}.
@@ -296,9 +306,11 @@ class MailboxCommands:
             extra = b""
             if subscribedOnly:
                 if name not in listing.subscribed:
-                    if "RECURSIVEMATCH" in selection and matches(name) and any(
-                        s.startswith(name + SEPARATOR) for s in listing.subscribed
-                    ):
+                    if not matches(name) or not listing.subscribedOutside(name, matches):
+                        continue
+                    if verb == b"LSUB":
+                        lines.append(listLine(verb, ["\\Noselect"], name))
+                    elif "RECURSIVEMATCH" in selection:
                         attrs = listing.attributes(name, subscribedFlag=showSubscribed)
                         lines.append(listLine(b"LIST", attrs, name, b' ("CHILDINFO" ("SUBSCRIBED"))'))
                     continue
