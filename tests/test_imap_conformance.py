@@ -4,7 +4,7 @@ imaptest checks: atoms, subscriptions in LSUB and LIST-EXTENDED, address
 SEARCH, implicit CONDSTORE and keywords announced in FLAGS.
 """
 
-from tests.test_imap_server import USER, Session
+from tests.test_imap_server import USER, Session, filledStore
 
 ODD_ATOM = "!#$&'+,-.0123456789:;<=>?@^_`|[}"
 
@@ -67,3 +67,20 @@ def test_list_recursivematch_childinfo_only_for_children_not_listed():
     s.send('i LIST (SUBSCRIBED RECURSIVEMATCH) "" box*test8')
     s.expect('* LIST (\\HasChildren) "/" "box/test8" ("CHILDINFO" ("SUBSCRIBED"))',
              '* LIST (\\HasNoChildren \\Subscribed) "/" "box/test8/test8"', "i OK List completed.")
+
+
+def test_search_from_address_with_comments():
+    """
+    SEARCH FROM matches the address as parsed: comments inside it are
+    dropped, one after it stands for the display name.
+    """
+    store = filledStore([
+        b"From: <user-from (comment)@ (comment) domain.org>\r\n\r\nbody3\r\n",
+        b"From: user-from@domain.org (RealFrom)\r\n\r\nbody4\r\n",
+        b"From: other@domain.org\r\n\r\nbody\r\n",
+    ])
+    s = Session(store=store)
+    s.select()
+    s.send("a SEARCH FROM user-from@domain.org", "b SEARCH FROM realfrom", "c UID SEARCH FROM comment")
+    s.expect("* SEARCH 1 2", "a OK Search completed.", "* SEARCH 2", "b OK Search completed.",
+             "* SEARCH", "c OK Search completed.")
