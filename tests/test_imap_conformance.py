@@ -84,3 +84,57 @@ def test_search_from_address_with_comments():
     s.send("a SEARCH FROM user-from@domain.org", "b SEARCH FROM realfrom", "c UID SEARCH FROM comment")
     s.expect("* SEARCH 1 2", "a OK Search completed.", "* SEARCH 2", "b OK Search completed.",
              "* SEARCH", "c OK Search completed.")
+
+
+def modSeqOf(store, index):
+    return store.openMailbox(USER).messages()[index].modSeq
+
+
+def test_fetch_modseq_enables_condstore():
+    """
+    RFC 7162 section 3.1: a FETCH of the MODSEQ item is a CONDSTORE
+    enabling command; the first one in the selected state is answered with
+    C{OK [HIGHESTMODSEQ]}, and from then on the FETCH responses a STORE
+    causes carry the UID and the MODSEQ.
+    """
+    s = Session()
+    s.select()
+    highest = s.store.openMailbox(USER).highestModSeq
+    s.send("a FETCH 1 MODSEQ")
+    s.expect("* OK [HIGHESTMODSEQ %d] Highest." % highest, "* 1 FETCH (MODSEQ (%d))" % modSeqOf(s.store, 0),
+             "a OK Fetch completed.")
+    s.send("b STORE 1 +FLAGS \\Seen")
+    s.expect("* 1 FETCH (UID 1 FLAGS (\\Seen) MODSEQ (%d))" % modSeqOf(s.store, 0), "b OK Store completed.")
+    s.send("c STORE 3 +FLAGS.SILENT \\Seen", "d FETCH 2 (MODSEQ)")
+    s.expect("* 3 FETCH (UID 3 MODSEQ (%d))" % modSeqOf(s.store, 2), "c OK Store completed.",
+             "* 2 FETCH (MODSEQ (%d))" % modSeqOf(s.store, 1), "d OK Fetch completed.")
+
+
+def test_other_condstore_enabling_commands():
+    """
+    SEARCH MODSEQ, FETCH CHANGEDSINCE, STORE UNCHANGEDSINCE and STATUS
+    HIGHESTMODSEQ enable CONDSTORE too (RFC 7162 section 3.1); once it is,
+    a FETCH that sets \\Seen and another session's change are reported with
+    UID and MODSEQ.
+    """
+    for command in ["SEARCH MODSEQ 1", "FETCH 1 (FLAGS) (CHANGEDSINCE 1)",
+                    "STORE 2 (UNCHANGEDSINCE 1000) +FLAGS.SILENT ($x)", "STATUS INBOX (HIGHESTMODSEQ)"]:
+        s = Session()
+        s.select()
+        highest = s.store.openMailbox(USER).highestModSeq
+        s.send("a " + command)
+        got = s.lines()
+        assert got[0] == "* OK [HIGHESTMODSEQ %d] Highest." % highest, (command, got)
+        assert got[-1].startswith("a OK "), (command, got)
+        assert not any("[HIGHESTMODSEQ" in line for line in got[1:]), (command, got)
+        s.send("b FETCH 3 BODY.PEEK[HEADER.FIELDS (SUBJECT)]", "c FETCH 3 BODY[HEADER.FIELDS (SUBJECT)]")
+        s.expect("* 3 FETCH (BODY[HEADER.FIELDS (SUBJECT)] {18}", "Subject: three", "", ")", "b OK Fetch completed.",
+                 "* 3 FETCH (UID 3 FLAGS (\\Seen) MODSEQ (%d) BODY[HEADER.FIELDS (SUBJECT)] {18}"
+                 % modSeqOf(s.store, 2), "Subject: three", "", ")", "c OK Fetch completed.")
+    other = Session(store=s.store)
+    other.select()
+    other.lines()
+    other.send("d STORE 1 +FLAGS.SILENT (\\Flagged)")
+    other.lines()
+    s.send("e NOOP")
+    s.expect("* 1 FETCH (UID 1 FLAGS (\\Flagged) MODSEQ (%d))" % modSeqOf(s.store, 0), "e OK NOOP completed.")

@@ -840,7 +840,8 @@ def test_fetch_changedsince():
     s.lines()
     modSeq = s.store.openMailbox(USER).messages()[1].modSeq
     s.send("b FETCH 1:* (FLAGS) (CHANGEDSINCE %d)" % (modSeq - 1))
-    s.expect("* 2 FETCH (FLAGS (\\Flagged) MODSEQ (%d))" % modSeq, "b OK Fetch completed.")
+    s.expect("* OK [HIGHESTMODSEQ %d] Highest." % modSeq, "* 2 FETCH (FLAGS (\\Flagged) MODSEQ (%d))" % modSeq,
+             "b OK Fetch completed.")
 
 
 # --- STORE, EXPUNGE, COPY, MOVE -------------------------------------------------
@@ -935,7 +936,7 @@ def test_store_condstore_unchangedsince():
     s.send("a STORE 1 (UNCHANGEDSINCE %d) +FLAGS (\\Seen)" % modSeq)
     got = s.lines()
     newModSeq = s.store.openMailbox(USER).messages()[0].modSeq
-    assert got == ["* 1 FETCH (FLAGS (\\Seen) MODSEQ (%d))" % newModSeq, "a OK Store completed."]
+    assert got == ["* 1 FETCH (UID 1 FLAGS (\\Seen) MODSEQ (%d))" % newModSeq, "a OK Store completed."]
     s.send("b STORE 1 (UNCHANGEDSINCE %d) +FLAGS (\\Flagged)" % modSeq)
     s.expect("b OK [MODIFIED 1] Conditional store failed.")
 

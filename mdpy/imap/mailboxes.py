@@ -361,6 +361,8 @@ class MailboxCommands:
         """
         @return: C{* STATUS} lines.
         """
+        if "HIGHESTMODSEQ" in items:
+            self.enableCondStore()  # RFC 7162 section 3.1
         out = []
         for name in names:
             mailbox = await self._storeCall(self.factory.store.openMailbox, name)

@@ -134,8 +134,8 @@ class SelectedMailbox:
         @param allowExpunge: whether expunges may be reported now.
         @param claimRecent: C{claimRecent(uids)} returning the new UIDs that
             are recent for this session.
-        @param modSeqs: whether flag changes carry their C{MODSEQ}
-            (CONDSTORE enabled).
+        @param modSeqs: whether flag changes carry their C{UID} and
+            C{MODSEQ} (CONDSTORE enabled).
         @return: the untagged responses (L{bytes}) to send, in order.
         @raise UidValidityChanged: the mailbox was renumbered.
         """
@@ -163,6 +163,8 @@ class SelectedMailbox:
             if known is not None and message.flags != known:
                 items = [b"FLAGS " + formatFlags(message.flags, uid in self.recent)]
                 if modSeqs:
+                    # RFC 7162 section 3.1: UID and MODSEQ.
+                    items.insert(0, b"UID %d" % (uid,))
                     items.append(b"MODSEQ (%d)" % (message.modSeq,))
                 out.append(b"* %d FETCH (%s)\r\n" % (self.sequence(message), b" ".join(items)))
         if fresh:
