@@ -138,3 +138,60 @@ def test_other_condstore_enabling_commands():
     other.lines()
     s.send("e NOOP")
     s.expect("* 1 FETCH (UID 1 FLAGS (\\Flagged) MODSEQ (%d))" % modSeqOf(s.store, 0), "e OK NOOP completed.")
+
+
+FLAGS = "\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded"
+
+
+def flagsLines(keywords):
+    """
+    @return: the untagged FLAGS and PERMANENTFLAGS of a read-write mailbox
+        whose messages have C{keywords}.
+    """
+    names = " ".join([FLAGS] + keywords)
+    return ["* FLAGS (%s)" % (names,), "* OK [PERMANENTFLAGS (%s \\*)] Flags permitted." % (names,)]
+
+
+def test_new_keyword_is_announced_in_flags():
+    """
+    RFC 3501 section 7.2.6: a keyword that appears in the selected mailbox,
+    by this session's STORE or APPEND or by another session, is announced
+    with untagged FLAGS and PERMANENTFLAGS before a response shows it.
+    """
+    one, two = Session(), None
+    one.select()
+    two = Session(store=one.store)
+    two.select()
+    one.send("a STORE 1 +FLAGS ($hello)")
+    one.expect(*flagsLines(["$hello"]) + ["* 1 FETCH (FLAGS ($hello))", "a OK Store completed."])
+    one.send("b STORE 2 +FLAGS ($hello)")
+    one.expect("* 2 FETCH (FLAGS ($hello))", "b OK Store completed.")
+    two.send("c NOOP")
+    two.expect(*flagsLines(["$hello"]) + ["* 1 FETCH (FLAGS ($hello))", "* 2 FETCH (FLAGS ($hello))",
+                                          "c OK NOOP completed."])
+    one.send("d STORE 3 +FLAGS.SILENT ($world)")
+    one.expect(*flagsLines(["$hello", "$world"]) + ["d OK Store completed."])
+    one.send("e APPEND INBOX ($new) {3+}", "x\r\n")
+    got = one.lines()
+    assert got[:3] == flagsLines(["$hello", "$new", "$world"]) + ["* 4 EXISTS"]
+    assert got[-1].startswith("e OK [APPENDUID ")
+    two.send("f NOOP")
+    got = two.lines()
+    assert got[:6] == (flagsLines(["$hello", "$world"]) + ["* 3 FETCH (FLAGS ($world))"]
+                       + flagsLines(["$hello", "$new", "$world"]) + ["* 4 EXISTS"])
+    assert got[-1] == "f OK NOOP completed."
+
+
+def test_new_keyword_seen_by_a_fetch_setting_seen():
+    one = Session()
+    one.select()
+    two = Session(store=one.store)
+    two.select()
+    two.send("a STORE 1 +FLAGS.SILENT (later)")
+    two.lines()
+    one.send("b FETCH 1 BODY[TEXT]")
+    one.expect(*flagsLines(["later"]) + ["* 1 FETCH (FLAGS (\\Seen later) BODY[TEXT] {7}", "first", ")",
+                                         "b OK Fetch completed."])
+    one.send("c EXAMINE INBOX")
+    got = one.lines()
+    assert got[:2] == ["* FLAGS (%s later)" % (FLAGS,), "* OK [PERMANENTFLAGS ()] Read-only mailbox."]

@@ -857,6 +857,8 @@ def test_store_variants():
         "a OK Store completed.",
         "* 1 FETCH (FLAGS (\\Seen))",
         "b OK Store completed.",
+        "* FLAGS (\\Answered * $Forwarded $Work)",
+        "* OK [PERMANENTFLAGS (\\Answered * $Forwarded $Work \\*)] Flags permitted.",
         "c OK Store completed.",
         "* 2 FETCH (UID 2 FLAGS ($Work \\Answered))",
         "d OK Store completed.",
@@ -884,7 +886,8 @@ def test_store_of_two_sessions_keeps_both_changes():
     one.expect("* 1 FETCH (FLAGS (\\Flagged))", "* 2 FETCH (FLAGS (\\Flagged))", "e OK Store completed.")
     two.send("f UID STORE 2 FLAGS ($Work)")
     two.expect("* 1 FETCH (FLAGS (\\Answered \\Flagged))", "* 2 FETCH (FLAGS (\\Flagged))",
-               "d OK Store completed.", "* 2 FETCH (UID 2 FLAGS ($Work))", "* 1 FETCH (FLAGS (\\Flagged))",
+               "d OK Store completed.", "* FLAGS (* $Work)", "* OK [PERMANENTFLAGS (* $Work \\*)] Flags permitted.",
+               "* 2 FETCH (UID 2 FLAGS ($Work))", "* 1 FETCH (FLAGS (\\Flagged))",
                "f OK Store completed.")
     assert [m.flags for m in store.openMailbox(USER).messages()[:2]] == [{"\\Flagged"}, {"$Work"}]
 

@@ -253,6 +253,10 @@ class MessageCommands:
                         )
                     items = withFlags
                 flags = seenNow.get(message.uid, message.flags)
+                if message.uid in seenNow:
+                    announced = selected.announceKeywords(flags)
+                    if announced:
+                        pending.append(announced)
                 if "FLAGS" in items.items:
                     selected.noteFlags(message, flags)
                 body = fetching.renderItems(items, message, flags, selected.isRecent(message), data, structure)
@@ -332,6 +336,9 @@ class MessageCommands:
             message = current.get(messageUid)
             if message is None:
                 continue
+            announced = selected.announceKeywords(stored.flags)
+            if announced:
+                lines.append(announced)
             if silent:
                 # The client knows the flags it asked for; any others
                 # (another session's change) are reported as updates.
