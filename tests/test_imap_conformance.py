@@ -26,17 +26,27 @@ def test_atoms_with_open_bracket_and_close_brace():
     assert "foo[bar" in s.store.listMailboxes(USER)
 
 
+def loggedInAfter(*commands):
+    """
+    @return: a logged-in L{Session} that has run C{commands}, each answered
+        OK.
+    """
+    s = Session()
+    s.login()
+    s.send(*["p%d %s" % (number, command) for number, command in enumerate(commands)])
+    got = s.lines()
+    assert [line.split()[1] for line in got] == ["OK"] * len(commands), got
+    return s
+
+
 def test_lsub_percent_returns_unsubscribed_parents_as_noselect():
     """
     RFC 3501 section 6.3.9: with C{%}, a parent that is not subscribed but
     has a subscribed child the pattern does not reach is returned flagged
     C{\\Noselect}, and only while that child stays subscribed.
     """
-    s = Session()
-    s.login()
-    s.send("a CREATE box/test", "b CREATE box/test2/test", "c CREATE box/test3/test3",
-           "d SUBSCRIBE box/test", "e SUBSCRIBE box/test2/test", "f SUBSCRIBE box/test3/test3")
-    s.lines()
+    s = loggedInAfter("CREATE box/test", "CREATE box/test2/test", "CREATE box/test3/test3",
+                      "SUBSCRIBE box/test", "SUBSCRIBE box/test2/test", "SUBSCRIBE box/test3/test3")
     s.send('g LSUB "" box/%')
     s.expect('* LSUB () "/" "box/test"', '* LSUB (\\Noselect) "/" "box/test2"',
              '* LSUB (\\Noselect) "/" "box/test3"', "g OK List completed.")
@@ -54,11 +64,8 @@ def test_list_recursivematch_childinfo_only_for_children_not_listed():
     match that descendant, and is left out when the descendant is listed
     itself.
     """
-    s = Session()
-    s.login()
-    s.send("a CREATE box/test2/test1", "b SUBSCRIBE box/test2/test1", "c CREATE box/test8/test8",
-           "d CREATE box/test8/test9", "e SUBSCRIBE box/test8/test8", "f SUBSCRIBE box/test8/test9")
-    s.lines()
+    s = loggedInAfter("CREATE box/test2/test1", "SUBSCRIBE box/test2/test1", "CREATE box/test8/test8",
+                      "CREATE box/test8/test9", "SUBSCRIBE box/test8/test8", "SUBSCRIBE box/test8/test9")
     s.send('g LIST (SUBSCRIBED RECURSIVEMATCH) "" "box/%"')
     s.expect('* LIST (\\HasChildren) "/" "box/test2" ("CHILDINFO" ("SUBSCRIBED"))',
              '* LIST (\\HasChildren) "/" "box/test8" ("CHILDINFO" ("SUBSCRIBED"))', "g OK List completed.")
