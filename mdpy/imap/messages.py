@@ -242,6 +242,7 @@ class MessageCommands:
                     gone = True
                     continue
                 items = request
+                flags = seenNow.get(message.uid, message.flags)
                 if message.uid in seenNow:
                     if withFlags is None:
                         # RFC 3501 section 6.4.5 and RFC 7162 section 3.1:
@@ -252,8 +253,6 @@ class MessageCommands:
                             request.items + [name for name in added if name not in request.items], request.sections
                         )
                     items = withFlags
-                flags = seenNow.get(message.uid, message.flags)
-                if message.uid in seenNow:
                     announced = selected.announceKeywords(flags)
                     if announced:
                         pending.append(announced)

@@ -18,8 +18,7 @@ from bisect import bisect_left
 from mdpy.imap.fetch import formatFlags
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
-# Always in FLAGS, as Dovecot does: clients look for it there before
-# setting it.
+# Listed in FLAGS even while no message has it.
 _ALWAYS_KEYWORDS = ("$Forwarded",)
 
 
