@@ -28,11 +28,25 @@ def test_fetch_attribute_with_brackets_is_one_atom():
 
 @pytest.mark.parametrize(
     "line",
-    [b'a "open', b"a (", b"a )", b"a {5}", b"a {x}", b'a "bad\\q"', b"a [", b"a \x01", b"a \xff"],
+    [b'a "open', b"a (", b"a )", b"a {5}", b"a {x}", b'a "bad\\q"', b"a BODY[", b"a BODY.PEEK[1 x",
+     b"a \x01", b"a \xff"],
 )
 def test_malformed(line):
     with pytest.raises(ParseError):
         tokenize([line])
+
+
+def test_brackets_and_braces_in_atoms():
+    """
+    C{[} and C{}} are ATOM-CHARs (RFC 3501 section 9: atom-specials hold
+    C{]} and C{{} only); a C{[} opens a section that needs its C{]} only
+    after a fetch attribute's name.
+    """
+    tokens = tokenize([b"a SELECT !#$&'+,-.0123456789:;<=>?@^_`|[}"])
+    assert tokens == ["a", "SELECT", "!#$&'+,-.0123456789:;<=>?@^_`|[}"]
+    assert tokenize([b"a STORE 1 +FLAGS (foo[bar $a}b)"])[4] == ["foo[bar", "$a}b"]
+    assert tokenize([b'a LIST "" foo[bar%*'])[3] == "foo[bar%*"
+    assert tokenize([b"a FETCH 1 (body[1 2] binary.peek[1]<0.5>)"])[3] == ["body[1 2]", "binary.peek[1]<0.5>"]
 
 
 def test_nul_in_quoted_string():

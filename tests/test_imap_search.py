@@ -642,3 +642,33 @@ def test_esearchModSeq():
     assert respond("RETURN (COUNT) MODSEQ 1", MATCHES) == b'* ESEARCH (TAG "a1") COUNT 4 MODSEQ 9\r\n'
     assert respond("RETURN () MODSEQ 1", MATCHES, uid=True) == b'* ESEARCH (TAG "a1") UID ALL 12:13,15:16 MODSEQ 9\r\n'
     assert respond("RETURN (COUNT) MODSEQ 1", []) == b'* ESEARCH (TAG "a1") COUNT 0\r\n'
+
+
+def test_addressesAsParsed():
+    """
+    FROM, TO, CC and BCC match the addresses as parsed, written as C{name
+    <mailbox@host>} and groups as C{name: ...;} (as Dovecot does): comments
+    inside an address are dropped, a comment stands for a missing display
+    name.
+    """
+    messages = [
+        FakeMessage(1, mail("From: user-from@domain.org", "To: user-to@domain.org")),
+        FakeMessage(2, mail("From: RealFrom <user-from@domain.org>", "To: RealTo <user-to@domain.org>")),
+        FakeMessage(3, mail("From: <user-from (comment)@ (comment) domain.org>", "To: <user-to@domain.org>")),
+        FakeMessage(4, mail("From: user-from@domain.org (RealFrom)", "To: user-to@domain.org (RealTo)")),
+        FakeMessage(5, mail("From: user-from1@domain.org, user-from2@domain.org")),
+        FakeMessage(6, mail("From: RealFrom <user-from@domain.org>",
+                            "To: groupname: groupuser1@domain.org, groupuser2@domain.org;,\r\n"
+                            "  groupname2: groupuser3@domain.org;")),
+        FakeMessage(7, mail("From: RealFrom <user-from@domain.org>", "To: groupname:;")),
+    ]
+    assert found("FROM user-from@domain.org", messages) == [1, 2, 3, 4, 6, 7]
+    assert found("FROM realfrom", messages) == [2, 4, 6, 7]
+    assert found("FROM ser-fro", messages) == [1, 2, 3, 4, 5, 6, 7]
+    assert found("FROM comment", messages) == []
+    assert found("FROM user-from2", messages) == [5]
+    assert found("TO ealt", messages) == [2, 4]
+    assert found("TO groupname", messages) == [6, 7]
+    assert found("TO groupuser3", messages) == [6]
+    assert found("TO groupuser4", messages) == []
+    assert found('TO ""', messages) == [1, 2, 3, 4, 6, 7]

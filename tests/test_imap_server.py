@@ -840,7 +840,8 @@ def test_fetch_changedsince():
     s.lines()
     modSeq = s.store.openMailbox(USER).messages()[1].modSeq
     s.send("b FETCH 1:* (FLAGS) (CHANGEDSINCE %d)" % (modSeq - 1))
-    s.expect("* 2 FETCH (FLAGS (\\Flagged) MODSEQ (%d))" % modSeq, "b OK Fetch completed.")
+    s.expect("* OK [HIGHESTMODSEQ %d] Highest." % modSeq, "* 2 FETCH (FLAGS (\\Flagged) MODSEQ (%d))" % modSeq,
+             "b OK Fetch completed.")
 
 
 # --- STORE, EXPUNGE, COPY, MOVE -------------------------------------------------
@@ -856,6 +857,8 @@ def test_store_variants():
         "a OK Store completed.",
         "* 1 FETCH (FLAGS (\\Seen))",
         "b OK Store completed.",
+        "* FLAGS (\\Answered * $Forwarded $Work)",
+        "* OK [PERMANENTFLAGS (\\Answered * $Forwarded $Work \\*)] Flags permitted.",
         "c OK Store completed.",
         "* 2 FETCH (UID 2 FLAGS ($Work \\Answered))",
         "d OK Store completed.",
@@ -883,7 +886,8 @@ def test_store_of_two_sessions_keeps_both_changes():
     one.expect("* 1 FETCH (FLAGS (\\Flagged))", "* 2 FETCH (FLAGS (\\Flagged))", "e OK Store completed.")
     two.send("f UID STORE 2 FLAGS ($Work)")
     two.expect("* 1 FETCH (FLAGS (\\Answered \\Flagged))", "* 2 FETCH (FLAGS (\\Flagged))",
-               "d OK Store completed.", "* 2 FETCH (UID 2 FLAGS ($Work))", "* 1 FETCH (FLAGS (\\Flagged))",
+               "d OK Store completed.", "* FLAGS (* $Work)", "* OK [PERMANENTFLAGS (* $Work \\*)] Flags permitted.",
+               "* 2 FETCH (UID 2 FLAGS ($Work))", "* 1 FETCH (FLAGS (\\Flagged))",
                "f OK Store completed.")
     assert [m.flags for m in store.openMailbox(USER).messages()[:2]] == [{"\\Flagged"}, {"$Work"}]
 
@@ -935,7 +939,7 @@ def test_store_condstore_unchangedsince():
     s.send("a STORE 1 (UNCHANGEDSINCE %d) +FLAGS (\\Seen)" % modSeq)
     got = s.lines()
     newModSeq = s.store.openMailbox(USER).messages()[0].modSeq
-    assert got == ["* 1 FETCH (FLAGS (\\Seen) MODSEQ (%d))" % newModSeq, "a OK Store completed."]
+    assert got == ["* 1 FETCH (UID 1 FLAGS (\\Seen) MODSEQ (%d))" % newModSeq, "a OK Store completed."]
     s.send("b STORE 1 (UNCHANGEDSINCE %d) +FLAGS (\\Flagged)" % modSeq)
     s.expect("b OK [MODIFIED 1] Conditional store failed.")
 

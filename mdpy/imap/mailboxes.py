@@ -25,12 +25,20 @@ SPECIAL_USE = {
 }
 
 
+class InvalidName(ParseError):
+    """
+    A mailbox name that is neither valid modified UTF-7 nor UTF-8: no
+    mailbox can have it.
+    """
+
+
 def decodeName(token):
     """
     @return: the store name of a mailbox name argument: C{INBOX} in any case
         is C{INBOX}, a trailing separator is dropped, and modified UTF-7 is
         decoded (raw UTF-8 is taken as it is).
-    @raise ParseError: not a string, or invalid modified UTF-7.
+    @raise ParseError: not a string.
+    @raise InvalidName: not UTF-8, or invalid modified UTF-7.
     """
     raw = astring(token)
     try:
@@ -41,12 +49,12 @@ def decodeName(token):
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise ParseError("Mailbox name is not UTF-8")
+            raise InvalidName("Mailbox name is not UTF-8")
     if ascii:
         try:
             text = mutf7.decode(text, strict=True)
         except ValueError:
-            raise ParseError("Mailbox name is not valid modified UTF-7")
+            raise InvalidName("Mailbox name is not valid modified UTF-7")
     if len(text) > 1 and text.endswith(SEPARATOR):
         text = text.rstrip(SEPARATOR)
     first, sep, rest = text.partition(SEPARATOR)
@@ -109,6 +117,16 @@ class Listing:
     def hasChildren(self, name):
         prefix = name + SEPARATOR
         return any(other.startswith(prefix) for other in self.existing)
+
+    def subscribedOutside(self, name, matches):
+        """
+        @param matches: whether a name matches the patterns listed.
+        @return: whether a subscribed mailbox below C{name} does not match,
+            so C{name} must stand for it (C{\\Noselect} in LSUB, RFC 3501
+            section 6.3.9; CHILDINFO, RFC 5258 section 3.5).
+        """
+        prefix = name + SEPARATOR
+        return any(other.startswith(prefix) and not matches(other) for other in self.subscribed)
 
     def attributes(self, name, specialUse=True, subscribedFlag=False):
         """
@@ -288,9 +306,11 @@ class MailboxCommands:
             extra = b""
             if subscribedOnly:
                 if name not in listing.subscribed:
-                    if "RECURSIVEMATCH" in selection and matches(name) and any(
-                        s.startswith(name + SEPARATOR) for s in listing.subscribed
-                    ):
+                    if not matches(name) or not listing.subscribedOutside(name, matches):
+                        continue
+                    if verb == b"LSUB":
+                        lines.append(listLine(verb, ["\\Noselect"], name))
+                    elif "RECURSIVEMATCH" in selection:
                         attrs = listing.attributes(name, subscribedFlag=showSubscribed)
                         lines.append(listLine(b"LIST", attrs, name, b' ("CHILDINFO" ("SUBSCRIBED"))'))
                     continue
@@ -341,6 +361,8 @@ class MailboxCommands:
         """
         @return: C{* STATUS} lines.
         """
+        if "HIGHESTMODSEQ" in items:
+            self.enableCondStore()  # RFC 7162 section 3.1
         out = []
         for name in names:
             mailbox = await self._storeCall(self.factory.store.openMailbox, name)

@@ -159,6 +159,20 @@ class MessageCommands:
             indexes = sequence.indexes(selected.count)
         return selected.messagesAt(indexes)
 
+    def enableCondStore(self):
+        """
+        Enable CONDSTORE for the rest of the session on a CONDSTORE enabling
+        command (RFC 7162 section 3.1): the first one in the selected state
+        is answered with C{OK [HIGHESTMODSEQ]}, and from then on every
+        untagged FETCH that a STORE, a FETCH setting C{\\Seen} or another
+        session causes carries the UID and the MODSEQ.
+        """
+        if "CONDSTORE" in self.enabled:
+            return
+        self.enabled.add("CONDSTORE")
+        if self.selected is not None:
+            self.send(b"* OK [HIGHESTMODSEQ %d] Highest.\r\n" % (max(1, self.selected.reportedModSeq),))
+
     def do_UID(self, tag, args):
         if not args or not isinstance(args[0], Atom) or args[0].upper() not in _UID_COMMANDS:
             raise ParseError("Unknown UID command")
@@ -178,7 +192,8 @@ class MessageCommands:
             if not isinstance(modifiers, list) or len(modifiers) != 2 or not isAtom(modifiers[0], "CHANGEDSINCE"):
                 raise ParseError("Unknown FETCH modifier")
             changedSince = number64(modifiers[1])
-            self.enabled.add("CONDSTORE")
+        if changedSince is not None or "MODSEQ" in request.items:
+            self.enableCondStore()
         if uid and "UID" not in request.items:
             request.items.insert(0, "UID")
         if changedSince is not None:
@@ -227,11 +242,20 @@ class MessageCommands:
                     gone = True
                     continue
                 items = request
-                if message.uid in seenNow and "FLAGS" not in request.items:
-                    if withFlags is None:
-                        withFlags = fetching.FetchRequest(request.items + ["FLAGS"], request.sections)
-                    items = withFlags
                 flags = seenNow.get(message.uid, message.flags)
+                if message.uid in seenNow:
+                    if withFlags is None:
+                        # RFC 3501 section 6.4.5 and RFC 7162 section 3.1:
+                        # the flags changed, with UID and MODSEQ under
+                        # CONDSTORE.
+                        added = ["UID", "FLAGS", "MODSEQ"] if "CONDSTORE" in self.enabled else ["FLAGS"]
+                        withFlags = fetching.FetchRequest(
+                            request.items + [name for name in added if name not in request.items], request.sections
+                        )
+                    items = withFlags
+                    announced = selected.announceKeywords(flags)
+                    if announced:
+                        pending.append(announced)
                 if "FLAGS" in items.items:
                     selected.noteFlags(message, flags)
                 body = fetching.renderItems(items, message, flags, selected.isRecent(message), data, structure)
@@ -264,7 +288,6 @@ class MessageCommands:
             if len(modifier) != 2 or not isAtom(modifier[0], "UNCHANGEDSINCE"):
                 raise ParseError("Unknown STORE modifier")
             unchangedSince = number64(modifier[1])
-            self.enabled.add("CONDSTORE")
         if len(rest) < 2 or not isinstance(rest[0], Atom):
             raise ParseError("Expected item and flags")
         item = rest[0].upper()
@@ -277,6 +300,8 @@ class MessageCommands:
         flags = storableFlags(self._flagList(flagTokens))
         if self.selected.readOnly:
             return self.no(tag, b"Mailbox is read-only.", b"READ-ONLY")
+        if unchangedSince is not None:
+            self.enableCondStore()
         return defer.ensureDeferred(self._store(tag, messages, item, flags, silent, unchangedSince, uid))
 
     async def _store(self, tag, messages, item, flags, silent, unchangedSince, uid):
@@ -310,6 +335,9 @@ class MessageCommands:
             message = current.get(messageUid)
             if message is None:
                 continue
+            announced = selected.announceKeywords(stored.flags)
+            if announced:
+                lines.append(announced)
             if silent:
                 # The client knows the flags it asked for; any others
                 # (another session's change) are reported as updates.
@@ -320,7 +348,7 @@ class MessageCommands:
             else:
                 selected.noteFlags(message, stored.flags)
             items = []
-            if uid:
+            if uid or condstore:
                 items.append(b"UID %d" % (messageUid,))
             if not silent:
                 items.append(b"FLAGS " + fetching.formatFlags(stored.flags, selected.isRecent(message)))
@@ -348,7 +376,7 @@ class MessageCommands:
             return self.no(tag, b"Unsupported charset.", b"BADCHARSET (US-ASCII UTF-8)")
         selected = self.selected
         if command.criteria.usesModSeq:
-            self.enabled.add("CONDSTORE")
+            self.enableCondStore()
         messages = selected.messagesAt(range(selected.count))
         context = _SearchContext(selected, self.factory.clock.seconds())
         d = defer.ensureDeferred(self._search(messages, command.criteria, context))

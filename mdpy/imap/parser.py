@@ -33,6 +33,9 @@ MAX_NUMBER = 4294967295
 LITERAL_MARKER = re.compile(rb"\{([0-9]{1,20})(\+?)\}\Z")
 
 _ATOM_END = frozenset(b' ()"{')
+# The fetch attributes whose C{[...]} section may hold what an atom may not
+# (RFC 3501 section 9, C{fetch-att}; RFC 3516 C{BINARY}).
+_SECTION_ATTRIBUTES = frozenset([b"BODY", b"BODY.PEEK", b"BINARY", b"BINARY.PEEK", b"BINARY.SIZE"])
 _MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 _MONTH_NUMBERS = {name.lower(): number for number, name in enumerate(_MONTHS, 1)}
 
@@ -131,7 +134,9 @@ def _atom(line, pos):
     length = len(line)
     while pos < length:
         byte = line[pos]
-        if byte == 0x5B:  # [ ... ] with anything but CR LF inside
+        if byte == 0x5B and line[start:pos].upper() in _SECTION_ATTRIBUTES:
+            # A section: [ ... ] with anything but CR LF inside.  Elsewhere
+            # "[" is an ATOM-CHAR (RFC 3501 section 9).
             close = _closingBracket(line, pos + 1)
             pos = close + 1
             continue

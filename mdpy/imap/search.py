@@ -39,6 +39,7 @@ from mdpy.imap.parser import (
     number64,
     parseDate,
 )
+from mdpy.mail.addresslist import MISSING_DOMAIN, MISSING_MAILBOX, parseAddressList
 from mdpy.mail.headers import decodeText, fieldValue, headerEnd, parseFields
 from mdpy.mail.mime import parseMessage
 
@@ -289,7 +290,10 @@ class _KeyReader:
         if name in _STATE_KEYS:
             return _Leaf(name, _STATE_KEYS[name])
         if name in _HEADER_KEYS:
-            return _headerKey(name, _HEADER_KEYS[name], self._string())
+            field = _HEADER_KEYS[name]
+            if field in _ADDRESS_FIELDS:
+                return _addressKey(name, field, self._string())
+            return _headerKey(name, field, self._string())
         if name in _DATE_KEYS:
             day = parseDate(self._argument())
             return _dateKey(name, _DATE_KEYS[name], day)
@@ -541,6 +545,7 @@ _STATE_KEYS = {
 }
 
 _HEADER_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject", "TO": "to"}
+_ADDRESS_FIELDS = frozenset(["bcc", "cc", "from", "to"])
 
 # Each is (which date, how it compares with the key's day).
 _DATE_KEYS = {
@@ -571,6 +576,15 @@ def _headerKey(name, field, text):
     section 6.4.4: an empty C{text} matches every message having the field).
     """
     return _Leaf(name, lambda c: any(text in value for value in c.headerValues(field)), _HEADER)
+
+
+def _addressKey(name, field, text):
+    """
+    A substring of the addresses of any field called C{field} as parsed
+    (L{_Candidate.addressValues}); an empty C{text} matches every message
+    having the field.
+    """
+    return _Leaf(name, lambda c: any(text in value for value in c.addressValues(field)), _HEADER)
 
 
 def _dateKey(name, kind, day):
@@ -611,7 +625,7 @@ class _Candidate:
     asks, and at most once.
     """
 
-    __slots__ = ("message", "ctx", "_content", "_fields", "_values", "_headerText", "_bodyText")
+    __slots__ = ("message", "ctx", "_content", "_fields", "_values", "_addresses", "_headerText", "_bodyText")
 
     def __init__(self, message, ctx):
         self.message = message
@@ -619,6 +633,7 @@ class _Candidate:
         self._content = None
         self._fields = None
         self._values = {}
+        self._addresses = {}
         self._headerText = None
         self._bodyText = None
 
@@ -643,6 +658,20 @@ class _Candidate:
         if values is None:
             values = self._values[name] = [
                 decodeText(raw).casefold() for field, raw in self.fields() if field.lower() == name
+            ]
+        return values
+
+    def addressValues(self, name):
+        """
+        @param name: an address field name, lower case.
+        @return: the values of the fields called C{name}, each its address
+            list as parsed and written again (L{_writeAddresses}), decoded
+            and case folded.
+        """
+        values = self._addresses.get(name)
+        if values is None:
+            values = self._addresses[name] = [
+                decodeText(_writeAddresses(raw)).casefold() for field, raw in self.fields() if field.lower() == name
             ]
         return values
 
@@ -673,6 +702,34 @@ class _Candidate:
             if parsed is not None and 1 <= parsed[1] <= 12 and 1 <= parsed[2] <= 31:
                 return tuple(parsed[:3])
         return self.internalDay()
+
+
+def _writeAddresses(raw):
+    """
+    Write an address list as Dovecot matches it in a SEARCH: each address
+    as C{name <mailbox@host>} or C{mailbox@host}, a group as C{name: ...;},
+    comments and white space inside addresses dropped (a comment stands for
+    a missing name, L{parseAddressList}).
+
+    @param raw: a field value.
+    @return: the list written, encoded words left as they are.
+    @rtype: L{bytes}
+    """
+    out, separator = [], ""
+    for name, _, mailbox, host in parseAddressList(raw):
+        if host is None:
+            if mailbox is not None:  # a group begins
+                out.append(separator + mailbox + ": ")
+                separator = ""
+            else:
+                out.append(";")
+                separator = ", "
+            continue
+        local = "" if mailbox == MISSING_MAILBOX else mailbox
+        address = local + "@" + host if host != MISSING_DOMAIN else local
+        out.append(separator + ("%s <%s>" % (name, address) if name and address else name or address))
+        separator = ", "
+    return "".join(out).encode("utf-8", "surrogateescape")
 
 
 def _fieldsText(fields):

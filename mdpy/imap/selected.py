@@ -17,6 +17,10 @@ from bisect import bisect_left
 
 from mdpy.imap.fetch import formatFlags
 
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+# Listed in FLAGS even while no message has it.
+_ALWAYS_KEYWORDS = ("$Forwarded",)
+
 
 class UidValidityChanged(Exception):
     """
@@ -66,6 +70,7 @@ class SelectedMailbox:
     @ivar uids: the UIDs in sequence order (index + 1 is the sequence
         number).
     @ivar dirty: whether something may have changed since the last sync.
+    @ivar keywords: the keywords the client was told of in FLAGS.
     """
 
     def __init__(self, mailbox, readOnly, recent=()):
@@ -76,6 +81,8 @@ class SelectedMailbox:
         self.uids = [m.uid for m in messages]
         self.messages = {m.uid: m for m in messages}
         self.flags = {m.uid: m.flags for m in messages}
+        self.keywords = {flag for m in messages for flag in m.flags if not flag.startswith("\\")}
+        self.keywords.update(_ALWAYS_KEYWORDS)
         self.recent = set(recent)
         self.gone = set()
         self.dirty = False
@@ -97,6 +104,34 @@ class SelectedMailbox:
 
     def isRecent(self, message):
         return message.uid in self.recent
+
+    def flagsResponses(self):
+        """
+        @return: the untagged C{FLAGS} and C{OK [PERMANENTFLAGS]} responses
+            (RFC 3501 sections 7.2.6 and 7.1): the system flags and every
+            keyword in L{keywords}.
+        """
+        names = " ".join(
+            list(SYSTEM_FLAGS) + list(_ALWAYS_KEYWORDS) + sorted(self.keywords.difference(_ALWAYS_KEYWORDS))
+        ).encode("utf-8")
+        if self.readOnly:
+            permanent = b"* OK [PERMANENTFLAGS ()] Read-only mailbox.\r\n"
+        else:
+            permanent = b"* OK [PERMANENTFLAGS (%s \\*)] Flags permitted.\r\n" % (names,)
+        return b"* FLAGS (%s)\r\n" % (names,) + permanent
+
+    def announceKeywords(self, flags):
+        """
+        Note the keywords among C{flags} that a response is about to show.
+
+        @return: C{FLAGS} and C{PERMANENTFLAGS} again if one of them is new
+            to the client (RFC 3501 section 7.2.6), else C{b""}.
+        """
+        keywords = self.keywords
+        if all(flag in keywords or flag.startswith("\\") for flag in flags):
+            return b""
+        keywords.update(flag for flag in flags if not flag.startswith("\\"))
+        return self.flagsResponses()
 
     def firstUnseen(self):
         """
@@ -134,8 +169,8 @@ class SelectedMailbox:
         @param allowExpunge: whether expunges may be reported now.
         @param claimRecent: C{claimRecent(uids)} returning the new UIDs that
             are recent for this session.
-        @param modSeqs: whether flag changes carry their C{MODSEQ}
-            (CONDSTORE enabled).
+        @param modSeqs: whether flag changes carry their C{UID} and
+            C{MODSEQ} (CONDSTORE enabled).
         @return: the untagged responses (L{bytes}) to send, in order.
         @raise UidValidityChanged: the mailbox was renumbered.
         """
@@ -161,12 +196,20 @@ class SelectedMailbox:
             self.messages[uid] = message
             self.flags[uid] = message.flags
             if known is not None and message.flags != known:
+                announced = self.announceKeywords(message.flags)
+                if announced:
+                    out.append(announced)
                 items = [b"FLAGS " + formatFlags(message.flags, uid in self.recent)]
                 if modSeqs:
+                    # RFC 7162 section 3.1: UID and MODSEQ.
+                    items.insert(0, b"UID %d" % (uid,))
                     items.append(b"MODSEQ (%d)" % (message.modSeq,))
                 out.append(b"* %d FETCH (%s)\r\n" % (self.sequence(message), b" ".join(items)))
         if fresh:
             for message in fresh:
+                announced = self.announceKeywords(message.flags)
+                if announced:
+                    out.append(announced)
                 self.uids.append(message.uid)
                 self.messages[message.uid] = message
                 self.flags[message.uid] = message.flags

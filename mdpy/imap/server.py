@@ -40,19 +40,17 @@ from mdpy import errors
 from mdpy.auth import sasl
 from mdpy.imap import fetch as fetching
 from mdpy.imap.literals import CommandInput, PendingLiterals, SpooledLiteral
-from mdpy.imap.mailboxes import MailboxCommands, decodeName
+from mdpy.imap.mailboxes import InvalidName, MailboxCommands, decodeName
 from mdpy.imap.messages import MessageCommands
 from mdpy.imap.structure import quoteString
 from mdpy.imap.parser import Atom, ParseError, astring, isAtom, parseDateTime, tokenize
-from mdpy.imap.selected import RecentTracker, SelectedMailbox, UidValidityChanged
+from mdpy.imap.selected import SYSTEM_FLAGS, RecentTracker, SelectedMailbox, UidValidityChanged
 from mdpy.session import CommandSession, SessionFactory
 from mdpy.mailbox import DELETED
 
 NOT_AUTHENTICATED = "not authenticated"
 AUTHENTICATED = "authenticated"
 SELECTED = "selected"
-
-SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 _SYSTEM_FLAGS_LOWER = {flag.lower() for flag in SYSTEM_FLAGS}
 
@@ -581,7 +579,13 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
     def do_SELECT(self, tag, args, readOnly=False):
         if not args or len(args) > 2:
             raise ParseError("Expected a mailbox name")
-        name = decodeName(args[0])
+        try:
+            name = decodeName(args[0])
+        except InvalidName:
+            # A mailbox with that name cannot exist (answered as Dovecot
+            # does, rather than as a syntax error).
+            self._deselect()
+            return self.no(tag, b"Mailbox doesn't exist.", b"NONEXISTENT")
         condstore = False
         if len(args) == 2:
             if not isinstance(args[1], list) or not all(isAtom(o, "CONDSTORE") for o in args[1]):
@@ -608,12 +612,8 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
             self.account, mailbox.name, mailbox.uidValidity, uids
         )
         selected = SelectedMailbox(mailbox, readOnly, recent)
-        keywords = sorted({flag for m in mailbox.messages() for flag in m.flags if not flag.startswith("\\")})
-        flags = " ".join(list(SYSTEM_FLAGS) + ["$Forwarded"] + [k for k in keywords if k != "$Forwarded"])
         lines = [
-            b"* FLAGS (%s)\r\n" % (flags.encode("utf-8"),),
-            b"* OK [PERMANENTFLAGS (%s \\*)] Flags permitted.\r\n" % (flags.encode("utf-8"),)
-            if not readOnly else b"* OK [PERMANENTFLAGS ()] Read-only mailbox.\r\n",
+            selected.flagsResponses(),
             b"* %d EXISTS\r\n" % (selected.count,),
             b"* %d RECENT\r\n" % (len(selected.recent),),
         ]
