@@ -183,8 +183,9 @@ def test_mailQueuedByTheSecondaryLeavesThroughThePrimary(tmp_path, sink):
         assert flushed.returncode == 0, flushed.stderr
         with smtplib.SMTP(HOST, secondary.smtp, timeout=30) as smtp:
             smtp.sendmail("sender@remote.test", ["fwd@example.test"], makeMessage("after"))
-        until(lambda: len(sink.accepted) == 2, "the new primary to send it", server=secondary)
-        assert re.search(r"relay: \S+ to=<far@remote\.test> .* status=sent", secondary.logText())
+        until(lambda: re.search(r"relay: \S+ to=<far@remote\.test> .* status=sent", secondary.logText()),
+              "the new primary to send it", server=secondary)
+        assert len(sink.accepted) == 2
     finally:
         stopAll(secondary, primary)
 
