@@ -615,11 +615,20 @@ def _multipop(args, config, datadir, stdout, stdin):
 def _collect(config, datadir, name, stdout):
     """
     Run collection C{name} (C{domainpop/NAME}, C{odmr/NAME} or C{multipop})
-    once: in the running server when there is one (so the two never
-    overlap), else here.
+    once: in the running server when there is one that has it (so the two
+    never overlap), else here.
     """
-    if _inServer(datadir, "COLLECT " + name, stdout):
-        return
+    from mdpy.control import NO_SUCH_COLLECTION, QueueHandOff
+
+    try:
+        if _inServer(datadir, "COLLECT " + name, stdout):
+            return
+    except CommandError as e:
+        # Not in the server's configuration (not reloaded, or a configuration
+        # of the command's own): collected here, the collection's lock
+        # keeping the two apart.
+        if str(e) != NO_SUCH_COLLECTION:
+            raise
     from twisted.internet import defer, task
 
     from mdpy.tap import buildCollectors, buildPipeline
@@ -630,6 +639,9 @@ def _collect(config, datadir, name, stdout):
         datadir.prepare()
         backend = _backend(config, reactor)
         pipeline, queue, resolver = buildPipeline(config, datadir, backend, reactor)
+        # What it queues leaves from the server that runs the queue.
+        handOff = QueueHandOff(reactor, datadir.controlSocketPath, queue)
+        queue.listeners.append(handOff)
         collectors = buildCollectors(
             config, datadir, pipeline, backend.directory, reactor, backend.runBlocking
         )
@@ -638,6 +650,7 @@ def _collect(config, datadir, name, stdout):
             reports = await defer.maybeDeferred(collector.runNow)
         finally:
             collector.close()
+            await handOff.whenSent()
         outcome.extend(reports if isinstance(reports, list) else [reports])
 
     try:

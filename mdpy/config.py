@@ -245,6 +245,12 @@ SCHEMA = {
             "Where mail, the directory and the queue are kept: files (data_dir on this machine), memory "
             "(lost when the server stops; for tests) or package.module:Class, a class whose "
             "fromConfig(config, reactor, threadPool) returns an mdpy.interfaces.IBackend."),
+        Key("shared_data_dir", parseBool, "no",
+            "Whether several servers on this machine may serve data_dir, each with its own listeners. "
+            "no: a second server on it refuses to start. yes (in every server sharing it): the first to "
+            "start is the primary, which alone runs the outbound queue, the control socket, the ODMR "
+            "provider and the periodic collections; the others serve their listeners, hand the mail "
+            "they queue to the primary, and one of them takes over within a second when it stops."),
     ],
     "tls": [
         Key("certificate", parseStr, "", "PEM certificate chain; default: a self-signed one in data_dir/tls.", isPath=True),

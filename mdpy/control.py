@@ -3,8 +3,10 @@
 The running server's control socket (C{queue/control.sock}, mode 0600), by
 which C{mdpy queue flush|del}, C{mdpy domainpop run}, C{mdpy multipop run}
 and C{mdpy reload} act on it: one command per line, C{FLUSH}, C{DELETE id},
-C{COLLECT name} or C{RELOAD}; the answer is C{OK} or C{ERR reason}, after
-C{| line}s of a collection's report or of what a reload changed.
+C{COLLECT name}, C{RELOAD} or C{QUEUED id}; the answer is C{OK} or C{ERR
+reason}, after C{| line}s of a collection's report or of what a reload
+changed.  C{QUEUED id} hands the server an entry another process put in the
+queue of its data directory (L{QueueHandOff}).
 
 L{ControlFactory} is the server side, L{sendCommand} the client the CLI
 uses (blocking: the CLI runs no reactor).
@@ -12,10 +14,16 @@ uses (blocking: the CLI runs no reactor).
 
 import socket
 
-from twisted.internet import protocol
+from twisted.internet import defer, endpoints, protocol
 from twisted.protocols.basic import LineOnlyReceiver
 
 from mdpy import errors
+from mdpy.logs import Logger
+
+log = Logger()
+
+# The answer to COLLECT for a collection the server does not run.
+NO_SUCH_COLLECTION = "no such collection"
 
 
 class ControlProtocol(LineOnlyReceiver):
@@ -44,10 +52,13 @@ class ControlProtocol(LineOnlyReceiver):
         elif verb == b"COLLECT":
             collector = self.factory.collectors.get(argument.decode("utf-8", "replace").strip())
             if collector is None:
-                self.sendLine(b"ERR no such collection")
+                self.sendLine(b"ERR " + NO_SUCH_COLLECTION.encode("ascii"))
                 return
             d = collector.runNow()
             d.addCallbacks(self._collected, self._failed)
+        elif verb == b"QUEUED":
+            queue.adopt(argument.decode("ascii", "replace").strip())
+            self.sendLine(b"OK")
         elif verb == b"RELOAD" and self.factory.reload is not None:
             self.factory.reload().addCallbacks(self._reloaded, self._failed)
         else:
@@ -94,6 +105,72 @@ class ControlFactory(protocol.ServerFactory):
         self.collectors = {} if collectors is None else collectors
         self.reload = reload
 
+
+class QueueHandOff:
+    """
+    A queue listener for a process that stores mail in the queue of a data
+    directory whose queue another process runs (a secondary server, the
+    C{mdpy} command): each entry queued here is forgotten here and named
+    to the running server by C{QUEUED id} on its control socket, so that it
+    leaves at once.  Should no server answer, the entry waits on disk for
+    the one that runs the queue next (L{SpoolQueue.pickUp} and C{load}).
+
+    The entries queued within one turn of the reactor go on one connection.
+    """
+
+    def __init__(self, reactor, socketPath, queue):
+        self.reactor = reactor
+        self.socketPath = socketPath
+        self.queue = queue
+        self._pending = []
+        self._sending = set()
+
+    def __call__(self, entry):
+        if entry is None:
+            return  # a flush or a release: the running server has its own
+        self.queue.forget(entry)
+        self._pending.append(entry.id)
+        if len(self._pending) == 1:
+            self.reactor.callLater(0, self._send)
+
+    def whenSent(self):
+        """
+        @return: a L{Deferred} firing once every entry queued so far has
+            been named to the server, or logged as waiting (before a
+            process that queued mail ends).
+        """
+        self._send()
+        return defer.DeferredList(list(self._sending))
+
+    def _send(self):
+        ids, self._pending = self._pending, []
+        if not ids:
+            return
+        lines = b"".join(b"QUEUED %s\n" % (id.encode("ascii"),) for id in ids)
+        endpoint = endpoints.UNIXClientEndpoint(self.reactor, self.socketPath, timeout=10)
+        d = endpoint.connect(protocol.Factory.forProtocol(_Notice))
+        d.addCallbacks(lambda notice: notice.send(lines), self._noServer, errbackArgs=(ids,))
+        self._sending.add(d)
+        d.addBoth(lambda _: self._sending.discard(d))
+
+    def _noServer(self, failure, ids):
+        log.info(
+            "queue: {ids} wait for the server that runs the queue of this data directory "
+            "(its control socket does not answer: {why})",
+            ids=", ".join(ids),
+            why=errors.describe(failure),
+        )
+
+
+class _Notice(protocol.Protocol):
+    """
+    Writes its lines and closes: the server reads them before it sees the
+    end of the connection.
+    """
+
+    def send(self, lines):
+        self.transport.write(lines)
+        self.transport.loseConnection()
 
 
 def sendCommand(socketPath, command, timeout=None):

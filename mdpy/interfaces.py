@@ -655,6 +655,29 @@ class IOutboundQueue(IDeliveryTarget):
         @raise mdpy.errors.NotFound: no such message.
         """
 
+    def adopt(messageId):
+        """
+        Take up for delivery here a message another process stored (a
+        server sharing the data directory, the C{mdpy} command); listeners
+        hear of it as of one queued here.  Synchronous.
+
+        @return: its entry, or L{None} when it is held already or gone.
+        """
+
+    def forget(entry):
+        """
+        Stop holding C{entry}: the process that runs the queue delivers it.
+        Synchronous.
+        """
+
+    def pickUp(grace):
+        """
+        Take up the messages other processes stored that no L{adopt} named,
+        once they are C{grace} seconds old.  Synchronous.
+
+        @return: their entries.
+        """
+
     def hold(domain):
         """Keep mail for C{domain} until L{release}."""
 
@@ -762,7 +785,9 @@ class IBackend(Interface):
 
     def start():
         """
-        Called once by the server before it serves: tidy what a crash left.
+        Called once by the server that runs the queue of its data (the
+        primary, see L{mdpy.tap.PrimaryDuties}), before it serves or when it
+        takes over: tidy what a crash left.
         """
 
     def runBlocking(f, *args, **kwargs):

@@ -72,6 +72,9 @@ class LiveParts:
     @ivar collectors: C{{name: service}} of the running collections, shared
         with the control socket.
     @ivar lock: a L{defer.DeferredLock}: one reload at a time.
+    @ivar primary: whether this server runs the queue and the collections
+        of its data directory (L{mdpy.tap.PrimaryDuties}); a secondary's
+        reload leaves them to the primary.
     @ivar resolver: the server's L{mdpy.delivery.mx.MXResolver}, for the
         gateways' Minger clients, or L{None}.
     """
@@ -94,6 +97,7 @@ class LiveParts:
         self.collectors = collectors
         self.resolver = resolver
         self.lock = defer.DeferredLock()
+        self.primary = True
 
     def prepare(self, config):
         """
@@ -109,6 +113,8 @@ class LiveParts:
         if config.named("gateway") != self.config.named("gateway"):
             plan.gateways = buildGateways(config, self.reactor, resolver=self.resolver)
         before, after = collectionInputs(self.config), collectionInputs(config)
+        if not self.primary:
+            before = after = {}
         plan.stopped = [name for name in before if before[name] != after.get(name)]
         try:
             for name in after:
@@ -164,7 +170,8 @@ class ReloadPlan:
             for gateway in live.pipeline.gateways.replace(self.gateways):
                 if gateway.verifier is not None:
                     gateway.verifier.client.close()
-            holdGateways(live.pipeline.queue, live.pipeline.gateways)
+            if live.primary:
+                holdGateways(live.pipeline.queue, live.pipeline.gateways)
         stopping = {name: defer.maybeDeferred(live.collectors.pop(name).disownServiceParent)
                     for name in self.stopped}
         for name, collection in self.started.items():

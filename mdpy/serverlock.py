@@ -1,7 +1,10 @@
 # -*- test-case-name: tests.test_serverlock -*-
 """
-One server per data directory: C{queue/control.sock.lock}, held with
-C{flock(2)} for the server's lifetime.
+One primary server per data directory: C{queue/control.sock.lock}, held
+with C{flock(2)} for the server's lifetime.  Its holder runs the outbound
+queue and the control socket; other servers on the same data directory are
+refused, or, with C{[server] shared_data_dir}, serve their listeners and
+take the lock when it is free (see L{mdpy.tap}).
 
 The kernel releases the lock when its holder dies, even by C{kill -9}, so a
 lock left behind never keeps a server from starting, whatever process now
@@ -23,7 +26,13 @@ class AlreadyRunning(Exception):
     """
     Another server holds the lock; the message is one line for the
     administrator.
+
+    @ivar holder: the PID written in the lock file, as text, or L{None}.
     """
+
+    def __init__(self, message, holder=None):
+        Exception.__init__(self, message)
+        self.holder = holder
 
 
 class ServerLock:
@@ -63,7 +72,8 @@ class ServerLock:
                 os.close(fd)
                 raise AlreadyRunning(
                     "another mdpy%s is running on this data directory (it holds %s)"
-                    % (" (pid %s)" % (holder,) if holder else "", self.path)
+                    % (" (pid %s)" % (holder,) if holder else "", self.path),
+                    holder,
                 ) from None
             # Another server may have replaced the file between the open and
             # the flock: then the lock taken is on a file nobody else sees.

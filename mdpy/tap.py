@@ -11,7 +11,7 @@ import sys
 
 from OpenSSL import SSL
 from twisted.application import internet, service
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, task
 from twisted.internet.error import CannotListenError
 from mdpy.logs import Logger
 from twisted.python import usage
@@ -34,7 +34,7 @@ from mdpy.mailauth.dkim import DKIMKeys
 from mdpy.delivery.mx import MXResolver
 from mdpy.delivery.pipeline import DeliveryPipeline
 from mdpy import backends
-from mdpy.control import ControlFactory
+from mdpy.control import ControlFactory, QueueHandOff
 from mdpy.delivery.relay import Relay, RelaySettings, parseHostPort
 from mdpy.mailauth.srs import SRS, loadSecret
 from mdpy.dualstack import EVERY_ADDRESS, EveryAddressEndpoint, listenEverywhere
@@ -71,6 +71,13 @@ IMAP_SERVICES = {"imap", "imaps"}
 NOT_YET_AVAILABLE = ("webadmin",)
 LISTEN_BACKLOG = 1024
 THREADS = 32
+# Seconds between a secondary's tries of the data directory's lock.
+TAKEOVER_INTERVAL = 1
+# Seconds between the primary's looks for queue entries no notice announced.
+PICKUP_INTERVAL = 60
+# While other processes may write to the queue, its files younger than this
+# may be theirs, being written or staged.
+STAGING_GRACE = 60
 
 
 class Options(usage.Options):
@@ -389,11 +396,15 @@ def loadServerTLS(config, datadir):
         ) from None
 
 
-def buildService(config, portOffset=0, reactor=None):
+def buildService(config, portOffset=0, reactor=None, lock=None):
     """
     Build the whole service tree from a loaded configuration.
 
     @type config: L{mdpy.config.Config}
+    @param lock: the data directory's L{ServerLock} (L{lockDataDir}): held,
+        this server is the primary (L{PrimaryDuties}); not held, a
+        secondary, which takes the lock and the duties when it can; L{None}
+        (tests): the primary.
     @return: a L{MailServer}.
     """
     if reactor is None:
@@ -403,7 +414,6 @@ def buildService(config, portOffset=0, reactor=None):
     datadir = DataDir(server["data_dir"])
     datadir.prepare()
     backend = buildBackend(config, reactor)
-    backend.start()
     directory, store = backend.directory, backend.store
     address, password, aliases = datadir.firstStart(directory, store, server["domain"])
     if address:
@@ -485,27 +495,13 @@ def buildService(config, portOffset=0, reactor=None):
         listener = _NamedListener(endpoint, factory)
         listener.setName(name)
         listener.setServiceParent(top)
-    relay = Relay(
-        queue, resolver, pipeline, server["hostname"], relaySettings(config["relay"]), reactor,
-        postmaster="postmaster@" + server["domain"],
-    )
-    relay.setName("relay")
-    relay.setServiceParent(top)
-    if config["odmr"]["enabled"]:
-        section = config["odmr"]
-        factory = factoryClass(config, "odmr")(
-            server["hostname"],
-            pipeline.gateways,
-            relay,
-            defaultDomain=server["domain"],
-            **listenerSettings(config, "odmr", directory),
-            **dict(shared, portal=odmrPortal(pipeline.gateways, directory, backend.runBlocking)),
-        )
-        listener = _NamedListener(
-            _endpoint(reactor, section["interface"], section["port"] + portOffset), factory
-        )
-        listener.setName("odmr")
-        listener.setServiceParent(top)
+    top.live = LiveParts(config, datadir, directory, pipeline, reactor, tlsOptions, mtaTLSOptions,
+                         loginTracker, {}, resolver=resolver, runInThread=backend.runBlocking)
+    top.backend = backend
+    duties = PrimaryDuties(top, datadir, portOffset, odmrShared=shared)
+    primary = lock is None or lock.held
+    if primary:
+        duties.runQueue()
     if config["minger"]["enabled"]:
         section = config["minger"]
         checkMingerSecret(config, "[minger] secret", section["secret"])
@@ -523,23 +519,188 @@ def buildService(config, portOffset=0, reactor=None):
         )
         listener.setName("minger")
         listener.setServiceParent(top)
-    collectors = buildCollectors(config, datadir, pipeline, directory, reactor, backend.runBlocking)
-    for name, collector in collectors.items():
-        collector.setName(name)
-        collector.setServiceParent(top)
-    top.live = LiveParts(config, datadir, directory, pipeline, reactor, tlsOptions, mtaTLSOptions,
-                         loginTracker, collectors, resolver=resolver, runInThread=backend.runBlocking)
-    top.backend = backend
-    control = internet.StreamServerEndpointService(
-        endpoints.UNIXServerEndpoint(reactor, datadir.controlSocketPath, mode=0o600),
-        ControlFactory(queue, collectors, reload=top.reload),
-    )
-    control.setName("queue-control")
-    control.setServiceParent(top)
+    if primary:
+        duties.runCollections()
+    else:
+        duties.awaitLock(lock)
     for name in NOT_YET_AVAILABLE:
         if name in config.sections and config[name]["enabled"]:
             log.info("{name}: not available in this release; not started", name=name)
     return top
+
+
+class PrimaryDuties:
+    """
+    What exactly one server of a data directory does: the one holding its
+    L{ServerLock}, the primary.  It runs the outbound queue (loading it,
+    with the recovery of what a crash left, the relay, and taking up what
+    other processes queue: L{mdpy.control.QueueHandOff}, and every
+    L{PICKUP_INTERVAL} seconds L{SpoolQueue.pickUp}), the ODMR provider
+    (which serves the queue's held mail), the periodic collections, the
+    control socket, and tidies what a crash left in the store
+    (L{IBackend.start}).
+
+    A secondary (a second server on the data directory, with C{[server]
+    shared_data_dir}) serves its listeners only, hands the mail it queues to
+    the primary, and tries the lock every L{TAKEOVER_INTERVAL} seconds: once
+    the primary has stopped, it takes the lock and these duties.
+    """
+
+    def __init__(self, top, datadir, portOffset, odmrShared):
+        """
+        @param top: the L{MailServer}, with its C{live} parts and C{backend}.
+        @param odmrShared: the keyword arguments every listener's factory
+            takes (portal, TLS options...), for the ODMR provider's.
+        """
+        self.top = top
+        self.datadir = datadir
+        self.portOffset = portOffset
+        self.odmrShared = odmrShared
+        self.lock = None
+        self._handOff = None
+        self._waiting = None
+
+    def awaitLock(self, lock):
+        """
+        Serve as a secondary until C{lock} can be taken, then L{assume} the
+        duties.
+        """
+        live = self.top.live
+        self.lock = lock
+        live.primary = False
+        queue = live.pipeline.queue
+        self._handOff = QueueHandOff(live.reactor, self.datadir.controlSocketPath, queue)
+        queue.listeners.append(self._handOff)
+        self._waiting = internet.TimerService(TAKEOVER_INTERVAL, self._tryLock)
+        self._waiting.clock = live.reactor
+        self._waiting.setName("primary-watch")
+        self._waiting.setServiceParent(self.top)
+
+    def _tryLock(self):
+        try:
+            holdLock(self.lock, self.datadir.controlSocketPath)
+        except AlreadyRunning:
+            return
+        except OSError as e:
+            log.error("cannot take the lock of {dir}: {why}", dir=self.datadir.root, why=e)
+            return
+        log.info(
+            "the primary server of {dir} has stopped: this one now runs the queue and the control socket",
+            dir=self.datadir.root,
+        )
+        self._waiting.disownServiceParent()
+        self._waiting = None
+        self.assume()
+
+    def assume(self):
+        """
+        Take up the duties.
+        """
+        self.runQueue()
+        self.runCollections()
+
+    def runQueue(self):
+        """
+        Take up the duties of the queue: its recovery, the relay, the ODMR
+        provider.
+        """
+        top, live = self.top, self.top.live
+        config, reactor, pipeline = live.config, live.reactor, live.pipeline
+        server, queue, backend = config["server"], pipeline.queue, top.backend
+        if self._handOff is not None:
+            queue.listeners.remove(self._handOff)
+            self._handOff = None
+        live.primary = True
+        backend.start()
+        loaded = queue.load(STAGING_GRACE if server["shared_data_dir"] else 0)
+        if loaded or queue.quarantined:
+            log.info(
+                "queue: {n} messages waiting, {bad} moved to {dir}",
+                n=loaded,
+                bad=len(queue.quarantined),
+                dir=queue.path + "/corrupt",
+            )
+        holdGateways(queue, pipeline.gateways)
+        relay = Relay(
+            queue, live.resolver, pipeline, server["hostname"], relaySettings(config["relay"]), reactor,
+            postmaster="postmaster@" + server["domain"],
+        )
+        relay.setName("relay")
+        self._start(relay)
+        if config["odmr"]["enabled"]:
+            section = config["odmr"]
+            factory = factoryClass(config, "odmr")(
+                server["hostname"],
+                pipeline.gateways,
+                relay,
+                defaultDomain=server["domain"],
+                **listenerSettings(config, "odmr", live.directory),
+                **dict(self.odmrShared, portal=odmrPortal(pipeline.gateways, live.directory, backend.runBlocking)),
+            )
+            listener = _NamedListener(
+                _endpoint(reactor, section["interface"], section["port"] + self.portOffset), factory
+            )
+            listener.setName("odmr")
+            self._start(listener)
+
+    def runCollections(self):
+        """
+        Take up the periodic collections and the control socket.
+        """
+        top, live = self.top, self.top.live
+        reactor, pipeline, backend = live.reactor, live.pipeline, top.backend
+        live.collectors.update(
+            buildCollectors(live.config, self.datadir, pipeline, live.directory, reactor, backend.runBlocking)
+        )
+        for name, collector in live.collectors.items():
+            collector.setName(name)
+            self._start(collector)
+        control = _QueueControl(
+            endpoints.UNIXServerEndpoint(reactor, self.datadir.controlSocketPath, mode=0o600),
+            ControlFactory(pipeline.queue, live.collectors, reload=top.reload),
+            reactor,
+        )
+        control.setName("queue-control")
+        self._start(control)
+
+    def _start(self, child):
+        """
+        Add C{child} to the server, which starts it if it runs: a port that
+        cannot be bound then is logged, and the rest goes on.
+        """
+        try:
+            child.setServiceParent(self.top)
+        except CannotListenError as e:
+            log.error("cannot listen on port {port} for {name}: {why}",
+                      port=e.port, name=child.name, why=e.socketError)
+
+
+class _QueueControl(internet.StreamServerEndpointService):
+    """
+    The control socket, where other processes name the entries they queue
+    (C{QUEUED id}), and every L{PICKUP_INTERVAL} seconds a look in the
+    queue for those no notice named (L{SpoolQueue.pickUp}).
+    """
+
+    _pickUp = None
+
+    def __init__(self, endpoint, factory, clock):
+        internet.StreamServerEndpointService.__init__(self, endpoint, factory)
+        self.clock = clock
+
+    def startService(self):
+        internet.StreamServerEndpointService.startService(self)
+        queue = self.factory.queue
+        self._pickUp = task.LoopingCall(queue.pickUp, STAGING_GRACE)
+        self._pickUp.clock = self.clock
+        self._pickUp.start(PICKUP_INTERVAL, now=False).addErrback(
+            lambda f: log.failure("queue: cannot look for entries other processes queued", f)
+        )
+
+    def stopService(self):
+        if self._pickUp is not None and self._pickUp.running:
+            self._pickUp.stop()
+        return internet.StreamServerEndpointService.stopService(self)
 
 
 def buildResolver(config, reactor):
@@ -572,24 +733,15 @@ def buildBackend(config, reactor):
 def buildPipeline(config, datadir, backend, reactor):
     """
     @return: C{(pipeline, queue, resolver)}: the delivery pipeline every
-        message enters, the backend's outbound queue (loaded) and the DNS
-        resolver.
+        message enters, the backend's outbound queue (not loaded: the server
+        that runs it loads it, see L{PrimaryDuties}) and the DNS resolver.
     """
     resolver = buildResolver(config, reactor)
     directory, store, queue = backend.directory, backend.store, backend.queue
     queue.signerFor = DKIMKeys(datadir.dkimDir).signerFor
-    loaded = queue.load()
-    if loaded or queue.quarantined:
-        log.info(
-            "queue: {n} messages waiting, {bad} moved to {dir}",
-            n=loaded,
-            bad=len(queue.quarantined),
-            dir=queue.path + "/corrupt",
-        )
     relayConfig = config["relay"]
     srs = SRS(loadSecret(datadir.srsSecretPath)) if relayConfig["srs"] else None
     gateways = buildGateways(config, reactor, resolver=resolver)
-    holdGateways(queue, gateways)
     pipeline = DeliveryPipeline(
         directory, store, queue=queue, spoolDir=datadir.spoolDir, srs=srs,
         gateways=gateways, checks=buildChecks(config, resolver, reactor, backend.runBlocking),
@@ -948,30 +1100,52 @@ def makeService(options, reactor=None):
         raise SystemExit("twistd mdpy: %s" % (e,))
     log.info("configuration: {summary}", summary=config.summary())
     try:
-        lock = lockDataDir(DataDir(config["server"]["data_dir"]))
+        lock = lockDataDir(DataDir(config["server"]["data_dir"]), config["server"]["shared_data_dir"])
     except (AlreadyRunning, OSError) as e:
         raise SystemExit("twistd mdpy: %s" % (e,))
     _raiseFileLimit()
     reactor.suggestThreadPoolSize(THREADS)
-    top = buildService(config, options["port-offset"], reactor)
+    top = buildService(config, options["port-offset"], reactor, lock)
     top.serverLock = lock  # held until the process ends
     installReloadSignal(top, reactor)
     top.twistdOptions = getattr(options, "parent", None)
     return top
 
 
-def lockDataDir(datadir):
+def lockDataDir(datadir, shared=False):
     """
     Take the data directory's L{ServerLock} before anything in it is
     touched, and remove the control socket a dead server left.
 
-    @return: the L{ServerLock}, held.
-    @raise AlreadyRunning: another server runs on C{datadir}.
+    @param shared: whether, when another server holds the lock, this one
+        serves as a secondary (C{[server] shared_data_dir}).
+    @return: the L{ServerLock}: held, or not held for a secondary.
+    @raise AlreadyRunning: another server runs on C{datadir} and C{shared}
+        is false.
     """
     datadir.prepare()
     os.makedirs(datadir.queueDir, mode=0o700, exist_ok=True)
-    socketPath = datadir.controlSocketPath
-    lock = ServerLock(socketPath + ".lock")
-    lock.acquire()
-    unlinkQuietly(socketPath)  # nobody listens there: the lock is ours
+    lock = ServerLock(datadir.controlSocketPath + ".lock")
+    try:
+        holdLock(lock, datadir.controlSocketPath)
+    except AlreadyRunning as e:
+        if not shared:
+            raise
+        log.info(
+            "another mdpy server{pid} is the primary of {dir}: it runs the queue and the "
+            "control socket; this one serves its listeners only",
+            pid=" (pid %s)" % (e.holder,) if e.holder else "",
+            dir=datadir.root,
+        )
     return lock
+
+
+def holdLock(lock, socketPath):
+    """
+    Take C{lock}, and remove the control socket C{socketPath} a dead server
+    left (nobody listens there: the lock is ours).
+
+    @raise AlreadyRunning: another server holds it.
+    """
+    lock.acquire()
+    unlinkQuietly(socketPath)

@@ -184,7 +184,7 @@ class MdpyServer:
     def __init__(self, root, extra="", pop3Extra="", imapExtra="", imapsExtra="",
                  smtpExtra="authentication_results = no\n", interface=HOST, smtpPort=None,
                  relayExtra="smarthost = 127.0.0.1:9\nsmarthost_tls = none\n",
-                 domain=None, odmrExtra=None, mingerExtra=None, serverExtra=""):
+                 domain=None, odmrExtra=None, mingerExtra=None, serverExtra="", dataDir=None):
         """
         @param extra: sections appended to the configuration.
         @param serverExtra: lines added to its C{[server]} section.
@@ -208,11 +208,12 @@ class MdpyServer:
         @param odmrExtra: lines of its C{[odmr]} section, which is enabled on
             a free port only when given.
         @param mingerExtra: lines of its C{[minger]} section, likewise.
+        @param dataDir: its C{data_dir}; default: C{data} in C{root}.
         """
         if domain is not None:
             self.domain = domain
         self.root = str(root)
-        self.dataDir = os.path.join(self.root, "data")
+        self.dataDir = os.path.join(self.root, "data") if dataDir is None else str(dataDir)
         self.config = os.path.join(self.root, "mdpy.ini")
         self.log = os.path.join(self.root, "mdpy.log")
         self._extra = dict(
@@ -245,7 +246,7 @@ class MdpyServer:
         with open(self.config, "w") as f:
             f.write(
                 "[server]\nhostname = mx.%(domain)s\ndomain = %(domain)s\n"
-                "data_dir = data\n%(serverExtra)s"
+                "data_dir = %(dataDir)s\n%(serverExtra)s"
                 "[smtp]\nport = %(smtp)d\n%(interface)s%(smtpExtra)s"
                 "[submission]\nport = %(submission)d\n%(interface)s"
                 "[smtps]\nport = %(smtps)d\n%(interface)s"
@@ -260,6 +261,7 @@ class MdpyServer:
                     self._extra,
                     interface=self._interfaceLine(),
                     domain=self.domain,
+                    dataDir="data" if self.dataDir == os.path.join(self.root, "data") else self.dataDir,
                     smtp=self.smtp,
                     submission=self.submission,
                     smtps=self.smtps,

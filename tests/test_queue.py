@@ -290,3 +290,60 @@ def test_readQueueAndListCommand(tmp_path):
     assert not os.path.exists(queue.envPath(entry.id))
     assert not os.path.exists(queue.bodyPath(entry.id))
     assert main(["-c", str(config), "queue", "del", "../etc"], out, io.StringIO(), err) == 1
+
+
+def age(path, seconds):
+    """
+    Make the file C{path} look C{seconds} old.
+    """
+    then = os.stat(path).st_mtime - seconds
+    os.utime(path, (then, then))
+
+
+def test_anEntryAnotherProcessQueuedIsAdopted(tmp_path):
+    """
+    L{SpoolQueue.adopt} takes up at once an entry another queue on the same
+    folder stored, and its listeners hear of it; one it holds, or that is
+    gone, is not taken twice.
+    """
+    running, other = makeQueue(tmp_path), makeQueue(tmp_path)
+    heard = []
+    running.listeners.append(heard.append)
+    entry = enqueue(other, recipients=["far@remote.test"])
+    other.forget(entry)
+    assert other.list() == [] and os.listdir(tmp_path / "env") == [entry.id]
+    adopted = running.adopt(entry.id)
+    assert [e.id for e in running.list()] == [entry.id] and heard == [adopted]
+    assert [r.address for r in adopted.recipients] == ["far@remote.test"]
+    assert running.adopt(entry.id) is None
+    assert running.adopt("NOSUCH") is None
+    assert running.adopt("../env") is None
+    assert heard == [adopted]
+
+
+def test_pickUpWaitsForTheGraceOfOtherWriters(tmp_path):
+    """
+    L{SpoolQueue.pickUp} leaves entries and half-written files younger than
+    its grace (another process may be writing or staging them) and takes or
+    removes them once they are older; L{SpoolQueue.load} with a grace does
+    the same.
+    """
+    running, other = makeQueue(tmp_path), makeQueue(tmp_path)
+    heard = []
+    running.listeners.append(heard.append)
+    entry = enqueue(other)
+    (tmp_path / "msg" / "WRITING.tmp").write_bytes(b"x")
+    (tmp_path / "msg" / "ORPHAN").write_bytes(b"x")
+    (tmp_path / "env" / "HALF.tmp").write_bytes(b"{")
+    assert running.pickUp(60) == [] and heard == []
+    assert running.load(60) == 0
+    assert sorted(os.listdir(tmp_path / "msg")) == sorted([entry.id, "WRITING.tmp", "ORPHAN"])
+    for name in (entry.id, "ORPHAN"):
+        age(tmp_path / "msg" / name, 120)
+    age(tmp_path / "env" / entry.id, 120)
+    age(tmp_path / "env" / "HALF.tmp", 120)
+    taken = running.pickUp(60)
+    assert [e.id for e in taken] == [entry.id] and heard == taken
+    assert sorted(os.listdir(tmp_path / "msg")) == sorted([entry.id, "WRITING.tmp"])
+    assert os.listdir(tmp_path / "env") == [entry.id]
+    assert running.pickUp(60) == []

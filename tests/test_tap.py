@@ -454,3 +454,65 @@ def test_recipientDelimiter(tmp_path):
     assert children["submission"].factory.senderPolicy.directory is pipeline.directory
     children = listeners(buildService(load(tmp_path, "recipient_delimiter =\n"), reactor=MemoryReactor()))
     assert children["smtp"].factory.target.directory.recipientDelimiter == ""
+
+
+def test_aSecondServerOnASharedDataDirIsASecondaryUntilThePrimaryStops(tmp_path, monkeypatch):
+    """
+    With C{[server] shared_data_dir = yes}, a server that finds the data
+    directory's lock held serves its listeners only, says which server is
+    the primary, and leaves the queue, the control socket, the ODMR
+    provider and the collections to it; mail it queues is named to the
+    primary.  Once the lock is free, it takes it within
+    L{TAKEOVER_INTERVAL} and runs them.  Without the key, the second server
+    is refused.
+    """
+    from mdpy.control import QueueHandOff
+    from mdpy.tap import TAKEOVER_INTERVAL, lockDataDir
+
+    monkeypatch.setattr("sys.excepthook", sys.excepthook)
+    unshared = load(tmp_path)
+    primary = lockDataDir(DataDir(unshared["server"]["data_dir"]))
+    with pytest.raises(SystemExit, match="is running on this data directory"):
+        makeService(_options(unshared), reactor=MemoryReactor())
+    config = load(tmp_path, "shared_data_dir = yes\n[odmr]\nenabled = yes\n[domainpop:isp]\n"
+                            "host = pop.isp.test\nusername = box\npassword = pw\n")
+    reactor = MemoryReactor()
+    with capturedLogs() as events:
+        top = makeService(_options(config), reactor=reactor)
+    assert not top.serverLock.held
+    assert loggedLines(events, "is the primary of") == [
+        "another mdpy server (pid %d) is the primary of %s: it runs the queue and the control socket; "
+        "this one serves its listeners only" % (os.getpid(), config["server"]["data_dir"])
+    ]
+    children = listeners(top)
+    for duty in ("relay", "odmr", "queue-control", "domainpop/isp"):
+        assert duty not in children
+    queue = top.live.pipeline.queue
+    assert [type(listener) for listener in queue.listeners] == [QueueHandOff]
+    top.startService()
+    reactor.advance(TAKEOVER_INTERVAL)
+    assert not top.serverLock.held
+    # A reload of the secondary leaves the collections to the primary.
+    with open(config.path, "a") as f:
+        f.write("[domainpop:other]\nhost = pop.isp.test\nusername = box2\npassword = pw\n")
+    top.reload()
+    assert "domainpop/other" not in listeners(top)
+    primary.release()
+    with capturedLogs() as events:
+        reactor.advance(TAKEOVER_INTERVAL)
+    assert top.serverLock.held
+    assert len(loggedLines(events, "has stopped: this one now runs the queue and the control socket")) == 1
+    children = listeners(top)
+    for duty in ("relay", "odmr", "queue-control", "domainpop/isp", "domainpop/other"):
+        assert children[duty].running
+    assert "primary-watch" not in children
+    assert queue.listeners == [children["relay"]._queued]
+    assert [port for port in reactor.unixServers if port[0].endswith("control.sock")]
+    top.stopService()
+    top.serverLock.release()
+
+
+def _options(config):
+    options = Options()
+    options.parseOptions(["--config", config.path])
+    return options

@@ -338,46 +338,119 @@ class SpoolQueue:
 
     # --- loading ---------------------------------------------------------------
 
-    def load(self):
+    def load(self, grace=0):
         """
         Read the queue left on disk: entries, held domains; remove what a
         crash left half-written; quarantine what cannot be read.
 
+        @param grace: seconds: while other processes may write to the
+            queue (L{adopt}), files younger than this may be theirs, being
+            written or staged: they are left for a later L{pickUp}.
         @return: the number of entries loaded.
         """
         try:
             self.held = readHeld(self.path)
         except (OSError, ValueError, TypeError) as e:
             log.error("queue: cannot read {path}: {why}; no domain held", path=self.heldPath, why=e)
+        self._takeFromDisk(grace)
+        return len(self.entries)
+
+    def pickUp(self, grace):
+        """
+        Take into the queue the entries on disk it does not hold yet (written
+        by another process, which may have failed to L{adopt} them) once
+        they are C{grace} seconds old, and remove what is left of writes that
+        never reached their commit point, as old.  Listeners hear of each
+        entry taken.
+
+        @return: the entries taken.
+        """
+        taken = self._takeFromDisk(grace)
+        for entry in taken:
+            log.info("queue: {id} taken from the spool, where another process put it", id=entry.id)
+            self._notify(entry)
+        return taken
+
+    def _takeFromDisk(self, grace):
         envDir = os.path.join(self.path, "env")
         msgDir = os.path.join(self.path, "msg")
-        known = set()
+        oldEnough = time.time() - grace
+
+        def old(path):
+            return grace <= 0 or _olderThan(path, oldEnough)
+
+        known = set(self.entries) | set(self._staged)
+        taken = []
         for name in sorted(os.listdir(envDir)):
+            if name in known:
+                continue
             path = os.path.join(envDir, name)
-            if name.endswith(".tmp"):
+            if not old(path):
+                known.add(name)  # its msg/ file may be young too
+            elif name.endswith(".tmp"):
                 unlinkQuietly(path)
-                continue
-            known.add(name)
-            try:
-                with open(path, "rb") as f:
-                    entry = QueueEntry.fromJSON(f.read())
-                if entry.id != name:
-                    raise ValueError("id %s does not match its file name" % (entry.id,))
-                if not os.path.exists(self.bodyPath(name)):
-                    raise ValueError("its message file is missing")
-            except (OSError, ValueError, TypeError, KeyError, UnicodeDecodeError) as e:
-                self._quarantineFiles(name, str(e))
-                continue
-            entry.queue = self
-            for recipient in entry.recipients:
-                if recipient.state == PENDING and recipient.due < entry.created:
-                    recipient.due = entry.created
-            self.entries[entry.id] = entry
+            else:
+                known.add(name)
+                entry = self._read(name)
+                if entry is not None:
+                    taken.append(entry)
         for name in os.listdir(msgDir):
-            if name not in known:
+            path = os.path.join(msgDir, name)
+            if name not in known and _withoutTmp(name) not in known and old(path):
                 # Written before a crash that came before its commit point.
-                unlinkQuietly(os.path.join(msgDir, name))
-        return len(self.entries)
+                unlinkQuietly(path)
+        return taken
+
+    def adopt(self, id):
+        """
+        Take up the entry C{id} that another process (a server sharing the
+        data directory, the C{mdpy} command) queued, so that it is
+        delivered here; listeners hear of it as of an entry queued here.
+
+        @return: the L{QueueEntry}, or L{None} when it is held already or
+            not on disk (delivered or removed meanwhile).
+        """
+        if id in self.entries or id in self._staged or not _ID.match(id):
+            return None
+        if not os.path.exists(self.envPath(id)):
+            return None
+        entry = self._read(id)
+        if entry is not None:
+            self._notify(entry)
+        return entry
+
+    def forget(self, entry):
+        """
+        Stop holding C{entry}, which another process delivers (the one
+        that runs the queue of a shared data directory); its files stay.
+        """
+        if self.entries.get(entry.id) is entry:
+            del self.entries[entry.id]
+
+    def _read(self, id):
+        """
+        Read the entry C{id} into L{entries}, or quarantine its files.
+
+        @return: the L{QueueEntry}, or L{None}.
+        """
+        try:
+            with open(self.envPath(id), "rb") as f:
+                entry = QueueEntry.fromJSON(f.read())
+            if entry.id != id:
+                raise ValueError("id %s does not match its file name" % (entry.id,))
+            if not os.path.exists(self.bodyPath(id)):
+                raise ValueError("its message file is missing")
+        except FileNotFoundError:
+            return None  # delivered and removed meanwhile
+        except (OSError, ValueError, TypeError, KeyError, UnicodeDecodeError) as e:
+            self._quarantineFiles(id, str(e))
+            return None
+        entry.queue = self
+        for recipient in entry.recipients:
+            if recipient.state == PENDING and recipient.due < entry.created:
+                recipient.due = entry.created
+        self.entries[entry.id] = entry
+        return entry
 
     def _quarantineFiles(self, id, reason):
         corrupt = os.path.join(self.path, "corrupt")
@@ -644,6 +717,21 @@ class SpoolQueue:
             if r.state == PENDING and not r.active and r.domain not in self.held
         ]
         return min(times) if times else None
+
+
+def _withoutTmp(name):
+    return name[:-len(".tmp")] if name.endswith(".tmp") else name
+
+
+def _olderThan(path, when):
+    """
+    @return: whether the file C{path} was last changed before C{when}
+        (seconds since the epoch); L{False} when it is gone.
+    """
+    try:
+        return os.stat(path, follow_symlinks=False).st_mtime < when
+    except FileNotFoundError:
+        return False
 
 
 def readHeld(path):
