@@ -4,19 +4,30 @@ L{mdpy.testing.contracts}, which a backend written elsewhere runs the same
 way: subclass each suite and give it the object under test.
 """
 
+import os
+import signal
+import subprocess
+import sys
+
 import pytest
 
-from mdpy.domainpop.state import CollectorState
+from mdpy.backends.files import FilesBackend
+from mdpy.backends.files.collectorstate import CollectorState
 from mdpy.testing import (
     ChangeFeedContract,
+    CollectorStatesContract,
     DedupeContract,
     DirectoryContract,
     LocksContract,
+    LoginFailuresContract,
     QueueContract,
+    RemoteAccountsContract,
     StoreContract,
     resultOf,
 )
-from mdpy.testing.contracts import ALICE
+from mdpy.testing.contracts import ALICE, BOB
+from tests.contract.conftest import UnstartedPool
+from tests.server import checkoutFirst
 
 
 class TestStore(StoreContract):
@@ -42,6 +53,24 @@ class TestLocks(LocksContract):
     @pytest.fixture
     def locks(self, backend):
         return backend.maildropLocks
+
+
+class TestLoginFailures(LoginFailuresContract):
+    @pytest.fixture
+    def failures(self, backend):
+        return backend.loginFailures
+
+
+class TestRemoteAccounts(RemoteAccountsContract):
+    @pytest.fixture
+    def accounts(self, backend):
+        return backend.remoteAccounts
+
+
+class TestCollectorStates(CollectorStatesContract):
+    @pytest.fixture
+    def states(self, backend):
+        return backend.dedupe
 
 
 class TestChangeFeed(ChangeFeedContract):
@@ -72,3 +101,142 @@ class TestDedupe(DedupeContract):
         state = CollectorState(path, clock=lambda: clock[0])
         yield state
         state.close()
+
+
+# --- the files backend shared by processes ----------------------------------
+
+
+def filesBackend(tmp_path):
+    backend = FilesBackend(str(tmp_path / "data"), threadPool=UnstartedPool(), groupCommit=False)
+    return backend
+
+
+@pytest.fixture
+def files(tmp_path):
+    backend = filesBackend(tmp_path)
+    yield backend
+    backend.close()
+
+
+class OtherProcess:
+    """
+    Another process on the same data directory: a Python running
+    C{script} with the files backend of C{data} as C{backend}; it prints
+    C{ready} when the script has run, then waits to be killed.
+    """
+
+    def __init__(self, data, script):
+        self.process = subprocess.Popen(
+            [sys.executable, "-c",
+             "import sys\n"
+             "from mdpy.backends.files import FilesBackend\n"
+             "backend = FilesBackend(sys.argv[1])\n"
+             + script +
+             "\nprint('ready', flush=True)\n"
+             "sys.stdin.read()\n",
+             str(data)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            env=dict(os.environ, PYTHONPATH=checkoutFirst(os.environ.get("PYTHONPATH"))),
+        )
+        self.output = []  # the lines it printed before "ready"
+        for line in self.process.stdout:
+            if line == b"ready\n":
+                break
+            self.output.append(line.decode().strip())
+        else:
+            raise AssertionError("the other process failed: %r" % (self.output,))
+
+    def kill(self):
+        """
+        Kill it at once (C{kill -9}): nothing of it runs again.
+        """
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+        self.process.stdin.close()
+        self.process.stdout.close()
+
+
+def test_aMaildropLockHoldsAcrossProcesses(tmp_path, files):
+    """
+    A POP3 session of another process holds Alice's maildrop: no session
+    here gets it (C{[IN-USE]}), Bob's is free; once that process is killed
+    with C{kill -9} the kernel has released its lock and the maildrop can
+    be taken here.
+    """
+    other = OtherProcess(tmp_path / "data", "assert backend.maildropLocks.acquire(%r, object())" % (ALICE,))
+    try:
+        session = object()
+        assert not files.maildropLocks.acquire(ALICE, session)
+        assert files.maildropLocks.acquire(BOB, session)
+    finally:
+        other.kill()
+    assert files.maildropLocks.acquire(ALICE, session)
+
+
+def test_aMaildropLockOfThisProcessStopsAnother(tmp_path, files):
+    """
+    The other way round: a lock taken here keeps another process out until
+    it is released.
+    """
+    session = object()
+    assert files.maildropLocks.acquire(ALICE, session)
+    script = "print(backend.maildropLocks.acquire(%r, object()))" % (ALICE,)
+    other = OtherProcess(tmp_path / "data", script)
+    other.kill()
+    assert other.output == ["False"]
+    files.maildropLocks.release(ALICE, session)
+    other = OtherProcess(tmp_path / "data", script)
+    other.kill()
+    assert other.output == ["True"]
+
+
+def test_failedLoginsAreCountedAcrossProcesses(tmp_path, files):
+    """
+    Failures another process counted (another worker) are seen here, and
+    one forgotten here is gone for it.
+    """
+    other = OtherProcess(
+        tmp_path / "data",
+        "for n in range(3):\n"
+        "    backend.loginFailures.record('address', '192.0.2.1', %r, None, 1000.0 + n, 400.0, 32, 100)" % (ALICE,),
+    )
+    other.kill()
+    assert [when for when, _, _ in files.loginFailures.recent("address", "192.0.2.1", 400.0)] == [
+        1000.0, 1001.0, 1002.0]
+    files.loginFailures.forget("address", "192.0.2.1", ALICE)
+    again = filesBackend(tmp_path)
+    try:
+        assert again.loginFailures.recent("address", "192.0.2.1", 0) == ()
+    finally:
+        again.close()
+
+
+def test_remoteAccountsAreSharedByProcesses(tmp_path, files):
+    """
+    An account added by one process (the C{mdpy} command) is listed by
+    another (the server) and kept in C{multipop/accounts.json}, 0600.
+    """
+    accountId = resultOf(files.remoteAccounts.add(ALICE, "pop.isp.test", password="secret"))
+    other = filesBackend(tmp_path)
+    try:
+        assert [a["id"] for a in resultOf(other.remoteAccounts.list())] == [accountId]
+    finally:
+        other.close()
+    path = tmp_path / "data" / "multipop" / "accounts.json"
+    assert os.stat(path).st_mode & 0o777 == 0o600
+
+
+def test_collectorStatesKeepTheirFiles(tmp_path, files):
+    """
+    The state of each source is where it always was,
+    C{data_dir/<kind>/<name>/state.sqlite}, and outlives the backend.
+    """
+    state = files.dedupe.stateOf("domainpop/isp")
+    state.markDelivered("uid1", [("<1@x>", ALICE)])
+    path = tmp_path / "data" / "domainpop" / "isp" / "state.sqlite"
+    assert path.exists()
+    reopened = CollectorState(str(path))
+    try:
+        assert reopened.isDuplicate("<1@x>", ALICE)
+    finally:
+        reopened.close()
