@@ -5,9 +5,6 @@ way: subclass each suite and give it the object under test.
 """
 
 import os
-import signal
-import subprocess
-import sys
 
 import pytest
 
@@ -27,7 +24,7 @@ from mdpy.testing import (
 )
 from mdpy.testing.contracts import ALICE, BOB
 from tests.contract.conftest import UnstartedPool
-from tests.server import checkoutFirst
+from tests.server import OtherProcess
 
 
 class TestStore(StoreContract):
@@ -116,44 +113,6 @@ def files(tmp_path):
     backend = filesBackend(tmp_path)
     yield backend
     backend.close()
-
-
-class OtherProcess:
-    """
-    Another process on the same data directory: a Python running
-    C{script} with the files backend of C{data} as C{backend}; it prints
-    C{ready} when the script has run, then waits to be killed.
-    """
-
-    def __init__(self, data, script):
-        self.process = subprocess.Popen(
-            [sys.executable, "-c",
-             "import sys\n"
-             "from mdpy.backends.files import FilesBackend\n"
-             "backend = FilesBackend(sys.argv[1])\n"
-             + script +
-             "\nprint('ready', flush=True)\n"
-             "sys.stdin.read()\n",
-             str(data)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            env=dict(os.environ, PYTHONPATH=checkoutFirst(os.environ.get("PYTHONPATH"))),
-        )
-        self.output = []  # the lines it printed before "ready"
-        for line in self.process.stdout:
-            if line == b"ready\n":
-                break
-            self.output.append(line.decode().strip())
-        else:
-            raise AssertionError("the other process failed: %r" % (self.output,))
-
-    def kill(self):
-        """
-        Kill it at once (C{kill -9}): nothing of it runs again.
-        """
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(30)
-        self.process.stdin.close()
-        self.process.stdout.close()
 
 
 def test_aMaildropLockHoldsAcrossProcesses(tmp_path, files):
