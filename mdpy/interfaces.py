@@ -31,11 +31,15 @@ Deferreds fires.
 
 Methods marked "synchronous" return plain values and are quick: counters
 and views already in memory (L{IMailbox.messages}), listener registration.
-Two seams are synchronous although a backend may read a file for them:
+Three seams are synchronous although a backend may read a file for them:
 L{IDirectory}, whose lookups are short indexed reads that the SMTP and
-authentication paths make for every recipient and login, and
-L{IMessageCache}, a cache of derived data.  A backend that cannot answer
-those in about the time of a local index read keeps them in memory.
+authentication paths make for every recipient and login;
+L{ILoginFailures}, the counts the login limits decide each login by, as
+short; and L{IMessageCache}, a cache of derived data.  A backend that
+cannot answer those in about the time of a local index read keeps them in
+memory.  L{IMaildropLocks} is synchronous too: taking a lock never waits.
+The state of a collected source (L{ICollectorStates.stateOf}) is a
+blocking object that the collector calls through L{IBackend.runBlocking}.
 """
 
 from zope.interface import Attribute, Interface
