@@ -22,7 +22,7 @@ from mdpy.auth import IAccount
 from mdpy.auth.accounts import Account
 from mdpy.auth.passwords import verifyCramMD5, verifyPassword
 from mdpy.backends.local import LoginFailures
-from mdpy.errors import InvalidInput
+from mdpy.errors import InvalidInput, MailError
 from mdpy.logs import Logger
 
 # Verified when the user is unknown (or has no password), so that a failed
@@ -225,6 +225,7 @@ class LoginRefused(UnauthorizedLogin):
 
 BANNED_ADDRESS = "too many failed logins from this address"
 LIMITED_ACCOUNT = "too many failed logins for this account"
+UNCOUNTED = "the failed logins cannot be read"
 
 
 class _FailureTable:
@@ -511,10 +512,22 @@ class FailedLoginTracker:
         @return: the L{LoginRefused} for C{attempt}; L{_WAIT_FOR_ADDRESS} or
             L{_WAIT_FOR_ACCOUNT} while it would pass the limit of its address
             or account if the checks under way all failed; or L{None} when
-            it may be checked now.
+            it may be checked now.  While the counts cannot be read (the
+            backend fails), every login is refused (L{UNCOUNTED}): the limits
+            are never lifted by a failure.
         """
+        try:
+            return self._limitsVerdict(attempt, now)
+        except MailError as e:
+            self._countsFailed(e)
+            return LoginRefused(UNCOUNTED)
+
+    def _countsFailed(self, error):
+        self.log.error("auth: the failed logins cannot be counted: {why}", why=error.detail)
+
+    def _limitsVerdict(self, attempt, now):
         address, account = attempt.clientAddress, attempt.account
-        if self.isBanned(address):
+        if self._banned(address, now):
             return LoginRefused(BANNED_ADDRESS)
         trusted = (account, address) in self._loggedIn
         if not trusted and self._isLimitedNow(account, now):
@@ -640,8 +653,12 @@ class FailedLoginTracker:
         @param passwordDigest: L{digestPassword} of the password tried, or
             L{None} (then every call counts).
         """
-        now = self.clock.seconds()
-        account = accountName(username)
+        try:
+            self._recordFailure(clientAddress, accountName(username), passwordDigest, self.clock.seconds())
+        except MailError as e:
+            self._countsFailed(e)
+
+    def _recordFailure(self, clientAddress, account, passwordDigest, now):
         tag = None if passwordDigest is None else _addressTag(account, passwordDigest)
         self._byAddress.record(clientAddress, account, tag, now)
         self._byAccount.record(account, clientAddress, passwordDigest, now)
@@ -667,8 +684,11 @@ class FailedLoginTracker:
         remember that it logged in from there.
         """
         account = accountName(username)
-        self._byAddress.forget(clientAddress, account)
-        self._byAccount.forget(account, clientAddress)
+        try:
+            self._byAddress.forget(clientAddress, account)
+            self._byAccount.forget(account, clientAddress)
+        except MailError as e:
+            self._countsFailed(e)
         pair = (account, clientAddress)
         self._loggedIn[pair] = True
         self._loggedIn.move_to_end(pair)
@@ -680,10 +700,14 @@ class FailedLoginTracker:
         @return: the seconds to wait before answering a failed login from
             C{clientAddress}: 0 when none failed within the window, else
             C{baseDelay} doubled for each recent failure after the first, at
-            most C{maxDelay}.
+            most C{maxDelay} (also while the counts cannot be read).
         @rtype: L{float}
         """
-        count = len(self._byAddress.recent(clientAddress, self.clock.seconds()))
+        try:
+            count = len(self._byAddress.recent(clientAddress, self.clock.seconds()))
+        except MailError as e:
+            self._countsFailed(e)
+            return self.maxDelay
         if not count:
             return 0
         return min(self.baseDelay * 2 ** min(count - 1, 64), self.maxDelay)
@@ -691,9 +715,17 @@ class FailedLoginTracker:
     def isBanned(self, clientAddress):
         """
         @return: whether C{clientAddress} failed C{banThreshold} distinct
-            times within the window.
+            times within the window (and L{True} while the counts cannot be
+            read).
         """
-        count = len(self._byAddress.recent(clientAddress, self.clock.seconds()))
+        try:
+            return self._banned(clientAddress, self.clock.seconds())
+        except MailError as e:
+            self._countsFailed(e)
+            return True
+
+    def _banned(self, clientAddress, now):
+        count = len(self._byAddress.recent(clientAddress, now))
         return bool(self.banThreshold) and count >= self.banThreshold
 
     def isLimited(self, username, clientAddress=None):
@@ -707,7 +739,11 @@ class FailedLoginTracker:
         account = accountName(username)
         if (account, clientAddress) in self._loggedIn:
             return False
-        return self._isLimitedNow(account, self.clock.seconds())
+        try:
+            return self._isLimitedNow(account, self.clock.seconds())
+        except MailError as e:
+            self._countsFailed(e)
+            return True
 
     def _isLimitedNow(self, account, now):
         """

@@ -199,3 +199,17 @@ def test_collectorStatesKeepTheirFiles(tmp_path, files):
         assert reopened.isDuplicate("<1@x>", ALICE)
     finally:
         reopened.close()
+
+
+def test_aLockFileThatCannotBeMadeRefusesTheMaildrop(tmp_path):
+    """
+    When the lock file cannot be made (here its folder is a file), the
+    maildrop is refused, never served without its lock.
+    """
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "locks").write_text("not a folder")
+    backend = filesBackend(tmp_path)
+    try:
+        assert not backend.maildropLocks.acquire(ALICE, object())
+    finally:
+        backend.close()

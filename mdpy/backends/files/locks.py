@@ -19,6 +19,9 @@ import os
 from zope.interface import implementer
 
 from mdpy.interfaces import IMaildropLocks
+from mdpy.logs import Logger
+
+_log = Logger()
 
 
 def lockFileName(account):
@@ -46,16 +49,21 @@ class FileMaildropLocks:
 
     def acquire(self, account, holder):
         """
-        See L{IMaildropLocks.acquire}.
-
-        @raise OSError: the lock file cannot be made.
+        See L{IMaildropLocks.acquire}.  A lock file that cannot be made
+        (no space for it, no file descriptor left) is logged, and the
+        maildrop taken as held: a session never runs without its lock.
         """
         held = self._held.get(account)
         if held is not None:
             return held[0] is holder
-        os.makedirs(self.folder, mode=0o700, exist_ok=True)
-        fd = os.open(os.path.join(self.folder, lockFileName(account)),
-                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        path = os.path.join(self.folder, lockFileName(account))
+        try:
+            os.makedirs(self.folder, mode=0o700, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            _log.error("pop3: cannot lock the maildrop of {account}: {path}: {why}",
+                       account=account, path=path, why=e.strerror or e)
+            return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
