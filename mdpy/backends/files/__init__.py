@@ -80,7 +80,7 @@ class FilesBackend:
         self.datadir.prepare()
         os.makedirs(self.datadir.mailRoot, mode=0o700, exist_ok=True)
         self.maildropLocks = FileMaildropLocks(os.path.join(self.datadir.root, "locks"))
-        self.loginFailures = SQLiteLoginFailures(os.path.join(self.datadir.root, "logins.sqlite"))
+        self._loginFailures = None
         self.dedupe = CollectorStates(self.datadir.root)
         self.directory = openDirectory(self.datadir, recipientDelimiter)
         if threadPool is None:
@@ -113,6 +113,16 @@ class FilesBackend:
     def __repr__(self):
         return "<FilesBackend %s>" % (self.datadir.root,)
 
+    @property
+    def loginFailures(self):
+        """
+        The L{SQLiteLoginFailures} of the data directory, opened when first
+        used (by the server, not by the C{mdpy} command).
+        """
+        if self._loginFailures is None:
+            self._loginFailures = SQLiteLoginFailures(os.path.join(self.datadir.root, "logins.sqlite"))
+        return self._loginFailures
+
     def start(self):
         """
         Tidy what a crash left: message files in C{tmp/} for over 36 hours.
@@ -137,6 +147,7 @@ class FilesBackend:
         See L{IBackend.close}.
         """
         self.directory.close()
-        self.loginFailures.close()
+        if self._loginFailures is not None:
+            self._loginFailures.close()
         self.maildropLocks.close()
         self.dedupe.close()
