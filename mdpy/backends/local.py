@@ -7,7 +7,9 @@ locks, the failed logins (L{LoginFailures}) and the MultiPOP accounts
 built without a backend take them by default; a backend shared by several
 processes or machines replaces them with ones that reach every process
 (the files backend's L{mdpy.backends.files.changefeed.MaildirChangeFeed},
-L{mdpy.backends.files.locks}, L{mdpy.backends.files.logins}).
+L{mdpy.backends.files.locks}, L{mdpy.backends.files.logins}).  With them,
+the rules every backend applies alike: the values of a MultiPOP account
+(L{remoteAccount}) and the names of collected sources (L{sourceParts}).
 
 Invariants: subscribers are called on the reactor thread; the changes a
 folder sees during one reactor turn from outside this process make one

@@ -100,7 +100,9 @@ class FilesBackend:
         self.queue = SpoolQueue(self.datadir.queueDir, reactor=reactor, runInThread=runInThread,
                                 groupCommit=groupCommit)
         accounts = RemoteAccountsFile(os.path.join(self.datadir.root, "multipop", "accounts.json"))
-        self.remoteAccounts = accounts if runInThread is None else DeferredCalls(accounts, IRemoteAccounts, runInThread)
+        if runInThread is not None:
+            accounts = DeferredCalls(accounts, IRemoteAccounts, runInThread)
+        self.remoteAccounts = accounts
 
     @classmethod
     def fromConfig(cls, config, reactor=None, threadPool=None):
