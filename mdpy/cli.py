@@ -206,14 +206,12 @@ def _reportRemoved(removed, stdout):
         stdout.write("moved %s to %s\n" % (where, keptAt))
 
 
-def _removeMultipop(datadir, users, stdout):
+def _removeMultipop(backend, users, stdout):
     """
     Stop collecting the remote POP3 accounts of deleted C{users} (their
     passwords go with them), one line each.
     """
-    from mdpy.tap import multipopAccounts
-
-    accounts = multipopAccounts(datadir)
+    accounts = backend.remoteAccounts
     for account in accounts.list():
         if account["user"] in users:
             accounts.remove(account["id"])
@@ -325,7 +323,7 @@ def _domain(args, config, datadir, stdout, stdin):
         # writing into it (see MaildirStore._removeTree).
         directory.removeDomain(domain)
         stdout.write("deleted domain %s and its %d users\n" % (domain, len(users)))
-        _removeMultipop(datadir, set(users), stdout)
+        _removeMultipop(backend, set(users), stdout)
         _reportRemoved(backend.store.deleteDomain(domain, archive=not args.purge), stdout)
     elif args.action == "catchall":
         _catchAll(args, directory, stdout)
@@ -384,7 +382,7 @@ def _user(args, config, datadir, stdout, stdin):
         # then the mail tree, in one rename (see domain del).
         directory.removeUser(user.address)
         stdout.write("deleted user %s\n" % (user.address,))
-        _removeMultipop(datadir, {user.address}, stdout)
+        _removeMultipop(backend, {user.address}, stdout)
         _reportRemoved(backend.store.deleteAccount(user.address, archive=not args.purge), stdout)
     elif args.action == "passwd":
         user = directory.getUser(args.address)
@@ -541,23 +539,23 @@ def _domainpop(args, config, datadir, stdout, stdin):
             stdout.write(line + "\n")
         return
     if args.action == "held":
-        from mdpy.tap import collectorStateDir
-
-        _held(collectorStateDir(datadir, "domainpop", args.name), "domainpop/" + args.name, stdout)
+        _held(_backend(config), datadir, "domainpop", args.name, "domainpop/" + args.name, stdout)
         return
     if not section["host"]:
         raise CommandError("[domainpop:%s] needs a host" % (args.name,))
     _collect(config, datadir, "domainpop/" + args.name, stdout)
 
 
-def _held(stateDir, name, stdout):
+def _held(backend, datadir, kind, source, name, stdout):
     """
-    List the held messages of a source: one line each, when, why, sender,
-    subject, size and file.
+    List the held messages of a source (C{kind} C{domainpop} or
+    C{multipop}, C{source} its name there) under the C{name} it has in
+    logs: one line each, when, why, sender, subject, size and file.
     """
     from mdpy.collect.held import heldMessages
+    from mdpy.tap import collectorStateDir, sourceState
 
-    held = heldMessages(stateDir)
+    held = heldMessages(collectorStateDir(datadir, kind, source), sourceState(backend, kind, source))
     if not held:
         stdout.write("%s: no message held\n" % (name,))
     for message in held:
@@ -577,16 +575,14 @@ def _odmr(args, config, datadir, stdout, stdin):
 
 
 def _multipop(args, config, datadir, stdout, stdin):
-    from mdpy.tap import collectorStateDir, multipopAccounts
-
-    accounts = multipopAccounts(datadir)
+    backend = _backend(config)
+    accounts = backend.remoteAccounts
     if args.action == "add":
         password = args.password
         if password is None:
             password = _readPassword(stdin, "Password of %s at %s: " % (args.username, args.host))
         port = args.port or (995 if args.tls == "implicit" else 110)
-        directory = _backend(config).directory
-        if directory.getUser(args.user.lower()) is None:
+        if backend.directory.getUser(args.user.lower()) is None:
             raise CommandError("no such user: %s" % (args.user,))
         stdout.write(
             accounts.add(args.user, args.host, port, args.tls, args.username, password, args.leave) + "\n"
@@ -605,7 +601,7 @@ def _multipop(args, config, datadir, stdout, stdin):
         if args.id is not None and not chosen:
             raise CommandError("no such MultiPOP account: %s" % (args.id,))
         for a in chosen:
-            _held(collectorStateDir(datadir, "multipop", a["id"]), "multipop/%s/%s" % (a["user"], a["id"]), stdout)
+            _held(backend, datadir, "multipop", a["id"], "multipop/%s/%s" % (a["user"], a["id"]), stdout)
     else:
         if not config["multipop"]["enabled"]:
             raise CommandError("[multipop] is not enabled")
@@ -642,9 +638,7 @@ def _collect(config, datadir, name, stdout):
         # What it queues leaves from the server that runs the queue.
         handOff = QueueHandOff(reactor, datadir.controlSocketPath, queue)
         queue.listeners.append(handOff)
-        collectors = buildCollectors(
-            config, datadir, pipeline, backend.directory, reactor, backend.runBlocking
-        )
+        collectors = buildCollectors(config, datadir, pipeline, backend, reactor)
         collector = collectors[name]
         try:
             reports = await defer.maybeDeferred(collector.runNow)

@@ -13,7 +13,6 @@ from OpenSSL import SSL, crypto
 from twisted.internet.error import VerifyError
 
 from mdpy.config import ConfigError
-from mdpy.datadir import DataDir
 from mdpy.errors import InvalidInput, MailError
 from mdpy.tls import serverOptions
 
@@ -198,8 +197,6 @@ def _checkSources(config):
     and credentials and readable files, and each MultiPOP account its host
     and login.
     """
-    from mdpy.tap import multipopAccounts
-
     for kind, needed in SOURCE_NEEDS.items():
         for name, section in sorted(config.named(kind).items()):
             if not section["enabled"]:
@@ -214,19 +211,24 @@ def _checkSources(config):
             checkReadable(config, title, "ca_file", section["ca_file"])
             if section.get("archive_dir"):
                 checkFolder(config, title, "archive_dir", section["archive_dir"])
-    if not config["multipop"]["enabled"]:
-        return
-    accounts = multipopAccounts(DataDir(config["server"]["data_dir"]))
+    if not config["multipop"]["enabled"] or not os.path.isdir(config["server"]["data_dir"]):
+        return  # a fresh data directory has no accounts yet
+    from mdpy.backends import load
+
+    backend = load(config["server"]["backend"], config)
+    accounts = backend.remoteAccounts
     try:
         listed = accounts.list()
     except MailError as e:
         raise ConfigError("%s; remove or repair it" % (e,)) from None
+    finally:
+        backend.close()
     for account in listed:
         missing = [key for key in ("host", "username") if not account.get(key)]
         if missing:
             raise ConfigError(
                 "%s: MultiPOP account %s: %s not set; remove it with 'mdpy multipop del %s' and add it again"
-                % (accounts.path, account["id"], _words(missing), account["id"])
+                % (getattr(accounts, "path", "[server] backend"), account["id"], _words(missing), account["id"])
             )
 
 

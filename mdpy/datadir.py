@@ -1,9 +1,10 @@
 # -*- test-case-name: tests.test_tap -*-
 """
 The layout of a data directory, shared by the server and the C{mdpy} command
-so that both find the same files.  The mail, the directory database and the
-queue are the files backend's (L{mdpy.backends.files}); the other files are
-the server's own.
+so that both find the same files.  The mail, the directory database, the
+queue, the locks, the failed logins, the MultiPOP accounts and the sources'
+state files are the files backend's (L{mdpy.backends.files}); the other
+files are the server's own.
 
     data_dir/
       directory.sqlite      domains, users, aliases, credentials
@@ -12,6 +13,11 @@ the server's own.
       spool/                bodies of large messages being received
       spool/imap/           IMAP APPEND messages being received (unnamed files)
       queue/                the outbound queue (see L{mdpy.backends.files.queue})
+      locks/                the POP3 maildrop locks (L{mdpy.backends.files.locks})
+      logins.sqlite         the failed logins the login limits count
+      multipop/accounts.json   the MultiPOP accounts (0600)
+      domainpop/NAME/, multipop/ID/   each collected source's state.sqlite,
+                            lock, spool and held messages
       dkim/                 DKIM signing keys (see L{mdpy.mailauth.dkim})
       srs.secret            the key of SRS addresses (0600)
       tls/cert.pem key.pem  the self-signed certificate, when none is set

@@ -31,11 +31,15 @@ Deferreds fires.
 
 Methods marked "synchronous" return plain values and are quick: counters
 and views already in memory (L{IMailbox.messages}), listener registration.
-Two seams are synchronous although a backend may read a file for them:
+Three seams are synchronous although a backend may read a file for them:
 L{IDirectory}, whose lookups are short indexed reads that the SMTP and
-authentication paths make for every recipient and login, and
-L{IMessageCache}, a cache of derived data.  A backend that cannot answer
-those in about the time of a local index read keeps them in memory.
+authentication paths make for every recipient and login;
+L{ILoginFailures}, the counts the login limits decide each login by, as
+short; and L{IMessageCache}, a cache of derived data.  A backend that
+cannot answer those in about the time of a local index read keeps them in
+memory.  L{IMaildropLocks} is synchronous too: taking a lock never waits.
+The state of a collected source (L{ICollectorStates.stateOf}) is a
+blocking object that the collector calls through L{IBackend.runBlocking}.
 """
 
 from zope.interface import Attribute, Interface
@@ -502,19 +506,107 @@ class IStoredMessage(Interface):
 class IMaildropLocks(Interface):
     """
     Exclusive access to a POP3 maildrop while a session is in TRANSACTION
-    state (RFC 1939 section 8), for every POP3 listener sharing the
-    backend.  Synchronous.
+    state (RFC 1939 section 8), for every POP3 listener of every process
+    sharing the backend: a second session gets C{[IN-USE]} (RFC 2449
+    section 8.1.8) whichever process holds the first.  A lock a process
+    held ends when that process ends, however it ends.
+
+    Synchronous: a POP3 session takes the lock between PASS and its reply,
+    and the lock must be decided before any other command of that session
+    is read; taking one is a non-blocking kernel call (a file lock) or an
+    update in memory, never a wait.
     """
 
     def acquire(account, holder):
         """
-        @return: whether C{holder} (a session) now holds C{account}'s
-            maildrop: L{False} when another holder has it.
+        @param account: the account's normalised address.
+        @param holder: the session taking the lock (any object).
+        @return: whether C{holder} now holds C{account}'s maildrop (again
+            L{True} when it held it already): L{False} when another holder,
+            in this process or another, has it.
         """
 
     def release(account, holder):
         """
         Give C{account}'s maildrop up, if C{holder} holds it.
+        """
+
+
+class ILoginFailures(Interface):
+    """
+    The failed logins counted by the login limits
+    (L{mdpy.auth.checkers.FailedLoginTracker}), shared by every process
+    sharing the backend, so that a guesser gains nothing by reaching
+    another worker.  The tracker keeps the policy (the window, the
+    thresholds, the delays, the logins being checked); the backend keeps
+    only timed events, each C{(when, source, tag)} under a key (a client
+    address, an account) of a named table.
+
+    A tag tells a repeat (the same password tried again) from a new guess:
+    L{bytes}, compared as they are, or L{None} (never a repeat).  Keys and
+    sources are texts.
+
+    Synchronous: the tracker decides every login on the reactor thread
+    from these counts before the credentials are checked, as the
+    authentication path reads L{IDirectory}; each call is one short indexed
+    read or write of a few rows.  A backend that cannot answer that fast
+    keeps them in memory.
+    """
+
+    def record(table, key, source, tag, now, since, maxEvents, maxKeys):
+        """
+        Count an event of C{key} at C{now}, unless C{tag} is not L{None}
+        and an event of C{key} after C{since} has the same tag.  Events of
+        C{table} at or before C{since} may be forgotten; C{key} keeps its
+        C{maxEvents} latest, the table its C{maxKeys} keys with the latest
+        events.
+
+        @return: whether it was counted.
+        """
+
+    def recent(table, key, since):
+        """
+        @return: the events of C{key} after C{since}, oldest first, as a
+            sequence of C{(when, source, tag)}.
+        """
+
+    def forget(table, key, source):
+        """
+        Forget the events of C{key} that came from C{source}.
+        """
+
+    def keys(table, since):
+        """
+        @return: how many keys of C{table} have an event after C{since}.
+        """
+
+
+class IRemoteAccounts(Interface):
+    """
+    The remote POP3 accounts users collect into their INBOX (MultiPOP,
+    C{mdpy multipop add}).  Each account is a L{dict}: C{id}, C{user} (the
+    local address), C{host}, C{port}, C{tls} (one of
+    L{mdpy.tls.TLS_MODES}), C{username}, C{password} (kept as given: it
+    must be sent as it is), C{leave_on_server_days}.  A change made by one
+    process (the C{mdpy} command) is seen by the others at their next
+    L{list}.
+    """
+
+    def list():
+        """
+        @return: every account, in the order they were added.
+        @raise mdpy.errors.TemporaryFailure: they cannot be read.
+        """
+
+    def add(user, host, port=110, tls="starttls", username="", password="", leaveOnServerDays=0):
+        """
+        @return: the new account's id.
+        @raise mdpy.errors.InvalidInput: a malformed value.
+        """
+
+    def remove(accountId):
+        """
+        @raise mdpy.errors.NotFound: no such account.
         """
 
 
@@ -746,6 +838,29 @@ class IDedupeCache(Interface):
         """
 
 
+class ICollectorStates(Interface):
+    """
+    What each collected source (a C{[domainpop:NAME]} mailbox, a MultiPOP
+    account) remembers between runs: the state of each message on the
+    server by UIDL and the dedupe cache, one L{IDedupeCache} per source,
+    shared by the server and the C{mdpy domainpop run} command.
+    """
+
+    def stateOf(source):
+        """
+        @param source: C{domainpop/NAME} or C{multipop/ID}.
+        @return: the source's state, made empty on first use: an
+            L{IDedupeCache} that also keeps the UIDLs and held messages of
+            the source (L{mdpy.backends.files.collectorstate.CollectorState}
+            names the methods).  Its methods block (a database) and are
+            thread-safe: the collector runs them through
+            L{IBackend.runBlocking}, beside its own spool files.
+            Synchronous.
+        @raise ValueError: C{source} is not such a name.
+        @raise mdpy.errors.TemporaryFailure: it cannot be opened.
+        """
+
+
 class IRecipientVerifier(Interface):
     """
     Says whether a recipient of a gateway domain exists before SMTP accepts
@@ -782,6 +897,9 @@ class IBackend(Interface):
     queue = Attribute("The L{IOutboundQueue}.")
     changeFeed = Attribute("The L{IChangeFeed} of C{store}.")
     maildropLocks = Attribute("The L{IMaildropLocks} of every POP3 listener.")
+    loginFailures = Attribute("The L{ILoginFailures} of the login limits.")
+    remoteAccounts = Attribute("The L{IRemoteAccounts} MultiPOP collects.")
+    dedupe = Attribute("The L{ICollectorStates} of DomainPOP and MultiPOP.")
 
     def start():
         """

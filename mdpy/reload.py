@@ -79,16 +79,15 @@ class LiveParts:
         gateways' Minger clients, or L{None}.
     """
 
-    def __init__(self, config, datadir, directory, pipeline, reactor, tlsOptions, mtaTLSOptions,
-                 loginTracker, collectors, resolver=None, runInThread=None):
+    def __init__(self, config, datadir, backend, pipeline, reactor, tlsOptions, mtaTLSOptions,
+                 loginTracker, collectors, resolver=None):
         """
-        @param runInThread: the backend's C{runBlocking}, for the state of
+        @param backend: the server's L{mdpy.interfaces.IBackend}, for the
             collectors started on reload.
         """
         self.config = self.started = config
-        self.runInThread = runInThread
         self.datadir = datadir
-        self.directory = directory
+        self.backend = backend
         self.pipeline = pipeline
         self.reactor = reactor
         self.tlsOptions = tlsOptions
@@ -120,8 +119,7 @@ class LiveParts:
             for name in after:
                 if after[name] != before.get(name):
                     plan.started[name] = buildCollection(
-                        config, self.datadir, name, self.pipeline, self.directory, self.reactor,
-                        self.runInThread,
+                        config, self.datadir, name, self.pipeline, self.backend, self.reactor,
                     )
         except ConfigError:
             for collection in plan.started.values():
@@ -165,7 +163,7 @@ class ReloadPlan:
         live.loginTracker.reconfigure(**loginLimits(config["auth"]))
         for name in LISTENER_KINDS:
             if name in top.namedServices and config[name]["enabled"]:
-                top.getServiceNamed(name).factory.reconfigure(**listenerSettings(config, name, live.directory))
+                top.getServiceNamed(name).factory.reconfigure(**listenerSettings(config, name, live.backend.directory))
         if self.gateways is not None:
             for gateway in live.pipeline.gateways.replace(self.gateways):
                 if gateway.verifier is not None:

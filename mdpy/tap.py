@@ -4,6 +4,7 @@ C{twistd mdpy}: the options, and the one place that builds the object graph
 from the configuration.
 """
 
+import functools
 import os
 import re
 import resource
@@ -45,7 +46,7 @@ from mdpy.domainpop.state import DEDUPE_FINGERPRINT
 from mdpy.logs import logThroughFilter, setLevel
 from mdpy.minger.client import MingerClient, MingerVerifier
 from mdpy.minger.server import MingerServer
-from mdpy.multipop.service import MultiPOPAccounts, MultiPOPService
+from mdpy.multipop.service import MultiPOPService
 from mdpy.odmr.customer import ODMRAccount, ODMRClientService
 from mdpy.odmr.gateway import GatewayChecker, GatewayDomain, Gateways, normaliseLogin
 from mdpy.odmr.provider import ODMRFactory
@@ -436,7 +437,7 @@ def buildService(config, portOffset=0, reactor=None, lock=None):
             log.warn("gateway:{domain} is also a local domain; its mail is held for ATRN, "
                      "not delivered to its users", domain=domain)
     portal = makePortal(directory, runInThread=backend.runBlocking)
-    loginTracker = loginTrackerFor(config["auth"], reactor)
+    loginTracker = loginTrackerFor(config["auth"], reactor, backend.loginFailures)
 
     shared = dict(
         portal=portal,
@@ -495,8 +496,8 @@ def buildService(config, portOffset=0, reactor=None, lock=None):
         listener = _NamedListener(endpoint, factory)
         listener.setName(name)
         listener.setServiceParent(top)
-    top.live = LiveParts(config, datadir, directory, pipeline, reactor, tlsOptions, mtaTLSOptions,
-                         loginTracker, {}, resolver=resolver, runInThread=backend.runBlocking)
+    top.live = LiveParts(config, datadir, backend, pipeline, reactor, tlsOptions, mtaTLSOptions,
+                         loginTracker, {}, resolver=resolver)
     top.backend = backend
     duties = PrimaryDuties(top, datadir, portOffset, odmrShared=shared)
     primary = lock is None or lock.held
@@ -634,8 +635,8 @@ class PrimaryDuties:
                 pipeline.gateways,
                 relay,
                 defaultDomain=server["domain"],
-                **listenerSettings(config, "odmr", live.directory),
-                **dict(self.odmrShared, portal=odmrPortal(pipeline.gateways, live.directory, backend.runBlocking)),
+                **listenerSettings(config, "odmr", backend.directory),
+                **dict(self.odmrShared, portal=odmrPortal(pipeline.gateways, backend.directory, backend.runBlocking)),
             )
             listener = _NamedListener(
                 _endpoint(reactor, section["interface"], section["port"] + self.portOffset), factory
@@ -650,7 +651,7 @@ class PrimaryDuties:
         top, live = self.top, self.top.live
         reactor, pipeline, backend = live.reactor, live.pipeline, top.backend
         live.collectors.update(
-            buildCollectors(live.config, self.datadir, pipeline, live.directory, reactor, backend.runBlocking)
+            buildCollectors(live.config, self.datadir, pipeline, backend, reactor)
         )
         for name, collector in live.collectors.items():
             collector.setName(name)
@@ -834,8 +835,10 @@ def odmrPortal(gateways, directory, runInThread=None):
     return Portal(Realm(), [GatewayChecker(gateways, DirectoryChecker(directory, runInThread))])
 
 
-def collectorFor(config, datadir, name, section, pipeline, directory, reactor, runInThread=None):
+def collectorFor(config, datadir, name, section, pipeline, backend, reactor):
     """
+    @param backend: the L{mdpy.interfaces.IBackend} that keeps the
+        source's state and runs its blocking work.
     @return: the L{Collector} of the C{[domainpop:NAME]} C{section}.
     """
     account = POP3Account(
@@ -876,9 +879,9 @@ def collectorFor(config, datadir, name, section, pipeline, directory, reactor, r
     stateDir = collectorStateDir(datadir, "domainpop", name)
     os.makedirs(stateDir, mode=0o700, exist_ok=True)
     return Collector(
-        "domainpop/" + name, account, settings, pipeline, directory, stateDir,
+        "domainpop/" + name, account, settings, pipeline, backend.directory, stateDir,
         server["hostname"], "postmaster@" + server["domain"], reactor=reactor,
-        runInThread=runInThread,
+        runInThread=backend.runBlocking, openState=sourceState(backend, "domainpop", name),
     )
 
 
@@ -887,16 +890,25 @@ def collectorStateDir(datadir, kind, name):
     @param kind: C{domainpop} or C{multipop}.
     @param name: the C{NAME} of C{[domainpop:NAME]}, or a MultiPOP
         account's id.
-    @return: where that source keeps its state, lock, spool and held
-        folder.
+    @return: where that source keeps its lock, spool and held folder.
     """
     return os.path.join(datadir.root, kind, name)
 
 
-def multipopCollectorFor(config, datadir, account, pipeline, directory, reactor, runInThread=None):
+def sourceState(backend, kind, name):
+    """
+    @param kind: C{domainpop} or C{multipop}.
+    @param name: as for L{collectorStateDir}.
+    @return: a callable returning the state C{backend} keeps of that
+        source (L{mdpy.interfaces.ICollectorStates.stateOf}).
+    """
+    return functools.partial(backend.dedupe.stateOf, "%s/%s" % (kind, name))
+
+
+def multipopCollectorFor(config, datadir, account, pipeline, backend, reactor):
     """
     @return: the L{Collector} of one MultiPOP account (a dict of
-        L{MultiPOPAccounts}).
+        L{mdpy.interfaces.IRemoteAccounts}).
     """
     section = config["multipop"]
     server = config["server"]
@@ -913,14 +925,11 @@ def multipopCollectorFor(config, datadir, account, pipeline, directory, reactor,
         maxMessageSize=config["smtp"]["max_message_size"],
     )
     return Collector(
-        "multipop/%s/%s" % (account["user"], account["id"]), pop3, settings, pipeline, directory,
-        stateDir, server["hostname"], "postmaster@" + server["domain"], reactor=reactor,
-        runInThread=runInThread,
+        "multipop/%s/%s" % (account["user"], account["id"]), pop3, settings, pipeline,
+        backend.directory, stateDir, server["hostname"], "postmaster@" + server["domain"],
+        reactor=reactor, runInThread=backend.runBlocking,
+        openState=sourceState(backend, "multipop", account["id"]),
     )
-
-
-def multipopAccounts(datadir):
-    return MultiPOPAccounts(os.path.join(datadir.root, "multipop", "accounts.json"))
 
 
 def collectionInputs(config):
@@ -946,9 +955,10 @@ def collectionInputs(config):
     return inputs
 
 
-def buildCollection(config, datadir, name, pipeline, directory, reactor, runInThread=None):
+def buildCollection(config, datadir, name, pipeline, backend, reactor):
     """
     @param name: a name of L{collectionInputs}.
+    @param backend: the L{mdpy.interfaces.IBackend} of the server.
     @return: the service of collection C{name}: a L{CollectorService}, an
         L{ODMRClientService} or the L{MultiPOPService}.
     @raise ConfigError: a bad value in its section.
@@ -956,29 +966,25 @@ def buildCollection(config, datadir, name, pipeline, directory, reactor, runInTh
     kind, _, instance = name.partition("/")
     if kind == "domainpop":
         section = config.named("domainpop")[instance]
-        collector = collectorFor(
-            config, datadir, instance, section, pipeline, directory, reactor, runInThread
-        )
+        collector = collectorFor(config, datadir, instance, section, pipeline, backend, reactor)
         return CollectorService(collector, section["interval"], clock=reactor)
     if kind == "odmr":
         return odmrClientFor(config, instance, config.named("odmr-client")[instance], pipeline, reactor)
     return MultiPOPService(
-        multipopAccounts(datadir),
-        lambda account: multipopCollectorFor(
-            config, datadir, account, pipeline, directory, reactor, runInThread
-        ),
+        backend.remoteAccounts,
+        lambda account: multipopCollectorFor(config, datadir, account, pipeline, backend, reactor),
         config["multipop"]["interval"],
         clock=reactor,
     )
 
 
-def buildCollectors(config, datadir, pipeline, directory, reactor, runInThread=None):
+def buildCollectors(config, datadir, pipeline, backend, reactor):
     """
     @return: C{{name: service}} of every enabled collection (see
         L{collectionInputs} and L{buildCollection}).
     """
     return {
-        name: buildCollection(config, datadir, name, pipeline, directory, reactor, runInThread)
+        name: buildCollection(config, datadir, name, pipeline, backend, reactor)
         for name in collectionInputs(config)
     }
 
@@ -1029,12 +1035,15 @@ def odmrClientFor(config, name, section, pipeline, reactor):
                              reactor=reactor, clock=reactor)
 
 
-def loginTrackerFor(section, reactor):
+def loginTrackerFor(section, reactor, failures=None):
     """
+    @param failures: the backend's L{mdpy.interfaces.ILoginFailures}, which
+        every process sharing it counts in; L{None} for this process's
+        memory.
     @return: the L{FailedLoginTracker} of an C{[auth]} section, which every
         listener with logins shares.
     """
-    return FailedLoginTracker(reactor, **loginLimits(section))
+    return FailedLoginTracker(reactor, failures=failures, **loginLimits(section))
 
 
 def loginLimits(section):

@@ -376,3 +376,41 @@ class MdpyServer:
             with open(path, "rb") as f:
                 result.append(f.read())
         return result
+
+
+class OtherProcess:
+    """
+    Another process on the same data directory: a Python running
+    C{script} with the files backend of C{data} as C{backend}; it prints
+    C{ready} when the script has run, then waits to be killed.
+    """
+
+    def __init__(self, data, script):
+        self.process = subprocess.Popen(
+            [sys.executable, "-c",
+             "import sys\n"
+             "from mdpy.backends.files import FilesBackend\n"
+             "backend = FilesBackend(sys.argv[1])\n"
+             + script +
+             "\nprint('ready', flush=True)\n"
+             "sys.stdin.read()\n",
+             str(data)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            env=dict(os.environ, PYTHONPATH=checkoutFirst(os.environ.get("PYTHONPATH"))),
+        )
+        self.output = []  # the lines it printed before "ready"
+        for line in self.process.stdout:
+            if line == b"ready\n":
+                break
+            self.output.append(line.decode().strip())
+        else:
+            raise AssertionError("the other process failed: %r" % (self.output,))
+
+    def kill(self):
+        """
+        Kill it at once (C{kill -9}): nothing of it runs again.
+        """
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+        self.process.stdin.close()
+        self.process.stdout.close()

@@ -30,6 +30,7 @@ from mdpy.auth.checkers import (
     makePortal,
 )
 from mdpy.backends.files.directory import SQLiteDirectory
+from mdpy.backends.local import LoginFailures
 from mdpy.errors import TemporaryFailure
 
 
@@ -797,3 +798,74 @@ def test_waitingLoginWaitsForAddressThenAccount(clock):
     first.result.failed()
     assert waiting.refused and waiting.result.why == checkers.LIMITED_ACCOUNT
     assert tracker.waitingLogins() == 0
+
+
+# --- counts shared by the processes of a backend ----------------------------
+
+
+def test_trackersSharingCountsApplyOneAnothersLimits(clock):
+    """
+    Two trackers (two processes) counting in one L{LoginFailures} (the
+    backend's): the guesses made at one ban the address and limit the
+    account at the other, whose own policy (thresholds, delays) decides;
+    the account's limit is announced once, by the tracker that set it.
+    """
+    failures = LoginFailures()
+    one = FailedLoginTracker(clock, banThreshold=3, accountThreshold=4, failures=failures)
+    two = FailedLoginTracker(clock, banThreshold=3, accountThreshold=4, failures=failures)
+    with capturedWarnings() as warnings:
+        for n in range(3):
+            _failFrom(one, "192.0.2.1", "bob@example.com", "guess%d" % (n,))
+        refused = _start(two, "192.0.2.1", "alice@example.com", "right")
+        assert refused.refused and refused.result.why == checkers.BANNED_ADDRESS
+        assert two.delayFor("192.0.2.1") == 8.0
+        _failFrom(two, "192.0.2.2", "bob@example.com", "guess3")
+        refused = _start(one, "192.0.2.3", "bob@example.com", "right")
+        assert refused.refused and refused.result.why == checkers.LIMITED_ACCOUNT
+        assert one.isLimited("bob@example.com", "192.0.2.9")
+        assert two.isLimited("bob@example.com", "192.0.2.9")
+    assert len([text for text in warnings if "logins for bob@example.com refused" in text]) == 1
+    clock.advance(600)
+    assert not two.isBanned("192.0.2.1") and not two.isLimited("bob@example.com", "192.0.2.9")
+
+
+def test_aRepeatAtAnotherTrackerCountsAgain(clock):
+    """
+    Password digests are keyed by each process: the same stale password
+    tried at two processes counts once at each, never more.
+    """
+    failures = LoginFailures()
+    one = FailedLoginTracker(clock, failures=failures)
+    two = FailedLoginTracker(clock, failures=failures)
+    for tracker in (one, two, one, two):
+        _failFrom(tracker, "192.0.2.1", "bob@example.com", "stale")
+    assert one.delayFor("192.0.2.1") == 4.0
+
+
+class BrokenFailures(LoginFailures):
+    """
+    Counts that cannot be read or written: a backend's database that fails.
+    """
+
+    def _broken(self, *args):
+        raise TemporaryFailure("logins.sqlite: disk I/O error")
+
+    record = recent = forget = keys = _broken
+
+
+def test_countsThatCannotBeReadRefuseEveryLogin(clock):
+    """
+    While the backend cannot give the counts, no login is let through
+    uncounted: each is refused (and the failure logged), the delay is the
+    longest, an address is taken as banned; recording does not raise.
+    """
+    tracker = FailedLoginTracker(clock, failures=BrokenFailures())
+    with capturedWarnings() as logged:
+        refused = _start(tracker, "192.0.2.1", "bob@example.com", "right")
+        tracker.recordFailure("192.0.2.1", "bob@example.com")
+        tracker.recordSuccess("192.0.2.1", "bob@example.com")
+        assert tracker.delayFor("192.0.2.1") == tracker.maxDelay
+        assert tracker.isBanned("192.0.2.1")
+        assert tracker.isLimited("alice@example.com", "192.0.2.1")
+    assert refused.refused and refused.result.why == checkers.UNCOUNTED
+    assert logged and all("disk I/O error" in text for text in logged)

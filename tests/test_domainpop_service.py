@@ -4,6 +4,7 @@ collection cycles against mdpy's own POP3 server on loopback playing the
 ISP, delivering through the real pipeline into a Maildir store.
 """
 
+import functools
 import os
 import re
 
@@ -18,8 +19,9 @@ from mdpy.delivery.pipeline import DeliveryPipeline
 from mdpy.domainpop.recipients import RoutingRules
 from mdpy.collect.collector import Collector, CollectorSettings
 from mdpy.collect.held import heldMessages
-from mdpy.domainpop.state import CollectorState
-from mdpy.multipop.service import MultiPOPAccounts, MultiPOPService
+from mdpy.backends.files.collectorstate import CollectorStates
+from mdpy.backends.files.remoteaccounts import RemoteAccountsFile
+from mdpy.multipop.service import MultiPOPService
 from mdpy.pop3.client import POP3Account
 from mdpy.pop3.server import POP3Factory
 from mdpy.backends.files.maildir import MaildirStore
@@ -122,15 +124,19 @@ class CollectorTestCase(TempDirTestCase):
         for name in LOCAL:
             self.store.createAccount(name + "@example.test")
         self.pipeline = DeliveryPipeline(self.directory, self.store, spoolDir=self.root)
-        self.stateDir = os.path.join(self.root, "state")
-        os.makedirs(self.stateDir)
         self.now = [1700000000.0]
+        # The states as the files backend keeps them.
+        self.states = CollectorStates(self.root, clock=lambda: self.now[0])
+        self.addCleanup(self.states.close)
+        self.stateDir = os.path.join(self.root, "domainpop", "isp")
+        self.openState = functools.partial(self.states.stateOf, "domainpop/isp")
+        os.makedirs(self.stateDir)
 
     def collector(self, isp, cls=Collector, **settings):
         collector = cls(
             "domainpop/isp", isp.account(), CollectorSettings(**settings), self.pipeline, self.directory,
             self.stateDir, "mx.example.test", "postmaster@example.test", reactor=reactor,
-            runInThread=synchronousRunner, clock=lambda: self.now[0],
+            runInThread=synchronousRunner, clock=lambda: self.now[0], openState=self.openState,
         )
         self.addCleanup(collector.close)
         return collector
@@ -282,7 +288,7 @@ class RoutingTests(CollectorTestCase):
                                      r" dropped: unknown nobody@example\.test \(unknown_recipient = drop\)$")
         self.assertIn("<m2@far.test>", dropped[1])
         self.assertIn("dropped: no recipient found", dropped[1])
-        self.assertEqual(heldMessages(self.stateDir), [])
+        self.assertEqual(heldMessages(self.stateDir, self.openState), [])
 
     async def test_bounceToTheSenderOrElseThePostmaster(self):
         """
@@ -439,7 +445,7 @@ class HeldTests(CollectorTestCase):
         """
         self.assertEqual(isp.remaining(), 0)
         held = {}
-        for message in heldMessages(self.stateDir):
+        for message in heldMessages(self.stateDir, self.openState):
             with open(message.path, "rb") as f:
                 held[f.read()] = message
         self.assertEqual(sorted(held), sorted(data for data, reason in expected))
@@ -476,7 +482,7 @@ class HeldTests(CollectorTestCase):
         self.assertEqual(self.everything(), {name: [] for name in LOCAL})
         report = await self.collector(isp).collect()
         self.assertEqual((report.listed, report.held), (0, 0))
-        self.assertEqual(len(heldMessages(self.stateDir)), 2)
+        self.assertEqual(len(heldMessages(self.stateDir, self.openState)), 2)
 
     async def test_unknownAmongKnown(self):
         """
@@ -488,7 +494,7 @@ class HeldTests(CollectorTestCase):
         report = await self.collector(isp).collect()
         self.assertEqual((report.copies, report.held), (1, 1))
         self.assertEqual(self.subjects("alice"), ["mixed"])
-        [held] = heldMessages(self.stateDir)
+        [held] = heldMessages(self.stateDir, self.openState)
         self.assertTrue(held.reason.startswith("unknown nobody@example.test; the postmaster"), held.reason)
         self.assertEqual(isp.remaining(), 0)
 
@@ -526,7 +532,7 @@ class HeldTests(CollectorTestCase):
         target.recipientErrors["postmaster@example.test"] = errors.TemporaryFailure("disk full")
         report = await collector.collect()
         self.assertIn("disk full", report.error)
-        self.assertEqual((isp.remaining(), heldMessages(self.stateDir)), (1, []))
+        self.assertEqual((isp.remaining(), heldMessages(self.stateDir, self.openState)), (1, []))
         target.recipientErrors["postmaster@example.test"] = errors.TooBig("larger than 1 octet")
         report = await collector.collect()
         self.assertIsNone(report.error)
@@ -567,7 +573,7 @@ class HeldTests(CollectorTestCase):
         self.assertIn(", %d octets) at 127.0.0.1 without download, larger than max_size 2000"
                       " (size_action = delete); the postmaster postmaster@example.test cannot be told:"
                       " no such user: postmaster@example.test" % (len(big),), line)
-        self.assertEqual(heldMessages(self.stateDir), [])
+        self.assertEqual(heldMessages(self.stateDir, self.openState), [])
 
     async def test_tooBigForAbsentPostmasterHeld(self):
         """
@@ -595,21 +601,20 @@ class HeldTests(CollectorTestCase):
         administrator removed is gone; an empty or missing folder lists
         nothing; sender and subject are made printable.
         """
-        self.assertEqual(heldMessages(os.path.join(self.root, "nowhere")), [])
+        self.assertEqual(heldMessages(os.path.join(self.root, "nowhere"), self.openState), [])
         held = os.path.join(self.stateDir, "held")
         os.makedirs(held)
-        self.assertEqual(heldMessages(self.stateDir), [])
+        self.assertEqual(heldMessages(self.stateDir, self.openState), [])
         old = os.path.join(held, "old.eml")
         with open(old, "wb") as f:
             f.write(b"From: Someone <a@far.test>\r\nSubject: =?utf-8?q?caf=C3=A9?= \x1b[2J\r\n\r\nx\r\n")
         os.utime(old, (1600000000, 1600000000))
-        state = CollectorState(os.path.join(self.stateDir, "state.sqlite"), clock=lambda: self.now[0])
-        self.addCleanup(state.close)
+        state = self.openState()
         with open(os.path.join(held, "new.eml"), "wb") as f:
             f.write(BCC_BARE)
         state.recordHeld("new.eml", "uid-1", "why\nnot")
         state.recordHeld("gone.eml", "uid-2", "removed since")
-        listed = heldMessages(self.stateDir)
+        listed = heldMessages(self.stateDir, self.openState)
         self.assertEqual(
             [(m.heldAt, m.reason, m.sender, m.subject, os.path.basename(m.path)) for m in listed],
             [(1600000000, "no reason recorded", "a@far.test", "caf\u00e9 \\x1b[2J", "old.eml"),
@@ -655,7 +660,7 @@ class CrashTests(CollectorTestCase):
         self.assertEqual(self.everything(), EXPECTED)
         self.assertEqual(isp.remaining(), 0)
         # The loop held before the crash and again after it: one file.
-        self.assertEqual(len(heldMessages(self.stateDir)), 1)
+        self.assertEqual(len(heldMessages(self.stateDir, self.openState)), 1)
 
     def test_crashAfterRetrieve(self):
         return defer.ensureDeferred(self.crashAt("retrieved"))
@@ -758,7 +763,7 @@ class MultiPOPTests(CollectorTestCase):
         @return: a L{MultiPOPService} collecting the ISP mailbox into
             C{user}'s INBOX, and the account's id.
         """
-        accounts = MultiPOPAccounts(os.path.join(self.root, "multipop", "accounts.json"))
+        accounts = RemoteAccountsFile(os.path.join(self.root, "multipop", "accounts.json"))
         accountId = accounts.add(user, "127.0.0.1", isp.port.getHost().port, "none", BOX, "secret")
         self.assertEqual(os.stat(accounts.path).st_mode & 0o777, 0o600)
 
@@ -771,6 +776,7 @@ class MultiPOPTests(CollectorTestCase):
                 "multipop/carol/" + account["id"], pop3, CollectorSettings(recipient=account["user"]),
                 self.pipeline, self.directory, state, "mx.example.test", "postmaster@example.test",
                 reactor=reactor, runInThread=synchronousRunner,
+                openState=functools.partial(self.states.stateOf, "multipop/" + account["id"]),
             )
             self.addCleanup(collector.close)
             return collector
@@ -801,7 +807,8 @@ class MultiPOPTests(CollectorTestCase):
         self.assertIsNone(report.error)
         self.assertEqual((report.held, report.dropped), (1, 0))
         self.assertEqual(isp.remaining(), 0)
-        [held] = heldMessages(os.path.join(self.root, "multipop", accountId))
+        [held] = heldMessages(os.path.join(self.root, "multipop", accountId),
+                              functools.partial(self.states.stateOf, "multipop/" + accountId))
         self.assertEqual(held.reason, "unknown carol@example.test; the postmaster postmaster@example.test"
                                       " cannot take it: no such user: postmaster@example.test")
         with open(held.path, "rb") as f:

@@ -1,5 +1,7 @@
 """
-Tests for L{mdpy.domainpop.state}.
+Tests for L{mdpy.domainpop.state} (the dedupe keys) and the files
+backend's state of a collected source that keeps them
+(L{mdpy.backends.files.collectorstate}).
 """
 
 import sqlite3
@@ -9,16 +11,10 @@ import threading
 
 import pytest
 
-from mdpy.domainpop import state as statemodule
+from mdpy.backends.files import collectorstate as statemodule
+from mdpy.backends.files.collectorstate import SCHEMA_VERSION, CollectorState
 from mdpy.domainpop.recipients import parseHead
-from mdpy.domainpop.state import (
-    DEDUPE_FINGERPRINT,
-    MAX_KEY_VALUE,
-    SCHEMA_VERSION,
-    CollectorState,
-    dedupeKey,
-    fingerprint,
-)
+from mdpy.domainpop.state import DEDUPE_FINGERPRINT, MAX_KEY_VALUE, dedupeKey, fingerprint
 from mdpy.errors import PermanentFailure, TemporaryFailure
 
 
@@ -169,7 +165,7 @@ def test_anotherProcessWritesAtOnce(path, state):
     """
     script = (
         "import sys\n"
-        "from mdpy.domainpop.state import CollectorState\n"
+        "from mdpy.backends.files.collectorstate import CollectorState\n"
         "s = CollectorState(sys.argv[1])\n"
         "for i in range(200):\n"
         "    s.markDelivered('child-%d' % i, [('k%d' % i, 'r@example.test')])\n"

@@ -21,11 +21,6 @@ import pytest
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mdpy")
 PROTOCOLS = ("smtp", "pop3", "imap", "odmr", "minger", "domainpop", "multipop")
-# The collectors' state file still opens its own SQLite file (with the
-# files backend's helper): its folder also holds the collector's lock, spool
-# and held messages, so it moves behind the backend with the collector
-# framework as a whole.
-NOT_YET_BEHIND_THE_BACKEND = {"mdpy.domainpop.state"}
 THREAD_NAMES = {"deferToThread", "deferToThreadPool", "callInThread", "getThreadPool", "ThreadPool"}
 THREAD_MODULES = ("twisted.internet.threads", "twisted.python.threadpool", "threading",
                   "concurrent.futures")
@@ -89,9 +84,7 @@ def test_theModulesAreFound():
     assert {"mdpy.imap.server", "mdpy.pop3.server", "mdpy.backends.files.maildir", "mdpy.tap"} <= dotted
 
 
-@pytest.mark.parametrize("path, dotted, tree",
-                         [m for m in outsideBackends() if m[1] not in NOT_YET_BEHIND_THE_BACKEND],
-                         ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize("path, dotted, tree", outsideBackends(), ids=lambda v: v if isinstance(v, str) else "")
 def test_noBackendModuleImportedOutsideBackends(path, dotted, tree):
     assert [name for name in imported(tree, dotted) if isBackendModule(name)] == []
 

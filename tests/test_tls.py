@@ -84,13 +84,13 @@ def test_oneListOfClientTLSModes(mode, tmp_path):
     """
     from mdpy.config import Config, ConfigError
     from mdpy.errors import InvalidInput
-    from mdpy.multipop.service import MultiPOPAccounts
+    from mdpy.backends.files.remoteaccounts import RemoteAccountsFile
     from mdpy.odmr.customer import ODMRAccount
     from mdpy.pop3.client import POP3Account
 
     path = tmp_path / "mdpy.ini"
     path.write_text("[relay]\nsmarthost_tls = %s\n[domainpop:isp]\ntls = %s\n" % (mode, mode))
-    accounts = MultiPOPAccounts(str(tmp_path / "accounts.json"))
+    accounts = RemoteAccountsFile(str(tmp_path / "accounts.json"))
     if mode in TLS_MODES:
         config = Config.load(str(path))
         assert config["relay"]["smarthost_tls"] == config.named("domainpop")["isp"]["tls"] == mode

@@ -21,7 +21,8 @@ from mdpy.address import normalise
 from mdpy.auth import IAccount
 from mdpy.auth.accounts import Account
 from mdpy.auth.passwords import verifyCramMD5, verifyPassword
-from mdpy.errors import InvalidInput
+from mdpy.backends.local import LoginFailures
+from mdpy.errors import InvalidInput, MailError
 from mdpy.logs import Logger
 
 # Verified when the user is unknown (or has no password), so that a failed
@@ -224,51 +225,40 @@ class LoginRefused(UnauthorizedLogin):
 
 BANNED_ADDRESS = "too many failed logins from this address"
 LIMITED_ACCOUNT = "too many failed logins for this account"
+UNCOUNTED = "the failed logins cannot be read"
 
 
 class _FailureTable:
     """
     Failures per key (a client address, an account) within a sliding
-    window, in bounded memory: a key keeps at most C{maxEvents} failures,
-    the table at most C{maxKeys} keys (the longest quiet go first), and a
-    failure older than C{window} seconds is forgotten.
+    window: the policy of one table of the backend's counts
+    (L{mdpy.interfaces.ILoginFailures}), which every process sharing the
+    backend sees.  A key keeps at most C{maxEvents} failures, the table at
+    most C{maxKeys} keys (the longest quiet go first), and a failure older
+    than C{window} seconds is forgotten.
 
     A failure is C{(time, source, tag)}: C{source} is what L{forget}
-    removes by, C{tag} what makes a repeat count once (L{None}: never a
-    repeat).
+    removes by, C{tag} (L{bytes}) what makes a repeat count once (L{None}:
+    never a repeat).
     """
 
-    def __init__(self, window, maxKeys, maxEvents):
+    def __init__(self, failures, name, clock, window, maxKeys, maxEvents):
+        self.failures = failures
+        self.name = name
+        self.clock = clock
         self.window = window
         self.maxKeys = maxKeys
         self.maxEvents = maxEvents
-        # key -> deque of (time, source, tag); ordered by the time of the
-        # last failure recorded, oldest first.
-        self._events = OrderedDict()
 
     def __len__(self):
-        return len(self._events)
-
-    def _expire(self, now):
-        horizon = now - self.window
-        while self._events:
-            key, events = next(iter(self._events.items()))
-            if events and events[-1][0] > horizon:
-                break
-            del self._events[key]
+        return self.failures.keys(self.name, self.clock.seconds() - self.window)
 
     def recent(self, key, now):
         """
         @return: the failures of C{key} within the window, as a sequence of
             C{(time, source, tag)}.
         """
-        events = self._events.get(key)
-        if not events:
-            return ()
-        horizon = now - self.window
-        while events and events[0][0] <= horizon:
-            events.popleft()
-        return events
+        return self.failures.recent(self.name, key, now - self.window)
 
     def record(self, key, source, tag, now):
         """
@@ -276,30 +266,27 @@ class _FailureTable:
 
         @return: whether it was counted.
         """
-        self._expire(now)
-        events = self.recent(key, now)
-        if tag is not None and any(t == tag for _, _, t in events):
-            return False
-        if not events:
-            events = self._events[key] = deque(maxlen=self.maxEvents)
-            while len(self._events) > self.maxKeys:
-                self._events.popitem(last=False)
-        events.append((now, source, tag))
-        self._events.move_to_end(key)
-        return True
+        return self.failures.record(self.name, key, source, tag, now, now - self.window,
+                                    self.maxEvents, self.maxKeys)
 
     def forget(self, key, source):
         """
         Forget the failures of C{key} that came from C{source}.
         """
-        events = self._events.get(key)
-        if events is None:
-            return
-        kept = [event for event in events if event[1] != source]
-        if kept:
-            self._events[key] = deque(kept, maxlen=self.maxEvents)
-        else:
-            del self._events[key]
+        self.failures.forget(self.name, key, source)
+
+
+def _addressTag(account, passwordDigest):
+    """
+    @return: the tag of a failure of a client address: the account and the
+        password tried.
+    """
+    return account.encode("utf-8", "surrogatepass") + b"\0" + passwordDigest
+
+
+# The tag of the one event of the table of limited accounts while the limit
+# lasts.
+_LIMITED = b"limited"
 
 
 class LoginAttempt:
@@ -322,7 +309,7 @@ class LoginAttempt:
         # and password from one address, the same password for one account.
         # Without a digest every attempt is a guess of its own.
         unique = passwordDigest is None
-        self.addressTag = self if unique else (account, passwordDigest)
+        self.addressTag = self if unique else _addressTag(account, passwordDigest)
         self.accountTag = self if unique else passwordDigest
         self._ended = False
 
@@ -380,6 +367,16 @@ class FailedLoginTracker:
     password) counts once.  A success forgets the failures of that account
     from that address only.
 
+    The failures and the limited accounts are counted in the backend's
+    L{mdpy.interfaces.ILoginFailures}, so every process sharing it applies
+    the limits to the guesses made at any of them.  Three things stay in
+    this process: the checks under way (a login waits for those of its own
+    process, which wake it when they end; one of a process that died must
+    not count), the addresses each account logged in from, and the key of
+    the password digests (a repeat of one password counts once in each
+    process: a digest that could be compared across processes would be
+    kept, with its key, where wrong passwords could be guessed from it).
+
     Memory is bounded: see L{_FailureTable}; at most C{maxAddresses}
     addresses, accounts, and account-address pairs that logged in are kept.
 
@@ -397,9 +394,12 @@ class FailedLoginTracker:
         banThreshold=10,
         accountThreshold=20,
         maxAddresses=100000,
+        failures=None,
     ):
         """
         @param clock: an C{IReactorTime} (the reactor, or a L{task.Clock}).
+        @param failures: the L{mdpy.interfaces.ILoginFailures} the counts
+            are kept in (the backend's); by default this process's memory.
         @param baseDelay: seconds of delay after one failure; it doubles with
             each further failure.
         @param maxDelay: the delay never exceeds this.
@@ -420,14 +420,18 @@ class FailedLoginTracker:
         self.accountThreshold = accountThreshold
         self.maxAddresses = maxAddresses
         self._key = os.urandom(32)
-        self._byAddress = _FailureTable(window, maxAddresses, max(banThreshold, 32))
-        self._byAccount = _FailureTable(window, maxAddresses, max(accountThreshold, 32))
+        if failures is None:
+            failures = LoginFailures()
+        self._byAddress = _FailureTable(failures, "address", clock, window, maxAddresses,
+                                        max(banThreshold, 32))
+        self._byAccount = _FailureTable(failures, "account", clock, window, maxAddresses,
+                                        max(accountThreshold, 32))
+        # The accounts limited: one event each while the limit lasts.
+        self._limited = _FailureTable(failures, "limited", clock, window, maxAddresses, 1)
         # Checks under way: address -> {addressTag: count}, account ->
         # {accountTag: count}.
         self._pendingByAddress = {}
         self._pendingByAccount = {}
-        # account -> end of its limit, in the order they began.
-        self._limitedUntil = OrderedDict()
         # (account, address) pairs that logged in, least recent first.
         self._loggedIn = OrderedDict()
         # (LoginAttempt, Deferred) of the logins waiting for the checks
@@ -452,7 +456,7 @@ class FailedLoginTracker:
         self.window = window
         self.banThreshold = banThreshold
         self.accountThreshold = accountThreshold
-        self._byAddress.window = self._byAccount.window = window
+        self._byAddress.window = self._byAccount.window = self._limited.window = window
         self._byAddress.maxEvents = max(banThreshold, 32)
         self._byAccount.maxEvents = max(accountThreshold, 32)
 
@@ -508,10 +512,22 @@ class FailedLoginTracker:
         @return: the L{LoginRefused} for C{attempt}; L{_WAIT_FOR_ADDRESS} or
             L{_WAIT_FOR_ACCOUNT} while it would pass the limit of its address
             or account if the checks under way all failed; or L{None} when
-            it may be checked now.
+            it may be checked now.  While the counts cannot be read (the
+            backend fails), every login is refused (L{UNCOUNTED}): the limits
+            are never lifted by a failure.
         """
+        try:
+            return self._limitsVerdict(attempt, now)
+        except MailError as e:
+            self._countsFailed(e)
+            return LoginRefused(UNCOUNTED)
+
+    def _countsFailed(self, error):
+        self.log.error("auth: the failed logins cannot be counted: {why}", why=error.detail)
+
+    def _limitsVerdict(self, attempt, now):
         address, account = attempt.clientAddress, attempt.account
-        if self.isBanned(address):
+        if self._banned(address, now):
             return LoginRefused(BANNED_ADDRESS)
         trusted = (account, address) in self._loggedIn
         if not trusted and self._isLimitedNow(account, now):
@@ -637,21 +653,21 @@ class FailedLoginTracker:
         @param passwordDigest: L{digestPassword} of the password tried, or
             L{None} (then every call counts).
         """
-        now = self.clock.seconds()
-        account = accountName(username)
-        tag = None if passwordDigest is None else (account, passwordDigest)
+        try:
+            self._recordFailure(clientAddress, accountName(username), passwordDigest, self.clock.seconds())
+        except MailError as e:
+            self._countsFailed(e)
+
+    def _recordFailure(self, clientAddress, account, passwordDigest, now):
+        tag = None if passwordDigest is None else _addressTag(account, passwordDigest)
         self._byAddress.record(clientAddress, account, tag, now)
         self._byAccount.record(account, clientAddress, passwordDigest, now)
-        self._expireLimits(now)
+        failures = self._byAccount.recent(account, now)
         if (
             self.accountThreshold
-            and account not in self._limitedUntil
-            and len(self._byAccount.recent(account, now)) >= self.accountThreshold
+            and len(failures) >= self.accountThreshold
+            and self._limited.record(account, "", _LIMITED, now)
         ):
-            self._limitedUntil[account] = now + self.window
-            while len(self._limitedUntil) > self.maxAddresses:
-                self._limitedUntil.popitem(last=False)
-            failures = self._byAccount.recent(account, now)
             self.log.warn(
                 "auth: logins for {account} refused for {window}s except from addresses"
                 " it logged in from before: {count} failed logins from {addresses} addresses",
@@ -661,13 +677,6 @@ class FailedLoginTracker:
                 addresses=len({source for _, source, _ in failures}),
             )
 
-    def _expireLimits(self, now):
-        while self._limitedUntil:
-            account, until = next(iter(self._limitedUntil.items()))
-            if until > now:
-                break
-            del self._limitedUntil[account]
-
     def recordSuccess(self, clientAddress, username):
         """
         Forget the failures of account C{username} from C{clientAddress}
@@ -675,8 +684,11 @@ class FailedLoginTracker:
         remember that it logged in from there.
         """
         account = accountName(username)
-        self._byAddress.forget(clientAddress, account)
-        self._byAccount.forget(account, clientAddress)
+        try:
+            self._byAddress.forget(clientAddress, account)
+            self._byAccount.forget(account, clientAddress)
+        except MailError as e:
+            self._countsFailed(e)
         pair = (account, clientAddress)
         self._loggedIn[pair] = True
         self._loggedIn.move_to_end(pair)
@@ -688,10 +700,14 @@ class FailedLoginTracker:
         @return: the seconds to wait before answering a failed login from
             C{clientAddress}: 0 when none failed within the window, else
             C{baseDelay} doubled for each recent failure after the first, at
-            most C{maxDelay}.
+            most C{maxDelay} (also while the counts cannot be read).
         @rtype: L{float}
         """
-        count = len(self._byAddress.recent(clientAddress, self.clock.seconds()))
+        try:
+            count = len(self._byAddress.recent(clientAddress, self.clock.seconds()))
+        except MailError as e:
+            self._countsFailed(e)
+            return self.maxDelay
         if not count:
             return 0
         return min(self.baseDelay * 2 ** min(count - 1, 64), self.maxDelay)
@@ -699,9 +715,17 @@ class FailedLoginTracker:
     def isBanned(self, clientAddress):
         """
         @return: whether C{clientAddress} failed C{banThreshold} distinct
-            times within the window.
+            times within the window (and L{True} while the counts cannot be
+            read).
         """
-        count = len(self._byAddress.recent(clientAddress, self.clock.seconds()))
+        try:
+            return self._banned(clientAddress, self.clock.seconds())
+        except MailError as e:
+            self._countsFailed(e)
+            return True
+
+    def _banned(self, clientAddress, now):
+        count = len(self._byAddress.recent(clientAddress, now))
         return bool(self.banThreshold) and count >= self.banThreshold
 
     def isLimited(self, username, clientAddress=None):
@@ -715,14 +739,17 @@ class FailedLoginTracker:
         account = accountName(username)
         if (account, clientAddress) in self._loggedIn:
             return False
-        return self._isLimitedNow(account, self.clock.seconds())
+        try:
+            return self._isLimitedNow(account, self.clock.seconds())
+        except MailError as e:
+            self._countsFailed(e)
+            return True
 
     def _isLimitedNow(self, account, now):
         """
         @return: whether C{account} is limited now, from any address.
         """
-        self._expireLimits(now)
-        return account in self._limitedUntil
+        return bool(self._limited.recent(account, now))
 
 
 _WAIT_FOR_ADDRESS = "wait for the address"

@@ -1,20 +1,31 @@
 # -*- test-case-name: tests.test_changefeed -*-
 """
 State a backend keeps in this process's memory: the change feed of the
-changes made through this process (L{ChangeFeed}), and the POP3 maildrop
-locks.  Both backends use them; a backend shared by several processes or
-machines replaces them with ones that reach every process (the files
-backend's L{mdpy.backends.files.changefeed.MaildirChangeFeed}).
+changes made through this process (L{ChangeFeed}), the POP3 maildrop
+locks, the failed logins (L{LoginFailures}) and the MultiPOP accounts
+(L{RemoteAccounts}).  The memory backend uses them, and protocol objects
+built without a backend take them by default; a backend shared by several
+processes or machines replaces them with ones that reach every process
+(the files backend's L{mdpy.backends.files.changefeed.MaildirChangeFeed},
+L{mdpy.backends.files.locks}, L{mdpy.backends.files.logins}).  With them,
+the rules every backend applies alike: the values of a MultiPOP account
+(L{remoteAccount}) and the names of collected sources (L{sourceParts}).
 
 Invariants: subscribers are called on the reactor thread; the changes a
 folder sees during one reactor turn from outside this process make one
 call to each of its subscribers.
 """
 
+import secrets
+from collections import OrderedDict, deque
+
 from zope.interface import implementer
 
-from mdpy.interfaces import IChangeFeed, IMaildropLocks
+from mdpy import errors
+from mdpy.address import normalise
+from mdpy.interfaces import IChangeFeed, ILoginFailures, IMaildropLocks, IRemoteAccounts
 from mdpy.logs import Logger
+from mdpy.tls import TLS_MODES
 
 _log = Logger()
 
@@ -196,3 +207,159 @@ class MaildropLocks:
 
     def __contains__(self, account):
         return account in self._holders
+
+
+@implementer(ILoginFailures)
+class LoginFailures:
+    """
+    The failed logins of this process, in bounded memory; see
+    L{ILoginFailures}.
+    """
+
+    def __init__(self):
+        # table -> OrderedDict of key -> deque of (when, source, tag),
+        # ordered by the time of the key's latest event, oldest first.
+        self._tables = {}
+
+    def _table(self, table):
+        return self._tables.setdefault(table, OrderedDict())
+
+    @staticmethod
+    def _expire(events, since):
+        while events and events[0][0] <= since:
+            events.popleft()
+
+    def record(self, table, key, source, tag, now, since, maxEvents, maxKeys):
+        """
+        See L{ILoginFailures.record}.
+        """
+        keyed = self._table(table)
+        while keyed:
+            oldest, events = next(iter(keyed.items()))
+            if events and events[-1][0] > since:
+                break
+            del keyed[oldest]
+        events = keyed.get(key)
+        if events is not None:
+            self._expire(events, since)
+            if tag is not None and any(t == tag for _, _, t in events):
+                return False
+        if not events:
+            events = keyed[key] = deque(maxlen=maxEvents)
+            while len(keyed) > maxKeys:
+                keyed.popitem(last=False)
+        elif events.maxlen != maxEvents:
+            events = keyed[key] = deque(events, maxlen=maxEvents)
+        events.append((now, source, tag))
+        keyed.move_to_end(key)
+        return True
+
+    def recent(self, table, key, since):
+        """
+        See L{ILoginFailures.recent}.
+        """
+        events = self._table(table).get(key)
+        if not events:
+            return ()
+        self._expire(events, since)
+        return tuple(events)
+
+    def forget(self, table, key, source):
+        """
+        See L{ILoginFailures.forget}.
+        """
+        keyed = self._table(table)
+        events = keyed.get(key)
+        if events is None:
+            return
+        kept = [event for event in events if event[1] != source]
+        if kept:
+            keyed[key] = deque(kept, maxlen=events.maxlen)
+        else:
+            del keyed[key]
+
+    def keys(self, table, since):
+        """
+        See L{ILoginFailures.keys}.
+        """
+        return sum(1 for events in self._table(table).values() if events and events[-1][0] > since)
+
+
+def remoteAccount(user, host, port=110, tls="starttls", username="", password="", leaveOnServerDays=0):
+    """
+    Check the values of a new MultiPOP account (L{IRemoteAccounts.add}).
+
+    @return: the account, a L{dict} with a new id.
+    @raise errors.InvalidInput: a malformed value.
+    """
+    user = normalise(user)
+    if tls not in TLS_MODES:
+        raise errors.InvalidInput("tls must be one of " + ", ".join(TLS_MODES))
+    if not host or any(c in host for c in "\r\n\0 /"):
+        raise errors.InvalidInput("bad host: %r" % (host,))
+    if not 0 < int(port) < 65536:
+        raise errors.InvalidInput("bad port: %r" % (port,))
+    if int(leaveOnServerDays) < 0:
+        raise errors.InvalidInput("leave_on_server_days must not be negative")
+    return dict(
+        id=secrets.token_hex(4), user=user, host=host, port=int(port), tls=tls,
+        username=username, password=password, leave_on_server_days=int(leaveOnServerDays),
+    )
+
+
+@implementer(IRemoteAccounts)
+class RemoteAccounts:
+    """
+    MultiPOP accounts; see L{IRemoteAccounts}.  Kept in memory here; a
+    subclass keeps them elsewhere by overriding L{list} and L{_save}.
+    """
+
+    def __init__(self):
+        self._accounts = []
+
+    def list(self):
+        """
+        See L{IRemoteAccounts.list}.
+        """
+        return [dict(account) for account in self._accounts]
+
+    def _save(self, accounts):
+        """
+        Keep C{accounts}, the whole list, in place of the former one.
+        """
+        self._accounts = [dict(account) for account in accounts]
+
+    def add(self, user, host, port=110, tls="starttls", username="", password="", leaveOnServerDays=0):
+        """
+        See L{IRemoteAccounts.add}.
+        """
+        account = remoteAccount(user, host, port, tls, username, password, leaveOnServerDays)
+        self._save(self.list() + [account])
+        return account["id"]
+
+    def remove(self, accountId):
+        """
+        See L{IRemoteAccounts.remove}.
+        """
+        accounts = self.list()
+        kept = [a for a in accounts if a["id"] != accountId]
+        if len(kept) == len(accounts):
+            raise errors.NotFound("no such MultiPOP account: %s" % (accountId,))
+        self._save(kept)
+
+
+SOURCE_KINDS = ("domainpop", "multipop")
+
+
+def sourceParts(source):
+    """
+    @param source: the name of a collected source
+        (L{mdpy.interfaces.ICollectorStates.stateOf}).
+    @return: C{(kind, name)}: C{domainpop} or C{multipop}, and a name that
+        is one safe path segment.
+    @raise ValueError: C{source} is no such name.
+    """
+    kind, slash, name = source.partition("/")
+    if kind not in SOURCE_KINDS or name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise ValueError("not a source name: %r" % (source,))
+    return kind, name

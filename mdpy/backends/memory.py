@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from mdpy.address import normaliseDomain
 from mdpy.errors import Exists, InvalidInput, NotFound
-from mdpy.interfaces import IBackend, IMailbox, IMailStore, IStoredMessage
+from mdpy.interfaces import IBackend, ICollectorStates, IMailbox, IMailStore, IStoredMessage
 from mdpy.mailbox import (
     DELETED,
     REPLACE,
@@ -39,7 +39,14 @@ from mdpy.mailbox import (
     normaliseFolderName,
     storableFlags,
 )
-from mdpy.backends.local import ChangeFeed, MaildropLocks, StoreListeners
+from mdpy.backends.local import (
+    ChangeFeed,
+    LoginFailures,
+    MaildropLocks,
+    RemoteAccounts,
+    StoreListeners,
+    sourceParts,
+)
 
 
 
@@ -454,13 +461,47 @@ def recordReads(monkeypatch):
     return reads
 
 
+@implementer(ICollectorStates)
+class MemoryCollectorStates:
+    """
+    See L{ICollectorStates}: the state of each source in an SQLite database
+    in memory.
+    """
+
+    def __init__(self):
+        self._states = {}
+
+    def stateOf(self, source):
+        """
+        See L{ICollectorStates.stateOf}.
+        """
+        from mdpy.backends.files.collectorstate import CollectorState
+
+        key = sourceParts(source)
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = CollectorState(":memory:")
+        return state
+
+    def close(self):
+        """
+        Close every state.
+        """
+        states, self._states = self._states, {}
+        for state in states.values():
+            state.close()
+
+
 @implementer(IBackend)
 class MemoryBackend:
     """
-    See L{IBackend}: the mail in a L{MemoryStore}, the directory an SQLite
-    database in memory, and the outbound queue the files backend's spool
-    in a private temporary folder that L{close} removes.  Everything runs
-    at once on the calling thread, so every Deferred it returns has fired.
+    See L{IBackend}: the mail in a L{MemoryStore}, the directory and the
+    collectors' states SQLite databases in memory, and the outbound queue
+    the files backend's spool in a private temporary folder that L{close}
+    removes; the maildrop locks, the failed logins and the MultiPOP
+    accounts in this process's memory (L{mdpy.backends.local}).
+    Everything runs at once on the calling thread, so every Deferred it
+    returns has fired.
 
     Subclass it to make a backend for tests: C{[server] backend =
     package.module:Class} loads it (L{mdpy.backends.load}).
@@ -472,6 +513,9 @@ class MemoryBackend:
 
         self.changeFeed = ChangeFeed(reactor, accountKey)
         self.maildropLocks = MaildropLocks()
+        self.loginFailures = LoginFailures()
+        self.remoteAccounts = RemoteAccounts()
+        self.dedupe = MemoryCollectorStates()
         self.store = MemoryStore(changeFeed=self.changeFeed)
         self.directory = SQLiteDirectory(":memory:", recipientDelimiter)
         self._queueDir = tempfile.mkdtemp(prefix="mdpy-queue-")
@@ -501,4 +545,5 @@ class MemoryBackend:
         See L{IBackend.close}.
         """
         self.directory.close()
+        self.dedupe.close()
         shutil.rmtree(self._queueDir, ignore_errors=True)

@@ -71,10 +71,10 @@ from twisted.logger import LogLevel
 
 from mdpy import errors
 from mdpy.address import splitAddress
-from mdpy.collect.held import HELD_FOLDER, STATE_FILE, returnPath
+from mdpy.collect.held import HELD_FOLDER, returnPath
 from mdpy.collect.periodic import CycleBusy, PeriodicCollection
 from mdpy.domainpop.recipients import MAX_HEAD, RoutingRules, discover, parseHead
-from mdpy.domainpop.state import DEDUPE_FINGERPRINT, CollectorState, dedupeKey, fingerprint
+from mdpy.domainpop.state import DEDUPE_FINGERPRINT, dedupeKey, fingerprint
 from mdpy.delivery import dsn
 from mdpy.durable import writeFileAtomically
 from mdpy.envelope import Envelope
@@ -224,12 +224,19 @@ class Collector:
     @ivar account: the L{mdpy.pop3.client.POP3Account} to collect.
     @ivar pipeline: the L{mdpy.interfaces.IDeliveryTarget} mail goes to.
     @ivar directory: the directory (C{hasDomain}) deciding what is local.
-    @ivar stateDir: where the UIDL state, the lock, the spool and held
-        loops live.
+    @ivar stateDir: where the lock, the spool and held messages live.
     """
 
     def __init__(self, name, account, settings, pipeline, directory, stateDir, hostname,
-                 postmaster, reactor=None, runInThread=None, clock=time.time):
+                 postmaster, reactor=None, runInThread=None, clock=time.time, openState=None):
+        """
+        @param openState: returns the source's state, kept by the backend
+            (L{mdpy.interfaces.ICollectorStates.stateOf}): its UIDLs, held
+            messages and dedupe cache.  Called once, through C{runInThread},
+            which runs the state's methods too.
+        """
+        if openState is None:
+            raise TypeError("a collector needs openState, the backend's state of its source")
         if reactor is None:
             from twisted.internet import reactor
         self.name = name
@@ -245,6 +252,7 @@ class Collector:
         self._clock = clock
         os.makedirs(self.heldDir, mode=0o700, exist_ok=True)
         self._lock = _Lock(os.path.join(stateDir, "lock"))
+        self._openSourceState = openState
         self._state = None
         self.running = False
         self.batchSize = BATCH
@@ -255,13 +263,14 @@ class Collector:
 
     def _openState(self):
         if self._state is None:
-            self._state = CollectorState(os.path.join(self.stateDir, STATE_FILE), clock=self._clock)
+            self._state = self._openSourceState()
         return self._state
 
     def close(self):
-        if self._state is not None:
-            self._state.close()
-            self._state = None
+        """
+        Forget the state: the backend that keeps it closes it.
+        """
+        self._state = None
 
     # --- one cycle -----------------------------------------------------------
 

@@ -3,7 +3,7 @@
 The held folder of a collected source: what no recipient could take, a
 loop, or what failed permanently, kept for the administrator
 (C{mdpy domainpop held NAME}) with when and why it was held in the source's
-state (L{mdpy.domainpop.state.CollectorState.recordHeld}).
+state (L{mdpy.interfaces.ICollectorStates.stateOf}: C{recordHeld}).
 """
 
 import os
@@ -11,10 +11,8 @@ import os
 from mdpy import errors
 from mdpy.address import normalise
 from mdpy.domainpop.recipients import MAX_HEAD, parseHead
-from mdpy.domainpop.state import CollectorState
 from mdpy.mail.addresslist import mailboxesIn, printable
 
-STATE_FILE = "state.sqlite"
 HELD_FOLDER = "held"
 
 
@@ -64,13 +62,17 @@ class HeldMessage:
         self.size = size
 
 
-def heldMessages(stateDir):
+def heldMessages(stateDir, state):
     """
-    Read the held folder of the source whose state is in C{stateDir}.
-    A file the state does not explain (held by an older mdpy) counts as
-    held when it was written, for a reason not recorded; a file the
-    administrator removed is no longer listed.
+    Read the held folder of the source whose lock and spool are in
+    C{stateDir}, with the reasons its C{state} recorded
+    (L{mdpy.interfaces.ICollectorStates.stateOf}; its C{heldReasons} is
+    read only when something is held).  A file the state does not explain
+    (held by an older mdpy) counts as held when it was written, for a
+    reason not recorded; a file the administrator removed is no longer
+    listed.
 
+    @param state: a callable returning the source's state.
     @return: a L{list} of L{HeldMessage}, oldest first; sender, subject
         and reason made printable.
     """
@@ -79,14 +81,7 @@ def heldMessages(stateDir):
         names = sorted(name for name in os.listdir(folder) if name.endswith(".eml"))
     except FileNotFoundError:
         return []
-    reasons = {}
-    statePath = os.path.join(stateDir, STATE_FILE)
-    if names and os.path.exists(statePath):
-        state = CollectorState(statePath)
-        try:
-            reasons = state.heldReasons()
-        finally:
-            state.close()
+    reasons = state().heldReasons() if names else {}
     held = []
     for name in names:
         path = os.path.join(folder, name)

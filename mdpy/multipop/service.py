@@ -4,87 +4,27 @@ MultiPOP: the remote POP3 accounts users have (C{mdpy multipop add}),
 collected on an interval into each user's INBOX with the same POP3 client,
 UIDL state and never-lose rules as DomainPOP (L{mdpy.collect.collector}).
 
-The accounts live in C{data_dir/multipop/accounts.json} (mode 0600: the
-remote passwords must be sent as they are, so they cannot be hashed).  The
-service reads the file at every interval, so an account added or removed
-while the server runs is taken into account at the next collection.
+The accounts are the backend's (L{mdpy.interfaces.IRemoteAccounts}; the
+files backend keeps them in C{data_dir/multipop/accounts.json}).  The
+service reads them at every interval, so an account added or removed while
+the server runs is taken into account at the next collection.
 """
 
 import json
-import os
-import secrets
 
 from twisted.internet import defer
 
 from mdpy import errors
-from mdpy.address import normalise
 from mdpy.collect.periodic import PeriodicCollection
-from mdpy.durable import writeFileAtomically
 from mdpy.logs import Logger
-from mdpy.tls import TLS_MODES
 
 log = Logger()
 
 
-class MultiPOPAccounts:
-    """
-    The accounts file.  Each account is a dict: C{id}, C{user} (the local
-    address), C{host}, C{port}, C{tls}, C{username}, C{password},
-    C{leave_on_server_days}.
-    """
-
-    def __init__(self, path):
-        self.path = path
-
-    def list(self):
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                accounts = json.load(f)
-        except FileNotFoundError:
-            return []
-        except (OSError, ValueError) as e:
-            raise errors.TemporaryFailure("%s: unreadable: %s" % (self.path, getattr(e, "strerror", None) or e))
-        return [a for a in accounts if isinstance(a, dict) and "id" in a]
-
-    def add(self, user, host, port=110, tls="starttls", username="", password="", leaveOnServerDays=0):
-        """
-        @return: the new account's id.
-        @raise errors.InvalidInput: a malformed value.
-        """
-        user = normalise(user)
-        if tls not in TLS_MODES:
-            raise errors.InvalidInput("tls must be one of " + ", ".join(TLS_MODES))
-        if not host or any(c in host for c in "\r\n\0 /"):
-            raise errors.InvalidInput("bad host: %r" % (host,))
-        if not 0 < int(port) < 65536:
-            raise errors.InvalidInput("bad port: %r" % (port,))
-        if int(leaveOnServerDays) < 0:
-            raise errors.InvalidInput("leave_on_server_days must not be negative")
-        accounts = self.list()
-        account = dict(
-            id=secrets.token_hex(4), user=user, host=host, port=int(port), tls=tls,
-            username=username, password=password, leave_on_server_days=int(leaveOnServerDays),
-        )
-        accounts.append(account)
-        self._save(accounts)
-        return account["id"]
-
-    def remove(self, accountId):
-        accounts = self.list()
-        kept = [a for a in accounts if a["id"] != accountId]
-        if len(kept) == len(accounts):
-            raise errors.NotFound("no such MultiPOP account: %s" % (accountId,))
-        self._save(kept)
-
-    def _save(self, accounts):
-        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-        writeFileAtomically(self.path, json.dumps(accounts, indent=1).encode("utf-8"), mode=0o600)
-
-
 class MultiPOPService(PeriodicCollection):
     """
-    Collects every account of a L{MultiPOPAccounts} periodically, one after
-    the other.
+    Collects every account of an L{mdpy.interfaces.IRemoteAccounts}
+    periodically, one after the other.
 
     @ivar makeCollector: C{makeCollector(account)} returning the
         L{mdpy.collect.collector.Collector} of one account dict.
@@ -114,7 +54,7 @@ class MultiPOPService(PeriodicCollection):
 
     async def _all(self):
         try:
-            accounts = self.accounts.list()
+            accounts = await defer.maybeDeferred(self.accounts.list)
         except errors.MailError as e:
             log.error("multipop: {why}", why=e.detail)
             return []

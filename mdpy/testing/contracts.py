@@ -2,7 +2,8 @@
 """
 The contract suites of the backend seams: what every implementation of
 L{IMailStore}, L{IOutboundQueue}, L{IDirectory}, L{IDedupeCache},
-L{IMaildropLocks}, L{IChangeFeed} and L{IDeliveryTarget} keeps, as pytest
+L{ICollectorStates}, L{IMaildropLocks}, L{ILoginFailures},
+L{IRemoteAccounts}, L{IChangeFeed} and L{IDeliveryTarget} keeps, as pytest
 test classes.  A
 backend author subclasses each and says how to make the object under test;
 mdpy runs them against its own backends in C{tests/contract/}.
@@ -23,14 +24,17 @@ from mdpy.envelope import Envelope
 from mdpy.errors import Exists, InvalidInput, LimitExceeded, MailError, NotFound
 from mdpy.interfaces import (
     IChangeFeed,
+    ICollectorStates,
     IDedupeCache,
     IDelivery,
     IDeliveryTarget,
     IDirectory,
+    ILoginFailures,
     IMailbox,
     IMaildropLocks,
     IMailStore,
     IOutboundQueue,
+    IRemoteAccounts,
     IStoredMessage,
     ITwoPhaseDelivery,
 )
@@ -656,6 +660,41 @@ class DedupeContract:
         assert not resultOf(defer.maybeDeferred(dedupe.isDuplicate, "<1@x>", ALICE))
 
 
+class CollectorStatesContract:
+    """
+    Tests of L{ICollectorStates} that any backend's passes: one state per
+    source, found again by its name.  A subclass overrides the C{states}
+    fixture.
+    """
+
+    @pytest.fixture
+    def states(self):
+        raise NotImplementedError()
+
+    def test_interface(self, states):
+        assert verifyObject(ICollectorStates, states)
+        assert verifyObject(IDedupeCache, states.stateOf("domainpop/isp"))
+
+    def test_oneStatePerSource(self, states):
+        isp = states.stateOf("domainpop/isp")
+        resultOf(defer.maybeDeferred(isp.markDelivered, "uid1", [("<1@x>", ALICE)]))
+        again = states.stateOf("domainpop/isp")
+        assert resultOf(defer.maybeDeferred(again.isDuplicate, "<1@x>", ALICE, 3600))
+        other = states.stateOf("multipop/ab12cd34")
+        assert not resultOf(defer.maybeDeferred(other.isDuplicate, "<1@x>", ALICE))
+
+    def test_recentPairsStay(self, states):
+        state = states.stateOf("domainpop/isp")
+        resultOf(defer.maybeDeferred(state.markDelivered, "uid1", [("<1@x>", ALICE)]))
+        assert resultOf(defer.maybeDeferred(state.expire, 3600)) == 0
+        assert resultOf(defer.maybeDeferred(state.isDuplicate, "<1@x>", ALICE))
+
+    @pytest.mark.parametrize("source", ["isp", "domainpop/", "domainpop/../x", "domainpop/a/b"])
+    def test_badSourceNames(self, states, source):
+        with pytest.raises(ValueError):
+            states.stateOf(source)
+
+
 class LocksContract:
     """
     Tests of L{IMaildropLocks} that any maildrop locks pass.  A subclass
@@ -679,6 +718,122 @@ class LocksContract:
         assert not locks.acquire(ALICE, two)
         locks.release(ALICE, one)
         assert locks.acquire(ALICE, two)
+
+    def test_releaseAndTakeAgain(self, locks):
+        one, two = object(), object()
+        assert locks.acquire(ALICE, one)
+        locks.release(ALICE, one)
+        locks.release(ALICE, one)
+        assert locks.acquire(ALICE, two)
+        assert not locks.acquire(ALICE, one)
+        locks.release(ALICE, two)
+        assert locks.acquire(ALICE, one)
+
+
+class LoginFailuresContract:
+    """
+    Tests of L{ILoginFailures} that any backend's failed-login counts
+    pass.  A subclass overrides the C{failures} fixture.
+    """
+
+    @pytest.fixture
+    def failures(self):
+        raise NotImplementedError()
+
+    def record(self, failures, key, source, tag, now, window=600, maxEvents=32, maxKeys=100):
+        return failures.record("address", key, source, tag, now, now - window, maxEvents, maxKeys)
+
+    def test_interface(self, failures):
+        assert verifyObject(ILoginFailures, failures)
+
+    def test_recordAndRecent(self, failures):
+        assert self.record(failures, "192.0.2.1", ALICE, b"pw1", 1000.0)
+        assert self.record(failures, "192.0.2.1", BOB, None, 1001.0)
+        assert list(failures.recent("address", "192.0.2.1", 400.0)) == [
+            (1000.0, ALICE, b"pw1"), (1001.0, BOB, None)]
+        assert list(failures.recent("address", "192.0.2.2", 400.0)) == []
+        assert list(failures.recent("account", "192.0.2.1", 400.0)) == []
+        assert list(failures.recent("address", "192.0.2.1", 1000.0)) == [(1001.0, BOB, None)]
+
+    def test_aRepeatCountsOnce(self, failures):
+        assert self.record(failures, "192.0.2.1", ALICE, b"pw1", 1000.0)
+        assert not self.record(failures, "192.0.2.1", ALICE, b"pw1", 1001.0)
+        assert self.record(failures, "192.0.2.1", ALICE, None, 1002.0)
+        assert self.record(failures, "192.0.2.1", ALICE, None, 1003.0)
+        assert len(failures.recent("address", "192.0.2.1", 0)) == 3
+        # Once the first is older than the window, the tag counts again.
+        assert self.record(failures, "192.0.2.1", ALICE, b"pw1", 1700.0)
+
+    def test_forgetBySource(self, failures):
+        self.record(failures, "192.0.2.1", ALICE, None, 1000.0)
+        self.record(failures, "192.0.2.1", BOB, None, 1001.0)
+        failures.forget("address", "192.0.2.1", ALICE)
+        failures.forget("address", "192.0.2.9", ALICE)
+        assert [source for _, source, _ in failures.recent("address", "192.0.2.1", 0)] == [BOB]
+        failures.forget("address", "192.0.2.1", BOB)
+        assert failures.keys("address", 0) == 0
+
+    def test_boundedEvents(self, failures):
+        for n in range(10):
+            self.record(failures, "192.0.2.1", ALICE, None, 1000.0 + n, maxEvents=3)
+        assert [when for when, _, _ in failures.recent("address", "192.0.2.1", 0)] == [1007.0, 1008.0, 1009.0]
+
+    def test_boundedKeys(self, failures):
+        for n in range(10):
+            self.record(failures, "192.0.2.%d" % (n,), ALICE, None, 1000.0 + n, maxKeys=4)
+        assert failures.keys("address", 0) == 4
+        assert failures.recent("address", "192.0.2.5", 0) == ()
+        assert len(failures.recent("address", "192.0.2.9", 0)) == 1
+
+    def test_keysInWindow(self, failures):
+        self.record(failures, "192.0.2.1", ALICE, None, 1000.0)
+        self.record(failures, "192.0.2.2", ALICE, None, 1100.0)
+        failures.record("account", ALICE, "192.0.2.1", None, 1100.0, 500.0, 32, 100)
+        assert failures.keys("address", 999.0) == 2
+        assert failures.keys("address", 1000.0) == 1
+        assert failures.keys("account", 0) == 1
+
+
+class RemoteAccountsContract:
+    """
+    Tests of L{IRemoteAccounts} that any backend's MultiPOP accounts pass.
+    A subclass overrides the C{accounts} fixture.
+    """
+
+    @pytest.fixture
+    def accounts(self):
+        raise NotImplementedError()
+
+    def test_interface(self, accounts):
+        assert verifyObject(IRemoteAccounts, accounts)
+
+    def test_addListRemove(self, accounts):
+        assert resultOf(defer.maybeDeferred(accounts.list)) == []
+        first = resultOf(defer.maybeDeferred(
+            accounts.add, "Alice@Example.COM", "pop.isp.test", 995, "implicit", "alice", "secret", 7))
+        second = resultOf(defer.maybeDeferred(accounts.add, BOB, "pop.other.test"))
+        assert first != second
+        assert resultOf(defer.maybeDeferred(accounts.list)) == [
+            dict(id=first, user=ALICE, host="pop.isp.test", port=995, tls="implicit",
+                 username="alice", password="secret", leave_on_server_days=7),
+            dict(id=second, user=BOB, host="pop.other.test", port=110, tls="starttls",
+                 username="", password="", leave_on_server_days=0),
+        ]
+        resultOf(defer.maybeDeferred(accounts.remove, first))
+        assert [a["id"] for a in resultOf(defer.maybeDeferred(accounts.list))] == [second]
+        with pytest.raises(NotFound):
+            resultOf(defer.maybeDeferred(accounts.remove, first))
+
+    @pytest.mark.parametrize("values", [
+        dict(tls="ssl"), dict(host=""), dict(host="pop isp"), dict(host="a/b"),
+        dict(port=0), dict(port=65536), dict(leaveOnServerDays=-1),
+    ])
+    def test_malformedValuesAreRefused(self, accounts, values):
+        arguments = dict(user=ALICE, host="pop.isp.test")
+        arguments.update(values)
+        with pytest.raises(InvalidInput):
+            resultOf(defer.maybeDeferred(accounts.add, **arguments))
+        assert resultOf(defer.maybeDeferred(accounts.list)) == []
 
 
 class ChangeFeedContract:

@@ -4,24 +4,32 @@ L{mdpy.testing.contracts}, which a backend written elsewhere runs the same
 way: subclass each suite and give it the object under test.
 """
 
+import os
+
 import pytest
 
+from mdpy.backends.files import FilesBackend
+from mdpy.backends.files.collectorstate import CollectorState
 from mdpy.backends.memory import MemoryBackend
 from mdpy.delivery.targets import LocalStoreTarget, QueueTarget
-from mdpy.domainpop.state import CollectorState
 from mdpy.errors import TemporaryFailure
 from mdpy.testing import (
     ChangeFeedContract,
+    CollectorStatesContract,
     DedupeContract,
     DeliveryTargetContract,
     DirectoryContract,
     LocksContract,
+    LoginFailuresContract,
     QueueContract,
+    RemoteAccountsContract,
     StoreContract,
     TwoPhaseTargetContract,
     resultOf,
 )
-from mdpy.testing.contracts import ALICE
+from mdpy.testing.contracts import ALICE, BOB
+from tests.contract.conftest import UnstartedPool
+from tests.server import OtherProcess
 
 
 class TestStore(StoreContract):
@@ -47,6 +55,24 @@ class TestLocks(LocksContract):
     @pytest.fixture
     def locks(self, backend):
         return backend.maildropLocks
+
+
+class TestLoginFailures(LoginFailuresContract):
+    @pytest.fixture
+    def failures(self, backend):
+        return backend.loginFailures
+
+
+class TestRemoteAccounts(RemoteAccountsContract):
+    @pytest.fixture
+    def accounts(self, backend):
+        return backend.remoteAccounts
+
+
+class TestCollectorStates(CollectorStatesContract):
+    @pytest.fixture
+    def states(self, backend):
+        return backend.dedupe
 
 
 class TestChangeFeed(ChangeFeedContract):
@@ -153,3 +179,118 @@ class TestQueueTarget(TwoPhaseTargetContract):
 
     def failCommits(self, target, monkeypatch):
         failingFsync(monkeypatch)
+
+
+# --- the files backend shared by processes ----------------------------------
+
+
+def filesBackend(tmp_path):
+    backend = FilesBackend(str(tmp_path / "data"), threadPool=UnstartedPool(), groupCommit=False)
+    return backend
+
+
+@pytest.fixture
+def files(tmp_path):
+    backend = filesBackend(tmp_path)
+    yield backend
+    backend.close()
+
+
+def test_aMaildropLockHoldsAcrossProcesses(tmp_path, files):
+    """
+    A POP3 session of another process holds Alice's maildrop: no session
+    here gets it (C{[IN-USE]}), Bob's is free; once that process is killed
+    with C{kill -9} the kernel has released its lock and the maildrop can
+    be taken here.
+    """
+    other = OtherProcess(tmp_path / "data", "assert backend.maildropLocks.acquire(%r, object())" % (ALICE,))
+    try:
+        session = object()
+        assert not files.maildropLocks.acquire(ALICE, session)
+        assert files.maildropLocks.acquire(BOB, session)
+    finally:
+        other.kill()
+    assert files.maildropLocks.acquire(ALICE, session)
+
+
+def test_aMaildropLockOfThisProcessStopsAnother(tmp_path, files):
+    """
+    The other way round: a lock taken here keeps another process out until
+    it is released.
+    """
+    session = object()
+    assert files.maildropLocks.acquire(ALICE, session)
+    script = "print(backend.maildropLocks.acquire(%r, object()))" % (ALICE,)
+    other = OtherProcess(tmp_path / "data", script)
+    other.kill()
+    assert other.output == ["False"]
+    files.maildropLocks.release(ALICE, session)
+    other = OtherProcess(tmp_path / "data", script)
+    other.kill()
+    assert other.output == ["True"]
+
+
+def test_failedLoginsAreCountedAcrossProcesses(tmp_path, files):
+    """
+    Failures another process counted (another worker) are seen here, and
+    one forgotten here is gone for it.
+    """
+    other = OtherProcess(
+        tmp_path / "data",
+        "for n in range(3):\n"
+        "    backend.loginFailures.record('address', '192.0.2.1', %r, None, 1000.0 + n, 400.0, 32, 100)" % (ALICE,),
+    )
+    other.kill()
+    assert [when for when, _, _ in files.loginFailures.recent("address", "192.0.2.1", 400.0)] == [
+        1000.0, 1001.0, 1002.0]
+    files.loginFailures.forget("address", "192.0.2.1", ALICE)
+    again = filesBackend(tmp_path)
+    try:
+        assert again.loginFailures.recent("address", "192.0.2.1", 0) == ()
+    finally:
+        again.close()
+
+
+def test_remoteAccountsAreSharedByProcesses(tmp_path, files):
+    """
+    An account added by one process (the C{mdpy} command) is listed by
+    another (the server) and kept in C{multipop/accounts.json}, 0600.
+    """
+    accountId = resultOf(files.remoteAccounts.add(ALICE, "pop.isp.test", password="secret"))
+    other = filesBackend(tmp_path)
+    try:
+        assert [a["id"] for a in resultOf(other.remoteAccounts.list())] == [accountId]
+    finally:
+        other.close()
+    path = tmp_path / "data" / "multipop" / "accounts.json"
+    assert os.stat(path).st_mode & 0o777 == 0o600
+
+
+def test_collectorStatesKeepTheirFiles(tmp_path, files):
+    """
+    The state of each source is where it always was,
+    C{data_dir/<kind>/<name>/state.sqlite}, and outlives the backend.
+    """
+    state = files.dedupe.stateOf("domainpop/isp")
+    state.markDelivered("uid1", [("<1@x>", ALICE)])
+    path = tmp_path / "data" / "domainpop" / "isp" / "state.sqlite"
+    assert path.exists()
+    reopened = CollectorState(str(path))
+    try:
+        assert reopened.isDuplicate("<1@x>", ALICE)
+    finally:
+        reopened.close()
+
+
+def test_aLockFileThatCannotBeMadeRefusesTheMaildrop(tmp_path):
+    """
+    When the lock file cannot be made (here its folder is a file), the
+    maildrop is refused, never served without its lock.
+    """
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "locks").write_text("not a folder")
+    backend = filesBackend(tmp_path)
+    try:
+        assert not backend.maildropLocks.acquire(ALICE, object())
+    finally:
+        backend.close()

@@ -7,6 +7,13 @@ this backend).
     mail/          the Maildir++ store (L{mdpy.backends.files.maildir})
     directory.sqlite   the directory (L{mdpy.backends.files.directory})
     queue/         the outbound queue spool (L{mdpy.backends.files.queue})
+    locks/         the POP3 maildrop locks (L{mdpy.backends.files.locks})
+    logins.sqlite  the failed logins (L{mdpy.backends.files.logins})
+    multipop/accounts.json   the MultiPOP accounts
+                   (L{mdpy.backends.files.remoteaccounts})
+    domainpop/NAME/state.sqlite, multipop/ID/state.sqlite   what each
+                   collected source remembers
+                   (L{mdpy.backends.files.collectorstate})
 
 Its parts block on the disk; they run in the thread pool the server hands
 the backend (L{mdpy.backends.files.blocking}), so what the protocols call
@@ -18,14 +25,17 @@ import os
 
 from zope.interface import implementer
 
-from mdpy.backends.files.blocking import Blocking, DeferredStore, deferToReactorThreadPool
+from mdpy.backends.files.blocking import Blocking, DeferredCalls, DeferredStore, deferToReactorThreadPool
 from mdpy.backends.files.changefeed import MaildirChangeFeed
+from mdpy.backends.files.collectorstate import CollectorStates
 from mdpy.backends.files.directory import SQLiteDirectory
+from mdpy.backends.files.locks import FileMaildropLocks
+from mdpy.backends.files.logins import SQLiteLoginFailures
 from mdpy.backends.files.maildir import MaildirStore, removeStaleTmpFiles
 from mdpy.backends.files.queue import SpoolQueue
-from mdpy.backends.local import MaildropLocks
+from mdpy.backends.files.remoteaccounts import RemoteAccountsFile
 from mdpy.datadir import DataDir
-from mdpy.interfaces import IBackend
+from mdpy.interfaces import IBackend, IRemoteAccounts
 from mdpy.mailbox import accountKey
 from mdpy.logs import Logger
 
@@ -69,7 +79,9 @@ class FilesBackend:
         self.datadir = DataDir(dataDir)
         self.datadir.prepare()
         os.makedirs(self.datadir.mailRoot, mode=0o700, exist_ok=True)
-        self.maildropLocks = MaildropLocks()
+        self.maildropLocks = FileMaildropLocks(os.path.join(self.datadir.root, "locks"))
+        self._loginFailures = None
+        self.dedupe = CollectorStates(self.datadir.root)
         self.directory = openDirectory(self.datadir, recipientDelimiter)
         if threadPool is None:
             self._blocking = None
@@ -87,6 +99,10 @@ class FilesBackend:
         self.store = self.mailStore if runInThread is None else DeferredStore(self.mailStore, runInThread)
         self.queue = SpoolQueue(self.datadir.queueDir, reactor=reactor, runInThread=runInThread,
                                 groupCommit=groupCommit)
+        accounts = RemoteAccountsFile(os.path.join(self.datadir.root, "multipop", "accounts.json"))
+        if runInThread is not None:
+            accounts = DeferredCalls(accounts, IRemoteAccounts, runInThread)
+        self.remoteAccounts = accounts
 
     @classmethod
     def fromConfig(cls, config, reactor=None, threadPool=None):
@@ -98,6 +114,16 @@ class FilesBackend:
 
     def __repr__(self):
         return "<FilesBackend %s>" % (self.datadir.root,)
+
+    @property
+    def loginFailures(self):
+        """
+        The L{SQLiteLoginFailures} of the data directory, opened when first
+        used (by the server, not by the C{mdpy} command).
+        """
+        if self._loginFailures is None:
+            self._loginFailures = SQLiteLoginFailures(os.path.join(self.datadir.root, "logins.sqlite"))
+        return self._loginFailures
 
     def start(self):
         """
@@ -123,3 +149,7 @@ class FilesBackend:
         See L{IBackend.close}.
         """
         self.directory.close()
+        if self._loginFailures is not None:
+            self._loginFailures.close()
+        self.maildropLocks.close()
+        self.dedupe.close()

@@ -13,6 +13,7 @@ import functools
 
 from twisted.internet import defer, threads
 from zope.interface import implementer, directlyProvides, providedBy
+from zope.interface.interface import Method
 
 from mdpy.interfaces import IMailStore
 
@@ -143,3 +144,22 @@ class DeferredMailbox:
         See L{mdpy.interfaces.IMailbox.sync}.
         """
         return self._runInThread(self._mailbox.sync)
+
+
+class DeferredCalls:
+    """
+    A synchronous, thread-safe object as the protocols see it: each method
+    of C{interface} runs in the pool and returns a Deferred.
+
+    @ivar synchronous: the object itself.
+    """
+
+    def __init__(self, synchronous, interface, runInThread):
+        self.synchronous = synchronous
+        for name, description in interface.namesAndDescriptions(all=True):
+            if isinstance(description, Method):
+                setattr(self, name, functools.partial(runInThread, getattr(synchronous, name)))
+        directlyProvides(self, interface)
+
+    def __repr__(self):
+        return "<DeferredCalls %r>" % (self.synchronous,)
