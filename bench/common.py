@@ -12,8 +12,8 @@
 * the benchmarks' shared options, progress and report helpers.
 
 Used by ``smtp_bench.py``, ``relay_bench.py``, ``pop3_bench.py``,
-``imap_bench.py``, ``imap_idle_bench.py``, ``postfix.py`` and
-``dovecot.py``; not a benchmark of its own.
+``imap_bench.py``, ``imap_idle_bench.py``, ``imaptest_bench.py``,
+``postfix.py`` and ``dovecot.py``; not a benchmark of its own.
 """
 
 import argparse

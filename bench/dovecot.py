@@ -31,7 +31,8 @@ agent, as an MTA would.
 Needs the ``dovecot-pop3d`` package for POP3 and ``dovecot-imapd`` for IMAP
 (both bring ``dovecot-core``: ``/usr/sbin/dovecot``, ``doveadm``,
 ``dovecot-lda``) and root.  Used by ``bench/pop3_bench.py``,
-``bench/imap_bench.py`` and ``bench/imap_idle_bench.py``; can also be run
+``bench/imap_bench.py``, ``bench/imap_idle_bench.py`` and
+``bench/imaptest_bench.py``; can also be run
 on its own::
 
     python bench/dovecot.py [--imap] [--port N] [--mail-root DIR]

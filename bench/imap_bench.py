@@ -482,17 +482,23 @@ def show(run, label):
     sys.stdout.flush()
 
 
+def imap_port(name, srv, args):
+    """The IMAP port of the started server srv; says where it is kept
+    (--keep), and the first time for Dovecot, its effective settings."""
+    if args.keep:
+        print("  kept: %s" % srv.base)
+    if name == "dovecot" and not args.settings_shown:
+        print("  dovecot: %s" % dovecot_settings(srv))
+        args.settings_shown = True
+    return srv.imap_port if name == "mdpy" else srv.port
+
+
 def bench_server(name, make, users, rows, args, suffix):
     """Start one instance, run every row on it, stop it; {row: Run}."""
     out = {key: Run(name, key) for key, _, _, _ in rows}
     try:
         with make() as srv:
-            port = srv.imap_port if name == "mdpy" else srv.port
-            if args.keep:
-                print("  kept: %s" % srv.base)
-            if name == "dovecot" and not args.settings_shown:
-                print("  dovecot: %s" % dovecot_settings(srv))
-                args.settings_shown = True
+            port = imap_port(name, srv, args)
             try:
                 caps = probe(port, users[0], args.timeout)
             except (ImapFailure, OSError) as e:
@@ -646,34 +652,75 @@ def parse_args(argv):
         argv, "IMAP sessions: mdpy side by side with a private Dovecot.", OPTIONS)
     if args.headers > args.messages or args.bodies > args.messages:
         ap.error("--headers and --bodies must not exceed --messages")
+    split_dovecot_scheme(ap, args)
+    args.settings_shown = False
+    return args
+
+
+def split_dovecot_scheme(ap, args):
+    """args.scheme and args.hash_rounds (or None) from --dovecot-scheme
+    SCHEME[:ROUNDS], as new_dovecot takes them."""
     args.scheme, _, rounds = args.dovecot_scheme.partition(":")
     try:
         args.hash_rounds = int(rounds) if rounds else None
     except ValueError:
         ap.error("--dovecot-scheme: ROUNDS must be a number")
-    args.settings_shown = False
-    return args
+
+
+def prepare(args, kind):
+    """Check what the Dovecot side needs unless --only mdpy (root,
+    dovecot-imapd), raise the file limit and print the banner of the
+    benchmark kind.  Returns Dovecot's version (None with --only mdpy);
+    raises BenchError saying what is missing."""
+    if os.geteuid() != 0 and args.only != "mdpy":
+        raise BenchError("run as root (a private Dovecot must start as "
+                         "root), or use --only mdpy")
+    raise_nofile(4096)
+    dv = None
+    if args.only != "mdpy":
+        dv = dovecot_version()
+        libexec_dir("imap")
+    print_banner(kind, ("; Dovecot %s" % dv if dv else "")
+                 + "; load average %.1f" % os.getloadavg()[0])
+    return dv
+
+
+def make_template(users, messages, size, args):
+    """MdpyImap.template(...) with a progress line; None, once the reason
+    is printed, if it failed."""
+    print("%-44s" % ("Maildir: %d users x %d messages ..."
+                     % (len(users), messages)), end="", flush=True)
+    t = time.monotonic()
+    try:
+        template = MdpyImap.template(users, messages, size, keep=args.keep)
+    except BenchError as e:
+        print(" FAILED\n  error: %s" % e)
+        return None
+    print(" made in %.1f s%s" % (time.monotonic() - t,
+                                 " (%s)" % template.base if args.keep else ""))
+    return template
+
+
+def servers_for(template, users, args):
+    """[(name, make)]: mdpy and Dovecot (but for --only), make() giving a
+    server over a fresh copy of template."""
+    servers = []
+    if args.only != "dovecot":
+        servers.append(("mdpy", lambda: MdpyImap(template, keep=args.keep)))
+    if args.only != "mdpy":
+        servers.append(("dovecot", lambda: new_dovecot(template, users, args)))
+    return servers
 
 
 def main(argv=None):
     args = parse_args(argv)
     interrupt_on_sigterm()
-    if os.geteuid() != 0 and args.only != "mdpy":
-        print("error: run as root (a private Dovecot must start as root), or "
-              "use --only mdpy", file=sys.stderr)
-        return 1
-    raise_nofile(4096)
     users = user_names(args.clients)
     try:
-        dv = None
-        if args.only != "mdpy":
-            dv = dovecot_version()
-            libexec_dir("imap")
+        dv = prepare(args, "IMAP")
     except BenchError as e:
         print("error: %s" % e, file=sys.stderr)
         return 1
-    print_banner("IMAP", ("; Dovecot %s" % dv if dv else "")
-                 + "; load average %.1f" % os.getloadavg()[0])
     if dv:
         print("Dovecot: passwords %s, auth_cache_size = %s, everything else "
               "its defaults (one imap process per connection, mail_fsync = "
@@ -691,25 +738,12 @@ def main(argv=None):
     failed = False
     template = None
     try:
-        print("%-44s" % ("Maildir: %d users x %d messages ..."
-                         % (len(users), args.messages)), end="", flush=True)
-        t = time.monotonic()
-        try:
-            template = MdpyImap.template(users, args.messages, args.size,
-                                         keep=args.keep)
-        except BenchError as e:
-            print(" FAILED\n  error: %s" % e)
+        template = make_template(users, args.messages, args.size, args)
+        if template is None:
             return 1
-        print(" made in %.1f s%s" % (time.monotonic() - t,
-                                     " (%s)" % template.base if args.keep else ""))
-        servers = []
-        if args.only != "dovecot":
-            servers.append(("mdpy", lambda: MdpyImap(template, keep=args.keep)))
-        if args.only != "mdpy":
-            servers.append(("dovecot", lambda: new_dovecot(template, users, args)))
         for i in range(args.repeat):
             suffix = repeat_suffix(i, args.repeat)
-            for name, make in servers:
+            for name, make in servers_for(template, users, args):
                 out = bench_server(name, make, users, rows, args, suffix)
                 for key, run in out.items():
                     results.setdefault(name, {}).setdefault(key, []).append(run)
