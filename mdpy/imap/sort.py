@@ -24,7 +24,7 @@ from collections import OrderedDict
 from mdpy.imap.parser import Atom, ParseError, formatSequence, isAtom
 from mdpy.imap.search import parseSearchCommand
 from mdpy.mail.addresslist import MISSING_DOMAIN, MISSING_MAILBOX, parseAddressList
-from mdpy.mail.headers import decodeText, fieldValue, headerEnd, parseFields
+from mdpy.mail.headers import decodeText, fieldValue, headerEnd, parseDateField, parseFields
 
 SORT_KEYS = ("ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO")
 
@@ -125,14 +125,12 @@ def _sentDate(raw):
         it is missing or unreadable (the INTERNALDATE is used then, RFC
         5256 section 2.2).
     """
-    if raw is None:
+    parsed = parseDateField(raw)
+    if parsed is None:
         return None
     try:
-        parsed = email.utils.parsedate_tz(raw.decode("latin-1"))
-        if parsed is None or not 1 <= parsed[1] <= 12 or not 1 <= parsed[2] <= 31:
-            return None
         return float(email.utils.mktime_tz(parsed))
-    except (ValueError, IndexError, TypeError, OverflowError):
+    except (ValueError, OverflowError):
         return None
 
 
