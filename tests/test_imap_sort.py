@@ -7,6 +7,7 @@ in-memory store.
 import pytest
 
 from mdpy.backends.memory import MemoryStore, recordReads
+from mdpy.errors import NotFound
 from mdpy.imap import sort, thread
 from mdpy.imap.parser import ParseError, tokenize
 from tests.test_imap_server import USER, Session
@@ -357,6 +358,26 @@ def test_sort_fields_read_once(monkeypatch):
     one.send("e SORT (SIZE) US-ASCII BODY xxx")
     one.expect("* SORT 2 4 1 3", "e OK Sort completed.")
     assert sorted(reads) == [1, 2, 3, 4]
+
+
+def test_sort_leaves_out_a_message_gone_from_the_store(monkeypatch):
+    # Its sort fields are known already, but its internal date, like a
+    # Maildir file's, can no longer be read.
+    s = selected()
+    s.send("a SORT (SUBJECT) US-ASCII ALL")
+    s.expect("* SORT 2 1 4 3", "a OK Sort completed.")
+    gone = s.t.protocol.selected.messagesAt([0])[0]
+
+    class Gone:
+        uid, key, size, modSeq, flags = gone.uid, gone.key, gone.size, gone.modSeq, gone.flags
+
+        @property
+        def internalDate(self):
+            raise NotFound("message %s is gone" % (gone.key,))
+
+    s.t.protocol.selected.messages[gone.uid] = Gone()
+    s.send("b SORT (ARRIVAL) US-ASCII ALL", "c THREAD ORDEREDSUBJECT US-ASCII ALL")
+    s.expect("* SORT 2 4 3", "b OK Sort completed.", "* THREAD (4)(3)(2)", "c OK Thread completed.")
 
 
 THREADED = [

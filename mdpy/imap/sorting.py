@@ -95,8 +95,9 @@ class SortCommands:
                     if data is None:  # dropped from the cache meanwhile
                         data = await message.read()
                     fields = cache.get(message, data)
+                sequence = selected.sequence(message)
+                # Its size and internal date may be read from the store too.
+                items.append(sorting.Sortable(sequence, message.uid if uid else sequence, message, fields))
             except (errors.NotFound, OSError):
                 continue
-            sequence = selected.sequence(message)
-            items.append(sorting.Sortable(sequence, message.uid if uid else sequence, message, fields))
         return items
