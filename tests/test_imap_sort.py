@@ -60,9 +60,21 @@ def test_sortFields_fall_back_to_in_reply_to():
     fields = sort.SortFields.fromMessage(
         b"Message-ID: <3@x>\r\nIn-Reply-To: <2@x> <1@x>\r\nDate: nonsense\r\n\r\nbody\r\n"
     )
-    assert (fields.messageId, fields.references, fields.sentDate) == (b"3@x", [b"2@x"], None)
+    assert (fields.messageId, fields.references, fields.sentDate) == (b"3@x", (b"2@x",), None)
     fields = sort.SortFields.fromMessage(b"References: <1@x> <2@x>\r\nIn-Reply-To: <9@x>\r\n\r\n")
-    assert (fields.messageId, fields.references) == (None, [b"1@x", b"2@x"])
+    assert (fields.messageId, fields.references) == (None, (b"1@x", b"2@x"))
+
+
+def test_limits():
+    # Only the first MAX_SUBJECT octets of a subject are read: here 512
+    # leaders and nothing after them.
+    assert sort.MAX_SUBJECT == 2048
+    assert sort.baseSubject(b"Re: " * 1000000 + b"x") == ("", True)
+    # Of many references the first and the last are kept.
+    fields = sort.SortFields.fromMessage(
+        b"References:" + b"".join(b" <%d@x>" % n for n in range(1000)) + b"\r\n\r\n"
+    )
+    assert fields.references == (b"0@x",) + tuple(b"%d@x" % n for n in range(901, 1000))
 
 
 @pytest.mark.parametrize("line", [

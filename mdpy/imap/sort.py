@@ -14,6 +14,11 @@ reply.
 Strings are compared by the C{i18n;unicode-casemap} collation (RFC 5051,
 L{collationKey}); messages equal under every key stay in mailbox order
 (RFC 5256 section 3), C{REVERSE} included.
+
+Limits (hardening): only the first L{MAX_SUBJECT} octets of a subject are
+read, and of a C{References:} field only the first and the last
+L{MAX_REFERENCES} identifiers are kept (RFC 5322 section 3.6.4 has a long
+one cut the same way).
 """
 
 import email.utils
@@ -25,6 +30,11 @@ from mdpy.imap.parser import Atom, ParseError, formatSequence, isAtom
 from mdpy.imap.search import parseSearchCommand
 from mdpy.mail.addresslist import MISSING_DOMAIN, MISSING_MAILBOX, parseAddressList
 from mdpy.mail.headers import decodeText, fieldValue, headerEnd, parseDateField, parseFields
+
+# Hardening: what is read of a Subject field, and how many message
+# identifiers of a References field are kept (the first and the last).
+MAX_SUBJECT = 2048
+MAX_REFERENCES = 100
 
 SORT_KEYS = ("ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO")
 
@@ -45,16 +55,18 @@ def collationKey(text):
 
 
 _WSP_RUN = re.compile(r"[ \t\r\n]+")
-_TRAILER = re.compile(r"(?:\(fwd\)| )\Z", re.I)
 # subj-leader: *subj-blob subj-refwd, or WSP (white space is single by now).
 _LEADER = re.compile(r"(?:\[[^\[\]]*\] ?)*(?:re|fwd?) ?(?:\[[^\[\]]*\] ?)?:| ", re.I)
 _BLOB = re.compile(r"\[[^\[\]]*\] ?")
-_FWD_WRAPPER = re.compile(r"\[fwd:(.*)\]\Z", re.I | re.S)
 
 
 def baseSubject(raw):
     """
     Extract the base subject (RFC 5256 section 2.1).
+
+    Only the first L{MAX_SUBJECT} octets of the field are read.  The
+    subject is cut down by moving its two ends, never copied until the end,
+    so a subject of many leaders costs time in proportion to its length.
 
     @param raw: the raw value of the C{Subject:} field, or L{None}.
     @return: C{(subject, isReplyOrForward)}: the base subject (not yet
@@ -65,34 +77,37 @@ def baseSubject(raw):
     if raw is None:
         return "", False
     # (1) encoded words decoded, runs of white space made one space.
-    subject = _WSP_RUN.sub(" ", decodeText(raw))
+    subject = _WSP_RUN.sub(" ", decodeText(raw[:MAX_SUBJECT]))
+    start, end = 0, len(subject)
     replied = False
     while True:
         # (2) trailing "(fwd)" and white space.
-        while True:
-            match = _TRAILER.search(subject)
-            if match is None:
+        while end > start:
+            if subject[end - 1] == " ":
+                end -= 1
+            elif end - start >= 5 and subject[end - 5 : end].lower() == "(fwd)":
+                end -= 5
+                replied = True
+            else:
                 break
-            replied = replied or match.group() != " "
-            subject = subject[: match.start()]
         # (3) and (4): leaders and leading blobs, until neither changes it.
         while True:
-            match = _LEADER.match(subject)
+            match = _LEADER.match(subject, start, end)
             if match is not None:
                 replied = replied or match.group() != " "
-                subject = subject[match.end():]
+                start = match.end()
                 continue
-            match = _BLOB.match(subject)
-            if match is not None and match.end() < len(subject):
-                subject = subject[match.end():]
+            match = _BLOB.match(subject, start, end)
+            if match is not None and match.end() < end:
+                start = match.end()
                 continue
             break
         # (5) "[fwd: ...]" wrapped around all of it.
-        match = _FWD_WRAPPER.match(subject)
-        if match is None:
-            return subject, replied
-        replied = True
-        subject = match.group(1)
+        if end - start >= 6 and subject[start : start + 5].lower() == "[fwd:" and subject[end - 1] == "]":
+            start, end = start + 5, end - 1
+            replied = True
+            continue
+        return subject[start:end], replied
 
 
 # --- what a message is sorted and threaded by ----------------------------------------------
@@ -174,8 +189,9 @@ class SortFields:
     @ivar displayFrom: the collated display name of the first From address
         (RFC 5957); C{displayTo} likewise.
     @ivar messageId: the first identifier of C{Message-ID:}, or L{None}.
-    @ivar references: the identifiers of C{References:}, or without any,
-        the first of C{In-Reply-To:} (RFC 5256 section 4, step 1).
+    @ivar references: the identifiers of C{References:} (past
+        L{MAX_REFERENCES}, the first and the last), or without any, the
+        first of C{In-Reply-To:} (RFC 5256 section 4, step 1).
     """
 
     __slots__ = (
@@ -199,9 +215,10 @@ class SortFields:
         self.ccMailbox, _ = _firstAddress(fieldValue(fields, "Cc"))
         ids = messageIds(fieldValue(fields, "Message-ID"))
         self.messageId = ids[0] if ids else None
-        self.references = messageIds(fieldValue(fields, "References"))
-        if not self.references:
-            self.references = messageIds(fieldValue(fields, "In-Reply-To"))[:1]
+        references = messageIds(fieldValue(fields, "References"))
+        if len(references) > MAX_REFERENCES:
+            references = references[:1] + references[1 - MAX_REFERENCES :]
+        self.references = tuple(references or messageIds(fieldValue(fields, "In-Reply-To"))[:1])
         return self
 
 
@@ -212,7 +229,7 @@ class SortFieldCache:
     C{size} entries the oldest are dropped.
     """
 
-    def __init__(self, size=100000):
+    def __init__(self, size=20000):
         self._size = size
         self._entries = OrderedDict()
 

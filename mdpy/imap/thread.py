@@ -65,6 +65,12 @@ class Container:
         self.sortKey = None
 
     def isAncestorOf(self, other):
+        """
+        @return: whether C{other} is this container or below it (walking up
+            from C{other}; a container without children answers at once).
+        """
+        if not self.children:
+            return other is self
         node = other
         while node is not None:
             if node is self:
@@ -226,24 +232,22 @@ def _groupBySubject(roots):
             merged.append(root)
             continue
         if held.item is None and root.item is None:
-            for child in list(root.children):
-                held.adopt(child)
+            for child in root.children:
+                child.parent = held
+            held.children.extend(root.children)
+            root.children = []
         elif held.item is None:
             held.adopt(root)
         elif replied and not _subjectOf(held)[1]:
             held.adopt(root)
         else:
+            # The held thread is left out of the roots when its turn comes
+            # (or below): it has a parent now.
             dummy = Container()
-            index = merged.index(held) if held in merged else None
             dummy.adopt(held)
             dummy.adopt(root)
             table[subject] = dummy
-            if index is not None:
-                merged[index] = dummy
-            else:
-                # The held thread comes later in the root list; it is
-                # left out when its turn comes (it has a parent now).
-                merged.append(dummy)
+            merged.append(dummy)
     return [root for root in merged if root.parent is None]
 
 
