@@ -18,7 +18,7 @@ from twisted.internet import defer
 from mdpy import errors
 from mdpy.imap import search as searching
 from mdpy.imap import sort as sorting
-from mdpy.imap import thread as threading
+from mdpy.imap import thread as threads
 from mdpy.imap.messages import _ReadAhead, _SearchContext
 
 CAPABILITIES = (b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES")
@@ -51,7 +51,7 @@ class SortCommands:
 
     def do_THREAD(self, tag, args, uid=False):
         try:
-            command = threading.parseThreadCommand(args)
+            command = threads.parseThreadCommand(args)
         except searching.BadCharset:
             return self.no(tag, b"Unsupported charset.", _BAD_CHARSET)
         d = defer.ensureDeferred(self._sortables(command.search.criteria, uid))
@@ -62,10 +62,10 @@ class SortCommands:
         if self.closing:
             return None
         if command.algorithm == "REFERENCES":
-            roots = threading.references(items)
+            roots = threads.references(items)
         else:
-            roots = threading.orderedSubject(items)
-        self.send(threading.formatThreadResponse(roots))
+            roots = threads.orderedSubject(items)
+        self.send(threads.formatThreadResponse(roots))
         return self.complete(tag, b"OK", b"Thread completed.", expunge=uid)
 
     async def _sortables(self, criteria, uid):
