@@ -52,6 +52,7 @@ from mdpy.odmr.gateway import GatewayChecker, GatewayDomain, Gateways, normalise
 from mdpy.odmr.provider import ODMRFactory
 from mdpy.pop3.client import POP3Account
 from mdpy.imap.fetch import StructureCache
+from mdpy.imap.sort import SortFieldCache
 from mdpy.imap.literals import PendingLiterals
 from mdpy.imap.selected import RecentTracker
 from mdpy.imap.server import IMAP4Factory
@@ -448,6 +449,7 @@ def buildService(config, portOffset=0, reactor=None, lock=None):
     )
     imapShared = dict(
         structures=StructureCache(),
+        sortFields=SortFieldCache(),
         recent=RecentTracker(),
         pendingLiterals=PendingLiterals(),
         spoolDir=datadir.literalSpoolDir,

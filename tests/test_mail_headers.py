@@ -9,7 +9,15 @@ import email.utils
 
 import pytest
 
-from mdpy.mail.headers import MAX_FIELDS, MAX_HEADER, findHeaderEnd, headerEnd, parseFields, splitFields
+from mdpy.mail.headers import (
+    MAX_FIELDS,
+    MAX_HEADER,
+    findHeaderEnd,
+    headerEnd,
+    parseDateField,
+    parseFields,
+    splitFields,
+)
 from mdpy.mail.received import receivedField
 
 
@@ -118,3 +126,10 @@ def test_receivedFieldRecipientAndQuotedComment():
     field = receivedField("pop.isp.test", "mx.example.org", "POP3", "id2", 0,
                           recipient="bob@example.org", comment="evil) (x\\")
     assert b"with POP3 id id2\r\n\tfor <bob@example.org>\r\n\t(evil\\) \\(x\\\\);\r\n\t" in field
+
+
+def test_parseDateField():
+    assert parseDateField(b"Fri, 22 Feb 2008 22:00:10 +0200")[:3] == (2008, 2, 22)
+    assert parseDateField(b"Fri, 22 Feb 2008 22:00:10 +0200")[9] == 7200
+    for raw in (None, b"", b"not a date", b"Fri, 32 Feb 2008 22:00:10 +0200"):
+        assert parseDateField(raw) is None

@@ -24,7 +24,7 @@ CHUNK = 64 * 1024
 # Messages read ahead of the one being answered (FETCH, SEARCH), so the
 # store's round trips to its thread pool overlap.
 READ_AHEAD = 16
-_UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE"}
+_UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE", "SORT", "THREAD"}
 _STORE_MODES = {"FLAGS": REPLACE, "+FLAGS": ADD, "-FLAGS": REMOVE}
 
 

@@ -22,7 +22,6 @@ L{MAX_DEPTH}.
 import base64
 import binascii
 import codecs
-import email.utils
 import quopri
 import re
 import time
@@ -40,7 +39,7 @@ from mdpy.imap.parser import (
     parseDate,
 )
 from mdpy.mail.addresslist import MISSING_DOMAIN, MISSING_MAILBOX, parseAddressList
-from mdpy.mail.headers import decodeText, fieldValue, headerEnd, parseFields
+from mdpy.mail.headers import decodeText, fieldValue, headerEnd, parseDateField, parseFields
 from mdpy.mail.mime import parseMessage
 
 MAX_DEPTH = 100
@@ -693,14 +692,9 @@ class _Candidate:
         @return: the date of the C{Date:} field in its own zone, or without
             one that can be read, the internal date's (as Dovecot does).
         """
-        raw = fieldValue(self.fields(), "Date")
-        if raw is not None:
-            try:
-                parsed = email.utils.parsedate_tz(raw.decode("latin-1"))
-            except (ValueError, IndexError, TypeError, OverflowError):
-                parsed = None
-            if parsed is not None and 1 <= parsed[1] <= 12 and 1 <= parsed[2] <= 31:
-                return tuple(parsed[:3])
+        parsed = parseDateField(fieldValue(self.fields(), "Date"))
+        if parsed is not None:
+            return tuple(parsed[:3])
         return self.internalDay()
 
 

@@ -7,7 +7,8 @@ RFC 6851 (MOVE), RFC 2342 (NAMESPACE), RFC 2971 (ID), RFC 5161 (ENABLE),
 RFC 3691 (UNSELECT), RFC 3348 (CHILDREN), RFC 5258 (LIST-EXTENDED),
 RFC 5819 (LIST-STATUS), RFC 6154 (SPECIAL-USE), RFC 7888 (LITERAL+),
 RFC 4959 (SASL-IR), RFC 4731 (ESEARCH), RFC 7162 (CONDSTORE),
-RFC 7889 (APPENDLIMIT), RFC 5530 (response codes), RFC 8314 (implicit TLS).
+RFC 7889 (APPENDLIMIT), RFC 5530 (response codes), RFC 8314 (implicit TLS),
+RFC 5256 (SORT, THREAD), RFC 5267 (ESORT), RFC 5957 (SORT=DISPLAY).
 
 Commands are C{do_VERB(tag, arguments)} methods taking the parsed tokens
 (L{mdpy.imap.parser}); which verbs each state accepts is in L{_COMMANDS}.
@@ -42,6 +43,8 @@ from mdpy.imap import fetch as fetching
 from mdpy.imap.literals import CommandInput, PendingLiterals, SpooledLiteral
 from mdpy.imap.mailboxes import InvalidName, MailboxCommands, decodeName
 from mdpy.imap.messages import MessageCommands
+from mdpy.imap import sort as sorting
+from mdpy.imap.sorting import CAPABILITIES as SORT_CAPABILITIES, SortCommands
 from mdpy.imap.structure import quoteString
 from mdpy.imap.parser import Atom, ParseError, astring, isAtom, parseDateTime, tokenize
 from mdpy.imap.selected import SYSTEM_FLAGS, RecentTracker, SelectedMailbox, UidValidityChanged
@@ -72,6 +75,7 @@ _COMMANDS = {
     AUTHENTICATED: _AUTH,
     SELECTED: _AUTH | {
         "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UID",
+        "SORT", "THREAD",
     },
 }
 
@@ -120,6 +124,7 @@ class IMAP4Factory(SessionFactory):
     @ivar spoolDir: where large literals are spooled; L{None}: the system's
         temporary folder.
     @ivar structures: the L{fetching.StructureCache} (shared by listeners).
+    @ivar sortFields: the L{sorting.SortFieldCache} (shared by listeners).
     @ivar recent: the L{RecentTracker} (shared by listeners).
     @ivar idleKeepAlive: seconds between C{* OK Still here} while idling.
     @ivar idlePoll: seconds between checks for changes made by other
@@ -139,6 +144,7 @@ class IMAP4Factory(SessionFactory):
         pendingLiterals=None,
         spoolDir=None,
         structures=None,
+        sortFields=None,
         recent=None,
         idleKeepAlive=120,
         idlePoll=30,
@@ -155,13 +161,14 @@ class IMAP4Factory(SessionFactory):
         self.pendingLiterals = PendingLiterals() if pendingLiterals is None else pendingLiterals
         self.spoolDir = spoolDir
         self.structures = fetching.StructureCache() if structures is None else structures
+        self.sortFields = sorting.SortFieldCache() if sortFields is None else sortFields
         self.recent = RecentTracker() if recent is None else recent
         self.idleKeepAlive = idleKeepAlive
         self.idlePoll = idlePoll
         self.changeFeed = changeFeed
 
 
-class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession):
+class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, CommandSession):
     """
     One IMAP session.
 
@@ -269,6 +276,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
                 b"LIST-STATUS", b"SPECIAL-USE", b"ESEARCH", b"CONDSTORE",
                 b"APPENDLIMIT=%d" % (self.factory.maxMessageSize,),
             ])
+            caps.extend(SORT_CAPABILITIES)
         return b" ".join(caps)
 
     def untagged(self, data):

@@ -11,6 +11,7 @@ header bomb costs bounded time (hardening-vectors section 4).
 
 import base64
 import binascii
+import email.utils
 import quopri
 import re
 
@@ -130,6 +131,27 @@ def fieldValues(fields, name):
     """
     name = name.lower()
     return [raw for fieldName, raw in fields if fieldName.lower() == name]
+
+
+def parseDateField(raw):
+    """
+    Read the value of a C{Date:} field (RFC 5322 section 3.3, and the
+    obsolete forms Python's L{email.utils.parsedate_tz} knows).
+
+    @param raw: the raw value, or L{None}.
+    @return: the 10-tuple of L{email.utils.parsedate_tz} (its last item the
+        zone's offset in seconds, or L{None}), or L{None} when there is no
+        date that can be read.
+    """
+    if raw is None:
+        return None
+    try:
+        parsed = email.utils.parsedate_tz(raw.decode("latin-1"))
+    except (ValueError, IndexError, TypeError, OverflowError):
+        return None
+    if parsed is None or not 1 <= parsed[1] <= 12 or not 1 <= parsed[2] <= 31:
+        return None
+    return parsed
 
 
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
