@@ -39,11 +39,12 @@ from mdpy import __version__ as VERSION
 from mdpy import errors
 from mdpy.auth import sasl
 from mdpy.imap import fetch as fetching
-from mdpy.imap.literals import CommandInput, PendingLiterals, SpooledLiteral
+from mdpy.imap.append import AppendCommands
+from mdpy.imap.literals import CommandInput, PendingLiterals
 from mdpy.imap.mailboxes import InvalidName, MailboxCommands, decodeName
 from mdpy.imap.messages import MessageCommands
 from mdpy.imap.structure import quoteString
-from mdpy.imap.parser import Atom, ParseError, astring, isAtom, parseDateTime, tokenize
+from mdpy.imap.parser import Atom, ParseError, astring, isAtom, tokenize
 from mdpy.imap.selected import SYSTEM_FLAGS, RecentTracker, SelectedMailbox, UidValidityChanged
 from mdpy.session import CommandSession, SessionFactory
 from mdpy.mailbox import DELETED
@@ -161,7 +162,7 @@ class IMAP4Factory(SessionFactory):
         self.changeFeed = changeFeed
 
 
-class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession):
+class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, AppendCommands, CommandSession):
     """
     One IMAP session.
 
@@ -267,6 +268,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
             caps.extend([
                 b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"LIST-EXTENDED",
                 b"LIST-STATUS", b"SPECIAL-USE", b"ESEARCH", b"CONDSTORE",
+                b"MULTIAPPEND", b"CATENATE", b"BINARY",
                 b"APPENDLIMIT=%d" % (self.factory.maxMessageSize,),
             ])
         return b" ".join(caps)
@@ -654,44 +656,9 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
 
     # APPEND
 
-    def do_APPEND(self, tag, args):
-        if len(args) < 2:
-            raise ParseError("Expected mailbox name and message")
-        name = decodeName(args[0])
-        rest = list(args[1:])
-        flags = ()
-        internalDate = None
-        if isinstance(rest[0], list):
-            flags = self._flagList(rest.pop(0))
-        if len(rest) == 2:
-            internalDate = parseDateTime(rest.pop(0))
-        if len(rest) != 1 or not isinstance(rest[0], (bytes, SpooledLiteral)):
-            raise ParseError("Expected a message literal")
-        data = rest[0]
-        if len(data) > self.factory.maxMessageSize:
-            return self.no(tag, b"Message too large.", b"TOOBIG")
-        d = self._storeCall(self.factory.store.openMailbox, name)
-        d.addErrback(self._ebTryCreate)
-        d.addCallback(self._cbAppendTo, data, flags, internalDate)
-        d.addCallbacks(self._cbAppended, self._noFromFailure, callbackArgs=(tag, name), errbackArgs=(tag,))
-        return d
-
     def _ebTryCreate(self, failure):
         failure.trap(errors.NotFound)
         raise _TryCreate()
-
-    def _cbAppendTo(self, mailbox, data, flags, internalDate):
-        if isinstance(data, SpooledLiteral):
-            data = data.open()
-        d = defer.maybeDeferred(mailbox.append, data, flags, internalDate)
-        d.addCallback(lambda uid: (mailbox.uidValidity, uid))
-        return d
-
-    def _cbAppended(self, result, tag, name):
-        validity, uid = result
-        if self.selected is not None and self.selected.mailbox.name == name:
-            self.selected.dirty = True
-        return self.complete(tag, b"OK", b"Append completed.", b"APPENDUID %d %d" % (validity, uid))
 
     def _flagList(self, tokens):
         flags = []
