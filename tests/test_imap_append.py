@@ -127,6 +127,21 @@ def test_multiappend_of_large_messages_spools_each(tmp_path):
     assert s.factory.pendingLiterals.pending(USER) == 0
 
 
+def test_multiappend_literals_together_are_bounded_by_the_pending_limit(tmp_path):
+    """
+    The messages of one MULTIAPPEND count together against the account's
+    literal octets under way ([imap] max_pending_literal_size): past it
+    the next one gets C{NO [LIMIT]} before its C{+}, and nothing is kept.
+    """
+    s = loggedIn(spoolDir=str(tmp_path), maxMessageSize=700000, maxPendingLiterals=1000000)
+    message = bigMessage(400000)
+    s.sendRaw(b"a APPEND Drafts " + literal(message) + b" " + literal(message) + b" {400000}\r\n")
+    s.expect("a NO [LIMIT] Too many messages being appended at once; try again later.")
+    assert s.factory.pendingLiterals.pending(USER) == 0
+    assert openFilesIn(str(tmp_path)) == 0
+    assert stored(s, "Drafts") == []
+
+
 # --- CATENATE -----------------------------------------------------------------------
 
 

@@ -7,7 +7,8 @@ RFC 6851 (MOVE), RFC 2342 (NAMESPACE), RFC 2971 (ID), RFC 5161 (ENABLE),
 RFC 3691 (UNSELECT), RFC 3348 (CHILDREN), RFC 5258 (LIST-EXTENDED),
 RFC 5819 (LIST-STATUS), RFC 6154 (SPECIAL-USE), RFC 7888 (LITERAL+),
 RFC 4959 (SASL-IR), RFC 4731 (ESEARCH), RFC 7162 (CONDSTORE),
-RFC 7889 (APPENDLIMIT), RFC 5530 (response codes), RFC 8314 (implicit TLS).
+RFC 7889 (APPENDLIMIT), RFC 5530 (response codes), RFC 8314 (implicit TLS),
+RFC 3502 (MULTIAPPEND), RFC 4469 (CATENATE), RFC 3516 (BINARY).
 
 Commands are C{do_VERB(tag, arguments)} methods taking the parsed tokens
 (L{mdpy.imap.parser}); which verbs each state accepts is in L{_COMMANDS}.
