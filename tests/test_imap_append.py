@@ -54,15 +54,20 @@ def test_multiappend_stores_every_message_with_its_flags_and_date():
     assert messages[1].internalDate == 837596665
 
 
-def test_multiappend_message_that_looks_like_a_date_is_a_message():
+def test_multiappend_short_message_or_bad_date():
     """
-    A literal and a quoted string read alike: a short message that is not
-    a date-time followed by another is a message.
+    A literal and a quoted string read alike: a message of lines before
+    another is a message; one short line is a date-time, and a bad one is
+    C{BAD}, never stored as a message.
     """
     s = loggedIn()
     s.sendRaw(b"a APPEND Drafts " + literal(b"x\r\n") + b" " + literal(SECOND) + b"\r\n")
     s.expect("a OK [APPENDUID * 1:2] Append completed.")
     assert stored(s, "Drafts") == [b"x\r\n", SECOND]
+    s.sendRaw(b'b APPEND Drafts "17-Jul-1996 02:44:25" ' + literal(SECOND) + b"\r\n")
+    [line] = s.lines()
+    assert line.startswith("b BAD ")
+    assert len(stored(s, "Drafts")) == 2
 
 
 def test_multiappend_whose_second_message_fails_stores_none():

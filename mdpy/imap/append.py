@@ -97,17 +97,12 @@ def _startsMessage(tokens, index):
 
 def _isDate(token):
     """
-    @return: whether C{token} is a C{date-time} (RFC 3501 section 9), not
-        the message literal of a MULTIAPPEND: a string and a literal look
-        alike once read.
+    @return: whether C{token}, followed by the data of a message, is the
+        C{date-time} of that message (RFC 3501 section 9) rather than the
+        message of a MULTIAPPEND: a string and a literal look alike once
+        read, and a date is one short line, never a message.
     """
-    if not isinstance(token, bytes) or len(token) > 40:
-        return False
-    try:
-        parseDateTime(token)
-    except ParseError:
-        return False
-    return True
+    return isinstance(token, bytes) and len(token) <= 40 and b"\n" not in token
 
 
 def _catenateParts(tokens):
