@@ -393,6 +393,19 @@ class IMailbox(Interface):
         @return: the new message's UID.
         """
 
+    def appendMany(messages):
+        """
+        Store several messages durably in this folder, all or none (IMAP
+        MULTIAPPEND, RFC 3502 section 3): if one cannot be stored, none is
+        kept.
+
+        @param messages: C{[(data, flags, internalDate)]}, each as the
+            arguments of L{append}, except that C{data} may also be a
+            L{list} of such octets and files, the parts of the message in
+            order (IMAP CATENATE, RFC 4469).
+        @return: the new messages' UIDs, ascending, in the order given.
+        """
+
     def changeFlags(uids, flags, mode="replace", unchangedSince=None):
         """
         Change the flags of messages where they are stored, not in this

@@ -1178,3 +1178,36 @@ def test_genericParseDescribesEncapsulatedMessagesOnlyWhenAsked():
     assert described.children[0].renderedEnvelope == b"described"
     assert seen == [[("Subject", b"inner"), ("From", b"a@example.com")]]
     assert imapStructure.envelope(described.children[0], data) == b"described"
+
+
+# --- content transfer encodings --------------------------------------------------
+
+
+def test_decode_transfer_encodings():
+    qp = (b"hello  \r\nbar=\r\n\r\nfoo\t=\r\nbar\r\nfoo\t \t= \r\n=62\r\nfoo = \t\r\nbar\r\n"
+          b"foo  \r\nbar=\r\n\r\nfoo_bar=3D=\r\n=0")
+    assert mime.decodeTransfer(qp, " Quoted-Printable") == (
+        b"hello\r\nbar\r\nfoo\tbar\r\nfoo\t \tb\r\nfoo bar\r\nfoo\r\nbar\r\nfoo_bar==0"
+    )
+    assert mime.decodeTransfer(b"  aGVs \r\n bG8g\t\r\nd29y!bGQ= \r\n", "BASE64") == b"hello world"
+    assert mime.decodeTransfer(b"aGVsbA", "base64") == b"hell"
+    for identity in (None, "7bit", "8BIT", "binary"):
+        assert mime.decodeTransfer(b"a=3D\x00", identity) == b"a=3D\x00"
+    with pytest.raises(mime.UnknownEncoding):
+        mime.decodeTransfer(b"begin 644 x\r\n", "x-uuencode")
+
+
+def test_binary_parts_rewritten_as_base64():
+    data = (b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nContent-Type: text/plain\r\n"
+            b"Content-Transfer-Encoding: binary\r\nX-Other: 1\r\n\r\n\x00\x01\r\n--x\r\n"
+            b"Content-Transfer-Encoding: 8bit\r\n\r\n\xe4\r\n--x--\r\n")
+    converted = mime.binaryAsBase64(data, mime.parseMessage(data))
+    assert converted == (
+        b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nContent-Type: text/plain\r\n"
+        b"X-Other: 1\r\nContent-Transfer-Encoding: base64\r\n\r\nAAE=\r\n--x\r\n"
+        b"Content-Transfer-Encoding: 8bit\r\n\r\n\xe4\r\n--x--\r\n"
+    )
+    part = mime.parseMessage(converted).children[0]
+    assert mime.decodeTransfer(converted[part.bodyStart : part.end], part.encoding) == b"\x00\x01"
+    plain = b"Subject: x\r\n\r\n\x00"
+    assert mime.binaryAsBase64(plain, mime.parseMessage(plain)) is plain

@@ -4,9 +4,10 @@ Tests of L{mdpy.imap.parser}: tokens, sequence sets, dates.
 
 import pytest
 
+from mdpy.imap.literals import SpooledLiteral
 from mdpy.imap.parser import (
-    Atom, ParseError, SequenceSet, formatDateTime, formatSequence, number, parseDate,
-    parseDateTime, tokenize,
+    LITERAL_MARKER, Atom, Literal8, ParseError, SequenceSet, formatDateTime, formatSequence, number,
+    parseDate, parseDateTime, tokenize,
 )
 
 
@@ -19,6 +20,28 @@ def test_atoms_strings_lists():
 def test_literals_between_lines():
     tokens = tokenize([b"a APPEND {5}", b"INBOX", b" (\\Seen) {3+}", b"a\r\nb", b""])
     assert tokens == ["a", "APPEND", b"INBOX", ["\\Seen"], b"a\r\nb"]
+
+
+def test_binary_literal_and_nul():
+    """
+    C{~{n}} is a binary literal (RFC 3516), the only one that may hold NUL,
+    whether held in memory or spooled.
+    """
+    assert LITERAL_MARKER.search(b"a APPEND INBOX ~{12+}").group(1, 2) == (b"12", b"+")
+    tokens = tokenize([b"a APPEND INBOX ~{3}", b"a\x00b", b" x~y"])
+    assert isinstance(tokens[3], Literal8) and tokens[3].value == b"a\x00b" and len(tokens[3]) == 3
+    assert tokens[4] == "x~y"
+    with pytest.raises(ParseError):
+        tokenize([b"a APPEND INBOX {3}", b"a\x00b", b""])
+    spooled = SpooledLiteral(3)
+    spooled.write(b"a\x00b")
+    try:
+        with pytest.raises(ParseError):
+            tokenize([b"a APPEND INBOX {3}", spooled, b""])
+        [token] = tokenize([b"~{3}", spooled, b""])
+        assert token.value is spooled
+    finally:
+        spooled.close()
 
 
 def test_fetch_attribute_with_brackets_is_one_atom():

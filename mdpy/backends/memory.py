@@ -172,12 +172,25 @@ class MemoryMailbox(FlagShorthand):
         """
         See L{IMailbox.append}.
         """
-        return defer.maybeDeferred(self._append, _readParts([data]), storableFlags(flags), internalDate)
+        d = self.appendMany([(data, flags, internalDate)])
+        d.addCallback(lambda uids: uids[0])
+        return d
 
-    def _append(self, data, flags, internalDate):
+    def appendMany(self, messages):
+        """
+        See L{IMailbox.appendMany}.  Every message is read before the first
+        is added, so a file that cannot be read adds none.
+        """
+        return defer.maybeDeferred(self._appendMany, messages)
+
+    def _appendMany(self, messages):
         if self._folder.deleted:
             raise NotFound("mailbox %s of %s is gone" % (self.name, self._account))
-        return self._changed(self._folder.add(data, flags, internalDate))
+        ready = [
+            (_readParts(data if isinstance(data, list) else [data]), storableFlags(flags), internalDate)
+            for data, flags, internalDate in messages
+        ]
+        return self._changed([self._folder.add(*message) for message in ready])
 
     def changeFlags(self, uids, flags, mode=REPLACE, unchangedSince=None):
         """

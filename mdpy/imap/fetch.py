@@ -7,6 +7,9 @@ Body sections are served from byte ranges of the message found by its
 MIME structure (L{mdpy.mail.mime}), which is computed once per message and
 cached (L{StructureCache}), never per FETCH.
 
+BINARY sections (RFC 3516) are the same byte ranges decoded from their
+Content-Transfer-Encoding by L{mdpy.mail.mime.decodeTransfer}.
+
 Messages with bare LF line endings (copied in by another program) are
 served with CR LF, so every section's size agrees with C{RFC822.SIZE}.
 NUL octets, which may have come in by SMTP, are served as 0x80, as Dovecot
@@ -119,22 +122,15 @@ def parseFetchItems(token):
 def _parseSection(item):
     head, _, rest = item.partition("[")
     head = head.upper()
+    if head in _BINARY_ITEMS:
+        return _parseBinarySection(head, rest)
     if head not in ("BODY", "BODY.PEEK"):
         raise ParseError("Invalid FETCH item")
     close = rest.rfind("]")
     if close < 0:
         raise ParseError("Missing ']'")
     spec, tail = rest[:close], rest[close + 1 :]
-    partial = None
-    if tail:
-        if not (tail.startswith("<") and tail.endswith(">")):
-            raise ParseError("Invalid partial")
-        origin, dot, count = tail[1:-1].partition(".")
-        if not dot or not origin.isdigit() or not count.isdigit() or not origin.isascii() or not count.isascii():
-            raise ParseError("Invalid partial")
-        partial = (int(origin), int(count))
-        if partial[1] == 0:
-            raise ParseError("Invalid partial")
+    partial = _parsePartial(tail)
     path, text, fields = _parseSectionSpec(spec)
     label = "BODY[%s]" % (spec,)
     if text.startswith("HEADER.FIELDS"):
@@ -145,6 +141,23 @@ def _parseSection(item):
             " ".join(f.decode("utf-8", "replace") for f in fields),
         )
     return Section(path, text, fields, partial, head == "BODY.PEEK", label)
+
+
+def _parsePartial(tail):
+    """
+    @return: C{(origin, count)} of a C{<origin.count>} (RFC 3501 section
+        6.4.5), or L{None} for C{""}.
+    """
+    if not tail:
+        return None
+    if not (tail.startswith("<") and tail.endswith(">")):
+        raise ParseError("Invalid partial")
+    origin, dot, count = tail[1:-1].partition(".")
+    if not dot or not origin.isdigit() or not count.isdigit() or not origin.isascii() or not count.isascii():
+        raise ParseError("Invalid partial")
+    if int(count) == 0:
+        raise ParseError("Invalid partial")
+    return int(origin), int(count)
 
 
 def _parseSectionSpec(spec):
@@ -177,6 +190,84 @@ def _parseSectionSpec(spec):
     elif space:
         raise ParseError("Invalid section")
     return path, text, fields
+
+
+# --- BINARY (RFC 3516) ------------------------------------------------------
+
+_BINARY_ITEMS = frozenset(["BINARY", "BINARY.PEEK", "BINARY.SIZE"])
+
+
+class BinarySection(Section):
+    """
+    One C{BINARY[part]<...>}, C{BINARY.PEEK[part]<...>} or
+    C{BINARY.SIZE[part]} item (RFC 3516 section 4.2): a part's body decoded
+    from its Content-Transfer-Encoding, or its decoded size.
+
+    @ivar sizeOnly: whether only the decoded size is asked (C{BINARY.SIZE}).
+    """
+
+    def __init__(self, path, partial, peek, label, sizeOnly):
+        Section.__init__(self, path, "", (), partial, peek, label)
+        self.sizeOnly = sizeOnly
+
+
+def _parseBinarySection(head, rest):
+    """
+    @param rest: what follows the C{[} of the item.
+    @return: the L{BinarySection} of C{section-binary} (RFC 3516 section
+        5: part numbers only), after C{head} (C{BINARY}, C{BINARY.PEEK} or
+        C{BINARY.SIZE}).
+    """
+    spec, close, tail = rest.partition("]")
+    if not close:
+        raise ParseError("Missing ']'")
+    path, text, _ = _parseSectionSpec(spec)
+    if text:
+        raise ParseError("Invalid BINARY section")
+    sizeOnly = head == "BINARY.SIZE"
+    partial = _parsePartial(tail)
+    if sizeOnly and partial is not None:
+        raise ParseError("Invalid BINARY.SIZE item")
+    label = "%s[%s]" % ("BINARY.SIZE" if sizeOnly else "BINARY", spec)
+    return BinarySection(path, partial, head != "BINARY", label, sizeOnly)
+
+
+def binaryData(section, data, structure):
+    """
+    @return: the octets of a L{BinarySection} before C{<partial>}: the
+        whole message as it is for C{BINARY[]}, else the part's body
+        decoded (L{mdpy.mail.mime.decodeTransfer}); L{None} when the part
+        does not exist.
+    @raise mdpy.mail.mime.UnknownEncoding: the part's encoding is unknown
+        (RFC 3516 section 4.3, C{[UNKNOWN-CTE]}).
+    """
+    if not section.path:
+        return data
+    part = findSection(structure.root, section.path)
+    if part is None:
+        return None
+    return mime.decodeTransfer(data[part.bodyStart : part.end], part.encoding)
+
+
+def _renderBinary(section, data, structure):
+    """
+    @return: C{BINARY[part]<origin> literal} or C{BINARY.SIZE[part] n}; a
+        body holding NUL goes as a binary literal C{~{n}} (RFC 3516
+        section 4.2).
+    """
+    octets = binaryData(section, data, structure)
+    label = section.label.encode("utf-8")
+    if section.sizeOnly:
+        return label + b" %d" % (len(octets or b""),)
+    if section.partial is not None:
+        origin, count = section.partial
+        octets = (octets or b"")[origin : origin + count]
+        label += b"<%d>" % (origin,)
+    if not octets:
+        return label + b' ""'
+    if b"\x00" in octets:
+        return label + b" ~{%d}\r\n%s" % (len(octets), octets)
+    return label + b" {%d}\r\n%s" % (len(octets), octets)
 
 
 # --- structure cache --------------------------------------------------------
@@ -313,6 +404,8 @@ def renderSection(section, data, structure):
     """
     @return: C{label<origin> literal} for one section.
     """
+    if isinstance(section, BinarySection):
+        return _renderBinary(section, data, structure)
     octets = sectionData(section, data, structure)
     label = section.label.encode("utf-8")
     if octets is None:

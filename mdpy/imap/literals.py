@@ -38,6 +38,8 @@ class SpooledLiteral:
 
     @ivar size: the octets announced (and, once complete, received).
     @ivar error: the L{OSError} that stopped the writing, or L{None}.
+    @ivar containsNul: whether a NUL octet was received (allowed only in a
+        binary literal, RFC 3516).
     """
 
     def __init__(self, size, directory=None):
@@ -48,6 +50,7 @@ class SpooledLiteral:
         """
         self.size = size
         self.error = None
+        self.containsNul = False
         self._file = tempfile.TemporaryFile(dir=directory)
 
     def __len__(self):
@@ -62,6 +65,8 @@ class SpooledLiteral:
         L{open} and what follows is thrown away, so the rest of the
         literal is still read off the connection.
         """
+        if not self.containsNul and b"\x00" in data:
+            self.containsNul = True
         if self.error is not None:
             return
         try:
@@ -118,14 +123,16 @@ class MemoryLiteral:
         self._parts = []
 
 
-def receiveLiteral(size, directory=None):
+def receiveLiteral(size, directory=None, held=0):
     """
+    @param held: the literal octets the command already holds in memory.
     @return: where a literal of C{size} octets is collected: a
-        L{SpooledLiteral} in C{directory} past L{SPOOL_THRESHOLD}, else a
-        L{MemoryLiteral}.
+        L{SpooledLiteral} in C{directory} past L{SPOOL_THRESHOLD}, or when
+        the command's literals in memory would pass L{MAX_LITERAL_TOTAL}
+        (the messages of a MULTIAPPEND, RFC 3502), else a L{MemoryLiteral}.
     @raise OSError: no spool file could be made.
     """
-    if size > SPOOL_THRESHOLD:
+    if size > SPOOL_THRESHOLD or held + size > MAX_LITERAL_TOTAL:
         return SpooledLiteral(size, directory)
     return MemoryLiteral()
 
@@ -201,6 +208,7 @@ class CommandInput:
         self._reserved = 0
         self._literalCount = 0
         self._literalTotal = 0
+        self._literalMemory = 0
         self._literalWanted = 0
         self._literal = None
         self._discarding = 0
@@ -229,6 +237,7 @@ class CommandInput:
         self._reserved = 0
         self._literalCount = 0
         self._literalTotal = 0
+        self._literalMemory = 0
         return taken
 
     def _releaseLiterals(self, segments, reserved):
@@ -312,10 +321,12 @@ class CommandInput:
         if self._literalCount >= MAX_LITERALS:
             return b"TOOBIG", b"Too many literals."
         if verb == b"APPEND":
+            # Each message, and each part of a CATENATE (RFC 4469), is
+            # bounded by APPENDLIMIT; the messages of a MULTIAPPEND (RFC
+            # 3502) together by the account's pending literal octets
+            # (L{_startLiteral}).
             if size > self.factory.maxMessageSize:
                 return b"TOOBIG", b"Message too large (APPENDLIMIT=%d)." % (self.factory.maxMessageSize,)
-            if self._literalTotal + size > self.factory.maxMessageSize + MAX_LITERAL_TOTAL:
-                return b"TOOBIG", b"Too much literal data."
             return None
         if size > MAX_LITERAL or self._literalTotal + size > MAX_LITERAL_TOTAL:
             return b"TOOBIG", b"Literal too large."
@@ -337,7 +348,7 @@ class CommandInput:
                 return b"LIMIT", b"Too many messages being appended at once; try again later."
             self._reserved += size
         try:
-            self._literal = receiveLiteral(size, factory.spoolDir)
+            self._literal = receiveLiteral(size, factory.spoolDir, self._literalMemory)
         except OSError as e:
             self.log.warn("imap: cannot spool a literal in {dir}: {error}", dir=factory.spoolDir, error=e)
             return b"UNAVAILABLE", b"Temporary failure; try again later."
@@ -360,7 +371,10 @@ class CommandInput:
         self._literalWanted -= len(piece)
         self.setBuffered(data[len(piece):])
         if not self._literalWanted:
-            self._segments.append(self._literal.finish())
+            literal = self._literal.finish()
+            if isinstance(literal, bytes):
+                self._literalMemory += len(literal)
+            self._segments.append(literal)
             self._literal = None
             self.rawMode = False
         return True

@@ -18,6 +18,7 @@ from mdpy.imap import fetch as fetching
 from mdpy.imap import search as searching
 from mdpy.imap.mailboxes import decodeName
 from mdpy.imap.parser import Atom, ParseError, SequenceSet, formatSequence, isAtom, number64
+from mdpy.mail.mime import UnknownEncoding
 from mdpy.mailbox import ADD, DELETED, REMOVE, REPLACE, SEEN, changedFlags, storableFlags
 
 CHUNK = 64 * 1024
@@ -203,7 +204,7 @@ class MessageCommands:
 
     async def _fetch(self, tag, messages, request, uid):
         selected = self.selected
-        gone = False
+        gone = unknownEncoding = False
         seenNow = {}
         if request.setsSeen and not selected.readOnly:
             unseen = [m.uid for m in messages if SEEN not in m.flags and m.uid not in selected.gone]
@@ -258,7 +259,11 @@ class MessageCommands:
                         pending.append(announced)
                 if "FLAGS" in items.items:
                     selected.noteFlags(message, flags)
-                body = fetching.renderItems(items, message, flags, selected.isRecent(message), data, structure)
+                try:
+                    body = fetching.renderItems(items, message, flags, selected.isRecent(message), data, structure)
+                except UnknownEncoding:
+                    unknownEncoding = True
+                    continue
                 pending.append(b"* %d FETCH %s\r\n" % (selected.sequence(message), body))
                 size += len(body)
                 if size >= CHUNK:
@@ -271,6 +276,9 @@ class MessageCommands:
         finally:
             if output is not None:
                 output.finish()
+        if unknownEncoding:
+            # RFC 3516 section 4.3.
+            return self.complete(tag, b"NO", b"Unknown Content-Transfer-Encoding.", b"UNKNOWN-CTE", expunge=uid)
         if gone:
             return self.complete(tag, b"NO", b"Some messages were expunged meanwhile.", b"EXPUNGEISSUED", expunge=uid)
         return self.complete(tag, b"OK", b"Fetch completed.", expunge=uid)

@@ -11,11 +11,14 @@ Tokens are:
  - L{bytes}: a quoted string or a literal;
  - a L{mdpy.imap.literals.SpooledLiteral}: a literal too large to hold in
    memory (an APPEND message), in a temporary file;
+ - L{Literal8}: a binary literal C{~{n}} (RFC 3516 section 4.4), which
+   only APPEND takes; its C{value} is one of the two above;
  - L{list}: a parenthesised list of tokens.
 
 A command is given as its I{segments}: C{[line, literal, line, ...,
 line]}, each line but the last ending with the literal marker C{{n}} or
-C{{n+}} that announced the literal after it (L{LITERAL_MARKER}); a literal
+C{{n+}} (or C{~{n}}, C{~{n+}}) that announced the literal after it
+(L{LITERAL_MARKER}); a literal
 segment is its token as it is.  The session
 collects them, checking each literal's size against its limits before it
 answers C{+} (hardening-vectors section 3).
@@ -30,7 +33,7 @@ import time
 from bisect import bisect_left, bisect_right
 
 MAX_NUMBER = 4294967295
-LITERAL_MARKER = re.compile(rb"\{([0-9]{1,20})(\+?)\}\Z")
+LITERAL_MARKER = re.compile(rb"~?\{([0-9]{1,20})(\+?)\}\Z")
 
 _ATOM_END = frozenset(b' ()"{')
 # The fetch attributes whose C{[...]} section may hold what an atom may not
@@ -44,6 +47,37 @@ class ParseError(Exception):
     """
     The command is not well formed; the message is for the client's C{BAD}.
     """
+
+
+class Literal8:
+    """
+    A binary literal, C{~{n}} (RFC 3516 section 4.4): its octets may hold
+    NUL, which no other literal may (RFC 3501 section 9, C{CHAR8}).
+
+    @ivar value: the literal's token, L{bytes} or a
+        L{mdpy.imap.literals.SpooledLiteral}.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __len__(self):
+        return len(self.value)
+
+    def __repr__(self):
+        return "Literal8(%r)" % (self.value,)
+
+
+def _containsNul(literal):
+    """
+    @return: whether a literal's octets hold NUL (a spooled literal says so
+        itself, having looked while it was written).
+    """
+    if isinstance(literal, bytes):
+        return b"\x00" in literal
+    return literal.containsNul
 
 
 class Atom(str):
@@ -97,10 +131,15 @@ def tokenize(segments, maxDepth=32):
         elif byte == 0x22:  # "
             value, pos = _quoted(line, pos + 1)
             current.append(value)
-        elif byte == 0x7B:  # {
+        elif byte == 0x7B or (byte == 0x7E and line[pos + 1 : pos + 2] == b"{"):  # { or ~{
             if LITERAL_MARKER.match(line, pos) is None or lineIndex + 2 >= len(segments):
                 raise ParseError("Bad literal")
-            current.append(segments[lineIndex + 1])
+            literal = segments[lineIndex + 1]
+            if byte == 0x7E:
+                literal = Literal8(literal)
+            elif _containsNul(literal):
+                raise ParseError("NUL in a literal; binary data needs ~{n} (RFC 3516)")
+            current.append(literal)
             lineIndex += 2
             line = segments[lineIndex]
             pos = 0

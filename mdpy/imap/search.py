@@ -19,10 +19,7 @@ L{ParseError}.  Matching recurses over that tree, so never deeper than
 L{MAX_DEPTH}.
 """
 
-import base64
-import binascii
 import codecs
-import quopri
 import re
 import time
 from bisect import bisect_right
@@ -40,7 +37,7 @@ from mdpy.imap.parser import (
 )
 from mdpy.mail.addresslist import MISSING_DOMAIN, MISSING_MAILBOX, parseAddressList
 from mdpy.mail.headers import decodeText, fieldValue, headerEnd, parseDateField, parseFields
-from mdpy.mail.mime import parseMessage
+from mdpy.mail.mime import UnknownEncoding, decodeTransfer, parseMessage
 
 MAX_DEPTH = 100
 SUPPORTED_CHARSETS = ("US-ASCII", "UTF-8")
@@ -772,17 +769,10 @@ def _decodeBody(body, encoding, charset):
         C{charset} (UTF-8, or Latin-1 where it is not UTF-8, when the charset
         is missing or unknown).
     """
-    encoding = encoding.strip().lower()
-    if encoding == "base64":
-        compact = re.sub(rb"[^A-Za-z0-9+/]", b"", body)
-        if len(compact) % 4 == 1:
-            compact = compact[:-1]
-        try:
-            body = base64.b64decode(compact + b"=" * (-len(compact) % 4))
-        except (ValueError, binascii.Error):
-            pass
-    elif encoding == "quoted-printable":
-        body = quopri.decodestring(body)
+    try:
+        body = decodeTransfer(body, encoding)
+    except UnknownEncoding:
+        pass
     if charset:
         try:
             codecs.lookup(charset)

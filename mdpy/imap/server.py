@@ -8,7 +8,8 @@ RFC 3691 (UNSELECT), RFC 3348 (CHILDREN), RFC 5258 (LIST-EXTENDED),
 RFC 5819 (LIST-STATUS), RFC 6154 (SPECIAL-USE), RFC 7888 (LITERAL+),
 RFC 4959 (SASL-IR), RFC 4731 (ESEARCH), RFC 7162 (CONDSTORE),
 RFC 7889 (APPENDLIMIT), RFC 5530 (response codes), RFC 8314 (implicit TLS),
-RFC 5256 (SORT, THREAD), RFC 5267 (ESORT), RFC 5957 (SORT=DISPLAY).
+RFC 5256 (SORT, THREAD), RFC 5267 (ESORT), RFC 5957 (SORT=DISPLAY),
+RFC 3502 (MULTIAPPEND), RFC 4469 (CATENATE), RFC 3516 (BINARY).
 
 Commands are C{do_VERB(tag, arguments)} methods taking the parsed tokens
 (L{mdpy.imap.parser}); which verbs each state accepts is in L{_COMMANDS}.
@@ -40,13 +41,14 @@ from mdpy import __version__ as VERSION
 from mdpy import errors
 from mdpy.auth import sasl
 from mdpy.imap import fetch as fetching
-from mdpy.imap.literals import CommandInput, PendingLiterals, SpooledLiteral
+from mdpy.imap.append import AppendCommands
+from mdpy.imap.literals import CommandInput, PendingLiterals
 from mdpy.imap.mailboxes import InvalidName, MailboxCommands, decodeName
 from mdpy.imap.messages import MessageCommands
 from mdpy.imap import sort as sorting
 from mdpy.imap.sorting import CAPABILITIES as SORT_CAPABILITIES, SortCommands
 from mdpy.imap.structure import quoteString
-from mdpy.imap.parser import Atom, ParseError, astring, isAtom, parseDateTime, tokenize
+from mdpy.imap.parser import Atom, ParseError, astring, isAtom, tokenize
 from mdpy.imap.selected import SYSTEM_FLAGS, RecentTracker, SelectedMailbox, UidValidityChanged
 from mdpy.session import CommandSession, SessionFactory
 from mdpy.mailbox import DELETED
@@ -168,7 +170,8 @@ class IMAP4Factory(SessionFactory):
         self.changeFeed = changeFeed
 
 
-class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, CommandSession):
+class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, AppendCommands,
+                  CommandSession):
     """
     One IMAP session.
 
@@ -274,6 +277,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
             caps.extend([
                 b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"LIST-EXTENDED",
                 b"LIST-STATUS", b"SPECIAL-USE", b"ESEARCH", b"CONDSTORE",
+                b"MULTIAPPEND", b"CATENATE", b"BINARY",
                 b"APPENDLIMIT=%d" % (self.factory.maxMessageSize,),
             ])
             caps.extend(SORT_CAPABILITIES)
@@ -662,44 +666,9 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
 
     # APPEND
 
-    def do_APPEND(self, tag, args):
-        if len(args) < 2:
-            raise ParseError("Expected mailbox name and message")
-        name = decodeName(args[0])
-        rest = list(args[1:])
-        flags = ()
-        internalDate = None
-        if isinstance(rest[0], list):
-            flags = self._flagList(rest.pop(0))
-        if len(rest) == 2:
-            internalDate = parseDateTime(rest.pop(0))
-        if len(rest) != 1 or not isinstance(rest[0], (bytes, SpooledLiteral)):
-            raise ParseError("Expected a message literal")
-        data = rest[0]
-        if len(data) > self.factory.maxMessageSize:
-            return self.no(tag, b"Message too large.", b"TOOBIG")
-        d = self._storeCall(self.factory.store.openMailbox, name)
-        d.addErrback(self._ebTryCreate)
-        d.addCallback(self._cbAppendTo, data, flags, internalDate)
-        d.addCallbacks(self._cbAppended, self._noFromFailure, callbackArgs=(tag, name), errbackArgs=(tag,))
-        return d
-
     def _ebTryCreate(self, failure):
         failure.trap(errors.NotFound)
         raise _TryCreate()
-
-    def _cbAppendTo(self, mailbox, data, flags, internalDate):
-        if isinstance(data, SpooledLiteral):
-            data = data.open()
-        d = defer.maybeDeferred(mailbox.append, data, flags, internalDate)
-        d.addCallback(lambda uid: (mailbox.uidValidity, uid))
-        return d
-
-    def _cbAppended(self, result, tag, name):
-        validity, uid = result
-        if self.selected is not None and self.selected.mailbox.name == name:
-            self.selected.dirty = True
-        return self.complete(tag, b"OK", b"Append completed.", b"APPENDUID %d %d" % (validity, uid))
 
     def _flagList(self, tokens):
         flags = []

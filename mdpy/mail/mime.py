@@ -19,11 +19,13 @@ Invariants: a L{Part} only holds offsets and header values, so it can be
 cached (L{toCache}) and the message file read again for its octets.
 """
 
+import base64
+import binascii
 import json
 import re
 from urllib.parse import unquote_to_bytes
 
-from mdpy.mail.headers import MAX_HEADER, headerEnd, parseFields
+from mdpy.mail.headers import MAX_HEADER, headerEnd, parseFields, splitFields
 
 MAX_DEPTH = 100
 MAX_PARTS = 10000
@@ -575,6 +577,99 @@ def parseMessage(data, describeMessage=None):
     except Exception:
         bodyStart = headerEnd(data)
         return Part(0, bodyStart, len(data), lines=data.count(b"\n", bodyStart))
+
+# --- content transfer encodings (RFC 2045 section 6) -----------------------------------------
+
+IDENTITY_ENCODINGS = frozenset(["7bit", "8bit", "binary"])
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
+_LINE = re.compile(rb"([^\r\n]*)(\r?\n|\r(?!\n)|\Z)")
+_BASE64_LINE = 76
+
+
+class UnknownEncoding(ValueError):
+    """
+    A Content-Transfer-Encoding this module cannot decode (IMAP answers
+    C{[UNKNOWN-CTE]}, RFC 3516 section 4.3).
+    """
+
+
+def decodeTransfer(body, encoding):
+    """
+    Decode a body from its Content-Transfer-Encoding, leniently: in base64
+    what is not of the alphabet is skipped (RFC 2045 section 6.8); in
+    quoted-printable the white space ending a line is dropped, C{=} ending
+    one (white space after it allowed) joins it to the next, and an C{=}
+    not followed by two hex digits is kept as it is (section 6.7).
+
+    @param encoding: the field's token, or L{None} (7bit).
+    @return: the decoded octets.
+    @raise UnknownEncoding: neither an identity encoding, base64 nor
+        quoted-printable.
+    """
+    encoding = (encoding or "7bit").strip().lower()
+    if encoding in IDENTITY_ENCODINGS:
+        return body
+    if encoding == "base64":
+        compact = _NOT_BASE64.sub(b"", body)
+        if len(compact) % 4 == 1:
+            compact = compact[:-1]
+        try:
+            return base64.b64decode(compact + b"=" * (-len(compact) % 4))
+        except (ValueError, binascii.Error):
+            return b""
+    if encoding == "quoted-printable":
+        out = []
+        for match in _LINE.finditer(body):
+            text, ending = match.groups()
+            if not text and not ending:
+                break
+            text = text.rstrip(b" \t")
+            soft = text.endswith(b"=")
+            out.append(binascii.a2b_qp(text[:-1] if soft else text))
+            if not soft:
+                out.append(ending)
+        return b"".join(out)
+    raise UnknownEncoding(encoding)
+
+
+def binaryAsBase64(data, root):
+    """
+    Rewrite the leaf parts of a message whose Content-Transfer-Encoding is
+    C{binary} as base64 (RFC 3516 section 4.4: a message appended as
+    binary is kept in a form every IMAP client can fetch), the other
+    octets left as they are.
+
+    @param root: the message's L{Part} (L{parseMessage} of C{data}).
+    @return: the new octets, or C{data} itself when no part is binary.
+    """
+    pieces, pos = [], 0
+    stack = [root]
+    while stack:
+        part = stack.pop()
+        if part.children:
+            stack.extend(reversed(part.children))
+            continue
+        if (part.encoding or "").strip().lower() != "binary":
+            continue
+        header = data[part.start : part.bodyStart]
+        fields = splitFields(header)
+        kept = [
+            header[start:end] for name, start, end in fields
+            if name is None or name.strip().lower() != b"content-transfer-encoding"
+        ]
+        rest = header[fields[-1][2]:] if fields else header
+        encoded = base64.b64encode(data[part.bodyStart : part.end])
+        lines = [encoded[i : i + _BASE64_LINE] for i in range(0, len(encoded), _BASE64_LINE)]
+        pieces += [
+            data[pos : part.start], b"".join(kept), b"Content-Transfer-Encoding: base64\r\n", rest,
+            b"\r\n".join(lines), b"\r\n" if part.end == len(data) and lines else b"",
+        ]
+        pos = part.end
+    if not pieces:
+        return data
+    pieces.append(data[pos:])
+    return b"".join(pieces)
+
 
 # --- the cache -----------------------------------------------------------------------------
 

@@ -182,6 +182,47 @@ class StoreContract:
         resultOf(mailbox.append(MESSAGE))
         assert mailbox.messages()[0].internalDate >= before - 1
 
+    def test_appendMany(self, store):
+        """
+        Several messages are stored in one call, in order, with ascending
+        UIDs; a message may be given as parts, bytes and files (IMAP
+        CATENATE).
+        """
+        mailbox = resultOf(store.openMailbox(ALICE, "Sent"))
+        uids = resultOf(mailbox.appendMany([
+            (MESSAGE, ["\\Seen"], 1000000000),
+            ([b"From: c@d\r\n\r\n", io.BytesIO(b"body"), b"\r\n"], (), None),
+        ]))
+        messages = mailbox.messages()
+        assert [m.uid for m in messages] == uids and uids[0] < uids[1]
+        assert messages[0].flags == {"\\Seen"} and messages[0].internalDate == 1000000000
+        assert [resultOf(m.read()) for m in messages] == [MESSAGE, b"From: c@d\r\n\r\nbody\r\n"]
+
+    def test_appendManyAllOrNothing(self, store):
+        """
+        When one message of an L{IMailbox.appendMany} cannot be stored (its
+        file fails to read), none is: not in this view, not in a new one,
+        and no UID is used up in a way another view sees a message.
+        """
+
+        class Failing(io.RawIOBase):
+            def readable(self):
+                return True
+
+            def readinto(self, buffer):
+                raise OSError(5, "Input/output error")
+
+        mailbox = resultOf(store.openMailbox(ALICE, "Sent"))
+        d = mailbox.appendMany([(MESSAGE, (), None), (Failing(), (), None), (MESSAGE, (), None)])
+        failures = []
+        d.addErrback(failures.append)
+        assert len(failures) == 1
+        resultOf(mailbox.sync())
+        assert mailbox.messages() == []
+        assert resultOf(store.openMailbox(ALICE, "Sent")).messages() == []
+        uid = resultOf(mailbox.append(MESSAGE))
+        assert [m.uid for m in mailbox.messages()] == [uid]
+
     def test_keyedDeliveryIsNotRepeated(self, store):
         """
         A keyed delivery made again (after a crash) skips the copies it

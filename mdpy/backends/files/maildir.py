@@ -614,41 +614,63 @@ class MaildirMailbox(FlagShorthand):
         See L{IMailbox.append}.  The file goes straight into C{cur/}; a
         file given is copied in chunks in a worker thread.
         """
-        if not hasattr(data, "read"):
-            data = bytes(data)
-        d = self._store._runInThread(self._appendInThread, data, normaliseFlags(flags), internalDate)
+        d = self.appendMany([(data, flags, internalDate)])
+        d.addCallback(lambda uids: uids[0])
+        return d
+
+    def appendMany(self, messages):
+        """
+        See L{IMailbox.appendMany}.  Each message is written and synced to
+        C{tmp/} first; then, in one locked transaction, all are moved into
+        C{cur/} and given their UIDs in one index write; any failure
+        removes every file, so the index never names a message of a
+        failed call.
+        """
+        prepared = []
+        for data, flags, internalDate in messages:
+            parts = data if isinstance(data, list) else [data]
+            parts = [part if hasattr(part, "read") else bytes(part) for part in parts]
+            prepared.append((parts, normaliseFlags(flags), internalDate))
+        d = self._store._runInThread(self._appendInThread, prepared)
         d.addCallback(self._install)
         d.addCallback(self._notify)
         return d
 
-    def _appendInThread(self, data, flags, internalDate):
-        base = uniqueName()
-        tmpPath = os.path.join(self.path, "tmp", base)
-        wireSize = NormalisedSizeCounter()
+    def _appendInThread(self, messages):
+        written = []
         placed = []
 
         def place(uidList, files, keywords):
-            key = "%s,S=%d,W=%d" % (base, size, wireSize.finish())
-            info = infoForFlags(flags, keywords)
-            final = os.path.join(self.path, "cur", key + ":" + info)
-            os.rename(tmpPath, final)
-            placed.append(final)
-            fsyncDirectory(os.path.dirname(final))
-            files[key] = key + ":" + info
-            return uidList.add(key, info, wireSizeFromName(key))
+            uids = []
+            for tmpPath, base, size, wireSize, flags in written:
+                key = "%s,S=%d,W=%d" % (base, size, wireSize)
+                info = infoForFlags(flags, keywords)
+                final = os.path.join(self.path, "cur", key + ":" + info)
+                os.rename(tmpPath, final)
+                placed.append(final)
+                files[key] = key + ":" + info
+                uids.append(uidList.add(key, info, wireSizeFromName(key)))
+            fsyncDirectory(os.path.join(self.path, "cur"))
+            return uids
 
         try:
-            fd = os.open(tmpPath, _CREATE, 0o600)
-            try:
-                size = writeParts(fd, [data], _CHUNK, observe=wireSize.feed)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if internalDate is not None:
-                os.utime(tmpPath, (internalDate, internalDate))
+            for parts, flags, internalDate in messages:
+                base = uniqueName()
+                tmpPath = os.path.join(self.path, "tmp", base)
+                wireSize = NormalisedSizeCounter()
+                fd = os.open(tmpPath, _CREATE, 0o600)
+                try:
+                    written.append((tmpPath, base, None, None, flags))
+                    size = writeParts(fd, parts, _CHUNK, observe=wireSize.feed)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                written[-1] = (tmpPath, base, size, wireSize.finish(), flags)
+                if internalDate is not None:
+                    os.utime(tmpPath, (internalDate, internalDate))
             return self._transact(place)
         except BaseException as e:
-            for path in [tmpPath] + placed:
+            for path in [entry[0] for entry in written] + placed:
                 unlinkQuietly(path)
             if isinstance(e, FileNotFoundError):
                 raise NotFound("mailbox %s of %s is gone" % (self.name, self._account)) from e
