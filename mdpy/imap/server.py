@@ -7,7 +7,8 @@ RFC 6851 (MOVE), RFC 2342 (NAMESPACE), RFC 2971 (ID), RFC 5161 (ENABLE),
 RFC 3691 (UNSELECT), RFC 3348 (CHILDREN), RFC 5258 (LIST-EXTENDED),
 RFC 5819 (LIST-STATUS), RFC 6154 (SPECIAL-USE), RFC 7888 (LITERAL+),
 RFC 4959 (SASL-IR), RFC 4731 (ESEARCH), RFC 7162 (CONDSTORE),
-RFC 7889 (APPENDLIMIT), RFC 5530 (response codes), RFC 8314 (implicit TLS).
+RFC 7889 (APPENDLIMIT), RFC 5530 (response codes), RFC 8314 (implicit TLS),
+RFC 4978 (COMPRESS=DEFLATE, L{mdpy.imap.compress}).
 
 Commands are C{do_VERB(tag, arguments)} methods taking the parsed tokens
 (L{mdpy.imap.parser}); which verbs each state accepts is in L{_COMMANDS}.
@@ -39,6 +40,7 @@ from mdpy import __version__ as VERSION
 from mdpy import errors
 from mdpy.auth import sasl
 from mdpy.imap import fetch as fetching
+from mdpy.imap.compress import DeflateTransport
 from mdpy.imap.literals import CommandInput, PendingLiterals, SpooledLiteral
 from mdpy.imap.mailboxes import InvalidName, MailboxCommands, decodeName
 from mdpy.imap.messages import MessageCommands
@@ -57,7 +59,7 @@ _SYSTEM_FLAGS_LOWER = {flag.lower() for flag in SYSTEM_FLAGS}
 _ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
 _AUTH = _ANY | {
     "SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE",
-    "LIST", "LSUB", "STATUS", "APPEND", "NAMESPACE", "ENABLE", "IDLE",
+    "LIST", "LSUB", "STATUS", "APPEND", "NAMESPACE", "ENABLE", "IDLE", "COMPRESS",
 }
 # Commands that open, make or change a mailbox by name, and polls: the
 # account is asked for afresh (see CommandSession.accountRemains); the others
@@ -218,6 +220,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
         self._pushing = False
         self._listening = False
         self._subscription = None
+        self._deflate = None
 
     # --- CommandSession -----------------------------------------------------
 
@@ -240,8 +243,16 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
         self.send(b"* BYE Disconnected for inactivity.\r\n")
         self.close()
 
+    def dataReceived(self, data):
+        if self._deflate is not None:
+            self._deflate.receive(data)
+        else:
+            CommandSession.dataReceived(self, data)
+
     def connectionLost(self, reason=None):
         CommandSession.connectionLost(self, reason)
+        if self._deflate is not None:
+            self._deflate.stop()
         self._stopIdleTimers()
         self.dropInput()
         self._unsubscribe()
@@ -267,7 +278,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
             caps.extend([
                 b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"LIST-EXTENDED",
                 b"LIST-STATUS", b"SPECIAL-USE", b"ESEARCH", b"CONDSTORE",
-                b"APPENDLIMIT=%d" % (self.factory.maxMessageSize,),
+                b"APPENDLIMIT=%d" % (self.factory.maxMessageSize,), b"COMPRESS=DEFLATE",
             ])
         return b" ".join(caps)
 
@@ -563,6 +574,33 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
                 enabled.append(upper)
         self.untagged(b"ENABLED" + b"".join(b" " + n.encode("ascii") for n in enabled))
         return self.complete(tag, b"OK", b"Enabled.")
+
+    def do_COMPRESS(self, tag, args):
+        """
+        RFC 4978 section 3: compress both directions from after the tagged
+        C{OK} on; once only.
+        """
+        if len(args) != 1 or not isinstance(args[0], Atom):
+            raise ParseError("Expected a compression mechanism")
+        if self._deflate is not None:
+            return self.no(tag, b"DEFLATE active via COMPRESS.", b"COMPRESSIONACTIVE")
+        if args[0].upper() != "DEFLATE":
+            return self.no(tag, b"Unknown compression mechanism.")
+        self._reply(tag, b"OK", b"DEFLATE active.")
+        self._deflate = DeflateTransport(
+            self.transport,
+            lambda data: CommandSession.dataReceived(self, data),
+            self._compressedInputCorrupt,
+            self.callLater,
+            received=self.takeBuffered(),
+        )
+        self.transport = self._deflate
+        return None
+
+    def _compressedInputCorrupt(self):
+        self.log.info("imap: invalid compressed data from {ip}", ip=self._ip)
+        self.send(b"* BYE Invalid compressed data.\r\n")
+        self.close()
 
     # SELECT, EXAMINE, CLOSE, UNSELECT
 
