@@ -8,7 +8,7 @@ RFC 3691 (UNSELECT), RFC 3348 (CHILDREN), RFC 5258 (LIST-EXTENDED),
 RFC 5819 (LIST-STATUS), RFC 6154 (SPECIAL-USE), RFC 7888 (LITERAL+),
 RFC 4959 (SASL-IR), RFC 4731 (ESEARCH), RFC 7162 (CONDSTORE),
 RFC 7889 (APPENDLIMIT), RFC 5530 (response codes), RFC 8314 (implicit TLS),
-RFC 4978 (COMPRESS=DEFLATE, L{mdpy.imap.compress}).
+RFC 4978 (COMPRESS=DEFLATE, L{mdpy.imap.compress}), RFC 6855 (UTF8=ACCEPT).
 
 Commands are C{do_VERB(tag, arguments)} methods taking the parsed tokens
 (L{mdpy.imap.parser}); which verbs each state accepts is in L{_COMMANDS}.
@@ -200,6 +200,8 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
     @ivar account: the account logged in, or L{None}.
     @ivar selected: the L{SelectedMailbox}, or L{None}.
     @ivar enabled: the extensions the client ENABLEd.
+    @ivar utf8: whether the client ENABLEd UTF8=ACCEPT: mailbox names are
+        UTF-8 both ways (RFC 6855 section 3).
     """
 
     service = "imap"
@@ -278,9 +280,13 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
             caps.extend([
                 b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"LIST-EXTENDED",
                 b"LIST-STATUS", b"SPECIAL-USE", b"ESEARCH", b"CONDSTORE",
-                b"APPENDLIMIT=%d" % (self.factory.maxMessageSize,), b"COMPRESS=DEFLATE",
+                b"APPENDLIMIT=%d" % (self.factory.maxMessageSize,), b"COMPRESS=DEFLATE", b"UTF8=ACCEPT",
             ])
         return b" ".join(caps)
+
+    @property
+    def utf8(self):
+        return "UTF8=ACCEPT" in self.enabled
 
     def untagged(self, data):
         self.send(b"* " + data + b"\r\n")
@@ -569,7 +575,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
         enabled = []
         for name in args:
             upper = name.upper()
-            if upper == "CONDSTORE" and upper not in self.enabled:
+            if upper in ("CONDSTORE", "UTF8=ACCEPT") and upper not in self.enabled:
                 self.enabled.add(upper)
                 enabled.append(upper)
         self.untagged(b"ENABLED" + b"".join(b" " + n.encode("ascii") for n in enabled))
@@ -618,7 +624,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
         if not args or len(args) > 2:
             raise ParseError("Expected a mailbox name")
         try:
-            name = decodeName(args[0])
+            name = decodeName(args[0], self.utf8)
         except InvalidName:
             # A mailbox with that name cannot exist (answered as Dovecot
             # does, rather than as a syntax error).
@@ -695,8 +701,8 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
     def do_APPEND(self, tag, args):
         if len(args) < 2:
             raise ParseError("Expected mailbox name and message")
-        name = decodeName(args[0])
-        rest = list(args[1:])
+        name = decodeName(args[0], self.utf8)
+        rest = self._utf8Message(list(args[1:]))
         flags = ()
         internalDate = None
         if isinstance(rest[0], list):
@@ -713,6 +719,24 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, CommandSession
         d.addCallback(self._cbAppendTo, data, flags, internalDate)
         d.addCallbacks(self._cbAppended, self._noFromFailure, callbackArgs=(tag, name), errbackArgs=(tag,))
         return d
+
+    def _utf8Message(self, rest):
+        """
+        @param rest: the arguments of APPEND after the mailbox name.
+        @return: C{rest}, a message given as C{UTF8 (~{n}...)} (RFC 6855
+            section 4, once UTF8=ACCEPT is enabled) replaced by its literal.
+        """
+        if len(rest) < 2 or not isAtom(rest[-2], "UTF8"):
+            return rest
+        if not self.utf8:
+            raise ParseError("UTF8 needs ENABLE UTF8=ACCEPT")
+        data = rest[-1]
+        if not (
+            isinstance(data, list) and len(data) == 2 and isAtom(data[0], "~")
+            and isinstance(data[1], (bytes, SpooledLiteral))
+        ):
+            raise ParseError("Expected UTF8 (~{n}message)")
+        return rest[:-2] + [data[1]]
 
     def _ebTryCreate(self, failure):
         failure.trap(errors.NotFound)
