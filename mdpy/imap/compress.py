@@ -59,6 +59,7 @@ class DeflateTransport:
         self._unflushed = False
         self._flushCall = None
         self._compressed = received
+        self._outputLeft = False
         self._paused = False
         self._inflating = False
         self._closed = False
@@ -111,6 +112,7 @@ class DeflateTransport:
         """
         self._closed = True
         self._compressed = b""
+        self._outputLeft = False
         if self._flushCall is not None:
             if self._flushCall.active():
                 self._flushCall.cancel()
@@ -132,13 +134,15 @@ class DeflateTransport:
         """
         Hand the session what the compressed octets held give, a chunk at a
         time, until they are used up, the session pauses its transport, or
-        the connection closes.
+        the connection closes.  After a full chunk the inflater is asked
+        again even when every compressed octet was taken in: it may hold
+        more output.
         """
         if self._inflating:
             return
         self._inflating = True
         try:
-            while self._compressed and not self._paused and not self._closed:
+            while (self._compressed or self._outputLeft) and not self._paused and not self._closed:
                 inflater = self._inflater
                 try:
                     data = inflater.decompress(self._compressed, INFLATE_CHUNK)
@@ -148,9 +152,11 @@ class DeflateTransport:
                     # A corrupt stream, or one the client ended: RFC 4978
                     # has no way back to uncompressed data.
                     self._compressed = b""
+                    self._outputLeft = False
                     self._corrupted()
                     return
                 self._compressed = inflater.unconsumed_tail
+                self._outputLeft = len(data) == INFLATE_CHUNK
                 if data:
                     self._deliver(data)
         finally:
