@@ -78,6 +78,9 @@ def test_append_utf8_message():
     [first, *rest] = s.lines()
     assert first == "* 4 FETCH (FLAGS (\\Seen) BODY[] {%d}" % (len(message),)
     assert "\r\n".join(rest).encode("utf-8").startswith(message)
+    # Quoted strings carry UTF-8 (RFC 6855 section 3).
+    s.send('d SEARCH SUBJECT "Grüße aus 日本"')
+    s.expect("* SEARCH 4", "d OK Search completed.")
 
 
 def test_append_utf8_without_enable_or_malformed_is_bad():
