@@ -6,7 +6,6 @@ decompression bomb that must leave the server's memory bounded and the
 session answering.
 """
 
-import ssl
 import zlib
 
 import pytest
