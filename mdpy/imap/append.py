@@ -91,7 +91,8 @@ def _startsMessage(tokens, index):
         return False
     token = tokens[index]
     return _isLiteral(token) or (
-        isAtom(token, "CATENATE") and index + 1 < len(tokens) and isinstance(tokens[index + 1], list)
+        (isAtom(token, "CATENATE") or isAtom(token, "UTF8"))
+        and index + 1 < len(tokens) and isinstance(tokens[index + 1], list)
     )
 
 
@@ -127,17 +128,29 @@ def _catenateParts(tokens):
     return parts
 
 
-def parseAppend(args, flagList):
+def _utf8Literal(tokens):
+    """
+    @return: the literal of C{UTF8 (~{n}...)} (RFC 6855 section 4).
+    """
+    if len(tokens) == 1 and isinstance(tokens[0], Literal8):
+        return tokens[0]
+    raise ParseError("Expected UTF8 (~{n}message)")
+
+
+def parseAppend(args, flagList, utf8=False):
     """
     @param args: the tokens after C{APPEND}.
     @param flagList: turns a flag list token into flags.
+    @param utf8: whether the session enabled UTF8=ACCEPT (RFC 6855): the
+        mailbox name is UTF-8, and a message may be given as
+        C{UTF8 (~{n}...)}.
     @return: C{(mailbox name, [AppendedMessage])} (RFC 3502 section 6:
         C{append = "APPEND" SP mailbox 1*append-message}).
     @raise ParseError: not well formed.
     """
     if len(args) < 2:
         raise ParseError("Expected mailbox name and message")
-    name = decodeName(args[0])
+    name = decodeName(args[0], utf8)
     messages = []
     index = 1
     while index < len(args):
@@ -151,7 +164,12 @@ def parseAppend(args, flagList):
             index += 1
         if not _startsMessage(args, index):
             raise ParseError("Expected a message literal")
-        if isinstance(args[index], Atom):
+        if isAtom(args[index], "UTF8"):
+            if not utf8:
+                raise ParseError("UTF8 needs ENABLE UTF8=ACCEPT")
+            messages.append(AppendedMessage(flags, internalDate, [("text", _utf8Literal(args[index + 1]))], False))
+            index += 2
+        elif isinstance(args[index], Atom):
             messages.append(AppendedMessage(flags, internalDate, _catenateParts(args[index + 1]), True))
             index += 2
         else:
@@ -184,7 +202,7 @@ class AppendCommands:
     """
 
     def do_APPEND(self, tag, args):
-        name, messages = parseAppend(args, self._flagList)
+        name, messages = parseAppend(args, self._flagList, self.utf8)
         limit = self.factory.maxMessageSize
         for message in messages:
             if not message.catenated and len(message.parts[0][1]) > limit:

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_imap_server -*-
 """
 Mailbox names on the wire and the commands that manage mailboxes: modified UTF-7 names
-(RFC 3501 section 5.1.3) with C{/} as the hierarchy separator, LIST
+(RFC 3501 section 5.1.3), or UTF-8 once the client ENABLEd UTF8=ACCEPT (RFC
+6855 section 3), with C{/} as the hierarchy separator, LIST
 patterns (section 6.3.8), and the attributes of CHILDREN (RFC 3348),
 SPECIAL-USE (RFC 6154) and LIST-EXTENDED (RFC 5258).
 """
@@ -32,8 +33,10 @@ class InvalidName(ParseError):
     """
 
 
-def decodeName(token):
+def decodeName(token, utf8=False):
     """
+    @param utf8: whether the client ENABLEd UTF8=ACCEPT: the name is UTF-8,
+        C{&} standing for itself.
     @return: the store name of a mailbox name argument: C{INBOX} in any case
         is C{INBOX}, a trailing separator is dropped, and modified UTF-7 is
         decoded (raw UTF-8 is taken as it is).
@@ -50,7 +53,7 @@ def decodeName(token):
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidName("Mailbox name is not UTF-8")
-    if ascii:
+    if ascii and not utf8:
         try:
             text = mutf7.decode(text, strict=True)
         except ValueError:
@@ -63,10 +66,14 @@ def decodeName(token):
     return text
 
 
-def encodeName(name):
+def encodeName(name, utf8=False):
     """
-    @return: a store name as a quoted modified UTF-7 mailbox name.
+    @param utf8: whether the client ENABLEd UTF8=ACCEPT.
+    @return: a store name as a quoted modified UTF-7 mailbox name, or a
+        quoted UTF-8 one.
     """
+    if utf8:
+        return quoteString(name, utf8=True)
     return quoteString(mutf7.encode(name))
 
 
@@ -143,12 +150,13 @@ class Listing:
         return attrs
 
 
-def listLine(verb, attributes, name, extra=b""):
+def listLine(verb, attributes, name, extra=b"", utf8=False):
     """
+    @param utf8: see L{encodeName}.
     @return: one C{* LIST (attrs) "/" name} response.
     """
     return b"* %s (%s) \"/\" %s%s\r\n" % (
-        verb, " ".join(attributes).encode("ascii"), encodeName(name), extra,
+        verb, " ".join(attributes).encode("ascii"), encodeName(name, utf8), extra,
     )
 
 
@@ -161,7 +169,7 @@ class MailboxCommands:
     def do_CREATE(self, tag, args):
         if len(args) != 1:
             raise ParseError("Expected a mailbox name")
-        name = decodeName(args[0])
+        name = decodeName(args[0], self.utf8)
         if name == "INBOX":
             return self.no(tag, b"Mailbox already exists.", b"ALREADYEXISTS")
         return self._simpleMailboxCommand(tag, defer.ensureDeferred(self._create(name)), b"Create completed.")
@@ -189,7 +197,7 @@ class MailboxCommands:
     def do_DELETE(self, tag, args):
         if len(args) != 1:
             raise ParseError("Expected a mailbox name")
-        name = decodeName(args[0])
+        name = decodeName(args[0], self.utf8)
         if name == "INBOX":
             return self.no(tag, b"INBOX can't be deleted.", b"CANNOT")
         if self.selected is not None and self.selected.mailbox.name == name:
@@ -201,7 +209,7 @@ class MailboxCommands:
     def do_RENAME(self, tag, args):
         if len(args) != 2:
             raise ParseError("Expected two mailbox names")
-        old, new = decodeName(args[0]), decodeName(args[1])
+        old, new = decodeName(args[0], self.utf8), decodeName(args[1], self.utf8)
         return self._simpleMailboxCommand(
             tag, self._storeCall(self.factory.store.renameMailbox, old, new), b"Rename completed."
         )
@@ -209,7 +217,7 @@ class MailboxCommands:
     def do_SUBSCRIBE(self, tag, args, subscribed=True):
         if len(args) != 1:
             raise ParseError("Expected a mailbox name")
-        name = decodeName(args[0])
+        name = decodeName(args[0], self.utf8)
         return self._simpleMailboxCommand(
             tag,
             self._storeCall(self.factory.store.setSubscribed, name, subscribed),
@@ -271,14 +279,14 @@ class MailboxCommands:
             raise ParseError("Expected an option name")
         return token.upper()
 
-    @staticmethod
-    def _pattern(token):
+    def _pattern(self, token):
         """
         @return: a LIST reference or pattern, decoded but otherwise as given.
         """
         raw = astring(token)
         try:
-            return mutf7.decode(raw.decode("ascii"))
+            text = raw.decode("ascii")
+            return text if self.utf8 else mutf7.decode(text)
         except UnicodeDecodeError:
             return raw.decode("utf-8", "replace")
 
@@ -309,10 +317,10 @@ class MailboxCommands:
                     if not matches(name) or not listing.subscribedOutside(name, matches):
                         continue
                     if verb == b"LSUB":
-                        lines.append(listLine(verb, ["\\Noselect"], name))
+                        lines.append(listLine(verb, ["\\Noselect"], name, utf8=self.utf8))
                     elif "RECURSIVEMATCH" in selection:
                         attrs = listing.attributes(name, subscribedFlag=showSubscribed)
-                        lines.append(listLine(b"LIST", attrs, name, b' ("CHILDINFO" ("SUBSCRIBED"))'))
+                        lines.append(listLine(b"LIST", attrs, name, b' ("CHILDINFO" ("SUBSCRIBED"))', self.utf8))
                     continue
             if not matches(name):
                 continue
@@ -322,7 +330,7 @@ class MailboxCommands:
             if verb == b"LSUB":
                 attrs = [a for a in attrs if a == "\\Noselect" or a == "\\NonExistent"]
                 attrs = ["\\Noselect"] if attrs else []
-            lines.append(listLine(verb, attrs, name, extra))
+            lines.append(listLine(verb, attrs, name, extra, self.utf8))
             if statusItems is not None and name in listing.existing:
                 statusNames.append(name)
         self.send(b"".join(lines))
@@ -349,7 +357,7 @@ class MailboxCommands:
     def do_STATUS(self, tag, args):
         if len(args) != 2:
             raise ParseError("Expected mailbox name and status items")
-        name = decodeName(args[0])
+        name = decodeName(args[0], self.utf8)
         items = self._statusItems(args[1])
         d = defer.ensureDeferred(self._statusMany([name], items))
         d.addCallback(lambda replies: self.send(b"".join(replies)))
@@ -386,6 +394,6 @@ class MailboxCommands:
                 else:
                     value = sum(m.size for m in messages)
                 values.append(b"%s %d" % (item.encode("ascii"), value))
-            out.append(b"* STATUS %s (%s)\r\n" % (encodeName(name), b" ".join(values)))
+            out.append(b"* STATUS %s (%s)\r\n" % (encodeName(name, self.utf8), b" ".join(values)))
         return out
 

@@ -448,7 +448,7 @@ class MessageCommands:
         if len(args) != 2:
             raise ParseError("Expected message set and mailbox name")
         messages = self._resolve(args[0], uid)
-        name = decodeName(args[1])
+        name = decodeName(args[1], self.utf8)
         if move and self.selected.readOnly:
             return self.no(tag, b"Mailbox is read-only.", b"READ-ONLY")
         return defer.ensureDeferred(self._copy(tag, messages, name, uid, move))

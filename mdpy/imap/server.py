@@ -9,7 +9,8 @@ RFC 5819 (LIST-STATUS), RFC 6154 (SPECIAL-USE), RFC 7888 (LITERAL+),
 RFC 4959 (SASL-IR), RFC 4731 (ESEARCH), RFC 7162 (CONDSTORE),
 RFC 7889 (APPENDLIMIT), RFC 5530 (response codes), RFC 8314 (implicit TLS),
 RFC 5256 (SORT, THREAD), RFC 5267 (ESORT), RFC 5957 (SORT=DISPLAY),
-RFC 3502 (MULTIAPPEND), RFC 4469 (CATENATE), RFC 3516 (BINARY).
+RFC 3502 (MULTIAPPEND), RFC 4469 (CATENATE), RFC 3516 (BINARY),
+RFC 4978 (COMPRESS=DEFLATE, L{mdpy.imap.compress}), RFC 6855 (UTF8=ACCEPT).
 
 Commands are C{do_VERB(tag, arguments)} methods taking the parsed tokens
 (L{mdpy.imap.parser}); which verbs each state accepts is in L{_COMMANDS}.
@@ -43,6 +44,7 @@ from mdpy.auth import sasl
 from mdpy.imap import fetch as fetching
 from mdpy.imap.append import AppendCommands
 from mdpy.imap.literals import CommandInput, PendingLiterals
+from mdpy.imap.compress import DeflateTransport
 from mdpy.imap.mailboxes import InvalidName, MailboxCommands, decodeName
 from mdpy.imap.messages import MessageCommands
 from mdpy.imap import sort as sorting
@@ -62,7 +64,7 @@ _SYSTEM_FLAGS_LOWER = {flag.lower() for flag in SYSTEM_FLAGS}
 _ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
 _AUTH = _ANY | {
     "SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE",
-    "LIST", "LSUB", "STATUS", "APPEND", "NAMESPACE", "ENABLE", "IDLE",
+    "LIST", "LSUB", "STATUS", "APPEND", "NAMESPACE", "ENABLE", "IDLE", "COMPRESS",
 }
 # Commands that open, make or change a mailbox by name, and polls: the
 # account is asked for afresh (see CommandSession.accountRemains); the others
@@ -208,6 +210,8 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
     @ivar account: the account logged in, or L{None}.
     @ivar selected: the L{SelectedMailbox}, or L{None}.
     @ivar enabled: the extensions the client ENABLEd.
+    @ivar utf8: whether the client ENABLEd UTF8=ACCEPT: mailbox names are
+        UTF-8 both ways (RFC 6855 section 3).
     """
 
     service = "imap"
@@ -228,6 +232,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         self._pushing = False
         self._listening = False
         self._subscription = None
+        self._deflate = None
 
     # --- CommandSession -----------------------------------------------------
 
@@ -250,8 +255,16 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         self.send(b"* BYE Disconnected for inactivity.\r\n")
         self.close()
 
+    def dataReceived(self, data):
+        if self._deflate is not None:
+            self._deflate.receive(data)
+        else:
+            CommandSession.dataReceived(self, data)
+
     def connectionLost(self, reason=None):
         CommandSession.connectionLost(self, reason)
+        if self._deflate is not None:
+            self._deflate.stop()
         self._stopIdleTimers()
         self.dropInput()
         self._unsubscribe()
@@ -278,10 +291,14 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
                 b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"LIST-EXTENDED",
                 b"LIST-STATUS", b"SPECIAL-USE", b"ESEARCH", b"CONDSTORE",
                 b"MULTIAPPEND", b"CATENATE", b"BINARY",
-                b"APPENDLIMIT=%d" % (self.factory.maxMessageSize,),
+                b"APPENDLIMIT=%d" % (self.factory.maxMessageSize,), b"COMPRESS=DEFLATE", b"UTF8=ACCEPT",
             ])
             caps.extend(SORT_CAPABILITIES)
         return b" ".join(caps)
+
+    @property
+    def utf8(self):
+        return "UTF8=ACCEPT" in self.enabled
 
     def untagged(self, data):
         self.send(b"* " + data + b"\r\n")
@@ -570,11 +587,38 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         enabled = []
         for name in args:
             upper = name.upper()
-            if upper == "CONDSTORE" and upper not in self.enabled:
+            if upper in ("CONDSTORE", "UTF8=ACCEPT") and upper not in self.enabled:
                 self.enabled.add(upper)
                 enabled.append(upper)
         self.untagged(b"ENABLED" + b"".join(b" " + n.encode("ascii") for n in enabled))
         return self.complete(tag, b"OK", b"Enabled.")
+
+    def do_COMPRESS(self, tag, args):
+        """
+        RFC 4978 section 3: compress both directions from after the tagged
+        C{OK} on; once only.
+        """
+        if len(args) != 1 or not isinstance(args[0], Atom):
+            raise ParseError("Expected a compression mechanism")
+        if self._deflate is not None:
+            return self.no(tag, b"DEFLATE active via COMPRESS.", b"COMPRESSIONACTIVE")
+        if args[0].upper() != "DEFLATE":
+            return self.no(tag, b"Unknown compression mechanism.")
+        self._reply(tag, b"OK", b"DEFLATE active.")
+        self._deflate = DeflateTransport(
+            self.transport,
+            lambda data: CommandSession.dataReceived(self, data),
+            self._compressedInputCorrupt,
+            self.callLater,
+            received=self.takeBuffered(),
+        )
+        self.transport = self._deflate
+        return None
+
+    def _compressedInputCorrupt(self):
+        self.log.info("imap: invalid compressed data from {ip}", ip=self._ip)
+        self.send(b"* BYE Invalid compressed data.\r\n")
+        self.close()
 
     # SELECT, EXAMINE, CLOSE, UNSELECT
 
@@ -592,7 +636,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         if not args or len(args) > 2:
             raise ParseError("Expected a mailbox name")
         try:
-            name = decodeName(args[0])
+            name = decodeName(args[0], self.utf8)
         except InvalidName:
             # A mailbox with that name cannot exist (answered as Dovecot
             # does, rather than as a syntax error).

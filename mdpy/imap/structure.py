@@ -22,21 +22,24 @@ MAX_ADDRESS_TEXT = 256 * 1024
 # --- IMAP strings ----------------------------------------------------------------
 
 _NEEDS_LITERAL = re.compile(rb"[\x00\r\n\x80-\xff]")
+_NEEDS_LITERAL_UTF8 = re.compile(rb"[\x00\r\n]")
 
 
-def quoteString(value):
+def quoteString(value, utf8=False):
     """
     Render an IMAP string (RFC 3501 section 9: C{string}).
 
     @param value: L{bytes}, or L{str} (encoded as UTF-8; lone surrogates from
         C{surrogateescape} decoding give back the original octets).
+    @param utf8: whether the client ENABLEd UTF8=ACCEPT, so that UTF-8 may
+        be quoted (RFC 6855 section 3); C{value} is then valid UTF-8.
     @return: a quoted string with C{"} and C{\\} escaped, or a literal
         C{{n}\\r\\n...} when the value holds CR, LF, NUL or 8-bit octets.  NUL
         is allowed in neither (C{CHAR8} excludes it), so it is replaced by
         U+FFFD, as Dovecot does.
     """
     value = encodeText(value)
-    if _NEEDS_LITERAL.search(value) is not None:
+    if (_NEEDS_LITERAL_UTF8 if utf8 else _NEEDS_LITERAL).search(value) is not None:
         value = value.replace(b"\x00", b"\xef\xbf\xbd")
         return b"{%d}\r\n%s" % (len(value), value)
     if b"\\" in value or b'"' in value:
