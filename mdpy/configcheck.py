@@ -37,7 +37,7 @@ def checkConfig(config, portOffset=0, reactor=None):
     """
     # mdpy.tap calls this before it builds anything: import it late.
     from mdpy.tap import (
-        LISTENER_KINDS, _odmrAccount, buildGateways, checkClasses, checkMingerSecret, factoryClass,
+        LISTENER_KINDS, odmrAccount, buildGateways, checkClasses, checkMingerSecret, factoryClass,
         relaySettings,
     )
 
@@ -56,7 +56,7 @@ def checkConfig(config, portOffset=0, reactor=None):
     for name, section in sorted(config.named("odmr-client").items()):
         if section["enabled"]:
             try:
-                _odmrAccount(name, section)
+                odmrAccount(name, section)
             except ValueError as e:
                 raise ConfigError("%s: [odmr-client:%s] %s" % (config.label, name, e))
     relaySettings(config["relay"])

@@ -7,7 +7,7 @@ and nothing else reaches past L{mdpy.interfaces} into it.
    L{mdpy.backends.local} (state a backend keeps in this process, which
    protocol factories take by default in tests) is not a backend.
  - No module outside C{mdpy/backends/} uses a thread pool: blocking work
-   goes through the backend.  L{mdpy.tap} only makes the pool it hands
+   goes through the backend.  L{mdpy.tap.parts} only makes the pool it hands
    the backend.
  - No module outside C{mdpy/backends/} names the backend's files: the
    Maildir folders and index, the queue spool, the directory database.
@@ -94,11 +94,11 @@ def test_noThreadPoolOutsideBackends(path, dotted, tree):
     names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
     names |= {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
     used = names & THREAD_NAMES
-    if dotted == "mdpy.tap":
+    if dotted == "mdpy.tap.parts":
         used -= {"ThreadPool"}  # the pool it hands the backend
     assert sorted(used) == []
     modules = [name for name in imported(tree, dotted) if name.startswith(THREAD_MODULES)]
-    if dotted == "mdpy.tap":
+    if dotted == "mdpy.tap.parts":
         modules = [name for name in modules if name != "twisted.python.threadpool.ThreadPool"
                    and name != "twisted.python.threadpool"]
     assert modules == []
