@@ -6,7 +6,8 @@ CHANGEDSINCE and UNCHANGEDSINCE), a mixin of L{mdpy.imap.server.IMAP4Server}.
 
 Invariants: sequence numbers are those of the session's view
 (L{mdpy.imap.selected}); FETCH, STORE and SEARCH by sequence number end with
-C{expunge=False}, so no EXPUNGE response renumbers messages under them.
+C{expunge=False}, whether they succeed or fail, so no EXPUNGE response
+renumbers messages under them (RFC 3501 section 7.4.1).
 """
 
 from twisted.internet import defer, interfaces as iinternet
@@ -276,7 +277,7 @@ class MessageCommands:
         flagTokens = rest[1] if len(rest) == 2 and isinstance(rest[1], list) else rest[1:]
         flags = storableFlags(self._flagList(flagTokens))
         if self.selected.readOnly:
-            return self.no(tag, b"Mailbox is read-only.", b"READ-ONLY")
+            return self.no(tag, b"Mailbox is read-only.", b"READ-ONLY", expunge=uid)
         return defer.ensureDeferred(self._store(tag, messages, item, flags, silent, unchangedSince, uid))
 
     async def _store(self, tag, messages, item, flags, silent, unchangedSince, uid):
@@ -330,7 +331,7 @@ class MessageCommands:
         if lines:
             self.send(b"".join(lines))
         if failure is not None:
-            return self._noFromFailure(failure, tag)
+            return self._noFromFailure(failure, tag, expunge=uid)
         if modified:
             numbers = modified if uid else [
                 selected.sequence(current.get(u) or selected.messages[u]) for u in modified
@@ -345,7 +346,7 @@ class MessageCommands:
         try:
             command = searching.parseSearchCommand(args)
         except searching.BadCharset:
-            return self.no(tag, b"Unsupported charset.", b"BADCHARSET (US-ASCII UTF-8)")
+            return self.no(tag, b"Unsupported charset.", b"BADCHARSET (US-ASCII UTF-8)", expunge=uid)
         selected = self.selected
         if command.criteria.usesModSeq:
             self.enabled.add("CONDSTORE")

@@ -1,0 +1,82 @@
+"""
+Transcript tests of sessions sharing a mailbox (L{mdpy.imap.selected}): what
+one session reports of the changes another made, and when (RFC 3501
+sections 5.5 and 7.4.1, RFC 2180 section 4).
+"""
+
+from mdpy import errors
+from mdpy.backends.files.maildir import MaildirStore
+from mdpy.testing import synchronousRunner
+from tests.test_imap_server import MESSAGES, USER, Session, filledStore, twoSessions
+
+
+def expungeFirst(other):
+    """
+    Have session C{other} expunge message 1 of its selected mailbox.
+    """
+    other.send("x1 STORE 1 +FLAGS.SILENT (\\Deleted)", "x2 EXPUNGE")
+    assert other.lines()[-2:] == ["* 1 EXPUNGE", "x2 OK Expunge completed."]
+
+
+# --- no EXPUNGE while answering FETCH, STORE or SEARCH ----------------------------
+
+
+def test_store_on_a_message_another_session_expunged_succeeds_silently():
+    """
+    RFC 3501 section 7.4.1: no EXPUNGE while a STORE is answered; the
+    message another session expunged keeps its sequence number until a
+    command that may report it, and storing on it is no error (RFC 2180
+    section 4.2.1, as Dovecot answers).
+    """
+    store, one, two = twoSessions()
+    expungeFirst(two)
+    one.send("a STORE 1:3 +FLAGS (\\Seen)")
+    one.expect("* 2 FETCH (FLAGS (\\Seen))", "* 3 FETCH (FLAGS (\\Seen))", "a OK Store completed.")
+    one.send("b FETCH 1:3 UID")
+    one.expect("* 1 FETCH (UID 1)", "* 2 FETCH (UID 2)", "* 3 FETCH (UID 3)", "b OK Fetch completed.")
+    one.send("c NOOP")
+    one.expect("* 1 EXPUNGE", "c OK NOOP completed.")
+    assert [m.flags for m in store.openMailbox(USER).messages()] == [{"\\Seen"}, {"\\Seen"}]
+
+
+def test_store_refused_on_a_read_only_mailbox_sends_no_expunge():
+    store = filledStore()
+    one, two = Session(store=store), Session(store=store)
+    one.login()
+    one.send("e EXAMINE INBOX")
+    one.lines()
+    two.select()
+    expungeFirst(two)
+    one.send("a STORE 2 +FLAGS (\\Seen)")
+    one.expect("a NO [READ-ONLY] Mailbox is read-only.")
+    one.send("b CHECK")
+    one.expect("* 1 EXPUNGE", "b OK NOOP completed.")
+
+
+def test_store_failure_sends_no_expunge(monkeypatch):
+    """
+    A STORE the store cannot do answers NO, and still no EXPUNGE comes
+    before it.
+    """
+    store, one, two = twoSessions()
+    expungeFirst(two)
+
+    def fail(*args, **kwargs):
+        raise errors.TemporaryFailure("disk trouble")
+
+    monkeypatch.setattr(one.protocol.selected.mailbox, "changeFlags", fail)
+    one.send("a STORE 2 +FLAGS (\\Seen)")
+    one.expect("a NO [UNAVAILABLE] Temporary failure; try again later.")
+    one.send("b UID STORE 2 +FLAGS (\\Seen)")
+    one.expect("* 1 EXPUNGE", "b NO [UNAVAILABLE] Temporary failure; try again later.")
+
+
+def test_search_refused_for_its_charset_sends_no_expunge():
+    _, one, two = twoSessions()
+    expungeFirst(two)
+    one.send("a SEARCH CHARSET KOI8-R ALL")
+    one.expect("a NO [BADCHARSET (US-ASCII UTF-8)] Unsupported charset.")
+    one.send("b SEARCH ALL")
+    one.expect("* SEARCH 1 2 3", "b OK Search completed.")
+    one.send("c UID SEARCH ALL")
+    one.expect("* SEARCH 1 2 3", "* 1 EXPUNGE", "c OK Search completed.")
