@@ -80,3 +80,42 @@ def test_search_refused_for_its_charset_sends_no_expunge():
     one.expect("* SEARCH 1 2 3", "b OK Search completed.")
     one.send("c UID SEARCH ALL")
     one.expect("* SEARCH 1 2 3", "* 1 EXPUNGE", "c OK Search completed.")
+
+
+# --- expunges balanced by new messages ---------------------------------------------
+
+
+def test_move_into_the_selected_mailbox_reports_the_expunge():
+    """
+    RFC 6851 section 3.3: MOVE to the selected mailbox itself expunges the
+    source message and reports the new one, as to any other mailbox.
+    """
+    s = Session()
+    s.select()
+    validity = s.store.openMailbox(USER).uidValidity
+    s.send("a MOVE 2 INBOX")
+    s.expect(
+        "* OK [COPYUID %d 2 4] Moved UIDs." % (validity,),
+        "* 2 EXPUNGE",
+        "* 3 EXISTS",
+        "* 1 RECENT",
+        "a OK Move completed.",
+    )
+    s.send("b NOOP", "c FETCH 1:* UID")
+    s.expect("b OK NOOP completed.", "* 1 FETCH (UID 1)", "* 2 FETCH (UID 3)", "* 3 FETCH (UID 4)",
+             "c OK Fetch completed.")
+
+
+def test_expunge_and_delivery_between_two_syncs_are_both_reported():
+    """
+    Another session expunges as many messages as arrive before this
+    session's next sync: the count is the same, and still every expunge
+    is reported, then the new messages.
+    """
+    store, one, two = twoSessions()
+    expungeFirst(two)
+    store.deliver([(USER, "INBOX", [MESSAGES[0]])])
+    one.send("a NOOP")
+    one.expect("* 1 EXPUNGE", "* 3 EXISTS", "* 1 RECENT", "a OK NOOP completed.")
+    one.send("b FETCH 1:* UID")
+    one.expect("* 1 FETCH (UID 2)", "* 2 FETCH (UID 3)", "* 3 FETCH (UID 4)", "b OK Fetch completed.")
