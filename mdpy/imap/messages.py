@@ -126,7 +126,9 @@ class _ReadAhead:
         while self._next < end:
             message = self._messages[self._next]
             if self.wanted(message):
-                self._reads[self._next] = message.read().addErrback(_ReadFailed)
+                # maybeDeferred: a read may also raise at once (NotFound,
+                # L{IStoredMessage.read}), which is that message's alone.
+                self._reads[self._next] = defer.maybeDeferred(message.read).addErrback(_ReadFailed)
             self._next += 1
         d = self._reads.pop(index, None)
         if d is None:
@@ -188,8 +190,16 @@ class MessageCommands:
         return defer.ensureDeferred(self._fetch(tag, messages, request, uid))
 
     async def _fetch(self, tag, messages, request, uid):
+        """
+        Answer FETCH.  A message another session expunged keeps its
+        number until the expunge may be reported, and is answered with
+        what the session's view still knows (RFC 2180 section 4.1.3): a
+        message is never refused, and, as Dovecot does, the command ends
+        with C{OK [EXPUNGEISSUED]} when data gone with a message was
+        answered as NIL (L{fetching.renderItems}).
+        """
         selected = self.selected
-        gone = False
+        lost = []
         seenNow = {}
         if request.setsSeen and not selected.readOnly:
             unseen = [m.uid for m in messages if SEEN not in m.flags and m.uid not in selected.gone]
@@ -225,8 +235,9 @@ class MessageCommands:
                             data = await message.read()
                         structure = structures.get(message, data, selected.mailbox)
                 except (errors.NotFound, OSError):
-                    gone = True
-                    continue
+                    data = None
+                    if request.needsStructure:
+                        structure = structures.cached(message)
                 items = request
                 if message.uid in seenNow and "FLAGS" not in request.items:
                     if withFlags is None:
@@ -235,7 +246,8 @@ class MessageCommands:
                 flags = seenNow.get(message.uid, message.flags)
                 if "FLAGS" in items.items:
                     selected.noteFlags(message, flags)
-                body = fetching.renderItems(items, message, flags, selected.isRecent(message), data, structure)
+                body = fetching.renderItems(items, message, flags, selected.isRecent(message), data, structure,
+                                            lost)
                 pending.append(b"* %d FETCH %s\r\n" % (selected.sequence(message), body))
                 size += len(body)
                 if size >= CHUNK:
@@ -248,8 +260,8 @@ class MessageCommands:
         finally:
             if output is not None:
                 output.finish()
-        if gone:
-            return self.complete(tag, b"NO", b"Some messages were expunged meanwhile.", b"EXPUNGEISSUED", expunge=uid)
+        if lost:
+            return self.complete(tag, b"OK", b"Some messages were already expunged.", b"EXPUNGEISSUED", expunge=uid)
         return self.complete(tag, b"OK", b"Fetch completed.", expunge=uid)
 
     # STORE
@@ -434,10 +446,14 @@ class MessageCommands:
             for message in messages:
                 if message.uid in selected.gone:
                     continue
-                data = await message.read()
-                newUid = await defer.maybeDeferred(
-                    target.append, data, message.flags, message.internalDate
-                )
+                try:
+                    data = await message.read()
+                    internalDate = message.internalDate
+                except (errors.NotFound, OSError):
+                    # Expunged by another session meanwhile: the others
+                    # are copied (RFC 2180 section 4.4).
+                    continue
+                newUid = await defer.maybeDeferred(target.append, data, message.flags, internalDate)
                 pairs.append((message.uid, newUid))
         except Exception:
             return self._noFromFailure(Failure(), tag)
