@@ -19,6 +19,7 @@ Invariants:
 """
 
 import base64
+import socket
 
 from twisted.cred import error as credError
 from twisted.internet import defer, tcp
@@ -33,6 +34,21 @@ from mdpy.logs import Logger
 from mdpy.networks import clientHost
 
 
+# A TLS session being closed is dropped once what was written has left:
+# checked every TLS_CLOSE_POLL seconds, for TLS_CLOSE_LIMIT seconds at most.
+TLS_CLOSE_POLL = 0.1
+TLS_CLOSE_LIMIT = 30
+
+
+def outputPending(transport):
+    """
+    @return: whether C{transport} holds octets written to it that it has
+        not handed to the socket yet (the buffers of
+        L{twisted.internet.tcp.Connection}; other transports have none).
+    """
+    return bool(getattr(transport, "dataBuffer", b"") or getattr(transport, "_tempDataBuffer", None))
+
+
 def writesThrough(transport):
     """
     @return: whether L{writeThrough} would try the socket itself now: a
@@ -42,8 +58,7 @@ def writesThrough(transport):
     return (
         isinstance(transport, tcp.Connection)
         and not transport.TLS
-        and not transport.dataBuffer
-        and not transport._tempDataBuffer
+        and not outputPending(transport)
         and not transport.disconnecting
         and transport.connected
         and transport.producer is None
@@ -205,6 +220,8 @@ class CommandSession(Protocol, TimeoutMixin):
         self._ip = None
         self._lineHandler = None
         self._accountCheckedAt = None
+        self._lost = False
+        self._dropCall = None
 
     # --- connection ------------------------------------------------------------
 
@@ -228,6 +245,10 @@ class CommandSession(Protocol, TimeoutMixin):
     def connectionLost(self, reason=None):
         self.setTimeout(None)
         self._closing = True
+        self._lost = True
+        if self._dropCall is not None:
+            self._dropCall.cancel()
+            self._dropCall = None
         if self._counted:
             self._counted = False
             self.factory.connectionClosed(self._ip)
@@ -242,10 +263,43 @@ class CommandSession(Protocol, TimeoutMixin):
     def close(self):
         """
         Send what is queued and close; ignore further input.
+
+        Over TLS, Twisted sends close_notify and then keeps the connection
+        until the client answers with its own, which many clients never
+        do (some wait for the server to close after LOGOUT or QUIT): the
+        connection is dropped once what was written has left (RFC 8446
+        section 6.1 lets the closing side not wait).
         """
         self._closing = True
         self._buffer = b""
         self.transport.loseConnection()
+        if self.tls and not self._lost and self._dropCall is None:
+            self._dropCall = self.callLater(
+                TLS_CLOSE_POLL, self._dropWhenSent, int(TLS_CLOSE_LIMIT / TLS_CLOSE_POLL)
+            )
+
+    def _dropWhenSent(self, checks):
+        """
+        Close the TCP connection of a closed TLS session once its transport
+        has handed what was written to the socket, or after C{checks} more
+        checks: the socket is shut down, so the kernel still sends what it
+        holds, then FIN (not the RST of an abort, which may make the client
+        lose the last replies); the reactor then sees the connection end.
+        A transport without a socket (in tests) is aborted.
+        """
+        self._dropCall = None
+        if self._lost:
+            return
+        transport = self.transport
+        if checks > 0 and outputPending(transport):
+            self._dropCall = self.callLater(TLS_CLOSE_POLL, self._dropWhenSent, checks - 1)
+            return
+        try:
+            transport.socket.shutdown(socket.SHUT_RDWR)
+        except AttributeError:
+            transport.abortConnection()
+        except OSError:
+            pass  # already gone: the reactor says so
 
     @property
     def closing(self):

@@ -1111,6 +1111,86 @@ def test_commandPipelinedAfterSTARTTLSIsDropped(server):
     assert "discarded" in server.logText()
 
 
+class BareTLS:
+    """
+    TLS over a socket through memory BIOs, so that a test sees the TCP
+    connection under it; it never sends a close_notify of its own.
+    """
+
+    def __init__(self, sock, context):
+        self.sock = sock
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname=HOST)
+        self._run(self.tls.do_handshake)
+
+    def _run(self, operation):
+        while True:
+            try:
+                result = operation()
+            except ssl.SSLWantReadError:
+                self.sock.sendall(self.outgoing.read())
+                data = self.sock.recv(65536)
+                if not data:
+                    raise EOFError("TCP closed before TLS did")
+                self.incoming.write(data)
+                continue
+            self.sock.sendall(self.outgoing.read())
+            return result
+
+    def send(self, data):
+        self._run(lambda: self.tls.write(data))
+
+    def readToTLSEnd(self):
+        """
+        @return: what the server sends up to its close_notify.
+        """
+        data = b""
+        while True:
+            try:
+                more = self._run(lambda: self.tls.read(65536))
+            except ssl.SSLZeroReturnError:
+                more = b""
+            if not more:
+                return data
+            data += more
+
+    def tcpClosed(self, wait):
+        """
+        @return: whether the server closes the TCP connection within
+            C{wait} seconds.
+        """
+        self.sock.settimeout(wait)
+        try:
+            return self.sock.recv(65536) == b""
+        except ConnectionResetError:
+            return True
+        except socket.timeout:
+            return False
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_logoutOverTLSClosesWithoutTheClientsCloseNotify(server, implicit):
+    """
+    After LOGOUT over IMAPS or STARTTLS, the server sends its close_notify
+    and closes the TCP connection even though the client never answers
+    with its own (imaptest waits for the server to close).
+    """
+    address, password = newAccount(server, "tlsclose")
+    sock = socket.create_connection((HOST, server.imaps if implicit else server.imap), timeout=10)
+    try:
+        if not implicit:
+            assert sock.recv(65536).startswith(b"* OK")
+            sock.sendall(b"s STARTTLS\r\n")
+            assert sock.recv(65536).startswith(b"s OK")
+        tls = BareTLS(sock, verifyingContext(server))
+        tls.send(b"a LOGIN " + address.encode() + b" " + password.encode() + b"\r\nb LOGOUT\r\n")
+        said = tls.readToTLSEnd()
+        assert b"a OK" in said and said.endswith(b"* BYE Logging out.\r\nb OK Logout completed.\r\n"), said
+        assert tls.tcpClosed(wait=10)
+    finally:
+        sock.close()
+
+
 def test_appendOverTheLimitIsRefusedBeforeTheLiteral(server):
     """
     RFC 7889: an APPEND larger than APPENDLIMIT gets C{NO [TOOBIG]} instead

@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from tests.server import newAccount, runningServer
-from tests.test_e2e_imap import flagsIn, imaps, message, ok, storeDeliver
+from tests.test_e2e_imap import flagsIn, imaps, message, ok, storeDeliver, uidIn
 
 # The Maildir info letters of the flags these tests use.
 LETTERS = {b"\\Answered": "R", b"\\Deleted": "T", b"\\Draft": "D", b"\\Flagged": "F", b"\\Seen": "S",
@@ -115,6 +115,37 @@ def test_parallelTogglesOfTwoSessions(server):
     finally:
         for client in clients:
             client.logout()
+
+def test_messageExpungedByAnotherSession(server):
+    """
+    While one session expunges, the other's STORE and FETCH on the message
+    succeed without an EXPUNGE among their responses (RFC 3501 section
+    7.4.1; the Maildir file is gone, its INTERNALDATE never read); NOOP
+    reports it, and a MOVE into the selected mailbox reports its own.
+    """
+    address, password = newAccount(server, "expunged")
+    storeDeliver(server, address, [message("first"), message("second"), message("third")])
+    one, two = imaps(server, address, password), imaps(server, address, password)
+    try:
+        ok(one.select("INBOX"))
+        ok(two.select("INBOX"))
+        ok(two.store("1", "+FLAGS.SILENT", r"(\Deleted)"))
+        ok(two.expunge())
+        stored = ok(one.store("1:3", "+FLAGS", r"(\Seen)"))
+        assert [re.match(rb"\d+", line).group() for line in stored] == [b"2", b"3"], stored
+        fetched = ok(one.fetch("1", "(UID INTERNALDATE RFC822.SIZE BODY.PEEK[])"))
+        assert b"UID 1 " in fetched[0] and fetched[0].endswith(b"BODY[] NIL)"), fetched
+        assert one.response("EXPUNGE") == ("EXPUNGE", [None])
+        ok(one.noop())
+        assert one.response("EXPUNGE") == ("EXPUNGE", [b"1"])
+        ok(one.uid("MOVE", "2", "INBOX"))
+        assert one.response("EXPUNGE") == ("EXPUNGE", [b"1"])
+        assert one.response("EXISTS")[1][-1] == b"2"
+        assert [uidIn(line) for line in ok(one.fetch("1:*", "(UID)"))] == [3, 4]
+    finally:
+        for client in (one, two):
+            client.logout()
+
 
 def test_overlongMailboxNamesAreRefusedWithLimit(server):
     """

@@ -50,7 +50,6 @@ LOGOUT_CLOSE_WAIT = 10
 
 # Groups that fail today over IMAP and IMAPS alike: {group: reason}.
 KNOWN_FAILING = {
-    "move": "MOVE into the selected mailbox: no EXPUNGE for the source message (RFC 6851 section 3.3)",
     "search-flags": "\\Recent not per RFC 3501: SEARCH NEW, OLD and RECENT",
     "select": "\\Recent not per RFC 3501: SELECT, EXAMINE and STATUS RECENT",
 }
@@ -58,13 +57,10 @@ KNOWN_FAILING = {
 # Groups that pass but make imaptest print Error: lines: {group: reason}.
 KNOWN_ERROR_LINES = {}
 
-# Why a group may hang over IMAPS today, or None once that is fixed: after
-# LOGOUT, mdpy sends its TLS close_notify and then waits for the client's
-# before it closes the connection; imaptest, which waits for the server to
-# close, then sometimes waits for ever.  Only groups imaptest skips end that
-# way (it waits for the server's close there), and which of them hang
-# varies from run to run.
-KNOWN_TLS_LOGOUT_HANG = "after LOGOUT over TLS the connection stays open until the client answers close_notify"
+# Why a group may hang over IMAPS, or None: the server closes the
+# connection after LOGOUT without waiting for the client's close_notify, so
+# no group may hang.
+KNOWN_TLS_LOGOUT_HANG = None
 
 
 # --- running imaptest --------------------------------------------------------

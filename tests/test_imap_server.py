@@ -197,6 +197,34 @@ def test_logout():
     assert s.closed
 
 
+@pytest.mark.parametrize("implicit", [True, False])
+def test_logout_over_tls_drops_the_connection_without_the_clients_close_notify(implicit):
+    """
+    Twisted's TLS close waits for the client's close_notify, which many
+    clients never send: once what was written has left, the connection is
+    dropped (RFC 8446 section 6.1 lets the closing side not wait).
+    """
+    from mdpy.session import TLS_CLOSE_POLL
+
+    s = Session(implicit=implicit)
+    if not implicit:
+        s.send("s STARTTLS")
+        s.expect("s OK Begin TLS negotiation now.")
+    s.send("a LOGOUT")
+    s.expect("* BYE Logging out.", "a OK Logout completed.")
+    assert s.closed and not s.transport.disconnected
+    s.clock.advance(TLS_CLOSE_POLL)
+    assert s.transport.disconnected
+    s.protocol.connectionLost(None)
+    assert s.clock.getDelayedCalls() == []
+
+    plain = Session(tls=False, plaintext=True)
+    plain.send("a LOGOUT")
+    plain.lines()
+    plain.clock.advance(TLS_CLOSE_POLL)
+    assert plain.closed and not plain.transport.disconnected
+
+
 def test_id_and_namespace():
     s = Session()
     s.login()
@@ -785,7 +813,8 @@ def test_fetch_reads_ahead_and_answers_in_order(monkeypatch):
     """
     FETCH asks the store for the next messages before the first read
     finishes, so the store's round trips overlap; the answers still come
-    in order, and a message gone meanwhile gets NO with EXPUNGEISSUED.
+    in order; a message gone meanwhile is answered with NIL, and the
+    FETCH with OK and EXPUNGEISSUED.
     """
     from twisted.internet import defer
 
@@ -803,8 +832,9 @@ def test_fetch_reads_ahead_and_answers_in_order(monkeypatch):
     pending[1].callback(MESSAGES[0])
     assert s.lines() == [
         "* 1 FETCH (BODY[HEADER.FIELDS (SUBJECT)] {16}", "Subject: one", "", ")",
+        "* 2 FETCH (BODY[HEADER.FIELDS (SUBJECT)] NIL)",
         "* 3 FETCH (BODY[HEADER.FIELDS (SUBJECT)] {18}", "Subject: three", "", ")",
-        "a NO [EXPUNGEISSUED] Some messages were expunged meanwhile.",
+        "a OK [EXPUNGEISSUED] Some messages were already expunged.",
     ]
 
 

@@ -19,6 +19,7 @@ octet count stays the same.  The stored message is left as it is.
 
 from collections import OrderedDict
 
+from mdpy.errors import NotFound
 from mdpy.interfaces import IMessageCache
 from mdpy.imap.structure import bodyStructure, encapsulated, envelope, findSection, parseStructure
 from mdpy.mail import mime
@@ -35,6 +36,21 @@ _SIMPLE = frozenset(
      "RFC822", "RFC822.HEADER", "RFC822.TEXT", "MODSEQ"]
 )
 _NEED_STRUCTURE = frozenset(["ENVELOPE", "BODY", "BODYSTRUCTURE"])
+_NEED_CONTENT = frozenset(["RFC822", "RFC822.HEADER", "RFC822.TEXT"])
+# What an item of a message expunged meanwhile is answered with when its
+# data is gone with the message: Dovecot's values (imap-fetch.c), which
+# clients such as imaptest know for what they are.  Body sections are NIL.
+_BODY_NIL = b'"text" "plain" NIL NIL NIL "7bit" 0 0'
+_EXPUNGED_ITEMS = {
+    "INTERNALDATE": b'"01-Jan-1970 00:00:00 +0000"',
+    "RFC822.SIZE": b"0",
+    "ENVELOPE": b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)",
+    "BODY": b"(" + _BODY_NIL + b")",
+    "BODYSTRUCTURE": b"(" + _BODY_NIL + b" NIL NIL NIL NIL)",
+    "RFC822": b"NIL",
+    "RFC822.HEADER": b"NIL",
+    "RFC822.TEXT": b"NIL",
+}
 
 
 class Section:
@@ -77,9 +93,7 @@ class FetchRequest:
         self.setsSeen = any(not s.peek for s in sections) or bool(
             {"RFC822", "RFC822.TEXT"} & set(items)
         )
-        self.needsContent = bool(sections) or bool(
-            {"RFC822", "RFC822.HEADER", "RFC822.TEXT"} & set(items)
-        )
+        self.needsContent = bool(sections) or bool(_NEED_CONTENT & set(items))
         self.needsStructure = bool(_NEED_STRUCTURE & set(items)) or any(
             s.path or s.text not in ("", "HEADER") for s in sections
         )
@@ -400,6 +414,17 @@ def sectionData(section, data, structure):
     return _filterHeader(block, section.fields, section.text == "HEADER.FIELDS.NOT")
 
 
+def _responseName(section):
+    """
+    @return: the name of C{section} in a FETCH response: its label, and
+        C{<origin>} for a partial fetch.
+    """
+    name = section.label.encode("utf-8")
+    if section.partial is not None:
+        name += b"<%d>" % (section.partial[0],)
+    return name
+
+
 def renderSection(section, data, structure):
     """
     @return: C{label<origin> literal} for one section.
@@ -407,15 +432,14 @@ def renderSection(section, data, structure):
     if isinstance(section, BinarySection):
         return _renderBinary(section, data, structure)
     octets = sectionData(section, data, structure)
-    label = section.label.encode("utf-8")
+    name = _responseName(section)
     if octets is None:
         # RFC 3501 section 6.4.5: a part that does not exist is empty.
-        return label + (b"<%d>" % (section.partial[0],) if section.partial else b"") + b' ""'
+        return name + b' ""'
     if section.partial is not None:
         origin, count = section.partial
         octets = octets[origin : origin + count]
-        label += b"<%d>" % (origin,)
-    return label + b" " + _literal(octets)
+    return name + b" " + _literal(octets)
 
 
 def formatFlags(flags, recent=False):
@@ -428,14 +452,46 @@ def formatFlags(flags, recent=False):
     return b"(" + " ".join(names).encode("utf-8") + b")"
 
 
-def renderItems(request, message, flags, recent, data, structure):
+def _available(name, message, data, structure):
     """
+    @return: whether item C{name} of C{message} can be served: not when
+        the message was expunged meanwhile and the octets, structure or
+        file the item comes from are gone with it.
+    """
+    if name in _NEED_STRUCTURE:
+        return structure is not None
+    if name in _NEED_CONTENT:
+        return data is not None
+    try:
+        message.internalDate if name == "INTERNALDATE" else message.size
+    except (NotFound, OSError):
+        return False
+    return True
+
+
+def renderItems(request, message, flags, recent, data, structure, lost=None):
+    """
+    Render the items of one message.  Of a message expunged meanwhile
+    (RFC 2180 section 4.1.3) what is still known is served, and each item
+    whose data is gone is answered with Dovecot's value for it (NIL for a
+    body section).
+
+    @param data: the octets of the message, when C{request} needs them;
+        L{None} if they are gone.
+    @param structure: its L{Structure}, when C{request} needs it; L{None}
+        if it is gone.
+    @param lost: a list the name of each item answered so is added to.
     @return: the parenthesised items of one C{* n FETCH} response, without
         the C{* n FETCH } prefix and the CR LF.
     """
     out = []
     for name in request.items:
-        if name == "UID":
+        nil = _EXPUNGED_ITEMS.get(name)
+        if nil is not None and not _available(name, message, data, structure):
+            out.append(name.encode("ascii") + b" " + nil)
+            if lost is not None:
+                lost.append(name)
+        elif name == "UID":
             out.append(b"UID %d" % (message.uid,))
         elif name == "FLAGS":
             out.append(b"FLAGS " + formatFlags(flags, recent))
@@ -460,6 +516,11 @@ def renderItems(request, message, flags, recent, data, structure):
             start = structure.root.bodyStart if structure is not None else headerEnd(data)
             out.append(b"RFC822.TEXT " + _literal(data[start:]))
     for section in request.sections:
-        out.append(renderSection(section, data, structure))
+        if data is None:
+            out.append(_responseName(section) + b" NIL")
+            if lost is not None:
+                lost.append(section.label)
+        else:
+            out.append(renderSection(section, data, structure))
     return b"(" + b" ".join(out) + b")"
 

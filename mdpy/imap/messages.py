@@ -6,7 +6,8 @@ CHANGEDSINCE and UNCHANGEDSINCE), a mixin of L{mdpy.imap.server.IMAP4Server}.
 
 Invariants: sequence numbers are those of the session's view
 (L{mdpy.imap.selected}); FETCH, STORE and SEARCH by sequence number end with
-C{expunge=False}, so no EXPUNGE response renumbers messages under them.
+C{expunge=False}, whether they succeed or fail, so no EXPUNGE response
+renumbers messages under them (RFC 3501 section 7.4.1).
 """
 
 from twisted.internet import defer, interfaces as iinternet
@@ -126,7 +127,9 @@ class _ReadAhead:
         while self._next < end:
             message = self._messages[self._next]
             if self.wanted(message):
-                self._reads[self._next] = message.read().addErrback(_ReadFailed)
+                # maybeDeferred: a read may also raise at once (NotFound,
+                # L{IStoredMessage.read}), which is that message's alone.
+                self._reads[self._next] = defer.maybeDeferred(message.read).addErrback(_ReadFailed)
             self._next += 1
         d = self._reads.pop(index, None)
         if d is None:
@@ -203,8 +206,17 @@ class MessageCommands:
         return defer.ensureDeferred(self._fetch(tag, messages, request, uid))
 
     async def _fetch(self, tag, messages, request, uid):
+        """
+        Answer FETCH.  A message another session expunged keeps its
+        number until the expunge may be reported, and is answered with
+        what the session's view still knows (RFC 2180 section 4.1.3): a
+        message is never refused, and, as Dovecot does, the command ends
+        with C{OK [EXPUNGEISSUED]} when data gone with a message was
+        answered as NIL (L{fetching.renderItems}).
+        """
         selected = self.selected
-        gone = unknownEncoding = False
+        unknownEncoding = False
+        lost = []
         seenNow = {}
         if request.setsSeen and not selected.readOnly:
             unseen = [m.uid for m in messages if SEEN not in m.flags and m.uid not in selected.gone]
@@ -240,8 +252,9 @@ class MessageCommands:
                             data = await message.read()
                         structure = structures.get(message, data, selected.mailbox)
                 except (errors.NotFound, OSError):
-                    gone = True
-                    continue
+                    data = None
+                    if request.needsStructure:
+                        structure = structures.cached(message)
                 items = request
                 flags = seenNow.get(message.uid, message.flags)
                 if message.uid in seenNow:
@@ -260,7 +273,8 @@ class MessageCommands:
                 if "FLAGS" in items.items:
                     selected.noteFlags(message, flags)
                 try:
-                    body = fetching.renderItems(items, message, flags, selected.isRecent(message), data, structure)
+                    body = fetching.renderItems(items, message, flags, selected.isRecent(message), data, structure,
+                                                lost)
                 except UnknownEncoding:
                     unknownEncoding = True
                     continue
@@ -279,8 +293,8 @@ class MessageCommands:
         if unknownEncoding:
             # RFC 3516 section 4.3.
             return self.complete(tag, b"NO", b"Unknown Content-Transfer-Encoding.", b"UNKNOWN-CTE", expunge=uid)
-        if gone:
-            return self.complete(tag, b"NO", b"Some messages were expunged meanwhile.", b"EXPUNGEISSUED", expunge=uid)
+        if lost:
+            return self.complete(tag, b"OK", b"Some messages were already expunged.", b"EXPUNGEISSUED", expunge=uid)
         return self.complete(tag, b"OK", b"Fetch completed.", expunge=uid)
 
     # STORE
@@ -307,7 +321,7 @@ class MessageCommands:
         flagTokens = rest[1] if len(rest) == 2 and isinstance(rest[1], list) else rest[1:]
         flags = storableFlags(self._flagList(flagTokens))
         if self.selected.readOnly:
-            return self.no(tag, b"Mailbox is read-only.", b"READ-ONLY")
+            return self.no(tag, b"Mailbox is read-only.", b"READ-ONLY", expunge=uid)
         if unchangedSince is not None:
             self.enableCondStore()
         return defer.ensureDeferred(self._store(tag, messages, item, flags, silent, unchangedSince, uid))
@@ -366,7 +380,7 @@ class MessageCommands:
         if lines:
             self.send(b"".join(lines))
         if failure is not None:
-            return self._noFromFailure(failure, tag)
+            return self._noFromFailure(failure, tag, expunge=uid)
         if modified:
             numbers = modified if uid else [
                 selected.sequence(current.get(u) or selected.messages[u]) for u in modified
@@ -381,7 +395,7 @@ class MessageCommands:
         try:
             command = searching.parseSearchCommand(args)
         except searching.BadCharset:
-            return self.no(tag, b"Unsupported charset.", b"BADCHARSET (US-ASCII UTF-8)")
+            return self.no(tag, b"Unsupported charset.", b"BADCHARSET (US-ASCII UTF-8)", expunge=uid)
         selected = self.selected
         if command.criteria.usesModSeq:
             self.enableCondStore()
@@ -469,10 +483,14 @@ class MessageCommands:
             for message in messages:
                 if message.uid in selected.gone:
                     continue
-                data = await message.read()
-                newUid = await defer.maybeDeferred(
-                    target.append, data, message.flags, message.internalDate
-                )
+                try:
+                    data = await message.read()
+                    internalDate = message.internalDate
+                except (errors.NotFound, OSError):
+                    # Expunged by another session meanwhile: the others
+                    # are copied (RFC 2180 section 4.4).
+                    continue
+                newUid = await defer.maybeDeferred(target.append, data, message.flags, internalDate)
                 pairs.append((message.uid, newUid))
         except Exception:
             return self._noFromFailure(Failure(), tag)

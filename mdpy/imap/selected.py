@@ -13,13 +13,17 @@ Invariants:
    were sent between.
 """
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 
 from mdpy.imap.fetch import formatFlags
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 # Listed in FLAGS even while no message has it.
 _ALWAYS_KEYWORDS = ("$Forwarded",)
+
+
+def _uidOf(message):
+    return message.uid
 
 
 class UidValidityChanged(Exception):
@@ -179,13 +183,17 @@ class SelectedMailbox:
             raise UidValidityChanged()
         out = []
         current = mailbox.messages()
-        byUid = {m.uid: m for m in current}
-        if len(byUid) != len(self.uids) or self.gone:
-            self.gone.update(uid for uid in self.uids if uid not in byUid)
+        largest = self.largestUid
+        # The messages the view has numbered that are still there: fewer
+        # than it numbered if some are gone, even when as many new ones
+        # came meanwhile (a MOVE into the mailbox itself).
+        kept = bisect_right(current, largest, key=_uidOf)
+        if kept != len(self.uids):
+            present = {m.uid for m in current[:kept]}
+            self.gone.update(uid for uid in self.uids if uid not in present)
         if self.gone and allowExpunge:
             out.extend(self._reportExpunges())
-        largest = self.largestUid
-        fresh = [m for m in current if m.uid > largest]
+        fresh = current[kept:]
         for message in current:
             uid = message.uid
             if uid > largest:

@@ -323,11 +323,13 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         self._countError()
         return None
 
-    def no(self, tag, text, code=None):
+    def no(self, tag, text, code=None, expunge=True):
         """
         Answer C{NO} (after the updates the view owes).
+
+        @param expunge: see L{complete}.
         """
-        return self.complete(tag, b"NO", text, code)
+        return self.complete(tag, b"NO", text, code, expunge)
 
     def complete(self, tag, status, text, code=None, expunge=True):
         """
@@ -562,7 +564,12 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         """
         return defer.maybeDeferred(f, self.account, *args)
 
-    def _noFromFailure(self, failure, tag):
+    def _noFromFailure(self, failure, tag, expunge=True):
+        """
+        Answer C{NO} for a store failure (logged).
+
+        @param expunge: see L{complete}.
+        """
         if self.closing:
             return None
         if not failure.check(errors.MailError):
@@ -570,7 +577,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         elif failure.check(errors.TemporaryFailure):
             self.log.warn("imap: {user}: {error}", user=self.account, error=failure.getErrorMessage())
         code, text = _codeFor(failure)
-        return self.no(tag, text, code)
+        return self.no(tag, text, code, expunge)
 
     def _simpleMailboxCommand(self, tag, call, okText):
         d = call
