@@ -45,6 +45,7 @@ from mdpy.imap import fetch as fetching
 from mdpy.imap.append import AppendCommands
 from mdpy.imap.literals import CommandInput, PendingLiterals
 from mdpy.imap.compress import DeflateTransport
+from mdpy.imap.contexts import CAPABILITIES as CONTEXT_CAPABILITIES, ContextCommands
 from mdpy.imap.mailboxes import InvalidName, MailboxCommands, decodeName
 from mdpy.imap.messages import MessageCommands
 from mdpy.imap import sort as sorting
@@ -79,7 +80,7 @@ _COMMANDS = {
     AUTHENTICATED: _AUTH,
     SELECTED: _AUTH | {
         "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UID",
-        "SORT", "THREAD",
+        "SORT", "THREAD", "CANCELUPDATE",
     },
 }
 
@@ -173,7 +174,7 @@ class IMAP4Factory(SessionFactory):
 
 
 class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, AppendCommands,
-                  CommandSession):
+                  ContextCommands, CommandSession):
     """
     One IMAP session.
 
@@ -294,6 +295,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
                 b"APPENDLIMIT=%d" % (self.factory.maxMessageSize,), b"COMPRESS=DEFLATE", b"UTF8=ACCEPT",
             ])
             caps.extend(SORT_CAPABILITIES)
+            caps.extend(CONTEXT_CAPABILITIES)
         return b" ".join(caps)
 
     @property
@@ -347,6 +349,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         if selected.dirty:
             d = defer.maybeDeferred(selected.mailbox.sync)
             d.addErrback(self._ebSync)
+            d.addCallback(self.prepareContexts)
             d.addCallback(lambda _: self._finish(tag, status, text, code, expunge))
             return d
         self._finish(tag, status, text, code, expunge)
@@ -398,6 +401,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         ):
             selected.dirty = False
             return
+        before = list(selected.uids) if self._liveContexts() is not None else None
         try:
             lines = selected.updates(
                 expunge,
@@ -408,6 +412,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
             self.send(b"* BYE [UIDVALIDITY] Mailbox UIDVALIDITY changed.\r\n")
             self.close()
             return
+        lines = self.withContextUpdates(before, lines)
         if lines:
             self.send(b"".join(lines))
 
@@ -789,6 +794,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         selected = self.selected
         d = defer.maybeDeferred(selected.mailbox.sync)
         d.addErrback(self._ebSync)
+        d.addCallback(self.prepareContexts)
 
         def push(_):
             self._pushing = False
