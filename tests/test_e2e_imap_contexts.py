@@ -12,6 +12,7 @@ import pytest
 
 from tests.server import HOST, newAccount, runningServer
 from tests.test_e2e_imap import storeDeliver
+from tests.test_e2e_imaptest import LineClient
 
 TIMEOUT = 20
 
@@ -21,25 +22,19 @@ def server(tmp_path_factory):
     yield from runningServer(tmp_path_factory.mktemp("mdpy-imap-contexts"), imapExtra="allow_plaintext_auth = yes\n")
 
 
-class RawClient:
+class RawClient(LineClient):
     """
-    IMAP over a plain socket, line by line.
+    IMAP over a plain socket, line by line, as L{bytes}.
     """
 
     def __init__(self, server, address, password):
-        self.sock = socket.create_connection((HOST, server.imap), timeout=TIMEOUT)
-        self.buffer = b""
+        LineClient.__init__(self, socket.create_connection((HOST, server.imap), timeout=TIMEOUT))
         assert self.line().startswith(b"* OK")
         self.command(b'l LOGIN "%s" "%s"' % (address.encode(), password.encode()))
         self.command(b"s SELECT INBOX")
 
     def line(self):
-        while b"\r\n" not in self.buffer:
-            data = self.sock.recv(65536)
-            assert data, "connection closed after %r" % (self.buffer,)
-            self.buffer += data
-        line, self.buffer = self.buffer.split(b"\r\n", 1)
-        return line
+        return LineClient.line(self).encode("utf-8")
 
     def until(self, wanted):
         """

@@ -275,16 +275,23 @@ class Contexts:
 
     @ivar selected: the L{mdpy.imap.selected.SelectedMailbox} they are of.
     @ivar byTag: the L{Context}s by tag, oldest first.
+    @ivar octets: the messages read for the next updates, by key.
+    @ivar fields: the L{mdpy.imap.sort.SortFields} of those, by key.
     """
 
     def __init__(self, selected):
         self.selected = selected
         self.byTag = {}
-        self._octets = {}
-        self._fields = {}
+        self.octets = {}
+        self.fields = {}
 
     def fieldsOf(self, cache):
-        return lambda message: self._fields.get(message.key) or cache.cached(message)
+        """
+        @param cache: the L{mdpy.imap.sort.SortFieldCache}.
+        @return: C{fieldsOf(message)}: the sort fields of a message if they
+            are known without reading it, else L{None}.
+        """
+        return lambda message: self.fields.get(message.key) or cache.cached(message)
 
 
 class ContextCommands:
@@ -367,7 +374,7 @@ class ContextCommands:
         wanted = {}
         for context in contexts.byTag.values():
             for message in context.unread(messages, fieldsOf):
-                if message.key not in contexts._octets:
+                if message.key not in contexts.octets:
                     wanted[message.key] = message
         if not wanted:
             return None
@@ -380,8 +387,8 @@ class ContextCommands:
                 data = await message.read()
             except (errors.NotFound, OSError):
                 continue
-            contexts._octets[message.key] = data
-            contexts._fields[message.key] = cache.get(message, data)
+            contexts.octets[message.key] = data
+            contexts.fields[message.key] = cache.get(message, data)
 
     def withContextUpdates(self, before, lines):
         """
@@ -399,7 +406,7 @@ class ContextCommands:
         selected = self.selected
         now = selected.uids
         expunged = set(before).difference(now)
-        ctx = _UpdateContext(selected, self.factory.clock.seconds(), contexts._octets)
+        ctx = _UpdateContext(selected, self.factory.clock.seconds(), contexts.octets)
         view = selected.messagesAt(range(selected.count))
         fieldsOf = contexts.fieldsOf(self.factory.sortFields)
 
@@ -418,8 +425,8 @@ class ContextCommands:
                 one, two = contextChanges(context, old, new, expunged, numberBefore, numberNow)
             first.append(one)
             later.append(two)
-        contexts._octets.clear()
-        contexts._fields.clear()
+        contexts.octets.clear()
+        contexts.fields.clear()
         return [line for line in [b"".join(first)] + list(lines) + [b"".join(later)] if line]
 
     def do_CANCELUPDATE(self, tag, args):
