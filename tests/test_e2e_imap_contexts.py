@@ -82,6 +82,9 @@ def test_updating_search_follows_another_connection(server):
         assert watcher.command(b"p SORT RETURN (PARTIAL 2:2 COUNT) (SIZE) US-ASCII ALL") == [
             b'* ESEARCH (TAG "p") COUNT 3 PARTIAL (2:2 3)'
         ]
+        assert watcher.command(b"s1 SORT RETURN (UPDATE) (REVERSE SIZE) US-ASCII BODY new") == [
+            b'* ESEARCH (TAG "s1")'
+        ]
         watcher.sock.sendall(b"i IDLE\r\n")
         assert watcher.line() == b"+ idling"
 
@@ -91,9 +94,10 @@ def test_updating_search_follows_another_connection(server):
 
         new = b"Subject: four\r\n\r\nnew\r\n"
         changer.command(b"b2 APPEND INBOX {%d+}\r\n%s" % (len(new), new))
-        lines = watcher.until(b"\\* ESEARCH")
-        assert b"* 4 EXISTS" in lines[:-1]
-        assert lines[-1] == b'* ESEARCH (TAG "a1") UID ADDTO (0 %d)' % (int(uid3) + 1,)
+        lines = watcher.until(b'\\* ESEARCH \\(TAG "s1"\\)')
+        assert lines.index(b"* 4 EXISTS") < lines.index(b'* ESEARCH (TAG "a1") UID ADDTO (0 %d)' % (int(uid3) + 1,))
+        # The new message was read on the server to be searched and sorted.
+        assert lines[-1] == b'* ESEARCH (TAG "s1") ADDTO (1 4)'
 
         changer.command(b"b3 STORE 2 +FLAGS.SILENT (\\Deleted)")
         changer.command(b"b4 EXPUNGE")

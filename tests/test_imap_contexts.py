@@ -182,15 +182,18 @@ def test_sequence_keys_follow_renumbering():
 
 def test_updates_during_idle():
     _, one, two = twoSessions()
-    one.send("a UID SEARCH RETURN (UPDATE) FLAGGED")
+    one.send("a UID SEARCH RETURN (UPDATE) FLAGGED", "s SORT RETURN (UPDATE) (SUBJECT) US-ASCII BODY new")
     one.lines()
     one.send("b IDLE")
     one.expect("+ idling")
     two.send("c STORE 3 +FLAGS (\\Flagged)")
     two.lines()
     one.expect("* 3 FETCH (FLAGS (\\Flagged))", '* ESEARCH (TAG "a") UID ADDTO (0 3)')
+    # Read before the sort's update is sent: its body, its subject.
     one.store.deliver([(USER, "INBOX", [b"Subject: new\r\n\r\nnew\r\n"])])
-    one.expect("* 4 EXISTS", "* 1 RECENT")
+    one.expect("* 4 EXISTS", "* 1 RECENT", '* ESEARCH (TAG "s") ADDTO (1 4)')
+    one.store.deliver([(USER, "INBOX", [b"Subject: a new one\r\n\r\nnew\r\n"])])
+    one.expect("* 5 EXISTS", "* 2 RECENT", '* ESEARCH (TAG "s") ADDTO (1 5)')
     one.send("DONE")
     one.expect("b OK Idle completed.")
 
