@@ -7,7 +7,7 @@ alone, and transcripts of L{mdpy.imap.server} over the in-memory store.
 import pytest
 
 from mdpy.backends.memory import recordReads
-from mdpy.imap import contexts, search
+from mdpy.imap import contexts, partial
 from mdpy.imap.parser import Atom, ParseError
 from tests.test_imap_server import USER, Session, twoSessions
 from tests.test_imap_sort import SORTED, storeOf
@@ -16,29 +16,29 @@ from tests.test_imap_sort import SORTED, storeOf
 # --- alone -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, partial", [
+@pytest.mark.parametrize("text, expected", [
     ("1:1", (1, 1)),
     ("2:4", (2, 4)),
     ("4:2", (2, 4)),
     ("-1:-10", (-1, -10)),
     ("-10:-1", (-1, -10)),
 ])
-def test_parsePartialRange(text, partial):
-    assert search.parsePartialRange(Atom(text)) == partial
+def test_parsePartialRange(text, expected):
+    assert partial.parsePartialRange(Atom(text)) == expected
 
 
 @pytest.mark.parametrize("text", ["1", "1:*", "*:1", "0:3", "-1:2", "1:-2", "1:2:3", "99999999999:1"])
 def test_parsePartialRange_refuses(text):
     with pytest.raises(ParseError):
-        search.parsePartialRange(Atom(text))
+        partial.parsePartialRange(Atom(text))
 
 
 def test_parsePartialRange_refuses_a_string():
     with pytest.raises(ParseError):
-        search.parsePartialRange(b"1:2")
+        partial.parsePartialRange(b"1:2")
 
 
-@pytest.mark.parametrize("partial, part", [
+@pytest.mark.parametrize("pageRange, part", [
     ((1, 1), [10]),
     ((2, 4), [20, 30, 40]),
     ((4, 9), [40, 50]),
@@ -48,8 +48,8 @@ def test_parsePartialRange_refuses_a_string():
     ((-4, -9), [10, 20]),
     ((-6, -9), []),
 ])
-def test_partialOf(partial, part):
-    assert search.partialOf([10, 20, 30, 40, 50], partial) == part
+def test_partialOf(pageRange, part):
+    assert partial.partialOf([10, 20, 30, 40, 50], pageRange) == part
 
 
 class Sorted:

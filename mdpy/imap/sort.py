@@ -27,7 +27,8 @@ import unicodedata
 from collections import OrderedDict
 
 from mdpy.imap.parser import Atom, ParseError, formatSequence, isAtom
-from mdpy.imap.search import formatPartial, parseSearchCommand
+from mdpy.imap.partial import formatPartial
+from mdpy.imap.search import parseSearchCommand
 from mdpy.mail.addresslist import MISSING_DOMAIN, MISSING_MAILBOX, parseAddressList
 from mdpy.mail.headers import decodeText, fieldValue, headerEnd, parseDateField, parseFields
 
