@@ -85,7 +85,8 @@ def test_limits():
     "() US-ASCII ALL",
     "(DATE)",
     "(DATE) US-ASCII",
-    "RETURN (PARTIAL 1:5) (DATE) US-ASCII ALL",
+    "RETURN (PARTIAL 1) (DATE) US-ASCII ALL",
+    "RETURN (PARTIAL 1:5 ALL) (DATE) US-ASCII ALL",
     "(DATE) US-ASCII FOO",
 ])
 def test_parseSortCommand_refuses(line):

@@ -401,7 +401,11 @@ class MessageCommands:
             self.enableCondStore()
         messages = selected.messagesAt(range(selected.count))
         context = _SearchContext(selected, self.factory.clock.seconds())
+        if command.update:
+            self.checkContextTag(tag, command.criteria)
         d = defer.ensureDeferred(self._search(messages, command.criteria, context))
+        if command.update:
+            d.addCallback(self.startContext, tag, uid, command.criteria, messages)
         d.addCallback(self._cbSearched, tag, uid, command)
         return d
 

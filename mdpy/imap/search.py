@@ -2,8 +2,10 @@
 """
 IMAP SEARCH (RFC 3501 section 6.4.4, search-key grammar in section 9) with
 the CONDSTORE C{MODSEQ} key (RFC 7162 section 3.1.5), the WITHIN keys
-C{YOUNGER} and C{OLDER} (RFC 5032) and the ESEARCH return options MIN, MAX,
-ALL and COUNT (RFC 4731).
+C{YOUNGER} and C{OLDER} (RFC 5032), the ESEARCH return options MIN, MAX,
+ALL and COUNT (RFC 4731) and the CONTEXT=SEARCH return options UPDATE,
+CONTEXT and PARTIAL (RFC 5267 section 4, PARTIAL as RFC 9394 section 3.1
+has it).
 
 This module does no I/O: L{parseSearchCommand} reads the tokens of a
 command into a L{SearchCommand}, the session tests each message of its view
@@ -35,13 +37,15 @@ from mdpy.imap.parser import (
     number64,
     parseDate,
 )
+from mdpy.imap.partial import formatPartial, parsePartialRange
+from mdpy.imap.structure import quoteString
 from mdpy.mail.addresslist import MISSING_DOMAIN, MISSING_MAILBOX, parseAddressList
 from mdpy.mail.headers import decodeText, fieldValue, headerEnd, parseDateField, parseFields
 from mdpy.mail.mime import UnknownEncoding, decodeTransfer, parseMessage
 
 MAX_DEPTH = 100
 SUPPORTED_CHARSETS = ("US-ASCII", "UTF-8")
-RETURN_OPTIONS = ("MIN", "MAX", "ALL", "COUNT")
+RETURN_OPTIONS = ("MIN", "MAX", "ALL", "COUNT", "UPDATE", "CONTEXT", "PARTIAL")
 
 # The cost of a key: what a message must be read for to test it.
 _CHEAP, _HEADER, _BODY = 0, 1, 2
@@ -65,15 +69,28 @@ class SearchCommand:
 
     @ivar returnOptions: L{None} without C{RETURN} (a plain C{* SEARCH}
         reply), else the options asked for, upper case (C{[]} for
-        C{RETURN ()}, which means ALL; RFC 4731 section 3.1).
+        C{RETURN ()}, which means ALL; RFC 4731 section 3.1).  C{CONTEXT},
+        a hint (RFC 5267 section 4.2), is not kept.
     @ivar charset: C{"US-ASCII"} or C{"UTF-8"}.
     @ivar criteria: a L{Criteria}.
+    @ivar partial: the C{(first, last)} positions of C{RETURN (PARTIAL
+        first:last)}, C{first} the one nearer the start of the result
+        (negative counting from its end), or L{None}.
     """
 
-    def __init__(self, returnOptions, charset, criteria):
+    def __init__(self, returnOptions, charset, criteria, partial=None):
         self.returnOptions = returnOptions
         self.charset = charset
         self.criteria = criteria
+        self.partial = partial
+
+    @property
+    def update(self):
+        """
+        Whether the client asked to be told of changes to the result
+        (C{RETURN (UPDATE)}, RFC 5267 section 4.3).
+        """
+        return bool(self.returnOptions) and "UPDATE" in self.returnOptions
 
     def __repr__(self):
         return "SearchCommand(%r, %r, %r)" % (self.returnOptions, self.charset, self.criteria)
@@ -96,6 +113,62 @@ class Criteria:
         self._root = root
         self.needsContent = root.cost > _CHEAP
         self.usesModSeq = usesModSeq
+        self._known = None
+
+    def rememberContent(self):
+        """
+        From now on, keep what the keys that look at a message's content
+        found in each message matched (by its key; a stored message never
+        changes), so that L{match} reads a message once: matching it again
+        after its flags changed needs no content.
+
+        @return: whether the outcome for a message may change without the
+            message changing: the keys name sequence numbers, C{RECENT},
+            C{NEW}, C{OLD}, C{YOUNGER} or C{OLDER}.
+        """
+        if self._known is None:
+            self._known = {}
+            self._contentLeaves = []
+            self.volatile = False
+            stack = [self._root]
+            while stack:
+                node = stack.pop()
+                if isinstance(node, _And):
+                    stack.extend(node.children)
+                elif isinstance(node, _Not):
+                    stack.append(node.child)
+                elif isinstance(node, _SetKey):
+                    self.volatile = self.volatile or not node.uid
+                elif node.name in ("RECENT", "NEW", "OLD", "YOUNGER", "OLDER"):
+                    self.volatile = True
+                elif node.cost > _CHEAP:
+                    self._rememberLeaf(node, len(self._contentLeaves))
+                    self._contentLeaves.append(node)
+        return self.volatile
+
+    @staticmethod
+    def _rememberLeaf(leaf, index):
+        test = leaf.test
+
+        def remembered(candidate):
+            known = candidate.known
+            return test(candidate) if known is None else known[index]
+
+        leaf.test = remembered
+
+    def knows(self, message):
+        """
+        @return: whether L{match} may test C{message} without reading it.
+        """
+        return not self.needsContent or (self._known is not None and message.key in self._known)
+
+    def forget(self, keys):
+        """
+        Drop what L{rememberContent} keeps for messages other than those of
+        C{keys} (messages expunged).
+        """
+        if self._known is not None:
+            self._known = {key: self._known[key] for key in keys if key in self._known}
 
     def match(self, message, ctx):
         """
@@ -108,7 +181,14 @@ class Criteria:
             through) and C{now}.
         @return: whether C{message} matches.
         """
-        return self._root.test(_Candidate(message, ctx))
+        candidate = _Candidate(message, ctx)
+        if self._known is not None and self.needsContent:
+            known = self._known.get(message.key)
+            if known is None:
+                known = tuple(leaf.test(candidate) for leaf in self._contentLeaves)
+                self._known[message.key] = known
+            candidate.known = known
+        return self._root.test(candidate)
 
     def __repr__(self):
         return "Criteria(%r)" % (self._root,)
@@ -125,21 +205,30 @@ def parseSearchCommand(tokens):
 
     @param tokens: the tokens after C{SEARCH}.
     @rtype: L{SearchCommand}
-    @raise ParseError: not well formed, or a return option other than MIN,
-        MAX, ALL and COUNT.
+    @raise ParseError: not well formed, a return option other than those
+        of L{RETURN_OPTIONS}, UPDATE or PARTIAL twice, or PARTIAL with ALL
+        (RFC 9394 section 3.1).
     @raise BadCharset: a charset other than US-ASCII and UTF-8.
     """
     pos = 0
-    returnOptions = None
+    returnOptions = partial = None
     if tokens and isAtom(tokens[0], "RETURN"):
         if len(tokens) < 2 or not isinstance(tokens[1], list):
             raise ParseError("RETURN needs a list of options")
         returnOptions = []
-        for option in tokens[1]:
+        options = iter(tokens[1])
+        for option in options:
             if not isAtom(option, *RETURN_OPTIONS):
                 raise ParseError("Unsupported RETURN option")
-            if option.upper() not in returnOptions:
-                returnOptions.append(option.upper())
+            name = option.upper()
+            if name in ("UPDATE", "PARTIAL") and name in returnOptions:
+                raise ParseError("RETURN option %s given twice" % (name,))
+            if name == "PARTIAL":
+                partial = parsePartialRange(next(options, None))
+            if name != "CONTEXT" and name not in returnOptions:
+                returnOptions.append(name)
+        if partial is not None and "ALL" in returnOptions:
+            raise ParseError("PARTIAL conflicts with ALL")
         pos = 2
     charset, explicit = "US-ASCII", False
     if pos < len(tokens) and isAtom(tokens[pos], "CHARSET"):
@@ -148,7 +237,7 @@ def parseSearchCommand(tokens):
         charset, explicit = _charset(tokens[pos + 1]), True
         pos += 2
     criteria = parseCriteria(tokens[pos:], charset if explicit else None)
-    return SearchCommand(returnOptions, charset, criteria)
+    return SearchCommand(returnOptions, charset, criteria, partial)
 
 
 def _charset(token):
@@ -621,11 +710,14 @@ class _Candidate:
     asks, and at most once.
     """
 
-    __slots__ = ("message", "ctx", "_content", "_fields", "_values", "_addresses", "_headerText", "_bodyText")
+    __slots__ = (
+        "message", "ctx", "known", "_content", "_fields", "_values", "_addresses", "_headerText", "_bodyText",
+    )
 
     def __init__(self, message, ctx):
         self.message = message
         self.ctx = ctx
+        self.known = None
         self._content = None
         self._fields = None
         self._values = {}
@@ -789,6 +881,16 @@ def _decodeBody(body, encoding, charset):
 # --- responses ---------------------------------------------------------------------
 
 
+def esearchHead(tag, uid):
+    """
+    @return: the start of an C{ESEARCH} response to the command of C{tag}:
+        C{* ESEARCH (TAG "a1")}, then C{UID} if it was a UID command (RFC
+        4731 section 3.1).
+    """
+    head = b"* ESEARCH (TAG %s)" % (quoteString(tag),)
+    return head + b" UID" if uid else head
+
+
 def formatSearchResponse(tag, uid, command, matches):
     """
     The untagged reply to a search.
@@ -797,8 +899,9 @@ def formatSearchResponse(tag, uid, command, matches):
     by C{(MODSEQ n)} when the criteria had a MODSEQ key and something
     matched (RFC 7162 section 3.1.6).  With C{RETURN}, C{* ESEARCH (TAG
     "a1") UID MIN 2 MAX 7 COUNT 3 ALL 2,5,7} (RFC 4731 section 3.1: MIN, MAX
-    and ALL only when something matched) followed by C{MODSEQ n} on the same
-    terms (RFC 4731 section 3.2).
+    and ALL only when something matched, C{PARTIAL (1:10 2,5,7)} of RFC
+    9394 section 3.1) followed by C{MODSEQ n} on the same terms (RFC 4731
+    section 3.2).
 
     @param tag: the command's tag.
     @param uid: whether it was UID SEARCH, so numbers are UIDs.
@@ -815,10 +918,7 @@ def formatSearchResponse(tag, uid, command, matches):
             line += b" (MODSEQ %d)" % max(match[2] for match in matches)
         return line + b"\r\n"
     options = set(command.returnOptions) or {"ALL"}
-    quotedTag = tag.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
-    words = [b'* ESEARCH (TAG "%s")' % quotedTag]
-    if uid:
-        words.append(b"UID")
+    words = [esearchHead(tag, uid)]
     if numbers:
         lowest = min(range(len(numbers)), key=numbers.__getitem__)
         highest = max(range(len(numbers)), key=numbers.__getitem__)
@@ -830,6 +930,8 @@ def formatSearchResponse(tag, uid, command, matches):
         words.append(b"COUNT %d" % len(numbers))
     if numbers and "ALL" in options:
         words.append(b"ALL " + formatSequence(sorted(set(numbers))))
+    if command.partial is not None:
+        words.append(formatPartial(command.partial, numbers))
     if withModSeq:
         # RFC 4731 section 3.2: MIN and/or MAX alone report the
         # mod-sequence of the messages they name, anything else that of all

@@ -8,7 +8,8 @@ RFC 3691 (UNSELECT), RFC 3348 (CHILDREN), RFC 5258 (LIST-EXTENDED),
 RFC 5819 (LIST-STATUS), RFC 6154 (SPECIAL-USE), RFC 7888 (LITERAL+),
 RFC 4959 (SASL-IR), RFC 4731 (ESEARCH), RFC 7162 (CONDSTORE),
 RFC 7889 (APPENDLIMIT), RFC 5530 (response codes), RFC 8314 (implicit TLS),
-RFC 5256 (SORT, THREAD), RFC 5267 (ESORT), RFC 5957 (SORT=DISPLAY),
+RFC 5256 (SORT, THREAD), RFC 5267 (ESORT; CONTEXT=SEARCH and CONTEXT=SORT,
+L{mdpy.imap.contexts}), RFC 9394 (PARTIAL results), RFC 5957 (SORT=DISPLAY),
 RFC 3502 (MULTIAPPEND), RFC 4469 (CATENATE), RFC 3516 (BINARY),
 RFC 4978 (COMPRESS=DEFLATE, L{mdpy.imap.compress}), RFC 6855 (UTF8=ACCEPT).
 
@@ -45,6 +46,7 @@ from mdpy.imap import fetch as fetching
 from mdpy.imap.append import AppendCommands
 from mdpy.imap.literals import CommandInput, PendingLiterals
 from mdpy.imap.compress import DeflateTransport
+from mdpy.imap.contexts import CAPABILITIES as CONTEXT_CAPABILITIES, ContextCommands
 from mdpy.imap.mailboxes import InvalidName, MailboxCommands, decodeName
 from mdpy.imap.messages import MessageCommands
 from mdpy.imap import sort as sorting
@@ -79,7 +81,7 @@ _COMMANDS = {
     AUTHENTICATED: _AUTH,
     SELECTED: _AUTH | {
         "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UID",
-        "SORT", "THREAD",
+        "SORT", "THREAD", "CANCELUPDATE",
     },
 }
 
@@ -173,7 +175,7 @@ class IMAP4Factory(SessionFactory):
 
 
 class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, AppendCommands,
-                  CommandSession):
+                  ContextCommands, CommandSession):
     """
     One IMAP session.
 
@@ -294,6 +296,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
                 b"APPENDLIMIT=%d" % (self.factory.maxMessageSize,), b"COMPRESS=DEFLATE", b"UTF8=ACCEPT",
             ])
             caps.extend(SORT_CAPABILITIES)
+            caps.extend(CONTEXT_CAPABILITIES)
         return b" ".join(caps)
 
     @property
@@ -349,6 +352,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         if selected.dirty:
             d = defer.maybeDeferred(selected.mailbox.sync)
             d.addErrback(self._ebSync)
+            d.addCallback(self.prepareContexts)
             d.addCallback(lambda _: self._finish(tag, status, text, code, expunge))
             return d
         self._finish(tag, status, text, code, expunge)
@@ -400,6 +404,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         ):
             selected.dirty = False
             return
+        before = list(selected.uids) if self._liveContexts() is not None else None
         try:
             lines = selected.updates(
                 expunge,
@@ -410,6 +415,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
             self.send(b"* BYE [UIDVALIDITY] Mailbox UIDVALIDITY changed.\r\n")
             self.close()
             return
+        lines = self.withContextUpdates(before, lines)
         if lines:
             self.send(b"".join(lines))
 
@@ -796,6 +802,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         selected = self.selected
         d = defer.maybeDeferred(selected.mailbox.sync)
         d.addErrback(self._ebSync)
+        d.addCallback(self.prepareContexts)
 
         def push(_):
             self._pushing = False

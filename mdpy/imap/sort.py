@@ -27,6 +27,7 @@ import unicodedata
 from collections import OrderedDict
 
 from mdpy.imap.parser import Atom, ParseError, formatSequence, isAtom
+from mdpy.imap.partial import formatPartial
 from mdpy.imap.search import parseSearchCommand
 from mdpy.mail.addresslist import MISSING_DOMAIN, MISSING_MAILBOX, parseAddressList
 from mdpy.mail.headers import decodeText, fieldValue, headerEnd, parseDateField, parseFields
@@ -386,7 +387,8 @@ def formatSortResponse(tag, uid, command, ordered):
     C{(MODSEQ n)} when the criteria had a MODSEQ key and something matched
     (RFC 7162 section 3.1.6).  With C{RETURN}, C{* ESEARCH (TAG "a1") UID
     MIN 7 MAX 2 COUNT 3 ALL 7,2,5} (RFC 5267 section 3.2: MIN and MAX are
-    the first and last in sort order, ALL lists them in sort order).
+    the first and last in sort order, ALL lists them in sort order, and so
+    does PARTIAL, section 4.4).
 
     @param tag: the command's tag.
     @param uid: whether it was UID SORT.
@@ -415,6 +417,8 @@ def formatSortResponse(tag, uid, command, ordered):
         words.append(b"COUNT %d" % len(numbers))
     if numbers and "ALL" in options:
         words.append(b"ALL " + formatSequence(numbers))
+    if search.partial is not None:
+        words.append(formatPartial(search.partial, numbers))
     if modSeq is not None:
         words.append(b"MODSEQ %d" % (modSeq,))
     return b" ".join(words) + b"\r\n"

@@ -38,7 +38,13 @@ class SortCommands:
             command = sorting.parseSortCommand(args)
         except searching.BadCharset:
             return self.no(tag, b"Unsupported charset.", _BAD_CHARSET)
-        d = defer.ensureDeferred(self._sortables(command.search.criteria, uid))
+        search = command.search
+        if search.update:
+            self.checkContextTag(tag, search.criteria)
+            messages = self.selected.messagesAt(range(self.selected.count))
+        d = defer.ensureDeferred(self._sortables(search.criteria, uid))
+        if search.update:
+            d.addCallback(self.startContext, tag, uid, search.criteria, messages, command.keys)
         d.addCallback(self._cbSorted, tag, uid, command)
         return d
 
