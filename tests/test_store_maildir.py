@@ -682,3 +682,33 @@ def test_readFromThePageCacheAtOnceElseInThePool(tmp_path, monkeypatch):
     monkeypatch.setattr(maildir.os, "preadv", wouldBlock)
     assert resultOf(message.read()) == MESSAGE
     assert pooled == [message.readFile]
+
+
+def test_readOfAFileMovedOrRemovedSinceTheSync(tmp_path):
+    """
+    A message file renamed by another program since the last sync is
+    found again, and one removed fails the read's Deferred with
+    L{NotFound}; both searches list directories, which happens in the
+    store's thread pool, never in the caller's thread.
+    """
+    pooled = []
+
+    def recordingRunner(f, *args):
+        pooled.append(f)
+        return defer.maybeDeferred(f, *args)
+
+    store = MaildirStore(str(tmp_path / "mail"), runInThread=recordingRunner)
+    store.createAccount(ALICE)
+    for data in (MESSAGE, MESSAGE + b"2"):
+        resultOf(store.deliver([(ALICE, "INBOX", [data])]))
+    moved, removed = store.openMailbox(ALICE).messages()
+    cur = os.path.join(store.folderPath(ALICE), "cur")
+    os.rename(os.path.join(cur, moved.filename), os.path.join(cur, moved.key + ":2,S"))
+    os.unlink(os.path.join(cur, removed.filename))
+    pooled.clear()
+    assert resultOf(moved.read()) == MESSAGE
+    d = removed.read()
+    assert isinstance(d, defer.Deferred)
+    with pytest.raises(NotFound):
+        resultOf(d)
+    assert pooled == [moved.readFile, removed.readFile]
