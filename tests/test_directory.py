@@ -569,6 +569,57 @@ def test_noQueryCache(directory, path):
     assert directory.listUsers() == ["z@example.com"]
 
 
+def test_getUserRememberedUntilAnyChange(populated, path):
+    """
+    L{SQLiteDirectory.getUser}, asked before every command of a session,
+    is answered from memory while the file is unchanged, and afresh after
+    any commit: by this instance, by another, or by plain SQL.
+    """
+    statements = []
+    populated._db.set_trace_callback(statements.append)
+    first = populated.getUser("Bob@Example.com")
+    assert populated.getUser("Bob@Example.com") == first
+    assert [s for s in statements if "FROM users" in s] != []
+    del statements[:]
+    assert populated.getUser("Bob@Example.com") == first
+    assert statements == ["PRAGMA data_version"]
+
+    populated.setEnabled("bob@example.com", False)
+    assert populated.getUser("Bob@Example.com").enabled is False
+
+    other = SQLiteDirectory(path)
+    try:
+        other.setEnabled("bob@example.com", True)
+        assert populated.getUser("Bob@Example.com").enabled is True
+        other.removeUser("bob@example.com")
+        assert populated.getUser("Bob@Example.com") is None
+        other.addUser("bob@example.com", "again")
+        again = populated.getUser("Bob@Example.com")
+        assert again.accountId not in (None, first.accountId)
+    finally:
+        other.close()
+
+    db = sqlite3.connect(path)
+    db.execute("UPDATE users SET enabled = 0 WHERE address = 'bob@example.com'")
+    db.commit()
+    db.close()
+    assert populated.getUser("Bob@Example.com").enabled is False
+
+
+def test_getUserRemembersABoundedNumber(populated):
+    """
+    Past L{SQLiteDirectory.rememberedReads} answers, the remembered ones
+    are forgotten, and every answer stays right.
+    """
+    populated.rememberedReads = 2
+    addresses = ["alice@example.com", "bob@example.com", "carol@example.org", "nobody@example.org"]
+    for _ in range(2):
+        assert [u and u.address for u in map(populated.getUser, addresses)] == addresses[:3] + [None]
+        assert len(populated._remembered) <= 2
+    with pytest.raises(InvalidInput):
+        populated.getUser("not an address")
+
+
 def test_schemaVersionConstant():
     assert SCHEMA_VERSION == len(sqlitedirectory._MIGRATIONS)
 

@@ -143,13 +143,12 @@ def test_userDelMovesMailAndTheNewAccountStartsEmpty(server):
     new.logout()
 
 
-def test_userDelDuringPOP3Session(server):
+def pop3WithTwoMessages(server, address):
     """
-    A POP3 session of a user deleted meanwhile ends cleanly at its next
-    command, saying the account no longer exists, and no tree is made
-    again.
+    Add the user C{address}, send it two messages, and log in over POP3.
+
+    @return: the L{poplib.POP3} client, in the TRANSACTION state.
     """
-    address = "popper@example.test"
     cli(server, "user", "add", address, "--password", PASSWORD)
     send(server, [address], "one")
     send(server, [address], "two")
@@ -157,6 +156,17 @@ def test_userDelDuringPOP3Session(server):
     client.stls(ssl.create_default_context(cafile=os.path.join(server.dataDir, "tls", "cert.pem")))
     client.user(address)
     client.pass_(PASSWORD)
+    return client
+
+
+def test_userDelDuringPOP3Session(server):
+    """
+    A POP3 session of a user deleted meanwhile ends cleanly at its next
+    command, saying the account no longer exists, and no tree is made
+    again.
+    """
+    address = "popper@example.test"
+    client = pop3WithTwoMessages(server, address)
     assert client.stat()[0] == 2
     client.retr(1)
     cli(server, "user", "del", address, "--yes")
@@ -164,6 +174,23 @@ def test_userDelDuringPOP3Session(server):
         client.retr(2)
     client.close()
     assert not os.path.exists(server.maildir(address))
+
+
+def test_userDisableDuringPOP3Session(server):
+    """
+    The account check before each POP3 command, answered from memory while
+    the directory file is unchanged, sees C{user disable} (which touches no
+    mail) made by the C{mdpy} command at the next command.
+    """
+    address = "paused@example.test"
+    client = pop3WithTwoMessages(server, address)
+    client.retr(1)
+    client.noop()
+    cli(server, "user", "disable", address)
+    with pytest.raises(poplib.error_proto, match=r"\[SYS/PERM\] Account disabled"):
+        client.retr(2)
+    client.close()
+    assert len(server.messages(address)) == 2
 
 
 def test_sessionsOfAnAccountMadeAgainNeverReachIt(server):

@@ -16,7 +16,8 @@ from mdpy.auth.checkers import FailedLoginTracker
 from mdpy.backends.local import MaildropLocks
 from mdpy.pop3.maildrop import uidlFor
 from mdpy.pop3.server import POP3Factory
-from mdpy.backends.memory import MemoryStore, recordReads
+from mdpy.backends.memory import MemoryMessage, MemoryStore, recordReads
+from mdpy.mailbox import ADD
 from mdpy.testing import AddressRealm, Transcript, memoryPortal, resultOf
 
 TLS = object()
@@ -572,3 +573,93 @@ def test_retr_reads_the_next_message_ahead(monkeypatch):
     s.send("RETR 2")
     assert s.lines()[0].startswith("+OK")
     assert reads == [1, 2]
+
+
+def test_retrOfAMessageRemovedMeanwhile():
+    """
+    A message removed by another session since the login is answered
+    C{-ERR [SYS/TEMP]}, and the session goes on.
+    """
+    store = filledStore()
+    s = Session(store=store)
+    s.login()
+    store.openMailbox(USER).expunge([2])
+    s.send("RETR 2", "NOOP")
+    s.expect("-ERR [SYS/TEMP] Message is gone.", "+OK")
+
+
+def test_failedReadAheadIsAnErrorOnlyWhenAsked(monkeypatch):
+    """
+    A read ahead that fails leaves no unhandled error behind (the message
+    may never be asked for); the RETR of its message gets the error.
+    """
+    reads = []
+    monkeypatch.setattr(MemoryMessage, "read", lambda message: reads.append(defer.Deferred()) or reads[-1])
+    s = Session()
+    s.login()
+    s.send("RETR 1")
+    reads[0].callback(MESSAGES[0])
+    s.lines()
+    reads[1].errback(errors.NotFound("gone"))
+    left = []
+    reads[1].addBoth(left.append)
+    assert left == [None]
+    s.send("RETR 2")
+    s.expect("-ERR [SYS/TEMP] Message is gone.")
+    assert len(reads) == 2
+
+
+def test_retrWaitsForASlowRead(monkeypatch):
+    """
+    A message the store reads later is sent when the read is done, and
+    the commands pipelined behind the RETR wait for it.
+    """
+    reads = []
+    monkeypatch.setattr(MemoryMessage, "read", lambda message: reads.append(defer.Deferred()) or reads[-1])
+    s = Session()
+    s.login()
+    s.send("RETR 1", "NOOP")
+    assert s.lines() == []
+    reads[0].callback(MESSAGES[0])
+    assert s.lines() == ["+OK %d octets" % len(MESSAGES[0]), "Subject: one", "", "first", ".", "+OK"]
+    # The read ahead of message 2 is under way: RETR 2 waits for it.
+    assert len(reads) == 2
+    s.send("RETR 2")
+    assert s.lines() == []
+    reads[1].errback(errors.NotFound("gone"))
+    s.expect("-ERR [SYS/TEMP] Message is gone.")
+
+
+def test_quitAfterOnlyReadingSeenMailAsksNothingOfTheStore():
+    """
+    A session that marks nothing deleted and retrieves only messages
+    already C{\\Seen} leaves the mailbox as it is, without a store write.
+    """
+    store = filledStore()
+    mailbox = store.openMailbox(USER)
+    resultOf(mailbox.changeFlags([1, 2, 3], ["\\Seen"], ADD))
+    s = Session(store=store)
+    s.login()
+    s.send("RETR 1", "RETR 2")
+    s.lines()
+
+    def fail(*args, **kwargs):
+        raise errors.TemporaryFailure("disk")
+
+    s.protocol.maildrop.mailbox.changeFlags = s.protocol.maildrop.mailbox.expunge = fail
+    s.send("QUIT")
+    s.expect("+OK Logging out.")
+    assert len(inbox(store)) == 3
+
+
+def test_loginMakesTheMailboxTreeOfANewUser():
+    """
+    A user added to the directory before any mail came has no mailbox
+    tree yet: the login makes it, and the maildrop is empty.
+    """
+    store = MemoryStore()
+    s = Session(store=store)
+    s.login()
+    s.send("STAT")
+    s.expect("+OK 0 0")
+    assert store.accountExists(USER)

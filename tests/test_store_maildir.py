@@ -656,11 +656,10 @@ class TestIndexFormat:
         assert mutf7.encode("~peter/mail/台北/日本語") == "~peter/mail/&U,BTFw-/&ZeVnLIqe-"
 
 
-def test_readFromThePageCacheAtOnceElseInThePool(tmp_path, monkeypatch):
+def poolRecordingStore(tmp_path):
     """
-    A message the kernel can read without waiting for the disk is read at
-    once; one it cannot (C{RWF_NOWAIT} fails) is read in the store's
-    thread pool.  Both give the octets with CR LF line endings.
+    @return: a L{MaildirStore} with the account L{ALICE}, and the list of
+        the functions it runs in its thread pool from now on.
     """
     pooled = []
 
@@ -670,6 +669,16 @@ def test_readFromThePageCacheAtOnceElseInThePool(tmp_path, monkeypatch):
 
     store = MaildirStore(str(tmp_path / "mail"), runInThread=recordingRunner)
     store.createAccount(ALICE)
+    return store, pooled
+
+
+def test_readFromThePageCacheAtOnceElseInThePool(tmp_path, monkeypatch):
+    """
+    A message the kernel can read without waiting for the disk is read at
+    once; one it cannot (C{RWF_NOWAIT} fails) is read in the store's
+    thread pool.  Both give the octets with CR LF line endings.
+    """
+    store, pooled = poolRecordingStore(tmp_path)
     resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE])]))
     [message] = store.openMailbox(ALICE).messages()
     pooled.clear()
@@ -682,3 +691,26 @@ def test_readFromThePageCacheAtOnceElseInThePool(tmp_path, monkeypatch):
     monkeypatch.setattr(maildir.os, "preadv", wouldBlock)
     assert resultOf(message.read()) == MESSAGE
     assert pooled == [message.readFile]
+
+
+def test_readOfAFileMovedOrRemovedSinceTheSync(tmp_path):
+    """
+    A message file renamed by another program since the last sync is
+    found again, and one removed fails the read's Deferred with
+    L{NotFound}; both searches list directories, which happens in the
+    store's thread pool, never in the caller's thread.
+    """
+    store, pooled = poolRecordingStore(tmp_path)
+    for data in (MESSAGE, MESSAGE + b"2"):
+        resultOf(store.deliver([(ALICE, "INBOX", [data])]))
+    moved, removed = store.openMailbox(ALICE).messages()
+    cur = os.path.join(store.folderPath(ALICE), "cur")
+    os.rename(os.path.join(cur, moved.filename), os.path.join(cur, moved.key + ":2,S"))
+    os.unlink(os.path.join(cur, removed.filename))
+    pooled.clear()
+    assert resultOf(moved.read()) == MESSAGE
+    d = removed.read()
+    assert isinstance(d, defer.Deferred)
+    with pytest.raises(NotFound):
+        resultOf(d)
+    assert pooled == [moved.readFile, removed.readFile]

@@ -90,7 +90,8 @@ class Maildrop:
     def commit(self, retrieved=()):
         """
         Remove the messages marked deleted, durably (RFC 1939 UPDATE state),
-        and flag the C{retrieved} ones that stay C{\\Seen}.
+        and flag the C{retrieved} ones that stay C{\\Seen}.  A session that
+        changed nothing asks nothing of the store.
 
         @return: a Deferred firing once they are gone.
         """
@@ -102,5 +103,6 @@ class Maildrop:
         # Added to the flags as stored now: an IMAP session may have changed
         # them since the snapshot.
         d = defer.maybeDeferred(self.mailbox.changeFlags, seen, [SEEN], ADD) if seen else defer.succeed(None)
-        d.addCallback(lambda ignored: self.mailbox.expunge(sorted(deleted)))
+        if deleted:
+            d.addCallback(lambda ignored: self.mailbox.expunge(sorted(deleted)))
         return d

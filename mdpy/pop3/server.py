@@ -67,20 +67,39 @@ class POP3Factory(SessionFactory):
         self.allowPlaintext = allowPlaintext
 
 
-class _Unread:
+class _Read:
     """
-    A read ahead that failed, kept as a value: an error only if the message
-    is asked for.
+    A message being read whole.  Its octets are in L{data} as soon as the
+    store has them, which is at once when it reads them from memory, so a
+    reply can be sent without waiting on a L{Deferred}.
+
+    @ivar message: the L{mdpy.interfaces.IStoredMessage}.
+    @ivar data: its octets once read, else L{None}.
     """
 
-    def __init__(self, failure):
-        self.failure = failure
+    def __init__(self, message):
+        self.message = message
+        self.data = None
+        self._failure = None
+        # A failure is kept as a value: an error only if the message is
+        # asked for (a read ahead may never be).
+        self._reading = message.read().addCallbacks(self._cbRead, self._ebRead)
 
-    @staticmethod
-    def result(value):
-        if isinstance(value, _Unread):
-            value.failure.raiseException()
-        return value
+    def _cbRead(self, data):
+        self.data = data
+
+    def _ebRead(self, failure):
+        self._failure = failure
+
+    def wait(self):
+        """
+        @return: a L{Deferred} firing with the octets, or failing as the
+            read did.
+        """
+        return self._reading.addCallback(self._result)
+
+    def _result(self, ignored):
+        return self.data if self._failure is None else self._failure
 
 
 @implementer(iinternet.IPullProducer)
@@ -165,7 +184,7 @@ class POP3Server(CommandSession):
         self.maildrop = None
         self._user = None
         self._retrieved = set()
-        self._nextRead = None  # (message, Deferred of its octets) read ahead
+        self._nextRead = None  # the _Read of the message expected next
 
     # --- CommandSession -----------------------------------------------------
 
@@ -373,8 +392,15 @@ class POP3Server(CommandSession):
         return d
 
     async def _openMailbox(self, account):
+        """
+        Open the INBOX of C{account}, first making its mailbox tree if it
+        has none yet (a user added before any mail came): one round trip
+        to the store when it is there.
+        """
         store = self.factory.store
-        if not await defer.maybeDeferred(store.accountExists, account):
+        try:
+            return await defer.maybeDeferred(store.openMailbox, account)
+        except errors.NotFound:
             await defer.maybeDeferred(store.createAccount, account)
         return await defer.maybeDeferred(store.openMailbox, account)
 
@@ -424,41 +450,40 @@ class POP3Server(CommandSession):
         self._scan(argument, uidlFor)
 
     def do_RETR(self, argument):
+        """
+        Send the message: read whole by the store when small, else streamed
+        from the file the store opened.  A small message read ahead (see
+        L{_readAhead}) or read from memory is sent at once.
+        """
         message = self._message(argument)
         if message is None:
             return None
-        return defer.ensureDeferred(self._retrieve(message, int(argument)))
-
-    async def _retrieve(self, message, number):
-        """
-        Send C{message}: read whole by the store when small, else streamed
-        from the file the store opened.
-        """
-        try:
-            if message.size <= CHUNK:
-                data = await self._read(message)
-            else:
-                file = await message.open()
-        except errors.MailError:
-            self.error("[SYS/TEMP] Message is gone.")
+        if message.size > CHUNK:
+            d = message.open()
+            return d.addCallbacks(self._cbOpenedForRetr, self._ebGone, callbackArgs=(message,))
+        read, self._nextRead = self._nextRead, None
+        if read is None or read.message is not message:
+            read = _Read(message)
+        if read.data is not None:
+            self._sendRetrieved(read.data, message, int(argument))
             return None
+        return read.wait().addCallbacks(
+            self._sendRetrieved, self._ebGone, callbackArgs=(message, int(argument))
+        )
+
+    def _sendRetrieved(self, data, message, number):
         self._retrieved.add(message)
-        if message.size <= CHUNK:
-            self.send(b"+OK %d octets\r\n%s" % (message.size, stuff(data)))
-            self._readAhead(number)
-            return None
-        self.send(b"+OK %d octets\r\n" % (message.size,))
-        return await _MessageStreamer(self.transport, file, DotStuffer()).start()
+        self.send(b"+OK %d octets\r\n%s" % (message.size, stuff(data)))
+        self._readAhead(number)
 
-    def _read(self, message):
-        """
-        @return: a Deferred of the octets of C{message}, read ahead by
-            L{_readAhead} when it is the one expected.
-        """
-        ahead, self._nextRead = self._nextRead, None
-        if ahead is not None and ahead[0] is message:
-            return ahead[1].addCallback(_Unread.result)
-        return message.read()
+    def _cbOpenedForRetr(self, file, message):
+        self._retrieved.add(message)
+        self.send(b"+OK %d octets\r\n" % (message.size,))
+        return _MessageStreamer(self.transport, file, DotStuffer()).start()
+
+    def _ebGone(self, failure):
+        failure.trap(errors.MailError)
+        self.error("[SYS/TEMP] Message is gone.")
 
     def _readAhead(self, number):
         """
@@ -468,8 +493,7 @@ class POP3Server(CommandSession):
         """
         messages = self.maildrop.messages
         if number < len(messages) and number not in self.maildrop.deleted and messages[number].size <= CHUNK:
-            following = messages[number]
-            self._nextRead = (following, following.read().addErrback(_Unread))
+            self._nextRead = _Read(messages[number])
 
     def do_TOP(self, argument):
         number, _, lines = argument.partition(" ")
@@ -485,11 +509,7 @@ class POP3Server(CommandSession):
             with file:
                 self.send(b"+OK\r\n" + stuff(_top(file, int(lines))))
 
-        def ebGone(failure):
-            failure.trap(errors.MailError)
-            self.error("[SYS/TEMP] Message is gone.")
-
-        return d.addCallbacks(cbOpened, ebGone)
+        return d.addCallbacks(cbOpened, self._ebGone)
 
     def do_DELE(self, argument):
         if self._message(argument) is not None:

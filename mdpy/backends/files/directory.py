@@ -149,6 +149,18 @@ class _Expansion:
         self.detail = None
 
 
+def _userRow(db, address):
+    """
+    @return: the L{User} fields of C{address}, or L{None}.
+    @raise InvalidInput: C{address} is malformed.
+    """
+    rows = db.execute(
+        "SELECT address, domain, localpart, enabled, account_id FROM users WHERE address = ?",
+        (_checkAddress(address),),
+    ).fetchall()
+    return rows[0] if rows else None
+
+
 @implementer(IDirectory)
 class SQLiteDirectory(SQLiteFile):
     """
@@ -331,16 +343,12 @@ class SQLiteDirectory(SQLiteFile):
 
     def getUser(self, address):
         """
-        See L{IDirectory.getUser}.
+        See L{IDirectory.getUser}.  Sessions ask before each command whether
+        their account is still there: the answer is remembered while the
+        file is unchanged (L{SQLiteFile._readRemembered}).
         """
-        rows = self._read(
-            "SELECT address, domain, localpart, enabled, account_id FROM users"
-            " WHERE address = ?",
-            (_checkAddress(address),),
-        )
-        if not rows:
-            return None
-        return User(*rows[0])
+        row = self._readRemembered(("getUser", address), _userRow, address)
+        return None if row is None else User(*row)
 
     def getSecrets(self, address):
         """

@@ -405,21 +405,30 @@ class MaildirMessage:
     def _readCached(self):
         """
         @return: the octets of the message (as L{readFile} gives them) if
-            all of them are in the page cache, else L{None}.
+            all of them are in the page cache, else L{None}: also when the
+            file is not where the last sync saw it, as finding it again
+            lists directories.
         """
         if _NOWAIT is None:
             return None
-        with self.openFile() as file:
-            size = os.fstat(file.fileno()).st_size
-            buffer = bytearray(size + 1)
+        # A bare descriptor: a Python file object costs more than the read.
+        try:
+            fd = os.open(os.path.join(self._folderPath, "cur", self.filename), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            buffer = bytearray(size)
             try:
-                read = os.preadv(file.fileno(), [buffer], 0, _NOWAIT)
+                read = os.preadv(fd, [buffer], 0, _NOWAIT)
             except BlockingIOError:
                 return None
+        finally:
+            os.close(fd)
         if read != size:
             return None
-        data = bytes(buffer[:size])
-        if len(data) != self.size:
+        data = bytes(buffer)
+        if size != self.size:
             data = normaliseLineEndings(data)
         return data
 

@@ -7,8 +7,9 @@ schema brought up to date from C{PRAGMA user_version} on open.
 Invariants: writes run in C{BEGIN IMMEDIATE} transactions (the
 check-then-insert of one process cannot interleave with another's), rolled
 back when the block raises; reads fetch every row, so no read snapshot stays
-open and the next call sees new commits; SQLite errors leave as
-L{mdpy.errors.TemporaryFailure}.
+open and the next call sees new commits; a read given again from memory
+(L{SQLiteFile._readRemembered}) is one made since the last commit of any
+connection; SQLite errors leave as L{mdpy.errors.TemporaryFailure}.
 """
 
 import sqlite3
@@ -28,6 +29,7 @@ class SQLiteFile:
     @cvar synchronous: C{"FULL"} for a commit durable once it returns
         (WAL's default, C{NORMAL}, may lose the last commits on power loss).
     @cvar errorPrefix: what error texts start with, before the path.
+    @cvar rememberedReads: how many answers L{_readRemembered} keeps.
     @ivar path: the database file.
     """
 
@@ -35,6 +37,7 @@ class SQLiteFile:
     synchronous = None
     busyTimeoutMS = 5000
     errorPrefix = ""
+    rememberedReads = 10000
 
     def __init__(self, path):
         """
@@ -45,6 +48,8 @@ class SQLiteFile:
         """
         self.path = path
         self._lock = threading.Lock()
+        self._remembered = {}
+        self._rememberedVersion = None
         try:
             self._db = sqlite3.connect(
                 path,
@@ -112,6 +117,38 @@ class SQLiteFile:
         except sqlite3.Error as e:
             raise TemporaryFailure("%s%s: %s" % (self.errorPrefix, self.path, e))
 
+    def _readRemembered(self, key, read, *args):
+        """
+        Answer a lookup made on every command (is the account of a session
+        still there?) from memory while nothing has changed the file: no
+        commit by another connection (C{PRAGMA data_version}, which reads
+        no table) nor by this one (L{_write}) since C{read} last ran.
+
+        @param key: what tells this lookup from others.
+        @param read: C{read(db, *args)} makes the lookup on the connection
+            C{db}, with the lock held; its result is given again, so it
+            must not be changed by the caller.
+        @return: the result of C{read}.
+        @raise mdpy.errors.TemporaryFailure: SQLite failed.
+        """
+        try:
+            with self._lock:
+                version = self._db.execute("PRAGMA data_version").fetchall()[0][0]
+                if version != self._rememberedVersion:
+                    self._remembered.clear()
+                    self._rememberedVersion = version
+                try:
+                    return self._remembered[key]
+                except KeyError:
+                    pass
+                result = read(self._db, *args)
+                if len(self._remembered) >= self.rememberedReads:
+                    self._remembered.clear()
+                self._remembered[key] = result
+                return result
+        except sqlite3.Error as e:
+            raise TemporaryFailure("%s%s: %s" % (self.errorPrefix, self.path, e))
+
     @contextmanager
     def _write(self):
         """
@@ -122,6 +159,8 @@ class SQLiteFile:
             the busy timeout, disk full, I/O error).
         """
         with self._lock:
+            # This connection's own commits leave C{data_version} as it is.
+            self._remembered.clear()
             try:
                 self._db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as e:
