@@ -12,7 +12,7 @@ from collections import namedtuple
 
 from mdpy.imap.fetch import formatFlags
 from mdpy.imap.parser import Atom, ParseError, SequenceSet, isAtom, number64
-from mdpy.imap.selected import vanishedResponse
+from mdpy.imap.selected import inRanges, vanishedResponse
 
 # The most sequence number and UID pairs of seq-match-data looked at.
 MAX_SEQUENCE_MATCH = 100000
@@ -151,11 +151,10 @@ def resyncResponses(selected, resync, removed):
         lower = _sampleLowerBound(selected, resync.sequenceMatch)
         within = [(max(low, lower + 1), high) for low, high in within if high > lower]
     out = [vanishedResponse(selected.vanishedEarlier(removed, within), earlier=True)]
+    knows = inRanges(resync.knownUids.bounds(selected.largestUid)) if resync.knownUids is not None else None
     for uid in selected.uids:
         message = selected.messages[uid]
-        if message.modSeq <= resync.modSeq:
-            continue
-        if resync.knownUids is not None and not resync.knownUids.contains(uid, selected.largestUid):
+        if message.modSeq <= resync.modSeq or (knows is not None and not knows(uid)):
             continue
         out.append(b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n" % (
             selected.sequence(message), uid, formatFlags(message.flags, selected.isRecent(message)), message.modSeq,

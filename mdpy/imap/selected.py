@@ -55,6 +55,22 @@ def _mergedRanges(ranges):
     return merged
 
 
+def inRanges(ranges):
+    """
+    @param ranges: C{(low, high)} ranges (inclusive), in any order.
+    @return: a function telling whether a number is in one of them
+        (a bisection: for sets of many ranges).
+    """
+    merged = _mergedRanges(ranges)
+    lows = [low for low, _ in merged]
+
+    def contains(value):
+        index = bisect_right(lows, value) - 1
+        return index >= 0 and value <= merged[index][1]
+
+    return contains
+
+
 class UidValidityChanged(Exception):
     """
     The mailbox's UIDs were renumbered under the session; it must end.
@@ -211,12 +227,8 @@ class SelectedMailbox:
         within = _mergedRanges(within)
         uids = self.uids
         if removed is not None:
-            present = set(uids)
-            gone = [
-                uid for uid in removed
-                if uid not in present and any(low <= uid <= high for low, high in within)
-            ]
-            return _mergedRanges((uid, uid) for uid in gone)
+            present, asked = set(uids), inRanges(within)
+            return _mergedRanges((uid, uid) for uid in removed if uid not in present and asked(uid))
         out = []
         for low, high in within:
             start = low
