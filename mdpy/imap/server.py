@@ -719,9 +719,10 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         return None  # as if the history did not go back far enough
 
     def _cbResync(self, removed, selected, resync, tag, text, code):
-        if self.closing or self.selected is not selected:
+        if self.closing:
             return None
-        self.send(resyncing.resyncResponses(selected, resync, removed))
+        if self.selected is selected:
+            self.send(resyncing.resyncResponses(selected, resync, removed))
         self._reply(tag, b"OK", text, code)
         return None
 
