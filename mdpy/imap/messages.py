@@ -198,7 +198,8 @@ class MessageCommands:
                 vanished = (SequenceSet.parse(args[0]), changedSince)
         if changedSince is not None or "MODSEQ" in request.items:
             self.enableCondStore()
-        # RFC 7162 section 3.2.6: a client resynchronising needs the UIDs.
+        # Once QRESYNC is enabled every FETCH response carries the UID:
+        # the client tracks messages by UID (RFC 7162 section 3.2).
         if (uid or "QRESYNC" in self.enabled) and "UID" not in request.items:
             request.items.insert(0, "UID")
         if changedSince is not None:
