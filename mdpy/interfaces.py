@@ -458,6 +458,21 @@ class IMailbox(Interface):
             name other messages now).
         """
 
+    def expungedSince(modSeq):
+        """
+        The messages that left the folder (expunged, moved away, removed by
+        another program) after a modification sequence, from a bounded
+        record the store keeps of them (IMAP QRESYNC, RFC 7162 sections
+        3.2.5 and 3.2.6).  Where the folder is stored now, not in this
+        view: a UID may still be in the view until the next L{sync}.
+
+        @param modSeq: a modification sequence, as of L{highestModSeq}.
+        @return: a L{Deferred} firing with the ascending UIDs that left
+            after C{modSeq}, or with L{None} when the record no longer
+            reaches back that far (or the UIDVALIDITY changed): then any
+            UID below L{uidNext} not in the folder may have left since.
+        """
+
 
 class IMessageCache(Interface):
     """

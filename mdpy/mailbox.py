@@ -85,6 +85,60 @@ class FlagShorthand:
         return d.addCallback(modSeqOf)
 
 
+# How many expunged UIDs a folder remembers (L{ExpungeHistory}).
+EXPUNGES_KEPT = 10000
+
+
+class ExpungeHistory:
+    """
+    Which UIDs left a folder at which modification sequence, as far back as
+    it is kept: the tombstones behind
+    L{mdpy.interfaces.IMailbox.expungedSince}.  Bounded: past
+    L{EXPUNGES_KEPT} UIDs the oldest records are dropped, and
+    C{prunedModSeq} says up to where the history is no longer complete.
+
+    @ivar prunedModSeq: removals at or below this modification sequence may
+        be forgotten (0: none is).
+    @ivar records: C{[(modSeq, uids)]}, modification sequences ascending,
+        each C{uids} a L{tuple}.
+    """
+
+    def __init__(self, prunedModSeq=0, records=(), kept=None):
+        """
+        @param kept: how many UIDs to keep; L{None}: L{EXPUNGES_KEPT}.
+        """
+        self.prunedModSeq = prunedModSeq
+        self.records = []
+        self._kept = kept
+        self._count = 0
+        for modSeq, uids in records:
+            self.record(modSeq, uids)
+
+    def record(self, modSeq, uids):
+        """
+        Remember that C{uids} left the folder at C{modSeq} (not below any
+        recorded before), forgetting the oldest records past the bound.
+        """
+        if not uids:
+            return
+        self.records.append((modSeq, tuple(uids)))
+        self._count += len(uids)
+        kept = EXPUNGES_KEPT if self._kept is None else self._kept
+        while self._count > kept:
+            dropped, gone = self.records.pop(0)
+            self._count -= len(gone)
+            self.prunedModSeq = max(self.prunedModSeq, dropped)
+
+    def since(self, modSeq):
+        """
+        @return: the ascending UIDs that left after C{modSeq}, or L{None}
+            when that part of the history is no longer kept.
+        """
+        if modSeq < self.prunedModSeq:
+            return None
+        return sorted(uid for recorded, uids in self.records if recorded > modSeq for uid in uids)
+
+
 # --- names ------------------------------------------------------------------
 
 

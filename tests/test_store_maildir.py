@@ -288,6 +288,59 @@ class TestMaildirStore:
         assert resultOf(old.changeFlags([2, old.uidNext], ["\\Seen"], ADD)) == {}
         assert store.openMailbox(ALICE).messages()[0].flags == frozenset()
 
+    def test_tombstonesBesideTheIndex(self, store, inbox):
+        """
+        Each transaction that removes messages leaves a line in
+        C{mdpy-expunged}, also for a file another program removed, and a
+        store started afresh reads it.
+        """
+        resultOf(store.deliver([(ALICE, "INBOX", [b"1"]), (ALICE, "INBOX", [b"2"]), (ALICE, "INBOX", [b"3"])]))
+        mailbox = store.openMailbox(ALICE)
+        start = mailbox.highestModSeq
+        resultOf(mailbox.expunge([1, 3]))
+        removed = mailbox.highestModSeq
+        os.unlink(os.path.join(inbox, "cur", mailbox.messages()[0].filename))
+        mailbox.sync()
+        with open(os.path.join(inbox, "mdpy-expunged")) as f:
+            assert f.read() == "E1 %d 0\n%d 1,3\n%d 2\n" % (mailbox.uidValidity, removed, mailbox.highestModSeq)
+        restarted = MaildirStore(store.root, runInThread=runNow).openMailbox(ALICE)
+        assert resultOf(restarted.expungedSince(start)) == [1, 2, 3]
+        assert resultOf(restarted.expungedSince(removed)) == [2]
+
+    def test_indexWithoutTombstones(self, store, inbox):
+        """
+        An index from before tombstones were kept still works: the history
+        starts at the modification sequence the folder has when the first
+        removal is recorded, and before it the store says it does not know.
+        """
+        resultOf(store.deliver([(ALICE, "INBOX", [b"1"]), (ALICE, "INBOX", [b"2"]), (ALICE, "INBOX", [b"3"])]))
+        mailbox = store.openMailbox(ALICE)
+        os.unlink(os.path.join(inbox, "mdpy-expunged"))
+        before = mailbox.highestModSeq
+        assert resultOf(mailbox.expungedSince(0)) is None
+        resultOf(mailbox.expunge([2]))
+        assert [m.uid for m in mailbox.messages()] == [1, 3]
+        assert resultOf(mailbox.expungedSince(before - 1)) is None
+        assert resultOf(mailbox.expungedSince(before)) == [2]
+
+    def test_tombstonesOfAnotherUidValidity(self, store, inbox):
+        """
+        Tombstones name UIDs of one UIDVALIDITY: after the index is rebuilt
+        they are not answered, and the history starts again.
+        """
+        resultOf(store.deliver([(ALICE, "INBOX", [b"1"]), (ALICE, "INBOX", [b"2"])]))
+        old = store.openMailbox(ALICE)
+        resultOf(old.expunge([1]))
+        assert resultOf(old.expungedSince(0)) == [1]
+        os.unlink(os.path.join(inbox, "mdpy-uidlist"))
+        rebuilt = store.openMailbox(ALICE)
+        assert resultOf(old.expungedSince(0)) is None
+        assert resultOf(rebuilt.expungedSince(rebuilt.highestModSeq)) == []
+        with open(os.path.join(inbox, "mdpy-expunged")) as f:
+            marker, validity, pruned = f.read().split("\n")[0].split()
+        assert (marker, int(validity)) == ("E1", rebuilt.uidValidity)
+        assert old.highestModSeq <= int(pruned) <= rebuilt.highestModSeq
+
     @pytest.mark.parametrize("garbage", [b"", b"garbage\n", b"V1 1 5 3\n9 1 - x\n", b"V1 1 5 3\n1 1 - x"])
     def test_rebuildCorruptIndex(self, store, inbox, garbage):
         resultOf(store.deliver([(ALICE, "INBOX", [b"1"])]))

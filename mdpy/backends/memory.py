@@ -31,6 +31,7 @@ from mdpy.interfaces import IBackend, ICollectorStates, IMailbox, IMailStore, IS
 from mdpy.mailbox import (
     DELETED,
     REPLACE,
+    ExpungeHistory,
     SPECIAL_FOLDERS,
     FlagShorthand,
     StoredFlags,
@@ -116,6 +117,7 @@ class _Folder:
         self.highestModSeq = 0
         self.messages = {}
         self.deleted = False
+        self.expunged = ExpungeHistory()
 
     def add(self, data, flags, internalDate):
         uid, self.uidNext = self.uidNext, self.uidNext + 1
@@ -240,7 +242,17 @@ class MemoryMailbox(FlagShorthand):
             del folder.messages[uid]
         if removed:
             folder.highestModSeq += 1
+            folder.expunged.record(folder.highestModSeq, removed)
         return self._changed(removed)
+
+    def expungedSince(self, modSeq):
+        """
+        See L{IMailbox.expungedSince}.
+        """
+        folder = self._folder
+        if folder.uidValidity != self.uidValidity:
+            return defer.succeed(None)
+        return defer.succeed(folder.expunged.since(modSeq))
 
 
 @implementer(IMailStore)

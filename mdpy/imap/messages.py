@@ -2,7 +2,7 @@
 """
 The commands on the messages of the selected mailbox (RFC 3501 sections
 6.4.3 to 6.4.8, RFC 4315 UID EXPUNGE and COPYUID, RFC 6851 MOVE, RFC 7162
-CHANGEDSINCE and UNCHANGEDSINCE), a mixin of L{mdpy.imap.server.IMAP4Server}.
+CHANGEDSINCE, UNCHANGEDSINCE and VANISHED), a mixin of L{mdpy.imap.server.IMAP4Server}.
 
 Invariants: sequence numbers are those of the session's view
 (L{mdpy.imap.selected}); FETCH, STORE and SEARCH by sequence number end with
@@ -16,9 +16,11 @@ from zope.interface import implementer
 
 from mdpy import errors
 from mdpy.imap import fetch as fetching
+from mdpy.imap import resync as resyncing
 from mdpy.imap import search as searching
 from mdpy.imap.mailboxes import decodeName
 from mdpy.imap.parser import Atom, ParseError, SequenceSet, formatSequence, isAtom, number64
+from mdpy.imap.selected import vanishedResponse
 from mdpy.mail.mime import UnknownEncoding
 from mdpy.mailbox import ADD, DELETED, REMOVE, REPLACE, SEEN, changedFlags, storableFlags
 
@@ -190,22 +192,25 @@ class MessageCommands:
             raise ParseError("Expected a message set and data items")
         messages = self._resolve(args[0], uid)
         request = fetching.parseFetchItems(args[1])
-        changedSince = None
+        changedSince, vanished = None, None
         if len(args) == 3:
-            modifiers = args[2]
-            if not isinstance(modifiers, list) or len(modifiers) != 2 or not isAtom(modifiers[0], "CHANGEDSINCE"):
-                raise ParseError("Unknown FETCH modifier")
-            changedSince = number64(modifiers[1])
+            changedSince, wantVanished = resyncing.parseFetchModifiers(args[2], uid)
+            if wantVanished:
+                if "QRESYNC" not in self.enabled:
+                    raise ParseError("QRESYNC must be enabled first")  # RFC 7162 section 3.2.6
+                vanished = (SequenceSet.parse(args[0]), changedSince)
         if changedSince is not None or "MODSEQ" in request.items:
             self.enableCondStore()
-        if uid and "UID" not in request.items:
+        # Once QRESYNC is enabled every FETCH response carries the UID:
+        # the client tracks messages by UID (RFC 7162 section 3.2).
+        if (uid or "QRESYNC" in self.enabled) and "UID" not in request.items:
             request.items.insert(0, "UID")
         if changedSince is not None:
             request.ensure("MODSEQ")
             messages = [m for m in messages if m.modSeq > changedSince]
-        return defer.ensureDeferred(self._fetch(tag, messages, request, uid))
+        return defer.ensureDeferred(self._fetch(tag, messages, request, uid, vanished))
 
-    async def _fetch(self, tag, messages, request, uid):
+    async def _fetch(self, tag, messages, request, uid, vanished=None):
         """
         Answer FETCH.  A message another session expunged keeps its
         number until the expunge may be reported, and is answered with
@@ -213,8 +218,25 @@ class MessageCommands:
         message is never refused, and, as Dovecot does, the command ends
         with C{OK [EXPUNGEISSUED]} when data gone with a message was
         answered as NIL (L{fetching.renderItems}).
+
+        @param vanished: L{None}, or for UID FETCH (VANISHED) the UID set
+            asked for and the CHANGEDSINCE modification sequence: the
+            UIDs of the set expunged since then come first, in C{VANISHED
+            (EARLIER)} (RFC 7162 section 3.2.6).
         """
         selected = self.selected
+        if vanished is not None:
+            uids, changedSince = vanished
+            try:
+                removed = await defer.maybeDeferred(selected.mailbox.expungedSince, changedSince)
+            except Exception:
+                removed = self._ebExpungedSince(Failure())
+            if self.closing or self.selected is not selected:
+                return None
+            # "*" reaches up to the last UID given out, which the
+            # client may know though it is expunged.
+            within = uids.bounds(max(selected.largestUid, selected.mailbox.uidNext - 1))
+            self.send(vanishedResponse(selected.vanishedEarlier(removed, within), earlier=True))
         unknownEncoding = False
         lost = []
         seenNow = {}

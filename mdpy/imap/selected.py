@@ -16,6 +16,7 @@ Invariants:
 from bisect import bisect_left, bisect_right
 
 from mdpy.imap.fetch import formatFlags
+from mdpy.imap.parser import formatSequence
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 # Listed in FLAGS even while no message has it.
@@ -24,6 +25,54 @@ _ALWAYS_KEYWORDS = ("$Forwarded",)
 
 def _uidOf(message):
     return message.uid
+
+
+def vanishedResponse(uids, earlier=False):
+    """
+    @param uids: sorted distinct UIDs, or C{(low, high)} ranges in order.
+    @param earlier: C{(EARLIER)}: UIDs gone before now, which the client
+        may not know (SELECT QRESYNC, UID FETCH VANISHED), rather than
+        ones the view drops now.
+    @return: the C{* VANISHED} response naming them (RFC 7162 section
+        3.2.10), or C{b""} for none.
+    """
+    if not uids:
+        return b""
+    if isinstance(uids[0], tuple):
+        text = b",".join(b"%d" % (low,) if low == high else b"%d:%d" % (low, high) for low, high in uids)
+    else:
+        text = formatSequence(uids)
+    return b"* VANISHED %s%s\r\n" % (b"(EARLIER) " if earlier else b"", text)
+
+
+def _mergedRanges(ranges):
+    """
+    @return: C{ranges} (C{(low, high)}, inclusive) sorted, overlapping and
+        adjacent ones joined.
+    """
+    merged = []
+    for low, high in sorted(ranges):
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+        else:
+            merged.append((low, high))
+    return merged
+
+
+def inRanges(ranges):
+    """
+    @param ranges: C{(low, high)} ranges (inclusive), in any order.
+    @return: a function telling whether a number is in one of them
+        (a bisection: for sets of many ranges).
+    """
+    merged = _mergedRanges(ranges)
+    lows = [low for low, _ in merged]
+
+    def contains(value):
+        index = bisect_right(lows, value) - 1
+        return index >= 0 and value <= merged[index][1]
+
+    return contains
 
 
 class UidValidityChanged(Exception):
@@ -165,7 +214,37 @@ class SelectedMailbox:
         self.messages[message.uid] = message
         self.flags[message.uid] = message.flags if flags is None or flags == message.flags else flags
 
-    def updates(self, allowExpunge, claimRecent, modSeqs=False):
+    def vanishedEarlier(self, removed, within):
+        """
+        The UIDs a client resynchronising may still believe in that are
+        gone (RFC 7162 sections 3.2.5.2 and 3.2.6).
+
+        @param removed: what L{mdpy.interfaces.IMailbox.expungedSince}
+            said: the UIDs that left since the client's modification
+            sequence, or L{None} when the store no longer knows, and then
+            every UID not in this view is taken as gone.
+        @param within: the C{(low, high)} UID ranges the client asks about.
+        @return: C{(low, high)} ranges of those UIDs not in this view (one
+            the store removed since the view's last sync stays in the
+            view until it is reported as expunged).
+        """
+        within = _mergedRanges(within)
+        uids = self.uids
+        if removed is not None:
+            present, asked = set(uids), inRanges(within)
+            return _mergedRanges((uid, uid) for uid in removed if uid not in present and asked(uid))
+        out = []
+        for low, high in within:
+            start = low
+            for index in range(bisect_left(uids, low), bisect_right(uids, high)):
+                if uids[index] > start:
+                    out.append((start, uids[index] - 1))
+                start = uids[index] + 1
+            if start <= high:
+                out.append((start, high))
+        return out
+
+    def updates(self, allowExpunge, claimRecent, modSeqs=False, vanished=False):
         """
         Compare the view with the mailbox's current state (synced by the
         caller) and bring the view up to date.
@@ -175,6 +254,8 @@ class SelectedMailbox:
             are recent for this session.
         @param modSeqs: whether flag changes carry their C{UID} and
             C{MODSEQ} (CONDSTORE enabled).
+        @param vanished: whether expunges are reported as C{VANISHED}
+            (QRESYNC enabled, RFC 7162 section 3.2.10).
         @return: the untagged responses (L{bytes}) to send, in order.
         @raise UidValidityChanged: the mailbox was renumbered.
         """
@@ -192,7 +273,7 @@ class SelectedMailbox:
             present = {m.uid for m in current[:kept]}
             self.gone.update(uid for uid in self.uids if uid not in present)
         if self.gone and allowExpunge:
-            out.extend(self._reportExpunges())
+            out.extend(self._reportExpunges(vanished))
         fresh = current[kept:]
         for message in current:
             uid = message.uid
@@ -228,16 +309,26 @@ class SelectedMailbox:
         self.dirty = False
         return out
 
-    def _reportExpunges(self):
+    def _reportExpunges(self, vanished=False):
+        """
+        Drop the messages gone from the view.
+
+        @param vanished: report them in one C{VANISHED} response rather
+            than an C{EXPUNGE} each.
+        """
         gone = sorted(self.gone)
         self.gone = set()
         out = []
+        dropped = []
         for uid in reversed(gone):
             index = bisect_left(self.uids, uid)
             if index < len(self.uids) and self.uids[index] == uid:
                 out.append(b"* %d EXPUNGE\r\n" % (index + 1,))
+                dropped.append(uid)
                 del self.uids[index]
                 self.messages.pop(uid, None)
                 self.flags.pop(uid, None)
                 self.recent.discard(uid)
+        if vanished:
+            return [vanishedResponse(dropped[::-1])] if dropped else []
         return out

@@ -6,7 +6,8 @@ Standards: RFC 3501 (IMAP4rev1), RFC 2177 (IDLE), RFC 4315 (UIDPLUS),
 RFC 6851 (MOVE), RFC 2342 (NAMESPACE), RFC 2971 (ID), RFC 5161 (ENABLE),
 RFC 3691 (UNSELECT), RFC 3348 (CHILDREN), RFC 5258 (LIST-EXTENDED),
 RFC 5819 (LIST-STATUS), RFC 6154 (SPECIAL-USE), RFC 7888 (LITERAL+),
-RFC 4959 (SASL-IR), RFC 4731 (ESEARCH), RFC 7162 (CONDSTORE),
+RFC 4959 (SASL-IR), RFC 4731 (ESEARCH), RFC 7162 (CONDSTORE, QRESYNC:
+L{mdpy.imap.resync}),
 RFC 7889 (APPENDLIMIT), RFC 5530 (response codes), RFC 8314 (implicit TLS),
 RFC 5256 (SORT, THREAD), RFC 5267 (ESORT; CONTEXT=SEARCH and CONTEXT=SORT,
 L{mdpy.imap.contexts}), RFC 9394 (PARTIAL results), RFC 5957 (SORT=DISPLAY),
@@ -49,6 +50,7 @@ from mdpy.imap.compress import DeflateTransport
 from mdpy.imap.contexts import CAPABILITIES as CONTEXT_CAPABILITIES, ContextCommands
 from mdpy.imap.mailboxes import InvalidName, MailboxCommands, decodeName
 from mdpy.imap.messages import MessageCommands
+from mdpy.imap import resync as resyncing
 from mdpy.imap import sort as sorting
 from mdpy.imap.sorting import CAPABILITIES as SORT_CAPABILITIES, SortCommands
 from mdpy.imap.structure import quoteString
@@ -291,7 +293,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         else:
             caps.extend([
                 b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"LIST-EXTENDED",
-                b"LIST-STATUS", b"SPECIAL-USE", b"ESEARCH", b"CONDSTORE",
+                b"LIST-STATUS", b"SPECIAL-USE", b"ESEARCH", b"CONDSTORE", b"QRESYNC",
                 b"MULTIAPPEND", b"CATENATE", b"BINARY",
                 b"APPENDLIMIT=%d" % (self.factory.maxMessageSize,), b"COMPRESS=DEFLATE", b"UTF8=ACCEPT",
             ])
@@ -410,6 +412,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
                 expunge,
                 self._claimRecent,
                 modSeqs="CONDSTORE" in self.enabled,
+                vanished="QRESYNC" in self.enabled,
             )
         except UidValidityChanged:
             self.send(b"* BYE [UIDVALIDITY] Mailbox UIDVALIDITY changed.\r\n")
@@ -600,9 +603,11 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         enabled = []
         for name in args:
             upper = name.upper()
-            if upper in ("CONDSTORE", "UTF8=ACCEPT") and upper not in self.enabled:
+            if upper in ("CONDSTORE", "QRESYNC", "UTF8=ACCEPT") and upper not in self.enabled:
                 self.enabled.add(upper)
                 enabled.append(upper)
+                if upper == "QRESYNC":
+                    self.enabled.add("CONDSTORE")  # RFC 7162 section 3.2.3
         self.untagged(b"ENABLED" + b"".join(b" " + n.encode("ascii") for n in enabled))
         return self.complete(tag, b"OK", b"Enabled.")
 
@@ -653,19 +658,29 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         except InvalidName:
             # A mailbox with that name cannot exist (answered as Dovecot
             # does, rather than as a syntax error).
-            self._deselect()
+            self._closeForSelect()
             return self.no(tag, b"Mailbox doesn't exist.", b"NONEXISTENT")
-        condstore = False
+        condstore, resync = False, None
         if len(args) == 2:
-            if not isinstance(args[1], list) or not all(isAtom(o, "CONDSTORE") for o in args[1]):
-                raise ParseError("Unknown SELECT parameter")
-            condstore = True
-        self._deselect()
+            condstore, resync = resyncing.parseSelectParameters(args[1])
+            if resync is not None and "QRESYNC" not in self.enabled:
+                raise ParseError("QRESYNC must be enabled first")  # RFC 7162 section 3.2.5
+        self._closeForSelect()
         if condstore:
             self.enabled.add("CONDSTORE")
         d = self._storeCall(self.factory.store.openMailbox, name)
-        d.addCallbacks(self._cbSelected, self._ebSelect, callbackArgs=(tag, readOnly), errbackArgs=(tag,))
+        d.addCallbacks(self._cbSelected, self._ebSelect, callbackArgs=(tag, readOnly, resync), errbackArgs=(tag,))
         return d
+
+    def _closeForSelect(self):
+        """
+        Close the selected mailbox for a SELECT or EXAMINE, saying so with
+        C{OK [CLOSED]} once QRESYNC is enabled (RFC 7162 section 3.2.11):
+        the responses after it are of the mailbox selected next.
+        """
+        if self.selected is not None and "QRESYNC" in self.enabled:
+            self.send(b"* OK [CLOSED] Previous mailbox closed.\r\n")
+        self._deselect()
 
     def do_EXAMINE(self, tag, args):
         return self.do_SELECT(tag, args, readOnly=True)
@@ -673,7 +688,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
     def _ebSelect(self, failure, tag):
         return self._noFromFailure(failure, tag)
 
-    def _cbSelected(self, mailbox, tag, readOnly):
+    def _cbSelected(self, mailbox, tag, readOnly, resync=None):
         if self.closing:
             return None
         uids = [m.uid for m in mailbox.messages()]
@@ -701,7 +716,27 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
                 self.account, mailbox.name, self._mailboxChanged
             )
         code = b"READ-ONLY" if readOnly else b"READ-WRITE"
-        self._reply(tag, b"OK", b"Select completed." if not readOnly else b"Examine completed.", code)
+        text = b"Select completed." if not readOnly else b"Examine completed."
+        if resync is None or resync.uidValidity != mailbox.uidValidity:
+            # RFC 7162 section 3.2.5.2: another UIDVALIDITY, a full resync.
+            self._reply(tag, b"OK", text, code)
+            return None
+        d = defer.maybeDeferred(mailbox.expungedSince, resync.modSeq)
+        d.addErrback(self._ebExpungedSince)
+        d.addCallback(self._cbResync, selected, resync, tag, text, code)
+        return d
+
+    def _ebExpungedSince(self, failure):
+        self.log.failure("imap: no expunge history of {mailbox} for {user}", failure,
+                         mailbox=getattr(self.selected, "mailbox", None), user=self.account)
+        return None  # as if the history did not go back far enough
+
+    def _cbResync(self, removed, selected, resync, tag, text, code):
+        if self.closing:
+            return None
+        if self.selected is selected:
+            self.send(resyncing.resyncResponses(selected, resync, removed))
+        self._reply(tag, b"OK", text, code)
         return None
 
     def do_CLOSE(self, tag, args):

@@ -38,6 +38,7 @@ from mdpy.interfaces import (
     IStoredMessage,
     ITwoPhaseDelivery,
 )
+from mdpy import mailbox as mailboxRules
 from mdpy.mailbox import ADD, REMOVE, REPLACE
 from mdpy.testing import resultOf
 
@@ -354,6 +355,44 @@ class StoreContract:
         assert resultOf(mailbox.expunge([2, 4])) == [2, 4]
         self.deliver(store, b"5")
         assert [m.uid for m in resultOf(store.openMailbox(ALICE)).messages()] == [5]
+
+    def test_expungedSince(self, store):
+        """
+        The store remembers which UIDs left the folder after a
+        modification sequence, whichever view removed them, and a flag
+        change leaves no trace there (RFC 7162 section 3.2.5).
+        """
+        self.deliver(store, b"1", b"2", b"3", b"4")
+        one, two = resultOf(store.openMailbox(ALICE)), resultOf(store.openMailbox(ALICE))
+        start = one.highestModSeq
+        assert resultOf(one.expungedSince(start)) == []
+        resultOf(one.expunge([2]))
+        middle = one.highestModSeq
+        resultOf(two.expunge([4, 1]))
+        resultOf(two.setFlags(3, ["\\Seen"]))
+        assert resultOf(one.expungedSince(middle)) == [1, 4]
+        resultOf(one.sync())
+        assert resultOf(one.expungedSince(start)) == [1, 2, 4]
+        assert resultOf(one.expungedSince(one.highestModSeq)) == []
+        fresh = resultOf(store.openMailbox(ALICE))
+        assert resultOf(fresh.expungedSince(start)) == [1, 2, 4]
+
+    def test_expungedSinceIsBounded(self, store, monkeypatch):
+        """
+        Past L{mdpy.mailbox.EXPUNGES_KEPT} UIDs the oldest are forgotten,
+        and a question reaching back past them is answered L{None}.
+        """
+        monkeypatch.setattr(mailboxRules, "EXPUNGES_KEPT", 3)
+        self.deliver(store, b"1", b"2", b"3", b"4", b"5")
+        mailbox = resultOf(store.openMailbox(ALICE))
+        start = mailbox.highestModSeq
+        resultOf(mailbox.expunge([1, 2]))
+        first = mailbox.highestModSeq
+        resultOf(mailbox.expunge([3]))
+        assert resultOf(mailbox.expungedSince(start)) == [1, 2, 3]
+        resultOf(mailbox.expunge([4]))
+        assert resultOf(mailbox.expungedSince(start)) is None
+        assert resultOf(mailbox.expungedSince(first)) == [3, 4]
 
     def test_folders(self, store):
         resultOf(store.createMailbox(ALICE, "Lists"))

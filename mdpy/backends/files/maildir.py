@@ -797,7 +797,7 @@ class MaildirMailbox(FlagShorthand):
                         os.unlink(os.path.join(cur, files.pop(key)))
                     except FileNotFoundError:
                         pass
-                    del uidList.entries[key]
+                    uidList.remove(key)
                     removed.append(uid)
                     removedKeys.append(key)
             if removed:
@@ -807,6 +807,13 @@ class MaildirMailbox(FlagShorthand):
             return removed
 
         return remove
+
+    def expungedSince(self, modSeq):
+        """
+        See L{IMailbox.expungedSince}: from the folder's C{mdpy-expunged}
+        (L{mdpy.backends.files.maildirindex}), read in a worker thread.
+        """
+        return self._store._runInThread(self._index.expungedSince, self.uidValidity, modSeq)
 
 
 # --- the store --------------------------------------------------------------

@@ -22,7 +22,19 @@ before C{:}, also the message's key.  The index is a cache: delivery never
 touches it, L{mdpy.backends.files.maildir.MaildirMailbox.sync} brings it up to date
 (new files get the next UIDs in order of mtime then name; changed info
 suffixes and vanished files raise the modification sequence), and a missing,
-truncated or inconsistent file is rebuilt with a new UIDVALIDITY.  The last
+truncated or inconsistent file is rebuilt with a new UIDVALIDITY.  Each message that leaves the folder (expunged, or its file gone)
+leaves a tombstone in C{mdpy-expunged} beside the index, written before it
+in the same locked transaction::
+
+    E1 <uidvalidity> <prunedmodseq>
+    <modseq> <uid>,<uid>,...
+    ...
+
+one line per transaction that removed messages, modification sequences
+ascending, at most L{mdpy.mailbox.EXPUNGES_KEPT} UIDs: older lines are
+dropped and C{<prunedmodseq>} raised to theirs (the history before it is
+incomplete).  A folder without the file (an index from before it, or one
+rebuilt) starts its history at the modification sequence it has then.  The last
 header written is also kept in C{mdpy-uidlist.lock}, and the last UIDVALIDITY
 given out in the account's C{mdpy-uidvalidity} and in the store root's
 C{.mdpy-uidvalidity}, so a rebuilt index never reuses a UIDVALIDITY or lowers
@@ -46,10 +58,12 @@ from mdpy.dotstuffing import normalisedFileSize
 from mdpy.durable import writeFileAtomically
 from mdpy.errors import LimitExceeded, NotFound, TemporaryFailure
 from mdpy.logs import Logger
+from mdpy.mailbox import ExpungeHistory
 
 INDEX_NAME = "mdpy-uidlist"
 LOCK_NAME = "mdpy-uidlist.lock"
 KEYWORDS_NAME = "dovecot-keywords"
+EXPUNGED_NAME = "mdpy-expunged"
 UIDVALIDITY_NAME = "mdpy-uidvalidity"
 # In the store's root, where a leading dot is no domain's name.
 STORE_UIDVALIDITY_NAME = ".mdpy-uidvalidity"
@@ -67,6 +81,8 @@ _WIRE_SIZE = re.compile(r",W=([0-9]+)")
 _NAME_ORDER = re.compile(r"([0-9]+)\.M([0-9]+)P[0-9]+Q([0-9]+)")
 _HEADER = re.compile(r"V([12]) ([0-9]+) ([0-9]+) ([0-9]+)\Z")
 _ESCAPED = re.compile(r"%([0-9A-F]{2})")
+_EXPUNGED_HEADER = re.compile(r"E1 ([0-9]+) ([0-9]+)\Z")
+_EXPUNGED_LINE = re.compile(r"([0-9]+) ([0-9]+(?:,[0-9]+)*)\Z")
 _log = Logger()
 
 
@@ -280,6 +296,40 @@ def parseHeader(line):
     return tuple(int(n) for n in match.groups()[1:])
 
 
+def readExpunged(folderPath):
+    """
+    @return: C{(uidvalidity, L{ExpungeHistory})} of the folder's
+        C{mdpy-expunged}, or L{None} when it is missing or its header is
+        damaged.  A damaged line (the file is rewritten whole, so there
+        should be none) ends the history read.
+    """
+    try:
+        with open(os.path.join(folderPath, EXPUNGED_NAME), "rb") as f:
+            text = f.read().decode("ascii", "replace")
+    except FileNotFoundError:
+        return None
+    lines = text.split("\n")
+    header = _EXPUNGED_HEADER.match(lines[0])
+    if header is None:
+        return None
+    history = ExpungeHistory(int(header.group(2)))
+    for line in lines[1:-1]:
+        match = _EXPUNGED_LINE.match(line)
+        if match is None:
+            break
+        history.record(int(match.group(1)), [int(uid) for uid in match.group(2).split(",")])
+    return int(header.group(1)), history
+
+
+def writeExpunged(folderPath, uidValidity, history):
+    """
+    Replace the folder's C{mdpy-expunged} (atomically).
+    """
+    lines = ["E1 %d %d\n" % (uidValidity, history.prunedModSeq)]
+    lines.extend("%d %s\n" % (modSeq, ",".join(map(str, uids))) for modSeq, uids in history.records)
+    writeFileAtomically(os.path.join(folderPath, EXPUNGED_NAME), "".join(lines).encode("ascii"))
+
+
 class UidList:
     """
     The parsed C{mdpy-uidlist}: C{entries} maps each basename to C{(uid,
@@ -293,6 +343,8 @@ class UidList:
         self.entries = entries
         self.dirty = False
         self._modSeq = None
+        self.rebuilt = False
+        self.expunged = []
 
     def nextModSeq(self):
         """
@@ -309,6 +361,14 @@ class UidList:
         self.uidNext += 1
         self.entries[key] = (uid, self.nextModSeq(), info, size)
         return uid
+
+    def remove(self, key):
+        """
+        Drop the message C{key}, noting its UID in C{expunged} (the
+        tombstones this transaction leaves).
+        """
+        self.expunged.append(self.entries.pop(key)[0])
+        self.nextModSeq()
 
     def serialise(self):
         lines = [self.header()]
@@ -382,10 +442,13 @@ class FolderIndex:
         try:
             with FolderLock(self.path) as lock:
                 uidList = self._read(lock)
+                readModSeq = uidList.highestModSeq
                 keywords = Keywords(self.path)
                 files = self._scan()
                 self._reconcile(uidList, files)
                 result = operation(uidList, files, keywords) if operation else None
+                if uidList.expunged or uidList.rebuilt:
+                    self._recordExpunges(uidList, readModSeq)
                 if uidList.dirty:
                     path = os.path.join(self.path, INDEX_NAME)
                     writeFileAtomically(path, uidList.serialise())
@@ -397,6 +460,33 @@ class FolderIndex:
             raise NotFound("mailbox %s is gone: %s" % (self._label, e)) from e
         except OSError as e:
             raise TemporaryFailure("mailbox %s: %s" % (self._label, e)) from e
+
+    def _recordExpunges(self, uidList, readModSeq):
+        """
+        Add this transaction's tombstones to C{mdpy-expunged} (before the
+        index is written, so a removal the index shows is never missing
+        there); a folder without history, or with another UIDVALIDITY's,
+        starts it at C{readModSeq}, the index's as read.
+        """
+        found = None if uidList.rebuilt else readExpunged(self.path)
+        if found is None or found[0] != uidList.uidValidity:
+            found = (uidList.uidValidity, ExpungeHistory(readModSeq))
+        history = found[1]
+        if uidList.expunged:
+            history.record(uidList.nextModSeq(), uidList.expunged)
+        writeExpunged(self.path, uidList.uidValidity, history)
+
+    def expungedSince(self, uidValidity, modSeq):
+        """
+        See L{mdpy.interfaces.IMailbox.expungedSince}; blocking.
+        """
+        try:
+            found = readExpunged(self.path)
+        except OSError as e:
+            raise TemporaryFailure("mailbox %s: %s" % (self._label, e)) from e
+        if found is None or found[0] != uidValidity:
+            return None
+        return found[1].since(modSeq)
 
     def _remember(self, st, uidList):
         self._cache = (
@@ -433,7 +523,7 @@ class FolderIndex:
             max([h[2] for h in known], default=0),
             {},
         )
-        uidList.dirty = True
+        uidList.dirty = uidList.rebuilt = True
         return uidList
 
     def _scan(self):
@@ -478,8 +568,7 @@ class FolderIndex:
     def _reconcile(self, uidList, files):
         entries = uidList.entries
         for key in [key for key in entries if key not in files]:
-            del entries[key]
-            uidList.nextModSeq()
+            uidList.remove(key)
         fresh = []
         for key, name in files.items():
             entry = entries.get(key)
