@@ -34,6 +34,7 @@ from mdpy.mailauth.authresults import InboundChecker
 from mdpy.mailauth.dkim import DKIMKeys
 from mdpy.delivery.mx import MXResolver
 from mdpy.delivery.pipeline import DeliveryPipeline
+from mdpy.quota import QuotaPolicy
 from mdpy import backends
 from mdpy.control import ControlFactory, QueueHandOff
 from mdpy.delivery.relay import Relay, RelaySettings, parseHostPort
@@ -454,6 +455,7 @@ def buildService(config, portOffset=0, reactor=None, lock=None):
         pendingLiterals=PendingLiterals(),
         spoolDir=datadir.literalSpoolDir,
         changeFeed=backend.changeFeed,
+        quotas=pipeline.quotas,
     )
     top = MailServer()
     for name in LISTENERS:
@@ -510,6 +512,7 @@ def buildService(config, portOffset=0, reactor=None, lock=None):
         checkMingerSecret(config, "[minger] secret", section["secret"])
         minger = MingerServer(
             directory,
+            quotas=pipeline.quotas,
             secret=section["secret"] or "",
             anonymous=section["anonymous"],
             allow=section["allow"] or (),
@@ -745,9 +748,12 @@ def buildPipeline(config, datadir, backend, reactor):
     relayConfig = config["relay"]
     srs = SRS(loadSecret(datadir.srsSecretPath)) if relayConfig["srs"] else None
     gateways = buildGateways(config, reactor, resolver=resolver)
+    quotas = QuotaPolicy(directory, store, "postmaster@" + config["server"]["domain"],
+                         warnPercent=config["server"]["quota_warning"])
     pipeline = DeliveryPipeline(
         directory, store, queue=queue, spoolDir=datadir.spoolDir, srs=srs,
         gateways=gateways, checks=buildChecks(config, resolver, reactor, backend.runBlocking),
+        quotas=quotas,
     )
     return pipeline, queue, resolver
 
