@@ -11,12 +11,15 @@ two together for every path into a mailbox: the local delivery target
 (SMTP, DomainPOP, MultiPOP, ODMR), IMAP APPEND, COPY and MOVE, and Minger.
 
 An account at or over a limit takes no new message; one under both takes a
-message that fits.  At the end of an SMTP DATA with several local
-recipients, an account under its limits before the message takes it even
-when the message puts it over (Dovecot's C{quota_grace}): a single reply
-speaks for every recipient, so refusing one would refuse them all, and
-accepting the others while dropping its copy would lose a message answered
-with 250.  Its next message is then refused at RCPT.  See L{QuotaPolicy}.
+message that fits.  SMTP checks at RCPT, with the size the client declared
+(RFC 1870), and again at the end of DATA.  There, one reply speaks for
+every recipient of the message: it is refused (452 4.2.2, or 552 5.2.2
+when larger than the whole quota) only when it fits the quota of none of
+its local accounts; when it fits one, every account takes it, those it
+puts over their quota included (as Dovecot's C{quota_grace} lets a
+message through), since refusing would refuse the others too, and
+accepting while dropping a copy would lose a message answered with 250.
+The accounts over their quota then refuse the next message at RCPT.
 
 When a delivery brings an account to L{QuotaPolicy.warnPercent} of a limit,
 the postmaster writes to it once; the warning is sent again only after the
@@ -192,17 +195,21 @@ class QuotaPolicy:
         """
         return defer.maybeDeferred(self.store.usage, account)
 
-    async def state(self, account):
+    def state(self, account):
         """
-        @return: C{(quota, usage)} of C{account}; C{usage} is L{None} when
-            it has no quota (nothing was counted).
+        @return: a L{Deferred} firing with C{(quota, usage)} of
+            C{account}; C{usage} is L{None} when it has no quota (nothing
+            was counted).
         """
+        return defer.ensureDeferred(self._state(account))
+
+    async def _state(self, account):
         quota = self.limitsOf(account)
         if not quota:
             return quota, None
         return quota, await self.usageOf(account)
 
-    def check(self, account, size=None, count=1, grace=False):
+    def check(self, account, size=None, count=1):
         """
         Refuse C{count} new messages of C{size} octets in all for C{account}
         when they do not fit its quota.
@@ -210,24 +217,22 @@ class QuotaPolicy:
         @param size: the octets, or L{None} when not known yet (SMTP RCPT
             without C{SIZE=}): then only an account already at a limit is
             refused.
-        @param grace: take them when the account is under both limits now,
-            even if they put it over (see the module docstring).
         @return: a L{Deferred} firing with L{None} when they fit.
         @raise mdpy.errors.QuotaExceeded: they do not fit now.
         @raise mdpy.errors.LargerThanQuota: C{size} alone is more than the
             account may ever keep.
         """
-        return defer.ensureDeferred(self._check(account, size, count, grace))
+        return defer.ensureDeferred(self._check(account, size, count))
 
-    async def _check(self, account, size, count, grace):
+    async def _check(self, account, size, count):
         quota, usage = await self.state(account)
         if usage is None:
             return
-        if not grace and quota.storage is not None and size is not None and size > quota.storage:
+        if quota.storage is not None and size is not None and size > quota.storage:
             raise errors.LargerThanQuota(
                 "%s: a message of %d octets is larger than the quota (%s)"
                 % (account, size, formatSize(quota.storage)))
-        full = self._full(quota, usage, 0 if grace else (size or 0), 0 if grace else count - 1)
+        full = self._full(quota, usage, size or 0, count - 1)
         if full:
             raise errors.QuotaExceeded("%s is over its quota (%s)" % (account, full))
 

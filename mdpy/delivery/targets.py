@@ -221,30 +221,26 @@ class LocalDelivery:
         d = defer.gatherResults(made, consumeErrors=True)
         return d.addCallbacks(lambda _: None, ebRefused)
 
-    async def _checkQuotas(self, accounts, size, strict=False):
+    async def _checkQuotas(self, accounts, size):
         """
         Refuse a message of C{size} octets (L{None}: not known) when it
-        fits the quota of none of C{accounts} (see L{mdpy.quota}); with
-        C{strict}, also when an account is full already.
+        fits the quota of none of C{accounts}; when it fits one, every one
+        takes it (see L{mdpy.quota}).
 
         @raise mdpy.errors.QuotaExceeded: it does not fit.
         @raise mdpy.errors.LargerThanQuota: it is larger than every one's
             whole quota.
         """
         quotas = self.target.quotas
-        refusals = []
+        refusal = None
         for account in dict.fromkeys(accounts):
             try:
                 await quotas.check(account, size)
             except (errors.QuotaExceeded, errors.LargerThanQuota) as e:
-                refusals.append((account, e))
-        if len(refusals) == len(set(accounts)):
-            raise refusals[0][1]
-        if strict:
-            # The others take it, those a copy puts over their quota
-            # included, but not one that is full already.
-            for account, _ in refusals:
-                await quotas.check(account, size, grace=True)
+                refusal = refusal or e
+            else:
+                return
+        raise refusal
 
     def write(self, data):
         """
@@ -265,10 +261,10 @@ class LocalDelivery:
         L{mdpy.interfaces.IMailStore.deliver} (all or nothing); one
         C{deliver:} line is logged per copy once they are stored.
 
-        With quotas, the message is refused when it fits no account's, or
-        when an account is full already; an account it puts over its quota
-        takes it when others take it too (L{mdpy.quota}).  Each account is
-        then warned as it nears its quota.
+        With quotas, the message is refused when it fits no account's
+        quota; when it fits one, every account takes it, as one reply
+        answers for all of them (L{mdpy.quota}).  Each account is then
+        warned as it nears its quota.
         """
         if not self.copies:
             self.abort()
@@ -277,7 +273,7 @@ class LocalDelivery:
             return self._commit()
         self._spool.seek(0, 2)
         accounts = [account for account, _, _ in self.copies]
-        d = defer.ensureDeferred(self._checkQuotas(accounts, self._spool.tell(), strict=True))
+        d = defer.ensureDeferred(self._checkQuotas(accounts, self._spool.tell()))
         d.addCallback(lambda _: self._commit())
         d.addErrback(self._cbClose)
         d.addCallback(lambda result: self.target.quotas.delivered(dict.fromkeys(accounts)))
