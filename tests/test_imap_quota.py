@@ -75,7 +75,7 @@ def test_setquota_is_refused():
 
 def test_append_over_quota_is_overquota():
     """
-    RFC 9208 section 4.3: an APPEND past a limit is refused with
+    RFC 9208 section 4.3.1: an APPEND past a limit is refused with
     C{OVERQUOTA}, and nothing is stored; one that fits is taken.
     """
     s = withQuota(Quota(USED + len(NEW)))
@@ -111,7 +111,7 @@ def test_copy_over_quota_copies_nothing_and_move_is_not_checked():
 
 def test_status_deleted():
     """
-    RFC 9208 section 4.2: STATUS DELETED and DELETED-STORAGE.
+    RFC 9208 section 4.1.4: STATUS DELETED and DELETED-STORAGE.
     """
     s = withQuota(Quota(10000))
     s.send("x SELECT INBOX")

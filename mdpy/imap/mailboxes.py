@@ -17,7 +17,7 @@ from mdpy.imap.parser import Atom, ParseError, astring, isAtom
 from mdpy.mailbox import DELETED
 
 SEPARATOR = "/"
-# DELETED and DELETED-STORAGE: RFC 9208 section 4.2 (QUOTA=RES-MESSAGE and
+# DELETED and DELETED-STORAGE: RFC 9208 section 4.1.4 (QUOTA=RES-MESSAGE and
 # QUOTA=RES-STORAGE need them).
 _STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE",
                  "DELETED", "DELETED-STORAGE")

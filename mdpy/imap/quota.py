@@ -11,7 +11,8 @@ without limits has no quota root.  Quotas are set with the C{mdpy} command,
 never over IMAP, so SETQUOTA is refused (and C{QUOTASET} not advertised).
 
 A message that does not fit is refused with C{NO [OVERQUOTA]} (RFC 9208
-section 4.3; RFC 5530).  MOVE is not checked: the account keeps as much as
+section 4.3.1; RFC 5530).  STATUS gives C{DELETED} and C{DELETED-STORAGE}
+(section 4.1.4; L{mdpy.imap.mailboxes}).  MOVE is not checked: the account keeps as much as
 before.
 """
 
@@ -36,7 +37,7 @@ def _kilobytes(octets, roundUp):
 def quotaResources(quota, usage):
     """
     @return: the resource list of a C{QUOTA} response (RFC 9208 section
-        7.1) for L{mdpy.quota.Quota} C{quota} and L{mdpy.quota.Usage}
+        4.2.1) for L{mdpy.quota.Quota} C{quota} and L{mdpy.quota.Usage}
         C{usage}: use rounded up, limits down.
     """
     resources = []
