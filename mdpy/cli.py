@@ -59,6 +59,9 @@ def _parser():
     catchall.add_argument("name")
     catchall.add_argument("target", nargs="?", help="address; omit to show the current one")
     catchall.add_argument("--clear", action="store_true", help="turn the catch-all off")
+    _quotaArguments(domain.add_parser(
+        "quota", help="show or set the quota of each account of a domain that has none of its own"
+    ), "name")
 
     user = commands.add_parser("user", help="mail accounts").add_subparsers(
         dest="action", required=True
@@ -73,6 +76,9 @@ def _parser():
     user.add_parser("passwd", help="read a new password from stdin").add_argument("address")
     user.add_parser("disable", help="keep the account, refuse its mail").add_argument("address")
     user.add_parser("enable", help="take mail for the account again").add_argument("address")
+    _quotaArguments(user.add_parser(
+        "quota", help="show an account's quota and use, or set it (replaces its domain's)"
+    ), "address")
 
     alias = commands.add_parser("alias", help="aliases").add_subparsers(
         dest="action", required=True
@@ -291,6 +297,67 @@ def _init(args, stdout):
     stdout.write("wrote %s (data_dir %s); check it with: mdpy -c %s check\n" % (path, dataDir, path))
 
 
+def _quotaArguments(parser, name):
+    parser.add_argument(name)
+    parser.add_argument("size", nargs="?", help="storage limit: 500M, 2G, octets, or none")
+    parser.add_argument("--messages", metavar="N", help="message limit: a number, or none")
+    return parser
+
+
+def _newQuota(args, current):
+    """
+    @return: the L{Quota} C{args} set, C{current} for what they leave out;
+        L{None} when they set nothing (show it).
+    @raise MailError: a bad size or number (L{mdpy.errors.InvalidInput}).
+    """
+    from mdpy.quota import Quota, parseCount, parseSize
+
+    if args.size is None and args.messages is None:
+        return None
+    storage = current.storage if args.size is None else parseSize(args.size)
+    messages = current.messages if args.messages is None else parseCount(args.messages)
+    return Quota(storage, messages)
+
+
+def _userQuota(args, backend, stdout):
+    """
+    Show or set (C{mdpy user quota ADDRESS [SIZE] [--messages N]}) the
+    quota of an account.
+    """
+    from mdpy.quota import formatSize
+
+    directory = backend.directory
+    user = directory.getUser(args.address)
+    if user is None:
+        raise CommandError("no such user: %s" % (args.address,))
+    quota = _newQuota(args, directory.getUserQuota(user.address))
+    if quota is not None:
+        directory.setUserQuota(user.address, quota)
+        directory.setQuotaWarned(user.address, False)
+    own = directory.getUserQuota(user.address)
+    limits = directory.getQuota(user.address)
+    origin = "" if own or not limits else " (the quota of %s)" % (user.domain,)
+    usage = backend.store.usage(user.address)
+    stdout.write("%s: quota %s%s; uses %s in %d messages\n" % (
+        user.address, limits.describe(), origin, formatSize(usage.storage), usage.messages))
+
+
+def _domainQuota(args, backend, stdout):
+    """
+    Show or set (C{mdpy domain quota DOMAIN [SIZE] [--messages N]}) the
+    quota of each account of a domain that has none of its own.
+    """
+    directory = backend.directory
+    domain = normaliseDomain(args.name)
+    if not directory.hasDomain(domain):
+        raise CommandError("no such domain: %s" % (domain,))
+    quota = _newQuota(args, directory.getDomainQuota(domain))
+    if quota is not None:
+        directory.setDomainQuota(domain, quota)
+    stdout.write("%s: quota %s for each account without its own\n"
+                 % (domain, directory.getDomainQuota(domain).describe()))
+
+
 def _domain(args, config, datadir, stdout, stdin):
     backend = _backend(config)
     directory = backend.directory
@@ -327,6 +394,8 @@ def _domain(args, config, datadir, stdout, stdin):
         _reportRemoved(backend.store.deleteDomain(domain, archive=not args.purge), stdout)
     elif args.action == "catchall":
         _catchAll(args, directory, stdout)
+    elif args.action == "quota":
+        _domainQuota(args, backend, stdout)
 
 
 def _catchAll(args, directory, stdout):
@@ -401,6 +470,8 @@ def _user(args, config, datadir, stdout, stdin):
         else:
             stdout.write("disabled user %s: its mail is refused and it may not log in "
                          "(its mailbox is kept)\n" % (address,))
+    elif args.action == "quota":
+        _userQuota(args, backend, stdout)
 
 
 def _checkPassword(config, password):

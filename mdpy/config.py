@@ -241,6 +241,9 @@ SCHEMA = {
             "Subaddressing: mail to user+detail@domain goes to user@domain when no user or alias has the "
             "whole address (RFC 5233); several characters are each a delimiter; empty turns it off.",
             emptyTurnsOff=True),
+        Key("quota_warning", parseInt, "90",
+            "Percent of an account's quota (mdpy user quota, mdpy domain quota) at which the postmaster "
+            "writes to it, once until it goes back below; 0 sends no warning."),
         Key("backend", parseStr, "files",
             "Where mail, the directory and the queue are kept: files (data_dir on this machine), memory "
             "(lost when the server stops; for tests) or package.module:Class, a class whose "

@@ -197,6 +197,12 @@ class TooBig(PermanentFailure):
     """
 
 
+class LargerThanQuota(PermanentFailure):
+    """
+    The message alone is larger than the mailbox's whole quota.
+    """
+
+
 class InUse(TemporaryFailure):
     """
     The resource is locked by another session.

@@ -313,6 +313,16 @@ class IMailStore(Interface):
         @raise mdpy.errors.NotFound: no such account or folder.
         """
 
+    def usage(address):
+        """
+        Count what the account keeps, over all its folders (its quota's
+        use, L{mdpy.quota}): cheap enough to run for each recipient of an
+        account that has a quota, without reading a message.
+
+        @return: an L{mdpy.quota.Usage}: the octets of its messages as
+            stored and their number; zero for an account with no mail.
+        """
+
     def addListener(address, listener):
         """
         Call C{listener(address, mailboxName)} after anything changes in a
@@ -716,6 +726,54 @@ class IDirectory(Interface):
             addresses C{address} stands for.
         @raise mdpy.errors.NotFound: a local domain with no such user.
         @raise mdpy.errors.Disabled: the only target is a disabled account.
+        """
+
+    def setUserQuota(address, quota):
+        """
+        Set the limits of an account (an L{mdpy.quota.Quota}; L{None} or
+        an empty one removes them, so its domain's apply).  An account's
+        own quota replaces its domain's.
+
+        @raise mdpy.errors.NotFound: no such user.
+        @raise mdpy.errors.InvalidInput: a limit is not a positive number.
+        """
+
+    def setDomainQuota(domain, quota):
+        """
+        Set the limits of each account of C{domain} that has none of its
+        own (an L{mdpy.quota.Quota}; L{None} removes them).
+
+        @raise mdpy.errors.NotFound: no such domain.
+        """
+
+    def getUserQuota(address):
+        """
+        @return: the account's own L{mdpy.quota.Quota} (empty when none).
+        @raise mdpy.errors.NotFound: no such user.
+        """
+
+    def getDomainQuota(domain):
+        """
+        @return: the domain's L{mdpy.quota.Quota} (empty when none).
+        @raise mdpy.errors.NotFound: no such domain.
+        """
+
+    def getQuota(address):
+        """
+        @return: the L{mdpy.quota.Quota} that applies to the account: its
+            own, else its domain's; an empty one for no limit or no such
+            user.  Read for every local recipient: as cheap as L{resolve}.
+        """
+
+    def quotaWarned(address):
+        """
+        @return: whether the account was warned that it nears its quota
+            and has not gone back below the mark since (L{mdpy.quota}).
+        """
+
+    def setQuotaWarned(address, warned):
+        """
+        Remember whether the account was warned (see L{quotaWarned}).
         """
 
     def getSecrets(address):

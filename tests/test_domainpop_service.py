@@ -556,6 +556,40 @@ class HeldTests(CollectorTestCase):
         [delivered] = target.messages
         self.assertEqual(delivered.recipients, ["team@example.test"])
 
+    async def test_overQuotaRecipientIsHeldAndThePostmasterTold(self):
+        """
+        A recipient whose account is full (L{mdpy.quota}) has the message
+        held, and the postmaster a notice; the others get it.
+        """
+        isp = ISP(self, [TO_CC_A])
+        target = RecordingTarget()
+        collector = self.collector(isp)
+        collector.pipeline = target
+        target.recipientErrors["alice@example.test"] = errors.QuotaExceeded(
+            "alice@example.test is over its quota (2 of 2 messages)")
+        report = await collector.collect()
+        self.assertIsNone(report.error)
+        self.assertHeld(isp, [(TO_CC_A, "over quota: alice@example.test is over its quota (2 of 2 messages)")])
+        delivered, notice = target.messages
+        self.assertEqual(delivered.recipients, ["bob@example.test"])
+        self.assertEqual(notice.recipients, ["postmaster@example.test"])
+        self.assertIn(b"Subject: domainpop/isp held a message for a mailbox over its quota", notice.data)
+        self.assertIn(b"for alice@example.test was held", notice.data)
+
+    async def test_messageFittingNoQuotaIsHeld(self):
+        """
+        At the commit, a message that fits the quota of none of its
+        accounts is held as a whole, not left at the server.
+        """
+        isp = ISP(self, [TO_CC_A])
+        target = RecordingTarget()
+        collector = self.collector(isp)
+        collector.pipeline = target
+        target.commitError = errors.LargerThanQuota("larger than the quota (1K)")
+        report = await collector.collect()
+        self.assertIsNone(report.error)
+        self.assertHeld(isp, [(TO_CC_A, "over quota: larger than the quota (1K); larger than the quota (1K)")])
+
     async def test_tooBigDeletedWithoutPostmaster(self):
         """
         size_action = delete with no postmaster to tell: the message is

@@ -28,6 +28,7 @@ from zope.interface import implementer
 from mdpy.address import normaliseDomain
 from mdpy.errors import Exists, InvalidInput, NotFound
 from mdpy.interfaces import IBackend, ICollectorStates, IMailbox, IMailStore, IStoredMessage
+from mdpy.quota import Usage
 from mdpy.mailbox import (
     DELETED,
     REPLACE,
@@ -373,6 +374,14 @@ class MemoryStore:
             self.delivered.append((account, name, data))
         for account, name in dict.fromkeys((a, n) for a, n, _, _ in resolved):
             self._notify(account, name)
+
+    def usage(self, address):
+        """
+        See L{IMailStore.usage}.
+        """
+        folders = self._accounts.get(accountKey(address), {})
+        messages = [m for folder in folders.values() for m in folder.messages.values()]
+        return Usage(sum(m.size for m in messages), len(messages))
 
     def listMailboxes(self, address):
         """

@@ -35,7 +35,8 @@ postmaster as the fallback; a loop, a message neither can take and one
 that fails permanently for its recipients are I{held} (L{Collector._hold}):
 kept in the source's held folder, with when and why in its state file, for
 the administrator (C{mdpy domainpop held NAME}, L{heldMessages}), and
-logged at warn.
+logged at warn.  A message for accounts over their quotas (L{mdpy.quota})
+is held too, and the postmaster told; its other recipients get it.
 
 A message larger than C{max_size} follows C{size_action}: C{skip} leaves it
 at the server; C{delete} deletes it there without download and tells the
@@ -86,6 +87,8 @@ from mdpy.pop3.client import FetchError, connect
 log = Logger()
 
 _CHUNK = 65536
+# Refusals of a recipient whose account is full (mdpy.quota).
+_OVER_QUOTA = (errors.QuotaExceeded, errors.LargerThanQuota)
 _SLACK = 65536  # octets a message may exceed its LIST size by
 BATCH = 50  # messages downloaded before they are delivered together
 BATCH_OCTETS = 32 * 1024 * 1024
@@ -561,8 +564,14 @@ class Collector:
         fresh, duplicates = await self._dedupe(item, addresses, state, seen, label, report)
         if not fresh and duplicates:
             return []
+        overQuota = {}
         try:
-            delivered, refused, messageId = await self._deliver(item, fresh)
+            delivered, refused, messageId = await self._deliver(item, fresh, overQuota=overQuota)
+        except _OVER_QUOTA as e:
+            # It fits the quota of none of the accounts that took it at
+            # first (see mdpy.quota).
+            await self._holdOverQuota(item, state, label, report, dict.fromkeys(fresh, e.detail))
+            return []
         except errors.PermanentFailure as e:
             await self._hold(item, state, label, report, "delivery to %s failed: %s" % (", ".join(fresh), e.detail))
             return []
@@ -570,13 +579,40 @@ class Collector:
             report.copies += len(delivered)
             self._record(item, report, label, "delivered to %s" % (", ".join(delivered),),
                          "delivered to %s as %s" % (_addresses(delivered), messageId))
-        if refused or not delivered:
+        if overQuota:
+            await self._holdOverQuota(item, state, label, report, overQuota)
+        if refused or not (delivered or overQuota):
             await self._unknown(item, state, list(refused), label, report)
         return [(key, address) for address in delivered] if key is not None else []
 
-    async def _deliver(self, item, addresses, suffix=""):
+    async def _holdOverQuota(self, item, state, label, report, overQuota):
+        """
+        Hold C{item} (L{_hold}) for the recipients in C{overQuota} (an
+        address: why), whose accounts are over their quotas, and tell the
+        postmaster, so that it is not lost while they are full and is not
+        left at the server either.  A notice that cannot be sent is
+        logged instead.
+        """
+        why = "over quota: " + "; ".join(overQuota.values())
+        await self._hold(item, state, label, report, why)
+        try:
+            await self._notice(
+                "Subject: %s held a message for a mailbox over its quota\r\n\r\n"
+                "Message #%d (UIDL %s) from %s for %s was held: %s.\r\n"
+                "It is kept in %s until the administrator delivers it.\r\n"
+                % (self.name, item.message.number, item.uid, self.account.host,
+                   ", ".join(overQuota), why, self.heldDir))
+        except errors.MailError as e:
+            log.warn("{name}: the postmaster {postmaster} cannot be told of a message held over quota: {why}",
+                     name=self.name, postmaster=self.postmaster, why=e.detail)
+
+    async def _deliver(self, item, addresses, suffix="", overQuota=None):
         """
         Hand the downloaded C{item} to the pipeline for C{addresses}.
+
+        @param overQuota: a L{dict} given the addresses refused because
+            their accounts are full (L{mdpy.quota}), with why; L{None}: such
+            a refusal fails the delivery as a whole.
 
         @return: C{(accepted, refused, messageId)}: the addresses that took
             it, a L{dict} of those that do not exist or take no mail to why,
@@ -602,6 +638,10 @@ class Collector:
                     await defer.maybeDeferred(delivery.addRecipient, address)
                 except (errors.NotFound, errors.Disabled, errors.RelayDenied) as e:
                     refused[address] = e.detail
+                except _OVER_QUOTA as e:
+                    if overQuota is None:
+                        raise
+                    overQuota[address] = e.detail
                 else:
                     accepted.append(address)
             if not accepted:

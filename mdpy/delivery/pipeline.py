@@ -120,7 +120,7 @@ class DeliveryPipeline:
     MAX_KNOWN_ACCOUNTS = LocalStoreTarget.MAX_KNOWN_ACCOUNTS
 
     def __init__(self, directory, store, queue=None, spoolDir=None, srs=None, checker=None,
-                 gateways=None, checks=()):
+                 gateways=None, checks=(), quotas=None):
         """
         @param store: an L{mdpy.interfaces.IMailStore}.
         @param queue: an L{mdpy.interfaces.IOutboundQueue}, or L{None} when
@@ -134,11 +134,14 @@ class DeliveryPipeline:
         @param gateways: the L{mdpy.odmr.gateway.Gateways} whose mail is
             queued from any sender (the queue holds it until ATRN), each
             recipient verified first when the gateway says so; or L{None}.
+        @param quotas: the L{mdpy.quota.QuotaPolicy} local accounts are
+            held to, or L{None}.
         """
         self.directory = directory
         self.spoolDir = spoolDir
         self._store, self._queue, self._srs, self._gateways = store, queue, srs, gateways
-        self.localTarget = LocalStoreTarget(store, spoolDir)
+        self.quotas = quotas
+        self.localTarget = LocalStoreTarget(store, spoolDir, quotas)
         self._buildQueueTargets()
         self.checks = list(checks)
         if checker is not None:
@@ -162,7 +165,7 @@ class DeliveryPipeline:
     @store.setter
     def store(self, store):
         self._store = store
-        self.localTarget = LocalStoreTarget(store, self.spoolDir)
+        self.localTarget = LocalStoreTarget(store, self.spoolDir, self.quotas)
 
     @property
     def queue(self):

@@ -109,16 +109,22 @@ class LocalStoreTarget:
     Its transactions are plain (not two-phase): the store's commit is all
     or nothing, but its copies are visible at once.
 
+    Accounts are held to their quotas (L{mdpy.quota}): at L{addRecipient}
+    with the size the client declared, at the commit with the message's.
+
     @ivar store: the L{mdpy.interfaces.IMailStore}.
     @ivar spoolDir: where messages larger than L{SPILL_SIZE} are spooled.
+    @ivar quotas: the L{mdpy.quota.QuotaPolicy} of the accounts, or
+        L{None} for no quotas.
     """
 
     checkResults = True
     MAX_KNOWN_ACCOUNTS = 100000
 
-    def __init__(self, store, spoolDir=None):
+    def __init__(self, store, spoolDir=None, quotas=None):
         self.store = store
         self.spoolDir = spoolDir
+        self.quotas = quotas
         self._knownAccounts = set()
 
     def startDelivery(self, envelope):
@@ -178,8 +184,9 @@ class LocalDelivery:
         """
         See L{IDelivery.addRecipient}: a copy for each account C{address}
         stands for, named by C{address} in its trace headers.  An account
-        without a mailbox tree gets one; if that fails, the recipient is
-        refused and none of its copies stays.
+        without a mailbox tree gets one; if that fails, or if every account
+        is over its quota (or the size the client declared does not fit),
+        the recipient is refused and none of its copies stays.
 
         @param accounts: the C{(account, separate)} pairs C{address} reaches
             (C{separate}: a copy of its own for this address, as for a
@@ -198,6 +205,10 @@ class LocalDelivery:
             added.append((key, copy))
             made.append(self.target.ensureAccount(account))
         made = [d for d in made if d is not None]
+        quotas = self.target.quotas
+        if quotas is not None and added:
+            accounts = [copy[0] for _, copy in added]
+            made.append(defer.ensureDeferred(self._checkQuotas(accounts, self.envelope.size)))
         if not made:
             return None
 
@@ -209,6 +220,27 @@ class LocalDelivery:
 
         d = defer.gatherResults(made, consumeErrors=True)
         return d.addCallbacks(lambda _: None, ebRefused)
+
+    async def _checkQuotas(self, accounts, size):
+        """
+        Refuse a message of C{size} octets (L{None}: not known) when it
+        fits the quota of none of C{accounts}; when it fits one, every one
+        takes it (see L{mdpy.quota}).
+
+        @raise mdpy.errors.QuotaExceeded: it does not fit.
+        @raise mdpy.errors.LargerThanQuota: it is larger than every one's
+            whole quota.
+        """
+        quotas = self.target.quotas
+        refusal = None
+        for account in dict.fromkeys(accounts):
+            try:
+                await quotas.check(account, size)
+            except (errors.QuotaExceeded, errors.LargerThanQuota) as e:
+                refusal = refusal or e
+            else:
+                return
+        raise refusal
 
     def write(self, data):
         """
@@ -228,10 +260,26 @@ class LocalDelivery:
         See L{IDelivery.commit}: every copy in one call of
         L{mdpy.interfaces.IMailStore.deliver} (all or nothing); one
         C{deliver:} line is logged per copy once they are stored.
+
+        With quotas, the message is refused when it fits no account's
+        quota; when it fits one, every account takes it, as one reply
+        answers for all of them (L{mdpy.quota}).  Each account is then
+        warned as it nears its quota.
         """
         if not self.copies:
             self.abort()
             return defer.fail(errors.PermanentFailure("no recipients"))
+        if self.target.quotas is None:
+            return self._commit()
+        self._spool.seek(0, 2)
+        accounts = [account for account, _, _ in self.copies]
+        d = defer.ensureDeferred(self._checkQuotas(accounts, self._spool.tell()))
+        d.addCallback(lambda _: self._commit())
+        d.addErrback(self._cbClose)
+        d.addCallback(lambda result: self.target.quotas.delivered(dict.fromkeys(accounts)))
+        return d
+
+    def _commit(self):
         spool = self._spool
         spool.seek(0)
         head = spool.read(HEAD_SIZE)

@@ -30,6 +30,7 @@ from mdpy import errors
 from mdpy.imap import fetch as fetching
 from mdpy.imap.literals import SpooledLiteral
 from mdpy.imap.mailboxes import decodeName
+from mdpy.imap.quota import dataSize
 from mdpy.imap.parser import Atom, Literal8, ParseError, astring, formatSequence, isAtom, parseDateTime
 from mdpy.mail import mime
 
@@ -218,6 +219,7 @@ class AppendCommands:
             ready = []
             for message in messages:
                 ready.append((await self._messageParts(message), message.flags, message.internalDate))
+            await self.checkQuota(sum(dataSize(data) for data, _, _ in ready), len(ready))
             uids = await defer.maybeDeferred(mailbox.appendMany, ready)
         except BadUrl as e:
             self.log.info("imap: {user}: bad CATENATE URL: {reason}", user=self.account, reason=e)

@@ -14,9 +14,13 @@ from twisted.internet import defer
 from mdpy import errors, mutf7
 from mdpy.imap.structure import quoteString
 from mdpy.imap.parser import Atom, ParseError, astring, isAtom
+from mdpy.mailbox import DELETED
 
 SEPARATOR = "/"
-_STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE")
+# DELETED and DELETED-STORAGE: RFC 9208 section 4.1.4 (QUOTA=RES-MESSAGE and
+# QUOTA=RES-STORAGE need them).
+_STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE",
+                 "DELETED", "DELETED-STORAGE")
 SPECIAL_USE = {
     "Drafts": "\\Drafts",
     "Sent": "\\Sent",
@@ -391,6 +395,10 @@ class MailboxCommands:
                     value = sum(1 for m in messages if "\\Seen" not in m.flags)
                 elif item == "HIGHESTMODSEQ":
                     value = max(1, mailbox.highestModSeq)
+                elif item == "DELETED":
+                    value = sum(1 for m in messages if DELETED in m.flags)
+                elif item == "DELETED-STORAGE":
+                    value = sum(m.size for m in messages if DELETED in m.flags)
                 else:
                     value = sum(m.size for m in messages)
                 values.append(b"%s %d" % (item.encode("ascii"), value))

@@ -506,6 +506,10 @@ class MessageCommands:
             return self._noFromFailure(Failure(), tag)
         pairs = []
         try:
+            copied = [m for m in messages if m.uid not in selected.gone]
+            if copied and not move:
+                # A MOVE leaves the account as full as it was.
+                await self.checkQuota(sum(m.size for m in copied), len(copied))
             for message in messages:
                 if message.uid in selected.gone:
                     continue

@@ -51,6 +51,7 @@ from mdpy.imap.contexts import CAPABILITIES as CONTEXT_CAPABILITIES, ContextComm
 from mdpy.imap.mailboxes import InvalidName, MailboxCommands, decodeName
 from mdpy.imap.messages import MessageCommands
 from mdpy.imap import resync as resyncing
+from mdpy.imap.quota import QuotaCommands
 from mdpy.imap import sort as sorting
 from mdpy.imap.sorting import CAPABILITIES as SORT_CAPABILITIES, SortCommands
 from mdpy.imap.structure import quoteString
@@ -69,6 +70,7 @@ _ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
 _AUTH = _ANY | {
     "SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE",
     "LIST", "LSUB", "STATUS", "APPEND", "NAMESPACE", "ENABLE", "IDLE", "COMPRESS",
+    "GETQUOTAROOT", "GETQUOTA", "SETQUOTA",
 }
 # Commands that open, make or change a mailbox by name, and polls: the
 # account is asked for afresh (see CommandSession.accountRemains); the others
@@ -105,7 +107,7 @@ def _codeFor(failure):
         return b"NONEXISTENT", b"Mailbox doesn't exist."
     if failure.check(errors.Exists):
         return b"ALREADYEXISTS", b"Mailbox already exists."
-    if failure.check(errors.QuotaExceeded):
+    if failure.check(errors.QuotaExceeded, errors.LargerThanQuota):
         return b"OVERQUOTA", b"Quota exceeded."
     if failure.check(errors.TooBig):
         return b"TOOBIG", b"Message too large."
@@ -140,6 +142,8 @@ class IMAP4Factory(SessionFactory):
     @ivar changeFeed: the L{mdpy.interfaces.IChangeFeed} a session
         subscribes its selected folder to; L{None}: the session listens to
         the store (L{mdpy.interfaces.IMailStore.addListener}).
+    @ivar quotas: the L{mdpy.quota.QuotaPolicy} of the accounts (IMAP
+        QUOTA, RFC 9208), or L{None} for none.
     """
 
     def __init__(
@@ -157,6 +161,7 @@ class IMAP4Factory(SessionFactory):
         idleKeepAlive=120,
         idlePoll=30,
         changeFeed=None,
+        quotas=None,
         maxErrors=20,
         timeout=1800,
         **kwargs,
@@ -174,10 +179,11 @@ class IMAP4Factory(SessionFactory):
         self.idleKeepAlive = idleKeepAlive
         self.idlePoll = idlePoll
         self.changeFeed = changeFeed
+        self.quotas = quotas
 
 
 class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, AppendCommands,
-                  ContextCommands, CommandSession):
+                  ContextCommands, QuotaCommands, CommandSession):
     """
     One IMAP session.
 
@@ -299,6 +305,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
             ])
             caps.extend(SORT_CAPABILITIES)
             caps.extend(CONTEXT_CAPABILITIES)
+            caps.extend(self.quotaCapabilities())
         return b" ".join(caps)
 
     @property

@@ -20,6 +20,7 @@ import hmac
 from collections import OrderedDict
 
 from twisted.application import internet
+from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
 
 from mdpy.address import normaliseDomain, splitAddress
@@ -145,9 +146,11 @@ class MingerServer(DatagramProtocol):
       4. credentials (draft section 2.2): a query with C{d=} gets status 2
          unless a C{secret} is set and the digest matches; one without gets
          status 2 unless C{anonymous};
-      5. L{mailboxStatus}.  When the directory fails, nothing is answered
-         (the client will retry or time out): there is no status for "try
-         later".
+      5. L{mailboxStatus}, and then, for an active address whose every
+         local account is over its quota (L{mdpy.quota}), status 4 (the
+         address cannot take mail now).  When the directory or the store
+         fails, nothing is answered (the client will retry or time out):
+         there is no status for "try later".
 
     Invariants: a reply is the mailbox as the query sent it, one space and
     one digit, and never longer than the query, except by those two octets
@@ -173,6 +176,7 @@ class MingerServer(DatagramProtocol):
     def __init__(
         self,
         directory,
+        quotas=None,
         secret="",
         anonymous=False,
         allow=(),
@@ -184,6 +188,8 @@ class MingerServer(DatagramProtocol):
     ):
         """
         @param directory: an L{IDirectory}.
+        @param quotas: the L{mdpy.quota.QuotaPolicy} of the accounts, or
+            L{None}: quotas are not looked at.
         @param secret: the shared secret (L{str} or L{bytes}); empty: every
             query with a digest gets status 2.
         @param anonymous: whether queries without a digest are answered.
@@ -200,6 +206,7 @@ class MingerServer(DatagramProtocol):
         if clock is None:
             from twisted.internet import reactor as clock
         self.directory = directory
+        self.quotas = quotas
         self.secret = secret.encode("utf-8") if isinstance(secret, str) else secret
         self.anonymous = anonymous
         self.allow = NetworkList(allow)
@@ -261,21 +268,47 @@ class MingerServer(DatagramProtocol):
             try:
                 status = mailboxStatus(self.directory, query.mailbox)
             except Exception:
-                self.failed += 1
-                suppressed = self._failures.allow("directory", now)
-                if suppressed is not None:
-                    log.failure(
-                        "minger: directory lookup of {mailbox} failed; not answering"
-                        " ({suppressed} similar suppressed)",
-                        mailbox=query.mailbox,
-                        suppressed=suppressed,
-                    )
+                self._lookupFailed(query, now)
                 return
+            if status == STATUS_ACTIVE and self.quotas is not None:
+                d = defer.ensureDeferred(self._quotaStatus(query.mailbox))
+                d.addCallbacks(self._replyTo, lambda f: self._lookupFailed(query, now, f),
+                               callbackArgs=(datagram, addr, source, query))
+                return
+        self._replyTo(status, datagram, addr, source, query)
+
+    def _replyTo(self, status, datagram, addr, source, query):
         # Answering a bare query takes the two octets of the status, whether
         # it is allowed or refused (draft section 4); nothing else may be
         # longer than what asked for it.
         slack = 2 if query.digest is None else 0
         self._reply(datagram, addr, source, query.mailbox, status, slack)
+
+    def _lookupFailed(self, query, now, failure=None):
+        self.failed += 1
+        suppressed = self._failures.allow("directory", now)
+        if suppressed is not None:
+            log.failure(
+                "minger: directory lookup of {mailbox} failed; not answering"
+                " ({suppressed} similar suppressed)",
+                failure,
+                mailbox=query.mailbox,
+                suppressed=suppressed,
+            )
+
+    async def _quotaStatus(self, address):
+        """
+        @return: L{STATUS_NOT_ACTIVE} when C{address}, which is active,
+            leads only to local accounts that are all over their quotas;
+            else L{STATUS_ACTIVE}.
+        """
+        resolution = self.directory.resolve(address)
+        if resolution.remote or not resolution.local:
+            return STATUS_ACTIVE
+        for account in resolution.local:
+            if not await self.quotas.isFull(account):
+                return STATUS_ACTIVE
+        return STATUS_NOT_ACTIVE
 
     def _admit(self, source, now):
         """

@@ -29,6 +29,8 @@ C450Unavailable = (450, "4.2.1", "Recipient address rejected: mailbox unavailabl
 C451LocalError = (451, "4.3.0", "Error: local error in processing; try again later")
 C451RemoteUnavailable = (451, "4.4.0", "Relay to remote domains is not available now; try later")
 C452QuotaExceeded = (452, "4.2.2", "Mailbox full; try again later")
+# RFC 3463 X.2.2: the message is larger than the whole quota of a mailbox.
+C552LargerThanQuota = (552, "5.2.2", "Mailbox full: message larger than its quota")
 C452InsufficientStorage = (452, "4.3.1", "Insufficient system storage")
 C452TooManyRecipients = (452, "4.5.3", "Error: too many recipients")
 C454TLSUnavailable = (454, "4.7.0", "TLS not available")
@@ -79,6 +81,7 @@ _RECIPIENT_ERRORS = [
     (errors.RelayDenied, C550RelayDenied),
     (errors.RemoteUnavailable, C451RemoteUnavailable),
     (errors.QuotaExceeded, C452QuotaExceeded),
+    (errors.LargerThanQuota, C552LargerThanQuota),
     (errors.Unavailable, C450Unavailable),
     (errors.InsufficientStorage, C452InsufficientStorage),
     (errors.InvalidInput, C501BadRecipient),
@@ -90,6 +93,7 @@ _RECIPIENT_ERRORS = [
 _MESSAGE_ERRORS = [
     (errors.TooBig, C552TooBig),
     (errors.QuotaExceeded, C452QuotaExceeded),
+    (errors.LargerThanQuota, C552LargerThanQuota),
     (errors.InsufficientStorage, C452InsufficientStorage),
     (errors.TemporaryFailure, C451LocalError),
     (errors.SenderNotOwned, C553SenderNotOwned),

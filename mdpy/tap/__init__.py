@@ -224,6 +224,7 @@ def buildService(config, portOffset=0, reactor=None, lock=None):
         pendingLiterals=PendingLiterals(),
         spoolDir=datadir.literalSpoolDir,
         changeFeed=backend.changeFeed,
+        quotas=pipeline.quotas,
     )
     top = MailServer()
     for name in LISTENERS:
@@ -280,6 +281,7 @@ def buildService(config, portOffset=0, reactor=None, lock=None):
         checkMingerSecret(config, "[minger] secret", section["secret"])
         minger = MingerServer(
             directory,
+            quotas=pipeline.quotas,
             secret=section["secret"] or "",
             anonymous=section["anonymous"],
             allow=section["allow"] or (),

@@ -22,6 +22,7 @@ from mdpy.mailauth.authresults import InboundChecker
 from mdpy.mailauth.dkim import DKIMKeys
 from mdpy.delivery.mx import MXResolver
 from mdpy.delivery.pipeline import DeliveryPipeline
+from mdpy.quota import QuotaPolicy
 from mdpy import backends
 from mdpy.delivery.relay import RelaySettings, parseHostPort
 from mdpy.mailauth.srs import SRS, loadSecret
@@ -103,9 +104,12 @@ def buildPipeline(config, datadir, backend, reactor):
     relayConfig = config["relay"]
     srs = SRS(loadSecret(datadir.srsSecretPath)) if relayConfig["srs"] else None
     gateways = buildGateways(config, reactor, resolver=resolver)
+    quotas = QuotaPolicy(directory, store, "postmaster@" + config["server"]["domain"],
+                         warnPercent=config["server"]["quota_warning"])
     pipeline = DeliveryPipeline(
         directory, store, queue=queue, spoolDir=datadir.spoolDir, srs=srs,
         gateways=gateways, checks=buildChecks(config, resolver, reactor, backend.runBlocking),
+        quotas=quotas,
     )
     return pipeline, queue, resolver
 

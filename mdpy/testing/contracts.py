@@ -40,6 +40,7 @@ from mdpy.interfaces import (
 )
 from mdpy import mailbox as mailboxRules
 from mdpy.mailbox import ADD, REMOVE, REPLACE
+from mdpy.quota import Quota, Usage
 from mdpy.testing import resultOf
 
 ALICE = "alice@example.com"
@@ -582,6 +583,20 @@ class StoreContract:
         assert resultOf(store.deleteDomain("example.org"))[1] is None
         assert not resultOf(store.accountExists(BOB))
 
+    def test_usage(self, store):
+        """
+        L{IMailStore.usage} counts the messages of every folder and their
+        octets, and follows expunges.
+        """
+        assert resultOf(store.usage(ALICE)) == Usage(0, 0)
+        self.deliver(store, MESSAGE, MESSAGE + b"2")
+        self.deliver(store, MESSAGE, folder="Sent")
+        assert resultOf(store.usage(ALICE)) == Usage(3 * len(MESSAGE) + 1, 3)
+        mailbox = resultOf(store.openMailbox(ALICE, "Sent"))
+        resultOf(mailbox.expunge([mailbox.messages()[0].uid]))
+        assert resultOf(store.usage("Alice@Example.COM")) == Usage(2 * len(MESSAGE) + 1, 2)
+        assert resultOf(store.usage(BOB)) == Usage(0, 0)
+
 
 class QueueContract:
     """
@@ -705,6 +720,43 @@ class DirectoryContract:
         directory.addDomain("example.com")
         directory.addUser(ALICE, "wonderland")
         assert directory.resolve("alice+lists@example.com").local == [ALICE]
+
+    def test_quotas(self, directory):
+        """
+        An account's own quota replaces its domain's, which applies to the
+        accounts without one.
+        """
+        directory.addDomain("example.com")
+        directory.addUser(ALICE, "wonderland")
+        directory.addUser("carol@example.com", "wonderland")
+        assert not directory.getQuota(ALICE)
+        directory.setDomainQuota("example.com", Quota(1000, 10))
+        assert directory.getQuota(ALICE) == Quota(1000, 10)
+        directory.setUserQuota("Alice@example.com", Quota(None, 3))
+        assert directory.getQuota(ALICE) == Quota(None, 3)
+        assert directory.getUserQuota(ALICE) == Quota(None, 3)
+        assert directory.getQuota("carol@example.com") == Quota(1000, 10)
+        assert directory.getDomainQuota("example.com") == Quota(1000, 10)
+        directory.setUserQuota(ALICE, None)
+        assert directory.getQuota(ALICE) == Quota(1000, 10)
+        directory.setDomainQuota("example.com", Quota())
+        assert not directory.getQuota(ALICE)
+        assert not directory.getQuota("nobody@example.com")
+        with pytest.raises(NotFound):
+            directory.setUserQuota("nobody@example.com", Quota(1))
+        with pytest.raises(NotFound):
+            directory.setDomainQuota("example.net", Quota(1))
+        with pytest.raises(InvalidInput):
+            directory.setUserQuota(ALICE, Quota(-1))
+
+    def test_quotaWarned(self, directory):
+        directory.addDomain("example.com")
+        directory.addUser(ALICE, "wonderland")
+        assert not directory.quotaWarned(ALICE)
+        directory.setQuotaWarned(ALICE, True)
+        assert directory.quotaWarned(ALICE)
+        directory.setQuotaWarned(ALICE, False)
+        assert not directory.quotaWarned(ALICE)
 
 
 class DedupeContract:

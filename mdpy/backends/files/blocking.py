@@ -70,6 +70,7 @@ _BLOCKING_STORE_METHODS = (
     "renameMailbox",
     "listSubscriptions",
     "setSubscribed",
+    "usage",
 )
 
 

@@ -33,6 +33,7 @@ from zope.interface import implementer
 from mdpy.address import checkDomain, normalise, normaliseDomain, splitSubaddress
 from mdpy.auth.passwords import cramMD5Secret, hashPassword
 from mdpy.directory import Resolution, User
+from mdpy.quota import Quota
 from mdpy.errors import (
     Disabled,
     Exists,
@@ -74,6 +75,14 @@ _MIGRATIONS = [
     [
         "ALTER TABLE users ADD COLUMN account_id TEXT",
         "UPDATE users SET account_id = lower(hex(randomblob(16)))",
+    ],
+    [
+        # Quotas (L{mdpy.quota}): NULL is no limit.
+        "ALTER TABLE users ADD COLUMN quota_storage INTEGER",
+        "ALTER TABLE users ADD COLUMN quota_messages INTEGER",
+        "ALTER TABLE users ADD COLUMN quota_warned INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE domains ADD COLUMN quota_storage INTEGER",
+        "ALTER TABLE domains ADD COLUMN quota_messages INTEGER",
     ],
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -361,6 +370,94 @@ class SQLiteDirectory(SQLiteFile):
         if not rows:
             return None
         return {"password": rows[0][0], "cram-md5": rows[0][1], "account-id": rows[0][2]}
+
+    # --- quotas -------------------------------------------------------------
+
+    @staticmethod
+    def _quotaValues(quota):
+        quota = quota or Quota()
+        for value in (quota.storage, quota.messages):
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise InvalidInput("a limit must be a positive number: %r" % (value,))
+        return quota.storage, quota.messages
+
+    def setUserQuota(self, address, quota):
+        """
+        See L{IDirectory.setUserQuota}.
+        """
+        address = _checkAddress(address)
+        values = self._quotaValues(quota)
+        with self._write() as db:
+            if not db.execute(
+                "UPDATE users SET quota_storage = ?, quota_messages = ? WHERE address = ?",
+                values + (address,),
+            ).rowcount:
+                raise NotFound("no such user: %s" % (address,))
+
+    def setDomainQuota(self, domain, quota):
+        """
+        See L{IDirectory.setDomainQuota}.
+        """
+        domain = _checkDomainName(domain)
+        values = self._quotaValues(quota)
+        with self._write() as db:
+            if not db.execute(
+                "UPDATE domains SET quota_storage = ?, quota_messages = ? WHERE name = ?",
+                values + (domain,),
+            ).rowcount:
+                raise NotFound("no such domain: %s" % (domain,))
+
+    def getUserQuota(self, address):
+        """
+        See L{IDirectory.getUserQuota}.
+        """
+        address = _checkAddress(address)
+        rows = self._read(
+            "SELECT quota_storage, quota_messages FROM users WHERE address = ?", (address,))
+        if not rows:
+            raise NotFound("no such user: %s" % (address,))
+        return Quota(*rows[0])
+
+    def getDomainQuota(self, domain):
+        """
+        See L{IDirectory.getDomainQuota}.
+        """
+        domain = _checkDomainName(domain)
+        rows = self._read(
+            "SELECT quota_storage, quota_messages FROM domains WHERE name = ?", (domain,))
+        if not rows:
+            raise NotFound("no such domain: %s" % (domain,))
+        return Quota(*rows[0])
+
+    def getQuota(self, address):
+        """
+        See L{IDirectory.getQuota}: one indexed lookup.
+        """
+        rows = self._read(
+            "SELECT u.quota_storage, u.quota_messages, d.quota_storage, d.quota_messages"
+            " FROM users AS u JOIN domains AS d ON d.name = u.domain WHERE u.address = ?",
+            (_checkAddress(address),),
+        )
+        if not rows:
+            return Quota()
+        own = Quota(rows[0][0], rows[0][1])
+        return own if own else Quota(rows[0][2], rows[0][3])
+
+    def quotaWarned(self, address):
+        """
+        See L{IDirectory.quotaWarned}.
+        """
+        rows = self._read(
+            "SELECT quota_warned FROM users WHERE address = ?", (_checkAddress(address),))
+        return bool(rows and rows[0][0])
+
+    def setQuotaWarned(self, address, warned):
+        """
+        See L{IDirectory.setQuotaWarned}.
+        """
+        with self._write() as db:
+            db.execute("UPDATE users SET quota_warned = ? WHERE address = ?",
+                       (1 if warned else 0, _checkAddress(address)))
 
     # --- aliases ------------------------------------------------------------
 

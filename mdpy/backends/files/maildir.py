@@ -50,6 +50,7 @@ from mdpy.dotstuffing import NormalisedSizeCounter, normaliseLineEndings, normal
 from mdpy.durable import fsyncDirectory, unlinkQuietly, writeFileAtomically, writeParts
 from mdpy.errors import Exists, InvalidInput, LimitExceeded, NotFound, storageFailure
 from mdpy.logs import Logger
+from mdpy.quota import Usage
 from mdpy.interfaces import IMailbox, IMailStore, IMessageCache, IStoredMessage
 from mdpy.mailbox import (
     DELETED,
@@ -214,6 +215,36 @@ def removeStaleTmpFiles(root, maxAge=STALE_TMP_AGE, now=None):
 
 
 _WIRE_SIZE = re.compile(r",W=([0-9]+)")
+_STORED_SIZE = re.compile(r",S=([0-9]+)")
+
+
+def _countFolder(path):
+    """
+    @return: C{(octets, messages)} of the messages in C{cur/} and C{new/} of
+        the folder at C{path}: sizes read from the C{,S=} of their names
+        (Maildir++), a file named without one measured.
+    """
+    storage = messages = 0
+    for sub in ("cur", "new"):
+        try:
+            entries = os.scandir(os.path.join(path, sub))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                match = _STORED_SIZE.search(entry.name)
+                if match is not None:
+                    size = int(match.group(1))
+                else:
+                    try:
+                        size = entry.stat().st_size
+                    except FileNotFoundError:
+                        continue
+                storage += size
+                messages += 1
+    return storage, messages
 
 
 def wireSizeFromName(key):
@@ -1014,6 +1045,20 @@ class MaildirStore:
     def _cbDelivered(self, _, changed):
         for account, folder in changed:
             self._notify(account, folder)
+
+    def usage(self, address):
+        """
+        See L{IMailStore.usage}: one directory listing of C{cur/} and
+        C{new/} per folder, sizes taken from the message files' names.
+        """
+        path = self.accountPath(address)
+        storage, messages = _countFolder(path)
+        for folder in _scanDirs(path):
+            if os.path.basename(folder).startswith(".") and os.path.isdir(os.path.join(folder, "cur")):
+                octets, count = _countFolder(folder)
+                storage += octets
+                messages += count
+        return Usage(storage, messages)
 
     def listMailboxes(self, address):
         """
