@@ -54,7 +54,6 @@ from mdpy.pop3.client import POP3Account
 from mdpy.imap.fetch import StructureCache
 from mdpy.imap.sort import SortFieldCache
 from mdpy.imap.literals import PendingLiterals
-from mdpy.imap.selected import RecentTracker
 from mdpy.imap.server import IMAP4Factory
 from mdpy.pop3.server import POP3Factory
 from mdpy.plugins import loadObject
@@ -450,7 +449,6 @@ def buildService(config, portOffset=0, reactor=None, lock=None):
     imapShared = dict(
         structures=StructureCache(),
         sortFields=SortFieldCache(),
-        recent=RecentTracker(),
         pendingLiterals=PendingLiterals(),
         spoolDir=datadir.literalSpoolDir,
         changeFeed=backend.changeFeed,

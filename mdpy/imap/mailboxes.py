@@ -14,6 +14,7 @@ from twisted.internet import defer
 from mdpy import errors, mutf7
 from mdpy.imap.structure import quoteString
 from mdpy.imap.parser import Atom, ParseError, astring, isAtom
+from mdpy.imap.selected import recentAmong
 
 SEPARATOR = "/"
 _STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE")
@@ -380,9 +381,12 @@ class MailboxCommands:
                 if item == "MESSAGES":
                     value = len(messages)
                 elif item == "RECENT":
-                    value = 0
-                    if self.selected is not None and self.selected.mailbox.name == name:
-                        value = len(self.selected.recent)
+                    # RFC 3501 section 2.3.2: the messages no session has
+                    # claimed, and those this session did.
+                    value = len(recentAmong(mailbox, True, [m.uid for m in messages]))
+                    selected = self.selected
+                    if selected is not None and not selected.readOnly and selected.mailbox.name == mailbox.name:
+                        value += len(selected.recent)
                 elif item == "UIDNEXT":
                     value = mailbox.uidNext
                 elif item == "UIDVALIDITY":
