@@ -374,6 +374,9 @@ class IMailbox(Interface):
     uidValidity = Attribute("L{int}: changes only if UIDs had to be reassigned.")
     uidNext = Attribute("L{int}: the UID the next new message will get.")
     highestModSeq = Attribute("L{int}: the modification sequence of the last change.")
+    recentThreshold = Attribute(
+        "L{int}: the highest UID claimed by any view (L{claimRecent}), as of the last sync: "
+        "the messages above it are those no session has been told of yet.")
 
     def sync():
         """
@@ -388,6 +391,30 @@ class IMailbox(Interface):
         """
         @return: the L{IStoredMessage}s present after the last L{sync}, in UID
             order.  Synchronous.
+        """
+
+    def claimRecent():
+        """
+        Take in what changed, as L{sync} does, and claim for this view the
+        messages no session has been told of yet: those above
+        L{recentThreshold}, which then rises to C{uidNext - 1}.  From this
+        call on, whenever this view takes in new messages (L{sync}, or one
+        of its own changes), it claims those no other view claimed first.
+
+        A message is claimed by one view at most, ever: claims are atomic
+        between every view and every process sharing the store, and
+        survive a restart (this is IMAP's C{\\Recent}, RFC 3501 section
+        2.3.2: the session that selects a mailbox read-write calls it).
+        Messages the store held before it kept claims count as claimed.
+
+        @return: the UIDs claimed by this call, ascending.
+        """
+
+    def claimedUids():
+        """
+        @return: the UIDs this view has claimed (L{claimRecent}), whether
+            or not the messages are still there; a L{frozenset}.
+            Synchronous.
         """
 
     def append(data, flags=(), internalDate=None):

@@ -33,6 +33,8 @@ def filledStore(messages=MESSAGES):
     store.createAccount("ann@example.test")
     for data in messages:
         store.deliver([(USER, "INBOX", [data])])
+    # An earlier session was told of them: they are not \Recent.
+    resultOf(store.openMailbox(USER).claimRecent())
     return store
 
 

@@ -76,7 +76,7 @@ def test_append_utf8_message():
     s.lines()
     s.send("c FETCH 4 (FLAGS BODY.PEEK[])")
     [first, *rest] = s.lines()
-    assert first == "* 4 FETCH (FLAGS (\\Seen) BODY[] {%d}" % (len(message),)
+    assert first == "* 4 FETCH (FLAGS (\\Seen \\Recent) BODY[] {%d}" % (len(message),)
     assert "\r\n".join(rest).encode("utf-8").startswith(message)
     # Quoted strings carry UTF-8 (RFC 6855 section 3).
     s.send('d SEARCH SUBJECT "Grüße aus 日本"')

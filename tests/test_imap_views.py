@@ -188,7 +188,8 @@ def test_fetch_of_a_maildir_message_another_session_expunged(tmp_path):
         "b OK [EXPUNGEISSUED] Some messages were already expunged.",
     )
     one.send("c FETCH 1 (FLAGS BODYSTRUCTURE BODY[]<0.10>)")
-    one.expect('* 1 FETCH (FLAGS () BODYSTRUCTURE ("text" "plain" NIL NIL NIL "7bit" 0 0 NIL NIL NIL NIL) '
+    # Recent to this session, the first to select it.
+    one.expect('* 1 FETCH (FLAGS (\\Recent) BODYSTRUCTURE ("text" "plain" NIL NIL NIL "7bit" 0 0 NIL NIL NIL NIL) '
                "BODY[]<0> NIL)", "c OK [EXPUNGEISSUED] Some messages were already expunged.")
     one.send("d UID FETCH 1:* UID")
     one.expect("* 1 FETCH (UID 1)", "* 2 FETCH (UID 2)", "* 3 FETCH (UID 3)", "* 2 EXPUNGE", "* 1 EXPUNGE",

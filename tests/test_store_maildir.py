@@ -237,7 +237,8 @@ class TestMaildirStore:
         assert second.messages()[2].uid == 3
         with open(os.path.join(inbox, "mdpy-uidlist")) as f:
             lines = f.read().splitlines()
-        assert lines[0] == "V2 %d 4 %d" % (second.uidValidity, second.highestModSeq)
+        # No session claimed the messages: all three are above R0.
+        assert lines[0] == "V2 %d 4 %d R0" % (second.uidValidity, second.highestModSeq)
         assert [line.split(" ")[0] for line in lines[1:]] == ["1", "2", "3"]
         key = first.messages()[0].key
         assert lines[1].split(" ", 4)[2:] == ["2,", key.rpartition(",W=")[2], key]
@@ -675,11 +676,37 @@ class TestIndexFormat:
         uidList.add("d", "2,a-b %", 7)
         text = uidList.serialise().decode()
         assert text.splitlines() == [
-            "V2 7 4 1", "1 1 2,S 120 a b", "2 1 - - c", "3 1 2,a%2Db%20%25 7 d",
+            "V2 7 4 1 R0", "1 1 2,S 120 a b", "2 1 - - c", "3 1 2,a%2Db%20%25 7 d",
         ]
         parsed = maildirindex.UidList.parse(text)
         assert parsed.entries == uidList.entries
         assert (parsed.uidValidity, parsed.uidNext, parsed.highestModSeq) == (7, 4, 1)
+        assert parsed.recentThreshold == 0
+
+    def test_claimRecent(self):
+        """
+        Claiming takes every UID above the threshold and raises it to the
+        last UID given out; once all are claimed, the header is as it was
+        before claims were kept.
+        """
+        uidList = maildirindex.UidList.parse("V2 7 6 1 R2\n1 1 - - a\n4 1 - - b\n5 1 - - c\n")
+        assert uidList.recentThreshold == 2
+        assert uidList.claimRecent() == (4, 5)
+        assert (uidList.recentThreshold, uidList.claimed, uidList.dirty) == (5, (4, 5), True)
+        assert uidList.header() == "V2 7 6 1\n"
+        assert uidList.claimRecent() == ()
+        uidList.add("d", "")
+        assert uidList.header() == "V2 7 7 2 R5\n"
+
+    def test_indexWithoutClaimsHasNothingNew(self):
+        """
+        An index written before claims were kept: every message in it
+        counts as claimed.
+        """
+        uidList = maildirindex.UidList.parse("V2 7 4 1\n1 1 - - a\n3 1 - - b\n")
+        assert uidList.recentThreshold == 3
+        assert uidList.claimRecent() == ()
+        assert not uidList.dirty
 
     @pytest.mark.parametrize("text", [
         "V1 7 4 1\n2 1 - a\n1 1 - b\n",   # UIDs out of order
@@ -690,6 +717,8 @@ class TestIndexFormat:
         "V3 7 4 1\n",
         "V1 7 4 1\n1 1 -\n",
         "V2 7 4 1\n1 1 - x a\n",           # size not a number
+        "V2 7 4 1 R4\n",                    # claimed beyond UIDNEXT
+        "V2 7 4 1 R\n",
     ])
     def test_inconsistent(self, text):
         with pytest.raises(ValueError):

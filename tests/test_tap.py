@@ -98,7 +98,6 @@ def test_oneNamedChildPerListener(tmp_path):
     assert ports == [10025, 10110, 10143, 10366, 10465, 10587, 10993, 10995]
     assert [port for port, *rest in reactor.udpServers] == [14069]
     assert children["imap"].factory.structures is children["imaps"].factory.structures
-    assert children["imap"].factory.recent is children["imaps"].factory.recent
     assert children["imap"].factory.timeout == 1800
     assert children["imaps"].factory.implicitTLS and not children["imap"].factory.implicitTLS
     factories = {port: factory for port, factory, *rest in reactor.tcpServers}

@@ -110,6 +110,9 @@ class MemoryMessage:
 class _Folder:
     """
     The messages of one folder, in UID order, and its counters.
+
+    @ivar recentThreshold: the highest UID a view has claimed
+        (L{MemoryMailbox.claimRecent}).
     """
 
     def __init__(self, uidValidity):
@@ -119,6 +122,7 @@ class _Folder:
         self.messages = {}
         self.deleted = False
         self.expunged = ExpungeHistory()
+        self.recentThreshold = 0
 
     def add(self, data, flags, internalDate):
         uid, self.uidNext = self.uidNext, self.uidNext + 1
@@ -143,6 +147,8 @@ class MemoryMailbox(FlagShorthand):
         self._store = store
         self._account = account
         self._folder = folder
+        self._claiming = False
+        self._claimed = set()
         self.sync()
 
     def __repr__(self):
@@ -152,6 +158,15 @@ class MemoryMailbox(FlagShorthand):
         """
         See L{IMailbox.sync}.
         """
+        self._takeIn()
+
+    def _takeIn(self):
+        """
+        Take in the folder as it is now; a view that claims (L{claimRecent})
+        claims what no view has.
+
+        @return: the UIDs claimed.
+        """
         folder = self._folder
         if folder.deleted:
             raise NotFound("mailbox %s of %s is gone" % (self.name, self._account))
@@ -159,12 +174,33 @@ class MemoryMailbox(FlagShorthand):
         self.uidNext = folder.uidNext
         self.highestModSeq = folder.highestModSeq
         self._messages = list(folder.messages.values())
+        claimed = []
+        if self._claiming:
+            claimed = [uid for uid in folder.messages if uid > folder.recentThreshold]
+            folder.recentThreshold = folder.uidNext - 1
+            self._claimed.update(claimed)
+        self.recentThreshold = folder.recentThreshold
+        return claimed
 
     def messages(self):
         """
         See L{IMailbox.messages}.
         """
         return list(self._messages)
+
+    def claimRecent(self):
+        """
+        See L{IMailbox.claimRecent}.  The folder keeps the highest UID
+        claimed.
+        """
+        self._claiming = True
+        return defer.maybeDeferred(self._takeIn)
+
+    def claimedUids(self):
+        """
+        See L{IMailbox.claimedUids}.
+        """
+        return frozenset(self._claimed)
 
     def _changed(self, result):
         self.sync()

@@ -15,6 +15,7 @@ from mdpy import errors, mutf7
 from mdpy.imap.structure import quoteString
 from mdpy.imap.parser import Atom, ParseError, astring, isAtom
 from mdpy.mailbox import DELETED
+from mdpy.imap.selected import recentAmong
 
 SEPARATOR = "/"
 # DELETED and DELETED-STORAGE: RFC 9208 section 4.1.4 (QUOTA=RES-MESSAGE and
@@ -384,9 +385,12 @@ class MailboxCommands:
                 if item == "MESSAGES":
                     value = len(messages)
                 elif item == "RECENT":
-                    value = 0
-                    if self.selected is not None and self.selected.mailbox.name == name:
-                        value = len(self.selected.recent)
+                    # RFC 3501 section 2.3.2: the messages no session has
+                    # claimed, and those this session did.
+                    value = len(recentAmong(mailbox, True, [m.uid for m in messages]))
+                    selected = self.selected
+                    if selected is not None and not selected.readOnly and selected.mailbox.name == mailbox.name:
+                        value += len(selected.recent)
                 elif item == "UIDNEXT":
                     value = mailbox.uidNext
                 elif item == "UIDVALIDITY":

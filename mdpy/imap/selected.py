@@ -81,36 +81,21 @@ class UidValidityChanged(Exception):
     """
 
 
-class RecentTracker:
+def recentAmong(mailbox, readOnly, uids):
     """
-    Which messages are C{\\Recent}: those that arrived since the last
-    session that selected the mailbox read-write in this process
-    (RFC 3501 section 2.3.2).  Kept in memory: after a restart nothing is
-    recent until new mail arrives.
+    @param uids: UIDs of messages a session's view of C{mailbox} has just
+        taken in.
+    @return: those of C{uids} that are C{\\Recent} to the session (RFC
+        3501 section 2.3.2): when it selected the mailbox read-write, those
+        its view claimed (L{mdpy.interfaces.IMailbox.claimRecent}); with
+        EXAMINE, which takes C{\\Recent} from no message, those no
+        session has claimed yet.
     """
-
-    def __init__(self):
-        self._claimed = {}
-
-    def claim(self, account, name, uidValidity, uids):
-        """
-        @return: the UIDs of C{uids} not claimed before, now claimed by the
-            caller.
-        """
-        key = (account, name)
-        validity, highest = self._claimed.get(key, (uidValidity, None))
-        if validity != uidValidity:
-            highest = None
-        if highest is None:
-            # First sight of this mailbox in this process: what is there now
-            # is old.
-            highest = uids[-1] if uids else 0
-            self._claimed[key] = (uidValidity, highest)
-            return []
-        fresh = [uid for uid in uids if uid > highest]
-        if fresh:
-            self._claimed[key] = (uidValidity, fresh[-1])
-        return fresh
+    if readOnly:
+        threshold = mailbox.recentThreshold
+        return [uid for uid in uids if uid > threshold]
+    claimed = mailbox.claimedUids()
+    return [uid for uid in uids if uid in claimed]
 
 
 class SelectedMailbox:

@@ -56,7 +56,7 @@ from mdpy.imap import sort as sorting
 from mdpy.imap.sorting import CAPABILITIES as SORT_CAPABILITIES, SortCommands
 from mdpy.imap.structure import quoteString
 from mdpy.imap.parser import Atom, ParseError, astring, isAtom, tokenize
-from mdpy.imap.selected import SYSTEM_FLAGS, RecentTracker, SelectedMailbox, UidValidityChanged
+from mdpy.imap.selected import SYSTEM_FLAGS, SelectedMailbox, UidValidityChanged, recentAmong
 from mdpy.session import CommandSession, SessionFactory
 from mdpy.mailbox import DELETED
 
@@ -135,7 +135,6 @@ class IMAP4Factory(SessionFactory):
         temporary folder.
     @ivar structures: the L{fetching.StructureCache} (shared by listeners).
     @ivar sortFields: the L{sorting.SortFieldCache} (shared by listeners).
-    @ivar recent: the L{RecentTracker} (shared by listeners).
     @ivar idleKeepAlive: seconds between C{* OK Still here} while idling.
     @ivar idlePoll: seconds between checks for changes made by other
         programs while idling.
@@ -157,7 +156,6 @@ class IMAP4Factory(SessionFactory):
         spoolDir=None,
         structures=None,
         sortFields=None,
-        recent=None,
         idleKeepAlive=120,
         idlePoll=30,
         changeFeed=None,
@@ -175,7 +173,6 @@ class IMAP4Factory(SessionFactory):
         self.spoolDir = spoolDir
         self.structures = fetching.StructureCache() if structures is None else structures
         self.sortFields = sorting.SortFieldCache() if sortFields is None else sortFields
-        self.recent = RecentTracker() if recent is None else recent
         self.idleKeepAlive = idleKeepAlive
         self.idlePoll = idlePoll
         self.changeFeed = changeFeed
@@ -417,7 +414,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         try:
             lines = selected.updates(
                 expunge,
-                self._claimRecent,
+                self._recentAmong,
                 modSeqs="CONDSTORE" in self.enabled,
                 vanished="QRESYNC" in self.enabled,
             )
@@ -429,11 +426,9 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         if lines:
             self.send(b"".join(lines))
 
-    def _claimRecent(self, uids):
+    def _recentAmong(self, uids):
         selected = self.selected
-        if selected.readOnly:
-            return []
-        return self.factory.recent.claim(self.account, selected.mailbox.name, selected.uidValidity, uids)
+        return recentAmong(selected.mailbox, selected.readOnly, uids)
 
     def _command(self, segments):
         tag = self._guessTag(segments[0])
@@ -676,8 +671,21 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         if condstore:
             self.enabled.add("CONDSTORE")
         d = self._storeCall(self.factory.store.openMailbox, name)
+        if not readOnly:
+            d.addCallback(self._claimRecent)
         d.addCallbacks(self._cbSelected, self._ebSelect, callbackArgs=(tag, readOnly, resync), errbackArgs=(tag,))
         return d
+
+    def _claimRecent(self, mailbox):
+        """
+        Claim for this session the messages no session was told of yet:
+        they are C{\\Recent} to it alone (RFC 3501 section 2.3.2), and so
+        are those its view takes in later.
+
+        @return: a L{Deferred} firing with C{mailbox}.
+        """
+        d = defer.maybeDeferred(mailbox.claimRecent)
+        return d.addCallback(lambda _: mailbox)
 
     def _closeForSelect(self):
         """
@@ -698,10 +706,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
     def _cbSelected(self, mailbox, tag, readOnly, resync=None):
         if self.closing:
             return None
-        uids = [m.uid for m in mailbox.messages()]
-        recent = [] if readOnly else self.factory.recent.claim(
-            self.account, mailbox.name, mailbox.uidValidity, uids
-        )
+        recent = recentAmong(mailbox, readOnly, [m.uid for m in mailbox.messages()])
         selected = SelectedMailbox(mailbox, readOnly, recent)
         lines = [
             selected.flagsResponses(),

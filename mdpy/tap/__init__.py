@@ -31,7 +31,6 @@ from mdpy.minger.server import MingerServer
 from mdpy.imap.fetch import StructureCache
 from mdpy.imap.sort import SortFieldCache
 from mdpy.imap.literals import PendingLiterals
-from mdpy.imap.selected import RecentTracker
 from mdpy.reload import LiveParts, installReloadSignal
 from mdpy.tls import ReplaceableServerOptions
 from mdpy.serverlock import AlreadyRunning
@@ -220,7 +219,6 @@ def buildService(config, portOffset=0, reactor=None, lock=None):
     imapShared = dict(
         structures=StructureCache(),
         sortFields=SortFieldCache(),
-        recent=RecentTracker(),
         pendingLiterals=PendingLiterals(),
         spoolDir=datadir.literalSpoolDir,
         changeFeed=backend.changeFeed,

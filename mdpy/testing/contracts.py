@@ -395,6 +395,62 @@ class StoreContract:
         assert resultOf(mailbox.expungedSince(start)) is None
         assert resultOf(mailbox.expungedSince(first)) == [3, 4]
 
+    def test_claimRecentOnce(self, store):
+        """
+        The first view to claim gets every message no view claimed; a
+        second one gets none of them.  Views that do not claim change
+        nothing.
+        """
+        self.deliver(store, b"1", b"2")
+        looking = resultOf(store.openMailbox(ALICE))
+        assert looking.recentThreshold == 0
+        resultOf(looking.sync())
+        first, second = resultOf(store.openMailbox(ALICE)), resultOf(store.openMailbox(ALICE))
+        assert first.recentThreshold == 0
+        assert resultOf(first.claimRecent()) == [1, 2]
+        assert first.claimedUids() == {1, 2}
+        assert first.recentThreshold == 2
+        assert resultOf(second.claimRecent()) == []
+        assert second.claimedUids() == frozenset()
+        assert resultOf(store.openMailbox(ALICE)).recentThreshold == 2
+        assert resultOf(store.openMailbox(ALICE, "Sent")).recentThreshold == 0
+
+    def test_aClaimingViewClaimsWhatItTakesIn(self, store):
+        """
+        After L{IMailbox.claimRecent}, a view claims the new messages it
+        takes in, by a sync or by its own append, unless another claiming
+        view took them in first.
+        """
+        first, second = resultOf(store.openMailbox(ALICE)), resultOf(store.openMailbox(ALICE))
+        assert resultOf(first.claimRecent()) == []
+        assert resultOf(second.claimRecent()) == []
+        self.deliver(store, b"1")
+        resultOf(first.sync())
+        resultOf(second.sync())
+        self.deliver(store, b"2")
+        resultOf(second.sync())
+        resultOf(first.sync())
+        uid = resultOf(first.append(b"3"))
+        resultOf(second.sync())
+        assert first.claimedUids() == {1, uid}
+        assert second.claimedUids() == {2}
+        assert resultOf(store.openMailbox(ALICE)).recentThreshold == uid
+        self.deliver(store, b"4")
+        other = resultOf(store.openMailbox(ALICE))
+        assert other.recentThreshold == uid
+        assert [m.uid for m in other.messages()][-1] == uid + 1
+
+    def test_claimRecentSkipsExpunged(self, store):
+        """
+        A message expunged before anyone claimed it is not claimed, and
+        the threshold still passes it.
+        """
+        self.deliver(store, b"1", b"2")
+        resultOf(resultOf(store.openMailbox(ALICE)).expunge([2]))
+        mailbox = resultOf(store.openMailbox(ALICE))
+        assert resultOf(mailbox.claimRecent()) == [1]
+        assert mailbox.recentThreshold == 2
+
     def test_folders(self, store):
         resultOf(store.createMailbox(ALICE, "Lists"))
         resultOf(store.createMailbox(ALICE, "Lists/Work"))

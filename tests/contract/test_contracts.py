@@ -4,7 +4,10 @@ L{mdpy.testing.contracts}, which a backend written elsewhere runs the same
 way: subclass each suite and give it the object under test.
 """
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -29,7 +32,7 @@ from mdpy.testing import (
 )
 from mdpy.testing.contracts import ALICE, BOB
 from tests.contract.conftest import UnstartedPool
-from tests.server import OtherProcess
+from tests.server import OtherProcess, checkoutFirst
 
 
 class TestStore(StoreContract):
@@ -294,3 +297,81 @@ def test_aLockFileThatCannotBeMadeRefusesTheMaildrop(tmp_path):
         assert not backend.maildropLocks.acquire(ALICE, object())
     finally:
         backend.close()
+
+
+# --- new messages claimed once, across processes ----------------------------
+
+# A script's backend whose work runs at once, as in the tests here.
+_AT_ONCE = (
+    "class AtOnce:\n"
+    "    started = False\n"
+    "backend = FilesBackend(sys.argv[1], threadPool=AtOnce(), groupCommit=False)\n"
+)
+
+
+def test_claimsHoldAcrossProcessesAndRestarts(tmp_path, files):
+    """
+    Messages another process claimed (another server on the data
+    directory) are not claimed here, those claimed here are not claimed
+    again after a restart, and what arrives later is claimed by one view.
+    """
+    resultOf(files.store.createAccount(ALICE))
+    resultOf(files.store.deliver([(ALICE, "INBOX", [b"1"]), (ALICE, "INBOX", [b"2"])]))
+    other = OtherProcess(
+        tmp_path / "data",
+        _AT_ONCE + "backend.store.openMailbox(%r).addCallback(lambda m: m.claimRecent()).addCallback(print)"
+        % (ALICE,),
+    )
+    other.kill()
+    assert other.output == ["[1, 2]"]
+    mailbox = resultOf(files.store.openMailbox(ALICE))
+    assert mailbox.recentThreshold == 2
+    assert resultOf(mailbox.claimRecent()) == []
+    resultOf(files.store.deliver([(ALICE, "INBOX", [b"3"])]))
+    resultOf(mailbox.sync())
+    assert mailbox.claimedUids() == {3}
+    again = filesBackend(tmp_path)
+    try:
+        restarted = resultOf(again.store.openMailbox(ALICE))
+        assert restarted.recentThreshold == 3
+        assert resultOf(restarted.claimRecent()) == []
+    finally:
+        again.close()
+
+
+def test_processesRacingNeverClaimAMessageTwice(tmp_path, files):
+    """
+    Two processes, each delivering messages and claiming what it takes
+    in, at the same time (both start when both are ready): every message
+    is claimed, and by one of them.
+    """
+    resultOf(files.store.createAccount(ALICE))
+    script = (
+        "import sys\n"
+        "from mdpy.backends.files import FilesBackend\n"
+        + _AT_ONCE +
+        "mailbox = []\n"
+        "backend.store.openMailbox(%r).addCallback(mailbox.append)\n"
+        "[mailbox] = mailbox\n"
+        "mailbox.claimRecent()\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "for n in range(25):\n"
+        "    backend.store.deliver([(%r, 'INBOX', [b'x'])])\n"
+        "    mailbox.sync()\n"
+        "print(sorted(mailbox.claimedUids()))\n"
+    ) % (ALICE, ALICE)
+    runs = [
+        subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "data")],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         env=dict(os.environ, PYTHONPATH=checkoutFirst(os.environ.get("PYTHONPATH"))))
+        for _ in range(2)
+    ]
+    assert [run.stdout.readline() for run in runs] == [b"ready\n"] * 2
+    for run in runs:
+        run.stdin.write(b"go\n")
+        run.stdin.flush()
+    claims = [set(json.loads(run.communicate(timeout=60)[0])) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0]
+    assert not claims[0] & claims[1]
+    assert claims[0] | claims[1] == set(range(1, 51))

@@ -494,9 +494,12 @@ class MaildirMessage:
 class _State:
     """
     A consistent view of a folder, as of one locked transaction.
+
+    @ivar claimed: the UIDs the transaction claimed for the view.
     """
 
-    def __init__(self, serial, uidValidity, uidNext, highestModSeq, messages, keywords):
+    def __init__(self, serial, uidValidity, uidNext, highestModSeq, messages, keywords,
+                 recentThreshold=0, claimed=()):
         self.serial = serial
         self.uidValidity = uidValidity
         self.uidNext = uidNext
@@ -504,6 +507,8 @@ class _State:
         self.messages = messages
         self.byUid = {message.uid: message for message in messages}
         self.keywords = keywords
+        self.recentThreshold = recentThreshold
+        self.claimed = claimed
 
 
 _EMPTY = _State(0, 0, 1, 0, [], ())
@@ -529,10 +534,13 @@ class MaildirMailbox(FlagShorthand):
         self._pendingFlags = []
         self._flagJobRunning = False
         self._cache = None
+        self._claiming = False
+        self._claimed = set()
 
     uidValidity = property(lambda self: self._state.uidValidity)
     uidNext = property(lambda self: self._state.uidNext)
     highestModSeq = property(lambda self: self._state.highestModSeq)
+    recentThreshold = property(lambda self: self._state.recentThreshold)
 
     def __repr__(self):
         return "<MaildirMailbox %s %s>" % (self._account, self.name)
@@ -543,7 +551,7 @@ class MaildirMailbox(FlagShorthand):
 
         @return: C{(state, operation's result)}.
         """
-        return self._index.transact(operation, self._buildState)
+        return self._index.transact(operation, self._buildState, self._claiming)
 
     def _buildState(self, uidList, files, keywords):
         previous = self._state
@@ -562,7 +570,7 @@ class MaildirMailbox(FlagShorthand):
                 )
             messages.append(message)
         return _State(next(_stateSerial), uidList.uidValidity, uidList.uidNext, uidList.highestModSeq,
-                      messages, tuple(keywords.names))
+                      messages, tuple(keywords.names), uidList.recentThreshold, uidList.claimed)
 
     def _install(self, outcome, sync=False):
         """
@@ -578,6 +586,10 @@ class MaildirMailbox(FlagShorthand):
             sync or self._state.uidValidity in (0, state.uidValidity)
         ):
             self._state = state
+        if state.claimed and state.uidValidity == self._state.uidValidity:
+            # Kept even when a newer state was installed first: that one
+            # holds these messages, claimed before it was built.
+            self._claimed.update(state.claimed)
         return result
 
     def _notify(self, result):
@@ -648,6 +660,33 @@ class MaildirMailbox(FlagShorthand):
         See L{IMailbox.messages}.
         """
         return list(self._state.messages)
+
+    def claimRecent(self):
+        """
+        See L{IMailbox.claimRecent}.  The index keeps the highest UID
+        claimed, read and advanced under the folder lock; from this call
+        on, each transaction of this view claims (L{FolderIndex.transact}).
+        When the view holds no message above that UID, nothing is
+        written: messages that come later are claimed by the transaction
+        that takes them in.
+        """
+        self._claiming = True
+        state = self._state
+        if state.uidValidity and state.recentThreshold >= state.uidNext - 1:
+            return defer.succeed([])
+        d = self._store._runInThread(self._transact)
+        d.addCallback(self._cbClaimed)
+        return d
+
+    def _cbClaimed(self, outcome):
+        self._install(outcome, sync=True)
+        return list(outcome[0].claimed)
+
+    def claimedUids(self):
+        """
+        See L{IMailbox.claimedUids}.
+        """
+        return frozenset(self._claimed)
 
     def append(self, data, flags=(), internalDate=None):
         """

@@ -11,11 +11,15 @@ keywords numbered in the folder's C{dovecot-keywords} file, Dovecot's format
 The index, C{mdpy-uidlist} in each folder directory, keeps what Maildir
 cannot::
 
-    V2 <uidvalidity> <uidnext> <highestmodseq>
+    V2 <uidvalidity> <uidnext> <highestmodseq>[ R<recent>]
     <uid> <modseq> <info> <basename>
     ...
 
-one line per message, in UID order, ending with a newline.  C{<info>} is the
+one line per message, in UID order, ending with a newline.  C{R<recent>} is
+the highest UID a view has claimed (L{UidList.claimRecent}): the messages
+above it are new to every session.  It is written only while there are
+such UIDs; without it (also in an index written before it existed) every
+UID below UIDNEXT is claimed.  C{<info>} is the
 info suffix last seen (C{2,FS}), C{-} when empty, with C{%}, space and C{-}
 written as C{%XX}; C{<basename>} (the rest of the line) is the file name
 before C{:}, also the message's key.  The index is a cache: delivery never
@@ -79,7 +83,7 @@ _LETTER_FLAGS = {
 _FLAG_LETTERS = {flag.lower(): letter for letter, flag in _LETTER_FLAGS.items()}
 _WIRE_SIZE = re.compile(r",W=([0-9]+)")
 _NAME_ORDER = re.compile(r"([0-9]+)\.M([0-9]+)P[0-9]+Q([0-9]+)")
-_HEADER = re.compile(r"V([12]) ([0-9]+) ([0-9]+) ([0-9]+)\Z")
+_HEADER = re.compile(r"V([12]) ([0-9]+) ([0-9]+) ([0-9]+)(?: R([0-9]+))?\Z")
 _ESCAPED = re.compile(r"%([0-9A-F]{2})")
 _EXPUNGED_HEADER = re.compile(r"E1 ([0-9]+) ([0-9]+)\Z")
 _EXPUNGED_LINE = re.compile(r"([0-9]+) ([0-9]+(?:,[0-9]+)*)\Z")
@@ -293,7 +297,7 @@ def parseHeader(line):
     match = _HEADER.match(line)
     if match is None:
         return None
-    return tuple(int(n) for n in match.groups()[1:])
+    return tuple(int(n) for n in match.groups()[1:4])
 
 
 def readExpunged(folderPath):
@@ -334,13 +338,20 @@ class UidList:
     """
     The parsed C{mdpy-uidlist}: C{entries} maps each basename to C{(uid,
     modSeq, info)} in UID order.
+
+    @ivar recentThreshold: the highest UID claimed by L{claimRecent};
+        L{None} in an index being rebuilt, until the messages found are
+        taken in (none of them is new).
+    @ivar claimed: the UIDs L{claimRecent} claimed in this transaction.
     """
 
-    def __init__(self, uidValidity, uidNext, highestModSeq, entries):
+    def __init__(self, uidValidity, uidNext, highestModSeq, entries, recentThreshold=None):
         self.uidValidity = uidValidity
         self.uidNext = uidNext
         self.highestModSeq = highestModSeq
         self.entries = entries
+        self.recentThreshold = uidNext - 1 if recentThreshold is None else recentThreshold
+        self.claimed = ()
         self.dirty = False
         self._modSeq = None
         self.rebuilt = False
@@ -370,6 +381,28 @@ class UidList:
         self.expunged.append(self.entries.pop(key)[0])
         self.nextModSeq()
 
+    def claimRecent(self):
+        """
+        Claim every UID above L{recentThreshold}: no later call, in this
+        process or another, claims them again.
+
+        @return: the UIDs of the messages claimed, ascending (also kept in
+            L{claimed}).
+        """
+        threshold = self.recentThreshold
+        if threshold >= self.uidNext - 1:
+            return ()
+        claimed = []
+        for uid, _, _, _ in reversed(self.entries.values()):
+            if uid <= threshold:
+                break
+            claimed.append(uid)
+        claimed.reverse()
+        self.recentThreshold = self.uidNext - 1
+        self.claimed = tuple(claimed)
+        self.dirty = True
+        return self.claimed
+
     def serialise(self):
         lines = [self.header()]
         lines.extend(
@@ -379,7 +412,10 @@ class UidList:
         return "".join(lines).encode("utf-8", "surrogateescape")
 
     def header(self):
-        return "V2 %d %d %d\n" % (self.uidValidity, self.uidNext, self.highestModSeq)
+        recent = ""
+        if self.recentThreshold < self.uidNext - 1:
+            recent = " R%d" % (self.recentThreshold,)
+        return "V2 %d %d %d%s\n" % (self.uidValidity, self.uidNext, self.highestModSeq, recent)
 
     @classmethod
     def parse(cls, text):
@@ -393,6 +429,10 @@ class UidList:
         if header is None or header[0] == 0:
             raise ValueError("bad header")
         uidValidity, uidNext, highest = header
+        recent = _HEADER.match(lines[0]).group(5)
+        recentThreshold = uidNext - 1 if recent is None else int(recent)
+        if recentThreshold >= uidNext:
+            raise ValueError("claimed UIDs beyond UIDNEXT")
         version = 1 if lines[0].startswith("V1 ") else 2
         entries, lastUid = {}, 0
         for line in lines[1:-1]:
@@ -407,7 +447,7 @@ class UidList:
                 raise ValueError("inconsistent line %r" % (line,))
             lastUid = uid
             entries[key] = (uid, modSeq, _unescapeInfo(info), size)
-        return cls(uidValidity, uidNext, highest, entries)
+        return cls(uidValidity, uidNext, highest, entries, recentThreshold)
 
 
 class FolderIndex:
@@ -425,12 +465,14 @@ class FolderIndex:
         self._label = label
         self._cache = None
 
-    def transact(self, operation=None, build=None):
+    def transact(self, operation=None, build=None, claim=False):
         """
         Under the folder lock: read the index, take in the disk's changes
         (move C{new/} to C{cur/}, give UIDs to new files, drop vanished ones),
-        run C{operation(uidList, files, keywords)}, save the index if
-        anything changed, and call C{build(uidList, files, keywords)}.
+        run C{operation(uidList, files, keywords)}, with C{claim} claim the
+        messages no view has claimed (L{UidList.claimRecent}), save the
+        index if anything changed, and call C{build(uidList, files,
+        keywords)}.
 
         C{files} maps each basename in C{cur/} to its file name; an operation
         that renames or removes files keeps it up to date.
@@ -446,7 +488,12 @@ class FolderIndex:
                 keywords = Keywords(self.path)
                 files = self._scan()
                 self._reconcile(uidList, files)
+                if uidList.recentThreshold is None:
+                    # Rebuilt: what is there is not new.
+                    uidList.recentThreshold = uidList.uidNext - 1
                 result = operation(uidList, files, keywords) if operation else None
+                if claim:
+                    uidList.claimRecent()
                 if uidList.expunged or uidList.rebuilt:
                     self._recordExpunges(uidList, readModSeq)
                 if uidList.dirty:
@@ -492,6 +539,7 @@ class FolderIndex:
         self._cache = (
             (st.st_ino, st.st_mtime_ns, st.st_size),
             uidList.uidValidity, uidList.uidNext, uidList.highestModSeq, dict(uidList.entries),
+            uidList.recentThreshold,
         )
 
     def _read(self, lock):
@@ -501,7 +549,7 @@ class FolderIndex:
             st = os.stat(path)
             cached = self._cache
             if cached is not None and cached[0] == (st.st_ino, st.st_mtime_ns, st.st_size):
-                return UidList(cached[1], cached[2], cached[3], dict(cached[4]))
+                return UidList(cached[1], cached[2], cached[3], dict(cached[4]), cached[5])
             with open(path, "rb") as f:
                 text = f.read().decode("utf-8", "surrogateescape")
             try:
@@ -523,6 +571,11 @@ class FolderIndex:
             max([h[2] for h in known], default=0),
             {},
         )
+        if known:
+            # Set once the messages found are taken in (L{transact}); a
+            # folder indexed for the first time keeps what was delivered
+            # to it new.
+            uidList.recentThreshold = None
         uidList.dirty = uidList.rebuilt = True
         return uidList
 
