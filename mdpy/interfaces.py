@@ -2,6 +2,10 @@
 """
 The seams of mdpy.
 
+This module is past ~800 lines on purpose: it is the one place where every
+seam is written down, so that a backend author reads one file, and the
+docstrings here are the specification the contract suites test.
+
 Everything a protocol needs from storage, and everything a storage needs from
 the outside, is said here once.  Implementations declare C{@implementer(...)}
 and refer to these docstrings instead of repeating them.  None of these

@@ -7,6 +7,10 @@ ALL and COUNT (RFC 4731) and the CONTEXT=SEARCH return options UPDATE,
 CONTEXT and PARTIAL (RFC 5267 section 4, PARTIAL as RFC 9394 section 3.1
 has it).
 
+This module is past ~800 lines on purpose: it is the whole of SEARCH (the
+key grammar, the matching of every key, the responses), which SORT, THREAD
+and the CONTEXT=SEARCH updates use as one unit; it does no I/O.
+
 This module does no I/O: L{parseSearchCommand} reads the tokens of a
 command into a L{SearchCommand}, the session tests each message of its view
 with L{Criteria.match}, and L{formatSearchResponse} writes the untagged

@@ -8,6 +8,10 @@ test classes.  A
 backend author subclasses each and says how to make the object under test;
 mdpy runs them against its own backends in C{tests/contract/}.
 
+This module is past ~800 lines on purpose: it is the specification of a
+backend in executable form, one suite per seam, shipped whole so that an
+outside backend runs exactly the suites mdpy's own backends run.
+
 Each suite works through the interface only, and takes every result
 through L{resultOf}: the object must be built so that its Deferreds have
 fired when they are returned (the files backend before its thread pool

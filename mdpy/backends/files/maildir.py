@@ -3,6 +3,10 @@
 The Maildir++ store: one standard Maildir tree per account, readable by
 Dovecot, mutt and mbsync, with a small rebuildable index beside each folder.
 
+This module is past ~800 lines on purpose: the store and the mailbox view
+share the folder layout, the file names and the locking rules written
+here, and the invariants below hold across both.
+
 Layout::
 
     root/<domain>/<localpart>/            INBOX (cur/ new/ tmp/)

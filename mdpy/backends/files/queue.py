@@ -2,6 +2,10 @@
 """
 The outbound queue: a durable spool of messages for remote recipients.
 
+This module is past ~800 lines on purpose: the spool's files, the states
+of an entry (staged, admitted, withdrawn) and their recovery after a crash
+are one set of rules, described here and kept by every method.
+
 Layout of the queue directory::
 
     msg/<id>      the message exactly as it will be sent, written once
