@@ -8,6 +8,7 @@ off.
 """
 
 import errno
+import os
 import socket
 
 from twisted.internet import defer
@@ -119,3 +120,34 @@ class EveryAddressEndpoint:
             self.port,
             self.hasIPv6,
         )
+
+
+@implementer(IStreamServerEndpoint)
+class AdoptedEndpoint:
+    """
+    A TCP server endpoint on listening sockets another process bound and
+    passed down (a worker's, L{mdpy.tap.worker}): one, or an IPv6 and an
+    IPv4 one (see L{listenEverywhere}).
+    """
+
+    def __init__(self, reactor, sockets):
+        """
+        @param sockets: C{(fd, family)} of each socket, family
+            L{socket.AF_INET6} or L{socket.AF_INET}; each descriptor is
+            closed once the reactor has taken its own copy.
+        """
+        self.reactor = reactor
+        self.sockets = sockets
+
+    def listen(self, protocolFactory):
+        """
+        See L{IStreamServerEndpoint.listen}.
+        """
+        return defer.execute(self._adopt, protocolFactory)
+
+    def _adopt(self, protocolFactory):
+        ports = []
+        for fd, family in self.sockets:
+            ports.append(self.reactor.adoptStreamPort(fd, family, protocolFactory))
+            os.close(fd)
+        return ports[0] if len(ports) == 1 else BothPorts(*ports)
