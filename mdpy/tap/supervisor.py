@@ -161,11 +161,15 @@ class WorkerProtocol(protocol.ProcessProtocol):
         """
         ended = defer.Deferred()
         self._waiting.append(ended)
-        self._signal("TERM")
-        self._kill = clock.callLater(grace, self._signal, "KILL")
+        self.signal("TERM")
+        self._kill = clock.callLater(grace, self.signal, "KILL")
         return ended
 
-    def _signal(self, name):
+    def signal(self, name):
+        """
+        Send the signal C{name} (C{"TERM"}, C{"HUP"}...) to the worker, if
+        it still runs.
+        """
         try:
             self.transport.signalProcess(name)
         except error.ProcessExitedAlready:
@@ -255,7 +259,7 @@ class WorkerSupervisor(service.Service):
         @return: C{result}, so that this can be a callback.
         """
         for worker in self.workers.values():
-            worker._signal("HUP")
+            worker.signal("HUP")
         return result
 
     def stopService(self):
