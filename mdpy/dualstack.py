@@ -11,7 +11,7 @@ import errno
 import os
 import socket
 
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from zope.interface import implementer
@@ -122,6 +122,24 @@ class EveryAddressEndpoint:
         )
 
 
+class OneAtATimePort(tcp.Port):
+    """
+    A listening port that accepts one connection each time its socket is
+    ready, where Twisted's accepts up to the number it found waiting the
+    time before: processes sharing the socket each take one in turn, so
+    that a burst of connections is spread over them instead of taken by
+    the first to wake.
+    """
+
+    @property
+    def numberAccepts(self):
+        return 1
+
+    @numberAccepts.setter
+    def numberAccepts(self, value):
+        pass
+
+
 @implementer(IStreamServerEndpoint)
 class AdoptedEndpoint:
     """
@@ -148,6 +166,9 @@ class AdoptedEndpoint:
     def _adopt(self, protocolFactory):
         ports = []
         for fd, family in self.sockets:
-            ports.append(self.reactor.adoptStreamPort(fd, family, protocolFactory))
+            port = self.reactor.adoptStreamPort(fd, family, protocolFactory)
             os.close(fd)
+            if isinstance(port, tcp.Port):
+                port.__class__ = OneAtATimePort
+            ports.append(port)
         return ports[0] if len(ports) == 1 else BothPorts(*ports)

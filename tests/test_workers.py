@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from twisted.python import usage
 
 from mdpy.config import Config, ConfigError
-from mdpy.dualstack import AdoptedEndpoint, BothPorts
+from mdpy.dualstack import AdoptedEndpoint, BothPorts, OneAtATimePort
 from mdpy.tap.supervisor import (
     STOP_GRACE, HeldEndpoint, RestartBackOff, WorkerProtocol, WorkerSupervisor, workerCount,
 )
@@ -305,3 +305,42 @@ def test_workerCount(tmp_path):
     for bad in ("0", "-1", "many"):
         with pytest.raises(ConfigError, match=r"\[server\] workers"):
             load(tmp_path, "workers = %s\n" % (bad,))
+
+
+def test_aWorkerAcceptsOneConnectionAtATime():
+    """
+    A worker's port takes one connection each time its socket is ready,
+    whatever Twisted's accept loop found the time before, so that the
+    workers sharing the socket take a burst of connections in turn.
+    """
+    port = OneAtATimePort(0, None, reactor=MemoryReactor())
+    port.numberAccepts = 21
+    assert port.numberAccepts == 1
+
+
+def test_aWorkerServesTheListenersItInheritedAndNoDuty(tmp_path):
+    """
+    A worker builds a listener for each socket it inherited (which
+    listeners run is its supervisor's: it changes at a restart only),
+    none for the others, no Minger, and none of the primary's duties: it
+    hands what it queues to the primary and never tries its lock.
+    """
+    from mdpy.control import QueueHandOff
+    from mdpy.tap import buildService
+    from tests.test_tap import MemoryReactor as ServerReactor, listeners, load as loadServer
+
+    config = loadServer(tmp_path, "[imap]\nenabled = no\n[minger]\nenabled = yes\n[odmr]\nenabled = yes\n")
+    listening = socket.socket()
+    try:
+        fd = listening.dup().detach()
+        reactor = ServerReactor()
+        top = buildService(config, reactor=reactor, worker={"imap": [(fd, socket.AF_INET)]})
+        top.startService()
+        assert sorted(listeners(top)) == ["imap"]
+        assert [(adopted, family) for adopted, family, _ in reactor.adoptedPorts] == [(fd, socket.AF_INET)]
+        assert top.live.primary is False
+        assert any(isinstance(listener, QueueHandOff) for listener in top.live.pipeline.queue.listeners)
+        assert reactor.udpServers == []
+        top.stopService()
+    finally:
+        listening.close()

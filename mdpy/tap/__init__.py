@@ -241,7 +241,9 @@ def buildService(config, portOffset=0, reactor=None, lock=None, worker=None):
     top = MailServer()
     for name in LISTENERS:
         section = config[name]
-        if not section["enabled"]:
+        # A worker serves the listeners its supervisor bound: like their
+        # ports, which listeners run changes at a restart only.
+        if not (section["enabled"] if worker is None else name in worker):
             continue
         settings = listenerSettings(config, name, directory)
         factoryType = factoryClass(config, name)
