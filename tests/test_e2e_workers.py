@@ -232,6 +232,20 @@ def test_maildropInUseAcrossWorkers(server):
     second.quit()
 
 
+def test_reloadReachesEveryWorker(server):
+    """
+    SIGHUP to the supervisor (C{systemctl reload}) makes it and every
+    worker read the configuration again.
+    """
+    line = "reload: read %s" % (server.config,)
+    before = server.logText().count(line)
+    server.process.send_signal(signal.SIGHUP)
+    for pid in workerPids(server).values():
+        waitUntil(lambda: re.search(r"pid %d\] %s$" % (pid, re.escape(line)), server.logText(), re.M),
+                  what="the reload of worker %d" % (pid,))
+    assert server.logText().count(line) == before + 1 + WORKERS
+
+
 def test_killedWorkerIsStartedAgainAndSigtermStopsAll(tmp_path):
     """
     C{kill -9} of one worker: a client idling in the other goes on
