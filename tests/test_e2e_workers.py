@@ -15,8 +15,9 @@ import smtplib
 
 import pytest
 
-from tests.server import HOST, MdpyServer, makeMessage, newAccount, waitForBanner, waitUntil
+from tests.server import HOST, MdpyServer, freePorts, makeMessage, newAccount, waitForBanner, waitUntil
 from tests.test_e2e_changefeed import arrival, done, idling
+from tests.test_e2e_relay import HoldingReceiver, until
 
 WORKERS = 2
 
@@ -25,13 +26,16 @@ WORKERS = 2
 TRIES = 60
 
 
-def startWorkers(root):
+def startWorkers(root, relayExtra=None):
     """
+    @param relayExtra: its C{[relay]} section, if not the default.
     @return: a started L{MdpyServer} with L{WORKERS} workers, each serving.
     """
     server = MdpyServer(root, workers=WORKERS, imapExtra="allow_plaintext_auth = yes\n",
-                        pop3Extra="allow_plaintext_auth = yes\n")
+                        pop3Extra="allow_plaintext_auth = yes\n",
+                        **({} if relayExtra is None else dict(relayExtra=relayExtra)))
     assert server.cli("domain", "add", "example.test").returncode == 0
+    assert server.cli("alias", "add", "fwd@example.test", "far@remote.test").returncode == 0
     server.start()
     waitForBanner(server.imap, process=server.process)
     waitUntil(lambda: len(servingWorkers(server)) == WORKERS, what="every worker serving")
@@ -39,8 +43,22 @@ def startWorkers(root):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    server = startWorkers(tmp_path_factory.mktemp("mdpy-workers"))
+def sink():
+    """
+    An SMTP server on loopback that accepts every message: the smarthost
+    of L{server}.
+    """
+    port, = freePorts(1)
+    receiver = HoldingReceiver(HOST, port, None)
+    receiver.port = port
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, sink):
+    server = startWorkers(tmp_path_factory.mktemp("mdpy-workers"),
+                          "smarthost = 127.0.0.1:%d\nsmarthost_tls = none\nretry = 1s\n" % (sink.port,))
     yield server
     server.stop()
     log = server.logText()
@@ -202,6 +220,19 @@ class _Idling:
 def _idler(server, address, password):
     client, tag = idling(server, address, password)
     return _Idling(client, tag), client.sock
+
+
+def test_mailAWorkerQueuesIsSentByTheSupervisor(server, sink):
+    """
+    Mail a worker accepts for a remote address (through a forwarding
+    alias) is handed to the supervisor, which alone runs the queue, and
+    sent at once.
+    """
+    with smtplib.SMTP(HOST, server.smtp, timeout=30) as smtp:
+        assert servedBy(server, smtp.sock) in workerPids(server).values()
+        smtp.sendmail("sender@remote.test", ["fwd@example.test"], makeMessage("relayed by the supervisor"))
+    until(lambda: len(sink.accepted) == 1, "the supervisor to send it", server=server)
+    assert re.search(r"\[mdpy\.[\w.]+#info\] relay: \S+ to=<far@remote\.test> .* status=sent", server.logText())
 
 
 def test_maildropInUseAcrossWorkers(server):
