@@ -344,3 +344,18 @@ def test_aWorkerServesTheListenersItInheritedAndNoDuty(tmp_path):
         top.stopService()
     finally:
         listening.close()
+
+
+def test_legacyLogLinesOfAWorkerNameTheWorkerOnly():
+    """
+    Twisted's legacy events (C{log.msg}, namespace C{log_legacy}), which
+    the supervisor's own log shows with C{[-]}, show only the worker.
+    """
+    published = []
+    worker = WorkerProtocol(supervisor=None, number=1, started=0, publish=published.append)
+    worker.makeConnection(FakeProcess(77))
+    out = io.StringIO()
+    Logger(namespace="log_legacy", observer=jsonFileLogObserver(out)).info("(TCP Port 143 Closed)")
+    worker.childDataReceived(1, out.getvalue().encode())
+    [event] = published
+    assert event["log_system"] == "worker 1, pid 77"

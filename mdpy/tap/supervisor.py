@@ -145,12 +145,22 @@ class WorkerProtocol(protocol.ProcessProtocol):
             except ValueError:
                 event = None
             if isinstance(event, dict):
-                level = event.get("log_level")
-                event["log_system"] = "%s#%s %s" % (
-                    event.get("log_namespace", "-"), getattr(level, "name", "-"), self.tag)
+                event["log_system"] = self._system(event)
                 self.publish(event)
                 return
         log.error("{worker}: {line}", worker=self.tag, line=text)
+
+    def _system(self, event):
+        """
+        @return: what the log shows in brackets for C{event} of this
+            worker: its namespace and level, as for the supervisor's own
+            events, then the worker (only the worker for Twisted's legacy
+            events, which show C{-} in the supervisor's).
+        """
+        namespace = event.get("log_namespace", "log_legacy")
+        if namespace == "log_legacy":
+            return self.tag
+        return "%s#%s %s" % (namespace, getattr(event.get("log_level"), "name", "-"), self.tag)
 
     def stop(self, clock, grace=STOP_GRACE):
         """
