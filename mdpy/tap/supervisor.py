@@ -52,13 +52,22 @@ def workerCount(config, cores=None):
     if workers == "auto":
         if server["backend"] != "files":
             return 1
-        return cores if cores is not None else len(os.sched_getaffinity(0))
+        return cores if cores is not None else availableCores()
     if workers > 1 and server["backend"] == "memory":
         raise ConfigError(
             "%s: [server] workers = %d: the memory backend lives in one process; "
             "use workers = 1 or the files backend" % (config.label, workers)
         )
     return workers
+
+
+def availableCores():
+    """
+    @return: the number of CPU cores this process may run on.
+    """
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 class RestartBackOff:
