@@ -21,11 +21,6 @@ from tests.test_e2e_relay import HoldingReceiver, until
 
 WORKERS = 2
 
-# Connections opened at most while waiting for one to land on a given
-# worker: each lands on either, so this many all on one is out of reach.
-TRIES = 60
-
-
 def startWorkers(root, relayExtra=None):
     """
     @param relayExtra: its C{[relay]} section, if not the default.
@@ -138,27 +133,26 @@ def alive(pid):
         return False
 
 
-def onEachWorker(server, connect, count=WORKERS):
+def onEachWorker(server, connect):
     """
-    Open connections with C{connect} (returns a client and its socket)
-    until C{count} workers each serve one; the others are closed with the
-    client's C{close} or C{logout}.
+    Open a connection with C{connect} (returns a client and its socket) on
+    each worker: once a worker serves one, it is stopped (SIGSTOP) until
+    every worker has one, so that the next is accepted by another.
 
     @return: C{{pid: client}}.
     """
-    clients, extra = {}, []
-    for _ in range(TRIES):
-        client, sock = connect()
-        pid = servedBy(server, sock)
-        if pid in clients:
-            extra.append(client)
-        else:
+    clients, stopped = {}, []
+    try:
+        while len(clients) < WORKERS:
+            client, sock = connect()
+            pid = servedBy(server, sock)
+            assert pid not in clients, pid
             clients[pid] = client
-        if len(clients) == count:
-            break
-    for client in extra:
-        client.logout() if hasattr(client, "logout") else client.quit()
-    assert len(clients) == count, clients
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
     return clients
 
 
@@ -202,24 +196,9 @@ def test_idleHearsMailAnotherWorkerAccepted(server):
         done(client, tag)
 
 
-class _Idling:
-    """
-    An idling imaplib client, closed by L{onEachWorker} with C{logout}.
-    """
-
-    def __init__(self, client, tag):
-        self.client, self.tag = client, tag
-
-    def logout(self):
-        done(self.client, self.tag)
-
-    def __iter__(self):
-        return iter((self.client, self.tag))
-
-
 def _idler(server, address, password):
     client, tag = idling(server, address, password)
-    return _Idling(client, tag), client.sock
+    return (client, tag), client.sock
 
 
 def test_mailAWorkerQueuesIsSentByTheSupervisor(server, sink):
@@ -246,13 +225,12 @@ def test_maildropInUseAcrossWorkers(server):
     first.user(address)
     first.pass_(password)
     holder = servedBy(server, first.sock)
-    for _ in range(TRIES):
+    os.kill(holder, signal.SIGSTOP)
+    try:
         second = poplib.POP3(HOST, server.pop3, timeout=30)
-        if servedBy(server, second.sock) != holder:
-            break
-        second.quit()
-    else:
-        raise AssertionError("no POP3 connection reached the other worker")
+    finally:
+        os.kill(holder, signal.SIGCONT)
+    assert servedBy(server, second.sock) != holder
     second.user(address)
     with pytest.raises(poplib.error_proto) as refused:
         second.pass_(password)
@@ -289,7 +267,7 @@ def test_killedWorkerIsStartedAgainAndSigtermStopsAll(tmp_path):
         address, password = newAccount(server, "survivor")
         idlers = onEachWorker(server, lambda: _idler(server, address, password))
         victim, survivor = sorted(idlers)
-        idlers.pop(victim).client.sock.close()
+        idlers.pop(victim)[0].sock.close()
         [number] = [n for n, pid in workerPids(server).items() if pid == victim]
         os.kill(victim, signal.SIGKILL)
         waitUntil(lambda: re.search(
@@ -304,9 +282,12 @@ def test_killedWorkerIsStartedAgainAndSigtermStopsAll(tmp_path):
         replacement = workerPids(server)[number]
         waitUntil(lambda: replacement in servingWorkers(server), what="the new worker serving")
         assert not alive(victim)
-        onEachWorker(server, lambda: imapClient(server))
+        fresh = onEachWorker(server, lambda: imapClient(server))
+        assert sorted(fresh) == sorted([survivor, replacement])
+        for client in fresh.values():
+            assert client.noop()[0] == "OK"
         workers = list(workerPids(server).values())
-        assert sorted(workers) == sorted([survivor, replacement])
+        assert sorted(workers) == sorted(fresh)
         server.process.send_signal(signal.SIGTERM)
         server.process.wait(timeout=30)
         for pid in workers:
