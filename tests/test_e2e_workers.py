@@ -6,6 +6,7 @@ files backend.  Which worker serves a connection is read from the kernel
 make sure it has a client on each worker.
 """
 
+import contextlib
 import imaplib
 import os
 import poplib
@@ -17,9 +18,13 @@ import pytest
 
 from tests.server import HOST, MdpyServer, freePorts, makeMessage, newAccount, waitForBanner, waitUntil
 from tests.test_e2e_changefeed import arrival, done, idling
+from tests.test_e2e_login_limits import _IMAP as IMAPFrom
 from tests.test_e2e_relay import HoldingReceiver, until
 
 WORKERS = 2
+
+# The [auth] limit of failed logins from one address, small to stay fast.
+ADDRESS_FAILURES = 3
 
 def startWorkers(root, relayExtra=None):
     """
@@ -28,6 +33,8 @@ def startWorkers(root, relayExtra=None):
     """
     server = MdpyServer(root, workers=WORKERS, imapExtra="allow_plaintext_auth = yes\n",
                         pop3Extra="allow_plaintext_auth = yes\n",
+                        extra="[auth]\nfailure_delay = 0.05s\nmax_failure_delay = 0.1s\naddress_failures = %d\n"
+                        % (ADDRESS_FAILURES,),
                         **({} if relayExtra is None else dict(relayExtra=relayExtra)))
     assert server.cli("domain", "add", "example.test").returncode == 0
     assert server.cli("alias", "add", "fwd@example.test", "far@remote.test").returncode == 0
@@ -156,6 +163,22 @@ def onEachWorker(server, connect):
     return clients
 
 
+@contextlib.contextmanager
+def servingAlone(server, pid):
+    """
+    Stop (SIGSTOP) every worker but C{pid} while the block runs, so that
+    C{pid} accepts every connection made meanwhile.
+    """
+    others = [other for other in workerPids(server).values() if other != pid]
+    for other in others:
+        os.kill(other, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for other in others:
+            os.kill(other, signal.SIGCONT)
+
+
 def imapClient(server):
     client = imaplib.IMAP4(HOST, server.imap, timeout=30)
     return client, client.sock
@@ -214,6 +237,36 @@ def test_mailAWorkerQueuesIsSentByTheSupervisor(server, sink):
     assert re.search(r"\[mdpy\.[\w.]+#info\] relay: \S+ to=<far@remote\.test> .* status=sent", server.logText())
 
 
+def test_loginLimitsAreSharedByTheWorkers(server):
+    """
+    Failed logins from one address counted in one worker refuse its next
+    login in the other, even with the right password; the account's owner
+    still logs in from elsewhere.
+    """
+    address, password = newAccount(server, "guarded")
+    source = "127.0.0.3"
+    first, second = sorted(workerPids(server).values())
+    with servingAlone(server, first):
+        for i in range(ADDRESS_FAILURES):
+            guesser = IMAPFrom(server.imap, source)
+            assert servedBy(server, guesser.sock) == first
+            with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+                guesser.login(address, "guess-%d" % (i,))
+            guesser.logout()
+    with servingAlone(server, second):
+        guesser = IMAPFrom(server.imap, source)
+        assert servedBy(server, guesser.sock) == second
+        with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+            guesser.login(address, password)
+        guesser.logout()
+    waitUntil(lambda: re.search(
+        r"pid %d\] imap: login refused for user=%s from %s: too many failed logins from this address"
+        % (second, re.escape(address), re.escape(source)), server.logText()), what="the refusal in the log")
+    owner = imaplib.IMAP4(HOST, server.imap, timeout=30)
+    assert owner.login(address, password)[0] == "OK"
+    owner.logout()
+
+
 def test_maildropInUseAcrossWorkers(server):
     """
     While a POP3 session of one worker holds the maildrop, a login for it
@@ -225,12 +278,10 @@ def test_maildropInUseAcrossWorkers(server):
     first.user(address)
     first.pass_(password)
     holder = servedBy(server, first.sock)
-    os.kill(holder, signal.SIGSTOP)
-    try:
+    [other] = [pid for pid in workerPids(server).values() if pid != holder]
+    with servingAlone(server, other):
         second = poplib.POP3(HOST, server.pop3, timeout=30)
-    finally:
-        os.kill(holder, signal.SIGCONT)
-    assert servedBy(server, second.sock) != holder
+    assert servedBy(server, second.sock) == other
     second.user(address)
     with pytest.raises(poplib.error_proto) as refused:
         second.pass_(password)
