@@ -306,6 +306,21 @@ def test_reloadReachesEveryWorker(server):
     assert server.logText().count(line) == before + 1 + WORKERS
 
 
+def test_ctrlCIsLeftToTheSupervisor(server):
+    """
+    SIGINT (a terminal's Ctrl-C, sent to every process of the group) does
+    not stop a worker: the supervisor, stopping, stops it.  The worker
+    still answers a later SIGHUP.
+    """
+    pid = workerPids(server)[1]
+    os.kill(pid, signal.SIGINT)
+    line = "pid %d] reload: read %s" % (pid, server.config)
+    before = server.logText().count(line)
+    os.kill(pid, signal.SIGHUP)
+    waitUntil(lambda: server.logText().count(line) == before + 1, what="the worker's reload")
+    assert alive(pid) and "pid %d] Received SIGINT" % (pid,) not in server.logText()
+
+
 def test_killedWorkerIsStartedAgainAndSigtermStopsAll(tmp_path):
     """
     C{kill -9} of one worker: a client idling in the other goes on

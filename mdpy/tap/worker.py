@@ -6,10 +6,12 @@ listeners of the configuration on the listening sockets it inherited,
 serves them as a secondary of the data directory (it hands the mail it
 queues to the primary), writes its log as JSON records on its standard
 output for the supervisor, and stops on SIGTERM or when the supervisor is
-gone.
+gone (it ignores SIGINT, which a terminal's Ctrl-C sends to every
+process of the group: the supervisor stops it).
 """
 
 import os
+import signal
 import socket
 import sys
 
@@ -119,6 +121,9 @@ def main(argv=None, reactor=None):
 
     reactor.addReader(SupervisorWatch(0, supervisorGone))
     def start():
+        # Ctrl-C in a terminal reaches every process of the group: the
+        # supervisor alone stops, and stops the workers with SIGTERM.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         top.startService()
         log.info("worker {number} serves its listeners", number=options["number"])
 
