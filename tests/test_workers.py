@@ -11,7 +11,7 @@ import socket
 import pytest
 from twisted.internet import error, task
 from twisted.internet.testing import MemoryReactor
-from twisted.logger import LogLevel, Logger, jsonFileLogObserver
+from twisted.logger import LogLevel, Logger, formatEventAsClassicLogText, jsonFileLogObserver
 from twisted.python.failure import Failure
 from twisted.python import usage
 
@@ -20,7 +20,7 @@ from mdpy.dualstack import AdoptedEndpoint, BothPorts, OneAtATimePort
 from mdpy.tap.supervisor import (
     STOP_GRACE, HeldEndpoint, RestartBackOff, WorkerProtocol, WorkerSupervisor, workerCount,
 )
-from mdpy.tap.worker import WorkerOptions
+from mdpy.tap.worker import WorkerOptions, withTracebackText
 from mdpy.testing import capturedLogs, loggedLines
 
 
@@ -359,3 +359,34 @@ def test_legacyLogLinesOfAWorkerNameTheWorkerOnly():
     worker.childDataReceived(1, out.getvalue().encode())
     [event] = published
     assert event["log_system"] == "worker 1, pid 77"
+
+
+def test_aWorkersFailureReachesTheLogWithItsTraceback():
+    """
+    A failure a worker logs reaches the supervisor's log with its text,
+    its traceback and its exception's message, which JSON alone loses.
+    """
+    published = []
+    worker = WorkerProtocol(supervisor=None, number=1, started=0, publish=published.append)
+    worker.makeConnection(FakeProcess(77))
+    out = io.StringIO()
+    logger = Logger(namespace="mdpy.x", observer=withTracebackText(jsonFileLogObserver(out)))
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        logger.failure("cannot divide {what}", what="one")
+    worker.childDataReceived(1, out.getvalue().encode())
+    [event] = published
+    text = formatEventAsClassicLogText(event)
+    assert "[mdpy.x#critical worker 1, pid 77] cannot divide one\n\tTraceback (most recent call last):" in text
+    assert "ZeroDivisionError: division by zero" in text
+
+
+def test_anEndlessLineOfAWorkerIsLoggedInPieces(monkeypatch):
+    monkeypatch.setattr("mdpy.tap.supervisor.MAX_LINE", 10)
+    worker = WorkerProtocol(supervisor=None, number=1, started=0, publish=None)
+    worker.makeConnection(FakeProcess(77))
+    with capturedLogs() as events:
+        worker.childDataReceived(2, b"0123456789ab")
+        worker.childDataReceived(2, b"cd\n")
+    assert loggedLines(events, "worker 1") == ["worker 1, pid 77: 0123456789ab", "worker 1, pid 77: cd"]

@@ -37,6 +37,10 @@ log = Logger()
 # Seconds a worker is given to stop after SIGTERM before it is killed.
 STOP_GRACE = 10
 
+# The longest line of a worker's output kept whole; a longer one is logged
+# in pieces.
+MAX_LINE = 1 << 20
+
 
 def workerCount(config, cores=None):
     """
@@ -141,6 +145,9 @@ class WorkerProtocol(protocol.ProcessProtocol):
             return
         lines = (self._buffers[childFD] + data).split(b"\n")
         self._buffers[childFD] = lines.pop()
+        if len(self._buffers[childFD]) > MAX_LINE:
+            lines.append(self._buffers[childFD])
+            self._buffers[childFD] = b""
         for line in lines:
             self._lineReceived(childFD, line)
 

@@ -17,7 +17,7 @@ import sys
 
 from twisted.internet import error
 from twisted.internet.interfaces import IReadDescriptor
-from twisted.logger import FilteringLogObserver, globalLogBeginner, jsonFileLogObserver
+from twisted.logger import FilteringLogObserver, formatEvent, globalLogBeginner, jsonFileLogObserver
 from twisted.python import usage
 from zope.interface import implementer
 
@@ -84,6 +84,24 @@ class SupervisorWatch:
         self.gone()
 
 
+def withTracebackText(observer):
+    """
+    @return: an observer that passes each event to C{observer}, one that
+        carries a failure with its traceback in its text instead: JSON
+        keeps a failure's traceback but not its exception's value.
+    """
+
+    def observe(event):
+        failure = event.get("log_failure")
+        if failure is not None:
+            event = dict(event, log_format="{log_text}",
+                         log_text="%s\n%s" % (formatEvent(event), failure.getTraceback().rstrip("\n")))
+            del event["log_failure"]
+        observer(event)
+
+    return observe
+
+
 def main(argv=None, reactor=None):
     """
     Run a worker until SIGTERM or until its supervisor is gone.
@@ -93,7 +111,9 @@ def main(argv=None, reactor=None):
         options.parseOptions(argv)
     except usage.UsageError as e:
         raise SystemExit("mdpy worker: %s" % (e,))
-    globalLogBeginner.beginLoggingTo([FilteringLogObserver(jsonFileLogObserver(sys.stdout), [quiet])])
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(withTracebackText(jsonFileLogObserver(sys.stdout)), [quiet])]
+    )
     if reactor is None:
         from twisted.internet import reactor
     from mdpy.config import Config, ConfigError
