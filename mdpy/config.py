@@ -53,6 +53,19 @@ def parseInt(text):
     return value
 
 
+def parseWorkers(text):
+    """
+    @return: C{"auto"}, or a number of worker processes from 1.
+    """
+    value = text.strip().lower()
+    if value == "auto":
+        return value
+    count = int(value)
+    if count < 1:
+        raise ValueError("auto, or a number of processes from 1")
+    return count
+
+
 def parsePositiveFloat(text):
     value = float(text)
     if not value > 0 or value == float("inf"):
@@ -254,6 +267,13 @@ SCHEMA = {
             "start is the primary, which alone runs the outbound queue, the control socket, the ODMR "
             "provider and the periodic collections; the others serve their listeners, hand the mail "
             "they queue to the primary, and one of them takes over within a second when it stops."),
+        Key("workers", parseWorkers, "auto",
+            "Processes serving the listeners: N worker processes share the listening sockets and the "
+            "files backend, and the process twistd started supervises them (it runs the outbound queue, "
+            "the control socket, the ODMR provider, the collections and Minger, and starts a worker again "
+            "when one dies); 1 serves everything in one process; auto is the number of CPU cores (1 with "
+            "a backend other than files).  Limits per client address (max_connections_per_ip) count "
+            "in each worker; the login limits of [auth] are shared."),
     ],
     "tls": [
         Key("certificate", parseStr, "", "PEM certificate chain; default: a self-signed one in data_dir/tls.", isPath=True),

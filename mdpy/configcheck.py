@@ -37,7 +37,7 @@ def checkConfig(config, portOffset=0, reactor=None):
     """
     # mdpy.tap calls this before it builds anything: import it late.
     from mdpy.tap import (
-        LISTENER_KINDS, odmrAccount, buildGateways, checkClasses, checkMingerSecret, factoryClass,
+        LISTENER_KINDS, workerCount, odmrAccount, buildGateways, checkClasses, checkMingerSecret, factoryClass,
         relaySettings,
     )
 
@@ -45,6 +45,7 @@ def checkConfig(config, portOffset=0, reactor=None):
         from twisted.internet import reactor
     checkFolder(config, "server", "data_dir", config["server"]["data_dir"])
     _checkBackend(config)
+    workerCount(config)
     _checkTLS(config)
     for section, key in CA_FILES:
         checkReadable(config, section, key, config[section][key])

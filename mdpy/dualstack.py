@@ -8,9 +8,10 @@ off.
 """
 
 import errno
+import os
 import socket
 
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from zope.interface import implementer
@@ -119,3 +120,55 @@ class EveryAddressEndpoint:
             self.port,
             self.hasIPv6,
         )
+
+
+class OneAtATimePort(tcp.Port):
+    """
+    A listening port that accepts one connection each time its socket is
+    ready, where Twisted's accepts up to the number it found waiting the
+    time before: processes sharing the socket each take one in turn, so
+    that a burst of connections is spread over them instead of taken by
+    the first to wake.
+    """
+
+    @property
+    def numberAccepts(self):
+        return 1
+
+    @numberAccepts.setter
+    def numberAccepts(self, value):
+        pass
+
+
+@implementer(IStreamServerEndpoint)
+class AdoptedEndpoint:
+    """
+    A TCP server endpoint on listening sockets another process bound and
+    passed down (a worker's, L{mdpy.tap.worker}): one, or an IPv6 and an
+    IPv4 one (see L{listenEverywhere}).
+    """
+
+    def __init__(self, reactor, sockets):
+        """
+        @param sockets: C{(fd, family)} of each socket, family
+            L{socket.AF_INET6} or L{socket.AF_INET}; each descriptor is
+            closed once the reactor has taken its own copy.
+        """
+        self.reactor = reactor
+        self.sockets = sockets
+
+    def listen(self, protocolFactory):
+        """
+        See L{IStreamServerEndpoint.listen}.
+        """
+        return defer.execute(self._adopt, protocolFactory)
+
+    def _adopt(self, protocolFactory):
+        ports = []
+        for fd, family in self.sockets:
+            port = self.reactor.adoptStreamPort(fd, family, protocolFactory)
+            os.close(fd)
+            if isinstance(port, tcp.Port):
+                port.__class__ = OneAtATimePort
+            ports.append(port)
+        return ports[0] if len(ports) == 1 else BothPorts(*ports)

@@ -184,7 +184,8 @@ class MdpyServer:
     def __init__(self, root, extra="", pop3Extra="", imapExtra="", imapsExtra="",
                  smtpExtra="authentication_results = no\n", interface=HOST, smtpPort=None,
                  relayExtra="smarthost = 127.0.0.1:9\nsmarthost_tls = none\n",
-                 domain=None, odmrExtra=None, mingerExtra=None, serverExtra="", dataDir=None):
+                 domain=None, odmrExtra=None, mingerExtra=None, serverExtra="", dataDir=None,
+                 workers=1):
         """
         @param extra: sections appended to the configuration.
         @param serverExtra: lines added to its C{[server]} section.
@@ -209,6 +210,8 @@ class MdpyServer:
             a free port only when given.
         @param mingerExtra: lines of its C{[minger]} section, likewise.
         @param dataDir: its C{data_dir}; default: C{data} in C{root}.
+        @param workers: its C{[server] workers}: by default one process
+            serves everything.
         """
         if domain is not None:
             self.domain = domain
@@ -227,6 +230,7 @@ class MdpyServer:
             odmrExtra=odmrExtra,
             mingerExtra=mingerExtra,
             serverExtra=serverExtra,
+            workers=workers,
         )
         self.host = HOST if interface is None else interface
         self._smtpPort = smtpPort
@@ -246,7 +250,7 @@ class MdpyServer:
         with open(self.config, "w") as f:
             f.write(
                 "[server]\nhostname = mx.%(domain)s\ndomain = %(domain)s\n"
-                "data_dir = %(dataDir)s\n%(serverExtra)s"
+                "data_dir = %(dataDir)s\nworkers = %(workers)d\n%(serverExtra)s"
                 "[smtp]\nport = %(smtp)d\n%(interface)s%(smtpExtra)s"
                 "[submission]\nport = %(submission)d\n%(interface)s"
                 "[smtps]\nport = %(smtps)d\n%(interface)s"

@@ -25,7 +25,7 @@ from mdpy.tap import buildService
 from mdpy.tls import ensureSelfSigned
 from tests.test_tap import MemoryReactor, listeners, load
 
-BASE = "[server]\ndata_dir = data\nhostname = mx.example.test\ndomain = example.test\n"
+BASE = "[server]\ndata_dir = data\nhostname = mx.example.test\ndomain = example.test\nworkers = 1\n"
 
 
 class Running:

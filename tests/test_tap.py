@@ -44,7 +44,7 @@ class _UDPPort:
 
 def load(tmp_path, text=""):
     path = tmp_path / "mdpy.ini"
-    path.write_text("[server]\ndata_dir = data\nhostname = mx.example.test\ndomain = example.test\n" + text)
+    path.write_text("[server]\ndata_dir = data\nhostname = mx.example.test\ndomain = example.test\nworkers = 1\n" + text)
     return Config.load(str(path))
 
 

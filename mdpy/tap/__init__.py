@@ -16,7 +16,7 @@ made of are built in the modules beside it:
 import sys
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
 from mdpy.logs import Logger
 from twisted.python import usage
@@ -26,6 +26,7 @@ from mdpy.auth.checkers import makePortal
 from mdpy.config import Config, ConfigError, configPath
 from mdpy.configcheck import checkConfig
 from mdpy.datadir import DataDir
+from mdpy.dualstack import AdoptedEndpoint
 from mdpy.logs import logThroughFilter, setLevel
 from mdpy.minger.server import MingerServer
 from mdpy.imap.fetch import StructureCache
@@ -47,6 +48,7 @@ from mdpy.tap.parts import (
     holdGateways, loginLimits, loginTrackerFor, odmrPortal, relaySettings,
 )
 from mdpy.tap.primary import TAKEOVER_INTERVAL, PrimaryDuties, holdLock, lockDataDir
+from mdpy.tap.supervisor import WorkerSupervisor, superviseWorkers, workerCount
 
 
 # What other modules import from here: the parts are built in the
@@ -60,7 +62,7 @@ __all__ = [
     "collectorStateDir", "factoryClass", "holdGateways", "holdLock", "listenerSettings",
     "loadServerTLS", "lockDataDir", "loginLimits", "loginTrackerFor", "makeService", "odmrAccount",
     "odmrClientFor", "odmrPortal", "raiseFileLimit", "relaySettings", "serverEndpoint",
-    "sourceState",
+    "sourceState", "superviseWorkers", "WorkerSupervisor", "workerCount",
 ]
 
 log = Logger()
@@ -115,10 +117,13 @@ class MailServer(service.MultiService):
     @ivar live: the L{LiveParts} a reload changes.
     @ivar twistdOptions: the options of the C{twistd} running it, whose log
         it filters (L{mdpy.logs.logThroughFilter}), or L{None}.
+    @ivar workers: the L{WorkerSupervisor} of its worker processes (which
+        a reload reaches too), or L{None}.
     """
 
     live = None
     twistdOptions = None
+    workers = None
 
     def setServiceParent(self, parent):
         service.MultiService.setServiceParent(self, parent)
@@ -140,7 +145,10 @@ class MailServer(service.MultiService):
         @return: a L{Deferred} firing with the lines that say what changed,
             or failing with L{ConfigError}.
         """
-        return self.live.lock.run(self._reload)
+        reloaded = self.live.lock.run(self._reload)
+        if self.workers is not None:
+            reloaded.addCallback(self.workers.reload)
+        return reloaded
 
     def _reload(self):
         live = self.live
@@ -167,7 +175,7 @@ class MailServer(service.MultiService):
             ) from None
 
 
-def buildService(config, portOffset=0, reactor=None, lock=None):
+def buildService(config, portOffset=0, reactor=None, lock=None, worker=None):
     """
     Build the whole service tree from a loaded configuration.
 
@@ -176,6 +184,11 @@ def buildService(config, portOffset=0, reactor=None, lock=None):
         this server is the primary (L{PrimaryDuties}); not held, a
         secondary, which takes the lock and the duties when it can; L{None}
         (tests): the primary.
+    @param worker: for a worker process of C{[server] workers}
+        (L{mdpy.tap.worker}): C{{name: [(fd, family), ...]}}, the listening
+        sockets its supervisor bound for each listener, which it adopts; it
+        serves those listeners only and hands what it queues to the primary
+        (L{PrimaryDuties.handOff}), never taking the duties over.
     @return: a L{MailServer}.
     """
     if reactor is None:
@@ -227,7 +240,9 @@ def buildService(config, portOffset=0, reactor=None, lock=None):
     top = MailServer()
     for name in LISTENERS:
         section = config[name]
-        if not section["enabled"]:
+        # A worker serves the listeners its supervisor bound: like their
+        # ports, which listeners run changes at a restart only.
+        if not (section["enabled"] if worker is None else name in worker):
             continue
         settings = listenerSettings(config, name, directory)
         factoryType = factoryClass(config, name)
@@ -258,12 +273,17 @@ def buildService(config, portOffset=0, reactor=None, lock=None):
                 **settings,
                 **shared,
             )
-        endpoint = serverEndpoint(
-            reactor,
-            section["interface"],
-            section["port"] + portOffset,
-            tlsOptions if name in IMPLICIT_TLS else None,
-        )
+        if worker is None:
+            endpoint = serverEndpoint(
+                reactor,
+                section["interface"],
+                section["port"] + portOffset,
+                tlsOptions if name in IMPLICIT_TLS else None,
+            )
+        else:
+            endpoint = AdoptedEndpoint(reactor, worker[name])
+            if name in IMPLICIT_TLS:
+                endpoint = endpoints.wrapServerTLS(tlsOptions, endpoint)
         listener = NamedListener(endpoint, factory)
         listener.setName(name)
         listener.setServiceParent(top)
@@ -271,10 +291,10 @@ def buildService(config, portOffset=0, reactor=None, lock=None):
                          loginTracker, {}, resolver=resolver)
     top.backend = backend
     duties = PrimaryDuties(top, datadir, portOffset, odmrShared=shared)
-    primary = lock is None or lock.held
+    primary = worker is None and (lock is None or lock.held)
     if primary:
         duties.runQueue()
-    if config["minger"]["enabled"]:
+    if config["minger"]["enabled"] and worker is None:
         section = config["minger"]
         checkMingerSecret(config, "[minger] secret", section["secret"])
         minger = MingerServer(
@@ -294,6 +314,8 @@ def buildService(config, portOffset=0, reactor=None, lock=None):
         listener.setServiceParent(top)
     if primary:
         duties.runCollections()
+    elif worker is not None:
+        duties.handOff()
     else:
         duties.awaitLock(lock)
     for name in NOT_YET_AVAILABLE:
@@ -323,6 +345,9 @@ def makeService(options, reactor=None):
     reactor.suggestThreadPoolSize(THREADS)
     top = buildService(config, options["port-offset"], reactor, lock)
     top.serverLock = lock  # held until the process ends
+    workers = workerCount(config)
+    if workers > 1:
+        superviseWorkers(top, workers, options["config"], options["port-offset"], reactor)
     installReloadSignal(top, reactor)
     top.twistdOptions = getattr(options, "parent", None)
     return top

@@ -67,17 +67,26 @@ class PrimaryDuties:
         self._handOff = None
         self._waiting = None
 
-    def awaitLock(self, lock):
+    def handOff(self):
         """
-        Serve as a secondary until C{lock} can be taken, then L{assume} the
-        duties.
+        Serve as a secondary: hand what is queued here to the primary.  A
+        worker (L{mdpy.tap.worker}) does only this: its supervisor is the
+        primary, or a secondary that takes the duties over.
         """
         live = self.top.live
-        self.lock = lock
         live.primary = False
         queue = live.pipeline.queue
         self._handOff = QueueHandOff(live.reactor, self.datadir.controlSocketPath, queue)
         queue.listeners.append(self._handOff)
+
+    def awaitLock(self, lock):
+        """
+        Serve as a secondary (L{handOff}) until C{lock} can be taken, then
+        L{assume} the duties.
+        """
+        live = self.top.live
+        self.lock = lock
+        self.handOff()
         self._waiting = internet.TimerService(TAKEOVER_INTERVAL, self._tryLock)
         self._waiting.clock = live.reactor
         self._waiting.setName("primary-watch")
