@@ -357,8 +357,9 @@ class Run:
 
 def memory_of(name, srv):
     """(footprint kB, peak kB or None, RSS sum kB or None, processes):
-    mdpy's VmRSS and VmHWM; Dovecot's Pss and RSS sums over its group."""
-    if name == "mdpy":
+    one mdpy process's VmRSS and VmHWM; the Pss and RSS sums over the
+    group of Dovecot's processes, or of mdpy's supervisor and workers."""
+    if name == "mdpy" and group_memory(srv.proc.pid)[0] == 1:
         st = srv.status()
         return st.get("VmRSS"), st.get("VmHWM"), None, 1
     count, rss, pss = group_memory(srv.proc.pid)
