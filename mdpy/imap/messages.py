@@ -418,6 +418,8 @@ class MessageCommands:
             command = searching.parseSearchCommand(args)
         except searching.BadCharset:
             return self.no(tag, b"Unsupported charset.", b"BADCHARSET (US-ASCII UTF-8)", expunge=uid)
+        if self.rev2 and command.returnOptions is None:
+            command.returnOptions = []  # ESEARCH, ALL implied (RFC 9051 section 6.4.4)
         selected = self.selected
         if command.criteria.usesModSeq:
             self.enableCondStore()
