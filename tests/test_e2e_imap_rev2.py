@@ -2,8 +2,9 @@
 End-to-end test of IMAP4rev2 (RFC 9051) against a real C{twistd mdpy} on
 loopback over IMAPS: a raw client that ENABLEs IMAP4rev2 gets no C{RECENT}
 and no C{\\Recent}, C{* ESEARCH} for SEARCH, also for a message that
-arrives while it has the mailbox selected; Python's imaplib, an IMAP4rev1
-client, then sees every message as C{\\Recent} and gets C{* SEARCH}.
+arrives while it has the mailbox selected, and uses a saved result
+(C{$}); Python's imaplib, an IMAP4rev1 client, then sees every message as
+C{\\Recent} and gets C{* SEARCH}.
 """
 
 import pytest
@@ -46,6 +47,10 @@ def test_rev2SessionBesideRev1(server):
         ]
         assert client.command(b"u", b"UID SEARCH SUBJECT hello") == [
             b'* ESEARCH (TAG "u") UID ALL 1:2\r\n', b"u OK Search completed.\r\n",
+        ]
+        assert client.command(b"v", b"SEARCH RETURN (SAVE) NOT SEEN") == [b"v OK Search completed.\r\n"]
+        assert client.command(b"w", b"UID FETCH $ (FLAGS)") == [
+            b"* 1 FETCH (UID 1 FLAGS ())\r\n", b"* 2 FETCH (UID 2 FLAGS ())\r\n", b"w OK Fetch completed.\r\n",
         ]
         client.command(b"o", b"LOGOUT")
     finally:

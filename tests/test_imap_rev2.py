@@ -145,3 +145,50 @@ def test_listAndStatus():
     s.expect("* STATUS \"INBOX\" (MESSAGES 3 SIZE %d DELETED 0 UIDNEXT 4)" % (size,), "f OK Status completed.")
     s.send("g RENAME Nowhere Elsewhere", "h RENAME INBOX Archiv/Grüße")
     s.expect("g NO [NONEXISTENT] *", "h NO [ALREADYEXISTS] *")
+
+
+def test_searchResultSavedAndUsedAsDollar():
+    """
+    SEARCHRES (RFC 5182), folded into IMAP4rev2: C{RETURN (SAVE)} alone
+    answers no ESEARCH; C{$} then names the saved messages in FETCH, STORE,
+    COPY, SEARCH and their UID forms; MIN/MAX alone save only those.
+    """
+    s = Session(store=freshStore())
+    s.login()
+    s.send("c CAPABILITY")
+    assert " SEARCHRES " in s.lines()[0]
+    s.send("a SELECT INBOX")
+    s.lines()
+    s.send("b FETCH $ (UID)")
+    s.expect("b OK Fetch completed.")
+    s.send("c SEARCH RETURN (SAVE) SUBJECT t", "d FETCH $ (UID)", "e UID FETCH $ (UID)")
+    s.expect("c OK Search completed.",
+             "* 2 FETCH (UID 2)", "* 3 FETCH (UID 3)", "d OK Fetch completed.",
+             "* 2 FETCH (UID 2)", "* 3 FETCH (UID 3)", "e OK Fetch completed.")
+    s.send("f SEARCH NOT $", "g UID SEARCH UID $ SUBJECT three")
+    s.expect("* SEARCH 1", "f OK Search completed.", "* SEARCH 3", "g OK Search completed.")
+    s.send("h STORE $ +FLAGS (\\Flagged)", "i COPY $ Trash")
+    s.expect("* 2 FETCH (FLAGS (\\Flagged \\Recent))", "* 3 FETCH (FLAGS (\\Flagged \\Recent))", "h OK Store completed.",
+             "i OK [COPYUID * 2:3 1:2] Copy completed.")
+    s.send("j SEARCH RETURN (SAVE MAX COUNT) ALL", "k FETCH $ (UID)")
+    s.expect('* ESEARCH (TAG "j") MAX 3 COUNT 3', "j OK Search completed.",
+             "* 1 FETCH (UID 1)", "* 2 FETCH (UID 2)", "* 3 FETCH (UID 3)", "k OK Fetch completed.")
+    s.send("l SEARCH RETURN (MIN SAVE) ALL", "m FETCH $ (UID)")
+    s.expect('* ESEARCH (TAG "l") MIN 1', "l OK Search completed.", "* 1 FETCH (UID 1)", "m OK Fetch completed.")
+    # A SEARCH with SAVE that fails empties it.
+    s.send("n SEARCH RETURN (SAVE) NO-SUCH-KEY", "o FETCH $ (UID)")
+    s.expect("n BAD *", "o OK Fetch completed.")
+    s.send("p SORT RETURN (SAVE) (ARRIVAL) UTF-8 ALL")
+    s.expect("p BAD *")
+
+
+def test_savedResultForgottenOnSelect():
+    s = rev2(freshStore())
+    s.send("a SELECT INBOX")
+    s.lines()
+    s.send("b SEARCH RETURN (SAVE) ALL")
+    s.expect("b OK Search completed.")
+    s.send("c SELECT INBOX")
+    s.lines()
+    s.send("d FETCH $ (UID)", "e UID SEARCH $")
+    s.expect("d OK Fetch completed.", '* ESEARCH (TAG "e") UID', "e OK Search completed.")

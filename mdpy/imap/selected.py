@@ -109,6 +109,8 @@ class SelectedMailbox:
         number).
     @ivar dirty: whether something may have changed since the last sync.
     @ivar keywords: the keywords the client was told of in FLAGS.
+    @ivar saved: the UIDs a SEARCH with C{RETURN (SAVE)} saved, C{$} (RFC
+        5182 section 2.1).
     @ivar reportsRecent: whether the session has C{\\Recent} and the
         C{RECENT} response (IMAP4rev1; not IMAP4rev2, RFC 9051 appendix E).
     """
@@ -116,6 +118,7 @@ class SelectedMailbox:
     def __init__(self, mailbox, readOnly, recent=(), reportsRecent=True):
         self.mailbox = mailbox
         self.reportsRecent = reportsRecent
+        self.saved = frozenset()
         self.readOnly = readOnly
         self.uidValidity = mailbox.uidValidity
         messages = mailbox.messages()

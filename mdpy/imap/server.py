@@ -6,7 +6,7 @@ Standards: RFC 3501 (IMAP4rev1), RFC 9051 (IMAP4rev2, L{mdpy.imap.revision}), RF
 RFC 6851 (MOVE), RFC 2342 (NAMESPACE), RFC 2971 (ID), RFC 5161 (ENABLE),
 RFC 3691 (UNSELECT), RFC 3348 (CHILDREN), RFC 5258 (LIST-EXTENDED),
 RFC 5819 (LIST-STATUS), RFC 6154 (SPECIAL-USE), RFC 7888 (LITERAL+),
-RFC 4959 (SASL-IR), RFC 4731 (ESEARCH), RFC 7162 (CONDSTORE, QRESYNC:
+RFC 4959 (SASL-IR), RFC 4731 (ESEARCH), RFC 5182 (SEARCHRES), RFC 7162 (CONDSTORE, QRESYNC:
 L{mdpy.imap.resync}),
 RFC 7889 (APPENDLIMIT), RFC 5530 (response codes), RFC 8314 (implicit TLS),
 RFC 5256 (SORT, THREAD), RFC 5267 (ESORT; CONTEXT=SEARCH and CONTEXT=SORT,
@@ -295,7 +295,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         else:
             caps.extend([
                 b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"LIST-EXTENDED",
-                b"LIST-STATUS", b"SPECIAL-USE", b"ESEARCH", b"CONDSTORE", b"QRESYNC",
+                b"LIST-STATUS", b"SPECIAL-USE", b"ESEARCH", b"SEARCHRES", b"CONDSTORE", b"QRESYNC",
                 b"MULTIAPPEND", b"CATENATE", b"BINARY",
                 b"APPENDLIMIT=%d" % (self.factory.maxMessageSize,), b"COMPRESS=DEFLATE", b"UTF8=ACCEPT",
             ])
