@@ -34,6 +34,7 @@ def test_rev2SessionBesideRev1(server):
         assert client.command(b"e", b"ENABLE IMAP4rev2") == [b"* ENABLED IMAP4rev2\r\n", b"e OK Enabled.\r\n"]
         reply = client.command(b"s", b"SELECT INBOX")
         assert b"* 1 EXISTS\r\n" in reply and not [line for line in reply if b"RECENT" in line], reply
+        assert b'* LIST (\\HasNoChildren) "/" "INBOX"\r\n' in reply, reply
         assert reply[-1] == b"s OK [READ-WRITE] Select completed.\r\n"
         assert client.command(b"b", b"ENABLE CONDSTORE IMAP4rev2")[-1].startswith(b"b BAD ")
         other = imaps(server, address, password)

@@ -73,6 +73,7 @@ def test_noRecentFlagOrResponse():
     s.send("a SELECT INBOX")
     got = s.lines()
     assert "* 3 EXISTS" in got
+    assert '* LIST (\\HasNoChildren) "/" "INBOX"' in got
     assert not [line for line in got if "RECENT" in line], got
     s.send("b FETCH 1:* (FLAGS)", "c SEARCH RECENT")
     s.expect("* 1 FETCH (FLAGS ())", "* 2 FETCH (FLAGS ())", "* 3 FETCH (FLAGS ())", "b OK Fetch completed.",
@@ -120,14 +121,21 @@ def test_searchAnsweredWithEsearch():
     s.expect("* SORT 1 3 2", "f OK Sort completed.")
 
 
-def test_reselectSaysClosed():
+def test_selectListsTheMailboxAndSaysClosed():
     s = rev2(freshStore())
     s.send("a SELECT INBOX")
     s.lines()
     s.send("b EXAMINE INBOX")
     got = s.lines()
     assert got[0] == "* OK [CLOSED] Previous mailbox closed."
-    assert got[-1] == "b OK [READ-ONLY] Examine completed."
+    s.send("c CREATE Archiv/Grüße", "d SELECT Archiv")
+    got = s.lines()
+    assert got[:3] == ["c OK Create completed.", "* OK [CLOSED] Previous mailbox closed.",
+                       '* LIST (\\HasChildren) "/" "Archiv"'], got
+    s.send("e EXAMINE Archiv/Grüße")
+    got = s.lines()
+    assert '* LIST (\\HasNoChildren) "/" "Archiv/Grüße"' in got
+    assert got[-1] == "e OK [READ-ONLY] Examine completed."
     assert not [line for line in got if "RECENT" in line], got
 
 

@@ -10,8 +10,9 @@ where it differs from RFC 3501 (RFC 9051 appendix E):
    (RFC 9051 section 2.3.2);
  - SEARCH is answered with C{* ESEARCH}, C{ALL} being implied without
    C{RETURN} (RFC 9051 section 6.4.4);
- - SELECT and EXAMINE of another mailbox first say C{OK [CLOSED]} (RFC 9051
-   section 6.3.2);
+ - SELECT and EXAMINE answer a C{LIST} response for the mailbox, and
+   first say C{OK [CLOSED]} when they close another (RFC 9051 section
+   6.3.2);
  - mailbox names are UTF-8 both ways, as with UTF8=ACCEPT (RFC 9051
    section 5.1).
 What RFC 9051 folds in from extensions (LIST-EXTENDED with C{\\NonExistent}
@@ -20,6 +21,9 @@ UNSELECT, MOVE, BINARY, NAMESPACE, ID, IDLE, SASL-IR, UIDPLUS, SPECIAL-USE)
 is answered the same way to both.
 """
 
+from twisted.internet import defer
+
+from mdpy.imap.mailboxes import listLine
 from mdpy.imap.parser import Atom, ParseError
 
 REV2 = "IMAP4rev2"
@@ -48,6 +52,21 @@ class EnableCommands:
         section 3) or IMAP4rev2 (RFC 9051 section 5.1) enabled.
         """
         return "UTF8=ACCEPT" in self.enabled or REV2 in self.enabled
+
+    def listSelected(self, mailbox):
+        """
+        Send the C{LIST} response, with its attributes, for a mailbox an
+        IMAP4rev2 SELECT or EXAMINE opened (RFC 9051 section 6.3.2).
+
+        @return: a L{Deferred} firing with C{mailbox} once sent.
+        """
+
+        def send(listing):
+            if not self.closing:
+                self.send(listLine(b"LIST", listing.attributes(mailbox.name), mailbox.name, utf8=True))
+            return mailbox
+
+        return defer.ensureDeferred(self._listing()).addCallback(send)
 
     def do_ENABLE(self, tag, args):
         """

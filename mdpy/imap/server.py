@@ -652,7 +652,9 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         if condstore:
             self.enabled.add("CONDSTORE")
         d = self._storeCall(self.factory.store.openMailbox, name)
-        if not readOnly and not self.rev2:
+        if self.rev2:
+            d.addCallback(self.listSelected)
+        elif not readOnly:
             d.addCallback(self._claimRecent)
         d.addCallbacks(self._cbSelected, self._ebSelect, callbackArgs=(tag, readOnly, resync), errbackArgs=(tag,))
         return d
