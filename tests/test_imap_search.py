@@ -402,7 +402,7 @@ def test_uidSets():
     assert found("uid 10:19", messages) == []
 
 
-@pytest.mark.parametrize("line", ["UID", "UID 0", "UID 1:x", "UID $", "0", "1:", "UID 4294967296", 'UID "1"'])
+@pytest.mark.parametrize("line", ["UID", "UID 0", "UID 1:x", "UID $1", "0", "1:", "UID 4294967296", 'UID "1"'])
 def test_badSets(line):
     with pytest.raises(ParseError):
         parse(line)
@@ -581,7 +581,7 @@ def test_badModSeq(line):
         '"SEEN"',
         "RETURN",
         "RETURN ALL SEEN",
-        "RETURN (SAVE) ALL",
+        "RETURN (SAVED) ALL",
         "RETURN (PARTIAL 1) ALL",
         "RETURN (PARTIAL 1:*) ALL",
         "RETURN (PARTIAL *:1) ALL",

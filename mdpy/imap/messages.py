@@ -82,6 +82,9 @@ class _SearchContext:
     def isRecent(self, message):
         return self.selected.isRecent(message)
 
+    def isSaved(self, message):
+        return message.uid in self.selected.saved
+
     def content(self, message):
         """
         @return: the octets of C{message}, read beforehand (L{read} is
@@ -150,10 +153,14 @@ class MessageCommands:
     """
     def _resolve(self, token, uid):
         """
-        @return: the messages of the view a sequence set names.
+        @return: the messages of the view a sequence set names, or C{$}:
+            those of the saved search result still there (RFC 5182 section
+            2.2), for UID commands too.
         """
-        sequence = SequenceSet.parse(token)
         selected = self.selected
+        if isAtom(token, "$"):
+            return selected.messagesAt([i for i, u in enumerate(selected.uids) if u in selected.saved])
+        sequence = SequenceSet.parse(token)
         if uid:
             indexes = sequence.selectSorted(selected.uids)
         else:
@@ -416,8 +423,14 @@ class MessageCommands:
     def do_SEARCH(self, tag, args, uid=False):
         try:
             command = searching.parseSearchCommand(args)
-        except searching.BadCharset:
+        except (ParseError, searching.BadCharset) as e:
+            if searching.mentionsSave(args):
+                self.selected.saved = frozenset()
+            if isinstance(e, ParseError):
+                raise
             return self.no(tag, b"Unsupported charset.", b"BADCHARSET (US-ASCII UTF-8)", expunge=uid)
+        if self.rev2 and command.returnOptions is None:
+            command.returnOptions = []  # ESEARCH, ALL implied (RFC 9051 section 6.4.4)
         selected = self.selected
         if command.criteria.usesModSeq:
             self.enableCondStore()
@@ -456,6 +469,9 @@ class MessageCommands:
         if self.closing:
             return None
         self.send(searching.formatSearchResponse(tag, uid, command, matches))
+        saved = searching.savedResult(command, matches)
+        if saved is not None:
+            self.selected.saved = saved
         return self.complete(tag, b"OK", b"Search completed.", expunge=uid)
 
     # EXPUNGE

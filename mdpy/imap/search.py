@@ -5,7 +5,7 @@ the CONDSTORE C{MODSEQ} key (RFC 7162 section 3.1.5), the WITHIN keys
 C{YOUNGER} and C{OLDER} (RFC 5032), the ESEARCH return options MIN, MAX,
 ALL and COUNT (RFC 4731) and the CONTEXT=SEARCH return options UPDATE,
 CONTEXT and PARTIAL (RFC 5267 section 4, PARTIAL as RFC 9394 section 3.1
-has it).
+has it) and SEARCHRES's SAVE and C{$} (RFC 5182).
 
 This module is past ~800 lines on purpose: it is the whole of SEARCH (the
 key grammar, the matching of every key, the responses), which SORT, THREAD
@@ -49,7 +49,7 @@ from mdpy.mail.mime import UnknownEncoding, decodeTransfer, parseMessage
 
 MAX_DEPTH = 100
 SUPPORTED_CHARSETS = ("US-ASCII", "UTF-8")
-RETURN_OPTIONS = ("MIN", "MAX", "ALL", "COUNT", "UPDATE", "CONTEXT", "PARTIAL")
+RETURN_OPTIONS = ("MIN", "MAX", "ALL", "COUNT", "UPDATE", "CONTEXT", "PARTIAL", "SAVE")
 
 # The cost of a key: what a message must be read for to test it.
 _CHEAP, _HEADER, _BODY = 0, 1, 2
@@ -128,7 +128,7 @@ class Criteria:
 
         @return: whether the outcome for a message may change without the
             message changing: the keys name sequence numbers, C{RECENT},
-            C{NEW}, C{OLD}, C{YOUNGER} or C{OLDER}.
+            C{NEW}, C{OLD}, C{YOUNGER}, C{OLDER} or the saved result C{$}.
         """
         if self._known is None:
             self._known = {}
@@ -143,7 +143,7 @@ class Criteria:
                     stack.append(node.child)
                 elif isinstance(node, _SetKey):
                     self.volatile = self.volatile or not node.uid
-                elif node.name in ("RECENT", "NEW", "OLD", "YOUNGER", "OLDER"):
+                elif node.name in ("RECENT", "NEW", "OLD", "YOUNGER", "OLDER", "$"):
                     self.volatile = True
                 elif node.cost > _CHEAP:
                     self._rememberLeaf(node, len(self._contentLeaves))
@@ -407,7 +407,12 @@ class _KeyReader:
         if name in ("YOUNGER", "OLDER"):
             return _intervalKey(name, number(self._argument(), nonZero=True))
         if name == "UID":
-            return _SetKey(SequenceSet.parse(self._argument()), uid=True)
+            argument = self._argument()
+            if isAtom(argument, "$"):
+                return _SAVED
+            return _SetKey(SequenceSet.parse(argument), uid=True)
+        if name == "$":
+            return _SAVED
         if name == "MODSEQ":
             return self._modSeq()
         if name[:1].isdigit() or name[:1] == "*":
@@ -465,6 +470,10 @@ class _Leaf:
 
     def __repr__(self):
         return self.name
+
+
+# The result a SEARCH with RETURN (SAVE) saved, C{$} (RFC 5182 section 2.1).
+_SAVED = _Leaf("$", lambda c: c.ctx.isSaved(c.message))
 
 
 class _Not:
@@ -895,6 +904,35 @@ def esearchHead(tag, uid):
     return head + b" UID" if uid else head
 
 
+def savedResult(command, matches):
+    """
+    What a SEARCH with C{RETURN (SAVE)} saves as C{$} (RFC 5182 section
+    2.1): with MIN and/or MAX but neither ALL nor COUNT, only the messages
+    they name; else every match.
+
+    @param matches: as for L{formatSearchResponse}.
+    @return: the UIDs saved, a L{frozenset}; L{None} without SAVE.
+    """
+    options = set(command.returnOptions or ())
+    if "SAVE" not in options:
+        return None
+    uids = [match[1] for match in matches]
+    if uids and options & {"MIN", "MAX"} and not options & {"ALL", "COUNT"}:
+        return frozenset(uids[:1] * ("MIN" in options) + uids[-1:] * ("MAX" in options))
+    return frozenset(uids)
+
+
+def mentionsSave(tokens):
+    """
+    @param tokens: the arguments of a SEARCH that could not be run.
+    @return: whether they ask for C{RETURN (SAVE)}: the saved result is
+        then emptied (RFC 5182 section 2.1).
+    """
+    return len(tokens) > 1 and isAtom(tokens[0], "RETURN") and isinstance(tokens[1], list) and any(
+        isAtom(option, "SAVE") for option in tokens[1]
+    )
+
+
 def formatSearchResponse(tag, uid, command, matches):
     """
     The untagged reply to a search.
@@ -921,7 +959,9 @@ def formatSearchResponse(tag, uid, command, matches):
         if withModSeq:
             line += b" (MODSEQ %d)" % max(match[2] for match in matches)
         return line + b"\r\n"
-    options = set(command.returnOptions) or {"ALL"}
+    if command.returnOptions == ["SAVE"]:
+        return b""  # RFC 5182 section 2.1: SAVE alone answers nothing
+    options = set(command.returnOptions) - {"SAVE"} or {"ALL"}
     words = [esearchHead(tag, uid)]
     if numbers:
         lowest = min(range(len(numbers)), key=numbers.__getitem__)

@@ -109,10 +109,16 @@ class SelectedMailbox:
         number).
     @ivar dirty: whether something may have changed since the last sync.
     @ivar keywords: the keywords the client was told of in FLAGS.
+    @ivar saved: the UIDs a SEARCH with C{RETURN (SAVE)} saved, C{$} (RFC
+        5182 section 2.1).
+    @ivar reportsRecent: whether the session has C{\\Recent} and the
+        C{RECENT} response (IMAP4rev1; not IMAP4rev2, RFC 9051 appendix E).
     """
 
-    def __init__(self, mailbox, readOnly, recent=()):
+    def __init__(self, mailbox, readOnly, recent=(), reportsRecent=True):
         self.mailbox = mailbox
+        self.reportsRecent = reportsRecent
+        self.saved = frozenset()
         self.readOnly = readOnly
         self.uidValidity = mailbox.uidValidity
         messages = mailbox.messages()
@@ -287,9 +293,10 @@ class SelectedMailbox:
                 self.uids.append(message.uid)
                 self.messages[message.uid] = message
                 self.flags[message.uid] = message.flags
-            self.recent.update(claimRecent([m.uid for m in fresh]))
             out.append(b"* %d EXISTS\r\n" % (len(self.uids),))
-            out.append(b"* %d RECENT\r\n" % (len(self.recent),))
+            if self.reportsRecent:
+                self.recent.update(claimRecent([m.uid for m in fresh]))
+                out.append(b"* %d RECENT\r\n" % (len(self.recent),))
         self.reportedModSeq = mailbox.highestModSeq
         self.dirty = False
         return out

@@ -1,13 +1,14 @@
 # -*- test-case-name: tests.test_imap_server -*-
 """
-The IMAP4rev1 server of ports 143 (STARTTLS) and 993 (implicit TLS).
+The IMAP4rev1 and IMAP4rev2 server of ports 143 (STARTTLS) and 993 (implicit TLS).
 
-Standards: RFC 3501 (IMAP4rev1), RFC 2177 (IDLE), RFC 4315 (UIDPLUS),
+Standards: RFC 3501 (IMAP4rev1), RFC 9051 (IMAP4rev2, L{mdpy.imap.revision}),
+RFC 2177 (IDLE), RFC 4315 (UIDPLUS),
 RFC 6851 (MOVE), RFC 2342 (NAMESPACE), RFC 2971 (ID), RFC 5161 (ENABLE),
 RFC 3691 (UNSELECT), RFC 3348 (CHILDREN), RFC 5258 (LIST-EXTENDED),
 RFC 5819 (LIST-STATUS), RFC 6154 (SPECIAL-USE), RFC 7888 (LITERAL+),
-RFC 4959 (SASL-IR), RFC 4731 (ESEARCH), RFC 7162 (CONDSTORE, QRESYNC:
-L{mdpy.imap.resync}),
+RFC 4959 (SASL-IR), RFC 4731 (ESEARCH), RFC 5182 (SEARCHRES),
+RFC 7162 (CONDSTORE, QRESYNC: L{mdpy.imap.resync}),
 RFC 7889 (APPENDLIMIT), RFC 5530 (response codes), RFC 8314 (implicit TLS),
 RFC 5256 (SORT, THREAD), RFC 5267 (ESORT; CONTEXT=SEARCH and CONTEXT=SORT,
 L{mdpy.imap.contexts}), RFC 9394 (PARTIAL results), RFC 5957 (SORT=DISPLAY),
@@ -52,6 +53,7 @@ from mdpy.imap.mailboxes import InvalidName, MailboxCommands, decodeName
 from mdpy.imap.messages import MessageCommands
 from mdpy.imap import resync as resyncing
 from mdpy.imap.quota import QuotaCommands
+from mdpy.imap.revision import EnableCommands
 from mdpy.imap import sort as sorting
 from mdpy.imap.sorting import CAPABILITIES as SORT_CAPABILITIES, SortCommands
 from mdpy.imap.structure import quoteString
@@ -180,7 +182,7 @@ class IMAP4Factory(SessionFactory):
 
 
 class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, AppendCommands,
-                  ContextCommands, QuotaCommands, CommandSession):
+                  ContextCommands, QuotaCommands, EnableCommands, CommandSession):
     """
     One IMAP session.
 
@@ -216,9 +218,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
     @ivar state: L{NOT_AUTHENTICATED}, L{AUTHENTICATED} or L{SELECTED}.
     @ivar account: the account logged in, or L{None}.
     @ivar selected: the L{SelectedMailbox}, or L{None}.
-    @ivar enabled: the extensions the client ENABLEd.
-    @ivar utf8: whether the client ENABLEd UTF8=ACCEPT: mailbox names are
-        UTF-8 both ways (RFC 6855 section 3).
+    @ivar enabled: the extensions the client ENABLEd (L{EnableCommands}).
     """
 
     service = "imap"
@@ -285,7 +285,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         """
         @return: the capability list for the current state, as L{bytes}.
         """
-        caps = [b"IMAP4rev1", b"SASL-IR", b"LITERAL+", b"ID", b"ENABLE", b"IDLE"]
+        caps = [b"IMAP4rev1", b"IMAP4rev2", b"SASL-IR", b"LITERAL+", b"ID", b"ENABLE", b"IDLE"]
         if self.state == NOT_AUTHENTICATED:
             if not self.tls and self.factory.tlsOptions is not None:
                 caps.append(b"STARTTLS")
@@ -296,7 +296,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         else:
             caps.extend([
                 b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"LIST-EXTENDED",
-                b"LIST-STATUS", b"SPECIAL-USE", b"ESEARCH", b"CONDSTORE", b"QRESYNC",
+                b"LIST-STATUS", b"SPECIAL-USE", b"ESEARCH", b"SEARCHRES", b"CONDSTORE", b"QRESYNC",
                 b"MULTIAPPEND", b"CATENATE", b"BINARY",
                 b"APPENDLIMIT=%d" % (self.factory.maxMessageSize,), b"COMPRESS=DEFLATE", b"UTF8=ACCEPT",
             ])
@@ -304,10 +304,6 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
             caps.extend(CONTEXT_CAPABILITIES)
             caps.extend(self.quotaCapabilities())
         return b" ".join(caps)
-
-    @property
-    def utf8(self):
-        return "UTF8=ACCEPT" in self.enabled
 
     def untagged(self, data):
         self.send(b"* " + data + b"\r\n")
@@ -599,20 +595,6 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         self.untagged(b'NAMESPACE (("" "/")) NIL NIL')
         return self.complete(tag, b"OK", b"Namespace completed.")
 
-    def do_ENABLE(self, tag, args):
-        if not args or not all(isinstance(a, Atom) for a in args):
-            raise ParseError("Expected capability names")
-        enabled = []
-        for name in args:
-            upper = name.upper()
-            if upper in ("CONDSTORE", "QRESYNC", "UTF8=ACCEPT") and upper not in self.enabled:
-                self.enabled.add(upper)
-                enabled.append(upper)
-                if upper == "QRESYNC":
-                    self.enabled.add("CONDSTORE")  # RFC 7162 section 3.2.3
-        self.untagged(b"ENABLED" + b"".join(b" " + n.encode("ascii") for n in enabled))
-        return self.complete(tag, b"OK", b"Enabled.")
-
     def do_COMPRESS(self, tag, args):
         """
         RFC 4978 section 3: compress both directions from after the tagged
@@ -671,7 +653,9 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         if condstore:
             self.enabled.add("CONDSTORE")
         d = self._storeCall(self.factory.store.openMailbox, name)
-        if not readOnly:
+        if self.rev2:
+            d.addCallback(self.listSelected)
+        elif not readOnly:
             d.addCallback(self._claimRecent)
         d.addCallbacks(self._cbSelected, self._ebSelect, callbackArgs=(tag, readOnly, resync), errbackArgs=(tag,))
         return d
@@ -690,10 +674,11 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
     def _closeForSelect(self):
         """
         Close the selected mailbox for a SELECT or EXAMINE, saying so with
-        C{OK [CLOSED]} once QRESYNC is enabled (RFC 7162 section 3.2.11):
-        the responses after it are of the mailbox selected next.
+        C{OK [CLOSED]} once QRESYNC or IMAP4rev2 is enabled (RFC 7162
+        section 3.2.11, RFC 9051 section 6.3.2): the responses after it are
+        of the mailbox selected next.
         """
-        if self.selected is not None and "QRESYNC" in self.enabled:
+        if self.selected is not None and ("QRESYNC" in self.enabled or self.rev2):
             self.send(b"* OK [CLOSED] Previous mailbox closed.\r\n")
         self._deselect()
 
@@ -706,13 +691,11 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
     def _cbSelected(self, mailbox, tag, readOnly, resync=None):
         if self.closing:
             return None
-        recent = recentAmong(mailbox, readOnly, [m.uid for m in mailbox.messages()])
-        selected = SelectedMailbox(mailbox, readOnly, recent)
-        lines = [
-            selected.flagsResponses(),
-            b"* %d EXISTS\r\n" % (selected.count,),
-            b"* %d RECENT\r\n" % (len(selected.recent),),
-        ]
+        recent = () if self.rev2 else recentAmong(mailbox, readOnly, [m.uid for m in mailbox.messages()])
+        selected = SelectedMailbox(mailbox, readOnly, recent, reportsRecent=not self.rev2)
+        lines = [selected.flagsResponses(), b"* %d EXISTS\r\n" % (selected.count,)]
+        if selected.reportsRecent:
+            lines.append(b"* %d RECENT\r\n" % (len(selected.recent),))
         unseen = selected.firstUnseen()
         if unseen is not None:
             lines.append(b"* OK [UNSEEN %d] First unseen.\r\n" % (unseen,))

@@ -337,6 +337,8 @@ def parseSortCommand(tokens):
     if len(tokens) < 2:
         raise ParseError("Expected a charset")
     search = parseSearchCommand(returnTokens + [Atom("CHARSET")] + tokens[1:])
+    if search.returnOptions and "SAVE" in search.returnOptions:
+        raise ParseError("Unsupported RETURN option")  # SAVE is for SEARCH alone
     return SortCommand(keys, search)
 
 
