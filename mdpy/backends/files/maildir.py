@@ -26,7 +26,9 @@ L{mdpy.backends.files.maildirindex}.
 Invariants: a L{MaildirMailbox}'s view (L{MaildirMailbox.messages} and its
 counters) changes only in L{MaildirMailbox.sync} or when a Deferred of its own
 C{append}, C{changeFlags} or C{expunge} fires, on the reactor thread; the work
-itself is done under the folder lock in a worker thread.
+itself is done under the folder lock in a worker thread (a sync that finds
+the folder as its index says reads it without the lock), and a view never
+goes back to an older HIGHESTMODSEQ of the same UIDVALIDITY.
 """
 
 import errno
@@ -534,9 +536,14 @@ class MaildirMailbox(FlagShorthand):
         @return: the transaction's result.
         """
         state, result = outcome
-        if state.serial > self._state.serial and (
-            sync or self._state.uidValidity in (0, state.uidValidity)
-        ):
+        current = self._state
+        if state.uidValidity == current.uidValidity:
+            # Each index written raises HIGHESTMODSEQ: a state built without
+            # the lock (L{sync}) may be older than one built after it.
+            newer = (state.highestModSeq, state.serial) > (current.highestModSeq, current.serial)
+        else:
+            newer = state.serial > current.serial and (sync or current.uidValidity == 0)
+        if newer:
             self._state = state
         return result
 
@@ -584,11 +591,18 @@ class MaildirMailbox(FlagShorthand):
             _log.warn("cache of {mailbox}: {error}", mailbox=self, error=e)
 
     def _forgetCached(self, keys):
+        """
+        Drop the cache entries of removed message files, outside the folder
+        lock and without waiting for the disk: an entry left behind by a
+        crash is never read again, as no file is ever named by a removed
+        key again.
+        """
         if not keys or not os.path.exists(os.path.join(self.path, CACHE_NAME)):
             return
         try:
             connection = sqlite3.connect(os.path.join(self.path, CACHE_NAME), isolation_level=None)
             try:
+                connection.execute("PRAGMA synchronous=OFF")
                 connection.executemany("DELETE FROM cache WHERE key = ?", [(k,) for k in keys])
             finally:
                 connection.close()
@@ -599,9 +613,16 @@ class MaildirMailbox(FlagShorthand):
 
     def sync(self):
         """
-        See L{IMailbox.sync}.  Synchronous.
+        See L{IMailbox.sync}.  Synchronous.  When the folder is as its index
+        says, the view is read without the folder lock
+        (L{FolderIndex.snapshot}), so it never waits for another session's
+        write to reach the disk.
         """
-        self._install(self._transact(), sync=True)
+        state = self._index.snapshot(self._buildState)
+        if state is not None:
+            self._install((state, None), sync=True)
+        else:
+            self._install(self._transact(), sync=True)
 
     def messages(self):
         """
@@ -768,12 +789,21 @@ class MaildirMailbox(FlagShorthand):
         See L{IMailbox.expunge}.  With C{deletedOnly}, the flags are read
         from the file names under the folder lock.
         """
-        d = self._store._runInThread(self._transact, self._expungeLocked(frozenset(uids), deletedOnly))
+        d = self._store._runInThread(self._expungeInThread, frozenset(uids), deletedOnly)
         d.addCallback(self._install)
         d.addCallback(self._notify)
         return d
 
-    def _expungeLocked(self, uids, deletedOnly):
+    def _expungeInThread(self, uids, deletedOnly):
+        removedKeys = []
+        outcome = self._transact(self._expungeLocked(uids, deletedOnly, removedKeys))
+        self._forgetCached(removedKeys)
+        return outcome
+
+    def _expungeLocked(self, uids, deletedOnly, removedKeys):
+        """
+        @param removedKeys: a list the keys of the removed files are added to.
+        """
         def remove(uidList, files, keywords):
             if self._state.uidValidity not in (0, uidList.uidValidity):
                 # The index was rebuilt, or the account made again: the UIDs
@@ -781,7 +811,6 @@ class MaildirMailbox(FlagShorthand):
                 return []
             cur = os.path.join(self.path, "cur")
             removed = []
-            removedKeys = []
             for key, (uid, _, info, _) in list(uidList.entries.items()):
                 if uid in uids and (not deletedOnly or DELETED in flagsFromInfo(info, keywords)):
                     try:
@@ -794,7 +823,6 @@ class MaildirMailbox(FlagShorthand):
             if removed:
                 fsyncDirectory(cur)
                 uidList.nextModSeq()
-                self._forgetCached(removedKeys)
             return removed
 
         return remove

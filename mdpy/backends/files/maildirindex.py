@@ -398,6 +398,65 @@ class FolderIndex:
         except OSError as e:
             raise TemporaryFailure("mailbox %s: %s" % (self._label, e)) from e
 
+    def snapshot(self, build):
+        """
+        Without the folder lock, what L{transact} without an operation
+        would build when it would change nothing: C{new/} is empty and the
+        files in C{cur/} are exactly those the index lists, with the info
+        suffixes it lists.  The index is only ever replaced whole (a rename)
+        and a message file name is never used again, so an index and a
+        listing that agree are the folder as of the index's writing, which
+        holds every change completed before this call.
+
+        @return: C{build(uidList, files, keywords)}, or L{None} when only a
+            locked transaction can tell (new files, files renamed or removed
+            by another program or meanwhile, an index missing or damaged).
+        @raise NotFound: the folder is gone.
+        """
+        try:
+            if any(not name.startswith(".") for name in os.listdir(os.path.join(self.path, "new"))):
+                return None
+            uidList = self._readUnlocked()
+            if uidList is None:
+                return None
+            files = self._listCur()
+            entries = uidList.entries
+            if len(files) != len(entries):
+                return None
+            for key, name in files.items():
+                entry = entries.get(key)
+                if entry is None or entry[2] != name.partition(":")[2]:
+                    return None
+            # Read last: keyword letters are only ever added, so these name
+            # every letter of the files listed.
+            keywords = Keywords(self.path)
+        except FileNotFoundError as e:
+            raise NotFound("mailbox %s is gone: %s" % (self._label, e)) from e
+        except OSError:
+            return None
+        return build(uidList, files, keywords)
+
+    def _readUnlocked(self):
+        """
+        @return: the index as a reader without the lock finds it, or L{None}
+            when it is missing or damaged.
+        """
+        try:
+            with open(os.path.join(self.path, INDEX_NAME), "rb") as f:
+                st = os.fstat(f.fileno())
+                cached = self._cache
+                if cached is not None and cached[0] == (st.st_ino, st.st_mtime_ns, st.st_size):
+                    return UidList(cached[1], cached[2], cached[3], dict(cached[4]))
+                text = f.read().decode("utf-8", "surrogateescape")
+        except FileNotFoundError:
+            return None
+        try:
+            uidList = UidList.parse(text)
+        except ValueError:
+            return None
+        self._remember(st, uidList)
+        return uidList
+
     def _remember(self, st, uidList):
         self._cache = (
             (st.st_ino, st.st_mtime_ns, st.st_size),
@@ -451,8 +510,14 @@ class FolderIndex:
                               os.path.join(cur, name if ":" in name else name + ":2,"))
                 except FileNotFoundError:
                     pass  # another program took it
+        return self._listCur()
+
+    def _listCur(self):
+        """
+        @return: C{{basename: filename}} of the messages in C{cur/}.
+        """
         files = {}
-        for name in os.listdir(cur):
+        for name in os.listdir(os.path.join(self.path, "cur")):
             if name.startswith(".") or "\n" in name or "\r" in name:
                 continue
             key = name.partition(":")[0]
