@@ -3,6 +3,7 @@ Tests for L{mdpy.backends.files.maildir} and L{mdpy.backends.files.maildirindex}
 """
 
 import errno
+import fcntl
 import io
 import json
 import os
@@ -595,6 +596,43 @@ class TestMaildirStore:
         stale.serial = later.serial + 1
         mailbox._install((stale, None), sync=True)
         assert mailbox.messages()[0].flags == {"\\Seen"}
+
+    def test_directoriesSyncedAfterLockBeforeResult(self, store, inbox, monkeypatch):
+        """
+        A transaction's directories reach the disk once the folder lock is
+        released, so other transactions go on meanwhile, and before its
+        result: a change whose names cannot be made durable fails.
+        """
+        resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE])]))
+        mailbox = store.openMailbox(ALICE)
+        synced = []
+
+        def fsyncDirectory(path):
+            fd = os.open(os.path.join(inbox, maildirindex.LOCK_NAME), os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                synced.append(path)
+            finally:
+                os.close(fd)
+
+        monkeypatch.setattr(maildirindex, "fsyncDirectory", fsyncDirectory)
+        resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
+        assert synced == [inbox, os.path.join(inbox, "cur")]
+        del synced[:]
+        resultOf(mailbox.append(MESSAGE))
+        assert synced == [inbox, os.path.join(inbox, "cur")]
+        del synced[:]
+        resultOf(mailbox.expunge([1]))
+        assert synced == [inbox, os.path.join(inbox, "cur")]
+
+        def failing(path):
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr(maildirindex, "fsyncDirectory", failing)
+        with pytest.raises(TemporaryFailure):
+            resultOf(mailbox.changeFlags([2], ["\\Flagged"], ADD))
+        with pytest.raises(TemporaryFailure):
+            resultOf(mailbox.expunge([2]))
 
     def test_expungeForgetsCachedData(self, store):
         """

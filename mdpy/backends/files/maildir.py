@@ -671,7 +671,7 @@ class MaildirMailbox(FlagShorthand):
                 placed.append(final)
                 files[key] = key + ":" + info
                 uids.append(uidList.add(key, info, wireSizeFromName(key)))
-            fsyncDirectory(os.path.join(self.path, "cur"))
+            uidList.unsynced.add(os.path.join(self.path, "cur"))
             return uids
 
         try:
@@ -762,6 +762,7 @@ class MaildirMailbox(FlagShorthand):
                 old = files[key]
                 os.rename(os.path.join(cur, old), os.path.join(cur, key + ":" + new))
                 files[key] = key + ":" + new
+                uidList.unsynced.add(cur)
             modSeq = uidList.nextModSeq()
             uidList.entries[key] = (uid, modSeq, new, size)
             results[uid] = StoredFlags(flagsFromInfo(new, keywords), modSeq, True)
@@ -821,7 +822,7 @@ class MaildirMailbox(FlagShorthand):
                     removed.append(uid)
                     removedKeys.append(key)
             if removed:
-                fsyncDirectory(cur)
+                uidList.unsynced.add(cur)
                 uidList.nextModSeq()
             return removed
 

@@ -32,7 +32,8 @@ starts above every UIDVALIDITY of the old one.
 Invariants: the index is read and rewritten only under an exclusive C{flock}
 on C{mdpy-uidlist.lock} (between processes, and between threads of one
 process alike, as each holder opens the file itself), and rewritten
-atomically (temporary file, fsync, rename, directory fsync).  So the server
+atomically (temporary file, fsync, rename; the directory is fsynced once the
+lock is released, before the change is reported done).  So the server
 and the C{mdpy} command never give two UIDs to one message or one UID to two
 messages.  C{dovecot-keywords} is rewritten the same way under the same lock.
 """
@@ -43,7 +44,7 @@ import re
 import time
 
 from mdpy.dotstuffing import normalisedFileSize
-from mdpy.durable import writeFileAtomically
+from mdpy.durable import fsyncDirectory, replaceFile, writeFileAtomically
 from mdpy.errors import LimitExceeded, NotFound, TemporaryFailure
 from mdpy.logs import Logger
 
@@ -373,7 +374,12 @@ class FolderIndex:
         anything changed, and call C{build(uidList, files, keywords)}.
 
         C{files} maps each basename in C{cur/} to its file name; an operation
-        that renames or removes files keeps it up to date.
+        that renames or removes files keeps it up to date, and adds the
+        directories whose names it changed to C{uidList.unsynced}.  Those
+        directories, and the folder's for the index, are fsynced once the
+        lock is released (other transactions of the folder go on meanwhile)
+        and before this returns: what a transaction returns is durable, and
+        so is every earlier transaction's change, as each index holds them.
 
         @return: C{(build's result, operation's result)}.
         @raise NotFound: the folder is gone.
@@ -382,17 +388,21 @@ class FolderIndex:
         try:
             with FolderLock(self.path) as lock:
                 uidList = self._read(lock)
+                uidList.unsynced = set()
                 keywords = Keywords(self.path)
                 files = self._scan()
                 self._reconcile(uidList, files)
                 result = operation(uidList, files, keywords) if operation else None
                 if uidList.dirty:
                     path = os.path.join(self.path, INDEX_NAME)
-                    writeFileAtomically(path, uidList.serialise())
+                    replaceFile(path, uidList.serialise())
+                    uidList.unsynced.add(self.path)
                     lock.rememberHeader(uidList.header())
                     self._remember(os.stat(path), uidList)
                 built = build(uidList, files, keywords) if build else None
-                return built, result
+            for directory in sorted(uidList.unsynced):
+                fsyncDirectory(directory)
+            return built, result
         except FileNotFoundError as e:
             raise NotFound("mailbox %s is gone: %s" % (self._label, e)) from e
         except OSError as e:
