@@ -458,6 +458,21 @@ def test_list_asks_for_folders_and_subscriptions_at_once():
         assert s.lines() == ["c NO [UNAVAILABLE] Temporary failure; try again later."]
 
 
+def test_updates_and_reply_in_one_write():
+    """
+    The untagged responses a command's end owes and its tagged reply go
+    out in one write.
+    """
+    store, one, two = twoSessions()
+    two.send("a STORE 1 +FLAGS (\\Flagged)")
+    two.lines()
+    writes = []
+    write = one.t.transport.write
+    one.t.transport.write = lambda data: (writes.append(data), write(data))
+    one.send("b NOOP")
+    assert writes == [b"* 1 FETCH (FLAGS (\\Flagged))\r\nb OK NOOP completed.\r\n"]
+
+
 def test_list_extended():
     s = Session()
     s.login()
