@@ -634,6 +634,22 @@ class TestMaildirStore:
         with pytest.raises(TemporaryFailure):
             resultOf(mailbox.expunge([2]))
 
+    def test_cacheWritesKeepTheirJournal(self, store, inbox):
+        """
+        Writes to the cache empty its rollback journal rather than make
+        and remove one file per entry.
+        """
+        resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE]), (ALICE, "INBOX", [b"2"])]))
+        mailbox = store.openMailbox(ALICE)
+        first, second = [m.key for m in mailbox.messages()]
+        journal = os.path.join(inbox, maildir.CACHE_NAME + "-journal")
+        mailbox.cacheData(first, b"one")
+        before = os.stat(journal)
+        mailbox.cacheData(second, b"two")
+        after = os.stat(journal)
+        assert (after.st_ino, after.st_size) == (before.st_ino, 0)
+        assert mailbox.cachedData(second) == b"two"
+
     def test_expungeForgetsCachedData(self, store):
         """
         The cache entries of expunged messages are dropped.
