@@ -476,9 +476,9 @@ class FolderIndex:
             return None
         try:
             st = os.fstat(fd)
-            cached = self._cache
-            if cached is not None and cached[0] == (st.st_ino, st.st_mtime_ns, st.st_size):
-                return UidList(cached[1], cached[2], cached[3], dict(cached[4]))
+            cached = self._cached(st)
+            if cached is not None:
+                return cached
             text = _readWhole(fd).decode("utf-8", "surrogateescape")
         finally:
             os.close(fd)
@@ -488,6 +488,16 @@ class FolderIndex:
             return None
         self._remember(st, uidList)
         return uidList
+
+    def _cached(self, st):
+        """
+        @return: a copy of the index last read or written, if C{st} is the
+            status of the same file, else L{None}.
+        """
+        cached = self._cache
+        if cached is not None and cached[0] == (st.st_ino, st.st_mtime_ns, st.st_size):
+            return UidList(cached[1], cached[2], cached[3], dict(cached[4]))
+        return None
 
     def _remember(self, st, uidList):
         self._cache = (
@@ -500,9 +510,9 @@ class FolderIndex:
         old = None
         try:
             st = os.stat(path)
-            cached = self._cache
-            if cached is not None and cached[0] == (st.st_ino, st.st_mtime_ns, st.st_size):
-                return UidList(cached[1], cached[2], cached[3], dict(cached[4]))
+            cached = self._cached(st)
+            if cached is not None:
+                return cached
             with open(path, "rb") as f:
                 text = f.read().decode("utf-8", "surrogateescape")
             try:
