@@ -103,6 +103,17 @@ def writeFileAtomically(path, data, mode=0o600):
     Replace C{path} by a file holding C{data}: readers see the old file or the
     whole new one, and the new one is durable when this returns.
     """
+    replaceFile(path, data, mode)
+    fsyncDirectory(os.path.dirname(path))
+
+
+def replaceFile(path, data, mode=0o600):
+    """
+    L{writeFileAtomically} but for the directory's fsync, which the caller
+    makes before it tells anyone the new file is there: readers see the old
+    file or the whole new one, and whichever of them a crash leaves is
+    complete.
+    """
     tmp = path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
@@ -111,4 +122,3 @@ def writeFileAtomically(path, data, mode=0o600):
     finally:
         os.close(fd)
     os.rename(tmp, path)
-    fsyncDirectory(os.path.dirname(path))

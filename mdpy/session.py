@@ -20,6 +20,7 @@ Invariants:
 
 import base64
 import socket
+from contextlib import contextmanager
 
 from twisted.cred import error as credError
 from twisted.internet import defer, tcp
@@ -222,6 +223,7 @@ class CommandSession(Protocol, TimeoutMixin):
         self._accountCheckedAt = None
         self._lost = False
         self._dropCall = None
+        self._held = None
 
     # --- connection ------------------------------------------------------------
 
@@ -307,9 +309,31 @@ class CommandSession(Protocol, TimeoutMixin):
 
     def send(self, data):
         """
-        Write C{data}; see L{writeThrough}.
+        Write C{data}; see L{writeThrough}.  Within L{coalesced}, held
+        until its end.
         """
+        if self._held is not None:
+            self._held.append(data)
+            return
         writeThrough(self.transport, data)
+
+    @contextmanager
+    def coalesced(self):
+        """
+        Send what the block sends in one write at its end, as one segment:
+        a command's last untagged responses and its reply make one system
+        call here and wake the client once.
+        """
+        if self._held is not None:
+            yield
+            return
+        self._held = held = []
+        try:
+            yield
+        finally:
+            self._held = None
+            if held:
+                self.send(b"".join(held))
 
     def countError(self):
         """

@@ -7,9 +7,10 @@ import base64
 import os
 
 import pytest
-from twisted.internet import task
+from twisted.internet import defer, task
 
 from mdpy.auth.checkers import FailedLoginTracker
+from mdpy.errors import TemporaryFailure
 from mdpy.imap.server import IMAP4Factory
 from mdpy.backends.memory import MemoryMessage, MemoryStore, recordReads
 from mdpy.testing import Transcript, memoryPortal, resultOf, synchronousRunner
@@ -407,6 +408,71 @@ def test_list_special_use_and_children():
     assert '* LIST (\\HasNoChildren) "/" "Lists/Work"' not in got[:8]
     assert '* LIST (\\Noselect) "/" ""' in got
     assert got[-2:] == ['* LIST (\\HasNoChildren) "/" "Lists/Work"', "e OK List completed."]
+
+
+class _HeldListing:
+    """
+    A store whose folder and subscription lists wait until released.
+    """
+
+    def __init__(self, store):
+        self._store = store
+        self.asked = []
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def _held(self, name, address):
+        d = defer.Deferred()
+        self.asked.append((name, d, getattr(self._store, name)(address)))
+        return d
+
+    def listMailboxes(self, address):
+        return self._held("listMailboxes", address)
+
+    def listSubscriptions(self, address):
+        return self._held("listSubscriptions", address)
+
+
+def test_list_asks_for_folders_and_subscriptions_at_once():
+    """
+    LIST asks the store for the folders and the subscriptions together,
+    not one after the other; either failing answers NO.
+    """
+    store = _HeldListing(filledStore())
+    s = Session(store=store)
+    s.login()
+    s.send('b LIST "" "%"')
+    assert [name for name, _, _ in store.asked] == ["listMailboxes", "listSubscriptions"]
+    assert s.lines() == []
+    for _, d, result in reversed(store.asked):
+        d.callback(result)
+    got = s.lines()
+    assert got[0] == '* LIST (\\HasNoChildren) "/" "INBOX"' and got[-1] == "b OK List completed."
+    for failing in (0, 1):
+        del store.asked[:]
+        s.send('c LIST "" "%"')
+        for index, (_, d, result) in enumerate(store.asked):
+            if index == failing:
+                d.errback(TemporaryFailure("disk on fire"))
+            else:
+                d.callback(result)
+        assert s.lines() == ["c NO [UNAVAILABLE] Temporary failure; try again later."]
+
+
+def test_updates_and_reply_in_one_write():
+    """
+    The untagged responses a command's end owes and its tagged reply go
+    out in one write.
+    """
+    store, one, two = twoSessions()
+    two.send("a STORE 1 +FLAGS (\\Flagged)")
+    two.lines()
+    writes = []
+    write = one.t.transport.write
+    one.t.transport.write = lambda data: (writes.append(data), write(data))
+    one.send("b NOOP")
+    assert writes == [b"* 1 FETCH (FLAGS (\\Flagged))\r\nb OK NOOP completed.\r\n"]
 
 
 def test_list_extended():

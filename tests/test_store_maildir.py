@@ -3,6 +3,7 @@ Tests for L{mdpy.backends.files.maildir} and L{mdpy.backends.files.maildirindex}
 """
 
 import errno
+import fcntl
 import io
 import json
 import os
@@ -577,6 +578,145 @@ class TestMaildirStore:
             mailbox.sync()
         with pytest.raises(NotFound):
             resultOf(mailbox.append(MESSAGE))
+
+    def test_syncWithoutLockWhenIndexAgrees(self, store, monkeypatch):
+        """
+        A sync of a folder whose files are as its index says takes in
+        another view's changes without the folder lock, so it never waits
+        for another writer.
+        """
+        resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE])]))
+        reader = store.openMailbox(ALICE)
+        writer = store.openMailbox(ALICE)
+        resultOf(writer.changeFlags([1], ["\\Seen", "$Work"], ADD))
+        resultOf(writer.append(b"Subject: two\r\n\r\n2\r\n"))
+
+        def locked(lock):
+            raise AssertionError("folder lock taken")
+
+        monkeypatch.setattr(maildirindex.FolderLock, "__enter__", locked)
+        reader.sync()
+        assert [(m.uid, m.flags) for m in reader.messages()] == [
+            (1, {"\\Seen", "$Work"}), (2, frozenset())]
+        assert reader.highestModSeq == writer.highestModSeq
+
+    def test_syncTakesLockForNewFiles(self, store, inbox):
+        """
+        New mail in new/, a file another program renamed or removed, or a
+        damaged index make the sync a locked transaction that takes them in.
+        """
+        resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE])]))
+        mailbox = store.openMailbox(ALICE)
+        index = maildirindex.FolderIndex(inbox, inbox, "INBOX")
+        assert index.snapshot(lambda *a: a) is not None
+        resultOf(store.deliver([(ALICE, "INBOX", [b"2"])]))
+        assert index.snapshot(lambda *a: a) is None
+        mailbox.sync()
+        assert [m.uid for m in mailbox.messages()] == [1, 2]
+        assert index.snapshot(lambda *a: a) is not None
+        cur = os.path.join(inbox, "cur")
+        key = mailbox.messages()[0].key
+        os.rename(os.path.join(cur, key + ":2,"), os.path.join(cur, key + ":2,F"))
+        assert index.snapshot(lambda *a: a) is None
+        mailbox.sync()
+        assert mailbox.messages()[0].flags == {"\\Flagged"}
+        os.unlink(os.path.join(cur, key + ":2,F"))
+        assert index.snapshot(lambda *a: a) is None
+        mailbox.sync()
+        assert [m.uid for m in mailbox.messages()] == [2]
+        with open(os.path.join(inbox, "mdpy-uidlist"), "a") as f:
+            f.write("garbage")
+        assert index.snapshot(lambda *a: a) is None
+        old = mailbox.uidValidity
+        mailbox.sync()
+        assert mailbox.uidValidity > old
+
+    def test_olderStateNeverInstalled(self, store):
+        """
+        A state read without the lock before another transaction wrote may
+        arrive after that transaction's: the view keeps the newer one.
+        """
+        resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE])]))
+        mailbox = store.openMailbox(ALICE)
+        stale = mailbox._index.snapshot(mailbox._buildState)
+        resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
+        fresh = mailbox._index.snapshot(mailbox._buildState)
+        assert stale.serial < fresh.serial
+        mailbox._install((fresh, None), sync=True)
+        later = mailbox._index.snapshot(mailbox._buildState)
+        mailbox._install((stale, None), sync=True)
+        assert mailbox.messages()[0].flags == {"\\Seen"}
+        # Built after, from an older index: still not taken.
+        stale.serial = later.serial + 1
+        mailbox._install((stale, None), sync=True)
+        assert mailbox.messages()[0].flags == {"\\Seen"}
+
+    def test_directoriesSyncedAfterLockBeforeResult(self, store, inbox, monkeypatch):
+        """
+        A transaction's directories reach the disk once the folder lock is
+        released, so other transactions go on meanwhile, and before its
+        result: a change whose names cannot be made durable fails.
+        """
+        resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE])]))
+        mailbox = store.openMailbox(ALICE)
+        synced = []
+
+        def fsyncDirectory(path):
+            fd = os.open(os.path.join(inbox, maildirindex.LOCK_NAME), os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                synced.append(path)
+            finally:
+                os.close(fd)
+
+        monkeypatch.setattr(maildirindex, "fsyncDirectory", fsyncDirectory)
+        resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
+        assert synced == [inbox, os.path.join(inbox, "cur")]
+        del synced[:]
+        resultOf(mailbox.append(MESSAGE))
+        assert synced == [inbox, os.path.join(inbox, "cur")]
+        del synced[:]
+        resultOf(mailbox.expunge([1]))
+        assert synced == [inbox, os.path.join(inbox, "cur")]
+
+        def failing(path):
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr(maildirindex, "fsyncDirectory", failing)
+        with pytest.raises(TemporaryFailure):
+            resultOf(mailbox.changeFlags([2], ["\\Flagged"], ADD))
+        with pytest.raises(TemporaryFailure):
+            resultOf(mailbox.expunge([2]))
+
+    def test_cacheWritesKeepTheirJournal(self, store, inbox):
+        """
+        Writes to the cache empty its rollback journal rather than make
+        and remove one file per entry.
+        """
+        resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE]), (ALICE, "INBOX", [b"2"])]))
+        mailbox = store.openMailbox(ALICE)
+        first, second = [m.key for m in mailbox.messages()]
+        journal = os.path.join(inbox, maildir.CACHE_NAME + "-journal")
+        mailbox.cacheData(first, b"one")
+        before = os.stat(journal)
+        mailbox.cacheData(second, b"two")
+        after = os.stat(journal)
+        assert (after.st_ino, after.st_size) == (before.st_ino, 0)
+        assert mailbox.cachedData(second) == b"two"
+
+    def test_expungeForgetsCachedData(self, store):
+        """
+        The cache entries of expunged messages are dropped.
+        """
+        resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE]), (ALICE, "INBOX", [b"2"])]))
+        mailbox = store.openMailbox(ALICE)
+        first, second = [m.key for m in mailbox.messages()]
+        mailbox.cacheData(first, b"one")
+        mailbox.cacheData(second, b"two")
+        assert resultOf(mailbox.expunge([1])) == [1]
+        other = store.openMailbox(ALICE)
+        assert other.cachedData(first) is None
+        assert other.cachedData(second) == b"two"
 
     def test_renameMovesDirectories(self, store, inbox):
         store.createMailbox(ALICE, "Lists")

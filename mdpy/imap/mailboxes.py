@@ -296,9 +296,18 @@ class MailboxCommands:
             return raw.decode("utf-8", "replace")
 
     async def _listing(self):
+        """
+        @return: the L{Listing}; the folders and the subscriptions are asked
+            for at once.
+        """
         store = self.factory.store
-        names = await self._storeCall(store.listMailboxes)
-        return Listing(names, await self._storeCall(store.listSubscriptions))
+        asked = defer.gatherResults(
+            [self._storeCall(store.listMailboxes), self._storeCall(store.listSubscriptions)],
+            consumeErrors=True,
+        )
+        asked.addErrback(lambda failure: failure.value.subFailure)
+        names, subscribed = await asked
+        return Listing(names, subscribed)
 
     def _cbList(self, listing, tag, verb, reference, patterns, selection, returns, statusItems):
         matchers = [patternMatcher(reference, p) for p in patterns]

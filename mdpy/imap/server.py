@@ -387,8 +387,9 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
     def _finish(self, tag, status, text, code, expunge):
         if self.closing:
             return
-        self.sendUpdates(expunge)
-        self._reply(tag, status, text, code)
+        with self.coalesced():
+            self.sendUpdates(expunge)
+            self._reply(tag, status, text, code)
 
     def sendUpdates(self, expunge=True):
         """

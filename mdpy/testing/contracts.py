@@ -419,6 +419,20 @@ class StoreContract:
         assert resultOf(store.openMailbox(ALICE)).recentThreshold == 2
         assert resultOf(store.openMailbox(ALICE, "Sent")).recentThreshold == 0
 
+    def test_aClaimingViewClaimsWhatAnotherViewTookIn(self, store):
+        """
+        A message a view that does not claim took in first (EXAMINE, POP3)
+        is still claimed by the next sync of a claiming view.
+        """
+        claiming = resultOf(store.openMailbox(ALICE))
+        assert resultOf(claiming.claimRecent()) == []
+        looking = resultOf(store.openMailbox(ALICE))
+        self.deliver(store, b"1")
+        resultOf(looking.sync())
+        assert [m.uid for m in looking.messages()] == [1]
+        resultOf(claiming.sync())
+        assert claiming.claimedUids() == {1}
+
     def test_aClaimingViewClaimsWhatItTakesIn(self, store):
         """
         After L{IMailbox.claimRecent}, a view claims the new messages it

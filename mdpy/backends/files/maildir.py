@@ -30,7 +30,9 @@ L{mdpy.backends.files.maildirindex}.
 Invariants: a L{MaildirMailbox}'s view (L{MaildirMailbox.messages} and its
 counters) changes only in L{MaildirMailbox.sync} or when a Deferred of its own
 C{append}, C{changeFlags} or C{expunge} fires, on the reactor thread; the work
-itself is done under the folder lock in a worker thread.
+itself is done under the folder lock in a worker thread (a sync that finds
+the folder as its index says reads it without the lock), and a view never
+goes back to an older HIGHESTMODSEQ of the same UIDVALIDITY.
 """
 
 import errno
@@ -348,9 +350,21 @@ def _writeCopies(targets):
         failure.raiseException()
 
 
-def _openCache(path):
-    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+def _cacheConnection(path, **options):
+    """
+    A connection to a folder's cache that never waits for the disk, and
+    whose rollback journal is emptied rather than removed after each
+    write: making and removing a file for every entry cost the most of a
+    write (a new inode each time), on the reactor thread.
+    """
+    connection = sqlite3.connect(path, isolation_level=None, **options)
     connection.execute("PRAGMA synchronous=OFF")
+    connection.execute("PRAGMA journal_mode=TRUNCATE")
+    return connection
+
+
+def _openCache(path):
+    connection = _cacheConnection(path, check_same_thread=False)
     connection.execute("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, data BLOB)")
     return connection
 
@@ -586,9 +600,14 @@ class MaildirMailbox(FlagShorthand):
         @return: the transaction's result.
         """
         state, result = outcome
-        if state.serial > self._state.serial and (
-            sync or self._state.uidValidity in (0, state.uidValidity)
-        ):
+        current = self._state
+        if state.uidValidity == current.uidValidity:
+            # Each index written raises HIGHESTMODSEQ: a state built without
+            # the lock (L{sync}) may be older than one built after it.
+            newer = (state.highestModSeq, state.serial) > (current.highestModSeq, current.serial)
+        else:
+            newer = state.serial > current.serial and (sync or current.uidValidity == 0)
+        if newer:
             self._state = state
         if state.claimed and state.uidValidity == self._state.uidValidity:
             # Kept even when a newer state was installed first: that one
@@ -640,10 +659,16 @@ class MaildirMailbox(FlagShorthand):
             _log.warn("cache of {mailbox}: {error}", mailbox=self, error=e)
 
     def _forgetCached(self, keys):
+        """
+        Drop the cache entries of removed message files, outside the folder
+        lock and without waiting for the disk: an entry left behind by a
+        crash is never read again, as no file is ever named by a removed
+        key again.
+        """
         if not keys or not os.path.exists(os.path.join(self.path, CACHE_NAME)):
             return
         try:
-            connection = sqlite3.connect(os.path.join(self.path, CACHE_NAME), isolation_level=None)
+            connection = _cacheConnection(os.path.join(self.path, CACHE_NAME))
             try:
                 connection.executemany("DELETE FROM cache WHERE key = ?", [(k,) for k in keys])
             finally:
@@ -655,9 +680,16 @@ class MaildirMailbox(FlagShorthand):
 
     def sync(self):
         """
-        See L{IMailbox.sync}.  Synchronous.
+        See L{IMailbox.sync}.  Synchronous.  When the folder is as its index
+        says, the view is read without the folder lock
+        (L{FolderIndex.snapshot}), so it never waits for another session's
+        write to reach the disk.
         """
-        self._install(self._transact(), sync=True)
+        state = self._index.snapshot(self._buildState, self._claiming)
+        if state is not None:
+            self._install((state, None), sync=True)
+        else:
+            self._install(self._transact(), sync=True)
 
     def messages(self):
         """
@@ -733,7 +765,7 @@ class MaildirMailbox(FlagShorthand):
                 placed.append(final)
                 files[key] = key + ":" + info
                 uids.append(uidList.add(key, info, wireSizeFromName(key)))
-            fsyncDirectory(os.path.join(self.path, "cur"))
+            uidList.unsynced.add(os.path.join(self.path, "cur"))
             return uids
 
         try:
@@ -824,6 +856,7 @@ class MaildirMailbox(FlagShorthand):
                 old = files[key]
                 os.rename(os.path.join(cur, old), os.path.join(cur, key + ":" + new))
                 files[key] = key + ":" + new
+                uidList.unsynced.add(cur)
             modSeq = uidList.nextModSeq()
             uidList.entries[key] = (uid, modSeq, new, size)
             results[uid] = StoredFlags(flagsFromInfo(new, keywords), modSeq, True)
@@ -851,12 +884,21 @@ class MaildirMailbox(FlagShorthand):
         See L{IMailbox.expunge}.  With C{deletedOnly}, the flags are read
         from the file names under the folder lock.
         """
-        d = self._store._runInThread(self._transact, self._expungeLocked(frozenset(uids), deletedOnly))
+        d = self._store._runInThread(self._expungeInThread, frozenset(uids), deletedOnly)
         d.addCallback(self._install)
         d.addCallback(self._notify)
         return d
 
-    def _expungeLocked(self, uids, deletedOnly):
+    def _expungeInThread(self, uids, deletedOnly):
+        removedKeys = []
+        outcome = self._transact(self._expungeLocked(uids, deletedOnly, removedKeys))
+        self._forgetCached(removedKeys)
+        return outcome
+
+    def _expungeLocked(self, uids, deletedOnly, removedKeys):
+        """
+        @param removedKeys: a list the keys of the removed files are added to.
+        """
         def remove(uidList, files, keywords):
             if self._state.uidValidity not in (0, uidList.uidValidity):
                 # The index was rebuilt, or the account made again: the UIDs
@@ -864,7 +906,6 @@ class MaildirMailbox(FlagShorthand):
                 return []
             cur = os.path.join(self.path, "cur")
             removed = []
-            removedKeys = []
             for key, (uid, _, info, _) in list(uidList.entries.items()):
                 if uid in uids and (not deletedOnly or DELETED in flagsFromInfo(info, keywords)):
                     try:
@@ -875,9 +916,8 @@ class MaildirMailbox(FlagShorthand):
                     removed.append(uid)
                     removedKeys.append(key)
             if removed:
-                fsyncDirectory(cur)
+                uidList.unsynced.add(cur)
                 uidList.nextModSeq()
-                self._forgetCached(removedKeys)
             return removed
 
         return remove

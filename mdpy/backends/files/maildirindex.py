@@ -48,7 +48,8 @@ starts above every UIDVALIDITY of the old one.
 Invariants: the index is read and rewritten only under an exclusive C{flock}
 on C{mdpy-uidlist.lock} (between processes, and between threads of one
 process alike, as each holder opens the file itself), and rewritten
-atomically (temporary file, fsync, rename, directory fsync).  So the server
+atomically (temporary file, fsync, rename; the directory is fsynced once the
+lock is released, before the change is reported done).  So the server
 and the C{mdpy} command never give two UIDs to one message or one UID to two
 messages.  C{dovecot-keywords} is rewritten the same way under the same lock.
 """
@@ -59,7 +60,7 @@ import re
 import time
 
 from mdpy.dotstuffing import normalisedFileSize
-from mdpy.durable import writeFileAtomically
+from mdpy.durable import fsyncDirectory, replaceFile, writeFileAtomically
 from mdpy.errors import LimitExceeded, NotFound, TemporaryFailure
 from mdpy.logs import Logger
 from mdpy.mailbox import ExpungeHistory
@@ -103,23 +104,42 @@ def _unescapeInfo(token):
 
 
 
+def _readWhole(fd):
+    """
+    @return: the octets of the open file C{fd} from where it is to its end,
+        in as few system calls as a folder's small files need (no Python
+        file object: every call counts where each one gives the interpreter
+        lock away).
+    """
+    chunks = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
 class Keywords:
     """
     The C{dovecot-keywords} file of one folder: keyword names by letter.
-    Read and written under the folder lock.
+    Written under the folder lock.
     """
 
     def __init__(self, folderPath):
         self._path = os.path.join(folderPath, KEYWORDS_NAME)
         self.names = [None] * 26
         try:
-            with open(self._path, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    index, _, name = line.rstrip("\n").partition(" ")
-                    if index.isdigit() and int(index) < 26 and name:
-                        self.names[int(index)] = name
+            fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            pass
+            return
+        try:
+            text = _readWhole(fd).decode("utf-8", "replace")
+        finally:
+            os.close(fd)
+        for line in text.splitlines():
+            index, _, name = line.partition(" ")
+            if index.isdigit() and int(index) < 26 and name:
+                self.names[int(index)] = name
 
     def nameFor(self, letter):
         return self.names[ord(letter) - 97]
@@ -475,7 +495,12 @@ class FolderIndex:
         keywords)}.
 
         C{files} maps each basename in C{cur/} to its file name; an operation
-        that renames or removes files keeps it up to date.
+        that renames or removes files keeps it up to date, and adds the
+        directories whose names it changed to C{uidList.unsynced}.  Those
+        directories, and the folder's for the index, are fsynced once the
+        lock is released (other transactions of the folder go on meanwhile)
+        and before this returns: what a transaction returns is durable, and
+        so is every earlier transaction's change, as each index holds them.
 
         @return: C{(build's result, operation's result)}.
         @raise NotFound: the folder is gone.
@@ -485,6 +510,7 @@ class FolderIndex:
             with FolderLock(self.path) as lock:
                 uidList = self._read(lock)
                 readModSeq = uidList.highestModSeq
+                uidList.unsynced = set()
                 keywords = Keywords(self.path)
                 files = self._scan()
                 self._reconcile(uidList, files)
@@ -498,11 +524,14 @@ class FolderIndex:
                     self._recordExpunges(uidList, readModSeq)
                 if uidList.dirty:
                     path = os.path.join(self.path, INDEX_NAME)
-                    writeFileAtomically(path, uidList.serialise())
+                    replaceFile(path, uidList.serialise())
+                    uidList.unsynced.add(self.path)
                     lock.rememberHeader(uidList.header())
                     self._remember(os.stat(path), uidList)
                 built = build(uidList, files, keywords) if build else None
-                return built, result
+            for directory in sorted(uidList.unsynced):
+                fsyncDirectory(directory)
+            return built, result
         except FileNotFoundError as e:
             raise NotFound("mailbox %s is gone: %s" % (self._label, e)) from e
         except OSError as e:
@@ -534,6 +563,81 @@ class FolderIndex:
         if found is None or found[0] != uidValidity:
             return None
         return found[1].since(modSeq)
+    def snapshot(self, build, claim=False):
+        """
+        Without the folder lock, what L{transact} without an operation
+        would build when it would change nothing: C{new/} is empty and the
+        files in C{cur/} are exactly those the index lists, with the info
+        suffixes it lists.  The index is only ever replaced whole (a rename)
+        and a message file name is never used again, so an index and a
+        listing that agree are the folder as of the index's writing, which
+        holds every change completed before this call.
+
+        @param claim: whether the view claims what it takes in (see
+            L{transact}): then a folder with messages no view claimed needs
+            the locked transaction.
+        @return: C{build(uidList, files, keywords)}, or L{None} when only a
+            locked transaction can tell (new files, files renamed or removed
+            by another program or meanwhile, an index missing or damaged,
+            messages to claim).
+        @raise NotFound: the folder is gone.
+        """
+        try:
+            if any(not name.startswith(".") for name in os.listdir(os.path.join(self.path, "new"))):
+                return None
+            uidList = self._readUnlocked()
+            if uidList is None or (claim and uidList.recentThreshold < uidList.uidNext - 1):
+                return None
+            files = self._listCur()
+            entries = uidList.entries
+            if len(files) != len(entries):
+                return None
+            for key, name in files.items():
+                entry = entries.get(key)
+                if entry is None or entry[2] != name.partition(":")[2]:
+                    return None
+            # Read last: keyword letters are only ever added, so these name
+            # every letter of the files listed.
+            keywords = Keywords(self.path)
+        except FileNotFoundError as e:
+            raise NotFound("mailbox %s is gone: %s" % (self._label, e)) from e
+        except OSError:
+            return None
+        return build(uidList, files, keywords)
+
+    def _readUnlocked(self):
+        """
+        @return: the index as a reader without the lock finds it, or L{None}
+            when it is missing or damaged.
+        """
+        try:
+            fd = os.open(os.path.join(self.path, INDEX_NAME), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            st = os.fstat(fd)
+            cached = self._cached(st)
+            if cached is not None:
+                return cached
+            text = _readWhole(fd).decode("utf-8", "surrogateescape")
+        finally:
+            os.close(fd)
+        try:
+            uidList = UidList.parse(text)
+        except ValueError:
+            return None
+        self._remember(st, uidList)
+        return uidList
+
+    def _cached(self, st):
+        """
+        @return: a copy of the index last read or written, if C{st} is the
+            status of the same file, else L{None}.
+        """
+        cached = self._cache
+        if cached is not None and cached[0] == (st.st_ino, st.st_mtime_ns, st.st_size):
+            return UidList(cached[1], cached[2], cached[3], dict(cached[4]), cached[5])
+        return None
 
     def _remember(self, st, uidList):
         self._cache = (
@@ -547,9 +651,9 @@ class FolderIndex:
         old = None
         try:
             st = os.stat(path)
-            cached = self._cache
-            if cached is not None and cached[0] == (st.st_ino, st.st_mtime_ns, st.st_size):
-                return UidList(cached[1], cached[2], cached[3], dict(cached[4]), cached[5])
+            cached = self._cached(st)
+            if cached is not None:
+                return cached
             with open(path, "rb") as f:
                 text = f.read().decode("utf-8", "surrogateescape")
             try:
@@ -594,8 +698,14 @@ class FolderIndex:
                               os.path.join(cur, name if ":" in name else name + ":2,"))
                 except FileNotFoundError:
                     pass  # another program took it
+        return self._listCur()
+
+    def _listCur(self):
+        """
+        @return: C{{basename: filename}} of the messages in C{cur/}.
+        """
         files = {}
-        for name in os.listdir(cur):
+        for name in os.listdir(os.path.join(self.path, "cur")):
             if name.startswith(".") or "\n" in name or "\r" in name:
                 continue
             key = name.partition(":")[0]
