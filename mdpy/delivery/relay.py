@@ -477,6 +477,10 @@ class Relay(service.Service):
                 result = yield self._session(route, destination, False)
             if result.error is None:
                 destination.failure = None
+                if len(destination.ready) < destination.sessions:
+                    # The other connections take what is ready: a new one
+                    # here would have nothing to carry.
+                    return
                 continue  # connection reuse limit: the same route again
             lastError = result.error
             if result.messagesAttempted and not retried:
