@@ -16,3 +16,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.module.__name__.rpartition(".")[2].startswith("test_e2e_"):
             item.add_marker(pytest.mark.e2e)
+
+
+# Modules that check the stored hashes' parameters or the cost of a check.
+_REAL_HASH_COST = ("test_passwords", "test_checkers")
+
+
+@pytest.fixture(autouse=True)
+def cheapPasswordHashes(request, monkeypatch):
+    """
+    In-memory tests hash passwords with scrypt N=2**10 instead of 2**14:
+    the parameters are stored in each hash, so checking works the same,
+    and the suite spends its time on what it tests.  End-to-end tests and
+    the tests of the hashes themselves keep the real cost.
+    """
+    name = request.module.__name__.rpartition(".")[2]
+    if name.startswith("test_e2e_") or name in _REAL_HASH_COST:
+        return
+    from mdpy.auth import passwords
+
+    monkeypatch.setattr(passwords, "SCRYPT_LOG_N", 10)

@@ -15,6 +15,7 @@ and nothing else reaches past L{mdpy.interfaces} into it.
 """
 
 import ast
+import functools
 import os
 
 import pytest
@@ -31,6 +32,7 @@ BACKEND_FILE_NAMES = {"cur", "new", "tmp", "msg", "env", "corrupt", "mdpy-uidlis
 BACKEND_PATHS = {"mailRoot", "directoryPath"}
 
 
+@functools.lru_cache(maxsize=None)
 def modules():
     """
     @return: C{(path relative to mdpy/, dotted name, syntax tree)} of every
@@ -46,7 +48,7 @@ def modules():
                 dotted = dotted[: -len(".__init__")] if dotted.endswith(".__init__") else dotted
                 with open(path, encoding="utf-8") as f:
                     found.append((relative, dotted, ast.parse(f.read(), path)))
-    return found
+    return tuple(found)
 
 
 def imported(tree, dotted):
