@@ -18,7 +18,7 @@ state of every recipient (pending, sent, failed, bounced; attempts, next
 attempt, last diagnostic) lives beside it in C{env/<id>}.
 
 Invariants:
- - L{QueueDelivery.commit} fires only once C{msg/<id>} and C{env/<id>} are
+ - A transaction's commit (L{startDelivery}) fires only once C{msg/<id>} and C{env/<id>} are
    fsynced under their final names and both directories are fsynced: that is
    when SMTP answers 250.
  - C{env/<id>} is the commit point.  It is renamed into place after
@@ -38,7 +38,6 @@ Invariants:
 import json
 import os
 import re
-import tempfile
 import time
 
 from twisted.internet import defer
@@ -47,6 +46,7 @@ from zope.interface import implementer
 from mdpy import errors
 from mdpy.address import splitAddress
 from mdpy.backends.files.committer import commitBatch, writerFor
+from mdpy.delivery.targets import QueuedDelivery, QueueTarget
 from mdpy.durable import (
     fsyncDirectory,
     startWriteback,
@@ -54,13 +54,12 @@ from mdpy.durable import (
     writeAll,
     writeFileAtomically,
 )
-from mdpy.interfaces import BOUNCED, FAILED, PENDING, SENT, IDelivery, IOutboundQueue
+from mdpy.interfaces import BOUNCED, FAILED, PENDING, SENT, IOutboundQueue
 from mdpy.logs import Logger
 
 STATES = (PENDING, SENT, FAILED, BOUNCED)
 
 FORMAT_VERSION = 1
-SPILL_SIZE = 1024 * 1024
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _EIGHT_BIT = re.compile(rb"[\x80-\xff]")
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -486,9 +485,10 @@ class SpoolQueue:
     def startDelivery(self, envelope):
         """
         See L{IDeliveryTarget.startDelivery}: a transaction that queues the
-        message for every recipient added.
+        message for every recipient added, the pipeline's own
+        (L{mdpy.delivery.targets.QueueTarget}).
         """
-        return QueueDelivery(self, envelope)
+        return _QueueTransaction(QueueTarget(self), envelope)
 
     def enqueue(self, envelope, recipients, parts):
         """
@@ -778,46 +778,11 @@ def readQueue(path):
     return entries, unreadable
 
 
-@implementer(IDelivery)
-class QueueDelivery:
+class _QueueTransaction(QueuedDelivery):
     """
-    One transaction of L{SpoolQueue} as a delivery target.
+    The pipeline's transaction of the queue (L{QueuedDelivery}), whose
+    commit fires with the L{QueueEntry} it admitted.
     """
-
-    def __init__(self, queue, envelope):
-        self.queue = queue
-        self.envelope = envelope
-        self.recipients = []
-        self._spool = tempfile.SpooledTemporaryFile(max_size=SPILL_SIZE)
-
-    def addRecipient(self, address):
-        """
-        See L{IDelivery.addRecipient}.
-        """
-        if address not in self.recipients:
-            self.recipients.append(address)
-
-    def write(self, data):
-        """
-        See L{IDelivery.write}.
-        """
-        self._spool.write(data)
 
     def commit(self):
-        """
-        See L{IDelivery.commit}.
-        """
-        self._spool.seek(0)
-        d = self.queue.enqueue(self.envelope, self.recipients, [self._spool])
-        d.addBoth(self._cbClose)
-        return d
-
-    def _cbClose(self, result):
-        self._spool.close()
-        return result
-
-    def abort(self):
-        """
-        See L{IDelivery.abort}.
-        """
-        self._spool.close()
+        return QueuedDelivery.commit(self).addCallback(lambda _: self.committed)
