@@ -9,7 +9,8 @@ how fast a delivery reaches them; Dovecot alongside when it can be run.
 mdpy's tooling; --connections connections, spread evenly over them (100
 each by default), each LOGIN, SELECT INBOX and IDLE.  Then:
 
-* memory -- mdpy: VmRSS of the twistd process (/proc/PID/status) at rest,
+* memory -- mdpy: VmRSS of the twistd process (/proc/PID/status), or with
+  worker processes the sum of the Pss of the supervisor and workers, at rest,
   with every connection idling (after --idle-seconds, over which the
   server's CPU use is measured too), and after the deliveries (target:
   under 500 MB with 5,000 connections idling); Dovecot: the sum of the Pss
@@ -50,7 +51,7 @@ from dovecot import (DovecotError, PrivateDovecot, dovecot_version,  # noqa: E40
 from imap_bench import MdpyImap  # noqa: E402
 from pop3_bench import group_cpu, make_message  # noqa: E402
 
-TARGET_MB = 500.0           # mdpy VmRSS with the connections idling
+TARGET_MB = 500.0           # mdpy's memory with the connections idling
 SENDER = "sender@example.org"
 
 # Dovecot's idling imap processes take inotify instances (two each, as
@@ -480,7 +481,7 @@ def report(runs, args):
                       if r.idle and r.rest else None, "%12.1f", 12))
     row("after %d deliveries" % args.samples,
         lambda r: fmt(mb(r.after), "%12.1f", 12))
-    row("peak (mdpy VmHWM)", lambda r: fmt(mb(r.peak), "%12.1f", 12))
+    row("peak (mdpy VmHWM of the twistd process)", lambda r: fmt(mb(r.peak), "%12.1f", 12))
     row("processes / RSS sum (Dovecot)",
         lambda r: ("%5d %6.0f" % (r.processes, mb(r.rss_sum))
                    if r.rss_sum is not None else "%12s" % "-"))
@@ -488,8 +489,9 @@ def report(runs, args):
         lambda r: fmt(r.idle_cpu, "%12.1f", 12))
     row("seconds to get all connections idling",
         lambda r: fmt(r.setup_seconds, "%12.1f", 12))
-    print("mdpy: VmRSS of the twistd process; Dovecot: sum of Pss over its "
-          "processes (RSS sum counts shared pages once per process)")
+    print("mdpy: VmRSS of the twistd process, or with workers the sum of Pss over "
+          "it and its workers; Dovecot: sum of Pss over its processes (RSS sum "
+          "counts shared pages once per process)")
 
     print()
     head = "%-44s | %9s %9s %9s" % (
@@ -508,7 +510,7 @@ def report(runs, args):
     if "mdpy" in runs:
         r = runs["mdpy"]
         print_target(r.ok and mb(r.idle) < TARGET_MB,
-                     "mdpy VmRSS with %d IDLE connections < %.0f MB: %s" % (
+                     "mdpy memory with %d IDLE connections < %.0f MB: %s" % (
                          args.connections, TARGET_MB,
                          "%.1f MB" % mb(r.idle) if r.idle else "no result"))
 

@@ -515,3 +515,47 @@ def _options(config):
     options = Options()
     options.parseOptions(["--config", config.path])
     return options
+
+
+_SCRYPT_IN_THREADS = r"""
+import hashlib, sys, threading
+if sys.argv[1] == "set":
+    from mdpy.tap.listeners import keepLargeBlocksApart
+    assert keepLargeBlocksApart()
+
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+before = rss()
+barrier = threading.Barrier(4)
+
+def check():
+    for _ in range(3):
+        barrier.wait()
+        hashlib.scrypt(b"secret", salt=b"0123456789abcdef", n=2**14, r=8, p=1)
+
+threads = [threading.Thread(target=check) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(rss() - before)
+"""
+
+
+def test_passwordChecksInThreadsGiveTheirMemoryBack():
+    """
+    Four threads checking passwords at once (scrypt's 16 MB each) leave
+    the process no bigger once the threshold is set, as twistd mdpy and
+    each worker set it; without it, each thread's heap keeps the 16 MB.
+    """
+    import subprocess
+
+    def grown(mode):
+        out = subprocess.run([sys.executable, "-c", _SCRYPT_IN_THREADS, mode],
+                             capture_output=True, text=True, check=True).stdout
+        return int(out) / 1024.0
+
+    assert grown("set") < 8
+    assert grown("default") > 32

@@ -41,7 +41,8 @@ from mdpy.tap.collection import (
 )
 from mdpy.tap.listeners import (
     IMAP_SERVICES, IMPLICIT_TLS, LISTENER_KINDS, LISTENER_SETTINGS, LISTENERS, SMTP_SERVICES, NamedListener,
-    NamedUDPListener, checkClasses, factoryClass, listenerSettings, loadServerTLS, raiseFileLimit, serverEndpoint,
+    NamedUDPListener, checkClasses, factoryClass, keepLargeBlocksApart, listenerSettings, loadServerTLS,
+    raiseFileLimit, serverEndpoint,
 )
 from mdpy.tap.parts import (
     THREADS, buildBackend, buildChecks, buildGateways, buildPipeline, buildResolver, checkMingerSecret,
@@ -59,7 +60,7 @@ __all__ = [
     "Options", "PrimaryDuties", "SMTP_SERVICES", "TAKEOVER_INTERVAL", "THREADS", "buildBackend",
     "buildChecks", "buildCollection", "buildCollectors", "buildGateways", "buildPipeline",
     "buildResolver", "buildService", "checkClasses", "checkMingerSecret", "collectionInputs",
-    "collectorStateDir", "factoryClass", "holdGateways", "holdLock", "listenerSettings",
+    "collectorStateDir", "factoryClass", "holdGateways", "holdLock", "keepLargeBlocksApart", "listenerSettings",
     "loadServerTLS", "lockDataDir", "loginLimits", "loginTrackerFor", "makeService", "odmrAccount",
     "odmrClientFor", "odmrPortal", "raiseFileLimit", "relaySettings", "serverEndpoint",
     "sourceState", "superviseWorkers", "WorkerSupervisor", "workerCount",
@@ -342,6 +343,7 @@ def makeService(options, reactor=None):
     except (AlreadyRunning, OSError) as e:
         raise SystemExit("twistd mdpy: %s" % (e,))
     raiseFileLimit()
+    keepLargeBlocksApart()
     reactor.suggestThreadPoolSize(THREADS)
     top = buildService(config, options["port-offset"], reactor, lock)
     top.serverLock = lock  # held until the process ends

@@ -4,6 +4,7 @@ The listeners of C{twistd mdpy}: which factory serves each kind of
 listener section, the settings it takes, and the endpoints it listens on.
 """
 
+import ctypes
 import resource
 
 from OpenSSL import SSL
@@ -77,6 +78,33 @@ def raiseFileLimit():
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
         except (ValueError, OSError):
             pass
+
+
+# mallopt(3)'s parameter for the size from which malloc maps memory of its
+# own for a block, given back to the system when freed.
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 128 * 1024
+
+
+def keepLargeBlocksApart(threshold=MMAP_THRESHOLD):
+    """
+    Have the C library map every block of C{threshold} octets or more on
+    its own, so that it goes back to the system when freed (glibc's
+    default, but glibc raises the threshold to the size of each such block
+    freed).  Without this, each thread that checked a password keeps
+    scrypt's 16 MB of working memory in its heap for good, and a server
+    with thousands of connections grows by that much per thread for
+    nothing.  Does nothing where the C library has no C{mallopt}.
+
+    @return: whether the threshold was set.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return mallopt(_M_MMAP_THRESHOLD, threshold) == 1
 
 
 _SESSION_SETTINGS = {

@@ -118,11 +118,12 @@ def main(argv=None, reactor=None):
         from twisted.internet import reactor
     from mdpy.config import Config, ConfigError
     from mdpy.reload import installReloadSignal
-    from mdpy.tap import THREADS, buildService, raiseFileLimit
+    from mdpy.tap import THREADS, buildService, keepLargeBlocksApart, raiseFileLimit
 
     try:
         config = Config.load(options["config"])
         raiseFileLimit()
+        keepLargeBlocksApart()
         reactor.suggestThreadPoolSize(THREADS)
         top = buildService(config, options["port-offset"], reactor, worker=options.listeners)
         top.privilegedStartService()
