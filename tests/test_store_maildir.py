@@ -309,6 +309,56 @@ class TestMaildirStore:
         assert resultOf(restarted.expungedSince(start)) == [1, 2, 3]
         assert resultOf(restarted.expungedSince(removed)) == [2]
 
+    def test_tombstonesAreAppendedInPlace(self, store, inbox):
+        """
+        A removal appends its line to C{mdpy-expunged}: the file is not
+        written anew.
+        """
+        resultOf(store.deliver([(ALICE, "INBOX", [b"%d" % i]) for i in range(3)]))
+        mailbox = store.openMailbox(ALICE)
+        resultOf(mailbox.expunge([1]))
+        path = os.path.join(inbox, "mdpy-expunged")
+        inode = os.stat(path).st_ino
+        resultOf(mailbox.expunge([2]))
+        assert os.stat(path).st_ino == inode
+        assert resultOf(mailbox.expungedSince(0)) == [1, 2]
+
+    def test_tombstoneLineCutShortByACrash(self, store, inbox):
+        """
+        A line a crash left incomplete is not read, and the next removal
+        writes the file again without it.
+        """
+        resultOf(store.deliver([(ALICE, "INBOX", [b"%d" % i]) for i in range(3)]))
+        mailbox = store.openMailbox(ALICE)
+        resultOf(mailbox.expunge([1]))
+        first = mailbox.highestModSeq
+        path = os.path.join(inbox, "mdpy-expunged")
+        with open(path, "a") as f:
+            f.write("%d 3," % (first + 1,))
+        assert resultOf(mailbox.expungedSince(0)) == [1]
+        resultOf(mailbox.expunge([2]))
+        with open(path) as f:
+            assert f.read() == "E1 %d 0\n%d 1\n%d 2\n" % (mailbox.uidValidity, first, mailbox.highestModSeq)
+        assert resultOf(mailbox.expungedSince(first)) == [2]
+
+    def test_tombstonesAreCompacted(self, store, inbox, monkeypatch):
+        """
+        Past L{maildirindex.EXPUNGED_COMPACT_SIZE} octets the file is
+        rewritten with the UIDs kept only, and the history says where it
+        stops being complete.
+        """
+        monkeypatch.setattr(maildirindex, "EXPUNGED_COMPACT_SIZE", 40)
+        monkeypatch.setattr(mailbox, "EXPUNGES_KEPT", 2)
+        resultOf(store.deliver([(ALICE, "INBOX", [b"%d" % i]) for i in range(6)]))
+        view = store.openMailbox(ALICE)
+        start = view.highestModSeq
+        for uid in range(1, 7):
+            resultOf(view.expunge([uid]))
+        path = os.path.join(inbox, "mdpy-expunged")
+        assert os.path.getsize(path) <= 40 + len("%d 6\n" % view.highestModSeq)
+        assert resultOf(view.expungedSince(start)) is None
+        assert resultOf(view.expungedSince(view.highestModSeq - 1)) == [6]
+
     def test_indexWithoutTombstones(self, store, inbox):
         """
         An index from before tombstones were kept still works: the history

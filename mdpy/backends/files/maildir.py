@@ -548,7 +548,8 @@ class MaildirMailbox(FlagShorthand):
         self._account = account
         self._accountPath = accountPath
         self._state = _EMPTY
-        self._index = FolderIndex(path, accountPath, "%s of %s" % (name, account), store.root)
+        self._index = FolderIndex(path, accountPath, "%s of %s" % (name, account), store.root,
+                                  store._parsedIndexes)
         self._pendingFlags = []
         self._flagJobRunning = False
         self._cache = None
@@ -685,11 +686,24 @@ class MaildirMailbox(FlagShorthand):
         (L{FolderIndex.snapshot}), so it never waits for another session's
         write to reach the disk.
         """
-        state = self._index.snapshot(self._buildState, self._claiming)
-        if state is not None:
-            self._install((state, None), sync=True)
-        else:
+        if not self.syncFromSnapshot():
             self._install(self._transact(), sync=True)
+
+    def syncFromSnapshot(self):
+        """
+        The half of L{sync} that needs no lock and writes nothing: a few
+        small reads (L{FolderIndex.snapshot}), quick enough for the reactor
+        thread.
+
+        @return: whether the view is now what L{sync} would make it; when
+            not, only L{sync} can tell.
+        @raise NotFound: the folder is gone.
+        """
+        state = self._index.snapshot(self._buildState, self._claiming)
+        if state is None:
+            return False
+        self._install((state, None), sync=True)
+        return True
 
     def messages(self):
         """
@@ -970,6 +984,8 @@ class MaildirStore:
         self._listeners = StoreListeners()
         self._committer, self._runInThread = writerFor(
             reactor, _prepareCopies, committerThreads, runInThread, groupCommit)
+        # Each folder's index as last parsed, shared by its views.
+        self._parsedIndexes = {}
 
     def __repr__(self):
         return "<MaildirStore %s>" % (self.root,)
@@ -1269,14 +1285,22 @@ class MaildirStore:
         See L{IMailStore.openMailbox}.  Synchronous: the folder is synced
         before it is returned.
         """
+        mailbox = self.openUnsynced(address, name)
+        mailbox.sync()
+        return mailbox
+
+    def openUnsynced(self, address, name="INBOX"):
+        """
+        L{openMailbox} but for the sync: the view holds nothing yet.
+
+        @raise NotFound: no such account or folder.
+        """
         name = normaliseFolderName(name)
         accountPath = self._existingAccountPath(address)
         path = self.folderPath(address, name)
         if not os.path.isdir(os.path.join(path, "new")):
             raise NotFound("no mailbox %s for %s" % (name, address))
-        mailbox = MaildirMailbox(self, self._accountKey(address), name, accountPath, path)
-        mailbox.sync()
-        return mailbox
+        return MaildirMailbox(self, self._accountKey(address), name, accountPath, path)
 
     def addListener(self, address, listener):
         """

@@ -35,9 +35,12 @@ in the same locked transaction::
     ...
 
 one line per transaction that removed messages, modification sequences
-ascending, at most L{mdpy.mailbox.EXPUNGES_KEPT} UIDs: older lines are
-dropped and C{<prunedmodseq>} raised to theirs (the history before it is
-incomplete).  A folder without the file (an index from before it, or one
+ascending.  A transaction appends its line (and C{fdatasync}s the file);
+readers keep at most L{mdpy.mailbox.EXPUNGES_KEPT} UIDs, dropping the
+oldest lines and raising C{<prunedmodseq>} to theirs (the history before
+it is incomplete), and past L{EXPUNGED_COMPACT_SIZE} octets the file is
+rewritten so (atomically).  A line left incomplete by a crash ends the
+history read, so the next transaction rewrites the file without it.  A folder without the file (an index from before it, or one
 rebuilt) starts its history at the modification sequence it has then.  The last
 header written is also kept in C{mdpy-uidlist.lock}, and the last UIDVALIDITY
 given out in the account's C{mdpy-uidvalidity} and in the store root's
@@ -60,7 +63,7 @@ import re
 import time
 
 from mdpy.dotstuffing import normalisedFileSize
-from mdpy.durable import fsyncDirectory, replaceFile, writeFileAtomically
+from mdpy.durable import fsyncDirectory, replaceFile, writeAll, writeFileAtomically
 from mdpy.errors import LimitExceeded, NotFound, TemporaryFailure
 from mdpy.logs import Logger
 from mdpy.mailbox import ExpungeHistory
@@ -69,6 +72,8 @@ INDEX_NAME = "mdpy-uidlist"
 LOCK_NAME = "mdpy-uidlist.lock"
 KEYWORDS_NAME = "dovecot-keywords"
 EXPUNGED_NAME = "mdpy-expunged"
+# Past this size, mdpy-expunged is rewritten with the UIDs kept.
+EXPUNGED_COMPACT_SIZE = 256 * 1024
 UIDVALIDITY_NAME = "mdpy-uidvalidity"
 # In the store's root, where a leading dot is no domain's name.
 STORE_UIDVALIDITY_NAME = ".mdpy-uidvalidity"
@@ -345,6 +350,33 @@ def readExpunged(folderPath):
     return int(header.group(1)), history
 
 
+def appendExpunged(folderPath, uidValidity, modSeq, uids):
+    """
+    Add one transaction's tombstones to the folder's C{mdpy-expunged} of
+    C{uidValidity}, in place: one line appended and synced.
+
+    @return: whether that was done; C{False} when the file must be
+        rewritten whole instead (missing, of another UIDVALIDITY, ending
+        in an incomplete line, or due to be compacted).
+    """
+    try:
+        fd = os.open(os.path.join(folderPath, EXPUNGED_NAME), os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        if not 0 < size < EXPUNGED_COMPACT_SIZE or os.pread(fd, 1, size - 1) != b"\n":
+            return False
+        header = _EXPUNGED_HEADER.match(os.pread(fd, 64, 0).partition(b"\n")[0].decode("ascii", "replace"))
+        if header is None or int(header.group(1)) != uidValidity:
+            return False
+        writeAll(fd, ("%d %s\n" % (modSeq, ",".join(map(str, uids)))).encode("ascii"))
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    return True
+
+
 def writeExpunged(folderPath, uidValidity, history):
     """
     Replace the folder's C{mdpy-expunged} (atomically).
@@ -476,14 +508,17 @@ class FolderIndex:
     with the folder's files.
 
     @param label: names the folder in error messages.
+    @param parsed: where the index last read or written is kept, by folder
+        path: a dict shared by the views of one store, so that an index
+        another view wrote is not parsed again by each of the others.
     """
 
-    def __init__(self, folderPath, accountPath, label, storeRoot=None):
+    def __init__(self, folderPath, accountPath, label, storeRoot=None, parsed=None):
         self.path = folderPath
         self._accountPath = accountPath
         self._storeRoot = storeRoot
         self._label = label
-        self._cache = None
+        self._parsed = {} if parsed is None else parsed
 
     def transact(self, operation=None, build=None, claim=False):
         """
@@ -544,6 +579,10 @@ class FolderIndex:
         there); a folder without history, or with another UIDVALIDITY's,
         starts it at C{readModSeq}, the index's as read.
         """
+        if uidList.expunged and not uidList.rebuilt:
+            modSeq = uidList.nextModSeq()
+            if appendExpunged(self.path, uidList.uidValidity, modSeq, uidList.expunged):
+                return
         found = None if uidList.rebuilt else readExpunged(self.path)
         if found is None or found[0] != uidList.uidValidity:
             found = (uidList.uidValidity, ExpungeHistory(readModSeq))
@@ -607,8 +646,8 @@ class FolderIndex:
 
     def _readUnlocked(self):
         """
-        @return: the index as a reader without the lock finds it, or L{None}
-            when it is missing or damaged.
+        @return: the index as a reader without the lock finds it (to be
+            read only), or L{None} when it is missing or damaged.
         """
         try:
             fd = os.open(os.path.join(self.path, INDEX_NAME), os.O_RDONLY | os.O_CLOEXEC)
@@ -616,7 +655,7 @@ class FolderIndex:
             return None
         try:
             st = os.fstat(fd)
-            cached = self._cached(st)
+            cached = self._cached(st, copy=False)
             if cached is not None:
                 return cached
             text = _readWhole(fd).decode("utf-8", "surrogateescape")
@@ -629,18 +668,20 @@ class FolderIndex:
         self._remember(st, uidList)
         return uidList
 
-    def _cached(self, st):
+    def _cached(self, st, copy=True):
         """
-        @return: a copy of the index last read or written, if C{st} is the
-            status of the same file, else L{None}.
+        @param copy: whether the caller may change the entries (else they
+            are those kept, to be read only).
+        @return: the index last read or written, if C{st} is the status of
+            the same file, else L{None}.
         """
-        cached = self._cache
+        cached = self._parsed.get(self.path)
         if cached is not None and cached[0] == (st.st_ino, st.st_mtime_ns, st.st_size):
-            return UidList(cached[1], cached[2], cached[3], dict(cached[4]), cached[5])
+            return UidList(cached[1], cached[2], cached[3], dict(cached[4]) if copy else cached[4], cached[5])
         return None
 
     def _remember(self, st, uidList):
-        self._cache = (
+        self._parsed[self.path] = (
             (st.st_ino, st.st_mtime_ns, st.st_size),
             uidList.uidValidity, uidList.uidNext, uidList.highestModSeq, dict(uidList.entries),
             uidList.recentThreshold,
