@@ -292,13 +292,24 @@ class Structure:
     What FETCH needs of a message's MIME structure, computed once.
     """
 
-    __slots__ = ("root", "bodyStructure", "body", "envelope")
+    __slots__ = ("root", "bodyStructure", "body", "envelope", "_headerFields")
 
     def __init__(self, root, data):
         self.root = root
         self.bodyStructure = bodyStructure(root, True)
         self.body = bodyStructure(root, False)
         self.envelope = envelope(root, data)
+        self._headerFields = None
+
+    def headerFields(self, block):
+        """
+        @param block: the message's header block (its octets up to the
+            body).
+        @return: L{namedFields} of C{block}, split once per message.
+        """
+        if self._headerFields is None:
+            self._headerFields = namedFields(block)
+        return self._headerFields
 
 
 class StructureCache:
@@ -364,19 +375,29 @@ def _literal(data):
     return b"{%d}\r\n%s" % (len(data), data)
 
 
-def _filterHeader(block, fields, negate):
+def namedFields(block):
     """
+    @return: the fields of a header block (its first L{MAX_HEADER} octets)
+        as C{(name, start, end)}: C{name} stripped and lower-cased, L{None}
+        for a line that is no field (see L{splitFields}).
+    """
+    return [
+        (None if name is None else name.strip().lower(), start, end)
+        for name, start, end in splitFields(block[:MAX_HEADER])
+    ]
+
+
+def _filterHeader(block, fields, negate, named=None):
+    """
+    @param named: L{namedFields} of C{block} if known.
     @return: the fields of a header block named in C{fields} (or, with
         C{negate}, those not named), as written, and the empty line
         (RFC 3501 section 6.4.5: C{HEADER.FIELDS}, C{HEADER.FIELDS.NOT}).
     """
     wanted = {f.lower() for f in fields}
-    block = block[:MAX_HEADER]
-    kept = [
-        block[start:end]
-        for name, start, end in splitFields(block)
-        if (name is not None and name.strip().lower() in wanted) != negate
-    ]
+    if named is None:
+        named = namedFields(block)
+    kept = [block[start:end] for name, start, end in named if (name is not None and name in wanted) != negate]
     return b"".join(kept) + b"\r\n"
 
 
@@ -411,7 +432,10 @@ def sectionData(section, data, structure):
     block = data[start:bodyStart]
     if section.text == "HEADER":
         return block
-    return _filterHeader(block, section.fields, section.text == "HEADER.FIELDS.NOT")
+    named = None
+    if not section.path and structure is not None:
+        named = structure.headerFields(block)
+    return _filterHeader(block, section.fields, section.text == "HEADER.FIELDS.NOT", named)
 
 
 def _responseName(section):
