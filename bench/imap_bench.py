@@ -119,7 +119,8 @@ def new_dovecot(template, users, args):
                               scheme=args.scheme, rounds=args.hash_rounds,
                               auth_cache_size=args.dovecot_auth_cache,
                               own_mail=True, base_dir=base, keep=args.keep,
-                              protocol="imap")
+                              protocol="imap",
+                              extra_config="mail_fsync = %s\n" % args.dovecot_fsync)
     except BaseException:
         shutil.rmtree(base, ignore_errors=True)
         raise
@@ -641,6 +642,12 @@ OPTIONS = (
                                   help="Dovecot's auth_cache_size (default "
                                        "10M, as mdpy caches verified "
                                        "passwords; 0 is Dovecot's default)")),
+    ("--dovecot-fsync", dict(default="optimized",
+                             choices=("optimized", "always", "never"),
+                             help="Dovecot's mail_fsync (default optimized, "
+                                  "its own default: only new mail is "
+                                  "fsynced; always: every change, as mdpy "
+                                  "does before it answers OK)")),
     ("--timeout", dict(help="seconds allowed for one command, and for a pass "
                             "beyond --seconds (default 60)")),
     ("--keep", {}),

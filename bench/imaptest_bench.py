@@ -272,6 +272,7 @@ OPTIONS = (
                           "list (default %(default)s; 0 for none)")),
     ("--dovecot-scheme", dict(IMAP_OPTIONS)["--dovecot-scheme"]),
     ("--dovecot-auth-cache", dict(IMAP_OPTIONS)["--dovecot-auth-cache"]),
+    ("--dovecot-fsync", dict(IMAP_OPTIONS)["--dovecot-fsync"]),
     ("--timeout", dict(default=60, help="seconds a run may last beyond --seconds and "
                             "imaptest's own %d s to finish (default 60)"
                             % FINAL_WAIT)),
@@ -301,9 +302,11 @@ def main(argv=None):
         print("error: %s" % e, file=sys.stderr)
         return 1
     if dv:
-        print("Dovecot: passwords %s, auth_cache_size = %s, everything else "
-              "its defaults; mdpy: its defaults, [imap] allow_plaintext_auth "
-              "= yes" % (args.dovecot_scheme, args.dovecot_auth_cache))
+        print("Dovecot: passwords %s, auth_cache_size = %s, mail_fsync = %s, "
+              "everything else its defaults; mdpy: its defaults, [imap] "
+              "allow_plaintext_auth = yes" % (args.dovecot_scheme,
+                                             args.dovecot_auth_cache,
+                                             args.dovecot_fsync))
     results = {}
     failed = False
     template = None
