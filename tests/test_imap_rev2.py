@@ -64,7 +64,7 @@ def test_enableRefusedOutsideTheAuthenticatedState():
     s.expect("* SEARCH 1 2 3", "d OK Search completed.")
     # Other extensions may still be enabled while selected.
     s.send("e ENABLE CONDSTORE")
-    s.expect("* ENABLED CONDSTORE", "e OK Enabled.")
+    s.expect("* OK [HIGHESTMODSEQ *] Highest.", "* ENABLED CONDSTORE", "e OK Enabled.")
 
 
 def test_noRecentFlagOrResponse():

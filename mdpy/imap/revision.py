@@ -73,7 +73,10 @@ class EnableCommands:
         RFC 5161 section 3.1: the untagged C{ENABLED} names what this
         command turned on.  IMAP4rev2 only in the authenticated state (RFC
         9051 section 6.3.1): the selected mailbox's view was made by
-        IMAP4rev1's rules.
+        IMAP4rev1's rules.  CONDSTORE and QRESYNC (which implies it, RFC 7162
+        section 3.2.3) enabled with a mailbox selected are first answered
+        with its C{OK [HIGHESTMODSEQ]} (RFC 7162 section 3.1), as any
+        CONDSTORE enabling command is.
         """
         if not args or not all(isinstance(a, Atom) for a in args):
             raise ParseError("Expected capability names")
@@ -83,9 +86,9 @@ class EnableCommands:
         enabled = []
         for name in (_ENABLEABLE[upper] for upper in names if upper in _ENABLEABLE):
             if name not in self.enabled:
+                if name in ("CONDSTORE", "QRESYNC"):
+                    self.enableCondStore()
                 self.enabled.add(name)
                 enabled.append(name)
-                if name == "QRESYNC":
-                    self.enabled.add("CONDSTORE")  # RFC 7162 section 3.2.3
         self.untagged(b"ENABLED" + b"".join(b" " + n.encode("ascii") for n in enabled))
         return self.complete(tag, b"OK", b"Enabled.")
