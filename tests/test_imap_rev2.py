@@ -155,6 +155,25 @@ def test_listAndStatus():
     s.expect("g NO [NONEXISTENT] *", "h NO [ALREADYEXISTS] *")
 
 
+def test_statusRecentRefused():
+    """
+    RECENT is no STATUS item in IMAP4rev2 (RFC 9051 section 6.3.11 and
+    appendix E): C{BAD} for STATUS and for LIST C{RETURN (STATUS ...)}, as
+    Dovecot answers; an IMAP4rev1 session on the same store still has it.
+    """
+    store = freshStore()
+    s = rev2(store)
+    s.send("a STATUS INBOX (MESSAGES RECENT)", 'b LIST "" INBOX RETURN (STATUS (recent))')
+    s.expect("a BAD Error in IMAP command STATUS: RECENT is no status item in IMAP4rev2.",
+             "b BAD Error in IMAP command LIST: RECENT is no status item in IMAP4rev2.")
+    s.send("c STATUS INBOX (MESSAGES)")
+    s.expect('* STATUS "INBOX" (MESSAGES 3)', "c OK Status completed.")
+    legacy = Session(store=store)
+    legacy.login()
+    legacy.send("x STATUS INBOX (MESSAGES RECENT)")
+    legacy.expect('* STATUS "INBOX" (MESSAGES 3 RECENT 3)', "x OK Status completed.")
+
+
 def test_searchResultSavedAndUsedAsDollar():
     """
     SEARCHRES (RFC 5182), folded into IMAP4rev2: C{RETURN (SAVE)} alone

@@ -5,9 +5,9 @@ IMAP4rev2 (RFC 9051) beside IMAP4rev1 (RFC 3501), and the ENABLE command
 A session is IMAP4rev1 until the client sends C{ENABLE IMAP4rev2} (RFC 9051
 section 6.3.1) in the authenticated state; from then on it follows RFC 9051
 where it differs from RFC 3501 (RFC 9051 appendix E):
- - no C{\\Recent} flag and no C{* n RECENT} response: the session claims no
-   message as recent, so those it sees stay recent for an IMAP4rev1 session
-   (RFC 9051 section 2.3.2);
+ - no C{\\Recent} flag, no C{* n RECENT} response and no STATUS RECENT
+   (C{BAD}): the session claims no message as recent, so those it sees stay
+   recent for an IMAP4rev1 session (RFC 9051 section 2.3.2);
  - SEARCH is answered with C{* ESEARCH}, C{ALL} being implied without
    C{RETURN} (RFC 9051 section 6.4.4);
  - SELECT and EXAMINE answer a C{LIST} response for the mailbox, and
