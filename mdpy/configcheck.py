@@ -86,14 +86,22 @@ def checkReadable(config, section, key, path):
 def _checkBackend(config):
     """
     @raise ConfigError: C{[server] backend} names no backend that can be
-        imported.
+        imported, or the memory backend, which lives in one process, is to
+        be shared with other servers (C{[server] shared_data_dir}).
     """
     from mdpy.backends import backendClass
 
+    server = config["server"]
     try:
-        backendClass(config["server"]["backend"])
+        backendClass(server["backend"])
     except InvalidInput as e:
         raise ConfigError("%s: [server] backend: %s" % (config.label, e)) from None
+    if server["shared_data_dir"] and server["backend"] == "memory":
+        raise ConfigError(
+            "%s: [server] shared_data_dir = yes with [server] backend = memory: the memory backend lives in "
+            "one process and no other server shares it; use shared_data_dir = no or the files backend"
+            % (config.label,)
+        )
 
 
 def checkFolder(config, section, key, path):

@@ -10,8 +10,10 @@ import os
 import shutil
 
 from twisted.internet import task
+from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel
+from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from mdpy.interfaces import IChangeFeed
@@ -285,6 +287,82 @@ def test_deletedFolderIsPolledOthersStillWatched(tmp_path):
     store.createMailbox(ALICE, "Trash")
     poll(reactor)
     assert calls[1:] == [(ALICE, "Trash")]
+
+
+def stopReactor(reactor):
+    """
+    Stop C{reactor} in the order a real one does: the C{before shutdown}
+    triggers, then every reader and writer it still has is closed
+    (L{twisted.internet.base.ReactorBase.disconnectAll}), the inotify
+    reader taken last, after the sessions whose subscriptions end with
+    their connections.
+
+    @return: the events logged meanwhile.
+    """
+    with capturedLogs() as events:
+        for trigger, args, kwargs in reactor.triggers.get("before", {}).get("shutdown", []):
+            trigger(*args, **kwargs)
+        selectables = sorted(set(reactor.getReaders()) | set(reactor.getWriters()),
+                             key=lambda selectable: not isinstance(selectable, Connection))
+        for selectable in selectables:
+            reactor.removeReader(selectable)
+            reactor.removeWriter(selectable)
+        for selectable in selectables:
+            selectable.connectionLost(Failure(ConnectionLost()))
+    return events
+
+
+class Connection:
+    """
+    A client connection the reactor closes when it stops, ending the
+    subscription of its session.
+    """
+
+    def __init__(self, subscription):
+        self.subscription = subscription
+
+    def connectionLost(self, reason):
+        self.subscription.unsubscribe()
+
+
+def test_reactorStopClosesTheReaderOnce(tmp_path):
+    """
+    A reactor that stops while a folder is watched: the feed closes its
+    inotify reader before the reactor closes the connections, and watches
+    nothing afterwards (the subscriptions that end with the connections
+    find nothing to stop), so nothing fails and no descriptor is closed
+    twice.
+    """
+    reactor, store, feed = watchingFeed(tmp_path)
+    calls, callback = recorder()
+    reactor.addReader(Connection(feed.subscribe(ALICE, "INBOX", callback)))
+    reactor.addReader(Connection(feed.subscribe(ALICE, "Sent", callback)))
+    [reader] = [r for r in reactor.getReaders() if not isinstance(r, Connection)]
+    events = stopReactor(reactor)
+    assert loggedLines(events) == []
+    assert reader.fileno() == -1
+    assert reactor.getReaders() == [] and feed.polled == {}
+    # A session that still subscribes hears this process's changes only.
+    feed.subscribe(ALICE, "INBOX", callback)
+    assert reactor.getReaders() == [] and feed.polled == {}
+    feed.notify(ALICE, "INBOX")
+    assert calls == [(ALICE, "INBOX")]
+
+
+def test_readerClosedTwiceClosesItsDescriptorOnce(tmp_path):
+    """
+    The inotify reader, closed by the feed when nothing is watched any
+    more, and then by someone else still holding it: its descriptor is not
+    closed again (it may be another file's by then).
+    """
+    reactor, store, feed = watchingFeed(tmp_path)
+    subscription = feed.subscribe(ALICE, "INBOX", recorder()[1])
+    [reader] = reactor.getReaders()
+    subscription.unsubscribe()
+    assert reactor.getReaders() == []
+    with capturedLogs() as events:
+        reader.connectionLost(Failure(ConnectionLost()))
+    assert loggedLines(events) == []
 
 
 # --- other platforms: polling ---------------------------------------------------------

@@ -120,6 +120,17 @@ def _checkNotACheck(root):
             "[smtp] checks: tests.plugins:NotAFactory: provides no mdpy.interfaces.ICheck")
 
 
+def _sharedMemoryBackend(root):
+    return ("data_dir = data\nbackend = memory\nshared_data_dir = yes\n",
+            "[server] shared_data_dir = yes with [server] backend = memory: the memory backend lives in one"
+            " process and no other server shares it; use shared_data_dir = no or the files backend")
+
+
+def _workersOfAMemoryBackend(root):
+    return ("data_dir = data\nbackend = memory\nworkers = 2\n",
+            "[server] workers = 2: the memory backend lives in one process; use workers = 1 or the files backend")
+
+
 BAD_CONFIGURATIONS = {
     "factory not importable": _factoryNotImportable,
     "factory of another kind": _factoryOfAnotherKind,
@@ -138,6 +149,8 @@ BAD_CONFIGURATIONS = {
     "ODMR client without password": _odmrClientWithoutPassword,
     "CA file missing": _caFileMissing,
     "data dir under a file": _dataDirUnderAFile,
+    "shared memory backend": _sharedMemoryBackend,
+    "workers of a memory backend": _workersOfAMemoryBackend,
 }
 
 

@@ -8,6 +8,8 @@ The server looks for changes by itself only every 30 seconds while a
 client idles, so an C{EXISTS} within the generous bound asserted here
 shows the change reached it through the feed.  The measured latency is
 printed (C{pytest -s}); C{bench/changefeed_bench.py} measures it properly.
+A server stopped while a client has a folder selected (so watched) logs no
+failure.
 """
 
 import imaplib
@@ -19,7 +21,7 @@ import time
 
 import pytest
 
-from tests.server import HOST, makeMessage, newAccount, runningServer
+from tests.server import HOST, MdpyServer, makeMessage, newAccount, runningServer, waitForBanner
 
 # Far above the 100 ms the feed is built for, far below the 30 s poll.
 BOUND = 1.0
@@ -131,3 +133,28 @@ def test_idleHearsFileDroppedIntoNew(server):
     print("EXISTS %.1f ms after the file was dropped into new/" % (latency * 1000,))
     assert latency < BOUND
     done(client, tag)
+
+
+def test_stopWhileAFolderIsWatched(tmp_path):
+    """
+    SIGTERM while a session has the INBOX selected, its directories
+    watched by inotify: the server stops cleanly, nothing logged as a
+    failure.  Which the reactor closes first, the session's connection or
+    the inotify reader, varies from one stop to the next: several stops.
+    """
+    server = MdpyServer(tmp_path, imapExtra="allow_plaintext_auth = yes\n")
+    assert server.cli("domain", "add", "example.test").returncode == 0
+    address, password = newAccount(server, "stopping")
+    for attempt in range(5):
+        server.start()
+        try:
+            waitForBanner(server.imap, process=server.process)
+            client = imaplib.IMAP4(HOST, server.imap, timeout=30)
+            client.login(address, password)
+            assert client.select("INBOX")[0] == "OK"
+        finally:
+            server.stop()
+        client.shutdown()
+        log = server.logText()
+        for failure in ("Traceback", "Bad file descriptor", "EBADF"):
+            assert failure not in log, (attempt, log[-3000:])

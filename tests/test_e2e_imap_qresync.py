@@ -3,15 +3,18 @@ End-to-end test of QRESYNC (RFC 7162 section 3.2) against a real C{twistd
 mdpy} on loopback, over IMAPS with a raw socket: a client that left the
 INBOX comes back and learns what vanished and changed since, from the
 tombstones the Maildir index keeps (also across a restart of the server),
-and hears C{* VANISHED} while it idles and another session expunges.
+and hears C{* VANISHED} while it idles and another session expunges; and
+with Python's imaplib, that ENABLE in the selected state is answered with
+the mailbox's C{OK [HIGHESTMODSEQ]}.
 """
 
+import imaplib
 import re
 
 import pytest
 
 from tests.server import newAccount, runningServer, waitForBanner
-from tests.test_e2e_imap import Raw, message, storeDeliver, verifyingContext
+from tests.test_e2e_imap import Raw, imaps, message, ok, storeDeliver, verifyingContext
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +114,25 @@ def test_resynchronisation(server):
         assert lines[-3:] == resynced(b"2,4,6", seenModSeq, b"a OK [READ-ONLY] Examine completed.")
     finally:
         again.close()
+
+
+@pytest.mark.parametrize("extension", ["CONDSTORE", "QRESYNC"])
+def test_enableInSelectedStateReportsHighestModSeq(server, extension, monkeypatch):
+    """
+    RFC 7162 section 3.1: ENABLE CONDSTORE or QRESYNC with the INBOX
+    selected tells the client the INBOX's HIGHESTMODSEQ.  (imaplib sends
+    ENABLE only in the authenticated state, as RFC 5161 section 3.1 asks of
+    clients; servers answer it in the selected state too.)
+    """
+    monkeypatch.setitem(imaplib.Commands, "ENABLE", ("AUTH", "SELECTED"))
+    address, password = newAccount(server, "enable" + extension.lower())
+    storeDeliver(server, address, [message("message %d" % (n,)) for n in range(1, 3)])
+    client = imaps(server, address, password)
+    try:
+        ok(client.select("INBOX"))
+        [selected] = client.response("HIGHESTMODSEQ")[1]
+        ok(client.enable(extension))
+        assert client.response("ENABLED") == ("ENABLED", [extension.encode()])
+        assert client.response("HIGHESTMODSEQ") == ("HIGHESTMODSEQ", [selected])
+    finally:
+        client.logout()

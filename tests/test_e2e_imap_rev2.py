@@ -4,13 +4,16 @@ loopback over IMAPS: a raw client that ENABLEs IMAP4rev2 gets no C{RECENT}
 and no C{\\Recent}, C{* ESEARCH} for SEARCH, also for a message that
 arrives while it has the mailbox selected, and uses a saved result
 (C{$}); Python's imaplib, an IMAP4rev1 client, then sees every message as
-C{\\Recent} and gets C{* SEARCH}.
+C{\\Recent} and gets C{* SEARCH}.  STATUS RECENT is C{BAD} for an imaplib
+session that ENABLEd IMAP4rev2 and answered for one that did not.
 """
+
+import imaplib
 
 import pytest
 
 from tests.server import newAccount, runningServer
-from tests.test_e2e_imap import Raw, imaps, ok, verifyingContext
+from tests.test_e2e_imap import Raw, imaps, ok, status, verifyingContext
 
 MESSAGE = b"From: ann@example.test\r\nSubject: hello\r\n\r\nHi\r\n"
 
@@ -61,5 +64,27 @@ def test_rev2SessionBesideRev1(server):
         assert ok(legacy.select("INBOX")) == [b"2"]
         assert legacy.untagged_responses.get("RECENT") == [b"2"]
         assert ok(legacy.search(None, "RECENT")) == [b"1 2"]
+    finally:
+        legacy.logout()
+
+
+def test_statusRecentOnlyForRev1(server):
+    """
+    RFC 9051 section 6.3.11 and appendix E: RECENT is no STATUS item in
+    IMAP4rev2.
+    """
+    address, password = newAccount(server, "rev2status")
+    client = imaps(server, address, password)
+    try:
+        ok(client.append("INBOX", None, None, MESSAGE))
+        ok(client.enable("IMAP4rev2"))
+        with pytest.raises(imaplib.IMAP4.error, match="RECENT is no status item in IMAP4rev2"):
+            client.status("INBOX", "(MESSAGES RECENT)")
+        assert status(client, "INBOX", "(MESSAGES)") == {b"MESSAGES": 1}
+    finally:
+        client.logout()
+    legacy = imaps(server, address, password)
+    try:
+        assert status(legacy, "INBOX", "(MESSAGES RECENT)") == {b"MESSAGES": 1, b"RECENT": 1}
     finally:
         legacy.logout()

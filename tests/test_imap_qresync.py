@@ -74,6 +74,24 @@ def test_capability_and_enable_imply_condstore():
     s.expect("* ENABLED", "e OK Enabled.")
 
 
+@pytest.mark.parametrize("extension", ["CONDSTORE", "QRESYNC"])
+def test_enable_in_selected_state_reports_highestmodseq(extension):
+    """
+    RFC 7162 section 3.1: CONDSTORE, or QRESYNC which implies it (section
+    3.2.3), enabled while a mailbox is selected is answered with that
+    mailbox's C{OK [HIGHESTMODSEQ]}; an ENABLE that turns nothing on sends
+    none.
+    """
+    s = Session(store=filledStore(SIX))
+    s.login()
+    s.send("x SELECT INBOX")
+    assert s.lines()[-1] == "x OK [READ-WRITE] Select completed."
+    s.send("e ENABLE " + extension)
+    s.expect("* OK [HIGHESTMODSEQ %d] Highest." % (known(s.store)[1],), "* ENABLED " + extension, "e OK Enabled.")
+    s.send("f ENABLE CONDSTORE QRESYNC")
+    s.expect("* ENABLED" + ("" if extension == "QRESYNC" else " QRESYNC"), "f OK Enabled.")
+
+
 def test_select_qresync_needs_enable():
     """
     RFC 7162 section 3.2.5: BAD for the QRESYNC parameter before ENABLE

@@ -64,7 +64,7 @@ def test_enableRefusedOutsideTheAuthenticatedState():
     s.expect("* SEARCH 1 2 3", "d OK Search completed.")
     # Other extensions may still be enabled while selected.
     s.send("e ENABLE CONDSTORE")
-    s.expect("* ENABLED CONDSTORE", "e OK Enabled.")
+    s.expect("* OK [HIGHESTMODSEQ *] Highest.", "* ENABLED CONDSTORE", "e OK Enabled.")
 
 
 def test_noRecentFlagOrResponse():
@@ -153,6 +153,25 @@ def test_listAndStatus():
     s.expect("* STATUS \"INBOX\" (MESSAGES 3 SIZE %d DELETED 0 UIDNEXT 4)" % (size,), "f OK Status completed.")
     s.send("g RENAME Nowhere Elsewhere", "h RENAME INBOX Archiv/Grüße")
     s.expect("g NO [NONEXISTENT] *", "h NO [ALREADYEXISTS] *")
+
+
+def test_statusRecentRefused():
+    """
+    RECENT is no STATUS item in IMAP4rev2 (RFC 9051 section 6.3.11 and
+    appendix E): C{BAD} for STATUS and for LIST C{RETURN (STATUS ...)}, as
+    Dovecot answers; an IMAP4rev1 session on the same store still has it.
+    """
+    store = freshStore()
+    s = rev2(store)
+    s.send("a STATUS INBOX (MESSAGES RECENT)", 'b LIST "" INBOX RETURN (STATUS (recent))')
+    s.expect("a BAD Error in IMAP command STATUS: RECENT is no status item in IMAP4rev2.",
+             "b BAD Error in IMAP command LIST: RECENT is no status item in IMAP4rev2.")
+    s.send("c STATUS INBOX (MESSAGES)")
+    s.expect('* STATUS "INBOX" (MESSAGES 3)', "c OK Status completed.")
+    legacy = Session(store=store)
+    legacy.login()
+    legacy.send("x STATUS INBOX (MESSAGES RECENT)")
+    legacy.expect('* STATUS "INBOX" (MESSAGES 3 RECENT 3)', "x OK Status completed.")
 
 
 def test_searchResultSavedAndUsedAsDollar():

@@ -1032,7 +1032,8 @@ def test_store_condstore_unchangedsince():
     s = Session()
     s.select()
     s.send("e ENABLE CONDSTORE")
-    s.expect("* ENABLED CONDSTORE", "e OK Enabled.")
+    s.expect("* OK [HIGHESTMODSEQ %d] Highest." % s.store.openMailbox(USER).highestModSeq,
+             "* ENABLED CONDSTORE", "e OK Enabled.")
     modSeq = s.store.openMailbox(USER).messages()[0].modSeq
     s.send("a STORE 1 (UNCHANGEDSINCE %d) +FLAGS (\\Seen)" % modSeq)
     got = s.lines()

@@ -358,6 +358,14 @@ class MailboxCommands:
     # STATUS
 
     def _statusItems(self, token):
+        """
+        The items of STATUS, or of LIST's C{RETURN (STATUS ...)}.  RECENT is
+        no item in an IMAP4rev2 session (RFC 9051 section 6.3.11 and
+        appendix E): C{BAD}, as Dovecot answers it.
+
+        @return: the item names, in upper case.
+        @raise ParseError: for a name that is no status item.
+        """
         if not isinstance(token, list) or not token:
             raise ParseError("Expected status items")
         items = []
@@ -365,6 +373,8 @@ class MailboxCommands:
             name = self._optionName(item)
             if name not in _STATUS_ITEMS:
                 raise ParseError("Unknown status item")
+            if name == "RECENT" and self.rev2:
+                raise ParseError("RECENT is no status item in IMAP4rev2")
             items.append(name)
         return items
 

@@ -5,9 +5,9 @@ IMAP4rev2 (RFC 9051) beside IMAP4rev1 (RFC 3501), and the ENABLE command
 A session is IMAP4rev1 until the client sends C{ENABLE IMAP4rev2} (RFC 9051
 section 6.3.1) in the authenticated state; from then on it follows RFC 9051
 where it differs from RFC 3501 (RFC 9051 appendix E):
- - no C{\\Recent} flag and no C{* n RECENT} response: the session claims no
-   message as recent, so those it sees stay recent for an IMAP4rev1 session
-   (RFC 9051 section 2.3.2);
+ - no C{\\Recent} flag, no C{* n RECENT} response and no STATUS RECENT
+   (C{BAD}): the session claims no message as recent, so those it sees stay
+   recent for an IMAP4rev1 session (RFC 9051 section 2.3.2);
  - SEARCH is answered with C{* ESEARCH}, C{ALL} being implied without
    C{RETURN} (RFC 9051 section 6.4.4);
  - SELECT and EXAMINE answer a C{LIST} response for the mailbox, and
@@ -73,7 +73,10 @@ class EnableCommands:
         RFC 5161 section 3.1: the untagged C{ENABLED} names what this
         command turned on.  IMAP4rev2 only in the authenticated state (RFC
         9051 section 6.3.1): the selected mailbox's view was made by
-        IMAP4rev1's rules.
+        IMAP4rev1's rules.  CONDSTORE and QRESYNC (which implies it, RFC 7162
+        section 3.2.3) enabled with a mailbox selected are first answered
+        with its C{OK [HIGHESTMODSEQ]} (RFC 7162 section 3.1), as any
+        CONDSTORE enabling command is.
         """
         if not args or not all(isinstance(a, Atom) for a in args):
             raise ParseError("Expected capability names")
@@ -83,9 +86,9 @@ class EnableCommands:
         enabled = []
         for name in (_ENABLEABLE[upper] for upper in names if upper in _ENABLEABLE):
             if name not in self.enabled:
+                if name in ("CONDSTORE", "QRESYNC"):
+                    self.enableCondStore()
                 self.enabled.add(name)
                 enabled.append(name)
-                if name == "QRESYNC":
-                    self.enabled.add("CONDSTORE")  # RFC 7162 section 3.2.3
         self.untagged(b"ENABLED" + b"".join(b" " + n.encode("ascii") for n in enabled))
         return self.complete(tag, b"OK", b"Enabled.")

@@ -54,7 +54,16 @@ class _INotify(inotify.INotify if inotify is not None else object):
         self._lost = lost
 
     def connectionLost(self, reason):
+        """
+        Close the descriptor once: a second call (from a reactor stopping,
+        which closes every reader it held when it began) finds C{fileno()}
+        -1 and closes nothing, neither EBADF nor another file that took the
+        number since.
+        """
+        if self._fd < 0:
+            return
         inotify.INotify.connectionLost(self, reason)
+        self._fd = -1
         self._lost(self)
 
 
@@ -66,6 +75,11 @@ class MaildirChangeFeed(ChangeFeed):
     not available or past C{maxWatches}.  A subscriber of a whole account
     (folder L{None}) hears this process's changes and those other processes
     make in folders someone subscribed to.
+
+    Invariants: once an inotify reader was made, the reactor's C{before
+    shutdown} trigger ends the watching (L{_stopHearing}) before the
+    reactor closes the connections, whose sessions then unsubscribe, and
+    its readers; nothing is watched again after it.
 
     @ivar polled: the C{(account, folder)} pairs looked at by polling.
     """
@@ -87,11 +101,15 @@ class MaildirChangeFeed(ChangeFeed):
         self._watched = {}  # (account, folder): watched paths
         self.polled = {}  # (account, folder): what the directories looked like
         self._poller = None
+        self._hearing = True  # until the reactor stops
+        self._stopsWithReactor = False
 
     def startWatching(self, account, folder):
         """
         See L{ChangeFeed.startWatching}.
         """
+        if not self._hearing:
+            return
         key = (account, folder)
         if not self._watch(key):
             self.polled[key] = self._look(key)
@@ -109,6 +127,22 @@ class MaildirChangeFeed(ChangeFeed):
                 pass  # gone with its directory
         self.polled.pop(key, None)
         if not self.polled and self._poller is not None:
+            self._poller.stop()
+            self._poller = None
+        self._closeIdleReader()
+
+    def _stopHearing(self):
+        """
+        The reactor is stopping: stop hearing other processes, closing the
+        inotify reader and the polling before the reactor closes every
+        connection (the sessions' subscriptions end with them, with nothing
+        left to stop) and every reader.  The subscribers still hear this
+        process's own changes (L{notify}).
+        """
+        self._hearing = False
+        self._watched.clear()
+        self.polled.clear()
+        if self._poller is not None:
             self._poller.stop()
             self._poller = None
         self._closeIdleReader()
@@ -137,6 +171,9 @@ class MaildirChangeFeed(ChangeFeed):
             if self._inotify is None:
                 self._inotify = _INotify(self._reactor, self._inotifyLost)
                 self._inotify.startReading()
+                if not self._stopsWithReactor:
+                    self._stopsWithReactor = True
+                    self._reactor.addSystemEventTrigger("before", "shutdown", self._stopHearing)
             folder = self._folderPath(*key)
             for sub in _SUBDIRS:
                 path = FilePath(os.path.join(folder, sub))
