@@ -1,0 +1,456 @@
+# -*- test-case-name: tests.test_imap_notify -*-
+"""
+The NOTIFY extension (RFC 5465), a mixin of L{mdpy.imap.server.IMAP4Server}:
+C{NOTIFY NONE} and C{NOTIFY SET [STATUS] (filter (events)) ...}, and the
+unsolicited responses it asks for, outside IDLE too.
+
+Changes are heard from the store's change feed (the session subscribes to
+the whole account, and to each folder it watches, so that a feed hearing
+other processes watches those folders): for the selected mailbox (filters
+C{SELECTED} and C{SELECTED-DELAYED}) they are the usual EXISTS, EXPUNGE
+(not with C{SELECTED-DELAYED}, section 5.2) and FETCH FLAGS; for the other
+mailboxes C{STATUS} (section 5.1), C{LIST} for C{MailboxName} (a mailbox
+made or deleted, a renamed one reported as both) and C{SubscriptionChange}
+(section 5.4).  C{AnnotationChange} and the metadata events are refused
+with C{NO [BADEVENT]}.
+
+Nothing is sent while a command runs: what is heard meanwhile is sent when
+it ends (the selected mailbox's updates by the command itself).
+
+Invariants: a session watches at most L{MAX_MAILBOXES} mailboxes (a NOTIFY
+naming or matching more is refused with C{NO [NOTIFICATIONOVERFLOW]}) and
+holds at most that many changes and remembered STATUS replies; past that it
+says C{OK [NOTIFICATIONOVERFLOW]} and stops notifying (section 5.8).
+"""
+
+from twisted.internet import defer
+
+from mdpy import errors
+from mdpy.imap.mailboxes import SEPARATOR, Listing, decodeName, listLine
+from mdpy.imap.parser import Atom, ParseError, isAtom
+
+# The most mailboxes one session watches, and changes it holds.
+MAX_MAILBOXES = 256
+
+MESSAGE_EVENTS = ("MessageNew", "MessageExpunge", "FlagChange")
+MAILBOX_EVENTS = ("MailboxName", "SubscriptionChange")
+SUPPORTED = MESSAGE_EVENTS + MAILBOX_EVENTS
+# Known to RFC 5465 and RFC 5464 but not supported: NO [BADEVENT].
+UNSUPPORTED = ("AnnotationChange", "MailboxMetadataChange", "ServerMetadataChange")
+_EVENTS = {name.upper(): name for name in SUPPORTED + UNSUPPORTED}
+
+# The STATUS items each message event asks for (RFC 5465 section 5.1).
+_STATUS_ITEMS = {
+    "MessageNew": ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN"),
+    "MessageExpunge": ("MESSAGES", "UNSEEN"),
+    "FlagChange": ("UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ"),
+}
+_FILTERS = ("SELECTED", "SELECTED-DELAYED", "INBOXES", "PERSONAL", "SUBSCRIBED", "SUBTREE", "MAILBOXES")
+
+
+def _statusItemsOf(events):
+    """
+    @return: the STATUS items that tell of C{events} (RFC 5465 section 5.1).
+    """
+    items = []
+    for event in MESSAGE_EVENTS:
+        if event in events:
+            items.extend(item for item in _STATUS_ITEMS[event] if item not in items)
+    return items
+
+
+class BadEvent(Exception):
+    """
+    An event this server does not support (C{NO [BADEVENT]}).
+    """
+
+
+class EventGroup:
+    """
+    One C{(filter (events))} of a NOTIFY SET for mailboxes other than the
+    selected one.
+
+    @ivar kind: the filter name, upper case.
+    @ivar names: the mailboxes of C{SUBTREE} and C{MAILBOXES}.
+    @ivar events: the event names.
+    """
+
+    def __init__(self, kind, names, events):
+        self.kind = kind
+        self.names = names
+        self.events = events
+
+    def matches(self, name, subscribed):
+        """
+        @param subscribed: the account's subscribed mailboxes.
+        @return: whether the group covers mailbox C{name}.
+        """
+        if self.kind == "PERSONAL":
+            return True
+        if self.kind == "INBOXES":
+            return name == "INBOX"
+        if self.kind == "SUBSCRIBED":
+            return name in subscribed
+        if self.kind == "SUBTREE":
+            return any(name == root or name.startswith(root + SEPARATOR) for root in self.names)
+        return name in self.names
+
+
+class Notification:
+    """
+    What one NOTIFY SET asks for.
+
+    @ivar selected: the events of the selected mailbox, or L{None}.
+    @ivar delayed: whether they are C{SELECTED-DELAYED}.
+    @ivar groups: the L{EventGroup}s of the other mailboxes, in order.
+    """
+
+    def __init__(self, selected, delayed, groups):
+        self.selected = selected
+        self.delayed = delayed
+        self.groups = groups
+
+    def eventsOf(self, name, subscribed):
+        """
+        @return: the events of the first group covering mailbox C{name}
+            (RFC 5465 section 6: the first match wins), or C{()}.
+        """
+        for group in self.groups:
+            if group.matches(name, subscribed):
+                return group.events
+        return ()
+
+    def wantsListing(self):
+        """
+        @return: whether it needs the account's folders and subscriptions.
+        """
+        return any(group.kind in ("PERSONAL", "SUBSCRIBED", "SUBTREE") or set(group.events) & set(MAILBOX_EVENTS)
+                   for group in self.groups)
+
+
+def _events(token, selected):
+    """
+    @return: the event names of an C{events} argument.
+    @raise BadEvent: an event known but not supported.
+    """
+    if isAtom(token, "NONE"):
+        return ()
+    if not isinstance(token, list) or not token:
+        raise ParseError("Expected a list of events or NONE")
+    events = []
+    tokens = list(token)
+    while tokens:
+        item = tokens.pop(0)
+        if not isinstance(item, Atom) or item.upper() not in _EVENTS:
+            raise BadEvent("Unknown event")
+        name = _EVENTS[item.upper()]
+        if name in UNSUPPORTED:
+            raise BadEvent(name)
+        if name == "MessageNew" and tokens and isinstance(tokens[0], list):
+            # RFC 5465 section 5.2: a fetch-att list, for SELECTED only.
+            if not selected:
+                raise ParseError("MessageNew takes fetch attributes only for the selected mailbox")
+            raise BadEvent("MessageNew with fetch attributes")
+        if name in MAILBOX_EVENTS and selected:
+            raise ParseError("%s is not an event of the selected mailbox" % (name,))
+        if name not in events:
+            events.append(name)
+    return tuple(events)
+
+
+def parseNotify(args, utf8=False):
+    """
+    Parse the arguments of C{NOTIFY SET} after C{SET} (RFC 5465 section 8).
+
+    @return: C{(status, notification)}: whether C{STATUS} was given, and the
+        L{Notification}.
+    @raise ParseError: bad syntax.
+    @raise BadEvent: an event not supported.
+    """
+    args = list(args)
+    status = bool(args) and isAtom(args[0], "STATUS")
+    if status:
+        args.pop(0)
+    if not args:
+        raise ParseError("Expected event groups")
+    selected, delayed, groups = None, False, []
+    kinds = set()
+    for group in args:
+        if not isinstance(group, list) or len(group) < 2 or not isinstance(group[0], Atom):
+            raise ParseError("Expected (filter events)")
+        kind = group[0].upper()
+        if kind not in _FILTERS:
+            raise ParseError("Unknown filter")
+        if kind in kinds or (kind.startswith("SELECTED") and selected is not None):
+            raise ParseError("Filter given twice")
+        kinds.add(kind)
+        if kind in ("SUBTREE", "MAILBOXES"):
+            if len(group) != 3:
+                raise ParseError("Expected (%s mailboxes events)" % (kind,))
+            names = group[1] if isinstance(group[1], list) else [group[1]]
+            if not names:
+                raise ParseError("Expected mailboxes")
+            decoded = []
+            for name in names:
+                try:
+                    decoded.append(decodeName(name, utf8))
+                except ParseError:
+                    raise ParseError("Invalid mailbox name")
+            groups.append(EventGroup(kind, decoded, _events(group[2], False)))
+            continue
+        if len(group) != 2:
+            raise ParseError("Expected (%s events)" % (kind,))
+        if kind.startswith("SELECTED"):
+            selected = _events(group[1], True)
+            delayed = kind == "SELECTED-DELAYED"
+        else:
+            groups.append(EventGroup(kind, (), _events(group[1], False)))
+    return status, Notification(selected, delayed, groups)
+
+
+class NotifyCommands:
+    """
+    The NOTIFY command of L{mdpy.imap.server.IMAP4Server} and the
+    notifications it asks for.
+
+    The session provides C{factory}, C{account}, C{selected}, C{utf8},
+    C{statusResponse}, C{send}, C{complete}, C{no}, C{_storeCall},
+    C{_pushUpdates} and C{_mailboxChanged}.
+    """
+
+    notification = None
+    _commandRunning = False
+
+    def _initNotify(self):
+        self._notifyWatches = []
+        self._notifyPending = {}  # mailbox name: None, in order heard
+        self._notifyOutbox = []
+        self._notifyRunning = False
+        self._notifyStatus = {}  # mailbox name: the STATUS line last sent
+        self._notifyNames = set()
+        self._notifySubscribed = set()
+
+    def do_NOTIFY(self, tag, args):
+        if not args or not isinstance(args[0], Atom):
+            raise ParseError("Expected SET or NONE")
+        verb = args[0].upper()
+        if verb == "NONE":
+            if len(args) != 1:
+                raise ParseError("NOTIFY NONE takes no arguments")
+            self._stopNotify()
+            return self.complete(tag, b"OK", b"NOTIFY completed.")
+        if verb != "SET":
+            raise ParseError("Expected SET or NONE")
+        try:
+            status, notification = parseNotify(args[1:], self.utf8)
+        except BadEvent:
+            return self.no(tag, b"Event not supported.",
+                           b"BADEVENT (" + " ".join(SUPPORTED).encode("ascii") + b")")
+        for group in notification.groups:
+            if len(group.names) > MAX_MAILBOXES:
+                return self.no(tag, b"Too many mailboxes to watch.", b"NOTIFICATIONOVERFLOW")
+        d = defer.ensureDeferred(self._setNotify(notification, status))
+        d.addCallbacks(self._cbNotifySet, self._noFromFailure, callbackArgs=(tag,), errbackArgs=(tag,))
+        return d
+
+    def _cbNotifySet(self, overflow, tag):
+        if overflow:
+            return self.no(tag, b"Too many mailboxes to watch.", b"NOTIFICATIONOVERFLOW")
+        return self.complete(tag, b"OK", b"NOTIFY completed.")
+
+    async def _setNotify(self, notification, status):
+        """
+        Replace the notifications asked for by C{notification}: subscribe to
+        the mailboxes it covers, and send their C{STATUS} if C{status}.
+
+        @return: whether it covers too many mailboxes (then nothing changed).
+        """
+        store = self.factory.store
+        names, subscribed = set(), set()
+        if notification.groups:
+            names = set(await self._storeCall(store.listMailboxes))
+            if notification.wantsListing():
+                subscribed = set(await self._storeCall(store.listSubscriptions))
+        covered = [name for name in sorted(names) if notification.eventsOf(name, subscribed)]
+        if len(covered) > MAX_MAILBOXES or len(names) > MAX_MAILBOXES and notification.wantsListing():
+            return True
+        self._stopNotify()
+        self.notification = notification
+        self._notifyNames, self._notifySubscribed = names, subscribed
+        feed = self.factory.changeFeed
+        if feed is not None:
+            self._notifyWatches.append(feed.subscribe(self.account, None, self._mailboxChanged))
+            self._notifyWatches.extend(feed.subscribe(self.account, name, self._notifyHeard) for name in covered)
+        elif not self._listening:
+            store.addListener(self.account, self._mailboxChanged)
+            self._listening = True
+        selectedName = self.selected.mailbox.name if self.selected is not None else None
+        for name in covered:
+            events = notification.eventsOf(name, subscribed)
+            if name == selectedName or not set(events) & set(MESSAGE_EVENTS):
+                continue
+            try:
+                mailbox = await self._storeCall(store.openMailbox, name)
+            except errors.NotFound:
+                continue
+            line = self.statusResponse(mailbox, _statusItemsOf(events), name)
+            self._rememberStatus(name, line)
+            if status:
+                self.send(line)
+        return False
+
+    def _stopNotify(self):
+        """
+        End the notifications (NOTIFY NONE, another NOTIFY SET, the end of
+        the session).
+        """
+        self.notification = None
+        for watch in self._notifyWatches:
+            watch.unsubscribe()
+        self._notifyWatches = []
+        self._notifyPending.clear()
+        self._notifyOutbox = []
+        self._notifyStatus.clear()
+
+    def _rememberStatus(self, name, line):
+        """
+        @return: whether C{line} differs from the STATUS last sent for
+            C{name}.
+        """
+        if self._notifyStatus.get(name) == line:
+            return False
+        if name not in self._notifyStatus and len(self._notifyStatus) >= MAX_MAILBOXES:
+            self._notifyStatus.pop(next(iter(self._notifyStatus)))
+        self._notifyStatus[name] = line
+        return True
+
+    # --- what is heard --------------------------------------------------------
+
+    def notifiesSelected(self):
+        """
+        @return: whether the client asked for unsolicited responses of the
+            selected mailbox.
+        """
+        return self.notification is not None and bool(self.notification.selected)
+
+    def _notifyHeard(self, account, folder):
+        """
+        A folder other than the selected one changed: check it once no
+        command runs.
+        """
+        notification = self.notification
+        if notification is None or self.selected is not None and folder == self.selected.mailbox.name:
+            return
+        if folder not in self._notifyPending and len(self._notifyPending) >= MAX_MAILBOXES:
+            self._overflow()
+            return
+        self._notifyPending[folder] = None
+        self.flushNotifications()
+
+    def _overflow(self):
+        """
+        More changes than a session holds: stop notifying (RFC 5465 section
+        5.8).
+        """
+        self._stopNotify()
+        self.send(b"* OK [NOTIFICATIONOVERFLOW] Too many changes; notifications stopped.\r\n")
+
+    def commandStarted(self):
+        self._commandRunning = True
+
+    def commandEnded(self):
+        """
+        A command ended: send what was heard while it ran.
+        """
+        self._commandRunning = False
+        if self.notification is None or self.closing:
+            return
+        if self._notifyOutbox:
+            lines, self._notifyOutbox = self._notifyOutbox, []
+            self.send(b"".join(lines))
+        self.flushNotifications()
+
+    def flushNotifications(self):
+        """
+        Send what is owed now if no command runs: the selected mailbox's
+        updates, and the checks of the other mailboxes heard of.
+        """
+        if self._commandRunning or self.closing or self.notification is None:
+            return
+        selected = self.selected
+        if selected is not None and selected.dirty and self.notifiesSelected():
+            self._pushUpdates()
+        if self._notifyPending and not self._notifyRunning:
+            self._notifyRunning = True
+            d = defer.ensureDeferred(self._checkPending())
+            d.addErrback(lambda failure: self.log.failure(
+                "imap: notification for {user} failed", failure, user=self.account))
+            d.addBoth(self._cbChecked)
+
+    def _cbChecked(self, _):
+        self._notifyRunning = False
+        if self._notifyPending:
+            self.flushNotifications()
+
+    def _sendNotification(self, lines):
+        if not lines or self.closing or self.notification is None:
+            return
+        if self._commandRunning:
+            if len(self._notifyOutbox) + len(lines) > MAX_MAILBOXES:
+                self._overflow()
+                return
+            self._notifyOutbox.extend(lines)
+        else:
+            self.send(b"".join(lines))
+
+    async def _checkPending(self):
+        store = self.factory.store
+        while self._notifyPending and self.notification is not None:
+            notification = self.notification
+            folder = next(iter(self._notifyPending))
+            del self._notifyPending[folder]
+            lines = []
+            if notification.wantsListing():
+                lines.extend(await self._listingChanges(notification))
+            if self.notification is not notification:
+                return
+            if self.selected is not None and folder == self.selected.mailbox.name:
+                continue
+            events = notification.eventsOf(folder, self._notifySubscribed)
+            if set(events) & set(MESSAGE_EVENTS):
+                try:
+                    mailbox = await self._storeCall(store.openMailbox, folder)
+                except errors.NotFound:
+                    mailbox = None
+                if mailbox is not None and self.notification is notification:
+                    line = self.statusResponse(mailbox, _statusItemsOf(events), folder)
+                    if self._rememberStatus(folder, line):
+                        lines.append(line)
+            self._sendNotification(lines)
+
+    async def _listingChanges(self, notification):
+        """
+        @return: the C{LIST} responses for the mailboxes made or deleted and
+            the subscriptions changed since last looked at (RFC 5465
+            section 5.4), for the groups asking for them.
+        """
+        store = self.factory.store
+        names = set(await self._storeCall(store.listMailboxes))
+        subscribed = set(await self._storeCall(store.listSubscriptions))
+        if len(names) > MAX_MAILBOXES:
+            self._overflow()
+            return []
+        before, beforeSubscribed = self._notifyNames, self._notifySubscribed
+        self._notifyNames, self._notifySubscribed = names, subscribed
+        listing = Listing(names, subscribed)
+        lines = []
+        for name in sorted(names ^ before):
+            if "MailboxName" in notification.eventsOf(name, subscribed | beforeSubscribed):
+                attributes = listing.attributes(name, subscribedFlag=True)
+                lines.append(listLine(b"LIST", attributes, name, utf8=self.utf8))
+                self._notifyStatus.pop(name, None)
+        for name in sorted((subscribed ^ beforeSubscribed) - (names ^ before)):
+            if "SubscriptionChange" in notification.eventsOf(name, subscribed | beforeSubscribed):
+                attributes = listing.attributes(name, subscribedFlag=True)
+                lines.append(listLine(b"LIST", attributes, name, utf8=self.utf8))
+        return lines
