@@ -226,6 +226,7 @@ class NotifyCommands:
         self._notifyPending = {}  # mailbox name: None, in order heard
         self._notifyOutbox = []
         self._notifyRunning = False
+        self._notifyOverflowed = False
         self._notifyStatus = {}  # mailbox name: the STATUS line last sent
         self._notifyNames = set()
         self._notifySubscribed = set()
@@ -349,11 +350,17 @@ class NotifyCommands:
 
     def _overflow(self):
         """
-        More changes than a session holds: stop notifying (RFC 5465 section
-        5.8).
+        More changes than a session holds: stop notifying, and say so (RFC
+        5465 section 5.8) once no command runs.
         """
         self._stopNotify()
-        self.send(b"* OK [NOTIFICATIONOVERFLOW] Too many changes; notifications stopped.\r\n")
+        self._notifyOverflowed = True
+        self._sayOverflow()
+
+    def _sayOverflow(self):
+        if self._notifyOverflowed and not self._commandRunning and not self.closing:
+            self._notifyOverflowed = False
+            self.send(b"* OK [NOTIFICATIONOVERFLOW] Too many changes; notifications stopped.\r\n")
 
     def commandStarted(self):
         self._commandRunning = True
@@ -363,6 +370,7 @@ class NotifyCommands:
         A command ended: send what was heard while it ran.
         """
         self._commandRunning = False
+        self._sayOverflow()
         if self.notification is None or self.closing:
             return
         if self._notifyOutbox:
@@ -446,11 +454,20 @@ class NotifyCommands:
         lines = []
         for name in sorted(names ^ before):
             if "MailboxName" in notification.eventsOf(name, subscribed | beforeSubscribed):
-                attributes = listing.attributes(name, subscribedFlag=True)
-                lines.append(listLine(b"LIST", attributes, name, utf8=self.utf8))
+                lines.append(self._listResponse(listing, name))
                 self._notifyStatus.pop(name, None)
         for name in sorted((subscribed ^ beforeSubscribed) - (names ^ before)):
             if "SubscriptionChange" in notification.eventsOf(name, subscribed | beforeSubscribed):
-                attributes = listing.attributes(name, subscribedFlag=True)
-                lines.append(listLine(b"LIST", attributes, name, utf8=self.utf8))
+                lines.append(self._listResponse(listing, name))
         return lines
+
+    def _listResponse(self, listing, name):
+        """
+        @return: the C{LIST} response telling of C{name} now: a mailbox
+            gone is C{\\NonExistent} (RFC 5465 section 5.4).
+        """
+        if name in listing.existing:
+            attributes = listing.attributes(name, subscribedFlag=True)
+        else:
+            attributes = ["\\NonExistent"] + (["\\Subscribed"] if name in listing.subscribed else [])
+        return listLine(b"LIST", attributes, name, utf8=self.utf8)
