@@ -177,7 +177,7 @@ def test_unsupported_events_are_badevent(event):
     "SET (SUBTREE (MessageNew))", "SET (MAILBOXES () (MessageNew))", "SET (PERSONAL MessageNew)",
     "SET (PERSONAL (MessageNew)) (PERSONAL (MessageNew))",
     "SET (SELECTED (MessageNew)) (SELECTED-DELAYED (MessageNew))",
-    "SET (SELECTED (MailboxName))", "SET (PERSONAL (MessageNew (UID)))",
+    "SET (SELECTED (MailboxName))",
 ])
 def test_syntax_errors_are_bad(arguments):
     s = loggedIn(filledStore())
@@ -249,3 +249,38 @@ def test_overflow_of_changes_stops_notifying(monkeypatch):
              "* OK [NOTIFICATIONOVERFLOW] Too many changes; notifications stopped.")
     store.deliver([(USER, "Sent", [NEW])])
     assert s.lines() == []
+
+
+def test_message_new_fetch_attributes():
+    """
+    RFC 5465 section 5.2: MessageNew's fetch attributes come in a FETCH of
+    each new message, with its UID, without setting \\Seen.
+    """
+    store, one, two = twoSessions()
+    one.send("n NOTIFY SET (SELECTED (MessageNew (FLAGS BODY[HEADER.FIELDS (SUBJECT)] BODY[]) MessageExpunge))")
+    one.expect("n OK NOTIFY completed.")
+    store.deliver([(USER, "INBOX", [NEW])])
+    one.expect("* 4 EXISTS", "* 1 RECENT",
+               "* 4 FETCH (UID 4 FLAGS (\\Recent) BODY[HEADER.FIELDS (SUBJECT)] {16}",
+               "Subject: new",
+               "",
+               " BODY[] {21}",
+               "Subject: new",
+               "",
+               "new",
+               ")")
+    assert store.openMailbox(USER).messages()[-1].flags == frozenset()
+    # The same when the new message is taken in by a command.
+    store.deliver([(USER, "INBOX", [NEW])])
+    one.lines()
+    two.send("a APPEND INBOX {%d+}" % (len(NEW),), NEW.decode())
+    two.lines()
+    assert "* 6 FETCH (UID 6 FLAGS (\\Recent) BODY[HEADER.FIELDS (SUBJECT)] {16}" in one.lines()
+
+
+def test_message_new_fetch_attributes_only_for_selected():
+    s = loggedIn(filledStore())
+    s.send("n NOTIFY SET (PERSONAL (MessageNew (UID) MessageExpunge))")
+    assert s.lines()[0].startswith("n BAD ")
+    s.send("n NOTIFY SET (SELECTED (MessageNew (NOSUCH) MessageExpunge))")
+    assert s.lines()[0].startswith("n BAD ")

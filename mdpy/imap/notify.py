@@ -26,6 +26,7 @@ says C{OK [NOTIFICATIONOVERFLOW]} and stops notifying (section 5.8).
 from twisted.internet import defer
 
 from mdpy import errors
+from mdpy.imap import fetch as fetching
 from mdpy.imap.mailboxes import SEPARATOR, Listing, decodeName, listLine
 from mdpy.imap.parser import Atom, ParseError, isAtom
 
@@ -102,13 +103,16 @@ class Notification:
 
     @ivar selected: the events of the selected mailbox, or L{None}.
     @ivar delayed: whether they are C{SELECTED-DELAYED}.
+    @ivar fetch: the L{fetching.FetchRequest} of the fetch attributes sent
+        for each new message of the selected mailbox, or L{None}.
     @ivar groups: the L{EventGroup}s of the other mailboxes, in order.
     """
 
-    def __init__(self, selected, delayed, groups):
+    def __init__(self, selected, delayed, groups, fetch=None):
         self.selected = selected
         self.delayed = delayed
         self.groups = groups
+        self.fetch = fetch
 
     def eventsOf(self, name, subscribed):
         """
@@ -130,11 +134,15 @@ class Notification:
 
 def _events(token, selected):
     """
-    @return: the event names of an C{events} argument.
+    @param selected: whether they are the events of the selected mailbox.
+    @return: C{(names, request)}: the event names of an C{events}
+        argument, and the L{fetching.FetchRequest} of the C{MessageNew}
+        fetch attributes (or L{None}).
     @raise BadEvent: an event known but not supported.
     """
+    request = None
     if isAtom(token, "NONE"):
-        return ()
+        return (), request
     if not isinstance(token, list) or not token:
         raise ParseError("Expected a list of events or NONE")
     events = []
@@ -150,12 +158,15 @@ def _events(token, selected):
             # RFC 5465 section 5.2: a fetch-att list, for SELECTED only.
             if not selected:
                 raise ParseError("MessageNew takes fetch attributes only for the selected mailbox")
-            raise BadEvent("MessageNew with fetch attributes")
+            request = fetching.parseFetchItems(tokens.pop(0))
+            # Sent with the UID: the client may not know the message yet.
+            if "UID" not in request.items:
+                request.items.insert(0, "UID")
         if name in MAILBOX_EVENTS and selected:
             raise ParseError("%s is not an event of the selected mailbox" % (name,))
         if name not in events:
             events.append(name)
-    return tuple(events)
+    return tuple(events), request
 
 
 def parseNotify(args, utf8=False):
@@ -173,7 +184,7 @@ def parseNotify(args, utf8=False):
         args.pop(0)
     if not args:
         raise ParseError("Expected event groups")
-    selected, delayed, groups = None, False, []
+    selected, delayed, groups, fetch = None, False, [], None
     kinds = set()
     for group in args:
         if not isinstance(group, list) or len(group) < 2 or not isinstance(group[0], Atom):
@@ -196,16 +207,16 @@ def parseNotify(args, utf8=False):
                     decoded.append(decodeName(name, utf8))
                 except ParseError:
                     raise ParseError("Invalid mailbox name")
-            groups.append(EventGroup(kind, decoded, _events(group[2], False)))
+            groups.append(EventGroup(kind, decoded, _events(group[2], False)[0]))
             continue
         if len(group) != 2:
             raise ParseError("Expected (%s events)" % (kind,))
         if kind.startswith("SELECTED"):
-            selected = _events(group[1], True)
+            selected, fetch = _events(group[1], True)
             delayed = kind == "SELECTED-DELAYED"
         else:
-            groups.append(EventGroup(kind, (), _events(group[1], False)))
-    return status, Notification(selected, delayed, groups)
+            groups.append(EventGroup(kind, (), _events(group[1], False)[0]))
+    return status, Notification(selected, delayed, groups, fetch)
 
 
 class NotifyCommands:
@@ -333,6 +344,20 @@ class NotifyCommands:
             selected mailbox.
         """
         return self.notification is not None and bool(self.notification.selected)
+
+    def newMessagesFetched(self, selected, uids):
+        """
+        The view C{selected} took in the messages C{uids}: send the fetch
+        attributes of C{MessageNew}, if any were asked for (RFC 5465
+        section 5.2), as a C{FETCH} that does not set C{\\Seen}.
+        """
+        notification = self.notification
+        if notification is None or notification.fetch is None or not notification.selected or not uids:
+            return
+        messages = [selected.messages[uid] for uid in uids]
+        d = defer.ensureDeferred(self.writeFetchResponses(selected, messages, notification.fetch, {}, []))
+        d.addErrback(lambda failure: self.log.failure(
+            "imap: cannot fetch new messages for {user}", failure, user=self.account))
 
     def _notifyHeard(self, account, folder):
         """

@@ -38,6 +38,8 @@ Invariants (besides those of L{mdpy.session}):
    with C{BYE} and never reaches an account made again under the address.
 """
 
+from bisect import bisect_right
+
 from twisted.cred import error as credError
 from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer
@@ -413,6 +415,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
             selected.dirty = False
             return
         before = list(selected.uids) if self._liveContexts() is not None else None
+        largest = selected.largestUid
         try:
             lines = selected.updates(
                 expunge,
@@ -427,6 +430,8 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         lines = self.withContextUpdates(before, lines)
         if lines:
             self.send(b"".join(lines))
+        if self.notification is not None and selected.largestUid > largest:
+            self.newMessagesFetched(selected, selected.uids[bisect_right(selected.uids, largest):])
 
     def _recentAmong(self, uids):
         selected = self.selected
