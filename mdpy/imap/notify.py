@@ -233,7 +233,7 @@ class NotifyCommands:
     _commandRunning = False
 
     def _initNotify(self):
-        self._notifyWatches = []
+        self._notifyWatches = {}  # mailbox name (None: the account): subscription
         self._notifyPending = {}  # mailbox name: None, in order heard
         self._notifyOutbox = []
         self._notifyRunning = False
@@ -291,8 +291,9 @@ class NotifyCommands:
         self._notifyNames, self._notifySubscribed = names, subscribed
         feed = self.factory.changeFeed
         if feed is not None:
-            self._notifyWatches.append(feed.subscribe(self.account, None, self._mailboxChanged))
-            self._notifyWatches.extend(feed.subscribe(self.account, name, self._notifyHeard) for name in covered)
+            self._notifyWatches[None] = feed.subscribe(self.account, None, self._mailboxChanged)
+            for name in covered:
+                self._watchFolder(name)
         elif not self._listening:
             store.addListener(self.account, self._mailboxChanged)
             self._listening = True
@@ -317,12 +318,22 @@ class NotifyCommands:
         the session).
         """
         self.notification = None
-        for watch in self._notifyWatches:
+        for watch in self._notifyWatches.values():
             watch.unsubscribe()
-        self._notifyWatches = []
+        self._notifyWatches = {}
         self._notifyPending.clear()
         self._notifyOutbox = []
         self._notifyStatus.clear()
+
+    def _watchFolder(self, name):
+        """
+        Subscribe to the changes of folder C{name} too, so that a change
+        feed hearing other processes watches it (the account's subscription
+        hears those of the folders someone watches).
+        """
+        feed = self.factory.changeFeed
+        if feed is not None and name not in self._notifyWatches and len(self._notifyWatches) <= MAX_MAILBOXES:
+            self._notifyWatches[name] = feed.subscribe(self.account, name, self._notifyHeard)
 
     def _rememberStatus(self, name, line):
         """
@@ -442,9 +453,9 @@ class NotifyCommands:
             notification = self.notification
             folder = next(iter(self._notifyPending))
             del self._notifyPending[folder]
-            lines = []
+            lines, made = [], ()
             if notification.wantsListing():
-                lines.extend(await self._listingChanges(notification))
+                made = await self._listingChanges(notification, lines)
             if self.notification is not notification:
                 return
             if self.selected is not None and folder == self.selected.mailbox.name:
@@ -457,26 +468,38 @@ class NotifyCommands:
                     mailbox = None
                 if mailbox is not None and self.notification is notification:
                     line = self.statusResponse(mailbox, _statusItemsOf(events), folder)
-                    if self._rememberStatus(folder, line):
+                    # A mailbox just made is told of by LIST alone.
+                    if self._rememberStatus(folder, line) and folder not in made:
                         lines.append(line)
             self._sendNotification(lines)
 
-    async def _listingChanges(self, notification):
+    async def _listingChanges(self, notification, lines):
         """
-        @return: the C{LIST} responses for the mailboxes made or deleted and
-            the subscriptions changed since last looked at (RFC 5465
-            section 5.4), for the groups asking for them.
+        Add to C{lines} the C{LIST} responses for the mailboxes made or
+        deleted and the subscriptions changed since last looked at (RFC
+        5465 section 5.4), for the groups asking for them; watch the
+        mailboxes made that the notification covers, no longer those
+        deleted.
+
+        @return: the names of the mailboxes made.
         """
         store = self.factory.store
         names = set(await self._storeCall(store.listMailboxes))
         subscribed = set(await self._storeCall(store.listSubscriptions))
         if len(names) > MAX_MAILBOXES:
             self._overflow()
-            return []
+            return set()
         before, beforeSubscribed = self._notifyNames, self._notifySubscribed
         self._notifyNames, self._notifySubscribed = names, subscribed
         listing = Listing(names, subscribed)
-        lines = []
+        made = names - before
+        for name in made:
+            if notification.eventsOf(name, subscribed):
+                self._watchFolder(name)
+        for name in before - names:
+            watch = self._notifyWatches.pop(name, None)
+            if watch is not None:
+                watch.unsubscribe()
         for name in sorted(names ^ before):
             if "MailboxName" in notification.eventsOf(name, subscribed | beforeSubscribed):
                 lines.append(self._listResponse(listing, name))
@@ -484,7 +507,7 @@ class NotifyCommands:
         for name in sorted((subscribed ^ beforeSubscribed) - (names ^ before)):
             if "SubscriptionChange" in notification.eventsOf(name, subscribed | beforeSubscribed):
                 lines.append(self._listResponse(listing, name))
-        return lines
+        return made
 
     def _listResponse(self, listing, name):
         """
