@@ -23,6 +23,18 @@ def loggedIn(store):
     return s
 
 
+def notifying(groups, store=None):
+    """
+    @return: the store (by default a filled one) and two sessions logged
+        in to it, the first after C{NOTIFY SET groups}.
+    """
+    store = filledStore() if store is None else store
+    one, two = loggedIn(store), loggedIn(store)
+    one.send("n NOTIFY SET " + groups)
+    one.expect("n OK NOTIFY completed.")
+    return store, one, two
+
+
 def test_capability():
     s = loggedIn(filledStore())
     s.send("c CAPABILITY")
@@ -50,10 +62,7 @@ def test_set_status_sends_status_of_each_mailbox_now():
 
 
 def test_status_of_other_mailbox_pushed_without_a_command():
-    store = filledStore()
-    one, two = loggedIn(store), loggedIn(store)
-    one.send("n NOTIFY SET (PERSONAL (MessageNew MessageExpunge FlagChange))")
-    one.expect("n OK NOTIFY completed.")
+    store, one, two = notifying("(PERSONAL (MessageNew MessageExpunge FlagChange))")
     two.send("a APPEND Sent {%d+}" % (len(NEW),), NEW.decode())
     two.expect("a OK [APPENDUID * 1] Append completed.")
     one.expect(statusOf(store, "Sent", "MESSAGES 1 UIDNEXT 2 UIDVALIDITY %d UNSEEN 1 HIGHESTMODSEQ *"))
@@ -119,10 +128,7 @@ def test_mailbox_name_and_subscription_change():
     RFC 5465 section 5.4: LIST for a mailbox made, deleted or renamed, and
     for a subscription changed.
     """
-    store = filledStore()
-    one, two = loggedIn(store), loggedIn(store)
-    one.send("n NOTIFY SET (PERSONAL (MailboxName SubscriptionChange))")
-    one.expect("n OK NOTIFY completed.")
+    store, one, two = notifying("(PERSONAL (MailboxName SubscriptionChange))")
     two.send("c CREATE Work")
     two.expect("c OK Create completed.")
     one.expect('* LIST (\\HasNoChildren) "/" "Work"')
@@ -142,10 +148,7 @@ def test_mailbox_name_and_subscription_change():
 
 
 def test_only_mailboxes_named():
-    store = filledStore()
-    one, two = loggedIn(store), loggedIn(store)
-    one.send("n NOTIFY SET (MAILBOXES Drafts (MessageNew MessageExpunge)) (SUBTREE Lists (MailboxName))")
-    one.expect("n OK NOTIFY completed.")
+    store, one, two = notifying("(MAILBOXES Drafts (MessageNew MessageExpunge)) (SUBTREE Lists (MailboxName))")
     store.deliver([(USER, "Sent", [NEW])])
     two.send("c CREATE Other", "d CREATE Lists/Work")
     two.lines()
@@ -204,23 +207,34 @@ def test_too_many_mailboxes_is_notificationoverflow(monkeypatch):
     s.expect('* STATUS "INBOX" (MESSAGES 4 UIDNEXT 5 UIDVALIDITY * UNSEEN 4)')
 
 
+def listHeld(store, s, pattern):
+    """
+    Send C{LIST "" pattern}, its answer held back.
+
+    @return: a function that lets it go on.
+    """
+    waiting = defer.Deferred()
+    listMailboxes = store.listMailboxes
+    store.listMailboxes = lambda address: waiting.addCallback(lambda _: listMailboxes(address))
+    s.send('l LIST "" ' + pattern)
+
+    def release():
+        store.listMailboxes = listMailboxes
+        waiting.callback(None)
+
+    return release
+
+
 def test_changes_heard_during_a_command_wait_for_its_end():
     """
     Nothing is sent while a command runs: a STATUS heard meanwhile comes
     after its tagged reply, never inside its responses.
     """
-    store = filledStore()
-    s = loggedIn(store)
-    s.send("n NOTIFY SET (PERSONAL (MessageNew MessageExpunge))")
-    s.expect("n OK NOTIFY completed.")
-    waiting = defer.Deferred()
-    listMailboxes = store.listMailboxes
-    store.listMailboxes = lambda address: waiting.addCallback(lambda _: listMailboxes(address))
-    s.send('l LIST "" Sent')
+    store, s, _ = notifying("(PERSONAL (MessageNew MessageExpunge))")
+    release = listHeld(store, s, "Sent")
     store.deliver([(USER, "Sent", [NEW])])
     assert s.lines() == []
-    store.listMailboxes = listMailboxes
-    waiting.callback(None)
+    release()
     s.expect('* LIST (\\HasNoChildren \\Sent) "/" "Sent"', "l OK List completed.", statusOf(store, "Sent"))
 
 
@@ -233,18 +247,12 @@ def test_overflow_of_changes_stops_notifying(monkeypatch):
     store = filledStore()
     for n in range(2):
         store.createMailbox(USER, "m%d" % (n,))
-    s = loggedIn(store)
-    s.send("n NOTIFY SET (PERSONAL (MessageNew MessageExpunge))")
-    s.expect("n OK NOTIFY completed.")
-    waiting = defer.Deferred()
-    listMailboxes = store.listMailboxes
-    store.listMailboxes = lambda address: waiting.addCallback(lambda _: listMailboxes(address))
-    s.send('l LIST "" INBOX')
+    store, s, _ = notifying("(PERSONAL (MessageNew MessageExpunge))", store)
+    release = listHeld(store, s, "INBOX")
     store.createMailbox(USER, "m2")
     for name in ["INBOX", "Sent", "Drafts", "Trash", "Junk", "Archive", "m0", "m1", "m2"]:
         store.deliver([(USER, name, [NEW])])
-    store.listMailboxes = listMailboxes
-    waiting.callback(None)
+    release()
     s.expect('* LIST (\\HasNoChildren) "/" "INBOX"', "l OK List completed.",
              "* OK [NOTIFICATIONOVERFLOW] Too many changes; notifications stopped.")
     store.deliver([(USER, "Sent", [NEW])])
