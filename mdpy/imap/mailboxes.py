@@ -426,5 +426,6 @@ class MailboxCommands:
             else:
                 value = sum(m.size for m in messages)
             values.append(b"%s %d" % (item.encode("ascii"), value))
-        return b"* STATUS %s (%s)\r\n" % (encodeName(mailbox.name if name is None else name, self.utf8), b" ".join(values))
+        name = mailbox.name if name is None else name
+        return b"* STATUS %s (%s)\r\n" % (encodeName(name, self.utf8), b" ".join(values))
 

@@ -225,8 +225,10 @@ class NotifyCommands:
     notifications it asks for.
 
     The session provides C{factory}, C{account}, C{selected}, C{utf8},
-    C{statusResponse}, C{send}, C{complete}, C{no}, C{_storeCall},
-    C{_pushUpdates} and C{_mailboxChanged}.
+    C{closing}, C{log}, C{statusResponse}, C{writeFetchResponses}, C{send},
+    C{complete}, C{no}, C{_storeCall}, C{_noFromFailure}, C{_pushUpdates},
+    C{_listening} and C{_mailboxChanged}; it calls L{commandStarted} and
+    L{commandEnded} around each command.
     """
 
     notification = None
@@ -284,8 +286,11 @@ class NotifyCommands:
             if notification.wantsListing():
                 subscribed = set(await self._storeCall(store.listSubscriptions))
         covered = [name for name in sorted(names) if notification.eventsOf(name, subscribed)]
-        if len(covered) > MAX_MAILBOXES or len(names) > MAX_MAILBOXES and notification.wantsListing():
+        listed = max(len(names), len(subscribed)) if notification.wantsListing() else 0
+        if len(covered) > MAX_MAILBOXES or listed > MAX_MAILBOXES:
             return True
+        if self.closing:
+            return False
         self._stopNotify()
         self.notification = notification
         self._notifyNames, self._notifySubscribed = names, subscribed
@@ -306,6 +311,8 @@ class NotifyCommands:
                 mailbox = await self._storeCall(store.openMailbox, name)
             except errors.NotFound:
                 continue
+            if self.notification is not notification:
+                break  # the session ended meanwhile
             line = self.statusResponse(mailbox, _statusItemsOf(events), name)
             self._rememberStatus(name, line)
             if status:
@@ -399,6 +406,9 @@ class NotifyCommands:
             self.send(b"* OK [NOTIFICATIONOVERFLOW] Too many changes; notifications stopped.\r\n")
 
     def commandStarted(self):
+        """
+        A command starts: what is heard now waits for its end.
+        """
         self._commandRunning = True
 
     def commandEnded(self):
@@ -486,7 +496,7 @@ class NotifyCommands:
         store = self.factory.store
         names = set(await self._storeCall(store.listMailboxes))
         subscribed = set(await self._storeCall(store.listSubscriptions))
-        if len(names) > MAX_MAILBOXES:
+        if len(names) > MAX_MAILBOXES or len(subscribed) > MAX_MAILBOXES:
             self._overflow()
             return set()
         before, beforeSubscribed = self._notifyNames, self._notifySubscribed
