@@ -360,14 +360,19 @@ class IChangeFeed(Interface):
         once.  Synchronous.
 
         @param folder: the folder name (e.g. C{INBOX}), or L{None} for every
-            folder of the account.
+            folder of the account; these subscribers are also called with
+            folder L{None} when a feed hearing other processes heard that
+            the account's folders or subscriptions changed there, without
+            knowing which.
         @return: a subscription whose C{unsubscribe()} ends the calls.
         """
 
     def notify(account, folder):
         """
         Tell the subscribers of C{folder} of C{account} (and those of the
-        whole account) that it changed.  Synchronous.
+        whole account) that it changed; folder L{None}: tell those of the
+        whole account that its folders or subscriptions changed.
+        Synchronous.
         """
 
 

@@ -3,12 +3,15 @@ End-to-end test of NOTIFY (RFC 5465) against a real C{twistd mdpy} on
 loopback, over IMAPS with raw sockets: a session that asked for
 notifications hears, without sending a command, what a second session
 (APPEND, STORE, EXPUNGE, CREATE) and another process (a delivery straight
-into the Maildir) change.
+into the Maildir, a folder made there) change.
 """
 
+import os
 import re
 
 import pytest
+
+from mdpy.backends.files.maildir import MaildirStore
 
 from tests.server import newAccount, runningServer
 from tests.test_e2e_imap import Raw, message, storeDeliver, verifyingContext
@@ -70,9 +73,12 @@ def test_unsolicited_responses(server):
         assert second.until(b"w")[-1].startswith(b"w OK")
         assert heard(first, rb'\* STATUS "Work"')[-1].startswith(b'* STATUS "Work" (MESSAGES 1 UIDNEXT 2 ')
 
-        # Another process: a delivery straight into the Maildir.
+        # Another process: a delivery straight into the Maildir, a folder
+        # made there.
         storeDeliver(server, address, [message("filed")], folder="Sent")
         assert heard(first, rb'\* STATUS "Sent"')[-1].startswith(b'* STATUS "Sent" (MESSAGES 1 UIDNEXT 2 ')
+        MaildirStore(os.path.join(server.dataDir, "mail")).createMailbox(address, "Elsewhere")
+        assert heard(first, rb"\* LIST")[-1] == b'* LIST (\\HasNoChildren) "/" "Elsewhere"\r\n'
 
         assert second.command(b"d", b"STORE 1 +FLAGS.SILENT (\\Deleted)")[-1].startswith(b"d OK")
         assert second.command(b"e", b"EXPUNGE")[-1].startswith(b"e OK")

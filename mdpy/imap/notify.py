@@ -302,20 +302,9 @@ class NotifyCommands:
         elif not self._listening:
             store.addListener(self.account, self._mailboxChanged)
             self._listening = True
-        selectedName = self.selected.mailbox.name if self.selected is not None else None
         for name in covered:
-            events = notification.eventsOf(name, subscribed)
-            if name == selectedName or not set(events) & set(MESSAGE_EVENTS):
-                continue
-            try:
-                mailbox = await self._storeCall(store.openMailbox, name)
-            except errors.NotFound:
-                continue
-            if self.notification is not notification:
-                break  # the session ended meanwhile
-            line = self.statusResponse(mailbox, _statusItemsOf(events), name)
-            self._rememberStatus(name, line)
-            if status:
+            line = await self._statusChange(notification, name)
+            if status and line is not None:
                 self.send(line)
         return False
 
@@ -379,8 +368,9 @@ class NotifyCommands:
 
     def _notifyHeard(self, account, folder):
         """
-        A folder other than the selected one changed: check it once no
-        command runs.
+        A folder other than the selected one changed, or (folder L{None})
+        the account's folders or subscriptions: check it once no command
+        runs.
         """
         notification = self.notification
         if notification is None or self.selected is not None and folder == self.selected.mailbox.name:
@@ -458,7 +448,9 @@ class NotifyCommands:
             self.send(b"".join(lines))
 
     async def _checkPending(self):
-        store = self.factory.store
+        """
+        Check the mailboxes heard of, one at a time, and send what changed.
+        """
         while self._notifyPending and self.notification is not None:
             notification = self.notification
             folder = next(iter(self._notifyPending))
@@ -466,22 +458,36 @@ class NotifyCommands:
             lines, made = [], ()
             if notification.wantsListing():
                 made = await self._listingChanges(notification, lines)
+            # A mailbox just made is told of by LIST alone: its STATUS now
+            # is what later ones are compared with.
+            for name in sorted(made):
+                await self._statusChange(notification, name)
+            if folder is not None and folder not in made:  # None: which one is unknown
+                line = await self._statusChange(notification, folder)
+                if line is not None:
+                    lines.append(line)
             if self.notification is not notification:
                 return
-            if self.selected is not None and folder == self.selected.mailbox.name:
-                continue
-            events = notification.eventsOf(folder, self._notifySubscribed)
-            if set(events) & set(MESSAGE_EVENTS):
-                try:
-                    mailbox = await self._storeCall(store.openMailbox, folder)
-                except errors.NotFound:
-                    mailbox = None
-                if mailbox is not None and self.notification is notification:
-                    line = self.statusResponse(mailbox, _statusItemsOf(events), folder)
-                    # A mailbox just made is told of by LIST alone.
-                    if self._rememberStatus(folder, line) and folder not in made:
-                        lines.append(line)
             self._sendNotification(lines)
+
+    async def _statusChange(self, notification, name):
+        """
+        @return: the C{STATUS} response of mailbox C{name} for the message
+            events covering it, if it differs from the one last sent (it
+            is remembered), else L{None}; never for the selected mailbox
+            (RFC 5465 section 5.1).
+        """
+        events = notification.eventsOf(name, self._notifySubscribed)
+        if not set(events) & set(MESSAGE_EVENTS) or self.selected is not None and name == self.selected.mailbox.name:
+            return None
+        try:
+            mailbox = await self._storeCall(self.factory.store.openMailbox, name)
+        except errors.NotFound:
+            return None
+        if self.notification is not notification:
+            return None
+        line = self.statusResponse(mailbox, _statusItemsOf(events), name)
+        return line if self._rememberStatus(name, line) else None
 
     async def _listingChanges(self, notification, lines):
         """
