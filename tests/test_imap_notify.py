@@ -8,6 +8,7 @@ import pytest
 from twisted.internet import defer
 
 from mdpy.imap import notify
+from mdpy.testing import capturedLogs
 from tests.test_imap_server import USER, Session, filledStore, twoSessions
 
 NEW = b"Subject: new\r\n\r\nnew\r\n"
@@ -292,3 +293,16 @@ def test_message_new_fetch_attributes_only_for_selected():
     assert s.lines()[0].startswith("n BAD ")
     s.send("n NOTIFY SET (SELECTED (MessageNew (NOSUCH) MessageExpunge))")
     assert s.lines()[0].startswith("n BAD ")
+
+
+def test_mailboxes_of_a_deleted_account_are_not_a_failure():
+    """
+    The account's folders deleted under a session asking for
+    notifications: nothing is sent, and nothing logged as a failure.
+    """
+    store, one, two = notifying("(PERSONAL (MessageNew MessageExpunge MailboxName))")
+    with capturedLogs() as logs:
+        store.deleteAccount(USER)
+        store.changeFeed.notify(USER, "Sent")
+    assert one.lines() == []
+    assert [event for event in logs if event.get("log_failure") is not None] == []

@@ -427,9 +427,18 @@ class NotifyCommands:
         if self._notifyPending and not self._notifyRunning:
             self._notifyRunning = True
             d = defer.ensureDeferred(self._checkPending())
-            d.addErrback(lambda failure: self.log.failure(
-                "imap: notification for {user} failed", failure, user=self.account))
+            d.addErrback(self._ebChecked)
             d.addBoth(self._cbChecked)
+
+    def _ebChecked(self, failure):
+        """
+        The mailboxes could not be looked at: the account is gone (the
+        next command ends the session), or the store failed (logged).
+        """
+        if failure.check(errors.NotFound):
+            return None
+        self.log.failure("imap: notification for {user} failed", failure, user=self.account)
+        return None
 
     def _cbChecked(self, _):
         self._notifyRunning = False
