@@ -106,6 +106,17 @@ class Notification:
     @ivar fetch: the L{fetching.FetchRequest} of the fetch attributes sent
         for each new message of the selected mailbox, or L{None}.
     @ivar groups: the L{EventGroup}s of the other mailboxes, in order.
+
+    And what a session keeps while it notifies:
+
+    @ivar watches: C{{mailbox name: change feed subscription}}, name
+        L{None} for the whole account.
+    @ivar pending: the mailboxes heard of, not yet looked at, in order
+        heard (a L{dict} of L{None}s).
+    @ivar outbox: the responses that wait for the running command's end.
+    @ivar status: C{{mailbox name: the STATUS response last sent}}.
+    @ivar names: the account's mailboxes, as last looked at.
+    @ivar subscribed: its subscriptions, as last looked at.
     """
 
     def __init__(self, selected, delayed, groups, fetch=None):
@@ -113,6 +124,12 @@ class Notification:
         self.delayed = delayed
         self.groups = groups
         self.fetch = fetch
+        self.watches = {}
+        self.pending = {}
+        self.outbox = []
+        self.status = {}
+        self.names = set()
+        self.subscribed = set()
 
     def eventsOf(self, name, subscribed):
         """
@@ -233,16 +250,8 @@ class NotifyCommands:
 
     notification = None
     _commandRunning = False
-
-    def _initNotify(self):
-        self._notifyWatches = {}  # mailbox name (None: the account): subscription
-        self._notifyPending = {}  # mailbox name: None, in order heard
-        self._notifyOutbox = []
-        self._notifyRunning = False
-        self._notifyOverflowed = False
-        self._notifyStatus = {}  # mailbox name: the STATUS line last sent
-        self._notifyNames = set()
-        self._notifySubscribed = set()
+    _notifyRunning = False
+    _notifyOverflowed = False
 
     def do_NOTIFY(self, tag, args):
         if not args or not isinstance(args[0], Atom):
@@ -293,12 +302,12 @@ class NotifyCommands:
             return False
         self._stopNotify()
         self.notification = notification
-        self._notifyNames, self._notifySubscribed = names, subscribed
+        notification.names, notification.subscribed = names, subscribed
         feed = self.factory.changeFeed
         if feed is not None:
-            self._notifyWatches[None] = feed.subscribe(self.account, None, self._mailboxChanged)
+            notification.watches[None] = feed.subscribe(self.account, None, self._mailboxChanged)
             for name in covered:
-                self._watchFolder(name)
+                self._watchFolder(notification, name)
         elif not self._listening:
             store.addListener(self.account, self._mailboxChanged)
             self._listening = True
@@ -313,34 +322,33 @@ class NotifyCommands:
         End the notifications (NOTIFY NONE, another NOTIFY SET, the end of
         the session).
         """
-        self.notification = None
-        for watch in self._notifyWatches.values():
-            watch.unsubscribe()
-        self._notifyWatches = {}
-        self._notifyPending.clear()
-        self._notifyOutbox = []
-        self._notifyStatus.clear()
+        notification, self.notification = self.notification, None
+        if notification is not None:
+            for watch in notification.watches.values():
+                watch.unsubscribe()
 
-    def _watchFolder(self, name):
+    def _watchFolder(self, notification, name):
         """
         Subscribe to the changes of folder C{name} too, so that a change
         feed hearing other processes watches it (the account's subscription
         hears those of the folders someone watches).
         """
         feed = self.factory.changeFeed
-        if feed is not None and name not in self._notifyWatches and len(self._notifyWatches) <= MAX_MAILBOXES:
-            self._notifyWatches[name] = feed.subscribe(self.account, name, self._notifyHeard)
+        watches = notification.watches
+        if feed is not None and name not in watches and len(watches) <= MAX_MAILBOXES:
+            watches[name] = feed.subscribe(self.account, name, self._notifyHeard)
 
     def _rememberStatus(self, name, line):
         """
         @return: whether C{line} differs from the STATUS last sent for
             C{name}.
         """
-        if self._notifyStatus.get(name) == line:
+        sent = self.notification.status
+        if sent.get(name) == line:
             return False
-        if name not in self._notifyStatus and len(self._notifyStatus) >= MAX_MAILBOXES:
-            self._notifyStatus.pop(next(iter(self._notifyStatus)))
-        self._notifyStatus[name] = line
+        if name not in sent and len(sent) >= MAX_MAILBOXES:
+            sent.pop(next(iter(sent)))
+        sent[name] = line
         return True
 
     # --- what is heard --------------------------------------------------------
@@ -375,10 +383,10 @@ class NotifyCommands:
         notification = self.notification
         if notification is None or self.selected is not None and folder == self.selected.mailbox.name:
             return
-        if folder not in self._notifyPending and len(self._notifyPending) >= MAX_MAILBOXES:
+        if folder not in notification.pending and len(notification.pending) >= MAX_MAILBOXES:
             self._overflow()
             return
-        self._notifyPending[folder] = None
+        notification.pending[folder] = None
         self.flushNotifications()
 
     def _overflow(self):
@@ -409,8 +417,8 @@ class NotifyCommands:
         self._sayOverflow()
         if self.notification is None or self.closing:
             return
-        if self._notifyOutbox:
-            lines, self._notifyOutbox = self._notifyOutbox, []
+        if self.notification.outbox:
+            lines, self.notification.outbox = self.notification.outbox, []
             self.send(b"".join(lines))
         self.flushNotifications()
 
@@ -424,7 +432,7 @@ class NotifyCommands:
         selected = self.selected
         if selected is not None and selected.dirty and self.notifiesSelected():
             self._pushUpdates()
-        if self._notifyPending and not self._notifyRunning:
+        if self.notification.pending and not self._notifyRunning:
             self._notifyRunning = True
             d = defer.ensureDeferred(self._checkPending())
             d.addErrback(self._ebChecked)
@@ -442,17 +450,17 @@ class NotifyCommands:
 
     def _cbChecked(self, _):
         self._notifyRunning = False
-        if self._notifyPending:
+        if self.notification is not None and self.notification.pending:
             self.flushNotifications()
 
     def _sendNotification(self, lines):
         if not lines or self.closing or self.notification is None:
             return
         if self._commandRunning:
-            if len(self._notifyOutbox) + len(lines) > MAX_MAILBOXES:
+            if len(self.notification.outbox) + len(lines) > MAX_MAILBOXES:
                 self._overflow()
                 return
-            self._notifyOutbox.extend(lines)
+            self.notification.outbox.extend(lines)
         else:
             self.send(b"".join(lines))
 
@@ -460,10 +468,10 @@ class NotifyCommands:
         """
         Check the mailboxes heard of, one at a time, and send what changed.
         """
-        while self._notifyPending and self.notification is not None:
+        while self.notification is not None and self.notification.pending:
             notification = self.notification
-            folder = next(iter(self._notifyPending))
-            del self._notifyPending[folder]
+            folder = next(iter(notification.pending))
+            del notification.pending[folder]
             lines, made = [], ()
             if notification.wantsListing():
                 made = await self._listingChanges(notification, lines)
@@ -486,7 +494,7 @@ class NotifyCommands:
             is remembered), else L{None}; never for the selected mailbox
             (RFC 5465 section 5.1).
         """
-        events = notification.eventsOf(name, self._notifySubscribed)
+        events = notification.eventsOf(name, notification.subscribed)
         if not set(events) & set(MESSAGE_EVENTS) or self.selected is not None and name == self.selected.mailbox.name:
             return None
         try:
@@ -511,24 +519,26 @@ class NotifyCommands:
         store = self.factory.store
         names = set(await self._storeCall(store.listMailboxes))
         subscribed = set(await self._storeCall(store.listSubscriptions))
+        if self.notification is not notification:
+            return set()
         if len(names) > MAX_MAILBOXES or len(subscribed) > MAX_MAILBOXES:
             self._overflow()
             return set()
-        before, beforeSubscribed = self._notifyNames, self._notifySubscribed
-        self._notifyNames, self._notifySubscribed = names, subscribed
+        before, beforeSubscribed = notification.names, notification.subscribed
+        notification.names, notification.subscribed = names, subscribed
         listing = Listing(names, subscribed)
         made = names - before
         for name in made:
             if notification.eventsOf(name, subscribed):
-                self._watchFolder(name)
+                self._watchFolder(notification, name)
         for name in before - names:
-            watch = self._notifyWatches.pop(name, None)
+            watch = notification.watches.pop(name, None)
             if watch is not None:
                 watch.unsubscribe()
         for name in sorted(names ^ before):
             if "MailboxName" in notification.eventsOf(name, subscribed | beforeSubscribed):
                 lines.append(self._listResponse(listing, name))
-                self._notifyStatus.pop(name, None)
+                notification.status.pop(name, None)
         for name in sorted((subscribed ^ beforeSubscribed) - (names ^ before)):
             if "SubscriptionChange" in notification.eventsOf(name, subscribed | beforeSubscribed):
                 lines.append(self._listResponse(listing, name))

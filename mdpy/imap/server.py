@@ -233,7 +233,6 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
     def __init__(self):
         CommandSession.__init__(self)
         CommandInput.__init__(self)
-        self._initNotify()
         self.state = NOT_AUTHENTICATED
         self.account = None
         self.selected = None
