@@ -5,10 +5,12 @@ C{NOTIFY NONE} and C{NOTIFY SET [STATUS] (filter (events)) ...}, and the
 unsolicited responses it asks for, outside IDLE too.
 
 Changes are heard from the store's change feed (the session subscribes to
-the whole account, and to each folder it watches, so that a feed hearing
-other processes watches those folders): for the selected mailbox (filters
-C{SELECTED} and C{SELECTED-DELAYED}) they are the usual EXISTS, EXPUNGE
-(not with C{SELECTED-DELAYED}, section 5.2) and FETCH FLAGS; for the other
+the whole account, which also tells of folders made, deleted or renamed,
+and to each folder it watches, so that a feed hearing other processes
+watches those folders): for the selected mailbox (filters C{SELECTED} and
+C{SELECTED-DELAYED}) they are the usual EXISTS, EXPUNGE (not with
+C{SELECTED-DELAYED}, section 5.2) and FETCH FLAGS, and a FETCH of
+C{MessageNew}'s fetch attributes for each new message; for the other
 mailboxes C{STATUS} (section 5.1), C{LIST} for C{MailboxName} (a mailbox
 made or deleted, a renamed one reported as both) and C{SubscriptionChange}
 (section 5.4).  C{AnnotationChange} and the metadata events are refused
@@ -18,7 +20,8 @@ Nothing is sent while a command runs: what is heard meanwhile is sent when
 it ends (the selected mailbox's updates by the command itself).
 
 Invariants: a session watches at most L{MAX_MAILBOXES} mailboxes (a NOTIFY
-naming or matching more is refused with C{NO [NOTIFICATIONOVERFLOW]}) and
+naming or matching more, or that needs the list of an account with more
+mailboxes or subscriptions, is refused with C{NO [NOTIFICATIONOVERFLOW]}) and
 holds at most that many changes and remembered STATUS replies; past that it
 says C{OK [NOTIFICATIONOVERFLOW]} and stops notifying (section 5.8).
 """
@@ -305,7 +308,9 @@ class NotifyCommands:
         notification.names, notification.subscribed = names, subscribed
         feed = self.factory.changeFeed
         if feed is not None:
-            notification.watches[None] = feed.subscribe(self.account, None, self._mailboxChanged)
+            # The selected mailbox is heard through its own subscription.
+            if notification.groups:
+                notification.watches[None] = feed.subscribe(self.account, None, self._mailboxChanged)
             for name in covered:
                 self._watchFolder(notification, name)
         elif not self._listening:
