@@ -331,8 +331,10 @@ class IMailStore(Interface):
         """
         Call C{listener(address, mailboxName)} after anything changes in a
         folder of that account (new mail, flags, expunge), whichever protocol
-        or process made the change: a subscription to the store's
-        L{IChangeFeed}.  Synchronous.
+        or process made the change, and after this store made, deleted or
+        renamed a folder (called for both names) or changed its
+        subscription: a subscription to the store's L{IChangeFeed}.
+        Synchronous.
         """
 
     def removeListener(address, listener):
@@ -344,7 +346,8 @@ class IMailStore(Interface):
 class IChangeFeed(Interface):
     """
     A mailbox changed (new mail, flags, expunge), made by any process that
-    shares the store: this is how an idling IMAP client hears of mail
+    shares the store, or was made, deleted, renamed or (un)subscribed through
+    this process's store: this is how an idling IMAP client hears of mail
     another process delivered, and what lets a backend be shared by several
     processes (another server, C{mdpy domainpop run}).  Accounts are named
     as by L{IMailStore}.  Subscribers are called on the reactor thread.
@@ -357,14 +360,19 @@ class IChangeFeed(Interface):
         once.  Synchronous.
 
         @param folder: the folder name (e.g. C{INBOX}), or L{None} for every
-            folder of the account.
+            folder of the account; these subscribers are also called with
+            folder L{None} when a feed hearing other processes heard that
+            the account's folders or subscriptions changed there, without
+            knowing which.
         @return: a subscription whose C{unsubscribe()} ends the calls.
         """
 
     def notify(account, folder):
         """
         Tell the subscribers of C{folder} of C{account} (and those of the
-        whole account) that it changed.  Synchronous.
+        whole account) that it changed; folder L{None}: tell those of the
+        whole account that its folders or subscriptions changed.
+        Synchronous.
         """
 
 

@@ -365,6 +365,40 @@ def test_readerClosedTwiceClosesItsDescriptorOnce(tmp_path):
     assert loggedLines(events) == []
 
 
+def test_accountSubscribersHearFoldersChangedOutside(tmp_path):
+    """
+    A subscriber of the whole account hears, with folder None, that another
+    process made, renamed or deleted a folder or changed the
+    subscriptions; a folder being made is reported again a polling
+    interval later, once its Maildir directories are surely there.
+    Deliveries to unwatched folders are not heard.
+    """
+    reactor, store, feed = watchingFeed(tmp_path, pollInterval=1.0)
+    calls, callback = recorder()
+    everything = feed.subscribe(ALICE, None, callback)
+    assert feed.watchedFolders() == []
+    store.createMailbox(ALICE, "Work")
+    settle(reactor)
+    assert calls == [(ALICE, None)]
+    reactor.advance(1.0)
+    reactor.advance(0)
+    assert calls == [(ALICE, None)] * 2
+    for change in (lambda: store.setSubscribed(ALICE, "Work", True),
+                   lambda: store.renameMailbox(ALICE, "Work", "Play"),
+                   lambda: store.deleteMailbox(ALICE, "Play")):
+        del calls[:]
+        change()
+        settle(reactor)
+        assert calls == [(ALICE, None)]
+    del calls[:]
+    drop(store, folder="Drafts")
+    drop(store)
+    settle(reactor)
+    assert calls == []
+    everything.unsubscribe()
+    assert feed._watched == {}
+
+
 # --- other platforms: polling ---------------------------------------------------------
 
 
@@ -381,6 +415,21 @@ def test_polling(tmp_path):
     assert calls == [(ALICE, "INBOX")]
     poll(clock)
     assert len(calls) == 1
+    subscription.unsubscribe()
+    assert clock.getDelayedCalls() == []
+
+
+def test_pollingHearsFoldersChanged(tmp_path):
+    clock = task.Clock()
+    store = maildirStore(tmp_path)
+    feed = MaildirChangeFeed(store.folderPath, clock, accountKey, pollInterval=1.0, useINotify=False)
+    calls, callback = recorder()
+    subscription = feed.subscribe(ALICE, None, callback)
+    poll(clock)
+    assert calls == []
+    store.createMailbox(ALICE, "Work")
+    poll(clock)
+    assert calls == [(ALICE, None)]
     subscription.unsubscribe()
     assert clock.getDelayedCalls() == []
 

@@ -85,11 +85,10 @@ class ChangeFeed:
         account = self._accountKey(account)
         subscription = _Subscription(self, account, folder, callback)
         self._byAccount.setdefault(account, []).append(subscription)
-        if folder is not None:
-            key = (account, folder)
-            self._folderSubscribers[key] = self._folderSubscribers.get(key, 0) + 1
-            if self._folderSubscribers[key] == 1:
-                self.startWatching(account, folder)
+        key = (account, folder)
+        self._folderSubscribers[key] = self._folderSubscribers.get(key, 0) + 1
+        if self._folderSubscribers[key] == 1:
+            self.startWatching(account, folder)
         return subscription
 
     def _unsubscribe(self, subscription):
@@ -98,12 +97,11 @@ class ChangeFeed:
             subscriptions.remove(subscription)
         if not subscriptions:
             self._byAccount.pop(subscription.account, None)
-        if subscription.folder is not None:
-            key = (subscription.account, subscription.folder)
-            self._folderSubscribers[key] -= 1
-            if not self._folderSubscribers[key]:
-                del self._folderSubscribers[key]
-                self.stopWatching(*key)
+        key = (subscription.account, subscription.folder)
+        self._folderSubscribers[key] -= 1
+        if not self._folderSubscribers[key]:
+            del self._folderSubscribers[key]
+            self.stopWatching(*key)
 
     def notify(self, account, folder):
         """
@@ -136,14 +134,17 @@ class ChangeFeed:
 
     def watchedFolders(self):
         """
-        @return: the C{(account, folder)} pairs that have subscribers.
+        @return: the C{(account, folder)} pairs that have subscribers (of
+            that folder, not of the whole account).
         """
-        return list(self._folderSubscribers)
+        return [key for key in self._folderSubscribers if key[1] is not None]
 
     def startWatching(self, account, folder):
         """
         Called when a folder gets its first subscriber: a feed that hears
-        other processes starts listening to it here.
+        other processes starts listening to it here.  Folder L{None}: the
+        first subscriber of the whole account, which also hears of folders
+        made, deleted or renamed and subscriptions changed.
         """
 
     def stopWatching(self, account, folder):

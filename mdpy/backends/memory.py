@@ -434,6 +434,7 @@ class MemoryStore:
         if name in folders:
             raise Exists("mailbox %s exists" % (name,))
         folders[name] = self._newFolder()
+        self._notify(accountKey(address), name)
 
     def deleteMailbox(self, address, name):
         """
@@ -445,6 +446,7 @@ class MemoryStore:
         folder = self._getFolder(address, name)
         del self._account(address)[name]
         folder.deleted = True
+        self._notify(accountKey(address), name)
 
     def renameMailbox(self, address, old, new):
         """
@@ -464,6 +466,7 @@ class MemoryStore:
                 target.add(message.data, message.flags, message.internalDate)
             inbox.messages.clear()
             inbox.highestModSeq += 1
+            self._notify(accountKey(address), old)
             return
         moves = [(name, new + name[len(old):]) for name in folders
                  if name == old or name.startswith(old + "/")]
@@ -473,6 +476,8 @@ class MemoryStore:
                 raise Exists("mailbox %s exists" % (target,))
         for source, target in moves:
             folders[target] = folders.pop(source)
+        self._notify(accountKey(address), old)
+        self._notify(accountKey(address), new)
 
     def listSubscriptions(self, address):
         """
@@ -487,10 +492,14 @@ class MemoryStore:
         """
         self._account(address)
         names = self._subscriptions.setdefault(accountKey(address), set())
+        name = normaliseFolderName(name)
+        if (name in names) == subscribed:
+            return
         if subscribed:
-            names.add(normaliseFolderName(name))
+            names.add(name)
         else:
-            names.discard(normaliseFolderName(name))
+            names.discard(name)
+        self._notify(accountKey(address), name)
 
     def openMailbox(self, address, name="INBOX"):
         """

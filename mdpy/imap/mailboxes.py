@@ -398,33 +398,44 @@ class MailboxCommands:
         out = []
         for name in names:
             mailbox = await self._storeCall(self.factory.store.openMailbox, name)
-            messages = mailbox.messages()
-            values = []
-            for item in items:
-                if item == "MESSAGES":
-                    value = len(messages)
-                elif item == "RECENT":
-                    # RFC 3501 section 2.3.2: the messages no session has
-                    # claimed, and those this session did.
-                    value = len(recentAmong(mailbox, True, [m.uid for m in messages]))
-                    selected = self.selected
-                    if selected is not None and not selected.readOnly and selected.mailbox.name == mailbox.name:
-                        value += len(selected.recent)
-                elif item == "UIDNEXT":
-                    value = mailbox.uidNext
-                elif item == "UIDVALIDITY":
-                    value = mailbox.uidValidity
-                elif item == "UNSEEN":
-                    value = sum(1 for m in messages if "\\Seen" not in m.flags)
-                elif item == "HIGHESTMODSEQ":
-                    value = max(1, mailbox.highestModSeq)
-                elif item == "DELETED":
-                    value = sum(1 for m in messages if DELETED in m.flags)
-                elif item == "DELETED-STORAGE":
-                    value = sum(m.size for m in messages if DELETED in m.flags)
-                else:
-                    value = sum(m.size for m in messages)
-                values.append(b"%s %d" % (item.encode("ascii"), value))
-            out.append(b"* STATUS %s (%s)\r\n" % (encodeName(name, self.utf8), b" ".join(values)))
+            out.append(self.statusResponse(mailbox, items, name))
         return out
+
+    def statusResponse(self, mailbox, items, name=None):
+        """
+        @param mailbox: an L{mdpy.interfaces.IMailbox}, synced.
+        @param items: status item names, as L{_statusItems} gives them.
+        @param name: the name to give it, as the client named it; L{None}:
+            its own.
+        @return: its C{* STATUS} line (RFC 3501 section 7.2.4).
+        """
+        messages = mailbox.messages()
+        values = []
+        for item in items:
+            if item == "MESSAGES":
+                value = len(messages)
+            elif item == "RECENT":
+                # RFC 3501 section 2.3.2: the messages no session has
+                # claimed, and those this session did.
+                value = len(recentAmong(mailbox, True, [m.uid for m in messages]))
+                selected = self.selected
+                if selected is not None and not selected.readOnly and selected.mailbox.name == mailbox.name:
+                    value += len(selected.recent)
+            elif item == "UIDNEXT":
+                value = mailbox.uidNext
+            elif item == "UIDVALIDITY":
+                value = mailbox.uidValidity
+            elif item == "UNSEEN":
+                value = sum(1 for m in messages if "\\Seen" not in m.flags)
+            elif item == "HIGHESTMODSEQ":
+                value = max(1, mailbox.highestModSeq)
+            elif item == "DELETED":
+                value = sum(1 for m in messages if DELETED in m.flags)
+            elif item == "DELETED-STORAGE":
+                value = sum(m.size for m in messages if DELETED in m.flags)
+            else:
+                value = sum(m.size for m in messages)
+            values.append(b"%s %d" % (item.encode("ascii"), value))
+        name = mailbox.name if name is None else name
+        return b"* STATUS %s (%s)\r\n" % (encodeName(name, self.utf8), b" ".join(values))
 

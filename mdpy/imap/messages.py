@@ -244,7 +244,6 @@ class MessageCommands:
             # client may know though it is expunged.
             within = uids.bounds(max(selected.largestUid, selected.mailbox.uidNext - 1))
             self.send(vanishedResponse(selected.vanishedEarlier(removed, within), earlier=True))
-        unknownEncoding = False
         lost = []
         seenNow = {}
         if request.setsSeen and not selected.readOnly:
@@ -260,6 +259,30 @@ class MessageCommands:
                 current = {m.uid: m for m in selected.mailbox.messages()}
                 seenNow = {u: result.flags for u, result in stored.items()}
                 messages = [current.get(m.uid, m) if m.uid in seenNow else m for m in messages]
+        unknownEncoding = await self.writeFetchResponses(selected, messages, request, seenNow, lost)
+        if self.closing:
+            return None
+        if unknownEncoding:
+            # RFC 3516 section 4.3.
+            return self.complete(tag, b"NO", b"Unknown Content-Transfer-Encoding.", b"UNKNOWN-CTE", expunge=uid)
+        if lost:
+            return self.complete(tag, b"OK", b"Some messages were already expunged.", b"EXPUNGEISSUED", expunge=uid)
+        return self.complete(tag, b"OK", b"Fetch completed.", expunge=uid)
+
+    async def writeFetchResponses(self, selected, messages, request, seenNow, lost):
+        """
+        Send the C{FETCH} responses of C{messages} (of the view
+        C{selected}), written as they are made, waiting while the client
+        does not read.
+
+        @param seenNow: C{{uid: flags}} of those C{\\Seen} was just set
+            on: their flags are sent too.
+        @param lost: where the messages gone with their data are added
+            (L{fetching.renderItems}).
+        @return: whether a message had a Content-Transfer-Encoding BINARY
+            cannot decode (those are left out).
+        """
+        unknownEncoding = False
         output = _Output(self.transport) if len(messages) > 64 or request.needsContent else None
         structures = self.factory.structures
         reads = _ReadAhead(messages, lambda message: request.needsContent or (
@@ -270,7 +293,7 @@ class MessageCommands:
             size = 0
             for index, message in enumerate(messages):
                 if self.closing:
-                    return None
+                    return unknownEncoding
                 data = structure = None
                 try:
                     data = await reads.read(index)
@@ -319,12 +342,7 @@ class MessageCommands:
         finally:
             if output is not None:
                 output.finish()
-        if unknownEncoding:
-            # RFC 3516 section 4.3.
-            return self.complete(tag, b"NO", b"Unknown Content-Transfer-Encoding.", b"UNKNOWN-CTE", expunge=uid)
-        if lost:
-            return self.complete(tag, b"OK", b"Some messages were already expunged.", b"EXPUNGEISSUED", expunge=uid)
-        return self.complete(tag, b"OK", b"Fetch completed.", expunge=uid)
+        return unknownEncoding
 
     # STORE
 

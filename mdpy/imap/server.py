@@ -13,7 +13,8 @@ RFC 7889 (APPENDLIMIT), RFC 5530 (response codes), RFC 8314 (implicit TLS),
 RFC 5256 (SORT, THREAD), RFC 5267 (ESORT; CONTEXT=SEARCH and CONTEXT=SORT,
 L{mdpy.imap.contexts}), RFC 9394 (PARTIAL results), RFC 5957 (SORT=DISPLAY),
 RFC 3502 (MULTIAPPEND), RFC 4469 (CATENATE), RFC 3516 (BINARY),
-RFC 4978 (COMPRESS=DEFLATE, L{mdpy.imap.compress}), RFC 6855 (UTF8=ACCEPT).
+RFC 4978 (COMPRESS=DEFLATE, L{mdpy.imap.compress}), RFC 6855 (UTF8=ACCEPT),
+RFC 5465 (NOTIFY, L{mdpy.imap.notify}).
 
 Commands are C{do_VERB(tag, arguments)} methods taking the parsed tokens
 (L{mdpy.imap.parser}); which verbs each state accepts is in L{_COMMANDS}.
@@ -37,6 +38,8 @@ Invariants (besides those of L{mdpy.session}):
    with C{BYE} and never reaches an account made again under the address.
 """
 
+from bisect import bisect_right
+
 from twisted.cred import error as credError
 from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer
@@ -51,6 +54,7 @@ from mdpy.imap.compress import DeflateTransport
 from mdpy.imap.contexts import CAPABILITIES as CONTEXT_CAPABILITIES, ContextCommands
 from mdpy.imap.mailboxes import InvalidName, MailboxCommands, decodeName
 from mdpy.imap.messages import MessageCommands
+from mdpy.imap.notify import NotifyCommands
 from mdpy.imap import resync as resyncing
 from mdpy.imap.quota import QuotaCommands
 from mdpy.imap.revision import EnableCommands
@@ -72,7 +76,7 @@ _ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
 _AUTH = _ANY | {
     "SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE",
     "LIST", "LSUB", "STATUS", "APPEND", "NAMESPACE", "ENABLE", "IDLE", "COMPRESS",
-    "GETQUOTAROOT", "GETQUOTA", "SETQUOTA",
+    "GETQUOTAROOT", "GETQUOTA", "SETQUOTA", "NOTIFY",
 }
 # Commands that open, make or change a mailbox by name, and polls: the
 # account is asked for afresh (see CommandSession.accountRemains); the others
@@ -182,7 +186,7 @@ class IMAP4Factory(SessionFactory):
 
 
 class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, AppendCommands,
-                  ContextCommands, QuotaCommands, EnableCommands, CommandSession):
+                  ContextCommands, QuotaCommands, EnableCommands, NotifyCommands, CommandSession):
     """
     One IMAP session.
 
@@ -275,6 +279,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         self._stopIdleTimers()
         self.dropInput()
         self._unsubscribe()
+        self._stopNotify()
         if self._listening:
             self._listening = False
             self.factory.store.removeListener(self.account, self._mailboxChanged)
@@ -299,6 +304,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
                 b"LIST-STATUS", b"SPECIAL-USE", b"ESEARCH", b"SEARCHRES", b"CONDSTORE", b"QRESYNC",
                 b"MULTIAPPEND", b"CATENATE", b"BINARY",
                 b"APPENDLIMIT=%d" % (self.factory.maxMessageSize,), b"COMPRESS=DEFLATE", b"UTF8=ACCEPT",
+                b"NOTIFY",
             ])
             caps.extend(SORT_CAPABILITIES)
             caps.extend(CONTEXT_CAPABILITIES)
@@ -408,6 +414,7 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
             selected.dirty = False
             return
         before = list(selected.uids) if self._liveContexts() is not None else None
+        largest = selected.largestUid
         try:
             lines = selected.updates(
                 expunge,
@@ -422,6 +429,8 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         lines = self.withContextUpdates(before, lines)
         if lines:
             self.send(b"".join(lines))
+        if self.notification is not None and selected.largestUid > largest:
+            self.newMessagesFetched(selected, selected.uids[bisect_right(selected.uids, largest):])
 
     def _recentAmong(self, uids):
         selected = self.selected
@@ -451,10 +460,22 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
             )
             if not self.accountRemains(self.account, fresh):
                 return None
+        self.commandStarted()
         try:
-            return getattr(self, "do_" + verb)(tag, tokens[2:])
+            result = getattr(self, "do_" + verb)(tag, tokens[2:])
         except ParseError as e:
-            return self.bad(tag, "Error in IMAP command %s: %s." % (verb, e))
+            result = self.bad(tag, "Error in IMAP command %s: %s." % (verb, e))
+        except BaseException:
+            self.commandEnded()
+            raise
+        if isinstance(result, defer.Deferred):
+            return result.addBoth(self._commandEnded)
+        self.commandEnded()
+        return result
+
+    def _commandEnded(self, result):
+        self.commandEnded()
+        return result
 
     # --- any state ------------------------------------------------------------
 
@@ -815,16 +836,20 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
     def _mailboxChanged(self, account, folder):
         selected = self.selected
         if selected is None or folder != selected.mailbox.name:
+            self._notifyHeard(account, folder)
             return
         selected.dirty = True
         # A change of a new account made under the same address is reported
         # to the listeners of that address too.
         if self._idleTag is not None and self.accountRemains(self.account, fresh=True):
             self._pushUpdates()
+        elif self.notifiesSelected():
+            self.flushNotifications()
 
     def _pushUpdates(self):
         """
-        Sync and send updates while idling (several notifications while one
+        Sync and send updates while idling, or between commands when NOTIFY
+        asked for the selected mailbox's (several notifications while one
         sync runs make one more sync).
         """
         if self._pushing:
@@ -837,9 +862,14 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
 
         def push(_):
             self._pushing = False
-            if self._idleTag is None or self.selected is not selected or self.closing:
+            idling = self._idleTag is not None
+            if self.selected is not selected or self.closing or not (
+                idling or self.notifiesSelected() and not self._commandRunning
+            ):
                 return
-            self.sendUpdates(expunge=True)
+            # RFC 5465 section 5.2: no EXPUNGE outside a command with
+            # SELECTED-DELAYED.
+            self.sendUpdates(expunge=idling or not self.notification.delayed)
             if selected.dirty:
                 self._pushUpdates()
 

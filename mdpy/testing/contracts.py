@@ -583,6 +583,21 @@ class StoreContract:
         self.deliver(store, MESSAGE)
         assert len(calls) == 4
 
+    def test_listenersHearFolderChanges(self, store):
+        """
+        Making, renaming and deleting a folder and changing its
+        subscription are heard by the account's listeners (renaming: both
+        names).
+        """
+        calls = []
+        store.addListener(ALICE, lambda *args: calls.append(args))
+        resultOf(store.createMailbox(ALICE, "Work"))
+        resultOf(store.setSubscribed(ALICE, "Work", True))
+        resultOf(store.renameMailbox(ALICE, "Work", "Play"))
+        resultOf(store.setSubscribed(ALICE, "Work", False))
+        resultOf(store.deleteMailbox(ALICE, "Play"))
+        assert calls == [(ALICE, name) for name in ("Work", "Work", "Work", "Play", "Work", "Play")]
+
     def test_failingListener(self, store):
         def broken(*args):
             raise RuntimeError("boom")

@@ -21,6 +21,7 @@ from zope.interface import implementer, directlyProvides, providedBy
 from zope.interface.interface import Method
 
 from mdpy.interfaces import IMailStore
+from mdpy.mailbox import normaliseFolderName
 
 
 def deferToReactorThreadPool(f, *args, **kwargs):
@@ -84,6 +85,16 @@ _QUICK_STORE_METHODS = (
     "listSubscriptions",
 )
 
+# IMailStore methods that make, delete or rename folders or change their
+# subscription: the folders they touch, from their arguments after the
+# address, told to the change feed once done.
+_FOLDER_CHANGES = {
+    "createMailbox": lambda name: (name,),
+    "deleteMailbox": lambda name: (name,),
+    "renameMailbox": lambda old, new: (old, new),
+    "setSubscribed": lambda name, subscribed: (name,),
+}
+
 
 def _runNow(f):
     return functools.partial(defer.maybeDeferred, f)
@@ -108,9 +119,27 @@ class DeferredStore:
             setattr(self, name, functools.partial(runInThread, getattr(store, name)))
         for name in _QUICK_STORE_METHODS:
             setattr(self, name, _runNow(getattr(store, name)))
+        for name, folders in _FOLDER_CHANGES.items():
+            setattr(self, name, functools.partial(self._changeFolders, getattr(self, name), folders))
 
     def __repr__(self):
         return "<DeferredStore %r>" % (self.synchronous,)
+
+    def _changeFolders(self, change, folders, address, *args):
+        """
+        Make a change to folders in the pool, then tell the change feed
+        of each folder it touched, on the reactor thread.
+
+        @param folders: C{folders(*args)} names those folders.
+        """
+        d = change(address, *args)
+
+        def changed(result):
+            for name in folders(*args):
+                self.synchronous._notify(address, normaliseFolderName(name))
+            return result
+
+        return d.addCallback(changed)
 
     def deliver(self, copies, key=None, again=False):
         """

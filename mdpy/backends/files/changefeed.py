@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
 from mdpy.backends.local import ChangeFeed
+from mdpy.backends.files.maildir import SUBSCRIPTIONS_NAME
 from mdpy.errors import MailError
 
 try:
@@ -41,6 +42,13 @@ _EVENTS = (
     if inotify is not None else 0
 )
 _SUBDIRS = ("new", "cur")
+# What a change of an account's folders looks like in its directory: a
+# folder's directory made, deleted or renamed, or the subscriptions file
+# replaced.
+_ACCOUNT_EVENTS = (
+    inotify.IN_CREATE | inotify.IN_DELETE | inotify.IN_MOVED_FROM | inotify.IN_MOVED_TO
+    if inotify is not None else 0
+)
 
 
 class _INotify(inotify.INotify if inotify is not None else object):
@@ -74,7 +82,9 @@ class MaildirChangeFeed(ChangeFeed):
     inotify, or looked at every C{pollInterval} seconds where inotify is
     not available or past C{maxWatches}.  A subscriber of a whole account
     (folder L{None}) hears this process's changes and those other processes
-    make in folders someone subscribed to.
+    make in folders someone subscribed to, and, with folder L{None}, that
+    another process made, deleted or renamed a folder or changed the
+    subscriptions: the account's directory is watched (or polled) too.
 
     Invariants: once an inotify reader was made, the reactor's C{before
     shutdown} trigger ends the watching (L{_stopHearing}) before the
@@ -174,9 +184,13 @@ class MaildirChangeFeed(ChangeFeed):
                 if not self._stopsWithReactor:
                     self._stopsWithReactor = True
                     self._reactor.addSystemEventTrigger("before", "shutdown", self._stopHearing)
-            folder = self._folderPath(*key)
-            for sub in _SUBDIRS:
-                path = FilePath(os.path.join(folder, sub))
+            if key[1] is None:
+                path = FilePath(self._folderPath(key[0], "INBOX"))
+                self._inotify.watch(path, _ACCOUNT_EVENTS, callbacks=[
+                    lambda watch, path, mask: self._accountChanged(key[0], path, mask)])
+                watched.append(path)
+            for sub in _SUBDIRS if key[1] is not None else ():
+                path = FilePath(os.path.join(self._folderPath(*key), sub))
                 self._inotify.watch(path, _EVENTS, callbacks=[lambda watch, path, mask: self.changed(*key)])
                 watched.append(path)
         except Exception:
@@ -188,6 +202,20 @@ class MaildirChangeFeed(ChangeFeed):
             return False
         self._watched[key] = watched
         return True
+
+    def _accountChanged(self, account, path, mask):
+        """
+        Something happened in an account's directory: report a folder's
+        directory made, deleted or renamed, or the subscriptions replaced,
+        to the subscribers of the whole account (folder L{None}).  A folder
+        being made is reported again a polling interval later, when its
+        Maildir directories are there.
+        """
+        name = os.fsdecode(path.basename())
+        if name == SUBSCRIPTIONS_NAME or mask & inotify.IN_ISDIR and name.startswith(".") and name[1:2] != ".":
+            self.changed(account, None)
+            if mask & inotify.IN_CREATE:
+                self._reactor.callLater(self._pollInterval, self.changed, account, None)
 
     def _inotifyLost(self, lost):
         """
@@ -212,6 +240,9 @@ class MaildirChangeFeed(ChangeFeed):
         """
         look = []
         try:
+            if key[1] is None:  # the account's directory: its folders
+                st = os.stat(self._folderPath(key[0], "INBOX"))
+                return st.st_ino, st.st_mtime_ns
             path = self._folderPath(*key)
             for sub in _SUBDIRS:
                 st = os.stat(os.path.join(path, sub))
