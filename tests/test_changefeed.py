@@ -468,3 +468,19 @@ def test_idleHearsAChangeMadeOutside(tmp_path):
     s.lines()
     s.t.protocol.connectionLost(None)
     assert feed.watchedFolders() == []
+
+
+def test_closeLeavesNoReader(tmp_path):
+    """
+    A feed closed (as its backend is) holds no reader in the reactor, also
+    after a subscription to a whole account, whose directory is watched;
+    its subscribers still hear this process's changes.
+    """
+    reactor, store, feed = watchingFeed(tmp_path)
+    calls, callback = recorder()
+    feed.subscribe(ALICE, None, callback)
+    assert reactor.getReaders() != []
+    feed.close()
+    assert reactor.getReaders() == []
+    feed.notify(ALICE, "INBOX")
+    assert calls == [(ALICE, "INBOX")]

@@ -19,6 +19,7 @@ from mdpy.errors import InvalidInput, LimitExceeded, NotFound, TemporaryFailure
 from mdpy import mailbox
 from mdpy.mailbox import ADD, REMOVE, REPLACE
 from mdpy.backends.files import maildir, maildirindex
+from mdpy.backends.files.blocking import DeferredStore
 from mdpy.backends.files.maildir import MaildirStore
 from mdpy.testing import resultOf
 from mdpy.testing.contracts import ALICE, BOB, MESSAGE, StoreContract
@@ -27,8 +28,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = re.compile(r"[0-9]+\.M[0-9]+P[0-9]+Q[0-9]+\.[^/:,]+,S=([0-9]+),W=\1\Z")
 
 
-def runNow(f, *args):
-    return defer.maybeDeferred(f, *args)
+def runNow(f, *args, **kwargs):
+    return defer.maybeDeferred(f, *args, **kwargs)
 
 
 class QueuedRunner:
@@ -59,11 +60,13 @@ def listing(path):
 
 class TestMaildirContract(StoreContract):
     """
-    The Maildir store keeps the store contract.
+    The Maildir store keeps the store contract, as the protocols see it
+    (L{DeferredStore}, which also tells the change feed of folders made,
+    deleted, renamed and subscribed).
     """
 
     def makeStore(self, tmp_path):
-        return MaildirStore(str(tmp_path / "mail"), runInThread=runNow)
+        return DeferredStore(MaildirStore(str(tmp_path / "mail"), runInThread=runNow), runNow)
 
 
 class TestMaildirStore:

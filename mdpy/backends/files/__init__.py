@@ -149,6 +149,7 @@ class FilesBackend:
         See L{IBackend.close}.
         """
         self.directory.close()
+        self.changeFeed.close()
         if self._loginFailures is not None:
             self._loginFailures.close()
         self.maildropLocks.close()

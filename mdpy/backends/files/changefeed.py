@@ -141,6 +141,14 @@ class MaildirChangeFeed(ChangeFeed):
             self._poller = None
         self._closeIdleReader()
 
+    def close(self):
+        """
+        Stop hearing other processes, as when the reactor stops: the
+        inotify reader is closed and the polling ends; the subscribers
+        still hear this process's own changes.
+        """
+        self._stopHearing()
+
     def _stopHearing(self):
         """
         The reactor is stopping: stop hearing other processes, closing the
