@@ -83,7 +83,9 @@ def raiseFileLimit():
 # mallopt(3)'s parameter for the size from which malloc maps memory of its
 # own for a block, given back to the system when freed.
 _M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 128 * 1024
+# Blocks below this (most messages read whole) come from the heap and are
+# used again; scrypt's 16 MB and larger messages are mapped and given back.
+MMAP_THRESHOLD = 1024 * 1024
 
 
 def keepLargeBlocksApart(threshold=MMAP_THRESHOLD):
