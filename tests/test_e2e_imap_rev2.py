@@ -88,3 +88,27 @@ def test_statusRecentOnlyForRev1(server):
         assert status(legacy, "INBOX", "(MESSAGES RECENT)") == {b"MESSAGES": 1, b"RECENT": 1}
     finally:
         legacy.logout()
+
+
+def test_searchKeysOfRecentOnlyForRev1(server):
+    """
+    RFC 9051 appendix E: RECENT, NEW and OLD are no search keys in
+    IMAP4rev2; an IMAP4rev1 session still searches with them.
+    """
+    address, password = newAccount(server, "rev2search")
+    client = imaps(server, address, password)
+    try:
+        ok(client.append("INBOX", None, None, MESSAGE))
+        ok(client.enable("IMAP4rev2"))
+        ok(client.select("INBOX"))
+        with pytest.raises(imaplib.IMAP4.error, match="RECENT, NEW and OLD are no search keys in IMAP4rev2"):
+            client.search(None, "NEW")
+        assert client.search(None, "ALL")[0] == "OK"
+    finally:
+        client.logout()
+    legacy = imaps(server, address, password)
+    try:
+        ok(legacy.select("INBOX"))
+        assert legacy.search(None, "RECENT") == ("OK", [b"1"])
+    finally:
+        legacy.logout()

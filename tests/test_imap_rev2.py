@@ -75,9 +75,8 @@ def test_noRecentFlagOrResponse():
     assert "* 3 EXISTS" in got
     assert '* LIST (\\HasNoChildren) "/" "INBOX"' in got
     assert not [line for line in got if "RECENT" in line], got
-    s.send("b FETCH 1:* (FLAGS)", "c SEARCH RECENT")
-    s.expect("* 1 FETCH (FLAGS ())", "* 2 FETCH (FLAGS ())", "* 3 FETCH (FLAGS ())", "b OK Fetch completed.",
-             '* ESEARCH (TAG "c")', "c OK Search completed.")
+    s.send("b FETCH 1:* (FLAGS)")
+    s.expect("* 1 FETCH (FLAGS ())", "* 2 FETCH (FLAGS ())", "* 3 FETCH (FLAGS ())", "b OK Fetch completed.")
     store.deliver([(USER, "INBOX", [MESSAGES[0]])])
     s.send("d NOOP")
     s.expect("* 4 EXISTS", "d OK NOOP completed.")
@@ -172,6 +171,34 @@ def test_statusRecentRefused():
     legacy.login()
     legacy.send("x STATUS INBOX (MESSAGES RECENT)")
     legacy.expect('* STATUS "INBOX" (MESSAGES 3 RECENT 3)', "x OK Status completed.")
+
+
+def test_searchKeysOfRecentRefused():
+    """
+    RECENT, NEW and OLD are no search keys in IMAP4rev2 (RFC 9051 appendix
+    E): C{BAD} for SEARCH, SORT and THREAD, and a SEARCH that would have
+    saved its result leaves C{$} empty (RFC 5182 section 2.1); an
+    IMAP4rev1 session still has them.
+    """
+    store = freshStore()
+    s = rev2(store)
+    s.send("s SELECT INBOX")
+    s.lines()
+    s.send("a SEARCH RETURN (SAVE) ALL", "b SEARCH RETURN (SAVE) NOT OLD", "c FETCH $ FLAGS")
+    s.expect("a OK Search completed.",
+             "b BAD Error in IMAP command SEARCH: RECENT, NEW and OLD are no search keys in IMAP4rev2.",
+             "c OK Fetch completed.")
+    s.send("d UID SORT (ARRIVAL) UTF-8 NEW", "e THREAD REFERENCES UTF-8 OR RECENT SEEN")
+    s.expect("d BAD Error in IMAP command UID: RECENT, NEW and OLD are no search keys in IMAP4rev2.",
+             "e BAD Error in IMAP command THREAD: RECENT, NEW and OLD are no search keys in IMAP4rev2.")
+    s.send("f SEARCH ALL")
+    s.expect("* ESEARCH (TAG \"f\") ALL 1:3", "f OK Search completed.")
+    legacy = Session(store=store)
+    legacy.login()
+    legacy.send("x SELECT INBOX")
+    legacy.lines()
+    legacy.send("y SEARCH RECENT")
+    legacy.expect("* SEARCH 1 2 3", "y OK Search completed.")
 
 
 def test_searchResultSavedAndUsedAsDollar():

@@ -441,6 +441,7 @@ class MessageCommands:
     def do_SEARCH(self, tag, args, uid=False):
         try:
             command = searching.parseSearchCommand(args)
+            self.checkSearchKeys(command.criteria)
         except (ParseError, searching.BadCharset) as e:
             if searching.mentionsSave(args):
                 self.selected.saved = frozenset()

@@ -5,9 +5,10 @@ IMAP4rev2 (RFC 9051) beside IMAP4rev1 (RFC 3501), and the ENABLE command
 A session is IMAP4rev1 until the client sends C{ENABLE IMAP4rev2} (RFC 9051
 section 6.3.1) in the authenticated state; from then on it follows RFC 9051
 where it differs from RFC 3501 (RFC 9051 appendix E):
- - no C{\\Recent} flag, no C{* n RECENT} response and no STATUS RECENT
-   (C{BAD}): the session claims no message as recent, so those it sees stay
-   recent for an IMAP4rev1 session (RFC 9051 section 2.3.2);
+ - no C{\\Recent} flag, no C{* n RECENT} response, no STATUS RECENT and no
+   SEARCH keys RECENT, NEW and OLD (C{BAD}): the session claims no message
+   as recent, so those it sees stay recent for an IMAP4rev1 session (RFC
+   9051 section 2.3.2);
  - SEARCH is answered with C{* ESEARCH}, C{ALL} being implied without
    C{RETURN} (RFC 9051 section 6.4.4);
  - SELECT and EXAMINE answer a C{LIST} response for the mailbox, and
@@ -52,6 +53,18 @@ class EnableCommands:
         section 3) or IMAP4rev2 (RFC 9051 section 5.1) enabled.
         """
         return "UTF8=ACCEPT" in self.enabled or REV2 in self.enabled
+
+    def checkSearchKeys(self, criteria):
+        """
+        Refuse, in an IMAP4rev2 session, search keys RFC 9051 has no more
+        (appendix E): C{RECENT}, C{NEW} and C{OLD}.
+
+        @param criteria: the L{mdpy.imap.search.Criteria} of a SEARCH, SORT
+            or THREAD.
+        @raise ParseError: one is there (the command is answered C{BAD}).
+        """
+        if criteria.usesRecent and self.rev2:
+            raise ParseError("RECENT, NEW and OLD are no search keys in IMAP4rev2")
 
     def listSelected(self, mailbox):
         """

@@ -110,13 +110,16 @@ class Criteria:
     @ivar usesModSeq: whether a C{MODSEQ} key is present, so a reply with
         matches carries their highest mod-sequence (RFC 7162 section 3.1.6;
         RFC 4731 section 3.2).
+    @ivar usesRecent: whether a C{RECENT}, C{NEW} or C{OLD} key is
+        present, keys IMAP4rev2 has no more (RFC 9051 appendix E).
     """
 
-    def __init__(self, root, usesModSeq):
+    def __init__(self, root, usesModSeq, usesRecent=False):
         _sortByCost(root)
         self._root = root
         self.needsContent = root.cost > _CHEAP
         self.usesModSeq = usesModSeq
+        self.usesRecent = usesRecent
         self._known = None
 
     def rememberContent(self):
@@ -318,6 +321,7 @@ class _KeyReader:
         self._events = _events(tokens)
         self._encoding = encoding
         self.usesModSeq = False
+        self.usesRecent = False
 
     def read(self):
         stack = [_Pending("")]
@@ -351,7 +355,7 @@ class _KeyReader:
             raise ParseError("Missing search key")
         if not stack[0].operands:
             raise ParseError("No search key")
-        return Criteria(_And.make(stack[0].operands), self.usesModSeq)
+        return Criteria(_And.make(stack[0].operands), self.usesModSeq, self.usesRecent)
 
     def _argument(self):
         token = next(self._events, _END)
@@ -377,6 +381,7 @@ class _KeyReader:
             flag, present = _FLAG_KEYS[name]
             return _Leaf(name, _hasFlag(flag, present))
         if name in _STATE_KEYS:
+            self.usesRecent = self.usesRecent or name != "ALL"
             return _Leaf(name, _STATE_KEYS[name])
         if name in _HEADER_KEYS:
             field = _HEADER_KEYS[name]

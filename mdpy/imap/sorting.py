@@ -38,6 +38,7 @@ class SortCommands:
             command = sorting.parseSortCommand(args)
         except searching.BadCharset:
             return self.no(tag, b"Unsupported charset.", _BAD_CHARSET)
+        self.checkSearchKeys(command.search.criteria)
         search = command.search
         if search.update:
             self.checkContextTag(tag, search.criteria)
@@ -60,6 +61,7 @@ class SortCommands:
             command = threads.parseThreadCommand(args)
         except searching.BadCharset:
             return self.no(tag, b"Unsupported charset.", _BAD_CHARSET)
+        self.checkSearchKeys(command.search.criteria)
         d = defer.ensureDeferred(self._sortables(command.search.criteria, uid))
         d.addCallback(self._cbThreaded, tag, uid, command)
         return d
