@@ -4,6 +4,7 @@ Tests of L{mdpy.tap}: the service tree built from a configuration.
 
 import os
 import stat
+import subprocess
 import sys
 
 import pytest
@@ -550,8 +551,6 @@ def test_passwordChecksInThreadsGiveTheirMemoryBack():
     the process no bigger once the threshold is set, as twistd mdpy and
     each worker set it; without it, each thread's heap keeps the 16 MB.
     """
-    import subprocess
-
     def grown(mode):
         out = subprocess.run([sys.executable, "-c", _SCRYPT_IN_THREADS, mode],
                              capture_output=True, text=True, check=True).stdout
