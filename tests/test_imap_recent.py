@@ -11,6 +11,7 @@ store object on the same files).
 import pytest
 
 from mdpy.backends.files.maildir import MaildirStore
+from mdpy.backends.files.maildirindex import FolderIndex
 from mdpy.backends.memory import MemoryStore
 from mdpy.testing import synchronousRunner
 from tests.test_imap_server import MESSAGES, USER, Session
@@ -144,6 +145,51 @@ def test_appendToTheSelectedMailboxIsRecentToTheAppender(stores):
     assert got[:2] == ["* 4 EXISTS", "* 4 RECENT"] and got[2].startswith("a OK [APPENDUID ")
     two.send("b NOOP")
     two.expect("* 4 EXISTS", "* 0 RECENT", "b OK NOOP completed.")
+
+
+def test_appendToTheSelectedMailboxIsOneTransaction(tmp_path, monkeypatch):
+    """
+    APPEND into the selected mailbox goes through the session's view: the
+    locked transaction that adds the message also claims it for the
+    session, so no second one is needed to take it in.
+    """
+    store = MaildirStore(str(tmp_path), runInThread=synchronousRunner)
+    store.createAccount(USER)
+    one, _ = selected(store)
+    transactions = []
+    transact = FolderIndex.transact
+
+    def counted(self, *args, **kwargs):
+        transactions.append(self.path)
+        return transact(self, *args, **kwargs)
+
+    monkeypatch.setattr(FolderIndex, "transact", counted)
+    one.send("a APPEND INBOX {7}")
+    one.expect("+ OK")
+    one.send("Hello\r\n")
+    got = one.lines()
+    assert got[:2] == ["* 1 EXISTS", "* 1 RECENT"] and got[2].startswith("a OK [APPENDUID ")
+    assert len(transactions) == 1
+
+
+def test_appendIntoTheSelectedMailboxDeletedMeanwhile(tmp_path):
+    """
+    The selected folder deleted by another session: APPEND into it says
+    TRYCREATE (RFC 3501 section 6.3.11), as for any missing mailbox.
+    """
+    store = MaildirStore(str(tmp_path), runInThread=synchronousRunner)
+    store.createAccount(USER)
+    store.createMailbox(USER, "Work")
+    s = Session(store=store)
+    s.login()
+    s.send("a SELECT Work")
+    s.lines()
+    store.deleteMailbox(USER, "Work")
+    s.send("b APPEND Work {7}")
+    s.expect("+ OK")
+    s.send("Hello\r\n")
+    got = s.lines()
+    assert got[-1].startswith("b NO [TRYCREATE]"), got
 
 
 def test_claimsOutliveARestart(stores):

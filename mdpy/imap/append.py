@@ -212,15 +212,25 @@ class AppendCommands:
 
     async def _append(self, tag, name, messages):
         try:
-            try:
-                mailbox = await self._storeCall(self.factory.store.openMailbox, name)
-            except errors.NotFound:
-                self._ebTryCreate(Failure())
+            selected = self.selected
+            if selected is not None and selected.mailbox.name == name:
+                # Into the selected mailbox through its view: the messages
+                # are claimed (\Recent) and taken into the view by the
+                # transaction that adds them, not by a second one.
+                mailbox = selected.mailbox
+            else:
+                try:
+                    mailbox = await self._storeCall(self.factory.store.openMailbox, name)
+                except errors.NotFound:
+                    self._ebTryCreate(Failure())
             ready = []
             for message in messages:
                 ready.append((await self._messageParts(message), message.flags, message.internalDate))
             await self.checkQuota(sum(dataSize(data) for data, _, _ in ready), len(ready))
-            uids = await defer.maybeDeferred(mailbox.appendMany, ready)
+            try:
+                uids = await defer.maybeDeferred(mailbox.appendMany, ready)
+            except errors.NotFound:
+                self._ebTryCreate(Failure())
         except BadUrl as e:
             self.log.info("imap: {user}: bad CATENATE URL: {reason}", user=self.account, reason=e)
             return self.no(tag, b"Bad URL.", b"BADURL " + _URL_RESPONSE.sub(b"", e.url)[:1024])
