@@ -463,6 +463,30 @@ def test_maildropIsLocked():
     second.expect("+OK", "+OK Logged in.")
 
 
+def test_maildropReleasedBeforeTheLogoutIsAnswered():
+    """
+    A client told by QUIT's C{+OK} that it logged out may log in again at
+    once (in another worker too): the maildrop is no longer locked by then.
+    """
+    store = filledStore()
+    locks = MaildropLocks()
+    s = Session(store=store, locks=locks)
+    s.login()
+    s.send("DELE 1")
+    s.lines()
+    answered = []
+    release = locks.release
+
+    def releaseSeen(account, holder):
+        answered.append(b"Logging out" in s.t.transport.value())
+        release(account, holder)
+
+    locks.release = releaseSeen
+    s.send("QUIT")
+    assert s.lines() == ["+OK Logging out, messages deleted."]
+    assert answered[0] is False and USER not in locks
+
+
 def test_newMailDoesNotShiftNumbers():
     store = filledStore()
     s = Session(store=store)

@@ -552,8 +552,15 @@ class POP3Server(CommandSession):
             self.log.failure("pop3: deleting for {user} failed", failure, user=self.account)
             self.send(b"-ERR [SYS/TEMP] Messages could not be deleted; try again later.\r\n")
 
+        def release(result):
+            # Before the answer: a client told it logged out may log in
+            # again at once, in another worker too.
+            self._release()
+            return result
+
+        d.addBoth(release)
         d.addCallbacks(cbDone, ebDone)
-        d.addBoth(lambda ignored: (self._release(), self.close()))
+        d.addBoth(lambda ignored: self.close())
         return d
 
 
