@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import zlib
 
 import pytest
 from twisted.internet import defer
@@ -239,10 +240,9 @@ class TestMaildirStore:
             (m.uid, m.key) for m in first.messages()
         ]
         assert second.messages()[2].uid == 3
-        with open(os.path.join(inbox, "mdpy-uidlist")) as f:
-            lines = f.read().splitlines()
+        lines = maildirindex.readIndex(inbox).serialise().decode().splitlines()
         # No session claimed the messages: all three are above R0.
-        assert lines[0] == "V2 %d 4 %d R0" % (second.uidValidity, second.highestModSeq)
+        assert lines[0].startswith("V2 %d 4 %d R0 G" % (second.uidValidity, second.highestModSeq))
         assert [line.split(" ")[0] for line in lines[1:]] == ["1", "2", "3"]
         key = first.messages()[0].key
         assert lines[1].split(" ", 4)[2:] == ["2,", key.rpartition(",W=")[2], key]
@@ -684,6 +684,140 @@ class TestMaildirStore:
         mailbox.sync()
         assert mailbox.uidValidity > old
 
+    def _restarted(self, store):
+        """
+        @return: INBOX of Alice as a store started afresh reads it.
+        """
+        return MaildirStore(store.root, runInThread=runNow).openMailbox(ALICE)
+
+    def test_changesAppendedToTheLog(self, store, inbox):
+        """
+        A transaction appends its changes to the index's log (one
+        transaction line and the lines of what it changed); the index
+        itself is not written again, and a store started afresh reads both.
+        """
+        resultOf(store.deliver([(ALICE, "INBOX", [b"1"]), (ALICE, "INBOX", [b"2"])]))
+        mailbox = store.openMailbox(ALICE)
+        index = os.path.join(inbox, maildirindex.INDEX_NAME)
+        log = os.path.join(inbox, maildirindex.LOG_NAME)
+        before = os.stat(index)
+        with open(log, "rb") as f:
+            start = f.read()
+        resultOf(mailbox.changeFlags([2], ["\\Flagged"], ADD))
+        resultOf(mailbox.expunge([1]))
+        after = os.stat(index)
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+        with open(log, "rb") as f:
+            added = f.read()[len(start):].decode().splitlines()
+        kept = store.openMailbox(ALICE).messages()[0].key
+        # UIDNEXT 3, the modification sequence, no UID claimed, one line.
+        assert re.match(r"T 3 %d 0 1 [0-9a-f]{8}\Z" % (mailbox.highestModSeq - 1,), added[0])
+        assert added[1] == "+ 2 %d 2,F 1 %s" % (mailbox.highestModSeq - 1, kept)
+        assert re.match(r"T 3 %d 0 1 [0-9a-f]{8}\Z" % (mailbox.highestModSeq,), added[2])
+        assert added[3].startswith("- ") and len(added) == 4
+        again = self._restarted(store)
+        assert [(m.uid, m.flags) for m in again.messages()] == [(2, {"\\Flagged"})]
+        assert (again.uidNext, again.highestModSeq) == (mailbox.uidNext, mailbox.highestModSeq)
+
+    @pytest.mark.parametrize("tail", [
+        b"T 9 99 0 1 00000000\n+ 1 99 2,S 1 x",  # cut short
+        b"T 9 99 0 2 %08x\n+ 1 99 2,S 1 x\n",  # fewer lines than it says
+        b"T 9 99 0 1 00000000\n+ 1 99 2,S 1 x\n",  # its checksum wrong
+        b"\0\0\0\0\0\0\0\0",  # blocks of zeros after a crash
+    ])
+    def test_logCutShortByACrash(self, store, inbox, tail):
+        """
+        A transaction a crash cut short at the end of the log is not read,
+        and the next writer cuts it away before appending, so nothing
+        after it is ever read either.
+        """
+        resultOf(store.deliver([(ALICE, "INBOX", [b"1"])]))
+        mailbox = store.openMailbox(ALICE)
+        resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
+        log = os.path.join(inbox, maildirindex.LOG_NAME)
+        size = os.path.getsize(log)
+        if b"%08x" in tail:
+            tail = tail.replace(b"%08x", b"%08x" % (zlib.crc32(b"+ 1 99 2,S 1 x\n"),))
+        with open(log, "ab") as f:
+            f.write(tail)
+        again = self._restarted(store)
+        assert [(m.uid, m.flags) for m in again.messages()] == [(1, {"\\Seen"})]
+        assert again.highestModSeq == mailbox.highestModSeq
+        resultOf(again.changeFlags([1], ["\\Answered"], ADD))
+        with open(log, "rb") as f:
+            after = f.read()[size:]
+        assert after.startswith(b"T ") and tail not in after
+        third = self._restarted(store)
+        assert third.messages()[0].flags == {"\\Seen", "\\Answered"}
+
+    def test_logFoldedIntoTheIndex(self, store, inbox, monkeypatch):
+        """
+        Past L{maildirindex.LOG_COMPACT_SIZE}, a transaction writes the index
+        whole, with the next generation, and starts an empty log of it.
+        """
+        monkeypatch.setattr(maildirindex, "LOG_COMPACT_SIZE", 400)
+        resultOf(store.deliver([(ALICE, "INBOX", [b"1"])]))
+        mailbox = store.openMailbox(ALICE)
+        log = os.path.join(inbox, maildirindex.LOG_NAME)
+        generations = set()
+        for n in range(12):
+            resultOf(mailbox.changeFlags([1], ["\\Flagged"], ADD if n % 2 == 0 else REMOVE))
+            assert os.path.getsize(log) <= 400
+            generations.add(maildirindex.readIndex(inbox).generation)
+        assert len(generations) > 1
+        again = self._restarted(store)
+        assert again.messages()[0].flags == frozenset()
+        assert again.highestModSeq == mailbox.highestModSeq
+
+    def test_logOfAnOlderIndexIgnored(self, store, inbox):
+        """
+        A crash after an index of the next generation was written but before
+        the log was replaced leaves the old log beside it: what it holds is
+        in that index already, and it is not applied again.  Neither is a
+        log of another UIDVALIDITY.
+        """
+        resultOf(store.deliver([(ALICE, "INBOX", [b"1"])]))
+        mailbox = store.openMailbox(ALICE)
+        resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
+        log = os.path.join(inbox, maildirindex.LOG_NAME)
+        with open(log, "rb") as f:
+            old = f.read()
+        os.unlink(log)  # the next transaction writes the index whole
+        resultOf(mailbox.changeFlags([1], ["\\Flagged"], ADD))
+        index = maildirindex.readIndex(inbox)
+        assert index.generation == int(old.split()[2]) + 1
+        with open(log, "wb") as f:
+            f.write(old)
+        again = self._restarted(store)
+        assert again.messages()[0].flags == {"\\Seen", "\\Flagged"}
+        assert again.highestModSeq == mailbox.highestModSeq
+        with open(log, "wb") as f:
+            f.write(b"L1 %d %d\n" % (index.uidValidity + 1, index.generation) + old.partition(b"\n")[2])
+        assert self._restarted(store).messages()[0].flags == {"\\Seen", "\\Flagged"}
+        # The next transaction starts a log that applies.
+        resultOf(again.changeFlags([1], ["\\Seen"], REMOVE))
+        assert self._restarted(store).messages()[0].flags == {"\\Flagged"}
+
+    def test_readersFollowTheLogOfAnotherProcess(self, store, inbox):
+        """
+        A store reading the index after another store appended to its log
+        reads on from where it stopped; after the log was folded into a
+        new index, it reads that.
+        """
+        resultOf(store.deliver([(ALICE, "INBOX", [b"1"]), (ALICE, "INBOX", [b"2"])]))
+        reader = self._restarted(store)
+        writer = self._restarted(store)
+        resultOf(writer.changeFlags([1], ["\\Seen"], ADD))
+        reader.sync()
+        assert [m.flags for m in reader.messages()] == [{"\\Seen"}, frozenset()]
+        os.unlink(os.path.join(inbox, maildirindex.LOG_NAME))
+        resultOf(writer.changeFlags([2], ["\\Draft"], ADD))
+        reader.sync()
+        assert [m.flags for m in reader.messages()] == [{"\\Seen"}, {"\\Draft"}]
+        resultOf(writer.expunge([1]))
+        reader.sync()
+        assert [m.uid for m in reader.messages()] == [2]
+
     def test_olderStateNeverInstalled(self, store):
         """
         A state read without the lock before another transaction wrote may
@@ -718,19 +852,31 @@ class TestMaildirStore:
             fd = os.open(os.path.join(inbox, maildirindex.LOCK_NAME), os.O_RDWR)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                synced.append(("locked", path))
+            else:
                 synced.append(path)
             finally:
                 os.close(fd)
 
         monkeypatch.setattr(maildirindex, "fsyncDirectory", fsyncDirectory)
+        # The index's changes go to its log, synced under the lock: only
+        # the names changed in cur/ are left to sync.
         resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
-        assert synced == [inbox, os.path.join(inbox, "cur")]
+        assert synced == [os.path.join(inbox, "cur")]
         del synced[:]
         resultOf(mailbox.append(MESSAGE))
-        assert synced == [inbox, os.path.join(inbox, "cur")]
+        assert synced == [os.path.join(inbox, "cur")]
         del synced[:]
         resultOf(mailbox.expunge([1]))
-        assert synced == [inbox, os.path.join(inbox, "cur")]
+        assert synced == [os.path.join(inbox, "cur")]
+        del synced[:]
+        # An index written whole (here, its log gone) has its name synced
+        # under the lock, before its new log replaces the old one; the
+        # log's name after it.
+        os.unlink(os.path.join(inbox, maildirindex.LOG_NAME))
+        resultOf(mailbox.changeFlags([2], ["\\Seen"], ADD))
+        assert synced == [("locked", inbox), inbox, os.path.join(inbox, "cur")]
 
         def failing(path):
             raise OSError(errno.EIO, "Input/output error")

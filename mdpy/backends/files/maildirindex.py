@@ -11,11 +11,30 @@ keywords numbered in the folder's C{dovecot-keywords} file, Dovecot's format
 The index, C{mdpy-uidlist} in each folder directory, keeps what Maildir
 cannot::
 
-    V2 <uidvalidity> <uidnext> <highestmodseq>[ R<recent>]
-    <uid> <modseq> <info> <basename>
+    V2 <uidvalidity> <uidnext> <highestmodseq>[ R<recent>][ G<generation>]
+    <uid> <modseq> <info> <size> <basename>
     ...
 
-one line per message, in UID order, ending with a newline.  C{R<recent>} is
+one line per message, in UID order, ending with a newline (an index of
+version C{V1} has no C{<size>}).  The changes made since it was written
+are in its log, C{mdpy-uidlist.log}, which each transaction that changes
+the index appends to and C{fdatasync}s, rather than writing the index
+again::
+
+    L1 <uidvalidity> <generation>
+    T <uidnext> <highestmodseq> <recent> <lines> <crc32 of the lines, hex>
+    - <basename>
+    + <uid> <modseq> <info> <size> <basename>
+    ...
+
+one C{T} line per transaction, followed by its lines: the messages it
+removed, then those it added or changed, in UID order.  The log applies
+only to the index of its UIDVALIDITY and generation; a transaction that
+is incomplete or fails its checksum ends it (a crash cut it short before
+it was reported done), and the next writer cuts the log back to before
+it.  Past L{LOG_COMPACT_SIZE} octets, or when the log is missing or does
+not apply, the transaction writes the index whole with the next
+generation, syncs its name, then replaces the log with an empty one.  C{R<recent>} is
 the highest UID a view has claimed (L{UidList.claimRecent}): the messages
 above it are new to every session.  It is written only while there are
 such UIDs; without it (also in an index written before it existed) every
@@ -48,11 +67,12 @@ C{.mdpy-uidvalidity}, so a rebuilt index never reuses a UIDVALIDITY or lowers
 UIDNEXT (UIDs are never reused), and an account made again after its deletion
 starts above every UIDVALIDITY of the old one.
 
-Invariants: the index is read and rewritten only under an exclusive C{flock}
-on C{mdpy-uidlist.lock} (between processes, and between threads of one
-process alike, as each holder opens the file itself), and rewritten
-atomically (temporary file, fsync, rename; the directory is fsynced once the
-lock is released, before the change is reported done).  So the server
+Invariants: the index and its log are written only under an exclusive
+C{flock} on C{mdpy-uidlist.lock} (between processes, and between threads of
+one process alike, as each holder opens the file itself); the index is
+rewritten atomically (temporary file, fsync, rename) and the log only
+appended to, so a reader without the lock sees a complete index and the
+complete transactions of its log.  So the server
 and the C{mdpy} command never give two UIDs to one message or one UID to two
 messages.  C{dovecot-keywords} is rewritten the same way under the same lock.
 """
@@ -61,6 +81,7 @@ import fcntl
 import os
 import re
 import time
+import zlib
 
 from mdpy.dotstuffing import normalisedFileSize
 from mdpy.durable import fsyncDirectory, replaceFile, writeAll, writeFileAtomically
@@ -69,6 +90,9 @@ from mdpy.logs import Logger
 from mdpy.mailbox import ExpungeHistory
 
 INDEX_NAME = "mdpy-uidlist"
+LOG_NAME = "mdpy-uidlist.log"
+# Past this size, the log is folded into a new index.
+LOG_COMPACT_SIZE = 64 * 1024
 LOCK_NAME = "mdpy-uidlist.lock"
 KEYWORDS_NAME = "dovecot-keywords"
 EXPUNGED_NAME = "mdpy-expunged"
@@ -89,7 +113,9 @@ _LETTER_FLAGS = {
 _FLAG_LETTERS = {flag.lower(): letter for letter, flag in _LETTER_FLAGS.items()}
 _WIRE_SIZE = re.compile(r",W=([0-9]+)")
 _NAME_ORDER = re.compile(r"([0-9]+)\.M([0-9]+)P[0-9]+Q([0-9]+)")
-_HEADER = re.compile(r"V([12]) ([0-9]+) ([0-9]+) ([0-9]+)(?: R([0-9]+))?\Z")
+_HEADER = re.compile(r"V([12]) ([0-9]+) ([0-9]+) ([0-9]+)(?: R([0-9]+))?(?: G([0-9]+))?\Z")
+_LOG_HEADER = re.compile(rb"L1 ([0-9]+) ([0-9]+)\n")
+_LOG_TRANSACTION = re.compile(rb"T ([0-9]+) ([0-9]+) ([0-9]+) ([0-9]+) ([0-9a-f]{8})\Z")
 _ESCAPED = re.compile(r"%([0-9A-F]{2})")
 _EXPUNGED_HEADER = re.compile(r"E1 ([0-9]+) ([0-9]+)\Z")
 _EXPUNGED_LINE = re.compile(r"([0-9]+) ([0-9]+(?:,[0-9]+)*)\Z")
@@ -386,6 +412,66 @@ def writeExpunged(folderPath, uidValidity, history):
     writeFileAtomically(os.path.join(folderPath, EXPUNGED_NAME), "".join(lines).encode("ascii"))
 
 
+class _Entries(dict):
+    """
+    The entries of an index being changed in a transaction: a dict that
+    notes which keys were set and which removed, so that the transaction
+    writes only those to the log.
+    """
+
+    __slots__ = ("changed", "removed")
+
+    def __init__(self, entries=()):
+        dict.__init__(self, entries)
+        self.changed = set()
+        self.removed = set()
+
+    def __setitem__(self, key, value):
+        dict.__setitem__(self, key, value)
+        self.changed.add(key)
+        self.removed.discard(key)
+
+    def __delitem__(self, key):
+        dict.__delitem__(self, key)
+        self.changed.discard(key)
+        self.removed.add(key)
+
+    def pop(self, key, *default):
+        if key not in self:
+            return dict.pop(self, key, *default)
+        value = dict.pop(self, key)
+        self.changed.discard(key)
+        self.removed.add(key)
+        return value
+
+    def clear(self):
+        self.removed.update(self)
+        self.changed.clear()
+        dict.clear(self)
+
+    def popitem(self):
+        raise NotImplementedError("entries are removed by key")
+
+    setdefault = update = popitem
+
+
+def _entryLine(key, entry):
+    uid, modSeq, info, size = entry
+    return "%d %d %s %s %s\n" % (uid, modSeq, _escapeInfo(info), "-" if size is None else size, key)
+
+
+def _parseEntry(line, uidNext, highest):
+    """
+    @return: C{(key, (uid, modSeq, info, size))} of an index line.
+    @raise ValueError: not one, or beyond C{uidNext} and C{highest}.
+    """
+    uid, modSeq, info, size, key = line.split(" ", 4)
+    uid, modSeq = int(uid), int(modSeq)
+    if not 0 < uid < uidNext or modSeq > highest or not key:
+        raise ValueError("inconsistent line %r" % (line,))
+    return key, (uid, modSeq, _unescapeInfo(info), None if size == "-" else int(size))
+
+
 class UidList:
     """
     The parsed C{mdpy-uidlist}: C{entries} maps each basename to C{(uid,
@@ -395,14 +481,21 @@ class UidList:
         L{None} in an index being rebuilt, until the messages found are
         taken in (none of them is new).
     @ivar claimed: the UIDs L{claimRecent} claimed in this transaction.
+    @ivar generation: the index file's generation (C{G<n>} in its header):
+        its log applies to it only when of the same generation.
+    @ivar log: what L{FolderIndex} read of the log, C{(inode, end of its
+        last complete transaction, size, whether it applies)}.
     """
 
-    def __init__(self, uidValidity, uidNext, highestModSeq, entries, recentThreshold=None):
+    def __init__(self, uidValidity, uidNext, highestModSeq, entries, recentThreshold=None,
+                 generation=0):
         self.uidValidity = uidValidity
         self.uidNext = uidNext
         self.highestModSeq = highestModSeq
         self.entries = entries
         self.recentThreshold = uidNext - 1 if recentThreshold is None else recentThreshold
+        self.generation = generation
+        self.log = (None, 0, 0, False)
         self.claimed = ()
         self.dirty = False
         self._modSeq = None
@@ -457,17 +550,32 @@ class UidList:
 
     def serialise(self):
         lines = [self.header()]
-        lines.extend(
-            "%d %d %s %s %s\n" % (uid, modSeq, _escapeInfo(info), "-" if size is None else size, key)
-            for key, (uid, modSeq, info, size) in self.entries.items()
-        )
+        lines.extend(_entryLine(key, entry) for key, entry in self.entries.items())
         return "".join(lines).encode("utf-8", "surrogateescape")
 
     def header(self):
         recent = ""
         if self.recentThreshold < self.uidNext - 1:
             recent = " R%d" % (self.recentThreshold,)
-        return "V2 %d %d %d%s\n" % (self.uidValidity, self.uidNext, self.highestModSeq, recent)
+        generation = " G%d" % (self.generation,) if self.generation else ""
+        return "V2 %d %d %d%s%s\n" % (self.uidValidity, self.uidNext, self.highestModSeq, recent, generation)
+
+    def logRecord(self):
+        """
+        @return: this transaction's changes as a log transaction (see
+            the module docstring): its removed keys, then the lines of the
+            entries it set, in UID order.
+        """
+        entries = self.entries
+        lines = ["- %s\n" % (key,) for key in entries.removed]
+        lines.extend(
+            "+ " + _entryLine(key, entries[key])
+            for key in sorted(entries.changed, key=lambda key: entries[key][0])
+        )
+        body = "".join(lines).encode("utf-8", "surrogateescape")
+        return b"T %d %d %d %d %08x\n" % (
+            self.uidNext, self.highestModSeq, self.recentThreshold, len(lines), zlib.crc32(body)
+        ) + body
 
     @classmethod
     def parse(cls, text):
@@ -481,7 +589,8 @@ class UidList:
         if header is None or header[0] == 0:
             raise ValueError("bad header")
         uidValidity, uidNext, highest = header
-        recent = _HEADER.match(lines[0]).group(5)
+        match = _HEADER.match(lines[0])
+        recent, generation = match.group(5), match.group(6)
         recentThreshold = uidNext - 1 if recent is None else int(recent)
         if recentThreshold >= uidNext:
             raise ValueError("claimed UIDs beyond UIDNEXT")
@@ -490,16 +599,98 @@ class UidList:
         for line in lines[1:-1]:
             if version == 1:
                 uid, modSeq, info, key = line.split(" ", 3)
-                size = None
-            else:
-                uid, modSeq, info, size, key = line.split(" ", 4)
-                size = None if size == "-" else int(size)
-            uid, modSeq = int(uid), int(modSeq)
-            if not lastUid < uid < uidNext or modSeq > highest or not key or key in entries:
+                line = " ".join((uid, modSeq, info, "-", key))
+            key, entry = _parseEntry(line, uidNext, highest)
+            if not lastUid < entry[0] or key in entries:
                 raise ValueError("inconsistent line %r" % (line,))
-            lastUid = uid
-            entries[key] = (uid, modSeq, _unescapeInfo(info), size)
-        return cls(uidValidity, uidNext, highest, entries, recentThreshold)
+            lastUid = entry[0]
+            entries[key] = entry
+        return cls(uidValidity, uidNext, highest, entries, recentThreshold,
+                   0 if generation is None else int(generation))
+
+
+def _applyLog(state, data):
+    """
+    Apply to C{state} the complete transactions at the start of C{data}
+    (log octets after its header, or after the transactions already
+    applied), in order, each whole or not at all.  The first one
+    incomplete, damaged (its checksum) or inconsistent ends the reading:
+    it was being written, or a crash cut it short, and was never reported
+    done.
+
+    @param state: C{[uidNext, highestModSeq, recentThreshold, entries]},
+        changed in place (C{entries} a dict of its own).
+    @return: the number of octets of C{data} applied.
+    """
+    pos, size = 0, len(data)
+    while pos < size:
+        eol = data.find(b"\n", pos)
+        if eol < 0:
+            break
+        match = _LOG_TRANSACTION.match(data, pos, eol)
+        if match is None:
+            break
+        uidNext, highest, recent, count = (int(n) for n in match.groups()[:4])
+        end = eol + 1
+        for _ in range(count):
+            end = data.find(b"\n", end) + 1
+            if end == 0:
+                return pos
+        body = data[eol + 1:end]
+        if zlib.crc32(body) != int(match.group(5), 16) or recent >= uidNext:
+            break
+        changes = _logChanges(body, uidNext, highest)
+        if changes is None:
+            break
+        entries = state[3]
+        for key, entry in changes:
+            if entry is None:
+                entries.pop(key, None)
+            else:
+                entries[key] = entry
+        state[:3] = uidNext, highest, recent
+        pos = end
+    return pos
+
+
+def _logChanges(body, uidNext, highest):
+    """
+    @return: C{[(key, entry or None for a removal)]} of a log
+        transaction's lines, or L{None} when one is not well formed.
+    """
+    changes = []
+    try:
+        for line in body.decode("utf-8", "surrogateescape").split("\n")[:-1]:
+            if line.startswith("- "):
+                changes.append((line[2:], None))
+            elif line.startswith("+ "):
+                changes.append(_parseEntry(line[2:], uidNext, highest))
+            else:
+                return None
+    except ValueError:
+        return None
+    return changes
+
+
+def readIndex(folderPath):
+    """
+    @return: the L{UidList} of a folder's index with its log applied, as a
+        reader without the lock finds it, or L{None} when it is missing or
+        damaged.
+    """
+    return FolderIndex(folderPath, None, folderPath)._readUnlocked()
+
+
+class _Damaged(Exception):
+    """
+    The index file is not complete and consistent.
+
+    @ivar text: what it holds.
+    """
+
+    def __init__(self, text):
+        Exception.__init__(self, "damaged index")
+        self.text = text
 
 
 class FolderIndex:
@@ -532,10 +723,12 @@ class FolderIndex:
         C{files} maps each basename in C{cur/} to its file name; an operation
         that renames or removes files keeps it up to date, and adds the
         directories whose names it changed to C{uidList.unsynced}.  Those
-        directories, and the folder's for the index, are fsynced once the
-        lock is released (other transactions of the folder go on meanwhile)
-        and before this returns: what a transaction returns is durable, and
-        so is every earlier transaction's change, as each index holds them.
+        directories (and the folder's, when the index was written whole)
+        are fsynced once the lock is released (other transactions of the
+        folder go on meanwhile) and before this returns; the changes to the
+        index are appended to its log and synced under the lock
+        (L{_write}).  So what a transaction returns is durable, and so is
+        every earlier transaction's change.
 
         @return: C{(build's result, operation's result)}.
         @raise NotFound: the folder is gone.
@@ -558,11 +751,8 @@ class FolderIndex:
                 if uidList.expunged or uidList.rebuilt:
                     self._recordExpunges(uidList, readModSeq)
                 if uidList.dirty:
-                    path = os.path.join(self.path, INDEX_NAME)
-                    replaceFile(path, uidList.serialise())
-                    uidList.unsynced.add(self.path)
+                    self._write(uidList)
                     lock.rememberHeader(uidList.header())
-                    self._remember(os.stat(path), uidList)
                 built = build(uidList, files, keywords) if build else None
             for directory in sorted(uidList.unsynced):
                 fsyncDirectory(directory)
@@ -650,63 +840,154 @@ class FolderIndex:
             read only), or L{None} when it is missing or damaged.
         """
         try:
-            fd = os.open(os.path.join(self.path, INDEX_NAME), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+            return self._load(copy=False)
+        except (FileNotFoundError, _Damaged):
             return None
-        try:
-            st = os.fstat(fd)
-            cached = self._cached(st, copy=False)
-            if cached is not None:
-                return cached
-            text = _readWhole(fd).decode("utf-8", "surrogateescape")
-        finally:
-            os.close(fd)
-        try:
-            uidList = UidList.parse(text)
-        except ValueError:
-            return None
-        self._remember(st, uidList)
-        return uidList
 
-    def _cached(self, st, copy=True):
+    def _load(self, copy):
         """
-        @param copy: whether the caller may change the entries (else they
-            are those kept, to be read only).
-        @return: the index last read or written, if C{st} is the status of
-            the same file, else L{None}.
+        Read the index and apply its log, from what was read last when the
+        files are the same (the index by its inode, time and size; the
+        log by its inode, read on from where it was left).
+
+        @param copy: whether the caller changes the entries (then they are
+            its own, noting what it changes), else they may be those kept.
+        @return: the L{UidList}, with L{UidList.log} set.
+        @raise FileNotFoundError: there is no index.
+        @raise _Damaged: the index is not complete and consistent.
         """
         cached = self._parsed.get(self.path)
-        if cached is not None and cached[0] == (st.st_ino, st.st_mtime_ns, st.st_size):
-            return UidList(cached[1], cached[2], cached[3], dict(cached[4]) if copy else cached[4], cached[5])
-        return None
+        fd = os.open(os.path.join(self.path, INDEX_NAME), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            baseId = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if cached is None or cached[0] != baseId:
+                cached = None
+                text = _readWhole(fd).decode("utf-8", "surrogateescape")
+        finally:
+            os.close(fd)
+        if cached is None:
+            try:
+                base = UidList.parse(text)
+            except ValueError as e:
+                raise _Damaged(text) from e
+            cached = (baseId, None, 0, False, base.uidValidity, base.uidNext, base.highestModSeq,
+                      base.entries, base.recentThreshold, base.generation)
+        (_, logIno, offset, applies, uidValidity, uidNext, highest, entries, recent,
+         generation) = cached
+        data = b""
+        size = 0
+        try:
+            fd = os.open(os.path.join(self.path, LOG_NAME), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = None
+            if logIno is not None:
+                # The log went: only the index as written can tell.
+                self._parsed.pop(self.path, None)
+                return self._load(copy)
+        if fd is not None:
+            try:
+                lst = os.fstat(fd)
+                size = lst.st_size
+                if logIno is not None and (lst.st_ino != logIno or size < offset):
+                    # Another log (folded into a new index meanwhile).
+                    self._parsed.pop(self.path, None)
+                    return self._load(copy)
+                if logIno is None:
+                    logIno = lst.st_ino
+                    data = _readWhole(fd)
+                    header = _LOG_HEADER.match(data)
+                    applies = header is not None and (int(header.group(1)), int(header.group(2))) == (
+                        uidValidity, generation)
+                    offset = header.end() if applies else 0
+                    data = data[offset:]
+                elif applies and size > offset:
+                    data = os.pread(fd, size - offset, offset)
+            finally:
+                os.close(fd)
+        state = [uidNext, highest, recent, entries]
+        if data and applies:
+            state[3] = dict(entries)
+            offset += _applyLog(state, data)
+        cached = (baseId, logIno, offset, applies, uidValidity, state[0], state[1], state[3], state[2], generation)
+        self._parsed[self.path] = cached
+        uidList = UidList(uidValidity, state[0], state[1], _Entries(state[3]) if copy else state[3],
+                          state[2], generation)
+        uidList.log = (logIno, offset, size, applies)
+        return uidList
 
-    def _remember(self, st, uidList):
+    def _write(self, uidList):
+        """
+        Save a transaction's changes: appended to the log and synced when
+        it applies to the index and stays below L{LOG_COMPACT_SIZE}, else
+        the index is written whole (L{_writeWhole}).  A log whose end a
+        crash cut short is cut back first to its last complete
+        transaction, so nothing after it is ever read.
+        """
+        logIno, offset, size, applies = uidList.log
+        record = uidList.logRecord() if applies and not uidList.rebuilt else None
+        if record is None or offset + len(record) > LOG_COMPACT_SIZE:
+            self._writeWhole(uidList)
+            return
+        try:
+            fd = os.open(os.path.join(self.path, LOG_NAME), os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self._writeWhole(uidList)
+            return
+        try:
+            if os.fstat(fd).st_ino != logIno:
+                raise OSError("log %s replaced under the lock" % (LOG_NAME,))
+            if size > offset:
+                os.ftruncate(fd, offset)
+            os.lseek(fd, offset, os.SEEK_SET)
+            writeAll(fd, record)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        self._remember(uidList, logIno, offset + len(record), True)
+
+    def _writeWhole(self, uidList):
+        """
+        Fold the log into a new index: the index of the next generation is
+        written and its name synced before a new, empty log of that
+        generation replaces the old one, so a crash between the two leaves
+        the new index with the old log, which no longer applies to it.
+        """
+        uidList.generation += 1
+        path = os.path.join(self.path, INDEX_NAME)
+        replaceFile(path, uidList.serialise())
+        fsyncDirectory(self.path)
+        header = b"L1 %d %d\n" % (uidList.uidValidity, uidList.generation)
+        replaceFile(os.path.join(self.path, LOG_NAME), header)
+        uidList.unsynced.add(self.path)
+        st = os.stat(path)
+        self._remember(uidList, os.stat(os.path.join(self.path, LOG_NAME)).st_ino, len(header), True,
+                       (st.st_ino, st.st_mtime_ns, st.st_size))
+
+    def _remember(self, uidList, logIno, offset, applies, baseId=None):
+        """
+        Keep the index a transaction wrote for the next reader.
+
+        @param baseId: the index file's identity, when it was written.
+        """
+        if baseId is None:
+            cached = self._parsed.get(self.path)
+            if cached is None:
+                return
+            baseId = cached[0]
         self._parsed[self.path] = (
-            (st.st_ino, st.st_mtime_ns, st.st_size),
-            uidList.uidValidity, uidList.uidNext, uidList.highestModSeq, dict(uidList.entries),
-            uidList.recentThreshold,
+            baseId, logIno, offset, applies, uidList.uidValidity, uidList.uidNext,
+            uidList.highestModSeq, dict(uidList.entries), uidList.recentThreshold, uidList.generation,
         )
 
     def _read(self, lock):
-        path = os.path.join(self.path, INDEX_NAME)
-        old = None
         try:
-            st = os.stat(path)
-            cached = self._cached(st)
-            if cached is not None:
-                return cached
-            with open(path, "rb") as f:
-                text = f.read().decode("utf-8", "surrogateescape")
-            try:
-                uidList = UidList.parse(text)
-            except ValueError:
-                old = parseHeader(text.partition("\n")[0])
-                _log.warn("rebuilding corrupt index {path}", path=path)
-            else:
-                self._remember(st, uidList)
-                return uidList
+            return self._load(copy=True)
         except FileNotFoundError:
-            pass
+            old = None
+        except _Damaged as e:
+            old = parseHeader(e.text.partition("\n")[0])
+            _log.warn("rebuilding corrupt index {path}", path=os.path.join(self.path, INDEX_NAME))
         known = [header for header in (old, lock.lastHeader()) if header]
         uidList = UidList(
             allocateUidValidity(
@@ -714,7 +995,7 @@ class FolderIndex:
             ),
             max([h[1] for h in known], default=1),
             max([h[2] for h in known], default=0),
-            {},
+            _Entries(),
         )
         if known:
             # Set once the messages found are taken in (L{transact}); a
