@@ -5,7 +5,9 @@ for, and the octets of each item for one message.
 
 Body sections are served from byte ranges of the message found by its
 MIME structure (L{mdpy.mail.mime}), which is computed once per message and
-cached (L{StructureCache}), never per FETCH.
+cached (L{StructureCache}), never per FETCH.  The header blocks of the
+messages used most recently are kept in memory too (L{HeaderCache}), so a
+FETCH of header fields, as clients list a folder with, reads no file.
 
 BINARY sections (RFC 3516) are the same byte ranges decoded from their
 Content-Transfer-Encoding by L{mdpy.mail.mime.decodeTransfer}.
@@ -37,6 +39,10 @@ _SIMPLE = frozenset(
 )
 _NEED_STRUCTURE = frozenset(["ENVELOPE", "BODY", "BODYSTRUCTURE"])
 _NEED_CONTENT = frozenset(["RFC822", "RFC822.HEADER", "RFC822.TEXT"])
+_HEADER_SECTIONS = frozenset(["HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT"])
+# The octets of header blocks kept in memory per process (L{HeaderCache}):
+# those of a few thousand messages.
+HEADER_CACHE_OCTETS = 4 * 1024 * 1024
 # What an item of a message expunged meanwhile is answered with when its
 # data is gone with the message: Dovecot's values (imap-fetch.c), which
 # clients such as imaptest know for what they are.  Body sections are NIL.
@@ -85,6 +91,10 @@ class FetchRequest:
         section, C{RFC822} or C{RFC822.TEXT}).
     @ivar needsContent: whether the message's octets are read.
     @ivar needsStructure: whether its MIME structure is needed.
+    @ivar headerOnly: whether, of the message's octets, only its header
+        block is needed (C{RFC822.HEADER}, C{BODY[HEADER]},
+        C{BODY[HEADER.FIELDS (...)]}, C{BODY[HEADER.FIELDS.NOT (...)]}),
+        which L{StructureCache.inMemory} may hold.
     """
 
     def __init__(self, items, sections):
@@ -96,6 +106,9 @@ class FetchRequest:
         self.needsContent = bool(sections) or bool(_NEED_CONTENT & set(items))
         self.needsStructure = bool(_NEED_STRUCTURE & set(items)) or any(
             s.path or s.text not in ("", "HEADER") for s in sections
+        )
+        self.headerOnly = self.needsContent and _NEED_CONTENT & set(items) <= {"RFC822.HEADER"} and all(
+            not s.path and s.text in _HEADER_SECTIONS for s in sections
         )
 
     def ensure(self, name):
@@ -312,17 +325,94 @@ class Structure:
         return self._headerFields
 
 
+class HeaderCache:
+    """
+    The header blocks of messages (their octets up to the body, as
+    L{sectionData} serves them) by message key, the most recently used
+    first.  A key names unchanging content in the whole store, so an entry
+    is never stale.
+
+    Invariants: C{size}, the octets of the blocks held plus
+    L{ENTRY_OVERHEAD} for each, never exceeds C{limit}; the least recently
+    used blocks are dropped first, and a block alone larger than C{limit}
+    is not kept.
+
+    @ivar limit: the octets that may be held.
+    @ivar size: the octets held.
+    """
+
+    # What an entry costs beyond its octets: the bytes object, its key,
+    # its place in the ordered dict.
+    ENTRY_OVERHEAD = 160
+
+    def __init__(self, limit=HEADER_CACHE_OCTETS):
+        self.limit = limit
+        self.size = 0
+        self._blocks = OrderedDict()
+
+    def __len__(self):
+        return len(self._blocks)
+
+    def get(self, key):
+        """
+        @return: the header block of the message C{key} names, or L{None}
+            when it is not held.
+        """
+        block = self._blocks.get(key)
+        if block is not None:
+            self._blocks.move_to_end(key)
+        return block
+
+    def keep(self, key, data, end):
+        """
+        Hold C{data[:end]}, the header block of the message C{key} names
+        (whose octets are C{data}), dropping the least recently used
+        blocks past the limit.
+        """
+        if key in self._blocks:
+            self._blocks.move_to_end(key)
+            return
+        if end + self.ENTRY_OVERHEAD > self.limit:
+            return
+        block = self._blocks[key] = data[:end]
+        self.size += len(block) + self.ENTRY_OVERHEAD
+        while self.size > self.limit:
+            _, dropped = self._blocks.popitem(last=False)
+            self.size -= len(dropped) + self.ENTRY_OVERHEAD
+
+
 class StructureCache:
     """
     Structures by message key (keys are unique in the whole store): the
     most recently used in memory (past C{size} entries the oldest are
     dropped), and every one in the mailbox's own cache when it provides
     L{IMessageCache}, so a restart does not parse every message again.
+    The header blocks of the messages whose structure was asked last are
+    held too, in a L{HeaderCache} of C{headerOctets}.
+
+    @ivar headers: the L{HeaderCache}.
     """
 
-    def __init__(self, size=20000):
+    def __init__(self, size=20000, headerOctets=HEADER_CACHE_OCTETS):
         self._size = size
         self._entries = OrderedDict()
+        self.headers = HeaderCache(headerOctets)
+
+    def inMemory(self, message):
+        """
+        @return: C{(header, structure)}: the header block of C{message} and
+            its L{Structure} if both are in memory, so that what
+            L{FetchRequest.headerOnly} asks is answered without reading
+            the message; else L{None}.  L{renderItems} serves those items
+            from C{header} as from the whole message.
+        """
+        header = self.headers.get(message.key)
+        if header is None:
+            return None
+        structure = self.cached(message)
+        if structure is None:
+            return None
+        return header, structure
 
     def cached(self, message):
         """
@@ -337,11 +427,19 @@ class StructureCache:
     def get(self, message, data, mailbox=None):
         """
         @return: the L{Structure} of C{message}, whose (normalised) octets are
-            C{data}, in C{mailbox}.
+            C{data}, in C{mailbox}; its header block is held in L{headers}.
         """
         entry = self.cached(message)
-        if entry is not None:
-            return entry
+        if entry is None:
+            entry = self._parse(message, data, mailbox)
+        self.headers.keep(message.key, data, entry.root.bodyStart)
+        return entry
+
+    def _parse(self, message, data, mailbox):
+        """
+        @return: the L{Structure} of C{message} from the mailbox's cache,
+            else parsed from C{data}, now held in memory.
+        """
         key = message.key
         root = None
         persistent = IMessageCache(mailbox, None)

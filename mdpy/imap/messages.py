@@ -273,7 +273,9 @@ class MessageCommands:
         """
         Send the C{FETCH} responses of C{messages} (of the view
         C{selected}), written as they are made, waiting while the client
-        does not read.
+        does not read.  A message is read only for what memory does not
+        hold: its structure and, when only its header block is asked, that
+        block (L{fetching.StructureCache.inMemory}).
 
         @param seenNow: C{{uid: flags}} of those C{\\Seen} was just set
             on: their flags are sent too.
@@ -285,8 +287,21 @@ class MessageCommands:
         unknownEncoding = False
         output = _Output(self.transport) if len(messages) > 64 or request.needsContent else None
         structures = self.factory.structures
-        reads = _ReadAhead(messages, lambda message: request.needsContent or (
-            request.needsStructure and structures.cached(message) is None))
+
+        def inMemory(message):
+            # Only the header block is asked, and memory holds it with the
+            # structure: no file is read.  A message known to be expunged
+            # is looked for where it was, so the answer says what is gone.
+            if not request.headerOnly or message.uid in selected.gone:
+                return None
+            return structures.inMemory(message)
+
+        def wanted(message):
+            if request.needsContent:
+                return inMemory(message) is None
+            return request.needsStructure and structures.cached(message) is None
+
+        reads = _ReadAhead(messages, wanted)
         withFlags = None
         try:
             pending = []
@@ -297,7 +312,17 @@ class MessageCommands:
                 data = structure = None
                 try:
                     data = await reads.read(index)
-                    if request.needsStructure:
+                    if data is None and request.needsContent:
+                        held = inMemory(message)
+                        if held is None:  # dropped from memory meanwhile
+                            data = await message.read()
+                        else:
+                            data, structure = held
+                    if request.headerOnly and structure is None:
+                        # Parsed (or found) and its header block kept, so the
+                        # next such FETCH reads no file.
+                        structure = structures.get(message, data, selected.mailbox)
+                    if request.needsStructure and structure is None:
                         structure = structures.cached(message)
                     if request.needsStructure and structure is None:
                         if data is None:  # dropped from the cache meanwhile
