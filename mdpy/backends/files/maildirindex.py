@@ -156,9 +156,16 @@ class Keywords:
     Written under the folder lock.
     """
 
-    def __init__(self, folderPath):
+    def __init__(self, folderPath, names=None):
+        """
+        @param names: the names by letter when known (as last read), else
+            they are read from the file.
+        """
         self._path = os.path.join(folderPath, KEYWORDS_NAME)
         self.names = [None] * 26
+        if names is not None:
+            self.names[:] = names
+            return
         try:
             fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -700,8 +707,9 @@ class FolderIndex:
 
     @param label: names the folder in error messages.
     @param parsed: where the index last read or written is kept, by folder
-        path: a dict shared by the views of one store, so that an index
-        another view wrote is not parsed again by each of the others.
+        path (and its keywords, by C{(path, KEYWORDS_NAME)}): a dict shared
+        by the views of one store, so that an index another view wrote is
+        not parsed again by each of the others.
     """
 
     def __init__(self, folderPath, accountPath, label, storeRoot=None, parsed=None):
@@ -739,7 +747,7 @@ class FolderIndex:
                 uidList = self._read(lock)
                 readModSeq = uidList.highestModSeq
                 uidList.unsynced = set()
-                keywords = Keywords(self.path)
+                keywords = self._keywords()
                 files = self._scan()
                 self._reconcile(uidList, files)
                 if uidList.recentThreshold is None:
@@ -827,12 +835,31 @@ class FolderIndex:
                     return None
             # Read last: keyword letters are only ever added, so these name
             # every letter of the files listed.
-            keywords = Keywords(self.path)
+            keywords = self._keywords()
         except FileNotFoundError as e:
             raise NotFound("mailbox %s is gone: %s" % (self._label, e)) from e
         except OSError:
             return None
         return build(uidList, files, keywords)
+
+    def _keywords(self):
+        """
+        @return: the folder's L{Keywords}, read again only when its file
+            changed since it was read last.
+        """
+        try:
+            st = os.stat(os.path.join(self.path, KEYWORDS_NAME))
+        except FileNotFoundError:
+            return Keywords(self.path, (None,) * 26)
+        seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._parsed.get((self.path, KEYWORDS_NAME))
+        if cached is not None and cached[0] == seen:
+            return Keywords(self.path, cached[1])
+        keywords = Keywords(self.path)
+        # Names are only ever added: what was read holds at least those of
+        # the file looked at.
+        self._parsed[(self.path, KEYWORDS_NAME)] = (seen, tuple(keywords.names))
+        return keywords
 
     def _readUnlocked(self):
         """
@@ -857,54 +884,62 @@ class FolderIndex:
         @raise _Damaged: the index is not complete and consistent.
         """
         cached = self._parsed.get(self.path)
-        fd = os.open(os.path.join(self.path, INDEX_NAME), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            st = os.fstat(fd)
-            baseId = (st.st_ino, st.st_mtime_ns, st.st_size)
-            if cached is None or cached[0] != baseId:
-                cached = None
+        path = os.path.join(self.path, INDEX_NAME)
+        st = os.stat(path)
+        if cached is None or cached[0] != (st.st_ino, st.st_mtime_ns, st.st_size):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                st = os.fstat(fd)
                 text = _readWhole(fd).decode("utf-8", "surrogateescape")
-        finally:
-            os.close(fd)
-        if cached is None:
+            finally:
+                os.close(fd)
             try:
                 base = UidList.parse(text)
             except ValueError as e:
                 raise _Damaged(text) from e
-            cached = (baseId, None, 0, False, base.uidValidity, base.uidNext, base.highestModSeq,
-                      base.entries, base.recentThreshold, base.generation)
-        (_, logIno, offset, applies, uidValidity, uidNext, highest, entries, recent,
+            cached = ((st.st_ino, st.st_mtime_ns, st.st_size), None, 0, False, base.uidValidity, base.uidNext,
+                      base.highestModSeq, base.entries, base.recentThreshold, base.generation)
+        (baseId, logIno, offset, applies, uidValidity, uidNext, highest, entries, recent,
          generation) = cached
         data = b""
-        size = 0
+        path = os.path.join(self.path, LOG_NAME)
         try:
-            fd = os.open(os.path.join(self.path, LOG_NAME), os.O_RDONLY | os.O_CLOEXEC)
+            lst = os.stat(path)
         except FileNotFoundError:
-            fd = None
+            lst = None
+        if lst is None or logIno is not None and (lst.st_ino != logIno or lst.st_size < offset):
+            size = 0
             if logIno is not None:
-                # The log went: only the index as written can tell.
+                # The log went, or another replaced it (folded into a new
+                # index meanwhile): only the index as written can tell.
                 self._parsed.pop(self.path, None)
                 return self._load(copy)
-        if fd is not None:
+        elif logIno is None or applies and lst.st_size > offset:
             try:
-                lst = os.fstat(fd)
-                size = lst.st_size
-                if logIno is not None and (lst.st_ino != logIno or size < offset):
-                    # Another log (folded into a new index meanwhile).
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                fd = None
+            try:
+                lst = fd is not None and os.fstat(fd)
+                if fd is None or logIno is not None and lst.st_ino != logIno:
+                    # Replaced since it was looked at.
                     self._parsed.pop(self.path, None)
                     return self._load(copy)
                 if logIno is None:
-                    logIno = lst.st_ino
                     data = _readWhole(fd)
                     header = _LOG_HEADER.match(data)
                     applies = header is not None and (int(header.group(1)), int(header.group(2))) == (
                         uidValidity, generation)
                     offset = header.end() if applies else 0
                     data = data[offset:]
-                elif applies and size > offset:
-                    data = os.pread(fd, size - offset, offset)
+                else:
+                    data = os.pread(fd, lst.st_size - offset, offset)
             finally:
-                os.close(fd)
+                if fd is not None:
+                    os.close(fd)
+            logIno, size = lst.st_ino, lst.st_size
+        else:
+            size = lst.st_size
         state = [uidNext, highest, recent, entries]
         if data and applies:
             state[3] = dict(entries)
