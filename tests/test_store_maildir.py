@@ -818,6 +818,21 @@ class TestMaildirStore:
         reader.sync()
         assert [m.uid for m in reader.messages()] == [2]
 
+    def test_cacheEntriesOfExpungedMessagesDropped(self, store):
+        """
+        Expunging a message drops its entry in the folder's cache, through
+        the view's own connection when SQLite lets threads share it.
+        """
+        resultOf(store.deliver([(ALICE, "INBOX", [b"1"]), (ALICE, "INBOX", [b"2"])]))
+        mailbox = store.openMailbox(ALICE)
+        first, second = [m.key for m in mailbox.messages()]
+        mailbox.cacheData(first, b"one")
+        mailbox.cacheData(second, b"two")
+        resultOf(mailbox.expunge([1]))
+        other = store.openMailbox(ALICE)
+        assert (other.cachedData(first), other.cachedData(second)) == (None, b"two")
+        assert mailbox.cachedData(second) == b"two"
+
     def test_olderStateNeverInstalled(self, store):
         """
         A state read without the lock before another transaction wrote may

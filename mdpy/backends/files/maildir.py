@@ -666,14 +666,19 @@ class MaildirMailbox(FlagShorthand):
         crash is never read again, as no file is ever named by a removed
         key again.
         """
-        if not keys or not os.path.exists(os.path.join(self.path, CACHE_NAME)):
+        if not keys or self._cache is None and not os.path.exists(os.path.join(self.path, CACHE_NAME)):
             return
+        # The view's own connection where SQLite is built to let threads
+        # share one (serialized), rather than one opened for each removal.
+        shared = sqlite3.threadsafety == 3
         try:
-            connection = _cacheConnection(os.path.join(self.path, CACHE_NAME))
+            connection = self._cacheConnection() if shared else _cacheConnection(
+                os.path.join(self.path, CACHE_NAME))
             try:
                 connection.executemany("DELETE FROM cache WHERE key = ?", [(k,) for k in keys])
             finally:
-                connection.close()
+                if not shared:
+                    connection.close()
         except sqlite3.Error:
             pass
 
