@@ -27,8 +27,8 @@ THREAD_MODULES = ("twisted.internet.threads", "twisted.python.threadpool", "thre
                   "concurrent.futures")
 # The names of the files backend's files (see mdpy.backends.files), and the
 # attributes of mdpy.datadir.DataDir that lead to them.
-BACKEND_FILE_NAMES = {"cur", "new", "tmp", "msg", "env", "corrupt", "mdpy-uidlist", "dovecot-keywords",
-                      "mdpy-cache.sqlite", "mdpy-expunged"}
+BACKEND_FILE_NAMES = {"cur", "new", "tmp", "msg", "env", "corrupt", "mdpy-uidlist", "mdpy-uidlist.log",
+                      "dovecot-keywords", "mdpy-cache.sqlite", "mdpy-expunged"}
 BACKEND_PATHS = {"mailRoot", "directoryPath"}
 
 
