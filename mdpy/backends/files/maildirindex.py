@@ -1017,12 +1017,24 @@ class FolderIndex:
 
     def _read(self, lock):
         try:
-            return self._load(copy=True)
+            uidList = self._load(copy=True)
         except FileNotFoundError:
             old = None
         except _Damaged as e:
             old = parseHeader(e.text.partition("\n")[0])
             _log.warn("rebuilding corrupt index {path}", path=os.path.join(self.path, INDEX_NAME))
+        else:
+            last = lock.lastHeader()
+            if last and last[0] == uidList.uidValidity and (
+                    last[1] > uidList.uidNext or last[2] > uidList.highestModSeq):
+                # Older than the last transaction (its log lost): UIDs and
+                # modification sequences given out are never given again.
+                _log.warn("index {path} is older than its last change; going on from there",
+                          path=os.path.join(self.path, INDEX_NAME))
+                uidList.uidNext = max(uidList.uidNext, last[1])
+                uidList.highestModSeq = max(uidList.highestModSeq, last[2])
+                uidList.dirty = True
+            return uidList
         known = [header for header in (old, lock.lastHeader()) if header]
         uidList = UidList(
             allocateUidValidity(
