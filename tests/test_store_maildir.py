@@ -798,7 +798,43 @@ class TestMaildirStore:
         resultOf(again.changeFlags([1], ["\\Seen"], REMOVE))
         assert self._restarted(store).messages()[0].flags == {"\\Flagged"}
 
-    def test_readersFollowTheLogOfAnotherProcess(self, store, inbox):
+    def test_syncOfAnUnchangedFolderKeepsTheView(self, store):
+        """
+        A sync that finds the index as the view last saw it (the same
+        UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, claims and keywords) keeps the
+        view's state rather than building it again; any change, here
+        another view's flag change, makes a new one.
+        """
+        resultOf(store.deliver([(ALICE, "INBOX", [b"1"]), (ALICE, "INBOX", [b"2"])]))
+        mailbox = store.openMailbox(ALICE)
+        state = mailbox._state
+        mailbox.sync()
+        assert mailbox._state is state
+        resultOf(store.openMailbox(ALICE).changeFlags([2], ["\\Seen"], ADD))
+        mailbox.sync()
+        assert mailbox._state is not state
+        assert [m.flags for m in mailbox.messages()] == [frozenset(), {"\\Seen"}]
+
+    def test_lostLogNeverLowersUidNextOrModSeq(self, store, inbox):
+        """
+        The log lost (removed by hand, or the disk lost it), the index goes
+        on from the last change remembered beside it: no UID and no
+        modification sequence is given out twice.
+        """
+        resultOf(store.deliver([(ALICE, "INBOX", [b"1"])]))
+        mailbox = store.openMailbox(ALICE)
+        resultOf(mailbox.append(b"2"))
+        resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
+        before = (mailbox.uidNext, mailbox.highestModSeq)
+        os.unlink(os.path.join(inbox, maildirindex.LOG_NAME))
+        again = self._restarted(store)
+        assert again.uidValidity == mailbox.uidValidity
+        assert (again.uidNext, again.highestModSeq) > before
+        assert again.uidNext >= before[0] and again.highestModSeq > before[1]
+        # The message the lost log had taken in is found again, as new.
+        assert [m.uid for m in again.messages()][-1] >= before[0]
+
+    def test_readersFollowTheLogOfAnotherProcess(self, store, inbox, monkeypatch):
         """
         A store reading the index after another store appended to its log
         reads on from where it stopped; after the log was folded into a
@@ -810,8 +846,10 @@ class TestMaildirStore:
         resultOf(writer.changeFlags([1], ["\\Seen"], ADD))
         reader.sync()
         assert [m.flags for m in reader.messages()] == [{"\\Seen"}, frozenset()]
-        os.unlink(os.path.join(inbox, maildirindex.LOG_NAME))
+        monkeypatch.setattr(maildirindex, "LOG_COMPACT_SIZE", 0)
         resultOf(writer.changeFlags([2], ["\\Draft"], ADD))
+        monkeypatch.undo()
+        assert maildirindex.readIndex(inbox).generation == 2
         reader.sync()
         assert [m.flags for m in reader.messages()] == [{"\\Seen"}, {"\\Draft"}]
         resultOf(writer.expunge([1]))
@@ -886,10 +924,10 @@ class TestMaildirStore:
         resultOf(mailbox.expunge([1]))
         assert synced == [os.path.join(inbox, "cur")]
         del synced[:]
-        # An index written whole (here, its log gone) has its name synced
-        # under the lock, before its new log replaces the old one; the
-        # log's name after it.
-        os.unlink(os.path.join(inbox, maildirindex.LOG_NAME))
+        # An index written whole (here, its log due to be folded in) has
+        # its name synced under the lock, before its new log replaces the
+        # old one; the log's name after it.
+        monkeypatch.setattr(maildirindex, "LOG_COMPACT_SIZE", 0)
         resultOf(mailbox.changeFlags([2], ["\\Seen"], ADD))
         assert synced == [("locked", inbox), inbox, os.path.join(inbox, "cur")]
 

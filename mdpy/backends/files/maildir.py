@@ -574,7 +574,16 @@ class MaildirMailbox(FlagShorthand):
 
     def _buildState(self, uidList, files, keywords):
         previous = self._state
-        reuse = previous.byUid if previous.keywords == tuple(keywords.names) else {}
+        names = tuple(keywords.names)
+        if (
+            (uidList.uidValidity, uidList.uidNext, uidList.highestModSeq, uidList.recentThreshold, names)
+            == (previous.uidValidity, previous.uidNext, previous.highestModSeq, previous.recentThreshold,
+                previous.keywords)
+            and not uidList.claimed and not previous.claimed and previous.uidValidity
+        ):
+            # Every change of a message raises HIGHESTMODSEQ: none since.
+            return previous
+        reuse = previous.byUid if previous.keywords == names else {}
         flagsByInfo = {}
         messages = []
         for key, (uid, modSeq, info, size) in uidList.entries.items():
@@ -589,7 +598,7 @@ class MaildirMailbox(FlagShorthand):
                 )
             messages.append(message)
         return _State(next(_stateSerial), uidList.uidValidity, uidList.uidNext, uidList.highestModSeq,
-                      messages, tuple(keywords.names), uidList.recentThreshold, uidList.claimed)
+                      messages, names, uidList.recentThreshold, uidList.claimed)
 
     def _install(self, outcome, sync=False):
         """
