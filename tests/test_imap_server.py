@@ -965,6 +965,28 @@ def test_store_variants():
     assert flags[:2] == [{"$Work"}, {"$Work", "\\Answered"}]
 
 
+@pytest.mark.parametrize("command, first", [
+    ("a STORE 1 +FLAGS (\\Flagged)", "* 1 FETCH (FLAGS (\\Flagged))"),
+    ('a STATUS INBOX (MESSAGES)', '* STATUS "INBOX" (MESSAGES 3)'),
+    ('a LIST "" *', '* LIST (\\HasNoChildren) "/" "INBOX"'),
+    ("a SEARCH ALL", "* SEARCH 1 2 3"),
+])
+def test_responses_and_reply_in_one_write(command, first):
+    """
+    A command's untagged responses go out with its tagged reply in one
+    write, which wakes the client once.
+    """
+    s = Session()
+    s.select()
+    writes = []
+    write = s.t.transport.write
+    s.t.transport.write = lambda data: (writes.append(data), write(data))
+    s.send(command)
+    got = s.lines()
+    assert got[0] == first and got[-1].startswith("a OK "), got
+    assert len(writes) == 1, writes
+
+
 def test_store_of_two_sessions_keeps_both_changes():
     """
     A STORE changes the flags as stored, not the session's copy: one

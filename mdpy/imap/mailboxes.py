@@ -347,13 +347,13 @@ class MailboxCommands:
             lines.append(listLine(verb, attrs, name, extra, self.utf8))
             if statusItems is not None and name in listing.existing:
                 statusNames.append(name)
-        self.send(b"".join(lines))
         if statusItems and statusNames:
+            self.send(b"".join(lines))
             d = defer.ensureDeferred(self._statusMany(statusNames, statusItems))
-            d.addCallback(lambda replies: self.send(b"".join(replies)))
-            d.addCallback(lambda _: self.complete(tag, b"OK", b"List completed."))
+            d.addCallback(lambda replies: self.complete(tag, b"OK", b"List completed.",
+                                                        responses=b"".join(replies)))
             return d
-        return self.complete(tag, b"OK", b"List completed.")
+        return self.complete(tag, b"OK", b"List completed.", responses=b"".join(lines))
 
     # STATUS
 
@@ -384,8 +384,8 @@ class MailboxCommands:
         name = decodeName(args[0], self.utf8)
         items = self._statusItems(args[1])
         d = defer.ensureDeferred(self._statusMany([name], items))
-        d.addCallback(lambda replies: self.send(b"".join(replies)))
-        d.addCallbacks(lambda _: self.complete(tag, b"OK", b"Status completed."),
+        d.addCallbacks(lambda replies: self.complete(tag, b"OK", b"Status completed.",
+                                                     responses=b"".join(replies)),
                        self._noFromFailure, errbackArgs=(tag,))
         return d
 

@@ -449,17 +449,18 @@ class MessageCommands:
             if condstore:
                 items.append(b"MODSEQ (%d)" % (stored.modSeq,))
             lines.append(b"* %d FETCH (%s)\r\n" % (selected.sequence(message), b" ".join(items)))
-        if lines:
-            self.send(b"".join(lines))
         if failure is not None:
+            if lines:
+                self.send(b"".join(lines))
             return self._noFromFailure(failure, tag, expunge=uid)
         if modified:
             numbers = modified if uid else [
                 selected.sequence(current.get(u) or selected.messages[u]) for u in modified
             ]
             return self.complete(tag, b"OK", b"Conditional store failed.",
-                                 b"MODIFIED " + formatSequence(sorted(numbers)), expunge=uid)
-        return self.complete(tag, b"OK", b"Store completed.", expunge=uid)
+                                 b"MODIFIED " + formatSequence(sorted(numbers)), expunge=uid,
+                                 responses=b"".join(lines))
+        return self.complete(tag, b"OK", b"Store completed.", expunge=uid, responses=b"".join(lines))
 
     # SEARCH
 
@@ -512,11 +513,11 @@ class MessageCommands:
     def _cbSearched(self, matches, tag, uid, command):
         if self.closing:
             return None
-        self.send(searching.formatSearchResponse(tag, uid, command, matches))
         saved = searching.savedResult(command, matches)
         if saved is not None:
             self.selected.saved = saved
-        return self.complete(tag, b"OK", b"Search completed.", expunge=uid)
+        return self.complete(tag, b"OK", b"Search completed.", expunge=uid,
+                             responses=searching.formatSearchResponse(tag, uid, command, matches))
 
     # EXPUNGE
 

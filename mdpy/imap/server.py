@@ -342,15 +342,24 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         """
         return self.complete(tag, b"NO", text, code, expunge)
 
-    def complete(self, tag, status, text, code=None, expunge=True):
+    def complete(self, tag, status, text, code=None, expunge=True, responses=b""):
         """
         End a command: send the untagged updates of the selected mailbox,
         then the tagged reply.
 
         @param expunge: whether EXPUNGE responses may be sent (not after
             FETCH, STORE or SEARCH by sequence number, RFC 3501 7.4.1).
+        @param responses: the command's own untagged responses, sent first;
+            with the rest in one write unless the view is synced in the
+            thread pool first (every write to a socket wakes the client).
         @return: L{None}, or a Deferred when the mailbox is synced first.
         """
+        with self.coalesced():
+            if responses:
+                self.send(responses)
+            return self._complete(tag, status, text, code, expunge)
+
+    def _complete(self, tag, status, text, code, expunge):
         if isinstance(text, str):
             text = text.encode("utf-8")
         selected = self.selected
