@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import zlib
 
 import pytest
@@ -814,6 +815,76 @@ class TestMaildirStore:
         mailbox.sync()
         assert mailbox._state is not state
         assert [m.flags for m in mailbox.messages()] == [frozenset(), {"\\Seen"}]
+
+    def _ageFolder(self, inbox, seconds=60):
+        past = time.time() - seconds
+        for sub in ("new", "cur"):
+            os.utime(os.path.join(inbox, sub), (past, past))
+
+    def _countListings(self, monkeypatch):
+        listed = []
+        listdir = os.listdir
+
+        def counting(path):
+            listed.append(os.path.basename(path))
+            return listdir(path)
+
+        monkeypatch.setattr(os, "listdir", counting)
+        return listed
+
+    def test_folderLeftAloneIsNotListedAgain(self, store, inbox, monkeypatch):
+        """
+        Once C{new/} and C{cur/} were last changed longer ago than
+        L{maildirindex.LOOK_MARGIN}, a sync that finds them and the index as
+        they were lists neither again.
+        """
+        resultOf(store.deliver([(ALICE, "INBOX", [b"1"]), (ALICE, "INBOX", [b"2"])]))
+        mailbox = store.openMailbox(ALICE)
+        self._ageFolder(inbox)
+        listed = self._countListings(monkeypatch)
+        mailbox.sync()
+        assert sorted(listed) == ["cur", "new"]
+        del listed[:]
+        for _ in range(3):
+            mailbox.sync()
+            store.openMailbox(ALICE)
+        assert listed == []
+        assert [m.uid for m in mailbox.messages()] == [1, 2]
+
+    def test_changesAfterALookAreSeen(self, store, inbox, monkeypatch):
+        """
+        A change by another program after the folder was looked at gives
+        its directory a later time: the next sync lists it and sees the
+        change.
+        """
+        resultOf(store.deliver([(ALICE, "INBOX", [b"1"])]))
+        mailbox = store.openMailbox(ALICE)
+        self._ageFolder(inbox)
+        mailbox.sync()
+        cur = os.path.join(inbox, "cur")
+        [name] = os.listdir(cur)
+        os.rename(os.path.join(cur, name), os.path.join(cur, name.partition(":")[0] + ":2,F"))
+        mailbox.sync()
+        assert mailbox.messages()[0].flags == {"\\Flagged"}
+        self._ageFolder(inbox)
+        mailbox.sync()
+        with open(os.path.join(inbox, "new", "1700000000.1.other"), "wb") as f:
+            f.write(b"Subject: dropped\n\nhi\n")
+        mailbox.sync()
+        assert [m.uid for m in mailbox.messages()] == [1, 2]
+
+    def test_folderChangedLatelyIsListedEachTime(self, store, inbox, monkeypatch):
+        """
+        Within L{maildirindex.LOOK_MARGIN} of its last change, a change in
+        the same tick of the clock could leave a directory's time as it
+        was: each sync lists the folder.
+        """
+        resultOf(store.deliver([(ALICE, "INBOX", [b"1"])]))
+        mailbox = store.openMailbox(ALICE)
+        listed = self._countListings(monkeypatch)
+        mailbox.sync()
+        mailbox.sync()
+        assert sorted(listed) == ["cur", "cur", "new", "new"]
 
     def test_lostLogNeverLowersUidNextOrModSeq(self, store, inbox):
         """

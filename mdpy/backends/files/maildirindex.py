@@ -93,6 +93,10 @@ INDEX_NAME = "mdpy-uidlist"
 LOG_NAME = "mdpy-uidlist.log"
 # Past this size, the log is folded into a new index.
 LOG_COMPACT_SIZE = 64 * 1024
+# A folder's listing is made again on each sync until its new/ and cur/
+# have been left alone this many seconds (L{FolderIndex.snapshot}).
+LOOK_MARGIN = 2.0
+_COARSE_CLOCK = getattr(time, "CLOCK_REALTIME_COARSE", time.CLOCK_REALTIME)
 LOCK_NAME = "mdpy-uidlist.lock"
 KEYWORDS_NAME = "dovecot-keywords"
 EXPUNGED_NAME = "mdpy-expunged"
@@ -707,9 +711,10 @@ class FolderIndex:
 
     @param label: names the folder in error messages.
     @param parsed: where the index last read or written is kept, by folder
-        path (and its keywords, by C{(path, KEYWORDS_NAME)}): a dict shared
-        by the views of one store, so that an index another view wrote is
-        not parsed again by each of the others.
+        path (and its keywords, by C{(path, KEYWORDS_NAME)}; the listing that
+        agreed with it, by C{(path, "look")}): a dict shared by the views of
+        one store, so that an index another view wrote is not parsed again
+        by each of the others.
     """
 
     def __init__(self, folderPath, accountPath, label, storeRoot=None, parsed=None):
@@ -806,9 +811,14 @@ class FolderIndex:
         would build when it would change nothing: C{new/} is empty and the
         files in C{cur/} are exactly those the index lists, with the info
         suffixes it lists.  The index is only ever replaced whole (a rename)
-        and a message file name is never used again, so an index and a
-        listing that agree are the folder as of the index's writing, which
-        holds every change completed before this call.
+        or appended to, and a message file name is never used again, so an
+        index and a listing that agree are the folder as of the index's
+        writing, which holds every change completed before this call.
+
+        The listing is not made again while C{new/} and C{cur/} keep the
+        modification times they had when it was made, if those were older
+        than L{LOOK_MARGIN} then, and the index is the same: any change of
+        their names since gives them a later time (L{_look}).
 
         @param claim: whether the view claims what it takes in (see
             L{transact}): then a folder with messages no view claimed needs
@@ -820,19 +830,26 @@ class FolderIndex:
         @raise NotFound: the folder is gone.
         """
         try:
-            if any(not name.startswith(".") for name in os.listdir(os.path.join(self.path, "new"))):
-                return None
+            look = self._look()
             uidList = self._readUnlocked()
             if uidList is None or (claim and uidList.recentThreshold < uidList.uidNext - 1):
                 return None
-            files = self._listCur()
             entries = uidList.entries
-            if len(files) != len(entries):
-                return None
-            for key, name in files.items():
-                entry = entries.get(key)
-                if entry is None or entry[2] != name.partition(":")[2]:
+            kept = self._parsed.get((self.path, "look"))
+            if kept is not None and kept[0] == look and kept[1] is entries:
+                files = kept[2]
+            else:
+                if any(not name.startswith(".") for name in os.listdir(os.path.join(self.path, "new"))):
                     return None
+                files = self._listCur()
+                if len(files) != len(entries):
+                    return None
+                for key, name in files.items():
+                    entry = entries.get(key)
+                    if entry is None or entry[2] != name.partition(":")[2]:
+                        return None
+                if look is not None:
+                    self._parsed[(self.path, "look")] = (look, entries, files)
             # Read last: keyword letters are only ever added, so these name
             # every letter of the files listed.
             keywords = self._keywords()
@@ -841,6 +858,25 @@ class FolderIndex:
         except OSError:
             return None
         return build(uidList, files, keywords)
+
+    def _look(self):
+        """
+        @return: what C{new/} and C{cur/} look like (their inodes and
+            modification times), when both were last changed more than
+            L{LOOK_MARGIN} seconds ago, else L{None}.  A directory's time is
+            set from the kernel's coarse clock whenever a name in it is
+            made, renamed or removed; so, once it is older than the clock
+            by more than one of its ticks (and whatever another host's
+            clock is off, for a folder on a network filesystem), any later
+            change gives it another time.
+        @raise FileNotFoundError: the folder is gone.
+        """
+        now = time.clock_gettime_ns(_COARSE_CLOCK)
+        new = os.stat(os.path.join(self.path, "new"))
+        cur = os.stat(os.path.join(self.path, "cur"))
+        if max(new.st_mtime_ns, cur.st_mtime_ns) > now - int(LOOK_MARGIN * 1e9):
+            return None
+        return new.st_ino, new.st_mtime_ns, cur.st_ino, cur.st_mtime_ns
 
     def _keywords(self):
         """
