@@ -803,14 +803,17 @@ class TestMaildirStore:
         """
         A sync that finds the index as the view last saw it (the same
         UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, claims and keywords) keeps the
-        view's state rather than building it again; any change, here
-        another view's flag change, makes a new one.
+        view's state rather than building it again, and a view opened then
+        takes it too; any change, here another view's flag change, makes a
+        new one.
         """
         resultOf(store.deliver([(ALICE, "INBOX", [b"1"]), (ALICE, "INBOX", [b"2"])]))
         mailbox = store.openMailbox(ALICE)
         state = mailbox._state
         mailbox.sync()
         assert mailbox._state is state
+        # Another view of the folder as it is takes the same state.
+        assert store.openMailbox(ALICE)._state is state
         resultOf(store.openMailbox(ALICE).changeFlags([2], ["\\Seen"], ADD))
         mailbox.sync()
         assert mailbox._state is not state

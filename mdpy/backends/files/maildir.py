@@ -44,6 +44,7 @@ import shutil
 import socket
 import sqlite3
 import time
+import weakref
 from contextlib import contextmanager
 
 from twisted.internet import defer
@@ -573,16 +574,23 @@ class MaildirMailbox(FlagShorthand):
         return self._index.transact(operation, self._buildState, self._claiming)
 
     def _buildState(self, uidList, files, keywords):
+        """
+        @return: the L{_State} of what a transaction or a snapshot read:
+            the view's own or another view's of this folder when the index
+            is as it was for that one (every change of a message raises
+            HIGHESTMODSEQ), else one made anew, with the messages that did
+            not change taken from the view's.
+        """
         previous = self._state
         names = tuple(keywords.names)
-        if (
-            (uidList.uidValidity, uidList.uidNext, uidList.highestModSeq, uidList.recentThreshold, names)
-            == (previous.uidValidity, previous.uidNext, previous.highestModSeq, previous.recentThreshold,
-                previous.keywords)
-            and not uidList.claimed and not previous.claimed and previous.uidValidity
-        ):
-            # Every change of a message raises HIGHESTMODSEQ: none since.
-            return previous
+        seen = (uidList.uidValidity, uidList.uidNext, uidList.highestModSeq, uidList.recentThreshold, names)
+        built = self._store._builtStates
+        if not uidList.claimed:
+            for state in (previous, built.get(self.path)):
+                if state is not None and state.uidValidity and not state.claimed and seen == (
+                        state.uidValidity, state.uidNext, state.highestModSeq, state.recentThreshold,
+                        state.keywords):
+                    return state
         reuse = previous.byUid if previous.keywords == names else {}
         flagsByInfo = {}
         messages = []
@@ -597,8 +605,11 @@ class MaildirMailbox(FlagShorthand):
                     self.path, uid, key, name, flags, modSeq, size, self._store._runInThread
                 )
             messages.append(message)
-        return _State(next(_stateSerial), uidList.uidValidity, uidList.uidNext, uidList.highestModSeq,
-                      messages, names, uidList.recentThreshold, uidList.claimed)
+        state = _State(next(_stateSerial), uidList.uidValidity, uidList.uidNext, uidList.highestModSeq,
+                       messages, names, uidList.recentThreshold, uidList.claimed)
+        if not uidList.claimed:
+            built[self.path] = state
+        return state
 
     def _install(self, outcome, sync=False):
         """
@@ -1000,6 +1011,8 @@ class MaildirStore:
             reactor, _prepareCopies, committerThreads, runInThread, groupCommit)
         # Each folder's index as last parsed, shared by its views.
         self._parsedIndexes = {}
+        # Each folder's state as last built, while a view holds it.
+        self._builtStates = weakref.WeakValueDictionary()
 
     def __repr__(self):
         return "<MaildirStore %s>" % (self.root,)
