@@ -8,8 +8,9 @@ C{tests/test_e2e_changefeed.py}.
 
 import os
 import shutil
+import struct
 
-from twisted.internet import task
+from twisted.internet import inotify, task
 from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel
@@ -17,6 +18,7 @@ from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from mdpy.interfaces import IChangeFeed
+from mdpy.backends.files import changefeed
 from mdpy.backends.files.changefeed import MaildirChangeFeed
 from mdpy.backends.local import ChangeFeed
 from mdpy.backends.files.maildir import MaildirStore
@@ -484,3 +486,27 @@ def test_closeLeavesNoReader(tmp_path):
     assert reactor.getReaders() == []
     feed.notify(ALICE, "INBOX")
     assert calls == [(ALICE, "INBOX")]
+
+
+def test_inotifyEventsReadWholeAcrossReads():
+    """
+    The feed's inotify reader hands each event to its watch's callbacks
+    with the name of the file, once the whole event is read, however the
+    reads cut the events; events of a watch no longer held are dropped.
+    """
+    reader = changefeed._INotify.__new__(changefeed._INotify)
+    reader._buffer = b""
+    got = []
+
+    class Watch:
+        callbacks = [lambda watch, path, mask: got.append((path.basename(), mask))]
+
+    reader._watchpoints = {7: Watch()}
+    moved = struct.pack("=LLLL", 7, inotify.IN_MOVED_TO, 0, 16) + b"123.M1P2Q3:2,S".ljust(16, b"\0")
+    gone = struct.pack("=LLLL", 8, inotify.IN_DELETE, 0, 16) + b"other".ljust(16, b"\0")
+    reader._doRead(moved[:10])
+    reader._doRead(moved[10:20])
+    assert got == []
+    reader._doRead(moved[20:] + gone + moved)
+    assert got == [(b"123.M1P2Q3:2,S", inotify.IN_MOVED_TO)] * 2
+    assert reader._buffer == b""

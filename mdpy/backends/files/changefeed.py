@@ -14,6 +14,7 @@ subscribers.
 """
 
 import os
+import struct
 
 from twisted.internet import task
 from twisted.internet.error import ConnectionDone
@@ -51,11 +52,57 @@ _ACCOUNT_EVENTS = (
 )
 
 
+_EVENT = struct.Struct("=LLLL")
+
+
+class _EventPath:
+    """
+    What a watch's callbacks get as the path of an event: the name of the
+    file in the watched directory alone.  Twisted's reader makes a
+    L{FilePath} of it, which cost more than all the rest of reading an
+    event, and the feed's callbacks only need the name.
+    """
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name):
+        self._name = name
+
+    def basename(self):
+        return self._name
+
+
 class _INotify(inotify.INotify if inotify is not None else object):
     """
     Twisted's inotify reader, telling its owner when it closed: it does
-    when a watched directory is deleted.
+    when a watched directory is deleted.  Its callbacks get an
+    L{_EventPath}.
     """
+
+    def _doRead(self, data):
+        """
+        See C{twisted.internet.inotify.INotify._doRead} (without its
+        C{autoAdd}, which the feed does not use).
+        """
+        buffer = self._buffer + data
+        offset = 0
+        while len(buffer) - offset >= _EVENT.size:
+            wd, mask, _, size = _EVENT.unpack_from(buffer, offset)
+            end = offset + _EVENT.size + size
+            if end > len(buffer):
+                break
+            name = buffer[offset + _EVENT.size:end].rstrip(b"\0")
+            offset = end
+            watch = self._watchpoints.get(wd)
+            if watch is None:
+                continue
+            path = _EventPath(name)
+            for callback in watch.callbacks:
+                callback(watch, path, mask)
+            if mask & inotify.IN_DELETE_SELF:
+                self._rmWatch(wd)
+                self.loseConnection()
+        self._buffer = buffer[offset:]
 
     def __init__(self, reactor, lost):
         inotify.INotify.__init__(self, reactor)

@@ -719,6 +719,11 @@ class FolderIndex:
 
     def __init__(self, folderPath, accountPath, label, storeRoot=None, parsed=None):
         self.path = folderPath
+        self._new = os.path.join(folderPath, "new")
+        self._cur = os.path.join(folderPath, "cur")
+        self._indexPath = os.path.join(folderPath, INDEX_NAME)
+        self._logPath = os.path.join(folderPath, LOG_NAME)
+        self._keywordsPath = os.path.join(folderPath, KEYWORDS_NAME)
         self._accountPath = accountPath
         self._storeRoot = storeRoot
         self._label = label
@@ -839,7 +844,7 @@ class FolderIndex:
             if kept is not None and kept[0] == look and kept[1] is entries:
                 files = kept[2]
             else:
-                if any(not name.startswith(".") for name in os.listdir(os.path.join(self.path, "new"))):
+                if any(not name.startswith(".") for name in os.listdir(self._new)):
                     return None
                 files = self._listCur()
                 if len(files) != len(entries):
@@ -872,8 +877,8 @@ class FolderIndex:
         @raise FileNotFoundError: the folder is gone.
         """
         now = time.clock_gettime_ns(_COARSE_CLOCK)
-        new = os.stat(os.path.join(self.path, "new"))
-        cur = os.stat(os.path.join(self.path, "cur"))
+        new = os.stat(self._new)
+        cur = os.stat(self._cur)
         if max(new.st_mtime_ns, cur.st_mtime_ns) > now - int(LOOK_MARGIN * 1e9):
             return None
         return new.st_ino, new.st_mtime_ns, cur.st_ino, cur.st_mtime_ns
@@ -884,7 +889,7 @@ class FolderIndex:
             changed since it was read last.
         """
         try:
-            st = os.stat(os.path.join(self.path, KEYWORDS_NAME))
+            st = os.stat(self._keywordsPath)
         except FileNotFoundError:
             return Keywords(self.path, (None,) * 26)
         seen = (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -920,7 +925,7 @@ class FolderIndex:
         @raise _Damaged: the index is not complete and consistent.
         """
         cached = self._parsed.get(self.path)
-        path = os.path.join(self.path, INDEX_NAME)
+        path = self._indexPath
         st = os.stat(path)
         if cached is None or cached[0] != (st.st_ino, st.st_mtime_ns, st.st_size):
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -938,7 +943,7 @@ class FolderIndex:
         (baseId, logIno, offset, applies, uidValidity, uidNext, highest, entries, recent,
          generation) = cached
         data = b""
-        path = os.path.join(self.path, LOG_NAME)
+        path = self._logPath
         try:
             lst = os.stat(path)
         except FileNotFoundError:
@@ -1001,7 +1006,7 @@ class FolderIndex:
             self._writeWhole(uidList)
             return
         try:
-            fd = os.open(os.path.join(self.path, LOG_NAME), os.O_WRONLY | os.O_CLOEXEC)
+            fd = os.open(self._logPath, os.O_WRONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             self._writeWhole(uidList)
             return
@@ -1025,14 +1030,14 @@ class FolderIndex:
         the new index with the old log, which no longer applies to it.
         """
         uidList.generation += 1
-        path = os.path.join(self.path, INDEX_NAME)
+        path = self._indexPath
         replaceFile(path, uidList.serialise())
         fsyncDirectory(self.path)
         header = b"L1 %d %d\n" % (uidList.uidValidity, uidList.generation)
-        replaceFile(os.path.join(self.path, LOG_NAME), header)
+        replaceFile(self._logPath, header)
         uidList.unsynced.add(self.path)
         st = os.stat(path)
-        self._remember(uidList, os.stat(os.path.join(self.path, LOG_NAME)).st_ino, len(header), True,
+        self._remember(uidList, os.stat(self._logPath).st_ino, len(header), True,
                        (st.st_ino, st.st_mtime_ns, st.st_size))
 
     def _remember(self, uidList, logIno, offset, applies, baseId=None):
@@ -1094,8 +1099,7 @@ class FolderIndex:
 
         @return: C{{basename: filename}}.
         """
-        new = os.path.join(self.path, "new")
-        cur = os.path.join(self.path, "cur")
+        new, cur = self._new, self._cur
         for name in os.listdir(new):
             if not name.startswith("."):
                 try:
@@ -1110,7 +1114,7 @@ class FolderIndex:
         @return: C{{basename: filename}} of the messages in C{cur/}.
         """
         files = {}
-        for name in os.listdir(os.path.join(self.path, "cur")):
+        for name in os.listdir(self._cur):
             if name.startswith(".") or "\n" in name or "\r" in name:
                 continue
             key = name.partition(":")[0]
