@@ -122,11 +122,11 @@ class _ReadAhead:
         self._reads = {}
         self._next = 0
 
-    async def read(self, index):
+    def readLater(self, index):
         """
-        @return: the octets of message C{index}, or L{None} when it is not
-            wanted.
-        @raise mdpy.errors.NotFound: it was removed meanwhile.
+        @return: a L{Deferred} of the octets of message C{index} (failing
+            with L{mdpy.errors.NotFound} when it was removed meanwhile), or
+            L{None} when it is not wanted, so that nothing is awaited.
         """
         end = min(index + 1 + READ_AHEAD, len(self._messages))
         while self._next < end:
@@ -137,12 +137,22 @@ class _ReadAhead:
                 self._reads[self._next] = defer.maybeDeferred(message.read).addErrback(_ReadFailed)
             self._next += 1
         d = self._reads.pop(index, None)
-        if d is None:
-            return None
-        result = await d
-        if isinstance(result, _ReadFailed):
-            result.failure.raiseException()
-        return result
+        return None if d is None else d.addCallback(_readResult)
+
+    async def read(self, index):
+        """
+        @return: the octets of message C{index}, or L{None} when it is not
+            wanted.
+        @raise mdpy.errors.NotFound: it was removed meanwhile.
+        """
+        d = self.readLater(index)
+        return None if d is None else await d
+
+
+def _readResult(result):
+    if isinstance(result, _ReadFailed):
+        result.failure.raiseException()
+    return result
 
 
 class MessageCommands:
@@ -311,7 +321,9 @@ class MessageCommands:
                     return unknownEncoding
                 data = structure = None
                 try:
-                    data = await reads.read(index)
+                    data = reads.readLater(index)
+                    if data is not None:
+                        data = await data
                     if data is None and request.needsContent:
                         held = inMemory(message)
                         if held is None:  # dropped from memory meanwhile
