@@ -269,17 +269,21 @@ class MessageCommands:
                 current = {m.uid: m for m in selected.mailbox.messages()}
                 seenNow = {u: result.flags for u, result in stored.items()}
                 messages = [current.get(m.uid, m) if m.uid in seenNow else m for m in messages]
-        unknownEncoding = await self.writeFetchResponses(selected, messages, request, seenNow, lost)
+        tail = []
+        unknownEncoding = await self.writeFetchResponses(selected, messages, request, seenNow, lost, tail)
         if self.closing:
             return None
+        responses = b"".join(tail)
         if unknownEncoding:
             # RFC 3516 section 4.3.
-            return self.complete(tag, b"NO", b"Unknown Content-Transfer-Encoding.", b"UNKNOWN-CTE", expunge=uid)
+            return self.complete(tag, b"NO", b"Unknown Content-Transfer-Encoding.", b"UNKNOWN-CTE", expunge=uid,
+                                 responses=responses)
         if lost:
-            return self.complete(tag, b"OK", b"Some messages were already expunged.", b"EXPUNGEISSUED", expunge=uid)
-        return self.complete(tag, b"OK", b"Fetch completed.", expunge=uid)
+            return self.complete(tag, b"OK", b"Some messages were already expunged.", b"EXPUNGEISSUED",
+                                 expunge=uid, responses=responses)
+        return self.complete(tag, b"OK", b"Fetch completed.", expunge=uid, responses=responses)
 
-    async def writeFetchResponses(self, selected, messages, request, seenNow, lost):
+    async def writeFetchResponses(self, selected, messages, request, seenNow, lost, tail=None):
         """
         Send the C{FETCH} responses of C{messages} (of the view
         C{selected}), written as they are made, waiting while the client
@@ -291,6 +295,8 @@ class MessageCommands:
             on: their flags are sent too.
         @param lost: where the messages gone with their data are added
             (L{fetching.renderItems}).
+        @param tail: a list the last responses are added to rather than
+            written, for the caller to send with its reply in one write.
         @return: whether a message had a Content-Transfer-Encoding BINARY
             cannot decode (those are left out).
         """
@@ -375,7 +381,10 @@ class MessageCommands:
                     if output is not None and output.paused:
                         await output.wait()
             if pending:
-                self.transport.write(b"".join(pending))
+                if tail is None:
+                    self.transport.write(b"".join(pending))
+                else:
+                    tail.append(b"".join(pending))
         finally:
             if output is not None:
                 output.finish()
