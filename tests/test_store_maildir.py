@@ -889,6 +889,21 @@ class TestMaildirStore:
         mailbox.sync()
         assert sorted(listed) == ["cur", "cur", "new", "new"]
 
+    def test_listingOfCur(self, store, inbox):
+        """
+        The listing of C{cur/} keys each file by its name before C{:};
+        of two files of one key the later name counts, and hidden files
+        and names with line breaks are left out.
+        """
+        cur = os.path.join(inbox, "cur")
+        index = maildirindex.FolderIndex(inbox, inbox, "INBOX")
+        for name in ("1.a:2,S", "2.b:2,", "3.c"):
+            open(os.path.join(cur, name), "wb").close()
+        assert index._listCur() == {"1.a": "1.a:2,S", "2.b": "2.b:2,", "3.c": "3.c"}
+        for name in ("1.a:2,ST", ".hidden:2,", "4.d\n:2,"):
+            open(os.path.join(cur, name), "wb").close()
+        assert index._listCur() == {"1.a": "1.a:2,ST", "2.b": "2.b:2,", "3.c": "3.c"}
+
     def test_lostLogNeverLowersUidNextOrModSeq(self, store, inbox):
         """
         The log lost (removed by hand, or the disk lost it), the index goes

@@ -1113,8 +1113,13 @@ class FolderIndex:
         """
         @return: C{{basename: filename}} of the messages in C{cur/}.
         """
+        names = os.listdir(self._cur)
+        files = {name.partition(":")[0]: name for name in names}
+        joined = "\0" + "\0".join(names)
+        if len(files) == len(names) and "\0." not in joined and "\n" not in joined and "\r" not in joined:
+            return files  # as usual: a file for each key, none hidden
         files = {}
-        for name in os.listdir(self._cur):
+        for name in names:
             if name.startswith(".") or "\n" in name or "\r" in name:
                 continue
             key = name.partition(":")[0]
