@@ -77,6 +77,7 @@ and the C{mdpy} command never give two UIDs to one message or one UID to two
 messages.  C{dovecot-keywords} is rewritten the same way under the same lock.
 """
 
+import collections
 import fcntl
 import os
 import re
@@ -683,6 +684,16 @@ def _logChanges(body, uidNext, highest):
     return changes
 
 
+# What L{FolderIndex} keeps of a folder's index, by folder path: the index
+# file's identity (inode, time, size), the log's inode and the end of its
+# last transaction applied, whether the log applies to the index, and the
+# index with that much of the log applied.
+_Parsed = collections.namedtuple("_Parsed", (
+    "baseId", "logIno", "offset", "applies", "uidValidity", "uidNext", "highestModSeq", "entries",
+    "recentThreshold", "generation",
+))
+
+
 def readIndex(folderPath):
     """
     @return: the L{UidList} of a folder's index with its log applied, as a
@@ -927,7 +938,7 @@ class FolderIndex:
         cached = self._parsed.get(self.path)
         path = self._indexPath
         st = os.stat(path)
-        if cached is None or cached[0] != (st.st_ino, st.st_mtime_ns, st.st_size):
+        if cached is None or cached.baseId != (st.st_ino, st.st_mtime_ns, st.st_size):
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 st = os.fstat(fd)
@@ -938,59 +949,60 @@ class FolderIndex:
                 base = UidList.parse(text)
             except ValueError as e:
                 raise _Damaged(text) from e
-            cached = ((st.st_ino, st.st_mtime_ns, st.st_size), None, 0, False, base.uidValidity, base.uidNext,
-                      base.highestModSeq, base.entries, base.recentThreshold, base.generation)
-        (baseId, logIno, offset, applies, uidValidity, uidNext, highest, entries, recent,
-         generation) = cached
-        data = b""
-        path = self._logPath
+            cached = _Parsed((st.st_ino, st.st_mtime_ns, st.st_size), None, 0, False, base.uidValidity,
+                             base.uidNext, base.highestModSeq, base.entries, base.recentThreshold,
+                             base.generation)
+        logIno, offset, applies = cached.logIno, cached.offset, cached.applies
         try:
-            lst = os.stat(path)
+            lst = os.stat(self._logPath)
         except FileNotFoundError:
             lst = None
-        if lst is None or logIno is not None and (lst.st_ino != logIno or lst.st_size < offset):
-            size = 0
-            if logIno is not None:
-                # The log went, or another replaced it (folded into a new
-                # index meanwhile): only the index as written can tell.
-                self._parsed.pop(self.path, None)
-                return self._load(copy)
-        elif logIno is None or applies and lst.st_size > offset:
+        if logIno is not None and (lst is None or lst.st_ino != logIno or lst.st_size < offset):
+            # The log went, or another replaced it (folded into a new index
+            # meanwhile): only the index as written can tell.
+            return self._reload(copy)
+        data = b""
+        if lst is not None and (logIno is None or applies and lst.st_size > offset):
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(self._logPath, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
-                fd = None
+                return self._reload(copy)
             try:
-                lst = fd is not None and os.fstat(fd)
-                if fd is None or logIno is not None and lst.st_ino != logIno:
-                    # Replaced since it was looked at.
-                    self._parsed.pop(self.path, None)
-                    return self._load(copy)
+                lst = os.fstat(fd)
                 if logIno is None:
                     data = _readWhole(fd)
                     header = _LOG_HEADER.match(data)
                     applies = header is not None and (int(header.group(1)), int(header.group(2))) == (
-                        uidValidity, generation)
+                        cached.uidValidity, cached.generation)
                     offset = header.end() if applies else 0
                     data = data[offset:]
+                elif lst.st_ino != logIno:
+                    return self._reload(copy)  # replaced since it was looked at
                 else:
                     data = os.pread(fd, lst.st_size - offset, offset)
             finally:
-                if fd is not None:
-                    os.close(fd)
-            logIno, size = lst.st_ino, lst.st_size
-        else:
-            size = lst.st_size
-        state = [uidNext, highest, recent, entries]
+                os.close(fd)
+        if lst is not None:
+            logIno = lst.st_ino
+        state = [cached.uidNext, cached.highestModSeq, cached.recentThreshold, cached.entries]
         if data and applies:
-            state[3] = dict(entries)
+            state[3] = dict(cached.entries)
             offset += _applyLog(state, data)
-        cached = (baseId, logIno, offset, applies, uidValidity, state[0], state[1], state[3], state[2], generation)
+        cached = cached._replace(logIno=logIno, offset=offset, applies=applies, uidNext=state[0],
+                                 highestModSeq=state[1], recentThreshold=state[2], entries=state[3])
         self._parsed[self.path] = cached
-        uidList = UidList(uidValidity, state[0], state[1], _Entries(state[3]) if copy else state[3],
-                          state[2], generation)
-        uidList.log = (logIno, offset, size, applies)
+        uidList = UidList(cached.uidValidity, cached.uidNext, cached.highestModSeq,
+                          _Entries(cached.entries) if copy else cached.entries, cached.recentThreshold,
+                          cached.generation)
+        uidList.log = (logIno, offset, 0 if lst is None else lst.st_size, applies)
         return uidList
+
+    def _reload(self, copy):
+        """
+        L{_load} without what was kept: the log went or was replaced.
+        """
+        self._parsed.pop(self.path, None)
+        return self._load(copy)
 
     def _write(self, uidList):
         """
@@ -1050,8 +1062,8 @@ class FolderIndex:
             cached = self._parsed.get(self.path)
             if cached is None:
                 return
-            baseId = cached[0]
-        self._parsed[self.path] = (
+            baseId = cached.baseId
+        self._parsed[self.path] = _Parsed(
             baseId, logIno, offset, applies, uidList.uidValidity, uidList.uidNext,
             uidList.highestModSeq, dict(uidList.entries), uidList.recentThreshold, uidList.generation,
         )
