@@ -10,6 +10,8 @@ import os
 import shutil
 import struct
 
+import pytest
+
 from twisted.internet import inotify, task
 from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import MemoryReactorClock
@@ -22,8 +24,8 @@ from mdpy.backends.files import changefeed
 from mdpy.backends.files.changefeed import MaildirChangeFeed
 from mdpy.backends.local import ChangeFeed
 from mdpy.backends.files.maildir import MaildirStore
-from mdpy.mailbox import accountKey
-from mdpy.testing import capturedLogs, loggedLines, synchronousRunner
+from mdpy.mailbox import ADD, accountKey
+from mdpy.testing import capturedLogs, loggedLines, resultOf, synchronousRunner
 from tests.test_imap_server import USER, Session
 
 ALICE = "alice@example.test"
@@ -63,6 +65,7 @@ def watchingFeed(tmp_path, **options):
     """
     reactor = MemoryReactorClock()
     store = maildirStore(tmp_path)
+    options.setdefault("heard", store.changesHeard)
     return reactor, store, MaildirChangeFeed(store.folderPath, reactor, accountKey, **options)
 
 
@@ -510,3 +513,165 @@ def test_inotifyEventsReadWholeAcrossReads():
     reader._doRead(moved[20:] + gone + moved)
     assert got == [(b"123.M1P2Q3:2,S", inotify.IN_MOVED_TO)] * 2
     assert reader._buffer == b""
+
+
+# --- views that know they are current ------------------------------------
+
+
+def watchedInbox(tmp_path, **options):
+    """
+    @return: C{(reactor, store, feed, calls, mailbox)}: a feed watching
+        L{ALICE}'s INBOX, which holds 3 messages, for a recorder, and a
+        view of it, read.
+    """
+    reactor, store, feed = watchingFeed(tmp_path, **options)
+    drop(store, count=3)
+    calls, callback = recorder()
+    feed.subscribe(ALICE, "INBOX", callback)
+    mailbox = store.openMailbox(ALICE)
+    settle(reactor)
+    del calls[:]
+    assert mailbox.syncFromSnapshot()
+    return reactor, store, feed, calls, mailbox
+
+
+def test_ownChangesAreNotHeardAgain(tmp_path):
+    """
+    A view that changed flags, appended or expunged is current after: the
+    events of its own renames are not reported, and it needs no read.
+    """
+    reactor, store, feed, calls, mailbox = watchedInbox(tmp_path)
+    assert mailbox.isCurrent()
+    resultOf(mailbox.changeFlags([1, 2], ["\\Seen"], ADD))
+    resultOf(mailbox.append(MESSAGE))
+    resultOf(mailbox.changeFlags([3], ["\\Deleted"], ADD))
+    resultOf(mailbox.expunge([3], deletedOnly=True))
+    settle(reactor)
+    assert calls == []
+    assert mailbox.isCurrent()
+    assert [m.uid for m in mailbox.messages()] == [1, 2, 4]
+    # A change that changes nothing keeps it so.
+    resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
+    assert mailbox.isCurrent()
+
+
+def test_changesOfOthersAreHeardAtOnce(tmp_path):
+    """
+    A view is not current once another program delivered to the folder or
+    renamed one of its files, even before the reactor read the events: the
+    view takes in what the kernel has first.  A sync makes it current again.
+    """
+    reactor, store, feed, calls, mailbox = watchedInbox(tmp_path)
+    drop(store)
+    assert not mailbox.isCurrent()
+    assert not mailbox.syncFromSnapshot()  # new/ holds a file: the lock is needed
+    mailbox.sync()
+    assert len(mailbox.messages()) == 4
+    settle(reactor)
+    assert calls == [(ALICE, "INBOX")]
+    assert mailbox.isCurrent()
+    cur = os.path.join(mailbox.path, "cur")
+    name = sorted(os.listdir(cur))[0]
+    os.rename(os.path.join(cur, name), os.path.join(cur, name + "F"))
+    assert not mailbox.isCurrent()
+    mailbox.sync()
+    assert mailbox.isCurrent()
+    assert mailbox.messages()[0].flags == {"\\Flagged"}
+
+
+def test_anotherViewsChangeMakesAViewRead(tmp_path):
+    """
+    Of two views of one folder in this process, the one that did not make
+    a change is not current after it.
+    """
+    reactor, store, feed, calls, first = watchedInbox(tmp_path)
+    second = store.openMailbox(ALICE)
+    assert second.syncFromSnapshot() and second.isCurrent()
+    resultOf(first.changeFlags([1], ["\\Answered"], ADD))
+    assert first.isCurrent()
+    assert not second.isCurrent()
+    assert second.syncFromSnapshot()
+    assert second.isCurrent()
+    assert second.messages()[0].flags == {"\\Answered"}
+
+
+def test_logWrittenElsewhereMakesAViewRead(tmp_path):
+    """
+    A transaction of another process that renames nothing (it only claims
+    new messages as recent) is seen by the index log's size.
+    """
+    reactor, store, feed, calls, mailbox = watchedInbox(tmp_path)
+    elsewhere = MaildirStore(str(tmp_path), runInThread=synchronousRunner)
+    other = elsewhere.openMailbox(ALICE)
+    resultOf(other.claimRecent())
+    settle(reactor)
+    assert calls == []
+    assert not mailbox.isCurrent()
+    mailbox.sync()
+    assert mailbox.isCurrent()
+
+
+def test_changeOfAnotherProcessIsHeard(tmp_path):
+    """
+    The renames of another process's transactions are not this process's
+    own: they are reported, and the view is not current.
+    """
+    reactor, store, feed, calls, mailbox = watchedInbox(tmp_path)
+    elsewhere = MaildirStore(str(tmp_path), runInThread=synchronousRunner)
+    other = elsewhere.openMailbox(ALICE)
+    resultOf(other.changeFlags([2], ["\\Seen"], ADD))
+    assert not mailbox.isCurrent()
+    settle(reactor)
+    assert calls == [(ALICE, "INBOX")]
+    mailbox.sync()
+    assert mailbox.messages()[1].flags == {"\\Seen"}
+    assert mailbox.isCurrent()
+
+
+def test_lostEventsMakeEveryViewRead(tmp_path):
+    """
+    When the kernel's event queue overflowed, every watched folder is
+    reported changed and its views read it again.
+    """
+    reactor, store, feed, calls, mailbox = watchedInbox(tmp_path)
+    overflow = struct.pack("=LLLL", 0xFFFFFFFF, inotify.IN_Q_OVERFLOW, 0, 0)
+    feed._inotify._doRead(overflow)
+    assert not mailbox.isCurrent()
+    reactor.advance(0)
+    assert calls == [(ALICE, "INBOX")]
+    assert mailbox.syncFromSnapshot()
+    assert mailbox.isCurrent()
+
+
+def test_viewsOfFoldersNotWatchedAlwaysRead(tmp_path):
+    """
+    A folder polled, no longer watched, or watched anew is read by a view's
+    next sync: nothing can be known of what happened meanwhile.
+    """
+    reactor, store, feed, calls, mailbox = watchedInbox(tmp_path, useINotify=False)
+    assert not mailbox.isCurrent()
+    reactor, store, feed, calls, mailbox = watchedInbox(tmp_path / "watched")
+    assert mailbox.isCurrent()
+    subscription = feed.subscribe(ALICE, "INBOX", recorder()[1])
+    feed._unsubscribe(subscription)
+    assert mailbox.isCurrent()
+    feed.close()
+    assert not mailbox.isCurrent()
+    assert mailbox.syncFromSnapshot()
+    assert not mailbox.isCurrent()
+
+
+def test_failedRenameIsNotExpected(tmp_path):
+    """
+    A rename a transaction announced but could not make is not taken as
+    its own: the same event from another program is a change.
+    """
+    reactor, store, feed, calls, mailbox = watchedInbox(tmp_path)
+    cur = os.path.join(mailbox.path, "cur")
+    with pytest.raises(FileNotFoundError):
+        mailbox._index.rename(os.path.join(cur, "missing:2,"), os.path.join(cur, "missing:2,S"))
+    with open(os.path.join(cur, "missing:2,S"), "wb") as f:
+        f.write(MESSAGE)
+    assert not mailbox.isCurrent()
+    settle(reactor)
+    assert calls == [(ALICE, "INBOX")]

@@ -971,13 +971,13 @@ class TestMaildirStore:
         resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
         fresh = mailbox._index.snapshot(mailbox._buildState)
         assert stale.serial < fresh.serial
-        mailbox._install((fresh, None), sync=True)
+        mailbox._install(((fresh, None), None), sync=True)
         later = mailbox._index.snapshot(mailbox._buildState)
-        mailbox._install((stale, None), sync=True)
+        mailbox._install(((stale, None), None), sync=True)
         assert mailbox.messages()[0].flags == {"\\Seen"}
         # Built after, from an older index: still not taken.
         stale.serial = later.serial + 1
-        mailbox._install((stale, None), sync=True)
+        mailbox._install(((stale, None), None), sync=True)
         assert mailbox.messages()[0].flags == {"\\Seen"}
 
     def test_directoriesSyncedAfterLockBeforeResult(self, store, inbox, monkeypatch):

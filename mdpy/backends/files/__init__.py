@@ -94,7 +94,8 @@ class FilesBackend:
             archiveRoot=self.datadir.deletedDir, groupCommit=groupCommit,
         )
         # Hears the changes other processes make to the same data directory.
-        self.changeFeed = MaildirChangeFeed(self.mailStore.folderPath, reactor, accountKey)
+        self.changeFeed = MaildirChangeFeed(self.mailStore.folderPath, reactor, accountKey,
+                                            heard=self.mailStore.changesHeard)
         self.mailStore.changeFeed = self.changeFeed
         self.store = self.mailStore if runInThread is None else DeferredStore(self.mailStore, runInThread)
         self.queue = SpoolQueue(self.datadir.queueDir, reactor=reactor, runInThread=runInThread,

@@ -197,11 +197,12 @@ class DeferredMailbox:
 
     def sync(self):
         """
-        See L{mdpy.interfaces.IMailbox.sync}: at once when the folder can
-        be read without its lock, else in the pool.
+        See L{mdpy.interfaces.IMailbox.sync}: nothing when the view is
+        known current, at once when the folder can be read without its
+        lock, else in the pool.
         """
         try:
-            if self._mailbox.syncFromSnapshot():
+            if self._mailbox.isCurrent() or self._mailbox.syncFromSnapshot():
                 return defer.succeed(None)
         except Exception:
             return defer.fail()

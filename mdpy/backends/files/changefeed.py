@@ -23,6 +23,7 @@ from twisted.python.filepath import FilePath
 
 from mdpy.backends.local import ChangeFeed
 from mdpy.backends.files.maildir import SUBSCRIPTIONS_NAME
+from mdpy.backends.files.maildirindex import ChangesHeard
 from mdpy.errors import MailError
 
 try:
@@ -74,9 +75,9 @@ class _EventPath:
 
 class _INotify(inotify.INotify if inotify is not None else object):
     """
-    Twisted's inotify reader, telling its owner when it closed: it does
-    when a watched directory is deleted.  Its callbacks get an
-    L{_EventPath}.
+    Twisted's inotify reader, telling its owner when it closed (it does
+    when a watched directory is deleted) and when the kernel dropped
+    events (its queue overflowed).  Its callbacks get an L{_EventPath}.
     """
 
     def _doRead(self, data):
@@ -95,6 +96,8 @@ class _INotify(inotify.INotify if inotify is not None else object):
             offset = end
             watch = self._watchpoints.get(wd)
             if watch is None:
+                if mask & inotify.IN_Q_OVERFLOW:
+                    self._overflowed()
                 continue
             path = _EventPath(name)
             for callback in watch.callbacks:
@@ -104,9 +107,28 @@ class _INotify(inotify.INotify if inotify is not None else object):
                 self.loseConnection()
         self._buffer = buffer[offset:]
 
-    def __init__(self, reactor, lost):
+    def drain(self):
+        """
+        Read and hand on every event the kernel has for this reader now,
+        without waiting for the reactor to.
+
+        @return: whether it could (else the reactor finds why soon).
+        """
+        while True:
+            try:
+                data = os.read(self._fd, 65536)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if not data:
+                return False
+            self._doRead(data)
+
+    def __init__(self, reactor, lost, overflowed):
         inotify.INotify.__init__(self, reactor)
         self._lost = lost
+        self._overflowed = overflowed
 
     def connectionLost(self, reason):
         """
@@ -138,16 +160,23 @@ class MaildirChangeFeed(ChangeFeed):
     reactor closes the connections, whose sessions then unsubscribe, and
     its readers; nothing is watched again after it.
 
+    The folders watched by inotify are kept in C{heard} (a
+    L{ChangesHeard}): which they are, and which events are not the
+    changes of this process's own transactions, which they expect and
+    which are not reported again.
+
     @ivar polled: the C{(account, folder)} pairs looked at by polling.
     """
 
     def __init__(self, folderPath, reactor=None, accountKey=str, maxWatches=MAX_WATCHES,
-                 pollInterval=POLL_INTERVAL, useINotify=True):
+                 pollInterval=POLL_INTERVAL, useINotify=True, heard=None):
         """
         @param folderPath: C{folderPath(account, folder)} returns the
             directory of a folder (L{mdpy.backends.files.maildir.MaildirStore.folderPath}).
         @param maxWatches: the most inotify watches held (two a folder).
         @param useINotify: L{False} polls every folder.
+        @param heard: the L{ChangesHeard} of the store whose folders these
+            are (L{mdpy.backends.files.maildir.MaildirStore.changesHeard}).
         """
         ChangeFeed.__init__(self, reactor, accountKey)
         self._folderPath = folderPath
@@ -156,6 +185,9 @@ class MaildirChangeFeed(ChangeFeed):
         self._useINotify = useINotify and inotify is not None
         self._inotify = None
         self._watched = {}  # (account, folder): watched paths
+        self._folders = {}  # (account, folder) watched: its directory
+        self._changesHeard = ChangesHeard() if heard is None else heard
+        self._changesHeard.drain = self._drain
         self.polled = {}  # (account, folder): what the directories looked like
         self._poller = None
         self._hearing = True  # until the reactor stops
@@ -177,6 +209,8 @@ class MaildirChangeFeed(ChangeFeed):
         See L{ChangeFeed.stopWatching}.
         """
         key = (account, folder)
+        if key in self._folders:
+            self._changesHeard.unwatch(self._folders.pop(key))
         for path in self._watched.pop(key, ()):
             try:
                 self._inotify.ignore(path)
@@ -206,6 +240,8 @@ class MaildirChangeFeed(ChangeFeed):
         """
         self._hearing = False
         self._watched.clear()
+        self._folders.clear()
+        self._changesHeard.unwatchAll()
         self.polled.clear()
         if self._poller is not None:
             self._poller.stop()
@@ -234,7 +270,7 @@ class MaildirChangeFeed(ChangeFeed):
         watched = []
         try:
             if self._inotify is None:
-                self._inotify = _INotify(self._reactor, self._inotifyLost)
+                self._inotify = _INotify(self._reactor, self._inotifyLost, self._overflowed)
                 self._inotify.startReading()
                 if not self._stopsWithReactor:
                     self._stopsWithReactor = True
@@ -244,9 +280,14 @@ class MaildirChangeFeed(ChangeFeed):
                 self._inotify.watch(path, _ACCOUNT_EVENTS, callbacks=[
                     lambda watch, path, mask: self._accountChanged(key[0], path, mask)])
                 watched.append(path)
+            if key[1] is not None:
+                folderPath = self._folderPath(*key)
             for sub in _SUBDIRS if key[1] is not None else ():
-                path = FilePath(os.path.join(self._folderPath(*key), sub))
-                self._inotify.watch(path, _EVENTS, callbacks=[lambda watch, path, mask: self.changed(*key)])
+                directory = os.path.join(folderPath, sub)
+                path = FilePath(directory)
+                self._inotify.watch(path, _EVENTS, callbacks=[
+                    lambda watch, path, mask, directory=directory: self._folderChanged(
+                        key, folderPath, directory, path)])
                 watched.append(path)
         except Exception:
             # No such folder (yet), no inotify here, or the user's limit
@@ -256,7 +297,33 @@ class MaildirChangeFeed(ChangeFeed):
             self._closeIdleReader()
             return False
         self._watched[key] = watched
+        if key[1] is not None:
+            self._folders[key] = folderPath
+            self._changesHeard.watch(folderPath)
         return True
+
+    def _folderChanged(self, key, folderPath, directory, path):
+        """
+        Something happened in a watched folder's C{new/} or C{cur/}: report
+        it, unless a transaction of this process said it would do it.
+        """
+        if self._changesHeard.heard(folderPath, directory, os.fsdecode(path.basename())):
+            self.changed(*key)
+
+    def _overflowed(self):
+        """
+        The kernel dropped events: every watched folder may have changed.
+        """
+        self._changesHeard.lost()
+        for key in list(self._watched):
+            self.changed(*key)
+
+    def _drain(self):
+        """
+        Take in the events the kernel has now (L{ChangesHeard.drain}).
+        """
+        if self._inotify is not None and not self._inotify.drain():
+            self._changesHeard.lost()
 
     def _accountChanged(self, account, path, mask):
         """
@@ -282,6 +349,8 @@ class MaildirChangeFeed(ChangeFeed):
             return
         self._inotify = None
         keys, self._watched = list(self._watched), {}
+        self._folders.clear()
+        self._changesHeard.unwatchAll()
         for key in keys:
             self.startWatching(*key)
             self.changed(*key)

@@ -76,6 +76,7 @@ from mdpy.mailbox import (
 from mdpy.backends.local import ChangeFeed, StoreListeners
 from mdpy.backends.files.committer import commitBatch, writerFor
 from mdpy.backends.files.maildirindex import (
+    ChangesHeard,
     FolderIndex,
     flagsFromInfo,
     infoForFlags,
@@ -550,7 +551,9 @@ class MaildirMailbox(FlagShorthand):
         self._accountPath = accountPath
         self._state = _EMPTY
         self._index = FolderIndex(path, accountPath, "%s of %s" % (name, account), store.root,
-                                  store._parsedIndexes)
+                                  store._parsedIndexes, store.changesHeard)
+        # What the state is current at (FolderIndex.isCurrent).
+        self._seen = None
         self._pendingFlags = []
         self._flagJobRunning = False
         self._cache = None
@@ -571,7 +574,14 @@ class MaildirMailbox(FlagShorthand):
 
         @return: C{(state, operation's result)}.
         """
-        return self._index.transact(operation, self._buildState, self._claiming)
+        return self._index.transact(operation, self._buildSeen, self._claiming)
+
+    def _buildSeen(self, uidList, files, keywords):
+        """
+        @return: C{(state, seen)}: L{_buildState}, and what it is current
+            at (C{uidList.seen}, see L{FolderIndex.transact}).
+        """
+        return self._buildState(uidList, files, keywords), uidList.seen
 
     def _buildState(self, uidList, files, keywords):
         """
@@ -620,7 +630,7 @@ class MaildirMailbox(FlagShorthand):
 
         @return: the transaction's result.
         """
-        state, result = outcome
+        (state, seen), result = outcome
         current = self._state
         if state.uidValidity == current.uidValidity:
             # Each index written raises HIGHESTMODSEQ: a state built without
@@ -630,6 +640,11 @@ class MaildirMailbox(FlagShorthand):
             newer = state.serial > current.serial and (sync or current.uidValidity == 0)
         if newer:
             self._state = state
+            self._seen = seen
+        elif state is current and seen is not None and seen[0] is not None and (
+                self._seen is None or self._seen[0] is None or seen[0] > self._seen[0]):
+            # The same state, found current later.
+            self._seen = seen
         if state.claimed and state.uidValidity == self._state.uidValidity:
             # Kept even when a newer state was installed first: that one
             # holds these messages, claimed before it was built.
@@ -724,11 +739,20 @@ class MaildirMailbox(FlagShorthand):
             not, only L{sync} can tell.
         @raise NotFound: the folder is gone.
         """
-        state = self._index.snapshot(self._buildState, self._claiming)
-        if state is None:
+        built = self._index.snapshot(self._buildSeen, self._claiming)
+        if built is None:
             return False
-        self._install((state, None), sync=True)
+        self._install((built, None), sync=True)
         return True
+
+    def isCurrent(self):
+        """
+        @return: whether the view is what L{sync} would make it, known
+            without reading the folder: the change feed watches it and
+            heard nothing since the view was read but the view's own
+            changes (L{FolderIndex.isCurrent}).  Only on the reactor thread.
+        """
+        return self._index.isCurrent(self._seen)
 
     def messages(self):
         """
@@ -755,7 +779,7 @@ class MaildirMailbox(FlagShorthand):
 
     def _cbClaimed(self, outcome):
         self._install(outcome, sync=True)
-        return list(outcome[0].claimed)
+        return list(outcome[0][0].claimed)
 
     def claimedUids(self):
         """
@@ -800,7 +824,7 @@ class MaildirMailbox(FlagShorthand):
                 key = "%s,S=%d,W=%d" % (base, size, wireSize)
                 info = infoForFlags(flags, keywords)
                 final = os.path.join(self.path, "cur", key + ":" + info)
-                os.rename(tmpPath, final)
+                self._index.place(tmpPath, final)
                 placed.append(final)
                 files[key] = key + ":" + info
                 uids.append(uidList.add(key, info, wireSizeFromName(key)))
@@ -893,7 +917,7 @@ class MaildirMailbox(FlagShorthand):
                 continue
             if new != info:
                 old = files[key]
-                os.rename(os.path.join(cur, old), os.path.join(cur, key + ":" + new))
+                self._index.rename(os.path.join(cur, old), os.path.join(cur, key + ":" + new))
                 files[key] = key + ":" + new
                 uidList.unsynced.add(cur)
             modSeq = uidList.nextModSeq()
@@ -948,7 +972,7 @@ class MaildirMailbox(FlagShorthand):
             for key, (uid, _, info, _) in list(uidList.entries.items()):
                 if uid in uids and (not deletedOnly or DELETED in flagsFromInfo(info, keywords)):
                     try:
-                        os.unlink(os.path.join(cur, files.pop(key)))
+                        self._index.unlink(os.path.join(cur, files.pop(key)))
                     except FileNotFoundError:
                         pass
                     uidList.remove(key)
@@ -984,6 +1008,8 @@ class MaildirStore:
     @ivar changeFeed: the L{IChangeFeed} told of every change made through
         this store, which calls its listeners; by default one that hears
         this process only (replace it before adding listeners).
+    @ivar changesHeard: the L{ChangesHeard} of this store's folders, which
+        a feed that hears other processes keeps (L{MaildirChangeFeed}).
     """
 
     def __init__(self, root, runInThread=None, reactor=None, committerThreads=4, archiveRoot=None,
@@ -1013,6 +1039,8 @@ class MaildirStore:
         self._parsedIndexes = {}
         # Each folder's state as last built, while a view holds it.
         self._builtStates = weakref.WeakValueDictionary()
+        # What this process heard of the changes of its folders.
+        self.changesHeard = ChangesHeard()
 
     def __repr__(self):
         return "<MaildirStore %s>" % (self.root,)

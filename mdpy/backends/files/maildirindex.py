@@ -81,6 +81,7 @@ import collections
 import fcntl
 import os
 import re
+import threading
 import time
 import zlib
 
@@ -353,6 +354,131 @@ class FolderLock:
         os.ftruncate(self._fd, len(data))
 
 
+class ChangesHeard:
+    """
+    What this process heard of the changes of the folders its change feed
+    watches, so that a view can know without reading its folder that it is
+    still as a sync would make it (L{MaildirMailbox.isCurrent}).
+
+    Each watched folder has a mark: a number never given before, taken
+    anew by each locked transaction of this process that changed the
+    folder (L{settle}) and by each change the feed hears that no such
+    transaction made (L{heard}).  A transaction names what it renames or
+    removes in C{new/} and C{cur/} before it does (L{expect}), and the
+    feed takes those events as its own.  A view read after its folder's
+    mark was M knows of every change if the mark is still M once the feed
+    read what the kernel has (L{drain}).  A folder that is not watched
+    (polled, or inotify lost) has no mark: its views read it.
+
+    Thread-safe: transactions run in worker threads, the feed on the
+    reactor thread.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._serial = 0
+        self._marks = {}  # folder path: mark
+        self._expected = collections.Counter()  # (directory, name): events to come
+        self.drain = lambda: None
+
+    def _next(self):
+        self._serial += 1
+        return self._serial
+
+    def watch(self, folderPath):
+        """
+        The feed watches C{folderPath} from now on: a new mark, as what
+        happened before was not heard.
+        """
+        with self._lock:
+            self._marks[folderPath] = self._next()
+
+    def unwatch(self, folderPath):
+        with self._lock:
+            self._marks.pop(folderPath, None)
+
+    def unwatchAll(self):
+        with self._lock:
+            self._marks.clear()
+
+    def mark(self, folderPath):
+        """
+        @return: the folder's mark now, or L{None} when it is not watched.
+        """
+        return self._marks.get(folderPath)
+
+    def isMarked(self, folderPath, mark):
+        """
+        @return: whether the folder is watched and nothing changed it since
+            it had C{mark}, as far as the feed read.
+        """
+        return mark is not None and self._marks.get(folderPath) == mark
+
+    def heard(self, folderPath, directory, name):
+        """
+        The feed heard C{name} renamed, removed or written in C{directory}
+        of C{folderPath}.
+
+        @return: whether it was a change of no transaction of this process
+            (the folder's mark then changed).
+        """
+        key = (directory, name)
+        with self._lock:
+            if self._expected[key] > 0:
+                self._expected[key] -= 1
+                if not self._expected[key]:
+                    del self._expected[key]
+                return False
+            if folderPath in self._marks:
+                self._marks[folderPath] = self._next()
+            return True
+
+    def lost(self):
+        """
+        Events were lost (the kernel's queue overflowed): every folder has
+        a new mark.
+        """
+        with self._lock:
+            for path in self._marks:
+                self._marks[path] = self._next()
+
+    def expect(self, directory, *names):
+        """
+        This process is about to rename (from and to) or remove C{names} in
+        C{directory}.
+        """
+        with self._lock:
+            for name in names:
+                self._expected[(directory, name)] += 1
+
+    def withdraw(self, directory, *names):
+        """
+        What L{expect} announced did not happen.
+        """
+        with self._lock:
+            for name in names:
+                key = (directory, name)
+                left = self._expected.pop(key, 0) - 1
+                if left > 0:
+                    self._expected[key] = left
+
+    def settle(self, folderPath, mark, changed):
+        """
+        A transaction that began at C{mark} (L{mark} under the folder lock)
+        ends, having C{changed} the folder or not.
+
+        @return: the mark its result is current at, or L{None} when another
+            change was heard meanwhile.
+        """
+        with self._lock:
+            now = self._marks.get(folderPath)
+            if now is None:
+                return None
+            if changed:
+                self._marks[folderPath] = self._next()
+            return self._marks[folderPath] if now == mark else None
+
+
 def parseHeader(line):
     """
     @return: C{(uidvalidity, uidnext, highestmodseq)}, or L{None}.
@@ -508,6 +634,7 @@ class UidList:
         self.recentThreshold = uidNext - 1 if recentThreshold is None else recentThreshold
         self.generation = generation
         self.log = (None, 0, 0, False)
+        self.seen = None
         self.claimed = ()
         self.dirty = False
         self._modSeq = None
@@ -726,9 +853,11 @@ class FolderIndex:
         agreed with it, by C{(path, "look")}): a dict shared by the views of
         one store, so that an index another view wrote is not parsed again
         by each of the others.
+    @param heard: the store's L{ChangesHeard}: each transaction and
+        snapshot sets C{uidList.seen} before it builds (see L{transact}).
     """
 
-    def __init__(self, folderPath, accountPath, label, storeRoot=None, parsed=None):
+    def __init__(self, folderPath, accountPath, label, storeRoot=None, parsed=None, heard=None):
         self.path = folderPath
         self._new = os.path.join(folderPath, "new")
         self._cur = os.path.join(folderPath, "cur")
@@ -739,6 +868,7 @@ class FolderIndex:
         self._storeRoot = storeRoot
         self._label = label
         self._parsed = {} if parsed is None else parsed
+        self._heard = ChangesHeard() if heard is None else heard
 
     def transact(self, operation=None, build=None, claim=False):
         """
@@ -747,7 +877,10 @@ class FolderIndex:
         run C{operation(uidList, files, keywords)}, with C{claim} claim the
         messages no view has claimed (L{UidList.claimRecent}), save the
         index if anything changed, and call C{build(uidList, files,
-        keywords)}.
+        keywords)}, with C{uidList.seen} set to C{(mark, log)}: the mark
+        of L{ChangesHeard} this is current at (L{None} when something else
+        was heard meanwhile) and the identity of the log as left, C{(inode,
+        size)}.
 
         C{files} maps each basename in C{cur/} to its file name; an operation
         that renames or removes files keeps it up to date, and adds the
@@ -765,23 +898,32 @@ class FolderIndex:
         """
         try:
             with FolderLock(self.path) as lock:
-                uidList = self._read(lock)
-                readModSeq = uidList.highestModSeq
-                uidList.unsynced = set()
-                keywords = self._keywords()
-                files = self._scan()
-                self._reconcile(uidList, files)
-                if uidList.recentThreshold is None:
-                    # Rebuilt: what is there is not new.
-                    uidList.recentThreshold = uidList.uidNext - 1
-                result = operation(uidList, files, keywords) if operation else None
-                if claim:
-                    uidList.claimRecent()
-                if uidList.expunged or uidList.rebuilt:
-                    self._recordExpunges(uidList, readModSeq)
-                if uidList.dirty:
-                    self._write(uidList)
-                    lock.rememberHeader(uidList.header())
+                mark = self._heard.mark(self.path)
+                changed = True
+                try:
+                    uidList = self._read(lock)
+                    readModSeq = uidList.highestModSeq
+                    uidList.unsynced = set()
+                    keywords = self._keywords()
+                    files = self._scan()
+                    self._reconcile(uidList, files)
+                    if uidList.recentThreshold is None:
+                        # Rebuilt: what is there is not new.
+                        uidList.recentThreshold = uidList.uidNext - 1
+                    result = operation(uidList, files, keywords) if operation else None
+                    if claim:
+                        uidList.claimRecent()
+                    if uidList.expunged or uidList.rebuilt:
+                        self._recordExpunges(uidList, readModSeq)
+                    if uidList.dirty:
+                        self._write(uidList)
+                        lock.rememberHeader(uidList.header())
+                    changed = bool(uidList.dirty or uidList.unsynced)
+                finally:
+                    # Also when it failed half-way: what it did is heard.
+                    mark = self._heard.settle(self.path, mark, changed)
+                logIno, _, size, _ = uidList.log
+                uidList.seen = (mark, (logIno, size))
                 built = build(uidList, files, keywords) if build else None
             for directory in sorted(uidList.unsynced):
                 fsyncDirectory(directory)
@@ -845,6 +987,7 @@ class FolderIndex:
             messages to claim).
         @raise NotFound: the folder is gone.
         """
+        mark = self._heard.mark(self.path)
         try:
             look = self._look()
             uidList = self._readUnlocked()
@@ -873,7 +1016,69 @@ class FolderIndex:
             raise NotFound("mailbox %s is gone: %s" % (self._label, e)) from e
         except OSError:
             return None
+        uidList.seen = (mark, (uidList.log[0], uidList.log[2]))
         return build(uidList, files, keywords)
+
+    def isCurrent(self, seen):
+        """
+        @param seen: the C{uidList.seen} of a transaction or snapshot.
+        @return: whether nothing changed the folder since, as far as this
+            process heard (L{ChangesHeard}), and its log is as it was then,
+            so that a sync would build the same: without reading the folder.
+            Only on the reactor thread (the change feed reads what the
+            kernel has for it first).
+        """
+        if seen is None or seen[0] is None:
+            return False
+        self._heard.drain()
+        if not self._heard.isMarked(self.path, seen[0]):
+            return False
+        try:
+            st = os.stat(self._logPath)
+        except OSError:
+            return False
+        return (st.st_ino, st.st_size) == seen[1]
+
+    def rename(self, source, target):
+        """
+        Rename a message file from C{source} to C{target} (paths in C{new/}
+        or C{cur/}) in a transaction, its events expected (L{ChangesHeard}).
+        """
+        heard = self._heard
+        sourceDir, sourceName = os.path.split(source)
+        targetDir, targetName = os.path.split(target)
+        heard.expect(sourceDir, sourceName)
+        heard.expect(targetDir, targetName)
+        try:
+            os.rename(source, target)
+        except BaseException:
+            heard.withdraw(sourceDir, sourceName)
+            heard.withdraw(targetDir, targetName)
+            raise
+
+    def place(self, source, target):
+        """
+        L{rename} from outside C{new/} and C{cur/} (C{tmp/}, unwatched).
+        """
+        targetDir, targetName = os.path.split(target)
+        self._heard.expect(targetDir, targetName)
+        try:
+            os.rename(source, target)
+        except BaseException:
+            self._heard.withdraw(targetDir, targetName)
+            raise
+
+    def unlink(self, path):
+        """
+        Remove a message file in a transaction, its event expected.
+        """
+        directory, name = os.path.split(path)
+        self._heard.expect(directory, name)
+        try:
+            os.unlink(path)
+        except BaseException:
+            self._heard.withdraw(directory, name)
+            raise
 
     def _look(self):
         """
@@ -1032,7 +1237,9 @@ class FolderIndex:
             os.fdatasync(fd)
         finally:
             os.close(fd)
-        self._remember(uidList, logIno, offset + len(record), True)
+        end = offset + len(record)
+        uidList.log = (logIno, end, end, True)
+        self._remember(uidList, logIno, end, True)
 
     def _writeWhole(self, uidList):
         """
@@ -1049,8 +1256,9 @@ class FolderIndex:
         replaceFile(self._logPath, header)
         uidList.unsynced.add(self.path)
         st = os.stat(path)
-        self._remember(uidList, os.stat(self._logPath).st_ino, len(header), True,
-                       (st.st_ino, st.st_mtime_ns, st.st_size))
+        logIno = os.stat(self._logPath).st_ino
+        uidList.log = (logIno, len(header), len(header), True)
+        self._remember(uidList, logIno, len(header), True, (st.st_ino, st.st_mtime_ns, st.st_size))
 
     def _remember(self, uidList, logIno, offset, applies, baseId=None):
         """
@@ -1115,8 +1323,8 @@ class FolderIndex:
         for name in os.listdir(new):
             if not name.startswith("."):
                 try:
-                    os.rename(os.path.join(new, name),
-                              os.path.join(cur, name if ":" in name else name + ":2,"))
+                    self.rename(os.path.join(new, name),
+                                os.path.join(cur, name if ":" in name else name + ":2,"))
                 except FileNotFoundError:
                     pass  # another program took it
         return self._listCur()
