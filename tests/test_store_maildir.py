@@ -960,6 +960,62 @@ class TestMaildirStore:
         assert (other.cachedData(first), other.cachedData(second)) == (None, b"two")
         assert mailbox.cachedData(second) == b"two"
 
+    def test_flagChangeOnTheCallingThread(self, tmp_path, monkeypatch):
+        """
+        With C{transactsOnCaller}, a flag change runs its transaction at
+        once on the calling thread and hands only its syncs (the log, then
+        cur/) to a worker thread; its result comes once they ran.  While
+        another transaction holds the folder lock, the whole change waits
+        in a worker thread instead.
+        """
+        runner = QueuedRunner()
+        store = MaildirStore(str(tmp_path / "mail"), runInThread=runner, transactsOnCaller=True)
+        store.createAccount(ALICE)
+        for _ in range(2):
+            d = store.deliver([(ALICE, "INBOX", [MESSAGE])])
+            runner.runAll()
+            resultOf(d)
+        mailbox = store.openMailbox(ALICE)
+        assert len(mailbox.messages()) == 2
+        synced = []
+        monkeypatch.setattr(os, "fdatasync", lambda fd: synced.append(os.readlink("/proc/self/fd/%d" % fd)))
+        monkeypatch.setattr(maildirindex, "fsyncDirectory", synced.append)
+        d = mailbox.changeFlags([1], ["\\Seen"], ADD)
+        # Done, not yet durable: on disk, not told.
+        assert [f.__name__ for f, _, _ in runner.calls] == ["runSyncs"]
+        assert maildirindex.readIndex(mailbox.path).entries
+        assert any(name.endswith(":2,S") for name in os.listdir(os.path.join(mailbox.path, "cur")))
+        assert synced == [] and not d.called
+        runner.runAll()
+        assert synced == [os.path.join(mailbox.path, maildirindex.LOG_NAME), os.path.join(mailbox.path, "cur")]
+        assert resultOf(d)[1].flags == {"\\Seen"}
+        assert mailbox.messages()[0].flags == {"\\Seen"}
+        # The lock held elsewhere: the change waits for it in a thread.
+        with maildirindex.FolderLock(mailbox.path):
+            d = mailbox.changeFlags([2], ["\\Flagged"], ADD)
+            assert [f.__name__ for f, _, _ in runner.calls] == ["_transact"]
+        runner.runAll()
+        assert resultOf(d)[2].flags == {"\\Flagged"}
+
+    def test_flagChangeWhoseSyncFailsFails(self, tmp_path, monkeypatch):
+        """
+        A flag change made on the calling thread whose log cannot be synced
+        fails as one made in a thread does, and leaves no descriptor open.
+        """
+        store = MaildirStore(str(tmp_path / "mail"), runInThread=runNow, transactsOnCaller=True)
+        store.createAccount(ALICE)
+        resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE])]))
+        mailbox = store.openMailbox(ALICE)
+        before = len(os.listdir("/proc/self/fd"))
+
+        def failing(fd):
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr(os, "fdatasync", failing)
+        with pytest.raises(TemporaryFailure):
+            resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
+        assert len(os.listdir("/proc/self/fd")) == before
+
     def test_olderStateNeverInstalled(self, store):
         """
         A state read without the lock before another transaction wrote may

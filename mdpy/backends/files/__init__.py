@@ -92,6 +92,7 @@ class FilesBackend:
         self.mailStore = MaildirStore(
             self.datadir.mailRoot, runInThread=runInThread, reactor=reactor,
             archiveRoot=self.datadir.deletedDir, groupCommit=groupCommit,
+            transactsOnCaller=runInThread is not None,
         )
         # Hears the changes other processes make to the same data directory.
         self.changeFeed = MaildirChangeFeed(self.mailStore.folderPath, reactor, accountKey,

@@ -36,6 +36,7 @@ goes back to an older HIGHESTMODSEQ of the same UIDVALIDITY.
 """
 
 import errno
+import functools
 import itertools
 import hashlib
 import os
@@ -78,6 +79,8 @@ from mdpy.backends.files.committer import commitBatch, writerFor
 from mdpy.backends.files.maildirindex import (
     ChangesHeard,
     FolderIndex,
+    LockHeld,
+    Syncs,
     flagsFromInfo,
     infoForFlags,
     lastUidValidity,
@@ -875,8 +878,35 @@ class MaildirMailbox(FlagShorthand):
     def _startFlagJob(self):
         batch, self._pendingFlags = self._pendingFlags, []
         self._flagJobRunning = True
-        d = self._store._runInThread(self._transact, lambda *a: self._applyFlags(batch, *a))
+        operation = functools.partial(self._applyFlags, batch)
+        d = self._transactHere(operation) if self._store.transactsOnCaller else None
+        if d is None:
+            d = self._store._runInThread(self._transact, operation)
         d.addBoth(self._flagJobDone, batch)
+
+    def _transactHere(self, operation):
+        """
+        Run the locked transaction of C{operation} on the calling thread
+        when the folder lock is free, and only its syncs in a worker
+        thread (L{FolderIndex.transact} with L{Syncs}): a flag change is a
+        few renames and a line appended to the log, less work than handing
+        it to a thread and back.
+
+        @return: a Deferred firing with the transaction's outcome once it
+            is durable, or L{None} when another transaction holds the lock
+            (then it is for a worker thread to wait).
+        """
+        syncs = Syncs()
+        try:
+            outcome = self._index.transact(operation, self._buildSeen, self._claiming, syncs)
+        except LockHeld:
+            return None
+        except Exception:
+            syncs.close()
+            return defer.fail()
+        d = self._store._runInThread(self._index.runSyncs, syncs)
+        d.addCallback(lambda _: outcome)
+        return d
 
     def _applyFlags(self, batch, uidList, files, keywords):
         """
@@ -1013,7 +1043,7 @@ class MaildirStore:
     """
 
     def __init__(self, root, runInThread=None, reactor=None, committerThreads=4, archiveRoot=None,
-                 groupCommit=None, changeFeed=None):
+                 groupCommit=None, changeFeed=None, transactsOnCaller=False):
         """
         @param archiveRoot: where L{deleteAccount} and L{deleteDomain} keep
             the mail they take out of the store; by default C{deleted}
@@ -1026,12 +1056,17 @@ class MaildirStore:
             does all the work).
         @param changeFeed: the L{mdpy.interfaces.IChangeFeed} told of every
             change; by default one of this process only.
+        @param transactsOnCaller: whether flag changes run their locked
+            transaction on the calling thread (the reactor's) when the
+            folder lock is free, with only their syncs in C{runInThread}
+            (L{MaildirMailbox._transactHere}).
         """
         self.root = os.path.abspath(root)
         if archiveRoot is None:
             archiveRoot = os.path.join(os.path.dirname(self.root), "deleted")
         self.archiveRoot = os.path.abspath(archiveRoot)
         self.changeFeed = ChangeFeed(reactor, accountKey) if changeFeed is None else changeFeed
+        self.transactsOnCaller = transactsOnCaller
         self._listeners = StoreListeners()
         self._committer, self._runInThread = writerFor(
             reactor, _prepareCopies, committerThreads, runInThread, groupCommit)

@@ -325,21 +325,38 @@ def allocateUidValidity(accountPath, atLeast, storeRoot=None):
     return value
 
 
+class LockHeld(Exception):
+    """
+    The folder lock is held by another transaction, and the caller would
+    not wait for it.
+    """
+
+
 class FolderLock:
     """
     The exclusive C{flock} on a folder's C{mdpy-uidlist.lock}; the file also
     keeps the last index header written, for rebuilds.
+
+    @param wait: whether to wait for another holder, else raise
+        L{LockHeld}.
     """
 
-    def __init__(self, folderPath):
+    def __init__(self, folderPath, wait=True):
         self._path = os.path.join(folderPath, LOCK_NAME)
+        self._wait = wait
 
     def __enter__(self):
         try:
             self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except FileNotFoundError:
             raise NotFound("no such mailbox: %s" % (os.path.dirname(self._path),))
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX if self._wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException as e:
+            os.close(self._fd)
+            if isinstance(e, BlockingIOError):
+                raise LockHeld(self._path) from None
+            raise
         return self
 
     def __exit__(self, *exc):
@@ -477,6 +494,36 @@ class ChangesHeard:
             if changed:
                 self._marks[folderPath] = self._next()
             return self._marks[folderPath] if now == mark else None
+
+
+class Syncs:
+    """
+    What a transaction left to make durable (L{FolderIndex.transact} with
+    C{syncs}): files written, by descriptor, and directories whose names
+    changed.  L{run} makes them so, in a worker thread; until then, the
+    transaction's result must not be told to anyone as done.
+    """
+
+    def __init__(self):
+        self.files = []
+        self.directories = set()
+
+    def run(self):
+        """
+        Sync the files, then the directories; blocking.
+        """
+        try:
+            for fd in self.files:
+                os.fdatasync(fd)
+        finally:
+            self.close()
+        for directory in sorted(self.directories):
+            fsyncDirectory(directory)
+
+    def close(self):
+        files, self.files = self.files, []
+        for fd in files:
+            os.close(fd)
 
 
 def parseHeader(line):
@@ -870,7 +917,7 @@ class FolderIndex:
         self._parsed = {} if parsed is None else parsed
         self._heard = ChangesHeard() if heard is None else heard
 
-    def transact(self, operation=None, build=None, claim=False):
+    def transact(self, operation=None, build=None, claim=False, syncs=None):
         """
         Under the folder lock: read the index, take in the disk's changes
         (move C{new/} to C{cur/}, give UIDs to new files, drop vanished ones),
@@ -881,6 +928,15 @@ class FolderIndex:
         of L{ChangesHeard} this is current at (L{None} when something else
         was heard meanwhile) and the identity of the log as left, C{(inode,
         size)}.
+
+        With C{syncs} (a L{Syncs}), the transaction does not wait for the
+        folder lock (L{LockHeld} when another holds it) and leaves the
+        syncs of its log and directories to C{syncs} (it still waits for
+        the rare others: a whole index written, tombstones): for a caller
+        that cannot wait, and tells of the result once C{syncs} ran.  Other
+        transactions may read and append to the log meanwhile; each syncs
+        the log before it tells of its own result, and with it what came
+        before.
 
         C{files} maps each basename in C{cur/} to its file name; an operation
         that renames or removes files keeps it up to date, and adds the
@@ -897,7 +953,7 @@ class FolderIndex:
         @raise TemporaryFailure: an I/O error; the index is unchanged.
         """
         try:
-            with FolderLock(self.path) as lock:
+            with FolderLock(self.path, wait=syncs is None) as lock:
                 mark = self._heard.mark(self.path)
                 changed = True
                 try:
@@ -916,7 +972,7 @@ class FolderIndex:
                     if uidList.expunged or uidList.rebuilt:
                         self._recordExpunges(uidList, readModSeq)
                     if uidList.dirty:
-                        self._write(uidList)
+                        self._write(uidList, syncs)
                         lock.rememberHeader(uidList.header())
                     changed = bool(uidList.dirty or uidList.unsynced)
                 finally:
@@ -925,9 +981,23 @@ class FolderIndex:
                 logIno, _, size, _ = uidList.log
                 uidList.seen = (mark, (logIno, size))
                 built = build(uidList, files, keywords) if build else None
-            for directory in sorted(uidList.unsynced):
-                fsyncDirectory(directory)
+            if syncs is not None:
+                syncs.directories.update(uidList.unsynced)
+            else:
+                for directory in sorted(uidList.unsynced):
+                    fsyncDirectory(directory)
             return built, result
+        except FileNotFoundError as e:
+            raise NotFound("mailbox %s is gone: %s" % (self._label, e)) from e
+        except OSError as e:
+            raise TemporaryFailure("mailbox %s: %s" % (self._label, e)) from e
+
+    def runSyncs(self, syncs):
+        """
+        L{Syncs.run}, failing as L{transact} does; blocking.
+        """
+        try:
+            syncs.run()
         except FileNotFoundError as e:
             raise NotFound("mailbox %s is gone: %s" % (self._label, e)) from e
         except OSError as e:
@@ -1209,13 +1279,14 @@ class FolderIndex:
         self._parsed.pop(self.path, None)
         return self._load(copy)
 
-    def _write(self, uidList):
+    def _write(self, uidList, syncs=None):
         """
-        Save a transaction's changes: appended to the log and synced when
-        it applies to the index and stays below L{LOG_COMPACT_SIZE}, else
-        the index is written whole (L{_writeWhole}).  A log whose end a
-        crash cut short is cut back first to its last complete
-        transaction, so nothing after it is ever read.
+        Save a transaction's changes: appended to the log and synced (or
+        left to C{syncs}) when it applies to the index and stays below
+        L{LOG_COMPACT_SIZE}, else the index is written whole
+        (L{_writeWhole}).  A log whose end a crash cut short is cut back
+        first to its last complete transaction, so nothing after it is
+        ever read.
         """
         logIno, offset, size, applies = uidList.log
         record = uidList.logRecord() if applies and not uidList.rebuilt else None
@@ -1234,9 +1305,15 @@ class FolderIndex:
                 os.ftruncate(fd, offset)
             os.lseek(fd, offset, os.SEEK_SET)
             writeAll(fd, record)
-            os.fdatasync(fd)
-        finally:
+            if syncs is None:
+                os.fdatasync(fd)
+        except BaseException:
             os.close(fd)
+            raise
+        if syncs is None:
+            os.close(fd)
+        else:
+            syncs.files.append(fd)
         end = offset + len(record)
         uidList.log = (logIno, end, end, True)
         self._remember(uidList, logIno, end, True)
