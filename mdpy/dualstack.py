@@ -122,6 +122,19 @@ class EveryAddressEndpoint:
         )
 
 
+class _CountedServer(tcp.Server):
+    """
+    A connection of a L{OneAtATimePort} with a load board: counted off
+    when it closes.
+    """
+
+    def connectionLost(self, reason):
+        try:
+            tcp.Server.connectionLost(self, reason)
+        finally:
+            self.server.board.add(-1)
+
+
 class OneAtATimePort(tcp.Port):
     """
     A listening port that accepts one connection each time its socket is
@@ -129,7 +142,19 @@ class OneAtATimePort(tcp.Port):
     time before: processes sharing the socket each take one in turn, so
     that a burst of connections is spread over them instead of taken by
     the first to wake.
+
+    With a L{mdpy.tap.loadboard.LoadBoard} in C{board} (a worker's), the
+    connections are counted, and a process that holds more than another
+    leaves the next connection to it: it stops reading its socket for
+    L{YIELD_DELAY} seconds, then takes what is still waiting, so a
+    connection waits no longer than that when the other is busy or
+    stopped.
     """
+
+    YIELD_DELAY = 0.01
+    board = None
+    _yielded = False
+    _resuming = None
 
     @property
     def numberAccepts(self):
@@ -138,6 +163,37 @@ class OneAtATimePort(tcp.Port):
     @numberAccepts.setter
     def numberAccepts(self, value):
         pass
+
+    @property
+    def transport(self):
+        return tcp.Server if self.board is None else _CountedServer
+
+    def doRead(self):
+        board = self.board
+        if board is None:
+            return tcp.Port.doRead(self)
+        if not self._yielded and board.busier():
+            self._yielded = True
+            self.stopReading()
+            self._resuming = self.reactor.callLater(self.YIELD_DELAY, self._resume)
+            return None
+        self._yielded = False
+        before = self.sessionno
+        try:
+            return tcp.Port.doRead(self)
+        finally:
+            board.add(self.sessionno - before)
+
+    def _resume(self):
+        self._resuming = None
+        if self.connected and not self.disconnecting:
+            self.startReading()
+
+    def connectionLost(self, reason):
+        if self._resuming is not None and self._resuming.active():
+            self._resuming.cancel()
+        self._resuming = None
+        return tcp.Port.connectionLost(self, reason)
 
 
 @implementer(IStreamServerEndpoint)

@@ -6,6 +6,7 @@ files backend.  Which worker serves a connection is read from the kernel
 make sure it has a client on each worker.
 """
 
+import collections
 import contextlib
 import imaplib
 import os
@@ -13,6 +14,7 @@ import poplib
 import re
 import signal
 import smtplib
+import socket
 
 import pytest
 
@@ -200,6 +202,26 @@ def test_connectionsAreServedByBothWorkers(server):
         waitUntil(lambda: re.search(r"pid %d\] imap: client id from 127\.0\.0\.1: name=probe-%d$" % (pid, pid),
                                     server.logText(), re.M), what="the ID log line of worker %d" % (pid,))
     assert server.process.pid not in clients
+
+
+def test_burstOfConnectionsIsSharedEvenly(server):
+    """
+    A burst of connections, as a client program that opens many at once,
+    is shared evenly by the workers (they count their connections on a
+    board they share), rather than taken mostly by the first to wake;
+    connections kept open keep each worker's share of the work.
+    """
+    sockets = [socket.create_connection((HOST, server.imap)) for _ in range(20)]
+    try:
+        for sock in sockets:
+            assert sock.recv(1024).startswith(b"* OK")
+        served = collections.Counter(servedBy(server, sock) for sock in sockets)
+        # Even, but for a worker that was too busy to take its turn in
+        # time (then the other takes it after a short wait).
+        assert len(served) == WORKERS and max(served.values()) - min(served.values()) <= 2, served
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def test_idleHearsMailAnotherWorkerAccepted(server):

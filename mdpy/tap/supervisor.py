@@ -31,6 +31,7 @@ from mdpy.config import ConfigError
 from mdpy.dualstack import BothPorts
 from mdpy.logs import Logger
 from mdpy.tap.listeners import LISTENERS
+from mdpy.tap.loadboard import LoadBoard
 
 log = Logger()
 
@@ -223,14 +224,17 @@ class WorkerSupervisor(service.Service):
 
     name = "workers"
 
-    def __init__(self, count, launch, clock):
+    def __init__(self, count, launch, clock, board=None):
         """
         @param launch: called with a L{WorkerProtocol} and the worker's
             number, starts the process (L{spawnWorker}) and returns its
             L{IProcessTransport}; may raise L{OSError}.
         @param clock: an L{IReactorTime}.
+        @param board: the workers' L{LoadBoard}, whose slot of a worker
+            that ended is marked gone.
         """
         self.count = count
+        self.board = board
         self.launch = launch
         self.clock = clock
         self.workers = {}
@@ -262,6 +266,8 @@ class WorkerSupervisor(service.Service):
         """
         if self.workers.get(worker.number) is worker:
             del self.workers[worker.number]
+            if self.board is not None:
+                self.board.gone(worker.number - 1)
         if not self.running:
             log.info("worker {number} (pid {pid}) has stopped", number=worker.number, pid=worker.pid)
             return
@@ -333,11 +339,13 @@ class HeldEndpoint:
         return listening
 
 
-def spawnWorker(reactor, configPath, portOffset, sockets, executable=sys.executable):
+def spawnWorker(reactor, configPath, portOffset, sockets, executable=sys.executable, board=None):
     """
     @param configPath: the configuration file, or L{None} for the embedded
         default.
     @param sockets: the C{(name, fd, family)} of each listening socket.
+    @param board: the workers' L{LoadBoard}, whose file is passed to each
+        with its slot (its number - 1).
     @return: a C{launch} function for L{WorkerSupervisor} that runs
         C{python -m mdpy.tap.worker} with the sockets as its descriptors
         from 3 on, its standard input a pipe whose end tells it the
@@ -357,6 +365,10 @@ def spawnWorker(reactor, configPath, portOffset, sockets, executable=sys.executa
         for childFD, (name, fd, family) in enumerate(sockets, 3):
             childFDs[childFD] = fd
             args += ["--listener", "%s=%d:%d" % (name, childFD, 6 if family == socket.AF_INET6 else 4)]
+        if board is not None:
+            childFD = 3 + len(sockets)
+            childFDs[childFD] = board.fileno()
+            args += ["--load-board", "%d:%d:%d" % (childFD, number - 1, board.count)]
         return reactor.spawnProcess(worker, executable, args, env=environ, childFDs=childFDs)
 
     return launch
@@ -375,7 +387,9 @@ def superviseWorkers(top, count, configPath, portOffset, reactor):
         except KeyError:
             continue
         listener.endpoint = HeldEndpoint(listener.endpoint, name, sockets)
-    supervisor = WorkerSupervisor(count, spawnWorker(reactor, configPath, portOffset, sockets), reactor)
+    board = LoadBoard.create(count)
+    supervisor = WorkerSupervisor(
+        count, spawnWorker(reactor, configPath, portOffset, sockets, board=board), reactor, board)
     supervisor.setServiceParent(top)
     top.workers = supervisor
     log.info("{count} worker processes serve the listeners", count=count)

@@ -21,7 +21,9 @@ from twisted.logger import FilteringLogObserver, formatEvent, globalLogBeginner,
 from twisted.python import usage
 from zope.interface import implementer
 
+from mdpy.dualstack import OneAtATimePort
 from mdpy.logs import Logger, quiet
+from mdpy.tap.loadboard import LoadBoard
 
 log = Logger()
 
@@ -39,6 +41,17 @@ class WorkerOptions(usage.Options):
     def __init__(self):
         usage.Options.__init__(self)
         self.listeners = {}
+        self.board = None
+
+    def opt_load_board(self, value):
+        """
+        FD:SLOT:COUNT: the workers' load board, inherited as descriptor
+        FD, and this worker's slot on it (see mdpy.tap.loadboard).
+        """
+        try:
+            self.board = LoadBoard.fromArgument(value)
+        except (ValueError, OSError) as e:
+            raise usage.UsageError("--load-board takes FD:SLOT:COUNT of a board: %s" % (e,))
 
     def opt_listener(self, value):
         """
@@ -120,6 +133,9 @@ def main(argv=None, reactor=None):
     from mdpy.reload import installReloadSignal
     from mdpy.tap import THREADS, buildService, keepLargeBlocksApart, raiseFileLimit
 
+    # Every listening port of this worker counts its connections on the
+    # board the workers share.
+    OneAtATimePort.board = options.board
     try:
         config = Config.load(options["config"])
         raiseFileLimit()
