@@ -148,7 +148,8 @@ class OneAtATimePort(tcp.Port):
     leaves the next connection to it: it stops reading its socket for
     L{YIELD_DELAY} seconds, then takes what is still waiting, so a
     connection waits no longer than that when the other is busy or
-    stopped.
+    stopped.  A worker that just started takes nothing while the others
+    are starting too (L{mdpy.tap.loadboard.STARTUP_WAIT} at most).
     """
 
     YIELD_DELAY = 0.01
@@ -172,7 +173,7 @@ class OneAtATimePort(tcp.Port):
         board = self.board
         if board is None:
             return tcp.Port.doRead(self)
-        if not self._yielded and board.busier():
+        if board.othersStarting() or not self._yielded and board.busier():
             self._yielded = True
             self.stopReading()
             self._resuming = self.reactor.callLater(self.YIELD_DELAY, self._resume)

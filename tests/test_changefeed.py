@@ -675,3 +675,21 @@ def test_failedRenameIsNotExpected(tmp_path):
     assert not mailbox.isCurrent()
     settle(reactor)
     assert calls == [(ALICE, "INBOX")]
+
+
+def test_nothingExpectedOfFoldersNotWatched(tmp_path):
+    """
+    Transactions in a folder nobody watches leave nothing expected behind
+    (no event of theirs is ever read), and what a folder expected goes
+    when it is no longer watched: it cannot hide a later change.
+    """
+    reactor, store, feed, calls, mailbox = watchedInbox(tmp_path)
+    store.createMailbox(ALICE, "Notes")
+    sent = store.openMailbox(ALICE, "Notes")
+    resultOf(sent.append(MESSAGE))
+    resultOf(sent.changeFlags([1], ["\\Seen"], ADD))
+    assert store.changesHeard._expected == {}
+    resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
+    assert store.changesHeard._expected  # not read yet
+    feed.close()
+    assert store.changesHeard._expected == {}

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from mdpy.tap.loadboard import GONE, LoadBoard
+from mdpy.tap.loadboard import GONE, STARTUP_WAIT, LoadBoard
 
 
 def workerBoard(supervisor, slot):
@@ -55,3 +55,27 @@ def test_goneIsAboveAnyCount():
     board.add(1 << 40)
     assert not board.busier()
     assert GONE > board.held
+
+
+def test_workerStartingWaitsForTheOthers():
+    """
+    A worker that just started leaves the connections to the others until
+    they are on the board too, or until STARTUP_WAIT has passed.
+    """
+    now = [100.0]
+    supervisor = LoadBoard.create(3)
+    first = LoadBoard(os.dup(supervisor.fileno()), 3, 0, clock=lambda: now[0])
+    assert first.othersStarting()
+    LoadBoard(os.dup(supervisor.fileno()), 3, 1)
+    assert first.othersStarting()
+    third = LoadBoard(os.dup(supervisor.fileno()), 3, 2)
+    assert not first.othersStarting()
+    # Once every worker was there, one that ends later is not waited for.
+    supervisor.gone(2)
+    assert not first.othersStarting()
+    # Nor past STARTUP_WAIT.
+    late = LoadBoard(os.dup(supervisor.fileno()), 3, 0, clock=lambda: now[0])
+    assert late.othersStarting()
+    now[0] += STARTUP_WAIT
+    assert not late.othersStarting()
+    assert third.slot == 2

@@ -18,9 +18,14 @@ import mmap
 import os
 import struct
 import tempfile
+import time
 
 # The count of a worker that is not running: none yields to it.
 GONE = 1 << 62
+# How long a worker that just started leaves the connections to the others
+# that are starting too (not yet on the board), so that the clients of a
+# server just (re)started are not all taken by the first worker up.
+STARTUP_WAIT = 5.0
 _SLOT = struct.Struct("=q")
 
 
@@ -33,11 +38,13 @@ class LoadBoard:
     @ivar held: the connections this worker holds.
     """
 
-    def __init__(self, fd, count, slot=None):
+    def __init__(self, fd, count, slot=None, clock=time.monotonic):
         self._map = mmap.mmap(fd, _SLOT.size * count)
         self.count = count
         self.slot = slot
         self.held = 0
+        self._clock = clock
+        self._startedUntil = clock() + STARTUP_WAIT
         if slot is not None:
             self._write(slot, 0)
 
@@ -60,6 +67,19 @@ class LoadBoard:
         """
         held = self.held
         return any(self._read(slot) < held for slot in range(self.count) if slot != self.slot)
+
+    def othersStarting(self):
+        """
+        @return: whether this worker started less than L{STARTUP_WAIT}
+            seconds ago and another is not on the board yet.
+        """
+        if self._startedUntil is None:
+            return False
+        if self._clock() >= self._startedUntil or all(
+                self._read(slot) != GONE for slot in range(self.count) if slot != self.slot):
+            self._startedUntil = None
+            return False
+        return True
 
     def gone(self, slot):
         """

@@ -381,11 +381,13 @@ class ChangesHeard:
     anew by each locked transaction of this process that changed the
     folder (L{settle}) and by each change the feed hears that no such
     transaction made (L{heard}).  A transaction names what it renames or
-    removes in C{new/} and C{cur/} before it does (L{expect}), and the
-    feed takes those events as its own.  A view read after its folder's
-    mark was M knows of every change if the mark is still M once the feed
-    read what the kernel has (L{drain}).  A folder that is not watched
-    (polled, or inotify lost) has no mark: its views read it.
+    removes in C{new/} and C{cur/} of a watched folder before it does
+    (L{expect}), and the feed takes those events as its own.  A view read
+    after its folder's mark was M knows of every change if the mark is
+    still M once the feed read what the kernel has (L{drain}).  A folder
+    that is not watched (polled, or inotify lost) has no mark, and its
+    views read it; nothing is expected of it, and what was expected of a
+    folder goes when it is no longer watched or events were lost.
 
     Thread-safe: transactions run in worker threads, the feed on the
     reactor thread.
@@ -395,7 +397,7 @@ class ChangesHeard:
         self._lock = threading.Lock()
         self._serial = 0
         self._marks = {}  # folder path: mark
-        self._expected = collections.Counter()  # (directory, name): events to come
+        self._expected = {}  # folder path: Counter of (directory, name), events to come
         self.drain = lambda: None
 
     def _next(self):
@@ -413,10 +415,12 @@ class ChangesHeard:
     def unwatch(self, folderPath):
         with self._lock:
             self._marks.pop(folderPath, None)
+            self._expected.pop(folderPath, None)
 
     def unwatchAll(self):
         with self._lock:
             self._marks.clear()
+            self._expected.clear()
 
     def mark(self, folderPath):
         """
@@ -441,10 +445,9 @@ class ChangesHeard:
         """
         key = (directory, name)
         with self._lock:
-            if self._expected[key] > 0:
-                self._expected[key] -= 1
-                if not self._expected[key]:
-                    del self._expected[key]
+            expected = self._expected.get(folderPath)
+            if expected and expected[key] > 0:
+                self._consume(folderPath, expected, key)
                 return False
             if folderPath in self._marks:
                 self._marks[folderPath] = self._next()
@@ -453,31 +456,39 @@ class ChangesHeard:
     def lost(self):
         """
         Events were lost (the kernel's queue overflowed): every folder has
-        a new mark.
+        a new mark, and what was expected may never come.
         """
         with self._lock:
             for path in self._marks:
                 self._marks[path] = self._next()
+            self._expected.clear()
 
-    def expect(self, directory, *names):
+    def expect(self, folderPath, directory, name):
         """
-        This process is about to rename (from and to) or remove C{names} in
-        C{directory}.
+        This process is about to rename (from or to) or remove C{name} in
+        C{directory} of C{folderPath}.
         """
         with self._lock:
-            for name in names:
-                self._expected[(directory, name)] += 1
+            if folderPath in self._marks:
+                expected = self._expected.setdefault(folderPath, collections.Counter())
+                expected[(directory, name)] += 1
 
-    def withdraw(self, directory, *names):
+    def withdraw(self, folderPath, directory, name):
         """
         What L{expect} announced did not happen.
         """
         with self._lock:
-            for name in names:
-                key = (directory, name)
-                left = self._expected.pop(key, 0) - 1
-                if left > 0:
-                    self._expected[key] = left
+            expected = self._expected.get(folderPath)
+            key = (directory, name)
+            if expected and expected[key] > 0:
+                self._consume(folderPath, expected, key)
+
+    def _consume(self, folderPath, expected, key):
+        expected[key] -= 1
+        if not expected[key]:
+            del expected[key]
+            if not expected:
+                del self._expected[folderPath]
 
     def settle(self, folderPath, mark, changed):
         """
@@ -1114,16 +1125,16 @@ class FolderIndex:
         Rename a message file from C{source} to C{target} (paths in C{new/}
         or C{cur/}) in a transaction, its events expected (L{ChangesHeard}).
         """
-        heard = self._heard
+        heard, path = self._heard, self.path
         sourceDir, sourceName = os.path.split(source)
         targetDir, targetName = os.path.split(target)
-        heard.expect(sourceDir, sourceName)
-        heard.expect(targetDir, targetName)
+        heard.expect(path, sourceDir, sourceName)
+        heard.expect(path, targetDir, targetName)
         try:
             os.rename(source, target)
         except BaseException:
-            heard.withdraw(sourceDir, sourceName)
-            heard.withdraw(targetDir, targetName)
+            heard.withdraw(path, sourceDir, sourceName)
+            heard.withdraw(path, targetDir, targetName)
             raise
 
     def place(self, source, target):
@@ -1131,11 +1142,11 @@ class FolderIndex:
         L{rename} from outside C{new/} and C{cur/} (C{tmp/}, unwatched).
         """
         targetDir, targetName = os.path.split(target)
-        self._heard.expect(targetDir, targetName)
+        self._heard.expect(self.path, targetDir, targetName)
         try:
             os.rename(source, target)
         except BaseException:
-            self._heard.withdraw(targetDir, targetName)
+            self._heard.withdraw(self.path, targetDir, targetName)
             raise
 
     def unlink(self, path):
@@ -1143,11 +1154,11 @@ class FolderIndex:
         Remove a message file in a transaction, its event expected.
         """
         directory, name = os.path.split(path)
-        self._heard.expect(directory, name)
+        self._heard.expect(self.path, directory, name)
         try:
             os.unlink(path)
         except BaseException:
-            self._heard.withdraw(directory, name)
+            self._heard.withdraw(self.path, directory, name)
             raise
 
     def _look(self):
