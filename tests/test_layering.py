@@ -101,8 +101,9 @@ def test_noThreadPoolOutsideBackends(path, dotted, tree):
     assert sorted(used) == []
     modules = [name for name in imported(tree, dotted) if name.startswith(THREAD_MODULES)]
     if dotted == "mdpy.tap.parts":
-        modules = [name for name in modules if name != "twisted.python.threadpool.ThreadPool"
-                   and name != "twisted.python.threadpool"]
+        modules = [name for name in modules if name not in (
+            "twisted.python.threadpool.ThreadPool", "twisted.python.threadpool",
+            "mdpy.backends.threadpool.ThreadPool", "mdpy.backends.threadpool")]
     assert modules == []
 
 

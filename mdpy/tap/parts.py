@@ -8,7 +8,6 @@ pipeline, the ODMR gateways and the login limits.
 import re
 
 from mdpy.logs import Logger
-from twisted.python.threadpool import ThreadPool
 
 from twisted.cred.portal import Portal
 
@@ -30,6 +29,7 @@ from mdpy.minger.client import MingerClient, MingerVerifier
 from mdpy.odmr.gateway import GatewayChecker, GatewayDomain, Gateways, normaliseLogin
 from mdpy.interfaces import ICheck
 from mdpy.tap.listeners import checkClasses
+from mdpy.backends.threadpool import ThreadPool
 
 log = Logger()
 

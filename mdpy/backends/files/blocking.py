@@ -42,7 +42,7 @@ class Blocking:
     Blocking calls, run in one thread pool.
 
     @ivar reactor: the reactor the results are delivered on.
-    @ivar threadPool: a started L{twisted.python.threadpool.ThreadPool}.
+    @ivar threadPool: a started L{mdpy.backends.threadpool.ThreadPool} (or Twisted's).
     """
 
     def __init__(self, reactor, threadPool):
