@@ -1333,3 +1333,51 @@ def test_readOfAFileMovedOrRemovedSinceTheSync(tmp_path):
     with pytest.raises(NotFound):
         resultOf(d)
     assert pooled == [moved.readFile, removed.readFile]
+
+
+def test_stateAfterAChangeIsAsIfMadeAnew(tmp_path, monkeypatch):
+    """
+    A view's state after its own flag changes and appends (made from its
+    previous state) is the one a new view of the folder makes; also after
+    another process changed the folder meanwhile.
+    """
+    madeFromPrevious = []
+    changedMessages = maildir.MaildirMailbox._changedMessages
+
+    def spy(self, *args):
+        result = changedMessages(self, *args)
+        madeFromPrevious.append(result is not None)
+        return result
+
+    monkeypatch.setattr(maildir.MaildirMailbox, "_changedMessages", spy)
+    store = MaildirStore(str(tmp_path / "mail"), runInThread=runNow)
+    store.createAccount(ALICE)
+    for n in range(5):
+        resultOf(store.deliver([(ALICE, "INBOX", [MESSAGE + b"%d\r\n" % n])]))
+    mailbox = store.openMailbox(ALICE)
+
+    def seen(view):
+        return [(m.uid, m.key, m.filename, m.flags, m.modSeq, m.size) for m in view.messages()]
+
+    def fresh():
+        return seen(MaildirStore(str(tmp_path / "mail"), runInThread=runNow).openMailbox(ALICE))
+
+    before = mailbox._state
+    resultOf(mailbox.changeFlags([2, 4], ["\\Seen"], ADD))
+    assert seen(mailbox) == fresh()
+    assert mailbox.messages()[0] is before.messages[0]  # unchanged: kept
+    resultOf(mailbox.changeFlags([4], ["$Label1"], ADD))  # a new keyword
+    assert seen(mailbox) == fresh()
+    resultOf(mailbox.append(MESSAGE, ["\\Flagged"]))
+    assert seen(mailbox) == fresh()
+    assert madeFromPrevious.count(True) == 2  # the first change and the append
+    elsewhere = MaildirStore(str(tmp_path / "mail"), runInThread=runNow).openMailbox(ALICE)
+    resultOf(elsewhere.changeFlags([1], ["\\Answered"], ADD))
+    resultOf(elsewhere.append(MESSAGE))
+    resultOf(mailbox.changeFlags([3], ["\\Draft"], ADD))
+    assert seen(mailbox) == fresh()
+    resultOf(mailbox.expunge([2]))
+    resultOf(mailbox.changeFlags([5], ["\\Seen"], ADD))
+    assert seen(mailbox) == fresh()
+    assert [uid for uid, *_ in seen(mailbox)] == [1, 3, 4, 5, 6, 7]
+    assert mailbox._state.byUid == {m.uid: m for m in mailbox.messages()}

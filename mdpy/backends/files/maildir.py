@@ -46,6 +46,7 @@ import socket
 import sqlite3
 import time
 import weakref
+from bisect import bisect_left
 from contextlib import contextmanager
 
 from twisted.internet import defer
@@ -522,19 +523,23 @@ class _State:
     """
 
     def __init__(self, serial, uidValidity, uidNext, highestModSeq, messages, keywords,
-                 recentThreshold=0, claimed=()):
+                 recentThreshold=0, claimed=(), byUid=None):
         self.serial = serial
         self.uidValidity = uidValidity
         self.uidNext = uidNext
         self.highestModSeq = highestModSeq
         self.messages = messages
-        self.byUid = {message.uid: message for message in messages}
+        self.byUid = {message.uid: message for message in messages} if byUid is None else byUid
         self.keywords = keywords
         self.recentThreshold = recentThreshold
         self.claimed = claimed
 
 
 _EMPTY = _State(0, 0, 1, 0, [], ())
+
+
+def _uidOf(message):
+    return message.uid
 
 
 @implementer(IMailbox, IMessageCache)
@@ -604,6 +609,14 @@ class MaildirMailbox(FlagShorthand):
                         state.uidValidity, state.uidNext, state.highestModSeq, state.recentThreshold,
                         state.keywords):
                     return state
+        changed = self._changedMessages(previous, uidList, files, keywords, names)
+        if changed is not None:
+            messages, byUid = changed
+            state = _State(next(_stateSerial), uidList.uidValidity, uidList.uidNext, uidList.highestModSeq,
+                           messages, names, uidList.recentThreshold, uidList.claimed, byUid)
+            if not uidList.claimed:
+                built[self.path] = state
+            return state
         reuse = previous.byUid if previous.keywords == names else {}
         flagsByInfo = {}
         messages = []
@@ -623,6 +636,41 @@ class MaildirMailbox(FlagShorthand):
         if not uidList.claimed:
             built[self.path] = state
         return state
+
+    def _changedMessages(self, previous, uidList, files, keywords, names):
+        """
+        The messages of a transaction's state made from the view's, when
+        the transaction read the index the view's state was made from and
+        only changed entries or added ones above them (flags changed,
+        messages added): the others are the view's as they are.
+
+        @return: C{(messages, byUid)}, or L{None} when the whole state must
+            be made.
+        """
+        entries = uidList.entries
+        changed = getattr(entries, "changed", None)
+        if changed is None or entries.removed or previous.keywords != names or getattr(
+                uidList, "readAt", None) != (previous.uidValidity, previous.uidNext, previous.highestModSeq):
+            return None
+        messages = list(previous.messages)
+        byUid = dict(previous.byUid)
+        added = []
+        for key in changed:
+            uid, modSeq, info, size = entries[key]
+            message = MaildirMessage(self.path, uid, key, files[key], flagsFromInfo(info, keywords), modSeq,
+                                     size, self._store._runInThread)
+            old = byUid.get(uid)
+            byUid[uid] = message
+            if old is None:
+                added.append(message)
+            else:
+                messages[bisect_left(messages, uid, key=_uidOf)] = message
+        if added:
+            added.sort(key=_uidOf)
+            if messages and added[0].uid <= messages[-1].uid:
+                return None
+            messages.extend(added)
+        return messages, byUid
 
     def _install(self, outcome, sync=False):
         """

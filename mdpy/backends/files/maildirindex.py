@@ -970,6 +970,8 @@ class FolderIndex:
                 try:
                     uidList = self._read(lock)
                     readModSeq = uidList.highestModSeq
+                    # What the index was when read, for a view to build on.
+                    uidList.readAt = (uidList.uidValidity, uidList.uidNext, readModSeq)
                     uidList.unsynced = set()
                     keywords = self._keywords()
                     files = self._scan()
