@@ -23,6 +23,7 @@ from mdpy.interfaces import IChangeFeed
 from mdpy.backends.files import changefeed
 from mdpy.backends.files.changefeed import MaildirChangeFeed
 from mdpy.backends.local import ChangeFeed
+from mdpy.backends.files.blocking import DeferredStore
 from mdpy.backends.files.maildir import MaildirStore
 from mdpy.mailbox import ADD, accountKey
 from mdpy.testing import capturedLogs, loggedLines, resultOf, synchronousRunner
@@ -579,20 +580,26 @@ def test_changesOfOthersAreHeardAtOnce(tmp_path):
     assert mailbox.messages()[0].flags == {"\\Flagged"}
 
 
-def test_anotherViewsChangeMakesAViewRead(tmp_path):
+def test_anotherViewsChangeReachesAView(tmp_path):
     """
     Of two views of one folder in this process, the one that did not make
-    a change is not current after it.
+    a change takes the state of the one that did, which is current,
+    without reading the folder.
     """
     reactor, store, feed, calls, first = watchedInbox(tmp_path)
     second = store.openMailbox(ALICE)
     assert second.syncFromSnapshot() and second.isCurrent()
     resultOf(first.changeFlags([1], ["\\Answered"], ADD))
     assert first.isCurrent()
-    assert not second.isCurrent()
-    assert second.syncFromSnapshot()
+    assert second.messages()[0].flags == set()
     assert second.isCurrent()
     assert second.messages()[0].flags == {"\\Answered"}
+    # Not so once another process changed the folder.
+    elsewhere = MaildirStore(str(tmp_path), runInThread=synchronousRunner).openMailbox(ALICE)
+    resultOf(elsewhere.changeFlags([2], ["\\Seen"], ADD))
+    assert not second.isCurrent() and not first.isCurrent()
+    assert second.syncFromSnapshot() and second.isCurrent()
+    assert second.messages()[1].flags == {"\\Seen"}
 
 
 def test_logWrittenElsewhereMakesAViewRead(tmp_path):
@@ -693,3 +700,26 @@ def test_nothingExpectedOfFoldersNotWatched(tmp_path):
     assert store.changesHeard._expected  # not read yet
     feed.close()
     assert store.changesHeard._expected == {}
+
+
+def test_viewOpenedTakesACurrentStateWithoutReading(tmp_path, monkeypatch):
+    """
+    A view opened while another view of the folder is current (as STATUS
+    or SELECT of a folder a session has selected) takes that view's state
+    without listing the folder; once the folder changed, it reads.
+    """
+    reactor, store, feed, calls, mailbox = watchedInbox(tmp_path)
+    resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
+    assert mailbox.isCurrent()
+    deferred = DeferredStore(store, synchronousRunner)
+    listed = []
+    listdir = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda path: listed.append(path) or listdir(path))
+    opened = resultOf(deferred.openMailbox(ALICE))
+    assert listed == []
+    assert opened.messages() == mailbox.messages()
+    assert opened.isCurrent()
+    drop(store)
+    opened = resultOf(deferred.openMailbox(ALICE))
+    assert listed != []
+    assert len(opened.messages()) == 4

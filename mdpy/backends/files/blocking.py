@@ -152,12 +152,13 @@ class DeferredStore:
         See L{IMailStore.openMailbox}.
 
         @return: a L{Deferred} firing with a L{DeferredMailbox}: at once
-            when the folder can be read without its lock
+            when another view's state is known current or the folder can be
+            read without its lock
             (L{mdpy.backends.files.maildir.MaildirMailbox.syncFromSnapshot}), else from the pool.
         """
         try:
             mailbox = self.synchronous.openUnsynced(address, name)
-            quick = mailbox.syncFromSnapshot()
+            quick = mailbox.isCurrent() or mailbox.syncFromSnapshot()
         except Exception:
             return defer.fail()
         if quick:

@@ -520,6 +520,8 @@ class _State:
     A consistent view of a folder, as of one locked transaction.
 
     @ivar claimed: the UIDs the transaction claimed for the view.
+    @ivar seen: the latest C{uidList.seen} (see L{FolderIndex.transact}) it
+        was found current at, by any view that holds it; L{None} if none.
     """
 
     def __init__(self, serial, uidValidity, uidNext, highestModSeq, messages, keywords,
@@ -533,6 +535,7 @@ class _State:
         self.keywords = keywords
         self.recentThreshold = recentThreshold
         self.claimed = claimed
+        self.seen = None
 
 
 _EMPTY = _State(0, 0, 1, 0, [], ())
@@ -696,6 +699,8 @@ class MaildirMailbox(FlagShorthand):
                 self._seen is None or self._seen[0] is None or seen[0] > self._seen[0]):
             # The same state, found current later.
             self._seen = seen
+        if seen is not None and seen[0] is not None and (state.seen is None or seen[0] > state.seen[0]):
+            state.seen = seen
         if state.claimed and state.uidValidity == self._state.uidValidity:
             # Kept even when a newer state was installed first: that one
             # holds these messages, claimed before it was built.
@@ -801,9 +806,22 @@ class MaildirMailbox(FlagShorthand):
         @return: whether the view is what L{sync} would make it, known
             without reading the folder: the change feed watches it and
             heard nothing since the view was read but the view's own
-            changes (L{FolderIndex.isCurrent}).  Only on the reactor thread.
+            changes (L{FolderIndex.isCurrent}); or the same holds for the
+            state another view of the folder made last, which this view
+            then takes.  Only on the reactor thread.
         """
-        return self._index.isCurrent(self._seen)
+        if self._index.isCurrent(self._seen):
+            return True
+        # Another view's state, current: a view just opened (STATUS,
+        # SELECT) takes it without reading the folder.
+        shared = self._store._builtStates.get(self.path)
+        if shared is None or shared is self._state or shared.seen is None or (
+                self._claiming and shared.recentThreshold < shared.uidNext - 1):
+            return False
+        if not self._index.isCurrent(shared.seen):
+            return False
+        self._install(((shared, shared.seen), None), sync=True)
+        return self._state is shared
 
     def messages(self):
         """
