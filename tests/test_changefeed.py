@@ -723,3 +723,20 @@ def test_viewOpenedTakesACurrentStateWithoutReading(tmp_path, monkeypatch):
     opened = resultOf(deferred.openMailbox(ALICE))
     assert listed != []
     assert len(opened.messages()) == 4
+
+
+def test_viewIsNotTakenAsCurrentForLong(tmp_path, monkeypatch):
+    """
+    However little was heard, a view is read again once CURRENT_FOR
+    seconds passed since it was: a change the feed cannot hear (another
+    host of a network filesystem) is seen by IDLE's poll.
+    """
+    from mdpy.backends.files import maildirindex
+
+    reactor, store, feed, calls, mailbox = watchedInbox(tmp_path)
+    assert mailbox.isCurrent()
+    now = maildirindex.time.monotonic() + maildirindex.CURRENT_FOR + 1
+    monkeypatch.setattr(maildirindex.time, "monotonic", lambda: now)
+    assert not mailbox.isCurrent()
+    assert mailbox.syncFromSnapshot()
+    assert mailbox.isCurrent()

@@ -545,6 +545,16 @@ def _uidOf(message):
     return message.uid
 
 
+def _later(seen, than):
+    """
+    @return: whether C{seen} (see L{FolderIndex.transact}) says a state is
+        current later than C{than} does.
+    """
+    if seen is None or seen[0] is None:
+        return False
+    return than is None or than[0] is None or (seen[0], seen[2]) > (than[0], than[2])
+
+
 @implementer(IMailbox, IMessageCache)
 class MaildirMailbox(FlagShorthand):
     """
@@ -695,11 +705,10 @@ class MaildirMailbox(FlagShorthand):
         if newer:
             self._state = state
             self._seen = seen
-        elif state is current and seen is not None and seen[0] is not None and (
-                self._seen is None or self._seen[0] is None or seen[0] > self._seen[0]):
+        elif state is current and _later(seen, self._seen):
             # The same state, found current later.
             self._seen = seen
-        if seen is not None and seen[0] is not None and (state.seen is None or seen[0] > state.seen[0]):
+        if _later(seen, state.seen):
             state.seen = seen
         if state.claimed and state.uidValidity == self._state.uidValidity:
             # Kept even when a newer state was installed first: that one

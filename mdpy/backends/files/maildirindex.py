@@ -98,6 +98,11 @@ LOG_COMPACT_SIZE = 64 * 1024
 # A folder's listing is made again on each sync until its new/ and cur/
 # have been left alone this many seconds (L{FolderIndex.snapshot}).
 LOOK_MARGIN = 2.0
+# How long a view is taken as current without reading its folder, however
+# little was heard (FolderIndex.isCurrent): a bound on what a change the
+# feed cannot hear (a network filesystem's other hosts) stays unseen, below
+# IMAP IDLE's 30 s poll, which therefore always reads.
+CURRENT_FOR = 20.0
 _COARSE_CLOCK = getattr(time, "CLOCK_REALTIME_COARSE", time.CLOCK_REALTIME)
 LOCK_NAME = "mdpy-uidlist.lock"
 KEYWORDS_NAME = "dovecot-keywords"
@@ -935,10 +940,10 @@ class FolderIndex:
         run C{operation(uidList, files, keywords)}, with C{claim} claim the
         messages no view has claimed (L{UidList.claimRecent}), save the
         index if anything changed, and call C{build(uidList, files,
-        keywords)}, with C{uidList.seen} set to C{(mark, log)}: the mark
-        of L{ChangesHeard} this is current at (L{None} when something else
-        was heard meanwhile) and the identity of the log as left, C{(inode,
-        size)}.
+        keywords)}, with C{uidList.seen} set to C{(mark, log, time)}: the
+        mark of L{ChangesHeard} this is current at (L{None} when something
+        else was heard meanwhile), the identity of the log as left,
+        C{(inode, size)}, and when (the monotonic clock).
 
         With C{syncs} (a L{Syncs}), the transaction does not wait for the
         folder lock (L{LockHeld} when another holds it) and leaves the
@@ -992,7 +997,7 @@ class FolderIndex:
                     # Also when it failed half-way: what it did is heard.
                     mark = self._heard.settle(self.path, mark, changed)
                 logIno, _, size, _ = uidList.log
-                uidList.seen = (mark, (logIno, size))
+                uidList.seen = (mark, (logIno, size), time.monotonic())
                 built = build(uidList, files, keywords) if build else None
             if syncs is not None:
                 syncs.directories.update(uidList.unsynced)
@@ -1099,7 +1104,7 @@ class FolderIndex:
             raise NotFound("mailbox %s is gone: %s" % (self._label, e)) from e
         except OSError:
             return None
-        uidList.seen = (mark, (uidList.log[0], uidList.log[2]))
+        uidList.seen = (mark, (uidList.log[0], uidList.log[2]), time.monotonic())
         return build(uidList, files, keywords)
 
     def isCurrent(self, seen):
@@ -1108,10 +1113,10 @@ class FolderIndex:
         @return: whether nothing changed the folder since, as far as this
             process heard (L{ChangesHeard}), and its log is as it was then,
             so that a sync would build the same: without reading the folder.
-            Only on the reactor thread (the change feed reads what the
-            kernel has for it first).
+            Never past L{CURRENT_FOR} seconds.  Only on the reactor thread
+            (the change feed reads what the kernel has for it first).
         """
-        if seen is None or seen[0] is None:
+        if seen is None or seen[0] is None or time.monotonic() - seen[2] > CURRENT_FOR:
             return False
         self._heard.drain()
         if not self._heard.isMarked(self.path, seen[0]):
