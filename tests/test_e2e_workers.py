@@ -241,6 +241,54 @@ def test_idleHearsMailAnotherWorkerAccepted(server):
         done(client, tag)
 
 
+def test_changesOfEachSessionReachTheOthersAtNoop(server):
+    """
+    Two sessions with INBOX selected, in different workers and then in one
+    worker: a flag stored or a message appended by one is reported to the
+    other at its next NOOP, and the writer is told of nothing twice.
+    """
+    address, password = newAccount(server, "pair")
+    with smtplib.SMTP(HOST, server.smtp, timeout=30) as smtp:
+        smtp.sendmail("someone@remote.test", [address], makeMessage("first"))
+
+    def selected():
+        client = imaplib.IMAP4(HOST, server.imap, timeout=30)
+        client.login(address, password)
+        client.select("INBOX")
+        return client, client.sock
+
+    def untagged(client, command, *args):
+        """
+        @return: the FETCH and EXISTS responses to the command.
+        """
+        typ, data = getattr(client, command)(*args)
+        assert typ == "OK", data
+        fetched = [line for line in data if line] if command == "store" else []
+        return fetched + client.untagged_responses.pop("FETCH", []) + [
+            b"EXISTS %s" % (n,) for n in client.untagged_responses.pop("EXISTS", [])]
+
+    across = list(onEachWorker(server, selected).values())
+    first, second = sorted(workerPids(server).values())
+    with servingAlone(server, first):
+        together = [selected()[0], selected()[0]]
+    for writer, reader in (across, together):
+        untagged(reader, "noop")
+        flagged = untagged(writer, "store", "1", "+FLAGS", "(\\Flagged)")
+        assert any(b"\\Flagged" in line for line in flagged), flagged
+        assert untagged(writer, "noop") == []
+        assert any(b"\\Flagged" in line for line in untagged(reader, "noop"))
+        untagged(writer, "store", "1", "-FLAGS", "(\\Flagged)")
+        assert untagged(writer, "noop") == []
+        assert any(b"FLAGS (" in line and b"\\Flagged" not in line for line in untagged(reader, "noop"))
+        count = int(writer.select("INBOX")[1][0])
+        untagged(reader, "noop")
+        assert writer.append("INBOX", None, None, makeMessage("appended"))[0] == "OK"
+        assert b"EXISTS %d" % (count + 1,) in untagged(reader, "noop")
+        assert untagged(reader, "noop") == []
+    for client in across + together:
+        client.logout()
+
+
 def _idler(server, address, password):
     client, tag = idling(server, address, password)
     return (client, tag), client.sock
