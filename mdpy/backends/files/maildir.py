@@ -610,26 +610,33 @@ class MaildirMailbox(FlagShorthand):
             the view's own or another view's of this folder when the index
             is as it was for that one (every change of a message raises
             HIGHESTMODSEQ), else one made anew, with the messages that did
-            not change taken from the view's.
+            not change taken from the view's (L{_changedMessages}, else
+            L{_allMessages}).
         """
         previous = self._state
         names = tuple(keywords.names)
-        seen = (uidList.uidValidity, uidList.uidNext, uidList.highestModSeq, uidList.recentThreshold, names)
+        version = (uidList.uidValidity, uidList.uidNext, uidList.highestModSeq, uidList.recentThreshold, names)
         built = self._store._builtStates
         if not uidList.claimed:
             for state in (previous, built.get(self.path)):
-                if state is not None and state.uidValidity and not state.claimed and seen == (
+                if state is not None and state.uidValidity and not state.claimed and version == (
                         state.uidValidity, state.uidNext, state.highestModSeq, state.recentThreshold,
                         state.keywords):
                     return state
         changed = self._changedMessages(previous, uidList, files, keywords, names)
-        if changed is not None:
-            messages, byUid = changed
-            state = _State(next(_stateSerial), uidList.uidValidity, uidList.uidNext, uidList.highestModSeq,
-                           messages, names, uidList.recentThreshold, uidList.claimed, byUid)
-            if not uidList.claimed:
-                built[self.path] = state
-            return state
+        messages, byUid = changed if changed is not None else (
+            self._allMessages(previous, uidList, files, keywords, names), None)
+        state = _State(next(_stateSerial), uidList.uidValidity, uidList.uidNext, uidList.highestModSeq,
+                       messages, names, uidList.recentThreshold, uidList.claimed, byUid)
+        if not uidList.claimed:
+            built[self.path] = state
+        return state
+
+    def _allMessages(self, previous, uidList, files, keywords, names):
+        """
+        @return: the messages of every entry, those of the view's state that
+            did not change kept as they are.
+        """
         reuse = previous.byUid if previous.keywords == names else {}
         flagsByInfo = {}
         messages = []
@@ -644,11 +651,7 @@ class MaildirMailbox(FlagShorthand):
                     self.path, uid, key, name, flags, modSeq, size, self._store._runInThread
                 )
             messages.append(message)
-        state = _State(next(_stateSerial), uidList.uidValidity, uidList.uidNext, uidList.highestModSeq,
-                       messages, names, uidList.recentThreshold, uidList.claimed)
-        if not uidList.claimed:
-            built[self.path] = state
-        return state
+        return messages
 
     def _changedMessages(self, previous, uidList, files, keywords, names):
         """
