@@ -15,10 +15,12 @@ import re
 import signal
 import smtplib
 import socket
+import subprocess
 
 import pytest
 
-from tests.server import HOST, MdpyServer, freePorts, makeMessage, newAccount, waitForBanner, waitUntil
+from tests.server import (HOST, MdpyServer, freePorts, makeMessage, newAccount, twistdCommand, waitForBanner,
+                          waitUntil)
 from tests.test_e2e_changefeed import arrival, done, idling
 from tests.test_e2e_login_limits import _IMAP as IMAPFrom
 from tests.test_e2e_relay import HoldingReceiver, until
@@ -222,6 +224,44 @@ def test_burstOfConnectionsIsSharedEvenly(server):
     finally:
         for sock in sockets:
             sock.close()
+
+
+def test_clientsWaitingAtStartAreSharedEvenly(tmp_path):
+    """
+    Clients that connect while the server is starting (they wait in the
+    listening socket's queue, as after a restart) are shared evenly too:
+    the first worker up takes none until the other is up.
+    """
+    server = MdpyServer(tmp_path, workers=WORKERS, imapExtra="allow_plaintext_auth = yes\n")
+    assert server.cli("domain", "add", "example.test").returncode == 0
+    server.process = subprocess.Popen(
+        twistdCommand() + ["-n", "--pidfile=", "--logfile", server.log, "mdpy", "--config", server.config],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    sockets = []
+    try:
+        waitUntil(lambda: _connect(server.imap, sockets), what="the IMAP port to be bound")
+        sockets += [socket.create_connection((HOST, server.imap)) for _ in range(19)]
+        for sock in sockets:
+            sock.settimeout(30)
+            assert sock.recv(1024).startswith(b"* OK")
+        served = collections.Counter(servedBy(server, sock) for sock in sockets)
+        assert len(served) == WORKERS and max(served.values()) - min(served.values()) <= 2, served
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.stop()
+
+
+def _connect(port, sockets):
+    """
+    @return: whether a connection to C{port} was made (and added to
+        C{sockets}).
+    """
+    try:
+        sockets.append(socket.create_connection((HOST, port)))
+    except ConnectionRefusedError:
+        return False
+    return True
 
 
 def test_idleHearsMailAnotherWorkerAccepted(server):
