@@ -215,15 +215,23 @@ def test_burstOfConnectionsIsSharedEvenly(server):
     """
     sockets = [socket.create_connection((HOST, server.imap)) for _ in range(20)]
     try:
-        for sock in sockets:
-            assert sock.recv(1024).startswith(b"* OK")
-        served = collections.Counter(servedBy(server, sock) for sock in sockets)
-        # Even, but for a worker that was too busy to take its turn in
-        # time (then the other takes it after a short wait).
-        assert len(served) == WORKERS and max(served.values()) - min(served.values()) <= 2, served
+        assertSharedEvenly(server, sockets)
     finally:
         for sock in sockets:
             sock.close()
+
+
+def assertSharedEvenly(server, sockets):
+    """
+    Read the greeting of each connection; assert the workers serve as
+    many each, but for a worker that was too busy to take its turn in time
+    (then the other takes it after a short wait).
+    """
+    for sock in sockets:
+        sock.settimeout(30)
+        assert sock.recv(1024).startswith(b"* OK")
+    served = collections.Counter(servedBy(server, sock) for sock in sockets)
+    assert len(served) == WORKERS and max(served.values()) - min(served.values()) <= 2, served
 
 
 def test_clientsWaitingAtStartAreSharedEvenly(tmp_path):
@@ -241,11 +249,7 @@ def test_clientsWaitingAtStartAreSharedEvenly(tmp_path):
     try:
         waitUntil(lambda: _connect(server.imap, sockets), what="the IMAP port to be bound")
         sockets += [socket.create_connection((HOST, server.imap)) for _ in range(19)]
-        for sock in sockets:
-            sock.settimeout(30)
-            assert sock.recv(1024).startswith(b"* OK")
-        served = collections.Counter(servedBy(server, sock) for sock in sockets)
-        assert len(served) == WORKERS and max(served.values()) - min(served.values()) <= 2, served
+        assertSharedEvenly(server, sockets)
     finally:
         for sock in sockets:
             sock.close()
