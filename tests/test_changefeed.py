@@ -740,3 +740,27 @@ def test_viewIsNotTakenAsCurrentForLong(tmp_path, monkeypatch):
     assert not mailbox.isCurrent()
     assert mailbox.syncFromSnapshot()
     assert mailbox.isCurrent()
+
+
+def test_viewIsNotCurrentWhileATransactionChangesTheFolder(tmp_path):
+    """
+    From the first rename of a transaction of this process on, the other
+    views of the folder are not current (the transaction has not ended,
+    and the feed takes the rename's event as its own): a reader on another
+    thread never takes the folder as it was for the folder as it is.
+    """
+    reactor, store, feed, calls, mailbox = watchedInbox(tmp_path)
+    other = store.openMailbox(ALICE)
+    assert other.syncFromSnapshot() and other.isCurrent()
+    during = []
+    rename = mailbox._index.rename
+
+    def renameAndLook(source, target):
+        rename(source, target)
+        during.append(other.isCurrent())
+
+    mailbox._index.rename = renameAndLook
+    resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
+    assert during == [False]
+    assert mailbox.isCurrent()
+    assert other.isCurrent() and other.messages()[0].flags == {"\\Seen"}

@@ -383,11 +383,11 @@ class ChangesHeard:
     still as a sync would make it (L{MaildirMailbox.isCurrent}).
 
     Each watched folder has a mark: a number never given before, taken
-    anew by each locked transaction of this process that changed the
-    folder (L{settle}) and by each change the feed hears that no such
-    transaction made (L{heard}).  A transaction names what it renames or
-    removes in C{new/} and C{cur/} of a watched folder before it does
-    (L{expect}), and the feed takes those events as its own.  A view read
+    anew before each rename or removal a transaction of this process
+    makes in its C{new/} or C{cur/} (L{expect}: the feed then takes that
+    event as the transaction's own), when such a transaction ends having
+    changed the folder (L{settle}), and for each change the feed hears
+    that no such transaction made (L{heard}).  A view read
     after its folder's mark was M knows of every change if the mark is
     still M once the feed read what the kernel has (L{drain}).  A folder
     that is not watched (polled, or inotify lost) has no mark, and its
@@ -402,6 +402,7 @@ class ChangesHeard:
         self._lock = threading.Lock()
         self._serial = 0
         self._marks = {}  # folder path: mark
+        self._others = {}  # folder path: changes heard that no transaction here made
         self._expected = {}  # folder path: Counter of (directory, name), events to come
         self.drain = lambda: None
 
@@ -416,15 +417,18 @@ class ChangesHeard:
         """
         with self._lock:
             self._marks[folderPath] = self._next()
+            self._others[folderPath] = self._others.get(folderPath, 0) + 1
 
     def unwatch(self, folderPath):
         with self._lock:
             self._marks.pop(folderPath, None)
+            self._others.pop(folderPath, None)
             self._expected.pop(folderPath, None)
 
     def unwatchAll(self):
         with self._lock:
             self._marks.clear()
+            self._others.clear()
             self._expected.clear()
 
     def mark(self, folderPath):
@@ -432,6 +436,15 @@ class ChangesHeard:
         @return: the folder's mark now, or L{None} when it is not watched.
         """
         return self._marks.get(folderPath)
+
+    def begin(self, folderPath):
+        """
+        A transaction begins (under the folder lock).
+
+        @return: what L{settle} takes.
+        """
+        with self._lock:
+            return self._others.get(folderPath)
 
     def isMarked(self, folderPath, mark):
         """
@@ -456,6 +469,7 @@ class ChangesHeard:
                 return False
             if folderPath in self._marks:
                 self._marks[folderPath] = self._next()
+                self._others[folderPath] += 1
             return True
 
     def lost(self):
@@ -466,6 +480,7 @@ class ChangesHeard:
         with self._lock:
             for path in self._marks:
                 self._marks[path] = self._next()
+                self._others[path] += 1
             self._expected.clear()
 
     def expect(self, folderPath, directory, name):
@@ -475,6 +490,8 @@ class ChangesHeard:
         """
         with self._lock:
             if folderPath in self._marks:
+                # Views read before are not current from now on.
+                self._marks[folderPath] = self._next()
                 expected = self._expected.setdefault(folderPath, collections.Counter())
                 expected[(directory, name)] += 1
 
@@ -495,21 +512,23 @@ class ChangesHeard:
             if not expected:
                 del self._expected[folderPath]
 
-    def settle(self, folderPath, mark, changed):
+    def settle(self, folderPath, begun, changed):
         """
-        A transaction that began at C{mark} (L{mark} under the folder lock)
-        ends, having C{changed} the folder or not.
+        A transaction that began with C{begun} (L{begin}) ends, having
+        C{changed} the folder or not.
 
-        @return: the mark its result is current at, or L{None} when another
-            change was heard meanwhile.
+        @return: the mark its result is current at, or L{None} when a
+            change it did not make was heard meanwhile (or the folder was
+            not watched throughout).
         """
         with self._lock:
-            now = self._marks.get(folderPath)
-            if now is None:
+            if folderPath not in self._marks:
                 return None
             if changed:
                 self._marks[folderPath] = self._next()
-            return self._marks[folderPath] if now == mark else None
+            if begun is None or self._others[folderPath] != begun:
+                return None
+            return self._marks[folderPath]
 
 
 class Syncs:
@@ -970,7 +989,7 @@ class FolderIndex:
         """
         try:
             with FolderLock(self.path, wait=syncs is None) as lock:
-                mark = self._heard.mark(self.path)
+                begun = self._heard.begin(self.path)
                 changed = True
                 try:
                     uidList = self._read(lock)
@@ -995,7 +1014,7 @@ class FolderIndex:
                     changed = bool(uidList.dirty or uidList.unsynced)
                 finally:
                     # Also when it failed half-way: what it did is heard.
-                    mark = self._heard.settle(self.path, mark, changed)
+                    mark = self._heard.settle(self.path, begun, changed)
                 logIno, _, size, _ = uidList.log
                 uidList.seen = (mark, (logIno, size), time.monotonic())
                 built = build(uidList, files, keywords) if build else None
