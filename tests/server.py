@@ -374,12 +374,25 @@ class MdpyServer:
             directory = os.path.join(base, sub)
             for name in os.listdir(directory):
                 path = os.path.join(directory, name)
-                found.append((os.stat(path).st_mtime_ns, name, path))
+                found.append((os.stat(path).st_mtime_ns, _nameOrder(name), path))
         result = []
         for _, _, path in sorted(found):
             with open(path, "rb") as f:
                 result.append(f.read())
         return result
+
+
+def _nameOrder(name):
+    """
+    @return: what orders Maildir base names of one process by when they
+        were made: the file system stamps times only to the kernel's tick,
+        so messages written within one tick are told apart by the seconds,
+        microseconds and counter in their names, compared as numbers.
+    """
+    match = re.match(r"(\d+)\.M(\d+)P\d+Q(\d+)\.", name)
+    if match is None:
+        return (0, 0, 0, name)
+    return tuple(int(part) for part in match.groups()) + (name,)
 
 
 class OtherProcess:
