@@ -979,15 +979,18 @@ class TestMaildirStore:
         assert len(mailbox.messages()) == 2
         synced = []
         monkeypatch.setattr(os, "fdatasync", lambda fd: synced.append(os.readlink("/proc/self/fd/%d" % fd)))
-        monkeypatch.setattr(maildirindex, "fsyncDirectory", synced.append)
+        monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink("/proc/self/fd/%d" % fd)))
         d = mailbox.changeFlags([1], ["\\Seen"], ADD)
         # Done, not yet durable: on disk, not told.
         assert [f.__name__ for f, _, _ in runner.calls] == ["runSyncs"]
         assert maildirindex.readIndex(mailbox.path).entries
         assert any(name.endswith(":2,S") for name in os.listdir(os.path.join(mailbox.path, "cur")))
         assert synced == [] and not d.called
+        opened = set(os.listdir("/proc/self/fd"))
         runner.runAll()
         assert synced == [os.path.join(mailbox.path, maildirindex.LOG_NAME), os.path.join(mailbox.path, "cur")]
+        # The log and cur/, open for the syncs, are closed once they ran.
+        assert len(set(os.listdir("/proc/self/fd"))) == len(opened) - 2
         assert resultOf(d)[1].flags == {"\\Seen"}
         assert mailbox.messages()[0].flags == {"\\Seen"}
         # The lock held elsewhere: the change waits for it in a thread.

@@ -107,6 +107,15 @@ def _escapeHost(host):
 _HOST = _escapeHost(socket.gethostname())
 
 
+def _closeSyncs(result, syncs):
+    """
+    Close what L{Syncs} held open, on the thread that opened it; pass
+    C{result} on.
+    """
+    syncs.close()
+    return result
+
+
 def uniqueName(now=None):
     """
     A new Maildir base name, C{<seconds>.M<usec>P<pid>Q<counter>.<host>}.
@@ -983,6 +992,7 @@ class MaildirMailbox(FlagShorthand):
             syncs.close()
             return defer.fail()
         d = self._store._runInThread(self._index.runSyncs, syncs)
+        d.addBoth(_closeSyncs, syncs)
         d.addCallback(lambda _: outcome)
         return d
 

@@ -534,30 +534,39 @@ class ChangesHeard:
 class Syncs:
     """
     What a transaction left to make durable (L{FolderIndex.transact} with
-    C{syncs}): files written, by descriptor, and directories whose names
-    changed.  L{run} makes them so, in a worker thread; until then, the
-    transaction's result must not be told to anyone as done.
+    C{syncs}): files written and directories whose names changed, both by
+    descriptor.  L{run} makes them so, in a worker thread; until then, the
+    transaction's result must not be told to anyone as done.  The
+    descriptors are opened and closed by the transaction's thread, so the
+    worker thread makes no call but the syncs (each call a thread makes
+    gives up Python's interpreter lock, and takes it back, maybe after
+    waiting for the reactor).
     """
 
     def __init__(self):
         self.files = []
-        self.directories = set()
+        self.directories = {}
+
+    def addDirectory(self, path):
+        """
+        Open directory C{path} to be synced, once.
+        """
+        if path not in self.directories:
+            self.directories[path] = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def run(self):
         """
         Sync the files, then the directories; blocking.
         """
-        try:
-            for fd in self.files:
-                os.fdatasync(fd)
-        finally:
-            self.close()
-        for directory in sorted(self.directories):
-            fsyncDirectory(directory)
+        for fd in self.files:
+            os.fdatasync(fd)
+        for _, fd in sorted(self.directories.items()):
+            os.fsync(fd)
 
     def close(self):
         files, self.files = self.files, []
-        for fd in files:
+        directories, self.directories = self.directories, {}
+        for fd in files + list(directories.values()):
             os.close(fd)
 
 
@@ -1019,7 +1028,8 @@ class FolderIndex:
                 uidList.seen = (mark, (logIno, size), time.monotonic())
                 built = build(uidList, files, keywords) if build else None
             if syncs is not None:
-                syncs.directories.update(uidList.unsynced)
+                for directory in uidList.unsynced:
+                    syncs.addDirectory(directory)
             else:
                 for directory in sorted(uidList.unsynced):
                     fsyncDirectory(directory)
