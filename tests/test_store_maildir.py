@@ -1019,6 +1019,31 @@ class TestMaildirStore:
             resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
         assert len(os.listdir("/proc/self/fd")) == before
 
+    def test_parsedIndexesAreBounded(self, store):
+        """
+        The indexes a process keeps parsed hold at most
+        L{maildirindex.ParsedIndexes.limit} messages in all: the least
+        recently used folder goes first, and a folder whose index went is
+        read again, as it is on disk.
+        """
+        kept = store._parsedIndexes
+        kept.limit = 25  # two folders of ten messages: 22
+        names = ["F%d" % i for i in range(5)]
+        for name in names:
+            store.createMailbox(ALICE, name)
+            resultOf(store.deliver([(ALICE, name, [MESSAGE])] * 10))
+            resultOf(store.openMailbox(ALICE, name).sync())
+        paths = [os.path.join(store.root, "example.com", "alice", "." + name) for name in names]
+        assert [path in kept for path in paths] == [False, False, False, True, True]
+        assert kept.weight == 22
+        first = store.openMailbox(ALICE, names[0])
+        assert [m.uid for m in first.messages()] == list(range(1, 11))
+        assert [path in kept for path in paths] == [True, False, False, False, True]
+        # One folder larger than the limit is still kept, alone.
+        resultOf(store.deliver([(ALICE, names[1], [MESSAGE])] * 50))
+        assert len(store.openMailbox(ALICE, names[1]).messages()) == 60
+        assert paths[1] in kept and len([path for path in paths if path in kept]) == 1
+
     def test_olderStateNeverInstalled(self, store):
         """
         A state read without the lock before another transaction wrote may

@@ -81,6 +81,7 @@ from mdpy.backends.files.maildirindex import (
     ChangesHeard,
     FolderIndex,
     LockHeld,
+    ParsedIndexes,
     Syncs,
     flagsFromInfo,
     infoForFlags,
@@ -1159,7 +1160,7 @@ class MaildirStore:
         self._committer, self._runInThread = writerFor(
             reactor, _prepareCopies, committerThreads, runInThread, groupCommit)
         # Each folder's index as last parsed, shared by its views.
-        self._parsedIndexes = {}
+        self._parsedIndexes = ParsedIndexes()
         # Each folder's state as last built, while a view holds it.
         self._builtStates = weakref.WeakValueDictionary()
         # What this process heard of the changes of its folders.

@@ -103,6 +103,9 @@ LOOK_MARGIN = 2.0
 # feed cannot hear (a network filesystem's other hosts) stays unseen, below
 # IMAP IDLE's 30 s poll, which therefore always reads.
 CURRENT_FOR = 20.0
+# How many messages a process keeps parsed indexes and listings of, in all
+# its folders (L{ParsedIndexes}); past that, the least recently used go.
+PARSED_MESSAGES_KEPT = 500000
 _COARSE_CLOCK = getattr(time, "CLOCK_REALTIME_COARSE", time.CLOCK_REALTIME)
 LOCK_NAME = "mdpy-uidlist.lock"
 KEYWORDS_NAME = "dovecot-keywords"
@@ -912,6 +915,60 @@ _Parsed = collections.namedtuple("_Parsed", (
 ))
 
 
+class ParsedIndexes:
+    """
+    What the L{FolderIndex}es of a process keep of their folders' files as
+    last read, shared by every view: the index with its log applied
+    (L{_Parsed}, by folder path), the listing of C{cur/} and the keyword
+    names.  The least recently used go once those hold more than C{limit}
+    messages in all (a folder counts one more), so a server that sees
+    every account of a large site in turn does not hold them all; a folder
+    whose entries went is read again.  Safe to share between threads.
+    """
+
+    def __init__(self, limit=PARSED_MESSAGES_KEPT):
+        self.limit = limit
+        self.weight = 0
+        self._items = collections.OrderedDict()  # key: (value, weight)
+        self._lock = threading.Lock()
+
+    def __len__(self):
+        return len(self._items)
+
+    def __contains__(self, key):
+        return key in self._items
+
+    def get(self, key, default=None):
+        with self._lock:
+            found = self._items.get(key)
+            if found is None:
+                return default
+            self._items.move_to_end(key)
+            return found[0]
+
+    def __setitem__(self, key, value):
+        # A parsed index weighs its entries; a listing its files; keyword
+        # names their (at most 26) names.
+        weight = 1 + len(value.entries if isinstance(value, _Parsed) else value[-1])
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.weight -= old[1]
+            self._items[key] = (value, weight)
+            self.weight += weight
+            while self.weight > self.limit and len(self._items) > 1:
+                _, (_, dropped) = self._items.popitem(last=False)
+                self.weight -= dropped
+
+    def pop(self, key, default=None):
+        with self._lock:
+            found = self._items.pop(key, None)
+            if found is None:
+                return default
+            self.weight -= found[1]
+            return found[0]
+
+
 def readIndex(folderPath):
     """
     @return: the L{UidList} of a folder's index with its log applied, as a
@@ -958,7 +1015,7 @@ class FolderIndex:
         self._accountPath = accountPath
         self._storeRoot = storeRoot
         self._label = label
-        self._parsed = {} if parsed is None else parsed
+        self._parsed = ParsedIndexes() if parsed is None else parsed
         self._heard = ChangesHeard() if heard is None else heard
 
     def transact(self, operation=None, build=None, claim=False, syncs=None):
