@@ -148,6 +148,26 @@ def test_mailbox_name_and_subscription_change():
     one.expect('* LIST (\\NonExistent) "/" "Work"')
 
 
+def test_mailbox_made_is_told_by_status_only_with_messages():
+    """
+    A mailbox just made is told of by LIST; its STATUS follows only when
+    it holds messages already (one renamed with its messages), else it is
+    what later changes are compared with.
+    """
+    store, one, two = notifying("(PERSONAL (MessageNew MessageExpunge MailboxName))")
+    store.deliver([(USER, "Sent", [NEW])])
+    one.expect(statusOf(store, "Sent"))
+    two.send("c CREATE Work")
+    two.expect("c OK Create completed.")
+    one.expect('* LIST (\\HasNoChildren) "/" "Work"')
+    store.deliver([(USER, "Work", [NEW])])
+    one.expect(statusOf(store, "Work"))
+    two.send("r RENAME Sent Kept")
+    two.expect("r OK Rename completed.")
+    one.expect('* LIST (\\HasNoChildren) "/" "Kept"', '* LIST (\\NonExistent \\Subscribed) "/" "Sent"',
+               statusOf(store, "Kept"))
+
+
 def test_only_mailboxes_named():
     store, one, two = notifying("(MAILBOXES Drafts (MessageNew MessageExpunge)) (SUBTREE Lists (MailboxName))")
     store.deliver([(USER, "Sent", [NEW])])

@@ -1019,6 +1019,20 @@ class TestMaildirStore:
             resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
         assert len(os.listdir("/proc/self/fd")) == before
 
+    def test_folderBeingMadeIsNotListed(self, store, inbox):
+        """
+        A folder's directory whose new/ is not made yet (new/ is made last)
+        is not listed: it could not be opened yet.
+        """
+        listed = store.listMailboxes(ALICE)
+        os.makedirs(os.path.join(inbox, ".Work", "cur"))
+        assert store.listMailboxes(ALICE) == listed
+        with pytest.raises(NotFound):
+            store.openMailbox(ALICE, "Work")
+        os.mkdir(os.path.join(inbox, ".Work", "new"))
+        assert store.listMailboxes(ALICE) == ["INBOX"] + sorted(listed[1:] + ["Work"])
+        assert store.openMailbox(ALICE, "Work").messages() == []
+
     def test_parsedIndexesAreBounded(self, store):
         """
         The indexes a process keeps parsed hold at most

@@ -480,10 +480,14 @@ class NotifyCommands:
             lines, made = [], ()
             if notification.wantsListing():
                 made = await self._listingChanges(notification, lines)
-            # A mailbox just made is told of by LIST alone: its STATUS now
-            # is what later ones are compared with.
+            # A mailbox just made is told of by LIST, and by STATUS only if
+            # messages are in it already (delivered before it was seen, or
+            # renamed with it): its STATUS now is what later ones are
+            # compared with.
             for name in sorted(made):
-                await self._statusChange(notification, name)
+                line = await self._statusChange(notification, name, made=True)
+                if line is not None:
+                    lines.append(line)
             if folder is not None and folder not in made:  # None: which one is unknown
                 line = await self._statusChange(notification, folder)
                 if line is not None:
@@ -492,8 +496,10 @@ class NotifyCommands:
                 return
             self._sendNotification(lines)
 
-    async def _statusChange(self, notification, name):
+    async def _statusChange(self, notification, name, made=False):
         """
+        @param made: whether C{name} was just made: then an empty mailbox's
+            response is only remembered.
         @return: the C{STATUS} response of mailbox C{name} for the message
             events covering it, if it differs from the one last sent (it
             is remembered), else L{None}; never for the selected mailbox
@@ -509,7 +515,8 @@ class NotifyCommands:
         if self.notification is not notification:
             return None
         line = self.statusResponse(mailbox, _statusItemsOf(events), name)
-        return line if self._rememberStatus(name, line) else None
+        changed = self._rememberStatus(name, line)
+        return line if changed and not (made and not mailbox.messages()) else None
 
     async def _listingChanges(self, notification, lines):
         """

@@ -1346,7 +1346,9 @@ class MaildirStore:
         names = []
         for entry in os.scandir(path):
             if entry.name.startswith(".") and not entry.name.startswith("..") and entry.is_dir():
-                if os.path.isdir(os.path.join(entry.path, "cur")):
+                # new/ is made last: a folder being made is not listed
+                # before it can be opened.
+                if os.path.isdir(os.path.join(entry.path, "new")):
                     names.append(_folderNameFromDir(entry.name))
         return ["INBOX"] + sorted(names)
 
