@@ -189,7 +189,7 @@ def test_searchKeysOfRecentRefused():
              "b BAD Error in IMAP command SEARCH: RECENT, NEW and OLD are no search keys in IMAP4rev2.",
              "c OK Fetch completed.")
     s.send("d UID SORT (ARRIVAL) UTF-8 NEW", "e THREAD REFERENCES UTF-8 OR RECENT SEEN")
-    s.expect("d BAD Error in IMAP command UID: RECENT, NEW and OLD are no search keys in IMAP4rev2.",
+    s.expect("d BAD Error in IMAP command UID SORT: RECENT, NEW and OLD are no search keys in IMAP4rev2.",
              "e BAD Error in IMAP command THREAD: RECENT, NEW and OLD are no search keys in IMAP4rev2.")
     s.send("f SEARCH ALL")
     s.expect("* ESEARCH (TAG \"f\") ALL 1:3", "f OK Search completed.")

@@ -252,6 +252,20 @@ def test_malformed_commands_get_bad():
     assert not s.closed
 
 
+def test_uid_command_errors_name_the_command():
+    """
+    A BAD reply to a UID command names the command it carries, as a
+    client's log needs it; an unknown one is named as given.
+    """
+    s = Session()
+    s.select()
+    s.send("a UID FETCH x FLAGS", "b UID STORE 1", "c UID BOGUS 1", "d UID")
+    s.expect("a BAD Error in IMAP command UID FETCH: Invalid sequence set.",
+             "b BAD Error in IMAP command UID STORE: Expected message set, item and flags.",
+             "c BAD Error in IMAP command UID BOGUS: Unknown UID command.",
+             "d BAD Error in IMAP command UID: Unknown UID command.")
+
+
 def test_deep_nesting_is_bad():
     s = Session()
     s.login()

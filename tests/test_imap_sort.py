@@ -322,7 +322,7 @@ def test_sort_modseq_enables_condstore():
     ("SORT (ARRIVAL)", "BAD Error in IMAP command SORT: Expected a charset."),
     ("SORT (ARRIVAL) US-ASCII", "BAD Error in IMAP command SORT: No search key."),
     ("SORT RETURN (SAVE) (ARRIVAL) US-ASCII ALL", "BAD Error in IMAP command SORT: Unsupported RETURN option."),
-    ("UID SORT (ARRIVAL) US-ASCII BOGUS", "BAD Error in IMAP command UID: Unknown search key."),
+    ("UID SORT (ARRIVAL) US-ASCII BOGUS", "BAD Error in IMAP command UID SORT: Unknown search key."),
     ("THREAD REFS US-ASCII ALL", "BAD Error in IMAP command THREAD: Unknown thread algorithm."),
     ("THREAD REFERENCES", "BAD Error in IMAP command THREAD: Expected a charset."),
     ("THREAD REFERENCES UTF-8 (", "BAD Error in IMAP command: *"),

@@ -462,18 +462,19 @@ class IMAP4Server(CommandInput, MailboxCommands, MessageCommands, SortCommands, 
         if verb not in self.commands[self.state]:
             known = any(verb in verbs for verbs in self.commands.values())
             return self.bad(tag, "Command not valid in this state." if known else "Unknown command.")
+        # What an error names: UID with the command it carries.
+        named = verb
+        if verb == "UID" and len(tokens) > 2 and isinstance(tokens[2], Atom):
+            named = "UID " + tokens[2].upper()
         if self.state != NOT_AUTHENTICATED and verb != "LOGOUT":
-            fresh = verb in _FRESH_CHECK or (
-                verb == "UID" and len(tokens) > 2 and isinstance(tokens[2], Atom)
-                and tokens[2].upper() in _FRESH_CHECK
-            )
+            fresh = verb in _FRESH_CHECK or verb == "UID" and named[4:] in _FRESH_CHECK
             if not self.accountRemains(self.account, fresh):
                 return None
         self.commandStarted()
         try:
             result = getattr(self, "do_" + verb)(tag, tokens[2:])
         except ParseError as e:
-            result = self.bad(tag, "Error in IMAP command %s: %s." % (verb, e))
+            result = self.bad(tag, "Error in IMAP command %s: %s." % (named, e))
         except BaseException:
             self.commandEnded()
             raise
