@@ -932,9 +932,6 @@ class ParsedIndexes:
         self._items = collections.OrderedDict()  # key: (value, weight)
         self._lock = threading.Lock()
 
-    def __len__(self):
-        return len(self._items)
-
     def __contains__(self, key):
         return key in self._items
 
