@@ -84,6 +84,7 @@ import re
 import threading
 import time
 import zlib
+from contextlib import contextmanager
 
 from mdpy.dotstuffing import normalisedFileSize
 from mdpy.durable import fsyncDirectory, replaceFile, writeAll, writeFileAtomically
@@ -1210,46 +1211,45 @@ class FolderIndex:
             return False
         return (st.st_ino, st.st_size) == seen[1]
 
+    @contextmanager
+    def _expecting(self, *paths):
+        """
+        Around a rename or removal of C{paths} (in C{new/} or C{cur/}) by a
+        transaction: their events expected (L{ChangesHeard}), and no
+        longer if it failed.
+        """
+        heard = self._heard
+        events = [os.path.split(path) for path in paths]
+        for directory, name in events:
+            heard.expect(self.path, directory, name)
+        try:
+            yield
+        except BaseException:
+            for directory, name in events:
+                heard.withdraw(self.path, directory, name)
+            raise
+
     def rename(self, source, target):
         """
         Rename a message file from C{source} to C{target} (paths in C{new/}
-        or C{cur/}) in a transaction, its events expected (L{ChangesHeard}).
+        or C{cur/}) in a transaction, its events expected.
         """
-        heard, path = self._heard, self.path
-        sourceDir, sourceName = os.path.split(source)
-        targetDir, targetName = os.path.split(target)
-        heard.expect(path, sourceDir, sourceName)
-        heard.expect(path, targetDir, targetName)
-        try:
+        with self._expecting(source, target):
             os.rename(source, target)
-        except BaseException:
-            heard.withdraw(path, sourceDir, sourceName)
-            heard.withdraw(path, targetDir, targetName)
-            raise
 
     def place(self, source, target):
         """
         L{rename} from outside C{new/} and C{cur/} (C{tmp/}, unwatched).
         """
-        targetDir, targetName = os.path.split(target)
-        self._heard.expect(self.path, targetDir, targetName)
-        try:
+        with self._expecting(target):
             os.rename(source, target)
-        except BaseException:
-            self._heard.withdraw(self.path, targetDir, targetName)
-            raise
 
     def unlink(self, path):
         """
         Remove a message file in a transaction, its event expected.
         """
-        directory, name = os.path.split(path)
-        self._heard.expect(self.path, directory, name)
-        try:
+        with self._expecting(path):
             os.unlink(path)
-        except BaseException:
-            self._heard.withdraw(self.path, directory, name)
-            raise
 
     def _look(self):
         """
