@@ -764,3 +764,174 @@ def test_viewIsNotCurrentWhileATransactionChangesTheFolder(tmp_path):
     assert during == [False]
     assert mailbox.isCurrent()
     assert other.isCurrent() and other.messages()[0].flags == {"\\Seen"}
+
+
+# --- transactions that need not list the folder ----------------------------
+
+
+def countListings(monkeypatch, mailbox):
+    """
+    @return: a list that gets one item each time a transaction of
+        C{mailbox}'s folder lists it.
+    """
+    listings = []
+    scan = type(mailbox._index)._scan
+
+    def counted(index):
+        if index.path == mailbox.path:
+            listings.append(index.path)
+        return scan(index)
+
+    monkeypatch.setattr(type(mailbox._index), "_scan", counted)
+    return listings
+
+
+def test_transactionAfterOwnChangesListsNothing(tmp_path, monkeypatch):
+    """
+    A transaction that follows this process's own, with nothing else heard
+    in between, takes the listing that one left instead of listing the
+    folder: flag changes, appends and expunges cost what they change.
+    """
+    reactor, store, feed, calls, mailbox = watchedInbox(tmp_path)
+    resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
+    settle(reactor)
+    listings = countListings(monkeypatch, mailbox)
+    resultOf(mailbox.changeFlags([2], ["\\Flagged"], ADD))
+    settle(reactor)
+    resultOf(mailbox.append(MESSAGE))
+    settle(reactor)
+    resultOf(mailbox.changeFlags([3], ["\\Deleted"], ADD))
+    settle(reactor)
+    resultOf(mailbox.expunge([3], deletedOnly=True))
+    assert listings == []
+    assert [(m.uid, m.flags) for m in mailbox.messages()] == [
+        (1, {"\\Seen"}), (2, {"\\Flagged"}), (4, set())]
+    assert sorted(name.partition(":")[2] for name in os.listdir(os.path.join(mailbox.path, "cur"))) == [
+        "2,", "2,F", "2,S"]
+    mailbox.sync()
+    assert [(m.uid, m.flags) for m in mailbox.messages()] == [
+        (1, {"\\Seen"}), (2, {"\\Flagged"}), (4, set())]
+
+
+@pytest.mark.parametrize("read", [False, True], ids=["events unread", "events read"])
+@pytest.mark.parametrize("change", ["renamed", "removed", "delivered", "linked"])
+def test_transactionListsAfterAChangeOfAnotherProgram(tmp_path, monkeypatch, change, read):
+    """
+    A change of another program between two transactions of this process
+    makes the second list the folder, whether the feed read the change's
+    event yet or not (the kernel has it): a flag changed by a rename, a
+    file removed, a message delivered to C{new/}, or linked into C{cur/}.
+    """
+    reactor, store, feed, calls, mailbox = watchedInbox(tmp_path)
+    resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
+    settle(reactor)
+    listings = countListings(monkeypatch, mailbox)
+    cur = os.path.join(mailbox.path, "cur")
+    second = mailbox.messages()[1].filename
+    if change == "renamed":
+        os.rename(os.path.join(cur, second), os.path.join(cur, second + "F"))
+    elif change == "removed":
+        os.unlink(os.path.join(cur, second))
+    elif change == "delivered":
+        drop(store)
+    else:
+        outside = os.path.join(str(tmp_path), "outside")
+        with open(outside, "wb") as f:
+            f.write(MESSAGE)
+        os.link(outside, os.path.join(cur, "1700000000.M99P9.linked:2,"))
+    if read:
+        readINotify(reactor)
+    resultOf(mailbox.changeFlags([3], ["\\Answered"], ADD))
+    assert listings == [mailbox.path]
+    expected = {
+        "renamed": [(1, {"\\Seen"}), (2, {"\\Flagged"}), (3, {"\\Answered"})],
+        "removed": [(1, {"\\Seen"}), (3, {"\\Answered"})],
+        "delivered": [(1, {"\\Seen"}), (2, set()), (3, {"\\Answered"}), (4, set())],
+        "linked": [(1, {"\\Seen"}), (2, set()), (3, {"\\Answered"}), (4, set())],
+    }[change]
+    assert [(m.uid, m.flags) for m in mailbox.messages()] == expected
+
+
+def test_transactionListsAfterAnotherProcessTransacted(tmp_path, monkeypatch):
+    """
+    A transaction of another process that renames nothing (it only claims
+    new messages as recent, so only the index's log shows it) makes the
+    next transaction of this one list the folder.
+    """
+    reactor, store, feed, calls, mailbox = watchedInbox(tmp_path)
+    drop(store)
+    settle(reactor)
+    resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
+    settle(reactor)
+    listings = countListings(monkeypatch, mailbox)
+    elsewhere = MaildirStore(str(tmp_path), runInThread=synchronousRunner)
+    assert resultOf(elsewhere.openMailbox(ALICE).claimRecent()) == [1, 2, 3, 4]
+    settle(reactor)
+    del listings[:]  # the other process's own
+    resultOf(mailbox.changeFlags([2], ["\\Seen"], ADD))
+    assert listings == [mailbox.path]
+    assert [m.uid for m in mailbox.messages()] == [1, 2, 3, 4]
+
+
+def test_transactionListsWhenNotSureOfTheFeed(tmp_path, monkeypatch):
+    """
+    A folder is listed by each transaction when it is not watched, when
+    the kernel dropped events, and once L{CURRENT_FOR} seconds passed since
+    the listing kept (a change the feed cannot hear, on a network
+    filesystem).
+    """
+    from mdpy.backends.files import maildirindex
+
+    reactor, store, feed, calls, mailbox = watchedInbox(tmp_path, useINotify=False)
+    listings = countListings(monkeypatch, mailbox)
+    resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
+    resultOf(mailbox.changeFlags([2], ["\\Seen"], ADD))
+    assert len(listings) == 2
+
+    reactor, store, feed, calls, mailbox = watchedInbox(tmp_path / "watched")
+    listings = countListings(monkeypatch, mailbox)
+    resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
+    settle(reactor)
+    assert listings == []
+    feed._inotify._doRead(struct.pack("=LLLL", 0xFFFFFFFF, inotify.IN_Q_OVERFLOW, 0, 0))
+    resultOf(mailbox.changeFlags([2], ["\\Seen"], ADD))
+    assert len(listings) == 1
+    settle(reactor)
+    now = maildirindex.time.monotonic() + maildirindex.CURRENT_FOR + 1
+    monkeypatch.setattr(maildirindex.time, "monotonic", lambda: now)
+    resultOf(mailbox.changeFlags([3], ["\\Seen"], ADD))
+    assert len(listings) == 2
+
+
+def test_expungeKeepsTheOtherMessagesOfTheView(tmp_path):
+    """
+    The state an expunge leaves is the view's without the messages
+    removed: the others are the same objects, not made again.
+    """
+    reactor, store, feed, calls, mailbox = watchedInbox(tmp_path)
+    before = mailbox.messages()
+    resultOf(mailbox.changeFlags([2], ["\\Deleted"], ADD))
+    kept = mailbox.messages()
+    resultOf(mailbox.expunge([2], deletedOnly=True))
+    after = mailbox.messages()
+    assert [m.uid for m in after] == [1, 3]
+    assert after[0] is before[0] and after[1] is kept[2]
+
+
+def test_changesOfUidsTheViewDoesNotHold(tmp_path):
+    """
+    A flag change or an expunge of a UID the index has but the view does
+    not hold yet (given after the view was read) still finds it.
+    """
+    reactor, store, feed, calls, mailbox = watchedInbox(tmp_path)
+    other = store.openMailbox(ALICE)
+    drop(store)
+    other.sync()
+    assert [m.uid for m in other.messages()] == [1, 2, 3, 4]
+    assert 4 not in mailbox._state.byUid
+    assert resultOf(mailbox.changeFlags([4], ["\\Deleted"], ADD))[4].flags == {"\\Deleted"}
+    resultOf(mailbox.changeFlags([1], ["\\Deleted"], ADD))
+    assert 4 not in other.claimedUids()
+    assert sorted(resultOf(mailbox.expunge([1, 4], deletedOnly=True))) == [1, 4]
+    mailbox.sync()
+    assert [m.uid for m in mailbox.messages()] == [2, 3]

@@ -13,8 +13,10 @@ folder sees during one reactor turn make one call to each of its
 subscribers.
 """
 
+import fcntl
 import os
 import struct
+import termios
 
 from twisted.internet import task
 from twisted.internet.error import ConnectionDone
@@ -37,10 +39,11 @@ except ImportError:  # not Linux
 MAX_WATCHES = 512
 POLL_INTERVAL = 1.0
 # What a change in new/ or cur/ looks like: a file renamed in (delivered,
-# or its flags changed), renamed out, removed, or written in place by a
-# program that does not go through tmp/.
+# or its flags changed), renamed out, removed, linked in, or written in
+# place by a program that does not go through tmp/.
 _EVENTS = (
-    inotify.IN_MOVED_TO | inotify.IN_MOVED_FROM | inotify.IN_DELETE | inotify.IN_CLOSE_WRITE
+    inotify.IN_MOVED_TO | inotify.IN_MOVED_FROM | inotify.IN_DELETE | inotify.IN_CREATE
+    | inotify.IN_CLOSE_WRITE
     if inotify is not None else 0
 )
 _SUBDIRS = ("new", "cur")
@@ -106,6 +109,19 @@ class _INotify(inotify.INotify if inotify is not None else object):
                 self._rmWatch(wd)
                 self.loseConnection()
         self._buffer = buffer[offset:]
+
+    def pending(self):
+        """
+        @return: whether the kernel may have events this reader did not
+            hand on yet (it has some to read, or one was read only in
+            part); true when that cannot be known.  Reads nothing, so any
+            thread may ask.
+        """
+        try:
+            waiting = struct.unpack("i", fcntl.ioctl(self._fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+        except (OSError, TypeError):
+            return True
+        return waiting > 0 or bool(self._buffer)
 
     def drain(self):
         """
@@ -188,6 +204,7 @@ class MaildirChangeFeed(ChangeFeed):
         self._folders = {}  # (account, folder) watched: its directory
         self._changesHeard = ChangesHeard() if heard is None else heard
         self._changesHeard.drain = self._drain
+        self._changesHeard.pending = self._unread
         self.polled = {}  # (account, folder): what the directories looked like
         self._poller = None
         self._hearing = True  # until the reactor stops
@@ -324,6 +341,14 @@ class MaildirChangeFeed(ChangeFeed):
         """
         if self._inotify is not None and not self._inotify.drain():
             self._changesHeard.lost()
+
+    def _unread(self):
+        """
+        Whether the kernel may have events not taken in yet
+        (L{ChangesHeard.pending}); any thread.
+        """
+        reader = self._inotify
+        return reader is None or reader.pending()
 
     def _accountChanged(self, account, path, mask):
         """

@@ -667,19 +667,29 @@ class MaildirMailbox(FlagShorthand):
         """
         The messages of a transaction's state made from the view's, when
         the transaction read the index the view's state was made from and
-        only changed entries or added ones above them (flags changed,
-        messages added): the others are the view's as they are.
+        only changed entries, added ones above them or removed ones (flags
+        changed, messages added or expunged): the others are the view's as
+        they are.
 
         @return: C{(messages, byUid)}, or L{None} when the whole state must
             be made.
         """
         entries = uidList.entries
         changed = getattr(entries, "changed", None)
-        if changed is None or entries.removed or previous.keywords != names or getattr(
+        if changed is None or previous.keywords != names or getattr(
                 uidList, "readAt", None) != (previous.uidValidity, previous.uidNext, previous.highestModSeq):
             return None
         messages = list(previous.messages)
         byUid = dict(previous.byUid)
+        if entries.removed:
+            # Removed by this transaction: each noted in its tombstones.
+            if len(uidList.expunged) != len(entries.removed):
+                return None
+            for uid in uidList.expunged:
+                message = byUid.pop(uid, None)
+                if message is None or message.key not in entries.removed:
+                    return None
+                del messages[bisect_left(messages, uid, key=_uidOf)]
         added = []
         for key in changed:
             uid, modSeq, info, size = entries[key]
@@ -1006,13 +1016,37 @@ class MaildirMailbox(FlagShorthand):
         """
         if self._state.uidValidity not in (0, uidList.uidValidity):
             # The index was rebuilt: the UIDs asked for name other messages now.
-            keyOf = {}
+            keyOf = {}.get
         else:
-            keyOf = {entry[0]: key for key, entry in uidList.entries.items()}
+            keyOf = self._keyOf(uidList.entries)
         return [
             self._applyOneChange(change, keyOf, uidList, files, keywords)
             for change in batch
         ]
+
+    def _keyOf(self, entries):
+        """
+        @param entries: the entries of the index, as a transaction read it
+            (of the view's UIDVALIDITY).
+        @return: a function giving the key the index has for a UID, or
+            L{None}: through the view's messages (a key is the same
+            message's as long as the index has it), else from every entry,
+            once.
+        """
+        byUid = self._state.byUid
+        everyEntry = None
+
+        def keyOf(uid):
+            nonlocal everyEntry
+            message = byUid.get(uid)
+            if message is not None:
+                entry = entries.get(message.key)
+                return message.key if entry is not None and entry[0] == uid else None
+            if everyEntry is None:
+                everyEntry = {entry[0]: key for key, entry in entries.items()}
+            return everyEntry.get(uid)
+
+        return keyOf
 
     def _applyOneChange(self, change, keyOf, uidList, files, keywords):
         uids, flags, mode, unchangedSince, _ = change
@@ -1024,7 +1058,7 @@ class MaildirMailbox(FlagShorthand):
         cur = os.path.join(self.path, "cur")
         results = {}
         for uid in uids:
-            key = keyOf.get(uid)
+            key = keyOf(uid)
             if key is None:
                 continue
             _, modSeq, info, size = uidList.entries[key]
@@ -1087,9 +1121,14 @@ class MaildirMailbox(FlagShorthand):
                 # asked for name other messages now.
                 return []
             cur = os.path.join(self.path, "cur")
+            keyOf = self._keyOf(uidList.entries)
             removed = []
-            for key, (uid, _, info, _) in list(uidList.entries.items()):
-                if uid in uids and (not deletedOnly or DELETED in flagsFromInfo(info, keywords)):
+            for uid in sorted(uids):
+                key = keyOf(uid)
+                if key is None:
+                    continue
+                info = uidList.entries[key][2]
+                if not deletedOnly or DELETED in flagsFromInfo(info, keywords):
                     try:
                         self._index.unlink(os.path.join(cur, files.pop(key)))
                     except FileNotFoundError:

@@ -408,7 +408,11 @@ class ChangesHeard:
         self._marks = {}  # folder path: mark
         self._others = {}  # folder path: changes heard that no transaction here made
         self._expected = {}  # folder path: Counter of (directory, name), events to come
+        # Set by the change feed: drain() takes in what the kernel has
+        # (reactor thread only); pending() tells, from any thread, whether
+        # it may have something not taken in yet.
         self.drain = lambda: None
+        self.pending = lambda: True
 
     def _next(self):
         self._serial += 1
@@ -1062,8 +1066,10 @@ class FolderIndex:
                     uidList.readAt = (uidList.uidValidity, uidList.uidNext, readModSeq)
                     uidList.unsynced = set()
                     keywords = self._keywords()
-                    files = self._scan()
-                    self._reconcile(uidList, files)
+                    files = self._keptListing(uidList)
+                    if files is None:
+                        files = self._scan()
+                        self._reconcile(uidList, files)
                     if uidList.recentThreshold is None:
                         # Rebuilt: what is there is not new.
                         uidList.recentThreshold = uidList.uidNext - 1
@@ -1082,6 +1088,8 @@ class FolderIndex:
                 logIno, _, size, _ = uidList.log
                 uidList.seen = (mark, (logIno, size), time.monotonic())
                 built = build(uidList, files, keywords) if build else None
+                if mark is not None:
+                    self._parsed[(self.path, "listing")] = (mark, uidList.log[:3], uidList.seen[2], files)
             if syncs is not None:
                 for directory in uidList.unsynced:
                     syncs.addDirectory(directory)
@@ -1093,6 +1101,33 @@ class FolderIndex:
             raise NotFound("mailbox %s is gone: %s" % (self._label, e)) from e
         except OSError as e:
             raise TemporaryFailure("mailbox %s: %s" % (self._label, e)) from e
+
+    def _keptListing(self, uidList):
+        """
+        The listing of C{cur/} as the last transaction of this process left
+        it, taken (it is the caller's now), when nothing else changed the
+        folder since: the change feed heard none of its names made,
+        renamed or removed but by that transaction (its mark is the same,
+        with nothing left to read), and the index is as that transaction
+        left it.  Then the listing is the folder's, the index agrees with
+        it, and neither need be read: a transaction costs what it changes,
+        not the size of the folder.  Never past L{CURRENT_FOR} seconds, and
+        never for a folder the feed does not watch (a network filesystem's
+        other hosts, a polled folder).
+
+        @return: C{{basename: filename}}, or L{None} when C{cur/} must be
+            listed.
+        """
+        kept = self._parsed.pop((self.path, "listing"))
+        if kept is None or uidList.rebuilt:
+            return None
+        mark, log, when, files = kept
+        heard = self._heard
+        # Pending first: the reader lost meanwhile took every mark with it.
+        if (time.monotonic() - when > CURRENT_FOR or heard.pending()
+                or not heard.isMarked(self.path, mark) or uidList.log[:3] != log):
+            return None
+        return files
 
     def runSyncs(self, syncs):
         """
