@@ -402,7 +402,9 @@ class IMailbox(Interface):
     def messages():
         """
         @return: the L{IStoredMessage}s present after the last L{sync}, in UID
-            order.  Synchronous.
+            order.  Synchronous.  A message that changed since an earlier
+            call is a new object; those given before are never changed (a
+            session finds what changed by identity).
         """
 
     def claimRecent():

@@ -14,6 +14,8 @@ Invariants:
 """
 
 from bisect import bisect_left, bisect_right
+from itertools import compress
+from operator import attrgetter, is_not
 
 from mdpy.imap.fetch import formatFlags
 from mdpy.imap.parser import formatSequence
@@ -131,6 +133,10 @@ class SelectedMailbox:
         self.gone = set()
         self.dirty = False
         self.reportedModSeq = mailbox.highestModSeq
+        # The messages L{updates} compared the view with last, and the UIDs
+        # whose flags the view holds may not be those messages' (noteFlags).
+        self._compared = messages
+        self._unsure = set()
 
     @property
     def count(self):
@@ -203,7 +209,11 @@ class SelectedMailbox:
             differ, the next L{updates} reports the message's flags.
         """
         self.messages[message.uid] = message
-        self.flags[message.uid] = message.flags if flags is None or flags == message.flags else flags
+        if flags is None or flags == message.flags:
+            self.flags[message.uid] = message.flags
+        else:
+            self.flags[message.uid] = flags
+            self._unsure.add(message.uid)
 
     def vanishedEarlier(self, removed, within):
         """
@@ -261,12 +271,11 @@ class SelectedMailbox:
         # came meanwhile (a MOVE into the mailbox itself).
         kept = bisect_right(current, largest, key=_uidOf)
         if kept != len(self.uids):
-            present = {m.uid for m in current[:kept]}
-            self.gone.update(uid for uid in self.uids if uid not in present)
+            self.gone.update(set(self.uids).difference(map(attrgetter("uid"), current[:kept])))
         if self.gone and allowExpunge:
             out.extend(self._reportExpunges(vanished))
         fresh = current[kept:]
-        for message in current:
+        for message in self._changedSince(current):
             uid = message.uid
             if uid > largest:
                 break
@@ -300,6 +309,28 @@ class SelectedMailbox:
         self.reportedModSeq = mailbox.highestModSeq
         self.dirty = False
         return out
+
+    def _changedSince(self, current):
+        """
+        @param current: the mailbox's messages now, in UID order.
+        @return: those of C{current} that may not be as the view holds
+            them, in UID order: when no message left since L{updates} last
+            compared, those that are not the same objects as then (a
+            mailbox gives a message changed since as a new object) and
+            those of L{_unsure}; else all.
+        """
+        previous, self._compared = self._compared, current
+        unsure, self._unsure = self._unsure, set()
+        if len(current) < len(previous) or previous and current[len(previous) - 1].uid != previous[-1].uid:
+            return current
+        changed = list(compress(current, map(is_not, current, previous)))
+        for uid in unsure:
+            index = bisect_left(current, uid, key=_uidOf)
+            if index < len(current) and current[index].uid == uid:
+                changed.append(current[index])
+        if unsure:
+            changed.sort(key=_uidOf)
+        return changed
 
     def _reportExpunges(self, vanished=False):
         """

@@ -264,6 +264,20 @@ class StoreContract:
         assert mailbox.messages()[1].flags == frozenset()
         assert resultOf(store.openMailbox(ALICE)).messages()[1].flags == frozenset()
 
+    def test_changedMessageIsANewObject(self, store):
+        """
+        A message whose flags changed is given as a new object; those given
+        before are left as they were (a session compares them by identity).
+        """
+        self.deliver(store, b"1", b"2")
+        mailbox = resultOf(store.openMailbox(ALICE))
+        before = mailbox.messages()
+        resultOf(mailbox.setFlags(2, ["\\Seen"]))
+        after = mailbox.messages()
+        assert after[0] is before[0]
+        assert after[1] is not before[1]
+        assert before[1].flags == frozenset() and after[1].flags == {"\\Seen"}
+
     def test_setFlagsUnknownUid(self, store):
         mailbox = resultOf(store.openMailbox(ALICE))
         with pytest.raises(NotFound):
