@@ -773,6 +773,20 @@ def test_fetch_flags_size_uid():
     )
 
 
+def test_flags_are_formatted_alike_from_any_set():
+    """
+    The flags of a message are sent in one order, with \\Recent last when
+    asked, whether they come as a set or a frozenset (formatFlags keeps
+    what it made).
+    """
+    from mdpy.imap.fetch import formatFlags
+
+    assert formatFlags({"\\Seen", "$Work"}) == b"($Work \\Seen)"
+    assert formatFlags(frozenset(["\\Seen", "$Work"]), True) == b"($Work \\Seen \\Recent)"
+    assert formatFlags(frozenset(["\\Seen", "$Work"])) == b"($Work \\Seen)"
+    assert formatFlags(frozenset(), True) == b"(\\Recent)"
+
+
 def test_fetch_body_sets_seen_peek_does_not():
     s = Session()
     s.select()

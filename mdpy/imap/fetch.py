@@ -564,14 +564,29 @@ def renderSection(section, data, structure):
     return name + b" " + _literal(octets)
 
 
+# Flag sets as sent, by (flags, recent): a folder has few distinct ones.
+_formattedFlags = {}
+_FORMATTED_FLAGS_KEPT = 4096
+
+
 def formatFlags(flags, recent=False):
     """
     @return: C{(\\Seen kw)} for a flag set (C{\\Recent} added if asked).
     """
+    try:
+        return _formattedFlags[flags, recent]
+    except KeyError:
+        pass
+    except TypeError:  # a mutable set
+        flags = frozenset(flags)
     names = sorted(flags)
     if recent:
         names.append("\\Recent")
-    return b"(" + " ".join(names).encode("utf-8") + b")"
+    formatted = b"(" + " ".join(names).encode("utf-8") + b")"
+    if len(_formattedFlags) >= _FORMATTED_FLAGS_KEPT:
+        _formattedFlags.clear()
+    _formattedFlags[flags, recent] = formatted
+    return formatted
 
 
 def _available(name, message, data, structure):

@@ -318,6 +318,42 @@ class MessageCommands:
             return request.needsStructure and structures.cached(message) is None
 
         reads = _ReadAhead(messages, wanted)
+
+        async def contentOf(index, message):
+            """
+            @return: C{(data, structure)} of the message, what the request
+                needs of them; L{None} for what is gone with it.
+            """
+            data = structure = None
+            try:
+                data = reads.readLater(index)
+                if data is not None:
+                    data = await data
+                if data is None and request.needsContent:
+                    held = inMemory(message)
+                    if held is None:  # dropped from memory meanwhile
+                        data = await message.read()
+                    else:
+                        data, structure = held
+                if request.headerOnly and structure is None:
+                    # Parsed (or found) and its header block kept, so the
+                    # next such FETCH reads no file.
+                    structure = structures.get(message, data, selected.mailbox)
+                if request.needsStructure and structure is None:
+                    structure = structures.cached(message)
+                if request.needsStructure and structure is None:
+                    if data is None:  # dropped from the cache meanwhile
+                        data = await message.read()
+                    structure = structures.get(message, data, selected.mailbox)
+            except (errors.NotFound, OSError):
+                data = None
+                if request.needsStructure:
+                    structure = structures.cached(message)
+            return data, structure
+
+        # Items of the index alone (FLAGS, UID, sizes, dates), as a client
+        # syncing a folder's flags asks: nothing is read or parsed.
+        plain = not (request.needsContent or request.needsStructure or request.sections)
         withFlags = None
         try:
             pending = []
@@ -325,31 +361,7 @@ class MessageCommands:
             for index, message in enumerate(messages):
                 if self.closing:
                     return unknownEncoding
-                data = structure = None
-                try:
-                    data = reads.readLater(index)
-                    if data is not None:
-                        data = await data
-                    if data is None and request.needsContent:
-                        held = inMemory(message)
-                        if held is None:  # dropped from memory meanwhile
-                            data = await message.read()
-                        else:
-                            data, structure = held
-                    if request.headerOnly and structure is None:
-                        # Parsed (or found) and its header block kept, so the
-                        # next such FETCH reads no file.
-                        structure = structures.get(message, data, selected.mailbox)
-                    if request.needsStructure and structure is None:
-                        structure = structures.cached(message)
-                    if request.needsStructure and structure is None:
-                        if data is None:  # dropped from the cache meanwhile
-                            data = await message.read()
-                        structure = structures.get(message, data, selected.mailbox)
-                except (errors.NotFound, OSError):
-                    data = None
-                    if request.needsStructure:
-                        structure = structures.cached(message)
+                data, structure = (None, None) if plain else await contentOf(index, message)
                 items = request
                 flags = seenNow.get(message.uid, message.flags)
                 if message.uid in seenNow:
