@@ -935,3 +935,57 @@ def test_changesOfUidsTheViewDoesNotHold(tmp_path):
     assert sorted(resultOf(mailbox.expunge([1, 4], deletedOnly=True))) == [1, 4]
     mailbox.sync()
     assert [m.uid for m in mailbox.messages()] == [2, 3]
+
+
+def fakeMountInfo(tmp_path, monkeypatch, lines):
+    from mdpy.backends.files import maildirindex
+
+    path = tmp_path / "mountinfo"
+    path.write_text("".join(line + "\n" for line in lines))
+    monkeypatch.setattr(maildirindex, "MOUNTINFO", str(path))
+    monkeypatch.setattr(maildirindex, "_localDevices", {})
+
+
+def test_filesystemTypes(tmp_path, monkeypatch):
+    """
+    A filesystem is taken as this host's alone by its type in
+    /proc/self/mountinfo, found by device numbers, else by the longest
+    mount point holding the path; a network or FUSE filesystem, or one not
+    found, is not.
+    """
+    from mdpy.backends.files.maildirindex import _filesystemType, onLocalFilesystem
+
+    device = os.stat(str(tmp_path)).st_dev
+    numbers = "%d:%d" % (os.major(device), os.minor(device))
+    fakeMountInfo(tmp_path, monkeypatch, [
+        "22 27 0:21 / /proc rw,relatime - proc proc rw",
+        "30 27 %s / /srv/mail rw shared:1 - nfs4 host:/mail rw" % (numbers,),
+    ])
+    assert _filesystemType(device, str(tmp_path)) == "nfs4"
+    assert not onLocalFilesystem(str(tmp_path))
+    assert _filesystemType(os.makedev(250, 9), "/mnt/my disk/x") is None
+    fakeMountInfo(tmp_path, monkeypatch, [
+        "27 1 8:1 / / rw - ext4 /dev/sda1 rw",
+        "31 27 0:99 / /mnt/my\\040disk rw - fuse.sshfs host: rw",
+    ])
+    assert _filesystemType(os.makedev(250, 9), "/mnt/my disk/x") == "fuse.sshfs"
+    assert _filesystemType(os.makedev(250, 9), "/srv/x") == "ext4"
+    assert onLocalFilesystem(str(tmp_path))  # by the root's ext4
+    fakeMountInfo(tmp_path, monkeypatch, [])
+    assert not onLocalFilesystem(str(tmp_path))
+
+
+def test_transactionListsFoldersOtherHostsShare(tmp_path, monkeypatch):
+    """
+    On a filesystem other hosts share, whose changes there inotify does
+    not hear, every transaction lists the folder.
+    """
+    device = os.stat(str(tmp_path)).st_dev
+    fakeMountInfo(tmp_path, monkeypatch, [
+        "30 27 %d:%d / /srv/mail rw - nfs host:/mail rw" % (os.major(device), os.minor(device))])
+    reactor, store, feed, calls, mailbox = watchedInbox(tmp_path)
+    listings = countListings(monkeypatch, mailbox)
+    resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
+    settle(reactor)
+    resultOf(mailbox.changeFlags([2], ["\\Seen"], ADD))
+    assert len(listings) == 2

@@ -108,6 +108,14 @@ CURRENT_FOR = 20.0
 # its folders (L{ParsedIndexes}); past that, the least recently used go.
 PARSED_MESSAGES_KEPT = 500000
 _COARSE_CLOCK = getattr(time, "CLOCK_REALTIME_COARSE", time.CLOCK_REALTIME)
+# Filesystems other hosts may change, which this host's inotify does not
+# hear (FUSE ones too: "fuse.<name>").
+_SHARED_FILESYSTEMS = frozenset([
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "9p", "afs", "ocfs2", "gfs2",
+    "lustre", "gpfs", "beegfs", "fuse", "fuseblk",
+])
+MOUNTINFO = "/proc/self/mountinfo"
+_localDevices = {}
 LOCK_NAME = "mdpy-uidlist.lock"
 KEYWORDS_NAME = "dovecot-keywords"
 EXPUNGED_NAME = "mdpy-expunged"
@@ -578,6 +586,51 @@ class Syncs:
             os.close(fd)
 
 
+def onLocalFilesystem(path):
+    """
+    @return: whether C{path} is on a filesystem only this host changes, so
+        that the kernel's inotify hears every change of it; false when
+        that cannot be told (no C{/proc}, an unknown mount).
+    """
+    try:
+        device = os.stat(path).st_dev
+    except OSError:
+        return False
+    local = _localDevices.get(device)
+    if local is None:
+        kind = _filesystemType(device, os.path.realpath(path))
+        local = _localDevices[device] = kind is not None and kind.partition(".")[0] not in _SHARED_FILESYSTEMS
+    return local
+
+
+def _filesystemType(device, path):
+    """
+    @return: the type of the filesystem mounted as C{device} (by its
+        numbers in C{/proc/self/mountinfo}), else of the mount holding
+        C{path} (a btrfs subvolume has a device of its own); L{None} if
+        neither is found.
+    """
+    try:
+        with open(MOUNTINFO, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    numbers = "%d:%d" % (os.major(device), os.minor(device))
+    byPrefix = None
+    for line in lines:
+        fields, _, after = line.partition(" - ")
+        fields, after = fields.split(), after.split()
+        if len(fields) < 5 or not after:
+            continue
+        if fields[2] == numbers:
+            return after[0]
+        point = fields[4].replace("\\040", " ")
+        if (path == point or path.startswith(point.rstrip("/") + "/")) and (
+                byPrefix is None or len(point) >= len(byPrefix[0])):
+            byPrefix = (point, after[0])
+    return None if byPrefix is None else byPrefix[1]
+
+
 def parseHeader(line):
     """
     @return: C{(uidvalidity, uidnext, highestmodseq)}, or L{None}.
@@ -1019,6 +1072,7 @@ class FolderIndex:
         self._label = label
         self._parsed = ParsedIndexes() if parsed is None else parsed
         self._heard = ChangesHeard() if heard is None else heard
+        self._local = None  # whether on a filesystem of this host only, once asked
 
     def transact(self, operation=None, build=None, claim=False, syncs=None):
         """
@@ -1112,14 +1166,16 @@ class FolderIndex:
         left it.  Then the listing is the folder's, the index agrees with
         it, and neither need be read: a transaction costs what it changes,
         not the size of the folder.  Never past L{CURRENT_FOR} seconds, and
-        never for a folder the feed does not watch (a network filesystem's
-        other hosts, a polled folder).
+        never for a folder the feed does not watch (a polled folder) or
+        cannot hear all of (on a filesystem other hosts share).
 
         @return: C{{basename: filename}}, or L{None} when C{cur/} must be
             listed.
         """
         kept = self._parsed.pop((self.path, "listing"))
-        if kept is None or uidList.rebuilt:
+        if self._local is None:
+            self._local = onLocalFilesystem(self.path)
+        if kept is None or uidList.rebuilt or not self._local:
             return None
         mark, log, when, files = kept
         heard = self._heard
