@@ -815,12 +815,13 @@ def test_transactionAfterOwnChangesListsNothing(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("read", [False, True], ids=["events unread", "events read"])
 @pytest.mark.parametrize("change", ["renamed", "removed", "delivered", "linked"])
-def test_transactionListsAfterAChangeOfAnotherProgram(tmp_path, monkeypatch, change, read):
+def test_transactionTakesInAChangeOfAnotherProgram(tmp_path, monkeypatch, change, read):
     """
     A change of another program between two transactions of this process
-    makes the second list the folder, whether the feed read the change's
-    event yet or not (the kernel has it): a flag changed by a rename, a
-    file removed, a message delivered to C{new/}, or linked into C{cur/}.
+    is in the second's result: a flag changed by a rename, a file removed,
+    a message delivered to C{new/}, or linked into C{cur/}.  Heard by the
+    feed, it is made to the listing kept; while the kernel still has its
+    event for the feed, the folder is listed.
     """
     reactor, store, feed, calls, mailbox = watchedInbox(tmp_path)
     resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
@@ -842,7 +843,7 @@ def test_transactionListsAfterAChangeOfAnotherProgram(tmp_path, monkeypatch, cha
     if read:
         readINotify(reactor)
     resultOf(mailbox.changeFlags([3], ["\\Answered"], ADD))
-    assert listings == [mailbox.path]
+    assert listings == ([] if read else [mailbox.path])
     expected = {
         "renamed": [(1, {"\\Seen"}), (2, {"\\Flagged"}), (3, {"\\Answered"})],
         "removed": [(1, {"\\Seen"}), (3, {"\\Answered"})],
@@ -852,11 +853,11 @@ def test_transactionListsAfterAChangeOfAnotherProgram(tmp_path, monkeypatch, cha
     assert [(m.uid, m.flags) for m in mailbox.messages()] == expected
 
 
-def test_transactionListsAfterAnotherProcessTransacted(tmp_path, monkeypatch):
+def test_transactionAfterAnotherProcessTransacted(tmp_path, monkeypatch):
     """
     A transaction of another process that renames nothing (it only claims
-    new messages as recent, so only the index's log shows it) makes the
-    next transaction of this one list the folder.
+    new messages as recent, so only the index's log shows it) changes no
+    name: the next transaction of this one lists nothing and has it.
     """
     reactor, store, feed, calls, mailbox = watchedInbox(tmp_path)
     drop(store)
@@ -869,8 +870,71 @@ def test_transactionListsAfterAnotherProcessTransacted(tmp_path, monkeypatch):
     settle(reactor)
     del listings[:]  # the other process's own
     resultOf(mailbox.changeFlags([2], ["\\Seen"], ADD))
-    assert listings == [mailbox.path]
+    assert listings == []
     assert [m.uid for m in mailbox.messages()] == [1, 2, 3, 4]
+    assert mailbox.recentThreshold == 4
+
+
+def test_changesOfAnotherProcessAreTakenFromTheFeed(tmp_path, monkeypatch):
+    """
+    The flag changes, expunges and appends of another process, heard by
+    the feed, are made to the listing kept: the next transaction of this
+    one lists nothing, and its result is what a listing would give.
+    """
+    reactor, store, feed, calls, mailbox = watchedInbox(tmp_path)
+    resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
+    settle(reactor)
+    listings = countListings(monkeypatch, mailbox)
+    elsewhere = MaildirStore(str(tmp_path), runInThread=synchronousRunner)
+    other = elsewhere.openMailbox(ALICE)
+    resultOf(other.changeFlags([2], ["\\Flagged"], ADD))
+    resultOf(other.expunge([1]))
+    resultOf(other.append(MESSAGE, ["\\Draft"]))
+    drop(store)
+    settle(reactor)
+    del listings[:]  # the other process's own
+    resultOf(mailbox.changeFlags([3], ["\\Answered"], ADD))
+    assert listings == []
+    assert [(m.uid, m.flags) for m in mailbox.messages()] == [
+        (2, {"\\Flagged"}), (3, {"\\Answered"}), (4, {"\\Draft"}), (5, set())]
+    fresh = MaildirStore(str(tmp_path), runInThread=synchronousRunner).openMailbox(ALICE)
+    assert [(m.uid, m.flags, m.filename) for m in fresh.messages()] == [
+        (m.uid, m.flags, m.filename) for m in mailbox.messages()]
+
+
+@pytest.mark.parametrize("trouble", ["out of order", "too many", "watched anew", "another folder"])
+def test_transactionListsWhenTheChangesHeardCannotBeTrusted(tmp_path, monkeypatch, trouble):
+    """
+    The folder is listed when the changes heard do not fit the listing
+    kept (one was not heard in order), when more were heard than are
+    kept, when the folder was watched anew (nothing was heard meanwhile),
+    and when the index is another folder's (deleted and made again).
+    """
+    from mdpy.backends.files import maildirindex
+
+    reactor, store, feed, calls, mailbox = watchedInbox(tmp_path)
+    resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
+    settle(reactor)
+    listings = countListings(monkeypatch, mailbox)
+    heard = store.changesHeard
+    cur = os.path.join(mailbox.path, "cur")
+    second = mailbox.messages()[1].filename
+    if trouble == "out of order":
+        heard.heard(mailbox.path, cur, second + "F", maildirindex.REMOVED)
+    elif trouble == "too many":
+        monkeypatch.setattr(maildirindex, "HEARD_KEPT", 2)
+        for _ in range(3):
+            drop(store)
+        settle(reactor)
+    elif trouble == "watched anew":
+        heard.watch(mailbox.path)
+    else:
+        kept = store._parsedIndexes.pop((mailbox.path, "listing"))
+        store._parsedIndexes[(mailbox.path, "listing")] = (kept[0], kept[1], kept[2] + 1) + kept[3:]
+    resultOf(mailbox.changeFlags([2], ["\\Seen"], ADD))
+    assert listings == [mailbox.path]
+    assert [(m.uid, m.flags) for m in mailbox.messages()][:3] == [
+        (1, {"\\Seen"}), (2, {"\\Seen"}), (3, set())]
 
 
 def test_transactionListsWhenNotSureOfTheFeed(tmp_path, monkeypatch):

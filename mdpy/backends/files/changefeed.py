@@ -25,7 +25,7 @@ from twisted.python.filepath import FilePath
 
 from mdpy.backends.local import ChangeFeed
 from mdpy.backends.files.maildir import SUBSCRIPTIONS_NAME
-from mdpy.backends.files.maildirindex import ChangesHeard
+from mdpy.backends.files.maildirindex import MADE, REMOVED, WRITTEN, ChangesHeard
 from mdpy.errors import MailError
 
 try:
@@ -304,7 +304,7 @@ class MaildirChangeFeed(ChangeFeed):
                 path = FilePath(directory)
                 self._inotify.watch(path, _EVENTS, callbacks=[
                     lambda watch, path, mask, directory=directory: self._folderChanged(
-                        key, folderPath, directory, path)])
+                        key, folderPath, directory, path, mask)])
                 watched.append(path)
         except Exception:
             # No such folder (yet), no inotify here, or the user's limit
@@ -319,12 +319,18 @@ class MaildirChangeFeed(ChangeFeed):
             self._changesHeard.watch(folderPath)
         return True
 
-    def _folderChanged(self, key, folderPath, directory, path):
+    def _folderChanged(self, key, folderPath, directory, path, mask=0):
         """
         Something happened in a watched folder's C{new/} or C{cur/}: report
         it, unless a transaction of this process said it would do it.
         """
-        if self._changesHeard.heard(folderPath, directory, os.fsdecode(path.basename())):
+        if mask & (inotify.IN_MOVED_TO | inotify.IN_CREATE):
+            what = MADE
+        elif mask & (inotify.IN_MOVED_FROM | inotify.IN_DELETE):
+            what = REMOVED
+        else:
+            what = WRITTEN
+        if self._changesHeard.heard(folderPath, directory, os.fsdecode(path.basename()), what):
             self.changed(*key)
 
     def _overflowed(self):

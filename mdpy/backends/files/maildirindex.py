@@ -107,6 +107,13 @@ CURRENT_FOR = 20.0
 # How many messages a process keeps parsed indexes and listings of, in all
 # its folders (L{ParsedIndexes}); past that, the least recently used go.
 PARSED_MESSAGES_KEPT = 500000
+# How many changes of others the change feed keeps of a watched folder for
+# its next transaction (L{ChangesHeard.heardSince}); past that, the older
+# ones go, and that transaction lists the folder.
+HEARD_KEPT = 128
+# What a change heard of a name did: made it (renamed or linked in,
+# created), removed it (renamed out, deleted), or wrote the file.
+MADE, REMOVED, WRITTEN = "made", "removed", "written"
 _COARSE_CLOCK = getattr(time, "CLOCK_REALTIME_COARSE", time.CLOCK_REALTIME)
 # Filesystems other hosts may change, which this host's inotify does not
 # hear (FUSE ones too: "fuse.<name>").
@@ -404,7 +411,10 @@ class ChangesHeard:
     still M once the feed read what the kernel has (L{drain}).  A folder
     that is not watched (polled, or inotify lost) has no mark, and its
     views read it; nothing is expected of it, and what was expected of a
-    folder goes when it is no longer watched or events were lost.
+    folder goes when it is no longer watched or events were lost.  The
+    changes of others are also kept, a few, in the order heard, for the
+    next transaction to make to the listing of the folder it takes
+    (L{heardSince}, L{FolderIndex._keptListing}).
 
     Thread-safe: transactions run in worker threads, the feed on the
     reactor thread.
@@ -416,6 +426,9 @@ class ChangesHeard:
         self._marks = {}  # folder path: mark
         self._others = {}  # folder path: changes heard that no transaction here made
         self._expected = {}  # folder path: Counter of (directory, name), events to come
+        # folder path: (the mark after which every change of others heard
+        # is in the list, [(mark, directory, name, what it did)])
+        self._history = {}
         # Set by the change feed: drain() takes in what the kernel has
         # (reactor thread only); pending() tells, from any thread, whether
         # it may have something not taken in yet.
@@ -432,20 +445,23 @@ class ChangesHeard:
         happened before was not heard.
         """
         with self._lock:
-            self._marks[folderPath] = self._next()
+            mark = self._marks[folderPath] = self._next()
             self._others[folderPath] = self._others.get(folderPath, 0) + 1
+            self._history[folderPath] = (mark, [])
 
     def unwatch(self, folderPath):
         with self._lock:
             self._marks.pop(folderPath, None)
             self._others.pop(folderPath, None)
             self._expected.pop(folderPath, None)
+            self._history.pop(folderPath, None)
 
     def unwatchAll(self):
         with self._lock:
             self._marks.clear()
             self._others.clear()
             self._expected.clear()
+            self._history.clear()
 
     def mark(self, folderPath):
         """
@@ -469,13 +485,14 @@ class ChangesHeard:
         """
         return mark is not None and self._marks.get(folderPath) == mark
 
-    def heard(self, folderPath, directory, name):
+    def heard(self, folderPath, directory, name, what=WRITTEN):
         """
-        The feed heard C{name} renamed, removed or written in C{directory}
-        of C{folderPath}.
+        The feed heard C{name} made, removed or written (C{what}: L{MADE},
+        L{REMOVED}, L{WRITTEN}) in C{directory} of C{folderPath}.
 
         @return: whether it was a change of no transaction of this process
-            (the folder's mark then changed).
+            (the folder's mark then changed, and the change is kept for
+            L{heardSince}).
         """
         key = (directory, name)
         with self._lock:
@@ -484,9 +501,33 @@ class ChangesHeard:
                 self._consume(folderPath, expected, key)
                 return False
             if folderPath in self._marks:
-                self._marks[folderPath] = self._next()
+                mark = self._marks[folderPath] = self._next()
                 self._others[folderPath] += 1
+                start, changes = self._history[folderPath]
+                if len(changes) < HEARD_KEPT:
+                    changes.append((mark, directory, name, what))
+                else:
+                    self._history[folderPath] = (mark, [])
             return True
+
+    def heardSince(self, folderPath, mark):
+        """
+        The changes of others heard in a folder since it had C{mark} (the
+        result of a transaction of this process, L{settle}), in the order
+        they were heard; those before are forgotten.
+
+        @return: C{[(directory, name, what)]} (see L{heard}), or L{None}
+            when some may not have been heard or kept: the folder is not
+            watched, or was watched anew, events were lost, or there were
+            more than L{HEARD_KEPT}.
+        """
+        with self._lock:
+            history = self._history.get(folderPath)
+            if history is None or mark is None or mark < history[0]:
+                return None
+            changes = [change for change in history[1] if change[0] > mark]
+            self._history[folderPath] = (mark, changes)
+            return [change[1:] for change in changes]
 
     def lost(self):
         """
@@ -495,8 +536,9 @@ class ChangesHeard:
         """
         with self._lock:
             for path in self._marks:
-                self._marks[path] = self._next()
+                mark = self._marks[path] = self._next()
                 self._others[path] += 1
+                self._history[path] = (mark, [])
             self._expected.clear()
 
     def expect(self, folderPath, directory, name):
@@ -1120,10 +1162,15 @@ class FolderIndex:
                     uidList.readAt = (uidList.uidValidity, uidList.uidNext, readModSeq)
                     uidList.unsynced = set()
                     keywords = self._keywords()
-                    files = self._keptListing(uidList)
-                    if files is None:
+                    kept = self._keptListing(uidList)
+                    if kept is None:
                         files = self._scan()
                         self._reconcile(uidList, files)
+                    else:
+                        files, changed = kept
+                        if changed is not None:
+                            changed.update(self._takeNew(files))
+                            self._reconcile(uidList, files, changed)
                     if uidList.recentThreshold is None:
                         # Rebuilt: what is there is not new.
                         uidList.recentThreshold = uidList.uidNext - 1
@@ -1143,7 +1190,8 @@ class FolderIndex:
                 uidList.seen = (mark, (logIno, size), time.monotonic())
                 built = build(uidList, files, keywords) if build else None
                 if mark is not None:
-                    self._parsed[(self.path, "listing")] = (mark, uidList.log[:3], uidList.seen[2], files)
+                    self._parsed[(self.path, "listing")] = (
+                        mark, uidList.log[:3], uidList.uidValidity, uidList.seen[2], files)
             if syncs is not None:
                 for directory in uidList.unsynced:
                     syncs.addDirectory(directory)
@@ -1159,31 +1207,80 @@ class FolderIndex:
     def _keptListing(self, uidList):
         """
         The listing of C{cur/} as the last transaction of this process left
-        it, taken (it is the caller's now), when nothing else changed the
-        folder since: the change feed heard none of its names made,
-        renamed or removed but by that transaction (its mark is the same,
-        with nothing left to read), and the index is as that transaction
-        left it.  Then the listing is the folder's, the index agrees with
-        it, and neither need be read: a transaction costs what it changes,
-        not the size of the folder.  Never past L{CURRENT_FOR} seconds, and
-        never for a folder the feed does not watch (a polled folder) or
-        cannot hear all of (on a filesystem other hosts share).
+        it, taken (it is the caller's now), and brought up to date with
+        what the change feed heard since; so a transaction costs what
+        changed, not the size of the folder.
 
-        @return: C{{basename: filename}}, or L{None} when C{cur/} must be
-            listed.
+        When nothing else was heard (the folder's mark is the same, with
+        nothing left to read) and the index is as that transaction left
+        it, the listing is the folder's and the index agrees with it.
+        Else the changes of others heard since, in order, are made to the
+        listing; those of C{new/} are left out (it is listed anyway).  A
+        change that does not fit the listing (a name removed it does not
+        hold, made with another of its key) means something was not heard
+        in order: then C{cur/} is listed.
+
+        Never past L{CURRENT_FOR} seconds, never for another UIDVALIDITY
+        (an index made again, a folder deleted and made again), and never
+        for a folder the feed does not watch (a polled folder) or cannot
+        hear all of (on a filesystem other hosts share).
+
+        @return: C{(files, changed)}: C{{basename: filename}} and the keys
+            the changes heard were of (L{None} when none was and the index
+            is as left), or L{None} when C{cur/} must be listed.
         """
         kept = self._parsed.pop((self.path, "listing"))
         if self._local is None:
             self._local = onLocalFilesystem(self.path)
         if kept is None or uidList.rebuilt or not self._local:
             return None
-        mark, log, when, files = kept
+        mark, log, uidValidity, when, files = kept
         heard = self._heard
         # Pending first: the reader lost meanwhile took every mark with it.
-        if (time.monotonic() - when > CURRENT_FOR or heard.pending()
-                or not heard.isMarked(self.path, mark) or uidList.log[:3] != log):
+        if (time.monotonic() - when > CURRENT_FOR or uidList.uidValidity != uidValidity
+                or heard.pending()):
             return None
-        return files
+        if heard.isMarked(self.path, mark) and uidList.log[:3] == log:
+            return files, None
+        changes = heard.heardSince(self.path, mark)
+        if changes is None:
+            return None
+        changed = set()
+        for directory, name, what in changes:
+            if directory != self._cur or name.startswith(".") or "\n" in name or "\r" in name:
+                continue  # new/ is listed; no message file has such a name
+            key = name.partition(":")[0]
+            present = files.get(key)
+            if what == MADE:
+                if present is not None and present != name:
+                    return None
+                files[key] = name
+            elif present != name:
+                return None
+            elif what == REMOVED:
+                del files[key]
+            changed.add(key)
+        return files, changed
+
+    def _takeNew(self, files):
+        """
+        Move C{new/} into C{cur/}, into the listing C{files} too.
+
+        @return: the keys moved.
+        """
+        moved = []
+        for name in os.listdir(self._new):
+            if name.startswith("."):
+                continue
+            target = name if ":" in name else name + ":2,"
+            try:
+                self.rename(os.path.join(self._new, name), os.path.join(self._cur, target))
+            except FileNotFoundError:
+                continue  # another program took it
+            key = target.partition(":")[0]
+            files[key] = target
+            moved.append(key)
+        return moved
 
     def runSyncs(self, syncs):
         """
@@ -1631,12 +1728,29 @@ class FolderIndex:
         except OSError:
             return None
 
-    def _reconcile(self, uidList, files):
+    def _reconcile(self, uidList, files, keys=None):
+        """
+        Make the index agree with the listing C{files}: entries of files
+        gone are removed, changed info suffixes raise the modification
+        sequence, new files get UIDs.
+
+        @param keys: the only keys that may disagree, when known (the index
+            agreed with the listing but for what changed of these);
+            L{None} for all.
+        """
         entries = uidList.entries
-        for key in [key for key in entries if key not in files]:
+        if keys is None:
+            gone = [key for key in entries if key not in files]
+            keys = files
+        else:
+            gone = sorted((key for key in keys if key not in files and key in entries),
+                          key=lambda key: entries[key][0])
+            keys = sorted(key for key in keys if key in files)
+        for key in gone:
             uidList.remove(key)
         fresh = []
-        for key, name in files.items():
+        for key in keys:
+            name = files[key]
             entry = entries.get(key)
             info = name.partition(":")[2]
             if entry is None:
