@@ -1053,3 +1053,30 @@ def test_transactionListsFoldersOtherHostsShare(tmp_path, monkeypatch):
     settle(reactor)
     resultOf(mailbox.changeFlags([2], ["\\Seen"], ADD))
     assert len(listings) == 2
+
+
+def test_eventsBeingHandedOnArePending(tmp_path):
+    """
+    While the reactor hands on events it read from the kernel (which then
+    has none), a transaction in another thread is told some are pending:
+    the listing kept is not taken as current before they are heard.
+    """
+    reactor, store, feed, calls, mailbox = watchedInbox(tmp_path)
+    heard = store.changesHeard
+    during = []
+    original = heard.heard
+
+    def heardAndAsk(*args):
+        during.append(heard.pending())
+        return original(*args)
+
+    heard.heard = heardAndAsk
+    drop(store)
+    assert heard.pending()
+    readINotify(reactor)
+    assert during == [True]
+    assert not heard.pending()
+    drop(store)
+    feed._drain()
+    assert during == [True, True]
+    assert not heard.pending()

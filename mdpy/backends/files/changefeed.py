@@ -110,18 +110,31 @@ class _INotify(inotify.INotify if inotify is not None else object):
                 self.loseConnection()
         self._buffer = buffer[offset:]
 
+    # How many reads are under way (the reactor's, a drain): the events
+    # they took from the kernel may not have been handed on yet.
+    _reading = 0
+
     def pending(self):
         """
         @return: whether the kernel may have events this reader did not
-            hand on yet (it has some to read, or one was read only in
-            part); true when that cannot be known.  Reads nothing, so any
-            thread may ask.
+            hand on yet (it has some to read, a read is handing some on,
+            or one was read only in part); true when that cannot be known.
+            Reads nothing, so any thread may ask.
         """
+        if self._reading:
+            return True
         try:
             waiting = struct.unpack("i", fcntl.ioctl(self._fd, termios.FIONREAD, b"\0\0\0\0"))[0]
         except (OSError, TypeError):
             return True
-        return waiting > 0 or bool(self._buffer)
+        return waiting > 0 or self._reading > 0 or bool(self._buffer)
+
+    def doRead(self):
+        self._reading += 1
+        try:
+            return inotify.INotify.doRead(self)
+        finally:
+            self._reading -= 1
 
     def drain(self):
         """
@@ -130,16 +143,20 @@ class _INotify(inotify.INotify if inotify is not None else object):
 
         @return: whether it could (else the reactor finds why soon).
         """
-        while True:
-            try:
-                data = os.read(self._fd, 65536)
-            except BlockingIOError:
-                return True
-            except OSError:
-                return False
-            if not data:
-                return False
-            self._doRead(data)
+        self._reading += 1
+        try:
+            while True:
+                try:
+                    data = os.read(self._fd, 65536)
+                except BlockingIOError:
+                    return True
+                except OSError:
+                    return False
+                if not data:
+                    return False
+                self._doRead(data)
+        finally:
+            self._reading -= 1
 
     def __init__(self, reactor, lost, overflowed):
         inotify.INotify.__init__(self, reactor)
