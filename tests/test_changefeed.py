@@ -1080,3 +1080,87 @@ def test_eventsBeingHandedOnArePending(tmp_path):
     feed._drain()
     assert during == [True, True]
     assert not heard.pending()
+
+
+def countCurListings(monkeypatch, mailbox):
+    """
+    @return: a list that gets one item each time C{cur/} of C{mailbox}'s
+        folder is listed, by a transaction or a reader.
+    """
+    listings = []
+    listCur = type(mailbox._index)._listCur
+
+    def counted(index):
+        if index.path == mailbox.path:
+            listings.append(index.path)
+        return listCur(index)
+
+    monkeypatch.setattr(type(mailbox._index), "_listCur", counted)
+    return listings
+
+
+@pytest.mark.parametrize("change", ["flags", "expunge", "append"])
+def test_readerTakesInChangesOfAnotherProcessFromTheFeed(tmp_path, monkeypatch, change):
+    """
+    A view read without the lock after another process changed the folder
+    takes the listing a transaction of this process left, with the
+    changes heard since made to it, rather than listing C{cur/}: its
+    messages are those a fresh store reads.
+    """
+    reactor, store, feed, calls, mailbox = watchedInbox(tmp_path)
+    resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
+    settle(reactor)
+    elsewhere = MaildirStore(str(tmp_path), runInThread=synchronousRunner)
+    other = elsewhere.openMailbox(ALICE)
+    listings = countCurListings(monkeypatch, mailbox)
+    if change == "flags":
+        resultOf(other.changeFlags([2], ["\\Flagged"], ADD))
+    elif change == "expunge":
+        resultOf(other.expunge([3]))
+    else:
+        resultOf(other.append(MESSAGE, ["\\Draft"]))
+    settle(reactor)
+    del listings[:]  # the other process's own
+    assert not mailbox.isCurrent()
+    assert mailbox.syncFromSnapshot()
+    assert listings == []
+    fresh = MaildirStore(str(tmp_path), runInThread=synchronousRunner).openMailbox(ALICE)
+    assert [(m.uid, m.flags, m.filename) for m in mailbox.messages()] == [
+        (m.uid, m.flags, m.filename) for m in fresh.messages()]
+
+
+def test_readerListsWhatTheIndexDoesNotShow(tmp_path, monkeypatch):
+    """
+    A change heard that the index does not show (another program renamed
+    a file) makes the reader list the folder, and find that only the
+    locked transaction can take it in.
+    """
+    reactor, store, feed, calls, mailbox = watchedInbox(tmp_path)
+    resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
+    settle(reactor)
+    listings = countCurListings(monkeypatch, mailbox)
+    cur = os.path.join(mailbox.path, "cur")
+    second = mailbox.messages()[1].filename
+    os.rename(os.path.join(cur, second), os.path.join(cur, second + "F"))
+    settle(reactor)
+    assert not mailbox.syncFromSnapshot()
+    assert listings == [mailbox.path]
+    mailbox.sync()
+    assert mailbox.messages()[1].flags == {"\\Flagged"}
+
+
+def test_readerIgnoresAListingNewerThanTheIndexItRead(tmp_path):
+    """
+    A listing left by a transaction after the reader read the index is
+    not the folder as of that index: the reader does not take it.
+    """
+    reactor, store, feed, calls, mailbox = watchedInbox(tmp_path)
+    resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
+    settle(reactor)
+    index = mailbox._index
+    read = index._readUnlocked()
+    assert index._listingHeard(read) is not None
+    resultOf(mailbox.changeFlags([2], ["\\Seen"], ADD))
+    settle(reactor)
+    assert index._listingHeard(read) is None
+    assert index._listingHeard(index._readUnlocked()) is not None

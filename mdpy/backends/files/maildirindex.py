@@ -1214,41 +1214,90 @@ class FolderIndex:
         When nothing else was heard (the folder's mark is the same, with
         nothing left to read) and the index is as that transaction left
         it, the listing is the folder's and the index agrees with it.
-        Else the changes of others heard since, in order, are made to the
-        listing; those of C{new/} are left out (it is listed anyway).  A
-        change that does not fit the listing (a name removed it does not
-        hold, made with another of its key) means something was not heard
-        in order: then C{cur/} is listed.
-
-        Never past L{CURRENT_FOR} seconds, never for another UIDVALIDITY
-        (an index made again, a folder deleted and made again), and never
-        for a folder the feed does not watch (a polled folder) or cannot
-        hear all of (on a filesystem other hosts share).
+        Else the changes of others heard since are made to the listing
+        (L{_replay}); then C{new/} is listed, and the keys changed are
+        compared with the index.
 
         @return: C{(files, changed)}: C{{basename: filename}} and the keys
             the changes heard were of (L{None} when none was and the index
             is as left), or L{None} when C{cur/} must be listed.
         """
         kept = self._parsed.pop((self.path, "listing"))
-        if self._local is None:
-            self._local = onLocalFilesystem(self.path)
-        if kept is None or uidList.rebuilt or not self._local:
+        if kept is None or uidList.rebuilt or not self._mayTake(kept, uidList):
             return None
-        mark, log, uidValidity, when, files = kept
-        heard = self._heard
-        # Pending first: the reader lost meanwhile took every mark with it.
-        if (time.monotonic() - when > CURRENT_FOR or uidList.uidValidity != uidValidity
-                or heard.pending()):
-            return None
-        if heard.isMarked(self.path, mark) and uidList.log[:3] == log:
+        mark, log, _, _, files = kept
+        if self._heard.isMarked(self.path, mark) and uidList.log[:3] == log:
             return files, None
-        changes = heard.heardSince(self.path, mark)
+        changes = self._heard.heardSince(self.path, mark)
+        changed = None if changes is None else self._replay(files, changes)
+        return None if changed is None else (files, changed)
+
+    def _listingHeard(self, uidList):
+        """
+        For a reader without the lock (L{snapshot}): a copy of the listing
+        the last transaction of this process left, with the changes of
+        others heard since made to it (L{_replay}), when it agrees with
+        the index as read: as many files as entries, and the same info
+        suffixes for the keys changed (the others agreed when it was left,
+        and whatever changed them was heard).
+
+        @return: C{{basename: filename}}, or L{None} when C{cur/} must be
+            listed.
+        """
+        name = (self.path, "listing")
+        kept = self._parsed.get(name)
+        if kept is None or not self._mayTake(kept, uidList):
+            return None
+        mark, log, _, _, files = kept
+        if log[0] != uidList.log[0] or log[1] > uidList.log[1]:
+            return None  # left by a transaction after the index was read
+        changes = self._heard.heardSince(self.path, mark)
         if changes is None:
             return None
+        files = dict(files)
+        if self._parsed.get(name) is not kept:
+            return None  # a transaction took it meanwhile, and may have changed it
+        changed = self._replay(files, changes)
+        entries = uidList.entries
+        if changed is None or len(files) != len(entries):
+            return None
+        for key in changed:
+            entry, present = entries.get(key), files.get(key)
+            if (entry is None) != (present is None) or present is not None and (
+                    entry[2] != present.partition(":")[2]):
+                return None
+        return files
+
+    def _mayTake(self, kept, uidList):
+        """
+        @param kept: C{(mark, log, uidvalidity, when, files)}, the listing a
+            transaction left.
+        @return: whether it may be brought up to date from what the feed
+            heard: never past L{CURRENT_FOR} seconds, never for another
+            UIDVALIDITY (an index made again, a folder deleted and made
+            again), never while the kernel may hold events not heard yet,
+            and never for a folder the feed does not watch (a polled folder)
+            or cannot hear all of (on a filesystem other hosts share).
+        """
+        if self._local is None:
+            self._local = onLocalFilesystem(self.path)
+        return (self._local and time.monotonic() - kept[3] <= CURRENT_FOR
+                and uidList.uidValidity == kept[2] and not self._heard.pending())
+
+    def _replay(self, files, changes):
+        """
+        Make the changes of others heard in C{cur/} (L{ChangesHeard.heardSince})
+        to the listing C{files}, in order; those of C{new/} are left out.
+
+        @return: the keys changed, or L{None} when a change does not fit
+            the listing (a name removed it does not hold, one made beside
+            another of its key): something was not heard in order, and
+            C{cur/} must be listed.
+        """
         changed = set()
         for directory, name, what in changes:
             if directory != self._cur or name.startswith(".") or "\n" in name or "\r" in name:
-                continue  # new/ is listed; no message file has such a name
+                continue  # no message file has such a name
             key = name.partition(":")[0]
             present = files.get(key)
             if what == MADE:
@@ -1260,7 +1309,7 @@ class FolderIndex:
             elif what == REMOVED:
                 del files[key]
             changed.add(key)
-        return files, changed
+        return changed
 
     def _takeNew(self, files):
         """
@@ -1336,7 +1385,10 @@ class FolderIndex:
         The listing is not made again while C{new/} and C{cur/} keep the
         modification times they had when it was made, if those were older
         than L{LOOK_MARGIN} then, and the index is the same: any change of
-        their names since gives them a later time (L{_look}).
+        their names since gives them a later time (L{_look}).  Nor is it
+        made when the listing a transaction of this process left, with the
+        changes the feed heard since, agrees with the index
+        (L{_listingHeard}).
 
         @param claim: whether the view claims what it takes in (see
             L{transact}): then a folder with messages no view claimed needs
@@ -1360,13 +1412,15 @@ class FolderIndex:
             else:
                 if any(not name.startswith(".") for name in os.listdir(self._new)):
                     return None
-                files = self._listCur()
-                if len(files) != len(entries):
-                    return None
-                for key, name in files.items():
-                    entry = entries.get(key)
-                    if entry is None or entry[2] != name.partition(":")[2]:
+                files = self._listingHeard(uidList)
+                if files is None:
+                    files = self._listCur()
+                    if len(files) != len(entries):
                         return None
+                    for key, name in files.items():
+                        entry = entries.get(key)
+                        if entry is None or entry[2] != name.partition(":")[2]:
+                            return None
                 if look is not None:
                     self._parsed[(self.path, "look")] = (look, entries, files)
             # Read last: keyword letters are only ever added, so these name
