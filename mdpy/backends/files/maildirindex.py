@@ -503,7 +503,7 @@ class ChangesHeard:
             if folderPath in self._marks:
                 mark = self._marks[folderPath] = self._next()
                 self._others[folderPath] += 1
-                start, changes = self._history[folderPath]
+                changes = self._history[folderPath][1]
                 if len(changes) < HEARD_KEPT:
                     changes.append((mark, directory, name, what))
                 else:
@@ -1739,14 +1739,7 @@ class FolderIndex:
 
         @return: C{{basename: filename}}.
         """
-        new, cur = self._new, self._cur
-        for name in os.listdir(new):
-            if not name.startswith("."):
-                try:
-                    self.rename(os.path.join(new, name),
-                                os.path.join(cur, name if ":" in name else name + ":2,"))
-                except FileNotFoundError:
-                    pass  # another program took it
+        self._takeNew({})
         return self._listCur()
 
     def _listCur(self):
