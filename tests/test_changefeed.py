@@ -769,20 +769,23 @@ def test_viewIsNotCurrentWhileATransactionChangesTheFolder(tmp_path):
 # --- transactions that need not list the folder ----------------------------
 
 
-def countListings(monkeypatch, mailbox):
+def countListings(monkeypatch, mailbox, method="_scan"):
     """
-    @return: a list that gets one item each time a transaction of
-        C{mailbox}'s folder lists it.
+    @param method: the L{FolderIndex} method counted: C{_scan}, a
+        transaction listing the folder, or C{_listCur}, a transaction or a
+        reader listing C{cur/}.
+    @return: a list that gets one item each time C{method} lists
+        C{mailbox}'s folder.
     """
     listings = []
-    scan = type(mailbox._index)._scan
+    listing = getattr(type(mailbox._index), method)
 
     def counted(index):
         if index.path == mailbox.path:
             listings.append(index.path)
-        return scan(index)
+        return listing(index)
 
-    monkeypatch.setattr(type(mailbox._index), "_scan", counted)
+    monkeypatch.setattr(type(mailbox._index), method, counted)
     return listings
 
 
@@ -1082,23 +1085,6 @@ def test_eventsBeingHandedOnArePending(tmp_path):
     assert not heard.pending()
 
 
-def countCurListings(monkeypatch, mailbox):
-    """
-    @return: a list that gets one item each time C{cur/} of C{mailbox}'s
-        folder is listed, by a transaction or a reader.
-    """
-    listings = []
-    listCur = type(mailbox._index)._listCur
-
-    def counted(index):
-        if index.path == mailbox.path:
-            listings.append(index.path)
-        return listCur(index)
-
-    monkeypatch.setattr(type(mailbox._index), "_listCur", counted)
-    return listings
-
-
 @pytest.mark.parametrize("change", ["flags", "expunge", "append"])
 def test_readerTakesInChangesOfAnotherProcessFromTheFeed(tmp_path, monkeypatch, change):
     """
@@ -1112,7 +1098,7 @@ def test_readerTakesInChangesOfAnotherProcessFromTheFeed(tmp_path, monkeypatch, 
     settle(reactor)
     elsewhere = MaildirStore(str(tmp_path), runInThread=synchronousRunner)
     other = elsewhere.openMailbox(ALICE)
-    listings = countCurListings(monkeypatch, mailbox)
+    listings = countListings(monkeypatch, mailbox, "_listCur")
     if change == "flags":
         resultOf(other.changeFlags([2], ["\\Flagged"], ADD))
     elif change == "expunge":
@@ -1138,7 +1124,7 @@ def test_readerListsWhatTheIndexDoesNotShow(tmp_path, monkeypatch):
     reactor, store, feed, calls, mailbox = watchedInbox(tmp_path)
     resultOf(mailbox.changeFlags([1], ["\\Seen"], ADD))
     settle(reactor)
-    listings = countCurListings(monkeypatch, mailbox)
+    listings = countListings(monkeypatch, mailbox, "_listCur")
     cur = os.path.join(mailbox.path, "cur")
     second = mailbox.messages()[1].filename
     os.rename(os.path.join(cur, second), os.path.join(cur, second + "F"))
