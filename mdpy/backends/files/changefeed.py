@@ -121,8 +121,6 @@ class _INotify(inotify.INotify if inotify is not None else object):
             or one was read only in part); true when that cannot be known.
             Reads nothing, so any thread may ask.
         """
-        if self._reading:
-            return True
         try:
             waiting = struct.unpack("i", fcntl.ioctl(self._fd, termios.FIONREAD, b"\0\0\0\0"))[0]
         except (OSError, TypeError):

@@ -628,6 +628,21 @@ class Syncs:
             os.close(fd)
 
 
+def _agree(entries, files, keys):
+    """
+    @return: whether an index's C{entries} and a listing C{files} hold as
+        many messages, and agree on C{keys}: each held by both, with the
+        same info suffix, or by neither.
+    """
+    if len(files) != len(entries):
+        return False
+    for key in keys:
+        entry, name = entries.get(key), files.get(key)
+        if (entry is None) != (name is None) or name is not None and entry[2] != name.partition(":")[2]:
+            return False
+    return True
+
+
 def onLocalFilesystem(path):
     """
     @return: whether C{path} is on a filesystem only this host changes, so
@@ -1258,14 +1273,8 @@ class FolderIndex:
         if self._parsed.get(name) is not kept:
             return None  # a transaction took it meanwhile, and may have changed it
         changed = self._replay(files, changes)
-        entries = uidList.entries
-        if changed is None or len(files) != len(entries):
+        if changed is None or not _agree(uidList.entries, files, changed):
             return None
-        for key in changed:
-            entry, present = entries.get(key), files.get(key)
-            if (entry is None) != (present is None) or present is not None and (
-                    entry[2] != present.partition(":")[2]):
-                return None
         return files
 
     def _mayTake(self, kept, uidList):
@@ -1415,12 +1424,8 @@ class FolderIndex:
                 files = self._listingHeard(uidList)
                 if files is None:
                     files = self._listCur()
-                    if len(files) != len(entries):
+                    if not _agree(entries, files, files):
                         return None
-                    for key, name in files.items():
-                        entry = entries.get(key)
-                        if entry is None or entry[2] != name.partition(":")[2]:
-                            return None
                 if look is not None:
                     self._parsed[(self.path, "look")] = (look, entries, files)
             # Read last: keyword letters are only ever added, so these name
