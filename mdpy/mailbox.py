@@ -101,6 +101,8 @@ class ExpungeHistory:
         be forgotten (0: none is).
     @ivar records: C{[(modSeq, uids)]}, modification sequences ascending,
         each C{uids} a L{tuple}.
+    @ivar incomplete: whether records after the last may be missing (a
+        crash of the machine lost them): then the history tells nothing.
     """
 
     def __init__(self, prunedModSeq=0, records=(), kept=None):
@@ -108,6 +110,7 @@ class ExpungeHistory:
         @param kept: how many UIDs to keep; L{None}: L{EXPUNGES_KEPT}.
         """
         self.prunedModSeq = prunedModSeq
+        self.incomplete = False
         self.records = []
         self._kept = kept
         self._count = 0
@@ -134,7 +137,7 @@ class ExpungeHistory:
         @return: the ascending UIDs that left after C{modSeq}, or L{None}
             when that part of the history is no longer kept.
         """
-        if modSeq < self.prunedModSeq:
+        if modSeq < self.prunedModSeq or self.incomplete:
             return None
         return sorted(uid for recorded, uids in self.records if recorded > modSeq for uid in uids)
 

@@ -29,6 +29,7 @@ from mdpy.backends.files.blocking import Blocking, DeferredCalls, DeferredStore,
 from mdpy.backends.files.changefeed import MaildirChangeFeed
 from mdpy.backends.files.collectorstate import CollectorStates
 from mdpy.backends.files.directory import SQLiteDirectory
+from mdpy.backends.files.kernelsync import kernelSyncs
 from mdpy.backends.files.locks import FileMaildropLocks
 from mdpy.backends.files.logins import SQLiteLoginFailures
 from mdpy.backends.files.maildir import MaildirStore, removeStaleTmpFiles
@@ -94,6 +95,8 @@ class FilesBackend:
             archiveRoot=self.datadir.deletedDir, groupCommit=groupCommit,
             transactsOnCaller=runInThread is not None,
         )
+        if runInThread is not None:
+            self.mailStore.kernelSyncs = kernelSyncs(reactor, self.datadir.mailRoot)
         # Hears the changes other processes make to the same data directory.
         self.changeFeed = MaildirChangeFeed(self.mailStore.folderPath, reactor, accountKey,
                                             heard=self.mailStore.changesHeard)
@@ -152,6 +155,9 @@ class FilesBackend:
         """
         self.directory.close()
         self.changeFeed.close()
+        if self.mailStore.kernelSyncs is not None:
+            self.mailStore.kernelSyncs.close()
+            self.mailStore.kernelSyncs = None
         if self._loginFailures is not None:
             self._loginFailures.close()
         self.maildropLocks.close()

@@ -94,6 +94,9 @@ CACHE_NAME = "mdpy-cache.sqlite"
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 65536
+# Messages up to this many octets in all are appended without a worker
+# thread, when the kernel runs the syncs (L{MaildirMailbox.appendMany}).
+APPEND_HERE_SIZE = 1 << 20
 # Linux: a read that fails instead of waiting for the disk (preadv2(2)).
 _NOWAIT = getattr(os, "RWF_NOWAIT", None)
 _counter = itertools.count(1)
@@ -903,14 +906,22 @@ class MaildirMailbox(FlagShorthand):
         C{tmp/} first; then, in one locked transaction, all are moved into
         C{cur/} and given their UIDs in one index write; any failure
         removes every file, so the index never names a message of a
-        failed call.
+        failed call.  Messages held in memory, up to L{APPEND_HERE_SIZE}
+        octets in all, are written on the calling thread when the store
+        has L{MaildirStore.kernelSyncs} (L{_appendHere}); others in a
+        worker thread.
         """
         prepared = []
+        size = 0
         for data, flags, internalDate in messages:
             parts = data if isinstance(data, list) else [data]
             parts = [part if hasattr(part, "read") else bytes(part) for part in parts]
+            size += sum(len(part) if isinstance(part, bytes) else APPEND_HERE_SIZE + 1 for part in parts)
             prepared.append((parts, normaliseFlags(flags), internalDate))
-        d = self._store._runInThread(self._appendInThread, prepared)
+        if self._store.kernelSyncs is not None and size <= APPEND_HERE_SIZE:
+            d = self._appendHere(prepared)
+        else:
+            d = self._store._runInThread(self._appendInThread, prepared)
         d.addCallback(self._install)
         d.addCallback(self._notify)
         return d
@@ -918,7 +929,81 @@ class MaildirMailbox(FlagShorthand):
     def _appendInThread(self, messages):
         written = []
         placed = []
+        try:
+            self._writeMessages(messages, written)
+            return self._transact(self._placer(written, placed))
+        except BaseException as e:
+            self._appendFailed(e, written, placed)
 
+    def _appendHere(self, messages):
+        """
+        L{appendMany} without a worker thread: the files are written here,
+        the kernel syncs them (L{MaildirStore.kernelSyncs}), then the
+        transaction runs here too when the folder lock is free
+        (L{_transactHere}), else in a worker thread.
+        """
+        written = []
+        placed = []
+        fds = []
+
+        def closeFiles(result):
+            for fd in fds:
+                os.close(fd)
+            del fds[:]
+            return result
+
+        def transact(_):
+            operation = self._placer(written, placed)
+            d = self._transactHere(operation)
+            return self._store._runInThread(self._transact, operation) if d is None else d
+
+        def failed(failure):
+            self._appendFailed(failure.value, written, placed)
+
+        try:
+            self._writeMessages(messages, written, fds)
+        except BaseException:
+            d = defer.fail()
+            closeFiles(None)
+        else:
+            d = self._store.kernelSyncs.sync([(fd, False) for fd in fds])
+            d.addBoth(closeFiles)
+            d.addCallback(transact)
+        d.addErrback(failed)
+        return d
+
+    def _writeMessages(self, messages, written, fds=None):
+        """
+        Write each of C{messages} to a file of C{tmp/}, listed in
+        C{written} as C{(path, base, size, wireSize, flags)} as soon as it
+        is made, and synced; or, with C{fds}, left open there for the
+        caller to sync.
+        """
+        for parts, flags, internalDate in messages:
+            base = uniqueName()
+            tmpPath = os.path.join(self.path, "tmp", base)
+            wireSize = NormalisedSizeCounter()
+            fd = os.open(tmpPath, _CREATE, 0o600)
+            try:
+                written.append((tmpPath, base, None, None, flags))
+                size = writeParts(fd, parts, _CHUNK, observe=wireSize.feed)
+                if internalDate is not None:
+                    os.utime(fd, (internalDate, internalDate))
+                if fds is None:
+                    os.fsync(fd)
+            finally:
+                if fds is None:
+                    os.close(fd)
+                else:
+                    fds.append(fd)
+            written[-1] = (tmpPath, base, size, wireSize.finish(), flags)
+
+    def _placer(self, written, placed):
+        """
+        @return: the operation of a transaction moving the files of
+            C{written} (L{_writeMessages}) into C{cur/}, each path listed
+            in C{placed} once there; its result is their UIDs.
+        """
         def place(uidList, files, keywords):
             uids = []
             for tmpPath, base, size, wireSize, flags in written:
@@ -932,30 +1017,20 @@ class MaildirMailbox(FlagShorthand):
             uidList.unsynced.add(os.path.join(self.path, "cur"))
             return uids
 
-        try:
-            for parts, flags, internalDate in messages:
-                base = uniqueName()
-                tmpPath = os.path.join(self.path, "tmp", base)
-                wireSize = NormalisedSizeCounter()
-                fd = os.open(tmpPath, _CREATE, 0o600)
-                try:
-                    written.append((tmpPath, base, None, None, flags))
-                    size = writeParts(fd, parts, _CHUNK, observe=wireSize.feed)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                written[-1] = (tmpPath, base, size, wireSize.finish(), flags)
-                if internalDate is not None:
-                    os.utime(tmpPath, (internalDate, internalDate))
-            return self._transact(place)
-        except BaseException as e:
-            for path in [entry[0] for entry in written] + placed:
-                unlinkQuietly(path)
-            if isinstance(e, FileNotFoundError):
-                raise NotFound("mailbox %s of %s is gone" % (self.name, self._account)) from e
-            if isinstance(e, OSError):
-                raise storageFailure("append to " + self.path, e) from e
-            raise
+        return place
+
+    def _appendFailed(self, e, written, placed):
+        """
+        Remove every file an append made, and raise what it failed with as
+        the store tells of it.
+        """
+        for path in [entry[0] for entry in written] + placed:
+            unlinkQuietly(path)
+        if isinstance(e, FileNotFoundError):
+            raise NotFound("mailbox %s of %s is gone" % (self.name, self._account)) from e
+        if isinstance(e, OSError):
+            raise storageFailure("append to " + self.path, e) from e
+        raise e
 
     def changeFlags(self, uids, flags, mode=REPLACE, unchangedSince=None):
         """
@@ -1002,7 +1077,7 @@ class MaildirMailbox(FlagShorthand):
         except Exception:
             syncs.close()
             return defer.fail()
-        d = self._store._runInThread(self._index.runSyncs, syncs)
+        d = self._store.runSyncs(self._index, syncs)
         d.addBoth(_closeSyncs, syncs)
         d.addCallback(lambda _: outcome)
         return d
@@ -1100,9 +1175,25 @@ class MaildirMailbox(FlagShorthand):
         See L{IMailbox.expunge}.  With C{deletedOnly}, the flags are read
         from the file names under the folder lock.
         """
-        d = self._store._runInThread(self._expungeInThread, frozenset(uids), deletedOnly)
+        d = self._expungeHere(frozenset(uids), deletedOnly) if self._store.kernelSyncs is not None else None
+        if d is None:
+            d = self._store._runInThread(self._expungeInThread, frozenset(uids), deletedOnly)
         d.addCallback(self._install)
         d.addCallback(self._notify)
+        return d
+
+    def _expungeHere(self, uids, deletedOnly):
+        """
+        L{expunge}'s transaction on the calling thread, its syncs left to
+        the kernel (L{_transactHere}).
+
+        @return: a Deferred firing with the transaction's outcome, or
+            L{None} when another transaction holds the folder lock.
+        """
+        removedKeys = []
+        d = self._transactHere(self._expungeLocked(uids, deletedOnly, removedKeys))
+        if d is not None:
+            d.addCallback(lambda outcome: (self._forgetCached(removedKeys), outcome)[1])
         return d
 
     def _expungeInThread(self, uids, deletedOnly):
@@ -1195,6 +1286,8 @@ class MaildirStore:
         self.archiveRoot = os.path.abspath(archiveRoot)
         self.changeFeed = ChangeFeed(reactor, accountKey) if changeFeed is None else changeFeed
         self.transactsOnCaller = transactsOnCaller
+        # Runs syncs without a thread (L{kernelSyncs}), when set.
+        self.kernelSyncs = None
         self._listeners = StoreListeners()
         self._committer, self._runInThread = writerFor(
             reactor, _prepareCopies, committerThreads, runInThread, groupCommit)
@@ -1209,6 +1302,20 @@ class MaildirStore:
         return "<MaildirStore %s>" % (self.root,)
 
     _accountKey = staticmethod(accountKey)
+
+    def runSyncs(self, index, syncs):
+        """
+        Make what a transaction of C{index} left to L{Syncs} durable: by
+        L{kernelSyncs} when there is one, else in a worker thread.
+
+        @return: a Deferred firing with L{None} once it is, or failing as
+            L{FolderIndex.transact} does.
+        """
+        if self.kernelSyncs is None:
+            return self._runInThread(index.runSyncs, syncs)
+        d = self.kernelSyncs.sync(syncs.requests())
+        d.addErrback(index.failedSyncs)
+        return d
 
     def accountPath(self, address):
         """

@@ -147,7 +147,7 @@ _HEADER = re.compile(r"V([12]) ([0-9]+) ([0-9]+) ([0-9]+)(?: R([0-9]+))?(?: G([0
 _LOG_HEADER = re.compile(rb"L1 ([0-9]+) ([0-9]+)\n")
 _LOG_TRANSACTION = re.compile(rb"T ([0-9]+) ([0-9]+) ([0-9]+) ([0-9]+) ([0-9a-f]{8})\Z")
 _ESCAPED = re.compile(r"%([0-9A-F]{2})")
-_EXPUNGED_HEADER = re.compile(r"E1 ([0-9]+) ([0-9]+)\Z")
+_EXPUNGED_HEADER = re.compile(r"E1 ([0-9]+) ([0-9]+)(?: ([0-9a-f-]+))?\Z")
 _EXPUNGED_LINE = re.compile(r"([0-9]+) ([0-9]+(?:,[0-9]+)*)\Z")
 _log = Logger()
 
@@ -621,6 +621,13 @@ class Syncs:
         for _, fd in sorted(self.directories.items()):
             os.fsync(fd)
 
+    def requests(self):
+        """
+        @return: what L{run} does, as C{(fd, datasync)}: C{fdatasync} of
+            the files, C{fsync} of the directories.
+        """
+        return [(fd, True) for fd in self.files] + [(fd, False) for _, fd in sorted(self.directories.items())]
+
     def close(self):
         files, self.files = self.files, []
         directories, self.directories = self.directories, {}
@@ -698,12 +705,32 @@ def parseHeader(line):
     return tuple(int(n) for n in match.groups()[1:4])
 
 
+_bootId = None
+
+
+def bootId():
+    """
+    @return: the identity of this boot of the machine (Linux), or L{None}
+        where the system does not tell it.
+    """
+    global _bootId
+    if _bootId is None:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as f:
+                _bootId = f.read().strip().lower()
+        except OSError:
+            _bootId = ""
+    return _bootId or None
+
+
 def readExpunged(folderPath):
     """
     @return: C{(uidvalidity, L{ExpungeHistory})} of the folder's
         C{mdpy-expunged}, or L{None} when it is missing or its header is
         damaged.  A damaged line (the file is rewritten whole, so there
-        should be none) ends the history read.
+        should be none) ends the history read.  A history whose lines a
+        process of another boot of the machine may have left unsynced is
+        L{ExpungeHistory.incomplete}.
     """
     try:
         with open(os.path.join(folderPath, EXPUNGED_NAME), "rb") as f:
@@ -715,6 +742,7 @@ def readExpunged(folderPath):
     if header is None:
         return None
     history = ExpungeHistory(int(header.group(2)))
+    history.incomplete = header.group(3) not in (None, bootId())
     for line in lines[1:-1]:
         match = _EXPUNGED_LINE.match(line)
         if match is None:
@@ -723,14 +751,17 @@ def readExpunged(folderPath):
     return int(header.group(1)), history
 
 
-def appendExpunged(folderPath, uidValidity, modSeq, uids):
+def appendExpunged(folderPath, uidValidity, modSeq, uids, syncs=None):
     """
     Add one transaction's tombstones to the folder's C{mdpy-expunged} of
-    C{uidValidity}, in place: one line appended and synced.
+    C{uidValidity}, in place: one line appended and synced, or its sync
+    left to C{syncs} (a L{Syncs}) when the file's header names this boot
+    of the machine (L{writeExpunged}).
 
     @return: whether that was done; C{False} when the file must be
         rewritten whole instead (missing, of another UIDVALIDITY, ending
-        in an incomplete line, or due to be compacted).
+        in an incomplete line, due to be compacted, of another boot, or
+        of none when C{syncs} is given).
     """
     try:
         fd = os.open(os.path.join(folderPath, EXPUNGED_NAME), os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
@@ -740,21 +771,33 @@ def appendExpunged(folderPath, uidValidity, modSeq, uids):
         size = os.fstat(fd).st_size
         if not 0 < size < EXPUNGED_COMPACT_SIZE or os.pread(fd, 1, size - 1) != b"\n":
             return False
-        header = _EXPUNGED_HEADER.match(os.pread(fd, 64, 0).partition(b"\n")[0].decode("ascii", "replace"))
+        header = _EXPUNGED_HEADER.match(os.pread(fd, 128, 0).partition(b"\n")[0].decode("ascii", "replace"))
         if header is None or int(header.group(1)) != uidValidity:
             return False
+        boot = header.group(3)
+        if boot is not None and boot != bootId() or syncs is not None and boot is None:
+            return False
         writeAll(fd, ("%d %s\n" % (modSeq, ",".join(map(str, uids)))).encode("ascii"))
-        os.fdatasync(fd)
+        if syncs is None:
+            os.fdatasync(fd)
+        else:
+            syncs.files.append(os.dup(fd))
     finally:
         os.close(fd)
     return True
 
 
-def writeExpunged(folderPath, uidValidity, history):
+def writeExpunged(folderPath, uidValidity, history, boot=None):
     """
     Replace the folder's C{mdpy-expunged} (atomically).
+
+    @param boot: this boot of the machine (L{bootId}), when lines may be
+        appended whose sync is left to a L{Syncs}, which is run after the
+        index is written: after a crash of the machine, the index may then
+        show removals the file lost, and a process of the next boot reads
+        the history as L{ExpungeHistory.incomplete}.
     """
-    lines = ["E1 %d %d\n" % (uidValidity, history.prunedModSeq)]
+    lines = ["E1 %d %d%s\n" % (uidValidity, history.prunedModSeq, "" if boot is None else " " + boot)]
     lines.extend("%d %s\n" % (modSeq, ",".join(map(str, uids))) for modSeq, uids in history.records)
     writeFileAtomically(os.path.join(folderPath, EXPUNGED_NAME), "".join(lines).encode("ascii"))
 
@@ -1193,7 +1236,7 @@ class FolderIndex:
                     if claim:
                         uidList.claimRecent()
                     if uidList.expunged or uidList.rebuilt:
-                        self._recordExpunges(uidList, readModSeq)
+                        self._recordExpunges(uidList, readModSeq, syncs if self._isLocal() else None)
                     if uidList.dirty:
                         self._write(uidList, syncs)
                         lock.rememberHeader(uidList.header())
@@ -1288,10 +1331,17 @@ class FolderIndex:
             and never for a folder the feed does not watch (a polled folder)
             or cannot hear all of (on a filesystem other hosts share).
         """
+        return (self._isLocal() and time.monotonic() - kept[3] <= CURRENT_FOR
+                and uidList.uidValidity == kept[2] and not self._heard.pending())
+
+    def _isLocal(self):
+        """
+        @return: whether the folder is on a filesystem of this host only
+            (L{onLocalFilesystem}), asked once.
+        """
         if self._local is None:
             self._local = onLocalFilesystem(self.path)
-        return (self._local and time.monotonic() - kept[3] <= CURRENT_FOR
-                and uidList.uidValidity == kept[2] and not self._heard.pending())
+        return self._local
 
     def _replay(self, files, changes):
         """
@@ -1346,29 +1396,49 @@ class FolderIndex:
         """
         try:
             syncs.run()
-        except FileNotFoundError as e:
-            raise NotFound("mailbox %s is gone: %s" % (self._label, e)) from e
         except OSError as e:
-            raise TemporaryFailure("mailbox %s: %s" % (self._label, e)) from e
+            self._failedSync(e)
 
-    def _recordExpunges(self, uidList, readModSeq):
+    def failedSyncs(self, failure):
+        """
+        Fail as L{transact} does for the L{OSError} of C{failure}, a sync
+        of its L{Syncs}; an errback.
+        """
+        failure.trap(OSError)
+        self._failedSync(failure.value)
+
+    def _failedSync(self, e):
+        if isinstance(e, FileNotFoundError):
+            raise NotFound("mailbox %s is gone: %s" % (self._label, e)) from e
+        raise TemporaryFailure("mailbox %s: %s" % (self._label, e)) from e
+
+    def _recordExpunges(self, uidList, readModSeq, syncs=None):
         """
         Add this transaction's tombstones to C{mdpy-expunged} (before the
         index is written, so a removal the index shows is never missing
         there); a folder without history, or with another UIDVALIDITY's,
         starts it at C{readModSeq}, the index's as read.
+
+        With C{syncs} (a folder of this host only), the line's sync is
+        left to it, so it may reach the disk after the index's: the file
+        is first rewritten to name this boot of the machine, and a history
+        a crash of another boot may have cut short is kept as complete
+        from C{readModSeq} on only.
         """
         if uidList.expunged and not uidList.rebuilt:
             modSeq = uidList.nextModSeq()
-            if appendExpunged(self.path, uidList.uidValidity, modSeq, uidList.expunged):
+            if appendExpunged(self.path, uidList.uidValidity, modSeq, uidList.expunged, syncs):
                 return
         found = None if uidList.rebuilt else readExpunged(self.path)
         if found is None or found[0] != uidList.uidValidity:
             found = (uidList.uidValidity, ExpungeHistory(readModSeq))
         history = found[1]
+        if history.incomplete:
+            history.incomplete = False
+            history.prunedModSeq = max(history.prunedModSeq, readModSeq)
         if uidList.expunged:
             history.record(uidList.nextModSeq(), uidList.expunged)
-        writeExpunged(self.path, uidList.uidValidity, history)
+        writeExpunged(self.path, uidList.uidValidity, history, None if syncs is None else bootId())
 
     def expungedSince(self, uidValidity, modSeq):
         """
