@@ -9,6 +9,7 @@ import select
 
 import pytest
 from twisted.internet import defer
+from twisted.internet.task import Clock
 
 from mdpy.backends.files import kernelsync, maildirindex
 from mdpy.backends.files.maildir import MaildirStore
@@ -20,13 +21,14 @@ from mdpy.testing.contracts import ALICE, MESSAGE
 from tests.test_store_maildir import QueuedRunner, runNow
 
 
-class ReaderReactor:
+class ReaderReactor(Clock):
     """
     The part of a reactor L{kernelsync.kernelSyncs} uses: readers added and
-    removed.
+    removed, and calls later.
     """
 
     def __init__(self):
+        super().__init__()
         self.readers = []
 
     def addReader(self, reader):
@@ -41,6 +43,7 @@ def syncs(tmp_path):
     reactor = ReaderReactor()
     syncs = kernelsync.kernelSyncs(reactor, str(tmp_path))
     assert syncs is not None and reactor.readers == [syncs]
+    syncs.reactor = reactor
     yield syncs
     syncs.close()
     assert reactor.readers == []
@@ -48,8 +51,10 @@ def syncs(tmp_path):
 
 def completeAll(syncs, deferreds):
     """
-    Read completions as the reactor would, until every Deferred fired.
+    Submit what was asked for in this turn of the reactor, then read
+    completions as the reactor would, until every Deferred fired.
     """
+    syncs.reactor.advance(0)
     for _ in range(1000):
         if all(d.called for d in deferreds):
             return
@@ -76,8 +81,13 @@ class TestKernelSyncs:
         fds.append(os.open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
         try:
             d = syncs.sync([(fds[0], True), (fds[1], True), (fds[2], False)])
-            assert not d.called and syncs.inFlight == 3
-            completeAll(syncs, [d])
+            d2 = syncs.sync([(fds[0], True)])
+            # Submitted together, once this turn of the reactor is over.
+            assert syncs.inFlight == 0
+            syncs.reactor.advance(0)
+            assert not d.called and syncs.inFlight == 4
+            completeAll(syncs, [d, d2])
+            assert resultOf(d2) is None
             assert resultOf(d) is None and syncs.inFlight == 0
         finally:
             for fd in fds:
@@ -115,6 +125,7 @@ class TestKernelSyncs:
         try:
             first = syncs.sync([(each, True) for each in fds[:count // 2]])
             second = syncs.sync([(each, True) for each in fds[count // 2:]])
+            syncs.reactor.advance(0)
             assert syncs.inFlight == kernelsync._DEPTH
             completeAll(syncs, [first, second])
             assert resultOf(first) is None and resultOf(second) is None

@@ -115,7 +115,9 @@ class KernelSyncs:
         self._waiting = []  # (fd, datasync, batch), beyond _DEPTH
         self._events = (_Event * _DEPTH)()
         self._noWait = _Timespec(0, 0)
-        self._reading = False
+        # The submission of the syncs asked for in this turn of the
+        # reactor, all in one call.
+        self._gathering = None
         self.inFlight = 0
 
     def fileno(self):
@@ -173,8 +175,13 @@ class KernelSyncs:
         batch = _Batch(len(fds))
         for fd, datasync in fds:
             self._waiting.append((fd, datasync, batch))
-        self._submit()
+        if self._gathering is None:
+            self._gathering = self._reactor.callLater(0, self._submitGathered)
         return batch.deferred
+
+    def _submitGathered(self):
+        self._gathering = None
+        self._submit()
 
     def _submit(self):
         room = _DEPTH - self.inFlight

@@ -1060,10 +1060,11 @@ class MaildirMailbox(FlagShorthand):
     def _transactHere(self, operation):
         """
         Run the locked transaction of C{operation} on the calling thread
-        when the folder lock is free, and only its syncs in a worker
-        thread (L{FolderIndex.transact} with L{Syncs}): a flag change is a
-        few renames and a line appended to the log, less work than handing
-        it to a thread and back.
+        when the folder lock is free, leaving only its syncs to
+        L{MaildirStore.runSyncs} (L{FolderIndex.transact} with L{Syncs}):
+        a flag change is a few renames and a line appended to the log, an
+        expunge a few removals, less work than handing it to a thread and
+        back.
 
         @return: a Deferred firing with the transaction's outcome once it
             is durable, or L{None} when another transaction holds the lock
@@ -1277,8 +1278,9 @@ class MaildirStore:
             change; by default one of this process only.
         @param transactsOnCaller: whether flag changes run their locked
             transaction on the calling thread (the reactor's) when the
-            folder lock is free, with only their syncs in C{runInThread}
-            (L{MaildirMailbox._transactHere}).
+            folder lock is free, with only their syncs left to
+            L{runSyncs} (L{MaildirMailbox._transactHere}); with
+            L{kernelSyncs}, so do expunges and appends.
         """
         self.root = os.path.abspath(root)
         if archiveRoot is None:

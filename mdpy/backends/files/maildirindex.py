@@ -49,12 +49,14 @@ truncated or inconsistent file is rebuilt with a new UIDVALIDITY.  Each message 
 leaves a tombstone in C{mdpy-expunged} beside the index, written before it
 in the same locked transaction::
 
-    E1 <uidvalidity> <prunedmodseq>
+    E1 <uidvalidity> <prunedmodseq> [<boot>]
     <modseq> <uid>,<uid>,...
     ...
 
 one line per transaction that removed messages, modification sequences
-ascending.  A transaction appends its line (and C{fdatasync}s the file);
+ascending.  A transaction appends its line (and C{fdatasync}s the file,
+or, in a file whose header names this boot of the machine, has it synced
+with the log after the index is written: L{appendExpunged});
 readers keep at most L{mdpy.mailbox.EXPUNGES_KEPT} UIDs, dropping the
 oldest lines and raising C{<prunedmodseq>} to theirs (the history before
 it is incomplete), and past L{EXPUNGED_COMPACT_SIZE} octets the file is
