@@ -15,6 +15,7 @@ import zlib
 
 import pytest
 from twisted.internet import defer
+from twisted.internet.task import Clock
 
 from mdpy import mutf7
 from mdpy.errors import InvalidInput, LimitExceeded, NotFound, TemporaryFailure
@@ -1156,6 +1157,32 @@ class TestMaildirStore:
         other = store.openMailbox(ALICE)
         assert other.cachedData(first) is None
         assert other.cachedData(second) == b"two"
+
+    def test_cacheWritesOnTheReactorAreMadeTogether(self, tmp_path, inbox, monkeypatch):
+        """
+        On the reactor thread, entries set and removed wait in memory,
+        where the view reads them, for L{maildir.CACHE_WRITE_DELAY}
+        seconds; then they are written in one transaction.
+        """
+        clock = Clock()
+        store = MaildirStore(str(tmp_path / "mail"), runInThread=runNow, reactor=clock)
+        resultOf(store.deliver([(ALICE, "INBOX", [b"%d" % i]) for i in range(3)]))
+        mailbox = store.openMailbox(ALICE)
+        first, second, third = [m.key for m in mailbox.messages()]
+        mailbox.cacheData(first, b"one")  # on a thread of the pool: written at once
+        monkeypatch.setattr(maildir, "isInIOThread", lambda: True)
+        mailbox.cacheData(second, b"two")
+        mailbox.cacheData(third, b"three")
+        mailbox._forgetCached([first, third])
+        assert [mailbox.cachedData(key) for key in (first, second, third)] == [None, b"two", None]
+        other = store.openMailbox(ALICE)
+        assert [other.cachedData(key) for key in (first, second, third)] == [b"one", None, None]
+        statements = []
+        mailbox._cacheConnection().set_trace_callback(statements.append)
+        clock.advance(maildir.CACHE_WRITE_DELAY)
+        assert [other.cachedData(key) for key in (first, second, third)] == [None, b"two", None]
+        assert [s.split()[0] for s in statements] == ["BEGIN", "INSERT", "DELETE", "DELETE", "COMMIT"]
+        assert clock.getDelayedCalls() == [] and mailbox._cacheWrites == {}
 
     def test_renameMovesDirectories(self, store, inbox):
         store.createMailbox(ALICE, "Lists")

@@ -51,6 +51,7 @@ from contextlib import contextmanager
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
+from twisted.python.threadable import isInIOThread
 from zope.interface import implementer
 
 from mdpy import mutf7
@@ -97,6 +98,8 @@ _CHUNK = 65536
 # Messages up to this many octets in all are appended without a worker
 # thread, when the kernel runs the syncs (L{MaildirMailbox.appendMany}).
 APPEND_HERE_SIZE = 1 << 20
+# Seconds the writes to a folder's cache wait to be made together.
+CACHE_WRITE_DELAY = 1.0
 # Linux: a read that fails instead of waiting for the disk (preadv2(2)).
 _NOWAIT = getattr(os, "RWF_NOWAIT", None)
 _counter = itertools.count(1)
@@ -591,6 +594,10 @@ class MaildirMailbox(FlagShorthand):
         self._pendingFlags = []
         self._flagJobRunning = False
         self._cache = None
+        # Cache writes waiting (L{_gatherCacheWrites}): key: data, or
+        # None for an entry to remove.
+        self._cacheWrites = {}
+        self._cacheFlush = None
         self._claiming = False
         self._claimed = set()
 
@@ -765,6 +772,9 @@ class MaildirMailbox(FlagShorthand):
         See L{IMessageCache.cachedData}.  Entries live in C{mdpy-cache.sqlite}
         in the folder directory.
         """
+        waiting = self._cacheWrites
+        if key in waiting:
+            return waiting[key]
         try:
             row = self._cacheConnection().execute(
                 "SELECT data FROM cache WHERE key = ?", (key,)
@@ -778,6 +788,9 @@ class MaildirMailbox(FlagShorthand):
         """
         See L{IMessageCache.cacheData}.
         """
+        if self._gatherCacheWrites():
+            self._cacheWrites[key] = data
+            return
         try:
             self._cacheConnection().execute(
                 "INSERT OR REPLACE INTO cache (key, data) VALUES (?, ?)", (key, data)
@@ -792,6 +805,9 @@ class MaildirMailbox(FlagShorthand):
         crash is never read again, as no file is ever named by a removed
         key again.
         """
+        if keys and self._gatherCacheWrites():
+            self._cacheWrites.update(dict.fromkeys(keys))
+            return
         if not keys or self._cache is None and not os.path.exists(os.path.join(self.path, CACHE_NAME)):
             return
         # The view's own connection where SQLite is built to let threads
@@ -807,6 +823,48 @@ class MaildirMailbox(FlagShorthand):
                     connection.close()
         except sqlite3.Error:
             pass
+
+    def _gatherCacheWrites(self):
+        """
+        On the reactor thread of a store that has one, the cache's writes
+        wait in memory (L{cachedData} reads them there) for up to
+        L{CACHE_WRITE_DELAY} seconds, then go to the file in one
+        transaction (L{_writeCache}): an entry made and removed meanwhile,
+        as for a message appended, fetched and expunged, costs no write.
+        Nothing is lost that matters if they never do: it is a cache.
+
+        @return: whether the writes wait.
+        """
+        reactor = self._store.reactor
+        if reactor is None or not isInIOThread():
+            return False
+        if self._cacheFlush is None:
+            self._cacheFlush = reactor.callLater(CACHE_WRITE_DELAY, self._writeCache)
+        return True
+
+    def _writeCache(self):
+        """
+        Write the entries waiting (L{_gatherCacheWrites}) in one
+        transaction: those set, and the removals.
+        """
+        self._cacheFlush = None
+        writes, self._cacheWrites = self._cacheWrites, {}
+        kept = [(key, data) for key, data in writes.items() if data is not None]
+        removed = [(key,) for key, data in writes.items() if data is None]
+        if not kept and (self._cache is None and not os.path.exists(os.path.join(self.path, CACHE_NAME))):
+            return
+        try:
+            connection = self._cacheConnection()
+            connection.execute("BEGIN")
+            try:
+                connection.executemany("INSERT OR REPLACE INTO cache (key, data) VALUES (?, ?)", kept)
+                connection.executemany("DELETE FROM cache WHERE key = ?", removed)
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+        except sqlite3.Error as e:
+            _log.warn("cache of {mailbox}: {error}", mailbox=self, error=e)
 
     # IMailbox
 
@@ -1287,6 +1345,7 @@ class MaildirStore:
             archiveRoot = os.path.join(os.path.dirname(self.root), "deleted")
         self.archiveRoot = os.path.abspath(archiveRoot)
         self.changeFeed = ChangeFeed(reactor, accountKey) if changeFeed is None else changeFeed
+        self.reactor = reactor
         self.transactsOnCaller = transactsOnCaller
         # Runs syncs without a thread (L{kernelSyncs}), when set.
         self.kernelSyncs = None
