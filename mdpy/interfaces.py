@@ -26,8 +26,13 @@ the backend (L{IBackend}), which returns a L{Deferred} and does the work
 where it likes.  The files backend (L{mdpy.backends.files}) runs its
 blocking work in one thread pool that the server hands it
 (L{mdpy.backends.files.blocking}), except a message read that the kernel
-can serve from the page cache without waiting (C{RWF_NOWAIT}); the memory
-backend returns values or fired Deferreds.  So callers wrap each call in C{defer.maybeDeferred} (or
+can serve from the page cache without waiting (C{RWF_NOWAIT}), and the
+locked transactions of flag changes, expunges and appends of messages
+held in memory: they run on the reactor thread when their folder's lock
+is free, and leave the syncs that make them durable to the kernel
+(Linux's asynchronous C{fsync}, L{mdpy.backends.files.kernelsync}) or to
+a thread of the pool; the memory backend returns values or fired
+Deferreds.  So callers wrap each call in C{defer.maybeDeferred} (or
 C{await} it) and never start a thread themselves, and nothing outside
 C{mdpy.backends} uses a thread pool.  A Deferred fires on the reactor
 thread; a view (an L{IMailbox}) changes only there, when one of its own

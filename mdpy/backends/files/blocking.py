@@ -10,7 +10,11 @@ returns Deferreds fired on the reactor thread (see "Threading" in
 L{mdpy.interfaces}).  What only reads a directory listing or a small file
 runs at once on the reactor thread: on a local disk that costs less than
 the two hand-offs between threads it would take, which, with many sessions
-at work, cost more in wake-ups than the reads themselves.  Nothing outside
+at work, cost more in wake-ups than the reads themselves.  For the same
+reason, a flag change, an expunge and an append of a message held in
+memory run their locked transaction on the reactor thread when the folder
+lock is free, and only their syncs wait elsewhere: in the kernel where it
+can run them (L{mdpy.backends.files.kernelsync}), else in the pool.  Nothing outside
 C{mdpy.backends} starts a thread.
 """
 
