@@ -75,19 +75,24 @@ class TestKernelSyncs:
         """
         A batch of files (C{fdatasync}) and a directory (C{fsync}) fires
         with L{None} once the kernel completed them all, read from the
-        eventfd; nothing is left in flight.
+        eventfd; nothing is left in flight.  Batches asked for while others
+        are in flight go to the kernel together.
         """
         fds = [openFile(str(tmp_path / name)) for name in ("a", "b")]
         fds.append(os.open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
         try:
+            # Nothing in flight: submitted at once.
             d = syncs.sync([(fds[0], True), (fds[1], True), (fds[2], False)])
+            assert syncs.inFlight == 3
+            # Asked for while others are in flight: submitted together,
+            # once this turn of the reactor is over.
             d2 = syncs.sync([(fds[0], True)])
-            # Submitted together, once this turn of the reactor is over.
-            assert syncs.inFlight == 0
+            d3 = syncs.sync([(fds[1], True)])
+            assert syncs.inFlight == 3
             syncs.reactor.advance(0)
-            assert not d.called and syncs.inFlight == 4
-            completeAll(syncs, [d, d2])
-            assert resultOf(d2) is None
+            assert not d.called and syncs.inFlight == 5
+            completeAll(syncs, [d, d2, d3])
+            assert resultOf(d2) is None and resultOf(d3) is None
             assert resultOf(d) is None and syncs.inFlight == 0
         finally:
             for fd in fds:

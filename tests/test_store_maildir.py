@@ -1161,8 +1161,9 @@ class TestMaildirStore:
     def test_cacheWritesOnTheReactorAreMadeTogether(self, tmp_path, inbox, monkeypatch):
         """
         On the reactor thread, entries set and removed wait in memory,
-        where the view reads them, for L{maildir.CACHE_WRITE_DELAY}
-        seconds; then they are written in one transaction.
+        where every view of the folder reads them, for
+        L{maildir.CACHE_WRITE_DELAY} seconds; then they are written in one
+        transaction.
         """
         clock = Clock()
         store = MaildirStore(str(tmp_path / "mail"), runInThread=runNow, reactor=clock)
@@ -1174,15 +1175,24 @@ class TestMaildirStore:
         mailbox.cacheData(second, b"two")
         mailbox.cacheData(third, b"three")
         mailbox._forgetCached([first, third])
-        assert [mailbox.cachedData(key) for key in (first, second, third)] == [None, b"two", None]
         other = store.openMailbox(ALICE)
-        assert [other.cachedData(key) for key in (first, second, third)] == [b"one", None, None]
+        for view in (mailbox, other):
+            assert [view.cachedData(key) for key in (first, second, third)] == [None, b"two", None]
+        elsewhere = MaildirStore(str(tmp_path / "mail"), runInThread=runNow).openMailbox(ALICE)
+        assert [elsewhere.cachedData(key) for key in (first, second, third)] == [b"one", None, None]
         statements = []
-        mailbox._cacheConnection().set_trace_callback(statements.append)
+        opened = maildir._openCache
+
+        def traced(path):
+            connection = opened(path)
+            connection.set_trace_callback(statements.append)
+            return connection
+
+        monkeypatch.setattr(maildir, "_openCache", traced)
         clock.advance(maildir.CACHE_WRITE_DELAY)
-        assert [other.cachedData(key) for key in (first, second, third)] == [None, b"two", None]
+        assert [elsewhere.cachedData(key) for key in (first, second, third)] == [None, b"two", None]
         assert [s.split()[0] for s in statements] == ["BEGIN", "INSERT", "DELETE", "DELETE", "COMMIT"]
-        assert clock.getDelayedCalls() == [] and mailbox._cacheWrites == {}
+        assert clock.getDelayedCalls() == [] and store._cacheWrites == {}
 
     def test_renameMovesDirectories(self, store, inbox):
         store.createMailbox(ALICE, "Lists")

@@ -115,8 +115,8 @@ class KernelSyncs:
         self._waiting = []  # (fd, datasync, batch), beyond _DEPTH
         self._events = (_Event * _DEPTH)()
         self._noWait = _Timespec(0, 0)
-        # The submission of the syncs asked for in this turn of the
-        # reactor, all in one call.
+        # The submission, all in one call, of the syncs asked for in this
+        # turn of the reactor while others were in flight.
         self._gathering = None
         self.inFlight = 0
 
@@ -175,7 +175,9 @@ class KernelSyncs:
         batch = _Batch(len(fds))
         for fd, datasync in fds:
             self._waiting.append((fd, datasync, batch))
-        if self._gathering is None:
+        if self.inFlight == 0 and self._gathering is None:
+            self._submit()
+        elif self._gathering is None:
             self._gathering = self._reactor.callLater(0, self._submitGathered)
         return batch.deferred
 

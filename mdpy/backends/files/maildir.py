@@ -594,10 +594,6 @@ class MaildirMailbox(FlagShorthand):
         self._pendingFlags = []
         self._flagJobRunning = False
         self._cache = None
-        # Cache writes waiting (L{_gatherCacheWrites}): key: data, or
-        # None for an entry to remove.
-        self._cacheWrites = {}
-        self._cacheFlush = None
         self._claiming = False
         self._claimed = set()
 
@@ -772,8 +768,8 @@ class MaildirMailbox(FlagShorthand):
         See L{IMessageCache.cachedData}.  Entries live in C{mdpy-cache.sqlite}
         in the folder directory.
         """
-        waiting = self._cacheWrites
-        if key in waiting:
+        waiting = self._store._cacheWrites.get(self.path)
+        if waiting and key in waiting:
             return waiting[key]
         try:
             row = self._cacheConnection().execute(
@@ -788,8 +784,7 @@ class MaildirMailbox(FlagShorthand):
         """
         See L{IMessageCache.cacheData}.
         """
-        if self._gatherCacheWrites():
-            self._cacheWrites[key] = data
+        if self._store.gatherCacheWrites(self.path, {key: data}):
             return
         try:
             self._cacheConnection().execute(
@@ -805,10 +800,9 @@ class MaildirMailbox(FlagShorthand):
         crash is never read again, as no file is ever named by a removed
         key again.
         """
-        if keys and self._gatherCacheWrites():
-            self._cacheWrites.update(dict.fromkeys(keys))
+        if not keys or self._store.gatherCacheWrites(self.path, dict.fromkeys(keys)):
             return
-        if not keys or self._cache is None and not os.path.exists(os.path.join(self.path, CACHE_NAME)):
+        if self._cache is None and not os.path.exists(os.path.join(self.path, CACHE_NAME)):
             return
         # The view's own connection where SQLite is built to let threads
         # share one (serialized), rather than one opened for each removal.
@@ -823,48 +817,6 @@ class MaildirMailbox(FlagShorthand):
                     connection.close()
         except sqlite3.Error:
             pass
-
-    def _gatherCacheWrites(self):
-        """
-        On the reactor thread of a store that has one, the cache's writes
-        wait in memory (L{cachedData} reads them there) for up to
-        L{CACHE_WRITE_DELAY} seconds, then go to the file in one
-        transaction (L{_writeCache}): an entry made and removed meanwhile,
-        as for a message appended, fetched and expunged, costs no write.
-        Nothing is lost that matters if they never do: it is a cache.
-
-        @return: whether the writes wait.
-        """
-        reactor = self._store.reactor
-        if reactor is None or not isInIOThread():
-            return False
-        if self._cacheFlush is None:
-            self._cacheFlush = reactor.callLater(CACHE_WRITE_DELAY, self._writeCache)
-        return True
-
-    def _writeCache(self):
-        """
-        Write the entries waiting (L{_gatherCacheWrites}) in one
-        transaction: those set, and the removals.
-        """
-        self._cacheFlush = None
-        writes, self._cacheWrites = self._cacheWrites, {}
-        kept = [(key, data) for key, data in writes.items() if data is not None]
-        removed = [(key,) for key, data in writes.items() if data is None]
-        if not kept and (self._cache is None and not os.path.exists(os.path.join(self.path, CACHE_NAME))):
-            return
-        try:
-            connection = self._cacheConnection()
-            connection.execute("BEGIN")
-            try:
-                connection.executemany("INSERT OR REPLACE INTO cache (key, data) VALUES (?, ?)", kept)
-                connection.executemany("DELETE FROM cache WHERE key = ?", removed)
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
-        except sqlite3.Error as e:
-            _log.warn("cache of {mailbox}: {error}", mailbox=self, error=e)
 
     # IMailbox
 
@@ -1347,6 +1299,8 @@ class MaildirStore:
         self.changeFeed = ChangeFeed(reactor, accountKey) if changeFeed is None else changeFeed
         self.reactor = reactor
         self.transactsOnCaller = transactsOnCaller
+        # Writes to folders' caches waiting: {path: {key: data or None}}.
+        self._cacheWrites = {}
         # Runs syncs without a thread (L{kernelSyncs}), when set.
         self.kernelSyncs = None
         self._listeners = StoreListeners()
@@ -1363,6 +1317,55 @@ class MaildirStore:
         return "<MaildirStore %s>" % (self.root,)
 
     _accountKey = staticmethod(accountKey)
+
+    def gatherCacheWrites(self, path, writes):
+        """
+        On the reactor thread of a store that has one, the writes to the
+        cache of folder C{path} wait in memory, where its views read them
+        (L{MaildirMailbox.cachedData}), for up to L{CACHE_WRITE_DELAY}
+        seconds; then they go to the file in one transaction
+        (L{_writeCache}): an entry made and removed meanwhile, as for a
+        message appended, fetched and expunged, costs no write.  Nothing
+        that matters is lost if they never do: it is a cache.
+
+        @param writes: C{{key: data}}, L{None} for an entry to remove.
+        @return: whether they wait; if not, the caller writes them.
+        """
+        if self.reactor is None or not isInIOThread():
+            return False
+        waiting = self._cacheWrites.get(path)
+        if waiting is None:
+            waiting = self._cacheWrites[path] = {}
+            self.reactor.callLater(CACHE_WRITE_DELAY, self._writeCache, path)
+        waiting.update(writes)
+        return True
+
+    def _writeCache(self, path):
+        """
+        Write the entries of folder C{path}'s cache waiting
+        (L{gatherCacheWrites}) in one transaction: those set, and the
+        removals.
+        """
+        writes = self._cacheWrites.pop(path, {})
+        kept = [(key, data) for key, data in writes.items() if data is not None]
+        removed = [(key,) for key, data in writes.items() if data is None]
+        cache = os.path.join(path, CACHE_NAME)
+        if not kept and not os.path.exists(cache):
+            return
+        try:
+            connection = _openCache(cache)
+        except sqlite3.Error as e:
+            _log.warn("cache {path} unusable ({error}); its views make it again", path=cache, error=e)
+            return
+        try:
+            connection.execute("BEGIN")
+            connection.executemany("INSERT OR REPLACE INTO cache (key, data) VALUES (?, ?)", kept)
+            connection.executemany("DELETE FROM cache WHERE key = ?", removed)
+            connection.execute("COMMIT")
+        except sqlite3.Error as e:
+            _log.warn("cache {path}: {error}", path=cache, error=e)
+        finally:
+            connection.close()
 
     def runSyncs(self, index, syncs):
         """
