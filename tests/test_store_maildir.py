@@ -1170,7 +1170,9 @@ class TestMaildirStore:
         resultOf(store.deliver([(ALICE, "INBOX", [b"%d" % i]) for i in range(3)]))
         mailbox = store.openMailbox(ALICE)
         first, second, third = [m.key for m in mailbox.messages()]
-        mailbox.cacheData(first, b"one")  # on a thread of the pool: written at once
+        # On a thread of the pool: written at once.
+        monkeypatch.setattr(maildir, "isInIOThread", lambda: False)
+        mailbox.cacheData(first, b"one")
         monkeypatch.setattr(maildir, "isInIOThread", lambda: True)
         mailbox.cacheData(second, b"two")
         mailbox.cacheData(third, b"three")
