@@ -15,7 +15,7 @@ from mdpy.backends.files import kernelsync, maildirindex
 from mdpy.backends.files.maildir import MaildirStore
 from mdpy.errors import TemporaryFailure
 from mdpy.mailbox import ADD
-from mdpy.testing import resultOf
+from mdpy.testing import resultOf, track
 from mdpy.testing.contracts import ALICE, MESSAGE
 
 from tests.test_store_maildir import QueuedRunner, runNow
@@ -172,21 +172,6 @@ class RecordedSyncs:
             d.errback(error)
 
 
-def watched(d):
-    """
-    @return: a list that gets C{d}'s result once it has one (a Deferred
-        waiting on another is called, and has none yet).
-    """
-    box = []
-
-    def keep(result):
-        box.append(result)
-        return result
-
-    d.addBoth(keep)
-    return box
-
-
 def openFds():
     return len(os.listdir("/proc/self/fd"))
 
@@ -219,7 +204,7 @@ class TestAppendWithKernelSyncs:
         kernel = store.kernelSyncs
         before = openFds()
         d = mailbox.append(MESSAGE, ["\\Seen"])
-        told = watched(d)
+        told = track(d)
         [(synced, _)] = kernel.batches
         assert len(synced) == 1 and os.path.dirname(synced[0][0]) == os.path.join(mailbox.path, "tmp")
         assert synced[0][1] is False  # fsync: the file's size and times too
@@ -311,7 +296,7 @@ class TestExpungeWithKernelSyncs:
         assert resultOf(d) == [1]
         assert header(mailbox.path)[3] == maildirindex.bootId()
         d = mailbox.expunge([2])
-        told = watched(d)
+        told = track(d)
         synced, _ = store.kernelSyncs.batches[1]
         assert synced == [(os.path.join(mailbox.path, maildirindex.EXPUNGED_NAME), True),
                           (os.path.join(mailbox.path, maildirindex.LOG_NAME), True),
@@ -398,7 +383,7 @@ class TestExpungeWithKernelSyncs:
         """
         mailbox = deliverNow(store)
         d = mailbox.changeFlags([1], ["\\Seen"], ADD)
-        told = watched(d)
+        told = track(d)
         [(batch, _)] = store.kernelSyncs.batches
         assert [path for path, _ in batch] == [os.path.join(mailbox.path, maildirindex.LOG_NAME),
                                                os.path.join(mailbox.path, "cur")]

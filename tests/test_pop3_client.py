@@ -22,7 +22,7 @@ from mdpy.pop3.client import FetchError, POP3Account, RemoteMessage, connect
 from mdpy.pop3.maildrop import uidlFor
 from mdpy.pop3.server import POP3Factory, POP3Server
 from mdpy.backends.memory import MemoryStore
-from mdpy.testing import LoopbackTestCase, TempDirTestCase, memoryPortal, resultOf
+from mdpy.testing import LoopbackTestCase, TempDirTestCase, memoryPortal, resultOf, track
 from mdpy.tls import serverOptions
 
 USER = "joe@example.test"
@@ -289,18 +289,7 @@ class FetchTestCase(LoopbackTestCase):
         factory = ScriptedFactory(greeting, **replies)
         return factory, self.listen(factory)
 
-    def track(self, d):
-        """
-        @return: a list that gets C{d}'s result (a value or a L{Failure}).
-        """
-        results = []
-
-        def done(result):
-            results.append(result)
-            return result
-
-        d.addBoth(done)
-        return results
+    track = staticmethod(track)
 
     async def fails(self, d, *fragments):
         """

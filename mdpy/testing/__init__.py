@@ -44,6 +44,22 @@ def resultOf(d):
     return box[0]
 
 
+def track(d):
+    """
+    @return: a list that gets C{d}'s result (a value or a L{Failure}) once
+        it has one; a Deferred waiting on another is already called, and
+        has none yet.
+    """
+    results = []
+
+    def done(result):
+        results.append(result)
+        return result
+
+    d.addBoth(done)
+    return results
+
+
 def synchronousRunner(function, *args, **kwargs):
     """
     A C{runInThread} for stores and checkers that runs at once in this thread.
