@@ -134,6 +134,9 @@ class KernelSyncs:
         Stop reading completions and free the context; the syncs in flight
         are left to the kernel and never told of.
         """
+        if self._gathering is not None:
+            self._gathering.cancel()
+            self._gathering = None
         self._reactor.removeReader(self)
         self._syscall(self._destroyNumber, self._context)
         os.close(self._eventFd)

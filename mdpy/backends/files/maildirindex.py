@@ -1238,7 +1238,7 @@ class FolderIndex:
                     if claim:
                         uidList.claimRecent()
                     if uidList.expunged or uidList.rebuilt:
-                        self._recordExpunges(uidList, readModSeq, syncs if self._isLocal() else None)
+                        self._recordExpunges(uidList, readModSeq, syncs if self._tombstonesMayWait() else None)
                     if uidList.dirty:
                         self._write(uidList, syncs)
                         lock.rememberHeader(uidList.header())
@@ -1335,6 +1335,14 @@ class FolderIndex:
         """
         return (self._isLocal() and time.monotonic() - kept[3] <= CURRENT_FOR
                 and uidList.uidValidity == kept[2] and not self._heard.pending())
+
+    def _tombstonesMayWait(self):
+        """
+        @return: whether a transaction's tombstones may be synced with its
+            log, after the index is written (L{_recordExpunges}): on a
+            filesystem of this host only, whose boot the system tells.
+        """
+        return bootId() is not None and self._isLocal()
 
     def _isLocal(self):
         """
